@@ -1,0 +1,62 @@
+"""The arbitrator's decision rule, pure, shared by the simulator and any real
+arbitrator (a witness service, an etcd lease).
+
+The arbitrator keeps one record: who holds the lease, until when (on the
+arbitrator's clock), and the newest generation any node was allowed to serve.
+It grants the lease to a node only when nobody else holds it and the node's
+data is that newest generation (or the request is forced by an operator).
+So a node that fell behind cannot serve even if its peer is dead, and two
+nodes never hold the lease at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from failover.core.state import INITIAL, Generation
+
+
+@dataclass(frozen=True)
+class LeaseRecord:
+    holder: str | None = None
+    expires_at: float | None = None
+    generation: Generation = INITIAL
+
+
+@dataclass(frozen=True)
+class Verdict:
+    granted: bool
+    record: LeaseRecord
+    reason: str = ""
+
+
+def _free_for(record: LeaseRecord, requester: str, now: float) -> bool:
+    if record.holder is None or record.holder == requester:
+        return True
+    return record.expires_at is not None and now >= record.expires_at
+
+
+def decide_request(
+    record: LeaseRecord,
+    *,
+    requester: str,
+    wanted: Generation,
+    base: Generation,
+    forced: bool,
+    now: float,
+    ttl: float,
+) -> Verdict:
+    """Grant ``requester`` the lease to serve ``wanted``, continuing from ``base``."""
+    if not _free_for(record, requester, now):
+        return Verdict(False, record, f"lease held by {record.holder}")
+    newest = record.generation
+    if not forced and not newest.initial and base != newest:
+        return Verdict(False, record, f"our generation {base} is not the newest known ({newest})")
+    return Verdict(True, LeaseRecord(holder=requester, expires_at=now + ttl, generation=wanted))
+
+
+def decide_renewal(record: LeaseRecord, *, requester: str, now: float, ttl: float) -> Verdict:
+    """Extend the lease of its current holder; anyone else is refused."""
+    if record.holder != requester:
+        return Verdict(False, record, "the lease is no longer ours")
+    return Verdict(True, LeaseRecord(requester, now + ttl, record.generation))

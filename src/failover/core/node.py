@@ -1,0 +1,536 @@
+"""The sans-IO node: ``Node.handle(event, now) -> effects`` and ``next_deadline()``.
+
+The node keeps its view of links and peer (bookkeeping), turns raw inputs into
+the table's triggers, and lets a plain synchronous ``transitions.Machine``
+pick and fire the row. Rows run actions (``rules.ACTIONS``) that change the
+node's data and append effects to the outbox. Nothing here blocks, sleeps,
+reads a clock or touches I/O: ``now`` is always given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from transitions import EventData, Machine
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.compare import Relation, relation
+from failover.core.state import (
+    Generation,
+    Metadata,
+    PeerStatus,
+    Settings,
+    State,
+    SubStatus,
+    evolve,
+)
+from failover.core.table import IGNORE, Row, Table
+
+DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
+
+
+class _Awaiting(Protocol):
+    @property
+    def state(self) -> State: ...
+    @property
+    def app_pending(self) -> str | None: ...
+    @property
+    def resync_role(self) -> str | None: ...
+    @property
+    def quarantine_pending(self) -> bool: ...
+    @property
+    def pending(self) -> Row | None: ...
+    @property
+    def handover(self) -> str | None: ...
+    @property
+    def discovery_until(self) -> float | None: ...
+
+
+def derive_substatus(node: _Awaiting) -> SubStatus:
+    """Transient while an outcome is awaited, ready otherwise (the table's rule)."""
+    awaiting = (
+        node.app_pending is not None
+        or node.resync_role is not None
+        or node.quarantine_pending
+        or node.pending is not None
+        or node.handover == "stopping"
+        or (node.state is State.WAIT and node.discovery_until is not None)
+    )
+    return SubStatus.TRANSIENT if awaiting else SubStatus.READY
+
+
+@dataclass(frozen=True)
+class LinkView:
+    up: bool = False
+    last_seen: float | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The arbitration lease as this node counts it (on its own clock)."""
+
+    held: bool = False
+    generation: Generation | None = None
+    requested_at: float | None = None  # when the pending request or renewal was sent
+    fence_at: float | None = None  # stop serving at this time unless renewed
+    renew_at: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeSnapshot:
+    """Everything that determines the node's future behaviour; hashable.
+
+    The model checker stores snapshots and restores nodes from them.
+    ``rebased`` shifts every time so that ``origin`` becomes 0, clamping times
+    further in the past than ``horizon`` (they all compare alike).
+    """
+
+    state: State
+    reason: str
+    metadata: Metadata
+    peer: PeerStatus | None
+    peer_alive: bool
+    links: tuple[tuple[str, LinkView], ...]
+    next_heartbeat_at: float | None
+    discovery_until: float | None
+    recheck_at: float | None
+    lease: Lease
+    pending: Row | None
+    granted: Generation | None
+    app_active: bool
+    app_pending: str | None
+    replicating: bool
+    resync_role: str | None
+    quarantine_pending: bool
+    handover: str | None
+    second_only: bool
+    forced: bool
+    checkers_down: frozenset[str]
+
+    @property
+    def substatus(self) -> SubStatus:
+        return derive_substatus(self)
+
+    def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
+        def shift(t: float | None) -> float | None:
+            return None if t is None else max(t - origin, -horizon)
+
+        lease = self.lease
+        return evolve(
+            self,
+            links=tuple(
+                (name, evolve(view, last_seen=shift(view.last_seen))) for name, view in self.links
+            ),
+            next_heartbeat_at=shift(self.next_heartbeat_at),
+            discovery_until=shift(self.discovery_until),
+            recheck_at=shift(self.recheck_at),
+            lease=evolve(
+                lease,
+                requested_at=shift(lease.requested_at),
+                fence_at=shift(lease.fence_at),
+                renew_at=shift(lease.renew_at),
+            ),
+        )
+
+
+@dataclass
+class _Cursor:
+    """The model object the transitions Machine moves (it holds only the state)."""
+
+    state: State = State.STOP
+    fired: list[Row] = field(default_factory=list)
+
+
+class Node:
+    """One node's decision procedure. Single-threaded: the runtime calls
+    ``handle`` from one task only, in the order events happened."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metadata: Metadata | None = None,
+        *,
+        table: Table | None = None,
+    ) -> None:
+        from failover.core import rules  # noqa: PLC0415 - rules imports this module
+
+        self.settings = settings
+        self.table = table if table is not None else rules.default_table()
+        self._rules = rules
+        self.reset(metadata if metadata is not None else Metadata())
+        # per-call scratch
+        self.now = 0.0
+        self.event: ev.Event = ev.Timer()
+        self.outbox: list[fx.Effect] = []
+        self._cursor = _Cursor()
+        self._machine = self._build_machine()
+
+    def reset(self, metadata: Metadata) -> None:
+        """Forget everything but ``metadata``: the state of a daemon just started."""
+        self.metadata = metadata
+        self.reason = "module stopped"
+        self.peer: PeerStatus | None = None
+        self.peer_alive = False
+        self.links: dict[str, LinkView] = {name: LinkView() for name in self.settings.links}
+        self.next_heartbeat_at: float | None = 0.0
+        self.discovery_until: float | None = None
+        self.recheck_at: float | None = None
+        self.lease = Lease()
+        self.pending: Row | None = None
+        self.granted: Generation | None = None
+        self.app_active = False
+        self.app_pending: str | None = None
+        self.replicating = False
+        self.resync_role: str | None = None
+        self.quarantine_pending = False
+        self.handover: str | None = None  # "stopping" while the app stops, then "done"
+        self.second_only = False
+        self.forced = False
+        self.checkers_down: frozenset[str] = frozenset()
+        if hasattr(self, "_machine"):
+            self._machine.set_state(State.STOP, model=self._cursor)
+
+    # --- public API -------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        return self._cursor.state
+
+    @property
+    def substatus(self) -> SubStatus:
+        return derive_substatus(self)
+
+    @property
+    def relation(self) -> Relation:
+        if self.peer is None:
+            return Relation.UNKNOWN
+        return relation(self.metadata, self.peer)
+
+    def status(self) -> PeerStatus:
+        """What this node announces in its heartbeats."""
+        meta = self.metadata
+        return PeerStatus(
+            node=self.settings.name,
+            state=self.state,
+            substatus=self.substatus,
+            generation=meta.generation,
+            synced_generation=meta.synced_generation,
+            consistent=meta.consistent,
+            fingerprint=self.settings.fingerprint,
+            handover=self.handover == "done",
+            last_state=meta.last_state,
+            reason=self.reason[:256],
+        )
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Apply new settings (timings, policies). The names of the node, its
+        peer and its links must not change: that needs a restart."""
+        if (settings.name, settings.peer, settings.links) != (
+            self.settings.name,
+            self.settings.peer,
+            self.settings.links,
+        ):
+            raise ValueError("node name, peer and links cannot change without a restart")
+        self.settings = settings
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which ``handle(Timer(), now)`` has something to do."""
+        s = self.settings
+        times: list[float | None] = [
+            self.next_heartbeat_at,
+            self.discovery_until,
+            self.recheck_at,
+            self.lease.fence_at if self.lease.held else None,
+            self.lease.renew_at if self.lease.held else None,
+        ]
+        seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
+        times.extend(
+            v.last_seen + s.link_timeout
+            for v in self.links.values()
+            if v.up and v.last_seen is not None
+        )
+        if self.peer_alive and seen:
+            times.append(max(seen) + s.dead_timeout)
+        present = [t for t in times if t is not None]
+        return min(present) if present else None
+
+    def handle(self, event: ev.Event, now: float) -> list[fx.Effect]:
+        """Process one input at time ``now``; return the effects, in the order
+        the runtime must execute them."""
+        self.now = now
+        self.event = event
+        self.outbox = []
+        before = (self.state, self.substatus, self.reason, self.handover == "done")
+        meta_before = self.metadata
+        for trigger in self._bookkeep(event):
+            self._fire(trigger, event)
+        self._housekeep()
+        effects = self.outbox
+        if self.metadata != meta_before:
+            effects.insert(0, fx.PersistMetadata(self.metadata))
+        after = (self.state, self.substatus, self.reason, self.handover == "done")
+        if after[:2] != before[:2] or after[3] != before[3]:
+            effects.append(fx.SendHeartbeat(self.status()))
+            self.next_heartbeat_at = now + self.settings.heartbeat_interval
+        self.outbox = []
+        return effects
+
+    # --- snapshots (for the model checker) ---------------------------------------------
+
+    def snapshot(self) -> NodeSnapshot:
+        return NodeSnapshot(
+            state=self.state,
+            reason=self.reason,
+            metadata=self.metadata,
+            peer=self.peer,
+            peer_alive=self.peer_alive,
+            links=tuple(self.links.items()),
+            next_heartbeat_at=self.next_heartbeat_at,
+            discovery_until=self.discovery_until,
+            recheck_at=self.recheck_at,
+            lease=self.lease,
+            pending=self.pending,
+            granted=self.granted,
+            app_active=self.app_active,
+            app_pending=self.app_pending,
+            replicating=self.replicating,
+            resync_role=self.resync_role,
+            quarantine_pending=self.quarantine_pending,
+            handover=self.handover,
+            second_only=self.second_only,
+            forced=self.forced,
+            checkers_down=self.checkers_down,
+        )
+
+    def restore(self, snap: NodeSnapshot) -> None:
+        self._machine.set_state(snap.state, model=self._cursor)
+        self.reason = snap.reason
+        self.metadata = snap.metadata
+        self.peer = snap.peer
+        self.peer_alive = snap.peer_alive
+        self.links = dict(snap.links)
+        self.next_heartbeat_at = snap.next_heartbeat_at
+        self.discovery_until = snap.discovery_until
+        self.recheck_at = snap.recheck_at
+        self.lease = snap.lease
+        self.pending = snap.pending
+        self.granted = snap.granted
+        self.app_active = snap.app_active
+        self.app_pending = snap.app_pending
+        self.replicating = snap.replicating
+        self.resync_role = snap.resync_role
+        self.quarantine_pending = snap.quarantine_pending
+        self.handover = snap.handover
+        self.second_only = snap.second_only
+        self.forced = snap.forced
+        self.checkers_down = snap.checkers_down
+
+    # --- internals --------------------------------------------------------------------
+
+    def emit(self, effect: fx.Effect) -> None:
+        self.outbox.append(effect)
+
+    def _build_machine(self) -> Machine:
+        machine = Machine(
+            model=self._cursor,
+            states=list(State),
+            initial=State.STOP,
+            auto_transitions=False,
+            ignore_invalid_triggers=False,
+            send_event=True,
+        )
+        for (state, event), entry in self.table.entries.items():
+            if entry == IGNORE:
+                machine.add_transition(event, state, None)
+                continue
+            assert not isinstance(entry, str)
+            for row in entry:
+                machine.add_transition(
+                    event,
+                    state,
+                    row.target,
+                    conditions=[self._condition(row)],
+                    after=[self._applier(row)],
+                )
+        return machine
+
+    def _condition(self, row: Row) -> Any:
+        guards = self._rules.GUARDS
+
+        def check(_: EventData) -> bool:
+            return all(guards[c.guard](self, row) != c.negated for c in row.when)
+
+        return check
+
+    def _applier(self, row: Row) -> Any:
+        def apply(_: EventData) -> None:
+            self._cursor.fired.append(row)
+
+        return apply
+
+    def _fire(self, trigger: str, event: ev.Event) -> None:
+        cursor = self._cursor
+        source = cursor.state
+        cursor.fired.clear()
+        cursor.trigger(trigger)  # type: ignore[attr-defined]
+        if not cursor.fired:
+            return  # an explicit ignore
+        row = cursor.fired[0]
+        if row.refusal is not None:
+            self.emit(fx.Refused(command=trigger, reason=self._format(row.refusal)))
+            return
+        state_changed = cursor.state is not source
+        reason = self._format(row.reason)  # the context that led to the decision
+        if state_changed:
+            self._leaving(source)
+        for name in row.actions:
+            self._rules.ACTIONS[name](self, row)
+        if state_changed:
+            self.pending = None  # a grant that arrives later is released
+            self._entering(cursor.state)
+        changed = state_changed or reason != self.reason
+        self.reason = reason
+        if changed:
+            self.emit(
+                fx.TransitionRecord(
+                    node=self.settings.name,
+                    source=source.value,
+                    event=trigger,
+                    target=cursor.state.value,
+                    substatus=self.substatus.value,
+                    effects=tuple(
+                        e.name for e in self.outbox if not isinstance(e, fx.TransitionRecord)
+                    ),
+                    reason=reason,
+                    generation=str(self.metadata.generation),
+                    forced=self.forced,
+                )
+            )
+
+    def _leaving(self, state: State) -> None:
+        if state is State.WAIT:
+            self.discovery_until = None
+            self.recheck_at = None
+        if state.serving:
+            self.forced = False
+        if state is State.SECONDARY:
+            self.handover = None if self.handover == "done" else self.handover
+
+    def _entering(self, state: State) -> None:
+        if state in DATA_ROLES:
+            self.metadata = self.metadata.evolve(last_state=state)
+            self.second_only = False
+        if state is State.STOP:
+            self.second_only = False
+            self.discovery_until = None
+
+    def _bookkeep(self, event: ev.Event) -> list[str]:
+        """Update the link and peer view; return the table triggers to fire."""
+        now, s = self.now, self.settings
+        if isinstance(event, ev.HeartbeatReceived):
+            if event.status.node != s.peer or event.link not in self.links:
+                return []
+            view = self.links[event.link]
+            if not view.up:
+                self.emit(fx.LinkChanged(event.link, up=True))
+            self.links[event.link] = LinkView(up=True, last_seen=now)
+            self.peer = event.status
+            self.peer_alive = True
+            self.discovery_until = None
+            self.recheck_at = None
+            if self.metadata.peer_generation != event.status.generation:
+                self.metadata = self.metadata.evolve(peer_generation=event.status.generation)
+            return ["heartbeat"]
+        if isinstance(event, ev.LinkFailed):
+            failed = self.links.get(event.link)
+            if failed is not None and failed.up:
+                self.links[event.link] = evolve(failed, up=False)
+                self.emit(fx.LinkChanged(event.link, up=False))
+            return []
+        if isinstance(event, ev.Timer):
+            return self._timers()
+        return [event.kind]
+
+    def _timers(self) -> list[str]:
+        now, s = self.now, self.settings
+        triggers: list[str] = []
+        for name, view in self.links.items():
+            if view.up and view.last_seen is not None and now >= view.last_seen + s.link_timeout:
+                self.links[name] = evolve(view, up=False)
+                self.emit(fx.LinkChanged(name, up=False))
+        seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
+        if self.peer_alive and seen and now >= max(seen) + s.dead_timeout:
+            self.peer_alive = False
+            triggers.append("peer_lost")
+        if self.discovery_until is not None and now >= self.discovery_until:
+            self.discovery_until = None
+            triggers.append("startup_timeout")
+        if self.lease.held and self.lease.fence_at is not None and now >= self.lease.fence_at:
+            self.lease = Lease()
+            triggers.append("lease_expired")
+        if self.recheck_at is not None and now >= self.recheck_at:
+            self.recheck_at = None
+            triggers.append("recheck")
+        return triggers
+
+    def _housekeep(self) -> None:
+        """Periodic duties that decide nothing: heartbeats, lease renewal, recheck timer."""
+        now, s = self.now, self.settings
+        if self.next_heartbeat_at is not None and now >= self.next_heartbeat_at:
+            self.emit(fx.SendHeartbeat(self.status()))
+            self.next_heartbeat_at = now + s.heartbeat_interval
+        lease = self.lease
+        if lease.held and lease.renew_at is not None and now >= lease.renew_at:
+            self.lease = evolve(lease, requested_at=now, renew_at=now + s.lease_renew)
+            self.emit(fx.RenewArbitration(lease.generation or self.metadata.generation))
+        waiting_blind = (
+            self.state is State.WAIT and not self.peer_alive and self.discovery_until is None
+        )
+        if waiting_blind and self.recheck_at is None:
+            self.recheck_at = now + s.startup_timeout
+        elif not waiting_blind:
+            self.recheck_at = None
+
+    def _format(self, template: str) -> str:
+        if "{" not in template:
+            return template
+        return template.format_map(_ReasonContext(self))
+
+
+class _ReasonContext(Mapping[str, str]):
+    """Lazily computed placeholders for reasons."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def __getitem__(self, key: str) -> str:
+        node = self._node
+        peer = node.peer
+        if key == "peer":
+            return node.settings.peer
+        if key == "peer_state":
+            return (
+                "unseen" if peer is None else ("lost" if not node.peer_alive else peer.state.value)
+            )
+        if key == "relation":
+            return node.relation.describe(node.settings.peer)
+        if key == "event_reason":
+            return str(getattr(node.event, "reason", "") or "no detail")
+        if key == "checker":
+            return ", ".join(sorted(node.checkers_down)) or str(getattr(node.event, "checker", "?"))
+        if key == "policy":
+            return str(node._rules.policy_text(node))
+        if key == "last_state":
+            return node.metadata.last_state.value if node.metadata.last_state else "none"
+        if key == "pending_reason":
+            return node._format(node.pending.reason) if node.pending else ""
+        raise KeyError(key)
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0

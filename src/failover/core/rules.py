@@ -1,0 +1,580 @@
+"""The guards and actions the table names.
+
+A guard is a pure question about the node (and the row being tried). An
+action changes the node's data and appends effects to its outbox; it never
+fails and never does I/O. The table refers to them by name; ``load_table``
+checks every name against ``GUARDS`` and ``ACTIONS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.compare import Relation, common_generation
+from failover.core.node import Lease, Node
+from failover.core.state import State
+from failover.core.table import Row, Table, load_table, raw_spec
+
+Guard = Callable[[Node, Row], bool]
+Action = Callable[[Node, Row], None]
+
+GUARDS: dict[str, Guard] = {}
+ACTIONS: dict[str, Action] = {}
+
+
+def guard(fn: Guard) -> Guard:
+    GUARDS[fn.__name__] = fn
+    return fn
+
+
+def action(fn: Action) -> Action:
+    ACTIONS[fn.__name__] = fn
+    return fn
+
+
+# --- guards: our data -------------------------------------------------------------------
+
+
+@guard
+def consistent(node: Node, row: Row) -> bool:
+    return node.metadata.consistent
+
+
+@guard
+def last_served_alone(node: Node, row: Row) -> bool:
+    """This node knows it was the last to serve: it was alone (no in-sync peer
+    could take over), its data is consistent, and it never saw the peer at a
+    later generation."""
+    meta = node.metadata
+    return (
+        meta.last_state is State.ALONE
+        and meta.consistent
+        and meta.generation.counter >= meta.peer_generation.counter
+    )
+
+
+@guard
+def checkers_ok(node: Node, row: Row) -> bool:
+    return not node.checkers_down
+
+
+@guard
+def second_only(node: Node, row: Row) -> bool:
+    return node.second_only
+
+
+@guard
+def quarantine_pending(node: Node, row: Row) -> bool:
+    return node.quarantine_pending
+
+
+@guard
+def resync_source_active(node: Node, row: Row) -> bool:
+    return node.resync_role == "source"
+
+
+@guard
+def resync_current(node: Node, row: Row) -> bool:
+    """The resync that just finished delivered the generation we serve now."""
+    event = node.event
+    return isinstance(event, ev.PeerResynced) and event.generation == node.metadata.generation
+
+
+@guard
+def handing_over(node: Node, row: Row) -> bool:
+    return node.handover is not None
+
+
+@guard
+def app_ready(node: Node, row: Row) -> bool:
+    return node.app_active and node.app_pending is None
+
+
+# --- guards: the peer -------------------------------------------------------------------
+
+
+def _peer_state(node: Node) -> State | None:
+    if node.peer is None or not node.peer_alive:
+        return None
+    return node.peer.state
+
+
+@guard
+def peer_absent(node: Node, row: Row) -> bool:
+    return not node.peer_alive
+
+
+@guard
+def peer_serving(node: Node, row: Row) -> bool:
+    state = _peer_state(node)
+    return state is not None and state.serving
+
+
+@guard
+def peer_primary(node: Node, row: Row) -> bool:
+    return _peer_state(node) is State.PRIMARY
+
+
+@guard
+def peer_resync(node: Node, row: Row) -> bool:
+    return _peer_state(node) is State.RESYNC
+
+
+@guard
+def peer_idle(node: Node, row: Row) -> bool:
+    """The peer runs nothing and is not being synced: it waits or is stopped."""
+    return _peer_state(node) in (State.WAIT, State.STOP)
+
+
+@guard
+def peer_handover(node: Node, row: Row) -> bool:
+    return _peer_state(node) is State.SECONDARY and node.peer is not None and node.peer.handover
+
+
+@guard
+def peer_in_sync(node: Node, row: Row) -> bool:
+    """The peer follows us: secondary at our generation, or finishing the
+    resync we are giving it."""
+    state = _peer_state(node)
+    if state is State.RESYNC:
+        return True
+    return state is State.SECONDARY and node.relation is Relation.EQUAL
+
+
+@guard
+def peer_in_sync_ready(node: Node, row: Row) -> bool:
+    peer = node.peer
+    return (
+        _peer_state(node) is State.SECONDARY
+        and peer is not None
+        and peer.substatus.value == "ready"
+        and node.relation is Relation.EQUAL
+    )
+
+
+@guard
+def fingerprint_mismatch(node: Node, row: Row) -> bool:
+    return node.peer is not None and node.peer.fingerprint != node.settings.fingerprint
+
+
+@guard
+def peer_outranks(node: Node, row: Row) -> bool:
+    """The peer's generation orders above ours (whatever its data): a peer that
+    adopted ours would see its generation decrease."""
+    return node.peer is not None and node.peer.generation > node.metadata.generation
+
+
+@guard
+def peer_newer(node: Node, row: Row) -> bool:
+    return node.relation is Relation.PEER_NEWER
+
+
+@guard
+def me_newer(node: Node, row: Row) -> bool:
+    return node.relation is Relation.ME_NEWER
+
+
+@guard
+def equal(node: Node, row: Row) -> bool:
+    return node.relation is Relation.EQUAL
+
+
+@guard
+def diverged(node: Node, row: Row) -> bool:
+    return node.relation is Relation.DIVERGED
+
+
+# --- guards: policies -------------------------------------------------------------------
+
+
+def _was_serving(state: State | None) -> bool:
+    return state is not None and state.serving
+
+
+@guard
+def wins_tie(node: Node, row: Row) -> bool:
+    """Both hold the same data: which one serves. A stopped peer never does;
+    then the preferred node (failback: preferred); then the one that served
+    last, if only one did; then the lower name. Both nodes compute the same."""
+    s, peer = node.settings, node.peer
+    if peer is None or peer.state is State.STOP:
+        return True
+    if s.failback == "preferred" and s.preferred is not None:
+        return s.preferred == s.name
+    mine, theirs = _was_serving(node.metadata.last_state), _was_serving(peer.last_state)
+    if mine != theirs:
+        return mine
+    return s.name < s.peer
+
+
+@guard
+def wins_split(node: Node, row: Row) -> bool:
+    """After a split brain: the configured winner, else the higher generation."""
+    s, peer = node.settings, node.peer
+    if s.split_brain_winner is not None:
+        return s.split_brain_winner == s.name
+    return peer is None or node.metadata.generation > peer.generation
+
+
+@guard
+def failback_to_peer(node: Node, row: Row) -> bool:
+    s = node.settings
+    return s.failback == "preferred" and s.preferred == s.peer
+
+
+def policy_text(node: Node) -> str:
+    s = node.settings
+    winner = s.split_brain_winner or "higher generation"
+    if s.failback == "preferred":
+        return f"preferred node {s.preferred}; split brain winner {winner}"
+    return f"failback {s.failback}; split brain winner {winner}"
+
+
+# --- guards: arbitration ----------------------------------------------------------------
+
+
+@guard
+def arbitrated(node: Node, row: Row) -> bool:
+    return node.settings.arbitrator
+
+
+@guard
+def needs_grant(node: Node, row: Row) -> bool:
+    """The arbitration gate: serving needs the lease for the generation served."""
+    gated = row.gated_row
+    if not node.settings.arbitrator or gated is None:
+        return False
+    return not (node.lease.held and not gated.mints)
+
+
+@guard
+def grant_pending(node: Node, row: Row) -> bool:
+    return node.pending is not None
+
+
+@guard
+def grant_pending_alone(node: Node, row: Row) -> bool:
+    return node.pending is not None and node.pending.target is State.ALONE
+
+
+@guard
+def grant_pending_primary(node: Node, row: Row) -> bool:
+    return node.pending is not None and node.pending.target is State.PRIMARY
+
+
+# --- actions: generations and metadata ---------------------------------------------------
+
+
+@action
+def mint_generation(node: Node, row: Row) -> None:
+    """Start a new generation: this node serves without an in-sync partner."""
+    meta = node.metadata
+    minted = node.granted or meta.generation.successor(node.settings.name, meta.peer_generation)
+    node.granted = None
+    node.metadata = meta.evolve(generation=minted)
+
+
+@action
+def mark_consistent(node: Node, row: Row) -> None:
+    node.metadata = node.metadata.evolve(consistent=True)
+
+
+@action
+def mark_synced(node: Node, row: Row) -> None:
+    """Resync source: the peer now holds our generation."""
+    gen = node.metadata.generation
+    node.metadata = node.metadata.evolve(synced_generation=gen, peer_generation=gen)
+
+
+@action
+def adopt_peer_generation(node: Node, row: Row) -> None:
+    """Resync target: our data is now the generation the source delivered
+    (not the peer's current one: it may have moved on since)."""
+    event = node.event
+    assert isinstance(event, ev.ResyncDone), "adopt_peer_generation runs on resync_done"
+    gen = event.generation
+    node.resync_role = None
+    node.metadata = node.metadata.evolve(
+        generation=gen, synced_generation=gen, peer_generation=gen, consistent=True
+    )
+
+
+@action
+def set_forced(node: Node, row: Row) -> None:
+    node.forced = True
+
+
+@action
+def set_second_only(node: Node, row: Row) -> None:
+    node.second_only = True
+
+
+@action
+def begin_discovery(node: Node, row: Row) -> None:
+    node.discovery_until = node.now + node.settings.startup_timeout
+
+
+# --- actions: the application -------------------------------------------------------------
+
+
+@action
+def start_app(node: Node, row: Row) -> None:
+    node.app_active = True
+    node.app_pending = "start"
+    node.emit(fx.StartApp())
+
+
+@action
+def stop_app(node: Node, row: Row) -> None:
+    node.app_pending = "stop"
+    node.emit(fx.StopApp())
+
+
+@action
+def app_up(node: Node, row: Row) -> None:
+    node.app_pending = None
+
+
+@action
+def app_down(node: Node, row: Row) -> None:
+    node.app_active = False
+    node.app_pending = None
+
+
+@action
+def stop_resources(node: Node, row: Row) -> None:
+    """Stop everything this node runs for the cluster: resync, replication, the
+    application and VIP, the lease. Tracked changes stay on disk."""
+    if node.resync_role is not None:
+        node.resync_role = None
+        node.emit(fx.StopResync())
+    if node.replicating:
+        node.replicating = False
+        node.emit(fx.StopReplication())
+    if node.app_active or node.app_pending is not None:
+        node.app_active = False
+        node.app_pending = "stop"
+        node.emit(fx.StopApp())
+    node.handover = None
+    node.pending = None
+    if node.lease.held:
+        release_grant(node, row)
+
+
+@action
+def note_checker_down(node: Node, row: Row) -> None:
+    event = node.event
+    if isinstance(event, ev.CheckerDown):
+        node.checkers_down = node.checkers_down | {event.checker}
+
+
+@action
+def note_checker_up(node: Node, row: Row) -> None:
+    event = node.event
+    if isinstance(event, ev.CheckerUp):
+        node.checkers_down = node.checkers_down - {event.checker}
+
+
+# --- actions: replication, tracking, resync, quarantine -------------------------------------
+
+
+@action
+def start_replication(node: Node, row: Row) -> None:
+    node.replicating = True
+    node.emit(fx.StartReplication())
+
+
+@action
+def stop_replication(node: Node, row: Row) -> None:
+    if node.replicating:
+        node.replicating = False
+        node.emit(fx.StopReplication())
+
+
+@action
+def start_tracking(node: Node, row: Row) -> None:
+    node.emit(fx.StartTracking(since=node.metadata.synced_generation))
+
+
+@action
+def stop_tracking(node: Node, row: Row) -> None:
+    node.emit(fx.StopTracking())
+
+
+def _resync_point(node: Node) -> tuple[str, object]:
+    peer = node.peer
+    common = common_generation(node.metadata, peer) if peer else node.metadata.synced_generation
+    return ("full" if common.initial else "incremental"), common
+
+
+def _start_resync(node: Node, role: str, full: bool) -> None:
+    mode, since = _resync_point(node)
+    node.resync_role = role
+    peer = node.peer
+    source_generation = (
+        node.metadata.generation if role == "source" or peer is None else peer.generation
+    )
+    node.emit(
+        fx.StartResync(
+            role="target" if role == "target" else "source",
+            mode="full" if full or mode == "full" else "incremental",
+            since=since,  # type: ignore[arg-type]
+            generation=source_generation,
+        )
+    )
+
+
+@action
+def resync_target(node: Node, row: Row) -> None:
+    node.metadata = node.metadata.evolve(consistent=False)
+    _start_resync(node, "target", full=False)
+
+
+@action
+def resync_full(node: Node, row: Row) -> None:
+    node.metadata = node.metadata.evolve(consistent=False)
+    _start_resync(node, "target", full=True)
+
+
+@action
+def resync_source(node: Node, row: Row) -> None:
+    _start_resync(node, "source", full=False)
+
+
+@action
+def stop_resync(node: Node, row: Row) -> None:
+    if node.resync_role is not None:
+        node.resync_role = None
+        node.emit(fx.StopResync())
+
+
+@action
+def abort_resync_source(node: Node, row: Row) -> None:
+    if node.resync_role == "source":
+        stop_resync(node, row)
+
+
+@action
+def finish_resync_source(node: Node, row: Row) -> None:
+    node.resync_role = None
+
+
+@action
+def quarantine(node: Node, row: Row) -> None:
+    if node.quarantine_pending:
+        return
+    _, since = _resync_point(node)
+    node.quarantine_pending = True
+    node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
+
+
+@action
+def mark_quarantined(node: Node, row: Row) -> None:
+    """Our divergent data is set aside: the rest is not a valid generation
+    until resynchronised."""
+    node.quarantine_pending = False
+    node.metadata = node.metadata.evolve(consistent=False)
+
+
+# --- actions: swap ----------------------------------------------------------------------
+
+
+@action
+def begin_handover(node: Node, row: Row) -> None:
+    node.handover = "stopping"
+    node.app_pending = "stop"
+    node.emit(fx.StopApp())
+
+
+@action
+def finish_handover(node: Node, row: Row) -> None:
+    """The application is stopped and every write replicated: the peer can take over."""
+    node.handover = "done"
+    stop_replication(node, row)
+    if node.lease.held:
+        release_grant(node, row)
+
+
+@action
+def clear_handover(node: Node, row: Row) -> None:
+    node.handover = None
+
+
+# --- actions: arbitration ----------------------------------------------------------------
+
+
+@action
+def request_grant(node: Node, row: Row) -> None:
+    gated = row.gated_row
+    if gated is None or node.pending is not None:
+        return
+    meta = node.metadata
+    wanted = (
+        meta.generation.successor(node.settings.name, meta.peer_generation)
+        if gated.mints
+        else meta.generation
+    )
+    node.pending = gated
+    node.lease = Lease(
+        held=node.lease.held,
+        generation=wanted,
+        requested_at=node.now,
+        fence_at=node.lease.fence_at,
+        renew_at=node.lease.renew_at,
+    )
+    node.emit(
+        fx.RequestArbitration(
+            generation=wanted, base=meta.generation, forced="set_forced" in gated.actions
+        )
+    )
+
+
+@action
+def take_grant(node: Node, row: Row) -> None:
+    """Apply the row that waited for the arbitrator, serving the granted generation."""
+    pending, event = node.pending, node.event
+    if pending is None or not isinstance(event, ev.ArbitrationGranted):
+        return
+    node.pending = None
+    hold_grant(node, row)
+    node.granted = event.generation
+    for name in pending.actions:
+        ACTIONS[name](node, pending)
+    node.granted = None
+
+
+@action
+def hold_grant(node: Node, row: Row) -> None:
+    """The lease is ours until requested_at + ttl at the arbitrator; we stop
+    serving ``lease_margin`` earlier, counted from when we asked."""
+    s, event = node.settings, node.event
+    asked = node.lease.requested_at if node.lease.requested_at is not None else node.now
+    generation = event.generation if isinstance(event, ev.ArbitrationGranted) else None
+    node.lease = Lease(
+        held=True,
+        generation=generation,
+        requested_at=None,
+        fence_at=asked + s.lease_ttl - s.lease_margin,
+        renew_at=node.now + s.lease_renew,
+    )
+
+
+@action
+def release_grant(node: Node, row: Row) -> None:
+    node.lease = Lease()
+    node.emit(fx.ReleaseArbitration())
+
+
+@action
+def deny_grant(node: Node, row: Row) -> None:
+    node.pending = None
+    node.lease = Lease()
+
+
+@cache
+def default_table() -> Table:
+    """The shipped table, loaded and validated once."""
+    return load_table(raw_spec(), GUARDS, ACTIONS)

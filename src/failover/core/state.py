@@ -1,0 +1,174 @@
+"""The values the core reasons about: states, generations, metadata, peer status.
+
+All of them are immutable and carry no I/O. ``Metadata`` is what a node must
+find again after a crash; the core asks the runtime to persist it (the
+``PersistMetadata`` effect) and is given it back at restart.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+def evolve(obj: _T, **changes: Any) -> _T:
+    """A copy of the frozen dataclass ``obj`` with ``changes``: like
+    ``dataclasses.replace`` without re-running ``__init__`` (several times
+    faster; for the core's own value types, whose fields need no checks)."""
+    new = object.__new__(type(obj))
+    attrs = new.__dict__
+    attrs.update(obj.__dict__)
+    attrs.update(changes)
+    return new
+
+
+class State(enum.Enum):
+    """The six states of a node (DESIGN.md section 2)."""
+
+    STOP = "stop"
+    WAIT = "wait"
+    ALONE = "alone"
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+    RESYNC = "resync"
+
+    @property
+    def serving(self) -> bool:
+        """True for the states that run the application and hold the virtual IP."""
+        return self in (State.ALONE, State.PRIMARY)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SubStatus(enum.Enum):
+    """``transient`` while scripts run, the VIP moves or a resync runs; else ``ready``."""
+
+    TRANSIENT = "transient"
+    READY = "ready"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, order=True)
+class Generation:
+    """Identifies the history of a node's data.
+
+    A node mints a new generation every time it starts serving without an
+    in-sync partner: ``counter`` is one more than any counter it has seen, and
+    ``origin`` is the minting node's name. Two nodes hold the same generation
+    only if they share the same history up to that point, so two nodes that
+    both served during a partition hold different generations even when their
+    counters are equal (that is how a split brain is recognised). Ordering is
+    by counter, then origin: a total order both nodes compute alike.
+    """
+
+    counter: int = 0
+    origin: str = ""
+
+    @property
+    def initial(self) -> bool:
+        """True for the generation of data that was never served or synced."""
+        return self.counter == 0
+
+    def successor(self, origin: str, seen: Generation) -> Generation:
+        """The generation ``origin`` mints after holding ``self`` and having seen ``seen``."""
+        return Generation(max(self.counter, seen.counter) + 1, origin)
+
+    def __str__(self) -> str:
+        return f"{self.counter}:{self.origin}" if self.origin else str(self.counter)
+
+
+INITIAL = Generation()
+
+
+@dataclass(frozen=True)
+class Metadata:
+    """What a node persists on its local disk, crash-safely.
+
+    - ``generation``: the generation of the data this node holds.
+    - ``synced_generation``: the last generation at which both nodes held the
+      same data (the common point from which divergence is measured).
+    - ``consistent``: False while a resync into this node is incomplete, or
+      after its divergent data was quarantined and before it is resynced.
+    - ``last_state``: the last data role it held (alone, primary, secondary,
+      resync); ``wait`` and ``stop`` do not overwrite it. A node that restarts
+      without seeing its peer may serve only if this is ``alone``.
+    - ``peer_generation``: the last generation it saw at the peer.
+    """
+
+    generation: Generation = INITIAL
+    synced_generation: Generation = INITIAL
+    consistent: bool = True
+    last_state: State | None = None
+    peer_generation: Generation = INITIAL
+
+    def evolve(self, **changes: Any) -> Metadata:
+        return evolve(self, **changes)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """What a node announces in every heartbeat, and learns of its peer."""
+
+    node: str
+    state: State
+    substatus: SubStatus
+    generation: Generation
+    synced_generation: Generation
+    consistent: bool
+    fingerprint: str
+    handover: bool = False
+    last_state: State | None = None
+    reason: str = ""
+
+    @property
+    def serving(self) -> bool:
+        return self.state.serving
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The part of the configuration the core decides with (times in seconds).
+
+    ``links`` names every heartbeat link. A link is shown down after
+    ``link_timeout`` of silence; the peer is lost only when every link has been
+    silent for ``dead_timeout``. At start a node waits ``startup_timeout`` to
+    discover its peer before deciding alone. With ``arbitrator`` true a node
+    serves only while it holds a grant: it requests one for ``lease_ttl``,
+    renews it every ``lease_renew`` and stops serving ``lease_margin`` before
+    the lease can expire at the arbitrator.
+    """
+
+    name: str
+    peer: str
+    links: tuple[str, ...]
+    fingerprint: str = ""
+    heartbeat_interval: float = 0.5
+    link_timeout: float = 1.0
+    dead_timeout: float = 2.0
+    startup_timeout: float = 2.0
+    arbitrator: bool = False
+    lease_ttl: float = 6.0
+    lease_renew: float = 2.0
+    lease_margin: float = 1.0
+    failback: str = "none"
+    preferred: str | None = None
+    split_brain_winner: str | None = None
+    checkers: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.failback not in ("none", "preferred", "last-primary"):
+            raise ValueError(
+                f"failback must be none, preferred or last-primary, not {self.failback!r}"
+            )
+        if self.failback == "preferred" and self.preferred not in (self.name, self.peer):
+            raise ValueError("failback 'preferred' needs preferred set to one of the two nodes")
+        if self.name == self.peer:
+            raise ValueError("a node cannot be its own peer")
+        if not self.links:
+            raise ValueError("at least one link is needed")
