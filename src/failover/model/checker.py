@@ -1,0 +1,141 @@
+"""Exhaustive breadth-first exploration of the simulated cluster.
+
+From each root world, every enabled action is applied to every world of the
+current frontier; worlds are deduplicated on their time-relative key. Every
+step is checked against every invariant, so the first violation found lies
+on a shortest path from the root: its trace is the shortest counterexample.
+After the exploration, liveness (L1) and stability (L2) are checked from
+every reached world by a fair continuation (see ``liveness``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from failover.core.table import Table
+from failover.model.invariants import Violation, check_step
+from failover.model.sim import Cluster, StepInfo, World
+
+
+@dataclass
+class Counterexample:
+    violation: Violation
+    labels: list[str]
+    root: str
+
+    def render(self, cluster: Cluster, root_world: World) -> str:
+        """Replay the trace and show each step with the transitions it caused."""
+        lines = [
+            f"{self.violation}",
+            f"shortest trace from {self.root} ({len(self.labels)} steps):",
+        ]
+        cluster.load(root_world)
+        for n, label in enumerate(self.labels, 1):
+            info = cluster.apply(label)
+            lines.append(f"  {n:2d}. {label}  (t={cluster.world.now:g})")
+            for rec in info.records:
+                lines.append(f"        {rec.node}: {rec.source} -> {rec.target}: {rec.reason}")
+            for ref in info.refused:
+                lines.append(f"        refused {ref.command}: {ref.reason}")
+        states = ", ".join(
+            f"{name}={'down' if h.core is None else h.core.state.value}"
+            for name, h in zip(("alpha", "beta"), cluster.world.hosts, strict=True)
+        )
+        lines.append(f"  final: {states}; acknowledged writes {sorted(cluster.world.acked)}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Exploration:
+    root: str
+    states: int = 0
+    transitions: int = 0
+    depth: int = 0
+    exhausted: bool = False
+    seconds: float = 0.0
+    counterexample: Counterexample | None = None
+    worlds: dict[World, World] = field(default_factory=dict)  # key -> a full world
+
+
+def explore(
+    cluster: Cluster,
+    root_name: str,
+    root: World,
+    *,
+    depth: int,
+    deadline: float | None = None,
+    admin: bool = True,
+    faults: bool = True,
+    writes: bool = True,
+) -> Exploration:
+    """Breadth-first search to ``depth`` actions (or until the space is exhausted,
+    a violation is found, or ``deadline`` (a time.monotonic value) passes)."""
+    started = time.monotonic()
+    horizon = cluster.config.timing.horizon
+    result = Exploration(root_name)
+    root_key = root.key(horizon)
+    parents: dict[World, tuple[World | None, str]] = {root_key: (None, "")}
+    result.worlds[root_key] = root
+    frontier = [root_key]
+    config = cluster.config
+    for level in range(1, depth + 1):
+        next_frontier: list[World] = []
+        for key in frontier:
+            world = result.worlds[key]
+            cluster.load(world)
+            labels = list(cluster.actions(admin=admin, faults=faults, writes=writes))
+            for label in labels:
+                cluster.load(world)
+                info = cluster.apply(label)
+                post = cluster.world
+                result.transitions += 1
+                violations = check_step(config, world, info, post)
+                if violations:
+                    trace = [*_trace(parents, key), label]
+                    result.counterexample = Counterexample(violations[0], trace, root_name)
+                    result.depth = level
+                    result.states = len(parents)
+                    result.seconds = time.monotonic() - started
+                    return result
+                post_key = post.key(horizon)
+                if post_key not in parents:
+                    parents[post_key] = (key, label)
+                    result.worlds[post_key] = post
+                    next_frontier.append(post_key)
+            if deadline is not None and time.monotonic() > deadline:
+                result.depth = level - 1
+                result.states = len(parents)
+                result.seconds = time.monotonic() - started
+                return result
+        result.depth = level
+        frontier = next_frontier
+        if not frontier:
+            result.exhausted = True
+            break
+    result.states = len(parents)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _trace(parents: dict[World, tuple[World | None, str]], key: World) -> list[str]:
+    labels: list[str] = []
+    current: World | None = key
+    while current is not None:
+        parent, label = parents[current]
+        if parent is not None:
+            labels.append(label)
+        current = parent
+    return labels[::-1]
+
+
+def run_prefix(cluster: Cluster, labels: Iterable[str]) -> World:
+    """A root world reached by a fixed list of actions from the initial world."""
+    cluster.load(cluster.initial())
+    for label in labels:
+        cluster.apply(label)
+    return cluster.world
+
+
+__all__ = ["Counterexample", "Exploration", "StepInfo", "Table", "explore", "run_prefix"]

@@ -1,0 +1,175 @@
+"""The safety invariants of spec/INVARIANTS.md, checked on every step.
+
+Each check compares the world before and after one action, using the
+simulator's ground truth (the disks, the acknowledged writes, what was really
+delivered) rather than what the cores believe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from failover.core.compare import Relation, relation
+from failover.core.state import Generation, State
+from failover.model.sim import NAMES, ClusterConfig, StepInfo, World
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.invariant}: {self.message}"
+
+
+INVARIANTS: dict[str, str] = {
+    "S1": "one server: with an arbitrator never two serving nodes; without one, two serve only "
+    "after a takeover on total silence, and the first heartbeat between them resolves it",
+    "S2": "no stale promotion: a node starts serving only with the newest generation, "
+    "unless forced",
+    "S3": "no lost acknowledged write: every acknowledged write is on the next node to serve",
+    "S4": "a resync node never serves; resync ends in secondary, wait or stop",
+    "S5": "generations never decrease (in memory and on disk, across restarts)",
+    "S6": "no acknowledged write ever disappears: after a split brain the loser's writes are "
+    "in its quarantine",
+    "R": "the application runs only on a serving node; metadata in memory is what is on disk",
+}
+
+Check = Callable[[ClusterConfig, World, StepInfo, World], list[Violation]]
+
+
+def _serving(world: World, i: int) -> bool:
+    core = world.hosts[i].core
+    return core is not None and core.state.serving
+
+
+def _wins_against(config: ClusterConfig, world: World, k: int, theirs: Generation) -> bool:
+    """The split-brain policy, judged on what k was told (the heartbeat it got)."""
+    if config.split_brain_winner is not None:
+        return config.split_brain_winner == NAMES[k]
+    return world.hosts[k].stored.generation > theirs
+
+
+def check_s1(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    if not (_serving(post, 0) and _serving(post, 1)):
+        return []
+    if config.arbitrator and not post.dual_serving_blind:
+        return [Violation("S1", "both nodes serve at once with an arbitrator configured")]
+    if not post.dual_serving_blind:
+        return [Violation("S1", "a node started serving while its peer served and could be heard")]
+    return [
+        Violation(
+            "S1",
+            f"{NAMES[k]} heard {NAMES[1 - k]} serving at generation {theirs} and kept serving "
+            "without winning the split brain",
+        )
+        for k, theirs in info.kept_serving_against
+        if _serving(post, k) and not _wins_against(config, post, k, theirs)
+    ]
+
+
+def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    found: list[Violation] = []
+    set_aside = frozenset().union(*(h.quarantine for h in post.hosts))
+    for k, _source, forced, blind in info.entered_serving:
+        if forced:
+            continue
+        exempt = blind
+        pre_core = pre.hosts[k].core
+        mine = pre_core.metadata if pre_core is not None else pre.hosts[k].stored
+        theirs = post.hosts[1 - k].stored
+        rel = relation(mine, theirs)
+        if not exempt and theirs.consistent and rel is Relation.PEER_NEWER:
+            found.append(
+                Violation(
+                    "S2",
+                    f"{NAMES[k]} started serving generation {mine.generation} while "
+                    f"{NAMES[1 - k]} holds newer {theirs.generation}",
+                )
+            )
+        # writes a split-brain resolution set aside in quarantine are S6's to keep;
+        # after a blind takeover the peer's unreplicated writes will be (S6 again)
+        missing = post.acked - post.hosts[k].data - set_aside
+        if exempt:
+            missing &= post.replicated_acks
+        if missing:
+            found.append(
+                Violation(
+                    "S3",
+                    f"{NAMES[k]} started serving without acknowledged writes {sorted(missing)}",
+                )
+            )
+    return found
+
+
+_RESYNC_EXITS = (State.RESYNC, State.SECONDARY, State.WAIT, State.STOP)
+
+
+def check_s4(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    found: list[Violation] = []
+    for i in range(2):
+        before, after = pre.hosts[i].core, post.hosts[i].core
+        if before is None or after is None or before.state is not State.RESYNC:
+            continue
+        if after.state not in _RESYNC_EXITS:
+            found.append(Violation("S4", f"{NAMES[i]} went from resync to {after.state.value}"))
+    return found
+
+
+def check_s5(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    found: list[Violation] = []
+    for i in range(2):
+        a, b = pre.hosts[i], post.hosts[i]
+        if b.stored.generation < a.stored.generation:
+            found.append(
+                Violation(
+                    "S5",
+                    f"{NAMES[i]}'s persisted generation went from {a.stored.generation} "
+                    f"to {b.stored.generation}",
+                )
+            )
+        alive = a.core is not None and b.core is not None
+        if alive and b.core.metadata.generation < a.core.metadata.generation:  # type: ignore[union-attr]
+            found.append(Violation("S5", f"{NAMES[i]}'s generation decreased"))
+    return found
+
+
+def check_s6(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    kept = frozenset().union(*(h.data | h.quarantine for h in post.hosts))
+    lost = post.acked - kept
+    if lost:
+        return [
+            Violation("S6", f"acknowledged writes {sorted(lost)} are on no disk nor quarantine")
+        ]
+    return []
+
+
+def check_resources(
+    config: ClusterConfig, pre: World, info: StepInfo, post: World
+) -> list[Violation]:
+    found: list[Violation] = []
+    if info.outcome_overflow:
+        found.append(Violation("R", "effects and outcomes loop without settling"))
+    for i, host in enumerate(post.hosts):
+        core = host.core
+        if core is None:
+            continue
+        if host.app_running and not core.state.serving:
+            found.append(
+                Violation("R", f"{NAMES[i]} runs the application in state {core.state.value}")
+            )
+        if core.metadata != host.stored:
+            found.append(Violation("R", f"{NAMES[i]}'s metadata changed without being persisted"))
+    return found
+
+
+CHECKS: tuple[Check, ...] = (check_s1, check_s2_s3, check_s4, check_s5, check_s6, check_resources)
+
+
+def check_step(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    found: list[Violation] = []
+    for check in CHECKS:
+        found.extend(check(config, pre, info, post))
+    return found

@@ -1,0 +1,130 @@
+"""Deliberately broken transition tables: the proof that the checker can fail.
+
+Each mutant edits the shipped table's data in one targeted way, is loaded
+and validated like the real one, and must be caught by the model checker
+with a counterexample for the invariant it breaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from failover.core.rules import ACTIONS, GUARDS
+from failover.core.table import Table, load_table, raw_spec
+
+Spec = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    description: str
+    breaks: str  # the invariant expected to catch it
+    arbitrator: bool
+    edit: Callable[[Spec], None]
+
+
+def _rows(spec: Spec, state: str, event: str) -> list[dict[str, Any]]:
+    rows = spec["table"][state][event]
+    assert isinstance(rows, list), f"{state}.{event} has no rows"
+    return rows
+
+
+def _all_rows(spec: Spec) -> Iterator[dict[str, Any]]:
+    for by_event in spec["table"].values():
+        for rows in by_event.values():
+            if isinstance(rows, list):
+                yield from rows
+
+
+def _no_stale_guard(spec: Spec) -> None:
+    """A node that cannot see its peer serves even if it was not the last to serve."""
+    for row in _rows(spec, "wait", "startup_timeout"):  # shared with peer_lost and recheck
+        if row.get("when") == ["last_served_alone"]:
+            del row["when"]
+
+
+def _resync_may_serve(spec: Spec) -> None:
+    """A resync target whose source vanishes takes over with half-copied data."""
+    spec["table"]["resync"]["peer_lost"] = [
+        {
+            "to": "alone",
+            "do": ["mint_generation", "start_tracking", "start_app"],
+            "reason": "mutant: resync target serves",
+        }
+    ]
+
+
+def _no_split_brain_detection(spec: Spec) -> None:
+    """Divergent data is treated as merely stale: no quarantine, plain resync."""
+    for row in _all_rows(spec):
+        actions = row.get("do", [])
+        if "quarantine" in actions:
+            row["do"] = [a for a in actions if a != "quarantine"]
+    for row in _rows(spec, "wait", "heartbeat"):
+        if row.get("when") == ["peer_serving", "diverged"]:
+            row["to"] = "resync"
+            row["do"] = ["resync_target"]
+
+
+def _takeover_without_grant(spec: Spec) -> None:
+    """A secondary that loses its primary takes over without the arbitrator's grant."""
+    for row in _rows(spec, "secondary", "peer_lost"):
+        if row.get("to") == "alone":
+            row["ungated"] = True
+
+
+def _forget_outrank(spec: Spec) -> None:
+    """The winner never lifts its generation above the peer's before resyncing it."""
+    for rows in spec["table"]["alone"].values():
+        if isinstance(rows, list):
+            rows[:] = [r for r in rows if "peer_outranks" not in r.get("when", [])]
+
+
+def _stop_leaves_app(spec: Spec) -> None:
+    """Stopping a serving node forgets to stop the application."""
+    for state in ("alone", "primary"):
+        for row in _rows(spec, state, "stop"):
+            row["do"] = []
+
+
+def _never_pair(spec: Spec) -> None:
+    """Two waiting nodes with the same data never decide which one serves."""
+    rows = _rows(spec, "wait", "heartbeat")
+    rows[:] = [r for r in rows if r.get("when") != ["equal", "wins_tie"]]
+
+
+def _restless_swap(spec: Spec) -> None:
+    """A protected primary hands the service over again and again."""
+    rows = _rows(spec, "primary", "heartbeat")
+    for row in rows:
+        if "failback_to_peer" in row.get("when", []):
+            row["when"] = ["peer_in_sync_ready", "app_ready"]
+
+
+MUTANTS: dict[str, Mutant] = {
+    "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", "S3", False, _no_stale_guard),
+    "resync-may-serve": Mutant(_resync_may_serve.__doc__ or "", "S4", False, _resync_may_serve),
+    "no-split-brain-detection": Mutant(
+        _no_split_brain_detection.__doc__ or "", "S6", False, _no_split_brain_detection
+    ),
+    "takeover-without-grant": Mutant(
+        _takeover_without_grant.__doc__ or "", "S1", True, _takeover_without_grant
+    ),
+    "forget-outrank": Mutant(_forget_outrank.__doc__ or "", "S5", False, _forget_outrank),
+    "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", "R", False, _stop_leaves_app),
+    "never-pair": Mutant(_never_pair.__doc__ or "", "L1", False, _never_pair),
+    "restless-swap": Mutant(_restless_swap.__doc__ or "", "L2", False, _restless_swap),
+}
+
+
+def mutant_spec(name: str) -> Spec:
+    spec = raw_spec()
+    MUTANTS[name].edit(spec)
+    return spec
+
+
+def mutant_table(name: str) -> Table:
+    """The shipped table with mutant ``name`` applied, loaded and validated."""
+    return load_table(mutant_spec(name), GUARDS, ACTIONS)

@@ -1,0 +1,565 @@
+"""A simulated two-node cluster around two real cores.
+
+Everything outside the cores is simulated here, as plainly as possible, and
+is the ground truth the invariants are checked against:
+
+- the network: for each link and direction, the newest heartbeat in flight
+  (a newer one replaces an undelivered older one, as the wire layer's replay
+  window would discard the older one anyway); a link can be partitioned;
+  messages can be delivered, duplicated or dropped;
+- the disks: each node's data is the set of write ids it holds, plus a
+  quarantine set, and the metadata it persisted;
+- the application: a write on the serving node is acknowledged when it is
+  durable where the replication rule says (both nodes while primary with the
+  peer receiving; locally while alone);
+- the arbitrator: one lease record decided by ``failover.core.arbitration``;
+- the runtime: effects are executed in order and their outcomes fed back at
+  once (one "macro step"), as the real executor would when nothing fails.
+
+``Cluster`` is mutable and fast to ``load``/``save`` from an immutable,
+hashable ``World`` so the checker can explore millions of steps reusing two
+``Node`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.arbitration import LeaseRecord, decide_renewal, decide_request
+from failover.core.node import Node, NodeSnapshot
+from failover.core.state import Generation, Metadata, PeerStatus, Settings, State, evolve
+from failover.core.table import Table
+
+NAMES = ("alpha", "beta")
+REPLICATION_LINK = 0  # the replication stream shares the first link's network
+
+
+@dataclass(frozen=True)
+class Timing:
+    heartbeat_interval: float = 1.0
+    link_timeout: float = 2.0
+    dead_timeout: float = 3.0
+    startup_timeout: float = 3.0
+    lease_ttl: float = 4.0
+    lease_renew: float = 1.0
+    lease_margin: float = 1.0
+
+    @property
+    def horizon(self) -> float:
+        return max(self.dead_timeout, self.link_timeout, self.startup_timeout, self.lease_ttl) + 1
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How much nondeterminism one explored trace may use. Ticks, deliveries,
+    restarts, heals and resync steps are free; these are counted."""
+
+    faults: int = 2  # crash, drop, duplicate, partition, arbitrator cut, app/checker failure
+    admin: int = 1  # operator commands
+    writes: int = 2  # application writes
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    links: tuple[str, ...] = ("lan", "serial")
+    arbitrator: bool = False
+    timing: Timing = Timing()
+    failback: str = "none"
+    preferred: str | None = None
+    split_brain_winner: str | None = None
+    resource_faults: bool = False  # also explore application and checker failures
+
+    def settings(self, index: int) -> Settings:
+        t = self.timing
+        return Settings(
+            name=NAMES[index],
+            peer=NAMES[1 - index],
+            links=self.links,
+            fingerprint="model",
+            heartbeat_interval=t.heartbeat_interval,
+            link_timeout=t.link_timeout,
+            dead_timeout=t.dead_timeout,
+            startup_timeout=t.startup_timeout,
+            arbitrator=self.arbitrator,
+            lease_ttl=t.lease_ttl,
+            lease_renew=t.lease_renew,
+            lease_margin=t.lease_margin,
+            failback=self.failback,
+            preferred=self.preferred,
+            split_brain_winner=self.split_brain_winner,
+        )
+
+
+@dataclass(frozen=True)
+class Host:
+    """One server: its daemon (``core`` None while crashed) and its disk."""
+
+    core: NodeSnapshot | None
+    stored: Metadata = field(default_factory=Metadata)
+    data: frozenset[int] = frozenset()
+    quarantine: frozenset[int] = frozenset()
+    app_running: bool = False
+    arb_reachable: bool = True
+    resync_final: Generation | None = None  # target holds this generation; ResyncDone not yet seen
+    last_heard: float | None = None  # ground truth: last heartbeat this host received
+
+
+@dataclass(frozen=True)
+class World:
+    """An immutable state of the whole simulated cluster."""
+
+    now: float
+    hosts: tuple[Host, Host]
+    channels: tuple[tuple[tuple[str, int], PeerStatus], ...] = ()  # ((link, sender), status)
+    delayed: frozenset[tuple[str, int]] = frozenset()  # held back at the next round
+    partitioned: frozenset[str] = frozenset()
+    lease: LeaseRecord | None = None
+    acked: frozenset[int] = frozenset()
+    replicated_acks: frozenset[int] = frozenset()  # acked while primary (synchronously)
+    writes: int = 0
+    faults: int = 0  # faults used so far
+    commands: int = 0  # admin commands used so far
+    dual_serving_blind: bool = False  # both serve after a blind takeover or a forced promotion
+
+    def key(self, horizon: float) -> World:
+        """The same world with every time relative to now (now becomes 0) and
+        reasons blanked: worlds that behave alike compare equal."""
+
+        def shift(t: float | None) -> float | None:
+            return None if t is None else max(t - self.now, -horizon)
+
+        hosts = tuple(
+            evolve(
+                h,
+                core=None
+                if h.core is None
+                else evolve(h.core.rebased(self.now, horizon), reason=""),
+                last_heard=shift(h.last_heard),
+            )
+            for h in self.hosts
+        )
+        lease = self.lease
+        if lease is not None and lease.expires_at is not None:
+            lease = evolve(lease, expires_at=shift(lease.expires_at))
+        return evolve(self, now=0.0, hosts=hosts, lease=lease)
+
+
+@dataclass
+class StepInfo:
+    """What happened during one step, for invariants and traces."""
+
+    label: str
+    records: list[fx.TransitionRecord] = field(default_factory=list)
+    refused: list[fx.Refused] = field(default_factory=list)
+    # (host, state it left, forced by an operator, blind: an in-sync secondary that
+    # heard nothing from its peer for the dead timeout, without an arbitrator)
+    entered_serving: list[tuple[int, State, bool, bool]] = field(default_factory=list)
+    # a serving node heard its peer serving at this generation and still served after
+    kept_serving_against: list[tuple[int, Generation]] = field(default_factory=list)
+    outcome_overflow: bool = False
+
+
+class Cluster:
+    """The mutable simulator. ``load(world)``, apply one action, ``save()``."""
+
+    MAX_OUTCOMES = 64
+
+    def __init__(
+        self, config: ClusterConfig, table: Table | None = None, bounds: Bounds | None = None
+    ) -> None:
+        self.config = config
+        self.bounds = bounds if bounds is not None else Bounds()
+        self.settings = (config.settings(0), config.settings(1))
+        self.nodes = (Node(self.settings[0], table=table), Node(self.settings[1], table=table))
+        self.table = self.nodes[0].table
+        self.world = self.initial()
+
+    # --- worlds -----------------------------------------------------------------------
+
+    def initial(self) -> World:
+        """Both servers up, daemons running but the module stopped, fresh disks."""
+        hosts = tuple(Host(core=self._fresh_core(i, Metadata())) for i in range(2))
+        lease = LeaseRecord() if self.config.arbitrator else None
+        return World(now=0.0, hosts=hosts, lease=lease)  # type: ignore[arg-type]
+
+    def booted(self) -> World:
+        """Both daemons just launched with autostart on fresh disks."""
+        self.load(self.initial())
+        for i in range(2):
+            self._handle(i, ev.Start(), StepInfo("boot"))
+        return self.world
+
+    def _fresh_core(self, index: int, metadata: Metadata) -> NodeSnapshot:
+        node = self.nodes[index]
+        node.reset(metadata)
+        return node.snapshot()
+
+    def load(self, world: World) -> None:
+        self.world = world
+        for i, host in enumerate(world.hosts):
+            if host.core is not None:
+                self.nodes[i].restore(host.core)
+
+    def up(self, i: int) -> bool:
+        return self.world.hosts[i].core is not None
+
+    def state(self, i: int) -> State | None:
+        core = self.world.hosts[i].core
+        return None if core is None else core.state
+
+    # --- actions ----------------------------------------------------------------------
+
+    def actions(
+        self, *, admin: bool = True, faults: bool = True, writes: bool = True
+    ) -> Iterator[str]:
+        """Every action enabled in the current world, as labels for ``apply``;
+        the bounds limit how many faults, commands and writes one trace uses.
+
+        The network works in rounds: ``tick`` lets one heartbeat interval pass
+        and delivers every message in flight. Losing, delaying (to the next
+        round) or duplicating one message, and partitioning a link, are faults.
+        """
+        w, b = self.world, self.bounds
+        faults = faults and w.faults < b.faults
+        admin = admin and w.commands < b.admin
+        writes = writes and w.writes < b.writes
+        yield "tick"
+        if faults:
+            for (link, sender), _status in w.channels:
+                name = NAMES[sender]
+                yield f"drop {link} {name}"
+                if (link, sender) not in w.delayed:
+                    yield f"delay {link} {name}"
+                if self.up(1 - sender):
+                    yield f"duplicate {link} {name}"
+        for i in range(2):
+            host = w.hosts[i]
+            core = host.core
+            if core is None:
+                yield f"restart {NAMES[i]}"
+                continue
+            if faults:
+                yield f"crash {NAMES[i]}"
+            if admin:
+                for cmd in COMMANDS:
+                    yield f"{cmd} {NAMES[i]}"
+            if writes and host.app_running and core.state.serving:
+                yield f"write {NAMES[i]}"
+            if self.config.arbitrator:
+                if not host.arb_reachable:
+                    yield f"arb_heal {NAMES[i]}"
+                elif faults:
+                    yield f"arb_cut {NAMES[i]}"
+            if faults and self.config.resource_faults:
+                if host.app_running:
+                    yield f"app_fail {NAMES[i]}"
+                yield f"{'checker_up' if core.checkers_down else 'checker_down'} {NAMES[i]}"
+        for link in self.config.links:
+            if link in w.partitioned:
+                yield f"heal {link}"
+            elif faults:
+                yield f"partition {link}"
+
+    def apply(self, label: str) -> StepInfo:
+        """Perform one action on the loaded world; ``self.world`` is the result."""
+        info = StepInfo(label)
+        verb, _, arg = label.partition(" ")
+        if verb in FAULTS:
+            self.world = evolve(self.world, faults=self.world.faults + 1)
+        elif verb in COMMANDS:
+            self.world = evolve(self.world, commands=self.world.commands + 1)
+        if verb == "tick":
+            self._tick(info)
+        elif verb in ("deliver", "duplicate", "drop", "delay"):
+            link, sender_name = arg.split()
+            self._message(verb, link, NAMES.index(sender_name), info)
+        elif verb in ("partition", "heal"):
+            self._partition(arg, verb == "partition")
+        elif verb == "crash":
+            self._crash(NAMES.index(arg))
+        elif verb == "restart":
+            self._restart(NAMES.index(arg), info)
+        elif verb == "write":
+            self._write(NAMES.index(arg), info)
+        elif verb in ("arb_cut", "arb_heal"):
+            self._set_host(NAMES.index(arg), arb_reachable=verb == "arb_heal")
+        elif verb == "checker_down":
+            self._handle(NAMES.index(arg), ev.CheckerDown("app-check"), info)
+        elif verb == "checker_up":
+            self._handle(NAMES.index(arg), ev.CheckerUp("app-check"), info)
+        elif verb == "app_fail":
+            i = NAMES.index(arg)
+            self._set_host(i, app_running=False)
+            self._handle(i, ev.AppFailed("application died"), info)
+        else:
+            self._handle(NAMES.index(arg), ev.ADMIN_COMMANDS[verb](), info)
+        return info
+
+    # --- the pieces -------------------------------------------------------------------
+
+    def _set_host(self, i: int, **changes: object) -> None:
+        hosts = list(self.world.hosts)
+        hosts[i] = evolve(hosts[i], **changes)
+        self.world = evolve(self.world, hosts=tuple(hosts))
+
+    def _tick(self, info: StepInfo) -> None:
+        """One heartbeat interval passes: timers fire, then every message in
+        flight (but a delayed one) is delivered, in passes until none is left;
+        the data plane makes one step of progress on any resync."""
+        now = self.world.now + self.config.timing.heartbeat_interval
+        self.world = evolve(self.world, now=now)
+        for i in range(2):
+            if self.up(i):
+                self._handle(i, ev.Timer(), info)
+        lease = self.world.lease
+        if (
+            lease is not None
+            and lease.holder is not None
+            and lease.expires_at is not None
+            and (now >= lease.expires_at)
+        ):
+            self.world = evolve(self.world, lease=evolve(lease, holder=None, expires_at=None))
+        held = self.world.delayed
+        self.world = evolve(self.world, delayed=frozenset())
+        for _pass in range(4):
+            ready = [key for key, _ in self.world.channels if key not in held]
+            if not ready:
+                break
+            for link, sender in ready:
+                if any(k == (link, sender) for k, _ in self.world.channels):
+                    self._message("deliver", link, sender, info)
+            held = frozenset()
+        for i in range(2):
+            host, core = self.world.hosts[i], self.world.hosts[i].core
+            if core is None or core.state is not State.RESYNC or core.resync_role != "target":
+                continue
+            if host.resync_final is not None:
+                delivered = host.resync_final
+                self._set_host(i, resync_final=None)
+                self._handle(i, ev.ResyncDone(delivered), info)
+            elif self._resync_possible(i):
+                self._resync_complete(i, info)
+
+    def _message(self, verb: str, link: str, sender: int, info: StepInfo) -> None:
+        channels = dict(self.world.channels)
+        status = channels[(link, sender)]
+        if verb == "delay":
+            self.world = evolve(self.world, delayed=self.world.delayed | {(link, sender)})
+            return
+        if verb != "duplicate":
+            del channels[(link, sender)]
+            self.world = evolve(self.world, channels=tuple(sorted(channels.items(), key=_chan_key)))
+        if verb == "drop":
+            return
+        target = 1 - sender
+        self._set_host(target, last_heard=self.world.now)
+        was_serving = self.state(target) in (State.ALONE, State.PRIMARY)
+        self._handle(target, ev.HeartbeatReceived(link, status), info)
+        if was_serving and status.serving and self.state(target) in (State.ALONE, State.PRIMARY):
+            info.kept_serving_against.append((target, status.generation))
+
+    def _partition(self, link: str, cut: bool) -> None:
+        w = self.world
+        if cut:
+            channels = tuple(c for c in w.channels if c[0][0] != link)
+            self.world = evolve(w, partitioned=w.partitioned | {link}, channels=channels)
+        else:
+            self.world = evolve(w, partitioned=w.partitioned - {link})
+
+    def _crash(self, i: int) -> None:
+        """Every process of the server dies: daemon and application. The disk stays."""
+        w = self.world
+        channels = tuple(c for c in w.channels if c[0][1] != i)
+        self.world = evolve(w, channels=channels)
+        self._set_host(i, core=None, app_running=False, resync_final=None)
+        # the lease stays with the dead holder until it expires at the arbitrator
+
+    def _restart(self, i: int, info: StepInfo) -> None:
+        self._set_host(i, core=self._fresh_core(i, self.world.hosts[i].stored))
+        self._handle(i, ev.Start(), info)
+
+    def _write(self, i: int, info: StepInfo) -> None:
+        """The application on host i writes record ``w`` and waits for its
+        acknowledgement (the fsync returns)."""
+        w = self.world
+        wid = w.writes
+        self.world = evolve(w, writes=wid + 1)
+        host = self.world.hosts[i]
+        self._set_host(i, data=host.data | {wid})
+        core = self.nodes[i]
+        if core.state is State.PRIMARY:
+            j = 1 - i
+            if self._peer_receives(i):
+                peer = self.world.hosts[j]
+                self._set_host(j, data=peer.data | {wid})
+                self.world = evolve(
+                    self.world,
+                    acked=self.world.acked | {wid},
+                    replicated_acks=self.world.replicated_acks | {wid},
+                )
+                return
+            self._handle(i, ev.ReplicationFailed("peer does not acknowledge"), info)
+        core = self.nodes[i]
+        if core.state is State.ALONE and core.pending is None and self.world.hosts[i].app_running:
+            self.world = evolve(self.world, acked=self.world.acked | {wid})
+        # otherwise the write stays unacknowledged: it is on this disk only
+
+    def _peer_receives(self, i: int) -> bool:
+        j = 1 - i
+        peer = self.world.hosts[j]
+        if peer.core is None or self.config.links[REPLICATION_LINK] in self.world.partitioned:
+            return False
+        if not self.nodes[i].replicating:
+            return False
+        return peer.core.state is State.SECONDARY or (
+            peer.core.state is State.RESYNC and peer.resync_final is not None
+        )
+
+    def _resync_possible(self, target: int) -> bool:
+        source = 1 - target
+        src = self.world.hosts[source].core
+        return (
+            src is not None
+            and src.state.serving
+            and src.resync_role == "source"
+            and self.config.links[REPLICATION_LINK] not in self.world.partitioned
+        )
+
+    def _resync_complete(self, target: int, info: StepInfo) -> None:
+        """The source has sent everything and switches to synchronous replication;
+        the target holds the full copy and reports ResyncDone at the next tick."""
+        source = 1 - target
+        data = self.world.hosts[source].data
+        src = self.world.hosts[source].core
+        assert src is not None
+        self._set_host(target, data=data, resync_final=src.metadata.generation)
+        self._handle(source, ev.PeerResynced(src.metadata.generation), info)
+
+    def _handle(self, i: int, event: ev.Event, info: StepInfo) -> None:
+        """One macro step: the core handles ``event``; the simulated runtime runs
+        the effects in order and feeds outcomes back until none is left."""
+        queue: list[tuple[int, ev.Event]] = [(i, event)]
+        handled = 0
+        while queue:
+            k, event = queue.pop(0)
+            if not self.up(k):
+                continue
+            handled += 1
+            if handled > self.MAX_OUTCOMES:
+                info.outcome_overflow = True
+                return
+            node = self.nodes[k]
+            before = node.state
+            effects = node.handle(event, self.world.now)
+            if node.state.serving and not before.serving:
+                blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
+                info.entered_serving.append((k, before, node.forced, blind))
+            for effect in effects:
+                outcome = self._execute(k, effect, info)
+                if outcome is not None:
+                    queue.append((k, outcome))
+            self._set_host(k, core=node.snapshot())
+            self._track_dual_serving(k, before, info)
+
+    def _track_dual_serving(self, k: int, before: State, info: StepInfo) -> None:
+        states = [self.state(0), self.state(1)]
+        both = all(s is not None and s.serving for s in states)
+        if not both:
+            if self.world.dual_serving_blind:
+                self.world = evolve(self.world, dual_serving_blind=False)
+            return
+        if not before.serving:
+            # k just started serving while its peer serves: acceptable only as a
+            # takeover after losing an in-sync peer on every link, or when an
+            # operator forced it
+            blind = (
+                (before is State.SECONDARY and self._silent(k))
+                or self.nodes[k].forced
+                or self.nodes[1 - k].forced
+            )
+            self.world = evolve(self.world, dual_serving_blind=blind)
+
+    def _silent(self, k: int) -> bool:
+        heard = self.world.hosts[k].last_heard
+        return heard is None or self.world.now - heard >= self.config.timing.dead_timeout
+
+    def _execute(self, k: int, effect: fx.Effect, info: StepInfo) -> ev.Event | None:
+        host = self.world.hosts[k]
+        if isinstance(effect, fx.PersistMetadata):
+            self._set_host(k, stored=effect.metadata)
+        elif isinstance(effect, fx.SendHeartbeat):
+            status = evolve(effect.status, reason="")
+            channels = dict(self.world.channels)
+            for link in self.config.links:
+                if link not in self.world.partitioned:
+                    channels[(link, k)] = status
+            self.world = evolve(self.world, channels=tuple(sorted(channels.items(), key=_chan_key)))
+        elif isinstance(effect, fx.StartApp):
+            self._set_host(k, app_running=True)
+            return ev.AppStarted()
+        elif isinstance(effect, fx.StopApp):
+            self._set_host(k, app_running=False)
+            return ev.AppStopped()
+        elif isinstance(effect, fx.Quarantine):
+            self._set_host(k, quarantine=host.quarantine | host.data)
+            return ev.QuarantineDone()
+        elif isinstance(effect, fx.StopResync):
+            self._set_host(k, resync_final=None)
+        elif isinstance(effect, fx.RequestArbitration):
+            return self._arbitrate_request(k, effect)
+        elif isinstance(effect, fx.RenewArbitration):
+            return self._arbitrate_renewal(k, effect)
+        elif isinstance(effect, fx.ReleaseArbitration):
+            lease = self.world.lease
+            if lease is not None and host.arb_reachable and lease.holder == NAMES[k]:
+                self.world = evolve(self.world, lease=evolve(lease, holder=None, expires_at=None))
+        elif isinstance(effect, fx.TransitionRecord):
+            info.records.append(effect)
+        elif isinstance(effect, fx.Refused):
+            info.refused.append(effect)
+        return None
+
+    def _arbitrate_request(self, k: int, effect: fx.RequestArbitration) -> ev.Event | None:
+        lease = self.world.lease
+        if lease is None:
+            return ev.ArbitrationDenied("no arbitrator configured")
+        if not self.world.hosts[k].arb_reachable:
+            return ev.ArbitrationDenied("arbitrator unreachable")
+        verdict = decide_request(
+            lease,
+            requester=NAMES[k],
+            wanted=effect.generation,
+            base=effect.base,
+            forced=effect.forced,
+            now=self.world.now,
+            ttl=self.config.timing.lease_ttl,
+        )
+        self.world = evolve(self.world, lease=verdict.record)
+        if verdict.granted:
+            return ev.ArbitrationGranted(effect.generation)
+        return ev.ArbitrationDenied(verdict.reason)
+
+    def _arbitrate_renewal(self, k: int, effect: fx.RenewArbitration) -> ev.Event | None:
+        lease = self.world.lease
+        if lease is None or not self.world.hosts[k].arb_reachable:
+            return None  # no answer: the node's own deadline decides
+        verdict = decide_renewal(
+            lease, requester=NAMES[k], now=self.world.now, ttl=self.config.timing.lease_ttl
+        )
+        self.world = evolve(self.world, lease=verdict.record)
+        if verdict.granted:
+            return ev.ArbitrationGranted(effect.generation)
+        return ev.ArbitrationDenied(verdict.reason)
+
+
+def _chan_key(item: tuple[tuple[str, int], PeerStatus]) -> tuple[str, int]:
+    return item[0]
+
+
+FAULTS = frozenset(
+    {"crash", "drop", "delay", "duplicate", "partition", "arb_cut", "app_fail", "checker_down"}
+)
+COMMANDS = tuple(ev.ADMIN_COMMANDS)
