@@ -1,0 +1,387 @@
+"""The configuration file's schema as pydantic models (frozen, unknown keys rejected).
+
+These models check each value on its own. Rules that tie several values
+together (two nodes, an endpoint per link, timing ratios, the key file) live
+in ``failover.config.checks`` so that every problem can be reported at the
+key it concerns; ``load_config`` runs both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Le, MinLen
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    IPvAnyInterface,
+    PrivateAttr,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+
+from failover.config.timing import ProfileName, Seconds, Timing, TimingOverrides, resolve_timing
+from failover.core.state import Settings
+from failover.errors import ConfigError, UsageError
+
+NAME_RE = re.compile(r"[a-z0-9-]+")
+MIN_KEY_BYTES = 32
+DEFAULT_STATE_DIR = Path("/var/lib/failover")
+FINGERPRINT_VERSION = 1
+
+
+def check_name(value: str) -> str:
+    """Accept a cluster, node, link or checker name: one or more of a-z, 0-9 and '-'."""
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not a valid name: use only a-z, 0-9 and '-'")
+    return value
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    # Relative paths are relative to the configuration file, not to the
+    # directory the daemon happens to be started from.
+    base = info.context.get("base_dir") if isinstance(info.context, dict) else None
+    if isinstance(base, Path) and not value.is_absolute():
+        return base / value
+    return value
+
+
+def _check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} must be host:port (port 1-65535)")
+    return value
+
+
+def _check_interface(value: str) -> str:
+    if not value or len(value) > 15 or "/" in value or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not a network interface name")
+    return value
+
+
+def _none_is_empty(value: object) -> object:
+    # `lan:` with nothing after it means "no options", as `lan: {}` does.
+    return {} if value is None else value
+
+
+Name = Annotated[StrictStr, AfterValidator(check_name)]
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+Command = Annotated[StrictStr, MinLen(1)]
+Port = Annotated[int, Ge(1), Le(65535)]
+EndpointOptions = Annotated[dict[str, Any], BeforeValidator(_none_is_empty)]
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ArbitratorConfig(Section):
+    """``cluster.arbitrator``. Only ``none`` is available in this version."""
+
+    type: Literal["none", "witness"] = "none"
+    address: Annotated[StrictStr, AfterValidator(_check_host_port)] | None = None
+    lease_ttl: Seconds = 6.0
+
+
+class ClusterSection(Section):
+    """``cluster``: the settings both nodes share."""
+
+    name: Name
+    key_file: ConfigPath | None = None
+    insecure: StrictBool = False
+    state_dir: ConfigPath = DEFAULT_STATE_DIR
+    profile: ProfileName = "default"
+    timing: TimingOverrides = TimingOverrides()
+    failback: Literal["none", "preferred", "last-primary"] = "none"
+    preferred: Name | None = None
+    split_brain_winner: StrictStr = "auto"
+    arbitrator: ArbitratorConfig = ArbitratorConfig()
+    autostart: StrictBool = True
+
+
+class LinkConfig(Section):
+    """One entry of ``links``: a heartbeat link carried by a transport plugin."""
+
+    name: Name
+    transport: Annotated[StrictStr, MinLen(1)]
+
+
+class ControlTcp(Section):
+    """``nodes.<node>.control.tcp``: the control API on TCP, with a bearer token."""
+
+    address: Annotated[StrictStr, MinLen(1)]
+    port: Port
+    token_file: ConfigPath
+
+
+class ControlConfig(Section):
+    """``nodes.<node>.control``: exactly one of ``socket`` or ``tcp``."""
+
+    socket: ConfigPath | None = None
+    tcp: ControlTcp | None = None
+
+    @model_validator(mode="after")
+    def _one_listener(self) -> ControlConfig:
+        if (self.socket is None) == (self.tcp is None):
+            raise ValueError("give exactly one of socket or tcp")
+        return self
+
+
+class NodeConfig(Section):
+    """``nodes.<node>``: where this node keeps its state and how it reaches the links."""
+
+    state_dir: ConfigPath | None = None
+    control: ControlConfig | None = None
+    links: dict[StrictStr, EndpointOptions]
+
+
+class ApplicationConfig(Section):
+    """``application``: the scripts that start and stop the protected application."""
+
+    start: Command
+    stop: Command
+    timeout: Seconds = 30.0
+
+
+class VirtualIpConfig(Section):
+    """``virtual_ip``: the address that follows the serving node."""
+
+    address: IPvAnyInterface
+    interface: Annotated[StrictStr, AfterValidator(_check_interface)]
+
+
+class CheckerConfig(Section):
+    """One entry of ``checkers``: a command whose failure marks the node unhealthy."""
+
+    name: Name
+    command: Command
+    interval: Seconds = 5.0
+    timeout: Seconds = 3.0
+
+
+class ClusterConfig(Section):
+    """A whole configuration file, as loaded by ``failover.config.load_config``.
+
+    Build it through ``load_config``: it runs the cross-field rules, validates
+    every endpoint with its transport plugin and records ``source_path`` and
+    ``warnings``. A model built directly skips those rules.
+    """
+
+    cluster: ClusterSection
+    links: Annotated[tuple[LinkConfig, ...], MinLen(1)]
+    nodes: dict[StrictStr, NodeConfig]
+    application: ApplicationConfig | None = None
+    virtual_ip: VirtualIpConfig | None = None
+    checkers: tuple[CheckerConfig, ...] = ()
+
+    _source_path: Path | None = PrivateAttr(default=None)
+    _warnings: tuple[str, ...] = PrivateAttr(default=())
+    _endpoints: dict[tuple[str, str], BaseModel] = PrivateAttr(default_factory=dict)
+
+    def attach(
+        self,
+        source_path: Path,
+        warnings: tuple[str, ...],
+        endpoints: dict[tuple[str, str], BaseModel],
+    ) -> None:
+        """Record what the loader learnt (called once by ``load_config``)."""
+        self._source_path = source_path
+        self._warnings = warnings
+        self._endpoints = dict(endpoints)
+
+    @property
+    def source_path(self) -> Path | None:
+        """The file this configuration was loaded from (None if built in code)."""
+        return self._source_path
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """Problems that do not stop the cluster, formatted like errors; print them at start."""
+        return self._warnings
+
+    @property
+    def timing(self) -> Timing:
+        """The profile's timings with ``cluster.timing`` overrides applied."""
+        return resolve_timing(self.cluster.profile, self.cluster.timing)
+
+    @property
+    def node_names(self) -> tuple[str, ...]:
+        """The node names, in file order."""
+        return tuple(self.nodes)
+
+    def _node(self, node: str) -> NodeConfig:
+        try:
+            return self.nodes[node]
+        except KeyError:
+            raise UsageError(
+                f"{node!r} is not a node of cluster {self.cluster.name!r} "
+                f"(nodes: {', '.join(self.nodes)})"
+            ) from None
+
+    def peer_of(self, node: str) -> str:
+        """The other node's name. Raises ``UsageError`` for an unknown node."""
+        self._node(node)
+        others = [name for name in self.nodes if name != node]
+        if len(others) != 1:
+            raise UsageError(f"cluster {self.cluster.name!r} does not have exactly two nodes")
+        return others[0]
+
+    def state_dir_of(self, node: str) -> Path:
+        """The state directory that applies to ``node``: its own, else the cluster's."""
+        return self._node(node).state_dir or self.cluster.state_dir
+
+    def node_dir(self, node: str) -> Path:
+        """Where ``node`` keeps its metadata and sockets: ``<state_dir>/<node>``."""
+        return self.state_dir_of(node) / node
+
+    def control_of(self, node: str) -> ControlConfig:
+        """``node``'s control listener; by default the unix socket <node_dir>/control.sock."""
+        return self._node(node).control or ControlConfig(
+            socket=self.node_dir(node) / "control.sock"
+        )
+
+    def endpoint(self, node: str, link: str) -> BaseModel:
+        """``node``'s options for ``link``, validated by the link's transport plugin.
+
+        Loads the plugin if the loader has not already done so; raises
+        ``UsageError`` for an unknown node or link, ``PluginNotFound`` when the
+        transport is not installed, ``ConfigError`` when the options are invalid.
+        """
+        cached = self._endpoints.get((node, link))
+        if cached is not None:
+            return cached
+        options = self._node(node).links.get(link)
+        transport = next((item.transport for item in self.links if item.name == link), None)
+        if options is None or transport is None:
+            raise UsageError(f"node {node!r} has no endpoint for link {link!r}")
+        from failover.plugins import load_transport  # noqa: PLC0415 - plugins load lazily
+
+        model = load_transport(transport).endpoint_model
+        try:
+            validated = model.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError([f"nodes.{node}.links.{link}: {exc}"]) from exc
+        self._endpoints[(node, link)] = validated
+        return validated
+
+    def read_key(self) -> bytes | None:
+        """The cluster key's bytes, exactly as stored; None when ``insecure`` is true.
+
+        Reads ``cluster.key_file`` on every call. Raises ``ConfigError`` when it
+        is missing, unreadable or shorter than 32 bytes.
+        """
+        if self.cluster.insecure:
+            return None
+        path = self.cluster.key_file
+        where = f"{self._source_path or '<config>'}: cluster.key_file"
+        if path is None:
+            raise ConfigError([f"{where}: required unless insecure: true"])
+        try:
+            key = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{where}: cannot read {path}: {exc.strerror}"]) from exc
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError([f"{where}: {path} holds {len(key)} bytes, at least 32 are needed"])
+        return key
+
+    def canonical(self) -> dict[str, Any]:
+        """The cluster-wide settings as plain JSON data, in a canonical order.
+
+        Left out: everything about the key (path and content), and what is
+        local to one machine (state directories, control listeners). Lists
+        whose order means nothing (links, checkers) are sorted by name, and
+        the profile is replaced by the timings it resolves to.
+        """
+        cluster = self.cluster
+        return {
+            "version": FINGERPRINT_VERSION,
+            "cluster": {
+                "name": cluster.name,
+                "insecure": cluster.insecure,
+                "timing": self.timing.model_dump(mode="json"),
+                "failback": cluster.failback,
+                "preferred": cluster.preferred,
+                "split_brain_winner": cluster.split_brain_winner,
+                "arbitrator": cluster.arbitrator.model_dump(mode="json"),
+                "autostart": cluster.autostart,
+            },
+            "links": sorted(
+                (link.model_dump(mode="json") for link in self.links), key=lambda d: d["name"]
+            ),
+            "nodes": {
+                node: {
+                    link.name: self.endpoint(node, link.name).model_dump(mode="json")
+                    for link in self.links
+                }
+                for node in self.nodes
+            },
+            "application": (self.application.model_dump(mode="json") if self.application else None),
+            "virtual_ip": self.virtual_ip.model_dump(mode="json") if self.virtual_ip else None,
+            "checkers": sorted(
+                (checker.model_dump(mode="json") for checker in self.checkers),
+                key=lambda d: d["name"],
+            ),
+        }
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of ``canonical()`` as sorted, compact JSON.
+
+        Equal on both nodes when they load the same settings, whatever the
+        comments, key order or spelling of defaults; different as soon as a
+        cluster-wide value differs.
+        """
+        text = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def core_settings(self, node: str) -> Settings:
+        """What the decision core needs to run as ``node``."""
+        timing = self.timing
+        cluster = self.cluster
+        winner = cluster.split_brain_winner
+        return Settings(
+            name=node,
+            peer=self.peer_of(node),
+            links=tuple(link.name for link in self.links),
+            fingerprint=self.fingerprint(),
+            heartbeat_interval=timing.heartbeat_interval,
+            link_timeout=timing.link_timeout,
+            dead_timeout=timing.dead_timeout,
+            startup_timeout=timing.startup_timeout,
+            arbitrator=cluster.arbitrator.type != "none",
+            lease_ttl=cluster.arbitrator.lease_ttl,
+            failback=cluster.failback,
+            preferred=cluster.preferred,
+            split_brain_winner=None if winner == "auto" else winner,
+            checkers=tuple(checker.name for checker in self.checkers),
+        )
+
+    def resolve_local_node(self, explicit: str | None) -> str:
+        """Which node this machine is: ``explicit`` if given, else the one named like the host.
+
+        The hostname is compared case-insensitively, in full and up to its
+        first dot. Raises ``UsageError`` naming the nodes when neither works.
+        """
+        if explicit is not None:
+            self._node(explicit)
+            return explicit
+        hostname = socket.gethostname().lower()
+        for candidate in (hostname, hostname.split(".", 1)[0]):
+            if candidate in self.nodes:
+                return candidate
+        raise UsageError(
+            f"cannot tell which node this machine is: hostname {hostname!r} is not a node "
+            f"of cluster {self.cluster.name!r} (nodes: {', '.join(self.nodes)}); "
+            "name the node explicitly (--node)"
+        )
