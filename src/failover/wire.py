@@ -1,0 +1,604 @@
+"""Heartbeat frames on the wire: a versioned, authenticated, replay-protected codec.
+
+Pure: no sockets, no clock, no files. Bytes go in, values (or a
+``FrameRejected``, which is a ``PeerProtocolError``) come out. docs/wire.md
+describes the layout byte by byte; this module is its only implementation.
+
+Layers, in the order a received frame goes through them (``Inbound.accept``):
+
+1. ``FrameCodec.decode``: size, magic, version, kind, flags, lengths, cluster
+   id, then the HMAC-SHA256 tag (or the plain SHA-256 checksum in insecure
+   mode), then the sender name.
+2. Own frames (multicast loopback) and, optionally, senders other than the
+   configured peer are dropped.
+3. ``ReplayGuard``: incarnation and sliding sequence window per sender.
+4. ``decode_heartbeat``: the strict JSON payload, back to a ``PeerStatus``.
+
+Every rejection carries a ``Reason`` from a fixed set; ``Inbound`` counts them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from failover.core.state import Generation, PeerStatus, State, SubStatus
+from failover.errors import PeerProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 65536
+"""Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
+
+MAGIC = b"FOVR"
+FLAG_INSECURE = 0x01
+"""Set when the tag is a plain SHA-256 checksum instead of an HMAC (``insecure: true``)."""
+KNOWN_FLAGS = FLAG_INSECURE
+
+# magic, version, kind, flags, sender length, payload length, cluster id, incarnation, seq
+_HEADER = struct.Struct(">4sBBBBH8sQQ")
+HEADER_SIZE = _HEADER.size  # 34
+TAG_SIZE = 32
+CLUSTER_ID_SIZE = 8
+MAX_NAME = 64
+MAX_U64 = 2**64 - 1
+
+_NAME_BYTES = re.compile(rb"[a-z0-9-]{1,64}")
+
+
+class Reason(enum.StrEnum):
+    """Why a frame was dropped: the fixed, documented set (docs/wire.md)."""
+
+    TOO_LARGE = "too_large"
+    """Longer than ``MAX_FRAME``."""
+    BAD_MAGIC = "bad_magic"
+    """Does not start with ``MAGIC``: not one of our frames at all."""
+    TRUNCATED = "truncated"
+    """Shorter than its header, or than the lengths its header declares."""
+    BAD_VERSION = "bad_version"
+    """A protocol version this node does not speak."""
+    UNKNOWN_KIND = "unknown_kind"
+    """A frame kind this version does not define."""
+    MALFORMED = "malformed"
+    """Structurally wrong: reserved flag bits, a bad name length, trailing bytes,
+    a sender name outside ``[a-z0-9-]``."""
+    WRONG_CLUSTER = "wrong_cluster"
+    """From another cluster (its cluster id differs)."""
+    BAD_MAC = "bad_mac"
+    """The tag does not verify: forged, corrupted, another key, or a secure /
+    insecure mismatch between the two nodes."""
+    OWN = "own"
+    """Sent by this node (multicast loopback); only ``Inbound`` drops these."""
+    UNKNOWN_SENDER = "unknown_sender"
+    """Authentic but from a node that is not the configured peer (``Inbound`` with ``peer``)."""
+    STALE_INCARNATION = "stale_incarnation"
+    """From an incarnation of the sender older than one already seen."""
+    REPLAYED = "replayed"
+    """A sequence number already seen, or older than the replay window."""
+    BAD_PAYLOAD = "bad_payload"
+    """Authentic frame whose payload is not a valid heartbeat."""
+    INTERNAL_ERROR = "internal_error"
+    """A bug in this module (an unexpected exception). Never expected; counted
+    rather than crashing the daemon, so that it shows in the statistics."""
+
+
+class FrameRejected(PeerProtocolError):
+    """A received frame was refused; ``reason`` says why (one of ``Reason``)."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
+        self.reason = reason
+        self.detail = detail
+
+
+class FrameKind(enum.IntEnum):
+    """What a frame carries. Values 2.. are kept for replication and later kinds;
+    a kind this version does not define is rejected (``unknown_kind``)."""
+
+    HEARTBEAT = 1
+
+
+_KNOWN_KINDS = frozenset(int(k) for k in FrameKind)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded, authenticated frame (not yet checked for replay)."""
+
+    kind: FrameKind
+    sender: str
+    incarnation: int
+    seq: int
+    payload: bytes
+
+
+def cluster_id(cluster: str) -> bytes:
+    """The 8-byte id of a cluster name carried in every frame (a SHA-256 prefix)."""
+    return hashlib.sha256(b"failover-cluster\x00" + cluster.encode("utf-8")).digest()[
+        :CLUSTER_ID_SIZE
+    ]
+
+
+def _valid_name(name: str) -> bool:
+    return name.isascii() and _NAME_BYTES.fullmatch(name.encode("ascii")) is not None
+
+
+def _check_u64(what: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_U64:
+        raise ValueError(f"{what} must be an integer in 0..2**64-1, not {value!r}")
+
+
+class FrameCodec:
+    """Encodes and decodes frames of one cluster.
+
+    With ``key`` (the cluster key, non-empty bytes) every frame ends with an
+    HMAC-SHA256 tag over everything before it. With ``key=None`` (the
+    ``insecure: true`` configuration) the tag is a plain SHA-256 checksum and
+    ``FLAG_INSECURE`` is set: it detects corruption, not forgery. A node with a
+    key refuses insecure frames and a node without one refuses authenticated
+    frames, both as ``bad_mac``: the two nodes must agree.
+    """
+
+    def __init__(self, cluster: str, key: bytes | None) -> None:
+        if not cluster:
+            raise ValueError("the cluster name must not be empty")
+        if key is not None and len(key) == 0:
+            raise ValueError("an empty cluster key authenticates nothing; use None for insecure")
+        self.cluster = cluster
+        self.cluster_id = cluster_id(cluster)
+        self._key = None if key is None else bytes(key)
+
+    @property
+    def authenticated(self) -> bool:
+        """True when frames carry an HMAC (a cluster key is configured)."""
+        return self._key is not None
+
+    def _tag(self, signed: bytes | memoryview) -> bytes:
+        if self._key is None:
+            return hashlib.sha256(signed).digest()
+        return hmac.digest(self._key, signed, "sha256")
+
+    def encode(
+        self, kind: FrameKind, sender: str, incarnation: int, seq: int, payload: bytes
+    ) -> bytes:
+        """The frame's bytes. Raises ValueError for arguments that no peer would
+        accept (an invalid sender name, out-of-range numbers, a frame over
+        ``MAX_FRAME``): that is a local bug, never a peer's fault."""
+        if kind not in _KNOWN_KINDS:
+            raise ValueError(f"unknown frame kind {kind!r}")
+        if not _valid_name(sender):
+            raise ValueError(f"sender must be 1-{MAX_NAME} characters of [a-z0-9-], not {sender!r}")
+        _check_u64("incarnation", incarnation)
+        _check_u64("seq", seq)
+        name = sender.encode("ascii")
+        size = HEADER_SIZE + len(name) + len(payload) + TAG_SIZE
+        if size > MAX_FRAME:
+            raise ValueError(f"frame of {size} bytes exceeds MAX_FRAME ({MAX_FRAME})")
+        flags = 0 if self._key is not None else FLAG_INSECURE
+        signed = b"".join(
+            (
+                _HEADER.pack(
+                    MAGIC,
+                    PROTOCOL_VERSION,
+                    int(kind),
+                    flags,
+                    len(name),
+                    len(payload),
+                    self.cluster_id,
+                    incarnation,
+                    seq,
+                ),
+                name,
+                payload,
+            )
+        )
+        return signed + self._tag(signed)
+
+    def decode(self, data: bytes) -> Frame:
+        """The frame in ``data`` (exactly one whole frame), authenticated.
+
+        Raises ``FrameRejected`` (a ``PeerProtocolError``) and nothing else for
+        any input. Checks run in the documented order (docs/wire.md), the
+        cheap structural ones first; the tag is verified before any field
+        that only matters to an authentic frame (the sender name) is read.
+        Does not check for replay: that is ``ReplayGuard``'s job, after this.
+        """
+        size = len(data)
+        if size > MAX_FRAME:
+            raise FrameRejected(Reason.TOO_LARGE, f"{size} bytes")
+        if data[:4] != MAGIC[: min(size, 4)]:
+            raise FrameRejected(Reason.BAD_MAGIC)
+        if size < HEADER_SIZE:
+            raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header is {HEADER_SIZE}")
+        (_, version, kind, flags, name_len, payload_len, cid, incarnation, seq) = (
+            _HEADER.unpack_from(data)
+        )
+        if version != PROTOCOL_VERSION:
+            raise FrameRejected(Reason.BAD_VERSION, f"version {version}")
+        if kind not in _KNOWN_KINDS:
+            raise FrameRejected(Reason.UNKNOWN_KIND, f"kind {kind}")
+        if flags & ~KNOWN_FLAGS:
+            raise FrameRejected(Reason.MALFORMED, f"reserved flag bits set ({flags:#04x})")
+        if not 1 <= name_len <= MAX_NAME:
+            raise FrameRejected(Reason.MALFORMED, f"sender name length {name_len}")
+        expected = HEADER_SIZE + name_len + payload_len + TAG_SIZE
+        if size < expected:
+            raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header declares {expected}")
+        if size > expected:
+            raise FrameRejected(Reason.MALFORMED, f"{size - expected} trailing bytes")
+        if cid != self.cluster_id:
+            raise FrameRejected(Reason.WRONG_CLUSTER, f"cluster id {cid.hex()}")
+        insecure = bool(flags & FLAG_INSECURE)
+        if insecure and self._key is not None:
+            raise FrameRejected(Reason.BAD_MAC, "unauthenticated (insecure) frame refused")
+        if not insecure and self._key is None:
+            raise FrameRejected(Reason.BAD_MAC, "authenticated frame, but this node is insecure")
+        view = memoryview(data)
+        signed_end = size - TAG_SIZE
+        if not hmac.compare_digest(self._tag(view[:signed_end]), view[signed_end:]):
+            raise FrameRejected(Reason.BAD_MAC)
+        name_end = HEADER_SIZE + name_len
+        name = bytes(view[HEADER_SIZE:name_end])
+        if _NAME_BYTES.fullmatch(name) is None:
+            raise FrameRejected(Reason.MALFORMED, f"sender name {name!r}")
+        return Frame(
+            FrameKind(kind),
+            name.decode("ascii"),
+            incarnation,
+            seq,
+            bytes(view[name_end:signed_end]),
+        )
+
+
+@dataclass(slots=True)
+class _Window:
+    incarnation: int
+    top: int  # highest seq accepted in this incarnation
+    seen: int  # bit i set: seq (top - i) was accepted
+
+
+class ReplayGuard:
+    """Anti-replay per sender: the newest incarnation and a sliding window of seqs.
+
+    Like IPsec's and WireGuard's windows: for each sender it keeps the highest
+    incarnation seen, the highest seq accepted in it, and a bitmap of the
+    ``window`` seqs at and below that one. A frame is admitted once: a seq
+    already seen or older than the window is ``replayed``; a frame of an older
+    incarnation is ``stale_incarnation``; a newer incarnation (the sender
+    restarted) starts a fresh window. Frames may arrive out of order (several
+    links with different delays) by up to ``window - 1`` seqs.
+
+    It must run only AFTER the frame's MAC was verified (``FrameCodec.decode``):
+    ``admit`` records what it admits, so a forged frame fed to it could move
+    the window forward and get the authentic frames that follow refused.
+    State is never forgotten: forgetting a sender would let old frames in again.
+    """
+
+    def __init__(self, window: int = 64) -> None:
+        if window < 1:
+            raise ValueError("the replay window must hold at least one seq")
+        self.window = window
+        self._mask = (1 << window) - 1
+        self._senders: dict[str, _Window] = {}
+
+    def admit(self, frame: Frame) -> None:
+        """Record ``frame`` as seen, or raise ``FrameRejected`` (``replayed`` or
+        ``stale_incarnation``) leaving the state unchanged."""
+        state = self._senders.get(frame.sender)
+        if state is None or frame.incarnation > state.incarnation:
+            self._senders[frame.sender] = _Window(frame.incarnation, frame.seq, 1)
+            return
+        if frame.incarnation < state.incarnation:
+            raise FrameRejected(
+                Reason.STALE_INCARNATION,
+                f"{frame.sender} incarnation {frame.incarnation} < {state.incarnation}",
+            )
+        if frame.seq > state.top:
+            shift = frame.seq - state.top
+            # Shifting by a huge gap would build a huge int: past the window, start afresh.
+            state.seen = ((state.seen << shift) | 1) & self._mask if shift < self.window else 1
+            state.top = frame.seq
+            return
+        age = state.top - frame.seq
+        if age >= self.window:
+            raise FrameRejected(Reason.REPLAYED, f"seq {frame.seq} older than the window")
+        bit = 1 << age
+        if state.seen & bit:
+            raise FrameRejected(Reason.REPLAYED, f"seq {frame.seq} already seen")
+        state.seen |= bit
+
+    def highest(self, sender: str) -> tuple[int, int] | None:
+        """(incarnation, highest seq) admitted from ``sender``, or None if none yet."""
+        state = self._senders.get(sender)
+        return None if state is None else (state.incarnation, state.top)
+
+
+# --- heartbeat payload -----------------------------------------------------------------
+
+MAX_REASON = 256
+"""Longest ``reason`` (in characters) a heartbeat carries."""
+MAX_FINGERPRINT = 128
+MAX_COUNTER = 2**63 - 1
+_FINGERPRINT = re.compile(r"[A-Za-z0-9._:+/=-]{0,128}")
+_STATES = {s.value: s for s in State}
+_SUBSTATUSES = {s.value: s for s in SubStatus}
+_FIELDS = frozenset(
+    (
+        "consistent",
+        "fingerprint",
+        "generation",
+        "handover",
+        "last_state",
+        "node",
+        "reason",
+        "state",
+        "substatus",
+        "synced_generation",
+    )
+)
+
+
+def printable_reason(reason: str) -> str:
+    """``reason`` as a heartbeat carries it: non-printable characters (newlines,
+    controls, lone surrogates) become spaces; cut to ``MAX_REASON`` characters."""
+    if len(reason) <= MAX_REASON and reason.isprintable():
+        return reason
+    return "".join(c if c.isprintable() else " " for c in reason[:MAX_REASON])
+
+
+def _generation_doc(what: str, generation: Generation) -> list[object]:
+    counter, origin = generation.counter, generation.origin
+    if isinstance(counter, bool) or not isinstance(counter, int):
+        raise ValueError(f"{what}.counter must be an int, not {counter!r}")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(f"{what}.counter must be in 0..2**63-1, not {counter}")
+    if origin != "" and not _valid_name(origin):
+        raise ValueError(f"{what}.origin must be empty or a node name, not {origin!r}")
+    return [counter, origin]
+
+
+def encode_heartbeat(status: PeerStatus) -> bytes:
+    """The heartbeat payload for ``status``: compact JSON, sorted keys, UTF-8.
+
+    ``reason`` is passed through ``printable_reason``. Raises ValueError when
+    ``status`` holds something no peer would accept (a node name that is not
+    1-64 characters of ``[a-z0-9-]``, a counter out of range, a fingerprint
+    outside ``[A-Za-z0-9._:+/=-]{0,128}``): a local bug or an unchecked config.
+    """
+    if not _valid_name(status.node):
+        raise ValueError(f"node must be 1-{MAX_NAME} characters of [a-z0-9-], not {status.node!r}")
+    if not isinstance(status.fingerprint, str) or not _FINGERPRINT.fullmatch(status.fingerprint):
+        raise ValueError(
+            f"fingerprint must match [A-Za-z0-9._:+/=-]{{0,128}}: {status.fingerprint!r}"
+        )
+    doc = {
+        "consistent": bool(status.consistent),
+        "fingerprint": status.fingerprint,
+        "generation": _generation_doc("generation", status.generation),
+        "handover": bool(status.handover),
+        "last_state": None if status.last_state is None else State(status.last_state).value,
+        "node": status.node,
+        "reason": printable_reason(status.reason),
+        "state": State(status.state).value,
+        "substatus": SubStatus(status.substatus).value,
+        "synced_generation": _generation_doc("synced_generation", status.synced_generation),
+    }
+    text = json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    return text.encode("utf-8")
+
+
+_E = TypeVar("_E", State, SubStatus)
+
+
+def _bad(detail: str) -> FrameRejected:
+    return FrameRejected(Reason.BAD_PAYLOAD, detail)
+
+
+def _refuse_constant(name: str) -> object:
+    raise _bad(f"{name} is not allowed")
+
+
+def _name_field(doc: dict[str, object], key: str) -> str:
+    value = doc[key]
+    if not isinstance(value, str) or not _valid_name(value):
+        raise _bad(f"{key} is not a node name")
+    return value
+
+
+def _bool_field(doc: dict[str, object], key: str) -> bool:
+    value = doc[key]
+    if not isinstance(value, bool):
+        raise _bad(f"{key} is not a boolean")
+    return value
+
+
+def _generation_field(doc: dict[str, object], key: str) -> Generation:
+    value = doc[key]
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad(f"{key} is not [counter, origin]")
+    counter, origin = value
+    if isinstance(counter, bool) or not isinstance(counter, int):
+        raise _bad(f"{key} counter is not an integer")
+    if not 0 <= counter <= MAX_COUNTER:
+        raise _bad(f"{key} counter out of range")
+    if not isinstance(origin, str) or (origin != "" and not _valid_name(origin)):
+        raise _bad(f"{key} origin is not a node name")
+    return Generation(counter, origin)
+
+
+def _enum_field(doc: dict[str, object], key: str, known: dict[str, _E]) -> _E:
+    value = doc[key]
+    if not isinstance(value, str) or value not in known:
+        raise _bad(f"{key} is not one of {sorted(known)}")
+    return known[value]
+
+
+def _optional_state_field(doc: dict[str, object], key: str) -> State | None:
+    if doc[key] is None:
+        return None
+    return _enum_field(doc, key, _STATES)
+
+
+def decode_heartbeat(payload: bytes) -> PeerStatus:
+    """The ``PeerStatus`` in a heartbeat payload, validated field by field.
+
+    Accepts exactly what ``encode_heartbeat`` produces (the canonical form:
+    the same fields, sorted, compact, no duplicate keys) and raises
+    ``FrameRejected("bad_payload")`` for anything else; no other exception
+    escapes, whatever the bytes.
+    """
+    try:
+        doc = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError, huge ints
+        raise _bad(f"not JSON: {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise _bad("not a JSON object")
+    if doc.keys() != _FIELDS:
+        raise _bad(f"fields {sorted(doc)} are not {sorted(_FIELDS)}")
+    fingerprint = doc["fingerprint"]
+    if not isinstance(fingerprint, str) or not _FINGERPRINT.fullmatch(fingerprint):
+        raise _bad("fingerprint is not [A-Za-z0-9._:+/=-]{0,128}")
+    reason = doc["reason"]
+    if not isinstance(reason, str) or len(reason) > MAX_REASON or not reason.isprintable():
+        raise _bad(f"reason is not printable text of at most {MAX_REASON} characters")
+    status = PeerStatus(
+        node=_name_field(doc, "node"),
+        state=_enum_field(doc, "state", _STATES),
+        substatus=_enum_field(doc, "substatus", _SUBSTATUSES),
+        generation=_generation_field(doc, "generation"),
+        synced_generation=_generation_field(doc, "synced_generation"),
+        consistent=_bool_field(doc, "consistent"),
+        fingerprint=fingerprint,
+        handover=_bool_field(doc, "handover"),
+        last_state=_optional_state_field(doc, "last_state"),
+        reason=reason,
+    )
+    # One encoding per status: whitespace, escapes, key order or duplicate keys
+    # that json.loads tolerates would make two different frames mean the same thing.
+    if encode_heartbeat(status) != payload:
+        raise _bad("not in canonical form")
+    return status
+
+
+# --- the two ends the runtime uses --------------------------------------------------------
+
+
+class Outbound:
+    """Builds this node's frames: one incarnation, a seq that increases by one per frame.
+
+    ``incarnation`` must be larger than any this node used before (the peer
+    refuses older ones as ``stale_incarnation`` until it restarts itself), for
+    example ``max(time.time_ns(), last + 1)`` persisted before the first send.
+    Every frame gets its own seq: build one per link (``heartbeats``), never
+    send the same bytes on two links, or the second copy is dropped as
+    ``replayed`` and that link looks silent.
+    """
+
+    def __init__(self, codec: FrameCodec, sender: str, incarnation: int) -> None:
+        if not _valid_name(sender):
+            raise ValueError(f"sender must be 1-{MAX_NAME} characters of [a-z0-9-], not {sender!r}")
+        _check_u64("incarnation", incarnation)
+        self.codec = codec
+        self.sender = sender
+        self.incarnation = incarnation
+        self.seq = 0
+        """The seq of the last frame built (0: none yet; the first frame has seq 1)."""
+
+    def heartbeat(self, status: PeerStatus) -> bytes:
+        """A heartbeat frame for ``status`` with the next seq. Raises ValueError if
+        ``status`` is not this node's or cannot be encoded (see ``encode_heartbeat``)."""
+        return self._next_frame(self._payload(status))
+
+    def heartbeats(self, status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
+        """One heartbeat frame per link, each with its own seq (same errors as ``heartbeat``)."""
+        payload = self._payload(status)
+        return {link: self._next_frame(payload) for link in links}
+
+    def _payload(self, status: PeerStatus) -> bytes:
+        if status.node != self.sender:
+            raise ValueError(f"status of {status.node!r} sent by {self.sender!r}")
+        return encode_heartbeat(status)
+
+    def _next_frame(self, payload: bytes) -> bytes:
+        frame = self.codec.encode(
+            FrameKind.HEARTBEAT, self.sender, self.incarnation, self.seq + 1, payload
+        )
+        self.seq += 1  # only once the frame exists: a refused encode leaves no gap
+        return frame
+
+
+@dataclass
+class InboundStats:
+    """What ``Inbound`` did with the frames it was given.
+
+    ``accepted + sum(dropped.values())`` is the number of frames received;
+    ``dropped`` is keyed by ``Reason`` value. ``last_rejection`` is the most
+    recent drop (with its detail) for logs.
+    """
+
+    accepted: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    last_rejection: FrameRejected | None = None
+
+    @property
+    def received(self) -> int:
+        return self.accepted + sum(self.dropped.values())
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"accepted": n, "<reason>": n, ...}`` (non-zero drops only), for status and metrics."""
+        return {"accepted": self.accepted, **{k: v for k, v in sorted(self.dropped.items()) if v}}
+
+
+class Inbound:
+    """The receiving end: bytes from any link in, the peer's status out (or nothing).
+
+    ``accept`` runs decode (size, header, cluster, MAC) -> drop own frames
+    (``sender == local_node``, e.g. multicast loopback) -> if ``peer`` is
+    given, drop other senders -> replay guard -> heartbeat payload, and never
+    raises. Each drop is counted in ``stats`` under its ``Reason``. One
+    ``Inbound`` serves every link of a node: the replay window is per sender,
+    so a frame replayed on another link is refused too.
+    """
+
+    def __init__(
+        self, codec: FrameCodec, local_node: str, *, peer: str | None = None, window: int = 64
+    ) -> None:
+        self.codec = codec
+        self.local_node = local_node
+        self.peer = peer
+        self.guard = ReplayGuard(window)
+        self.stats = InboundStats()
+
+    def accept(self, data: bytes) -> tuple[Frame, PeerStatus] | None:
+        """The frame and the status it carries, or None when it is dropped (counted)."""
+        try:
+            frame = self.codec.decode(data)
+            if frame.sender == self.local_node:
+                raise FrameRejected(Reason.OWN)
+            if self.peer is not None and frame.sender != self.peer:
+                raise FrameRejected(Reason.UNKNOWN_SENDER, f"sender {frame.sender}")
+            self.guard.admit(frame)
+            status = decode_heartbeat(frame.payload)
+            if status.node != frame.sender:
+                raise _bad(f"status of {status.node!r} in a frame from {frame.sender!r}")
+        except FrameRejected as rejected:
+            self._drop(rejected)
+            return None
+        except Exception as exc:  # a bug here must not take the daemon down; counted, visible
+            self._drop(FrameRejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            return None
+        self.stats.accepted += 1
+        return frame, status
+
+    def _drop(self, rejected: FrameRejected) -> None:
+        self.stats.dropped[rejected.reason.value] += 1
+        self.stats.last_rejection = rejected
