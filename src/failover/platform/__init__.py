@@ -1,0 +1,1 @@
+"""What the runtime does to the machine: virtual IP, application scripts, checkers."""

@@ -1,0 +1,153 @@
+"""The protected application as the runtime sees it: a virtual IP and two scripts.
+
+Starting acquires the virtual IP (if configured) and then runs the start
+script (if configured); stopping runs the stop script and then releases the
+virtual IP. Either may be absent: a cluster without them still elects a
+serving node, which is useful to try the heartbeats alone.
+
+A marker file exists from just before a start until the end of the next
+stop. A daemon that was killed (kill -9, OOM) leaves it behind, with the
+application possibly still running and the VIP still up; the next daemon
+finds it (``recover``) and stops them before taking any decision, so that
+"the daemon died" never leaves two nodes serving once the peer takes over.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from anyio.abc import TaskGroup
+
+from failover.platform.scripts import run_script
+from failover.platform.vip import VipError, VirtualIP
+
+log = structlog.get_logger("failover.application")
+
+
+@dataclass(frozen=True)
+class Scripts:
+    """The configured ``application`` section: commands and their time limit."""
+
+    start: str
+    stop: str
+    timeout: float
+
+
+class Application:
+    """Starts and stops the application on this node (see the module docstring).
+
+    ``running`` is True from a successful ``start`` until the next ``stop``:
+    the daemon uses it to stop what it started when it exits abnormally.
+    ``marker`` (optional) is the file that outlives a killed daemon.
+    """
+
+    def __init__(
+        self,
+        scripts: Scripts | None,
+        vip: VirtualIP | None,
+        *,
+        output_dir: Path,
+        env: dict[str, str],
+        marker: Path | None = None,
+    ) -> None:
+        self.scripts = scripts
+        self.vip = vip
+        self.output_dir = output_dir
+        self.env = env
+        self.marker = marker
+        self.running = False
+
+    def _set_marker(self, present: bool) -> None:
+        if self.marker is None:
+            return
+        if present:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.marker, os.O_WRONLY | os.O_CREAT, 0o644))
+        else:
+            self.marker.unlink(missing_ok=True)
+        # The marker is only useful if it survives a crash of the machine too.
+        directory = os.open(self.marker.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    async def recover(self) -> bool:
+        """At daemon start: if a previous daemon died with the application started,
+        stop it (stop script, VIP release). Returns True when it had to."""
+        if self.marker is None or not self.marker.exists():
+            return False
+        log.warning("the previous daemon exited while the application ran: stopping it")
+        await self.stop()
+        return True
+
+    @property
+    def budget(self) -> float:
+        """Upper bound, in seconds, of one ``start`` or ``stop`` (the script timeout
+        plus a margin for netlink and process reaping)."""
+        return (self.scripts.timeout if self.scripts else 0.0) + 5.0
+
+    async def start(self, repeat_in: TaskGroup | None = None) -> str | None:
+        """Acquire the VIP then run the start script. None on success, else why it failed.
+
+        Takes at most the script timeout plus a few milliseconds of netlink.
+        When the start script fails, the VIP is released again before returning
+        (the marker stays: the application may be half started until a stop).
+        """
+        self._set_marker(True)
+        if self.vip is not None:
+            try:
+                await self.vip.acquire(repeat_in)
+            except VipError as exc:
+                return str(exc)
+        if self.scripts is not None:
+            result = await run_script(
+                self.scripts.start,
+                timeout=self.scripts.timeout,
+                label="start script",
+                output=self.output_dir / "start.log",
+                env={**self.env, "FAILOVER_ACTION": "start"},
+            )
+            if not result.ok:
+                log.error("start script failed", reason=result.reason)
+                await self.release_vip()
+                return result.reason
+        self.running = True
+        return None
+
+    async def stop(self) -> str | None:
+        """Run the stop script then release the VIP. None on success, else what went wrong.
+
+        The VIP is released even when the script fails: a node that is told to
+        stop must not keep the address its peer is about to take.
+        """
+        problem: str | None = None
+        if self.scripts is not None:
+            result = await run_script(
+                self.scripts.stop,
+                timeout=self.scripts.timeout,
+                label="stop script",
+                output=self.output_dir / "stop.log",
+                env={**self.env, "FAILOVER_ACTION": "stop"},
+            )
+            if not result.ok:
+                log.error("stop script failed", reason=result.reason)
+                problem = result.reason
+        vip_problem = await self.release_vip()
+        self.running = False
+        self._set_marker(False)
+        return problem or vip_problem
+
+    async def release_vip(self) -> str | None:
+        """Remove the VIP if one is configured. None on success, else why it failed."""
+        if self.vip is None:
+            return None
+        try:
+            await self.vip.release()
+        except VipError as exc:
+            log.error("cannot release the virtual IP", error=str(exc))
+            return str(exc)
+        return None

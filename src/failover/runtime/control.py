@@ -1,0 +1,213 @@
+"""The daemon's side of the control API: the ``Controller`` the HTTP server calls.
+
+``status`` and ``transitions`` read what the daemon already holds and never
+block. ``command`` hands an admin event to the event loop (the only caller of
+``Node.handle``) and answers from the effects that one call returned: a
+``Refused`` effect means the core said no, with its reason.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import anyio
+
+from failover.api.protocol import COMMANDS, STATUS_SCHEMA_VERSION, CommandResult
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.state import Metadata, PeerStatus, State, SubStatus
+
+ADMIN_EVENTS = ev.ADMIN_COMMANDS
+assert set(ADMIN_EVENTS) == set(COMMANDS)
+
+TRANSITIONS_KEPT = 1000
+COMMAND_TIMEOUT = 10.0
+"""Seconds a command may wait for the event loop (it answers in microseconds unless
+a metadata write is stuck on a dead disk)."""
+
+
+class LinkView(Protocol):
+    """What the core shows of one link (``Node.links`` values)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def last_seen(self) -> float | None: ...
+
+
+class CoreNode(Protocol):
+    """The part of ``failover.core.node.Node`` the runtime uses."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def substatus(self) -> SubStatus: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def metadata(self) -> Metadata: ...
+
+    @property
+    def peer(self) -> PeerStatus | None: ...
+
+    @property
+    def links(self) -> Mapping[str, LinkView]: ...
+
+    def handle(self, event: ev.Event, now: float) -> list[fx.Effect]: ...
+
+    def next_deadline(self) -> float | None: ...
+
+    def status(self) -> PeerStatus: ...
+
+
+class LinkInfo(Protocol):
+    """What the controller needs of a running link."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def transport_name(self) -> str: ...
+
+
+class FrameStats(Protocol):
+    @property
+    def received(self) -> int: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
+
+Submit = Callable[[ev.Event], Awaitable[list[fx.Effect]]]
+
+
+def transition_record(record: fx.TransitionRecord) -> dict[str, Any]:
+    """The JSON-ready form of a transition, as logged and as ``transitions`` returns it."""
+    return {
+        "time": datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds"),
+        "node": record.node,
+        "from": record.source,
+        "event": record.event,
+        "to": record.target,
+        "substatus": record.substatus,
+        "effects": list(record.effects),
+        "reason": record.reason,
+        "generation": record.generation,
+        "forced": record.forced,
+    }
+
+
+def _ago(now: float, seen: float | None) -> float | None:
+    return None if seen is None else round(max(0.0, now - seen), 3)
+
+
+class NodeController:
+    """Implements ``failover.api.protocol.Controller`` for one running node.
+
+    ``node`` is read (never driven) from here; ``submit`` injects an event
+    into the daemon's event stream and returns the effects of its handling.
+    """
+
+    def __init__(
+        self,
+        *,
+        node: CoreNode,
+        name: str,
+        cluster: str,
+        dead_timeout: float,
+        links: Sequence[LinkInfo],
+        frames: FrameStats,
+        submit: Submit,
+        started: float,
+    ) -> None:
+        self.node = node
+        self.name = name
+        self.cluster = cluster
+        self.dead_timeout = dead_timeout
+        self.links = links
+        self.frames = frames
+        self._submit = submit
+        self._started = started
+        self._transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITIONS_KEPT)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Keep one transition (from ``transition_record``) for ``transitions``."""
+        self._transitions.append(entry)
+
+    def status(self) -> dict[str, Any]:
+        now = anyio.current_time()
+        node = self.node
+        views = node.links
+        links: list[dict[str, Any]] = []
+        last_heard: float | None = None
+        for link in self.links:
+            view = views.get(link.name)
+            seen = view.last_seen if view is not None else None
+            if seen is not None and (last_heard is None or seen > last_heard):
+                last_heard = seen
+            links.append(
+                {
+                    "name": link.name,
+                    "transport": link.transport_name,
+                    "up": bool(view is not None and view.up),
+                    "last_seen_ago": _ago(now, seen),
+                }
+            )
+        peer = node.peer
+        peer_view: dict[str, Any] | None = None
+        if peer is not None:
+            peer_view = {
+                "node": peer.node,
+                "state": peer.state.value,
+                "substatus": peer.substatus.value,
+                "generation": str(peer.generation),
+                # Alive as the core counts it: heard on some link within the dead timeout.
+                "alive": last_heard is not None and now - last_heard < self.dead_timeout,
+                "last_seen_ago": _ago(now, last_heard),
+            }
+        metadata = node.metadata
+        return {
+            "schema": STATUS_SCHEMA_VERSION,
+            "node": self.name,
+            "state": node.state.value,
+            "substatus": node.substatus.value,
+            "reason": node.reason,
+            "generation": str(metadata.generation),
+            "consistent": metadata.consistent,
+            "cluster": self.cluster,
+            "peer": peer_view,
+            "links": links,
+            "frames": {
+                "received": self.frames.received,
+                "dropped": dict(sorted(self.frames.dropped.items())),
+            },
+            "uptime": round(now - self._started, 3),
+        }
+
+    def transitions(self, limit: int) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        return list(self._transitions)[-limit:]
+
+    async def command(self, name: str) -> CommandResult:
+        event_type = ADMIN_EVENTS.get(name)
+        if event_type is None:
+            known = ", ".join(COMMANDS)
+            return CommandResult(False, f"unknown command {name!r} (known: {known})", self._state())
+        with anyio.fail_after(COMMAND_TIMEOUT):
+            effects = await self._submit(event_type())
+        refusals = [effect for effect in effects if isinstance(effect, fx.Refused)]
+        if refusals:
+            return CommandResult(False, "; ".join(r.reason for r in refusals), self._state())
+        return CommandResult(True, f"{name} accepted", self._state())
+
+    def _state(self) -> str:
+        return self.node.state.value

@@ -1,0 +1,599 @@
+"""``run_node``: one node of a cluster as an anyio daemon.
+
+One task group holds every task of the node:
+
+- a ``LinkRunner`` per heartbeat link (receive -> ``Inbound.accept`` ->
+  ``HeartbeatReceived``; a broken link -> ``LinkFailed``, backoff, reopen);
+- the timer task, firing ``Timer`` at ``node.next_deadline()``;
+- the event loop, the only caller of ``node.handle``: every producer (links,
+  timer, executor, checkers, control API, signals) sends into one memory
+  object stream that this task drains, so the core sees one event at a time;
+- the action executor (scripts, VIP, data effects), one action at a time;
+- the checkers, the control API server and the signal watcher.
+
+How the effects of one ``handle`` call are applied, in list order:
+
+- ``PersistMetadata`` is written synchronously (fsync, rename, fsync) before
+  the event loop looks at the next effect: nothing after it (a heartbeat
+  announcing the new generation, an action) can happen before the metadata is
+  durable. A write that fails stops the daemon: a node that cannot record its
+  generation must not go on deciding with it.
+- ``SendHeartbeat`` builds one frame per open link and leaves it in that
+  link's mailbox; it never waits for the network.
+- ``TransitionRecord``, ``LinkChanged`` and ``Refused`` are logged (and kept
+  for status) on the spot.
+- every other effect is an action, queued to the executor behind the actions
+  already queued. Actions therefore run in the order the core emitted them,
+  one at a time, while heartbeats keep flowing.
+
+Time: ``now`` is always ``anyio.current_time()`` (monotonic, or virtual in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from failover.api.schema import read_token_file
+from failover.api.server import ControlEndpoints, serve_control
+from failover.config import ClusterConfig, load_config
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.state import Metadata, Settings, State, SubStatus
+from failover.errors import ConfigError, FailoverError, UsageError
+from failover.platform.application import Application, Scripts
+from failover.platform.checkers import CheckerSpec, run_checker
+from failover.platform.vip import VipError, VirtualIP
+from failover.plugins import load_transport
+from failover.runtime.control import CoreNode, NodeController, transition_record
+from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
+from failover.runtime.links import LinkRunner
+from failover.runtime.store import IncarnationStore, MetadataStore
+from failover.runtime.timer import DeadlineSignal, run_timer
+from failover.transport import HeartbeatTransport
+from failover.wire import FrameCodec, Inbound, Outbound
+
+log = structlog.get_logger("failover.daemon")
+
+NodeFactory = Callable[[Settings, Metadata], CoreNode]
+TransportLoader = Callable[[str], HeartbeatTransport]
+
+EVENT_BUFFER = 256
+"""Events queued for the core before producers wait (backpressure, not loss)."""
+CLEANUP_TIMEOUT = 5.0
+"""Extra seconds allowed at exit, beyond the application's own stop budget."""
+
+
+def default_node_factory(settings: Settings, metadata: Metadata) -> CoreNode:
+    """The real decision core (imported here so that tests may run without it)."""
+    from failover.core.node import Node  # noqa: PLC0415 - the core lands separately
+
+    node: CoreNode = Node(settings, metadata)
+    return node
+
+
+@dataclass
+class _Reply:
+    """Where the event loop leaves the effects of a command's ``handle`` call."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    effects: list[fx.Effect] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    """One item of the event stream: an event for ``handle``, or a change to apply
+    to the node between two events (a reload's new settings)."""
+
+    event: ev.Event | None = None
+    reply: _Reply | None = None
+    mutate: Callable[[CoreNode], None] | None = None
+
+
+@contextlib.contextmanager
+def _node_lock(node_dir: Path, node: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``node_dir`` so that a second daemon for the same
+    node (which would overwrite the metadata) refuses to start."""
+    path = node_dir / "daemon.lock"
+    handle: TextIO = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UsageError(
+                f"another failover daemon already runs for node {node!r} "
+                f"(pid {holder}, lock {path})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _script_env(config: ClusterConfig, node: str) -> dict[str, str]:
+    env = {
+        "FAILOVER_CLUSTER": config.cluster.name,
+        "FAILOVER_NODE": node,
+        "FAILOVER_PEER": config.peer_of(node),
+    }
+    if config.virtual_ip is not None:
+        env["FAILOVER_VIP"] = str(config.virtual_ip.address)
+        env["FAILOVER_VIP_INTERFACE"] = config.virtual_ip.interface
+    return env
+
+
+def _scripts_of(config: ClusterConfig) -> Scripts | None:
+    app = config.application
+    return None if app is None else Scripts(app.start, app.stop, app.timeout)
+
+
+def _checker_specs(config: ClusterConfig) -> list[CheckerSpec]:
+    return [CheckerSpec(c.name, c.command, c.interval, c.timeout) for c in config.checkers]
+
+
+def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> list[str]:
+    """Settings a reload cannot apply to a running daemon (they need a restart)."""
+    changed: list[str] = []
+    if old.cluster.name != new.cluster.name:
+        changed.append("cluster.name")
+    if (old.cluster.key_file, old.cluster.insecure) != (new.cluster.key_file, new.cluster.insecure):
+        changed.append("cluster.key_file/insecure")
+    if old.node_dir(node) != new.node_dir(node):
+        changed.append("state_dir")
+    if old.control_of(node) != new.control_of(node):
+        changed.append(f"nodes.{node}.control")
+    if old.links != new.links or set(old.nodes) != set(new.nodes):
+        changed.append("links/nodes")
+    else:
+        for name in old.nodes:
+            if old.nodes[name].links != new.nodes[name].links:
+                changed.append(f"nodes.{name}.links")
+    if old.virtual_ip != new.virtual_ip:
+        changed.append("virtual_ip")
+    return changed
+
+
+class Daemon:
+    """One node's tasks and the state they share (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        node_name: str,
+        *,
+        node_factory: NodeFactory = default_node_factory,
+        transport_loader: TransportLoader = load_transport,
+        handle_signals: bool = True,
+    ) -> None:
+        self.config = config
+        self.name = node_name
+        self.peer = config.peer_of(node_name)
+        self.node_factory = node_factory
+        self.transport_loader = transport_loader
+        self.handle_signals = handle_signals
+        self.node_dir = config.node_dir(node_name)
+        self.deadlines = DeadlineSignal()
+        self._send, self._receive = anyio.create_memory_object_stream[_Envelope](EVENT_BUFFER)
+        self._changed = anyio.Event()
+        self._exit = anyio.Event()
+        self._stopping = False
+        self._checkers_scope: anyio.CancelScope | None = None
+        self._encode_failed = False
+        self.log = log.bind(node=node_name)
+
+    # --- producers -----------------------------------------------------------------------
+
+    async def report(self, event: ev.Event) -> None:
+        """Hand ``event`` to the core (waits only while the event stream is full)."""
+        await self._send.send(_Envelope(event=event))
+
+    async def submit(self, event: ev.Event) -> list[fx.Effect]:
+        """Hand ``event`` to the core and return the effects of its handling."""
+        reply = _Reply()
+        await self._send.send(_Envelope(event=event, reply=reply))
+        await reply.done.wait()
+        return reply.effects
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._changed.wait()
+
+    # --- the event loop ------------------------------------------------------------------
+
+    async def _event_loop(self) -> None:
+        async with self._receive:
+            async for envelope in self._receive:
+                if envelope.mutate is not None:
+                    envelope.mutate(self.node)
+                effects: list[fx.Effect] = []
+                if envelope.event is not None:
+                    try:
+                        effects = self.node.handle(envelope.event, anyio.current_time())
+                    except Exception:
+                        # A bug in the core: deciding on would be guessing. Stop serving.
+                        self.log.exception("the core failed: stopping the daemon")
+                        raise
+                    self._apply(effects)
+                self.deadlines.publish(self.node.next_deadline())
+                if envelope.reply is not None:
+                    envelope.reply.effects = effects
+                    envelope.reply.done.set()
+                self._notify()
+
+    def _apply(self, effects: list[fx.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, fx.PersistMetadata):
+                self._persist(effect.metadata)
+            elif isinstance(effect, fx.SendHeartbeat):
+                self._send_heartbeat(effect)
+            elif isinstance(effect, fx.TransitionRecord):
+                self._record(effect)
+            elif isinstance(effect, fx.LinkChanged):
+                if effect.up:
+                    self.log.info("link up", link=effect.link)
+                else:
+                    self.log.warning("link down", link=effect.link)
+            elif isinstance(effect, fx.Refused):
+                self.log.info("command refused", command=effect.command, reason=effect.reason)
+            elif isinstance(effect, ACTION_EFFECTS):
+                self.executor.submit(effect)
+            else:
+                self.log.error("unknown effect ignored", effect=repr(effect))
+
+    def _persist(self, metadata: Metadata) -> None:
+        # Synchronous, on purpose: the event loop handles nothing else until the
+        # metadata is durable (an fsync costs ~0.2 ms here). Heartbeats are
+        # produced by this loop too, so a worker thread would not keep them
+        # flowing during a disk stall; it would only make the order harder to see.
+        try:
+            self.store.save(metadata)
+        except OSError as exc:
+            self.log.critical(
+                "cannot persist metadata: stopping the daemon",
+                file=str(self.store.path),
+                error=str(exc),
+            )
+            raise UsageError(f"cannot write {self.store.path}: {exc.strerror or exc}") from exc
+
+    def _send_heartbeat(self, effect: fx.SendHeartbeat) -> None:
+        open_links = [link for link in self.links if link.open]
+        if not open_links:
+            return
+        try:
+            frames = self.outbound.heartbeats(effect.status, [link.name for link in open_links])
+        except ValueError as exc:
+            if not self._encode_failed:  # a config or core bug: say it once, not 20 times a second
+                self.log.error("heartbeat cannot be encoded", error=str(exc))
+                self._encode_failed = True
+            return
+        for link in open_links:
+            link.offer(frames[link.name])
+
+    def _record(self, record: fx.TransitionRecord) -> None:
+        entry = transition_record(record)
+        self.controller.record(entry)
+        fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
+        self.log.info("transition", core_event=record.event, **fields)
+
+    async def _fire_timer(self) -> None:
+        await self.report(ev.Timer())
+
+    # --- shutdown and reload -------------------------------------------------------------
+
+    def _quiescent(self) -> bool:
+        return (
+            self.node.state is State.STOP
+            and self.node.substatus is SubStatus.READY
+            and self.executor.idle
+            and not self.app.running
+        )
+
+    async def shutdown(self, why: str) -> None:
+        """Stop the module (``Stop``), wait for its effects, then end the daemon.
+
+        Waits at most the application's stop budget plus ``CLEANUP_TIMEOUT``;
+        past that the daemon exits anyway (the exit cleanup still stops the
+        application and releases the VIP).
+        """
+        if self._stopping:
+            self.log.warning("second stop request: exiting now", why=why)
+            self._exit.set()
+            return
+        self._stopping = True
+        self.log.info("stopping", why=why)
+        await self.report(ev.Stop())
+        bound = self.app.budget + CLEANUP_TIMEOUT
+        with anyio.move_on_after(bound) as scope:
+            await self._wait_until(self._quiescent)
+        if scope.cancelled_caught:
+            self.log.error("stop did not complete in time", seconds=bound)
+        # Let the last heartbeat ("stop") reach the peer: it takes over at once
+        # on seeing it, instead of after the dead timeout.
+        with anyio.move_on_after(self.config.timing.heartbeat_interval):
+            for link in self.links:
+                if link.open:
+                    await link.flush()
+        self._exit.set()
+
+    async def reload(self) -> bool:
+        """Re-read the configuration file; apply it if valid, else keep the running one.
+
+        Applied at once: timings and other core settings, the application
+        scripts and timeout, the checkers. Settings that need a restart (links,
+        key, VIP, control listener, state directory) are reported and ignored.
+        Returns True when the new configuration was applied.
+        """
+        path = self.config.source_path
+        if path is None:
+            self.log.error("configuration reload impossible: not loaded from a file")
+            return False
+        try:
+            new = await anyio.to_thread.run_sync(load_config, path)
+            if self.name not in new.nodes:
+                raise ConfigError([f"{path}: nodes: this node ({self.name}) is no longer listed"])
+            settings = new.core_settings(self.name)
+        except ConfigError as exc:
+            self.log.error(
+                "configuration reload refused: the running configuration is kept",
+                file=str(path),
+                problems=exc.problems,
+            )
+            return False
+        except FailoverError as exc:
+            self.log.error(
+                "configuration reload refused: the running configuration is kept",
+                file=str(path),
+                problems=[str(exc)],
+            )
+            return False
+        ignored = _restart_only_changes(self.config, new, self.name)
+        if ignored:
+            self.log.warning("configuration changes that need a restart", keys=ignored)
+        reconfigure = getattr(self.node, "reconfigure", None)
+        if callable(reconfigure):
+
+            def apply_settings(node: CoreNode) -> None:
+                try:
+                    reconfigure(settings)
+                except ValueError as exc:  # names that only a restart can change
+                    self.log.error("new core settings not applied", error=str(exc))
+
+            await self._send.send(_Envelope(mutate=apply_settings))
+        elif settings != self.config.core_settings(self.name):
+            self.log.warning("this core cannot change its settings live: restart to apply them")
+        self.app.scripts = _scripts_of(new)
+        for link in self.links:
+            link.send_timeout = new.timing.heartbeat_interval
+        self.controller.dead_timeout = new.timing.dead_timeout
+        self.config = new
+        self._start_checkers()
+        for warning in new.warnings:
+            self.log.warning("configuration warning", warning=warning)
+        self.log.info("configuration reloaded", file=str(path), fingerprint=settings.fingerprint)
+        return True
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    self.task_group.start_soon(self.shutdown, signal.Signals(signum).name)
+
+    # --- checkers ------------------------------------------------------------------------
+
+    def _start_checkers(self) -> None:
+        if self._checkers_scope is not None:
+            self._checkers_scope.cancel()
+        scope = anyio.CancelScope()
+        self._checkers_scope = scope
+        self.task_group.start_soon(self._run_checkers, scope, _checker_specs(self.config))
+
+    async def _run_checkers(self, scope: anyio.CancelScope, specs: list[CheckerSpec]) -> None:
+        env = _script_env(self.config, self.name)
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for spec in specs:
+                    tg.start_soon(
+                        partial(run_checker, output_dir=self.node_dir / "scripts", env=env),
+                        spec,
+                        self.report,
+                    )
+
+    # --- setup and teardown --------------------------------------------------------------
+
+    def _build(self) -> None:
+        config, name = self.config, self.name
+        self.store = MetadataStore(self.node_dir / "metadata.json")
+        metadata = self.store.load()
+        incarnation = IncarnationStore(self.node_dir / "incarnation.json").next()
+        settings = config.core_settings(name)
+        self.node = self.node_factory(settings, metadata)
+        codec = FrameCodec(config.cluster.name, config.read_key())
+        self.outbound = Outbound(codec, name, incarnation)
+        self.inbound = Inbound(codec, name, peer=self.peer)
+        self.links = [
+            LinkRunner(
+                link.name,
+                self.transport_loader(link.transport),
+                config.endpoint(name, link.name),
+                config.endpoint(self.peer, link.name),
+                inbound=self.inbound,
+                report=self.report,
+                send_timeout=config.timing.heartbeat_interval,
+            )
+            for link in config.links
+        ]
+        self.vip = (
+            VirtualIP(str(config.virtual_ip.address), config.virtual_ip.interface)
+            if config.virtual_ip is not None
+            else None
+        )
+        self.app = Application(
+            _scripts_of(config),
+            self.vip,
+            output_dir=self.node_dir / "scripts",
+            env=_script_env(config, name),
+            marker=self.node_dir / "application.started",
+        )
+        self.controller = NodeController(
+            node=self.node,
+            name=name,
+            cluster=config.cluster.name,
+            dead_timeout=config.timing.dead_timeout,
+            links=self.links,
+            frames=self.inbound.stats,
+            submit=self.submit,
+            started=anyio.current_time(),
+        )
+        self.log.info(
+            "node starting",
+            cluster=config.cluster.name,
+            peer=self.peer,
+            incarnation=incarnation,
+            generation=str(metadata.generation),
+            last_state=metadata.last_state.value if metadata.last_state else None,
+            links=[link.name for link in config.links],
+        )
+
+    async def _serve_control(self, *, task_status: anyio.abc.TaskStatus[ControlEndpoints]) -> None:
+        control = self.config.control_of(self.name)
+        if control.tcp is not None:
+            tcp = (control.tcp.address, control.tcp.port)
+            token = read_token_file(control.tcp.token_file)
+            await serve_control(self.controller, tcp=tcp, token=token, task_status=task_status)
+        else:
+            unix_path = str(control.socket)
+            await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[NodeController]) -> None:
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        # Every record of this node's tasks (platform modules included) names it.
+        with (
+            structlog.contextvars.bound_contextvars(node=self.name),
+            self._send,
+            self._receive,
+            _node_lock(self.node_dir, self.name),
+        ):
+            self._build()
+            try:
+                async with anyio.create_task_group() as tg:
+                    self.task_group = tg
+                    await self._start_tasks(tg)
+                    task_status.started(self.controller)
+                    if self.config.cluster.autostart:
+                        await self.report(ev.Start())
+                    await self._exit.wait()
+                    tg.cancel_scope.cancel()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._cleanup()
+
+    async def _start_tasks(self, tg: TaskGroup) -> None:
+        if self.vip is not None:
+            try:
+                await self.vip.prepare()
+            except VipError as exc:
+                # Not fatal: the interface may appear later; StartApp will say why it fails.
+                self.log.error("virtual IP not ready", error=str(exc))
+        with anyio.move_on_after(self.app.budget):
+            await self.app.recover()
+        self.executor = ActionExecutor(
+            self.app, self.report, repeat_in=tg, on_progress=self._notify
+        )
+        tg.start_soon(self._event_loop)
+        tg.start_soon(self.executor.run)
+        tg.start_soon(run_timer, self.deadlines, self._fire_timer)
+        for link in self.links:
+            await tg.start(link.run)
+        self._start_checkers()
+        await tg.start(self._serve_control)
+        if self.handle_signals:
+            tg.start_soon(self._watch_signals)
+        self.deadlines.publish(self.node.next_deadline())
+
+    async def _cleanup(self) -> None:
+        """Bounded: stops what this daemon started if it exits while serving."""
+        with anyio.move_on_after(self.app.budget + CLEANUP_TIMEOUT) as scope:
+            if self.app.running:
+                self.log.warning("exiting while the application runs: stopping it")
+                await self.app.stop()
+        if scope.cancelled_caught:
+            self.log.error("cleanup did not complete in time")
+        if self.vip is not None:
+            self.vip.close()
+        self.log.info("node stopped", state=self.node.state.value)
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The single real error inside nested task-group exceptions, if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    failures = [exc for exc in leaves if isinstance(exc, FailoverError)]
+    return failures[0] if len(failures) == 1 else group
+
+
+async def run_node(
+    config: ClusterConfig,
+    node_name: str,
+    *,
+    task_status: anyio.abc.TaskStatus[NodeController] = anyio.TASK_STATUS_IGNORED,
+    node_factory: NodeFactory = default_node_factory,
+    transport_loader: TransportLoader = load_transport,
+    handle_signals: bool = True,
+) -> None:
+    """Run ``node_name`` of ``config`` until it is stopped (SIGTERM/SIGINT) or cancelled.
+
+    ``task_status.started(controller)`` is called once the metadata is
+    loaded, the links are open (or being retried), the control API listens
+    and the signals are watched. Returns normally after a clean stop (the
+    module stopped, the VIP released). Raises ``UsageError`` (one line for the
+    operator) when the node cannot start: corrupt metadata, another daemon
+    for the same node, a control socket in use, an unreadable key.
+
+    ``node_factory``, ``transport_loader`` and ``handle_signals`` exist for
+    tests (a fake core, a fault-injecting transport, several nodes in one
+    process).
+    """
+    daemon = Daemon(
+        config,
+        node_name,
+        node_factory=node_factory,
+        transport_loader=transport_loader,
+        handle_signals=handle_signals,
+    )
+    try:
+        await daemon.run(task_status=task_status)
+    except BaseExceptionGroup as group:
+        raise _unwrap(group) from None
+
+
+__all__ = ["Daemon", "run_node"]

@@ -1,0 +1,155 @@
+"""The action executor: runs the core's slow effects one at a time, in order.
+
+Slow effects touch the machine (scripts, the virtual IP, later the data):
+``StartApp``, ``StopApp``, ``StartResync``, ``Quarantine`` and the
+replication effects. Each runs under its own deadline and its outcome is
+reported back to the core as an event, exactly once per effect that has one.
+
+This version replicates no directory yet, so the data effects complete at
+once: a resync of nothing is done as soon as it starts (the target reports
+``ResyncDone``, the source ``PeerResynced``), there is nothing to quarantine
+(``QuarantineDone``), and starting or stopping replication or change
+tracking does nothing. Arbitration effects are never expected (only the
+``none`` arbitrator exists): one is logged as an error and ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.platform.application import Application
+
+log = structlog.get_logger("failover.executor")
+
+Report = Callable[[ev.Event], Awaitable[None]]
+
+DEFAULT_DEADLINE = 5.0
+"""Seconds allowed to an action that runs no operator script."""
+
+ACTION_EFFECTS: tuple[type[fx.Effect], ...] = (
+    fx.StartApp,
+    fx.StopApp,
+    fx.StartReplication,
+    fx.StopReplication,
+    fx.StartTracking,
+    fx.StopTracking,
+    fx.StartResync,
+    fx.StopResync,
+    fx.Quarantine,
+    fx.RequestArbitration,
+    fx.RenewArbitration,
+    fx.ReleaseArbitration,
+)
+"""The effects this executor runs; the event loop applies the others itself."""
+
+
+class ActionExecutor:
+    """A FIFO of actions drained by ``run`` (one task), each bounded by ``deadline_for``.
+
+    ``submit`` never blocks. ``idle`` is True when nothing is queued or running;
+    ``on_progress`` is called after every action (the daemon uses it to learn
+    when a shutdown's effects are done).
+    """
+
+    def __init__(
+        self,
+        app: Application,
+        report: Report,
+        *,
+        repeat_in: TaskGroup | None = None,
+        on_progress: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.app = app
+        self.report = report
+        self.repeat_in = repeat_in
+        self.on_progress = on_progress
+        self._send, self._receive = anyio.create_memory_object_stream[fx.Effect](math.inf)
+        self._outstanding = 0
+
+    @property
+    def idle(self) -> bool:
+        return self._outstanding == 0
+
+    def submit(self, effect: fx.Effect) -> None:
+        """Queue ``effect`` behind the actions already queued."""
+        self._outstanding += 1
+        self._send.send_nowait(effect)
+
+    def deadline_for(self, effect: fx.Effect) -> float:
+        """Seconds ``effect`` may take before it is abandoned and reported as failed."""
+        if isinstance(effect, fx.StartApp | fx.StopApp):
+            return self.app.budget
+        return DEFAULT_DEADLINE
+
+    async def run(self) -> None:
+        """Execute queued actions until cancelled."""
+        async with self._send, self._receive:
+            async for effect in self._receive:
+                try:
+                    outcome = await self._execute(effect)
+                    if outcome is not None:
+                        await self.report(outcome)
+                finally:
+                    self._outstanding -= 1
+                    self.on_progress()
+
+    async def _execute(self, effect: fx.Effect) -> ev.Event | None:
+        deadline = self.deadline_for(effect)
+        with anyio.move_on_after(deadline) as scope:
+            outcome = await self._perform(effect)
+        if not scope.cancelled_caught:
+            return outcome
+        reason = f"{effect.name} did not finish within {deadline:g} s"
+        log.error("action abandoned at its deadline", effect=effect.name, deadline=deadline)
+        if isinstance(effect, fx.StartApp):
+            return ev.AppFailed(reason=reason)
+        if isinstance(effect, fx.StopApp):
+            # The core must learn the stop is over; the VIP release is retried
+            # here so that a hung script cannot leave the address behind.
+            with anyio.move_on_after(DEFAULT_DEADLINE):
+                await self.app.release_vip()
+            self.app.running = False
+            return ev.AppStopped()
+        if isinstance(effect, fx.StartResync) and effect.role == "target":
+            return ev.ResyncFailed(reason=reason)
+        return None
+
+    async def _perform(self, effect: fx.Effect) -> ev.Event | None:
+        match effect:
+            case fx.StartApp():
+                failure = await self.app.start(self.repeat_in)
+                return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
+            case fx.StopApp():
+                problem = await self.app.stop()
+                if problem is not None:
+                    log.error("application stopped with a problem", problem=problem)
+                return ev.AppStopped()
+            case fx.StartResync(role="target", generation=generation):
+                # Nothing is replicated yet: the resync of no directory is complete,
+                # at the generation the source held when it started.
+                return ev.ResyncDone(generation)
+            case fx.StartResync(generation=generation):
+                return ev.PeerResynced(generation)
+            case fx.Quarantine():
+                return ev.QuarantineDone()
+            case (
+                fx.StartReplication()
+                | fx.StopReplication()
+                | fx.StartTracking()
+                | fx.StopTracking()
+                | fx.StopResync()
+            ):
+                return None
+            case fx.RequestArbitration() | fx.RenewArbitration() | fx.ReleaseArbitration():
+                log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
+                return None
+            case _:
+                log.error("effect not supported by this runtime: ignored", effect=effect.name)
+                return None

@@ -1,0 +1,134 @@
+"""The action executor: one action at a time, in order, each under its deadline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.state import Generation
+from failover.platform.application import Application, Scripts
+from failover.runtime.executor import ActionExecutor
+
+pytestmark = pytest.mark.anyio
+
+
+def make_script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def app_with(tmp_path: Path, start: str, stop: str, timeout: float = 5.0) -> Application:
+    scripts = Scripts(
+        make_script(tmp_path, "start", start), make_script(tmp_path, "stop", stop), timeout
+    )
+    return Application(scripts, None, output_dir=tmp_path / "out", env={"FAILOVER_NODE": "alpha"})
+
+
+async def run_actions(
+    executor: ActionExecutor, effects: list[fx.Effect], outcomes: int
+) -> list[ev.Event]:
+    """Submit ``effects`` and collect the first ``outcomes`` events reported."""
+    send, receive = anyio.create_memory_object_stream[ev.Event](100)
+    executor.report = send.send
+    got: list[ev.Event] = []
+    async with send, receive, anyio.create_task_group() as tg:
+        tg.start_soon(executor.run)
+        for effect in effects:
+            executor.submit(effect)
+        with anyio.fail_after(20):
+            while len(got) < outcomes:
+                got.append(await receive.receive())
+            while not executor.idle:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    return got
+
+
+async def test_actions_run_in_order_and_report_each_outcome(tmp_path: Path) -> None:
+    journal = tmp_path / "journal"
+    # The start script is slow: if actions overlapped, "stop" would be written first.
+    app = app_with(tmp_path, f"sleep 0.3\necho start >> {journal}\n", f"echo stop >> {journal}\n")
+    executor = ActionExecutor(app, lambda event: anyio.sleep(0))
+    effects: list[fx.Effect] = [
+        fx.StartApp(),
+        fx.StartTracking(since=Generation(1, "alpha")),
+        fx.StartResync(
+            role="source",
+            mode="incremental",
+            since=Generation(1, "alpha"),
+            generation=Generation(2, "alpha"),
+        ),
+        fx.Quarantine(since=Generation(1, "alpha")),
+        fx.StartResync(
+            role="target", mode="full", since=Generation(), generation=Generation(2, "beta")
+        ),
+        fx.StopApp(),
+    ]
+    outcomes = await run_actions(executor, effects, 5)
+    assert outcomes == [
+        ev.AppStarted(),
+        ev.PeerResynced(Generation(2, "alpha")),
+        ev.QuarantineDone(),
+        ev.ResyncDone(Generation(2, "beta")),
+        ev.AppStopped(),
+    ]
+    assert journal.read_text().split() == ["start", "stop"]
+    assert not app.running
+
+
+async def test_a_hanging_start_script_is_killed_at_its_timeout_and_reported_failed(
+    tmp_path: Path,
+) -> None:
+    app = app_with(tmp_path, "echo starting\nexec sleep 60\n", "true\n", timeout=0.5)
+    executor = ActionExecutor(app, lambda event: anyio.sleep(0))
+    [outcome] = await run_actions(executor, [fx.StartApp()], 1)
+    assert isinstance(outcome, ev.AppFailed)
+    assert "timed out" in outcome.reason and "starting" in outcome.reason
+    assert not app.running
+
+
+async def test_a_failing_start_script_reports_its_output(tmp_path: Path) -> None:
+    app = app_with(tmp_path, "echo 'database missing' >&2\nexit 4\n", "true\n")
+    executor = ActionExecutor(app, lambda event: anyio.sleep(0))
+    [outcome] = await run_actions(executor, [fx.StartApp()], 1)
+    assert outcome == ev.AppFailed(reason="start script exited with status 4: database missing")
+
+
+class StuckApplication(Application):
+    """An application whose start never returns (a hung netlink call, say)."""
+
+    async def start(self, repeat_in: object = None) -> str | None:
+        await anyio.sleep_forever()
+        return None
+
+    @property
+    def budget(self) -> float:
+        return 0.3
+
+
+async def test_an_action_over_its_deadline_is_abandoned_and_reported_failed(tmp_path: Path) -> None:
+    app = StuckApplication(None, None, output_dir=tmp_path, env={})
+    executor = ActionExecutor(app, lambda event: anyio.sleep(0))
+    [failed, stopped] = await run_actions(executor, [fx.StartApp(), fx.StopApp()], 2)
+    assert failed == ev.AppFailed(reason="start_app did not finish within 0.3 s")
+    assert stopped == ev.AppStopped(), "the queue goes on after an abandoned action"
+
+
+async def test_effects_without_an_outcome_report_nothing(tmp_path: Path) -> None:
+    app = Application(None, None, output_dir=tmp_path, env={})
+    executor = ActionExecutor(app, lambda event: anyio.sleep(0))
+    quiet: list[fx.Effect] = [
+        fx.StartReplication(),
+        fx.StopReplication(),
+        fx.StopTracking(),
+        fx.StopResync(),
+        fx.RequestArbitration(generation=Generation(2, "alpha"), base=Generation(1, "alpha")),
+    ]
+    outcomes = await run_actions(executor, [*quiet, fx.StartApp()], 1)
+    assert outcomes == [ev.AppStarted()], "only StartApp has an outcome here"

@@ -1,0 +1,121 @@
+"""Operator commands: time limits, process groups, output tails, checkers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from failover.core import events as ev
+from failover.platform.checkers import CheckerSpec, run_checker
+from failover.platform.scripts import read_tail, run_script
+
+pytestmark = pytest.mark.anyio
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is dead for our purpose.
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().split(")")[-1].split()[0] != "Z"
+
+
+async def test_a_successful_script_reports_ok_with_its_output(tmp_path: Path) -> None:
+    command = script(tmp_path, "ok", 'echo "node is $FAILOVER_NODE"\n')
+    result = await run_script(
+        command,
+        timeout=5,
+        label="start script",
+        output=tmp_path / "o.log",
+        env={"FAILOVER_NODE": "alpha"},
+    )
+    assert result.ok and not result.timed_out
+    assert result.tail == ("node is alpha",)
+
+
+async def test_a_failing_script_gives_its_status_and_last_lines(tmp_path: Path) -> None:
+    lines = "".join(f"echo line{i}\n" for i in range(10))
+    command = script(tmp_path, "bad", lines + "echo oops >&2\nexit 3\n")
+    result = await run_script(command, timeout=5, label="start script", output=tmp_path / "o.log")
+    assert not result.ok and result.returncode == 3
+    assert result.tail == ("line6", "line7", "line8", "line9", "oops")
+    assert result.reason.startswith("start script exited with status 3: line6")
+
+
+async def test_a_hung_script_and_its_children_are_killed_at_the_timeout(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    command = script(tmp_path, "hang", f"sleep 60 &\necho $! > {pidfile}\necho started\nwait\n")
+    started = anyio.current_time()
+    result = await run_script(command, timeout=0.5, label="start script", output=tmp_path / "o.log")
+    assert anyio.current_time() - started < 5  # generous bound: killed, not waited for
+    assert result.timed_out and not result.ok
+    assert "timed out" in result.reason and "started" in result.reason
+    child = int(pidfile.read_text())
+    with anyio.fail_after(5):
+        while alive(child):
+            await anyio.sleep(0.01)
+
+
+async def test_a_missing_command_is_a_failure_not_an_exception(tmp_path: Path) -> None:
+    result = await run_script(
+        str(tmp_path / "nope"), timeout=1, label="start script", output=tmp_path / "o.log"
+    )
+    assert not result.ok and "could not run" in result.reason
+
+
+async def test_a_command_with_arguments_is_split_like_a_shell(tmp_path: Path) -> None:
+    command = script(tmp_path, "args", 'echo "$1|$2"\n')
+    result = await run_script(
+        f"{command} one 'two words'", timeout=5, label="s", output=tmp_path / "o.log"
+    )
+    assert result.tail == ("one|two words",)
+
+
+def test_read_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
+    assert read_tail(tmp_path / "none") == ()
+
+
+async def wait_for_runs(runs: Path, count: int) -> None:
+    while not runs.exists() or len(runs.read_text().splitlines()) < count:
+        await anyio.sleep(0.01)
+
+
+async def test_a_checker_reports_only_changes(tmp_path: Path) -> None:
+    flag, runs = tmp_path / "healthy", tmp_path / "runs"
+    flag.touch()
+    command = script(
+        tmp_path, "check", f'echo run >> {runs}\ntest -e {flag} || {{ echo "db down"; exit 1; }}\n'
+    )
+    spec = CheckerSpec("db", command, interval=0.02, timeout=2)
+    send, receive = anyio.create_memory_object_stream[ev.Event](100)
+    async with send, receive, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_checker(spec, send.send, output_dir=tmp_path))
+        with anyio.fail_after(10):
+            # Healthy at first: three runs report nothing; then it fails, then recovers.
+            await wait_for_runs(runs, 3)
+            assert receive.statistics().current_buffer_used == 0
+            flag.unlink()
+            down = await receive.receive()
+            done = len(runs.read_text().splitlines())
+            await wait_for_runs(runs, done + 3)
+            assert receive.statistics().current_buffer_used == 0, "still down: nothing new"
+            flag.touch()
+            up = await receive.receive()
+            done = len(runs.read_text().splitlines())
+            await wait_for_runs(runs, done + 3)
+        tg.cancel_scope.cancel()
+    assert down == ev.CheckerDown(checker="db", reason="checker db exited with status 1: db down")
+    assert up == ev.CheckerUp(checker="db")
+    assert receive.statistics().current_buffer_used == 0, "a steady state reports nothing"
