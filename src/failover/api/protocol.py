@@ -1,0 +1,46 @@
+"""The seam between the daemon and its control API.
+
+The daemon implements ``Controller``; the HTTP server only translates requests
+into these calls and results into JSON. Neither side decides anything: a
+command is turned into a core event and the core accepts or refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+STATUS_SCHEMA_VERSION = 1
+
+COMMANDS: tuple[str, ...] = ("start", "stop", "prim", "primforce", "second", "swap", "fullsync")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """``accepted`` is False when the core refused the command; ``message`` says why.
+    ``state`` is the node's state once the command was handled."""
+
+    accepted: bool
+    message: str
+    state: str
+
+
+class Controller(Protocol):
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot. Never blocks: it reads what the daemon already holds.
+
+        Shape (schema 1): {"schema": 1, "node", "state", "substatus", "reason",
+        "generation", "consistent", "cluster", "peer": {"node", "state", "substatus",
+        "generation", "alive", "last_seen_ago"} | null, "links": [{"name", "transport",
+        "up", "last_seen_ago"}], "frames": {"received": int, "dropped": {reason: int}},
+        "uptime": float}
+        """
+        ...
+
+    def transitions(self, limit: int) -> list[dict[str, Any]]:
+        """The most recent transition records, oldest first (at most ``limit``)."""
+        ...
+
+    async def command(self, name: str) -> CommandResult:
+        """Hand ``name`` (one of COMMANDS) to the core and report its answer."""
+        ...

@@ -1,0 +1,546 @@
+"""The control API server: HTTP/1.1 and JSON over a Unix socket, optionally TCP.
+
+The server decides nothing. A request becomes one ``Controller`` call and the
+result becomes JSON (``ControlRoutes``); the HTTP framing is h11, sans-IO, fed
+from anyio socket streams (``serve_control``). Every client is held to bounds
+(time to send a request, header and body size, number of connections) so that
+a slow or hostile client costs the daemon little and never blocks the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hmac
+import json
+import os
+import socket
+import stat
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.abc
+import h11
+import structlog
+
+from failover import __version__
+from failover.api.protocol import COMMANDS, Controller
+from failover.api.schema import (
+    COMMANDS_PREFIX,
+    DEFAULT_TRANSITIONS_LIMIT,
+    MAX_TRANSITIONS_LIMIT,
+    STATUS_PATH,
+    TRANSITIONS_PATH,
+)
+from failover.errors import UsageError
+
+log = structlog.get_logger("failover.api")
+
+# Errors that a peer going away mid-conversation raises on anyio streams.
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
+
+
+@dataclass(frozen=True)
+class ControlLimits:
+    """Bounds on what one client may cost the daemon.
+
+    - ``request_timeout``: a whole request (line, headers, body) must arrive
+      within this many seconds of the connection opening or of the previous
+      response; otherwise the server answers 408 and closes (or closes quietly
+      when nothing at all arrived: an idle keep-alive connection).
+    - ``send_timeout``: a response must fit into the client's socket within
+      this many seconds; otherwise the connection is dropped.
+    - ``max_header_bytes``: request line plus headers; beyond it, 431 and close.
+    - ``max_body_bytes``: no endpoint takes a body; a larger one gets 413 and close.
+    - ``max_connections``: connections served at once; the next ones get 503 and close.
+    """
+
+    request_timeout: float = 5.0
+    send_timeout: float = 5.0
+    max_header_bytes: int = 8192
+    max_body_bytes: int = 4096
+    max_connections: int = 64
+
+
+DEFAULT_LIMITS = ControlLimits()
+
+
+@dataclass(frozen=True)
+class ControlEndpoints:
+    """Where the server listens; given to ``task_status.started`` once bound.
+
+    ``tcp`` holds the port actually bound (useful when port 0 was asked for).
+    """
+
+    unix_path: str | None
+    tcp: tuple[str, int] | None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One HTTP answer: status, JSON body already encoded, extra headers."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    close: bool = False
+
+
+def json_reply(status: int, payload: object, **kwargs: Any) -> Reply:
+    """A reply carrying ``payload`` as strict JSON (NaN and infinities refused)."""
+    body = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return Reply(status, body, **kwargs)
+
+
+def error_reply(
+    status: int, message: str, *, headers: tuple[tuple[str, str], ...] = (), close: bool = False
+) -> Reply:
+    """The uniform error shape: ``{"error": message}``."""
+    return json_reply(status, {"error": message}, headers=headers, close=close)
+
+
+class _BadQuery(Exception):
+    """The query string is malformed or names a parameter the endpoint does not take."""
+
+
+class ControlRoutes:
+    """Maps a method and a request target to one ``Controller`` call and its reply.
+
+    No HTTP framing or I/O here beyond awaiting the controller; an exception
+    from the controller becomes a 500 with a generic message (the traceback
+    goes to the daemon log, never to the client).
+    """
+
+    def __init__(self, controller: Controller) -> None:
+        self._controller = controller
+
+    async def reply(self, method: str, target: str) -> Reply:
+        split = urlsplit(target)
+        path = split.path
+        action: Callable[[Mapping[str, str]], Awaitable[Reply]]
+        if path == STATUS_PATH:
+            allowed, action = "GET", self._status
+        elif path == TRANSITIONS_PATH:
+            allowed, action = "GET", self._transitions
+        elif path.startswith(COMMANDS_PREFIX):
+            name = path.removeprefix(COMMANDS_PREFIX)
+            if name not in COMMANDS:
+                known = ", ".join(COMMANDS)
+                return error_reply(404, f"unknown command {name!r} (known: {known})")
+            allowed, action = "POST", self._command_action(name)
+        else:
+            return error_reply(404, f"no such endpoint: {path}")
+        if method != allowed:
+            return error_reply(405, f"{path} accepts {allowed} only", headers=(("allow", allowed),))
+        try:
+            query = _parse_query(split.query)
+            return await action(query)
+        except _BadQuery as exc:
+            return error_reply(400, str(exc))
+        except TimeoutError:
+            # The controller bounds its own waits (a command stuck behind a dead
+            # disk): the daemon is alive but could not answer in time.
+            return error_reply(503, "the daemon did not handle the request in time")
+        except Exception:
+            log.exception("control request failed", method=method, path=path)
+            return error_reply(500, "internal error (see the daemon log)")
+
+    async def _status(self, query: Mapping[str, str]) -> Reply:
+        _allow_params(query)
+        return json_reply(200, self._controller.status())
+
+    async def _transitions(self, query: Mapping[str, str]) -> Reply:
+        _allow_params(query, "limit")
+        limit = _parse_limit(query.get("limit"))
+        records = self._controller.transitions(limit)
+        # The controller promises at most ``limit``; the API promises it to clients.
+        return json_reply(200, {"transitions": records[max(len(records) - limit, 0) :]})
+
+    def _command_action(self, name: str) -> Callable[[Mapping[str, str]], Awaitable[Reply]]:
+        async def action(query: Mapping[str, str]) -> Reply:
+            _allow_params(query)
+            result = await self._controller.command(name)
+            payload = {
+                "accepted": result.accepted,
+                "message": result.message,
+                "state": result.state,
+            }
+            return json_reply(200 if result.accepted else 409, payload)
+
+        return action
+
+
+def _parse_query(query: str) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, max_num_fields=8)
+    except ValueError:
+        raise _BadQuery("malformed query string") from None
+    params: dict[str, str] = {}
+    for key, value in pairs:
+        if key in params:
+            raise _BadQuery(f"query parameter {key!r} given twice")
+        params[key] = value
+    return params
+
+
+def _allow_params(query: Mapping[str, str], *allowed: str) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise _BadQuery(f"unknown query parameter {unknown[0]!r}")
+
+
+def _parse_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_TRANSITIONS_LIMIT
+    if not raw.isdigit() or int(raw) > MAX_TRANSITIONS_LIMIT:
+        raise _BadQuery(f"limit must be an integer from 0 to {MAX_TRANSITIONS_LIMIT}")
+    return int(raw)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _ConnectionServer:
+    """Runs the HTTP/1.1 conversation on each accepted stream, within ``ControlLimits``."""
+
+    def __init__(self, routes: ControlRoutes, limits: ControlLimits) -> None:
+        self._routes = routes
+        self._limits = limits
+        self._active = 0
+
+    async def accept_loop(
+        self, sock: socket.socket, token: bytes | None, task_group: anyio.abc.TaskGroup
+    ) -> None:
+        """Accept connections on listening ``sock`` until cancelled, each served in its own task."""
+        while True:
+            await anyio.wait_readable(sock)
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                continue  # another wake-up took it, or the client gave up
+            except OSError as exc:
+                # Out of descriptors or memory: outside our control and may pass,
+                # so back off instead of spinning or dying.
+                log.warning("control accept failed", error=str(exc))
+                await anyio.sleep(0.1)
+                continue
+            task_group.start_soon(self.serve, conn, token)
+
+    async def serve(self, conn: socket.socket, token: bytes | None) -> None:
+        """Serve one accepted connection to its end. Never raises: its failure is its own."""
+        try:
+            # A transport-backed stream: anyio's raw UNIX streams report a spurious
+            # InvalidStateError when a read is cancelled as data arrives.
+            stream = await anyio.abc.SocketStream.from_socket(conn)
+        except (OSError, ValueError):
+            conn.close()  # the client left before we could wrap its socket
+            return
+        try:
+            if self._active >= self._limits.max_connections:
+                reply = error_reply(503, "too many control connections", close=True)
+                await self._send(h11.Connection(h11.SERVER), stream, reply, head=False)
+                await self._linger(stream)
+                return
+            self._active += 1
+            try:
+                await self._converse(stream, token)
+            finally:
+                self._active -= 1
+        except Exception:
+            log.exception("control connection failed")
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+    async def _converse(self, stream: anyio.abc.SocketStream, token: bytes | None) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
+        while True:
+            request = await self._next_request(conn, stream)
+            if request is None:
+                return
+            if isinstance(request, Reply):
+                await self._send(conn, stream, request, head=False)
+                await self._linger(stream)
+                return
+            if token is not None and not _authorized(request, token):
+                reply = error_reply(
+                    401,
+                    "missing or wrong bearer token",
+                    headers=(("www-authenticate", 'Bearer realm="failover"'),),
+                    close=True,
+                )
+            else:
+                method = request.method.decode("ascii")
+                reply = await self._routes.reply(method, request.target.decode("ascii"))
+            sent = await self._send(conn, stream, reply, head=request.method == b"HEAD")
+            if not sent or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _next_request(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream
+    ) -> h11.Request | Reply | None:
+        """The next complete request, an error reply to send before closing, or
+        None when the client closed or stayed idle past the request timeout."""
+        timeout = self._limits.request_timeout
+        with anyio.move_on_after(timeout):
+            try:
+                return await self._read_request(conn, stream)
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                if status == 431:
+                    message = f"request headers exceed {self._limits.max_header_bytes} bytes"
+                else:
+                    message = f"malformed HTTP request: {exc}"
+                return error_reply(status, message, close=True)
+            except _BodyTooLarge:
+                limit = self._limits.max_body_bytes
+                return error_reply(413, f"request body exceeds {limit} bytes", close=True)
+        if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+            return None
+        return error_reply(408, f"request not received within {timeout:g} s", close=True)
+
+    async def _read_request(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream
+    ) -> h11.Request | None:
+        request: h11.Request | None = None
+        body_size = 0
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(65536)
+                except _GONE:
+                    data = b""  # h11 turns this into ConnectionClosed or a protocol error
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                request = event
+                # h11 bounds only an incomplete head: one read can bring a whole
+                # oversized head at once, so measure the parsed one too.
+                if _head_size(event) > self._limits.max_header_bytes:
+                    raise h11.RemoteProtocolError("head too large", error_status_hint=431)
+                if _declared_length(event) > self._limits.max_body_bytes:
+                    raise _BodyTooLarge
+                if conn.they_are_waiting_for_100_continue:
+                    continue_line = conn.send(
+                        h11.InformationalResponse(status_code=100, headers=[])
+                    )
+                    await stream.send(continue_line or b"")
+            elif isinstance(event, h11.Data):
+                body_size += len(event.data)
+                if body_size > self._limits.max_body_bytes:
+                    raise _BodyTooLarge
+            elif isinstance(event, h11.EndOfMessage):
+                return request
+            else:  # ConnectionClosed (PAUSED cannot happen: we answer before reading on)
+                return None
+
+    async def _send(
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, reply: Reply, *, head: bool
+    ) -> bool:
+        """Send ``reply``; False when the client is gone or too slow to take it."""
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(reply.body))),
+            ("cache-control", "no-store"),
+            ("server", f"failover/{__version__}"),
+            *reply.headers,
+        ]
+        if reply.close:
+            headers.append(("connection", "close"))
+        reason = HTTPStatus(reply.status).phrase.encode("ascii")
+        response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
+        try:
+            parts = [conn.send(response)]
+            if not head:
+                parts.append(conn.send(h11.Data(data=reply.body)))
+            parts.append(conn.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            return False  # the conversation is already past the point of answering
+        with anyio.move_on_after(self._limits.send_timeout):
+            try:
+                await stream.send(b"".join(part for part in parts if part))
+            except _GONE:
+                return False
+            return True
+        return False
+
+    async def _linger(self, stream: anyio.abc.SocketStream) -> None:
+        """Before closing after an error, read and drop what the client still
+        sends for a moment: closing a TCP socket with unread input resets it,
+        and the reset can destroy the error reply before the client reads it."""
+        with anyio.move_on_after(min(1.0, self._limits.request_timeout)):
+            with contextlib.suppress(*_GONE):
+                await stream.send_eof()
+                drained = 0
+                while drained < 65536:
+                    drained += len(await stream.receive(65536))
+
+
+def _head_size(request: h11.Request) -> int:
+    line = len(request.method) + len(request.target) + 11
+    return line + sum(len(name) + len(value) + 4 for name, value in request.headers)
+
+
+def _declared_length(request: h11.Request) -> int:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has validated it
+    return 0
+
+
+def _authorized(request: h11.Request, token: bytes) -> bool:
+    """True if the request carries ``Authorization: Bearer <token>`` (scheme in any case)."""
+    for name, value in request.headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.partition(b" ")
+            # Compare in constant time whatever the scheme, so timing reveals nothing.
+            matches = hmac.compare_digest(credentials.strip(), token)
+            return scheme.lower() == b"bearer" and matches
+    return False
+
+
+async def serve_control(
+    controller: Controller,
+    *,
+    unix_path: str | None = None,
+    tcp: tuple[str, int] | None = None,
+    token: str | None = None,
+    limits: ControlLimits = DEFAULT_LIMITS,
+    task_status: anyio.abc.TaskStatus[ControlEndpoints] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the control API for ``controller`` until cancelled.
+
+    Listens on ``unix_path`` (its parent directory is created; the socket gets
+    mode 0660; a socket file left by a dead daemon is replaced, one a live
+    process listens on is refused) and/or on ``tcp`` = (host, port), where
+    every request must carry ``Authorization: Bearer <token>``. The Unix
+    socket relies on file permissions and takes no token.
+
+    ``task_status.started(ControlEndpoints)`` is called once every listener is
+    bound: clients may connect from then on. On cancellation the listeners
+    close, open connections are dropped and the socket file is removed.
+
+    Raises ``UsageError`` before listening when there is nothing to listen on,
+    when TCP is asked for without a token, or when an address cannot be bound.
+    """
+    if unix_path is None and tcp is None:
+        raise UsageError("the control API needs a unix socket path or a TCP address")
+    if tcp is not None and not token:
+        raise UsageError(
+            "the control API over TCP needs a bearer token (control.tcp.token_file); "
+            "refusing to listen without one"
+        )
+    server = _ConnectionServer(ControlRoutes(controller), limits)
+    listening: list[tuple[socket.socket, bytes | None]] = []
+    socket_file: tuple[Path, int] | None = None
+    try:
+        if unix_path is not None:
+            path = Path(unix_path)
+            sock = await anyio.to_thread.run_sync(_listen_unix, path)
+            listening.append((sock, None))
+            socket_file = (path, path.stat().st_ino)
+        bound_tcp: tuple[str, int] | None = None
+        if tcp is not None:
+            assert token is not None
+            tcp_socks = await anyio.to_thread.run_sync(_listen_tcp, *tcp)
+            listening.extend((each, token.encode("utf-8")) for each in tcp_socks)
+            bound_tcp = (tcp[0], tcp_socks[0].getsockname()[1])
+        async with anyio.create_task_group() as task_group:
+            for sock, listener_token in listening:
+                task_group.start_soon(server.accept_loop, sock, listener_token, task_group)
+            task_status.started(ControlEndpoints(unix_path, bound_tcp))
+    finally:
+        for sock, _ in listening:
+            sock.close()
+        if socket_file is not None:
+            _remove_socket_file(*socket_file)
+
+
+def _listen_unix(path: Path) -> socket.socket:
+    """A non-blocking socket listening on ``path`` (mode 0660, parent created).
+
+    A socket file nobody listens on (left by a dead daemon) is replaced; a
+    live one, or any other kind of file, is refused with ``UsageError``.
+    """
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if _stale_socket(path):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.fspath(path))
+            os.chmod(path, 0o660)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _stale_socket(path: Path) -> bool:
+    """True if ``path`` is a socket nobody listens on; False if there is no file.
+
+    Raises ``UsageError`` if it is not a socket or a process listens on it.
+    """
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return True
+        raise
+    finally:
+        probe.close()
+    raise UsageError(
+        f"another process already listens on {path} (is a failover daemon running for this node?)"
+    )
+
+
+def _remove_socket_file(path: Path, inode: int) -> None:
+    with contextlib.suppress(OSError):
+        # A newer daemon may have replaced the file since: leave its socket alone.
+        if path.stat().st_ino == inode:
+            path.unlink()
+
+
+def _listen_tcp(host: str, port: int) -> list[socket.socket]:
+    """Non-blocking sockets listening on every address ``host`` resolves to.
+
+    With port 0 every address gets the port the first one was given.
+    """
+    socks: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, resolved in dict.fromkeys(infos):
+            address = resolved
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(socks) > 1:
+                address = (address[0], socks[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in socks:
+            sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return socks

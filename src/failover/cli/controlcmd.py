@@ -1,0 +1,354 @@
+"""``failover status|log|state`` and the admin commands, through the control API.
+
+Every subcommand finds the daemon the same way: ``--socket PATH``, ``--tcp
+HOST:PORT --token-file FILE``, ``-c CONFIG [--node NAME]`` (the node's
+``control`` settings), or the ``FAILOVER_SOCKET`` environment variable.
+
+Exit codes: admin commands exit 0 when the core accepted the command, 1 when
+it refused, 2 when the daemon cannot be reached. ``failover state`` exits with
+a code per state (``STATE_EXIT_CODES``) so that scripts can branch on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from failover.api.client import ControlClient, DaemonUnreachable
+from failover.api.protocol import COMMANDS
+from failover.api.schema import MAX_TRANSITIONS_LIMIT, read_token_file
+from failover.errors import FailoverError, UsageError
+
+SOCKET_ENV = "FAILOVER_SOCKET"
+
+# 0 and 1 are the serving states so that `[ $? -le 1 ]` means "serving".
+# 2 is skipped on purpose: it is what every failover command (and argparse)
+# returns for a usage error, which must never read as a state.
+STATE_EXIT_CODES: dict[str, int] = {
+    "primary": 0,
+    "alone": 1,
+    "secondary": 3,
+    "resync": 4,
+    "wait": 5,
+    "stop": 6,
+}
+EXIT_UNREACHABLE = 7  # no daemon answers at the control address
+EXIT_UNKNOWN = 8  # anything else: bad options or config, an unexpected answer
+
+COMMAND_HELP: dict[str, str] = {
+    "start": "start the module on this node (it then decides whether to serve)",
+    "stop": "stop the module on this node (stops the application if it serves)",
+    "prim": "serve now although this node's data is not known to be the newest (logged)",
+    "primforce": "serve now even with data marked inconsistent (disaster recovery)",
+    "second": "never serve alone: wait for the peer to serve, then follow it",
+    "swap": "planned switchover: hand the service to the in-sync secondary",
+    "fullsync": "resynchronise this node from the serving peer with a full copy",
+}
+
+# A query reads what the daemon holds and answers at once; a command may wait
+# for the daemon's event loop (which bounds that wait at 10 s).
+QUERY_TIMEOUT = 5.0
+COMMAND_TIMEOUT = 15.0
+
+STATUS_TRANSITIONS = 5
+DEFAULT_LOG_LINES = 20
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    connection = _connection_options()
+
+    status = subparsers.add_parser(
+        "status", parents=[connection], help="show this node's state, its peer and its links"
+    )
+    status.add_argument(
+        "--json", action="store_true", help="print the status object as JSON (docs/api.md)"
+    )
+    status.set_defaults(handler=run_status)
+
+    for name in COMMANDS:
+        command = subparsers.add_parser(
+            name, parents=[connection], help=COMMAND_HELP[name], description=COMMAND_HELP[name]
+        )
+        command.set_defaults(handler=run_command, control_command=name)
+
+    log = subparsers.add_parser(
+        "log", parents=[connection], help="show the most recent state transitions"
+    )
+    log.add_argument(
+        "-n",
+        "--lines",
+        type=_log_lines,
+        default=DEFAULT_LOG_LINES,
+        metavar="N",
+        help=f"how many transitions (default {DEFAULT_LOG_LINES}, at most {MAX_TRANSITIONS_LIMIT})",
+    )
+    log.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    log.set_defaults(handler=run_log)
+
+    state = subparsers.add_parser(
+        "state",
+        parents=[connection],
+        help="print this node's state; the exit code tells it too (docs/api.md)",
+        epilog="exit codes: "
+        + ", ".join(f"{code} {name}" for name, code in STATE_EXIT_CODES.items())
+        + f", {EXIT_UNREACHABLE} daemon unreachable, {EXIT_UNKNOWN} other error",
+    )
+    state.add_argument("-q", "--quiet", action="store_true", help="print nothing, only exit")
+    state.set_defaults(handler=run_state)
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    where = parent.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help=f"the control socket (or ${SOCKET_ENV})")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="the control API over TCP")
+    where.add_argument(
+        "-c", "--config", metavar="FILE", help="the cluster config: use this node's control setting"
+    )
+    parent.add_argument("--token-file", metavar="FILE", help="bearer token for --tcp")
+    parent.add_argument("--node", metavar="NAME", help="which node of --config (default: hostname)")
+    parent.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"give up on the daemon after this long (default {QUERY_TIMEOUT:g}, "
+        f"{COMMAND_TIMEOUT:g} for commands)",
+    )
+    return parent
+
+
+def _log_lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= MAX_TRANSITIONS_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_TRANSITIONS_LIMIT}")
+    return value
+
+
+def client_from_args(args: argparse.Namespace, timeout: float = QUERY_TIMEOUT) -> ControlClient:
+    """The client for the daemon the options (or ``$FAILOVER_SOCKET``) point at.
+
+    ``timeout`` applies unless ``--timeout`` was given.
+    """
+    if args.timeout is not None:
+        timeout = args.timeout
+    if timeout <= 0:
+        raise UsageError("--timeout must be positive")
+    if args.node is not None and args.config is None:
+        raise UsageError("--node needs -c CONFIG")
+    if args.token_file is not None and args.tcp is None:
+        raise UsageError("--token-file goes with --tcp")
+    if args.socket is not None:
+        return ControlClient(unix_path=args.socket, timeout=timeout)
+    if args.tcp is not None:
+        if args.token_file is None:
+            raise UsageError("--tcp needs --token-file (the daemon requires a bearer token)")
+        token = read_token_file(args.token_file)
+        return ControlClient(tcp=_host_port(args.tcp), token=token, timeout=timeout)
+    if args.config is not None:
+        return _client_from_config(args.config, args.node, timeout)
+    env_socket = os.environ.get(SOCKET_ENV)
+    if env_socket:
+        return ControlClient(unix_path=env_socket, timeout=timeout)
+    raise UsageError(
+        f"where is the daemon? give --socket PATH, -c CONFIG or --tcp HOST:PORT, "
+        f"or set {SOCKET_ENV}"
+    )
+
+
+def _client_from_config(path: str, node: str | None, timeout: float) -> ControlClient:
+    from failover.config import load_config  # noqa: PLC0415 - only this path needs pydantic
+
+    config = load_config(path)
+    control = config.control_of(config.resolve_local_node(node))
+    if control.tcp is not None:
+        token = read_token_file(control.tcp.token_file)
+        address = (control.tcp.address, control.tcp.port)
+        return ControlClient(tcp=address, token=token, timeout=timeout)
+    assert control.socket is not None  # the config guarantees one of the two
+    return ControlClient(unix_path=str(control.socket), timeout=timeout)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--tcp wants HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+# --- handlers ---------------------------------------------------------------------------
+
+
+def run_status(args: argparse.Namespace) -> int:
+    client = client_from_args(args)
+    status = client.get_status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    transitions = client.get_transitions(STATUS_TRANSITIONS)
+    print(render_status(status, transitions))
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    name: str = args.control_command
+    result = client_from_args(args, COMMAND_TIMEOUT).command(name)
+    verdict = "accepted" if result.accepted else "refused"
+    detail = f": {result.message}" if result.message else ""
+    line = f"{name} {verdict}{detail} (state: {result.state})"
+    print(line, file=sys.stdout if result.accepted else sys.stderr)
+    return 0 if result.accepted else 1
+
+
+def run_log(args: argparse.Namespace) -> int:
+    records = client_from_args(args).get_transitions(args.lines)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    elif not records:
+        print("no transitions yet")
+    else:
+        for record in records:
+            print(render_transition(record))
+    return 0
+
+
+def run_state(args: argparse.Namespace) -> int:
+    """Exit with the state's code; never exit 0-6 for an error (see STATE_EXIT_CODES)."""
+    quiet: bool = args.quiet
+    try:
+        state = client_from_args(args).get_status().get("state")
+    except DaemonUnreachable as exc:
+        return _state_failure(quiet, str(exc), EXIT_UNREACHABLE)
+    except FailoverError as exc:
+        return _state_failure(quiet, str(exc), EXIT_UNKNOWN)
+    except Exception as exc:
+        # An unexpected failure must not surface as Python's exit code 1,
+        # which a script would read as "alone", a serving state.
+        return _state_failure(quiet, f"internal error: {exc!r}", EXIT_UNKNOWN)
+    if not isinstance(state, str) or state not in STATE_EXIT_CODES:
+        return _state_failure(quiet, f"the daemon reports an unknown state {state!r}", EXIT_UNKNOWN)
+    if not quiet:
+        print(state)
+    return STATE_EXIT_CODES[state]
+
+
+def _state_failure(quiet: bool, message: str, code: int) -> int:
+    if not quiet:
+        print(f"failover state: {message}", file=sys.stderr)
+    return code
+
+
+# --- rendering --------------------------------------------------------------------------
+
+
+def render_status(status: dict[str, Any], transitions: list[dict[str, Any]]) -> str:
+    """The human view of a status object (schema 1) and a few recent transitions."""
+    lines = [
+        f"{status.get('node', '?')} (cluster {status.get('cluster', '?')}): {_state_text(status)}"
+    ]
+    if status.get("reason"):
+        lines.append(f"  reason      {status['reason']}")
+    consistent = "consistent" if status.get("consistent", True) else "INCONSISTENT"
+    lines.append(f"  generation  {_generation(status.get('generation'))}, data {consistent}")
+    if isinstance(status.get("uptime"), int | float):
+        lines.append(f"  uptime      {_duration(status['uptime'])}")
+    lines.append(_peer_line(status.get("peer")))
+    links = status.get("links") or []
+    if links:
+        lines.append("links:")
+        width = max(len(str(link.get("name", ""))) for link in links)
+        kind_width = max(len(str(link.get("transport", ""))) for link in links)
+        for link in links:
+            up = "up" if link.get("up") else "DOWN"
+            lines.append(
+                f"  {link.get('name', '?'):<{width}}  {link.get('transport', ''):<{kind_width}}"
+                f"  {up:<4}  last seen {_ago(link.get('last_seen_ago'))}"
+            )
+    frames = status.get("frames")
+    if isinstance(frames, dict):
+        dropped = frames.get("dropped") or {}
+        total = sum(n for n in dropped.values() if isinstance(n, int))
+        detail = ", ".join(f"{why} {n}" for why, n in sorted(dropped.items()) if n)
+        lines.append(
+            f"frames: {frames.get('received', 0)} received, {total} dropped"
+            + (f" ({detail})" if detail else "")
+        )
+    if transitions:
+        lines.append("recent transitions:")
+        lines.extend(f"  {render_transition(record)}" for record in transitions)
+    return "\n".join(lines)
+
+
+def render_transition(record: dict[str, Any]) -> str:
+    """One readable line: time, from -> to, event, reason."""
+    when = _timestamp(record.get("time", record.get("timestamp")))
+    change = f"{record.get('from', '?')} -> {record.get('to', '?')}"
+    line = f"{when}  {change}  {record.get('event', '?')}"
+    if record.get("reason"):
+        line += f"  {record['reason']}"
+    if record.get("forced"):
+        line += "  [forced by the operator]"
+    return line
+
+
+def _state_text(node: dict[str, Any]) -> str:
+    state = str(node.get("state", "?"))
+    substatus = node.get("substatus")
+    return f"{state} ({substatus})" if substatus else state
+
+
+def _peer_line(peer: Any) -> str:
+    if not isinstance(peer, dict):
+        return "peer: never seen"
+    seen = f"last seen {_ago(peer.get('last_seen_ago'))}"
+    known = f"{_state_text(peer)}, generation {_generation(peer.get('generation'))}"
+    if peer.get("alive"):
+        return f"peer {peer.get('node', '?')}: {known}, alive, {seen}"
+    return f"peer {peer.get('node', '?')}: LOST, {seen} (was {known})"
+
+
+def _generation(value: Any) -> str:
+    if isinstance(value, dict) and "counter" in value:
+        origin = value.get("origin")
+        return f"{value['counter']}:{origin}" if origin else str(value["counter"])
+    return "?" if value is None else str(value)
+
+
+def _ago(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "never"
+    return f"{_duration(seconds)} ago"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def _timestamp(value: Any) -> str:
+    """A local date and time from epoch seconds or an ISO 8601 string."""
+    moment: datetime | None = None
+    if isinstance(value, int | float):
+        moment = datetime.fromtimestamp(value)
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is not None:
+            moment = moment.astimezone()
+    if moment is None:
+        return "?"
+    return moment.strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,292 @@
+"""`failover status|log|state` and the admin commands, through failover.cli.main."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from api_fakes import FakeController, serving_in_thread
+
+from failover.api.protocol import COMMANDS
+from failover.cli import main
+from failover.cli.controlcmd import EXIT_UNKNOWN, EXIT_UNREACHABLE, STATE_EXIT_CODES
+
+TOKEN = "cli-test-token"
+
+
+@pytest.fixture
+def socket_path(controller: FakeController, sock_dir: Path) -> Iterator[str]:
+    path = str(sock_dir / "c.sock")
+    with serving_in_thread(controller, unix_path=path):
+        yield path
+
+
+def test_status_shows_node_peer_links_and_recent_transitions(
+    socket_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "alpha (cluster dispatch): primary (ready)"
+    assert "  reason      peer beta in sync" in lines
+    assert "  generation  3:alpha, data consistent" in lines
+    assert "  uptime      1h02m" in lines
+    assert "peer beta: secondary (ready), generation 3:alpha, alive, last seen 0.2 s ago" in lines
+    assert "  lan     udp     up    last seen 0.1 s ago" in lines
+    assert "  serial  serial  DOWN  last seen 12.5 s ago" in lines
+    assert "frames: 1234 received, 3 dropped (bad_mac 2, replay 1)" in lines
+    recent = lines[lines.index("recent transitions:") + 1 :]
+    assert len(recent) == 5
+    assert recent[-1].endswith("wait -> alone  event119  reason 119")
+
+
+def test_status_of_a_lost_peer_says_so(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = controller.status
+
+    def lost() -> dict[str, object]:
+        status = original()
+        status["peer"] = dict(status["peer"], alive=False, last_seen_ago=75.0)
+        return status
+
+    controller.status = lost  # type: ignore[method-assign]
+    assert main(["status", "--socket", socket_path]) == 0
+    assert "peer beta: LOST, last seen 1m15s ago (was secondary (ready)" in capsys.readouterr().out
+
+
+def test_status_json_prints_the_api_object(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--json", "--socket", socket_path]) == 0
+    assert json.loads(capsys.readouterr().out) == controller.status()
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_an_accepted_command_exits_0(
+    socket_path: str, controller: FakeController, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([name, "--socket", socket_path]) == 0
+    assert capsys.readouterr().out == f"{name} accepted: {name} done (state: primary)\n"
+    assert controller.commands == [name]
+
+
+def test_a_refused_command_exits_1_with_the_reason(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    controller.state = "wait"
+    controller.refusals["swap"] = "the peer is not secondary"
+    assert main(["swap", "--socket", socket_path]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == "swap refused: the peer is not secondary (state: wait)\n"
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("argv", [["status"], ["start"], ["log"]])
+def test_no_daemon_exits_2_with_a_clear_message(
+    sock_dir: Path, argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = sock_dir / "none.sock"
+    assert main([*argv, "--socket", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"failover {argv[0]}: no daemon listening on {path} (is `failover run` started?)\n"
+    )
+
+
+def test_log_prints_one_line_per_transition(
+    socket_path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["log", "-n", "3", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3
+    assert [line.split("  ", 1)[1] for line in lines] == [
+        "wait -> alone  event117  reason 117",
+        "alone -> primary  event118  reason 118",
+        "wait -> alone  event119  reason 119",
+    ]
+    assert lines[0].startswith(_local_time(1_700_000_117.0))
+
+
+def test_log_json_prints_the_records(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["log", "--json", "-n", "4", "--socket", socket_path]) == 0
+    assert json.loads(capsys.readouterr().out) == controller.records[-4:]
+
+
+@pytest.mark.parametrize("count", ["0", "1001", "x"])
+def test_log_rejects_a_bad_count(socket_path: str, count: str) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["log", "-n", count, "--socket", socket_path])
+    assert caught.value.code == 2
+
+
+@pytest.mark.parametrize(("state", "code"), sorted(STATE_EXIT_CODES.items()))
+def test_state_quiet_exits_with_the_code_of_each_state(
+    socket_path: str,
+    controller: FakeController,
+    state: str,
+    code: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    controller.state = state
+    assert main(["state", "-q", "--socket", socket_path]) == code
+    assert capsys.readouterr() == ("", "")
+
+
+def test_state_prints_the_state_without_quiet(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    controller.state = "secondary"
+    assert main(["state", "--socket", socket_path]) == STATE_EXIT_CODES["secondary"]
+    assert capsys.readouterr().out == "secondary\n"
+
+
+def test_state_codes_are_distinct_and_serving_is_0_or_1() -> None:
+    codes = [*STATE_EXIT_CODES.values(), EXIT_UNREACHABLE, EXIT_UNKNOWN]
+    assert len(set(codes)) == len(codes)
+    assert {STATE_EXIT_CODES["primary"], STATE_EXIT_CODES["alone"]} == {0, 1}
+    assert 2 not in codes  # argparse's usage error
+
+
+def test_state_quiet_without_daemon_exits_unreachable_silently(
+    sock_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["state", "-q", "--socket", str(sock_dir / "none.sock")]) == EXIT_UNREACHABLE
+    assert capsys.readouterr() == ("", "")
+
+
+def test_state_with_bad_options_never_looks_like_a_state(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FAILOVER_SOCKET", raising=False)
+    assert main(["state"]) == EXIT_UNKNOWN
+    assert "where is the daemon?" in capsys.readouterr().err
+
+
+def test_state_of_an_unknown_state_is_not_a_state_code(
+    socket_path: str, controller: FakeController
+) -> None:
+    controller.state = "limbo"
+    assert main(["state", "-q", "--socket", socket_path]) == EXIT_UNKNOWN
+
+
+def test_the_socket_can_come_from_the_environment(
+    socket_path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("FAILOVER_SOCKET", socket_path)
+    assert main(["state"]) == 0
+    assert capsys.readouterr().out == "primary\n"
+
+
+def test_no_address_at_all_is_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("FAILOVER_SOCKET", raising=False)
+    assert main(["status"]) == 2
+    err = capsys.readouterr().err
+    assert "--socket PATH" in err
+    assert "Traceback" not in err
+
+
+def test_tcp_with_a_token_file(
+    controller: FakeController, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=TOKEN) as ends:
+        assert ends.tcp is not None
+        address = f"127.0.0.1:{ends.tcp[1]}"
+        assert main(["state", "--tcp", address, "--token-file", str(token_file)]) == 0
+        assert main(["status", "--tcp", address]) == 2
+    assert "--tcp needs --token-file" in capsys.readouterr().err
+
+
+CONFIG = """\
+cluster:
+  name: dispatch
+  insecure: true
+links:
+  - name: lan
+    transport: udp
+nodes:
+  alpha:
+    control:
+      socket: {socket}
+    links:
+      lan: {{address: 127.0.0.1, port: 7401}}
+  beta:
+    links:
+      lan: {{address: 127.0.0.1, port: 7402}}
+"""
+
+
+def test_the_socket_can_come_from_the_config(
+    socket_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CONFIG.format(socket=socket_path))
+    assert main(["state", "-c", str(config), "--node", "alpha"]) == 0
+    assert capsys.readouterr().out == "primary\n"
+
+
+def test_an_unknown_node_of_the_config_is_a_usage_error(
+    socket_path: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "cluster.yaml"
+    config.write_text(CONFIG.format(socket=socket_path))
+    assert main(["status", "-c", str(config), "--node", "gamma"]) == 2
+    err = capsys.readouterr().err
+    assert "gamma" in err
+    assert "Traceback" not in err
+
+
+def _local_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def test_log_shows_iso_times_in_local_time_and_forced_transitions(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    controller.records = [
+        {
+            "time": "2024-05-01T10:00:01.250+00:00",
+            "from": "wait",
+            "to": "alone",
+            "event": "prim",
+            "reason": "operator forced",
+            "forced": True,
+        }
+    ]
+    assert main(["log", "--socket", socket_path]) == 0
+    expected = (
+        f"{_local_time(datetime(2024, 5, 1, 10, 0, 1, tzinfo=UTC).timestamp())}  "
+        "wait -> alone  prim  operator forced  [forced by the operator]\n"
+    )
+    assert capsys.readouterr().out == expected
+
+
+def test_log_with_no_transitions_says_so(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    controller.records = []
+    assert main(["log", "--socket", socket_path]) == 0
+    assert capsys.readouterr().out == "no transitions yet\n"
+
+
+def test_a_tcp_control_from_the_config_uses_its_token_file(
+    controller: FakeController, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=TOKEN) as ends:
+        assert ends.tcp is not None
+        tcp = f"{{tcp: {{address: 127.0.0.1, port: {ends.tcp[1]}, token_file: {token_file}}}}}"
+        config = tmp_path / "cluster.yaml"
+        text = CONFIG.format(socket="/unused").replace("\n      socket: /unused", f" {tcp}")
+        config.write_text(text)
+        assert main(["state", "-c", str(config), "--node", "alpha"]) == 0
+    assert capsys.readouterr().out == "primary\n"
