@@ -108,11 +108,70 @@ class NodeSnapshot:
     handover: str | None
     second_only: bool
     forced: bool
+    full_resync: bool
     checkers_down: frozenset[str]
 
     @property
     def substatus(self) -> SubStatus:
         return derive_substatus(self)
+
+    def key(self, origin: float, horizon: float) -> tuple[Any, ...]:
+        """A flat, hashable summary for deduplication: every time relative to
+        ``origin`` (clamped at ``-horizon``), the reason left out."""
+
+        def shift(t: float | None) -> float | None:
+            return None if t is None else max(t - origin, -horizon)
+
+        m, lease = self.metadata, self.lease
+        peer = self.peer
+        return (
+            self.state,
+            m.generation.counter,
+            m.generation.origin,
+            m.synced_generation.counter,
+            m.synced_generation.origin,
+            m.consistent,
+            m.last_state,
+            m.peer_generation.counter,
+            m.peer_generation.origin,
+            None
+            if peer is None
+            else (
+                peer.state,
+                peer.substatus,
+                peer.generation.counter,
+                peer.generation.origin,
+                peer.synced_generation.counter,
+                peer.synced_generation.origin,
+                peer.consistent,
+                peer.handover,
+                peer.last_state,
+            ),
+            self.peer_alive,
+            tuple((name, v.up, shift(v.last_seen)) for name, v in self.links),
+            shift(self.next_heartbeat_at),
+            shift(self.discovery_until),
+            shift(self.recheck_at),
+            (
+                lease.held,
+                lease.generation,
+                shift(lease.requested_at),
+                shift(lease.fence_at),
+                shift(lease.renew_at),
+            ),
+            None if self.pending is None else self.pending.ident,
+            self.granted,
+            self.app_active,
+            self.app_pending,
+            self.replicating,
+            self.resync_role,
+            self.quarantine_pending,
+            self.handover,
+            self.second_only,
+            self.forced,
+            self.full_resync,
+            self.checkers_down,
+        )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
         def shift(t: float | None) -> float | None:
@@ -189,6 +248,7 @@ class Node:
         self.handover: str | None = None  # "stopping" while the app stops, then "done"
         self.second_only = False
         self.forced = False
+        self.full_resync = False  # the operator asked for a full copy at the next resync
         self.checkers_down: frozenset[str] = frozenset()
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
@@ -302,6 +362,7 @@ class Node:
             handover=self.handover,
             second_only=self.second_only,
             forced=self.forced,
+            full_resync=self.full_resync,
             checkers_down=self.checkers_down,
         )
 
@@ -326,6 +387,7 @@ class Node:
         self.handover = snap.handover
         self.second_only = snap.second_only
         self.forced = snap.forced
+        self.full_resync = snap.full_resync
         self.checkers_down = snap.checkers_down
 
     # --- internals --------------------------------------------------------------------

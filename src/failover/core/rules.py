@@ -84,6 +84,11 @@ def resync_current(node: Node, row: Row) -> bool:
 
 
 @guard
+def replicating(node: Node, row: Row) -> bool:
+    return node.replicating
+
+
+@guard
 def handing_over(node: Node, row: Row) -> bool:
     return node.handover is not None
 
@@ -119,6 +124,11 @@ def peer_primary(node: Node, row: Row) -> bool:
 
 
 @guard
+def peer_secondary(node: Node, row: Row) -> bool:
+    return _peer_state(node) is State.SECONDARY
+
+
+@guard
 def peer_resync(node: Node, row: Row) -> bool:
     return _peer_state(node) is State.RESYNC
 
@@ -136,12 +146,8 @@ def peer_handover(node: Node, row: Row) -> bool:
 
 @guard
 def peer_in_sync(node: Node, row: Row) -> bool:
-    """The peer follows us: secondary at our generation, or finishing the
-    resync we are giving it."""
-    state = _peer_state(node)
-    if state is State.RESYNC:
-        return True
-    return state is State.SECONDARY and node.relation is Relation.EQUAL
+    """The peer follows us: secondary at our generation."""
+    return _peer_state(node) is State.SECONDARY and node.relation is Relation.EQUAL
 
 
 @guard
@@ -158,6 +164,12 @@ def peer_in_sync_ready(node: Node, row: Row) -> bool:
 @guard
 def fingerprint_mismatch(node: Node, row: Row) -> bool:
     return node.peer is not None and node.peer.fingerprint != node.settings.fingerprint
+
+
+@guard
+def same_generation(node: Node, row: Row) -> bool:
+    """The peer announces our generation, whatever either side's consistency."""
+    return node.peer is not None and node.peer.generation == node.metadata.generation
 
 
 @guard
@@ -412,6 +424,9 @@ def _resync_point(node: Node) -> tuple[str, object]:
 
 def _start_resync(node: Node, role: str, full: bool) -> None:
     mode, since = _resync_point(node)
+    if role == "target":
+        full = full or node.full_resync
+        node.full_resync = False
     node.resync_role = role
     peer = node.peer
     source_generation = (
@@ -440,6 +455,14 @@ def resync_full(node: Node, row: Row) -> None:
 
 
 @action
+def want_full_resync(node: Node, row: Row) -> None:
+    """The next resync into this node copies everything; until then the data
+    is not a valid generation."""
+    node.full_resync = True
+    node.metadata = node.metadata.evolve(consistent=False)
+
+
+@action
 def resync_source(node: Node, row: Row) -> None:
     _start_resync(node, "source", full=False)
 
@@ -459,7 +482,10 @@ def abort_resync_source(node: Node, row: Row) -> None:
 
 @action
 def finish_resync_source(node: Node, row: Row) -> None:
+    """The peer now holds our generation and may take over once it confirms:
+    from here on a restart must not count this node as the last to serve."""
     node.resync_role = None
+    node.metadata = node.metadata.evolve(last_state=State.PRIMARY)
 
 
 @action

@@ -18,12 +18,18 @@ from failover.core.table import Table
 from failover.model.invariants import Violation, check_step
 from failover.model.sim import Cluster, StepInfo, World
 
+Key = tuple[object, ...]
+
 
 @dataclass
 class Counterexample:
-    violation: Violation
+    violations: list[Violation]  # every invariant the last step broke
     labels: list[str]
     root: str
+
+    @property
+    def violation(self) -> Violation:
+        return self.violations[0]
 
     def render(self, cluster: Cluster, root_world: World) -> str:
         """Replay the trace and show each step with the transitions it caused."""
@@ -56,7 +62,12 @@ class Exploration:
     exhausted: bool = False
     seconds: float = 0.0
     counterexample: Counterexample | None = None
-    worlds: dict[World, World] = field(default_factory=dict)  # key -> a full world
+    worlds: dict[Key, World] = field(default_factory=dict)  # key -> a full world
+    parents: dict[Key, tuple[Key | None, str]] = field(default_factory=dict)
+
+    def trace_to(self, world: World, horizon: float) -> list[str]:
+        """The shortest list of actions from the root to ``world``."""
+        return _trace(self.parents, world.key(horizon))
 
 
 def explore(
@@ -76,12 +87,13 @@ def explore(
     horizon = cluster.config.timing.horizon
     result = Exploration(root_name)
     root_key = root.key(horizon)
-    parents: dict[World, tuple[World | None, str]] = {root_key: (None, "")}
+    parents = result.parents
+    parents[root_key] = (None, "")
     result.worlds[root_key] = root
     frontier = [root_key]
     config = cluster.config
     for level in range(1, depth + 1):
-        next_frontier: list[World] = []
+        next_frontier: list[Key] = []
         for key in frontier:
             world = result.worlds[key]
             cluster.load(world)
@@ -94,7 +106,7 @@ def explore(
                 violations = check_step(config, world, info, post)
                 if violations:
                     trace = [*_trace(parents, key), label]
-                    result.counterexample = Counterexample(violations[0], trace, root_name)
+                    result.counterexample = Counterexample(violations, trace, root_name)
                     result.depth = level
                     result.states = len(parents)
                     result.seconds = time.monotonic() - started
@@ -119,9 +131,9 @@ def explore(
     return result
 
 
-def _trace(parents: dict[World, tuple[World | None, str]], key: World) -> list[str]:
+def _trace(parents: dict[Key, tuple[Key | None, str]], key: Key) -> list[str]:
     labels: list[str] = []
-    current: World | None = key
+    current: Key | None = key
     while current is not None:
         parent, label = parents[current]
         if parent is not None:

@@ -81,7 +81,8 @@ def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) 
         mine = pre_core.metadata if pre_core is not None else pre.hosts[k].stored
         theirs = post.hosts[1 - k].stored
         rel = relation(mine, theirs)
-        if not exempt and theirs.consistent and rel is Relation.PEER_NEWER:
+        forced_history = theirs.generation in post.forced_lineage
+        if not exempt and not forced_history and theirs.consistent and rel is Relation.PEER_NEWER:
             found.append(
                 Violation(
                     "S2",

@@ -118,7 +118,7 @@ def check_liveness(cluster: Cluster, worlds: list[World], *, rounds: int = 30) -
     """L1 and L2 from every world in ``worlds``."""
     report = LivenessReport()
     horizon = cluster.config.timing.horizon
-    verdict: dict[tuple[World, str], bool] = {}
+    verdict: dict[tuple[tuple[object, ...], str], bool] = {}
     for world in worlds:
         target = goal(cluster, world)
         report.checked += 1
@@ -155,11 +155,11 @@ def _eventually(
     world: World,
     target: str,
     rounds: int,
-    verdict: dict[tuple[World, str], bool],
+    verdict: dict[tuple[tuple[object, ...], str], bool],
     horizon: float,
 ) -> bool:
     cluster.load(world)
-    path: list[tuple[World, str]] = []
+    path: list[tuple[tuple[object, ...], str]] = []
     result = False
     for _ in range(rounds):
         current = cluster.world
@@ -178,9 +178,26 @@ def _eventually(
 
 
 def _stable(cluster: Cluster, world: World) -> bool:
+    """Nothing left over from a past fault: no partition or cut, nothing delayed,
+    and every running node heard its peer within the last heartbeat interval
+    on every link (no loss timer is running)."""
     hosts = world.hosts
-    if world.partitioned or any(not h.arb_reachable for h in hosts if h.core is not None):
+    if world.partitioned or world.delayed:
         return False
+    if any(not h.arb_reachable for h in hosts if h.core is not None):
+        return False
+    both_up = all(h.core is not None for h in hosts)
+    interval = cluster.config.timing.heartbeat_interval
+    for h in hosts:
+        if h.core is None or not both_up:
+            continue
+        if h.last_heard is None or world.now - h.last_heard > interval:
+            return False
+        if not all(
+            view.up and view.last_seen is not None and world.now - view.last_seen <= interval
+            for _name, view in h.core.links
+        ):
+            return False
     if any(h.core is not None and h.core.substatus is not SubStatus.READY for h in hosts):
         return False
     states = [None if h.core is None else h.core.state for h in hosts]

@@ -8,13 +8,17 @@ reached world, and returns a ``ModelReport`` that renders as the text
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from failover.core.table import Table
-from failover.model.checker import Exploration, explore
-from failover.model.invariants import INVARIANTS
-from failover.model.liveness import LivenessReport, check_liveness, settle
+from failover.model.checker import Counterexample, explore
+from failover.model.invariants import INVARIANTS, Violation
+from failover.model.liveness import LivenessReport, check_liveness, fair_round, settle
 from failover.model.sim import Bounds, Cluster, ClusterConfig, World
 
 ROOTS = ("boot", "protected")
@@ -22,10 +26,22 @@ ROOTS = ("boot", "protected")
 
 @dataclass
 class RootResult:
+    """What exploring one root found (plain data: it crosses process boundaries)."""
+
     name: str
-    root: World
-    exploration: Exploration
+    states: int
+    transitions: int
+    depth: int
+    exhausted: bool
+    seconds: float
+    violations: list[str] = field(default_factory=list)  # invariant names, first one first
+    counterexample: str | None = None
     liveness: LivenessReport | None = None
+    liveness_failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.counterexample is None and self.liveness_failure is None
 
 
 @dataclass
@@ -35,18 +51,27 @@ class ModelReport:
     depth: int
     results: list[RootResult] = field(default_factory=list)
     seconds: float = 0.0
-    cluster: Cluster | None = None
 
     @property
     def ok(self) -> bool:
-        return all(
-            r.exploration.counterexample is None and (r.liveness is None or not r.liveness.failures)
-            for r in self.results
-        )
+        return all(r.ok for r in self.results)
 
     @property
     def states(self) -> int:
-        return sum(r.exploration.states for r in self.results)
+        return sum(r.states for r in self.results)
+
+    @property
+    def min_depth(self) -> int:
+        return min((r.depth for r in self.results), default=0)
+
+    def violated(self) -> set[str]:
+        """Every invariant a counterexample step or a liveness check broke."""
+        names: set[str] = set()
+        for r in self.results:
+            names.update(r.violations)
+            if r.liveness is not None:
+                names.update(f.invariant for f in r.liveness.failures)
+        return names
 
     def render(self) -> str:
         cfg = self.config
@@ -58,17 +83,13 @@ class ModelReport:
         ]
         violated: dict[str, str] = {}
         for r in self.results:
-            e = r.exploration
-            reach = "whole reachable space" if e.exhausted else f"depth {e.depth}"
+            reach = "whole reachable space" if r.exhausted else f"depth {r.depth}"
             lines.append(
-                f"  root {r.name}: {e.states} distinct states, {e.transitions} transitions, "
-                f"{reach} (asked {self.depth}), {e.seconds:.1f} s"
+                f"  root {r.name}: {r.states} distinct states, {r.transitions} transitions, "
+                f"{reach} (asked {self.depth}), {r.seconds:.1f} s"
             )
-            if e.counterexample is not None and self.cluster is not None:
-                violated.setdefault(
-                    e.counterexample.violation.invariant,
-                    e.counterexample.render(self.cluster, r.root),
-                )
+            if r.counterexample is not None:
+                violated.setdefault(r.violations[0], r.counterexample)
             if r.liveness is not None:
                 lv = r.liveness
                 lines.append(
@@ -76,8 +97,8 @@ class ModelReport:
                     f"protected pair, {lv.serving_goal} a serving node; "
                     f"{lv.stable_checked} stable states checked"
                 )
-                for failure in lv.failures[:1]:
-                    violated.setdefault(failure.invariant, _describe_failure(failure))
+                if r.liveness_failure is not None and lv.failures:
+                    violated.setdefault(lv.failures[0].invariant, r.liveness_failure)
         lines.append("invariants:")
         for name, text in {**INVARIANTS, **LIVENESS}.items():
             verdict = "VIOLATED" if name in violated else "holds"
@@ -111,6 +132,60 @@ def _describe_failure(failure: object) -> str:
     return f"{getattr(failure, 'message')} from the world: {states}"  # noqa: B009
 
 
+def explore_root(
+    config: ClusterConfig,
+    name: str,
+    *,
+    depth: int,
+    bounds: Bounds,
+    table: Table | None,
+    deadline: float | None,
+    liveness: bool,
+) -> RootResult:
+    """Explore one root world and check liveness from every world reached."""
+    cluster = Cluster(config, table=table, bounds=bounds)
+    root = cluster.booted()
+    if name == "protected":
+        root = settle(cluster, root)
+    e = explore(cluster, name, root, depth=depth, deadline=deadline)
+    result = RootResult(name, e.states, e.transitions, e.depth, e.exhausted, e.seconds)
+    if e.counterexample is not None:
+        result.violations = [v.invariant for v in e.counterexample.violations]
+        result.counterexample = e.counterexample.render(cluster, root)
+        return result
+    if liveness:
+        report = check_liveness(cluster, list(e.worlds.values()))
+        result.liveness = report
+        if report.failures:
+            failure = report.failures[0]
+            labels = e.trace_to(failure.world, config.timing.horizon)
+            trace = Counterexample([Violation(failure.invariant, failure.message)], labels, name)
+            result.liveness_failure = (
+                trace.render(cluster, root) + "\n" + _fair_tail(cluster, failure.world)
+            )
+        report.failures = report.failures[:1]  # worlds are heavy; keep one for the report
+    return result
+
+
+def _fair_tail(cluster: Cluster, world: World, rounds: int = 6) -> str:
+    """What the fair continuation does from ``world`` (for liveness reports)."""
+    cluster.load(world)
+    lines = ["  then, with every fault healed and no command (fair continuation):"]
+    for n in range(1, rounds + 1):
+        changes = fair_round(cluster)
+        states = ", ".join(
+            f"{h.core.state.value}" if h.core is not None else "down" for h in cluster.world.hosts
+        )
+        lines.append(f"    tick {n}: {'; '.join(changes) or 'no state change'} -> {states}")
+    reasons = "; ".join(
+        f"{n}: {h.core.reason}"
+        for n, h in zip(("alpha", "beta"), cluster.world.hosts, strict=True)
+        if h.core is not None
+    )
+    lines.append(f"    reasons: {reasons}")
+    return "\n".join(lines)
+
+
 def check_model(
     config: ClusterConfig,
     *,
@@ -120,30 +195,36 @@ def check_model(
     roots: tuple[str, ...] = ROOTS,
     time_limit: float | None = None,
     liveness: bool = True,
+    parallel: bool = True,
 ) -> ModelReport:
-    """Explore ``roots`` to ``depth`` (sharing ``time_limit`` seconds between
-    them) and check every invariant; stops at the first violation."""
+    """Explore ``roots`` to ``depth`` and check every invariant. With
+    ``parallel`` each root gets its own process (one per core); each
+    exploration stops deepening when ``time_limit`` seconds have passed."""
     bounds = bounds or Bounds()
     started = time.monotonic()
-    cluster = Cluster(config, table=table, bounds=bounds)
-    report = ModelReport(config=config, bounds=bounds, depth=depth, cluster=cluster)
-    for index, name in enumerate(roots):
-        root = cluster.booted()
-        if name == "protected":
-            root = settle(cluster, root)
-        deadline = None
-        if time_limit is not None:
-            remaining = time_limit - (time.monotonic() - started)
-            deadline = time.monotonic() + remaining / (len(roots) - index)
-        exploration = explore(cluster, name, root, depth=depth, deadline=deadline)
-        result = RootResult(name, root, exploration)
-        report.results.append(result)
-        if exploration.counterexample is not None:
-            break
-        if liveness:
-            result.liveness = check_liveness(cluster, list(exploration.worlds.values()))
-            if result.liveness.failures:
-                break
-        exploration.worlds.clear()
+    report = ModelReport(config=config, bounds=bounds, depth=depth)
+    jobs = [
+        functools.partial(
+            explore_root,
+            config,
+            name,
+            depth=depth,
+            bounds=bounds,
+            table=table,
+            deadline=None if time_limit is None else started + time_limit,
+            liveness=liveness,
+        )
+        for name in roots
+    ]
+    if parallel and len(jobs) > 1 and (os.cpu_count() or 1) > 1:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
+            report.results = pool.map(_call, jobs)
+    else:
+        report.results = [job() for job in jobs]
     report.seconds = time.monotonic() - started
     return report
+
+
+def _call(job: Callable[[], RootResult]) -> RootResult:
+    return job()

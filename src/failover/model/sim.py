@@ -122,29 +122,61 @@ class World:
     writes: int = 0
     faults: int = 0  # faults used so far
     commands: int = 0  # admin commands used so far
+    forced_lineage: frozenset[Generation] = frozenset()  # minted by, or after, a forced promotion
     dual_serving_blind: bool = False  # both serve after a blind takeover or a forced promotion
 
-    def key(self, horizon: float) -> World:
-        """The same world with every time relative to now (now becomes 0) and
-        reasons blanked: worlds that behave alike compare equal."""
+    def key(self, horizon: float) -> tuple[object, ...]:
+        """A flat summary of this world with every time relative to now and
+        reasons left out: worlds that behave alike have equal keys."""
+        now = self.now
 
         def shift(t: float | None) -> float | None:
-            return None if t is None else max(t - self.now, -horizon)
+            return None if t is None else max(t - now, -horizon)
 
         hosts = tuple(
-            evolve(
-                h,
-                core=None
-                if h.core is None
-                else evolve(h.core.rebased(self.now, horizon), reason=""),
-                last_heard=shift(h.last_heard),
+            (
+                None if h.core is None else h.core.key(now, horizon),
+                h.stored,
+                h.data,
+                h.quarantine,
+                h.app_running,
+                h.arb_reachable,
+                h.resync_final,
+                shift(h.last_heard),
             )
             for h in self.hosts
         )
         lease = self.lease
-        if lease is not None and lease.expires_at is not None:
-            lease = evolve(lease, expires_at=shift(lease.expires_at))
-        return evolve(self, now=0.0, hosts=hosts, lease=lease)
+        lease_key = (
+            None if lease is None else (lease.holder, shift(lease.expires_at), lease.generation)
+        )
+        channels = tuple(
+            (
+                key,
+                s.state,
+                s.substatus,
+                s.generation,
+                s.synced_generation,
+                s.consistent,
+                s.handover,
+                s.last_state,
+            )
+            for key, s in self.channels
+        )
+        return (
+            hosts,
+            channels,
+            self.delayed,
+            self.partitioned,
+            lease_key,
+            self.acked,
+            self.replicated_acks,
+            self.writes,
+            self.faults,
+            self.commands,
+            self.dual_serving_blind,
+            self.forced_lineage,
+        )
 
 
 @dataclass
@@ -336,12 +368,16 @@ class Cluster:
             host, core = self.world.hosts[i], self.world.hosts[i].core
             if core is None or core.state is not State.RESYNC or core.resync_role != "target":
                 continue
+            source = self.world.hosts[1 - i].core
             if host.resync_final is not None:
                 delivered = host.resync_final
                 self._set_host(i, resync_final=None)
                 self._handle(i, ev.ResyncDone(delivered), info)
             elif self._resync_possible(i):
                 self._resync_complete(i, info)
+            elif source is not None and source.replicating and self._link_up(REPLICATION_LINK):
+                # a new resync request breaks the synchronous stream the source holds
+                self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
 
     def _message(self, verb: str, link: str, sender: int, info: StepInfo) -> None:
         channels = dict(self.world.channels)
@@ -390,7 +426,7 @@ class Cluster:
         host = self.world.hosts[i]
         self._set_host(i, data=host.data | {wid})
         core = self.nodes[i]
-        if core.state is State.PRIMARY:
+        if core.replicating:
             j = 1 - i
             if self._peer_receives(i):
                 peer = self.world.hosts[j]
@@ -417,6 +453,9 @@ class Cluster:
         return peer.core.state is State.SECONDARY or (
             peer.core.state is State.RESYNC and peer.resync_final is not None
         )
+
+    def _link_up(self, index: int) -> bool:
+        return self.config.links[index] not in self.world.partitioned
 
     def _resync_possible(self, target: int) -> bool:
         source = 1 - target
@@ -453,7 +492,11 @@ class Cluster:
                 return
             node = self.nodes[k]
             before = node.state
+            base = node.metadata.generation
             effects = node.handle(event, self.world.now)
+            minted = node.metadata.generation
+            if minted != base and (node.forced or base in self.world.forced_lineage):
+                self.world = evolve(self.world, forced_lineage=self.world.forced_lineage | {minted})
             if node.state.serving and not before.serving:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
                 info.entered_serving.append((k, before, node.forced, blind))
