@@ -11,7 +11,7 @@ nodes never hold the lease at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from failover.core.state import INITIAL, Generation
 
@@ -21,6 +21,8 @@ class LeaseRecord:
     holder: str | None = None
     expires_at: float | None = None
     generation: Generation = INITIAL
+    granted_to: str | None = None  # who was granted ``generation``...
+    granted_from: Generation = INITIAL  # ...continuing from this one
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,25 @@ def decide_request(
     if not _free_for(record, requester, now):
         return Verdict(False, record, f"lease held by {record.holder}")
     newest = record.generation
-    if not forced and not newest.initial and base != newest:
+    # The node last granted ``newest`` may not have adopted it (it crashed, or
+    # gave up, before persisting it). A node persists a generation before it
+    # serves under it, so if it still holds the base it asked from, nothing was
+    # ever written under ``newest``: that base is still the newest data.
+    retry = requester == record.granted_to and base == record.granted_from
+    if not forced and not newest.initial and base != newest and not retry:
         return Verdict(False, record, f"our generation {base} is not the newest known ({newest})")
-    return Verdict(True, LeaseRecord(holder=requester, expires_at=now + ttl, generation=wanted))
+    granted = LeaseRecord(
+        holder=requester,
+        expires_at=now + ttl,
+        generation=wanted,
+        granted_to=requester,
+        granted_from=base,
+    )
+    return Verdict(True, granted)
 
 
 def decide_renewal(record: LeaseRecord, *, requester: str, now: float, ttl: float) -> Verdict:
     """Extend the lease of its current holder; anyone else is refused."""
     if record.holder != requester:
         return Verdict(False, record, "the lease is no longer ours")
-    return Verdict(True, LeaseRecord(requester, now + ttl, record.generation))
+    return Verdict(True, replace(record, expires_at=now + ttl))

@@ -64,6 +64,7 @@ class Exploration:
     counterexample: Counterexample | None = None
     worlds: dict[Key, World] = field(default_factory=dict)  # key -> a full world
     parents: dict[Key, tuple[Key | None, str]] = field(default_factory=dict)
+    ticks: dict[Key, Key] = field(default_factory=dict)  # world -> its successor by "tick"
 
     def trace_to(self, world: World, horizon: float) -> list[str]:
         """The shortest list of actions from the root to ``world``."""
@@ -112,6 +113,8 @@ def explore(
                     result.seconds = time.monotonic() - started
                     return result
                 post_key = post.key(horizon)
+                if label == "tick":
+                    result.ticks[key] = post_key
                 if post_key not in parents:
                     parents[post_key] = (key, label)
                     result.worlds[post_key] = post

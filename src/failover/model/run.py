@@ -154,7 +154,7 @@ def explore_root(
         result.counterexample = e.counterexample.render(cluster, root)
         return result
     if liveness:
-        report = check_liveness(cluster, list(e.worlds.values()))
+        report = check_liveness(cluster, list(e.worlds.values()), known=e.worlds, ticks=e.ticks)
         result.liveness = report
         if report.failures:
             failure = report.failures[0]

@@ -59,7 +59,7 @@ class Bounds:
 
     faults: int = 2  # crash, drop, duplicate, partition, arbitrator cut, app/checker failure
     admin: int = 1  # operator commands
-    writes: int = 2  # application writes
+    writes: int = 1  # application writes
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,15 @@ class World:
         )
         lease = self.lease
         lease_key = (
-            None if lease is None else (lease.holder, shift(lease.expires_at), lease.generation)
+            None
+            if lease is None
+            else (
+                lease.holder,
+                shift(lease.expires_at),
+                lease.generation,
+                lease.granted_to,
+                lease.granted_from,
+            )
         )
         channels = tuple(
             (
