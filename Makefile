@@ -7,7 +7,8 @@ STAMP   = $(VENV)/.installed
 
 .PHONY: test demo lint typecheck pytest model-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/system-deps.sh
+	./scripts/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

@@ -19,9 +19,11 @@ from failover.errors import FailoverError
 COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.configcmd",
     "failover.cli.modelcmd",
+    "failover.cli.simulatecmd",
     "failover.cli.controlcmd",
     "failover.cli.runcmd",
     "failover.cli.pluginscmd",
+    "failover.cli.democmd",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -441,11 +441,14 @@ class Node:
         if not cursor.fired:
             return  # an explicit ignore
         row = cursor.fired[0]
+        first_effect = len(self.outbox)
+        substatus = self.substatus
         if row.refusal is not None:
             self.emit(fx.Refused(command=trigger, reason=self._format(row.refusal)))
             return
         state_changed = cursor.state is not source
-        reason = self._format(row.reason)  # the context that led to the decision
+        # the context that led to the decision; a quiet row keeps the current one
+        reason = self.reason if row.quiet and not state_changed else self._format(row.reason)
         if state_changed:
             self._leaving(source)
         for name in row.actions:
@@ -453,7 +456,7 @@ class Node:
         if state_changed:
             self.pending = None  # a grant that arrives later is released
             self._entering(cursor.state)
-        changed = state_changed or reason != self.reason
+        changed = state_changed or reason != self.reason or self.substatus is not substatus
         self.reason = reason
         if changed:
             self.emit(
@@ -464,7 +467,9 @@ class Node:
                     target=cursor.state.value,
                     substatus=self.substatus.value,
                     effects=tuple(
-                        e.name for e in self.outbox if not isinstance(e, fx.TransitionRecord)
+                        e.name
+                        for e in self.outbox[first_effect:]
+                        if not isinstance(e, fx.TransitionRecord)
                     ),
                     reason=reason,
                     generation=str(self.metadata.generation),

@@ -54,6 +54,7 @@ class Row:
     reason: str = ""
     refusal: str | None = None
     ungated: bool = False
+    quiet: bool = False
     gated_row: Row | None = field(default=None, compare=False)
 
     @property
@@ -160,7 +161,7 @@ def _parse_entry(
         if not isinstance(item, Mapping):
             problems.append(f"{row_where}: a row must be a mapping")
             continue
-        unknown = set(item) - {"when", "to", "do", "reason", "refuse", "ungated"}
+        unknown = set(item) - {"when", "to", "do", "reason", "refuse", "ungated", "quiet"}
         if unknown:
             problems.append(f"{row_where}: unknown keys {sorted(unknown)}")
         when = tuple(_parse_condition(c, row_where, guards, problems) for c in item.get("when", ()))
@@ -193,6 +194,7 @@ def _parse_entry(
                 reason=str(item.get("reason", "")),
                 refusal=None if refusal is None else str(refusal),
                 ungated=bool(item.get("ungated", False)),
+                quiet=bool(item.get("quiet", False)),
             )
         )
     if rows and rows[-1].when:

@@ -307,6 +307,7 @@ class Cluster:
         """Perform one action on the loaded world; ``self.world`` is the result."""
         info = StepInfo(label)
         verb, _, arg = label.partition(" ")
+        before = self.world
         if verb in FAULTS:
             self.world = evolve(self.world, faults=self.world.faults + 1)
         elif verb in COMMANDS:
@@ -336,6 +337,10 @@ class Cluster:
             self._handle(i, ev.AppFailed("application died"), info)
         else:
             self._handle(NAMES.index(arg), ev.ADMIN_COMMANDS[verb](), info)
+            unchanged = self.world.hosts == before.hosts and self.world.channels == before.channels
+            if unchanged:
+                # a refused or ignored command changes nothing: it costs no budget
+                self.world = before
         return info
 
     # --- the pieces -------------------------------------------------------------------

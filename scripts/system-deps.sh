@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Debian packages the project needs beyond Python: iproute2 (network namespaces,
+# virtual IP tests and the demo), socat (serial-line tests over pty pairs), and
+# python3-venv where the system python lacks venv. Installs only what is
+# missing, only as root on a Debian-like system; otherwise says what to install.
+set -euo pipefail
+need=()
+for pkg in iproute2 socat; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+((${#need[@]})) || exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+else
+  echo "note: install these Debian packages for the full test suite: ${need[*]}" >&2
+fi
