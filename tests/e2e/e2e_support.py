@@ -1,0 +1,300 @@
+"""Two real ``failover run`` daemons in two network namespaces, for the e2e tests.
+
+``Cluster`` writes a cluster file for a ``Lab`` (fast profile, a fresh key,
+state and control sockets under ``tmp_path``), starts each daemon with
+``python -m failover run`` inside its node's namespace, and reads state
+through the control API. Every wait polls the API under a generous overall
+bound (``BOUND``); nothing sleeps for a fixed time hoping something happened.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from failover.api.client import ControlClient
+from failover.config.timing import PROFILES
+from failover.errors import FailoverError
+from failover.testing.netns import Lab, netns_unavailable_reason
+
+NODES = ("alpha", "beta")
+BOUND = 20.0  # seconds: an upper bound on every wait, never an expected duration
+POLL = 0.02
+VIP_HOST = 200
+APP_PORT = 8080
+SERVING = ("primary", "alone")
+
+
+def other(node: str) -> str:
+    return "beta" if node == "alpha" else "alpha"
+
+
+def app_section(tmp_path: Path) -> dict[str, Any]:
+    """Start/stop scripts: a tiny HTTP server on the virtual IP that serves ``/node``.
+
+    The start script runs after the daemon has added the VIP; it starts the server
+    in the background (its pid in a file) and returns. The stop script kills that pid.
+    """
+    for node in NODES:
+        www = tmp_path / f"www-{node}"
+        www.mkdir(exist_ok=True)
+        (www / "node").write_text(node)
+    start, stop = tmp_path / "app-start", tmp_path / "app-stop"
+    start.write_text(
+        "#!/bin/sh\n"
+        'addr="${FAILOVER_VIP%/*}"\n'
+        f'{sys.executable} -m http.server --bind "$addr" '
+        f'--directory "{tmp_path}/www-$FAILOVER_NODE" {APP_PORT} >/dev/null 2>&1 </dev/null &\n'
+        f'echo $! > "{tmp_path}/app.$FAILOVER_NODE.pid"\n'
+    )
+    stop.write_text(
+        "#!/bin/sh\n"
+        f'pidfile="{tmp_path}/app.$FAILOVER_NODE.pid"\n'
+        'if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null; rm -f "$pidfile"; fi\n'
+        "exit 0\n"
+    )
+    start.chmod(0o755)
+    stop.chmod(0o755)
+    return {"start": str(start), "stop": str(stop), "timeout": 5}
+
+
+class Cluster:
+    """A cluster file for ``lab`` and the two daemons running it.
+
+    ``links`` maps link name to transport; each node's endpoint for a link comes
+    from ``endpoints(node, link)`` (default: its lab address on the network named
+    like the link, port 7400 + link index).
+    """
+
+    def __init__(
+        self,
+        lab: Lab,
+        tmp_path: Path,
+        links: Mapping[str, str],
+        *,
+        endpoints: Callable[[str, str], dict[str, Any]] | None = None,
+        vip_network: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.lab = lab
+        self.tmp_path = tmp_path
+        self.links = dict(links)
+        self.env = {**os.environ, **(env or {})}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.expected_dead: set[str] = set()
+        self.vip: str | None = None
+        key = tmp_path / "cluster.key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+
+        def default_endpoint(node: str, link: str) -> dict[str, Any]:
+            port = 7400 + list(self.links).index(link)
+            return {"address": lab.address(node, link), "port": port}
+
+        endpoint = endpoints or default_endpoint
+        document: dict[str, Any] = {
+            "cluster": {
+                "name": "e2e",
+                "key_file": str(key),
+                "state_dir": str(tmp_path / "state"),
+                "profile": "fast",
+            },
+            "links": [{"name": name, "transport": kind} for name, kind in self.links.items()],
+            "nodes": {
+                node: {
+                    "links": {link: endpoint(node, link) for link in self.links},
+                    "control": {"socket": str(self.socket(node))},
+                }
+                for node in NODES
+            },
+        }
+        if vip_network is not None:
+            self.vip = lab.host_address(vip_network, VIP_HOST)
+            document["application"] = app_section(tmp_path)
+            document["virtual_ip"] = {
+                "address": f"{self.vip}/24",
+                "interface": lab.interface("alpha", vip_network),
+            }
+        self.config_path = tmp_path / "cluster.yaml"
+        self.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+        # Checked as the daemons will see it (their environment may hold plugins
+        # this process does not have): a broken file fails here, not as a timeout.
+        checked = subprocess.run(
+            [sys.executable, "-m", "failover", "check-config", str(self.config_path)],
+            capture_output=True, text=True, timeout=60, env=self.env, check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stderr
+        timing = PROFILES["fast"]
+        self.dead_timeout = timing.dead_timeout
+        self.heartbeat_interval = timing.heartbeat_interval
+
+    def socket(self, node: str) -> Path:
+        return self.tmp_path / f"{node}.sock"
+
+    # -- processes ------------------------------------------------------------
+
+    def start(self, node: str) -> None:
+        argv = [sys.executable, "-m", "failover", "run", "-c", str(self.config_path)]
+        argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
+        with open(self.tmp_path / f"{node}.stderr", "ab") as stderr:
+            self.procs[node] = self.lab.run(
+                node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=stderr, env=self.env,
+            )  # fmt: skip
+        self.expected_dead.discard(node)
+
+    def start_both(self) -> None:
+        for node in NODES:
+            self.start(node)
+
+    def kill9(self, node: str) -> None:
+        """SIGKILL the daemon of ``node`` (only the daemon: its application keeps running)."""
+        self.expected_dead.add(node)
+        self.procs[node].kill()
+        self.procs[node].wait(timeout=10)
+
+    # -- observing ------------------------------------------------------------
+
+    def status(self, node: str) -> dict[str, Any] | None:
+        """The node's status, or None while its daemon does not answer."""
+        try:
+            return ControlClient(unix_path=str(self.socket(node)), timeout=2).get_status()
+        except FailoverError:
+            return None
+
+    def state(self, node: str) -> str | None:
+        """The node's state once its effects are done (None while transient or down)."""
+        status = self.status(node)
+        if status is None or status["substatus"] != "ready":
+            return None
+        return str(status["state"])
+
+    def transitions(self, node: str) -> list[dict[str, Any]]:
+        return ControlClient(unix_path=str(self.socket(node)), timeout=2).get_transitions(1000)
+
+    def wait(self, what: str, predicate: Callable[[], bool], bound: float = BOUND) -> None:
+        """Poll ``predicate`` until true; fail the test after ``bound`` s or if a daemon died."""
+        deadline = time.monotonic() + bound
+        while not predicate():
+            self.check_alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"not reached within {bound} s: {what} ({self.describe()})")
+            time.sleep(POLL)
+
+    def describe(self) -> str:
+        """Each node's state, sub-status and reason, for failure messages."""
+        parts = []
+        for node in NODES:
+            status = self.status(node)
+            if status is None:
+                parts.append(f"{node}: no answer")
+            else:
+                parts.append(
+                    f"{node}: {status['state']} ({status['substatus']}): {status['reason']}"
+                )
+        return "; ".join(parts)
+
+    def check_alive(self) -> None:
+        for node, proc in self.procs.items():
+            if proc.poll() is not None and node not in self.expected_dead:
+                stderr = (self.tmp_path / f"{node}.stderr").read_text()
+                pytest.fail(f"{node}'s daemon exited with {proc.returncode}: {stderr}")
+
+    def paired(self) -> tuple[str, str]:
+        """Wait for primary + secondary (both ready); returns (primary, secondary)."""
+        self.wait(
+            "primary + secondary",
+            lambda: sorted(str(self.state(n)) for n in NODES) == ["primary", "secondary"],
+        )
+        primary = next(n for n in NODES if self.state(n) == "primary")
+        return primary, other(primary)
+
+    def link(self, node: str, name: str) -> dict[str, Any]:
+        status = self.status(node)
+        assert status is not None, f"{node} does not answer"
+        return next(link for link in status["links"] if link["name"] == name)
+
+    def links_shown(self, expected: Mapping[str, bool]) -> bool:
+        """Both nodes show each named link up (True) or down (False)."""
+        for node in NODES:
+            status = self.status(node)
+            if status is None:
+                return False
+            shown = {link["name"]: link["up"] for link in status["links"]}
+            if any(shown.get(name) != up for name, up in expected.items()):
+                return False
+        return True
+
+    def hold_steady(self, primary: str, secondary: str, dead_timeouts: float = 4.0) -> None:
+        """Check at every poll that the pair stays as it is while the daemons' own
+        clocks (status ``uptime``) advance by ``dead_timeouts`` dead timeouts and
+        each receives a heartbeat for at least every other interval of that span.
+        """
+        span = dead_timeouts * self.dead_timeout
+        minimum_frames = int(span / self.heartbeat_interval / 2)
+        start = {node: self._clock(node) for node in NODES}
+        expected = {primary: "primary", secondary: "secondary"}
+
+        def steady_long_enough() -> bool:
+            now = {node: self._clock(node) for node in NODES}
+            for node in NODES:
+                status = self.status(node)
+                assert status is not None and status["state"] == expected[node], (
+                    f"{node} left {expected[node]}: {status}"
+                )
+            return all(
+                now[n][0] - start[n][0] >= span and now[n][1] - start[n][1] >= minimum_frames
+                for n in NODES
+            )
+
+        self.wait(f"{span:.1f} s of steady pairing", steady_long_enough)
+
+    def _clock(self, node: str) -> tuple[float, int]:
+        status = self.status(node)
+        assert status is not None, f"{node} does not answer"
+        return float(status["uptime"]), int(status["frames"]["received"])
+
+    def state_changes(self, node: str) -> list[tuple[str, str]]:
+        """(from, to) of every recorded transition that changed the state."""
+        return [(r["from"], r["to"]) for r in self.transitions(node) if r["from"] != r["to"]]
+
+    def fetch_via_vip(self) -> str | None:
+        """GET http://VIP:8080/node from the client namespace: the serving node's name."""
+        assert self.vip is not None
+        code = (
+            "import sys, urllib.request\n"
+            "try:\n"
+            f"    print(urllib.request.urlopen('http://{self.vip}:{APP_PORT}/node', timeout=1)"
+            ".read().decode())\n"
+            "except OSError as exc:\n"
+            "    sys.exit(str(exc))\n"
+        )
+        result = self.lab.exec("client", [sys.executable, "-c", code], check=False, timeout=10)
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    def vip_holders(self) -> list[str]:
+        """Nodes whose lan interface carries the virtual IP now."""
+        assert self.vip is not None
+        holders = []
+        for node in NODES:
+            shown = self.lab.exec(node, ["ip", "-o", "-4", "addr", "show"]).stdout
+            if f" {self.vip}/" in shown:
+                holders.append(node)
+        return holders
+
+
+_UNAVAILABLE = netns_unavailable_reason()
+NETNS = [
+    pytest.mark.netns,
+    pytest.mark.skipif(
+        _UNAVAILABLE is not None, reason=f"needs network namespaces: {_UNAVAILABLE}"
+    ),
+]

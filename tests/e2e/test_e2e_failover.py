@@ -1,0 +1,123 @@
+"""Two daemons in two namespaces, UDP on "lan" and TCP on "crossover": pairing,
+kill -9 of the serving daemon, one link cut, every link cut (split brain).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from e2e_support import NETNS, NODES, SERVING, Cluster
+
+from failover.testing.netns import Lab
+
+pytestmark = NETNS
+
+LINKS = {"lan": "udp", "crossover": "tcp"}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "failover", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_pair_then_kill_9_of_the_serving_daemon_moves_service_and_vip(
+    lab: Lab, tmp_path: Path
+) -> None:
+    cluster = Cluster(lab, tmp_path, LINKS, vip_network="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+
+    # The operator's view: the CLI over the control socket.
+    shown = cli("status", "--json", "--socket", str(cluster.socket(primary)))
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["state"] == "primary" and status["peer"]["state"] == "secondary"
+    assert {link["name"]: link["up"] for link in status["links"]} == {
+        "lan": True,
+        "crossover": True,
+    }
+    assert cli("state", "-q", "--socket", str(cluster.socket(secondary))).returncode == 3
+
+    # The application answers on the virtual IP, from the primary.
+    cluster.wait("the VIP answers from the primary", lambda: cluster.fetch_via_vip() == primary)
+    assert cluster.vip_holders() == [primary]
+
+    killed_at = time.monotonic()
+    cluster.kill9(primary)
+    cluster.wait(f"{secondary} serves", lambda: cluster.state(secondary) == "alone")
+    took = time.monotonic() - killed_at
+    # A generous bound derived from the dead timeout (the wait above polls every 20 ms).
+    assert took < cluster.dead_timeout + 2.0, f"takeover took {took:.2f} s"
+    status = cluster.status(secondary)
+    assert status is not None and status["peer"]["alive"] is False
+    assert ("secondary", "alone") in cluster.state_changes(secondary)
+
+    # The killed daemon left its VIP and application behind (a dead daemon cannot
+    # clean up); gratuitous ARP still sends the client to the node that serves now.
+    cluster.wait("the VIP answers from the survivor", lambda: cluster.fetch_via_vip() == secondary)
+
+    # The killed node comes back: it stops what it had left running, then follows.
+    cluster.start(primary)
+    assert cluster.paired() == (secondary, primary)
+    assert cluster.vip_holders() == [secondary]
+    assert not (tmp_path / f"app.{primary}.pid").exists(), "the stop script ran at restart"
+    assert cluster.fetch_via_vip() == secondary
+
+
+def test_cutting_one_of_two_links_shows_it_down_and_does_not_take_over(
+    lab: Lab, tmp_path: Path
+) -> None:
+    cluster = Cluster(lab, tmp_path, LINKS)
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    changes = {node: cluster.state_changes(node) for node in NODES}
+
+    lab.link_down(secondary, "crossover")
+    cluster.wait(
+        "crossover down, lan up", lambda: cluster.links_shown({"crossover": False, "lan": True})
+    )
+    cluster.hold_steady(primary, secondary)
+    assert {node: cluster.state_changes(node) for node in NODES} == changes
+    assert cluster.status(secondary)["peer"]["alive"] is True  # type: ignore[index]
+
+    lab.link_up(secondary, "crossover")
+    cluster.wait(
+        "crossover up again", lambda: cluster.links_shown({"crossover": True, "lan": True})
+    )
+    assert cluster.state(primary) == "primary" and cluster.state(secondary) == "secondary"
+
+
+@pytest.mark.parametrize("crossover", ["udp", "tcp"])
+def test_cutting_every_link_takes_over_and_healing_resolves_the_split_brain(
+    lab: Lab, tmp_path: Path, crossover: str
+) -> None:
+    cluster = Cluster(lab, tmp_path, {"lan": "udp", "crossover": crossover})
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+
+    for network in LINKS:
+        lab.link_down(secondary, network)
+    cluster.wait(f"{secondary} takes over", lambda: cluster.state(secondary) in SERVING)
+    assert cluster.state(primary) in (*SERVING, None)  # still serving (the other side of it)
+    status = cluster.status(secondary)
+    assert status is not None and status["peer"]["alive"] is False
+    assert not any(link["up"] for link in status["links"])
+
+    for network in LINKS:
+        lab.link_up(secondary, network)
+    winner, loser = cluster.paired()
+    assert {winner, loser} == set(NODES)
+    assert cluster.state(loser) == "secondary" and cluster.state(winner) == "primary"
+    # TCP reconnects with a backoff: it may come back after the pair has re-formed.
+    cluster.wait("both links up", lambda: cluster.links_shown({"crossover": True, "lan": True}))
+    cluster.hold_steady(winner, loser, dead_timeouts=2)  # resolved, not flapping
