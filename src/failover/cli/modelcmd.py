@@ -26,12 +26,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--links", type=int, choices=(1, 2, 3), default=2, help="heartbeat links")
     parser.add_argument("--faults", type=int, default=2, help="faults per trace (default 2)")
     parser.add_argument("--commands", type=int, default=1, help="admin commands per trace")
-    parser.add_argument("--writes", type=int, default=2, help="application writes per trace")
+    parser.add_argument("--writes", type=int, default=1, help="application writes per trace")
     parser.add_argument(
         "--root", choices=(*ROOTS, "all"), default="all", help="where exploration starts"
     )
     parser.add_argument(
-        "--time-limit", type=float, default=None, help="stop deepening after this many seconds"
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop deepening after this many seconds (the depth reached is reported)",
     )
     parser.add_argument(
         "--mutant",
