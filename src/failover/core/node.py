@@ -27,7 +27,7 @@ from failover.core.state import (
     SubStatus,
     evolve,
 )
-from failover.core.table import IGNORE, Row, Table
+from failover.core.table import Row, Table
 
 DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
 
@@ -404,28 +404,28 @@ class Node:
             ignore_invalid_triggers=False,
             send_event=True,
         )
+        # One machine trigger per row: the node picks the row (the first whose
+        # guards all hold, the table's rule) and the machine executes that edge.
+        guards = self._rules.GUARDS
+        self._choices: dict[tuple[State, str], tuple[tuple[Row, str, Any], ...]] = {}
         for (state, event), entry in self.table.entries.items():
-            if entry == IGNORE:
-                machine.add_transition(event, state, None)
+            if isinstance(entry, str):  # IGNORE: no edge at all
                 continue
-            assert not isinstance(entry, str)
-            for row in entry:
-                machine.add_transition(
-                    event,
-                    state,
-                    row.target,
-                    conditions=[self._condition(row)],
-                    after=[self._applier(row)],
-                )
+            choices = []
+            for position, row in enumerate(entry):
+                trigger = f"{event}#{position}"
+                machine.add_transition(trigger, state, row.target, after=[self._applier(row)])
+                checks = tuple((guards[c.guard], c.negated) for c in row.when)
+                choices.append((row, trigger, checks))
+            self._choices[(state, event)] = tuple(choices)
         return machine
 
-    def _condition(self, row: Row) -> Any:
-        guards = self._rules.GUARDS
-
-        def check(_: EventData) -> bool:
-            return all(guards[c.guard](self, row) != c.negated for c in row.when)
-
-        return check
+    def _select(self, state: State, event: str) -> tuple[Row, str] | None:
+        """The row that fires for ``event`` in ``state`` (None for an ignore)."""
+        for row, trigger, checks in self._choices.get((state, event), ()):
+            if all(guard(self, row) != negated for guard, negated in checks):
+                return row, trigger
+        return None  # the table guarantees an unguarded last row, so only ignores
 
     def _applier(self, row: Row) -> Any:
         def apply(_: EventData) -> None:
@@ -436,11 +436,13 @@ class Node:
     def _fire(self, trigger: str, event: ev.Event) -> None:
         cursor = self._cursor
         source = cursor.state
-        cursor.fired.clear()
-        cursor.trigger(trigger)  # type: ignore[attr-defined]
-        if not cursor.fired:
+        selected = self._select(source, trigger)
+        if selected is None:
             return  # an explicit ignore
-        row = cursor.fired[0]
+        row, edge = selected
+        cursor.fired.clear()
+        cursor.trigger(edge)  # type: ignore[attr-defined]
+        assert cursor.fired == [row], f"the machine did not take {row.ident}"
         first_effect = len(self.outbox)
         substatus = self.substatus
         if row.refusal is not None:
