@@ -77,7 +77,41 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--clean", action="store_true", help="stop and remove a demo left running by --keep"
     )
+    parser.add_argument(
+        "--live-only",
+        action="store_true",
+        help="skip the model check and the simulated timeline shown before the live cluster",
+    )
     parser.set_defaults(handler=run_demo)
+
+
+def formal_prologue() -> bool:
+    """Before the live cluster: a bounded model check of the state machine and
+    a simulated failover timeline replayed against the real core. True when
+    every invariant held and the scenario passed."""
+    from importlib import resources  # noqa: PLC0415 - only the demo needs these
+
+    from failover.model.run import check_model  # noqa: PLC0415
+    from failover.model.scenario import load_scenario, run_scenario  # noqa: PLC0415
+    from failover.model.sim import ClusterConfig  # noqa: PLC0415
+
+    print(
+        "== 1. the state machine, model-checked (failover model-check --depth 8 --root protected)"
+    )
+    report = check_model(ClusterConfig(), depth=8, roots=("protected",), parallel=False)
+    for line in report.render().splitlines():
+        if not line.startswith("  ") or line.startswith("  root") or "liveness" in line:
+            print("   " + line)
+    print("   (the full check, depth 12 on both roots, runs in make test: failover model-check)")
+    print()
+    print("== 2. a failover, simulated on the real core (failover simulate primary-crash.yaml)")
+    path = resources.files("failover").joinpath("spec", "scenarios", "primary-crash.yaml")
+    with resources.as_file(path) as scenario_file:
+        outcome = run_scenario(load_scenario(scenario_file), lambda line: print("   " + line))
+    print("   " + outcome.verdict())
+    print()
+    print("== 3. the same, live: two daemons, a real kill -9")
+    return report.ok and outcome.passed
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -88,6 +122,8 @@ def run_demo(args: argparse.Namespace) -> int:
             f"a demo kept with --keep is still recorded in {STATE_FILE}: "
             "remove it first with 'failover demo --clean'"
         )
+    if not args.live_only and not args.keep and not formal_prologue():
+        return EXIT_STEP_FAILED
     reason = "--loopback was given" if args.loopback else netns_unavailable_reason()
     demo = Demo(fast=args.fast, use_netns=reason is None)
     kept = False
