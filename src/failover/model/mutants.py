@@ -20,7 +20,7 @@ Spec = dict[str, Any]
 @dataclass(frozen=True)
 class Mutant:
     description: str
-    breaks: str  # the invariant expected to catch it
+    breaks: tuple[str, ...]  # the invariants that catch it (the first found is reported)
     arbitrator: bool
     edit: Callable[[Spec], None]
 
@@ -104,18 +104,20 @@ def _restless_swap(spec: Spec) -> None:
 
 
 MUTANTS: dict[str, Mutant] = {
-    "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", "S3", False, _no_stale_guard),
-    "resync-may-serve": Mutant(_resync_may_serve.__doc__ or "", "S4", False, _resync_may_serve),
+    "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
+    "resync-may-serve": Mutant(
+        _resync_may_serve.__doc__ or "", ("S4", "S2"), False, _resync_may_serve
+    ),
     "no-split-brain-detection": Mutant(
-        _no_split_brain_detection.__doc__ or "", "S6", False, _no_split_brain_detection
+        _no_split_brain_detection.__doc__ or "", ("S6",), False, _no_split_brain_detection
     ),
     "takeover-without-grant": Mutant(
-        _takeover_without_grant.__doc__ or "", "S1", True, _takeover_without_grant
+        _takeover_without_grant.__doc__ or "", ("S1", "S2"), True, _takeover_without_grant
     ),
-    "forget-outrank": Mutant(_forget_outrank.__doc__ or "", "S5", False, _forget_outrank),
-    "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", "R", False, _stop_leaves_app),
-    "never-pair": Mutant(_never_pair.__doc__ or "", "L1", False, _never_pair),
-    "restless-swap": Mutant(_restless_swap.__doc__ or "", "L2", False, _restless_swap),
+    "forget-outrank": Mutant(_forget_outrank.__doc__ or "", ("S5",), False, _forget_outrank),
+    "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", ("R",), False, _stop_leaves_app),
+    "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
+    "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
 }
 
 
