@@ -29,7 +29,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Annotated
 
 import anyio
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from failover.errors import TransportError
@@ -168,9 +168,18 @@ class TcpChannel:
             tg.start_soon(self._dial_loop, tg)
 
     async def _accept_loop(self, tg: TaskGroup) -> None:
+        # Accept on the raw socket once it is readable rather than through
+        # listener.accept(): on asyncio, an accept cancelled (at aclose) just as a
+        # connection arrives makes the event loop raise InvalidStateError.
+        sock = self._listener.extra(SocketAttribute.raw_socket)
         try:
             while True:
-                stream = await self._listener.accept()
+                await anyio.wait_readable(sock)
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue  # the connection went away before we took it
+                stream = await SocketStream.from_socket(conn)
                 await self._adopt(stream, tg)
         except IO_ERRORS as exc:
             if not self._closed:
