@@ -66,7 +66,7 @@ def test_the_checker_catches_the_mutant(name: str) -> None:
         name,
         arbitrator=mutant.arbitrator,
         search=SEARCHES[name],
-        liveness=any(name in LIVENESS for name in mutant.breaks),
+        liveness=any(invariant in LIVENESS for invariant in mutant.breaks),
     )
     text = report.render()
     assert not report.ok, f"mutant {name} was not caught:\n{text}"
