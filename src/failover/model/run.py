@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from failover.core.table import Table
 from failover.model.checker import Counterexample, explore
 from failover.model.invariants import INVARIANTS, Violation
-from failover.model.liveness import LivenessReport, check_liveness, fair_round, settle
+from failover.model.liveness import (
+    LivenessFailure,
+    LivenessReport,
+    check_liveness,
+    fair_round,
+    settle,
+)
 from failover.model.sim import Bounds, Cluster, ClusterConfig, World
 
 ROOTS = ("boot", "protected")
@@ -146,7 +152,13 @@ def explore_root(
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
-        root = settle(cluster, root)
+        try:
+            root = settle(cluster, root)
+        except RuntimeError as exc:
+            # a table that never forms a pair cannot start from a protected one
+            result = RootResult(name, 0, 0, 0, False, 0.0, violations=["L1"])
+            result.counterexample = f"L1: the protected root cannot be built: {exc}"
+            return result
     e = explore(cluster, name, root, depth=depth, deadline=deadline)
     result = RootResult(name, e.states, e.transitions, e.depth, e.exhausted, e.seconds)
     if e.counterexample is not None:
@@ -163,7 +175,11 @@ def explore_root(
             result.liveness_failure = (
                 trace.render(cluster, root) + "\n" + _fair_tail(cluster, failure.world)
             )
-        report.failures = report.failures[:1]  # worlds are heavy; keep one for the report
+        # worlds are heavy: keep the first failure of each invariant for the report
+        first: dict[str, LivenessFailure] = {}
+        for failure in report.failures:
+            first.setdefault(failure.invariant, failure)
+        report.failures = list(first.values())
     return result
 
 

@@ -531,8 +531,11 @@ class Cluster:
             # k just started serving while its peer serves: acceptable only as a
             # takeover after losing an in-sync peer on every link, or when an
             # operator forced it
+            # Without an arbitrator a full partition looks like a dead peer: a node
+            # that heard nothing for the dead timeout may serve (DESIGN S1). With
+            # one, only an operator's forced promotion may make two serve.
             blind = (
-                (before is State.SECONDARY and self._silent(k))
+                (not self.config.arbitrator and self._silent(k))
                 or self.nodes[k].forced
                 or self.nodes[1 - k].forced
             )
