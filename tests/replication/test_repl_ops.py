@@ -338,3 +338,13 @@ def test_mutated_records_decode_to_valid_ops_or_are_rejected(op: Op, data: st.Da
     for path in paths_of(mutated):
         validate_path(path)
     assert encode(mutated) == bytes(raw)
+
+
+def test_check_rejects_what_decode_would_naming_the_field() -> None:
+    with pytest.raises(PathRejected, match=r"^Write\.path: component b'\.\.'"):
+        ops.check(Write("r", b"a/../b", 0, b""))
+    with pytest.raises(PeerProtocolError, match=r"^Chown\.uid: -5 outside"):
+        ops.check(Chown("r", b"f", -5, 0))
+    with pytest.raises(PeerProtocolError, match="not a replication op: bytes"):
+        ops.check(b"\x02")  # type: ignore[arg-type]
+    ops.check(Write("r", b"a/b", 0, b""))

@@ -528,7 +528,7 @@ class _Codec:
     fixed: struct.Struct
 
 
-_CODECS: dict[type[Op], _Codec] = {
+_CODECS: dict[type, _Codec] = {
     cls: _Codec(
         cls,
         tuple(f.name for f in fields(cls)),
@@ -537,10 +537,10 @@ _CODECS: dict[type[Op], _Codec] = {
     )
     for cls in OP_TYPES
 }
-_BY_CODE: dict[int, _Codec] = {cls.code: codec for cls, codec in _CODECS.items()}
+_BY_CODE: dict[int, _Codec] = {codec.cls.code: codec for codec in _CODECS.values()}
 
 
-def _extent_problem(op: Op) -> tuple[str, str] | None:
+def _extent_problem(op: object) -> tuple[str, str] | None:
     """Offset + length must stay a valid file offset: (field, problem) or None."""
     if isinstance(op, Write):
         end = op.offset + memoryview(op.data).nbytes
@@ -553,28 +553,49 @@ def _extent_problem(op: Op) -> tuple[str, str] | None:
     return None
 
 
+def _invalid(op: object) -> PeerProtocolError | None:
+    """The first problem of ``op``, as the error naming its field, or None."""
+    codec = _CODECS.get(type(op))
+    if codec is None:
+        return PeerProtocolError(f"not a replication op: {type(op).__name__}")
+    for name, kind in zip(codec.names, codec.kinds, strict=True):
+        problem = kind.problem(getattr(op, name))
+        if problem is not None:
+            return kind.rejected(f"{codec.cls.__name__}.{name}: {problem}")
+    extent = _extent_problem(op)
+    if extent is not None:
+        return PeerProtocolError(f"{codec.cls.__name__}.{extent[0]}: {extent[1]}")
+    return None
+
+
+def check(op: Op) -> None:
+    """Raise unless ``op`` is a record ``decode`` could have returned.
+
+    ``PathRejected`` for a path, ``PeerProtocolError`` for any other field, the
+    message naming record type and field (as ``decode``). For records built
+    locally or received by other means than ``decode``.
+    """
+    error = _invalid(op)
+    if error is not None:
+        raise error
+
+
 def encode_parts(op: Op) -> tuple[bytes, ...] | tuple[bytes, _Buffer]:
     """``encode(op)`` as buffers to send in order (e.g. with sendmsg), ``Write.data``
     last and uncopied. Raises ``UsageError`` on a record ``decode`` would reject."""
-    codec = _CODECS.get(type(op))
-    if codec is None:
-        raise UsageError(f"not a replication op: {type(op).__name__}")
+    error = _invalid(op)
+    if error is not None:
+        raise UsageError(str(error))
+    codec = _CODECS[type(op)]
     head: list[int] = [codec.cls.code]
     tail: list[_Buffer] = []
     for name, kind in zip(codec.names, codec.kinds, strict=True):
-        value = getattr(op, name)
-        problem = kind.problem(value)
-        if problem is not None:
-            raise UsageError(f"{codec.cls.__name__}.{name}: {problem}")
-        wire = kind.to_wire(value)
+        wire = kind.to_wire(getattr(op, name))
         if isinstance(wire, int):
             head.append(wire)
         else:
             head.append(memoryview(wire).nbytes)
             tail.append(wire)
-    extent = _extent_problem(op)
-    if extent is not None:
-        raise UsageError(f"{codec.cls.__name__}.{extent[0]}: {extent[1]}")
     fixed = codec.fixed.pack(*head)
     if isinstance(op, Write):
         return (fixed + b"".join(tail[:-1]), tail[-1])
@@ -618,15 +639,9 @@ def decode(data: bytes | bytearray | memoryview) -> Op:
         if kind.variable:
             raw, pos = bytes(view[pos : pos + slot]), pos + slot
         try:
-            value = kind.from_wire(raw)
+            values.append(kind.from_wire(raw))
         except _Bad as bad:
             raise kind.rejected(f"{kind_name}.{name}: {bad}") from None
-        problem = kind.problem(value)
-        if problem is not None:
-            raise kind.rejected(f"{kind_name}.{name}: {problem}")
-        values.append(value)
     op = codec.cls(*values)  # type: ignore[arg-type]
-    extent = _extent_problem(op)
-    if extent is not None:
-        raise PeerProtocolError(f"{kind_name}.{extent[0]}: {extent[1]}")
+    check(op)
     return op

@@ -1,0 +1,329 @@
+"""The receiver side of replication: apply ops to the peer's backing directories.
+
+A malicious or buggy peer must never change anything outside the replicated
+directories. So every op is checked (``ops.check``), then its path is resolved
+from the root's directory fd one component at a time with
+``O_PATH|O_DIRECTORY|O_NOFOLLOW`` (a symlink or non-directory anywhere before the
+last component is refused), and the change itself is made relative to that
+parent fd with the ``*at`` call and without following a symlink in the last
+component:
+
+- data ops (Create, Write, Truncate, Fallocate, Fsync) open the file with
+  ``O_NOFOLLOW`` and refuse anything but a regular file (Fsync: or a directory);
+- Chmod and the xattr ops act on an ``O_PATH|O_NOFOLLOW`` fd of the object
+  through ``/proc/self/fd`` (Chmod refuses a symlink: FUSE hands the mirror the
+  target of a following chmod, so a symlink here is never legitimate);
+- Chown and Utimens use ``follow_symlinks=False`` (they change a symlink itself);
+- Unlink, Rename, Link, Symlink, Mkdir, Rmdir never follow the last component.
+
+Refusals raise ``PathRejected``; a failed system call raises ``ApplyError``
+naming the op, root and path. Both are ``PeerProtocolError``: the peer sent an
+op that does not fit this tree (``ApplyError.errno`` tells a local failure such
+as ENOSPC or EIO apart). Nothing else escapes ``apply``.
+
+Not thread-safe: one thread applies a peer's ops in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from failover.errors import PeerProtocolError, UsageError
+from failover.replication.ops import (
+    Chmod,
+    Chown,
+    Create,
+    Fallocate,
+    Fsync,
+    Link,
+    Mkdir,
+    Op,
+    PathRejected,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    SetXattr,
+    Symlink,
+    Truncate,
+    Unlink,
+    Utimens,
+    Write,
+    check,
+    paths_of,
+)
+
+__all__ = ["Applier", "ApplyError", "PathRejected"]
+
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a FIFO planted in the tree must fail, not hang the applier.
+_FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = _libc.renameat2
+_renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+_renameat2.restype = ctypes.c_int
+_fallocate = _libc.fallocate64
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_fallocate.restype = ctypes.c_int
+
+
+class ApplyError(PeerProtocolError):
+    """A system call applying a peer's op failed; names op, root and path."""
+
+    def __init__(self, message: str, errno_: int) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def _check_libc(result: int) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+class Applier:
+    """Applies ops to the backing directories named by their root.
+
+    ``roots`` maps each configured root name to an open directory fd (preferred:
+    the daemon opens it before the mirror is mounted over the directory; the
+    applier keeps its own duplicate, the caller still owns its fd) or a path
+    (opened here). ``close()`` closes what the applier holds. Raises
+    ``UsageError`` if a root is not a directory.
+    """
+
+    def __init__(self, roots: Mapping[str, int | os.PathLike[str] | str]) -> None:
+        self._roots: dict[str, int] = {}
+        try:
+            for name, where in roots.items():
+                self._roots[name] = self._open_root(name, where)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _open_root(name: str, where: int | os.PathLike[str] | str) -> int:
+        try:
+            if isinstance(where, int):
+                fd = os.dup(where)
+                os.set_inheritable(fd, False)
+            else:
+                fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as error:
+            raise UsageError(f"replicated directory {name!r}: {error.strerror}: {where}") from None
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"replicated directory {name!r}: fd {where} is not a directory")
+        return fd
+
+    def close(self) -> None:
+        """Close every fd the applier holds. Idempotent."""
+        while self._roots:
+            os.close(self._roots.popitem()[1])
+
+    def __enter__(self) -> Applier:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- the public operations --------------------------------------------------------------------
+
+    def apply(self, op: Op) -> None:
+        """Apply one op to its root's backing directory, synchronously.
+
+        Returns once the system calls returned (not durable: see ``fsync``; an
+        ``Fsync`` op does that). Raises ``PathRejected`` for a path that is
+        invalid or would leave the root, ``ApplyError`` when a system call fails,
+        ``PeerProtocolError`` for any other invalid field.
+        """
+        check(op)
+        handler = _HANDLERS[type(op)]
+        try:
+            handler(self, op)
+        except PeerProtocolError:
+            raise
+        except OSError as error:
+            raise self._error(op, error) from None
+
+    def fsync(self, root: str, path: bytes, datasync: bool) -> None:
+        """Make the file or directory at ``path`` durable (fdatasync when ``datasync``).
+
+        Blocks until the disk has it; raises like ``apply``.
+        """
+        self.apply(Fsync(root, path, datasync))
+
+    # --- resolution -------------------------------------------------------------------------------
+
+    def _error(self, op: Op, error: OSError) -> PeerProtocolError:
+        where = " -> ".join(repr(p) for p in paths_of(op))
+        message = f"{type(op).__name__} {op.root}:{where}: {error.strerror or error}"
+        if error.errno == errno.ELOOP:
+            return PathRejected(f"{message} (symlink in the last component)")
+        return ApplyError(message, error.errno or 0)
+
+    @contextmanager
+    def _parent(self, op: Op, path: bytes) -> Iterator[tuple[int, bytes]]:
+        """The parent directory of ``path`` (an fd valid in the block) and its last name.
+
+        Walks from the root one component at a time without following symlinks:
+        a symlink or a non-directory before the last component is ``PathRejected``.
+        """
+        root_fd = self._roots.get(op.root)
+        if root_fd is None:
+            raise PathRejected(f"{type(op).__name__}: unknown root {op.root!r}")
+        *parents, name = path.split(b"/")
+        fd = root_fd
+        try:
+            for depth, part in enumerate(parents):
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as error:
+                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                        prefix = b"/".join(parents[: depth + 1])
+                        raise PathRejected(
+                            f"{type(op).__name__} {op.root}:{path!r}: {prefix!r} is a symlink "
+                            "or not a directory"
+                        ) from None
+                    raise
+                if fd != root_fd:
+                    os.close(fd)
+                fd = child
+            yield fd, name
+        finally:
+            if fd != root_fd:
+                os.close(fd)
+
+    @contextmanager
+    def _file(self, op: Op, path: bytes, flags: int, mode: int = 0) -> Iterator[int]:
+        """An fd of the regular file (or, with ``O_RDONLY``, directory) at ``path``."""
+        with self._parent(op, path) as (parent, name):
+            fd = os.open(name, flags | _FILE_FLAGS, mode, dir_fd=parent)
+        try:
+            kind = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(kind) or (stat.S_ISDIR(kind) and isinstance(op, Fsync))):
+                raise ApplyError(
+                    f"{type(op).__name__} {op.root}:{path!r}: not a regular file", errno.EINVAL
+                )
+            yield fd
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def _object(self, op: Op, path: bytes) -> Iterator[tuple[str, int]]:
+        """Whatever is at ``path`` (never followed): its ``/proc/self/fd`` name and mode.
+
+        A call on that name reaches this very inode (a symlink itself, never its
+        target); the fd behind it is valid in the block.
+        """
+        with self._parent(op, path) as (parent, name):
+            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            yield f"/proc/self/fd/{fd}", os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+
+    # --- one method per op type -------------------------------------------------------------------
+
+    def _create(self, op: Create) -> None:
+        with self._file(op, op.path, os.O_WRONLY | os.O_CREAT, op.mode) as fd:
+            os.fchmod(fd, op.mode)  # the umask applied at creation; an existing file too
+
+    def _write(self, op: Write) -> None:
+        with self._file(op, op.path, os.O_WRONLY) as fd:
+            view = memoryview(op.data).cast("B")
+            offset = op.offset
+            while view:
+                done = os.pwrite(fd, view, offset)
+                view, offset = view[done:], offset + done
+
+    def _truncate(self, op: Truncate) -> None:
+        with self._file(op, op.path, os.O_WRONLY) as fd:
+            os.ftruncate(fd, op.size)
+
+    def _fallocate(self, op: Fallocate) -> None:
+        with self._file(op, op.path, os.O_WRONLY) as fd:
+            _check_libc(_fallocate(fd, op.mode, op.offset, op.length))
+
+    def _fsync(self, op: Fsync) -> None:
+        with self._file(op, op.path, os.O_RDONLY) as fd:
+            (os.fdatasync if op.datasync else os.fsync)(fd)
+
+    def _unlink(self, op: Unlink) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.unlink(name, dir_fd=parent)
+
+    def _rmdir(self, op: Rmdir) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.rmdir(name, dir_fd=parent)
+
+    def _mkdir(self, op: Mkdir) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.mkdir(name, op.mode, dir_fd=parent)
+        with self._object(op, op.path) as (inode, _):
+            os.chmod(inode, op.mode)  # the umask applied at creation
+
+    def _symlink(self, op: Symlink) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.symlink(op.target, name, dir_fd=parent)
+
+    def _rename(self, op: Rename) -> None:
+        with self._parent(op, op.old) as (old_dir, old), self._parent(op, op.new) as (new_dir, new):
+            if op.flags == 0:
+                os.rename(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir)
+            else:
+                _check_libc(_renameat2(old_dir, old, new_dir, new, op.flags))
+
+    def _link(self, op: Link) -> None:
+        with (
+            self._parent(op, op.existing) as (old_dir, old),
+            self._parent(op, op.new) as (new_dir, new),
+        ):
+            os.link(old, new, src_dir_fd=old_dir, dst_dir_fd=new_dir, follow_symlinks=False)
+
+    def _chmod(self, op: Chmod) -> None:
+        with self._object(op, op.path) as (inode, mode):
+            if stat.S_ISLNK(mode):
+                raise PathRejected(f"Chmod {op.root}:{op.path!r}: is a symlink")
+            os.chmod(inode, op.mode)
+
+    def _chown(self, op: Chown) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.chown(name, op.uid, op.gid, dir_fd=parent, follow_symlinks=False)
+
+    def _utimens(self, op: Utimens) -> None:
+        with self._parent(op, op.path) as (parent, name):
+            os.utime(name, ns=(op.atime_ns, op.mtime_ns), dir_fd=parent, follow_symlinks=False)
+
+    def _setxattr(self, op: SetXattr) -> None:
+        with self._object(op, op.path) as (inode, _):
+            os.setxattr(inode, op.name, op.value, op.flags)
+
+    def _removexattr(self, op: RemoveXattr) -> None:
+        with self._object(op, op.path) as (inode, _):
+            os.removexattr(inode, op.name)
+
+
+_HANDLERS: dict[type, Callable[[Applier, Any], None]] = {
+    Create: Applier._create,
+    Write: Applier._write,
+    Truncate: Applier._truncate,
+    Fallocate: Applier._fallocate,
+    Fsync: Applier._fsync,
+    Unlink: Applier._unlink,
+    Rmdir: Applier._rmdir,
+    Mkdir: Applier._mkdir,
+    Symlink: Applier._symlink,
+    Rename: Applier._rename,
+    Link: Applier._link,
+    Chmod: Applier._chmod,
+    Chown: Applier._chown,
+    Utimens: Applier._utimens,
+    SetXattr: Applier._setxattr,
+    RemoveXattr: Applier._removexattr,
+}
