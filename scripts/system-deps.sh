@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the project needs beyond Python: iproute2 (network namespaces,
-# virtual IP tests and the demo), socat (serial-line tests over pty pairs), and
+# virtual IP tests and the demo), socat (serial-line tests over pty pairs), fuse3
+# (libfuse3 and fusermount3 for the replication mirror), and
 # python3-venv where the system python lacks venv. Installs only what is
 # missing, only as root on a Debian-like system; otherwise says what to install.
 set -euo pipefail
 need=()
-for pkg in iproute2 socat; do
+for pkg in iproute2 socat fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

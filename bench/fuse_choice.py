@@ -1,0 +1,373 @@
+"""pyfuse3 against mfusepy: the same passthrough through each, against the local disk.
+
+    sudo .venv/bin/python bench/fuse_choice.py [--seq-mib 256] [--sync-writes 2000] [--creates 2000]
+
+Each library serves a minimal passthrough filesystem (lookup/getattr, create, open, read,
+write, fsync, flush, release) over a backing temp dir, mounted on another temp dir by a
+child process of this script. In the same run the same three workloads go to the local
+disk (a plain temp dir beside them), to each mount and, when ``failover.replication.mirror``
+is importable, to the project's ``Mirror`` (mfusepy, no listener):
+
+- sequential write: 1 MiB ``write`` calls, then one ``fsync``: MiB/s;
+- synchronous commit: 4 KiB ``pwrite`` + ``fsync`` at increasing offsets: p50 / p99 in µs;
+- file creates: ``open(O_CREAT|O_EXCL)`` + ``close`` in one directory: files/s.
+
+Ratios are against the local disk of the same run. pyfuse3 is installed into this venv if
+it is missing (as root, Debian's ``libfuse3-dev`` and ``pkg-config`` first: it builds from
+source); mfusepy runs with ``FUSE_LIBRARY_NAME=fuse3``. Needs ``/dev/fuse`` and fusermount3.
+Every mount, child process and temp dir is removed at the end, on errors and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import importlib.util
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 1 << 20
+SMALL = 4096
+MOUNT_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Figures:
+    seq_mib_s: float
+    sync_p50_us: float
+    sync_p99_us: float
+    creates_s: float
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq-mib", type=int, default=256, help="size of the sequential file")
+    parser.add_argument("--sync-writes", type=int, default=2000, help="4 KiB write+fsync count")
+    parser.add_argument("--creates", type=int, default=2000, help="files created")
+    parser.add_argument(
+        "--serve", nargs=3, metavar=("LIB", "BACKING", "MOUNT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.serve:
+        return _serve(*args.serve)
+
+    _ensure_pyfuse3()
+    workdir = Path(tempfile.mkdtemp(prefix="fo-fuse-bench-"))
+    results: dict[str, Figures] = {}
+    try:
+        local = workdir / "local"
+        local.mkdir()
+        results["local disk"] = _measure(local, args)
+        libs = ["pyfuse3", "mfusepy"]
+        if importlib.util.find_spec("failover.replication.mirror") is not None:
+            libs.append("mirror")
+        for lib in libs:
+            with _mounted(lib, workdir) as mountpoint:
+                results[_LABELS[lib]] = _measure(mountpoint, args)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _print(results, args)
+    return 0
+
+
+_LABELS = {
+    "pyfuse3": "pyfuse3 passthrough",
+    "mfusepy": "mfusepy passthrough",
+    "mirror": "failover Mirror (mfusepy, no listener)",
+}
+
+
+def _print(results: dict[str, Figures], args: argparse.Namespace) -> None:
+    base = results["local disk"]
+    print(
+        f"same run; seq {args.seq_mib} MiB in 1 MiB writes + fsync; "
+        f"{args.sync_writes} x (4 KiB pwrite + fsync); {args.creates} creates"
+    )
+    print(f"{'':<40} {'seq MiB/s':>10} {'sync p50 µs':>12} {'sync p99 µs':>12} {'creates/s':>10}")
+    for label, fig in results.items():
+        print(
+            f"{label:<40} {fig.seq_mib_s:10.0f} {fig.sync_p50_us:12.0f} "
+            f"{fig.sync_p99_us:12.0f} {fig.creates_s:10.0f}"
+        )
+        if fig is not base:
+            print(
+                f"{'  ratio to local disk':<40} {fig.seq_mib_s / base.seq_mib_s:10.2f} "
+                f"{fig.sync_p50_us / base.sync_p50_us:12.2f} "
+                f"{fig.sync_p99_us / base.sync_p99_us:12.2f} "
+                f"{fig.creates_s / base.creates_s:10.2f}"
+            )
+
+
+# -- workloads ------------------------------------------------------------------------------
+
+
+def _measure(where: Path, args: argparse.Namespace) -> Figures:
+    seq = _sequential(where / "seq", args.seq_mib)
+    p50, p99 = _sync_loop(where / "sync", args.sync_writes)
+    creates = _creates(where / "creates", args.creates)
+    return Figures(seq, p50, p99, creates)
+
+
+def _sequential(path: Path, mib: int) -> float:
+    block = os.urandom(MIB)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        started = time.perf_counter()
+        for _ in range(mib):
+            os.write(fd, block)
+        os.fsync(fd)
+        elapsed = time.perf_counter() - started
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    return mib / elapsed
+
+
+def _sync_loop(path: Path, count: int) -> tuple[float, float]:
+    block = os.urandom(SMALL)
+    samples = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for i in range(count):
+            started = time.perf_counter()
+            os.pwrite(fd, block, i * SMALL)
+            os.fsync(fd)
+            samples.append(time.perf_counter() - started)
+    finally:
+        os.close(fd)
+    os.unlink(path)
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def _creates(directory: Path, count: int) -> float:
+    directory.mkdir()
+    started = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(directory / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return count / (time.perf_counter() - started)
+
+
+# -- mounts ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _mounted(lib: str, workdir: Path) -> Iterator[Path]:
+    """Runs ``--serve lib`` in a child process; yields the mount point once it is live."""
+    backing = workdir / f"{lib}-backing"
+    mountpoint = workdir / f"{lib}-mnt"
+    backing.mkdir()
+    mountpoint.mkdir()
+    if lib == "mirror":
+        mountpoint = backing
+    env = dict(os.environ, FUSE_LIBRARY_NAME="fuse3")
+    command = [sys.executable, __file__, "--serve", lib, str(backing), str(mountpoint)]
+    child = subprocess.Popen(command, env=env)
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT_S
+        while not os.path.ismount(mountpoint):
+            if child.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{lib}: the mount on {mountpoint} did not come up")
+            time.sleep(0.02)  # polling a mount table has no event to wait on
+        yield mountpoint
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mountpoint)], check=False)
+        try:
+            child.wait(MOUNT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def _serve(lib: str, backing: str, mountpoint: str) -> int:
+    if lib == "pyfuse3":
+        _serve_pyfuse3(backing, mountpoint)
+    elif lib == "mfusepy":
+        _serve_mfusepy(backing, mountpoint)
+    else:
+        from failover.replication.mirror import Mirror  # noqa: PLC0415 - only in the child
+
+        # The Mirror mounts over its own directory (the mount point is the backing dir).
+        with Mirror("bench", Path(mountpoint), None) as mirror:
+            mirror.wait_unmounted()
+    return 0
+
+
+def _ensure_pyfuse3() -> None:
+    if importlib.util.find_spec("pyfuse3") is not None:
+        return
+    missing = [p for p in ("libfuse3-dev", "pkg-config") if not _dpkg_has(p)]
+    if missing:
+        if os.geteuid() != 0:
+            raise SystemExit(f"pyfuse3 builds from source: install {' '.join(missing)} first")
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "pyfuse3"], check=True)
+
+
+def _dpkg_has(package: str) -> bool:
+    done = subprocess.run(["dpkg", "-s", package], capture_output=True, check=False)
+    return done.returncode == 0
+
+
+# -- the two minimal passthroughs -------------------------------------------------------------
+
+
+def _serve_mfusepy(backing: str, mountpoint: str) -> None:
+    import mfusepy  # noqa: PLC0415 - imported in the child that serves it
+
+    class Passthrough(mfusepy.Operations):  # type: ignore[misc]
+        use_ns = True
+
+        def __init__(self, root: str) -> None:
+            self._root = root
+
+        def _real(self, path: str) -> str:
+            return self._root + path
+
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
+            st = os.fstat(fh) if fh is not None else os.lstat(self._real(path))
+            keys = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks")
+            attrs: dict[str, Any] = {k: getattr(st, k) for k in keys}
+            attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
+            return attrs
+
+        def create(self, path: str, mode: int, flags: int) -> int:
+            return os.open(self._real(path), flags | os.O_CREAT, mode)
+
+        def open(self, path: str, flags: int) -> int:
+            return os.open(self._real(path), flags)
+
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            return os.pread(fh, size, offset)
+
+        def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
+            return os.pwrite(fh, data, offset)
+
+        def truncate(self, path: str, length: int, fh: int | None = None) -> int:
+            os.truncate(fh if fh is not None else self._real(path), length)
+            return 0
+
+        def fsync(self, path: str, datasync: int, fh: int) -> int:
+            (os.fdatasync if datasync else os.fsync)(fh)
+            return 0
+
+        def flush(self, path: str, fh: int) -> int:
+            return 0
+
+        def release(self, path: str, fh: int) -> int:
+            os.close(fh)
+            return 0
+
+        def unlink(self, path: str) -> int:
+            os.unlink(self._real(path))
+            return 0
+
+        def mkdir(self, path: str, mode: int) -> int:
+            os.mkdir(self._real(path), mode)
+            return 0
+
+    mfusepy.FUSE(Passthrough(backing), mountpoint, foreground=True)
+
+
+def _serve_pyfuse3(backing: str, mountpoint: str) -> None:
+    import pyfuse3  # noqa: PLC0415 - installed by _ensure_pyfuse3 at run time
+    import trio  # noqa: PLC0415
+
+    class Passthrough(pyfuse3.Operations):  # type: ignore[misc]
+        def __init__(self, root: str) -> None:
+            super().__init__()
+            self._paths = {pyfuse3.ROOT_INODE: root}
+
+        def _entry(self, path: str) -> Any:
+            st = os.lstat(path)
+            inode = pyfuse3.ROOT_INODE if path == self._paths[pyfuse3.ROOT_INODE] else st.st_ino
+            self._paths[inode] = path
+            entry = pyfuse3.EntryAttributes()
+            for key in ("st_mode", "st_nlink", "st_uid", "st_gid", "st_size", "st_blocks"):
+                setattr(entry, key, getattr(st, key))
+            entry.st_ino = inode
+            entry.st_atime_ns, entry.st_mtime_ns = st.st_atime_ns, st.st_mtime_ns
+            entry.st_ctime_ns = st.st_ctime_ns
+            entry.st_blksize = st.st_blksize
+            entry.entry_timeout = entry.attr_timeout = 1.0
+            return entry
+
+        def _child(self, parent: int, name: bytes) -> str:
+            return os.path.join(self._paths[parent], os.fsdecode(name))
+
+        async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> Any:
+            try:
+                return self._entry(self._child(parent_inode, name))
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno) from None
+
+        async def getattr(self, inode: int, ctx: Any = None) -> Any:
+            return self._entry(self._paths[inode])
+
+        async def setattr(
+            self, inode: int, attr: Any, fields: Any, fh: int | None, ctx: Any
+        ) -> Any:
+            if fields.update_size:
+                os.truncate(self._paths[inode], attr.st_size)
+            return self._entry(self._paths[inode])
+
+        async def create(
+            self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any
+        ) -> tuple[Any, Any]:
+            path = self._child(parent_inode, name)
+            fd = os.open(path, flags | os.O_CREAT, mode)
+            return pyfuse3.FileInfo(fh=fd), self._entry(path)
+
+        async def open(self, inode: int, flags: int, ctx: Any) -> Any:
+            return pyfuse3.FileInfo(fh=os.open(self._paths[inode], flags & ~os.O_CREAT))
+
+        async def read(self, fh: int, off: int, size: int) -> bytes:
+            return os.pread(fh, size, off)
+
+        async def write(self, fh: int, off: int, buf: bytes) -> int:
+            return os.pwrite(fh, buf, off)
+
+        async def fsync(self, fh: int, datasync: bool) -> None:
+            (os.fdatasync if datasync else os.fsync)(fh)
+
+        async def flush(self, fh: int) -> None:
+            return None
+
+        async def release(self, fh: int) -> None:
+            os.close(fh)
+
+        async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+            os.unlink(self._child(parent_inode, name))
+
+        async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+            path = self._child(parent_inode, name)
+            os.mkdir(path, mode)
+            return self._entry(path)
+
+        async def forget(self, inode_list: Any) -> None:
+            return None
+
+    options = set(pyfuse3.default_options)
+    options.add("fsname=pyfuse3-bench")
+    pyfuse3.init(Passthrough(backing), mountpoint, options)
+    try:
+        trio.run(pyfuse3.main)
+    except OSError as exc:  # the loop ends with ENODEV when fusermount3 -u unmounts
+        if exc.errno != errno.ENODEV:
+            raise
+    finally:
+        pyfuse3.close(unmount=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
