@@ -9,14 +9,12 @@ reached world, and returns a ``ModelReport`` that renders as the text
 from __future__ import annotations
 
 import functools
-import multiprocessing
-import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from failover.core.table import Table
-from failover.model.checker import Counterexample, explore
+from failover.model.checker import Counterexample, Exploration, explore
+from failover.model.forks import cores, fork_map
 from failover.model.invariants import INVARIANTS, Violation
 from failover.model.liveness import (
     LivenessFailure,
@@ -147,8 +145,10 @@ def explore_root(
     table: Table | None,
     deadline: float | None,
     liveness: bool,
+    workers: int = 1,
 ) -> RootResult:
-    """Explore one root world and check liveness from every world reached."""
+    """Explore one root world and check liveness from every world reached,
+    the liveness check split across ``workers`` forked processes."""
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
@@ -166,7 +166,7 @@ def explore_root(
         result.counterexample = e.counterexample.render(cluster, root)
         return result
     if liveness:
-        report = check_liveness(cluster, list(e.worlds.values()), known=e.worlds, ticks=e.ticks)
+        report = _liveness(cluster, e, workers)
         result.liveness = report
         if report.failures:
             failure = report.failures[0]
@@ -181,6 +181,32 @@ def explore_root(
             first.setdefault(failure.invariant, failure)
         report.failures = list(first.values())
     return result
+
+
+def _liveness(cluster: Cluster, e: Exploration, workers: int) -> LivenessReport:
+    """L1/L2 from every world ``e`` reached; with several workers each forked
+    child takes every n-th world (the graph is shared by the fork, not copied)
+    and the reports are merged, failures in the order of the worlds."""
+    worlds = list(e.worlds.values())
+
+    def part(index: int) -> tuple[LivenessReport, list[int]]:
+        chunk = worlds[index::workers]
+        report = check_liveness(cluster, chunk, known=e.worlds, ticks=e.ticks)
+        position = {id(w): index + n * workers for n, w in enumerate(chunk)}
+        return report, [position[id(f.world)] for f in report.failures]
+
+    if workers <= 1:
+        return part(0)[0]
+    merged = LivenessReport()
+    failures: list[tuple[int, LivenessFailure]] = []
+    for r, positions in fork_map(part, range(workers)):
+        merged.checked += r.checked
+        merged.protected_goal += r.protected_goal
+        merged.serving_goal += r.serving_goal
+        merged.stable_checked += r.stable_checked
+        failures.extend(zip(positions, r.failures, strict=True))
+    merged.failures = [f for _, f in sorted(failures, key=lambda pair: pair[0])]
+    return merged
 
 
 def _fair_tail(cluster: Cluster, world: World, rounds: int = 6) -> str:
@@ -214,7 +240,9 @@ def check_model(
     parallel: bool = True,
 ) -> ModelReport:
     """Explore ``roots`` to ``depth`` and check every invariant. With
-    ``parallel`` each root gets its own process (one per core); each
+    ``parallel`` each root is explored in its own forked process, and each
+    root's liveness check is split across every core once its graph is
+    built (a root that finishes early leaves its core to the others); each
     exploration stops deepening when ``time_limit`` seconds have passed."""
     bounds = bounds or Bounds()
     started = time.monotonic()
@@ -229,18 +257,17 @@ def check_model(
             table=table,
             deadline=None if time_limit is None else started + time_limit,
             liveness=liveness,
+            workers=cores() if parallel else 1,
         )
         for name in roots
     ]
-    if parallel and len(jobs) > 1 and (os.cpu_count() or 1) > 1:
-        context = multiprocessing.get_context("fork")
-        with context.Pool(min(len(jobs), os.cpu_count() or 1)) as pool:
-            report.results = pool.map(_call, jobs)
+    if parallel and cores() > 1:
+        report.results = fork_map(_call, jobs)
     else:
         report.results = [job() for job in jobs]
     report.seconds = time.monotonic() - started
     return report
 
 
-def _call(job: Callable[[], RootResult]) -> RootResult:
+def _call(job: functools.partial[RootResult]) -> RootResult:
     return job()
