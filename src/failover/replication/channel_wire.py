@@ -1,0 +1,397 @@
+"""Messages of the replication channel: a pure codec, no sockets and no clock.
+
+One replication session runs over one ``MessageStream`` (each message is
+delivered whole and in order). Every message is::
+
+    header (16 bytes)  magic "FORP" | version u8 | kind u8 | flags u8 | 0 u8 | counter u64
+    body               depends on the kind
+    tag (32 bytes)     HMAC-SHA256 over header + body
+
+The session opens with a handshake. The primary (the sender of changes) sends
+``HELLO`` with a fresh random nonce, tagged with the cluster key itself; the
+secondary answers ``WELCOME`` with its own fresh nonce. Both then derive one
+key per direction from the cluster key, the cluster id, both node names, the
+protocol version and both nonces, and tag every later message (``WELCOME``
+included) with it. A recorded session therefore cannot be replayed into a new
+one (the other side's nonce differs), a message cannot be reflected back to
+its sender (the two directions have different keys), and within a session the
+counter (0 for the greetings, then 1, 2, ... per direction) must be exactly
+the next one, so nothing can be dropped, repeated or reordered unnoticed.
+
+Without a cluster key (``insecure: true``) the tag is a plain SHA-256 checksum
+of the header and body and ``FLAG_INSECURE`` is set: it detects corruption, not
+forgery. Both nodes must agree; a mismatch is refused.
+
+Kinds after the handshake:
+
+- ``ITEMS`` (sender -> receiver): ``first_seq u64`` then one or more entries
+  ``kind u8 | length u32 | payload``. Entry ``i`` has sequence number
+  ``first_seq + i``; sequence numbers start at 1 and have no gaps. Entry kinds:
+  ``OP`` (a replication op, ``ops.encode``), ``RESYNC`` (an opaque resync
+  chunk) and ``CONTROL`` (an opaque control record): resync data and live ops
+  share one order.
+- ``ACK`` (receiver -> sender): three cumulative sequence numbers, received /
+  written / fsynced, each at most the previous one.
+
+Every decoding failure raises ``PeerProtocolError`` naming what was wrong.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from failover.errors import PeerProtocolError
+from failover.wire import cluster_id as wire_cluster_id
+
+MAGIC = b"FORP"
+PROTOCOL_VERSION = 1
+FLAG_INSECURE = 0x01
+NONCE_SIZE = 32
+TAG_SIZE = 32
+MAX_NAME = 64
+MAX_ENTRY = 32 * 1024 * 1024
+"""Largest entry (its header included): an ``ITEMS`` message is at most the
+sender's ``max_message_bytes`` or one entry of this size, plus 56 bytes."""
+MAX_GENERATION = 256
+"""Longest data generation string (UTF-8 bytes) carried in a greeting."""
+
+_HEADER = struct.Struct(">4sBBBxQ")
+HEADER_SIZE = _HEADER.size
+OVERHEAD = HEADER_SIZE + TAG_SIZE
+"""Bytes every message adds around its body."""
+_SEQ = struct.Struct(">Q")
+_ENTRY = struct.Struct(">BI")
+ENTRY_OVERHEAD = _ENTRY.size
+_ACK = struct.Struct(">QQQ")
+_GREETING = struct.Struct(">8sB32s32s")  # cluster id, ack level, nonce, echoed nonce
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+
+
+Buffer = bytes | bytearray | memoryview
+"""Any contiguous buffer of bytes (``Write.data`` travels uncopied until sealing)."""
+
+
+def buffer_size(part: Buffer) -> int:
+    """Length of ``part`` in bytes."""
+    return len(part) if type(part) is bytes else memoryview(part).nbytes
+
+
+class Kind(enum.IntEnum):
+    """What a channel message carries."""
+
+    HELLO = 1
+    WELCOME = 2
+    ITEMS = 3
+    ACK = 4
+
+
+class ItemKind(enum.IntEnum):
+    """What one entry of an ``ITEMS`` message carries."""
+
+    OP = 1
+    RESYNC = 2
+    CONTROL = 3
+
+
+_ITEM_KINDS = frozenset(int(k) for k in ItemKind)
+
+
+class AckLevel(enum.StrEnum):
+    """How far the receiver has taken an entry before it counts as acknowledged."""
+
+    RECEIVED = "received"
+    """In the receiver's memory."""
+    WRITTEN = "written"
+    """Applied to the receiver's backing directory (page cache)."""
+    FSYNCED = "fsynced"
+    """Applied, and every ``Fsync`` op up to it has been fsynced on the receiver."""
+
+    @property
+    def rank(self) -> int:
+        """Index of this level in the ``ACK`` triple (received, written, fsynced)."""
+        return _LEVELS.index(self)
+
+
+_LEVELS = (AckLevel.RECEIVED, AckLevel.WRITTEN, AckLevel.FSYNCED)
+
+
+def cluster_id(cluster: str) -> bytes:
+    """The 8-byte cluster id, the same one heartbeat frames carry."""
+    return wire_cluster_id(cluster)
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting:
+    """The body of ``HELLO`` (from the primary) and ``WELCOME`` (its answer).
+
+    ``local`` is the node that sent the greeting, ``peer`` the node it expects
+    at the other end. ``echo`` is the nonce of the ``HELLO`` being answered
+    (all zeros in a ``HELLO``). ``generation`` is the sender's data generation,
+    opaque here.
+    """
+
+    cluster_id: bytes
+    ack_level: AckLevel
+    nonce: bytes
+    echo: bytes
+    local: str
+    peer: str
+    generation: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Cumulative acknowledgements: every entry up to each number reached that level."""
+
+    received: int
+    written: int
+    fsynced: int
+
+    def at(self, level: AckLevel) -> int:
+        """The acknowledged sequence number at ``level``."""
+        return (self.received, self.written, self.fsynced)[level.rank]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One decoded entry of an ``ITEMS`` message."""
+
+    seq: int
+    kind: ItemKind
+    payload: memoryview
+
+
+def _name_bytes(what: str, name: str) -> bytes:
+    raw = name.encode("utf-8")
+    if not 1 <= len(raw) <= MAX_NAME:
+        raise ValueError(f"{what} must be 1-{MAX_NAME} bytes, not {name!r}")
+    return raw
+
+
+def encode_greeting(greeting: Greeting) -> bytes:
+    """The body of a ``HELLO``/``WELCOME``. Raises ValueError on local misuse."""
+    if len(greeting.nonce) != NONCE_SIZE or len(greeting.echo) != NONCE_SIZE:
+        raise ValueError(f"nonces must be {NONCE_SIZE} bytes")
+    local = _name_bytes("node name", greeting.local)
+    peer = _name_bytes("peer name", greeting.peer)
+    generation = greeting.generation.encode("utf-8")
+    if len(generation) > MAX_GENERATION:
+        raise ValueError(f"generation longer than {MAX_GENERATION} bytes")
+    return b"".join(
+        (
+            _GREETING.pack(
+                greeting.cluster_id, greeting.ack_level.rank, greeting.nonce, greeting.echo
+            ),
+            _U8.pack(len(local)),
+            local,
+            _U8.pack(len(peer)),
+            peer,
+            _U16.pack(len(generation)),
+            generation,
+        )
+    )
+
+
+class _Reader:
+    """Reads fields of one body in order; every shortfall is a named PeerProtocolError."""
+
+    def __init__(self, what: str, view: memoryview) -> None:
+        self._what = what
+        self._view = view
+        self._pos = 0
+
+    def take(self, size: int, field: str) -> memoryview:
+        end = self._pos + size
+        if end > len(self._view):
+            raise PeerProtocolError(f"{self._what}: truncated in {field}")
+        part = self._view[self._pos : end]
+        self._pos = end
+        return part
+
+    def text(self, length_format: struct.Struct, limit: int, field: str) -> str:
+        (length,) = length_format.unpack(self.take(length_format.size, f"{field} length"))
+        if length > limit:
+            raise PeerProtocolError(f"{self._what}: {field} of {length} bytes (limit {limit})")
+        try:
+            return bytes(self.take(length, field)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PeerProtocolError(f"{self._what}: {field} is not UTF-8") from None
+
+    def end(self) -> None:
+        if self._pos != len(self._view):
+            raise PeerProtocolError(f"{self._what}: {len(self._view) - self._pos} trailing bytes")
+
+
+def decode_greeting(kind: Kind, body: memoryview) -> Greeting:
+    """The ``Greeting`` in a ``HELLO``/``WELCOME`` body (structure only: the
+    caller checks cluster, names and nonces against what it expects)."""
+    reader = _Reader(kind.name, body)
+    cid, level, nonce, echo = _GREETING.unpack(reader.take(_GREETING.size, "fixed part"))
+    if level >= len(_LEVELS):
+        raise PeerProtocolError(f"{kind.name}: unknown ack level {level}")
+    local = reader.text(_U8, MAX_NAME, "node name")
+    peer = reader.text(_U8, MAX_NAME, "peer name")
+    generation = reader.text(_U16, MAX_GENERATION, "generation")
+    reader.end()
+    if not local or not peer:
+        raise PeerProtocolError(f"{kind.name}: empty node name")
+    return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation)
+
+
+def encode_ack(ack: Ack) -> bytes:
+    """The body of an ``ACK``."""
+    return _ACK.pack(ack.received, ack.written, ack.fsynced)
+
+
+def decode_ack(body: memoryview) -> Ack:
+    """The ``Ack`` in an ``ACK`` body; the levels must not increase."""
+    if len(body) != _ACK.size:
+        raise PeerProtocolError(f"ACK: {len(body)} bytes, expected {_ACK.size}")
+    ack = Ack(*_ACK.unpack(body))
+    if not ack.received >= ack.written >= ack.fsynced:
+        raise PeerProtocolError(
+            f"ACK: levels out of order (received {ack.received}, written {ack.written}, "
+            f"fsynced {ack.fsynced})"
+        )
+    return ack
+
+
+def items_parts(
+    first_seq: int, entries: Sequence[tuple[ItemKind, Sequence[Buffer]]]
+) -> list[Buffer]:
+    """The body of an ``ITEMS`` message as buffers to join (payloads uncopied).
+
+    Each entry is its kind and its payload as one or more buffers.
+    """
+    parts: list[Buffer] = [_SEQ.pack(first_seq)]
+    for kind, payload in entries:
+        parts.append(_ENTRY.pack(kind, sum(buffer_size(p) for p in payload)))
+        parts.extend(payload)
+    return parts
+
+
+def decode_items(body: memoryview, expected_seq: int) -> list[Entry]:
+    """The entries of an ``ITEMS`` body; the first must carry ``expected_seq``."""
+    if len(body) < _SEQ.size:
+        raise PeerProtocolError("ITEMS: truncated before the first sequence number")
+    (first_seq,) = _SEQ.unpack_from(body)
+    if first_seq != expected_seq:
+        raise PeerProtocolError(f"ITEMS: starts at sequence {first_seq}, expected {expected_seq}")
+    entries: list[Entry] = []
+    pos = _SEQ.size
+    end = len(body)
+    while pos < end:
+        if pos + _ENTRY.size > end:
+            raise PeerProtocolError(f"ITEMS: entry {len(entries)} truncated in its header")
+        kind, length = _ENTRY.unpack_from(body, pos)
+        if kind not in _ITEM_KINDS:
+            raise PeerProtocolError(f"ITEMS: entry {len(entries)} has unknown kind {kind}")
+        pos += _ENTRY.size
+        if pos + length > end:
+            raise PeerProtocolError(f"ITEMS: entry {len(entries)} truncated in its payload")
+        entries.append(Entry(first_seq + len(entries), ItemKind(kind), body[pos : pos + length]))
+        pos += length
+    if not entries:
+        raise PeerProtocolError("ITEMS: no entries")
+    return entries
+
+
+def _derive(key: bytes, label: bytes, transcript: bytes) -> bytes:
+    return hmac.digest(key, b"failover replication " + label + b"\x00" + transcript, "sha256")
+
+
+def session_keys(key: bytes, hello: Greeting, welcome_nonce: bytes) -> tuple[bytes, bytes]:
+    """(key of primary -> secondary messages, key of secondary -> primary messages).
+
+    Derived from the cluster key and everything both sides agreed on, so each
+    session (each pair of nonces) has keys of its own.
+    """
+    transcript = b"\x00".join(
+        (
+            bytes((PROTOCOL_VERSION,)),
+            hello.cluster_id,
+            hello.local.encode("utf-8"),
+            hello.peer.encode("utf-8"),
+            hello.nonce,
+            welcome_nonce,
+        )
+    )
+    return _derive(key, b"to-secondary", transcript), _derive(key, b"to-primary", transcript)
+
+
+class Sealer:
+    """Tags outgoing messages of one direction and numbers them.
+
+    ``key=None`` is insecure mode: a plain SHA-256 checksum, ``FLAG_INSECURE`` set.
+    """
+
+    def __init__(self, key: bytes | None, counter: int = 0) -> None:
+        self._mac = None if key is None else hmac.new(key, digestmod="sha256")
+        self._flags = FLAG_INSECURE if key is None else 0
+        self.counter = counter
+
+    def seal(self, kind: Kind, body: Iterable[Buffer]) -> bytes:
+        """The whole message for ``body`` (buffers joined once), under the next counter."""
+        parts: list[Buffer] = [
+            _HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, self._flags, self.counter)
+        ]
+        parts.extend(body)
+        digest = hashlib.sha256() if self._mac is None else self._mac.copy()
+        for part in parts:
+            digest.update(part)
+        parts.append(digest.digest())
+        self.counter += 1
+        return b"".join(parts)
+
+
+class Opener:
+    """Checks incoming messages of one direction: structure, tag, then counter.
+
+    Raises ``PeerProtocolError`` naming the problem; the session must then end.
+    """
+
+    def __init__(self, key: bytes | None, counter: int = 0) -> None:
+        self._mac = None if key is None else hmac.new(key, digestmod="sha256")
+        self.counter = counter
+
+    def open(self, message: bytes, *expected: Kind) -> tuple[Kind, memoryview]:
+        """(kind, body) of ``message``, which must be one of ``expected`` kinds."""
+        view = memoryview(message)
+        where = f"replication message {self.counter}"
+        if len(view) < OVERHEAD:
+            raise PeerProtocolError(f"{where}: truncated ({len(view)} bytes)")
+        magic, version, kind, flags, counter = _HEADER.unpack_from(view)
+        if magic != MAGIC:
+            raise PeerProtocolError(f"{where}: bad magic {bytes(magic)!r}")
+        if version != PROTOCOL_VERSION:
+            raise PeerProtocolError(f"{where}: protocol version {version} is not spoken here")
+        if flags & ~FLAG_INSECURE:
+            raise PeerProtocolError(f"{where}: unknown flags {flags:#x}")
+        if bool(flags & FLAG_INSECURE) != (self._mac is None):
+            mine = "without" if self._mac is None else "with"
+            raise PeerProtocolError(
+                f"{where}: the peer {'has no' if flags else 'has a'} cluster key but this node "
+                f"runs {mine} one (both must agree on insecure mode)"
+            )
+        signed = view[: len(view) - TAG_SIZE]
+        digest = hashlib.sha256(signed) if self._mac is None else self._mac.copy()
+        if self._mac is not None:
+            digest.update(signed)
+        if not hmac.compare_digest(digest.digest(), view[len(view) - TAG_SIZE :]):
+            raise PeerProtocolError(
+                f"{where}: bad tag (forged, corrupted, replayed from another session, "
+                "or another cluster key)"
+            )
+        if counter != self.counter:
+            raise PeerProtocolError(f"{where}: counter {counter} (replayed or reordered)")
+        if kind not in expected:
+            names = "/".join(k.name for k in expected)
+            raise PeerProtocolError(f"{where}: kind {kind}, expected {names}")
+        self.counter += 1
+        return Kind(kind), signed[HEADER_SIZE:]

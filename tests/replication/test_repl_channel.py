@@ -1,0 +1,223 @@
+"""The replication channel over loopback TCP: order, acknowledgement levels, status."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import anyio
+import pytest
+from channel_support import (
+    ROOT,
+    Session,
+    blocking_call,
+    finished,
+    session,
+    snapshot,
+    waited,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from failover.replication.apply import Applier
+from failover.replication.channel import AckLevel, ChannelSettings, ItemKind
+from failover.replication.ops import (
+    Chmod,
+    Create,
+    Fsync,
+    Mkdir,
+    Op,
+    Rename,
+    Symlink,
+    Truncate,
+    Unlink,
+    Write,
+)
+from failover.testing.transport_contract import WAIT_TIMEOUT
+
+pytestmark = pytest.mark.anyio
+
+
+def write(path: bytes, data: bytes, offset: int = 0) -> Write:
+    return Write(ROOT, path, offset, data)
+
+
+async def sync_in_thread(running: Session, op: Fsync) -> None:
+    await running.in_thread(lambda: running.sender.sync(op))
+
+
+async def test_ops_are_applied_in_order_and_sync_waits_for_them(tmp_path: Path) -> None:
+    async with session(tmp_path / "b") as running:
+        ops: list[Op] = [
+            Create(ROOT, b"f", 0o644),
+            write(b"f", b"hello"),
+            Rename(ROOT, b"f", b"g", 0),
+            Fsync(ROOT, b"g", False),
+        ]
+        for op in ops[:-1]:
+            running.sender.after(op)
+        await sync_in_thread(running, Fsync(ROOT, b"g", False))
+        assert running.sink.applied == ops[:-1]
+        assert (tmp_path / "b" / "g").read_bytes() == b"hello"
+        status = running.sender.status()
+        assert status.acked.written == 4
+        assert status.ops_sent == 4
+        assert status.in_flight_bytes == 0
+        assert status.last_ack_latency is not None
+        assert status.broken is None
+
+
+async def test_sync_does_not_return_before_the_receiver_applied(tmp_path: Path) -> None:
+    async with session(tmp_path / "b") as running:
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        assert await running.in_thread(lambda: running.sender.wait_acked(1))
+        running.sink.apply_gate.close()
+        running.sender.after(write(b"f", b"data"))
+        with blocking_call(lambda: running.sender.sync(Fsync(ROOT, b"f", False))) as call:
+            assert await waited(running.sink.apply_gate.entered)
+            assert not await finished(call, 0.2), "sync returned before the write was applied"
+            running.sink.apply_gate.open()
+            assert await finished(call)
+        assert (tmp_path / "b" / "f").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize(
+    ("level", "gate", "waits"),
+    [
+        (AckLevel.RECEIVED, "apply_gate", False),
+        (AckLevel.WRITTEN, "apply_gate", True),
+        (AckLevel.WRITTEN, "fsync_gate", False),
+        (AckLevel.FSYNCED, "fsync_gate", True),
+    ],
+)
+async def test_ack_level_decides_what_sync_waits_for(
+    tmp_path: Path, level: AckLevel, gate: str, waits: bool
+) -> None:
+    async with session(tmp_path / "b", ChannelSettings(ack_level=level)) as running:
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        assert await running.in_thread(lambda: running.sender.wait_acked(1))
+        blocker = getattr(running.sink, gate)
+        blocker.close()
+        running.sender.after(write(b"f", b"x" * 4096))
+        with blocking_call(lambda: running.sender.sync(Fsync(ROOT, b"f", True))) as call:
+            assert await waited(blocker.entered)
+            if waits:
+                assert not await finished(call, 0.2), f"sync at {level} passed the {gate}"
+                blocker.open()
+            assert await finished(call), f"sync at {level} waited for the {gate}"
+            blocker.open()
+        assert running.sender.broken is None
+
+
+async def test_fsynced_level_fsyncs_each_fsync_op(tmp_path: Path) -> None:
+    settings_ = ChannelSettings(ack_level=AckLevel.FSYNCED)
+    async with session(tmp_path / "b", settings_) as running:
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        running.sender.after(Fsync(ROOT, b"f", False))
+        running.sender.after(write(b"f", b"abc"))
+        await sync_in_thread(running, Fsync(ROOT, b"f", True))
+        assert running.sink.fsynced == [b"f", b"f"]
+        assert running.sender.status().acked.fsynced == 4
+
+
+async def test_resync_and_control_entries_share_the_order_of_ops(tmp_path: Path) -> None:
+    seen: list[tuple[ItemKind, bytes, bool]] = []
+    target = tmp_path / "b" / "f"
+
+    def on_item(kind: ItemKind, payload: bytes) -> None:
+        seen.append((kind, payload, target.exists()))
+
+    async with session(tmp_path / "b", on_item=on_item) as running:
+        sender = running.sender
+        sender.send_control(b"begin")
+        sender.after(Create(ROOT, b"f", 0o644))
+        last = sender.send_resync(b"chunk")
+        assert await running.in_thread(lambda: sender.wait_acked(last))
+    assert seen == [(ItemKind.CONTROL, b"begin", False), (ItemKind.RESYNC, b"chunk", True)]
+
+
+async def test_large_writes_stream_through_a_small_window(tmp_path: Path) -> None:
+    tiny = ChannelSettings(window_bytes=256 * 1024, max_message_bytes=64 * 1024)
+    blocks = [bytes([n]) * 100_000 for n in range(40)]
+    async with session(tmp_path / "b", tiny) as running:
+        running.sender.after(Create(ROOT, b"f", 0o600))
+        for index, block in enumerate(blocks):
+            running.sender.after(write(b"f", block, index * len(block)))
+        await sync_in_thread(running, Fsync(ROOT, b"f", False))
+        assert running.sender.status().in_flight_bytes == 0
+    assert (tmp_path / "b" / "f").read_bytes() == b"".join(blocks)
+
+
+async def test_insecure_mode_replicates_too(tmp_path: Path) -> None:
+    async with session(tmp_path / "b", key=None) as running:
+        running.sender.after(Mkdir(ROOT, b"d", 0o755))
+        await sync_in_thread(running, Fsync(ROOT, b"d", False))
+    assert (tmp_path / "b" / "d").is_dir()
+
+
+# -- random op sequences: the receiver's tree equals a directly applied one ------
+
+NAMES = (b"a", b"b", b"c", b"d/x", b"d/y")
+
+
+@st.composite
+def op_sequences(draw: st.DrawFn) -> list[Op]:
+    """Valid op sequences on a few names, tracking which files exist."""
+    ops: list[Op] = [Mkdir(ROOT, b"d", 0o755)]
+    files: set[bytes] = set()
+    for _ in range(draw(st.integers(1, 25))):
+        path = draw(st.sampled_from(NAMES))
+        if path not in files:
+            ops.append(Create(ROOT, path, draw(st.sampled_from([0o600, 0o644]))))
+            files.add(path)
+            continue
+        choice = draw(st.integers(0, 6))
+        if choice <= 1:
+            data = draw(st.binary(min_size=1, max_size=3000))
+            ops.append(Write(ROOT, path, draw(st.integers(0, 5000)), data))
+        elif choice == 2:
+            ops.append(Truncate(ROOT, path, draw(st.integers(0, 6000))))
+        elif choice == 3:
+            ops.append(Chmod(ROOT, path, draw(st.sampled_from([0o600, 0o640, 0o755]))))
+        elif choice == 4:
+            new = draw(st.sampled_from(NAMES))
+            if new != path:
+                ops.append(Rename(ROOT, path, new, 0))
+                files.discard(path)
+                files.add(new)
+        elif choice == 5:
+            ops.append(Unlink(ROOT, path))
+            files.discard(path)
+        else:
+            ops.append(Fsync(ROOT, path, draw(st.booleans())))
+    ops.append(Symlink(ROOT, b"link", b"d/x"))
+    return ops
+
+
+async def replicate(ops: list[Op], top: Path) -> None:
+    async with session(top / "replica") as running:
+
+        def primary() -> None:
+            for op in ops:
+                if isinstance(op, Fsync):
+                    running.sender.sync(op)
+                else:
+                    running.sender.after(op)
+            running.sender.sync(Fsync(ROOT, b"d", False))
+
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await running.in_thread(primary)
+        assert running.sender.broken is None, running.sender.broken
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=op_sequences())
+def test_random_op_sequences_replicate_exactly(ops: list[Op]) -> None:
+    with tempfile.TemporaryDirectory() as top:
+        reference = Path(top, "reference")
+        reference.mkdir()
+        with Applier({ROOT: reference}) as applier:
+            for op in ops:
+                applier.apply(op)
+        anyio.run(replicate, ops, Path(top))
+        assert snapshot(Path(top, "replica")) == snapshot(reference)
