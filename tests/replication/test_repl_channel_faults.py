@@ -1,0 +1,210 @@
+"""The replication channel under attack and failure: forged, mutated, replayed,
+truncated messages, wrong keys and names, dropped and stalled peers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from channel_support import (
+    KEY,
+    ROOT,
+    RecordingSink,
+    blocking_call,
+    finished,
+    identities,
+    session,
+    stream_pair,
+)
+
+from failover.errors import PeerProtocolError, TransportError
+from failover.replication.apply import Applier
+from failover.replication.channel import (
+    ChannelSettings,
+    ReplicationReceiver,
+    ReplicationSender,
+    SessionIdentity,
+)
+from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.replication.channel_wire import (
+    Ack,
+    AckLevel,
+    Buffer,
+    ItemKind,
+    Kind,
+    Sealer,
+    encode_ack,
+    items_parts,
+)
+from failover.replication.ops import Create, Fsync, encode
+from failover.testing.transport_contract import WAIT_TIMEOUT
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 0.3
+
+
+def items(first: int, *names: bytes) -> list[Buffer]:
+    return items_parts(first, [(ItemKind.OP, [encode(Create(ROOT, n, 0o644))]) for n in names])
+
+
+def flip(message: bytes) -> bytes:
+    middle = len(message) // 2
+    return message[:middle] + bytes([message[middle] ^ 0x01]) + message[middle + 1 :]
+
+
+def sealed(sealer: Sealer, first: int, name: bytes) -> bytes:
+    return sealer.seal(Kind.ITEMS, items(first, name))
+
+
+def replayed(sealer: Sealer) -> list[bytes]:
+    good = sealed(sealer, 1, b"good")
+    return [good, good]
+
+
+TAMPERINGS: dict[str, tuple[Callable[[Sealer], list[bytes]], str]] = {
+    "mutated": (lambda s: [flip(sealed(s, 1, b"evil"))], "bad tag"),
+    "truncated": (lambda s: [sealed(s, 1, b"evil")[:-7]], "bad tag"),
+    "cut to a header": (lambda s: [sealed(s, 1, b"evil")[:20]], "truncated"),
+    "replayed": (replayed, "counter"),
+    "forged with another key": (lambda _s: [sealed(Sealer(b"x" * 32, 1), 1, b"evil")], "bad tag"),
+    "an ack kind from the primary": (
+        lambda s: [s.seal(Kind.ACK, [encode_ack(Ack(0, 0, 0))])],
+        "kind",
+    ),
+    "a sequence gap": (lambda s: [sealed(s, 5, b"evil")], "sequence"),
+    "a garbage op": (
+        lambda s: [s.seal(Kind.ITEMS, items_parts(1, [(ItemKind.OP, [b"\xff\x00"])]))],
+        "unknown op code",
+    ),
+}
+
+
+@pytest.mark.parametrize("tampering", sorted(TAMPERINGS))
+async def test_bad_messages_end_the_session_and_write_nothing(
+    tmp_path: Path, tampering: str
+) -> None:
+    tamper, expected = TAMPERINGS[tampering]
+    primary, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        sink = RecordingSink(applier)
+        receiver = ReplicationReceiver(secondary, sink, timeout=WAIT_TIMEOUT)
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+            tg.start_soon(receiver.handshake, b)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+            for message in tamper(cipher.sealer):
+                await a.send(message)
+            with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(PeerProtocolError, match=expected):
+                await receiver.run()
+    applied = [op.path for op in sink.applied]  # type: ignore[union-attr]
+    assert b"evil" not in applied
+    assert not (tmp_path / "evil").exists()
+    assert applied in ([], [b"good"])
+
+
+async def test_a_recorded_session_cannot_be_replayed_into_a_new_one(tmp_path: Path) -> None:
+    primary, secondary = identities()
+    recorded: list[bytes] = []
+    async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+        tg.start_soon(greet_as_secondary, b, secondary, WAIT_TIMEOUT)
+        _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+        recorded.append(cipher.sealer.seal(Kind.ITEMS, items(1, b"old")))
+    with Applier({ROOT: tmp_path}) as applier:
+        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+            tg.start_soon(receiver.handshake, b)
+            await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+            await a.send(recorded[0])
+            with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(PeerProtocolError, match="bad tag"):
+                await receiver.run()
+    assert not (tmp_path / "old").exists()
+
+
+@pytest.mark.parametrize(
+    ("secondary_identity", "expected"),
+    [
+        (SessionIdentity("c1", b"other key", "beta", "alpha", "g"), "bad tag"),
+        (SessionIdentity("c1", None, "beta", "alpha", "g"), "insecure"),
+        (SessionIdentity("c2", KEY, "beta", "alpha", "g"), "another cluster"),
+        (SessionIdentity("c1", KEY, "gamma", "alpha", "g"), "addressed to node 'beta'"),
+        (SessionIdentity("c1", KEY, "beta", "delta", "g"), "from node 'alpha'"),
+    ],
+)
+async def test_handshake_refuses_a_peer_that_does_not_match(
+    tmp_path: Path, secondary_identity: SessionIdentity, expected: str
+) -> None:
+    primary, _ = identities()
+    broken: list[str] = []
+    sender = ReplicationSender(primary, ChannelSettings(timeout=TIMEOUT), broken.append)
+    with Applier({ROOT: tmp_path}) as applier:
+        receiver = ReplicationReceiver(secondary_identity, RecordingSink(applier))
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+
+            async def secondary() -> None:
+                with pytest.raises(PeerProtocolError, match=expected):
+                    await receiver.handshake(b)
+
+            tg.start_soon(secondary)
+            with pytest.raises((TransportError, PeerProtocolError)):
+                await sender.handshake(a)
+    await sender.run()
+    assert len(broken) == 1 and "handshake failed" in broken[0]
+    sender.after(Create(ROOT, b"f", 0o644))  # returns at once: the session is broken
+    sender.sync(Fsync(ROOT, b"f", False))
+
+
+async def test_a_forged_ack_breaks_the_sender_once(tmp_path: Path) -> None:
+    primary, secondary = identities()
+    broken: list[str] = []
+    sender = ReplicationSender(primary, ChannelSettings(timeout=WAIT_TIMEOUT), broken.append)
+    async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+        tg.start_soon(sender.handshake, a)
+        _, cipher = await greet_as_secondary(b, secondary, WAIT_TIMEOUT)
+        await b.send(cipher.sealer.seal(Kind.ACK, [encode_ack(Ack(9, 9, 9))]))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await sender.run()
+    assert len(broken) == 1
+    assert "only 0 were sent" in broken[0]
+    assert isinstance(sender.failure, PeerProtocolError)
+
+
+async def test_a_stalled_peer_breaks_the_session_and_frees_sync(tmp_path: Path) -> None:
+    async with session(tmp_path, ChannelSettings(timeout=TIMEOUT)) as running:
+        running.sink.apply_gate.close()
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        with blocking_call(lambda: running.sender.sync(Fsync(ROOT, b"f", False))) as call:
+            assert await finished(call), "sync stayed blocked beyond the timeout"
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await running.sender_done.wait()
+        assert len(running.broken) == 1
+        assert "did not acknowledge" in running.broken[0]
+        # From now on the node continues alone: nothing blocks.
+        with blocking_call(lambda: running.sender.sync(Fsync(ROOT, b"f", False))) as call:
+            assert await finished(call, WAIT_TIMEOUT)
+        assert len(running.broken) == 1
+
+
+async def test_a_stalled_peer_without_sync_is_detected_too(tmp_path: Path) -> None:
+    async with session(tmp_path, ChannelSettings(timeout=TIMEOUT)) as running:
+        running.sink.apply_gate.close()
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await running.sender_done.wait()
+        assert running.broken == [f"peer acknowledged nothing for {TIMEOUT} s with data in flight"]
+
+
+async def test_a_dropped_connection_breaks_the_session_and_frees_sync(tmp_path: Path) -> None:
+    async with session(tmp_path, ChannelSettings(timeout=WAIT_TIMEOUT)) as running:
+        running.sink.apply_gate.close()
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        with blocking_call(lambda: running.sender.sync(Fsync(ROOT, b"f", False))) as call:
+            assert await anyio.to_thread.run_sync(running.sink.apply_gate.entered.wait, 5)
+            await running.secondary_stream.aclose()
+            assert await finished(call), "sync stayed blocked after the connection dropped"
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await running.sender_done.wait()
+        assert len(running.broken) == 1
+        assert "connection lost" in running.broken[0]
