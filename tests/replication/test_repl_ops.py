@@ -49,8 +49,10 @@ u32 = st.integers(0, 2**32 - 1)
 ids = st.integers(-1, 2**32 - 2)
 perms = st.integers(0, ops.MAX_PERMISSIONS)
 times = st.integers(-(2**63), 2**63 - 1)
-xattr_names = st.binary(min_size=1, max_size=ops.MAX_XATTR_NAME).filter(lambda b: 0 not in b)
-targets = st.binary(min_size=1, max_size=300).filter(lambda b: 0 not in b)
+xattr_names = st.sampled_from([b"user.a", b"user.tag", b"trusted.t"]) | st.binary(
+    min_size=1, max_size=ops.MAX_XATTR_NAME
+).map(lambda b: b.replace(b"\0", b"_"))
+targets = st.binary(min_size=1, max_size=300).map(lambda b: b.replace(b"\0", b"/"))
 fallocate_modes = st.sampled_from(
     [
         0,

@@ -63,6 +63,7 @@ __all__ = ["Applier", "ApplyError", "PathRejected"]
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted in the tree must fail, not hang the applier.
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_OBJECT_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -222,7 +223,7 @@ class Applier:
         target); the fd behind it is valid in the block.
         """
         with self._parent(op, path) as (parent, name):
-            fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(name, _OBJECT_FLAGS, dir_fd=parent)
         try:
             yield f"/proc/self/fd/{fd}", os.fstat(fd).st_mode
         finally:
