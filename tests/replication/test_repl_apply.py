@@ -384,3 +384,60 @@ def test_a_fifo_in_the_tree_fails_at_once_instead_of_blocking(applier: Applier, 
     with pytest.raises(ApplyError) as caught:
         applier.apply(Write(ROOT, b"fifo", 0, b"x"))
     assert caught.value.errno == errno.ENXIO
+
+
+# --- the cache of open files ----------------------------------------------------------------------
+
+
+def test_a_write_after_rename_and_recreate_goes_to_the_new_file(
+    applier: Applier, tree: Path
+) -> None:
+    apply_all(applier, Create(ROOT, b"f", 0o644), Write(ROOT, b"f", 0, b"first"))
+    apply_all(applier, Rename(ROOT, b"f", b"g", 0), Create(ROOT, b"f", 0o644))
+    applier.apply(Write(ROOT, b"f", 0, b"second"))
+    assert (tree / "g").read_bytes() == b"first"
+    assert (tree / "f").read_bytes() == b"second"
+
+
+def test_a_write_after_unlink_fails_instead_of_reaching_the_deleted_file(
+    applier: Applier,
+) -> None:
+    apply_all(applier, Create(ROOT, b"f", 0o644), Write(ROOT, b"f", 0, b"x"), Unlink(ROOT, b"f"))
+    assert refused(applier, Write(ROOT, b"f", 0, b"y"), ApplyError).startswith("Write data:b'f'")
+
+
+def test_renaming_a_directory_drops_the_files_below_it(applier: Applier, tree: Path) -> None:
+    apply_all(applier, Mkdir(ROOT, b"a", 0o755), Create(ROOT, b"a/f", 0o644))
+    apply_all(applier, Write(ROOT, b"a/f", 0, b"old"), Rename(ROOT, b"a", b"b", 0))
+    apply_all(applier, Mkdir(ROOT, b"a", 0o755), Create(ROOT, b"a/f", 0o644))
+    applier.apply(Write(ROOT, b"a/f", 0, b"new"))
+    assert (tree / "b" / "f").read_bytes() == b"old"
+    assert (tree / "a" / "f").read_bytes() == b"new"
+
+
+def test_exchange_swaps_what_later_writes_reach(applier: Applier, tree: Path) -> None:
+    apply_all(applier, Create(ROOT, b"f", 0o644), Create(ROOT, b"g", 0o644))
+    apply_all(applier, Write(ROOT, b"f", 0, b"F"), Write(ROOT, b"g", 0, b"G"))
+    applier.apply(Rename(ROOT, b"f", b"g", ops.RENAME_EXCHANGE))
+    applier.apply(Write(ROOT, b"f", 1, b"f"))
+    assert (tree / "f").read_bytes() == b"Gf"
+    assert (tree / "g").read_bytes() == b"F"
+
+
+def test_at_most_open_files_fds_stay_open(tree: Path) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    baseline = open_fds()
+    with Applier({ROOT: tree}, open_files=4) as applier:
+        for n in range(20):
+            path = f"f{n}".encode()
+            apply_all(applier, Create(ROOT, path, 0o644), Write(ROOT, path, 0, b"x"))
+        assert open_fds() == baseline + 1 + 4
+        assert all((tree / f"f{n}").read_bytes() == b"x" for n in range(20))
+    assert open_fds() == baseline
+
+
+def test_open_files_below_one_is_a_usage_error(tree: Path) -> None:
+    with pytest.raises(UsageError, match="open_files must be at least 1"):
+        Applier({ROOT: tree}, open_files=0)

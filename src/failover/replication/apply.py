@@ -21,6 +21,12 @@ naming the op, root and path. Both are ``PeerProtocolError``: the peer sent an
 op that does not fit this tree (``ApplyError.errno`` tells a local failure such
 as ENOSPC or EIO apart). Nothing else escapes ``apply``.
 
+The fds of recently written files stay open (``Applier(open_files=...)``); any
+namespace op (Unlink, Rmdir, Mkdir, Symlink, Rename, Link) closes the ones at or
+below its paths first, so a cached fd is always the file now at its path, as
+long as nothing but the applier changes the backing directory (on the peer it
+is not mounted for applications).
+
 Not thread-safe: one thread applies a peer's ops in order.
 """
 
@@ -30,6 +36,7 @@ import ctypes
 import errno
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -64,6 +71,8 @@ _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted in the tree must fail, not hang the applier.
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OBJECT_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+OPEN_FILES = 16
+"""Default number of written files whose fd the applier keeps open (see ``Applier``)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = _libc.renameat2
@@ -96,10 +105,20 @@ class Applier:
     applier keeps its own duplicate, the caller still owns its fd) or a path
     (opened here). ``close()`` closes what the applier holds. Raises
     ``UsageError`` if a root is not a directory.
+
+    ``open_files`` (at least 1): how many written files keep their fd open between ops
+    (sequential writes to a file then cost one pwrite each, not a path walk and
+    an open); a namespace op closes those at or below its paths first.
     """
 
-    def __init__(self, roots: Mapping[str, int | os.PathLike[str] | str]) -> None:
+    def __init__(
+        self, roots: Mapping[str, int | os.PathLike[str] | str], open_files: int = OPEN_FILES
+    ) -> None:
+        if open_files < 1:
+            raise UsageError(f"Applier: open_files must be at least 1, not {open_files}")
         self._roots: dict[str, int] = {}
+        self._open_files: OrderedDict[tuple[str, bytes], int] = OrderedDict()
+        self._max_open_files = open_files
         try:
             for name, where in roots.items():
                 self._roots[name] = self._open_root(name, where)
@@ -124,6 +143,8 @@ class Applier:
 
     def close(self) -> None:
         """Close every fd the applier holds. Idempotent."""
+        while self._open_files:
+            os.close(self._open_files.popitem()[1])
         while self._roots:
             os.close(self._roots.popitem()[1])
 
@@ -145,11 +166,15 @@ class Applier:
         """
         check(op)
         handler = _HANDLERS[type(op)]
+        if type(op) in _NAMESPACE_OPS:
+            self._forget(op)
         try:
             handler(self, op)
         except PeerProtocolError:
+            self._forget(op)
             raise
         except OSError as error:
+            self._forget(op)
             raise self._error(op, error) from None
 
     def fsync(self, root: str, path: bytes, datasync: bool) -> None:
@@ -200,20 +225,50 @@ class Applier:
             if fd != root_fd:
                 os.close(fd)
 
-    @contextmanager
-    def _file(self, op: Op, path: bytes, flags: int, mode: int = 0) -> Iterator[int]:
-        """An fd of the regular file (or, with ``O_RDONLY``, directory) at ``path``."""
-        with self._parent(op, path) as (parent, name):
+    def _open_file(self, op: Op, flags: int, mode: int = 0) -> int:
+        """An fd of the regular file (or, for Fsync, directory) at ``op.path``."""
+        assert not isinstance(op, Rename | Link)
+        with self._parent(op, op.path) as (parent, name):
             fd = os.open(name, flags | _FILE_FLAGS, mode, dir_fd=parent)
-        try:
-            kind = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(kind) or (stat.S_ISDIR(kind) and isinstance(op, Fsync))):
-                raise ApplyError(
-                    f"{type(op).__name__} {op.root}:{path!r}: not a regular file", errno.EINVAL
-                )
-            yield fd
-        finally:
-            os.close(fd)
+        kind = os.fstat(fd).st_mode
+        if stat.S_ISREG(kind) or (stat.S_ISDIR(kind) and isinstance(op, Fsync)):
+            return fd
+        os.close(fd)
+        raise ApplyError(
+            f"{type(op).__name__} {op.root}:{op.path!r}: not a regular file", errno.EINVAL
+        )
+
+    def _writable(self, op: Op, flags: int = 0, mode: int = 0) -> int:
+        """A write-only fd of the regular file at ``op.path``, kept open for the next ops.
+
+        The applier keeps up to ``open_files`` of them (least recently used
+        closed first) and drops every one at or below a path a namespace op
+        touches, so a cached fd is always the file now at its path.
+        """
+        assert not isinstance(op, Rename | Link)
+        key = (op.root, op.path)
+        fd = self._open_files.get(key)
+        if fd is not None:
+            self._open_files.move_to_end(key)
+            return fd
+        fd = self._open_file(op, os.O_WRONLY | flags, mode)
+        self._open_files[key] = fd
+        if len(self._open_files) > self._max_open_files:
+            os.close(self._open_files.popitem(last=False)[1])
+        return fd
+
+    def _forget(self, op: Op) -> None:
+        """Close the cached fds of every path at or below the paths ``op`` names."""
+        if not self._open_files:
+            return
+        for path in paths_of(op):
+            below = path + b"/"
+            for key in [
+                key
+                for key in self._open_files
+                if key[0] == op.root and (key[1] == path or key[1].startswith(below))
+            ]:
+                os.close(self._open_files.pop(key))
 
     @contextmanager
     def _object(self, op: Op, path: bytes) -> Iterator[tuple[str, int]]:
@@ -232,28 +287,34 @@ class Applier:
     # --- one method per op type -------------------------------------------------------------------
 
     def _create(self, op: Create) -> None:
-        with self._file(op, op.path, os.O_WRONLY | os.O_CREAT, op.mode) as fd:
-            os.fchmod(fd, op.mode)  # the umask applied at creation; an existing file too
+        # The umask applied at creation; an existing file gets the mode too.
+        os.fchmod(self._writable(op, os.O_CREAT, op.mode), op.mode)
 
     def _write(self, op: Write) -> None:
-        with self._file(op, op.path, os.O_WRONLY) as fd:
-            view = memoryview(op.data).cast("B")
-            offset = op.offset
-            while view:
-                done = os.pwrite(fd, view, offset)
-                view, offset = view[done:], offset + done
+        fd = self._writable(op)
+        view = memoryview(op.data).cast("B")
+        offset = op.offset
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
 
     def _truncate(self, op: Truncate) -> None:
-        with self._file(op, op.path, os.O_WRONLY) as fd:
-            os.ftruncate(fd, op.size)
+        os.ftruncate(self._writable(op), op.size)
 
     def _fallocate(self, op: Fallocate) -> None:
-        with self._file(op, op.path, os.O_WRONLY) as fd:
-            _check_libc(_fallocate(fd, op.mode, op.offset, op.length))
+        _check_libc(_fallocate(self._writable(op), op.mode, op.offset, op.length))
 
     def _fsync(self, op: Fsync) -> None:
-        with self._file(op, op.path, os.O_RDONLY) as fd:
-            (os.fdatasync if op.datasync else os.fsync)(fd)
+        sync = os.fdatasync if op.datasync else os.fsync
+        cached = self._open_files.get((op.root, op.path))
+        if cached is not None:
+            sync(cached)
+            return
+        fd = self._open_file(op, os.O_RDONLY)
+        try:
+            sync(fd)
+        finally:
+            os.close(fd)
 
     def _unlink(self, op: Unlink) -> None:
         with self._parent(op, op.path) as (parent, name):
@@ -309,6 +370,9 @@ class Applier:
         with self._object(op, op.path) as (inode, _):
             os.removexattr(inode, op.name)
 
+
+_NAMESPACE_OPS = frozenset({Unlink, Rmdir, Mkdir, Symlink, Rename, Link})
+"""Ops that change which file a path names: cached fds at or below their paths are dropped."""
 
 _HANDLERS: dict[type, Callable[[Applier, Any], None]] = {
     Create: Applier._create,
