@@ -67,6 +67,24 @@ def test_a_forced_request_is_granted_from_a_stale_base() -> None:
     assert record.generation == Generation(3, "alpha")
 
 
+def test_a_new_generation_is_granted_above_the_newest_known() -> None:
+    # alpha, forced from an old base, asks for 2:alpha while 2:beta was granted
+    # last: it gets 3:alpha, so "the higher generation wins" agrees with the
+    # arbitrator when the two histories meet (no split-brain deadlock)
+    newest = LeaseRecord(generation=G2B, granted_to="beta", granted_from=G1A)
+    granted, record, _ = ask(newest, base=G1A, wanted=G2A, forced=True)
+    assert granted
+    assert record.generation == Generation(3, "alpha")
+    assert record.generation > G2B
+
+
+def test_serving_the_same_generation_again_keeps_it() -> None:
+    newest = LeaseRecord(generation=G2A, granted_to="alpha", granted_from=G1A)
+    granted, record, _ = ask(newest, base=G2A, wanted=G2A)
+    assert granted
+    assert record.generation == G2A
+
+
 def test_a_forced_request_is_still_refused_while_the_other_holds_the_lease() -> None:
     held = LeaseRecord(holder="beta", expires_at=12.0, generation=G2B)
     granted, _, reason = ask(held, forced=True)

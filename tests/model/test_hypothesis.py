@@ -30,6 +30,7 @@ from failover.model.sim import COMMANDS, NAMES, Bounds, Cluster, ClusterConfig, 
 UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6)
 STEPS = 200
 MESSAGE_FAULTS = ("drop", "delay", "duplicate")
+RESOURCE_FAULTS = ("app_fail", "checker_down", "checker_up")
 FAIR_ROUNDS = 30
 
 
@@ -89,6 +90,11 @@ class ClusterMachine(RuleBasedStateMachine):
     def cut_or_heal_the_arbitrator(self, data: st.DataObject) -> None:
         self.pick(data, "arb_cut", "arb_heal")
 
+    @precondition(lambda self: bool(self.enabled(*RESOURCE_FAULTS)))
+    @rule(data=st.data())
+    def fail_an_application_or_checker(self, data: st.DataObject) -> None:
+        self.pick(data, *RESOURCE_FAULTS)
+
     @precondition(lambda self: bool(self.enabled(*COMMANDS)))
     @rule(data=st.data())
     def admin_command(self, data: st.DataObject) -> None:
@@ -145,6 +151,25 @@ class WitnessClusterMachine(ClusterMachine):
     config = ClusterConfig(arbitrator=True)
 
 
+class ResourceClusterMachine(ClusterMachine):
+    """The same, also failing applications and checkers (no arbitrator)."""
+
+    config = ClusterConfig(resource_faults=True)
+
+
+class WitnessResourceClusterMachine(ClusterMachine):
+    """Resource faults with an arbitrator."""
+
+    config = ClusterConfig(arbitrator=True, resource_faults=True)
+
+
+MACHINES = {
+    "none": ClusterMachine,
+    "witness": WitnessClusterMachine,
+    "none-resources": ResourceClusterMachine,
+    "witness-resources": WitnessResourceClusterMachine,
+}
+
 RUN = settings(
     max_examples=20,
     stateful_step_count=STEPS,
@@ -161,11 +186,9 @@ def _run(machine: type[ClusterMachine], **changes: Any) -> list[int]:
     return machine.lengths
 
 
-@pytest.mark.parametrize(
-    "machine", [ClusterMachine, WitnessClusterMachine], ids=["none", "witness"]
-)
-def test_long_random_runs_break_no_invariant(machine: type[ClusterMachine]) -> None:
-    lengths = _run(machine)
+@pytest.mark.parametrize("name", sorted(MACHINES))
+def test_long_random_runs_break_no_invariant(name: str) -> None:
+    lengths = _run(MACHINES[name])
     # hypothesis also tries a few tiny programs; the rest run the full length
     assert sum(n >= STEPS for n in lengths) >= RUN.max_examples // 2, lengths
 

@@ -7,6 +7,13 @@ It grants the lease to a node only when nobody else holds it and the node's
 data is that newest generation (or the request is forced by an operator).
 So a node that fell behind cannot serve even if its peer is dead, and two
 nodes never hold the lease at once.
+
+A new generation it grants is always higher than the newest it granted
+before (it raises the counter of the one asked for when needed, and the
+grant carries the generation to serve). Generation order is then grant
+order: after forced promotions on both sides, the split-brain rule "the
+higher generation wins" picks the history the arbitrator allowed last, the
+one it will grant again, so the two never disagree and deadlock.
 """
 
 from __future__ import annotations
@@ -48,7 +55,9 @@ def decide_request(
     now: float,
     ttl: float,
 ) -> Verdict:
-    """Grant ``requester`` the lease to serve ``wanted``, continuing from ``base``."""
+    """Grant ``requester`` the lease to serve ``wanted``, continuing from ``base``
+    (``wanted == base`` to keep serving the same generation). A granted new
+    generation is raised above the newest known; serve ``record.generation``."""
     if not _free_for(record, requester, now):
         return Verdict(False, record, f"lease held by {record.holder}")
     newest = record.generation
@@ -59,6 +68,8 @@ def decide_request(
     retry = requester == record.granted_to and base == record.granted_from
     if not forced and not newest.initial and base != newest and not retry:
         return Verdict(False, record, f"our generation {base} is not the newest known ({newest})")
+    if wanted != base and wanted <= newest:
+        wanted = Generation(newest.counter + 1, wanted.origin)
     granted = LeaseRecord(
         holder=requester,
         expires_at=now + ttl,

@@ -124,6 +124,24 @@ class World:
     commands: int = 0  # admin commands used so far
     forced_lineage: frozenset[Generation] = frozenset()  # minted by, or after, a forced promotion
     dual_serving_blind: bool = False  # both serve after a blind takeover or a forced promotion
+    # ground truth of the histories: (child, parent) for every generation minted,
+    # and the generation in which each acknowledged write was acknowledged
+    minted_from: frozenset[tuple[Generation, Generation]] = frozenset()
+    acked_in: frozenset[tuple[int, Generation]] = frozenset()
+
+    def descends(self, younger: Generation, older: Generation) -> bool:
+        """True when ``older`` lies on the history of ``younger`` (or equals it)."""
+        parent = dict(self.minted_from)
+        current: Generation | None = younger
+        while current is not None:
+            if current == older:
+                return True
+            current = parent.get(current)
+        return False
+
+    def diverged(self, a: Generation, b: Generation) -> bool:
+        """Neither history contains the other: they split (blind or forced)."""
+        return not (self.descends(a, b) or self.descends(b, a))
 
     def key(self, horizon: float) -> tuple[object, ...]:
         """A flat summary of this world with every time relative to now and
@@ -184,6 +202,8 @@ class World:
             self.commands,
             self.dual_serving_blind,
             self.forced_lineage,
+            self.minted_from,
+            self.acked_in,
         )
 
 
@@ -448,12 +468,17 @@ class Cluster:
                     self.world,
                     acked=self.world.acked | {wid},
                     replicated_acks=self.world.replicated_acks | {wid},
+                    acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
                 )
                 return
             self._handle(i, ev.ReplicationFailed("peer does not acknowledge"), info)
         core = self.nodes[i]
         if core.state is State.ALONE and core.pending is None and self.world.hosts[i].app_running:
-            self.world = evolve(self.world, acked=self.world.acked | {wid})
+            self.world = evolve(
+                self.world,
+                acked=self.world.acked | {wid},
+                acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
+            )
         # otherwise the write stays unacknowledged: it is on this disk only
 
     def _peer_receives(self, i: int) -> bool:
@@ -508,6 +533,10 @@ class Cluster:
             base = node.metadata.generation
             effects = node.handle(event, self.world.now)
             minted = node.metadata.generation
+            if minted != base and minted.origin == NAMES[k] and not self._known(minted):
+                self.world = evolve(
+                    self.world, minted_from=self.world.minted_from | {(minted, base)}
+                )
             if minted != base and (node.forced or base in self.world.forced_lineage):
                 self.world = evolve(self.world, forced_lineage=self.world.forced_lineage | {minted})
             if node.state.serving and not before.serving:
@@ -519,6 +548,9 @@ class Cluster:
                     queue.append((k, outcome))
             self._set_host(k, core=node.snapshot())
             self._track_dual_serving(k, before, info)
+
+    def _known(self, generation: Generation) -> bool:
+        return any(child == generation for child, _ in self.world.minted_from)
 
     def _track_dual_serving(self, k: int, before: State, info: StepInfo) -> None:
         states = [self.state(0), self.state(1)]
@@ -598,7 +630,7 @@ class Cluster:
         )
         self.world = evolve(self.world, lease=verdict.record)
         if verdict.granted:
-            return ev.ArbitrationGranted(effect.generation)
+            return ev.ArbitrationGranted(verdict.record.generation)
         return ev.ArbitrationDenied(verdict.reason)
 
     def _arbitrate_renewal(self, k: int, effect: fx.RenewArbitration) -> ev.Event | None:

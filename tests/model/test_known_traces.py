@@ -1,0 +1,85 @@
+"""Programs that long random runs once found breaking an invariant, replayed
+step by step. Each failed before its fix (the name says what broke); see
+docs/known-issues.md for what each one does and how it was fixed."""
+
+from __future__ import annotations
+
+import pytest
+
+from failover.model.invariants import check_step
+from failover.model.liveness import fair_round, goal, reached, settle
+from failover.model.mutants import mutant_table
+from failover.model.sim import Bounds, Cluster, ClusterConfig
+
+UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6)
+
+TRACES: dict[str, tuple[bool, str]] = {
+    # name: (with an arbitrator, the simulator's actions from both daemons booted)
+    "S3 blind-split-then-lone-restart": (
+        False,
+        "tick, tick, tick, partition lan, partition serial, tick, tick, tick, crash alpha, "
+        "write beta, restart alpha, crash beta, tick, tick, tick",
+    ),
+    "S3 forced-peer-then-lone-restart": (
+        False,
+        "prim alpha, crash alpha, restart alpha, prim beta, write beta, crash beta, "
+        "tick, tick, tick",
+    ),
+    "S1 reserve-during-partition": (
+        False,
+        "partition serial, tick, partition lan, tick, tick, tick, app_fail beta, tick, tick, tick",
+    ),
+    "S3 blind-takeover-then-reserve": (
+        False,
+        "tick, partition lan, write alpha, crash alpha, tick, tick, tick, app_fail beta, "
+        "tick, tick, tick",
+    ),
+    "S3 witness-forced-then-unforced-reserve": (
+        True,
+        "primforce beta, write beta, stop beta, tick, primforce alpha, app_fail alpha, tick",
+    ),
+    "L1 witness-forced-split-deadlock": (
+        True,
+        "primforce alpha, crash alpha, restart alpha, primforce alpha, stop alpha, "
+        "crash alpha, primforce beta, crash beta, restart alpha, restart beta",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRACES))
+def test_the_trace_breaks_no_invariant(name: str) -> None:
+    arbitrator, program = TRACES[name]
+    config = ClusterConfig(arbitrator=arbitrator, resource_faults=True)
+    cluster = Cluster(config, bounds=UNBOUNDED)
+    cluster.load(cluster.booted())
+
+    def step(label: str) -> None:
+        pre = cluster.world
+        info = cluster.apply(label)
+        violations = check_step(config, pre, info, cluster.world)
+        assert not violations, f"{label}: {'; '.join(map(str, violations))}"
+
+    for label in program.split(", "):
+        step(label)
+    # then L1 from where it ended: healed, no command, the goal is reached
+    target = goal(cluster, cluster.world)
+    rounds = 0
+    while target is not None and not reached(cluster.world, target):
+        rounds += 1
+        assert rounds <= 30, f"L1: {target} never reached; {cluster.world.hosts}"
+        fair_round(cluster)
+
+
+def test_the_split_brain_exemption_does_not_hide_a_stale_promotion() -> None:
+    # Without the stale-data guard, beta (1:alpha) serves after alpha acknowledged
+    # write 0 alone in 2:alpha, a later state of the same history: S3 must
+    # still call that a lost write (only a diverged history is left to S6).
+    config = ClusterConfig()
+    cluster = Cluster(config, table=mutant_table("no-stale-guard"), bounds=UNBOUNDED)
+    cluster.load(settle(cluster, cluster.booted()))
+    found: list[str] = []
+    for label in ["crash beta", "write alpha", "crash alpha", "restart beta"] + ["tick"] * 6:
+        pre = cluster.world
+        info = cluster.apply(label)
+        found += [v.invariant for v in check_step(config, pre, info, cluster.world)]
+    assert "S3" in found, found
