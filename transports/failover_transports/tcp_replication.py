@@ -124,7 +124,7 @@ class TcpMessageListener:
 class TcpReplicationTransport:
     """Reliable ordered message streams between the nodes over TCP."""
 
-    name = "tcp"
+    name = "tcp-replication"
     endpoint_model: type[BaseModel] = TcpEndpoint
 
     def listen(self, local: BaseModel) -> AbstractAsyncContextManager[MessageListener]:

@@ -1,0 +1,215 @@
+"""The replication channel over loopback TCP, against raw TCP in the same run.
+
+    .venv/bin/python bench/replication_channel.py [--mib 512] [--round-trips 2000]
+
+The receiving end runs in a child process (as on the peer node), the sending
+end here. Two figures, each with its baseline measured alongside:
+
+(a) streaming: ``--mib`` 1 MiB ``Write`` ops through ``ReplicationSender.after``
+    and one ``sync`` at the end (the receiver applies them to a file in a temp
+    directory on tmpfs, so the disk is out of the figure), in MiB/s, against a
+    raw TCP ``sendall`` of the same bytes to a child that reads them and
+    answers one byte at the end;
+(b) synchronous commit: ``--round-trips`` times a 4 KiB ``Write`` + ``sync(Fsync)``
+    at the default ack level (written; the receiver fsyncs on tmpfs), p50 and p99, against a raw TCP
+    ping-pong of 4 KiB each way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Address
+
+import anyio
+
+from failover.replication.apply import Applier
+from failover.replication.channel import (
+    ChannelSettings,
+    ReplicationReceiver,
+    ReplicationSender,
+    SessionIdentity,
+)
+from failover.replication.ops import Create, Fsync, Write
+from failover_transports.tcp import TcpEndpoint
+from failover_transports.tcp_replication import TcpReplicationTransport
+
+MiB = 1024 * 1024
+SCRATCH = "/dev/shm" if os.path.isdir("/dev/shm") else None
+KEY = b"bench-key-" * 4
+PRIMARY = SessionIdentity("bench", KEY, "alpha", "beta", "1")
+SECONDARY = SessionIdentity("bench", KEY, "beta", "alpha", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def spawn(*args: str) -> subprocess.Popen[bytes]:
+    child = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE)
+    assert child.stdout is not None
+    child.stdout.readline()  # "ready"
+    return child
+
+
+# -- children ---------------------------------------------------------------------
+
+
+async def serve_channel(port: int, directory: str) -> None:
+    endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=port)
+    async with TcpReplicationTransport().listen(endpoint) as listener:
+        print("ready", flush=True)
+        stream = await listener.accept()
+    with Applier({"data": directory}) as applier:
+        receiver = ReplicationReceiver(SECONDARY, applier)
+        await receiver.handshake(stream)
+        try:
+            await receiver.run()
+        except Exception as exc:
+            print(f"receiver ended: {exc}", file=sys.stderr)
+
+
+def serve_raw(port: int, mode: str) -> None:
+    with socket.create_server(("127.0.0.1", port)) as server:
+        print("ready", flush=True)
+        conn, _ = server.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with conn:
+        if mode == "stream":
+            buffer = bytearray(MiB)
+            total = int.from_bytes(conn.recv(8, socket.MSG_WAITALL), "big")
+            while total:
+                total -= conn.recv_into(buffer, min(total, MiB))
+            conn.sendall(b"!")
+        else:
+            while data := conn.recv(4096, socket.MSG_WAITALL):
+                conn.sendall(data)
+
+
+# -- the measuring side -----------------------------------------------------------
+
+
+def raw_stream(mib: int) -> float:
+    port = free_port()
+    child = spawn("--serve-raw", str(port), "stream")
+    block = os.urandom(MiB)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        start = time.perf_counter()
+        sock.sendall((mib * MiB).to_bytes(8, "big"))
+        for _ in range(mib):
+            sock.sendall(block)
+        assert sock.recv(1) == b"!"
+        elapsed = time.perf_counter() - start
+    child.wait()
+    return mib / elapsed
+
+
+def raw_ping_pong(count: int) -> list[float]:
+    port = free_port()
+    child = spawn("--serve-raw", str(port), "ping")
+    block = os.urandom(4096)
+    times: list[float] = []
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(block)
+            sock.recv(4096, socket.MSG_WAITALL)
+            times.append(time.perf_counter() - start)
+    child.wait()
+    return times
+
+
+async def with_sender(work: object) -> object:
+    """Start a receiving child, connect a sender, run ``work(sender)`` in a thread."""
+    port = free_port()
+    # tmpfs: the figure is the channel's, not this machine's disk (bench/replication.py
+    # measures the disk).
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as directory:
+        child = spawn("--serve-channel", str(port), directory)
+        endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=port)
+        stream = await TcpReplicationTransport().connect(endpoint, timeout=5)
+        sender = ReplicationSender(PRIMARY, ChannelSettings(timeout=30))
+        await sender.handshake(stream)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run)
+            assert callable(work)
+            result = await anyio.to_thread.run_sync(work, sender)
+            if sender.broken:
+                raise SystemExit(f"session broke: {sender.broken}")
+            tg.cancel_scope.cancel()
+        child.wait()
+    return result
+
+
+def channel_stream(sender: ReplicationSender, mib: int) -> float:
+    block = os.urandom(MiB)
+    sender.after(Create("data", b"big", 0o644))
+    start = time.perf_counter()
+    for index in range(mib):
+        sender.after(Write("data", b"big", index * MiB, block))
+    sender.sync(Fsync("data", b"big", False))
+    return mib / (time.perf_counter() - start)
+
+
+def channel_round_trips(sender: ReplicationSender, count: int) -> list[float]:
+    block = os.urandom(4096)
+    sender.after(Create("data", b"log", 0o644))
+    times: list[float] = []
+    for index in range(count):
+        start = time.perf_counter()
+        sender.after(Write("data", b"log", index * 4096, block))
+        sender.sync(Fsync("data", b"log", True))
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def percentiles(times: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(times, n=100)
+    return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mib", type=int, default=512)
+    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--serve-channel", nargs=2, metavar=("PORT", "DIR"))
+    parser.add_argument("--serve-raw", nargs=2, metavar=("PORT", "MODE"))
+    args = parser.parse_args()
+    if args.serve_channel:
+        anyio.run(serve_channel, int(args.serve_channel[0]), args.serve_channel[1])
+        return
+    if args.serve_raw:
+        serve_raw(int(args.serve_raw[0]), args.serve_raw[1])
+        return
+
+    raw = raw_stream(args.mib)
+    channel = anyio.run(with_sender, lambda s: channel_stream(s, args.mib))
+    assert isinstance(channel, float)
+    print(f"(a) stream {args.mib} x 1 MiB Write + sync, loopback")
+    print(f"    raw TCP        {raw:8.0f} MiB/s")
+    print(f"    channel        {channel:8.0f} MiB/s   ratio {channel / raw:.2f} of raw")
+
+    raw_p50, raw_p99 = percentiles(raw_ping_pong(args.round_trips))
+    times = anyio.run(with_sender, lambda s: channel_round_trips(s, args.round_trips))
+    assert isinstance(times, list)
+    p50, p99 = percentiles(times)
+    print(f"(b) {args.round_trips} x 4 KiB Write + sync(Fsync), ack level written")
+    print(f"    raw TCP ping-pong  p50 {raw_p50:7.0f} us  p99 {raw_p99:7.0f} us")
+    print(
+        f"    channel            p50 {p50:7.0f} us  p99 {p99:7.0f} us   "
+        f"ratio p50 {p50 / raw_p50:.1f}x  p99 {p99 / raw_p99:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
