@@ -5,7 +5,6 @@ barrier, and the change set's validated serialisation."""
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
 import pytest
@@ -225,27 +224,34 @@ def _log(state: Path) -> Path:
     return log
 
 
-@pytest.mark.parametrize("cut", [1, 5, 9, 12])
+KEPT = Create(R, b"kept", 0o644)
+
+
+def _damage(state: Path, offset: int, data: bytes) -> None:
+    """Overwrite the log at ``offset`` bytes after the record of ``KEPT`` (the first)."""
+    with open(_log(state), "r+b") as log:
+        log.seek(len(tracking._op_record(KEPT)) + offset)
+        log.write(data)
+
+
+@pytest.mark.parametrize("cut", [5, 9, 12])
 def test_a_torn_last_record_is_ignored_and_counted(tmp_path: Path, cut: int) -> None:
     t = tracker(tmp_path)
-    t.before(Create(R, b"kept", 0o644))
-    size = _log(tmp_path).stat().st_size
+    t.before(KEPT)
     t.before(Create(R, b"torn", 0o644))
-    os.truncate(_log(tmp_path), size + cut)
+    _damage(tmp_path, cut, bytes(100))  # only the first ``cut`` bytes reached the disk
     recovery = Tracker.recover(tmp_path)
     assert recovery.changes.names == {(R, b"kept")}
-    assert (recovery.records, recovery.torn_bytes) == (1, cut)
+    assert recovery.records == 1
+    assert 0 < recovery.torn_bytes <= cut
 
 
 def test_a_corrupt_record_ends_the_replay_there(tmp_path: Path) -> None:
     t = tracker(tmp_path)
-    t.before(Create(R, b"kept", 0o644))
-    size = _log(tmp_path).stat().st_size
+    t.before(KEPT)
     t.before(Create(R, b"bad", 0o644))
     t.before(Create(R, b"after", 0o644))
-    with open(_log(tmp_path), "r+b") as log:
-        log.seek(size + 12)
-        log.write(b"\xff")
+    _damage(tmp_path, 12, b"\xff")
     recovery = Tracker.recover(tmp_path)
     assert recovery.changes.names == {(R, b"kept")}
     assert recovery.torn_bytes > 0
@@ -421,3 +427,13 @@ def test_deserialise_rejects_runs_out_of_order() -> None:
     swapped = _patched(data, first, (5).to_bytes(8, "big") + (6).to_bytes(8, "big"))
     with pytest.raises(PeerProtocolError, match="run 1"):
         ChangeSet.deserialise(swapped)
+
+
+def test_the_log_grows_past_its_zero_filled_chunk(tmp_path: Path) -> None:
+    t = tracker(tmp_path, flush_every=1000)
+    names = {(R, b"file-%05d" % i) for i in range(4000)}  # about 130 KiB of records
+    for _, name in sorted(names):
+        t.before(Create(R, name, 0o644))
+    recovery = Tracker.recover(tmp_path)
+    assert (recovery.records, recovery.torn_bytes) == (4000, 0)
+    assert recovery.changes.names == names

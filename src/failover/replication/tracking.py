@@ -28,8 +28,9 @@ applying zones by path to a peer with the same links updates the others).
 Crash safety follows DRBD's activity log. A file is cut into *activity
 extents* of ``extent_size`` bytes; before a ``Write`` may touch an extent that
 is not *hot*, one record naming (root, path, extent) is appended to the log and
-fdatasync'd. Up to ``hot_extents`` extents stay hot (least recently written
-cool first), so steady writes to a working set cost no I/O at all. Other ops
+fdatasync'd (the log is zero-filled ahead of its end, so that fdatasync has
+only data to flush). Up to ``hot_extents`` extents stay hot (least recently
+written cool first), so steady writes to a working set cost no I/O at all. Other ops
 are appended before the change with ``write()`` only; the fdatasync is batched
 (the next extent record, the application's fsync seen by ``sync``, every
 ``flush_every`` records, ``flush``, a checkpoint). A *checkpoint* writes the
@@ -522,7 +523,8 @@ def _decode_keys(reader: _Reader, count: int, what: str) -> frozenset[Key]:
 _REC_HEAD: Final = struct.Struct(">II")
 _HEAT: Final = 1
 _OP: Final = 2
-_MAX_RECORD: Final = 1 << 20
+_LOG_CHUNK: Final = 64 * 1024
+"""The log is written with zeros ahead of its records, this much at a time."""
 _CK_MAGIC: Final = b"FOTRCKP1"
 _CK_HEAD: Final = struct.Struct(">IQQB")
 CHECKPOINT_NAME: Final = "checkpoint"
@@ -561,7 +563,8 @@ class Recovery:
     records: int
     """Log records replayed."""
     torn_bytes: int
-    """Bytes ignored at the end of the log (a torn or partial last record); 0 if clean."""
+    """Bytes ignored after the last valid log record, up to the last non-zero byte (a
+    torn or partial last record); 0 if clean. The log is zero-filled ahead of its end."""
     zone_size: int
     extent_size: int
 
@@ -631,7 +634,7 @@ def _replay(data: bytes, into: ChangeMap, extent_size: int) -> tuple[int, int]:
             break  # checksummed yet undecodable: treat as the torn end
         pos += _REC_HEAD.size + length
         records += 1
-    return records, len(view) - pos
+    return records, len(bytes(view[pos:]).rstrip(b"\0"))
 
 
 def _replay_record(payload: memoryview, into: ChangeMap, extent_size: int) -> None:
@@ -732,6 +735,7 @@ class Tracker:
         self._hot: OrderedDict[ExtentKey, None] = OrderedDict()
         self._unsynced = 0
         self._log_bytes = 0
+        self._log_allocated = 0
         self._log_fd = -1
         self._closed = False
         self._broken: OSError | None = None
@@ -920,8 +924,11 @@ class Tracker:
         return new
 
     def _append(self, records: bytes, *, sync: bool) -> None:
-        os.write(self._log_fd, records)
-        self._log_bytes += len(records)
+        end = self._log_bytes + len(records)
+        if end > self._log_allocated:
+            self._log_allocated = self._preallocate(self._log_fd, self._log_allocated, end)
+        os.pwrite(self._log_fd, records, self._log_bytes)
+        self._log_bytes = end
         self._unsynced += 1
         if sync or self._unsynced >= self._flush_every:
             os.fdatasync(self._log_fd)
@@ -939,8 +946,10 @@ class Tracker:
             self._hot.popitem(last=False)
         generation = self._generation + 1
         log_path = self.state_dir / _log_name(generation)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            allocated = self._preallocate(log_fd, 0, 1)
+            os.fsync(log_fd)
             state = _State(
                 self.zone_size,
                 self.extent_size,
@@ -964,8 +973,17 @@ class Tracker:
             os.close(self._log_fd)
         self._log_fd, self._generation = log_fd, generation
         self._log_bytes = self._unsynced = 0
+        self._log_allocated = allocated
         self.checkpoints += 1
         (self.state_dir / _log_name(generation - 1)).unlink(missing_ok=True)
+
+    @staticmethod
+    def _preallocate(fd: int, allocated: int, needed: int) -> int:
+        """Write zeros from ``allocated`` to past ``needed``: an fdatasync of records
+        written over them then flushes data only (no size or extent change to journal)."""
+        size = -(-needed // _LOG_CHUNK) * _LOG_CHUNK
+        os.pwrite(fd, bytes(size - allocated), allocated)
+        return size
 
     def _has_changes(self) -> bool:
         return bool(self._map.files or self._map.names or self._map.meta)
