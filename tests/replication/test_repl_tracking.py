@@ -437,3 +437,17 @@ def test_the_log_grows_past_its_zero_filled_chunk(tmp_path: Path) -> None:
     recovery = Tracker.recover(tmp_path)
     assert (recovery.records, recovery.torn_bytes) == (4000, 0)
     assert recovery.changes.names == names
+
+
+def test_changes_recovered_after_a_crash_in_sync_survive_the_barrier_until_clear(
+    tmp_path: Path,
+) -> None:
+    t = tracker(tmp_path)
+    t.before(write(b"f", 0, 1))  # in sync, then a crash: possibly not on the peer
+    again = tracker(tmp_path, hot_extents=2, peer_barrier=lambda: True)
+    for extent in range(1, 4):
+        again.before(write(b"g", extent * E, 1))
+    assert again.checkpoints >= 2
+    assert 0 in Tracker.recover(tmp_path).changes.zones_of(R, b"f")
+    again.clear()
+    assert not Tracker.recover(tmp_path).changes.zones_of(R, b"f").runs

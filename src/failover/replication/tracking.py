@@ -19,11 +19,11 @@ changes:
   (swaps them for ``RENAME_EXCHANGE``).
 - ``Chmod``, ``Chown``, ``Utimens``, ``SetXattr``, ``RemoveXattr``: *meta*,
   the entry's own metadata only.
+- ``Fsync``: nothing.
 
 Paths, not inodes: a file that already had several names when tracking began
 is written through one of them only as far as the tracker knows (a resync
 applying zones by path to a peer with the same links updates the others).
-- ``Fsync``: nothing.
 
 Crash safety follows DRBD's activity log. A file is cut into *activity
 extents* of ``extent_size`` bytes; before a ``Write`` may touch an extent that
@@ -50,7 +50,8 @@ change accumulates. While it replicates synchronously (after ``clear``), the
 map holds only what may not be acknowledged yet: a checkpoint asks the
 ``peer_barrier`` callable (if given) whether every op whose ``before`` returned
 is acknowledged by the peer (or failed locally), and if so forgets the map
-(the hot extents stay covered by the checkpoint). After a crash while in sync,
+(the hot extents stay covered by the checkpoint; changes recovered from a
+crash are kept until ``clear``). After a crash while in sync,
 ``recover`` therefore yields the zones the ex-primary may have written without
 acknowledgement.
 
@@ -699,8 +700,12 @@ class Tracker:
 
     Opening a directory that holds state continues it: the recovered changes
     (``recovered``) become the starting map, re-zoned to ``zone_size`` if it
-    changed. A new directory starts in sync with nothing recorded; call
-    ``epoch_start`` when the node starts serving without an in-sync peer.
+    changed, and no peer barrier forgets them before the next ``clear``
+    (after a crash in sync they are what the peer may lack). Raises
+    ``TrackingStateLost`` if the state is damaged: arrange a full sync and
+    remove the directory. A new directory starts in sync with nothing
+    recorded; call ``epoch_start`` when the node starts serving without an
+    in-sync peer.
     """
 
     def __init__(
@@ -757,6 +762,8 @@ class Tracker:
             self._in_sync = state.in_sync
             self._since = state.since
             self._map.merge(self.recovered.changes)
+        self._forgettable = not self._has_changes()
+        """False while the map holds changes recovered from a crash (until ``clear``)."""
         with self._lock:
             self._checkpoint(keep=0)
         self._remove_stale_logs()
@@ -849,6 +856,7 @@ class Tracker:
             self._check_open()
             self._map.clear()
             self._in_sync, self._since = True, None
+            self._forgettable = True
             self._checkpoint(keep=len(self._hot))
 
     def checkpoint(self) -> None:
@@ -940,7 +948,13 @@ class Tracker:
         Crash-safe at every step: the new (empty) log exists before the checkpoint
         naming it is renamed into place; the old log is removed only after.
         """
-        if self._in_sync and self._barrier is not None and self._has_changes() and self._barrier():
+        if (
+            self._in_sync
+            and self._forgettable
+            and self._barrier is not None
+            and self._has_changes()
+            and self._barrier()
+        ):
             self._map.clear()
         while len(self._hot) > keep:
             self._hot.popitem(last=False)
