@@ -1,0 +1,856 @@
+"""The FUSE mirror: serves one replicated directory at its own path and reports every change.
+
+``Mirror`` opens the replicated directory, then mounts a FUSE filesystem over that same
+path (an over-mount). Applications see the mount; the daemon reaches the real directory
+underneath through the file descriptor it opened first, with ``*at`` system calls relative
+to it (and ``/proc/self/fd/N/...`` for extended attributes). After ``unmount`` the directory
+holds all the data: nothing is ever stored anywhere else.
+
+Every mutating FUSE operation builds the matching ``ops`` record and tells the listener:
+``before(op)``, then the local change, then ``after(op)``. One lock covers "local change +
+``after``" for every mutation, so ``after`` calls come in exactly the order the changes were
+applied locally. ``fsync``/``fdatasync`` and the close (flush) of a handle opened with
+``O_SYNC``/``O_DSYNC`` call ``listener.sync`` after the local change, outside the lock, and
+return to the application only when it returns; a write on such a handle is followed by the
+kernel's own fsync request, so it is synced the same way.
+Errors of the backing filesystem reach the application with the same errno; an exception
+other than ``OSError`` from the listener becomes ``EIO``.
+
+The FUSE library is mfusepy (ctypes over libfuse3; Debian package ``fuse3``): its
+multithreaded loop runs in one background thread per mirror. docs/replication.md records
+why, with the figures of bench/fuse_choice.py.
+
+Limits: the root directory's own metadata (mode, owner, times, xattrs) cannot be changed
+through the mirror (``EPERM``): an op record cannot name the root itself. Device nodes,
+FIFOs and sockets cannot be created (no op record for them; ``ENOSYS``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar
+
+from failover.errors import UsageError
+from failover.replication.ops import (
+    Chmod,
+    Chown,
+    Create,
+    Fallocate,
+    Fsync,
+    Link,
+    Mkdir,
+    Op,
+    RemoveXattr,
+    Rename,
+    Rmdir,
+    SetXattr,
+    Symlink,
+    Truncate,
+    Unlink,
+    Utimens,
+    Write,
+)
+
+# mfusepy silently prefers libfuse2 when both are installed; the mirror is built for libfuse3.
+os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")
+try:
+    import mfusepy
+except (OSError, ImportError) as exc:  # pragma: no cover - depends on the machine
+    raise UsageError(f"the FUSE mirror needs libfuse3 (Debian package fuse3): {exc}") from exc
+
+log = logging.getLogger(__name__)
+
+MOUNT_TIMEOUT_S = 15.0
+"""How long ``mount`` waits for the kernel's first request before giving up."""
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+RENAME_EXCHANGE = 2
+_ACCESS_MODES = os.O_WRONLY | os.O_RDWR
+# The backing file is written at the offsets the kernel gives: O_APPEND would make pwrite
+# ignore them (and the recorded offset could differ from where the bytes went); O_DIRECT
+# needs aligned buffers Python bytes do not have; creation flags belong to create().
+_BACKING_FLAGS_DROPPED = os.O_APPEND | os.O_DIRECT | os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+_FUSE_STAT_KEYS = (
+    "st_mode",
+    "st_ino",
+    "st_nlink",
+    "st_uid",
+    "st_gid",
+    "st_rdev",
+    "st_size",
+    "st_blocks",
+    "st_blksize",
+)
+_STATVFS_KEYS = (
+    "f_bsize",
+    "f_frsize",
+    "f_blocks",
+    "f_bfree",
+    "f_bavail",
+    "f_files",
+    "f_ffree",
+    "f_favail",
+    "f_namemax",
+)
+
+T = TypeVar("T")
+
+
+class MirrorListener(Protocol):
+    """What the mirror tells the replication layer, from FUSE worker threads.
+
+    ``before`` and ``after`` are called with the mirror's lock held: they must not block
+    for long (queue, do not wait for the peer). ``sync`` is called without the lock and may
+    block until the peer made the file durable; the application's call waits for it.
+    """
+
+    def before(self, op: Op) -> None:
+        """Called before the local change (intent / activity-log records)."""
+
+    def after(self, op: Op) -> None:
+        """Called after the local change succeeded, in local application order."""
+
+    def sync(self, op: Fsync) -> None:
+        """The application asked for durability: return once the peer has it."""
+
+
+@dataclass(slots=True)
+class _Handle:
+    """One open file: where it is now (None once its last name is gone) and its O_*SYNC."""
+
+    path: bytes | None
+    synchronous: bool
+    datasync: bool
+
+
+# -- libc calls Python's os module lacks ------------------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.renameat2.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_MNT_DETACH = 2
+
+
+def _checked(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}")
+
+
+def _process_umask() -> int:
+    """The daemon's umask, read without changing it (os.umask would race other threads)."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022  # pragma: no cover - every Linux since 4.7 has the line
+
+
+# -- the operations -----------------------------------------------------------------------------
+
+
+class _Operations(mfusepy.Operations):  # type: ignore[misc]
+    """The FUSE callbacks. Private attributes start with ``_``: mfusepy registers any
+    attribute named like a FUSE operation as that operation."""
+
+    use_ns = True
+
+    def __init__(
+        self,
+        root_name: str,
+        root_fd: int,
+        listener: MirrorListener | None,
+        read_only: bool,
+        ready: threading.Event,
+    ) -> None:
+        self._root_name = root_name
+        self._fd = root_fd
+        self._proc = f"/proc/self/fd/{root_fd}".encode()
+        self._listener = listener
+        self._read_only = read_only
+        self._lock = threading.Lock()
+        self._handles: dict[int, _Handle] = {}
+        self._umask = _process_umask()
+        self._euid, self._egid = os.geteuid(), os.getegid()
+        self.live = False
+        self._ready = ready
+
+    # -- paths and records
+
+    @staticmethod
+    def _rel(path: str | None) -> bytes:
+        """FUSE's "/a/b" as a path relative to the root fd; the root itself is b"."."""
+        if path is None:
+            raise OSError(errno.ENOENT, "no path")
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw[1:] or b"."
+
+    def _named(self, path: str | None) -> bytes:
+        """The relative path of an entry a mutation names: never the root itself."""
+        rel = self._rel(path)
+        if rel == b".":
+            raise OSError(errno.EPERM, "the root of a replicated directory cannot be changed")
+        return rel
+
+    def _change(self, op: Op, action: Callable[[], T]) -> T:
+        """before(op), the local change, after(op). The caller holds ``_lock``."""
+        if self._read_only:
+            raise OSError(errno.EROFS, "read-only mirror")
+        self._tell("before", op)
+        result = action()
+        self._tell("after", op)
+        return result
+
+    def _locked_change(self, op: Op, action: Callable[[], T]) -> T:
+        with self._lock:
+            return self._change(op, action)
+
+    def _tell(self, what: str, op: Op) -> None:
+        if self._listener is None:
+            return
+        try:
+            getattr(self._listener, what)(op)
+        except OSError:
+            raise
+        except Exception as exc:
+            log.exception("mirror %s: listener.%s(%r) failed", self._root_name, what, op)
+            raise OSError(errno.EIO, f"replication listener failed: {exc}") from exc
+
+    def _sync(self, path: bytes | None, datasync: bool) -> None:
+        if path is not None and self._listener is not None:
+            self._tell("sync", Fsync(self._root_name, path, datasync))
+
+    # -- ownership of new entries
+
+    def _give_to_caller(self, rel: bytes) -> None:
+        """A new entry belongs to the calling process's user (the daemon runs as root).
+        The caller holds ``_lock``; the change is recorded as a Chown."""
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        if (uid, gid) == (self._euid, self._egid):
+            return
+        parent = rel.rpartition(b"/")[0] or b"."
+        if os.stat(parent, dir_fd=self._fd).st_mode & stat.S_ISGID:
+            gid = -1  # a set-group-ID directory gives its group, as the kernel did
+        self._change(
+            Chown(self._root_name, rel, uid, gid),
+            lambda: os.chown(rel, uid, gid, dir_fd=self._fd, follow_symlinks=False),
+        )
+
+    def _exact_mode(self, rel: bytes, mode: int) -> None:
+        """Undo the daemon's own umask: the kernel already applied the caller's."""
+        if mode & self._umask:
+            os.chmod(rel, mode & 0o7777, dir_fd=self._fd)
+
+    # -- reading
+
+    def getattr(self, path: str | None, fh: int | None = None) -> dict[str, Any]:
+        if fh is not None:
+            st = os.fstat(fh)
+        else:
+            st = os.stat(self._rel(path), dir_fd=self._fd, follow_symlinks=False)
+        attrs: dict[str, Any] = {key: getattr(st, key) for key in _FUSE_STAT_KEYS}
+        attrs["st_atime"] = st.st_atime_ns
+        attrs["st_mtime"] = st.st_mtime_ns
+        attrs["st_ctime"] = st.st_ctime_ns
+        return attrs
+
+    def readlink(self, path: str) -> str:
+        return os.readlink(self._rel(path), dir_fd=self._fd).decode("utf-8", "surrogateescape")
+
+    def readdir(self, path: str, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        # Entries carry their inode (use_ino: readdir(3) hides an entry whose inode is 0)
+        # and type. A fresh descriptor each time: a shared one's offset would move.
+        rel = self._rel(path)
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)
+        try:
+            here = os.fstat(fd)
+            up = os.stat(b"..", dir_fd=fd)
+            listing = [
+                (".", {"st_ino": here.st_ino, "st_mode": stat.S_IFDIR}, 0),
+                ("..", {"st_ino": up.st_ino, "st_mode": stat.S_IFDIR}, 0),
+            ]
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    attrs = {"st_ino": entry.inode(), "st_mode": _entry_type(entry)}
+                    listing.append((entry.name, attrs, 0))
+        finally:
+            os.close(fd)
+        return listing
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return os.pread(fh, size, offset)
+
+    def statfs(self, path: str) -> dict[str, int]:
+        st = os.statvfs(self._fd)
+        return {key: getattr(st, key) for key in _STATVFS_KEYS}
+
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return os.getxattr(self._xattr_target(path), name, follow_symlinks=False)
+
+    def listxattr(self, path: str) -> list[str]:
+        return os.listxattr(self._xattr_target(path), follow_symlinks=False)
+
+    def _xattr_target(self, path: str | None) -> bytes | int:
+        # No *xattrat calls before Linux 6.13: reach the entry through the root fd's /proc link.
+        rel = self._rel(path)
+        return self._fd if rel == b"." else self._proc + b"/" + rel
+
+    # -- open files
+
+    def create(self, path: str, mode: int, flags: int) -> int:
+        rel = self._named(path)
+        backing = (flags & ~_BACKING_FLAGS_DROPPED) | os.O_CREAT | os.O_EXCL
+        with self._lock:
+            fd = self._change(
+                Create(self._root_name, rel, mode & 0o7777),
+                lambda: os.open(rel, backing, mode & 0o7777, dir_fd=self._fd),
+            )
+            self._exact_mode(rel, mode)
+            self._give_to_caller(rel)
+            self._handles[fd] = self._handle(rel, flags)
+        return fd
+
+    def open(self, path: str, flags: int) -> int:
+        rel = self._rel(path)
+        if self._read_only and flags & (_ACCESS_MODES | os.O_TRUNC):
+            raise OSError(errno.EROFS, "read-only mirror")
+        backing = flags & ~_BACKING_FLAGS_DROPPED
+
+        def opened() -> int:
+            return os.open(rel, backing, dir_fd=self._fd)
+
+        with self._lock:
+            if flags & os.O_TRUNC:
+                fd = self._change(Truncate(self._root_name, self._named(path), 0), opened)
+            else:
+                fd = opened()
+            self._handles[fd] = self._handle(rel, flags)
+        return fd
+
+    @staticmethod
+    def _handle(rel: bytes, flags: int) -> _Handle:
+        synchronous = bool(flags & os.O_DSYNC)  # O_SYNC includes the O_DSYNC bit
+        full = (flags & os.O_SYNC) == os.O_SYNC
+        return _Handle(rel, synchronous, datasync=synchronous and not full)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        handle = self._handles[fh]
+        written = 0
+
+        def action() -> None:
+            nonlocal written
+            written = os.pwrite(fh, data, offset)
+
+        with self._lock:
+            where = handle.path
+            if where is None:  # its last name is gone: nothing on the peer to write to
+                action()
+                return written
+            op = Write(self._root_name, where, offset, data)
+            if self._read_only:
+                raise OSError(errno.EROFS, "read-only mirror")
+            self._tell("before", op)
+            action()
+            self._tell("after", op if written == len(data) else replace(op, data=data[:written]))
+        # An O_SYNC/O_DSYNC write needs no sync here: the kernel follows it with an fsync
+        # request (generic_write_sync; datasync for O_DSYNC), which calls listener.sync.
+        return written
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> int:
+        (os.fdatasync if datasync else os.fsync)(fh)
+        self._sync(self._handles[fh].path, bool(datasync))
+        return 0
+
+    def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
+        rel = self._rel(path)
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # The root has no op path; changes in it are ordered before any later sync anyway.
+        self._sync(None if rel == b"." else rel, bool(datasync))
+        return 0
+
+    def flush(self, path: str | None, fh: int) -> int:
+        handle = self._handles[fh]
+        if handle.synchronous:
+            self._sync(handle.path, handle.datasync)
+        return 0
+
+    def release(self, path: str | None, fh: int) -> int:
+        with self._lock:
+            del self._handles[fh]
+        os.close(fh)
+        return 0
+
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        with self._lock:
+            self._change_named(
+                self._handles[fh].path,
+                lambda p: Fallocate(self._root_name, p, mode, offset, size),
+                lambda: _checked(_libc.fallocate(fh, mode, offset, size), "fallocate"),
+            )
+        return 0
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
+        with self._lock:
+            if fh is not None:
+                where: bytes | None = self._handles[fh].path
+                action: Callable[[], None] = lambda: os.ftruncate(fh, length)  # noqa: E731
+            else:
+                where = rel = self._named(path)
+                action = lambda: self._truncate_at(rel, length)  # noqa: E731
+            self._change_named(where, lambda p: Truncate(self._root_name, p, length), action)
+        return 0
+
+    def _truncate_at(self, rel: bytes, length: int) -> None:
+        fd = os.open(rel, os.O_WRONLY, dir_fd=self._fd)
+        try:
+            os.ftruncate(fd, length)
+        finally:
+            os.close(fd)
+
+    # -- metadata (path, or the handle for f* calls on an open file)
+
+    def _target(self, path: str | None, fh: int | None) -> tuple[bytes | None, bytes | int]:
+        """(op path, what to pass to os.*): the handle's fd for an f* call, else the path."""
+        if fh is not None:
+            return self._handles[fh].path, fh
+        rel = self._named(path)
+        return rel, rel
+
+    def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
+        bits = mode & 0o7777
+        with self._lock:
+            where, target = self._target(path, fh)
+
+            def action() -> None:
+                if isinstance(target, int):
+                    os.chmod(target, bits)
+                else:
+                    os.chmod(target, bits, dir_fd=self._fd)
+
+            self._change_named(where, lambda p: Chmod(self._root_name, p, bits), action)
+        return 0
+
+    def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
+        with self._lock:
+            where, target = self._target(path, fh)
+
+            def action() -> None:
+                if isinstance(target, int):
+                    os.chown(target, uid, gid)
+                else:
+                    os.chown(target, uid, gid, dir_fd=self._fd, follow_symlinks=False)
+
+            self._change_named(where, lambda p: Chown(self._root_name, p, uid, gid), action)
+        return 0
+
+    def utimens(
+        self, path: str | None, times: tuple[int, int] | None = None, fh: int | None = None
+    ) -> int:
+        with self._lock:
+            where, target = self._target(path, fh)
+            current = (
+                os.fstat(target)
+                if isinstance(target, int)
+                else os.stat(target, dir_fd=self._fd, follow_symlinks=False)
+            )
+            now = time.time_ns()
+            wanted = times if times is not None else (UTIME_NOW, UTIME_NOW)
+            atime = _resolve_time(wanted[0], current.st_atime_ns, now)
+            mtime = _resolve_time(wanted[1], current.st_mtime_ns, now)
+
+            def action() -> None:
+                if isinstance(target, int):
+                    os.utime(target, ns=(atime, mtime))
+                else:
+                    os.utime(target, ns=(atime, mtime), dir_fd=self._fd, follow_symlinks=False)
+
+            self._change_named(where, lambda p: Utimens(self._root_name, p, atime, mtime), action)
+        return 0
+
+    def _change_named(
+        self, where: bytes | None, record: Callable[[bytes], Op], action: Callable[[], T]
+    ) -> T:
+        """``_change`` with the record for ``where``; a handle whose file lost its last name
+        (``where`` None) changes it without recording anything. The caller holds ``_lock``."""
+        if where is None:
+            if self._read_only:
+                raise OSError(errno.EROFS, "read-only mirror")
+            return action()
+        return self._change(record(where), action)
+
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        rel = self._named(path)
+        raw = name.encode("utf-8", "surrogateescape")
+        self._locked_change(
+            SetXattr(self._root_name, rel, raw, value, options),
+            lambda: os.setxattr(
+                self._xattr_target(path), raw, value, options, follow_symlinks=False
+            ),
+        )
+        return 0
+
+    def removexattr(self, path: str, name: str) -> int:
+        rel = self._named(path)
+        raw = name.encode("utf-8", "surrogateescape")
+        self._locked_change(
+            RemoveXattr(self._root_name, rel, raw),
+            lambda: os.removexattr(self._xattr_target(path), raw, follow_symlinks=False),
+        )
+        return 0
+
+    # -- namespace
+
+    def mkdir(self, path: str, mode: int) -> int:
+        rel = self._named(path)
+        with self._lock:
+            self._change(
+                Mkdir(self._root_name, rel, mode & 0o7777),
+                lambda: os.mkdir(rel, mode & 0o7777, dir_fd=self._fd),
+            )
+            self._exact_mode(rel, mode)
+            self._give_to_caller(rel)
+        return 0
+
+    def rmdir(self, path: str) -> int:
+        rel = self._named(path)
+        self._locked_change(Rmdir(self._root_name, rel), lambda: os.rmdir(rel, dir_fd=self._fd))
+        return 0
+
+    def symlink(self, target: str, source: str) -> int:
+        # mfusepy's names: ``target`` is the new link, ``source`` what it points to.
+        rel = self._named(target)
+        content = source.encode("utf-8", "surrogateescape")
+        with self._lock:
+            self._change(
+                Symlink(self._root_name, rel, content),
+                lambda: os.symlink(content, rel, dir_fd=self._fd),
+            )
+            self._give_to_caller(rel)
+        return 0
+
+    def link(self, target: str, source: str) -> int:
+        # mfusepy's names: ``target`` is the new name, ``source`` the existing file.
+        new, existing = self._named(target), self._named(source)
+        self._locked_change(
+            Link(self._root_name, existing, new),
+            lambda: os.link(
+                existing, new, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False
+            ),
+        )
+        return 0
+
+    def unlink(self, path: str) -> int:
+        rel = self._named(path)
+        with self._lock:
+            self._change(Unlink(self._root_name, rel), lambda: os.unlink(rel, dir_fd=self._fd))
+            self._forget_name(rel)
+        return 0
+
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        src, dst = self._named(old), self._named(new)
+
+        def action() -> None:
+            _checked(_libc.renameat2(self._fd, src, self._fd, dst, flags), "renameat2")
+
+        with self._lock:
+            self._change(Rename(self._root_name, src, dst, flags), action)
+            if flags & RENAME_EXCHANGE:
+                self._move_names({src: dst, dst: src})
+            else:
+                self._forget_name(dst)
+                self._move_names({src: dst})
+        return 0
+
+    # -- handle paths (the caller holds ``_lock``)
+
+    def _forget_name(self, rel: bytes) -> None:
+        """``rel`` no longer names the file its handles had open (unlinked, or replaced by
+        a rename): they follow the file's other name, or record nothing."""
+        for fh, handle in self._handles.items():
+            if handle.path == rel:
+                handle.path = self._other_name(fh)
+
+    def _other_name(self, fh: int) -> bytes | None:
+        """Another hard link of the open file, found by a walk: rare (a hard-linked file
+        unlinked while open), and without it later writes would not be recorded."""
+        st = os.fstat(fh)
+        if st.st_nlink == 0 or not stat.S_ISREG(st.st_mode):
+            return None
+        for name in self._walk(b"."):
+            found = os.stat(name, dir_fd=self._fd, follow_symlinks=False)
+            if (found.st_ino, found.st_dev) == (st.st_ino, st.st_dev):
+                return name
+        return None
+
+    def _walk(self, rel: bytes) -> Iterator[bytes]:
+        fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)
+        try:
+            entries = list(os.scandir(fd))
+        finally:
+            os.close(fd)
+        for entry in entries:
+            name = entry.name.encode("utf-8", "surrogateescape")
+            child = name if rel == b"." else rel + b"/" + name
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(child)
+            else:
+                yield child
+
+    def _move_names(self, moves: dict[bytes, bytes]) -> None:
+        for handle in self._handles.values():
+            if handle.path is None:
+                continue
+            for old, new in moves.items():
+                if handle.path == old:
+                    handle.path = new
+                    break
+                if handle.path.startswith(old + b"/"):
+                    handle.path = new + handle.path[len(old) :]
+                    break
+
+    # -- lifecycle
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        self.live = True  # the kernel's INIT request: the mount is in place and answered
+        self._ready.set()
+
+
+def _entry_type(entry: os.DirEntry[str]) -> int:
+    """The S_IFMT bits of a directory entry, from d_type when the filesystem gives it."""
+    if entry.is_symlink():
+        return stat.S_IFLNK
+    if entry.is_dir(follow_symlinks=False):
+        return stat.S_IFDIR
+    if entry.is_file(follow_symlinks=False):
+        return stat.S_IFREG
+    return stat.S_IFMT(entry.stat(follow_symlinks=False).st_mode)
+
+
+def _resolve_time(value: int, current_ns: int, now_ns: int) -> int:
+    """A utimensat time as libfuse passes it (ns, or the UTIME_NOW/OMIT markers with tv_sec 0)."""
+    if value == UTIME_NOW:
+        return now_ns
+    if value == UTIME_OMIT:
+        return current_ns
+    return value
+
+
+class _Session(mfusepy.FUSE):  # type: ignore[misc]
+    """mfusepy's FUSE with what its libfuse3 glue drops: rename flags (RENAME_NOREPLACE,
+    RENAME_EXCHANGE) and the file handle of ftruncate/fchmod/fchown/futimens."""
+
+    def _decoded(self, path: bytes | None) -> str | None:
+        return None if path is None else path.decode(self.encoding, self.errors)
+
+    @staticmethod
+    def _fh(fip: Any) -> int | None:
+        return int(fip.contents.fh) if fip else None
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        result: int = self.operations.rename(self._decoded(old), self._decoded(new), flags)
+        return result
+
+    def chmod_fuse_3(self, path: bytes | None, mode: int, fip: Any) -> int:
+        result: int = self.operations.chmod(self._decoded(path), mode, self._fh(fip))
+        return result
+
+    def chown_fuse_3(self, path: bytes | None, uid: int, gid: int, fip: Any) -> int:
+        uid = -1 if uid == 0xFFFFFFFF else uid
+        gid = -1 if gid == 0xFFFFFFFF else gid
+        result: int = self.operations.chown(self._decoded(path), uid, gid, self._fh(fip))
+        return result
+
+    def truncate_fuse_3(self, path: bytes | None, length: int, fip: Any) -> int:
+        result: int = self.operations.truncate(self._decoded(path), length, self._fh(fip))
+        return result
+
+    def utimens_fuse_3(self, path: bytes | None, buf: Any, fip: Any) -> int:
+        times = None
+        if buf:
+            atime, mtime = buf.contents.actime, buf.contents.modtime
+            times = (_timespec_ns(atime), _timespec_ns(mtime))
+        result: int = self.operations.utimens(self._decoded(path), times, self._fh(fip))
+        return result
+
+
+def _timespec_ns(ts: Any) -> int:
+    if ts.tv_nsec in (UTIME_NOW, UTIME_OMIT):
+        return int(ts.tv_nsec)
+    return int(ts.tv_sec) * 1_000_000_000 + int(ts.tv_nsec)
+
+
+# -- the mount ------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Mount:
+    """One mount's state, kept apart so a lazily detached loop never touches the next one."""
+
+    fd: int
+    ready: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    device: int | None = None
+    failure: BaseException | None = None
+
+
+class Mirror:
+    """One replicated directory served through FUSE at its own path.
+
+    ``mount()`` opens ``path``, mounts over it and returns once the kernel's first request
+    was answered (the mount is live); the FUSE loop runs in a background thread. The mount
+    uses ``auto_unmount``: if the process dies (even by kill -9), fusermount3 removes it,
+    leaving the directory as it was with all the data. ``unmount()`` unmounts and waits for
+    the thread; while files are open it refuses with ``UsageError`` (the mount stays), unless
+    ``lazy``: then the mount is detached at once and its loop ends when the last file closes.
+    ``read_only=True`` is the secondary's view: every change is refused with ``EROFS``.
+    A process must unmount (or close every file of the mount) before it exits: closing a
+    file of a mount whose loop died with the process would wait for an answer forever.
+    """
+
+    def __init__(
+        self,
+        root_name: str,
+        path: Path,
+        listener: MirrorListener | None,
+        *,
+        read_only: bool = False,
+    ) -> None:
+        self.root_name = root_name
+        self.path = Path(path)
+        self.read_only = read_only
+        self._listener = listener
+        self._mount: _Mount | None = None
+
+    def __enter__(self) -> Self:
+        self.mount()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unmount()
+
+    @property
+    def mounted(self) -> bool:
+        return self._mount is not None and not self._mount.ended.is_set()
+
+    @property
+    def backing_fd(self) -> int:
+        """The directory under the mount, opened before mounting: the way to reach the real
+        contents while mounted (the peer's ``Applier`` writes through it under a read-only
+        mirror). Valid until ``unmount``; ``UsageError`` when not mounted."""
+        if self._mount is None:
+            raise UsageError(f"{self.path}: the mirror {self.root_name!r} is not mounted")
+        return self._mount.fd
+
+    def mount(self) -> None:
+        """Mount over ``path``; returns once the mount is live. ``UsageError`` if it fails."""
+        if self._mount is not None:
+            raise UsageError(f"{self.path}: the mirror {self.root_name!r} is already mounted")
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise UsageError(f"replicated directory {self.path}: {exc.strerror}") from exc
+        state = _Mount(fd)
+        operations = _Operations(self.root_name, fd, self._listener, self.read_only, state.ready)
+        state.thread = threading.Thread(
+            target=self._serve, args=(operations, state), name=f"fuse-{self.root_name}", daemon=True
+        )
+        self._mount = state
+        state.thread.start()
+        state.ready.wait(MOUNT_TIMEOUT_S)  # set by the kernel's first request or the loop's end
+        if not operations.live:
+            self._stop(lazy=True)
+            reason = state.failure or "no answer from the kernel"
+            raise UsageError(f"cannot mount the FUSE mirror on {self.path}: {reason}")
+        state.device = os.stat(self.path).st_dev
+
+    def _serve(self, operations: _Operations, state: _Mount) -> None:
+        options: dict[str, Any] = {
+            "foreground": True,
+            "fsname": f"failover:{self.root_name}",
+            "subtype": "failover",
+            "default_permissions": True,
+            "auto_unmount": True,
+            "hard_remove": True,
+            "use_ino": True,
+        }
+        if os.geteuid() == 0:
+            options["allow_other"] = True
+        if self.read_only:
+            # The applier changes the directory underneath: no cached attributes or names.
+            options.update(ro=True, attr_timeout=0, entry_timeout=0, negative_timeout=0)
+        try:
+            _Session(operations, str(self.path), **options)
+        except BaseException as exc:
+            state.failure = exc
+            log.error("FUSE mirror %s on %s ended: %s", self.root_name, self.path, exc)
+        finally:
+            os.close(state.fd)
+            state.ended.set()
+            state.ready.set()
+
+    def wait_unmounted(self, timeout: float | None = None) -> bool:
+        """Wait until the FUSE loop has ended (unmounted by us or from outside)."""
+        state = self._mount
+        return state is None or state.ended.wait(timeout)
+
+    def unmount(self, *, lazy: bool = False) -> None:
+        """Unmount and wait for the FUSE thread (see the class docstring for ``lazy``)."""
+        if self._mount is not None:
+            self._stop(lazy)
+
+    def _stop(self, lazy: bool) -> None:
+        state = self._mount
+        assert state is not None and state.thread is not None
+        if not state.ended.is_set() and self._ours_on_top(state):
+            try:
+                flags = _MNT_DETACH if lazy else 0
+                _checked(_libc.umount2(os.fsencode(self.path), flags), "umount")
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise UsageError(f"{self.path}: files are open in the mirror") from exc
+                if exc.errno not in (errno.EINVAL, errno.ENOENT):  # already gone
+                    raise
+        self._mount = None
+        if lazy:
+            return
+        if not state.ended.wait(MOUNT_TIMEOUT_S):
+            raise UsageError(f"{self.path}: the FUSE loop did not end after unmount")
+        state.thread.join()
+
+    def _ours_on_top(self, state: _Mount) -> bool:
+        """Never unmount what lies under our mount (the directory may be a mount point)."""
+        try:
+            top = os.stat(self.path).st_dev
+        except OSError:
+            return True  # a mount is there but does not answer: ours
+        if state.device is not None:
+            return top == state.device
+        return top != os.fstat(state.fd).st_dev
