@@ -10,9 +10,9 @@ disk: the log's fdatasync competes with the data, the worst case):
 
 - sequential: ``--mib`` MiB in 1 MiB ``pwrite`` calls, one fsync at the end
   (MiB/s). Tracked twice: with the default tracker (64 KiB zones, 4 MiB
-  extents, 256 hot extents: one log fdatasync per 4 MiB) and with a hot set of
-  16 extents (the file is larger than the hot set: checkpoints cool extents
-  as it goes, the steady state of a large write).
+  extents, 256 hot extents, 8 heated ahead: one log fdatasync per 36 MiB) and
+  with a hot set of 16 extents (4 heated ahead; the file is larger than the hot
+  set: checkpoints cool extents as it goes, the steady state of a large write).
 - sync: ``--syncs`` times a 4 KiB ``pwrite`` appended to the file then
   ``fdatasync`` (a commit log), tracked with the mirror's calls (``before``,
   the write, the fdatasync, ``sync``). Writes/s, p50 and p99 latency.
@@ -140,7 +140,7 @@ def main() -> int:
                 seconds[hot] = _sequential(data, args.mib, tracker)
                 if tracker is not None:
                     label = "default" if hot == DEFAULT_HOT_EXTENTS else "hot=16"
-                    stats[label] = (tracker.extent_records, tracker.checkpoints)
+                    stats[label] = (tracker.extent_syncs, tracker.checkpoints)
                     tracker.close()
             seq_runs.append(tuple(args.mib / seconds[hot] for hot in order))
             tracker = _tracked(state)
@@ -148,7 +148,7 @@ def main() -> int:
                 plain, tracked = _syncs(data, args.syncs, None), _syncs(data, args.syncs, tracker)
             else:
                 tracked, plain = _syncs(data, args.syncs, tracker), _syncs(data, args.syncs, None)
-            stats["sync"] = (tracker.extent_records, tracker.checkpoints)
+            stats["sync"] = (tracker.extent_syncs, tracker.checkpoints)
             tracker.close()
             sync_runs.append(_sync_figures(plain) + _sync_figures(tracked))
         hot_us = _hot_before_cost(state, 100_000)
@@ -163,7 +163,7 @@ def main() -> int:
         records, checkpoints = stats[label]
         print(
             f"  tracked ({label:7s})        {value:8.0f} MiB/s  ratio {value / base:.3f}  "
-            f"overhead {_pct(1 - value / base)}  ({records} extent records, "
+            f"overhead {_pct(1 - value / base)}  ({records} log fdatasyncs, "
             f"{checkpoints} checkpoints)"
         )
         print(f"      ratio per round: {_ratios(seq_runs, column)}")
@@ -176,7 +176,7 @@ def main() -> int:
     print(
         f"  tracked            {rate:8.0f}/s  p50 {p50:7.1f} us  p99 {p99:7.1f} us  "
         f"ratio {rate / plain_rate:.3f}  overhead {_pct(1 - rate / plain_rate)}  "
-        f"({records} extent records)"
+        f"({records} log fdatasyncs)"
     )
     print(f"      ratio per round: {_ratios(sync_runs, 3)}")
     _replicated_share(args.replicated_mibs, (1 / rate - 1 / plain_rate) * 256)

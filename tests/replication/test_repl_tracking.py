@@ -49,6 +49,7 @@ def write(path: bytes, offset: int, length: int) -> Write:
 
 def tracker(state: Path, **options: object) -> Tracker:
     kwargs: dict[str, object] = {"zone_size": Z, "extent_size": E, "hot_extents": 4}
+    kwargs["heat_ahead"] = 0  # one record per extent, unless a test says otherwise
     kwargs.update(options)
     return Tracker(state, **kwargs)  # type: ignore[arg-type]
 
@@ -164,6 +165,24 @@ def test_only_a_write_to_an_extent_not_hot_costs_a_record(tmp_path: Path) -> Non
     assert t.extent_records == 2
     t.before(write(b"g", 0, 1))
     assert t.extent_records == 3
+
+
+def test_a_sequential_writer_heats_extents_ahead_in_one_record(tmp_path: Path) -> None:
+    t = tracker(tmp_path, hot_extents=64, heat_ahead=3)
+    for extent in range(7):
+        t.before(write(b"f", extent * E, E))
+    # Extent 0 alone (nothing before it is hot); then 1-4 and 5-8, one fdatasync each.
+    assert (t.extent_records, t.extent_syncs) == (9, 3)
+    t.before(write(b"f", 20 * E, 1))  # a jump: no extent before it is hot
+    assert (t.extent_records, t.extent_syncs) == (10, 4)
+    assert 8 * 4 + 3 in Tracker.recover(tmp_path).changes.zones_of(R, b"f")  # heated, unwritten
+
+
+def test_heating_ahead_never_takes_more_than_a_quarter_of_the_hot_set(tmp_path: Path) -> None:
+    t = tracker(tmp_path, hot_extents=8, heat_ahead=100)
+    t.before(write(b"f", 0, 1))
+    t.before(write(b"f", E, 1))
+    assert t.extent_records == 1 + 1 + 2
 
 
 def test_a_full_hot_set_checkpoints_and_cools_the_older_half(tmp_path: Path) -> None:
