@@ -137,7 +137,7 @@ def test_recovery_at_any_op_boundary_is_a_bounded_superset(
                 assert superset_problems(tracker.changes(), pre, post) == []
                 assert superset_problems(recovered, pre, post) == []
                 exact = record_all(done, Z)
-                assert excess_zones(recovered, exact) <= crashes * (HOT + 2) * (EXTENT // Z)
+                assert excess_zones(recovered, exact) <= crashes * (HOT + 4) * (EXTENT // Z)
                 action = data.draw(st.sampled_from(["op"] * 6 + ["checkpoint", "reopen"]))
                 if action == "checkpoint":
                     tracker.checkpoint()
