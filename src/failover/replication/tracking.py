@@ -105,6 +105,7 @@ from failover.replication.ops import (
     encode,
     validate_path,
 )
+from failover.runtime.store import write_atomic
 
 Key = tuple[str, bytes]
 """(root name, path relative to it)."""
@@ -657,14 +658,6 @@ def _replay_record(payload: memoryview, into: ChangeMap, extent_size: int) -> No
         raise reader.fail(f"unknown record kind {kind}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _load(state_dir: Path) -> tuple[_State, Recovery]:
     where = state_dir / CHECKPOINT_NAME
     try:
@@ -996,13 +989,8 @@ class Tracker:
                 list(self._hot),
                 self._map.frozen(),
             )
-            temp = self.state_dir / (CHECKPOINT_NAME + ".tmp")
-            with open(temp, "wb") as out:
-                out.write(_encode_checkpoint(state))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, self.state_dir / CHECKPOINT_NAME)
-            _fsync_dir(self.state_dir)
+            # Also makes the new log's directory entry durable (directory fsync).
+            write_atomic(self.state_dir / CHECKPOINT_NAME, _encode_checkpoint(state))
         except BaseException:
             os.close(log_fd)
             raise
