@@ -6,10 +6,11 @@ import os
 
 import pytest
 
+from failover.model import checker
 from failover.model.forks import ChildFailed, fork_map
 from failover.model.mutants import mutant_table
 from failover.model.run import explore_root
-from failover.model.sim import Bounds, ClusterConfig
+from failover.model.sim import Bounds, Cluster, ClusterConfig
 
 
 def _square_with_pid(n: int) -> tuple[int, int]:
@@ -77,3 +78,29 @@ def test_split_liveness_finds_what_one_process_finds() -> None:
         f.message for f in split.liveness.failures
     ]
     assert one.liveness_failure == split.liveness_failure
+
+
+@pytest.mark.parametrize("table", [None, "no-split-brain-detection"], ids=["real", "mutant"])
+def test_split_levels_explore_exactly_what_one_process_explores(
+    table: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checker, "MIN_PIECE", 5)  # split even small frontiers
+    runs = []
+    for workers in (1, 3):
+        cluster = Cluster(
+            ClusterConfig(),
+            table=None if table is None else mutant_table(table),
+            bounds=Bounds(),
+        )
+        runs.append(checker.explore(cluster, "boot", cluster.booted(), depth=5, workers=workers))
+    one, split = runs
+    figures = [(r.states, r.transitions, r.depth) for r in runs]
+    assert figures[0] == figures[1]
+    assert one.parents == split.parents  # same worlds, found through the same step
+    assert one.ticks == split.ticks
+    if table is None:
+        assert one.counterexample is None and split.counterexample is None
+    else:
+        assert one.counterexample is not None and split.counterexample is not None
+        assert one.counterexample.labels == split.counterexample.labels
+        assert one.counterexample.violations == split.counterexample.violations

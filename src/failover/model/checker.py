@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from failover.core.table import Table
+from failover.model.forks import fork_map
 from failover.model.invariants import Violation, check_step
 from failover.model.sim import Cluster, StepInfo, World
 
@@ -81,9 +82,17 @@ def explore(
     admin: bool = True,
     faults: bool = True,
     writes: bool = True,
+    workers: int = 1,
 ) -> Exploration:
     """Breadth-first search to ``depth`` actions (or until the space is exhausted,
-    a violation is found, or ``deadline`` (a time.monotonic value) passes)."""
+    a violation is found, or a level ends after ``deadline``, a time.monotonic
+    value).
+
+    With ``workers`` > 1, each level's frontier is cut into that many
+    contiguous pieces expanded by forked processes (see ``forks``); the
+    pieces' successors are merged here in frontier order, so the worlds
+    found, their parents and the counterexample are exactly those of one
+    process."""
     started = time.monotonic()
     horizon = cluster.config.timing.horizon
     result = Exploration(root_name)
@@ -92,39 +101,33 @@ def explore(
     parents[root_key] = (None, "")
     result.worlds[root_key] = root
     frontier = [root_key]
-    config = cluster.config
+    expand = _Expander(cluster, result, admin=admin, faults=faults, writes=writes)
     for level in range(1, depth + 1):
+        pieces = _pieces(frontier, workers)
+        batches = fork_map(expand, pieces) if len(pieces) > 1 else [expand(frontier)]
         next_frontier: list[Key] = []
-        for key in frontier:
-            world = result.worlds[key]
-            cluster.load(world)
-            labels = list(cluster.actions(admin=admin, faults=faults, writes=writes))
-            for label in labels:
-                cluster.load(world)
-                info = cluster.apply(label)
-                post = cluster.world
-                result.transitions += 1
-                violations = check_step(config, world, info, post)
-                if violations:
-                    trace = [*_trace(parents, key), label]
-                    result.counterexample = Counterexample(violations, trace, root_name)
-                    result.depth = level
-                    result.states = len(parents)
-                    result.seconds = time.monotonic() - started
-                    return result
-                post_key = post.key(horizon)
+        for batch in batches:
+            result.transitions += batch.transitions
+            for key, label, post_key, post in batch.found:
                 if label == "tick":
                     result.ticks[key] = post_key
-                if post_key not in parents:
+                if post is not None and post_key not in parents:
                     parents[post_key] = (key, label)
                     result.worlds[post_key] = post
                     next_frontier.append(post_key)
-            if deadline is not None and time.monotonic() > deadline:
-                result.depth = level - 1
+            if batch.violation is not None:
+                key, label, violations = batch.violation
+                trace = [*_trace(parents, key), label]
+                result.counterexample = Counterexample(violations, trace, root_name)
+                result.depth = level
                 result.states = len(parents)
                 result.seconds = time.monotonic() - started
                 return result
         result.depth = level
+        if deadline is not None and time.monotonic() > deadline:
+            result.states = len(parents)
+            result.seconds = time.monotonic() - started
+            return result
         frontier = next_frontier
         if not frontier:
             result.exhausted = True
@@ -132,6 +135,64 @@ def explore(
     result.states = len(parents)
     result.seconds = time.monotonic() - started
     return result
+
+
+MIN_PIECE = 500
+"""A frontier smaller than this many worlds per worker is expanded here (a
+fork costs more than it saves)."""
+
+
+def _pieces(frontier: list[Key], workers: int) -> list[list[Key]]:
+    n = max(1, min(workers, len(frontier) // MIN_PIECE))
+    size = -(-len(frontier) // n)
+    return [frontier[i : i + size] for i in range(0, len(frontier), size)]
+
+
+@dataclass
+class _Batch:
+    """What expanding a piece of the frontier found, in frontier order: each
+    successor new to this piece (with its world), and every tick edge (the
+    world is left out when it was already known: only its key is needed)."""
+
+    transitions: int = 0
+    found: list[tuple[Key, str, Key, World | None]] = field(default_factory=list)
+    violation: tuple[Key, str, list[Violation]] | None = None
+
+
+class _Expander:
+    def __init__(
+        self, cluster: Cluster, result: Exploration, *, admin: bool, faults: bool, writes: bool
+    ) -> None:
+        self.cluster = cluster
+        self.result = result
+        self.options = {"admin": admin, "faults": faults, "writes": writes}
+
+    def __call__(self, piece: list[Key]) -> _Batch:
+        cluster, config = self.cluster, self.cluster.config
+        horizon = config.timing.horizon
+        known, worlds = self.result.parents, self.result.worlds
+        batch = _Batch()
+        new: set[Key] = set()
+        for key in piece:
+            world = worlds[key]
+            cluster.load(world)
+            for label in list(cluster.actions(**self.options)):
+                cluster.load(world)
+                info = cluster.apply(label)
+                post = cluster.world
+                batch.transitions += 1
+                violations = check_step(config, world, info, post)
+                if violations:
+                    batch.violation = (key, label, violations)
+                    return batch
+                post_key = post.key(horizon)
+                fresh = post_key not in known and post_key not in new
+                if fresh:
+                    new.add(post_key)
+                    batch.found.append((key, label, post_key, post))
+                elif label == "tick":
+                    batch.found.append((key, label, post_key, None))
+        return batch
 
 
 def _trace(parents: dict[Key, tuple[Key | None, str]], key: Key) -> list[str]:

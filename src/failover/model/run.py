@@ -148,7 +148,8 @@ def explore_root(
     workers: int = 1,
 ) -> RootResult:
     """Explore one root world and check liveness from every world reached,
-    the liveness check split across ``workers`` forked processes."""
+    each level of the search and the liveness check split across ``workers``
+    forked processes."""
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
@@ -159,7 +160,7 @@ def explore_root(
             result = RootResult(name, 0, 0, 0, False, 0.0, violations=["L1"])
             result.counterexample = f"L1: the protected root cannot be built: {exc}"
             return result
-    e = explore(cluster, name, root, depth=depth, deadline=deadline)
+    e = explore(cluster, name, root, depth=depth, deadline=deadline, workers=workers)
     result = RootResult(name, e.states, e.transitions, e.depth, e.exhausted, e.seconds)
     if e.counterexample is not None:
         result.violations = [v.invariant for v in e.counterexample.violations]
