@@ -6,11 +6,17 @@ Each library serves a minimal passthrough filesystem (lookup/getattr, create, op
 write, fsync, flush, release) over a backing temp dir, mounted on another temp dir by a
 child process of this script. In the same run the same three workloads go to the local
 disk (a plain temp dir beside them), to each mount and, when ``failover.replication.mirror``
-is importable, to the project's ``Mirror`` (mfusepy, no listener):
+is importable, to the project's ``Mirror`` (mfusepy) without a listener and with one that
+only counts calls:
 
 - sequential write: 1 MiB ``write`` calls, then one ``fsync``: MiB/s;
 - synchronous commit: 4 KiB ``pwrite`` + ``fsync`` at increasing offsets: p50 / p99 in µs;
-- file creates: ``open(O_CREAT|O_EXCL)`` + ``close`` in one directory: files/s.
+- file creates: ``open(O_CREAT|O_EXCL)`` + ``close`` in one directory: files/s;
+- the synchronous commit from 2 threads on 2 files: total commits/s (the Mirror serialises
+  every change and its record under one lock: this shows what that costs).
+
+Targets are measured in interleaved rounds (``--rounds``, median kept), so that drift of the
+machine (other work, the disk's cache) hits them all alike.
 
 Ratios are against the local disk of the same run. pyfuse3 is installed into this venv if
 it is missing (as root, Debian's ``libfuse3-dev`` and ``pkg-config`` first: it builds from
@@ -32,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +54,16 @@ class Figures:
     sync_p50_us: float
     sync_p99_us: float
     creates_s: float
+    parallel_sync_s: float
+
+
+_COLUMNS = (
+    ("seq MiB/s", "seq_mib_s"),
+    ("sync p50 µs", "sync_p50_us"),
+    ("sync p99 µs", "sync_p99_us"),
+    ("creates/s", "creates_s"),
+    ("2-thr sync/s", "parallel_sync_s"),
+)
 
 
 def main() -> int:
@@ -54,6 +71,7 @@ def main() -> int:
     parser.add_argument("--seq-mib", type=int, default=256, help="size of the sequential file")
     parser.add_argument("--sync-writes", type=int, default=2000, help="4 KiB write+fsync count")
     parser.add_argument("--creates", type=int, default=2000, help="files created")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
     parser.add_argument(
         "--serve", nargs=3, metavar=("LIB", "BACKING", "MOUNT"), help=argparse.SUPPRESS
     )
@@ -62,50 +80,56 @@ def main() -> int:
         return _serve(*args.serve)
 
     _ensure_pyfuse3()
+    libs = ["pyfuse3", "mfusepy"]
+    if importlib.util.find_spec("failover.replication.mirror") is not None:
+        libs += ["mirror", "mirror-listener"]
     workdir = Path(tempfile.mkdtemp(prefix="fo-fuse-bench-"))
-    results: dict[str, Figures] = {}
+    rounds: dict[str, list[Figures]] = {}
     try:
-        local = workdir / "local"
-        local.mkdir()
-        results["local disk"] = _measure(local, args)
-        libs = ["pyfuse3", "mfusepy"]
-        if importlib.util.find_spec("failover.replication.mirror") is not None:
-            libs.append("mirror")
-        for lib in libs:
-            with _mounted(lib, workdir) as mountpoint:
-                results[_LABELS[lib]] = _measure(mountpoint, args)
+        with contextlib.ExitStack() as stack:
+            targets = {"local disk": workdir / "local"}
+            targets["local disk"].mkdir()
+            for lib in libs:
+                targets[_LABELS[lib]] = stack.enter_context(_mounted(lib, workdir))
+            for number in range(args.rounds):
+                for label, where in targets.items():  # interleaved: drift hits every target
+                    run_dir = where / f"round{number}"
+                    run_dir.mkdir()
+                    rounds.setdefault(label, []).append(_measure(run_dir, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    _print(results, args)
+    _print({label: _median(figs) for label, figs in rounds.items()}, args)
     return 0
 
 
 _LABELS = {
     "pyfuse3": "pyfuse3 passthrough",
     "mfusepy": "mfusepy passthrough",
-    "mirror": "failover Mirror (mfusepy, no listener)",
+    "mirror": "Mirror, no listener",
+    "mirror-listener": "Mirror, listener that only counts",
 }
+
+
+def _median(figures: list[Figures]) -> Figures:
+    values = {attr: statistics.median(getattr(f, attr) for f in figures) for _, attr in _COLUMNS}
+    return Figures(**values)
 
 
 def _print(results: dict[str, Figures], args: argparse.Namespace) -> None:
     base = results["local disk"]
     print(
-        f"same run; seq {args.seq_mib} MiB in 1 MiB writes + fsync; "
-        f"{args.sync_writes} x (4 KiB pwrite + fsync); {args.creates} creates"
+        f"same run, median of {args.rounds} interleaved rounds; seq {args.seq_mib} MiB in "
+        f"1 MiB writes + fsync; {args.sync_writes} x (4 KiB pwrite + fsync), also from 2 "
+        f"threads on 2 files; {args.creates} creates"
     )
-    print(f"{'':<40} {'seq MiB/s':>10} {'sync p50 µs':>12} {'sync p99 µs':>12} {'creates/s':>10}")
+    print(f"{'':<36}" + "".join(f"{title:>14}" for title, _ in _COLUMNS))
     for label, fig in results.items():
-        print(
-            f"{label:<40} {fig.seq_mib_s:10.0f} {fig.sync_p50_us:12.0f} "
-            f"{fig.sync_p99_us:12.0f} {fig.creates_s:10.0f}"
-        )
+        print(f"{label:<36}" + "".join(f"{getattr(fig, a):14.0f}" for _, a in _COLUMNS))
         if fig is not base:
-            print(
-                f"{'  ratio to local disk':<40} {fig.seq_mib_s / base.seq_mib_s:10.2f} "
-                f"{fig.sync_p50_us / base.sync_p50_us:12.2f} "
-                f"{fig.sync_p99_us / base.sync_p99_us:12.2f} "
-                f"{fig.creates_s / base.creates_s:10.2f}"
-            )
+            ratios = (getattr(fig, a) / getattr(base, a) for _, a in _COLUMNS)
+            print(f"{'  ratio to local disk':<36}" + "".join(f"{r:14.2f}" for r in ratios))
+    load = os.getloadavg()
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
 # -- workloads ------------------------------------------------------------------------------
@@ -115,7 +139,8 @@ def _measure(where: Path, args: argparse.Namespace) -> Figures:
     seq = _sequential(where / "seq", args.seq_mib)
     p50, p99 = _sync_loop(where / "sync", args.sync_writes)
     creates = _creates(where / "creates", args.creates)
-    return Figures(seq, p50, p99, creates)
+    parallel = _parallel_sync(where, args.sync_writes)
+    return Figures(seq, p50, p99, creates, parallel)
 
 
 def _sequential(path: Path, mib: int) -> float:
@@ -133,7 +158,7 @@ def _sequential(path: Path, mib: int) -> float:
     return mib / elapsed
 
 
-def _sync_loop(path: Path, count: int) -> tuple[float, float]:
+def _sync_samples(path: Path, count: int) -> list[float]:
     block = os.urandom(SMALL)
     samples = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -146,8 +171,20 @@ def _sync_loop(path: Path, count: int) -> tuple[float, float]:
     finally:
         os.close(fd)
     os.unlink(path)
-    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return samples
+
+
+def _sync_loop(path: Path, count: int) -> tuple[float, float]:
+    cuts = statistics.quantiles(_sync_samples(path, count), n=100, method="inclusive")
     return cuts[49] * 1e6, cuts[98] * 1e6
+
+
+def _parallel_sync(where: Path, count: int) -> float:
+    """Two threads, each its own file: what the mirror's one lock costs under concurrency."""
+    with ThreadPoolExecutor(2) as pool:
+        started = time.perf_counter()
+        list(pool.map(lambda n: _sync_samples(where / f"par{n}", count // 2), range(2)))
+        return (count // 2 * 2) / (time.perf_counter() - started)
 
 
 def _creates(directory: Path, count: int) -> float:
@@ -168,7 +205,7 @@ def _mounted(lib: str, workdir: Path) -> Iterator[Path]:
     mountpoint = workdir / f"{lib}-mnt"
     backing.mkdir()
     mountpoint.mkdir()
-    if lib == "mirror":
+    if lib.startswith("mirror"):
         mountpoint = backing
     env = dict(os.environ, FUSE_LIBRARY_NAME="fuse3")
     command = [sys.executable, __file__, "--serve", lib, str(backing), str(mountpoint)]
@@ -198,9 +235,26 @@ def _serve(lib: str, backing: str, mountpoint: str) -> int:
         from failover.replication.mirror import Mirror  # noqa: PLC0415 - only in the child
 
         # The Mirror mounts over its own directory (the mount point is the backing dir).
-        with Mirror("bench", Path(mountpoint), None) as mirror:
+        listener = _CountingListener() if lib == "mirror-listener" else None
+        with Mirror("bench", Path(mountpoint), listener) as mirror:
             mirror.wait_unmounted()
     return 0
+
+
+class _CountingListener:
+    """The cheapest listener: what building records and calling out costs, without a peer."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def before(self, op: object) -> None:
+        self.calls += 1
+
+    def after(self, op: object) -> None:
+        self.calls += 1
+
+    def sync(self, op: object) -> None:
+        self.calls += 1
 
 
 def _ensure_pyfuse3() -> None:
@@ -276,7 +330,7 @@ def _serve_mfusepy(backing: str, mountpoint: str) -> None:
             os.mkdir(self._real(path), mode)
             return 0
 
-    mfusepy.FUSE(Passthrough(backing), mountpoint, foreground=True)
+    mfusepy.FUSE(Passthrough(backing), mountpoint, foreground=True, max_idle_threads=8)
 
 
 def _serve_pyfuse3(backing: str, mountpoint: str) -> None:

@@ -800,12 +800,18 @@ class Mirror:
             "auto_unmount": True,
             "hard_remove": True,
             "use_ino": True,
+            # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value.
+            "max_idle_threads": 8,
+            # The high-level API gives each name of a hard-linked file its own kernel inode:
+            # cached attributes of one name would go stale when the file changes through
+            # another (a read there would stop at the old size). Never cache them.
+            "attr_timeout": 0,
         }
         if os.geteuid() == 0:
             options["allow_other"] = True
         if self.read_only:
             # The applier changes the directory underneath: no cached attributes or names.
-            options.update(ro=True, attr_timeout=0, entry_timeout=0, negative_timeout=0)
+            options.update(ro=True, entry_timeout=0, negative_timeout=0)
         try:
             _Session(operations, str(self.path), **options)
         except BaseException as exc:
