@@ -108,7 +108,12 @@ def test_mount_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
         Mirror("data", tmp_path / "missing", None).mount()
 
 
-def test_kill_9_of_the_daemon_leaves_no_dead_mount(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_killed_daemon_dies_of_its_signal_and_leaves_no_dead_mount(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """kill -9: auto_unmount removes the mount. SIGTERM: the process keeps its own handling
+    (default: die); libfuse's loop does not swallow it and unmount behind its back."""
     directory = tmp_path / "data"
     directory.mkdir()
     (directory / "f").write_bytes(b"survives")
@@ -127,8 +132,8 @@ def test_kill_9_of_the_daemon_leaves_no_dead_mount(tmp_path: Path) -> None:
         assert child.stdout is not None
         assert child.stdout.readline() == b"mounted\n"
         assert os.path.ismount(directory)
-        child.send_signal(signal.SIGKILL)
-        child.wait(10)
+        child.send_signal(sig)
+        assert child.wait(10) == -sig
         deadline = time.monotonic() + 10
         while _in_mount_table(directory) and time.monotonic() < deadline:
             time.sleep(0.02)  # fusermount3 notices the closed device on its own schedule

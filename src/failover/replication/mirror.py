@@ -32,6 +32,7 @@ import ctypes.util
 import errno
 import logging
 import os
+import signal
 import stat
 import threading
 import time
@@ -146,7 +147,27 @@ _libc.renameat2.argtypes = [
 ]
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.sigaction.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 _MNT_DETACH = 2
+_SIGACTION_SIZE = 512  # more than glibc's struct sigaction (152 bytes on x86-64): kept opaque
+_LIBFUSE_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGTERM)
+
+
+def _signal_dispositions() -> dict[int, ctypes.Array[ctypes.c_char]]:
+    """The process's C-level handlers of the signals libfuse takes over, as opaque copies."""
+    saved: dict[int, ctypes.Array[ctypes.c_char]] = {}
+    for sig in _LIBFUSE_SIGNALS:
+        buffer = ctypes.create_string_buffer(_SIGACTION_SIZE)
+        _checked(_libc.sigaction(sig, None, buffer), "sigaction")
+        saved[sig] = buffer
+    return saved
+
+
+def _restore_signal_dispositions(saved: dict[int, ctypes.Array[ctypes.c_char]]) -> None:
+    """libfuse's loop catches SIGHUP/SIGINT/SIGTERM where they had no handler, and would end
+    the mount on them while the process goes on: give the process its own handling back."""
+    for sig, buffer in saved.items():
+        _checked(_libc.sigaction(sig, buffer, None), "sigaction")
 
 
 def _checked(result: int, what: str) -> None:
@@ -783,8 +804,10 @@ class Mirror:
             target=self._serve, args=(operations, state), name=f"fuse-{self.root_name}", daemon=True
         )
         self._mount = state
+        dispositions = _signal_dispositions()
         state.thread.start()
         state.ready.wait(MOUNT_TIMEOUT_S)  # set by the kernel's first request or the loop's end
+        _restore_signal_dispositions(dispositions)
         if not operations.live:
             self._stop(lazy=True)
             reason = state.failure or "no answer from the kernel"
