@@ -76,7 +76,7 @@ def test_unknown_name_lists_the_installed_ones_and_how_to_install() -> None:
     with pytest.raises(PluginNotFound) as caught:
         load_transport("carrier-pigeon")
     message = str(caught.value)
-    assert "installed: serial, tcp, udp" in message
+    assert "installed: serial, tcp, tcp-replication, udp" in message
     assert "install a package providing entry point 'carrier-pigeon'" in message
     assert "failover.transports" in message
 
@@ -125,11 +125,26 @@ def test_plugins_command_shows_each_plugin_and_its_status(
     code = pluginscmd.run(argparse.Namespace(json=False))
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
     assert code == 1  # some plugins are broken
-    assert lines["NAME"].split() == ["NAME", "DISTRIBUTION", "VERSION", "OBJECT", "STATUS"]
-    assert lines["good"].split() == ["good", "fake-plugins", "1.2.3", "fake_good:Transport", "ok"]
+    assert lines["NAME"].split() == [
+        "NAME",
+        "KIND",
+        "DISTRIBUTION",
+        "VERSION",
+        "OBJECT",
+        "STATUS",
+    ]
+    assert lines["good"].split() == [
+        "good",
+        "heartbeat",
+        "fake-plugins",
+        "1.2.3",
+        "fake_good:Transport",
+        "ok",
+    ]
     assert "failed to load: ImportError: libfoo.so.1 not found" in lines["broken"]
-    assert lines["udp"].split()[1:3] == ["failover", version("failover")]
+    assert lines["udp"].split()[1:4] == ["heartbeat", "failover", version("failover")]
     assert lines["udp"].endswith("ok")
+    assert lines["tcp-replication"].split()[1] == "replication"
 
 
 def test_plugins_command_succeeds_when_all_load(capsys: pytest.CaptureFixture[str]) -> None:
@@ -173,6 +188,7 @@ def test_installed_plugin_appears_in_failover_plugins(pipe_plugin: Path, tmp_pat
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()}
     assert rows["pipe"] == [
         "pipe",
+        "heartbeat",
         "failover-pipe-transport",
         "0.3.1",
         "failover_pipe:PipeTransport",

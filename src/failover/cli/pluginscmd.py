@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
-from failover.plugins import ENTRY_POINT_GROUP, installed_plugins, plugin_problem
+from failover.plugins import ENTRY_POINT_GROUP, check_plugin, installed_plugins
 
-_COLUMNS = ("NAME", "DISTRIBUTION", "VERSION", "OBJECT", "STATUS")
+_COLUMNS = ("NAME", "KIND", "DISTRIBUTION", "VERSION", "OBJECT", "STATUS")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,10 +28,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     for info in installed_plugins():
-        problem = plugin_problem(info.name)
+        kind, problem = check_plugin(info.name)
         rows.append(
             {
                 "name": info.name,
+                "kind": kind or "?",
                 "distribution": info.distribution,
                 "version": info.version,
                 "object": info.target,
