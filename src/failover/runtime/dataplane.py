@@ -1,0 +1,321 @@
+"""The data plane: the replicated directories of one node, driven by the core's effects.
+
+The core decides; this module executes what it decided about data, and
+reports outcomes back as events, exactly like the action executor does for
+scripts and the virtual IP:
+
+- every replicated directory is served through a FUSE ``Mirror`` at its own
+  path for as long as the daemon runs: read-only while the node does not serve
+  (applications cannot write a secondary's copy; the receiver writes under the
+  mount through the directory fd), read-write with the replication listeners
+  while it serves (``serve``/``unserve``, around the application's start and
+  stop);
+- ``StartTracking``/``StopTracking``: the ``Tracker`` (crash-safe change
+  tracking) starts an epoch or forgets what the peer now has;
+- ``StartReplication``/``StopReplication``: a ``ReplicationSender`` session to
+  the peer's receiver; the mirror's changes stream to it and an application's
+  fsync returns once the peer acknowledged it. A session that breaks is
+  reported as ``ReplicationFailed`` (the core goes ``alone``, tracked);
+- the receiver side listens on this node's replication endpoint all the
+  time and applies the peer's sessions (one at a time, the newest wins) with
+  an ``Applier`` on the directories' real contents.
+
+One ``_Relay`` stands between the mirror and the replication layer, so the
+mirror keeps one listener while sessions come and go.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from pydantic import BaseModel
+
+from failover.core import events as ev
+from failover.errors import FailoverError, PeerProtocolError, TransportError, UsageError
+from failover.replication.apply import Applier
+from failover.replication.channel import (
+    ChannelSettings,
+    ReplicationReceiver,
+    ReplicationSender,
+    SessionIdentity,
+)
+from failover.replication.mirror import Mirror
+from failover.replication.ops import Fsync, Op
+from failover.replication.tracking import Tracker
+from failover.transport import MessageStream, ReplicationTransport
+
+log = structlog.get_logger("failover.dataplane")
+
+Report = Callable[[ev.Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class DataPlaneSettings:
+    """What the data plane needs of the configuration, already validated."""
+
+    cluster: str
+    node: str
+    peer: str
+    key: bytes | None
+    roots: dict[str, Path]  # replicated directory name -> its path
+    state_dir: Path  # where the tracker keeps its log and checkpoints
+    transport: ReplicationTransport
+    local: BaseModel  # this node's replication endpoint
+    remote: BaseModel  # the peer's
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
+    zone_size: int = 64 * 1024
+
+
+class _Relay:
+    """The mirror's one listener: the tracker records, the current sender (if
+    any) replicates. Called from FUSE threads; the sender is swapped under a lock."""
+
+    def __init__(self, tracker: Tracker) -> None:
+        self.tracker = tracker
+        self._sender: ReplicationSender | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sender(self) -> ReplicationSender | None:
+        return self._sender
+
+    @sender.setter
+    def sender(self, sender: ReplicationSender | None) -> None:
+        with self._lock:
+            self._sender = sender
+
+    def before(self, op: Op) -> None:
+        self.tracker.before(op)
+
+    def after(self, op: Op) -> None:
+        sender = self._sender
+        if sender is not None:
+            sender.after(op)
+
+    def sync(self, op: Fsync) -> None:
+        self.tracker.sync(op)
+        sender = self._sender
+        if sender is not None:
+            sender.sync(op)
+
+
+class DataPlane:
+    """The replicated directories of one node (see the module docstring).
+
+    ``run`` mounts every directory read-only and listens for the peer's
+    sessions until cancelled, then unmounts. ``generation`` gives the node's
+    current data generation (shown to the peer in each session's handshake).
+    """
+
+    def __init__(
+        self,
+        settings: DataPlaneSettings,
+        report: Report,
+        generation: Callable[[], str],
+    ) -> None:
+        self.settings = settings
+        self.report = report
+        self.generation = generation
+        self.tracker: Tracker | None = None
+        self.mirrors: dict[str, Mirror] = {}
+        self.serving = False
+        self._relay: _Relay | None = None
+        self._group: TaskGroup | None = None
+        self._sending: anyio.CancelScope | None = None
+        self._receiving: anyio.CancelScope | None = None
+        self.sessions_received = 0
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        self.tracker = await anyio.to_thread.run_sync(
+            lambda: Tracker(s.state_dir, zone_size=s.zone_size)
+        )
+        self._relay = _Relay(self.tracker)
+        try:
+            await self._mount_all(read_only=True)
+            async with (
+                s.transport.listen(s.local) as listener,
+                anyio.create_task_group() as tg,
+            ):
+                self._group = tg
+                tg.start_soon(self._accept, listener)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            with anyio.CancelScope(shield=True):
+                self._relay.sender = None
+                await anyio.to_thread.run_sync(self._unmount_all)
+                self.tracker.close()
+
+    async def _mount_all(self, *, read_only: bool) -> None:
+        assert self._relay is not None
+        for name, path in self.settings.roots.items():
+            mirror = Mirror(name, path, None if read_only else self._relay, read_only=read_only)
+            await anyio.to_thread.run_sync(mirror.mount)
+            self.mirrors[name] = mirror
+
+    def _unmount_all(self) -> None:
+        for name, mirror in list(self.mirrors.items()):
+            try:
+                mirror.unmount()
+            except UsageError:
+                # files are still open in it (a process outlived the stop script)
+                log.warning("replicated directory busy: detached lazily", directory=name)
+                mirror.unmount(lazy=True)
+            del self.mirrors[name]
+
+    # -- serving ----------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Remount the directories read-write with the replication listeners
+        (before the application starts)."""
+        if self.serving:
+            return
+        self._stop_receiving()
+        await anyio.to_thread.run_sync(self._unmount_all)
+        await self._mount_all(read_only=False)
+        self.serving = True
+
+    async def unserve(self) -> None:
+        """Back to the read-only view (after the application stopped)."""
+        if not self.serving:
+            return
+        await self.stop_replication()
+        await anyio.to_thread.run_sync(self._unmount_all)
+        await self._mount_all(read_only=True)
+        self.serving = False
+
+    # -- tracking ---------------------------------------------------------------------------
+
+    def start_tracking(self, since: str) -> None:
+        assert self.tracker is not None
+        self.tracker.epoch_start(since)
+
+    def stop_tracking(self) -> None:
+        assert self.tracker is not None
+        self.tracker.clear()
+
+    # -- the sending side -------------------------------------------------------------------
+
+    async def start_replication(self) -> None:
+        """Open a session to the peer's receiver and replicate every change from
+        now on. A failure to connect is reported as ``ReplicationFailed``."""
+        assert self._group is not None and self._relay is not None
+        await self.stop_replication()
+        s = self.settings
+        reported = False
+        group = self._group
+
+        def broken(reason: str) -> None:
+            nonlocal reported
+            if self._relay is not None and self._relay.sender is sender:
+                self._relay.sender = None
+            if not reported:
+                reported = True
+                group.start_soon(self._report_failure, reason)
+
+        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
+        try:
+            stream = await s.transport.connect(s.remote, s.channel.timeout)
+            await sender.handshake(stream)
+        except (TransportError, PeerProtocolError) as exc:
+            broken(f"replication session to {s.peer} failed: {exc}")
+            return
+        self._relay.sender = sender
+        scope = anyio.CancelScope()
+        self._sending = scope
+
+        async def pump() -> None:
+            with scope:
+                await sender.run()
+
+        self._group.start_soon(pump)
+        log.info("replicating", peer=s.peer)
+
+    async def _report_failure(self, reason: str) -> None:
+        await self.report(ev.ReplicationFailed(reason))
+
+    async def stop_replication(self) -> None:
+        if self._relay is not None:
+            self._relay.sender = None
+        if self._sending is not None:
+            self._sending.cancel()
+            self._sending = None
+
+    # -- the receiving side -----------------------------------------------------------------
+
+    async def _accept(self, listener: Any) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except TransportError as exc:
+                log.error("replication listener failed", error=str(exc))
+                return
+            if self.serving:
+                # a serving node never takes the peer's changes
+                log.warning("replication session refused: this node serves")
+                await stream.aclose()
+                continue
+            self._stop_receiving()
+            scope = anyio.CancelScope()
+            self._receiving = scope
+            assert self._group is not None
+            self._group.start_soon(self._receive, stream, scope)
+
+    def _stop_receiving(self) -> None:
+        if self._receiving is not None:
+            self._receiving.cancel()
+            self._receiving = None
+
+    async def _receive(self, stream: MessageStream, scope: anyio.CancelScope) -> None:
+        with scope:
+            roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+            with Applier(roots) as applier:
+                receiver = ReplicationReceiver(
+                    self._identity(), applier, timeout=self.settings.channel.timeout
+                )
+                try:
+                    peer = await receiver.handshake(stream)
+                    self.sessions_received += 1
+                    log.info("receiving replication", peer=self.settings.peer, since=peer)
+                    await receiver.run()
+                except FailoverError as exc:
+                    log.warning("replication session from the peer ended", error=str(exc))
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+
+    def _identity(self) -> SessionIdentity:
+        s = self.settings
+        return SessionIdentity(
+            cluster=s.cluster, key=s.key, local=s.node, peer=s.peer, generation=self.generation()
+        )
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        relay = self._relay
+        sender = relay.sender if relay is not None else None
+        return {
+            "directories": {name: str(path) for name, path in self.settings.roots.items()},
+            "mode": "read-write" if self.serving else "read-only",
+            "replicating": sender is not None,
+            "sender": None if sender is None else _plain(sender.status()),
+            "sessions_received": self.sessions_received,
+        }
+
+
+def _plain(value: object) -> Any:
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is None:
+        return value if isinstance(value, int | float | str | bool | None) else str(value)
+    return {name: _plain(getattr(value, name)) for name in fields}

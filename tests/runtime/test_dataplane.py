@@ -1,0 +1,125 @@
+"""The data plane of two nodes in one process, over loopback: real FUSE mirrors,
+the tracker, and a replication session between them."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import anyio
+import pytest
+
+from failover.core import events as ev
+from failover.replication.channel import ChannelSettings
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings
+from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
+from failover_transports.tcp import TcpEndpoint
+from failover_transports.tcp_replication import TcpReplicationTransport
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
+    ),
+]
+
+KEY = b"d" * 32
+
+
+@dataclass
+class Node:
+    plane: DataPlane
+    root: Path
+    events: list[ev.Event]
+    event_seen: anyio.Event
+
+
+@asynccontextmanager
+async def pair(tmp_path: Path, timeout: float = 2.0) -> AsyncIterator[tuple[Node, Node]]:
+    ports = {"alpha": free_port("tcp"), "beta": free_port("tcp")}
+    nodes: dict[str, Node] = {}
+    async with anyio.create_task_group() as tg:
+        for name, peer in (("alpha", "beta"), ("beta", "alpha")):
+            root = tmp_path / name / "data"
+            root.mkdir(parents=True)
+            events: list[ev.Event] = []
+            seen = anyio.Event()
+
+            async def report(
+                event: ev.Event, events: list[ev.Event] = events, seen: anyio.Event = seen
+            ) -> None:
+                events.append(event)
+                seen.set()
+
+            settings = DataPlaneSettings(
+                cluster="c1",
+                node=name,
+                peer=peer,
+                key=KEY,
+                roots={"data": root},
+                state_dir=tmp_path / name / "tracking",
+                transport=TcpReplicationTransport(),
+                local=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[name]),
+                remote=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[peer]),
+                channel=ChannelSettings(timeout=timeout),
+            )
+            plane = DataPlane(settings, report, generation=lambda: "1:alpha")
+            nodes[name] = Node(plane, root, events, seen)
+            await tg.start(plane.run)
+        try:
+            yield nodes["alpha"], nodes["beta"]
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def write_synced(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_a_synced_write_on_the_serving_node_is_on_the_peer(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        # a node that does not serve shows its directory read-only
+        with pytest.raises(OSError) as refused:
+            await anyio.to_thread.run_sync(write_synced, beta.root / "x", b"no")
+        assert refused.value.errno == errno.EROFS
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        assert alpha.plane.status()["replicating"]
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "record", b"call 1\n")
+        # fsync returned: the peer has it (read through its read-only mirror)
+        assert (beta.root / "record").read_bytes() == b"call 1\n"
+        assert beta.plane.sessions_received == 1
+        assert not alpha.events  # nothing broke
+
+
+async def test_a_lost_peer_breaks_replication_and_fsync_returns(tmp_path: Path) -> None:
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        beta.plane._stop_receiving()  # the peer's receiver goes away
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"alone")
+            await alpha.event_seen.wait()
+        assert [type(e) for e in alpha.events] == [ev.ReplicationFailed]
+        assert not alpha.plane.status()["replicating"]
+        assert (alpha.root / "after").read_bytes() == b"alone"  # the application went on
+
+
+async def test_tracking_records_what_the_peer_missed(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, _beta):
+        await alpha.plane.serve()
+        alpha.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "missed", b"m" * 10)
+        assert alpha.plane.tracker is not None
+        changes = alpha.plane.tracker.changes()
+        assert changes.name_changed("data", b"missed")
