@@ -500,3 +500,34 @@ def test_read_only_mirror_shows_changes_made_underneath() -> None:
         os.write(fd, b"applied")
         os.close(fd)
         assert (directory / "new").read_bytes() == b"applied"
+
+
+def test_entries_created_by_another_user_are_theirs_with_their_mode_and_recorded(
+    listener: RecordingListener,
+) -> None:
+    nobody = 65534
+    program = (
+        "import os, sys; d = sys.argv[1]\n"
+        "os.mkdir(os.path.join(d, 'dir'), 0o755)\n"
+        "os.close(os.open(os.path.join(d, 'dir', 'f'), os.O_CREAT | os.O_WRONLY, 0o600))\n"
+        "os.umask(0)\n"
+        "os.close(os.open(os.path.join(d, 'shared'), os.O_CREAT | os.O_WRONLY, 0o666))\n"
+    )
+    with temp_dir("fo-mirror-") as directory:
+        directory.chmod(0o777)
+        with mounted(directory, listener):
+            subprocess.run(
+                ["/usr/bin/python3", "-c", program, str(directory)],
+                user=nobody,
+                group=nobody,
+                check=True,
+                cwd="/",
+            )
+            for name in ("dir", "dir/f", "shared"):
+                st = (directory / name).stat()
+                assert (st.st_uid, st.st_gid) == (nobody, nobody)
+            # the caller's umask (0), not the daemon's
+            assert (directory / "shared").stat().st_mode & 0o777 == 0o666
+        assert Chown("data", b"dir", nobody, nobody) in listener.after_ops
+        assert Chown("data", b"dir/f", nobody, nobody) in listener.after_ops
+        assert (directory / "dir" / "f").stat().st_uid == nobody
