@@ -9,7 +9,8 @@ disk (a plain temp dir beside them), to each mount and, when ``failover.replicat
 is importable, to the project's ``Mirror`` (mfusepy) without a listener and with one that
 only counts calls:
 
-- sequential write: 1 MiB ``write`` calls, then one ``fsync``: MiB/s;
+- sequential write: 1 MiB ``write`` calls, then one ``fsync``: MiB/s; the same in 4 KiB
+  ``write`` calls (one FUSE request, so one Python call, each);
 - synchronous commit: 4 KiB ``pwrite`` + ``fsync`` at increasing offsets: p50 / p99 in µs;
 - file creates: ``open(O_CREAT|O_EXCL)`` + ``close`` in one directory: files/s;
 - the synchronous commit from 2 threads on 2 files: total commits/s (the Mirror serialises
@@ -51,6 +52,7 @@ MOUNT_TIMEOUT_S = 20.0
 @dataclass
 class Figures:
     seq_mib_s: float
+    seq_small_mib_s: float
     sync_p50_us: float
     sync_p99_us: float
     creates_s: float
@@ -59,6 +61,7 @@ class Figures:
 
 _COLUMNS = (
     ("seq MiB/s", "seq_mib_s"),
+    ("4K seq MiB/s", "seq_small_mib_s"),
     ("sync p50 µs", "sync_p50_us"),
     ("sync p99 µs", "sync_p99_us"),
     ("creates/s", "creates_s"),
@@ -69,6 +72,9 @@ _COLUMNS = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-mib", type=int, default=256, help="size of the sequential file")
+    parser.add_argument(
+        "--seq-small-mib", type=int, default=32, help="size of the file written in 4 KiB writes"
+    )
     parser.add_argument("--sync-writes", type=int, default=2000, help="4 KiB write+fsync count")
     parser.add_argument("--creates", type=int, default=2000, help="files created")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median kept)")
@@ -118,9 +124,10 @@ def _median(figures: list[Figures]) -> Figures:
 def _print(results: dict[str, Figures], args: argparse.Namespace) -> None:
     base = results["local disk"]
     print(
-        f"same run, median of {args.rounds} interleaved rounds; seq {args.seq_mib} MiB in "
-        f"1 MiB writes + fsync; {args.sync_writes} x (4 KiB pwrite + fsync), also from 2 "
-        f"threads on 2 files; {args.creates} creates"
+        f"same run, median of {args.rounds} interleaved rounds; "
+        f"seq {args.seq_mib} MiB in 1 MiB writes + fsync; {args.seq_small_mib} MiB in "
+        f"4 KiB writes + fsync; {args.sync_writes} x (4 KiB pwrite + fsync), also from "
+        f"2 threads on 2 files; {args.creates} creates"
     )
     print(f"{'':<36}" + "".join(f"{title:>14}" for title, _ in _COLUMNS))
     for label, fig in results.items():
@@ -137,18 +144,19 @@ def _print(results: dict[str, Figures], args: argparse.Namespace) -> None:
 
 def _measure(where: Path, args: argparse.Namespace) -> Figures:
     seq = _sequential(where / "seq", args.seq_mib)
+    seq_small = _sequential(where / "seq4k", args.seq_small_mib, SMALL)
     p50, p99 = _sync_loop(where / "sync", args.sync_writes)
     creates = _creates(where / "creates", args.creates)
     parallel = _parallel_sync(where, args.sync_writes)
-    return Figures(seq, p50, p99, creates, parallel)
+    return Figures(seq, seq_small, p50, p99, creates, parallel)
 
 
-def _sequential(path: Path, mib: int) -> float:
-    block = os.urandom(MIB)
+def _sequential(path: Path, mib: int, size: int = MIB) -> float:
+    block = os.urandom(size)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         started = time.perf_counter()
-        for _ in range(mib):
+        for _ in range(mib * (MIB // size)):
             os.write(fd, block)
         os.fsync(fd)
         elapsed = time.perf_counter() - started

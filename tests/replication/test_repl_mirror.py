@@ -313,6 +313,16 @@ def test_rename_noreplace_and_exchange(mnt: Path, listener: RecordingListener) -
     ]
 
 
+def test_rename_whiteout_is_refused_unrecorded(mnt: Path, listener: RecordingListener) -> None:
+    _write_file(mnt / "x", b"X")
+    recorded = len(listener.after_ops)
+    with pytest.raises(OSError) as raised:
+        renameat2(mnt / "x", mnt / "y", 4)  # RENAME_WHITEOUT
+    assert raised.value.errno in (errno.EINVAL, errno.EPERM)
+    assert (mnt / "x").exists()
+    assert len(listener.after_ops) == recorded
+
+
 def test_an_open_file_is_recorded_under_its_current_name(
     mnt: Path, listener: RecordingListener
 ) -> None:

@@ -44,6 +44,8 @@ from typing import Any, Protocol, Self, TypeVar
 
 from failover.errors import UsageError
 from failover.replication.ops import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
     Chmod,
     Chown,
     Create,
@@ -76,7 +78,6 @@ MOUNT_TIMEOUT_S = 15.0
 """How long ``mount`` waits for the kernel's first request before giving up."""
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
-RENAME_EXCHANGE = 2
 _ACCESS_MODES = os.O_WRONLY | os.O_RDWR
 # The backing file is written at the offsets the kernel gives: O_APPEND would make pwrite
 # ignore them (and the recorded offset could differ from where the bytes went); O_DIRECT
@@ -590,6 +591,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def rename(self, old: str, new: str, flags: int = 0) -> int:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):  # RENAME_WHITEOUT: overlayfs only
+            raise OSError(errno.EINVAL, f"rename flags {flags:#x} are not replicated")
         src, dst = self._named(old), self._named(new)
 
         def action() -> None:
