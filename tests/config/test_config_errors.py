@@ -3,40 +3,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from config_support import BASE, WriteConfig, replace_once
-
-from failover.config import load_config
-from failover.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Bad:
-    """A config made from BASE by ``edits``, and the problem it must produce.
-
-    ``at`` is a piece of text of the edited file and which occurrence of it
-    (1-based): the problem must name the line where it occurs.
-    """
-
-    edits: tuple[tuple[str, str], ...]
-    key: str
-    at: tuple[str, int]
-    gist: tuple[str, ...]
-
-
-def bad(
-    old: str,
-    new: str,
-    key: str,
-    at: str | tuple[str, int],
-    *gist: str,
-    more: tuple[tuple[str, str], ...] = (),
-) -> Bad:
-    return Bad(((old, new), *more), key, at if isinstance(at, tuple) else (at, 1), gist)
-
+from config_support import (
+    BASE,
+    Bad,
+    WriteConfig,
+    assert_reported,
+    bad,
+    line_of,
+    problems_of,
+    replace_once,
+)
 
 ALPHA_LAN = "      lan: {address: 127.0.0.1, port: 7401}\n"
 BETA_LAN = "      lan: {address: 127.0.0.1, port: 7402}\n"
@@ -430,19 +409,6 @@ CASES: dict[str, Bad] = {
 }
 
 
-def problems_of(path: Path) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    return caught.value.problems
-
-
-def line_of(text: str, marker: str, occurrence: int) -> int:
-    """1-based line of the ``occurrence``-th line of ``text`` that contains ``marker``."""
-    hits = [n for n, line in enumerate(text.splitlines(), start=1) if marker in line]
-    assert len(hits) >= occurrence, f"{marker!r} occurs {len(hits)} times"
-    return hits[occurrence - 1]
-
-
 def test_there_are_at_least_30_bad_configurations() -> None:
     assert len(CASES) >= 30
 
@@ -451,17 +417,7 @@ def test_there_are_at_least_30_bad_configurations() -> None:
 def test_bad_configuration_is_reported_at_its_file_line_and_key(
     write_config: WriteConfig, case: Bad
 ) -> None:
-    text = BASE
-    for old, new in case.edits:
-        text = replace_once(text, old, new)
-    path = write_config(text)
-    expected = f"{path}:{line_of(text, *case.at)}: {case.key}: "
-    problems = problems_of(path)
-    matching = [p for p in problems if p.startswith(expected)]
-    assert matching, f"no problem starts with {expected!r}; got:\n" + "\n".join(problems)
-    for gist in case.gist:
-        assert any(gist in p for p in matching), f"{gist!r} not in {matching}"
-    assert all("Traceback" not in p and "\n" not in p for p in problems)
+    assert_reported(write_config, case)
 
 
 def test_every_problem_in_a_file_is_reported_not_just_the_first(

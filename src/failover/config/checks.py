@@ -8,6 +8,7 @@ attached to the key an operator has to change.
 from __future__ import annotations
 
 import ipaddress
+import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,13 @@ from failover.config.models import (
     CheckerConfig,
     ClusterSection,
     LinkConfig,
+    ReplicatedDirectory,
+    ReplicationSection,
 )
-from failover.config.problems import Loc, Problem, problems_from
+from failover.config.problems import Loc, Problem, format_key, problems_from
 from failover.config.timing import resolve_timing
 from failover.errors import PluginNotFound
-from failover.plugins import load_transport
+from failover.plugins import load_replication_transport, load_transport
 
 # Float slack for "dead_timeout >= 3 x heartbeat_interval": 3 * 0.05 is 0.15000000000000002.
 _EPSILON = 1e-9
@@ -42,6 +45,15 @@ class Sections:
     is a mapping to its endpoint options by link name (None: not a mapping).
     ``links_complete`` is False when some link is invalid or the section is
     missing, so that "no such link" cannot be concluded.
+
+    ``replication_given`` tells whether the file has a (non-null)
+    ``replication`` section; ``replication`` and ``replication_ok`` are its
+    valid fields, as for ``cluster``, and ``directories`` its valid items with
+    their index. Of the nodes whose section is a mapping,
+    ``replication_options`` maps those that give a replication endpoint to its
+    options (None: not a mapping), and ``nodes_without_replication`` lists the
+    others. ``state_dirs`` maps a node to its state directory and the key
+    that sets it, when that is valid.
     """
 
     cluster: ClusterSection | None = None
@@ -51,15 +63,24 @@ class Sections:
     node_names: tuple[str, ...] | None = None
     endpoints: dict[str, dict[str, dict[str, Any] | None]] = field(default_factory=dict)
     checkers: list[tuple[int, CheckerConfig]] = field(default_factory=list)
+    replication_given: bool = False
+    replication: ReplicationSection | None = None
+    replication_ok: frozenset[str] = frozenset()
+    directories: list[tuple[int, ReplicatedDirectory]] = field(default_factory=list)
+    replication_options: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    nodes_without_replication: list[str] = field(default_factory=list)
+    state_dirs: dict[str, tuple[Loc, Path]] = field(default_factory=dict)
 
 
 @dataclass
 class Findings:
-    """What the rules found: errors, warnings, and the endpoints they validated."""
+    """What the rules found: errors, warnings, and the endpoints they validated
+    (``endpoints`` by node and link, ``replication_endpoints`` by node)."""
 
     problems: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     endpoints: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
+    replication_endpoints: dict[str, BaseModel] = field(default_factory=dict)
 
 
 def check_all(sections: Sections) -> Findings:
@@ -75,11 +96,12 @@ def check_all(sections: Sections) -> Findings:
             _check_key(cluster, found)
         if sections.node_names is not None:
             _check_node_references(cluster, ok, sections.node_names, found)
-    _check_unique_names("links", [(i, link.name) for i, link in sections.links], found)
-    _check_unique_names("checkers", [(i, c.name) for i, c in sections.checkers], found)
+    _check_unique_names(("links",), [(i, link.name) for i, link in sections.links], found)
+    _check_unique_names(("checkers",), [(i, c.name) for i, c in sections.checkers], found)
     if sections.node_names is not None:
         _check_node_names(sections.node_names, found)
     _check_endpoints(sections, found)
+    _check_replication(sections, found)
     return found
 
 
@@ -192,14 +214,14 @@ def _check_key_file(path: Path, found: Findings) -> None:
         )
 
 
-def _check_unique_names(section: str, names: list[tuple[int, str]], found: Findings) -> None:
+def _check_unique_names(section: Loc, names: list[tuple[int, str]], found: Findings) -> None:
     first: dict[str, int] = {}
     for i, name in names:
         if name in first:
             found.problems.append(
                 Problem(
-                    (section, i, "name"),
-                    f"duplicate name {name!r} (also {section}[{first[name]}])",
+                    (*section, i, "name"),
+                    f"duplicate name {name!r} (also {format_key((*section, first[name]))})",
                 )
             )
         else:
@@ -284,33 +306,46 @@ def _check_endpoints(sections: Sections, found: Findings) -> None:
             if options is None:
                 continue
             loc: Loc = ("nodes", node, "links", link.name)
-            try:
-                found.endpoints[(node, link.name)] = model.model_validate(options)
-            except ValidationError as exc:
-                found.problems.extend(problems_from(exc, options, prefix=loc))
-            except Exception as exc:  # a plugin's own bug must not crash the check
-                found.problems.append(
-                    Problem(loc, f"transport {link.transport!r} failed on these options: {exc}")
-                )
-        _check_distinct_endpoints(link.name, list(sections.endpoints), found)
+            endpoint = _validate_endpoint(model, options, loc, link.transport, found)
+            if endpoint is not None:
+                found.endpoints[(node, link.name)] = endpoint
+        _check_distinct_nodes(
+            [
+                (("nodes", node, "links", link.name), node, found.endpoints.get((node, link.name)))
+                for node in sections.endpoints
+            ],
+            found,
+        )
 
 
-def _check_distinct_endpoints(link: str, node_names: list[str], found: Findings) -> None:
+def _validate_endpoint(
+    model: type[BaseModel], options: dict[str, Any], loc: Loc, transport: str, found: Findings
+) -> BaseModel | None:
+    """``options`` validated by a transport's ``model``; None (and problems at ``loc``) if not."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        found.problems.extend(problems_from(exc, options, prefix=loc))
+    except Exception as exc:  # a plugin's own bug must not crash the check
+        found.problems.append(
+            Problem(loc, f"transport {transport!r} failed on these options: {exc}")
+        )
+    return None
+
+
+def _check_distinct_nodes(
+    endpoints: list[tuple[Loc, str, BaseModel | None]], found: Findings
+) -> None:
+    """Each node's end of one link has its own socket. ``endpoints``: (key, node, endpoint)."""
     seen: dict[tuple[str, str], str] = {}
-    for node in node_names:
-        endpoint = found.endpoints.get((node, link))
-        address = getattr(endpoint, "address", None)
-        port = getattr(endpoint, "port", None)
-        if address is None or port is None or _is_multicast(str(address)):
-            # Without an address and a port there is nothing to compare (serial
-            # devices have the same name on both machines); a multicast group
-            # is shared by design.
+    for loc, node, endpoint in endpoints:
+        pair = _socket_of(endpoint)
+        if pair is None:
             continue
-        pair = (str(address), str(port))
         if pair in seen:
             found.problems.append(
                 Problem(
-                    ("nodes", node, "links", link),
+                    loc,
                     f"same address and port as node {seen[pair]!r} ({pair[0]}:{pair[1]}); "
                     "each node needs its own endpoint",
                 )
@@ -319,8 +354,152 @@ def _check_distinct_endpoints(link: str, node_names: list[str], found: Findings)
             seen[pair] = node
 
 
-def _is_multicast(address: str) -> bool:
+def _socket_of(endpoint: BaseModel | None) -> tuple[str, str] | None:
+    """(address, port) of an endpoint, or None when there is nothing to compare."""
+    address = getattr(endpoint, "address", None)
+    port = getattr(endpoint, "port", None)
+    if address is None or port is None or _ip_is(str(address), "is_multicast"):
+        # Without an address and a port there is nothing to compare (serial
+        # devices have the same name on both machines); a multicast group
+        # is shared by design.
+        return None
+    return str(address), str(port)
+
+
+def _ip_is(address: str, attribute: str) -> bool:
+    """Whether ``address`` is an IP address with ``attribute`` (``is_multicast``...) true."""
     try:
-        return ipaddress.ip_address(address).is_multicast
+        return bool(getattr(ipaddress.ip_address(address), attribute))
     except ValueError:
         return False
+
+
+# --- replication -------------------------------------------------------------------------
+
+
+def _check_replication(sections: Sections, found: Findings) -> None:
+    if not sections.replication_given:
+        for node in sections.replication_options:
+            found.problems.append(
+                Problem(
+                    ("nodes", node, "replication"),
+                    "no replication section: a node's replication endpoint is only used "
+                    "with a top-level replication section",
+                )
+            )
+        return
+    for node in sections.nodes_without_replication:
+        found.problems.append(
+            Problem(
+                ("nodes", node, "replication"),
+                "required: the replication section needs each node's replication endpoint",
+            )
+        )
+    replication, ok = sections.replication, sections.replication_ok
+    if replication is not None and "transport" in ok:
+        _check_replication_endpoints(replication.transport, sections, found)
+    _check_unique_names(
+        ("replication", "directories"), [(i, d.name) for i, d in sections.directories], found
+    )
+    _check_directory_paths(sections, found)
+    if replication is not None and "quarantine_dir" in ok and replication.quarantine_dir:
+        quarantine = replication.quarantine_dir
+        for i, directory in sections.directories:
+            relation = _overlap(quarantine, directory.path)
+            if relation:
+                found.problems.append(
+                    Problem(
+                        ("replication", "quarantine_dir"),
+                        f"'{quarantine}' {relation} replication.directories[{i}].path "
+                        f"({directory.path}); quarantined files must stay out of the "
+                        "replicated directories",
+                    )
+                )
+
+
+def _check_replication_endpoints(transport: str, sections: Sections, found: Findings) -> None:
+    try:
+        model = load_replication_transport(transport).endpoint_model
+    except PluginNotFound as exc:
+        found.problems.append(Problem(("replication", "transport"), str(exc)))
+        return
+    for node, options in sections.replication_options.items():
+        if options is None:
+            continue
+        loc: Loc = ("nodes", node, "replication")
+        endpoint = _validate_endpoint(model, options, loc, transport, found)
+        if endpoint is not None:
+            found.replication_endpoints[node] = endpoint
+    validated = found.replication_endpoints
+    _check_distinct_nodes(
+        [(("nodes", node, "replication"), node, endpoint) for node, endpoint in validated.items()],
+        found,
+    )
+    for node in validated:
+        _check_apart_from_links(node, found)
+
+
+def _check_apart_from_links(node: str, found: Findings) -> None:
+    """``node``'s replication endpoint uses no socket of its own heartbeat endpoints."""
+    replication = _socket_of(found.replication_endpoints[node])
+    if replication is None:
+        return
+    for (owner, link), endpoint in found.endpoints.items():
+        heartbeat = _socket_of(endpoint)
+        if owner != node or heartbeat is None or heartbeat[1] != replication[1]:
+            continue
+        # A listener on the unspecified address takes the port on every address.
+        if heartbeat[0] == replication[0] or any(
+            _ip_is(address, "is_unspecified") for address in (heartbeat[0], replication[0])
+        ):
+            found.problems.append(
+                Problem(
+                    ("nodes", node, "replication"),
+                    f"same address and port as nodes.{node}.links.{link} "
+                    f"({heartbeat[0]}:{heartbeat[1]}); replication needs a port of its own",
+                )
+            )
+
+
+def _check_directory_paths(sections: Sections, found: Findings) -> None:
+    """Replicated directories overlap neither each other nor a state directory."""
+    state_dirs: dict[Path, Loc] = {}
+    for setting, state_dir in sections.state_dirs.values():
+        state_dirs.setdefault(state_dir, setting)
+    for n, (i, directory) in enumerate(sections.directories):
+        loc: Loc = ("replication", "directories", i, "path")
+        path = directory.path
+        for j, other in sections.directories[:n]:
+            relation = _overlap(path, other.path)
+            if relation:
+                found.problems.append(
+                    Problem(
+                        loc,
+                        f"'{path}' {relation} replication.directories[{j}].path "
+                        f"({other.path}); replicated directories must not overlap",
+                    )
+                )
+        for state_dir, where in state_dirs.items():
+            relation = _overlap(path, state_dir)
+            if relation:
+                found.problems.append(
+                    Problem(
+                        loc,
+                        f"'{path}' {relation} the state directory {state_dir} "
+                        f"({format_key(where)}); node metadata must stay out of the "
+                        "replicated directories",
+                    )
+                )
+
+
+def _overlap(path: Path, other: Path) -> str | None:
+    """How ``path`` overlaps ``other`` ("is the same directory as", "is inside",
+    "contains"), or None. Compared as written, with "." and ".." folded."""
+    a, b = Path(os.path.normpath(path)), Path(os.path.normpath(other))
+    if a == b:
+        return "is the same directory as"
+    if a.is_relative_to(b):
+        return "is inside"
+    if b.is_relative_to(a):
+        return "contains"
+    return None

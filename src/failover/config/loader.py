@@ -19,6 +19,9 @@ from failover.config.models import (
     ClusterSection,
     EndpointOptions,
     LinkConfig,
+    NodeConfig,
+    ReplicatedDirectory,
+    ReplicationSection,
 )
 from failover.config.problems import TOP_LEVEL, Loc, Problem, describe_value, problems_from
 from failover.config.yamlsource import ConfigSyntaxError, LocatedDocument, read_document
@@ -33,10 +36,17 @@ def _adapter(field: FieldInfo) -> TypeAdapter[Any]:
     return TypeAdapter(annotation)
 
 
-_CLUSTER_FIELDS = {name: _adapter(f) for name, f in ClusterSection.model_fields.items()}
+def _field_adapters(model: type[BaseModel]) -> dict[str, TypeAdapter[Any]]:
+    return {name: _adapter(f) for name, f in model.model_fields.items()}
+
+
+_CLUSTER_FIELDS = _field_adapters(ClusterSection)
+_REPLICATION_FIELDS = _field_adapters(ReplicationSection)
+_NODE_STATE_DIR = _adapter(NodeConfig.model_fields["state_dir"])
 _LINK = TypeAdapter(LinkConfig)
 _ENDPOINT: TypeAdapter[dict[str, Any]] = TypeAdapter(EndpointOptions)
 _CHECKER = TypeAdapter(CheckerConfig)
+_DIRECTORY = TypeAdapter(ReplicatedDirectory)
 
 
 def load_config(path: str | Path) -> ClusterConfig:
@@ -81,7 +91,12 @@ def build_config(document: LocatedDocument, shown: str, source_path: Path) -> Cl
     problems.extend(found.problems)
     if problems or config is None:
         raise ConfigError(_render(problems, shown, document))
-    config.attach(source_path, tuple(_render(found.warnings, shown, document)), found.endpoints)
+    config.attach(
+        source_path,
+        tuple(_render(found.warnings, shown, document)),
+        found.endpoints,
+        found.replication_endpoints,
+    )
     return config
 
 
@@ -94,22 +109,48 @@ T = TypeVar("T")
 
 def _valid_parts(data: dict[str, Any], context: dict[str, Any]) -> Sections:
     parts = Sections()
-    parts.cluster, parts.cluster_ok = _partial_cluster(data.get("cluster"), context)
+    parts.cluster, parts.cluster_ok = _partial_section(
+        ClusterSection, _CLUSTER_FIELDS, data.get("cluster"), context
+    )
     raw_links = data.get("links")
     parts.links = _valid_items(_LINK, raw_links, context)
     parts.links_complete = isinstance(raw_links, list) and len(parts.links) == len(raw_links)
     parts.checkers = _valid_items(_CHECKER, data.get("checkers"), context)
+    raw_replication = data.get("replication")
+    parts.replication_given = raw_replication is not None
+    parts.replication, parts.replication_ok = _partial_section(
+        ReplicationSection, _REPLICATION_FIELDS, raw_replication, context
+    )
+    if isinstance(raw_replication, dict):
+        parts.directories = _valid_items(_DIRECTORY, raw_replication.get("directories"), context)
     raw_nodes = data.get("nodes")
     if isinstance(raw_nodes, dict):
         parts.node_names = tuple(str(name) for name in raw_nodes)
         for name, raw in raw_nodes.items():
-            raw_endpoints = raw.get("links") if isinstance(raw, dict) else None
-            if isinstance(raw_endpoints, dict):
-                parts.endpoints[str(name)] = {
-                    str(link): _valid_or_none(_ENDPOINT, options, context)
-                    for link, options in raw_endpoints.items()
-                }
+            if isinstance(raw, dict):
+                _node_parts(parts, str(name), raw, context)
     return parts
+
+
+def _node_parts(parts: Sections, node: str, raw: dict[str, Any], context: dict[str, Any]) -> None:
+    """What the rules need from the mapping ``raw`` of node ``node``."""
+    raw_endpoints = raw.get("links")
+    if isinstance(raw_endpoints, dict):
+        parts.endpoints[node] = {
+            str(link): _valid_or_none(_ENDPOINT, options, context)
+            for link, options in raw_endpoints.items()
+        }
+    raw_replication = raw.get("replication")
+    if raw_replication is None:
+        parts.nodes_without_replication.append(node)
+    else:
+        parts.replication_options[node] = _valid_or_none(_ENDPOINT, raw_replication, context)
+    if raw.get("state_dir") is not None:
+        state_dir = _valid_or_none(_NODE_STATE_DIR, raw["state_dir"], context)
+        if state_dir is not None:
+            parts.state_dirs[node] = (("nodes", node, "state_dir"), state_dir)
+    elif parts.cluster is not None and "state_dir" in parts.cluster_ok:
+        parts.state_dirs[node] = (("cluster", "state_dir"), parts.cluster.state_dir)
 
 
 def _valid_or_none(adapter: TypeAdapter[T], raw: object, context: dict[str, Any]) -> T | None:
@@ -119,21 +160,27 @@ def _valid_or_none(adapter: TypeAdapter[T], raw: object, context: dict[str, Any]
         return None
 
 
-def _partial_cluster(
-    raw: object, context: dict[str, Any]
-) -> tuple[ClusterSection | None, frozenset[str]]:
-    """The cluster section built from its valid fields only, and their names."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _partial_section(
+    model: type[M], adapters: dict[str, TypeAdapter[Any]], raw: object, context: dict[str, Any]
+) -> tuple[M | None, frozenset[str]]:
+    """The section ``model`` built from the valid fields of ``raw`` only, and their names.
+
+    ``adapters`` validate each field of ``model`` on its own (``_field_adapters``).
+    """
     if not isinstance(raw, dict):
         return None, frozenset()
     values: dict[str, Any] = {}
-    for name, adapter in _CLUSTER_FIELDS.items():
-        field = ClusterSection.model_fields[name]
+    for name, adapter in adapters.items():
+        field = model.model_fields[name]
         if name in raw:
             with contextlib.suppress(ValidationError):
                 values[name] = adapter.validate_python(raw[name], context=context)
         elif not field.is_required():
             values[name] = field.get_default(call_default_factory=True)
-    return ClusterSection.model_construct(**values), frozenset(values)
+    return model.model_construct(**values), frozenset(values)
 
 
 def _valid_items(
@@ -242,6 +289,8 @@ def _unknown_key_hint(loc: Loc) -> str | None:
         # Under links the likely mistake is a transport option (address, port,
         # device...), which is per node.
         return "a link's endpoint options go under nodes.<name>.links.<link>"
+    if loc[:1] == ("replication",) and len(loc) == 2:
+        return "a node's replication endpoint options go under nodes.<name>.replication"
     homes = _WHERE.get(key)
     if homes:
         return f"{key} belongs under {' or '.join(homes)}"

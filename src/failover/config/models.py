@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
     IPvAnyInterface,
     PrivateAttr,
     StrictBool,
+    StrictInt,
     StrictStr,
     ValidationError,
     ValidationInfo,
@@ -38,6 +40,9 @@ NAME_RE = re.compile(r"[a-z0-9-]+")
 MIN_KEY_BYTES = 32
 DEFAULT_STATE_DIR = Path("/var/lib/failover")
 FINGERPRINT_VERSION = 1
+DEFAULT_REPLICATION_TRANSPORT = "tcp-replication"
+MIN_ZONE_SIZE = 4 * 1024
+MAX_ZONE_SIZE = 16 * 1024 * 1024
 
 
 def check_name(value: str) -> str:
@@ -53,6 +58,26 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = info.context.get("base_dir") if isinstance(info.context, dict) else None
     if isinstance(base, Path) and not value.is_absolute():
         return base / value
+    return value
+
+
+def _check_absolute(value: Path) -> Path:
+    # The file is identical on both nodes, so a replicated directory must mean
+    # the same place on both: a path relative to wherever the file happens to
+    # be kept would not.
+    if not value.is_absolute():
+        raise ValueError(f"'{value}' is not an absolute path (it must start with /)")
+    if ".." in value.parts:
+        raise ValueError(f"'{value}' must not contain '..' (write the path it leads to)")
+    return value
+
+
+def _check_zone_size(value: int) -> int:
+    if not MIN_ZONE_SIZE <= value <= MAX_ZONE_SIZE or value & (value - 1):
+        raise ValueError(
+            f"{value} is not a power of two from {MIN_ZONE_SIZE} (4 KiB) "
+            f"to {MAX_ZONE_SIZE} (16 MiB)"
+        )
     return value
 
 
@@ -79,6 +104,7 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 Command = Annotated[StrictStr, MinLen(1)]
 Port = Annotated[int, Ge(1), Le(65535)]
 EndpointOptions = Annotated[dict[str, Any], BeforeValidator(_none_is_empty)]
+AbsolutePath = Annotated[Path, AfterValidator(_check_absolute)]
 
 
 class Section(BaseModel):
@@ -140,11 +166,17 @@ class ControlConfig(Section):
 
 
 class NodeConfig(Section):
-    """``nodes.<node>``: where this node keeps its state and how it reaches the links."""
+    """``nodes.<node>``: where this node keeps its state and how it reaches the links.
+
+    ``replication`` holds this node's end of the replication channel (options
+    of the replication transport); it is required exactly when the file has a
+    ``replication`` section.
+    """
 
     state_dir: ConfigPath | None = None
     control: ControlConfig | None = None
     links: dict[StrictStr, EndpointOptions]
+    replication: EndpointOptions | None = None
 
 
 class ApplicationConfig(Section):
@@ -171,6 +203,25 @@ class CheckerConfig(Section):
     timeout: Seconds = 3.0
 
 
+class ReplicatedDirectory(Section):
+    """One entry of ``replication.directories``: a directory mirrored to the peer."""
+
+    name: Name
+    path: AbsolutePath
+
+
+class ReplicationSection(Section):
+    """``replication``: which directories are mirrored to the peer, and how."""
+
+    transport: Annotated[StrictStr, MinLen(1)] = DEFAULT_REPLICATION_TRANSPORT
+    ack: Literal["received", "written", "fsynced"] = "written"
+    timeout: Seconds = 5.0
+    zone_size: Annotated[StrictInt, AfterValidator(_check_zone_size)] = 64 * 1024
+    bandwidth: Annotated[StrictInt, Ge(0)] = 0
+    quarantine_dir: ConfigPath | None = None
+    directories: Annotated[tuple[ReplicatedDirectory, ...], MinLen(1)]
+
+
 class ClusterConfig(Section):
     """A whole configuration file, as loaded by ``failover.config.load_config``.
 
@@ -185,21 +236,25 @@ class ClusterConfig(Section):
     application: ApplicationConfig | None = None
     virtual_ip: VirtualIpConfig | None = None
     checkers: tuple[CheckerConfig, ...] = ()
+    replication: ReplicationSection | None = None
 
     _source_path: Path | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())
     _endpoints: dict[tuple[str, str], BaseModel] = PrivateAttr(default_factory=dict)
+    _replication_endpoints: dict[str, BaseModel] = PrivateAttr(default_factory=dict)
 
     def attach(
         self,
         source_path: Path,
         warnings: tuple[str, ...],
         endpoints: dict[tuple[str, str], BaseModel],
+        replication_endpoints: dict[str, BaseModel] | None = None,
     ) -> None:
         """Record what the loader learnt (called once by ``load_config``)."""
         self._source_path = source_path
         self._warnings = warnings
         self._endpoints = dict(endpoints)
+        self._replication_endpoints = dict(replication_endpoints or {})
 
     @property
     def source_path(self) -> Path | None:
@@ -276,6 +331,36 @@ class ClusterConfig(Section):
         self._endpoints[(node, link)] = validated
         return validated
 
+    def replication_endpoint(self, node: str) -> BaseModel:
+        """``node``'s replication endpoint, validated by the replication transport's model.
+
+        Loads the plugin if the loader has not already done so; raises
+        ``UsageError`` for an unknown node or when the file has no replication
+        section, ``PluginNotFound`` when the transport is not installed or is
+        not a replication transport, ``ConfigError`` when the options are invalid.
+        """
+        cached = self._replication_endpoints.get(node)
+        if cached is not None:
+            return cached
+        options = self._node(node).replication
+        if self.replication is None or options is None:
+            raise UsageError(f"cluster {self.cluster.name!r} has no replication section")
+        from failover.plugins import load_replication_transport  # noqa: PLC0415 - lazy
+
+        model = load_replication_transport(self.replication.transport).endpoint_model
+        try:
+            validated = model.model_validate(options)
+        except ValidationError as exc:
+            raise ConfigError([f"nodes.{node}.replication: {exc}"]) from exc
+        self._replication_endpoints[node] = validated
+        return validated
+
+    def quarantine_dir_of(self, node: str) -> Path:
+        """Where ``node`` moves divergent files after a split brain:
+        ``replication.quarantine_dir``, else ``<node_dir>/quarantine``."""
+        configured = self.replication.quarantine_dir if self.replication else None
+        return configured or self.node_dir(node) / "quarantine"
+
     def read_key(self) -> bytes | None:
         """The cluster key's bytes, exactly as stored; None when ``insecure`` is true.
 
@@ -300,12 +385,15 @@ class ClusterConfig(Section):
         """The cluster-wide settings as plain JSON data, in a canonical order.
 
         Left out: everything about the key (path and content), and what is
-        local to one machine (state directories, control listeners). Lists
-        whose order means nothing (links, checkers) are sorted by name, and
-        the profile is replaced by the timings it resolves to.
+        local to one machine (state directories, control listeners, the
+        quarantine directory). Lists whose order means nothing (links,
+        checkers, replicated directories) are sorted by name, and the profile
+        is replaced by the timings it resolves to. The ``replication`` key is
+        there only when the file has that section, so a cluster without
+        replication keeps the fingerprint it had before replication existed.
         """
         cluster = self.cluster
-        return {
+        canonical: dict[str, Any] = {
             "version": FINGERPRINT_VERSION,
             "cluster": {
                 "name": cluster.name,
@@ -317,9 +405,7 @@ class ClusterConfig(Section):
                 "arbitrator": cluster.arbitrator.model_dump(mode="json"),
                 "autostart": cluster.autostart,
             },
-            "links": sorted(
-                (link.model_dump(mode="json") for link in self.links), key=lambda d: d["name"]
-            ),
+            "links": _by_name(link.model_dump(mode="json") for link in self.links),
             "nodes": {
                 node: {
                     link.name: self.endpoint(node, link.name).model_dump(mode="json")
@@ -329,10 +415,22 @@ class ClusterConfig(Section):
             },
             "application": (self.application.model_dump(mode="json") if self.application else None),
             "virtual_ip": self.virtual_ip.model_dump(mode="json") if self.virtual_ip else None,
-            "checkers": sorted(
-                (checker.model_dump(mode="json") for checker in self.checkers),
-                key=lambda d: d["name"],
+            "checkers": _by_name(checker.model_dump(mode="json") for checker in self.checkers),
+        }
+        if self.replication is not None:
+            canonical["replication"] = self._canonical_replication(self.replication)
+        return canonical
+
+    def _canonical_replication(self, replication: ReplicationSection) -> dict[str, Any]:
+        shared = replication.model_dump(mode="json", exclude={"quarantine_dir", "directories"})
+        return {
+            **shared,
+            "directories": _by_name(
+                directory.model_dump(mode="json") for directory in replication.directories
             ),
+            "endpoints": {
+                node: self.replication_endpoint(node).model_dump(mode="json") for node in self.nodes
+            },
         }
 
     def fingerprint(self) -> str:
@@ -385,3 +483,8 @@ class ClusterConfig(Section):
             f"of cluster {self.cluster.name!r} (nodes: {', '.join(self.nodes)}); "
             "name the node explicitly (--node)"
         )
+
+
+def _by_name(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dumped sections in name order (their order in the file means nothing)."""
+    return sorted(items, key=lambda d: str(d["name"]))
