@@ -60,6 +60,17 @@ def test_two_rooms_example_loads_once_its_key_exists(tmp_path: Path) -> None:
     assert str(config.virtual_ip.address) == "10.10.0.100/24"  # type: ignore[union-attr]
     assert config.timing.dead_timeout == 3.0
     assert config.endpoint("room-b", "serial").device == "/dev/ttyS0"  # type: ignore[attr-defined]
+    assert config.replication is not None
+    assert [(d.name, str(d.path)) for d in config.replication.directories] == [
+        ("db", "/srv/dispatch/db")
+    ]
+    assert config.replication_endpoint("room-a").port == 7410  # type: ignore[attr-defined]
+    assert config.quarantine_dir_of("room-a") == Path("/var/lib/failover/room-a/quarantine")
+
+
+def test_loopback_example_has_no_replication() -> None:
+    # A replicated directory needs root and FUSE: the loopback demo stays runnable without.
+    assert load_config(EXAMPLES / "loopback.yaml").replication is None
 
 
 def test_two_rooms_example_without_its_key_names_only_the_key(tmp_path: Path) -> None:

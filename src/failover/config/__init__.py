@@ -17,6 +17,8 @@ from failover.config.models import (
     ControlTcp,
     LinkConfig,
     NodeConfig,
+    ReplicatedDirectory,
+    ReplicationSection,
     VirtualIpConfig,
 )
 from failover.config.timing import PROFILES, Timing, TimingOverrides
@@ -32,6 +34,8 @@ __all__ = [
     "ControlTcp",
     "LinkConfig",
     "NodeConfig",
+    "ReplicatedDirectory",
+    "ReplicationSection",
     "Timing",
     "TimingOverrides",
     "VirtualIpConfig",
