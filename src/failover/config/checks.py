@@ -403,18 +403,14 @@ def _check_replication(sections: Sections, found: Findings) -> None:
     )
     _check_directory_paths(sections, found)
     if replication is not None and "quarantine_dir" in ok and replication.quarantine_dir:
-        quarantine = replication.quarantine_dir
         for i, directory in sections.directories:
-            relation = _overlap(quarantine, directory.path)
-            if relation:
-                found.problems.append(
-                    Problem(
-                        ("replication", "quarantine_dir"),
-                        f"'{quarantine}' {relation} replication.directories[{i}].path "
-                        f"({directory.path}); quarantined files must stay out of the "
-                        "replicated directories",
-                    )
-                )
+            _report_overlap(
+                ("replication", "quarantine_dir"),
+                replication.quarantine_dir,
+                (("replication", "directories", i, "path"), directory.path),
+                "quarantined files must stay out of the replicated directories",
+                found,
+            )
 
 
 def _check_replication_endpoints(transport: str, sections: Sections, found: Findings) -> None:
@@ -468,28 +464,33 @@ def _check_directory_paths(sections: Sections, found: Findings) -> None:
         state_dirs.setdefault(state_dir, setting)
     for n, (i, directory) in enumerate(sections.directories):
         loc: Loc = ("replication", "directories", i, "path")
-        path = directory.path
         for j, other in sections.directories[:n]:
-            relation = _overlap(path, other.path)
-            if relation:
-                found.problems.append(
-                    Problem(
-                        loc,
-                        f"'{path}' {relation} replication.directories[{j}].path "
-                        f"({other.path}); replicated directories must not overlap",
-                    )
-                )
-        for state_dir, where in state_dirs.items():
-            relation = _overlap(path, state_dir)
-            if relation:
-                found.problems.append(
-                    Problem(
-                        loc,
-                        f"'{path}' {relation} the state directory {state_dir} "
-                        f"({format_key(where)}); node metadata must stay out of the "
-                        "replicated directories",
-                    )
-                )
+            _report_overlap(
+                loc,
+                directory.path,
+                (("replication", "directories", j, "path"), other.path),
+                "replicated directories must not overlap",
+                found,
+            )
+        for state_dir, setting in state_dirs.items():
+            _report_overlap(
+                loc,
+                directory.path,
+                (setting, state_dir),
+                "node metadata must stay out of the replicated directories",
+                found,
+            )
+
+
+def _report_overlap(
+    loc: Loc, path: Path, other: tuple[Loc, Path], why: str, found: Findings
+) -> None:
+    """A problem at ``loc`` if ``path`` overlaps ``other`` (the key that sets it, and its path)."""
+    relation = _overlap(path, other[1])
+    if relation:
+        found.problems.append(
+            Problem(loc, f"'{path}' {relation} {format_key(other[0])} ({other[1]}); {why}")
+        )
 
 
 def _overlap(path: Path, other: Path) -> str | None:
