@@ -811,11 +811,15 @@ class Mirror:
         state.thread.start()
         state.ready.wait(MOUNT_TIMEOUT_S)  # set by the kernel's first request or the loop's end
         _restore_signal_dispositions(dispositions)
-        if not operations.live:
+        reason: object = state.failure or "no answer from the kernel"
+        if operations.live:
+            try:
+                state.device = os.stat(self.path).st_dev
+            except OSError as exc:  # libfuse may still refuse the session after INIT
+                reason = exc
+        if state.device is None:
             self._stop(lazy=True)
-            reason = state.failure or "no answer from the kernel"
             raise UsageError(f"cannot mount the FUSE mirror on {self.path}: {reason}")
-        state.device = os.stat(self.path).st_dev
 
     def _serve(self, operations: _Operations, state: _Mount) -> None:
         options: dict[str, Any] = {
