@@ -14,7 +14,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.state import Generation
 from failover.replication.channel import ChannelSettings
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
@@ -63,6 +65,7 @@ async def pair(tmp_path: Path, timeout: float = 2.0) -> AsyncIterator[tuple[Node
                 key=KEY,
                 roots={"data": root},
                 state_dir=tmp_path / name / "tracking",
+                quarantine_dir=tmp_path / name / "quarantine",
                 transport=TcpReplicationTransport(),
                 local=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[name]),
                 remote=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[peer]),
@@ -123,3 +126,21 @@ async def test_tracking_records_what_the_peer_missed(tmp_path: Path) -> None:
         assert alpha.plane.tracker is not None
         changes = alpha.plane.tracker.changes()
         assert changes.name_changed("data", b"missed")
+
+
+async def test_a_lost_split_brain_moves_the_divergent_changes_to_quarantine(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path) as (alpha, _beta):
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "kept", b"before the split")
+        alpha.plane.stop_tracking()  # the peer had everything up to here
+        alpha.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "divergent", b"after")
+        await alpha.plane.unserve()
+        outcome = await alpha.plane.quarantine(fx.Quarantine(since=Generation(1, "alpha")))
+        assert outcome == ev.QuarantineDone()
+        assert sorted(p.name for p in alpha.root.iterdir()) == ["kept"]
+        moved = list((tmp_path / "alpha" / "quarantine").rglob("divergent"))
+        assert [p.read_bytes() for p in moved] == [b"after"]
+        assert list((tmp_path / "alpha" / "quarantine").rglob("manifest.json"))

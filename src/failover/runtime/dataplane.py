@@ -16,6 +16,10 @@ scripts and the virtual IP:
   the peer's receiver; the mirror's changes stream to it and an application's
   fsync returns once the peer acknowledged it. A session that breaks is
   reported as ``ReplicationFailed`` (the core goes ``alone``, tracked);
+- ``Quarantine``: after a split brain that this node lost, every entry its
+  tracker recorded since the split moves to the quarantine directory with a
+  manifest (``replication.quarantine``); the tracker keeps the set, so the
+  resync that follows brings those paths back from the winner;
 - the receiver side listens on this node's replication endpoint all the
   time and applies the peer's sessions (one at a time, the newest wins) with
   an ``Applier`` on the directories' real contents.
@@ -26,7 +30,9 @@ mirror keeps one listener while sessions come and go.
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +43,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import BaseModel
 
+from failover.core import effects as fx
 from failover.core import events as ev
 from failover.errors import FailoverError, PeerProtocolError, TransportError, UsageError
 from failover.replication.apply import Applier
@@ -48,6 +55,7 @@ from failover.replication.channel import (
 )
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
+from failover.replication.quarantine import quarantine
 from failover.replication.tracking import Tracker
 from failover.transport import MessageStream, ReplicationTransport
 
@@ -69,6 +77,7 @@ class DataPlaneSettings:
     transport: ReplicationTransport
     local: BaseModel  # this node's replication endpoint
     remote: BaseModel  # the peer's
+    quarantine_dir: Path  # where a split brain's losing changes are moved
     channel: ChannelSettings = field(default_factory=ChannelSettings)
     zone_size: int = 64 * 1024
 
@@ -203,6 +212,41 @@ class DataPlane:
     def stop_tracking(self) -> None:
         assert self.tracker is not None
         self.tracker.clear()
+
+    # -- split brain ------------------------------------------------------------------------
+
+    async def quarantine(self, effect: fx.Quarantine) -> ev.Event | None:
+        """Move this node's divergent changes aside; ``QuarantineDone`` once every
+        root is done. On a disk error nothing is lost and nothing is reported:
+        the node stays in ``wait`` (saying why) rather than resync over data
+        that was not set aside."""
+        assert self.tracker is not None
+        changes = self.tracker.changes()
+        generation = self.generation()
+        s = self.settings
+        for name, mirror in self.mirrors.items():
+            move = functools.partial(
+                quarantine,
+                name,
+                mirror.backing_fd,
+                changes,
+                s.quarantine_dir,
+                generation=generation,
+                peer=s.peer,
+                now=time.time(),
+            )
+            try:
+                manifest = await anyio.to_thread.run_sync(move)
+            except (OSError, UsageError) as exc:
+                log.error("quarantine failed: data left in place", directory=name, error=str(exc))
+                return None
+            log.warning(
+                "divergent data quarantined",
+                directory=name,
+                since=str(effect.since),
+                manifest=str(manifest.directory),
+            )
+        return ev.QuarantineDone()
 
     # -- the sending side -------------------------------------------------------------------
 
