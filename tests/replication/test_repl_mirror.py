@@ -26,6 +26,7 @@ from mirror_support import (
 )
 
 from failover.errors import UsageError
+from failover.replication.apply import Applier
 from failover.replication.mirror import Mirror
 from failover.replication.ops import (
     Chmod,
@@ -512,7 +513,7 @@ def test_read_only_mirror_shows_changes_made_underneath() -> None:
         assert (directory / "new").read_bytes() == b"applied"
 
 
-def test_entries_created_by_another_user_are_theirs_with_their_mode_and_recorded(
+def test_entries_created_by_another_user_are_theirs_with_their_mode_also_on_the_peer(
     listener: RecordingListener,
 ) -> None:
     nobody = 65534
@@ -522,6 +523,7 @@ def test_entries_created_by_another_user_are_theirs_with_their_mode_and_recorded
         "os.close(os.open(os.path.join(d, 'dir', 'f'), os.O_CREAT | os.O_WRONLY, 0o600))\n"
         "os.umask(0)\n"
         "os.close(os.open(os.path.join(d, 'shared'), os.O_CREAT | os.O_WRONLY, 0o666))\n"
+        "os.close(os.open(os.path.join(d, 'setuid'), os.O_CREAT | os.O_WRONLY, 0o4755))\n"
     )
     with temp_dir("fo-mirror-") as directory:
         directory.chmod(0o777)
@@ -533,11 +535,15 @@ def test_entries_created_by_another_user_are_theirs_with_their_mode_and_recorded
                 check=True,
                 cwd="/",
             )
-            for name in ("dir", "dir/f", "shared"):
+            expected = {"dir": 0o755, "dir/f": 0o600, "shared": 0o666, "setuid": 0o4755}
+            for name, mode in expected.items():
                 st = (directory / name).stat()
-                assert (st.st_uid, st.st_gid) == (nobody, nobody)
-            # the caller's umask (0), not the daemon's
-            assert (directory / "shared").stat().st_mode & 0o777 == 0o666
+                # the caller's umask (0), not the daemon's; set-ID bits kept over the chown
+                assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody, mode)
         assert Chown("data", b"dir", nobody, nobody) in listener.after_ops
-        assert Chown("data", b"dir/f", nobody, nobody) in listener.after_ops
-        assert (directory / "dir" / "f").stat().st_uid == nobody
+        with temp_dir("fo-mirror-peer-") as peer, Applier({"data": peer}) as applier:
+            for op in listener.after_ops:
+                applier.apply(op)
+            for name, mode in expected.items():
+                st = (peer / name).stat()
+                assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (nobody, nobody, mode)

@@ -262,12 +262,12 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     # -- ownership of new entries
 
-    def _give_to_caller(self, rel: bytes) -> None:
+    def _give_to_caller(self, rel: bytes) -> bool:
         """A new entry belongs to the calling process's user (the daemon runs as root).
-        The caller holds ``_lock``; the change is recorded as a Chown."""
+        The caller holds ``_lock``; the change is recorded as a Chown. True if it chowned."""
         uid, gid, _pid = mfusepy.fuse_get_context()
         if (uid, gid) == (self._euid, self._egid):
-            return
+            return False
         parent = rel.rpartition(b"/")[0] or b"."
         if os.stat(parent, dir_fd=self._fd).st_mode & stat.S_ISGID:
             gid = -1  # a set-group-ID directory gives its group, as the kernel did
@@ -275,11 +275,18 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             Chown(self._root_name, rel, uid, gid),
             lambda: os.chown(rel, uid, gid, dir_fd=self._fd, follow_symlinks=False),
         )
+        return True
 
-    def _exact_mode(self, rel: bytes, mode: int) -> None:
-        """Undo the daemon's own umask: the kernel already applied the caller's."""
-        if mode & self._umask:
-            os.chmod(rel, mode & 0o7777, dir_fd=self._fd)
+    def _settle_mode(self, rel: bytes, mode: int, chowned: bool) -> None:
+        """Give a new entry the mode the caller asked for (the kernel already applied the
+        caller's umask), undoing the daemon's own umask and a chown's clearing of the
+        set-ID bits; recorded as a Chmod so the peer ends the same. The caller holds
+        ``_lock``."""
+        bits = mode & 0o7777
+        if bits & self._umask or (chowned and bits & (stat.S_ISUID | stat.S_ISGID)):
+            self._change(
+                Chmod(self._root_name, rel, bits), lambda: os.chmod(rel, bits, dir_fd=self._fd)
+            )
 
     # -- reading
 
@@ -345,8 +352,11 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 Create(self._root_name, rel, mode & 0o7777),
                 lambda: os.open(rel, backing, mode & 0o7777, dir_fd=self._fd),
             )
-            self._exact_mode(rel, mode)
-            self._give_to_caller(rel)
+            try:
+                self._settle_mode(rel, mode, self._give_to_caller(rel))
+            except BaseException:
+                os.close(fd)  # the create fails: libfuse will never release this handle
+                raise
             self._handles[fd] = self._handle(rel, flags)
         return fd
 
@@ -551,8 +561,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 Mkdir(self._root_name, rel, mode & 0o7777),
                 lambda: os.mkdir(rel, mode & 0o7777, dir_fd=self._fd),
             )
-            self._exact_mode(rel, mode)
-            self._give_to_caller(rel)
+            self._settle_mode(rel, mode, self._give_to_caller(rel))
         return 0
 
     def rmdir(self, path: str) -> int:
