@@ -27,15 +27,20 @@ from failover.replication.channel import (
     ReplicationSender,
     SessionIdentity,
 )
-from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.replication.channel_session import PeerInfo, greet_as_primary, greet_as_secondary
 from failover.replication.channel_wire import (
+    NONCE_SIZE,
     Ack,
     AckLevel,
     Buffer,
+    Greeting,
     ItemKind,
     Kind,
     Sealer,
+    cluster_id,
+    decode_greeting,
     encode_ack,
+    encode_greeting,
     items_parts,
 )
 from failover.replication.ops import Create, Fsync, encode
@@ -208,3 +213,25 @@ async def test_a_dropped_connection_breaks_the_session_and_frees_sync(tmp_path: 
             await running.sender_done.wait()
         assert len(running.broken) == 1
         assert "connection lost" in running.broken[0]
+
+
+async def test_the_secondary_request_reaches_the_primary_and_a_hello_cannot_carry_one() -> None:
+    primary_id, secondary_id = identities()
+    request = b"resync request \x00\xff" * 1000
+    async with stream_pair() as (client, server), anyio.create_task_group() as tg:
+        answered: list[PeerInfo] = []
+
+        async def answer() -> None:
+            peer, _ = await greet_as_secondary(server, secondary_id, WAIT_TIMEOUT, request)
+            answered.append(peer)
+
+        tg.start_soon(answer)
+        peer, _ = await greet_as_primary(client, primary_id, AckLevel.WRITTEN, WAIT_TIMEOUT)
+    assert peer.request == request
+    assert answered[0].request == b""
+    forged = Greeting(
+        cluster_id("c1"), AckLevel.WRITTEN, b"n" * NONCE_SIZE, b"\0" * NONCE_SIZE,
+        "alpha", "beta", "gen", b"sneaky",
+    )  # fmt: skip
+    with pytest.raises(PeerProtocolError, match="HELLO: carries a request"):
+        decode_greeting(Kind.HELLO, memoryview(encode_greeting(forged)))

@@ -105,13 +105,14 @@ class ReplicationReceiver:
     def _ack(self) -> Ack:
         return Ack(self._received, self._written, self._fsynced)
 
-    async def handshake(self, stream: MessageStream) -> PeerInfo:
-        """Wait for the primary's ``HELLO`` (at most ``timeout``) and answer it.
+    async def handshake(self, stream: MessageStream, request: bytes = b"") -> PeerInfo:
+        """Wait for the primary's ``HELLO`` (at most ``timeout``) and answer it,
+        with ``request`` (what this node asks of the primary: a resync request).
 
         Raises ``PeerProtocolError`` or ``TransportError`` (the stream is then closed).
         """
         try:
-            peer, cipher = await greet_as_secondary(stream, self._identity, self._timeout)
+            peer, cipher = await greet_as_secondary(stream, self._identity, self._timeout, request)
         except FailoverError:
             await stream.aclose()
             raise

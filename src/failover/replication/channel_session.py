@@ -103,6 +103,7 @@ class PeerInfo:
     generation: str
     ack_level: AckLevel
     authenticated: bool
+    request: bytes = b""  # what the secondary asked for in its WELCOME
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,14 +192,17 @@ async def greet_as_primary(
         raise PeerProtocolError("WELCOME: answers another HELLO (replayed)")
     if welcome.ack_level != level:
         raise PeerProtocolError(f"WELCOME: ack level {welcome.ack_level}, asked for {level}")
-    peer = PeerInfo(welcome.local, welcome.generation, level, identity.authenticated)
+    peer = PeerInfo(
+        welcome.local, welcome.generation, level, identity.authenticated, welcome.request
+    )
     return peer, _cipher(identity.key, hello, welcome.nonce, primary=True)
 
 
 async def greet_as_secondary(
-    stream: MessageStream, identity: SessionIdentity, timeout: float
+    stream: MessageStream, identity: SessionIdentity, timeout: float, request: bytes = b""
 ) -> tuple[PeerInfo, SessionCipher]:
-    """Wait for ``HELLO``, check it, answer ``WELCOME``; the session's cipher.
+    """Wait for ``HELLO``, check it, answer ``WELCOME`` (carrying ``request``);
+    the session's cipher.
 
     Raises like ``greet_as_primary``.
     """
@@ -213,6 +217,7 @@ async def greet_as_secondary(
         identity.local,
         identity.peer,
         identity.generation,
+        request,
     )
     with _deadline(timeout):
         await stream.send(Sealer(identity.key).seal(Kind.WELCOME, [encode_greeting(welcome)]))

@@ -58,6 +58,8 @@ MAX_ENTRY = 32 * 1024 * 1024
 """Largest entry (its header included): an ``ITEMS`` message is at most the
 sender's ``max_message_bytes`` or one entry of this size, plus 56 bytes."""
 MAX_GENERATION = 256
+MAX_REQUEST = 16 * 1024 * 1024
+"""Largest ``request`` a ``WELCOME`` may carry (a resync target's suspect set)."""
 """Longest data generation string (UTF-8 bytes) carried in a greeting."""
 
 _HEADER = struct.Struct(">4sBBBxQ")
@@ -70,6 +72,7 @@ ENTRY_OVERHEAD = _ENTRY.size
 _ACK = struct.Struct(">QQQ")
 _GREETING = struct.Struct(">8sB32s32s")  # cluster id, ack level, nonce, echoed nonce
 _U8 = struct.Struct(">B")
+_U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 
 
@@ -133,7 +136,9 @@ class Greeting:
     ``local`` is the node that sent the greeting, ``peer`` the node it expects
     at the other end. ``echo`` is the nonce of the ``HELLO`` being answered
     (all zeros in a ``HELLO``). ``generation`` is the sender's data generation,
-    opaque here.
+    opaque here. ``request`` is what the secondary asks of the primary when the
+    session opens (a resync target's resync request; empty otherwise), opaque
+    here too, and always empty in a ``HELLO``.
     """
 
     cluster_id: bytes
@@ -143,6 +148,7 @@ class Greeting:
     local: str
     peer: str
     generation: str
+    request: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +189,8 @@ def encode_greeting(greeting: Greeting) -> bytes:
     generation = greeting.generation.encode("utf-8")
     if len(generation) > MAX_GENERATION:
         raise ValueError(f"generation longer than {MAX_GENERATION} bytes")
+    if len(greeting.request) > MAX_REQUEST:
+        raise ValueError(f"request longer than {MAX_REQUEST} bytes")
     return b"".join(
         (
             _GREETING.pack(
@@ -194,6 +202,8 @@ def encode_greeting(greeting: Greeting) -> bytes:
             peer,
             _U16.pack(len(generation)),
             generation,
+            _U32.pack(len(greeting.request)),
+            greeting.request,
         )
     )
 
@@ -238,10 +248,16 @@ def decode_greeting(kind: Kind, body: memoryview) -> Greeting:
     local = reader.text(_U8, MAX_NAME, "node name")
     peer = reader.text(_U8, MAX_NAME, "peer name")
     generation = reader.text(_U16, MAX_GENERATION, "generation")
+    (size,) = _U32.unpack(reader.take(_U32.size, "request length"))
+    if size > MAX_REQUEST:
+        raise PeerProtocolError(f"{kind.name}: request of {size} bytes (limit {MAX_REQUEST})")
+    request = bytes(reader.take(size, "request"))
     reader.end()
     if not local or not peer:
         raise PeerProtocolError(f"{kind.name}: empty node name")
-    return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation)
+    if request and kind is Kind.HELLO:
+        raise PeerProtocolError("HELLO: carries a request (only a WELCOME may)")
+    return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation, request)
 
 
 def encode_ack(ack: Ack) -> bytes:
