@@ -747,6 +747,7 @@ class _Mount:
     thread: threading.Thread | None = None
     device: int | None = None
     failure: BaseException | None = None
+    order_lock: threading.Lock | None = None
 
 
 class Mirror:
@@ -802,6 +803,16 @@ class Mirror:
             raise UsageError(f"{self.path}: the mirror {self.root_name!r} is not mounted")
         return self._mount.fd
 
+    @property
+    def order_lock(self) -> threading.Lock:
+        """The lock held around every local change and its ``listener.after``: whoever
+        reads the backing directory under it (a resync) sees a state that every op
+        ``after`` delivered so far has reached and no later one has. ``UsageError``
+        when not mounted."""
+        if self._mount is None or self._mount.order_lock is None:
+            raise UsageError(f"{self.path}: the mirror {self.root_name!r} is not mounted")
+        return self._mount.order_lock
+
     def mount(self) -> None:
         """Mount over ``path``; returns once the mount is live. ``UsageError`` if it fails."""
         if self._mount is not None:
@@ -812,6 +823,7 @@ class Mirror:
             raise UsageError(f"replicated directory {self.path}: {exc.strerror}") from exc
         state = _Mount(fd)
         operations = _Operations(self.root_name, fd, self._listener, self.read_only, state.ready)
+        state.order_lock = operations._lock
         state.thread = threading.Thread(
             target=self._serve, args=(operations, state), name=f"fuse-{self.root_name}", daemon=True
         )
