@@ -65,9 +65,10 @@ class Pair:
 
 @asynccontextmanager
 async def resync_pair(
-    target_dir: Path, settings: ChannelSettings | None = None
+    target_dir: Path, settings: ChannelSettings | None = None, request: bytes = b""
 ) -> AsyncIterator[Pair]:
-    """A handshaken replication session whose receiver applies with a ``ResyncTarget``."""
+    """A handshaken replication session whose receiver applies with a ``ResyncTarget``;
+    ``request`` (an encoded ``ResyncRequest``) travels in the handshake's WELCOME."""
     primary, secondary = identities()
     with Applier({ROOT: target_dir}) as applier:
         done = threading.Event()
@@ -79,7 +80,7 @@ async def resync_pair(
         try:
             async with stream_pair() as (a, b), anyio.create_task_group() as tg:
                 with anyio.fail_after(WAIT_TIMEOUT):
-                    tg.start_soon(receiver.handshake, b)
+                    tg.start_soon(receiver.handshake, b, request)
                     await sender.handshake(a)
                 pair = Pair(sender, target, b, done=done)
 

@@ -152,9 +152,12 @@ async def test_ex_primary_garbage_and_files_the_source_never_had_are_reverted(
         ghost_mirror.do(op)
     recovery = Tracker.recover(tmp_path / "ghost-state")  # as after kill -9
     ghost_mirror.close()
-    request = request_for(GEN, recovery)
-    plan = ResyncPlan.make(mirror.tracker.changes() if mirror.tracker else None, request)
-    async with resync_pair(target_dir) as pair:
+    assert mirror.tracker is not None
+    async with resync_pair(target_dir, request=request_for(GEN, recovery).encode()) as pair:
+        assert pair.sender.peer is not None
+        request = ResyncRequest.decode(pair.sender.peer.request)  # as the source gets it
+        assert request.suspect == recovery.changes
+        plan = ResyncPlan.make(mirror.tracker.changes(), request)
         ok, _ = await resync(pair, mirror, source_dir, plan)
         assert ok
     assert snapshot(source_dir) == snapshot(target_dir)
