@@ -377,6 +377,9 @@ class ResyncSource:
                 return self._finish()
             ok = self._channel.wait_acked(self._unacked[-1][0])
             return self._finish(done=ok)
+        except BaseException as error:
+            self._state, self._error = "failed", f"resync source: {error}"
+            raise
         finally:
             self._active = False
             self._tree.close()
