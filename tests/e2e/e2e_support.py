@@ -9,6 +9,7 @@ bound (``BOUND``); nothing sleeps for a fixed time hoping something happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ NODES = ("alpha", "beta")
 BOUND = 20.0  # seconds: an upper bound on every wait, never an expected duration
 POLL = 0.02
 VIP_HOST = 200
+REPLICATION_PORT = 7500
 APP_PORT = 8080
 SERVING = ("primary", "alone")
 
@@ -83,8 +85,10 @@ class Cluster:
         endpoints: Callable[[str, str], dict[str, Any]] | None = None,
         vip_network: str | None = None,
         env: Mapping[str, str] | None = None,
+        replicate: str | None = None,
     ) -> None:
         self.lab = lab
+        self.replicate = replicate
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
@@ -116,6 +120,22 @@ class Cluster:
                 for node in NODES
             },
         }
+        if replicate is not None:
+            # One path in the file, as on two real servers: each daemon runs in a
+            # mount namespace of its own where that path is its node's own "disk".
+            self.data = tmp_path / "data"
+            self.data.mkdir()
+            for node in NODES:
+                self.disk(node).mkdir()
+            document["replication"] = {
+                "directories": [{"name": "data", "path": str(self.data)}],
+                "timeout": 2.0,
+            }
+            for node in NODES:
+                document["nodes"][node]["replication"] = {
+                    "address": lab.address(node, replicate),
+                    "port": REPLICATION_PORT,
+                }
         if vip_network is not None:
             self.vip = lab.host_address(vip_network, VIP_HOST)
             document["application"] = app_section(tmp_path)
@@ -139,11 +159,21 @@ class Cluster:
     def socket(self, node: str) -> Path:
         return self.tmp_path / f"{node}.sock"
 
+    def disk(self, node: str) -> Path:
+        """``node``'s real copy of the replicated directory (its "disk")."""
+        return self.tmp_path / f"disk-{node}"
+
     # -- processes ------------------------------------------------------------
 
     def start(self, node: str) -> None:
         argv = [sys.executable, "-m", "failover", "run", "-c", str(self.config_path)]
         argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
+        if self.replicate is not None:
+            bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+            argv = [
+                "unshare", "--mount", "--propagation", "private", "--",
+                "sh", "-c", bind, "sh", str(self.disk(node)), str(self.data), *argv,
+            ]  # fmt: skip
         with open(self.tmp_path / f"{node}.stderr", "ab") as stderr:
             self.procs[node] = self.lab.run(
                 node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -154,6 +184,34 @@ class Cluster:
     def start_both(self) -> None:
         for node in NODES:
             self.start(node)
+
+    def mount_namespace(self, node: str) -> str:
+        """``/proc/<pid>/ns/mnt`` of ``node``'s daemon (replicating clusters only)."""
+        return f"/proc/{self.procs[node].pid}/ns/mnt"
+
+    def node_command(self, node: str, argv: list[str]) -> list[str]:
+        """``argv`` run as one of ``node``'s processes: its network and mount namespaces."""
+        return ["nsenter", f"--mount={self.mount_namespace(node)}", *self.lab.command(node, argv)]
+
+    def kill_node(self, node: str) -> int:
+        """SIGKILL every process of ``node`` (all of its mount namespace: the daemon,
+        its application, the FUSE helpers), as when the server loses power; returns
+        how many. The mount namespace, and the mirror with it, goes away."""
+        namespace = os.readlink(self.mount_namespace(node))
+        victims = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                        victims.append(int(entry))
+                except OSError:
+                    continue  # gone already
+        self.expected_dead.add(node)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        self.procs[node].wait(timeout=10)
+        return len(victims)
 
     def kill9(self, node: str) -> None:
         """SIGKILL the daemon of ``node`` (only the daemon: its application keeps running)."""

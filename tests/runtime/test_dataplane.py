@@ -144,3 +144,43 @@ async def test_a_lost_split_brain_moves_the_divergent_changes_to_quarantine(
         moved = list((tmp_path / "alpha" / "quarantine").rglob("divergent"))
         assert [p.read_bytes() for p in moved] == [b"after"]
         assert list((tmp_path / "alpha" / "quarantine").rglob("manifest.json"))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        # the common history: both hold "old" (beta's real directory is written directly)
+        for node in (alpha, beta):
+            node.plane.mirrors["data"].unmount()
+            (node.root / "old").write_bytes(b"o" * 300_000)
+            node.plane.mirrors["data"].mount()
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+
+        def change() -> None:  # while beta is away
+            fd = os.open(alpha.root / "old", os.O_WRONLY)
+            os.pwrite(fd, b"N" * 10, 200_000)
+            os.close(fd)
+            write_synced(alpha.root / "new", b"fresh")
+
+        await anyio.to_thread.run_sync(change)
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+            await beta.event_seen.wait()
+        assert alpha.events == [ev.PeerResynced(Generation(2, "alpha"))]
+        assert beta.events == [ev.ResyncDone(Generation(2, "alpha"))]
+        assert tree(alpha.root) == tree(beta.root)
+        # the resync's session goes on as the synchronous replication
+        await alpha.plane.start_replication()
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "later", b"replicated")
+        assert (beta.root / "later").read_bytes() == b"replicated"
+        assert beta.plane.sessions_received == 1

@@ -55,8 +55,10 @@ from failover.errors import ConfigError, FailoverError, UsageError
 from failover.platform.application import Application, Scripts
 from failover.platform.checkers import CheckerSpec, run_checker
 from failover.platform.vip import VipError, VirtualIP
-from failover.plugins import load_transport
+from failover.plugins import load_replication_transport, load_transport
+from failover.replication.channel import AckLevel, ChannelSettings
 from failover.runtime.control import CoreNode, NodeController, transition_record
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
 from failover.runtime.store import IncarnationStore, MetadataStore
@@ -166,7 +168,37 @@ def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> 
                 changed.append(f"nodes.{name}.links")
     if old.virtual_ip != new.virtual_ip:
         changed.append("virtual_ip")
+    # every replicated directory is a mount and a tracker: only a restart changes them
+    if old.replication != new.replication:
+        changed.append("replication")
+    if old.quarantine_dir_of(node) != new.quarantine_dir_of(node):
+        changed.append("replication.quarantine_dir")
+    for name in set(old.nodes) & set(new.nodes):
+        if old.nodes[name].replication != new.nodes[name].replication:
+            changed.append(f"nodes.{name}.replication")
     return changed
+
+
+def _data_plane_settings(config: ClusterConfig, node: str, peer: str) -> DataPlaneSettings | None:
+    """What the data plane needs, or None when no directory is replicated."""
+    section = config.replication
+    if section is None:
+        return None
+    return DataPlaneSettings(
+        cluster=config.cluster.name,
+        node=node,
+        peer=peer,
+        key=config.read_key(),
+        roots={d.name: d.path for d in section.directories},
+        state_dir=config.node_dir(node) / "tracking",
+        quarantine_dir=config.quarantine_dir_of(node),
+        transport=load_replication_transport(section.transport),
+        local=config.replication_endpoint(node),
+        remote=config.replication_endpoint(peer),
+        channel=ChannelSettings(ack_level=AckLevel(section.ack), timeout=section.timeout),
+        zone_size=section.zone_size,
+        bandwidth=section.bandwidth,
+    )
 
 
 class Daemon:
@@ -449,6 +481,12 @@ class Daemon:
             if config.virtual_ip is not None
             else None
         )
+        data = _data_plane_settings(config, name, self.peer)
+        self.data = (
+            None
+            if data is None
+            else DataPlane(data, self.report, lambda: str(self.node.metadata.generation))
+        )
         self.app = Application(
             _scripts_of(config),
             self.vip,
@@ -518,8 +556,10 @@ class Daemon:
                 self.log.error("virtual IP not ready", error=str(exc))
         with anyio.move_on_after(self.app.budget):
             await self.app.recover()
+        if self.data is not None:
+            await tg.start(self.data.run)  # mounts every directory read-only
         self.executor = ActionExecutor(
-            self.app, self.report, repeat_in=tg, on_progress=self._notify
+            self.app, self.report, repeat_in=tg, on_progress=self._notify, data=self.data
         )
         tg.start_soon(self._event_loop)
         tg.start_soon(self.executor.run)

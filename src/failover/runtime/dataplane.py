@@ -30,6 +30,7 @@ mirror keeps one listener while sessions come and go.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
@@ -56,6 +57,8 @@ from failover.replication.channel import (
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
 from failover.replication.quarantine import quarantine
+from failover.replication.resync import ResyncPlan, ResyncSource, ResyncTarget
+from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
 from failover.transport import MessageStream, ReplicationTransport
 
@@ -80,6 +83,7 @@ class DataPlaneSettings:
     quarantine_dir: Path  # where a split brain's losing changes are moved
     channel: ChannelSettings = field(default_factory=ChannelSettings)
     zone_size: int = 64 * 1024
+    bandwidth: int = 0  # resync bytes/s, 0 = unlimited
 
 
 class _Relay:
@@ -89,6 +93,7 @@ class _Relay:
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self._sender: ReplicationSender | None = None
+        self.resync: ResyncSource | None = None  # told of every live op while it runs
         self._lock = threading.Lock()
 
     @property
@@ -107,6 +112,9 @@ class _Relay:
         sender = self._sender
         if sender is not None:
             sender.after(op)
+            resync = self.resync
+            if resync is not None:
+                resync.after(op)
 
     def sync(self, op: Fsync) -> None:
         self.tracker.sync(op)
@@ -139,7 +147,11 @@ class DataPlane:
         self._group: TaskGroup | None = None
         self._sending: anyio.CancelScope | None = None
         self._receiving: anyio.CancelScope | None = None
+        self._resyncing: anyio.CancelScope | None = None
+        self._target: fx.StartResync | None = None  # a resync this node waits to receive
         self.sessions_received = 0
+        self.resyncs_received = 0
+        self.resync_source: ResyncSource | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -254,6 +266,9 @@ class DataPlane:
         """Open a session to the peer's receiver and replicate every change from
         now on. A failure to connect is reported as ``ReplicationFailed``."""
         assert self._group is not None and self._relay is not None
+        current = self._relay.sender
+        if current is not None and current.broken is None:
+            return  # the session a resync opened goes on replicating: no gap
         await self.stop_replication()
         s = self.settings
         reported = False
@@ -275,6 +290,12 @@ class DataPlane:
             broken(f"replication session to {s.peer} failed: {exc}")
             return
         self._relay.sender = sender
+        self._pump(sender)
+        log.info("replicating", peer=s.peer)
+
+    def _pump(self, sender: ReplicationSender) -> None:
+        """Run ``sender``'s session in the background; ``stop_replication`` ends it."""
+        assert self._group is not None
         scope = anyio.CancelScope()
         self._sending = scope
 
@@ -283,7 +304,9 @@ class DataPlane:
                 await sender.run()
 
         self._group.start_soon(pump)
-        log.info("replicating", peer=s.peer)
+
+    async def _report_event(self, event: ev.Event) -> None:
+        await self.report(event)
 
     async def _report_failure(self, reason: str) -> None:
         await self.report(ev.ReplicationFailed(reason))
@@ -323,20 +346,151 @@ class DataPlane:
     async def _receive(self, stream: MessageStream, scope: anyio.CancelScope) -> None:
         with scope:
             roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
-            with Applier(roots) as applier:
+            with (
+                Applier(roots) as applier,
+                contextlib.closing(
+                    ResyncTarget(applier, roots, on_done=self._target_done)
+                ) as target,
+            ):
                 receiver = ReplicationReceiver(
-                    self._identity(), applier, timeout=self.settings.channel.timeout
+                    self._identity(),
+                    target,
+                    on_item=target.on_item,
+                    timeout=self.settings.channel.timeout,
                 )
                 try:
-                    peer = await receiver.handshake(stream)
+                    peer = await receiver.handshake(stream, self._resync_request())
                     self.sessions_received += 1
-                    log.info("receiving replication", peer=self.settings.peer, since=peer)
+                    log.info("receiving replication", peer=peer.node, generation=peer.generation)
                     await receiver.run()
                 except FailoverError as exc:
                     log.warning("replication session from the peer ended", error=str(exc))
                 finally:
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
+
+    def _resync_request(self) -> bytes:
+        """What this node asks of the source when it waits for a resync: its
+        generation, full or not, and every change it may hold that the source
+        does not (its tracker's map: unacknowledged or divergent writes)."""
+        target = self._target
+        if target is None:
+            return b""
+        assert self.tracker is not None
+        request = ResyncRequest(
+            generation=self.generation(),
+            full=target.mode == "full",
+            suspect=self.tracker.changes(),
+        )
+        return request.encode()
+
+    def _target_done(self) -> None:
+        """``END`` of a resync applied (in the receiver's apply thread)."""
+        target, self._target = self._target, None
+        self.resyncs_received += 1
+        if target is None:
+            log.warning("a resync ended that this node did not wait for")
+            return
+        assert self.tracker is not None
+        self.tracker.clear()  # this copy now is the source's: nothing of ours to keep
+        anyio.from_thread.run(self._report_event, ev.ResyncDone(target.generation))
+
+    # -- resync -----------------------------------------------------------------------------
+
+    def start_resync(self, effect: fx.StartResync) -> None:
+        """As target: wait for the source's session (its WELCOME carries our
+        request; a session already open is dropped so the source reconnects).
+        As source: run the resync in the background, then keep its session as
+        the synchronous replication. The outcome is reported when it ends."""
+        assert self._group is not None
+        if effect.role == "target":
+            self._target = effect
+            self._stop_receiving()
+            return
+        self.stop_resync()
+        scope = anyio.CancelScope()
+        self._resyncing = scope
+        self._group.start_soon(self._run_source, effect, scope)
+
+    def stop_resync(self) -> None:
+        self._target = None
+        if self._resyncing is not None:
+            self._resyncing.cancel()
+            self._resyncing = None
+        if self.resync_source is not None:
+            self.resync_source.cancel()
+
+    async def _run_source(self, effect: fx.StartResync, scope: anyio.CancelScope) -> None:
+        assert self._relay is not None and self._group is not None
+        outcomes: list[ev.Event] = []
+        with scope:
+            outcomes = await self._resync_as_source(effect)
+        if scope.cancel_called:
+            return
+        for outcome in outcomes:
+            await self.report(outcome)
+
+    async def _resync_as_source(self, effect: fx.StartResync) -> list[ev.Event]:
+        """Run one resync; the outcomes to report, in order."""
+        assert self._relay is not None and self._group is not None and self.tracker is not None
+        relay, group = self._relay, self._group
+        await self.stop_replication()
+        s = self.settings
+        failures: list[str] = []
+        live = False  # once the resync is done, a break is the replication's failure
+
+        def broken(reason: str) -> None:
+            failures.append(reason)
+            if relay.sender is sender:
+                relay.sender = None
+            if live:
+                group.start_soon(self._report_failure, reason)
+
+        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
+        try:
+            stream = await s.transport.connect(s.remote, s.channel.timeout)
+            peer = await sender.handshake(stream)
+            if not peer.request:
+                raise PeerProtocolError(f"{s.peer} did not ask for a resync")
+            request = ResyncRequest.decode(peer.request)
+        except (TransportError, PeerProtocolError, UsageError) as exc:
+            return [ev.ReplicationFailed(f"resync of {s.peer} could not start: {exc}")]
+        self._pump(sender)
+        # Under every directory's order lock: the plan holds every change made so
+        # far, and every later one streams live (and updates the plan's progress).
+        locks = {name: mirror.order_lock for name, mirror in self.mirrors.items()}
+        with contextlib.ExitStack() as held:
+            for lock in locks.values():
+                held.enter_context(lock)
+            own = self.tracker.changes()
+            incremental = effect.mode == "incremental" and self.tracker.since == request.generation
+            plan = ResyncPlan.make(own if incremental else None, request)
+            source = ResyncSource(
+                sender,
+                {name: mirror.backing_fd for name, mirror in self.mirrors.items()},
+                locks,
+                plan,
+                bandwidth=s.bandwidth,
+            )
+            self.resync_source = source
+            self._relay.sender = sender
+            self._relay.resync = source
+        log.info("resync started", peer=s.peer, full=plan.full, since=request.generation)
+        try:
+            done = await anyio.to_thread.run_sync(source.run, abandon_on_cancel=True)
+        finally:
+            self._relay.resync = None
+            self.resync_source = None
+        if not done:
+            relay.sender = None
+            reason = failures[0] if failures else "resync stopped"
+            return [ev.ReplicationFailed(f"resync of {s.peer} failed: {reason}")]
+        log.info("resync done", peer=s.peer, status=_plain(source.status()))
+        outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
+        live = True
+        if failures:  # the session broke after the target applied END
+            outcomes.append(ev.ReplicationFailed(f"replication to {s.peer}: {failures[0]}"))
+        return outcomes
 
     def _identity(self) -> SessionIdentity:
         s = self.settings

@@ -5,12 +5,17 @@ Slow effects touch the machine (scripts, the virtual IP, later the data):
 replication effects. Each runs under its own deadline and its outcome is
 reported back to the core as an event, exactly once per effect that has one.
 
-This version replicates no directory yet, so the data effects complete at
-once: a resync of nothing is done as soon as it starts (the target reports
-``ResyncDone``, the source ``PeerResynced``), there is nothing to quarantine
-(``QuarantineDone``), and starting or stopping replication or change
-tracking does nothing. Arbitration effects are never expected (only the
-``none`` arbitrator exists): one is logged as an error and ignored.
+With replicated directories configured, the data effects go to the
+``DataPlane``: the mirrors turn read-write just before the application
+starts and read-only just after it stops; replication and tracking start
+and stop; a resync runs in the background and the data plane reports its
+outcome itself (it may take hours: the queue must not wait for it).
+Without replicated directories the data effects complete at once: a resync
+of nothing is done as soon as it starts (the target reports ``ResyncDone``,
+the source ``PeerResynced``), there is nothing to quarantine
+(``QuarantineDone``), and replication and tracking do nothing.
+Arbitration effects are never expected (only the ``none`` arbitrator
+exists): one is logged as an error and ignored.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from anyio.abc import TaskGroup
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.platform.application import Application
+from failover.runtime.dataplane import DataPlane
 
 log = structlog.get_logger("failover.executor")
 
@@ -32,6 +38,8 @@ Report = Callable[[ev.Event], Awaitable[None]]
 
 DEFAULT_DEADLINE = 5.0
 """Seconds allowed to an action that runs no operator script."""
+QUARANTINE_DEADLINE = 300.0
+"""Seconds allowed to move a split brain's divergent files aside (renames)."""
 
 ACTION_EFFECTS: tuple[type[fx.Effect], ...] = (
     fx.StartApp,
@@ -65,8 +73,10 @@ class ActionExecutor:
         *,
         repeat_in: TaskGroup | None = None,
         on_progress: Callable[[], None] = lambda: None,
+        data: DataPlane | None = None,
     ) -> None:
         self.app = app
+        self.data = data
         self.report = report
         self.repeat_in = repeat_in
         self.on_progress = on_progress
@@ -85,7 +95,10 @@ class ActionExecutor:
     def deadline_for(self, effect: fx.Effect) -> float:
         """Seconds ``effect`` may take before it is abandoned and reported as failed."""
         if isinstance(effect, fx.StartApp | fx.StopApp):
-            return self.app.budget
+            # the data plane's remount is part of starting and stopping
+            return self.app.budget + (DEFAULT_DEADLINE if self.data is not None else 0.0)
+        if isinstance(effect, fx.Quarantine) and self.data is not None:
+            return QUARANTINE_DEADLINE
         return DEFAULT_DEADLINE
 
     async def run(self) -> None:
@@ -122,18 +135,26 @@ class ActionExecutor:
         return None
 
     async def _perform(self, effect: fx.Effect) -> ev.Event | None:
+        if self.data is not None and not isinstance(effect, fx.StartApp | fx.StopApp):
+            handled, outcome = await self._perform_data(self.data, effect)
+            if handled:
+                return outcome
         match effect:
             case fx.StartApp():
+                if self.data is not None:
+                    await self.data.serve()
                 failure = await self.app.start(self.repeat_in)
                 return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
             case fx.StopApp():
                 problem = await self.app.stop()
                 if problem is not None:
                     log.error("application stopped with a problem", problem=problem)
+                if self.data is not None:
+                    await self.data.unserve()
                 return ev.AppStopped()
             case fx.StartResync(role="target", generation=generation):
-                # Nothing is replicated yet: the resync of no directory is complete,
-                # at the generation the source held when it started.
+                # No replicated directory: the resync of nothing is complete, at
+                # the generation the source held when it started.
                 return ev.ResyncDone(generation)
             case fx.StartResync(generation=generation):
                 return ev.PeerResynced(generation)
@@ -153,3 +174,26 @@ class ActionExecutor:
             case _:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
+
+    async def _perform_data(
+        self, data: DataPlane, effect: fx.Effect
+    ) -> tuple[bool, ev.Event | None]:
+        """(handled, outcome) of a data effect on the replicated directories."""
+        match effect:
+            case fx.StartReplication():
+                await data.start_replication()
+            case fx.StopReplication():
+                await data.stop_replication()
+            case fx.StartTracking(since=since):
+                await anyio.to_thread.run_sync(data.start_tracking, str(since))
+            case fx.StopTracking():
+                await anyio.to_thread.run_sync(data.stop_tracking)
+            case fx.StartResync():
+                data.start_resync(effect)  # reports its outcome when it ends
+            case fx.StopResync():
+                data.stop_resync()
+            case fx.Quarantine():
+                return True, await data.quarantine(effect)
+            case _:
+                return False, None
+        return True, None

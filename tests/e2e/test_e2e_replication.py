@@ -1,0 +1,107 @@
+"""Replicated directories between two namespaces: a writer makes numbered
+synchronous records on the serving node, every process of that node is
+killed at a random moment, and every record the writer was told is durable
+must be on the node that takes over; after the killed node returns and is
+resynchronised, both copies are byte-identical."""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from e2e_support import NETNS, Cluster
+
+from failover.testing.netns import Lab
+
+pytestmark = NETNS
+
+LINKS = {"lan": "udp", "crossover": "tcp"}
+WRITER = Path(__file__).with_name("e2e_writer.py")
+ROUNDS = int(os.environ.get("FAILOVER_E2E_CRASH_ROUNDS", "20"))
+RECORD = 9
+
+
+class Writer:
+    """The writer, run as one of the node's processes; ``acked`` is what it printed."""
+
+    def __init__(self, cluster: Cluster, node: str, start: int) -> None:
+        argv = [sys.executable, str(WRITER), str(cluster.data / "records"), str(start)]
+        self.proc = subprocess.Popen(
+            cluster.node_command(node, argv),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.acked: list[int] = []
+        self.enough = threading.Event()
+        self.wanted = 0
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.acked.append(int(line))
+            if len(self.acked) >= self.wanted:
+                self.enough.set()
+        self.enough.set()  # the writer ended
+
+    def wait_for(self, count: int) -> None:
+        self.wanted = count
+        if len(self.acked) >= count:
+            self.enough.set()
+        assert self.enough.wait(30), "the writer made no progress"
+
+    def finish(self) -> list[int]:
+        self.proc.wait(timeout=10)
+        self.reader.join(timeout=10)
+        return self.acked
+
+
+def serves(cluster: Cluster, node: str) -> bool:
+    return cluster.state(node) == "alone"
+
+
+def records(path: Path) -> dict[int, bytes]:
+    data = path.read_bytes() if path.exists() else b""
+    return {n: data[n * RECORD : (n + 1) * RECORD] for n in range(len(data) // RECORD)}
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
+    lab: Lab, tmp_path: Path
+) -> None:
+    rng = random.Random(20261130)
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    next_record = 0
+    for round_number in range(ROUNDS):
+        writer = Writer(cluster, primary, next_record)
+        writer.wait_for(rng.randint(1, 40))
+        killed = cluster.kill_node(primary)
+        assert killed >= 2, "the daemon and the writer were running"
+        acked = writer.finish()
+        cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
+        on_survivor = records(cluster.disk(secondary) / "records")
+        for n in acked:
+            expected = b"%08d\n" % n
+            assert on_survivor.get(n) == expected, (
+                f"round {round_number}: record {n} was acknowledged on {primary} "
+                f"but {secondary} holds {on_survivor.get(n)!r}"
+            )
+        next_record = max([next_record - 1, *acked]) + 1
+        print(f"round {round_number}: {len(acked)} acked, last {next_record - 1}, killed {killed}")
+        # the killed node returns, is resynchronised, and both copies are equal
+        cluster.start(primary)
+        assert cluster.paired() == (secondary, primary)
+        assert tree(cluster.disk(primary)) == tree(cluster.disk(secondary)), round_number
+        primary, secondary = secondary, primary
