@@ -42,6 +42,7 @@ class FakeController:
         ]
         self.refusals: dict[str, str] = {}
         self.commands: list[str] = []
+        self.bandwidths: list[int] = []
         self.entered: anyio.Event | None = None  # set when a command arrives
         self.gate: anyio.Event | None = None  # a command waits on it when given
         self.broken = False
@@ -86,6 +87,12 @@ class FakeController:
         if name in self.refusals:
             return CommandResult(False, self.refusals[name], self.state)
         return CommandResult(True, f"{name} done", self.state)
+
+    async def set_bandwidth(self, rate: int) -> CommandResult:
+        self.bandwidths.append(rate)
+        if "bandwidth" in self.refusals:
+            return CommandResult(False, self.refusals["bandwidth"], self.state)
+        return CommandResult(True, f"bandwidth {rate}", self.state)
 
 
 @asynccontextmanager

@@ -290,3 +290,60 @@ def test_a_tcp_control_from_the_config_uses_its_token_file(
         config.write_text(text)
         assert main(["state", "-c", str(config), "--node", "alpha"]) == 0
     assert capsys.readouterr().out == "primary\n"
+
+
+@pytest.mark.parametrize(("given", "rate"), [("0", 0), ("800k", 800_000), ("50M", 50_000_000)])
+def test_bandwidth_sets_the_rate(
+    socket_path: str,
+    controller: FakeController,
+    given: str,
+    rate: int,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bandwidth", given, "--socket", socket_path]) == 0
+    assert controller.bandwidths == [rate]
+    assert capsys.readouterr().out == f"bandwidth accepted: bandwidth {rate}\n"
+
+
+@pytest.mark.parametrize("given", ["-1", "fast", "1.5M", "10T", ""])
+def test_a_bad_bandwidth_is_refused_before_asking(
+    socket_path: str, controller: FakeController, given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["bandwidth", given, "--socket", socket_path])
+    assert exited.value.code == 2
+    assert "is not a rate" in capsys.readouterr().err
+    assert controller.bandwidths == []
+
+
+def test_status_shows_replication_and_resync_progress(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = controller.status
+
+    def replicating() -> dict[str, object]:
+        status = original()
+        status["replication"] = {
+            "directories": {"db": "/srv/db"},
+            "mode": "read-write",
+            "replicating": True,
+            "ack": "written",
+            "sender": {"ops_sent": 12, "bytes_sent": 4096, "in_flight_bytes": 0,
+                       "last_ack_latency": 0.0004},
+            "resync": {"state": "running", "full": False, "items_done": 3, "items_total": 9,
+                       "bytes_done": 250, "bytes_total": 1000, "rate": 2_000_000.0, "eta": 90.0,
+                       "bandwidth_limit": 0, "error": None},
+            "resync_wanted": False,
+            "bandwidth": 0,
+            "tracked": {"since": "3:alpha", "files": 2, "names": 1, "meta": 0},
+        }  # fmt: skip
+        return status
+
+    controller.status = replicating  # type: ignore[method-assign]
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  directories db (/srv/db), read-write" in lines
+    assert "  replicating (ack written)" in lines
+    assert "  sent 12 entries, 4096 bytes; in flight 0 bytes; last ack 0.40 ms" in lines
+    assert "  resync running: 25% (250 of 1000 bytes, 3 items), 2.0 MB/s, eta 1m30s" in lines
+    assert "  tracked since 3:alpha: 2 files with changed zones, 1 names, 0 metadata" in lines

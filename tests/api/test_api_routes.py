@@ -192,3 +192,23 @@ async def test_a_command_the_daemon_could_not_handle_in_time_is_503(
         answer = await request(ends, "POST", "/v1/commands/start")
     assert answer.status == 503
     assert "in time" in answer.json()["error"]
+
+
+async def test_the_bandwidth_is_set_with_a_rate(controller: FakeController, sock_dir: Path) -> None:
+    async with serving(controller, unix_path=str(sock_dir / "c.sock")) as ends:
+        answer = await request(ends, "POST", "/v1/replication/bandwidth?rate=5000000")
+        controller.refusals["bandwidth"] = "no replicated directories are configured"
+        refused = await request(ends, "POST", "/v1/replication/bandwidth?rate=0")
+    assert answer.status == 200 and answer.json()["accepted"] is True
+    assert refused.status == 409 and "no replicated" in refused.json()["message"]
+    assert controller.bandwidths == [5_000_000, 0]
+
+
+@pytest.mark.parametrize("query", ["", "?rate=", "?rate=-1", "?rate=1.5", "?rate=1e9", "?speed=1"])
+async def test_a_bad_bandwidth_is_400(
+    controller: FakeController, sock_dir: Path, query: str
+) -> None:
+    async with serving(controller, unix_path=str(sock_dir / "c.sock")) as ends:
+        answer = await request(ends, "POST", f"/v1/replication/bandwidth{query}")
+    assert answer.status == 400
+    assert controller.bandwidths == []

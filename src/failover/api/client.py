@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from failover.api.protocol import COMMANDS, CommandResult
 from failover.api.schema import (
+    BANDWIDTH_PATH,
     COMMANDS_PREFIX,
     DEFAULT_TRANSITIONS_LIMIT,
     STATUS_PATH,
@@ -102,8 +103,18 @@ class ControlClient:
         if name not in COMMANDS:
             raise UsageError(f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
         status, payload = self._request("POST", COMMANDS_PREFIX + quote(name), accept=(409,))
+        return self._result(status, payload, "command")
+
+    def set_bandwidth(self, rate: int) -> CommandResult:
+        """Set the resync bandwidth limit (bytes/s, 0 = none)."""
+        if rate < 0:
+            raise UsageError(f"bandwidth {rate}: must be 0 (no limit) or positive")
+        status, payload = self._request("POST", f"{BANDWIDTH_PATH}?rate={rate}", accept=(409,))
+        return self._result(status, payload, "bandwidth")
+
+    def _result(self, status: int, payload: Any, what: str) -> CommandResult:
         if not isinstance(payload, dict):
-            raise self._garbled("command answer is not a JSON object")
+            raise self._garbled(f"{what} answer is not a JSON object")
         accepted, message, state = (payload.get(k) for k in ("accepted", "message", "state"))
         if (
             not isinstance(accepted, bool)
@@ -111,7 +122,7 @@ class ControlClient:
             or not isinstance(state, str)
             or accepted != (status == 200)
         ):
-            raise self._garbled("command answer lacks accepted/message/state")
+            raise self._garbled(f"{what} answer lacks accepted/message/state")
         return CommandResult(accepted=accepted, message=message, state=state)
 
     def _request(self, method: str, path: str, accept: tuple[int, ...] = ()) -> tuple[int, Any]:

@@ -33,7 +33,11 @@ class Controller(Protocol):
         "generation", "consistent", "cluster", "peer": {"node", "state", "substatus",
         "generation", "alive", "last_seen_ago"} | null, "links": [{"name", "transport",
         "up", "last_seen_ago"}], "frames": {"received": int, "dropped": {reason: int}},
-        "uptime": float}
+        "uptime": float, "replication": {...} | null}: ``replication`` is null
+        without replicated directories, else the data plane's view: "directories",
+        "mode" (read-write while serving), "replicating", "ack", "sender" (session
+        counters), "resync" (state, items/bytes done and total, rate, eta,
+        bandwidth_limit, error) or null, "resync_wanted", "bandwidth", "tracked".
         """
         ...
 
@@ -43,4 +47,8 @@ class Controller(Protocol):
 
     async def command(self, name: str) -> CommandResult:
         """Hand ``name`` (one of COMMANDS) to the core and report its answer."""
+        ...
+
+    async def set_bandwidth(self, rate: int) -> CommandResult:
+        """Set the resync bandwidth limit (bytes/s, 0 = none), also mid-resync."""
         ...

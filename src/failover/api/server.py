@@ -31,6 +31,7 @@ import structlog
 from failover import __version__
 from failover.api.protocol import COMMANDS, Controller
 from failover.api.schema import (
+    BANDWIDTH_PATH,
     COMMANDS_PREFIX,
     DEFAULT_TRANSITIONS_LIMIT,
     MAX_TRANSITIONS_LIMIT,
@@ -127,6 +128,8 @@ class ControlRoutes:
             allowed, action = "GET", self._status
         elif path == TRANSITIONS_PATH:
             allowed, action = "GET", self._transitions
+        elif path == BANDWIDTH_PATH:
+            allowed, action = "POST", self._bandwidth
         elif path.startswith(COMMANDS_PREFIX):
             name = path.removeprefix(COMMANDS_PREFIX)
             if name not in COMMANDS:
@@ -160,6 +163,15 @@ class ControlRoutes:
         records = self._controller.transitions(limit)
         # The controller promises at most ``limit``; the API promises it to clients.
         return json_reply(200, {"transitions": records[max(len(records) - limit, 0) :]})
+
+    async def _bandwidth(self, query: Mapping[str, str]) -> Reply:
+        _allow_params(query, "rate")
+        raw = query.get("rate")
+        if raw is None or not raw.isdigit() or len(raw) > 15:
+            raise _BadQuery("rate: bytes per second, a whole number >= 0 (0: no limit)")
+        result = await self._controller.set_bandwidth(int(raw))
+        payload = {"accepted": result.accepted, "message": result.message, "state": result.state}
+        return json_reply(200 if result.accepted else 409, payload)
 
     def _command_action(self, name: str) -> Callable[[Mapping[str, str]], Awaitable[Reply]]:
         async def action(query: Mapping[str, str]) -> Reply:

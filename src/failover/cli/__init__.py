@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.controlcmd",
     "failover.cli.runcmd",
     "failover.cli.pluginscmd",
+    "failover.cli.quarantinecmd",
     "failover.cli.democmd",
 )
 

@@ -75,6 +75,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         command.set_defaults(handler=run_command, control_command=name)
 
+    bandwidth = subparsers.add_parser(
+        "bandwidth",
+        parents=[connection],
+        help="set the resync bandwidth limit now (also during a resync)",
+        description="Set the resync bandwidth limit of the running daemon, in bytes per "
+        "second (suffixes k, M, G: powers of 1000); 0 removes the limit. Lasts until the "
+        "daemon restarts (replication.bandwidth in the file is the value at start).",
+    )
+    bandwidth.add_argument("rate", type=_rate, help="e.g. 50M, 800k, 0")
+    bandwidth.set_defaults(handler=run_bandwidth)
+
     log = subparsers.add_parser(
         "log", parents=[connection], help="show the most recent state transitions"
     )
@@ -206,6 +217,29 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+_RATE_UNITS = {"": 1, "k": 1000, "K": 1000, "M": 1000**2, "G": 1000**3}
+
+
+def _rate(text: str) -> int:
+    number, unit = text[:-1], text[-1:]
+    if unit.isdigit():
+        number, unit = text, ""
+    if unit not in _RATE_UNITS or not number.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a rate: a whole number of bytes/s, optionally with k, M or G"
+        )
+    return int(number) * _RATE_UNITS[unit]
+
+
+def run_bandwidth(args: argparse.Namespace) -> int:
+    result = client_from_args(args, COMMAND_TIMEOUT).set_bandwidth(args.rate)
+    verdict = "accepted" if result.accepted else "refused"
+    print(
+        f"bandwidth {verdict}: {result.message}", file=sys.stdout if result.accepted else sys.stderr
+    )
+    return 0 if result.accepted else 1
+
+
 def run_log(args: argparse.Namespace) -> int:
     records = client_from_args(args).get_transitions(args.lines)
     if args.json:
@@ -279,10 +313,56 @@ def render_status(status: dict[str, Any], transitions: list[dict[str, Any]]) -> 
             f"frames: {frames.get('received', 0)} received, {total} dropped"
             + (f" ({detail})" if detail else "")
         )
+    replication = status.get("replication")
+    if isinstance(replication, dict):
+        lines.extend(_replication_lines(replication))
     if transitions:
         lines.append("recent transitions:")
         lines.extend(f"  {render_transition(record)}" for record in transitions)
     return "\n".join(lines)
+
+
+def _replication_lines(data: dict[str, Any]) -> list[str]:
+    directories = data.get("directories") or {}
+    listed = ", ".join(f"{name} ({path})" for name, path in directories.items())
+    state = "replicating" if data.get("replicating") else "not replicating"
+    lines = [
+        "replication:",
+        f"  directories {listed or 'none'}, {data.get('mode', '?')}",
+        f"  {state} (ack {data.get('ack', '?')})",
+    ]
+    sender = data.get("sender")
+    if isinstance(sender, dict) and data.get("replicating"):
+        latency = sender.get("last_ack_latency")
+        shown = "-" if not isinstance(latency, int | float) else f"{latency * 1000:.2f} ms"
+        lines.append(
+            f"  sent {sender.get('ops_sent', 0)} entries, {sender.get('bytes_sent', 0)} bytes; "
+            f"in flight {sender.get('in_flight_bytes', 0)} bytes; last ack {shown}"
+        )
+    resync = data.get("resync")
+    if isinstance(resync, dict):
+        done, total = resync.get("bytes_done", 0), resync.get("bytes_total", 0)
+        percent = 100.0 * done / total if isinstance(total, int) and total else 100.0
+        eta = resync.get("eta")
+        lines.append(
+            f"  resync {resync.get('state', '?')}{' (full)' if resync.get('full') else ''}: "
+            f"{percent:.0f}% ({done} of {total} bytes, {resync.get('items_done', 0)} items), "
+            f"{float(resync.get('rate') or 0) / 1e6:.1f} MB/s, "
+            f"eta {_duration(eta) if isinstance(eta, int | float) else '-'}"
+            + (f"; error: {resync['error']}" if resync.get("error") else "")
+        )
+    if data.get("resync_wanted"):
+        lines.append("  waiting for the peer to resynchronise this node")
+    limit = data.get("bandwidth")
+    lines.append(f"  resync bandwidth limit {'none' if not limit else f'{limit} bytes/s'}")
+    tracked = data.get("tracked")
+    if isinstance(tracked, dict) and (tracked.get("files") or tracked.get("names")):
+        lines.append(
+            f"  tracked since {tracked.get('since') or '-'}: {tracked.get('files', 0)} files "
+            f"with changed zones, {tracked.get('names', 0)} names, "
+            f"{tracked.get('meta', 0)} metadata"
+        )
+    return lines
 
 
 def render_transition(record: dict[str, Any]) -> str:

@@ -7,11 +7,22 @@ that fetches it). Otherwise both daemons run on loopback (127.0.0.2 and
 127.0.0.3, ports chosen by the kernel) with a placeholder application.
 
 The demo writes a cluster file into a fresh temporary directory, starts both
-``failover run`` daemons, waits for them to pair, kills the serving daemon with
+``failover run`` daemons, waits for them to pair, kills the serving node with
 SIGKILL, measures the takeover, restarts the killed node and shows it come back
 as secondary. Then it stops everything and removes every namespace, process and
 file it made (exit 0), or with ``--keep`` leaves the cluster running, prints
 the commands to explore it and records what to remove for ``failover demo --clean``.
+
+In namespaces the cluster also replicates one directory, ``<workdir>/data``.
+As on two real servers, the path is the same for both nodes and each node has
+its own disk: each daemon runs in a mount namespace of its own where that path
+is bind-mounted from ``<workdir>/disk-<node>``, and the daemon mounts its FUSE
+mirror over it. The demo writes a file through the serving node's mirror (as one
+of that node's processes: ``nsenter`` into its mount and network namespaces),
+shows it on the peer's disk, kills every process of the serving node, shows the
+survivor still has it, writes another one there, and shows the returning node
+resynchronised, byte for byte. On loopback (no root) nothing is replicated:
+FUSE mounts and mount namespaces need root.
 
 Exit codes: 0 when every step happened; 1 when a step did not happen within
 its bound (what was seen is printed; everything is still cleaned up); 2 for a
@@ -45,6 +56,8 @@ NODES = ("alpha", "beta")
 LOOPBACK = {"alpha": "127.0.0.2", "beta": "127.0.0.3"}
 VIP_HOST = 200
 APP_PORT = 8080
+REPLICATION_PORT = 7410  # on the crossover network, in namespaces made for this demo
+DATA = "data"  # the replicated directory, <workdir>/data, and its configured name
 POLL = 0.05
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
@@ -62,7 +75,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description=(
             "Start two nodes (in network namespaces as root, else on loopback), show "
             "their status, kill -9 the serving node, show the takeover and the return "
-            "of the killed node, then clean up."
+            "of the killed node, then clean up. In namespaces, a replicated directory "
+            "shows a file written on the serving node appear on the peer, survive the "
+            "takeover, and reach the returning node by resync."
         ),
     )
     parser.add_argument(
@@ -180,6 +195,10 @@ class Demo:
         else:
             self.links = ("lan", "backup")
             self.say(f"loopback mode ({netns_reason}): alpha on 127.0.0.2, beta on 127.0.0.3")
+            self.detail(
+                "(replication is shown only in the namespace mode, as root: "
+                "its FUSE mirrors and mount namespaces need root)"
+            )
         self.write_config()
         profile = "fast" if self.fast else "default"
         self.say(
@@ -190,6 +209,15 @@ class Demo:
             self.detail(f"application: a web server on the virtual IP {self.vip}:{APP_PORT}")
         else:
             self.detail("application: a placeholder process per serving node (a pid file)")
+        if self.lab is not None:
+            self.detail(
+                f"replicated directory {self.data} (name {DATA!r}), over TCP on crossover "
+                f"port {REPLICATION_PORT}; each node's own disk is {self.workdir}/disk-<node>,"
+            )
+            self.detail(
+                "bind-mounted on that path in the node's own mount namespace, "
+                "where its daemon mounts the mirror over it"
+            )
 
     def write_config(self) -> None:
         key = self.workdir / "cluster.key"
@@ -217,6 +245,17 @@ class Demo:
             "application": self.write_scripts(),
         }
         if self.lab is not None:
+            self.data.mkdir()
+            for node in NODES:
+                self.disk(node).mkdir()
+                nodes[node]["replication"] = {
+                    "address": self.lab.address(node, "crossover"),
+                    "port": REPLICATION_PORT,
+                }
+            document["replication"] = {
+                "timeout": 2.0,
+                "directories": [{"name": DATA, "path": str(self.data)}],
+            }
             self.vip = self.lab.host_address("lan", VIP_HOST)
             document["virtual_ip"] = {
                 "address": f"{self.vip}/24",
@@ -255,6 +294,15 @@ class Demo:
     def socket(self, node: str) -> Path:
         return self.workdir / f"{node}.sock"
 
+    @property
+    def data(self) -> Path:
+        """The replicated directory's path, the same for both nodes (namespace mode)."""
+        return self.workdir / DATA
+
+    def disk(self, node: str) -> Path:
+        """``node``'s own copy of the replicated directory, as seen from this host."""
+        return self.workdir / f"disk-{node}"
+
     # -- daemons --
 
     def daemon_argv(self, node: str) -> list[str]:
@@ -271,8 +319,18 @@ class Demo:
             str(self.workdir / f"{node}.log"),
         ]
 
-    def start(self, node: str) -> None:
+    def launch_argv(self, node: str) -> list[str]:
+        """The daemon's argv; when replicating, wrapped so that it runs in a mount
+        namespace of its own where the data path is ``node``'s disk."""
         argv = self.daemon_argv(node)
+        if self.lab is None:
+            return argv
+        bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
+        wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind]
+        return [*wrapper, "sh", str(self.disk(node)), str(self.data), *argv]
+
+    def start(self, node: str) -> None:
+        argv = self.launch_argv(node)
         with open(self.workdir / f"{node}.stderr", "ab") as err:
             kw: dict[str, Any] = {
                 "stdin": subprocess.DEVNULL,

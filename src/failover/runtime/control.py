@@ -12,7 +12,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
@@ -20,6 +20,10 @@ from failover.api.protocol import COMMANDS, STATUS_SCHEMA_VERSION, CommandResult
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State, SubStatus
+from failover.errors import UsageError
+
+if TYPE_CHECKING:
+    from failover.runtime.dataplane import DataPlane
 
 ADMIN_EVENTS = ev.ADMIN_COMMANDS
 assert set(ADMIN_EVENTS) == set(COMMANDS)
@@ -127,7 +131,9 @@ class NodeController:
         frames: FrameStats,
         submit: Submit,
         started: float,
+        data: DataPlane | None = None,
     ) -> None:
+        self.data = data
         self.node = node
         self.name = name
         self.cluster = cluster
@@ -190,6 +196,7 @@ class NodeController:
                 "dropped": dict(sorted(self.frames.dropped.items())),
             },
             "uptime": round(now - self._started, 3),
+            "replication": None if self.data is None else self.data.status(),
         }
 
     def transitions(self, limit: int) -> list[dict[str, Any]]:
@@ -208,6 +215,16 @@ class NodeController:
         if refusals:
             return CommandResult(False, "; ".join(r.reason for r in refusals), self._state())
         return CommandResult(True, f"{name} accepted", self._state())
+
+    async def set_bandwidth(self, rate: int) -> CommandResult:
+        if self.data is None:
+            return CommandResult(False, "no replicated directories are configured", self._state())
+        try:
+            self.data.set_bandwidth(rate)
+        except UsageError as exc:
+            return CommandResult(False, str(exc), self._state())
+        limit = "no limit" if rate == 0 else f"{rate} bytes/s"
+        return CommandResult(True, f"resync bandwidth: {limit}", self._state())
 
     def _state(self) -> str:
         return self.node.state.value

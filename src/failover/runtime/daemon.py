@@ -503,6 +503,7 @@ class Daemon:
             frames=self.inbound.stats,
             submit=self.submit,
             started=anyio.current_time(),
+            data=self.data,
         )
         self.log.info(
             "node starting",

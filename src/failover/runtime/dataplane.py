@@ -57,7 +57,7 @@ from failover.replication.channel import (
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
 from failover.replication.quarantine import quarantine
-from failover.replication.resync import ResyncPlan, ResyncSource, ResyncTarget
+from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
 from failover.transport import MessageStream, ReplicationTransport
@@ -152,6 +152,8 @@ class DataPlane:
         self.sessions_received = 0
         self.resyncs_received = 0
         self.resync_source: ResyncSource | None = None
+        self.last_resync: ResyncStatus | None = None
+        self.bandwidth = settings.bandwidth
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -470,7 +472,7 @@ class DataPlane:
                 {name: mirror.backing_fd for name, mirror in self.mirrors.items()},
                 locks,
                 plan,
-                bandwidth=s.bandwidth,
+                bandwidth=self.bandwidth,
             )
             self.resync_source = source
             self._relay.sender = sender
@@ -481,6 +483,7 @@ class DataPlane:
         finally:
             self._relay.resync = None
             self.resync_source = None
+            self.last_resync = source.status()
         if not done:
             relay.sender = None
             reason = failures[0] if failures else "resync stopped"
@@ -500,15 +503,41 @@ class DataPlane:
 
     # -- status -----------------------------------------------------------------------------
 
+    def set_bandwidth(self, rate: int) -> None:
+        """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""
+        if rate < 0:
+            raise UsageError(f"bandwidth {rate}: must be 0 (no limit) or a positive bytes/s")
+        self.bandwidth = rate
+        source = self.resync_source
+        if source is not None:
+            source.set_bandwidth(rate)
+
     def status(self) -> dict[str, Any]:
         relay = self._relay
         sender = relay.sender if relay is not None else None
+        source = self.resync_source
+        resync = source.status() if source is not None else self.last_resync
+        tracker = self.tracker
+        changes = tracker.changes() if tracker is not None else None
         return {
             "directories": {name: str(path) for name, path in self.settings.roots.items()},
             "mode": "read-write" if self.serving else "read-only",
-            "replicating": sender is not None,
+            "replicating": sender is not None and sender.broken is None,
+            "ack": str(self.settings.channel.ack_level),
             "sender": None if sender is None else _plain(sender.status()),
             "sessions_received": self.sessions_received,
+            "resync": None if resync is None else _plain(resync),
+            "resync_wanted": self._target is not None,
+            "resyncs_received": self.resyncs_received,
+            "bandwidth": self.bandwidth,
+            "tracked": None
+            if changes is None
+            else {
+                "since": tracker.since if tracker is not None else None,
+                "files": len(changes.files),
+                "names": len(changes.names),
+                "meta": len(changes.meta),
+            },
         }
 
 
