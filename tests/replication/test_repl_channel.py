@@ -136,6 +136,24 @@ async def test_resync_and_control_entries_share_the_order_of_ops(tmp_path: Path)
     assert seen == [(ItemKind.CONTROL, b"begin", False), (ItemKind.RESYNC, b"chunk", True)]
 
 
+async def test_a_control_request_is_answered_after_every_entry_before_it(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "b" / "f"
+
+    def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
+        # the answer describes the secondary's state at the request's place in the stream
+        return payload + (b" sees f" if target.exists() else b" sees nothing")
+
+    async with session(tmp_path / "b", on_item=on_item) as running:
+        sender = running.sender
+        before = await running.in_thread(lambda: sender.request(b"first", WAIT_TIMEOUT))
+        sender.after(Create(ROOT, b"f", 0o644))
+        after = await running.in_thread(lambda: sender.request(b"second", WAIT_TIMEOUT))
+        assert sender.broken is None
+    assert (before, after) == (b"first sees nothing", b"second sees f")
+
+
 async def test_large_writes_stream_through_a_small_window(tmp_path: Path) -> None:
     tiny = ChannelSettings(window_bytes=256 * 1024, max_message_bytes=64 * 1024)
     blocks = [bytes([n]) * 100_000 for n in range(40)]

@@ -41,6 +41,7 @@ from failover.replication.channel_wire import (
     decode_greeting,
     encode_ack,
     encode_greeting,
+    encode_reply,
     items_parts,
 )
 from failover.replication.ops import Create, Fsync, encode
@@ -235,3 +236,14 @@ async def test_the_secondary_request_reaches_the_primary_and_a_hello_cannot_carr
     )  # fmt: skip
     with pytest.raises(PeerProtocolError, match="HELLO: carries a request"):
         decode_greeting(Kind.HELLO, memoryview(encode_greeting(forged)))
+
+
+async def test_a_reply_nobody_asked_for_ends_the_session(tmp_path: Path) -> None:
+    async with session(tmp_path / "b") as running:
+        stream = running.secondary_stream
+        cipher = running.receiver._session[1]  # type: ignore[index]
+        async with running.receiver._ack_lock:
+            await stream.send(cipher.sealer.seal(Kind.REPLY, [encode_reply(1, b"forged")]))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await running.sender_done.wait()
+    assert running.broken and "asked nothing" in running.broken[0]

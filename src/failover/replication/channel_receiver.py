@@ -16,6 +16,7 @@ I/O never blocks the event loop) and acknowledges cumulatively:
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +38,7 @@ from failover.replication.channel_wire import (
     Kind,
     decode_items,
     encode_ack,
+    encode_reply,
 )
 from failover.replication.ops import Fsync, Op, decode
 from failover.transport import MessageStream
@@ -50,8 +52,10 @@ class OpSink(Protocol):
     def fsync(self, root: str, path: bytes, datasync: bool) -> None: ...
 
 
-ItemHandler = Callable[[ItemKind, bytes], None]
-"""Takes resync chunks and control records, in stream order, in the apply thread."""
+ItemHandler = Callable[[ItemKind, bytes], bytes | None]
+"""Takes resync chunks and control records, in stream order, in the apply thread.
+What it returns for a ``CONTROL`` record (not None) goes back to the primary as a
+``REPLY`` to that entry, once it is applied."""
 
 # (seq, kind, op or opaque payload) for each entry of one message
 _Decoded = list[tuple[int, ItemKind, Op | bytes]]
@@ -96,6 +100,7 @@ class ReplicationReceiver:
         self._bytes = 0
         self._acking = True
         self._ack_lock = anyio.Lock()
+        self._replies: deque[tuple[int, bytes]] = deque()
 
     @property
     def status(self) -> ReceiverStatus:
@@ -207,23 +212,33 @@ class ReplicationReceiver:
                     await anyio.to_thread.run_sync(self._apply, decoded, start, len(decoded))
                     self._written = self._fsynced = decoded[-1][0]
                 await self._send_ack(stream, cipher)
+                while self._replies:
+                    seq, answer = self._replies.popleft()
+                    await self._send(stream, cipher, Kind.REPLY, encode_reply(seq, answer))
 
     def _apply(self, decoded: _Decoded, start: int, stop: int) -> None:
         """In a worker thread: apply entries ``start`` up to (not including) ``stop``."""
         sink = self._sink
-        for _, kind, item in decoded[start:stop]:
+        for seq, kind, item in decoded[start:stop]:
             if isinstance(item, bytes):
                 assert self._on_item is not None
-                self._on_item(kind, item)
+                answer = self._on_item(kind, item)
+                if answer is not None and kind is ItemKind.CONTROL:
+                    self._replies.append((seq, answer))
             else:
                 sink.apply(item)
         self._applied += stop - start
 
     async def _send_ack(self, stream: MessageStream, cipher: SessionCipher) -> None:
+        await self._send(stream, cipher, Kind.ACK, encode_ack(self._ack()))
+
+    async def _send(
+        self, stream: MessageStream, cipher: SessionCipher, kind: Kind, body: bytes
+    ) -> None:
         if not self._acking:
             return
         async with self._ack_lock:  # seal and send in one order: counters must not cross
             try:
-                await stream.send(cipher.sealer.seal(Kind.ACK, [encode_ack(self._ack())]))
+                await stream.send(cipher.sealer.seal(kind, [body]))
             except TransportError:
                 self._acking = False  # the receive task reports why the session ended

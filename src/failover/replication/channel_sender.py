@@ -51,6 +51,7 @@ from failover.replication.channel_wire import (
     Kind,
     buffer_size,
     decode_ack,
+    decode_reply,
     items_parts,
 )
 from failover.replication.ops import Fsync, Op, encode_parts
@@ -128,6 +129,8 @@ class ReplicationSender:
         self._acked = Ack(0, 0, 0)
         self._acked_at_level = 0
         self._broken: str | None = None
+        self._asked: set[int] = set()  # control entries waiting for an answer
+        self._answers: dict[int, bytes] = {}
         self._queue_wakeup = _Wakeup()
         self._break_wakeup = _Wakeup()
         # loop side only
@@ -173,6 +176,24 @@ class ReplicationSender:
         sequence number (0 if the session is broken)."""
         return self._enqueue(ItemKind.CONTROL, (record,))
 
+    def request(self, record: bytes, timeout: float) -> bytes | None:
+        """Send a control ``record`` in the stream's order and wait, at most
+        ``timeout`` seconds, for the secondary's answer to it (its handler runs
+        when every entry before it is applied). None if the session broke or no
+        answer came in time (the session goes on)."""
+        seq = self._enqueue(ItemKind.CONTROL, (record,), ask=True)
+        if not seq:
+            return None
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while seq not in self._answers and self._broken is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            self._asked.discard(seq)
+            return self._answers.pop(seq, None)
+
     def wait_acked(self, seq: int) -> bool:
         """Wait until entry ``seq`` is acknowledged at the configured level, at
         most the timeout (then the session breaks). True if acknowledged."""
@@ -186,7 +207,9 @@ class ReplicationSender:
             )
             return self._acked_at_level >= seq
 
-    def _enqueue(self, kind: ItemKind, payload: Sequence[Buffer]) -> int:
+    def _enqueue(self, kind: ItemKind, payload: Sequence[Buffer], *, ask: bool = False) -> int:
+        """Queue one entry; its sequence number (0 if the session is broken).
+        ``ask``: an answer to it is expected (``request``)."""
         size = ENTRY_OVERHEAD + sum(buffer_size(part) for part in payload)
         if size > MAX_ENTRY:
             raise UsageError(f"replication entry of {size} bytes exceeds {MAX_ENTRY}")
@@ -206,6 +229,8 @@ class ReplicationSender:
                     return 0
             seq = self._next_seq
             self._next_seq = seq + 1
+            if ask:
+                self._asked.add(seq)
             self._queue.append((kind, payload, size))
             self._queued_bytes += size
             first = len(self._queue) == 1
@@ -376,8 +401,11 @@ class ReplicationSender:
                 if message is None:
                     self._check_stall(timeout)
                     continue
-                _, body = cipher.opener.open(message, Kind.ACK)
-                self._acknowledge(decode_ack(body))
+                kind, body = cipher.opener.open(message, Kind.ACK, Kind.REPLY)
+                if kind is Kind.REPLY:
+                    self._answer(*decode_reply(body))
+                else:
+                    self._acknowledge(decode_ack(body))
         except TransportError as exc:
             self._break(f"replication connection lost: {exc}", exc)
         except PeerProtocolError as exc:
@@ -386,6 +414,13 @@ class ReplicationSender:
     def _check_stall(self, timeout: float) -> None:
         if self._unapplied and time.monotonic() - self._last_progress >= timeout:
             self._break(f"peer acknowledged nothing for {timeout} s with data in flight")
+
+    def _answer(self, seq: int, answer: bytes) -> None:
+        with self._lock:
+            if seq not in self._asked:
+                raise PeerProtocolError(f"REPLY: answers entry {seq}, which asked nothing")
+            self._answers[seq] = answer
+            self._changed.notify_all()
 
     def _acknowledge(self, ack: Ack) -> None:
         old = self._acked

@@ -92,6 +92,7 @@ class Kind(enum.IntEnum):
     WELCOME = 2
     ITEMS = 3
     ACK = 4
+    REPLY = 5  # the secondary's answer to a CONTROL entry: the entry's seq, then bytes
 
 
 class ItemKind(enum.IntEnum):
@@ -258,6 +259,22 @@ def decode_greeting(kind: Kind, body: memoryview) -> Greeting:
     if request and kind is Kind.HELLO:
         raise PeerProtocolError("HELLO: carries a request (only a WELCOME may)")
     return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation, request)
+
+
+_SEQ = struct.Struct(">Q")
+
+
+def encode_reply(seq: int, payload: bytes) -> bytes:
+    """The body of a ``REPLY``: the answered entry's sequence number, then the answer."""
+    return _SEQ.pack(seq) + payload
+
+
+def decode_reply(body: memoryview) -> tuple[int, bytes]:
+    """(seq, answer) of a ``REPLY`` body."""
+    if len(body) < _SEQ.size:
+        raise PeerProtocolError(f"REPLY: {len(body)} bytes, shorter than a sequence number")
+    (seq,) = _SEQ.unpack_from(body)
+    return seq, bytes(body[_SEQ.size :])
 
 
 def encode_ack(ack: Ack) -> bytes:
