@@ -35,6 +35,8 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +65,30 @@ POLL = 0.05
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
 STATE_FILE = Path(tempfile.gettempdir()) / f"failover-demo-{os.getuid()}.json"
+
+# Run on a node (python -c CODE ARGS...): write ARGS[1] to the file ARGS[0], fsync
+# it, print how long the fsync took (it returns once the peer acknowledged).
+WRITER = """\
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+data = sys.argv[2].encode()
+while data:
+    data = data[os.write(fd, data):]
+began = time.monotonic()
+os.fsync(fd)
+print(time.monotonic() - began)
+os.close(fd)
+"""
+# Try to create the file ARGS[0]; print why it was refused, or fail.
+READ_ONLY_PROBE = """\
+import os, sys
+try:
+    os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+except OSError as exc:
+    print(exc.strerror)
+else:
+    sys.exit("an application could write the secondary's copy")
+"""
 
 
 class StepFailed(FailoverError):
@@ -211,12 +238,16 @@ class Demo:
             self.detail("application: a placeholder process per serving node (a pid file)")
         if self.lab is not None:
             self.detail(
-                f"replicated directory {self.data} (name {DATA!r}), over TCP on crossover "
-                f"port {REPLICATION_PORT}; each node's own disk is {self.workdir}/disk-<node>,"
+                f"replicated directory: {self.data} (name {DATA!r}, channel: TCP on crossover, "
+                f"port {REPLICATION_PORT})"
             )
             self.detail(
-                "bind-mounted on that path in the node's own mount namespace, "
-                "where its daemon mounts the mirror over it"
+                f"each node's own disk, {self.workdir}/disk-<node>, is bind-mounted on that "
+                "path in the node's"
+            )
+            self.detail(
+                "own mount namespace; its daemon mounts the mirror (FUSE) over it: read-write "
+                "while serving"
             )
 
     def write_config(self) -> None:
@@ -378,7 +409,18 @@ class Demo:
         return primary, _other(primary)
 
     def is_paired(self) -> bool:
-        return sorted(str(self.ready_state(n)) for n in NODES) == ["primary", "secondary"]
+        """One node primary, the other secondary, both ready, and each sees the other so."""
+        statuses = {n: self.status(n) or {} for n in NODES}
+        states = {n: s.get("state") for n, s in statuses.items() if s.get("substatus") == "ready"}
+        if sorted(str(s) for s in states.values()) != ["primary", "secondary"]:
+            return False
+        for node, status in statuses.items():
+            peer = status.get("peer")
+            if not isinstance(peer, dict) or not peer.get("alive"):
+                return False
+            if peer.get("state") != states[_other(node)]:
+                return False
+        return True
 
     # -- the story --
 
@@ -392,14 +434,10 @@ class Demo:
         self.say(f"paired after {took:.1f} s: {primary} serves, {secondary} is its secondary")
         self.table()
         self.show_client(primary, bound)
+        first = self.replicate_first(primary, secondary, bound) if self.lab else None
 
-        pid = self.procs[primary].pid
-        self.say(f"kill -9 {pid}: {primary}'s daemon dies without a word")
         killed = time.monotonic()
-        self.procs[primary].kill()
-        self.dead.add(primary)
-        self.procs[primary].wait(timeout=10)
-        self.detail(f"(a dead daemon cleans nothing up: {primary}'s application keeps running)")
+        self.kill(primary)
         self.wait(f"{secondary} takes over", lambda: self.ready_state(secondary) == "alone", bound)
         took = time.monotonic() - killed
         self.say(f"{secondary} took over {took:.2f} s after the kill")
@@ -407,6 +445,8 @@ class Demo:
         self.show_transitions(secondary, last=1)
         self.table()
         self.show_client(secondary, bound)
+        if first is not None:
+            self.write_on_survivor(primary, secondary, first, bound)
 
         self.say(f"restarting {primary}'s daemon")
         self.dead.discard(primary)
@@ -418,6 +458,132 @@ class Demo:
         self.detail("(its daemon first ran the stop script for what the killed one left running)")
         self.show_transitions(primary)
         self.table()
+        if first is not None:
+            self.show_resynced(primary, secondary)
+
+    def kill(self, node: str) -> None:
+        """In namespaces, SIGKILL every process of ``node`` (as a power loss); on
+        loopback, its daemon only."""
+        pid = self.procs[node].pid
+        if self.lab is None:
+            self.say(f"kill -9 {pid}: {node}'s daemon dies without a word")
+            self.procs[node].kill()
+            self.dead.add(node)
+            self.procs[node].wait(timeout=10)
+            self.detail(f"(a dead daemon cleans nothing up: {node}'s application keeps running)")
+            return
+        victims = _mount_namespace_pids(self.mount_namespace(node))
+        app = self.app_pid(node)
+        names = Counter(
+            "its application" if victim == app else Path(_cmdline(victim).split(" ")[0]).name
+            for victim in victims
+            if victim != pid
+        )
+        others = "".join(f", {n} x {name}" if n > 1 else f", {name}" for name, n in names.items())
+        self.say(f"kill -9 of every process of {node}, as if it lost power:")
+        self.detail(f"its daemon (pid {pid}){others}: {len(victims)} processes")
+        self.dead.add(node)
+        for victim in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGKILL)
+        self.procs[node].wait(timeout=10)
+        self.detail(
+            f"(its mount namespace went with them, and its mirror; the virtual IP stays "
+            f"on {node}'s interface: nothing removed it)"
+        )
+
+    # -- replication (namespace mode) --
+
+    def mount_namespace(self, node: str) -> str:
+        """``node``'s daemon's mount namespace (``mnt:[inode]``). Raises StepFailed when
+        the daemon is gone or shares this process's namespace (nothing to isolate)."""
+        proc = self.procs[node]
+        try:
+            namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+        except OSError as exc:
+            raise StepFailed(f"{node}'s daemon (pid {proc.pid}) is gone: {exc}") from None
+        if proc.poll() is not None or namespace == os.readlink("/proc/self/ns/mnt"):
+            raise StepFailed(f"{node}'s daemon (pid {proc.pid}) has no mount namespace of its own")
+        return namespace
+
+    def node_command(self, node: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` as one of ``node``'s processes: its mount and network namespaces."""
+        assert self.lab is not None
+        self.mount_namespace(node)
+        mount = f"--mount=/proc/{self.procs[node].pid}/ns/mnt"
+        return ["nsenter", mount, *self.lab.command(node, argv)]
+
+    def on_node(self, node: str, code: str, *args: str, bound: float) -> str:
+        """Run the Python ``code`` as one of ``node``'s processes; its stdout."""
+        argv = self.node_command(node, [sys.executable, "-c", code, *args])
+        try:
+            result = subprocess.run(
+                argv, capture_output=True, text=True, timeout=bound, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise StepFailed(f"a process on {node} did not finish within {bound:g} s") from None
+        if result.returncode != 0:
+            why = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+            raise StepFailed(f"on {node}: {why}")
+        return result.stdout.strip()
+
+    def write_file(self, node: str, name: str, text: str, bound: float) -> bytes:
+        """Write ``name`` in the data directory on ``node`` (through its mirror) and fsync
+        it; prints how long the fsync took. Returns the bytes written."""
+        fsync_took = float(self.on_node(node, WRITER, str(self.data / name), text, bound=bound))
+        content = text.encode()
+        self.say(
+            f"{node} writes {DATA}/{name} ({len(content)} bytes) through its mirror: "
+            f"write + fsync returned (the fsync took {fsync_took * 1000:.1f} ms)"
+        )
+        return content
+
+    def replicate_first(self, primary: str, secondary: str, bound: float) -> tuple[str, bytes]:
+        """A file written (and fsynced) on the primary, shown on the secondary's disk."""
+        name = "hello.txt"
+        text = f"written on {primary} before the kill, token {secrets.token_hex(4)}\n"
+        content = self.write_file(primary, name, text, bound)
+        copy = self.disk(secondary) / name
+        if _read(copy) == content:
+            self.detail(
+                f"on {secondary}'s own disk, byte-identical, when the fsync returned "
+                f"(it waits for {secondary}'s acknowledgement):"
+            )
+        else:
+            took = self.wait(f"{name} on {secondary}'s disk", lambda: _read(copy) == content, bound)
+            self.detail(f"on {secondary}'s own disk, byte-identical, {took:.2f} s after the fsync:")
+        self.detail(f"  {copy}: {content.decode().strip()!r}")
+        refused = self.on_node(secondary, READ_ONLY_PROBE, str(self.data / "nope"), bound=bound)
+        self.detail(f"an application on {secondary} cannot write {DATA}/: {refused}")
+        return name, content
+
+    def write_on_survivor(
+        self, dead: str, survivor: str, first: tuple[str, bytes], bound: float
+    ) -> None:
+        """The survivor's copy still holds the first file; it writes a second one."""
+        name, content = first
+        kept = _read(self.disk(survivor) / name)
+        if kept != content:
+            raise StepFailed(f"{survivor}'s copy of {name} is {kept!r}, not {content!r}")
+        self.say(f"{survivor}'s copy still has {name}, byte-identical ({len(content)} bytes)")
+        text = f"written on {survivor} while {dead} was down, token {secrets.token_hex(4)}\n"
+        self.write_file(survivor, "after-takeover.txt", text, bound)
+        self.detail(f"(no peer to wait for: {survivor} tracks the change for the resync)")
+        self.detail(f"{dead}'s disk meanwhile: {_listing(self.disk(dead))}")
+
+    def show_resynced(self, returned: str, serving: str) -> None:
+        """The returned node went through resync, and both copies are byte-identical."""
+        changes = ControlClient(unix_path=str(self.socket(returned)), timeout=2).get_transitions()
+        if not any(r.get("from") == "resync" and r.get("to") == "secondary" for r in changes):
+            raise StepFailed(f"{returned} became secondary without a resync -> secondary step")
+        ours, theirs = _tree(self.disk(returned)), _tree(self.disk(serving))
+        if ours != theirs:
+            raise StepFailed(
+                f"{returned}'s disk ({_listing(self.disk(returned))}) differs from "
+                f"{serving}'s ({_listing(self.disk(serving))})"
+            )
+        self.say(f"{returned}'s disk after the resync: {_listing(self.disk(returned))}")
+        self.detail(f"(byte-identical to {serving}'s: {len(ours)} files compared)")
 
     def table(self) -> None:
         rows = [("node", "state", "peer", "links", "generation", "application")]
@@ -443,13 +609,18 @@ class Demo:
         for row in rows:
             self.detail("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
-    def app_text(self, node: str) -> str:
+    def app_pid(self, node: str) -> int | None:
+        """The pid in ``node``'s application pid file, if it names a live process."""
         pidfile = self.workdir / f"app.{node}.pid"
         try:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
-            return "-"
-        return f"running (pid {pid})" if _pid_alive(pid) else "-"
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def app_text(self, node: str) -> str:
+        pid = self.app_pid(node)
+        return "-" if pid is None else f"running (pid {pid})"
 
     def show_client(self, expected: str, bound: float) -> None:
         if self.lab is None or self.vip is None:
@@ -541,9 +712,10 @@ class Demo:
         self.detail(f"{failover} swap --socket {self.socket(primary)}    # hand over to the peer")
         self.detail(f"{failover} log --socket {self.socket(primary)}")
         self.detail(f"kill -9 {self.procs[primary].pid}    # the serving daemon ({primary})")
-        restart = " ".join(self.daemon_argv(primary))
+        restart = shlex.join(self.launch_argv(primary))
         if self.lab is not None:
             restart = f"nsenter --net={self.lab.namespace_path(primary)} {restart}"
+            self.keep_replication(primary)
             self.detail(
                 f"nsenter --net={self.lab.namespace_path('client')} {sys.executable} -c "
                 f"\"import urllib.request as u; print(u.urlopen('http://{self.vip}:{APP_PORT}/')"
@@ -552,6 +724,22 @@ class Demo:
         self.detail(f"{restart} &    # restart {primary} after killing it")
         self.detail(f"logs: {self.workdir}/alpha.log, {self.workdir}/beta.log (JSON lines)")
         self.detail(f"clean up: {failover} demo --clean")
+
+    def keep_replication(self, primary: str) -> None:
+        """The commands to look at both copies and to write through the serving mirror."""
+        secondary = _other(primary)
+        note = shlex.quote(str(self.data / "note.txt"))
+        write = f"echo hello > {note} && sync {note}"
+        self.detail(
+            f"{shlex.join(self.node_command(primary, ['sh', '-c', write]))}"
+            f"    # write + fsync through {primary}'s mirror"
+        )
+        for node in (primary, secondary):
+            self.detail(f"ls -l {self.disk(node)}    # {node}'s own disk (its real copy)")
+        self.detail(
+            f"{shlex.join(self.node_command(secondary, ['ls', '-l', str(self.data)]))}"
+            f"    # {secondary}'s read-only view, as its applications see it"
+        )
 
 
 # --- --clean -----------------------------------------------------------------------------
@@ -572,13 +760,21 @@ def clean_kept() -> int:
     # command line names this demo's cluster file (its directory is unique). A
     # recorded pid that now belongs to something else (reused) is left alone.
     daemons = _processes_running(config) if config else []
+    # Each replicating daemon has a mount namespace of its own (its disk and its
+    # mirror): once the daemon has stopped, whatever is left in it is killed, and
+    # the namespace, with every mount in it, goes away with its last process.
+    mounts = set()
+    for pid in daemons:
+        with contextlib.suppress(OSError):
+            mounts.add(os.readlink(f"/proc/{pid}/ns/mnt"))
+    mounts.discard(os.readlink("/proc/self/ns/mnt"))
     for pid in daemons:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 25.0
     while any(_pid_alive(pid) for pid in daemons) and time.monotonic() < deadline:
         time.sleep(POLL)
-    for pid in daemons:
+    for pid in daemons + [p for mount in mounts for p in _mount_namespace_pids(mount)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if workdir.name.startswith("failover-demo-"):
@@ -622,6 +818,38 @@ def _failover_command() -> str:
     if script.exists():
         return str(script)
     return shutil.which("failover") or f"{sys.executable} -m failover"
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every regular file under ``root`` (relative path -> content), symlinks not followed."""
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+def _listing(root: Path) -> str:
+    files = [(name, len(data)) for name, data in _tree(root).items()]
+    return ", ".join(f"{name} ({size} bytes)" for name, size in files) or "(empty)"
+
+
+def _mount_namespace_pids(namespace: str) -> list[int]:
+    """PIDs of the processes whose mount namespace is ``namespace`` (``mnt:[inode]``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.readlink(entry / "ns" / "mnt") == namespace:
+                    found.append(int(entry.name))
+    return found
 
 
 def _kill_apps(workdir: Path) -> None:
