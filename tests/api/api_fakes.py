@@ -16,6 +16,7 @@ import h11
 
 from failover.api.protocol import CommandResult
 from failover.api.server import ControlEndpoints, serve_control
+from failover.errors import UsageError
 
 WAIT = 10.0  # generous upper bound on any wait in these tests; never a timing assert
 
@@ -43,6 +44,7 @@ class FakeController:
         self.refusals: dict[str, str] = {}
         self.commands: list[str] = []
         self.bandwidths: list[int] = []
+        self.verify_report: dict[str, Any] | None = None
         self.entered: anyio.Event | None = None  # set when a command arrives
         self.gate: anyio.Event | None = None  # a command waits on it when given
         self.broken = False
@@ -87,6 +89,11 @@ class FakeController:
         if name in self.refusals:
             return CommandResult(False, self.refusals[name], self.state)
         return CommandResult(True, f"{name} done", self.state)
+
+    async def verify(self) -> dict[str, Any]:
+        if self.verify_report is None:
+            raise UsageError("no replicated directories are configured")
+        return self.verify_report
 
     async def set_bandwidth(self, rate: int) -> CommandResult:
         self.bandwidths.append(rate)

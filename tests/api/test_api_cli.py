@@ -347,3 +347,16 @@ def test_status_shows_replication_and_resync_progress(
     assert "  sent 12 entries, 4096 bytes; in flight 0 bytes; last ack 0.40 ms" in lines
     assert "  resync running: 25% (250 of 1000 bytes, 3 items), 2.0 MB/s, eta 1m30s" in lines
     assert "  tracked since 3:alpha: 2 files with changed zones, 1 names, 0 metadata" in lines
+
+
+def test_verify_exits_by_the_verdict(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["verify", "--socket", socket_path]) == 2  # nothing replicated: usage error
+    assert "no replicated directories" in capsys.readouterr().err
+    controller.verify_report = {"at": 1.8e9, "in_sync": False, "directories": {}, "text": "db: b"}
+    assert main(["verify", "--socket", socket_path]) == 1
+    assert capsys.readouterr().out == "db: b\n"
+    controller.verify_report = {"at": 1.8e9, "in_sync": True, "directories": {}, "text": "same"}
+    assert main(["verify", "--json", "--socket", socket_path]) == 0
+    assert json.loads(capsys.readouterr().out)["in_sync"] is True

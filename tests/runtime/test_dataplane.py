@@ -17,6 +17,7 @@ import pytest
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
+from failover.errors import UsageError
 from failover.replication.channel import ChannelSettings
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
@@ -184,3 +185,23 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
         await anyio.to_thread.run_sync(write_synced, alpha.root / "later", b"replicated")
         assert (beta.root / "later").read_bytes() == b"replicated"
         assert beta.plane.sessions_received == 1
+
+
+async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        for name in ("a", "b"):
+            await anyio.to_thread.run_sync(write_synced, alpha.root / name, name.encode() * 5000)
+        clean = await alpha.plane.verify()
+        assert clean["in_sync"] and clean["text"] == "both copies are identical"
+        # a bit rots on the peer's disk, under its mirror
+        fd = os.open("b", os.O_WRONLY, dir_fd=beta.plane.mirrors["data"].backing_fd)
+        os.pwrite(fd, b"X", 4321)
+        os.close(fd)
+        found = await alpha.plane.verify()
+        assert not found["in_sync"]
+        assert [d["path"] for d in found["directories"]["data"]["differing"]] == ["b"]
+        assert alpha.plane.status()["verified"]["differences"] == 1
+        with pytest.raises(UsageError, match="replicating primary"):
+            await beta.plane.verify()

@@ -21,6 +21,7 @@ from failover.api.schema import (
     DEFAULT_TRANSITIONS_LIMIT,
     STATUS_PATH,
     TRANSITIONS_PATH,
+    VERIFY_PATH,
 )
 from failover.errors import FailoverError, UsageError
 
@@ -111,6 +112,13 @@ class ControlClient:
             raise UsageError(f"bandwidth {rate}: must be 0 (no limit) or positive")
         status, payload = self._request("POST", f"{BANDWIDTH_PATH}?rate={rate}", accept=(409,))
         return self._result(status, payload, "bandwidth")
+
+    def verify(self) -> dict[str, Any]:
+        """Have the daemon compare both copies; its report (``Controller.verify``)."""
+        _, payload = self._request("POST", VERIFY_PATH)
+        if not isinstance(payload, dict) or not isinstance(payload.get("in_sync"), bool):
+            raise self._garbled("verify answer lacks in_sync")
+        return payload
 
     def _result(self, status: int, payload: Any, what: str) -> CommandResult:
         if not isinstance(payload, dict):

@@ -52,3 +52,9 @@ class Controller(Protocol):
     async def set_bandwidth(self, rate: int) -> CommandResult:
         """Set the resync bandwidth limit (bytes/s, 0 = none), also mid-resync."""
         ...
+
+    async def verify(self) -> dict[str, Any]:
+        """Compare both copies by digest: {"at", "in_sync", "directories": {name:
+        {"in_sync", "missing_on_peer", "extra_on_peer", "differing"}}, "text"}.
+        Raises ``UsageError`` when this node cannot verify (it does not replicate)."""
+        ...

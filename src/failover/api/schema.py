@@ -16,6 +16,9 @@ STATUS_PATH = f"/{API_VERSION}/status"
 TRANSITIONS_PATH = f"/{API_VERSION}/transitions"
 COMMANDS_PREFIX = f"/{API_VERSION}/commands/"
 BANDWIDTH_PATH = f"/{API_VERSION}/replication/bandwidth"
+VERIFY_PATH = f"/{API_VERSION}/replication/verify"
+VERIFY_TIMEOUT = 900.0
+"""Seconds a client waits for a verify (both copies are read in full)."""
 
 DEFAULT_TRANSITIONS_LIMIT = 50
 MAX_TRANSITIONS_LIMIT = 1000

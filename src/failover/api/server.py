@@ -37,6 +37,7 @@ from failover.api.schema import (
     MAX_TRANSITIONS_LIMIT,
     STATUS_PATH,
     TRANSITIONS_PATH,
+    VERIFY_PATH,
 )
 from failover.errors import UsageError
 
@@ -130,6 +131,8 @@ class ControlRoutes:
             allowed, action = "GET", self._transitions
         elif path == BANDWIDTH_PATH:
             allowed, action = "POST", self._bandwidth
+        elif path == VERIFY_PATH:
+            allowed, action = "POST", self._verify
         elif path.startswith(COMMANDS_PREFIX):
             name = path.removeprefix(COMMANDS_PREFIX)
             if name not in COMMANDS:
@@ -172,6 +175,14 @@ class ControlRoutes:
         result = await self._controller.set_bandwidth(int(raw))
         payload = {"accepted": result.accepted, "message": result.message, "state": result.state}
         return json_reply(200 if result.accepted else 409, payload)
+
+    async def _verify(self, query: Mapping[str, str]) -> Reply:
+        _allow_params(query)
+        try:
+            report = await self._controller.verify()
+        except UsageError as exc:
+            return error_reply(409, str(exc))
+        return json_reply(200, report)
 
     def _command_action(self, name: str) -> Callable[[Mapping[str, str]], Awaitable[Reply]]:
         async def action(query: Mapping[str, str]) -> Reply:

@@ -20,7 +20,7 @@ from typing import Any
 
 from failover.api.client import ControlClient, DaemonUnreachable
 from failover.api.protocol import COMMANDS
-from failover.api.schema import MAX_TRANSITIONS_LIMIT, read_token_file
+from failover.api.schema import MAX_TRANSITIONS_LIMIT, VERIFY_TIMEOUT, read_token_file
 from failover.errors import FailoverError, UsageError
 
 SOCKET_ENV = "FAILOVER_SOCKET"
@@ -85,6 +85,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     bandwidth.add_argument("rate", type=_rate, help="e.g. 50M, 800k, 0")
     bandwidth.set_defaults(handler=run_bandwidth)
+
+    verify = subparsers.add_parser(
+        "verify",
+        parents=[connection],
+        help="compare both copies of the replicated directories by digest",
+        description="Ask the primary's daemon to digest both copies (only digests cross "
+        "the network) and list what differs. Exits 0 when identical, 1 when not.",
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=run_verify)
 
     log = subparsers.add_parser(
         "log", parents=[connection], help="show the most recent state transitions"
@@ -240,6 +250,15 @@ def run_bandwidth(args: argparse.Namespace) -> int:
     return 0 if result.accepted else 1
 
 
+def run_verify(args: argparse.Namespace) -> int:
+    report = client_from_args(args, VERIFY_TIMEOUT).verify()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(report.get("text") or ("identical" if report["in_sync"] else "differences found"))
+    return 0 if report["in_sync"] else 1
+
+
 def run_log(args: argparse.Namespace) -> int:
     records = client_from_args(args).get_transitions(args.lines)
     if args.json:
@@ -351,6 +370,14 @@ def _replication_lines(data: dict[str, Any]) -> list[str]:
             f"eta {_duration(eta) if isinstance(eta, int | float) else '-'}"
             + (f"; error: {resync['error']}" if resync.get("error") else "")
         )
+    verified = data.get("verified")
+    if isinstance(verified, dict):
+        verdict = (
+            "both copies identical"
+            if verified.get("in_sync")
+            else f"{verified.get('differences', '?')} DIFFERENCES: not in sync"
+        )
+        lines.append(f"  last verify {_timestamp(verified.get('at'))}: {verdict}")
     if data.get("resync_wanted"):
         lines.append("  waiting for the peer to resynchronise this node")
     limit = data.get("bandwidth")

@@ -181,7 +181,16 @@ class ReplicationSender:
         ``timeout`` seconds, for the secondary's answer to it (its handler runs
         when every entry before it is applied). None if the session broke or no
         answer came in time (the session goes on)."""
-        seq = self._enqueue(ItemKind.CONTROL, (record,), ask=True)
+        return self.answer(self.ask(record), timeout)
+
+    def ask(self, record: bytes) -> int:
+        """Queue a control ``record`` that expects an answer; its sequence number
+        (0 if the session is broken). Collect the answer with ``answer``."""
+        return self._enqueue(ItemKind.CONTROL, (record,), ask=True)
+
+    def answer(self, seq: int, timeout: float) -> bytes | None:
+        """The answer to the control entry ``seq`` (from ``ask``), waiting at most
+        ``timeout`` seconds; None if it did not come or the session broke."""
         if not seq:
             return None
         deadline = time.monotonic() + timeout

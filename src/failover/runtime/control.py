@@ -113,6 +113,11 @@ def _ago(now: float, seen: float | None) -> float | None:
     return None if seen is None else round(max(0.0, now - seen), 3)
 
 
+def _verified_equal(replication: dict[str, Any]) -> bool:
+    verified = replication.get("verified")
+    return bool(replication.get("replicating")) and (verified is None or verified["in_sync"])
+
+
 class NodeController:
     """Implements ``failover.api.protocol.Controller`` for one running node.
 
@@ -180,6 +185,7 @@ class NodeController:
                 "last_seen_ago": _ago(now, last_heard),
             }
         metadata = node.metadata
+        replication = None if self.data is None else self.data.status()
         return {
             "schema": STATUS_SCHEMA_VERSION,
             "node": self.name,
@@ -196,7 +202,14 @@ class NodeController:
                 "dropped": dict(sorted(self.frames.dropped.items())),
             },
             "uptime": round(now - self._started, 3),
-            "replication": None if self.data is None else self.data.status(),
+            "replication": replication,
+            # claimed only while protected and no verify since the last resync found
+            # a difference (a verdict lasts until a clean verify or a resync)
+            "in_sync": node.state is State.PRIMARY
+            and peer_view is not None
+            and peer_view["state"] == "secondary"
+            and peer_view["alive"]
+            and (replication is None or _verified_equal(replication)),
         }
 
     def transitions(self, limit: int) -> list[dict[str, Any]]:
@@ -215,6 +228,11 @@ class NodeController:
         if refusals:
             return CommandResult(False, "; ".join(r.reason for r in refusals), self._state())
         return CommandResult(True, f"{name} accepted", self._state())
+
+    async def verify(self) -> dict[str, Any]:
+        if self.data is None:
+            raise UsageError("no replicated directories are configured")
+        return await self.data.verify()
 
     async def set_bandwidth(self, rate: int) -> CommandResult:
         if self.data is None:

@@ -32,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import struct
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from failover.errors import FailoverError, PeerProtocolError, TransportError, Us
 from failover.replication.apply import Applier
 from failover.replication.channel import (
     ChannelSettings,
+    ItemKind,
     ReplicationReceiver,
     ReplicationSender,
     SessionIdentity,
@@ -60,6 +63,7 @@ from failover.replication.quarantine import quarantine
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
+from failover.replication.verify import Differences, TreeDigest, compare, digest_tree
 from failover.transport import MessageStream, ReplicationTransport
 
 log = structlog.get_logger("failover.dataplane")
@@ -153,6 +157,7 @@ class DataPlane:
         self.resyncs_received = 0
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
+        self.last_verify: dict[str, Any] | None = None
         self.bandwidth = settings.bandwidth
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -354,10 +359,18 @@ class DataPlane:
                     ResyncTarget(applier, roots, on_done=self._target_done)
                 ) as target,
             ):
+                roots_now = dict(roots)
+
+                def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
+                    if kind is ItemKind.CONTROL:
+                        return _answer_verify(roots_now, self.settings.zone_size, payload)
+                    target.on_item(kind, payload)
+                    return None
+
                 receiver = ReplicationReceiver(
                     self._identity(),
                     target,
-                    on_item=target.on_item,
+                    on_item=on_item,
                     timeout=self.settings.channel.timeout,
                 )
                 try:
@@ -489,6 +502,7 @@ class DataPlane:
             reason = failures[0] if failures else "resync stopped"
             return [ev.ReplicationFailed(f"resync of {s.peer} failed: {reason}")]
         log.info("resync done", peer=s.peer, status=_plain(source.status()))
+        self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
         live = True
         if failures:  # the session broke after the target applied END
@@ -502,6 +516,80 @@ class DataPlane:
         )
 
     # -- status -----------------------------------------------------------------------------
+
+    # -- verify -----------------------------------------------------------------------------
+
+    async def verify(self) -> dict[str, Any]:
+        """Compare both copies by digest (only digests cross the network).
+
+        Pass 1 digests everything on both sides, the peer at the request's place
+        in the replication stream; a path written meanwhile may differ only
+        because the two digests were taken at different moments, so pass 2
+        digests the differing paths again with every change held back while
+        the request is queued and the local digest taken. What still differs
+        is reported, and kept for ``status`` until a clean verify or a resync.
+        Raises ``UsageError`` when this node does not replicate to its peer.
+        """
+        relay = self._relay
+        sender = relay.sender if relay is not None else None
+        if sender is None or sender.broken is not None:
+            raise UsageError(
+                "verify needs a replicating primary: this node sends nothing to its peer"
+            )
+        first = await self._verify_pass(sender, None)
+        suspects = {name: d.paths() for name, d in first.items() if d}
+        final = await self._verify_pass(sender, suspects) if suspects else first
+        differences = {name: d for name, d in final.items() if d}
+        report = {
+            "at": time.time(),
+            "in_sync": not differences,
+            "directories": {name: d.to_dict() for name, d in final.items()},
+            "text": "\n".join(d.render(name) for name, d in sorted(final.items()) if d)
+            or "both copies are identical",
+        }
+        self.last_verify = {
+            "at": report["at"],
+            "in_sync": report["in_sync"],
+            "differences": sum(len(d.paths()) for d in differences.values()),
+        }
+        return report
+
+    async def _verify_pass(
+        self, sender: ReplicationSender, subset: Mapping[str, tuple[bytes, ...]] | None
+    ) -> dict[str, Differences]:
+        s = self.settings
+        request = _verify_request(subset)
+        locks = [mirror.order_lock for mirror in self.mirrors.values()]
+        fds = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+
+        def local() -> tuple[int, dict[str, TreeDigest]]:
+            with contextlib.ExitStack() as held:
+                if subset is not None:  # small: hold every change back meanwhile
+                    for lock in locks:
+                        held.enter_context(lock)
+                seq = sender.ask(request)
+                if subset is None:
+                    held.close()
+                mine = {
+                    name: digest_tree(
+                        fd, s.zone_size, paths=None if subset is None else subset.get(name, ())
+                    )
+                    for name, fd in fds.items()
+                }
+            return seq, mine
+
+        seq, mine = await anyio.to_thread.run_sync(local)
+        answer = await anyio.to_thread.run_sync(sender.answer, seq, VERIFY_TIMEOUT)
+        if answer is None:
+            raise UsageError(
+                f"verify: {s.peer} did not answer (session {sender.broken or 'alive'})"
+            )
+        theirs = _decode_digests(answer)
+        if set(theirs) != set(mine):
+            raise PeerProtocolError(
+                f"verify: {s.peer} digested {sorted(theirs)}, not {sorted(mine)}"
+            )
+        return {name: compare(mine[name], theirs[name]) for name in mine}
 
     def set_bandwidth(self, rate: int) -> None:
         """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""
@@ -527,6 +615,7 @@ class DataPlane:
             "sender": None if sender is None else _plain(sender.status()),
             "sessions_received": self.sessions_received,
             "resync": None if resync is None else _plain(resync),
+            "verified": self.last_verify,
             "resync_wanted": self._target is not None,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,
@@ -539,6 +628,67 @@ class DataPlane:
                 "meta": len(changes.meta),
             },
         }
+
+
+VERIFY_TIMEOUT = 600.0
+"""Seconds the peer may take to digest its copy (about 1 GiB/s of hashing)."""
+_VERIFY = b"FOVF1"
+
+
+def _verify_request(subset: Mapping[str, tuple[bytes, ...]] | None) -> bytes:
+    """A verify control record: everything, or these paths of these directories."""
+    if subset is None:
+        return _VERIFY + b"*"
+    body = {name: [path.hex() for path in paths] for name, paths in subset.items()}
+    return _VERIFY + json.dumps(body, sort_keys=True).encode()
+
+
+def _answer_verify(roots: Mapping[str, int], zone_size: int, record: bytes) -> bytes:
+    """The secondary's answer to a verify record: the digests of its copy, at the
+    record's place in the stream. Bad records are the peer's protocol error."""
+    if not record.startswith(_VERIFY):
+        raise PeerProtocolError(f"control record {record[:16]!r} is not a verify request")
+    rest = record[len(_VERIFY) :]
+    subset: dict[str, tuple[bytes, ...]] | None = None
+    if rest != b"*":
+        try:
+            parsed = json.loads(rest)
+            subset = {str(n): tuple(bytes.fromhex(p) for p in ps) for n, ps in parsed.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise PeerProtocolError(f"verify request: malformed subset ({exc})") from None
+        unknown = set(subset) - set(roots)
+        if unknown:
+            raise PeerProtocolError(f"verify request: unknown directories {sorted(unknown)}")
+    parts = []
+    for name, fd in sorted(roots.items()):
+        try:
+            paths = None if subset is None else subset.get(name, ())
+            digest = digest_tree(fd, zone_size, paths=paths)
+        except UsageError as exc:
+            raise PeerProtocolError(f"verify request for {name}: {exc}") from None
+        blob = digest.serialise()
+        encoded = name.encode()
+        parts += [struct.pack(">H", len(encoded)), encoded, struct.pack(">Q", len(blob)), blob]
+    return b"".join(parts)
+
+
+def _decode_digests(answer: bytes) -> dict[str, TreeDigest]:
+    found: dict[str, TreeDigest] = {}
+    view, at = memoryview(answer), 0
+    try:
+        while at < len(view):
+            (size,) = struct.unpack_from(">H", view, at)
+            name = bytes(view[at + 2 : at + 2 + size]).decode()
+            at += 2 + size
+            (length,) = struct.unpack_from(">Q", view, at)
+            at += 8
+            if at + length > len(view):
+                raise PeerProtocolError("verify answer: truncated digest")
+            found[name] = TreeDigest.deserialise(view[at : at + length])
+            at += length
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise PeerProtocolError(f"verify answer: malformed ({exc})") from None
+    return found
 
 
 def _plain(value: object) -> Any:
