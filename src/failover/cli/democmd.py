@@ -201,6 +201,7 @@ class Demo:
         self.dead: set[str] = set()  # daemons killed on purpose
         self.links: tuple[str, ...] = ()
         self.dead_timeout = 0.0
+        self.replicates = False  # namespace mode with FUSE: a replicated directory
 
     # -- output --
 
@@ -219,6 +220,10 @@ class Demo:
             members = ", ".join(self.lab.namespace(m) for m in self.lab.members)
             self.say(f"network namespaces {members}")
             self.detail("bridges lan (10.77.1.0/24, UDP heartbeats), crossover (10.77.2.0/24, TCP)")
+            why_not = _replication_unavailable_reason()
+            self.replicates = why_not is None
+            if why_not is not None:
+                self.detail(f"(nothing replicated: {why_not})")
         else:
             self.links = ("lan", "backup")
             self.say(f"loopback mode ({netns_reason}): alpha on 127.0.0.2, beta on 127.0.0.3")
@@ -236,7 +241,7 @@ class Demo:
             self.detail(f"application: a web server on the virtual IP {self.vip}:{APP_PORT}")
         else:
             self.detail("application: a placeholder process per serving node (a pid file)")
-        if self.lab is not None:
+        if self.replicates:
             self.detail(
                 f"replicated directory: {self.data} (name {DATA!r}, channel: TCP on crossover, "
                 f"port {REPLICATION_PORT})"
@@ -275,7 +280,7 @@ class Demo:
             "nodes": nodes,
             "application": self.write_scripts(),
         }
-        if self.lab is not None:
+        if self.lab is not None and self.replicates:
             self.data.mkdir()
             for node in NODES:
                 self.disk(node).mkdir()
@@ -287,6 +292,7 @@ class Demo:
                 "timeout": 2.0,
                 "directories": [{"name": DATA, "path": str(self.data)}],
             }
+        if self.lab is not None:
             self.vip = self.lab.host_address("lan", VIP_HOST)
             document["virtual_ip"] = {
                 "address": f"{self.vip}/24",
@@ -354,7 +360,7 @@ class Demo:
         """The daemon's argv; when replicating, wrapped so that it runs in a mount
         namespace of its own where the data path is ``node``'s disk."""
         argv = self.daemon_argv(node)
-        if self.lab is None:
+        if not self.replicates:
             return argv
         bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
         wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind]
@@ -434,7 +440,7 @@ class Demo:
         self.say(f"paired after {took:.1f} s: {primary} serves, {secondary} is its secondary")
         self.table()
         self.show_client(primary, bound)
-        first = self.replicate_first(primary, secondary, bound) if self.lab else None
+        first = self.replicate_first(primary, secondary, bound) if self.replicates else None
 
         killed = time.monotonic()
         self.kill(primary)
@@ -462,10 +468,10 @@ class Demo:
             self.show_resynced(primary, secondary)
 
     def kill(self, node: str) -> None:
-        """In namespaces, SIGKILL every process of ``node`` (as a power loss); on
-        loopback, its daemon only."""
+        """When replicating, SIGKILL every process of ``node`` (as a power loss);
+        otherwise its daemon only."""
         pid = self.procs[node].pid
-        if self.lab is None:
+        if not self.replicates:
             self.say(f"kill -9 {pid}: {node}'s daemon dies without a word")
             self.procs[node].kill()
             self.dead.add(node)
@@ -715,7 +721,8 @@ class Demo:
         restart = shlex.join(self.launch_argv(primary))
         if self.lab is not None:
             restart = f"nsenter --net={self.lab.namespace_path(primary)} {restart}"
-            self.keep_replication(primary)
+            if self.replicates:
+                self.keep_replication(primary)
             self.detail(
                 f"nsenter --net={self.lab.namespace_path('client')} {sys.executable} -c "
                 f"\"import urllib.request as u; print(u.urlopen('http://{self.vip}:{APP_PORT}/')"
@@ -839,6 +846,17 @@ def _tree(root: Path) -> dict[str, bytes]:
 def _listing(root: Path) -> str:
     files = [(name, len(data)) for name, data in _tree(root).items()]
     return ", ".join(f"{name} ({size} bytes)" for name, size in files) or "(empty)"
+
+
+def _replication_unavailable_reason() -> str | None:
+    """Why this machine cannot run the replicated directory (None when it can)."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "no usable /dev/fuse"
+    tools = ("fusermount3", "unshare", "nsenter", "mount")
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if missing:
+        return f"{', '.join(missing)} not found on PATH"
+    return None
 
 
 def _mount_namespace_pids(namespace: str) -> list[int]:
