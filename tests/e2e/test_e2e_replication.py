@@ -104,6 +104,10 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
         cluster.start(primary)
         assert cluster.paired() == (secondary, primary)
         assert tree(cluster.disk(primary)) == tree(cluster.disk(secondary)), round_number
+        # only what changed was sent: the returning node's unacknowledged zones and
+        # what the survivor wrote since, not a full copy
+        shown = cluster.status(secondary)
+        assert shown is not None and shown["replication"]["resync"]["full"] is False
         primary, secondary = secondary, primary
     # the operator's check: both copies compared by digest, through the primary's daemon
     verify = subprocess.run(

@@ -485,7 +485,12 @@ class Daemon:
         self.data = (
             None
             if data is None
-            else DataPlane(data, self.report, lambda: str(self.node.metadata.generation))
+            else DataPlane(
+                data,
+                self.report,
+                lambda: str(self.node.metadata.generation),
+                lambda: str(self.node.metadata.synced_generation),
+            )
         )
         self.app = Application(
             _scripts_of(config),

@@ -132,7 +132,8 @@ class DataPlane:
 
     ``run`` mounts every directory read-only and listens for the peer's
     sessions until cancelled, then unmounts. ``generation`` gives the node's
-    current data generation (shown to the peer in each session's handshake).
+    current data generation (shown to the peer in each session's handshake);
+    ``synced_generation`` the last one both nodes held (a resync request's base).
     """
 
     def __init__(
@@ -140,10 +141,12 @@ class DataPlane:
         settings: DataPlaneSettings,
         report: Report,
         generation: Callable[[], str],
+        synced_generation: Callable[[], str] | None = None,
     ) -> None:
         self.settings = settings
         self.report = report
         self.generation = generation
+        self.synced_generation = synced_generation or generation
         self.tracker: Tracker | None = None
         self.mirrors: dict[str, Mirror] = {}
         self.serving = False
@@ -393,7 +396,9 @@ class DataPlane:
             return b""
         assert self.tracker is not None
         request = ResyncRequest(
-            generation=self.generation(),
+            # the last point both copies held (after a split brain, before our own
+            # changes, which the suspect set lists): where the source's tracking starts
+            generation=self.synced_generation(),
             full=target.mode == "full",
             suspect=self.tracker.changes(),
         )
