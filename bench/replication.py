@@ -1,0 +1,338 @@
+"""Replicated writes against the local disk and a bare FUSE passthrough, same run, same disk.
+
+    sudo .venv/bin/python bench/replication.py [--size-mib 1024] [--syncs 2000] [--rounds 1]
+        [--rate-mbit 1000] [--dir /var/tmp]
+
+An application process (``bench/_replication_lab.py write``) runs two workloads
+in each target directory: sequential 1 MiB ``write`` calls of ``--size-mib``
+MiB then one ``fsync`` (MiB/s), and ``--syncs`` times a 4 KiB ``pwrite`` +
+``fsync`` at increasing offsets (p50/p99 latency). Targets, all directories
+under one temporary directory in ``--dir`` (one disk):
+
+(a) local disk: a plain directory;
+(b) FUSE passthrough: a ``Mirror`` with no listener (no replication);
+(c) replicated to a peer in another network namespace (``failover.testing.netns.Lab``:
+    namespaces alpha and beta joined by veths through a bridge), the application
+    writing through alpha's mirror:
+    - sender: the mirror's listener is a ``ReplicationSender``; the peer is a
+      ``ReplicationReceiver`` + ``Applier`` in a process in beta;
+    - relay: a runtime ``DataPlane`` serving in alpha (tracker + sender, the
+      daemon's path) and a ``DataPlane`` in beta receiving under its read-only
+      mirror. relay vs sender is the tracking cost.
+    Ack level ``written`` (the default), replication timeout 30 s.
+(d) the same replicated targets with alpha's veth shaped by a ``tbf`` qdisc at
+    ``--rate-mbit`` (burst 512 KiB): sequential throughput as a share of the link rate,
+    beside raw TCP (``sink``/``source``) over the same shaped link.
+
+Every serving role is a process of its own (mirrors in alpha's network
+namespace, peers in beta's), started once and kept for all rounds; targets are
+measured in interleaved rounds (``--rounds``, median kept) with ``sync(1)``
+before each. The peer's copy is on the same disk, so a replicated write makes
+the disk write twice. Prints each figure, ratios against the local disk and the
+passthrough, and the issue's targets. Removes its namespaces, mounts, processes
+and files on every exit (end, error, Ctrl-C, SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from failover.testing.netns import Lab, netns_unavailable_reason
+
+MIB = 1 << 20
+LAB = Path(__file__).with_name("_replication_lab.py")
+NETWORK = "repl"
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+SENDER_PORT, PLANE_PORT, RAW_PORT = 7601, 7602, 7603
+LOCAL, PASSTHROUGH = "local disk", "FUSE passthrough"
+SENDER, RELAY = "replicated: sender", "replicated: relay (tracker + sender)"
+TARGETS = {"seq_of_local": 0.50, "seq_of_link": 0.90, "sync_p50_x_local": 2.5, "tracking": 0.10}
+
+
+class Interrupted(Exception):
+    """SIGTERM reached the bench."""
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@dataclass
+class Figures:
+    seq_mib_s: float
+    sync_p50_us: float
+    sync_p99_us: float
+
+
+class Role:
+    """One serving process of ``_replication_lab.py``: ready on start, stopped by closing stdin."""
+
+    def __init__(self, lab: Lab, node: str, name: str, argv: list[str], logs: Path) -> None:
+        self.name = name
+        self.log = logs / f"{name}.log"
+        command = [sys.executable, str(LAB), *argv]
+        self._stderr: IO[bytes] = self.log.open("wb")
+        popen: dict[str, Any] = {
+            "stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": self._stderr,
+        }  # fmt: skip
+        self.proc = lab.run(node, command, **popen)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)
+        line = self.proc.stdout.readline() if ready else b""
+        if line.strip() != b"ready":
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start: {self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-2000:]
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._stderr.close()
+
+
+def measure(directory: Path, size_mib: int, syncs: int, roles: list[Role]) -> Figures:
+    """One run of the application in ``directory`` (after sync(1))."""
+    os.sync()
+    result = subprocess.run(
+        [sys.executable, str(LAB), "write", str(directory),
+         "--size", str(size_mib * MIB), "--syncs", str(syncs)],
+        capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    for role in roles:
+        role.check()
+    if result.returncode != 0:
+        raise RuntimeError(f"the writer failed in {directory}: {result.stderr.strip()}")
+    data = json.loads(result.stdout)
+    cuts = statistics.quantiles(data["sync_seconds"], n=100, method="inclusive")
+    return Figures(size_mib / data["seq_seconds"], cuts[49] * 1e6, cuts[98] * 1e6)
+
+
+def median(figures: list[Figures]) -> Figures:
+    return Figures(
+        statistics.median(f.seq_mib_s for f in figures),
+        statistics.median(f.sync_p50_us for f in figures),
+        statistics.median(f.sync_p99_us for f in figures),
+    )
+
+
+def raw_tcp(lab: Lab, sink: Role, size_mib: int) -> float:
+    """MiB/s of raw TCP from alpha to beta's sink."""
+    out = lab.exec(
+        "alpha",
+        [sys.executable, str(LAB), "source", "--peer",
+         f"{lab.address('beta', NETWORK)}:{RAW_PORT}", "--size", str(size_mib * MIB)],
+        timeout=3600,
+    )  # fmt: skip
+    sink.check()
+    return size_mib / float(json.loads(out.stdout)["seconds"])
+
+
+def start_roles(lab: Lab, work: Path, logs: Path, roles: list[Role]) -> dict[str, Path]:
+    """Every serving process; the directory the application writes in, per target."""
+    alpha, beta = lab.address("alpha", NETWORK), lab.address("beta", NETWORK)
+    dirs = {
+        name: work / name
+        for name in ("local", "passthrough", "sender", "sender-peer", "plane", "plane-peer")
+    }
+    for path in dirs.values():
+        path.mkdir()
+
+    def start(node: str, name: str, *argv: str) -> None:
+        roles.append(Role(lab, node, name, list(argv), logs))
+
+    start("beta", "receiver", "receiver", str(dirs["sender-peer"]),
+          "--listen", f"{beta}:{SENDER_PORT}")  # fmt: skip
+    start("beta", "plane-beta", "plane", str(dirs["plane-peer"]), "--state", str(work / "st-b"),
+          "--listen", f"{beta}:{PLANE_PORT}", "--peer", f"{alpha}:{PLANE_PORT}")  # fmt: skip
+    start("beta", "sink", "sink", "--listen", f"{beta}:{RAW_PORT}")
+    start("alpha", "passthrough", "mirror", str(dirs["passthrough"]))
+    start("alpha", "sender", "mirror", str(dirs["sender"]), "--peer", f"{beta}:{SENDER_PORT}")
+    start("alpha", "plane-alpha", "plane", str(dirs["plane"]), "--state", str(work / "st-a"),
+          "--listen", f"{alpha}:{PLANE_PORT}", "--peer", f"{beta}:{PLANE_PORT}",
+          "--serve")  # fmt: skip
+    return {
+        LOCAL: dirs["local"],
+        PASSTHROUGH: dirs["passthrough"],
+        SENDER: dirs["sender"],
+        RELAY: dirs["plane"],
+    }
+
+
+def stop_roles(roles: list[Role], work: Path) -> None:
+    """Stop the application-side mirrors first (their sessions end), then the peers;
+    detach any mount a killed process left behind."""
+    for role in reversed(roles):
+        with contextlib.suppress(Exception):
+            role.stop()
+    for path in work.iterdir():
+        if os.path.ismount(path):
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def run_rounds(
+    targets: dict[str, Path], args: argparse.Namespace, roles: list[Role]
+) -> dict[str, Figures]:
+    rounds: dict[str, list[Figures]] = {name: [] for name in targets}
+    for number in range(args.rounds):
+        for name, directory in targets.items():  # interleaved: drift hits every target
+            figures = measure(directory, args.size_mib, args.syncs, roles)
+            rounds[name].append(figures)
+            print(
+                f"  round {number + 1} {name}: {figures.seq_mib_s:.0f} MiB/s, "
+                f"sync p50 {figures.sync_p50_us:.0f} us p99 {figures.sync_p99_us:.0f} us",
+                flush=True,
+            )
+    return {name: median(figures) for name, figures in rounds.items()}
+
+
+def shape(lab: Lab, rate_mbit: int) -> None:
+    """A token bucket on alpha's veth (this kernel may lack netem; tbf is common)."""
+    subprocess.run(
+        ["tc", "-n", lab.namespace("alpha"), "qdisc", "replace", "dev",
+         lab.interface("alpha", NETWORK), "root", "tbf", "rate", f"{rate_mbit}mbit",
+         "burst", "512kb", "latency", "20ms"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(
+    unshaped: dict[str, Figures],
+    shaped: dict[str, Figures],
+    raw: dict[str, float],
+    args: argparse.Namespace,
+) -> None:
+    local, passthrough = unshaped[LOCAL], unshaped[PASSTHROUGH]
+    print()
+    print(
+        f"Sequential: {args.size_mib} x 1 MiB write + fsync; commit: {args.syncs} x 4 KiB "
+        f"pwrite + fsync; median of {args.rounds} round(s); ack level written."
+    )
+    print()
+    print(
+        "| target | seq MiB/s | vs local | vs passthrough | commit p50 us | p99 us "
+        "| p50 vs local | p50 vs passthrough |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, f in unshaped.items():
+        print(
+            f"| {name} | {f.seq_mib_s:.0f} | {f.seq_mib_s / local.seq_mib_s:.2f} "
+            f"| {f.seq_mib_s / passthrough.seq_mib_s:.2f} | {f.sync_p50_us:.0f} "
+            f"| {f.sync_p99_us:.0f} | {f.sync_p50_us / local.sync_p50_us:.2f}x "
+            f"| {f.sync_p50_us / passthrough.sync_p50_us:.2f}x |"
+        )
+    link_mib_s = args.rate_mbit * 1e6 / 8 / MIB
+    print()
+    print(
+        f"Link shaped to {args.rate_mbit} Mbit/s ({link_mib_s:.1f} MiB/s) by tbf on alpha's veth:"
+    )
+    print()
+    print("| target | seq MiB/s | of link rate | commit p50 us | p99 us |")
+    print("|---|---|---|---|---|")
+    print(f"| raw TCP | {raw['shaped']:.0f} | {raw['shaped'] / link_mib_s:.0%} | - | - |")
+    for name, f in shaped.items():
+        print(
+            f"| {name} | {f.seq_mib_s:.0f} | {f.seq_mib_s / link_mib_s:.0%} "
+            f"| {f.sync_p50_us:.0f} | {f.sync_p99_us:.0f} |"
+        )
+    print(f"\nraw TCP alpha -> beta unshaped: {raw['unshaped']:.0f} MiB/s")
+    relay, sender = unshaped[RELAY], unshaped[SENDER]
+    tracking = 1 - relay.seq_mib_s / sender.seq_mib_s
+    shaped_tracking = 1 - shaped[RELAY].seq_mib_s / shaped[SENDER].seq_mib_s
+    print()
+    print("Targets (issue 4), the daemon's path (relay):")
+    of_local = relay.seq_mib_s / local.seq_mib_s
+    of_link = shaped[RELAY].seq_mib_s / link_mib_s
+    x_local = relay.sync_p50_us / local.sync_p50_us
+    print(f"- replicated seq >= 50% of local: {of_local:.0%} ({met(of_local >= 0.5)})")
+    print(f"- replicated seq >= 90% of the shaped link: {of_link:.0%} ({met(of_link >= 0.9)})")
+    print(f"- commit p50 <= 2.5 x local: {x_local:.2f}x ({met(x_local <= 2.5)})")
+    print(
+        f"- tracking <= 10% of replicated throughput: {tracking:.1%} unshaped, "
+        f"{shaped_tracking:.1%} shaped ({met(tracking <= 0.1)}); commit p50 "
+        f"{relay.sync_p50_us - sender.sync_p50_us:+.0f} us with the tracker"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="sequential file size")
+    parser.add_argument("--syncs", type=int, default=2000, help="4 KiB write+fsync count")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--rate-mbit", type=int, default=1000, help="shaped link rate")
+    parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="on the disk to test")
+    parser.add_argument("--keep-logs", type=Path, help="copy the roles' stderr logs here")
+    args = parser.parse_args()
+    reason = netns_unavailable_reason()
+    if reason or not os.path.exists("/dev/fuse"):
+        print(f"cannot run: {reason or 'no /dev/fuse'}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="replication-bench-", dir=args.dir))
+    logs = work / "logs"
+    logs.mkdir()
+    roles: list[Role] = []
+    try:
+        with Lab(networks=(NETWORK,), prefix="frepl") as lab:
+            try:
+                targets = start_roles(lab, work, logs, roles)
+                sink = next(role for role in roles if role.name == "sink")
+                print("unshaped link:", flush=True)
+                raw = {"unshaped": raw_tcp(lab, sink, args.size_mib)}
+                unshaped = run_rounds(targets, args, roles)
+                shape(lab, args.rate_mbit)
+                print(f"link shaped to {args.rate_mbit} Mbit/s:", flush=True)
+                raw["shaped"] = raw_tcp(lab, sink, args.size_mib)
+                replicated = {name: targets[name] for name in (SENDER, RELAY)}
+                shaped = run_rounds(replicated, args, roles)
+            finally:
+                stop_roles(roles, work)
+                if args.keep_logs:
+                    shutil.copytree(logs, args.keep_logs, dirs_exist_ok=True)
+        report(unshaped, shaped, raw, args)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        print(f"interrupted ({exc or 'SIGINT'})", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        print(f"load average after: {os.getloadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
