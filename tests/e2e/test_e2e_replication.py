@@ -119,3 +119,47 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
     status = cluster.status(primary)
     assert status is not None and status["in_sync"] is True
     assert status["replication"]["replicating"] is True
+
+
+def write_in(cluster: Cluster, node: str, name: str, data: bytes) -> None:
+    """Write ``name`` with fsync through ``node``'s mirror, as its application would."""
+    code = (
+        "import os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)\n"
+        "os.write(fd, sys.argv[2].encode()); os.fsync(fd); os.close(fd)\n"
+    )
+    argv = [sys.executable, "-c", code, str(cluster.data / name), data.decode()]
+    done = subprocess.run(
+        cluster.node_command(node, argv), capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_split_brain_keeps_the_losers_changes_in_quarantine(lab: Lab, tmp_path: Path) -> None:
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    write_in(cluster, primary, "shared", b"before the split")
+    for network in LINKS:
+        lab.link_down(secondary, network)
+    cluster.wait(f"{secondary} takes over", functools.partial(serves, cluster, secondary))
+    # both serve, each writes on its own side
+    write_in(cluster, primary, "only-on-primary", b"P")
+    write_in(cluster, secondary, "only-on-secondary", b"S")
+    for network in LINKS:
+        lab.link_up(secondary, network)
+    winner, loser = cluster.paired()
+    kept = tree(cluster.disk(winner))
+    assert tree(cluster.disk(loser)) == kept  # resynchronised from the winner
+    assert kept["shared"] == b"before the split"
+    # the loser's own change is not on the winner: it is in the loser's quarantine
+    lost_name = "only-on-primary" if loser == primary else "only-on-secondary"
+    assert lost_name not in kept
+    quarantine = tmp_path / "state" / loser / "quarantine"
+    moved = list(quarantine.rglob(lost_name))
+    assert [p.read_bytes() for p in moved] == [b"P" if loser == primary else b"S"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "failover", "quarantine", "list", "--dir", str(quarantine)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 0 and f"split brain vs peer {winner}" in listed.stdout
