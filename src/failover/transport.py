@@ -14,6 +14,7 @@ the plugin: callers never see ``OSError`` or a library's own exceptions.
 
 from __future__ import annotations
 
+import ssl
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol, runtime_checkable
 
@@ -146,15 +147,23 @@ class ReplicationTransport(Protocol):
     name: str
     endpoint_model: type[BaseModel]
 
-    def listen(self, local: BaseModel) -> AbstractAsyncContextManager[MessageListener]:
+    def listen(
+        self, local: BaseModel, *, tls: ssl.SSLContext | None = None
+    ) -> AbstractAsyncContextManager[MessageListener]:
         """Listen on ``local``; entering binds (``TransportError`` if it cannot),
-        leaving closes the listener (already accepted streams stay open)."""
+        leaving closes the listener (already accepted streams stay open).
+        With ``tls`` (a server context), every accepted stream is a TLS session
+        (a failed handshake is a ``TransportError`` from ``accept``); a
+        transport that cannot do TLS raises ``UsageError``."""
         ...
 
-    async def connect(self, remote: BaseModel, timeout: float) -> MessageStream:
-        """Connect to the peer's listener at ``remote`` within ``timeout`` seconds.
+    async def connect(
+        self, remote: BaseModel, timeout: float, *, tls: ssl.SSLContext | None = None
+    ) -> MessageStream:
+        """Connect to the peer's listener at ``remote`` within ``timeout`` seconds
+        (the TLS handshake included, with ``tls``, a client context).
 
-        Raises ``TransportError`` on refusal, unreachability or timeout. No
-        retry happens here: the caller owns its backoff.
+        Raises ``TransportError`` on refusal, unreachability, timeout or a failed
+        TLS handshake. No retry happens here: the caller owns its backoff.
         """
         ...

@@ -298,6 +298,23 @@ CASES: dict[str, Bad] = {
         "quarantine_dir:",
         "'/srv/db/quarantine' is inside replication.directories[1].path (/srv/db)",
     ),
+    # --- mutual TLS on the stream
+    "tls file that does not exist": replicated(
+        "  quarantine_dir: /srv/quarantine\n",
+        "  quarantine_dir: /srv/quarantine\n  tls:\n    ca_file: /nonexistent/ca.pem\n"
+        "    cert_file: /nonexistent/cert.pem\n    key_file: /nonexistent/key.pem\n",
+        "replication.tls.ca_file",
+        "ca_file:",
+        "cannot read /nonexistent/ca.pem",
+    ),
+    "tls without a key file": replicated(
+        "  quarantine_dir: /srv/quarantine\n",
+        "  quarantine_dir: /srv/quarantine\n  tls:\n    ca_file: /etc/hostname\n"
+        "    cert_file: /etc/hostname\n",
+        "replication.tls.key_file",
+        "tls:",
+        "required key is missing",
+    ),
 }
 
 
@@ -478,3 +495,16 @@ def test_fingerprint_changes_with_any_shared_replication_value(
     before = load_config(write_config(REPLICATED, "before.yaml")).fingerprint()
     after = load_config(write_config(edited(REPLICATED, edits), "after.yaml")).fingerprint()
     assert after != before
+
+
+def test_tls_files_that_are_not_certificates_are_reported(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    tls = f"  tls:\n    ca_file: {junk}\n    cert_file: {junk}\n    key_file: {junk}\n"
+    text = REPLICATED.replace(
+        "  quarantine_dir: /srv/quarantine\n", "  quarantine_dir: /srv/quarantine\n" + tls, 1
+    )
+    problems = problems_of(write_config(text))
+    assert any(": replication.tls: TLS CA file" in p for p in problems), problems

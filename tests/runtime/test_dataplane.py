@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+import trustme
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -21,6 +23,7 @@ from failover.errors import UsageError
 from failover.replication.channel import ChannelSettings
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
+from failover.tls import tls_context
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport
 
@@ -43,7 +46,11 @@ class Node:
 
 
 @asynccontextmanager
-async def pair(tmp_path: Path, timeout: float = 2.0) -> AsyncIterator[tuple[Node, Node]]:
+async def pair(
+    tmp_path: Path,
+    timeout: float = 2.0,
+    tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+) -> AsyncIterator[tuple[Node, Node]]:
     ports = {"alpha": free_port("tcp"), "beta": free_port("tcp")}
     nodes: dict[str, Node] = {}
     async with anyio.create_task_group() as tg:
@@ -71,6 +78,8 @@ async def pair(tmp_path: Path, timeout: float = 2.0) -> AsyncIterator[tuple[Node
                 local=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[name]),
                 remote=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[peer]),
                 channel=ChannelSettings(timeout=timeout),
+                tls_server=None if tls is None else tls[0],
+                tls_client=None if tls is None else tls[1],
             )
             plane = DataPlane(settings, report, generation=lambda: "1:alpha")
             nodes[name] = Node(plane, root, events, seen)
@@ -205,3 +214,24 @@ async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> 
         assert alpha.plane.status()["verified"]["differences"] == 1
         with pytest.raises(UsageError, match="replicating primary"):
             await beta.plane.verify()
+
+
+async def test_replication_runs_over_mutual_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    files = {
+        "ca_file": tmp_path / "ca.pem",
+        "cert_file": tmp_path / "c.pem",
+        "key_file": tmp_path / "k.pem",
+    }
+    cert = ca.issue_cert("node.failover.invalid")
+    ca.cert_pem.write_to_path(str(files["ca_file"]))
+    cert.cert_chain_pems[0].write_to_path(str(files["cert_file"]))
+    cert.private_key_pem.write_to_path(str(files["key_file"]))
+    paths = {k: str(v) for k, v in files.items()}
+    tls = (tls_context(server=True, **paths), tls_context(server=False, **paths))
+    async with pair(tmp_path, tls=tls) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        assert alpha.plane.status()["replicating"]
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "secret", b"over tls")
+        assert (beta.root / "secret").read_bytes() == b"over tls"

@@ -15,12 +15,14 @@ the stream is closed and later calls raise.
 
 from __future__ import annotations
 
+import ssl
 import struct
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
-from anyio.abc import SocketAttribute, SocketListener, SocketStream
+from anyio.abc import ByteStream, SocketAttribute, SocketListener
+from anyio.streams.tls import TLSStream
 from pydantic import BaseModel
 
 from failover.errors import TransportError
@@ -37,7 +39,7 @@ _READ_SIZE = 256 * 1024
 class TcpMessageStream:
     """One connected replication stream; see the module docstring."""
 
-    def __init__(self, stream: SocketStream, what: str) -> None:
+    def __init__(self, stream: ByteStream, what: str) -> None:
         self._stream = stream
         self._what = what
         self._buffer = bytearray()
@@ -109,16 +111,23 @@ class TcpMessageStream:
 class TcpMessageListener:
     """Accepts replication streams on one listening socket."""
 
-    def __init__(self, listener: SocketListener, what: str) -> None:
+    def __init__(
+        self, listener: SocketListener, what: str, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._listener = listener
         self._what = what
+        self._tls = tls
 
     async def accept(self) -> MessageStream:
-        """Wait for the next incoming stream; raises TransportError once closed."""
+        """Wait for the next incoming stream; raises TransportError once closed,
+        or when a TLS client fails its handshake (the listener goes on)."""
         with map_errors(f"{self._what}: accept"):
             stream = await self._listener.accept()
         peer = stream.extra(SocketAttribute.remote_address)
-        return TcpMessageStream(stream, f"{self._what} <- {peer}")
+        what = f"{self._what} <- {peer}"
+        if self._tls is None:
+            return TcpMessageStream(stream, what)
+        return TcpMessageStream(await _tls_wrap(stream, self._tls, what, server=True), what)
 
 
 class TcpReplicationTransport:
@@ -127,14 +136,19 @@ class TcpReplicationTransport:
     name = "tcp-replication"
     endpoint_model: type[BaseModel] = TcpEndpoint
 
-    def listen(self, local: BaseModel) -> AbstractAsyncContextManager[MessageListener]:
-        """Listen on ``local``: entering binds (TransportError if it cannot), leaving closes."""
+    def listen(
+        self, local: BaseModel, *, tls: ssl.SSLContext | None = None
+    ) -> AbstractAsyncContextManager[MessageListener]:
+        """Listen on ``local``: entering binds (TransportError if it cannot), leaving
+        closes. With ``tls``, each accepted stream completes a TLS handshake first."""
         if not isinstance(local, TcpEndpoint):
             raise TypeError("tcp endpoints must be TcpEndpoint instances")
-        return self._listening(local)
+        return self._listening(local, tls)
 
     @asynccontextmanager
-    async def _listening(self, local: TcpEndpoint) -> AsyncIterator[MessageListener]:
+    async def _listening(
+        self, local: TcpEndpoint, tls: ssl.SSLContext | None
+    ) -> AsyncIterator[MessageListener]:
         what = f"tcp replication {local.address}:{local.port}"
         with map_errors(f"{what}: listen"):
             multi = await anyio.create_tcp_listener(
@@ -143,16 +157,47 @@ class TcpReplicationTransport:
         try:
             listener = multi.listeners[0]
             assert isinstance(listener, SocketListener)
-            yield TcpMessageListener(listener, what)
+            yield TcpMessageListener(listener, what, tls)
         finally:
             with anyio.CancelScope(shield=True):
                 await multi.aclose()
 
-    async def connect(self, remote: BaseModel, timeout: float) -> MessageStream:
-        """Connect to ``remote`` within ``timeout`` seconds; TransportError if not."""
+    async def connect(
+        self, remote: BaseModel, timeout: float, *, tls: ssl.SSLContext | None = None
+    ) -> MessageStream:
+        """Connect to ``remote`` within ``timeout`` seconds (TLS handshake included
+        with ``tls``); TransportError if not."""
         if not isinstance(remote, TcpEndpoint):
             raise TypeError("tcp endpoints must be TcpEndpoint instances")
         what = f"tcp replication -> {remote.address}:{remote.port}"
         with map_errors(f"{what}: connect"), anyio.fail_after(timeout):
-            stream = await anyio.connect_tcp(str(remote.address), remote.port)
+            stream: ByteStream = await anyio.connect_tcp(str(remote.address), remote.port)
+            if tls is not None:
+                stream = await _tls_wrap(stream, tls, what, server=False)
         return TcpMessageStream(stream, what)
+
+
+TLS_HANDSHAKE_TIMEOUT = 10.0
+"""Seconds an accepted connection has to complete its TLS handshake."""
+
+
+async def _tls_wrap(
+    stream: ByteStream, context: ssl.SSLContext, what: str, *, server: bool
+) -> ByteStream:
+    """``stream`` as a TLS session; TransportError (the stream closed) if the
+    handshake fails: a certificate not from the cluster's CA, or no TLS at all."""
+    try:
+        with anyio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+            return await TLSStream.wrap(
+                stream, server_side=server, ssl_context=context, standard_compatible=False
+            )
+    except (
+        ssl.SSLError,
+        OSError,
+        anyio.BrokenResourceError,
+        anyio.EndOfStream,
+        TimeoutError,
+    ) as exc:
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
+        raise TransportError(f"{what}: TLS handshake failed: {exc}") from exc

@@ -24,11 +24,13 @@ from failover.config.models import (
     LinkConfig,
     ReplicatedDirectory,
     ReplicationSection,
+    ReplicationTls,
 )
 from failover.config.problems import Loc, Problem, format_key, problems_from
 from failover.config.timing import resolve_timing
-from failover.errors import PluginNotFound
+from failover.errors import PluginNotFound, UsageError
 from failover.plugins import load_replication_transport, load_transport
+from failover.tls import tls_context
 
 # Float slack for "dead_timeout >= 3 x heartbeat_interval": 3 * 0.05 is 0.15000000000000002.
 _EPSILON = 1e-9
@@ -402,6 +404,8 @@ def _check_replication(sections: Sections, found: Findings) -> None:
         ("replication", "directories"), [(i, d.name) for i, d in sections.directories], found
     )
     _check_directory_paths(sections, found)
+    if replication is not None and "tls" in ok and replication.tls is not None:
+        _check_tls(replication.tls, found)
     if replication is not None and "quarantine_dir" in ok and replication.quarantine_dir:
         for i, directory in sections.directories:
             _report_overlap(
@@ -411,6 +415,29 @@ def _check_replication(sections: Sections, found: Findings) -> None:
                 "quarantined files must stay out of the replicated directories",
                 found,
             )
+
+
+def _check_tls(tls: ReplicationTls, found: Findings) -> None:
+    """Each file readable, and together a usable mutual-TLS setup (the same check
+    the daemon makes when it starts)."""
+    for name in ("ca_file", "cert_file", "key_file"):
+        path: Path = getattr(tls, name)
+        try:
+            path.read_bytes()
+        except OSError as exc:
+            found.problems.append(
+                Problem(("replication", "tls", name), f"cannot read {path}: {exc.strerror}")
+            )
+            return
+    try:
+        tls_context(
+            server=True,
+            ca_file=str(tls.ca_file),
+            cert_file=str(tls.cert_file),
+            key_file=str(tls.key_file),
+        )
+    except UsageError as exc:
+        found.problems.append(Problem(("replication", "tls"), str(exc)))
 
 
 def _check_replication_endpoints(transport: str, sections: Sections, found: Findings) -> None:

@@ -210,6 +210,16 @@ class ReplicatedDirectory(Section):
     path: AbsolutePath
 
 
+class ReplicationTls(Section):
+    """``replication.tls``: mutual TLS on the replication stream. The same paths on
+    both nodes; each node's files hold its own certificate and key, both signed by
+    the cluster's CA (``ca_file``)."""
+
+    ca_file: ConfigPath
+    cert_file: ConfigPath
+    key_file: ConfigPath
+
+
 class ReplicationSection(Section):
     """``replication``: which directories are mirrored to the peer, and how."""
 
@@ -219,6 +229,7 @@ class ReplicationSection(Section):
     zone_size: Annotated[StrictInt, AfterValidator(_check_zone_size)] = 64 * 1024
     bandwidth: Annotated[StrictInt, Ge(0)] = 0
     quarantine_dir: ConfigPath | None = None
+    tls: ReplicationTls | None = None
     directories: Annotated[tuple[ReplicatedDirectory, ...], MinLen(1)]
 
 

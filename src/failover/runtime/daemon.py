@@ -35,6 +35,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -48,6 +49,7 @@ from anyio.abc import TaskGroup
 from failover.api.schema import read_token_file
 from failover.api.server import ControlEndpoints, serve_control
 from failover.config import ClusterConfig, load_config
+from failover.config.models import ReplicationSection
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Metadata, Settings, State, SubStatus
@@ -63,6 +65,7 @@ from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
 from failover.runtime.store import IncarnationStore, MetadataStore
 from failover.runtime.timer import DeadlineSignal, run_timer
+from failover.tls import tls_context
 from failover.transport import HeartbeatTransport
 from failover.wire import FrameCodec, Inbound, Outbound
 
@@ -198,7 +201,24 @@ def _data_plane_settings(config: ClusterConfig, node: str, peer: str) -> DataPla
         channel=ChannelSettings(ack_level=AckLevel(section.ack), timeout=section.timeout),
         zone_size=section.zone_size,
         bandwidth=section.bandwidth,
+        **_tls_contexts(section),
     )
+
+
+def _tls_contexts(section: ReplicationSection) -> dict[str, ssl.SSLContext]:
+    """Both ends' mutual-TLS contexts when ``replication.tls`` is set."""
+    tls = section.tls
+    if tls is None:
+        return {}
+    files = {
+        "ca_file": str(tls.ca_file),
+        "cert_file": str(tls.cert_file),
+        "key_file": str(tls.key_file),
+    }
+    return {
+        "tls_server": tls_context(server=True, **files),
+        "tls_client": tls_context(server=False, **files),
+    }
 
 
 class Daemon:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import ssl
 import struct
 import threading
 import time
@@ -88,6 +89,8 @@ class DataPlaneSettings:
     channel: ChannelSettings = field(default_factory=ChannelSettings)
     zone_size: int = 64 * 1024
     bandwidth: int = 0  # resync bytes/s, 0 = unlimited
+    tls_server: ssl.SSLContext | None = None  # mutual TLS on the stream (both or neither)
+    tls_client: ssl.SSLContext | None = None
 
 
 class _Relay:
@@ -174,7 +177,7 @@ class DataPlane:
         try:
             await self._mount_all(read_only=True)
             async with (
-                s.transport.listen(s.local) as listener,
+                s.transport.listen(s.local, tls=s.tls_server) as listener,
                 anyio.create_task_group() as tg,
             ):
                 self._group = tg
@@ -294,7 +297,7 @@ class DataPlane:
 
         sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
         try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout)
+            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
             await sender.handshake(stream)
         except (TransportError, PeerProtocolError) as exc:
             broken(f"replication session to {s.peer} failed: {exc}")
@@ -468,7 +471,7 @@ class DataPlane:
 
         sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
         try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout)
+            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
             peer = await sender.handshake(stream)
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync")
