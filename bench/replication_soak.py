@@ -46,6 +46,7 @@ from failover.testing.netns import list_namespaces, netns_unavailable_reason, re
 
 REPO = Path(__file__).resolve().parent.parent
 TEST = "tests/e2e/test_e2e_replication.py"
+CRASH_TEST = "killing_every_process"  # -k: the crash test only, not the file's other tests
 ROUND_LINE = re.compile(r"^round (\d+): (\d+) acked, last (-?\d+), killed (\d+)")
 STOP_GRACE_S = 30.0
 
@@ -91,20 +92,41 @@ def stop_run(child: subprocess.Popen[str], out: TextIO) -> None:
         remove_namespaces(left)
 
 
-def one_run(rounds: int, soak: Soak, work: Path, log: Path) -> bool:
-    """One pytest run of ``rounds`` rounds; True when it passed."""
+def snapshot(work: Path) -> tuple[Path, str]:
+    """The committed tree (HEAD) exported to ``work``: a soak takes many minutes,
+    and edits to the working tree meanwhile must not change the code under test
+    (a daemon restarted with other code than its peer's is a false failure)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True, capture_output=True,
+        text=True,
+    ).stdout.strip()  # fmt: skip
+    tree = work / "tree"
+    tree.mkdir()
+    archive = subprocess.Popen(["git", "archive", "HEAD"], cwd=REPO, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(tree)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError("git archive HEAD failed")
+    return tree, commit
+
+
+def one_run(rounds: int, soak: Soak, tree: Path, work: Path, log: Path) -> bool:
+    """One pytest run of ``rounds`` rounds in ``tree``; True when it passed."""
     env = dict(os.environ, FAILOVER_E2E_CRASH_ROUNDS=str(rounds))
+    if tree != REPO:  # the snapshot's code before the venv's editable install
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(tree / "src"), str(tree / "transports"), env.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep)
     basetemp = work / f"run-{len(soak.failures)}"
     argv = [
-        sys.executable, "-m", "pytest", TEST, "-s", "-x", "-q", "-p", "no:cacheprovider",
-        f"--basetemp={basetemp}",
+        sys.executable, "-m", "pytest", TEST, "-k", CRASH_TEST, "-s", "-x", "-q",
+        "-p", "no:cacheprovider", f"--basetemp={basetemp}",
     ]  # fmt: skip
     tail: list[str] = []
     before = soak.rounds
     with log.open("a") as out:
         out.write(f"\n=== {' '.join(argv)} (FAILOVER_E2E_CRASH_ROUNDS={rounds})\n")
         child = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            argv, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True, start_new_session=True,
         )  # fmt: skip
         try:
@@ -156,6 +178,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1000)
     parser.add_argument("--max-failures", type=int, default=5, help="stop after this many")
     parser.add_argument("--log", type=Path, help="full pytest output (default: a temp file)")
+    parser.add_argument(
+        "--live", action="store_true", help="test the working tree, not a snapshot of HEAD"
+    )
     args = parser.parse_args()
     reason = netns_unavailable_reason()
     if reason:
@@ -171,8 +196,10 @@ def main() -> int:
     started = time.monotonic()
     try:
         print(f"load average before: {os.getloadavg()}", flush=True)
+        tree, commit = (REPO, "working tree") if args.live else snapshot(work)
+        print(f"testing {commit} in {tree}", flush=True)
         while soak.rounds < args.rounds and len(soak.failures) < args.max_failures:
-            one_run(args.rounds - soak.rounds, soak, work, log)
+            one_run(args.rounds - soak.rounds, soak, tree, work, log)
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"interrupted ({exc or 'SIGINT'})")
     finally:
