@@ -46,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -82,10 +83,26 @@ class Figures:
 class Role:
     """One serving process of ``_replication_lab.py``: ready on start, stopped by closing stdin."""
 
-    def __init__(self, lab: Lab, node: str, name: str, argv: list[str], logs: Path) -> None:
+    def __init__(
+        self, lab: Lab, node: str, name: str, argv: list[str], logs: Path, profile: Path | None
+    ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
         command = [sys.executable, str(LAB), *argv]
+        if profile is not None:  # collapsed stacks, written when the role exits
+            spy = Path(sys.executable).with_name("py-spy")
+            output = profile / f"{name}.txt"
+            command = [
+                str(spy),
+                "record",
+                "--threads",
+                "-f",
+                "raw",
+                "-o",
+                str(output),
+                "--",
+                *command,
+            ]
         self._stderr: IO[bytes] = self.log.open("wb")
         popen: dict[str, Any] = {
             "stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": self._stderr,
@@ -95,11 +112,19 @@ class Role:
 
     def _wait_ready(self) -> None:
         assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)
-        line = self.proc.stdout.readline() if ready else b""
-        if line.strip() != b"ready":
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start: {self.tail()}")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        seen = []  # py-spy, when profiling, prints before the role
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([self.proc.stdout], [], [], left)[0]:
+                break
+            line = self.proc.stdout.readline()
+            if line.strip() == b"ready":
+                return
+            if not line:
+                break
+            seen.append(line.decode(errors="replace"))
+        self.stop()
+        raise RuntimeError(f"{self.name} did not start: {''.join(seen)}{self.tail()}")
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:]
@@ -158,7 +183,9 @@ def raw_tcp(lab: Lab, sink: Role, size_mib: int) -> float:
     return size_mib / float(json.loads(out.stdout)["seconds"])
 
 
-def start_roles(lab: Lab, work: Path, logs: Path, roles: list[Role]) -> dict[str, Path]:
+def start_roles(
+    lab: Lab, work: Path, logs: Path, roles: list[Role], profile: Path | None
+) -> dict[str, Path]:
     """Every serving process; the directory the application writes in, per target."""
     alpha, beta = lab.address("alpha", NETWORK), lab.address("beta", NETWORK)
     dirs = {
@@ -169,7 +196,7 @@ def start_roles(lab: Lab, work: Path, logs: Path, roles: list[Role]) -> dict[str
         path.mkdir()
 
     def start(node: str, name: str, *argv: str) -> None:
-        roles.append(Role(lab, node, name, list(argv), logs))
+        roles.append(Role(lab, node, name, list(argv), logs, profile))
 
     start("beta", "receiver", "receiver", str(dirs["sender-peer"]),
           "--listen", f"{beta}:{SENDER_PORT}")  # fmt: skip
@@ -295,6 +322,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
     parser.add_argument("--rate-mbit", type=int, default=1000, help="shaped link rate")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="on the disk to test")
+    parser.add_argument(
+        "--profile", type=Path, help="run every role under py-spy; collapsed stacks here"
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the roles' stderr logs here")
     args = parser.parse_args()
     reason = netns_unavailable_reason()
@@ -310,7 +340,7 @@ def main() -> int:
     try:
         with Lab(networks=(NETWORK,), prefix="frepl") as lab:
             try:
-                targets = start_roles(lab, work, logs, roles)
+                targets = start_roles(lab, work, logs, roles, args.profile)
                 sink = next(role for role in roles if role.name == "sink")
                 print("unshaped link:", flush=True)
                 raw = {"unshaped": raw_tcp(lab, sink, args.size_mib)}
