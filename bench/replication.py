@@ -1,6 +1,6 @@
 """Replicated writes against the local disk and a bare FUSE passthrough, same run, same disk.
 
-    sudo .venv/bin/python bench/replication.py [--size-mib 1024] [--syncs 2000] [--rounds 1]
+    sudo .venv/bin/python bench/replication.py [--size-mib 1024] [--syncs 2000] [--rounds 3]
         [--rate-mbit 1000] [--dir /var/tmp]
 
 An application process (``bench/_replication_lab.py write``) runs two workloads
@@ -319,7 +319,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mib", type=int, default=1024, help="sequential file size")
     parser.add_argument("--syncs", type=int, default=2000, help="4 KiB write+fsync count")
-    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument("--rate-mbit", type=int, default=1000, help="shaped link rate")
     parser.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="on the disk to test")
     parser.add_argument(
