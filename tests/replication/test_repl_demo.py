@@ -90,6 +90,8 @@ def test_kept_demo_replicated_both_files_its_write_command_replicates_and_clean_
         f"{first}: wait -> resync",
         f"{first}: resync -> secondary",
         f"{first}'s disk after the resync: after-takeover.txt",
+        f"{second}'s resync of {first}: incremental",
+        f"failover verify on {second} (by digest, over the network): both copies are identical",
     ]
     positions = [out.find(step) for step in steps]
     assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p < 0]

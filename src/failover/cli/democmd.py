@@ -465,7 +465,7 @@ class Demo:
         self.show_transitions(primary)
         self.table()
         if first is not None:
-            self.show_resynced(primary, secondary)
+            self.show_resynced(primary, secondary, bound)
 
     def kill(self, node: str) -> None:
         """When replicating, SIGKILL every process of ``node`` (as a power loss);
@@ -577,7 +577,7 @@ class Demo:
         self.detail(f"(no peer to wait for: {survivor} tracks the change for the resync)")
         self.detail(f"{dead}'s disk meanwhile: {_listing(self.disk(dead))}")
 
-    def show_resynced(self, returned: str, serving: str) -> None:
+    def show_resynced(self, returned: str, serving: str, bound: float) -> None:
         """The returned node went through resync, and both copies are byte-identical."""
         changes = ControlClient(unix_path=str(self.socket(returned)), timeout=2).get_transitions()
         if not any(r.get("from") == "resync" and r.get("to") == "secondary" for r in changes):
@@ -590,6 +590,23 @@ class Demo:
             )
         self.say(f"{returned}'s disk after the resync: {_listing(self.disk(returned))}")
         self.detail(f"(byte-identical to {serving}'s: {len(ours)} files compared)")
+        replication = (self.status(serving) or {}).get("replication") or {}
+        resync = replication.get("resync") or {}
+        if resync.get("state") == "done":
+            kind = "a full copy" if resync.get("full") else "incremental: the tracked changes only"
+            self.detail(
+                f"{serving}'s resync of {returned}: {kind}, {resync.get('items_done')} items, "
+                f"{resync.get('bytes_done')} bytes sent"
+            )
+        try:
+            client = ControlClient(unix_path=str(self.socket(serving)), timeout=bound)
+            report = client.verify()
+        except FailoverError as exc:
+            raise StepFailed(f"failover verify on {serving}: {exc}") from None
+        verdict = str(report.get("text") or "").strip().splitlines() or ["(no text)"]
+        if not report["in_sync"]:
+            raise StepFailed(f"failover verify on {serving} found differences: {verdict}")
+        self.detail(f"failover verify on {serving} (by digest, over the network): {verdict[-1]}")
 
     def table(self) -> None:
         rows = [("node", "state", "peer", "links", "generation", "application")]
