@@ -548,6 +548,9 @@ class InboundStats:
     accepted: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
     last_rejection: FrameRejected | None = None
+    superseded: int = 0
+    """Accepted frames older than one already delivered (a slower link): they prove
+    their link works, but the newer status is what is handed on."""
 
     @property
     def received(self) -> int:
@@ -567,6 +570,13 @@ class Inbound:
     raises. Each drop is counted in ``stats`` under its ``Reason``. One
     ``Inbound`` serves every link of a node: the replay window is per sender,
     so a frame replayed on another link is refused too.
+
+    The status handed on is never older than one already handed on: a frame
+    that arrives after a newer one of the same incarnation (queued on a slower
+    link, e.g. a TCP stream that buffered through a partition) still counts
+    for its link, but carries the newest status seen, not its own. Every link
+    carries the same status stream, so nothing is lost, and the core never sees
+    its peer go back in time.
     """
 
     def __init__(
@@ -577,6 +587,7 @@ class Inbound:
         self.peer = peer
         self.guard = ReplayGuard(window)
         self.stats = InboundStats()
+        self._newest: dict[str, tuple[int, int, PeerStatus]] = {}  # (incarnation, seq, status)
 
     def accept(self, data: bytes) -> tuple[Frame, PeerStatus] | None:
         """The frame and the status it carries, or None when it is dropped (counted)."""
@@ -590,6 +601,7 @@ class Inbound:
             status = decode_heartbeat(frame.payload)
             if status.node != frame.sender:
                 raise _bad(f"status of {status.node!r} in a frame from {frame.sender!r}")
+            status = self._newest_status(frame, status)
         except FrameRejected as rejected:
             self._drop(rejected)
             return None
@@ -598,6 +610,14 @@ class Inbound:
             return None
         self.stats.accepted += 1
         return frame, status
+
+    def _newest_status(self, frame: Frame, status: PeerStatus) -> PeerStatus:
+        known = self._newest.get(frame.sender)
+        if known is not None and (known[0], known[1]) > (frame.incarnation, frame.seq):
+            self.stats.superseded += 1
+            return known[2]
+        self._newest[frame.sender] = (frame.incarnation, frame.seq, status)
+        return status
 
     def _drop(self, rejected: FrameRejected) -> None:
         self.stats.dropped[rejected.reason.value] += 1

@@ -101,14 +101,7 @@ def test_cutting_one_of_two_links_shows_it_down_and_does_not_take_over(
     "crossover",
     [
         "udp",
-        pytest.param(
-            "tcp",
-            marks=pytest.mark.xfail(
-                reason="flaky (about 1 run in 10): after the heal, TCP delivers heartbeats queued "
-                "during the partition and the split brain sometimes does not resolve; open bug",
-                strict=False,
-            ),
-        ),
+        "tcp",
     ],
 )
 def test_cutting_every_link_takes_over_and_healing_resolves_the_split_brain(

@@ -197,3 +197,22 @@ def test_nodes_with_different_keys_never_accept_each_other() -> None:
         assert ours.accept(theirs.heartbeat(ALPHA)) is None
     assert ours.stats.dropped == {"bad_mac": 5}
     assert KEY != OTHER_KEY
+
+
+def test_a_late_frame_counts_for_its_link_but_never_hands_on_an_older_status() -> None:
+    alpha = Outbound(codec(), "alpha", 1)
+    inbound = Inbound(codec(), "beta")
+    old = alpha.heartbeat(ALPHA)  # queued on a slow link (a TCP stream through a partition)
+    newer = replace(ALPHA, state=State.ALONE, generation=Generation(5, "alpha"))
+    fresh = alpha.heartbeat(newer)
+    assert inbound.accept(fresh) is not None
+    late = inbound.accept(old)
+    assert late is not None  # accepted: the slow link works
+    frame, status = late
+    assert frame.seq == 1
+    assert status == newer  # but the peer's view does not go back in time
+    assert inbound.stats.superseded == 1
+    # a restarted sender (new incarnation) starts afresh
+    restarted = Outbound(codec(), "alpha", 2)
+    back = inbound.accept(restarted.heartbeat(ALPHA))
+    assert back is not None and back[1] == ALPHA
