@@ -76,7 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -296,7 +296,48 @@ class Cluster(Protocol):
     def describe(self) -> str: ...
 
 
-class FailoverCluster:
+class _Processes:
+    """The two node processes of a cluster under test (kill -9 of a node kills
+    its whole process group: a keepalived parent and its VRRP child, or a daemon)."""
+
+    procs: dict[str, subprocess.Popen[bytes]]
+    dead: set[str]
+
+    def exit_detail(self, node: str) -> str:
+        raise NotImplementedError
+
+    def kill(self, node: str) -> None:
+        self.dead.add(node)
+        kill_group(self.procs[node].pid)
+
+    def reap(self, node: str) -> None:
+        self.procs[node].wait(timeout=10)
+
+    def check_alive(self) -> None:
+        for node, proc in self.procs.items():
+            if node not in self.dead and proc.poll() is not None:
+                raise BenchError(self.exit_detail(node))
+
+
+def stop_processes(
+    cluster: Cluster, procs: Iterable[subprocess.Popen[bytes]], *, grace: float
+) -> None:
+    """SIGTERM every process still running, SIGKILL (its group) after ``grace`` s."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in running:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)
+            proc.wait(timeout=10)
+    stop_listeners(cluster)
+
+
+class FailoverCluster(_Processes):
     """Two ``failover run`` daemons in the lab's node namespaces."""
 
     system = "failover"
@@ -410,38 +451,18 @@ class FailoverCluster:
                 return node
         return None
 
-    def kill(self, node: str) -> None:
-        self.dead.add(node)
-        kill_group(self.procs[node].pid)
-
-    def reap(self, node: str) -> None:
-        self.procs[node].wait(timeout=10)
-
-    def check_alive(self) -> None:
-        for node, proc in self.procs.items():
-            if node not in self.dead and proc.poll() is not None:
-                raise BenchError(
-                    f"failover daemon {node} exited with {proc.returncode}:\n"
-                    f"{tail(self.dir / f'{node}.stderr')}\n{tail(self.dir / f'{node}.log')}"
-                )
+    def exit_detail(self, node: str) -> str:
+        return (
+            f"failover daemon {node} exited with {self.procs[node].returncode}:\n"
+            f"{tail(self.dir / f'{node}.stderr')}\n{tail(self.dir / f'{node}.log')}"
+        )
 
     def stop(self) -> None:
         """SIGTERM both daemons (they stop the application); SIGKILL after 20 s."""
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20.0
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                kill_group(proc.pid)
-                proc.wait(timeout=10)
-        stop_listeners(self)
+        stop_processes(self, self.procs.values(), grace=20.0)
 
 
-class KeepalivedCluster:
+class KeepalivedCluster(_Processes):
     """One ``keepalived -n -P`` per node namespace (VRRPv3, unicast, nopreempt).
 
     ``system`` names the series: "keepalived" (``advert_int`` as DESIGN.md
@@ -562,35 +583,15 @@ vrrp_instance bench {{
                 return node
         return None
 
-    def kill(self, node: str) -> None:
-        self.dead.add(node)
-        kill_group(self.procs[node].pid)  # the parent and its VRRP child
-
-    def reap(self, node: str) -> None:
-        self.procs[node].wait(timeout=10)
-
-    def check_alive(self) -> None:
-        for node, proc in self.procs.items():
-            if node not in self.dead and proc.poll() is not None:
-                raise BenchError(
-                    f"keepalived {node} exited with {proc.returncode}:\n"
-                    f"{tail(self.dir / f'{node}.log')}"
-                )
+    def exit_detail(self, node: str) -> str:
+        return (
+            f"keepalived {node} exited with {self.procs[node].returncode}:\n"
+            f"{tail(self.dir / f'{node}.log')}"
+        )
 
     def stop(self) -> None:
         """SIGTERM both instances (they release the VIP); SIGKILL after 10 s."""
-        running = [p for p in self.procs.values() if p.poll() is None]
-        for proc in running:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10.0
-        for proc in running:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                kill_group(proc.pid)
-                proc.wait(timeout=10)
-        stop_listeners(self)
+        stop_processes(self, self.procs.values(), grace=10.0)
 
 
 def stop_listeners(cluster: Cluster) -> None:
