@@ -8,21 +8,38 @@ file behind. On loopback, the demo says replication is not shown there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from mirror_support import needs_fuse, temp_dir
 
-from failover.testing.netns import list_namespaces, netns_unavailable_reason
+from failover.testing.netns import list_namespaces, netns_unavailable_reason, remove_namespaces
 
 BOUND = 120  # seconds for one demo command: an upper bound, never an expected duration
 _NETNS = netns_unavailable_reason()
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def in_namespaces(test: F) -> F:
+    """The demo's namespace mode (root, namespaces, FUSE) or skipped with the reason."""
+    marks = (
+        pytest.mark.netns,
+        needs_fuse,
+        pytest.mark.skipif(_NETNS is not None, reason=f"needs network namespaces: {_NETNS}"),
+    )
+    for mark in marks:
+        test = mark(test)
+    return test
 
 
 @pytest.fixture
@@ -64,9 +81,7 @@ def processes_naming(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.netns
-@needs_fuse
-@pytest.mark.skipif(_NETNS is not None, reason=f"needs network namespaces: {_NETNS}")
+@in_namespaces
 def test_kept_demo_replicated_both_files_its_write_command_replicates_and_clean_removes_all(
     tmpdir_env: tuple[Path, dict[str, str]],
 ) -> None:
@@ -125,6 +140,53 @@ def run_printed(out: str, comment: str) -> str:
         command, shell=True, check=True, timeout=30, capture_output=True, text=True
     )
     return shown.stdout
+
+
+@in_namespaces
+def test_sigterm_during_the_demo_cleans_up_everything(
+    tmpdir_env: tuple[Path, dict[str, str]],
+) -> None:
+    tmp, env = tmpdir_env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "failover", "demo", "--live-only", "--fast"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:  # up to the first replicated write: daemons, mounts, files
+            seen.append(line)
+            if " writes data/hello.txt " in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=BOUND)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = "".join(seen) + rest
+    alpha = re.search(r"network namespaces (\S+)-alpha,", out)
+    workdir = re.search(r"cluster file (\S+)/cluster\.yaml", out)
+    assert alpha is not None and workdir is not None, out
+    namespaces = [ns for ns in list_namespaces() if ns.startswith(alpha.group(1) + "-")]
+    processes = processes_naming(workdir.group(1))
+    files = [str(path) for path in tmp.iterdir()]
+    sweep(processes, namespaces)  # what a broken demo left, by PID and name
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM" in out and "done: nothing left behind" in out, out
+    assert (namespaces, processes, files) == ([], [], [])
+
+
+def sweep(pids: list[int], namespaces: list[str]) -> None:
+    """Stop ``pids`` (SIGTERM: a daemon unmounts its mirror) and delete ``namespaces``
+    (which kills what is left in them)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while [pid for pid in pids if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert remove_namespaces(namespaces) == []
 
 
 def test_loopback_demo_runs_without_replication_and_says_so(

@@ -26,7 +26,8 @@ FUSE mounts and mount namespaces need root.
 
 Exit codes: 0 when every step happened; 1 when a step did not happen within
 its bound (what was seen is printed; everything is still cleaned up); 2 for a
-usage error (for example a kept demo is still running).
+usage error (for example a kept demo is still running); 128 + the signal's
+number when SIGTERM or SIGHUP stopped it (after the same cleanup).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ except OSError as exc:
 else:
     sys.exit("an application could write the secondary's copy")
 """
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 class StepFailed(FailoverError):
@@ -167,6 +171,9 @@ def run_demo(args: argparse.Namespace) -> int:
     reason = "--loopback was given" if args.loopback else netns_unavailable_reason()
     demo = Demo(fast=args.fast, use_netns=reason is None)
     kept = False
+    # SIGTERM and SIGHUP (a killed make, a closed terminal) end the demo through
+    # the same cleanup as a failed step; SIGINT does already (KeyboardInterrupt).
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
         demo.setup(reason)
         demo.scenario()
@@ -178,9 +185,29 @@ def run_demo(args: argparse.Namespace) -> int:
         demo.say(f"step failed: {exc}")
         demo.show_logs()
         return EXIT_STEP_FAILED
+    except Interrupted as exc:
+        demo.say(f"stopped by {exc.signal.name}")
+        return 128 + exc.signal.value
     finally:
+        for sig in previous:  # the cleanup itself runs to its end
+            signal.signal(sig, signal.SIG_IGN)
         if not kept:
             demo.teardown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Interrupted(BaseException):
+    """The demo received one of ``STOP_SIGNALS``. Not an ``Exception``, like
+    KeyboardInterrupt, so that no handler of ordinary errors swallows it."""
+
+    def __init__(self, received: signal.Signals) -> None:
+        super().__init__(f"stopped by {received.name}")
+        self.signal = received
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum))
 
 
 # --- the scenario ------------------------------------------------------------------------
