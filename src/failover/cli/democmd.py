@@ -620,7 +620,7 @@ class Demo:
         replication = (self.status(serving) or {}).get("replication") or {}
         resync = replication.get("resync") or {}
         if resync.get("state") == "done":
-            kind = "a full copy" if resync.get("full") else "incremental: the tracked changes only"
+            kind = "a full copy" if resync.get("full") else "incremental (not a full copy)"
             self.detail(
                 f"{serving}'s resync of {returned}: {kind}, {resync.get('items_done')} items, "
                 f"{resync.get('bytes_done')} bytes sent"
