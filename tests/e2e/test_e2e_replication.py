@@ -65,6 +65,11 @@ def serves(cluster: Cluster, node: str) -> bool:
     return cluster.state(node) == "alone"
 
 
+def retrying(cluster: Cluster, node: str) -> bool:
+    status = cluster.status(node)
+    return bool(status and status["replication"]["resync_retrying"])
+
+
 def records(path: Path) -> dict[int, bytes]:
     data = path.read_bytes() if path.exists() else b""
     return {n: data[n * RECORD : (n + 1) * RECORD] for n in range(len(data) // RECORD)}
@@ -163,3 +168,22 @@ def test_a_split_brain_keeps_the_losers_changes_in_quarantine(lab: Lab, tmp_path
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert listed.returncode == 0 and f"split brain vs peer {winner}" in listed.stdout
+
+
+def test_a_cut_replication_link_leaves_the_pair_and_the_pair_reforms_after_it_heals(
+    lab: Lab, tmp_path: Path
+) -> None:
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    lab.link_down(secondary, "lan")  # replication's network; heartbeats go on over crossover
+    write_in(cluster, primary, "during-the-cut", b"kept")  # fsync waits, then goes alone
+    cluster.wait(f"{primary} alone", functools.partial(serves, cluster, primary))
+    cluster.wait(
+        f"{primary} retrying to resync {secondary} over the cut link",
+        functools.partial(retrying, cluster, primary),
+    )
+    lab.link_up(secondary, "lan")
+    assert cluster.paired() == (primary, secondary)  # the resync was retried until it ran
+    assert tree(cluster.disk(secondary)) == tree(cluster.disk(primary))
+    assert tree(cluster.disk(secondary))["during-the-cut"] == b"kept"

@@ -235,3 +235,26 @@ async def test_replication_runs_over_mutual_tls(tmp_path: Path) -> None:
         assert alpha.plane.status()["replicating"]
         await anyio.to_thread.run_sync(write_synced, alpha.root / "secret", b"over tls")
         assert (beta.root / "secret").read_bytes() == b"over tls"
+
+
+async def test_a_resync_that_cannot_start_yet_is_retried_until_it_can(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        # the source starts first: beta does not ask for a resync yet
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while alpha.plane.resync_attempts == 0:
+                await anyio.sleep(0.01)
+        assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
+        assert not alpha.events  # nothing reported while it retries
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+            await beta.event_seen.wait()
+        assert alpha.events == [ev.PeerResynced(generation)]
+        assert (beta.root / "while-away").read_bytes() == b"w"
+        assert alpha.plane.status()["resync_retrying"] is None

@@ -331,7 +331,7 @@ class ResyncSource:
         now = self._clock()
         then, bytes_then = self._samples[0]
         rate = (self._bytes - bytes_then) / (now - then) if now > then else 0.0
-        left = max(0, self._left_bytes)
+        left = 0 if self._state == "done" else max(0, self._left_bytes)
         return ResyncStatus(
             state=self._state,
             full=self._plan.full,
@@ -340,7 +340,7 @@ class ResyncSource:
             bytes_done=self._bytes,
             bytes_total=self._bytes + left,
             rate=rate,
-            eta=left / rate if rate > 0 else None,
+            eta=0.0 if not left else (left / rate if rate > 0 else None),
             bandwidth_limit=self.limiter.rate,
             error=self._error,
         )

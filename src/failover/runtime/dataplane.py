@@ -164,6 +164,8 @@ class DataPlane:
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
+        self.resync_attempts = 0  # failed attempts to resync the peer (retried)
+        self.resync_problem: str | None = None  # why the last attempt failed, while retrying
         self.bandwidth = settings.bandwidth
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -444,17 +446,31 @@ class DataPlane:
             self.resync_source.cancel()
 
     async def _run_source(self, effect: fx.StartResync, scope: anyio.CancelScope) -> None:
-        assert self._relay is not None and self._group is not None
+        """Resync the peer until it succeeds: an attempt that cannot connect (the
+        replication link is down) or whose session breaks is retried from scratch
+        (the target applies idempotently), with a growing pause, until the core
+        stops it (``StopResync``, or another effect that replaces the session)."""
         outcomes: list[ev.Event] = []
+        pause = RETRY_PAUSE
         with scope:
-            outcomes = await self._resync_as_source(effect)
+            while True:
+                outcomes, problem = await self._resync_as_source(effect)
+                if problem is None:
+                    break
+                self.resync_attempts += 1
+                self.resync_problem = problem
+                log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
+                await anyio.sleep(pause)  # the link may be down: nothing to wait on but time
+                pause = min(pause * 2, RETRY_PAUSE_MAX)
         if scope.cancel_called:
             return
+        self.resync_problem = None
         for outcome in outcomes:
             await self.report(outcome)
 
-    async def _resync_as_source(self, effect: fx.StartResync) -> list[ev.Event]:
-        """Run one resync; the outcomes to report, in order."""
+    async def _resync_as_source(self, effect: fx.StartResync) -> tuple[list[ev.Event], str | None]:
+        """One resync attempt: (the outcomes to report, in order; None) when it
+        ended, or ([], why) when it must be tried again."""
         assert self._relay is not None and self._group is not None and self.tracker is not None
         relay, group = self._relay, self._group
         await self.stop_replication()
@@ -472,12 +488,17 @@ class DataPlane:
         sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
         try:
             stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
+        except TransportError as exc:
+            return [], f"resync of {s.peer} could not start: {exc}"
+        try:
             peer = await sender.handshake(stream)
             if not peer.request:
-                raise PeerProtocolError(f"{s.peer} did not ask for a resync")
+                raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
         except (TransportError, PeerProtocolError, UsageError) as exc:
-            return [ev.ReplicationFailed(f"resync of {s.peer} could not start: {exc}")]
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+            return [], f"resync of {s.peer} could not start: {exc}"
         self._pump(sender)
         # Under every directory's order lock: the plan holds every change made so
         # far, and every later one streams live (and updates the plan's progress).
@@ -507,15 +528,16 @@ class DataPlane:
             self.last_resync = source.status()
         if not done:
             relay.sender = None
+            await self.stop_replication()
             reason = failures[0] if failures else "resync stopped"
-            return [ev.ReplicationFailed(f"resync of {s.peer} failed: {reason}")]
+            return [], f"resync of {s.peer} failed: {reason}"
         log.info("resync done", peer=s.peer, status=_plain(source.status()))
         self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
         live = True
         if failures:  # the session broke after the target applied END
             outcomes.append(ev.ReplicationFailed(f"replication to {s.peer}: {failures[0]}"))
-        return outcomes
+        return outcomes, None
 
     def _identity(self) -> SessionIdentity:
         s = self.settings
@@ -625,6 +647,7 @@ class DataPlane:
             "resync": None if resync is None else _plain(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None,
+            "resync_retrying": self.resync_problem,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,
             "tracked": None
@@ -638,6 +661,9 @@ class DataPlane:
         }
 
 
+RETRY_PAUSE = 0.2
+"""Seconds before the first retry of a failed resync attempt; doubled each time."""
+RETRY_PAUSE_MAX = 5.0
 VERIFY_TIMEOUT = 600.0
 """Seconds the peer may take to digest its copy (about 1 GiB/s of hashing)."""
 _VERIFY = b"FOVF1"
