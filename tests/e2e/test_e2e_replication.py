@@ -187,3 +187,28 @@ def test_a_cut_replication_link_leaves_the_pair_and_the_pair_reforms_after_it_he
     assert cluster.paired() == (primary, secondary)  # the resync was retried until it ran
     assert tree(cluster.disk(secondary)) == tree(cluster.disk(primary))
     assert tree(cluster.disk(secondary))["during-the-cut"] == b"kept"
+
+
+def test_fullsync_copies_everything_again(lab: Lab, tmp_path: Path) -> None:
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    write_in(cluster, primary, "a", b"replicated")
+    # damage the secondary's copy behind everyone's back: only a full copy repairs it
+    (cluster.disk(secondary) / "a").write_bytes(b"rotten")
+    before = received(cluster, secondary)
+    done = subprocess.run(
+        [sys.executable, "-m", "failover", "fullsync", "--socket", str(cluster.socket(secondary))],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    cluster.wait(f"{secondary} resynchronised again", lambda: received(cluster, secondary) > before)
+    assert cluster.paired() == (primary, secondary)
+    status = cluster.status(primary)
+    assert status is not None and status["replication"]["resync"]["full"] is True
+    assert (cluster.disk(secondary) / "a").read_bytes() == b"replicated"
+
+
+def received(cluster: Cluster, node: str) -> int:
+    status = cluster.status(node)
+    return int(status["replication"]["resyncs_received"]) if status else 0
