@@ -240,6 +240,10 @@ async def test_the_secondary_request_reaches_the_primary_and_a_hello_cannot_carr
 
 async def test_a_reply_nobody_asked_for_ends_the_session(tmp_path: Path) -> None:
     async with session(tmp_path / "b") as running:
+        # one acknowledged round trip: the receiver's side of the handshake is done
+        running.sender.after(Create(ROOT, b"x", 0o644))
+        await running.in_thread(lambda: running.sender.sync(Fsync(ROOT, b"x", False)))
+        assert running.sender.broken is None
         stream = running.secondary_stream
         cipher = running.receiver._session[1]  # type: ignore[index]
         async with running.receiver._ack_lock:
