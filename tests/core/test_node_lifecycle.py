@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from core_support import G1, G2_BETA, SETTINGS, WALKS, Driver, beta, of_type, records
+from core_support import G1, G2_BETA, SETTINGS, WALKS, Driver, beta, of_type, records, to_alone
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -148,3 +148,18 @@ def test_reconfigure_applies_new_timings() -> None:
     d.node.reconfigure(replace(SETTINGS, heartbeat_interval=5))
     d.run_until(1.0)
     assert d.node.next_deadline() == 3.0  # discovery still ends at 3; the heartbeat at 6
+
+
+def test_a_peer_in_sync_whose_resync_was_not_heard_is_confirmed_by_a_resync() -> None:
+    # Without replicated directories the peer's resync ends at once: its one
+    # "resync" heartbeat may be lost (or superseded by its "secondary" one). The
+    # serving node must not wait for a state it will never hear.
+    d = Driver()
+    to_alone(d)
+    generation = d.node.metadata.generation
+    effects = d.hear(beta(State.SECONDARY, generation, synced=generation), at=d.now + 0.5)
+    resyncs = of_type(effects, fx.StartResync)
+    assert [(r.role, r.generation) for r in resyncs] == [("source", generation)]
+    d.do(ev.PeerResynced(generation))
+    d.hear(beta(State.SECONDARY, generation, synced=generation))
+    assert d.state is State.PRIMARY

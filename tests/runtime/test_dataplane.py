@@ -4,6 +4,7 @@ the tracker, and a replication session between them."""
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import ssl
 from collections.abc import AsyncIterator
@@ -81,7 +82,14 @@ async def pair(
                 tls_server=None if tls is None else tls[0],
                 tls_client=None if tls is None else tls[1],
             )
-            plane = DataPlane(settings, report, generation=lambda: "1:alpha")
+            # alpha serves generation 2; both last held 1 together
+            serves = "2:alpha" if name == "alpha" else "1:alpha"
+            plane = DataPlane(
+                settings,
+                report,
+                generation=functools.partial(str, serves),
+                synced_generation=lambda: "1:alpha",
+            )
             nodes[name] = Node(plane, root, events, seen)
             await tg.start(plane.run)
         try:

@@ -492,6 +492,13 @@ class DataPlane:
             return [], f"resync of {s.peer} could not start: {exc}"
         try:
             peer = await sender.handshake(stream)
+            if not peer.request and peer.generation == self.generation():
+                # it already holds our generation (a resync it finished, whose end
+                # we did not hear of): nothing to send; the session replicates
+                self._pump(sender)
+                relay.sender = sender
+                live = True
+                return [ev.PeerResynced(effect.generation)], None
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
