@@ -71,6 +71,10 @@ class ClusterConfig:
     preferred: str | None = None
     split_brain_winner: str | None = None
     resource_faults: bool = False  # also explore application and checker failures
+    # no replicated directories: as the runtime without a data plane, a resync
+    # completes at once on each side (target and source alike), and no write is
+    # replicated (writes are not explored)
+    no_data: bool = False
 
     def settings(self, index: int) -> Settings:
         t = self.timing
@@ -285,7 +289,7 @@ class Cluster:
         w, b = self.world, self.bounds
         faults = faults and w.faults < b.faults
         admin = admin and w.commands < b.admin
-        writes = writes and w.writes < b.writes
+        writes = writes and w.writes < b.writes and not self.config.no_data
         yield "tick"
         if faults:
             for (link, sender), _status in w.channels:
@@ -597,6 +601,10 @@ class Cluster:
         elif isinstance(effect, fx.Quarantine):
             self._set_host(k, quarantine=host.quarantine | host.data)
             return ev.QuarantineDone()
+        elif isinstance(effect, fx.StartResync) and self.config.no_data:
+            if effect.role == "target":
+                return ev.ResyncDone(effect.generation)
+            return ev.PeerResynced(effect.generation)
         elif isinstance(effect, fx.StopResync):
             self._set_host(k, resync_final=None)
         elif isinstance(effect, fx.RequestArbitration):
