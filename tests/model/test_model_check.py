@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from failover.model.run import ROOTS
+from failover.model.run import ROOTS, check_model
+from failover.model.sim import ClusterConfig
 
 DEPTH = 12
 TIMEOUT = 600  # seconds; a generous bound on one run, not a performance target
@@ -56,3 +57,15 @@ def test_model_check_explores_depth_12_and_every_invariant_holds(
         assert m["reach"] == "whole reachable space" or int(m["depth"]) == DEPTH, (
             f"root {m['root']} stopped at {m['reach']}:\n{summary}"
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arbitrator", [False, True], ids=["none", "witness"])
+def test_without_replicated_directories_every_invariant_holds_to_depth_10(
+    arbitrator: bool,
+) -> None:
+    # The runtime without a data plane ends every resync at once (no_data): the
+    # same table must keep every invariant there too.
+    report = check_model(ClusterConfig(arbitrator=arbitrator, no_data=True), depth=10)
+    assert report.ok, report.render()
+    assert report.min_depth == 10 or all(r.exhausted for r in report.results), report.render()

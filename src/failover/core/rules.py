@@ -173,6 +173,20 @@ def same_generation(node: Node, row: Row) -> bool:
 
 
 @guard
+def resync_target_active(node: Node, row: Row) -> bool:
+    return node.resync_role == "target"
+
+
+@guard
+def delivered_below_ours(node: Node, row: Row) -> bool:
+    """A resync that ended with a generation ordered below ours (only without
+    replicated directories, where it ends before the source could outrank us):
+    adopting it would make our generation go down."""
+    event = node.event
+    return isinstance(event, ev.ResyncDone) and event.generation < node.metadata.generation
+
+
+@guard
 def peer_outranks(node: Node, row: Row) -> bool:
     """The peer's generation orders above ours (whatever its data): a peer that
     adopted ours would see its generation decrease."""

@@ -76,10 +76,19 @@ def _takeover_without_grant(spec: Spec) -> None:
 
 
 def _forget_outrank(spec: Spec) -> None:
-    """The winner never lifts its generation above the peer's before resyncing it."""
+    """The winner never lifts its generation above the peer's before resyncing it,
+    and the target adopts whatever generation a resync delivers."""
     for rows in spec["table"]["alone"].values():
         if isinstance(rows, list):
             rows[:] = [r for r in rows if "peer_outranks" not in r.get("when", [])]
+    for name in ("resync_done", "heartbeat"):
+        rows = _rows(spec, "resync", name)
+        rows[:] = [
+            r
+            for r in rows
+            if "delivered_below_ours" not in r.get("when", [])
+            and "peer_outranks" not in r.get("when", [])
+        ]
 
 
 def _stop_leaves_app(spec: Spec) -> None:
