@@ -35,10 +35,9 @@ import functools
 import json
 import ssl
 import struct
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,28 +94,19 @@ class DataPlaneSettings:
 
 class _Relay:
     """The mirror's one listener: the tracker records, the current sender (if
-    any) replicates. Called from FUSE threads; the sender is swapped under a lock."""
+    any) replicates, and a running resync hears of every live op. Called from
+    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
-        self._sender: ReplicationSender | None = None
-        self.resync: ResyncSource | None = None  # told of every live op while it runs
-        self._lock = threading.Lock()
-
-    @property
-    def sender(self) -> ReplicationSender | None:
-        return self._sender
-
-    @sender.setter
-    def sender(self, sender: ReplicationSender | None) -> None:
-        with self._lock:
-            self._sender = sender
+        self.sender: ReplicationSender | None = None
+        self.resync: ResyncSource | None = None
 
     def before(self, op: Op) -> None:
         self.tracker.before(op)
 
     def after(self, op: Op) -> None:
-        sender = self._sender
+        sender = self.sender
         if sender is not None:
             sender.after(op)
             resync = self.resync
@@ -125,7 +115,7 @@ class _Relay:
 
     def sync(self, op: Fsync) -> None:
         self.tracker.sync(op)
-        sender = self._sender
+        sender = self.sender
         if sender is not None:
             sender.sync(op)
 
@@ -367,11 +357,10 @@ class DataPlane:
                     ResyncTarget(applier, roots, on_done=self._target_done)
                 ) as target,
             ):
-                roots_now = dict(roots)
 
                 def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
                     if kind is ItemKind.CONTROL:
-                        return _answer_verify(roots_now, self.settings.zone_size, payload)
+                        return _answer_verify(roots, self.settings.zone_size, payload)
                     target.on_item(kind, payload)
                     return None
 
@@ -492,13 +481,6 @@ class DataPlane:
             return [], f"resync of {s.peer} could not start: {exc}"
         try:
             peer = await sender.handshake(stream)
-            if not peer.request and peer.generation == self.generation():
-                # it already holds our generation (a resync it finished, whose end
-                # we did not hear of): nothing to send; the session replicates
-                self._pump(sender)
-                relay.sender = sender
-                live = True
-                return [ev.PeerResynced(effect.generation)], None
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
@@ -538,7 +520,7 @@ class DataPlane:
             await self.stop_replication()
             reason = failures[0] if failures else "resync stopped"
             return [], f"resync of {s.peer} failed: {reason}"
-        log.info("resync done", peer=s.peer, status=_plain(source.status()))
+        log.info("resync done", peer=s.peer, status=asdict(source.status()))
         self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
         live = True
@@ -649,9 +631,9 @@ class DataPlane:
             "mode": "read-write" if self.serving else "read-only",
             "replicating": sender is not None and sender.broken is None,
             "ack": str(self.settings.channel.ack_level),
-            "sender": None if sender is None else _plain(sender.status()),
+            "sender": None if sender is None else asdict(sender.status()),
             "sessions_received": self.sessions_received,
-            "resync": None if resync is None else _plain(resync),
+            "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None,
             "resync_retrying": self.resync_problem,
@@ -730,10 +712,3 @@ def _decode_digests(answer: bytes) -> dict[str, TreeDigest]:
     except (struct.error, UnicodeDecodeError) as exc:
         raise PeerProtocolError(f"verify answer: malformed ({exc})") from None
     return found
-
-
-def _plain(value: object) -> Any:
-    fields = getattr(value, "__dataclass_fields__", None)
-    if fields is None:
-        return value if isinstance(value, int | float | str | bool | None) else str(value)
-    return {name: _plain(getattr(value, name)) for name in fields}

@@ -57,6 +57,17 @@ ACTION_EFFECTS: tuple[type[fx.Effect], ...] = (
 )
 """The effects this executor runs; the event loop applies the others itself."""
 
+DATA_EFFECTS: tuple[type[fx.Effect], ...] = (
+    fx.StartReplication,
+    fx.StopReplication,
+    fx.StartTracking,
+    fx.StopTracking,
+    fx.StartResync,
+    fx.StopResync,
+    fx.Quarantine,
+)
+"""The effects the data plane executes when directories are replicated."""
+
 
 class ActionExecutor:
     """A FIFO of actions drained by ``run`` (one task), each bounded by ``deadline_for``.
@@ -135,10 +146,8 @@ class ActionExecutor:
         return None
 
     async def _perform(self, effect: fx.Effect) -> ev.Event | None:
-        if self.data is not None and not isinstance(effect, fx.StartApp | fx.StopApp):
-            handled, outcome = await self._perform_data(self.data, effect)
-            if handled:
-                return outcome
+        if self.data is not None and isinstance(effect, DATA_EFFECTS):
+            return await self._perform_data(self.data, effect)
         match effect:
             case fx.StartApp():
                 if self.data is not None:
@@ -175,10 +184,8 @@ class ActionExecutor:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
 
-    async def _perform_data(
-        self, data: DataPlane, effect: fx.Effect
-    ) -> tuple[bool, ev.Event | None]:
-        """(handled, outcome) of a data effect on the replicated directories."""
+    async def _perform_data(self, data: DataPlane, effect: fx.Effect) -> ev.Event | None:
+        """A data effect on the replicated directories: its outcome, if it has one now."""
         match effect:
             case fx.StartReplication():
                 await data.start_replication()
@@ -193,7 +200,5 @@ class ActionExecutor:
             case fx.StopResync():
                 data.stop_resync()
             case fx.Quarantine():
-                return True, await data.quarantine(effect)
-            case _:
-                return False, None
-        return True, None
+                return await data.quarantine(effect)
+        return None
