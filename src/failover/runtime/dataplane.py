@@ -405,8 +405,6 @@ class DataPlane:
         if target is None:
             log.warning("a resync ended that this node did not wait for")
             return
-        assert self.tracker is not None
-        self.tracker.clear()  # this copy now is the source's: nothing of ours to keep
         anyio.from_thread.run(self._report_event, ev.ResyncDone(target.generation))
 
     # -- resync -----------------------------------------------------------------------------
