@@ -35,6 +35,17 @@ APP_PORT = 8080
 SERVING = ("primary", "alone")
 
 
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``failover ARGS...`` as an operator types it (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "failover", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def other(node: str) -> str:
     return "beta" if node == "alpha" else "alpha"
 

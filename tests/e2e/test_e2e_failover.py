@@ -5,29 +5,17 @@ kill -9 of the serving daemon, one link cut, every link cut (split brain).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import NETNS, NODES, SERVING, Cluster
+from e2e_support import NETNS, NODES, SERVING, Cluster, cli
 
 from failover.testing.netns import Lab
 
 pytestmark = NETNS
 
 LINKS = {"lan": "udp", "crossover": "tcp"}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "failover", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 def test_pair_then_kill_9_of_the_serving_daemon_moves_service_and_vip(

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from e2e_support import NETNS, Cluster
+from e2e_support import NETNS, Cluster, cli
 
 from failover.testing.netns import Lab
 
@@ -133,10 +133,7 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
         assert shown is not None and shown["replication"]["resync"]["full"] is False
         primary, secondary = secondary, primary
     # the operator's check: both copies compared by digest, through the primary's daemon
-    verify = subprocess.run(
-        [sys.executable, "-m", "failover", "verify", "--socket", str(cluster.socket(primary))],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    verify = cli("verify", "--socket", str(cluster.socket(primary)))
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stdout.strip() == "both copies are identical"
     status = cluster.status(primary)
@@ -181,10 +178,7 @@ def test_a_split_brain_keeps_the_losers_changes_in_quarantine(lab: Lab, tmp_path
     quarantine = tmp_path / "state" / loser / "quarantine"
     moved = list(quarantine.rglob(lost_name))
     assert [p.read_bytes() for p in moved] == [b"P" if loser == primary else b"S"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "failover", "quarantine", "list", "--dir", str(quarantine)],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    listed = cli("quarantine", "list", "--dir", str(quarantine))
     assert listed.returncode == 0 and f"split brain vs peer {winner}" in listed.stdout
 
 
@@ -215,10 +209,7 @@ def test_fullsync_copies_everything_again(lab: Lab, tmp_path: Path) -> None:
     # damage the secondary's copy behind everyone's back: only a full copy repairs it
     (cluster.disk(secondary) / "a").write_bytes(b"rotten")
     before = received(cluster, secondary)
-    done = subprocess.run(
-        [sys.executable, "-m", "failover", "fullsync", "--socket", str(cluster.socket(secondary))],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+    done = cli("fullsync", "--socket", str(cluster.socket(secondary)))
     assert done.returncode == 0, done.stderr
     cluster.wait(f"{secondary} resynchronised again", lambda: received(cluster, secondary) > before)
     assert cluster.paired() == (primary, secondary)

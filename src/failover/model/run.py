@@ -139,24 +139,6 @@ def _describe_failure(failure: object) -> str:
     return f"{getattr(failure, 'message')} from the world: {states}"  # noqa: B009
 
 
-def explore_root(
-    config: ClusterConfig,
-    name: str,
-    *,
-    depth: int,
-    bounds: Bounds,
-    table: Table | None,
-    deadline: float | None,
-    liveness: bool,
-    workers: int = 1,
-) -> RootResult:
-    """Explore one root world and check liveness from every world reached,
-    each level of the search and the liveness check split across ``workers``
-    forked processes."""
-    with _no_garbage_collection():
-        return _explore_root(config, name, depth, bounds, table, deadline, liveness, workers)
-
-
 @contextlib.contextmanager
 def _no_garbage_collection() -> Iterator[None]:
     """Python's cycle collector off for the search: the explored graph is
@@ -173,16 +155,21 @@ def _no_garbage_collection() -> Iterator[None]:
             gc.enable()
 
 
-def _explore_root(
+@_no_garbage_collection()
+def explore_root(
     config: ClusterConfig,
     name: str,
+    *,
     depth: int,
     bounds: Bounds,
     table: Table | None,
     deadline: float | None,
     liveness: bool,
-    workers: int,
+    workers: int = 1,
 ) -> RootResult:
+    """Explore one root world and check liveness from every world reached,
+    each level of the search and the liveness check split across ``workers``
+    forked processes."""
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
