@@ -64,11 +64,12 @@ from failover.replication.ops import (
     check,
     paths_of,
 )
+from failover.replication.paths import DIR_FLAGS, Blocked, close_parent, open_parent
 
 __all__ = ["Applier", "ApplyError", "PathRejected"]
 
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO planted in the tree must fail, not hang the applier.
+_DIR_FLAGS = DIR_FLAGS  # a module name: the fuzz test's mutant swaps it
 _FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _OBJECT_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 OPEN_FILES = 16
@@ -203,27 +204,19 @@ class Applier:
         root_fd = self._roots.get(op.root)
         if root_fd is None:
             raise PathRejected(f"{type(op).__name__}: unknown root {op.root!r}")
-        *parents, name = path.split(b"/")
-        fd = root_fd
         try:
-            for depth, part in enumerate(parents):
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as error:
-                    if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                        prefix = b"/".join(parents[: depth + 1])
-                        raise PathRejected(
-                            f"{type(op).__name__} {op.root}:{path!r}: {prefix!r} is a symlink "
-                            "or not a directory"
-                        ) from None
-                    raise
-                if fd != root_fd:
-                    os.close(fd)
-                fd = child
+            fd, name = open_parent(root_fd, path, _DIR_FLAGS)
+        except Blocked as blocked:
+            if blocked.errno == errno.ENOENT:  # an ordinary failure, reported as ApplyError
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)) from None
+            raise PathRejected(
+                f"{type(op).__name__} {op.root}:{path!r}: {blocked.prefix!r} is a symlink "
+                "or not a directory"
+            ) from None
+        try:
             yield fd, name
         finally:
-            if fd != root_fd:
-                os.close(fd)
+            close_parent(root_fd, fd)
 
     def _open_file(self, op: Op, flags: int, mode: int = 0) -> int:
         """An fd of the regular file (or, for Fsync, directory) at ``op.path``."""

@@ -15,11 +15,12 @@ import errno
 import os
 import stat
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 
 from failover.errors import PeerProtocolError, UsageError
+from failover.replication.paths import DIR_FLAGS
+from failover.replication.verify import parent_of
 
-_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
@@ -61,29 +62,10 @@ class Tree:
             raise PeerProtocolError(f"resync: unknown replicated directory {root!r}")
         return fd
 
-    @contextmanager
-    def parent(self, root: str, path: bytes) -> Iterator[tuple[int, bytes] | None]:
+    def parent(self, root: str, path: bytes) -> AbstractContextManager[tuple[int, bytes] | None]:
         """The parent directory's fd (valid in the block) and the last name, or None
         if the parent is not a directory of this tree."""
-        root_fd = self.root_fd(root)
-        *parents, name = path.split(b"/")
-        fd = root_fd
-        try:
-            for part in parents:
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as error:
-                    if error.errno in _NOT_THERE:
-                        yield None
-                        return
-                    raise
-                if fd != root_fd:
-                    os.close(fd)
-                fd = child
-            yield fd, name
-        finally:
-            if fd != root_fd:
-                os.close(fd)
+        return parent_of(self.root_fd(root), path, DIR_FLAGS)
 
     def lstat(self, root: str, path: bytes) -> os.stat_result | None:
         """The entry at ``path`` (never followed), or None if there is none."""

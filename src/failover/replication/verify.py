@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.ops import MAX_PATH, MAX_PERMISSIONS, validate_path
+from failover.replication.paths import Blocked, close_parent, open_parent
 
 DIGEST_SIZE: Final = 16
 """blake2b-128."""
@@ -152,32 +153,24 @@ def open_root(root: int | os.PathLike[str] | str) -> Iterator[int]:
 
 
 @contextmanager
-def parent_of(root_fd: int, path: bytes) -> Iterator[tuple[int, bytes] | None]:
+def parent_of(
+    root_fd: int, path: bytes, flags: int = _DIR_FLAGS
+) -> Iterator[tuple[int, bytes] | None]:
     """The parent directory of ``path`` under ``root_fd`` (an fd valid in the block)
     and the last component; None if a component before the last is missing, a
     symlink or not a directory (then ``path`` names nothing in this tree).
 
-    ``path`` must pass ``ops.validate_path``. Walks one component at a time with
-    ``O_NOFOLLOW``: never leaves the root.
+    ``path`` must pass ``ops.validate_path``; the walk is ``paths.open_parent``'s.
     """
-    *parents, name = path.split(b"/")
-    fd = root_fd
     try:
-        for part in parents:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as error:
-                if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    yield None
-                    return
-                raise
-            if fd != root_fd:
-                os.close(fd)
-            fd = child
+        fd, name = open_parent(root_fd, path, flags)
+    except Blocked:
+        yield None
+        return
+    try:
         yield fd, name
     finally:
-        if fd != root_fd:
-            os.close(fd)
+        close_parent(root_fd, fd)
 
 
 def _xattrs(dir_fd: int, name: bytes) -> tuple[tuple[bytes, bytes], ...]:
