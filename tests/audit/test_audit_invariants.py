@@ -34,15 +34,20 @@ def test_a_paired_run_holds_every_invariant(tmp_path: Path) -> None:
 # --- S1 ------------------------------------------------------------------------------------
 
 
-def partition(alpha: Journal, beta: Journal, at: float) -> None:
-    """Every link cut at ``at``: both see them down, both serve (blind)."""
-    for node in (alpha, beta):
-        node.next_step().link(at + 0.1, False)
-    alpha.next_step().meta(at + 0.2, "2:alpha", "1:alpha")
-    alpha.transition(at + 0.2, "primary", "alone", "2:alpha", event="peer_lost", synced="1:alpha")
+def beta_takes_over(beta: Journal, at: float) -> None:
+    """beta stops hearing alpha at ``at`` and takes over (alone, 2:beta) on silence."""
+    beta.next_step().link(at + 0.1, False)
     beta.next_step().meta(at + 0.2, "2:beta", "1:alpha")
     beta.transition(at + 0.2, "secondary", "alone", "2:beta", event="peer_lost", synced="1:alpha")
     beta.app(at + 0.201, "start", "begin").app(at + 0.202, "start", "end")
+
+
+def partition(alpha: Journal, beta: Journal, at: float) -> None:
+    """Every link cut at ``at``: both see them down, both serve (blind)."""
+    alpha.next_step().link(at + 0.1, False)
+    alpha.next_step().meta(at + 0.2, "2:alpha", "1:alpha")
+    alpha.transition(at + 0.2, "primary", "alone", "2:alpha", event="peer_lost", synced="1:alpha")
+    beta_takes_over(beta, at)
 
 
 def test_s1_both_serve_after_a_takeover_in_silence_and_the_loser_yields(tmp_path: Path) -> None:
@@ -178,10 +183,7 @@ def test_s2_a_blind_takeover_cannot_know_the_newer_data(tmp_path: Path) -> None:
 
 def crash_of_alpha(alpha: Journal, beta: Journal, t: float) -> None:
     """alpha's daemon dies (no more records); beta takes over on silence."""
-    beta.next_step().link(t + 0.1, False)
-    beta.next_step().meta(t + 0.2, "2:beta", "1:alpha")
-    beta.transition(t + 0.2, "secondary", "alone", "2:beta", event="peer_lost", synced="1:alpha")
-    beta.app(t + 0.201, "start", "begin").app(t + 0.202, "start", "end")
+    beta_takes_over(beta, t)
 
 
 def test_s3_every_acknowledged_record_is_on_the_node_that_serves_next(tmp_path: Path) -> None:
