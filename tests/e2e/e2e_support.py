@@ -5,6 +5,10 @@ state and control sockets under ``tmp_path``), starts each daemon with
 ``python -m failover run`` inside its node's namespace, and reads state
 through the control API. Every wait polls the API under a generous overall
 bound (``BOUND``); nothing sleeps for a fixed time hoping something happened.
+
+Every cluster a test builds is recorded in ``CLUSTERS``; when the test ends,
+``tests/e2e/conftest.py`` audits each one's journals (``Cluster.audit``,
+docs/audit.md) and fails the test on any violation.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 import yaml
 
 from failover.api.client import ControlClient
+from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.testing.netns import Lab, netns_unavailable_reason
@@ -33,6 +38,8 @@ VIP_HOST = 200
 REPLICATION_PORT = 7500
 APP_PORT = 8080
 SERVING = ("primary", "alone")
+CLUSTERS: list[Cluster] = []
+"""The clusters built by the running test, audited when it ends (conftest.py)."""
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -98,8 +105,12 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         replicate: str | None = None,
     ) -> None:
+        CLUSTERS.append(self)
         self.lab = lab
         self.replicate = replicate
+        self.entry = ["-m", "failover"]
+        self.acked: list[Ack] | None = None
+        self.found: dict[str, set[int]] = {}
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
@@ -167,6 +178,19 @@ class Cluster:
         self.dead_timeout = timing.dead_timeout
         self.heartbeat_interval = timing.heartbeat_interval
 
+    def journals(self) -> list[Path]:
+        """The nodes' audit journals written so far (rotated ones included)."""
+        return sorted((self.tmp_path / "state").glob(f"*/{JOURNAL_NAME}*"))
+
+    def audit(self) -> Report | None:
+        """``failover audit`` on this cluster's journals (None if no daemon ran), with
+        the acknowledged records and what each node holds when the test set them."""
+        journals = self.journals()
+        if not journals:
+            return None
+        found = self.found if self.acked is not None else None
+        return audit(journals, acked=self.acked, found=found)
+
     def socket(self, node: str) -> Path:
         return self.tmp_path / f"{node}.sock"
 
@@ -177,7 +201,7 @@ class Cluster:
     # -- processes ------------------------------------------------------------
 
     def start(self, node: str) -> None:
-        argv = [sys.executable, "-m", "failover", "run", "-c", str(self.config_path)]
+        argv = [sys.executable, *self.entry, "run", "-c", str(self.config_path)]
         argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
         if self.replicate is not None:
             bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
