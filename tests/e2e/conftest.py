@@ -49,7 +49,16 @@ def _audit_clusters(item: pytest.Item) -> list[str]:
             f"blind {figures['blind_overlaps']}, forced {figures['forced_overlaps']}; "
             f"starts of service {figures['entries']}; records {figures['records']}",
         )
-        violations.extend(str(v) for v in report.violations)
+        expected = cluster.expected_violations
+        if expected and (
+            not report.violations or not {v.invariant for v in report.violations} <= expected
+        ):
+            violations.append(
+                f"expected violations of {', '.join(sorted(expected))} only, found: "
+                + ("; ".join(str(v) for v in report.violations) or "none")
+            )
+        elif not expected:
+            violations.extend(str(v) for v in report.violations)
     return violations
 
 

@@ -57,11 +57,12 @@ def other(node: str) -> str:
     return "beta" if node == "alpha" else "alpha"
 
 
-def app_section(tmp_path: Path) -> dict[str, Any]:
+def app_section(tmp_path: Path, stop_delay: float = 0.0) -> dict[str, Any]:
     """Start/stop scripts: a tiny HTTP server on the virtual IP that serves ``/node``.
 
     The start script runs after the daemon has added the VIP; it starts the server
-    in the background (its pid in a file) and returns. The stop script kills that pid.
+    in the background (its pid in a file) and returns. The stop script kills that
+    pid, after ``stop_delay`` seconds (an application that is slow to stop).
     """
     for node in NODES:
         www = tmp_path / f"www-{node}"
@@ -77,6 +78,7 @@ def app_section(tmp_path: Path) -> dict[str, Any]:
     )
     stop.write_text(
         "#!/bin/sh\n"
+        f"sleep {stop_delay}\n"
         f'pidfile="{tmp_path}/app.$FAILOVER_NODE.pid"\n'
         'if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null; rm -f "$pidfile"; fi\n'
         "exit 0\n"
@@ -104,8 +106,10 @@ class Cluster:
         vip_network: str | None = None,
         env: Mapping[str, str] | None = None,
         replicate: str | None = None,
+        stop_delay: float = 0.0,
     ) -> None:
         CLUSTERS.append(self)
+        self.expected_violations: frozenset[str] = frozenset()
         self.lab = lab
         self.replicate = replicate
         self.entry = ["-m", "failover"]
@@ -160,7 +164,7 @@ class Cluster:
                 }
         if vip_network is not None:
             self.vip = lab.host_address(vip_network, VIP_HOST)
-            document["application"] = app_section(tmp_path)
+            document["application"] = app_section(tmp_path, stop_delay)
             document["virtual_ip"] = {
                 "address": f"{self.vip}/24",
                 "interface": lab.interface("alpha", vip_network),
@@ -190,6 +194,11 @@ class Cluster:
             return None
         found = self.found if self.acked is not None else None
         return audit(journals, acked=self.acked, found=found)
+
+    def expect_violations(self, *invariants: str) -> None:
+        """This test breaks ``invariants`` on purpose (a mutant): the audit at its end
+        must find at least one violation, and only of these."""
+        self.expected_violations = frozenset(invariants)
 
     def socket(self, node: str) -> Path:
         return self.tmp_path / f"{node}.sock"
