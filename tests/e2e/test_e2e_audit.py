@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_support import NETNS, NODES, SERVING, Cluster, cli
 
 from failover.testing.netns import Lab
