@@ -8,6 +8,9 @@ the core event of a transition, so structlog's own message key is renamed to
 ``core_event=...``.
 
 Only the runtime configures logging; ``core/`` never installs a handler.
+
+``AuditJournal`` is the node's audit journal (``<state_dir>/<node>/audit.jsonl``,
+docs/audit.md): records for ``failover audit``, on ``CLOCK_MONOTONIC``.
 """
 
 from __future__ import annotations
