@@ -50,7 +50,7 @@ JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
-KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit"})
+KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit", "gap"})
 
 __all__ = [
     "FORMAT_VERSION",
@@ -174,6 +174,7 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     "peer": (("state", str), ("generation", str)),
     "resource": (("action", str), ("phase", str)),
     "exit": (),
+    "gap": (("skipped", int),),
 }
 
 
@@ -696,6 +697,10 @@ def audit(
         records={name: len(line.records) for name, line in timelines.items()},
         boots={name: len({r.order[0] for r in line.records}) for name, line in timelines.items()},
         torn_tails=torn,
+        skipped={
+            name: sum(int(r.get("skipped")) for r in line.records if r.kind == "gap")
+            for name, line in timelines.items()
+        },
         acked=None if acks is None else len(acks),
         overlaps=_overlaps(timelines),
     )

@@ -4,9 +4,13 @@ and never raises when the disk refuses a write."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from failover.audit import audit, load_records
@@ -58,5 +62,45 @@ def test_a_failing_write_is_reported_once_and_never_raises(tmp_path: Path) -> No
         "cannot write the audit journal: records are skipped until it works again",
         "audit journal writable again",
     ]
-    records = (blocker / "alpha" / "audit.jsonl").read_text().splitlines()
-    assert [json.loads(line)["seq"] for line in records] == [3]
+    records = [json.loads(line) for line in (blocker / "alpha" / "audit.jsonl").open()]
+    assert [(r["kind"], r["seq"], r.get("skipped")) for r in records] == [
+        ("gap", 3, 2),
+        ("link", 4, None),
+    ]
+    report = audit([blocker])
+    assert report.ok and report.figures["skipped"] == {"alpha": 2}
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only): a disk that really fills up."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_leaves_no_torn_line(tiny_disk: Path, tmp_path: Path) -> None:
+    journal = AuditJournal(tiny_disk / "audit.jsonl", node="alpha", boot=1)
+    path = tiny_disk / "audit.jsonl"
+    with capture_logs() as logged:
+        for step in range(2000):  # about 300 KiB: the 64 KiB disk fills up on the way
+            journal.write("link", step=step, link="a-long-link-name" * 4, up=True)
+        assert journal.skipped > 0
+        kept = tmp_path / "kept.jsonl"
+        kept.write_bytes(path.read_bytes())
+        path.unlink()  # the operator makes room...
+        journal.write("link", step=2000, link="lan", up=False)  # ...and writing resumes
+    journal.close()
+    assert [e["event"] for e in logged].count("audit journal writable again") == 1
+    assert kept.read_bytes().endswith(b"\n")
+    report = audit([kept])  # every line whole: readable, nothing torn
+    assert report.figures["torn_tails"] == 0 and report.figures["records"]["alpha"] > 100
+    resumed = [json.loads(line) for line in path.open()]
+    assert [r["kind"] for r in resumed] == ["gap", "link"]
+    assert resumed[0]["skipped"] == 2000 - report.figures["records"]["alpha"]
