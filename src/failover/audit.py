@@ -436,6 +436,7 @@ class _Audit:
     found: Mapping[str, frozenset[int]]
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    _absent: dict[str, list[Ack]] = field(default_factory=dict)
 
     def peer_of(self, node: str) -> Timeline | None:
         return next((t for n, t in self.timelines.items() if n != node), None)
@@ -607,12 +608,13 @@ class _Audit:
         count["s3_entries"] += 1
         t = record.mono
         blind = record.get("from") == "secondary" and before.silent
-        missing = []
-        for ack in self.acks:
-            if ack.mono >= t or ack.id in self.found[node]:
-                continue
-            if not self.exempt(line, ack, t, blind):
-                missing.append(ack.id)
+        absent = self._absent.get(node)
+        if absent is None:  # once per node: usually few, whatever the number of acks
+            held = self.found[node]
+            absent = self._absent[node] = [ack for ack in self.acks if ack.id not in held]
+        missing = [
+            ack.id for ack in absent if ack.mono < t and not self.exempt(line, ack, t, blind)
+        ]
         if missing:
             shown = ", ".join(str(n) for n in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
