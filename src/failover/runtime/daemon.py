@@ -418,6 +418,9 @@ class Daemon:
                 problems=[str(exc)],
             )
             return False
+        except Exception:  # a plugin's bug while checking must not end the daemon
+            self.log.exception("configuration reload failed: the running configuration is kept")
+            return False
         ignored = _restart_only_changes(self.config, new, self.name)
         if ignored:
             self.log.warning("configuration changes that need a restart", keys=ignored)
