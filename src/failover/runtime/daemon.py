@@ -554,7 +554,12 @@ class Daemon:
             await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[NodeController]) -> None:
-        self.node_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.node_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the way, no permission: one line for the operator
+            raise UsageError(
+                f"cannot use the state directory {self.node_dir}: {exc.strerror or exc}"
+            ) from None
         # Every record of this node's tasks (platform modules included) names it.
         with (
             structlog.contextvars.bound_contextvars(node=self.name),
