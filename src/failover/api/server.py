@@ -349,7 +349,7 @@ class _ConnectionServer:
         """Count a connection that has not authenticated yet, pushing out the oldest."""
         if admission.authenticated:
             return
-        while len(self._pending) >= self._limits.max_unauthenticated:
+        while self._pending and len(self._pending) >= self._limits.max_unauthenticated:
             oldest = next(iter(self._pending))
             self._pending.pop(oldest).scope.cancel()
         self._pending[id(admission)] = admission
