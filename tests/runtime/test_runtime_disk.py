@@ -11,6 +11,7 @@ metadata on its disk at that moment.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -27,11 +28,13 @@ import yaml
 from disk_support import fill, remount_read_only, small_tmpfs
 from runtime_support import write_cluster
 
+from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State
 from failover.runtime.daemon import Daemon
 from failover.runtime.degraded import HeldEvents
+from failover.runtime.logging import configure_logging
 from failover.runtime.store import IncarnationStore, MetadataStore
 
 pytestmark = pytest.mark.anyio
@@ -233,6 +236,8 @@ async def test_a_serving_node_whose_disk_fails_serves_on_degraded_and_resumes_in
             assert server.announced_unrecorded() == []
             sent_before = len(server.sent)
             await wait_until(lambda: len(server.sent) >= sent_before + 5)  # heartbeats flow
+            shown = render_status(server.status(), [])
+            assert "DEGRADED    cannot write metadata" in shown, shown
             # An admin command is answered at once, with the reason.
             result = await server.controller.command("swap")
             assert not result.accepted
@@ -321,3 +326,22 @@ def test_starting_on_a_full_or_read_only_state_disk_is_one_line_and_exit_2(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert str(node_dir) in lines[0] and error in lines[0], lines[0]
+
+
+def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Path) -> None:
+    disk = tmp_path / "logs"
+    with small_tmpfs(disk, size="64k"):
+        log_file = disk / "failover.log"
+        configure_logging(log_file)
+        try:
+            log = structlog.get_logger("test")
+            filler = fill(disk)  # the log file is empty: its first record needs a new page
+            for number in range(3):
+                log.error("while full", number=number)  # must not raise
+            filler.unlink()
+            log.info("after")
+            records = [json.loads(line) for line in log_file.read_text().splitlines()]
+        finally:
+            configure_logging(None)
+    assert [r["msg"] for r in records] == ["log records lost", "after"]
+    assert records[0]["lost"] == 3
