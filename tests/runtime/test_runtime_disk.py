@@ -32,6 +32,7 @@ from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State
+from failover.platform.scripts import run_script
 from failover.runtime.daemon import Daemon
 from failover.runtime.degraded import HeldEvents
 from failover.runtime.logging import configure_logging
@@ -345,3 +346,13 @@ def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Pat
             configure_logging(None)
     assert [r["msg"] for r in records] == ["log records lost", "after"]
     assert records[0]["lost"] == 3
+
+
+async def test_a_script_whose_output_file_cannot_be_written_still_runs(tmp_path: Path) -> None:
+    disk = tmp_path / "scripts"
+    with small_tmpfs(disk, size="64k"):
+        remount_read_only(disk)
+        result = await run_script(
+            "true", timeout=5, label="checker up", output=disk / "checker-up.log"
+        )
+    assert result.ok, result.reason
