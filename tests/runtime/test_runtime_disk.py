@@ -33,6 +33,8 @@ from failover.config import ClusterConfig, load_config
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State
 from failover.platform.scripts import run_script
+from failover.replication.ops import Create
+from failover.replication.tracking import Tracker
 from failover.runtime.daemon import Daemon
 from failover.runtime.degraded import HeldEvents
 from failover.runtime.logging import configure_logging
@@ -356,3 +358,26 @@ async def test_a_script_whose_output_file_cannot_be_written_still_runs(tmp_path:
             "true", timeout=5, label="checker up", output=disk / "checker-up.log"
         )
     assert result.ok, result.reason
+
+
+def test_the_tracking_log_on_a_full_disk_holds_changes_and_the_new_epoch_until_written(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "tracking"
+    with small_tmpfs(disk, size="1m"):
+        tracker = Tracker(disk / "t")
+        tracker.before(Create("data", b"before", 0o644))
+        filler = fill(disk)
+        tracker.epoch_start("7:alpha")  # the serving node's StartTracking: never raises
+        with pytest.raises(OSError) as refused:
+            tracker.before(Create("data", b"while-full", 0o644))
+        assert refused.value.errno == errno.ENOSPC
+        assert Tracker.recover(disk / "t").since is None  # not durable yet, and said so
+        filler.unlink()
+        tracker.before(Create("data", b"after", 0o644))
+        recovered = Tracker.recover(disk / "t")
+        tracker.close()
+    assert recovered.since == "7:alpha"
+    assert recovered.changes.name_changed("data", b"before")
+    assert recovered.changes.name_changed("data", b"after")
+    assert not recovered.changes.name_changed("data", b"while-full")
