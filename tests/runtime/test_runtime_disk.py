@@ -32,6 +32,7 @@ from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State
+from failover.platform.application import Application, Scripts
 from failover.platform.scripts import run_script
 from failover.replication.ops import Create
 from failover.replication.tracking import Tracker
@@ -381,3 +382,28 @@ def test_the_tracking_log_on_a_full_disk_holds_changes_and_the_new_epoch_until_w
     assert recovered.changes.name_changed("data", b"before")
     assert recovered.changes.name_changed("data", b"after")
     assert not recovered.changes.name_changed("data", b"while-full")
+
+
+async def test_the_start_marker_on_a_read_only_disk_fails_the_start_and_never_the_stop(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "node"
+    script = tmp_path / "script"
+    script.write_text(f'#!/bin/sh\necho "$FAILOVER_ACTION" >> {tmp_path}/ran\n')
+    script.chmod(0o755)
+    with small_tmpfs(disk, size="64k"):
+        app = Application(
+            Scripts(str(script), str(script), 5),
+            None,
+            output_dir=disk,
+            env={},
+            marker=disk / "application.started",
+        )
+        assert await app.start() is None  # writable: started, marker written
+        remount_read_only(disk)
+        assert await app.stop() is None  # the marker stays behind: one more stop later
+        assert not app.running
+        reason = await app.start()
+    assert reason is not None and "Read-only file system" in reason
+    assert not app.running
+    assert (tmp_path / "ran").read_text().split() == ["start", "stop"]
