@@ -341,6 +341,10 @@ class Daemon:
                     self.node.restore(before)
                     self._write_failed(exc, event.kind)
                     return None
+        if self._fault is not None:
+            # Resuming: what the node announces until the episode ends must never
+            # go back behind what this call's heartbeat is about to announce.
+            self._announced = self.node.status()
         self._apply(effects)
         return effects
 
