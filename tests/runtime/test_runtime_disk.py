@@ -25,7 +25,6 @@ import anyio
 import pytest
 import structlog
 import yaml
-from disk_support import fill, remount_read_only, small_tmpfs
 from runtime_support import write_cluster
 
 from failover.cli.controlcmd import render_status
@@ -40,6 +39,7 @@ from failover.runtime.daemon import Daemon
 from failover.runtime.degraded import HeldEvents
 from failover.runtime.logging import configure_logging
 from failover.runtime.store import IncarnationStore, MetadataStore
+from failover.testing.disks import fill, remount_read_only, small_tmpfs
 
 pytestmark = pytest.mark.anyio
 

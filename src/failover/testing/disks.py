@@ -1,8 +1,8 @@
-"""Small filesystems for the disk-fault tests: a tmpfs that can be filled and freed.
+"""Small filesystems for disk-fault tests: a tmpfs that can be filled, freed, made read-only.
 
-Mounting needs root (the lab runs as root); every mount is undone in a
-``finally``. ``fill`` writes zeros until the kernel answers ENOSPC, so the
-fault is the real one, not an imitation.
+Mounting needs root (the lab runs as root; without it the test is skipped);
+every mount is undone when its block ends. ``fill`` writes zeros until the
+kernel answers ENOSPC, so the fault is the real one, not an imitation.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 
 def needs_root() -> None:
+    """Skip the calling test unless it runs as root."""
     if os.geteuid() != 0:
+        import pytest  # noqa: PLC0415 - only tests call this
+
         pytest.skip("mounting a tmpfs needs root")
 
 
@@ -51,4 +52,5 @@ def fill(directory: Path) -> Path:
 
 
 def remount_read_only(path: Path) -> None:
+    """Make the tmpfs on ``path`` read-only (EROFS to every writer from now on)."""
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
