@@ -52,7 +52,7 @@ async def wait_until(predicate: Callable[[], bool], seconds: float = 20) -> None
             await anyio.sleep(0.01)
 
 
-def cluster(tmp_path: Path) -> ClusterConfig:
+def cluster(tmp_path: Path, timeout: float = 5) -> ClusterConfig:
     """Both nodes with an application (start leaves a marker, stop says so) and their
     state directories under ``tmp_path/disk-<node>`` (mount points)."""
     start = tmp_path / "start"
@@ -66,7 +66,7 @@ def cluster(tmp_path: Path) -> ClusterConfig:
         script.chmod(0o755)
     path = write_cluster(
         tmp_path,
-        extra={"application": {"start": str(start), "stop": str(stop), "timeout": 5}},
+        extra={"application": {"start": str(start), "stop": str(stop), "timeout": timeout}},
     )
     document = yaml.safe_load(path.read_text())
     for node in NODES:  # per-node state directories: each node's own disk
@@ -182,8 +182,10 @@ FAULTS = {
 
 
 @asynccontextmanager
-async def pair(tmp_path: Path) -> AsyncIterator[tuple[ClusterConfig, anyio.abc.TaskGroup]]:
-    config = cluster(tmp_path)
+async def pair(
+    tmp_path: Path, timeout: float = 5
+) -> AsyncIterator[tuple[ClusterConfig, anyio.abc.TaskGroup]]:
+    config = cluster(tmp_path, timeout)
     with ExitStack() as mounts:
         for node in NODES:
             mounts.enter_context(small_tmpfs(config.state_dir_of(node)))
@@ -276,6 +278,32 @@ async def test_a_serving_node_whose_disk_fails_serves_on_degraded_and_resumes_in
         assert final.last_state is State.PRIMARY
         assert server.announced_unrecorded() == []
         assert not (tmp_path / f"stopped-{name}").exists()
+
+
+async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path, timeout=1) as (config, tg):
+        nodes = {node: await launch(tg, config, node) for node in NODES}
+        await wait_until(
+            lambda: sorted(w.status()["state"] for w in nodes.values()) == ["primary", "secondary"]
+        )
+        server = next(w for w in nodes.values() if w.status()["state"] == "primary")
+        peer = next(w for w in nodes.values() if w is not server)
+        name = server.daemon.name
+        await wait_until((tmp_path / f"running-{name}").exists)
+        durable = server.daemon.store.load()
+        filler = FullDisk(server.daemon)
+        filler.fail()
+        await peer.daemon.shutdown("test")
+        await wait_until(lambda: server.status()["degraded"] is not None)
+        with anyio.fail_after(30):  # the stop bound: application timeout + 10 s
+            await server.daemon.shutdown("SIGTERM")
+            await server.done.wait()
+        assert (tmp_path / f"stopped-{name}").read_text() == "stopped\n"
+        assert not (tmp_path / f"running-{name}").exists()
+        assert server.daemon.store.load() == durable  # nothing unrecorded was acted on
+        assert server.announced_unrecorded() == []
 
 
 def test_held_events_keep_the_first_and_order_and_only_the_newest_per_link() -> None:
