@@ -252,4 +252,6 @@ def test_run_with_a_state_dir_that_is_a_file_says_so_in_one_line(tmp_path: Path)
     )
     assert done.returncode != 0
     where = tmp_path / "statefile" / "alpha"
-    assert done.stderr == f"failover run: cannot use the state directory {where}: Not a directory\n"
+    assert done.stderr == (
+        f"failover run: cannot write the state directory {where}: Not a directory (ENOTDIR)\n"
+    )

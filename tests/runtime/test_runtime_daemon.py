@@ -63,6 +63,12 @@ class FakeNode:
     def next_deadline(self) -> float | None:
         return None
 
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.metadata, self.state, self.substatus, self.reason, self.peer)
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        self.metadata, self.state, self.substatus, self.reason, self.peer = snap
+
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
 
