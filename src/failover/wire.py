@@ -717,17 +717,19 @@ class LinkHandshake:
     """One connection's mutual proof of the cluster key, sans-IO.
 
     Send ``hello`` first. Feed every message that arrives to ``receive``, in
-    order, until ``proven``: it returns this end's proof (to send) once the
-    other end's hello has arrived, and sets ``proven`` once the other end's
-    proof verified. Anything else (a frame, a second hello, a wrong proof,
-    another cluster) raises ``HandshakeFailed``: close the connection.
+    order, until ``proven``, and send what it returns (when not None): the
+    dialer's proof once the acceptor's hello arrived, the acceptor's proof
+    only once the dialer's proof verified (so a stranger who connects gets the
+    hello and nothing else). ``proven`` is set once the other end's proof
+    verified. Anything else (a frame, a second hello, a wrong proof, another
+    cluster) raises ``HandshakeFailed``: close the connection.
 
     Each end proves with ``HMAC(key, label | cluster id | its role | the
     other end's nonce | its own nonce | its name | the other end's name)``.
     Fresh nonces on both sides make a recorded proof useless on another
-    connection; the role (dialer or acceptor) makes a proof obtained by
-    connecting to one node useless when relayed to the other, whose
-    connections from such a relay are accepted ones too.
+    connection; the role (dialer or acceptor) makes a proof obtained from one
+    node useless when relayed to the other, whose connections from such a
+    relay are accepted ones too.
     """
 
     def __init__(self, auth: LinkAuth, *, dialer: bool, nonce: bytes) -> None:
@@ -756,10 +758,7 @@ class LinkHandshake:
             if nonce == self._nonce:
                 raise HandshakeFailed("our own nonce sent back")
             self._their_nonce = nonce
-            proof = self._auth._proof(
-                dialer=self.dialer, verifier_nonce=nonce, prover_nonce=self._nonce
-            )
-            return _PROOF.pack(LINK_MAGIC, LINK_VERSION, LinkMessage.PROOF, proof)
+            return self._own_proof() if self.dialer else None
         if kind is not LinkMessage.PROOF or len(message) != PROOF_SIZE:
             raise HandshakeFailed("expected a proof")
         expected = self._auth._proof(
@@ -771,7 +770,14 @@ class LinkHandshake:
         if not hmac.compare_digest(_PROOF.unpack(message)[3], expected):
             raise HandshakeFailed("the proof does not verify (another key, node or connection)")
         self.proven = True
-        return None
+        return None if self.dialer else self._own_proof()
+
+    def _own_proof(self) -> bytes:
+        assert self._their_nonce is not None
+        proof = self._auth._proof(
+            dialer=self.dialer, verifier_nonce=self._their_nonce, prover_nonce=self._nonce
+        )
+        return _PROOF.pack(LINK_MAGIC, LINK_VERSION, LinkMessage.PROOF, proof)
 
     @staticmethod
     def _kind(message: bytes) -> LinkMessage | None:

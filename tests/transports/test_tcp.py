@@ -255,6 +255,26 @@ async def test_frames_from_a_stranger_are_dropped_with_its_connection(
 
 
 @pytest.mark.anyio
+async def test_a_stranger_who_says_hello_gets_the_hello_and_no_proof(
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcp, "PROOF_TIMEOUT", SHORT_PROOF)
+    a_end, b_end = tcp_endpoints
+    keyless = contract_link_auths(bytes(32))[1]  # the right cluster, not the key
+    async with (
+        pumped(await TcpTransport().open(a_end, b_end, auth=AUTH[0])),
+        anyio.create_task_group() as tg,
+    ):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            intruder = await stranger(tg, a_end)
+            hello = keyless.handshake(dialer=True).hello
+            await intruder.stream.send(encode_length_prefixed(hello))
+            await intruder.closed.wait()  # at the proof deadline
+        tg.cancel_scope.cancel()
+    assert only_a_hello(intruder.messages()), intruder.messages()
+
+
+@pytest.mark.anyio
 async def test_a_handshake_relayed_between_the_two_nodes_proves_nothing(
     tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint],
 ) -> None:

@@ -1,9 +1,10 @@
 """LinkHandshake: a connection's mutual proof of the cluster key (docs/wire.md).
 
-Invariant: an end is ``proven`` only after the other end sent, on this
+Invariants: an end is ``proven`` only after the other end sent, on this
 connection, an HMAC under the cluster key over both of this connection's
 nonces, both node names and the other end's role; any other message fails
-the handshake.
+the handshake; and an acceptor proves nothing to an end that has not proved
+the key first.
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ def auth(
     return made
 
 
-def run(dialer: LinkHandshake, acceptor: LinkHandshake) -> None:
-    """Both ends exchange hellos then proofs, as over a stream."""
+def run(dialer: LinkHandshake, acceptor: LinkHandshake) -> tuple[bytes, bytes]:
+    """Both ends exchange hellos, then the dialer proves, then the acceptor: the two proofs."""
+    assert acceptor.receive(dialer.hello) is None  # nothing for a stranger but the hello
     proof_d = dialer.receive(acceptor.hello)
-    proof_a = acceptor.receive(dialer.hello)
-    assert proof_d is not None and proof_a is not None
+    assert proof_d is not None
+    proof_a = acceptor.receive(proof_d)
+    assert proof_a is not None and acceptor.proven
     assert dialer.receive(proof_a) is None
-    assert acceptor.receive(proof_d) is None
+    return proof_d, proof_a
 
 
 def test_two_nodes_of_one_cluster_prove_the_key_to_each_other() -> None:
@@ -71,16 +74,22 @@ def test_messages_have_the_documented_layout() -> None:
 
 
 def test_another_key_never_proves() -> None:
+    # Another key at the acceptor: it refuses the dialer's proof and gives none.
     dialer = auth("alpha", "beta").handshake(dialer=True)
     acceptor = auth("beta", "alpha", key=OTHER_KEY).handshake(dialer=False)
-    proof_a = acceptor.receive(dialer.hello)
+    assert acceptor.receive(dialer.hello) is None
     proof_d = dialer.receive(acceptor.hello)
-    assert proof_a is not None and proof_d is not None
-    with pytest.raises(HandshakeFailed):
-        dialer.receive(proof_a)
+    assert proof_d is not None
     with pytest.raises(HandshakeFailed):
         acceptor.receive(proof_d)
-    assert not dialer.proven and not acceptor.proven
+    # Another key at the dialer: the acceptor's proof (made with the right key) fails there.
+    acceptor = auth("beta", "alpha").handshake(dialer=False, nonce=N2)
+    _, acceptors_proof = run(auth().handshake(dialer=True, nonce=N1), acceptor)
+    dialer = auth("alpha", "beta", key=OTHER_KEY).handshake(dialer=True, nonce=N1)
+    dialer.receive(acceptor.hello)
+    with pytest.raises(HandshakeFailed):
+        dialer.receive(acceptors_proof)
+    assert not dialer.proven
 
 
 def test_a_recorded_proof_is_useless_on_another_connection() -> None:
@@ -98,26 +107,35 @@ def test_a_recorded_proof_is_useless_on_another_connection() -> None:
         again.receive(recorded_proof)
 
 
-def test_a_proof_made_as_an_acceptor_does_not_pass_as_a_dialers() -> None:
-    # What a relay between two accepted connections would try (the role is signed).
-    beta = auth("beta", "alpha").handshake(dialer=False, nonce=N2)
-    alpha = auth("alpha", "beta").handshake(dialer=False, nonce=N1)
-    beta.receive(alpha.hello)
-    proof = alpha.receive(beta.hello)
-    assert proof is not None
+def test_an_acceptor_gives_no_proof_to_an_end_that_has_not_proved_the_key() -> None:
+    acceptor = auth("beta", "alpha").handshake(dialer=False)
+    stranger = auth("alpha", "beta", key=OTHER_KEY).handshake(dialer=True)
+    assert acceptor.receive(stranger.hello) is None
     with pytest.raises(HandshakeFailed):
-        beta.receive(proof)
+        acceptor.receive(stranger.receive(acceptor.hello) or b"")
+
+
+def test_a_proof_made_as_an_acceptor_does_not_pass_as_a_dialers() -> None:
+    # What a relay between two accepted connections would need (the role is signed):
+    # alpha's proof as an acceptor over nonces (N2, N1), shown to beta accepting with N2.
+    alpha = auth().handshake(dialer=False, nonce=N1)
+    beta_dialling = auth("beta", "alpha").handshake(dialer=True, nonce=N2)
+    _, acceptors_proof = run(beta_dialling, alpha)
+    beta = auth("beta", "alpha").handshake(dialer=False, nonce=N2)
+    beta.receive(alpha.hello)
+    with pytest.raises(HandshakeFailed, match="does not verify"):
+        beta.receive(acceptors_proof)
 
 
 def test_a_node_cannot_be_made_to_prove_to_itself() -> None:
     alpha = auth().handshake(dialer=False, nonce=N1)
     with pytest.raises(HandshakeFailed, match="own nonce"):
         alpha.receive(alpha.hello)
-    # Another alpha handshake (say a reflected connection): alpha's proof names alpha as prover.
+    # alpha dialling and reflected back to alpha accepting: the proof names alpha as prover.
     other = auth().handshake(dialer=True, nonce=N2)
-    proof = other.receive(auth().handshake(dialer=False, nonce=N1).hello)
     mine = auth().handshake(dialer=False, nonce=N1)
     mine.receive(other.hello)
+    proof = other.receive(mine.hello)
     assert proof is not None
     with pytest.raises(HandshakeFailed):
         mine.receive(proof)

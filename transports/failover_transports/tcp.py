@@ -3,10 +3,12 @@
 Both nodes listen on their own endpoint and dial the peer's. With a cluster
 key (the runtime passes a ``LinkAuth``), every connection, dialled or
 accepted, first runs the link handshake (docs/wire.md): each end sends a
-hello with a fresh nonce, then its proof of the cluster key. Until the other
-end's proof has verified, a connection is *unproven*: nothing is sent on it
-but the handshake, nothing it carries is delivered, anything but the
-handshake closes it, and it is closed if the proof is not done within
+hello with a fresh nonce; the dialer then proves the cluster key, and the
+acceptor proves it in turn only once the dialer's proof verified. Until the
+other end's proof has verified, a connection is *unproven*: nothing is sent on
+it but the handshake (to a stranger who connects: the hello alone), nothing
+it carries is delivered, anything but the handshake closes it, and it is
+closed if the proof is not done within
 ``PROOF_TIMEOUT``. At most ``MAX_UNPROVEN`` accepted connections may be
 unproven at once (a new one closes the oldest unproven one, never a proven
 one). Proven connections are kept (at most ``MAX_CONNECTIONS``, the oldest
@@ -66,7 +68,7 @@ MAX_BACKOFF = 2.0
 CONNECT_TIMEOUT = 2.0
 SEND_TIMEOUT = 0.1
 PROOF_TIMEOUT = 2.0
-"""Seconds a new connection has to complete the handshake (one round trip)."""
+"""Seconds a new connection has to complete the handshake (one and a half round trips)."""
 MAX_CONNECTIONS = 4
 """Proven connections kept; a newer proven one closes the oldest."""
 MAX_UNPROVEN = 8
