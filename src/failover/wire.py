@@ -87,7 +87,7 @@ class Reason(enum.StrEnum):
     OWN = "own"
     """Sent by this node (multicast loopback); only ``Inbound`` drops these."""
     UNKNOWN_SENDER = "unknown_sender"
-    """Authentic but from a node that is not the configured peer (``Inbound`` with ``peer``)."""
+    """Authentic but from a node that is not the configured peer (``Inbound.peer``)."""
     STALE_INCARNATION = "stale_incarnation"
     """From an incarnation of the sender older than one already seen."""
     REPLAYED = "replayed"
