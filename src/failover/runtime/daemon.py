@@ -613,7 +613,8 @@ class Daemon:
         self.node = self.node_factory(settings, metadata)
         codec = FrameCodec(config.cluster.name, config.read_key())
         self.outbound = Outbound(codec, name, incarnation)
-        self.inbound = Inbound(codec, name, peer=self.peer)
+        self.inbound = Inbound(codec, self.outbound, peer=self.peer)  # keeps the echo
+        auth = codec.link_auth(name, self.peer)
         self.links = [
             LinkRunner(
                 link.name,
@@ -623,6 +624,7 @@ class Daemon:
                 inbound=self.inbound,
                 report=self.report,
                 send_timeout=config.timing.heartbeat_interval,
+                auth=auth,
             )
             for link in config.links
         ]
