@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import structlog
 
@@ -33,13 +33,47 @@ JOURNAL_FORMAT = 1
 """Version of the audit journal's records (``failover.audit.FORMAT_VERSION``)."""
 
 
-def _open_log_file(path: Path) -> TextIO:
+def _open_log_file(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Line buffering: every record is on disk (in the page cache) as it is written.
-    return open(path, "a", buffering=1, encoding="utf-8")
+    # Unbuffered: every record is on disk (in the page cache) as it is written,
+    # and a record that cannot be written is not kept to be tried again.
+    return open(path, "ab", buffering=0)
 
 
-_opened: list[TextIO] = []
+class _Tolerant:
+    """The log's stream, which never raises: a record that cannot be written (a full
+    or failing disk) is dropped and counted, and the first record written again is
+    preceded by one saying how many were lost. The daemon never stops for its log."""
+
+    def __init__(self, text: TextIO | None = None, binary: BinaryIO | None = None) -> None:
+        self.text = text
+        self.binary = binary
+        self.dropped = 0
+
+    def _put(self, line: str) -> None:
+        if self.binary is not None:
+            self.binary.write(line.encode("utf-8"))
+        elif self.text is not None:
+            self.text.write(line)
+            self.text.flush()
+
+    def write(self, text: str) -> int:
+        try:
+            if self.dropped:
+                notice = {"level": "warning", "msg": "log records lost", "lost": self.dropped}
+                self._put(json.dumps(notice) + "\n")
+                self.dropped = 0
+            self._put(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dropped += 1
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            (self.binary or self.text or sys.stdout).flush()
+
+
+_opened: list[BinaryIO] = []
 """The file the last configuration opened (closed when logging is configured again)."""
 
 _LEADING = ("timestamp", "level", "msg", "node", "from", "event", "to")
@@ -65,11 +99,12 @@ def configure_logging(
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-    stream: TextIO = _open_log_file(Path(log_file)) if log_file is not None else sys.stdout
+    binary = _open_log_file(Path(log_file)) if log_file is not None else None
     while _opened:
         _opened.pop().close()
-    if log_file is not None:
-        _opened.append(stream)
+    if binary is not None:
+        _opened.append(binary)
+    stream = _Tolerant(binary=binary) if binary is not None else _Tolerant(text=sys.stdout)
     if console is None:
         console = log_file is None and sys.stdout.isatty()
     renderer: Any
@@ -88,7 +123,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
