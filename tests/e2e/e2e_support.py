@@ -115,6 +115,7 @@ class Cluster:
         self.entry = ["-m", "failover"]
         self.acked: list[Ack] | None = None
         self.found: dict[str, set[int]] = {}
+        self.final_report: Report | None = None
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
@@ -187,13 +188,20 @@ class Cluster:
         return sorted((self.tmp_path / "state").glob(f"*/{JOURNAL_NAME}*"))
 
     def audit(self) -> Report | None:
-        """``failover audit`` on this cluster's journals (None if no daemon ran), with
-        the acknowledged records and what each node holds when the test set them."""
+        """``failover audit`` on this cluster's journals, with the acknowledged records
+        and what each node holds when the test set them. None when there is no journal:
+        no daemon ran, or the state directory is gone (then ``audit_now`` must have
+        audited it while it was there, and its report is returned)."""
         journals = self.journals()
         if not journals:
-            return None
+            return self.final_report
         found = self.found if self.acked is not None else None
         return audit(journals, acked=self.acked, found=found)
+
+    def audit_now(self) -> None:
+        """Audit now and keep the report: for a test that removes the state directory
+        (an unmounted tmpfs) before it ends."""
+        self.final_report = self.audit()
 
     def expect_violations(self, *invariants: str) -> None:
         """This test breaks ``invariants`` on purpose (a mutant): the audit at its end

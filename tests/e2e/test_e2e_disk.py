@@ -83,3 +83,4 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
         assert changes[-2:] == [("primary", "alone"), ("alone", "primary")], changes
         log = (tmp_path / f"{primary}.log").read_text()
         assert log.count("node degraded: metadata cannot be written") == 1
+        cluster.audit_now()  # the state directories are unmounted on the way out
