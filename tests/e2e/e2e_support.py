@@ -119,6 +119,9 @@ class Cluster:
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
+        if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+            # added to, not replaced: the daemons run the same sources as the test
+            self.env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{os.environ['PYTHONPATH']}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_dead: set[str] = set()
         self.vip: str | None = None
