@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from e2e_support import NETNS, Cluster, cli
+from e2e_support import NETNS, REPLICATION_PORT, Cluster, cli
 
 from failover.testing.netns import Lab
 
@@ -221,3 +221,74 @@ def test_fullsync_copies_everything_again(lab: Lab, tmp_path: Path) -> None:
 def received(cluster: Cluster, node: str) -> int:
     status = cluster.status(node)
     return int(status["replication"]["resyncs_received"]) if status else 0
+
+
+# A hostile host on the replication network: it connects to the secondary's
+# replication port every ``period`` seconds, without any key. Each connection,
+# in turn, stays idle, sends junk, or sends a length prefix and stops half-way;
+# it is closed after ``hold`` seconds (the attacker does not wait for answers).
+HOSTILE = """
+import itertools, os, socket, sys, time
+address, port, period, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+opened = []
+for n in itertools.count():
+    try:
+        s = socket.create_connection((address, port), timeout=1)
+        if n % 3 == 1:
+            s.sendall(os.urandom(512))
+        elif n % 3 == 2:
+            s.sendall((4096).to_bytes(4, "big") + os.urandom(100))
+        opened.append((time.monotonic(), s))
+        print(n, flush=True)
+    except OSError:
+        pass
+    while opened and time.monotonic() - opened[0][0] > hold:
+        opened.pop(0)[1].close()
+    time.sleep(period)
+"""
+
+
+def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The lost-write chain of issue 8: unauthenticated connects to the
+    secondary's replication port while the primary's application writes
+    numbered fsync'd records, then kill -9 of every process of the primary.
+    Every record the writer was told is durable must be on the node that
+    serves next; once the killed node returns, both copies are identical."""
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    hostile = lab.run(
+        "client",
+        [sys.executable, "-c", HOSTILE, lab.address(secondary, "lan"), str(REPLICATION_PORT),
+         "0.5", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    writer = Writer(cluster, primary, 0)
+    try:
+        assert hostile.stdout is not None
+        for _ in range(12):  # some 6 s of hostile connects while the records go on
+            assert hostile.stdout.readline(), "the hostile client could not connect"
+        writer.wait_for(len(writer.acked) + 1)
+        during = cluster.status(primary)
+        shown = cluster.status(secondary)
+    finally:
+        hostile.kill()
+        hostile.wait(timeout=10)
+    killed = cluster.kill_node(primary)
+    assert killed >= 2, "the daemon and the writer were running"
+    acked = writer.finish()
+    print(f"{len(acked)} records acknowledged; during the attack: {primary} "
+          f"{during and during['state']}, {secondary} {shown and shown['state']}")  # fmt: skip
+    cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
+    on_survivor = records(cluster.disk(secondary) / "records")
+    lost = [n for n in acked if on_survivor.get(n) != b"%08d\n" % n]
+    assert not lost, (
+        f"{len(lost)} of {len(acked)} acknowledged records are not on {secondary}, "
+        f"which serves now (first {lost[:5]})"
+    )
+    cluster.start(primary)
+    assert cluster.paired() == (secondary, primary)
+    cluster.wait("both copies equal", functools.partial(equal_copies, cluster))
+    assert tree(cluster.disk(primary))["records"] == tree(cluster.disk(secondary))["records"]

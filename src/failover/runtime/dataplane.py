@@ -21,8 +21,11 @@ scripts and the virtual IP:
   manifest (``replication.quarantine``); the tracker keeps the set, so the
   resync that follows brings those paths back from the winner;
 - the receiver side listens on this node's replication endpoint all the
-  time and applies the peer's sessions (one at a time, the newest wins) with
-  an ``Applier`` on the directories' real contents.
+  time and applies the peer's sessions (one at a time, the newest
+  authenticated one wins) with an ``Applier`` on the directories' real
+  contents. A connection changes nothing before its handshake authenticated
+  (``CONFIRM`` under the session key); at most ``MAX_HANDSHAKES`` may be
+  authenticating at once, each within the replication timeout.
 
 One ``_Relay`` stands between the mirror and the replication layer, so the
 mirror keeps one listener while sessions come and go.
@@ -150,6 +153,8 @@ class DataPlane:
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         self.sessions_received = 0
+        self.handshakes = 0  # incoming connections not authenticated yet
+        self.handshakes_refused = 0  # incoming connections that never authenticated
         self.resyncs_received = 0
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
@@ -326,6 +331,9 @@ class DataPlane:
     # -- the receiving side -----------------------------------------------------------------
 
     async def _accept(self, listener: Any) -> None:
+        """Take connections; each authenticates in a task of its own (at most
+        ``MAX_HANDSHAKES`` at once, each within the replication timeout), so an
+        unauthenticated connection never holds up another, and changes nothing."""
         while True:
             try:
                 stream = await listener.accept()
@@ -337,20 +345,28 @@ class DataPlane:
                 log.warning("replication session refused: this node serves")
                 await stream.aclose()
                 continue
-            self._stop_receiving()
-            scope = anyio.CancelScope()
-            self._receiving = scope
+            if self.handshakes >= MAX_HANDSHAKES:
+                log.warning(
+                    "replication connection refused: too many unauthenticated connections",
+                    pending=self.handshakes,
+                )
+                await stream.aclose()
+                continue
+            self.handshakes += 1
             assert self._group is not None
-            self._group.start_soon(self._receive, stream, scope)
+            self._group.start_soon(self._receive, stream)
 
     def _stop_receiving(self) -> None:
         if self._receiving is not None:
             self._receiving.cancel()
             self._receiving = None
 
-    async def _receive(self, stream: MessageStream, scope: anyio.CancelScope) -> None:
-        with scope:
-            roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+    async def _receive(self, stream: MessageStream) -> None:
+        """One incoming connection: it changes nothing (the live session goes on)
+        until its handshake authenticated; then it replaces the live session (the
+        newest authenticated session wins: the primary reconnected)."""
+        roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        try:
             with (
                 Applier(roots) as applier,
                 contextlib.closing(
@@ -372,14 +388,28 @@ class DataPlane:
                 )
                 try:
                     peer = await receiver.handshake(stream, self._resync_request())
+                except FailoverError as exc:
+                    self.handshakes_refused += 1
+                    log.warning("replication connection refused", error=str(exc))
+                    return
+                finally:
+                    self.handshakes -= 1
+                if self.serving:
+                    log.warning("replication session refused: this node serves")
+                    return
+                self._stop_receiving()
+                scope = anyio.CancelScope()
+                self._receiving = scope
+                with scope:
                     self.sessions_received += 1
                     log.info("receiving replication", peer=peer.node, generation=peer.generation)
-                    await receiver.run()
-                except FailoverError as exc:
-                    log.warning("replication session from the peer ended", error=str(exc))
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await stream.aclose()
+                    try:
+                        await receiver.run()
+                    except FailoverError as exc:
+                        log.warning("replication session from the peer ended", error=str(exc))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
     def _resync_request(self) -> bytes:
         """What this node asks of the source when it waits for a resync: its
@@ -631,6 +661,7 @@ class DataPlane:
             "ack": str(self.settings.channel.ack_level),
             "sender": None if sender is None else asdict(sender.status()),
             "sessions_received": self.sessions_received,
+            "handshakes_refused": self.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None,
@@ -648,6 +679,9 @@ class DataPlane:
         }
 
 
+MAX_HANDSHAKES = 8
+"""Incoming replication connections that may be authenticating at once; more are
+closed at once. Each has the replication timeout to authenticate."""
 RETRY_PAUSE = 0.2
 """Seconds before the first retry of a failed resync attempt; doubled each time."""
 RETRY_PAUSE_MAX = 5.0
