@@ -366,3 +366,50 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
         assert beta.plane.handshakes_refused >= 3  # junk, half message, replay (the rest: extras)
         for stream in hostile:
             await stream.aclose()
+
+
+async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: a primary whose session breaks must not tell the application a
+    write is durable while its secondary may take over without it. Held until
+    the core lifts the fence (the new generation persisted, the peer out of
+    secondary or lost); held ones fail with EIO when the node stops serving."""
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        await alpha.plane.serve()
+        alpha.plane.fence_writes(True)  # the core: beta is an alive secondary
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "replicated", b"on both")
+        beta.plane._stop_receiving()  # the session breaks
+        results: list[str] = []
+
+        async def application(name: str) -> None:
+            try:
+                await anyio.to_thread.run_sync(write_synced, alpha.root / name, b"x")
+                results.append("acknowledged")
+            except OSError as exc:
+                results.append(errno.errorcode[exc.errno or 0])
+
+        async def held(count: int) -> None:
+            with anyio.fail_after(WAIT_TIMEOUT):
+                while alpha.plane.status()["writes_held"] < count:
+                    await anyio.sleep(0.01)  # a bounded poll of a FUSE thread's state
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "held")
+            await held(1)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await alpha.event_seen.wait()
+            assert [type(e) for e in alpha.events] == [ev.ReplicationFailed]
+            tg.start_soon(application, "held too")  # also without any session
+            await held(2)
+            assert results == []  # nothing acknowledged while fenced
+            alpha.plane.fence_writes(False)  # the core: new generation on disk, peer left
+        assert results == ["acknowledged", "acknowledged"]
+        alpha.plane.fence_writes(True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "never acknowledged")
+            await held(1)
+            await alpha.plane.unserve()  # the node stops serving
+        assert results[2:] == ["EIO"]

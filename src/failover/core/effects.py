@@ -62,6 +62,17 @@ class StopReplication(Effect):
 
 
 @dataclass(frozen=True)
+class FenceWrites(Effect):
+    """``fenced``: an fsync the peer did not acknowledge (the session broke, or
+    there is none) is held until this is False again, never acknowledged to the
+    application; False: it returns once durable here (the node's rule, emitted
+    whenever it changes, after the metadata of the same step is persisted)."""
+
+    name: ClassVar[str] = "fence_writes"
+    fenced: bool
+
+
+@dataclass(frozen=True)
 class StartTracking(Effect):
     """Record every change made from now on (the peer is out of date)."""
 

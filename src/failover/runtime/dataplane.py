@@ -34,10 +34,12 @@ mirror keeps one listener while sessions come and go.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -98,12 +100,45 @@ class DataPlaneSettings:
 class _Relay:
     """The mirror's one listener: the tracker records, the current sender (if
     any) replicates, and a running resync hears of every live op. Called from
-    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment."""
+    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment.
+
+    The write fence (the core's ``FenceWrites``): while ``fenced``, an fsync the
+    peer did not acknowledge (no session, or it broke) is held until the fence
+    lifts; ``fail_held`` makes the held ones fail with EIO instead (the node
+    stops serving: they were never acknowledged)."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.sender: ReplicationSender | None = None
         self.resync: ResyncSource | None = None
+        self._fence = threading.Condition()
+        self.fenced = False
+        self.held = 0  # fsyncs waiting for the fence to lift
+        self._failures = 0  # fail_held calls so far
+
+    def set_fenced(self, fenced: bool) -> None:
+        with self._fence:
+            self.fenced = fenced
+            self._fence.notify_all()
+
+    def fail_held(self) -> None:
+        with self._fence:
+            self._failures += 1
+            self._fence.notify_all()
+
+    def _wait_unfenced(self) -> None:
+        with self._fence:
+            failures = self._failures
+            if not self.fenced:
+                return
+            self.held += 1
+            try:
+                while self.fenced and self._failures == failures:
+                    self._fence.wait()
+            finally:
+                self.held -= 1
+            if self.fenced:
+                raise OSError(errno.EIO, "not on the peer, and this node stopped serving")
 
     def before(self, op: Op) -> None:
         self.tracker.before(op)
@@ -119,8 +154,9 @@ class _Relay:
     def sync(self, op: Fsync) -> None:
         self.tracker.sync(op)
         sender = self.sender
-        if sender is not None:
-            sender.sync(op)
+        if sender is not None and sender.sync(op):
+            return  # on the peer at the configured level
+        self._wait_unfenced()
 
 
 class DataPlane:
@@ -152,6 +188,7 @@ class DataPlane:
         self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
+        self._fenced = False  # the core's write fence (FenceWrites), also before run
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
         self.handshakes_refused = 0  # incoming connections that never authenticated
@@ -171,6 +208,7 @@ class DataPlane:
             lambda: Tracker(s.state_dir, zone_size=s.zone_size)
         )
         self._relay = _Relay(self.tracker)
+        self._relay.set_fenced(self._fenced)
         try:
             await self._mount_all(read_only=True)
             async with (
@@ -217,13 +255,26 @@ class DataPlane:
         self.serving = True
 
     async def unserve(self) -> None:
-        """Back to the read-only view (after the application stopped)."""
+        """Back to the read-only view (after the application stopped). An fsync
+        still held by the write fence fails with EIO: it was never acknowledged."""
         if not self.serving:
             return
+        if self._relay is not None:
+            self._relay.fail_held()
         await self.stop_replication()
         await anyio.to_thread.run_sync(self._unmount_all)
         await self._mount_all(read_only=True)
         self.serving = False
+
+    # -- the write fence --------------------------------------------------------------------
+
+    def fence_writes(self, fenced: bool) -> None:
+        """The core's ``FenceWrites``: hold (True) or let go (False) every fsync
+        the peer did not acknowledge."""
+        self._fenced = fenced
+        if self._relay is not None:
+            self._relay.set_fenced(fenced)
+        log.info("write fence " + ("raised" if fenced else "lifted"))
 
     # -- tracking ---------------------------------------------------------------------------
 
@@ -509,6 +560,13 @@ class DataPlane:
             return [], f"resync of {s.peer} could not start: {exc}"
         try:
             peer = await sender.handshake(stream)
+            if not peer.request and peer.generation == str(effect.generation):
+                # It applied the END of an attempt whose end we never heard: what
+                # this node acknowledged since may be missing there. The core decides.
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                why = f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
+                return [ev.ResyncFailed(why)], None
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
@@ -658,6 +716,8 @@ class DataPlane:
             "directories": {name: str(path) for name, path in self.settings.roots.items()},
             "mode": "read-write" if self.serving else "read-only",
             "replicating": sender is not None and sender.broken is None,
+            "writes_fenced": relay is not None and relay.fenced,
+            "writes_held": 0 if relay is None else relay.held,
             "ack": str(self.settings.channel.ack_level),
             "sender": None if sender is None else asdict(sender.status()),
             "sessions_received": self.sessions_received,
