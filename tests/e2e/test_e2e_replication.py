@@ -344,15 +344,17 @@ def test_a_broken_session_heals_by_itself_and_status_never_claims_a_stale_peer_i
     writer = Writer(cluster, primary, 0)
     writer.wait_for(5)
     lab.link_down(secondary, "lan")
-    cluster.wait(f"{primary} alone", functools.partial(serves, cluster, primary))
+    cluster.wait(f"{primary} alone", functools.partial(alone, cluster, primary))
     shown = cluster.status(primary)
     assert shown is not None and shown["in_sync"] is False
-    writer.wait_for(len(writer.acked) + 5)  # the application goes on, alone
+    more = len(writer.acked) + 5
+    cluster.wait("records acknowledged alone", lambda: len(writer.acked) >= more)
     back = time.monotonic()
     lab.link_up(secondary, "lan")
     assert cluster.paired() == (primary, secondary)
     heal = time.monotonic() - back
-    writer.wait_for(len(writer.acked) + 5)
+    more = len(writer.acked) + 5
+    cluster.wait("records acknowledged protected", lambda: len(writer.acked) >= more)
     writer.proc.terminate()
     acked = writer.finish()
     cluster.wait("both copies equal", functools.partial(equal_copies, cluster))

@@ -413,3 +413,22 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             await held(1)
             await alpha.plane.unserve()  # the node stops serving
         assert results[2:] == ["EIO"]
+
+
+async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retried(
+    tmp_path: Path,
+) -> None:
+    """Issue 8's stuck pair: a resync session broke after the target applied
+    its END; the target is secondary at the delivered generation and no longer
+    asks for a resync. Retrying forever left the primary alone ("did not ask
+    for a resync") and the secondary claiming to be in sync; the source now
+    reports it (ResyncFailed) and the table decides (a new generation)."""
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        delivered = Generation(1, "alpha")  # what beta announces: it got it already
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", delivered, delivered))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+        assert len(alpha.events) == 1 and isinstance(alpha.events[0], ev.ResyncFailed)
+        assert "already holds generation 1:alpha" in alpha.events[0].reason
+        assert beta.plane.resyncs_received == 0
