@@ -39,6 +39,7 @@ class Writer:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.acked: list[int] = []
+        self.times: list[float] = []  # when each acknowledgement was read
         self.enough = threading.Event()
         self.wanted = 0
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -48,6 +49,7 @@ class Writer:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.acked.append(int(line))
+            self.times.append(time.monotonic())
             if len(self.acked) >= self.wanted:
                 self.enough.set()
         self.enough.set()  # the writer ended
@@ -57,6 +59,11 @@ class Writer:
         if len(self.acked) >= count:
             self.enough.set()
         assert self.enough.wait(30), "the writer made no progress"
+
+    def longest_stall(self) -> float:
+        """The longest time between two acknowledgements, in seconds."""
+        gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+        return max(gaps, default=0.0)
 
     def finish(self) -> list[int]:
         self.proc.wait(timeout=10)
@@ -316,7 +323,8 @@ def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
     killed = cluster.kill_node(primary)
     assert killed >= 2, "the daemon and the writer were running"
     acked = writer.finish()
-    print(f"{len(acked)} records acknowledged; (primary, secondary) states seen: {seen}")
+    print(f"{len(acked)} records acknowledged, longest fsync stall "
+          f"{writer.longest_stall():.2f} s; (primary, secondary) states seen: {seen}")  # fmt: skip
     cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
     on_survivor = records(cluster.disk(secondary) / "records")
     lost = [n for n in acked if on_survivor.get(n) != b"%08d\n" % n]
@@ -363,4 +371,5 @@ def test_a_broken_session_heals_by_itself_and_status_never_claims_a_stale_peer_i
     shown = cluster.status(primary)
     assert shown is not None and shown["in_sync"] is True
     print(f"protected again {heal:.2f} s after the replication network returned; "
-          f"{len(acked)} records acknowledged, all on {secondary}")  # fmt: skip
+          f"{len(acked)} records acknowledged, all on {secondary}; longest fsync stall "
+          f"{writer.longest_stall():.2f} s (replication timeout 2 s)")  # fmt: skip
