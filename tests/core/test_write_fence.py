@@ -73,3 +73,14 @@ def test_a_peer_holding_our_generation_after_an_unconfirmed_resync_end_resyncs_a
     assert d.state is State.ALONE and d.node.writes_fenced
     d.hear(beta(State.RESYNC, generation, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
     assert d.node.resync_role == "source" and not d.node.writes_fenced
+
+
+def test_a_node_that_stops_serving_fails_what_the_fence_holds() -> None:
+    """Stopped while fenced: the peer takes over without the held writes, so
+    they must fail, never be acknowledged when the fence lifts later."""
+    d = Driver()
+    to_primary(d)
+    d.do(ev.ReplicationFailed("connection lost"))
+    effects = d.do(ev.Stop())
+    assert d.state is State.STOP
+    assert [(e.fenced, e.serving) for e in of_type(effects, fx.FenceWrites)] == [(True, False)]

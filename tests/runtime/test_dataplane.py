@@ -411,8 +411,16 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
         async with anyio.create_task_group() as tg:
             tg.start_soon(application, "never acknowledged")
             await held(1)
-            await alpha.plane.unserve()  # the node stops serving
+            # the core left serving (stop), then the peer took over: never acknowledged
+            alpha.plane.fence_writes(True, serving=False)
+            alpha.plane.fence_writes(False, serving=False)
         assert results[2:] == ["EIO"]
+        alpha.plane.fence_writes(True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "not acknowledged either")
+            await held(1)
+            await alpha.plane.unserve()  # the application stopped: the mirror goes read-only
+        assert results[3:] == ["EIO"]
 
 
 async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retried(

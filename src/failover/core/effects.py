@@ -63,13 +63,15 @@ class StopReplication(Effect):
 
 @dataclass(frozen=True)
 class FenceWrites(Effect):
-    """``fenced``: an fsync the peer did not acknowledge (the session broke, or
-    there is none) is held until this is False again, never acknowledged to the
-    application; False: it returns once durable here (the node's rule, emitted
-    whenever it changes, after the metadata of the same step is persisted)."""
+    """What becomes of an fsync the peer did not acknowledge (the session broke,
+    or there is none): held while ``fenced`` (never acknowledged to the
+    application meanwhile); failed (EIO) whenever the node does not
+    ``serve``; else it returns once durable here. The node's rule, emitted
+    whenever either changes, after the metadata of the same step is persisted."""
 
     name: ClassVar[str] = "fence_writes"
     fenced: bool
+    serving: bool = True
 
 
 @dataclass(frozen=True)

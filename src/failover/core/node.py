@@ -68,7 +68,8 @@ def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
     is durable must be on it: an fsync the peer did not acknowledge is held
     (``FenceWrites``) until the peer is seen out of ``secondary`` (it heard a
     newer generation and resynchronises, or it stopped) or is lost on every
-    link. ``state`` is the peer's last announced state."""
+    link. ``state`` is the peer's last announced state. A node that does not
+    serve fails such an fsync instead (its peer serves, or will, without it)."""
     return peer_alive and state is State.SECONDARY
 
 
@@ -340,7 +341,7 @@ class Node:
         self.outbox = []
         before = (self.state, self.substatus, self.reason, self.handover == "done")
         meta_before = self.metadata
-        fenced_before = self.writes_fenced
+        fence_before = (self.writes_fenced, self.state.serving)
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
         self._housekeep()
@@ -351,8 +352,9 @@ class Node:
         if after[:2] != before[:2] or after[3] != before[3]:
             effects.append(fx.SendHeartbeat(self.status()))
             self.next_heartbeat_at = now + self.settings.heartbeat_interval
-        if self.writes_fenced != fenced_before:  # after PersistMetadata: a lifted
-            effects.append(fx.FenceWrites(self.writes_fenced))  # fence follows the mint
+        fence = (self.writes_fenced, self.state.serving)
+        if fence != fence_before:  # after PersistMetadata: a lifted fence follows the mint
+            effects.append(fx.FenceWrites(*fence))
         self.outbox = []
         return effects
 

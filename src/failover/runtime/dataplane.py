@@ -104,8 +104,9 @@ class _Relay:
 
     The write fence (the core's ``FenceWrites``): while ``fenced``, an fsync the
     peer did not acknowledge (no session, or it broke) is held until the fence
-    lifts; ``fail_held`` makes the held ones fail with EIO instead (the node
-    stops serving: they were never acknowledged)."""
+    lifts; while not ``serving`` (the core left alone/primary), such an fsync
+    fails with EIO, held ones too: they were never acknowledged, and the peer
+    serves, or will, without them. ``fail_held`` fails the held ones (unserve)."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
@@ -113,12 +114,13 @@ class _Relay:
         self.resync: ResyncSource | None = None
         self._fence = threading.Condition()
         self.fenced = False
+        self.serving = True
         self.held = 0  # fsyncs waiting for the fence to lift
         self._failures = 0  # fail_held calls so far
 
-    def set_fenced(self, fenced: bool) -> None:
+    def set_fenced(self, fenced: bool, serving: bool) -> None:
         with self._fence:
-            self.fenced = fenced
+            self.fenced, self.serving = fenced, serving
             self._fence.notify_all()
 
     def fail_held(self) -> None:
@@ -129,15 +131,13 @@ class _Relay:
     def _wait_unfenced(self) -> None:
         with self._fence:
             failures = self._failures
-            if not self.fenced:
-                return
             self.held += 1
             try:
-                while self.fenced and self._failures == failures:
+                while self.fenced and self.serving and self._failures == failures:
                     self._fence.wait()
             finally:
                 self.held -= 1
-            if self.fenced:
+            if self.fenced or not self.serving:
                 raise OSError(errno.EIO, "not on the peer, and this node stopped serving")
 
     def before(self, op: Op) -> None:
@@ -188,7 +188,7 @@ class DataPlane:
         self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
-        self._fenced = False  # the core's write fence (FenceWrites), also before run
+        self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
         self.handshakes_refused = 0  # incoming connections that never authenticated
@@ -208,7 +208,7 @@ class DataPlane:
             lambda: Tracker(s.state_dir, zone_size=s.zone_size)
         )
         self._relay = _Relay(self.tracker)
-        self._relay.set_fenced(self._fenced)
+        self._relay.set_fenced(*self._fence_state)
         try:
             await self._mount_all(read_only=True)
             async with (
@@ -268,13 +268,13 @@ class DataPlane:
 
     # -- the write fence --------------------------------------------------------------------
 
-    def fence_writes(self, fenced: bool) -> None:
-        """The core's ``FenceWrites``: hold (True) or let go (False) every fsync
-        the peer did not acknowledge."""
-        self._fenced = fenced
+    def fence_writes(self, fenced: bool, *, serving: bool = True) -> None:
+        """The core's ``FenceWrites``: hold (``fenced``), let go, or fail (not
+        ``serving``) every fsync the peer did not acknowledge."""
+        self._fence_state = (fenced, serving)
         if self._relay is not None:
-            self._relay.set_fenced(fenced)
-        log.info("write fence " + ("raised" if fenced else "lifted"))
+            self._relay.set_fenced(fenced, serving)
+        log.info("write fence", fenced=fenced, serving=serving)
 
     # -- tracking ---------------------------------------------------------------------------
 
