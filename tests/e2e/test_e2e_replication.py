@@ -281,7 +281,8 @@ def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
     lab: Lab, tmp_path: Path
 ) -> None:
     """The lost-write chain of issue 8: unauthenticated connects to the
-    secondary's replication port (from the client's namespace, every 0.5 s)
+    secondary's replication port (from the client's namespace and from the
+    primary's, each every 0.5 s)
     while the primary's application writes numbered fsync'd records, then
     kill -9 of every process of the primary: at the chain's worst moment (the
     primary serving alone while the secondary, still `secondary`, may take
@@ -292,12 +293,12 @@ def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
     default_profile(cluster)
     cluster.start_both()
     primary, secondary = cluster.paired()
-    hostile = lab.run(
-        "client",
-        [sys.executable, "-c", HOSTILE, lab.address(secondary, "lan"), str(REPLICATION_PORT),
-         "0.5", "3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    target = [lab.address(secondary, "lan"), str(REPLICATION_PORT), "0.5", "3"]
+    hostile = [  # from the client's namespace, and from inside the primary's own
+        lab.run(where, [sys.executable, "-c", HOSTILE, *target],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for where in ("client", primary)
+    ]  # fmt: skip
     writer = Writer(cluster, primary, 0)
     seen: list[str] = []
     try:
@@ -318,8 +319,9 @@ def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
                 break  # the primary serves on while the secondary may take over: kill now
             time.sleep(0.05)  # a bounded poll of two daemons
     finally:
-        hostile.kill()
-        hostile.wait(timeout=10)
+        for process in hostile:
+            process.kill()
+            process.wait(timeout=10)
     killed = cluster.kill_node(primary)
     assert killed >= 2, "the daemon and the writer were running"
     acked = writer.finish()
