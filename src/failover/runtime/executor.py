@@ -155,12 +155,7 @@ class ActionExecutor:
                 failure = await self.app.start(self.repeat_in)
                 return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
             case fx.StopApp():
-                problem = await self.app.stop()
-                if problem is not None:
-                    log.error("application stopped with a problem", problem=problem)
-                if self.data is not None:
-                    await self.data.unserve()
-                return ev.AppStopped()
+                return await self._stop_app()
             case fx.StartResync(role="target", generation=generation):
                 # No replicated directory: the resync of nothing is complete, at
                 # the generation the source held when it started.
@@ -183,6 +178,22 @@ class ActionExecutor:
             case _:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
+
+    async def _stop_app(self) -> ev.Event:
+        """The hand-over order (``StopApp``'s contract): the stop script; then what
+        the application wrote is replicated and acknowledged, and the replicated
+        directories turn read-only; then the virtual IP is released. Only then
+        is ``AppStopped`` reported, and the core announces the node ready."""
+        problem = await self.app.run_stop_script()
+        if self.data is not None:
+            unflushed = await self.data.flush_replication()
+            if unflushed is not None:
+                log.error("writes made while stopping may be missing on the peer", why=unflushed)
+            await self.data.unserve()
+        problem = await self.app.release() or problem
+        if problem is not None:
+            log.error("application stopped with a problem", problem=problem)
+        return ev.AppStopped()
 
     async def _perform_data(self, data: DataPlane, effect: fx.Effect) -> ev.Event | None:
         """A data effect on the replicated directories: its outcome, if it has one now."""
