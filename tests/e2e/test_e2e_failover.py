@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -140,8 +141,12 @@ def test_pausing_either_daemon_for_most_of_the_dead_timeout_is_no_takeover(
     cluster.start_both()
     primary, secondary = cluster.paired()
     changes = {node: cluster.state_changes(node) for node in NODES}
+    rng = random.Random(8)
     for victim in (primary, secondary) * 3:
         pid = cluster.procs[victim].pid
+        # a random phase against the heartbeats (not a wait): the pause may
+        # start just after or up to one old interval after the victim's last send
+        time.sleep(rng.uniform(0, 0.5))
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(0.8 * cluster.dead_timeout)  # the pause under test (not a wait)
