@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+from e2e_support import NETNS, NODES, SERVING, Cluster, cli, other
 
 from failover.config.timing import PROFILES
 from failover.testing.netns import Lab
@@ -123,6 +122,12 @@ def test_cutting_every_link_takes_over_and_healing_resolves_the_split_brain(
     cluster.hold_steady(winner, loser, dead_timeouts=2)  # resolved, not flapping
 
 
+def heard_ago(cluster: Cluster, node: str) -> float:
+    """Seconds since ``node`` last heard its peer (0 while it does not answer)."""
+    status = cluster.status(node)
+    return 0.0 if status is None else float(status["peer"]["last_seen_ago"])
+
+
 def test_pausing_either_daemon_for_most_of_the_dead_timeout_is_no_takeover(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -141,12 +146,17 @@ def test_pausing_either_daemon_for_most_of_the_dead_timeout_is_no_takeover(
     cluster.start_both()
     primary, secondary = cluster.paired()
     changes = {node: cluster.state_changes(node) for node in NODES}
-    rng = random.Random(8)
     for victim in (primary, secondary) * 3:
         pid = cluster.procs[victim].pid
-        # a random phase against the heartbeats (not a wait): the pause may
-        # start just after or up to one old interval after the victim's last send
-        time.sleep(rng.uniform(0, 0.5))
+        # the worst phase: the victim's next heartbeat is due (its peer last
+        # heard it most of an interval ago), so the silence its peer sees is
+        # the pause plus almost a whole interval
+        cluster.wait(
+            f"{victim}'s next heartbeat is due",
+            lambda victim=victim: (
+                heard_ago(cluster, other(victim)) >= 0.75 * cluster.heartbeat_interval
+            ),
+        )
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(0.8 * cluster.dead_timeout)  # the pause under test (not a wait)
