@@ -23,6 +23,7 @@ class Mutant:
     breaks: tuple[str, ...]  # the invariants that catch it (the first found is reported)
     arbitrator: bool
     edit: Callable[[Spec], None]
+    stale_frames: bool = False  # caught only on a network that delivers outdated frames
 
 
 def _rows(spec: Spec, state: str, event: str) -> list[dict[str, Any]]:
@@ -112,6 +113,14 @@ def _restless_swap(spec: Spec) -> None:
             row["when"] = ["peer_in_sync_ready", "app_ready"]
 
 
+def _no_view_echo(spec: Spec) -> None:
+    """A node serves on what its peer announced in a heartbeat sent before the
+    peer heard its current state (the view echo rows are gone)."""
+    for state in ("wait", "secondary"):
+        rows = _rows(spec, state, "heartbeat")
+        rows[:] = [r for r in rows if "not peer_echoes_view" not in r.get("when", [])]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -127,6 +136,9 @@ MUTANTS: dict[str, Mutant] = {
     "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", ("R",), False, _stop_leaves_app),
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
+    "no-view-echo": Mutant(
+        _no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo, stale_frames=True
+    ),
 }
 
 
