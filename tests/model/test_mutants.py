@@ -34,11 +34,12 @@ SEARCHES: dict[str, Search] = {
     "resync-may-serve": Search(6, "boot"),
     "no-split-brain-detection": Search(4, "boot"),
     "takeover-without-grant": Search(5, "protected"),
-    "forget-outrank": Search(6, "boot"),
+    "forget-outrank": Search(8, "protected"),
     "stop-leaves-app": Search(1, "protected"),
     # a mutant that never pairs never reaches the protected root: start at boot
     "never-pair": Search(1, "boot"),
     "restless-swap": Search(3, "boot"),
+    "no-view-echo": Search(2, "boot"),
 }
 
 

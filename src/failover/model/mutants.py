@@ -23,7 +23,6 @@ class Mutant:
     breaks: tuple[str, ...]  # the invariants that catch it (the first found is reported)
     arbitrator: bool
     edit: Callable[[Spec], None]
-    stale_frames: bool = False  # caught only on a network that delivers outdated frames
 
 
 def _rows(spec: Spec, state: str, event: str) -> list[dict[str, Any]]:
@@ -136,9 +135,7 @@ MUTANTS: dict[str, Mutant] = {
     "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", ("R",), False, _stop_leaves_app),
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
-    "no-view-echo": Mutant(
-        _no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo, stale_frames=True
-    ),
+    "no-view-echo": Mutant(_no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo),
 }
 
 
