@@ -16,7 +16,7 @@ from collections import deque
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.node import Node
-from failover.core.state import Settings, State
+from failover.core.state import Settings, State, evolve
 from failover.core.table import Table
 from failover.model.mutants import mutant_table
 
@@ -108,3 +108,21 @@ def test_without_the_view_echo_both_serve() -> None:
     pair = first_meeting(mutant_table("no-view-echo"))
     assert pair.states() == (State.ALONE, State.ALONE)
     assert pair.both_served
+
+
+def test_an_echo_of_the_previous_run_is_no_answer() -> None:
+    # A peer's frame can echo this run's incarnation while its core still holds
+    # the view it heard from the previous run (the wire layer learns the new
+    # incarnation from a frame it does not hand on): a run's views start in a
+    # new epoch, so such an echo never matches, whatever the counter.
+    node = Node(settings(0, epoch=2))  # alpha's second run
+    node.handle(ev.Start(), 0.0)
+    peer = Node(settings(1)).status()  # beta's status as a template
+    waiting = evolve(peer, state=State.WAIT, view=(1, 3))
+    node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=(1, 3))), 0.1)
+    epoch, counter = node.view
+    assert epoch == 2
+    node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=(1, counter))), 0.2)
+    assert node.state is State.WAIT  # the previous run's view with this run's counter
+    node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=node.view)), 0.3)
+    assert node.state is State.ALONE  # an answer to this run: alpha wins the tie
