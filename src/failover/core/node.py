@@ -216,7 +216,7 @@ class Node:
         metadata: Metadata | None = None,
         *,
         table: Table | None = None,
-    ) -> None:  # the first view's epoch is settings.epoch
+    ) -> None:
         from failover.core import rules  # noqa: PLC0415 - rules imports this module
 
         self.settings = settings

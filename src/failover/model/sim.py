@@ -456,11 +456,9 @@ class Cluster:
                     self._message("deliver", link, sender, info)
             held = frozenset()
         if self.world.stale:
-            # a round delivers the newest frames: the older ones still in flight
-            # are superseded (or lost with them), but a held one's older one stays
-            delayed = self.world.delayed
-            stale = tuple(c for c in self.world.stale if c[0] in delayed)
-            self.world = evolve(self.world, stale=stale)
+            # the round delivered every newest frame (a held one last), which
+            # supersedes the older ones; those whose newest was dropped are lost
+            self.world = evolve(self.world, stale=())
         for i in range(2):
             host, core = self.world.hosts[i], self.world.hosts[i].core
             if core is None or core.state is not State.RESYNC or core.resync_role != "target":
