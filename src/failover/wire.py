@@ -38,11 +38,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from failover.core.state import Generation, PeerStatus, State, SubStatus
+from failover.core.state import Generation, PeerStatus, State, SubStatus, View
 from failover.errors import PeerProtocolError
 
-PROTOCOL_VERSION = 2
-"""Version 2 added the ``echo`` header field (version 1 frames are ``bad_version``)."""
+PROTOCOL_VERSION = 3
+"""Version 2 added the ``echo`` header field, version 3 the heartbeat's ``view`` and
+``peer_view`` (frames of another version are ``bad_version``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -369,10 +370,12 @@ _FIELDS = frozenset(
         "handover",
         "last_state",
         "node",
+        "peer_view",
         "reason",
         "state",
         "substatus",
         "synced_generation",
+        "view",
     )
 )
 
@@ -396,6 +399,14 @@ def _generation_doc(what: str, generation: Generation) -> list[object]:
     return [counter, origin]
 
 
+def _view_doc(what: str, view: View) -> list[int]:
+    if not isinstance(view, tuple) or len(view) != 2:
+        raise ValueError(f"{what} must be (epoch, counter), not {view!r}")
+    for part in view:
+        _check_u64(what, part)
+    return [view[0], view[1]]
+
+
 def encode_heartbeat(status: PeerStatus) -> bytes:
     """The heartbeat payload for ``status``: compact JSON, sorted keys, UTF-8.
 
@@ -417,10 +428,12 @@ def encode_heartbeat(status: PeerStatus) -> bytes:
         "handover": bool(status.handover),
         "last_state": None if status.last_state is None else State(status.last_state).value,
         "node": status.node,
+        "peer_view": _view_doc("peer_view", status.peer_view),
         "reason": printable_reason(status.reason),
         "state": State(status.state).value,
         "substatus": SubStatus(status.substatus).value,
         "synced_generation": _generation_doc("synced_generation", status.synced_generation),
+        "view": _view_doc("view", status.view),
     }
     text = json.dumps(
         doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -465,6 +478,17 @@ def _generation_field(doc: dict[str, object], key: str) -> Generation:
     if not isinstance(origin, str) or (origin != "" and not _valid_name(origin)):
         raise _bad(f"{key} origin is not a node name")
     return Generation(counter, origin)
+
+
+def _view_field(doc: dict[str, object], key: str) -> View:
+    value = doc[key]
+    if not isinstance(value, list) or len(value) != 2:
+        raise _bad(f"{key} is not [epoch, counter]")
+    epoch, counter = value
+    for part in (epoch, counter):
+        if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part <= MAX_U64:
+            raise _bad(f"{key} is not two integers in 0..2**64-1")
+    return (epoch, counter)
 
 
 def _enum_field(doc: dict[str, object], key: str, known: dict[str, _E]) -> _E:
@@ -513,6 +537,8 @@ def decode_heartbeat(payload: bytes) -> PeerStatus:
         handover=_bool_field(doc, "handover"),
         last_state=_optional_state_field(doc, "last_state"),
         reason=reason,
+        view=_view_field(doc, "view"),
+        peer_view=_view_field(doc, "peer_view"),
     )
     # One encoding per status: whitespace, escapes, key order or duplicate keys
     # that json.loads tolerates would make two different frames mean the same thing.

@@ -23,6 +23,7 @@ from failover.core.state import (
     Settings,
     State,
     SubStatus,
+    evolve,
 )
 
 SETTINGS = Settings(
@@ -99,12 +100,20 @@ class Driver:
         return effects
 
     def hear(
-        self, status: PeerStatus, at: float | None = None, links: Iterable[str] = LINKS
+        self,
+        status: PeerStatus,
+        at: float | None = None,
+        links: Iterable[str] = LINKS,
+        *,
+        echo: bool = True,
     ) -> list[fx.Effect]:
-        """A heartbeat from the peer arrives on each of ``links`` at ``at``."""
+        """A heartbeat from the peer arrives on each of ``links`` at ``at``. With
+        ``echo`` it echoes alpha's current view (the peer sent it after hearing
+        what alpha announces now); without, it carries ``status.peer_view``."""
         effects: list[fx.Effect] = []
         for link in links:
-            effects += self.do(ev.HeartbeatReceived(link, status), at)
+            heard = evolve(status, peer_view=self.node.view) if echo else status
+            effects += self.do(ev.HeartbeatReceived(link, heard), at)
         return effects
 
     def run_until(self, until: float) -> list[fx.Effect]:

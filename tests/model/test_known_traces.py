@@ -100,3 +100,46 @@ def test_without_replicated_directories_a_split_brain_loser_keeps_its_generation
         info = cluster.apply(label)
         violations = check_step(config, pre, info, cluster.world)
         assert not violations, f"{label}: {'; '.join(map(str, violations))}"
+
+
+# Found by the audit of the e2e runs (3 in about 60 start-ups under load), not by
+# the model check of the time, whose network only ever delivered the newest
+# heartbeat: at the first meeting each node hears the `stop` its peer sent
+# before its own start, and each serves (a stopped peer never wins the tie).
+# (The journal's order, alpha winning the tie on beta's `wait`, is replayed on
+# two real cores in tests/core/test_node_views.py; since stops take a round in
+# the model, the shortest trace is this one.)
+FIRST_MEETING_ON_A_STALE_STOP = "stale lan alpha, stale lan beta"
+
+
+def _replay(cluster: Cluster, config: ClusterConfig, program: str) -> list[str]:
+    found: list[str] = []
+    for label in program.split(", "):
+        assert label in set(cluster.actions()), f"{label} is not enabled"
+        pre = cluster.world
+        info = cluster.apply(label)
+        found += [str(v) for v in check_step(config, pre, info, cluster.world)]
+    return found
+
+
+def test_without_the_view_echo_an_outdated_stop_makes_two_servers() -> None:
+    config = ClusterConfig(stale_frames=True)
+    cluster = Cluster(config, table=mutant_table("no-view-echo"), bounds=UNBOUNDED)
+    cluster.load(cluster.booted())
+    found = _replay(cluster, config, FIRST_MEETING_ON_A_STALE_STOP)
+    assert any(v.startswith("S1") for v in found), found
+
+
+def test_an_outdated_stop_makes_no_second_server_and_the_pair_forms() -> None:
+    config = ClusterConfig(stale_frames=True)
+    cluster = Cluster(config, bounds=UNBOUNDED)
+    cluster.load(cluster.booted())
+    assert _replay(cluster, config, FIRST_MEETING_ON_A_STALE_STOP) == []
+    assert not any(h.core is not None and h.core.state.serving for h in cluster.world.hosts)
+    target = goal(cluster, cluster.world)
+    assert target is not None
+    for _round in range(30):
+        if reached(cluster.world, target):
+            break
+        fair_round(cluster)
+    assert reached(cluster.world, target), cluster.world.hosts

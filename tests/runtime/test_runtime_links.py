@@ -24,6 +24,7 @@ from trio.testing import MockClock
 from failover.config import ClusterConfig, load_config
 from failover.runtime.control import NodeController
 from failover.runtime.daemon import run_node
+from failover.runtime.store import IncarnationStore
 
 pytestmark = pytest.mark.anyio
 
@@ -158,6 +159,10 @@ async def test_two_daemons_pair_as_primary_and_secondary(tmp_path: Path) -> None
         assert status["peer"]["alive"] is True
         assert all(link["up"] for link in status["links"])
         assert [t["to"] for t in alpha.controller.transitions(100)][-1] == status["state"]
+        # each core numbers its views in its run's own epoch: the daemon's incarnation
+        for node in c.nodes.values():
+            incarnation = IncarnationStore(c.config.node_dir(node.name) / "incarnation.json")
+            assert node.controller.node.status().view[0] == incarnation.current() > 0
         # The only frames dropped are those each node sent before it had heard the
         # other's run (they echo nothing yet): at the start, never once paired.
         startup = {n.name: n.status()["frames"] for n in c.nodes.values()}

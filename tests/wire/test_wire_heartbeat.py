@@ -53,6 +53,8 @@ BASE = PeerStatus(
     fingerprint="0f" * 32,
     handover=False,
     reason="",
+    view=(1733390000000000000, 7),
+    peer_view=(1733390000000000001, 4),
 )
 
 
@@ -71,8 +73,9 @@ def document(**changes: object) -> bytes:
 def test_payload_is_compact_json_with_sorted_keys() -> None:
     assert encode_heartbeat(BASE) == (
         b'{"consistent":true,"fingerprint":"' + b"0f" * 32 + b'","generation":[3,"alpha"],'
-        b'"handover":false,"last_state":null,"node":"alpha","reason":"","state":"primary",'
-        b'"substatus":"ready","synced_generation":[2,"beta"]}'
+        b'"handover":false,"last_state":null,"node":"alpha",'
+        b'"peer_view":[1733390000000000001,4],"reason":"","state":"primary",'
+        b'"substatus":"ready","synced_generation":[2,"beta"],"view":[1733390000000000000,7]}'
     )
 
 
@@ -139,6 +142,16 @@ def test_the_document_helper_rebuilds_the_canonical_form() -> None:
         document(generation={"counter": 1, "origin": "alpha"}),
         document(generation=[1, "Alpha"]),
         document(synced_generation=[1]),
+        document(view=[1]),
+        document(view=[1, 2, 3]),
+        document(view=[-1, 2]),
+        document(view=[1, 2**64]),
+        document(view=[1, 2.0]),
+        document(view=[False, 2]),
+        document(view=None),
+        document(peer_view={"epoch": 1, "counter": 2}),
+        document(peer_view=[2**64, 0]),
+        document(peer_view="1,2"),
         document(consistent=1),
         document(consistent="true"),
         document(handover=None),
@@ -193,6 +206,9 @@ def test_reason_is_made_printable_and_cut_on_the_way_out() -> None:
         {"generation": Generation(-1, "alpha")},
         {"synced_generation": Generation(2**63, "alpha")},
         {"generation": Generation(1, "Bad")},
+        {"view": (-1, 0)},
+        {"peer_view": (0, 2**64)},
+        {"view": (1,)},
     ],
 )
 def test_encode_refuses_a_status_no_peer_would_accept(change: dict[str, object]) -> None:

@@ -21,6 +21,7 @@ from functools import partial
 from failover.core.state import Generation, PeerStatus, State, SubStatus
 from failover.wire import (
     MAX_FRAME,
+    PROTOCOL_VERSION,
     FrameCodec,
     Inbound,
     Outbound,
@@ -73,7 +74,7 @@ def raw_frame(
     *,
     key: bytes | None = KEY,
     magic: bytes = b"FOVR",
-    version: int = 2,
+    version: int = PROTOCOL_VERSION,
     kind: int = 1,
     flags: int | None = None,
     sender: bytes = PEER.encode(),
@@ -126,6 +127,8 @@ def random_status(rng: random.Random, node: str = PEER, big: bool = False) -> Pe
         fingerprint=rng.choice(("", hashlib.sha256(rng.randbytes(8)).hexdigest())),
         handover=rng.random() < 0.1,
         reason="".join(rng.choice(_REASON_CHARS) for _ in range(rng.randint(0, 40))),
+        view=(rng.randint(0, 2**64 - 1 if big else top), rng.randint(0, top)),
+        peer_view=(rng.randint(0, 2**64 - 1 if big else top), rng.randint(0, top)),
     )
 
 
@@ -193,6 +196,9 @@ def bad_payloads(rng: random.Random) -> Iterator[bytes]:
             good.replace('"generation":[', '"generation":[-'),
             good.replace('"generation":[', '"generation":[1e3,'),
             good.replace('"generation":[', '"generation":[9223372036854775808,'),
+            good.replace('"view":[', '"view":[-'),
+            good.replace('"peer_view":[', '"peer_view":[18446744073709551616,'),
+            good.replace('"view":[', '"view":[0,'),
             good.replace('"consistent":', '"consistent":1 or '),
             good.replace('"fingerprint":"', '"fingerprint":"<'),
             good.replace('"reason":"', '"reason":"' + "r" * 257),
@@ -321,7 +327,7 @@ class Corpus:
         yield emit("insecure peer", fresh(key=None), Reason.BAD_MAC)
         yield emit(
             "wrong version",
-            fresh(version=rng.choice((0, 1, 3, 255))),
+            fresh(version=rng.choice((0, 1, 2, 4, 255))),
             Reason.BAD_VERSION,
         )
         yield emit("wrong cluster", fresh(cluster=cluster_id("other")), Reason.WRONG_CLUSTER)

@@ -42,6 +42,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="check a deliberately broken table instead of the real one",
     )
+    parser.add_argument(
+        "--newest-frames-only",
+        action="store_true",
+        help="never deliver a heartbeat sent before its sender's last change of state "
+        "(by default the network may, as a fault): the smaller network of earlier versions",
+    )
     parser.add_argument("--no-liveness", action="store_true", help="skip the L1/L2 checks")
     parser.set_defaults(handler=run)
 
@@ -51,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         print("failover model-check: --depth must be at least 1")
         return 2
     links = ("lan", "serial", "crossover")[: args.links]
-    config = ClusterConfig(links=links, arbitrator=args.arbitrator == "witness")
+    config = ClusterConfig(
+        links=links,
+        arbitrator=args.arbitrator == "witness",
+        stale_frames=not args.newest_frames_only,
+    )
     bounds = Bounds(faults=args.faults, admin=args.commands, writes=args.writes)
     table = mutant_table(args.mutant) if args.mutant else None
     roots = ROOTS if args.root == "all" else (args.root,)

@@ -10,7 +10,7 @@ reads a clock or touches I/O: ``now`` is always given.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from transitions import EventData, Machine
@@ -19,12 +19,14 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, relation
 from failover.core.state import (
+    NO_VIEW,
     Generation,
     Metadata,
     PeerStatus,
     Settings,
     State,
     SubStatus,
+    View,
     evolve,
 )
 from failover.core.table import Row, Table
@@ -127,6 +129,7 @@ class NodeSnapshot:
     forced: bool
     full_resync: bool
     checkers_down: frozenset[str]
+    view: View = NO_VIEW
 
     @property
     def substatus(self) -> SubStatus:
@@ -246,9 +249,12 @@ class Node:
         self._cursor = _Cursor()
         self._machine = self._build_machine()
 
-    def reset(self, metadata: Metadata) -> None:
-        """Forget everything but ``metadata``: the state of a daemon just started."""
+    def reset(self, metadata: Metadata, epoch: int | None = None) -> None:
+        """Forget everything but ``metadata``: the state of a daemon just started.
+        Its views start at ``(epoch, 0)`` (default ``settings.epoch``): the epoch
+        must be larger than any earlier run of this node used."""
         self.metadata = metadata
+        self.view: View = (self.settings.epoch if epoch is None else epoch, 0)
         self.reason = "module stopped"
         self.peer: PeerStatus | None = None
         self.peer_alive = False
@@ -309,6 +315,8 @@ class Node:
             handover=self.handover == "done",
             last_state=meta.last_state,
             reason=self.reason[:256],
+            view=self.view,
+            peer_view=NO_VIEW if self.peer is None else self.peer.view,
         )
 
     def reconfigure(self, settings: Settings) -> None:
@@ -320,7 +328,7 @@ class Node:
             self.settings.links,
         ):
             raise ValueError("node name, peer and links cannot change without a restart")
-        self.settings = settings
+        self.settings = replace(settings, epoch=self.settings.epoch)  # fixed for the run
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``handle(Timer(), now)`` has something to do."""
@@ -350,24 +358,45 @@ class Node:
         self.event = event
         self.outbox = []
         self._discount_pause(now)
-        before = (self.state, self.substatus, self.reason, self.handover == "done")
+        announced, heard = self._announced(), self._heard_view()
         meta_before = self.metadata
         fence_before = (self.writes_fenced, self.state.serving)
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
-        self._housekeep()
         effects = self.outbox
+        changed = self._announced() != announced
+        if changed:
+            self.view = (self.view[0], self.view[1] + 1)
+        if changed or self._heard_view() != heard:
+            # at once: a new view, or the echo of the peer's new one, which the
+            # peer waits for before it serves on what we announce (_housekeep
+            # then sends no second one)
+            self.next_heartbeat_at = now
+        self._housekeep()
         if self.metadata != meta_before:
             effects.insert(0, fx.PersistMetadata(self.metadata))
-        after = (self.state, self.substatus, self.reason, self.handover == "done")
-        if after[:2] != before[:2] or after[3] != before[3]:
-            effects.append(fx.SendHeartbeat(self.status()))
-            self.next_heartbeat_at = now + self.settings.heartbeat_interval
         fence = (self.writes_fenced, self.state.serving)
         if fence != fence_before:  # after PersistMetadata: a lifted fence follows the mint
             effects.append(fx.FenceWrites(*fence))
         self.outbox = []
         return effects
+
+    def _announced(self) -> tuple[object, ...]:
+        """What the peer decides on in our heartbeats (the reason aside): a
+        change of any of it is a new view."""
+        meta = self.metadata
+        return (
+            self.state,
+            self.substatus,
+            self.handover == "done",
+            meta.generation,
+            meta.synced_generation,
+            meta.consistent,
+            meta.last_state,
+        )
+
+    def _heard_view(self) -> View:
+        return NO_VIEW if self.peer is None else self.peer.view
 
     # --- snapshots (for the model checker) ---------------------------------------------
 
@@ -396,6 +425,7 @@ class Node:
             forced=self.forced,
             full_resync=self.full_resync,
             checkers_down=self.checkers_down,
+            view=self.view,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -422,6 +452,7 @@ class Node:
         self.forced = snap.forced
         self.full_resync = snap.full_resync
         self.checkers_down = snap.checkers_down
+        self.view = snap.view
 
     # --- internals --------------------------------------------------------------------
 

@@ -192,6 +192,15 @@ def peer_in_sync_ready(node: Node, row: Row) -> bool:
 
 
 @guard
+def peer_echoes_view(node: Node, row: Row) -> bool:
+    """The peer's last heartbeat echoes this node's current view: the peer sent
+    it after hearing what this node announces now, so what it announces is not
+    a state it left on hearing ours (a frame sent before its last change can
+    arrive after it; the newer one is then still on its way)."""
+    return node.peer is not None and node.peer.peer_view == node.view
+
+
+@guard
 def fingerprint_mismatch(node: Node, row: Row) -> bool:
     return node.peer is not None and node.peer.fingerprint != node.settings.fingerprint
 

@@ -111,9 +111,24 @@ class Metadata:
         return evolve(self, **changes)
 
 
+View = tuple[int, int]
+"""A node's announced view: (epoch, counter). ``epoch`` is larger than any
+earlier run of the node used (the runtime gives its incarnation); ``counter``
+starts at 0 at every start and grows by one whenever what the node announces
+(state, sub-status, hand-over, generations, consistency, last data role)
+changes. Only equality is ever asked of two views."""
+
+NO_VIEW: View = (0, 0)
+
+
 @dataclass(frozen=True)
 class PeerStatus:
-    """What a node announces in every heartbeat, and learns of its peer."""
+    """What a node announces in every heartbeat, and learns of its peer.
+
+    ``view`` numbers what the sender announces; ``peer_view`` echoes the newest
+    view of the receiver that the sender had heard when it sent this status
+    (``NO_VIEW`` before any): a status that echoes the receiver's current view
+    was decided knowing what the receiver announces now."""
 
     node: str
     state: State
@@ -125,6 +140,8 @@ class PeerStatus:
     handover: bool = False
     last_state: State | None = None
     reason: str = ""
+    view: View = NO_VIEW
+    peer_view: View = NO_VIEW
 
     @property
     def serving(self) -> bool:
@@ -160,6 +177,8 @@ class Settings:
     preferred: str | None = None
     split_brain_winner: str | None = None
     checkers: tuple[str, ...] = field(default=())
+    # the epoch of this run's views (see ``View``): larger than any earlier run's
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.failback not in ("none", "preferred", "last-primary"):

@@ -123,6 +123,14 @@ def _restless_swap(spec: Spec) -> None:
             row["when"] = ["peer_in_sync_ready", "app_ready"]
 
 
+def _no_view_echo(spec: Spec) -> None:
+    """A node serves on what its peer announced in a heartbeat sent before the
+    peer heard its current state (the view echo rows are gone)."""
+    for state in ("wait", "secondary"):
+        rows = _rows(spec, state, "heartbeat")
+        rows[:] = [r for r in rows if "not peer_echoes_view" not in r.get("when", [])]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -141,6 +149,7 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
+    "no-view-echo": Mutant(_no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo),
 }
 
 

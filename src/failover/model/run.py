@@ -85,6 +85,8 @@ class ModelReport:
         arb = "witness" if cfg.arbitrator else "none"
         lines = [
             f"model check: links {', '.join(cfg.links)}; arbitrator {arb}; "
+            f"{'' if cfg.stale_frames else 'newest frames only; '}"
+            f"{'no data; ' if cfg.no_data else ''}"
             f"bounds: {self.bounds.faults} faults, {self.bounds.admin} commands, "
             f"{self.bounds.writes} writes per trace",
         ]

@@ -4,8 +4,12 @@ Everything outside the cores is simulated here, as plainly as possible, and
 is the ground truth the invariants are checked against:
 
 - the network: for each link and direction, the newest heartbeat in flight
-  (a newer one replaces an undelivered older one, as the wire layer's replay
-  window would discard the older one anyway); a link can be partitioned;
+  (a round delivers only the newest: the wire layer hands the core the newest
+  status it received, never an older one after it) and, with
+  ``stale_frames``, the oldest undelivered one before it: a frame sent before the
+  sender changed its state can still reach the receiver before the newer one
+  does (it was already in a socket buffer or a receive queue), so a decision
+  may be taken on an outdated view of the peer; a link can be partitioned;
   messages can be delivered, duplicated or dropped;
 - the disks: each node's data is the set of write ids it holds, plus a
   quarantine set, and the metadata it persisted;
@@ -27,14 +31,22 @@ hashable ``World`` so the checker can explore millions of steps reusing two
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.arbitration import LeaseRecord, decide_renewal, decide_request
 from failover.core.node import Node, NodeSnapshot
-from failover.core.state import Generation, Metadata, PeerStatus, Settings, State, evolve
+from failover.core.state import (
+    Generation,
+    Metadata,
+    PeerStatus,
+    Settings,
+    State,
+    View,
+    evolve,
+)
 from failover.core.table import Table
 
 NAMES = ("alpha", "beta")
@@ -79,6 +91,11 @@ class ClusterConfig:
     # completes at once on each side (target and source alike), and no write is
     # replicated (writes are not explored)
     no_data: bool = False
+    # a frame sent before the sender's last change of status can still be delivered
+    # (once, as a fault) before the newer one: the network keeps, per link and
+    # direction, the newest undelivered frame and the oldest one sent before it
+    # (False: only the newest is ever delivered, the network before issue 8)
+    stale_frames: bool = True
 
     def settings(self, index: int) -> Settings:
         t = self.timing
@@ -123,6 +140,8 @@ class World:
     now: float
     hosts: tuple[Host, Host]
     channels: tuple[tuple[tuple[str, int], PeerStatus], ...] = ()  # ((link, sender), status)
+    # the oldest undelivered frame sent before the newest one, per channel (stale_frames only)
+    stale: tuple[tuple[tuple[str, int], PeerStatus], ...] = ()
     delayed: frozenset[tuple[str, int]] = frozenset()  # held back at the next round
     partitioned: frozenset[str] = frozenset()
     lease: LeaseRecord | None = None
@@ -154,6 +173,33 @@ class World:
     def diverged(self, a: Generation, b: Generation) -> bool:
         """Neither history contains the other: they split (blind or forced)."""
         return not (self.descends(a, b) or self.descends(b, a))
+
+    def views_of(self, i: int) -> set[View]:
+        """Every view of node ``i`` the world holds: its own, what its peer heard
+        and echoes, and what the frames in flight carry."""
+        found: set[View] = set()
+        core, other = self.hosts[i].core, self.hosts[1 - i].core
+        if core is not None:
+            found.add(core.view)
+            if core.peer is not None:
+                found.add(core.peer.peer_view)
+        if other is not None and other.peer is not None:
+            found.add(other.peer.view)
+        for (_link, sender), status in self.channels + self.stale:
+            found.add(status.view if sender == i else status.peer_view)
+        return found
+
+    def _view_ranks(self) -> tuple[Callable[[View], int], Callable[[View], int]]:
+        """Views abstracted for deduplication: the cores only ask whether two views
+        are equal, and a new view is above every earlier one of its node; so each
+        is replaced by its rank among the node's views the world holds (0 the
+        newest), which keeps every equality and every future alike."""
+
+        def ranker(i: int) -> Callable[[View], int]:
+            order = {v: n for n, v in enumerate(sorted(self.views_of(i), reverse=True))}
+            return order.__getitem__
+
+        return ranker(0), ranker(1)
 
     def key(self, horizon: float) -> tuple[object, ...]:
         """A flat summary of this world with every time relative to now and
@@ -189,22 +235,25 @@ class World:
                 lease.granted_from,
             )
         )
-        channels = tuple(
-            (
-                key,
-                s.state,
-                s.substatus,
-                s.generation,
-                s.synced_generation,
-                s.consistent,
-                s.handover,
-                s.last_state,
+        rank = self._view_ranks()
+        channels = tuple(_frame_key(key, s, rank) for key, s in self.channels)
+        stale = tuple(_frame_key(key, s, rank) for key, s in self.stale)
+        peers = tuple(
+            None
+            if h.core is None
+            else (
+                rank[i](h.core.view),
+                None
+                if h.core.peer is None
+                else (rank[1 - i](h.core.peer.view), rank[i](h.core.peer.peer_view)),
             )
-            for key, s in self.channels
+            for i, h in enumerate(self.hosts)
         )
         return (
             hosts,
+            peers,
             channels,
+            stale,
             self.delayed,
             self.partitioned,
             lease_key,
@@ -260,15 +309,17 @@ class Cluster:
         return World(now=0.0, hosts=hosts, lease=lease)  # type: ignore[arg-type]
 
     def booted(self) -> World:
-        """Both daemons just launched with autostart on fresh disks."""
+        """Both daemons just launched with autostart on fresh disks: as the real
+        daemon, each sends its first heartbeat (``stop``) before the autostart."""
         self.load(self.initial())
         for i in range(2):
+            self._handle(i, ev.Timer(), StepInfo("boot"))
             self._handle(i, ev.Start(), StepInfo("boot"))
         return self.world
 
-    def _fresh_core(self, index: int, metadata: Metadata) -> NodeSnapshot:
+    def _fresh_core(self, index: int, metadata: Metadata, epoch: int = 0) -> NodeSnapshot:
         node = self.nodes[index]
-        node.reset(metadata)
+        node.reset(metadata, epoch=epoch)
         return node.snapshot()
 
     def load(self, world: World) -> None:
@@ -309,6 +360,9 @@ class Cluster:
                     yield f"delay {link} {name}"
                 if self.up(1 - sender):
                     yield f"duplicate {link} {name}"
+            for (link, sender), _status in w.stale:
+                if self.up(1 - sender):
+                    yield f"stale {link} {NAMES[sender]}"
         for i in range(2):
             host = w.hosts[i]
             core = host.core
@@ -348,7 +402,7 @@ class Cluster:
             self.world = evolve(self.world, commands=self.world.commands + 1)
         if verb == "tick":
             self._tick(info)
-        elif verb in ("deliver", "duplicate", "drop", "delay"):
+        elif verb in ("deliver", "duplicate", "drop", "delay", "stale"):
             link, sender_name = arg.split()
             self._message(verb, link, NAMES.index(sender_name), info)
         elif verb in ("partition", "heal"):
@@ -413,6 +467,10 @@ class Cluster:
                 if any(k == (link, sender) for k, _ in self.world.channels):
                     self._message("deliver", link, sender, info)
             held = frozenset()
+        if self.world.stale:
+            # the round delivered every newest frame (a held one last), which
+            # supersedes the older ones; those whose newest was dropped are lost
+            self.world = evolve(self.world, stale=())
         for i in range(2):
             if self.up(i) and self.world.hosts[i].app_stopping:
                 # the stop script ends: the application and the VIP are released
@@ -434,16 +492,28 @@ class Cluster:
                 self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
 
     def _message(self, verb: str, link: str, sender: int, info: StepInfo) -> None:
-        channels = dict(self.world.channels)
-        status = channels[(link, sender)]
-        if verb == "delay":
-            self.world = evolve(self.world, delayed=self.world.delayed | {(link, sender)})
-            return
-        if verb != "duplicate":
-            del channels[(link, sender)]
-            self.world = evolve(self.world, channels=tuple(sorted(channels.items(), key=_chan_key)))
-        if verb == "drop":
-            return
+        if verb == "stale":
+            # the older frame arrives first: the newer one is still in flight
+            stale = dict(self.world.stale)
+            status = stale.pop((link, sender))
+            self.world = evolve(self.world, stale=tuple(sorted(stale.items(), key=_chan_key)))
+        else:
+            channels = dict(self.world.channels)
+            status = channels[(link, sender)]
+            if verb == "delay":
+                self.world = evolve(self.world, delayed=self.world.delayed | {(link, sender)})
+                return
+            if verb != "duplicate":
+                del channels[(link, sender)]
+                self.world = evolve(
+                    self.world, channels=tuple(sorted(channels.items(), key=_chan_key))
+                )
+            if verb == "drop":
+                return
+            if self.world.stale:
+                # the receiver has the newest: it never hands on an older one after it
+                kept = tuple(c for c in self.world.stale if c[0][1] != sender)
+                self.world = evolve(self.world, stale=kept)
         target = 1 - sender
         self._set_host(target, last_heard=self.world.now)
         was_serving = self.state(target) in (State.ALONE, State.PRIMARY)
@@ -455,7 +525,10 @@ class Cluster:
         w = self.world
         if cut:
             channels = tuple(c for c in w.channels if c[0][0] != link)
-            self.world = evolve(w, partitioned=w.partitioned | {link}, channels=channels)
+            stale = tuple(c for c in w.stale if c[0][0] != link)
+            self.world = evolve(
+                w, partitioned=w.partitioned | {link}, channels=channels, stale=stale
+            )
         else:
             self.world = evolve(w, partitioned=w.partitioned - {link})
 
@@ -463,12 +536,15 @@ class Cluster:
         """Every process of the server dies: daemon and application. The disk stays."""
         w = self.world
         channels = tuple(c for c in w.channels if c[0][1] != i)
-        self.world = evolve(w, channels=channels)
+        stale = tuple(c for c in w.stale if c[0][1] != i)
+        self.world = evolve(w, channels=channels, stale=stale)
         self._set_host(i, core=None, app_running=False, app_stopping=False, resync_final=None)
         # the lease stays with the dead holder until it expires at the arbitrator
 
     def _restart(self, i: int, info: StepInfo) -> None:
-        self._set_host(i, core=self._fresh_core(i, self.world.hosts[i].stored))
+        # a new run's views are above any the world still holds of the last one
+        epoch = 1 + max((view[0] for view in self.world.views_of(i)), default=0)
+        self._set_host(i, core=self._fresh_core(i, self.world.hosts[i].stored, epoch))
         self._handle(i, ev.Start(), info)
 
     def _write(self, i: int, info: StepInfo) -> None:
@@ -629,10 +705,23 @@ class Cluster:
         elif isinstance(effect, fx.SendHeartbeat):
             status = evolve(effect.status, reason="")
             channels = dict(self.world.channels)
+            stale = dict(self.world.stale)
             for link in self.config.links:
                 if link not in self.world.partitioned:
+                    before = channels.get((link, k))
                     channels[(link, k)] = status
-            self.world = evolve(self.world, channels=tuple(sorted(channels.items(), key=_chan_key)))
+                    older = stale.pop((link, k), None)
+                    if before is None or not self.config.stale_frames:
+                        continue  # nothing older in flight (delivered, superseded or lost)
+                    # keep the oldest frame still in flight: the most outdated view
+                    older = older if older is not None else before
+                    if older != status:
+                        stale[(link, k)] = older
+            self.world = evolve(
+                self.world,
+                channels=tuple(sorted(channels.items(), key=_chan_key)),
+                stale=tuple(sorted(stale.items(), key=_chan_key)),
+            )
         elif isinstance(effect, fx.StartApp):
             self._set_host(k, app_running=True)
             return ev.AppStarted()
@@ -708,7 +797,36 @@ def _chan_key(item: tuple[tuple[str, int], PeerStatus]) -> tuple[str, int]:
     return item[0]
 
 
+def _frame_key(
+    channel: tuple[str, int], s: PeerStatus, rank: tuple[Callable[[View], int], ...]
+) -> tuple[object, ...]:
+    """A frame in flight as the deduplication key sees it (the reason left out)."""
+    sender = channel[1]
+    return (
+        channel,
+        rank[sender](s.view),
+        rank[1 - sender](s.peer_view),
+        s.state,
+        s.substatus,
+        s.generation,
+        s.synced_generation,
+        s.consistent,
+        s.handover,
+        s.last_state,
+    )
+
+
 FAULTS = frozenset(
-    {"crash", "drop", "delay", "duplicate", "partition", "arb_cut", "app_fail", "checker_down"}
+    {
+        "crash",
+        "drop",
+        "delay",
+        "duplicate",
+        "stale",
+        "partition",
+        "arb_cut",
+        "app_fail",
+        "checker_down",
+    }
 )
 COMMANDS = tuple(ev.ADMIN_COMMANDS)

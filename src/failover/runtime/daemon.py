@@ -49,7 +49,7 @@ import os
 import signal
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -664,7 +664,8 @@ class Daemon:
         self.journal = AuditJournal(self.node_dir / JOURNAL_NAME, node=name, boot=incarnation)
         self._step = 0
         self._heard = None
-        settings = config.core_settings(name)
+        # the core's views of this run are numbered above any earlier run's (its incarnation)
+        settings = replace(config.core_settings(name), epoch=incarnation)
         self.node = self.node_factory(settings, metadata)
         codec = FrameCodec(config.cluster.name, config.read_key())
         self.outbound = Outbound(codec, name, incarnation)
