@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.pluginscmd",
     "failover.cli.quarantinecmd",
     "failover.cli.democmd",
+    "failover.cli.auditcmd",
 )
 
 Handler = Callable[[argparse.Namespace], int]

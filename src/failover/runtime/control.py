@@ -21,6 +21,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Metadata, PeerStatus, State, SubStatus
 from failover.errors import UsageError
+from failover.runtime.logging import monotonic
 
 if TYPE_CHECKING:
     from failover.runtime.dataplane import DataPlane
@@ -94,9 +95,13 @@ Submit = Callable[[ev.Event], Awaitable[list[fx.Effect]]]
 
 
 def transition_record(record: fx.TransitionRecord) -> dict[str, Any]:
-    """The JSON-ready form of a transition, as logged and as ``transitions`` returns it."""
+    """The JSON-ready form of a transition, as logged and as ``transitions`` returns it.
+
+    ``mono`` is ``CLOCK_MONOTONIC`` (shared by every network namespace of the
+    machine: both nodes' records of a lab run compare), ``time`` the wall clock."""
     return {
         "time": datetime.fromtimestamp(time.time(), UTC).isoformat(timespec="milliseconds"),
+        "mono": monotonic(),
         "node": record.node,
         "from": record.source,
         "event": record.event,

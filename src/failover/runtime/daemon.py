@@ -48,6 +48,7 @@ from anyio.abc import TaskGroup
 
 from failover.api.schema import read_token_file
 from failover.api.server import ControlEndpoints, serve_control
+from failover.audit import JOURNAL_NAME
 from failover.config import ClusterConfig, load_config
 from failover.config.models import ReplicationSection
 from failover.core import effects as fx
@@ -63,6 +64,7 @@ from failover.runtime.control import CoreNode, NodeController, transition_record
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
+from failover.runtime.logging import AuditJournal
 from failover.runtime.store import IncarnationStore, MetadataStore
 from failover.runtime.timer import DeadlineSignal, run_timer
 from failover.tls import tls_context
@@ -248,6 +250,7 @@ class Daemon:
         self._checkers_scope: anyio.CancelScope | None = None
         self._encode_failed = False
         self.log = log.bind(node=node_name)
+        self._heard: tuple[str, str, bool] | None = None
 
     # --- producers -----------------------------------------------------------------------
 
@@ -286,6 +289,7 @@ class Daemon:
                         self.log.exception("the core failed: stopping the daemon")
                         raise
                     self._apply(effects)
+                    self._journal_step(effects)
                 self.deadlines.publish(self.node.next_deadline())
                 if envelope.reply is not None:
                     envelope.reply.effects = effects
@@ -346,6 +350,44 @@ class Daemon:
         self.controller.record(entry)
         fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
         self.log.info("transition", core_event=record.event, **fields)
+
+    def _journal_step(self, effects: list[fx.Effect]) -> None:
+        """The audit journal's records of one ``handle`` call (docs/audit.md): what the
+        node now hears of its peer when that changed or a link came up, then each
+        persisted metadata, link change and transition, in the core's order."""
+        self._step += 1
+        step, journal = self._step, self.journal
+        node: CoreNode = self.node
+        metadata = node.metadata
+        peer = node.peer
+        heard = None if peer is None else (peer.state.value, str(peer.generation), peer.handover)
+        link_up = any(isinstance(e, fx.LinkChanged) and e.up for e in effects)
+        if heard is not None and (heard != self._heard or link_up):
+            self._heard = heard
+            journal.write("peer", step=step, state=heard[0], generation=heard[1], handover=heard[2])
+        for effect in effects:
+            if isinstance(effect, fx.PersistMetadata):
+                journal.write("meta", step=step, **_metadata_fields(effect.metadata))
+            elif isinstance(effect, fx.LinkChanged):
+                journal.write("link", step=step, link=effect.link, up=effect.up)
+            elif isinstance(effect, fx.TransitionRecord):
+                entry = transition_record(effect)
+                del entry["time"], entry["node"]
+                entry.update(synced=str(metadata.synced_generation))
+                entry.update(consistent=metadata.consistent)
+                journal.write("transition", step=step, **entry)
+
+    def _journal_start(self, recovered: bool | str) -> None:
+        settings = self.config.core_settings(self.name)
+        self.journal.write(
+            "start",
+            pid=os.getpid(),
+            links=[link.name for link in self.config.links],
+            split_brain_winner=settings.split_brain_winner,
+            recovered=recovered,
+            timing=self.config.timing.model_dump(),
+            **_metadata_fields(self.node.metadata),
+        )
 
     async def _fire_timer(self) -> None:
         await self.report(ev.Timer())
@@ -479,6 +521,9 @@ class Daemon:
         self.store = MetadataStore(self.node_dir / "metadata.json")
         metadata = self.store.load()
         incarnation = IncarnationStore(self.node_dir / "incarnation.json").next()
+        self.journal = AuditJournal(self.node_dir / JOURNAL_NAME, node=name, boot=incarnation)
+        self._step = 0
+        self._heard = None
         settings = config.core_settings(name)
         self.node = self.node_factory(settings, metadata)
         codec = FrameCodec(config.cluster.name, config.read_key())
@@ -580,12 +625,19 @@ class Daemon:
             except VipError as exc:
                 # Not fatal: the interface may appear later; StartApp will say why it fails.
                 self.log.error("virtual IP not ready", error=str(exc))
+        recovered: bool | str = "timeout"
         with anyio.move_on_after(self.app.budget):
-            await self.app.recover()
+            recovered = await self.app.recover()
+        self._journal_start(recovered)
         if self.data is not None:
             await tg.start(self.data.run)  # mounts every directory read-only
         self.executor = ActionExecutor(
-            self.app, self.report, repeat_in=tg, on_progress=self._notify, data=self.data
+            self.app,
+            self.report,
+            repeat_in=tg,
+            on_progress=self._notify,
+            data=self.data,
+            journal=self.journal.write,
         )
         tg.start_soon(self._event_loop)
         tg.start_soon(self.executor.run)
@@ -608,7 +660,19 @@ class Daemon:
             self.log.error("cleanup did not complete in time")
         if self.vip is not None:
             self.vip.close()
+        self.journal.write("exit", state=self.node.state.value, app_running=self.app.running)
+        self.journal.close()
         self.log.info("node stopped", state=self.node.state.value)
+
+
+def _metadata_fields(metadata: Metadata) -> dict[str, Any]:
+    last = metadata.last_state
+    return {
+        "generation": str(metadata.generation),
+        "synced": str(metadata.synced_generation),
+        "consistent": metadata.consistent,
+        "last_state": None if last is None else last.value,
+    }
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

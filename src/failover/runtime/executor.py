@@ -35,6 +35,8 @@ from failover.runtime.dataplane import DataPlane
 log = structlog.get_logger("failover.executor")
 
 Report = Callable[[ev.Event], Awaitable[None]]
+Journal = Callable[..., None]
+"""``AuditJournal.write``: the application's real start and stop, for ``failover audit``."""
 
 DEFAULT_DEADLINE = 5.0
 """Seconds allowed to an action that runs no operator script."""
@@ -85,7 +87,9 @@ class ActionExecutor:
         repeat_in: TaskGroup | None = None,
         on_progress: Callable[[], None] = lambda: None,
         data: DataPlane | None = None,
+        journal: Journal | None = None,
     ) -> None:
+        self.journal = journal
         self.app = app
         self.data = data
         self.report = report
@@ -133,6 +137,7 @@ class ActionExecutor:
         reason = f"{effect.name} did not finish within {deadline:g} s"
         log.error("action abandoned at its deadline", effect=effect.name, deadline=deadline)
         if isinstance(effect, fx.StartApp):
+            self._note("start", "abandoned", ok=False, problem=reason)
             return ev.AppFailed(reason=reason)
         if isinstance(effect, fx.StopApp):
             # The core must learn the stop is over; the VIP release is retried
@@ -140,6 +145,7 @@ class ActionExecutor:
             with anyio.move_on_after(DEFAULT_DEADLINE):
                 await self.app.release_vip()
             self.app.running = False
+            self._note("stop", "abandoned", ok=False, problem=reason)
             return ev.AppStopped()
         if isinstance(effect, fx.StartResync) and effect.role == "target":
             return ev.ResyncFailed(reason=reason)
@@ -150,16 +156,20 @@ class ActionExecutor:
             return await self._perform_data(self.data, effect)
         match effect:
             case fx.StartApp():
+                self._note("start", "begin")
                 if self.data is not None:
                     await self.data.serve()
                 failure = await self.app.start(self.repeat_in)
+                self._note("start", "end", ok=failure is None, problem=failure)
                 return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
             case fx.StopApp():
+                self._note("stop", "begin")
                 problem = await self.app.stop()
                 if problem is not None:
                     log.error("application stopped with a problem", problem=problem)
                 if self.data is not None:
                     await self.data.unserve()
+                self._note("stop", "end", ok=problem is None, problem=problem)
                 return ev.AppStopped()
             case fx.StartResync(role="target", generation=generation):
                 # No replicated directory: the resync of nothing is complete, at
@@ -183,6 +193,12 @@ class ActionExecutor:
             case _:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
+
+    def _note(self, action: str, phase: str, **fields: object) -> None:
+        """Journal the application's (and virtual IP's) real start or stop."""
+        if self.journal is not None:
+            vip = None if self.app.vip is None else str(self.app.vip.address)
+            self.journal("resource", action=action, phase=phase, vip=vip, **fields)
 
     async def _perform_data(self, data: DataPlane, effect: fx.Effect) -> ev.Event | None:
         """A data effect on the replicated directories: its outcome, if it has one now."""

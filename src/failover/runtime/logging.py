@@ -12,8 +12,11 @@ Only the runtime configures logging; ``core/`` never installs a handler.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import sys
+import time
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,6 +24,8 @@ from typing import Any, TextIO
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
+JOURNAL_FORMAT = 1
+"""Version of the audit journal's records (``failover.audit.FORMAT_VERSION``)."""
 
 
 def _open_log_file(path: Path) -> TextIO:
@@ -81,3 +86,103 @@ def configure_logging(
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+JOURNAL_MAX_BYTES = 16 * 1024 * 1024
+"""Size at which the audit journal is rotated (``audit.jsonl`` -> ``audit.jsonl.1``)."""
+JOURNAL_BACKUPS = 8
+"""Rotated journals kept (``.1`` newest ... ``.8`` oldest): 144 MiB at most per node."""
+
+
+def monotonic() -> float:
+    """``CLOCK_MONOTONIC``: the one clock every network namespace of a machine shares
+    (``anyio.current_time()`` is virtual in tests, so records never use it)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+class AuditJournal:
+    """The node's audit journal: one JSON object per line, appended, line-buffered.
+
+    ``write(kind, **fields)`` adds ``v``, ``kind``, ``node``, ``boot`` (the
+    daemon's incarnation), ``seq`` (per boot) and ``mono`` (``monotonic()``).
+    The records and what ``failover audit`` checks with them are in
+    docs/audit.md. A write that fails (full or failing disk) is reported once in
+    the log and skipped: the journal never stops the daemon. Past
+    ``max_bytes`` the file is rotated, keeping ``backups`` older files.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        node: str,
+        boot: int,
+        max_bytes: int = JOURNAL_MAX_BYTES,
+        backups: int = JOURNAL_BACKUPS,
+    ) -> None:
+        self.path = path
+        self.node = node
+        self.boot = boot
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.seq = 0
+        self._file: TextIO | None = None
+        self._failing = False
+
+    def write(self, kind: str, /, **fields: Any) -> None:
+        self.seq += 1
+        record = {
+            "v": JOURNAL_FORMAT,
+            "kind": kind,
+            "node": self.node,
+            "boot": self.boot,
+            "seq": self.seq,
+            "mono": monotonic(),
+            **fields,
+        }
+        try:
+            line = json.dumps(record, default=str) + "\n"
+            stream = self._open()
+            stream.write(line)
+            if stream.tell() >= self.max_bytes:
+                self._rotate()
+        except (OSError, ValueError) as exc:
+            self._close()
+            if not self._failing:
+                self._failing = True
+                structlog.get_logger("failover.journal").error(
+                    "cannot write the audit journal: records are skipped until it works again",
+                    file=str(self.path),
+                    error=str(exc),
+                )
+            return
+        if self._failing:
+            self._failing = False
+            structlog.get_logger("failover.journal").warning(
+                "audit journal writable again", file=str(self.path)
+            )
+
+    def _open(self) -> TextIO:
+        if self._file is None:
+            self._file = _open_log_file(self.path)
+        return self._file
+
+    def _rotate(self) -> None:
+        self._close()
+        for index in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{index}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{index + 1}"))
+        if self.backups > 0:
+            self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+        else:
+            self.path.unlink()
+
+    def _close(self) -> None:
+        stream, self._file = self._file, None
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def close(self) -> None:
+        self._close()

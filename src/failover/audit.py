@@ -1,0 +1,725 @@
+"""The audit of a real run: both nodes' records checked against S1-S5.
+
+Each daemon appends one JSON object per line to ``<state_dir>/<node>/audit.jsonl``
+(``failover.runtime.logging.AuditJournal``; the formats are in docs/audit.md):
+every transition, every persisted metadata change, every link that goes up
+or down, every change in what it hears of its peer, the start and stop of
+the application and virtual IP as the executor really ran them, and the
+daemon's own start and exit. Every record carries ``mono``, the machine's
+``CLOCK_MONOTONIC`` reading, which every network namespace of one machine
+shares: the two nodes' records of a lab run fall on one time line.
+
+``audit(node_logs, acked=..., found=...)`` replays both time lines and checks:
+
+- S1: a node starts serving while its peer serves (in a serving state, or
+  still holding the application or the address) only when it heard nothing on
+  any link, or by a forced promotion; and a serving node that hears its peer
+  serving keeps serving only if it wins the split brain (the configured
+  winner, else the higher generation).
+- S2: a node enters ``alone``/``primary`` only if the peer's persisted data is
+  not newer (``core.compare.relation``), unless forced, a blind takeover, or
+  the peer's newer generation is of the forced lineage.
+- S3: every acknowledged record (``acked``) is held (``found``) by every node
+  that starts serving after it was acknowledged, except writes made on the
+  other side of a split brain (S6 keeps those) and, after a blind takeover,
+  writes the peer acknowledged ``alone`` while this node heard nothing.
+- S4: a node in ``resync`` never serves and leaves it only for ``secondary``,
+  ``wait`` or ``stop``.
+- S5: a node's generation never decreases, across restarts.
+
+The checks are the runtime's versions of ``failover.model.invariants``; what
+differs, and why, is in docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from failover.core.compare import Relation, relation
+from failover.core.state import Generation, Metadata
+from failover.errors import UsageError
+
+FORMAT_VERSION = 1
+JOURNAL_NAME = "audit.jsonl"
+SERVING = frozenset({"alone", "primary"})
+RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
+INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
+KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit"})
+
+__all__ = [
+    "FORMAT_VERSION",
+    "JOURNAL_NAME",
+    "Ack",
+    "AuditInputError",
+    "Report",
+    "Violation",
+    "audit",
+    "load_acked",
+    "load_found",
+    "load_records",
+]
+
+
+class AuditInputError(UsageError):
+    """A log, ack or found file cannot be read; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken invariant: which, when (``mono`` seconds), which nodes, why, where."""
+
+    invariant: str
+    mono: float
+    nodes: tuple[str, ...]
+    why: str
+    where: str = ""
+
+    def __str__(self) -> str:
+        at = f" [{self.where}]" if self.where else ""
+        return f"{self.invariant} t={self.mono:.3f} {','.join(self.nodes)}: {self.why}{at}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "invariant": self.invariant,
+            "mono": self.mono,
+            "nodes": list(self.nodes),
+            "why": self.why,
+            "where": self.where,
+        }
+
+
+@dataclass
+class Report:
+    """What the audit found: ``violations`` (empty when every check held) and ``figures``."""
+
+    violations: list[Violation] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+    checked: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": list(self.checked),
+            "violations": [v.to_json() for v in self.violations],
+            "figures": self.figures,
+        }
+
+    def __str__(self) -> str:
+        return "\n".join(str(v) for v in self.violations)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One acknowledged record of the client: its id, when (``mono``), and where if known."""
+
+    id: int
+    mono: float
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """One line of a node's journal, with where it was read."""
+
+    data: Mapping[str, Any]
+    where: str
+
+    @property
+    def kind(self) -> str:
+        return str(self.data["kind"])
+
+    @property
+    def node(self) -> str:
+        return str(self.data["node"])
+
+    @property
+    def mono(self) -> float:
+        return float(self.data["mono"])
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return int(self.data["boot"]), int(self.data["seq"])
+
+    @property
+    def step(self) -> int | None:
+        step = self.data.get("step")
+        return None if step is None else int(step)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    "start": (("generation", str),),
+    "meta": (("generation", str), ("synced", str), ("consistent", bool)),
+    "transition": (("from", str), ("to", str), ("generation", str), ("forced", bool)),
+    "link": (("link", str), ("up", bool)),
+    "peer": (("state", str), ("generation", str)),
+    "resource": (("action", str), ("phase", str)),
+    "exit": (),
+}
+
+
+def _check_record(data: Any) -> str | None:
+    """Why ``data`` is not a journal record (None when it is one)."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    if data.get("v") != FORMAT_VERSION:
+        return f"unknown format version {data.get('v')!r} (this audit reads {FORMAT_VERSION})"
+    kind = data.get("kind")
+    if kind not in KINDS:
+        return f"unknown record kind {kind!r}"
+    if not isinstance(data.get("node"), str) or not data["node"]:
+        return "'node' must be a non-empty string"
+    for key in ("boot", "seq"):
+        if not isinstance(data.get(key), int) or isinstance(data.get(key), bool):
+            return f"'{key}' must be an integer"
+    if not _number(data.get("mono")):
+        return "'mono' must be a number"
+    if data.get("step") is not None and not isinstance(data["step"], int):
+        return "'step' must be an integer"
+    for key, kind_type in _REQUIRED[kind]:
+        if not isinstance(data.get(key), kind_type):
+            return f"a {kind} record needs '{key}'"
+    for key in ("generation", "synced"):
+        if key in data and isinstance(data[key], str) and _generation(data[key]) is None:
+            return f"'{key}' is not a generation: {data[key]!r}"
+    if kind == "peer" and _generation(data["generation"]) is None:
+        return f"'generation' is not a generation: {data['generation']!r}"
+    return None
+
+
+def _generation(text: str) -> Generation | None:
+    counter, _, origin = text.partition(":")
+    if not counter.isascii() or not counter.isdigit():
+        return None
+    return Generation(int(counter), origin)
+
+
+def _lines(path: Path) -> Iterable[tuple[int, str, bool]]:
+    """(line number, text, last line without newline) of a UTF-8 text file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise AuditInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        torn = number == len(lines) and line != b""
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AuditInputError(f"{path}:{number}: not UTF-8 text") from None
+        yield number, text, torn
+
+
+def _journal_files(path: Path) -> list[Path]:
+    """``path`` itself, or every journal (rotated ones too) under a directory."""
+    if path.is_dir():
+        found = sorted(p for p in path.rglob(f"{JOURNAL_NAME}*") if p.is_file())
+        if not found:
+            raise AuditInputError(f"{path}: no {JOURNAL_NAME} under this directory")
+        return found
+    return [path]
+
+
+def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], int]:
+    """Every node's records in its own order (boot, then sequence), and how many torn
+    last lines were skipped (a daemon killed in the middle of a write)."""
+    nodes: dict[str, list[Record]] = {}
+    seen: dict[tuple[str, int, int], str] = {}
+    torn_tails = 0
+    for given in paths:
+        for path in _journal_files(Path(given)):
+            for number, text, torn in _lines(path):
+                where = f"{path}:{number}"
+                try:
+                    data = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    if torn:
+                        torn_tails += 1
+                        continue
+                    raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+                problem = _check_record(data)
+                if problem is not None:
+                    raise AuditInputError(f"{where}: {problem}")
+                record = Record(data, where)
+                key = (record.node, *record.order)
+                if key in seen:
+                    raise AuditInputError(
+                        f"{where}: record {record.node} boot {key[1]} seq {key[2]} "
+                        f"also at {seen[key]} (a journal given twice?)"
+                    )
+                seen[key] = where
+                nodes.setdefault(record.node, []).append(record)
+    if len(nodes) > 2:
+        raise AuditInputError(f"records of more than two nodes: {', '.join(sorted(nodes))}")
+    for records in nodes.values():
+        records.sort(key=lambda r: r.order)
+    return nodes, torn_tails
+
+
+def _json_lines(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
+    for number, text, _torn in _lines(path):
+        where = f"{path}:{number}"
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+        if not isinstance(data, dict):
+            raise AuditInputError(f"{where}: not a JSON object")
+        yield where, data
+
+
+def _record_id(where: str, data: Mapping[str, Any]) -> int:
+    value = data.get("id")
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AuditInputError(f"{where}: 'id' must be a non-negative integer")
+    return value
+
+
+def load_acked(path: str | Path) -> list[Ack]:
+    """The client's log: one ``{"id": N, "mono": T}`` per line (``"node"`` optional),
+    written once the write's fsync returned."""
+    acks = []
+    for where, data in _json_lines(Path(path)):
+        mono = data.get("mono")
+        if not _number(mono):
+            raise AuditInputError(f"{where}: 'mono' must be a number")
+        node = data.get("node")
+        if node is not None and not isinstance(node, str):
+            raise AuditInputError(f"{where}: 'node' must be a string")
+        acks.append(Ack(_record_id(where, data), float(mono or 0), node))
+    return acks
+
+
+def load_found(path: str | Path) -> frozenset[int]:
+    """What a node holds at the end: one ``{"id": N}`` per line (its copy and quarantine)."""
+    return frozenset(_record_id(where, data) for where, data in _json_lines(Path(path)))
+
+
+# --- the time line of one node -------------------------------------------------------------
+
+
+@dataclass
+class Snapshot:
+    """A node as its records show it just after one record."""
+
+    mono: float
+    state: str = "stop"
+    held: bool = False
+    links: dict[str, bool] = field(default_factory=dict)
+    meta: Metadata = field(default_factory=Metadata)
+    forced: bool = False  # the current serving interval began by a forced promotion
+    winner: str | None = None  # split_brain_winner from the start record
+
+    @property
+    def serving(self) -> bool:
+        """Serving for S1: a serving state, or the application or address still held."""
+        return self.state in SERVING or self.held
+
+    @property
+    def silent(self) -> bool:
+        """Every link down: this node hears nothing from its peer."""
+        return not any(self.links.values())
+
+    def copy(self, mono: float) -> Snapshot:
+        return Snapshot(
+            mono, self.state, self.held, dict(self.links), self.meta, self.forced, self.winner
+        )
+
+
+def _meta(record: Record, before: Metadata) -> Metadata:
+    generation = _generation(str(record.get("generation"))) or before.generation
+    synced_text = record.get("synced")
+    synced = _generation(synced_text) if isinstance(synced_text, str) else None
+    consistent = record.get("consistent")
+    return before.evolve(
+        generation=generation,
+        synced_generation=synced if synced is not None else before.synced_generation,
+        consistent=consistent if isinstance(consistent, bool) else before.consistent,
+    )
+
+
+@dataclass
+class Timeline:
+    """One node's snapshots, one per record, in its own order."""
+
+    node: str
+    records: list[Record]
+    snapshots: list[Snapshot] = field(default_factory=list)
+    monos: list[float] = field(default_factory=list)
+
+    def build(self) -> None:
+        now = Snapshot(-math.inf)
+        for record in self.records:
+            if record.mono < now.mono:
+                raise AuditInputError(
+                    f"{record.where}: time goes backwards ({record.mono} after {now.mono}): "
+                    "records of one machine's CLOCK_MONOTONIC are expected"
+                )
+            now = now.copy(record.mono)
+            kind = record.kind
+            if kind == "start":
+                # A new daemon: state stop; resources released unless its recovery
+                # of what a killed daemon left running did not finish.
+                held = now.held and record.get("recovered") == "timeout"
+                links = {str(name): False for name in record.get("links") or now.links}
+                winner = record.get("split_brain_winner")
+                now = Snapshot(record.mono, "stop", held, links, _meta(record, now.meta))
+                now.winner = winner if isinstance(winner, str) else None
+            elif kind == "meta":
+                now.meta = _meta(record, now.meta)
+            elif kind == "transition":
+                if now.state not in SERVING and record.get("to") in SERVING:
+                    now.forced = bool(record.get("forced"))
+                now.state = str(record.get("to"))
+                now.meta = _meta(record, now.meta)
+            elif kind == "link":
+                now.links[str(record.get("link"))] = bool(record.get("up"))
+            elif kind == "resource":
+                if record.get("action") == "start" and record.get("phase") == "begin":
+                    now.held = True
+                elif record.get("action") == "stop" and record.get("phase") in (
+                    "end",
+                    "abandoned",
+                ):
+                    now.held = False
+            elif kind == "exit":
+                now.held = False
+                now.state = "stop"
+                now.links = dict.fromkeys(now.links, False)
+            self.snapshots.append(now)
+            self.monos.append(record.mono)
+
+    def at(self, mono: float) -> Snapshot | None:
+        """The node as its records show it just before ``mono`` (None before its first)."""
+        index = bisect_left(self.monos, mono) - 1
+        return self.snapshots[index] if index >= 0 else None
+
+    def before(self, index: int) -> Snapshot:
+        return self.snapshots[index - 1] if index > 0 else Snapshot(-math.inf)
+
+
+def _wins(snapshot: Snapshot, node: str, heard: Generation) -> bool:
+    if snapshot.winner is not None:
+        return snapshot.winner == node
+    return snapshot.meta.generation > heard
+
+
+# --- the checks ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Audit:
+    timelines: dict[str, Timeline]
+    acks: list[Ack] | None
+    found: Mapping[str, frozenset[int]]
+    violations: list[Violation] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def peer_of(self, node: str) -> Timeline | None:
+        return next((t for n, t in self.timelines.items() if n != node), None)
+
+    def flag(self, invariant: str, record: Record, nodes: Iterable[str], why: str) -> None:
+        self.violations.append(
+            Violation(invariant, record.mono, tuple(sorted(set(nodes))), why, record.where)
+        )
+
+    def run(self) -> None:
+        lineage = self.forced_lineage()
+        count = {"entries": 0, "blind_overlaps": 0, "forced_overlaps": 0, "s3_entries": 0}
+        for line in self.timelines.values():
+            self.check_node(line, lineage, count)
+        self.figures.update(count)
+
+    def forced_lineage(self) -> frozenset[Generation]:
+        """Generations minted by a forced promotion, and every one minted from them."""
+        lineage: set[Generation] = set()
+        changes: list[tuple[float, Generation, Generation, bool]] = []
+        for line in self.timelines.values():
+            for i, snap in enumerate(line.snapshots):
+                old, new = line.before(i).meta.generation, snap.meta.generation
+                record = line.records[i]
+                forced = record.kind == "transition" and bool(record.get("forced"))
+                if old != new or forced:
+                    changes.append((snap.mono, old, new, forced))
+        for _mono, old, new, forced in sorted(changes, key=lambda c: c[0]):
+            if forced or old in lineage:
+                lineage.add(new)
+        return frozenset(lineage)
+
+    def check_node(
+        self, line: Timeline, lineage: frozenset[Generation], count: dict[str, int]
+    ) -> None:
+        node = line.node
+        peer = self.peer_of(node)
+        step_start: Snapshot = Snapshot(-math.inf)
+        step_key: tuple[int, int] | None = None
+        highest: Generation | None = None
+        for i, record in enumerate(line.records):
+            before, after = line.before(i), line.snapshots[i]
+            key = None if record.step is None else (record.order[0], record.step)
+            if key is None or key != step_key:
+                step_start = before
+            step_key = key
+            # S5: the generation never decreases on a node, across restarts
+            generation = after.meta.generation
+            if highest is not None and generation < highest:
+                self.flag("S5", record, [node], f"generation went from {highest} to {generation}")
+            highest = generation if highest is None else max(highest, generation)
+            kind = record.kind
+            if kind == "transition":
+                source, target = str(record.get("from")), str(record.get("to"))
+                if source == "resync" and target not in RESYNC_EXITS:
+                    self.flag("S4", record, [node], f"{node} went from resync to {target}")
+                if source not in SERVING and target in SERVING:
+                    count["entries"] += 1
+                    other = None if peer is None else peer.at(record.mono)
+                    self.check_entry(line, record, before, other, count)
+                    self.check_stale(node, record, step_start, before, other, lineage)
+                    self.check_acked(line, record, before, count)
+            elif kind == "resource" and (record.get("action"), record.get("phase")) == (
+                "start",
+                "begin",
+            ):
+                if before.state == "resync":
+                    self.flag("S4", record, [node], f"{node} started the application in resync")
+                if before.state not in SERVING:
+                    other = None if peer is None else peer.at(record.mono)
+                    self.check_entry(line, record, before, other, count)
+            if kind == "peer" and record.get("state") in SERVING and peer is not None:
+                # judged on the step's outcome: the last record of the same step
+                end = i
+                while end + 1 < len(line.records) and (
+                    line.records[end + 1].step is not None
+                    and key is not None
+                    and (line.records[end + 1].order[0], line.records[end + 1].step) == key
+                ):
+                    end += 1
+                outcome = line.snapshots[end]
+                heard = _generation(str(record.get("generation"))) or Generation()
+                kept = step_start.state in SERVING and outcome.state in SERVING
+                if kept and not _wins(outcome, node, heard):
+                    self.flag(
+                        "S1",
+                        record,
+                        [node, peer.node],
+                        f"{node} heard {peer.node} serving ({record.get('state')}, "
+                        f"generation {heard}) and kept serving at generation "
+                        f"{outcome.meta.generation} without winning the split brain",
+                    )
+
+    def check_entry(
+        self,
+        line: Timeline,
+        record: Record,
+        before: Snapshot,
+        other: Snapshot | None,
+        count: dict[str, int],
+    ) -> None:
+        """S1: starting to serve while the peer serves needs silence on every link, or force."""
+        if other is None or not other.serving:
+            return
+        node = line.node
+        peer = self.peer_of(node)
+        assert peer is not None
+        forced = record.kind == "transition" and bool(record.get("forced"))
+        if forced or other.forced:
+            count["forced_overlaps"] += 1
+            return
+        if before.silent:
+            count["blind_overlaps"] += 1
+            return
+        up = sorted(name for name, is_up in before.links.items() if is_up)
+        holds = (
+            f"in {other.state}"
+            if other.state in SERVING
+            else f"in {other.state} but still holding the application/address (its stop "
+            "had not finished)"
+        )
+        what = (
+            f"started serving ({record.get('from')} -> {record.get('to')} on {record.get('event')})"
+            if record.kind == "transition"
+            else f"started the application in {before.state}"
+        )
+        self.flag(
+            "S1",
+            record,
+            [node, peer.node],
+            f"{node} {what} while {peer.node} served ({holds}) and link(s) "
+            f"{', '.join(up)} were up on {node}",
+        )
+
+    def check_stale(
+        self,
+        node: str,
+        record: Record,
+        step_start: Snapshot,
+        before: Snapshot,
+        other: Snapshot | None,
+        lineage: frozenset[Generation],
+    ) -> None:
+        """S2: no promotion while the peer's persisted data is newer (unforced, not blind)."""
+        if other is None or record.get("forced"):
+            return
+        blind = record.get("from") == "secondary" and before.silent
+        mine, theirs = step_start.meta, other.meta
+        if blind or theirs.generation in lineage or not theirs.consistent:
+            return
+        if relation(mine, theirs) is Relation.PEER_NEWER:
+            peer = self.peer_of(node)
+            assert peer is not None
+            self.flag(
+                "S2",
+                record,
+                [node, peer.node],
+                f"{node} started serving from generation {mine.generation} while "
+                f"{peer.node} holds newer {theirs.generation}",
+            )
+
+    def check_acked(
+        self, line: Timeline, record: Record, before: Snapshot, count: dict[str, int]
+    ) -> None:
+        """S3: every write acknowledged before this start is held by this node."""
+        node = line.node
+        if self.acks is None or record.get("forced") or node not in self.found:
+            return
+        count["s3_entries"] += 1
+        t = record.mono
+        blind = record.get("from") == "secondary" and before.silent
+        missing = []
+        for ack in self.acks:
+            if ack.mono >= t or ack.id in self.found[node]:
+                continue
+            if not self.exempt(line, ack, t, blind):
+                missing.append(ack.id)
+        if missing:
+            shown = ", ".join(str(n) for n in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            self.flag(
+                "S3",
+                record,
+                [node],
+                f"{node} started serving without {len(missing)} acknowledged record(s): "
+                f"{shown}{more}",
+            )
+
+    def serving_at(self, mono: float) -> list[tuple[str, Snapshot]]:
+        return [
+            (name, snap)
+            for name, line in self.timelines.items()
+            if (snap := line.at(mono)) is not None and snap.state in SERVING
+        ]
+
+    def exempt(self, line: Timeline, ack: Ack, t: float, blind: bool) -> bool:
+        """Writes this node may not hold when it starts serving (S6 keeps them)."""
+        node = line.node
+        servers = self.serving_at(ack.mono)
+        if ack.node is not None:
+            servers = [(name, snap) for name, snap in servers if name == ack.node]
+        others = [(name, snap) for name, snap in servers if name != node]
+        if not others:
+            return False
+        # acknowledged on the other side of a split brain (both in a serving state)
+        mine = line.at(ack.mono)
+        if mine is not None and mine.state in SERVING:
+            return True
+        # after a blind takeover: written alone by the peer while this node heard nothing
+        if blind and all(snap.state == "alone" for _, snap in others):
+            return self.silent_between(line, ack.mono, t)
+        return False
+
+    @staticmethod
+    def silent_between(line: Timeline, start: float, end: float) -> bool:
+        first = line.at(start)
+        if first is None or not first.silent:
+            return False
+        for record in line.records:
+            if start <= record.mono < end and record.kind == "link" and record.get("up"):
+                return False
+        return True
+
+
+def audit(
+    node_logs: Iterable[str | Path],
+    acked: str | Path | Iterable[Ack] | None = None,
+    found: Mapping[str, str | Path | Iterable[int]] | None = None,
+) -> Report:
+    """Check both nodes' journals (files, or directories holding them) against S1-S5.
+
+    ``acked``: the client's acknowledged records (a file, see ``load_acked``, or
+    ``Ack`` values); ``found``: per node, the record ids it holds at the end (a
+    file, see ``load_found``, or ids). S3 is checked only when both are given,
+    for the nodes in ``found``. Raises ``AuditInputError`` (file:line) on
+    unreadable input.
+    """
+    nodes, torn = load_records(node_logs)
+    if not nodes:
+        raise AuditInputError("no records in the given logs")
+    acks: list[Ack] | None
+    if acked is None:
+        acks = None
+    elif isinstance(acked, str | Path):
+        acks = load_acked(acked)
+    else:
+        acks = list(acked)
+    held: dict[str, frozenset[int]] = {}
+    for name, given in (found or {}).items():
+        held[name] = load_found(given) if isinstance(given, str | Path) else frozenset(given)
+    timelines = {name: Timeline(name, records) for name, records in sorted(nodes.items())}
+    for line in timelines.values():
+        line.build()
+    run = _Audit(timelines, acks, held)
+    run.run()
+    checked = tuple(i for i in INVARIANTS if i != "S3" or (acks is not None and held))
+    run.figures.update(
+        nodes=sorted(timelines),
+        records={name: len(line.records) for name, line in timelines.items()},
+        boots={name: len({r.order[0] for r in line.records}) for name, line in timelines.items()},
+        torn_tails=torn,
+        acked=None if acks is None else len(acks),
+        overlaps=_overlaps(timelines),
+    )
+    run.violations.sort(key=lambda v: v.mono)
+    return Report(run.violations, run.figures, checked)
+
+
+def _overlaps(timelines: Mapping[str, Timeline]) -> dict[str, Any]:
+    """How long both nodes served at once (state or resources), in total and at most."""
+    lines = list(timelines.values())
+    if len(lines) != 2:
+        return {"count": 0, "seconds": 0.0, "longest": 0.0}
+    monos = sorted({*lines[0].monos, *lines[1].monos})
+    count, total, longest, began = 0, 0.0, 0.0, None
+    for mono in monos:
+        snaps = [line.at(math.nextafter(mono, math.inf)) for line in lines]
+        both = all(s is not None and s.serving for s in snaps)
+        if both and began is None:
+            began, count = mono, count + 1
+        elif not both and began is not None:
+            total += mono - began
+            longest = max(longest, mono - began)
+            began = None
+    if began is not None:
+        total += monos[-1] - began
+        longest = max(longest, monos[-1] - began)
+    return {"count": count, "seconds": round(total, 6), "longest": round(longest, 6)}
