@@ -54,18 +54,22 @@ and replicating): that wait is the "time to protected again". Then:
 
 - the application must write again (an acknowledged record after that);
 - every record acknowledged so far must be on the primary's disk (``lost``
-  otherwise, counted once), and on the secondary's (``missing on the in-sync
-  secondary`` otherwise: the status claimed in sync); a record written by the
-  loser of a split brain (both served while every link was down) that is not
-  on the winner counts as ``kept in quarantine`` when the loser's quarantine
-  holds it, else as lost;
-- ``failover audit`` checks the round's slice of both daemons' logs and of
-  the acknowledgement log (``audit_round``);
+  otherwise, counted once), and on the secondary's (``acked record missing on
+  the in-sync secondary`` otherwise: the status claimed in sync); a record
+  written by the loser of a split brain that is not on the winner counts as
+  ``kept in quarantine`` when the loser's quarantine holds it, else as lost;
+- ``failover audit`` (docs/audit.md) checks both nodes' journals so far, the
+  acknowledged records so far (``acked.jsonl``: each record's id is its number
+  and its writer's token, ``number << 24 | token``) and what each node holds
+  now (``--found``: its copy and its quarantine); a violation it did not
+  report in an earlier round counts for this round (``audit_run``);
 - a daemon that exited by itself, or printed a traceback, is a violation.
 
 A round that does not reach protection within the bound fails; the pair is
 then restarted (both daemons SIGTERM'd and started again); if even that does
-not protect it, the campaign stops. ``--max-minutes`` bounds the whole run.
+not protect it, a fresh pair (new lab, new directories) takes over the
+remaining rounds, at most ``MAX_PAIRS`` in all. ``--max-minutes`` bounds the
+whole run. Every pair's files are in ``pair-N`` of the work directory.
 
 Prints one line per round, then: rounds, faults of each kind, acknowledged
 records, lost (must be 0), S1 violations (must be 0), other violations by
@@ -75,8 +79,9 @@ otherwise, 2 when it cannot run (not root, no namespaces or FUSE).
 
 Cleans up on every exit (end, error, Ctrl-C, SIGTERM, SIGHUP): every process
 of both nodes killed by PID (mount namespace) or process group, namespaces
-deleted, the tmpfs mounts detached, the work directory removed (unless
-``--keep-logs DIR``, where the logs are copied first).
+deleted, the tmpfs mounts detached (their journals copied to
+``state-<node>-copy`` first), the work directory removed (unless
+``--keep-logs DIR``, where everything but the replicated data is copied first).
 """
 
 from __future__ import annotations
@@ -117,9 +122,10 @@ REPLICATION_PORT = 7500
 CONTROL_PORT = 7600
 VIP_HOST = 200
 RECORD = 16  # _campaign_app.RECORD
-STATE_TMPFS = "16m"
+STATE_TMPFS = "64m"
 FAULTS = ("kill", "pause", "link", "partition", "connect", "flood", "disk-full", "restart", "swap")
 POLL = 0.05
+FILLER = "campaign-filler"
 CLONE_NEWNET = 0x40000000
 STOP_BOUND = 30.0  # a clean daemon stop (its stop script has a 10 s timeout)
 WRITE_BOUND = 15.0  # the application writes again after protection
@@ -221,16 +227,18 @@ class Ack:
     time: float
 
     @property
-    def record(self) -> bytes:
-        return b"%08d %s\n" % (self.number, self.token.encode())
+    def id(self) -> int:
+        """Unique among acknowledged records: the number with the writer's token."""
+        return self.number << 24 | int(self.token, 16)
 
 
-def read_acks(path: Path, offset: int = 0) -> tuple[list[Ack], int]:
-    """The complete lines of the acknowledgement log from ``offset``; and the new offset."""
+def read_acks(path: Path, offset: int = 0, end: int | None = None) -> tuple[list[Ack], int]:
+    """The complete lines of the acknowledgement log from ``offset`` (to ``end``); and
+    the offset after the last complete line."""
     try:
         with path.open("rb") as handle:
             handle.seek(offset)
-            data = handle.read()
+            data = handle.read() if end is None else handle.read(max(0, end - offset))
     except FileNotFoundError:
         return [], offset
     end = data.rfind(b"\n") + 1
@@ -240,10 +248,6 @@ def read_acks(path: Path, offset: int = 0) -> tuple[list[Ack], int]:
         if len(words) == 4 and words[0].isdigit():
             acks.append(Ack(int(words[0]), words[1], words[2], float(words[3])))
     return acks, offset + end
-
-
-def record_at(data: bytes, number: int) -> bytes:
-    return data[number * RECORD : (number + 1) * RECORD]
 
 
 def _read(path: Path) -> bytes:
@@ -289,6 +293,7 @@ class Pair:
         self.home_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
         self.token = secrets.token_hex(16)
         self.acks = work / "acks.log"
+        self.acked = work / "acked.jsonl"  # the same, in the audit's format
         self.config = work / "cluster.yaml"
 
     # -- paths --
@@ -309,6 +314,10 @@ class Pair:
 
     def state_dir(self, node: str) -> Path:
         return self.work / f"state-{node}"
+
+    def journal(self, node: str) -> Path:
+        """The directory of ``node``'s audit journal (``audit.jsonl`` and its rotations)."""
+        return self.state_dir(node) / node
 
     def log(self, node: str) -> Path:
         return self.work / f"{node}.log"
@@ -562,7 +571,7 @@ class Pair:
 
     def fill(self, node: str) -> int:
         """Fill ``node``'s state directory (a tmpfs) until ENOSPC; the bytes written."""
-        filler = self.state_dir(node) / "campaign-filler"
+        filler = self.state_dir(node) / FILLER
         self.fillers.append(filler)
         written = 0
         block = b"\0" * (1 << 16)
@@ -596,6 +605,12 @@ class Pair:
         try:
             self.lab.close()
         finally:
+            for node in NODES:  # the journals, for --keep-logs (the tmpfs goes away)
+                with contextlib.suppress(OSError):
+                    shutil.copytree(
+                        self.state_dir(node), self.work / f"state-{node}-copy",
+                        ignore=shutil.ignore_patterns(FILLER), dirs_exist_ok=True,
+                    )  # fmt: skip
             for mount in self.mounts:
                 done = subprocess.run(["umount", str(mount)], capture_output=True, check=False)
                 if done.returncode != 0:
@@ -610,6 +625,35 @@ def _other(node: str) -> str:
 # -- the audit ----------------------------------------------------------------------------------
 
 
+def held_ids(copy: Path, quarantine: Path) -> tuple[set[int], set[int]]:
+    """The ids of the records a node holds: (on its copy, in its quarantine).
+
+    On the copy, the slot of record N must hold record N; in quarantine (files as
+    the split brain's loser moved them) any well-formed record counts.
+    """
+    on_copy = set(_records(_read(copy / "records"), in_place=True))
+    kept: set[int] = set()
+    if quarantine.is_dir():
+        for path in quarantine.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                kept.update(_records(_read(path), in_place=False))
+    return on_copy, kept
+
+
+def _records(data: bytes, *, in_place: bool) -> Iterator[int]:
+    for slot in range(len(data) // RECORD):
+        record = data[slot * RECORD : (slot + 1) * RECORD]
+        number, token = record[:8], record[9:15]
+        if record[8:9] != b" " or record[15:] != b"\n" or not number.isdigit():
+            continue
+        try:
+            tag = int(token, 16)
+        except ValueError:
+            continue
+        if not in_place or int(number) == slot:
+            yield int(number) << 24 | tag
+
+
 def audit_available() -> bool:
     done = subprocess.run(
         [sys.executable, "-m", "failover", "audit", "--help"],
@@ -618,50 +662,76 @@ def audit_available() -> bool:
     return done.returncode == 0
 
 
-def audit_round(round_dir: Path, logs: list[Path], acks: Path) -> Counter[str]:
-    """``failover audit`` on one round's logs: violations by invariant (empty when none).
+def audit_run(
+    journals: list[Path], acked: Path, found: dict[str, Path], out: Path
+) -> list[dict[str, Any]]:
+    """``failover audit --json`` on both nodes' journals (docs/audit.md): the violations.
 
-    ``logs`` are the slices of both daemons' logs for the round, ``acks`` the
-    round's slice of the acknowledgement log (``_campaign_app.py`` format).
+    An input the audit cannot read (exit 2) comes back as one violation of kind
+    ``audit input``. The report is kept in ``out``.
     """
+    argv = [sys.executable, "-m", "failover", "audit", "--json", "--acked", str(acked)]
+    for node, path in found.items():
+        argv += ["--found", f"{node}={path}"]
     done = subprocess.run(
-        [sys.executable, "-m", "failover", "audit", *map(str, logs), str(acks)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    (round_dir / "audit.out").write_text(done.stdout + done.stderr)
-    violations: Counter[str] = Counter()
-    if done.returncode != 0:
-        violations["audit"] += 1
-    return violations
+        [*argv, *map(str, journals)], capture_output=True, text=True, timeout=300, check=False
+    )
+    out.write_text(done.stdout + done.stderr)
+    if done.returncode not in (0, 1):
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return [{"invariant": "audit input", "mono": 0.0, "why": why, "where": ""}]
+    try:
+        violations = json.loads(done.stdout)["violations"]
+    except (ValueError, KeyError, TypeError):
+        return [{"invariant": "audit input", "mono": 0.0, "why": "no JSON report", "where": ""}]
+    return list(violations)
 
 
 # -- the campaign --------------------------------------------------------------------------------
+
+MAX_PAIRS = 5  # fresh pairs built after a pair that did not recover
 
 
 class Campaign:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
-        self.pair = Pair(work, args.profile, args.write_interval)
-        self.dead = self.pair.timing.dead_timeout
+        self.dead = PROFILES[args.profile].dead_timeout
         self.totals = Totals(seed=args.seed, rounds_wanted=args.rounds)
         self.kinds = tuple(args.faults)
-        self.lost: set[tuple[int, str]] = set()
-        self.kept: set[tuple[int, str]] = set()
-        self.offsets: dict[str, int] = {}
-        self.stderr_offsets: dict[str, int] = {}
-        self.ack_offset = 0
+        self.pairs = 0
+        self._pair: Pair | None = None
         self.primary = ""
         self.has_audit = False
+        self.reset()
+
+    def reset(self) -> None:
+        """The bookkeeping of one pair."""
+        self.lost: set[int] = set()
+        self.kept: set[int] = set()
+        self.seen: set[str] = set()
+        self.stderr_offsets: dict[str, int] = {}
+        self.ack_offset = 0
+
+    @property
+    def pair(self) -> Pair:
+        assert self._pair is not None, "no pair yet"
+        return self._pair
 
     def say(self, line: str) -> None:
         print(line, flush=True)
 
     # -- the run --
 
-    def run(self) -> None:
-        self.has_audit = audit_available()
-        self.totals.audit = "failover audit" if self.has_audit else "unavailable (no CLI)"
+    def new_pair(self) -> None:
+        """Build a pair (lab, directories, daemons) in ``pair-N`` and wait until it is
+        protected; a previous pair is closed first and the bookkeeping starts again."""
+        self.close()
+        self.pairs += 1
+        directory = self.work / f"pair-{self.pairs}"
+        directory.mkdir()
+        self.reset()
+        self._pair = Pair(directory, self.args.profile, self.args.write_interval)
         self.pair.open()
         for node in NODES:
             self.pair.start(node)
@@ -669,7 +739,17 @@ class Campaign:
         if primary is None:
             raise RuntimeError(f"the pair never formed: {self.pair.describe()}")
         self.primary = primary
-        self.say(f"pair formed: {primary} primary (lab {self.pair.lab.name}, work {self.work})")
+        self.say(f"pair formed: {primary} primary (lab {self.pair.lab.name}, {directory})")
+
+    def close(self) -> None:
+        if self._pair is not None:
+            pair, self._pair = self._pair, None
+            pair.close()
+
+    def run(self) -> None:
+        self.has_audit = audit_available()
+        self.totals.audit = "failover audit" if self.has_audit else "unavailable (no CLI)"
+        self.new_pair()
         deadline = time.monotonic() + self.args.max_minutes * 60
         for index in range(self.args.first_round, self.args.first_round + self.args.rounds):
             if time.monotonic() > deadline:
@@ -679,8 +759,11 @@ class Campaign:
             self.totals.rounds.append(result)
             self.say(self.round_line(result))
             if result.failure is not None and not self.recover():
-                self.totals.stopped_early = f"round {index}: the pair did not recover"
-                break
+                if self.pairs >= MAX_PAIRS:
+                    self.totals.stopped_early = f"round {index}: {self.pairs} pairs did not recover"
+                    break
+                self.say("the pair did not recover: building a fresh one")
+                self.new_pair()
 
     def round_line(self, r: RoundResult) -> str:
         took = "-" if r.protected_after is None else f"{r.protected_after:.2f} s"
@@ -694,10 +777,8 @@ class Campaign:
         seed = f"{self.args.seed}/{index}"
         rng = random.Random(seed)
         began = time.monotonic()
-        round_dir = self.work / f"round-{index:04d}"
+        round_dir = self.pair.work / f"round-{index:04d}"
         round_dir.mkdir()
-        self.offsets = {node: _size(self.pair.log(node)) for node in NODES}
-        ack_start = self.ack_offset
         kind = rng.choice(self.kinds)
         result = RoundResult(index, seed, [])
         try:
@@ -713,17 +794,27 @@ class Campaign:
         else:
             result.protected_after = time.monotonic() - healed
             self.primary = primary
-            self.after_protection(result)
+            self.wait_for_writes(result)
         self.check_daemons(result)
-        acks, self.ack_offset = read_acks(self.pair.acks, ack_start)
+        acks, self.ack_offset = read_acks(self.pair.acks, self.ack_offset)
         result.acked = len(acks)
-        self.audit(round_dir, ack_start, result)
+        with self.pair.acked.open("a") as out:
+            out.writelines(
+                json.dumps({"id": a.id, "mono": a.time, "node": a.node}) + "\n" for a in acks
+            )
+        # every record acknowledged so far (read above), then what each node holds
+        held = {
+            node: held_ids(self.pair.disk(node), self.pair.quarantine_of(node)) for node in NODES
+        }
+        if primary is not None:
+            self.check_records(result, held)
+        self.audit(round_dir, held, result)
         result.seconds = time.monotonic() - began
         self.totals.faults.update(result.faults)
         return result
 
-    def after_protection(self, result: RoundResult) -> None:
-        """The application writes again; every acknowledged record is where it must be."""
+    def wait_for_writes(self, result: RoundResult) -> None:
+        """Once protected, the application on the primary writes again."""
         since = time.monotonic()
 
         def wrote_again() -> bool:
@@ -732,32 +823,31 @@ class Campaign:
 
         if self.pair.wait(wrote_again, WRITE_BOUND) is None:
             result.violations["application not writing on the primary"] += 1
-        acks, _ = read_acks(self.pair.acks)
-        on_primary = _read(self.pair.disk(self.primary) / "records")
-        on_secondary = _read(self.pair.disk(_other(self.primary)) / "records")
+
+    def check_records(
+        self, result: RoundResult, held: dict[str, tuple[set[int], set[int]]]
+    ) -> None:
+        """Every record acknowledged so far is on the primary's copy (else lost, or kept
+        in the quarantine of the split brain's loser that wrote it), and on the in-sync
+        secondary's (else the status claimed in sync without it)."""
+        acks, _ = read_acks(self.pair.acks, 0, self.ack_offset)
+        on_primary, _ = held[self.primary]
+        on_secondary, _ = held[_other(self.primary)]
         missing_secondary = 0
         for ack in acks:
-            key = (ack.number, ack.token)
-            if key in self.lost or key in self.kept:
+            if ack.id in self.lost or ack.id in self.kept:
                 continue
-            if record_at(on_primary, ack.number) != ack.record:
-                if ack.node != self.primary and self.in_quarantine(ack):
-                    self.kept.add(key)
+            if ack.id not in on_primary:
+                if ack.node != self.primary and ack.id in held[ack.node][1]:
+                    self.kept.add(ack.id)
                     result.quarantined += 1
                 else:
-                    self.lost.add(key)
+                    self.lost.add(ack.id)
                     result.lost += 1
-            elif record_at(on_secondary, ack.number) != ack.record:
+            elif ack.id not in on_secondary:
                 missing_secondary += 1
         if missing_secondary:
             result.violations["acked record missing on the in-sync secondary"] += 1
-
-    def in_quarantine(self, ack: Ack) -> bool:
-        """Whether the loser of a split brain (the ack's node) kept the record in quarantine."""
-        for path in self.pair.quarantine_of(ack.node).rglob("records"):
-            if record_at(_read(path), ack.number) == ack.record:
-                return True
-        return False
 
     def check_daemons(self, result: RoundResult) -> None:
         for node in NODES:
@@ -766,16 +856,28 @@ class Campaign:
             if "Traceback" in text:
                 result.violations["traceback on a daemon's stderr"] += 1
 
-    def audit(self, round_dir: Path, ack_start: int, result: RoundResult) -> None:
-        logs = []
-        for node in NODES:
-            piece = round_dir / f"{node}.log"
-            piece.write_bytes(_slice(self.pair.log(node), self.offsets[node]))
-            logs.append(piece)
-        acks = round_dir / "acks.log"
-        acks.write_bytes(_slice(self.pair.acks, ack_start, self.ack_offset))
-        if self.has_audit:
-            result.violations.update(audit_round(round_dir, logs, acks))
+    def audit(
+        self, round_dir: Path, held: dict[str, tuple[set[int], set[int]]], result: RoundResult
+    ) -> None:
+        """``failover audit`` of both journals so far, the acknowledged records so far and
+        what each node holds now; a violation not reported in an earlier round counts."""
+        if not self.has_audit:
+            return
+        found = {}
+        for node, (on_copy, kept) in held.items():
+            found[node] = round_dir / f"found-{node}.jsonl"
+            found[node].write_text("".join(f'{{"id": {i}}}\n' for i in sorted(on_copy | kept)))
+        journals = [self.pair.journal(node) for node in NODES if self.pair.journal(node).is_dir()]
+        for violation in audit_run(journals, self.pair.acked, found, round_dir / "audit.json"):
+            key = json.dumps(violation, sort_keys=True)
+            if key in self.seen:
+                continue
+            self.seen.add(key)
+            result.violations[str(violation.get("invariant"))] += 1
+            self.say(
+                f"  audit: {violation.get('invariant')} t={violation.get('mono')}: "
+                f"{violation.get('why')} [{violation.get('where')}]"
+            )
 
     def recover(self) -> bool:
         """After a failed round: both daemons stopped and started again; True once protected."""
@@ -790,7 +892,6 @@ class Campaign:
             self.say(f"not protected after the restart either: {self.pair.describe()}")
             return False
         self.primary = primary
-        self.ack_offset = _size(self.pair.acks)
         return True
 
     # -- faults --
@@ -1078,7 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_IGN)  # the cleanup runs to its end
             try:
-                campaign.pair.close()
+                campaign.close()
             finally:
                 if args.keep_logs is not None:
                     skip = shutil.ignore_patterns("data", "quarantine")
