@@ -81,7 +81,7 @@ Cleans up on every exit (end, error, Ctrl-C, SIGTERM, SIGHUP): every process
 of both nodes killed by PID (mount namespace) or process group, namespaces
 deleted, the tmpfs mounts detached (their journals copied to
 ``state-<node>-copy`` first), the work directory removed (unless
-``--keep-logs DIR``, where everything but the replicated data is copied first).
+``--keep-logs DIR``, where it is copied first).
 """
 
 from __future__ import annotations
@@ -147,6 +147,7 @@ class RoundResult:
     index: int
     seed: str
     faults: list[str]
+    detail: list[str] = field(default_factory=list)
     acked: int = 0
     lost: int = 0
     quarantined: int = 0
@@ -191,7 +192,7 @@ class Totals:
                 statistics.median([r.seconds for r in self.rounds]) if self.rounds else None
             ),
             "failed": [
-                {"round": r.index, "seed": r.seed, "faults": r.faults, "why": _why(r)}
+                {"round": r.index, "seed": r.seed, "faults": r.detail, "why": _why(r)}
                 for r in self.rounds
                 if not r.passed
             ],
@@ -769,7 +770,7 @@ class Campaign:
         took = "-" if r.protected_after is None else f"{r.protected_after:.2f} s"
         verdict = "ok" if r.passed else f"FAILED ({_why(r)})"
         return (
-            f"round {r.index} [seed {r.seed}] {', '.join(r.faults)}: {r.acked} acked, "
+            f"round {r.index} [seed {r.seed}] {'; '.join(r.detail)}: {r.acked} acked, "
             f"protected after {took}, {r.seconds:.1f} s: {verdict}"
         )
 
@@ -907,34 +908,48 @@ class Campaign:
         """Let the fault act for ``seconds`` (the fault's duration, not a wait for an event)."""
         time.sleep(seconds)
 
+    def who(self, node: str) -> str:
+        return f"{node} ({'primary' if node == self.primary else 'secondary'})"
+
     def fault_kill(self, rng: random.Random, result: RoundResult) -> None:
         node = self.primary if rng.random() < 0.7 else _other(self.primary)
         self.hold(rng.uniform(0, 1.0))
-        self.pair.kill_node(node)
-        self.hold(rng.uniform(0.5, 5) * self.dead)  # down for a while: restarted by heal()
+        killed = self.pair.kill_node(node)
+        down = rng.uniform(0.5, 5) * self.dead
+        result.detail.append(f"kill -9 of {self.who(node)}: {killed} processes, {down:.2f} s")
+        self.hold(down)  # down for a while: restarted by heal()
 
     def fault_pause(self, rng: random.Random, result: RoundResult) -> None:
-        node = self.role(rng)
+        node, pause = self.role(rng), rng.uniform(0.1, 0.8) * self.dead
+        result.detail.append(f"SIGSTOP {self.who(node)} {pause:.3f} s")
         self.pair.pause(node)
-        self.hold(rng.uniform(0.1, 0.8) * self.dead)
+        self.hold(pause)
         self.pair.resume(node)
 
     def fault_link(self, rng: random.Random, result: RoundResult) -> None:
         node, network = self.role(rng), rng.choice(tuple(LINKS))
+        cut = rng.uniform(0.5, 10) * self.dead
+        result.detail.append(f"{network} of {self.who(node)} down {cut:.2f} s")
         self.pair.lab.link_down(node, network)
-        self.hold(rng.uniform(0.5, 10) * self.dead)
+        self.hold(cut)
         self.pair.lab.link_up(node, network)
 
     def fault_partition(self, rng: random.Random, result: RoundResult) -> None:
-        node = self.role(rng)
+        node, cut = self.role(rng), rng.uniform(0.5, 10) * self.dead
+        result.detail.append(f"every link of {self.who(node)} down {cut:.2f} s")
         for network in LINKS:
             self.pair.lab.link_down(node, network)
-        self.hold(rng.uniform(0.5, 10) * self.dead)
+        self.hold(cut)
         for network in LINKS:
             self.pair.lab.link_up(node, network)
 
-    def targets(self, node: str, kinds: tuple[str, ...]) -> dict[str, tuple[str, str, str]]:
-        """Attack targets on ``node``: name -> (origin namespace, address:port, protocol)."""
+    def target(self, rng: random.Random, kinds: tuple[str, ...]) -> tuple[str, str, str, str, str]:
+        """An attack target: (what, victim node, origin namespace, address:port, protocol).
+        The replication port is mostly the secondary's (it accepts the primary's session)."""
+        name = rng.choice(kinds)
+        node = self.role(rng)
+        if name == "replication" and rng.random() < 0.6:
+            node = _other(self.primary)
         lan = self.pair.lab.address(node, "lan")
         crossover = self.pair.lab.address(node, "crossover")
         every = {
@@ -943,41 +958,48 @@ class Campaign:
             "replication": ("client", f"{lan}:{REPLICATION_PORT}", "tcp"),
             "control": ("client", f"{lan}:{CONTROL_PORT}", "tcp"),
         }
-        return {name: every[name] for name in kinds}
+        return (name, node, *every[name])
 
     def fault_connect(self, rng: random.Random, result: RoundResult) -> None:
-        choices = self.targets(self.role(rng), ("heartbeat-tcp", "replication", "control"))
-        name = rng.choice(sorted(choices))
-        origin, target, _ = choices[name]
-        seconds = rng.uniform(1.0, 3.0)
-        idle = rng.choice((0, 20, 300))
-        every = rng.uniform(0.1, 0.5)
+        name, node, origin, target, _ = self.target(
+            rng, ("heartbeat-tcp", "replication", "control")
+        )
+        seconds, idle, every = (
+            rng.uniform(1.0, 3.0),
+            rng.choice((0, 20, 300)),
+            rng.uniform(0.1, 0.5),
+        )
         result.faults[-1] = f"connect:{name}"
+        result.detail.append(
+            f"connects to {name} of {self.who(node)} from {origin}: {idle} idle, "
+            f"one every {every:.2f} s, {seconds:.2f} s"
+        )
         argv = ["connect", "--target", target, "--seconds", f"{seconds:.2f}"]
         self.pair.attack(origin, [*argv, "--idle", str(idle), "--every", f"{every:.2f}"])
         self.under_attack(rng, result, seconds)
 
     def fault_flood(self, rng: random.Random, result: RoundResult) -> None:
-        choices = self.targets(
-            self.role(rng), ("heartbeat-udp", "heartbeat-tcp", "replication", "control")
+        name, node, origin, target, proto = self.target(
+            rng, ("heartbeat-udp", "heartbeat-tcp", "replication", "control")
         )
-        name = rng.choice(sorted(choices))
-        origin, target, proto = choices[name]
         seconds = rng.uniform(1.0, 3.0)
         result.faults[-1] = f"flood:{name}"
+        result.detail.append(f"{proto} junk to {name} of {self.who(node)}, {seconds:.2f} s")
         argv = ["flood", "--target", target, "--proto", proto, "--seconds", f"{seconds:.2f}"]
         self.pair.attack(origin, argv)
         self.under_attack(rng, result, seconds)
 
     def under_attack(self, rng: random.Random, result: RoundResult, seconds: float) -> None:
         """While the attack runs: the observer keeps asking for status (each refusal of a
-        running, reachable daemon counts); half the time the primary is killed during it."""
-        kill_at = time.monotonic() + rng.uniform(0.3, 1.0) * seconds if rng.random() < 0.5 else None
-        end = time.monotonic() + seconds
+        running daemon counts); half the time the primary is killed during it."""
+        began = time.monotonic()
+        end = began + seconds
+        kill_at = began + rng.uniform(0.3, 1.0) * seconds if rng.random() < 0.5 else None
         denied = 0
         while time.monotonic() < end:
             if kill_at is not None and time.monotonic() >= kill_at:
                 kill_at = None
+                result.detail.append(f"kill -9 of {self.who(self.primary)} during the attack")
                 self.pair.kill_node(self.primary)
                 result.faults.append("kill")
             for node in NODES:
@@ -991,14 +1013,18 @@ class Campaign:
             result.violations["control API denied"] += denied
 
     def fault_disk_full(self, rng: random.Random, result: RoundResult) -> None:
-        node = self.role(rng)
-        self.pair.fill(node)
+        node, held = self.role(rng), rng.uniform(1.0, 3.0)
+        filled = self.pair.fill(node)
+        result.detail.append(f"state directory of {self.who(node)} full ({filled} bytes added)")
         draw = rng.random()
         if draw < 0.4:
-            self.pair.kill_node(_other(node))  # node must serve on (and mint a generation)
+            # the node must serve on (alone: a new generation it cannot write yet)
+            result.detail.append(f"kill -9 of its peer {self.who(_other(node))}")
+            self.pair.kill_node(_other(node))
             result.faults.append("kill")
         elif draw < 0.6:
-            code = self.pair.stop_daemon(node)
+            result.detail.append("its daemon restarted with the disk full")
+            self.pair.stop_daemon(node)
             result.faults.append("restart")
             self.pair.start(node)
             # with its state directory full, it must refuse with one clear line
@@ -1006,17 +1032,18 @@ class Campaign:
             if exited and self.pair.procs[node].returncode == 0:
                 result.violations["started with a full state directory"] += 1
             self.pair.expected_down.add(node)
-            del code
-        self.hold(rng.uniform(1.0, 3.0))
+        self.hold(held)
         self.pair.free()
 
     def fault_restart(self, rng: random.Random, result: RoundResult) -> None:
-        node = self.role(rng)
+        node, down = self.role(rng), rng.uniform(0, 2) * self.dead
+        result.detail.append(f"SIGTERM of {self.who(node)}, started again after {down:.2f} s")
         if self.pair.stop_daemon(node) is None:
             result.violations["daemon did not stop on SIGTERM"] += 1
-        self.hold(rng.uniform(0, 2) * self.dead)
+        self.hold(down)
 
     def fault_swap(self, rng: random.Random, result: RoundResult) -> None:
+        result.detail.append(f"swap on {self.who(self.primary)}")
         try:
             answer = self.pair.client(self.primary, timeout=10).command("swap")
         except FailoverError as exc:
@@ -1078,7 +1105,7 @@ class Campaign:
         self.say(f"failed rounds: {len(summary['failed'])}")
         for failed in summary["failed"]:
             self.say(f"  round {failed['round']} seed {failed['seed']} "
-                     f"({', '.join(failed['faults'])}): {failed['why']}")  # fmt: skip
+                     f"({'; '.join(failed['faults'])}): {failed['why']}")  # fmt: skip
         return summary
 
 
@@ -1182,8 +1209,7 @@ def main(argv: list[str] | None = None) -> int:
                 campaign.close()
             finally:
                 if args.keep_logs is not None:
-                    skip = shutil.ignore_patterns("data", "quarantine")
-                    shutil.copytree(work, args.keep_logs, dirs_exist_ok=True, ignore=skip)
+                    shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)
                 shutil.rmtree(work, ignore_errors=True)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = campaign.report(time.monotonic() - started)
