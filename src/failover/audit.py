@@ -50,7 +50,7 @@ JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
-KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit"})
+KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit", "gap"})
 
 __all__ = [
     "FORMAT_VERSION",
@@ -174,6 +174,7 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     "peer": (("state", str), ("generation", str)),
     "resource": (("action", str), ("phase", str)),
     "exit": (),
+    "gap": (("skipped", int),),
 }
 
 
@@ -435,6 +436,7 @@ class _Audit:
     found: Mapping[str, frozenset[int]]
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    _absent: dict[str, list[Ack]] = field(default_factory=dict)
 
     def peer_of(self, node: str) -> Timeline | None:
         return next((t for n, t in self.timelines.items() if n != node), None)
@@ -606,12 +608,13 @@ class _Audit:
         count["s3_entries"] += 1
         t = record.mono
         blind = record.get("from") == "secondary" and before.silent
-        missing = []
-        for ack in self.acks:
-            if ack.mono >= t or ack.id in self.found[node]:
-                continue
-            if not self.exempt(line, ack, t, blind):
-                missing.append(ack.id)
+        absent = self._absent.get(node)
+        if absent is None:  # once per node: usually few, whatever the number of acks
+            held = self.found[node]
+            absent = self._absent[node] = [ack for ack in self.acks if ack.id not in held]
+        missing = [
+            ack.id for ack in absent if ack.mono < t and not self.exempt(line, ack, t, blind)
+        ]
         if missing:
             shown = ", ".join(str(n) for n in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
@@ -696,6 +699,10 @@ def audit(
         records={name: len(line.records) for name, line in timelines.items()},
         boots={name: len({r.order[0] for r in line.records}) for name, line in timelines.items()},
         torn_tails=torn,
+        skipped={
+            name: sum(int(r.get("skipped")) for r in line.records if r.kind == "gap")
+            for name, line in timelines.items()
+        },
         acked=None if acks is None else len(acks),
         overlaps=_overlaps(timelines),
     )

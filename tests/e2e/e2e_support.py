@@ -5,6 +5,10 @@ state and control sockets under ``tmp_path``), starts each daemon with
 ``python -m failover run`` inside its node's namespace, and reads state
 through the control API. Every wait polls the API under a generous overall
 bound (``BOUND``); nothing sleeps for a fixed time hoping something happened.
+
+Every cluster a test builds is recorded in ``CLUSTERS``; when the test ends,
+``tests/e2e/conftest.py`` audits each one's journals (``Cluster.audit``,
+docs/audit.md) and fails the test on any violation.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 import yaml
 
 from failover.api.client import ControlClient
+from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.testing.netns import Lab, netns_unavailable_reason
@@ -33,6 +38,8 @@ VIP_HOST = 200
 REPLICATION_PORT = 7500
 APP_PORT = 8080
 SERVING = ("primary", "alone")
+CLUSTERS: list[Cluster] = []
+"""The clusters built by the running test, audited when it ends (conftest.py)."""
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -50,11 +57,12 @@ def other(node: str) -> str:
     return "beta" if node == "alpha" else "alpha"
 
 
-def app_section(tmp_path: Path) -> dict[str, Any]:
+def app_section(tmp_path: Path, stop_delay: float = 0.0) -> dict[str, Any]:
     """Start/stop scripts: a tiny HTTP server on the virtual IP that serves ``/node``.
 
     The start script runs after the daemon has added the VIP; it starts the server
-    in the background (its pid in a file) and returns. The stop script kills that pid.
+    in the background (its pid in a file) and returns. The stop script kills that
+    pid, after ``stop_delay`` seconds (an application that is slow to stop).
     """
     for node in NODES:
         www = tmp_path / f"www-{node}"
@@ -70,6 +78,7 @@ def app_section(tmp_path: Path) -> dict[str, Any]:
     )
     stop.write_text(
         "#!/bin/sh\n"
+        f"sleep {stop_delay}\n"
         f'pidfile="{tmp_path}/app.$FAILOVER_NODE.pid"\n'
         'if [ -f "$pidfile" ]; then kill -9 "$(cat "$pidfile")" 2>/dev/null; rm -f "$pidfile"; fi\n'
         "exit 0\n"
@@ -97,9 +106,15 @@ class Cluster:
         vip_network: str | None = None,
         env: Mapping[str, str] | None = None,
         replicate: str | None = None,
+        stop_delay: float = 0.0,
     ) -> None:
+        CLUSTERS.append(self)
+        self.expected_violations: frozenset[str] = frozenset()
         self.lab = lab
         self.replicate = replicate
+        self.entry = ["-m", "failover"]
+        self.acked: list[Ack] | None = None
+        self.found: dict[str, set[int]] = {}
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
@@ -149,7 +164,7 @@ class Cluster:
                 }
         if vip_network is not None:
             self.vip = lab.host_address(vip_network, VIP_HOST)
-            document["application"] = app_section(tmp_path)
+            document["application"] = app_section(tmp_path, stop_delay)
             document["virtual_ip"] = {
                 "address": f"{self.vip}/24",
                 "interface": lab.interface("alpha", vip_network),
@@ -167,6 +182,24 @@ class Cluster:
         self.dead_timeout = timing.dead_timeout
         self.heartbeat_interval = timing.heartbeat_interval
 
+    def journals(self) -> list[Path]:
+        """The nodes' audit journals written so far (rotated ones included)."""
+        return sorted((self.tmp_path / "state").glob(f"*/{JOURNAL_NAME}*"))
+
+    def audit(self) -> Report | None:
+        """``failover audit`` on this cluster's journals (None if no daemon ran), with
+        the acknowledged records and what each node holds when the test set them."""
+        journals = self.journals()
+        if not journals:
+            return None
+        found = self.found if self.acked is not None else None
+        return audit(journals, acked=self.acked, found=found)
+
+    def expect_violations(self, *invariants: str) -> None:
+        """This test breaks ``invariants`` on purpose (a mutant): the audit at its end
+        must find at least one violation, and only of these."""
+        self.expected_violations = frozenset(invariants)
+
     def socket(self, node: str) -> Path:
         return self.tmp_path / f"{node}.sock"
 
@@ -177,7 +210,7 @@ class Cluster:
     # -- processes ------------------------------------------------------------
 
     def start(self, node: str) -> None:
-        argv = [sys.executable, "-m", "failover", "run", "-c", str(self.config_path)]
+        argv = [sys.executable, *self.entry, "run", "-c", str(self.config_path)]
         argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
         if self.replicate is not None:
             bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'

@@ -27,6 +27,12 @@ How the effects of one ``handle`` call are applied, in list order:
   one at a time, while heartbeats keep flowing.
 
 Time: ``now`` is always ``anyio.current_time()`` (monotonic, or virtual in tests).
+
+The audit journal (``<state_dir>/<node>/audit.jsonl``, docs/audit.md) gets, after
+each ``handle`` call, that step's records (what is heard of the peer, metadata,
+links, transitions), plus the daemon's start and exit and the executor's real
+application start and stop, on ``CLOCK_MONOTONIC``; a failing write never stops
+the daemon.
 """
 
 from __future__ import annotations

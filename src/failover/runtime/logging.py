@@ -8,13 +8,18 @@ the core event of a transition, so structlog's own message key is renamed to
 ``core_event=...``.
 
 Only the runtime configures logging; ``core/`` never installs a handler.
+
+``AuditJournal`` is the node's audit journal (``<state_dir>/<node>/audit.jsonl``,
+docs/audit.md): records for ``failover audit``, on ``CLOCK_MONOTONIC``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Mapping, MutableMapping
@@ -101,14 +106,19 @@ def monotonic() -> float:
 
 
 class AuditJournal:
-    """The node's audit journal: one JSON object per line, appended, line-buffered.
+    """The node's audit journal: one JSON object per line, appended.
 
     ``write(kind, **fields)`` adds ``v``, ``kind``, ``node``, ``boot`` (the
-    daemon's incarnation), ``seq`` (per boot) and ``mono`` (``monotonic()``).
+    daemon's incarnation), ``seq`` (per boot) and ``mono`` (``monotonic()``),
+    and appends the line with one ``write`` to a file opened ``O_APPEND`` (no
+    user-space buffer: a record is in the page cache when ``write`` returns).
     The records and what ``failover audit`` checks with them are in
     docs/audit.md. A write that fails (full or failing disk) is reported once in
-    the log and skipped: the journal never stops the daemon. Past
-    ``max_bytes`` the file is rotated, keeping ``backups`` older files.
+    the log and skipped; a partly written line is cut off again, and the next
+    record that can be written is preceded by a ``gap`` record counting the
+    skipped ones: the journal never stops the daemon and never leaves a torn
+    line behind it. Past ``max_bytes`` the file is rotated, keeping ``backups``
+    older files.
     """
 
     def __init__(
@@ -126,46 +136,58 @@ class AuditJournal:
         self.max_bytes = max_bytes
         self.backups = backups
         self.seq = 0
-        self._file: TextIO | None = None
-        self._failing = False
+        self.skipped = 0
+        self._fd: int | None = None
 
     def write(self, kind: str, /, **fields: Any) -> None:
         self.seq += 1
-        record = {
-            "v": JOURNAL_FORMAT,
-            "kind": kind,
-            "node": self.node,
-            "boot": self.boot,
-            "seq": self.seq,
-            "mono": monotonic(),
-            **fields,
-        }
+        record = {"v": JOURNAL_FORMAT, "kind": kind, "node": self.node, "boot": self.boot}
+        record.update(seq=self.seq, mono=monotonic(), **fields)
         try:
-            line = json.dumps(record, default=str) + "\n"
-            stream = self._open()
-            stream.write(line)
-            if stream.tell() >= self.max_bytes:
-                self._rotate()
+            if self.skipped:
+                gap = {**record, "kind": "gap", "skipped": self.skipped}
+                for key in fields:
+                    del gap[key]
+                self._append(json.dumps(gap, default=str))
+                structlog.get_logger("failover.journal").warning(
+                    "audit journal writable again", file=str(self.path), skipped=self.skipped
+                )
+                self.skipped = 0
+                self.seq += 1
+                record.update(seq=self.seq, mono=monotonic())
+            self._append(json.dumps(record, default=str))
         except (OSError, ValueError) as exc:
             self._close()
-            if not self._failing:
-                self._failing = True
+            if not self.skipped:
                 structlog.get_logger("failover.journal").error(
                     "cannot write the audit journal: records are skipped until it works again",
                     file=str(self.path),
                     error=str(exc),
                 )
-            return
-        if self._failing:
-            self._failing = False
-            structlog.get_logger("failover.journal").warning(
-                "audit journal writable again", file=str(self.path)
-            )
+            self.skipped += 1
 
-    def _open(self) -> TextIO:
-        if self._file is None:
-            self._file = _open_log_file(self.path)
-        return self._file
+    def _append(self, line: str) -> None:
+        data = (line + "\n").encode()
+        size = self._size()
+        if size >= self.max_bytes:
+            self._rotate()
+            size = self._size()
+        assert self._fd is not None
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)  # no torn line left for the audit
+            raise
+
+    def _size(self) -> int:
+        """The current file's size, opening (creating) it if needed."""
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        return os.fstat(self._fd).st_size
 
     def _rotate(self) -> None:
         self._close()
@@ -179,10 +201,10 @@ class AuditJournal:
             self.path.unlink()
 
     def _close(self) -> None:
-        stream, self._file = self._file, None
-        if stream is not None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                stream.close()
+                os.close(fd)
 
     def close(self) -> None:
         self._close()

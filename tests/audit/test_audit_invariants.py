@@ -1,0 +1,298 @@
+"""The audit on synthetic journals: for each invariant a run that keeps it and one
+that breaks it, so that every check is shown able to fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from audit_support import Journal, acks, ids, paired
+
+from failover.audit import Report, audit
+
+
+def run(tmp_path: Path, *journals: Journal, **kwargs: object) -> Report:
+    return audit([j.write(tmp_path) for j in journals], **kwargs)  # type: ignore[arg-type]
+
+
+def kinds(report: Report) -> list[str]:
+    return [v.invariant for v in report.violations]
+
+
+def pair() -> tuple[Journal, Journal, float]:
+    alpha, beta = Journal("alpha"), Journal("beta")
+    return alpha, beta, paired(alpha, beta)
+
+
+def test_a_paired_run_holds_every_invariant(tmp_path: Path) -> None:
+    alpha, beta, _ = pair()
+    report = run(tmp_path, alpha, beta)
+    assert report.ok, report
+    assert report.checked == ("S1", "S2", "S4", "S5")
+    assert report.figures["entries"] == 1 and report.figures["overlaps"]["count"] == 0
+
+
+# --- S1 ------------------------------------------------------------------------------------
+
+
+def beta_takes_over(beta: Journal, at: float) -> None:
+    """beta stops hearing alpha at ``at`` and takes over (alone, 2:beta) on silence."""
+    beta.next_step().link(at + 0.1, False)
+    beta.next_step().meta(at + 0.2, "2:beta", "1:alpha")
+    beta.transition(at + 0.2, "secondary", "alone", "2:beta", event="peer_lost", synced="1:alpha")
+    beta.app(at + 0.201, "start", "begin").app(at + 0.202, "start", "end")
+
+
+def partition(alpha: Journal, beta: Journal, at: float) -> None:
+    """Every link cut at ``at``: both see them down, both serve (blind)."""
+    alpha.next_step().link(at + 0.1, False)
+    alpha.next_step().meta(at + 0.2, "2:alpha", "1:alpha")
+    alpha.transition(at + 0.2, "primary", "alone", "2:alpha", event="peer_lost", synced="1:alpha")
+    beta_takes_over(beta, at)
+
+
+def test_s1_both_serve_after_a_takeover_in_silence_and_the_loser_yields(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    partition(alpha, beta, t + 10)
+    # healed: alpha hears beta serve a higher generation and yields in that step
+    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)
+    alpha.transition(t + 15, "alone", "wait", "2:alpha", synced="1:alpha")
+    alpha.app(t + 15.001, "stop", "begin").app(t + 15.5, "stop", "end")
+    beta.next_step().peer(t + 15.01, "wait", "2:alpha").link(t + 15.01, True)
+    report = run(tmp_path, alpha, beta)
+    assert report.ok, report
+    assert report.figures["blind_overlaps"] == 1
+    assert report.figures["overlaps"]["count"] == 1
+
+
+def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
+    tmp_path: Path,
+) -> None:
+    alpha, beta, t = pair()
+    partition(alpha, beta, t + 10)
+    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)  # and stays alone
+    beta.next_step().peer(t + 15.01, "alone", "2:alpha").link(t + 15.01, True)
+    beta.meta(t + 15.01, "3:beta", "1:alpha")  # the winner lifts its generation: fine
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S1"], report
+    assert "alpha heard beta serving" in report.violations[0].why
+
+
+def test_s1_the_configured_winner_keeps_serving(tmp_path: Path) -> None:
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta)
+    for journal in (alpha, beta):  # restart both with alpha as the named winner
+        journal.restart(t + 1, "1:alpha", synced="1:alpha", winner="alpha")
+    alpha.serve(t + 1.1, "wait", "alone", "1:alpha")
+    beta.next_step().transition(t + 1.2, "wait", "secondary", "1:alpha")
+    partition(alpha, beta, t + 10)
+    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)  # alpha wins: stays
+    beta.next_step().peer(t + 15.01, "alone", "2:alpha").link(t + 15.01, True)
+    beta.transition(t + 15.01, "alone", "wait", "2:beta")
+    beta.app(t + 15.02, "stop", "begin").app(t + 15.03, "stop", "end")
+    report = run(tmp_path, alpha, beta)
+    assert report.ok, report
+
+
+def swap(alpha: Journal, beta: Journal, at: float, stop_ends: float) -> None:
+    """alpha hands over: its stop script runs from ``at`` to ``stop_ends``; alpha
+    announces secondary at ``at + 0.01``; beta takes over on hearing it."""
+    alpha.app(at, "stop", "begin")
+    if stop_ends < at + 0.01:
+        alpha.app(stop_ends, "stop", "end")
+    alpha.next_step().transition(at + 0.01, "primary", "secondary", "1:alpha", synced="1:alpha")
+    if stop_ends >= at + 0.01:
+        alpha.app(stop_ends, "stop", "end")
+    beta.next_step().peer(at + 0.02, "secondary", "1:alpha")
+    beta.transition(at + 0.02, "secondary", "primary", "1:alpha", synced="1:alpha")
+    beta.app(at + 0.021, "start", "begin").app(at + 0.022, "start", "end")
+
+
+def test_s1_a_hand_over_after_the_stop_finished(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    swap(alpha, beta, t + 5, stop_ends=t + 5.005)
+    report = run(tmp_path, alpha, beta)
+    assert report.ok, report
+    assert report.figures["overlaps"]["count"] == 0
+
+
+def test_s1_the_peer_starts_while_the_old_servers_stop_script_still_runs(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    swap(alpha, beta, t + 5, stop_ends=t + 6.5)
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S1"], report
+    violation = report.violations[0]
+    assert violation.nodes == ("alpha", "beta")
+    assert "still holding the application" in violation.why
+    assert report.figures["overlaps"]["longest"] > 1.4
+
+
+def test_s1_a_forced_promotion_may_serve_beside_its_peer(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    beta.next_step().transition(t + 1, "secondary", "wait", "1:alpha", event="second")
+    beta.serve(t + 2, "wait", "alone", "2:beta", event="prim", forced=True)
+    report = run(tmp_path, alpha, beta)
+    assert report.ok, report
+    assert report.figures["forced_overlaps"] == 1
+
+
+def test_s1_an_unforced_start_beside_a_serving_peer_it_hears(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    beta.next_step().transition(t + 1, "secondary", "wait", "1:alpha", event="second")
+    beta.serve(t + 2, "wait", "alone", "2:beta", event="prim")
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S1"], report
+
+
+# --- S2 ------------------------------------------------------------------------------------
+
+
+def stale_takeover(alpha: Journal, beta: Journal, at: float, **kwargs: object) -> None:
+    """alpha serves on alone under 2:alpha, then is stopped; beta (still 1:alpha)
+    takes over while it hears alpha."""
+    alpha.next_step().meta(at, "2:alpha", "1:alpha")
+    alpha.transition(at, "primary", "alone", "2:alpha", event="replication_failed")
+    alpha.app(at + 1, "stop", "begin").app(at + 1.1, "stop", "end")
+    alpha.next_step().transition(at + 1.2, "alone", "stop", "2:alpha", event="stop")
+    beta.next_step().peer(at + 1.3, "stop", "2:alpha")
+    beta.serve(at + 1.3, "secondary", "alone", "2:beta", synced="1:alpha", **kwargs)
+
+
+def test_s2_a_promotion_over_newer_data(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    stale_takeover(alpha, beta, t + 5)
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S2"], report
+    assert "holds newer 2:alpha" in report.violations[0].why
+
+
+def test_s2_a_forced_promotion_over_newer_data_is_the_operators_choice(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    stale_takeover(alpha, beta, t + 5, forced=True)
+    assert run(tmp_path, alpha, beta).ok
+
+
+def test_s2_a_blind_takeover_cannot_know_the_newer_data(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    beta.next_step().link(t + 4, False)  # beta hears nothing any more
+    stale_takeover(alpha, beta, t + 5)
+    assert run(tmp_path, alpha, beta).ok
+
+
+# --- S3 ------------------------------------------------------------------------------------
+
+
+def crash_of_alpha(alpha: Journal, beta: Journal, t: float) -> None:
+    """alpha's daemon dies (no more records); beta takes over on silence."""
+    beta_takes_over(beta, t)
+
+
+def test_s3_every_acknowledged_record_is_on_the_node_that_serves_next(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    crash_of_alpha(alpha, beta, t + 5)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 2), (3, t + 3), (4, t + 9))
+    found = {"beta": ids(tmp_path / "beta.ids", 1, 2, 3)}
+    report = run(tmp_path, alpha, beta, acked=acked, found=found)
+    assert report.ok, report
+    assert report.checked == ("S1", "S2", "S3", "S4", "S5")
+    assert report.figures["s3_entries"] == 1 and report.figures["acked"] == 4
+
+
+def test_s3_an_acknowledged_record_missing_on_the_next_server(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    crash_of_alpha(alpha, beta, t + 5)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 2), (3, t + 3))
+    found = {"beta": ids(tmp_path / "beta.ids", 1, 3)}
+    report = run(tmp_path, alpha, beta, acked=acked, found=found)
+    assert kinds(report) == ["S3"], report
+    assert report.violations[0].why.endswith("without 1 acknowledged record(s): 2")
+
+
+def alone_then_crash(alpha: Journal, beta: Journal, t: float, *, cut: bool) -> None:
+    """alpha's replication breaks and it serves alone under 2:alpha; with ``cut``
+    every link is down (beta hears nothing), else beta still hears alpha alone."""
+    if cut:
+        beta.next_step().link(t - 0.1, False)
+    alpha.next_step().meta(t, "2:alpha", "1:alpha")
+    alpha.transition(t, "primary", "alone", "2:alpha", event="replication_failed")
+    if not cut:
+        beta.next_step().peer(t + 0.01, "alone", "2:alpha")
+    crash_of_alpha(alpha, beta, t + 2)
+
+
+def test_s3_the_lost_write_chain_of_issue_8(tmp_path: Path) -> None:
+    """Records alpha acknowledged alone while beta still heard it (and took itself
+    for in sync) are lost when beta takes over: never exempt."""
+    alpha, beta, t = pair()
+    alone_then_crash(alpha, beta, t + 5, cut=False)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S3"], report
+    assert "2, 3" in report.violations[0].why
+
+
+def test_s3_writes_made_alone_behind_a_full_partition_are_s6s(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    alone_then_crash(alpha, beta, t + 5, cut=True)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    assert report.ok, report
+
+
+def test_s3_a_split_brain_losers_writes_are_not_required_on_the_winner(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    partition(alpha, beta, t + 10)
+    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)
+    alpha.transition(t + 15, "alone", "wait", "2:alpha", synced="1:alpha")
+    alpha.app(t + 15.001, "stop", "begin").app(t + 15.5, "stop", "end")
+    beta.next_step().peer(t + 15.01, "wait", "2:alpha").link(t + 15.01, True)
+    # later beta is stopped and started again: it serves once more
+    beta.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")
+    beta.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
+    beta.next_step().transition(t + 21, "stop", "wait", "2:beta", event="start")
+    beta.serve(t + 22, "wait", "alone", "2:beta")
+    during = acks(tmp_path / "acked", (1, t + 1), (2, t + 12, "alpha"))
+    report = run(tmp_path, alpha, beta, acked=during, found={"beta": ids(tmp_path / "b", 1)})
+    assert report.ok, report
+    # acknowledged while paired: required at beta's takeover and again when it restarts
+    before = acks(tmp_path / "acked2", (1, t + 1), (2, t + 9))
+    report = run(tmp_path, alpha, beta, acked=before, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S3", "S3"], report
+
+
+# --- S4 ------------------------------------------------------------------------------------
+
+
+def test_s4_resync_ends_in_secondary(tmp_path: Path) -> None:
+    alpha, beta, _ = pair()
+    assert run(tmp_path, alpha, beta).ok  # paired() resyncs beta into secondary
+
+
+def test_s4_a_resync_node_that_serves(tmp_path: Path) -> None:
+    alpha = Journal("alpha")
+    alpha.start(1.0)
+    alpha.next_step().transition(1.1, "stop", "wait", "0", event="start")
+    alpha.next_step().transition(1.2, "wait", "resync", "0")
+    alpha.app(1.25, "start", "begin")
+    alpha.next_step().transition(1.3, "resync", "alone", "1:alpha")
+    report = run(tmp_path, alpha)
+    assert kinds(report) == ["S4", "S4"], report
+    assert "started the application in resync" in report.violations[0].why
+    assert "from resync to alone" in report.violations[1].why
+
+
+# --- S5 ------------------------------------------------------------------------------------
+
+
+def test_s5_generations_grow_across_restarts(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    beta.restart(t + 5, "1:alpha", synced="1:alpha")
+    assert run(tmp_path, alpha, beta).ok
+
+
+def test_s5_a_generation_that_goes_back_after_a_restart(tmp_path: Path) -> None:
+    alpha, beta, t = pair()
+    beta.restart(t + 5, "0")  # the metadata was lost or rolled back
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S5"], report
+    assert report.violations[0].why == "generation went from 1:alpha to 0"
+    assert report.violations[0].where.endswith("beta/audit.jsonl:10")
