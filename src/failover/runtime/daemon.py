@@ -378,7 +378,7 @@ class Daemon:
                 journal.write("link", step=step, link=effect.link, up=effect.up)
             elif isinstance(effect, fx.TransitionRecord):
                 entry = transition_record(effect)
-                del entry["time"], entry["node"]
+                del entry["time"], entry["node"], entry["mono"]
                 entry.update(synced=str(metadata.synced_generation))
                 entry.update(consistent=metadata.consistent)
                 journal.write("transition", step=step, **entry)

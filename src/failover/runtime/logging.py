@@ -140,23 +140,15 @@ class AuditJournal:
         self._fd: int | None = None
 
     def write(self, kind: str, /, **fields: Any) -> None:
-        self.seq += 1
-        record = {"v": JOURNAL_FORMAT, "kind": kind, "node": self.node, "boot": self.boot}
-        record.update(seq=self.seq, mono=monotonic(), **fields)
         try:
             if self.skipped:
-                gap = {**record, "kind": "gap", "skipped": self.skipped}
-                for key in fields:
-                    del gap[key]
-                self._append(json.dumps(gap, default=str))
+                self._append(self._line("gap", {"skipped": self.skipped}))
                 structlog.get_logger("failover.journal").warning(
                     "audit journal writable again", file=str(self.path), skipped=self.skipped
                 )
                 self.skipped = 0
-                self.seq += 1
-                record.update(seq=self.seq, mono=monotonic())
-            self._append(json.dumps(record, default=str))
-        except (OSError, ValueError) as exc:
+            self._append(self._line(kind, fields))
+        except (OSError, ValueError, TypeError) as exc:
             self._close()
             if not self.skipped:
                 structlog.get_logger("failover.journal").error(
@@ -165,6 +157,16 @@ class AuditJournal:
                     error=str(exc),
                 )
             self.skipped += 1
+
+    def _line(self, kind: str, fields: dict[str, Any]) -> str:
+        self.seq += 1
+        record = dict(fields)  # the journal's own keys win over a caller's
+        record.update(v=JOURNAL_FORMAT, kind=kind, node=self.node, boot=self.boot)
+        record.update(seq=self.seq, mono=monotonic())
+        head = ("v", "kind", "node", "boot", "seq", "mono")
+        ordered = {key: record[key] for key in head}
+        ordered.update((key, value) for key, value in record.items() if key not in ordered)
+        return json.dumps(ordered, default=str)
 
     def _append(self, line: str) -> None:
         data = (line + "\n").encode()
