@@ -44,7 +44,7 @@ pair), targets chosen by role (primary or secondary), never by name:
 Lan-side attacks come from the client namespace; attacks on the crossover
 (TCP heartbeats) from a process in the peer's network namespace. During
 every attack the observer keeps asking both daemons for their status: a
-request refused (503) or unanswered counts as ``control API denied``.
+request refused (503) or unanswered counts as ``control API requests denied``.
 
 A round ends with every fault undone (links up, SIGCONT, attackers stopped,
 disk freed, dead daemons started again) and then waits, at most
@@ -1191,8 +1191,10 @@ def unavailable_reason() -> str | None:
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run through the same cleanup as Ctrl-C."""
+    """SIGTERM and SIGHUP end the run through the same cleanup as Ctrl-C (SIGINT, made
+    KeyboardInterrupt even where the shell started the campaign with it ignored)."""
     previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
@@ -1230,7 +1232,6 @@ def main(argv: list[str] | None = None) -> int:
                 if args.keep_logs is not None:
                     shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)
                 shutil.rmtree(work, ignore_errors=True)
-                signal.signal(signal.SIGINT, signal.default_int_handler)
     summary = campaign.report(time.monotonic() - started)
     summary["load_average_after"] = os.getloadavg()
     print(f"load average after: {os.getloadavg()}", flush=True)
