@@ -19,9 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "wire"))
 
-from wire_fuzz_corpus import ACCEPTED, LOCAL, PEER, WINDOW, Corpus, codec
-
-from failover.wire import Inbound
+from wire_fuzz_corpus import ACCEPTED, Corpus, receiver
 
 BATCH = 100_000  # frames generated, then fed, at a time (bounds memory)
 
@@ -32,7 +30,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    inbound = Inbound(codec(), LOCAL, peer=PEER, window=WINDOW)
+    inbound = receiver()
     corpus = iter(Corpus(args.seed, args.frames))
     expected: Counter[str] = Counter()
     mismatches: Counter[tuple[str, str]] = Counter()

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import ssl
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 from pydantic import BaseModel
+
+from failover.wire import LinkAuth
 
 MAX_FRAME_SIZE = 65_507
 """Largest heartbeat frame, in bytes, every transport must carry: the "64 KiB"
@@ -95,6 +97,36 @@ class HeartbeatTransport(Protocol):
         cannot be set up (address in use, no such device).
         """
         ...
+
+
+class ConnectionAuthTransport(HeartbeatTransport, Protocol):
+    """An optional addition for transports that make connections (``tcp``).
+
+    Such a link could be used by anyone able to connect, so the runtime
+    gives the transport a ``LinkAuth`` (``failover.wire``) and the transport
+    runs ``auth.handshake(dialer=...)`` on every connection before using it:
+    a connection is used to send, and what it carries is delivered, only after
+    the other end proved the cluster key. A transport opts in by setting
+    ``connection_auth = True`` and accepting the ``auth`` keyword; the runtime
+    checks the attribute (``supports_connection_auth``) and calls ``open``
+    without the keyword otherwise, so transports without it keep working.
+    """
+
+    connection_auth: bool
+    """True: ``open`` takes ``auth`` and proves the key on every connection."""
+
+    async def open(
+        self, local: BaseModel, remote: BaseModel, *, auth: LinkAuth | None = None
+    ) -> HeartbeatChannel:
+        """As ``HeartbeatTransport.open``; with ``auth`` (None in an insecure
+        cluster: no proof, connections used as they come), every connection
+        runs the handshake first and is closed if it fails or is too slow."""
+        ...
+
+
+def supports_connection_auth(transport: HeartbeatTransport) -> TypeGuard[ConnectionAuthTransport]:
+    """True when ``transport`` declares ``connection_auth = True`` (``ConnectionAuthTransport``)."""
+    return getattr(transport, "connection_auth", False) is True
 
 
 @runtime_checkable

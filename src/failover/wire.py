@@ -12,7 +12,14 @@ Layers, in the order a received frame goes through them (``Inbound.accept``):
 2. Own frames (multicast loopback) and, optionally, senders other than the
    configured peer are dropped.
 3. ``ReplayGuard``: incarnation and sliding sequence window per sender.
-4. ``decode_heartbeat``: the strict JSON payload, back to a ``PeerStatus``.
+4. The echo: the frame must carry this node's current incarnation, which no
+   frame made before this start can carry (a recording replayed after this
+   node restarted is refused as ``wrong_echo``).
+5. ``decode_heartbeat``: the strict JSON payload, back to a ``PeerStatus``.
+
+``LinkAuth`` and ``LinkHandshake`` are the other binary format of a heartbeat
+link: the mutual proof of the cluster key that a connection-oriented transport
+(``tcp``) runs on each connection before using it.
 
 Every rejection carries a ``Reason`` from a fixed set; ``Inbound`` counts them.
 """
@@ -24,6 +31,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import struct
 from collections import Counter
 from collections.abc import Iterable
@@ -33,7 +41,8 @@ from typing import TypeVar
 from failover.core.state import Generation, PeerStatus, State, SubStatus
 from failover.errors import PeerProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""Version 2 added the ``echo`` header field (version 1 frames are ``bad_version``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -42,9 +51,10 @@ FLAG_INSECURE = 0x01
 """Set when the tag is a plain SHA-256 checksum instead of an HMAC (``insecure: true``)."""
 KNOWN_FLAGS = FLAG_INSECURE
 
-# magic, version, kind, flags, sender length, payload length, cluster id, incarnation, seq
-_HEADER = struct.Struct(">4sBBBBH8sQQ")
-HEADER_SIZE = _HEADER.size  # 34
+# magic, version, kind, flags, sender length, payload length, cluster id, incarnation, seq,
+# echo
+_HEADER = struct.Struct(">4sBBBBH8sQQQ")
+HEADER_SIZE = _HEADER.size  # 42
 TAG_SIZE = 32
 CLUSTER_ID_SIZE = 8
 MAX_NAME = 64
@@ -77,11 +87,16 @@ class Reason(enum.StrEnum):
     OWN = "own"
     """Sent by this node (multicast loopback); only ``Inbound`` drops these."""
     UNKNOWN_SENDER = "unknown_sender"
-    """Authentic but from a node that is not the configured peer (``Inbound`` with ``peer``)."""
+    """Authentic but from a node that is not the configured peer (``Inbound.peer``)."""
     STALE_INCARNATION = "stale_incarnation"
     """From an incarnation of the sender older than one already seen."""
     REPLAYED = "replayed"
     """A sequence number already seen, or older than the replay window."""
+    WRONG_ECHO = "wrong_echo"
+    """Authentic and new, but its echo is not this node's current incarnation: it
+    was made before this node started (a replay after a restart), or the sender
+    has not heard this run of the node yet. It still teaches the sender's
+    incarnation (the next frames this node sends echo it)."""
     BAD_PAYLOAD = "bad_payload"
     """Authentic frame whose payload is not a valid heartbeat."""
     INTERNAL_ERROR = "internal_error"
@@ -117,6 +132,8 @@ class Frame:
     incarnation: int
     seq: int
     payload: bytes
+    echo: int = 0
+    """The newest incarnation of the receiver that the sender had heard (0: none)."""
 
 
 def cluster_id(cluster: str) -> bytes:
@@ -160,13 +177,25 @@ class FrameCodec:
         """True when frames carry an HMAC (a cluster key is configured)."""
         return self._key is not None
 
+    def link_auth(self, local: str, peer: str) -> LinkAuth | None:
+        """The connection proof for links between ``local`` and ``peer`` under this
+        cluster's key, or None in insecure mode (nothing to prove)."""
+        return None if self._key is None else LinkAuth(self._key, self.cluster_id, local, peer)
+
     def _tag(self, signed: bytes | memoryview) -> bytes:
         if self._key is None:
             return hashlib.sha256(signed).digest()
         return hmac.digest(self._key, signed, "sha256")
 
     def encode(
-        self, kind: FrameKind, sender: str, incarnation: int, seq: int, payload: bytes
+        self,
+        kind: FrameKind,
+        sender: str,
+        incarnation: int,
+        seq: int,
+        payload: bytes,
+        *,
+        echo: int = 0,
     ) -> bytes:
         """The frame's bytes. Raises ValueError for arguments that no peer would
         accept (an invalid sender name, out-of-range numbers, a frame over
@@ -177,6 +206,7 @@ class FrameCodec:
             raise ValueError(f"sender must be 1-{MAX_NAME} characters of [a-z0-9-], not {sender!r}")
         _check_u64("incarnation", incarnation)
         _check_u64("seq", seq)
+        _check_u64("echo", echo)
         name = sender.encode("ascii")
         size = HEADER_SIZE + len(name) + len(payload) + TAG_SIZE
         if size > MAX_FRAME:
@@ -194,6 +224,7 @@ class FrameCodec:
                     self.cluster_id,
                     incarnation,
                     seq,
+                    echo,
                 ),
                 name,
                 payload,
@@ -217,7 +248,7 @@ class FrameCodec:
             raise FrameRejected(Reason.BAD_MAGIC)
         if size < HEADER_SIZE:
             raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header is {HEADER_SIZE}")
-        (_, version, kind, flags, name_len, payload_len, cid, incarnation, seq) = (
+        (_, version, kind, flags, name_len, payload_len, cid, incarnation, seq, echo) = (
             _HEADER.unpack_from(data)
         )
         if version != PROTOCOL_VERSION:
@@ -254,6 +285,7 @@ class FrameCodec:
             incarnation,
             seq,
             bytes(view[name_end:signed_end]),
+            echo,
         )
 
 
@@ -496,20 +528,29 @@ class Outbound:
     """Builds this node's frames: one incarnation, a seq that increases by one per frame.
 
     ``incarnation`` must be larger than any this node used before (the peer
-    refuses older ones as ``stale_incarnation`` until it restarts itself), for
-    example ``max(time.time_ns(), last + 1)`` persisted before the first send.
-    Every frame gets its own seq: build one per link (``heartbeats``), never
-    send the same bytes on two links, or the second copy is dropped as
-    ``replayed`` and that link looks silent.
+    refuses older ones as ``stale_incarnation`` until it restarts itself, and
+    a reused one would let frames recorded in an earlier run carry a valid
+    echo), for example ``max(time.time_ns(), last + 1)`` persisted before the
+    first send. Every frame gets its own seq: build one per link
+    (``heartbeats``), never send the same bytes on two links, or the second
+    copy is dropped as ``replayed`` and that link looks silent.
+
+    Every frame carries ``echo``: the newest incarnation of the peer heard so
+    far (0 before any). The ``Inbound`` paired with this ``Outbound`` keeps it
+    up to date; the peer accepts a frame only when its echo is the peer's
+    current incarnation.
     """
 
-    def __init__(self, codec: FrameCodec, sender: str, incarnation: int) -> None:
+    def __init__(self, codec: FrameCodec, sender: str, incarnation: int, *, echo: int = 0) -> None:
         if not _valid_name(sender):
             raise ValueError(f"sender must be 1-{MAX_NAME} characters of [a-z0-9-], not {sender!r}")
         _check_u64("incarnation", incarnation)
+        _check_u64("echo", echo)
         self.codec = codec
         self.sender = sender
         self.incarnation = incarnation
+        self.echo = echo
+        """The peer's newest incarnation heard (0: none yet), echoed in every frame."""
         self.seq = 0
         """The seq of the last frame built (0: none yet; the first frame has seq 1)."""
 
@@ -530,7 +571,12 @@ class Outbound:
 
     def _next_frame(self, payload: bytes) -> bytes:
         frame = self.codec.encode(
-            FrameKind.HEARTBEAT, self.sender, self.incarnation, self.seq + 1, payload
+            FrameKind.HEARTBEAT,
+            self.sender,
+            self.incarnation,
+            self.seq + 1,
+            payload,
+            echo=self.echo,
         )
         self.seq += 1  # only once the frame exists: a refused encode leaves no gap
         return frame
@@ -564,12 +610,22 @@ class InboundStats:
 class Inbound:
     """The receiving end: bytes from any link in, the peer's status out (or nothing).
 
-    ``accept`` runs decode (size, header, cluster, MAC) -> drop own frames
-    (``sender == local_node``, e.g. multicast loopback) -> if ``peer`` is
-    given, drop other senders -> replay guard -> heartbeat payload, and never
-    raises. Each drop is counted in ``stats`` under its ``Reason``. One
-    ``Inbound`` serves every link of a node: the replay window is per sender,
-    so a frame replayed on another link is refused too.
+    ``local`` is this node's ``Outbound``: it names this node and its current
+    incarnation, and ``Inbound`` keeps its ``echo`` up to date. ``accept`` runs
+    decode (size, header, cluster, MAC) -> drop own frames (``sender ==
+    local``, e.g. multicast loopback) -> drop senders other than ``peer`` ->
+    replay guard -> echo -> heartbeat payload, and never raises. Each drop is
+    counted in ``stats`` under its ``Reason``. One ``Inbound`` serves every
+    link of a node: the replay window is per sender, so a frame replayed on
+    another link is refused too.
+
+    The echo binds every accepted frame to this run of this node: a frame is
+    handed on only when its echo equals ``local.incarnation``, which is larger
+    than any incarnation this node used before, so no frame made before this
+    start carries it (whatever the replay guard forgot at the restart). A frame
+    that passed the replay guard but echoes something else (the peer has not
+    heard this run yet) is dropped as ``wrong_echo``, but its incarnation is
+    what this node echoes from then on: one frame each way pairs the two runs.
 
     The status handed on is never older than one already handed on: a frame
     that arrives after a newer one of the same incarnation (queued on a slower
@@ -579,11 +635,12 @@ class Inbound:
     its peer go back in time.
     """
 
-    def __init__(
-        self, codec: FrameCodec, local_node: str, *, peer: str | None = None, window: int = 64
-    ) -> None:
+    def __init__(self, codec: FrameCodec, local: Outbound, *, peer: str, window: int = 64) -> None:
+        if peer == local.sender:
+            raise ValueError(f"the peer must be another node than {peer!r}")
         self.codec = codec
-        self.local_node = local_node
+        self.local = local
+        self.local_node = local.sender
         self.peer = peer
         self.guard = ReplayGuard(window)
         self.stats = InboundStats()
@@ -595,9 +652,16 @@ class Inbound:
             frame = self.codec.decode(data)
             if frame.sender == self.local_node:
                 raise FrameRejected(Reason.OWN)
-            if self.peer is not None and frame.sender != self.peer:
+            if frame.sender != self.peer:
                 raise FrameRejected(Reason.UNKNOWN_SENDER, f"sender {frame.sender}")
             self.guard.admit(frame)
+            # Admitted: authentic, and its incarnation is the newest seen from the peer.
+            self.local.echo = frame.incarnation
+            if frame.echo != self.local.incarnation:
+                raise FrameRejected(
+                    Reason.WRONG_ECHO,
+                    f"echoes incarnation {frame.echo}, this node is {self.local.incarnation}",
+                )
             status = decode_heartbeat(frame.payload)
             if status.node != frame.sender:
                 raise _bad(f"status of {status.node!r} in a frame from {frame.sender!r}")
@@ -622,3 +686,155 @@ class Inbound:
     def _drop(self, rejected: FrameRejected) -> None:
         self.stats.dropped[rejected.reason.value] += 1
         self.stats.last_rejection = rejected
+
+
+# --- the link handshake: each connection proves the cluster key -----------------------------
+
+LINK_MAGIC = b"FOVA"
+LINK_VERSION = 1
+NONCE_SIZE = 32
+_LINK_HEAD = struct.Struct(">4sBB")  # magic, version, message type
+_HELLO = struct.Struct(">4sBB8s32s")  # ... cluster id, nonce
+_PROOF = struct.Struct(">4sBB32s")  # ... HMAC
+HELLO_SIZE = _HELLO.size  # 46
+PROOF_SIZE = _PROOF.size  # 38
+_PROOF_LABEL = b"failover heartbeat link proof\x00"
+"""Starts every signed proof: never ``FOVR`` (a frame) nor ``failover replication``."""
+
+
+class LinkMessage(enum.IntEnum):
+    """The two messages of the link handshake (docs/wire.md)."""
+
+    HELLO = 1
+    PROOF = 2
+
+
+class HandshakeFailed(PeerProtocolError):
+    """The other end of a connection did not prove the cluster key (or broke the protocol)."""
+
+
+class LinkHandshake:
+    """One connection's mutual proof of the cluster key, sans-IO.
+
+    Send ``hello`` first. Feed every message that arrives to ``receive``, in
+    order, until ``proven``, and send what it returns (when not None): the
+    dialer's proof once the acceptor's hello arrived, the acceptor's proof
+    only once the dialer's proof verified (so a stranger who connects gets the
+    hello and nothing else). ``proven`` is set once the other end's proof
+    verified. Anything else (a frame, a second hello, a wrong proof, another
+    cluster) raises ``HandshakeFailed``: close the connection.
+
+    Each end proves with ``HMAC(key, label | cluster id | its role | the
+    other end's nonce | its own nonce | its name | the other end's name)``.
+    Fresh nonces on both sides make a recorded proof useless on another
+    connection; the role (dialer or acceptor) makes a proof obtained from one
+    node useless when relayed to the other, whose connections from such a
+    relay are accepted ones too.
+    """
+
+    def __init__(self, auth: LinkAuth, *, dialer: bool, nonce: bytes) -> None:
+        if len(nonce) != NONCE_SIZE:
+            raise ValueError(f"a nonce is {NONCE_SIZE} bytes, not {len(nonce)}")
+        self._auth = auth
+        self.dialer = dialer
+        self._nonce = bytes(nonce)
+        self._their_nonce: bytes | None = None
+        self.proven = False
+        self.hello = _HELLO.pack(
+            LINK_MAGIC, LINK_VERSION, LinkMessage.HELLO, auth.cluster_id, self._nonce
+        )
+
+    def receive(self, message: bytes) -> bytes | None:
+        """Take the other end's next message: this end's proof to send, or None."""
+        if self.proven:
+            raise HandshakeFailed("the handshake is over: no more handshake messages")
+        kind = self._kind(message)
+        if self._their_nonce is None:
+            if kind is not LinkMessage.HELLO or len(message) != HELLO_SIZE:
+                raise HandshakeFailed("expected a hello")
+            _, _, _, cid, nonce = _HELLO.unpack(message)
+            if cid != self._auth.cluster_id:
+                raise HandshakeFailed(f"hello from another cluster (id {cid.hex()})")
+            if nonce == self._nonce:
+                raise HandshakeFailed("our own nonce sent back")
+            self._their_nonce = nonce
+            return self._own_proof() if self.dialer else None
+        if kind is not LinkMessage.PROOF or len(message) != PROOF_SIZE:
+            raise HandshakeFailed("expected a proof")
+        expected = self._auth._proof(
+            dialer=not self.dialer,
+            verifier_nonce=self._nonce,
+            prover_nonce=self._their_nonce,
+            reverse=True,
+        )
+        if not hmac.compare_digest(_PROOF.unpack(message)[3], expected):
+            raise HandshakeFailed("the proof does not verify (another key, node or connection)")
+        self.proven = True
+        return None if self.dialer else self._own_proof()
+
+    def _own_proof(self) -> bytes:
+        assert self._their_nonce is not None
+        proof = self._auth._proof(
+            dialer=self.dialer, verifier_nonce=self._their_nonce, prover_nonce=self._nonce
+        )
+        return _PROOF.pack(LINK_MAGIC, LINK_VERSION, LinkMessage.PROOF, proof)
+
+    @staticmethod
+    def _kind(message: bytes) -> LinkMessage | None:
+        if len(message) < _LINK_HEAD.size:
+            raise HandshakeFailed(f"a {len(message)}-byte message is not a handshake message")
+        magic, version, kind = _LINK_HEAD.unpack_from(message)
+        if magic != LINK_MAGIC:
+            raise HandshakeFailed("not a handshake message (bad magic)")
+        if version != LINK_VERSION:
+            raise HandshakeFailed(f"handshake version {version}, this node speaks {LINK_VERSION}")
+        return LinkMessage(kind) if kind in LinkMessage._value2member_map_ else None
+
+
+class LinkAuth:
+    """What a connection-oriented transport needs to make each connection prove the key.
+
+    Made by ``FrameCodec.link_auth`` (None in insecure mode) and handed to
+    transports that support it (``failover.transport.ConnectionAuthTransport``).
+    It holds the key without exposing it: a transport only gets handshakes.
+    """
+
+    def __init__(self, key: bytes, cluster_id_: bytes, local: str, peer: str) -> None:
+        if not key:
+            raise ValueError("the link proof needs the cluster key")
+        for name in (local, peer):
+            if not _valid_name(name):
+                raise ValueError(f"node names are 1-{MAX_NAME} characters of [a-z0-9-]: {name!r}")
+        if local == peer:
+            raise ValueError(f"the peer must be another node than {peer!r}")
+        self._key = bytes(key)
+        self.cluster_id = cluster_id_
+        self.local = local
+        self.peer = peer
+
+    def handshake(self, *, dialer: bool, nonce: bytes | None = None) -> LinkHandshake:
+        """A handshake for one new connection: ``dialer`` if this node connected,
+        False if it accepted. The nonce is fresh randomness unless given (tests)."""
+        return LinkHandshake(
+            self, dialer=dialer, nonce=secrets.token_bytes(NONCE_SIZE) if nonce is None else nonce
+        )
+
+    def _proof(
+        self, *, dialer: bool, verifier_nonce: bytes, prover_nonce: bytes, reverse: bool = False
+    ) -> bytes:
+        """The proof that this node (or, ``reverse``, the peer) sends as ``dialer``."""
+        prover, verifier = (self.peer, self.local) if reverse else (self.local, self.peer)
+        signed = b"".join(
+            (
+                _PROOF_LABEL,
+                self.cluster_id,
+                b"D" if dialer else b"A",
+                verifier_nonce,
+                prover_nonce,
+                bytes((len(prover),)),
+                prover.encode("ascii"),
+                bytes((len(verifier),)),
+                verifier.encode("ascii"),
+            )
+        )
+        return hmac.digest(self._key, signed, "sha256")

@@ -14,7 +14,7 @@ from failover.api.protocol import COMMANDS
 from failover.cli import main
 from failover.cli.controlcmd import EXIT_UNKNOWN, EXIT_UNREACHABLE, STATE_EXIT_CODES
 
-TOKEN = "cli-test-token"
+TOKEN = "cli-test-token-0123"
 
 
 @pytest.fixture
@@ -197,6 +197,7 @@ def test_tcp_with_a_token_file(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=TOKEN) as ends:
         assert ends.tcp is not None
         address = f"127.0.0.1:{ends.tcp[1]}"
@@ -282,6 +283,7 @@ def test_a_tcp_control_from_the_config_uses_its_token_file(
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
+    token_file.chmod(0o600)
     with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=TOKEN) as ends:
         assert ends.tcp is not None
         tcp = f"{{tcp: {{address: 127.0.0.1, port: {ends.tcp[1]}, token_file: {token_file}}}}}"

@@ -496,7 +496,7 @@ def test_binary_file_is_one_clear_line(tmp_path: Path) -> None:
     path = tmp_path / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00garbage")
     (problem,) = problems_of(path)
-    assert problem.startswith(f"{path}: not a UTF-8 text file")
+    assert problem == f"{path}:1: not UTF-8 text: byte 0xff at column 1 (invalid start byte)"
 
 
 def test_non_string_keys_and_duplicates_are_all_reported(write_config: WriteConfig) -> None:

@@ -39,6 +39,11 @@ def _audit_clusters(item: pytest.Item) -> list[str]:
             violations.append(f"unreadable journal: {exc}")
             continue
         if report is None:
+            if cluster.procs:
+                violations.append(
+                    f"{cluster.tmp_path}: daemons ran but their journals are gone: the "
+                    "test must call cluster.audit_now() before removing the state directory"
+                )
             continue
         figures = report.figures
         item.add_report_section(

@@ -115,9 +115,13 @@ class Cluster:
         self.entry = ["-m", "failover"]
         self.acked: list[Ack] | None = None
         self.found: dict[str, set[int]] = {}
+        self.final_report: Report | None = None
         self.tmp_path = tmp_path
         self.links = dict(links)
         self.env = {**os.environ, **(env or {})}
+        if env and "PYTHONPATH" in env and os.environ.get("PYTHONPATH"):
+            # added to, not replaced: the daemons run the same sources as the test
+            self.env["PYTHONPATH"] = f"{env['PYTHONPATH']}{os.pathsep}{os.environ['PYTHONPATH']}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_dead: set[str] = set()
         self.vip: str | None = None
@@ -187,13 +191,20 @@ class Cluster:
         return sorted((self.tmp_path / "state").glob(f"*/{JOURNAL_NAME}*"))
 
     def audit(self) -> Report | None:
-        """``failover audit`` on this cluster's journals (None if no daemon ran), with
-        the acknowledged records and what each node holds when the test set them."""
+        """``failover audit`` on this cluster's journals, with the acknowledged records
+        and what each node holds when the test set them. None when there is no journal:
+        no daemon ran, or the state directory is gone (then ``audit_now`` must have
+        audited it while it was there, and its report is returned)."""
         journals = self.journals()
         if not journals:
-            return None
+            return self.final_report
         found = self.found if self.acked is not None else None
         return audit(journals, acked=self.acked, found=found)
+
+    def audit_now(self) -> None:
+        """Audit now and keep the report: for a test that removes the state directory
+        (an unmounted tmpfs) before it ends."""
+        self.final_report = self.audit()
 
     def expect_violations(self, *invariants: str) -> None:
         """This test breaks ``invariants`` on purpose (a mutant): the audit at its end

@@ -326,10 +326,11 @@ def test_sync_namespace_fsyncs_each_record(tmp_path: Path, monkeypatch: pytest.M
     assert len(synced) == 1
 
 
-def test_after_a_failed_record_every_op_is_refused(
+def test_after_a_failed_record_ops_are_refused_until_a_checkpoint_is_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     t = tracker(tmp_path)
+    t.before(Create(R, b"e", 0o644))
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -337,9 +338,17 @@ def test_after_a_failed_record_every_op_is_refused(
     monkeypatch.setattr(tracking.os, "fdatasync", full)
     with pytest.raises(OSError, match="No space"):
         t.before(write(b"f", 0, 1))
-    monkeypatch.undo()
-    with pytest.raises(OSError, match="failed earlier"):
+    monkeypatch.setattr(tracking.os, "fsync", full)  # no checkpoint either
+    with pytest.raises(OSError, match="failed earlier and cannot write yet"):
         t.before(Create(R, b"g", 0o644))
+    with pytest.raises(OSError, match="cannot write yet"):
+        t.sync(Fsync(R, b"e", False))
+    monkeypatch.undo()
+    checkpoints = t.checkpoints
+    t.before(Create(R, b"h", 0o644))  # a checkpoint first, then the op
+    assert t.checkpoints == checkpoints + 1
+    recovered = Tracker.recover(t.state_dir).changes
+    assert recovered.name_changed(R, b"e") and recovered.name_changed(R, b"h")
 
 
 def test_misuse_is_a_usage_error(tmp_path: Path) -> None:

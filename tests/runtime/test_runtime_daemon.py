@@ -11,6 +11,8 @@ from typing import Any
 
 import anyio
 import pytest
+import structlog
+import structlog.testing
 import yaml
 from runtime_support import MemoryNetwork, write_cluster
 
@@ -60,6 +62,12 @@ class FakeNode:
 
     def next_deadline(self) -> float | None:
         return None
+
+    def snapshot(self) -> tuple[Any, ...]:
+        return (self.metadata, self.state, self.substatus, self.reason, self.peer)
+
+    def restore(self, snap: tuple[Any, ...]) -> None:
+        self.metadata, self.state, self.substatus, self.reason, self.peer = snap
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
@@ -162,6 +170,29 @@ async def test_a_bad_config_on_reload_is_refused_and_the_old_one_kept(tmp_path: 
             while node.settings.heartbeat_interval != 0.04:
                 await anyio.sleep(0.01)
         assert daemon.controller.status()["state"] == "alone"
+
+
+async def test_a_hostile_config_on_reload_is_refused_quickly_and_logged(tmp_path: Path) -> None:
+    # The same loader as check-config: an alias bomb and an oversized file are
+    # refused (not expanded), the error logged, the running configuration kept.
+    bomb = (
+        "a0: &a0 ["
+        + ", ".join(["lol"] * 9)
+        + "]\n"
+        + "".join(f"a{n}: &a{n} [" + ", ".join([f"*a{n - 1}"] * 9) + "]\n" for n in range(1, 10))
+    )
+    async with fake_daemon(tmp_path) as (daemon, node):
+        path = daemon.config.source_path
+        assert path is not None
+        good = path.read_text()
+        for text, gist in ((bomb, "aliases repeat"), (good + "#" * 300_000, "larger than")):
+            path.write_text(text)
+            with structlog.testing.capture_logs() as logs:
+                assert await daemon.reload() is False
+            (refused,) = [r for r in logs if r["event"].startswith("configuration reload refused")]
+            assert gist in refused["problems"][0]
+            assert node.settings.heartbeat_interval == 0.05
+            assert daemon.controller.status()["state"] == "alone"
 
 
 async def test_shutdown_stops_the_application_before_the_daemon_ends(tmp_path: Path) -> None:

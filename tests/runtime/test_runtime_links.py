@@ -31,6 +31,7 @@ HB = 0.05  # the fast profile
 LINK_TIMEOUT = 0.1
 DEAD = 0.2
 POLL = 0.001
+RECORDED = 35  # heartbeats an attacker recorded: 35 of 35 were accepted again before the echo
 
 
 @pytest.fixture
@@ -43,6 +44,7 @@ class RunningNode:
     name: str
     controller: NodeController
     scope: anyio.CancelScope
+    stopped: anyio.Event
 
     def status(self) -> dict[str, Any]:
         return self.controller.status()
@@ -64,34 +66,60 @@ class Cluster:
 
     async def start(self, name: str) -> RunningNode:
         scope = anyio.CancelScope()
+        stopped = anyio.Event()
 
         async def run(*, task_status: anyio.abc.TaskStatus[NodeController]) -> None:
-            with scope:
-                await run_node(
-                    self.config,
-                    name,
-                    task_status=task_status,
-                    transport_loader=self.network.transport,
-                    handle_signals=False,
-                )
+            try:
+                with scope:
+                    await run_node(
+                        self.config,
+                        name,
+                        task_status=task_status,
+                        transport_loader=self.network.transport,
+                        handle_signals=False,
+                    )
+            finally:
+                stopped.set()
 
         controller = await self.tg.start(run)
-        node = RunningNode(name, controller, scope)
+        node = RunningNode(name, controller, scope, stopped)
         self.nodes[name] = node
         return node
 
     def crash(self, name: str) -> None:
         self.nodes.pop(name).scope.cancel()
 
+    async def crashed(self, name: str) -> None:
+        """Crash ``name`` and wait until its daemon is gone (its lock released)."""
+        node = self.nodes[name]
+        self.crash(name)
+        await node.stopped.wait()
+
     def endpoints(self, link: str) -> list[tuple[str, int]]:
         return [endpoint_key(self.config.endpoint(node, link)) for node in ADDRESSES]
 
 
+class RecordingNetwork(MemoryNetwork):
+    """Keeps a copy of every frame delivered, by (source, destination): an eavesdropper."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: dict[tuple[tuple[str, int], tuple[str, int]], list[bytes]] = {}
+
+    def deliver(self, source: tuple[str, int], destination: tuple[str, int], frame: bytes) -> None:
+        self.recorded.setdefault((source, destination), []).append(frame)
+        super().deliver(source, destination, frame)
+
+    def inject(self, destination: tuple[str, int], frame: bytes) -> None:
+        """Put ``frame`` in the inbox at ``destination``, as a spoofed datagram would."""
+        self.inboxes[destination].send_nowait(frame)
+
+
 @asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(tmp_path: Path, network: MemoryNetwork | None = None) -> AsyncIterator[Cluster]:
     config = load_config(write_cluster(tmp_path))
     async with anyio.create_task_group() as tg:
-        running = Cluster(config, MemoryNetwork(), tg)
+        running = Cluster(config, MemoryNetwork() if network is None else network, tg)
         yield running
         tg.cancel_scope.cancel()
 
@@ -129,8 +157,17 @@ async def test_two_daemons_pair_as_primary_and_secondary(tmp_path: Path) -> None
         status = alpha.status()
         assert status["peer"]["alive"] is True
         assert all(link["up"] for link in status["links"])
-        assert status["frames"]["received"] > 0 and status["frames"]["dropped"] == {}
         assert [t["to"] for t in alpha.controller.transitions(100)][-1] == status["state"]
+        # The only frames dropped are those each node sent before it had heard the
+        # other's run (they echo nothing yet): at the start, never once paired.
+        startup = {n.name: n.status()["frames"] for n in c.nodes.values()}
+        for frames in startup.values():
+            assert frames["received"] > 0 and set(frames["dropped"]) <= {"wrong_echo"}
+        await anyio.sleep(20 * HB)
+        for node in c.nodes.values():
+            frames = node.status()["frames"]
+            assert frames["received"] > startup[node.name]["received"] + 20
+            assert frames["dropped"] == startup[node.name]["dropped"]
 
 
 async def test_cutting_one_of_two_links_shows_it_down_without_takeover(tmp_path: Path) -> None:
@@ -227,3 +264,67 @@ async def test_a_broken_channel_is_reported_then_reopened_and_used_again(tmp_pat
         took = await wait_until(lambda: secondary.link_up("lan"), timeout=1)
         assert took <= 0.1 + HB + POLL
         assert states(c) == before
+
+
+async def replay_paced(
+    network: RecordingNetwork, destination: tuple[str, int], frames: list[bytes]
+) -> None:
+    """Inject ``frames`` one per heartbeat interval, as a replaying attacker would."""
+    for frame in frames:
+        network.inject(destination, frame)
+        await anyio.sleep(HB)
+
+
+async def test_heartbeats_recorded_before_the_receiver_restarted_are_refused(
+    tmp_path: Path,
+) -> None:
+    """The measured attack: beta restarts, alpha is dead, an attacker replays alpha's
+    recorded heartbeats to beta. Before the echo, beta showed alpha "primary, alive"."""
+    network = RecordingNetwork()
+    async with cluster(tmp_path, network) as c:
+        await c.start("alpha")
+        await c.start("beta")
+        await paired(c)
+        alpha_lan, beta_lan = (endpoint_key(c.config.endpoint(n, "lan")) for n in ("alpha", "beta"))
+        network.recorded.clear()
+        await anyio.sleep(40 * HB)
+        recorded = network.recorded[alpha_lan, beta_lan][-RECORDED:]
+        assert len(recorded) == RECORDED
+
+        await c.crashed("alpha")
+        await c.crashed("beta")
+        beta = await c.start("beta")  # a new incarnation; its replay guard is empty
+        await replay_paced(network, beta_lan, recorded)
+        await anyio.sleep(HB)
+        assert beta.status()["peer"] is None or beta.status()["peer"]["alive"] is False
+        frames = beta.status()["frames"]
+        assert frames["received"] == RECORDED
+        assert frames["dropped"] == {"wrong_echo": RECORDED}  # 0 accepted
+
+
+async def test_heartbeats_recorded_before_the_sender_restarted_are_refused(
+    tmp_path: Path,
+) -> None:
+    network = RecordingNetwork()
+    async with cluster(tmp_path, network) as c:
+        await c.start("alpha")
+        beta = await c.start("beta")
+        await paired(c)
+        alpha_lan, beta_lan = (endpoint_key(c.config.endpoint(n, "lan")) for n in ("alpha", "beta"))
+        network.recorded.clear()
+        await anyio.sleep(40 * HB)
+        recorded = network.recorded[alpha_lan, beta_lan][-RECORDED:]
+
+        await c.crashed("alpha")
+        await c.start("alpha")  # a new incarnation, heard by beta
+        await paired(c)
+        await c.crashed("alpha")  # and now dead
+        await wait_until(lambda: beta.status()["peer"]["alive"] is False)
+        before = beta.status()["frames"]
+        await replay_paced(network, beta_lan, recorded)
+        await anyio.sleep(HB)
+        after = beta.status()["frames"]
+        assert after["received"] == before["received"] + RECORDED
+        dropped = sum(after["dropped"].values()) - sum(before["dropped"].values())
+        assert dropped == RECORDED  # 0 accepted
+        assert beta.status()["peer"]["alive"] is False

@@ -31,8 +31,10 @@ def reason_of(codec_: FrameCodec, data: bytes) -> Reason:
 
 
 def test_round_trip_gives_back_every_field() -> None:
-    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 2**64 - 1, 7, b"hello")
-    assert codec().decode(data) == Frame(FrameKind.HEARTBEAT, "alpha", 2**64 - 1, 7, b"hello")
+    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 2**64 - 1, 7, b"hello", echo=2**64 - 2)
+    assert codec().decode(data) == Frame(
+        FrameKind.HEARTBEAT, "alpha", 2**64 - 1, 7, b"hello", 2**64 - 2
+    )
 
 
 def test_round_trip_in_insecure_mode() -> None:
@@ -42,9 +44,10 @@ def test_round_trip_in_insecure_mode() -> None:
 
 
 def test_layout_matches_the_documented_byte_table() -> None:
-    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz")
-    assert data == raw_frame(incarnation=3, seq=9, payload=b"xyz")
-    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION and data[5] == 1
+    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", echo=11)
+    assert data == raw_frame(incarnation=3, seq=9, payload=b"xyz", echo=11)
+    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION == 2 and data[5] == 1
+    assert HEADER_SIZE == 42 and data[34:42] == (11).to_bytes(8, "big")
     assert data[10:18] == hashlib.sha256(b"failover-cluster\x00" + CLUSTER.encode()).digest()[:8]
     assert len(data) == HEADER_SIZE + 5 + 3 + TAG_SIZE
     assert data[-TAG_SIZE:] == hmac.new(KEY, data[:-TAG_SIZE], "sha256").digest()
@@ -76,7 +79,8 @@ def test_largest_frame_is_accepted_and_one_byte_more_is_too_large() -> None:
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + bytes(40), Reason.BAD_MAGIC),
         (raw_frame(magic=b"FOVr"), Reason.BAD_MAGIC),
         (raw_frame(version=0), Reason.BAD_VERSION),
-        (raw_frame(version=2), Reason.BAD_VERSION),
+        (raw_frame(version=1), Reason.BAD_VERSION),  # before the echo field
+        (raw_frame(version=3), Reason.BAD_VERSION),
         (raw_frame(kind=0), Reason.UNKNOWN_KIND),
         (raw_frame(kind=2), Reason.UNKNOWN_KIND),
         (raw_frame(flags=0x02), Reason.MALFORMED),
@@ -150,13 +154,15 @@ def test_decode_accepts_bytearray_and_memoryview_like_bytes() -> None:
         (FrameKind.HEARTBEAT, "a" * 65, 1, 1, b""),
         (FrameKind.HEARTBEAT, "alpha", -1, 1, b""),
         (FrameKind.HEARTBEAT, "alpha", 1, 2**64, b""),
+        (FrameKind.HEARTBEAT, "alpha", 1, 1, b"", -1),
         (FrameKind.HEARTBEAT, "alpha", True, 1, b""),
         (FrameKind.HEARTBEAT, "alpha", 1, 1, bytes(MAX_FRAME)),
     ],
 )
 def test_encode_refuses_what_no_peer_would_accept(arguments: tuple[object, ...]) -> None:
+    *positional, echo = arguments if len(arguments) == 6 else (*arguments, 0)
     with pytest.raises(ValueError):
-        codec().encode(*arguments)  # type: ignore[arg-type]
+        codec().encode(*positional, echo=echo)  # type: ignore[arg-type]
 
 
 def test_codec_refuses_an_empty_key_or_cluster() -> None:

@@ -12,12 +12,12 @@ import time
 from collections import Counter
 
 import pytest
-from wire_fuzz_corpus import ACCEPTED, LOCAL, PEER, WINDOW, Corpus, codec
+from wire_fuzz_corpus import ACCEPTED, LOCAL, PEER, WINDOW, Corpus, receiver
 
 from failover.core import events as ev
 from failover.core.node import Node
 from failover.core.state import Metadata, Settings
-from failover.wire import Inbound, Reason
+from failover.wire import Reason
 
 FRAMES = 100_000
 SEED = 20240603
@@ -36,7 +36,7 @@ def _snapshot(node: Node) -> tuple[object, ...]:
 
 
 def test_fuzz_every_frame_is_dropped_under_its_reason_or_accepted() -> None:
-    inbound = Inbound(codec(), LOCAL, peer=PEER, window=WINDOW)
+    inbound = receiver()
     node = _core_node()
     snapshot = _snapshot(node)
     expected: Counter[str] = Counter()
@@ -94,7 +94,7 @@ def test_fuzz_corpus_replays_are_caught_with_any_window_that_fits_its_reordering
 ) -> None:
     # The corpus reorders by up to 5 seqs: with window 1 the held-back frames
     # become "replayed" instead of accepted, which the run must report as such.
-    inbound = Inbound(codec(), LOCAL, peer=PEER, window=window)
+    inbound = receiver(window=window)
     outcomes: Counter[tuple[str, str]] = Counter()
     for data, want in Corpus(SEED, 5000):
         result = inbound.accept(data)

@@ -5,8 +5,8 @@ built here from the byte table in docs/wire.md (``raw_frame``), not through
 the codec's private helpers, so the fuzz run also checks the documented
 layout. Every case is (bytes, expected), where expected is a ``Reason``
 value or ``ACCEPTED``; the stream is meant to be fed, in order, to one
-``Inbound(codec(), LOCAL, peer=PEER)``: replay expectations depend on what
-came before.
+``receiver()`` (``beta`` in its incarnation ``RECEIVER_INCARNATION``):
+replay expectations depend on what came before.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from failover.core.state import Generation, PeerStatus, State, SubStatus
 from failover.wire import (
     MAX_FRAME,
     FrameCodec,
+    Inbound,
     Outbound,
     Reason,
     cluster_id,
@@ -35,11 +36,13 @@ LOCAL = "beta"
 PEER = "alpha"
 WINDOW = 64
 ACCEPTED = "accepted"
+RECEIVER_INCARNATION = 5_000
+"""beta's incarnation during the run: what alpha's frames must echo."""
 
 # The byte table of docs/wire.md: offset and size of each header field.
-HEADER = struct.Struct(">4sBBBBH8sQQ")
+HEADER = struct.Struct(">4sBBBBH8sQQQ")
 OFF_MAGIC, OFF_VERSION, OFF_KIND, OFF_FLAGS, OFF_NAME_LEN, OFF_PAYLOAD_LEN = 0, 4, 5, 6, 7, 8
-OFF_CLUSTER, OFF_INCARNATION, OFF_SEQ, OFF_SENDER = 10, 18, 26, 34
+OFF_CLUSTER, OFF_INCARNATION, OFF_SEQ, OFF_ECHO, OFF_SENDER = 10, 18, 26, 34, 42
 TAG = 32
 
 
@@ -47,11 +50,30 @@ def codec(key: bytes | None = KEY, cluster: str = CLUSTER) -> FrameCodec:
     return FrameCodec(cluster, key)
 
 
+def receiver(
+    *,
+    key: bytes | None = KEY,
+    incarnation: int = RECEIVER_INCARNATION,
+    window: int = WINDOW,
+    local: str = LOCAL,
+    peer: str = PEER,
+) -> Inbound:
+    """The receiving end of ``local`` (beta) in run ``incarnation``, hearing ``peer``."""
+    return Inbound(codec(key), Outbound(codec(key), local, incarnation), peer=peer, window=window)
+
+
+def sender(
+    incarnation: int = 1, *, echo: int = RECEIVER_INCARNATION, key: bytes | None = KEY
+) -> Outbound:
+    """alpha's sending end, having heard beta's run ``echo``."""
+    return Outbound(codec(key), PEER, incarnation, echo=echo)
+
+
 def raw_frame(
     *,
     key: bytes | None = KEY,
     magic: bytes = b"FOVR",
-    version: int = 1,
+    version: int = 2,
     kind: int = 1,
     flags: int | None = None,
     sender: bytes = PEER.encode(),
@@ -61,6 +83,7 @@ def raw_frame(
     cluster: bytes | None = None,
     incarnation: int = 1,
     seq: int = 1,
+    echo: int = RECEIVER_INCARNATION,
 ) -> bytes:
     """A frame laid out per docs/wire.md and sealed with ``key`` (HMAC-SHA256) or,
     with ``key=None``, the SHA-256 checksum; any field may be set to a wrong value."""
@@ -74,6 +97,7 @@ def raw_frame(
         cluster_id(CLUSTER) if cluster is None else cluster,
         incarnation,
         seq,
+        echo,
     )
     signed = header + sender + payload
     if key is None:
@@ -130,7 +154,7 @@ def flip_expectation(frame: bytes, bit: int) -> str:
         return Reason.TRUNCATED if new > payload_len else Reason.MALFORMED
     if OFF_CLUSTER <= index < OFF_INCARNATION:
         return Reason.WRONG_CLUSTER
-    return Reason.BAD_MAC  # incarnation, seq, sender, payload or tag: the MAC catches it
+    return Reason.BAD_MAC  # incarnation, seq, echo, sender, payload or tag: the MAC catches it
 
 
 def flip(frame: bytes, bit: int) -> bytes:
@@ -192,8 +216,9 @@ class Corpus:
     replays of accepted frames, frames outside the window, wrong versions,
     wrong cluster, unknown kinds, malformed structure, oversize frames, an
     insecure peer, our own frames looped back, an unknown sender, authentic
-    frames with bad payloads, and restarts of the peer (new incarnation)
-    followed by replays of the previous incarnation.
+    frames with bad payloads, authentic frames made before the receiver's
+    start (an older echo), and restarts of the peer (new incarnation: its first
+    frame echoes nothing yet) followed by replays of the previous incarnation.
     """
 
     def __init__(self, seed: int, target: int) -> None:
@@ -202,7 +227,7 @@ class Corpus:
         self.produced = 0
         self.by_category: dict[str, int] = {}
         self.incarnation = 1000
-        self.alpha = Outbound(codec(), PEER, self.incarnation)
+        self.alpha = sender(self.incarnation)
         self.accepted: list[bytes] = []  # this incarnation's accepted frames
         self.previous: list[bytes] = []  # the previous incarnation's accepted frames
         self._bad_payloads = bad_payloads(self.rng)
@@ -232,7 +257,11 @@ class Corpus:
             self.previous = self.accepted
             self.accepted = []
             self.incarnation += 1
-            self.alpha = Outbound(codec(), PEER, self.incarnation)
+            # The restarted peer has not heard this receiver yet: it echoes nothing,
+            # but the receiver learns its incarnation from that frame.
+            self.alpha = sender(self.incarnation, echo=0)
+            yield emit("restart", self._valid(), Reason.WRONG_ECHO)
+            self.alpha.echo = RECEIVER_INCARNATION  # it heard the receiver's answer
             frame = self._valid()
             self.accepted.append(frame)
             yield emit("restart", frame, ACCEPTED)
@@ -292,7 +321,7 @@ class Corpus:
         yield emit("insecure peer", fresh(key=None), Reason.BAD_MAC)
         yield emit(
             "wrong version",
-            fresh(version=rng.choice((0, 2, 3, 255))),
+            fresh(version=rng.choice((0, 1, 3, 255))),
             Reason.BAD_VERSION,
         )
         yield emit("wrong cluster", fresh(cluster=cluster_id("other")), Reason.WRONG_CLUSTER)
@@ -306,6 +335,14 @@ class Corpus:
         yield emit("own", beta, Reason.OWN)
         gamma = Outbound(codec(), "gamma", inc).heartbeat(random_status(rng, node="gamma"))
         yield emit("unknown sender", gamma, Reason.UNKNOWN_SENDER)
+
+        # Authentic and new, made before the receiver's start: its echo is an older run.
+        before = rng.choice((0, RECEIVER_INCARNATION - 1, rng.randint(1, RECEIVER_INCARNATION - 1)))
+        yield emit(
+            "made before the receiver started",
+            raw_frame(incarnation=inc, seq=self._next_seq(), payload=payload, echo=before),
+            Reason.WRONG_ECHO,
+        )
 
         bad = next(self._bad_payloads)
         yield emit(

@@ -37,7 +37,9 @@ class Controller(Protocol):
         without replicated directories, else the data plane's view: "directories",
         "mode" (read-write while serving), "replicating", "ack", "sender" (session
         counters), "resync" (state, items/bytes done and total, rate, eta,
-        bandwidth_limit, error) or null, "resync_wanted", "bandwidth", "tracked".
+        bandwidth_limit, error) or null, "resync_wanted", "bandwidth", "tracked";
+        "degraded": null, or while the metadata cannot be written {"reason", "file",
+        "error", "since_ago", "attempts", "held_events"}.
         """
         ...
 

@@ -7,6 +7,8 @@ that a change to one is a change to the other.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from failover.errors import UsageError
@@ -24,20 +26,47 @@ DEFAULT_TRANSITIONS_LIMIT = 50
 MAX_TRANSITIONS_LIMIT = 1000
 
 
+MIN_TOKEN_CHARS = 16
+"""The shortest bearer token accepted (``openssl rand -hex 16`` gives 32)."""
+MAX_TOKEN_FILE_BYTES = 4096
+
+
 def read_token_file(path: str | Path) -> str:
     """The bearer token stored in ``path`` (surrounding whitespace removed).
 
-    Raises ``UsageError`` when the file cannot be read or holds no token, so
-    neither the daemon nor the CLI ever runs with an empty token by accident.
+    Raises ``UsageError`` when the file cannot be read, is not a regular file,
+    is readable or writable by every user, or holds no token, a token with
+    spaces or one shorter than ``MIN_TOKEN_CHARS``: neither the daemon nor the
+    CLI ever runs with a token anyone could read or guess.
     """
     try:
-        token = Path(path).read_text(encoding="utf-8").strip()
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                raise UsageError(f"the control token file {path} is not a regular file")
+            raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
     except OSError as exc:
         raise UsageError(f"cannot read the control token file {path}: {exc.strerror}") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise UsageError(
+            f"the control token file {path} is open to every user (mode "
+            f"{stat.S_IMODE(mode):o}): chmod 600 {path}"
+        )
+    if len(raw) > MAX_TOKEN_FILE_BYTES:
+        raise UsageError(
+            f"the control token file {path} is larger than {MAX_TOKEN_FILE_BYTES} bytes"
+        )
+    try:
+        token = raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise UsageError(f"the control token file {path} is not UTF-8 text") from None
     if not token:
         raise UsageError(f"the control token file {path} is empty")
     if any(ch.isspace() for ch in token):
         raise UsageError(f"the control token in {path} must be one word (no spaces)")
+    if len(token) < MIN_TOKEN_CHARS:
+        raise UsageError(
+            f"the control token in {path} has {len(token)} characters, at least "
+            f"{MIN_TOKEN_CHARS} are needed (e.g. openssl rand -hex 32 > {path})"
+        )
     return token

@@ -5,6 +5,13 @@ result becomes JSON (``ControlRoutes``); the HTTP framing is h11, sans-IO, fed
 from anyio socket streams (``serve_control``). Every client is held to bounds
 (time to send a request, header and body size, number of connections) so that
 a slow or hostile client costs the daemon little and never blocks the others.
+
+On TCP a connection is admitted in two steps. Until a request head carrying
+the right token has arrived it is *pending*: pending connections have their
+own small cap (the oldest is dropped to make room for a new one) and a short
+deadline, and never count toward the cap of authenticated connections. So
+idle or dripping strangers can only push each other out, never a token holder.
+The token is checked as soon as the head is parsed, before any body is read.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import contextlib
 import errno
 import hmac
 import json
+import math
 import os
 import socket
 import stat
@@ -59,7 +67,14 @@ class ControlLimits:
       this many seconds; otherwise the connection is dropped.
     - ``max_header_bytes``: request line plus headers; beyond it, 431 and close.
     - ``max_body_bytes``: no endpoint takes a body; a larger one gets 413 and close.
-    - ``max_connections``: connections served at once; the next ones get 503 and close.
+    - ``max_connections``: authenticated connections served at once (every Unix
+      socket connection is authenticated by the file's permissions); the next
+      ones get 503 and close.
+    - ``auth_timeout``: on TCP, a request head with the right token must arrive
+      within this many seconds of the connection opening; otherwise the server
+      answers 408 (or closes quietly when nothing arrived) and closes.
+    - ``max_unauthenticated``: TCP connections that have not yet authenticated,
+      held at once; a new one pushes out the oldest.
     """
 
     request_timeout: float = 5.0
@@ -67,6 +82,8 @@ class ControlLimits:
     max_header_bytes: int = 8192
     max_body_bytes: int = 4096
     max_connections: int = 64
+    auth_timeout: float = 3.0
+    max_unauthenticated: int = 32
 
 
 DEFAULT_LIMITS = ControlLimits()
@@ -170,9 +187,10 @@ class ControlRoutes:
     async def _bandwidth(self, query: Mapping[str, str]) -> Reply:
         _allow_params(query, "rate")
         raw = query.get("rate")
-        if raw is None or not raw.isdigit() or len(raw) > 15:
+        rate = _whole_number(raw, MAX_RATE) if raw is not None else None
+        if rate is None:
             raise _BadQuery("rate: bytes per second, a whole number >= 0 (0: no limit)")
-        result = await self._controller.set_bandwidth(int(raw))
+        result = await self._controller.set_bandwidth(rate)
         payload = {"accepted": result.accepted, "message": result.message, "state": result.state}
         return json_reply(200 if result.accepted else 409, payload)
 
@@ -220,13 +238,55 @@ def _allow_params(query: Mapping[str, str], *allowed: str) -> None:
 def _parse_limit(raw: str | None) -> int:
     if raw is None:
         return DEFAULT_TRANSITIONS_LIMIT
-    if not raw.isdigit() or int(raw) > MAX_TRANSITIONS_LIMIT:
+    limit = _whole_number(raw, MAX_TRANSITIONS_LIMIT)
+    if limit is None:
         raise _BadQuery(f"limit must be an integer from 0 to {MAX_TRANSITIONS_LIMIT}")
-    return int(raw)
+    return limit
+
+
+MAX_RATE = 10**15 - 1
+"""The largest bandwidth a client may ask for (bytes/s): fifteen digits."""
+
+
+def _whole_number(raw: str, maximum: int) -> int | None:
+    """``raw`` as an integer from 0 to ``maximum`` written in ASCII digits, else None.
+
+    ``str.isdigit`` also accepts '²' (which ``int`` refuses) and '١٢' (which
+    ``int`` reads as 12): a query parameter is plain ASCII or it is refused.
+    """
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(maximum)):
+        return None
+    value = int(raw)
+    return value if value <= maximum else None
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Refused(Exception):
+    """A request head that is answered (401, 503) without reading further."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+@dataclass
+class _Admission:
+    """One connection's place in the server: pending until it authenticates.
+
+    ``token`` is what its listener requires (None: the Unix socket, nothing);
+    ``scope`` ends the connection (when it is pushed out while pending);
+    ``deadline`` is when a pending connection must have authenticated, and
+    ``head_scope`` the cancel scope that enforces it on the read in progress.
+    """
+
+    token: bytes | None
+    scope: anyio.CancelScope
+    deadline: float
+    authenticated: bool = False
+    head_scope: anyio.CancelScope | None = None
 
 
 class _ConnectionServer:
@@ -235,7 +295,9 @@ class _ConnectionServer:
     def __init__(self, routes: ControlRoutes, limits: ControlLimits) -> None:
         self._routes = routes
         self._limits = limits
-        self._active = 0
+        self._served: set[int] = set()
+        # Pending (unauthenticated) connections, oldest first.
+        self._pending: dict[int, _Admission] = {}
 
     async def accept_loop(
         self, sock: socket.socket, token: bytes | None, task_group: anyio.abc.TaskGroup
@@ -264,56 +326,86 @@ class _ConnectionServer:
         except (OSError, ValueError):
             conn.close()  # the client left before we could wrap its socket
             return
+        deadline = anyio.current_time() + self._limits.auth_timeout
+        admission = _Admission(token, anyio.CancelScope(), deadline)
         try:
-            if self._active >= self._limits.max_connections:
-                reply = error_reply(503, "too many control connections", close=True)
-                await self._send(h11.Connection(h11.SERVER), stream, reply, head=False)
-                await self._linger(stream)
-                return
-            self._active += 1
-            try:
-                await self._converse(stream, token)
-            finally:
-                self._active -= 1
+            with admission.scope:
+                try:
+                    if token is None and not self._authenticate(admission):
+                        await self._send(h11.Connection(h11.SERVER), stream, _BUSY, head=False)
+                        await self._linger(stream)
+                        return
+                    self._hold_pending(admission)
+                    await self._converse(stream, admission)
+                finally:
+                    self._served.discard(id(admission))
+                    self._pending.pop(id(admission), None)
         except Exception:
             log.exception("control connection failed")
         finally:
             await anyio.aclose_forcefully(stream)
 
-    async def _converse(self, stream: anyio.abc.SocketStream, token: bytes | None) -> None:
+    def _hold_pending(self, admission: _Admission) -> None:
+        """Count a connection that has not authenticated yet, pushing out the oldest."""
+        if admission.authenticated:
+            return
+        while self._pending and len(self._pending) >= self._limits.max_unauthenticated:
+            oldest = next(iter(self._pending))
+            self._pending.pop(oldest).scope.cancel()
+        self._pending[id(admission)] = admission
+
+    def _authenticate(self, admission: _Admission) -> bool:
+        """Move a connection from pending to served; False when the served are at their cap."""
+        if admission.authenticated:
+            return True
+        self._pending.pop(id(admission), None)
+        if len(self._served) >= self._limits.max_connections:
+            return False
+        admission.authenticated = True
+        self._served.add(id(admission))
+        if admission.head_scope is not None:
+            admission.head_scope.deadline = math.inf
+        return True
+
+    def _admit_head(self, request: h11.Request, admission: _Admission) -> None:
+        """Check a request head's token (each request carries it) and count the
+        connection as served; raises ``_Refused`` with the answer otherwise."""
+        if admission.token is not None and not _authorized(request, admission.token):
+            raise _Refused(_UNAUTHORIZED)
+        if not self._authenticate(admission):
+            raise _Refused(_BUSY)
+
+    async def _converse(self, stream: anyio.abc.SocketStream, admission: _Admission) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
         while True:
-            request = await self._next_request(conn, stream)
+            request = await self._next_request(conn, stream, admission)
             if request is None:
                 return
             if isinstance(request, Reply):
                 await self._send(conn, stream, request, head=False)
                 await self._linger(stream)
                 return
-            if token is not None and not _authorized(request, token):
-                reply = error_reply(
-                    401,
-                    "missing or wrong bearer token",
-                    headers=(("www-authenticate", 'Bearer realm="failover"'),),
-                    close=True,
-                )
-            else:
-                method = request.method.decode("ascii")
-                reply = await self._routes.reply(method, request.target.decode("ascii"))
+            method = request.method.decode("ascii")
+            reply = await self._routes.reply(method, request.target.decode("ascii"))
             sent = await self._send(conn, stream, reply, head=request.method == b"HEAD")
             if not sent or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
 
     async def _next_request(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, admission: _Admission
     ) -> h11.Request | Reply | None:
-        """The next complete request, an error reply to send before closing, or
-        None when the client closed or stayed idle past the request timeout."""
+        """The next complete, authenticated request, an error reply to send before
+        closing, or None when the client closed or stayed idle past its time:
+        the request timeout, and until it authenticates, ``auth_timeout``."""
         timeout = self._limits.request_timeout
-        with anyio.move_on_after(timeout):
+        deadline = math.inf if admission.authenticated else admission.deadline
+        admission.head_scope = anyio.CancelScope(deadline=deadline)
+        with anyio.move_on_after(timeout), admission.head_scope:
             try:
-                return await self._read_request(conn, stream)
+                return await self._read_request(conn, stream, admission)
+            except _Refused as exc:
+                return exc.reply
             except h11.RemoteProtocolError as exc:
                 status = exc.error_status_hint
                 if status == 431:
@@ -326,10 +418,12 @@ class _ConnectionServer:
                 return error_reply(413, f"request body exceeds {limit} bytes", close=True)
         if conn.their_state is h11.IDLE and not conn.trailing_data[0]:
             return None
+        if not admission.authenticated:
+            timeout = min(timeout, self._limits.auth_timeout)
         return error_reply(408, f"request not received within {timeout:g} s", close=True)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream
+        self, conn: h11.Connection, stream: anyio.abc.SocketStream, admission: _Admission
     ) -> h11.Request | None:
         request: h11.Request | None = None
         body_size = 0
@@ -347,6 +441,8 @@ class _ConnectionServer:
                 # oversized head at once, so measure the parsed one too.
                 if _head_size(event) > self._limits.max_header_bytes:
                     raise h11.RemoteProtocolError("head too large", error_status_hint=431)
+                # Before any body is read or invited (100-continue).
+                self._admit_head(event, admission)
                 if _declared_length(event) > self._limits.max_body_bytes:
                     raise _BodyTooLarge
                 if conn.they_are_waiting_for_100_continue:
@@ -403,6 +499,15 @@ class _ConnectionServer:
                 drained = 0
                 while drained < 65536:
                     drained += len(await stream.receive(65536))
+
+
+_BUSY = error_reply(503, "too many control connections", close=True)
+_UNAUTHORIZED = error_reply(
+    401,
+    "missing or wrong bearer token",
+    headers=(("www-authenticate", 'Bearer realm="failover"'),),
+    close=True,
+)
 
 
 def _head_size(request: h11.Request) -> int:

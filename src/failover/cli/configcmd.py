@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.add_argument(
         "--node",
         metavar="NAME",
-        help="also check that NAME is one of the nodes (the node this file would run as)",
+        help=(
+            "also check that NAME is one of the nodes, and the paths it uses on this "
+            "machine (state directory, replicated directories, control token file)"
+        ),
     )
     parser.set_defaults(handler=check_config)
 
@@ -36,7 +39,7 @@ def check_config(args: argparse.Namespace) -> int:
     from failover.config import load_config  # noqa: PLC0415 - pydantic only when needed
 
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, local_node=args.node)
         node = config.resolve_local_node(args.node) if args.node is not None else None
     except ConfigError as exc:
         for problem in exc.problems:

@@ -307,6 +307,13 @@ def render_status(status: dict[str, Any], transitions: list[dict[str, Any]]) -> 
     ]
     if status.get("reason"):
         lines.append(f"  reason      {status['reason']}")
+    degraded = status.get("degraded")
+    if isinstance(degraded, dict):
+        lines.append(
+            f"  DEGRADED    {degraded.get('reason', '?')}; serving on, deciding nothing for "
+            f"{_duration(degraded.get('since_ago') or 0)} ({degraded.get('attempts', '?')} "
+            f"attempts, {degraded.get('held_events', 0)} events held)"
+        )
     consistent = "consistent" if status.get("consistent", True) else "INCONSISTENT"
     lines.append(f"  generation  {_generation(status.get('generation'))}, data {consistent}")
     if isinstance(status.get("uptime"), int | float):

@@ -2,7 +2,9 @@
 
 Exit 0 after a clean stop (SIGTERM or SIGINT: the module is stopped and the
 virtual IP released first); exit 2 when the configuration is invalid (every
-problem printed on stderr) or the node cannot start (one line on stderr).
+problem printed on stderr) or the node cannot start (one line on stderr: a
+state directory that cannot be written, a log file that cannot be opened,
+corrupt metadata...), never a traceback.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from failover.config import load_config  # noqa: PLC0415
     from failover.runtime.daemon import run_node  # noqa: PLC0415
     from failover.runtime.logging import configure_logging  # noqa: PLC0415
+    from failover.runtime.store import describe_error  # noqa: PLC0415
 
     try:
         config = load_config(args.config)
@@ -62,12 +65,26 @@ def run(args: argparse.Namespace) -> int:
     node = config.resolve_local_node(args.node)
     for warning in config.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    configure_logging(args.log_file, level=args.log_level)
+    try:
+        configure_logging(args.log_file, level=args.log_level)
+    except OSError as exc:
+        print(
+            f"failover run: cannot open the log file {args.log_file}: {describe_error(exc)}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     if config.warnings:
         import structlog  # noqa: PLC0415
 
         log = structlog.get_logger("failover.run")
         for warning in config.warnings:
             log.warning("configuration warning", node=node, warning=warning)
-    anyio.run(run_node, config, node)
+    try:
+        anyio.run(run_node, config, node)
+    except OSError as exc:
+        # The node's own disk or a file it needs failed at start (the state
+        # directory's are named by UsageError already): one line, never a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"failover run: node {node}: {where}{describe_error(exc)}", file=sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK

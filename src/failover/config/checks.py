@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +20,15 @@ from pydantic import BaseModel, ValidationError
 from failover.config.models import (
     MIN_KEY_BYTES,
     NAME_RE,
+    ApplicationConfig,
     CheckerConfig,
     ClusterSection,
+    ControlConfig,
     LinkConfig,
     ReplicatedDirectory,
     ReplicationSection,
     ReplicationTls,
+    VirtualIpConfig,
 )
 from failover.config.problems import Loc, Problem, format_key, problems_from
 from failover.config.timing import resolve_timing
@@ -34,6 +38,9 @@ from failover.tls import tls_context
 
 # Float slack for "dead_timeout >= 3 x heartbeat_interval": 3 * 0.05 is 0.15000000000000002.
 _EPSILON = 1e-9
+
+# sockaddr_un.sun_path on Linux: the path and its terminating NUL.
+SUN_PATH_BYTES = 108
 
 
 @dataclass
@@ -55,7 +62,9 @@ class Sections:
     ``replication_options`` maps those that give a replication endpoint to its
     options (None: not a mapping), and ``nodes_without_replication`` lists the
     others. ``state_dirs`` maps a node to its state directory and the key
-    that sets it, when that is valid.
+    that sets it, when that is valid. ``controls`` maps a node to its valid
+    ``control`` section; ``application`` and ``virtual_ip`` are those sections
+    when valid.
     """
 
     cluster: ClusterSection | None = None
@@ -72,6 +81,9 @@ class Sections:
     replication_options: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     nodes_without_replication: list[str] = field(default_factory=list)
     state_dirs: dict[str, tuple[Loc, Path]] = field(default_factory=dict)
+    controls: dict[str, ControlConfig] = field(default_factory=dict)
+    application: ApplicationConfig | None = None
+    virtual_ip: VirtualIpConfig | None = None
 
 
 @dataclass
@@ -104,7 +116,74 @@ def check_all(sections: Sections) -> Findings:
         _check_node_names(sections.node_names, found)
     _check_endpoints(sections, found)
     _check_replication(sections, found)
+    _check_commands(sections, found)
+    _check_control_sockets(sections, found)
+    if sections.virtual_ip is not None:
+        _check_virtual_ip(sections.virtual_ip, found)
     return found
+
+
+def _check_commands(sections: Sections, found: Findings) -> None:
+    """Each script command splits into a program and its arguments, as it will be run."""
+    commands: list[tuple[Loc, str]] = []
+    if sections.application is not None:
+        commands.append((("application", "start"), sections.application.start))
+        commands.append((("application", "stop"), sections.application.stop))
+    commands.extend((("checkers", i, "command"), c.command) for i, c in sections.checkers)
+    for loc, command in commands:
+        try:
+            argv = shlex.split(command)
+        except ValueError as exc:
+            found.problems.append(
+                Problem(loc, f"cannot split this command line ({exc}): check its quotes")
+            )
+            continue
+        if not argv or not argv[0]:
+            found.problems.append(Problem(loc, "this command line names no program"))
+
+
+def _check_control_sockets(sections: Sections, found: Findings) -> None:
+    """A control socket path must fit in sun_path, whether written or the default one."""
+    for node, (state_loc, state_dir) in sections.state_dirs.items():
+        control = sections.controls.get(node)
+        if control is not None and control.socket is not None:
+            loc: Loc = ("nodes", node, "control", "socket")
+            path = control.socket
+            whose = "the control socket"
+        elif control is None or control.tcp is None:
+            loc, path = state_loc, state_dir / node / "control.sock"
+            whose = f"node {node}'s default control socket"
+        else:
+            continue
+        size = len(os.fsencode(path)) + 1
+        if size > SUN_PATH_BYTES:
+            found.problems.append(
+                Problem(
+                    loc,
+                    f"{whose} {path} takes {size} bytes with its terminating NUL; a Unix "
+                    f"socket path holds at most {SUN_PATH_BYTES}: choose a shorter path",
+                )
+            )
+
+
+def _check_virtual_ip(vip: VirtualIpConfig, found: Findings) -> None:
+    """The virtual IP is no node's own address: releasing it would delete that address."""
+    own = [(f"nodes.{node}.links.{link}", e) for (node, link), e in found.endpoints.items()]
+    own += [(f"nodes.{node}.replication", e) for node, e in found.replication_endpoints.items()]
+    for key, endpoint in own:
+        address = getattr(endpoint, "address", None)
+        try:
+            same = ipaddress.ip_address(str(address)) == vip.address.ip
+        except ValueError:
+            continue  # a host name, or no address: nothing to compare
+        if same:
+            found.problems.append(
+                Problem(
+                    ("virtual_ip", "address"),
+                    f"{vip.address.ip} is also {key}'s address: the virtual IP must be an "
+                    "address of its own (the daemon deletes it when the node stops serving)",
+                )
+            )
 
 
 def _check_timing(cluster: ClusterSection, found: Findings) -> None:

@@ -13,15 +13,19 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
 from failover.config.checks import Sections, check_all
+from failover.config.local import check_local
 from failover.config.models import (
+    ApplicationConfig,
     CheckerConfig,
     ClusterConfig,
     ClusterSection,
+    ControlConfig,
     EndpointOptions,
     LinkConfig,
     NodeConfig,
     ReplicatedDirectory,
     ReplicationSection,
+    VirtualIpConfig,
 )
 from failover.config.problems import TOP_LEVEL, Loc, Problem, describe_value, problems_from
 from failover.config.yamlsource import ConfigSyntaxError, LocatedDocument, read_document
@@ -47,26 +51,39 @@ _LINK = TypeAdapter(LinkConfig)
 _ENDPOINT: TypeAdapter[dict[str, Any]] = TypeAdapter(EndpointOptions)
 _CHECKER = TypeAdapter(CheckerConfig)
 _DIRECTORY = TypeAdapter(ReplicatedDirectory)
+_CONTROL = TypeAdapter(ControlConfig)
+_APPLICATION = TypeAdapter(ApplicationConfig)
+_VIRTUAL_IP = TypeAdapter(VirtualIpConfig)
+
+MAX_CONFIG_BYTES = 256 * 1024
+"""The largest configuration file read. A real one holds a few kilobytes; the
+bound keeps a hostile or mistaken file (a log, a dump) from costing a daemon
+seconds of CPU at a SIGHUP."""
 
 
-def load_config(path: str | Path) -> ClusterConfig:
+def load_config(path: str | Path, *, local_node: str | None = None) -> ClusterConfig:
     """Read, parse and check the configuration file at ``path``.
 
     Relative paths inside the file are taken relative to the file's
     directory. Reads the file and the key file, and imports the transport
     plugins its links name. Raises ``ConfigError`` whose ``problems`` list
     every problem found, each as ``"<file>:<line>: <dotted.key>: <reason>"``.
+    A file over ``MAX_CONFIG_BYTES`` is refused unparsed. With ``local_node``
+    the paths that node uses on this machine are checked as well
+    (``failover.config.local``).
     """
     path = Path(path)
     shown = str(path)
     try:
-        document = read_document(path, shown)
+        document = read_document(path, shown, max_bytes=MAX_CONFIG_BYTES)
     except ConfigSyntaxError as exc:
         raise ConfigError(exc.messages) from None
-    return build_config(document, shown, path)
+    return build_config(document, shown, path, local_node=local_node)
 
 
-def build_config(document: LocatedDocument, shown: str, source_path: Path) -> ClusterConfig:
+def build_config(
+    document: LocatedDocument, shown: str, source_path: Path, *, local_node: str | None = None
+) -> ClusterConfig:
     """Validate parsed ``document`` (shown as ``shown`` in messages) as a cluster configuration."""
     data = document.data
     if data is None:
@@ -87,7 +104,10 @@ def build_config(document: LocatedDocument, shown: str, source_path: Path) -> Cl
         config = ClusterConfig.model_validate(data, context=context)
     except ValidationError as exc:
         problems.extend(problems_from(exc, data, suggest=_unknown_key_hint))
-    found = check_all(_valid_parts(data, context))
+    parts = _valid_parts(data, context)
+    found = check_all(parts)
+    if local_node is not None and local_node in (parts.node_names or ()):
+        check_local(parts, local_node, found)
     problems.extend(found.problems)
     if problems or config is None:
         raise ConfigError(_render(problems, shown, document))
@@ -116,6 +136,8 @@ def _valid_parts(data: dict[str, Any], context: dict[str, Any]) -> Sections:
     parts.links = _valid_items(_LINK, raw_links, context)
     parts.links_complete = isinstance(raw_links, list) and len(parts.links) == len(raw_links)
     parts.checkers = _valid_items(_CHECKER, data.get("checkers"), context)
+    parts.application = _valid_or_none(_APPLICATION, data.get("application"), context)
+    parts.virtual_ip = _valid_or_none(_VIRTUAL_IP, data.get("virtual_ip"), context)
     raw_replication = data.get("replication")
     parts.replication_given = raw_replication is not None
     parts.replication, parts.replication_ok = _partial_section(
@@ -140,6 +162,9 @@ def _node_parts(parts: Sections, node: str, raw: dict[str, Any], context: dict[s
             str(link): _valid_or_none(_ENDPOINT, options, context)
             for link, options in raw_endpoints.items()
         }
+    control = _valid_or_none(_CONTROL, raw.get("control"), context)
+    if control is not None:
+        parts.controls[node] = control
     raw_replication = raw.get("replication")
     if raw_replication is None:
         parts.nodes_without_replication.append(node)

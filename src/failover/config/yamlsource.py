@@ -4,6 +4,12 @@ PyYAML's ``safe_load`` forgets line numbers and silently keeps the last of two
 equal keys in a mapping. This module composes the node tree first, indexes
 the line of every mapping key and sequence item by its path from the root,
 rejects duplicate and non-string keys, and only then builds plain Python data.
+
+A hostile file costs little: ``read_document`` reads at most ``max_bytes``,
+and aliases may repeat at most ``MAX_ALIAS_NODES`` nodes in all (an alias
+bomb, nine aliases of nine aliases of..., is refused after that many steps
+instead of being expanded into gigabytes); an alias inside the node it names
+is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import yaml
 from failover.config.problems import Loc, Problem, describe_value, line_for
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+MAX_ALIAS_NODES = 10_000
+"""How many nodes aliases may repeat in one document (anchors used as intended,
+a few merged defaults, need tens)."""
 
 
 class ConfigSyntaxError(Exception):
@@ -52,18 +62,48 @@ class LocatedDocument:
 _COMPLEX_KEY = object()
 
 
+class _Refused(Exception):
+    """Stops the walk of a document that aliases would blow up."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
 class _LineLoader(yaml.SafeLoader):
     """A SafeLoader that indexes lines by path and finds bad keys before constructing.
 
     Keys are compared as constructed values (so ``1`` and ``0x1`` are one key);
     keys pulled in by a YAML merge (``<<: *anchor``) may be overridden by an
     explicit key of the same name, as YAML allows.
+
+    The walk follows aliases, so it counts the nodes it reaches a second time
+    (through an alias) and stops at ``MAX_ALIAS_NODES`` of them.
     """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # An alias composes to the very node it names, which keeps the anchor's
+        # line: remember where the alias itself is written, for sequence items
+        # (``index`` is the item's index there; a mapping passes its key node).
+        if self.check_event(yaml.AliasEvent) and isinstance(index, int) and parent is not None:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            self._alias_lines[(id(parent), index)] = event.start_mark.line + 1
+        return super().compose_node(parent, index)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._alias_lines: dict[tuple[int, int], int] = {}
+        self._reached: set[int] = set()
+        self._repeated = 0
+        self._alias_path: Loc | None = None
 
     def locate_keys(self, root: yaml.Node) -> tuple[dict[Loc, int], list[Problem]]:
         lines: dict[Loc, int] = {(): root.start_mark.line + 1}
         problems: list[Problem] = []
-        self._walk(root, (), lines, problems, active=set())
+        try:
+            self._walk(root, (), lines, problems, active=set())
+        except _Refused as exc:
+            problems.append(exc.problem)
         return lines, problems
 
     def _walk(
@@ -74,20 +114,39 @@ class _LineLoader(yaml.SafeLoader):
         problems: list[Problem],
         active: set[int],
     ) -> None:
-        # A recursive alias (&a [*a]) would loop forever: stop at a node already
-        # on the current path.
         if id(node) in active:
-            return
+            # &a [*a]: the data would contain itself (no configuration needs that).
+            raise _Refused(Problem(path, "this alias refers to a node that contains it"))
+        outermost = False
+        if id(node) in self._reached:
+            # Reached again: through an alias. Blame the outermost alias being followed.
+            outermost = self._alias_path is None
+            if outermost:
+                self._alias_path = path
+            self._repeated += 1
+            if self._repeated > MAX_ALIAS_NODES:
+                raise _Refused(
+                    Problem(
+                        self._alias_path or path,
+                        f"aliases repeat more than {MAX_ALIAS_NODES} nodes in all: "
+                        "write the values out instead",
+                    )
+                )
+        else:
+            self._reached.add(id(node))
         active.add(id(node))
         try:
             if isinstance(node, yaml.MappingNode):
                 self._walk_mapping(node, path, lines, problems, active)
             elif isinstance(node, yaml.SequenceNode):
                 for i, item in enumerate(node.value):
-                    lines.setdefault((*path, i), item.start_mark.line + 1)
+                    line = self._alias_lines.get((id(node), i), item.start_mark.line + 1)
+                    lines.setdefault((*path, i), line)
                     self._walk(item, (*path, i), lines, problems, active)
         finally:
             active.discard(id(node))
+            if outermost:
+                self._alias_path = None
 
     def _walk_mapping(
         self,
@@ -169,20 +228,45 @@ def _describe_yaml_error(exc: yaml.YAMLError) -> str:
     return f"{context}, {problem}" if context else str(problem)
 
 
-def read_document(path: Path, shown: str) -> LocatedDocument:
+def read_document(path: Path, shown: str, *, max_bytes: int | None = None) -> LocatedDocument:
     """Read and parse ``path``; ``shown`` is the file name used in messages.
 
     Raises ``ConfigSyntaxError`` (one-line messages) when the file cannot be
-    read or decoded, is not YAML, holds several documents, or has duplicate
-    or non-string keys. Reads the whole file once; no other I/O.
+    read or decoded (the line and column of the first byte that is not
+    UTF-8), is larger than ``max_bytes`` (when given), is not YAML, holds
+    several documents, has duplicate or non-string keys, or aliases that
+    would blow it up. Reads the file once (at most ``max_bytes`` + 1 bytes);
+    no other I/O.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigSyntaxError([f"{shown}: not a UTF-8 text file ({exc.reason})"]) from exc
+        with path.open("rb") as file:
+            raw = file.read() if max_bytes is None else file.read(max_bytes + 1)
     except OSError as exc:
         raise ConfigSyntaxError([f"{shown}: cannot read the file: {exc.strerror}"]) from exc
+    if max_bytes is not None and len(raw) > max_bytes:
+        raise ConfigSyntaxError(
+            [f"{shown}: the file is larger than {_size(max_bytes)}, the most it may hold"]
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigSyntaxError(
+            [
+                f"{shown}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at column "
+                f"{column} ({exc.reason})"
+            ]
+        ) from None
     return parse_document(text, shown)
+
+
+def _size(count: int) -> str:
+    """``262144`` -> ``256 KiB``; other counts in bytes."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count % scale == 0:
+            return f"{count // scale} {unit}"
+    return f"{count} bytes"
 
 
 def parse_document(text: str, shown: str) -> LocatedDocument:

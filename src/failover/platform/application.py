@@ -97,7 +97,12 @@ class Application:
         When the start script fails, the VIP is released again before returning
         (the marker stays: the application may be half started until a stop).
         """
-        self._set_marker(True)
+        try:
+            self._set_marker(True)
+        except OSError as exc:
+            # Without the marker a killed daemon could leave the application
+            # running unseen: do not start it (the core decides what next).
+            return f"cannot write {self.marker}: {exc.strerror or exc}"
         if self.vip is not None:
             try:
                 await self.vip.acquire(repeat_in)
@@ -138,7 +143,11 @@ class Application:
                 problem = result.reason
         vip_problem = await self.release_vip()
         self.running = False
-        self._set_marker(False)
+        try:
+            self._set_marker(False)
+        except OSError as exc:
+            # A marker left behind costs one more stop at the next daemon start.
+            log.error("cannot remove the start marker", file=str(self.marker), error=exc.strerror)
         return problem or vip_problem
 
     async def release_vip(self) -> str | None:

@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import structlog
 
 TAIL_LINES = 5
 _TAIL_BYTES = 8192
+
+log = structlog.get_logger("failover.scripts")
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,10 @@ async def run_script(
         output.unlink(missing_ok=True)
         out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
     except OSError as exc:
-        return ScriptResult(label, None, False, (), f"cannot open {output}: {exc.strerror}")
+        # A full or read-only state disk must not fail the script (a checker that
+        # fails for its log would hand the service over): its output is lost.
+        log.warning("script output discarded", script=label, file=str(output), error=exc.strerror)
+        out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
         process = await anyio.open_process(
             argv,

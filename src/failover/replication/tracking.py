@@ -48,6 +48,13 @@ by at most the hot set (``hot_extents * extent_size`` bytes per crash), never
 by the file sizes. Log records are checksummed; a torn tail is ignored and
 counted (it can only hold the record of an op whose ``before`` never returned).
 
+A state directory that cannot be written (full, read-only, failing) never
+lets a change through untracked: the op whose record fails is refused with
+the disk's error, and so is every later one until a checkpoint of the map in
+memory (a superset of everything recorded) can be written; one is tried at
+each change, so changes flow again once the disk can take them. A mode switch
+(``epoch_start``, ``clear``) whose checkpoint fails is held the same way.
+
 Two uses, one mechanism. While the node is *alone* (``epoch_start``), every
 change accumulates. While it replicates synchronously (after ``clear``), the
 map holds only what may not be acknowledged yet: a checkpoint asks the
@@ -766,8 +773,14 @@ class Tracker:
             self._map.merge(self.recovered.changes)
         self._forgettable = not self._has_changes()
         """False while the map holds changes recovered from a crash (until ``clear``)."""
-        with self._lock:
-            self._checkpoint(keep=0)
+        try:
+            with self._lock:
+                self._checkpoint(keep=0)
+        except OSError as error:
+            raise UsageError(
+                f"tracking state directory {self.state_dir} cannot be written: "
+                f"{error.strerror or error}"
+            ) from None
         self._remove_stale_logs()
 
     # MirrorListener ---------------------------------------------------------------------------
@@ -809,8 +822,17 @@ class Tracker:
         """fdatasync the log if it holds records not yet synced (the daemon may call it
         every second to bound what a power loss can take)."""
         with self._lock:
-            if self._unsynced and not self._closed:
-                os.fdatasync(self._log_fd)
+            if self._closed:
+                return
+            if self._broken is not None:
+                self._heal()  # a checkpoint makes everything recorded durable
+                return
+            if self._unsynced:
+                try:
+                    os.fdatasync(self._log_fd)
+                except OSError as error:
+                    self._broken = error
+                    raise
                 self._unsynced = 0
 
     def changes(self) -> ChangeSet:
@@ -839,27 +861,30 @@ class Tracker:
 
         ``since`` names the base the changes are relative to (e.g. the data
         generation the peer holds); ``recover`` returns it. What was recorded
-        while in sync (possibly unacknowledged) is kept. Durable on return.
+        while in sync (possibly unacknowledged) is kept. Durable on return, or,
+        if the state directory cannot be written, every change is refused until
+        it is (see ``_heal``): never raises for the disk.
         """
         if len(since.encode("utf-8", "surrogatepass")) > 1024:
             raise UsageError(f"epoch_start: 'since' longer than 1024 bytes: {since[:64]!r}...")
         with self._lock:
             self._check_open()
             self._in_sync, self._since = False, since
-            self._checkpoint(keep=len(self._hot))
+            self._checkpoint_or_break()
 
     def clear(self) -> None:
         """The peer holds every change recorded so far: forget them, replicate in sync.
 
         The caller promises that every op whose ``before`` returned is on the
-        peer (or failed). The hot extents stay hot. Durable on return.
+        peer (or failed). The hot extents stay hot. Durable on return, or every
+        change is refused until it is (as ``epoch_start``).
         """
         with self._lock:
             self._check_open()
             self._map.clear()
             self._in_sync, self._since = True, None
             self._forgettable = True
-            self._checkpoint(keep=len(self._hot))
+            self._checkpoint_or_break()
 
     def checkpoint(self) -> None:
         """Write the map now (keeping the hot set); folds the log into the checkpoint."""
@@ -868,11 +893,19 @@ class Tracker:
             self._checkpoint(keep=len(self._hot))
 
     def close(self) -> None:
-        """Clean close: a last checkpoint, with no hot extent if the map holds every zone."""
+        """Clean close: a last checkpoint, with no hot extent if the map holds every zone.
+
+        If the state directory cannot be written the files stay as a crash would
+        leave them (``recover`` reads them the same way); close never raises for it.
+        """
         with self._lock:
             if self._closed:
                 return
-            self._checkpoint(keep=0)
+            try:
+                if self._broken is None:
+                    self._checkpoint(keep=0)
+            except OSError as error:
+                self._broken = error
             os.close(self._log_fd)
             self._closed = True
 
@@ -897,11 +930,32 @@ class Tracker:
         if self._closed:
             raise UsageError(f"tracker of {self.state_dir} is closed")
         if self._broken is not None:
+            self._heal()
+
+    def _heal(self) -> None:
+        """A write failed earlier (a full or failing state directory): the log on
+        disk may lack records (a failed fdatasync may drop them) and the mode set by
+        ``epoch_start``/``clear`` may not be durable. A checkpoint of the map in
+        memory (a superset of every change recorded, in the current mode) replaces
+        both; until one succeeds every change is refused with the disk's error."""
+        try:
+            self._checkpoint(keep=len(self._hot))
+        except OSError as error:
+            self._broken = error
             raise OSError(
-                self._broken.errno,
-                f"change tracking in {self.state_dir} failed earlier ({self._broken}); "
-                "reopen the tracker (it recovers) or do a full sync",
-            )
+                error.errno,
+                f"change tracking in {self.state_dir} failed earlier and cannot write yet "
+                f"({error.strerror or error}); every change is refused until it can",
+            ) from error
+        self._broken = None
+
+    def _checkpoint_or_break(self) -> None:
+        """A checkpoint that must be durable before the next change: if it fails,
+        the tracker refuses every change until ``_heal`` writes one."""
+        try:
+            self._checkpoint(keep=len(self._hot))
+        except OSError as error:
+            self._broken = error
 
     def _before_write(self, op: Write) -> None:
         length = len(op.data)

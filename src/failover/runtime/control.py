@@ -72,6 +72,12 @@ class CoreNode(Protocol):
 
     def status(self) -> PeerStatus: ...
 
+    def snapshot(self) -> Any:
+        """Everything ``handle`` may change (``restore`` puts it back)."""
+        ...
+
+    def restore(self, snap: Any) -> None: ...
+
 
 class LinkInfo(Protocol):
     """What the controller needs of a running link."""
@@ -153,6 +159,8 @@ class NodeController:
         self._submit = submit
         self._started = started
         self._transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITIONS_KEPT)
+        self.degraded: Callable[[], dict[str, Any] | None] = lambda: None
+        """The daemon's view of a metadata write fault (None while writes succeed)."""
 
     def record(self, entry: dict[str, Any]) -> None:
         """Keep one transition (from ``transition_record``) for ``transitions``."""
@@ -207,6 +215,8 @@ class NodeController:
                 "dropped": dict(sorted(self.frames.dropped.items())),
             },
             "uptime": round(now - self._started, 3),
+            # the node cannot write its metadata: it serves on, deciding nothing
+            "degraded": self.degraded(),
             "replication": replication,
             # claimed only while protected and no verify since the last resync found
             # a difference (a verdict lasts until a clean verify or a resync)

@@ -14,10 +14,16 @@ One task group holds every task of the node:
 How the effects of one ``handle`` call are applied, in list order:
 
 - ``PersistMetadata`` is written synchronously (fsync, rename, fsync) before
-  the event loop looks at the next effect: nothing after it (a heartbeat
-  announcing the new generation, an action) can happen before the metadata is
-  durable. A write that fails stops the daemon: a node that cannot record its
-  generation must not go on deciding with it.
+  the event loop looks at any other effect of that call: nothing (a heartbeat
+  announcing the new generation, an action, a transition record) can happen
+  before the metadata is durable. A write that fails never stops the daemon:
+  the decision is undone (the core is restored to its snapshot from before
+  the event), none of its effects runs, and the node is *degraded*: every
+  event waits (``degraded.HeldEvents``) while the node keeps announcing its
+  last durable state; the write is retried by handing the first held event
+  to the core again after a growing pause. Admin commands are refused
+  meanwhile. docs/operations.md, "Faults of the node's own disk", states the
+  invariant.
 - ``SendHeartbeat`` builds one frame per open link and leaves it in that
   link's mailbox; it never waits for the network.
 - ``TransitionRecord``, ``LinkChanged`` and ``Refused`` are logged (and kept
@@ -68,10 +74,11 @@ from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
 from failover.runtime.control import CoreNode, NodeController, transition_record
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
+from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
 from failover.runtime.logging import AuditJournal
-from failover.runtime.store import IncarnationStore, MetadataStore
+from failover.runtime.store import IncarnationStore, MetadataStore, unwritable
 from failover.runtime.timer import DeadlineSignal, run_timer
 from failover.tls import tls_context
 from failover.transport import HeartbeatTransport
@@ -112,6 +119,7 @@ class _Envelope:
     event: ev.Event | None = None
     reply: _Reply | None = None
     mutate: Callable[[CoreNode], None] | None = None
+    retry: bool = False  # hand the held events to the core again (degraded node)
 
 
 @contextlib.contextmanager
@@ -119,7 +127,10 @@ def _node_lock(node_dir: Path, node: str) -> Iterator[None]:
     """Hold an exclusive lock on ``node_dir`` so that a second daemon for the same
     node (which would overwrite the metadata) refuses to start."""
     path = node_dir / "daemon.lock"
-    handle: TextIO = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+    try:
+        handle: TextIO = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise unwritable(node_dir, exc) from exc
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,10 +141,11 @@ def _node_lock(node_dir: Path, node: str) -> Iterator[None]:
                 f"another failover daemon already runs for node {node!r} "
                 f"(pid {holder}, lock {path})"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered: a failed write must not be tried again at close
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            raise unwritable(node_dir, exc) from exc
         yield
     finally:
         handle.close()
@@ -255,6 +267,8 @@ class Daemon:
         self._stopping = False
         self._checkers_scope: anyio.CancelScope | None = None
         self._encode_failed = False
+        self._fault: DiskFault | None = None  # set while the metadata cannot be written
+        self._held = HeldEvents()
         self.log = log.bind(node=node_name)
         self._heard: tuple[str, str, bool] | None = None
 
@@ -282,31 +296,73 @@ class Daemon:
     # --- the event loop ------------------------------------------------------------------
 
     async def _event_loop(self) -> None:
+        self.controller.degraded = self._degraded_view
         async with self._receive:
             async for envelope in self._receive:
                 if envelope.mutate is not None:
                     envelope.mutate(self.node)
                 effects: list[fx.Effect] = []
                 if envelope.event is not None:
-                    try:
-                        effects = self.node.handle(envelope.event, anyio.current_time())
-                    except Exception:
-                        # A bug in the core: deciding on would be guessing. Stop serving.
-                        self.log.exception("the core failed: stopping the daemon")
-                        raise
-                    self._apply(effects)
-                    self._journal_step(effects)
-                self.deadlines.publish(self.node.next_deadline())
+                    effects = await self._take(envelope.event, command=envelope.reply is not None)
+                elif envelope.retry:
+                    await self._retry_held()
+                # A degraded core is frozen: its deadlines wait until it resumes.
+                self.deadlines.publish(None if self._fault else self.node.next_deadline())
                 if envelope.reply is not None:
                     envelope.reply.effects = effects
                     envelope.reply.done.set()
                 self._notify()
 
+    async def _take(self, event: ev.Event, *, command: bool) -> list[fx.Effect]:
+        """Hand ``event`` to the core, or hold it while the node is degraded."""
+        if self._fault is None:
+            effects = await self._decide(event)
+            if effects is not None:
+                return effects
+        fault = self._fault
+        assert fault is not None
+        if command:
+            # Answered now: an operator must not see a command run minutes later.
+            reason = f"not accepted: {fault.reason} (the node is degraded until it can)"
+            return [fx.Refused(command=event.kind, reason=reason)]
+        self._held.hold(event)
+        return []
+
+    async def _decide(self, event: ev.Event, *, retry: bool = False) -> list[fx.Effect] | None:
+        """One ``handle`` call whose effects run only once its metadata is durable.
+
+        Returns the effects, or None when the metadata could not be written:
+        the core is then back in the state it had before ``event`` and the
+        node degraded (the caller holds or refuses ``event``).
+        """
+        before = self.node.snapshot()
+        try:
+            effects = self.node.handle(event, anyio.current_time())
+        except Exception:
+            # A bug in the core: deciding on would be guessing. Stop serving.
+            self.log.exception("the core failed: stopping the daemon")
+            raise
+        for effect in effects:
+            if isinstance(effect, fx.PersistMetadata):
+                try:
+                    await self._persist(effect.metadata, in_thread=retry)
+                except OSError as exc:
+                    self.node.restore(before)
+                    self._write_failed(exc, event.kind)
+                    return None
+        if self._fault is not None:
+            # Resuming: what the node announces until the episode ends must never
+            # go back behind what this call's heartbeat is about to announce.
+            self._announced = self.node.status()
+        self._apply(effects)
+        self._journal_step(effects)
+        return effects
+
     def _apply(self, effects: list[fx.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, fx.PersistMetadata):
-                self._persist(effect.metadata)
-            elif isinstance(effect, fx.SendHeartbeat):
+                continue  # written by ``_decide`` before any effect of the call
+            if isinstance(effect, fx.SendHeartbeat):
                 self._send_heartbeat(effect)
             elif isinstance(effect, fx.TransitionRecord):
                 self._record(effect)
@@ -322,20 +378,90 @@ class Daemon:
             else:
                 self.log.error("unknown effect ignored", effect=repr(effect))
 
-    def _persist(self, metadata: Metadata) -> None:
-        # Synchronous, on purpose: the event loop handles nothing else until the
-        # metadata is durable (an fsync costs ~0.2 ms here). Heartbeats are
-        # produced by this loop too, so a worker thread would not keep them
-        # flowing during a disk stall; it would only make the order harder to see.
-        try:
+    async def _persist(self, metadata: Metadata, *, in_thread: bool) -> None:
+        # The first attempt is synchronous, on purpose: the event loop handles
+        # nothing else until the metadata is durable (an fsync costs ~0.2 ms
+        # here). Retries run in a worker thread while the event loop waits, so
+        # that a disk that hangs does not stop the degraded node's heartbeats.
+        if in_thread:
+            await anyio.to_thread.run_sync(self.store.save, metadata)
+        else:
             self.store.save(metadata)
-        except OSError as exc:
-            self.log.critical(
-                "cannot persist metadata: stopping the daemon",
+        self.durable = metadata
+
+    # --- a node whose metadata cannot be written -----------------------------------------
+
+    def _write_failed(self, exc: OSError, undone: str) -> None:
+        """The core was restored (the decision on an ``undone`` event): announce the
+        durable state, and start an episode unless one is running."""
+        now = anyio.current_time()
+        self._announced = self.node.status()
+        fault = self._fault
+        if fault is None:
+            fault = self._fault = DiskFault.start(self.store.path, exc, now)
+            self.log.error(
+                "node degraded: metadata cannot be written; serving on, deciding nothing "
+                "until it can",
                 file=str(self.store.path),
-                error=str(exc),
+                error=fault.error,
+                undone=undone,
+                state=self.node.state.value,
+                generation=str(self.durable.generation),
             )
-            raise UsageError(f"cannot write {self.store.path}: {exc.strerror or exc}") from exc
+            self.task_group.start_soon(self._while_degraded, fault)
+        elif fault.failed_again(exc):
+            self.log.error(
+                "node still degraded: the metadata write fails differently",
+                file=str(self.store.path),
+                error=fault.error,
+                attempts=fault.attempts,
+            )
+
+    async def _retry_held(self) -> None:
+        """Hand the held events to the core again, in order, while their writes succeed."""
+        fault = self._fault
+        if fault is None:
+            return
+        if not self._held:  # only a command was undone: try a write of what is on disk
+            try:
+                await self._persist(self.durable, in_thread=True)
+            except OSError as exc:
+                self._write_failed(exc, "retry")
+                return
+        while self._held:
+            if await self._decide(self._held.first(), retry=True) is None:
+                return
+            self._held.done_first()
+        self._fault = None
+        self.log.warning(
+            "metadata written again: node no longer degraded",
+            file=str(self.store.path),
+            seconds=round(anyio.current_time() - fault.since, 3),
+            attempts=fault.attempts + 1,
+        )
+
+    async def _while_degraded(self, fault: DiskFault) -> None:
+        """Announce the durable state at the heartbeat interval, and ask the event
+        loop to retry after each pause, until the episode ends."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._announce_durable_state, fault)
+            while self._fault is fault:
+                await anyio.sleep(fault.pause)
+                reply = _Reply()
+                await self._send.send(_Envelope(retry=True, reply=reply))
+                await reply.done.wait()
+            tg.cancel_scope.cancel()
+
+    async def _announce_durable_state(self, fault: DiskFault) -> None:
+        while self._fault is fault:
+            self._send_heartbeat(fx.SendHeartbeat(self._announced))
+            await anyio.sleep(self.config.timing.heartbeat_interval)
+
+    def _degraded_view(self) -> dict[str, Any] | None:
+        fault = self._fault
+        if fault is None:
+            return None
+        return fault.view(anyio.current_time(), len(self._held))
 
     def _send_heartbeat(self, effect: fx.SendHeartbeat) -> None:
         open_links = [link for link in self.links if link.open]
@@ -466,6 +592,9 @@ class Daemon:
                 problems=[str(exc)],
             )
             return False
+        except Exception:  # a plugin's bug while checking must not end the daemon
+            self.log.exception("configuration reload failed: the running configuration is kept")
+            return False
         ignored = _restart_only_changes(self.config, new, self.name)
         if ignored:
             self.log.warning("configuration changes that need a restart", keys=ignored)
@@ -526,6 +655,7 @@ class Daemon:
         config, name = self.config, self.name
         self.store = MetadataStore(self.node_dir / "metadata.json")
         metadata = self.store.load()
+        self.durable = metadata  # the metadata on disk (the core's may be ahead mid-write)
         incarnation = IncarnationStore(self.node_dir / "incarnation.json").next()
         self.journal = AuditJournal(self.node_dir / JOURNAL_NAME, node=name, boot=incarnation)
         self._step = 0
@@ -534,7 +664,8 @@ class Daemon:
         self.node = self.node_factory(settings, metadata)
         codec = FrameCodec(config.cluster.name, config.read_key())
         self.outbound = Outbound(codec, name, incarnation)
-        self.inbound = Inbound(codec, name, peer=self.peer)
+        self.inbound = Inbound(codec, self.outbound, peer=self.peer)  # keeps the echo
+        auth = codec.link_auth(name, self.peer)
         self.links = [
             LinkRunner(
                 link.name,
@@ -544,6 +675,7 @@ class Daemon:
                 inbound=self.inbound,
                 report=self.report,
                 send_timeout=config.timing.heartbeat_interval,
+                auth=auth,
             )
             for link in config.links
         ]
@@ -559,8 +691,8 @@ class Daemon:
             else DataPlane(
                 data,
                 self.report,
-                lambda: str(self.node.metadata.generation),
-                lambda: str(self.node.metadata.synced_generation),
+                lambda: str(self.durable.generation),
+                lambda: str(self.durable.synced_generation),
             )
         )
         self.app = Application(
@@ -602,7 +734,10 @@ class Daemon:
             await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[NodeController]) -> None:
-        self.node_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.node_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unwritable(self.node_dir, exc) from exc
         # Every record of this node's tasks (platform modules included) names it.
         with (
             structlog.contextvars.bound_contextvars(node=self.name),

@@ -7,6 +7,11 @@ it opens it, receives frames and turns the authentic ones into
 closes the channel, waits a backoff and opens it again. Whether the link is
 *up* is the core's call (it counts silence); the runner only carries frames.
 
+With a cluster key, a transport that makes connections (``tcp``, or any that
+declares ``connection_auth``) is opened with the link proof (``auth``), so
+that each of its connections proves the key before it is used; other
+transports are opened as they always were.
+
 Sending never blocks the caller: ``offer`` leaves the newest frame in a
 one-slot mailbox that the link's sender task drains. A slow link therefore
 delays only itself, and an older heartbeat still waiting is replaced by the
@@ -23,8 +28,8 @@ from pydantic import BaseModel
 
 from failover.core import events as ev
 from failover.errors import TransportError
-from failover.transport import HeartbeatChannel, HeartbeatTransport
-from failover.wire import Inbound
+from failover.transport import HeartbeatChannel, HeartbeatTransport, supports_connection_auth
+from failover.wire import Inbound, LinkAuth
 
 log = structlog.get_logger("failover.links")
 
@@ -52,6 +57,7 @@ class LinkRunner:
         inbound: Inbound,
         report: Report,
         send_timeout: float,
+        auth: LinkAuth | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -60,6 +66,7 @@ class LinkRunner:
         self.inbound = inbound
         self.report = report
         self.send_timeout = send_timeout
+        self.auth = auth
         self.channel: HeartbeatChannel | None = None
         self._pending: bytes | None = None
         self._wake = anyio.Event()
@@ -98,7 +105,7 @@ class LinkRunner:
         while True:
             channel: HeartbeatChannel | None = None
             try:
-                channel = await self.transport.open(self.local, self.remote)
+                channel = await self._open()
             except TransportError as exc:
                 if not failing:
                     # Reported once per outage; the retries are only logged at debug.
@@ -120,6 +127,11 @@ class LinkRunner:
                 failing = True
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
+
+    async def _open(self) -> HeartbeatChannel:
+        if self.auth is not None and supports_connection_auth(self.transport):
+            return await self.transport.open(self.local, self.remote, auth=self.auth)
+        return await self.transport.open(self.local, self.remote)
 
     async def _serve(self, channel: HeartbeatChannel) -> str:
         """Receive and send on ``channel`` until it breaks; returns the error.

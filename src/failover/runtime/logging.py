@@ -22,9 +22,10 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import structlog
 
@@ -33,13 +34,47 @@ JOURNAL_FORMAT = 1
 """Version of the audit journal's records (``failover.audit.FORMAT_VERSION``)."""
 
 
-def _open_log_file(path: Path) -> TextIO:
+def _open_log_file(path: Path) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Line buffering: every record is on disk (in the page cache) as it is written.
-    return open(path, "a", buffering=1, encoding="utf-8")
+    # Unbuffered: every record is on disk (in the page cache) as it is written,
+    # and a record that cannot be written is not kept to be tried again.
+    return open(path, "ab", buffering=0)
 
 
-_opened: list[TextIO] = []
+class _Tolerant:
+    """The log's stream, which never raises: a record that cannot be written (a full
+    or failing disk) is dropped and counted, and the first record written again is
+    preceded by one saying how many were lost. The daemon never stops for its log."""
+
+    def __init__(self, text: TextIO | None = None, binary: BinaryIO | None = None) -> None:
+        self.text = text
+        self.binary = binary
+        self.dropped = 0
+
+    def _put(self, line: str) -> None:
+        if self.binary is not None:
+            self.binary.write(line.encode("utf-8"))
+        elif self.text is not None:
+            self.text.write(line)
+            self.text.flush()
+
+    def write(self, text: str) -> int:
+        try:
+            if self.dropped:
+                notice = {"level": "warning", "msg": "log records lost", "lost": self.dropped}
+                self._put(json.dumps(notice) + "\n")
+                self.dropped = 0
+            self._put(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.dropped += 1
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            (self.binary or self.text or sys.stdout).flush()
+
+
+_opened: list[BinaryIO] = []
 """The file the last configuration opened (closed when logging is configured again)."""
 
 _LEADING = ("timestamp", "level", "msg", "node", "from", "event", "to")
@@ -65,11 +100,12 @@ def configure_logging(
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
-    stream: TextIO = _open_log_file(Path(log_file)) if log_file is not None else sys.stdout
+    binary = _open_log_file(Path(log_file)) if log_file is not None else None
     while _opened:
         _opened.pop().close()
-    if log_file is not None:
-        _opened.append(stream)
+    if binary is not None:
+        _opened.append(binary)
+    stream = _Tolerant(binary=binary) if binary is not None else _Tolerant(text=sys.stdout)
     if console is None:
         console = log_file is None and sys.stdout.isatty()
     renderer: Any
@@ -88,7 +124,7 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
@@ -97,6 +133,8 @@ JOURNAL_MAX_BYTES = 16 * 1024 * 1024
 """Size at which the audit journal is rotated (``audit.jsonl`` -> ``audit.jsonl.1``)."""
 JOURNAL_BACKUPS = 8
 """Rotated journals kept (``.1`` newest ... ``.8`` oldest): 144 MiB at most per node."""
+JOURNAL_BACKLOG = 20_000
+"""Records kept in memory while the journal cannot be written (a few MiB at most)."""
 
 
 def monotonic() -> float:
@@ -113,12 +151,15 @@ class AuditJournal:
     and appends the line with one ``write`` to a file opened ``O_APPEND`` (no
     user-space buffer: a record is in the page cache when ``write`` returns).
     The records and what ``failover audit`` checks with them are in
-    docs/audit.md. A write that fails (full or failing disk) is reported once in
-    the log and skipped; a partly written line is cut off again, and the next
-    record that can be written is preceded by a ``gap`` record counting the
-    skipped ones: the journal never stops the daemon and never leaves a torn
-    line behind it. Past ``max_bytes`` the file is rotated, keeping ``backups``
-    older files.
+    docs/audit.md.
+
+    A write that fails (full or failing disk) never stops the daemon: it is
+    reported once in the log, a partly written line is cut off again (no torn
+    line), and the records wait in memory, with their own times, to be written
+    in order at the next write that succeeds. Past ``backlog`` waiting records
+    the newest are dropped, and a ``gap`` record counting them follows the
+    backlog. Past ``max_bytes`` the file is rotated, keeping ``backups`` older
+    files.
     """
 
     def __init__(
@@ -129,34 +170,61 @@ class AuditJournal:
         boot: int,
         max_bytes: int = JOURNAL_MAX_BYTES,
         backups: int = JOURNAL_BACKUPS,
+        backlog: int = JOURNAL_BACKLOG,
     ) -> None:
         self.path = path
         self.node = node
         self.boot = boot
         self.max_bytes = max_bytes
         self.backups = backups
+        self.backlog = backlog
         self.seq = 0
-        self.skipped = 0
+        self.dropped = 0  # records not kept: the backlog was full
+        self._waiting: deque[str] = deque()
+        self._failing = False
         self._fd: int | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Records kept in memory until the journal can be written again."""
+        return len(self._waiting)
 
     def write(self, kind: str, /, **fields: Any) -> None:
         try:
-            if self.skipped:
-                self._append(self._line("gap", {"skipped": self.skipped}))
-                structlog.get_logger("failover.journal").warning(
-                    "audit journal writable again", file=str(self.path), skipped=self.skipped
-                )
-                self.skipped = 0
-            self._append(self._line(kind, fields))
-        except (OSError, ValueError, TypeError) as exc:
+            line = self._line(kind, fields)
+        except (ValueError, TypeError) as exc:  # a value JSON cannot hold: a bug, not fatal
+            structlog.get_logger("failover.journal").error(
+                "audit record not written", kind=kind, error=str(exc)
+            )
+            return
+        if len(self._waiting) < self.backlog:
+            self._waiting.append(line)
+        else:
+            self.dropped += 1
+        self._flush()
+
+    def _flush(self) -> None:
+        log = structlog.get_logger("failover.journal")
+        try:
+            while self._waiting:
+                self._append(self._waiting[0])
+                self._waiting.popleft()
+            if self.dropped:
+                self._append(self._line("gap", {"skipped": self.dropped}))
+                self.dropped = 0
+        except OSError as exc:
             self._close()
-            if not self.skipped:
-                structlog.get_logger("failover.journal").error(
-                    "cannot write the audit journal: records are skipped until it works again",
+            if not self._failing:
+                self._failing = True
+                log.error(
+                    "cannot write the audit journal: records wait in memory until it works again",
                     file=str(self.path),
                     error=str(exc),
                 )
-            self.skipped += 1
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("audit journal writable again", file=str(self.path))
 
     def _line(self, kind: str, fields: dict[str, Any]) -> str:
         self.seq += 1

@@ -15,6 +15,7 @@ data. ``load`` raises ``UsageError`` naming the file instead.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -28,6 +29,18 @@ from failover.errors import UsageError
 METADATA_SCHEMA = 1
 INCARNATION_SCHEMA = 1
 _TEMP_SUFFIX = ".tmp"
+
+
+def describe_error(exc: OSError) -> str:
+    """``No space left on device (ENOSPC)``: the message and the errno's name."""
+    text = exc.strerror or str(exc)
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"{text} ({name})" if name else text
+
+
+def unwritable(directory: Path, exc: OSError) -> UsageError:
+    """The one line an operator gets when the state directory cannot be written."""
+    return UsageError(f"cannot write the state directory {directory}: {describe_error(exc)}")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -213,5 +226,9 @@ class IncarnationStore:
         """
         value = max(time.time_ns(), self.current() + 1)
         data = json.dumps({"schema": INCARNATION_SCHEMA, "incarnation": value}) + "\n"
-        write_atomic(self.path, data.encode())
+        try:
+            write_atomic(self.path, data.encode())
+        except OSError as exc:
+            # Not used unless saved: the daemon cannot start (a full or read-only disk).
+            raise unwritable(self.path.parent, exc) from exc
         return value

@@ -18,6 +18,11 @@ node, reachable from each other on this machine)::
 
 ``ReplicationContract`` does the same for replication stream transports.
 
+A transport that declares ``connection_auth`` (``ConnectionAuthTransport``)
+runs the suite as the daemon uses it: each channel is opened with a
+``LinkAuth`` (``contract_link_auths``), so every connection proves the key.
+Override the ``link_auths`` fixture to return None to run it without.
+
 Tests run under anyio's pytest plugin (``@pytest.mark.anyio``). Each channel
 is driven as the daemon drives it: one task always waiting in ``receive``
 (``ChannelPump``), sends from another. Before exchanging frames the suite
@@ -58,7 +63,9 @@ from failover.transport import (
     HeartbeatTransport,
     MessageStream,
     ReplicationTransport,
+    supports_connection_auth,
 )
+from failover.wire import FrameCodec, LinkAuth
 
 PROBE = b"\xfe\xed-probe"
 """Frame ``establish`` sends; ``ChannelPump.next_frame`` skips it."""
@@ -70,6 +77,17 @@ BURST = 8
 """Frames every transport must accept back to back without raising."""
 
 EndpointOptions = tuple[Mapping[str, Any], Mapping[str, Any]]
+LinkAuths = tuple[LinkAuth, LinkAuth]
+CONTRACT_CLUSTER = "contract"
+CONTRACT_KEY = bytes(range(100, 132))
+
+
+def contract_link_auths(key: bytes = CONTRACT_KEY) -> LinkAuths:
+    """The link proofs of two nodes ``alpha`` and ``beta`` of one cluster under ``key``."""
+    codec = FrameCodec(CONTRACT_CLUSTER, key)
+    alpha, beta = codec.link_auth("alpha", "beta"), codec.link_auth("beta", "alpha")
+    assert alpha is not None and beta is not None
+    return alpha, beta
 
 
 class ChannelPump:
@@ -129,14 +147,33 @@ async def pumped(channel: HeartbeatChannel) -> AsyncIterator[ChannelPump]:
             await channel.aclose()
 
 
+async def open_channel(
+    transport: HeartbeatTransport,
+    local: BaseModel,
+    remote: BaseModel,
+    auth: LinkAuth | None = None,
+) -> HeartbeatChannel:
+    """Open a channel as the daemon does: with ``auth`` if the transport takes it."""
+    if auth is not None and supports_connection_auth(transport):
+        return await transport.open(local, remote, auth=auth)
+    return await transport.open(local, remote)
+
+
 @asynccontextmanager
 async def open_pair(
-    transport: HeartbeatTransport, a_end: BaseModel, b_end: BaseModel
+    transport: HeartbeatTransport,
+    a_end: BaseModel,
+    b_end: BaseModel,
+    auth: LinkAuths | None = None,
 ) -> AsyncIterator[tuple[ChannelPump, ChannelPump]]:
-    """Open a channel on each endpoint (each facing the other), pumped; close both on exit."""
+    """Open a channel on each endpoint (each facing the other), pumped; close both on exit.
+
+    With ``auth`` (alpha's and beta's), a transport that supports it proves the key.
+    """
+    a_auth, b_auth = (None, None) if auth is None else auth
     async with (
-        pumped(await transport.open(a_end, b_end)) as a,
-        pumped(await transport.open(b_end, a_end)) as b,
+        pumped(await open_channel(transport, a_end, b_end, a_auth)) as a,
+        pumped(await open_channel(transport, b_end, a_end, b_auth)) as b,
     ):
         yield a, b
 
@@ -277,6 +314,11 @@ class TransportContract:
         return load_transport(self.transport_name)
 
     @pytest.fixture
+    def link_auths(self, transport: HeartbeatTransport) -> LinkAuths | None:
+        """What the daemon hands a transport that declares ``connection_auth``."""
+        return contract_link_auths() if supports_connection_auth(transport) else None
+
+    @pytest.fixture
     def endpoints(
         self, transport: HeartbeatTransport, endpoint_options: EndpointOptions
     ) -> tuple[BaseModel, BaseModel]:
@@ -292,9 +334,12 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_round_trip_both_directions(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with anyio.fail_after(WAIT_TIMEOUT):
                 await a.channel.send(b"ping from a")
@@ -304,7 +349,10 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_many_frames_arrive_whole(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
         """Every frame arrives unmerged and uncut; in order for ordered transports.
 
@@ -314,7 +362,7 @@ class TransportContract:
         """
         frames = sample_frames(self.frame_count)
         got: list[bytes] = []
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with anyio.fail_after(WAIT_TIMEOUT):
                 for start in range(0, len(frames), BURST):
@@ -329,10 +377,13 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_max_size_frame_round_trips(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
         frame = os.urandom(MAX_FRAME_SIZE)
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with anyio.fail_after(WAIT_TIMEOUT):
                 await b.channel.send(frame)
@@ -340,9 +391,12 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_oversize_frame_is_refused_and_link_survives(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with pytest.raises(TransportError):
                 await a.channel.send(bytes(MAX_FRAME_SIZE + 1))
@@ -352,9 +406,12 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_empty_frame_is_delivered(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with anyio.fail_after(WAIT_TIMEOUT):
                 await a.channel.send(b"")
@@ -362,9 +419,12 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_aclose_is_idempotent_and_fails_receive_and_send(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             with anyio.fail_after(WAIT_TIMEOUT):
                 await a.channel.aclose()
@@ -378,10 +438,13 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_send_after_peer_closed(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
         """Per ``after_peer_close``: send eventually raises, or never raises."""
-        async with open_pair(transport, *endpoints) as (a, b):
+        async with open_pair(transport, *endpoints, link_auths) as (a, b):
             await establish(a, b)
             await b.channel.aclose()
             if self.after_peer_close == "drops":
@@ -405,13 +468,16 @@ class TransportContract:
 
     @pytest.mark.anyio
     async def test_open_and_close_leaks_no_file_descriptor(
-        self, transport: HeartbeatTransport, endpoints: tuple[BaseModel, BaseModel]
+        self,
+        transport: HeartbeatTransport,
+        endpoints: tuple[BaseModel, BaseModel],
+        link_auths: LinkAuths | None,
     ) -> None:
         if not Path("/proc/self/fd").is_dir():
             pytest.skip("needs /proc/self/fd")
 
         async def cycle() -> None:
-            async with open_pair(transport, *endpoints) as (a, b):
+            async with open_pair(transport, *endpoints, link_auths) as (a, b):
                 await establish(a, b)
 
         await cycle()  # warm up: the event loop may keep descriptors of its own
