@@ -113,6 +113,7 @@ import yaml
 from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
+from failover.testing.disks import fill, small_tmpfs
 from failover.testing.netns import Lab, netns_unavailable_reason
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
@@ -126,7 +127,7 @@ RECORD = 16  # _campaign_app.RECORD
 STATE_TMPFS = "64m"
 FAULTS = ("kill", "pause", "link", "partition", "connect", "flood", "disk-full", "restart", "swap")
 POLL = 0.05
-FILLER = "campaign-filler"
+FILLER = "filler"  # failover.testing.disks.fill
 CLONE_NEWNET = 0x40000000
 STOP_BOUND = 30.0  # a clean daemon stop (its stop script has a 10 s timeout)
 WRITE_BOUND = 15.0  # the application writes again after protection
@@ -291,7 +292,7 @@ class Pair:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
         self.paused: set[str] = set()
-        self.mounts: list[Path] = []
+        self.mounts = contextlib.ExitStack()  # the state directories' tmpfs
         self.attackers: list[subprocess.Popen[bytes]] = []
         self.fillers: list[Path] = []
         self.home_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
@@ -338,14 +339,7 @@ class Pair:
         for node in NODES:
             self.disk(node).mkdir()
             self.quarantine_of(node).mkdir()
-            state = self.state_dir(node)
-            state.mkdir()
-            options = f"size={STATE_TMPFS},mode=0700"
-            subprocess.run(
-                ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(state)],
-                check=True, capture_output=True, timeout=10,
-            )  # fmt: skip
-            self.mounts.append(state)
+            self.mounts.enter_context(small_tmpfs(self.state_dir(node), STATE_TMPFS))
         self.write_config()
         enter_netns(self.lab.namespace_path("client"))
 
@@ -575,18 +569,9 @@ class Pair:
 
     def fill(self, node: str) -> int:
         """Fill ``node``'s state directory (a tmpfs) until ENOSPC; the bytes written."""
-        filler = self.state_dir(node) / FILLER
+        filler = fill(self.state_dir(node))
         self.fillers.append(filler)
-        written = 0
-        block = b"\0" * (1 << 16)
-        with filler.open("ab", buffering=0) as handle:
-            with contextlib.suppress(OSError):
-                while True:
-                    written += handle.write(block)
-            with contextlib.suppress(OSError):
-                while True:  # the last partial block
-                    written += handle.write(b"\0" * 512)
-        return written
+        return filler.stat().st_size
 
     def free(self) -> None:
         for filler in self.fillers:
@@ -615,11 +600,7 @@ class Pair:
                         self.state_dir(node), self.work / f"state-{node}-copy",
                         ignore=shutil.ignore_patterns(FILLER), dirs_exist_ok=True,
                     )  # fmt: skip
-            for mount in self.mounts:
-                done = subprocess.run(["umount", str(mount)], capture_output=True, check=False)
-                if done.returncode != 0:
-                    subprocess.run(["umount", "-l", str(mount)], capture_output=True, check=False)
-            self.mounts.clear()
+            self.mounts.close()
 
 
 def _other(node: str) -> str:
