@@ -12,10 +12,13 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
-from e2e_support import NETNS, Cluster, cli
+import yaml
+from e2e_support import NETNS, REPLICATION_PORT, Cluster, cli
 
+from failover.config.timing import PROFILES
 from failover.testing.netns import Lab
 
 pytestmark = NETNS
@@ -36,6 +39,7 @@ class Writer:
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.acked: list[int] = []
+        self.times: list[float] = []  # when each acknowledgement was read
         self.enough = threading.Event()
         self.wanted = 0
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -45,6 +49,7 @@ class Writer:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.acked.append(int(line))
+            self.times.append(time.monotonic())
             if len(self.acked) >= self.wanted:
                 self.enough.set()
         self.enough.set()  # the writer ended
@@ -54,6 +59,11 @@ class Writer:
         if len(self.acked) >= count:
             self.enough.set()
         assert self.enough.wait(30), "the writer made no progress"
+
+    def longest_stall(self) -> float:
+        """The longest time between two acknowledgements, in seconds."""
+        gaps = [b - a for a, b in zip(self.times, self.times[1:], strict=False)]
+        return max(gaps, default=0.0)
 
     def finish(self) -> list[int]:
         self.proc.wait(timeout=10)
@@ -67,6 +77,12 @@ def equal_copies(cluster: Cluster) -> bool:
 
 def serves(cluster: Cluster, node: str) -> bool:
     return cluster.state(node) == "alone"
+
+
+def alone(cluster: Cluster, node: str) -> bool:
+    """``node`` serves alone, ready or busy (resyncing its peer)."""
+    status = cluster.status(node)
+    return bool(status and status["state"] == "alone")
 
 
 def retrying(cluster: Cluster, node: str) -> bool:
@@ -189,8 +205,10 @@ def test_a_cut_replication_link_leaves_the_pair_and_the_pair_reforms_after_it_he
     cluster.start_both()
     primary, secondary = cluster.paired()
     lab.link_down(secondary, "lan")  # replication's network; heartbeats go on over crossover
-    write_in(cluster, primary, "during-the-cut", b"kept")  # fsync waits, then goes alone
-    cluster.wait(f"{primary} alone", functools.partial(serves, cluster, primary))
+    # fsync waits for the session's timeout, then for beta to leave secondary
+    # (the write fence): then the primary goes on alone, resyncing beta in vain
+    write_in(cluster, primary, "during-the-cut", b"kept")
+    cluster.wait(f"{primary} alone", functools.partial(alone, cluster, primary))
     cluster.wait(
         f"{primary} retrying to resync {secondary} over the cut link",
         functools.partial(retrying, cluster, primary),
@@ -221,3 +239,139 @@ def test_fullsync_copies_everything_again(lab: Lab, tmp_path: Path) -> None:
 def received(cluster: Cluster, node: str) -> int:
     status = cluster.status(node)
     return int(status["replication"]["resyncs_received"]) if status else 0
+
+
+# A hostile host on the replication network: it connects to the secondary's
+# replication port every ``period`` seconds, without any key. Each connection,
+# in turn, stays idle, sends junk, or sends a length prefix and stops half-way;
+# it is closed after ``hold`` seconds (the attacker does not wait for answers).
+HOSTILE = """
+import itertools, os, socket, sys, time
+address, port, period, hold = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+opened = []
+for n in itertools.count():
+    try:
+        s = socket.create_connection((address, port), timeout=1)
+        if n % 3 == 1:
+            s.sendall(os.urandom(512))
+        elif n % 3 == 2:
+            s.sendall((4096).to_bytes(4, "big") + os.urandom(100))
+        opened.append((time.monotonic(), s))
+        print(n, flush=True)
+    except OSError:
+        pass
+    while opened and time.monotonic() - opened[0][0] > hold:
+        opened.pop(0)[1].close()
+    time.sleep(period)
+"""
+
+
+def default_profile(cluster: Cluster) -> None:
+    """Run ``cluster`` with the production timings (issue 8 measured the chain
+    there: a heartbeat every 0.5 s leaves the peer longer in the dark)."""
+    document = yaml.safe_load(cluster.config_path.read_text())
+    document["cluster"]["profile"] = "default"
+    cluster.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    timing = PROFILES["default"]
+    cluster.dead_timeout = timing.dead_timeout
+    cluster.heartbeat_interval = timing.heartbeat_interval
+
+
+def test_hostile_connects_to_the_replication_port_lose_no_acknowledged_record(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The lost-write chain of issue 8: unauthenticated connects to the
+    secondary's replication port (from the client's namespace and from the
+    primary's, each every 0.5 s)
+    while the primary's application writes numbered fsync'd records, then
+    kill -9 of every process of the primary: at the chain's worst moment (the
+    primary serving alone while the secondary, still `secondary`, may take
+    over), or after 8 s of attack. Every record the writer was told is durable must be
+    on the node that serves next; once the killed node returns, both copies
+    are identical."""
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    default_profile(cluster)
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    target = [lab.address(secondary, "lan"), str(REPLICATION_PORT), "0.5", "3"]
+    hostile = [  # from the client's namespace, and from inside the primary's own
+        lab.run(where, [sys.executable, "-c", HOSTILE, *target],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for where in ("client", primary)
+    ]  # fmt: skip
+    writer = Writer(cluster, primary, 0)
+    seen: list[str] = []
+    try:
+        writer.wait_for(1)
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < deadline:
+            shown = (cluster.status(primary), cluster.status(secondary))
+            states = tuple(s and f"{s['state']} {s['generation']}" for s in shown)
+            if not seen or seen[-1] != f"{states}":
+                seen.append(f"{states}")
+            serving, following = shown
+            if (
+                serving
+                and following
+                and (serving["state"], following["state"]) == ("alone", "secondary")
+                and serving["generation"] != following["generation"]
+            ):
+                break  # the primary serves on while the secondary may take over: kill now
+            time.sleep(0.05)  # a bounded poll of two daemons
+    finally:
+        for process in hostile:
+            process.kill()
+            process.wait(timeout=10)
+    killed = cluster.kill_node(primary)
+    assert killed >= 2, "the daemon and the writer were running"
+    acked = writer.finish()
+    print(f"{len(acked)} records acknowledged, longest fsync stall "
+          f"{writer.longest_stall():.2f} s; (primary, secondary) states seen: {seen}")  # fmt: skip
+    cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
+    on_survivor = records(cluster.disk(secondary) / "records")
+    lost = [n for n in acked if on_survivor.get(n) != b"%08d\n" % n]
+    assert not lost, (
+        f"{len(lost)} of {len(acked)} acknowledged records are not on {secondary}, "
+        f"which serves now (first {lost[:5]})"
+    )
+    cluster.start(primary)
+    assert cluster.paired() == (secondary, primary)
+    cluster.wait("both copies equal", functools.partial(equal_copies, cluster))
+
+
+def test_a_broken_session_heals_by_itself_and_status_never_claims_a_stale_peer_in_sync(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Issue 8: the replication network of the secondary goes down while the
+    primary's application writes (heartbeats go on over crossover). The
+    primary continues alone under a new generation; `status` does not claim
+    the peer in sync meanwhile; once the network is back the pair is
+    protected again by itself (resync of what was missed), every record on
+    both. Prints the time from the network's return to primary + secondary."""
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    writer = Writer(cluster, primary, 0)
+    writer.wait_for(5)
+    lab.link_down(secondary, "lan")
+    cluster.wait(f"{primary} alone", functools.partial(alone, cluster, primary))
+    shown = cluster.status(primary)
+    assert shown is not None and shown["in_sync"] is False
+    more = len(writer.acked) + 5
+    cluster.wait("records acknowledged alone", lambda: len(writer.acked) >= more)
+    back = time.monotonic()
+    lab.link_up(secondary, "lan")
+    assert cluster.paired() == (primary, secondary)
+    heal = time.monotonic() - back
+    more = len(writer.acked) + 5
+    cluster.wait("records acknowledged protected", lambda: len(writer.acked) >= more)
+    writer.proc.terminate()
+    acked = writer.finish()
+    cluster.wait("both copies equal", functools.partial(equal_copies, cluster))
+    on_secondary = records(cluster.disk(secondary) / "records")
+    assert all(on_secondary.get(n) == b"%08d\n" % n for n in acked)
+    shown = cluster.status(primary)
+    assert shown is not None and shown["in_sync"] is True
+    print(f"protected again {heal:.2f} s after the replication network returned; "
+          f"{len(acked)} records acknowledged, all on {secondary}; longest fsync stall "
+          f"{writer.longest_stall():.2f} s (replication timeout 2 s)")  # fmt: skip

@@ -140,8 +140,9 @@ async def session(
         receiver = ReplicationReceiver(secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT)
         async with stream_pair() as (a, b), anyio.create_task_group() as tg:
             with anyio.fail_after(WAIT_TIMEOUT):
-                tg.start_soon(receiver.handshake, b)
-                await sender.handshake(a)
+                async with anyio.create_task_group() as greeting:  # both ends done
+                    greeting.start_soon(receiver.handshake, b)
+                    await sender.handshake(a)
             running = Session(sender, receiver, sink, backing, b, broken)
 
             async def run_receiver() -> None:

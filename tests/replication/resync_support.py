@@ -80,8 +80,9 @@ async def resync_pair(
         try:
             async with stream_pair() as (a, b), anyio.create_task_group() as tg:
                 with anyio.fail_after(WAIT_TIMEOUT):
-                    tg.start_soon(receiver.handshake, b, request)
-                    await sender.handshake(a)
+                    async with anyio.create_task_group() as greeting:  # both ends done
+                        greeting.start_soon(receiver.handshake, b, request)
+                        await sender.handshake(a)
                 pair = Pair(sender, target, b, done=done)
 
                 async def run_receiver() -> None:

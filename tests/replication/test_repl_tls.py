@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -13,6 +14,7 @@ import trustme
 from failover.errors import TransportError, UsageError
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
+from failover.transport import MessageStream
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport
 
@@ -47,19 +49,55 @@ async def test_two_nodes_of_one_ca_talk_over_tls(tmp_path: Path) -> None:
     transport, where = TcpReplicationTransport(), endpoint()
     async with transport.listen(where, tls=server) as listener:
         async with anyio.create_task_group() as tg:
-            accepted = []
+            received = []
 
             async def accept() -> None:
-                accepted.append(await listener.accept())
+                stream = await listener.accept()
+                try:
+                    received.append(await stream.receive())  # the TLS handshake first
+                finally:
+                    await stream.aclose()
 
             tg.start_soon(accept)
             with anyio.fail_after(WAIT_TIMEOUT):
                 out = await transport.connect(where, WAIT_TIMEOUT, tls=client)
-        with anyio.fail_after(WAIT_TIMEOUT):
-            await out.send(b"over tls")
-            assert await accepted[0].receive() == b"over tls"
+                await out.send(b"over tls")
+        assert received == [b"over tls"]
         await out.aclose()
-        await accepted[0].aclose()
+
+
+async def test_an_idle_tls_client_never_holds_up_accept(tmp_path: Path) -> None:
+    """The server's TLS handshake runs on the stream's first use, under its
+    user's deadline: a client that connects and says nothing does not stop the
+    listener from accepting (and handshaking) the next one."""
+    ca = trustme.CA()
+    server, _ = contexts(tmp_path, ca, "alpha")
+    _, client = contexts(tmp_path, ca, "beta")
+    transport, where = TcpReplicationTransport(), endpoint()
+    async with transport.listen(where, tls=server) as listener:
+        idle = await anyio.connect_tcp("127.0.0.1", where.port)  # no TLS hello, ever
+        async with anyio.create_task_group() as tg:
+            received = []
+            got = anyio.Event()
+
+            async def serve(stream: MessageStream) -> None:
+                with contextlib.suppress(TransportError):
+                    received.append(await stream.receive())
+                    got.set()
+                await stream.aclose()
+
+            async def accept() -> None:
+                for _ in range(2):
+                    tg.start_soon(serve, await listener.accept())
+
+            tg.start_soon(accept)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                out = await transport.connect(where, WAIT_TIMEOUT, tls=client)
+                await out.send(b"through")
+                await got.wait()
+            assert received == [b"through"]
+            await idle.aclose()
+        await out.aclose()
 
 
 @pytest.mark.parametrize("client_kind", ["other CA", "no TLS"])
@@ -74,8 +112,9 @@ async def test_a_client_without_a_certificate_of_the_cluster_ca_is_refused(
             refused: list[Exception] = []
 
             async def accept() -> None:
+                stream = await listener.accept()
                 try:
-                    await listener.accept()
+                    await stream.receive()
                 except TransportError as exc:
                     refused.append(exc)
 
@@ -98,8 +137,9 @@ async def test_a_server_outside_the_cluster_ca_is_refused_by_the_client(tmp_path
     async with transport.listen(where, tls=server) as listener, anyio.create_task_group() as tg:
 
         async def accept() -> None:
+            stream = await listener.accept()
             with pytest.raises(TransportError):
-                await listener.accept()
+                await stream.receive()
 
         tg.start_soon(accept)
         with pytest.raises(TransportError, match="TLS handshake failed"):

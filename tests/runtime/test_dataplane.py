@@ -3,6 +3,7 @@ the tracker, and a replication session between them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -12,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -20,9 +22,10 @@ import trustme
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
-from failover.errors import UsageError
-from failover.replication.channel import ChannelSettings
-from failover.runtime.dataplane import DataPlane, DataPlaneSettings
+from failover.errors import TransportError, UsageError
+from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
+from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
 from failover_transports.tcp import TcpEndpoint
@@ -98,6 +101,14 @@ async def pair(
             tg.cancel_scope.cancel()
 
 
+async def receiving(node: Node, sessions: int = 1) -> None:
+    """Until ``node`` has authenticated ``sessions`` sessions (the primary's
+    handshake returns once it sent CONFIRM, before the secondary opened it)."""
+    with anyio.fail_after(WAIT_TIMEOUT):
+        while node.plane.sessions_received < sessions:
+            await anyio.sleep(0.01)  # a bounded poll of the other node's task
+
+
 def write_synced(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -127,6 +138,7 @@ async def test_a_lost_peer_breaks_replication_and_fsync_returns(tmp_path: Path) 
     async with pair(tmp_path, timeout=1.0) as (alpha, beta):
         await alpha.plane.serve()
         await alpha.plane.start_replication()
+        await receiving(beta)
         beta.plane._stop_receiving()  # the peer's receiver goes away
         with anyio.fail_after(WAIT_TIMEOUT):
             await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"alone")
@@ -266,3 +278,165 @@ async def test_a_resync_that_cannot_start_yet_is_retried_until_it_can(tmp_path: 
         assert alpha.events == [ev.PeerResynced(generation)]
         assert (beta.root / "while-away").read_bytes() == b"w"
         assert alpha.plane.status()["resync_retrying"] is None
+
+
+class _Recorder:
+    """A ``MessageStream`` end that keeps every message sent through it: what an
+    eavesdropper on the replication network records."""
+
+    def __init__(self, send: Any, receive: Any, sent: list[bytes]) -> None:
+        self._send, self._receive, self.sent = send, receive, sent
+
+    async def send(self, message: bytes) -> None:
+        self.sent.append(message)
+        await self._send.send(message)
+
+    async def receive(self) -> bytes:
+        try:
+            return bytes(await self._receive.receive())
+        except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:
+            raise TransportError("recorder: closed") from exc
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+
+
+async def recorded_handshake() -> list[bytes]:
+    """HELLO and CONFIRM of a real alpha -> beta handshake under the pair's key."""
+    alpha_id = SessionIdentity("c1", KEY, "alpha", "beta", "2:alpha")
+    beta_id = SessionIdentity("c1", KEY, "beta", "alpha", "1:alpha")
+    to_beta = anyio.create_memory_object_stream[bytes](10)
+    to_alpha = anyio.create_memory_object_stream[bytes](10)
+    sent: list[bytes] = []
+    primary_end = _Recorder(to_beta[0], to_alpha[1], sent)
+    secondary_end = _Recorder(to_alpha[0], to_beta[1], [])
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(greet_as_secondary, secondary_end, beta_id, WAIT_TIMEOUT)
+        await greet_as_primary(primary_end, alpha_id, AckLevel.WRITTEN, WAIT_TIMEOUT)
+    return sent
+
+
+async def test_unauthenticated_connections_change_nothing_of_a_live_session(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: connects to the secondary's replication port without the key
+    (idle, junk, half a message, a replayed recorded handshake), more of them
+    than may authenticate at once, during synchronous writes: the live session
+    is never ended or replaced, no write waits for a broken session, every
+    hostile connection is closed by the handshake deadline or at once."""
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        replay = await recorded_handshake()
+        hostile: list[Any] = []
+        transport = TcpReplicationTransport()
+        for n in range(MAX_HANDSHAKES + 4):  # more than may authenticate at once
+            kind = n % 4
+            if kind == 3:  # a recorded HELLO then its CONFIRM, framed as the peer does
+                stream = await transport.connect(beta.plane.settings.local, WAIT_TIMEOUT)
+                for message in replay:
+                    await stream.send(message)
+            else:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                if kind == 1:
+                    await stream.send(os.urandom(700))
+                elif kind == 2:  # a length prefix, then half of the message
+                    await stream.send((4096).to_bytes(4, "big") + os.urandom(100))
+            hostile.append(stream)
+            # the application writes synchronously all along
+            name = alpha.root / f"record-{n}"
+            await anyio.to_thread.run_sync(write_synced, name, b"%d\n" % n)
+            assert (beta.root / name.name).read_bytes() == b"%d\n" % n
+
+        async def closed_by_beta(stream: Any) -> None:
+            with contextlib.suppress(TransportError, anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:  # a WELCOME may come first (to the replay): read to the end
+                    await stream.receive()
+
+        with anyio.fail_after(WAIT_TIMEOUT):  # the handshake deadline is 1 s
+            for stream in hostile:
+                await closed_by_beta(stream)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"still synced")
+        assert (beta.root / "after").read_bytes() == b"still synced"
+        assert not alpha.events, "the live session broke"
+        assert alpha.plane.status()["replicating"]
+        assert beta.plane.sessions_received == 1  # never replaced
+        assert beta.plane.handshakes == 0
+        assert beta.plane.handshakes_refused >= 3  # junk, half message, replay (the rest: extras)
+        for stream in hostile:
+            await stream.aclose()
+
+
+async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: a primary whose session breaks must not tell the application a
+    write is durable while its secondary may take over without it. Held until
+    the core lifts the fence (the new generation persisted, the peer out of
+    secondary or lost); held ones fail with EIO when the node stops serving."""
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        await alpha.plane.serve()
+        alpha.plane.fence_writes(True)  # the core: beta is an alive secondary
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "replicated", b"on both")
+        beta.plane._stop_receiving()  # the session breaks
+        results: list[str] = []
+
+        async def application(name: str) -> None:
+            try:
+                await anyio.to_thread.run_sync(write_synced, alpha.root / name, b"x")
+                results.append("acknowledged")
+            except OSError as exc:
+                results.append(errno.errorcode[exc.errno or 0])
+
+        async def held(count: int) -> None:
+            with anyio.fail_after(WAIT_TIMEOUT):
+                while alpha.plane.status()["writes_held"] < count:
+                    await anyio.sleep(0.01)  # a bounded poll of a FUSE thread's state
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "held")
+            await held(1)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await alpha.event_seen.wait()
+            assert [type(e) for e in alpha.events] == [ev.ReplicationFailed]
+            tg.start_soon(application, "held too")  # also without any session
+            await held(2)
+            assert results == []  # nothing acknowledged while fenced
+            alpha.plane.fence_writes(False)  # the core: new generation on disk, peer left
+        assert results == ["acknowledged", "acknowledged"]
+        alpha.plane.fence_writes(True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "never acknowledged")
+            await held(1)
+            # the core left serving (stop), then the peer took over: never acknowledged
+            alpha.plane.fence_writes(True, serving=False)
+            alpha.plane.fence_writes(False, serving=False)
+        assert results[2:] == ["EIO"]
+        alpha.plane.fence_writes(True)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(application, "not acknowledged either")
+            await held(1)
+            await alpha.plane.unserve()  # the application stopped: the mirror goes read-only
+        assert results[3:] == ["EIO"]
+
+
+async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retried(
+    tmp_path: Path,
+) -> None:
+    """Issue 8's stuck pair: a resync session broke after the target applied
+    its END; the target is secondary at the delivered generation and no longer
+    asks for a resync. Retrying forever left the primary alone ("did not ask
+    for a resync") and the secondary claiming to be in sync; the source now
+    reports it (ResyncFailed) and the table decides (a new generation)."""
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        delivered = Generation(1, "alpha")  # what beta announces: it got it already
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", delivered, delivered))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+        assert len(alpha.events) == 1 and isinstance(alpha.events[0], ev.ResyncFailed)
+        assert "already holds generation 1:alpha" in alpha.events[0].reason
+        assert beta.plane.resyncs_received == 0

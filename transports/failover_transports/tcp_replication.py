@@ -39,13 +39,37 @@ _READ_SIZE = 256 * 1024
 class TcpMessageStream:
     """One connected replication stream; see the module docstring."""
 
-    def __init__(self, stream: ByteStream, what: str) -> None:
+    def __init__(
+        self, stream: ByteStream, what: str, *, tls_server: ssl.SSLContext | None = None
+    ) -> None:
         self._stream = stream
         self._what = what
         self._buffer = bytearray()
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
+        self._tls_lock = anyio.Lock()
+        self._tls_pending = tls_server
         self._closed = False
+
+    async def _ready(self) -> ByteStream:
+        """The byte stream, after the server side's TLS handshake (done on first
+        use, so that it runs under the caller's deadline, never in ``accept``)."""
+        if self._tls_pending is not None:
+            async with self._tls_lock:
+                context, self._tls_pending = self._tls_pending, None
+                if context is not None:
+                    try:
+                        self._stream = await _tls_wrap(
+                            self._stream, context, self._what, server=True
+                        )
+                    except BaseException:  # cancelled half-way too: the stream is unusable
+                        self._closed = True
+                        with anyio.CancelScope(shield=True):
+                            await self._stream.aclose()
+                        raise
+        if self._closed:
+            raise closed_error(self._what)
+        return self._stream
 
     async def send(self, message: bytes) -> None:
         """Send one whole message, waiting for the peer's flow control as needed.
@@ -58,10 +82,11 @@ class TcpMessageStream:
         if len(message) > MAX_MESSAGE_SIZE:
             raise TransportError(f"{self._what}: message of {len(message)} bytes is too large")
         async with self._send_lock:
+            stream = await self._ready()
             done = False
             try:
                 with map_errors(f"{self._what}: send"):
-                    await self._stream.send(_LENGTH.pack(len(message)) + message)
+                    await stream.send(_LENGTH.pack(len(message)) + message)
                 done = True
             finally:
                 if not done:
@@ -85,8 +110,9 @@ class TcpMessageStream:
                     raise TransportError(f"{self._what}: {exc}") from exc
                 if message is not None:
                     return message
+                stream = await self._ready()
                 with map_errors(f"{self._what}: receive"):
-                    self._buffer += await self._stream.receive(_READ_SIZE)
+                    self._buffer += await stream.receive(_READ_SIZE)
 
     def _take_message(self) -> bytes | None:
         if len(self._buffer) < _LENGTH.size:
@@ -119,15 +145,14 @@ class TcpMessageListener:
         self._tls = tls
 
     async def accept(self) -> MessageStream:
-        """Wait for the next incoming stream; raises TransportError once closed,
-        or when a TLS client fails its handshake (the listener goes on)."""
+        """Wait for the next incoming stream; raises TransportError once closed.
+        With TLS, the handshake runs on the stream's first send or receive (a
+        client that fails it breaks that stream only, and never holds up
+        ``accept``)."""
         with map_errors(f"{self._what}: accept"):
             stream = await self._listener.accept()
         peer = stream.extra(SocketAttribute.remote_address)
-        what = f"{self._what} <- {peer}"
-        if self._tls is None:
-            return TcpMessageStream(stream, what)
-        return TcpMessageStream(await _tls_wrap(stream, self._tls, what, server=True), what)
+        return TcpMessageStream(stream, f"{self._what} <- {peer}", tls_server=self._tls)
 
 
 class TcpReplicationTransport:

@@ -62,6 +62,19 @@ class StopReplication(Effect):
 
 
 @dataclass(frozen=True)
+class FenceWrites(Effect):
+    """What becomes of an fsync the peer did not acknowledge (the session broke,
+    or there is none): held while ``fenced`` (never acknowledged to the
+    application meanwhile); failed (EIO) whenever the node does not
+    ``serve``; else it returns once durable here. The node's rule, emitted
+    whenever either changes, after the metadata of the same step is persisted."""
+
+    name: ClassVar[str] = "fence_writes"
+    fenced: bool
+    serving: bool = True
+
+
+@dataclass(frozen=True)
 class StartTracking(Effect):
     """Record every change made from now on (the peer is out of date)."""
 

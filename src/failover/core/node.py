@@ -62,6 +62,17 @@ def derive_substatus(node: _Awaiting) -> SubStatus:
     return SubStatus.TRANSIENT if awaiting else SubStatus.READY
 
 
+def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
+    """The table's fencing rule: while the peer is alive as ``secondary`` it may
+    take over on its own (on ``peer_lost``), so a write the application is told
+    is durable must be on it: an fsync the peer did not acknowledge is held
+    (``FenceWrites``) until the peer is seen out of ``secondary`` (it heard a
+    newer generation and resynchronises, or it stopped) or is lost on every
+    link. ``state`` is the peer's last announced state. A node that does not
+    serve fails such an fsync instead (its peer serves, or will, without it)."""
+    return peer_alive and state is State.SECONDARY
+
+
 @dataclass(frozen=True)
 class LinkView:
     up: bool = False
@@ -264,6 +275,11 @@ class Node:
         return derive_substatus(self)
 
     @property
+    def writes_fenced(self) -> bool:
+        """See ``derive_writes_fenced``."""
+        return derive_writes_fenced(None if self.peer is None else self.peer.state, self.peer_alive)
+
+    @property
     def relation(self) -> Relation:
         if self.peer is None:
             return Relation.UNKNOWN
@@ -325,6 +341,7 @@ class Node:
         self.outbox = []
         before = (self.state, self.substatus, self.reason, self.handover == "done")
         meta_before = self.metadata
+        fence_before = (self.writes_fenced, self.state.serving)
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
         self._housekeep()
@@ -335,6 +352,9 @@ class Node:
         if after[:2] != before[:2] or after[3] != before[3]:
             effects.append(fx.SendHeartbeat(self.status()))
             self.next_heartbeat_at = now + self.settings.heartbeat_interval
+        fence = (self.writes_fenced, self.state.serving)
+        if fence != fence_before:  # after PersistMetadata: a lifted fence follows the mint
+            effects.append(fx.FenceWrites(*fence))
         self.outbox = []
         return effects
 

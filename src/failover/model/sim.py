@@ -11,7 +11,8 @@ is the ground truth the invariants are checked against:
   quarantine set, and the metadata it persisted;
 - the application: a write on the serving node is acknowledged when it is
   durable where the replication rule says (both nodes while primary with the
-  peer receiving; locally while alone);
+  peer receiving; locally while alone, unless the write fence holds it: the
+  peer is alive as secondary and could take over without it);
 - the arbitrator: one lease record decided by ``failover.core.arbitration``;
 - the runtime: effects are executed in order and their outcomes fed back at
   once (one "macro step"), as the real executor would when nothing fails.
@@ -132,6 +133,9 @@ class World:
     # and the generation in which each acknowledged write was acknowledged
     minted_from: frozenset[tuple[Generation, Generation]] = frozenset()
     acked_in: frozenset[tuple[int, Generation]] = frozenset()
+    # (host, write) fsyncs the write fence holds: acknowledged once it lifts while
+    # the host still serves, failed (never acknowledged) if it stops serving first
+    held: frozenset[tuple[int, int]] = frozenset()
 
     def descends(self, younger: Generation, older: Generation) -> bool:
         """True when ``older`` lies on the history of ``younger`` (or equals it)."""
@@ -208,6 +212,7 @@ class World:
             self.forced_lineage,
             self.minted_from,
             self.acked_in,
+            self.held,
         )
 
 
@@ -365,6 +370,8 @@ class Cluster:
             if unchanged:
                 # a refused or ignored command changes nothing: it costs no budget
                 self.world = before
+        if self.world.held:
+            self._settle_held()
         return info
 
     # --- the pieces -------------------------------------------------------------------
@@ -478,12 +485,32 @@ class Cluster:
             self._handle(i, ev.ReplicationFailed("peer does not acknowledge"), info)
         core = self.nodes[i]
         if core.state is State.ALONE and core.pending is None and self.world.hosts[i].app_running:
-            self.world = evolve(
-                self.world,
-                acked=self.world.acked | {wid},
-                acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
-            )
+            if core.writes_fenced:  # the peer may take over without it: held
+                self.world = evolve(self.world, held=self.world.held | {(i, wid)})
+            else:
+                self._acknowledge_alone(i, wid)
         # otherwise the write stays unacknowledged: it is on this disk only
+
+    def _acknowledge_alone(self, i: int, wid: int) -> None:
+        core = self.nodes[i]
+        self.world = evolve(
+            self.world,
+            acked=self.world.acked | {wid},
+            acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
+        )
+
+    def _settle_held(self) -> None:
+        """After every step: held fsyncs return once the fence is down (if the
+        host still serves the application) or fail when it no longer does."""
+        for i, wid in sorted(self.world.held):
+            host = self.world.hosts[i]
+            core = self.nodes[i] if host.core is not None else None
+            serving = core is not None and core.state.serving and host.app_running
+            if serving and core is not None and core.writes_fenced:
+                continue
+            self.world = evolve(self.world, held=self.world.held - {(i, wid)})
+            if serving:
+                self._acknowledge_alone(i, wid)
 
     def _peer_receives(self, i: int) -> bool:
         j = 1 - i

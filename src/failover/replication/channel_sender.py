@@ -16,9 +16,11 @@ Two worlds meet here. FUSE worker threads call ``after``/``sync`` (the
 - Breaking: a ``sync`` not acknowledged within the timeout, a queue that stays
   full for the timeout, a peer that leaves sent data unacknowledged for the
   timeout, a dropped connection or a protocol violation all break the session,
-  once. From then on ``after``/``sync`` return at once (the node continues
-  alone; change tracking covers what was not acknowledged), and ``run`` calls
-  ``on_broken(reason)`` from the event loop and returns.
+  once. From then on ``after``/``sync`` return at once (``sync`` says the
+  peer did not acknowledge; the data plane holds it while the peer may take
+  over, see ``FenceWrites``; change tracking covers what was not
+  acknowledged), and ``run`` calls ``on_broken(reason)`` from the event loop
+  and returns.
 """
 
 from __future__ import annotations
@@ -158,13 +160,14 @@ class ReplicationSender:
         (then waits at most the timeout, and breaks the session if still full)."""
         self._enqueue(ItemKind.OP, encode_parts(op))
 
-    def sync(self, op: Fsync) -> None:
+    def sync(self, op: Fsync) -> bool:
         """Queue ``op`` and wait until the peer acknowledged everything up to it
         at the configured level, at most the timeout (then the session breaks).
-        Returns at once when the session is broken."""
+        True if the peer acknowledged it; False (at once when the session is
+        already broken) if not: the caller decides whether the write may be
+        acknowledged to the application without the peer."""
         seq = self._enqueue(ItemKind.OP, encode_parts(op))
-        if seq:
-            self.wait_acked(seq)
+        return bool(seq) and self.wait_acked(seq)
 
     def send_resync(self, chunk: bytes) -> int:
         """Queue an opaque resync chunk in the same order as live ops; its

@@ -2,7 +2,10 @@
 
 The primary sends ``HELLO``, the secondary answers ``WELCOME`` (see
 ``channel_wire``); each side checks the other's cluster, node names and
-nonce, then both derive the per-direction session keys.
+nonce, then both derive the per-direction session keys, and the primary
+proves it holds its key with ``CONFIRM``. A ``HELLO`` proves nothing on its
+own (a recorded one can be replayed): the secondary's side of the session is
+authenticated only once ``CONFIRM`` opened, within the same deadline.
 """
 
 from __future__ import annotations
@@ -195,31 +198,37 @@ async def greet_as_primary(
     peer = PeerInfo(
         welcome.local, welcome.generation, level, identity.authenticated, welcome.request
     )
-    return peer, _cipher(identity.key, hello, welcome.nonce, primary=True)
+    cipher = _cipher(identity.key, hello, welcome.nonce, primary=True)
+    with _deadline(timeout):
+        await stream.send(cipher.sealer.seal(Kind.CONFIRM, [b""]))
+    return peer, cipher
 
 
 async def greet_as_secondary(
     stream: MessageStream, identity: SessionIdentity, timeout: float, request: bytes = b""
 ) -> tuple[PeerInfo, SessionCipher]:
-    """Wait for ``HELLO``, check it, answer ``WELCOME`` (carrying ``request``);
-    the session's cipher.
+    """Wait for ``HELLO``, check it, answer ``WELCOME`` (carrying ``request``),
+    then wait for the primary's ``CONFIRM`` under the new session key; the
+    session's cipher. All of it within ``timeout`` seconds: a connection that
+    does not authenticate in time is refused.
 
-    Raises like ``greet_as_primary``.
+    Raises like ``greet_as_primary``; a replayed ``HELLO`` fails at ``CONFIRM``.
     """
     _warn_insecure(identity)
     with _deadline(timeout):
         hello = await _receive_greeting(stream, identity, Kind.HELLO)
-    welcome = Greeting(
-        hello.cluster_id,
-        hello.ack_level,
-        os.urandom(NONCE_SIZE),
-        hello.nonce,
-        identity.local,
-        identity.peer,
-        identity.generation,
-        request,
-    )
-    with _deadline(timeout):
+        welcome = Greeting(
+            hello.cluster_id,
+            hello.ack_level,
+            os.urandom(NONCE_SIZE),
+            hello.nonce,
+            identity.local,
+            identity.peer,
+            identity.generation,
+            request,
+        )
         await stream.send(Sealer(identity.key).seal(Kind.WELCOME, [encode_greeting(welcome)]))
+        cipher = _cipher(identity.key, hello, welcome.nonce, primary=False)
+        cipher.opener.open(await stream.receive(), Kind.CONFIRM)
     peer = PeerInfo(hello.local, hello.generation, hello.ack_level, identity.authenticated)
-    return peer, _cipher(identity.key, hello, welcome.nonce, primary=False)
+    return peer, cipher

@@ -11,12 +11,17 @@ The session opens with a handshake. The primary (the sender of changes) sends
 ``HELLO`` with a fresh random nonce, tagged with the cluster key itself; the
 secondary answers ``WELCOME`` with its own fresh nonce. Both then derive one
 key per direction from the cluster key, the cluster id, both node names, the
-protocol version and both nonces, and tag every later message (``WELCOME``
-included) with it. A recorded session therefore cannot be replayed into a new
-one (the other side's nonce differs), a message cannot be reflected back to
-its sender (the two directions have different keys), and within a session the
-counter (0 for the greetings, then 1, 2, ... per direction) must be exactly
-the next one, so nothing can be dropped, repeated or reordered unnoticed.
+protocol version and both nonces, and tag every message after ``WELCOME``
+with it. The primary's first message under its session key is ``CONFIRM``
+(empty body): ``HELLO`` is tagged with the cluster key alone, so a recorded
+one can be replayed by anyone, but only a holder of the key can answer the
+fresh ``WELCOME`` nonce. The secondary counts a session as authenticated, and
+lets it change anything, only once ``CONFIRM`` opened. A recorded session
+therefore cannot be replayed into a new one (the other side's nonce
+differs), a message cannot be reflected back to its sender (the two
+directions have different keys), and within a session the counter (0 for
+the greetings, then 1, 2, ... per direction) must be exactly the next one,
+so nothing can be dropped, repeated or reordered unnoticed.
 
 Without a cluster key (``insecure: true``) the tag is a plain SHA-256 checksum
 of the header and body and ``FLAG_INSECURE`` is set: it detects corruption, not
@@ -49,7 +54,7 @@ from failover.errors import PeerProtocolError
 from failover.wire import cluster_id as wire_cluster_id
 
 MAGIC = b"FORP"
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: CONFIRM ends the handshake
 FLAG_INSECURE = 0x01
 NONCE_SIZE = 32
 TAG_SIZE = 32
@@ -93,6 +98,7 @@ class Kind(enum.IntEnum):
     ITEMS = 3
     ACK = 4
     REPLY = 5  # the secondary's answer to a CONTROL entry: the entry's seq, then bytes
+    CONFIRM = 6  # the primary's proof of the session key, right after WELCOME (empty)
 
 
 class ItemKind(enum.IntEnum):

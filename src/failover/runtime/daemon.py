@@ -373,6 +373,9 @@ class Daemon:
                     self.log.warning("link down", link=effect.link)
             elif isinstance(effect, fx.Refused):
                 self.log.info("command refused", command=effect.command, reason=effect.reason)
+            elif isinstance(effect, fx.FenceWrites):
+                if self.data is not None:  # at once: it must not wait behind actions
+                    self.data.fence_writes(effect.fenced, serving=effect.serving)
             elif isinstance(effect, ACTION_EFFECTS):
                 self.executor.submit(effect)
             else:

@@ -21,8 +21,11 @@ scripts and the virtual IP:
   manifest (``replication.quarantine``); the tracker keeps the set, so the
   resync that follows brings those paths back from the winner;
 - the receiver side listens on this node's replication endpoint all the
-  time and applies the peer's sessions (one at a time, the newest wins) with
-  an ``Applier`` on the directories' real contents.
+  time and applies the peer's sessions (one at a time, the newest
+  authenticated one wins) with an ``Applier`` on the directories' real
+  contents. A connection changes nothing before its handshake authenticated
+  (``CONFIRM`` under the session key); at most ``MAX_HANDSHAKES`` may be
+  authenticating at once, each within the replication timeout.
 
 One ``_Relay`` stands between the mirror and the replication layer, so the
 mirror keeps one listener while sessions come and go.
@@ -31,10 +34,12 @@ mirror keeps one listener while sessions come and go.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -95,12 +100,45 @@ class DataPlaneSettings:
 class _Relay:
     """The mirror's one listener: the tracker records, the current sender (if
     any) replicates, and a running resync hears of every live op. Called from
-    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment."""
+    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment.
+
+    The write fence (the core's ``FenceWrites``): while ``fenced``, an fsync the
+    peer did not acknowledge (no session, or it broke) is held until the fence
+    lifts; while not ``serving`` (the core left alone/primary), such an fsync
+    fails with EIO, held ones too: they were never acknowledged, and the peer
+    serves, or will, without them. ``fail_held`` fails the held ones (unserve)."""
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.sender: ReplicationSender | None = None
         self.resync: ResyncSource | None = None
+        self._fence = threading.Condition()
+        self.fenced = False
+        self.serving = True
+        self.held = 0  # fsyncs waiting for the fence to lift
+        self._failures = 0  # fail_held calls so far
+
+    def set_fenced(self, fenced: bool, serving: bool) -> None:
+        with self._fence:
+            self.fenced, self.serving = fenced, serving
+            self._fence.notify_all()
+
+    def fail_held(self) -> None:
+        with self._fence:
+            self._failures += 1
+            self._fence.notify_all()
+
+    def _wait_unfenced(self) -> None:
+        with self._fence:
+            failures = self._failures
+            self.held += 1
+            try:
+                while self.fenced and self.serving and self._failures == failures:
+                    self._fence.wait()
+            finally:
+                self.held -= 1
+            if self.fenced or not self.serving:
+                raise OSError(errno.EIO, "not on the peer, and this node stopped serving")
 
     def before(self, op: Op) -> None:
         self.tracker.before(op)
@@ -116,8 +154,9 @@ class _Relay:
     def sync(self, op: Fsync) -> None:
         self.tracker.sync(op)
         sender = self.sender
-        if sender is not None:
-            sender.sync(op)
+        if sender is not None and sender.sync(op):
+            return  # on the peer at the configured level
+        self._wait_unfenced()
 
 
 class DataPlane:
@@ -149,7 +188,10 @@ class DataPlane:
         self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
+        self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
+        self.handshakes = 0  # incoming connections not authenticated yet
+        self.handshakes_refused = 0  # incoming connections that never authenticated
         self.resyncs_received = 0
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
@@ -166,6 +208,7 @@ class DataPlane:
             lambda: Tracker(s.state_dir, zone_size=s.zone_size)
         )
         self._relay = _Relay(self.tracker)
+        self._relay.set_fenced(*self._fence_state)
         try:
             await self._mount_all(read_only=True)
             async with (
@@ -212,13 +255,26 @@ class DataPlane:
         self.serving = True
 
     async def unserve(self) -> None:
-        """Back to the read-only view (after the application stopped)."""
+        """Back to the read-only view (after the application stopped). An fsync
+        still held by the write fence fails with EIO: it was never acknowledged."""
         if not self.serving:
             return
+        if self._relay is not None:
+            self._relay.fail_held()
         await self.stop_replication()
         await anyio.to_thread.run_sync(self._unmount_all)
         await self._mount_all(read_only=True)
         self.serving = False
+
+    # -- the write fence --------------------------------------------------------------------
+
+    def fence_writes(self, fenced: bool, *, serving: bool = True) -> None:
+        """The core's ``FenceWrites``: hold (``fenced``), let go, or fail (not
+        ``serving``) every fsync the peer did not acknowledge."""
+        self._fence_state = (fenced, serving)
+        if self._relay is not None:
+            self._relay.set_fenced(fenced, serving)
+        log.info("write fence", fenced=fenced, serving=serving)
 
     # -- tracking ---------------------------------------------------------------------------
 
@@ -326,6 +382,9 @@ class DataPlane:
     # -- the receiving side -----------------------------------------------------------------
 
     async def _accept(self, listener: Any) -> None:
+        """Take connections; each authenticates in a task of its own (at most
+        ``MAX_HANDSHAKES`` at once, each within the replication timeout), so an
+        unauthenticated connection never holds up another, and changes nothing."""
         while True:
             try:
                 stream = await listener.accept()
@@ -337,20 +396,28 @@ class DataPlane:
                 log.warning("replication session refused: this node serves")
                 await stream.aclose()
                 continue
-            self._stop_receiving()
-            scope = anyio.CancelScope()
-            self._receiving = scope
+            if self.handshakes >= MAX_HANDSHAKES:
+                log.warning(
+                    "replication connection refused: too many unauthenticated connections",
+                    pending=self.handshakes,
+                )
+                await stream.aclose()
+                continue
+            self.handshakes += 1
             assert self._group is not None
-            self._group.start_soon(self._receive, stream, scope)
+            self._group.start_soon(self._receive, stream)
 
     def _stop_receiving(self) -> None:
         if self._receiving is not None:
             self._receiving.cancel()
             self._receiving = None
 
-    async def _receive(self, stream: MessageStream, scope: anyio.CancelScope) -> None:
-        with scope:
-            roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+    async def _receive(self, stream: MessageStream) -> None:
+        """One incoming connection: it changes nothing (the live session goes on)
+        until its handshake authenticated; then it replaces the live session (the
+        newest authenticated session wins: the primary reconnected)."""
+        roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        try:
             with (
                 Applier(roots) as applier,
                 contextlib.closing(
@@ -372,14 +439,28 @@ class DataPlane:
                 )
                 try:
                     peer = await receiver.handshake(stream, self._resync_request())
+                except FailoverError as exc:
+                    self.handshakes_refused += 1
+                    log.warning("replication connection refused", error=str(exc))
+                    return
+                finally:
+                    self.handshakes -= 1
+                if self.serving:
+                    log.warning("replication session refused: this node serves")
+                    return
+                self._stop_receiving()
+                scope = anyio.CancelScope()
+                self._receiving = scope
+                with scope:
                     self.sessions_received += 1
                     log.info("receiving replication", peer=peer.node, generation=peer.generation)
-                    await receiver.run()
-                except FailoverError as exc:
-                    log.warning("replication session from the peer ended", error=str(exc))
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await stream.aclose()
+                    try:
+                        await receiver.run()
+                    except FailoverError as exc:
+                        log.warning("replication session from the peer ended", error=str(exc))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
     def _resync_request(self) -> bytes:
         """What this node asks of the source when it waits for a resync: its
@@ -479,6 +560,13 @@ class DataPlane:
             return [], f"resync of {s.peer} could not start: {exc}"
         try:
             peer = await sender.handshake(stream)
+            if not peer.request and peer.generation == str(effect.generation):
+                # It applied the END of an attempt whose end we never heard: what
+                # this node acknowledged since may be missing there. The core decides.
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                why = f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
+                return [ev.ResyncFailed(why)], None
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
@@ -628,9 +716,12 @@ class DataPlane:
             "directories": {name: str(path) for name, path in self.settings.roots.items()},
             "mode": "read-write" if self.serving else "read-only",
             "replicating": sender is not None and sender.broken is None,
+            "writes_fenced": relay is not None and relay.fenced,
+            "writes_held": 0 if relay is None else relay.held,
             "ack": str(self.settings.channel.ack_level),
             "sender": None if sender is None else asdict(sender.status()),
             "sessions_received": self.sessions_received,
+            "handshakes_refused": self.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None,
@@ -648,6 +739,9 @@ class DataPlane:
         }
 
 
+MAX_HANDSHAKES = 8
+"""Incoming replication connections that may be authenticating at once; more are
+closed at once. Each has the replication timeout to authenticate."""
 RETRY_PAUSE = 0.2
 """Seconds before the first retry of a failed resync attempt; doubled each time."""
 RETRY_PAUSE_MAX = 5.0
