@@ -1116,17 +1116,14 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _slice(path: Path, start: int, end: int | None = None) -> bytes:
+def _tail(path: Path, start: int) -> str:
+    """``path`` from byte ``start`` on, as text ("" when it does not exist)."""
     try:
         with path.open("rb") as handle:
             handle.seek(start)
-            return handle.read() if end is None else handle.read(max(0, end - start))
+            return handle.read().decode("utf-8", "replace")
     except FileNotFoundError:
-        return b""
-
-
-def _tail(path: Path, start: int) -> str:
-    return _slice(path, start).decode("utf-8", "replace")
+        return ""
 
 
 def _last_line(pair: Pair, node: str) -> str:
