@@ -96,7 +96,7 @@ def test_default_profile_values(write_config: WriteConfig) -> None:
     text = replace_once(text, "  timing:\n", "")
     timing = load_config(write_config(text)).timing
     assert timing.model_dump() == {
-        "heartbeat_interval": 0.5,
+        "heartbeat_interval": 0.2,  # a pause of 0.8 x dead_timeout is no takeover (operations.md)
         "link_timeout": 1.0,
         "dead_timeout": 2.0,
         "startup_timeout": 2.0,

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from e2e_support import NETNS, NODES, SERVING, Cluster, cli
 
 from failover.audit import Ack
@@ -83,11 +82,6 @@ def test_a_split_brain_is_accepted_because_every_link_was_down(lab: Lab, tmp_pat
     assert set(report.figures["records"]) == set(NODES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main announces stop before its stop script ran (issue 8, point 4; the audit "
-    "reports S1): remove this mark when branch handover is merged",
-)
 def test_stop_of_the_serving_node_lets_the_peer_start_only_after_the_stop(
     lab: Lab, tmp_path: Path
 ) -> None:

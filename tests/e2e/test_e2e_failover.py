@@ -1,16 +1,21 @@
 """Two daemons in two namespaces, UDP on "lan" and TCP on "crossover": pairing,
-kill -9 of the serving daemon, one link cut, every link cut (split brain).
+kill -9 of the serving daemon, one link cut, every link cut (split brain),
+pauses (SIGSTOP) of either daemon that must not be taken over.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
-from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+import yaml
+from e2e_support import NETNS, NODES, SERVING, Cluster, cli, other
 
+from failover.config.timing import PROFILES
 from failover.testing.netns import Lab
 
 pytestmark = NETNS
@@ -115,3 +120,48 @@ def test_cutting_every_link_takes_over_and_healing_resolves_the_split_brain(
     # TCP reconnects with a backoff: it may come back after the pair has re-formed.
     cluster.wait("both links up", lambda: cluster.links_shown({"crossover": True, "lan": True}))
     cluster.hold_steady(winner, loser, dead_timeouts=2)  # resolved, not flapping
+
+
+def heard_ago(cluster: Cluster, node: str) -> float:
+    """Seconds since ``node`` last heard its peer (0 while it does not answer)."""
+    status = cluster.status(node)
+    return 0.0 if status is None else float(status["peer"]["last_seen_ago"])
+
+
+def test_pausing_either_daemon_for_most_of_the_dead_timeout_is_no_takeover(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """SIGSTOP of the primary's or the secondary's daemon for 0.8 x dead_timeout,
+    then SIGCONT, three times each: no state changes anywhere. The shipped
+    default profile (dead timeout 2 s, heartbeat 0.2 s)."""
+    cluster = Cluster(lab, tmp_path, LINKS)
+    document = yaml.safe_load(cluster.config_path.read_text())
+    document["cluster"]["profile"] = "default"
+    cluster.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    timing = PROFILES["default"]
+    cluster.dead_timeout, cluster.heartbeat_interval = (
+        timing.dead_timeout,
+        timing.heartbeat_interval,
+    )
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    changes = {node: cluster.state_changes(node) for node in NODES}
+    for victim in (primary, secondary) * 3:
+        pid = cluster.procs[victim].pid
+        # the worst phase: the victim's next heartbeat is due (its peer last
+        # heard it most of an interval ago), so the silence its peer sees is
+        # the pause plus almost a whole interval
+        cluster.wait(
+            f"{victim}'s next heartbeat is due",
+            lambda victim=victim: (
+                heard_ago(cluster, other(victim)) >= 0.75 * cluster.heartbeat_interval
+            ),
+        )
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(0.8 * cluster.dead_timeout)  # the pause under test (not a wait)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # a takeover would happen within one dead timeout of the resume
+        cluster.hold_steady(primary, secondary, dead_timeouts=1.5)
+    assert {node: cluster.state_changes(node) for node in NODES} == changes

@@ -34,8 +34,9 @@ SEARCHES: dict[str, Search] = {
     "resync-may-serve": Search(6, "boot"),
     "no-split-brain-detection": Search(4, "boot"),
     "takeover-without-grant": Search(5, "protected"),
-    "forget-outrank": Search(6, "boot"),
+    "forget-outrank": Search(8, "protected"),  # 6 from boot before stops took a round
     "stop-leaves-app": Search(1, "protected"),
+    "takeover-while-peer-stops": Search(2, "protected"),
     # a mutant that never pairs never reaches the protected root: start at boot
     "never-pair": Search(1, "boot"),
     "restless-swap": Search(3, "boot"),

@@ -132,3 +132,67 @@ async def test_effects_without_an_outcome_report_nothing(tmp_path: Path) -> None
     ]
     outcomes = await run_actions(executor, [*quiet, fx.StartApp()], 1)
     assert outcomes == [ev.AppStarted()], "only StartApp has an outcome here"
+
+
+class _JournalingData:
+    """The data plane's part in a stop, journaled (duck-typed DataPlane)."""
+
+    def __init__(self, journal: list[str]) -> None:
+        self.journal = journal
+
+    async def flush_replication(self) -> str | None:
+        self.journal.append("flush")
+        return None
+
+    async def unserve(self) -> None:
+        self.journal.append("read-only")
+
+    async def stop_replication(self) -> None:
+        self.journal.append("stop replication")
+
+
+class _JournalingApp(Application):
+    def __init__(self, tmp_path: Path, journal: list[str]) -> None:
+        super().__init__(None, None, output_dir=tmp_path, env={})
+        self.journal = journal
+
+    async def run_stop_script(self) -> str | None:
+        await anyio.sleep(0.05)  # a slow script: nothing after it may start meanwhile
+        self.journal.append("stop script")
+        return None
+
+    async def release_vip(self) -> str | None:
+        self.journal.append("release VIP")
+        return None
+
+
+async def test_a_stop_replicates_what_the_script_wrote_before_it_releases_the_vip(
+    tmp_path: Path,
+) -> None:
+    journal: list[str] = []
+    executor = ActionExecutor(
+        _JournalingApp(tmp_path, journal),
+        lambda event: anyio.sleep(0),
+        data=_JournalingData(journal),  # type: ignore[arg-type]
+    )
+
+    async def report(event: ev.Event) -> None:
+        journal.append(type(event).__name__)
+
+    executor.report = report
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(executor.run)
+        executor.submit(fx.StopApp())
+        executor.submit(fx.StopReplication())
+        with anyio.fail_after(10):
+            while not executor.idle:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert journal == [
+        "stop script",
+        "flush",
+        "read-only",
+        "release VIP",
+        "AppStopped",
+        "stop replication",
+    ]

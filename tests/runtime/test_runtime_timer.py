@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import trio
+from runtime_support import NODES, MemoryNetwork, write_cluster
 from trio.testing import MockClock
 
+from failover.config import load_config
+from failover.runtime.control import NodeController
+from failover.runtime.daemon import run_node
 from failover.runtime.timer import DeadlineSignal, run_timer
 
 pytestmark = pytest.mark.anyio
@@ -96,3 +102,43 @@ async def test_no_deadline_means_no_timer() -> None:
         await anyio.sleep(1000)
         tg.cancel_scope.cancel()
     assert core.fired_at == []
+
+
+async def test_time_the_daemons_did_not_run_is_not_their_peers_silence(tmp_path: Path) -> None:
+    """The whole process frozen (SIGSTOP, a VM paused) for several dead timeouts:
+    when it runs again every deadline is overdue and the timer fires first, yet
+    neither node declares its peer lost; both go on as a protected pair."""
+    config = load_config(write_cluster(tmp_path))
+    dead = config.timing.dead_timeout
+    network = MemoryNetwork()
+    async with anyio.create_task_group() as tg:
+        controllers: dict[str, NodeController] = {}
+        for name in NODES:
+
+            async def run(name: str = name, *, task_status: Any) -> None:
+                await run_node(
+                    config,
+                    name,
+                    task_status=task_status,
+                    transport_loader=network.transport,
+                    handle_signals=False,
+                )
+
+            controllers[name] = await tg.start(run)
+
+        def states() -> list[str]:
+            return sorted(str(c.status()["state"]) for c in controllers.values())
+
+        with anyio.fail_after(30):
+            while states() != ["primary", "secondary"]:
+                await anyio.sleep(0.001)
+        before = {name: len(c.transitions(1000)) for name, c in controllers.items()}
+        clock = trio.lowlevel.current_clock()
+        assert isinstance(clock, MockClock)
+        for _ in range(3):
+            clock.jump(2.5 * dead)  # nothing ran meanwhile: a pause of both daemons
+            await anyio.sleep(4 * dead)  # then they run again for a while
+            assert states() == ["primary", "secondary"]
+        after = {name: len(c.transitions(1000)) for name, c in controllers.items()}
+        assert after == before, [c.transitions(1000)[-3:] for c in controllers.values()]
+        tg.cancel_scope.cancel()

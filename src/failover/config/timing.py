@@ -43,7 +43,7 @@ class Timing(BaseModel):
 
 PROFILES: dict[str, Timing] = {
     "default": Timing(
-        heartbeat_interval=0.5, link_timeout=1.0, dead_timeout=2.0, startup_timeout=2.0
+        heartbeat_interval=0.2, link_timeout=1.0, dead_timeout=2.0, startup_timeout=2.0
     ),
     "fast": Timing(
         heartbeat_interval=0.05, link_timeout=0.1, dead_timeout=0.2, startup_timeout=0.5

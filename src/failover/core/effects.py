@@ -44,7 +44,12 @@ class StartApp(Effect):
 
 @dataclass(frozen=True)
 class StopApp(Effect):
-    """Run the stop script, then release the virtual IP. Outcome: ``AppStopped``."""
+    """Stop the application and hand its resources back, in this order: run the
+    stop script; then, while this node replicates, wait until every write made
+    so far is on the peer (sent and acknowledged) and turn the replicated
+    directories read-only; then release the virtual IP. Outcome: ``AppStopped``,
+    only once all of it is done (the node stays transient until then, so its
+    peer does not start the application meanwhile)."""
 
     name: ClassVar[str] = "stop_app"
 

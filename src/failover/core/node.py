@@ -31,6 +31,11 @@ from failover.core.table import Row, Table
 
 DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
 
+PAUSE_FACTOR = 2.0
+"""A gap between two ``handle`` calls longer than this many heartbeat intervals
+means this node did not run (the core always has a deadline at most one
+heartbeat interval ahead, so a running node is called at least that often)."""
+
 
 class _Awaiting(Protocol):
     @property
@@ -106,6 +111,7 @@ class NodeSnapshot:
     peer_alive: bool
     links: tuple[tuple[str, LinkView], ...]
     next_heartbeat_at: float | None
+    last_run: float | None
     discovery_until: float | None
     recheck_at: float | None
     lease: Lease
@@ -161,6 +167,7 @@ class NodeSnapshot:
             self.peer_alive,
             tuple((name, v.up, shift(v.last_seen)) for name, v in self.links),
             shift(self.next_heartbeat_at),
+            shift(self.last_run),
             shift(self.discovery_until),
             shift(self.recheck_at),
             (
@@ -195,6 +202,7 @@ class NodeSnapshot:
                 (name, evolve(view, last_seen=shift(view.last_seen))) for name, view in self.links
             ),
             next_heartbeat_at=shift(self.next_heartbeat_at),
+            last_run=shift(self.last_run),
             discovery_until=shift(self.discovery_until),
             recheck_at=shift(self.recheck_at),
             lease=evolve(
@@ -246,6 +254,8 @@ class Node:
         self.peer_alive = False
         self.links: dict[str, LinkView] = {name: LinkView() for name in self.settings.links}
         self.next_heartbeat_at: float | None = 0.0
+        self.last_run: float | None = None  # the time of the last handle call
+        self.unobserved = 0.0  # seconds this node was seen not running (pauses)
         self.discovery_until: float | None = None
         self.recheck_at: float | None = None
         self.lease = Lease()
@@ -339,6 +349,7 @@ class Node:
         self.now = now
         self.event = event
         self.outbox = []
+        self._discount_pause(now)
         before = (self.state, self.substatus, self.reason, self.handover == "done")
         meta_before = self.metadata
         fence_before = (self.writes_fenced, self.state.serving)
@@ -369,6 +380,7 @@ class Node:
             peer_alive=self.peer_alive,
             links=tuple(self.links.items()),
             next_heartbeat_at=self.next_heartbeat_at,
+            last_run=self.last_run,
             discovery_until=self.discovery_until,
             recheck_at=self.recheck_at,
             lease=self.lease,
@@ -394,6 +406,7 @@ class Node:
         self.peer_alive = snap.peer_alive
         self.links = dict(snap.links)
         self.next_heartbeat_at = snap.next_heartbeat_at
+        self.last_run = snap.last_run
         self.discovery_until = snap.discovery_until
         self.recheck_at = snap.recheck_at
         self.lease = snap.lease
@@ -542,6 +555,30 @@ class Node:
         if isinstance(event, ev.Timer):
             return self._timers()
         return [event.kind]
+
+    def _discount_pause(self, now: float) -> None:
+        """Silence is counted in time this node was observed running.
+
+        The core is called at least every heartbeat interval while the node
+        runs (a deadline is always that close). A longer gap means the process
+        did not run (SIGSTOP, a VM frozen, a starved scheduler): it could not
+        read the heartbeats waiting in its sockets, so that time is not the
+        peer's silence. Every link's last-seen time moves forward by the gap
+        beyond one interval: the peer is judged only after the node has run
+        long enough to read what arrived. The lease is not moved: it runs out
+        in real time at the arbitrator."""
+        last, self.last_run = self.last_run, now
+        if last is None:
+            return
+        interval = self.settings.heartbeat_interval
+        gap = now - last
+        if gap <= PAUSE_FACTOR * interval:
+            return
+        credit = gap - interval
+        self.unobserved += credit
+        for name, view in self.links.items():
+            if view.last_seen is not None:
+                self.links[name] = evolve(view, last_seen=min(view.last_seen + credit, now))
 
     def _timers(self) -> list[str]:
         now, s = self.now, self.settings

@@ -15,7 +15,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, common_generation
 from failover.core.node import Lease, Node
-from failover.core.state import State
+from failover.core.state import State, SubStatus
 from failover.core.table import Row, Table, load_table, raw_spec
 
 Guard = Callable[[Node, Row], bool]
@@ -94,6 +94,14 @@ def handing_over(node: Node, row: Row) -> bool:
 
 
 @guard
+def app_starting(node: Node, row: Row) -> bool:
+    """A start is queued or running: an ``app_stopped`` now is the outcome of the
+    stop that ran before it (the executor runs one action at a time, in order),
+    not news that the application is down."""
+    return node.app_pending == "start"
+
+
+@guard
 def app_ready(node: Node, row: Row) -> bool:
     return node.app_active and node.app_pending is None
 
@@ -133,10 +141,32 @@ def peer_resync(node: Node, row: Row) -> bool:
     return _peer_state(node) is State.RESYNC
 
 
+def _peer_left(node: Node, settled: bool) -> bool:
+    """The peer waits or is stopped, and is ``settled`` (ready) or not (transient)."""
+    peer = node.peer
+    return (
+        _peer_state(node) in (State.WAIT, State.STOP)
+        and peer is not None
+        and (peer.substatus is SubStatus.READY) == settled
+    )
+
+
 @guard
 def peer_idle(node: Node, row: Row) -> bool:
-    """The peer runs nothing and is not being synced: it waits or is stopped."""
-    return _peer_state(node) in (State.WAIT, State.STOP)
+    """The peer runs nothing and is not being synced: it waits or is stopped,
+    and is done with what it was doing. A node that leaves a serving state
+    announces its new state at once but stays transient until its application
+    is stopped, what it wrote replicated and the virtual IP released: until
+    then it still holds the resources, and taking over would run two."""
+    return _peer_left(node, settled=True)
+
+
+@guard
+def peer_settling(node: Node, row: Row) -> bool:
+    """The peer waits or is stopped but is still transient: it may still be
+    stopping the application it served (or discovering). Nothing may start
+    serving against it until it is ready."""
+    return _peer_left(node, settled=False)
 
 
 @guard
@@ -156,7 +186,7 @@ def peer_in_sync_ready(node: Node, row: Row) -> bool:
     return (
         _peer_state(node) is State.SECONDARY
         and peer is not None
-        and peer.substatus.value == "ready"
+        and peer.substatus is SubStatus.READY
         and node.relation is Relation.EQUAL
     )
 
@@ -372,18 +402,24 @@ def app_down(node: Node, row: Row) -> None:
 
 @action
 def stop_resources(node: Node, row: Row) -> None:
-    """Stop everything this node runs for the cluster: resync, replication, the
-    application and VIP, the lease. Tracked changes stay on disk."""
+    """Stop everything this node runs for the cluster: resync, the application
+    and VIP, replication, the lease. Tracked changes stay on disk.
+
+    The hand-over order: the application stops first while replication still
+    runs (``StopApp`` replicates what the stop script wrote, with the peer's
+    acknowledgement, before it releases the virtual IP), and only then does
+    replication stop. The node stays transient until ``app_stopped``; the peer
+    takes over only once it is ready (``peer_idle``)."""
     if node.resync_role is not None:
         node.resync_role = None
         node.emit(fx.StopResync())
-    if node.replicating:
-        node.replicating = False
-        node.emit(fx.StopReplication())
     if node.app_active or node.app_pending is not None:
         node.app_active = False
         node.app_pending = "stop"
         node.emit(fx.StopApp())
+    if node.replicating:
+        node.replicating = False
+        node.emit(fx.StopReplication())
     node.handover = None
     node.pending = None
     if node.lease.held:

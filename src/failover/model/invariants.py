@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from failover.core.compare import Relation, relation
 from failover.core.state import Generation, State
-from failover.model.sim import NAMES, ClusterConfig, StepInfo, World
+from failover.model.sim import NAMES, ClusterConfig, StepInfo, World, holds_resources
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,9 @@ Check = Callable[[ClusterConfig, World, StepInfo, World], list[Violation]]
 
 
 def _serving(world: World, i: int) -> bool:
-    core = world.hosts[i].core
-    return core is not None and core.state.serving
+    """Serving means holding the resources: a serving state, or an application
+    (and virtual IP) not yet stopped after leaving one."""
+    return holds_resources(world, i)
 
 
 def _wins_against(config: ClusterConfig, world: World, k: int, theirs: Generation) -> bool:
@@ -163,7 +164,7 @@ def check_resources(
         core = host.core
         if core is None:
             continue
-        if host.app_running and not core.state.serving:
+        if host.app_running and not core.state.serving and not host.app_stopping:
             found.append(
                 Violation("R", f"{NAMES[i]} runs the application in state {core.state.value}")
             )

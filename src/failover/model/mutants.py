@@ -98,6 +98,17 @@ def _stop_leaves_app(spec: Spec) -> None:
             row["do"] = []
 
 
+def _takeover_while_peer_stops(spec: Spec) -> None:
+    """A secondary takes over as soon as its peer announces it stopped serving,
+    while the peer still stops its application (the old hand-over order)."""
+    rows = _rows(spec, "secondary", "heartbeat")
+    for position, row in enumerate(rows):
+        if "peer_idle" in row.get("when", []):
+            early = dict(row, when=["peer_settling", *row["when"][1:]])
+            rows.insert(position, early)
+            return
+
+
 def _never_pair(spec: Spec) -> None:
     """Two waiting nodes with the same data never decide which one serves."""
     rows = _rows(spec, "wait", "heartbeat")
@@ -125,6 +136,9 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "forget-outrank": Mutant(_forget_outrank.__doc__ or "", ("S5",), False, _forget_outrank),
     "stop-leaves-app": Mutant(_stop_leaves_app.__doc__ or "", ("R",), False, _stop_leaves_app),
+    "takeover-while-peer-stops": Mutant(
+        _takeover_while_peer_stops.__doc__ or "", ("S1",), False, _takeover_while_peer_stops
+    ),
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
 }

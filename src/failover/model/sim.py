@@ -12,7 +12,10 @@ is the ground truth the invariants are checked against:
 - the application: a write on the serving node is acknowledged when it is
   durable where the replication rule says (both nodes while primary with the
   peer receiving; locally while alone, unless the write fence holds it: the
-  peer is alive as secondary and could take over without it);
+  peer is alive as secondary and could take over without it). Stopping it
+  takes time: the stop script runs until the end of the next round, the
+  application and the virtual IP held meanwhile (``app_stopping``), as a slow
+  stop script does;
 - the arbitrator: one lease record decided by ``failover.core.arbitration``;
 - the runtime: effects are executed in order and their outcomes fed back at
   once (one "macro step"), as the real executor would when nothing fails.
@@ -107,6 +110,7 @@ class Host:
     data: frozenset[int] = frozenset()
     quarantine: frozenset[int] = frozenset()
     app_running: bool = False
+    app_stopping: bool = False  # StopApp runs: still holding the application and VIP
     arb_reachable: bool = True
     resync_final: Generation | None = None  # target holds this generation; ResyncDone not yet seen
     last_heard: float | None = None  # ground truth: last heartbeat this host received
@@ -166,6 +170,7 @@ class World:
                 h.data,
                 h.quarantine,
                 h.app_running,
+                h.app_stopping,
                 h.arb_reachable,
                 h.resync_final,
                 shift(h.last_heard),
@@ -323,7 +328,7 @@ class Cluster:
                 elif faults:
                     yield f"arb_cut {NAMES[i]}"
             if faults and self.config.resource_faults:
-                if host.app_running:
+                if host.app_running and not host.app_stopping:
                     yield f"app_fail {NAMES[i]}"
                 yield f"{'checker_up' if core.checkers_down else 'checker_down'} {NAMES[i]}"
         for link in self.config.links:
@@ -409,6 +414,11 @@ class Cluster:
                     self._message("deliver", link, sender, info)
             held = frozenset()
         for i in range(2):
+            if self.up(i) and self.world.hosts[i].app_stopping:
+                # the stop script ends: the application and the VIP are released
+                self._set_host(i, app_running=False, app_stopping=False)
+                self._handle(i, ev.AppStopped(), info)
+        for i in range(2):
             host, core = self.world.hosts[i], self.world.hosts[i].core
             if core is None or core.state is not State.RESYNC or core.resync_role != "target":
                 continue
@@ -454,7 +464,7 @@ class Cluster:
         w = self.world
         channels = tuple(c for c in w.channels if c[0][1] != i)
         self.world = evolve(w, channels=channels)
-        self._set_host(i, core=None, app_running=False, resync_final=None)
+        self._set_host(i, core=None, app_running=False, app_stopping=False, resync_final=None)
         # the lease stays with the dead holder until it expires at the arbitrator
 
     def _restart(self, i: int, info: StepInfo) -> None:
@@ -561,6 +571,7 @@ class Cluster:
                 return
             node = self.nodes[k]
             before = node.state
+            held = holds_resources(self.world, k)
             base = node.metadata.generation
             effects = node.handle(event, self.world.now)
             minted = node.metadata.generation
@@ -574,23 +585,26 @@ class Cluster:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
                 info.entered_serving.append((k, before, node.forced, blind))
             for effect in effects:
+                if isinstance(effect, fx.StartApp) and self.world.hosts[k].app_stopping:
+                    # the executor runs one action at a time: the stop ends first
+                    self._set_host(k, app_stopping=False)
+                    queue.append((k, ev.AppStopped()))
                 outcome = self._execute(k, effect, info)
                 if outcome is not None:
                     queue.append((k, outcome))
             self._set_host(k, core=node.snapshot())
-            self._track_dual_serving(k, before, info)
+            self._track_dual_serving(k, held, info)
 
     def _known(self, generation: Generation) -> bool:
         return any(child == generation for child, _ in self.world.minted_from)
 
-    def _track_dual_serving(self, k: int, before: State, info: StepInfo) -> None:
-        states = [self.state(0), self.state(1)]
-        both = all(s is not None and s.serving for s in states)
+    def _track_dual_serving(self, k: int, held: bool, info: StepInfo) -> None:
+        both = holds_resources(self.world, 0) and holds_resources(self.world, 1)
         if not both:
             if self.world.dual_serving_blind:
                 self.world = evolve(self.world, dual_serving_blind=False)
             return
-        if not before.serving:
+        if not held:
             # k just started serving while its peer serves: acceptable only as a
             # takeover after losing an in-sync peer on every link, or when an
             # operator forced it
@@ -623,7 +637,9 @@ class Cluster:
             self._set_host(k, app_running=True)
             return ev.AppStarted()
         elif isinstance(effect, fx.StopApp):
-            self._set_host(k, app_running=False)
+            if host.app_running:
+                self._set_host(k, app_stopping=True)  # AppStopped at the end of the round
+                return None
             return ev.AppStopped()
         elif isinstance(effect, fx.Quarantine):
             self._set_host(k, quarantine=host.quarantine | host.data)
@@ -679,6 +695,13 @@ class Cluster:
         if verdict.granted:
             return ev.ArbitrationGranted(effect.generation)
         return ev.ArbitrationDenied(verdict.reason)
+
+
+def holds_resources(world: World, i: int) -> bool:
+    """Host ``i`` serves: its state is a serving one, or it still runs the
+    application (and holds the virtual IP) because its stop has not finished."""
+    host = world.hosts[i]
+    return host.core is not None and (host.core.state.serving or host.app_running)
 
 
 def _chan_key(item: tuple[tuple[str, int], PeerStatus]) -> tuple[str, int]:

@@ -127,28 +127,39 @@ class Application:
         """Run the stop script then release the VIP. None on success, else what went wrong.
 
         The VIP is released even when the script fails: a node that is told to
-        stop must not keep the address its peer is about to take.
+        stop must not keep the address its peer is about to take. (The executor
+        runs the two halves itself, with the replication flushed in between.)
         """
-        problem: str | None = None
-        if self.scripts is not None:
-            result = await run_script(
-                self.scripts.stop,
-                timeout=self.scripts.timeout,
-                label="stop script",
-                output=self.output_dir / "stop.log",
-                env={**self.env, "FAILOVER_ACTION": "stop"},
-            )
-            if not result.ok:
-                log.error("stop script failed", reason=result.reason)
-                problem = result.reason
-        vip_problem = await self.release_vip()
+        problem = await self.run_stop_script()
+        return await self.release() or problem
+
+    async def run_stop_script(self) -> str | None:
+        """The first half of ``stop``: the stop script. None on success, else why it failed."""
+        if self.scripts is None:
+            return None
+        result = await run_script(
+            self.scripts.stop,
+            timeout=self.scripts.timeout,
+            label="stop script",
+            output=self.output_dir / "stop.log",
+            env={**self.env, "FAILOVER_ACTION": "stop"},
+        )
+        if result.ok:
+            return None
+        log.error("stop script failed", reason=result.reason)
+        return result.reason
+
+    async def release(self) -> str | None:
+        """The second half of ``stop``: release the VIP, forget the application.
+        None on success, else why the VIP could not be released."""
+        problem = await self.release_vip()
         self.running = False
         try:
             self._set_marker(False)
         except OSError as exc:
             # A marker left behind costs one more stop at the next daemon start.
             log.error("cannot remove the start marker", file=str(self.marker), error=exc.strerror)
-        return problem or vip_problem
+        return problem
 
     async def release_vip(self) -> str | None:
         """Remove the VIP if one is configured. None on success, else why it failed."""

@@ -24,6 +24,8 @@ from pathlib import Path
 import anyio
 import structlog
 
+from failover.platform.priority import restore_for_child
+
 TAIL_LINES = 5
 _TAIL_BYTES = 8192
 
@@ -131,6 +133,7 @@ async def run_script(
         return ScriptResult(label, None, False, (), f"{argv[0]}: {exc.strerror or exc}")
     finally:
         os.close(out_fd)
+    restore_for_child(process.pid)  # the daemon's raised priority is not the script's
     timed_out = False
     try:
         with anyio.move_on_after(timeout) as scope:

@@ -219,6 +219,13 @@ class ReplicationSender:
             )
             return self._acked_at_level >= seq
 
+    def flush(self) -> bool:
+        """Wait until every entry queued so far is acknowledged at the configured
+        level, at most the timeout (then the session breaks). True if it is."""
+        with self._lock:
+            last = self._next_seq - 1
+        return self.wait_acked(last)
+
     def _enqueue(self, kind: ItemKind, payload: Sequence[Buffer], *, ask: bool = False) -> int:
         """Queue one entry; its sequence number (0 if the session is broken).
         ``ask``: an answer to it is expected (``request``)."""

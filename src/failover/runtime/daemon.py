@@ -69,6 +69,7 @@ from failover.core.state import Metadata, Settings, State, SubStatus
 from failover.errors import ConfigError, FailoverError, UsageError
 from failover.platform.application import Application, Scripts
 from failover.platform.checkers import CheckerSpec, run_checker
+from failover.platform.priority import raise_priority
 from failover.platform.vip import VipError, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
@@ -726,6 +727,13 @@ class Daemon:
             links=[link.name for link in config.links],
         )
 
+    def _raise_priority(self) -> None:
+        """A busy machine must still run the heartbeat path in time (see
+        ``platform/priority.py``); the scripts run at the inherited priority."""
+        problem = raise_priority()
+        if problem is not None:
+            self.log.warning("scheduling priority not raised", why=problem)
+
     async def _serve_control(self, *, task_status: anyio.abc.TaskStatus[ControlEndpoints]) -> None:
         control = self.config.control_of(self.name)
         if control.tcp is not None:
@@ -749,6 +757,8 @@ class Daemon:
             _node_lock(self.node_dir, self.name),
         ):
             self._build()
+            if self.handle_signals:  # a daemon of its own (not several nodes in a test)
+                self._raise_priority()
             try:
                 async with anyio.create_task_group() as tg:
                     self.task_group = tg

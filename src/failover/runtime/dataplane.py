@@ -254,6 +254,17 @@ class DataPlane:
         await self._mount_all(read_only=False)
         self.serving = True
 
+    async def flush_replication(self) -> str | None:
+        """Wait until the peer acknowledged every write replicated so far (the
+        hand-over: what the stop script wrote must be on the peer before it may
+        serve). None when done or when nothing replicates; else why not."""
+        sender = self._relay.sender if self._relay is not None else None
+        if sender is None:
+            return None
+        if await anyio.to_thread.run_sync(sender.flush):
+            return None
+        return sender.broken or "the peer did not acknowledge every write"
+
     async def unserve(self) -> None:
         """Back to the read-only view (after the application stopped). An fsync
         still held by the write fence fails with EIO: it was never acknowledged."""

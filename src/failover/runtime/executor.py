@@ -163,14 +163,7 @@ class ActionExecutor:
                 self._note("start", "end", ok=failure is None, problem=failure)
                 return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
             case fx.StopApp():
-                self._note("stop", "begin")
-                problem = await self.app.stop()
-                if problem is not None:
-                    log.error("application stopped with a problem", problem=problem)
-                if self.data is not None:
-                    await self.data.unserve()
-                self._note("stop", "end", ok=problem is None, problem=problem)
-                return ev.AppStopped()
+                return await self._stop_app()
             case fx.StartResync(role="target", generation=generation):
                 # No replicated directory: the resync of nothing is complete, at
                 # the generation the source held when it started.
@@ -199,6 +192,24 @@ class ActionExecutor:
         if self.journal is not None:
             vip = None if self.app.vip is None else str(self.app.vip.address)
             self.journal("resource", action=action, phase=phase, vip=vip, **fields)
+
+    async def _stop_app(self) -> ev.Event:
+        """The hand-over order (``StopApp``'s contract): the stop script; then what
+        the application wrote is replicated and acknowledged, and the replicated
+        directories turn read-only; then the virtual IP is released. Only then
+        is ``AppStopped`` reported, and the core announces the node ready."""
+        self._note("stop", "begin")
+        problem = await self.app.run_stop_script()
+        if self.data is not None:
+            unflushed = await self.data.flush_replication()
+            if unflushed is not None:
+                log.error("writes made while stopping may be missing on the peer", why=unflushed)
+            await self.data.unserve()
+        problem = await self.app.release() or problem
+        if problem is not None:
+            log.error("application stopped with a problem", problem=problem)
+        self._note("stop", "end", ok=problem is None, problem=problem)
+        return ev.AppStopped()
 
     async def _perform_data(self, data: DataPlane, effect: fx.Effect) -> ev.Event | None:
         """A data effect on the replicated directories: its outcome, if it has one now."""

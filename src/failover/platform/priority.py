@@ -1,0 +1,47 @@
+"""The daemon's scheduling priority: the heartbeat path must run when the machine is busy.
+
+A peer is declared lost after ``dead_timeout`` of silence: a daemon that a
+loaded machine does not schedule in time looks dead to its peer. As corosync
+does (it runs real-time), the daemon raises its own priority at start, here
+with the plain CFS niceness (``DAEMON_NICE``): a CPU hog at the default
+niceness then gets a fraction of the daemon's share, and nothing real-time
+can starve the rest of the machine. Threads created afterwards (anyio's
+workers, the FUSE threads) inherit it. The operator's scripts must not: each
+is put back to the niceness the daemon started with (``restore_for_child``).
+
+Raising it needs ``CAP_SYS_NICE`` (root has it); without, the daemon says so
+once and runs at its inherited niceness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+DAEMON_NICE = -10
+"""The niceness the daemon asks for (lower is more favoured; -20 to 19)."""
+
+_inherited: dict[str, int] = {}  # "nice": the niceness before raise_priority, once raised
+
+
+def raise_priority(nice: int = DAEMON_NICE) -> str | None:
+    """Set the calling thread's niceness to ``nice`` (call it from the main thread
+    before any other thread starts). None on success, else why it was not done."""
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if current <= nice:
+        return None
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        return f"cannot raise the scheduling priority to nice {nice}: {exc.strerror or exc}"
+    _inherited.setdefault("nice", current)
+    return None
+
+
+def restore_for_child(pid: int) -> None:
+    """Give a process the daemon started (a script) the niceness the daemon had
+    before ``raise_priority``. Best effort: a process that already exited is fine."""
+    if "nice" not in _inherited:
+        return
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, pid, _inherited["nice"])

@@ -1,0 +1,122 @@
+"""The hand-over order and pauses, on the core's virtual clock.
+
+Hand-over: a serving node that stops (``stop``, a failure) stops its
+application before it stops replicating, and its peer takes over only once the
+node announces it is done (ready), never while it is still transient.
+
+Pauses: time this node did not run (no ``handle`` call for much longer than a
+heartbeat interval) is not the peer's silence; a resumed node reads the
+heartbeats that waited in its sockets before it judges the peer.
+"""
+
+from __future__ import annotations
+
+import pytest
+from core_support import (
+    G1_BETA,
+    SETTINGS,
+    Driver,
+    beta,
+    of_type,
+    records,
+    to_primary,
+    to_secondary,
+)
+
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.state import State, SubStatus
+
+# --- hand-over order --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "event", [ev.Stop(), ev.CheckerDown("app-check"), ev.AppFailed("died")], ids=str
+)
+def test_a_primary_stops_its_application_before_it_stops_replicating(event: ev.Event) -> None:
+    d = Driver()
+    to_primary(d)
+    assert d.node.replicating
+    effects = d.do(event, at=d.now + 0.1)
+    kinds = [type(e) for e in effects if isinstance(e, fx.StopApp | fx.StopReplication)]
+    assert kinds == [fx.StopApp, fx.StopReplication]
+    # it says at once that it leaves, but transient: it still holds the resources
+    [sent] = of_type(effects, fx.SendHeartbeat)
+    assert sent.status.state in (State.STOP, State.WAIT)
+    assert sent.status.substatus is SubStatus.TRANSIENT
+    # ready (and so idle to the peer) only once the application stopped
+    d.run_until(d.now + 3.0)  # a slow stop script
+    assert d.node.status().substatus is SubStatus.TRANSIENT
+    effects = d.do(ev.AppStopped())
+    [sent] = of_type(effects, fx.SendHeartbeat)
+    assert sent.status.substatus is SubStatus.READY
+
+
+@pytest.mark.parametrize("leaving", [State.STOP, State.WAIT], ids=str)
+def test_a_secondary_takes_over_only_once_its_stopping_peer_is_ready(leaving: State) -> None:
+    d = Driver()
+    to_secondary(d)
+    stopping = beta(leaving, G1_BETA, synced=G1_BETA, substatus=SubStatus.TRANSIENT)
+    for beat in range(1, 8):  # a slow stop script: heartbeats keep coming, transient
+        d.run_until(d.now + 0.5)
+        effects = d.hear(stopping, at=d.now)
+        assert not of_type(effects, fx.StartApp), f"took over while {leaving} was transient"
+        assert d.state is State.SECONDARY, beat
+    effects = d.hear(beta(leaving, G1_BETA, synced=G1_BETA), at=d.now + 0.5)
+    assert d.state is State.ALONE
+    assert of_type(effects, fx.StartApp)
+
+
+# --- pauses -----------------------------------------------------------------------------
+
+
+def _secondary_hearing_beta() -> tuple[Driver, float]:
+    d = Driver()
+    to_secondary(d)
+    primary = beta(State.PRIMARY, G1_BETA, synced=G1_BETA)
+    for _ in range(4):
+        d.run_until(d.now + SETTINGS.heartbeat_interval)
+        d.hear(primary, at=d.now)
+    return d, d.now
+
+
+def test_a_resumed_node_reads_the_queued_heartbeats_before_judging_its_peer() -> None:
+    d, last_heard = _secondary_hearing_beta()
+    # alpha is paused (SIGSTOP): no handle call for longer than the dead timeout,
+    # while beta's heartbeats pile up in alpha's sockets
+    resumed = last_heard + SETTINGS.dead_timeout + 1.5
+    effects = d.do(ev.Timer(), at=resumed)  # the overdue timer fires first
+    assert d.state is State.SECONDARY, records(effects)
+    assert d.node.peer_alive
+    assert not any(r.event == "peer_lost" for r in records(effects))
+    d.hear(beta(State.PRIMARY, G1_BETA, synced=G1_BETA), at=resumed + 0.01)  # then the queue
+    d.run_until(resumed + SETTINGS.dead_timeout - 0.1)
+    assert d.state is State.SECONDARY
+
+
+def test_a_running_node_still_loses_a_silent_peer_at_the_dead_timeout() -> None:
+    d, last_heard = _secondary_hearing_beta()
+    d.run_until(last_heard + SETTINGS.dead_timeout - 0.01)
+    assert d.state is State.SECONDARY
+    d.run_until(last_heard + SETTINGS.dead_timeout)
+    assert d.state is State.ALONE
+
+
+def test_after_a_pause_a_silent_peer_is_lost_once_the_node_ran_long_enough() -> None:
+    d, last_heard = _secondary_hearing_beta()
+    resumed = last_heard + 10.0
+    d.do(ev.Timer(), at=resumed)
+    assert d.state is State.SECONDARY
+    # the silence counted: one interval before the pause, then time observed running
+    lost_at = resumed + SETTINGS.dead_timeout - SETTINGS.heartbeat_interval
+    d.run_until(lost_at - 0.01)
+    assert d.state is State.SECONDARY
+    d.run_until(lost_at)
+    assert d.state is State.ALONE
+    assert d.node.unobserved == pytest.approx(10.0 - SETTINGS.heartbeat_interval)
+
+
+def test_a_late_tick_within_two_intervals_is_counted_as_silence() -> None:
+    d, last_heard = _secondary_hearing_beta()
+    d.do(ev.Timer(), at=last_heard + 1.9 * SETTINGS.heartbeat_interval)
+    assert d.node.unobserved == 0.0
