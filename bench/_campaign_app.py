@@ -49,16 +49,11 @@ import socket
 import sys
 import time
 
+from _lab import _alive, _write_atomically  # the same directory: stdlib only, like this file
+
 RECORD = 16  # b"%08d %06x\n"
 RETRY_PAUSE = 0.05
 STOP_GRACE = 3.0
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="ascii") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def highest_acked(acks: str) -> int:
@@ -143,14 +138,6 @@ def _is_writer(pid: int) -> bool:
     except OSError:
         return False
     return any(word.endswith(b"_campaign_app.py") for word in words) and b"start" in words
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop(pidfile: str) -> int:
