@@ -1,0 +1,1227 @@
+"""Fault campaign: rounds of random faults against a replicating pair, every round audited.
+
+    sudo .venv/bin/python bench/campaign.py [--rounds 20] [--seed N] [--profile fast]
+        [--protect-bound 60] [--max-minutes M] [--keep-logs DIR] [--json FILE]
+        [--first-round I] [--faults kill,pause,...]
+
+The lab (``failover.testing.netns.Lab``): namespaces alpha and beta (the
+nodes) and client, on a ``lan`` bridge (UDP heartbeats, the replication
+channel, the control API over TCP with a bearer token, the virtual IP) and a
+``crossover`` bridge (TCP heartbeats). Each daemon runs in a mount namespace
+of its own where the replicated directory is its node's own disk and its
+quarantine directory its own; its state directory is a small tmpfs (mounted
+by the campaign, so that it can be filled).
+
+The application is a writer (``bench/_campaign_app.py``) started by the
+serving node's start script and stopped by its stop script: numbered records,
+each ``pwrite`` + ``fsync`` through the node's mirror, each acknowledged one
+logged with its time. The observer is this process, in the client
+namespace: it reads both nodes' status over the control API (TCP) and every
+log.
+
+Each round draws its faults from ``random.Random(f"{seed}/{round}")`` (so
+``--seed S --first-round I --rounds 1`` replays round I's draw on a fresh
+pair), targets chosen by role (primary or secondary), never by name:
+
+- ``kill``: SIGKILL of every process of the node (its mount namespace: daemon,
+  application, FUSE), restarted after a random time.
+- ``pause``: SIGSTOP of the daemon for 0.1 to 0.8 x the dead timeout, SIGCONT.
+- ``link``: one link cut (``ip link set down`` on the node's veth), healed.
+- ``partition``: every link of the node cut, healed.
+- ``connect``: hostile TCP connects with no key for 1 to 6 s (some held open and silent,
+  one more every 0.1 to 0.5 s) to one of: the TCP heartbeat port, the
+  replication port, the control API; half the time the serving node is
+  killed during the attack (the lost-write chain of issue 8).
+- ``flood``: random bytes to one of: the UDP heartbeat port, the TCP
+  heartbeat port, the replication port, the control API; half the time with
+  the kill.
+- ``disk-full``: the node's state directory filled (ENOSPC), then freed;
+  during it, sometimes its peer is killed (the node must serve on) or the
+  node's daemon is restarted (it must refuse with one clear line).
+- ``restart``: SIGTERM of the daemon (a clean stop), started again.
+- ``swap``: ``failover swap`` on the primary.
+
+Lan-side attacks come from the client namespace; attacks on the crossover
+(TCP heartbeats) from a process in the peer's network namespace. During
+every attack the observer keeps asking both daemons for their status: a
+request refused (503) or unanswered counts as ``control API requests denied``.
+
+A round ends with every fault undone (links up, SIGCONT, attackers stopped,
+disk freed, dead daemons started again) and then waits, at most
+``--protect-bound`` seconds, until the pair is protected again (primary +
+secondary, both ready, each sees the other, the primary shows ``in_sync``
+and replicating): that wait is the "time to protected again". Then:
+
+- the application must write again (an acknowledged record after that);
+- every record acknowledged so far must be on the primary's disk (``lost``
+  otherwise, counted once), and on the secondary's (``acked record missing on
+  the in-sync secondary`` otherwise: the status claimed in sync); a record
+  written by the loser of a split brain that is not on the winner counts as
+  ``kept in quarantine`` when the loser's quarantine holds it, else as lost;
+- ``failover audit`` (docs/audit.md) checks both nodes' journals so far, the
+  acknowledged records so far (``acked.jsonl``: each record's id is its number
+  and its writer's token, ``number << 24 | token``) and what each node holds
+  now (``--found``: its copy and its quarantine); a violation it did not
+  report in an earlier round counts for this round (``audit_run``);
+- a daemon that exited by itself, or printed a traceback, is a violation.
+
+A round that does not reach protection within the bound fails; the pair is
+then restarted (both daemons SIGTERM'd and started again); if even that does
+not protect it, a fresh pair (new lab, new directories) takes over the
+remaining rounds, at most ``MAX_PAIRS`` in all. ``--max-minutes`` bounds the
+whole run. Every pair's files are in ``pair-N`` of the work directory.
+
+Prints one line per round, then: rounds, faults of each kind, acknowledged
+records, lost (must be 0), S1 violations (must be 0), other violations by
+kind, time to protected again (median, p95, max), failed rounds with their
+seed. Exit 0 when nothing was lost or violated and every round passed, 1
+otherwise, 2 when it cannot run (not root, no namespaces or FUSE).
+
+Cleans up on every exit (end, error, Ctrl-C, SIGTERM, SIGHUP): every process
+of both nodes killed by PID (mount namespace) or process group, namespaces
+deleted, the tmpfs mounts detached (their journals copied to
+``state-<node>-copy`` first), the work directory removed (unless
+``--keep-logs DIR``, where it is copied first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+from failover.api.client import ControlClient
+from failover.config.timing import PROFILES
+from failover.errors import FailoverError
+from failover.testing.disks import fill, small_tmpfs
+from failover.testing.netns import Lab, netns_unavailable_reason
+
+APP = Path(__file__).resolve().with_name("_campaign_app.py")
+NODES = ("alpha", "beta")
+LINKS = {"lan": "udp", "crossover": "tcp"}
+LINK_PORTS = {"lan": 7400, "crossover": 7401}
+REPLICATION_PORT = 7500
+CONTROL_PORT = 7600
+VIP_HOST = 200
+RECORD = 16  # _campaign_app.RECORD
+STATE_TMPFS = "64m"
+FAULTS = ("kill", "pause", "link", "partition", "connect", "flood", "disk-full", "restart", "swap")
+POLL = 0.05
+FILLER = "filler"  # failover.testing.disks.fill
+CLONE_NEWNET = 0x40000000
+STOP_BOUND = 30.0  # a clean daemon stop (its stop script has a 10 s timeout)
+WRITE_BOUND = 15.0  # the application writes again after protection
+ATTACK_MAX = 6.0  # seconds: longer than the replication timeout (2 s), so that a primary
+# whose session the attack broke goes alone (or holds its writes) before the attack ends
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP reached the campaign (a BaseException, like KeyboardInterrupt)."""
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RoundResult:
+    index: int
+    seed: str
+    faults: list[str]
+    detail: list[str] = field(default_factory=list)
+    acked: int = 0
+    lost: int = 0
+    quarantined: int = 0
+    violations: Counter[str] = field(default_factory=Counter)
+    protected_after: float | None = None
+    seconds: float = 0.0
+    failure: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and self.lost == 0 and not self.violations
+
+
+@dataclass
+class Totals:
+    seed: int
+    rounds_wanted: int
+    rounds: list[RoundResult] = field(default_factory=list)
+    faults: Counter[str] = field(default_factory=Counter)
+    audit: str = "not run"
+    stopped_early: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        violations: Counter[str] = Counter()
+        for result in self.rounds:
+            violations.update(result.violations)
+        times = [r.protected_after for r in self.rounds if r.protected_after is not None]
+        return {
+            "seed": self.seed,
+            "rounds_wanted": self.rounds_wanted,
+            "rounds": len(self.rounds),
+            "faults": dict(sorted(self.faults.items())),
+            "acked": sum(r.acked for r in self.rounds),
+            "lost": sum(r.lost for r in self.rounds),
+            "quarantined": sum(r.quarantined for r in self.rounds),
+            "s1_violations": violations.get("S1", 0),
+            "violations": dict(sorted(violations.items())),
+            "protected_median": statistics.median(times) if times else None,
+            "protected_p95": _p95(times),
+            "protected_max": max(times) if times else None,
+            "round_seconds_median": (
+                statistics.median([r.seconds for r in self.rounds]) if self.rounds else None
+            ),
+            "failed": [
+                {"round": r.index, "seed": r.seed, "faults": r.detail, "why": _why(r)}
+                for r in self.rounds
+                if not r.passed
+            ],
+            "audit": self.audit,
+            "stopped_early": self.stopped_early,
+        }
+
+
+def _p95(values: list[float]) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=20, method="inclusive")[18]
+
+
+def _why(result: RoundResult) -> str:
+    parts = [result.failure] if result.failure else []
+    if result.lost:
+        parts.append(f"{result.lost} lost")
+    parts += [f"{kind}: {n}" for kind, n in sorted(result.violations.items())]
+    return "; ".join(parts)
+
+
+# -- the acknowledged records --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ack:
+    number: int
+    token: str
+    node: str
+    time: float
+
+    @property
+    def id(self) -> int:
+        """Unique among acknowledged records: the number with the writer's token."""
+        return self.number << 24 | int(self.token, 16)
+
+
+def read_acks(path: Path, offset: int = 0, end: int | None = None) -> tuple[list[Ack], int]:
+    """The complete lines of the acknowledgement log from ``offset`` (to ``end``); and
+    the offset after the last complete line."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read() if end is None else handle.read(max(0, end - offset))
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    acks = []
+    for line in data[:end].splitlines():
+        words = line.decode("ascii", "replace").split()
+        if len(words) == 4 and words[0].isdigit():
+            acks.append(Ack(int(words[0]), words[1], words[2], float(words[3])))
+    return acks, offset + end
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+# -- the network namespace of this process ----------------------------------------------------
+
+
+def enter_netns(path: str) -> None:
+    """Move this thread into the network namespace at ``path`` (setns(2), CLONE_NEWNET)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns {path}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+# -- the pair ----------------------------------------------------------------------------------
+
+
+class Pair:
+    """The lab, the cluster file and the two daemons (see the module docstring)."""
+
+    def __init__(self, work: Path, profile: str, interval: float) -> None:
+        self.work = work
+        self.profile = profile
+        self.timing = PROFILES[profile]
+        self.interval = interval
+        self.lab = Lab(networks=tuple(LINKS), client=True, prefix="focampaign")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.expected_down: set[str] = set()
+        self.paused: set[str] = set()
+        self.mounts = contextlib.ExitStack()  # the state directories' tmpfs
+        self.attackers: list[subprocess.Popen[bytes]] = []
+        self.fillers: list[Path] = []
+        self.home_netns = os.open("/proc/self/ns/net", os.O_RDONLY)
+        self.token = secrets.token_hex(16)
+        self.acks = work / "acks.log"
+        self.acked = work / "acked.jsonl"  # the same, in the audit's format
+        self.config = work / "cluster.yaml"
+
+    # -- paths --
+
+    @property
+    def data(self) -> Path:
+        return self.work / "data"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.work / "quarantine"
+
+    def disk(self, node: str) -> Path:
+        return self.work / f"disk-{node}"
+
+    def quarantine_of(self, node: str) -> Path:
+        return self.work / f"quarantine-{node}"
+
+    def state_dir(self, node: str) -> Path:
+        return self.work / f"state-{node}"
+
+    def journal(self, node: str) -> Path:
+        """The directory of ``node``'s audit journal (``audit.jsonl`` and its rotations)."""
+        return self.state_dir(node) / node
+
+    def log(self, node: str) -> Path:
+        return self.work / f"{node}.log"
+
+    def stderr(self, node: str) -> Path:
+        return self.work / f"{node}.stderr"
+
+    # -- building --
+
+    def open(self) -> None:
+        self.lab.open()
+        for path in (self.data, self.quarantine):
+            path.mkdir()
+        for node in NODES:
+            self.disk(node).mkdir()
+            self.quarantine_of(node).mkdir()
+            self.mounts.enter_context(small_tmpfs(self.state_dir(node), STATE_TMPFS))
+        self.write_config()
+        enter_netns(self.lab.namespace_path("client"))
+
+    def write_config(self) -> None:
+        key, token = self.work / "cluster.key", self.work / "control.token"
+        key.write_bytes(os.urandom(32))
+        token.write_text(self.token + "\n")
+        key.chmod(0o600)
+        token.chmod(0o600)
+        app = [sys.executable, "-S", str(APP)]
+        pidfile = f"{self.work}/app.$FAILOVER_NODE.pid"
+        start, stop = self.work / "app-start", self.work / "app-stop"
+        start.write_text(
+            "#!/bin/sh\n"
+            f"exec {' '.join(app)} start --records {self.data}/records --acks {self.acks} "
+            f'--pidfile "{pidfile}" --log "{self.work}/app.$FAILOVER_NODE.log" '
+            f"--interval {self.interval}\n"
+        )
+        stop.write_text(f'#!/bin/sh\nexec {" ".join(app)} stop --pidfile "{pidfile}"\n')
+        start.chmod(0o755)
+        stop.chmod(0o755)
+        nodes: dict[str, Any] = {}
+        for node in NODES:
+            lan = self.lab.address(node, "lan")
+            nodes[node] = {
+                "state_dir": str(self.state_dir(node)),
+                "links": {
+                    link: {"address": self.lab.address(node, link), "port": port}
+                    for link, port in LINK_PORTS.items()
+                },
+                "control": {
+                    "tcp": {"address": lan, "port": CONTROL_PORT, "token_file": str(token)}
+                },
+                "replication": {"address": lan, "port": REPLICATION_PORT},
+            }
+        document = {
+            "cluster": {
+                "name": "campaign",
+                "key_file": str(key),
+                "state_dir": str(self.work / "state"),
+                "profile": self.profile,
+                "failback": "none",
+            },
+            "links": [{"name": name, "transport": kind} for name, kind in LINKS.items()],
+            "nodes": nodes,
+            "application": {"start": str(start), "stop": str(stop), "timeout": 10},
+            "virtual_ip": {
+                "address": f"{self.lab.host_address('lan', VIP_HOST)}/24",
+                "interface": self.lab.interface("alpha", "lan"),
+            },
+            "replication": {
+                "directories": [{"name": "data", "path": str(self.data)}],
+                "timeout": 2.0,
+                "quarantine_dir": str(self.quarantine),
+            },
+        }
+        self.config.write_text(yaml.safe_dump(document, sort_keys=False))
+        checked = subprocess.run(
+            [sys.executable, "-m", "failover", "check-config", str(self.config)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if checked.returncode != 0:
+            raise RuntimeError(f"check-config refused the campaign's file: {checked.stderr}")
+
+    # -- daemons --
+
+    def start(self, node: str) -> None:
+        """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine)."""
+        bind = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
+        argv = [
+            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind, "sh",
+            str(self.disk(node)), str(self.data), str(self.quarantine_of(node)),
+            str(self.quarantine), sys.executable, "-m", "failover", "run", "-c",
+            str(self.config), "--node", node, "--log-file", str(self.log(node)),
+        ]  # fmt: skip
+        with self.stderr(node).open("ab") as stderr:
+            self.procs[node] = self.lab.run(
+                node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        self.expected_down.discard(node)
+        self.paused.discard(node)
+
+    def running(self, node: str) -> bool:
+        proc = self.procs.get(node)
+        return proc is not None and proc.poll() is None
+
+    def node_pids(self, node: str) -> list[int]:
+        """Every process in ``node``'s daemon's mount namespace (empty when it is gone)."""
+        proc = self.procs.get(node)
+        if proc is None:
+            return []
+        try:
+            namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+        except OSError:
+            return []
+        if namespace == os.readlink("/proc/self/ns/mnt"):
+            return [proc.pid]  # still in the wrapper, before unshare
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                        pids.append(int(entry))
+        return pids
+
+    def kill_node(self, node: str) -> int:
+        """SIGKILL every process of ``node`` (as a power loss); how many."""
+        self.expected_down.add(node)
+        victims = self.node_pids(node)
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc = self.procs[node]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        self.paused.discard(node)
+        return len(victims)
+
+    def pause(self, node: str) -> None:
+        self.paused.add(node)
+        os.kill(self.procs[node].pid, signal.SIGSTOP)
+
+    def resume(self, node: str) -> None:
+        if node in self.paused:
+            self.paused.discard(node)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.procs[node].pid, signal.SIGCONT)
+
+    def stop_daemon(self, node: str) -> int | None:
+        """SIGTERM (a clean stop); the exit code, or None when it outlived ``STOP_BOUND``
+        (then it is killed with every process of the node)."""
+        self.expected_down.add(node)
+        proc = self.procs[node]
+        self.resume(node)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=STOP_BOUND)
+        except subprocess.TimeoutExpired:
+            self.kill_node(node)
+            return None
+
+    # -- the observer --
+
+    def client(self, node: str, timeout: float = 1.0) -> ControlClient:
+        address = (self.lab.address(node, "lan"), CONTROL_PORT)
+        return ControlClient(tcp=address, token=self.token, timeout=timeout)
+
+    def status(self, node: str) -> dict[str, Any] | None:
+        if not self.running(node) or node in self.paused:
+            return None
+        try:
+            return self.client(node).get_status()
+        except FailoverError:
+            return None
+
+    def protected(self) -> str | None:
+        """The primary's name when the pair is protected (see the module docstring)."""
+        statuses = {node: self.status(node) for node in NODES}
+        states = {}
+        for node, status in statuses.items():
+            if status is None or status.get("substatus") != "ready":
+                return None
+            states[node] = status.get("state")
+        if sorted(map(str, states.values())) != ["primary", "secondary"]:
+            return None
+        for node, status in statuses.items():
+            peer = status.get("peer") if status else None
+            if not isinstance(peer, dict) or not peer.get("alive"):
+                return None
+            if peer.get("state") != states[_other(node)]:
+                return None
+        primary = next(node for node, state in states.items() if state == "primary")
+        shown = statuses[primary] or {}
+        replication = shown.get("replication") or {}
+        if shown.get("in_sync") is not True or not replication.get("replicating"):
+            return None
+        return primary
+
+    def describe(self) -> str:
+        parts = []
+        for node in NODES:
+            if not self.running(node):
+                parts.append(f"{node}: daemon not running")
+                continue
+            status = self.status(node)
+            if status is None:
+                parts.append(f"{node}: no answer")
+            else:
+                parts.append(
+                    f"{node}: {status.get('state')} ({status.get('substatus')}): "
+                    f"{status.get('reason')}"
+                )
+        return "; ".join(parts)
+
+    def wait(self, predicate: Callable[[], Any], bound: float) -> Any:
+        """Poll ``predicate`` until it returns something true; None after ``bound`` s."""
+        deadline = time.monotonic() + bound
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(POLL)
+
+    # -- faults on the network and the disk --
+
+    def attack(self, origin: str, argv: list[str]) -> None:
+        """Start an attacker program of ``_campaign_app.py`` in ``origin``'s namespace."""
+        self.attackers.append(
+            self.lab.run(
+                origin, [sys.executable, "-S", str(APP), *argv],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+
+    def stop_attackers(self) -> None:
+        for proc in self.attackers:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.attackers.clear()
+
+    def fill(self, node: str) -> int:
+        """Fill ``node``'s state directory (a tmpfs) until ENOSPC; the bytes written."""
+        filler = fill(self.state_dir(node))
+        self.fillers.append(filler)
+        return filler.stat().st_size
+
+    def free(self) -> None:
+        for filler in self.fillers:
+            filler.unlink(missing_ok=True)
+        self.fillers.clear()
+
+    # -- leaving --
+
+    def close(self) -> None:
+        for proc in self.attackers:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for node in list(self.procs):
+            self.resume(node)
+            self.kill_node(node)
+        with contextlib.suppress(OSError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.setns(self.home_netns, CLONE_NEWNET)
+        os.close(self.home_netns)
+        try:
+            self.lab.close()
+        finally:
+            for node in NODES:  # the journals, for --keep-logs (the tmpfs goes away)
+                with contextlib.suppress(OSError):
+                    shutil.copytree(
+                        self.state_dir(node), self.work / f"state-{node}-copy",
+                        ignore=shutil.ignore_patterns(FILLER), dirs_exist_ok=True,
+                    )  # fmt: skip
+            self.mounts.close()
+
+
+def _other(node: str) -> str:
+    return "beta" if node == "alpha" else "alpha"
+
+
+# -- the audit ----------------------------------------------------------------------------------
+
+
+def held_ids(copy: Path, quarantine: Path) -> tuple[set[int], set[int]]:
+    """The ids of the records a node holds: (on its copy, in its quarantine).
+
+    On the copy, the slot of record N must hold record N; in quarantine (files as
+    the split brain's loser moved them) any well-formed record counts.
+    """
+    on_copy = set(_records(_read(copy / "records"), in_place=True))
+    kept: set[int] = set()
+    if quarantine.is_dir():
+        for path in quarantine.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                kept.update(_records(_read(path), in_place=False))
+    return on_copy, kept
+
+
+def _records(data: bytes, *, in_place: bool) -> Iterator[int]:
+    for slot in range(len(data) // RECORD):
+        record = data[slot * RECORD : (slot + 1) * RECORD]
+        number, token = record[:8], record[9:15]
+        if record[8:9] != b" " or record[15:] != b"\n" or not number.isdigit():
+            continue
+        try:
+            tag = int(token, 16)
+        except ValueError:
+            continue
+        if not in_place or int(number) == slot:
+            yield int(number) << 24 | tag
+
+
+def audit_available() -> bool:
+    done = subprocess.run(
+        [sys.executable, "-m", "failover", "audit", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+def audit_run(
+    journals: list[Path], acked: Path, found: dict[str, Path], out: Path
+) -> list[dict[str, Any]]:
+    """``failover audit --json`` on both nodes' journals (docs/audit.md): the violations.
+
+    An input the audit cannot read (exit 2) comes back as one violation of kind
+    ``audit input``. The report is kept in ``out``.
+    """
+    argv = [sys.executable, "-m", "failover", "audit", "--json", "--acked", str(acked)]
+    for node, path in found.items():
+        argv += ["--found", f"{node}={path}"]
+    done = subprocess.run(
+        [*argv, *map(str, journals)], capture_output=True, text=True, timeout=300, check=False
+    )
+    out.write_text(done.stdout + done.stderr)
+    if done.returncode not in (0, 1):
+        why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return [{"invariant": "audit input", "mono": 0.0, "why": why, "where": ""}]
+    try:
+        violations = json.loads(done.stdout)["violations"]
+    except (ValueError, KeyError, TypeError):
+        return [{"invariant": "audit input", "mono": 0.0, "why": "no JSON report", "where": ""}]
+    return list(violations)
+
+
+# -- the campaign --------------------------------------------------------------------------------
+
+MAX_PAIRS = 5  # fresh pairs built after a pair that did not recover
+
+
+class Campaign:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.dead = PROFILES[args.profile].dead_timeout
+        self.totals = Totals(seed=args.seed, rounds_wanted=args.rounds)
+        self.kinds = tuple(args.faults)
+        self.pairs = 0
+        self._pair: Pair | None = None
+        self.primary = ""
+        self.has_audit = False
+        self.reset()
+
+    def reset(self) -> None:
+        """The bookkeeping of one pair."""
+        self.lost: set[int] = set()
+        self.kept: set[int] = set()
+        self.seen: set[str] = set()
+        self.s3_named: set[int] = set()
+        self.stderr_offsets: dict[str, int] = {}
+        self.ack_offset = 0
+
+    @property
+    def pair(self) -> Pair:
+        assert self._pair is not None, "no pair yet"
+        return self._pair
+
+    def say(self, line: str) -> None:
+        print(line, flush=True)
+
+    # -- the run --
+
+    def new_pair(self) -> None:
+        """Build a pair (lab, directories, daemons) in ``pair-N`` and wait until it is
+        protected; a previous pair is closed first and the bookkeeping starts again."""
+        self.close()
+        self.pairs += 1
+        directory = self.work / f"pair-{self.pairs}"
+        directory.mkdir()
+        self.reset()
+        self._pair = Pair(directory, self.args.profile, self.args.write_interval)
+        self.pair.open()
+        for node in NODES:
+            self.pair.start(node)
+        primary = self.pair.wait(self.pair.protected, self.args.protect_bound)
+        if primary is None:
+            raise RuntimeError(f"the pair never formed: {self.pair.describe()}")
+        self.primary = primary
+        self.say(f"pair formed: {primary} primary (lab {self.pair.lab.name}, {directory})")
+
+    def close(self) -> None:
+        if self._pair is not None:
+            pair, self._pair = self._pair, None
+            pair.close()
+
+    def run(self) -> None:
+        self.has_audit = audit_available()
+        self.totals.audit = "failover audit" if self.has_audit else "unavailable (no CLI)"
+        self.new_pair()
+        deadline = time.monotonic() + self.args.max_minutes * 60
+        for index in range(self.args.first_round, self.args.first_round + self.args.rounds):
+            if time.monotonic() > deadline:
+                self.totals.stopped_early = f"--max-minutes {self.args.max_minutes} reached"
+                break
+            result = self.one_round(index)
+            self.totals.rounds.append(result)
+            self.say(self.round_line(result))
+            if result.failure is not None and not self.recover():
+                if self.pairs >= MAX_PAIRS:
+                    self.totals.stopped_early = f"round {index}: {self.pairs} pairs did not recover"
+                    break
+                self.say("the pair did not recover: building a fresh one")
+                self.new_pair()
+
+    def round_line(self, r: RoundResult) -> str:
+        took = "-" if r.protected_after is None else f"{r.protected_after:.2f} s"
+        verdict = "ok" if r.passed else f"FAILED ({_why(r)})"
+        return (
+            f"round {r.index} [seed {r.seed}] {'; '.join(r.detail)}: {r.acked} acked, "
+            f"protected after {took}, {r.seconds:.1f} s: {verdict}"
+        )
+
+    def one_round(self, index: int) -> RoundResult:
+        seed = f"{self.args.seed}/{index}"
+        rng = random.Random(seed)
+        began = time.monotonic()
+        round_dir = self.pair.work / f"round-{index:04d}"
+        round_dir.mkdir()
+        kind = rng.choice(self.kinds)
+        result = RoundResult(index, seed, [])
+        try:
+            self.inject(kind, rng, result)
+        finally:
+            self.heal(result)
+        healed = time.monotonic()
+        primary = self.pair.wait(self.pair.protected, self.args.protect_bound)
+        if primary is None:
+            result.failure = (
+                f"not protected within {self.args.protect_bound:g} s: {self.pair.describe()}"
+            )
+        else:
+            result.protected_after = time.monotonic() - healed
+            self.primary = primary
+            self.wait_for_writes(result)
+        self.check_daemons(result)
+        acks, self.ack_offset = read_acks(self.pair.acks, self.ack_offset)
+        result.acked = len(acks)
+        with self.pair.acked.open("a") as out:
+            out.writelines(
+                json.dumps({"id": a.id, "mono": a.time, "node": a.node}) + "\n" for a in acks
+            )
+        # every record acknowledged so far (read above), then what each node holds
+        held = {
+            node: held_ids(self.pair.disk(node), self.pair.quarantine_of(node)) for node in NODES
+        }
+        if primary is not None:
+            self.check_records(result, held)
+        self.audit(round_dir, held, result)
+        result.seconds = time.monotonic() - began
+        self.totals.faults.update(result.faults)
+        return result
+
+    def wait_for_writes(self, result: RoundResult) -> None:
+        """Once protected, the application on the primary writes again."""
+        since = time.monotonic()
+
+        def wrote_again() -> bool:
+            acks, _ = read_acks(self.pair.acks, self.ack_offset)
+            return any(a.time > since and a.node == self.primary for a in acks)
+
+        if self.pair.wait(wrote_again, WRITE_BOUND) is None:
+            result.violations["application not writing on the primary"] += 1
+
+    def check_records(
+        self, result: RoundResult, held: dict[str, tuple[set[int], set[int]]]
+    ) -> None:
+        """Every record acknowledged so far is on the primary's copy (else lost, or kept
+        in the quarantine of the split brain's loser that wrote it), and on the in-sync
+        secondary's (else the status claimed in sync without it)."""
+        acks, _ = read_acks(self.pair.acks, 0, self.ack_offset)
+        on_primary, _ = held[self.primary]
+        on_secondary, _ = held[_other(self.primary)]
+        missing_secondary = 0
+        for ack in acks:
+            if ack.id in self.lost or ack.id in self.kept:
+                continue
+            if ack.id not in on_primary:
+                if ack.node != self.primary and ack.id in held[ack.node][1]:
+                    self.kept.add(ack.id)
+                    result.quarantined += 1
+                else:
+                    self.lost.add(ack.id)
+                    result.lost += 1
+            elif ack.id not in on_secondary:
+                missing_secondary += 1
+        if missing_secondary:
+            result.violations["acked record missing on the in-sync secondary"] += 1
+
+    def check_daemons(self, result: RoundResult) -> None:
+        for node in NODES:
+            text = _tail(self.pair.stderr(node), self.stderr_offsets.get(node, 0))
+            self.stderr_offsets[node] = _size(self.pair.stderr(node))
+            if "Traceback" in text:
+                result.violations["traceback on a daemon's stderr"] += 1
+
+    def audit(
+        self, round_dir: Path, held: dict[str, tuple[set[int], set[int]]], result: RoundResult
+    ) -> None:
+        """``failover audit`` of both journals so far, the acknowledged records so far and
+        what each node holds now; a violation not reported in an earlier round counts."""
+        if not self.has_audit:
+            return
+        found = {}
+        for node, (on_copy, kept) in held.items():
+            found[node] = round_dir / f"found-{node}.jsonl"
+            found[node].write_text("".join(f'{{"id": {i}}}\n' for i in sorted(on_copy | kept)))
+        journals = [self.pair.journal(node) for node in NODES if self.pair.journal(node).is_dir()]
+        for violation in audit_run(journals, self.pair.acked, found, round_dir / "audit.json"):
+            key = json.dumps(violation, sort_keys=True)
+            if key in self.seen or self.s3_repeat(violation):
+                continue
+            self.seen.add(key)
+            result.violations[str(violation.get("invariant"))] += 1
+            self.say(
+                f"  audit: {violation.get('invariant')} t={violation.get('mono')}: "
+                f"{violation.get('why')} [{violation.get('where')}]"
+            )
+
+    def s3_repeat(self, violation: dict[str, Any]) -> bool:
+        """An S3 violation that names only records an earlier one named (the same lost
+        records, at a later start of service): not counted again."""
+        if violation.get("invariant") != "S3":
+            return False
+        why = str(violation.get("why"))
+        named = {
+            int(n) for n in re.findall(r"\d+", why.partition("record(s):")[2].split(" and ")[0])
+        }
+        if not named:
+            return False
+        repeat = named <= self.s3_named
+        self.s3_named |= named
+        return repeat
+
+    def recover(self) -> bool:
+        """After a failed round: both daemons stopped and started again; True once protected."""
+        self.say(f"recovering: restarting both daemons ({self.pair.describe()})")
+        for node in NODES:
+            if self.pair.running(node):
+                self.pair.stop_daemon(node)
+        for node in NODES:
+            self.pair.start(node)
+        primary = self.pair.wait(self.pair.protected, self.args.protect_bound)
+        if primary is None:
+            self.say(f"not protected after the restart either: {self.pair.describe()}")
+            return False
+        self.primary = primary
+        return True
+
+    # -- faults --
+
+    def role(self, rng: random.Random) -> str:
+        return self.primary if rng.random() < 0.5 else _other(self.primary)
+
+    def inject(self, kind: str, rng: random.Random, result: RoundResult) -> None:
+        result.faults.append(kind)
+        getattr(self, "fault_" + kind.replace("-", "_"))(rng, result)
+
+    def hold(self, seconds: float) -> None:
+        """Let the fault act for ``seconds`` (the fault's duration, not a wait for an event)."""
+        time.sleep(seconds)
+
+    def who(self, node: str) -> str:
+        return f"{node} ({'primary' if node == self.primary else 'secondary'})"
+
+    def fault_kill(self, rng: random.Random, result: RoundResult) -> None:
+        node = self.primary if rng.random() < 0.7 else _other(self.primary)
+        self.hold(rng.uniform(0, 1.0))
+        killed = self.pair.kill_node(node)
+        down = rng.uniform(0.5, 5) * self.dead
+        result.detail.append(f"kill -9 of {self.who(node)}: {killed} processes, {down:.2f} s")
+        self.hold(down)  # down for a while: restarted by heal()
+
+    def fault_pause(self, rng: random.Random, result: RoundResult) -> None:
+        node, pause = self.role(rng), rng.uniform(0.1, 0.8) * self.dead
+        result.detail.append(f"SIGSTOP {self.who(node)} {pause:.3f} s")
+        self.pair.pause(node)
+        self.hold(pause)
+        self.pair.resume(node)
+
+    def fault_link(self, rng: random.Random, result: RoundResult) -> None:
+        node, network = self.role(rng), rng.choice(tuple(LINKS))
+        cut = rng.uniform(0.5, 10) * self.dead
+        result.detail.append(f"{network} of {self.who(node)} down {cut:.2f} s")
+        self.pair.lab.link_down(node, network)
+        self.hold(cut)
+        self.pair.lab.link_up(node, network)
+
+    def fault_partition(self, rng: random.Random, result: RoundResult) -> None:
+        node, cut = self.role(rng), rng.uniform(0.5, 10) * self.dead
+        result.detail.append(f"every link of {self.who(node)} down {cut:.2f} s")
+        for network in LINKS:
+            self.pair.lab.link_down(node, network)
+        self.hold(cut)
+        for network in LINKS:
+            self.pair.lab.link_up(node, network)
+
+    def target(self, rng: random.Random, kinds: tuple[str, ...]) -> tuple[str, str, str, str, str]:
+        """An attack target: (what, victim node, origin namespace, address:port, protocol).
+        The replication port is mostly the secondary's (it accepts the primary's session)."""
+        name = rng.choice(kinds)
+        node = self.role(rng)
+        if name == "replication" and rng.random() < 0.6:
+            node = _other(self.primary)
+        lan = self.pair.lab.address(node, "lan")
+        crossover = self.pair.lab.address(node, "crossover")
+        every = {
+            "heartbeat-udp": ("client", f"{lan}:{LINK_PORTS['lan']}", "udp"),
+            "heartbeat-tcp": (_other(node), f"{crossover}:{LINK_PORTS['crossover']}", "tcp"),
+            "replication": ("client", f"{lan}:{REPLICATION_PORT}", "tcp"),
+            "control": ("client", f"{lan}:{CONTROL_PORT}", "tcp"),
+        }
+        return (name, node, *every[name])
+
+    def fault_connect(self, rng: random.Random, result: RoundResult) -> None:
+        name, node, origin, target, _ = self.target(
+            rng, ("heartbeat-tcp", "replication", "control")
+        )
+        seconds, idle, every = (
+            rng.uniform(1.0, ATTACK_MAX),
+            rng.choice((0, 20, 300)),
+            rng.uniform(0.1, 0.5),
+        )
+        result.faults[-1] = f"connect:{name}"
+        result.detail.append(
+            f"connects to {name} of {self.who(node)} from {origin}: {idle} idle, "
+            f"one every {every:.2f} s, {seconds:.2f} s"
+        )
+        argv = ["connect", "--target", target, "--seconds", f"{seconds:.2f}"]
+        self.pair.attack(origin, [*argv, "--idle", str(idle), "--every", f"{every:.2f}"])
+        self.under_attack(rng, result, seconds)
+
+    def fault_flood(self, rng: random.Random, result: RoundResult) -> None:
+        name, node, origin, target, proto = self.target(
+            rng, ("heartbeat-udp", "heartbeat-tcp", "replication", "control")
+        )
+        seconds = rng.uniform(1.0, ATTACK_MAX)
+        result.faults[-1] = f"flood:{name}"
+        result.detail.append(f"{proto} junk to {name} of {self.who(node)}, {seconds:.2f} s")
+        argv = ["flood", "--target", target, "--proto", proto, "--seconds", f"{seconds:.2f}"]
+        self.pair.attack(origin, argv)
+        self.under_attack(rng, result, seconds)
+
+    def under_attack(self, rng: random.Random, result: RoundResult, seconds: float) -> None:
+        """While the attack runs: the observer keeps asking for status (each refusal of a
+        running daemon counts); half the time the primary is killed during it."""
+        began = time.monotonic()
+        end = began + seconds
+        kill_at = began + rng.uniform(0.3, 1.0) * seconds if rng.random() < 0.5 else None
+        denied = 0
+        while time.monotonic() < end:
+            if kill_at is not None and time.monotonic() >= kill_at:
+                kill_at = None
+                result.detail.append(f"kill -9 of {self.who(self.primary)} during the attack")
+                self.pair.kill_node(self.primary)
+                result.faults.append("kill")
+            for node in NODES:
+                if self.pair.running(node):
+                    try:
+                        self.pair.client(node, timeout=2.0).get_status()
+                    except FailoverError:
+                        denied += 1
+            time.sleep(0.1)
+        if denied:
+            result.violations["control API requests denied"] += denied
+
+    def fault_disk_full(self, rng: random.Random, result: RoundResult) -> None:
+        node, held = self.role(rng), rng.uniform(1.0, 3.0)
+        filled = self.pair.fill(node)
+        result.detail.append(f"state directory of {self.who(node)} full ({filled} bytes added)")
+        draw = rng.random()
+        if draw < 0.4:
+            # the node must serve on (alone: a new generation it cannot write yet)
+            result.detail.append(f"kill -9 of its peer {self.who(_other(node))}")
+            self.pair.kill_node(_other(node))
+            result.faults.append("kill")
+        elif draw < 0.6:
+            result.detail.append("its daemon restarted with the disk full")
+            self.pair.stop_daemon(node)
+            result.faults.append("restart")
+            self.pair.start(node)
+            # with its state directory full, it must refuse with one clear line
+            exited = self.pair.wait(lambda: self.pair.procs[node].poll() is not None, 30)
+            if exited and self.pair.procs[node].returncode == 0:
+                result.violations["started with a full state directory"] += 1
+            self.pair.expected_down.add(node)
+        self.hold(held)
+        self.pair.free()
+
+    def fault_restart(self, rng: random.Random, result: RoundResult) -> None:
+        node, down = self.role(rng), rng.uniform(0, 2) * self.dead
+        result.detail.append(f"SIGTERM of {self.who(node)}, started again after {down:.2f} s")
+        if self.pair.stop_daemon(node) is None:
+            result.violations["daemon did not stop on SIGTERM"] += 1
+        self.hold(down)
+
+    def fault_swap(self, rng: random.Random, result: RoundResult) -> None:
+        result.detail.append(f"swap on {self.who(self.primary)}")
+        try:
+            answer = self.pair.client(self.primary, timeout=10).command("swap")
+        except FailoverError as exc:
+            result.violations["swap not answered"] += 1
+            self.say(f"swap: {exc}")
+            return
+        if not answer.accepted:
+            result.violations["swap refused on a protected pair"] += 1
+
+    def heal(self, result: RoundResult) -> None:
+        """Undo every fault: attackers gone, links up, daemons resumed, disk freed,
+        every daemon that is not running started (an exit nobody asked for is a violation)."""
+        self.pair.stop_attackers()
+        for node in NODES:
+            for network in LINKS:
+                if not self.pair.lab.link_is_up(node, network):
+                    self.pair.lab.link_up(node, network)
+            self.pair.resume(node)
+        self.pair.free()
+        for node in NODES:
+            if self.pair.running(node):
+                continue
+            if node not in self.pair.expected_down:
+                code = self.pair.procs[node].returncode
+                result.violations["daemon exited by itself"] += 1
+                self.say(
+                    f"{node}'s daemon exited by itself with {code}: {_last_line(self.pair, node)}"
+                )
+            self.pair.start(node)
+
+    # -- the report --
+
+    def report(self, elapsed: float) -> dict[str, Any]:
+        summary = self.totals.summary()
+        summary["wall_seconds"] = round(elapsed, 1)
+        self.say("")
+        self.say(f"seed: {summary['seed']} (replay a round: --seed {summary['seed']} "
+                 "--first-round I --rounds 1)")  # fmt: skip
+        self.say(
+            f"rounds: {summary['rounds']} of {summary['rounds_wanted']}"
+            + (f" (stopped: {summary['stopped_early']})" if summary["stopped_early"] else "")
+        )
+        faults = ", ".join(f"{k} {n}" for k, n in summary["faults"].items())
+        self.say(f"faults: {faults or 'none'}")
+        self.say(f"acknowledged records: {summary['acked']}")
+        self.say(f"lost: {summary['lost']} (kept in a split brain loser's quarantine: "
+                 f"{summary['quarantined']})")  # fmt: skip
+        self.say(f"S1 violations: {summary['s1_violations']} (audit: {summary['audit']})")
+        other = {k: n for k, n in summary["violations"].items() if k != "S1"}
+        self.say(f"other violations: {sum(other.values())}"
+                 + "".join(f"; {k}: {n}" for k, n in other.items()))  # fmt: skip
+        median, p95, top = (summary[f"protected_{k}"] for k in ("median", "p95", "max"))
+        if median is not None:
+            self.say(f"time to protected again: median {median:.2f} s, p95 {p95:.2f} s, "
+                     f"max {top:.2f} s")  # fmt: skip
+        if summary["round_seconds_median"] is not None:
+            self.say(f"seconds per round: median {summary['round_seconds_median']:.1f} "
+                     f"(wall {elapsed:.0f} s)")  # fmt: skip
+        self.say(f"failed rounds: {len(summary['failed'])}")
+        for failed in summary["failed"]:
+            self.say(f"  round {failed['round']} seed {failed['seed']} "
+                     f"({'; '.join(failed['faults'])}): {failed['why']}")  # fmt: skip
+        return summary
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail(path: Path, start: int) -> str:
+    """``path`` from byte ``start`` on, as text ("" when it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(start)
+            return handle.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def _last_line(pair: Pair, node: str) -> str:
+    lines = _tail(pair.stderr(node), 0).strip().splitlines()
+    return lines[-1] if lines else "(nothing on stderr)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--seed", type=int, help="default: random (printed)")
+    parser.add_argument("--first-round", type=int, default=0, help="index of the first round")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
+    parser.add_argument(
+        "--faults", type=lambda s: s.split(","), default=list(FAULTS),
+        help=f"comma-separated subset of {','.join(FAULTS)}",
+    )  # fmt: skip
+    parser.add_argument("--protect-bound", type=float, default=60.0, metavar="S")
+    parser.add_argument("--max-minutes", type=float, default=240.0)
+    parser.add_argument("--write-interval", type=float, default=0.01, metavar="S")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="the summary as JSON")
+    args = parser.parse_args(argv)
+    unknown = [kind for kind in args.faults if kind not in FAULTS]
+    if unknown:
+        parser.error(f"unknown fault kinds {unknown} (known: {', '.join(FAULTS)})")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.seed is None:
+        args.seed = secrets.randbelow(1 << 31)
+    return args
+
+
+def unavailable_reason() -> str | None:
+    reason = netns_unavailable_reason()
+    if reason:
+        return reason
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "no usable /dev/fuse"
+    missing = [t for t in ("unshare", "mount", "umount", "fusermount3") if not shutil.which(t)]
+    return f"missing commands: {', '.join(missing)}" if missing else None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run through the same cleanup as Ctrl-C (SIGINT, made
+    KeyboardInterrupt even where the shell started the campaign with it ignored)."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reason = unavailable_reason()
+    if reason:
+        print(f"cannot run: {reason}", file=sys.stderr)
+        return 2
+    print(f"seed {args.seed}, {args.rounds} rounds, profile {args.profile}, "
+          f"load average {os.getloadavg()}", flush=True)  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="failover-campaign-"))
+    campaign = Campaign(args, work)
+    started = time.monotonic()
+    interrupted = None
+    with stop_signals():
+        try:
+            campaign.run()
+        except (KeyboardInterrupt, Interrupted) as exc:
+            interrupted = str(exc) or "SIGINT"
+            campaign.totals.stopped_early = f"interrupted ({interrupted})"
+        except Exception as exc:
+            campaign.totals.stopped_early = f"error: {exc}"
+            print(f"campaign error: {exc!r}", file=sys.stderr, flush=True)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+                signal.signal(sig, signal.SIG_IGN)  # the cleanup runs to its end
+            try:
+                campaign.close()
+            finally:
+                if args.keep_logs is not None:
+                    shutil.copytree(work, args.keep_logs, dirs_exist_ok=True)
+                shutil.rmtree(work, ignore_errors=True)
+    summary = campaign.report(time.monotonic() - started)
+    summary["load_average_after"] = os.getloadavg()
+    print(f"load average after: {os.getloadavg()}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps({**summary, "args": _jsonable(vars(args))}, indent=2))
+    bad = summary["lost"] or summary["violations"] or summary["failed"]
+    return 1 if bad or summary["stopped_early"] or interrupted else 0
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
