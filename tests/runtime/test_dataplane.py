@@ -440,3 +440,36 @@ async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retrie
         assert len(alpha.events) == 1 and isinstance(alpha.events[0], ev.ResyncFailed)
         assert "already holds generation 1:alpha" in alpha.events[0].reason
         assert beta.plane.resyncs_received == 0
+
+
+async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_path: Path) -> None:
+    """Campaign round 99 (seed 2031): connects to the secondary's replication port
+    while it takes over and hands back (``serve``/``unserve`` swap its mirrors,
+    closing their fds in a worker thread). No connection may meet a closed or
+    reused directory fd and end the data plane; the listener keeps accepting, and
+    a real session works afterwards."""
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        connects = 0
+
+        async def flood() -> None:
+            nonlocal connects
+            while True:
+                with contextlib.suppress(OSError):
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                    connects += 1
+                    await stream.aclose()  # the handshake fails at once: slots free up
+
+        async with anyio.create_task_group() as attack:
+            attack.start_soon(flood)
+            for _ in range(15):
+                await beta.plane.serve()
+                await beta.plane.unserve()
+            attack.cancel_scope.cancel()
+        assert connects > 15
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
+        assert (beta.root / "after").read_bytes() == b"replicated"
+        assert beta.plane.handshakes == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import struct
 from ipaddress import IPv4Address
 from typing import Any
@@ -42,3 +44,36 @@ async def test_oversize_length_from_peer_breaks_the_stream() -> None:
                     await server.receive()
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                     await raw.receive()  # closed by the server
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the bug is asyncio's
+async def test_an_accept_cancelled_as_a_connection_arrives_loses_nothing() -> None:
+    """Campaign round 99: the data plane's accept is cancelled (its listener
+    stops) in the same loop turn as a connection becomes acceptable. On asyncio,
+    ``sock_accept`` then takes the connection for a cancelled future: the loop
+    raises InvalidStateError (a traceback in the daemon's log) and the connection
+    is dropped. The transport must leave it queued for the next accept, quietly."""
+    endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=free_port("tcp"))
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        async with TcpReplicationTransport().listen(endpoint) as listener:
+            for _ in range(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(listener.accept)
+                    await anyio.wait_all_tasks_blocked()  # the accept waits for a connection
+                    client = socket.create_connection(("127.0.0.1", endpoint.port))
+                    # one loop turn: the listener's readiness is queued behind this task
+                    await asyncio.sleep(0)
+                    tg.cancel_scope.cancel()
+                with client, anyio.fail_after(WAIT_TIMEOUT):
+                    stream = await listener.accept()  # the same connection, still queued
+                    await stream.send(b"hello")
+                    assert client.recv(9) == b"\0\0\0\x05hello"
+                    await stream.aclose()
+            await anyio.wait_all_tasks_blocked()
+    finally:
+        loop.set_exception_handler(None)
+    assert not errors, errors

@@ -7,10 +7,13 @@ ships in the same distribution as ``failover``).
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import anyio
+from anyio.abc import SocketAttribute, SocketListener, SocketStream
 
 from failover.errors import TransportError
 from failover.transport import MAX_FRAME_SIZE
@@ -45,6 +48,48 @@ def map_errors(what: str) -> Iterator[None]:
         yield
     except IO_ERRORS as exc:
         raise TransportError(f"{what}: {_describe(exc)}") from exc
+
+
+_ACCEPT_AGAIN = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM})
+"""accept(2) failures that concern only the connection that went away: take the next."""
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept(2) failures for want of descriptors or memory: pause, then take the next."""
+ACCEPT_PAUSE = 0.1
+"""Seconds the accept loop waits after running out of descriptors or memory (a
+flood of connections): the pending connection stays queued meanwhile."""
+
+
+async def accept_stream(listener: SocketListener) -> SocketStream:
+    """The next connection on ``listener``, accepted from its raw socket once readable.
+
+    Not ``listener.accept()``: on asyncio (Python 3.11), an accept cancelled just
+    as a connection arrives makes the event loop raise ``InvalidStateError`` and
+    drops that connection. Here a cancellation only ever interrupts the wait for
+    readability. A connection that went away before it was taken, and a lack of
+    descriptors (a flood), never end the listener: the next one is taken. Raises
+    OSError/anyio errors only when the listening socket itself fails or is closed.
+    """
+    sock = listener.extra(SocketAttribute.raw_socket)
+    while True:
+        await anyio.wait_readable(sock)
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            continue  # another task took it, or it went away
+        except OSError as exc:
+            if exc.errno in _ACCEPT_AGAIN:
+                continue
+            if exc.errno in _ACCEPT_EXHAUSTED:
+                await anyio.sleep(ACCEPT_PAUSE)
+                continue
+            raise
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with anyio.CancelScope(shield=True):  # the connection is ours: never lose it
+                return await SocketStream.from_socket(conn)
+        except BaseException:
+            conn.close()
+            raise
 
 
 def check_frame_size(frame: bytes, what: str) -> None:

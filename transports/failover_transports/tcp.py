@@ -48,13 +48,19 @@ from typing import Annotated
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketListener, SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from failover.errors import TransportError
 from failover.transport import MAX_FRAME_SIZE, HeartbeatChannel
 from failover.wire import HandshakeFailed, LinkAuth, LinkHandshake
-from failover_transports.edge import IO_ERRORS, check_frame_size, closed_error, map_errors
+from failover_transports.edge import (
+    IO_ERRORS,
+    accept_stream,
+    check_frame_size,
+    closed_error,
+    map_errors,
+)
 from failover_transports.framing import (
     FramingError,
     LengthPrefixedDecoder,
@@ -217,18 +223,10 @@ class TcpChannel:
             tg.start_soon(self._dial_loop, tg)
 
     async def _accept_loop(self, tg: TaskGroup) -> None:
-        # Accept on the raw socket once it is readable rather than through
-        # listener.accept(): on asyncio, an accept cancelled (at aclose) just as a
-        # connection arrives makes the event loop raise InvalidStateError.
-        sock = self._listener.extra(SocketAttribute.raw_socket)
+        # accept_stream, not listener.accept(): see there (asyncio's cancelled accept)
         try:
             while True:
-                await anyio.wait_readable(sock)
-                try:
-                    conn, _ = sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue  # the connection went away before we took it
-                stream = await SocketStream.from_socket(conn)
+                stream = await accept_stream(self._listener)
                 await self._adopt(stream, tg, dialer=False)
         except IO_ERRORS as exc:
             if not self._closed:

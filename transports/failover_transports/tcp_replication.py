@@ -27,7 +27,7 @@ from pydantic import BaseModel
 
 from failover.errors import TransportError
 from failover.transport import MessageListener, MessageStream
-from failover_transports.edge import closed_error, map_errors
+from failover_transports.edge import accept_stream, closed_error, map_errors
 from failover_transports.framing import FramingError
 from failover_transports.tcp import TcpEndpoint
 
@@ -150,7 +150,7 @@ class TcpMessageListener:
         client that fails it breaks that stream only, and never holds up
         ``accept``)."""
         with map_errors(f"{self._what}: accept"):
-            stream = await self._listener.accept()
+            stream = await accept_stream(self._listener)  # not listener.accept(): see there
         peer = stream.extra(SocketAttribute.remote_address)
         return TcpMessageStream(stream, f"{self._what} <- {peer}", tls_server=self._tls)
 

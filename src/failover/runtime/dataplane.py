@@ -37,6 +37,7 @@ import contextlib
 import errno
 import functools
 import json
+import os
 import ssl
 import struct
 import threading
@@ -199,6 +200,7 @@ class DataPlane:
         self.resync_attempts = 0  # failed attempts to resync the peer (retried)
         self.resync_problem: str | None = None  # why the last attempt failed, while retrying
         self.bandwidth = settings.bandwidth
+        self._remounting = anyio.Lock()  # held while the mirrors are swapped (serve/unserve)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -250,8 +252,9 @@ class DataPlane:
         if self.serving:
             return
         self._stop_receiving()
-        await anyio.to_thread.run_sync(self._unmount_all)
-        await self._mount_all(read_only=False)
+        async with self._remounting:
+            await anyio.to_thread.run_sync(self._unmount_all)
+            await self._mount_all(read_only=False)
         self.serving = True
 
     async def flush_replication(self) -> str | None:
@@ -273,8 +276,9 @@ class DataPlane:
         if self._relay is not None:
             self._relay.fail_held()
         await self.stop_replication()
-        await anyio.to_thread.run_sync(self._unmount_all)
-        await self._mount_all(read_only=True)
+        async with self._remounting:
+            await anyio.to_thread.run_sync(self._unmount_all)
+            await self._mount_all(read_only=True)
         self.serving = False
 
     # -- the write fence --------------------------------------------------------------------
@@ -426,15 +430,32 @@ class DataPlane:
     async def _receive(self, stream: MessageStream) -> None:
         """One incoming connection: it changes nothing (the live session goes on)
         until its handshake authenticated; then it replaces the live session (the
-        newest authenticated session wins: the primary reconnected)."""
-        roots = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        newest authenticated session wins: the primary reconnected).
+
+        The session works on its own duplicates of the directories' fds, taken
+        while no remount runs (``serve``/``unserve`` close the mirrors' fds in a
+        worker thread): a connection arriving during a takeover never sees a
+        closed or reused descriptor. Failing to take them (a flood exhausted the
+        descriptors) refuses this connection only."""
         try:
-            with (
-                Applier(roots) as applier,
-                contextlib.closing(
-                    ResyncTarget(applier, roots, on_done=self._target_done)
-                ) as target,
-            ):
+            with contextlib.ExitStack() as held:
+                try:
+                    async with self._remounting:
+                        roots = _dup_roots(self.mirrors)
+                    held.callback(_close_all, roots)
+                    applier = held.enter_context(Applier(roots))
+                except BaseException as exc:
+                    self.handshakes -= 1
+                    if not isinstance(exc, OSError | UsageError):
+                        raise
+                    self.handshakes_refused += 1
+                    log.warning(
+                        "replication connection refused: replicated directory", error=str(exc)
+                    )
+                    return
+                target = held.enter_context(
+                    contextlib.closing(ResyncTarget(applier, roots, on_done=self._target_done))
+                )
 
                 def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
                     if kind is ItemKind.CONTROL:
@@ -748,6 +769,23 @@ class DataPlane:
                 "meta": len(changes.meta),
             },
         }
+
+
+def _dup_roots(mirrors: Mapping[str, Mirror]) -> dict[str, int]:
+    """Each mirror's backing directory fd, duplicated (the caller closes them); all or none."""
+    roots: dict[str, int] = {}
+    try:
+        for name, mirror in mirrors.items():
+            roots[name] = os.dup(mirror.backing_fd)
+    except BaseException:
+        _close_all(roots)
+        raise
+    return roots
+
+
+def _close_all(fds: Mapping[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
 
 
 MAX_HANDSHAKES = 8
