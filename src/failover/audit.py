@@ -27,6 +27,10 @@ shares: the two nodes' records of a lab run fall on one time line.
   ``wait`` or ``stop``.
 - S5: a node's generation never decreases, across restarts.
 
+A ``gap`` record (records the node's journal lost: its disk refused them) is
+reported as "journal incomplete", with the S1/S2 checks that needed the lost
+records listed there instead of judged on what remains.
+
 The checks are the runtime's versions of ``failover.model.invariants``; what
 differs, and why, is in docs/audit.md.
 """
@@ -50,6 +54,8 @@ JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
+INCOMPLETE = "journal incomplete"
+"""The finding for a node's lost records (a ``gap``): what they would show is not judged."""
 KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit", "gap"})
 
 __all__ = [
@@ -196,6 +202,8 @@ def _check_record(data: Any) -> str | None:
         return "'mono' must be a number"
     if data.get("step") is not None and not isinstance(data["step"], int):
         return "'step' must be an integer"
+    if kind == "gap" and data.get("since") is not None and not _number(data["since"]):
+        return "'since' must be a number"
     for key, kind_type in _REQUIRED[kind]:
         if not isinstance(data.get(key), kind_type):
             return f"a {kind} record needs '{key}'"
@@ -331,6 +339,7 @@ class Snapshot:
     meta: Metadata = field(default_factory=Metadata)
     forced: bool = False  # the current serving interval began by a forced promotion
     winner: str | None = None  # split_brain_winner from the start record
+    gap: Record | None = None  # records were lost before this, in this boot: not sure
 
     @property
     def serving(self) -> bool:
@@ -344,7 +353,14 @@ class Snapshot:
 
     def copy(self, mono: float) -> Snapshot:
         return Snapshot(
-            mono, self.state, self.held, dict(self.links), self.meta, self.forced, self.winner
+            mono,
+            self.state,
+            self.held,
+            dict(self.links),
+            self.meta,
+            self.forced,
+            self.winner,
+            self.gap,
         )
 
 
@@ -368,10 +384,15 @@ class Timeline:
     records: list[Record]
     snapshots: list[Snapshot] = field(default_factory=list)
     monos: list[float] = field(default_factory=list)
+    gaps: list[tuple[float, Record]] = field(default_factory=list)  # (since, gap record)
 
     def build(self) -> None:
         now = Snapshot(-math.inf)
         for record in self.records:
+            if record.kind == "gap":  # lost from ``since`` (else: after the last record kept)
+                since = record.get("since")
+                last = now.mono if math.isfinite(now.mono) else record.mono
+                self.gaps.append((float(since) if _number(since) else last, record))
             if record.mono < now.mono:
                 raise AuditInputError(
                     f"{record.where}: time goes backwards ({record.mono} after {now.mono}): "
@@ -408,6 +429,8 @@ class Timeline:
                 now.held = False
                 now.state = "stop"
                 now.links = dict.fromkeys(now.links, False)
+            elif kind == "gap":
+                now.gap = record  # the state from here on may miss what was lost
             self.snapshots.append(now)
             self.monos.append(record.mono)
 
@@ -418,6 +441,15 @@ class Timeline:
 
     def before(self, index: int) -> Snapshot:
         return self.snapshots[index - 1] if index > 0 else Snapshot(-math.inf)
+
+    def unknown_at(self, mono: float) -> Record | None:
+        """The gap record when what this node's records show at ``mono`` may be wrong:
+        ``mono`` falls where records were lost, or after them in the same boot."""
+        for since, record in self.gaps:
+            if since <= mono <= record.mono:
+                return record
+        snapshot = self.at(mono)
+        return None if snapshot is None else snapshot.gap
 
 
 def _wins(snapshot: Snapshot, node: str, heard: Generation) -> bool:
@@ -437,6 +469,33 @@ class _Audit:
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     _absent: dict[str, list[Ack]] = field(default_factory=dict)
+    _unjudged: dict[str, list[str]] = field(default_factory=dict)  # per gap record: checks
+
+    def unjudged(self, mono: float, nodes: Iterable[str], check: str) -> bool:
+        """True (and noted under the gap) when a node's journal lost what ``check`` at
+        ``mono`` needs: it is then not judged, and the gap is reported instead."""
+        for node in nodes:
+            line = self.timelines.get(node)
+            gap = None if line is None else line.unknown_at(mono)
+            if gap is not None:
+                self._unjudged.setdefault(gap.where, []).append(f"{check} at t={mono:.3f}")
+                return True
+        return False
+
+    def report_gaps(self) -> None:
+        """One "journal incomplete" finding per gap: the evidence of that window is missing."""
+        for line in self.timelines.values():
+            for since, gap in line.gaps:
+                node = line.node
+                checks = self._unjudged.get(gap.where, [])
+                why = (
+                    f"{node}'s journal lost {gap.get('skipped')} record(s) from t={since:.3f} "
+                    f"to t={gap.mono:.3f} (its disk refused them): what {node} did then is "
+                    "unknown"
+                )
+                if checks:
+                    why += f"; not judged: {', '.join(checks)}"
+                self.violations.append(Violation(INCOMPLETE, since, (node,), why, gap.where))
 
     def peer_of(self, node: str) -> Timeline | None:
         return next((t for n, t in self.timelines.items() if n != node), None)
@@ -451,6 +510,7 @@ class _Audit:
         count = {"entries": 0, "blind_overlaps": 0, "forced_overlaps": 0, "s3_entries": 0}
         for line in self.timelines.values():
             self.check_node(line, lineage, count)
+        self.report_gaps()
         self.figures.update(count)
 
     def forced_lineage(self) -> frozenset[Generation]:
@@ -520,7 +580,11 @@ class _Audit:
                 outcome = line.snapshots[end]
                 heard = _generation(str(record.get("generation"))) or Generation()
                 kept = step_start.state in SERVING and outcome.state in SERVING
-                if kept and not _wins(outcome, node, heard):
+                if (
+                    kept
+                    and not _wins(outcome, node, heard)
+                    and not self.unjudged(record.mono, [node], "S1")
+                ):
                     self.flag(
                         "S1",
                         record,
@@ -539,10 +603,12 @@ class _Audit:
         count: dict[str, int],
     ) -> None:
         """S1: starting to serve while the peer serves needs silence on every link, or force."""
-        if other is None or not other.serving:
-            return
         node = line.node
         peer = self.peer_of(node)
+        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S1"):
+            return
+        if other is None or not other.serving:
+            return
         assert peer is not None
         forced = record.kind == "transition" and bool(record.get("forced"))
         if forced or other.forced:
@@ -583,12 +649,14 @@ class _Audit:
         """S2: no promotion while the peer's persisted data is newer (unforced, not blind)."""
         if other is None or record.get("forced"):
             return
+        peer = self.peer_of(node)
+        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S2"):
+            return
         blind = record.get("from") == "secondary" and before.silent
         mine, theirs = step_start.meta, other.meta
         if blind or theirs.generation in lineage or not theirs.consistent:
             return
         if relation(mine, theirs) is Relation.PEER_NEWER:
-            peer = self.peer_of(node)
             assert peer is not None
             self.flag(
                 "S2",

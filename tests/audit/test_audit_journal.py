@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from audit_support import LINKS, Journal
 from structlog.testing import capture_logs
 
-from failover.audit import audit, load_records
-from failover.runtime.logging import AuditJournal
+from failover.audit import INCOMPLETE, Report, audit, load_records
+from failover.runtime.logging import JOURNAL_RESERVE, AuditJournal, monotonic
+from failover.testing.disks import fill, small_tmpfs
 
 
 def test_records_carry_the_shared_monotonic_clock_and_an_order(tmp_path: Path) -> None:
@@ -40,9 +42,10 @@ def test_rotation_keeps_a_bounded_number_of_files_and_the_audit_reads_them_all(
     for step in range(20):
         journal.write("link", step=step, link="lan", up=step % 2 == 0)
     journal.close()
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("audit.jsonl*"))
     assert names == ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]
-    assert all(p.stat().st_size < 700 for p in tmp_path.iterdir())
+    assert all(p.stat().st_size < 700 for p in tmp_path.glob("audit.jsonl*"))
+    assert (tmp_path / "audit.reserve").stat().st_size == journal.reserve  # not rotated
     nodes, _ = load_records([tmp_path])
     seqs = [r.order[1] for r in nodes["alpha"]]
     assert seqs == list(range(seqs[0], 21))  # the newest records, in order, none lost between
@@ -128,3 +131,72 @@ def test_a_full_disk_leaves_no_torn_line_and_loses_no_record(
     path.unlink()
     nodes, _ = load_records([kept, later])
     assert [r.order[1] for r in nodes["alpha"]] == list(range(1, step + 2))  # none lost
+
+
+def _hand_over_on_a_full_disk(disk: Path, tmp_path: Path, padding: int, reserve: int) -> Report:
+    """Campaign round 49 (seed 2031): alpha serves, its state disk fills up, it hands
+    over (SIGTERM: stop, then exit) with every record refused by the disk; beta,
+    hearing alpha ``secondary`` over links that are up, starts serving at once.
+    ``padding`` link records between the stop's begin and end make the backlog
+    outgrow the reserve. The audit of both journals once alpha's journal closed."""
+    alpha = AuditJournal(disk / "alpha" / "audit.jsonl", node="alpha", boot=1, reserve=reserve)
+    beta = Journal("beta")
+    beta.start(monotonic())
+    alpha.write("start", pid=1, links=list(LINKS), split_brain_winner=None,
+                recovered=False, timing={}, generation="0", synced="0", consistent=True,
+                last_state=None)  # fmt: skip
+    for step, link in enumerate(LINKS, start=1):
+        alpha.write("link", step=step, link=link, up=True)
+    alpha.write("transition", step=3, **{"from": "wait", "to": "primary"}, event="heartbeat",
+                generation="1:alpha", forced=False, synced="0", consistent=True)  # fmt: skip
+    alpha.write("resource", action="start", phase="begin", vip=None)
+    alpha.write("resource", action="start", phase="end", vip=None)
+    beta.next_step().link(monotonic(), True).transition(monotonic(), "wait", "secondary", "1:alpha")
+    filler = fill(disk)
+    while not alpha.waiting:  # the journal's last page fills up too: now every record waits
+        alpha.write("link", step=3, link=LINKS[0], up=True)
+    alpha.write("transition", step=4, **{"from": "primary", "to": "secondary"}, event="stop",
+                generation="1:alpha", forced=False, synced="0", consistent=True)  # fmt: skip
+    alpha.write("resource", action="stop", phase="begin", vip=None)
+    for step in range(padding):
+        alpha.write("link", step=5 + step, link=LINKS[step % 2], up=True)
+    alpha.write("resource", action="stop", phase="end", vip=None)
+    assert alpha.waiting == padding + 4, "the disk took a record"
+    beta.next_step().peer(monotonic(), "secondary", "1:alpha")
+    beta.transition(monotonic(), "secondary", "primary", "1:alpha")
+    beta.app(monotonic(), "start", "begin")
+    alpha.write("exit", state="stop", app_running=False)
+    with capture_logs():
+        alpha.close()  # the daemon exits, the disk still full
+    assert filler.exists()
+    return audit([disk / "alpha" / "audit.jsonl", beta.write(tmp_path)])
+
+
+def test_a_stop_on_a_full_disk_is_journalled_at_exit(tmp_path: Path) -> None:
+    """The journal's reserve takes the backlog at exit: the stop is on record and the
+    audit sees a clean hand-over (it used to see alpha still serving: a false S1)."""
+    with small_tmpfs(tmp_path / "state") as disk:
+        report = _hand_over_on_a_full_disk(disk, tmp_path, padding=5, reserve=JOURNAL_RESERVE)
+    assert report.ok, report
+    assert report.figures["skipped"] == {"alpha": 0, "beta": 0}
+
+
+def test_records_lost_at_exit_are_a_gap_and_the_audit_says_journal_incomplete(
+    tmp_path: Path,
+) -> None:
+    """A backlog larger than the reserve: the oldest waiting records are written, the
+    rest counted in a gap record with the time the loss began; the audit then reports
+    the window as "journal incomplete", never an S1 it cannot know."""
+    with small_tmpfs(tmp_path / "state") as disk:
+        report = _hand_over_on_a_full_disk(disk, tmp_path, padding=200, reserve=16 * 1024)
+        records = [json.loads(line) for line in (disk / "alpha" / "audit.jsonl").open()]
+    gap = records[-1]
+    assert gap["kind"] == "gap" and 0 < gap["skipped"] < 200
+    kept = [r for r in records if r["mono"] >= gap["since"] and r["kind"] != "gap"]
+    assert kept == [], "a record after the loss began was written"
+    assert [r for r in records if r["kind"] == "exit"] == []  # among the newest: lost
+    stop = [r for r in records if r["kind"] == "transition" and r["from"] == "primary"]
+    assert len(stop) == 1 and stop[0]["mono"] < gap["since"]  # among the oldest: written
+    assert [v.invariant for v in report.violations] == [INCOMPLETE], report
+    assert "not judged: S1 at t=" in report.violations[0].why
+    assert report.figures["skipped"]["alpha"] == gap["skipped"]

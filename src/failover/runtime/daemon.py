@@ -38,7 +38,8 @@ The audit journal (``<state_dir>/<node>/audit.jsonl``, docs/audit.md) gets, afte
 each ``handle`` call, that step's records (what is heard of the peer, metadata,
 links, transitions), plus the daemon's start and exit and the executor's real
 application start and stop, on ``CLOCK_MONOTONIC``; a failing write never stops
-the daemon.
+the daemon, and what still waits at exit goes out through the journal's reserve
+(``AuditJournal.close``), or is counted in a ``gap`` record.
 """
 
 from __future__ import annotations

@@ -135,6 +135,12 @@ JOURNAL_BACKUPS = 8
 """Rotated journals kept (``.1`` newest ... ``.8`` oldest): 144 MiB at most per node."""
 JOURNAL_BACKLOG = 20_000
 """Records kept in memory while the journal cannot be written (a few MiB at most)."""
+JOURNAL_RESERVE = 64 * 1024
+"""Bytes held on the journal's disk (``audit.reserve`` next to the journal) for the
+records that wait when the daemon exits: released then, if the disk still refuses
+them, so that a stop made on a full disk is journalled."""
+_GAP_ROOM = 512  # bytes kept in the reserve for the last gap record
+_PAGE = 4096  # a write at the end of a file may need one more page than its length
 
 
 def monotonic() -> float:
@@ -157,9 +163,16 @@ class AuditJournal:
     reported once in the log, a partly written line is cut off again (no torn
     line), and the records wait in memory, with their own times, to be written
     in order at the next write that succeeds. Past ``backlog`` waiting records
-    the newest are dropped, and a ``gap`` record counting them follows the
+    the newest are dropped, and a ``gap`` record counting them (``skipped``) and
+    saying since when (``since``, the first lost record's ``mono``) follows the
     backlog. Past ``max_bytes`` the file is rotated, keeping ``backups`` older
     files.
+
+    Records are never lost silently at exit: ``close`` writes what still waits;
+    if the disk still refuses it, it frees the reserve (``reserve`` bytes held
+    in ``<stem>.reserve`` beside the journal since its first successful write)
+    and writes there the oldest waiting records that fit, then a ``gap`` record
+    for the rest, which ``failover audit`` reports as "journal incomplete".
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class AuditJournal:
         max_bytes: int = JOURNAL_MAX_BYTES,
         backups: int = JOURNAL_BACKUPS,
         backlog: int = JOURNAL_BACKLOG,
+        reserve: int = JOURNAL_RESERVE,
     ) -> None:
         self.path = path
         self.node = node
@@ -178,9 +192,13 @@ class AuditJournal:
         self.max_bytes = max_bytes
         self.backups = backups
         self.backlog = backlog
+        self.reserve = reserve
+        self.reserve_path = path.with_suffix(".reserve")
         self.seq = 0
         self.dropped = 0  # records not kept: the backlog was full
-        self._waiting: deque[str] = deque()
+        self._lost_since: float | None = None  # ``mono`` of the first of them
+        self._waiting: deque[tuple[float, str]] = deque()  # (mono, line)
+        self._reserved = False
         self._failing = False
         self._fd: int | None = None
 
@@ -191,15 +209,17 @@ class AuditJournal:
 
     def write(self, kind: str, /, **fields: Any) -> None:
         try:
-            line = self._line(kind, fields)
+            entry = self._line(kind, fields)
         except (ValueError, TypeError) as exc:  # a value JSON cannot hold: a bug, not fatal
             structlog.get_logger("failover.journal").error(
                 "audit record not written", kind=kind, error=str(exc)
             )
             return
         if len(self._waiting) < self.backlog:
-            self._waiting.append(line)
+            self._waiting.append(entry)
         else:
+            if not self.dropped:
+                self._lost_since = entry[0]
             self.dropped += 1
         self._flush()
 
@@ -207,10 +227,11 @@ class AuditJournal:
         log = structlog.get_logger("failover.journal")
         try:
             while self._waiting:
-                self._append(self._waiting[0])
+                self._append(self._waiting[0][1])
                 self._waiting.popleft()
             if self.dropped:
-                self._append(self._line("gap", {"skipped": self.dropped}))
+                gap = {"skipped": self.dropped, "since": self._lost_since}
+                self._append(self._line("gap", gap)[1])
                 self.dropped = 0
         except OSError as exc:
             self._close()
@@ -222,19 +243,58 @@ class AuditJournal:
                     error=str(exc),
                 )
             return
+        self._hold_reserve()
         if self._failing:
             self._failing = False
             log.warning("audit journal writable again", file=str(self.path))
 
-    def _line(self, kind: str, fields: dict[str, Any]) -> str:
+    def _hold_reserve(self) -> None:
+        """Allocate the reserve file once (retried after each successful write until
+        the disk has room for it)."""
+        if self._reserved or self.reserve <= 0:
+            return
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.reserve_path.unlink()  # a partial reservation: give it back
+            return
+        self._reserved = True
+
+    def _spend_reserve(self) -> None:
+        """At exit, the disk still refusing: free the reserve, keep the oldest waiting
+        records that fit in it and count the rest as lost (in the gap record)."""
+        if not self._reserved:
+            return
+        with contextlib.suppress(OSError):
+            self.reserve_path.unlink()
+        self._reserved = False
+        budget = self.reserve - 2 * _PAGE - _GAP_ROOM
+        kept: deque[tuple[float, str]] = deque()
+        while self._waiting and len(self._waiting[0][1]) + 1 <= budget:
+            budget -= len(self._waiting[0][1]) + 1
+            kept.append(self._waiting.popleft())
+        if self._waiting:  # older than any dropped record: the lost window starts here
+            self._lost_since = self._waiting[0][0]
+            self.dropped += len(self._waiting)
+        self._waiting = kept
+        self.reserve = 0  # spent: not taken again on the way out
+        self._flush()
+
+    def _line(self, kind: str, fields: dict[str, Any]) -> tuple[float, str]:
         self.seq += 1
         record = dict(fields)  # the journal's own keys win over a caller's
         record.update(v=JOURNAL_FORMAT, kind=kind, node=self.node, boot=self.boot)
-        record.update(seq=self.seq, mono=monotonic())
+        mono = monotonic()
+        record.update(seq=self.seq, mono=mono)
         head = ("v", "kind", "node", "boot", "seq", "mono")
         ordered = {key: record[key] for key in head}
         ordered.update((key, value) for key, value in record.items() if key not in ordered)
-        return json.dumps(ordered, default=str)
+        return mono, json.dumps(ordered, default=str)
 
     def _append(self, line: str) -> None:
         data = (line + "\n").encode()
@@ -277,4 +337,16 @@ class AuditJournal:
                 os.close(fd)
 
     def close(self) -> None:
+        """Write what still waits, with the reserve if the disk still refuses it (see
+        the class docstring), then close. What even that cannot write is logged."""
+        if self._waiting or self.dropped:
+            self._flush()
+        if self._waiting or self.dropped:
+            self._spend_reserve()
+        if self._waiting or self.dropped:
+            structlog.get_logger("failover.journal").error(
+                "audit journal records lost at exit",
+                file=str(self.path),
+                lost=len(self._waiting) + self.dropped,
+            )
         self._close()
