@@ -127,6 +127,7 @@ class NodeSnapshot:
     forced: bool
     full_resync: bool
     checkers_down: frozenset[str]
+    pair_confirmed: bool
 
     @property
     def substatus(self) -> SubStatus:
@@ -189,6 +190,7 @@ class NodeSnapshot:
             self.forced,
             self.full_resync,
             self.checkers_down,
+            self.pair_confirmed,
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
@@ -271,6 +273,9 @@ class Node:
         self.forced = False
         self.full_resync = False  # the operator asked for a full copy at the next resync
         self.checkers_down: frozenset[str] = frozenset()
+        # secondary only: the serving peer confirmed the pair (see rules.pair_confirmed);
+        # never persisted: a restarted node re-enters secondary only through a resync
+        self.pair_confirmed = False
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
 
@@ -396,6 +401,7 @@ class Node:
             forced=self.forced,
             full_resync=self.full_resync,
             checkers_down=self.checkers_down,
+            pair_confirmed=self.pair_confirmed,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -422,6 +428,7 @@ class Node:
         self.forced = snap.forced
         self.full_resync = snap.full_resync
         self.checkers_down = snap.checkers_down
+        self.pair_confirmed = snap.pair_confirmed
 
     # --- internals --------------------------------------------------------------------
 
@@ -520,6 +527,7 @@ class Node:
             self.forced = False
         if state is State.SECONDARY:
             self.handover = None if self.handover == "done" else self.handover
+            self.pair_confirmed = False  # every entry into secondary starts unconfirmed
 
     def _entering(self, state: State) -> None:
         if state in DATA_ROLES:
