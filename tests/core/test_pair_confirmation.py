@@ -22,6 +22,11 @@ from failover.core.state import INITIAL, Generation, State, SubStatus
 G2_ALPHA = Generation(2, "alpha")
 
 
+def confirmed(d: Driver) -> bool:
+    """Persisted: a resync target keeps last_state resync until confirmed."""
+    return d.node.metadata.last_state is State.SECONDARY
+
+
 def unconfirmed_secondary() -> Driver:
     """Alpha applied the END of beta's resync; beta never went primary."""
     d = Driver()
@@ -30,14 +35,14 @@ def unconfirmed_secondary() -> Driver:
     assert d.state is State.SECONDARY
     # beta still announces alone at our generation: it has not heard the END acknowledged
     d.hear(beta(State.ALONE, G1_BETA), at=d.now + 0.5)
-    assert d.state is State.SECONDARY and not d.node.pair_confirmed
+    assert d.state is State.SECONDARY and not confirmed(d)
     return d
 
 
 def confirmed_secondary() -> Driver:
     d = unconfirmed_secondary()
     d.hear(beta(State.PRIMARY, G1_BETA, synced=G1_BETA), at=d.now + 0.5)
-    assert d.node.pair_confirmed
+    assert confirmed(d)
     return d
 
 
@@ -100,22 +105,49 @@ def test_a_confirmed_secondary_takes_over_from_a_stopped_peer() -> None:
     assert d.state is State.ALONE and of_type(effects, fx.StartApp)
 
 
-def test_confirmation_does_not_outlive_leaving_secondary() -> None:
+def test_confirmation_does_not_outlive_a_new_resync() -> None:
     d = confirmed_secondary()
-    d.do(ev.FullSync(), at=d.now + 0.5)  # leaves the pair
-    assert d.state is State.WAIT and not d.node.pair_confirmed
+    newer = Generation(2, "beta")
+    d.hear(beta(State.ALONE, newer, synced=G1_BETA), at=d.now + 0.5)
+    assert d.state is State.RESYNC
+    d.do(ev.ResyncDone(newer), at=d.now + 0.5)
+    assert d.state is State.SECONDARY and not confirmed(d)
 
 
-def test_a_restarted_node_is_unconfirmed_and_waits_for_its_peer() -> None:
-    """Not persisted: a daemon restarted from a secondary's metadata re-enters
-    ``secondary`` only through a resync, so it starts unconfirmed anyway."""
+def test_an_unconfirmed_copy_stays_distrusted_across_a_restart() -> None:
+    """The target crashes inside the window and restarts: its metadata says
+    the copy was never confirmed, so it is not served as that generation
+    against the source seen stopped at it (a tie a stopped peer loses)."""
+    d = unconfirmed_secondary()
+    restarted = Driver(metadata=d.node.metadata)
+    effects = restarted.do(ev.Start())
+    [persisted] = of_type(effects, fx.PersistMetadata)
+    assert not persisted.metadata.consistent
+    assert persisted.metadata.synced_generation == INITIAL
+    for _ in range(5):
+        effects = restarted.hear(beta(State.STOP, G1_BETA), at=restarted.now + 0.5)
+        assert restarted.state is State.WAIT and not of_type(effects, fx.StartApp)
+
+
+def test_a_confirmed_copy_survives_a_restart() -> None:
     d = confirmed_secondary()
-    meta = d.node.metadata
-    restarted = Driver(metadata=meta)
+    restarted = Driver(metadata=d.node.metadata)
     restarted.do(ev.Start())
-    assert not restarted.node.pair_confirmed
-    effects = restarted.run_until(restarted.now + 30)
-    assert restarted.state is State.WAIT and not of_type(effects, fx.StartApp)
+    assert restarted.node.metadata.consistent
+    effects = restarted.hear(beta(State.STOP, G1_BETA, synced=G1_BETA), at=restarted.now + 0.5)
+    assert restarted.state is State.ALONE and of_type(effects, fx.StartApp)
+
+
+@pytest.mark.parametrize(
+    "leave", [ev.CheckerDown("app-check"), ev.Stop()], ids=["checker_down", "stop"]
+)
+def test_an_unconfirmed_secondary_leaving_the_pair_otherwise_distrusts_its_copy(
+    leave: ev.Event,
+) -> None:
+    d = unconfirmed_secondary()
+    d.do(leave, at=d.now + 0.5)
+    assert d.state in (State.WAIT, State.STOP)
+    assert not d.node.metadata.consistent
 
 
 @pytest.mark.parametrize("outcome", [ev.AppStopped(), ev.AppFailed("stop script failed")])
@@ -125,7 +157,7 @@ def test_the_node_that_hands_its_service_over_is_a_confirmed_secondary(outcome: 
     generation = d.node.metadata.generation
     d.do(ev.Swap(), at=d.now + 0.5)
     d.do(outcome, at=d.now + 0.5)
-    assert d.state is State.SECONDARY and d.node.pair_confirmed
+    assert d.state is State.SECONDARY and confirmed(d)
     # the peer dies before we hear it primary: we served this generation, we take over
     effects = d.run_until(d.now + 10)
     assert d.state is State.ALONE and of_type(effects, fx.StartApp)

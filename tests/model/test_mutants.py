@@ -40,6 +40,7 @@ SEARCHES: dict[str, Search] = {
     # a mutant that never pairs never reaches the protected root: start at boot
     "never-pair": Search(1, "boot"),
     "restless-swap": Search(3, "boot"),
+    "takeover-unconfirmed": Search(6, "boot"),
 }
 
 

@@ -19,6 +19,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, relation
 from failover.core.state import (
+    INITIAL,
     Generation,
     Metadata,
     PeerStatus,
@@ -65,6 +66,20 @@ def derive_substatus(node: _Awaiting) -> SubStatus:
         or (node.state is State.WAIT and node.discovery_until is not None)
     )
     return SubStatus.TRANSIENT if awaiting else SubStatus.READY
+
+
+def unconfirmed_copy(meta: Metadata) -> bool:
+    """The table's rule for a copy a resync delivered whose end the source
+    never confirmed (last_state still ``resync`` although the data is
+    consistent: the node entered ``secondary`` and never heard its peer
+    ``primary`` at that generation). The source may have acknowledged writes
+    after the resync's ``END`` that this copy lacks, in that very generation.
+    Such a copy is valid only while the node stays ``secondary``: entering
+    ``wait`` or ``stop`` with it (a lost or stopped peer, a checker, a restart)
+    marks it not consistent and forgets the common point with the peer, so
+    that it is resynchronised, and, served anyway (``primforce``), meets the
+    source as a split brain instead of an older state of it."""
+    return meta.last_state is State.RESYNC and meta.consistent
 
 
 def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
@@ -127,7 +142,6 @@ class NodeSnapshot:
     forced: bool
     full_resync: bool
     checkers_down: frozenset[str]
-    pair_confirmed: bool
 
     @property
     def substatus(self) -> SubStatus:
@@ -190,7 +204,6 @@ class NodeSnapshot:
             self.forced,
             self.full_resync,
             self.checkers_down,
-            self.pair_confirmed,
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
@@ -273,9 +286,6 @@ class Node:
         self.forced = False
         self.full_resync = False  # the operator asked for a full copy at the next resync
         self.checkers_down: frozenset[str] = frozenset()
-        # secondary only: the serving peer confirmed the pair (see rules.pair_confirmed);
-        # never persisted: a restarted node re-enters secondary only through a resync
-        self.pair_confirmed = False
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
 
@@ -401,7 +411,6 @@ class Node:
             forced=self.forced,
             full_resync=self.full_resync,
             checkers_down=self.checkers_down,
-            pair_confirmed=self.pair_confirmed,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -428,7 +437,6 @@ class Node:
         self.forced = snap.forced
         self.full_resync = snap.full_resync
         self.checkers_down = snap.checkers_down
-        self.pair_confirmed = snap.pair_confirmed
 
     # --- internals --------------------------------------------------------------------
 
@@ -497,7 +505,7 @@ class Node:
             self._rules.ACTIONS[name](self, row)
         if state_changed:
             self.pending = None  # a grant that arrives later is released
-            self._entering(cursor.state)
+            self._entering(cursor.state, source)
         changed = state_changed or reason != self.reason or self.substatus is not substatus
         self.reason = reason
         if changed:
@@ -527,12 +535,16 @@ class Node:
             self.forced = False
         if state is State.SECONDARY:
             self.handover = None if self.handover == "done" else self.handover
-            self.pair_confirmed = False  # every entry into secondary starts unconfirmed
 
-    def _entering(self, state: State) -> None:
-        if state in DATA_ROLES:
+    def _entering(self, state: State, source: State) -> None:
+        if state in DATA_ROLES and not (state is State.SECONDARY and source is State.RESYNC):
+            # (a resync target stays last_state resync until its peer confirms the
+            # pair: rules.confirm_pair; the end of its resync may have gone unheard)
             self.metadata = self.metadata.evolve(last_state=state)
+        if state in DATA_ROLES:
             self.second_only = False
+        if state in (State.WAIT, State.STOP) and unconfirmed_copy(self.metadata):
+            self.metadata = self.metadata.evolve(consistent=False, synced_generation=INITIAL)
         if state is State.STOP:
             self.second_only = False
             self.discovery_until = None

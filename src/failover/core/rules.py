@@ -15,7 +15,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, common_generation
 from failover.core.node import Lease, Node
-from failover.core.state import INITIAL, State, SubStatus
+from failover.core.state import State, SubStatus
 from failover.core.table import Row, Table, load_table, raw_spec
 
 Guard = Callable[[Node, Row], bool]
@@ -91,14 +91,16 @@ def replicating(node: Node, row: Row) -> bool:
 @guard
 def pair_confirmed(node: Node, row: Row) -> bool:
     """A secondary's serving peer confirmed the pair: since this node entered
-    ``secondary`` it heard the peer in ``primary`` at our generation (or it
-    entered ``secondary`` by handing its own service over). A source enters
-    ``primary`` only after it heard the end of the resync acknowledged, and
-    from then on every write it acknowledges is on this node or held by the
-    write fence. Before that, the source may have acknowledged writes after
-    the resync's ``END`` that never reached us (the session broke before it
-    heard our acknowledgement): our copy of that generation may be short."""
-    return node.pair_confirmed
+    ``secondary`` it heard the peer in ``primary`` at our generation
+    (``confirm_pair``), or it entered ``secondary`` by handing its own service
+    over. Persisted as ``last_state: secondary`` (a resync target keeps
+    ``resync`` until then). A source enters ``primary`` only after it heard
+    the end of the resync acknowledged, and from then on every write it
+    acknowledges is on this node or held by the write fence. Before that, the
+    source may have acknowledged writes after the resync's ``END`` that never
+    reached us: our copy of that generation may be short
+    (``node.unconfirmed_copy``)."""
+    return node.metadata.last_state is State.SECONDARY
 
 
 @guard
@@ -562,21 +564,7 @@ def quarantine(node: Node, row: Row) -> None:
 
 @action
 def confirm_pair(node: Node, row: Row) -> None:
-    node.pair_confirmed = True
-
-
-@action
-def mark_unconfirmed(node: Node, row: Row) -> None:
-    """A secondary lost its peer before the peer confirmed the pair: our copy
-    may miss the peer's last acknowledged writes at this very generation, so it
-    is not a valid copy of it (persisted: a restart, or the peer seen stopped
-    at the same generation, must not make it one) until resynchronised. The
-    common point with the peer is forgotten too: if the operator serves this
-    copy anyway (primforce), the generation it mints must not claim to contain
-    the peer's, so that when the two meet they see a split brain and the loser
-    keeps its divergent writes in quarantine, instead of one being resynced
-    over as an older state of the other."""
-    node.metadata = node.metadata.evolve(consistent=False, synced_generation=INITIAL)
+    node.metadata = node.metadata.evolve(last_state=State.SECONDARY)
 
 
 @action
@@ -600,10 +588,10 @@ def begin_handover(node: Node, row: Row) -> None:
 @action
 def finish_handover(node: Node, row: Row) -> None:
     """The application is stopped and every write replicated: the peer can take
-    over. This node becomes a confirmed secondary: it served this generation,
-    and the peer serves on with every write replicated to us or fenced."""
+    over. This node becomes a confirmed secondary (last_state secondary): it
+    served this generation, and the peer serves on with every write
+    replicated to us or fenced."""
     node.handover = "done"
-    node.pair_confirmed = True
     stop_replication(node, row)
     if node.lease.held:
         release_grant(node, row)

@@ -103,7 +103,7 @@ def _takeover_while_peer_stops(spec: Spec) -> None:
     while the peer still stops its application (the old hand-over order)."""
     rows = _rows(spec, "secondary", "heartbeat")
     for position, row in enumerate(rows):
-        if "peer_idle" in row.get("when", []):
+        if "peer_idle" in row.get("when", []) and row.get("to") == "alone":
             early = dict(row, when=["peer_settling", *row["when"][1:]])
             rows.insert(position, early)
             return
@@ -121,6 +121,14 @@ def _restless_swap(spec: Spec) -> None:
     for row in rows:
         if "failback_to_peer" in row.get("when", []):
             row["when"] = ["peer_in_sync_ready", "app_ready"]
+
+
+def _takeover_unconfirmed(spec: Spec) -> None:
+    """A secondary whose peer never confirmed the pair (the end of its resync
+    unheard at the source) takes over when it loses that peer."""
+    for event in ("peer_lost", "heartbeat"):
+        rows = _rows(spec, "secondary", event)
+        rows[:] = [r for r in rows if "not pair_confirmed" not in r.get("when", [])]
 
 
 MUTANTS: dict[str, Mutant] = {
@@ -141,6 +149,9 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
+    "takeover-unconfirmed": Mutant(
+        _takeover_unconfirmed.__doc__ or "", ("S3",), False, _takeover_unconfirmed
+    ),
 }
 
 
