@@ -86,9 +86,7 @@ def test_a_node_that_stops_serving_fails_what_the_fence_holds() -> None:
     assert [(e.fenced, e.serving) for e in of_type(effects, fx.FenceWrites)] == [(True, False)]
 
 
-def test_a_resync_ended_below_the_peers_generation_outranks_it_instead_of_replicating() -> (
-    None
-):
+def test_a_resync_ended_below_the_peers_generation_outranks_it_instead_of_replicating() -> None:
     """The target restarted during the resync with a generation above ours (it
     was forced to serve): the retried resync ends below it and the target
     keeps its own. Replicating to it would wait forever for a confirmation;

@@ -65,6 +65,10 @@ TRACES: dict[str, tuple[bool, str]] = {
         False,
         "tick, crash beta, restart beta, primforce beta, crash beta, restart beta",
     ),
+    # the arbitrator records beta's generation, but beta never heard alpha
+    # primary: it cannot know its copy holds alpha's last writes, L1 asks
+    # nothing of it (model-check --depth 10 --arbitrator witness found it)
+    "L1 witness-unconfirmed-secondary-loses-its-source": (True, "tick, tick, crash alpha"),
     "L1 witness-forced-split-deadlock": (
         True,
         "primforce alpha, crash alpha, restart alpha, primforce alpha, stop alpha, "
