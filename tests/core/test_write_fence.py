@@ -5,11 +5,11 @@ the peer left ``secondary`` or is lost on every link (issue 8's lost writes)."""
 
 from __future__ import annotations
 
-from core_support import Driver, beta, of_type, to_primary
+from core_support import Driver, beta, of_type, to_alone, to_primary
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.core.state import State, SubStatus
+from failover.core.state import Generation, State, SubStatus
 
 
 def fences(effects: list[fx.Effect]) -> list[bool]:
@@ -84,3 +84,23 @@ def test_a_node_that_stops_serving_fails_what_the_fence_holds() -> None:
     effects = d.do(ev.Stop())
     assert d.state is State.STOP
     assert [(e.fenced, e.serving) for e in of_type(effects, fx.FenceWrites)] == [(True, False)]
+
+
+def test_a_resync_ended_below_the_peers_generation_outranks_it_instead_of_replicating() -> None:
+    """The target restarted during the resync with a generation above ours (it
+    was forced to serve): the retried resync ends below it and the target
+    keeps its own. Replicating to it would wait forever for a confirmation;
+    the source serves a generation above it instead, so that it resyncs again
+    (found by the model check once the END's acknowledgement took a round)."""
+    d = Driver()
+    to_alone(d)
+    generation = d.node.metadata.generation
+    d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
+    assert d.node.resync_role == "source"
+    above = Generation(generation.counter + 1, "beta")
+    d.hear(beta(State.RESYNC, above, consistent=False, substatus=SubStatus.TRANSIENT))
+    effects = d.do(ev.PeerResynced(generation), at=d.now + 0.5)
+    assert not of_type(effects, fx.StartReplication) and not d.node.replicating
+    assert d.node.metadata.generation > above
+    d.hear(beta(State.RESYNC, above, consistent=False, substatus=SubStatus.TRANSIENT))
+    assert d.node.resync_role == "source"  # a new attempt, at the generation above

@@ -41,6 +41,7 @@ SEARCHES: dict[str, Search] = {
     "never-pair": Search(1, "boot"),
     "restless-swap": Search(3, "boot"),
     "no-view-echo": Search(2, "boot"),
+    "takeover-unconfirmed": Search(6, "boot"),
 }
 
 

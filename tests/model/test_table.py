@@ -208,4 +208,4 @@ def test_gated_twins_stand_only_before_their_row() -> None:
 
 def test_a_table_without_a_twin_is_caught() -> None:
     """The takeover-without-grant mutant marks the secondary's takeover ungated."""
-    assert missing_twins(mutant_table("takeover-without-grant")) == ["secondary/peer_lost/1"]
+    assert missing_twins(mutant_table("takeover-without-grant")) == ["secondary/peer_lost/2"]

@@ -19,6 +19,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, relation
 from failover.core.state import (
+    INITIAL,
     NO_VIEW,
     Generation,
     Metadata,
@@ -67,6 +68,20 @@ def derive_substatus(node: _Awaiting) -> SubStatus:
         or (node.state is State.WAIT and node.discovery_until is not None)
     )
     return SubStatus.TRANSIENT if awaiting else SubStatus.READY
+
+
+def unconfirmed_copy(meta: Metadata) -> bool:
+    """The table's rule for a copy a resync delivered whose end the source
+    never confirmed (last_state still ``resync`` although the data is
+    consistent: the node entered ``secondary`` and never heard its peer
+    ``primary`` at that generation). The source may have acknowledged writes
+    after the resync's ``END`` that this copy lacks, in that very generation.
+    Such a copy is valid only while the node stays ``secondary``: entering
+    ``wait`` or ``stop`` with it (a lost or stopped peer, a checker, a restart)
+    marks it not consistent and forgets the common point with the peer, so
+    that it is resynchronised, and, served anyway (``primforce``), meets the
+    source as a split brain instead of an older state of it."""
+    return meta.last_state is State.RESYNC and meta.consistent
 
 
 def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
@@ -521,7 +536,7 @@ class Node:
             self._rules.ACTIONS[name](self, row)
         if state_changed:
             self.pending = None  # a grant that arrives later is released
-            self._entering(cursor.state)
+            self._entering(cursor.state, source)
         changed = state_changed or reason != self.reason or self.substatus is not substatus
         self.reason = reason
         if changed:
@@ -552,10 +567,15 @@ class Node:
         if state is State.SECONDARY:
             self.handover = None if self.handover == "done" else self.handover
 
-    def _entering(self, state: State) -> None:
-        if state in DATA_ROLES:
+    def _entering(self, state: State, source: State) -> None:
+        if state in DATA_ROLES and not (state is State.SECONDARY and source is State.RESYNC):
+            # (a resync target stays last_state resync until its peer confirms the
+            # pair: rules.confirm_pair; the end of its resync may have gone unheard)
             self.metadata = self.metadata.evolve(last_state=state)
+        if state in DATA_ROLES:
             self.second_only = False
+        if state in (State.WAIT, State.STOP) and unconfirmed_copy(self.metadata):
+            self.metadata = self.metadata.evolve(consistent=False, synced_generation=INITIAL)
         if state is State.STOP:
             self.second_only = False
             self.discovery_until = None

@@ -89,6 +89,21 @@ def replicating(node: Node, row: Row) -> bool:
 
 
 @guard
+def pair_confirmed(node: Node, row: Row) -> bool:
+    """A secondary's serving peer confirmed the pair: since this node entered
+    ``secondary`` it heard the peer in ``primary`` at our generation
+    (``confirm_pair``), or it entered ``secondary`` by handing its own service
+    over. Persisted as ``last_state: secondary`` (a resync target keeps
+    ``resync`` until then). A source enters ``primary`` only after it heard
+    the end of the resync acknowledged, and from then on every write it
+    acknowledges is on this node or held by the write fence. Before that, the
+    source may have acknowledged writes after the resync's ``END`` that never
+    reached us: our copy of that generation may be short
+    (``node.unconfirmed_copy``)."""
+    return node.metadata.last_state is State.SECONDARY
+
+
+@guard
 def handing_over(node: Node, row: Row) -> bool:
     return node.handover is not None
 
@@ -557,6 +572,11 @@ def quarantine(node: Node, row: Row) -> None:
 
 
 @action
+def confirm_pair(node: Node, row: Row) -> None:
+    node.metadata = node.metadata.evolve(last_state=State.SECONDARY)
+
+
+@action
 def mark_quarantined(node: Node, row: Row) -> None:
     """Our divergent data is set aside: the rest is not a valid generation
     until resynchronised."""
@@ -576,7 +596,10 @@ def begin_handover(node: Node, row: Row) -> None:
 
 @action
 def finish_handover(node: Node, row: Row) -> None:
-    """The application is stopped and every write replicated: the peer can take over."""
+    """The application is stopped and every write replicated: the peer can take
+    over. This node becomes a confirmed secondary (last_state secondary): it
+    served this generation, and the peer serves on with every write
+    replicated to us or fenced."""
     node.handover = "done"
     stop_replication(node, row)
     if node.lease.held:

@@ -95,7 +95,11 @@ def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) 
         # after a blind takeover the peer's unreplicated writes will be (S6 again)
         missing = post.acked - post.hosts[k].data - set_aside
         if exempt:
-            missing &= post.replicated_acks
+            # the peer may serve on behind a partition, under a generation of its
+            # own: only what it acknowledged in ours (its last served with us in
+            # sync) or synchronously is owed to this node
+            own = {w for w, g in post.acked_in if g == mine.generation}
+            missing &= post.replicated_acks | own
         # a write acknowledged on a history that split from this node's (a blind
         # takeover or a forced promotion made the split, which S1/S2 judge) is
         # the other side of a split brain: S6 keeps it, in quarantine if need be

@@ -10,8 +10,9 @@ meet, which keeps checking every reached world affordable.
 - L1: when both servers are up, started and healthy, the continuation
   reaches primary + secondary, both ready. When only one server is up,
   started and healthy and it can know its data is the newest (it serves, it
-  was the last to serve, or the arbitrator records its generation), the
-  continuation reaches it serving, ready.
+  was the last to serve, or the arbitrator records its generation; never
+  with a copy not consistent, or one whose resync end its source never
+  confirmed), the continuation reaches it serving, ready.
 - L2: from a world that is already protected (primary + secondary, ready,
   every link up) or serving alone with the peer down, the continuation
   changes no state.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from failover.core.node import unconfirmed_copy
 from failover.core.state import State, SubStatus
 from failover.model.sim import NAMES, Cluster, World
 
@@ -73,7 +75,10 @@ def _knows_newest(cluster: Cluster, world: World, i: int) -> bool:
     if core.state.serving:
         return True
     meta = host.stored
-    if not meta.consistent:
+    if not meta.consistent or unconfirmed_copy(meta):
+        # (a copy whose resync end its source never confirmed may lack writes
+        # the source acknowledged in that very generation: an arbitrator's
+        # record of the generation does not make it the newest data)
         return False
     if cluster.config.arbitrator:
         lease = world.lease

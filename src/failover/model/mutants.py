@@ -103,7 +103,7 @@ def _takeover_while_peer_stops(spec: Spec) -> None:
     while the peer still stops its application (the old hand-over order)."""
     rows = _rows(spec, "secondary", "heartbeat")
     for position, row in enumerate(rows):
-        if "peer_idle" in row.get("when", []):
+        if "peer_idle" in row.get("when", []) and row.get("to") == "alone":
             early = dict(row, when=["peer_settling", *row["when"][1:]])
             rows.insert(position, early)
             return
@@ -131,6 +131,14 @@ def _no_view_echo(spec: Spec) -> None:
         rows[:] = [r for r in rows if "not peer_echoes_view" not in r.get("when", [])]
 
 
+def _takeover_unconfirmed(spec: Spec) -> None:
+    """A secondary whose peer never confirmed the pair (the end of its resync
+    unheard at the source) takes over when it loses that peer."""
+    for event in ("peer_lost", "heartbeat"):
+        rows = _rows(spec, "secondary", event)
+        rows[:] = [r for r in rows if "not pair_confirmed" not in r.get("when", [])]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -150,6 +158,9 @@ MUTANTS: dict[str, Mutant] = {
     "never-pair": Mutant(_never_pair.__doc__ or "", ("L1",), False, _never_pair),
     "restless-swap": Mutant(_restless_swap.__doc__ or "", ("L2", "L1"), False, _restless_swap),
     "no-view-echo": Mutant(_no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo),
+    "takeover-unconfirmed": Mutant(
+        _takeover_unconfirmed.__doc__ or "", ("S3",), False, _takeover_unconfirmed
+    ),
 }
 
 

@@ -130,6 +130,12 @@ class Host:
     app_stopping: bool = False  # StopApp runs: still holding the application and VIP
     arb_reachable: bool = True
     resync_final: Generation | None = None  # target holds this generation; ResyncDone not yet seen
+    # resync source: the target applied the END of this generation's resync, the
+    # source has not heard it acknowledged yet (PeerResynced at the next tick,
+    # unless the session breaks first); ``streamed``: writes made on this host
+    # since, sent on the session but known applied by the target only with the ack
+    end_unheard: Generation | None = None
+    streamed: frozenset[int] = frozenset()
     last_heard: float | None = None  # ground truth: last heartbeat this host received
 
 
@@ -219,6 +225,8 @@ class World:
                 h.app_stopping,
                 h.arb_reachable,
                 h.resync_final,
+                h.end_unheard,
+                h.streamed,
                 shift(h.last_heard),
             )
             for h in self.hosts
@@ -476,6 +484,9 @@ class Cluster:
                 # the stop script ends: the application and the VIP are released
                 self._set_host(i, app_running=False, app_stopping=False)
                 self._handle(i, ev.AppStopped(), info)
+        # sources whose target applied END in an earlier round hear it after the
+        # target reported ResyncDone
+        unheard = [i for i in range(2) if self.world.hosts[i].end_unheard is not None]
         for i in range(2):
             host, core = self.world.hosts[i], self.world.hosts[i].core
             if core is None or core.state is not State.RESYNC or core.resync_role != "target":
@@ -490,6 +501,44 @@ class Cluster:
             elif source is not None and source.replicating and self._link_up(REPLICATION_LINK):
                 # a new resync request breaks the synchronous stream the source holds
                 self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
+        for i in range(2):
+            self._resync_end_heard(i, i in unheard, info)
+
+    def _break_resync_session(self) -> None:
+        """The resync session ends (either side crashed or stopped it): a source
+        never hears the END its target applied, and what it streamed since may
+        be lost."""
+        for i in range(2):
+            if self.world.hosts[i].end_unheard is not None:
+                self._set_host(i, end_unheard=None, streamed=frozenset())
+
+    def _resync_end_heard(self, i: int, due: bool, info: StepInfo) -> None:
+        """The resync source ``i`` hears (or never hears) the target's
+        acknowledgement of ``END``, one round after the target applied it."""
+        host = self.world.hosts[i]
+        core, target = host.core, self.world.hosts[1 - i]
+        if core is None or core.resync_role != "source":
+            return
+        if host.end_unheard is None:
+            peer = target.core
+            if (
+                peer is not None
+                and peer.state is State.SECONDARY
+                and peer.metadata.generation == core.metadata.generation
+                and self._link_up(REPLICATION_LINK)
+            ):
+                # the next attempt's handshake: the peer already holds our generation
+                # and asks for no resync (the data plane's "end unconfirmed")
+                self._handle(i, ev.ResyncFailed("peer holds our generation, end unconfirmed"), info)
+            return
+        if not due:
+            return
+        delivered, streamed = host.end_unheard, host.streamed
+        self._set_host(i, end_unheard=None, streamed=frozenset())
+        if target.core is None or not self._link_up(REPLICATION_LINK):
+            return  # the session broke: what was streamed since END may be lost; retried
+        self._set_host(1 - i, data=target.data | streamed)
+        self._handle(i, ev.PeerResynced(delivered), info)
 
     def _message(self, verb: str, link: str, sender: int, info: StepInfo) -> None:
         if verb == "stale":
@@ -539,6 +588,7 @@ class Cluster:
         stale = tuple(c for c in w.stale if c[0][1] != i)
         self.world = evolve(w, channels=channels, stale=stale)
         self._set_host(i, core=None, app_running=False, app_stopping=False, resync_final=None)
+        self._break_resync_session()
         # the lease stays with the dead holder until it expires at the arbitrator
 
     def _restart(self, i: int, info: StepInfo) -> None:
@@ -555,6 +605,8 @@ class Cluster:
         self.world = evolve(w, writes=wid + 1)
         host = self.world.hosts[i]
         self._set_host(i, data=host.data | {wid})
+        if host.end_unheard is not None:  # sent on the resync session, not known applied
+            self._set_host(i, streamed=host.streamed | {wid})
         core = self.nodes[i]
         if core.replicating:
             j = 1 - i
@@ -623,14 +675,18 @@ class Cluster:
         )
 
     def _resync_complete(self, target: int, info: StepInfo) -> None:
-        """The source has sent everything and switches to synchronous replication;
-        the target holds the full copy and reports ResyncDone at the next tick."""
+        """The source has sent everything, ``END`` last; the target applied it: it
+        holds the full copy and reports ResyncDone at the next tick. The source
+        hears the acknowledgement only then (``_resync_end_heard``), after the
+        target: in between it still serves alone and acknowledges writes on its
+        own, which reach the target only if the session lives until the ack."""
         source = 1 - target
         data = self.world.hosts[source].data
         src = self.world.hosts[source].core
         assert src is not None
-        self._set_host(target, data=data, resync_final=src.metadata.generation)
-        self._handle(source, ev.PeerResynced(src.metadata.generation), info)
+        generation = src.metadata.generation
+        self._set_host(target, data=data, resync_final=generation)
+        self._set_host(source, end_unheard=generation, streamed=frozenset())
 
     def _handle(self, i: int, event: ev.Event, info: StepInfo) -> None:
         """One macro step: the core handles ``event``; the simulated runtime runs
@@ -738,7 +794,10 @@ class Cluster:
                 return ev.ResyncDone(effect.generation)
             return ev.PeerResynced(effect.generation)
         elif isinstance(effect, fx.StopResync):
-            self._set_host(k, resync_final=None)
+            # a target that applied END has acknowledged it already (the data
+            # plane does, whatever its core decides next); a source that stops
+            # its resync never hears it, and may lose what it streamed since
+            self._set_host(k, resync_final=None, end_unheard=None, streamed=frozenset())
         elif isinstance(effect, fx.RequestArbitration):
             return self._arbitrate_request(k, effect)
         elif isinstance(effect, fx.RenewArbitration):
