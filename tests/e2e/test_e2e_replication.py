@@ -198,6 +198,61 @@ def test_a_split_brain_keeps_the_losers_changes_in_quarantine(lab: Lab, tmp_path
     assert listed.returncode == 0 and f"split brain vs peer {winner}" in listed.stdout
 
 
+def test_a_split_brain_healed_while_the_winner_keeps_writing_the_quarantined_file(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """Issue 8's campaign (seed 2029): the primary's application writes one file
+    all along (opened while in sync: its tracker holds dirty zones of it, not its
+    name); every link of the primary goes down, the secondary takes over and its
+    application writes the same file; the heal makes the old primary the loser
+    while the winner's application goes on writing. The loser moves the file to
+    quarantine, so the winner's resync must rebuild it whole (never dirty zones or
+    live writes into a file the loser no longer has): the loser is resynchronised
+    by that incremental resync (identical copies), its records are in its
+    quarantine, and the pair is protected again."""
+    cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
+    document = yaml.safe_load(cluster.config_path.read_text())
+    document["cluster"]["split_brain_winner"] = "beta"
+    cluster.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    for node in ("alpha", "beta"):  # the file predates the pair's last resync
+        (cluster.disk(node) / "records").write_bytes(b"")
+    cluster.start_both()
+    loser, winner = cluster.paired()
+    assert loser == "alpha", "a fresh pair forms with alpha primary (names break the tie)"
+    writers = {loser: Writer(cluster, loser, 0)}
+    writers[loser].wait_for(20)
+    for network in LINKS:
+        lab.link_down(loser, network)
+    cluster.wait(f"{winner} takes over", functools.partial(serves, cluster, winner))
+    # the winner's records are numbered apart from the loser's, in the same file
+    writers[winner] = Writer(cluster, winner, 500_000)
+    for writer in writers.values():
+        writer.wait_for(len(writer.acked) + 30)
+    # the loser's application is stopped (as its stop script would); the winner's goes on
+    writers[loser].proc.terminate()
+    divergent = writers[loser].finish()
+    for network in LINKS:
+        lab.link_up(loser, network)
+    assert cluster.paired() == (winner, loser)
+    writers[winner].wait_for(len(writers[winner].acked) + 20)  # live after the resync
+    writers[winner].proc.terminate()
+    written = writers[winner].finish()
+    cluster.wait("both copies equal", functools.partial(equal_copies, cluster))
+    on_loser = records(cluster.disk(loser) / "records")
+    assert all(on_loser.get(n) == b"%08d\n" % n for n in written)
+    quarantine = tmp_path / "state" / loser / "quarantine"
+    kept = [records(p) for p in quarantine.rglob("records")]
+    assert len(kept) == 1 and all(kept[0].get(n) == b"%08d\n" % n for n in divergent)
+    status = cluster.status(winner)
+    assert status is not None and status["in_sync"] is True
+    assert status["replication"]["replicating"] is True
+    # healed by the incremental resync itself, at its first run (not by a full copy
+    # after a failed one, the table's fallback)
+    assert status["replication"]["resync"]["full"] is False
+    assert status["replication"]["resync_retrying"] is None
+    cluster.check_alive()
+
+
 def test_a_cut_replication_link_leaves_the_pair_and_the_pair_reforms_after_it_heals(
     lab: Lab, tmp_path: Path
 ) -> None:

@@ -20,7 +20,7 @@ from channel_support import (
 )
 
 from failover.errors import PeerProtocolError, TransportError
-from failover.replication.apply import Applier
+from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import (
     ChannelSettings,
     ReplicationReceiver,
@@ -46,6 +46,7 @@ from failover.replication.channel_wire import (
 )
 from failover.replication.ops import Create, Fsync, encode
 from failover.testing.transport_contract import WAIT_TIMEOUT
+from failover.transport import MessageStream
 
 pytestmark = pytest.mark.anyio
 
@@ -251,3 +252,57 @@ async def test_a_reply_nobody_asked_for_ends_the_session(tmp_path: Path) -> None
         with anyio.fail_after(WAIT_TIMEOUT):
             await running.sender_done.wait()
     assert running.broken and "asked nothing" in running.broken[0]
+
+
+class _LateMessage:
+    """The secondary's stream, where the second message is delivered although the
+    receiving task was cancelled meanwhile (it arrived as the session ended: a
+    completed read is not undone by the cancellation)."""
+
+    def __init__(self, inner: MessageStream) -> None:
+        self.inner = inner
+        self.received = -1  # counting starts after the handshake (``armed``)
+
+    def arm(self) -> None:
+        self.received = 0
+
+    async def send(self, message: bytes) -> None:
+        await self.inner.send(message)
+
+    async def receive(self) -> bytes:
+        if self.received >= 0:
+            self.received += 1
+        message = await self.inner.receive()
+        if self.received == 2:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                return message  # the read completed; the next checkpoint cancels
+        return message
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_an_apply_error_ends_the_session_with_its_reason_whatever_arrives_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """Invariant: a change this node cannot apply ends the session with that reason
+    (``ApplyError``, a ``FailoverError`` the runtime reports); a message that arrives
+    as the session ends never turns it into another error (it killed the daemon)."""
+    primary, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        async with stream_pair() as (a, b):
+            late = _LateMessage(b)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                async with anyio.create_task_group() as greeting:  # both ends done
+                    greeting.start_soon(receiver.handshake, late)
+                    _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+            late.arm()
+            await a.send(sealed(cipher.sealer, 1, b"missing-dir/file"))  # cannot be applied
+            await a.send(sealed(cipher.sealer, 2, b"next"))
+            with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(ApplyError, match="missing-dir"):
+                await receiver.run()
+    assert late.received == 2
+    assert not (tmp_path / "next").exists()

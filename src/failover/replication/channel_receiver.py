@@ -25,6 +25,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from failover.errors import FailoverError, PeerProtocolError, TransportError
+from failover.replication.apply import ApplyError
 from failover.replication.channel_session import (
     PeerInfo,
     SessionCipher,
@@ -167,7 +168,12 @@ class ReplicationReceiver:
                     decoded = self._decode(body)
                     self._received = decoded[-1][0]
                     self._bytes += len(message)
-                    send.send_nowait(decoded)
+                    try:
+                        send.send_nowait(decoded)
+                    except anyio.BrokenResourceError:
+                        # The apply task ended (it failed: ``run`` raises its reason); a
+                        # read that completed as the session was cancelled is dropped.
+                        return
                     if self._level is AckLevel.RECEIVED:
                         await self._send_ack(stream, cipher)
             except (PeerProtocolError, TransportError) as exc:
@@ -217,16 +223,22 @@ class ReplicationReceiver:
                     await self._send(stream, cipher, Kind.REPLY, encode_reply(seq, answer))
 
     def _apply(self, decoded: _Decoded, start: int, stop: int) -> None:
-        """In a worker thread: apply entries ``start`` up to (not including) ``stop``."""
+        """In a worker thread: apply entries ``start`` up to (not including) ``stop``.
+        A system error of this node's own directory ends the session as an
+        ``ApplyError`` naming the entry (never an unexpected exception)."""
         sink = self._sink
         for seq, kind, item in decoded[start:stop]:
-            if isinstance(item, bytes):
-                assert self._on_item is not None
-                answer = self._on_item(kind, item)
-                if answer is not None and kind is ItemKind.CONTROL:
-                    self._replies.append((seq, answer))
-            else:
-                sink.apply(item)
+            try:
+                if isinstance(item, bytes):
+                    assert self._on_item is not None
+                    answer = self._on_item(kind, item)
+                    if answer is not None and kind is ItemKind.CONTROL:
+                        self._replies.append((seq, answer))
+                else:
+                    sink.apply(item)
+            except OSError as exc:
+                what = kind.name if isinstance(item, bytes) else repr(item)[:200]
+                raise ApplyError(f"entry {seq} ({what}): {exc}", exc.errno or 0) from exc
         self._applied += stop - start
 
     async def _send_ack(self, stream: MessageStream, cipher: SessionCipher) -> None:

@@ -51,8 +51,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from failover.errors import PeerProtocolError, UsageError
-from failover.replication.ops import validate_path
-from failover.replication.tracking import ChangeSet
+from failover.replication.ops import Unlink, validate_path
+from failover.replication.tracking import ChangeSet, Tracker
 from failover.replication.verify import open_root, parent_of
 from failover.runtime.store import write_atomic
 
@@ -476,9 +476,19 @@ def quarantine(
     generation: str,
     peer: str,
     now: float,
+    tracker: Tracker | None = None,
 ) -> Manifest:
     """Move the entries ``changes`` lists for ``root_name`` out of ``root`` (its
     backing directory, an fd or path) into the quarantine set of ``generation``.
+
+    ``tracker``: the tracker that recorded ``changes`` (the runtime passes it).
+    Before anything moves, every planned path is recorded in it, durably, as a
+    changed *name* (``Unlink``: it leaves the directory): the suspect set the
+    node then sends with its resync request lists it whole, so the source
+    rebuilds the entry whole (its name, then all its content) and a live op
+    for it is applied only once the entry is there, never dirty zones into a
+    file this node no longer has. Recorded first, so a crash between the two
+    leaves a suspect set that is merely larger than needed.
 
     Blocks for the moves, two fsyncs per entry, sha256 reads of the files and a
     few manifest writes. Idempotent: call it again after a crash (with the same
@@ -500,6 +510,10 @@ def quarantine(
             raise UsageError(f"quarantine {root_name}:{path[:64]!r}: {error}") from None
     with open_root(root) as root_fd:
         _check_outside(root_fd, quarantine_dir)
+        if tracker is not None:
+            for path in _tops(paths, []):
+                tracker.before(Unlink(root_name, path))
+            tracker.flush()
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         set_dir = _set_dir(quarantine_dir, generation, now)
         manifest = _load_or_start(set_dir, generation, peer, now)

@@ -55,7 +55,7 @@ from pydantic import BaseModel
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.errors import FailoverError, PeerProtocolError, TransportError, UsageError
-from failover.replication.apply import Applier
+from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import (
     ChannelSettings,
     ItemKind,
@@ -322,6 +322,7 @@ class DataPlane:
                 generation=generation,
                 peer=s.peer,
                 now=time.time(),
+                tracker=self.tracker,
             )
             try:
                 manifest = await anyio.to_thread.run_sync(move)
@@ -488,11 +489,22 @@ class DataPlane:
                     log.info("receiving replication", peer=peer.node, generation=peer.generation)
                     try:
                         await receiver.run()
+                    except ApplyError as exc:
+                        await self._apply_failed(peer.node, exc)
                     except FailoverError as exc:
                         log.warning("replication session from the peer ended", error=str(exc))
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
+
+    async def _apply_failed(self, peer: str, exc: ApplyError) -> None:
+        """A change from ``peer`` could not be made here: the session has ended (the
+        source sees it break and retries). During a resync this node's copy is not
+        what the plan assumed: reported as ``ResyncFailed``, the core decides what
+        follows (the table asks for a full resync)."""
+        log.error("replication session from the peer ended: a change failed here", error=str(exc))
+        if self._target is not None:
+            await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
 
     def _resync_request(self) -> bytes:
         """What this node asks of the source when it waits for a resync: its
