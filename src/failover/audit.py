@@ -469,6 +469,10 @@ class _Audit:
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     _absent: dict[str, list[Ack]] = field(default_factory=dict)
+    _diverged: set[int] = field(default_factory=set)
+    """Records exempted once as written on a diverged history (a split brain):
+    the servers after that one descend from a history without them, and S6 (the
+    loser's quarantine) keeps them, so no later start of service owes them."""
     _unjudged: dict[str, list[str]] = field(default_factory=dict)  # per gap record: checks
 
     def unjudged(self, mono: float, nodes: Iterable[str], check: str) -> bool:
@@ -680,9 +684,14 @@ class _Audit:
         if absent is None:  # once per node: usually few, whatever the number of acks
             held = self.found[node]
             absent = self._absent[node] = [ack for ack in self.acks if ack.id not in held]
-        missing = [
-            ack.id for ack in absent if ack.mono < t and not self.exempt(line, ack, t, blind)
-        ]
+        missing: list[int] = []
+        for ack in absent:
+            if ack.mono >= t or ack.id in self._diverged:
+                continue
+            if self.exempt(line, ack, t, blind):
+                self._diverged.add(ack.id)
+            else:
+                missing.append(ack.id)
         if missing:
             shown = ", ".join(str(n) for n in missing[:10])
             more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""

@@ -238,6 +238,24 @@ def test_s3_writes_made_alone_behind_a_full_partition_are_s6s(tmp_path: Path) ->
     assert report.ok, report
 
 
+def test_s3_writes_behind_a_partition_stay_s6s_at_later_starts(tmp_path: Path) -> None:
+    """Found by the campaign (seed 2041, round 102): records alpha acknowledged alone
+    behind a full partition were exempt at beta's blind takeover, then required
+    again when beta served once more, long after the links came back."""
+    alpha, beta, t = pair()
+    alone_then_crash(alpha, beta, t + 5, cut=True)
+    beta.next_step().link(t + 9, True)
+    beta.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")
+    beta.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
+    beta.next_step().transition(t + 21, "stop", "wait", "2:beta", event="start")
+    beta.serve(t + 22, "wait", "alone", "2:beta")
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    # (alpha's journal ends at its crash, so the audit keeps it serving: the S1
+    # finding at beta's second start is this synthetic journal's, not S3's)
+    assert "S3" not in kinds(report), report
+
+
 def test_s3_a_split_brain_losers_writes_are_not_required_on_the_winner(tmp_path: Path) -> None:
     alpha, beta, t = pair()
     partition(alpha, beta, t + 10)
