@@ -52,6 +52,23 @@ TRACES: dict[str, tuple[bool, str]] = {
         False,
         "tick, write alpha, partition lan, tick, stop alpha, tick, tick, tick, tick, start alpha",
     ),
+    # found by model-check --depth 12 after the confirmation rule: beta, never
+    # confirmed, waits; the operator forces it (primforce), it acknowledges a
+    # write and crashes; alpha returns alone, the last to serve as far as it
+    # knows: the forced history is S6's (split brain at the next meeting), as
+    # DESIGN's S3 says (forced promotion aside); S3 judged it a lost write
+    "S3 forced-unconfirmed-copy-then-the-source-returns-alone": (
+        False,
+        "tick, crash alpha, tick, tick, tick, restart alpha, primforce beta, write beta, "
+        "crash beta, tick, tick, tick",
+    ),
+    # the same at depth 12: beta, forced without alpha's last write, crashes and
+    # restarts alone on its forced history: that write was waived by the force
+    "S3 forced-unconfirmed-copy-restarts-alone": (
+        False,
+        "tick, write alpha, crash alpha, tick, tick, tick, primforce beta, crash beta, "
+        "restart beta, tick, tick, tick",
+    ),
     # found by model-check --depth 9: the target crashes inside the window and
     # restarts; the source, restarted, is stopped: a tie against a stopped peer
     "S3 unconfirmed-resync-end-then-target-restart": (

@@ -106,6 +106,18 @@ def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) 
         missing -= {
             w for w, g in post.acked_in if w in missing and post.diverged(g, mine.generation)
         }
+        # forced promotion aside (DESIGN S3): a write acknowledged on a history an
+        # operator forced (primforce of a copy never confirmed, say) that this node
+        # never adopted: when the two meet, the split brain is detected and S6 keeps it
+        missing -= {
+            w
+            for w, g in post.acked_in
+            if w in missing and g in post.forced_lineage and not post.descends(mine.generation, g)
+        }
+        # and a node on a forced history owes only what was acknowledged on it:
+        # what the forced node lacked when the operator forced it was waived then
+        if mine.generation in post.forced_lineage:
+            missing -= {w for w, g in post.acked_in if g not in post.forced_lineage}
         if missing:
             found.append(
                 Violation(
