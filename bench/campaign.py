@@ -114,7 +114,7 @@ from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.testing.disks import fill, small_tmpfs
-from failover.testing.netns import Lab, netns_unavailable_reason
+from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
 NODES = ("alpha", "beta")
@@ -426,37 +426,15 @@ class Pair:
         proc = self.procs.get(node)
         return proc is not None and proc.poll() is None
 
-    def node_pids(self, node: str) -> list[int]:
-        """Every process in ``node``'s daemon's mount namespace (empty when it is gone)."""
-        proc = self.procs.get(node)
-        if proc is None:
-            return []
-        try:
-            namespace = os.readlink(f"/proc/{proc.pid}/ns/mnt")
-        except OSError:
-            return []
-        if namespace == os.readlink("/proc/self/ns/mnt"):
-            return [proc.pid]  # still in the wrapper, before unshare
-        pids = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
-                        pids.append(int(entry))
-        return pids
-
     def kill_node(self, node: str) -> int:
         """SIGKILL every process of ``node`` (as a power loss); how many."""
         self.expected_down.add(node)
-        victims = self.node_pids(node)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         proc = self.procs[node]
+        killed = kill_mount_namespace(proc.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
         self.paused.discard(node)
-        return len(victims)
+        return killed
 
     def pause(self, node: str) -> None:
         self.paused.add(node)

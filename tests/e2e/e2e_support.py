@@ -13,7 +13,6 @@ docs/audit.md) and fails the test on any violation.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, netns_unavailable_reason
+from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
 
 NODES = ("alpha", "beta")
 BOUND = 20.0  # seconds: an upper bound on every wait, never an expected duration
@@ -252,21 +251,10 @@ class Cluster:
         """SIGKILL every process of ``node`` (all of its mount namespace: the daemon,
         its application, the FUSE helpers), as when the server loses power; returns
         how many. The mount namespace, and the mirror with it, goes away."""
-        namespace = os.readlink(self.mount_namespace(node))
-        victims = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
-                        victims.append(int(entry))
-                except OSError:
-                    continue  # gone already
         self.expected_dead.add(node)
-        for pid in victims:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+        killed = kill_mount_namespace(self.procs[node].pid)
         self.procs[node].wait(timeout=10)
-        return len(victims)
+        return killed
 
     def kill9(self, node: str) -> None:
         """SIGKILL the daemon of ``node`` (only the daemon: its application keeps running)."""

@@ -132,6 +132,39 @@ def stale_namespaces(prefix: str = DEFAULT_PREFIX) -> list[str]:
     return stale
 
 
+def mount_namespace_pids(pid: int) -> list[int]:
+    """Every process in the mount namespace of process ``pid``: a node started under
+    ``unshare --mount`` (its daemon, its application, its FUSE helpers).
+
+    Only ``[pid]`` while ``pid`` still shares this process's mount namespace (its
+    wrapper has not unshared yet), so that the host's processes are never taken
+    for the node's; empty once ``pid`` is gone.
+    """
+    try:
+        namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return []
+    if namespace == os.readlink("/proc/self/ns/mnt"):
+        return [pid]
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.readlink(f"/proc/{entry}/ns/mnt") == namespace:
+                    pids.append(int(entry))
+    return pids
+
+
+def kill_mount_namespace(pid: int) -> int:
+    """SIGKILL every process of ``mount_namespace_pids(pid)``, as when the node loses
+    power (its mount namespace, with its mounts, goes away with the last one); how many."""
+    victims = mount_namespace_pids(pid)
+    for victim in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
+    return len(victims)
+
+
 @dataclass(frozen=True)
 class Attachment:
     """One lab member's end of one network."""
