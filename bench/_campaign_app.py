@@ -49,7 +49,8 @@ import socket
 import sys
 import time
 
-from _lab import _alive, _write_atomically  # the same directory: stdlib only, like this file
+import _lab  # the same directory: stdlib only, like this file
+from _lab import _write_atomically
 
 RECORD = 16  # b"%08d %06x\n"
 RETRY_PAUSE = 0.05
@@ -142,30 +143,7 @@ def _is_writer(pid: int) -> bool:
 
 def stop(pidfile: str) -> int:
     """Stop the writer named by ``pidfile`` (see module docstring)."""
-    try:
-        with open(pidfile, encoding="ascii") as handle:
-            pid = int(handle.read().strip())
-    except FileNotFoundError:
-        return 0
-    except ValueError:
-        pid = 0
-    if pid > 0 and _is_writer(pid):
-        try:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_GRACE
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.01)
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-            while _alive(pid):
-                time.sleep(0.01)
-        except ProcessLookupError:
-            pass
-    try:  # noqa: SIM105
-        os.unlink(pidfile)
-    except FileNotFoundError:
-        pass
-    return 0
+    return _lab.stop(pidfile, STOP_GRACE, _is_writer)
 
 
 # -- the attacker ---------------------------------------------------------------------------

@@ -15,8 +15,9 @@ failover and keepalived, so that both systems pay exactly the same costs:
   to ``--pidfile`` (atomically) and returns 0 once the socket is listening.
   A ``{node}`` in ``--pidfile`` is replaced by ``$FAILOVER_NODE`` (the daemon
   runs the same command on both nodes).
-- ``stop``: kills the PID in ``--pidfile`` (SIGTERM, then SIGKILL after 1 s)
-  and removes the file. A missing file is success (nothing runs).
+- ``stop``: kills the PID in ``--pidfile`` (SIGTERM, then SIGKILL after 1 s),
+  waits until it is gone and removes the file. A missing file is success
+  (nothing runs).
 - ``notify``: keepalived's ``notify`` script: records STATE in
   ``--state-file``; MASTER starts the listener, any other state stops it.
 - ``probe``: the client. Connects to ADDRESS:PORT every ``--interval``
@@ -39,6 +40,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable  # already loaded by socket: free
 
 IP_FREEBIND = 15  # <linux/in.h>; not exported by the socket module
 
@@ -79,25 +81,30 @@ def listen(address: str, port: int, pidfile: str) -> int:
         conn.close()
 
 
-def stop(pidfile: str) -> int:
-    """Stop the stand-in application named by ``pidfile``; waits at most ~1.5 s."""
+def stop(pidfile: str, grace: float = 1.0, owned: Callable[[int], bool] | None = None) -> int:
+    """Stop the process named by ``pidfile``: SIGTERM, SIGKILL after ``grace`` s, then
+    wait until it is gone, and remove the file. A missing or unreadable file is success
+    (nothing runs); so is a PID that ``owned`` says is not the application's (a PID
+    left by a killed node may have been reused)."""
     try:
         with open(pidfile, encoding="ascii") as handle:
             pid = int(handle.read().strip())
     except FileNotFoundError:
         return 0
     except ValueError:
-        os.unlink(pidfile)
-        return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 1.0
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        pid = 0
+    if pid > 0 and (owned is None or owned(pid)):
+        try:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.01)
+        except ProcessLookupError:
+            pass
     try:  # noqa: SIM105 - not contextlib: every import here delays a takeover
         os.unlink(pidfile)
     except FileNotFoundError:
