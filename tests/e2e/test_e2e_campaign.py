@@ -51,6 +51,7 @@ def test_ten_rounds_of_faults_lose_nothing_and_violate_nothing(tmp_path: Path) -
     assert child.returncode in (0, 1), output[-4000:]
     summary = json.loads(summary_file.read_text())
     assert summary["rounds"] == ROUNDS, output[-4000:]
+    assert summary["audited"] == ROUNDS, output[-4000:]
     assert summary["acked"] > 0
     assert set(summary["faults"]) >= {"kill", "pause", "partition", "restart", "swap"}
     assert summary["lost"] == 0, output[-4000:]
