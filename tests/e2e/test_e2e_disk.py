@@ -49,6 +49,11 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
             status = cluster.status(primary)
             return status is not None and status["degraded"] is not None
 
+        def uptime(node: str) -> float:
+            status = cluster.status(node)
+            assert status is not None, f"{node} does not answer"
+            return float(status["uptime"])
+
         cluster.wait(f"{primary} degraded", degraded)
         shown = cli("status", "--socket", str(cluster.socket(primary)))
         assert shown.returncode == 0, shown.stderr
@@ -67,12 +72,20 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
             f"{secondary} hears {primary}",
             lambda: (cluster.status(secondary) or {}).get("peer") is not None,
         )
-        for _ in range(10):  # several dead timeouts, checked at every step
-            cluster.check_alive()
+        # checked at every step while the primary's own clock advances by several
+        # dead timeouts (a bound on the span, not a count of steps that may be quick)
+        since, checks = uptime(primary), 0
+
+        def still_serving_for_several_dead_timeouts() -> bool:
+            nonlocal checks
             assert cluster.fetch_via_vip() == primary
             assert cluster.vip_holders() == [primary]
             assert cluster.state(secondary) not in ("alone", "primary")
             assert degraded()
+            checks += 1
+            return checks >= 10 and uptime(primary) - since >= 5 * cluster.dead_timeout
+
+        cluster.wait(f"{primary} serving on, degraded", still_serving_for_several_dead_timeouts)
 
         filler.unlink()
         cluster.wait(f"{primary} no longer degraded", lambda: not degraded())
