@@ -22,7 +22,9 @@ run`` with the chosen timing profile and no application.
   that long with no pause: any state change counts as a takeover.
 
 Prints one line per series: takeovers/rounds, and the pauses measured (the
-time between SIGSTOP and SIGCONT as this process saw it).
+time between SIGSTOP and SIGCONT as this process saw it). The run ends with
+``failover audit`` of both nodes' journals (S1, S2, S4, S5; docs/audit.md):
+exit 1 when it finds a violation.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from typing import Any
 import yaml
 
 from failover.api.client import ControlClient
+from failover.audit import JOURNAL_NAME, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.testing.netns import Lab
@@ -92,6 +95,10 @@ class Pair:
                 self.procs[node] = self.lab.run(
                     node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
                 )
+
+    def audit(self) -> Report:
+        """``failover audit`` of both nodes' journals written so far."""
+        return audit(sorted((self.work / "state").glob(f"*/{JOURNAL_NAME}*")))
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -230,10 +237,19 @@ def main() -> int:
                         "baseline: "
                         + series(pair, args.baseline_rounds, args.baseline_ratio, ("primary",))
                     )
+                    print(lines[-1], flush=True)
         finally:
             pair.stop()
+        report = pair.audit()
+    figures = report.figures
+    lines.append(
+        f"audit: checked {', '.join(report.checked)}: {len(report.violations)} violation(s); "
+        f"overlaps {figures['overlaps']['count']} (blind {figures['blind_overlaps']}, "
+        f"forced {figures['forced_overlaps']})"
+    )
+    lines += [f"  {violation}" for violation in report.violations]
     print("\n".join(lines))
-    return 0
+    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
