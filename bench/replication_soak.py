@@ -13,6 +13,10 @@ ends that pytest run; the soak counts the failure, keeps the log, and starts a
 new run for the remaining rounds, until ``--rounds`` are done or
 ``--max-failures`` runs failed.
 
+The e2e conftest audits the run's journals when the test ends (all of its
+rounds at once, S1, S2, S4, S5); the soak reads that audit's line (``-rA``)
+and counts a run that passed without it as failed.
+
 Prints one line per round as the test reports it, then: rounds done, records
 acknowledged (each one checked on the survivor: a missing one fails the round),
 failures with the failing test's last lines, and seconds per round (median,
@@ -48,6 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 TEST = "tests/e2e/test_e2e_replication.py"
 CRASH_TEST = "killing_every_process"  # -k: the crash test only, not the file's other tests
 ROUND_LINE = re.compile(r"^round (\d+): (\d+) acked, last (-?\d+), killed (\d+)")
+# the audit of the run's journals by tests/e2e/conftest.py, shown by pytest -rA
+AUDIT_LINE = re.compile(r": checked ([S\d, ]+); (\d+) violation\(s\)")
 STOP_GRACE_S = 30.0
 
 
@@ -56,6 +62,7 @@ class Soak:
     """What the runs reported so far."""
 
     rounds: int = 0
+    audited_runs: int = 0
     acked: int = 0
     round_seconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -118,11 +125,12 @@ def one_run(rounds: int, soak: Soak, tree: Path, work: Path, log: Path) -> bool:
         ).rstrip(os.pathsep)
     basetemp = work / f"run-{len(soak.failures)}"
     argv = [
-        sys.executable, "-m", "pytest", TEST, "-k", CRASH_TEST, "-s", "-x", "-q",
+        sys.executable, "-m", "pytest", TEST, "-k", CRASH_TEST, "-s", "-x", "-q", "-rA",
         "-p", "no:cacheprovider", f"--basetemp={basetemp}",
     ]  # fmt: skip
     tail: list[str] = []
     before = soak.rounds
+    audited: re.Match[str] | None = None
     with log.open("a") as out:
         out.write(f"\n=== {' '.join(argv)} (FAILOVER_E2E_CRASH_ROUNDS={rounds})\n")
         child = subprocess.Popen(
@@ -135,6 +143,7 @@ def one_run(rounds: int, soak: Soak, tree: Path, work: Path, log: Path) -> bool:
             for line in child.stdout:
                 out.write(line)
                 tail = [*tail[-39:], line.rstrip()]
+                audited = AUDIT_LINE.search(line) or audited
                 match = ROUND_LINE.match(line)
                 if match is None:
                     continue
@@ -151,6 +160,13 @@ def one_run(rounds: int, soak: Soak, tree: Path, work: Path, log: Path) -> bool:
     if passed and soak.rounds == before:
         passed = False
         tail.append("the run passed without reporting a round (skipped?)")
+    if passed and audited is None:
+        passed = False
+        tail.append("the run passed without an audit of its journals (conftest hook not loaded?)")
+    if audited is not None:
+        soak.audited_runs += 1
+        print(f"audit of rounds {before + 1}-{soak.rounds}: checked {audited[1]}: "
+              f"{audited[2]} violation(s)", flush=True)  # fmt: skip
     if not passed:
         soak.failures.append("\n".join(tail[-25:]))
         print(f"run FAILED after round {soak.rounds}; last lines:\n{soak.failures[-1]}")
@@ -162,6 +178,7 @@ def report(soak: Soak, wanted: int, elapsed: float, log: Path) -> None:
     print(f"rounds done: {soak.rounds} of {wanted}")
     print(f"records acknowledged (each checked on the survivor): {soak.acked}")
     print(f"failed runs: {len(soak.failures)} (log: {log})")
+    print(f"runs audited (tests/e2e/conftest.py, all of a run's rounds): {soak.audited_runs}")
     times = soak.round_seconds
     if times:
         p95 = times[0]
