@@ -1,6 +1,6 @@
 """Two real ``failover run`` daemons in two network namespaces, for the e2e tests.
 
-``Cluster`` writes a cluster file for a ``Lab`` (fast profile, a fresh key,
+``Cluster`` writes a cluster file for a ``Lab`` (fast profile unless told, a fresh key,
 state and control sockets under ``tmp_path``), starts each daemon with
 ``python -m failover run`` inside its node's namespace, and reads state
 through the control API. Every wait polls the API under a generous overall
@@ -106,6 +106,7 @@ class Cluster:
         env: Mapping[str, str] | None = None,
         replicate: str | None = None,
         stop_delay: float = 0.0,
+        profile: str = "fast",
     ) -> None:
         CLUSTERS.append(self)
         self.expected_violations: frozenset[str] = frozenset()
@@ -138,7 +139,7 @@ class Cluster:
                 "name": "e2e",
                 "key_file": str(key),
                 "state_dir": str(tmp_path / "state"),
-                "profile": "fast",
+                "profile": profile,
             },
             "links": [{"name": name, "transport": kind} for name, kind in self.links.items()],
             "nodes": {
@@ -181,7 +182,7 @@ class Cluster:
             capture_output=True, text=True, timeout=60, env=self.env, check=False,
         )  # fmt: skip
         assert checked.returncode == 0, checked.stderr
-        timing = PROFILES["fast"]
+        timing = PROFILES[profile]
         self.dead_timeout = timing.dead_timeout
         self.heartbeat_interval = timing.heartbeat_interval
 

@@ -12,10 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from e2e_support import NETNS, NODES, SERVING, Cluster, cli, other
 
-from failover.config.timing import PROFILES
 from failover.testing.netns import Lab
 
 pytestmark = NETNS
@@ -134,15 +132,7 @@ def test_pausing_either_daemon_for_most_of_the_dead_timeout_is_no_takeover(
     """SIGSTOP of the primary's or the secondary's daemon for 0.8 x dead_timeout,
     then SIGCONT, three times each: no state changes anywhere. The shipped
     default profile (dead timeout 2 s, heartbeat 0.2 s)."""
-    cluster = Cluster(lab, tmp_path, LINKS)
-    document = yaml.safe_load(cluster.config_path.read_text())
-    document["cluster"]["profile"] = "default"
-    cluster.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
-    timing = PROFILES["default"]
-    cluster.dead_timeout, cluster.heartbeat_interval = (
-        timing.dead_timeout,
-        timing.heartbeat_interval,
-    )
+    cluster = Cluster(lab, tmp_path, LINKS, profile="default")
     cluster.start_both()
     primary, secondary = cluster.paired()
     changes = {node: cluster.state_changes(node) for node in NODES}
