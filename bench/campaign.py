@@ -266,15 +266,19 @@ def _read(path: Path) -> bytes:
 
 
 def enter_netns(path: str) -> None:
-    """Move this thread into the network namespace at ``path`` (setns(2), CLONE_NEWNET)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    """Move this thread into the network namespace at ``path``."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"setns {path}: {os.strerror(errno)}")
+        setns(fd)
     finally:
         os.close(fd)
+
+
+def setns(fd: int) -> None:
+    """Move this thread into the network namespace open as ``fd`` (setns(2), CLONE_NEWNET)."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"setns: {os.strerror(errno)}")
 
 
 # -- the pair ----------------------------------------------------------------------------------
@@ -566,8 +570,7 @@ class Pair:
             self.resume(node)
             self.kill_node(node)
         with contextlib.suppress(OSError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.setns(self.home_netns, CLONE_NEWNET)
+            setns(self.home_netns)
         os.close(self.home_netns)
         try:
             self.lab.close()
