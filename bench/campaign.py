@@ -997,9 +997,10 @@ class Campaign:
             self.pair.stop_daemon(node)
             result.faults.append("restart")
             self.pair.start(node)
-            # with its state directory full, it must refuse with one clear line
+            # with its state directory full, it must refuse (a non-zero exit) with one
+            # clear line; one that runs on, or exits 0, did not refuse
             exited = self.pair.wait(lambda: self.pair.procs[node].poll() is not None, 30)
-            if exited and self.pair.procs[node].returncode == 0:
+            if not exited or self.pair.procs[node].returncode == 0:
                 result.violations["started with a full state directory"] += 1
             self.pair.expected_down.add(node)
         self.hold(held)
