@@ -324,6 +324,20 @@ def test_held_events_keep_the_first_and_order_and_only_the_newest_per_link() -> 
     assert held.first() == ev.LinkFailed("lan", "b")
 
 
+def test_held_events_keep_one_resync_failure_however_often_the_peer_retries() -> None:
+    # A degraded resync target cannot apply what its peer sends (the same full
+    # disk): the peer's source retries for as long as the fault lasts, and each
+    # attempt is reported here. The queue must not grow with the episode.
+    held = HeldEvents()
+    held.hold(ev.LinkFailed("lan", "silent"))
+    for attempt in range(1000):
+        held.hold(ev.ResyncFailed(f"a change failed here (attempt {attempt})"))
+        held.hold(ev.LinkFailed("lan", f"silent ({attempt})"))
+    assert held.kinds() == ["link_failed", "resync_failed", "link_failed"]
+    held.done_first()
+    assert held.first() == ev.ResyncFailed("a change failed here (attempt 0)")
+
+
 @pytest.mark.parametrize(
     ("fault", "error"),
     [
