@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ import anyio
 import pytest
 import structlog
 import yaml
-from runtime_support import write_cluster
+from runtime_support import wait_until, write_cluster
 
 from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
@@ -44,12 +44,6 @@ from failover.testing.disks import fill, remount_read_only, small_tmpfs
 pytestmark = pytest.mark.anyio
 
 NODES = ("alpha", "beta")
-
-
-async def wait_until(predicate: Callable[[], bool], seconds: float = 20) -> None:
-    with anyio.fail_after(seconds):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def cluster(tmp_path: Path, timeout: float = 5) -> ClusterConfig:
