@@ -43,7 +43,7 @@ def free_udp_ports(count: int) -> list[int]:
     return ports
 
 
-async def wait_until(predicate: Callable[[], bool], seconds: float = 15.0) -> None:
+async def wait_until(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
     """Poll ``predicate`` until it holds; fail after ``seconds`` (anyio's clock)."""
     with anyio.fail_after(seconds):
         while not predicate():
