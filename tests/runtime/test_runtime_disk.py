@@ -15,8 +15,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,23 +368,49 @@ def test_starting_on_a_full_or_read_only_state_disk_is_one_line_and_exit_2(
     assert str(node_dir) in lines[0] and error in lines[0], lines[0]
 
 
-def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Path) -> None:
+@contextmanager
+def log_on_a_small_disk(tmp_path: Path) -> Iterator[Path]:
+    """The log configured into a file on a 64 KiB tmpfs (its path), until the block ends."""
     disk = tmp_path / "logs"
     with small_tmpfs(disk, size="64k"):
         log_file = disk / "failover.log"
         configure_logging(log_file)
         try:
-            log = structlog.get_logger("test")
-            filler = fill(disk)  # the log file is empty: its first record needs a new page
-            for number in range(3):
-                log.error("while full", number=number)  # must not raise
-            filler.unlink()
-            log.info("after")
-            records = [json.loads(line) for line in log_file.read_text().splitlines()]
+            yield log_file
         finally:
             configure_logging(None)
+
+
+def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Path) -> None:
+    with log_on_a_small_disk(tmp_path) as log_file:
+        log = structlog.get_logger("test")
+        filler = fill(log_file.parent)  # the log file is empty: its first record needs a page
+        for number in range(3):
+            log.error("while full", number=number)  # must not raise
+        filler.unlink()
+        log.info("after")
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [r["msg"] for r in records] == ["log records lost", "after"]
     assert records[0]["lost"] == 3
+
+
+def test_a_log_record_the_full_disk_takes_only_in_part_is_cut_off_and_counted(
+    tmp_path: Path,
+) -> None:
+    # The kernel takes what fits in the log file's last page and answers a short
+    # write: that part must not stay behind as a torn line (the next record
+    # would be glued to it).
+    with log_on_a_small_disk(tmp_path) as log_file:
+        log = structlog.get_logger("test")
+        log.info("before")  # the file's first page is allocated, mostly free
+        filler = fill(log_file.parent)
+        log.error("while full", padding="x" * 8192)  # more than the page has left
+        filler.unlink()
+        log.info("after")
+        lines = log_file.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["msg"] for r in records] == ["before", "log records lost", "after"]
+    assert records[1]["lost"] == 1
 
 
 async def test_a_script_whose_output_file_cannot_be_written_still_runs(tmp_path: Path) -> None:
