@@ -291,11 +291,26 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
         filler.fail()
         await peer.daemon.shutdown("test")
         await wait_until(lambda: server.status()["degraded"] is not None)
+        # A slow stop script; every heartbeat notes whether it was running then.
+        running, stopped = tmp_path / f"running-{name}", tmp_path / f"stopped-{name}"
+        stop = Path(config.application.stop)  # type: ignore[union-attr]
+        stop.write_text(f"#!/bin/sh\nrm -f {running}\nsleep 0.5\necho stopped >> {stopped}\n")
+        during_stop: list[bool] = []
+        heartbeats = server.daemon.outbound.heartbeats
+
+        def noted(status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
+            during_stop.append(not running.exists() and not stopped.exists())
+            return heartbeats(status, links)
+
+        server.daemon.outbound.heartbeats = noted  # type: ignore[method-assign]
         with anyio.fail_after(30):  # the stop bound: application timeout + 10 s
             await server.daemon.shutdown("SIGTERM")
             await server.done.wait()
-        assert (tmp_path / f"stopped-{name}").read_text() == "stopped\n"
-        assert not (tmp_path / f"running-{name}").exists()
+        assert stopped.read_text() == "stopped\n"
+        assert not running.exists()
+        # The hand-over order: the node still announced itself while its application
+        # stopped, so that its peer could not start meanwhile.
+        assert any(during_stop), "no heartbeat while the stop script ran"
         assert server.daemon.store.load() == durable  # nothing unrecorded was acted on
         assert server.announced_unrecorded() == []
 
