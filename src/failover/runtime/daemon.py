@@ -298,7 +298,6 @@ class Daemon:
     # --- the event loop ------------------------------------------------------------------
 
     async def _event_loop(self) -> None:
-        self.controller.degraded = self._degraded_view
         async with self._receive:
             async for envelope in self._receive:
                 if envelope.mutate is not None:
@@ -718,6 +717,7 @@ class Daemon:
             submit=self.submit,
             started=anyio.current_time(),
             data=self.data,
+            degraded=self._degraded_view,
         )
         self.log.info(
             "node starting",
