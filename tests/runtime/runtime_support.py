@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,13 @@ def free_udp_ports(count: int) -> list[int]:
     for sock in socks:
         sock.close()
     return ports
+
+
+async def wait_until(predicate: Callable[[], bool], seconds: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``seconds`` (anyio's clock)."""
+    with anyio.fail_after(seconds):
+        while not predicate():
+            await anyio.sleep(0.01)
 
 
 def write_cluster(

@@ -15,8 +15,8 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import ExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import anyio
 import pytest
 import structlog
 import yaml
-from runtime_support import write_cluster
+from runtime_support import wait_until, write_cluster
 
 from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
@@ -44,12 +44,6 @@ from failover.testing.disks import fill, remount_read_only, small_tmpfs
 pytestmark = pytest.mark.anyio
 
 NODES = ("alpha", "beta")
-
-
-async def wait_until(predicate: Callable[[], bool], seconds: float = 20) -> None:
-    with anyio.fail_after(seconds):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def cluster(tmp_path: Path, timeout: float = 5) -> ClusterConfig:
@@ -297,11 +291,26 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
         filler.fail()
         await peer.daemon.shutdown("test")
         await wait_until(lambda: server.status()["degraded"] is not None)
+        # A slow stop script; every heartbeat notes whether it was running then.
+        running, stopped = tmp_path / f"running-{name}", tmp_path / f"stopped-{name}"
+        stop = Path(config.application.stop)  # type: ignore[union-attr]
+        stop.write_text(f"#!/bin/sh\nrm -f {running}\nsleep 0.5\necho stopped >> {stopped}\n")
+        during_stop: list[bool] = []
+        heartbeats = server.daemon.outbound.heartbeats
+
+        def noted(status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
+            during_stop.append(not running.exists() and not stopped.exists())
+            return heartbeats(status, links)
+
+        server.daemon.outbound.heartbeats = noted  # type: ignore[method-assign]
         with anyio.fail_after(30):  # the stop bound: application timeout + 10 s
             await server.daemon.shutdown("SIGTERM")
             await server.done.wait()
-        assert (tmp_path / f"stopped-{name}").read_text() == "stopped\n"
-        assert not (tmp_path / f"running-{name}").exists()
+        assert stopped.read_text() == "stopped\n"
+        assert not running.exists()
+        # The hand-over order: the node still announced itself while its application
+        # stopped, so that its peer could not start meanwhile.
+        assert any(during_stop), "no heartbeat while the stop script ran"
         assert server.daemon.store.load() == durable  # nothing unrecorded was acted on
         assert server.announced_unrecorded() == []
 
@@ -322,6 +331,20 @@ def test_held_events_keep_the_first_and_order_and_only_the_newest_per_link() -> 
     assert held.first() == ev.AppStarted()
     assert held.done_first() == ev.AppStarted()
     assert held.first() == ev.LinkFailed("lan", "b")
+
+
+def test_held_events_keep_one_resync_failure_however_often_the_peer_retries() -> None:
+    # A degraded resync target cannot apply what its peer sends (the same full
+    # disk): the peer's source retries for as long as the fault lasts, and each
+    # attempt is reported here. The queue must not grow with the episode.
+    held = HeldEvents()
+    held.hold(ev.LinkFailed("lan", "silent"))
+    for attempt in range(1000):
+        held.hold(ev.ResyncFailed(f"a change failed here (attempt {attempt})"))
+        held.hold(ev.LinkFailed("lan", f"silent ({attempt})"))
+    assert held.kinds() == ["link_failed", "resync_failed", "link_failed"]
+    held.done_first()
+    assert held.first() == ev.ResyncFailed("a change failed here (attempt 0)")
 
 
 @pytest.mark.parametrize(
@@ -360,23 +383,49 @@ def test_starting_on_a_full_or_read_only_state_disk_is_one_line_and_exit_2(
     assert str(node_dir) in lines[0] and error in lines[0], lines[0]
 
 
-def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Path) -> None:
+@contextmanager
+def log_on_a_small_disk(tmp_path: Path) -> Iterator[Path]:
+    """The log configured into a file on a 64 KiB tmpfs (its path), until the block ends."""
     disk = tmp_path / "logs"
     with small_tmpfs(disk, size="64k"):
         log_file = disk / "failover.log"
         configure_logging(log_file)
         try:
-            log = structlog.get_logger("test")
-            filler = fill(disk)  # the log file is empty: its first record needs a new page
-            for number in range(3):
-                log.error("while full", number=number)  # must not raise
-            filler.unlink()
-            log.info("after")
-            records = [json.loads(line) for line in log_file.read_text().splitlines()]
+            yield log_file
         finally:
             configure_logging(None)
+
+
+def test_a_full_log_disk_drops_and_counts_records_and_never_raises(tmp_path: Path) -> None:
+    with log_on_a_small_disk(tmp_path) as log_file:
+        log = structlog.get_logger("test")
+        filler = fill(log_file.parent)  # the log file is empty: its first record needs a page
+        for number in range(3):
+            log.error("while full", number=number)  # must not raise
+        filler.unlink()
+        log.info("after")
+        records = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert [r["msg"] for r in records] == ["log records lost", "after"]
     assert records[0]["lost"] == 3
+
+
+def test_a_log_record_the_full_disk_takes_only_in_part_is_cut_off_and_counted(
+    tmp_path: Path,
+) -> None:
+    # The kernel takes what fits in the log file's last page and answers a short
+    # write: that part must not stay behind as a torn line (the next record
+    # would be glued to it).
+    with log_on_a_small_disk(tmp_path) as log_file:
+        log = structlog.get_logger("test")
+        log.info("before")  # the file's first page is allocated, mostly free
+        filler = fill(log_file.parent)
+        log.error("while full", padding="x" * 8192)  # more than the page has left
+        filler.unlink()
+        log.info("after")
+        lines = log_file.read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["msg"] for r in records] == ["before", "log records lost", "after"]
+    assert records[1]["lost"] == 1
 
 
 async def test_a_script_whose_output_file_cannot_be_written_still_runs(tmp_path: Path) -> None:

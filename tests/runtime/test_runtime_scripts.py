@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import anyio
 import pytest
 
 from failover.core import events as ev
+from failover.platform import priority
 from failover.platform.checkers import CheckerSpec, run_checker
 from failover.platform.scripts import read_tail, run_script
 
@@ -119,3 +122,42 @@ async def test_a_checker_reports_only_changes(tmp_path: Path) -> None:
     assert down == ev.CheckerDown(checker="db", reason="checker db exited with status 1: db down")
     assert up == ev.CheckerUp(checker="db")
     assert receive.statistics().current_buffer_used == 0, "a steady state reports nothing"
+
+
+def group_of(leader: int) -> list[int]:
+    """The processes of the process group ``leader`` leads."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == leader:
+                members.append(int(entry.name))
+    return members
+
+
+async def test_a_script_and_what_it_forked_get_the_daemons_inherited_niceness_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The daemon runs favoured (raise_priority); a start script that launches its
+    # application in the background before run_script puts the script back must
+    # not leave the application favoured too. (Here "favoured" is the current
+    # niceness and the inherited one 5 higher: no privilege needed.)
+    inherited = min(os.getpriority(os.PRIO_PROCESS, 0) + 5, 19)
+    monkeypatch.setitem(priority._inherited, "nice", inherited)
+    ready = tmp_path / "ready"
+    command = script(tmp_path, "start", f"sleep 30 &\ntouch {ready}\nwait\n")
+    process = subprocess.Popen([command], start_new_session=True)
+    try:
+        with anyio.fail_after(10):
+            while not ready.exists() or len(group_of(process.pid)) < 2:
+                await anyio.sleep(0.01)
+        priority.restore_for_child(process.pid)
+        members = group_of(process.pid)
+        assert len(members) == 2
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in members] == [inherited] * 2
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

@@ -6,12 +6,11 @@ loopback: waits are bounded generously, never timed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import pytest
-from runtime_support import FaultyTransport, endpoint_key, write_cluster
+from runtime_support import FaultyTransport, endpoint_key, wait_until, write_cluster
 
 from failover.config import load_config
 from failover.plugins import load_transport
@@ -20,12 +19,6 @@ from failover.runtime.daemon import run_node
 from failover.transport import HeartbeatTransport
 
 pytestmark = pytest.mark.anyio
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    with anyio.fail_after(15):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 def link_up(controller: NodeController, link: str) -> bool:

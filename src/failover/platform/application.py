@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from anyio.abc import TaskGroup
@@ -108,18 +109,10 @@ class Application:
                 await self.vip.acquire(repeat_in)
             except VipError as exc:
                 return str(exc)
-        if self.scripts is not None:
-            result = await run_script(
-                self.scripts.start,
-                timeout=self.scripts.timeout,
-                label="start script",
-                output=self.output_dir / "start.log",
-                env={**self.env, "FAILOVER_ACTION": "start"},
-            )
-            if not result.ok:
-                log.error("start script failed", reason=result.reason)
-                await self.release_vip()
-                return result.reason
+        problem = await self._run_script("start")
+        if problem is not None:
+            await self.release_vip()
+            return problem
         self.running = True
         return None
 
@@ -135,18 +128,23 @@ class Application:
 
     async def run_stop_script(self) -> str | None:
         """The first half of ``stop``: the stop script. None on success, else why it failed."""
+        return await self._run_script("stop")
+
+    async def _run_script(self, action: Literal["start", "stop"]) -> str | None:
+        """The ``action`` script, if scripts are configured: None on success, else why
+        it failed (logged). Its output goes to ``<action>.log``."""
         if self.scripts is None:
             return None
         result = await run_script(
-            self.scripts.stop,
+            self.scripts.start if action == "start" else self.scripts.stop,
             timeout=self.scripts.timeout,
-            label="stop script",
-            output=self.output_dir / "stop.log",
-            env={**self.env, "FAILOVER_ACTION": "stop"},
+            label=f"{action} script",
+            output=self.output_dir / f"{action}.log",
+            env={**self.env, "FAILOVER_ACTION": action},
         )
         if result.ok:
             return None
-        log.error("stop script failed", reason=result.reason)
+        log.error(f"{action} script failed", reason=result.reason)
         return result.reason
 
     async def release(self) -> str | None:

@@ -39,9 +39,15 @@ def raise_priority(nice: int = DAEMON_NICE) -> str | None:
 
 
 def restore_for_child(pid: int) -> None:
-    """Give a process the daemon started (a script) the niceness the daemon had
-    before ``raise_priority``. Best effort: a process that already exited is fine."""
+    """Give a script the daemon started, ``pid`` leading its own process group
+    (``start_new_session``), the niceness the daemon had before
+    ``raise_priority``: every process of the group, so that what the script
+    forked before this call (the application a start script launches in the
+    background) is put back too. Best effort: a group already gone is fine.
+
+    A process that left the group (``setsid``) before this call keeps the
+    daemon's niceness: the script runs from its ``exec`` until this call."""
     if "nice" not in _inherited:
         return
     with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, pid, _inherited["nice"])
+        os.setpriority(os.PRIO_PGRP, pid, _inherited["nice"])

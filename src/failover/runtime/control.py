@@ -148,6 +148,7 @@ class NodeController:
         submit: Submit,
         started: float,
         data: DataPlane | None = None,
+        degraded: Callable[[], dict[str, Any] | None] = lambda: None,
     ) -> None:
         self.data = data
         self.node = node
@@ -159,7 +160,7 @@ class NodeController:
         self._submit = submit
         self._started = started
         self._transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITIONS_KEPT)
-        self.degraded: Callable[[], dict[str, Any] | None] = lambda: None
+        self.degraded = degraded
         """The daemon's view of a metadata write fault (None while writes succeed)."""
 
     def record(self, entry: dict[str, Any]) -> None:

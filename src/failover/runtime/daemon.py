@@ -298,7 +298,6 @@ class Daemon:
     # --- the event loop ------------------------------------------------------------------
 
     async def _event_loop(self) -> None:
-        self.controller.degraded = self._degraded_view
         async with self._receive:
             async for envelope in self._receive:
                 if envelope.mutate is not None:
@@ -425,7 +424,7 @@ class Daemon:
     async def _retry_held(self) -> None:
         """Hand the held events to the core again, in order, while their writes succeed."""
         fault = self._fault
-        if fault is None:
+        if fault is None or self._exit.is_set():  # exiting: the core decides no more
             return
         if not self._held:  # only a command was undone: try a write of what is on disk
             try:
@@ -718,6 +717,7 @@ class Daemon:
             submit=self.submit,
             started=anyio.current_time(),
             data=self.data,
+            degraded=self._degraded_view,
         )
         self.log.info(
             "node starting",
@@ -769,6 +769,7 @@ class Daemon:
                     if self.config.cluster.autostart:
                         await self.report(ev.Start())
                     await self._exit.wait()
+                    await self._stop_held_app()
                     tg.cancel_scope.cancel()
             finally:
                 with anyio.CancelScope(shield=True):
@@ -805,6 +806,18 @@ class Daemon:
         if self.handle_signals:
             tg.start_soon(self._watch_signals)
         self.deadlines.publish(self.node.next_deadline())
+
+    async def _stop_held_app(self) -> None:
+        """At exit, a degraded node (its ``Stop`` held, the core frozen) whose
+        application still runs stops it here, in the hand-over order
+        (``ActionExecutor.stop_app``), while it still announces its durable
+        state: its peer cannot start before the stop is over. The exit cleanup
+        would stop it only after the heartbeats ended."""
+        if self._fault is None or not self.app.running or not self.executor.idle:
+            return
+        self.log.warning("exiting degraded while the application runs: stopping it first")
+        with anyio.move_on_after(self.app.budget + CLEANUP_TIMEOUT):
+            await self.executor.stop_app()
 
     async def _cleanup(self) -> None:
         """Bounded: stops what this daemon started if it exits while serving."""

@@ -42,9 +42,13 @@ class HeldEvents:
     is. Behind it: a timer tick is dropped (the core's deadlines are published
     again once it resumes), a link's event replaces that link's earlier one
     and a checker's event that checker's earlier one (each is a state report:
-    the newest says all). Every other event is an outcome of an action
-    started before the fault, so the queue stays bounded by the links, the
-    checkers and the actions in flight.
+    the newest says all). A ``ResyncFailed`` behind one already held is
+    dropped: the peer's source retries a resync this node cannot apply for as
+    long as the fault lasts, each attempt reported, and all of them fail the
+    same resync (the held core starts no other); the first moves the core out
+    of ``resync``, and a later one would fail whatever resync came next. Every
+    other event is an outcome of an action started before the fault, so the
+    queue stays bounded by the links, the checkers and the actions in flight.
     """
 
     def __init__(self) -> None:
@@ -58,6 +62,10 @@ class HeldEvents:
 
     def hold(self, event: ev.Event) -> None:
         if self._events and isinstance(event, ev.Timer):
+            return
+        if isinstance(event, ev.ResyncFailed) and any(
+            isinstance(held, ev.ResyncFailed) for held in self._events
+        ):
             return
         slot = _slot(event)
         if slot is not None:

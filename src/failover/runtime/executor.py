@@ -163,7 +163,7 @@ class ActionExecutor:
                 self._note("start", "end", ok=failure is None, problem=failure)
                 return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
             case fx.StopApp():
-                return await self._stop_app()
+                return await self.stop_app()
             case fx.StartResync(role="target", generation=generation):
                 # No replicated directory: the resync of nothing is complete, at
                 # the generation the source held when it started.
@@ -193,7 +193,7 @@ class ActionExecutor:
             vip = None if self.app.vip is None else str(self.app.vip.address)
             self.journal("resource", action=action, phase=phase, vip=vip, **fields)
 
-    async def _stop_app(self) -> ev.Event:
+    async def stop_app(self) -> ev.Event:
         """The hand-over order (``StopApp``'s contract): the stop script; then what
         the application wrote is replicated and acknowledged, and the replicated
         directories turn read-only; then the virtual IP is released. Only then

@@ -41,6 +41,22 @@ def _open_log_file(path: Path) -> BinaryIO:
     return open(path, "ab", buffering=0)
 
 
+def append_whole(fd: int, data: bytes) -> None:
+    """Append ``data`` to ``fd`` (a file opened ``O_APPEND``, no user-space buffer)
+    with one ``write``: all of it or nothing. A write that fails, or that a full
+    disk takes only in part (a short write), is cut off again, so no torn line
+    is left behind, and raises ``OSError``."""
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        raise
+
+
 class _Tolerant:
     """The log's stream, which never raises: a record that cannot be written (a full
     or failing disk) is dropped and counted, and the first record written again is
@@ -53,7 +69,7 @@ class _Tolerant:
 
     def _put(self, line: str) -> None:
         if self.binary is not None:
-            self.binary.write(line.encode("utf-8"))
+            append_whole(self.binary.fileno(), line.encode("utf-8"))
         elif self.text is not None:
             self.text.write(line)
             self.text.flush()
@@ -297,27 +313,16 @@ class AuditJournal:
         return mono, json.dumps(ordered, default=str)
 
     def _append(self, line: str) -> None:
-        data = (line + "\n").encode()
-        size = self._size()
-        if size >= self.max_bytes:
+        if os.fstat(self._open()).st_size >= self.max_bytes:
             self._rotate()
-            size = self._size()
-        assert self._fd is not None
-        try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, size)  # no torn line left for the audit
-            raise
+        append_whole(self._open(), (line + "\n").encode())  # no torn line left for the audit
 
-    def _size(self) -> int:
-        """The current file's size, opening (creating) it if needed."""
+    def _open(self) -> int:
+        """The current file's descriptor, opening (creating) it if needed."""
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        return os.fstat(self._fd).st_size
+        return self._fd
 
     def _rotate(self) -> None:
         self._close()
