@@ -28,7 +28,7 @@ from failover.testing.transport_contract import (
     pumped,
 )
 from failover.transport import MAX_FRAME_SIZE, supports_connection_auth
-from failover.wire import HELLO_SIZE, LINK_MAGIC, LinkMessage
+from failover.wire import HELLO_SIZE, LINK_MAGIC, MAX_LINK_MESSAGE, LinkMessage
 from failover_transports import tcp
 from failover_transports.framing import LengthPrefixedDecoder, encode_length_prefixed
 from failover_transports.tcp import MAX_CONNECTIONS, MAX_UNPROVEN, TcpEndpoint, TcpTransport
@@ -252,6 +252,27 @@ async def test_frames_from_a_stranger_are_dropped_with_its_connection(
                     assert await a.next_frame() == b"the real one"
                     break
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_stranger_announcing_a_large_message_is_closed_before_it_is_buffered(
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the proof only handshake messages are read: a length prefix above the
+    longest of them closes the connection at once, instead of buffering what the
+    stranger announced (a heartbeat's 64 KiB) until the proof deadline."""
+    monkeypatch.setattr(tcp, "PROOF_TIMEOUT", 3600.0)  # only the size limit can close it
+    a_end, b_end = tcp_endpoints
+    async with (
+        pumped(await TcpTransport().open(a_end, b_end, auth=AUTH[0])),
+        anyio.create_task_group() as tg,
+    ):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            intruder = await stranger(tg, a_end)
+            await intruder.stream.send(struct.pack(">I", MAX_LINK_MESSAGE + 1) + LINK_MAGIC)
+            await intruder.closed.wait()
+        tg.cancel_scope.cancel()
+    assert only_a_hello(intruder.messages()), intruder.messages()
 
 
 @pytest.mark.anyio

@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from failover.errors import TransportError
 from failover.transport import MAX_FRAME_SIZE, HeartbeatChannel
-from failover.wire import HandshakeFailed, LinkAuth, LinkHandshake
+from failover.wire import MAX_LINK_MESSAGE, HandshakeFailed, LinkAuth, LinkHandshake
 from failover_transports.edge import (
     IO_ERRORS,
     accept_stream,
@@ -100,9 +100,9 @@ class _Connection:
     """None: nothing to prove (insecure mode)."""
     deadline: float
     """When an unproven connection is closed."""
-    decoder: LengthPrefixedDecoder = field(
-        default_factory=lambda: LengthPrefixedDecoder(MAX_FRAME_SIZE)
-    )
+    decoder: LengthPrefixedDecoder
+    """Takes handshake-sized messages until the connection is proven (a stranger
+    chooses no buffer size), frames up to MAX_FRAME_SIZE from then on."""
     send_lock: anyio.Lock = field(default_factory=anyio.Lock)
     hello_sent: bool = False
     settled: anyio.Event = field(default_factory=anyio.Event)
@@ -268,7 +268,13 @@ class TcpChannel:
     async def _adopt(self, stream: SocketStream, tg: TaskGroup, *, dialer: bool) -> _Connection:
         handshake = None if self._auth is None else self._auth.handshake(dialer=dialer)
         connection = _Connection(
-            stream, dialer, handshake, deadline=anyio.current_time() + PROOF_TIMEOUT
+            stream,
+            dialer,
+            handshake,
+            deadline=anyio.current_time() + PROOF_TIMEOUT,
+            decoder=LengthPrefixedDecoder(
+                MAX_FRAME_SIZE if handshake is None else MAX_LINK_MESSAGE
+            ),
         )
         if self._closed:  # aclose already closed the others: this one would leak
             await self._drop(connection)
@@ -289,6 +295,7 @@ class TcpChannel:
         if connection in self._unproven:
             self._unproven.remove(connection)
         self._proven.append(connection)
+        connection.decoder.max_payload = MAX_FRAME_SIZE
         connection.settled.set()
         self._backoff = MIN_BACKOFF  # this peer holds the key
         if len(self._proven) > MAX_CONNECTIONS:
@@ -317,12 +324,13 @@ class TcpChannel:
             await self._send_handshake(connection, connection.handshake.hello)
             connection.hello_sent = True
         while True:
-            chunk = await connection.stream.receive(_READ_SIZE)
-            for message in connection.decoder.feed(chunk):
+            # One at a time: the frames after the proof may be larger than a handshake message.
+            while (message := connection.decoder.pop()) is not None:
                 if connection.proven:
                     self._deliver(message)
                 else:
                     await self._prove(connection, message)
+            connection.decoder.push(await connection.stream.receive(_READ_SIZE))
 
     async def _prove(self, connection: _Connection, message: bytes) -> None:
         assert connection.handshake is not None
