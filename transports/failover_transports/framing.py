@@ -66,7 +66,9 @@ class LengthPrefixedDecoder:
             return None
         (length,) = _LENGTH.unpack_from(self._buffer)
         if length > self.max_payload:
-            raise FramingError(f"frame length {length} exceeds the limit of {self.max_payload}")
+            raise FramingError(
+                f"peer announced a {length}-byte frame, the limit is {self.max_payload}"
+            )
         end = _LENGTH.size + length
         if len(self._buffer) < end:
             return None
