@@ -115,6 +115,8 @@ def test_a_dead_peers_frames_replayed_to_a_restarted_receiver_give_it_nothing() 
 
 
 def test_frames_recorded_before_the_sender_restarted_are_refused() -> None:
+    # The replay guard's work, not the echo's (the recording echoes beta's current run):
+    # this passes without the echo and fails when the guard admits an older incarnation.
     alpha, beta = Node("alpha", "beta", 100), Node("beta", "alpha", 200)
     exchange(alpha, beta)
     recorded = [alpha.heartbeat() for _ in range(RECORDED)]
