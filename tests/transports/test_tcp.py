@@ -28,7 +28,15 @@ from failover.testing.transport_contract import (
     pumped,
 )
 from failover.transport import MAX_FRAME_SIZE, supports_connection_auth
-from failover.wire import HELLO_SIZE, LINK_MAGIC, MAX_LINK_MESSAGE, LinkMessage
+from failover.wire import (
+    HELLO_SIZE,
+    LINK_MAGIC,
+    MAX_LINK_MESSAGE,
+    HandshakeFailed,
+    LinkAuth,
+    LinkHandshake,
+    LinkMessage,
+)
 from failover_transports import tcp
 from failover_transports.framing import LengthPrefixedDecoder, encode_length_prefixed
 from failover_transports.tcp import MAX_CONNECTIONS, MAX_UNPROVEN, TcpEndpoint, TcpTransport
@@ -333,19 +341,43 @@ async def test_a_handshake_relayed_between_the_two_nodes_proves_nothing(
         await to_b.aclose()
 
 
+def counting_refusals(auth: LinkAuth, monkeypatch: pytest.MonkeyPatch) -> list[HandshakeFailed]:
+    """Every handshake ``auth`` makes from now on adds to the list each time it refuses."""
+    refused: list[HandshakeFailed] = []
+    make = auth.handshake
+
+    def handshake(*, dialer: bool, nonce: bytes | None = None) -> LinkHandshake:
+        made = make(dialer=dialer, nonce=nonce)
+        receive = made.receive
+
+        def counted(message: bytes) -> bytes | None:
+            try:
+                return receive(message)
+            except HandshakeFailed as exc:
+                refused.append(exc)
+                raise
+
+        monkeypatch.setattr(made, "receive", counted)
+        return made
+
+    monkeypatch.setattr(auth, "handshake", handshake)
+    return refused
+
+
 @pytest.mark.anyio
 async def test_a_node_with_another_key_never_gets_the_link(
-    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint],
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a_end, b_end = tcp_endpoints
-    other = contract_link_auths(bytes(32))
-    async with open_pair(TcpTransport(), a_end, b_end, (AUTH[0], other[1])) as (a, b):
-        sent = 0
-        with anyio.move_on_after(1.0):  # a bounded look: many dial and proof attempts
-            while True:
+    alpha, beta = contract_link_auths()[0], contract_link_auths(bytes(32))[1]
+    refused = [counting_refusals(auth, monkeypatch) for auth in (alpha, beta)]
+    async with open_pair(TcpTransport(), a_end, b_end, (alpha, beta)) as (a, b):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            # Until each node refused the other's proof three times (each dials and is
+            # dialled again and again), neither ever has a connection to send on.
+            while min(map(len, refused)) < 3:
                 for node in (a, b):
                     with pytest.raises(TransportError, match="not connected"):
                         await node.channel.send(b"heartbeat")
-                sent += 1
                 await anyio.sleep(0.01)
-        assert sent > 10
+    assert all("does not verify" in str(exc) for exc in refused[0] + refused[1])
