@@ -238,6 +238,29 @@ async def test_idle_strangers_neither_receive_heartbeats_nor_take_the_link(
 
 
 @pytest.mark.anyio
+async def test_a_new_stranger_beyond_the_limit_closes_the_oldest_unproven_one(
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unproven accepted connections are bounded in number, not only in time."""
+    monkeypatch.setattr(tcp, "PROOF_TIMEOUT", 3600.0)  # only the limit can close them
+    a_end, b_end = tcp_endpoints
+    async with (
+        pumped(await TcpTransport().open(a_end, b_end, auth=AUTH[0])),
+        anyio.create_task_group() as tg,
+    ):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            held = []
+            for _ in range(MAX_UNPROVEN):
+                held.append(await stranger(tg, a_end))
+                await held[-1].got_something.wait()  # accepted: a sent its hello
+            newest = await stranger(tg, a_end)
+            await newest.got_something.wait()
+            await held[0].closed.wait()
+        assert not any(idle.closed.is_set() for idle in (*held[1:], newest))
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
 async def test_frames_from_a_stranger_are_dropped_with_its_connection(
     tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint],
 ) -> None:
