@@ -155,6 +155,13 @@ def test_an_old_run_replayed_first_does_not_stop_the_live_peer_pairing() -> None
     assert beta.outbound.echo == 100
     exchange(alpha, beta)
     assert beta.outbound.echo == 101 and alpha.outbound.echo == 201
+    # From then on the old run teaches nothing: replayed again and again, it never
+    # makes beta echo it (alpha would refuse everything beta sends: the link denied).
+    for _ in range(3):
+        assert beta.inbound.accept(old) is None
+        assert beta.outbound.echo == 101
+        exchange(alpha, beta)
+    assert beta.inbound.stats.dropped[Reason.STALE_INCARNATION] == 3
 
 
 def test_a_wrong_echo_frame_with_a_newer_status_hands_nothing_on() -> None:
