@@ -180,8 +180,10 @@ class Stranger:
         return LengthPrefixedDecoder(MAX_FRAME_SIZE).feed(bytes(self.received))
 
 
-async def stranger(tg: TaskGroup, endpoint: TcpEndpoint) -> Stranger:
-    connected = Stranger(await anyio.connect_tcp(str(endpoint.address), endpoint.port))
+async def stranger(tg: TaskGroup, endpoint: TcpEndpoint, source: str | None = None) -> Stranger:
+    connected = Stranger(
+        await anyio.connect_tcp(str(endpoint.address), endpoint.port, local_host=source)
+    )
     tg.start_soon(connected.listen)
     return connected
 
@@ -238,10 +240,12 @@ async def test_idle_strangers_neither_receive_heartbeats_nor_take_the_link(
 
 
 @pytest.mark.anyio
-async def test_a_new_stranger_beyond_the_limit_closes_the_oldest_unproven_one(
+async def test_unproven_connections_are_bounded_in_number_apart_from_the_peers_address(
     tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Unproven accepted connections are bounded in number, not only in time."""
+    """Strangers beyond MAX_UNPROVEN close the oldest unproven ones, not only the proof
+    deadline; a flood from other addresses fills its own quota, so the connection from
+    the peer's address (127.0.0.1 here), still proving, is never closed for it."""
     monkeypatch.setattr(tcp, "PROOF_TIMEOUT", 3600.0)  # only the limit can close them
     a_end, b_end = tcp_endpoints
     async with (
@@ -249,14 +253,16 @@ async def test_a_new_stranger_beyond_the_limit_closes_the_oldest_unproven_one(
         anyio.create_task_group() as tg,
     ):
         with anyio.fail_after(WAIT_TIMEOUT):
-            held = []
-            for _ in range(MAX_UNPROVEN):
-                held.append(await stranger(tg, a_end))
-                await held[-1].got_something.wait()  # accepted: a sent its hello
-            newest = await stranger(tg, a_end)
-            await newest.got_something.wait()
-            await held[0].closed.wait()
-        assert not any(idle.closed.is_set() for idle in (*held[1:], newest))
+            proving = await stranger(tg, a_end, source=str(b_end.address))
+            await proving.got_something.wait()
+            flood = []
+            for _ in range(2 * MAX_UNPROVEN):
+                flood.append(await stranger(tg, a_end, source="127.0.0.2"))
+                await flood[-1].got_something.wait()
+            for pushed_out in flood[:MAX_UNPROVEN]:
+                await pushed_out.closed.wait()
+        assert not proving.closed.is_set()
+        assert not any(idle.closed.is_set() for idle in flood[MAX_UNPROVEN:])
         tg.cancel_scope.cancel()
 
 

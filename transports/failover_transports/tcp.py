@@ -8,13 +8,14 @@ acceptor proves it in turn only once the dialer's proof verified. Until the
 other end's proof has verified, a connection is *unproven*: nothing is sent on
 it but the handshake (to a stranger who connects: the hello alone), nothing
 it carries is delivered, anything but the handshake closes it, and it is
-closed if the proof is not done within
-``PROOF_TIMEOUT``. At most ``MAX_UNPROVEN`` accepted connections may be
-unproven at once (a new one closes the oldest unproven one, never a proven
-one). Proven connections are kept (at most ``MAX_CONNECTIONS``, the oldest
-closed first): frames are sent on the newest proven one and received from
-all. So a stranger who connects receives the hello and nothing else, and
-cannot take the link from the peer.
+closed if the proof is not done within ``PROOF_TIMEOUT``. At most
+``MAX_UNPROVEN`` accepted connections from the peer's address, and as many
+from anywhere else, may be unproven at once (a new one closes the oldest
+unproven one of its kind, never a proven one): strangers elsewhere cannot push
+out the peer's connection while it proves the key. Proven connections are kept
+(at most ``MAX_CONNECTIONS``, the oldest closed first): frames are sent on the
+newest proven one and received from all. So a stranger who connects receives
+the hello and nothing else, and cannot take the link from the peer.
 
 Without a key (``insecure: true``) there is no handshake: every connection is
 used as it comes, as before version 2 of the wire format, and anyone who can
@@ -43,12 +44,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from failover.errors import TransportError
@@ -78,7 +79,8 @@ PROOF_TIMEOUT = 2.0
 MAX_CONNECTIONS = 4
 """Proven connections kept; a newer proven one closes the oldest."""
 MAX_UNPROVEN = 8
-"""Accepted connections still proving the key; a new one closes the oldest of them."""
+"""Accepted connections still proving the key, counted apart for those from the
+peer's address and those from anywhere else; a new one closes the oldest of its kind."""
 _READ_SIZE = 65536
 _READ_ERRORS: tuple[type[Exception], ...] = (*IO_ERRORS, FramingError, HandshakeFailed)
 
@@ -98,6 +100,8 @@ class _Connection:
     dialer: bool
     handshake: LinkHandshake | None
     """None: nothing to prove (insecure mode)."""
+    from_peer: bool
+    """Accepted from the peer's address: strangers elsewhere never push it out."""
     deadline: float
     """When an unproven connection is closed."""
     decoder: LengthPrefixedDecoder
@@ -271,6 +275,7 @@ class TcpChannel:
             stream,
             dialer,
             handshake,
+            from_peer=not dialer and self._from_peer(stream),
             deadline=anyio.current_time() + PROOF_TIMEOUT,
             decoder=LengthPrefixedDecoder(
                 MAX_FRAME_SIZE if handshake is None else MAX_LINK_MESSAGE
@@ -283,13 +288,27 @@ class TcpChannel:
             await self._promote(connection)
         else:
             if not dialer:
-                accepted = [c for c in self._unproven if not c.dialer]
-                if len(accepted) >= MAX_UNPROVEN:
+                rivals = [
+                    c
+                    for c in self._unproven
+                    if not c.dialer and c.from_peer == connection.from_peer
+                ]
+                if len(rivals) >= MAX_UNPROVEN:
                     log.debug("too many connections proving the key", link=self._what)
-                    await self._drop(accepted[0])
+                    await self._drop(rivals[0])
             self._unproven.append(connection)
         tg.start_soon(self._read_loop, connection)
         return connection
+
+    def _from_peer(self, stream: SocketStream) -> bool:
+        """True when ``stream`` comes from the peer's configured address."""
+        try:
+            host = ip_address(str(stream.extra(SocketAttribute.remote_address)[0]))
+        except (ValueError, TypeError, IndexError, OSError):
+            return False
+        if isinstance(host, IPv6Address) and host.ipv4_mapped is not None:
+            host = host.ipv4_mapped
+        return host == self._remote.address
 
     async def _promote(self, connection: _Connection) -> None:
         if connection in self._unproven:
