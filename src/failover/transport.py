@@ -129,6 +129,16 @@ def supports_connection_auth(transport: HeartbeatTransport) -> TypeGuard[Connect
     return getattr(transport, "connection_auth", False) is True
 
 
+async def open_channel(
+    transport: HeartbeatTransport, local: BaseModel, remote: BaseModel, auth: LinkAuth | None
+) -> HeartbeatChannel:
+    """``transport.open`` as the runtime calls it: with ``auth`` when there is one and
+    the transport takes it (``supports_connection_auth``), without it otherwise."""
+    if auth is not None and supports_connection_auth(transport):
+        return await transport.open(local, remote, auth=auth)
+    return await transport.open(local, remote)
+
+
 @runtime_checkable
 class MessageStream(Protocol):
     """A reliable, ordered, connected stream of whole messages (bytes of any size).

@@ -724,6 +724,8 @@ _HELLO = struct.Struct(">4sBB8s32s")  # ... cluster id, nonce
 _PROOF = struct.Struct(">4sBB32s")  # ... HMAC
 HELLO_SIZE = _HELLO.size  # 46
 PROOF_SIZE = _PROOF.size  # 38
+MAX_LINK_MESSAGE = max(HELLO_SIZE, PROOF_SIZE)
+"""The longest handshake message: all a connection may send before it proved the key."""
 _PROOF_LABEL = b"failover heartbeat link proof\x00"
 """Starts every signed proof: never ``FOVR`` (a frame) nor ``failover replication``."""
 

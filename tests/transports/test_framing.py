@@ -94,3 +94,18 @@ def test_length_prefix_over_the_limit_is_a_framing_error() -> None:
     decoder = LengthPrefixedDecoder(MAX)
     with pytest.raises(FramingError):
         decoder.feed((MAX + 1).to_bytes(4, "big"))
+
+
+def test_the_limit_applies_to_each_frame_as_it_is_popped() -> None:
+    # A proof and the first heartbeat in one segment: the heartbeat is read only
+    # once the limit was raised, and the limit refuses a prefix before its body came.
+    decoder = LengthPrefixedDecoder(4)
+    decoder.push(encode_length_prefixed(b"tiny") + encode_length_prefixed(b"larger"))
+    assert decoder.pop() == b"tiny"
+    decoder.max_payload = MAX
+    assert decoder.pop() == b"larger"
+    assert decoder.pop() is None
+    decoder = LengthPrefixedDecoder(4)
+    decoder.push((5).to_bytes(4, "big"))
+    with pytest.raises(FramingError):
+        decoder.pop()

@@ -28,7 +28,15 @@ from failover.testing.transport_contract import (
     pumped,
 )
 from failover.transport import MAX_FRAME_SIZE, supports_connection_auth
-from failover.wire import HELLO_SIZE, LINK_MAGIC, LinkMessage
+from failover.wire import (
+    HELLO_SIZE,
+    LINK_MAGIC,
+    MAX_LINK_MESSAGE,
+    HandshakeFailed,
+    LinkAuth,
+    LinkHandshake,
+    LinkMessage,
+)
 from failover_transports import tcp
 from failover_transports.framing import LengthPrefixedDecoder, encode_length_prefixed
 from failover_transports.tcp import MAX_CONNECTIONS, MAX_UNPROVEN, TcpEndpoint, TcpTransport
@@ -172,8 +180,10 @@ class Stranger:
         return LengthPrefixedDecoder(MAX_FRAME_SIZE).feed(bytes(self.received))
 
 
-async def stranger(tg: TaskGroup, endpoint: TcpEndpoint) -> Stranger:
-    connected = Stranger(await anyio.connect_tcp(str(endpoint.address), endpoint.port))
+async def stranger(tg: TaskGroup, endpoint: TcpEndpoint, source: str | None = None) -> Stranger:
+    connected = Stranger(
+        await anyio.connect_tcp(str(endpoint.address), endpoint.port, local_host=source)
+    )
     tg.start_soon(connected.listen)
     return connected
 
@@ -230,6 +240,33 @@ async def test_idle_strangers_neither_receive_heartbeats_nor_take_the_link(
 
 
 @pytest.mark.anyio
+async def test_unproven_connections_are_bounded_in_number_apart_from_the_peers_address(
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strangers beyond MAX_UNPROVEN close the oldest unproven ones, not only the proof
+    deadline; a flood from other addresses fills its own quota, so the connection from
+    the peer's address (127.0.0.1 here), still proving, is never closed for it."""
+    monkeypatch.setattr(tcp, "PROOF_TIMEOUT", 3600.0)  # only the limit can close them
+    a_end, b_end = tcp_endpoints
+    async with (
+        pumped(await TcpTransport().open(a_end, b_end, auth=AUTH[0])),
+        anyio.create_task_group() as tg,
+    ):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            proving = await stranger(tg, a_end, source=str(b_end.address))
+            await proving.got_something.wait()
+            flood = []
+            for _ in range(2 * MAX_UNPROVEN):
+                flood.append(await stranger(tg, a_end, source="127.0.0.2"))
+                await flood[-1].got_something.wait()
+            for pushed_out in flood[:MAX_UNPROVEN]:
+                await pushed_out.closed.wait()
+        assert not proving.closed.is_set()
+        assert not any(idle.closed.is_set() for idle in flood[MAX_UNPROVEN:])
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
 async def test_frames_from_a_stranger_are_dropped_with_its_connection(
     tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint],
 ) -> None:
@@ -252,6 +289,27 @@ async def test_frames_from_a_stranger_are_dropped_with_its_connection(
                     assert await a.next_frame() == b"the real one"
                     break
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_stranger_announcing_a_large_message_is_closed_before_it_is_buffered(
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the proof only handshake messages are read: a length prefix above the
+    longest of them closes the connection at once, instead of buffering what the
+    stranger announced (a heartbeat's 64 KiB) until the proof deadline."""
+    monkeypatch.setattr(tcp, "PROOF_TIMEOUT", 3600.0)  # only the size limit can close it
+    a_end, b_end = tcp_endpoints
+    async with (
+        pumped(await TcpTransport().open(a_end, b_end, auth=AUTH[0])),
+        anyio.create_task_group() as tg,
+    ):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            intruder = await stranger(tg, a_end)
+            await intruder.stream.send(struct.pack(">I", MAX_LINK_MESSAGE + 1) + LINK_MAGIC)
+            await intruder.closed.wait()
+        tg.cancel_scope.cancel()
+    assert only_a_hello(intruder.messages()), intruder.messages()
 
 
 @pytest.mark.anyio
@@ -312,19 +370,43 @@ async def test_a_handshake_relayed_between_the_two_nodes_proves_nothing(
         await to_b.aclose()
 
 
+def counting_refusals(auth: LinkAuth, monkeypatch: pytest.MonkeyPatch) -> list[HandshakeFailed]:
+    """Every handshake ``auth`` makes from now on adds to the list each time it refuses."""
+    refused: list[HandshakeFailed] = []
+    make = auth.handshake
+
+    def handshake(*, dialer: bool, nonce: bytes | None = None) -> LinkHandshake:
+        made = make(dialer=dialer, nonce=nonce)
+        receive = made.receive
+
+        def counted(message: bytes) -> bytes | None:
+            try:
+                return receive(message)
+            except HandshakeFailed as exc:
+                refused.append(exc)
+                raise
+
+        monkeypatch.setattr(made, "receive", counted)
+        return made
+
+    monkeypatch.setattr(auth, "handshake", handshake)
+    return refused
+
+
 @pytest.mark.anyio
 async def test_a_node_with_another_key_never_gets_the_link(
-    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint],
+    tcp_endpoints: tuple[TcpEndpoint, TcpEndpoint], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a_end, b_end = tcp_endpoints
-    other = contract_link_auths(bytes(32))
-    async with open_pair(TcpTransport(), a_end, b_end, (AUTH[0], other[1])) as (a, b):
-        sent = 0
-        with anyio.move_on_after(1.0):  # a bounded look: many dial and proof attempts
-            while True:
+    alpha, beta = contract_link_auths()[0], contract_link_auths(bytes(32))[1]
+    refused = [counting_refusals(auth, monkeypatch) for auth in (alpha, beta)]
+    async with open_pair(TcpTransport(), a_end, b_end, (alpha, beta)) as (a, b):
+        with anyio.fail_after(WAIT_TIMEOUT):
+            # Until each node refused the other's proof three times (each dials and is
+            # dialled again and again), neither ever has a connection to send on.
+            while min(map(len, refused)) < 3:
                 for node in (a, b):
                     with pytest.raises(TransportError, match="not connected"):
                         await node.channel.send(b"heartbeat")
-                sent += 1
                 await anyio.sleep(0.01)
-        assert sent > 10
+    assert all("does not verify" in str(exc) for exc in refused[0] + refused[1])

@@ -115,6 +115,8 @@ def test_a_dead_peers_frames_replayed_to_a_restarted_receiver_give_it_nothing() 
 
 
 def test_frames_recorded_before_the_sender_restarted_are_refused() -> None:
+    # The replay guard's work, not the echo's (the recording echoes beta's current run):
+    # this passes without the echo and fails when the guard admits an older incarnation.
     alpha, beta = Node("alpha", "beta", 100), Node("beta", "alpha", 200)
     exchange(alpha, beta)
     recorded = [alpha.heartbeat() for _ in range(RECORDED)]
@@ -153,6 +155,13 @@ def test_an_old_run_replayed_first_does_not_stop_the_live_peer_pairing() -> None
     assert beta.outbound.echo == 100
     exchange(alpha, beta)
     assert beta.outbound.echo == 101 and alpha.outbound.echo == 201
+    # From then on the old run teaches nothing: replayed again and again, it never
+    # makes beta echo it (alpha would refuse everything beta sends: the link denied).
+    for _ in range(3):
+        assert beta.inbound.accept(old) is None
+        assert beta.outbound.echo == 101
+        exchange(alpha, beta)
+    assert beta.inbound.stats.dropped[Reason.STALE_INCARNATION] == 3
 
 
 def test_a_wrong_echo_frame_with_a_newer_status_hands_nothing_on() -> None:

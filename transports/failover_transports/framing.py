@@ -29,10 +29,15 @@ def encode_length_prefixed(payload: bytes) -> bytes:
 
 
 class LengthPrefixedDecoder:
-    """Splits a byte stream of length-prefixed frames, keeping partial input across calls."""
+    """Splits a byte stream of length-prefixed frames, keeping partial input across calls.
+
+    ``max_payload`` may be raised between two frames (``push`` then ``pop``
+    one at a time): a TCP link reads only handshake-sized messages until the
+    other end proved the key, and frames of any allowed size after that.
+    """
 
     def __init__(self, max_payload: int) -> None:
-        self._max = max_payload
+        self.max_payload = max_payload
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -41,18 +46,35 @@ class LengthPrefixedDecoder:
         Raises ``FramingError`` when a length prefix exceeds ``max_payload``;
         the decoder is then unusable (the stream has lost its framing).
         """
-        self._buffer += data
+        self.push(data)
         frames: list[bytes] = []
-        while len(self._buffer) >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > self._max:
-                raise FramingError(f"frame length {length} exceeds the limit of {self._max}")
-            end = _LENGTH.size + length
-            if len(self._buffer) < end:
-                break
-            frames.append(bytes(self._buffer[_LENGTH.size : end]))
-            del self._buffer[:end]
+        while (frame := self.pop()) is not None:
+            frames.append(frame)
         return frames
+
+    def push(self, data: bytes) -> None:
+        """Add ``data``; take the frames it completes with ``pop``."""
+        self._buffer += data
+
+    def pop(self) -> bytes | None:
+        """The next complete frame, or None until more data comes.
+
+        Raises ``FramingError`` as soon as the next length prefix exceeds
+        ``max_payload`` (before any of that frame is buffered or waited for).
+        """
+        if len(self._buffer) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length > self.max_payload:
+            raise FramingError(
+                f"peer announced a {length}-byte frame, the limit is {self.max_payload}"
+            )
+        end = _LENGTH.size + length
+        if len(self._buffer) < end:
+            return None
+        frame = bytes(self._buffer[_LENGTH.size : end])
+        del self._buffer[:end]
+        return frame
 
 
 def cobs_encode(data: bytes) -> bytes:

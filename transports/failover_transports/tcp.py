@@ -8,13 +8,14 @@ acceptor proves it in turn only once the dialer's proof verified. Until the
 other end's proof has verified, a connection is *unproven*: nothing is sent on
 it but the handshake (to a stranger who connects: the hello alone), nothing
 it carries is delivered, anything but the handshake closes it, and it is
-closed if the proof is not done within
-``PROOF_TIMEOUT``. At most ``MAX_UNPROVEN`` accepted connections may be
-unproven at once (a new one closes the oldest unproven one, never a proven
-one). Proven connections are kept (at most ``MAX_CONNECTIONS``, the oldest
-closed first): frames are sent on the newest proven one and received from
-all. So a stranger who connects receives the hello and nothing else, and
-cannot take the link from the peer.
+closed if the proof is not done within ``PROOF_TIMEOUT``. At most
+``MAX_UNPROVEN`` accepted connections from the peer's address, and as many
+from anywhere else, may be unproven at once (a new one closes the oldest
+unproven one of its kind, never a proven one): strangers elsewhere cannot push
+out the peer's connection while it proves the key. Proven connections are kept
+(at most ``MAX_CONNECTIONS``, the oldest closed first): frames are sent on the
+newest proven one and received from all. So a stranger who connects receives
+the hello and nothing else, and cannot take the link from the peer.
 
 Without a key (``insecure: true``) there is no handshake: every connection is
 used as it comes, as before version 2 of the wire format, and anyone who can
@@ -43,17 +44,17 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Annotated
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from failover.errors import TransportError
 from failover.transport import MAX_FRAME_SIZE, HeartbeatChannel
-from failover.wire import HandshakeFailed, LinkAuth, LinkHandshake
+from failover.wire import MAX_LINK_MESSAGE, HandshakeFailed, LinkAuth, LinkHandshake
 from failover_transports.edge import (
     IO_ERRORS,
     accept_stream,
@@ -78,7 +79,8 @@ PROOF_TIMEOUT = 2.0
 MAX_CONNECTIONS = 4
 """Proven connections kept; a newer proven one closes the oldest."""
 MAX_UNPROVEN = 8
-"""Accepted connections still proving the key; a new one closes the oldest of them."""
+"""Accepted connections still proving the key, counted apart for those from the
+peer's address and those from anywhere else; a new one closes the oldest of its kind."""
 _READ_SIZE = 65536
 _READ_ERRORS: tuple[type[Exception], ...] = (*IO_ERRORS, FramingError, HandshakeFailed)
 
@@ -98,11 +100,13 @@ class _Connection:
     dialer: bool
     handshake: LinkHandshake | None
     """None: nothing to prove (insecure mode)."""
+    from_peer: bool
+    """Accepted from the peer's address: strangers elsewhere never push it out."""
     deadline: float
     """When an unproven connection is closed."""
-    decoder: LengthPrefixedDecoder = field(
-        default_factory=lambda: LengthPrefixedDecoder(MAX_FRAME_SIZE)
-    )
+    decoder: LengthPrefixedDecoder
+    """Takes handshake-sized messages until the connection is proven (a stranger
+    chooses no buffer size), frames up to MAX_FRAME_SIZE from then on."""
     send_lock: anyio.Lock = field(default_factory=anyio.Lock)
     hello_sent: bool = False
     settled: anyio.Event = field(default_factory=anyio.Event)
@@ -268,7 +272,14 @@ class TcpChannel:
     async def _adopt(self, stream: SocketStream, tg: TaskGroup, *, dialer: bool) -> _Connection:
         handshake = None if self._auth is None else self._auth.handshake(dialer=dialer)
         connection = _Connection(
-            stream, dialer, handshake, deadline=anyio.current_time() + PROOF_TIMEOUT
+            stream,
+            dialer,
+            handshake,
+            from_peer=not dialer and self._from_peer(stream),
+            deadline=anyio.current_time() + PROOF_TIMEOUT,
+            decoder=LengthPrefixedDecoder(
+                MAX_FRAME_SIZE if handshake is None else MAX_LINK_MESSAGE
+            ),
         )
         if self._closed:  # aclose already closed the others: this one would leak
             await self._drop(connection)
@@ -277,18 +288,33 @@ class TcpChannel:
             await self._promote(connection)
         else:
             if not dialer:
-                accepted = [c for c in self._unproven if not c.dialer]
-                if len(accepted) >= MAX_UNPROVEN:
+                rivals = [
+                    c
+                    for c in self._unproven
+                    if not c.dialer and c.from_peer == connection.from_peer
+                ]
+                if len(rivals) >= MAX_UNPROVEN:
                     log.debug("too many connections proving the key", link=self._what)
-                    await self._drop(accepted[0])
+                    await self._drop(rivals[0])
             self._unproven.append(connection)
         tg.start_soon(self._read_loop, connection)
         return connection
+
+    def _from_peer(self, stream: SocketStream) -> bool:
+        """True when ``stream`` comes from the peer's configured address."""
+        try:
+            host = ip_address(str(stream.extra(SocketAttribute.remote_address)[0]))
+        except (ValueError, TypeError, IndexError, OSError):
+            return False
+        if isinstance(host, IPv6Address) and host.ipv4_mapped is not None:
+            host = host.ipv4_mapped
+        return host == self._remote.address
 
     async def _promote(self, connection: _Connection) -> None:
         if connection in self._unproven:
             self._unproven.remove(connection)
         self._proven.append(connection)
+        connection.decoder.max_payload = MAX_FRAME_SIZE
         connection.settled.set()
         self._backoff = MIN_BACKOFF  # this peer holds the key
         if len(self._proven) > MAX_CONNECTIONS:
@@ -317,12 +343,13 @@ class TcpChannel:
             await self._send_handshake(connection, connection.handshake.hello)
             connection.hello_sent = True
         while True:
-            chunk = await connection.stream.receive(_READ_SIZE)
-            for message in connection.decoder.feed(chunk):
+            # One at a time: the frames after the proof may be larger than a handshake message.
+            while (message := connection.decoder.pop()) is not None:
                 if connection.proven:
                     self._deliver(message)
                 else:
                     await self._prove(connection, message)
+            connection.decoder.push(await connection.stream.receive(_READ_SIZE))
 
     async def _prove(self, connection: _Connection, message: bytes) -> None:
         assert connection.handshake is not None

@@ -16,7 +16,6 @@ the stream is closed and later calls raise.
 from __future__ import annotations
 
 import ssl
-import struct
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -28,11 +27,10 @@ from pydantic import BaseModel
 from failover.errors import TransportError
 from failover.transport import MessageListener, MessageStream
 from failover_transports.edge import accept_stream, closed_error, map_errors
-from failover_transports.framing import FramingError
+from failover_transports.framing import FramingError, LengthPrefixedDecoder, encode_length_prefixed
 from failover_transports.tcp import TcpEndpoint
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-_LENGTH = struct.Struct(">I")
 _READ_SIZE = 256 * 1024
 
 
@@ -44,7 +42,7 @@ class TcpMessageStream:
     ) -> None:
         self._stream = stream
         self._what = what
-        self._buffer = bytearray()
+        self._decoder = LengthPrefixedDecoder(MAX_MESSAGE_SIZE)
         self._send_lock = anyio.Lock()
         self._receive_lock = anyio.Lock()
         self._tls_lock = anyio.Lock()
@@ -86,7 +84,7 @@ class TcpMessageStream:
             done = False
             try:
                 with map_errors(f"{self._what}: send"):
-                    await stream.send(_LENGTH.pack(len(message)) + message)
+                    await stream.send(encode_length_prefixed(message))
                 done = True
             finally:
                 if not done:
@@ -104,7 +102,7 @@ class TcpMessageStream:
                 if self._closed:
                     raise closed_error(self._what)
                 try:
-                    message = self._take_message()
+                    message = self._decoder.pop()
                 except FramingError as exc:
                     await self.aclose()
                     raise TransportError(f"{self._what}: {exc}") from exc
@@ -112,20 +110,7 @@ class TcpMessageStream:
                     return message
                 stream = await self._ready()
                 with map_errors(f"{self._what}: receive"):
-                    self._buffer += await stream.receive(_READ_SIZE)
-
-    def _take_message(self) -> bytes | None:
-        if len(self._buffer) < _LENGTH.size:
-            return None
-        (length,) = _LENGTH.unpack_from(self._buffer)
-        if length > MAX_MESSAGE_SIZE:
-            raise FramingError(f"peer announced a {length}-byte message")
-        end = _LENGTH.size + length
-        if len(self._buffer) < end:
-            return None
-        message = bytes(self._buffer[_LENGTH.size : end])
-        del self._buffer[:end]
-        return message
+                    self._decoder.push(await stream.receive(_READ_SIZE))
 
     async def aclose(self) -> None:
         """Close the stream (idempotent, prompt); the peer's receive then raises."""

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from failover.core import events as ev
 from failover.errors import TransportError
-from failover.transport import HeartbeatChannel, HeartbeatTransport, supports_connection_auth
+from failover.transport import HeartbeatChannel, HeartbeatTransport, open_channel
 from failover.wire import Inbound, LinkAuth
 
 log = structlog.get_logger("failover.links")
@@ -105,7 +105,7 @@ class LinkRunner:
         while True:
             channel: HeartbeatChannel | None = None
             try:
-                channel = await self._open()
+                channel = await open_channel(self.transport, self.local, self.remote, self.auth)
             except TransportError as exc:
                 if not failing:
                     # Reported once per outage; the retries are only logged at debug.
@@ -127,11 +127,6 @@ class LinkRunner:
                 failing = True
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
-
-    async def _open(self) -> HeartbeatChannel:
-        if self.auth is not None and supports_connection_auth(self.transport):
-            return await self.transport.open(self.local, self.remote, auth=self.auth)
-        return await self.transport.open(self.local, self.remote)
 
     async def _serve(self, channel: HeartbeatChannel) -> str:
         """Receive and send on ``channel`` until it breaks; returns the error.

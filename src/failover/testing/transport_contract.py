@@ -63,6 +63,7 @@ from failover.transport import (
     HeartbeatTransport,
     MessageStream,
     ReplicationTransport,
+    open_channel,
     supports_connection_auth,
 )
 from failover.wire import FrameCodec, LinkAuth
@@ -145,18 +146,6 @@ async def pumped(channel: HeartbeatChannel) -> AsyncIterator[ChannelPump]:
     finally:
         with anyio.CancelScope(shield=True):
             await channel.aclose()
-
-
-async def open_channel(
-    transport: HeartbeatTransport,
-    local: BaseModel,
-    remote: BaseModel,
-    auth: LinkAuth | None = None,
-) -> HeartbeatChannel:
-    """Open a channel as the daemon does: with ``auth`` if the transport takes it."""
-    if auth is not None and supports_connection_auth(transport):
-        return await transport.open(local, remote, auth=auth)
-    return await transport.open(local, remote)
 
 
 @asynccontextmanager
