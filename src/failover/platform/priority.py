@@ -6,8 +6,10 @@ does (it runs real-time), the daemon raises its own priority at start, here
 with the plain CFS niceness (``DAEMON_NICE``): a CPU hog at the default
 niceness then gets a fraction of the daemon's share, and nothing real-time
 can starve the rest of the machine. Threads created afterwards (anyio's
-workers, the FUSE threads) inherit it. The operator's scripts must not: each
-is put back to the niceness the daemon started with (``restore_for_child``).
+workers, the FUSE threads) inherit it. The operator's scripts must not: they
+are forked while the forking thread is back at the niceness the daemon
+started with (``spawning_as_inherited``), so a script, and whatever it starts
+from its first instruction on, never runs favoured.
 
 Raising it needs ``CAP_SYS_NICE`` (root has it); without, the daemon says so
 once and runs at its inherited niceness.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 
 DAEMON_NICE = -10
 """The niceness the daemon asks for (lower is more favoured; -20 to 19)."""
@@ -38,16 +41,20 @@ def raise_priority(nice: int = DAEMON_NICE) -> str | None:
     return None
 
 
-def restore_for_child(pid: int) -> None:
-    """Give a script the daemon started, ``pid`` leading its own process group
-    (``start_new_session``), the niceness the daemon had before
-    ``raise_priority``: every process of the group, so that what the script
-    forked before this call (the application a start script launches in the
-    background) is put back too. Best effort: a group already gone is fine.
-
-    A process that left the group (``setsid``) before this call keeps the
-    daemon's niceness: the script runs from its ``exec`` until this call."""
+@contextlib.contextmanager
+def spawning_as_inherited() -> Iterator[None]:
+    """Around the spawn of a script: the calling thread (Linux niceness is per
+    thread, and a forked child takes its forking thread's) is put back to the
+    niceness the daemon had before ``raise_priority``, and raised again after.
+    Nothing to do when the priority was never raised."""
     if "nice" not in _inherited:
+        yield
         return
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PGRP, pid, _inherited["nice"])
+    raised = os.getpriority(os.PRIO_PROCESS, 0)
+    os.setpriority(os.PRIO_PROCESS, 0, _inherited["nice"])
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # CAP_SYS_NICE raised it once: it can again
+            os.setpriority(os.PRIO_PROCESS, 0, raised)
+

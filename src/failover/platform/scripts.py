@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from failover.platform.priority import restore_for_child
+from failover.platform.priority import spawning_as_inherited
 
 TAIL_LINES = 5
 _TAIL_BYTES = 8192
@@ -121,19 +121,19 @@ async def run_script(
         log.warning("script output discarded", script=label, file=str(output), error=exc.strerror)
         out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        process = await anyio.open_process(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out_fd,
-            stderr=out_fd,
-            env=full_env,
-            start_new_session=True,
-        )
+        with spawning_as_inherited():  # the daemon's raised priority is not the script's
+            process = await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=out_fd,
+                env=full_env,
+                start_new_session=True,
+            )
     except OSError as exc:
         return ScriptResult(label, None, False, (), f"{argv[0]}: {exc.strerror or exc}")
     finally:
         os.close(out_fd)
-    restore_for_child(process.pid)  # the daemon's raised priority is not the script's
     timed_out = False
     try:
         with anyio.move_on_after(timeout) as scope:
