@@ -57,4 +57,3 @@ def spawning_as_inherited() -> Iterator[None]:
     finally:
         with contextlib.suppress(OSError):  # CAP_SYS_NICE raised it once: it can again
             os.setpriority(os.PRIO_PROCESS, 0, raised)
-
