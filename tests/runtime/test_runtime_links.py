@@ -250,6 +250,7 @@ async def test_commands_reach_the_core_and_report_its_answer(tmp_path: Path) -> 
 
         stopped = await primary.controller.command("stop")
         assert stopped.accepted and stopped.state == "stop"
+        assert stopped.message == "stopped by the operator", "the core's reason, not an echo"
         unknown = await primary.controller.command("reboot")
         assert not unknown.accepted and "unknown command" in unknown.message
 

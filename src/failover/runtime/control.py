@@ -243,7 +243,7 @@ class NodeController:
         refusals = [effect for effect in effects if isinstance(effect, fx.Refused)]
         if refusals:
             return CommandResult(False, "; ".join(r.reason for r in refusals), self._state())
-        return CommandResult(True, f"{name} accepted", self._state())
+        return CommandResult(True, self.node.reason, self._state())  # what the core did
 
     async def verify(self) -> dict[str, Any]:
         if self.data is None:
