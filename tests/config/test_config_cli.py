@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,16 @@ def test_missing_file_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     path = tmp_path / "nowhere.yaml"
     assert main(["check-config", str(path)]) == 1
     assert capsys.readouterr().err == f"{path}: cannot read the file: No such file or directory\n"
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    # `failover check-config ... | head -0`: the pipe is closed before the output
+    process = subprocess.Popen(
+        [sys.executable, "-m", "failover", "check-config", str(EXAMPLES / "loopback.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
