@@ -43,11 +43,12 @@ from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from failover.core.compare import Relation, relation
 from failover.core.state import Generation, Metadata
 from failover.errors import UsageError
+from failover.wire import MAX_COUNTER
 
 FORMAT_VERSION = 1
 JOURNAL_NAME = "audit.jsonl"
@@ -168,8 +169,14 @@ class Record:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A finite JSON number (an integer too large for a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -204,20 +211,29 @@ def _check_record(data: Any) -> str | None:
         return "'step' must be an integer"
     if kind == "gap" and data.get("since") is not None and not _number(data["since"]):
         return "'since' must be a number"
+    links = data.get("links")
+    if (
+        kind == "start"
+        and links is not None
+        and not (isinstance(links, list) and all(isinstance(name, str) for name in links))
+    ):
+        return "'links' must be a list of link names"
     for key, kind_type in _REQUIRED[kind]:
         if not isinstance(data.get(key), kind_type):
             return f"a {kind} record needs '{key}'"
     for key in ("generation", "synced"):
         if key in data and isinstance(data[key], str) and _generation(data[key]) is None:
             return f"'{key}' is not a generation: {data[key]!r}"
-    if kind == "peer" and _generation(data["generation"]) is None:
-        return f"'generation' is not a generation: {data['generation']!r}"
     return None
 
 
+_COUNTER_DIGITS = len(str(MAX_COUNTER))
+
+
 def _generation(text: str) -> Generation | None:
+    """``str(Generation)`` read back: ``counter`` or ``counter:origin``."""
     counter, _, origin = text.partition(":")
-    if not counter.isascii() or not counter.isdigit():
+    if not (counter.isascii() and counter.isdigit()) or len(counter) > _COUNTER_DIGITS:
         return None
     return Generation(int(counter), origin)
 
@@ -250,6 +266,17 @@ def _journal_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _decode(where: str, text: str) -> Any:
+    """One line's JSON value; any line json cannot read (huge integers and deep
+    nesting too) is an input error naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise AuditInputError(f"{where}: not JSON: {type(exc).__name__}") from None
+
+
 def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], int]:
     """Every node's records in its own order (boot, then sequence), and how many torn
     last lines were skipped (a daemon killed in the middle of a write)."""
@@ -261,12 +288,12 @@ def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], 
             for number, text, torn in _lines(path):
                 where = f"{path}:{number}"
                 try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
+                    data = _decode(where, text)
+                except AuditInputError:
                     if torn:
                         torn_tails += 1
                         continue
-                    raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+                    raise
                 problem = _check_record(data)
                 if problem is not None:
                     raise AuditInputError(f"{where}: {problem}")
@@ -289,10 +316,7 @@ def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], 
 def _json_lines(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     for number, text, _torn in _lines(path):
         where = f"{path}:{number}"
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+        data = _decode(where, text)
         if not isinstance(data, dict):
             raise AuditInputError(f"{where}: not a JSON object")
         yield where, data
@@ -316,7 +340,7 @@ def load_acked(path: str | Path) -> list[Ack]:
         node = data.get("node")
         if node is not None and not isinstance(node, str):
             raise AuditInputError(f"{where}: 'node' must be a string")
-        acks.append(Ack(_record_id(where, data), float(mono or 0), node))
+        acks.append(Ack(_record_id(where, data), float(mono), node))
     return acks
 
 
