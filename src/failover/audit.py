@@ -493,10 +493,12 @@ class _Audit:
     violations: list[Violation] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
     _absent: dict[str, list[Ack]] = field(default_factory=dict)
-    _diverged: set[int] = field(default_factory=set)
-    """Records exempted once as written on a diverged history (a split brain):
-    the servers after that one descend from a history without them, and S6 (the
-    loser's quarantine) keeps them, so no later start of service owes them."""
+    _diverged: dict[str, set[int]] = field(default_factory=dict)
+    """Per node, the records exempted at one of its starts of service (written on
+    the other side of a split brain or of its blind takeover): its history from
+    then on is one without them, and S6 (the writer's quarantine) keeps them, so
+    its later starts do not owe them. Never the writer's own: the node that
+    acknowledged a record must still hold it when it serves again."""
     _unjudged: dict[str, list[str]] = field(default_factory=dict)  # per gap record: checks
 
     def unjudged(self, mono: float, nodes: Iterable[str], check: str) -> bool:
@@ -708,12 +710,13 @@ class _Audit:
         if absent is None:  # once per node: usually few, whatever the number of acks
             held = self.found[node]
             absent = self._absent[node] = [ack for ack in self.acks if ack.id not in held]
+        diverged = self._diverged.setdefault(node, set())
         missing: list[int] = []
         for ack in absent:
-            if ack.mono >= t or ack.id in self._diverged:
+            if ack.mono >= t or ack.id in diverged:
                 continue
             if self.exempt(line, ack, t, blind):
-                self._diverged.add(ack.id)
+                diverged.add(ack.id)
             else:
                 missing.append(ack.id)
         if missing:

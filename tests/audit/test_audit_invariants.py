@@ -256,6 +256,34 @@ def test_s3_writes_behind_a_partition_stay_s6s_at_later_starts(tmp_path: Path) -
     assert "S3" not in kinds(report), report
 
 
+def test_s3_the_writer_behind_a_partition_still_owes_its_own_writes(tmp_path: Path) -> None:
+    """The exemption above is the blind taker's only: the node that acknowledged
+    the records alone must still hold them (copy or quarantine) when it serves
+    again. Named so that the blind taker is audited first (node order must not
+    decide): the writer is "beta" in the primary role, the taker "alpha"."""
+    writer, taker = Journal("beta"), Journal("alpha")
+    t = paired(writer, taker)
+    alone_then_crash(writer, taker, t + 5, cut=True)  # taker serves blind from t + 7.2
+    taker.next_step().link(t + 9, True)
+    writer.restart(t + 10, "2:alpha", synced="1:alpha")  # back, resynced from the taker
+    writer.next_step().transition(t + 10.1, "stop", "wait", "2:alpha", event="start")
+    writer.next_step().peer(t + 10.2, "alone", "2:beta").link(t + 10.2, True)
+    writer.transition(t + 10.2, "wait", "resync", "2:alpha")
+    writer.next_step().meta(t + 10.5, "2:beta", "2:beta")
+    writer.transition(t + 10.5, "resync", "secondary", "2:beta", synced="2:beta")
+    taker.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")  # the taker stops
+    taker.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
+    taker.exit(t + 20.3)
+    writer.next_step().link(t + 20.4, False)
+    writer.serve(t + 21, "secondary", "alone", "3:beta", event="peer_lost")
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6))
+    found = {"alpha": ids(tmp_path / "a", 1), "beta": ids(tmp_path / "b", 1)}  # 2 is lost
+    report = run(tmp_path, writer, taker, acked=acked, found=found)
+    assert kinds(report) == ["S3"], report
+    assert report.violations[0].nodes == ("beta",)
+    assert report.violations[0].why.endswith("without 1 acknowledged record(s): 2")
+
+
 def test_s3_a_split_brain_losers_writes_are_not_required_on_the_winner(tmp_path: Path) -> None:
     alpha, beta, t = pair()
     partition(alpha, beta, t + 10)
