@@ -409,10 +409,19 @@ class Timeline:
     snapshots: list[Snapshot] = field(default_factory=list)
     monos: list[float] = field(default_factory=list)
     gaps: list[tuple[float, Record]] = field(default_factory=list)  # (since, gap record)
+    headless: list[Record] = field(default_factory=list)
+    """The first record of each boot whose ``start`` record is not in the journals
+    read (rotated away, or a file not given): as after a gap, what the node's
+    records show from there to its next start may miss what came before."""
 
     def build(self) -> None:
         now = Snapshot(-math.inf)
+        boot: int | None = None
         for record in self.records:
+            headless = record.order[0] != boot and record.kind != "start"
+            boot = record.order[0]
+            if headless:
+                self.headless.append(record)
             if record.kind == "gap":  # lost from ``since`` (else: after the last record kept)
                 since = record.get("since")
                 last = now.mono if math.isfinite(now.mono) else record.mono
@@ -455,6 +464,8 @@ class Timeline:
                 now.links = dict.fromkeys(now.links, False)
             elif kind == "gap":
                 now.gap = record  # the state from here on may miss what was lost
+            if headless:
+                now.gap = record  # its links, state and resources before it are unknown
             self.snapshots.append(now)
             self.monos.append(record.mono)
 
@@ -467,11 +478,15 @@ class Timeline:
         return self.snapshots[index - 1] if index > 0 else Snapshot(-math.inf)
 
     def unknown_at(self, mono: float) -> Record | None:
-        """The gap record when what this node's records show at ``mono`` may be wrong:
-        ``mono`` falls where records were lost, or after them in the same boot."""
+        """The gap record (or first record of a boot without its start) when what this
+        node's records show at ``mono`` may be wrong: ``mono`` falls where records were
+        lost, or after them in the same boot."""
         for since, record in self.gaps:
             if since <= mono <= record.mono:
                 return record
+        for first in self.headless:
+            if first.mono == mono:
+                return first
         snapshot = self.at(mono)
         return None if snapshot is None else snapshot.gap
 
@@ -513,7 +528,8 @@ class _Audit:
         return False
 
     def report_gaps(self) -> None:
-        """One "journal incomplete" finding per gap: the evidence of that window is missing."""
+        """One "journal incomplete" finding per gap (the evidence of that window is
+        missing), and per boot without its start record that a check needed."""
         for line in self.timelines.values():
             for since, gap in line.gaps:
                 node = line.node
@@ -526,6 +542,17 @@ class _Audit:
                 if checks:
                     why += f"; not judged: {', '.join(checks)}"
                 self.violations.append(Violation(INCOMPLETE, since, (node,), why, gap.where))
+            for first in line.headless:  # reported only when a check needed what is missing
+                checks = self._unjudged.get(first.where, [])
+                if checks:
+                    why = (
+                        f"{line.node}'s records of boot {first.order[0]} begin without its "
+                        f"start record (rotated away, or a journal file not given): its links "
+                        f"and state before t={first.mono:.3f} are unknown; not judged: "
+                        f"{', '.join(checks)}"
+                    )
+                    violation = Violation(INCOMPLETE, first.mono, (line.node,), why, first.where)
+                    self.violations.append(violation)
 
     def peer_of(self, node: str) -> Timeline | None:
         return next((t for n, t in self.timelines.items() if n != node), None)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from audit_support import Journal, acks, ids, paired
 
-from failover.audit import Report, audit
+from failover.audit import INCOMPLETE, Report, audit
 
 
 def run(tmp_path: Path, *journals: Journal, **kwargs: object) -> Report:
@@ -91,6 +91,23 @@ def test_s1_the_configured_winner_keeps_serving(tmp_path: Path) -> None:
     beta.app(t + 15.02, "stop", "begin").app(t + 15.03, "stop", "end")
     report = run(tmp_path, alpha, beta)
     assert report.ok, report
+
+
+def test_s1_links_are_not_taken_for_down_when_the_start_record_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Without its boot's start record (rotated away) a node's links are unknown,
+    not silent: its start of service beside a serving peer is not exempt as a
+    blind takeover, it is listed as not judged."""
+    alpha, beta, t = pair()
+    beta.serve(t + 1, "secondary", "alone", "2:beta", event="peer_lost")  # every link up
+    assert kinds(run(tmp_path / "whole", alpha, beta)) == ["S1"]
+    last_link_up = max(i for i, r in enumerate(beta.records) if r["kind"] == "link")
+    del beta.records[: last_link_up + 1]  # its start and links up: rotated away
+    report = run(tmp_path / "rotated", alpha, beta)
+    assert kinds(report) == [INCOMPLETE], report
+    assert report.violations[0].nodes == ("beta",)
+    assert f"not judged: S1 at t={t + 1:.3f}" in report.violations[0].why
 
 
 def swap(alpha: Journal, beta: Journal, at: float, stop_ends: float) -> None:
