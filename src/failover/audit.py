@@ -41,7 +41,7 @@ import json
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -158,9 +158,10 @@ class Record:
         return int(self.data["boot"]), int(self.data["seq"])
 
     @property
-    def step(self) -> int | None:
+    def step(self) -> tuple[int, int] | None:
+        """(boot, step) of the core step that wrote it; None outside any step."""
         step = self.data.get("step")
-        return None if step is None else int(step)
+        return None if step is None else (int(self.data["boot"]), int(step))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -376,16 +377,7 @@ class Snapshot:
         return not any(self.links.values())
 
     def copy(self, mono: float) -> Snapshot:
-        return Snapshot(
-            mono,
-            self.state,
-            self.held,
-            dict(self.links),
-            self.meta,
-            self.forced,
-            self.winner,
-            self.gap,
-        )
+        return replace(self, mono=mono, links=dict(self.links))
 
 
 def _meta(record: Record, before: Metadata) -> Metadata:
@@ -506,7 +498,11 @@ class _Audit:
     acks: list[Ack] | None
     found: Mapping[str, frozenset[int]]
     violations: list[Violation] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("entries", "blind_overlaps", "forced_overlaps", "s3_entries"), 0
+        )
+    )
     _absent: dict[str, list[Ack]] = field(default_factory=dict)
     _diverged: dict[str, set[int]] = field(default_factory=dict)
     """Per node, the records exempted at one of its starts of service (written on
@@ -564,11 +560,9 @@ class _Audit:
 
     def run(self) -> None:
         lineage = self.forced_lineage()
-        count = {"entries": 0, "blind_overlaps": 0, "forced_overlaps": 0, "s3_entries": 0}
         for line in self.timelines.values():
-            self.check_node(line, lineage, count)
+            self.check_node(line, lineage)
         self.report_gaps()
-        self.figures.update(count)
 
     def forced_lineage(self) -> frozenset[Generation]:
         """Generations minted by a forced promotion, and every one minted from them."""
@@ -586,9 +580,7 @@ class _Audit:
                 lineage.add(new)
         return frozenset(lineage)
 
-    def check_node(
-        self, line: Timeline, lineage: frozenset[Generation], count: dict[str, int]
-    ) -> None:
+    def check_node(self, line: Timeline, lineage: frozenset[Generation]) -> None:
         node = line.node
         peer = self.peer_of(node)
         step_start: Snapshot = Snapshot(-math.inf)
@@ -596,7 +588,7 @@ class _Audit:
         highest: Generation | None = None
         for i, record in enumerate(line.records):
             before, after = line.before(i), line.snapshots[i]
-            key = None if record.step is None else (record.order[0], record.step)
+            key = record.step
             if key is None or key != step_key:
                 step_start = before
             step_key = key
@@ -611,11 +603,10 @@ class _Audit:
                 if source == "resync" and target not in RESYNC_EXITS:
                     self.flag("S4", record, [node], f"{node} went from resync to {target}")
                 if source not in SERVING and target in SERVING:
-                    count["entries"] += 1
-                    other = None if peer is None else peer.at(record.mono)
-                    self.check_entry(line, record, before, other, count)
-                    self.check_stale(node, record, step_start, before, other, lineage)
-                    self.check_acked(line, record, before, count)
+                    self.figures["entries"] += 1
+                    self.check_entry(node, record, before, peer)
+                    self.check_stale(node, record, step_start, before, peer, lineage)
+                    self.check_acked(line, record, before)
             elif kind == "resource" and (record.get("action"), record.get("phase")) == (
                 "start",
                 "begin",
@@ -623,16 +614,13 @@ class _Audit:
                 if before.state == "resync":
                     self.flag("S4", record, [node], f"{node} started the application in resync")
                 if before.state not in SERVING:
-                    other = None if peer is None else peer.at(record.mono)
-                    self.check_entry(line, record, before, other, count)
+                    self.check_entry(node, record, before, peer)
             if kind == "peer" and record.get("state") in SERVING and peer is not None:
                 # judged on the step's outcome: the last record of the same step
                 end = i
-                while end + 1 < len(line.records) and (
-                    line.records[end + 1].step is not None
-                    and key is not None
-                    and (line.records[end + 1].order[0], line.records[end + 1].step) == key
-                ):
+                while key is not None and end + 1 < len(line.records):
+                    if line.records[end + 1].step != key:
+                        break
                     end += 1
                 outcome = line.snapshots[end]
                 heard = _generation(str(record.get("generation"))) or Generation()
@@ -652,27 +640,20 @@ class _Audit:
                     )
 
     def check_entry(
-        self,
-        line: Timeline,
-        record: Record,
-        before: Snapshot,
-        other: Snapshot | None,
-        count: dict[str, int],
+        self, node: str, record: Record, before: Snapshot, peer: Timeline | None
     ) -> None:
         """S1: starting to serve while the peer serves needs silence on every link, or force."""
-        node = line.node
-        peer = self.peer_of(node)
-        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S1"):
+        if peer is None or self.unjudged(record.mono, [node, peer.node], "S1"):
             return
+        other = peer.at(record.mono)
         if other is None or not other.serving:
             return
-        assert peer is not None
         forced = record.kind == "transition" and bool(record.get("forced"))
         if forced or other.forced:
-            count["forced_overlaps"] += 1
+            self.figures["forced_overlaps"] += 1
             return
         if before.silent:
-            count["blind_overlaps"] += 1
+            self.figures["blind_overlaps"] += 1
             return
         up = sorted(name for name, is_up in before.links.items() if is_up)
         holds = (
@@ -700,21 +681,20 @@ class _Audit:
         record: Record,
         step_start: Snapshot,
         before: Snapshot,
-        other: Snapshot | None,
+        peer: Timeline | None,
         lineage: frozenset[Generation],
     ) -> None:
         """S2: no promotion while the peer's persisted data is newer (unforced, not blind)."""
-        if other is None or record.get("forced"):
+        if peer is None or record.get("forced"):
             return
-        peer = self.peer_of(node)
-        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S2"):
+        other = peer.at(record.mono)
+        if other is None or self.unjudged(record.mono, [node, peer.node], "S2"):
             return
         blind = record.get("from") == "secondary" and before.silent
         mine, theirs = step_start.meta, other.meta
         if blind or theirs.generation in lineage or not theirs.consistent:
             return
         if relation(mine, theirs) is Relation.PEER_NEWER:
-            assert peer is not None
             self.flag(
                 "S2",
                 record,
@@ -723,14 +703,12 @@ class _Audit:
                 f"{peer.node} holds newer {theirs.generation}",
             )
 
-    def check_acked(
-        self, line: Timeline, record: Record, before: Snapshot, count: dict[str, int]
-    ) -> None:
+    def check_acked(self, line: Timeline, record: Record, before: Snapshot) -> None:
         """S3: every write acknowledged before this start is held by this node."""
         node = line.node
         if self.acks is None or record.get("forced") or node not in self.found:
             return
-        count["s3_entries"] += 1
+        self.figures["s3_entries"] += 1
         t = record.mono
         blind = record.get("from") == "secondary" and before.silent
         absent = self._absent.get(node)
