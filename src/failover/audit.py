@@ -794,6 +794,12 @@ def audit(
         acks = load_acked(acked)
     else:
         acks = list(acked)
+    strangers = sorted(set(found or {}) - set(nodes))
+    if strangers:  # a typo would otherwise leave S3 "checked" on no node
+        raise AuditInputError(
+            f"found set(s) for {', '.join(strangers)}: no records of such a node in the "
+            f"given logs (nodes: {', '.join(sorted(nodes))})"
+        )
     held: dict[str, frozenset[int]] = {}
     for name, given in (found or {}).items():
         held[name] = load_found(given) if isinstance(given, str | Path) else frozenset(given)

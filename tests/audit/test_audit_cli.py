@@ -130,12 +130,15 @@ def test_other_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     good = write_lines(tmp_path / "good.jsonl", GOOD)
     assert main(["audit", str(good), str(good)]) == 2
     assert "also at" in capsys.readouterr().err  # one journal given twice
+    ack = write_lines(tmp_path / "ack", '{"id": 1, "mono": 1.0}')
     bad_ack = write_lines(tmp_path / "acked", '{"id": 1, "mono": 1.0}', '{"id": -3, "mono": 2}')
     assert main(["audit", str(good), "--acked", str(bad_ack), "--found", "alpha=x"]) == 2
     assert f"{bad_ack}:2: 'id' must be a non-negative integer" in capsys.readouterr().err
     huge = write_lines(tmp_path / "huge", '{"id": 1, "mono": 1' + "0" * 400 + "}")
     assert main(["audit", str(good), "--acked", str(huge), "--found", "alpha=x"]) == 2
     assert f"{huge}:1: 'mono' must be a number" in capsys.readouterr().err
+    assert main(["audit", str(good), "--acked", str(ack), "--found", f"alhpa={ack}"]) == 2
+    assert "found set(s) for alhpa: no records of such a node" in capsys.readouterr().err
     assert main(["audit", str(good), "--found", "alpha"]) == 2
     assert "--found 'alpha': expected NODE=FILE" in capsys.readouterr().err
 
