@@ -48,9 +48,9 @@ from typing import Any, TypeGuard
 from failover.core.compare import Relation, relation
 from failover.core.state import Generation, Metadata
 from failover.errors import UsageError
+from failover.runtime.logging import JOURNAL_FORMAT as FORMAT_VERSION
 from failover.wire import MAX_COUNTER
 
-FORMAT_VERSION = 1
 JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
