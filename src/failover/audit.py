@@ -57,7 +57,6 @@ RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
 INCOMPLETE = "journal incomplete"
 """The finding for a node's lost records (a ``gap``): what they would show is not judged."""
-KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit", "gap"})
 
 __all__ = [
     "FORMAT_VERSION",
@@ -180,6 +179,7 @@ def _number(value: Any) -> TypeGuard[int | float]:
         return False
 
 
+# Every record kind, and the fields (with their types) a record of that kind needs.
 _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     "start": (("generation", str),),
     "meta": (("generation", str), ("synced", str), ("consistent", bool)),
@@ -199,7 +199,7 @@ def _check_record(data: Any) -> str | None:
     if data.get("v") != FORMAT_VERSION:
         return f"unknown format version {data.get('v')!r} (this audit reads {FORMAT_VERSION})"
     kind = data.get("kind")
-    if kind not in KINDS:
+    if kind not in _REQUIRED:
         return f"unknown record kind {kind!r}"
     if not isinstance(data.get("node"), str) or not data["node"]:
         return "'node' must be a non-empty string"
