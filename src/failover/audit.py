@@ -29,7 +29,8 @@ shares: the two nodes' records of a lab run fall on one time line.
 
 A ``gap`` record (records the node's journal lost: its disk refused them) is
 reported as "journal incomplete", with the S1/S2 checks that needed the lost
-records listed there instead of judged on what remains.
+records listed there instead of judged on what remains; so is a boot whose
+``start`` record is not among the journals read, when a check needed it.
 
 The checks are the runtime's versions of ``failover.model.invariants``; what
 differs, and why, is in docs/audit.md.
@@ -56,7 +57,8 @@ SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
 INCOMPLETE = "journal incomplete"
-"""The finding for a node's lost records (a ``gap``): what they would show is not judged."""
+"""The finding for a node's lost records (a ``gap``, or a boot whose ``start`` record
+is missing): what they would show is not judged."""
 
 __all__ = [
     "FORMAT_VERSION",
