@@ -29,7 +29,8 @@ shares: the two nodes' records of a lab run fall on one time line.
 
 A ``gap`` record (records the node's journal lost: its disk refused them) is
 reported as "journal incomplete", with the S1/S2 checks that needed the lost
-records listed there instead of judged on what remains.
+records listed there instead of judged on what remains; so is a boot whose
+``start`` record is not among the journals read, when a check needed it.
 
 The checks are the runtime's versions of ``failover.model.invariants``; what
 differs, and why, is in docs/audit.md.
@@ -41,22 +42,23 @@ import json
 import math
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from failover.core.compare import Relation, relation
 from failover.core.state import Generation, Metadata
 from failover.errors import UsageError
+from failover.runtime.logging import JOURNAL_FORMAT as FORMAT_VERSION
+from failover.wire import MAX_COUNTER
 
-FORMAT_VERSION = 1
 JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
 INCOMPLETE = "journal incomplete"
-"""The finding for a node's lost records (a ``gap``): what they would show is not judged."""
-KINDS = frozenset({"start", "meta", "transition", "link", "peer", "resource", "exit", "gap"})
+"""The finding for a node's lost records (a ``gap``, or a boot whose ``start`` record
+is missing): what they would show is not judged."""
 
 __all__ = [
     "FORMAT_VERSION",
@@ -157,9 +159,10 @@ class Record:
         return int(self.data["boot"]), int(self.data["seq"])
 
     @property
-    def step(self) -> int | None:
+    def step(self) -> tuple[int, int] | None:
+        """(boot, step) of the core step that wrote it; None outside any step."""
         step = self.data.get("step")
-        return None if step is None else int(step)
+        return None if step is None else (int(self.data["boot"]), int(step))
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -168,10 +171,17 @@ class Record:
 # --- reading -------------------------------------------------------------------------------
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A finite JSON number (an integer too large for a float is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
+# Every record kind, and the fields (with their types) a record of that kind needs.
 _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     "start": (("generation", str),),
     "meta": (("generation", str), ("synced", str), ("consistent", bool)),
@@ -191,7 +201,7 @@ def _check_record(data: Any) -> str | None:
     if data.get("v") != FORMAT_VERSION:
         return f"unknown format version {data.get('v')!r} (this audit reads {FORMAT_VERSION})"
     kind = data.get("kind")
-    if kind not in KINDS:
+    if kind not in _REQUIRED:
         return f"unknown record kind {kind!r}"
     if not isinstance(data.get("node"), str) or not data["node"]:
         return "'node' must be a non-empty string"
@@ -204,20 +214,29 @@ def _check_record(data: Any) -> str | None:
         return "'step' must be an integer"
     if kind == "gap" and data.get("since") is not None and not _number(data["since"]):
         return "'since' must be a number"
+    links = data.get("links")
+    if (
+        kind == "start"
+        and links is not None
+        and not (isinstance(links, list) and all(isinstance(name, str) for name in links))
+    ):
+        return "'links' must be a list of link names"
     for key, kind_type in _REQUIRED[kind]:
         if not isinstance(data.get(key), kind_type):
             return f"a {kind} record needs '{key}'"
     for key in ("generation", "synced"):
         if key in data and isinstance(data[key], str) and _generation(data[key]) is None:
             return f"'{key}' is not a generation: {data[key]!r}"
-    if kind == "peer" and _generation(data["generation"]) is None:
-        return f"'generation' is not a generation: {data['generation']!r}"
     return None
 
 
+_COUNTER_DIGITS = len(str(MAX_COUNTER))
+
+
 def _generation(text: str) -> Generation | None:
+    """``str(Generation)`` read back: ``counter`` or ``counter:origin``."""
     counter, _, origin = text.partition(":")
-    if not counter.isascii() or not counter.isdigit():
+    if not (counter.isascii() and counter.isdigit()) or len(counter) > _COUNTER_DIGITS:
         return None
     return Generation(int(counter), origin)
 
@@ -250,6 +269,17 @@ def _journal_files(path: Path) -> list[Path]:
     return [path]
 
 
+def _decode(where: str, text: str) -> Any:
+    """One line's JSON value; any line json cannot read (huge integers and deep
+    nesting too) is an input error naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:
+        raise AuditInputError(f"{where}: not JSON: {type(exc).__name__}") from None
+
+
 def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], int]:
     """Every node's records in its own order (boot, then sequence), and how many torn
     last lines were skipped (a daemon killed in the middle of a write)."""
@@ -261,12 +291,12 @@ def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], 
             for number, text, torn in _lines(path):
                 where = f"{path}:{number}"
                 try:
-                    data = json.loads(text)
-                except json.JSONDecodeError as exc:
+                    data = _decode(where, text)
+                except AuditInputError:
                     if torn:
                         torn_tails += 1
                         continue
-                    raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+                    raise
                 problem = _check_record(data)
                 if problem is not None:
                     raise AuditInputError(f"{where}: {problem}")
@@ -289,10 +319,7 @@ def load_records(paths: Iterable[str | Path]) -> tuple[dict[str, list[Record]], 
 def _json_lines(path: Path) -> Iterable[tuple[str, dict[str, Any]]]:
     for number, text, _torn in _lines(path):
         where = f"{path}:{number}"
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AuditInputError(f"{where}: not JSON: {exc.msg}") from None
+        data = _decode(where, text)
         if not isinstance(data, dict):
             raise AuditInputError(f"{where}: not a JSON object")
         yield where, data
@@ -316,7 +343,7 @@ def load_acked(path: str | Path) -> list[Ack]:
         node = data.get("node")
         if node is not None and not isinstance(node, str):
             raise AuditInputError(f"{where}: 'node' must be a string")
-        acks.append(Ack(_record_id(where, data), float(mono or 0), node))
+        acks.append(Ack(_record_id(where, data), float(mono), node))
     return acks
 
 
@@ -352,16 +379,7 @@ class Snapshot:
         return not any(self.links.values())
 
     def copy(self, mono: float) -> Snapshot:
-        return Snapshot(
-            mono,
-            self.state,
-            self.held,
-            dict(self.links),
-            self.meta,
-            self.forced,
-            self.winner,
-            self.gap,
-        )
+        return replace(self, mono=mono, links=dict(self.links))
 
 
 def _meta(record: Record, before: Metadata) -> Metadata:
@@ -385,10 +403,19 @@ class Timeline:
     snapshots: list[Snapshot] = field(default_factory=list)
     monos: list[float] = field(default_factory=list)
     gaps: list[tuple[float, Record]] = field(default_factory=list)  # (since, gap record)
+    headless: list[Record] = field(default_factory=list)
+    """The first record of each boot whose ``start`` record is not in the journals
+    read (rotated away, or a file not given): as after a gap, what the node's
+    records show from there to its next start may miss what came before."""
 
     def build(self) -> None:
         now = Snapshot(-math.inf)
+        boot: int | None = None
         for record in self.records:
+            headless = record.order[0] != boot and record.kind != "start"
+            boot = record.order[0]
+            if headless:
+                self.headless.append(record)
             if record.kind == "gap":  # lost from ``since`` (else: after the last record kept)
                 since = record.get("since")
                 last = now.mono if math.isfinite(now.mono) else record.mono
@@ -431,6 +458,8 @@ class Timeline:
                 now.links = dict.fromkeys(now.links, False)
             elif kind == "gap":
                 now.gap = record  # the state from here on may miss what was lost
+            if headless:
+                now.gap = record  # its links, state and resources before it are unknown
             self.snapshots.append(now)
             self.monos.append(record.mono)
 
@@ -443,11 +472,15 @@ class Timeline:
         return self.snapshots[index - 1] if index > 0 else Snapshot(-math.inf)
 
     def unknown_at(self, mono: float) -> Record | None:
-        """The gap record when what this node's records show at ``mono`` may be wrong:
-        ``mono`` falls where records were lost, or after them in the same boot."""
+        """The gap record (or first record of a boot without its start) when what this
+        node's records show at ``mono`` may be wrong: ``mono`` falls where records were
+        lost, or after them in the same boot."""
         for since, record in self.gaps:
             if since <= mono <= record.mono:
                 return record
+        for first in self.headless:
+            if first.mono == mono:
+                return first
         snapshot = self.at(mono)
         return None if snapshot is None else snapshot.gap
 
@@ -467,12 +500,18 @@ class _Audit:
     acks: list[Ack] | None
     found: Mapping[str, frozenset[int]]
     violations: list[Violation] = field(default_factory=list)
-    figures: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("entries", "blind_overlaps", "forced_overlaps", "s3_entries"), 0
+        )
+    )
     _absent: dict[str, list[Ack]] = field(default_factory=dict)
-    _diverged: set[int] = field(default_factory=set)
-    """Records exempted once as written on a diverged history (a split brain):
-    the servers after that one descend from a history without them, and S6 (the
-    loser's quarantine) keeps them, so no later start of service owes them."""
+    _diverged: dict[str, set[int]] = field(default_factory=dict)
+    """Per node, the records exempted at one of its starts of service (written on
+    the other side of a split brain or of its blind takeover): its history from
+    then on is one without them, and S6 (the writer's quarantine) keeps them, so
+    its later starts do not owe them. Never the writer's own: the node that
+    acknowledged a record must still hold it when it serves again."""
     _unjudged: dict[str, list[str]] = field(default_factory=dict)  # per gap record: checks
 
     def unjudged(self, mono: float, nodes: Iterable[str], check: str) -> bool:
@@ -487,7 +526,8 @@ class _Audit:
         return False
 
     def report_gaps(self) -> None:
-        """One "journal incomplete" finding per gap: the evidence of that window is missing."""
+        """One "journal incomplete" finding per gap (the evidence of that window is
+        missing), and per boot without its start record that a check needed."""
         for line in self.timelines.values():
             for since, gap in line.gaps:
                 node = line.node
@@ -500,6 +540,17 @@ class _Audit:
                 if checks:
                     why += f"; not judged: {', '.join(checks)}"
                 self.violations.append(Violation(INCOMPLETE, since, (node,), why, gap.where))
+            for first in line.headless:  # reported only when a check needed what is missing
+                checks = self._unjudged.get(first.where, [])
+                if checks:
+                    why = (
+                        f"{line.node}'s records of boot {first.order[0]} begin without its "
+                        f"start record (rotated away, or a journal file not given): its links "
+                        f"and state before t={first.mono:.3f} are unknown; not judged: "
+                        f"{', '.join(checks)}"
+                    )
+                    violation = Violation(INCOMPLETE, first.mono, (line.node,), why, first.where)
+                    self.violations.append(violation)
 
     def peer_of(self, node: str) -> Timeline | None:
         return next((t for n, t in self.timelines.items() if n != node), None)
@@ -511,11 +562,9 @@ class _Audit:
 
     def run(self) -> None:
         lineage = self.forced_lineage()
-        count = {"entries": 0, "blind_overlaps": 0, "forced_overlaps": 0, "s3_entries": 0}
         for line in self.timelines.values():
-            self.check_node(line, lineage, count)
+            self.check_node(line, lineage)
         self.report_gaps()
-        self.figures.update(count)
 
     def forced_lineage(self) -> frozenset[Generation]:
         """Generations minted by a forced promotion, and every one minted from them."""
@@ -533,9 +582,7 @@ class _Audit:
                 lineage.add(new)
         return frozenset(lineage)
 
-    def check_node(
-        self, line: Timeline, lineage: frozenset[Generation], count: dict[str, int]
-    ) -> None:
+    def check_node(self, line: Timeline, lineage: frozenset[Generation]) -> None:
         node = line.node
         peer = self.peer_of(node)
         step_start: Snapshot = Snapshot(-math.inf)
@@ -543,7 +590,7 @@ class _Audit:
         highest: Generation | None = None
         for i, record in enumerate(line.records):
             before, after = line.before(i), line.snapshots[i]
-            key = None if record.step is None else (record.order[0], record.step)
+            key = record.step
             if key is None or key != step_key:
                 step_start = before
             step_key = key
@@ -558,11 +605,10 @@ class _Audit:
                 if source == "resync" and target not in RESYNC_EXITS:
                     self.flag("S4", record, [node], f"{node} went from resync to {target}")
                 if source not in SERVING and target in SERVING:
-                    count["entries"] += 1
-                    other = None if peer is None else peer.at(record.mono)
-                    self.check_entry(line, record, before, other, count)
-                    self.check_stale(node, record, step_start, before, other, lineage)
-                    self.check_acked(line, record, before, count)
+                    self.figures["entries"] += 1
+                    self.check_entry(node, record, before, peer)
+                    self.check_stale(node, record, step_start, before, peer, lineage)
+                    self.check_acked(line, record, before)
             elif kind == "resource" and (record.get("action"), record.get("phase")) == (
                 "start",
                 "begin",
@@ -570,16 +616,13 @@ class _Audit:
                 if before.state == "resync":
                     self.flag("S4", record, [node], f"{node} started the application in resync")
                 if before.state not in SERVING:
-                    other = None if peer is None else peer.at(record.mono)
-                    self.check_entry(line, record, before, other, count)
+                    self.check_entry(node, record, before, peer)
             if kind == "peer" and record.get("state") in SERVING and peer is not None:
                 # judged on the step's outcome: the last record of the same step
                 end = i
-                while end + 1 < len(line.records) and (
-                    line.records[end + 1].step is not None
-                    and key is not None
-                    and (line.records[end + 1].order[0], line.records[end + 1].step) == key
-                ):
+                while key is not None and end + 1 < len(line.records):
+                    if line.records[end + 1].step != key:
+                        break
                     end += 1
                 outcome = line.snapshots[end]
                 heard = _generation(str(record.get("generation"))) or Generation()
@@ -599,27 +642,20 @@ class _Audit:
                     )
 
     def check_entry(
-        self,
-        line: Timeline,
-        record: Record,
-        before: Snapshot,
-        other: Snapshot | None,
-        count: dict[str, int],
+        self, node: str, record: Record, before: Snapshot, peer: Timeline | None
     ) -> None:
         """S1: starting to serve while the peer serves needs silence on every link, or force."""
-        node = line.node
-        peer = self.peer_of(node)
-        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S1"):
+        if peer is None or self.unjudged(record.mono, [node, peer.node], "S1"):
             return
+        other = peer.at(record.mono)
         if other is None or not other.serving:
             return
-        assert peer is not None
         forced = record.kind == "transition" and bool(record.get("forced"))
         if forced or other.forced:
-            count["forced_overlaps"] += 1
+            self.figures["forced_overlaps"] += 1
             return
         if before.silent:
-            count["blind_overlaps"] += 1
+            self.figures["blind_overlaps"] += 1
             return
         up = sorted(name for name, is_up in before.links.items() if is_up)
         holds = (
@@ -647,21 +683,20 @@ class _Audit:
         record: Record,
         step_start: Snapshot,
         before: Snapshot,
-        other: Snapshot | None,
+        peer: Timeline | None,
         lineage: frozenset[Generation],
     ) -> None:
         """S2: no promotion while the peer's persisted data is newer (unforced, not blind)."""
-        if other is None or record.get("forced"):
+        if peer is None or record.get("forced"):
             return
-        peer = self.peer_of(node)
-        if peer is not None and self.unjudged(record.mono, [node, peer.node], "S2"):
+        other = peer.at(record.mono)
+        if other is None or self.unjudged(record.mono, [node, peer.node], "S2"):
             return
         blind = record.get("from") == "secondary" and before.silent
         mine, theirs = step_start.meta, other.meta
         if blind or theirs.generation in lineage or not theirs.consistent:
             return
         if relation(mine, theirs) is Relation.PEER_NEWER:
-            assert peer is not None
             self.flag(
                 "S2",
                 record,
@@ -670,26 +705,25 @@ class _Audit:
                 f"{peer.node} holds newer {theirs.generation}",
             )
 
-    def check_acked(
-        self, line: Timeline, record: Record, before: Snapshot, count: dict[str, int]
-    ) -> None:
+    def check_acked(self, line: Timeline, record: Record, before: Snapshot) -> None:
         """S3: every write acknowledged before this start is held by this node."""
         node = line.node
         if self.acks is None or record.get("forced") or node not in self.found:
             return
-        count["s3_entries"] += 1
+        self.figures["s3_entries"] += 1
         t = record.mono
         blind = record.get("from") == "secondary" and before.silent
         absent = self._absent.get(node)
         if absent is None:  # once per node: usually few, whatever the number of acks
             held = self.found[node]
             absent = self._absent[node] = [ack for ack in self.acks if ack.id not in held]
+        diverged = self._diverged.setdefault(node, set())
         missing: list[int] = []
         for ack in absent:
-            if ack.mono >= t or ack.id in self._diverged:
+            if ack.mono >= t or ack.id in diverged:
                 continue
             if self.exempt(line, ack, t, blind):
-                self._diverged.add(ack.id)
+                diverged.add(ack.id)
             else:
                 missing.append(ack.id)
         if missing:
@@ -762,6 +796,12 @@ def audit(
         acks = load_acked(acked)
     else:
         acks = list(acked)
+    strangers = sorted(set(found or {}) - set(nodes))
+    if strangers:  # a typo would otherwise leave S3 "checked" on no node
+        raise AuditInputError(
+            f"found set(s) for {', '.join(strangers)}: no records of such a node in the "
+            f"given logs (nodes: {', '.join(sorted(nodes))})"
+        )
     held: dict[str, frozenset[int]] = {}
     for name, given in (found or {}).items():
         held[name] = load_found(given) if isinstance(given, str | Path) else frozenset(given)

@@ -55,8 +55,27 @@ async def _authorized_get(stream: anyio.abc.SocketStream, conn: h11.Connection) 
     conn.send(h11.EndOfMessage())
     await stream.send(AUTHORIZED_GET)
     answer = await read_answer(stream, conn)
-    conn.start_next_cycle()
+    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:  # kept alive
+        conn.start_next_cycle()
     return answer
+
+
+def _stop_head(token: str, *headers: bytes) -> bytes:
+    """The head of ``POST /v1/commands/stop`` with ``token`` and ``headers``."""
+    lines = [
+        b"POST /v1/commands/stop HTTP/1.1",
+        b"Host: x",
+        b"Authorization: Bearer " + token.encode(),
+    ]
+    return b"\r\n".join([*lines, *headers]) + b"\r\n\r\n"
+
+
+async def _past_the_auth_deadline(ends: ControlEndpoints) -> None:
+    """Return once every connection opened before the call is past its auth deadline:
+    a stranger opened now is cut at its own, which comes later."""
+    stranger = await connect(ends)
+    async with stranger:
+        assert await read_until_closed(stranger) == b""
 
 
 @pytest.mark.parametrize("sent", [b"", PARTIAL_HEAD], ids=["idle", "partial-head"])
@@ -103,11 +122,43 @@ async def test_an_authenticated_connection_is_not_cut_at_the_auth_deadline(
         async with holder:
             conn = h11.Connection(h11.CLIENT)
             first = await _authorized_get(holder, conn)
-            # A stranger opened now is cut at its deadline: once it is, the
-            # holder's own deadline has passed too.
-            stranger = await connect(ends)
-            async with stranger:
-                assert await read_until_closed(stranger) == b""
+            await _past_the_auth_deadline(ends)
+            second = await _authorized_get(holder, conn)
+    assert (first.status, second.status) == (200, 200)
+
+
+async def test_a_body_that_follows_an_authenticated_head_is_not_cut_at_the_auth_deadline(
+    controller: FakeController,
+) -> None:
+    limits = ControlLimits(request_timeout=60, auth_timeout=0.3)
+    head = _stop_head(TOKEN, b"Content-Length: 2", b"Connection: close")
+    async with serving(controller, tcp=("127.0.0.1", 0), token=TOKEN, limits=limits) as ends:
+        holder = await connect(ends)
+        async with holder:
+            await holder.send(head)
+            await _past_the_auth_deadline(ends)
+            await holder.send(b"{}")
+            answer = await read_until_closed(holder)
+    assert status_line(answer) == 200
+    assert controller.commands == ["stop"]
+
+
+async def test_an_authenticated_connection_leaves_the_strangers_cap(
+    controller: FakeController,
+) -> None:
+    """Once authenticated, a connection is no longer among the pending ones that a
+    new stranger pushes out."""
+    limits = ControlLimits(request_timeout=60, auth_timeout=60, max_unauthenticated=1)
+    async with (
+        serving(controller, tcp=("127.0.0.1", 0), token=TOKEN, limits=limits) as ends,
+        AsyncExitStack() as stack,
+    ):
+        holder = await connect(ends)
+        async with holder:
+            conn = h11.Connection(h11.CLIENT)
+            first = await _authorized_get(holder, conn)
+            older, _newer = await _strangers(stack, ends, 2, PARTIAL_HEAD)
+            assert await read_until_closed(older) == b""  # pushed out by the newer one
             second = await _authorized_get(holder, conn)
     assert (first.status, second.status) == (200, 200)
 
@@ -116,10 +167,7 @@ async def test_a_wrong_token_is_refused_from_the_head_before_any_body(
     controller: FakeController,
 ) -> None:
     limits = ControlLimits(request_timeout=60, auth_timeout=60)
-    head = (
-        b"POST /v1/commands/stop HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n"
-        b"Content-Length: 4000\r\nExpect: 100-continue\r\n\r\n"
-    )
+    head = _stop_head("wrong", b"Content-Length: 4000", b"Expect: 100-continue")
     async with serving(controller, tcp=("127.0.0.1", 0), token=TOKEN, limits=limits) as ends:
         # The body is never sent: the answer must not wait for it.
         answer = await raw_exchange(ends, head)
@@ -142,14 +190,23 @@ async def test_the_oldest_stranger_is_pushed_out_first(controller: FakeControlle
 
 
 async def test_token_holders_share_their_own_cap(controller: FakeController) -> None:
-    limits = ControlLimits(max_connections=1)
-    async with serving(controller, tcp=("127.0.0.1", 0), token=TOKEN, limits=limits) as ends:
+    """One authenticated slot: a stranger already connected does not take it (it
+    has its own cap), a second token holder finds it taken, and it is free again
+    once the first holder has gone."""
+    limits = ControlLimits(max_connections=1, request_timeout=60, auth_timeout=60)
+    async with (
+        serving(controller, tcp=("127.0.0.1", 0), token=TOKEN, limits=limits) as ends,
+        AsyncExitStack() as stack,
+    ):
+        await _strangers(stack, ends, 1, PARTIAL_HEAD)
         holder = await connect(ends)
         async with holder:
-            assert (await _authorized_get(holder, h11.Connection(h11.CLIENT))).status == 200
+            first = await _authorized_get(holder, h11.Connection(h11.CLIENT))
             busy = await request(ends, "GET", "/v1/status", headers=BEARER)
-        with anyio.fail_after(10):
-            while (after := await request(ends, "GET", "/v1/status", headers=BEARER)).status == 503:
-                await anyio.sleep(0.01)
+            await holder.send_eof()
+            # The server closes its end only after the holder's slot is released.
+            assert await read_until_closed(holder) == b""
+        after = await request(ends, "GET", "/v1/status", headers=BEARER)
+    assert first.status == 200
     assert busy.status == 503
     assert after.status == 200

@@ -104,6 +104,10 @@ class Journal:
     def app(self, mono: float, action: str, phase: str) -> Journal:
         return self._add("resource", mono, step=False, action=action, phase=phase, vip=None)
 
+    def exit(self, mono: float, state: str = "stop") -> Journal:
+        """The daemon's clean end."""
+        return self._add("exit", mono, step=False, state=state, app_running=False)
+
     def serve(self, mono: float, source: str, target: str, generation: str, **kw: Any) -> Journal:
         """A step into a serving state, then the application's start (begin, end)."""
         self.next_step().transition(mono, source, target, generation, **kw)

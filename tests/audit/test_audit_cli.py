@@ -87,6 +87,22 @@ GOOD = json.dumps(
             ),
             "'generation' is not a generation: 'x:y'",
         ),
+        # what json or int() refuse with an exception other than a decode error
+        (GOOD.replace('"up": true', '"up": ' + "1" * 5000), "not JSON: ValueError"),
+        (GOOD.replace('"up": true', '"up": ' + "[" * 100_000), "not JSON"),
+        (GOOD.replace('"mono": 1.0', '"mono": 1' + "0" * 400), "'mono' must be a number"),
+        (
+            GOOD.replace('"link", "node"', '"meta", "node"').replace(
+                '"link": "lan"', f'"generation": "{"9" * 5000}", "synced": "0", "consistent": true'
+            ),
+            "'generation' is not a generation",
+        ),
+        (
+            GOOD.replace('"link", "node"', '"start", "node"').replace(
+                '"link": "lan"', '"generation": "0", "links": 5'
+            ),
+            "'links' must be a list of link names",
+        ),
     ],
 )
 def test_garbage_exits_2_naming_file_and_line(
@@ -114,9 +130,15 @@ def test_other_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     good = write_lines(tmp_path / "good.jsonl", GOOD)
     assert main(["audit", str(good), str(good)]) == 2
     assert "also at" in capsys.readouterr().err  # one journal given twice
+    ack = write_lines(tmp_path / "ack", '{"id": 1, "mono": 1.0}')
     bad_ack = write_lines(tmp_path / "acked", '{"id": 1, "mono": 1.0}', '{"id": -3, "mono": 2}')
     assert main(["audit", str(good), "--acked", str(bad_ack), "--found", "alpha=x"]) == 2
     assert f"{bad_ack}:2: 'id' must be a non-negative integer" in capsys.readouterr().err
+    huge = write_lines(tmp_path / "huge", '{"id": 1, "mono": 1' + "0" * 400 + "}")
+    assert main(["audit", str(good), "--acked", str(huge), "--found", "alpha=x"]) == 2
+    assert f"{huge}:1: 'mono' must be a number" in capsys.readouterr().err
+    assert main(["audit", str(good), "--acked", str(ack), "--found", f"alhpa={ack}"]) == 2
+    assert "found set(s) for alhpa: no records of such a node" in capsys.readouterr().err
     assert main(["audit", str(good), "--found", "alpha"]) == 2
     assert "--found 'alpha': expected NODE=FILE" in capsys.readouterr().err
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from audit_support import Journal, acks, ids, paired
 
-from failover.audit import Report, audit
+from failover.audit import INCOMPLETE, Report, audit
 
 
 def run(tmp_path: Path, *journals: Journal, **kwargs: object) -> Report:
@@ -50,14 +51,27 @@ def partition(alpha: Journal, beta: Journal, at: float) -> None:
     beta_takes_over(beta, at)
 
 
+def alpha_yields(alpha: Journal, beta: Journal, at: float) -> None:
+    """Healed at ``at``: alpha hears beta serve a higher generation and yields in that step."""
+    alpha.next_step().peer(at, "alone", "2:beta").link(at, True)
+    alpha.transition(at, "alone", "wait", "2:alpha", synced="1:alpha")
+    alpha.app(at + 0.001, "stop", "begin").app(at + 0.5, "stop", "end")
+    beta.next_step().peer(at + 0.01, "wait", "2:alpha").link(at + 0.01, True)
+
+
+def beta_serves_again(beta: Journal, at: float) -> None:
+    """beta (alone, 2:beta) is stopped from ``at`` and started again: it serves once
+    more at ``at + 2``."""
+    beta.app(at, "stop", "begin").app(at + 0.1, "stop", "end")
+    beta.next_step().transition(at + 0.2, "alone", "stop", "2:beta", event="stop")
+    beta.next_step().transition(at + 1, "stop", "wait", "2:beta", event="start")
+    beta.serve(at + 2, "wait", "alone", "2:beta")
+
+
 def test_s1_both_serve_after_a_takeover_in_silence_and_the_loser_yields(tmp_path: Path) -> None:
     alpha, beta, t = pair()
     partition(alpha, beta, t + 10)
-    # healed: alpha hears beta serve a higher generation and yields in that step
-    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)
-    alpha.transition(t + 15, "alone", "wait", "2:alpha", synced="1:alpha")
-    alpha.app(t + 15.001, "stop", "begin").app(t + 15.5, "stop", "end")
-    beta.next_step().peer(t + 15.01, "wait", "2:alpha").link(t + 15.01, True)
+    alpha_yields(alpha, beta, t + 15)
     report = run(tmp_path, alpha, beta)
     assert report.ok, report
     assert report.figures["blind_overlaps"] == 1
@@ -93,6 +107,23 @@ def test_s1_the_configured_winner_keeps_serving(tmp_path: Path) -> None:
     assert report.ok, report
 
 
+def test_s1_links_are_not_taken_for_down_when_the_start_record_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Without its boot's start record (rotated away) a node's links are unknown,
+    not silent: its start of service beside a serving peer is not exempt as a
+    blind takeover, it is listed as not judged."""
+    alpha, beta, t = pair()
+    beta.serve(t + 1, "secondary", "alone", "2:beta", event="peer_lost")  # every link up
+    assert kinds(run(tmp_path / "whole", alpha, beta)) == ["S1"]
+    last_link_up = max(i for i, r in enumerate(beta.records) if r["kind"] == "link")
+    del beta.records[: last_link_up + 1]  # its start and links up: rotated away
+    report = run(tmp_path / "rotated", alpha, beta)
+    assert kinds(report) == [INCOMPLETE], report
+    assert report.violations[0].nodes == ("beta",)
+    assert f"not judged: S1 at t={t + 1:.3f}" in report.violations[0].why
+
+
 def swap(alpha: Journal, beta: Journal, at: float, stop_ends: float) -> None:
     """alpha hands over: its stop script runs from ``at`` to ``stop_ends``; alpha
     announces secondary at ``at + 0.01``; beta takes over on hearing it."""
@@ -124,6 +155,19 @@ def test_s1_the_peer_starts_while_the_old_servers_stop_script_still_runs(tmp_pat
     assert violation.nodes == ("alpha", "beta")
     assert "still holding the application" in violation.why
     assert report.figures["overlaps"]["longest"] > 1.4
+
+
+def test_s1_a_restarted_node_whose_recovery_timed_out_still_serves(tmp_path: Path) -> None:
+    """A killed daemon's successor that could not finish stopping what it left
+    running still holds it: the peer may not start beside it while it hears it."""
+    for recovered, expected in ((True, []), ("timeout", ["S1"])):
+        alpha, beta, t = pair()
+        alpha.restart(t + 5, "1:alpha", synced="1:alpha", recovered=recovered)
+        beta.next_step().peer(t + 6, "stop", "1:alpha")
+        beta.serve(t + 6, "secondary", "alone", "2:beta", event="peer_stopped")
+        report = run(tmp_path / str(recovered), alpha, beta)
+        assert kinds(report) == expected, report
+    assert "still holding the application" in report.violations[0].why
 
 
 def test_s1_a_forced_promotion_may_serve_beside_its_peer(tmp_path: Path) -> None:
@@ -178,6 +222,22 @@ def test_s2_a_blind_takeover_cannot_know_the_newer_data(tmp_path: Path) -> None:
     assert run(tmp_path, alpha, beta).ok
 
 
+def test_s2_and_s3_only_a_takeover_from_secondary_is_blind(tmp_path: Path) -> None:
+    """beta restarts behind a partition and serves from ``wait``, on older data,
+    without alpha's writes: hearing nothing excuses only a secondary's takeover."""
+    alpha, beta, t = pair()
+    beta.next_step().link(t + 4.9, False)
+    alpha.next_step().meta(t + 5, "2:alpha", "1:alpha")
+    alpha.transition(t + 5, "primary", "alone", "2:alpha", event="replication_failed")
+    beta.restart(t + 8, "1:alpha", synced="1:alpha")  # every link down from its start
+    beta.next_step().transition(t + 8.1, "stop", "wait", "1:alpha", event="start", synced="1:alpha")
+    beta.serve(t + 9, "wait", "alone", "3:beta", event="peer_lost")
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S2", "S3"], report
+    assert report.violations[1].why.endswith("without 1 acknowledged record(s): 2")
+
+
 # --- S3 ------------------------------------------------------------------------------------
 
 
@@ -230,6 +290,20 @@ def test_s3_the_lost_write_chain_of_issue_8(tmp_path: Path) -> None:
     assert "2, 3" in report.violations[0].why
 
 
+def test_s3_writes_the_peer_acknowledged_in_primary_are_owed_after_a_blind_takeover(
+    tmp_path: Path,
+) -> None:
+    """Only records acknowledged ``alone`` may be missing after a blind takeover:
+    one acknowledged in ``primary`` (after the secondary had it) must be held."""
+    alpha, beta, t = pair()
+    beta.next_step().link(t + 5, False)  # beta hears nothing; alpha, still primary, acks
+    beta_takes_over(beta, t + 7)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S3"], report
+    assert report.violations[0].why.endswith("without 1 acknowledged record(s): 2")
+
+
 def test_s3_writes_made_alone_behind_a_full_partition_are_s6s(tmp_path: Path) -> None:
     alpha, beta, t = pair()
     alone_then_crash(alpha, beta, t + 5, cut=True)
@@ -245,10 +319,7 @@ def test_s3_writes_behind_a_partition_stay_s6s_at_later_starts(tmp_path: Path) -
     alpha, beta, t = pair()
     alone_then_crash(alpha, beta, t + 5, cut=True)
     beta.next_step().link(t + 9, True)
-    beta.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")
-    beta.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
-    beta.next_step().transition(t + 21, "stop", "wait", "2:beta", event="start")
-    beta.serve(t + 22, "wait", "alone", "2:beta")
+    beta_serves_again(beta, t + 20)
     acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
     report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
     # (alpha's journal ends at its crash, so the audit keeps it serving: the S1
@@ -256,18 +327,39 @@ def test_s3_writes_behind_a_partition_stay_s6s_at_later_starts(tmp_path: Path) -
     assert "S3" not in kinds(report), report
 
 
+def test_s3_the_writer_behind_a_partition_still_owes_its_own_writes(tmp_path: Path) -> None:
+    """The exemption above is the blind taker's only: the node that acknowledged
+    the records alone must still hold them (copy or quarantine) when it serves
+    again. Named so that the blind taker is audited first (node order must not
+    decide): the writer is "beta" in the primary role, the taker "alpha"."""
+    writer, taker = Journal("beta"), Journal("alpha")
+    t = paired(writer, taker)
+    alone_then_crash(writer, taker, t + 5, cut=True)  # taker serves blind from t + 7.2
+    taker.next_step().link(t + 9, True)
+    writer.restart(t + 10, "2:alpha", synced="1:alpha")  # back, resynced from the taker
+    writer.next_step().transition(t + 10.1, "stop", "wait", "2:alpha", event="start")
+    writer.next_step().peer(t + 10.2, "alone", "2:beta").link(t + 10.2, True)
+    writer.transition(t + 10.2, "wait", "resync", "2:alpha")
+    writer.next_step().meta(t + 10.5, "2:beta", "2:beta")
+    writer.transition(t + 10.5, "resync", "secondary", "2:beta", synced="2:beta")
+    taker.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")  # the taker stops
+    taker.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
+    taker.exit(t + 20.3)
+    writer.next_step().link(t + 20.4, False)
+    writer.serve(t + 21, "secondary", "alone", "3:beta", event="peer_lost")
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6))
+    found = {"alpha": ids(tmp_path / "a", 1), "beta": ids(tmp_path / "b", 1)}  # 2 is lost
+    report = run(tmp_path, writer, taker, acked=acked, found=found)
+    assert kinds(report) == ["S3"], report
+    assert report.violations[0].nodes == ("beta",)
+    assert report.violations[0].why.endswith("without 1 acknowledged record(s): 2")
+
+
 def test_s3_a_split_brain_losers_writes_are_not_required_on_the_winner(tmp_path: Path) -> None:
     alpha, beta, t = pair()
     partition(alpha, beta, t + 10)
-    alpha.next_step().peer(t + 15, "alone", "2:beta").link(t + 15, True)
-    alpha.transition(t + 15, "alone", "wait", "2:alpha", synced="1:alpha")
-    alpha.app(t + 15.001, "stop", "begin").app(t + 15.5, "stop", "end")
-    beta.next_step().peer(t + 15.01, "wait", "2:alpha").link(t + 15.01, True)
-    # later beta is stopped and started again: it serves once more
-    beta.app(t + 20, "stop", "begin").app(t + 20.1, "stop", "end")
-    beta.next_step().transition(t + 20.2, "alone", "stop", "2:beta", event="stop")
-    beta.next_step().transition(t + 21, "stop", "wait", "2:beta", event="start")
-    beta.serve(t + 22, "wait", "alone", "2:beta")
+    alpha_yields(alpha, beta, t + 15)
+    beta_serves_again(beta, t + 20)
     during = acks(tmp_path / "acked", (1, t + 1), (2, t + 12, "alpha"))
     report = run(tmp_path, alpha, beta, acked=during, found={"beta": ids(tmp_path / "b", 1)})
     assert report.ok, report
@@ -275,6 +367,11 @@ def test_s3_a_split_brain_losers_writes_are_not_required_on_the_winner(tmp_path:
     before = acks(tmp_path / "acked2", (1, t + 1), (2, t + 9))
     report = run(tmp_path, alpha, beta, acked=before, found={"beta": ids(tmp_path / "b", 1)})
     assert kinds(report) == ["S3", "S3"], report
+    # one the ack log gives to beta itself: beta's own, owed when it serves again
+    own = acks(tmp_path / "acked3", (1, t + 1), (2, t + 12, "beta"))
+    report = run(tmp_path, alpha, beta, acked=own, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S3"], report
+    assert report.violations[0].mono == pytest.approx(t + 22)
 
 
 # --- S4 ------------------------------------------------------------------------------------

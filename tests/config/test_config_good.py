@@ -240,6 +240,22 @@ def test_yaml_anchors_and_merge_keys_are_understood(write_config: WriteConfig) -
     assert [(c.name, c.interval) for c in config.checkers] == [("db", 5.0), ("db-replica", 5.0)]
 
 
+def test_a_merge_of_a_mapping_that_merges_in_turn(write_config: WriteConfig) -> None:
+    text = replace_once(
+        BASE,
+        "  - name: db\n    command: /bin/true\n    interval: 5\n    timeout: 3\n",
+        "  - &db {name: db, command: /bin/true, interval: 5, timeout: 3}\n"
+        "  - &replica {<<: *db, name: db-replica}\n"
+        "  - {<<: *replica, name: db-replica-2, interval: 7}\n",
+    )
+    config = load_config(write_config(text))
+    assert [(c.name, c.interval, c.timeout) for c in config.checkers] == [
+        ("db", 5.0, 3.0),
+        ("db-replica", 5.0, 3.0),
+        ("db-replica-2", 7.0, 3.0),
+    ]
+
+
 # --- fingerprint --------------------------------------------------------------------------
 
 

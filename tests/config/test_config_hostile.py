@@ -45,6 +45,17 @@ def test_a_recursive_alias_is_refused() -> None:
     ]
 
 
+def test_merges_of_merges_stay_small() -> None:
+    """Nine merges of nine merges of...: every level holds the same nine keys, so
+    the document stays small, and is read (not refused, not expanded)."""
+    text = "m0: &m0 {" + ", ".join(f"k{i}: {i}" for i in range(9)) + "}\n"
+    for level in range(1, 30):
+        text += f"m{level}: &m{level} {{<<: [" + ", ".join([f"*m{level - 1}"] * 9) + "]}\n"
+    document = parse_document(text, "merges.yaml")
+    assert isinstance(document.data, dict)
+    assert document.data["m29"] == {f"k{i}": i for i in range(9)}
+
+
 def test_aliases_within_the_bound_still_work() -> None:
     document = parse_document(alias_bomb(3), "small.yaml")
     assert isinstance(document.data, dict)

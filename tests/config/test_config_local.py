@@ -8,6 +8,7 @@ only: the state directory, the replicated directories, the control token file.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,26 @@ def test_a_missing_or_weak_token_file_is_refused(
     load_config(path, local_node="beta")  # beta has no TCP control: nothing to check
     start = at(path, text, "token_file", "nodes.alpha.control.tcp.token_file")
     only_at(problems(path, "alpha"), start, gist)
+
+
+def test_a_token_file_that_is_not_a_regular_file_is_refused_without_blocking(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    path, text = _with_token(write_config)
+    start = at(path, text, "token_file", "nodes.alpha.control.tcp.token_file")
+    (tmp_path / "token").mkdir()
+    only_at(problems(path, "alpha"), start, "is not a regular file")
+    (tmp_path / "token").rmdir()
+    os.mkfifo(tmp_path / "token", 0o600)  # opening it for reading waits for a writer
+    done = subprocess.run(
+        [sys.executable, "-m", "failover", "check-config", str(path), "--node", "alpha"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a bound on the subprocess, not the property
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(start) and "is not a regular file" in done.stderr
 
 
 def test_a_group_readable_token_is_a_warning(write_config: WriteConfig, tmp_path: Path) -> None:

@@ -40,11 +40,15 @@ def read_token_file(path: str | Path) -> str:
     CLI ever runs with a token anyone could read or guess.
     """
     try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
+        # O_NONBLOCK: a FIFO put in its place must be refused below, not block the open.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
                 raise UsageError(f"the control token file {path} is not a regular file")
-            raw = file.read(MAX_TOKEN_FILE_BYTES + 1)
+            raw = os.read(fd, MAX_TOKEN_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise UsageError(f"cannot read the control token file {path}: {exc.strerror}") from None
     if mode & (stat.S_IROTH | stat.S_IWOTH):

@@ -192,6 +192,8 @@ class _LineLoader(yaml.SafeLoader):
         for source in sources:
             if isinstance(source, yaml.MappingNode):
                 for key_node, item in source.value:
+                    if key_node.tag == _MERGE_TAG:
+                        continue  # a merge in the source: its keys were checked where it is
                     key = self._key_of(key_node)
                     if isinstance(key, str):
                         yield key, item, key_node.start_mark.line + 1
