@@ -15,7 +15,12 @@ import pytest
 from config_support import BASE, WriteConfig, line_of, problems_of, replace_once
 
 from failover.config.loader import MAX_CONFIG_BYTES
-from failover.config.yamlsource import MAX_ALIAS_NODES, ConfigSyntaxError, parse_document
+from failover.config.yamlsource import (
+    MAX_ALIAS_BYTES,
+    MAX_ALIAS_NODES,
+    ConfigSyntaxError,
+    parse_document,
+)
 
 
 def alias_bomb(levels: int, width: int = 9) -> str:
@@ -35,6 +40,25 @@ def test_an_alias_bomb_is_refused_at_the_key_that_uses_it() -> None:
     (message,) = caught.value.messages
     assert message.startswith(f"bomb.yaml:{line_of(text, 'a4:', 1)}: a4[")
     assert f"aliases repeat more than {MAX_ALIAS_NODES} nodes" in message
+
+
+def test_aliases_of_one_long_string_are_bounded_by_bytes() -> None:
+    # Few nodes, much text: 300 aliases of a 2000-byte string expand to 600 kB,
+    # which the checks (shlex on every command) would then work through.
+    text = "long: &s " + "x" * 2000 + "\nmany:\n" + "  - *s\n" * 300
+    with pytest.raises(ConfigSyntaxError) as caught:
+        parse_document(text, "long.yaml")
+    (message,) = caught.value.messages
+    assert message.startswith("long.yaml:"), message
+    assert f"{MAX_ALIAS_BYTES} bytes in all" in message
+
+
+def test_a_long_duplicate_name_is_shown_short(write_config: WriteConfig) -> None:
+    long = "n" * 5000
+    twice = f"  - name: {long}\n    command: /bin/true\n" * 2
+    path = write_config(replace_once(BASE, "  - name: db\n    command: /bin/true\n", twice))
+    (problem,) = [p for p in problems_of(path) if "duplicate name" in p]
+    assert len(problem) < 300, "the value is described, not echoed whole"
 
 
 def test_a_recursive_alias_is_refused() -> None:

@@ -30,7 +30,7 @@ from failover.config.models import (
     ReplicationTls,
     VirtualIpConfig,
 )
-from failover.config.problems import Loc, Problem, format_key, problems_from
+from failover.config.problems import Loc, Problem, describe_value, format_key, problems_from
 from failover.config.timing import resolve_timing
 from failover.errors import PluginNotFound, UsageError
 from failover.plugins import load_replication_transport, load_transport
@@ -302,7 +302,8 @@ def _check_unique_names(section: Loc, names: list[tuple[int, str]], found: Findi
             found.problems.append(
                 Problem(
                     (*section, i, "name"),
-                    f"duplicate name {name!r} (also {format_key((*section, first[name]))})",
+                    f"duplicate name {describe_value(name)} "
+                    f"(also {format_key((*section, first[name]))})",
                 )
             )
         else:

@@ -6,10 +6,11 @@ the line of every mapping key and sequence item by its path from the root,
 rejects duplicate and non-string keys, and only then builds plain Python data.
 
 A hostile file costs little: ``read_document`` reads at most ``max_bytes``,
-and aliases may repeat at most ``MAX_ALIAS_NODES`` nodes in all (an alias
-bomb, nine aliases of nine aliases of..., is refused after that many steps
-instead of being expanded into gigabytes); an alias inside the node it names
-is refused.
+and aliases may repeat at most ``MAX_ALIAS_NODES`` nodes and
+``MAX_ALIAS_BYTES`` bytes of text in all (an alias bomb, nine aliases of nine
+aliases of..., or a few hundred aliases of one long string, is refused after
+that much instead of being expanded into gigabytes for the checks to work
+through); an alias inside the node it names is refused.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_ALIAS_NODES = 10_000
 """How many nodes aliases may repeat in one document (anchors used as intended,
 a few merged defaults, need tens)."""
+
+MAX_ALIAS_BYTES = 256 * 1024
+"""How many bytes of text aliases may repeat in one document: the data a
+document expands to is then at most this much larger than the file."""
 
 
 class ConfigSyntaxError(Exception):
@@ -95,6 +100,7 @@ class _LineLoader(yaml.SafeLoader):
         self._alias_lines: dict[tuple[int, int], int] = {}
         self._reached: set[int] = set()
         self._repeated = 0
+        self._repeated_bytes = 0
         self._alias_path: Loc | None = None
 
     def locate_keys(self, root: yaml.Node) -> tuple[dict[Loc, int], list[Problem]]:
@@ -124,12 +130,14 @@ class _LineLoader(yaml.SafeLoader):
             if outermost:
                 self._alias_path = path
             self._repeated += 1
-            if self._repeated > MAX_ALIAS_NODES:
+            if isinstance(node, yaml.ScalarNode):
+                self._repeated_bytes += len(node.value)
+            if self._repeated > MAX_ALIAS_NODES or self._repeated_bytes > MAX_ALIAS_BYTES:
                 raise _Refused(
                     Problem(
                         self._alias_path or path,
-                        f"aliases repeat more than {MAX_ALIAS_NODES} nodes in all: "
-                        "write the values out instead",
+                        f"aliases repeat more than {MAX_ALIAS_NODES} nodes or "
+                        f"{MAX_ALIAS_BYTES} bytes in all: write the values out instead",
                     )
                 )
         else:
