@@ -360,6 +360,13 @@ CASES: dict[str, Bad] = {
         "type: witness",
         "arbitrator type 'witness' is not available in this version",
     ),
+    "arbitrator port in other digits": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    address: 10.0.0.9:\u0661\u0662\n",
+        "cluster.arbitrator.address",
+        "address:",
+        "must be host:port",
+    ),
     "unknown arbitrator type": bad(
         "  failback: none\n",
         "  failback: none\n  arbitrator: {type: etcd}\n",

@@ -83,7 +83,12 @@ def _check_zone_size(value: int) -> int:
 
 def _check_host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or not 1 <= int(port) <= 65535
+    ):
         raise ValueError(f"{value!r} must be host:port (port 1-65535)")
     return value
 
