@@ -25,6 +25,7 @@ from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.runtime import dataplane
 from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
@@ -473,3 +474,34 @@ async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_pat
         await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
         assert (beta.root / "after").read_bytes() == b"replicated"
         assert beta.plane.handshakes == 0
+
+
+async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that fails to take any of its directory fds (the resync
+    target's duplicates included: a flood exhausted the descriptors) is refused
+    on its own: its handshake slot is given back, the data plane goes on, and
+    the peer's next session replicates."""
+    real = dataplane.ResyncTarget
+    exhausted = [UsageError("replicated directory: Too many open files: None")]
+
+    def resync_target(*args: Any, **kwargs: Any) -> Any:
+        if exhausted:
+            raise exhausted.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataplane, "ResyncTarget", resync_target)
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while beta.plane.handshakes_refused < 1:
+                await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        await stream.aclose()
+        assert not exhausted and beta.plane.handshakes == 0
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
+        assert (beta.root / "after").read_bytes() == b"replicated"
