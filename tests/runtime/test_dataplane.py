@@ -387,7 +387,9 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
 
         async def application(name: str) -> None:
             try:
-                await anyio.to_thread.run_sync(write_synced, alpha.root / name, b"x")
+                await anyio.to_thread.run_sync(
+                    write_synced, alpha.root / name, b"x", abandon_on_cancel=True
+                )
                 results.append("acknowledged")
             except OSError as exc:
                 results.append(errno.errorcode[exc.errno or 0])
@@ -397,7 +399,19 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
                 while alpha.plane.status()["writes_held"] < count:
                     await anyio.sleep(0.01)  # a bounded poll of a FUSE thread's state
 
-        async with anyio.create_task_group() as tg:
+        @asynccontextmanager
+        async def applications() -> AsyncIterator[anyio.abc.TaskGroup]:
+            """The application's writes, done within the deadline: a regression fails
+            the test and lets a held write go (EIO), never hangs it on its own mount."""
+            try:
+                with anyio.fail_after(WAIT_TIMEOUT):
+                    async with anyio.create_task_group() as tg:
+                        yield tg
+            except BaseException:
+                alpha.plane.fence_writes(False, serving=False)
+                raise
+
+        async with applications() as tg:
             tg.start_soon(application, "held")
             await held(1)
             with anyio.fail_after(WAIT_TIMEOUT):
@@ -409,7 +423,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             alpha.plane.fence_writes(False)  # the core: new generation on disk, peer left
         assert results == ["acknowledged", "acknowledged"]
         alpha.plane.fence_writes(True)
-        async with anyio.create_task_group() as tg:
+        async with applications() as tg:
             tg.start_soon(application, "never acknowledged")
             await held(1)
             # the core left serving (stop), then the peer took over: never acknowledged
@@ -417,7 +431,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             alpha.plane.fence_writes(False, serving=False)
         assert results[2:] == ["EIO"]
         alpha.plane.fence_writes(True)
-        async with anyio.create_task_group() as tg:
+        async with applications() as tg:
             tg.start_soon(application, "not acknowledged either")
             await held(1)
             await alpha.plane.unserve()  # the application stopped: the mirror goes read-only
