@@ -318,7 +318,7 @@ async def recorded_handshake() -> list[bytes]:
 
 
 async def test_unauthenticated_connections_change_nothing_of_a_live_session(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 8: connects to the secondary's replication port without the key
     (idle, junk, half a message, a replayed recorded handshake), more of them
@@ -329,6 +329,14 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
+        resync_request = beta.plane._resync_request
+
+        def counted() -> bytes:
+            asked.append(resync_request())
+            return asked[-1]
+
+        monkeypatch.setattr(beta.plane, "_resync_request", counted)
         replay = await recorded_handshake()
         hostile: list[Any] = []
         transport = TcpReplicationTransport()
@@ -365,6 +373,7 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
         assert beta.plane.sessions_received == 1  # never replaced
         assert beta.plane.handshakes == 0
         assert beta.plane.handshakes_refused >= 3  # junk, half message, replay (the rest: extras)
+        assert len(asked) <= (MAX_HANDSHAKES + 4) // 4  # the replayed HELLOs at most
         for stream in hostile:
             await stream.aclose()
 

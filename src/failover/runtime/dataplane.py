@@ -461,7 +461,7 @@ class DataPlane:
                         on_item=on_item,
                         timeout=self.settings.channel.timeout,
                     )
-                    peer = await receiver.handshake(stream, self._resync_request())
+                    peer = await receiver.handshake(stream, self._resync_request)
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self.handshakes_refused += 1
                     log.warning("replication connection refused", error=str(exc))
