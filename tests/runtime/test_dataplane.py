@@ -528,3 +528,38 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
         await receiving(beta)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
         assert (beta.root / "after").read_bytes() == b"replicated"
+
+
+async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Campaign seed 2029 (the e2e split brain healed while the winner writes): a
+    live write made after the source's plan but before its BEGIN was queued first,
+    and the target, not yet resyncing, applied it to a file it does not have (the
+    loser quarantined it): ApplyError, the resync failed and the next was full.
+    BEGIN is queued in the same order-lock hold as the plan: the write reaches
+    the target inside the resync, which rebuilds the file."""
+    real = dataplane.ResyncSource
+
+    class WritesFirst(real):  # type: ignore[misc,valid-type]
+        def run(self) -> bool:
+            with open(alpha.root / "while-away", "ab") as application:
+                application.write(b" and more")  # the application, as the thread starts
+            return bool(super().run())
+
+    monkeypatch.setattr(dataplane, "ResyncSource", WritesFirst)
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+            await beta.event_seen.wait()
+        assert beta.events == [ev.ResyncDone(generation)]
+        assert alpha.events == [ev.PeerResynced(generation)]
+        assert alpha.plane.resync_attempts == 0
+        assert (beta.root / "while-away").read_bytes() == b"w and more"

@@ -625,6 +625,7 @@ class DataPlane:
                 plan,
                 bandwidth=self.bandwidth,
             )
+            source.begin()  # before any live op reaches the session
             self.resync_source = source
             self._relay.sender = sender
             self._relay.resync = source
