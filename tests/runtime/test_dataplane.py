@@ -258,13 +258,19 @@ async def test_replication_runs_over_mutual_tls(tmp_path: Path) -> None:
         assert (beta.root / "secret").read_bytes() == b"over tls"
 
 
+async def wrote_while_away(alpha: Node) -> tuple[Generation, Generation]:
+    """alpha serves generation 2 and wrote ``while-away`` since 1, which its peer
+    last held: (since, generation) of the resync that follows."""
+    await alpha.plane.serve()
+    await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+    await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+    await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
+    return Generation(1, "alpha"), Generation(2, "alpha")
+
+
 async def test_a_resync_that_cannot_start_yet_is_retried_until_it_can(tmp_path: Path) -> None:
     async with pair(tmp_path) as (alpha, beta):
-        await alpha.plane.serve()
-        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
-        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
-        await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
-        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        since, generation = await wrote_while_away(alpha)
         # the source starts first: beta does not ask for a resync yet
         alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
         with anyio.fail_after(WAIT_TIMEOUT):
@@ -549,11 +555,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
 
     monkeypatch.setattr(dataplane, "ResyncSource", WritesFirst)
     async with pair(tmp_path) as (alpha, beta):
-        await alpha.plane.serve()
-        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
-        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
-        await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
-        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        since, generation = await wrote_while_away(alpha)
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
         alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
         with anyio.fail_after(WAIT_TIMEOUT):
