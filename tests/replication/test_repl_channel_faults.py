@@ -306,3 +306,27 @@ async def test_an_apply_error_ends_the_session_with_its_reason_whatever_arrives_
                 await receiver.run()
     assert late.received == 2
     assert not (tmp_path / "next").exists()
+
+
+async def test_a_request_is_computed_only_for_a_hello_under_the_cluster_key() -> None:
+    """A stranger's connection (a HELLO without the key) makes the secondary
+    compute nothing: the resync request (its tracker's suspect set) is taken only
+    once a HELLO verified, and then carried by the WELCOME as before."""
+    primary_id, secondary_id = identities()
+    calls: list[bytes] = []
+
+    def request() -> bytes:
+        calls.append(b"asked")
+        return b"resync request"
+
+    stranger = SessionIdentity("c1", b"x" * 32, "alpha", "beta", "gen")
+    async with stream_pair() as (client, server), anyio.create_task_group() as tg:
+        tg.start_soon(greet_as_primary, client, stranger, AckLevel.WRITTEN, WAIT_TIMEOUT)
+        with pytest.raises(PeerProtocolError, match="bad tag"):
+            await greet_as_secondary(server, secondary_id, WAIT_TIMEOUT, request)
+        tg.cancel_scope.cancel()
+    assert calls == []
+    async with stream_pair() as (client, server), anyio.create_task_group() as tg:
+        tg.start_soon(greet_as_secondary, server, secondary_id, WAIT_TIMEOUT, request)
+        peer, _ = await greet_as_primary(client, primary_id, AckLevel.WRITTEN, WAIT_TIMEOUT)
+    assert calls == [b"asked"] and peer.request == b"resync request"

@@ -25,6 +25,7 @@ from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.runtime import dataplane
 from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
@@ -257,13 +258,19 @@ async def test_replication_runs_over_mutual_tls(tmp_path: Path) -> None:
         assert (beta.root / "secret").read_bytes() == b"over tls"
 
 
+async def wrote_while_away(alpha: Node) -> tuple[Generation, Generation]:
+    """alpha serves generation 2 and wrote ``while-away`` since 1, which its peer
+    last held: (since, generation) of the resync that follows."""
+    await alpha.plane.serve()
+    await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+    await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+    await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
+    return Generation(1, "alpha"), Generation(2, "alpha")
+
+
 async def test_a_resync_that_cannot_start_yet_is_retried_until_it_can(tmp_path: Path) -> None:
     async with pair(tmp_path) as (alpha, beta):
-        await alpha.plane.serve()
-        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
-        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
-        await anyio.to_thread.run_sync(write_synced, alpha.root / "while-away", b"w")
-        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        since, generation = await wrote_while_away(alpha)
         # the source starts first: beta does not ask for a resync yet
         alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
         with anyio.fail_after(WAIT_TIMEOUT):
@@ -317,7 +324,7 @@ async def recorded_handshake() -> list[bytes]:
 
 
 async def test_unauthenticated_connections_change_nothing_of_a_live_session(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 8: connects to the secondary's replication port without the key
     (idle, junk, half a message, a replayed recorded handshake), more of them
@@ -328,6 +335,14 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
+        resync_request = beta.plane._resync_request
+
+        def counted() -> bytes:
+            asked.append(resync_request())
+            return asked[-1]
+
+        monkeypatch.setattr(beta.plane, "_resync_request", counted)
         replay = await recorded_handshake()
         hostile: list[Any] = []
         transport = TcpReplicationTransport()
@@ -364,6 +379,7 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
         assert beta.plane.sessions_received == 1  # never replaced
         assert beta.plane.handshakes == 0
         assert beta.plane.handshakes_refused >= 3  # junk, half message, replay (the rest: extras)
+        assert len(asked) <= (MAX_HANDSHAKES + 4) // 4  # the replayed HELLOs at most
         for stream in hostile:
             await stream.aclose()
 
@@ -386,7 +402,9 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
 
         async def application(name: str) -> None:
             try:
-                await anyio.to_thread.run_sync(write_synced, alpha.root / name, b"x")
+                await anyio.to_thread.run_sync(
+                    write_synced, alpha.root / name, b"x", abandon_on_cancel=True
+                )
                 results.append("acknowledged")
             except OSError as exc:
                 results.append(errno.errorcode[exc.errno or 0])
@@ -396,7 +414,19 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
                 while alpha.plane.status()["writes_held"] < count:
                     await anyio.sleep(0.01)  # a bounded poll of a FUSE thread's state
 
-        async with anyio.create_task_group() as tg:
+        @asynccontextmanager
+        async def applications() -> AsyncIterator[anyio.abc.TaskGroup]:
+            """The application's writes, done within the deadline: a regression fails
+            the test and lets a held write go (EIO), never hangs it on its own mount."""
+            try:
+                with anyio.fail_after(WAIT_TIMEOUT):
+                    async with anyio.create_task_group() as tg:
+                        yield tg
+            except BaseException:
+                alpha.plane.fence_writes(False, serving=False)
+                raise
+
+        async with applications() as tg:
             tg.start_soon(application, "held")
             await held(1)
             with anyio.fail_after(WAIT_TIMEOUT):
@@ -408,7 +438,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             alpha.plane.fence_writes(False)  # the core: new generation on disk, peer left
         assert results == ["acknowledged", "acknowledged"]
         alpha.plane.fence_writes(True)
-        async with anyio.create_task_group() as tg:
+        async with applications() as tg:
             tg.start_soon(application, "never acknowledged")
             await held(1)
             # the core left serving (stop), then the peer took over: never acknowledged
@@ -416,7 +446,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             alpha.plane.fence_writes(False, serving=False)
         assert results[2:] == ["EIO"]
         alpha.plane.fence_writes(True)
-        async with anyio.create_task_group() as tg:
+        async with applications() as tg:
             tg.start_soon(application, "not acknowledged either")
             await held(1)
             await alpha.plane.unserve()  # the application stopped: the mirror goes read-only
@@ -473,3 +503,65 @@ async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_pat
         await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
         assert (beta.root / "after").read_bytes() == b"replicated"
         assert beta.plane.handshakes == 0
+
+
+async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that fails to take any of its directory fds (the resync
+    target's duplicates included: a flood exhausted the descriptors) is refused
+    on its own: its handshake slot is given back, the data plane goes on, and
+    the peer's next session replicates."""
+    real = dataplane.ResyncTarget
+    exhausted = [UsageError("replicated directory: Too many open files: None")]
+
+    def resync_target(*args: Any, **kwargs: Any) -> Any:
+        if exhausted:
+            raise exhausted.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataplane, "ResyncTarget", resync_target)
+    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while beta.plane.handshakes_refused < 1:
+                await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        await stream.aclose()
+        assert not exhausted and beta.plane.handshakes == 0
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
+        assert (beta.root / "after").read_bytes() == b"replicated"
+
+
+async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Campaign seed 2029 (the e2e split brain healed while the winner writes): a
+    live write made after the source's plan but before its BEGIN was queued first,
+    and the target, not yet resyncing, applied it to a file it does not have (the
+    loser quarantined it): ApplyError, the resync failed and the next was full.
+    BEGIN is queued in the same order-lock hold as the plan: the write reaches
+    the target inside the resync, which rebuilds the file."""
+    real = dataplane.ResyncSource
+
+    class WritesFirst(real):  # type: ignore[misc,valid-type]
+        def run(self) -> bool:
+            with open(alpha.root / "while-away", "ab") as application:
+                application.write(b" and more")  # the application, as the thread starts
+            return bool(super().run())
+
+    monkeypatch.setattr(dataplane, "ResyncSource", WritesFirst)
+    async with pair(tmp_path) as (alpha, beta):
+        since, generation = await wrote_while_away(alpha)
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            await alpha.event_seen.wait()
+            await beta.event_seen.wait()
+        assert beta.events == [ev.ResyncDone(generation)]
+        assert alpha.events == [ev.PeerResynced(generation)]
+        assert alpha.plane.resync_attempts == 0
+        assert (beta.root / "while-away").read_bytes() == b"w and more"

@@ -111,9 +111,12 @@ class ReplicationReceiver:
     def _ack(self) -> Ack:
         return Ack(self._received, self._written, self._fsynced)
 
-    async def handshake(self, stream: MessageStream, request: bytes = b"") -> PeerInfo:
+    async def handshake(
+        self, stream: MessageStream, request: bytes | Callable[[], bytes] = b""
+    ) -> PeerInfo:
         """Wait for the primary's ``HELLO`` (at most ``timeout``) and answer it,
-        with ``request`` (what this node asks of the primary: a resync request).
+        with ``request`` (what this node asks of the primary: a resync request;
+        a callable is called once the ``HELLO`` verified).
 
         Raises ``PeerProtocolError`` or ``TransportError`` (the stream is then closed).
         """

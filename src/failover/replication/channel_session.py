@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -205,12 +205,17 @@ async def greet_as_primary(
 
 
 async def greet_as_secondary(
-    stream: MessageStream, identity: SessionIdentity, timeout: float, request: bytes = b""
+    stream: MessageStream,
+    identity: SessionIdentity,
+    timeout: float,
+    request: bytes | Callable[[], bytes] = b"",
 ) -> tuple[PeerInfo, SessionCipher]:
     """Wait for ``HELLO``, check it, answer ``WELCOME`` (carrying ``request``),
     then wait for the primary's ``CONFIRM`` under the new session key; the
     session's cipher. All of it within ``timeout`` seconds: a connection that
-    does not authenticate in time is refused.
+    does not authenticate in time is refused. A callable ``request`` is called
+    only once a ``HELLO`` under the cluster key arrived: a stranger's connection
+    makes this node compute nothing.
 
     Raises like ``greet_as_primary``; a replayed ``HELLO`` fails at ``CONFIRM``.
     """
@@ -225,7 +230,7 @@ async def greet_as_secondary(
             identity.local,
             identity.peer,
             identity.generation,
-            request,
+            request() if callable(request) else request,
         )
         await stream.send(Sealer(identity.key).seal(Kind.WELCOME, [encode_greeting(welcome)]))
         cipher = _cipher(identity.key, hello, welcome.nonce, primary=False)

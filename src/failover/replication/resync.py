@@ -298,6 +298,7 @@ class ResyncSource:
         self._clock = clock
         self.limiter = limiter or BandwidthLimiter(bandwidth, clock=clock)
         self._active = False
+        self._begun: bool | None = None  # BEGIN queued (False: the session was broken)
         self._cancelled = threading.Event()
         self._state = "running"
         self._error: str | None = None
@@ -316,6 +317,15 @@ class ResyncSource:
         pending = self._pending.get(op.root)
         if self._active and pending is not None:
             pending.live(op)
+
+    def begin(self) -> None:
+        """Queue ``BEGIN`` (the plan) and follow live ops from now on. The caller
+        holds every root's order lock, in the same hold in which it made the plan
+        and routed live ops to the channel and ``after``: no live op then reaches
+        the target before ``BEGIN`` (applied as if no resync ran, it could land in
+        a file the target no longer has). ``run`` does it itself if not done."""
+        self._active = True
+        self._begun = self._send(Begin(self._plan.full, tuple(self._locks), self._plan.changes))
 
     def set_bandwidth(self, rate: int) -> None:
         """Change the bandwidth limit (bytes/s, 0 = none) now, even mid-run."""
@@ -356,13 +366,13 @@ class ResyncSource:
         ``OSError`` if the source's own directory cannot be read.
         """
         try:
-            with ExitStack() as all_locks:
-                for lock in {id(lock): lock for lock in self._locks.values()}.values():
-                    all_locks.enter_context(lock)
-                self._active = True
-                begin = Begin(self._plan.full, tuple(self._locks), self._plan.changes)
-                if not self._send(begin):
-                    return self._finish()
+            if self._begun is None:
+                with ExitStack() as all_locks:
+                    for lock in {id(lock): lock for lock in self._locks.values()}.values():
+                        all_locks.enter_context(lock)
+                    self.begin()
+            if not self._begun:
+                return self._finish()
             for root, pending in self._pending.items():
                 while True:
                     if not self._pace():

@@ -445,34 +445,24 @@ class DataPlane:
                         roots = _dup_roots(self.mirrors)
                     held.callback(_close_all, roots)
                     applier = held.enter_context(Applier(roots))
-                except BaseException as exc:
-                    self.handshakes -= 1
-                    if not isinstance(exc, OSError | UsageError):
-                        raise
-                    self.handshakes_refused += 1
-                    log.warning(
-                        "replication connection refused: replicated directory", error=str(exc)
+                    target = held.enter_context(
+                        contextlib.closing(ResyncTarget(applier, roots, on_done=self._target_done))
                     )
-                    return
-                target = held.enter_context(
-                    contextlib.closing(ResyncTarget(applier, roots, on_done=self._target_done))
-                )
 
-                def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
-                    if kind is ItemKind.CONTROL:
-                        return _answer_verify(roots, self.settings.zone_size, payload)
-                    target.on_item(kind, payload)
-                    return None
+                    def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
+                        if kind is ItemKind.CONTROL:
+                            return _answer_verify(roots, self.settings.zone_size, payload)
+                        target.on_item(kind, payload)
+                        return None
 
-                receiver = ReplicationReceiver(
-                    self._identity(),
-                    target,
-                    on_item=on_item,
-                    timeout=self.settings.channel.timeout,
-                )
-                try:
-                    peer = await receiver.handshake(stream, self._resync_request())
-                except FailoverError as exc:
+                    receiver = ReplicationReceiver(
+                        self._identity(),
+                        target,
+                        on_item=on_item,
+                        timeout=self.settings.channel.timeout,
+                    )
+                    peer = await receiver.handshake(stream, self._resync_request)
+                except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self.handshakes_refused += 1
                     log.warning("replication connection refused", error=str(exc))
                     return
@@ -635,6 +625,7 @@ class DataPlane:
                 plan,
                 bandwidth=self.bandwidth,
             )
+            source.begin()  # before any live op reaches the session
             self.resync_source = source
             self._relay.sender = sender
             self._relay.resync = source
