@@ -157,8 +157,13 @@ class MessageStream(Protocol):
         """
         ...
 
-    async def receive(self) -> bytes:
+    async def receive(self, *, limit: int | None = None) -> bytes:
         """Wait for the next whole message.
+
+        ``limit``: a message announced longer than this many bytes is refused
+        before it is buffered (``TransportError``, the stream closed): the
+        callers read what a peer sends before it authenticated with a small
+        limit, so a stranger cannot make this node hold large messages.
 
         Raises ``TransportError`` when the stream is broken, closed by either
         side, or the peer violated the framing.

@@ -269,10 +269,10 @@ class _LateMessage:
     async def send(self, message: bytes) -> None:
         await self.inner.send(message)
 
-    async def receive(self) -> bytes:
+    async def receive(self, *, limit: int | None = None) -> bytes:
         if self.received >= 0:
             self.received += 1
-        message = await self.inner.receive()
+        message = await self.inner.receive(limit=limit)
         if self.received == 2:
             try:
                 await anyio.sleep_forever()
@@ -330,3 +330,16 @@ async def test_a_request_is_computed_only_for_a_hello_under_the_cluster_key() ->
         tg.start_soon(greet_as_secondary, server, secondary_id, WAIT_TIMEOUT, request)
         peer, _ = await greet_as_primary(client, primary_id, AckLevel.WRITTEN, WAIT_TIMEOUT)
     assert calls == [b"asked"] and peer.request == b"resync request"
+
+
+async def test_a_stranger_cannot_make_the_secondary_hold_a_long_hello() -> None:
+    """Before it authenticated, a connection's messages are read with a small
+    limit: a HELLO announced at 1 MiB is refused when its length arrives, never
+    buffered or waited for (eight handshake slots times the 64 MiB message limit
+    would otherwise be half a gigabyte held for strangers)."""
+    _, secondary_id = identities()
+    async with stream_pair() as (client, server), anyio.create_task_group() as tg:
+        tg.start_soon(client.send, b"h" * (1 << 20))
+        with pytest.raises(TransportError, match="announced"), anyio.fail_after(WAIT_TIMEOUT):
+            await greet_as_secondary(server, secondary_id, WAIT_TIMEOUT)
+        tg.cancel_scope.cancel()

@@ -298,11 +298,14 @@ class _Recorder:
         self.sent.append(message)
         await self._send.send(message)
 
-    async def receive(self) -> bytes:
+    async def receive(self, *, limit: int | None = None) -> bytes:
         try:
-            return bytes(await self._receive.receive())
+            message = bytes(await self._receive.receive())
         except (anyio.EndOfStream, anyio.ClosedResourceError) as exc:
             raise TransportError("recorder: closed") from exc
+        if limit is not None and len(message) > limit:
+            raise TransportError(f"recorder: a {len(message)}-byte message, the limit is {limit}")
+        return message
 
     async def aclose(self) -> None:
         await self._send.aclose()

@@ -47,6 +47,24 @@ async def test_oversize_length_from_peer_breaks_the_stream() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_limited_receive_refuses_a_long_message_before_its_body() -> None:
+    # What a stranger sends before it authenticated is read with a small limit:
+    # announcing 1 MiB is refused at once, nothing of it buffered or waited for
+    # (the body never comes: without the limit, receive would wait for it).
+    endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=free_port("tcp"))
+    async with TcpReplicationTransport().listen(endpoint) as listener:
+        raw = await anyio.connect_tcp("127.0.0.1", endpoint.port)
+        async with raw:
+            with anyio.fail_after(WAIT_TIMEOUT):
+                server = await listener.accept()
+                await raw.send(struct.pack(">I", 1 << 20) + b"x" * 100)
+                with pytest.raises(TransportError, match="announced"):
+                    await server.receive(limit=64 * 1024)
+                with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                    await raw.receive()  # closed by the server
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the bug is asyncio's
 async def test_an_accept_cancelled_as_a_connection_arrives_loses_nothing() -> None:
     """Campaign round 99: the data plane's accept is cancelled (its listener

@@ -90,14 +90,15 @@ class TcpMessageStream:
                 if not done:
                     await self.aclose()
 
-    async def receive(self) -> bytes:
+    async def receive(self, *, limit: int | None = None) -> bytes:
         """Wait for the next whole message.
 
         Raises TransportError when the peer closed or broke the stream, sent a
-        length above MAX_MESSAGE_SIZE (the stream is then closed), or the
-        stream is closed.
+        length above ``limit`` (default MAX_MESSAGE_SIZE: the stream is then
+        closed, before that message is buffered), or the stream is closed.
         """
         async with self._receive_lock:
+            self._decoder.max_payload = MAX_MESSAGE_SIZE if limit is None else limit
             while True:
                 if self._closed:
                     raise closed_error(self._what)

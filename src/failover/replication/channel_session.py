@@ -36,6 +36,11 @@ from failover.transport import MessageStream
 log = logging.getLogger("failover.replication.channel")
 
 _NO_NONCE = bytes(NONCE_SIZE)
+
+STRANGER_LIMIT = 64 * 1024
+"""The longest message an incoming connection may send before it authenticated
+(its ``HELLO``, its ``CONFIRM``: a few hundred bytes): with at most a few
+handshakes at once, strangers can make this node hold little memory."""
 MiB = 1024 * 1024
 
 
@@ -131,9 +136,9 @@ def _check_greeting(identity: SessionIdentity, kind: Kind, greeting: Greeting) -
 
 
 async def _receive_greeting(
-    stream: MessageStream, identity: SessionIdentity, kind: Kind
+    stream: MessageStream, identity: SessionIdentity, kind: Kind, limit: int | None = None
 ) -> Greeting:
-    message = await stream.receive()
+    message = await stream.receive(limit=limit)
     _, body = Opener(identity.key).open(message, kind)
     greeting = decode_greeting(kind, body)
     _check_greeting(identity, kind, greeting)
@@ -221,7 +226,7 @@ async def greet_as_secondary(
     """
     _warn_insecure(identity)
     with _deadline(timeout):
-        hello = await _receive_greeting(stream, identity, Kind.HELLO)
+        hello = await _receive_greeting(stream, identity, Kind.HELLO, STRANGER_LIMIT)
         welcome = Greeting(
             hello.cluster_id,
             hello.ack_level,
@@ -234,6 +239,6 @@ async def greet_as_secondary(
         )
         await stream.send(Sealer(identity.key).seal(Kind.WELCOME, [encode_greeting(welcome)]))
         cipher = _cipher(identity.key, hello, welcome.nonce, primary=False)
-        cipher.opener.open(await stream.receive(), Kind.CONFIRM)
+        cipher.opener.open(await stream.receive(limit=STRANGER_LIMIT), Kind.CONFIRM)
     peer = PeerInfo(hello.local, hello.generation, hello.ack_level, identity.authenticated)
     return peer, cipher
