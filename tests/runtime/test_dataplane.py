@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import pytest
 import trustme
+from structlog.testing import capture_logs
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -334,57 +335,63 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
     than may authenticate at once, during synchronous writes: the live session
     is never ended or replaced, no write waits for a broken session, every
     hostile connection is closed by the handshake deadline or at once."""
-    async with pair(tmp_path, timeout=1.0) as (alpha, beta):
-        await alpha.plane.serve()
-        await alpha.plane.start_replication()
-        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
-        asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
-        resync_request = beta.plane._resync_request
+    with capture_logs() as logs:
+        async with pair(tmp_path, timeout=1.0) as (alpha, beta):
+            await alpha.plane.serve()
+            await alpha.plane.start_replication()
+            port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+            asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
+            resync_request = beta.plane._resync_request
 
-        def counted() -> bytes:
-            asked.append(resync_request())
-            return asked[-1]
+            def counted() -> bytes:
+                asked.append(resync_request())
+                return asked[-1]
 
-        monkeypatch.setattr(beta.plane, "_resync_request", counted)
-        replay = await recorded_handshake()
-        hostile: list[Any] = []
-        transport = TcpReplicationTransport()
-        for n in range(MAX_HANDSHAKES + 4):  # more than may authenticate at once
-            kind = n % 4
-            if kind == 3:  # a recorded HELLO then its CONFIRM, framed as the peer does
-                stream = await transport.connect(beta.plane.settings.local, WAIT_TIMEOUT)
-                for message in replay:
-                    await stream.send(message)
-            else:
-                stream = await anyio.connect_tcp("127.0.0.1", port)
-                if kind == 1:
-                    await stream.send(os.urandom(700))
-                elif kind == 2:  # a length prefix, then half of the message
-                    await stream.send((4096).to_bytes(4, "big") + os.urandom(100))
-            hostile.append(stream)
-            # the application writes synchronously all along
-            name = alpha.root / f"record-{n}"
-            await anyio.to_thread.run_sync(write_synced, name, b"%d\n" % n)
-            assert (beta.root / name.name).read_bytes() == b"%d\n" % n
+            monkeypatch.setattr(beta.plane, "_resync_request", counted)
+            replay = await recorded_handshake()
+            hostile: list[Any] = []
+            transport = TcpReplicationTransport()
+            for n in range(MAX_HANDSHAKES + 4):  # more than may authenticate at once
+                kind = n % 4
+                if kind == 3:  # a recorded HELLO then its CONFIRM, framed as the peer does
+                    stream = await transport.connect(beta.plane.settings.local, WAIT_TIMEOUT)
+                    for message in replay:
+                        await stream.send(message)
+                else:
+                    stream = await anyio.connect_tcp("127.0.0.1", port)
+                    if kind == 1:
+                        await stream.send(os.urandom(700))
+                    elif kind == 2:  # a length prefix, then half of the message
+                        await stream.send((4096).to_bytes(4, "big") + os.urandom(100))
+                hostile.append(stream)
+                # the application writes synchronously all along
+                name = alpha.root / f"record-{n}"
+                await anyio.to_thread.run_sync(write_synced, name, b"%d\n" % n)
+                assert (beta.root / name.name).read_bytes() == b"%d\n" % n
 
-        async def closed_by_beta(stream: Any) -> None:
-            with contextlib.suppress(TransportError, anyio.EndOfStream, anyio.BrokenResourceError):
-                while True:  # a WELCOME may come first (to the replay): read to the end
-                    await stream.receive()
+            async def closed_by_beta(stream: Any) -> None:
+                with contextlib.suppress(
+                    TransportError, anyio.EndOfStream, anyio.BrokenResourceError
+                ):
+                    while True:  # a WELCOME may come first (to the replay): read to the end
+                        await stream.receive()
 
-        with anyio.fail_after(WAIT_TIMEOUT):  # the handshake deadline is 1 s
+            with anyio.fail_after(WAIT_TIMEOUT):  # the handshake deadline is 1 s
+                for stream in hostile:
+                    await closed_by_beta(stream)
+            await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"still synced")
+            assert (beta.root / "after").read_bytes() == b"still synced"
+            assert not alpha.events, "the live session broke"
+            assert alpha.plane.status()["replicating"]
+            assert beta.plane.sessions_received == 1  # never replaced
+            assert beta.plane.handshakes == 0
+            assert beta.plane.handshakes_refused == len(hostile), "every stranger is counted"
+            refusals = [r for r in logs if r["event"] == "replication connection refused"]
+            # one record per REFUSAL_LOG_INTERVAL (10 s), however many strangers
+            assert 1 <= len(refusals) < len(hostile) // 2, refusals
+            assert len(asked) <= (MAX_HANDSHAKES + 4) // 4  # the replayed HELLOs at most
             for stream in hostile:
-                await closed_by_beta(stream)
-        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"still synced")
-        assert (beta.root / "after").read_bytes() == b"still synced"
-        assert not alpha.events, "the live session broke"
-        assert alpha.plane.status()["replicating"]
-        assert beta.plane.sessions_received == 1  # never replaced
-        assert beta.plane.handshakes == 0
-        assert beta.plane.handshakes_refused >= 3  # junk, half message, replay (the rest: extras)
-        assert len(asked) <= (MAX_HANDSHAKES + 4) // 4  # the replayed HELLOs at most
-        for stream in hostile:
-            await stream.aclose()
+                await stream.aclose()
 
 
 async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_it(

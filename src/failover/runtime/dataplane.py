@@ -37,6 +37,7 @@ import contextlib
 import errno
 import functools
 import json
+import math
 import os
 import ssl
 import struct
@@ -193,6 +194,8 @@ class DataPlane:
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
         self.handshakes_refused = 0  # incoming connections that never authenticated
+        self._refusal_logged_at = -math.inf
+        self._refusals_logged = 0
         self.resyncs_received = 0
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
@@ -409,19 +412,31 @@ class DataPlane:
                 return
             if self.serving:
                 # a serving node never takes the peer's changes
-                log.warning("replication session refused: this node serves")
+                self._refused("this node serves")
                 await stream.aclose()
                 continue
             if self.handshakes >= MAX_HANDSHAKES:
-                log.warning(
-                    "replication connection refused: too many unauthenticated connections",
-                    pending=self.handshakes,
-                )
+                self._refused("too many unauthenticated connections")
                 await stream.aclose()
                 continue
             self.handshakes += 1
             assert self._group is not None
             self._group.start_soon(self._receive, stream)
+
+    def _refused(self, why: str) -> None:
+        """An incoming connection refused before it authenticated: counted always
+        (``handshakes_refused`` in status), logged at most every
+        ``REFUSAL_LOG_INTERVAL``, so that strangers cannot fill the log."""
+        self.handshakes_refused += 1
+        now = anyio.current_time()
+        if now < self._refusal_logged_at + REFUSAL_LOG_INTERVAL:
+            return
+        log.warning(
+            "replication connection refused",
+            why=why,
+            refused_since_last_record=self.handshakes_refused - self._refusals_logged,
+        )
+        self._refusal_logged_at, self._refusals_logged = now, self.handshakes_refused
 
     def _stop_receiving(self) -> None:
         if self._receiving is not None:
@@ -463,8 +478,7 @@ class DataPlane:
                     )
                     peer = await receiver.handshake(stream, self._resync_request)
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
-                    self.handshakes_refused += 1
-                    log.warning("replication connection refused", error=str(exc))
+                    self._refused(str(exc))
                     return
                 finally:
                     self.handshakes -= 1
@@ -794,6 +808,8 @@ def _close_all(fds: Mapping[str, int]) -> None:
 MAX_HANDSHAKES = 8
 """Incoming replication connections that may be authenticating at once; more are
 closed at once. Each has the replication timeout to authenticate."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two log records of refused connections (all are counted)."""
 RETRY_PAUSE = 0.2
 """Seconds before the first retry of a failed resync attempt; doubled each time."""
 RETRY_PAUSE_MAX = 5.0
