@@ -41,6 +41,23 @@ CLUSTERS: list[Cluster] = []
 """The clusters built by the running test, audited when it ends (conftest.py)."""
 
 
+WRITER = Path(__file__).with_name("e2e_writer.py")
+"""The application of the data tests: numbered records, each fsynced (e2e_writer.py)."""
+RECORD = 9  # bytes per numbered record
+
+
+def records(path: Path) -> dict[int, bytes]:
+    """The numbered records' slots in ``path`` (missing file: none)."""
+    data = path.read_bytes() if path.exists() else b""
+    return {n: data[n * RECORD : (n + 1) * RECORD] for n in range(len(data) // RECORD)}
+
+
+def held(cluster: Cluster, node: str) -> set[int]:
+    """The record numbers ``node``'s own disk holds, each at its place."""
+    slots = records(cluster.disk(node) / "records")
+    return {n for n, slot in slots.items() if slot == b"%08d\n" % n}
+
+
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """``failover ARGS...`` as an operator types it (text output captured)."""
     return subprocess.run(

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+from e2e_support import NETNS, NODES, SERVING, WRITER, Cluster, cli, held
 
 from failover.audit import Ack
 from failover.testing.netns import Lab
@@ -97,10 +97,6 @@ def test_stop_of_the_serving_node_lets_the_peer_start_only_after_the_stop(
     cluster.wait(f"{primary}'s stop script finished", lambda: not pidfile.exists())
 
 
-WRITER = Path(__file__).with_name("e2e_writer.py")
-RECORD = 9  # bytes per numbered record (e2e_writer.py)
-
-
 def acknowledged(cluster: Cluster, node: str, count: int) -> list[Ack]:
     """Run the numbered-record writer on ``node`` until ``count`` records are
     acknowledged; each ack is timed when its line is read (after its fsync)."""
@@ -115,13 +111,6 @@ def acknowledged(cluster: Cluster, node: str, count: int) -> list[Ack]:
     proc.kill()
     proc.wait(timeout=10)
     return acks
-
-
-def held(cluster: Cluster, node: str) -> set[int]:
-    path = cluster.disk(node) / "records"
-    data = path.read_bytes() if path.exists() else b""
-    slots = (data[n * RECORD : (n + 1) * RECORD] for n in range(len(data) // RECORD))
-    return {n for n, slot in enumerate(slots) if slot == b"%08d\n" % n}
 
 
 def test_s3_on_a_real_crash_every_acknowledged_record_is_on_the_next_server(

@@ -16,17 +16,25 @@ import time
 from pathlib import Path
 
 import yaml
-from e2e_support import NETNS, REPLICATION_PORT, Cluster, cli
+from e2e_support import (
+    NETNS,
+    NODES,
+    REPLICATION_PORT,
+    WRITER,
+    Cluster,
+    cli,
+    held,
+    records,
+)
 
+from failover.audit import Ack
 from failover.config.timing import PROFILES
 from failover.testing.netns import Lab
 
 pytestmark = NETNS
 
 LINKS = {"lan": "udp", "crossover": "tcp"}
-WRITER = Path(__file__).with_name("e2e_writer.py")
 ROUNDS = int(os.environ.get("FAILOVER_E2E_CRASH_ROUNDS", "20"))
-RECORD = 9
 
 
 class Writer:
@@ -70,6 +78,10 @@ class Writer:
         self.reader.join(timeout=10)
         return self.acked
 
+    def acks(self, node: str) -> list[Ack]:
+        """What it acknowledged, for the audit's S3 (time.monotonic is CLOCK_MONOTONIC)."""
+        return [Ack(n, t, node) for n, t in zip(self.acked, self.times, strict=True)]
+
 
 def equal_copies(cluster: Cluster) -> bool:
     return tree(cluster.disk("alpha")) == tree(cluster.disk("beta"))
@@ -90,11 +102,6 @@ def retrying(cluster: Cluster, node: str) -> bool:
     return bool(status and status["replication"]["resync_retrying"])
 
 
-def records(path: Path) -> dict[int, bytes]:
-    data = path.read_bytes() if path.exists() else b""
-    return {n: data[n * RECORD : (n + 1) * RECORD] for n in range(len(data) // RECORD)}
-
-
 def tree(root: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
@@ -109,12 +116,14 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
     cluster.start_both()
     primary, secondary = cluster.paired()
     next_record = 0
+    acks: list[Ack] = []  # every round's, for the audit's S3 at the end
     for round_number in range(ROUNDS):
         writer = Writer(cluster, primary, next_record)
         writer.wait_for(rng.randint(1, 40))
         killed = cluster.kill_node(primary)
         assert killed >= 2, "the daemon and the writer were running"
         acked = writer.finish()
+        acks += writer.acks(primary)
         cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
         on_survivor = records(cluster.disk(secondary) / "records")
         for n in acked:
@@ -134,6 +143,7 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
         during.wait_for(len(during.acked) + 3)  # some records land after the resync too
         during.proc.terminate()
         written = during.finish()
+        acks += during.acks(secondary)
         assert written, "the survivor's writer wrote nothing"
         next_record = max(written) + 1
         # the last write may still be in flight to the peer: equal once it lands
@@ -155,6 +165,9 @@ def test_acknowledged_records_survive_killing_every_process_of_the_serving_node(
     status = cluster.status(primary)
     assert status is not None and status["in_sync"] is True
     assert status["replication"]["replicating"] is True
+    # the audit at teardown checks S3 too: every record acknowledged before a node
+    # started serving is on that node's disk (the records are never rewritten)
+    cluster.acked, cluster.found = acks, {node: held(cluster, node) for node in NODES}
 
 
 def write_in(cluster: Cluster, node: str, name: str, data: bytes) -> None:
