@@ -276,7 +276,6 @@ class Node:
         self.links: dict[str, LinkView] = {name: LinkView() for name in self.settings.links}
         self.next_heartbeat_at: float | None = 0.0
         self.last_run: float | None = None  # the time of the last handle call
-        self.unobserved = 0.0  # seconds this node was seen not running (pauses)
         self.discovery_until: float | None = None
         self.recheck_at: float | None = None
         self.lease = Lease()
@@ -626,7 +625,6 @@ class Node:
         if gap <= PAUSE_FACTOR * interval:
             return
         credit = gap - interval
-        self.unobserved += credit
         for name, view in self.links.items():
             if view.last_seen is not None:
                 self.links[name] = evolve(view, last_seen=min(view.last_seen + credit, now))
