@@ -395,19 +395,11 @@ class Node:
         self.outbox = []
         return effects
 
-    def _announced(self) -> tuple[object, ...]:
-        """What the peer decides on in our heartbeats (the reason aside): a
-        change of any of it is a new view."""
-        meta = self.metadata
-        return (
-            self.state,
-            self.substatus,
-            self.handover == "done",
-            meta.generation,
-            meta.synced_generation,
-            meta.consistent,
-            meta.last_state,
-        )
+    def _announced(self) -> PeerStatus:
+        """What the peer decides on in our heartbeats: the status, but for the
+        reason (words for the operator) and the views themselves. A change of
+        any of it is a new view."""
+        return replace(self.status(), reason="", view=NO_VIEW, peer_view=NO_VIEW)
 
     def _heard_view(self) -> View:
         return NO_VIEW if self.peer is None else self.peer.view
