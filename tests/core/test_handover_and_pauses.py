@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import pytest
 from core_support import (
+    G1,
     G1_BETA,
+    G2_BETA,
     SETTINGS,
     Driver,
     beta,
@@ -25,7 +27,7 @@ from core_support import (
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.core.state import State, SubStatus
+from failover.core.state import Metadata, State, SubStatus
 
 # --- hand-over order --------------------------------------------------------------------
 
@@ -122,4 +124,29 @@ def test_a_late_tick_within_two_intervals_is_counted_as_silence() -> None:
     d.do(ev.Timer(), at=last_heard + 1.9 * SETTINGS.heartbeat_interval)
     assert d.state is State.SECONDARY
     d.do(ev.Timer(), at=last_heard + SETTINGS.dead_timeout)
+    assert d.state is State.ALONE
+
+
+def test_a_node_paused_while_it_listens_for_its_peer_hears_it_before_serving_blind() -> None:
+    # alpha served alone last (it may serve without its peer, once it listened
+    # for startup_timeout); it is paused while it listens, and beta, forced to
+    # serve meanwhile, has heartbeats waiting in alpha's sockets: the listening
+    # is counted in time alpha ran, as the peer's silence is
+    last_alone = Metadata(generation=G1, consistent=True, last_state=State.ALONE)
+    d = Driver(metadata=last_alone)
+    d.do(ev.Start())
+    assert d.state is State.WAIT and d.node.discovery_until == SETTINGS.startup_timeout
+    resumed = 10.0
+    effects = d.do(ev.Timer(), at=resumed)  # the overdue timer fires first
+    assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
+    d.hear(beta(State.ALONE, G2_BETA), at=resumed + 0.01)  # then the queue
+    assert not d.node.state.serving
+    # with no peer at all, it serves once it ran for the rest of the window
+    d = Driver(metadata=last_alone)
+    d.do(ev.Start())
+    d.do(ev.Timer(), at=resumed)
+    listened = resumed + SETTINGS.startup_timeout - SETTINGS.heartbeat_interval
+    d.run_until(listened - 0.01)
+    assert d.state is State.WAIT
+    d.run_until(listened)
     assert d.state is State.ALONE

@@ -605,10 +605,11 @@ class Node:
         runs (a deadline is always that close). A longer gap means the process
         did not run (SIGSTOP, a VM frozen, a starved scheduler): it could not
         read the heartbeats waiting in its sockets, so that time is not the
-        peer's silence. Every link's last-seen time moves forward by the gap
-        beyond one interval: the peer is judged only after the node has run
-        long enough to read what arrived. The lease is not moved: it runs out
-        in real time at the arbitrator."""
+        peer's silence. Every link's last-seen time, and the end of a wait for
+        the peer (discovery at start, the recheck of a node that waits blind),
+        move forward by the gap beyond one interval: the peer is judged only
+        after the node has run long enough to read what arrived. The lease is
+        not moved: it runs out in real time at the arbitrator."""
         last, self.last_run = self.last_run, now
         if last is None:
             return
@@ -620,6 +621,10 @@ class Node:
         for name, view in self.links.items():
             if view.last_seen is not None:
                 self.links[name] = evolve(view, last_seen=min(view.last_seen + credit, now))
+        if self.discovery_until is not None:
+            self.discovery_until += credit
+        if self.recheck_at is not None:
+            self.recheck_at += credit
 
     def _timers(self) -> list[str]:
         now, s = self.now, self.settings
