@@ -4,6 +4,9 @@ Hand-over: a serving node that stops (``stop``, a failure) stops its
 application before it stops replicating, and its peer takes over only once the
 node announces it is done (ready), never while it is still transient.
 
+Stops take time: an outcome that arrives after a new decision is read as what
+it is (the earlier stop's end, or a swap the peer's loss interrupted).
+
 Pauses: time this node did not run (no ``handle`` call for much longer than a
 heartbeat interval) is not the peer's silence; a resumed node reads the
 heartbeats that waited in its sockets before it judges the peer.
@@ -21,6 +24,7 @@ from core_support import (
     beta,
     of_type,
     records,
+    to_alone,
     to_primary,
     to_secondary,
 )
@@ -150,3 +154,31 @@ def test_a_node_paused_while_it_listens_for_its_peer_hears_it_before_serving_bli
     assert d.state is State.WAIT
     d.run_until(listened)
     assert d.state is State.ALONE
+
+
+def test_a_stop_that_ends_after_a_new_start_was_asked_is_the_old_stops_outcome() -> None:
+    # stop, then prim before the stop script ended: the executor runs the stop,
+    # then the start; the stop's app_stopped must not be taken as the new
+    # application going down (a later stop would then leave it running)
+    d = Driver()
+    to_alone(d)
+    assert of_type(d.do(ev.Stop(), at=d.now + 0.1), fx.StopApp)
+    assert of_type(d.do(ev.Prim(), at=d.now + 0.1), fx.StartApp)
+    effects = d.do(ev.AppStopped(), at=d.now + 0.1)  # the earlier stop ends
+    assert d.state is State.ALONE and not of_type(effects, fx.StopApp)
+    assert d.node.app_pending == "start" and d.node.substatus is SubStatus.TRANSIENT
+    d.do(ev.AppStarted(), at=d.now + 0.1)
+    assert d.node.app_active and d.node.substatus is SubStatus.READY
+    assert of_type(d.do(ev.Stop(), at=d.now + 0.1), fx.StopApp)  # the new one is stopped too
+
+
+def test_a_swap_interrupted_by_the_loss_of_the_peer_starts_the_application_again() -> None:
+    d = Driver()
+    to_primary(d)
+    assert of_type(d.do(ev.Swap(), at=d.now + 0.1), fx.StopApp)
+    d.run_until(d.now + 10)  # the peer is lost while the stop script runs
+    assert d.state is State.ALONE
+    effects = d.do(ev.AppStopped())
+    assert d.state is State.ALONE and of_type(effects, fx.StartApp)
+    d.do(ev.AppStarted())
+    assert d.node.app_active and d.node.handover is None
