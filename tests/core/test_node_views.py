@@ -12,11 +12,12 @@ hears beta waiting and wins the tie. Without the echo both serve.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import fields
 
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.node import Node
-from failover.core.state import Settings, State, SubStatus, evolve
+from failover.core.state import PeerStatus, Settings, State, SubStatus, evolve
 from failover.core.table import Table
 from failover.model.mutants import mutant_table
 
@@ -143,3 +144,18 @@ def test_the_view_grows_with_what_the_node_announces_never_with_its_reason() -> 
     assert node.view == (view[0], view[1] + 1)  # a new state: the next view, sent at once
     [sent] = [e for e in effects if isinstance(e, fx.SendHeartbeat)]
     assert sent.status.view == node.view
+
+
+ANNOUNCED = ("state", "substatus", "handover", "generation", "synced_generation")
+ANNOUNCED += ("consistent", "last_state")
+SET_ASIDE = {"node", "fingerprint", "reason", "view", "peer_view"}  # fixed, words, the views
+
+
+def test_what_grows_the_view_is_every_field_of_the_status_the_peer_decides_on() -> None:
+    # a tripwire: a new PeerStatus field must be added to Node._announced (the
+    # peer decides on it, so a change of it is a new view) or set aside here
+    assert {f.name for f in fields(PeerStatus)} == set(ANNOUNCED) | SET_ASIDE
+    node = Node(settings(0))
+    node.handle(ev.Start(), 0.0)
+    status = node.status()
+    assert node._announced() == tuple(getattr(status, name) for name in ANNOUNCED)

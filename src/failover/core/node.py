@@ -395,11 +395,23 @@ class Node:
         self.outbox = []
         return effects
 
-    def _announced(self) -> PeerStatus:
-        """What the peer decides on in our heartbeats: the status, but for the
-        reason (words for the operator) and the views themselves. A change of
-        any of it is a new view."""
-        return replace(self.status(), reason="", view=NO_VIEW, peer_view=NO_VIEW)
+    def _announced(self) -> tuple[object, ...]:
+        """What the peer decides on in our heartbeats: every field of ``status()``
+        but the reason (words for the operator), the views themselves, and the
+        name and fingerprint (fixed for the run). A change of any of it is a new
+        view. A plain tuple, not ``status()`` less those fields: it is built
+        twice per ``handle`` and that would slow every call by a third; the
+        test of the views checks it still covers every field of ``PeerStatus``."""
+        meta = self.metadata
+        return (
+            self.state,
+            self.substatus,
+            self.handover == "done",
+            meta.generation,
+            meta.synced_generation,
+            meta.consistent,
+            meta.last_state,
+        )
 
     def _heard_view(self) -> View:
         return NO_VIEW if self.peer is None else self.peer.view
