@@ -14,6 +14,8 @@ heartbeats that waited in its sockets before it judges the peer.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from core_support import (
     G1,
@@ -182,3 +184,21 @@ def test_a_swap_interrupted_by_the_loss_of_the_peer_starts_the_application_again
     assert d.state is State.ALONE and of_type(effects, fx.StartApp)
     d.do(ev.AppStarted())
     assert d.node.app_active and d.node.handover is None
+
+
+def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
+    # alpha asks the arbitrator to serve, then is paused past the lease it
+    # asked for; the arbitrator may have granted beta since: the late grant
+    # must not start the application (it did, until the next timer fenced it)
+    arbitrated = replace(SETTINGS, arbitrator=True, lease_ttl=4, lease_margin=1)
+    for late in (False, True):
+        d = Driver(settings=arbitrated)
+        d.do(ev.Start())
+        [asked] = of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
+        heard = 0.1 + (10.0 if late else 0.5)
+        effects = d.do(ev.ArbitrationGranted(asked.generation), at=heard)
+        if not late:
+            assert d.state is State.ALONE and of_type(effects, fx.StartApp)
+            continue
+        assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
+        assert of_type(effects, fx.ReleaseArbitration) and not d.node.lease.held
