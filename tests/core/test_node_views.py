@@ -12,11 +12,12 @@ hears beta waiting and wins the tie. Without the echo both serve.
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import fields
 
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.node import Node
-from failover.core.state import Settings, State, evolve
+from failover.core.state import PeerStatus, Settings, State, SubStatus, evolve
 from failover.core.table import Table
 from failover.model.mutants import mutant_table
 
@@ -126,3 +127,35 @@ def test_an_echo_of_the_previous_run_is_no_answer() -> None:
     assert node.state is State.WAIT  # the previous run's view with this run's counter
     node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=node.view)), 0.3)
     assert node.state is State.ALONE  # an answer to this run: alpha wins the tie
+
+
+def test_the_view_grows_with_what_the_node_announces_never_with_its_reason() -> None:
+    node = Node(settings(0))
+    node.handle(ev.Start(), 0.0)
+    settling = evolve(Node(settings(1)).status(), state=State.STOP, substatus=SubStatus.TRANSIENT)
+    node.handle(ev.HeartbeatReceived("lan", settling), 0.1)
+    view, reason = node.view, node.reason
+    settling = evolve(settling, state=State.WAIT)
+    effects = node.handle(ev.HeartbeatReceived("lan", settling), 0.15)
+    assert node.state is State.WAIT and node.reason != reason  # new words only:
+    assert node.view == view  # the same view,
+    assert not any(isinstance(e, fx.SendHeartbeat) for e in effects)  # nothing sent at once
+    effects = node.handle(ev.Stop(), 0.2)
+    assert node.view == (view[0], view[1] + 1)  # a new state: the next view, sent at once
+    [sent] = [e for e in effects if isinstance(e, fx.SendHeartbeat)]
+    assert sent.status.view == node.view
+
+
+ANNOUNCED = ("state", "substatus", "handover", "generation", "synced_generation")
+ANNOUNCED += ("consistent", "last_state")
+SET_ASIDE = {"node", "fingerprint", "reason", "view", "peer_view"}  # fixed, words, the views
+
+
+def test_what_grows_the_view_is_every_field_of_the_status_the_peer_decides_on() -> None:
+    # a tripwire: a new PeerStatus field must be added to Node._announced (the
+    # peer decides on it, so a change of it is a new view) or set aside here
+    assert {f.name for f in fields(PeerStatus)} == set(ANNOUNCED) | SET_ASIDE
+    node = Node(settings(0))
+    node.handle(ev.Start(), 0.0)
+    status = node.status()
+    assert node._announced() == tuple(getattr(status, name) for name in ANNOUNCED)

@@ -136,6 +136,28 @@ def test_the_split_brain_exemption_does_not_hide_a_stale_promotion() -> None:
     assert "S3" in found, found
 
 
+def test_a_forced_history_does_not_spread_to_the_history_its_loser_adopts() -> None:
+    # alpha, forced (3:alpha) during a partition, loses the split brain to beta
+    # (the configured winner), which outranks it (4:beta) and resynchronises it.
+    # Adopting 4:beta does not make beta's history a forced one: S2 and S3
+    # still judge it. Without the stale-data guard, alpha then serves 4:beta
+    # while beta acknowledged write 0 alone in 5:beta: both must be caught
+    # (they were not while the adoption marked 4:beta forced).
+    config = ClusterConfig(split_brain_winner="beta")
+    cluster = Cluster(config, table=mutant_table("no-stale-guard"), bounds=UNBOUNDED)
+    cluster.load(settle(cluster, cluster.booted()))
+    split = "partition lan, partition serial, tick, tick, tick, tick, tick, stop alpha, tick"
+    heal = "primforce alpha, tick, heal lan, heal serial, tick, tick, tick, tick"
+    assert _replay(cluster, config, f"{split}, {heal}") == []
+    assert [h.core.state.value for h in cluster.world.hosts if h.core] == ["secondary", "primary"]
+    assert [str(g) for g in cluster.world.forced_lineage] == ["3:alpha"]
+    ticks = ", ".join(["tick"] * 6)
+    found = _replay(
+        cluster, config, f"crash alpha, {ticks}, write beta, crash beta, restart alpha, {ticks}"
+    )
+    assert {v[:2] for v in found} == {"S2", "S3"}, found
+
+
 def test_without_replicated_directories_a_split_brain_loser_keeps_its_generation_order() -> None:
     # Without a data plane a resync ends at once: the loser must not adopt the
     # winner's generation while it is ordered below its own (it failed, S5, before

@@ -276,7 +276,6 @@ class Node:
         self.links: dict[str, LinkView] = {name: LinkView() for name in self.settings.links}
         self.next_heartbeat_at: float | None = 0.0
         self.last_run: float | None = None  # the time of the last handle call
-        self.unobserved = 0.0  # seconds this node was seen not running (pauses)
         self.discovery_until: float | None = None
         self.recheck_at: float | None = None
         self.lease = Lease()
@@ -397,8 +396,12 @@ class Node:
         return effects
 
     def _announced(self) -> tuple[object, ...]:
-        """What the peer decides on in our heartbeats (the reason aside): a
-        change of any of it is a new view."""
+        """What the peer decides on in our heartbeats: every field of ``status()``
+        but the reason (words for the operator), the views themselves, and the
+        name and fingerprint (fixed for the run). A change of any of it is a new
+        view. A plain tuple, not ``status()`` less those fields: it is built
+        twice per ``handle`` and that would slow every call by a third; the
+        test of the views checks it still covers every field of ``PeerStatus``."""
         meta = self.metadata
         return (
             self.state,
@@ -614,10 +617,11 @@ class Node:
         runs (a deadline is always that close). A longer gap means the process
         did not run (SIGSTOP, a VM frozen, a starved scheduler): it could not
         read the heartbeats waiting in its sockets, so that time is not the
-        peer's silence. Every link's last-seen time moves forward by the gap
-        beyond one interval: the peer is judged only after the node has run
-        long enough to read what arrived. The lease is not moved: it runs out
-        in real time at the arbitrator."""
+        peer's silence. Every link's last-seen time, and the end of a wait for
+        the peer (discovery at start, the recheck of a node that waits blind),
+        move forward by the gap beyond one interval: the peer is judged only
+        after the node has run long enough to read what arrived. The lease is
+        not moved: it runs out in real time at the arbitrator."""
         last, self.last_run = self.last_run, now
         if last is None:
             return
@@ -626,10 +630,13 @@ class Node:
         if gap <= PAUSE_FACTOR * interval:
             return
         credit = gap - interval
-        self.unobserved += credit
         for name, view in self.links.items():
             if view.last_seen is not None:
                 self.links[name] = evolve(view, last_seen=min(view.last_seen + credit, now))
+        if self.discovery_until is not None:
+            self.discovery_until += credit
+        if self.recheck_at is not None:
+            self.recheck_at += credit
 
     def _timers(self) -> list[str]:
         now, s = self.now, self.settings

@@ -336,6 +336,15 @@ def grant_pending(node: Node, row: Row) -> bool:
 
 
 @guard
+def grant_expired(node: Node, row: Row) -> bool:
+    """The lease a grant gives has already run out here: it counts from when
+    we asked (``hold_grant``), and this node heard the answer only after
+    ``lease_ttl - lease_margin`` (it was paused, or the answer was delayed)."""
+    asked, s = node.lease.requested_at, node.settings
+    return asked is not None and node.now >= asked + s.lease_ttl - s.lease_margin
+
+
+@guard
 def grant_pending_alone(node: Node, row: Row) -> bool:
     return node.pending is not None and node.pending.target is State.ALONE
 

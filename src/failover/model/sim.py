@@ -711,8 +711,12 @@ class Cluster:
                 self.world = evolve(
                     self.world, minted_from=self.world.minted_from | {(minted, base)}
                 )
-            if minted != base and (node.forced or base in self.world.forced_lineage):
-                self.world = evolve(self.world, forced_lineage=self.world.forced_lineage | {minted})
+                # a forced history is what a forced node mints, and what is minted
+                # on it; a generation adopted from the peer (a resync) keeps its own
+                if node.forced or base in self.world.forced_lineage:
+                    self.world = evolve(
+                        self.world, forced_lineage=self.world.forced_lineage | {minted}
+                    )
             if node.state.serving and not before.serving:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
                 info.entered_serving.append((k, before, node.forced, blind))
