@@ -9,7 +9,7 @@ from config_support import BASE, KEY, WriteConfig, replace_once
 from pydantic import ValidationError
 
 from failover.config import PROFILES, ClusterConfig, load_config
-from failover.core.state import Settings
+from failover.core.state import CheckerPolicy, Settings
 from failover.errors import ConfigError, UsageError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -377,7 +377,7 @@ def test_core_settings_round_trip(write_config: WriteConfig) -> None:
         failback="preferred",
         preferred="beta",
         split_brain_winner="alpha",
-        checkers=("db",),
+        checkers=(CheckerPolicy("db"),),
     )
     beta = config.core_settings("beta")
     assert (beta.name, beta.peer, beta.fingerprint) == ("beta", "alpha", settings.fingerprint)

@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from failover.config.timing import ProfileName, Seconds, Timing, TimingOverrides, resolve_timing
-from failover.core.state import Settings
+from failover.core.state import CheckerPolicy, Settings
 from failover.errors import ConfigError, UsageError
 
 NAME_RE = re.compile(r"[a-z0-9-]+")
@@ -190,6 +190,9 @@ class ApplicationConfig(Section):
     start: Command
     stop: Command
     timeout: Seconds = 30.0
+    # the restart budget: local restarts allowed within restart_window seconds
+    max_restarts: Annotated[StrictInt, Ge(0)] = 3
+    restart_window: Seconds = 86400.0
 
 
 class VirtualIpConfig(Section):
@@ -206,6 +209,8 @@ class CheckerConfig(Section):
     command: Command
     interval: Seconds = 5.0
     timeout: Seconds = 3.0
+    when: Literal["serving", "standby", "both"] = "serving"
+    action: Literal["restart", "failover", "stop"] = "restart"
 
 
 class ReplicatedDirectory(Section):
@@ -478,8 +483,18 @@ class ClusterConfig(Section):
             failback=cluster.failback,
             preferred=cluster.preferred,
             split_brain_winner=None if winner == "auto" else winner,
-            checkers=tuple(checker.name for checker in self.checkers),
+            checkers=tuple(
+                CheckerPolicy(checker.name, checker.when, checker.action)
+                for checker in self.checkers
+            ),
+            **self._restart_budget(),
         )
+
+    def _restart_budget(self) -> dict[str, Any]:
+        app = self.application
+        if app is None:
+            return {}
+        return {"max_restarts": app.max_restarts, "restart_window": app.restart_window}
 
     def resolve_local_node(self, explicit: str | None) -> str:
         """Which node this machine is: ``explicit`` if given, else the one named like the host.

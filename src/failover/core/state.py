@@ -148,6 +148,32 @@ class PeerStatus:
         return self.state.serving
 
 
+CHECKER_CLASSES = ("serving", "standby", "both")
+"""Where a checker counts (SafeKit's prim/second/both): on the serving node only
+(it checks the node's own application), on the node that does not serve only
+(it checks what a takeover would need), or on both."""
+
+CHECKER_ACTIONS = ("restart", "failover", "stop")
+"""What a checker's failure on the serving node leads to: restart the
+application locally within the restart budget (then hand over), hand over to
+the peer at once, or stop the module on this node."""
+
+
+@dataclass(frozen=True)
+class CheckerPolicy:
+    """What the core needs to know of one checker: its name, class and action."""
+
+    name: str
+    when: str = "serving"
+    action: str = "restart"
+
+    def __post_init__(self) -> None:
+        if self.when not in CHECKER_CLASSES:
+            raise ValueError(f"checker {self.name}: when must be one of {CHECKER_CLASSES}")
+        if self.action not in CHECKER_ACTIONS:
+            raise ValueError(f"checker {self.name}: action must be one of {CHECKER_ACTIONS}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The part of the configuration the core decides with (times in seconds).
@@ -176,7 +202,16 @@ class Settings:
     failback: str = "none"
     preferred: str | None = None
     split_brain_winner: str | None = None
-    checkers: tuple[str, ...] = field(default=())
+    checkers: tuple[CheckerPolicy, ...] = field(default=())
+    # the restart budget (SafeKit's maxloop/maxtime): at most ``max_restarts``
+    # local restarts of the application (after a failed start or a checker
+    # with action ``restart``) within ``restart_window`` seconds; past it the
+    # node hands over, or retries where it is after a pause that doubles from
+    # ``retry_pause`` up to ``retry_pause_max``
+    max_restarts: int = 3
+    restart_window: float = 86400.0
+    retry_pause: float = 5.0
+    retry_pause_max: float = 300.0
     # the epoch of this run's views (see ``View``): larger than any earlier run's
     epoch: int = 0
 
