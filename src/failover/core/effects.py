@@ -55,6 +55,15 @@ class StopApp(Effect):
 
 
 @dataclass(frozen=True)
+class RestartApp(Effect):
+    """Restart the application where it is, keeping the virtual IP and the
+    replication: run the stop script, then the start script. Outcome:
+    ``AppStarted`` or ``AppFailed``, as for ``StartApp``."""
+
+    name: ClassVar[str] = "restart_app"
+
+
+@dataclass(frozen=True)
 class StartReplication(Effect):
     """Replicate every write synchronously to the peer."""
 

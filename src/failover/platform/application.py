@@ -60,6 +60,9 @@ class Application:
         self.env = env
         self.marker = marker
         self.running = False
+        # the application's main process while it runs, when the runtime knows
+        # it (a foreground command it started): what a process checker watches
+        self.main_pid: int | None = None
 
     def _set_marker(self, present: bool) -> None:
         if self.marker is None:
