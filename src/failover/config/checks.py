@@ -64,7 +64,8 @@ class Sections:
     others. ``state_dirs`` maps a node to its state directory and the key
     that sets it, when that is valid. ``controls`` maps a node to its valid
     ``control`` section; ``application`` and ``virtual_ip`` are those sections
-    when valid.
+    when valid. ``virtual_ips`` holds the valid items of that list with their
+    index, and ``virtual_ips_given`` whether the file has that key.
     """
 
     cluster: ClusterSection | None = None
@@ -84,6 +85,8 @@ class Sections:
     controls: dict[str, ControlConfig] = field(default_factory=dict)
     application: ApplicationConfig | None = None
     virtual_ip: VirtualIpConfig | None = None
+    virtual_ips: list[tuple[int, VirtualIpConfig]] = field(default_factory=list)
+    virtual_ips_given: bool = False
 
 
 @dataclass
@@ -118,8 +121,7 @@ def check_all(sections: Sections) -> Findings:
     _check_replication(sections, found)
     _check_commands(sections, found)
     _check_control_sockets(sections, found)
-    if sections.virtual_ip is not None:
-        _check_virtual_ip(sections.virtual_ip, found)
+    _check_virtual_ips(sections, found)
     return found
 
 
@@ -166,8 +168,38 @@ def _check_control_sockets(sections: Sections, found: Findings) -> None:
             )
 
 
-def _check_virtual_ip(vip: VirtualIpConfig, found: Findings) -> None:
-    """The virtual IP is no node's own address: releasing it would delete that address."""
+def _check_virtual_ips(sections: Sections, found: Findings) -> None:
+    """``virtual_ip`` or ``virtual_ips``, not both; no address twice; none a node's own."""
+    entries: list[tuple[Loc, VirtualIpConfig]] = [
+        (("virtual_ips", i), vip) for i, vip in sections.virtual_ips
+    ]
+    if sections.virtual_ip is not None:
+        entries.insert(0, (("virtual_ip",), sections.virtual_ip))
+        if sections.virtual_ips_given:
+            found.problems.append(
+                Problem(
+                    ("virtual_ips",),
+                    "give either virtual_ip (one address) or virtual_ips (a list), not both",
+                )
+            )
+    first: dict[object, Loc] = {}
+    for loc, vip in entries:
+        ip = vip.address.ip
+        if ip in first:
+            found.problems.append(
+                Problem(
+                    (*loc, "address"),
+                    f"{ip} is listed twice (also {format_key(first[ip])}): "
+                    "each virtual address once",
+                )
+            )
+        else:
+            first[ip] = loc
+        _check_not_own_address(loc, vip, found)
+
+
+def _check_not_own_address(loc: Loc, vip: VirtualIpConfig, found: Findings) -> None:
+    """A virtual IP is no node's own address: releasing it would delete that address."""
     own = [(f"nodes.{node}.links.{link}", e) for (node, link), e in found.endpoints.items()]
     own += [(f"nodes.{node}.replication", e) for node, e in found.replication_endpoints.items()]
     for key, endpoint in own:
@@ -179,7 +211,7 @@ def _check_virtual_ip(vip: VirtualIpConfig, found: Findings) -> None:
         if same:
             found.problems.append(
                 Problem(
-                    ("virtual_ip", "address"),
+                    (*loc, "address"),
                     f"{vip.address.ip} is also {key}'s address: the virtual IP must be an "
                     "address of its own (the daemon deletes it when the node stops serving)",
                 )

@@ -138,6 +138,8 @@ def _valid_parts(data: dict[str, Any], context: dict[str, Any]) -> Sections:
     parts.checkers = _valid_items(_CHECKER, data.get("checkers"), context)
     parts.application = _valid_or_none(_APPLICATION, data.get("application"), context)
     parts.virtual_ip = _valid_or_none(_VIRTUAL_IP, data.get("virtual_ip"), context)
+    parts.virtual_ips = _valid_items(_VIRTUAL_IP, data.get("virtual_ips"), context)
+    parts.virtual_ips_given = data.get("virtual_ips") is not None
     raw_replication = data.get("replication")
     parts.replication_given = raw_replication is not None
     parts.replication, parts.replication_ok = _partial_section(

@@ -13,6 +13,7 @@ import json
 import re
 import socket
 from collections.abc import Iterable
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,6 +44,11 @@ FINGERPRINT_VERSION = 1
 DEFAULT_REPLICATION_TRANSPORT = "tcp-replication"
 MIN_ZONE_SIZE = 4 * 1024
 MAX_ZONE_SIZE = 16 * 1024 * 1024
+# A virtual address is announced 5 times, 0.25 s apart: a lost frame costs a
+# quarter of a second, and the last one, a second later, passes a neighbour
+# that ignores changes within a second of the last (Linux ARP's locktime).
+DEFAULT_ANNOUNCE_COUNT = 5
+DEFAULT_ANNOUNCE_INTERVAL = 0.25
 
 
 def check_name(value: str) -> str:
@@ -195,11 +201,31 @@ class ApplicationConfig(Section):
     restart_window: Seconds = 86400.0
 
 
-class VirtualIpConfig(Section):
-    """``virtual_ip``: the address that follows the serving node."""
+def _check_virtual_address(value: IPv4Interface | IPv6Interface) -> IPv4Interface | IPv6Interface:
+    ip, network = value.ip, value.network
+    for kind, bad in (
+        ("the unspecified address", ip.is_unspecified),
+        ("a multicast address", ip.is_multicast),
+        ("a loopback address", ip.is_loopback),
+    ):
+        if bad:
+            raise ValueError(f"{value} is {kind}, not one a client can reach")
+    if ip.version == 4 and network.prefixlen < 31 and ip in (network[0], network[-1]):
+        which = "network" if ip == network[0] else "broadcast"
+        raise ValueError(f"{value} is the {which} address of {network}: choose a host address")
+    return value
 
-    address: IPvAnyInterface
+
+class VirtualIpConfig(Section):
+    """``virtual_ip``, or one entry of ``virtual_ips``: an address that follows the
+    serving node, and how it is announced when it moves."""
+
+    address: Annotated[IPvAnyInterface, AfterValidator(_check_virtual_address)]
     interface: Annotated[StrictStr, AfterValidator(_check_interface)]
+    # gratuitous ARP (IPv4) / unsolicited neighbour advertisement (IPv6): how many
+    # in all (the first at once) and the seconds between two
+    announce_count: Annotated[StrictInt, Ge(1), Le(100)] = DEFAULT_ANNOUNCE_COUNT
+    announce_interval: Annotated[Seconds, Le(60)] = DEFAULT_ANNOUNCE_INTERVAL
 
 
 class CheckerConfig(Section):
@@ -256,6 +282,7 @@ class ClusterConfig(Section):
     nodes: dict[StrictStr, NodeConfig]
     application: ApplicationConfig | None = None
     virtual_ip: VirtualIpConfig | None = None
+    virtual_ips: tuple[VirtualIpConfig, ...] = ()
     checkers: tuple[CheckerConfig, ...] = ()
     replication: ReplicationSection | None = None
 
@@ -276,6 +303,11 @@ class ClusterConfig(Section):
         self._warnings = warnings
         self._endpoints = dict(endpoints)
         self._replication_endpoints = dict(replication_endpoints or {})
+
+    @property
+    def addresses(self) -> tuple[VirtualIpConfig, ...]:
+        """Every virtual address: ``virtual_ip`` (if given), then ``virtual_ips``."""
+        return (*((self.virtual_ip,) if self.virtual_ip else ()), *self.virtual_ips)
 
     @property
     def source_path(self) -> Path | None:
@@ -435,7 +467,10 @@ class ClusterConfig(Section):
                 for node in self.nodes
             },
             "application": (self.application.model_dump(mode="json") if self.application else None),
-            "virtual_ip": self.virtual_ip.model_dump(mode="json") if self.virtual_ip else None,
+            "virtual_ips": sorted(
+                (vip.model_dump(mode="json") for vip in self.addresses),
+                key=lambda vip: str(vip["address"]),
+            ),
             "checkers": _by_name(checker.model_dump(mode="json") for checker in self.checkers),
         }
         if self.replication is not None:

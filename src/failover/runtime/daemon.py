@@ -71,7 +71,7 @@ from failover.errors import ConfigError, FailoverError, UsageError
 from failover.platform.application import Application, Scripts
 from failover.platform.checkers import CheckerSpec, run_checker
 from failover.platform.priority import raise_priority
-from failover.platform.vip import VipError, VirtualIP
+from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
 from failover.runtime.control import CoreNode, NodeController, transition_record
@@ -159,10 +159,26 @@ def _script_env(config: ClusterConfig, node: str) -> dict[str, str]:
         "FAILOVER_NODE": node,
         "FAILOVER_PEER": config.peer_of(node),
     }
-    if config.virtual_ip is not None:
-        env["FAILOVER_VIP"] = str(config.virtual_ip.address)
-        env["FAILOVER_VIP_INTERFACE"] = config.virtual_ip.interface
+    if config.addresses:
+        first = config.addresses[0]
+        env["FAILOVER_VIP"] = str(first.address)
+        env["FAILOVER_VIP_INTERFACE"] = first.interface
+        env["FAILOVER_VIPS"] = " ".join(str(vip.address) for vip in config.addresses)
     return env
+
+
+def _virtual_ip(config: ClusterConfig) -> VirtualIP | None:
+    """The cluster's virtual addresses, or None when it has none."""
+    addresses = [
+        VirtualAddress(
+            str(vip.address),
+            vip.interface,
+            announce_count=vip.announce_count,
+            announce_interval=vip.announce_interval,
+        )
+        for vip in config.addresses
+    ]
+    return VirtualIP(addresses) if addresses else None
 
 
 def _scripts_of(config: ClusterConfig) -> Scripts | None:
@@ -191,8 +207,8 @@ def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> 
         for name in old.nodes:
             if old.nodes[name].links != new.nodes[name].links:
                 changed.append(f"nodes.{name}.links")
-    if old.virtual_ip != new.virtual_ip:
-        changed.append("virtual_ip")
+    if old.addresses != new.addresses:
+        changed.append("virtual_ip(s)")
     # every replicated directory is a mount and a tracker: only a restart changes them
     if old.replication != new.replication:
         changed.append("replication")
@@ -684,11 +700,7 @@ class Daemon:
             )
             for link in config.links
         ]
-        self.vip = (
-            VirtualIP(str(config.virtual_ip.address), config.virtual_ip.interface)
-            if config.virtual_ip is not None
-            else None
-        )
+        self.vip = _virtual_ip(config)
         data = _data_plane_settings(config, name, self.peer)
         self.data = (
             None
