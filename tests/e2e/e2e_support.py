@@ -385,13 +385,16 @@ class Cluster:
         """(from, to) of every recorded transition that changed the state."""
         return [(r["from"], r["to"]) for r in self.transitions(node) if r["from"] != r["to"]]
 
-    def fetch_via_vip(self) -> str | None:
-        """GET http://VIP:8080/node from the client namespace: the serving node's name."""
-        assert self.vip is not None
+    def fetch_via_vip(self, address: str | None = None) -> str | None:
+        """GET http://VIP:8080/node from the client namespace: the serving node's name.
+        ``address``: another virtual address than ``vip`` (IPv6 allowed)."""
+        address = address or self.vip
+        assert address is not None
+        host = f"[{address}]" if ":" in address else address
         code = (
             "import sys, urllib.request\n"
             "try:\n"
-            f"    print(urllib.request.urlopen('http://{self.vip}:{APP_PORT}/node', timeout=1)"
+            f"    print(urllib.request.urlopen('http://{host}:{APP_PORT}/node', timeout=1)"
             ".read().decode())\n"
             "except OSError as exc:\n"
             "    sys.exit(str(exc))\n"

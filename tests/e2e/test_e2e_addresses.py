@@ -70,21 +70,6 @@ def serve_every_address(cluster: Cluster, tmp_path: Path, addresses: list[dict[s
     assert checked.returncode == 0, checked.stderr
 
 
-def fetch(cluster: Cluster, address: str) -> str | None:
-    """GET http://address:APP_PORT/node from the client: the serving node's name."""
-    host = f"[{address}]" if ":" in address else address
-    code = (
-        "import sys, urllib.request\n"
-        "try:\n"
-        f"    print(urllib.request.urlopen('http://{host}:{APP_PORT}/node', timeout=1)"
-        ".read().decode())\n"
-        "except OSError as exc:\n"
-        "    sys.exit(str(exc))\n"
-    )
-    result = cluster.lab.exec("client", [sys.executable, "-c", code], check=False, timeout=10)
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def mac_of(lab: Lab, node: str) -> str:
     shown = json.loads(lab.exec(node, ["ip", "-j", "link", "show", "lan"]).stdout)
     return str(shown[0]["address"])
@@ -126,7 +111,9 @@ def reached_from(cluster: Cluster, node: str, addresses: tuple[str, ...]) -> Non
             bound=ANNOUNCED,
         )
     for address in addresses:
-        cluster.wait(f"{address} answers from {node}", lambda a=address: fetch(cluster, a) == node)
+        cluster.wait(
+            f"{address} answers from {node}", lambda a=address: cluster.fetch_via_vip(a) == node
+        )
         assert node in holders(cluster, address)
 
 
@@ -148,7 +135,8 @@ def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
     primary, secondary = cluster.paired()
     for address in both:
         cluster.wait(
-            f"{address} answers from {primary}", lambda a=address: fetch(cluster, a) == primary
+            f"{address} answers from {primary}",
+            lambda a=address: cluster.fetch_via_vip(a) == primary,
         )
         assert holders(cluster, address) == [primary]
         assert client_cache(lab, address) == mac_of(lab, primary)
@@ -186,6 +174,6 @@ def test_an_ipv6_virtual_ip_alone_is_usable_at_once_and_the_pair_is_stable(
     serve_every_address(cluster, tmp_path, [{"address": f"{VIP6}/64", "interface": "lan"}])
     cluster.start_both()
     primary, secondary = cluster.paired()
-    cluster.wait(f"{VIP6} answers from {primary}", lambda: fetch(cluster, VIP6) == primary)
+    cluster.wait(f"{VIP6} answers from {primary}", lambda: cluster.fetch_via_vip(VIP6) == primary)
     cluster.hold_steady(primary, secondary, dead_timeouts=2)
     assert holders(cluster, VIP6) == [primary]
