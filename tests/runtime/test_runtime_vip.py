@@ -68,17 +68,14 @@ def pair() -> Iterator[Pair]:
             subprocess.run(["ip", "netns", "del", namespace], check=False)
 
 
-def probe(pair: Pair, mode: str, *addresses: str) -> dict[str, Any]:
+def nsenter(namespace: str) -> list[str]:
+    return ["nsenter", f"--net=/run/netns/{namespace}"]
+
+
+def probe(pair: Pair, mode: str, *addresses: str, interface: str = "v0") -> dict[str, Any]:
+    """The probe's result; ``log``: the log records it printed before it."""
     result = subprocess.run(
-        [
-            "nsenter",
-            f"--net=/run/netns/{pair.node}",
-            sys.executable,
-            str(PROBE),
-            mode,
-            "v0",
-            *addresses,
-        ],
+        [*nsenter(pair.node), sys.executable, str(PROBE), mode, interface, *addresses],
         check=False,
         capture_output=True,
         text=True,
@@ -86,8 +83,9 @@ def probe(pair: Pair, mode: str, *addresses: str) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr
     # The last line is the result; log records (structlog defaults to stdout) come before.
-    document: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return document
+    *log, last = result.stdout.strip().splitlines()
+    document: dict[str, Any] = json.loads(last)
+    return document | {"log": "\n".join(log)}
 
 
 def addresses(namespace: str) -> list[dict[str, Any]]:
@@ -187,7 +185,13 @@ def test_prepare_removes_an_address_left_by_a_killed_daemon(pair: Pair, address:
     ip("-n", pair.node, "addr", "add", address, "dev", "v0", "nodad")
     assert virtual(pair.node) == [address]
     result = probe(pair, "stale", address)
-    assert result == {"held_before": True, "removed": True, "held_after": False}
+    assert result | {"log": ""} == {
+        "held_before": True,
+        "removed": True,
+        "held_after": False,
+        "log": "",
+    }
+    assert "removed a stale virtual IP left by a previous run" in result["log"]
     assert virtual(pair.node) == []
 
 
@@ -207,3 +211,15 @@ def test_a_partial_failure_releases_what_was_taken(pair: Pair) -> None:
     assert result["error"] == "interface 'nope0' does not exist"
     assert result["held"] == [], "the two addresses taken before the failure were given back"
     assert virtual(pair.node) == []
+
+
+def test_an_interface_without_ethernet_frames_gets_the_address_and_no_announcement(
+    pair: Pair,
+) -> None:
+    ip("-n", pair.node, "tuntap", "add", "dev", "t0", "mode", "tun")
+    ip("-n", pair.node, "link", "set", "t0", "up")
+    result = probe(pair, "group", "10.99.1.100/24", VIP6, interface="t0")
+    assert result["error"] is None and result["held"] == ["10.99.1.100/24", VIP6]
+    assert result["held_after_release"] == []
+    assert result["log"].count("not announced: the interface is not Ethernet") == 2
+    assert "announcement not sent" not in result["log"]

@@ -45,8 +45,9 @@ DEFAULT_REPLICATION_TRANSPORT = "tcp-replication"
 MIN_ZONE_SIZE = 4 * 1024
 MAX_ZONE_SIZE = 16 * 1024 * 1024
 # A virtual address is announced 5 times, 0.25 s apart: a lost frame costs a
-# quarter of a second, and the last one, a second later, passes a neighbour
-# that ignores changes within a second of the last (Linux ARP's locktime).
+# quarter of a second, and the last one, a second later, reaches a neighbour
+# that ignored the first (older Linux kernels ignore a change to an ARP entry
+# within its locktime, 1 s, of the last).
 DEFAULT_ANNOUNCE_COUNT = 5
 DEFAULT_ANNOUNCE_INTERVAL = 0.25
 

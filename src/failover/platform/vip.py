@@ -29,7 +29,8 @@ apart), so that clients and switches that missed one update their caches
 Releasing the address stops the repeats. Frames are built here and sent on a
 raw ``AF_PACKET`` socket opened once per address at daemon start and kept,
 because opening one costs about 24 ms, which would be paid on every failover
-otherwise. The socket receives nothing (protocol 0).
+otherwise. The socket receives nothing (protocol 0). An interface that does
+not carry Ethernet frames (a tunnel) has no neighbours to tell: nothing is sent.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ log = structlog.get_logger("failover.vip")
 
 ETH_P_ARP = 0x0806
 ETH_P_IPV6 = 0x86DD
+ARPHRD_ETHER = 1
 _EEXIST = 17
 _EADDRNOTAVAIL = 99
 ALL_NODES = ipaddress.IPv6Address("ff02::1")
@@ -138,6 +140,7 @@ class VirtualAddress:
         self._packet: socket.socket | None = None
         self._epoch = 0  # changes at every acquire/release: stale repeats stop
         self._repeats: anyio.CancelScope | None = None
+        self._announced = True  # False on an interface without Ethernet frames
 
     def __str__(self) -> str:
         return f"{self.address} on {self.interface}"
@@ -187,7 +190,7 @@ class VirtualAddress:
     # --- announcements ----------------------------------------------------------------
 
     def _open_packet_socket(self) -> socket.socket | None:
-        if self._packet is not None:
+        if self._packet is not None or not self._announced:
             return self._packet
         try:
             # protocol 0: a socket that only sends (each frame says its own type)
@@ -201,6 +204,12 @@ class VirtualAddress:
         except OSError as exc:
             sock.close()
             log.error("cannot bind the announcement socket", vip=str(self), error=str(exc))
+            return None
+        if sock.getsockname()[3] != ARPHRD_ETHER:
+            # a tunnel or point-to-point link: no neighbour cache to update
+            sock.close()
+            self._announced = False
+            log.info("not announced: the interface is not Ethernet", vip=str(self))
             return None
         self._packet = sock
         return sock
