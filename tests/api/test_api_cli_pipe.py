@@ -1,4 +1,4 @@
-"""A reader that goes away (``failover status | head -1``): no traceback, the command's own exit code.
+"""A reader that goes away (`failover status | head -1`): no traceback, its own exit code.
 
 Each test runs the real command line in a subprocess whose stdout (and, for
 the error path, stderr) is a pipe the test closes before the command writes.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from api_fakes import WAIT, FakeController, serving_in_thread
 
-from failover.cli.controlcmd import STATE_EXIT_CODES
+from failover.cli.controlcmd import NOT_SERVING_EXIT_CODES
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_state_to_a_closed_pipe_still_exits_with_the_state(
     controller.state = "secondary"  # a not-serving code, never confused with 1
     code, err = _reader_gone("state", "--socket", socket_path)
     _quiet(err)
-    assert code == STATE_EXIT_CODES["secondary"]
+    assert code == NOT_SERVING_EXIT_CODES["secondary"]
 
 
 def test_a_long_log_to_a_closed_pipe_exits_0_quietly(socket_path: str) -> None:
