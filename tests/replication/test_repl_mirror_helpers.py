@@ -1,0 +1,81 @@
+"""FUSE helper processes do not accumulate: every ``fusermount3`` a mount starts
+(it watches the mount, to remove it if the process dies) is gone, reaped, once
+the mirror is unmounted, however often it is remounted (a node remounts its
+mirrors read-write and read-only on every hand-over).
+
+Helpers are counted by parent PID from /proc (zombies included); nothing is
+ever signalled by name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mirror_support import needs_fuse
+
+from failover.errors import UsageError
+from failover.replication.fusermount import fuse_mount
+from failover.replication.mirror import Mirror
+
+pytestmark = needs_fuse
+
+CYCLES = 6
+
+
+def helpers() -> list[tuple[int, str]]:
+    """(pid, state) of every fusermount3 child of this process, zombies included."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
+                line = stat.read()
+        except OSError:  # gone meanwhile
+            continue
+        name = line[line.index("(") + 1 : line.rindex(")")]
+        state, parent = line[line.rindex(")") + 2 :].split()[:2]
+        if int(parent) == os.getpid() and name.startswith("fusermount"):
+            found.append((int(entry), state))
+    return found
+
+
+def test_remount_cycles_leave_no_fusermount_helper(tmp_path: Path) -> None:
+    assert helpers() == []
+    (tmp_path / "f").write_bytes(b"kept")
+    for cycle in range(CYCLES):
+        mirror = Mirror("data", tmp_path, None, read_only=cycle % 2 == 1)
+        mirror.mount()
+        try:
+            # one helper per live mount: it removes the mount if this process dies
+            assert [state for _, state in helpers()] in (["S"], ["R"])
+            assert (tmp_path / "f").read_bytes() == b"kept"
+        finally:
+            mirror.unmount()
+        assert helpers() == [], f"after cycle {cycle + 1}"
+
+
+def test_a_lazy_unmount_of_a_busy_mirror_leaves_no_helper(tmp_path: Path) -> None:
+    mirror = Mirror("data", tmp_path, None)
+    mirror.mount()
+    fd = os.open(tmp_path / "open", os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        with pytest.raises(UsageError, match="files are open"):
+            mirror.unmount()
+        assert len(helpers()) == 1  # still mounted: still watched
+        mirror.unmount(lazy=True)
+        assert helpers() == []
+    finally:
+        os.close(fd)
+    assert mirror.wait_unmounted(10)
+
+
+def test_a_mount_fusermount3_refuses_names_its_reason_and_leaves_no_helper(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match=f"cannot mount the FUSE mirror on {tmp_path}: .+"):
+        fuse_mount(str(tmp_path), {"no_such_option": True}, 10.0)
+    assert helpers() == []
+    assert not os.path.ismount(tmp_path)
