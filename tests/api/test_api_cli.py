@@ -426,6 +426,26 @@ def test_status_shows_replication_and_resync_progress(
     assert "  sent 12 entries, 4096 bytes; in flight 0 bytes; last ack 0.40 ms" in lines
     assert "  resync running: 25% (250 of 1000 bytes, 3 items), 2.0 MB/s, eta 1m30s" in lines
     assert "  tracked since 3:alpha: 2 files with changed zones, 1 names, 0 metadata" in lines
+    assert not any("CHANNEL QUIET" in line for line in lines)
+
+
+def test_status_shows_a_quiet_replication_channel(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = controller.status
+    problem = "no answer from beta for 0.4 s"
+
+    def quiet() -> dict[str, object]:
+        status = original()
+        status["replication"] = {"replicating": True, "channel_problem": problem}
+        return status
+
+    controller.status = quiet  # type: ignore[method-assign]
+    controller.in_sync, controller.in_sync_reason = False, f"replication channel: {problem}"
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  CHANNEL QUIET: {problem}" in lines
+    assert f"  protection  DEGRADED: link serial down; replication channel: {problem}" in lines
 
 
 def test_verify_exits_by_the_verdict(

@@ -395,6 +395,8 @@ def _replication_lines(data: dict[str, Any]) -> list[str]:
         f"  directories {listed or 'none'}, {data.get('mode', '?')}",
         f"  {state} (ack {data.get('ack', '?')})",
     ]
+    if data.get("channel_problem"):
+        lines.append(f"  CHANNEL QUIET: {data['channel_problem']}")
     sender = data.get("sender")
     if isinstance(sender, dict) and data.get("replicating"):
         latency = sender.get("last_ack_latency")
