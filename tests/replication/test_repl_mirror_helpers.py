@@ -18,6 +18,7 @@ from mirror_support import needs_fuse
 from failover.errors import UsageError
 from failover.replication.fusermount import fuse_mount
 from failover.replication.mirror import Mirror
+from failover.testing.processes import children_named
 
 pytestmark = needs_fuse
 
@@ -26,20 +27,7 @@ CYCLES = 6
 
 def helpers() -> list[tuple[int, str]]:
     """(pid, state) of every fusermount3 child of this process, zombies included."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as stat:
-                line = stat.read()
-        except OSError:  # gone meanwhile
-            continue
-        name = line[line.index("(") + 1 : line.rindex(")")]
-        state, parent = line[line.rindex(")") + 2 :].split()[:2]
-        if int(parent) == os.getpid() and name.startswith("fusermount"):
-            found.append((int(entry), state))
-    return found
+    return children_named(os.getpid(), "fusermount")
 
 
 def test_remount_cycles_leave_no_fusermount_helper(tmp_path: Path) -> None:
