@@ -55,13 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     streams = sys.stdout, sys.stderr
-    sys.stdout = cast(TextIO, _ReaderMayLeave(sys.stdout))
-    sys.stderr = cast(TextIO, _ReaderMayLeave(sys.stderr))
+    if sys.stdout is not None:  # None: started with the descriptor closed (print drops)
+        sys.stdout = cast(TextIO, _ReaderMayLeave(sys.stdout))
+    if sys.stderr is not None:
+        sys.stderr = cast(TextIO, _ReaderMayLeave(sys.stderr))
     try:
         return _run(argv)
     finally:
-        sys.stdout.flush()  # a closed pipe shows here, not as a message at exit
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()  # a closed pipe shows here, not as a message at exit
         sys.stdout, sys.stderr = streams
 
 
