@@ -43,6 +43,19 @@ def test_remount_cycles_leave_no_fusermount_helper(tmp_path: Path) -> None:
         finally:
             mirror.unmount()
         assert helpers() == [], f"after cycle {cycle + 1}"
+    assert fuse_devices() == []  # and libfuse closed every /dev/fuse it was given
+
+
+def fuse_devices() -> list[str]:
+    """This process's descriptors open on /dev/fuse."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "/dev/fuse":
+                found.append(fd)
+        except OSError:  # the listing's own descriptor, closed meanwhile
+            continue
+    return found
 
 
 def test_a_lazy_unmount_of_a_busy_mirror_leaves_no_helper(tmp_path: Path) -> None:
