@@ -69,6 +69,22 @@ def test_a_long_log_to_a_closed_pipe_exits_0_quietly(socket_path: str) -> None:
     assert code == 0
 
 
+def test_a_reader_that_takes_one_line_and_leaves_gets_exit_0(socket_path: str) -> None:
+    # `failover log --json -n 1000 | head -1`: the reader leaves mid-output
+    process = subprocess.Popen(
+        [sys.executable, "-m", "failover", "log", "--json", "-n", "1000", "--socket", socket_path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline() == b"[\n"
+    process.stdout.close()
+    err = process.stderr.read()
+    process.stderr.close()
+    _quiet(err)
+    assert process.wait(timeout=WAIT * 6) == 0
+
+
 def test_an_accepted_command_to_a_closed_pipe_still_exits_0(
     socket_path: str, controller: FakeController
 ) -> None:
