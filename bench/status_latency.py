@@ -48,7 +48,10 @@ def main() -> int:
     try:
         api_path = str(workdir / "control.sock")
         echo_path = str(workdir / "echo.sock")
-        with serving_in_thread(FakeController(), unix_path=api_path), _echo_server(echo_path):
+        controller = FakeController()
+        for link in controller.links:  # a protected primary: `failover state` exits 0
+            link["up"] = True
+        with serving_in_thread(controller, unix_path=api_path), _echo_server(echo_path):
             client = ControlClient(unix_path=api_path)
             client.get_status()  # warm up both sides once
             status = _timed(client.get_status, args.calls)
@@ -88,7 +91,7 @@ def _timed_cli(socket_path: str, runs: int) -> list[float] | None:
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         samples.append(time.perf_counter() - started)
-        if done.returncode != 0:  # the fake serves as primary: 0 is the only right answer
+        if done.returncode != 0:  # the fake is a protected primary: 0 is the only answer
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"cli: skipped, `failover state -q` exited {done.returncode}: {last}")
             return None

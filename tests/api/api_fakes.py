@@ -48,11 +48,19 @@ class FakeController:
         self.entered: anyio.Event | None = None  # set when a command arrives
         self.gate: anyio.Event | None = None  # a command waits on it when given
         self.broken = False
+        self.links: list[dict[str, Any]] = [
+            {"name": "lan", "transport": "udp", "up": True, "last_seen_ago": 0.1},
+            {"name": "serial", "transport": "serial", "up": False, "last_seen_ago": 12.5},
+        ]
+        self.in_sync: bool | None = True  # None: the status does not say
+        self.in_sync_reason: str | None = None
+        self.peer_alive = True
+        self.peer_state = "secondary"
 
     def status(self) -> dict[str, Any]:
         if self.broken:
             raise RuntimeError("secret internal detail")
-        return {
+        status: dict[str, Any] = {
             "schema": 1,
             "node": "alpha",
             "state": self.state,
@@ -63,19 +71,20 @@ class FakeController:
             "cluster": "dispatch",
             "peer": {
                 "node": "beta",
-                "state": "secondary",
+                "state": self.peer_state,
                 "substatus": "ready",
                 "generation": "3:alpha",
-                "alive": True,
+                "alive": self.peer_alive,
                 "last_seen_ago": 0.25,
             },
-            "links": [
-                {"name": "lan", "transport": "udp", "up": True, "last_seen_ago": 0.1},
-                {"name": "serial", "transport": "serial", "up": False, "last_seen_ago": 12.5},
-            ],
+            "links": [dict(link) for link in self.links],
             "frames": {"received": 1234, "dropped": {"bad_mac": 2, "replay": 1}},
             "uptime": 3723.0,
         }
+        if self.in_sync is not None:
+            status["in_sync"] = self.in_sync
+            status["in_sync_reason"] = self.in_sync_reason
+        return status
 
     def transitions(self, limit: int) -> list[dict[str, Any]]:
         return self.records[len(self.records) - limit :] if limit else []

@@ -12,7 +12,13 @@ from api_fakes import FakeController, serving_in_thread
 
 from failover.api.protocol import COMMANDS
 from failover.cli import main
-from failover.cli.controlcmd import EXIT_UNKNOWN, EXIT_UNREACHABLE, STATE_EXIT_CODES
+from failover.cli.controlcmd import (
+    EXIT_DEGRADED,
+    EXIT_PROTECTED,
+    EXIT_UNKNOWN,
+    EXIT_UNREACHABLE,
+    NOT_SERVING_EXIT_CODES,
+)
 
 TOKEN = "cli-test-token-0123"
 
@@ -124,31 +130,102 @@ def test_log_rejects_a_bad_count(socket_path: str, count: str) -> None:
     assert caught.value.code == 2
 
 
-@pytest.mark.parametrize(("state", "code"), sorted(STATE_EXIT_CODES.items()))
-def test_state_quiet_exits_with_the_code_of_each_state(
+def _all_links_up(controller: FakeController) -> None:
+    for link in controller.links:
+        link["up"] = True
+
+
+@pytest.mark.parametrize(("state", "code"), sorted(NOT_SERVING_EXIT_CODES.items()))
+def test_state_quiet_exits_with_the_code_of_each_state_that_does_not_serve(
     socket_path: str,
     controller: FakeController,
     state: str,
     code: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    _all_links_up(controller)
     controller.state = state
+    controller.in_sync, controller.in_sync_reason = False, f"this node is {state}"
     assert main(["state", "-q", "--socket", socket_path]) == code
     assert capsys.readouterr() == ("", "")
+
+
+def test_state_of_a_protected_primary_exits_0(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _all_links_up(controller)
+    assert main(["state", "--socket", socket_path]) == EXIT_PROTECTED
+    assert capsys.readouterr() == ("primary\n", "")
+
+
+def test_state_of_a_primary_with_a_link_down_is_degraded_not_0(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # regression: exited 0 (protected) with the serial link down
+    assert controller.links[1] == dict(controller.links[1], name="serial", up=False)
+    assert main(["state", "--socket", socket_path]) == EXIT_DEGRADED
+    assert capsys.readouterr() == ("primary\n", "failover state: degraded: link serial down\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"peer_alive": False, "in_sync": False}, "peer beta lost (silent on every link)"),
+        ({"peer_state": "resync", "in_sync": False}, "peer beta is resync"),
+        ({"in_sync": False}, "replication channel: no answer from beta for 2.1 s"),
+        ({"in_sync": None}, "the peer is not in sync"),  # a status that does not say
+        ({"state": "alone", "peer_alive": False, "in_sync": False}, "peer beta lost"),
+    ],
+    ids=["peer-lost", "peer-resync", "channel-quiet", "unsaid", "alone"],
+)
+def test_state_of_a_serving_node_not_protected_is_degraded(
+    socket_path: str,
+    controller: FakeController,
+    change: dict[str, object],
+    reason: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _all_links_up(controller)
+    for name, value in change.items():
+        setattr(controller, name, value)
+    if controller.in_sync is False:
+        controller.in_sync_reason = reason
+    assert main(["state", "--socket", socket_path]) == EXIT_DEGRADED
+    out, err = capsys.readouterr()
+    assert out == f"{controller.state}\n"
+    assert err == f"failover state: degraded: {reason}\n"
+    assert main(["state", "-q", "--socket", socket_path]) == EXIT_DEGRADED
+    assert capsys.readouterr() == ("", "")
+
+
+def test_status_says_whether_the_pair_is_protected(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--socket", socket_path]) == 0
+    assert "  protection  DEGRADED: link serial down" in capsys.readouterr().out.splitlines()
+    _all_links_up(controller)
+    assert main(["status", "--socket", socket_path]) == 0
+    assert "  protection  protected" in capsys.readouterr().out.splitlines()
 
 
 def test_state_prints_the_state_without_quiet(
     socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
 ) -> None:
     controller.state = "secondary"
-    assert main(["state", "--socket", socket_path]) == STATE_EXIT_CODES["secondary"]
+    assert main(["state", "--socket", socket_path]) == NOT_SERVING_EXIT_CODES["secondary"]
     assert capsys.readouterr().out == "secondary\n"
 
 
 def test_state_codes_are_distinct_and_serving_is_0_or_1() -> None:
-    codes = [*STATE_EXIT_CODES.values(), EXIT_UNREACHABLE, EXIT_UNKNOWN]
+    codes = [
+        EXIT_PROTECTED,
+        EXIT_DEGRADED,
+        *NOT_SERVING_EXIT_CODES.values(),
+        EXIT_UNREACHABLE,
+        EXIT_UNKNOWN,
+    ]
     assert len(set(codes)) == len(codes)
-    assert {STATE_EXIT_CODES["primary"], STATE_EXIT_CODES["alone"]} == {0, 1}
+    assert {EXIT_PROTECTED, EXIT_DEGRADED} == {0, 1}
     assert 2 not in codes  # argparse's usage error
 
 
@@ -178,7 +255,7 @@ def test_the_socket_can_come_from_the_environment(
     socket_path: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("FAILOVER_SOCKET", socket_path)
-    assert main(["state"]) == 0
+    assert main(["state"]) == EXIT_DEGRADED  # the serial link is down
     assert capsys.readouterr().out == "primary\n"
 
 
@@ -201,7 +278,7 @@ def test_tcp_with_a_token_file(
     with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=TOKEN) as ends:
         assert ends.tcp is not None
         address = f"127.0.0.1:{ends.tcp[1]}"
-        assert main(["state", "--tcp", address, "--token-file", str(token_file)]) == 0
+        assert main(["state", "--tcp", address, "--token-file", str(token_file)]) == EXIT_DEGRADED
         assert main(["status", "--tcp", address]) == 2
     assert "--tcp needs --token-file" in capsys.readouterr().err
 
@@ -230,7 +307,7 @@ def test_the_socket_can_come_from_the_config(
 ) -> None:
     config = tmp_path / "cluster.yaml"
     config.write_text(CONFIG.format(socket=socket_path))
-    assert main(["state", "-c", str(config), "--node", "alpha"]) == 0
+    assert main(["state", "-c", str(config), "--node", "alpha"]) == EXIT_DEGRADED  # serial down
     assert capsys.readouterr().out == "primary\n"
 
 
@@ -290,7 +367,7 @@ def test_a_tcp_control_from_the_config_uses_its_token_file(
         config = tmp_path / "cluster.yaml"
         text = CONFIG.format(socket="/unused").replace("\n      socket: /unused", f" {tcp}")
         config.write_text(text)
-        assert main(["state", "-c", str(config), "--node", "alpha"]) == 0
+        assert main(["state", "-c", str(config), "--node", "alpha"]) == EXIT_DEGRADED  # serial down
     assert capsys.readouterr().out == "primary\n"
 
 
@@ -349,6 +426,26 @@ def test_status_shows_replication_and_resync_progress(
     assert "  sent 12 entries, 4096 bytes; in flight 0 bytes; last ack 0.40 ms" in lines
     assert "  resync running: 25% (250 of 1000 bytes, 3 items), 2.0 MB/s, eta 1m30s" in lines
     assert "  tracked since 3:alpha: 2 files with changed zones, 1 names, 0 metadata" in lines
+    assert not any("CHANNEL QUIET" in line for line in lines)
+
+
+def test_status_shows_a_quiet_replication_channel(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = controller.status
+    problem = "no answer from beta for 0.4 s"
+
+    def quiet() -> dict[str, object]:
+        status = original()
+        status["replication"] = {"replicating": True, "channel_problem": problem}
+        return status
+
+    controller.status = quiet  # type: ignore[method-assign]
+    controller.in_sync, controller.in_sync_reason = False, f"replication channel: {problem}"
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  CHANNEL QUIET: {problem}" in lines
+    assert f"  protection  DEGRADED: link serial down; replication channel: {problem}" in lines
 
 
 def test_verify_exits_by_the_verdict(

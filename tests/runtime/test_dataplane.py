@@ -22,12 +22,14 @@ from structlog.testing import capture_logs
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.core.state import Generation
+from failover.core.state import Generation, State
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
 from failover.runtime import dataplane
+from failover.runtime.control import not_in_sync
 from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
+from failover.testing.proxy import CuttableProxy
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
 from failover_transports.tcp import TcpEndpoint
@@ -49,6 +51,7 @@ class Node:
     root: Path
     events: list[ev.Event]
     event_seen: anyio.Event
+    proxy: CuttableProxy | None = None  # between this node and its peer's receiver
 
 
 @asynccontextmanager
@@ -56,10 +59,16 @@ async def pair(
     tmp_path: Path,
     timeout: float = 2.0,
     tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    probe_interval: float | None = None,
+    cuttable: bool = False,
 ) -> AsyncIterator[tuple[Node, Node]]:
+    """Two data planes; ``cuttable``: alpha reaches beta through a ``CuttableProxy``."""
     ports = {"alpha": free_port("tcp"), "beta": free_port("tcp")}
+    proxy = CuttableProxy(ports["beta"]) if cuttable else None
+    remotes = dict(ports, beta=ports["beta"] if proxy is None else proxy.port)
     nodes: dict[str, Node] = {}
-    async with anyio.create_task_group() as tg:
+    proxied = contextlib.nullcontext() if proxy is None else proxy.running()
+    async with proxied, anyio.create_task_group() as tg:
         for name, peer in (("alpha", "beta"), ("beta", "alpha")):
             root = tmp_path / name / "data"
             root.mkdir(parents=True)
@@ -82,8 +91,8 @@ async def pair(
                 quarantine_dir=tmp_path / name / "quarantine",
                 transport=TcpReplicationTransport(),
                 local=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[name]),
-                remote=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=ports[peer]),
-                channel=ChannelSettings(timeout=timeout),
+                remote=TcpEndpoint(address=IPv4Address("127.0.0.1"), port=remotes[peer]),
+                channel=ChannelSettings(timeout=timeout, probe_interval=probe_interval),
                 tls_server=None if tls is None else tls[0],
                 tls_client=None if tls is None else tls[1],
             )
@@ -95,7 +104,7 @@ async def pair(
                 generation=functools.partial(str, serves),
                 synced_generation=lambda: "1:alpha",
             )
-            nodes[name] = Node(plane, root, events, seen)
+            nodes[name] = Node(plane, root, events, seen, proxy if name == "alpha" else None)
             await tg.start(plane.run)
         try:
             yield nodes["alpha"], nodes["beta"]
@@ -148,6 +157,34 @@ async def test_a_lost_peer_breaks_replication_and_fsync_returns(tmp_path: Path) 
         assert [type(e) for e in alpha.events] == [ev.ReplicationFailed]
         assert not alpha.plane.status()["replicating"]
         assert (alpha.root / "after").read_bytes() == b"alone"  # the application went on
+
+
+async def test_a_cut_of_the_idle_channel_shows_in_status_then_fails_replication(
+    tmp_path: Path,
+) -> None:
+    interval = 0.1
+    async with pair(tmp_path, timeout=1.5, probe_interval=interval, cuttable=True) as (alpha, _):
+        assert alpha.proxy is not None
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        with anyio.fail_after(WAIT_TIMEOUT):  # a bounded poll of status, as an operator would
+            while not (alpha.plane.status()["sender"] or {}).get("last_probe_rtt"):
+                await anyio.sleep(interval / 10)
+        peer = {"node": "beta", "state": "secondary", "alive": True}  # heartbeats still flow
+        assert not_in_sync(State.PRIMARY, peer, alpha.plane.status()) is None
+        alpha.proxy.cut()  # idle: nothing in flight, nothing to time out but the probe
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while alpha.plane.status()["channel_problem"] is None:
+                await anyio.sleep(interval / 10)
+        status = alpha.plane.status()
+        assert status["replicating"] and not alpha.events  # status first, the core later
+        reason = not_in_sync(State.PRIMARY, peer, status)
+        assert reason is not None
+        assert reason.startswith("replication channel: no answer from beta for ")
+        with anyio.fail_after(WAIT_TIMEOUT):  # then the replication timeout passes
+            await alpha.event_seen.wait()
+        assert alpha.events == [ev.ReplicationFailed("no answer from beta for 1.5 s (probed)")]
+        assert not alpha.plane.status()["replicating"]
 
 
 async def test_tracking_records_what_the_peer_missed(tmp_path: Path) -> None:

@@ -5,8 +5,10 @@ HOST:PORT --token-file FILE``, ``-c CONFIG [--node NAME]`` (the node's
 ``control`` settings), or the ``FAILOVER_SOCKET`` environment variable.
 
 Exit codes: admin commands exit 0 when the core accepted the command, 1 when
-it refused, 2 when the daemon cannot be reached. ``failover state`` exits with
-a code per state (``STATE_EXIT_CODES``) so that scripts can branch on it.
+it refused, 2 when the daemon cannot be reached. ``failover state`` exits 0
+when the pair is protected, 1 when this node serves but the pair is degraded,
+and a code per state when it does not serve (``NOT_SERVING_EXIT_CODES``), so
+that scripts can branch on it.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from failover.errors import FailoverError, UsageError
 
 SOCKET_ENV = "FAILOVER_SOCKET"
 
-# 0 and 1 are the serving states so that `[ $? -le 1 ]` means "serving".
+# 0 and 1 are the serving codes so that `[ $? -le 1 ]` means "serving".
 # 2 is skipped on purpose: it is what every failover command (and argparse)
 # returns for a usage error, which must never read as a state.
-STATE_EXIT_CODES: dict[str, int] = {
-    "primary": 0,
-    "alone": 1,
+EXIT_PROTECTED = 0  # primary, the peer an alive secondary in sync, every link up
+EXIT_DEGRADED = 1  # serving, but not protected (see ``protection``)
+SERVING_STATES = ("primary", "alone")
+NOT_SERVING_EXIT_CODES: dict[str, int] = {
     "secondary": 3,
     "resync": 4,
     "wait": 5,
@@ -114,9 +117,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "state",
         parents=[connection],
         help="print this node's state; the exit code tells it too (docs/api.md)",
-        epilog="exit codes: "
-        + ", ".join(f"{code} {name}" for name, code in STATE_EXIT_CODES.items())
-        + f", {EXIT_UNREACHABLE} daemon unreachable, {EXIT_UNKNOWN} other error",
+        epilog=f"exit codes: {EXIT_PROTECTED} serving, protected; {EXIT_DEGRADED} serving, "
+        "degraded (a link down, the peer absent or not in sync); "
+        + ", ".join(f"{code} {name}" for name, code in NOT_SERVING_EXIT_CODES.items())
+        + f"; {EXIT_UNREACHABLE} daemon unreachable, {EXIT_UNKNOWN} other error",
     )
     state.add_argument("-q", "--quiet", action="store_true", help="print nothing, only exit")
     state.set_defaults(handler=run_state)
@@ -272,23 +276,53 @@ def run_log(args: argparse.Namespace) -> int:
 
 
 def run_state(args: argparse.Namespace) -> int:
-    """Exit with the state's code; never exit 0-6 for an error (see STATE_EXIT_CODES)."""
+    """Exit with the node's code; never exit 0-6 for an error (see ``EXIT_PROTECTED``)."""
     quiet: bool = args.quiet
     try:
-        state = client_from_args(args).get_status().get("state")
+        status = client_from_args(args).get_status()
     except DaemonUnreachable as exc:
         return _state_failure(quiet, str(exc), EXIT_UNREACHABLE)
     except FailoverError as exc:
         return _state_failure(quiet, str(exc), EXIT_UNKNOWN)
     except Exception as exc:
         # An unexpected failure must not surface as Python's exit code 1,
-        # which a script would read as "alone", a serving state.
+        # which a script would read as "serving, degraded".
         return _state_failure(quiet, f"internal error: {exc!r}", EXIT_UNKNOWN)
-    if not isinstance(state, str) or state not in STATE_EXIT_CODES:
+    state = status.get("state")
+    if state in NOT_SERVING_EXIT_CODES:
+        code = NOT_SERVING_EXIT_CODES[state]
+    elif state in SERVING_STATES:
+        problems = protection(status)
+        code = EXIT_DEGRADED if problems else EXIT_PROTECTED
+        if problems and not quiet:
+            print(f"failover state: degraded: {'; '.join(problems)}", file=sys.stderr)
+    else:
         return _state_failure(quiet, f"the daemon reports an unknown state {state!r}", EXIT_UNKNOWN)
     if not quiet:
         print(state)
-    return STATE_EXIT_CODES[state]
+    return code
+
+
+def protection(status: dict[str, Any]) -> list[str]:
+    """Why a serving node's pair is not protected (empty: protected).
+
+    Protected: the daemon says ``in_sync`` (this node is ``primary``, its peer
+    an alive ``secondary``, replication runs and its channel answers), and
+    every link is up (a pair with one link left is one fault away from a split
+    brain). Anything the status does not say counts as not protected."""
+    problems: list[str] = []
+    links = status.get("links")
+    if not isinstance(links, list) or not links:
+        problems.append("the daemon shows no link")
+    else:
+        problems.extend(
+            f"link {link.get('name', '?')} down"
+            for link in links
+            if not (isinstance(link, dict) and link.get("up") is True)
+        )
+    if status.get("in_sync") is not True:
+        problems.append(str(status.get("in_sync_reason") or "the peer is not in sync"))
+    return problems
 
 
 def _state_failure(quiet: bool, message: str, code: int) -> int:
@@ -307,6 +341,10 @@ def render_status(status: dict[str, Any], transitions: list[dict[str, Any]]) -> 
     ]
     if status.get("reason"):
         lines.append(f"  reason      {status['reason']}")
+    if status.get("state") in SERVING_STATES:
+        problems = protection(status)
+        verdict = f"DEGRADED: {'; '.join(problems)}" if problems else "protected"
+        lines.append(f"  protection  {verdict}")
     degraded = status.get("degraded")
     if isinstance(degraded, dict):
         lines.append(
@@ -357,6 +395,8 @@ def _replication_lines(data: dict[str, Any]) -> list[str]:
         f"  directories {listed or 'none'}, {data.get('mode', '?')}",
         f"  {state} (ack {data.get('ack', '?')})",
     ]
+    if data.get("channel_problem"):
+        lines.append(f"  CHANNEL QUIET: {data['channel_problem']}")
     sender = data.get("sender")
     if isinstance(sender, dict) and data.get("replicating"):
         latency = sender.get("last_ack_latency")

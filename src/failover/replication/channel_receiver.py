@@ -1,6 +1,7 @@
 """The secondary's end of a replication session: ``ReplicationReceiver``.
 
-Two tasks: the receive task authenticates and decodes each ``ITEMS`` message
+Two tasks: the receive task answers each ``PROBE`` at once, and authenticates
+and decodes each ``ITEMS`` message
 whole (nothing of a message is applied unless all of it is valid) and hands
 it on; the apply task applies the entries in order in a worker thread (file
 I/O never blocks the event loop) and acknowledges cumulatively:
@@ -38,7 +39,9 @@ from failover.replication.channel_wire import (
     ItemKind,
     Kind,
     decode_items,
+    decode_probe,
     encode_ack,
+    encode_probe,
     encode_reply,
 )
 from failover.replication.ops import Fsync, Op, decode
@@ -167,7 +170,11 @@ class ReplicationReceiver:
             try:
                 while True:
                     message = await stream.receive()
-                    _, body = cipher.opener.open(message, Kind.ITEMS)
+                    kind, body = cipher.opener.open(message, Kind.ITEMS, Kind.PROBE)
+                    if kind is Kind.PROBE:  # answered at once, ahead of any apply
+                        number = decode_probe(kind, body)
+                        await self._send(stream, cipher, Kind.PROBE_ANSWER, encode_probe(number))
+                        continue
                     decoded = self._decode(body)
                     self._received = decoded[-1][0]
                     self._bytes += len(message)

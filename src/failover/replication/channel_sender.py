@@ -13,9 +13,14 @@ Two worlds meet here. FUSE worker threads call ``after``/``sync`` (the
 - Acknowledgements: the ack task reads ``ACK`` messages and publishes the
   cumulative sequence numbers under the same lock; ``sync`` waits on a
   ``threading.Condition`` for its op's sequence number at the configured level.
+- Probing (with ``probe_interval``): a channel that sent nothing for half the
+  interval sends a ``PROBE``; the peer answers at once. ``status().quiet``
+  says when nothing came back for ``QUIET_INTERVALS`` intervals: a cut shows
+  even when no data flows.
 - Breaking: a ``sync`` not acknowledged within the timeout, a queue that stays
   full for the timeout, a peer that leaves sent data unacknowledged for the
-  timeout, a dropped connection or a protocol violation all break the session,
+  timeout, a probed peer that answers nothing for the timeout, a dropped
+  connection or a protocol violation all break the session,
   once. From then on ``after``/``sync`` return at once (``sync`` says the
   peer did not acknowledge; the data plane holds it while the peer may take
   over, see ``FenceWrites``; change tracking covers what was not
@@ -30,13 +35,14 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 
 from failover.errors import PeerProtocolError, TransportError, UsageError
 from failover.replication.channel_session import (
+    QUIET_INTERVALS,
     ChannelSettings,
     PeerInfo,
     SessionCipher,
@@ -53,7 +59,9 @@ from failover.replication.channel_wire import (
     Kind,
     buffer_size,
     decode_ack,
+    decode_probe,
     decode_reply,
+    encode_probe,
     items_parts,
 )
 from failover.replication.ops import Fsync, Op, encode_parts
@@ -80,6 +88,16 @@ class SenderStatus:
     """Seconds from sending a message to its acknowledgement at the configured level."""
     broken: str | None
     """Why the session ended, or None while it runs."""
+    probes_sent: int = 0
+    """Probes of the idle channel sent so far."""
+    last_probe_rtt: float | None = None
+    """Seconds from the last answered probe to its answer."""
+    last_heard_ago: float | None = None
+    """Seconds since the last message from the peer (None before the handshake)."""
+    quiet: str | None = None
+    """Why the channel is not known to carry (probed, and nothing came back for
+    ``QUIET_INTERVALS`` probe intervals), or None. The session goes on until the
+    timeout; a cut shows here first."""
 
 
 class _Wakeup:
@@ -147,6 +165,11 @@ class ReplicationSender:
         self._ops_sent = 0
         self._bytes_sent = 0
         self._last_latency: float | None = None
+        self._last_sent = self._last_heard = time.monotonic()
+        self._heard = False  # the handshake succeeded: _last_heard means something
+        self._probes_sent = self._probes_answered = 0
+        self._probe_sent_at = 0.0
+        self._last_probe_rtt: float | None = None
         self.failure: Exception | None = None
         """The PeerProtocolError or TransportError that broke the session, if any."""
 
@@ -298,7 +321,8 @@ class ReplicationSender:
         return self._peer
 
     def status(self) -> SenderStatus:
-        """A snapshot of the counters."""
+        """A snapshot of the counters (from the event loop)."""
+        silent = time.monotonic() - self._last_heard if self._heard else None
         with self._lock:
             return SenderStatus(
                 ops_sent=self._ops_sent,
@@ -308,7 +332,19 @@ class ReplicationSender:
                 in_flight_bytes=self._in_flight,
                 last_ack_latency=self._last_latency,
                 broken=self._broken,
+                probes_sent=self._probes_sent,
+                last_probe_rtt=self._last_probe_rtt,
+                last_heard_ago=None if silent is None else round(silent, 3),
+                quiet=self._quiet(silent),
             )
+
+    def _quiet(self, silent: float | None) -> str | None:
+        interval = self._settings.probe_interval
+        if interval is None or silent is None or self._broken is not None:
+            return None
+        if silent <= QUIET_INTERVALS * interval:
+            return None
+        return f"no answer from {self._identity.peer} for {silent:.1f} s"
 
     # -- the event-loop side ---------------------------------------------------
 
@@ -328,6 +364,8 @@ class ReplicationSender:
             raise
         self._peer = peer
         self._session = (stream, cipher)
+        self._last_sent = self._last_heard = time.monotonic()
+        self._heard = True
         return peer
 
     async def run(self) -> None:
@@ -390,11 +428,11 @@ class ReplicationSender:
             while True:
                 batch = self._take()
                 if batch is None:
-                    await self._queue_wakeup.wait()
+                    await self._wait_or_probe(self._queue_wakeup.wait, stream, cipher)
                     continue
                 if isinstance(batch, str):
                     self._window_open = anyio.Event()
-                    await self._window_open.wait()
+                    await self._wait_or_probe(self._window_open.wait, stream, cipher)
                     continue
                 first, taken, size = batch
                 message = cipher.sealer.seal(Kind.ITEMS, items_parts(first, taken))
@@ -406,9 +444,27 @@ class ReplicationSender:
                 self._unacked.append((last, now))
                 self._in_flight += size
                 await stream.send(message)
+                self._last_sent = time.monotonic()
                 self._bytes_sent += len(message)
         except TransportError as exc:
             self._break(f"replication connection lost: {exc}", exc)
+
+    async def _wait_or_probe(
+        self, wait: Callable[[], Awaitable[object]], stream: MessageStream, cipher: SessionCipher
+    ) -> None:
+        """``await wait()``; with probes on, at most until the channel has sent
+        nothing for half the probe interval, and then send a ``PROBE``."""
+        interval = self._settings.probe_interval
+        if interval is None:
+            await wait()
+            return
+        with anyio.move_on_after(self._last_sent + interval / 2 - time.monotonic()) as idle:
+            await wait()
+        if idle.cancelled_caught:
+            self._probes_sent += 1
+            message = cipher.sealer.seal(Kind.PROBE, [encode_probe(self._probes_sent)])
+            self._probe_sent_at = self._last_sent = time.monotonic()
+            await stream.send(message)
 
     async def _ack_loop(self, stream: MessageStream, cipher: SessionCipher) -> None:
         timeout = self._settings.timeout
@@ -418,21 +474,43 @@ class ReplicationSender:
                 with anyio.move_on_after(timeout):
                     message = await stream.receive()
                 if message is None:
-                    self._check_stall(timeout)
+                    self._silent(timeout)
                     continue
-                kind, body = cipher.opener.open(message, Kind.ACK, Kind.REPLY)
+                kind, body = cipher.opener.open(message, Kind.ACK, Kind.REPLY, Kind.PROBE_ANSWER)
+                self._last_heard = time.monotonic()
                 if kind is Kind.REPLY:
                     self._answer(*decode_reply(body))
+                elif kind is Kind.PROBE_ANSWER:
+                    self._probe_answered(decode_probe(kind, body))
                 else:
                     self._acknowledge(decode_ack(body))
+                self._check_stall(timeout)  # it may answer probes and apply nothing
         except TransportError as exc:
             self._break(f"replication connection lost: {exc}", exc)
         except PeerProtocolError as exc:
             self._break(f"replication peer protocol error: {exc}", exc)
 
+    def _silent(self, timeout: float) -> None:
+        """Nothing came from the peer for ``timeout`` seconds."""
+        if self._settings.probe_interval is not None:
+            # probed all along: a healthy peer answers at least every half interval
+            self._break(f"no answer from {self._identity.peer} for {timeout} s (probed)")
+        else:
+            self._check_stall(timeout)
+
     def _check_stall(self, timeout: float) -> None:
         if self._unapplied and time.monotonic() - self._last_progress >= timeout:
             self._break(f"peer acknowledged nothing for {timeout} s with data in flight")
+
+    def _probe_answered(self, number: int) -> None:
+        if not self._probes_answered < number <= self._probes_sent:
+            raise PeerProtocolError(
+                f"PROBE_ANSWER: number {number}, expected {self._probes_answered + 1} "
+                f"to {self._probes_sent}"
+            )
+        self._probes_answered = number
+        if number == self._probes_sent:
+            self._last_probe_rtt = self._last_heard - self._probe_sent_at
 
     def _answer(self, seq: int, answer: bytes) -> None:
         with self._lock:

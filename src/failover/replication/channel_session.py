@@ -42,6 +42,10 @@ STRANGER_LIMIT = 64 * 1024
 (its ``HELLO``, its ``CONFIRM``: a few hundred bytes): with at most a few
 handshakes at once, strangers can make this node hold little memory."""
 MiB = 1024 * 1024
+QUIET_INTERVALS = 1.5
+"""A channel that answered nothing for this many probe intervals is ``quiet``: a cut
+shows in status within two heartbeat intervals (a healthy channel is probed every
+half interval)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,11 @@ class ChannelSettings:
       larger than this travels alone).
     - ``queue_bytes``: most bytes queued but not yet sent; beyond it ``after``
       waits (at most ``timeout``) for the channel to catch up.
+    - ``probe_interval``: the heartbeat interval, in seconds; None: no probes.
+      A channel that sent nothing for half of it is probed, so that a healthy
+      one carries a message each way at least that often. Heard nothing for
+      ``QUIET_INTERVALS`` of it: status says so (the channel is ``quiet``);
+      heard nothing for ``timeout``: the session breaks.
     """
 
     ack_level: AckLevel = AckLevel.WRITTEN
@@ -94,10 +103,16 @@ class ChannelSettings:
     window_bytes: int = 16 * MiB
     max_message_bytes: int = 2 * MiB
     queue_bytes: int = 64 * MiB
+    probe_interval: float | None = None
 
     def __post_init__(self) -> None:
         if not self.timeout > 0:
             raise UsageError(f"replication timeout must be positive, not {self.timeout}")
+        if self.probe_interval is not None and not 0 < self.probe_interval < self.timeout:
+            raise UsageError(
+                f"replication probe interval must be positive and below the timeout "
+                f"({self.timeout}), not {self.probe_interval}"
+            )
         for name in ("window_bytes", "max_message_bytes", "queue_bytes"):
             if getattr(self, name) < 64 * 1024:
                 raise UsageError(f"replication {name} must be at least 65536")

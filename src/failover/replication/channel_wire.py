@@ -37,6 +37,11 @@ Kinds after the handshake:
   share one order.
 - ``ACK`` (receiver -> sender): three cumulative sequence numbers, received /
   written / fsynced, each at most the previous one.
+- ``PROBE`` (sender -> receiver) and ``PROBE_ANSWER`` (receiver -> sender):
+  ``number u64``, 1, 2, ... per session; the answer echoes the number. The
+  sender probes a channel that carried nothing for a while, so that a cut
+  shows even when no data flows (``channel_sender``); the receiver answers at
+  once, ahead of any apply. Both are sealed and counted like every message.
 
 Every decoding failure raises ``PeerProtocolError`` naming what was wrong.
 """
@@ -54,7 +59,7 @@ from failover.errors import PeerProtocolError
 from failover.wire import cluster_id as wire_cluster_id
 
 MAGIC = b"FORP"
-PROTOCOL_VERSION = 2  # 2: CONFIRM ends the handshake
+PROTOCOL_VERSION = 3  # 2: CONFIRM ends the handshake; 3: PROBE/PROBE_ANSWER
 FLAG_INSECURE = 0x01
 NONCE_SIZE = 32
 TAG_SIZE = 32
@@ -99,6 +104,8 @@ class Kind(enum.IntEnum):
     ACK = 4
     REPLY = 5  # the secondary's answer to a CONTROL entry: the entry's seq, then bytes
     CONFIRM = 6  # the primary's proof of the session key, right after WELCOME (empty)
+    PROBE = 7  # the primary asks whether the channel still carries: a number
+    PROBE_ANSWER = 8  # the secondary's answer: the probe's number
 
 
 class ItemKind(enum.IntEnum):
@@ -281,6 +288,19 @@ def decode_reply(body: memoryview) -> tuple[int, bytes]:
         raise PeerProtocolError(f"REPLY: {len(body)} bytes, shorter than a sequence number")
     (seq,) = _SEQ.unpack_from(body)
     return seq, bytes(body[_SEQ.size :])
+
+
+def encode_probe(number: int) -> bytes:
+    """The body of a ``PROBE`` or ``PROBE_ANSWER``."""
+    return _SEQ.pack(number)
+
+
+def decode_probe(kind: Kind, body: memoryview) -> int:
+    """The number in a ``PROBE`` or ``PROBE_ANSWER`` body."""
+    if len(body) != _SEQ.size:
+        raise PeerProtocolError(f"{kind.name}: {len(body)} bytes, expected {_SEQ.size}")
+    (number,) = _SEQ.unpack(body)
+    return int(number)
 
 
 def encode_ack(ack: Ack) -> bytes:

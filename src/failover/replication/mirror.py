@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from failover.errors import UsageError
+from failover.replication.fusermount import FuseMount, fuse_mount
 from failover.replication.ops import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -748,6 +749,7 @@ class _Mount:
     device: int | None = None
     failure: BaseException | None = None
     order_lock: threading.Lock | None = None
+    fuse: FuseMount | None = None  # the mount and its fusermount3 helper
 
 
 class Mirror:
@@ -822,6 +824,11 @@ class Mirror:
         except OSError as exc:
             raise UsageError(f"replicated directory {self.path}: {exc.strerror}") from exc
         state = _Mount(fd)
+        try:
+            state.fuse = fuse_mount(str(self.path), self._mount_options(), MOUNT_TIMEOUT_S)
+        except BaseException:
+            os.close(fd)
+            raise
         operations = _Operations(self.root_name, fd, self._listener, self.read_only, state.ready)
         state.order_lock = operations._lock
         state.thread = threading.Thread(
@@ -842,13 +849,22 @@ class Mirror:
             self._stop(lazy=True)
             raise UsageError(f"cannot mount the FUSE mirror on {self.path}: {reason}")
 
-    def _serve(self, operations: _Operations, state: _Mount) -> None:
-        options: dict[str, Any] = {
-            "foreground": True,
+    def _mount_options(self) -> dict[str, bool | str]:
+        """The kernel's mount options (``auto_unmount`` is always added: if the
+        process dies, even by kill -9, fusermount3 removes the mount)."""
+        return {
             "fsname": f"failover:{self.root_name}",
             "subtype": "failover",
             "default_permissions": True,
-            "auto_unmount": True,
+            "allow_other": os.geteuid() == 0,
+            "ro": self.read_only,
+        }
+
+    def _serve(self, operations: _Operations, state: _Mount) -> None:
+        assert state.fuse is not None
+        options: dict[str, Any] = {  # libfuse's own: the mount is already made
+            "foreground": True,
+            "fsname": f"failover:{self.root_name}",
             "hard_remove": True,
             "use_ino": True,
             # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value.
@@ -858,13 +874,11 @@ class Mirror:
             # another (a read there would stop at the old size). Never cache them.
             "attr_timeout": 0,
         }
-        if os.geteuid() == 0:
-            options["allow_other"] = True
         if self.read_only:
             # The applier changes the directory underneath: no cached attributes or names.
-            options.update(ro=True, entry_timeout=0, negative_timeout=0)
+            options.update(entry_timeout=0, negative_timeout=0)
         try:
-            _Session(operations, str(self.path), **options)
+            _Session(operations, state.fuse.libfuse_mountpoint, **options)
         except BaseException as exc:
             state.failure = exc
             log.error("FUSE mirror %s on %s ended: %s", self.root_name, self.path, exc)
@@ -896,6 +910,8 @@ class Mirror:
                 if exc.errno not in (errno.EINVAL, errno.ENOENT):  # already gone
                     raise
         self._mount = None
+        if state.fuse is not None:  # unmounted or detached: its helper may go
+            state.fuse.release(MOUNT_TIMEOUT_S)
         if lazy:
             return
         if not state.ended.wait(MOUNT_TIMEOUT_S):

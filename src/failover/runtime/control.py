@@ -124,9 +124,31 @@ def _ago(now: float, seen: float | None) -> float | None:
     return None if seen is None else round(max(0.0, now - seen), 3)
 
 
-def _verified_equal(replication: dict[str, Any]) -> bool:
+def not_in_sync(
+    state: State, peer: dict[str, Any] | None, replication: dict[str, Any] | None
+) -> str | None:
+    """Why this node's pair is not in sync (status's ``in_sync_reason``), or None when
+    it is: this node ``primary``, its peer an alive ``secondary`` and, with replicated
+    directories, a session to it whose channel answers, and no difference found by a
+    verify since the last resync."""
+    if peer is None:
+        return "the peer was never heard"
+    if not peer["alive"]:
+        return f"peer {peer['node']} lost (silent on every link)"
+    if peer["state"] != "secondary":
+        return f"peer {peer['node']} is {peer['state']}"
+    if state is not State.PRIMARY:
+        return f"this node is {state.value}"
+    if replication is None:
+        return None
+    if not replication.get("replicating"):
+        return "no replication session to the peer"
+    if replication.get("channel_problem"):
+        return f"replication channel: {replication['channel_problem']}"
     verified = replication.get("verified")
-    return bool(replication.get("replicating")) and (verified is None or verified["in_sync"])
+    if verified is not None and not verified["in_sync"]:
+        return f"the last verify found {verified['differences']} differences"
+    return None
 
 
 class NodeController:
@@ -200,6 +222,7 @@ class NodeController:
             }
         metadata = node.metadata
         replication = None if self.data is None else self.data.status()
+        sync_problem = not_in_sync(node.state, peer_view, replication)
         return {
             "schema": STATUS_SCHEMA_VERSION,
             "node": self.name,
@@ -219,13 +242,10 @@ class NodeController:
             # the node cannot write its metadata: it serves on, deciding nothing
             "degraded": self.degraded(),
             "replication": replication,
-            # claimed only while protected and no verify since the last resync found
-            # a difference (a verdict lasts until a clean verify or a resync)
-            "in_sync": node.state is State.PRIMARY
-            and peer_view is not None
-            and peer_view["state"] == "secondary"
-            and peer_view["alive"]
-            and (replication is None or _verified_equal(replication)),
+            # claimed only while protected, the channel answers, and no verify since the
+            # last resync found a difference (a verdict lasts until a clean verify or a resync)
+            "in_sync": sync_problem is None,
+            "in_sync_reason": sync_problem,
         }
 
     def transitions(self, limit: int) -> list[dict[str, Any]]:

@@ -236,7 +236,11 @@ def _data_plane_settings(config: ClusterConfig, node: str, peer: str) -> DataPla
         transport=load_replication_transport(section.transport),
         local=config.replication_endpoint(node),
         remote=config.replication_endpoint(peer),
-        channel=ChannelSettings(ack_level=AckLevel(section.ack), timeout=section.timeout),
+        channel=ChannelSettings(
+            ack_level=AckLevel(section.ack),
+            timeout=section.timeout,
+            probe_interval=min(config.timing.heartbeat_interval, section.timeout / 2),
+        ),
         zone_size=section.zone_size,
         bandwidth=section.bandwidth,
         **_tls_contexts(section),

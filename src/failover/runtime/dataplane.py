@@ -757,6 +757,7 @@ class DataPlane:
     def status(self) -> dict[str, Any]:
         relay = self._relay
         sender = relay.sender if relay is not None else None
+        sender_status = None if sender is None else sender.status()
         source = self.resync_source
         resync = source.status() if source is not None else self.last_resync
         tracker = self.tracker
@@ -765,10 +766,13 @@ class DataPlane:
             "directories": {name: str(path) for name, path in self.settings.roots.items()},
             "mode": "read-write" if self.serving else "read-only",
             "replicating": sender is not None and sender.broken is None,
+            # the session runs but its idle probes go unanswered: a cut, seen before
+            # the replication timeout breaks the session (docs/replication.md)
+            "channel_problem": None if sender_status is None else sender_status.quiet,
             "writes_fenced": relay is not None and relay.fenced,
             "writes_held": 0 if relay is None else relay.held,
             "ack": str(self.settings.channel.ack_level),
-            "sender": None if sender is None else asdict(sender.status()),
+            "sender": None if sender_status is None else asdict(sender_status),
             "sessions_received": self.sessions_received,
             "handshakes_refused": self.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
