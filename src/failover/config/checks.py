@@ -23,6 +23,7 @@ from failover.config.models import (
     ApplicationConfig,
     CheckerConfig,
     ClusterSection,
+    CommandChecker,
     ControlConfig,
     LinkConfig,
     ReplicatedDirectory,
@@ -129,7 +130,11 @@ def _check_commands(sections: Sections, found: Findings) -> None:
     if sections.application is not None:
         commands.append((("application", "start"), sections.application.start))
         commands.append((("application", "stop"), sections.application.stop))
-    commands.extend((("checkers", i, "command"), c.command) for i, c in sections.checkers)
+    commands.extend(
+        (("checkers", i, "command"), c.command)
+        for i, c in sections.checkers
+        if isinstance(c, CommandChecker)
+    )
     for loc, command in commands:
         try:
             argv = shlex.split(command)
