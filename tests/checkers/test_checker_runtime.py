@@ -207,6 +207,20 @@ class Lab:
             and checker in str(r.get("reason"))
         ]
 
+    def reported_down(self, node: str, checker: str) -> dict[str, Any]:
+        """Wait until ``node``'s core handled ``checker``'s CheckerDown; its log record."""
+        self.wait(
+            f"{node}'s core hears that checker {checker} is down",
+            lambda: any(
+                r["event"] == "checker_down" for r in self.checker_transitions(node, checker)
+            ),
+        )
+        return next(
+            r
+            for r in self.records(node)
+            if r.get("msg") == "checker down" and r.get("checker") == checker
+        )
+
     def app_alive(self) -> bool:
         try:
             pid = int(self.pidfile.read_text().split()[0])
@@ -260,15 +274,7 @@ def test_the_serving_nodes_lan_port_down_is_reported_and_moves_the_service(lab: 
     primary, secondary = lab.paired()
     assert lab.checker_transitions(primary, "lan") == []
     ip("-n", lab.ns[primary], "link", "set", "lan0", "down")
-    lab.wait(
-        f"{primary}'s core hears that checker lan is down",
-        lambda: any(r["event"] == "checker_down" for r in lab.checker_transitions(primary, "lan")),
-    )
-    down = next(
-        r
-        for r in lab.records(primary)
-        if r.get("msg") == "checker down" and r.get("checker") == "lan"
-    )
+    down = lab.reported_down(primary, "lan")
     assert down["reason"] == "interface lan0 is down (administratively)"
     lab.wait(f"{secondary} serves", lambda: lab.state(secondary) in ("alone", "primary"))
     lab.wait("the application runs on the peer", lab.app_alive)
@@ -282,15 +288,7 @@ def test_the_application_killed_on_the_serving_node_is_reported_and_runs_again(l
     lab.wait("the application runs", lab.app_alive)
     killed = int(lab.pidfile.read_text().split()[0])
     os.kill(killed, signal.SIGKILL)
-    lab.wait(
-        f"{primary}'s core hears that checker app is down",
-        lambda: any(r["event"] == "checker_down" for r in lab.checker_transitions(primary, "app")),
-    )
-    down = next(
-        r
-        for r in lab.records(primary)
-        if r.get("msg") == "checker down" and r.get("checker") == "app"
-    )
+    down = lab.reported_down(primary, "app")
     assert str(killed) in down["reason"], down
     lab.wait("the application runs again", lab.app_alive)
     assert int(lab.pidfile.read_text().split()[0]) != killed
