@@ -248,3 +248,27 @@ async def test_a_reload_keeps_an_unchanged_checker_and_replaces_a_changed_one() 
         await anyio.sleep(5)
         assert core.kinds == ["checker_down", "checker_up", "checker_down", "checker_up"]
         tg.cancel_scope.cancel()
+
+
+@dataclass(frozen=True)
+class RaisingProbe(Session):
+    target: Target
+
+    def open(self) -> Session:
+        return self
+
+    async def check(self, timeout: float) -> Outcome:
+        self.target.probes.append(anyio.current_time())
+        raise RuntimeError("a bug")
+
+
+async def test_a_probe_that_raises_is_down_and_the_checker_goes_on() -> None:
+    target, core = Target(), Recorder()
+    checker = Checker(spec(target, probe=RaisingProbe(target), failures=1), core.report)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(checker.run)
+        checker.enable(0.0)
+        await probes_until(target, 3)
+        checker.retire()
+    assert core.events[0][1] == ev.CheckerDown("web", "the probe raised RuntimeError('a bug')")
+    assert core.kinds == ["checker_down", "checker_up"]  # retired while down

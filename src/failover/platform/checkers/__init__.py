@@ -157,7 +157,11 @@ class Checker:
         try:
             while True:
                 started = anyio.current_time()
-                outcome = await session.check(spec.timeout)
+                try:
+                    outcome = await session.check(spec.timeout)
+                except Exception as exc:  # a probe's bug must not end the daemon
+                    log.exception("checker probe raised", checker=spec.name)
+                    outcome = Outcome(False, f"the probe raised {exc!r}")
                 failed = 0 if outcome.ok else failed + 1
                 await self._judge(outcome, failed)
                 with anyio.move_on_after(started + spec.interval - anyio.current_time()):

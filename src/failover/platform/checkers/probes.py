@@ -35,6 +35,7 @@ import anyio
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from failover.platform.scripts import run_script
 
@@ -222,36 +223,34 @@ def _link_notifications(interface: str) -> socket.socket | None:
     return None
 
 
-async def _readable(watched: socket.socket | int | None) -> None:
-    """Return once ``watched`` is readable; never when there is nothing to watch."""
-    if watched is None:
-        await anyio.sleep_forever()
-    else:
-        await anyio.wait_readable(watched)
-
-
 class _LinkSession(Session):
     def __init__(self, interface: str) -> None:
         self.interface = interface
         self._events = _link_notifications(interface)
+        self._marshal = MarshalRtnl()
 
-    def _drain(self) -> None:
-        """Forget the notifications received so far: the probe that follows sees
-        their effect. (Any link's change wakes the probe; netlink says which in
-        the message, but a probe of one link costs less than parsing.)"""
-        if self._events is None:
-            return
+    def _read_notifications(self) -> bool:
+        """Read every notification queued; True if one may concern the interface
+        (it names it, or some were lost or could not be read)."""
+        assert self._events is not None
+        concerned = False
         while True:
             try:
-                self._events.recv(65536)
+                data = self._events.recv(65536)
             except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS:  # overrun: messages lost, probe anyway
-                    return
+                return concerned
+            except OSError:  # ENOBUFS: the queue overflowed, notifications were lost
+                concerned = True
+                continue
+            try:
+                names = [message.get_attr("IFLA_IFNAME") for message in self._marshal.parse(data)]
+            except Exception:  # what cannot be parsed may be our link's change
+                names = [None]
+            concerned = concerned or any(name in (self.interface, None) for name in names)
 
     async def check(self, timeout: float) -> Outcome:
-        self._drain()
+        if self._events is not None:
+            self._read_notifications()  # the probe sees what they announced
         with anyio.move_on_after(timeout):
             return await anyio.to_thread.run_sync(
                 link_state, self.interface, abandon_on_cancel=True
@@ -259,7 +258,13 @@ class _LinkSession(Session):
         return Outcome(False, f"netlink gave no state of {self.interface} within {timeout:g} s")
 
     async def changed(self) -> None:
-        await _readable(self._events)
+        if self._events is None:
+            await anyio.sleep_forever()
+            return
+        while True:  # other links' changes (a container's veth...) do not wake the probe
+            await anyio.wait_readable(self._events)
+            if self._read_notifications():
+                return
 
     def close(self) -> None:
         if self._events is not None:
@@ -337,7 +342,10 @@ class _ProcessSession(Session):
         return Outcome(True)
 
     async def changed(self) -> None:
-        await _readable(self._pidfd)
+        if self._pidfd is None:
+            await anyio.sleep_forever()
+        else:
+            await anyio.wait_readable(self._pidfd)
 
     def close(self) -> None:
         if self._pidfd is not None:
