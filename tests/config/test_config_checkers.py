@@ -187,6 +187,19 @@ BAD_CHECKERS = {
         "command:",
         "cannot split",
     ),
+    "a standby checker of the virtual IP": one(
+        "  - name: web\n    type: tcp\n    host: 10.0.0.100\n    port: 80\n    when: both\n",
+        "checkers[0].when",
+        "when: both",
+        "checker web probes the virtual IP 10.0.0.100",
+        "use when: serving",
+    ),
+    "a ping of the virtual IP on the standby node": one(
+        "  - name: vip\n    type: ping\n    address: 10.0.0.100\n    when: standby\n",
+        "checkers[0].when",
+        "when: standby",
+        "would report down on the other node and block its takeover",
+    ),
 }
 
 
