@@ -1,4 +1,4 @@
-"""Operator commands: time limits, process groups, output tails, checkers."""
+"""Operator commands: time limits, process groups, output tails (checkers: tests/checkers)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from failover.core import events as ev
 from failover.platform import priority
-from failover.platform.checkers import CheckerSpec, run_checker
 from failover.platform.scripts import read_tail, run_script
 
 pytestmark = pytest.mark.anyio
@@ -86,40 +84,6 @@ async def test_a_command_with_arguments_is_split_like_a_shell(tmp_path: Path) ->
 
 def test_read_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert read_tail(tmp_path / "none") == ()
-
-
-async def wait_for_runs(runs: Path, count: int) -> None:
-    while not runs.exists() or len(runs.read_text().splitlines()) < count:
-        await anyio.sleep(0.01)
-
-
-async def test_a_checker_reports_only_changes(tmp_path: Path) -> None:
-    flag, runs = tmp_path / "healthy", tmp_path / "runs"
-    flag.touch()
-    command = script(
-        tmp_path, "check", f'echo run >> {runs}\ntest -e {flag} || {{ echo "db down"; exit 1; }}\n'
-    )
-    spec = CheckerSpec("db", command, interval=0.02, timeout=2)
-    send, receive = anyio.create_memory_object_stream[ev.Event](100)
-    async with send, receive, anyio.create_task_group() as tg:
-        tg.start_soon(lambda: run_checker(spec, send.send, output_dir=tmp_path))
-        with anyio.fail_after(10):
-            # Healthy at first: three runs report nothing; then it fails, then recovers.
-            await wait_for_runs(runs, 3)
-            assert receive.statistics().current_buffer_used == 0
-            flag.unlink()
-            down = await receive.receive()
-            done = len(runs.read_text().splitlines())
-            await wait_for_runs(runs, done + 3)
-            assert receive.statistics().current_buffer_used == 0, "still down: nothing new"
-            flag.touch()
-            up = await receive.receive()
-            done = len(runs.read_text().splitlines())
-            await wait_for_runs(runs, done + 3)
-        tg.cancel_scope.cancel()
-    assert down == ev.CheckerDown(checker="db", reason="checker db exited with status 1: db down")
-    assert up == ev.CheckerUp(checker="db")
-    assert receive.statistics().current_buffer_used == 0, "a steady state reports nothing"
 
 
 def group_of(leader: int) -> list[int]:

@@ -23,11 +23,14 @@ from failover.config.models import (
     ApplicationConfig,
     CheckerConfig,
     ClusterSection,
+    CommandChecker,
     ControlConfig,
     LinkConfig,
+    PingChecker,
     ReplicatedDirectory,
     ReplicationSection,
     ReplicationTls,
+    TcpChecker,
     VirtualIpConfig,
 )
 from failover.config.problems import Loc, Problem, describe_value, format_key, problems_from
@@ -122,7 +125,39 @@ def check_all(sections: Sections) -> Findings:
     _check_commands(sections, found)
     _check_control_sockets(sections, found)
     _check_virtual_ips(sections, found)
+    vips = [vip for _, vip in sections.virtual_ips]
+    if sections.virtual_ip is not None:
+        vips.insert(0, sections.virtual_ip)
+    for vip in vips:
+        _check_checkers_of_the_virtual_ip(sections, vip, found)
     return found
+
+
+def _check_checkers_of_the_virtual_ip(
+    sections: Sections, vip: VirtualIpConfig, found: Findings
+) -> None:
+    """A checker that probes the virtual IP must run only where it is held: on the
+    node that does not serve it would report down, and block that node's takeover."""
+    for i, checker in sections.checkers:
+        if isinstance(checker, TcpChecker):
+            target = checker.host
+        elif isinstance(checker, PingChecker):
+            target = checker.address
+        else:
+            continue
+        try:
+            probes_vip = ipaddress.ip_address(target) == vip.address.ip
+        except ValueError:
+            continue  # a host name: it cannot be told here
+        if probes_vip and checker.when != "serving":
+            found.problems.append(
+                Problem(
+                    ("checkers", i, "when"),
+                    f"checker {checker.name} probes the virtual IP {target}, which only the "
+                    f"serving node holds: with when: {checker.when} it would report down on "
+                    "the other node and block its takeover; use when: serving",
+                )
+            )
 
 
 def _check_commands(sections: Sections, found: Findings) -> None:
@@ -131,7 +166,11 @@ def _check_commands(sections: Sections, found: Findings) -> None:
     if sections.application is not None:
         commands.append((("application", "start"), sections.application.start))
         commands.append((("application", "stop"), sections.application.stop))
-    commands.extend((("checkers", i, "command"), c.command) for i, c in sections.checkers)
+    commands.extend(
+        (("checkers", i, "command"), c.command)
+        for i, c in sections.checkers
+        if isinstance(c, CommandChecker)
+    )
     for loc, command in commands:
         try:
             argv = shlex.split(command)

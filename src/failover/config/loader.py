@@ -255,6 +255,15 @@ def _as_model(annotation: object) -> type[BaseModel] | None:
     return None
 
 
+def _models(annotation: object) -> list[type[BaseModel]]:
+    """The models ``annotation`` holds: one, or each member of a union of models
+    (the checker types)."""
+    stripped = _strip(annotation)
+    members = get_args(stripped) if get_origin(stripped) in (Union, types.UnionType) else ()
+    found = [_as_model(member) for member in members] or [_as_model(stripped)]
+    return [model for model in found if model is not None]
+
+
 def _children(annotation: object) -> Iterator[tuple[str, object]]:
     """(path suffix, item type) for what a field holds: a model, a list or a mapping of them."""
     stripped = _strip(annotation)
@@ -273,10 +282,12 @@ def _catalogue() -> dict[str, list[str]]:
 
     def visit(model: type[BaseModel], path: str) -> None:
         for name, field in model.model_fields.items():
-            where.setdefault(name, []).append(path or "the top level")
+            home = path or "the top level"
+            homes = where.setdefault(name, [])
+            if home not in homes:  # once, not once per checker type
+                homes.append(home)
             for suffix, item in _children(field.annotation):
-                sub = _as_model(item)
-                if sub is not None:
+                for sub in _models(item):
                     visit(sub, f"{path}.{name}{suffix}" if path else f"{name}{suffix}")
 
     visit(ClusterConfig, "")
@@ -286,8 +297,9 @@ def _catalogue() -> dict[str, list[str]]:
 _WHERE = _catalogue()
 
 
-def _section_model(loc: Loc) -> type[BaseModel] | None:
-    """The model of the section at ``loc`` (a mapping in the file), if the schema has one."""
+def _section_keys(loc: Loc) -> list[str] | None:
+    """The keys the section at ``loc`` (a mapping in the file) may hold, if the
+    schema has that section (of a union of models: the keys of any member)."""
     current: object = ClusterConfig
     for part in loc:
         stripped = _strip(current)
@@ -300,16 +312,17 @@ def _section_model(loc: Loc) -> type[BaseModel] | None:
             current = get_args(stripped)[1]
         else:
             return None
-    return _as_model(current)
+    models = _models(current)
+    return list(dict.fromkeys(key for model in models for key in model.model_fields)) or None
 
 
 def _unknown_key_hint(loc: Loc) -> str | None:
     """A hint for the unknown key at ``loc``: a close spelling, or where the key belongs."""
     key = loc[-1]
-    model = _section_model(loc[:-1])
-    if not isinstance(key, str) or model is None:
+    keys = _section_keys(loc[:-1])
+    if not isinstance(key, str) or keys is None:
         return None
-    close = difflib.get_close_matches(key, list(model.model_fields), n=1, cutoff=0.75)
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
     if close:
         return f"did you mean {close[0]!r}?"
     if loc[0] == "links":

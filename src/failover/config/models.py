@@ -9,6 +9,7 @@ key it concerns; ``load_config`` runs both.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import re
 import socket
@@ -20,14 +21,18 @@ from typing import Annotated, Any, Literal
 from annotated_types import Ge, Le, MinLen
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     IPvAnyInterface,
     PrivateAttr,
+    Strict,
     StrictBool,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     model_validator,
@@ -104,6 +109,24 @@ def _check_interface(value: str) -> str:
     if not value or len(value) > 15 or "/" in value or any(c.isspace() for c in value):
         raise ValueError(f"{value!r} is not a network interface name")
     return value
+
+
+def _check_host(value: str) -> str:
+    # an IP address or a host name: no port, no spaces, nothing a command would
+    # take for an option
+    if _is_ipv6(value):
+        return value
+    if not value or value.startswith("-") or any(c.isspace() or c in "/:" for c in value):
+        raise ValueError(f"{value!r} is not a host name or IP address (give the port apart)")
+    return value
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _none_is_empty(value: object) -> object:
@@ -229,15 +252,96 @@ class VirtualIpConfig(Section):
     announce_interval: Annotated[Seconds, Le(60)] = DEFAULT_ANNOUNCE_INTERVAL
 
 
-class CheckerConfig(Section):
-    """One entry of ``checkers``: a command whose failure marks the node unhealthy."""
+CheckerClass = Literal["serving", "standby", "both"]
+CheckerAction = Literal["restart", "failover", "stop"]
+GraceSeconds = Annotated[float, Strict(), AllowInfNan(False), Ge(0)]
+CHECKER_TYPES = ("command", "tcp", "ping", "interface", "process")
+
+
+class _Checker(Section):
+    """What every checker has. ``failures`` consecutive failed probes report it
+    down, one success reports it up; ``grace`` seconds pass after the application
+    started before it runs on the serving node. The defaults depend on the type."""
 
     name: Name
-    command: Command
     interval: Seconds = 5.0
     timeout: Seconds = 3.0
-    when: Literal["serving", "standby", "both"] = "serving"
-    action: Literal["restart", "failover", "stop"] = "restart"
+    failures: Annotated[StrictInt, Ge(1)] = 1
+    grace: GraceSeconds = 5.0
+    when: CheckerClass = "serving"
+    action: CheckerAction = "restart"
+
+
+class CommandChecker(_Checker):
+    """``type: command`` (the type of an entry that names none): healthy while
+    ``command`` exits 0 within the timeout."""
+
+    type: Literal["command"] = "command"
+    command: Command
+
+
+class TcpChecker(_Checker):
+    """``type: tcp``: healthy while a TCP connection to ``host``:``port`` opens
+    within the timeout."""
+
+    type: Literal["tcp"]
+    host: Annotated[StrictStr, AfterValidator(_check_host)]
+    port: Port
+    failures: Annotated[StrictInt, Ge(1)] = 3
+
+
+class PingChecker(_Checker):
+    """``type: ping``: healthy while ``address`` answers an ICMP echo within the timeout."""
+
+    type: Literal["ping"]
+    address: Annotated[StrictStr, AfterValidator(_check_host)]
+    failures: Annotated[StrictInt, Ge(1)] = 3
+
+
+class InterfaceChecker(_Checker):
+    """``type: interface``: healthy while ``interface`` is up with a carrier."""
+
+    type: Literal["interface"]
+    interface: Annotated[StrictStr, AfterValidator(_check_interface)]
+    grace: GraceSeconds = 0.0
+    when: CheckerClass = "both"
+    action: CheckerAction = "failover"
+
+
+class ProcessChecker(_Checker):
+    """``type: process``: healthy while the application's main process lives: the
+    one ``pidfile`` names (read again at every probe), else the one the runtime
+    started (a foreground ``application`` command)."""
+
+    type: Literal["process"]
+    pidfile: AbsolutePath | None = None
+    grace: GraceSeconds = 0.0
+
+
+def _checker_tag(value: object) -> object:
+    # An entry without a type is a command checker: configurations written
+    # before the other types existed keep their meaning. (The tags are no key
+    # of the file, so that error locations keep only real keys.)
+    if isinstance(value, dict):
+        kind = value.get("type", "command")
+    else:  # a checker model given in code, or a value that is no mapping
+        kind = getattr(value, "type", "command")
+    return f"{kind} checker" if kind in CHECKER_TYPES else kind
+
+
+CheckerConfig = Annotated[
+    Annotated[CommandChecker, Tag("command checker")]
+    | Annotated[TcpChecker, Tag("tcp checker")]
+    | Annotated[PingChecker, Tag("ping checker")]
+    | Annotated[InterfaceChecker, Tag("interface checker")]
+    | Annotated[ProcessChecker, Tag("process checker")],
+    Discriminator(
+        _checker_tag,
+        custom_error_type="checker_type",
+        custom_error_message=f"type must be one of {', '.join(CHECKER_TYPES)}",
+    ),
+]
+"""One entry of ``checkers``: a probe whose failure marks the node unhealthy."""
 
 
 class ReplicatedDirectory(Section):

@@ -51,7 +51,6 @@ import signal
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -69,7 +68,7 @@ from failover.core import events as ev
 from failover.core.state import Metadata, Settings, State, SubStatus
 from failover.errors import ConfigError, FailoverError, UsageError
 from failover.platform.application import Application, Scripts
-from failover.platform.checkers import CheckerSpec, run_checker
+from failover.platform.checkers import CheckerSet, CheckerSpec, checker_specs
 from failover.platform.priority import raise_priority
 from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
@@ -186,8 +185,13 @@ def _scripts_of(config: ClusterConfig) -> Scripts | None:
     return None if app is None else Scripts(app.start, app.stop, app.timeout)
 
 
-def _checker_specs(config: ClusterConfig) -> list[CheckerSpec]:
-    return [CheckerSpec(c.name, c.command, c.interval, c.timeout) for c in config.checkers]
+def _checker_specs(config: ClusterConfig, node: str, app: Application) -> list[CheckerSpec]:
+    return checker_specs(
+        config.checkers,
+        output_dir=config.node_dir(node) / "scripts",
+        env=_script_env(config, node),
+        app=app,
+    )
 
 
 def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> list[str]:
@@ -263,6 +267,15 @@ def _tls_contexts(section: ReplicationSection) -> dict[str, ssl.SSLContext]:
     }
 
 
+_APP_OUTCOMES = {
+    ("starting", ev.AppStarted.kind): "started",
+    ("starting", ev.AppFailed.kind): "stopped",
+    ("started", ev.AppFailed.kind): "stopped",  # it died
+    ("stopping", ev.AppStopped.kind): "stopped",
+}
+"""How an outcome the core handled moves the application's phase (``Daemon._app_phase``)."""
+
+
 class Daemon:
     """One node's tasks and the state they share (see the module docstring)."""
 
@@ -287,7 +300,11 @@ class Daemon:
         self._changed = anyio.Event()
         self._exit = anyio.Event()
         self._stopping = False
-        self._checkers_scope: anyio.CancelScope | None = None
+        self.checkers = CheckerSet(self.report)
+        # where the application stands, as the core's effects and the outcomes
+        # it handled tell: stopped, starting, started or stopping (the checkers
+        # of the serving node run only while it is started)
+        self._app_phase = "stopped"
         self._encode_failed = False
         self._fault: DiskFault | None = None  # set while the metadata cannot be written
         self._held = HeldEvents()
@@ -377,7 +394,21 @@ class Daemon:
             self._announced = self.node.status()
         self._apply(effects)
         self._journal_step(effects)
+        self._follow_application(event, effects)
         return effects
+
+    def _follow_application(self, event: ev.Event, effects: list[fx.Effect]) -> None:
+        """Run the checkers that the node's state and its application's call for:
+        the application counts as started from the ``AppStarted`` of a start (or
+        restart) until the core asks to stop or restart it, or hears it failed."""
+        phase = _APP_OUTCOMES.get((self._app_phase, event.kind), self._app_phase)
+        for effect in effects:
+            if isinstance(effect, fx.StartApp | fx.RestartApp):
+                phase = "starting"
+            elif isinstance(effect, fx.StopApp):
+                phase = "stopping"
+        self._app_phase = phase
+        self.checkers.update(serving=self.node.state.serving, app_started=phase == "started")
 
     def _apply(self, effects: list[fx.Effect]) -> None:
         for effect in effects:
@@ -656,22 +687,9 @@ class Daemon:
     # --- checkers ------------------------------------------------------------------------
 
     def _start_checkers(self) -> None:
-        if self._checkers_scope is not None:
-            self._checkers_scope.cancel()
-        scope = anyio.CancelScope()
-        self._checkers_scope = scope
-        self.task_group.start_soon(self._run_checkers, scope, _checker_specs(self.config))
-
-    async def _run_checkers(self, scope: anyio.CancelScope, specs: list[CheckerSpec]) -> None:
-        env = _script_env(self.config, self.name)
-        with scope:
-            async with anyio.create_task_group() as tg:
-                for spec in specs:
-                    tg.start_soon(
-                        partial(run_checker, output_dir=self.node_dir / "scripts", env=env),
-                        spec,
-                        self.report,
-                    )
+        """Run the configured checkers (at start, and at a reload: a checker whose
+        settings did not change runs on)."""
+        self.checkers.configure(_checker_specs(self.config, self.name, self.app))
 
     # --- setup and teardown --------------------------------------------------------------
 
@@ -817,6 +835,7 @@ class Daemon:
         tg.start_soon(run_timer, self.deadlines, self._fire_timer)
         for link in self.links:
             await tg.start(link.run)
+        await tg.start(self.checkers.run)
         self._start_checkers()
         await tg.start(self._serve_control)
         if self.handle_signals:
