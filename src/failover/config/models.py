@@ -185,11 +185,20 @@ class NodeConfig(Section):
 
 
 class ApplicationConfig(Section):
-    """``application``: the scripts that start and stop the protected application."""
+    """``application``: SafeKit's scripts (each optional), the foreground ``command``
+    the daemon supervises, and their time limits (docs/configuration.md)."""
 
-    start: Command
-    stop: Command
+    prestart: Command | None = None
+    start: Command | None = None
+    stop: Command | None = None
+    prestop: Command | None = None
+    poststop: Command | None = None
+    start_both: Command | None = None
+    stop_both: Command | None = None
+    transition: Command | None = None
+    command: Command | None = None
     timeout: Seconds = 30.0
+    stop_timeout: Seconds | None = None
     # the restart budget: local restarts allowed within restart_window seconds
     max_restarts: Annotated[StrictInt, Ge(0)] = 3
     restart_window: Seconds = 86400.0
