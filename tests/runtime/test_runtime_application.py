@@ -354,3 +354,30 @@ async def test_a_marker_naming_a_reused_pid_ends_nothing(tmp_path: Path) -> None
     finally:
         bystander.kill()
         await bystander.aclose()
+
+
+async def test_a_death_while_a_stop_is_pending_is_not_taken_for_the_stops_outcome(
+    tmp_path: Path,
+) -> None:
+    # The core awaits StopApp's outcome: an AppFailed now would read as "stopped"
+    # before the replication is flushed and the VIP released (the peer would
+    # start too early). The prestop script is where the command dies.
+    command = make_script(tmp_path, "app", "exec sleep 60\n")
+    gate = tmp_path / "gate"
+    app, journal = journaled_app(
+        tmp_path,
+        command=command,
+        bodies={"prestop": f"while ! test -e {gate}; do sleep 0.02; done\n"},
+    )
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        pid = app.main_pid
+        assert pid is not None
+        h.executor.submit(fx.StopApp())
+        os.kill(pid, signal.SIGKILL)
+        await h.until(lambda: "command" in app.history.view(), "the death was noticed")
+        gate.touch()
+        await h.idle()
+        assert h.events == [ev.AppStarted(), ev.AppStopped()]
+    assert lines(journal)[-3:] == ["stop", "vip-down", "poststop"]

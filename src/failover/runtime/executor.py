@@ -28,7 +28,12 @@ dropped and logged).
 
 A foreground ``command`` started by ``StartApp`` or ``RestartApp`` is watched:
 its death, unless a stop ended it, is reported as ``AppFailed`` with its exit
-status.
+status, but only while no action on the application (``APP_EFFECTS``) is
+queued or running: the core awaits that action's outcome, and an
+``AppFailed`` then would read as that outcome (a ``StopApp`` taken as done
+before the replication is flushed and the VIP released would let the peer
+start too early). The death is logged and kept in the script log; the
+pending action's own outcome follows.
 """
 
 from __future__ import annotations
@@ -74,6 +79,9 @@ class StopBoth(fx.Effect):
 
     name: ClassVar[str] = "stop_both"
 
+
+APP_EFFECTS: tuple[type[fx.Effect], ...] = (fx.StartApp, fx.StopApp, fx.RestartApp)
+"""The actions whose outcome the core awaits as the application's."""
 
 ACTION_EFFECTS: tuple[type[fx.Effect], ...] = (
     fx.StartApp,
@@ -130,6 +138,7 @@ class ActionExecutor:
         self.on_progress = on_progress
         self._send, self._receive = anyio.create_memory_object_stream[fx.Effect](math.inf)
         self._outstanding = 0
+        self._app_actions = 0  # StartApp, StopApp, RestartApp queued or running
         self._hooks_in, self._hooks_out = anyio.create_memory_object_stream[fx.TransitionRecord](
             HOOK_BACKLOG
         )
@@ -142,6 +151,8 @@ class ActionExecutor:
     def submit(self, effect: fx.Effect) -> None:
         """Queue ``effect`` behind the actions already queued."""
         self._outstanding += 1
+        if isinstance(effect, APP_EFFECTS):
+            self._app_actions += 1
         self._send.send_nowait(effect)
 
     def submit_step(self, effects: Sequence[fx.Effect]) -> None:
@@ -197,6 +208,8 @@ class ActionExecutor:
                         await self.report(outcome)
                 finally:
                     self._outstanding -= 1
+                    if isinstance(effect, APP_EFFECTS):
+                        self._app_actions -= 1
                     self.on_progress()
 
     async def _run_hooks(self) -> None:
@@ -212,9 +225,13 @@ class ActionExecutor:
     async def _wait_main(self, process: Process) -> None:
         await process.wait()
         reason = self.app.main_exited(process)
-        if reason is not None:
-            log.error("the application command died", reason=reason)
-            await self.report(ev.AppFailed(reason=reason))
+        if reason is None:
+            return
+        if self._app_actions:
+            log.error("the application command died; an action on it is pending", reason=reason)
+            return
+        log.error("the application command died", reason=reason)
+        await self.report(ev.AppFailed(reason=reason))
 
     async def _execute(self, effect: fx.Effect) -> ev.Event | None:
         deadline = self.deadline_for(effect)
