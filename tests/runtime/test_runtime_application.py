@@ -14,12 +14,16 @@ from typing import Any
 
 import anyio
 import pytest
+from runtime_support import MemoryNetwork, wait_until, write_cluster
 from test_runtime_executor import _JournalingData, make_script
 from test_runtime_scripts import alive
 
+from failover.config import load_config
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.state import State
 from failover.platform.application import Application, Scripts
+from failover.runtime.daemon import Daemon
 from failover.runtime.executor import ActionExecutor
 
 pytestmark = pytest.mark.anyio
@@ -381,3 +385,56 @@ async def test_a_death_while_a_stop_is_pending_is_not_taken_for_the_stops_outcom
         await h.idle()
         assert h.events == [ev.AppStarted(), ev.AppStopped()]
     assert lines(journal)[-3:] == ["stop", "vip-down", "poststop"]
+
+
+# --- in the daemon, with the real core --------------------------------------------------------
+
+
+def daemon_scripts(tmp_path: Path) -> dict[str, Any]:
+    """An application section whose scripts write their name to ``journal``."""
+    journal = tmp_path / "journal"
+    section: dict[str, Any] = {
+        name: make_script(tmp_path, name, f"echo {name} >> {journal}\n")
+        for name in ("start", "stop", "start_both", "stop_both")
+    }
+    section["transition"] = make_script(tmp_path, "hook", f'echo "$1>$2" >> {tmp_path}/hooks\n')
+    section["timeout"] = 5
+    return {"application": section}
+
+
+@contextlib.asynccontextmanager
+async def real_daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, anyio.abc.TaskGroup]]:
+    config = load_config(write_cluster(tmp_path, extra=daemon_scripts(tmp_path)))
+    daemon = Daemon(
+        config, "alpha", transport_loader=MemoryNetwork().transport, handle_signals=False
+    )
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: daemon.run(task_status=task_status))
+            yield daemon, tg
+
+
+async def test_the_daemon_frames_the_module_with_the_both_scripts_and_calls_the_hook(
+    tmp_path: Path,
+) -> None:
+    async with real_daemon(tmp_path) as (daemon, _):
+        await wait_until(lambda: daemon.node.state is State.WAIT)
+        result = await daemon.controller.command("prim")
+        assert result.accepted, result
+        await wait_until(lambda: daemon.app.running)
+        await wait_until(lambda: "start" in daemon.controller.status()["scripts"])
+        [run] = daemon.controller.status()["scripts"]["start"]
+        assert run["ok"] and run["returncode"] == 0 and run["duration"] >= 0
+        await daemon.shutdown("test")
+    assert lines(tmp_path / "journal") == ["start_both", "start", "stop", "stop_both"]
+    await wait_until(lambda: len(lines(tmp_path / "hooks")) >= 3)
+    assert lines(tmp_path / "hooks")[:3] == ["stop>wait", "wait>alone", "alone>stop"]
+
+
+async def test_a_daemon_that_exits_without_stopping_the_module_runs_stop_both(
+    tmp_path: Path,
+) -> None:
+    async with real_daemon(tmp_path) as (daemon, tg):
+        await wait_until(lambda: daemon.app.both_running)
+        tg.cancel_scope.cancel()  # no Stop: the exit cleanup must still run stop_both
+    assert lines(tmp_path / "journal") == ["start_both", "stop_both"]
