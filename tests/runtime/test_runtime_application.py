@@ -438,3 +438,18 @@ async def test_a_daemon_that_exits_without_stopping_the_module_runs_stop_both(
         await wait_until(lambda: daemon.app.both_running)
         tg.cancel_scope.cancel()  # no Stop: the exit cleanup must still run stop_both
     assert lines(tmp_path / "journal") == ["start_both", "stop_both"]
+
+
+async def test_a_command_is_still_ended_after_a_reload_removed_the_section(
+    tmp_path: Path,
+) -> None:
+    app, _ = journaled_app(tmp_path, vip=False, command="sleep 60")
+    async with anyio.create_task_group() as tg:
+        assert await app.start(tg) is None
+        tg.cancel_scope.cancel()
+    pid = app.main_pid
+    assert pid is not None
+    app.scripts = None  # SIGHUP with no application section any more
+    with anyio.fail_after(20):
+        assert await app.stop() is None
+    assert not alive(pid)

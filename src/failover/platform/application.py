@@ -307,11 +307,13 @@ class Application:
         """SIGTERM the foreground command's group; SIGKILL what is left after the stop
         timeout. None when it ended on SIGTERM (or was not running)."""
         process = self._main
-        if process is None or self.scripts is None:
+        if process is None:
             return None
         self._main = self.main_pid = None  # from here its exit is expected
+        # (a reload may have removed the section since the command started)
+        limit = self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
         started = anyio.current_time()
-        await end_group(process, self.scripts.stop_limit)
+        await end_group(process, limit)
         killed = process.returncode == -signal.SIGKILL
         result = ScriptResult(
             "application command",
@@ -322,7 +324,6 @@ class Application:
         )
         self.history.record(COMMAND, result)
         if killed:
-            limit = self.scripts.stop_limit
             return f"application command did not exit within {limit:g} s of SIGTERM: killed"
         return None
 
