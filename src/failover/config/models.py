@@ -443,7 +443,13 @@ class ClusterConfig(Section):
                 }
                 for node in self.nodes
             },
-            "application": (self.application.model_dump(mode="json") if self.application else None),
+            # unset scripts left out: a file with only start and stop keeps the
+            # fingerprint it had before the other scripts existed
+            "application": (
+                self.application.model_dump(mode="json", exclude_none=True)
+                if self.application
+                else None
+            ),
             "virtual_ip": self.virtual_ip.model_dump(mode="json") if self.virtual_ip else None,
             "checkers": _by_name(checker.model_dump(mode="json") for checker in self.checkers),
         }
