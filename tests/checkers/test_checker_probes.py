@@ -376,7 +376,7 @@ def test_a_ping_checker_follows_a_peer_namespace(
     ip("-n", there, "link", "set", "b0", "up")
     target = peer.split("/", maxsplit=1)[0]
     options = {"type": "ping", "address": target, "output_dir": str(tmp_path)}
-    checker = NetnsChecker(here, {**options, "interval": 0.1, "timeout": 0.5, "failures": 2})
+    checker = NetnsChecker(here, {**options, "interval": 0.1, "timeout": 2.0, "failures": 2})
     try:
         checker.wait_for(probes=1)
         while not checker.probes[-1]["probe"]:  # the veth's carrier may come a moment late

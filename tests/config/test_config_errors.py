@@ -131,12 +131,19 @@ CASES: dict[str, Bad] = {
         "- name: admin",
         "required key is missing",
     ),
-    "application without a stop script": bad(
+    "application script misspelt": bad(
         "  stop: /bin/true\n",
-        "",
-        "application.stop",
-        "application:",
-        "required key is missing",
+        "  post_stop: /bin/true\n",
+        "application.post_stop",
+        "post_stop:",
+        "unknown key",
+        "did you mean 'poststop'?",
+    ),
+    "application stop timeout not a duration": bad(
+        "  stop: /bin/true\n",
+        "  stop: /bin/true\n  stop_timeout: soon\n",
+        "application.stop_timeout",
+        "stop_timeout: soon",
     ),
     "dead timeout under 3 x heartbeat interval": bad(
         "dead_timeout: 2.0",

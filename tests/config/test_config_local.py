@@ -20,6 +20,7 @@ import failover.cli
 from failover.api.schema import MIN_TOKEN_CHARS
 from failover.cli import main
 from failover.config import load_config
+from failover.config.checks import APPLICATION_SCRIPTS
 from failover.errors import ConfigError
 
 GOOD_TOKEN = "t" * MIN_TOKEN_CHARS
@@ -276,3 +277,87 @@ def test_run_with_a_state_dir_that_is_a_file_says_so_in_one_line(tmp_path: Path)
     assert done.stderr == (
         f"failover run: cannot write the state directory {where}: Not a directory (ENOTDIR)\n"
     )
+
+
+# --- the application's scripts on this machine (issue 9) ---------------------------------
+
+
+def _application(tmp_path: Path, **scripts: str) -> str:
+    """BASE with an ``application`` section holding ``scripts`` (key: command line)."""
+    lines = "".join(f"  {key}: {command}\n" for key, command in scripts.items())
+    return replace_once(
+        BASE, "application:\n  start: /bin/true\n  stop: /bin/true\n", "application:\n" + lines
+    )
+
+
+def test_a_missing_start_script_is_an_error_for_the_checked_node(
+    write_config: WriteConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression (issue 9): check-config accepted it, and the node looped on its start.
+    missing = tmp_path / "start-suite"
+    text = _application(tmp_path, start=f"{missing} --fast", stop="/bin/true")
+    path = write_config(text)
+    start = at(path, text, "start:", "application.start")
+    only_at(problems(path, "alpha"), start, f"{missing} does not exist on this machine")
+    # without --node it is said, as a warning (this machine may not be a node)
+    assert [w for w in load_config(path).warnings if w.startswith(start)]
+    monkeypatch = pytest.MonkeyPatch()
+    with monkeypatch.context() as patch:
+        patch.setattr(failover.cli, "COMMAND_MODULES", ("failover.cli.configcmd",))
+        assert main(["check-config", str(path), "--node", "alpha"]) == 1
+    _, err = capsys.readouterr()
+    assert err.startswith(start) and "Traceback" not in err
+
+
+def test_every_application_script_is_checked_by_its_key(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    not_executable = tmp_path / "plain"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    directory = tmp_path / "adir"
+    directory.mkdir()
+    bad = {
+        "prestart": (f"{tmp_path}/gone", "does not exist on this machine"),
+        "start": (str(not_executable), "is not executable"),
+        "stop": (str(directory), "is not a regular file"),
+        "prestop": ("no-such-program-i9 arg", "is not found in PATH"),
+        "poststop": (f"{tmp_path}/gone2", "does not exist"),
+        "start_both": (f"{tmp_path}/gone3", "does not exist"),
+        "stop_both": (f"{tmp_path}/gone4", "does not exist"),
+        "transition": ('"/bin/echo \'x"', "cannot split this command line"),
+        "command": ("'\"\"'", "names no program"),  # YAML '""': the value ""
+    }
+    assert set(bad) == set(APPLICATION_SCRIPTS)
+    text = _application(tmp_path, **{key: command for key, (command, _) in bad.items()})
+    path = write_config(text)
+    found = problems(path, "alpha")
+    for key, (_, gist) in bad.items():
+        only_at(found, at(path, text, f"  {key}:", f"application.{key}"), gist)
+
+
+def test_scripts_that_exist_and_run_pass_for_the_checked_node(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    script = tmp_path / "script"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    scripts = {key: f"{script} {key}" for key in APPLICATION_SCRIPTS}
+    scripts["command"] = "sleep 3600"  # found in PATH
+    path = write_config(_application(tmp_path, **scripts))
+    config = load_config(path, local_node="alpha")
+    assert config.warnings == ()
+    assert config.application is not None
+    assert config.application.command == "sleep 3600"
+
+
+def test_an_application_section_may_hold_any_subset_of_the_scripts(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    only_command = load_config(write_config(_application(tmp_path, command="/bin/true")))
+    assert only_command.application is not None
+    assert only_command.application.start is None and only_command.application.stop is None
+    text = replace_once(BASE, "application:\n", "application:\n  timeout: 10\n")  # start+stop
+    old = load_config(write_config(text)).application
+    assert old is not None and (old.start, old.stop, old.timeout) == ("/bin/true", "/bin/true", 10)
+    assert old.stop_timeout is None

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from failover.platform import priority
-from failover.platform.scripts import read_tail, run_script
+from failover.platform.scripts import ScriptLog, ScriptResult, read_tail, run_script
 
 pytestmark = pytest.mark.anyio
 
@@ -124,3 +124,107 @@ async def test_a_script_runs_at_the_daemons_inherited_niceness_from_its_first_in
     assert result.ok, result
     assert sorted(int(n) for n in seen.read_text().split()) == [inherited, inherited]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before, "the daemon's thread is raised again"
+
+
+# --- escalation at the timeout: SIGTERM to the group, then SIGKILL (issue 9) -------------
+
+
+async def wait_dead(pids: list[int]) -> None:
+    """Bounded poll: the processes ``pids`` are gone (or zombies awaiting init)."""
+    with anyio.fail_after(10):
+        while any(alive(pid) for pid in pids):
+            await anyio.sleep(0.01)
+
+
+async def overrun(tmp_path: Path, name: str, body: str, grace: float) -> ScriptResult:
+    """Run script ``body`` with a timeout of 0.5 s (it overruns it)."""
+    with anyio.fail_after(30):  # a bound on a hang (a group never killed), not the property
+        return await run_script(
+            script(tmp_path, name, body),
+            timeout=0.5,
+            grace=grace,
+            label="stop script",
+            output=tmp_path / "o.log",
+        )
+
+
+async def test_an_overrunning_script_gets_sigterm_then_its_stubborn_group_sigkill(
+    tmp_path: Path,
+) -> None:
+    # The script and its child both trap TERM (they note it and go on): the
+    # group must first be asked (SIGTERM, seen by both), then killed.
+    pids, seen = tmp_path / "pids", tmp_path / "seen"
+    body = (
+        f"trap 'echo script-term >> {seen}' TERM\n"
+        f'sh -c \'trap "echo child-term >> {seen}" TERM; echo $$ >> {pids}; '
+        "while :; do sleep 0.05; done' &\n"
+        f"echo $$ >> {pids}\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    result = await overrun(tmp_path, "stubborn", body, grace=0.5)
+    assert result.timed_out and not result.ok
+    assert sorted(seen.read_text().split()) == ["child-term", "script-term"]
+    members = [int(pid) for pid in pids.read_text().split()]
+    assert len(members) == 2
+    await wait_dead(members)
+
+
+async def test_a_child_that_outlives_its_terminated_script_is_killed(tmp_path: Path) -> None:
+    # The script obeys SIGTERM at once; its child ignores it: nothing of the group may stay.
+    pids = tmp_path / "pids"
+    body = (
+        f"sh -c 'trap \"\" TERM; echo $$ >> {pids}; while :; do sleep 0.05; done' &\n"
+        f"while ! test -s {pids}; do sleep 0.01; done\n"
+        "exec sleep 60\n"
+    )
+    result = await overrun(tmp_path, "leaves", body, grace=0.3)
+    assert result.timed_out
+    await wait_dead([int(pids.read_text())])
+
+
+async def test_a_script_in_time_keeps_its_background_children(tmp_path: Path) -> None:
+    # A start script that launches the application in the background ends in
+    # time: its group is left alone (the application is its remaining member).
+    pidfile = tmp_path / "app.pid"
+    body = f"sleep 60 &\necho $! > {pidfile}\n"
+    result = await run_script(
+        script(tmp_path, "start", body), timeout=5, label="start script", output=tmp_path / "o"
+    )
+    child = int(pidfile.read_text())
+    try:
+        assert result.ok and alive(child)
+    finally:
+        os.kill(child, 9)
+
+
+# --- the last runs of each script ---------------------------------------------------------
+
+
+async def test_the_script_log_keeps_the_last_runs_of_each_script(tmp_path: Path) -> None:
+    history = ScriptLog(keep=2)
+    for status in (0, 1, 2):
+        command = script(tmp_path, f"s{status}", f"echo run {status}\nexit {status}\n")
+        history.record(
+            "stop", await run_script(command, timeout=5, label="stop", output=tmp_path / "o")
+        )
+    history.record("start", ScriptResult("start script", None, False, (), "no such file"))
+    view = history.view()
+    assert list(view) == ["start", "stop"]
+    assert [(run["returncode"], run["tail"]) for run in view["stop"]] == [
+        (1, ["run 1"]),
+        (2, ["run 2"]),
+    ]
+    assert all(run["duration"] >= 0 and run["ended_ago"] >= 0 for run in view["stop"])
+    assert view["start"] == [
+        {
+            "ok": False,
+            "returncode": None,
+            "timed_out": False,
+            "error": "no such file",
+            "duration": 0.0,
+            "ended_ago": view["start"][0]["ended_ago"],
+            "tail": [],
+        }
+    ]
+    last = history.last("stop")
+    assert last is not None and last.returncode == 2

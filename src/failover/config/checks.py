@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
+import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +104,10 @@ class Findings:
     replication_endpoints: dict[str, BaseModel] = field(default_factory=dict)
 
 
-def check_all(sections: Sections) -> Findings:
-    """Run every rule on the valid parts. Reads the key file; loads transport plugins."""
+def check_all(sections: Sections, *, local: bool = False) -> Findings:
+    """Run every rule on the valid parts. Reads the key file; loads transport plugins.
+    ``local``: this machine is the node checked (``check-config --node``), so a
+    script missing here is an error, not a warning."""
     found = Findings()
     cluster, ok = sections.cluster, sections.cluster_ok
     if cluster is not None:
@@ -122,7 +125,7 @@ def check_all(sections: Sections) -> Findings:
         _check_node_names(sections.node_names, found)
     _check_endpoints(sections, found)
     _check_replication(sections, found)
-    _check_commands(sections, found)
+    _check_commands(sections, found, local=local)
     _check_control_sockets(sections, found)
     _check_virtual_ips(sections, found)
     vips = [vip for _, vip in sections.virtual_ips]
@@ -160,12 +163,32 @@ def _check_checkers_of_the_virtual_ip(
             )
 
 
-def _check_commands(sections: Sections, found: Findings) -> None:
-    """Each script command splits into a program and its arguments, as it will be run."""
+APPLICATION_SCRIPTS = (
+    "prestart",
+    "start",
+    "stop",
+    "prestop",
+    "poststop",
+    "start_both",
+    "stop_both",
+    "transition",
+    "command",
+)
+"""The keys of ``application`` that name a command line, in the order they are checked."""
+
+
+def _check_commands(sections: Sections, found: Findings, *, local: bool) -> None:
+    """Each script command splits into a program and its arguments, as it will be
+    run, and that program exists and is executable on this machine: an error
+    when ``local`` (``check-config --node``: this machine is that node), else a
+    warning."""
     commands: list[tuple[Loc, str]] = []
-    if sections.application is not None:
-        commands.append((("application", "start"), sections.application.start))
-        commands.append((("application", "stop"), sections.application.stop))
+    application = sections.application
+    if application is not None:
+        for key in APPLICATION_SCRIPTS:
+            command = getattr(application, key)
+            if command is not None:
+                commands.append((("application", key), command))
     commands.extend(
         (("checkers", i, "command"), c.command)
         for i, c in sections.checkers
@@ -181,6 +204,31 @@ def _check_commands(sections: Sections, found: Findings) -> None:
             continue
         if not argv or not argv[0]:
             found.problems.append(Problem(loc, "this command line names no program"))
+            continue
+        problem = _program_problem(argv[0])
+        if problem is not None:
+            (found.problems if local else found.warnings).append(Problem(loc, problem))
+
+
+def _program_problem(program: str) -> str | None:
+    """Why ``program`` (a path, or a name looked up in PATH) could not be run
+    here, or None."""
+    if "/" not in program:
+        if shutil.which(program) is None:
+            return f"{program!r} is not found in PATH on this machine"
+        return None
+    path = Path(program)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"{program} does not exist on this machine"
+    except OSError as exc:
+        return f"cannot look at {program}: {exc.strerror}"
+    if not stat.S_ISREG(mode):
+        return f"{program} is not a regular file"
+    if not os.access(path, os.X_OK):
+        return f"{program} is not executable (chmod +x {program})"
+    return None
 
 
 def _check_control_sockets(sections: Sections, found: Findings) -> None:

@@ -105,8 +105,9 @@ def build_config(
     except ValidationError as exc:
         problems.extend(problems_from(exc, data, suggest=_unknown_key_hint))
     parts = _valid_parts(data, context)
-    found = check_all(parts)
-    if local_node is not None and local_node in (parts.node_names or ()):
+    local = local_node is not None and local_node in (parts.node_names or ())
+    found = check_all(parts, local=local)
+    if local_node is not None and local:
         check_local(parts, local_node, found)
     problems.extend(found.problems)
     if problems or config is None:

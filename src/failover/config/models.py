@@ -215,11 +215,20 @@ class NodeConfig(Section):
 
 
 class ApplicationConfig(Section):
-    """``application``: the scripts that start and stop the protected application."""
+    """``application``: SafeKit's scripts (each optional), the foreground ``command``
+    the daemon supervises, and their time limits (docs/configuration.md)."""
 
-    start: Command
-    stop: Command
+    prestart: Command | None = None
+    start: Command | None = None
+    stop: Command | None = None
+    prestop: Command | None = None
+    poststop: Command | None = None
+    start_both: Command | None = None
+    stop_both: Command | None = None
+    transition: Command | None = None
+    command: Command | None = None
     timeout: Seconds = 30.0
+    stop_timeout: Seconds | None = None
     # the restart budget: local restarts allowed within restart_window seconds
     max_restarts: Annotated[StrictInt, Ge(0)] = 3
     restart_window: Seconds = 86400.0
@@ -571,7 +580,13 @@ class ClusterConfig(Section):
                 }
                 for node in self.nodes
             },
-            "application": (self.application.model_dump(mode="json") if self.application else None),
+            # unset scripts left out: a file with only start and stop keeps the
+            # fingerprint it had before the other scripts existed
+            "application": (
+                self.application.model_dump(mode="json", exclude_none=True)
+                if self.application
+                else None
+            ),
             "virtual_ips": sorted(
                 (vip.model_dump(mode="json") for vip in self.addresses),
                 key=lambda vip: str(vip["address"]),

@@ -1,40 +1,112 @@
-"""The protected application as the runtime sees it: a virtual IP and two scripts.
+"""The protected application as the runtime sees it: a virtual IP, scripts, a main process.
 
-Starting acquires the virtual IP (if configured) and then runs the start
-script (if configured); stopping runs the stop script and then releases the
-virtual IP. Either may be absent: a cluster without them still elects a
-serving node, which is useful to try the heartbeats alone.
+SafeKit's script set, each optional (``Scripts``):
+
+- ``start`` = ``prestart``, acquire the VIP, the ``start`` script, then spawn
+  the foreground ``command`` (a main process the daemon supervises: its PID is
+  ``main_pid``, its death is reported by ``main_exited``);
+- ``stop`` = ``prestop``, the ``stop`` script, end the foreground command
+  (SIGTERM to its process group, SIGKILL after the stop timeout), then
+  ``release``: the VIP released, then ``poststop``. (The executor runs the
+  two halves itself, with the replication flushed in between.)
+- ``restart`` = ``prestop``, ``stop``, ``poststop``, ``prestart``, ``start``
+  (and the command), keeping the VIP (and, in the executor, the replication);
+- ``start_both`` / ``stop_both`` when the module starts and stops, on either node;
+- ``transition``: the hook, called with the old state, the new state and the
+  reason (``run_hook``).
+
+A script that overruns its timeout is ended with its whole process group
+(``scripts.end_group``). Every run is logged and the last runs kept
+(``history``, a ``ScriptLog``) for status. Either of the VIP and the scripts
+may be absent: a cluster without them still elects a serving node, which is
+useful to try the heartbeats alone.
 
 A marker file exists from just before a start until the end of the next
 stop. A daemon that was killed (kill -9, OOM) leaves it behind, with the
 application possibly still running and the VIP still up; the next daemon
 finds it (``recover``) and stops them before taking any decision, so that
 "the daemon died" never leaves two nodes serving once the peer takes over.
+The marker names the foreground command's process (PID and start time), which
+survives its daemon (it runs in a session of its own): ``recover`` ends it.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import shlex
+import signal
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
 
+import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import Process, TaskGroup
 
-from failover.platform.scripts import run_script
+from failover.platform.scripts import (
+    KILL_GRACE,
+    ScriptLog,
+    ScriptResult,
+    end_group,
+    read_tail,
+    run_script,
+    signal_group,
+    spawn,
+)
 from failover.platform.vip import VipError, VirtualIP
 
 log = structlog.get_logger("failover.application")
 
+COMMAND = "command"
+"""The foreground command's name in the script log and its output file (command.log)."""
+
 
 @dataclass(frozen=True)
 class Scripts:
-    """The configured ``application`` section: commands and their time limit."""
+    """The configured ``application`` section: commands and their time limits.
 
-    start: str
-    stop: str
-    timeout: float
+    ``timeout`` bounds each script; ``stop_timeout`` (default: ``timeout``)
+    bounds each script of a stop and the foreground command's exit after SIGTERM.
+    """
+
+    start: str | None = None
+    stop: str | None = None
+    timeout: float = 30.0
+    prestart: str | None = None
+    prestop: str | None = None
+    poststop: str | None = None
+    start_both: str | None = None
+    stop_both: str | None = None
+    transition: str | None = None
+    command: str | None = None
+    stop_timeout: float | None = None
+
+    @property
+    def stop_limit(self) -> float:
+        return self.timeout if self.stop_timeout is None else self.stop_timeout
+
+    def limit_of(self, name: str) -> float:
+        """The time limit of script ``name``."""
+        stopping = name in ("prestop", "stop", "poststop", "stop_both", COMMAND)
+        return self.stop_limit if stopping else self.timeout
+
+    @property
+    def budget(self) -> float:
+        """Seconds the longest sequence of these scripts may take (every configured
+        one, each to its limit plus the kill grace): a bound for any action."""
+        names = [f.name for f in fields(self) if isinstance(getattr(self, f.name), str)]
+        return sum(self.limit_of(name) + KILL_GRACE for name in names)
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            fields_ = handle.read().rsplit(b")", 1)[-1].split()
+    except OSError:
+        return None
+    # after the command name: state is field 3, starttime field 22
+    return int(fields_[19]) if len(fields_) > 19 else None
 
 
 class Application:
@@ -42,6 +114,7 @@ class Application:
 
     ``running`` is True from a successful ``start`` until the next ``stop``:
     the daemon uses it to stop what it started when it exits abnormally.
+    ``both_running`` is True from ``start_both`` until ``stop_both``.
     ``marker`` (optional) is the file that outlives a killed daemon.
     """
 
@@ -60,16 +133,33 @@ class Application:
         self.env = env
         self.marker = marker
         self.running = False
+        self.both_running = False
+        self.history = ScriptLog()
         # the application's main process while it runs, when the runtime knows
         # it (a foreground command it started): what a process checker watches
         self.main_pid: int | None = None
+        self._main: Process | None = None
 
-    def _set_marker(self, present: bool) -> None:
+    @property
+    def main(self) -> Process | None:
+        """The foreground command's process while it is supervised."""
+        return self._main
+
+    # --- the marker ------------------------------------------------------------------
+
+    def _set_marker(self, present: bool, content: bytes = b"") -> None:
         if self.marker is None:
             return
         if present:
             self.marker.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.marker, os.O_WRONLY | os.O_CREAT, 0o644))
+            scratch = self.marker.with_name(self.marker.name + ".new")
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, content)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(scratch, self.marker)
         else:
             self.marker.unlink(missing_ok=True)
         # The marker is only useful if it survives a crash of the machine too.
@@ -79,27 +169,57 @@ class Application:
         finally:
             os.close(directory)
 
+    def _marked_command(self) -> int | None:
+        """The process group of a foreground command a previous daemon left running
+        (the marker names it, and the process with that PID started then)."""
+        if self.marker is None:
+            return None
+        try:
+            content = json.loads(self.marker.read_bytes())
+            pid, started = int(content["pid"]), int(content["start_time"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        return pid if _start_time(pid) == started else None
+
     async def recover(self) -> bool:
         """At daemon start: if a previous daemon died with the application started,
-        stop it (stop script, VIP release). Returns True when it had to."""
+        stop it (its foreground command, the stop scripts, the VIP release).
+        Returns True when it had to."""
         if self.marker is None or not self.marker.exists():
             return False
         log.warning("the previous daemon exited while the application ran: stopping it")
+        orphan = self._marked_command()
+        if orphan is not None:
+            await self._end_orphan(orphan)
         await self.stop()
         return True
 
+    async def _end_orphan(self, pgid: int) -> None:
+        """End the process group of a command that is not our child (bounded poll)."""
+        limit = self.scripts.stop_limit if self.scripts else KILL_GRACE
+        log.warning("ending the application command left by the previous daemon", pid=pgid)
+        if signal_group(pgid, signal.SIGTERM):
+            with anyio.move_on_after(limit):
+                while signal_group(pgid, 0):
+                    await anyio.sleep(0.05)
+        signal_group(pgid, signal.SIGKILL)
+
     @property
     def budget(self) -> float:
-        """Upper bound, in seconds, of one ``start`` or ``stop`` (the script timeout
-        plus a margin for netlink and process reaping)."""
-        return (self.scripts.timeout if self.scripts else 0.0) + 5.0
+        """Upper bound, in seconds, of one ``start``, ``stop`` or ``restart`` (every
+        script to its time limit and kill grace, plus a margin for netlink and
+        process reaping)."""
+        return (self.scripts.budget if self.scripts else 0.0) + 5.0
+
+    # --- start -----------------------------------------------------------------------
 
     async def start(self, repeat_in: TaskGroup | None = None) -> str | None:
-        """Acquire the VIP then run the start script. None on success, else why it failed.
+        """``prestart``, acquire the VIP, the ``start`` script, spawn the foreground
+        command. None on success, else why it failed.
 
-        Takes at most the script timeout plus a few milliseconds of netlink.
-        When the start script fails, the VIP is released again before returning
-        (the marker stays: the application may be half started until a stop).
+        When a step after the VIP fails, the VIP is released again before
+        returning (the marker stays: the application may be half started until
+        a stop).
         """
         try:
             self._set_marker(True)
@@ -107,22 +227,69 @@ class Application:
             # Without the marker a killed daemon could leave the application
             # running unseen: do not start it (the core decides what next).
             return f"cannot write {self.marker}: {exc.strerror or exc}"
+        problem = await self._run("prestart")
+        if problem is not None:
+            return problem
         if self.vip is not None:
             try:
                 await self.vip.acquire(repeat_in)
             except VipError as exc:
                 return str(exc)
-        problem = await self._run_script("start")
+        problem = await self._launch()
         if problem is not None:
             await self.release_vip()
             return problem
         self.running = True
         return None
 
-    async def stop(self) -> str | None:
-        """Run the stop script then release the VIP. None on success, else what went wrong.
+    async def _launch(self) -> str | None:
+        """The ``start`` script, then the foreground command: None, or why it failed."""
+        problem = await self._run("start")
+        if problem is not None or self.scripts is None or self.scripts.command is None:
+            return problem
+        process = await spawn(
+            self.scripts.command,
+            label="application command",
+            output=self.output_dir / f"{COMMAND}.log",
+            env={**self.env, "FAILOVER_ACTION": COMMAND},
+        )
+        if isinstance(process, str):
+            problem = f"application command could not run: {process}"
+            self.history.record(COMMAND, ScriptResult("application command", None, False, ()))
+            log.error("application command failed", reason=problem)
+            return problem
+        self._main, self.main_pid = process, process.pid
+        log.info("application command started", pid=process.pid)
+        started = _start_time(process.pid)
+        try:
+            self._set_marker(True, json.dumps({"pid": process.pid, "start_time": started}).encode())
+        except OSError as exc:
+            # The marker exists (written before the start): a killed daemon leaves
+            # a command that only the stop script can end.
+            log.error("cannot record the command in the marker", error=exc.strerror)
+        return None
 
-        The VIP is released even when the script fails: a node that is told to
+    def main_exited(self, process: Process) -> str | None:
+        """``process`` (a foreground command) has exited: why, when it died on its own
+        (then it is no longer supervised), or None when it was ended on purpose."""
+        if self._main is not process:
+            return None
+        self._main = self.main_pid = None
+        result = ScriptResult(
+            "application command",
+            process.returncode,
+            False,
+            read_tail(self.output_dir / f"{COMMAND}.log"),
+        )
+        self.history.record(COMMAND, result)
+        return result.reason
+
+    # --- stop ------------------------------------------------------------------------
+
+    async def stop(self) -> str | None:
+        """``run_stop_script`` then ``release``. None on success, else what went wrong.
+
+        The VIP is released even when a script fails: a node that is told to
         stop must not keep the address its peer is about to take. (The executor
         runs the two halves itself, with the replication flushed in between.)
         """
@@ -130,37 +297,47 @@ class Application:
         return await self.release() or problem
 
     async def run_stop_script(self) -> str | None:
-        """The first half of ``stop``: the stop script. None on success, else why it failed."""
-        return await self._run_script("stop")
+        """The first half of ``stop``: ``prestop``, the ``stop`` script, and the end of
+        the foreground command. None on success, else why it failed (the first
+        problem; every step runs whatever the others did)."""
+        problems = [await self._run("prestop"), await self._run("stop"), await self._end_main()]
+        return next((p for p in problems if p is not None), None)
 
-    async def _run_script(self, action: Literal["start", "stop"]) -> str | None:
-        """The ``action`` script, if scripts are configured: None on success, else why
-        it failed (logged). Its output goes to ``<action>.log``."""
-        if self.scripts is None:
+    async def _end_main(self) -> str | None:
+        """SIGTERM the foreground command's group; SIGKILL what is left after the stop
+        timeout. None when it ended on SIGTERM (or was not running)."""
+        process = self._main
+        if process is None:
             return None
-        result = await run_script(
-            self.scripts.start if action == "start" else self.scripts.stop,
-            timeout=self.scripts.timeout,
-            label=f"{action} script",
-            output=self.output_dir / f"{action}.log",
-            env={**self.env, "FAILOVER_ACTION": action},
+        self._main = self.main_pid = None  # from here its exit is expected
+        # (a reload may have removed the section since the command started)
+        limit = self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
+        started = anyio.current_time()
+        await end_group(process, limit)
+        killed = process.returncode == -signal.SIGKILL
+        result = ScriptResult(
+            "application command",
+            process.returncode,
+            killed,
+            read_tail(self.output_dir / f"{COMMAND}.log"),
+            duration=anyio.current_time() - started,
         )
-        if result.ok:
-            return None
-        log.error(f"{action} script failed", reason=result.reason)
-        return result.reason
+        self.history.record(COMMAND, result)
+        if killed:
+            return f"application command did not exit within {limit:g} s of SIGTERM: killed"
+        return None
 
     async def release(self) -> str | None:
-        """The second half of ``stop``: release the VIP, forget the application.
-        None on success, else why the VIP could not be released."""
-        problem = await self.release_vip()
+        """The second half of ``stop``: release the VIP, run ``poststop``, forget the
+        application. None on success, else the first thing that went wrong."""
+        problems = [await self.release_vip(), await self._run("poststop")]
         self.running = False
         try:
             self._set_marker(False)
         except OSError as exc:
             # A marker left behind costs one more stop at the next daemon start.
             log.error("cannot remove the start marker", file=str(self.marker), error=exc.strerror)
-        return problem
+        return next((p for p in problems if p is not None), None)
 
     async def release_vip(self) -> str | None:
         """Remove the VIP if one is configured. None on success, else why it failed."""
@@ -172,3 +349,62 @@ class Application:
             log.error("cannot release the virtual IP", error=str(exc))
             return str(exc)
         return None
+
+    # --- restart, both, the hook -----------------------------------------------------
+
+    async def restart(self) -> str | None:
+        """Restart the application where it is, keeping the VIP: ``prestop``,
+        ``stop`` (and the command's end), ``poststop``, ``prestart``, ``start``
+        (and the command). None on success, else why it failed: a failing stop
+        half is logged, and the start half runs anyway (it decides the outcome).
+        ``running`` stays True whatever the outcome: the VIP is still held, and
+        only a stop gives it back."""
+        stopping = [await self.run_stop_script(), await self._run("poststop")]
+        for problem in stopping:
+            if problem is not None:
+                log.warning("restart: the stop half failed; starting anyway", problem=problem)
+        problem = await self._run("prestart") or await self._launch()
+        self.running = self.running or problem is None
+        return problem
+
+    async def start_both(self) -> str | None:
+        """The module starts on this node: ``start_both``."""
+        self.both_running = True
+        return await self._run("start_both")
+
+    async def stop_both(self) -> str | None:
+        """The module stops on this node (or the daemon exits): ``stop_both``."""
+        self.both_running = False
+        return await self._run("stop_both")
+
+    async def run_hook(self, old: str, new: str, reason: str) -> str | None:
+        """The ``transition`` hook, with the old state, the new state and the reason
+        as its last three arguments and as FAILOVER_OLD_STATE, FAILOVER_NEW_STATE
+        and FAILOVER_REASON."""
+        env = {"FAILOVER_OLD_STATE": old, "FAILOVER_NEW_STATE": new, "FAILOVER_REASON": reason}
+        return await self._run("transition", extra=(old, new, reason), env=env)
+
+    async def _run(
+        self, name: str, *, extra: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ) -> str | None:
+        """Script ``name`` if it is configured: None on success, else why it failed.
+        Its output goes to ``<name>.log``; the run is logged and kept in ``history``."""
+        command = None if self.scripts is None else getattr(self.scripts, name)
+        if self.scripts is None or command is None:
+            return None
+        label = f"{name} script"
+        argv: str | list[str] = command
+        if extra:
+            try:
+                argv = [*shlex.split(command), *extra]
+            except ValueError as exc:
+                return f"{label} could not run: {exc}"
+        result = await run_script(
+            argv,
+            timeout=self.scripts.limit_of(name),
+            label=label,
+            output=self.output_dir / f"{name}.log",
+            env={**self.env, "FAILOVER_ACTION": name, **(env or {})},
+        )
+        self.history.record(name, result)
+        return None if result.ok else result.reason

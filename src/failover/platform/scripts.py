@@ -2,16 +2,18 @@
 
 Each command runs in its own session, hence its own process group, so that on
 timeout the whole group (the script and everything it spawned in the
-foreground) is killed at once. Its standard output and error go to a log file
-rather than a pipe: a start script that launches the application in the
-background would otherwise leave the application writing into a pipe nobody
-reads any more (and dying of SIGPIPE). The last lines of that file explain a
-failure.
+foreground) is stopped at once: SIGTERM to the group, then, after a short
+grace (``KILL_GRACE``), SIGKILL to whatever of the group is left
+(``end_group``). Its standard output and error go to a log file rather than a
+pipe: a start script that launches the application in the background would
+otherwise leave the application writing into a pipe nobody reads any more
+(and dying of SIGPIPE). The last lines of that file explain a failure.
+
+``ScriptLog`` keeps the last runs of each script for the daemon's status.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import signal
@@ -20,14 +22,21 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import Process
 
 from failover.platform.priority import spawning_as_inherited
 
 TAIL_LINES = 5
 _TAIL_BYTES = 8192
+KILL_GRACE = 3.0
+"""Seconds a process group has to end after SIGTERM before it gets SIGKILL."""
+RUNS_KEPT = 5
+"""How many runs of each script ``ScriptLog`` keeps."""
+_GROUP_POLL = 0.05
 
 log = structlog.get_logger("failover.scripts")
 
@@ -35,13 +44,14 @@ log = structlog.get_logger("failover.scripts")
 @dataclass(frozen=True)
 class ScriptResult:
     """How a command ended. ``returncode`` is None when it was killed at its timeout
-    or could not be started at all."""
+    or could not be started at all. ``duration`` is in seconds."""
 
     label: str
     returncode: int | None
     timed_out: bool
     tail: tuple[str, ...]
     error: str = ""
+    duration: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -79,32 +89,55 @@ def read_tail(path: Path, lines: int = TAIL_LINES) -> tuple[str, ...]:
     return tuple(kept)
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+def signal_group(pgid: int, signum: int) -> bool:
+    """Send ``signum`` to process group ``pgid``; False when the group is gone."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # (a member changed its credentials: still there, out of reach)
+    return True
 
 
-async def run_script(
+async def end_group(process: Process, grace: float = KILL_GRACE) -> None:
+    """End ``process`` and every member of its process group (it leads one: it was
+    started in a new session): SIGTERM to the group, then SIGKILL to what is
+    left of it after ``grace`` seconds, or at once if cancelled. Returns when the
+    leader is reaped and the group is empty (or SIGKILLed: its members are
+    gone as soon as the kernel delivers it)."""
+    pgid = process.pid
+    try:
+        if signal_group(pgid, signal.SIGTERM):
+            with anyio.move_on_after(grace):
+                await process.wait()  # reaped: a zombie leader would keep the group alive
+                while signal_group(pgid, 0):  # a member that survived its leader
+                    await anyio.sleep(_GROUP_POLL)
+    finally:
+        signal_group(pgid, signal.SIGKILL)
+        with anyio.CancelScope(shield=True):
+            await process.aclose()
+
+
+async def spawn(
     command: str | Sequence[str],
     *,
-    timeout: float,
     label: str,
     output: Path,
     env: Mapping[str, str] | None = None,
-) -> ScriptResult:
-    """Run ``command`` and wait for it for at most ``timeout`` seconds.
+) -> Process | str:
+    """Start ``command`` in a new session with its output in a new ``output`` file:
+    the process, or why it could not start.
 
     A string is split like a shell would (``shlex.split``) but run without a
     shell; a sequence is the argv itself.
-    The output file is truncated first. On timeout the process group is
-    killed with SIGKILL and reaped before this returns, so the call takes at
-    most ``timeout`` plus the time to reap. Never raises for a failing
-    command: the outcome (including "could not start") is in the result.
-    When cancelled, the process group is killed as well.
     """
-    argv = shlex.split(command) if isinstance(command, str) else list(command)
+    try:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+    except ValueError as exc:
+        return f"cannot split the command line: {exc}"
     if not argv:
-        return ScriptResult(label, None, False, (), "empty command")
+        return "empty command"
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
@@ -122,7 +155,7 @@ async def run_script(
         out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     try:
         with spawning_as_inherited():  # the daemon's raised priority is not the script's
-            process = await anyio.open_process(
+            return await anyio.open_process(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=out_fd,
@@ -131,22 +164,105 @@ async def run_script(
                 start_new_session=True,
             )
     except OSError as exc:
-        return ScriptResult(label, None, False, (), f"{argv[0]}: {exc.strerror or exc}")
+        return f"{argv[0]}: {exc.strerror or exc}"
     finally:
         os.close(out_fd)
+
+
+async def run_script(
+    command: str | Sequence[str],
+    *,
+    timeout: float,
+    label: str,
+    output: Path,
+    env: Mapping[str, str] | None = None,
+    grace: float = KILL_GRACE,
+) -> ScriptResult:
+    """Run ``command`` and wait for it for at most ``timeout`` seconds.
+
+    A string is split like a shell would (``shlex.split``) but run without a
+    shell; a sequence is the argv itself.
+    The output file is truncated first. On timeout the process group is ended
+    (``end_group``: SIGTERM, SIGKILL after ``grace``) before this returns, so
+    the call takes at most ``timeout`` plus ``grace`` plus the time to reap.
+    Never raises for a failing command: the outcome (including "could not
+    start") is in the result. When cancelled, the process group is killed
+    at once.
+    """
+    started = anyio.current_time()
+    process = await spawn(command, label=label, output=output, env=env)
+    if isinstance(process, str):
+        return ScriptResult(label, None, False, (), process)
     timed_out = False
     try:
         with anyio.move_on_after(timeout) as scope:
             await process.wait()
         if scope.cancelled_caught:
             timed_out = True
-            _kill_group(process.pid)
+            await end_group(process, grace)
     except BaseException:
         # Cancelled from outside (daemon shutting down): leave no orphan group.
-        _kill_group(process.pid)
+        signal_group(process.pid, signal.SIGKILL)
         raise
     finally:
         # Reaps the process; shielded against cancellation once it is killed.
         await process.aclose()
     returncode = None if timed_out else process.returncode
-    return ScriptResult(label, returncode, timed_out, read_tail(output))
+    duration = anyio.current_time() - started
+    return ScriptResult(label, returncode, timed_out, read_tail(output), duration=duration)
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """One run of a script as ``ScriptLog`` keeps it; ``ended`` on ``anyio.current_time``."""
+
+    result: ScriptResult
+    ended: float
+
+    def view(self, now: float) -> dict[str, Any]:
+        """The run as plain JSON data for status."""
+        result = self.result
+        return {
+            "ok": result.ok,
+            "returncode": result.returncode,
+            "timed_out": result.timed_out,
+            "error": result.error or None,
+            "duration": round(result.duration, 3),
+            "ended_ago": round(max(0.0, now - self.ended), 3),
+            "tail": list(result.tail),
+        }
+
+
+class ScriptLog:
+    """The last ``keep`` runs of each script, by name (``start``, ``stop``...).
+
+    ``record`` logs the run (rc, duration, the tail of its output) and keeps it;
+    ``view`` is what status shows.
+    """
+
+    def __init__(self, keep: int = RUNS_KEPT) -> None:
+        self.keep = keep
+        self._runs: dict[str, deque[ScriptRun]] = {}
+
+    def record(self, name: str, result: ScriptResult) -> None:
+        runs = self._runs.setdefault(name, deque(maxlen=self.keep))
+        runs.append(ScriptRun(result, anyio.current_time()))
+        fields: dict[str, Any] = {
+            "script": name,
+            "rc": result.returncode,
+            "seconds": round(result.duration, 3),
+            "tail": list(result.tail),
+        }
+        if result.ok:
+            log.info("script ran", **fields)
+        else:
+            log.error("script failed", reason=result.reason, **fields)
+
+    def last(self, name: str) -> ScriptResult | None:
+        runs = self._runs.get(name)
+        return runs[-1].result if runs else None
+
+    def view(self) -> dict[str, list[dict[str, Any]]]:
+        """Each script's kept runs, oldest first."""
+        now = anyio.current_time()
+        return {name: [run.view(now) for run in runs] for name, runs in sorted(self._runs.items())}

@@ -171,6 +171,7 @@ class NodeController:
         started: float,
         data: DataPlane | None = None,
         degraded: Callable[[], dict[str, Any] | None] = lambda: None,
+        scripts: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self.data = data
         self.node = node
@@ -184,6 +185,8 @@ class NodeController:
         self._transitions: deque[dict[str, Any]] = deque(maxlen=TRANSITIONS_KEPT)
         self.degraded = degraded
         """The daemon's view of a metadata write fault (None while writes succeed)."""
+        self.scripts = scripts
+        """The last runs of each application script (``ScriptLog.view``)."""
 
     def record(self, entry: dict[str, Any]) -> None:
         """Keep one transition (from ``transition_record``) for ``transitions``."""
@@ -241,6 +244,8 @@ class NodeController:
             "uptime": round(now - self._started, 3),
             # the node cannot write its metadata: it serves on, deciding nothing
             "degraded": self.degraded(),
+            # the last runs of each application script: rc, duration, output tail
+            "scripts": self.scripts(),
             "replication": replication,
             # claimed only while protected, the channel answers, and no verify since the
             # last resync found a difference (a verdict lasts until a clean verify or a resync)

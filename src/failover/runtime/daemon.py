@@ -182,7 +182,9 @@ def _virtual_ip(config: ClusterConfig) -> VirtualIP | None:
 
 def _scripts_of(config: ClusterConfig) -> Scripts | None:
     app = config.application
-    return None if app is None else Scripts(app.start, app.stop, app.timeout)
+    if app is None:
+        return None
+    return Scripts(**app.model_dump(exclude={"max_restarts", "restart_window"}))
 
 
 def _checker_specs(config: ClusterConfig, node: str, app: Application) -> list[CheckerSpec]:
@@ -428,10 +430,9 @@ class Daemon:
             elif isinstance(effect, fx.FenceWrites):
                 if self.data is not None:  # at once: it must not wait behind actions
                     self.data.fence_writes(effect.fenced, serving=effect.serving)
-            elif isinstance(effect, ACTION_EFFECTS):
-                self.executor.submit(effect)
-            else:
+            elif not isinstance(effect, ACTION_EFFECTS):  # actions: queued below
                 self.log.error("unknown effect ignored", effect=repr(effect))
+        self.executor.submit_step(effects)
 
     async def _persist(self, metadata: Metadata, *, in_thread: bool) -> None:
         # The first attempt is synchronous, on purpose: the event loop handles
@@ -752,6 +753,7 @@ class Daemon:
             started=anyio.current_time(),
             data=self.data,
             degraded=self._degraded_view,
+            scripts=self.app.history.view,
         )
         self.log.info(
             "node starting",
@@ -860,6 +862,8 @@ class Daemon:
             if self.app.running:
                 self.log.warning("exiting while the application runs: stopping it")
                 await self.app.stop()
+            if self.app.both_running:
+                await self.app.stop_both()
         if scope.cancelled_caught:
             self.log.error("cleanup did not complete in time")
         if self.vip is not None:

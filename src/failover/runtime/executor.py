@@ -16,16 +16,36 @@ the source ``PeerResynced``), there is nothing to quarantine
 (``QuarantineDone``), and replication and tracking do nothing.
 Arbitration effects are never expected (only the ``none`` arbitrator
 exists): one is logged as an error and ignored.
+
+``submit_step`` takes all the effects of one core step and adds what its state
+changes imply for SafeKit's scripts (a mechanical consequence, not a decision):
+``start_both`` queued ahead of the step's actions when the node leaves
+``stop``, ``stop_both`` behind them when it enters ``stop``, and the
+``transition`` hook for each state change. The hook runs beside the queue,
+one at a time in order, from a bounded backlog (a hook that hangs costs its
+timeout, never a decision; past ``HOOK_BACKLOG`` waiting runs, new ones are
+dropped and logged).
+
+A foreground ``command`` started by ``StartApp`` or ``RestartApp`` is watched:
+its death, unless a stop ended it, is reported as ``AppFailed`` with its exit
+status, but only while no action on the application (``APP_EFFECTS``) is
+queued or running: the core awaits that action's outcome, and an
+``AppFailed`` then would read as that outcome (a ``StopApp`` taken as done
+before the replication is flushed and the VIP released would let the peer
+start too early). The death is logged and kept in the script log; the
+pending action's own outcome follows.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import anyio
 import structlog
-from anyio.abc import TaskGroup
+from anyio.abc import Process, TaskGroup
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -42,10 +62,31 @@ DEFAULT_DEADLINE = 5.0
 """Seconds allowed to an action that runs no operator script."""
 QUARANTINE_DEADLINE = 300.0
 """Seconds allowed to move a split brain's divergent files aside (renames)."""
+HOOK_BACKLOG = 16
+"""Transition hook runs that may wait behind the one running."""
+
+
+@dataclass(frozen=True)
+class StartBoth(fx.Effect):
+    """Not the core's: the module started on this node (it left ``stop``)."""
+
+    name: ClassVar[str] = "start_both"
+
+
+@dataclass(frozen=True)
+class StopBoth(fx.Effect):
+    """Not the core's: the module stopped on this node (it entered ``stop``)."""
+
+    name: ClassVar[str] = "stop_both"
+
+
+APP_EFFECTS: tuple[type[fx.Effect], ...] = (fx.StartApp, fx.StopApp, fx.RestartApp)
+"""The actions whose outcome the core awaits as the application's."""
 
 ACTION_EFFECTS: tuple[type[fx.Effect], ...] = (
     fx.StartApp,
     fx.StopApp,
+    fx.RestartApp,
     fx.StartReplication,
     fx.StopReplication,
     fx.StartTracking,
@@ -97,6 +138,11 @@ class ActionExecutor:
         self.on_progress = on_progress
         self._send, self._receive = anyio.create_memory_object_stream[fx.Effect](math.inf)
         self._outstanding = 0
+        self._app_actions = 0  # StartApp, StopApp, RestartApp queued or running
+        self._hooks_in, self._hooks_out = anyio.create_memory_object_stream[fx.TransitionRecord](
+            HOOK_BACKLOG
+        )
+        self._watchers: TaskGroup | None = None
 
     @property
     def idle(self) -> bool:
@@ -105,11 +151,38 @@ class ActionExecutor:
     def submit(self, effect: fx.Effect) -> None:
         """Queue ``effect`` behind the actions already queued."""
         self._outstanding += 1
+        if isinstance(effect, APP_EFFECTS):
+            self._app_actions += 1
         self._send.send_nowait(effect)
+
+    def submit_step(self, effects: Sequence[fx.Effect]) -> None:
+        """Queue the actions among ``effects`` (one core step), with the scripts its
+        state changes imply (see the module docstring)."""
+        changes = [
+            e for e in effects if isinstance(e, fx.TransitionRecord) and e.source != e.target
+        ]
+        if any(change.source == "stop" for change in changes):
+            self.submit(StartBoth())
+        for effect in effects:
+            if isinstance(effect, ACTION_EFFECTS):
+                self.submit(effect)
+        if any(change.target == "stop" for change in changes):
+            self.submit(StopBoth())
+        if self.app.scripts is not None and self.app.scripts.transition is not None:
+            for change in changes:
+                try:
+                    self._hooks_in.send_nowait(change)
+                except anyio.WouldBlock:
+                    log.warning(
+                        "transition hook not run: too many runs waiting",
+                        source=change.source,
+                        target=change.target,
+                        waiting=HOOK_BACKLOG,
+                    )
 
     def deadline_for(self, effect: fx.Effect) -> float:
         """Seconds ``effect`` may take before it is abandoned and reported as failed."""
-        if isinstance(effect, fx.StartApp | fx.StopApp):
+        if isinstance(effect, fx.StartApp | fx.StopApp | fx.RestartApp | StartBoth | StopBoth):
             # the data plane's remount is part of starting and stopping
             return self.app.budget + (DEFAULT_DEADLINE if self.data is not None else 0.0)
         if isinstance(effect, fx.Quarantine) and self.data is not None:
@@ -117,8 +190,17 @@ class ActionExecutor:
         return DEFAULT_DEADLINE
 
     async def run(self) -> None:
-        """Execute queued actions until cancelled."""
-        async with self._send, self._receive:
+        """Execute queued actions until cancelled; run the hooks and watch the
+        foreground command meanwhile."""
+        async with (
+            self._send,
+            self._receive,
+            self._hooks_in,
+            self._hooks_out,
+            anyio.create_task_group() as tg,
+        ):
+            self._watchers = tg
+            tg.start_soon(self._run_hooks)
             async for effect in self._receive:
                 try:
                     outcome = await self._execute(effect)
@@ -126,7 +208,30 @@ class ActionExecutor:
                         await self.report(outcome)
                 finally:
                     self._outstanding -= 1
+                    if isinstance(effect, APP_EFFECTS):
+                        self._app_actions -= 1
                     self.on_progress()
+
+    async def _run_hooks(self) -> None:
+        async for change in self._hooks_out:
+            await self.app.run_hook(change.source, change.target, change.reason)
+
+    def _watch_main(self) -> None:
+        """Report the death of the foreground command ``StartApp``/``RestartApp`` started."""
+        process = self.app.main
+        if process is not None and self._watchers is not None:
+            self._watchers.start_soon(self._wait_main, process)
+
+    async def _wait_main(self, process: Process) -> None:
+        await process.wait()
+        reason = self.app.main_exited(process)
+        if reason is None:
+            return
+        if self._app_actions:
+            log.error("the application command died; an action on it is pending", reason=reason)
+            return
+        log.error("the application command died", reason=reason)
+        await self.report(ev.AppFailed(reason=reason))
 
     async def _execute(self, effect: fx.Effect) -> ev.Event | None:
         deadline = self.deadline_for(effect)
@@ -136,8 +241,13 @@ class ActionExecutor:
             return outcome
         reason = f"{effect.name} did not finish within {deadline:g} s"
         log.error("action abandoned at its deadline", effect=effect.name, deadline=deadline)
-        if isinstance(effect, fx.StartApp):
-            self._note("start", "abandoned", ok=False, problem=reason)
+        if isinstance(effect, fx.StartApp | fx.RestartApp):
+            self._note(
+                "restart" if isinstance(effect, fx.RestartApp) else "start",
+                "abandoned",
+                ok=False,
+                problem=reason,
+            )
             return ev.AppFailed(reason=reason)
         if isinstance(effect, fx.StopApp):
             # The core must learn the stop is over; the VIP release is retried
@@ -160,10 +270,19 @@ class ActionExecutor:
                 if self.data is not None:
                     await self.data.serve()
                 failure = await self.app.start(self.repeat_in)
-                self._note("start", "end", ok=failure is None, problem=failure)
-                return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
+                return self._started("start", failure)
+            case fx.RestartApp():
+                # the VIP, the mirrors (read-write) and the replication stay as they are
+                self._note("restart", "begin")
+                return self._started("restart", await self.app.restart())
             case fx.StopApp():
                 return await self.stop_app()
+            case StartBoth():
+                await self.app.start_both()
+                return None
+            case StopBoth():
+                await self.app.stop_both()
+                return None
             case fx.StartResync(role="target", generation=generation):
                 # No replicated directory: the resync of nothing is complete, at
                 # the generation the source held when it started.
@@ -187,6 +306,14 @@ class ActionExecutor:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
 
+    def _started(self, action: str, failure: str | None) -> ev.Event:
+        """The outcome of a start or restart (journaled); a foreground command is watched."""
+        self._note(action, "end", ok=failure is None, problem=failure)
+        if failure is not None:
+            return ev.AppFailed(reason=failure)
+        self._watch_main()
+        return ev.AppStarted()
+
     def _note(self, action: str, phase: str, **fields: object) -> None:
         """Journal the application's (and virtual IP's) real start or stop."""
         if self.journal is not None:
@@ -194,10 +321,12 @@ class ActionExecutor:
             self.journal("resource", action=action, phase=phase, vip=vip, **fields)
 
     async def stop_app(self) -> ev.Event:
-        """The hand-over order (``StopApp``'s contract): the stop script; then what
+        """The hand-over order (``StopApp``'s contract): ``prestop``, the stop script
+        and the end of the foreground command; then what
         the application wrote is replicated and acknowledged, and the replicated
-        directories turn read-only; then the virtual IP is released. Only then
-        is ``AppStopped`` reported, and the core announces the node ready."""
+        directories turn read-only; then the virtual IP is released, then
+        ``poststop``. Only then is ``AppStopped`` reported, and the core
+        announces the node ready."""
         self._note("stop", "begin")
         problem = await self.app.run_stop_script()
         if self.data is not None:

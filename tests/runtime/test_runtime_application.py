@@ -1,0 +1,455 @@
+"""SafeKit's script set in the executor (issue 9): order of the scripts in a start,
+a stop and a restart, start_both/stop_both, the transition hook, the foreground
+command and its supervision, the marker that outlives a killed daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from runtime_support import MemoryNetwork, wait_until, write_cluster
+from test_runtime_executor import _JournalingData, make_script
+from test_runtime_scripts import alive
+
+from failover.config import load_config
+from failover.core import effects as fx
+from failover.core import events as ev
+from failover.core.state import State
+from failover.platform.application import Application, Scripts
+from failover.runtime.daemon import Daemon
+from failover.runtime.executor import ActionExecutor
+
+pytestmark = pytest.mark.anyio
+
+SCRIPT_NAMES = ("prestart", "start", "stop", "prestop", "poststop", "start_both", "stop_both")
+
+
+class JournalingVip:
+    """A virtual IP that only writes what happens to it in the journal (duck-typed)."""
+
+    def __init__(self, journal: Path) -> None:
+        self.journal = journal
+        self.address = "10.0.0.100/24"
+
+    async def acquire(self, repeat_in: object = None) -> None:
+        with open(self.journal, "a") as handle:
+            handle.write("vip-up\n")
+
+    async def release(self) -> None:
+        with open(self.journal, "a") as handle:
+            handle.write("vip-down\n")
+
+
+def journaled_app(
+    tmp_path: Path,
+    *,
+    vip: bool = True,
+    command: str | None = None,
+    bodies: dict[str, str] | None = None,
+    **limits: Any,
+) -> tuple[Application, Path]:
+    """An application whose every script appends its name (and args) to a journal."""
+    journal = tmp_path / "journal"
+    scripts = {
+        name: make_script(
+            tmp_path,
+            name,
+            (bodies or {}).get(name, "") + f'echo {name} "$@" >> {journal}\n',
+        )
+        for name in SCRIPT_NAMES
+    }
+    hook = make_script(
+        tmp_path,
+        "hook",
+        f'echo "hook $1>$2 ($3) $FAILOVER_OLD_STATE>$FAILOVER_NEW_STATE" >> {tmp_path}/hooks\n',
+    )
+    app = Application(
+        Scripts(**scripts, transition=hook, command=command, **limits),
+        JournalingVip(journal) if vip else None,  # type: ignore[arg-type]
+        output_dir=tmp_path / "out",
+        env={"FAILOVER_NODE": "alpha"},
+        marker=tmp_path / "state" / "application.started",
+    )
+    return app, journal
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+class Harness:
+    """An executor running in a task group; reported events land in ``events``."""
+
+    def __init__(self, executor: ActionExecutor) -> None:
+        self.executor = executor
+        self.events: list[ev.Event] = []
+        self._arrived = anyio.Event()
+
+        async def report(event: ev.Event) -> None:
+            self.events.append(event)
+            self._arrived.set()
+            self._arrived = anyio.Event()
+
+        executor.report = report
+
+    async def until(self, predicate: Callable[[], bool], what: str) -> None:
+        with anyio.fail_after(20):
+            while not predicate():
+                await anyio.sleep(0.01)  # a bounded poll of external processes
+        assert predicate(), what
+
+    async def idle(self) -> None:
+        await self.until(lambda: self.executor.idle, "the executor drained its queue")
+
+
+@contextlib.asynccontextmanager
+async def running(app: Application, **kwargs: Any) -> AsyncIterator[Harness]:
+    """An executor for ``app`` running until the block ends."""
+    async with anyio.create_task_group() as tg:
+        executor = ActionExecutor(app, lambda event: anyio.sleep(0), **kwargs)
+        tg.start_soon(executor.run)
+        yield Harness(executor)
+        tg.cancel_scope.cancel()
+
+
+def record(source: str, target: str, reason: str = "why") -> fx.TransitionRecord:
+    return fx.TransitionRecord(
+        node="alpha",
+        source=source,
+        event="e",
+        target=target,
+        substatus="ready",
+        effects=(),
+        reason=reason,
+        generation="1",
+    )
+
+
+class _Serving(_JournalingData):
+    async def serve(self) -> None:
+        self.journal.append("read-write")
+
+
+# --- order --------------------------------------------------------------------------------
+
+
+async def test_start_stop_and_restart_run_the_scripts_in_safekits_order(tmp_path: Path) -> None:
+    app, journal = journaled_app(tmp_path)
+    data_journal: list[str] = []
+    async with running(app, data=_Serving(data_journal)) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        assert lines(journal) == ["prestart", "vip-up", "start"]
+        assert data_journal == ["read-write"]
+        data_journal.clear()
+        assert h.events == [ev.AppStarted()] and app.running
+        journal.unlink()
+        h.executor.submit(fx.RestartApp())
+        await h.idle()
+        # the VIP stays where it is, and so do the mirrors (no data effect ran)
+        assert lines(journal) == ["prestop", "stop", "poststop", "prestart", "start"]
+        assert h.events[1:] == [ev.AppStarted()] and app.running
+        assert data_journal == []
+        journal.unlink()
+        h.executor.submit(fx.StopApp())
+        await h.idle()
+        assert lines(journal) == ["prestop", "stop", "vip-down", "poststop"]
+        assert data_journal == ["flush", "read-only"]
+        assert h.events[2:] == [ev.AppStopped()] and not app.running
+
+
+async def test_the_stop_hands_over_in_order_with_the_data_between_the_scripts(
+    tmp_path: Path,
+) -> None:
+    # One journal for scripts and data plane: the flush comes after the stop
+    # script and before the VIP release, poststop after it.
+    app, journal = journaled_app(tmp_path)
+    order: list[str] = []
+
+    class Both(_Serving):
+        async def flush_replication(self) -> str | None:
+            order.extend(lines(journal))
+            journal.unlink()
+            order.append("flush")
+            return None
+
+    async with running(app, data=Both([])) as h:
+        h.executor.submit(fx.StopApp())
+        await h.idle()
+        assert [*order, *lines(journal)] == ["prestop", "stop", "flush", "vip-down", "poststop"]
+
+
+async def test_a_failing_prestart_starts_nothing(tmp_path: Path) -> None:
+    app, journal = journaled_app(tmp_path, bodies={"prestart": "echo 'no licence'\nexit 2\n"})
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        assert h.events == [ev.AppFailed(reason="prestart script exited with status 2: no licence")]
+        assert lines(journal) == [] and not app.running
+
+
+async def test_a_failing_restart_reports_app_failed_and_keeps_the_vip(tmp_path: Path) -> None:
+    app, journal = journaled_app(tmp_path)
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        journal.unlink()
+        app.scripts = Scripts(
+            **{**app.scripts.__dict__, "start": make_script(tmp_path, "bad", "exit 7\n")}  # type: ignore[union-attr]
+        )
+        h.executor.submit(fx.RestartApp())
+        await h.idle()
+        assert h.events[1:] == [ev.AppFailed(reason="start script exited with status 7")]
+        assert lines(journal) == ["prestop", "stop", "poststop", "prestart"]
+        assert app.running, "the VIP is still held: only a stop gives it back"
+
+
+# --- start_both, stop_both, the hook ---------------------------------------------------------
+
+
+async def test_both_scripts_frame_the_module_and_the_hook_sees_every_state_change(
+    tmp_path: Path,
+) -> None:
+    app, journal = journaled_app(tmp_path, vip=False)
+    async with running(app) as h:
+        # prim from stop: leaves stop and starts the application in one step
+        h.executor.submit_step([fx.StartApp(), record("stop", "alone", "forced (prim)")])
+        await h.idle()
+        # a quiet step (no state change): no hook, no script
+        h.executor.submit_step([record("alone", "alone", "application started")])
+        h.executor.submit_step([fx.StopApp(), record("alone", "stop", "stopped by the operator")])
+        await h.idle()
+        assert lines(journal) == [
+            *("start_both", "prestart", "start"),
+            *("prestop", "stop", "poststop", "stop_both"),
+        ]
+        await h.until(lambda: len(lines(tmp_path / "hooks")) == 2, "both hooks ran")
+        assert lines(tmp_path / "hooks") == [
+            "hook stop>alone (forced (prim)) stop>alone",
+            "hook alone>stop (stopped by the operator) alone>stop",
+        ]
+        assert not app.both_running
+        assert [run["ok"] for run in app.history.view()["transition"]] == [True, True]
+
+
+async def test_a_hanging_hook_never_holds_up_an_action(tmp_path: Path) -> None:
+    app, _ = journaled_app(tmp_path, vip=False)
+    release = tmp_path / "release"
+    hook = make_script(tmp_path, "slow-hook", f"while ! test -e {release}; do sleep 0.02; done\n")
+    app.scripts = Scripts(**{**app.scripts.__dict__, "transition": hook})  # type: ignore[union-attr]
+    async with running(app) as h:
+        h.executor.submit_step([record("stop", "wait")])
+        h.executor.submit_step([fx.StartApp(), record("wait", "alone")])
+        await h.until(lambda: h.events == [ev.AppStarted()], "started while the hook runs")
+        assert "transition" not in app.history.view(), "the first hook still runs"
+        release.touch()
+        await h.until(lambda: len(app.history.view().get("transition", [])) == 2, "hooks done")
+
+
+# --- the foreground command -----------------------------------------------------------------
+
+
+async def test_the_death_of_the_foreground_command_is_reported_with_its_status(
+    tmp_path: Path,
+) -> None:
+    command = make_script(tmp_path, "app", f"echo $$ > {tmp_path}/pid\nexec sleep 60\n")
+    app, _ = journaled_app(tmp_path, vip=False, command=command)
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        assert h.events == [ev.AppStarted()]
+        pid = app.main_pid
+        assert pid is not None
+        marker = json.loads((tmp_path / "state" / "application.started").read_text())
+        assert marker["pid"] == pid
+        os.kill(pid, signal.SIGKILL)
+        await h.until(lambda: len(h.events) == 2, "the death reported")
+        assert h.events[1] == ev.AppFailed(reason="application command killed by signal 9")
+        assert app.main_pid is None
+
+
+async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Path) -> None:
+    # The command ignores SIGTERM (and so does its child): after the stop
+    # timeout its whole group is killed, and its end is no failure.
+    body = (
+        "trap 'echo term' TERM\n"
+        f"sh -c 'trap \"\" TERM; echo $$ > {tmp_path}/child; exec sleep 60' &\n"
+        "while :; do sleep 0.05; done\n"
+    )
+    command = make_script(tmp_path, "app", body)
+    app, journal = journaled_app(tmp_path, vip=False, command=command, stop_timeout=0.5)
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.until((tmp_path / "child").exists, "the command started its child")
+        main = app.main_pid
+        assert main is not None
+        h.executor.submit(fx.StopApp())
+        await h.idle()
+        assert h.events == [ev.AppStarted(), ev.AppStopped()]
+        await h.until(
+            lambda: not alive(main) and not alive(int((tmp_path / "child").read_text())),
+            "nothing of the command is left",
+        )
+        [run] = app.history.view()["command"]
+        assert run["timed_out"] and run["returncode"] == -signal.SIGKILL
+        assert "term" in run["tail"], "SIGTERM came first"
+        assert lines(journal)[-3:] == ["prestop", "stop", "poststop"]
+        assert app.main_pid is None and not app.running
+
+
+async def test_a_restart_replaces_the_command_and_watches_the_new_one(tmp_path: Path) -> None:
+    command = make_script(tmp_path, "app", "exec sleep 60\n")
+    app, _ = journaled_app(tmp_path, vip=False, command=command)
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        first = app.main_pid
+        h.executor.submit(fx.RestartApp())
+        await h.idle()
+        second = app.main_pid
+        assert first is not None and second is not None and second != first
+        await h.until(lambda: not alive(first), "the first command ended")
+        assert h.events == [ev.AppStarted(), ev.AppStarted()], "its end was no failure"
+        os.kill(second, signal.SIGTERM)
+        await h.until(lambda: len(h.events) == 3, "the new one is watched")
+        assert h.events[2] == ev.AppFailed(reason="application command killed by signal 15")
+
+
+async def test_a_command_left_by_a_killed_daemon_is_ended_at_the_next_start(
+    tmp_path: Path,
+) -> None:
+    # The command runs in a session of its own: a daemon killed with -9 leaves
+    # it running. The marker names it; the next daemon's recover ends it.
+    command = make_script(tmp_path, "app", "trap '' TERM\nexec sleep 60\n")
+    app, journal = journaled_app(tmp_path, vip=False, command=command, stop_timeout=0.3)
+    async with anyio.create_task_group() as tg:
+        assert await app.start(tg) is None
+        tg.cancel_scope.cancel()
+    orphan = app.main_pid
+    assert orphan is not None
+    journal.unlink()
+    successor, _ = journaled_app(tmp_path, vip=False, command=command, stop_timeout=0.3)
+    with anyio.fail_after(20):
+        assert await successor.recover()
+    await Harness(ActionExecutor(successor, lambda event: anyio.sleep(0))).until(
+        lambda: not alive(orphan), "the orphan command is gone"
+    )
+    assert lines(journal) == ["prestop", "stop", "poststop"]
+    assert not (tmp_path / "state" / "application.started").exists()
+
+
+async def test_a_marker_naming_a_reused_pid_ends_nothing(tmp_path: Path) -> None:
+    # The PID in the marker now belongs to another process (its start time differs).
+    bystander = await anyio.open_process(["sleep", "60"], start_new_session=True)
+    try:
+        marker = tmp_path / "state" / "application.started"
+        marker.parent.mkdir()
+        marker.write_text(json.dumps({"pid": bystander.pid, "start_time": 1}))
+        app, _ = journaled_app(tmp_path, vip=False, command="sleep 60")
+        assert await app.recover()
+        assert bystander.returncode is None and alive(bystander.pid)
+    finally:
+        bystander.kill()
+        await bystander.aclose()
+
+
+async def test_a_death_while_a_stop_is_pending_is_not_taken_for_the_stops_outcome(
+    tmp_path: Path,
+) -> None:
+    # The core awaits StopApp's outcome: an AppFailed now would read as "stopped"
+    # before the replication is flushed and the VIP released (the peer would
+    # start too early). The prestop script is where the command dies.
+    command = make_script(tmp_path, "app", "exec sleep 60\n")
+    gate = tmp_path / "gate"
+    app, journal = journaled_app(
+        tmp_path,
+        command=command,
+        bodies={"prestop": f"while ! test -e {gate}; do sleep 0.02; done\n"},
+    )
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        pid = app.main_pid
+        assert pid is not None
+        h.executor.submit(fx.StopApp())
+        os.kill(pid, signal.SIGKILL)
+        await h.until(lambda: "command" in app.history.view(), "the death was noticed")
+        gate.touch()
+        await h.idle()
+        assert h.events == [ev.AppStarted(), ev.AppStopped()]
+    assert lines(journal)[-3:] == ["stop", "vip-down", "poststop"]
+
+
+# --- in the daemon, with the real core --------------------------------------------------------
+
+
+def daemon_scripts(tmp_path: Path) -> dict[str, Any]:
+    """An application section whose scripts write their name to ``journal``."""
+    journal = tmp_path / "journal"
+    section: dict[str, Any] = {
+        name: make_script(tmp_path, name, f"echo {name} >> {journal}\n")
+        for name in ("start", "stop", "start_both", "stop_both")
+    }
+    section["transition"] = make_script(tmp_path, "hook", f'echo "$1>$2" >> {tmp_path}/hooks\n')
+    section["timeout"] = 5
+    return {"application": section}
+
+
+@contextlib.asynccontextmanager
+async def real_daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, anyio.abc.TaskGroup]]:
+    config = load_config(write_cluster(tmp_path, extra=daemon_scripts(tmp_path)))
+    daemon = Daemon(
+        config, "alpha", transport_loader=MemoryNetwork().transport, handle_signals=False
+    )
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            await tg.start(lambda task_status: daemon.run(task_status=task_status))
+            yield daemon, tg
+
+
+async def test_the_daemon_frames_the_module_with_the_both_scripts_and_calls_the_hook(
+    tmp_path: Path,
+) -> None:
+    async with real_daemon(tmp_path) as (daemon, _):
+        await wait_until(lambda: daemon.node.state is State.WAIT)
+        result = await daemon.controller.command("prim")
+        assert result.accepted, result
+        await wait_until(lambda: daemon.app.running)
+        await wait_until(lambda: "start" in daemon.controller.status()["scripts"])
+        [run] = daemon.controller.status()["scripts"]["start"]
+        assert run["ok"] and run["returncode"] == 0 and run["duration"] >= 0
+        await daemon.shutdown("test")
+    assert lines(tmp_path / "journal") == ["start_both", "start", "stop", "stop_both"]
+    await wait_until(lambda: len(lines(tmp_path / "hooks")) >= 3)
+    assert lines(tmp_path / "hooks")[:3] == ["stop>wait", "wait>alone", "alone>stop"]
+
+
+async def test_a_daemon_that_exits_without_stopping_the_module_runs_stop_both(
+    tmp_path: Path,
+) -> None:
+    async with real_daemon(tmp_path) as (daemon, tg):
+        await wait_until(lambda: daemon.app.both_running)
+        tg.cancel_scope.cancel()  # no Stop: the exit cleanup must still run stop_both
+    assert lines(tmp_path / "journal") == ["start_both", "stop_both"]
+
+
+async def test_a_command_is_still_ended_after_a_reload_removed_the_section(
+    tmp_path: Path,
+) -> None:
+    app, _ = journaled_app(tmp_path, vip=False, command="sleep 60")
+    async with anyio.create_task_group() as tg:
+        assert await app.start(tg) is None
+        tg.cancel_scope.cancel()
+    pid = app.main_pid
+    assert pid is not None
+    app.scripts = None  # SIGHUP with no application section any more
+    with anyio.fail_after(20):
+        assert await app.stop() is None
+    assert not alive(pid)
