@@ -26,7 +26,7 @@ from failover.model.liveness import (
     fair_round,
     settle,
 )
-from failover.model.sim import Bounds, Cluster, ClusterConfig, World
+from failover.model.sim import NAMES, Bounds, Cluster, ClusterConfig, World
 
 ROOTS = ("boot", "protected")
 
@@ -87,6 +87,7 @@ class ModelReport:
             f"model check: links {', '.join(cfg.links)}; arbitrator {arb}; "
             f"{'' if cfg.stale_frames else 'newest frames only; '}"
             f"{'no data; ' if cfg.no_data else ''}"
+            f"{_initial_data(cfg)}"
             f"bounds: {self.bounds.faults} faults, {self.bounds.admin} commands, "
             f"{self.bounds.writes} writes per trace",
         ]
@@ -122,6 +123,11 @@ class ModelReport:
         )
         lines.append(f"{self.states} states explored in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _initial_data(config: ClusterConfig) -> str:
+    holders = [name for name, there in zip(NAMES, config.initial_data, strict=True) if there]
+    return f"data before the first start on {' and '.join(holders)}; " if holders else ""
 
 
 LIVENESS = {
