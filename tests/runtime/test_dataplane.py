@@ -578,13 +578,31 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
         assert (beta.root / "while-away").read_bytes() == b"w and more"
 
 
-async def full_resync(alpha: Node, beta: Node) -> None:
-    """alpha serves generation 2 with ``app.conf`` and copies it to beta in full."""
+def preinstall(node: Node, files: dict[str, bytes]) -> None:
+    """``files`` in ``node``'s real directory (under its mirror), as an
+    application installed before the cluster left them."""
+    mirror = node.plane.mirrors["data"]
+    mirror.unmount()
+    for name, content in files.items():
+        (node.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (node.root / name).write_bytes(content)
+    mirror.mount()
+
+
+async def start_full_resync(alpha: Node, beta: Node) -> Generation:
+    """alpha serves generation 2 with ``app.conf`` and starts copying it to beta
+    in full; returns that generation."""
     await alpha.plane.serve()
     await anyio.to_thread.run_sync(write_synced, alpha.root / "app.conf", b"alpha's")
     since, generation = Generation(), Generation(2, "alpha")
     beta.plane.start_resync(fx.StartResync("target", "full", since, generation))
     alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
+    return generation
+
+
+async def full_resync(alpha: Node, beta: Node) -> None:
+    """``start_full_resync``, to its end."""
+    generation = await start_full_resync(alpha, beta)
     with anyio.fail_after(WAIT_TIMEOUT):
         await alpha.event_seen.wait()
         await beta.event_seen.wait()
@@ -597,12 +615,7 @@ async def test_a_full_resync_quarantines_what_the_target_held_before_copying(
     # a first start beside an existing application: beta holds its files, alpha
     # (chosen by the operator, or holding data itself) serves and copies in full
     async with pair(tmp_path) as (alpha, beta):
-        mirror = beta.plane.mirrors["data"]
-        mirror.unmount()
-        (beta.root / "app.conf").write_bytes(b"beta's settings")
-        (beta.root / "db").mkdir()
-        (beta.root / "db" / "table").write_bytes(b"beta's rows")
-        mirror.mount()
+        preinstall(beta, {"app.conf": b"beta's settings", "db/table": b"beta's rows"})
         await full_resync(alpha, beta)
         assert tree(beta.root) == tree(alpha.root) == {"app.conf": b"alpha's"}
         # everything beta held was set aside first, with its manifest
@@ -639,3 +652,19 @@ def test_a_first_start_looks_for_data_in_the_directories_before_mounting(tmp_pat
     # unreadable: counted as data (never served over nor overwritten on a guess)
     (tmp_path / "file").write_bytes(b"not a directory")
     assert dataplane.directories_hold_data({"a": tmp_path / "file"})
+
+
+async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        preinstall(beta, {"app.conf": b"beta's settings"})
+        (tmp_path / "beta" / "quarantine").write_bytes(b"a file where the directory goes")
+        await start_full_resync(alpha, beta)
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while alpha.plane.resync_attempts < 2 or not beta.plane.status()["resync_held"]:
+                await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        assert "could not quarantine data" in beta.plane.status()["resync_held"]
+        assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
+        assert tree(beta.root) == {"app.conf": b"beta's settings"}
+        assert not alpha.events and not beta.events
+        alpha.plane.stop_resync()
+        beta.plane.stop_resync()

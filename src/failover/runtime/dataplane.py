@@ -197,6 +197,7 @@ class DataPlane:
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         # a full resync whose target data is being quarantined before it may start
         self._setting_aside: fx.StartResync | None = None
+        self._set_aside_lock = anyio.Lock()  # one quarantine of the directories at a time
         self.set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
@@ -571,6 +572,11 @@ class DataPlane:
         """Quarantine every directory's contents, then wait for the source's
         session as the target of ``effect`` (unless the core stopped or replaced
         this resync meanwhile)."""
+        async with self._set_aside_lock:  # an earlier resync's may still be moving
+            if self._setting_aside is effect:
+                await self._set_aside(effect)
+
+    async def _set_aside(self, effect: fx.StartResync) -> None:
         s = self.settings
         for name, mirror in list(self.mirrors.items()):
             move = functools.partial(
@@ -586,7 +592,7 @@ class DataPlane:
                 manifest = await anyio.to_thread.run_sync(move)
             except (OSError, UsageError) as exc:
                 # never copy over data that was not set aside: the node stays in
-                # resync (the source retries) until the disk is mended
+                # resync (the source retries) until the operator starts it again
                 self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
                 log.error("full resync held: data left in place", directory=name, error=str(exc))
                 return
