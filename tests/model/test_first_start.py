@@ -97,6 +97,13 @@ def test_every_invariant_holds_at_a_first_start_beside_existing_data(
     assert report.ok, report.render()
 
 
+def test_with_data_on_both_the_protected_root_is_the_pair_the_operator_chose() -> None:
+    report = check_model(
+        ClusterConfig(initial_data=DATA_ON["both"]), depth=3, roots=("protected",), parallel=False
+    )
+    assert report.ok and report.states > 1, report.render()
+
+
 @pytest.mark.parametrize("data", ["beta", "both"])
 def test_s7_catches_a_data_plane_that_overwrites_without_quarantine(data: str) -> None:
     # the data plane before issue 9: a full resync overwrote the target's files

@@ -422,7 +422,7 @@ class Node:
             meta.synced_generation,
             meta.consistent,
             meta.last_state,
-            self.settings.local_data and meta.fresh,
+            self.has_data,
         )
 
     def _heard_view(self) -> View:

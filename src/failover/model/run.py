@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from failover.core.state import evolve
 from failover.core.table import Table
 from failover.model.checker import Counterexample, Exploration, explore
 from failover.model.forks import cores, fork_map
@@ -181,6 +182,11 @@ def explore_root(
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
+        if all(config.initial_data):
+            # a first start with data on both nodes waits for the operator: the
+            # pair forms once alpha is chosen (a command the bounds do not count)
+            cluster.apply("prim alpha")
+            root = evolve(cluster.world, commands=0)
         try:
             root = settle(cluster, root)
         except RuntimeError as exc:
