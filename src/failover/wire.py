@@ -41,9 +41,9 @@ from typing import TypeVar
 from failover.core.state import Generation, PeerStatus, State, SubStatus, View
 from failover.errors import PeerProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Version 2 added the ``echo`` header field, version 3 the heartbeat's ``view`` and
-``peer_view`` (frames of another version are ``bad_version``)."""
+``peer_view``, version 4 its ``has_data`` (frames of another version are ``bad_version``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -368,6 +368,7 @@ _FIELDS = frozenset(
         "fingerprint",
         "generation",
         "handover",
+        "has_data",
         "last_state",
         "node",
         "peer_view",
@@ -426,6 +427,7 @@ def encode_heartbeat(status: PeerStatus) -> bytes:
         "fingerprint": status.fingerprint,
         "generation": _generation_doc("generation", status.generation),
         "handover": bool(status.handover),
+        "has_data": bool(status.has_data),
         "last_state": None if status.last_state is None else State(status.last_state).value,
         "node": status.node,
         "peer_view": _view_doc("peer_view", status.peer_view),
@@ -539,6 +541,7 @@ def decode_heartbeat(payload: bytes) -> PeerStatus:
         reason=reason,
         view=_view_field(doc, "view"),
         peer_view=_view_field(doc, "peer_view"),
+        has_data=_bool_field(doc, "has_data"),
     )
     # One encoding per status: whitespace, escapes, key order or duplicate keys
     # that json.loads tolerates would make two different frames mean the same thing.

@@ -163,11 +163,19 @@ class WitnessResourceClusterMachine(ClusterMachine):
     config = ClusterConfig(arbitrator=True, resource_faults=True)
 
 
+class FirstStartClusterMachine(ClusterMachine):
+    """A first start beside data on both nodes (S7), with an arbitrator: nothing
+    serves until an operator's command, and no datum from before is lost."""
+
+    config = ClusterConfig(arbitrator=True, initial_data=(True, True))
+
+
 MACHINES = {
     "none": ClusterMachine,
     "witness": WitnessClusterMachine,
     "none-resources": ResourceClusterMachine,
     "witness-resources": WitnessResourceClusterMachine,
+    "witness-data-on-both": FirstStartClusterMachine,
 }
 
 RUN = settings(

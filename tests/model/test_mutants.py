@@ -42,13 +42,21 @@ SEARCHES: dict[str, Search] = {
     "restless-swap": Search(3, "boot"),
     "no-view-echo": Search(2, "boot"),
     "takeover-unconfirmed": Search(6, "boot"),
+    "first-start-by-tie": Search(1, "boot"),
 }
 
 
-def run(name: str | None, *, arbitrator: bool, search: Search, liveness: bool) -> ModelReport:
+def run(
+    name: str | None,
+    *,
+    arbitrator: bool,
+    search: Search,
+    liveness: bool,
+    initial_data: tuple[bool, bool] = (False, False),
+) -> ModelReport:
     """The product's check (failover model-check) of a mutant, or of the real table."""
     return check_model(
-        ClusterConfig(arbitrator=arbitrator),
+        ClusterConfig(arbitrator=arbitrator, initial_data=initial_data),
         depth=search.depth,
         table=None if name is None else mutant_table(name),
         roots=(search.root,),
@@ -70,6 +78,7 @@ def test_the_checker_catches_the_mutant(name: str) -> None:
         arbitrator=mutant.arbitrator,
         search=SEARCHES[name],
         liveness=any(invariant in LIVENESS for invariant in mutant.breaks),
+        initial_data=mutant.initial_data,
     )
     text = report.render()
     assert not report.ok, f"mutant {name} was not caught:\n{text}"
@@ -83,29 +92,36 @@ def test_the_checker_catches_the_mutant(name: str) -> None:
 def _real_table_checks() -> list[object]:
     """The mutants' checks on the real table, merged: per (arbitrator, root,
     liveness), the deepest search any mutant uses."""
-    deepest: dict[tuple[bool, str, bool], int] = {}
+    deepest: dict[tuple[bool, str, bool, tuple[bool, bool]], int] = {}
     for name, mutant in MUTANTS.items():
         search = SEARCHES[name]
-        key = (mutant.arbitrator, search.root, any(n in LIVENESS for n in mutant.breaks))
+        liveness = any(n in LIVENESS for n in mutant.breaks)
+        key = (mutant.arbitrator, search.root, liveness, mutant.initial_data)
         deepest[key] = max(deepest.get(key, 0), search.depth)
     return [
         pytest.param(
             arbitrator,
             root,
             liveness,
+            data,
             depth,
             id=f"{'witness' if arbitrator else 'none'}-{root}-"
-            f"{'liveness' if liveness else 'safety'}-depth{depth}",
+            f"{'liveness' if liveness else 'safety'}-depth{depth}"
+            + ("-data-" + "".join("ab"[i] for i in (0, 1) if data[i]) if any(data) else ""),
         )
-        for (arbitrator, root, liveness), depth in sorted(deepest.items())
+        for (arbitrator, root, liveness, data), depth in sorted(deepest.items())
     ]
 
 
-@pytest.mark.parametrize(("arbitrator", "root", "liveness", "depth"), _real_table_checks())
+@pytest.mark.parametrize(
+    ("arbitrator", "root", "liveness", "initial_data", "depth"), _real_table_checks()
+)
 def test_the_real_table_passes_the_same_checks(
-    arbitrator: bool, root: str, liveness: bool, depth: int
+    arbitrator: bool, root: str, liveness: bool, initial_data: tuple[bool, bool], depth: int
 ) -> None:
     search = Search(depth - 2, root)
-    report = run(None, arbitrator=arbitrator, search=search, liveness=liveness)
+    report = run(
+        None, arbitrator=arbitrator, search=search, liveness=liveness, initial_data=initial_data
+    )
     assert report.ok, report.render()
     assert report.min_depth == depth

@@ -26,6 +26,7 @@ from failover.core.state import Generation, State
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.runtime import dataplane
 from failover.runtime.control import not_in_sync
 from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
@@ -612,3 +613,95 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
         assert alpha.events == [ev.PeerResynced(generation)]
         assert alpha.plane.resync_attempts == 0
         assert (beta.root / "while-away").read_bytes() == b"w and more"
+
+
+def preinstall(node: Node, files: dict[str, bytes]) -> None:
+    """``files`` in ``node``'s real directory (under its mirror), as an
+    application installed before the cluster left them."""
+    mirror = node.plane.mirrors["data"]
+    mirror.unmount()
+    for name, content in files.items():
+        (node.root / name).parent.mkdir(parents=True, exist_ok=True)
+        (node.root / name).write_bytes(content)
+    mirror.mount()
+
+
+async def start_full_resync(alpha: Node, beta: Node) -> Generation:
+    """alpha serves generation 2 with ``app.conf`` and starts copying it to beta
+    in full; returns that generation."""
+    await alpha.plane.serve()
+    await anyio.to_thread.run_sync(write_synced, alpha.root / "app.conf", b"alpha's")
+    since, generation = Generation(), Generation(2, "alpha")
+    beta.plane.start_resync(fx.StartResync("target", "full", since, generation))
+    alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
+    return generation
+
+
+async def full_resync(alpha: Node, beta: Node) -> None:
+    """``start_full_resync``, to its end."""
+    generation = await start_full_resync(alpha, beta)
+    with anyio.fail_after(WAIT_TIMEOUT):
+        await alpha.event_seen.wait()
+        await beta.event_seen.wait()
+    assert beta.events == [ev.ResyncDone(generation)]
+
+
+async def test_a_full_resync_quarantines_what_the_target_held_before_copying(
+    tmp_path: Path,
+) -> None:
+    # a first start beside an existing application: beta holds its files, alpha
+    # (chosen by the operator, or holding data itself) serves and copies in full
+    async with pair(tmp_path) as (alpha, beta):
+        preinstall(beta, {"app.conf": b"beta's settings", "db/table": b"beta's rows"})
+        await full_resync(alpha, beta)
+        assert tree(beta.root) == tree(alpha.root) == {"app.conf": b"alpha's"}
+        # everything beta held was set aside first, with its manifest
+        sets = list_quarantines(tmp_path / "beta" / "quarantine")
+        assert [(s.cause, s.generation, s.peer, s.complete) for s in sets] == [
+            ("full resync", "1:alpha-full", "alpha", True)
+        ]
+        kept = sets[0].directory / "data"
+        assert (kept / "app.conf").read_bytes() == b"beta's settings"
+        assert (kept / "db" / "table").read_bytes() == b"beta's rows"
+        manifest = load_manifest(sets[0].directory)
+        assert manifest.reason == "full resync from peer alpha over generation 1:alpha-full"
+        assert {e.path for e in manifest.roots["data"].entries} == {
+            b"app.conf",
+            b"db",
+            b"db/table",
+        }
+
+
+async def test_a_full_resync_into_an_empty_directory_quarantines_nothing(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await full_resync(alpha, beta)
+        assert tree(beta.root) == {"app.conf": b"alpha's"}
+        assert list_quarantines(tmp_path / "beta" / "quarantine") == []
+
+
+def test_a_first_start_looks_for_data_in_the_directories_before_mounting(tmp_path: Path) -> None:
+    empty, full, missing = tmp_path / "empty", tmp_path / "full", tmp_path / "missing"
+    empty.mkdir()
+    full.mkdir()
+    (full / ".hidden").write_bytes(b"")  # any entry counts
+    assert not dataplane.directories_hold_data({"a": empty, "b": missing})
+    assert dataplane.directories_hold_data({"a": empty, "b": full})
+    # unreadable: counted as data (never served over nor overwritten on a guess)
+    (tmp_path / "file").write_bytes(b"not a directory")
+    assert dataplane.directories_hold_data({"a": tmp_path / "file"})
+
+
+async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        preinstall(beta, {"app.conf": b"beta's settings"})
+        (tmp_path / "beta" / "quarantine").write_bytes(b"a file where the directory goes")
+        await start_full_resync(alpha, beta)
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while alpha.plane.resync_attempts < 2 or not beta.plane.status()["resync_held"]:
+                await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        assert "could not quarantine data" in beta.plane.status()["resync_held"]
+        assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
+        assert tree(beta.root) == {"app.conf": b"beta's settings"}
+        assert not alpha.events and not beta.events
+        alpha.plane.stop_resync()
+        beta.plane.stop_resync()

@@ -73,10 +73,19 @@ def document(**changes: object) -> bytes:
 def test_payload_is_compact_json_with_sorted_keys() -> None:
     assert encode_heartbeat(BASE) == (
         b'{"consistent":true,"fingerprint":"' + b"0f" * 32 + b'","generation":[3,"alpha"],'
-        b'"handover":false,"last_state":null,"node":"alpha",'
+        b'"handover":false,"has_data":false,"last_state":null,"node":"alpha",'
         b'"peer_view":[1733390000000000001,4],"reason":"","state":"primary",'
         b'"substatus":"ready","synced_generation":[2,"beta"],"view":[1733390000000000000,7]}'
     )
+
+
+def test_has_data_travels_and_must_be_a_boolean() -> None:
+    # a first start: the peer learns whether our replicated directories held anything
+    status = replace(BASE, has_data=True)
+    assert decode_heartbeat(encode_heartbeat(status)) == status
+    for bad in (1, "yes", None):
+        with pytest.raises(FrameRejected, match="has_data is not a boolean"):
+            decode_heartbeat(document(has_data=bad))
 
 
 def test_last_state_travels_and_rejects_unknown_states() -> None:

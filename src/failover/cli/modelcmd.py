@@ -10,6 +10,13 @@ from failover.model.mutants import MUTANTS, mutant_table
 from failover.model.run import ROOTS, check_model
 from failover.model.sim import Bounds, ClusterConfig
 
+INITIAL_DATA = {
+    "none": (False, False),
+    "alpha": (True, False),
+    "beta": (False, True),
+    "both": (True, True),
+}
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -48,6 +55,13 @@ def register(subparsers: Any) -> None:
         help="never deliver a heartbeat sent before its sender's last change of state "
         "(by default the network may, as a fault): the smaller network of earlier versions",
     )
+    parser.add_argument(
+        "--initial-data",
+        choices=tuple(INITIAL_DATA),
+        default=None,
+        help="a first start beside existing data: which nodes' replicated directories hold "
+        "data before the cluster's first run (default none, or the mutant's)",
+    )
     parser.add_argument("--no-liveness", action="store_true", help="skip the L1/L2 checks")
     parser.set_defaults(handler=run)
 
@@ -57,10 +71,15 @@ def run(args: argparse.Namespace) -> int:
         print("failover model-check: --depth must be at least 1")
         return 2
     links = ("lan", "serial", "crossover")[: args.links]
+    if args.initial_data is not None:
+        initial_data = INITIAL_DATA[args.initial_data]
+    else:
+        initial_data = MUTANTS[args.mutant].initial_data if args.mutant else (False, False)
     config = ClusterConfig(
         links=links,
         arbitrator=args.arbitrator == "witness",
         stale_frames=not args.newest_frames_only,
+        initial_data=initial_data,
     )
     bounds = Bounds(faults=args.faults, admin=args.commands, writes=args.writes)
     table = mutant_table(args.mutant) if args.mutant else None

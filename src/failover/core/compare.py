@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import enum
-from typing import Protocol
 
-from failover.core.state import Generation
+from failover.core.state import DataView, Generation, fresh
 
 
 class Relation(enum.Enum):
@@ -25,15 +24,6 @@ class Relation(enum.Enum):
             Relation.DIVERGED: f"our data and {peer}'s diverged",
             Relation.UNKNOWN: f"freshness against {peer} unknown",
         }[self]
-
-
-class DataView(Protocol):
-    @property
-    def generation(self) -> Generation: ...
-    @property
-    def synced_generation(self) -> Generation: ...
-    @property
-    def consistent(self) -> bool: ...
 
 
 def common_generation(mine: DataView, peer: DataView) -> Generation:
@@ -58,6 +48,11 @@ def relation(mine: DataView, peer: DataView) -> Relation:
         return Relation.PEER_NEWER
     if mine.generation == peer.generation:
         return Relation.EQUAL
+    # a node that never served nor synced holds no generation's data (a first
+    # start, or a reinstalled node): whatever common point the other recorded,
+    # it was not with this copy, which is older than any history
+    if fresh(mine) != fresh(peer):
+        return Relation.PEER_NEWER if fresh(mine) else Relation.ME_NEWER
     common = common_generation(mine, peer)
     mine_moved = mine.generation != common
     peer_moved = peer.generation != common

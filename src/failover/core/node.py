@@ -181,6 +181,7 @@ class NodeSnapshot:
                 peer.consistent,
                 peer.handover,
                 peer.last_state,
+                peer.has_data,
             ),
             self.peer_alive,
             tuple((name, v.up, shift(v.last_seen)) for name, v in self.links),
@@ -331,7 +332,14 @@ class Node:
             reason=self.reason[:256],
             view=self.view,
             peer_view=NO_VIEW if self.peer is None else self.peer.view,
+            has_data=self.has_data,
         )
+
+    @property
+    def has_data(self) -> bool:
+        """What this node announces as ``has_data``: its metadata is fresh (a
+        first start) and its replicated directories held something at boot."""
+        return self.settings.local_data and self.metadata.fresh
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (timings, policies). The names of the node, its
@@ -342,7 +350,10 @@ class Node:
             self.settings.links,
         ):
             raise ValueError("node name, peer and links cannot change without a restart")
-        self.settings = replace(settings, epoch=self.settings.epoch)  # fixed for the run
+        # fixed for the run: the views' epoch and what the directories held at boot
+        self.settings = replace(
+            settings, epoch=self.settings.epoch, local_data=self.settings.local_data
+        )
 
     def next_deadline(self) -> float | None:
         """The earliest time at which ``handle(Timer(), now)`` has something to do."""
@@ -411,6 +422,7 @@ class Node:
             meta.synced_generation,
             meta.consistent,
             meta.last_state,
+            self.has_data,
         )
 
     def _heard_view(self) -> View:

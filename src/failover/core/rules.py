@@ -267,6 +267,49 @@ def diverged(node: Node, row: Row) -> bool:
     return node.relation is Relation.DIVERGED
 
 
+# --- guards: a first start ---------------------------------------------------------------
+#
+# Neither node ever served nor synced (both metadata fresh): the replicated
+# directories hold whatever was there before the cluster was installed, part
+# of no generation, so the generations cannot say whose data to keep. Each
+# node announces whether its directories held anything at boot (``has_data``):
+# data on one side only, that side serves and the other is resynchronised
+# from it; data on both sides, an operator chooses (``prim``); data on neither,
+# the tie policy decides, as for equal data.
+
+
+@guard
+def initial_metadata(node: Node, row: Row) -> bool:
+    """This node never served nor synced: a first start (``Metadata.fresh``)."""
+    return node.metadata.fresh
+
+
+def _first_start(node: Node) -> tuple[bool, bool] | None:
+    """(our data, the peer's) when both nodes' metadata is fresh, else None."""
+    peer = node.peer
+    if peer is None or not node.peer_alive or not (node.metadata.fresh and peer.fresh):
+        return None
+    return node.settings.local_data, peer.has_data
+
+
+@guard
+def first_start_data_here(node: Node, row: Row) -> bool:
+    """A first start with data on this node only: it serves (whatever the tie policy)."""
+    return _first_start(node) == (True, False)
+
+
+@guard
+def first_start_data_there(node: Node, row: Row) -> bool:
+    """A first start with data on the peer only: never serve over it."""
+    return _first_start(node) == (False, True)
+
+
+@guard
+def first_start_data_both(node: Node, row: Row) -> bool:
+    """A first start with data on both nodes: an operator chooses whose to keep."""
+    return _first_start(node) == (True, True)
+
+
 # --- guards: policies -------------------------------------------------------------------
 
 
@@ -527,8 +570,12 @@ def _start_resync(node: Node, role: str, full: bool) -> None:
 
 @action
 def resync_target(node: Node, row: Row) -> None:
+    # a node that never served nor synced shares no point with any history,
+    # whatever the peer recorded: its copy is rebuilt whole (and what it held
+    # is quarantined first by the data plane, as before every full resync)
+    full = node.metadata.fresh
     node.metadata = node.metadata.evolve(consistent=False)
-    _start_resync(node, "target", full=False)
+    _start_resync(node, "target", full=full)
 
 
 @action

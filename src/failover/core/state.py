@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 _T = TypeVar("_T")
 
@@ -110,6 +110,39 @@ class Metadata:
     def evolve(self, **changes: Any) -> Metadata:
         return evolve(self, **changes)
 
+    @property
+    def fresh(self) -> bool:
+        """Never served nor synced (see ``fresh``)."""
+        return fresh(self)
+
+
+class DataView(Protocol):
+    """What both a node's metadata and its peer's status say of their data."""
+
+    @property
+    def generation(self) -> Generation: ...
+    @property
+    def synced_generation(self) -> Generation: ...
+    @property
+    def consistent(self) -> bool: ...
+    @property
+    def last_state(self) -> State | None: ...
+
+
+def fresh(data: DataView) -> bool:
+    """The metadata of a node that never served nor synced (a first start): no
+    generation, no common point, no data role, consistent. Its replicated
+    directories hold whatever was there before the cluster was installed (the
+    ``has_data`` fact), part of no generation. Once a node serves (it mints) or
+    is resynchronised (it records ``resync`` and marks itself not consistent)
+    it is never fresh again: generations never decrease."""
+    return (
+        data.generation.initial
+        and data.synced_generation.initial
+        and data.last_state is None
+        and data.consistent
+    )
+
 
 View = tuple[int, int]
 """A node's announced view: (epoch, counter). ``epoch`` is larger than any
@@ -142,10 +175,19 @@ class PeerStatus:
     reason: str = ""
     view: View = NO_VIEW
     peer_view: View = NO_VIEW
+    # while its metadata is fresh (a first start): the sender's replicated
+    # directories held something when its daemon started (always False once
+    # the metadata is not fresh: the data is then a generation's)
+    has_data: bool = False
 
     @property
     def serving(self) -> bool:
         return self.state.serving
+
+    @property
+    def fresh(self) -> bool:
+        """The sender never served nor synced (see ``fresh``)."""
+        return fresh(self)
 
 
 CHECKER_CLASSES = ("serving", "standby", "both")
@@ -214,6 +256,10 @@ class Settings:
     retry_pause_max: float = 300.0
     # the epoch of this run's views (see ``View``): larger than any earlier run's
     epoch: int = 0
+    # learned at boot, fixed for the run: this node's replicated directories held
+    # something when its daemon started (announced as ``has_data`` while the
+    # metadata is fresh; decides who serves at a first start)
+    local_data: bool = False
 
     def __post_init__(self) -> None:
         if self.failback not in ("none", "preferred", "last-primary"):

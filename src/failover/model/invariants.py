@@ -12,7 +12,14 @@ from dataclasses import dataclass
 
 from failover.core.compare import Relation, relation
 from failover.core.state import Generation, State
-from failover.model.sim import NAMES, ClusterConfig, StepInfo, World, holds_resources
+from failover.model.sim import (
+    NAMES,
+    PREEXISTING,
+    ClusterConfig,
+    StepInfo,
+    World,
+    holds_resources,
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ INVARIANTS: dict[str, str] = {
     "S5": "generations never decrease (in memory and on disk, across restarts)",
     "S6": "no acknowledged write ever disappears: after a split brain the loser's writes are "
     "in its quarantine",
+    "S7": "a first start keeps pre-existing data: it is never overwritten without being "
+    "quarantined, and a node never serves on its own over a peer's pre-existing data",
     "R": "the application runs only on a serving node; metadata in memory is what is on disk",
 }
 
@@ -170,6 +179,39 @@ def check_s6(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> 
     return []
 
 
+def check_s7(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
+    """A first start keeps what was on the disks before the cluster's first run:
+    every pre-existing datum stays on some disk or in some quarantine, and no
+    node whose metadata is fresh starts serving (unforced) while its peer's
+    metadata is fresh too and its disk holds data: the node with data serves,
+    and with data on both sides the operator chooses."""
+    found: list[Violation] = []
+    kept = frozenset().union(*(h.data | h.quarantine for h in post.hosts))
+    lost = [
+        NAMES[i]
+        for i, there in enumerate(config.initial_data)
+        if there and PREEXISTING[i] not in kept
+    ]
+    if lost:
+        found.append(
+            Violation("S7", f"the data {', '.join(lost)} held before the first start is gone")
+        )
+    for k, _source, forced, _blind in info.entered_serving:
+        pre_core = pre.hosts[k].core
+        mine = pre_core.metadata if pre_core is not None else pre.hosts[k].stored
+        peer = pre.hosts[1 - k]
+        if forced or not (mine.fresh and peer.stored.fresh and peer.data):
+            continue
+        found.append(
+            Violation(
+                "S7",
+                f"{NAMES[k]} started serving at a first start over the data {NAMES[1 - k]} "
+                "held before it",
+            )
+        )
+    return found
+
+
 def check_resources(
     config: ClusterConfig, pre: World, info: StepInfo, post: World
 ) -> list[Violation]:
@@ -189,7 +231,15 @@ def check_resources(
     return found
 
 
-CHECKS: tuple[Check, ...] = (check_s1, check_s2_s3, check_s4, check_s5, check_s6, check_resources)
+CHECKS: tuple[Check, ...] = (
+    check_s1,
+    check_s2_s3,
+    check_s4,
+    check_s5,
+    check_s6,
+    check_s7,
+    check_resources,
+)
 
 
 def check_step(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:

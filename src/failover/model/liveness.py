@@ -8,11 +8,12 @@ so its verdicts are memoised per world key: runs from nearby worlds soon
 meet, which keeps checking every reached world affordable.
 
 - L1: when both servers are up, started and healthy, the continuation
-  reaches primary + secondary, both ready. When only one server is up,
+  reaches primary + secondary, both ready (but at a first start with data
+  on both nodes, where the operator chooses). When only one server is up,
   started and healthy and it can know its data is the newest (it serves, it
   was the last to serve, or the arbitrator records its generation; never
   with a copy not consistent, or one whose resync end its source never
-  confirmed), the continuation reaches it serving, ready.
+  confirmed, or at a first start), the continuation reaches it serving, ready.
 - L2: from a world that is already protected (primary + secondary, ready,
   every link up) or serving alone with the peer down, the continuation
   changes no state.
@@ -61,6 +62,8 @@ def goal(cluster: Cluster, world: World) -> str | None:
             return None
         if not (world.hosts[0].stored.consistent or world.hosts[1].stored.consistent):
             return None
+        if all(h.stored.fresh and h.data for h in world.hosts):
+            return None  # a first start with data on both nodes: the operator chooses
         return "protected"
     for i in range(2):
         if up[i] and _started(world, i) and _knows_newest(cluster, world, i):
@@ -75,6 +78,8 @@ def _knows_newest(cluster: Cluster, world: World, i: int) -> bool:
     if core.state.serving:
         return True
     meta = host.stored
+    if meta.fresh:
+        return False  # a first start compares both nodes' data: never decided blind
     if not meta.consistent or unconfirmed_copy(meta):
         # (a copy whose resync end its source never confirmed may lack writes
         # the source acknowledged in that very generation: an arbitrator's

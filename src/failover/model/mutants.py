@@ -23,6 +23,8 @@ class Mutant:
     breaks: tuple[str, ...]  # the invariants that catch it (the first found is reported)
     arbitrator: bool
     edit: Callable[[Spec], None]
+    # which nodes hold data at the first start (sim.ClusterConfig.initial_data)
+    initial_data: tuple[bool, bool] = (False, False)
 
 
 def _rows(spec: Spec, state: str, event: str) -> list[dict[str, Any]]:
@@ -139,6 +141,15 @@ def _takeover_unconfirmed(spec: Spec) -> None:
         rows[:] = [r for r in rows if "not pair_confirmed" not in r.get("when", [])]
 
 
+def _first_start_by_tie(spec: Spec) -> None:
+    """At a first start the tie policy decides who serves, whatever data each
+    node holds (the first-start rows are gone): the node without data serves
+    over its peer's (the table before issue 9)."""
+    first_start = ("first_start_data_both", "first_start_data_there", "first_start_data_here")
+    rows = _rows(spec, "wait", "heartbeat")
+    rows[:] = [r for r in rows if not set(first_start) & set(r.get("when", []))]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -160,6 +171,10 @@ MUTANTS: dict[str, Mutant] = {
     "no-view-echo": Mutant(_no_view_echo.__doc__ or "", ("S1", "S2"), False, _no_view_echo),
     "takeover-unconfirmed": Mutant(
         _takeover_unconfirmed.__doc__ or "", ("S3",), False, _takeover_unconfirmed
+    ),
+    # data on beta only: alpha wins the tie by name
+    "first-start-by-tie": Mutant(
+        _first_start_by_tie.__doc__ or "", ("S7",), False, _first_start_by_tie, (False, True)
     ),
 }
 

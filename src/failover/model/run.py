@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from failover.core.state import evolve
 from failover.core.table import Table
 from failover.model.checker import Counterexample, Exploration, explore
 from failover.model.forks import cores, fork_map
@@ -26,7 +27,7 @@ from failover.model.liveness import (
     fair_round,
     settle,
 )
-from failover.model.sim import Bounds, Cluster, ClusterConfig, World
+from failover.model.sim import NAMES, Bounds, Cluster, ClusterConfig, World
 
 ROOTS = ("boot", "protected")
 
@@ -87,6 +88,7 @@ class ModelReport:
             f"model check: links {', '.join(cfg.links)}; arbitrator {arb}; "
             f"{'' if cfg.stale_frames else 'newest frames only; '}"
             f"{'no data; ' if cfg.no_data else ''}"
+            f"{_initial_data(cfg)}"
             f"bounds: {self.bounds.faults} faults, {self.bounds.admin} commands, "
             f"{self.bounds.writes} writes per trace",
         ]
@@ -122,6 +124,11 @@ class ModelReport:
         )
         lines.append(f"{self.states} states explored in {self.seconds:.1f} s")
         return "\n".join(lines)
+
+
+def _initial_data(config: ClusterConfig) -> str:
+    holders = [name for name, there in zip(NAMES, config.initial_data, strict=True) if there]
+    return f"data before the first start on {' and '.join(holders)}; " if holders else ""
 
 
 LIVENESS = {
@@ -175,6 +182,11 @@ def explore_root(
     cluster = Cluster(config, table=table, bounds=bounds)
     root = cluster.booted()
     if name == "protected":
+        if all(config.initial_data):
+            # a first start with data on both nodes waits for the operator: the
+            # pair forms once alpha is chosen (a command the bounds do not count)
+            cluster.apply("prim alpha")
+            root = evolve(cluster.world, commands=0)
         try:
             root = settle(cluster, root)
         except RuntimeError as exc:

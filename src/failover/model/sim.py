@@ -96,6 +96,13 @@ class ClusterConfig:
     # direction, the newest undelivered frame and the oldest one sent before it
     # (False: only the newest is ever delivered, the network before issue 8)
     stale_frames: bool = True
+    # a first start beside an existing application: which nodes' replicated
+    # directories already hold data (``PREEXISTING[i]`` on node i's disk) before
+    # the cluster's first run; their metadata is fresh either way
+    initial_data: tuple[bool, bool] = (False, False)
+    # the data plane moves what a full resync would overwrite into quarantine
+    # first (False: the data plane before issue 9, which overwrote it)
+    quarantine_full_resync: bool = True
 
     def settings(self, index: int) -> Settings:
         t = self.timing
@@ -115,7 +122,13 @@ class ClusterConfig:
             failback=self.failback,
             preferred=self.preferred,
             split_brain_winner=self.split_brain_winner,
+            local_data=self.initial_data[index],
         )
+
+
+PREEXISTING = (-1, -2)
+"""The data found on each node's disk at a first start (``initial_data``): ids
+that no write uses, part of no generation until the node that holds them serves."""
 
 
 @dataclass(frozen=True)
@@ -311,8 +324,15 @@ class Cluster:
     # --- worlds -----------------------------------------------------------------------
 
     def initial(self) -> World:
-        """Both servers up, daemons running but the module stopped, fresh disks."""
-        hosts = tuple(Host(core=self._fresh_core(i, Metadata())) for i in range(2))
+        """Both servers up, daemons running but the module stopped, fresh
+        metadata; each disk empty or holding its pre-existing data."""
+        hosts = tuple(
+            Host(
+                core=self._fresh_core(i, Metadata()),
+                data=frozenset({PREEXISTING[i]}) if self.config.initial_data[i] else frozenset(),
+            )
+            for i in range(2)
+        )
         lease = LeaseRecord() if self.config.arbitrator else None
         return World(now=0.0, hosts=hosts, lease=lease)  # type: ignore[arg-type]
 
@@ -797,6 +817,13 @@ class Cluster:
             if effect.role == "target":
                 return ev.ResyncDone(effect.generation)
             return ev.PeerResynced(effect.generation)
+        elif isinstance(effect, fx.StartResync) and effect.role == "target":
+            if effect.mode == "full" and self.config.quarantine_full_resync:
+                # the data plane moves what the copy would overwrite aside first
+                # (modelled for pre-existing data only: a write id in quarantine
+                # would excuse it from S3)
+                kept = frozenset(d for d in host.data if d in PREEXISTING)
+                self._set_host(k, quarantine=host.quarantine | kept)
         elif isinstance(effect, fx.StopResync):
             # a target that applied END has acknowledged it already (the data
             # plane does, whatever its core decides next); a source that stops

@@ -1,4 +1,6 @@
-"""Split brain: keep the losing side's divergent entries in a quarantine directory.
+"""Keep what a resync would destroy in a quarantine directory: the losing
+side's divergent entries after a split brain, and everything a full resync
+is about to overwrite (``quarantine_before_full_resync``).
 
 When both nodes served during a partition, the node that loses (by policy)
 must resync from the winner, which would overwrite what its application wrote
@@ -23,6 +25,13 @@ at any point, finds the same directory and finishes the recorded plan: every
 changed entry is at all times either still in place or in quarantine. A path
 already under a recorded entry is not planned twice; a destination that exists
 already is never overwritten (the entry gets ``~2``, ``~3``... appended).
+
+A full resync rebuilds the target's directories from the source's: every
+file is rewritten and every entry the source lacks deleted. Before one
+starts, ``quarantine_before_full_resync`` moves every top-level entry of the
+directory into a set named ``<generation>-full`` (cause ``full resync`` in the
+manifest), the same way: at a first start beside existing data, or after
+``prim`` on the wrong node, nothing that was there is lost.
 
 Symlinks are never followed: paths are resolved from the root's fd one
 component at a time (``verify.parent_of``); a path below a symlink names
@@ -52,7 +61,7 @@ from typing import Any, Final
 
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.ops import Unlink, validate_path
-from failover.replication.tracking import ChangeSet, Tracker
+from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeSet, Tracker
 from failover.replication.verify import open_root, parent_of
 from failover.runtime.store import write_atomic
 
@@ -72,6 +81,18 @@ _TYPES: Final = {
 }
 NOT_THERE: Final = ("absent", "unreachable")
 """Types of a planned path with nothing to move."""
+SPLIT_BRAIN: Final = "split brain"
+FULL_RESYNC: Final = "full resync"
+CAUSES: Final = (SPLIT_BRAIN, FULL_RESYNC)
+"""Why a set was made: this node lost a split brain, or a full resync was about
+to overwrite its directories (a first start beside existing data, ``prim`` on
+the other node, ``fullsync``)."""
+
+
+def _reason(cause: str, peer: str, generation: str) -> str:
+    if cause == FULL_RESYNC:
+        return f"full resync from peer {peer} over generation {generation}"
+    return f"split brain vs peer {peer} at generation {generation}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +132,11 @@ class Manifest:
     peer: str
     created: float
     roots: Mapping[str, RootQuarantine]
+    cause: str = SPLIT_BRAIN
 
     @property
     def reason(self) -> str:
-        return f"split brain vs peer {self.peer} at generation {self.generation}"
+        return _reason(self.cause, self.peer, self.generation)
 
     @property
     def complete(self) -> bool:
@@ -127,6 +149,7 @@ class Manifest:
             "peer": self.peer,
             "created": self.created,
             "created_utc": _utc(self.created),
+            "cause": self.cause,
             "reason": self.reason,
             "roots": {
                 name: {"complete": part.complete, "entries": [_entry_json(e) for e in part.entries]}
@@ -199,7 +222,15 @@ def load_manifest(directory: Path) -> Manifest:
         top.get("peer", str),
         float(top.get("created", (int, float))),
         MappingProxyType(roots),
+        _cause(top, path),
     )
+
+
+def _cause(top: _Fields, path: Path) -> str:
+    cause = top.get("cause", str, SPLIT_BRAIN)  # sets written before issue 9 have none
+    if cause not in CAUSES:
+        raise UsageError(f"{path}.cause: unknown {cause!r}")
+    return str(cause)
 
 
 def _entry_from_json(fields: _Fields) -> QuarantinedEntry:
@@ -477,6 +508,7 @@ def quarantine(
     peer: str,
     now: float,
     tracker: Tracker | None = None,
+    cause: str = SPLIT_BRAIN,
 ) -> Manifest:
     """Move the entries ``changes`` lists for ``root_name`` out of ``root`` (its
     backing directory, an fd or path) into the quarantine set of ``generation``.
@@ -516,7 +548,7 @@ def quarantine(
             tracker.flush()
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         set_dir = _set_dir(quarantine_dir, generation, now)
-        manifest = _load_or_start(set_dir, generation, peer, now)
+        manifest = _load_or_start(set_dir, generation, peer, now, cause)
         planned = _plan(manifest, root_fd, root_name, paths)
         if planned is manifest and manifest.roots[root_name].complete:
             return manifest
@@ -531,7 +563,9 @@ def quarantine(
             os.close(set_fd)
     roots = dict(manifest.roots)
     roots[root_name] = RootQuarantine(True, roots[root_name].entries)
-    done = Manifest(set_dir, generation, peer, manifest.created, MappingProxyType(roots))
+    done = Manifest(
+        set_dir, generation, peer, manifest.created, MappingProxyType(roots), manifest.cause
+    )
     write_atomic(set_dir / MANIFEST_NAME, _dump(done))
     return done
 
@@ -540,7 +574,7 @@ def _dump(manifest: Manifest) -> bytes:
     return json.dumps(manifest.to_json(), indent=1).encode("ascii") + b"\n"
 
 
-def _load_or_start(set_dir: Path, generation: str, peer: str, now: float) -> Manifest:
+def _load_or_start(set_dir: Path, generation: str, peer: str, now: float, cause: str) -> Manifest:
     if (set_dir / MANIFEST_NAME).exists():
         manifest = load_manifest(set_dir)
         if manifest.generation != generation:
@@ -548,7 +582,7 @@ def _load_or_start(set_dir: Path, generation: str, peer: str, now: float) -> Man
         return manifest
     set_dir.mkdir(exist_ok=True)
     _fsync_path(set_dir.parent)
-    return Manifest(set_dir, generation, peer, now, MappingProxyType({}))
+    return Manifest(set_dir, generation, peer, now, MappingProxyType({}), cause)
 
 
 def _plan(manifest: Manifest, root_fd: int, root_name: str, paths: list[bytes]) -> Manifest:
@@ -572,7 +606,44 @@ def _plan(manifest: Manifest, root_fd: int, root_name: str, paths: list[bytes]) 
         manifest.peer,
         manifest.created,
         MappingProxyType(roots),
+        manifest.cause,
     )
+
+
+def quarantine_before_full_resync(
+    root_name: str,
+    root: int | os.PathLike[str] | str,
+    quarantine_dir: Path,
+    *,
+    generation: str,
+    peer: str,
+    now: float,
+) -> Manifest | None:
+    """Move everything in ``root`` (its backing directory) into a quarantine set
+    before a full resync from ``peer`` rebuilds it: a full copy rewrites every
+    file the source has and deletes every entry it lacks, so all of it would
+    be overwritten or deleted. None when ``root`` is empty (nothing to keep).
+
+    The set is named after ``generation`` with a ``-full`` suffix, so that a
+    resync interrupted and started again (after a crash at any point) finds
+    the same set and finishes it; entries already recorded there are not
+    moved twice (what sits at their path now is a partial copy of the
+    source's). Raises as ``quarantine`` does."""
+    with open_root(root) as root_fd:
+        tops = sorted(os.fsencode(name) for name in os.listdir(root_fd))
+        if not tops:
+            return None
+        changes = ChangeSet(DEFAULT_ZONE_SIZE, names=frozenset((root_name, p) for p in tops))
+        return quarantine(
+            root_name,
+            root_fd,
+            changes,
+            quarantine_dir,
+            generation=f"{generation}-full",
+            peer=peer,
+            now=now,
+            cause=FULL_RESYNC,
+        )
 
 
 # --- listing --------------------------------------------------------------------------------------
@@ -591,6 +662,7 @@ class ManifestSummary:
     roots: tuple[tuple[str, int, int, int], ...] = ()
     """Per root: (name, entries moved as a whole, files, bytes of files)."""
     problem: str | None = None
+    cause: str = SPLIT_BRAIN
 
 
 def list_quarantines(quarantine_dir: Path) -> list[ManifestSummary]:
@@ -624,6 +696,7 @@ def list_quarantines(quarantine_dir: Path) -> list[ManifestSummary]:
                 manifest.created,
                 manifest.complete,
                 roots,
+                cause=manifest.cause,
             )
         )
     return out
@@ -649,8 +722,8 @@ def render_quarantines(quarantine_dir: Path, summaries: list[ManifestSummary]) -
             continue
         state = "complete" if summary.complete else "INCOMPLETE (run again to finish)"
         lines.append(
-            f"  {summary.directory.name}  {_utc(summary.created)}  split brain vs peer "
-            f"{summary.peer} at generation {summary.generation}  {state}"
+            f"  {summary.directory.name}  {_utc(summary.created)}  "
+            f"{_reason(summary.cause, summary.peer, summary.generation)}  {state}"
         )
         for name, moved, files, size in summary.roots:
             lines.append(f"    {name}: {moved} entries moved, {files} files, {_size(size)}")

@@ -74,7 +74,7 @@ from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
 from failover.runtime.control import CoreNode, NodeController, transition_record
-from failover.runtime.dataplane import DataPlane, DataPlaneSettings
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings, directories_hold_data
 from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
@@ -703,8 +703,11 @@ class Daemon:
         self.journal = AuditJournal(self.node_dir / JOURNAL_NAME, node=name, boot=incarnation)
         self._step = 0
         self._heard = None
-        # the core's views of this run are numbered above any earlier run's (its incarnation)
-        settings = replace(config.core_settings(name), epoch=incarnation)
+        # the core's views of this run are numbered above any earlier run's (its
+        # incarnation); at a first start it compares what each node's directories hold
+        data = _data_plane_settings(config, name, self.peer)
+        local_data = data is not None and metadata.fresh and directories_hold_data(data.roots)
+        settings = replace(config.core_settings(name), epoch=incarnation, local_data=local_data)
         self.node = self.node_factory(settings, metadata)
         codec = FrameCodec(config.cluster.name, config.read_key())
         self.outbound = Outbound(codec, name, incarnation)
@@ -724,7 +727,6 @@ class Daemon:
             for link in config.links
         ]
         self.vip = _virtual_ip(config)
-        data = _data_plane_settings(config, name, self.peer)
         self.data = (
             None
             if data is None
@@ -763,6 +765,7 @@ class Daemon:
             generation=str(metadata.generation),
             last_state=metadata.last_state.value if metadata.last_state else None,
             links=[link.name for link in config.links],
+            first_start_data=local_data if metadata.fresh else None,
         )
 
     def _raise_priority(self) -> None:

@@ -20,6 +20,11 @@ scripts and the virtual IP:
   tracker recorded since the split moves to the quarantine directory with a
   manifest (``replication.quarantine``); the tracker keeps the set, so the
   resync that follows brings those paths back from the winner;
+- ``StartResync`` (target, full): before this node accepts the copy, every
+  entry of its directories moves to quarantine (a full copy would overwrite
+  or delete all of it); only then does it answer the source's session with
+  its request (the source retries meanwhile). A disk error leaves the data
+  in place and the node waiting in ``resync``, saying why in its status;
 - the receiver side listens on this node's replication endpoint all the
   time and applies the peer's sessions (one at a time, the newest
   authenticated one wins) with an ``Applier`` on the directories' real
@@ -66,7 +71,7 @@ from failover.replication.channel import (
 )
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
-from failover.replication.quarantine import quarantine
+from failover.replication.quarantine import quarantine, quarantine_before_full_resync
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
@@ -190,6 +195,10 @@ class DataPlane:
         self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
+        # a full resync whose target data is being quarantined before it may start
+        self._setting_aside: fx.StartResync | None = None
+        self._set_aside_lock = anyio.Lock()  # one quarantine of the directories at a time
+        self.set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
@@ -545,16 +554,62 @@ class DataPlane:
         the synchronous replication. The outcome is reported when it ends."""
         assert self._group is not None
         if effect.role == "target":
-            self._target = effect
             self._stop_receiving()
+            if effect.mode == "full":
+                # nothing is received before what the copy overwrites is set aside
+                self._target = None
+                self._setting_aside = effect
+                self._group.start_soon(self._set_aside_then_receive, effect)
+                return
+            self._target = effect
             return
         self.stop_resync()
         scope = anyio.CancelScope()
         self._resyncing = scope
         self._group.start_soon(self._run_source, effect, scope)
 
+    async def _set_aside_then_receive(self, effect: fx.StartResync) -> None:
+        """Quarantine every directory's contents, then wait for the source's
+        session as the target of ``effect`` (unless the core stopped or replaced
+        this resync meanwhile)."""
+        async with self._set_aside_lock:  # an earlier resync's may still be moving
+            if self._setting_aside is effect:
+                await self._set_aside(effect)
+
+    async def _set_aside(self, effect: fx.StartResync) -> None:
+        s = self.settings
+        for name, mirror in list(self.mirrors.items()):
+            move = functools.partial(
+                quarantine_before_full_resync,
+                name,
+                mirror.backing_fd,
+                s.quarantine_dir,
+                generation=self.generation(),
+                peer=s.peer,
+                now=time.time(),
+            )
+            try:
+                manifest = await anyio.to_thread.run_sync(move)
+            except (OSError, UsageError) as exc:
+                # never copy over data that was not set aside: the node stays in
+                # resync (the source retries) until the operator starts it again
+                self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
+                log.error("full resync held: data left in place", directory=name, error=str(exc))
+                return
+            if manifest is not None:
+                log.warning(
+                    "data quarantined before a full resync",
+                    directory=name,
+                    manifest=str(manifest.directory),
+                )
+        self.set_aside_problem = None
+        if self._setting_aside is effect:
+            self._setting_aside = None
+            self._target = effect
+
     def stop_resync(self) -> None:
         self._target = None
+        self._setting_aside = None
         if self._resyncing is not None:
             self._resyncing.cancel()
             self._resyncing = None
@@ -777,7 +832,8 @@ class DataPlane:
             "handshakes_refused": self.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
-            "resync_wanted": self._target is not None,
+            "resync_wanted": self._target is not None or self._setting_aside is not None,
+            "resync_held": self.set_aside_problem,
             "resync_retrying": self.resync_problem,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,
@@ -790,6 +846,28 @@ class DataPlane:
                 "meta": len(changes.meta),
             },
         }
+
+
+def directories_hold_data(roots: Mapping[str, Path]) -> bool:
+    """Whether any replicated directory holds an entry, looked at before the
+    mirrors are mounted over them (a first start decides on it). A directory
+    that cannot be read counts as holding data: it is then never served over
+    nor overwritten on a guess."""
+    for name, path in roots.items():
+        try:
+            with os.scandir(path) as entries:
+                if next(entries, None) is not None:
+                    return True
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.warning(
+                "replicated directory unreadable: counted as holding data",
+                directory=name,
+                error=str(exc),
+            )
+            return True
+    return False
 
 
 def _dup_roots(mirrors: Mapping[str, Mirror]) -> dict[str, int]:
