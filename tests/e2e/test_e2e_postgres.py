@@ -1,0 +1,174 @@
+"""A real application: PostgreSQL on the replicated directory, a client committing
+through the virtual IP, every process of the serving node killed twice, then a swap.
+
+The invariant (DESIGN.md S3, for a database): every transaction PostgreSQL
+acknowledged to its client (through the virtual IP, whichever node served it)
+is in the table of the node that serves next, after PostgreSQL's crash
+recovery there. And the pair heals: the killed node returns, is resynchronised
+to `secondary`, and `swap` hands the service back with the data intact.
+
+The application is PostgreSQL from Debian started and stopped by the
+operator's scripts of ``examples/postgres/`` (``failover.testing.postgres``
+builds the cluster and runs the client). ``FAILOVER_E2E_PG_SYNCHRONOUS_COMMIT=off``
+runs the same test with PostgreSQL acknowledging commits before its WAL is
+flushed: the test must then fail, reporting the lost commits (the harness can
+see a loss; docs/postgres.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from e2e_support import NETNS, NODES, Cluster, cli
+
+from failover.audit import Ack
+from failover.testing.netns import Lab, mount_namespace_pids
+from failover.testing.postgres import (
+    EXAMPLE_SCRIPTS,
+    PG_USER,
+    Committer,
+    committed,
+    make_cluster,
+    unavailable_reason,
+)
+
+_NO_PG = unavailable_reason()
+pytestmark = [
+    *NETNS,
+    pytest.mark.skipif(_NO_PG is not None, reason=f"needs PostgreSQL: {_NO_PG}"),
+]
+
+LINKS = {"lan": "udp", "crossover": "tcp"}
+PORT = 5432
+BOUND = 90.0  # seconds: PostgreSQL's start after a crash fsyncs every file through the mirror
+SYNCHRONOUS_COMMIT = os.environ.get("FAILOVER_E2E_PG_SYNCHRONOUS_COMMIT", "on")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A directory the ``postgres`` account can traverse (pytest's own is root's, 0700);
+    removed at the end (requested before ``lab``: torn down after the lab's processes)."""
+    path = Path(tempfile.mkdtemp(prefix="failover-pg-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def postgres_cluster(lab: Lab, workdir: Path) -> Cluster:
+    """A replicating pair whose application is PostgreSQL on ``data/pg`` (the data
+    directory made on alpha's disk only: alpha serves it first, beta gets it by resync)."""
+    cluster = Cluster(lab, workdir, LINKS, replicate="lan", vip_network="lan")
+    logs = workdir / "pg-logs"
+    logs.mkdir()
+    shutil.chown(logs, PG_USER)
+    document = yaml.safe_load(cluster.config_path.read_text())
+    datadir = cluster.data / "pg"
+    document["application"] = {
+        "start": f"{EXAMPLE_SCRIPTS / 'pg-start'} {datadir} {logs / 'postgresql.log'}",
+        "stop": f"{EXAMPLE_SCRIPTS / 'pg-stop'} {datadir}",
+        "timeout": 60,
+    }
+    cluster.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+    checked = cli("check-config", str(cluster.config_path))
+    assert checked.returncode == 0, checked.stderr
+    make_cluster(
+        cluster.disk("alpha") / "pg",
+        port=PORT,
+        settings={"synchronous_commit": SYNCHRONOUS_COMMIT},
+    )
+    return cluster
+
+
+def paired(cluster: Cluster) -> tuple[str, str]:
+    """Wait (up to ``BOUND``) for primary + secondary, both ready; (primary, secondary)."""
+    cluster.wait(
+        "primary + secondary",
+        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
+        bound=BOUND,
+    )
+    return cluster.paired()
+
+
+def serves_alone(cluster: Cluster, node: str) -> bool:
+    return cluster.state(node) == "alone"
+
+
+def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_then_swapped(
+    workdir: Path, lab: Lab
+) -> None:
+    cluster = postgres_cluster(lab, workdir)
+    assert cluster.vip is not None
+    cluster.start_both()
+    serving, standby = paired(cluster)
+    assert serving == "alpha", "the data directory was made on alpha only"
+    client = Committer(lab.command("client", []), cluster.vip, PORT)
+
+    def in_table() -> set[int]:
+        return committed(
+            lambda argv: lab.exec("client", argv, check=False, timeout=30), cluster.vip, PORT
+        )
+
+    def commits_flow(more: int, what: str) -> None:
+        wanted = len(client.acked) + more
+        cluster.wait(what, lambda: client.wait_for(wanted, 0.2), bound=BOUND)
+
+    def lost(seen: list[int]) -> list[int]:
+        table = in_table()
+        return [number for number in seen if number not in table]
+
+    try:
+        commits_flow(50, f"50 commits through the virtual IP on {serving}")
+        for kill in (1, 2):
+            postmaster = int(
+                (cluster.disk(serving) / "pg" / "postmaster.pid").read_text().split()[0]
+            )
+            node_pids = mount_namespace_pids(cluster.procs[serving].pid)
+            assert postmaster in node_pids, f"PostgreSQL runs on {serving}"
+            cluster.kill_node(serving)  # the daemon, its FUSE helpers and PostgreSQL
+            seen = client.ids()  # every commit acknowledged before the kill
+            cluster.wait(
+                f"kill {kill}: {standby} serves",
+                functools.partial(serves_alone, cluster, standby),
+                bound=BOUND,
+            )
+            commits_flow(20, f"kill {kill}: PostgreSQL recovered on {standby}, commits flow")
+            missing = lost(seen)
+            assert not missing, (
+                f"kill {kill} of {serving}: {len(missing)} of {len(seen)} acknowledged "
+                f"commits are not in the table on {standby} (first {missing[:10]})"
+            )
+            print(f"kill {kill} of {serving}: {len(seen)} acknowledged, all on {standby}")
+            cluster.start(serving)
+            assert paired(cluster) == (standby, serving), "the killed node resyncs to secondary"
+            shown = cluster.status(standby)
+            assert shown is not None and shown["replication"]["resync"]["full"] is False
+            commits_flow(20, f"kill {kill}: commits flow on {standby}, protected again")
+            serving, standby = standby, serving
+        swapped = cli("swap", "--socket", str(cluster.socket(serving)))
+        assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+        assert paired(cluster) == (standby, serving)
+        seen = client.ids()
+        commits_flow(20, f"commits flow on {standby} after the swap")
+        missing = lost(seen)
+        assert not missing, f"swap: {len(missing)} acknowledged commits not on {standby}"
+        serving, standby = standby, serving
+    finally:
+        acked = client.stop()
+    # every acknowledged commit, the last ones too, is on the node that serves
+    table = in_table()
+    missing = [number for number, _ in acked if number not in table]
+    assert not missing, f"{len(missing)} acknowledged commits not on {serving}: {missing[:10]}"
+    print(f"{len(acked)} commits acknowledged in all, every one on {serving}")
+    log = (workdir / "pg-logs" / "postgresql.log").read_text()
+    assert log.count("automatic recovery in progress") == 2, "a crash recovery at each kill"
+    # the audit at the end checks S3 on the journals too: every commit acknowledged
+    # before a start of service of the node serving now is in its table
+    cluster.acked = [Ack(number, mono) for number, mono in acked]
+    cluster.found = {serving: table}
