@@ -18,7 +18,8 @@ once PostgreSQL has acknowledged row ID (``psql`` prints the row's id, which
 ``CLOCK_MONOTONIC`` then. A printed id is a commit the application was told is
 durable. When the session breaks (the server died), the id in flight is
 abandoned (it may or may not have committed; it is never printed) and a new
-session is opened, every ``RETRY_PAUSE`` seconds, until it is terminated.
+session is opened, every ``--retry-pause`` seconds (default ``RETRY_PAUSE``),
+until it is terminated.
 """
 
 from __future__ import annotations
@@ -139,9 +140,16 @@ class Committer:
     run in the client namespace); ``acked`` holds ``(id, mono)`` of every acknowledged
     commit, in order, read by a thread as the client prints them."""
 
-    def __init__(self, prefix: Sequence[str], host: str, port: int, first: int = 0) -> None:
+    def __init__(
+        self,
+        prefix: Sequence[str],
+        host: str,
+        port: int,
+        first: int = 0,
+        retry_pause: float = RETRY_PAUSE,
+    ) -> None:
         argv = [*prefix, sys.executable, "-m", "failover.testing.postgres", "commit",
-                host, str(port), str(first)]  # fmt: skip
+                host, str(port), str(first), "--retry-pause", str(retry_pause)]  # fmt: skip
         self.proc = subprocess.Popen(
             argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -194,7 +202,7 @@ class Committer:
         return list(self.acked)
 
 
-def _commit(host: str, port: int, first: int) -> int:
+def _commit(host: str, port: int, first: int, retry_pause: float) -> int:
     """The client's loop (module docstring). Runs until terminated."""
     number = first
     env = {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
@@ -221,7 +229,7 @@ def _commit(host: str, port: int, first: int) -> int:
         session.kill()
         session.wait()
         number += 1  # never reuse an id whose commit is unknown
-        time.sleep(RETRY_PAUSE)
+        time.sleep(retry_pause)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,9 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commit.add_argument("host")
     commit.add_argument("port", type=int)
     commit.add_argument("first", type=int)
+    commit.add_argument("--retry-pause", type=float, default=RETRY_PAUSE, metavar="SECONDS")
     args = parser.parse_args(argv)
     try:
-        return _commit(args.host, args.port, args.first)
+        return _commit(args.host, args.port, args.first, args.retry_pause)
     except KeyboardInterrupt:
         return 0
 
