@@ -1,11 +1,12 @@
 """A real application: PostgreSQL on the replicated directory, a client committing
-through the virtual IP, every process of the serving node killed twice, then a swap.
+through the virtual IP, every process of the serving node killed twice, then two swaps.
 
 The invariant (DESIGN.md S3, for a database): every transaction PostgreSQL
 acknowledged to its client (through the virtual IP, whichever node served it)
 is in the table of the node that serves next, after PostgreSQL's crash
 recovery there. And the pair heals: the killed node returns, is resynchronised
-to `secondary`, and `swap` hands the service back with the data intact.
+to `secondary`, and `swap` moves the service to the peer and back to the node it
+started on, with the data intact.
 
 The application is PostgreSQL from Debian started and stopped by the
 operator's scripts of ``examples/postgres/`` (``failover.testing.postgres``
@@ -151,14 +152,17 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
             assert shown is not None and shown["replication"]["resync"]["full"] is False
             commits_flow(20, f"kill {kill}: commits flow on {standby}, protected again")
             serving, standby = standby, serving
-        swapped = cli("swap", "--socket", str(cluster.socket(serving)))
-        assert swapped.returncode == 0, swapped.stdout + swapped.stderr
-        assert paired(cluster) == (standby, serving)
-        seen = client.ids()
-        commits_flow(20, f"commits flow on {standby} after the swap")
-        missing = lost(seen)
-        assert not missing, f"swap: {len(missing)} acknowledged commits not on {standby}"
-        serving, standby = standby, serving
+        # after the second kill alpha serves again: swap to beta, then back to alpha
+        for swap in (1, 2):
+            swapped = cli("swap", "--socket", str(cluster.socket(serving)))
+            assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+            assert paired(cluster) == (standby, serving)
+            seen = client.ids()
+            commits_flow(20, f"swap {swap}: commits flow on {standby}")
+            missing = lost(seen)
+            assert not missing, f"swap {swap}: {len(missing)} acknowledged commits not on {standby}"
+            serving, standby = standby, serving
+        assert serving == "alpha", "the service is back on the node it started on"
     finally:
         acked = client.stop()
     # every acknowledged commit, the last ones too, is on the node that serves
