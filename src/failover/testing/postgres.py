@@ -3,7 +3,7 @@
 For the e2e test (tests/e2e/test_e2e_postgres.py) and the bench
 (bench/pg_failover.py). Needs root (the server runs as the ``postgres``
 account, which PostgreSQL requires: it refuses root) and Debian's PostgreSQL
-(``postgresql-15``, installed by ``scripts/system-deps.sh``).
+(package ``postgresql``, installed by ``scripts/system-deps.sh``).
 
 ``make_cluster`` runs ``initdb`` into a data directory with settings for a lab
 (every address listened on, no Unix socket, trust for TCP clients: the lab's
@@ -47,7 +47,6 @@ LAB_SETTINGS = {
     "unix_socket_directories": "''",  # two nodes on one machine share /var/run/postgresql
     "max_connections": "20",
     "shared_buffers": "16MB",
-    "log_min_messages": "info",  # the bench reads recovery's start and end in the log
     "synchronous_commit": "on",
     "fsync": "on",
     "full_page_writes": "on",
@@ -72,7 +71,7 @@ def unavailable_reason() -> str | None:
         return "the lab runs PostgreSQL as its own account: needs root"
     where = bindir()
     if where is None:
-        return "PostgreSQL is not installed (Debian: apt-get install postgresql-15)"
+        return "PostgreSQL is not installed (Debian: apt-get install postgresql)"
     missing = [
         name for name in ("initdb", "pg_ctl", "postgres", "psql") if not (where / name).exists()
     ]
@@ -119,17 +118,19 @@ def make_cluster(
         hba.write("host all all 0.0.0.0/0 trust  # failover lab: namespaces only\n")
 
 
-def query_argv(host: str, port: int, sql: str) -> list[str]:
-    """psql running ``sql`` once against ``host:port``, rows unaligned, one per line."""
+def session_argv(host: str, port: int) -> list[str]:
+    """psql connected to ``host:port`` (no psqlrc, quiet, rows unaligned one per line,
+    exits at the first error)."""
     return [psql(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port),
-            "-U", "postgres", "-d", "postgres", "-c", sql]  # fmt: skip
+            "-U", "postgres", "-d", "postgres"]  # fmt: skip
 
 
-def committed(run: Callable[[list[str]], subprocess.CompletedProcess[str]], host: str,
-              port: int) -> set[int]:  # fmt: skip
+def committed(
+    run: Callable[[list[str]], subprocess.CompletedProcess[str]], host: str, port: int
+) -> set[int]:
     """The ids in table ``acks`` of the server at ``host:port``; ``run`` runs an argv
     where the server is reachable (e.g. in the lab's client namespace)."""
-    done = run(query_argv(host, port, f"SELECT id FROM {TABLE}"))
+    done = run([*session_argv(host, port), "-c", f"SELECT id FROM {TABLE}"])
     if done.returncode != 0:
         raise AssertionError(f"cannot read {TABLE} at {host}:{port}: {done.stderr.strip()}")
     return {int(line) for line in done.stdout.split()}
@@ -206,8 +207,7 @@ def _commit(host: str, port: int, first: int, retry_pause: float) -> int:
     """The client's loop (module docstring). Runs until terminated."""
     number = first
     env = {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT)}
-    argv = [psql(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", str(port),
-            "-U", "postgres", "-d", "postgres"]  # fmt: skip
+    argv = session_argv(host, port)
     while True:
         session = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
