@@ -21,6 +21,9 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -176,3 +179,78 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
     # before a start of service of the node serving now is in its table
     cluster.acked = [Ack(number, mono) for number, mono in acked]
     cluster.found = {serving: table}
+
+
+# -- the operator's scripts on one machine: a pid file that is not this node's server --
+
+
+def crashed_server(workdir: Path) -> Path:
+    """A data directory whose server was started by pg-start then killed (SIGKILL of
+    its process group): its postmaster.pid stays behind. It listens on loopback only,
+    on a port free a moment ago (no Unix socket, whose lock file would name the
+    killed postmaster until init reaps it)."""
+    datadir = workdir / "pg"
+    logs = workdir / "pg-logs"
+    logs.mkdir()
+    shutil.chown(logs, PG_USER)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    make_cluster(datadir, port=port, settings={"listen_addresses": "'127.0.0.1'"})
+    run_script("pg-start", datadir, logs / "postgresql.log")
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    os.killpg(postmaster, signal.SIGKILL)
+    return datadir
+
+
+def run_script(name: str, *args: Path) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(EXAMPLE_SCRIPTS / name), *map(str, args)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
+    return done
+
+
+def name_in_pid_file(datadir: Path, pid: int) -> None:
+    """Make postmaster.pid name ``pid``: as after the peer's crash, when its server's pid
+    is, on this node, another process (or a zombie not reaped yet)."""
+    pid_file = datadir / "postmaster.pid"
+    lines = pid_file.read_text().splitlines()
+    pid_file.write_text("\n".join([str(pid), *lines[1:]]) + "\n")
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process of the ``postgres`` account that is not PostgreSQL (the server
+    would take it for a live postmaster, and pg_ctl could signal it), killed at the end."""
+    process = subprocess.Popen(["sleep", "300"], user=PG_USER)
+    yield process
+    process.kill()
+    process.wait()
+
+
+def test_pg_start_starts_over_a_pid_file_that_names_another_live_process(
+    workdir: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    datadir = crashed_server(workdir)
+    name_in_pid_file(datadir, bystander.pid)
+    try:
+        started = run_script("pg-start", datadir, workdir / "pg-logs" / "postgresql.log")
+        assert "removing the stale" in started.stdout
+        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+        assert Path(f"/proc/{postmaster}/comm").read_text().strip() == "postgres"
+        assert bystander.poll() is None, "pg-start left the other process alone"
+    finally:
+        run_script("pg-stop", datadir)
+    assert not (datadir / "postmaster.pid").exists(), "pg-stop stopped the server"
+
+
+def test_pg_stop_never_signals_a_process_that_is_not_this_nodes_server(
+    workdir: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    datadir = crashed_server(workdir)
+    name_in_pid_file(datadir, bystander.pid)
+    stopped = run_script("pg-stop", datadir)
+    assert "no PostgreSQL server of this node" in stopped.stdout
+    assert bystander.poll() is None, "pg-stop signalled a process it does not own"
