@@ -14,6 +14,11 @@ builds the cluster and runs the client). ``FAILOVER_E2E_PG_SYNCHRONOUS_COMMIT=of
 runs the same test with PostgreSQL acknowledging commits before its WAL is
 flushed: the test must then fail, reporting the lost commits (the harness can
 see a loss; docs/postgres.md).
+
+Two smaller tests hold the scripts to what they promise where a pid file in the
+data directory names a live process that is not this node's server (the
+peer's server's pid, reused here): pg-start still starts, pg-stop signals
+nothing.
 """
 
 from __future__ import annotations
