@@ -22,19 +22,19 @@ PostgreSQL), as a power loss. Measured, in seconds:
   journal's ``resource start end``: mirror read-write, virtual IP, start
   script; the script returns once PostgreSQL accepts connections);
 - ``pg``: of ``start``, PostgreSQL's own crash restart, from its log: the
-  server starts to ready to accept connections; ``pg sync``: of that, the
+  server starts to ready to accept connections; ``pg_sync``: of that, the
   fsync of every file of the data directory that a crash restart begins with
   (from "database system was interrupted" to "automatic recovery in progress");
-- ``client``: the end of the start to the client's first commit acknowledged after the
-  decision (the survivor's server: it may precede the daemon's end of start by a little);
+- ``client``: the end of the start to the client's first commit acknowledged after
+  the decision (by the survivor's server: it may precede the end of the start a little);
 - ``total``: t0 to that commit.
 
 Then the killed node restarts and is resynchronised; the next round kills the
 other node. The baseline, in the same round: the same kind of PostgreSQL
 cluster on the local disk (no mirror, in the client namespace), loaded by
 the same client for ``--load`` seconds, its processes killed with SIGKILL and
-``pg-start`` run again at once: ``local start`` (the script's run) and
-``local pg`` / ``local pg sync`` from its log. Ratios mirror / local: of the
+``pg-start`` run again at once: ``local_start`` (the script's run) and
+``local_pg`` / ``local_pg_sync`` from its log. Ratios mirror / local: of the
 medians, and the median of each round's ratio (a round's two restarts ran
 under the same machine load) (DESIGN.md section 5: application restart on
 the mirror <= 3 x local).
