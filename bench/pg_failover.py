@@ -153,6 +153,21 @@ def first_mono(records: list[dict[str, Any]], **fields: str) -> float:
     raise BenchError(f"no journal record {fields}")
 
 
+def group_running(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is still running (a zombie is not)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(group) == pgid and state != "Z":
+            return True
+    return False
+
+
 def run_script(argv: list[str]) -> None:
     """Run a start or stop script to its end; BenchError with its output if it fails."""
     done = subprocess.run(argv, capture_output=True, text=True, timeout=BOUND, check=False)
@@ -352,6 +367,9 @@ class Bench:
             postmaster = int((self.local / "postmaster.pid").read_text().split()[0])
             wall = time.time()
             os.killpg(postmaster, signal.SIGKILL)  # the postmaster leads its group
+            # as after a power loss, no process of the old server may remain: one still
+            # exiting holds the shared memory that the new one then refuses to reuse
+            wait_for("the killed server's end", lambda: not group_running(postmaster))
             began = time.monotonic()
             run_script(run)
             took = time.monotonic() - began
@@ -469,6 +487,9 @@ def main() -> int:
         print(f"interrupted ({exc or 'SIGINT'})")
     except BenchError as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
+        for log in sorted(bench.logs.glob("*.log")):  # before the directory goes
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            print(f"--- last lines of {log.name}:", *tail, sep="\n", file=sys.stderr)
     finally:
         bench.close()
         shutil.rmtree(work, ignore_errors=True)
