@@ -32,8 +32,8 @@ PostgreSQL), as a power loss. Measured, in seconds:
 Then the killed node restarts and is resynchronised; the next round kills the
 other node. The baseline, in the same round: the same kind of PostgreSQL
 cluster on the local disk (no mirror, in the client namespace), loaded by
-the same client for ``--load`` seconds, its processes killed with SIGKILL and
-``pg-start`` run again at once: ``local_start`` (the script's run) and
+the same client for ``--load`` seconds, every process of it killed with
+SIGKILL and ``pg-start`` run again once none runs: ``local_start`` (the script's run) and
 ``local_pg`` / ``local_pg_sync`` from its log. Ratios mirror / local: of the
 medians, and the median of each round's ratio (a round's two restarts ran
 under the same machine load) (DESIGN.md section 5: application restart on
@@ -73,6 +73,7 @@ from failover.testing.postgres import (
     EXAMPLE_SCRIPTS,
     PG_USER,
     Committer,
+    kill_server,
     make_cluster,
     unavailable_reason,
 )
@@ -151,21 +152,6 @@ def first_mono(records: list[dict[str, Any]], **fields: str) -> float:
         if all(record.get(key) == value for key, value in fields.items()):
             return float(record["mono"])
     raise BenchError(f"no journal record {fields}")
-
-
-def group_running(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` is still running (a zombie is not)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state != "Z":
-            return True
-    return False
 
 
 def run_script(argv: list[str]) -> None:
@@ -364,12 +350,8 @@ class Bench:
         try:
             wait_for("a local commit", lambda: client.wait_for(1, 0.2))
             time.sleep(self.load)  # the load the crash interrupts
-            postmaster = int((self.local / "postmaster.pid").read_text().split()[0])
             wall = time.time()
-            os.killpg(postmaster, signal.SIGKILL)  # the postmaster leads its group
-            # as after a power loss, no process of the old server may remain: one still
-            # exiting holds the shared memory that the new one then refuses to reuse
-            wait_for("the killed server's end", lambda: not group_running(postmaster))
+            kill_server(self.local)  # every process of it, and none runs any more
             began = time.monotonic()
             run_script(run)
             took = time.monotonic() - began
@@ -388,9 +370,8 @@ class Bench:
         for node, proc in self.procs.items():
             if proc.poll() is None:
                 self.kill_node(node)
-        with contextlib.suppress(OSError):
-            pid = int((self.local / "postmaster.pid").read_text().split()[0])
-            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError, AssertionError):
+            kill_server(self.local)
         self.lab.close()
 
 

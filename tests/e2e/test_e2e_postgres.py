@@ -15,10 +15,11 @@ runs the same test with PostgreSQL acknowledging commits before its WAL is
 flushed: the test must then fail, reporting the lost commits (the harness can
 see a loss; docs/postgres.md).
 
-Two smaller tests hold the scripts to what they promise where a pid file in the
-data directory names a live process that is not this node's server (the
-peer's server's pid, reused here): pg-start still starts, pg-stop signals
-nothing.
+Three smaller tests hold the scripts to what they promise: where a pid file in
+the data directory names a live process that is not this node's server (the
+peer's server's pid, reused here), pg-start still starts and pg-stop signals
+nothing; where the postmaster alone was killed and a busy backend runs on,
+pg-stop ends it so that pg-start can start.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,7 +46,11 @@ from failover.testing.postgres import (
     PG_USER,
     Committer,
     committed,
+    kill_server,
     make_cluster,
+    running,
+    server_pids,
+    session_argv,
     unavailable_reason,
 )
 
@@ -189,11 +195,9 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
 # -- the operator's scripts on one machine: a pid file that is not this node's server --
 
 
-def crashed_server(workdir: Path) -> Path:
-    """A data directory whose server was started by pg-start then killed (SIGKILL of
-    its process group): its postmaster.pid stays behind. It listens on loopback only,
-    on a port free a moment ago (no Unix socket, whose lock file would name the
-    killed postmaster until init reaps it)."""
+def started_server(workdir: Path) -> tuple[Path, int]:
+    """A data directory and its server, started by pg-start; (data directory, port).
+    It listens on loopback only, on a port free a moment ago."""
     datadir = workdir / "pg"
     logs = workdir / "pg-logs"
     logs.mkdir()
@@ -203,8 +207,14 @@ def crashed_server(workdir: Path) -> Path:
         port = probe.getsockname()[1]
     make_cluster(datadir, port=port, settings={"listen_addresses": "'127.0.0.1'"})
     run_script("pg-start", datadir, logs / "postgresql.log")
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-    os.killpg(postmaster, signal.SIGKILL)
+    return datadir, port
+
+
+def crashed_server(workdir: Path) -> Path:
+    """A data directory whose server was started by pg-start then had every process
+    killed: its postmaster.pid stays behind."""
+    datadir, _ = started_server(workdir)
+    kill_server(datadir)
     return datadir
 
 
@@ -259,3 +269,42 @@ def test_pg_stop_never_signals_a_process_that_is_not_this_nodes_server(
     stopped = run_script("pg-stop", datadir)
     assert "no PostgreSQL server of this node" in stopped.stdout
     assert bystander.poll() is None, "pg-stop signalled a process it does not own"
+
+
+def test_pg_stop_ends_what_a_killed_postmaster_left_running(workdir: Path) -> None:
+    """The postmaster alone is killed (SIGKILL) while a backend runs a long query:
+    the backend runs on, holding the server's shared memory, and a start would be
+    refused. pg-stop kills it, and pg-start then starts."""
+    datadir, port = started_server(workdir)
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    query = "SELECT count(*) FROM generate_series(1, 100000000000::bigint)"
+    client = subprocess.Popen(
+        [*session_argv("127.0.0.1", port), "-c", query],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    backends: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (backends := [p for p in server_pids(postmaster)[1:] if runs_query(p)]):
+            assert time.monotonic() < deadline, "the query never ran"
+            time.sleep(0.02)  # a bounded poll of the server's processes
+        os.kill(postmaster, signal.SIGKILL)
+        stopped = run_script("pg-stop", datadir)
+        assert not any(map(running, backends)), "pg-stop killed the busy backend"
+        run_script("pg-start", datadir, workdir / "pg-logs" / "postgresql.log")
+        assert "processes of a dead server remain" in stopped.stdout
+    finally:
+        client.kill()
+        client.wait()
+        for backend in filter(running, backends):  # the test failed: leave nothing
+            os.kill(backend, signal.SIGKILL)
+        subprocess.run([str(EXAMPLE_SCRIPTS / "pg-stop"), str(datadir)], check=False)
+    assert not (datadir / "postmaster.pid").exists()
+
+
+def runs_query(pid: int) -> bool:
+    """Whether server process ``pid`` is a backend running a SELECT (its title says)."""
+    try:
+        return b"SELECT" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

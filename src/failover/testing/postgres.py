@@ -25,9 +25,11 @@ until it is terminated.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -116,6 +118,52 @@ def make_cluster(
         conf.writelines(f"{key} = {value}\n" for key, value in chosen.items())
     with open(datadir / "pg_hba.conf", "a", encoding="utf-8") as hba:
         hba.write("host all all 0.0.0.0/0 trust  # failover lab: namespaces only\n")
+
+
+def server_pids(postmaster: int) -> list[int]:
+    """The postmaster and its children: every process of a PostgreSQL server. (Each
+    child has a process group of its own: killing the postmaster's group kills only
+    the postmaster, and its backends run on until they notice.)"""
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _stat(int(entry))[1:2] == [str(postmaster)]:
+            pids.append(int(entry))
+    return pids
+
+
+def _stat(pid: int) -> list[str]:
+    """State, parent, process group, ... of ``pid`` (``/proc/PID/stat`` after its
+    name); empty when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    return _stat(pid)[:1] not in ([], ["Z"])
+
+
+def kill_server(datadir: Path, bound: float = 30.0) -> int:
+    """SIGKILL every process of the server running on ``datadir``, as a power loss
+    ends them, and return once none runs (a zombie does not; AssertionError after
+    ``bound`` s); the postmaster's pid. The postmaster is stopped first, so that it
+    forks no child between the listing and the kill."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    name = Path(f"/proc/{postmaster}/comm").read_text().strip()
+    assert name == "postgres", f"postmaster.pid names {postmaster}, a {name}"
+    os.kill(postmaster, signal.SIGSTOP)
+    victims = server_pids(postmaster)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + bound
+    while any(map(running, victims)):
+        assert time.monotonic() < deadline, f"the server's processes {victims} outlive SIGKILL"
+        time.sleep(0.01)  # a bounded poll of processes ending
+    return postmaster
 
 
 def session_argv(host: str, port: int) -> list[str]:
