@@ -92,7 +92,20 @@ def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) 
         theirs = post.hosts[1 - k].stored
         rel = relation(mine, theirs)
         forced_history = theirs.generation in post.forced_lineage
-        if not exempt and not forced_history and theirs.consistent and rel is Relation.PEER_NEWER:
+        # a step may hold several deliveries: the peer may already hold what this
+        # node minted on entering (a resync from it in the same step), which is
+        # no newer data than this node's but its own
+        served = {c for c, parent in post.minted_from if parent == mine.generation}
+        own_history = any(
+            c.origin == NAMES[k] and post.descends(theirs.generation, c) for c in served
+        )
+        if (
+            not exempt
+            and not forced_history
+            and not own_history
+            and theirs.consistent
+            and rel is Relation.PEER_NEWER
+        ):
             found.append(
                 Violation(
                     "S2",
