@@ -142,6 +142,11 @@ class PeerStatus:
     reason: str = ""
     view: View = NO_VIEW
     peer_view: View = NO_VIEW
+    # the sender could run the application if it took over: no checker that
+    # counts for a takeover (class standby or both) is down, and its restart
+    # budget is not spent (a node that handed over after spending it is not
+    # handed the service back within its window)
+    can_serve: bool = True
 
     @property
     def serving(self) -> bool:
@@ -214,6 +219,14 @@ class Settings:
     retry_pause_max: float = 300.0
     # the epoch of this run's views (see ``View``): larger than any earlier run's
     epoch: int = 0
+
+    def checker(self, name: str) -> CheckerPolicy:
+        """The policy of checker ``name``; a name the settings do not list
+        gets the configuration's defaults (class serving, action restart)."""
+        for policy in self.checkers:
+            if policy.name == name:
+                return policy
+        return CheckerPolicy(name)
 
     def __post_init__(self) -> None:
         if self.failback not in ("none", "preferred", "last-primary"):

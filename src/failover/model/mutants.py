@@ -139,6 +139,27 @@ def _takeover_unconfirmed(spec: Spec) -> None:
         rows[:] = [r for r in rows if "not pair_confirmed" not in r.get("when", [])]
 
 
+def _app_failed_waits(spec: Spec) -> None:
+    """A failed start or a dead application on the serving node sends it to
+    wait, as before issue 9: no restart budget, no retry pause (the node that
+    was alone serves again at the next recheck, minting a generation, and
+    fails again)."""
+    for state in ("alone", "primary"):
+        rows = _rows(spec, state, "app_failed")
+        rows[:] = [r for r in rows if "handing_over" in r.get("when", [])] + [
+            {"to": "wait", "do": ["stop_resources"], "reason": "application failed: {event_reason}"}
+        ]
+
+
+def _never_hand_over(spec: Spec) -> None:
+    """A failing primary never hands its service over: it retries where it is
+    even when its peer, in sync, could run the application."""
+    for by_event in spec["table"].values():
+        for rows in by_event.values():
+            if isinstance(rows, list):
+                rows[:] = [r for r in rows if "can_hand_over" not in r.get("when", [])]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -161,6 +182,8 @@ MUTANTS: dict[str, Mutant] = {
     "takeover-unconfirmed": Mutant(
         _takeover_unconfirmed.__doc__ or "", ("S3",), False, _takeover_unconfirmed
     ),
+    "app-failed-waits": Mutant(_app_failed_waits.__doc__ or "", ("L4",), False, _app_failed_waits),
+    "never-hand-over": Mutant(_never_hand_over.__doc__ or "", ("L3",), False, _never_hand_over),
 }
 
 
