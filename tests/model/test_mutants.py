@@ -42,6 +42,9 @@ SEARCHES: dict[str, Search] = {
     "restless-swap": Search(3, "boot"),
     "no-view-echo": Search(2, "boot"),
     "takeover-unconfirmed": Search(6, "boot"),
+    # the loop needs the peer gone: crash it, break the application
+    "app-failed-waits": Search(2, "protected"),
+    "never-hand-over": Search(1, "protected"),
 }
 
 

@@ -310,7 +310,12 @@ def _bounded_cost(
             path = path[: position[key]]
             break
         if len(path) >= L4_ROUNDS:
-            tail = _Cost(problem=f"the fair continuation does not settle in {L4_ROUNDS} rounds")
+            changes = sum(step.changes for _, step in path)
+            mints = sum(step.mints for _, step in path)
+            tail = _Cost(
+                problem=f"the fair continuation does not settle in {L4_ROUNDS} rounds: "
+                f"it changes state {changes} times and mints {mints} generations"
+            )
             break
         position[key] = len(path)
         if not loaded:

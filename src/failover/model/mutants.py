@@ -140,15 +140,14 @@ def _takeover_unconfirmed(spec: Spec) -> None:
 
 
 def _app_failed_waits(spec: Spec) -> None:
-    """A failed start or a dead application on the serving node sends it to
-    wait, as before issue 9: no restart budget, no retry pause (the node that
-    was alone serves again at the next recheck, minting a generation, and
-    fails again)."""
-    for state in ("alone", "primary"):
-        rows = _rows(spec, state, "app_failed")
-        rows[:] = [r for r in rows if "handing_over" in r.get("when", [])] + [
-            {"to": "wait", "do": ["stop_resources"], "reason": "application failed: {event_reason}"}
-        ]
+    """A failed start or a dead application on a node serving alone sends it
+    to wait, as before issue 9: no restart budget, no retry pause (the node,
+    the last to serve, serves again at the next recheck under a new
+    generation, and fails again: the alone -> wait -> alone loop)."""
+    rows = _rows(spec, "alone", "app_failed")
+    rows[:] = [r for r in rows if "handing_over" in r.get("when", [])] + [
+        {"to": "wait", "do": ["stop_resources"], "reason": "application failed: {event_reason}"}
+    ]
 
 
 def _never_hand_over(spec: Spec) -> None:
