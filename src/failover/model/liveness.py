@@ -21,10 +21,11 @@ meet, which keeps checking every reached world affordable.
   restart budget is not spent), the continuation reaches a serving node,
   ready, whose application runs.
 - L4: the continuation (deterministic, over finitely many world keys) ends
-  in a cycle. On the cycle no state changes, no generation is minted, and
-  the only records are automatic retries of the application (at most two
-  records each: the retry and its outcome), at most one per
-  ``retry_pause_max`` of time. Before the cycle, it changes state at most
+  in a cycle. Run twice from its first world (the first lap lets the
+  reasons, which keys leave out, settle), the cycle changes no state, mints
+  no generation, and writes records only for automatic retries of the
+  application (at most two each: the retry and its outcome), at most one
+  retry per ``retry_pause_max`` of time. Before the cycle, it changes state at most
   ``L4_CHANGES`` times, mints at most ``L4_MINTS`` generations and writes at
   most ``L4_RECORDS`` records. So every failure or command costs bounded
   work, and a failure that persists is retried at the capped pace, never in
@@ -185,6 +186,7 @@ def check_liveness(
     rounds: int = 30,
     known: dict[tuple[object, ...], World] | None = None,
     ticks: dict[tuple[object, ...], tuple[object, ...]] | None = None,
+    tick_costs: dict[tuple[object, ...], RoundCost] | None = None,
 ) -> LivenessReport:
     """L1 and L2 from every world in ``worlds``. ``known`` (worlds by key) and
     ``ticks`` (each world's successor by one tick, as the exploration found
@@ -194,7 +196,7 @@ def check_liveness(
     horizon = cluster.config.timing.horizon
     verdict: dict[tuple[tuple[object, ...], str], bool] = {}
     costs: dict[tuple[object, ...], _Cost] = {}
-    graph = _Graph(known or {}, ticks or {})
+    graph = _Graph(known or {}, ticks or {}, tick_costs or {})
     for world in worlds:
         target = goal(cluster, world)
         report.checked += 1
@@ -221,7 +223,7 @@ def check_liveness(
                     )
                 )
         report.cost_checked += 1
-        problem = _bounded_cost(cluster, world, costs, horizon)
+        problem = _bounded_cost(cluster, world, costs, horizon, graph)
         if problem is not None:
             report.failures.append(LivenessFailure("L4", problem, world))
         if _stable(cluster, world):
@@ -251,7 +253,7 @@ class _Cost:
     records: int = 0
     problem: str | None = None
 
-    def plus(self, step: _Round) -> _Cost:
+    def plus(self, step: RoundCost) -> _Cost:
         if self.problem is not None:
             return self
         return _Cost(
@@ -260,16 +262,17 @@ class _Cost:
 
 
 @dataclass(frozen=True)
-class _Round:
+class RoundCost:
+    """What one round (a tick) cost: state changes, generations minted (a
+    node's own: one adopted by a resync is not), records, automatic retries."""
+
     changes: int
     mints: int
     records: int
     retries: int
 
 
-def _cost_of_round(before: World, info: StepInfo, after: World) -> _Round:
-    """One round's cost; a mint is a new generation of the node's own (one
-    adopted from the peer by a resync is not)."""
+def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
     mints = 0
     for i, (a, b) in enumerate(zip(before.hosts, after.hosts, strict=True)):
         if a.core is None or b.core is None:
@@ -277,7 +280,7 @@ def _cost_of_round(before: World, info: StepInfo, after: World) -> _Round:
         new = b.core.metadata.generation
         mints += new != a.core.metadata.generation and new.origin == NAMES[i]
     records = info.records
-    return _Round(
+    return RoundCost(
         changes=sum(1 for r in records if r.source != r.target),
         mints=mints,
         records=len(records),
@@ -286,25 +289,30 @@ def _cost_of_round(before: World, info: StepInfo, after: World) -> _Round:
 
 
 def _bounded_cost(
-    cluster: Cluster, world: World, costs: dict[tuple[object, ...], _Cost], horizon: float
+    cluster: Cluster,
+    world: World,
+    costs: dict[tuple[object, ...], _Cost],
+    horizon: float,
+    graph: _Graph,
 ) -> str | None:
-    """L4 from ``world``: follow the fair continuation until it meets a world
-    whose cost is known or closes a cycle; check the cycle; add the rounds up
-    backwards (every world passed gets its cost, so each is simulated once)."""
-    path: list[tuple[tuple[object, ...], _Round]] = []
+    """L4 from ``world``: follow the fair continuation (along the explored
+    tick edges where it can, simulating beyond them) until it meets a world
+    whose cost is known or closes a cycle of keys; check the cycle; add the
+    rounds up backwards (every world passed gets its cost)."""
+    path: list[tuple[tuple[object, ...], RoundCost]] = []
     position: dict[tuple[object, ...], int] = {}
+    start: dict[tuple[object, ...], World] = {}
     current = world
     loaded = False
     tail: _Cost
-    interval = cluster.config.timing.heartbeat_interval
     while True:
-        key = _cost_key(current, horizon)
+        key = current.key(horizon)
         if key in costs:
             tail = costs[key]
             break
         if key in position:
-            cycle = [step for _, step in path[position[key] :]]
-            tail = _Cost(problem=_cycle_problem(cycle, interval, cluster.config.timing))
+            laps = len(path) - position[key]
+            tail = _Cost(problem=_cycle_problem(cluster, start[key], laps))
             for cycle_key, _ in path[position[key] :]:
                 costs[cycle_key] = tail
             path = path[: position[key]]
@@ -318,11 +326,19 @@ def _bounded_cost(
             )
             break
         position[key] = len(path)
+        start[key] = current
+        following = graph.ticks.get(key)
+        healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
+        if healed and following in graph.known and key in graph.tick_costs:
+            path.append((key, graph.tick_costs[key]))  # an explored tick edge
+            current = graph.known[following]  # type: ignore[index]
+            loaded = False
+            continue
         if not loaded:
             cluster.load(current)
         before = cluster.world
         info = _fair_round_info(cluster)
-        path.append((key, _cost_of_round(before, info, cluster.world)))
+        path.append((key, round_cost(before, info, cluster.world)))
         current = cluster.world
         loaded = True
     for key, step in reversed(path):
@@ -335,33 +351,38 @@ def _bounded_cost(
             elif tail.records > L4_RECORDS:
                 tail = _Cost(problem=f"the fair continuation writes {tail.records} records")
         costs[key] = tail
-    return costs[_cost_key(world, horizon)].problem
+    return costs[world.key(horizon)].problem
 
 
-def _cost_key(world: World, horizon: float) -> tuple[object, ...]:
-    """The world's key with the reasons it leaves out: a record is written
-    when a node's reason changes, so a loop of reasons alone is a loop of
-    records."""
-    return (world.key(horizon), tuple(h.core and h.core.reason for h in world.hosts))
-
-
-def _cycle_problem(cycle: list[_Round], interval: float, timing: object) -> str | None:
-    changes = sum(step.changes for step in cycle)
-    mints = sum(step.mints for step in cycle)
+def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
+    """Run the cycle that starts at ``world`` (``laps`` rounds long) twice for
+    real: the first lap lets reasons settle (keys leave them out), the second
+    is judged. No state change, no mint; records only for automatic retries,
+    two each, at most one retry per ``retry_pause_max``."""
+    cluster.load(world)
+    for _ in range(laps):
+        _fair_round_info(cluster)
+    steps = []
+    for _ in range(laps):
+        before = cluster.world
+        info = _fair_round_info(cluster)
+        steps.append(round_cost(before, info, cluster.world))
+    changes = sum(step.changes for step in steps)
+    mints = sum(step.mints for step in steps)
     if changes or mints:
         return (
-            f"without any fault or command the cluster loops for ever: every {len(cycle)} "
+            f"without any fault or command the cluster loops for ever: every {laps} "
             f"rounds it changes state {changes} times and mints {mints} generations"
         )
-    retries = sum(step.retries for step in cycle)
-    records = sum(step.records for step in cycle)
-    pause_max = float(getattr(timing, "retry_pause_max"))  # noqa: B009
-    allowed = math.ceil(len(cycle) * interval / pause_max)
+    retries = sum(step.retries for step in steps)
+    records = sum(step.records for step in steps)
+    timing = cluster.config.timing
+    allowed = math.ceil(laps * timing.heartbeat_interval / timing.retry_pause_max)
     if records > 2 * retries or retries > allowed:
         return (
             f"without any fault or command the cluster writes {records} records and retries "
-            f"{retries} times every {len(cycle)} rounds (at most one retry per "
-            f"{pause_max:g} s, two records each)"
+            f"{retries} times every {laps} rounds (at most one retry per "
+            f"{timing.retry_pause_max:g} s, two records each)"
         )
     return None
 
@@ -370,6 +391,7 @@ def _cycle_problem(cycle: list[_Round], interval: float, timing: object) -> str 
 class _Graph:
     known: dict[tuple[object, ...], World]
     ticks: dict[tuple[object, ...], tuple[object, ...]]
+    tick_costs: dict[tuple[object, ...], RoundCost] = field(default_factory=dict)
 
 
 def _eventually(

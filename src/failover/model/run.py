@@ -219,7 +219,9 @@ def _liveness(cluster: Cluster, e: Exploration, workers: int) -> LivenessReport:
 
     def part(index: int) -> tuple[LivenessReport, list[int]]:
         chunk = worlds[index::workers]
-        report = check_liveness(cluster, chunk, known=e.worlds, ticks=e.ticks)
+        report = check_liveness(
+            cluster, chunk, known=e.worlds, ticks=e.ticks, tick_costs=e.tick_costs
+        )
         position = {id(w): index + n * workers for n, w in enumerate(chunk)}
         return report, [position[id(f.world)] for f in report.failures]
 
