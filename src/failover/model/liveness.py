@@ -331,7 +331,7 @@ def _bounded_cost(
         healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
         if healed and following in graph.known and key in graph.tick_costs:
             path.append((key, graph.tick_costs[key]))  # an explored tick edge
-            current = graph.known[following]  # type: ignore[index]
+            current = graph.known[following]
             loaded = False
             continue
         if not loaded:
