@@ -23,13 +23,15 @@ meet, which keeps checking every reached world affordable.
 - L4: the continuation (deterministic, over finitely many world keys) ends
   in a cycle. Run twice from its first world (the first lap lets the
   reasons, which keys leave out, settle), the cycle changes no state, mints
-  no generation, and writes records only for automatic retries of the
-  application (at most two each: the retry and its outcome), at most one
-  retry per ``retry_pause_max`` of time. Before the cycle, it changes state at most
-  ``L4_CHANGES`` times, mints at most ``L4_MINTS`` generations and writes at
-  most ``L4_RECORDS`` records. So every failure or command costs bounded
-  work, and a failure that persists is retried at the capped pace, never in
-  a loop that mints generations or changes state.
+  no generation, and writes records only for paced retries, two each (the
+  retry and its outcome): of the application, at most one per
+  ``retry_pause_max``; of the arbitrator's grant by a node that waits
+  without its peer, at most one per ``startup_timeout`` (its recheck).
+  Before the cycle, it changes state at most ``L4_CHANGES`` times, mints at
+  most ``L4_MINTS`` generations and writes at most ``L4_RECORDS`` records.
+  So every failure or command costs bounded work, and a failure that
+  persists is retried at the capped pace, never in a loop that mints
+  generations or changes state.
 """
 
 from __future__ import annotations
@@ -270,6 +272,7 @@ class RoundCost:
     mints: int
     records: int
     retries: int
+    asks: int = 0  # requests for the arbitrator's grant
 
 
 def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
@@ -285,6 +288,7 @@ def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
         mints=mints,
         records=len(records),
         retries=sum(1 for r in records if "restart_app" in r.effects),
+        asks=sum(1 for r in records if "request_arbitration" in r.effects),
     )
 
 
@@ -375,14 +379,18 @@ def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
             f"rounds it changes state {changes} times and mints {mints} generations"
         )
     retries = sum(step.retries for step in steps)
+    asks = sum(step.asks for step in steps)
     records = sum(step.records for step in steps)
     timing = cluster.config.timing
-    allowed = math.ceil(laps * timing.heartbeat_interval / timing.retry_pause_max)
-    if records > 2 * retries or retries > allowed:
+    seconds = laps * timing.heartbeat_interval
+    allowed = math.ceil(seconds / timing.retry_pause_max)
+    allowed_asks = math.ceil(seconds / timing.startup_timeout)
+    if records > 2 * (retries + asks) or retries > allowed or asks > allowed_asks:
         return (
-            f"without any fault or command the cluster writes {records} records and retries "
-            f"{retries} times every {laps} rounds (at most one retry per "
-            f"{timing.retry_pause_max:g} s, two records each)"
+            f"without any fault or command the cluster writes {records} records, retries "
+            f"{retries} times and asks the arbitrator {asks} times every {laps} rounds (at "
+            f"most one retry per {timing.retry_pause_max:g} s and one request per "
+            f"{timing.startup_timeout:g} s, two records each)"
         )
     return None
 
