@@ -47,7 +47,7 @@ L4_CHANGES = 12
 """State changes the fair continuation may make from any reached world."""
 L4_MINTS = 2
 """Generations it may mint (a takeover, then the one above a peer's)."""
-L4_RECORDS = 40
+L4_RECORDS = 60
 """Transition records it may write before it settles."""
 L4_ROUNDS = 200
 """Rounds after which a continuation that has not cycled is reported."""
