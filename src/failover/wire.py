@@ -364,6 +364,7 @@ _STATES = {s.value: s for s in State}
 _SUBSTATUSES = {s.value: s for s in SubStatus}
 _FIELDS = frozenset(
     (
+        "can_serve",
         "consistent",
         "fingerprint",
         "generation",
@@ -423,6 +424,7 @@ def encode_heartbeat(status: PeerStatus) -> bytes:
             f"fingerprint must match [A-Za-z0-9._:+/=-]{{0,128}}: {status.fingerprint!r}"
         )
     doc = {
+        "can_serve": bool(status.can_serve),
         "consistent": bool(status.consistent),
         "fingerprint": status.fingerprint,
         "generation": _generation_doc("generation", status.generation),
@@ -542,6 +544,7 @@ def decode_heartbeat(payload: bytes) -> PeerStatus:
         view=_view_field(doc, "view"),
         peer_view=_view_field(doc, "peer_view"),
         has_data=_bool_field(doc, "has_data"),
+        can_serve=_bool_field(doc, "can_serve"),
     )
     # One encoding per status: whitespace, escapes, key order or duplicate keys
     # that json.loads tolerates would make two different frames mean the same thing.

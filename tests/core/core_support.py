@@ -17,6 +17,7 @@ from failover.core import events as ev
 from failover.core.node import Node
 from failover.core.state import (
     INITIAL,
+    CheckerPolicy,
     Generation,
     Metadata,
     PeerStatus,
@@ -34,6 +35,8 @@ SETTINGS = Settings(
     link_timeout=2,
     dead_timeout=3,
     startup_timeout=3,
+    # the checker of the older tests: it blocks a takeover and stops a serving node
+    checkers=(CheckerPolicy("app-check", when="both", action="stop"),),
 )
 LINKS = SETTINGS.links
 G1 = Generation(1, "alpha")

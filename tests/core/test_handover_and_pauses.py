@@ -38,9 +38,7 @@ from failover.core.state import Metadata, State, SubStatus
 # --- hand-over order --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "event", [ev.Stop(), ev.CheckerDown("app-check"), ev.AppFailed("died")], ids=str
-)
+@pytest.mark.parametrize("event", [ev.Stop(), ev.CheckerDown("app-check")], ids=str)
 def test_a_primary_stops_its_application_before_it_stops_replicating(event: ev.Event) -> None:
     d = Driver()
     to_primary(d)

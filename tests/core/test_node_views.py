@@ -147,7 +147,7 @@ def test_the_view_grows_with_what_the_node_announces_never_with_its_reason() -> 
 
 
 ANNOUNCED = ("state", "substatus", "handover", "generation", "synced_generation")
-ANNOUNCED += ("consistent", "last_state", "has_data")
+ANNOUNCED += ("consistent", "last_state", "has_data", "can_serve")
 SET_ASIDE = {"node", "fingerprint", "reason", "view", "peer_view"}  # fixed, words, the views
 
 

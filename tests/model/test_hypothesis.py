@@ -27,10 +27,10 @@ from failover.model.liveness import goal, reached
 from failover.model.mutants import mutant_table
 from failover.model.sim import COMMANDS, NAMES, Bounds, Cluster, ClusterConfig, StepInfo, World
 
-UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6)
+UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6, app_faults=10**6)
 STEPS = 200
 MESSAGE_FAULTS = ("drop", "delay", "duplicate", "stale")
-RESOURCE_FAULTS = ("app_fail", "checker_down", "checker_up")
+RESOURCE_FAULTS = ("app_fail", "app_break", "app_check", "checker_down", "checker_up")
 FAIR_ROUNDS = 30
 
 

@@ -11,7 +11,7 @@ from failover.model.liveness import fair_round, goal, reached, settle
 from failover.model.mutants import mutant_table
 from failover.model.sim import Bounds, Cluster, ClusterConfig
 
-UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6)
+UNBOUNDED = Bounds(faults=10**6, admin=10**6, writes=10**6, app_faults=10**6)
 
 TRACES: dict[str, tuple[bool, str]] = {
     # name: (with an arbitrator, the simulator's actions from both daemons booted)

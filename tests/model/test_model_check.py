@@ -20,7 +20,7 @@ from failover.model.run import ROOTS, check_model
 from failover.model.sim import ClusterConfig
 
 DEPTH = 12
-TIMEOUT = 600  # seconds; a generous bound on one run, not a performance target
+TIMEOUT = 1800  # seconds; a generous bound on one run, not a performance target
 ROOT_LINE = re.compile(
     r"^\s*root (?P<root>\S+): (?P<states>\d+) distinct states, (?P<transitions>\d+) transitions, "
     r"(?P<reach>depth (?P<depth>\d+)|whole reachable space) \(asked \d+\), "

@@ -43,6 +43,9 @@ SEARCHES: dict[str, Search] = {
     "no-view-echo": Search(2, "boot"),
     "takeover-unconfirmed": Search(6, "boot"),
     "first-start-by-tie": Search(1, "boot"),
+    # the loop needs the peer gone: crash it, break the application
+    "app-failed-waits": Search(2, "protected"),
+    "never-hand-over": Search(1, "protected"),
 }
 
 

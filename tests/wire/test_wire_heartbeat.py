@@ -36,6 +36,7 @@ statuses = st.builds(
     consistent=st.booleans(),
     fingerprint=st.from_regex(r"[A-Za-z0-9._:+/=-]{0,128}", fullmatch=True),
     handover=st.booleans(),
+    can_serve=st.booleans(),
     reason=st.text(
         st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
         | st.just(" "),
@@ -72,7 +73,9 @@ def document(**changes: object) -> bytes:
 
 def test_payload_is_compact_json_with_sorted_keys() -> None:
     assert encode_heartbeat(BASE) == (
-        b'{"consistent":true,"fingerprint":"' + b"0f" * 32 + b'","generation":[3,"alpha"],'
+        b'{"can_serve":true,"consistent":true,"fingerprint":"'
+        + b"0f" * 32
+        + b'","generation":[3,"alpha"],'
         b'"handover":false,"has_data":false,"last_state":null,"node":"alpha",'
         b'"peer_view":[1733390000000000001,4],"reason":"","state":"primary",'
         b'"substatus":"ready","synced_generation":[2,"beta"],"view":[1733390000000000000,7]}'
@@ -120,6 +123,15 @@ def test_round_trip_of_a_typical_status() -> None:
     assert decode_heartbeat(encode_heartbeat(status)) == status
 
 
+def test_whether_the_sender_can_serve_travels() -> None:
+    # the serving node hands over only to a peer that announces it can serve
+    status = replace(BASE, can_serve=False)
+    payload = encode_heartbeat(status)
+    assert b'"can_serve":false' in payload
+    assert decode_heartbeat(payload).can_serve is False
+    assert decode_heartbeat(encode_heartbeat(BASE)).can_serve is True
+
+
 def test_the_document_helper_rebuilds_the_canonical_form() -> None:
     assert document() == encode_heartbeat(BASE)  # so the cases below differ only where meant
 
@@ -164,6 +176,9 @@ def test_the_document_helper_rebuilds_the_canonical_form() -> None:
         document(consistent=1),
         document(consistent="true"),
         document(handover=None),
+        document(can_serve=None),
+        document(can_serve="false"),
+        encode_heartbeat(BASE).replace(b'"can_serve":true,', b""),
         document(fingerprint="x" * 129),
         document(fingerprint="a b"),
         document(fingerprint=5),

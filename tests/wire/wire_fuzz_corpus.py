@@ -126,6 +126,7 @@ def random_status(rng: random.Random, node: str = PEER, big: bool = False) -> Pe
         consistent=rng.random() < 0.8,
         fingerprint=rng.choice(("", hashlib.sha256(rng.randbytes(8)).hexdigest())),
         handover=rng.random() < 0.1,
+        can_serve=rng.random() < 0.9,
         reason="".join(rng.choice(_REASON_CHARS) for _ in range(rng.randint(0, 40))),
         view=(rng.randint(0, 2**64 - 1 if big else top), rng.randint(0, top)),
         peer_view=(rng.randint(0, 2**64 - 1 if big else top), rng.randint(0, top)),

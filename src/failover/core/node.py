@@ -145,6 +145,9 @@ class NodeSnapshot:
     full_resync: bool
     checkers_down: frozenset[str]
     view: View = NO_VIEW
+    restarts: tuple[float, ...] = ()
+    retry_at: float | None = None
+    next_pause: float | None = None
 
     @property
     def substatus(self) -> SubStatus:
@@ -208,6 +211,9 @@ class NodeSnapshot:
             self.forced,
             self.full_resync,
             self.checkers_down,
+            tuple(shift(t) for t in self.restarts),
+            shift(self.retry_at),
+            self.next_pause,
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
@@ -224,6 +230,8 @@ class NodeSnapshot:
             last_run=shift(self.last_run),
             discovery_until=shift(self.discovery_until),
             recheck_at=shift(self.recheck_at),
+            restarts=tuple(max(t - origin, -horizon) for t in self.restarts),
+            retry_at=shift(self.retry_at),
             lease=evolve(
                 lease,
                 requested_at=shift(lease.requested_at),
@@ -291,7 +299,14 @@ class Node:
         self.second_only = False
         self.forced = False
         self.full_resync = False  # the operator asked for a full copy at the next resync
+        # only checkers that count for a takeover (class standby or both) are kept
         self.checkers_down: frozenset[str] = frozenset()
+        # the restart budget, in memory: when each local restart of the
+        # application happened (a daemon restart forgets them); the next
+        # automatic retry once it is spent, and the pause after that one
+        self.restarts: tuple[float, ...] = ()
+        self.retry_at: float | None = None
+        self.next_pause: float | None = None
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
 
@@ -309,6 +324,21 @@ class Node:
     def writes_fenced(self) -> bool:
         """See ``derive_writes_fenced``."""
         return derive_writes_fenced(None if self.peer is None else self.peer.state, self.peer_alive)
+
+    def restarts_in_window(self) -> int:
+        """Local restarts of the application within the last ``restart_window``."""
+        since = self.now - self.settings.restart_window
+        return sum(1 for t in self.restarts if t > since)
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.restarts_in_window() >= self.settings.max_restarts
+
+    @property
+    def can_serve(self) -> bool:
+        """What the node announces as ``can_serve``: no checker that counts for
+        a takeover is down and its restart budget is not spent."""
+        return not self.checkers_down and not self.budget_spent
 
     @property
     def relation(self) -> Relation:
@@ -333,6 +363,7 @@ class Node:
             view=self.view,
             peer_view=NO_VIEW if self.peer is None else self.peer.view,
             has_data=self.has_data,
+            can_serve=self.can_serve,
         )
 
     @property
@@ -364,6 +395,7 @@ class Node:
             self.recheck_at,
             self.lease.fence_at if self.lease.held else None,
             self.lease.renew_at if self.lease.held else None,
+            self.retry_at,
         ]
         seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
         times.extend(
@@ -379,11 +411,13 @@ class Node:
     def handle(self, event: ev.Event, now: float) -> list[fx.Effect]:
         """Process one input at time ``now``; return the effects, in the order
         the runtime must execute them."""
+        # (what was announced is judged at the last call's time: a restart
+        # leaving the budget's window changes what is announced now)
+        announced, heard = self._announced(), self._heard_view()
         self.now = now
         self.event = event
         self.outbox = []
         self._discount_pause(now)
-        announced, heard = self._announced(), self._heard_view()
         meta_before = self.metadata
         fence_before = (self.writes_fenced, self.state.serving)
         for trigger in self._bookkeep(event):
@@ -423,6 +457,7 @@ class Node:
             meta.consistent,
             meta.last_state,
             self.has_data,
+            self.can_serve,
         )
 
     def _heard_view(self) -> View:
@@ -456,6 +491,9 @@ class Node:
             full_resync=self.full_resync,
             checkers_down=self.checkers_down,
             view=self.view,
+            restarts=self.restarts,
+            retry_at=self.retry_at,
+            next_pause=self.next_pause,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -483,6 +521,9 @@ class Node:
         self.full_resync = snap.full_resync
         self.checkers_down = snap.checkers_down
         self.view = snap.view
+        self.restarts = snap.restarts
+        self.retry_at = snap.retry_at
+        self.next_pause = snap.next_pause
 
     # --- internals --------------------------------------------------------------------
 
@@ -594,6 +635,8 @@ class Node:
         if state is State.STOP:
             self.second_only = False
             self.discovery_until = None
+        if not state.serving:
+            self.retry_at = None  # the application is not retried where it does not serve
 
     def _bookkeep(self, event: ev.Event) -> list[str]:
         """Update the link and peer view; return the table triggers to fire."""
@@ -670,6 +713,9 @@ class Node:
         if self.recheck_at is not None and now >= self.recheck_at:
             self.recheck_at = None
             triggers.append("recheck")
+        if self.retry_at is not None and now >= self.retry_at:
+            self.retry_at = None
+            triggers.append("retry")
         return triggers
 
     def _housekeep(self) -> None:
@@ -716,7 +762,14 @@ class _ReasonContext(Mapping[str, str]):
         if key == "event_reason":
             return str(getattr(node.event, "reason", "") or "no detail")
         if key == "checker":
-            return ", ".join(sorted(node.checkers_down)) or str(getattr(node.event, "checker", "?"))
+            named = getattr(node.event, "checker", None)
+            return str(named) if named else ", ".join(sorted(node.checkers_down)) or "?"
+        if key == "restart":
+            s = node.settings
+            used = node.restarts_in_window() + 1
+            return f"restart {used} of {s.max_restarts} within {s.restart_window:g} s"
+        if key == "pause":
+            return f"{node.next_pause or node.settings.retry_pause:g}"
         if key == "policy":
             return str(node._rules.policy_text(node))
         if key == "last_state":

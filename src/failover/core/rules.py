@@ -15,7 +15,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, common_generation
 from failover.core.node import Lease, Node
-from failover.core.state import State, SubStatus
+from failover.core.state import CheckerPolicy, State, SubStatus
 from failover.core.table import Row, Table, load_table, raw_spec
 
 Guard = Callable[[Node, Row], bool]
@@ -58,7 +58,66 @@ def last_served_alone(node: Node, row: Row) -> bool:
 
 @guard
 def checkers_ok(node: Node, row: Row) -> bool:
+    """No checker that counts for serving here is down: only checkers of class
+    ``standby`` or ``both`` are kept (``note_checker_down``). A ``serving``
+    checker checks the application where it runs: it never keeps a node from
+    starting it (it would block its own application's start)."""
     return not node.checkers_down
+
+
+def _checker_policy(node: Node) -> CheckerPolicy | None:
+    event = node.event
+    if isinstance(event, ev.CheckerDown | ev.CheckerUp):
+        return node.settings.checker(event.checker)
+    return None
+
+
+@guard
+def checker_blocks(node: Node, row: Row) -> bool:
+    """The checker of this event counts for a takeover (class standby or both)."""
+    policy = _checker_policy(node)
+    return policy is not None and policy.when in ("standby", "both")
+
+
+@guard
+def checker_acts(node: Node, row: Row) -> bool:
+    """The checker that went down acts by its action: it checks the serving
+    node's application (class serving or both), and this node serves with its
+    application up (not starting, stopping, restarting or handed over). Any
+    other outcome of such a checker is stale or premature: ignored."""
+    policy = _checker_policy(node)
+    return (
+        policy is not None
+        and policy.when in ("serving", "both")
+        and node.state.serving
+        and node.app_active
+        and node.app_pending is None
+        and node.handover is None
+    )
+
+
+@guard
+def checker_stops(node: Node, row: Row) -> bool:
+    policy = _checker_policy(node)
+    return policy is not None and policy.action == "stop"
+
+
+@guard
+def checker_restarts(node: Node, row: Row) -> bool:
+    policy = _checker_policy(node)
+    return policy is not None and policy.action == "restart"
+
+
+@guard
+def app_retrying(node: Node, row: Row) -> bool:
+    """The application failed past its budget and is retried after a pause."""
+    return node.retry_at is not None
+
+
+@guard
+def restart_budget_left(node: Node, row: Row) -> bool:
+    """Fewer than ``max_restarts`` local restarts within ``restart_window``."""
+    return not node.budget_spent
 
 
 @guard
@@ -207,6 +266,25 @@ def peer_in_sync_ready(node: Node, row: Row) -> bool:
 
 
 @guard
+def can_hand_over(node: Node, row: Row) -> bool:
+    """A failing primary may hand its service over as a swap does: the peer is
+    in sync as secondary, ready, has confirmed the pair (``last_state``
+    secondary: it heard this node primary at its generation, so a copy it
+    holds stays valid whatever this node does next), and announces it can
+    serve (no checker of its blocks a takeover, its own restart budget is
+    not spent)."""
+    peer = node.peer
+    return (
+        node.state is State.PRIMARY
+        and node.handover is None
+        and peer_in_sync_ready(node, row)
+        and peer is not None
+        and peer.last_state is State.SECONDARY
+        and peer.can_serve
+    )
+
+
+@guard
 def peer_echoes_view(node: Node, row: Row) -> bool:
     """The peer's last heartbeat echoes this node's current view: the peer sent
     it after hearing what this node announces now, so what it announces is not
@@ -325,6 +403,8 @@ def wins_tie(node: Node, row: Row) -> bool:
     s, peer = node.settings, node.peer
     if peer is None or peer.state is State.STOP:
         return True
+    if node.can_serve != peer.can_serve:  # a node whose application keeps failing yields
+        return node.can_serve
     if s.failback == "preferred" and s.preferred is not None:
         return s.preferred == s.name
     mine, theirs = _was_serving(node.metadata.last_state), _was_serving(peer.last_state)
@@ -468,6 +548,38 @@ def stop_app(node: Node, row: Row) -> None:
 @action
 def app_up(node: Node, row: Row) -> None:
     node.app_pending = None
+    node.retry_at = None
+
+
+@action
+def restart_app(node: Node, row: Row) -> None:
+    """A local restart within the budget (stop script, start script; the VIP
+    and replication stay). It counts in the budget; the pause of later
+    automatic retries starts again from ``retry_pause``."""
+    window = node.now - node.settings.restart_window
+    node.restarts = (*(t for t in node.restarts if t > window), node.now)
+    node.next_pause = None
+    retry_app(node, row)
+
+
+@action
+def schedule_retry(node: Node, row: Row) -> None:
+    """No restart budget left and no peer to hand over to: restart the
+    application where it is after a pause, doubled at every retry up to
+    ``retry_pause_max``. A retry mints nothing and changes no state."""
+    s = node.settings
+    pause = node.next_pause or s.retry_pause
+    node.retry_at = node.now + pause
+    node.next_pause = min(pause * 2, s.retry_pause_max)
+
+
+@action
+def retry_app(node: Node, row: Row) -> None:
+    """The automatic retry (outside the budget): restart the application here."""
+    node.retry_at = None
+    node.app_active = True
+    node.app_pending = "start"
+    node.emit(fx.RestartApp())
 
 
 @action
@@ -504,8 +616,9 @@ def stop_resources(node: Node, row: Row) -> None:
 
 @action
 def note_checker_down(node: Node, row: Row) -> None:
+    """Keep the checker as down if it counts for serving here (standby, both)."""
     event = node.event
-    if isinstance(event, ev.CheckerDown):
+    if isinstance(event, ev.CheckerDown) and checker_blocks(node, row):
         node.checkers_down = node.checkers_down | {event.checker}
 
 
@@ -646,6 +759,7 @@ def mark_quarantined(node: Node, row: Row) -> None:
 @action
 def begin_handover(node: Node, row: Row) -> None:
     node.handover = "stopping"
+    node.retry_at = None
     node.app_pending = "stop"
     node.emit(fx.StopApp())
 

@@ -179,6 +179,11 @@ class PeerStatus:
     # directories held something when its daemon started (always False once
     # the metadata is not fresh: the data is then a generation's)
     has_data: bool = False
+    # the sender could run the application if it took over: no checker that
+    # counts for a takeover (class standby or both) is down, and its restart
+    # budget is not spent (a node that handed over after spending it is not
+    # handed the service back within its window)
+    can_serve: bool = True
 
     @property
     def serving(self) -> bool:
@@ -260,6 +265,14 @@ class Settings:
     # something when its daemon started (announced as ``has_data`` while the
     # metadata is fresh; decides who serves at a first start)
     local_data: bool = False
+
+    def checker(self, name: str) -> CheckerPolicy:
+        """The policy of checker ``name``; a name the settings do not list
+        gets the configuration's defaults (class serving, action restart)."""
+        for policy in self.checkers:
+            if policy.name == name:
+                return policy
+        return CheckerPolicy(name)
 
     def __post_init__(self) -> None:
         if self.failback not in ("none", "preferred", "last-primary"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from failover.core.table import Table
 from failover.model.forks import fork_map
 from failover.model.invariants import Violation, check_step
+from failover.model.liveness import RoundCost, round_cost
 from failover.model.sim import Cluster, StepInfo, World
 
 Key = tuple[object, ...]
@@ -66,6 +67,9 @@ class Exploration:
     worlds: dict[Key, World] = field(default_factory=dict)  # key -> a full world
     parents: dict[Key, tuple[Key | None, str]] = field(default_factory=dict)
     ticks: dict[Key, Key] = field(default_factory=dict)  # world -> its successor by "tick"
+    # what that tick cost (L4: state changes, mints, records, retries), as found
+    # from the world kept for the key
+    tick_costs: dict[Key, RoundCost] = field(default_factory=dict)
 
     def trace_to(self, world: World, horizon: float) -> list[str]:
         """The shortest list of actions from the root to ``world``."""
@@ -108,6 +112,7 @@ def explore(
         next_frontier: list[Key] = []
         for batch in batches:
             result.transitions += batch.transitions
+            result.tick_costs.update(batch.tick_costs)
             for key, label, post_key, post in batch.found:
                 if label == "tick":
                     result.ticks[key] = post_key
@@ -156,6 +161,7 @@ class _Batch:
 
     transitions: int = 0
     found: list[tuple[Key, str, Key, World | None]] = field(default_factory=list)
+    tick_costs: dict[Key, RoundCost] = field(default_factory=dict)
     violation: tuple[Key, str, list[Violation]] | None = None
 
 
@@ -186,6 +192,8 @@ class _Expander:
                     batch.violation = (key, label, violations)
                     return batch
                 post_key = post.key(horizon)
+                if label == "tick":
+                    batch.tick_costs[key] = round_cost(world, info, post)
                 fresh = post_key not in known and post_key not in new
                 if fresh:
                     new.add(post_key)

@@ -15,17 +15,43 @@ meet, which keeps checking every reached world affordable.
   with a copy not consistent, or one whose resync end its source never
   confirmed, or at a first start), the continuation reaches it serving, ready.
 - L2: from a world that is already protected (primary + secondary, ready,
-  every link up) or serving alone with the peer down, the continuation
-  changes no state.
+  every link up) or serving alone with the peer down, its application
+  running, the continuation changes no state.
+- L3: when L1's premise holds and at least one of those servers can run the
+  application (it is not broken there; and the node serves already, or its
+  restart budget is not spent), the continuation reaches a serving node,
+  ready, whose application runs.
+- L4: the continuation (deterministic, over finitely many world keys) ends
+  in a cycle. Run twice from its first world (the first lap lets the
+  reasons, which keys leave out, settle), the cycle changes no state, mints
+  no generation, and writes records only for paced retries, two each (the
+  retry and its outcome): of the application, at most one per
+  ``retry_pause_max``; of the arbitrator's grant by a node that waits
+  without its peer, at most one per ``startup_timeout`` (its recheck).
+  Before the cycle, it changes state at most ``L4_CHANGES`` times, mints at
+  most ``L4_MINTS`` generations and writes at most ``L4_RECORDS`` records.
+  So every failure or command costs bounded work, and a failure that
+  persists is retried at the capped pace, never in a loop that mints
+  generations or changes state.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from failover.core.node import unconfirmed_copy
 from failover.core.state import State, SubStatus
-from failover.model.sim import NAMES, Cluster, World
+from failover.model.sim import NAMES, Cluster, StepInfo, World
+
+L4_CHANGES = 12
+"""State changes the fair continuation may make from any reached world."""
+L4_MINTS = 2
+"""Generations it may mint (a takeover, then the one above a peer's)."""
+L4_RECORDS = 60
+"""Transition records it may write before it settles."""
+L4_ROUNDS = 200
+"""Rounds after which a continuation that has not cycled is reported."""
 
 
 @dataclass(frozen=True)
@@ -41,14 +67,18 @@ class LivenessReport:
     protected_goal: int = 0
     serving_goal: int = 0
     stable_checked: int = 0
+    service_goal: int = 0
+    cost_checked: int = 0
     failures: list[LivenessFailure] = field(default_factory=list)
 
 
 def _started(world: World, i: int) -> bool:
-    core = world.hosts[i].core
+    host = world.hosts[i]
+    core = host.core
     return (
         core is not None
         and core.state is not State.STOP
+        and not host.site_down  # (ground truth: whatever the core made of it)
         and not core.checkers_down
         and not core.second_only
     )
@@ -95,8 +125,35 @@ def _knows_newest(cluster: Cluster, world: World, i: int) -> bool:
     )
 
 
+def can_run(cluster: Cluster, world: World, i: int) -> bool:
+    """L3's premise for server ``i``: up, started, no blocking checker down, its
+    application not broken, and it serves, or its restart budget is not
+    spent (a node that spent it announces that it cannot serve: its peer
+    keeps retrying rather than hand the service back within the window)."""
+    host = world.hosts[i]
+    core = host.core
+    if core is None or not _started(world, i) or host.app_broken:
+        return False
+    window = world.now - cluster.settings[i].restart_window
+    spent = sum(1 for t in core.restarts if t > window) >= cluster.settings[i].max_restarts
+    return core.state.serving or not spent
+
+
+def service_premise(cluster: Cluster, world: World) -> bool:
+    return goal(cluster, world) is not None and any(can_run(cluster, world, i) for i in range(2))
+
+
 def reached(world: World, target: str) -> bool:
     hosts = world.hosts
+    if target == "service":
+        return any(
+            h.core is not None
+            and h.core.state.serving
+            and h.core.app_pending is None
+            and h.app_running
+            and not h.app_stopping
+            for h in hosts
+        )
     if target == "protected":
         states = {h.core.state for h in hosts if h.core is not None}
         ready = all(h.core is not None and h.core.substatus is SubStatus.READY for h in hosts)
@@ -110,13 +167,18 @@ def fair_round(cluster: Cluster) -> list[str]:
     """One round of the fair continuation on the loaded world (heal, then one
     tick, which delivers everything in flight); returns the state changes it
     caused, as "node: from -> to" strings."""
+    return _state_changes(_fair_round_info(cluster))
+
+
+def _fair_round_info(cluster: Cluster) -> StepInfo:
+    """One round of the fair continuation; what the tick did."""
     w = cluster.world
     for link in sorted(w.partitioned):
         cluster.apply(f"heal {link}")
     for i in range(2):
         if w.hosts[i].core is not None and not cluster.world.hosts[i].arb_reachable:
             cluster.apply(f"arb_heal {NAMES[i]}")
-    return _state_changes(cluster.apply("tick"))
+    return cluster.apply("tick")
 
 
 def _state_changes(info: object) -> list[str]:
@@ -131,6 +193,7 @@ def check_liveness(
     rounds: int = 30,
     known: dict[tuple[object, ...], World] | None = None,
     ticks: dict[tuple[object, ...], tuple[object, ...]] | None = None,
+    tick_costs: dict[tuple[object, ...], RoundCost] | None = None,
 ) -> LivenessReport:
     """L1 and L2 from every world in ``worlds``. ``known`` (worlds by key) and
     ``ticks`` (each world's successor by one tick, as the exploration found
@@ -139,7 +202,8 @@ def check_liveness(
     report = LivenessReport()
     horizon = cluster.config.timing.horizon
     verdict: dict[tuple[tuple[object, ...], str], bool] = {}
-    graph = _Graph(known or {}, ticks or {})
+    costs: dict[tuple[object, ...], _Cost] = {}
+    graph = _Graph(known or {}, ticks or {}, tick_costs or {})
     for world in worlds:
         target = goal(cluster, world)
         report.checked += 1
@@ -154,6 +218,21 @@ def check_liveness(
                         "L1", f"{target} is never reached by the fair continuation", world
                     )
                 )
+        if service_premise(cluster, world):
+            report.service_goal += 1
+            if not _eventually(cluster, world, "service", rounds, verdict, horizon, graph):
+                report.failures.append(
+                    LivenessFailure(
+                        "L3",
+                        "a node can run the application, but the fair continuation never "
+                        "runs it on a serving node",
+                        world,
+                    )
+                )
+        report.cost_checked += 1
+        problem = _bounded_cost(cluster, world, costs, horizon, graph)
+        if problem is not None:
+            report.failures.append(LivenessFailure("L4", problem, world))
         if _stable(cluster, world):
             report.stable_checked += 1
             cluster.load(world)
@@ -171,10 +250,161 @@ def check_liveness(
     return report
 
 
+@dataclass(frozen=True)
+class _Cost:
+    """What the fair continuation does from a world until it cycles (the
+    cycle's own rounds count zero once they pass L4's test), or why it fails."""
+
+    changes: int = 0
+    mints: int = 0
+    records: int = 0
+    problem: str | None = None
+
+    def plus(self, step: RoundCost) -> _Cost:
+        if self.problem is not None:
+            return self
+        return _Cost(
+            self.changes + step.changes, self.mints + step.mints, self.records + step.records
+        )
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """What one round (a tick) cost: state changes, generations minted (a
+    node's own: one adopted by a resync is not), records, automatic retries."""
+
+    changes: int
+    mints: int
+    records: int
+    retries: int
+    asks: int = 0  # requests for the arbitrator's grant
+
+
+def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
+    mints = 0
+    for i, (a, b) in enumerate(zip(before.hosts, after.hosts, strict=True)):
+        if a.core is None or b.core is None:
+            continue
+        new = b.core.metadata.generation
+        mints += new != a.core.metadata.generation and new.origin == NAMES[i]
+    records = info.records
+    return RoundCost(
+        changes=sum(1 for r in records if r.source != r.target),
+        mints=mints,
+        records=len(records),
+        retries=sum(1 for r in records if "restart_app" in r.effects),
+        asks=sum(1 for r in records if "request_arbitration" in r.effects),
+    )
+
+
+def _bounded_cost(
+    cluster: Cluster,
+    world: World,
+    costs: dict[tuple[object, ...], _Cost],
+    horizon: float,
+    graph: _Graph,
+) -> str | None:
+    """L4 from ``world``: follow the fair continuation (along the explored
+    tick edges where it can, simulating beyond them) until it meets a world
+    whose cost is known or closes a cycle of keys; check the cycle; add the
+    rounds up backwards (every world passed gets its cost)."""
+    path: list[tuple[tuple[object, ...], RoundCost]] = []
+    position: dict[tuple[object, ...], int] = {}
+    start: dict[tuple[object, ...], World] = {}
+    current = world
+    loaded = False
+    tail: _Cost
+    while True:
+        key = current.key(horizon)
+        if key in costs:
+            tail = costs[key]
+            break
+        if key in position:
+            laps = len(path) - position[key]
+            tail = _Cost(problem=_cycle_problem(cluster, start[key], laps))
+            for cycle_key, _ in path[position[key] :]:
+                costs[cycle_key] = tail
+            path = path[: position[key]]
+            break
+        if len(path) >= L4_ROUNDS:
+            changes = sum(step.changes for _, step in path)
+            mints = sum(step.mints for _, step in path)
+            tail = _Cost(
+                problem=f"the fair continuation does not settle in {L4_ROUNDS} rounds: "
+                f"it changes state {changes} times and mints {mints} generations"
+            )
+            break
+        position[key] = len(path)
+        start[key] = current
+        following = graph.ticks.get(key)
+        healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
+        if healed and following in graph.known and key in graph.tick_costs:
+            path.append((key, graph.tick_costs[key]))  # an explored tick edge
+            current = graph.known[following]
+            loaded = False
+            continue
+        if not loaded:
+            cluster.load(current)
+        before = cluster.world
+        info = _fair_round_info(cluster)
+        path.append((key, round_cost(before, info, cluster.world)))
+        current = cluster.world
+        loaded = True
+    for key, step in reversed(path):
+        tail = tail.plus(step)
+        if tail.problem is None:
+            if tail.changes > L4_CHANGES:
+                tail = _Cost(problem=f"the fair continuation changes state {tail.changes} times")
+            elif tail.mints > L4_MINTS:
+                tail = _Cost(problem=f"the fair continuation mints {tail.mints} generations")
+            elif tail.records > L4_RECORDS:
+                tail = _Cost(problem=f"the fair continuation writes {tail.records} records")
+        costs[key] = tail
+    return costs[world.key(horizon)].problem
+
+
+def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
+    """Run the cycle that starts at ``world`` (``laps`` rounds long) twice for
+    real: the first lap lets reasons settle (keys leave them out), the second
+    is judged. No state change, no mint; records only for automatic retries,
+    two each, at most one retry per ``retry_pause_max``."""
+    cluster.load(world)
+    for _ in range(laps):
+        _fair_round_info(cluster)
+    steps = []
+    for _ in range(laps):
+        before = cluster.world
+        info = _fair_round_info(cluster)
+        steps.append(round_cost(before, info, cluster.world))
+    changes = sum(step.changes for step in steps)
+    mints = sum(step.mints for step in steps)
+    if changes or mints:
+        return (
+            f"without any fault or command the cluster loops for ever: every {laps} "
+            f"rounds it changes state {changes} times and mints {mints} generations"
+        )
+    retries = sum(step.retries for step in steps)
+    asks = sum(step.asks for step in steps)
+    records = sum(step.records for step in steps)
+    timing = cluster.config.timing
+    seconds = laps * timing.heartbeat_interval
+    allowed = math.ceil(seconds / timing.retry_pause_max)
+    allowed_asks = math.ceil(seconds / timing.startup_timeout)
+    if records > 2 * (retries + asks) or retries > allowed or asks > allowed_asks:
+        return (
+            f"without any fault or command the cluster writes {records} records, retries "
+            f"{retries} times and asks the arbitrator {asks} times every {laps} rounds (at "
+            f"most one retry per {timing.retry_pause_max:g} s and one request per "
+            f"{timing.startup_timeout:g} s, two records each)"
+        )
+    return None
+
+
 @dataclass
 class _Graph:
     known: dict[tuple[object, ...], World]
     ticks: dict[tuple[object, ...], tuple[object, ...]]
+    tick_costs: dict[tuple[object, ...], RoundCost] = field(default_factory=dict)
 
 
 def _eventually(
@@ -218,8 +448,9 @@ def _eventually(
 
 def _stable(cluster: Cluster, world: World) -> bool:
     """Nothing left over from a past fault: no partition or cut, nothing delayed,
-    and every running node heard its peer within the last heartbeat interval
-    on every link (no loss timer is running)."""
+    every running node heard its peer within the last heartbeat interval on
+    every link (no loss timer is running), and the application runs on the
+    serving node (no retry pending)."""
     hosts = world.hosts
     if world.partitioned or world.delayed:
         return False
@@ -250,6 +481,11 @@ def _stable(cluster: Cluster, world: World) -> bool:
             return False
     if any(h.core is not None and h.core.substatus is not SubStatus.READY for h in hosts):
         return False
+    if any(
+        h.core is not None and h.core.state.serving and (not h.app_running or h.core.retry_at)
+        for h in hosts
+    ):
+        return False  # a failing application is being dealt with: a fault not yet over
     states = [None if h.core is None else h.core.state for h in hosts]
     if set(states) == {State.PRIMARY, State.SECONDARY}:
         return True

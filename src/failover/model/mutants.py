@@ -150,6 +150,26 @@ def _first_start_by_tie(spec: Spec) -> None:
     rows[:] = [r for r in rows if not set(first_start) & set(r.get("when", []))]
 
 
+def _app_failed_waits(spec: Spec) -> None:
+    """A failed start or a dead application on a node serving alone sends it
+    to wait, as before issue 9: no restart budget, no retry pause (the node,
+    the last to serve, serves again at the next recheck under a new
+    generation, and fails again: the alone -> wait -> alone loop)."""
+    rows = _rows(spec, "alone", "app_failed")
+    rows[:] = [r for r in rows if "handing_over" in r.get("when", [])] + [
+        {"to": "wait", "do": ["stop_resources"], "reason": "application failed: {event_reason}"}
+    ]
+
+
+def _never_hand_over(spec: Spec) -> None:
+    """A failing primary never hands its service over: it retries where it is
+    even when its peer, in sync, could run the application."""
+    for by_event in spec["table"].values():
+        for rows in by_event.values():
+            if isinstance(rows, list):
+                rows[:] = [r for r in rows if "can_hand_over" not in r.get("when", [])]
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -176,6 +196,8 @@ MUTANTS: dict[str, Mutant] = {
     "first-start-by-tie": Mutant(
         _first_start_by_tie.__doc__ or "", ("S7",), False, _first_start_by_tie, (False, True)
     ),
+    "app-failed-waits": Mutant(_app_failed_waits.__doc__ or "", ("L4",), False, _app_failed_waits),
+    "never-hand-over": Mutant(_never_hand_over.__doc__ or "", ("L3",), False, _never_hand_over),
 }
 
 

@@ -89,6 +89,7 @@ class ModelReport:
             f"{'' if cfg.stale_frames else 'newest frames only; '}"
             f"{'no data; ' if cfg.no_data else ''}"
             f"{_initial_data(cfg)}"
+            f"{'application faults; ' if cfg.resource_faults else ''}"
             f"bounds: {self.bounds.faults} faults, {self.bounds.admin} commands, "
             f"{self.bounds.writes} writes per trace",
         ]
@@ -105,8 +106,9 @@ class ModelReport:
                 lv = r.liveness
                 lines.append(
                     f"    liveness: {lv.checked} states; {lv.protected_goal} must reach a "
-                    f"protected pair, {lv.serving_goal} a serving node; "
-                    f"{lv.stable_checked} stable states checked"
+                    f"protected pair, {lv.serving_goal} a serving node, {lv.service_goal} "
+                    f"a running application; {lv.stable_checked} stable states checked; "
+                    f"cost bounded from {lv.cost_checked}"
                 )
                 if r.liveness_failure is not None and lv.failures:
                     violated.setdefault(lv.failures[0].invariant, r.liveness_failure)
@@ -136,6 +138,9 @@ LIVENESS = {
     "knows its data is newest serves",
     "L2": "stability: with no failure and no command, a protected pair (or a node serving "
     "alone with its peer down) changes no state",
+    "L3": "service: if a node can run the application, the service eventually runs",
+    "L4": "bounded cost: after a failure or command, bounded transitions, generations and "
+    "records; a persisting failure is only retried, at a pace capped by retry_pause_max",
 }
 
 
@@ -226,7 +231,9 @@ def _liveness(cluster: Cluster, e: Exploration, workers: int) -> LivenessReport:
 
     def part(index: int) -> tuple[LivenessReport, list[int]]:
         chunk = worlds[index::workers]
-        report = check_liveness(cluster, chunk, known=e.worlds, ticks=e.ticks)
+        report = check_liveness(
+            cluster, chunk, known=e.worlds, ticks=e.ticks, tick_costs=e.tick_costs
+        )
         position = {id(w): index + n * workers for n, w in enumerate(chunk)}
         return report, [position[id(f.world)] for f in report.failures]
 
@@ -239,6 +246,8 @@ def _liveness(cluster: Cluster, e: Exploration, workers: int) -> LivenessReport:
         merged.protected_goal += r.protected_goal
         merged.serving_goal += r.serving_goal
         merged.stable_checked += r.stable_checked
+        merged.service_goal += r.service_goal
+        merged.cost_checked += r.cost_checked
         failures.extend(zip(positions, r.failures, strict=True))
     merged.failures = [f for _, f in sorted(failures, key=lambda pair: pair[0])]
     return merged

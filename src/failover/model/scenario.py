@@ -38,7 +38,7 @@ from failover.model.sim import NAMES, Bounds, Cluster, ClusterConfig, Host
 STARTS = ("booted", "protected", "stopped")
 STATE_NAMES = tuple(s.value for s in State)
 SETUP_ROUNDS = 30  # ticks allowed for ``start: protected`` to form the pair
-UNBOUNDED = Bounds(faults=10**9, admin=10**9, writes=10**9)
+UNBOUNDED = Bounds(faults=10**9, admin=10**9, writes=10**9, app_faults=10**9)
 
 NODE_ACTIONS = (
     "crash",
@@ -47,6 +47,8 @@ NODE_ACTIONS = (
     "arb_cut",
     "arb_heal",
     "app_fail",
+    "app_break",
+    "app_check",
     "checker_down",
     "checker_up",
 )
@@ -997,6 +999,8 @@ class Replay:
             return f"{arg} is down"
         if verb in ("write", "app_fail"):
             return f"the application does not run on {arg} ({self.state_text(arg)})"
+        if verb == "app_break":
+            return f"the application is already broken on {arg}"
         if verb in ("arb_cut", "arb_heal"):
             state = "cut from" if verb == "arb_cut" else "reachable by"
             return f"the arbitrator is already {state} {arg}"

@@ -13,7 +13,12 @@ is the ground truth the invariants are checked against:
   messages can be delivered, duplicated or dropped;
 - the disks: each node's data is the set of write ids it holds, plus a
   quarantine set, and the metadata it persisted;
-- the application: a write on the serving node is acknowledged when it is
+- the application: it can fail while running (*app_fail*) or become unable
+  to run at all (*app_break*: it dies if it runs, and every start or restart
+  fails from then on, on that server); its checkers report down at any
+  point: ``web`` (class serving, action restart: a check of the running
+  application, one-shot) and ``app-check`` (class both, action failover:
+  down until *checker_up*). A write on the serving node is acknowledged when it is
   durable where the replication rule says (both nodes while primary with the
   peer receiving; locally while alone, unless the write fence holds it: the
   peer is alive as secondary and could take over without it). Stopping it
@@ -39,6 +44,7 @@ from failover.core import events as ev
 from failover.core.arbitration import LeaseRecord, decide_renewal, decide_request
 from failover.core.node import Node, NodeSnapshot
 from failover.core.state import (
+    CheckerPolicy,
     Generation,
     Metadata,
     PeerStatus,
@@ -50,6 +56,8 @@ from failover.core.state import (
 from failover.core.table import Table
 
 NAMES = ("alpha", "beta")
+SITE_CHECKER = "app-check"  # class both, action failover: down until checker_up
+APP_CHECKER = "web"  # class serving, action restart: one failed check (app_check)
 REPLICATION_LINK = 0  # the replication stream shares the first link's network
 
 
@@ -62,6 +70,8 @@ class Timing:
     lease_ttl: float = 4.0
     lease_renew: float = 1.0
     lease_margin: float = 1.0
+    retry_pause: float = 2.0
+    retry_pause_max: float = 4.0
 
     @property
     def horizon(self) -> float:
@@ -76,6 +86,10 @@ class Bounds:
     faults: int = 2  # crash, drop, duplicate, partition, arbitrator cut, app/checker failure
     admin: int = 1  # operator commands
     writes: int = 1  # application writes
+    # of the faults, how many may be application or checker faults (app_fail,
+    # app_break, app_check, checker_down): one suffices for every path of the
+    # budget (app_break spends it), and each costs as much state as the rest
+    app_faults: int = 1
 
 
 @dataclass(frozen=True)
@@ -86,7 +100,17 @@ class ClusterConfig:
     failback: str = "none"
     preferred: str | None = None
     split_brain_winner: str | None = None
-    resource_faults: bool = False  # also explore application and checker failures
+    # also explore application and checker failures (each counts as a fault)
+    resource_faults: bool = True
+    checkers: tuple[CheckerPolicy, ...] = (
+        CheckerPolicy(SITE_CHECKER, when="both", action="failover"),
+        CheckerPolicy(APP_CHECKER, when="serving", action="restart"),
+    )
+    # the restart budget: one local restart (so that two faults spend it), in
+    # a window longer than anything explored (the key clamps restart times at
+    # the horizon: exact only while none can leave the window)
+    max_restarts: int = 1
+    restart_window: float = 86400.0
     # no replicated directories: as the runtime without a data plane, a resync
     # completes at once on each side (target and source alike), and no write is
     # replicated (writes are not explored)
@@ -123,6 +147,11 @@ class ClusterConfig:
             preferred=self.preferred,
             split_brain_winner=self.split_brain_winner,
             local_data=self.initial_data[index],
+            checkers=self.checkers,
+            max_restarts=self.max_restarts,
+            restart_window=self.restart_window,
+            retry_pause=t.retry_pause,
+            retry_pause_max=t.retry_pause_max,
         )
 
 
@@ -141,6 +170,8 @@ class Host:
     quarantine: frozenset[int] = frozenset()
     app_running: bool = False
     app_stopping: bool = False  # StopApp runs: still holding the application and VIP
+    app_broken: bool = False  # the application cannot run here: every start fails
+    site_down: bool = False  # the checker of class both (SITE_CHECKER) fails here
     arb_reachable: bool = True
     resync_final: Generation | None = None  # target holds this generation; ResyncDone not yet seen
     # resync source: the target applied the END of this generation's resync, the
@@ -168,6 +199,7 @@ class World:
     replicated_acks: frozenset[int] = frozenset()  # acked while primary (synchronously)
     writes: int = 0
     faults: int = 0  # faults used so far
+    app_faults: int = 0  # of which application or checker faults
     commands: int = 0  # admin commands used so far
     forced_lineage: frozenset[Generation] = frozenset()  # minted by, or after, a forced promotion
     dual_serving_blind: bool = False  # both serve after a blind takeover or a forced promotion
@@ -236,6 +268,8 @@ class World:
                 h.quarantine,
                 h.app_running,
                 h.app_stopping,
+                h.app_broken,
+                h.site_down,
                 h.arb_reachable,
                 h.resync_final,
                 h.end_unheard,
@@ -282,6 +316,7 @@ class World:
             self.replicated_acks,
             self.writes,
             self.faults,
+            self.app_faults,
             self.commands,
             self.dual_serving_blind,
             self.forced_lineage,
@@ -379,6 +414,7 @@ class Cluster:
         faults = faults and w.faults < b.faults
         admin = admin and w.commands < b.admin
         writes = writes and w.writes < b.writes and not self.config.no_data
+        app_faults = faults and self.config.resource_faults and w.app_faults < b.app_faults
         yield "tick"
         if faults:
             for (link, sender), _status in w.channels:
@@ -409,10 +445,18 @@ class Cluster:
                     yield f"arb_heal {NAMES[i]}"
                 elif faults:
                     yield f"arb_cut {NAMES[i]}"
-            if faults and self.config.resource_faults:
+            if app_faults:
                 if host.app_running and not host.app_stopping:
                     yield f"app_fail {NAMES[i]}"
-                yield f"{'checker_up' if core.checkers_down else 'checker_down'} {NAMES[i]}"
+                if not host.app_broken:
+                    yield f"app_break {NAMES[i]}"
+                if core.state.serving:  # elsewhere the table ignores it (tests/core)
+                    yield f"app_check {NAMES[i]}"
+            if self.config.resource_faults:
+                if host.site_down:
+                    yield f"checker_up {NAMES[i]}"
+                elif app_faults:
+                    yield f"checker_down {NAMES[i]}"
         for link in self.config.links:
             if link in w.partitioned:
                 yield f"heal {link}"
@@ -426,6 +470,8 @@ class Cluster:
         before = self.world
         if verb in FAULTS:
             self.world = evolve(self.world, faults=self.world.faults + 1)
+            if verb in APP_FAULTS:
+                self.world = evolve(self.world, app_faults=self.world.app_faults + 1)
         elif verb in COMMANDS:
             self.world = evolve(self.world, commands=self.world.commands + 1)
         if verb == "tick":
@@ -443,14 +489,22 @@ class Cluster:
             self._write(NAMES.index(arg), info)
         elif verb in ("arb_cut", "arb_heal"):
             self._set_host(NAMES.index(arg), arb_reachable=verb == "arb_heal")
-        elif verb == "checker_down":
-            self._handle(NAMES.index(arg), ev.CheckerDown("app-check"), info)
-        elif verb == "checker_up":
-            self._handle(NAMES.index(arg), ev.CheckerUp("app-check"), info)
-        elif verb == "app_fail":
+        elif verb in ("checker_down", "checker_up"):
             i = NAMES.index(arg)
-            self._set_host(i, app_running=False)
-            self._handle(i, ev.AppFailed("application died"), info)
+            self._set_host(i, site_down=verb == "checker_down")
+            self._report_site_checker(i, info)
+        elif verb == "app_check":
+            self._handle(NAMES.index(arg), ev.CheckerDown(APP_CHECKER, "no answer"), info)
+        elif verb in ("app_fail", "app_break"):
+            i = NAMES.index(arg)
+            running = self.world.hosts[i].app_running
+            self._set_host(
+                i,
+                app_running=False,
+                app_broken=self.world.hosts[i].app_broken or verb == "app_break",
+            )
+            if running:
+                self._handle(i, ev.AppFailed("application died"), info)
         else:
             self._handle(NAMES.index(arg), ev.ADMIN_COMMANDS[verb](), info)
             unchanged = self.world.hosts == before.hosts and self.world.channels == before.channels
@@ -615,7 +669,15 @@ class Cluster:
         # a new run's views are above any the world still holds of the last one
         epoch = 1 + max((view[0] for view in self.world.views_of(i)), default=0)
         self._set_host(i, core=self._fresh_core(i, self.world.hosts[i].stored, epoch))
+        if self.world.hosts[i].site_down:  # the new daemon's checker finds it down again
+            self._report_site_checker(i, info)
         self._handle(i, ev.Start(), info)
+
+    def _report_site_checker(self, i: int, info: StepInfo) -> None:
+        if self.world.hosts[i].site_down:
+            self._handle(i, ev.CheckerDown(SITE_CHECKER), info)
+        else:
+            self._handle(i, ev.CheckerUp(SITE_CHECKER), info)
 
     def _write(self, i: int, info: StepInfo) -> None:
         """The application on host i writes record ``w`` and waits for its
@@ -741,7 +803,8 @@ class Cluster:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
                 info.entered_serving.append((k, before, node.forced, blind))
             for effect in effects:
-                if isinstance(effect, fx.StartApp) and self.world.hosts[k].app_stopping:
+                starts = isinstance(effect, fx.StartApp | fx.RestartApp)
+                if starts and self.world.hosts[k].app_stopping:
                     # the executor runs one action at a time: the stop ends first
                     self._set_host(k, app_stopping=False)
                     queue.append((k, ev.AppStopped()))
@@ -802,7 +865,11 @@ class Cluster:
                 channels=tuple(sorted(channels.items(), key=_chan_key)),
                 stale=tuple(sorted(stale.items(), key=_chan_key)),
             )
-        elif isinstance(effect, fx.StartApp):
+        elif isinstance(effect, fx.StartApp | fx.RestartApp):
+            # (a restart runs the stop script, then the start script)
+            if host.app_broken:
+                self._set_host(k, app_running=False)
+                return ev.AppFailed("start script failed")
             self._set_host(k, app_running=True)
             return ev.AppStarted()
         elif isinstance(effect, fx.StopApp):
@@ -916,7 +983,10 @@ FAULTS = frozenset(
         "partition",
         "arb_cut",
         "app_fail",
+        "app_break",
+        "app_check",
         "checker_down",
     }
 )
+APP_FAULTS = frozenset({"app_fail", "app_break", "app_check", "checker_down"})
 COMMANDS = tuple(ev.ADMIN_COMMANDS)
