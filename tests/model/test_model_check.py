@@ -1,5 +1,8 @@
-"""The CI run of the model checker: `failover model-check --depth 12` with and
-without an arbitrator, exactly as an operator runs it.
+"""The CI runs of the model checker, exactly as an operator runs them, with and
+without an arbitrator: `failover model-check --depth 12 --app-faults 0` (the
+network, crashes and commands), and `--depth 8` with an application or checker
+failure in every trace besides (application faults multiply the space: at depth
+12 they take about ten minutes per arbitrator, run by hand, docs/model-checking.md).
 
 Each run uses both cores itself, so the two run one after the other. The
 figures (states, depth, seconds per root) are recorded as test properties,
@@ -20,6 +23,7 @@ from failover.model.run import ROOTS, check_model
 from failover.model.sim import ClusterConfig
 
 DEPTH = 12
+APP_DEPTH = 8  # with application faults
 TIMEOUT = 1800  # seconds; a generous bound on one run, not a performance target
 ROOT_LINE = re.compile(
     r"^\s*root (?P<root>\S+): (?P<states>\d+) distinct states, (?P<transitions>\d+) transitions, "
@@ -36,17 +40,31 @@ def figures(stdout: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arbitrator", ["none", "witness"])
-def test_model_check_explores_depth_12_and_every_invariant_holds(
-    arbitrator: str, tmp_path: Path, record_property: Callable[[str, object], None]
+@pytest.mark.parametrize(
+    ("depth", "app_faults", "arbitrator"),
+    [
+        (DEPTH, 0, "none"),
+        (DEPTH, 0, "witness"),
+        (APP_DEPTH, 1, "none"),
+        (APP_DEPTH, 1, "witness"),
+    ],
+    ids=["depth12-none", "depth12-witness", "app-faults-none", "app-faults-witness"],
+)
+def test_model_check_explores_its_depth_and_every_invariant_holds(
+    depth: int,
+    app_faults: int,
+    arbitrator: str,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
 ) -> None:
     command = [sys.executable, "-m", "failover", "model-check"]
-    command += ["--depth", str(DEPTH), "--arbitrator", arbitrator]
+    command += ["--depth", str(depth), "--arbitrator", arbitrator, "--app-faults", str(app_faults)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, check=False)
     summary = figures(done.stdout)
-    (tmp_path / f"model-check-{arbitrator}.txt").write_text(done.stdout, encoding="utf-8")
-    record_property(f"model_check_{arbitrator}", summary)
-    print(f"\nfailover model-check --depth {DEPTH} --arbitrator {arbitrator}:\n{summary}")
+    name = f"model_check_{depth}_{app_faults}_{arbitrator}"
+    (tmp_path / f"{name}.txt").write_text(done.stdout, encoding="utf-8")
+    record_property(name, summary)
+    print(f"\n{' '.join(command[2:])}:\n{summary}")
     report = f"{' '.join(command[1:])} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
 
     assert done.returncode == 0, report
@@ -54,7 +72,7 @@ def test_model_check_explores_depth_12_and_every_invariant_holds(
     roots = list(ROOT_LINE.finditer(done.stdout))
     assert sorted(m["root"] for m in roots) == sorted(ROOTS), report
     for m in roots:
-        assert m["reach"] == "whole reachable space" or int(m["depth"]) == DEPTH, (
+        assert m["reach"] == "whole reachable space" or int(m["depth"]) == depth, (
             f"root {m['root']} stopped at {m['reach']}:\n{summary}"
         )
 

@@ -196,14 +196,20 @@ def test_each_row_entering_a_serving_state_has_its_gated_twin() -> None:
 
 
 def test_gated_twins_stand_only_before_their_row() -> None:
+    # two twins per gated row: the paced one (denied lately: no request, the
+    # denial's reason kept), then the one that asks; then the row itself
     twins = [row for row in TABLE.all_rows() if row.gated_row is not None]
     assert twins, "the gate added no twin"
     for entry in TABLE.entries.values():
         if isinstance(entry, str):
             continue
         for position, row in enumerate(entry):
-            if row.gated_row is not None:
-                assert entry[position + 1] is row.gated_row
+            if row.gated_row is None or row.actions:
+                continue
+            paced, asking, gated = entry[position : position + 3]
+            assert paced.quiet and [c.guard for c in paced.when][-1] == "denied_lately"
+            assert asking.gated_row is gated and asking.actions == ("request_grant",)
+            assert paced.gated_row is gated
 
 
 def test_a_table_without_a_twin_is_caught() -> None:

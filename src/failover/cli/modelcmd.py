@@ -35,6 +35,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--commands", type=int, default=1, help="admin commands per trace")
     parser.add_argument("--writes", type=int, default=1, help="application writes per trace")
     parser.add_argument(
+        "--app-faults",
+        type=int,
+        default=1,
+        help="of the faults, how many may be application or checker failures (default 1; "
+        "0 explores the network, crashes and commands alone)",
+    )
+    parser.add_argument(
         "--root", choices=(*ROOTS, "all"), default="all", help="where exploration starts"
     )
     parser.add_argument(
@@ -70,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
     if args.depth < 1:
         print("failover model-check: --depth must be at least 1")
         return 2
+    if args.app_faults < 0:
+        print("failover model-check: --app-faults must be 0 or more")
+        return 2
     links = ("lan", "serial", "crossover")[: args.links]
     if args.initial_data is not None:
         initial_data = INITIAL_DATA[args.initial_data]
@@ -81,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
         stale_frames=not args.newest_frames_only,
         initial_data=initial_data,
     )
-    bounds = Bounds(faults=args.faults, admin=args.commands, writes=args.writes)
+    bounds = Bounds(
+        faults=args.faults, admin=args.commands, writes=args.writes, app_faults=args.app_faults
+    )
     table = mutant_table(args.mutant) if args.mutant else None
     roots = ROOTS if args.root == "all" else (args.root,)
     if args.mutant:

@@ -110,6 +110,7 @@ class Lease:
     requested_at: float | None = None  # when the pending request or renewal was sent
     fence_at: float | None = None  # stop serving at this time unless renewed
     renew_at: float | None = None
+    denied_at: float | None = None  # when the arbitrator last denied a request
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,7 @@ class NodeSnapshot:
                 shift(lease.requested_at),
                 shift(lease.fence_at),
                 shift(lease.renew_at),
+                shift(lease.denied_at),
             ),
             None if self.pending is None else self.pending.ident,
             self.granted,
@@ -237,6 +239,7 @@ class NodeSnapshot:
                 requested_at=shift(lease.requested_at),
                 fence_at=shift(lease.fence_at),
                 renew_at=shift(lease.renew_at),
+                denied_at=shift(lease.denied_at),
             ),
         )
 

@@ -454,6 +454,14 @@ def needs_grant(node: Node, row: Row) -> bool:
 
 
 @guard
+def denied_lately(node: Node, row: Row) -> bool:
+    """The arbitrator denied this node's last request less than a recheck
+    (``startup_timeout``) ago: the gate does not ask again before that."""
+    denied = node.lease.denied_at
+    return denied is not None and node.now < denied + node.settings.startup_timeout
+
+
+@guard
 def grant_pending(node: Node, row: Row) -> bool:
     return node.pending is not None
 
@@ -849,7 +857,7 @@ def release_grant(node: Node, row: Row) -> None:
 @action
 def deny_grant(node: Node, row: Row) -> None:
     node.pending = None
-    node.lease = Lease()
+    node.lease = Lease(denied_at=node.now)
 
 
 @cache

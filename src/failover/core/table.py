@@ -27,6 +27,7 @@ SERVING = (State.ALONE, State.PRIMARY)
 ADMIN_EVENTS = frozenset({"start", "stop", "prim", "primforce", "second", "swap", "fullsync"})
 GATE_GUARD = "needs_grant"
 GATE_ACTION = "request_grant"
+PACE_GUARD = "denied_lately"
 GRANT_ACTION = "take_grant"
 
 
@@ -219,6 +220,24 @@ def _add_gates(rows: tuple[Row, ...]) -> tuple[Row, ...]:
     for row in rows:
         enters_serving = (row.target in SERVING and row.state not in SERVING) or row.mints
         if enters_serving and not row.ungated and GRANT_ACTION not in row.actions:
+            # a request the arbitrator denied is not repeated before the next
+            # recheck: a node that keeps deciding to serve (every heartbeat)
+            # would otherwise ask on every one
+            gated.append(
+                Row(
+                    state=row.state,
+                    event=row.event,
+                    index=row.index,
+                    when=(*row.when, Condition(GATE_GUARD), Condition(PACE_GUARD)),
+                    target=None,
+                    actions=(),
+                    # the denial's reason stays (no record per heartbeat)
+                    reason="the arbitrator denied our last request, asking again at the next "
+                    "recheck: " + row.reason,
+                    quiet=True,
+                    gated_row=row,
+                )
+            )
             gated.append(
                 Row(
                     state=row.state,

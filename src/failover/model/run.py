@@ -81,6 +81,11 @@ class ModelReport:
                 names.update(f.invariant for f in r.liveness.failures)
         return names
 
+    def _app_faults(self) -> str:
+        if not self.config.resource_faults or self.bounds.app_faults == 0:
+            return " (no application faults)"
+        return f" (of which {min(self.bounds.app_faults, self.bounds.faults)} application)"
+
     def render(self) -> str:
         cfg = self.config
         arb = "witness" if cfg.arbitrator else "none"
@@ -89,8 +94,8 @@ class ModelReport:
             f"{'' if cfg.stale_frames else 'newest frames only; '}"
             f"{'no data; ' if cfg.no_data else ''}"
             f"{_initial_data(cfg)}"
-            f"{'application faults; ' if cfg.resource_faults else ''}"
-            f"bounds: {self.bounds.faults} faults, {self.bounds.admin} commands, "
+            f"bounds: {self.bounds.faults} faults"
+            f"{self._app_faults()}, {self.bounds.admin} commands, "
             f"{self.bounds.writes} writes per trace",
         ]
         violated: dict[str, str] = {}
