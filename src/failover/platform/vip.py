@@ -138,7 +138,8 @@ class VirtualAddress:
         self.announce_count = announce_count
         self.announce_interval = announce_interval
         self._packet: socket.socket | None = None
-        self._epoch = 0  # changes at every acquire/release: stale repeats stop
+        # the scope of the repeats scheduled by the last acquire: cancelled at a
+        # release or another acquire, even before the task entered it
         self._repeats: anyio.CancelScope | None = None
         self._announced = True  # False on an interface without Ethernet frames
 
@@ -233,18 +234,13 @@ class VirtualAddress:
             except OSError as exc:
                 log.warning("announcement not sent", vip=str(self), error=str(exc))
 
-    async def _repeat_announcements(self, epoch: int) -> None:
-        with anyio.CancelScope() as scope:
-            self._repeats = scope
-            start = anyio.current_time()
+    async def _repeat_announcements(self, scope: anyio.CancelScope, start: float) -> None:
+        with scope:
             for n in range(1, self.announce_count):
                 await anyio.sleep_until(start + n * self.announce_interval)
-                if self._epoch != epoch:
-                    return
                 self._announce()
 
     def _stop_repeats(self) -> None:
-        self._epoch += 1
         if self._repeats is not None:
             self._repeats.cancel()
             self._repeats = None
@@ -270,7 +266,8 @@ class VirtualAddress:
         await anyio.to_thread.run_sync(self._change, "add")
         self._announce()
         if repeat_in is not None and self.announce_count > 1:
-            repeat_in.start_soon(self._repeat_announcements, self._epoch)
+            self._repeats = anyio.CancelScope()
+            repeat_in.start_soon(self._repeat_announcements, self._repeats, anyio.current_time())
         log.info("virtual IP acquired", vip=str(self))
 
     async def release(self) -> None:

@@ -1,0 +1,86 @@
+"""The repeated announcements' task ends whenever the address is given back (no root).
+
+Netlink and the raw socket are replaced by stand-ins that only count; the
+repeats are a year apart, so a repeat task that is still there after a release
+is one that outlived it (test_runtime_vip.py shows on real interfaces that no
+frame follows a release).
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from failover.platform.vip import VipError, VirtualAddress, VirtualIP
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+YEAR = 365 * 86400.0
+
+
+def address(text: str, calls: list[str], *, fails: bool = False) -> VirtualAddress:
+    """A ``VirtualAddress`` whose netlink changes and announcements append to ``calls``."""
+    vip = VirtualAddress(text, "eth0", announce_count=3, announce_interval=YEAR)
+
+    def change(command: str) -> bool:
+        if fails and command == "add":
+            raise VipError(f"cannot add {text}")
+        calls.append(f"{command} {text}")
+        return True
+
+    vip._change = change  # type: ignore[method-assign]
+    vip._announce = lambda: calls.append(f"announce {text}")  # type: ignore[method-assign]
+    return vip
+
+
+async def repeat_tasks() -> int:
+    """How many repeat tasks exist once every task has run as far as it can."""
+    await anyio.wait_all_tasks_blocked()
+    return sum("_repeat_announcements" in task.name for task in anyio.get_running_tasks())
+
+
+async def test_a_release_before_the_first_repeat_ends_the_repeat_task() -> None:
+    calls: list[str] = []
+    vip = address("10.0.0.100/24", calls)
+    async with anyio.create_task_group() as tg:
+        await vip.acquire(repeat_in=tg)
+        await vip.release()  # before the repeat task had its first turn
+        assert await repeat_tasks() == 0
+    assert calls == ["add 10.0.0.100/24", "announce 10.0.0.100/24", "del 10.0.0.100/24"]
+
+
+async def test_a_release_between_repeats_ends_the_repeat_task() -> None:
+    calls: list[str] = []
+    vip = address("fd00::100/64", calls)
+    async with anyio.create_task_group() as tg:
+        await vip.acquire(repeat_in=tg)
+        assert await repeat_tasks() == 1
+        await vip.release()
+        assert await repeat_tasks() == 0
+
+
+async def test_acquiring_again_leaves_one_schedule() -> None:
+    calls: list[str] = []
+    vip = address("10.0.0.100/24", calls)
+    async with anyio.create_task_group() as tg:
+        await vip.acquire(repeat_in=tg)
+        await vip.acquire(repeat_in=tg)
+        assert await repeat_tasks() == 1
+        await vip.release()
+        assert await repeat_tasks() == 0
+
+
+async def test_a_failed_acquire_of_several_addresses_leaves_no_repeats() -> None:
+    calls: list[str] = []
+    first, second = address("10.0.0.100/24", calls), address("fd00::100/64", calls, fails=True)
+    async with anyio.create_task_group() as tg:
+        with pytest.raises(VipError, match="cannot add fd00::100/64"):
+            await VirtualIP([first, second]).acquire(repeat_in=tg)
+        assert await repeat_tasks() == 0
+    assert calls == ["add 10.0.0.100/24", "announce 10.0.0.100/24", "del 10.0.0.100/24"]
