@@ -402,13 +402,15 @@ class Cluster:
         result = self.lab.exec("client", [sys.executable, "-c", code], check=False, timeout=10)
         return result.stdout.strip() if result.returncode == 0 else None
 
-    def vip_holders(self) -> list[str]:
-        """Nodes whose lan interface carries the virtual IP now."""
-        assert self.vip is not None
+    def vip_holders(self, address: str | None = None) -> list[str]:
+        """Nodes whose interfaces carry the virtual IP now. ``address``: another
+        virtual address than ``vip`` (IPv6 allowed)."""
+        address = address or self.vip
+        assert address is not None
         holders = []
         for node in NODES:
-            shown = self.lab.exec(node, ["ip", "-o", "-4", "addr", "show"]).stdout
-            if f" {self.vip}/" in shown:
+            shown = self.lab.exec(node, ["ip", "-o", "addr", "show"]).stdout
+            if f" {address}/" in shown:
                 holders.append(node)
         return holders
 

@@ -81,16 +81,6 @@ def client_cache(lab: Lab, address: str) -> str | None:
     return shown[0].get("lladdr") if shown else None
 
 
-def holders(cluster: Cluster, address: str) -> list[str]:
-    """Nodes whose lan interface carries ``address`` now."""
-    found = []
-    for node in NODES:
-        shown = json.loads(cluster.lab.exec(node, ["ip", "-j", "addr", "show", "lan"]).stdout)
-        if any(a["local"] == address for a in shown[0]["addr_info"]):
-            found.append(node)
-    return found
-
-
 def kill_node(cluster: Cluster, node: str) -> None:
     """SIGKILL the daemon of ``node`` and its application; the kernel (and the
     addresses on its interface) stay, as after a crash of the processes."""
@@ -114,7 +104,7 @@ def reached_from(cluster: Cluster, node: str, addresses: tuple[str, ...]) -> Non
         cluster.wait(
             f"{address} answers from {node}", lambda a=address: cluster.fetch_via_vip(a) == node
         )
-        assert node in holders(cluster, address)
+        assert node in cluster.vip_holders(address)
 
 
 def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
@@ -138,7 +128,7 @@ def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
             f"{address} answers from {primary}",
             lambda a=address: cluster.fetch_via_vip(a) == primary,
         )
-        assert holders(cluster, address) == [primary]
+        assert cluster.vip_holders(address) == [primary]
         assert client_cache(lab, address) == mac_of(lab, primary)
 
     # kill -9: the survivor takes both addresses and announces them while the
@@ -146,14 +136,14 @@ def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
     kill_node(cluster, primary)
     cluster.wait(f"{secondary} serves", lambda: cluster.state(secondary) == "alone")
     for address in both:
-        assert holders(cluster, address) == list(NODES), "both kernels hold it: the hard case"
+        assert cluster.vip_holders(address) == list(NODES), "both kernels hold it: the hard case"
     reached_from(cluster, secondary, both)
 
     # The killed node comes back: it removes its stale addresses and follows.
     cluster.start(primary)
     assert cluster.paired() == (secondary, primary)
     for address in both:
-        assert holders(cluster, address) == [secondary]
+        assert cluster.vip_holders(address) == [secondary]
 
     # A swap: the addresses come back, announced again.
     done = cli("swap", "--socket", str(cluster.socket(secondary)))
@@ -161,7 +151,7 @@ def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
     assert cluster.paired() == (primary, secondary)
     reached_from(cluster, primary, both)
     for address in both:
-        assert holders(cluster, address) == [primary]
+        assert cluster.vip_holders(address) == [primary]
 
 
 def test_an_ipv6_virtual_ip_alone_is_usable_at_once_and_the_pair_is_stable(
@@ -176,4 +166,4 @@ def test_an_ipv6_virtual_ip_alone_is_usable_at_once_and_the_pair_is_stable(
     primary, secondary = cluster.paired()
     cluster.wait(f"{VIP6} answers from {primary}", lambda: cluster.fetch_via_vip(VIP6) == primary)
     cluster.hold_steady(primary, secondary, dead_timeouts=2)
-    assert holders(cluster, VIP6) == [primary]
+    assert cluster.vip_holders(VIP6) == [primary]
