@@ -130,6 +130,15 @@ CASES: dict[str, Bad] = {
         "announce_interval: 0",
         "greater than 0",
     ),
+    "a checker of a listed address on the standby node": bad(
+        "  - name: db\n    command: /bin/true\n",
+        "  - name: web\n    type: tcp\n    host: 'fd00:10:0::100'\n    port: 80\n    when: both\n",
+        "checkers[0].when",
+        "when: both",
+        "checker web probes the virtual IP fd00:10:0::100",
+        "use when: serving",
+        base=LIST,
+    ),
     "virtual_ips not a list": bad(
         ONE,
         "virtual_ips: {address: 10.0.0.100/24, interface: eth0}\n",

@@ -127,19 +127,23 @@ def check_all(sections: Sections, *, local: bool = False) -> Findings:
     _check_replication(sections, found)
     _check_commands(sections, found, local=local)
     _check_control_sockets(sections, found)
-    _check_virtual_ips(sections, found)
-    vips = [vip for _, vip in sections.virtual_ips]
-    if sections.virtual_ip is not None:
-        vips.insert(0, sections.virtual_ip)
-    for vip in vips:
-        _check_checkers_of_the_virtual_ip(sections, vip, found)
+    vips = _virtual_ip_entries(sections)
+    _check_virtual_ips(sections, vips, found)
+    _check_checkers_of_the_virtual_ips({vip.address.ip for _, vip in vips}, sections, found)
     return found
 
 
-def _check_checkers_of_the_virtual_ip(
-    sections: Sections, vip: VirtualIpConfig, found: Findings
+def _virtual_ip_entries(sections: Sections) -> list[tuple[Loc, VirtualIpConfig]]:
+    """The valid virtual addresses with their keys: ``virtual_ip``, then ``virtual_ips``
+    (the order of ``ClusterConfig.addresses``)."""
+    single = [] if sections.virtual_ip is None else [(("virtual_ip",), sections.virtual_ip)]
+    return single + [(("virtual_ips", i), vip) for i, vip in sections.virtual_ips]
+
+
+def _check_checkers_of_the_virtual_ips(
+    vips: set[ipaddress.IPv4Address | ipaddress.IPv6Address], sections: Sections, found: Findings
 ) -> None:
-    """A checker that probes the virtual IP must run only where it is held: on the
+    """A checker that probes a virtual IP must run only where it is held: on the
     node that does not serve it would report down, and block that node's takeover."""
     for i, checker in sections.checkers:
         if isinstance(checker, TcpChecker):
@@ -149,7 +153,7 @@ def _check_checkers_of_the_virtual_ip(
         else:
             continue
         try:
-            probes_vip = ipaddress.ip_address(target) == vip.address.ip
+            probes_vip = ipaddress.ip_address(target) in vips
         except ValueError:
             continue  # a host name: it cannot be told here
         if probes_vip and checker.when != "serving":
@@ -255,20 +259,17 @@ def _check_control_sockets(sections: Sections, found: Findings) -> None:
             )
 
 
-def _check_virtual_ips(sections: Sections, found: Findings) -> None:
+def _check_virtual_ips(
+    sections: Sections, entries: list[tuple[Loc, VirtualIpConfig]], found: Findings
+) -> None:
     """``virtual_ip`` or ``virtual_ips``, not both; no address twice; none a node's own."""
-    entries: list[tuple[Loc, VirtualIpConfig]] = [
-        (("virtual_ips", i), vip) for i, vip in sections.virtual_ips
-    ]
-    if sections.virtual_ip is not None:
-        entries.insert(0, (("virtual_ip",), sections.virtual_ip))
-        if sections.virtual_ips_given:
-            found.problems.append(
-                Problem(
-                    ("virtual_ips",),
-                    "give either virtual_ip (one address) or virtual_ips (a list), not both",
-                )
+    if sections.virtual_ip is not None and sections.virtual_ips_given:
+        found.problems.append(
+            Problem(
+                ("virtual_ips",),
+                "give either virtual_ip (one address) or virtual_ips (a list), not both",
             )
+        )
     first: dict[object, Loc] = {}
     for loc, vip in entries:
         ip = vip.address.ip
