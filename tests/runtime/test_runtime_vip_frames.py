@@ -41,14 +41,8 @@ def test_the_neighbour_advertisement_has_every_field_a_receiver_checks() -> None
     assert icmp[24:] == b"\x02\x01" + MAC  # target link-layer address option
     pseudo = ipv6[8:40] + struct.pack("!I3xB", len(icmp), 58)
     assert ones_complement_sum(pseudo + icmp) == 0xFFFF
-
-
-def test_a_corrupted_advertisement_fails_the_checksum() -> None:
-    frame = bytearray(na_frame(MAC, ipaddress.IPv6Address("2001:db8::100")))
-    frame[-1] ^= 0x01
-    icmp = bytes(frame[54:])
-    pseudo = bytes(frame[22:54]) + struct.pack("!I3xB", len(icmp), 58)
-    assert ones_complement_sum(pseudo + icmp) != 0xFFFF
+    flipped = icmp[:-1] + bytes([icmp[-1] ^ 0x01])
+    assert ones_complement_sum(pseudo + flipped) != 0xFFFF, "the check above can fail"
 
 
 def test_the_gratuitous_arp_is_a_request_and_a_reply_for_the_address_itself() -> None:
