@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from trio.testing import MockClock
 
 from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 
@@ -43,6 +44,18 @@ async def repeat_tasks() -> int:
     """How many repeat tasks exist once every task has run as far as it can."""
     await anyio.wait_all_tasks_blocked()
     return sum("_repeat_announcements" in task.name for task in anyio.get_running_tasks())
+
+
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": MockClock(autojump_threshold=0)})])
+async def test_the_announcements_follow_their_schedule_in_virtual_time() -> None:
+    """``announce_count`` in all: the first at once, then ``announce_interval`` apart."""
+    times: list[float] = []
+    vip = VirtualAddress("fd00::100/64", "eth0", announce_count=4, announce_interval=0.25)
+    vip._change = lambda command: True  # type: ignore[method-assign]
+    vip._announce = lambda: times.append(anyio.current_time())  # type: ignore[method-assign]
+    async with anyio.create_task_group() as tg:
+        await vip.acquire(repeat_in=tg)
+    assert [round(t - times[0], 9) for t in times] == [0, 0.25, 0.5, 0.75]
 
 
 async def test_a_release_before_the_first_repeat_ends_the_repeat_task() -> None:
