@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import structlog
@@ -305,25 +305,9 @@ class VirtualIP:
         """The addresses with their prefix lengths, comma-separated (for records)."""
         return ", ".join(str(address.address) for address in self.addresses)
 
-    async def held(self) -> bool:
-        """True when every address is on its interface now."""
-        for address in self.addresses:
-            if not await address.held():
-                return False
-        return True
-
-    async def prepare(self) -> bool:
-        """``VirtualAddress.prepare`` of each; True when a stale address was removed."""
-        removed = False
-        problems: list[str] = []
-        for address in self.addresses:
-            try:
-                removed = await address.prepare() or removed
-            except VipError as exc:
-                problems.append(str(exc))
-        if problems:
-            raise VipError("; ".join(problems))
-        return removed
+    async def prepare(self) -> None:
+        """``VirtualAddress.prepare`` of each; ``VipError`` naming each one that failed."""
+        await self._each(VirtualAddress.prepare)
 
     async def acquire(self, repeat_in: TaskGroup | None = None) -> None:
         """Add and announce every address, or none (see the class docstring)."""
@@ -342,10 +326,15 @@ class VirtualIP:
 
     async def release(self) -> None:
         """Remove every address; ``VipError`` naming each one that could not be."""
+        await self._each(VirtualAddress.release)
+
+    async def _each(self, step: Callable[[VirtualAddress], Awaitable[object]]) -> None:
+        """``step`` on every address, even after one failed; then ``VipError``
+        naming each failure."""
         problems: list[str] = []
         for address in self.addresses:
             try:
-                await address.release()
+                await step(address)
             except VipError as exc:
                 problems.append(str(exc))
         if problems:

@@ -1,9 +1,11 @@
-"""The repeated announcements' task ends whenever the address is given back (no root).
+"""Virtual addresses taken and given back, with netlink and the raw socket
+replaced by stand-ins that only count (no root): the announcement schedule,
+the repeat task that ends whenever the address is given back, and what a
+group of addresses does when one fails.
 
-Netlink and the raw socket are replaced by stand-ins that only count; the
-repeats are a year apart, so a repeat task that is still there after a release
-is one that outlived it (test_runtime_vip.py shows on real interfaces that no
-frame follows a release).
+The repeats are a year apart, so a repeat task that is still there after a
+release is one that outlived it (test_runtime_vip.py shows on real interfaces
+that no frame follows a release).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 YEAR = 365 * 86400.0
 
 
-def address(text: str, calls: list[str], *, fails: bool = False) -> VirtualAddress:
-    """A ``VirtualAddress`` whose netlink changes and announcements append to ``calls``."""
+def address(text: str, calls: list[str], *, fails: str | None = None) -> VirtualAddress:
+    """A ``VirtualAddress`` whose netlink changes and announcements append to
+    ``calls``; the change ``fails`` (``add``, ``del``) raises ``VipError``."""
     vip = VirtualAddress(text, "eth0", announce_count=3, announce_interval=YEAR)
 
     def change(command: str) -> bool:
-        if fails and command == "add":
-            raise VipError(f"cannot add {text}")
+        if command == fails:
+            raise VipError(f"cannot {command} {text}")
         calls.append(f"{command} {text}")
         return True
 
@@ -91,9 +94,24 @@ async def test_acquiring_again_leaves_one_schedule() -> None:
 
 async def test_a_failed_acquire_of_several_addresses_leaves_no_repeats() -> None:
     calls: list[str] = []
-    first, second = address("10.0.0.100/24", calls), address("fd00::100/64", calls, fails=True)
+    first, second = address("10.0.0.100/24", calls), address("fd00::100/64", calls, fails="add")
     async with anyio.create_task_group() as tg:
         with pytest.raises(VipError, match="cannot add fd00::100/64"):
             await VirtualIP([first, second]).acquire(repeat_in=tg)
         assert await repeat_tasks() == 0
     assert calls == ["add 10.0.0.100/24", "announce 10.0.0.100/24", "del 10.0.0.100/24"]
+
+
+async def test_a_release_of_several_addresses_tries_each_and_names_every_failure() -> None:
+    calls: list[str] = []
+    vip = VirtualIP(
+        [
+            address("10.0.0.100/24", calls, fails="del"),
+            address("10.0.0.101/24", calls),
+            address("fd00::100/64", calls, fails="del"),
+        ]
+    )
+    with pytest.raises(VipError) as caught:
+        await vip.release()
+    assert str(caught.value) == "cannot del 10.0.0.100/24; cannot del fd00::100/64"
+    assert calls == ["del 10.0.0.101/24"]
