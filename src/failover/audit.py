@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -241,22 +241,30 @@ def _generation(text: str) -> Generation | None:
     return Generation(int(counter), origin)
 
 
-def _lines(path: Path) -> Iterable[tuple[int, str, bool]]:
-    """(line number, text, last line without newline) of a UTF-8 text file."""
+MAX_LINE = 1 << 20
+"""Longest line read (bytes, newline included): a journal record or an ack is a few
+hundred bytes; a longer line is an input error, never read whole into memory."""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, last line without newline) of a UTF-8 text file, read one
+    line (of at most ``MAX_LINE`` bytes) at a time."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            number = 0
+            while line := file.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE:
+                    raise AuditInputError(f"{path}:{number}: longer than {MAX_LINE} bytes")
+                if not line.strip():
+                    continue
+                try:
+                    text = line.rstrip(b"\n").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise AuditInputError(f"{path}:{number}: not UTF-8 text") from None
+                yield number, text, not line.endswith(b"\n")
     except OSError as exc:
         raise AuditInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        torn = number == len(lines) and line != b""
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise AuditInputError(f"{path}:{number}: not UTF-8 text") from None
-        yield number, text, torn
 
 
 def _journal_files(path: Path) -> list[Path]:
