@@ -194,15 +194,25 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
 }
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to a length an error line can carry."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+_SHOWN = 60
+
+
 def _check_record(data: Any) -> str | None:
     """Why ``data`` is not a journal record (None when it is one)."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    if data.get("v") != FORMAT_VERSION:
-        return f"unknown format version {data.get('v')!r} (this audit reads {FORMAT_VERSION})"
+    version = data.get("v")
+    if type(version) is not int or version != FORMAT_VERSION:
+        return f"unknown format version {_shown(version)} (this audit reads {FORMAT_VERSION})"
     kind = data.get("kind")
-    if kind not in _REQUIRED:
-        return f"unknown record kind {kind!r}"
+    if not isinstance(kind, str) or kind not in _REQUIRED:
+        return f"unknown record kind {_shown(kind)}"
     if not isinstance(data.get("node"), str) or not data["node"]:
         return "'node' must be a non-empty string"
     for key in ("boot", "seq"):
@@ -226,7 +236,7 @@ def _check_record(data: Any) -> str | None:
             return f"a {kind} record needs '{key}'"
     for key in ("generation", "synced"):
         if key in data and isinstance(data[key], str) and _generation(data[key]) is None:
-            return f"'{key}' is not a generation: {data[key]!r}"
+            return f"'{key}' is not a generation: {_shown(data[key])}"
     return None
 
 

@@ -78,6 +78,16 @@ GOOD = json.dumps(
         ("[1, 2]", "not a JSON object"),
         (GOOD.replace('"v": 1', '"v": 7'), "unknown format version 7"),
         (GOOD.replace('"link", "node"', '"weird", "node"'), "unknown record kind 'weird'"),
+        # a kind or version of the wrong JSON type: an input error, not a TypeError (exit 1)
+        (GOOD.replace('"link", "node"', '["link"], "node"'), "unknown record kind ['link']"),
+        (GOOD.replace('"link", "node"', '{"a": 1}, "node"'), "unknown record kind {'a': 1}"),
+        (GOOD.replace('"v": 1', '"v": true'), "unknown format version True"),
+        (GOOD.replace('"v": 1', '"v": 1.0'), "unknown format version 1.0"),
+        # what the file holds is shown cut short, not echoed whole
+        (
+            GOOD.replace('"link", "node"', f'"{"w" * 5000}", "node"'),
+            f"unknown record kind '{'w' * 59}...\n",
+        ),
         (GOOD.replace('"mono": 1.0', '"mono": "soon"'), "'mono' must be a number"),
         (GOOD.replace('"seq": 1', '"seq": 1.5'), "'seq' must be an integer"),
         (GOOD.replace('"up": true', '"up": "yes"'), "a link record needs 'up'"),
