@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeGuard
@@ -194,15 +194,25 @@ _REQUIRED: dict[str, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
 }
 
 
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to a length an error line can carry."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+
+
+_SHOWN = 60
+
+
 def _check_record(data: Any) -> str | None:
     """Why ``data`` is not a journal record (None when it is one)."""
     if not isinstance(data, dict):
         return "not a JSON object"
-    if data.get("v") != FORMAT_VERSION:
-        return f"unknown format version {data.get('v')!r} (this audit reads {FORMAT_VERSION})"
+    version = data.get("v")
+    if type(version) is not int or version != FORMAT_VERSION:
+        return f"unknown format version {_shown(version)} (this audit reads {FORMAT_VERSION})"
     kind = data.get("kind")
-    if kind not in _REQUIRED:
-        return f"unknown record kind {kind!r}"
+    if not isinstance(kind, str) or kind not in _REQUIRED:
+        return f"unknown record kind {_shown(kind)}"
     if not isinstance(data.get("node"), str) or not data["node"]:
         return "'node' must be a non-empty string"
     for key in ("boot", "seq"):
@@ -226,7 +236,7 @@ def _check_record(data: Any) -> str | None:
             return f"a {kind} record needs '{key}'"
     for key in ("generation", "synced"):
         if key in data and isinstance(data[key], str) and _generation(data[key]) is None:
-            return f"'{key}' is not a generation: {data[key]!r}"
+            return f"'{key}' is not a generation: {_shown(data[key])}"
     return None
 
 
@@ -241,22 +251,30 @@ def _generation(text: str) -> Generation | None:
     return Generation(int(counter), origin)
 
 
-def _lines(path: Path) -> Iterable[tuple[int, str, bool]]:
-    """(line number, text, last line without newline) of a UTF-8 text file."""
+MAX_LINE = 1 << 20
+"""Longest line read (bytes, newline included): a journal record or an ack is a few
+hundred bytes; a longer line is an input error, never read whole into memory."""
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str, bool]]:
+    """(line number, text, last line without newline) of a UTF-8 text file, read one
+    line (of at most ``MAX_LINE`` bytes) at a time."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            number = 0
+            while line := file.readline(MAX_LINE + 1):
+                number += 1
+                if len(line) > MAX_LINE:
+                    raise AuditInputError(f"{path}:{number}: longer than {MAX_LINE} bytes")
+                if not line.strip():
+                    continue
+                try:
+                    text = line.rstrip(b"\n").decode("utf-8")
+                except UnicodeDecodeError:
+                    raise AuditInputError(f"{path}:{number}: not UTF-8 text") from None
+                yield number, text, not line.endswith(b"\n")
     except OSError as exc:
         raise AuditInputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        torn = number == len(lines) and line != b""
-        if not line.strip():
-            continue
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError:
-            raise AuditInputError(f"{path}:{number}: not UTF-8 text") from None
-        yield number, text, torn
 
 
 def _journal_files(path: Path) -> list[Path]:

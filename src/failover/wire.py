@@ -43,7 +43,8 @@ from failover.errors import PeerProtocolError
 
 PROTOCOL_VERSION = 4
 """Version 2 added the ``echo`` header field, version 3 the heartbeat's ``view`` and
-``peer_view``, version 4 its ``has_data`` (frames of another version are ``bad_version``)."""
+``peer_view``, version 4 its ``has_data`` and ``can_serve`` (frames of another version are
+``bad_version``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 

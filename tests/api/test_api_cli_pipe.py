@@ -6,6 +6,7 @@ the error path, stderr) is a pipe the test closes before the command writes.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -62,15 +63,30 @@ def test_state_to_a_closed_pipe_still_exits_with_the_state(
     assert code == NOT_SERVING_EXIT_CODES["secondary"]
 
 
-def test_a_long_log_to_a_closed_pipe_exits_0_quietly(socket_path: str) -> None:
-    # larger than a pipe's buffer: the write fails whenever the reader leaves
+PIPE_BUFFER = 64 * 1024  # Linux's default
+
+
+def _a_log_longer_than_a_pipe_buffer(controller: FakeController) -> None:
+    """1000 records in ``failover log --json -n 1000``: whenever its reader leaves, a
+    write fails (all of it would fit in the pipe's buffer with the fake's 120)."""
+    controller.records = (controller.records * 9)[:1000]
+    assert len(json.dumps(controller.records, indent=2)) > 2 * PIPE_BUFFER
+
+
+def test_a_long_log_to_a_closed_pipe_exits_0_quietly(
+    socket_path: str, controller: FakeController
+) -> None:
+    _a_log_longer_than_a_pipe_buffer(controller)
     code, err = _reader_gone("log", "--json", "-n", "1000", "--socket", socket_path)
     _quiet(err)
     assert code == 0
 
 
-def test_a_reader_that_takes_one_line_and_leaves_gets_exit_0(socket_path: str) -> None:
+def test_a_reader_that_takes_one_line_and_leaves_gets_exit_0(
+    socket_path: str, controller: FakeController
+) -> None:
     # `failover log --json -n 1000 | head -1`: the reader leaves mid-output
+    _a_log_longer_than_a_pipe_buffer(controller)
     process = subprocess.Popen(
         [sys.executable, "-m", "failover", "log", "--json", "-n", "1000", "--socket", socket_path],
         stdout=subprocess.PIPE,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from audit_support import Journal, acks, ids, paired
 
-from failover.audit import AuditInputError, audit
+from failover.audit import MAX_LINE, AuditInputError, audit
 from failover.cli import main
 
 
@@ -78,6 +78,16 @@ GOOD = json.dumps(
         ("[1, 2]", "not a JSON object"),
         (GOOD.replace('"v": 1', '"v": 7'), "unknown format version 7"),
         (GOOD.replace('"link", "node"', '"weird", "node"'), "unknown record kind 'weird'"),
+        # a kind or version of the wrong JSON type: an input error, not a TypeError (exit 1)
+        (GOOD.replace('"link", "node"', '["link"], "node"'), "unknown record kind ['link']"),
+        (GOOD.replace('"link", "node"', '{"a": 1}, "node"'), "unknown record kind {'a': 1}"),
+        (GOOD.replace('"v": 1', '"v": true'), "unknown format version True"),
+        (GOOD.replace('"v": 1', '"v": 1.0'), "unknown format version 1.0"),
+        # what the file holds is shown cut short, not echoed whole
+        (
+            GOOD.replace('"link", "node"', f'"{"w" * 5000}", "node"'),
+            f"unknown record kind '{'w' * 59}...\n",
+        ),
         (GOOD.replace('"mono": 1.0', '"mono": "soon"'), "'mono' must be a number"),
         (GOOD.replace('"seq": 1', '"seq": 1.5'), "'seq' must be an integer"),
         (GOOD.replace('"up": true', '"up": "yes"'), "a link record needs 'up'"),
@@ -141,6 +151,18 @@ def test_other_unreadable_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "found set(s) for alhpa: no records of such a node" in capsys.readouterr().err
     assert main(["audit", str(good), "--found", "alpha"]) == 2
     assert "--found 'alpha': expected NODE=FILE" in capsys.readouterr().err
+
+
+def test_a_line_longer_than_the_bound_is_refused_without_reading_it_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Valid JSON, and an ack the audit would otherwise take: only its length refuses it.
+    good = write_lines(tmp_path / "good.jsonl", GOOD)
+    padded = '{"id": 1, "mono": 1.0, "pad": "' + "x" * MAX_LINE + '"}'
+    long = write_lines(tmp_path / "acked", '{"id": 2, "mono": 1.0}', padded)
+    found = write_lines(tmp_path / "found", '{"id": 1}', '{"id": 2}')
+    assert main(["audit", str(good), "--acked", str(long), "--found", f"alpha={found}"]) == 2
+    assert f"{long}:2: longer than {MAX_LINE} bytes" in capsys.readouterr().err
 
 
 def test_a_torn_last_line_is_counted_not_fatal(tmp_path: Path) -> None:

@@ -29,7 +29,9 @@ class TestTcpReplication(ReplicationContract):
 
 
 @pytest.mark.anyio
-async def test_oversize_length_from_peer_breaks_the_stream() -> None:
+@pytest.mark.parametrize("limit", [None, 2 * MAX_MESSAGE_SIZE], ids=["default", "above-max"])
+async def test_oversize_length_from_peer_breaks_the_stream(limit: int | None) -> None:
+    """MAX_MESSAGE_SIZE bounds every receive: a caller's limit may lower it, never raise it."""
     endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=free_port("tcp"))
     transport = TcpReplicationTransport()
     async with transport.listen(endpoint) as listener:
@@ -39,7 +41,7 @@ async def test_oversize_length_from_peer_breaks_the_stream() -> None:
                 server = await listener.accept()
                 await raw.send(struct.pack(">I", MAX_MESSAGE_SIZE + 1))
                 with pytest.raises(TransportError, match="announced"):
-                    await server.receive()
+                    await server.receive(limit=limit)
                 with pytest.raises(TransportError):
                     await server.receive()
                 with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +16,7 @@ from wire_fuzz_corpus import bad_payloads, codec
 from failover.core.state import Generation, PeerStatus, State, SubStatus
 from failover.errors import PeerProtocolError
 from failover.wire import (
+    _FIELDS,
     MAX_REASON,
     FrameKind,
     FrameRejected,
@@ -36,6 +39,7 @@ statuses = st.builds(
     consistent=st.booleans(),
     fingerprint=st.from_regex(r"[A-Za-z0-9._:+/=-]{0,128}", fullmatch=True),
     handover=st.booleans(),
+    has_data=st.booleans(),
     can_serve=st.booleans(),
     reason=st.text(
         st.characters(exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"))
@@ -89,6 +93,22 @@ def test_has_data_travels_and_must_be_a_boolean() -> None:
     for bad in (1, "yes", None):
         with pytest.raises(FrameRejected, match="has_data is not a boolean"):
             decode_heartbeat(document(has_data=bad))
+
+
+WIRE_DOC = Path(__file__).resolve().parents[2] / "docs" / "wire.md"
+
+
+def test_the_documented_payload_is_the_decoders() -> None:
+    """docs/wire.md's field table and example name exactly the fields decoded (a field
+    added to the code but not to the table, as ``can_serve`` once was, fails here)."""
+    section = WIRE_DOC.read_text(encoding="utf-8").split("## Heartbeat payload", 1)[1]
+    table = set(re.findall(r"^\| `([a-z_]+)` \|", section.split("\n## ", 1)[0], re.M))
+    assert table == _FIELDS
+    example = re.search(r"^```json\n(.*)\n```", section, re.M)
+    assert example is not None
+    assert set(json.loads(example[1])) == _FIELDS
+    words = {12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen"}
+    assert f"exactly these {words[len(_FIELDS)]} fields:" in section
 
 
 def test_last_state_travels_and_rejects_unknown_states() -> None:
@@ -179,6 +199,7 @@ def test_the_document_helper_rebuilds_the_canonical_form() -> None:
         document(can_serve=None),
         document(can_serve="false"),
         encode_heartbeat(BASE).replace(b'"can_serve":true,', b""),
+        encode_heartbeat(BASE).replace(b'"has_data":false,', b""),
         document(fingerprint="x" * 129),
         document(fingerprint="a b"),
         document(fingerprint=5),

@@ -94,11 +94,13 @@ class TcpMessageStream:
         """Wait for the next whole message.
 
         Raises TransportError when the peer closed or broke the stream, sent a
-        length above ``limit`` (default MAX_MESSAGE_SIZE: the stream is then
-        closed, before that message is buffered), or the stream is closed.
+        length above ``limit`` or MAX_MESSAGE_SIZE, whichever is lower (the stream
+        is then closed, before that message is buffered), or the stream is closed.
         """
         async with self._receive_lock:
-            self._decoder.max_payload = MAX_MESSAGE_SIZE if limit is None else limit
+            self._decoder.max_payload = min(
+                MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE if limit is None else limit
+            )
             while True:
                 if self._closed:
                     raise closed_error(self._what)

@@ -564,6 +564,20 @@ class ReplicationContract:
             assert got == messages
 
     @pytest.mark.anyio
+    async def test_a_receive_limit_refuses_a_longer_message(
+        self, replication_transport: ReplicationTransport, endpoint: BaseModel
+    ) -> None:
+        """``receive(limit=N)`` takes a message of N bytes and refuses a longer one
+        (``TransportError``): the data plane reads what a stranger sends that way."""
+        async with connected_streams(replication_transport, endpoint) as (client, server):
+            await client.send(b"x" * 100)
+            await client.send(b"y" * 101)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                assert await server.receive(limit=100) == b"x" * 100
+                with pytest.raises(TransportError):
+                    await server.receive(limit=100)
+
+    @pytest.mark.anyio
     async def test_peer_close_makes_receive_raise(
         self, replication_transport: ReplicationTransport, endpoint: BaseModel
     ) -> None:
