@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import math
 import os
@@ -71,7 +70,11 @@ from failover.replication.channel import (
 )
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
-from failover.replication.quarantine import quarantine, quarantine_before_full_resync
+from failover.replication.quarantine import (
+    Manifest,
+    quarantine,
+    quarantine_before_full_resync,
+)
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
@@ -320,34 +323,56 @@ class DataPlane:
         root is done. On a disk error nothing is lost and nothing is reported:
         the node stays in ``wait`` (saying why) rather than resync over data
         that was not set aside."""
-        assert self.tracker is not None
-        changes = self.tracker.changes()
+        tracker = self.tracker
+        assert tracker is not None
+        changes = tracker.changes()
         generation = self.generation()
         s = self.settings
-        for name, mirror in self.mirrors.items():
-            move = functools.partial(
-                quarantine,
+
+        def move(name: str, fd: int) -> Manifest:
+            return quarantine(
                 name,
-                mirror.backing_fd,
+                fd,
                 changes,
                 s.quarantine_dir,
                 generation=generation,
                 peer=s.peer,
                 now=time.time(),
-                tracker=self.tracker,
+                tracker=tracker,
             )
-            try:
-                manifest = await anyio.to_thread.run_sync(move)
-            except (OSError, UsageError) as exc:
-                log.error("quarantine failed: data left in place", directory=name, error=str(exc))
-                return None
-            log.warning(
-                "divergent data quarantined",
-                directory=name,
-                since=str(effect.since),
-                manifest=str(manifest.directory),
-            )
+
+        failed = await self._move_aside(move, "divergent data quarantined", since=str(effect.since))
+        if failed is not None:
+            name, exc = failed
+            log.error("quarantine failed: data left in place", directory=name, error=str(exc))
+            return None
         return ev.QuarantineDone()
+
+    async def _move_aside(
+        self, move: Callable[[str, int], Manifest | None], moved: str, **fields: str
+    ) -> tuple[str, Exception] | None:
+        """``move(name, fd)`` for each replicated directory in turn, in a worker
+        thread, logging ``moved`` for each set made. It works on duplicates of the
+        directories' fds taken while no remount runs (``serve``/``unserve`` close
+        the mirrors' fds, whose numbers may then be reused), as ``_receive`` does.
+        None once every directory is done; else the first directory that failed
+        and why (an ``OSError`` or ``UsageError``; the ones after it untouched)."""
+        async with self._remounting:
+            try:
+                roots = _dup_roots(self.mirrors)
+            except OSError as exc:
+                return "the replicated directories", exc
+        try:
+            for name, fd in roots.items():
+                try:
+                    manifest = await anyio.to_thread.run_sync(move, name, fd)
+                except (OSError, UsageError) as exc:
+                    return name, exc
+                if manifest is not None:
+                    log.warning(moved, directory=name, manifest=str(manifest.directory), **fields)
+        finally:
+            _close_all(roots)
+        return None
 
     # -- the sending side -------------------------------------------------------------------
 
@@ -578,30 +603,21 @@ class DataPlane:
 
     async def _set_aside(self, effect: fx.StartResync) -> None:
         s = self.settings
-        for name, mirror in list(self.mirrors.items()):
-            move = functools.partial(
-                quarantine_before_full_resync,
-                name,
-                mirror.backing_fd,
-                s.quarantine_dir,
-                generation=self.generation(),
-                peer=s.peer,
-                now=time.time(),
+        generation = self.generation()
+
+        def move(name: str, fd: int) -> Manifest | None:
+            return quarantine_before_full_resync(
+                name, fd, s.quarantine_dir, generation=generation, peer=s.peer, now=time.time()
             )
-            try:
-                manifest = await anyio.to_thread.run_sync(move)
-            except (OSError, UsageError) as exc:
-                # never copy over data that was not set aside: the node stays in
-                # resync (the source retries) until the operator starts it again
-                self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
-                log.error("full resync held: data left in place", directory=name, error=str(exc))
-                return
-            if manifest is not None:
-                log.warning(
-                    "data quarantined before a full resync",
-                    directory=name,
-                    manifest=str(manifest.directory),
-                )
+
+        failed = await self._move_aside(move, "data quarantined before a full resync")
+        if failed is not None:
+            # never copy over data that was not set aside: the node stays in
+            # resync (the source retries) until the operator starts it again
+            name, exc = failed
+            self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
+            log.error("full resync held: data left in place", directory=name, error=str(exc))
+            return
         self.set_aside_problem = None
         if self._setting_aside is effect:
             self._setting_aside = None
