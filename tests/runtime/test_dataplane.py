@@ -704,4 +704,16 @@ async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Pat
         assert tree(beta.root) == {"app.conf": b"beta's settings"}
         assert not alpha.events and not beta.events
         alpha.plane.stop_resync()
+        # what is held is that resync: once the core replaced or stopped it, nothing is
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        assert beta.plane.status()["resync_wanted"]
+        assert beta.plane.status()["resync_held"] is None
+        beta.plane.start_resync(fx.StartResync("target", "full", Generation(), generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while not beta.plane.status()["resync_held"]:
+                await anyio.sleep(0.01)  # held again: the disk is still wrong
         beta.plane.stop_resync()
+        assert beta.plane.status()["resync_held"] is None
+        assert not beta.plane.status()["resync_wanted"]
+        assert tree(beta.root) == {"app.conf": b"beta's settings"}

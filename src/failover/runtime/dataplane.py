@@ -201,7 +201,8 @@ class DataPlane:
         # a full resync whose target data is being quarantined before it may start
         self._setting_aside: fx.StartResync | None = None
         self._set_aside_lock = anyio.Lock()  # one quarantine of the directories at a time
-        self.set_aside_problem: str | None = None
+        # why the full resync being set aside is held (status while it is)
+        self._set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
@@ -582,11 +583,11 @@ class DataPlane:
             self._stop_receiving()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
-                self._target = None
-                self._setting_aside = effect
+                self._target, self._setting_aside = None, effect
+                self._set_aside_problem = None  # an earlier attempt's: this one may succeed
                 self._group.start_soon(self._set_aside_then_receive, effect)
-                return
-            self._target = effect
+            else:  # replaces any full one still being, or held from being, set aside
+                self._target, self._setting_aside = effect, None
             return
         self.stop_resync()
         scope = anyio.CancelScope()
@@ -611,17 +612,17 @@ class DataPlane:
             )
 
         failed = await self._move_aside(move, "data quarantined before a full resync")
+        if self._setting_aside is not effect:
+            return  # the core stopped or replaced this resync meanwhile
         if failed is not None:
             # never copy over data that was not set aside: the node stays in
             # resync (the source retries) until the operator starts it again
             name, exc = failed
-            self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
+            self._set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
             log.error("full resync held: data left in place", directory=name, error=str(exc))
             return
-        self.set_aside_problem = None
-        if self._setting_aside is effect:
-            self._setting_aside = None
-            self._target = effect
+        self._set_aside_problem = None
+        self._setting_aside, self._target = None, effect
 
     def stop_resync(self) -> None:
         self._target = None
@@ -849,7 +850,7 @@ class DataPlane:
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None or self._setting_aside is not None,
-            "resync_held": self.set_aside_problem,
+            "resync_held": None if self._setting_aside is None else self._set_aside_problem,
             "resync_retrying": self.resync_problem,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,
