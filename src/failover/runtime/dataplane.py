@@ -637,9 +637,12 @@ class DataPlane:
         """Resync the peer until it succeeds: an attempt that cannot connect (the
         replication link is down) or whose session breaks is retried from scratch
         (the target applies idempotently), with a growing pause, until the core
-        stops it (``StopResync``, or another effect that replaces the session)."""
+        stops it (``StopResync``, or another effect that replaces the session).
+        Each failed attempt is counted (``resync_attempts``, the last reason in
+        status); the log gets each reason once, not every attempt."""
         outcomes: list[ev.Event] = []
         pause = RETRY_PAUSE
+        logged: str | None = None
         with scope:
             while True:
                 outcomes, problem = await self._resync_as_source(effect)
@@ -647,7 +650,9 @@ class DataPlane:
                     break
                 self.resync_attempts += 1
                 self.resync_problem = problem
-                log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
+                if problem != logged:  # a held target may refuse for hours: once per reason
+                    log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
+                    logged = problem
                 await anyio.sleep(pause)  # the link may be down: nothing to wait on but time
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
         if scope.cancel_called:
