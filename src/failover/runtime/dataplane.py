@@ -612,17 +612,16 @@ class DataPlane:
             )
 
         failed = await self._move_aside(move, "data quarantined before a full resync")
-        if self._setting_aside is not effect:
-            return  # the core stopped or replaced this resync meanwhile
+        current = self._setting_aside is effect  # else the core stopped or replaced it meanwhile
         if failed is not None:
             # never copy over data that was not set aside: the node stays in
             # resync (the source retries) until the operator starts it again
             name, exc = failed
-            self._set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
             log.error("full resync held: data left in place", directory=name, error=str(exc))
-            return
-        self._set_aside_problem = None
-        self._setting_aside, self._target = None, effect
+            if current:
+                self._set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
+        elif current:
+            self._setting_aside, self._target = None, effect
 
     def stop_resync(self) -> None:
         self._target = None
