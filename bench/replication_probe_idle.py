@@ -28,7 +28,7 @@ from failover.replication.channel import (
     ReplicationSender,
     SessionIdentity,
 )
-from failover.testing.transport_contract import free_port
+from failover.testing.transport_contract import connected_streams, free_port
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport
 
@@ -49,9 +49,10 @@ async def idle_session(interval: float | None, seconds: float) -> str:
     with tempfile.TemporaryDirectory() as directory, Applier({"d": Path(directory)}) as applier:
         sender = ReplicationSender(primary, settings)
         receiver = ReplicationReceiver(secondary, applier)
-        async with transport.listen(endpoint) as listener, anyio.create_task_group() as tg:
-            client = await transport.connect(endpoint, timeout=5.0)
-            server = await listener.accept()
+        async with (
+            connected_streams(transport, endpoint) as (client, server),
+            anyio.create_task_group() as tg,
+        ):
             async with anyio.create_task_group() as greeting:
                 greeting.start_soon(receiver.handshake, server)
                 await sender.handshake(client)

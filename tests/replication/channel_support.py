@@ -3,6 +3,7 @@ an instrumented sink, tree snapshots."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -23,6 +24,7 @@ from failover.replication.channel import (
     SessionIdentity,
 )
 from failover.replication.ops import Op
+from failover.testing.proxy import CuttableProxy
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.transport import MessageStream
 from failover_transports.tcp import TcpEndpoint
@@ -88,19 +90,26 @@ class RecordingSink:
 
 
 @asynccontextmanager
-async def stream_pair() -> AsyncIterator[tuple[MessageStream, MessageStream]]:
-    """(primary's stream, secondary's stream) over loopback TCP through the plugin."""
+async def stream_pair(
+    proxy: CuttableProxy | None = None,
+) -> AsyncIterator[tuple[MessageStream, MessageStream]]:
+    """(primary's stream, secondary's stream) over loopback TCP through the plugin;
+    with ``proxy``, the secondary listens on its target port and the primary
+    connects through it (a link the test can cut)."""
     transport = TcpReplicationTransport()
-    endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=free_port("tcp"))
-    async with transport.listen(endpoint) as listener:
-        client = await transport.connect(endpoint, timeout=WAIT_TIMEOUT)
-        with anyio.fail_after(WAIT_TIMEOUT):
-            server = await listener.accept()
-    try:
-        yield client, server
-    finally:
-        await client.aclose()
-        await server.aclose()
+    port = free_port("tcp") if proxy is None else proxy.target_port
+    endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=port)
+    via = endpoint if proxy is None else TcpEndpoint(address=endpoint.address, port=proxy.port)
+    async with contextlib.nullcontext() if proxy is None else proxy.running():
+        async with transport.listen(endpoint) as listener:
+            client = await transport.connect(via, timeout=WAIT_TIMEOUT)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                server = await listener.accept()
+        try:
+            yield client, server
+        finally:
+            await client.aclose()
+            await server.aclose()
 
 
 @dataclass
@@ -129,8 +138,10 @@ async def session(
     *,
     key: bytes | None = KEY,
     on_item: ItemHandler | None = None,
+    proxy: CuttableProxy | None = None,
 ) -> AsyncIterator[Session]:
-    """A handshaken session over loopback TCP, both ends running; stopped on exit."""
+    """A handshaken session over loopback TCP (through ``proxy`` if given), both
+    ends running; stopped on exit."""
     primary, secondary = identities(key)
     backing.mkdir(exist_ok=True)
     with Applier({ROOT: backing}) as applier:
@@ -138,7 +149,7 @@ async def session(
         broken: list[str] = []
         sender = ReplicationSender(primary, settings, on_broken=broken.append)
         receiver = ReplicationReceiver(secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT)
-        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+        async with stream_pair(proxy) as (a, b), anyio.create_task_group() as tg:
             with anyio.fail_after(WAIT_TIMEOUT):
                 async with anyio.create_task_group() as greeting:  # both ends done
                     greeting.start_soon(receiver.handshake, b)

@@ -695,13 +695,29 @@ async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Pat
     async with pair(tmp_path) as (alpha, beta):
         preinstall(beta, {"app.conf": b"beta's settings"})
         (tmp_path / "beta" / "quarantine").write_bytes(b"a file where the directory goes")
-        await start_full_resync(alpha, beta)
-        with anyio.fail_after(WAIT_TIMEOUT):
-            while alpha.plane.resync_attempts < 2 or not beta.plane.status()["resync_held"]:
-                await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        with capture_logs() as logs:
+            await start_full_resync(alpha, beta)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                while alpha.plane.resync_attempts < 4 or not beta.plane.status()["resync_held"]:
+                    await anyio.sleep(0.01)  # a bounded poll of the other node's task
+        # the source retries all along (counted), its log says so once per reason
+        retries = [r for r in logs if r["event"] == "resync attempt failed: retrying"]
+        assert len({r["problem"] for r in retries}) == len(retries) < 4, retries
         assert "could not quarantine data" in beta.plane.status()["resync_held"]
         assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
         assert tree(beta.root) == {"app.conf": b"beta's settings"}
         assert not alpha.events and not beta.events
         alpha.plane.stop_resync()
+        # what is held is that resync: once the core replaced or stopped it, nothing is
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        assert beta.plane.status()["resync_wanted"]
+        assert beta.plane.status()["resync_held"] is None
+        beta.plane.start_resync(fx.StartResync("target", "full", Generation(), generation))
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while not beta.plane.status()["resync_held"]:
+                await anyio.sleep(0.01)  # held again: the disk is still wrong
         beta.plane.stop_resync()
+        assert beta.plane.status()["resync_held"] is None
+        assert not beta.plane.status()["resync_wanted"]
+        assert tree(beta.root) == {"app.conf": b"beta's settings"}

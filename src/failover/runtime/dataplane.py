@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import json
 import math
 import os
@@ -71,7 +70,11 @@ from failover.replication.channel import (
 )
 from failover.replication.mirror import Mirror
 from failover.replication.ops import Fsync, Op
-from failover.replication.quarantine import quarantine, quarantine_before_full_resync
+from failover.replication.quarantine import (
+    Manifest,
+    quarantine,
+    quarantine_before_full_resync,
+)
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
@@ -198,7 +201,8 @@ class DataPlane:
         # a full resync whose target data is being quarantined before it may start
         self._setting_aside: fx.StartResync | None = None
         self._set_aside_lock = anyio.Lock()  # one quarantine of the directories at a time
-        self.set_aside_problem: str | None = None
+        # why the full resync being set aside is held (status while it is)
+        self._set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
@@ -320,34 +324,56 @@ class DataPlane:
         root is done. On a disk error nothing is lost and nothing is reported:
         the node stays in ``wait`` (saying why) rather than resync over data
         that was not set aside."""
-        assert self.tracker is not None
-        changes = self.tracker.changes()
+        tracker = self.tracker
+        assert tracker is not None
+        changes = tracker.changes()
         generation = self.generation()
         s = self.settings
-        for name, mirror in self.mirrors.items():
-            move = functools.partial(
-                quarantine,
+
+        def move(name: str, fd: int) -> Manifest:
+            return quarantine(
                 name,
-                mirror.backing_fd,
+                fd,
                 changes,
                 s.quarantine_dir,
                 generation=generation,
                 peer=s.peer,
                 now=time.time(),
-                tracker=self.tracker,
+                tracker=tracker,
             )
-            try:
-                manifest = await anyio.to_thread.run_sync(move)
-            except (OSError, UsageError) as exc:
-                log.error("quarantine failed: data left in place", directory=name, error=str(exc))
-                return None
-            log.warning(
-                "divergent data quarantined",
-                directory=name,
-                since=str(effect.since),
-                manifest=str(manifest.directory),
-            )
+
+        failed = await self._move_aside(move, "divergent data quarantined", since=str(effect.since))
+        if failed is not None:
+            name, exc = failed
+            log.error("quarantine failed: data left in place", directory=name, error=str(exc))
+            return None
         return ev.QuarantineDone()
+
+    async def _move_aside(
+        self, move: Callable[[str, int], Manifest | None], moved: str, **fields: str
+    ) -> tuple[str, Exception] | None:
+        """``move(name, fd)`` for each replicated directory in turn, in a worker
+        thread, logging ``moved`` for each set made. It works on duplicates of the
+        directories' fds taken while no remount runs (``serve``/``unserve`` close
+        the mirrors' fds, whose numbers may then be reused), as ``_receive`` does.
+        None once every directory is done; else the first directory that failed
+        and why (an ``OSError`` or ``UsageError``; the ones after it untouched)."""
+        async with self._remounting:
+            try:
+                roots = _dup_roots(self.mirrors)
+            except OSError as exc:
+                return "the replicated directories", exc
+        try:
+            for name, fd in roots.items():
+                try:
+                    manifest = await anyio.to_thread.run_sync(move, name, fd)
+                except (OSError, UsageError) as exc:
+                    return name, exc
+                if manifest is not None:
+                    log.warning(moved, directory=name, manifest=str(manifest.directory), **fields)
+        finally:
+            _close_all(roots)
+        return None
 
     # -- the sending side -------------------------------------------------------------------
 
@@ -557,11 +583,11 @@ class DataPlane:
             self._stop_receiving()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
-                self._target = None
-                self._setting_aside = effect
+                self._target, self._setting_aside = None, effect
+                self._set_aside_problem = None  # an earlier attempt's: this one may succeed
                 self._group.start_soon(self._set_aside_then_receive, effect)
-                return
-            self._target = effect
+            else:  # replaces any full one still being, or held from being, set aside
+                self._target, self._setting_aside = effect, None
             return
         self.stop_resync()
         scope = anyio.CancelScope()
@@ -578,34 +604,24 @@ class DataPlane:
 
     async def _set_aside(self, effect: fx.StartResync) -> None:
         s = self.settings
-        for name, mirror in list(self.mirrors.items()):
-            move = functools.partial(
-                quarantine_before_full_resync,
-                name,
-                mirror.backing_fd,
-                s.quarantine_dir,
-                generation=self.generation(),
-                peer=s.peer,
-                now=time.time(),
+        generation = self.generation()
+
+        def move(name: str, fd: int) -> Manifest | None:
+            return quarantine_before_full_resync(
+                name, fd, s.quarantine_dir, generation=generation, peer=s.peer, now=time.time()
             )
-            try:
-                manifest = await anyio.to_thread.run_sync(move)
-            except (OSError, UsageError) as exc:
-                # never copy over data that was not set aside: the node stays in
-                # resync (the source retries) until the operator starts it again
-                self.set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
-                log.error("full resync held: data left in place", directory=name, error=str(exc))
-                return
-            if manifest is not None:
-                log.warning(
-                    "data quarantined before a full resync",
-                    directory=name,
-                    manifest=str(manifest.directory),
-                )
-        self.set_aside_problem = None
-        if self._setting_aside is effect:
-            self._setting_aside = None
-            self._target = effect
+
+        failed = await self._move_aside(move, "data quarantined before a full resync")
+        current = self._setting_aside is effect  # else the core stopped or replaced it meanwhile
+        if failed is not None:
+            # never copy over data that was not set aside: the node stays in
+            # resync (the source retries) until the operator starts it again
+            name, exc = failed
+            log.error("full resync held: data left in place", directory=name, error=str(exc))
+            if current:
+                self._set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
+        elif current:
+            self._setting_aside, self._target = None, effect
 
     def stop_resync(self) -> None:
         self._target = None
@@ -620,9 +636,12 @@ class DataPlane:
         """Resync the peer until it succeeds: an attempt that cannot connect (the
         replication link is down) or whose session breaks is retried from scratch
         (the target applies idempotently), with a growing pause, until the core
-        stops it (``StopResync``, or another effect that replaces the session)."""
+        stops it (``StopResync``, or another effect that replaces the session).
+        Each failed attempt is counted (``resync_attempts``, the last reason in
+        status); the log gets each reason once, not every attempt."""
         outcomes: list[ev.Event] = []
         pause = RETRY_PAUSE
+        logged: str | None = None
         with scope:
             while True:
                 outcomes, problem = await self._resync_as_source(effect)
@@ -630,7 +649,9 @@ class DataPlane:
                     break
                 self.resync_attempts += 1
                 self.resync_problem = problem
-                log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
+                if problem != logged:  # a held target may refuse for hours: once per reason
+                    log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
+                    logged = problem
                 await anyio.sleep(pause)  # the link may be down: nothing to wait on but time
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
         if scope.cancel_called:
@@ -833,7 +854,7 @@ class DataPlane:
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None or self._setting_aside is not None,
-            "resync_held": self.set_aside_problem,
+            "resync_held": None if self._setting_aside is None else self._set_aside_problem,
             "resync_retrying": self.resync_problem,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,

@@ -19,7 +19,6 @@ class CuttableProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port("tcp")
-        self.connections = 0
         self._cut = False
 
     def cut(self) -> None:
@@ -36,7 +35,6 @@ class CuttableProxy:
             pass
 
     async def _serve(self, client: anyio.abc.SocketStream) -> None:
-        self.connections += 1
         server = await anyio.connect_tcp("127.0.0.1", self.target_port)
         async with client, server, anyio.create_task_group() as tg:
             tg.start_soon(self._pump, client, server)
