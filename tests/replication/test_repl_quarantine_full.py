@@ -55,20 +55,55 @@ def test_an_empty_directory_makes_no_set(tmp_path: Path) -> None:
     assert not (tmp_path / "q").exists()
 
 
-def test_an_interrupted_resync_started_again_keeps_the_same_set(tmp_path: Path) -> None:
+def held(aside: Path) -> dict[bytes, int]:
+    """Contents of every regular file in every set, with how many times each is held."""
+    found: dict[bytes, int] = {}
+    for path in aside.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.name != "manifest.json":
+            found[path.read_bytes()] = found.get(path.read_bytes(), 0) + 1
+    return found
+
+
+def test_an_interrupted_set_aside_started_again_finishes_the_same_set(tmp_path: Path) -> None:
     root, aside = tmp_path / "data", tmp_path / "quarantine"
     root.mkdir()
     populate(root)
     first = quarantine_before_full_resync("data", root, aside, generation="0", peer="a", now=0.0)
-    # the copy had begun: a partial copy of the source's sits at a recorded path
-    (root / "app.conf").write_bytes(b"partial copy")
-    (root / "new").write_bytes(b"partial copy")
+    assert first is not None
+    # a crash before the manifest said complete: the run is started again
+    doc = json.loads((first.directory / "manifest.json").read_bytes())
+    doc["roots"]["data"]["complete"] = False
+    (first.directory / "manifest.json").write_text(json.dumps(doc))
+    (root / "new").write_bytes(b"written meanwhile")
     again = quarantine_before_full_resync("data", root, aside, generation="0", peer="a", now=9.0)
-    assert first is not None and again is not None
+    assert again is not None and again.complete
     assert again.directory == first.directory
-    # what was there before the first start is still what the set holds
     assert (again.directory / "data" / "app.conf").read_bytes() == b"settings"
-    assert (again.directory / "data" / "new").read_bytes() == b"partial copy"
+    assert (again.directory / "data" / "new").read_bytes() == b"written meanwhile"
+
+
+def test_a_finished_set_never_counts_for_what_lies_at_its_paths_now(tmp_path: Path) -> None:
+    # The same generation again after a finished set (a fresh node's metadata
+    # reset with its quarantine directory kept; a full copy that began, then
+    # stopped): what lies at the set's paths now is not what it moved. It is set
+    # aside as well, never overwritten by the copy nor deleted as a duplicate.
+    root, aside = tmp_path / "data", tmp_path / "quarantine"
+    root.mkdir()
+    populate(root)
+    first = quarantine_before_full_resync("data", root, aside, generation="0", peer="a", now=0.0)
+    (root / "app.conf").write_bytes(b"new settings")  # at a path the first set holds
+    (root / "new").write_bytes(b"new file")
+    again = quarantine_before_full_resync("data", root, aside, generation="0", peer="a", now=9.0)
+    assert first is not None and again is not None and again.complete
+    assert list(root.iterdir()) == []
+    assert held(aside) == {b"settings": 1, b"rows": 1, b"new settings": 1, b"new file": 1}
+    assert again.directory != first.directory
+    assert [m.directory for m in list_quarantines(aside)].count(again.directory) == 1
+    # nothing there any more: the finished set is returned as it is, no new set
+    assert quarantine_before_full_resync(
+        "data", root, aside, generation="0", peer="a", now=20.0
+    ) in (None, again)
+    assert len(list_quarantines(aside)) == 2
 
 
 def test_a_set_written_before_causes_existed_reads_as_a_split_brain(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ from failover.runtime.store import write_atomic
 MANIFEST_NAME: Final = "manifest.json"
 FORMAT: Final = 1
 _PARTIAL: Final = ".partial-"
-_STAMP: Final = re.compile(r"^\d{8}T\d{6}Z-(.+)$")
+_STAMP: Final = re.compile(r"^\d{8}T\d{6}Z(?:~\d+)?-(.+)$")
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TYPES: Final = {
     stat.S_IFREG: "file",
@@ -488,14 +488,38 @@ def _check_outside(root_fd: int, quarantine_dir: Path) -> None:
 
 
 def _set_dir(quarantine_dir: Path, generation: str, now: float) -> Path:
-    """The set of this generation: an existing one (a re-run), else a new one named at ``now``."""
+    """The newest set of this generation (a re-run), else a new one named at ``now``."""
     encoded = urllib.parse.quote(generation, safe="")
-    for entry in sorted(quarantine_dir.iterdir()):
+    for entry in sorted(quarantine_dir.iterdir(), reverse=True):
         match = _STAMP.match(entry.name)
         if match and match[1] == encoded and entry.is_dir():
             return entry
+    return _new_set_dir(quarantine_dir, encoded, now)
+
+
+def _new_set_dir(quarantine_dir: Path, encoded: str, now: float) -> Path:
+    """A set directory named at ``now`` that does not exist yet (``~N`` after the stamp
+    when a set of the same second is there)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-    return quarantine_dir / f"{stamp}-{encoded}"
+    candidate, n = quarantine_dir / f"{stamp}-{encoded}", 1
+    while candidate.exists():
+        n += 1
+        candidate = quarantine_dir / f"{stamp}~{n}-{encoded}"
+    return candidate
+
+
+def _covered(part: RootQuarantine) -> list[bytes]:
+    """The paths a set's part has dealt with: moved, or found absent."""
+    return [e.path for e in part.entries if e.moved_to is not None or e.type in NOT_THERE]
+
+
+def _present(root_fd: int, paths: list[bytes]) -> bool:
+    """True when anything lies at one of ``paths`` under ``root_fd``."""
+    for path in paths:
+        with parent_of(root_fd, path) as parent:
+            if parent is not None and _exists(*parent):
+                return True
+    return False
 
 
 def quarantine(
@@ -525,7 +549,8 @@ def quarantine(
     Blocks for the moves, two fsyncs per entry, sha256 reads of the files and a
     few manifest writes. Idempotent: call it again after a crash (with the same
     generation) to finish; a set already complete for this root with nothing
-    new to move is returned as is. Raises ``UsageError`` for a bad name, a
+    new to move is returned as is, and one complete while something lies again
+    at a path it moved is left as it is: that goes to a new set. Raises ``UsageError`` for a bad name, a
     quarantine directory inside ``root`` or a damaged manifest, ``OSError`` if
     the disk fails (nothing is lost: run it again).
     """
@@ -549,6 +574,14 @@ def quarantine(
         quarantine_dir.mkdir(parents=True, exist_ok=True)
         set_dir = _set_dir(quarantine_dir, generation, now)
         manifest = _load_or_start(set_dir, generation, peer, now, cause)
+        part = manifest.roots.get(root_name)
+        if part is not None and part.complete and _present(root_fd, _tops(_covered(part), [])):
+            # A finished set holds what lay at its paths then: anything there now was
+            # written since (or is the start of a copy that stopped). It never counts
+            # as moved, nor is it deleted as a duplicate: it goes to a new set.
+            encoded = urllib.parse.quote(generation, safe="")
+            set_dir = _new_set_dir(quarantine_dir, encoded, now)
+            manifest = _load_or_start(set_dir, generation, peer, now, cause)
         planned = _plan(manifest, root_fd, root_name, paths)
         if planned is manifest and manifest.roots[root_name].complete:
             return manifest
@@ -588,7 +621,7 @@ def _load_or_start(set_dir: Path, generation: str, peer: str, now: float, cause:
 def _plan(manifest: Manifest, root_fd: int, root_name: str, paths: list[bytes]) -> Manifest:
     """The manifest with ``paths`` planned for ``root_name`` (those not yet covered)."""
     part = manifest.roots.get(root_name, RootQuarantine(False, ()))
-    covered = [e.path for e in part.entries if e.moved_to is not None or e.type in NOT_THERE]
+    covered = _covered(part)
     taken = {e.moved_to for e in part.entries if e.moved_to is not None}
     new_entries: list[QuarantinedEntry] = []
     for path in _tops(paths, covered):
