@@ -721,3 +721,24 @@ async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Pat
         assert beta.plane.status()["resync_held"] is None
         assert not beta.plane.status()["resync_wanted"]
         assert tree(beta.root) == {"app.conf": b"beta's settings"}
+
+
+async def test_serving_waits_for_a_set_aside_that_is_moving_files(tmp_path: Path) -> None:
+    # The set-aside of a full resync runs beside the action queue. Stopped in the
+    # middle (stop, then primforce on this node), its moves go on in their thread:
+    # the directories must not turn read-write for the application before it ends.
+    async with pair(tmp_path) as (_alpha, beta):
+        moving = beta.plane._set_aside_lock
+        await moving.acquire()
+        served = anyio.Event()
+
+        async def serve() -> None:
+            await beta.plane.serve()
+            served.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            await anyio.wait_all_tasks_blocked()
+            assert not served.is_set() and not beta.plane.serving
+            moving.release()
+        assert beta.plane.serving

@@ -550,9 +550,10 @@ def quarantine(
     few manifest writes. Idempotent: call it again after a crash (with the same
     generation) to finish; a set already complete for this root with nothing
     new to move is returned as is, and one complete while something lies again
-    at a path it moved is left as it is: that goes to a new set. Raises ``UsageError`` for a bad name, a
-    quarantine directory inside ``root`` or a damaged manifest, ``OSError`` if
-    the disk fails (nothing is lost: run it again).
+    at a path it moved is left as it is: that goes to a new set. Raises
+    ``UsageError`` for a bad name, a quarantine directory inside ``root`` or a
+    damaged manifest, ``OSError`` if the disk fails (nothing is lost: run it
+    again).
     """
     _check_names(root_name, generation, peer)
     paths = [

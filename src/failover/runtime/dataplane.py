@@ -200,7 +200,8 @@ class DataPlane:
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         # a full resync whose target data is being quarantined before it may start
         self._setting_aside: fx.StartResync | None = None
-        self._set_aside_lock = anyio.Lock()  # one quarantine of the directories at a time
+        # one set-aside of the directories at a time; serve() waits for one in progress
+        self._set_aside_lock = anyio.Lock()
         # why the full resync being set aside is held (status while it is)
         self._set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
@@ -268,7 +269,9 @@ class DataPlane:
         if self.serving:
             return
         self._stop_receiving()
-        async with self._remounting:
+        # a full resync's set-aside stopped by the core still moves files in its
+        # thread: the application never gets the directories before it ends
+        async with self._set_aside_lock, self._remounting:
             await anyio.to_thread.run_sync(self._unmount_all)
             await self._mount_all(read_only=False)
         self.serving = True
