@@ -28,7 +28,12 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
+from failover.testing.netns import (
+    Lab,
+    kill_mount_namespace,
+    netns_unavailable_reason,
+    with_own_disks,
+)
 
 NODES = ("alpha", "beta")
 BOUND = 20.0  # seconds: an upper bound on every wait, never an expected duration
@@ -241,11 +246,7 @@ class Cluster:
         argv = [sys.executable, *self.entry, "run", "-c", str(self.config_path)]
         argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
         if self.replicate is not None:
-            bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-            argv = [
-                "unshare", "--mount", "--propagation", "private", "--",
-                "sh", "-c", bind, "sh", str(self.disk(node)), str(self.data), *argv,
-            ]  # fmt: skip
+            argv = with_own_disks([(self.disk(node), self.data)], argv)
         with open(self.tmp_path / f"{node}.stderr", "ab") as stderr:
             self.procs[node] = self.lab.run(
                 node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
