@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from failover.testing.processes import children_named
+
 PG_USER = "postgres"
 TABLE = "acks"
 RETRY_PAUSE = 0.1  # seconds between two sessions of the client (a poll of a server)
@@ -124,26 +126,16 @@ def server_pids(postmaster: int) -> list[int]:
     """The postmaster and its children: every process of a PostgreSQL server. (Each
     child has a process group of its own: killing the postmaster's group kills only
     the postmaster, and its backends run on until they notice.)"""
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _stat(int(entry))[1:2] == [str(postmaster)]:
-            pids.append(int(entry))
-    return pids
-
-
-def _stat(pid: int) -> list[str]:
-    """State, parent, process group, ... of ``pid`` (``/proc/PID/stat`` after its
-    name); empty when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return stat[stat.rindex(")") + 2 :].split()
+    return [postmaster, *(pid for pid, _ in children_named(postmaster, ""))]
 
 
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
-    return _stat(pid)[:1] not in ([], ["Z"])
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
 def kill_server(datadir: Path, bound: float = 30.0) -> int:
