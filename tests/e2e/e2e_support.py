@@ -328,11 +328,13 @@ class Cluster:
                 stderr = (self.tmp_path / f"{node}.stderr").read_text()
                 pytest.fail(f"{node}'s daemon exited with {proc.returncode}: {stderr}")
 
-    def paired(self) -> tuple[str, str]:
-        """Wait for primary + secondary (both ready); returns (primary, secondary)."""
+    def paired(self, bound: float = BOUND) -> tuple[str, str]:
+        """Wait (up to ``bound``) for primary + secondary (both ready); returns
+        (primary, secondary)."""
         self.wait(
             "primary + secondary",
             lambda: sorted(str(self.state(n)) for n in NODES) == ["primary", "secondary"],
+            bound,
         )
         primary = next(n for n in NODES if self.state(n) == "primary")
         return primary, other(primary)

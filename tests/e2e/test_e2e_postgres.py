@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import NETNS, NODES, Cluster, cli
+from e2e_support import NETNS, Cluster, cli
 
 from failover.audit import Ack
 from failover.testing.netns import Lab, mount_namespace_pids
@@ -101,16 +101,6 @@ def postgres_cluster(lab: Lab, workdir: Path) -> Cluster:
     return cluster
 
 
-def paired(cluster: Cluster) -> tuple[str, str]:
-    """Wait (up to ``BOUND``) for primary + secondary, both ready; (primary, secondary)."""
-    cluster.wait(
-        "primary + secondary",
-        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
-        bound=BOUND,
-    )
-    return cluster.paired()
-
-
 def serves_alone(cluster: Cluster, node: str) -> bool:
     return cluster.state(node) == "alone"
 
@@ -121,7 +111,7 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
     cluster = postgres_cluster(lab, workdir)
     assert cluster.vip is not None
     cluster.start_both()
-    serving, standby = paired(cluster)
+    serving, standby = cluster.paired(BOUND)
     assert serving == "alpha", "the data directory was made on alpha only"
     client = Committer(lab.command("client", []), cluster.vip, PORT)
 
@@ -161,7 +151,9 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
             )
             print(f"kill {kill} of {serving}: {len(seen)} acknowledged, all on {standby}")
             cluster.start(serving)
-            assert paired(cluster) == (standby, serving), "the killed node resyncs to secondary"
+            assert cluster.paired(BOUND) == (standby, serving), (
+                "the killed node resyncs to secondary"
+            )
             shown = cluster.status(standby)
             assert shown is not None and shown["replication"]["resync"]["full"] is False
             commits_flow(20, f"kill {kill}: commits flow on {standby}, protected again")
@@ -170,7 +162,7 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
         for swap in (1, 2):
             swapped = cli("swap", "--socket", str(cluster.socket(serving)))
             assert swapped.returncode == 0, swapped.stdout + swapped.stderr
-            assert paired(cluster) == (standby, serving)
+            assert cluster.paired(BOUND) == (standby, serving)
             seen = client.ids()
             commits_flow(20, f"swap {swap}: commits flow on {standby}")
             missing = lost(seen)
