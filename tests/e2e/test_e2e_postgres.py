@@ -48,6 +48,7 @@ from failover.testing.postgres import (
     committed,
     kill_server,
     make_cluster,
+    postmaster_of,
     running,
     server_pids,
     session_argv,
@@ -69,10 +70,14 @@ SYNCHRONOUS_COMMIT = os.environ.get("FAILOVER_E2E_PG_SYNCHRONOUS_COMMIT", "on")
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A directory the ``postgres`` account can traverse (pytest's own is root's, 0700);
-    removed at the end (requested before ``lab``: torn down after the lab's processes)."""
+    removed at the end (requested before ``lab``: torn down after the lab's processes),
+    after killing any server a test started here on the host and left running."""
     path = Path(tempfile.mkdtemp(prefix="failover-pg-"))
     path.chmod(0o711)
     yield path
+    for pid_file in path.rglob("postmaster.pid"):
+        if postmaster_of(pid_file.parent) is not None:
+            kill_server(pid_file.parent)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -245,8 +250,7 @@ def test_pg_start_starts_over_a_pid_file_that_names_another_live_process(
     try:
         started = run_script("pg-start", datadir, workdir / "pg-logs" / "postgresql.log")
         assert "removing the stale" in started.stdout
-        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-        assert Path(f"/proc/{postmaster}/comm").read_text().strip() == "postgres"
+        assert postmaster_of(datadir) is not None, "pg-start started the server"
         assert bystander.poll() is None, "pg-start left the other process alone"
     finally:
         run_script("pg-stop", datadir)
@@ -263,12 +267,34 @@ def test_pg_stop_never_signals_a_process_that_is_not_this_nodes_server(
     assert bystander.poll() is None, "pg-stop signalled a process it does not own"
 
 
+def test_kill_server_never_signals_a_postgres_process_working_elsewhere(workdir: Path) -> None:
+    """``kill_server`` (the harness's power loss of a server) acts on the pid in
+    ``postmaster.pid`` only when it names the server of that data directory: a stale
+    file's pid, now a process named ``postgres`` that works in another directory (a
+    server of another cluster), is refused and left running."""
+    datadir = crashed_server(workdir)
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "postgres").symlink_to(shutil.which("sleep") or "/bin/sleep")
+    other = subprocess.Popen([str(elsewhere / "postgres"), "300"], cwd=elsewhere)
+    try:
+        name_in_pid_file(datadir, other.pid)
+        assert Path(f"/proc/{other.pid}/comm").read_text().strip() == "postgres"
+        with pytest.raises(AssertionError, match="no server of"):
+            kill_server(datadir)
+        assert other.poll() is None, "kill_server signalled a process that is not the server"
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_pg_stop_ends_what_a_killed_postmaster_left_running(workdir: Path) -> None:
     """The postmaster alone is killed (SIGKILL) while a backend runs a long query:
     the backend runs on, holding the server's shared memory, and a start would be
     refused. pg-stop kills it, and pg-start then starts."""
     datadir, port = started_server(workdir)
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None
     query = "SELECT count(*) FROM generate_series(1, 100000000000::bigint)"
     client = subprocess.Popen(
         [*session_argv("127.0.0.1", port), "-c", query],

@@ -138,14 +138,28 @@ def running(pid: int) -> bool:
     return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
 
 
+def postmaster_of(datadir: Path) -> int | None:
+    """The pid of the server running on ``datadir``, seen from this mount namespace:
+    the one its ``postmaster.pid`` names, if that process runs, is named ``postgres``
+    and works in ``datadir`` (as ``examples/postgres/pg-common`` judges one); None
+    when there is no such file or it names anything else (a stale pid, reused)."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if name == "postgres" and cwd == datadir.resolve() and running(pid) else None
+
+
 def kill_server(datadir: Path, bound: float = 30.0) -> int:
-    """SIGKILL every process of the server running on ``datadir``, as a power loss
-    ends them, and return once none runs (a zombie does not; AssertionError after
-    ``bound`` s); the postmaster's pid. The postmaster is stopped first, so that it
-    forks no child between the listing and the kill."""
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-    name = Path(f"/proc/{postmaster}/comm").read_text().strip()
-    assert name == "postgres", f"postmaster.pid names {postmaster}, a {name}"
+    """SIGKILL every process of the server running on ``datadir`` (``postmaster_of``;
+    AssertionError, nothing signalled, when there is none), as a power loss ends them,
+    and return once none runs (a zombie does not; AssertionError after ``bound`` s);
+    the postmaster's pid. The postmaster is stopped first, so that it forks no child
+    between the listing and the kill."""
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None, f"no server of {datadir} runs (postmaster.pid: stale or none)"
     os.kill(postmaster, signal.SIGSTOP)
     victims = server_pids(postmaster)
     for pid in victims:
