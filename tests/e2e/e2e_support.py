@@ -379,6 +379,13 @@ class Cluster:
 
         self.wait(f"{span:.1f} s of steady pairing", steady_long_enough)
 
+    def uptime(self, node: str) -> float:
+        """The daemon's own clock (status ``uptime``, s): a span measured on it is one
+        the daemon lived through, however slowly this process polls."""
+        status = self.status(node)
+        assert status is not None, f"{node} does not answer"
+        return float(status["uptime"])
+
     def _clock(self, node: str) -> tuple[float, int]:
         status = self.status(node)
         assert status is not None, f"{node} does not answer"
