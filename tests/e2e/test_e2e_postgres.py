@@ -15,11 +15,12 @@ runs the same test with PostgreSQL acknowledging commits before its WAL is
 flushed: the test must then fail, reporting the lost commits (the harness can
 see a loss; docs/postgres.md).
 
-Three smaller tests hold the scripts to what they promise: where a pid file in
-the data directory names a live process that is not this node's server (the
-peer's server's pid, reused here), pg-start still starts and pg-stop signals
-nothing; where the postmaster alone was killed and a busy backend runs on,
-pg-stop ends it so that pg-start can start.
+Smaller tests hold the scripts (and the harness's ``kill_server``) to what they
+promise: where a pid file in the data directory names a live process that is not
+this node's server (the peer's server's pid, reused here), pg-start still starts
+and pg-stop (and kill_server) signal nothing; where the postmaster alone was
+killed and a busy backend runs on, pg-stop ends it so that pg-start can start;
+where the server answers neither shutdown, pg-stop kills it.
 """
 
 from __future__ import annotations
@@ -318,6 +319,31 @@ def test_pg_stop_ends_what_a_killed_postmaster_left_running(workdir: Path) -> No
             os.kill(backend, signal.SIGKILL)
         subprocess.run([str(EXAMPLE_SCRIPTS / "pg-stop"), str(datadir)], check=False)
     assert not (datadir / "postmaster.pid").exists()
+
+
+def test_pg_stop_kills_a_server_that_ignores_both_shutdowns(workdir: Path) -> None:
+    """A server that answers neither the fast nor the immediate shutdown (here its
+    postmaster is SIGSTOPped) is killed (SIGKILL) by pg-stop, which then exits 0:
+    the daemon hands the service over after a stop, and its own escalation reaches
+    only the script's process group, never the server (pg_ctl starts it in a
+    session of its own)."""
+    datadir, _ = started_server(workdir)
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None
+    victims = server_pids(postmaster)
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        stopped = subprocess.run(
+            [str(EXAMPLE_SCRIPTS / "pg-stop"), str(datadir)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PG_STOP_WAIT": "1"},
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not any(map(running, victims)), "pg-stop left processes of the server running"
+        assert "killing" in stopped.stderr
+    finally:
+        for pid in filter(running, victims):  # the test failed: leave nothing
+            os.kill(pid, signal.SIGKILL)
 
 
 def runs_query(pid: int) -> bool:
