@@ -114,7 +114,12 @@ from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.testing.disks import fill, small_tmpfs
-from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
+from failover.testing.netns import (
+    Lab,
+    kill_mount_namespace,
+    netns_unavailable_reason,
+    with_own_disks,
+)
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
 NODES = ("alpha", "beta")
@@ -412,13 +417,11 @@ class Pair:
 
     def start(self, node: str) -> None:
         """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine)."""
-        bind = 'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 4 && exec "$@"'
-        argv = [
-            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind, "sh",
-            str(self.disk(node)), str(self.data), str(self.quarantine_of(node)),
-            str(self.quarantine), sys.executable, "-m", "failover", "run", "-c",
-            str(self.config), "--node", node, "--log-file", str(self.log(node)),
-        ]  # fmt: skip
+        argv = with_own_disks(
+            [(self.disk(node), self.data), (self.quarantine_of(node), self.quarantine)],
+            [sys.executable, "-m", "failover", "run", "-c", str(self.config),
+             "--node", node, "--log-file", str(self.log(node))],
+        )  # fmt: skip
         with self.stderr(node).open("ab") as stderr:
             self.procs[node] = self.lab.run(
                 node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr

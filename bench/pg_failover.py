@@ -68,7 +68,12 @@ import yaml
 
 from failover.api.client import ControlClient
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
+from failover.testing.netns import (
+    Lab,
+    kill_mount_namespace,
+    netns_unavailable_reason,
+    with_own_disks,
+)
 from failover.testing.postgres import (
     EXAMPLE_SCRIPTS,
     PG_USER,
@@ -254,13 +259,11 @@ class Bench:
 
     def start(self, node: str) -> None:
         """``node``'s daemon in a mount namespace of its own, its disk on ``data``."""
-        bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-        argv = [
-            "unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind, "sh",
-            str(self.disk(node)), str(self.data), sys.executable, "-m", "failover", "run",
-            "-c", str(self.config), "--node", node,
-            "--log-file", str(self.work / f"{node}.log"),
-        ]  # fmt: skip
+        argv = with_own_disks(
+            [(self.disk(node), self.data)],
+            [sys.executable, "-m", "failover", "run", "-c", str(self.config),
+             "--node", node, "--log-file", str(self.work / f"{node}.log")],
+        )  # fmt: skip
         with open(self.work / f"{node}.stderr", "ab") as stderr:
             self.procs[node] = self.lab.run(
                 node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr

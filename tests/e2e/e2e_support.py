@@ -28,7 +28,12 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, kill_mount_namespace, netns_unavailable_reason
+from failover.testing.netns import (
+    Lab,
+    kill_mount_namespace,
+    netns_unavailable_reason,
+    with_own_disks,
+)
 
 NODES = ("alpha", "beta")
 BOUND = 20.0  # seconds: an upper bound on every wait, never an expected duration
@@ -241,11 +246,7 @@ class Cluster:
         argv = [sys.executable, *self.entry, "run", "-c", str(self.config_path)]
         argv += ["--node", node, "--log-file", str(self.tmp_path / f"{node}.log")]
         if self.replicate is not None:
-            bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-            argv = [
-                "unshare", "--mount", "--propagation", "private", "--",
-                "sh", "-c", bind, "sh", str(self.disk(node)), str(self.data), *argv,
-            ]  # fmt: skip
+            argv = with_own_disks([(self.disk(node), self.data)], argv)
         with open(self.tmp_path / f"{node}.stderr", "ab") as stderr:
             self.procs[node] = self.lab.run(
                 node, argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -327,11 +328,13 @@ class Cluster:
                 stderr = (self.tmp_path / f"{node}.stderr").read_text()
                 pytest.fail(f"{node}'s daemon exited with {proc.returncode}: {stderr}")
 
-    def paired(self) -> tuple[str, str]:
-        """Wait for primary + secondary (both ready); returns (primary, secondary)."""
+    def paired(self, bound: float = BOUND) -> tuple[str, str]:
+        """Wait (up to ``bound``) for primary + secondary (both ready); returns
+        (primary, secondary)."""
         self.wait(
             "primary + secondary",
             lambda: sorted(str(self.state(n)) for n in NODES) == ["primary", "secondary"],
+            bound,
         )
         primary = next(n for n in NODES if self.state(n) == "primary")
         return primary, other(primary)
@@ -375,6 +378,13 @@ class Cluster:
             )
 
         self.wait(f"{span:.1f} s of steady pairing", steady_long_enough)
+
+    def uptime(self, node: str) -> float:
+        """The daemon's own clock (status ``uptime``, s): a span measured on it is one
+        the daemon lived through, however slowly this process polls."""
+        status = self.status(node)
+        assert status is not None, f"{node} does not answer"
+        return float(status["uptime"])
 
     def _clock(self, node: str) -> tuple[float, int]:
         status = self.status(node)

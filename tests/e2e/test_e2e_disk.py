@@ -49,11 +49,6 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
             status = cluster.status(primary)
             return status is not None and status["degraded"] is not None
 
-        def uptime(node: str) -> float:
-            status = cluster.status(node)
-            assert status is not None, f"{node} does not answer"
-            return float(status["uptime"])
-
         cluster.wait(f"{primary} degraded", degraded)
         shown = cli("status", "--socket", str(cluster.socket(primary)))
         assert shown.returncode == 0, shown.stderr
@@ -74,7 +69,7 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
         )
         # checked at every step while the primary's own clock advances by several
         # dead timeouts (a bound on the span, not a count of steps that may be quick)
-        since, checks = uptime(primary), 0
+        since, checks = cluster.uptime(primary), 0
 
         def still_serving_for_several_dead_timeouts() -> bool:
             nonlocal checks
@@ -83,7 +78,7 @@ def test_a_full_state_disk_on_the_serving_node_keeps_the_service_and_the_address
             assert cluster.state(secondary) not in ("alone", "primary")
             assert degraded()
             checks += 1
-            return checks >= 10 and uptime(primary) - since >= 5 * cluster.dead_timeout
+            return checks >= 10 and cluster.uptime(primary) - since >= 5 * cluster.dead_timeout
 
         cluster.wait(f"{primary} serving on, degraded", still_serving_for_several_dead_timeouts)
 

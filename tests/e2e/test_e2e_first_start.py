@@ -40,12 +40,6 @@ def quarantined(cluster: Cluster, node: str) -> list[Any]:
     return list_quarantines(cluster.tmp_path / "state" / node / "quarantine")
 
 
-def uptime(cluster: Cluster, node: str) -> float:
-    status = cluster.status(node)
-    assert status is not None, f"{node} does not answer"
-    return float(status["uptime"])
-
-
 def waiting_for_the_operator(cluster: Cluster) -> bool:
     shown = [cluster.status(node) for node in NODES]
     return all(
@@ -83,11 +77,11 @@ def test_files_on_both_nodes_wait_for_prim_and_the_other_copy_is_quarantined(
     # nothing moves by itself: both still wait, saying why, at every poll while
     # their own clocks advance by three dead timeouts
     before = [len(cluster.transitions(node)) for node in NODES]
-    start = uptime(cluster, "alpha")
+    start = cluster.uptime("alpha")
 
     def still_waiting_long_enough() -> bool:
         assert waiting_for_the_operator(cluster), cluster.describe()
-        return uptime(cluster, "alpha") - start >= 3 * cluster.dead_timeout
+        return cluster.uptime("alpha") - start >= 3 * cluster.dead_timeout
 
     cluster.wait("three dead timeouts of waiting", still_waiting_long_enough)
     assert [len(cluster.transitions(node)) for node in NODES] == before

@@ -15,11 +15,12 @@ runs the same test with PostgreSQL acknowledging commits before its WAL is
 flushed: the test must then fail, reporting the lost commits (the harness can
 see a loss; docs/postgres.md).
 
-Three smaller tests hold the scripts to what they promise: where a pid file in
-the data directory names a live process that is not this node's server (the
-peer's server's pid, reused here), pg-start still starts and pg-stop signals
-nothing; where the postmaster alone was killed and a busy backend runs on,
-pg-stop ends it so that pg-start can start.
+Smaller tests hold the scripts (and the harness's ``kill_server``) to what they
+promise: where a pid file in the data directory names a live process that is not
+this node's server (the peer's server's pid, reused here), pg-start still starts
+and pg-stop (and kill_server) signal nothing; where the postmaster alone was
+killed and a busy backend runs on, pg-stop ends it so that pg-start can start;
+where the server answers neither shutdown, pg-stop kills it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_support import NETNS, NODES, Cluster, cli
+from e2e_support import NETNS, Cluster, cli
 
 from failover.audit import Ack
 from failover.testing.netns import Lab, mount_namespace_pids
@@ -48,6 +49,7 @@ from failover.testing.postgres import (
     committed,
     kill_server,
     make_cluster,
+    postmaster_of,
     running,
     server_pids,
     session_argv,
@@ -69,10 +71,14 @@ SYNCHRONOUS_COMMIT = os.environ.get("FAILOVER_E2E_PG_SYNCHRONOUS_COMMIT", "on")
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A directory the ``postgres`` account can traverse (pytest's own is root's, 0700);
-    removed at the end (requested before ``lab``: torn down after the lab's processes)."""
+    removed at the end (requested before ``lab``: torn down after the lab's processes),
+    after killing any server a test started here on the host and left running."""
     path = Path(tempfile.mkdtemp(prefix="failover-pg-"))
     path.chmod(0o711)
     yield path
+    for pid_file in path.rglob("postmaster.pid"):
+        if postmaster_of(pid_file.parent) is not None:
+            kill_server(pid_file.parent)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -101,16 +107,6 @@ def postgres_cluster(lab: Lab, workdir: Path) -> Cluster:
     return cluster
 
 
-def paired(cluster: Cluster) -> tuple[str, str]:
-    """Wait (up to ``BOUND``) for primary + secondary, both ready; (primary, secondary)."""
-    cluster.wait(
-        "primary + secondary",
-        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
-        bound=BOUND,
-    )
-    return cluster.paired()
-
-
 def serves_alone(cluster: Cluster, node: str) -> bool:
     return cluster.state(node) == "alone"
 
@@ -121,7 +117,7 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
     cluster = postgres_cluster(lab, workdir)
     assert cluster.vip is not None
     cluster.start_both()
-    serving, standby = paired(cluster)
+    serving, standby = cluster.paired(BOUND)
     assert serving == "alpha", "the data directory was made on alpha only"
     client = Committer(lab.command("client", []), cluster.vip, PORT)
 
@@ -161,7 +157,9 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
             )
             print(f"kill {kill} of {serving}: {len(seen)} acknowledged, all on {standby}")
             cluster.start(serving)
-            assert paired(cluster) == (standby, serving), "the killed node resyncs to secondary"
+            assert cluster.paired(BOUND) == (standby, serving), (
+                "the killed node resyncs to secondary"
+            )
             shown = cluster.status(standby)
             assert shown is not None and shown["replication"]["resync"]["full"] is False
             commits_flow(20, f"kill {kill}: commits flow on {standby}, protected again")
@@ -170,7 +168,7 @@ def test_no_acknowledged_commit_is_lost_when_the_serving_node_is_killed_twice_th
         for swap in (1, 2):
             swapped = cli("swap", "--socket", str(cluster.socket(serving)))
             assert swapped.returncode == 0, swapped.stdout + swapped.stderr
-            assert paired(cluster) == (standby, serving)
+            assert cluster.paired(BOUND) == (standby, serving)
             seen = client.ids()
             commits_flow(20, f"swap {swap}: commits flow on {standby}")
             missing = lost(seen)
@@ -253,8 +251,7 @@ def test_pg_start_starts_over_a_pid_file_that_names_another_live_process(
     try:
         started = run_script("pg-start", datadir, workdir / "pg-logs" / "postgresql.log")
         assert "removing the stale" in started.stdout
-        postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-        assert Path(f"/proc/{postmaster}/comm").read_text().strip() == "postgres"
+        assert postmaster_of(datadir) is not None, "pg-start started the server"
         assert bystander.poll() is None, "pg-start left the other process alone"
     finally:
         run_script("pg-stop", datadir)
@@ -271,12 +268,34 @@ def test_pg_stop_never_signals_a_process_that_is_not_this_nodes_server(
     assert bystander.poll() is None, "pg-stop signalled a process it does not own"
 
 
+def test_kill_server_never_signals_a_postgres_process_working_elsewhere(workdir: Path) -> None:
+    """``kill_server`` (the harness's power loss of a server) acts on the pid in
+    ``postmaster.pid`` only when it names the server of that data directory: a stale
+    file's pid, now a process named ``postgres`` that works in another directory (a
+    server of another cluster), is refused and left running."""
+    datadir = crashed_server(workdir)
+    elsewhere = workdir / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "postgres").symlink_to(shutil.which("sleep") or "/bin/sleep")
+    other = subprocess.Popen([str(elsewhere / "postgres"), "300"], cwd=elsewhere)
+    try:
+        name_in_pid_file(datadir, other.pid)
+        assert Path(f"/proc/{other.pid}/comm").read_text().strip() == "postgres"
+        with pytest.raises(AssertionError, match="no server of"):
+            kill_server(datadir)
+        assert other.poll() is None, "kill_server signalled a process that is not the server"
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_pg_stop_ends_what_a_killed_postmaster_left_running(workdir: Path) -> None:
     """The postmaster alone is killed (SIGKILL) while a backend runs a long query:
     the backend runs on, holding the server's shared memory, and a start would be
     refused. pg-stop kills it, and pg-start then starts."""
     datadir, port = started_server(workdir)
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None
     query = "SELECT count(*) FROM generate_series(1, 100000000000::bigint)"
     client = subprocess.Popen(
         [*session_argv("127.0.0.1", port), "-c", query],
@@ -300,6 +319,31 @@ def test_pg_stop_ends_what_a_killed_postmaster_left_running(workdir: Path) -> No
             os.kill(backend, signal.SIGKILL)
         subprocess.run([str(EXAMPLE_SCRIPTS / "pg-stop"), str(datadir)], check=False)
     assert not (datadir / "postmaster.pid").exists()
+
+
+def test_pg_stop_kills_a_server_that_ignores_both_shutdowns(workdir: Path) -> None:
+    """A server that answers neither the fast nor the immediate shutdown (here its
+    postmaster is SIGSTOPped) is killed (SIGKILL) by pg-stop, which then exits 0:
+    the daemon hands the service over after a stop, and its own escalation reaches
+    only the script's process group, never the server (pg_ctl starts it in a
+    session of its own)."""
+    datadir, _ = started_server(workdir)
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None
+    victims = server_pids(postmaster)
+    os.kill(postmaster, signal.SIGSTOP)
+    try:
+        stopped = subprocess.run(
+            [str(EXAMPLE_SCRIPTS / "pg-stop"), str(datadir)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PG_STOP_WAIT": "1"},
+        )  # fmt: skip
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert not any(map(running, victims)), "pg-stop left processes of the server running"
+        assert "killing" in stopped.stderr
+    finally:
+        for pid in filter(running, victims):  # the test failed: leave nothing
+            os.kill(pid, signal.SIGKILL)
 
 
 def runs_query(pid: int) -> bool:

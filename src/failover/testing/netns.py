@@ -49,6 +49,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from failover.errors import FailoverError
@@ -130,6 +131,19 @@ def stale_namespaces(prefix: str = DEFAULT_PREFIX) -> list[str]:
         if not _pid_alive(int(parts[1])):
             stale.append(name)
     return stale
+
+
+def with_own_disks(binds: Sequence[tuple[Path, Path]], argv: Sequence[str]) -> list[str]:
+    """``argv`` run in a mount namespace of its own (``unshare --mount``, private
+    propagation) where each ``(source, target)`` of ``binds`` is bind-mounted first:
+    a node's own "disk" at the path the cluster file names, as on a real server,
+    while two nodes share one machine. The wrapper execs ``argv``: the process
+    started becomes ``argv`` itself (its PID is the node's daemon), and every process
+    it starts shares the namespace (``mount_namespace_pids``)."""
+    script = "".join('mount --bind "$1" "$2" && shift 2 && ' for _ in binds) + 'exec "$@"'
+    paths = [str(path) for pair in binds for path in pair]
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "sh", *paths, *argv]  # fmt: skip
 
 
 def mount_namespace_pids(pid: int) -> list[int]:

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from failover.testing.processes import children_named
+
 PG_USER = "postgres"
 TABLE = "acks"
 RETRY_PAUSE = 0.1  # seconds between two sessions of the client (a poll of a server)
@@ -124,36 +126,40 @@ def server_pids(postmaster: int) -> list[int]:
     """The postmaster and its children: every process of a PostgreSQL server. (Each
     child has a process group of its own: killing the postmaster's group kills only
     the postmaster, and its backends run on until they notice.)"""
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _stat(int(entry))[1:2] == [str(postmaster)]:
-            pids.append(int(entry))
-    return pids
-
-
-def _stat(pid: int) -> list[str]:
-    """State, parent, process group, ... of ``pid`` (``/proc/PID/stat`` after its
-    name); empty when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return []
-    return stat[stat.rindex(")") + 2 :].split()
+    return [postmaster, *(pid for pid, _ in children_named(postmaster, ""))]
 
 
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
-    return _stat(pid)[:1] not in ([], ["Z"])
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2 :].split()[0] != "Z"
+
+
+def postmaster_of(datadir: Path) -> int | None:
+    """The pid of the server running on ``datadir``, seen from this mount namespace:
+    the one its ``postmaster.pid`` names, if that process runs, is named ``postgres``
+    and works in ``datadir`` (as ``examples/postgres/pg-common`` judges one); None
+    when there is no such file or it names anything else (a stale pid, reused)."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split()[0])
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid if name == "postgres" and cwd == datadir.resolve() and running(pid) else None
 
 
 def kill_server(datadir: Path, bound: float = 30.0) -> int:
-    """SIGKILL every process of the server running on ``datadir``, as a power loss
-    ends them, and return once none runs (a zombie does not; AssertionError after
-    ``bound`` s); the postmaster's pid. The postmaster is stopped first, so that it
-    forks no child between the listing and the kill."""
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-    name = Path(f"/proc/{postmaster}/comm").read_text().strip()
-    assert name == "postgres", f"postmaster.pid names {postmaster}, a {name}"
+    """SIGKILL every process of the server running on ``datadir`` (``postmaster_of``;
+    AssertionError, nothing signalled, when there is none), as a power loss ends them,
+    and return once none runs (a zombie does not; AssertionError after ``bound`` s);
+    the postmaster's pid. The postmaster is stopped first, so that it forks no child
+    between the listing and the kill."""
+    postmaster = postmaster_of(datadir)
+    assert postmaster is not None, f"no server of {datadir} runs (postmaster.pid: stale or none)"
     os.kill(postmaster, signal.SIGSTOP)
     victims = server_pids(postmaster)
     for pid in victims:
