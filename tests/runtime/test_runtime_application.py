@@ -275,6 +275,33 @@ async def test_the_death_of_the_foreground_command_is_reported_with_its_status(
         assert app.main_pid is None
 
 
+async def test_a_command_that_dies_while_its_start_is_reported_is_not_forgotten(
+    tmp_path: Path,
+) -> None:
+    # The daemon's report waits while the core is busy (its event stream is
+    # bounded): a command that dies meanwhile, right after its start, must
+    # still be reported once AppStarted is, or the node serves a dead
+    # application ("a dead application is not noticed").
+    command = make_script(tmp_path, "app", "echo 'no config'\nexit 3\n")
+    app, _ = journaled_app(tmp_path, vip=False, command=command)
+    async with running(app) as h:
+        events: list[ev.Event] = []
+
+        async def busy_core(event: ev.Event) -> None:
+            main = app.main
+            if isinstance(event, ev.AppStarted) and main is not None:
+                await h.until(lambda: main.returncode is not None, "the command exited")
+            events.append(event)
+
+        h.executor.report = busy_core
+        h.executor.submit(fx.StartApp())
+        await h.until(lambda: len(events) == 2, "the death reported after the start")
+        assert events == [
+            ev.AppStarted(),
+            ev.AppFailed(reason="application command exited with status 3: no config"),
+        ]
+
+
 async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Path) -> None:
     # The command ignores SIGTERM (and so does its child): after the stop
     # timeout its whole group is killed, and its end is no failure.
