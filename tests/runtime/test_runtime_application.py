@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from runtime_support import MemoryNetwork, wait_until, write_cluster
+from structlog.testing import capture_logs
 from test_runtime_executor import _JournalingData, make_script
 from test_runtime_scripts import alive
 
@@ -22,7 +23,7 @@ from failover.config import load_config
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import State
-from failover.platform.application import Application, Scripts
+from failover.platform.application import Application, Scripts, _start_time
 from failover.runtime.daemon import Daemon
 from failover.runtime.executor import ActionExecutor
 
@@ -384,6 +385,49 @@ async def test_a_marker_naming_a_reused_pid_ends_nothing(tmp_path: Path) -> None
         assert bystander.returncode is None and alive(bystander.pid)
     finally:
         bystander.kill()
+        await bystander.aclose()
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (lambda pid, started: b"\x00\xffnot json", "not a JSON object"),
+        (lambda pid, started: b" " * 300 + b"{}", "longer than 256 bytes"),
+        (lambda pid, started: json.dumps([pid, started]).encode(), "not a JSON object"),
+        # what the daemon writes, with the types confused: never int()-ed into a PID
+        (
+            lambda pid, started: json.dumps({"pid": str(pid), "start_time": started}).encode(),
+            "no valid process id",
+        ),
+        (
+            lambda pid, started: json.dumps({"pid": pid + 0.5, "start_time": started}).encode(),
+            "no valid process id",
+        ),
+        (
+            lambda pid, started: json.dumps({"pid": pid, "start_time": str(started)}).encode(),
+            "no valid start time",
+        ),
+    ],
+)
+async def test_a_garbled_marker_ends_nothing_says_why_and_still_stops(
+    tmp_path: Path, body: Callable[[int, int | None], bytes], why: str
+) -> None:
+    bystander = await anyio.open_process(["sleep", "60"], start_new_session=True)
+    try:
+        marker = tmp_path / "state" / "application.started"
+        marker.parent.mkdir()
+        marker.write_bytes(body(bystander.pid, _start_time(bystander.pid)))
+        app, journal = journaled_app(tmp_path, vip=False, command="sleep 60")
+        with capture_logs() as logs:
+            assert await app.recover()
+        assert alive(bystander.pid), "nothing was signalled on a garbled marker"
+        [error] = [e for e in logs if e["event"].startswith("start marker unreadable")]
+        assert error["why"] == why and error["file"] == str(marker)
+        assert lines(journal) == ["prestop", "stop", "poststop"], "the stop still ran"
+        assert not marker.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            bystander.kill()
         await bystander.aclose()
 
 

@@ -59,6 +59,8 @@ log = structlog.get_logger("failover.application")
 
 COMMAND = "command"
 """The foreground command's name in the script log and its output file (command.log)."""
+MARKER_MAX = 256
+"""Bytes of the marker read back: it holds one small JSON object (or nothing)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,26 @@ class Scripts:
         one, each to its limit plus the kill grace): a bound for any action."""
         names = [f.name for f in fields(self) if isinstance(getattr(self, f.name), str)]
         return sum(self.limit_of(name) + KILL_GRACE for name in names)
+
+
+def parse_marker(content: bytes) -> tuple[int, int | None] | str:
+    """The foreground command a marker names (PID, start time or None when it had
+    already exited), or why the content names none: the marker is a file, read
+    back by the next daemon before it signals anything."""
+    if len(content) > MARKER_MAX:
+        return f"longer than {MARKER_MAX} bytes"
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return "not a JSON object"
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    pid, started = data.get("pid"), data.get("start_time")
+    if type(pid) is not int or pid <= 1:
+        return "no valid process id"
+    if started is not None and (type(started) is not int or started < 0):
+        return "no valid start time"
+    return pid, started
 
 
 def _start_time(pid: int) -> int | None:
@@ -171,15 +193,28 @@ class Application:
 
     def _marked_command(self) -> int | None:
         """The process group of a foreground command a previous daemon left running
-        (the marker names it, and the process with that PID started then)."""
+        (the marker names it, and the process with that PID started then). An
+        empty marker was written before a start: it names no command."""
         if self.marker is None:
             return None
         try:
-            content = json.loads(self.marker.read_bytes())
-            pid, started = int(content["pid"]), int(content["start_time"])
-        except (OSError, ValueError, TypeError, KeyError):
+            with open(self.marker, "rb") as handle:
+                content = handle.read(MARKER_MAX + 1)
+        except OSError as exc:
+            log.error("cannot read the start marker", file=str(self.marker), error=exc.strerror)
             return None
-        return pid if _start_time(pid) == started else None
+        if not content:
+            return None
+        named = parse_marker(content)
+        if isinstance(named, str):
+            log.error(
+                "start marker unreadable: no command ended, the stop scripts still run",
+                file=str(self.marker),
+                why=named,
+            )
+            return None
+        pid, started = named
+        return pid if started is not None and _start_time(pid) == started else None
 
     async def recover(self) -> bool:
         """At daemon start: if a previous daemon died with the application started,
