@@ -33,7 +33,6 @@ survives its daemon (it runs in a session of its own): ``recover`` ends it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import signal
 from dataclasses import dataclass, fields
@@ -54,6 +53,7 @@ from failover.platform.scripts import (
     spawn,
 )
 from failover.platform.vip import VipError, VirtualIP
+from failover.runtime.store import fsync_directory, write_atomic
 
 log = structlog.get_logger("failover.application")
 
@@ -170,26 +170,15 @@ class Application:
     # --- the marker ------------------------------------------------------------------
 
     def _set_marker(self, present: bool, content: bytes = b"") -> None:
+        """Write ``content`` to the marker or remove it, durably: the marker is only
+        useful if it survives a crash of the machine too."""
         if self.marker is None:
             return
         if present:
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.marker.with_name(self.marker.name + ".new")
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, content)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(scratch, self.marker)
+            write_atomic(self.marker, content)
         else:
             self.marker.unlink(missing_ok=True)
-        # The marker is only useful if it survives a crash of the machine too.
-        directory = os.open(self.marker.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            fsync_directory(self.marker.parent)
 
     def _marked_command(self) -> int | None:
         """The process group of a foreground command a previous daemon left running
