@@ -303,6 +303,23 @@ async def test_a_command_that_dies_while_its_start_is_reported_is_not_forgotten(
         ]
 
 
+async def test_a_command_that_cannot_run_fails_the_start_and_says_why_in_its_history(
+    tmp_path: Path,
+) -> None:
+    app, journal = journaled_app(tmp_path, command=f"{tmp_path}/no-such-app --serve")
+    async with running(app) as h:
+        with capture_logs() as logs:
+            h.executor.submit(fx.StartApp())
+            await h.idle()
+    why = f"application command could not run: {tmp_path}/no-such-app: No such file or directory"
+    assert h.events == [ev.AppFailed(reason=why)]
+    assert lines(journal) == ["prestart", "vip-up", "start", "vip-down"]
+    [run] = app.history.view()["command"]
+    assert run["error"] == why.removeprefix("application command could not run: ")
+    assert [e["reason"] for e in logs if e["event"] == "script failed"][-1] == why
+    assert not app.running and app.main_pid is None
+
+
 async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Path) -> None:
     # The command ignores SIGTERM (and so does its child): after the stop
     # timeout its whole group is killed, and its end is no failure.

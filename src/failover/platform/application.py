@@ -278,10 +278,9 @@ class Application:
             env={**self.env, "FAILOVER_ACTION": COMMAND},
         )
         if isinstance(process, str):
-            problem = f"application command could not run: {process}"
-            self.history.record(COMMAND, ScriptResult("application command", None, False, ()))
-            log.error("application command failed", reason=problem)
-            return problem
+            result = ScriptResult("application command", None, False, (), process)
+            self.history.record(COMMAND, result)  # (logs it)
+            return result.reason
         self._main, self.main_pid = process, process.pid
         log.info("application command started", pid=process.pid)
         started = _start_time(process.pid)
