@@ -258,10 +258,6 @@ class ScriptLog:
         else:
             log.error("script failed", reason=result.reason, **fields)
 
-    def last(self, name: str) -> ScriptResult | None:
-        runs = self._runs.get(name)
-        return runs[-1].result if runs else None
-
     def view(self) -> dict[str, list[dict[str, Any]]]:
         """Each script's kept runs, oldest first."""
         now = anyio.current_time()
