@@ -157,15 +157,18 @@ class Application:
         self.running = False
         self.both_running = False
         self.history = ScriptLog()
-        # the application's main process while it runs, when the runtime knows
-        # it (a foreground command it started): what a process checker watches
-        self.main_pid: int | None = None
         self._main: Process | None = None
 
     @property
     def main(self) -> Process | None:
         """The foreground command's process while it is supervised."""
         return self._main
+
+    @property
+    def main_pid(self) -> int | None:
+        """The application's main process while it runs, when the runtime knows it
+        (a foreground command it started): what a process checker watches."""
+        return None if self._main is None else self._main.pid
 
     # --- the marker ------------------------------------------------------------------
 
@@ -281,7 +284,7 @@ class Application:
             result = ScriptResult("application command", None, False, (), process)
             self.history.record(COMMAND, result)  # (logs it)
             return result.reason
-        self._main, self.main_pid = process, process.pid
+        self._main = process
         log.info("application command started", pid=process.pid)
         started = _start_time(process.pid)
         try:
@@ -297,7 +300,7 @@ class Application:
         (then it is no longer supervised), or None when it was ended on purpose."""
         if self._main is not process:
             return None
-        self._main = self.main_pid = None
+        self._main = None
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -332,7 +335,7 @@ class Application:
         process = self._main
         if process is None:
             return None
-        self._main = self.main_pid = None  # from here its exit is expected
+        self._main = None  # from here its exit is expected
         # (a reload may have removed the section since the command started)
         limit = self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
         started = anyio.current_time()
