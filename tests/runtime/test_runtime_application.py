@@ -349,6 +349,42 @@ async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Pat
         assert app.main_pid is None and not app.running
 
 
+@pytest.mark.parametrize("then", [fx.RestartApp(), fx.StopApp()])
+async def test_what_a_dead_command_left_in_its_group_is_ended_by_the_next_stop(
+    tmp_path: Path, then: fx.Effect
+) -> None:
+    # A pre-forking server whose main process crashes leaves its workers (in its
+    # process group): the restart or hand-over that follows must end them
+    # before it starts a new command or releases the VIP, as it ends a live one.
+    worker_file = tmp_path / "worker"
+    body = (
+        f"test -e {worker_file} && exec sleep 60\n"  # the restarted command just runs
+        f"sh -c 'trap \"\" TERM; echo $$ > {worker_file}; exec sleep 60' &\n"
+        f"while ! test -s {worker_file}; do sleep 0.02; done\nexit 3\n"
+    )
+    command = make_script(tmp_path, "app", body)
+    app, journal = journaled_app(tmp_path, command=command, stop_timeout=0.5)
+    try:
+        async with running(app) as h:
+            h.executor.submit(fx.StartApp())
+            await h.until(lambda: len(h.events) == 2, "the death reported")
+            assert h.events[1] == ev.AppFailed(reason="application command exited with status 3")
+            worker = int(worker_file.read_text())
+            assert alive(worker) and app.main_pid is None
+            journal.unlink()
+            h.executor.submit(then)
+            await h.idle()
+            assert not alive(worker), "the worker the dead command left was ended"
+            # ... before the VIP was released (a stop) or a new command started (a restart)
+            assert lines(journal)[:2] == ["prestop", "stop"]
+    finally:
+        with anyio.fail_after(20):
+            await app.stop()  # the restarted command
+        if worker_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(worker_file.read_text()), signal.SIGKILL)
+
+
 async def test_a_restart_replaces_the_command_and_watches_the_new_one(tmp_path: Path) -> None:
     command = make_script(tmp_path, "app", "exec sleep 60\n")
     app, _ = journaled_app(tmp_path, vip=False, command=command)

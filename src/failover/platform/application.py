@@ -6,7 +6,8 @@ SafeKit's script set, each optional (``Scripts``):
   the foreground ``command`` (a main process the daemon supervises: its PID is
   ``main_pid``, its death is reported by ``main_exited``);
 - ``stop`` = ``prestop``, the ``stop`` script, end the foreground command
-  (SIGTERM to its process group, SIGKILL after the stop timeout), then
+  (SIGTERM to its process group, SIGKILL after the stop timeout; the group of
+  a command that died on its own too: what it left in it), then
   ``release``: the VIP released, then ``poststop``. (The executor runs the
   two halves itself, with the replication flushed in between.)
 - ``restart`` = ``prestop``, ``stop``, ``poststop``, ``prestart``, ``start``
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -49,7 +49,6 @@ from failover.platform.scripts import (
     end_group,
     read_tail,
     run_script,
-    signal_group,
     spawn,
 )
 from failover.platform.vip import VipError, VirtualIP
@@ -158,6 +157,9 @@ class Application:
         self.both_running = False
         self.history = ScriptLog()
         self._main: Process | None = None
+        # a command that died on its own: the next stop or restart ends what it
+        # left in its process group (a pre-forking server's workers...)
+        self._dead: Process | None = None
 
     @property
     def main(self) -> Process | None:
@@ -222,14 +224,14 @@ class Application:
         return True
 
     async def _end_orphan(self, pgid: int) -> None:
-        """End the process group of a command that is not our child (bounded poll)."""
-        limit = self.scripts.stop_limit if self.scripts else KILL_GRACE
+        """End the process group of a command that is not our child."""
         log.warning("ending the application command left by the previous daemon", pid=pgid)
-        if signal_group(pgid, signal.SIGTERM):
-            with anyio.move_on_after(limit):
-                while signal_group(pgid, 0):
-                    await anyio.sleep(0.05)
-        signal_group(pgid, signal.SIGKILL)
+        await end_group(pgid, self._stop_limit)
+
+    @property
+    def _stop_limit(self) -> float:
+        # (a reload may have removed the section since the command started)
+        return self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
 
     @property
     def budget(self) -> float:
@@ -300,7 +302,7 @@ class Application:
         (then it is no longer supervised), or None when it was ended on purpose."""
         if self._main is not process:
             return None
-        self._main = None
+        self._main, self._dead = None, process
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -331,16 +333,21 @@ class Application:
 
     async def _end_main(self) -> str | None:
         """SIGTERM the foreground command's group; SIGKILL what is left after the stop
-        timeout. None when it ended on SIGTERM (or was not running)."""
-        process = self._main
+        timeout. The same for what a command that died on its own left in its
+        group. None when everything ended on SIGTERM (or nothing was left)."""
+        limit = self._stop_limit
+        problem = None
+        dead, self._dead = self._dead, None
+        if dead is not None and await end_group(dead.pid, limit, dead):
+            problem = (
+                "what the dead application command left in its process group did not "
+                f"exit within {limit:g} s of SIGTERM: killed"
+            )
+        process, self._main = self._main, None  # from here its exit is expected
         if process is None:
-            return None
-        self._main = None  # from here its exit is expected
-        # (a reload may have removed the section since the command started)
-        limit = self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
+            return problem
         started = anyio.current_time()
-        await end_group(process, limit)
-        killed = process.returncode == -signal.SIGKILL
+        killed = await end_group(process.pid, limit, process)
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -351,7 +358,7 @@ class Application:
         self.history.record(COMMAND, result)
         if killed:
             return f"application command did not exit within {limit:g} s of SIGTERM: killed"
-        return None
+        return problem
 
     async def release(self) -> str | None:
         """The second half of ``stop``: release the VIP, run ``poststop``, forget the

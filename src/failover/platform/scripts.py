@@ -100,23 +100,28 @@ def signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-async def end_group(process: Process, grace: float = KILL_GRACE) -> None:
-    """End ``process`` and every member of its process group (it leads one: it was
-    started in a new session): SIGTERM to the group, then SIGKILL to what is
-    left of it after ``grace`` seconds, or at once if cancelled. Returns when the
-    leader is reaped and the group is empty (or SIGKILLed: its members are
-    gone as soon as the kernel delivers it)."""
-    pgid = process.pid
+async def end_group(pgid: int, grace: float = KILL_GRACE, leader: Process | None = None) -> bool:
+    """End process group ``pgid``: SIGTERM to the group, then SIGKILL to what is
+    left of it after ``grace`` seconds, or at once if cancelled. ``leader`` is its
+    leader when it is our child (alive or not): it is reaped, for a zombie
+    leader would keep the group alive; without it (a leader left by a previous
+    daemon) the group is only polled. Returns when the group is empty (or
+    SIGKILLed: its members are gone as soon as the kernel delivers it): True
+    when something of it was left for SIGKILL."""
+    killed = True
     try:
         if signal_group(pgid, signal.SIGTERM):
             with anyio.move_on_after(grace):
-                await process.wait()  # reaped: a zombie leader would keep the group alive
+                if leader is not None:
+                    await leader.wait()
                 while signal_group(pgid, 0):  # a member that survived its leader
                     await anyio.sleep(_GROUP_POLL)
     finally:
-        signal_group(pgid, signal.SIGKILL)
-        with anyio.CancelScope(shield=True):
-            await process.aclose()
+        killed = signal_group(pgid, signal.SIGKILL)
+        if leader is not None:
+            with anyio.CancelScope(shield=True):
+                await leader.aclose()
+    return killed
 
 
 async def spawn(
@@ -199,7 +204,7 @@ async def run_script(
             await process.wait()
         if scope.cancelled_caught:
             timed_out = True
-            await end_group(process, grace)
+            await end_group(process.pid, grace, process)
     except BaseException:
         # Cancelled from outside (daemon shutting down): leave no orphan group.
         signal_group(process.pid, signal.SIGKILL)
