@@ -86,20 +86,6 @@ def test_read_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert read_tail(tmp_path / "none") == ()
 
 
-def group_of(leader: int) -> list[int]:
-    """The processes of the process group ``leader`` leads."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == leader:
-                members.append(int(entry.name))
-    return members
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising the niceness back needs CAP_SYS_NICE")
 async def test_a_script_runs_at_the_daemons_inherited_niceness_from_its_first_instruction(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
