@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from failover.platform import priority
+from failover.platform import priority, scripts
 from failover.platform.scripts import ScriptLog, ScriptResult, read_tail, run_script
 
 pytestmark = pytest.mark.anyio
@@ -212,3 +212,49 @@ async def test_the_script_log_keeps_the_last_runs_of_each_script(tmp_path: Path)
             "tail": [],
         }
     ]
+
+
+# --- a killed process the kernel does not let go -------------------------------------------
+
+
+class _Unreaped:
+    """A SIGKILLed leader stuck in the kernel (uninterruptible I/O on a hung mount,
+    a FUSE flush nobody answers): it is reaped only when ``let_go`` is set."""
+
+    pid = 2**22 + 1  # above any pid_max: no such process group
+
+    def __init__(self) -> None:
+        self.let_go = anyio.Event()
+
+    async def wait(self) -> int:
+        await self.let_go.wait()
+        return -9
+
+    async def aclose(self) -> None:
+        await self.wait()
+
+
+async def test_ending_a_group_never_waits_for_ever_for_its_leader_to_be_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The wait for the killed leader is shielded (a stop must not leave it
+    # unreaped when cancelled) but bounded: a stop or the daemon's exit must
+    # not outlast every deadline. The stuck process is let go only by a
+    # watchdog well after the bound.
+    monkeypatch.setattr(scripts, "REAP_LIMIT", 0.1)
+    leader = _Unreaped()
+    watchdog_fired = False
+
+    async def watchdog() -> None:
+        nonlocal watchdog_fired
+        await anyio.sleep(10)
+        watchdog_fired = True
+        leader.let_go.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watchdog)
+        with anyio.CancelScope() as outer:
+            outer.cancel()  # cancelled from outside, as at a deadline
+            await scripts.end_group(leader.pid, 0.1, leader)  # type: ignore[arg-type]
+        assert not watchdog_fired, "end_group waited for the stuck leader"
+        tg.cancel_scope.cancel()

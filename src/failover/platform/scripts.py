@@ -36,6 +36,8 @@ KILL_GRACE = 3.0
 """Seconds a process group has to end after SIGTERM before it gets SIGKILL."""
 RUNS_KEPT = 5
 """How many runs of each script ``ScriptLog`` keeps."""
+REAP_LIMIT = KILL_GRACE
+"""Seconds a SIGKILLed process has to be reaped before the daemon goes on without."""
 _GROUP_POLL = 0.05
 
 log = structlog.get_logger("failover.scripts")
@@ -119,9 +121,20 @@ async def end_group(pgid: int, grace: float = KILL_GRACE, leader: Process | None
     finally:
         killed = signal_group(pgid, signal.SIGKILL)
         if leader is not None:
-            with anyio.CancelScope(shield=True):
-                await leader.aclose()
+            await _reap(leader)
     return killed
+
+
+async def _reap(process: Process) -> None:
+    """Wait for SIGKILLed ``process`` to be reaped: shielded, so that a cancelled
+    stop leaves no process behind, but for at most ``REAP_LIMIT`` seconds. A
+    process the kernel holds (uninterruptible I/O on a hung mount, a FUSE flush
+    nobody answers) must not hold a stop, or the daemon's exit, past every
+    deadline; it is reaped when it ends (asyncio's child watcher waits for it)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(REAP_LIMIT) as scope:
+        await process.wait()
+    if scope.cancelled_caught:
+        log.error("a killed process is still not reaped: going on", pid=process.pid)
 
 
 async def spawn(
@@ -189,7 +202,7 @@ async def run_script(
     shell; a sequence is the argv itself.
     The output file is truncated first. On timeout the process group is ended
     (``end_group``: SIGTERM, SIGKILL after ``grace``) before this returns, so
-    the call takes at most ``timeout`` plus ``grace`` plus the time to reap.
+    the call takes at most ``timeout`` plus ``grace`` plus ``REAP_LIMIT``.
     Never raises for a failing command: the outcome (including "could not
     start") is in the result. When cancelled, the process group is killed
     at once.
@@ -208,10 +221,8 @@ async def run_script(
     except BaseException:
         # Cancelled from outside (daemon shutting down): leave no orphan group.
         signal_group(process.pid, signal.SIGKILL)
+        await _reap(process)
         raise
-    finally:
-        # Reaps the process; shielded against cancellation once it is killed.
-        await process.aclose()
     returncode = None if timed_out else process.returncode
     duration = anyio.current_time() - started
     return ScriptResult(label, returncode, timed_out, read_tail(output), duration=duration)
