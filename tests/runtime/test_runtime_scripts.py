@@ -98,6 +98,7 @@ async def test_a_script_runs_at_the_daemons_inherited_niceness_from_its_first_in
     before = os.getpriority(os.PRIO_PROCESS, 0)
     inherited = min(before + 5, 19)
     monkeypatch.setitem(priority._inherited, "nice", inherited)
+    monkeypatch.setitem(priority._inherited, "raised", before)
     seen = tmp_path / "seen"
     body = (
         f"(cut -d' ' -f19 /proc/self/stat >> {seen}) &\n"
@@ -110,6 +111,37 @@ async def test_a_script_runs_at_the_daemons_inherited_niceness_from_its_first_in
     assert result.ok, result
     assert sorted(int(n) for n in seen.read_text().split()) == [inherited, inherited]
     assert os.getpriority(os.PRIO_PROCESS, 0) == before, "the daemon's thread is raised again"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising the niceness back needs CAP_SYS_NICE")
+async def test_overlapping_spawns_leave_the_daemon_favoured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A checker's command and a script spawn at the same time (two tasks on
+    # the event loop's thread): the second one in sees the niceness the first
+    # lowered; the daemon's thread must still be favoured once both are done.
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    monkeypatch.setitem(priority._inherited, "nice", min(before + 5, 19))
+    monkeypatch.setitem(priority._inherited, "raised", before)
+    second_in, first_out = anyio.Event(), anyio.Event()
+
+    async def first() -> None:
+        with priority.spawning_as_inherited():
+            await second_in.wait()
+        first_out.set()
+
+    async def second() -> None:
+        with priority.spawning_as_inherited():
+            second_in.set()
+            await first_out.wait()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(first)
+            tg.start_soon(second)
+        assert os.getpriority(os.PRIO_PROCESS, 0) == before
+    finally:
+        os.setpriority(os.PRIO_PROCESS, 0, before)
 
 
 # --- escalation at the timeout: SIGTERM to the group, then SIGKILL (issue 9) -------------
