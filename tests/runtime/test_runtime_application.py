@@ -25,7 +25,7 @@ from failover.core import events as ev
 from failover.core.state import State
 from failover.platform.application import Application, Scripts, _start_time
 from failover.runtime.daemon import Daemon
-from failover.runtime.executor import ActionExecutor
+from failover.runtime.executor import HOOK_BACKLOG, ActionExecutor
 
 pytestmark = pytest.mark.anyio
 
@@ -252,6 +252,30 @@ async def test_a_hanging_hook_never_holds_up_an_action(tmp_path: Path) -> None:
         assert "transition" not in app.history.view(), "the first hook still runs"
         release.touch()
         await h.until(lambda: len(app.history.view().get("transition", [])) == 2, "hooks done")
+
+
+async def test_hook_runs_past_the_backlog_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    app, _ = journaled_app(tmp_path, vip=False)
+    release, running_hook = tmp_path / "release", tmp_path / "running"
+    hook = make_script(
+        tmp_path,
+        "slow-hook",
+        f"touch {running_hook}\nwhile ! test -e {release}; do sleep 0.02; done\n"
+        f"echo ran >> {tmp_path}/ran\n",
+    )
+    app.scripts = Scripts(**{**app.scripts.__dict__, "transition": hook})  # type: ignore[union-attr]
+    async with running(app) as h:
+        h.executor.submit_step([record("stop", "wait")])
+        await h.until(running_hook.exists, "the first hook runs (and hangs)")
+        with capture_logs() as logs:
+            for _ in range(HOOK_BACKLOG + 1):
+                h.executor.submit_step([record("wait", "alone")])
+        dropped = [e for e in logs if e["event"].startswith("transition hook not run")]
+        assert len(dropped) == 1, "one run past the backlog is dropped, and said"
+        release.touch()
+        await h.until(
+            lambda: len(lines(tmp_path / "ran")) == 1 + HOOK_BACKLOG, "the others all ran"
+        )
 
 
 # --- the foreground command -----------------------------------------------------------------
