@@ -291,7 +291,10 @@ def _application(tmp_path: Path, **scripts: str) -> str:
 
 
 def test_a_missing_start_script_is_an_error_for_the_checked_node(
-    write_config: WriteConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    write_config: WriteConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Regression (issue 9): check-config accepted it, and the node looped on its start.
     missing = tmp_path / "start-suite"
@@ -301,10 +304,8 @@ def test_a_missing_start_script_is_an_error_for_the_checked_node(
     only_at(problems(path, "alpha"), start, f"{missing} does not exist on this machine")
     # without --node it is said, as a warning (this machine may not be a node)
     assert [w for w in load_config(path).warnings if w.startswith(start)]
-    monkeypatch = pytest.MonkeyPatch()
-    with monkeypatch.context() as patch:
-        patch.setattr(failover.cli, "COMMAND_MODULES", ("failover.cli.configcmd",))
-        assert main(["check-config", str(path), "--node", "alpha"]) == 1
+    monkeypatch.setattr(failover.cli, "COMMAND_MODULES", ("failover.cli.configcmd",))
+    assert main(["check-config", str(path), "--node", "alpha"]) == 1
     _, err = capsys.readouterr()
     assert err.startswith(start) and "Traceback" not in err
 

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import pytest
 from runtime_support import MemoryNetwork, wait_until, write_cluster
+from structlog.testing import capture_logs
 from test_runtime_executor import _JournalingData, make_script
 from test_runtime_scripts import alive
 
@@ -22,9 +23,9 @@ from failover.config import load_config
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import State
-from failover.platform.application import Application, Scripts
+from failover.platform.application import Application, Scripts, _start_time
 from failover.runtime.daemon import Daemon
-from failover.runtime.executor import ActionExecutor
+from failover.runtime.executor import HOOK_BACKLOG, ActionExecutor
 
 pytestmark = pytest.mark.anyio
 
@@ -253,6 +254,30 @@ async def test_a_hanging_hook_never_holds_up_an_action(tmp_path: Path) -> None:
         await h.until(lambda: len(app.history.view().get("transition", [])) == 2, "hooks done")
 
 
+async def test_hook_runs_past_the_backlog_are_dropped_with_a_warning(tmp_path: Path) -> None:
+    app, _ = journaled_app(tmp_path, vip=False)
+    release, running_hook = tmp_path / "release", tmp_path / "running"
+    hook = make_script(
+        tmp_path,
+        "slow-hook",
+        f"touch {running_hook}\nwhile ! test -e {release}; do sleep 0.02; done\n"
+        f"echo ran >> {tmp_path}/ran\n",
+    )
+    app.scripts = Scripts(**{**app.scripts.__dict__, "transition": hook})  # type: ignore[union-attr]
+    async with running(app) as h:
+        h.executor.submit_step([record("stop", "wait")])
+        await h.until(running_hook.exists, "the first hook runs (and hangs)")
+        with capture_logs() as logs:
+            for _ in range(HOOK_BACKLOG + 1):
+                h.executor.submit_step([record("wait", "alone")])
+        dropped = [e for e in logs if e["event"].startswith("transition hook not run")]
+        assert len(dropped) == 1, "one run past the backlog is dropped, and said"
+        release.touch()
+        await h.until(
+            lambda: len(lines(tmp_path / "ran")) == 1 + HOOK_BACKLOG, "the others all ran"
+        )
+
+
 # --- the foreground command -----------------------------------------------------------------
 
 
@@ -273,6 +298,50 @@ async def test_the_death_of_the_foreground_command_is_reported_with_its_status(
         await h.until(lambda: len(h.events) == 2, "the death reported")
         assert h.events[1] == ev.AppFailed(reason="application command killed by signal 9")
         assert app.main_pid is None
+
+
+async def test_a_command_that_dies_while_its_start_is_reported_is_not_forgotten(
+    tmp_path: Path,
+) -> None:
+    # The daemon's report waits while the core is busy (its event stream is
+    # bounded): a command that dies meanwhile, right after its start, must
+    # still be reported once AppStarted is, or the node serves a dead
+    # application ("a dead application is not noticed").
+    command = make_script(tmp_path, "app", "echo 'no config'\nexit 3\n")
+    app, _ = journaled_app(tmp_path, vip=False, command=command)
+    async with running(app) as h:
+        events: list[ev.Event] = []
+
+        async def busy_core(event: ev.Event) -> None:
+            main = app.main
+            if isinstance(event, ev.AppStarted) and main is not None:
+                await h.until(lambda: main.returncode is not None, "the command exited")
+            events.append(event)
+
+        h.executor.report = busy_core
+        h.executor.submit(fx.StartApp())
+        await h.until(lambda: len(events) == 2, "the death reported after the start")
+        assert events == [
+            ev.AppStarted(),
+            ev.AppFailed(reason="application command exited with status 3: no config"),
+        ]
+
+
+async def test_a_command_that_cannot_run_fails_the_start_and_says_why_in_its_history(
+    tmp_path: Path,
+) -> None:
+    app, journal = journaled_app(tmp_path, command=f"{tmp_path}/no-such-app --serve")
+    async with running(app) as h:
+        with capture_logs() as logs:
+            h.executor.submit(fx.StartApp())
+            await h.idle()
+    why = f"application command could not run: {tmp_path}/no-such-app: No such file or directory"
+    assert h.events == [ev.AppFailed(reason=why)]
+    assert lines(journal) == ["prestart", "vip-up", "start", "vip-down"]
+    [run] = app.history.view()["command"]
+    assert run["error"] == why.removeprefix("application command could not run: ")
+    assert [e["reason"] for e in logs if e["event"] == "script failed"][-1] == why
+    assert not app.running and app.main_pid is None
 
 
 async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Path) -> None:
@@ -302,6 +371,42 @@ async def test_a_stop_ends_the_command_without_reporting_a_failure(tmp_path: Pat
         assert "term" in run["tail"], "SIGTERM came first"
         assert lines(journal)[-3:] == ["prestop", "stop", "poststop"]
         assert app.main_pid is None and not app.running
+
+
+@pytest.mark.parametrize("then", [fx.RestartApp(), fx.StopApp()])
+async def test_what_a_dead_command_left_in_its_group_is_ended_by_the_next_stop(
+    tmp_path: Path, then: fx.Effect
+) -> None:
+    # A pre-forking server whose main process crashes leaves its workers (in its
+    # process group): the restart or hand-over that follows must end them
+    # before it starts a new command or releases the VIP, as it ends a live one.
+    worker_file = tmp_path / "worker"
+    body = (
+        f"test -e {worker_file} && exec sleep 60\n"  # the restarted command just runs
+        f"sh -c 'trap \"\" TERM; echo $$ > {worker_file}; exec sleep 60' &\n"
+        f"while ! test -s {worker_file}; do sleep 0.02; done\nexit 3\n"
+    )
+    command = make_script(tmp_path, "app", body)
+    app, journal = journaled_app(tmp_path, command=command, stop_timeout=0.5)
+    try:
+        async with running(app) as h:
+            h.executor.submit(fx.StartApp())
+            await h.until(lambda: len(h.events) == 2, "the death reported")
+            assert h.events[1] == ev.AppFailed(reason="application command exited with status 3")
+            worker = int(worker_file.read_text())
+            assert alive(worker) and app.main_pid is None
+            journal.unlink()
+            h.executor.submit(then)
+            await h.idle()
+            assert not alive(worker), "the worker the dead command left was ended"
+            # ... before the VIP was released (a stop) or a new command started (a restart)
+            assert lines(journal)[:2] == ["prestop", "stop"]
+    finally:
+        with anyio.fail_after(20):
+            await app.stop()  # the restarted command
+        if worker_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(worker_file.read_text()), signal.SIGKILL)
 
 
 async def test_a_restart_replaces_the_command_and_watches_the_new_one(tmp_path: Path) -> None:
@@ -357,6 +462,49 @@ async def test_a_marker_naming_a_reused_pid_ends_nothing(tmp_path: Path) -> None
         assert bystander.returncode is None and alive(bystander.pid)
     finally:
         bystander.kill()
+        await bystander.aclose()
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (lambda pid, started: b"\x00\xffnot json", "not a JSON object"),
+        (lambda pid, started: b" " * 300 + b"{}", "longer than 256 bytes"),
+        (lambda pid, started: json.dumps([pid, started]).encode(), "not a JSON object"),
+        # what the daemon writes, with the types confused: never int()-ed into a PID
+        (
+            lambda pid, started: json.dumps({"pid": str(pid), "start_time": started}).encode(),
+            "no valid process id",
+        ),
+        (
+            lambda pid, started: json.dumps({"pid": pid + 0.5, "start_time": started}).encode(),
+            "no valid process id",
+        ),
+        (
+            lambda pid, started: json.dumps({"pid": pid, "start_time": str(started)}).encode(),
+            "no valid start time",
+        ),
+    ],
+)
+async def test_a_garbled_marker_ends_nothing_says_why_and_still_stops(
+    tmp_path: Path, body: Callable[[int, int | None], bytes], why: str
+) -> None:
+    bystander = await anyio.open_process(["sleep", "60"], start_new_session=True)
+    try:
+        marker = tmp_path / "state" / "application.started"
+        marker.parent.mkdir()
+        marker.write_bytes(body(bystander.pid, _start_time(bystander.pid)))
+        app, journal = journaled_app(tmp_path, vip=False, command="sleep 60")
+        with capture_logs() as logs:
+            assert await app.recover()
+        assert alive(bystander.pid), "nothing was signalled on a garbled marker"
+        [error] = [e for e in logs if e["event"].startswith("start marker unreadable")]
+        assert error["why"] == why and error["file"] == str(marker)
+        assert lines(journal) == ["prestop", "stop", "poststop"], "the stop still ran"
+        assert not marker.exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            bystander.kill()
         await bystander.aclose()
 
 

@@ -6,7 +6,8 @@ SafeKit's script set, each optional (``Scripts``):
   the foreground ``command`` (a main process the daemon supervises: its PID is
   ``main_pid``, its death is reported by ``main_exited``);
 - ``stop`` = ``prestop``, the ``stop`` script, end the foreground command
-  (SIGTERM to its process group, SIGKILL after the stop timeout), then
+  (SIGTERM to its process group, SIGKILL after the stop timeout; the group of
+  a command that died on its own too: what it left in it), then
   ``release``: the VIP released, then ``poststop``. (The executor runs the
   two halves itself, with the replication flushed in between.)
 - ``restart`` = ``prestop``, ``stop``, ``poststop``, ``prestart``, ``start``
@@ -33,9 +34,7 @@ survives its daemon (it runs in a session of its own): ``recover`` ends it.
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -50,15 +49,17 @@ from failover.platform.scripts import (
     end_group,
     read_tail,
     run_script,
-    signal_group,
     spawn,
 )
 from failover.platform.vip import VipError, VirtualIP
+from failover.runtime.store import fsync_directory, write_atomic
 
 log = structlog.get_logger("failover.application")
 
 COMMAND = "command"
 """The foreground command's name in the script log and its output file (command.log)."""
+MARKER_MAX = 256
+"""Bytes of the marker read back: it holds one small JSON object (or nothing)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,26 @@ class Scripts:
         return sum(self.limit_of(name) + KILL_GRACE for name in names)
 
 
+def parse_marker(content: bytes) -> tuple[int, int | None] | str:
+    """The foreground command a marker names (PID, start time or None when it had
+    already exited), or why the content names none: the marker is a file, read
+    back by the next daemon before it signals anything."""
+    if len(content) > MARKER_MAX:
+        return f"longer than {MARKER_MAX} bytes"
+    try:
+        data = json.loads(content)
+    except ValueError:
+        return "not a JSON object"
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    pid, started = data.get("pid"), data.get("start_time")
+    if type(pid) is not int or pid <= 1:
+        return "no valid process id"
+    if started is not None and (type(started) is not int or started < 0):
+        return "no valid start time"
+    return pid, started
+
+
 def _start_time(pid: int) -> int | None:
     """The start time of process ``pid`` (clock ticks since boot), None if it is gone."""
     try:
@@ -135,51 +156,59 @@ class Application:
         self.running = False
         self.both_running = False
         self.history = ScriptLog()
-        # the application's main process while it runs, when the runtime knows
-        # it (a foreground command it started): what a process checker watches
-        self.main_pid: int | None = None
         self._main: Process | None = None
+        # a command that died on its own: the next stop or restart ends what it
+        # left in its process group (a pre-forking server's workers...)
+        self._dead: Process | None = None
 
     @property
     def main(self) -> Process | None:
         """The foreground command's process while it is supervised."""
         return self._main
 
+    @property
+    def main_pid(self) -> int | None:
+        """The application's main process while it runs, when the runtime knows it
+        (a foreground command it started): what a process checker watches."""
+        return None if self._main is None else self._main.pid
+
     # --- the marker ------------------------------------------------------------------
 
     def _set_marker(self, present: bool, content: bytes = b"") -> None:
+        """Write ``content`` to the marker or remove it, durably: the marker is only
+        useful if it survives a crash of the machine too."""
         if self.marker is None:
             return
         if present:
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            scratch = self.marker.with_name(self.marker.name + ".new")
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, content)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(scratch, self.marker)
+            write_atomic(self.marker, content)
         else:
             self.marker.unlink(missing_ok=True)
-        # The marker is only useful if it survives a crash of the machine too.
-        directory = os.open(self.marker.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+            fsync_directory(self.marker.parent)
 
     def _marked_command(self) -> int | None:
         """The process group of a foreground command a previous daemon left running
-        (the marker names it, and the process with that PID started then)."""
+        (the marker names it, and the process with that PID started then). An
+        empty marker was written before a start: it names no command."""
         if self.marker is None:
             return None
         try:
-            content = json.loads(self.marker.read_bytes())
-            pid, started = int(content["pid"]), int(content["start_time"])
-        except (OSError, ValueError, TypeError, KeyError):
+            with open(self.marker, "rb") as handle:
+                content = handle.read(MARKER_MAX + 1)
+        except OSError as exc:
+            log.error("cannot read the start marker", file=str(self.marker), error=exc.strerror)
             return None
-        return pid if _start_time(pid) == started else None
+        if not content:
+            return None
+        named = parse_marker(content)
+        if isinstance(named, str):
+            log.error(
+                "start marker unreadable: no command ended, the stop scripts still run",
+                file=str(self.marker),
+                why=named,
+            )
+            return None
+        pid, started = named
+        return pid if started is not None and _start_time(pid) == started else None
 
     async def recover(self) -> bool:
         """At daemon start: if a previous daemon died with the application started,
@@ -195,14 +224,14 @@ class Application:
         return True
 
     async def _end_orphan(self, pgid: int) -> None:
-        """End the process group of a command that is not our child (bounded poll)."""
-        limit = self.scripts.stop_limit if self.scripts else KILL_GRACE
+        """End the process group of a command that is not our child."""
         log.warning("ending the application command left by the previous daemon", pid=pgid)
-        if signal_group(pgid, signal.SIGTERM):
-            with anyio.move_on_after(limit):
-                while signal_group(pgid, 0):
-                    await anyio.sleep(0.05)
-        signal_group(pgid, signal.SIGKILL)
+        await end_group(pgid, self._stop_limit)
+
+    @property
+    def _stop_limit(self) -> float:
+        # (a reload may have removed the section since the command started)
+        return self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
 
     @property
     def budget(self) -> float:
@@ -254,11 +283,10 @@ class Application:
             env={**self.env, "FAILOVER_ACTION": COMMAND},
         )
         if isinstance(process, str):
-            problem = f"application command could not run: {process}"
-            self.history.record(COMMAND, ScriptResult("application command", None, False, ()))
-            log.error("application command failed", reason=problem)
-            return problem
-        self._main, self.main_pid = process, process.pid
+            result = ScriptResult("application command", None, False, (), process)
+            self.history.record(COMMAND, result)  # (logs it)
+            return result.reason
+        self._main = process
         log.info("application command started", pid=process.pid)
         started = _start_time(process.pid)
         try:
@@ -274,7 +302,7 @@ class Application:
         (then it is no longer supervised), or None when it was ended on purpose."""
         if self._main is not process:
             return None
-        self._main = self.main_pid = None
+        self._main, self._dead = None, process
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -305,16 +333,21 @@ class Application:
 
     async def _end_main(self) -> str | None:
         """SIGTERM the foreground command's group; SIGKILL what is left after the stop
-        timeout. None when it ended on SIGTERM (or was not running)."""
-        process = self._main
+        timeout. The same for what a command that died on its own left in its
+        group. None when everything ended on SIGTERM (or nothing was left)."""
+        limit = self._stop_limit
+        problem = None
+        dead, self._dead = self._dead, None
+        if dead is not None and await end_group(dead.pid, limit, dead):
+            problem = (
+                "what the dead application command left in its process group did not "
+                f"exit within {limit:g} s of SIGTERM: killed"
+            )
+        process, self._main = self._main, None  # from here its exit is expected
         if process is None:
-            return None
-        self._main = self.main_pid = None  # from here its exit is expected
-        # (a reload may have removed the section since the command started)
-        limit = self.scripts.stop_limit if self.scripts is not None else KILL_GRACE
+            return problem
         started = anyio.current_time()
-        await end_group(process, limit)
-        killed = process.returncode == -signal.SIGKILL
+        killed = await end_group(process.pid, limit, process)
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -325,7 +358,7 @@ class Application:
         self.history.record(COMMAND, result)
         if killed:
             return f"application command did not exit within {limit:g} s of SIGTERM: killed"
-        return None
+        return problem
 
     async def release(self) -> str | None:
         """The second half of ``stop``: release the VIP, run ``poststop``, forget the

@@ -24,7 +24,8 @@ from collections.abc import Iterator
 DAEMON_NICE = -10
 """The niceness the daemon asks for (lower is more favoured; -20 to 19)."""
 
-_inherited: dict[str, int] = {}  # "nice": the niceness before raise_priority, once raised
+# once raised: "nice", the niceness before raise_priority, and "raised", the one it set
+_inherited: dict[str, int] = {}
 
 
 def raise_priority(nice: int = DAEMON_NICE) -> str | None:
@@ -38,6 +39,7 @@ def raise_priority(nice: int = DAEMON_NICE) -> str | None:
     except OSError as exc:
         return f"cannot raise the scheduling priority to nice {nice}: {exc.strerror or exc}"
     _inherited.setdefault("nice", current)
+    _inherited["raised"] = nice
     return None
 
 
@@ -45,15 +47,16 @@ def raise_priority(nice: int = DAEMON_NICE) -> str | None:
 def spawning_as_inherited() -> Iterator[None]:
     """Around the spawn of a script: the calling thread (Linux niceness is per
     thread, and a forked child takes its forking thread's) is put back to the
-    niceness the daemon had before ``raise_priority``, and raised again after.
+    niceness the daemon had before ``raise_priority``, and raised again after,
+    to the niceness ``raise_priority`` set (not the one found on entry: two
+    spawns that overlap on the event loop's thread would leave it lowered).
     Nothing to do when the priority was never raised."""
     if "nice" not in _inherited:
         yield
         return
-    raised = os.getpriority(os.PRIO_PROCESS, 0)
     os.setpriority(os.PRIO_PROCESS, 0, _inherited["nice"])
     try:
         yield
     finally:
         with contextlib.suppress(OSError):  # CAP_SYS_NICE raised it once: it can again
-            os.setpriority(os.PRIO_PROCESS, 0, raised)
+            os.setpriority(os.PRIO_PROCESS, 0, _inherited["raised"])

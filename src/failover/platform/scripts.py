@@ -36,6 +36,8 @@ KILL_GRACE = 3.0
 """Seconds a process group has to end after SIGTERM before it gets SIGKILL."""
 RUNS_KEPT = 5
 """How many runs of each script ``ScriptLog`` keeps."""
+REAP_LIMIT = KILL_GRACE
+"""Seconds a SIGKILLed process has to be reaped before the daemon goes on without."""
 _GROUP_POLL = 0.05
 
 log = structlog.get_logger("failover.scripts")
@@ -100,23 +102,39 @@ def signal_group(pgid: int, signum: int) -> bool:
     return True
 
 
-async def end_group(process: Process, grace: float = KILL_GRACE) -> None:
-    """End ``process`` and every member of its process group (it leads one: it was
-    started in a new session): SIGTERM to the group, then SIGKILL to what is
-    left of it after ``grace`` seconds, or at once if cancelled. Returns when the
-    leader is reaped and the group is empty (or SIGKILLed: its members are
-    gone as soon as the kernel delivers it)."""
-    pgid = process.pid
+async def end_group(pgid: int, grace: float = KILL_GRACE, leader: Process | None = None) -> bool:
+    """End process group ``pgid``: SIGTERM to the group, then SIGKILL to what is
+    left of it after ``grace`` seconds, or at once if cancelled. ``leader`` is its
+    leader when it is our child (alive or not): it is reaped, for a zombie
+    leader would keep the group alive; without it (a leader left by a previous
+    daemon) the group is only polled. Returns when the group is empty (or
+    SIGKILLed: its members are gone as soon as the kernel delivers it): True
+    when something of it was left for SIGKILL."""
+    killed = True
     try:
         if signal_group(pgid, signal.SIGTERM):
             with anyio.move_on_after(grace):
-                await process.wait()  # reaped: a zombie leader would keep the group alive
+                if leader is not None:
+                    await leader.wait()
                 while signal_group(pgid, 0):  # a member that survived its leader
                     await anyio.sleep(_GROUP_POLL)
     finally:
-        signal_group(pgid, signal.SIGKILL)
-        with anyio.CancelScope(shield=True):
-            await process.aclose()
+        killed = signal_group(pgid, signal.SIGKILL)
+        if leader is not None:
+            await _reap(leader)
+    return killed
+
+
+async def _reap(process: Process) -> None:
+    """Wait for SIGKILLed ``process`` to be reaped: shielded, so that a cancelled
+    stop leaves no process behind, but for at most ``REAP_LIMIT`` seconds. A
+    process the kernel holds (uninterruptible I/O on a hung mount, a FUSE flush
+    nobody answers) must not hold a stop, or the daemon's exit, past every
+    deadline; it is reaped when it ends (asyncio's child watcher waits for it)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(REAP_LIMIT) as scope:
+        await process.wait()
+    if scope.cancelled_caught:
+        log.error("a killed process is still not reaped: going on", pid=process.pid)
 
 
 async def spawn(
@@ -184,7 +202,7 @@ async def run_script(
     shell; a sequence is the argv itself.
     The output file is truncated first. On timeout the process group is ended
     (``end_group``: SIGTERM, SIGKILL after ``grace``) before this returns, so
-    the call takes at most ``timeout`` plus ``grace`` plus the time to reap.
+    the call takes at most ``timeout`` plus ``grace`` plus ``REAP_LIMIT``.
     Never raises for a failing command: the outcome (including "could not
     start") is in the result. When cancelled, the process group is killed
     at once.
@@ -199,14 +217,12 @@ async def run_script(
             await process.wait()
         if scope.cancelled_caught:
             timed_out = True
-            await end_group(process, grace)
+            await end_group(process.pid, grace, process)
     except BaseException:
         # Cancelled from outside (daemon shutting down): leave no orphan group.
         signal_group(process.pid, signal.SIGKILL)
+        await _reap(process)
         raise
-    finally:
-        # Reaps the process; shielded against cancellation once it is killed.
-        await process.aclose()
     returncode = None if timed_out else process.returncode
     duration = anyio.current_time() - started
     return ScriptResult(label, returncode, timed_out, read_tail(output), duration=duration)
@@ -257,10 +273,6 @@ class ScriptLog:
             log.info("script ran", **fields)
         else:
             log.error("script failed", reason=result.reason, **fields)
-
-    def last(self, name: str) -> ScriptResult | None:
-        runs = self._runs.get(name)
-        return runs[-1].result if runs else None
 
     def view(self) -> dict[str, list[dict[str, Any]]]:
         """Each script's kept runs, oldest first."""

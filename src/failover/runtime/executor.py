@@ -26,13 +26,14 @@ one at a time in order, from a bounded backlog (a hook that hangs costs its
 timeout, never a decision; past ``HOOK_BACKLOG`` waiting runs, new ones are
 dropped and logged).
 
-A foreground ``command`` started by ``StartApp`` or ``RestartApp`` is watched:
-its death, unless a stop ended it, is reported as ``AppFailed`` with its exit
-status, but only while no action on the application (``APP_EFFECTS``) is
-queued or running: the core awaits that action's outcome, and an
-``AppFailed`` then would read as that outcome (a ``StopApp`` taken as done
-before the replication is flushed and the VIP released would let the peer
-start too early). The death is logged and kept in the script log; the
+A foreground ``command`` started by ``StartApp`` or ``RestartApp`` is watched
+from the moment that action's ``AppStarted`` is reported (so the start never
+counts as the pending action below): its death, unless a stop ended it, is
+reported as ``AppFailed`` with its exit status, but only while no action on
+the application (``APP_EFFECTS``) is queued or running: the core awaits that
+action's outcome, and an ``AppFailed`` then would read as that outcome (a
+``StopApp`` taken as done before the replication is flushed and the VIP
+released would let the peer start too early). The death is logged and kept in the script log; the
 pending action's own outcome follows.
 """
 
@@ -202,6 +203,7 @@ class ActionExecutor:
             self._watchers = tg
             tg.start_soon(self._run_hooks)
             async for effect in self._receive:
+                outcome = None
                 try:
                     outcome = await self._execute(effect)
                     if outcome is not None:
@@ -211,13 +213,18 @@ class ActionExecutor:
                     if isinstance(effect, APP_EFFECTS):
                         self._app_actions -= 1
                     self.on_progress()
+                if isinstance(outcome, ev.AppStarted):
+                    # Only now: a death before the start is reported and counted
+                    # done would be taken for a death while an action is pending.
+                    self._watch_main()
 
     async def _run_hooks(self) -> None:
         async for change in self._hooks_out:
             await self.app.run_hook(change.source, change.target, change.reason)
 
     def _watch_main(self) -> None:
-        """Report the death of the foreground command ``StartApp``/``RestartApp`` started."""
+        """Report the death of the foreground command ``StartApp``/``RestartApp`` started
+        (called once that action's ``AppStarted`` is reported)."""
         process = self.app.main
         if process is not None and self._watchers is not None:
             self._watchers.start_soon(self._wait_main, process)
@@ -307,12 +314,9 @@ class ActionExecutor:
                 return None
 
     def _started(self, action: str, failure: str | None) -> ev.Event:
-        """The outcome of a start or restart (journaled); a foreground command is watched."""
+        """The outcome of a start or restart (journaled)."""
         self._note(action, "end", ok=failure is None, problem=failure)
-        if failure is not None:
-            return ev.AppFailed(reason=failure)
-        self._watch_main()
-        return ev.AppStarted()
+        return ev.AppStarted() if failure is None else ev.AppFailed(reason=failure)
 
     def _note(self, action: str, phase: str, **fields: object) -> None:
         """Journal the application's (and virtual IP's) real start or stop."""
