@@ -202,6 +202,31 @@ async def test_the_death_of_a_pidfile_process_is_noticed_at_once(
     ]
 
 
+async def test_a_process_seen_to_exit_stays_dead_though_another_one_gets_its_id(
+    tmp_path: Path, children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidfile = tmp_path / "app.pid"
+    child, other = spawn(children), spawn(children)
+    pidfile.write_text(f"{child.pid}\n")
+    opened = os.pidfd_open
+
+    def reused(pid: int, flags: int = 0) -> int:
+        # the kernel gives the dead process's id to another one (PID reuse)
+        return opened(other.pid if pid == child.pid else pid, flags)
+
+    async with checking(ProcessProbe(pidfile), interval=0.02, failures=3) as log:
+        await log.wait_for(outcomes=1)
+        assert log.outcomes == [Outcome(True)]
+        monkeypatch.setattr(os, "pidfd_open", reused)
+        child.kill()
+        child.wait()  # reaped: its id is free for another process
+        await log.wait_for(events=1)
+    assert log.events[0][1] == ev.CheckerDown(
+        "web", f"process {child.pid} (from {pidfile}) has exited"
+    )
+    assert [o.ok for o in log.outcomes[1:4]] == [False, False, False]
+
+
 @dataclass
 class App:
     main_pid: int | None = None
@@ -218,7 +243,7 @@ async def test_the_death_of_the_applications_main_process_is_noticed_at_once(
         child.kill()
         child.wait()  # reaped, as the runtime reaps the foreground command it started
         await log.wait_for(events=1)
-    reason = f"process {child.pid} (the application's main process) is not running"
+    reason = f"process {child.pid} (the application's main process) has exited"
     assert log.events == [(2, ev.CheckerDown("web", reason))]
 
 

@@ -18,7 +18,9 @@ to watch: only the interval paces them.
   one), read through netlink (pyroute2) in the daemon's network namespace.
 - ``ProcessProbe``: the application's main process lives: the process a
   pidfile names (read again at every probe), or the one the runtime started.
-  A process that has exited but is not reaped yet (a zombie) counts as dead.
+  A process that has exited but is not reaped yet (a zombie) counts as dead,
+  and so does a later process that the pidfile's stale id now names (PID
+  reuse): a session watches the process of an id, not the number.
 """
 
 from __future__ import annotations
@@ -299,9 +301,15 @@ def _has_exited(pidfd: int) -> bool:
 
 
 class _ProcessSession(Session):
+    """Watches the process of one id through a pidfd for as long as that id is the
+    target: once that process has exited, a later process given the same id
+    (PID reuse) is not taken for it. The id is watched again only when the
+    target changes (the pidfile names another process)."""
+
     def __init__(self, probe: ProcessProbe) -> None:
         self.probe = probe
-        self._pidfd: int | None = None
+        self._pid: int | None = None  # the id watched
+        self._pidfd: int | None = None  # its process, None if it was gone at once
 
     def _target(self) -> tuple[int | None, str]:
         """The process id to watch and how it was found, or None and why not."""
@@ -325,24 +333,27 @@ class _ProcessSession(Session):
         return int(words[0]), f"from {pidfile}"
 
     async def check(self, timeout: float) -> Outcome:
-        self.close()
         pid, source = self._target()
         if pid is None:
+            self.close()
             return Outcome(False, source)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        if pid != self._pid:
+            self.close()
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pass
+            except OSError as exc:  # not known dead: tried again at the next probe
+                return Outcome(False, f"cannot watch process {pid} ({source}): {exc.strerror}")
+            self._pid = pid
+        if self._pidfd is None:
             return Outcome(False, f"process {pid} ({source}) is not running")
-        except OSError as exc:
-            return Outcome(False, f"cannot watch process {pid} ({source}): {exc.strerror}")
-        if _has_exited(pidfd):
-            os.close(pidfd)
+        if _has_exited(self._pidfd):
             return Outcome(False, f"process {pid} ({source}) has exited")
-        self._pidfd = pidfd
         return Outcome(True)
 
     async def changed(self) -> None:
-        if self._pidfd is None:
+        if self._pidfd is None or _has_exited(self._pidfd):
             await anyio.sleep_forever()
         else:
             await anyio.wait_readable(self._pidfd)
@@ -351,3 +362,4 @@ class _ProcessSession(Session):
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        self._pid = None
