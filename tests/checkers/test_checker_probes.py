@@ -29,11 +29,13 @@ from typing import Any
 
 import anyio
 import pytest
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from failover.core import events as ev
 from failover.platform.checkers import Checker, CheckerSpec
 from failover.platform.checkers.probes import (
     CommandProbe,
+    InterfaceProbe,
     Outcome,
     Probe,
     ProcessProbe,
@@ -268,6 +270,64 @@ async def test_a_process_checker_without_a_known_process_is_down() -> None:
         await log.wait_for(events=1)
     (_, down), *_ = log.events
     assert isinstance(down, ev.CheckerDown) and "give the checker a pidfile" in down.reason
+
+
+# --- interface: a flood of link notifications ------------------------------------------
+
+RTM_NEWLINK = 16
+
+
+def link_notification(interface: str) -> bytes:
+    message = ifinfmsg()
+    message["header"]["type"] = RTM_NEWLINK
+    message["attrs"] = [("IFLA_IFNAME", interface)]
+    message.encode()
+    return bytes(message.data)
+
+
+class Flood:
+    """A netlink socket that never runs dry: one link notification at every read."""
+
+    def __init__(self, notification: bytes) -> None:
+        self.notification = notification
+        self.reads = 0
+        self._readable, self._writer = socket.socketpair()
+        self._writer.send(b"x")  # never read: the socket stays readable
+
+    def fileno(self) -> int:
+        return self._readable.fileno()
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads > 100_000:
+            raise AssertionError("the notifications are read without end")
+        return self.notification
+
+    def close(self) -> None:
+        self._readable.close()
+        self._writer.close()
+
+
+async def test_other_links_flooding_netlink_neither_wake_the_probe_nor_hold_the_loop() -> None:
+    session = InterfaceProbe("lan0").open()
+    session.close()  # its netlink socket, replaced by the flood
+    flood = Flood(link_notification("veth9"))
+    session._events = flood  # type: ignore[attr-defined]
+    woke = False
+
+    async def watch() -> None:
+        nonlocal woke
+        await session.changed()
+        woke = True
+
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            while flood.reads < 1000:  # the event loop runs between two batches
+                await anyio.sleep(0)
+            tg.cancel_scope.cancel()
+    session.close()
+    assert not woke, "another link's changes do not wake the probe"
 
 
 # --- interface and ping, in network namespaces ------------------------------------------

@@ -45,6 +45,10 @@ log = structlog.get_logger("failover.checkers")
 
 IFF_UP = 0x1
 RTMGRP_LINK = 0x1
+NOTIFICATION_BATCH = 64
+"""Reads of netlink notifications in one go: the daemon's event loop runs
+between two batches, however fast other links change (a host starting many
+containers)."""
 PING_MARGIN = 1.0
 """Seconds a ping process gets beyond its own wait (-W) before it is killed:
 it says itself why it failed, unless a name lookup hangs."""
@@ -232,15 +236,16 @@ class _LinkSession(Session):
         self._marshal = MarshalRtnl()
 
     def _read_notifications(self) -> bool:
-        """Read every notification queued; True if one may concern the interface
-        (it names it, or some were lost or could not be read)."""
+        """Read the notifications queued, at most ``NOTIFICATION_BATCH`` reads (what
+        is left stays queued); True if one may concern the interface (it names
+        it, or some were lost or could not be read)."""
         assert self._events is not None
         concerned = False
-        while True:
+        for _ in range(NOTIFICATION_BATCH):
             try:
                 data = self._events.recv(65536)
             except BlockingIOError:
-                return concerned
+                break
             except OSError:  # ENOBUFS: the queue overflowed, notifications were lost
                 concerned = True
                 continue
@@ -249,6 +254,7 @@ class _LinkSession(Session):
             except Exception:  # what cannot be parsed may be our link's change
                 names = [None]
             concerned = concerned or any(name in (self.interface, None) for name in names)
+        return concerned
 
     async def check(self, timeout: float) -> Outcome:
         if self._events is not None:
