@@ -265,6 +265,31 @@ async def test_a_process_checker_reads_the_pidfile_again_at_every_probe(
         assert log.events[1][1] == ev.CheckerUp("web")
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("9" * 30, "holds no process id"),  # no process can have it (pid_max is 2**22)
+        ("0", "holds no process id"),
+        (None, "is not a regular file"),  # a FIFO: opening it would wait for a writer
+    ],
+    ids=["a huge number", "zero", "a FIFO"],
+)
+async def test_a_pidfile_that_names_no_process_is_down_without_blocking(
+    tmp_path: Path, content: str | None, reason: str
+) -> None:
+    pidfile = tmp_path / "app.pid"
+    if content is None:
+        os.mkfifo(pidfile)
+    else:
+        pidfile.write_text(content + "\n")
+    session = ProcessProbe(pidfile).open()
+    try:
+        outcome = await session.check(1.0)
+    finally:
+        session.close()
+    assert outcome == Outcome(False, f"pidfile {pidfile} {reason}")
+
+
 async def test_a_process_checker_without_a_known_process_is_down() -> None:
     async with checking(ProcessProbe(app=App(None)), interval=0.02, failures=1) as log:
         await log.wait_for(events=1)

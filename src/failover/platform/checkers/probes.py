@@ -29,6 +29,7 @@ import errno
 import os
 import select
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -49,6 +50,10 @@ NOTIFICATION_BATCH = 64
 """Reads of netlink notifications in one go: the daemon's event loop runs
 between two batches, however fast other links change (a host starting many
 containers)."""
+PIDFILE_HEAD = 64
+"""Bytes of a pidfile read: a process id and then some (whatever else it holds)."""
+PID_MAX_LIMIT = 1 << 22
+"""The largest process id Linux gives (PID_MAX_LIMIT on 64-bit systems)."""
 PING_MARGIN = 1.0
 """Seconds a ping process gets beyond its own wait (-W) before it is killed:
 it says itself why it failed, unless a name lookup hangs."""
@@ -299,6 +304,18 @@ class ProcessProbe:
         return _ProcessSession(self)
 
 
+def _read_head(path: Path) -> bytes | None:
+    """The first ``PIDFILE_HEAD`` bytes of ``path``, or None if it is not a
+    regular file (opened without blocking: a FIFO would wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, PIDFILE_HEAD)
+    finally:
+        os.close(fd)
+
+
 def _has_exited(pidfd: int) -> bool:
     """A pidfd turns readable when its process exits (zombies included)."""
     poller = select.poll()
@@ -329,12 +346,15 @@ class _ProcessSession(Session):
                 )
             return pid, "the application's main process"
         try:
-            words = pidfile.read_text(encoding="ascii", errors="replace").split()
+            head = _read_head(pidfile)
         except FileNotFoundError:
             return None, f"pidfile {pidfile} does not exist"
         except OSError as exc:
             return None, f"cannot read pidfile {pidfile}: {exc.strerror or exc}"
-        if not words or not words[0].isdigit() or int(words[0]) <= 0:
+        if head is None:
+            return None, f"pidfile {pidfile} is not a regular file"
+        words = head.split()
+        if not words or not words[0].isdigit() or not 0 < int(words[0]) <= PID_MAX_LIMIT:
             return None, f"pidfile {pidfile} holds no process id"
         return int(words[0]), f"from {pidfile}"
 
