@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 from anyio.abc import TaskGroup
+from structlog.testing import capture_logs
 from trio.testing import MockClock
 
 from failover.core import events as ev
@@ -265,10 +266,13 @@ class RaisingProbe(Session):
 async def test_a_probe_that_raises_is_down_and_the_checker_goes_on() -> None:
     target, core = Target(), Recorder()
     checker = Checker(spec(target, probe=RaisingProbe(target), failures=1), core.report)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(checker.run)
-        checker.enable(0.0)
-        await probes_until(target, 3)
-        checker.retire()
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(checker.run)
+            checker.enable(0.0)
+            await probes_until(target, 3)
+            checker.retire()
     assert core.events[0][1] == ev.CheckerDown("web", "the probe raised RuntimeError('a bug')")
     assert core.kinds == ["checker_down", "checker_up"]  # retired while down
+    raised = [entry for entry in logs if entry["event"] == "checker probe raised"]
+    assert len(raised) == 1, "one traceback while it keeps raising, not one a probe"
