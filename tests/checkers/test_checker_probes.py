@@ -55,14 +55,24 @@ class Log:
 
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[tuple[int, ev.Event]] = field(default_factory=list)
+    _grown: anyio.Event = field(default_factory=anyio.Event)
+
+    def _grow(self) -> None:
+        self._grown.set()
+        self._grown = anyio.Event()
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self._grow()
 
     async def report(self, event: ev.Event) -> None:
         self.events.append((len(self.outcomes), event))
+        self._grow()
 
     async def wait_for(self, events: int = 0, outcomes: int = 0) -> None:
         with anyio.fail_after(BOUND):
             while len(self.events) < events or len(self.outcomes) < outcomes:
-                await anyio.sleep(0.01)
+                await self._grown.wait()
 
     @property
     def kinds(self) -> list[str]:
@@ -75,7 +85,7 @@ class Counted(Session):
 
     async def check(self, timeout: float) -> Outcome:
         outcome = await self.inner.check(timeout)
-        self.log.outcomes.append(outcome)
+        self.log.outcome(outcome)
         return outcome
 
     async def changed(self) -> None:
