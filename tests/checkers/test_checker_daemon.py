@@ -1,7 +1,7 @@
 """How the daemon tells its checkers what the node does: after each decision of
-the core, whether it serves and whether its application is started, as the
-core's effects (StartApp, RestartApp, StopApp) and the outcomes it handled
-(AppStarted, AppFailed, AppStopped) say."""
+the core, whether it serves and whether its application has started with
+nothing under way, both read from the core (``State.serving``,
+``Node.app_started``: tests/core/test_app_failures.py shows when that holds)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import pytest
 import yaml
 
 from failover.config import load_config
-from failover.core import effects as fx
-from failover.core import events as ev
 from failover.core.state import State
 from failover.runtime.daemon import Daemon
 
@@ -41,44 +39,25 @@ def daemon(tmp_path: Path) -> Daemon:
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(document))
     made = Daemon(load_config(path), "alpha", handle_signals=False)
-    made.node = SimpleNamespace(state=State.ALONE)  # type: ignore[assignment]
     made.checkers = Phases()  # type: ignore[assignment]
     return made
 
 
-STEPS: list[tuple[ev.Event, list[fx.Effect], bool]] = [
-    # event handled, effects of that step -> the application counts as started
-    (ev.Start(), [fx.StartApp()], False),
-    (ev.Timer(), [], False),  # the start script runs
-    (ev.AppStarted(), [], True),
-    (ev.CheckerDown("app", "dead"), [fx.RestartApp()], False),  # a restart stops them
-    (ev.AppStarted(), [], True),
-    (ev.AppFailed("it died"), [], False),  # the application died
-    (ev.Timer(), [fx.StartApp()], False),
-    (ev.Swap(), [fx.StopApp()], False),  # a stop queued behind the start
-    (ev.AppStarted(), [], False),  # the start's late outcome: it is being stopped
-    (ev.AppStopped(), [], False),
-    (ev.Timer(), [fx.StartApp()], False),
-    (ev.AppFailed("start script failed"), [], False),
-    (ev.Timer(), [fx.StartApp()], False),
-    (ev.AppStarted(), [fx.StopApp()], False),  # started, and stopped in the same step
+CORE_SAYS = [
+    # the core's state, whether its application has started -> what the checkers hear
+    (State.ALONE, False, (True, False)),
+    (State.ALONE, True, (True, True)),
+    (State.PRIMARY, True, (True, True)),
+    (State.PRIMARY, False, (True, False)),
+    (State.SECONDARY, False, (False, False)),
+    (State.WAIT, False, (False, False)),
 ]
 
 
-def test_the_application_counts_as_started_from_its_start_until_a_stop_or_restart(
-    daemon: Daemon,
-) -> None:
+def test_the_checkers_hear_what_the_core_says(daemon: Daemon) -> None:
     phases = daemon.checkers
     assert isinstance(phases, Phases)
-    for event, effects, _ in STEPS:
-        daemon._follow_application(event, effects)
-    assert [started for _, started in phases.seen] == [started for *_, started in STEPS]
-    assert all(serving for serving, _ in phases.seen)
-
-
-def test_a_node_that_does_not_serve_tells_its_checkers_so(daemon: Daemon) -> None:
-    phases = daemon.checkers
-    assert isinstance(phases, Phases)
-    daemon.node = SimpleNamespace(state=State.SECONDARY)  # type: ignore[assignment]
-    daemon._follow_application(ev.Timer(), [])
-    assert phases.seen == [(False, False)]
+    for state, app_started, _ in CORE_SAYS:
+        daemon.node = SimpleNamespace(state=state, app_started=app_started)  # type: ignore[assignment]
+        daemon._follow_application()
+    assert phases.seen == [heard for *_, heard in CORE_SAYS]

@@ -29,11 +29,13 @@ from typing import Any
 
 import anyio
 import pytest
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from failover.core import events as ev
 from failover.platform.checkers import Checker, CheckerSpec
 from failover.platform.checkers.probes import (
     CommandProbe,
+    InterfaceProbe,
     Outcome,
     Probe,
     ProcessProbe,
@@ -53,14 +55,24 @@ class Log:
 
     outcomes: list[Outcome] = field(default_factory=list)
     events: list[tuple[int, ev.Event]] = field(default_factory=list)
+    _grown: anyio.Event = field(default_factory=anyio.Event)
+
+    def _grow(self) -> None:
+        self._grown.set()
+        self._grown = anyio.Event()
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+        self._grow()
 
     async def report(self, event: ev.Event) -> None:
         self.events.append((len(self.outcomes), event))
+        self._grow()
 
     async def wait_for(self, events: int = 0, outcomes: int = 0) -> None:
         with anyio.fail_after(BOUND):
             while len(self.events) < events or len(self.outcomes) < outcomes:
-                await anyio.sleep(0.01)
+                await self._grown.wait()
 
     @property
     def kinds(self) -> list[str]:
@@ -73,7 +85,7 @@ class Counted(Session):
 
     async def check(self, timeout: float) -> Outcome:
         outcome = await self.inner.check(timeout)
-        self.log.outcomes.append(outcome)
+        self.log.outcome(outcome)
         return outcome
 
     async def changed(self) -> None:
@@ -202,6 +214,31 @@ async def test_the_death_of_a_pidfile_process_is_noticed_at_once(
     ]
 
 
+async def test_a_process_seen_to_exit_stays_dead_though_another_one_gets_its_id(
+    tmp_path: Path, children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pidfile = tmp_path / "app.pid"
+    child, other = spawn(children), spawn(children)
+    pidfile.write_text(f"{child.pid}\n")
+    opened = os.pidfd_open
+
+    def reused(pid: int, flags: int = 0) -> int:
+        # the kernel gives the dead process's id to another one (PID reuse)
+        return opened(other.pid if pid == child.pid else pid, flags)
+
+    async with checking(ProcessProbe(pidfile), interval=0.02, failures=3) as log:
+        await log.wait_for(outcomes=1)
+        assert log.outcomes == [Outcome(True)]
+        monkeypatch.setattr(os, "pidfd_open", reused)
+        child.kill()
+        child.wait()  # reaped: its id is free for another process
+        await log.wait_for(events=1)
+    assert log.events[0][1] == ev.CheckerDown(
+        "web", f"process {child.pid} (from {pidfile}) has exited"
+    )
+    assert [o.ok for o in log.outcomes[1:4]] == [False, False, False]
+
+
 @dataclass
 class App:
     main_pid: int | None = None
@@ -218,7 +255,7 @@ async def test_the_death_of_the_applications_main_process_is_noticed_at_once(
         child.kill()
         child.wait()  # reaped, as the runtime reaps the foreground command it started
         await log.wait_for(events=1)
-    reason = f"process {child.pid} (the application's main process) is not running"
+    reason = f"process {child.pid} (the application's main process) has exited"
     assert log.events == [(2, ev.CheckerDown("web", reason))]
 
 
@@ -238,11 +275,94 @@ async def test_a_process_checker_reads_the_pidfile_again_at_every_probe(
         assert log.events[1][1] == ev.CheckerUp("web")
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("9" * 30, "holds no process id"),  # no process can have it (pid_max is 2**22)
+        ("0", "holds no process id"),
+        (None, "is not a regular file"),  # a FIFO: opening it would wait for a writer
+    ],
+    ids=["a huge number", "zero", "a FIFO"],
+)
+async def test_a_pidfile_that_names_no_process_is_down_without_blocking(
+    tmp_path: Path, content: str | None, reason: str
+) -> None:
+    pidfile = tmp_path / "app.pid"
+    if content is None:
+        os.mkfifo(pidfile)
+    else:
+        pidfile.write_text(content + "\n")
+    session = ProcessProbe(pidfile).open()
+    try:
+        outcome = await session.check(1.0)
+    finally:
+        session.close()
+    assert outcome == Outcome(False, f"pidfile {pidfile} {reason}")
+
+
 async def test_a_process_checker_without_a_known_process_is_down() -> None:
     async with checking(ProcessProbe(app=App(None)), interval=0.02, failures=1) as log:
         await log.wait_for(events=1)
     (_, down), *_ = log.events
     assert isinstance(down, ev.CheckerDown) and "give the checker a pidfile" in down.reason
+
+
+# --- interface: a flood of link notifications ------------------------------------------
+
+RTM_NEWLINK = 16
+
+
+def link_notification(interface: str) -> bytes:
+    message = ifinfmsg()
+    message["header"]["type"] = RTM_NEWLINK
+    message["attrs"] = [("IFLA_IFNAME", interface)]
+    message.encode()
+    return bytes(message.data)
+
+
+class Flood:
+    """A netlink socket that never runs dry: one link notification at every read."""
+
+    def __init__(self, notification: bytes) -> None:
+        self.notification = notification
+        self.reads = 0
+        self._readable, self._writer = socket.socketpair()
+        self._writer.send(b"x")  # never read: the socket stays readable
+
+    def fileno(self) -> int:
+        return self._readable.fileno()
+
+    def recv(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads > 100_000:
+            raise AssertionError("the notifications are read without end")
+        return self.notification
+
+    def close(self) -> None:
+        self._readable.close()
+        self._writer.close()
+
+
+async def test_other_links_flooding_netlink_neither_wake_the_probe_nor_hold_the_loop() -> None:
+    session = InterfaceProbe("lan0").open()
+    session.close()  # its netlink socket, replaced by the flood
+    flood = Flood(link_notification("veth9"))
+    session._events = flood  # type: ignore[attr-defined]
+    woke = False
+
+    async def watch() -> None:
+        nonlocal woke
+        await session.changed()
+        woke = True
+
+    with anyio.fail_after(BOUND):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watch)
+            while flood.reads < 1000:  # the event loop runs between two batches
+                await anyio.sleep(0)
+            tg.cancel_scope.cancel()
+    session.close()
+    assert not woke, "another link's changes do not wake the probe"
 
 
 # --- interface and ping, in network namespaces ------------------------------------------

@@ -5,11 +5,13 @@ checker that was down reporting up, and a reload."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import anyio
 import pytest
-from anyio.abc import TaskGroup
+from structlog.testing import capture_logs
 from trio.testing import MockClock
 
 from failover.core import events as ev
@@ -73,6 +75,18 @@ def spec(target: Target, label: str = "", **changes: object) -> CheckerSpec:
     return CheckerSpec(**values)  # type: ignore[arg-type]
 
 
+@asynccontextmanager
+async def running(core: Recorder, *specs: CheckerSpec) -> AsyncIterator[CheckerSet]:
+    """A CheckerSet running ``specs`` on a node that does not serve (yet); stopped
+    at the end."""
+    checkers = CheckerSet(core.report)
+    async with anyio.create_task_group() as tg:
+        await tg.start(checkers.run)
+        checkers.configure(specs)
+        yield checkers
+        tg.cancel_scope.cancel()
+
+
 async def probes_until(target: Target, count: int) -> None:
     while len(target.probes) < count:
         await anyio.sleep(0.25)
@@ -109,10 +123,7 @@ async def test_down_after_failures_in_a_row_up_after_one_success_events_only_on_
 
 async def test_the_first_probe_on_the_serving_node_waits_the_grace() -> None:
     target, core = Target(), Recorder()
-    checkers = CheckerSet(core.report)
-    async with anyio.create_task_group() as tg:
-        await tg.start(checkers.run)
-        checkers.configure([spec(target, when="serving", grace=7.0)])
+    async with running(core, spec(target, when="serving", grace=7.0)) as checkers:
         checkers.update(serving=True, app_started=False)
         await anyio.sleep(30)
         assert target.probes == [], "the application has not started"
@@ -130,19 +141,14 @@ async def test_the_first_probe_on_the_serving_node_waits_the_grace() -> None:
         checkers.update(serving=True, app_started=True)
         await probes_until(target, count + 1)
         assert target.probes[count] - restarted == 7.0
-        tg.cancel_scope.cancel()
 
 
 async def test_a_standby_checker_runs_without_grace() -> None:
     target, core = Target(), Recorder()
-    checkers = CheckerSet(core.report)
-    async with anyio.create_task_group() as tg:
-        await tg.start(checkers.run)
-        checkers.configure([spec(target, when="standby", grace=7.0)])
+    async with running(core, spec(target, when="standby", grace=7.0)):
         begin = anyio.current_time()
         await probes_until(target, 1)
         assert target.probes[0] == begin
-        tg.cancel_scope.cancel()
 
 
 CLASSES = [
@@ -168,53 +174,45 @@ def test_which_class_runs_where(
 
 async def test_checkers_start_and_stop_with_the_nodes_role() -> None:
     serving, standby, both = Target(), Target(), Target()
-    core = Recorder()
-    checkers = CheckerSet(core.report)
+    specs = (
+        spec(serving, name="s", when="serving"),
+        spec(standby, name="t", when="standby"),
+        spec(both, name="b", when="both"),
+    )
+    async with running(Recorder(), *specs) as checkers:
 
-    def running() -> set[str]:
-        return {name for name, c in checkers.checkers.items() if c.enabled}
+        def enabled() -> set[str]:
+            return {name for name, c in checkers.checkers.items() if c.enabled}
 
-    async with anyio.create_task_group() as tg:
-        await tg.start(checkers.run)
-        checkers.configure(
-            [
-                spec(serving, name="s", when="serving"),
-                spec(standby, name="t", when="standby"),
-                spec(both, name="b", when="both"),
-            ]
-        )
-        assert running() == {"t", "b"}  # a node that does not serve
+        assert enabled() == {"t", "b"}  # a node that does not serve
         await probes_until(standby, 3)
         checkers.update(serving=True, app_started=False)  # the application is starting
-        assert running() == set()
+        assert enabled() == set()
         await anyio.sleep(5)
         assert serving.probes == []
         probed = len(standby.probes)
         checkers.update(serving=True, app_started=True)
-        assert running() == {"s", "b"}
+        assert enabled() == {"s", "b"}
         await probes_until(serving, 3)
         assert len(standby.probes) == probed, "a standby checker is still on the serving node"
         checkers.update(serving=False, app_started=False)
-        assert running() == {"t", "b"}
-        tg.cancel_scope.cancel()
+        assert enabled() == {"t", "b"}
 
 
-async def down_on_standby(tg: TaskGroup, target: Target, core: Recorder) -> CheckerSet:
+@asynccontextmanager
+async def down_on_standby(target: Target, core: Recorder) -> AsyncIterator[CheckerSet]:
     """A set with one standby checker, started on a node that does not serve, once
     its first probe has reported it down."""
-    checkers = CheckerSet(core.report)
-    await tg.start(checkers.run)
-    checkers.configure([spec(target, when="standby", failures=1)])
-    await probes_until(target, 1)
-    await anyio.sleep(0.5)
-    assert core.kinds == ["checker_down"]
-    return checkers
+    async with running(core, spec(target, when="standby", failures=1)) as checkers:
+        await probes_until(target, 1)
+        await anyio.sleep(0.5)
+        assert core.kinds == ["checker_down"]
+        yield checkers
 
 
 async def test_a_checker_stopped_while_down_reports_up_once() -> None:
     target, core = Target(healthy=False), Recorder()
-    async with anyio.create_task_group() as tg:
-        checkers = await down_on_standby(tg, target, core)
+    async with down_on_standby(target, core) as checkers:
         checkers.update(serving=True, app_started=False)
         await anyio.sleep(5)
         assert core.kinds == ["checker_down", "checker_up"], "no longer probed: unknown is up"
@@ -228,13 +226,11 @@ async def test_a_checker_stopped_while_down_reports_up_once() -> None:
         checkers.update(serving=True, app_started=False)
         await anyio.sleep(5)
         assert core.kinds == ["checker_down", "checker_up", "checker_down", "checker_up"]
-        tg.cancel_scope.cancel()
 
 
 async def test_a_reload_keeps_an_unchanged_checker_and_replaces_a_changed_one() -> None:
     target, core = Target(healthy=False), Recorder()
-    async with anyio.create_task_group() as tg:
-        checkers = await down_on_standby(tg, target, core)
+    async with down_on_standby(target, core) as checkers:
         kept = checkers.checkers["web"]
         checkers.configure([spec(target, when="standby", failures=1)])
         await probes_until(target, 3)
@@ -247,7 +243,6 @@ async def test_a_reload_keeps_an_unchanged_checker_and_replaces_a_changed_one() 
         checkers.configure([])
         await anyio.sleep(5)
         assert core.kinds == ["checker_down", "checker_up", "checker_down", "checker_up"]
-        tg.cancel_scope.cancel()
 
 
 @dataclass(frozen=True)
@@ -265,10 +260,13 @@ class RaisingProbe(Session):
 async def test_a_probe_that_raises_is_down_and_the_checker_goes_on() -> None:
     target, core = Target(), Recorder()
     checker = Checker(spec(target, probe=RaisingProbe(target), failures=1), core.report)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(checker.run)
-        checker.enable(0.0)
-        await probes_until(target, 3)
-        checker.retire()
+    with capture_logs() as logs:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(checker.run)
+            checker.enable(0.0)
+            await probes_until(target, 3)
+            checker.retire()
     assert core.events[0][1] == ev.CheckerDown("web", "the probe raised RuntimeError('a bug')")
     assert core.kinds == ["checker_down", "checker_up"]  # retired while down
+    raised = [entry for entry in logs if entry["event"] == "checker probe raised"]
+    assert len(raised) == 1, "one traceback while it keeps raising, not one a probe"

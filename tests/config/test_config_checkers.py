@@ -49,6 +49,10 @@ def test_each_type_has_the_defaults_an_operator_expects(write_config: WriteConfi
         "  - {name: main, type: process}\n"
         "  - {name: script, type: command, command: /bin/true}\n"
     )
+    # the main process a process checker without a pidfile watches
+    text = replace_once(
+        text, "  stop: /bin/true\n", "  stop: /bin/true\n  command: /bin/sleep 3600\n"
+    )
     config = load_config(write_config(text))
     web, gw, lan, app, main, script = config.checkers
     assert isinstance(web, TcpChecker) and (web.host, web.port) == ("10.0.0.100", 80)
@@ -150,6 +154,13 @@ BAD_CHECKERS = {
         "checkers[0].pidfile",
         "pidfile: run/app.pid",
         "not an absolute path",
+    ),
+    "a process checker with neither a pidfile nor a foreground command": one(
+        "  - {name: app, type: process}\n",
+        "checkers[0]",
+        "name: app",
+        "checker app watches the application's main process",
+        "give the checker a pidfile",
     ),
     "a key of another type": one(
         "  - name: app\n    type: process\n    port: 80\n",

@@ -132,6 +132,39 @@ def test_a_standby_checker_down_on_the_serving_node_takes_no_action() -> None:
     assert d.node.checkers_down == {"gateway"} and not d.node.can_serve
 
 
+def test_the_application_counts_as_started_only_while_nothing_is_done_to_it() -> None:
+    # what the runtime runs a serving checker on (app_started), and when the
+    # core acts on its outcome: from a start's outcome until a restart, a
+    # failure, a stop or a hand-over (a late start outcome included)
+    d = driver()
+    started: list[bool] = []
+
+    def step(event: ev.Event) -> None:
+        d.do(event, at=d.now + 0.5)
+        started.append(d.node.app_started)
+
+    step(ev.Prim())  # alone, the application starting
+    step(ev.AppStarted())
+    step(ev.CheckerDown("web", "refused"))  # a restart (the budget: 2)
+    step(ev.AppStarted())
+    step(ev.AppFailed("died"))  # the second restart
+    step(ev.AppStarted())
+    step(ev.AppFailed("died"))  # past the budget, alone: retried after a pause
+    assert started == [False, True, False, True, False, True, False]
+    d.run_until(d.node.retry_at or 0.0)  # the paced retry starts it again
+    assert d.node.app_pending == "start" and not d.node.app_started
+    step(ev.AppStarted())
+    assert started[-1] is True
+    d = driver()
+    primary_with(d)
+    started = [d.node.app_started]
+    step(ev.CheckerDown("health", "broken"))  # action failover: the hand-over stops it
+    step(ev.AppStarted())  # a late outcome of an earlier start: still handing over
+    step(ev.AppStopped())
+    assert started == [True, False, False, False]
+    assert d.state is State.SECONDARY
+
+
 # --- the restart budget -----------------------------------------------------------------
 
 

@@ -45,6 +45,7 @@ class FakeNode:
         self.reason = "module stopped"
         self.peer: PeerStatus | None = None
         self.links = {name: View() for name in settings.links}
+        self.app_started = False
         self.handled: list[ev.Event] = []
         FakeNode.instances.append(self)
 
@@ -83,11 +84,11 @@ class FakeNode:
                 fx.SendHeartbeat(self.status()),
             ]
         if isinstance(event, ev.AppStarted):
-            self.substatus = SubStatus.READY
+            self.substatus, self.app_started = SubStatus.READY, True
         if isinstance(event, ev.Prim):
             return [fx.Refused("prim", "already serving")]
         if isinstance(event, ev.Stop) and self.state is not State.STOP:
-            self.state, self.substatus = State.STOP, SubStatus.TRANSIENT
+            self.state, self.substatus, self.app_started = State.STOP, SubStatus.TRANSIENT, False
             return [fx.StopApp()]
         if isinstance(event, ev.AppStopped):
             self.substatus = SubStatus.READY

@@ -28,6 +28,7 @@ from failover.config.models import (
     ControlConfig,
     LinkConfig,
     PingChecker,
+    ProcessChecker,
     ReplicatedDirectory,
     ReplicationSection,
     ReplicationTls,
@@ -68,7 +69,8 @@ class Sections:
     others. ``state_dirs`` maps a node to its state directory and the key
     that sets it, when that is valid. ``controls`` maps a node to its valid
     ``control`` section; ``application`` and ``virtual_ip`` are those sections
-    when valid. ``virtual_ips`` holds the valid items of that list with their
+    when valid, ``application_given`` whether the file has the first.
+    ``virtual_ips`` holds the valid items of that list with their
     index, and ``virtual_ips_given`` whether the file has that key.
     """
 
@@ -88,6 +90,7 @@ class Sections:
     state_dirs: dict[str, tuple[Loc, Path]] = field(default_factory=dict)
     controls: dict[str, ControlConfig] = field(default_factory=dict)
     application: ApplicationConfig | None = None
+    application_given: bool = False
     virtual_ip: VirtualIpConfig | None = None
     virtual_ips: list[tuple[int, VirtualIpConfig]] = field(default_factory=list)
     virtual_ips_given: bool = False
@@ -129,8 +132,28 @@ def check_all(sections: Sections, *, local: bool = False) -> Findings:
     _check_control_sockets(sections, found)
     vips = _virtual_ip_entries(sections)
     _check_virtual_ips(sections, vips, found)
+    _check_process_checkers(sections, found)
     _check_checkers_of_the_virtual_ips({vip.address.ip for _, vip in vips}, sections, found)
     return found
+
+
+def _check_process_checkers(sections: Sections, found: Findings) -> None:
+    """A process checker without a pidfile watches the foreground ``application``
+    command: without one it would be down at every probe."""
+    if sections.application_given and sections.application is None:
+        return  # an invalid section: whether it has a command cannot be told
+    if sections.application is not None and sections.application.command is not None:
+        return
+    for i, checker in sections.checkers:
+        if isinstance(checker, ProcessChecker) and checker.pidfile is None:
+            found.problems.append(
+                Problem(
+                    ("checkers", i),
+                    f"checker {checker.name} watches the application's main process, "
+                    "which the daemon knows only when it starts it (application.command): "
+                    "give the checker a pidfile, or the application a command",
+                )
+            )
 
 
 def _virtual_ip_entries(sections: Sections) -> list[tuple[Loc, VirtualIpConfig]]:

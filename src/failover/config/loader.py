@@ -138,6 +138,7 @@ def _valid_parts(data: dict[str, Any], context: dict[str, Any]) -> Sections:
     parts.links_complete = isinstance(raw_links, list) and len(parts.links) == len(raw_links)
     parts.checkers = _valid_items(_CHECKER, data.get("checkers"), context)
     parts.application = _valid_or_none(_APPLICATION, data.get("application"), context)
+    parts.application_given = data.get("application") is not None
     parts.virtual_ip = _valid_or_none(_VIRTUAL_IP, data.get("virtual_ip"), context)
     parts.virtual_ips = _valid_items(_VIRTUAL_IP, data.get("virtual_ips"), context)
     parts.virtual_ips_given = data.get("virtual_ips") is not None

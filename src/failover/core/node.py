@@ -344,6 +344,14 @@ class Node:
         return not self.checkers_down and not self.budget_spent
 
     @property
+    def app_started(self) -> bool:
+        """The application has started here and nothing is being done to it: no
+        start, restart, stop or hand-over under way. Only then does a checker of
+        the running application act (``checker_acts``), and only then does the
+        runtime run such checkers on the serving node."""
+        return self.app_active and self.app_pending is None and self.handover is None
+
+    @property
     def relation(self) -> Relation:
         if self.peer is None:
             return Relation.UNKNOWN

@@ -90,9 +90,7 @@ def checker_acts(node: Node, row: Row) -> bool:
         policy is not None
         and policy.when in ("serving", "both")
         and node.state.serving
-        and node.app_active
-        and node.app_pending is None
-        and node.handover is None
+        and node.app_started
     )
 
 

@@ -269,15 +269,6 @@ def _tls_contexts(section: ReplicationSection) -> dict[str, ssl.SSLContext]:
     }
 
 
-_APP_OUTCOMES = {
-    ("starting", ev.AppStarted.kind): "started",
-    ("starting", ev.AppFailed.kind): "stopped",
-    ("started", ev.AppFailed.kind): "stopped",  # it died
-    ("stopping", ev.AppStopped.kind): "stopped",
-}
-"""How an outcome the core handled moves the application's phase (``Daemon._app_phase``)."""
-
-
 class Daemon:
     """One node's tasks and the state they share (see the module docstring)."""
 
@@ -303,10 +294,6 @@ class Daemon:
         self._exit = anyio.Event()
         self._stopping = False
         self.checkers = CheckerSet(self.report)
-        # where the application stands, as the core's effects and the outcomes
-        # it handled tell: stopped, starting, started or stopping (the checkers
-        # of the serving node run only while it is started)
-        self._app_phase = "stopped"
         self._encode_failed = False
         self._fault: DiskFault | None = None  # set while the metadata cannot be written
         self._held = HeldEvents()
@@ -396,21 +383,14 @@ class Daemon:
             self._announced = self.node.status()
         self._apply(effects)
         self._journal_step(effects)
-        self._follow_application(event, effects)
+        self._follow_application()
         return effects
 
-    def _follow_application(self, event: ev.Event, effects: list[fx.Effect]) -> None:
-        """Run the checkers that the node's state and its application's call for:
-        the application counts as started from the ``AppStarted`` of a start (or
-        restart) until the core asks to stop or restart it, or hears it failed."""
-        phase = _APP_OUTCOMES.get((self._app_phase, event.kind), self._app_phase)
-        for effect in effects:
-            if isinstance(effect, fx.StartApp | fx.RestartApp):
-                phase = "starting"
-            elif isinstance(effect, fx.StopApp):
-                phase = "stopping"
-        self._app_phase = phase
-        self.checkers.update(serving=self.node.state.serving, app_started=phase == "started")
+    def _follow_application(self) -> None:
+        """Run the checkers that the core's state calls for: whether the node
+        serves, and whether its application has started with nothing under way
+        (``app_started``: when the core acts on a serving checker's outcome)."""
+        self.checkers.update(serving=self.node.state.serving, app_started=self.node.app_started)
 
     def _apply(self, effects: list[fx.Effect]) -> None:
         for effect in effects:

@@ -153,14 +153,18 @@ class Checker:
         """Probe until cancelled; report each change of health."""
         spec = self.spec
         failed = 0
+        raised = False
         session: Session = spec.probe.open()
         try:
             while True:
                 started = anyio.current_time()
                 try:
                     outcome = await session.check(spec.timeout)
+                    raised = False
                 except Exception as exc:  # a probe's bug must not end the daemon
-                    log.exception("checker probe raised", checker=spec.name)
+                    if not raised:  # one traceback while it keeps raising
+                        log.exception("checker probe raised", checker=spec.name)
+                    raised = True
                     outcome = Outcome(False, f"the probe raised {exc!r}")
                 failed = 0 if outcome.ok else failed + 1
                 await self._judge(outcome, failed)

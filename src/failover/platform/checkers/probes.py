@@ -18,7 +18,9 @@ to watch: only the interval paces them.
   one), read through netlink (pyroute2) in the daemon's network namespace.
 - ``ProcessProbe``: the application's main process lives: the process a
   pidfile names (read again at every probe), or the one the runtime started.
-  A process that has exited but is not reaped yet (a zombie) counts as dead.
+  A process that has exited but is not reaped yet (a zombie) counts as dead,
+  and so does a later process that the pidfile's stale id now names (PID
+  reuse): a session watches the process of an id, not the number.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import errno
 import os
 import select
 import socket
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +46,14 @@ log = structlog.get_logger("failover.checkers")
 
 IFF_UP = 0x1
 RTMGRP_LINK = 0x1
+NOTIFICATION_BATCH = 64
+"""Reads of netlink notifications in one go: the daemon's event loop runs
+between two batches, however fast other links change (a host starting many
+containers)."""
+PIDFILE_HEAD = 64
+"""Bytes of a pidfile read: a process id and then some (whatever else it holds)."""
+PID_MAX_LIMIT = 1 << 22
+"""The largest process id Linux gives (PID_MAX_LIMIT on 64-bit systems)."""
 PING_MARGIN = 1.0
 """Seconds a ping process gets beyond its own wait (-W) before it is killed:
 it says itself why it failed, unless a name lookup hangs."""
@@ -230,15 +241,16 @@ class _LinkSession(Session):
         self._marshal = MarshalRtnl()
 
     def _read_notifications(self) -> bool:
-        """Read every notification queued; True if one may concern the interface
-        (it names it, or some were lost or could not be read)."""
+        """Read the notifications queued, at most ``NOTIFICATION_BATCH`` reads (what
+        is left stays queued); True if one may concern the interface (it names
+        it, or some were lost or could not be read)."""
         assert self._events is not None
         concerned = False
-        while True:
+        for _ in range(NOTIFICATION_BATCH):
             try:
                 data = self._events.recv(65536)
             except BlockingIOError:
-                return concerned
+                break
             except OSError:  # ENOBUFS: the queue overflowed, notifications were lost
                 concerned = True
                 continue
@@ -247,6 +259,7 @@ class _LinkSession(Session):
             except Exception:  # what cannot be parsed may be our link's change
                 names = [None]
             concerned = concerned or any(name in (self.interface, None) for name in names)
+        return concerned
 
     async def check(self, timeout: float) -> Outcome:
         if self._events is not None:
@@ -291,6 +304,18 @@ class ProcessProbe:
         return _ProcessSession(self)
 
 
+def _read_head(path: Path) -> bytes | None:
+    """The first ``PIDFILE_HEAD`` bytes of ``path``, or None if it is not a
+    regular file (opened without blocking: a FIFO would wait for a writer)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, PIDFILE_HEAD)
+    finally:
+        os.close(fd)
+
+
 def _has_exited(pidfd: int) -> bool:
     """A pidfd turns readable when its process exits (zombies included)."""
     poller = select.poll()
@@ -299,9 +324,15 @@ def _has_exited(pidfd: int) -> bool:
 
 
 class _ProcessSession(Session):
+    """Watches the process of one id through a pidfd for as long as that id is the
+    target: once that process has exited, a later process given the same id
+    (PID reuse) is not taken for it. The id is watched again only when the
+    target changes (the pidfile names another process)."""
+
     def __init__(self, probe: ProcessProbe) -> None:
         self.probe = probe
-        self._pidfd: int | None = None
+        self._pid: int | None = None  # the id watched
+        self._pidfd: int | None = None  # its process, None if it was gone at once
 
     def _target(self) -> tuple[int | None, str]:
         """The process id to watch and how it was found, or None and why not."""
@@ -315,34 +346,40 @@ class _ProcessSession(Session):
                 )
             return pid, "the application's main process"
         try:
-            words = pidfile.read_text(encoding="ascii", errors="replace").split()
+            head = _read_head(pidfile)
         except FileNotFoundError:
             return None, f"pidfile {pidfile} does not exist"
         except OSError as exc:
             return None, f"cannot read pidfile {pidfile}: {exc.strerror or exc}"
-        if not words or not words[0].isdigit() or int(words[0]) <= 0:
+        if head is None:
+            return None, f"pidfile {pidfile} is not a regular file"
+        words = head.split()
+        if not words or not words[0].isdigit() or not 0 < int(words[0]) <= PID_MAX_LIMIT:
             return None, f"pidfile {pidfile} holds no process id"
         return int(words[0]), f"from {pidfile}"
 
     async def check(self, timeout: float) -> Outcome:
-        self.close()
         pid, source = self._target()
         if pid is None:
+            self.close()
             return Outcome(False, source)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
+        if pid != self._pid:
+            self.close()
+            try:
+                self._pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pass
+            except OSError as exc:  # not known dead: tried again at the next probe
+                return Outcome(False, f"cannot watch process {pid} ({source}): {exc.strerror}")
+            self._pid = pid
+        if self._pidfd is None:
             return Outcome(False, f"process {pid} ({source}) is not running")
-        except OSError as exc:
-            return Outcome(False, f"cannot watch process {pid} ({source}): {exc.strerror}")
-        if _has_exited(pidfd):
-            os.close(pidfd)
+        if _has_exited(self._pidfd):
             return Outcome(False, f"process {pid} ({source}) has exited")
-        self._pidfd = pidfd
         return Outcome(True)
 
     async def changed(self) -> None:
-        if self._pidfd is None:
+        if self._pidfd is None or _has_exited(self._pidfd):
             await anyio.sleep_forever()
         else:
             await anyio.wait_readable(self._pidfd)
@@ -351,3 +388,4 @@ class _ProcessSession(Session):
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        self._pid = None
