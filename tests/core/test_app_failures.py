@@ -311,6 +311,29 @@ def test_a_waiting_node_that_cannot_serve_loses_the_tie_to_one_that_can() -> Non
     assert other.state is State.ALONE
 
 
+def test_more_checkers_down_while_a_retry_waits_do_not_postpone_it() -> None:
+    # lab trial: the process checker went down past the budget (retry in 5 s),
+    # then the TCP checker of the same dead application went down a second
+    # later: the retry moved to 10 s after that, and each further down (or a
+    # flapping checker) would push it out again, doubling the pause
+    d = driver()
+    serving_alone(d)
+    for t in (1.0, 2.0):
+        assert of_type(d.do(ev.CheckerDown("web"), at=t), fx.RestartApp)
+        d.do(ev.CheckerUp("web"), at=t)  # stopped while down: reported up
+        d.do(ev.AppStarted(), at=t + 0.1)
+    d.do(ev.CheckerDown("web"), at=3.0)  # budget spent, nobody to hand over to
+    assert d.node.retry_at == 8.0
+    for t, name in ((4.0, "health"), (5.0, "web"), (6.0, "health")):
+        effects = d.do(ev.CheckerDown(name), at=t)
+        assert not of_type(effects, fx.RestartApp | fx.StopApp)
+        assert d.node.retry_at == 8.0, name
+        d.do(ev.CheckerUp(name), at=t + 0.5)
+    assert of_type(d.run_until(8.0), fx.RestartApp)
+    d.do(ev.AppFailed("start script exited 1"), at=8.5)
+    assert d.node.retry_at == 18.5  # the pause doubled once, for the one retry that failed
+
+
 @pytest.mark.parametrize("leave", ["stop", "split brain lost"])
 def test_leaving_the_service_while_a_retry_waits_stops_the_application(leave: str) -> None:
     # lab trial: a failed restart keeps the VIP (and a failed start the
