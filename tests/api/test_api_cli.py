@@ -459,3 +459,24 @@ def test_verify_exits_by_the_verdict(
     controller.verify_report = {"at": 1.8e9, "in_sync": True, "directories": {}, "text": "same"}
     assert main(["verify", "--json", "--socket", socket_path]) == 0
     assert json.loads(capsys.readouterr().out)["in_sync"] is True
+
+
+def test_status_shows_a_held_full_resync(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # lab trial: the secondary's replicated disk full; its full resync was held
+    # (what it would overwrite could not be quarantined) and stayed held after
+    # the disk was mended: the text status said only "waiting for the peer to
+    # resynchronise this node", the reason and the way out were in the log
+    original = controller.status
+    held = "could not quarantine data before a full resync: [Errno 28] No space left on device"
+
+    def holding() -> dict[str, object]:
+        status = original()
+        status["replication"] = {"resync_wanted": True, "resync_held": held}
+        return status
+
+    controller.status = holding  # type: ignore[method-assign]
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  RESYNC HELD: {held}; once mended: failover fullsync on this node" in lines
