@@ -429,18 +429,21 @@ def test_status_shows_replication_and_resync_progress(
     assert not any("CHANNEL QUIET" in line for line in lines)
 
 
+def with_replication(controller: FakeController, replication: dict[str, object]) -> None:
+    """``controller``'s status from now on has this ``replication`` part."""
+    original = controller.status
+
+    def status() -> dict[str, object]:
+        return {**original(), "replication": replication}
+
+    controller.status = status  # type: ignore[method-assign]
+
+
 def test_status_shows_a_quiet_replication_channel(
     socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    original = controller.status
     problem = "no answer from beta for 0.4 s"
-
-    def quiet() -> dict[str, object]:
-        status = original()
-        status["replication"] = {"replicating": True, "channel_problem": problem}
-        return status
-
-    controller.status = quiet  # type: ignore[method-assign]
+    with_replication(controller, {"replicating": True, "channel_problem": problem})
     controller.in_sync, controller.in_sync_reason = False, f"replication channel: {problem}"
     assert main(["status", "--socket", socket_path]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -459,3 +462,17 @@ def test_verify_exits_by_the_verdict(
     controller.verify_report = {"at": 1.8e9, "in_sync": True, "directories": {}, "text": "same"}
     assert main(["verify", "--json", "--socket", socket_path]) == 0
     assert json.loads(capsys.readouterr().out)["in_sync"] is True
+
+
+def test_status_shows_a_held_full_resync(
+    socket_path: str, controller: FakeController, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # lab trial: the secondary's replicated disk full; its full resync was held
+    # (what it would overwrite could not be quarantined) and stayed held after
+    # the disk was mended: the text status said only "waiting for the peer to
+    # resynchronise this node", the reason and the way out were in the log
+    held = "could not quarantine data before a full resync: [Errno 28] No space left on device"
+    with_replication(controller, {"resync_wanted": True, "resync_held": held})
+    assert main(["status", "--socket", socket_path]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"  RESYNC HELD: {held}; once mended: failover fullsync on this node" in lines

@@ -342,3 +342,54 @@ def test_a_waiting_node_that_cannot_serve_loses_the_tie_to_one_that_can() -> Non
     heard = evolve(beta(State.WAIT, node="alpha"), can_serve=False)
     other.hear(heard, at=1.0)
     assert other.state is State.ALONE
+
+
+def test_more_checkers_down_while_a_retry_waits_do_not_postpone_it() -> None:
+    # lab trial: the process checker went down past the budget (retry in 5 s),
+    # then the TCP checker of the same dead application went down a second
+    # later: the retry moved to 10 s after that, and each further down (or a
+    # flapping checker) would push it out again, doubling the pause
+    d = driver()
+    serving_alone(d)
+    for t in (1.0, 2.0):
+        assert of_type(d.do(ev.CheckerDown("web"), at=t), fx.RestartApp)
+        d.do(ev.CheckerUp("web"), at=t)  # stopped while down: reported up
+        d.do(ev.AppStarted(), at=t + 0.1)
+    d.do(ev.CheckerDown("web"), at=3.0)  # budget spent, nobody to hand over to
+    assert d.node.retry_at == 8.0
+    for t, name in ((4.0, "health"), (5.0, "web"), (6.0, "health")):
+        effects = d.do(ev.CheckerDown(name), at=t)
+        assert not of_type(effects, fx.RestartApp | fx.StopApp)
+        assert d.node.retry_at == 8.0, name
+        d.do(ev.CheckerUp(name), at=t + 0.5)
+    assert of_type(d.run_until(8.0), fx.RestartApp)
+    d.do(ev.AppFailed("start script exited 1"), at=8.5)
+    assert d.node.retry_at == 18.5  # the pause doubled once, for the one retry that failed
+
+
+@pytest.mark.parametrize("leave", ["stop", "split brain lost"])
+def test_leaving_the_service_while_a_retry_waits_stops_the_application(leave: str) -> None:
+    # lab trial: a failed restart keeps the VIP (and a failed start the
+    # read-write mirrors) until a stop; past the budget the core thought the
+    # application down and left without a stop: `failover stop` left both
+    # virtual addresses on beta while alpha took them over, and beta's mirror
+    # serving (it refused every resync as "this node serves")
+    d = driver()
+    peer = primary_with(d, can_serve=False)
+    for t in (1.0, 2.0, 3.0):
+        d.do(ev.AppFailed("start script exited 1"), at=t)
+    assert d.node.retry_at is not None  # budget spent, nobody to hand over to
+    if leave == "stop":
+        effects = d.do(ev.Stop(), at=4.0)
+    else:
+        theirs = evolve(peer, state=State.PRIMARY, generation=beta(State.PRIMARY).generation)
+        d.node.settings = replace(d.node.settings, split_brain_winner="beta")
+        effects = d.hear(evolve(theirs, generation=G1_BETA), at=4.0)
+    assert d.state in (State.STOP, State.WAIT), leave
+    assert of_type(effects, fx.StopApp), "what the failed start left (VIP, mirrors) is given back"
+    [sent] = of_type(effects, fx.SendHeartbeat)[-1:]
+    assert sent.status.substatus is SubStatus.TRANSIENT  # the peer waits for that stop
+    d.do(ev.AppStopped(), at=4.5)
+    if leave != "stop":
+        d.do(ev.QuarantineDone(), at=4.6)
+    assert d.node.substatus is SubStatus.READY

@@ -212,6 +212,29 @@ async def test_a_failing_restart_reports_app_failed_and_keeps_the_vip(tmp_path: 
         assert app.running, "the VIP is still held: only a stop gives it back"
 
 
+async def test_a_restart_after_a_failed_start_takes_the_vip_again(tmp_path: Path) -> None:
+    # lab trial: a start that failed once gave the VIP back; the core's local
+    # restart then started the application without it (primary, ready, and
+    # every client refused) until a stop
+    app, journal = journaled_app(tmp_path, bodies={"start": f"[ -e {tmp_path}/ok ] || exit 1\n"})
+    async with running(app) as h:
+        h.executor.submit(fx.StartApp())
+        await h.idle()
+        assert h.events == [ev.AppFailed(reason="start script exited with status 1")]
+        assert lines(journal) == ["prestart", "vip-up", "vip-down"] and not app.running
+        journal.unlink()
+        (tmp_path / "ok").touch()
+        h.executor.submit(fx.RestartApp())
+        await h.idle()
+        assert h.events[1:] == [ev.AppStarted()]
+        assert lines(journal) == ["prestop", "stop", "poststop", "prestart", "vip-up", "start"]
+        assert app.running
+        journal.unlink()
+        h.executor.submit(fx.StopApp())
+        await h.idle()
+        assert "vip-down" in lines(journal) and not app.running
+
+
 # --- start_both, stop_both, the hook ---------------------------------------------------------
 
 

@@ -603,11 +603,13 @@ def stop_resources(node: Node, row: Row) -> None:
     runs (``StopApp`` replicates what the stop script wrote, with the peer's
     acknowledgement, before it releases the virtual IP), and only then does
     replication stop. The node stays transient until ``app_stopped``; the peer
-    takes over only once it is ready (``peer_idle``)."""
+    takes over only once it is ready (``peer_idle``). An application that
+    failed past its budget (a retry waits) is stopped too: its failed start or
+    restart left the VIP or the read-write mirrors, which only a stop gives back."""
     if node.resync_role is not None:
         node.resync_role = None
         node.emit(fx.StopResync())
-    if node.app_active or node.app_pending is not None:
+    if node.app_active or node.app_pending is not None or node.retry_at is not None:
         node.app_active = False
         node.app_pending = "stop"
         node.emit(fx.StopApp())

@@ -385,18 +385,26 @@ class Application:
 
     # --- restart, both, the hook -----------------------------------------------------
 
-    async def restart(self) -> str | None:
+    async def restart(self, repeat_in: TaskGroup | None = None) -> str | None:
         """Restart the application where it is, keeping the VIP: ``prestop``,
         ``stop`` (and the command's end), ``poststop``, ``prestart``, ``start``
         (and the command). None on success, else why it failed: a failing stop
         half is logged, and the start half runs anyway (it decides the outcome).
-        ``running`` stays True whatever the outcome: the VIP is still held, and
-        only a stop gives it back."""
+        After a failed start (which gave the VIP back) the VIP is taken again
+        after ``prestart``, as a start does. ``running`` is True afterwards
+        whenever the VIP is held, whatever the outcome: only a stop gives it back."""
         stopping = [await self.run_stop_script(), await self._run("poststop")]
         for problem in stopping:
             if problem is not None:
                 log.warning("restart: the stop half failed; starting anyway", problem=problem)
-        problem = await self._run("prestart") or await self._launch()
+        problem = await self._run("prestart")
+        if problem is None and not self.running and self.vip is not None:
+            try:
+                await self.vip.acquire(repeat_in)
+            except VipError as exc:
+                return str(exc)  # a failed acquire holds none of the addresses
+            self.running = True
+        problem = problem or await self._launch()
         self.running = self.running or problem is None
         return problem
 

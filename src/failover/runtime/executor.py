@@ -281,7 +281,7 @@ class ActionExecutor:
             case fx.RestartApp():
                 # the VIP, the mirrors (read-write) and the replication stay as they are
                 self._note("restart", "begin")
-                return self._started("restart", await self.app.restart())
+                return self._started("restart", await self.app.restart(self.repeat_in))
             case fx.StopApp():
                 return await self.stop_app()
             case StartBoth():
