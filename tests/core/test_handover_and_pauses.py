@@ -200,3 +200,21 @@ def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
             continue
         assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
         assert of_type(effects, fx.ReleaseArbitration) and not d.node.lease.held
+
+
+@pytest.mark.parametrize("command", [ev.Prim(), ev.PrimForce()], ids=str)
+def test_after_a_denial_an_operator_command_asks_the_arbitrator_at_once(
+    command: ev.Event,
+) -> None:
+    # the gate paces what the node decides by itself (one request per recheck
+    # after a denial), never the operator: a command dropped unheard would be
+    # reported done with the old denial as its result
+    arbitrated = replace(SETTINGS, arbitrator=True, lease_ttl=4, lease_margin=1)
+    d = Driver(settings=arbitrated)
+    d.do(ev.Start())
+    assert of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
+    d.do(ev.ArbitrationDenied("held by beta"), at=0.2)
+    assert d.node.reason == "arbitrator denied: held by beta"
+    effects = d.do(command, at=0.5)  # well within the recheck (startup_timeout 3)
+    assert of_type(effects, fx.RequestArbitration), records(effects)
+    assert d.node.reason.startswith("waiting for the arbitrator: forced to serve by the operator")
