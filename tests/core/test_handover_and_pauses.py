@@ -86,6 +86,14 @@ def _secondary_hearing_beta() -> tuple[Driver, float]:
     return d, d.now
 
 
+def changes_exactly_at(d: Driver, moment: float, before: State, after: State) -> None:
+    """``d`` is still ``before`` just short of ``moment``, and ``after`` at it."""
+    d.run_until(moment - 0.01)
+    assert d.state is before
+    d.run_until(moment)
+    assert d.state is after
+
+
 def test_a_resumed_node_reads_the_queued_heartbeats_before_judging_its_peer() -> None:
     d, last_heard = _secondary_hearing_beta()
     # alpha is paused (SIGSTOP): no handle call for longer than the dead timeout,
@@ -102,10 +110,7 @@ def test_a_resumed_node_reads_the_queued_heartbeats_before_judging_its_peer() ->
 
 def test_a_running_node_still_loses_a_silent_peer_at_the_dead_timeout() -> None:
     d, last_heard = _secondary_hearing_beta()
-    d.run_until(last_heard + SETTINGS.dead_timeout - 0.01)
-    assert d.state is State.SECONDARY
-    d.run_until(last_heard + SETTINGS.dead_timeout)
-    assert d.state is State.ALONE
+    changes_exactly_at(d, last_heard + SETTINGS.dead_timeout, State.SECONDARY, State.ALONE)
 
 
 def test_after_a_pause_a_silent_peer_is_lost_once_the_node_ran_long_enough() -> None:
@@ -115,10 +120,7 @@ def test_after_a_pause_a_silent_peer_is_lost_once_the_node_ran_long_enough() -> 
     assert d.state is State.SECONDARY
     # the silence counted: one interval before the pause, then time observed running
     lost_at = resumed + SETTINGS.dead_timeout - SETTINGS.heartbeat_interval
-    d.run_until(lost_at - 0.01)
-    assert d.state is State.SECONDARY
-    d.run_until(lost_at)
-    assert d.state is State.ALONE
+    changes_exactly_at(d, lost_at, State.SECONDARY, State.ALONE)
 
 
 def test_a_late_tick_within_two_intervals_is_counted_as_silence() -> None:
@@ -150,10 +152,7 @@ def test_a_node_paused_while_it_listens_for_its_peer_hears_it_before_serving_bli
     d.do(ev.Start())
     d.do(ev.Timer(), at=resumed)
     listened = resumed + SETTINGS.startup_timeout - SETTINGS.heartbeat_interval
-    d.run_until(listened - 0.01)
-    assert d.state is State.WAIT
-    d.run_until(listened)
-    assert d.state is State.ALONE
+    changes_exactly_at(d, listened, State.WAIT, State.ALONE)
 
 
 def test_a_stop_that_ends_after_a_new_start_was_asked_is_the_old_stops_outcome() -> None:
@@ -200,3 +199,21 @@ def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
             continue
         assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
         assert of_type(effects, fx.ReleaseArbitration) and not d.node.lease.held
+
+
+@pytest.mark.parametrize("command", [ev.Prim(), ev.PrimForce()], ids=str)
+def test_after_a_denial_an_operator_command_asks_the_arbitrator_at_once(
+    command: ev.Event,
+) -> None:
+    # the gate paces what the node decides by itself (one request per recheck
+    # after a denial), never the operator: a command dropped unheard would be
+    # reported done with the old denial as its result
+    arbitrated = replace(SETTINGS, arbitrator=True, lease_ttl=4, lease_margin=1)
+    d = Driver(settings=arbitrated)
+    d.do(ev.Start())
+    assert of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
+    d.do(ev.ArbitrationDenied("held by beta"), at=0.2)
+    assert d.node.reason == "arbitrator denied: held by beta"
+    effects = d.do(command, at=0.5)  # well within the recheck (startup_timeout 3)
+    assert of_type(effects, fx.RequestArbitration), records(effects)
+    assert d.node.reason.startswith("waiting for the arbitrator: forced to serve by the operator")

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from failover.core.rules import ACTIONS, GUARDS
+from failover.core.state import State
+from failover.core.table import Table, load_table, raw_spec
 from failover.model.invariants import check_step
 from failover.model.liveness import _fair_round_info, fair_round, goal, reached, settle
 from failover.model.mutants import mutant_table
@@ -134,6 +137,38 @@ def test_the_split_brain_exemption_does_not_hide_a_stale_promotion() -> None:
         info = cluster.apply(label)
         found += [v.invariant for v in check_step(config, pre, info, cluster.world)]
     assert "S3" in found, found
+
+
+def _stale_serves() -> Table:
+    """A waiting node whose peer holds newer data serves anyway (a mutant)."""
+    spec = raw_spec()
+    rows = spec["table"]["wait"]["heartbeat"]
+    at = next(n for n, row in enumerate(rows) if row.get("when") == ["me_newer"])
+    rows.insert(at, dict(rows[at], when=["peer_newer"], reason="mutant: stale serves"))
+    return load_table(spec, GUARDS, ACTIONS)
+
+
+@pytest.mark.parametrize("no_data", [False, True], ids=["data", "no-data"])
+def test_the_peers_reaction_within_the_step_does_not_hide_a_stale_promotion(
+    no_data: bool,
+) -> None:
+    # beta took over (2:beta) while alpha was down; both crash and restart;
+    # alpha (1:alpha), hearing beta waiting, serves over beta's newer data. In
+    # the same tick beta reacts: it becomes alpha's resync target (its copy
+    # no longer consistent), or without replicated directories adopts 3:alpha
+    # at once. S2 judged only the peer after the step, and excused both.
+    config = ClusterConfig(no_data=no_data)
+    cluster = Cluster(config, table=_stale_serves(), bounds=UNBOUNDED)
+    cluster.load(settle(cluster, cluster.booted()))
+    program = "crash alpha, tick, tick, tick, tick, crash beta, restart alpha, restart beta"
+    for label in program.split(", "):
+        cluster.apply(label)
+    assert [str(h.stored.generation) for h in cluster.world.hosts] == ["1:alpha", "2:beta"]
+    pre = cluster.world
+    info = cluster.apply("tick")
+    assert cluster.state(0) in (State.ALONE, State.PRIMARY)
+    found = [str(v) for v in check_step(config, pre, info, cluster.world)]
+    assert "S2: alpha started serving generation 1:alpha while beta holds newer 2:beta" in found
 
 
 def test_a_forced_history_does_not_spread_to_the_history_its_loser_adopts() -> None:

@@ -197,9 +197,11 @@ def test_each_row_entering_a_serving_state_has_its_gated_twin() -> None:
 
 def test_gated_twins_stand_only_before_their_row() -> None:
     # two twins per gated row: the paced one (denied lately: no request, the
-    # denial's reason kept), then the one that asks; then the row itself
+    # denial's reason kept), then the one that asks; then the row itself. An
+    # operator's command has no paced twin: it asks at once
     twins = [row for row in TABLE.all_rows() if row.gated_row is not None]
     assert twins, "the gate added no twin"
+    assert any(row.event in ADMIN_EVENTS for row in twins), "no command is gated"
     for entry in TABLE.entries.values():
         if isinstance(entry, str):
             continue
@@ -207,9 +209,13 @@ def test_gated_twins_stand_only_before_their_row() -> None:
             if row.gated_row is None or row.actions:
                 continue
             paced, asking, gated = entry[position : position + 3]
+            assert row.event not in ADMIN_EVENTS, f"{row.gated_row.ident}: a command is paced"
             assert paced.quiet and [c.guard for c in paced.when][-1] == "denied_lately"
             assert asking.gated_row is gated and asking.actions == ("request_grant",)
             assert paced.gated_row is gated
+        for position, row in enumerate(entry):
+            if row.gated_row is not None and row.actions and row.event in ADMIN_EVENTS:
+                assert entry[position + 1] is row.gated_row
 
 
 def test_a_table_without_a_twin_is_caught() -> None:

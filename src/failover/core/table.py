@@ -219,10 +219,14 @@ def _add_gates(rows: tuple[Row, ...]) -> tuple[Row, ...]:
     gated: list[Row] = []
     for row in rows:
         enters_serving = (row.target in SERVING and row.state not in SERVING) or row.mints
-        if enters_serving and not row.ungated and GRANT_ACTION not in row.actions:
+        if not enters_serving or row.ungated or GRANT_ACTION in row.actions:
+            gated.append(row)
+            continue
+        if row.event not in ADMIN_EVENTS:
             # a request the arbitrator denied is not repeated before the next
             # recheck: a node that keeps deciding to serve (every heartbeat)
-            # would otherwise ask on every one
+            # would otherwise ask on every one. An operator's command is a new
+            # decision, asked at once (paced, it would be dropped unheard)
             gated.append(
                 Row(
                     state=row.state,
@@ -238,17 +242,17 @@ def _add_gates(rows: tuple[Row, ...]) -> tuple[Row, ...]:
                     gated_row=row,
                 )
             )
-            gated.append(
-                Row(
-                    state=row.state,
-                    event=row.event,
-                    index=row.index,
-                    when=(*row.when, Condition(GATE_GUARD)),
-                    target=None,
-                    actions=(GATE_ACTION,),
-                    reason="waiting for the arbitrator: " + row.reason,
-                    gated_row=row,
-                )
+        gated.append(
+            Row(
+                state=row.state,
+                event=row.event,
+                index=row.index,
+                when=(*row.when, Condition(GATE_GUARD)),
+                target=None,
+                actions=(GATE_ACTION,),
+                reason="waiting for the arbitrator: " + row.reason,
+                gated_row=row,
             )
+        )
         gated.append(row)
     return tuple(gated)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from failover.core.compare import Relation, relation
-from failover.core.state import Generation, State
+from failover.core.state import Generation, Metadata, State
 from failover.model.sim import (
     NAMES,
     PREEXISTING,
@@ -80,6 +80,36 @@ def check_s1(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> 
     ]
 
 
+def _stale_promotion(pre: World, post: World, k: int, mine: Metadata) -> list[Violation]:
+    """S2 for node ``k`` entering serving with ``mine``: the peer held newer,
+    consistent data of an unforced history. Judged on what the peer held
+    before the step (when ``k`` decided: within the step the peer may already
+    have reacted, marking its copy inconsistent as a resync target or, without
+    replicated directories, adopting ``k``'s generation at once) and after it
+    (the peer may have minted meanwhile), where a generation ``k`` minted on
+    entering is its own history, not newer data."""
+    served = {c for c, parent in post.minted_from if parent == mine.generation}
+    for world in (pre, post):
+        theirs = world.hosts[1 - k].stored
+        own_history = world is post and any(
+            c.origin == NAMES[k] and post.descends(theirs.generation, c) for c in served
+        )
+        if (
+            theirs.consistent
+            and theirs.generation not in post.forced_lineage
+            and not own_history
+            and relation(mine, theirs) is Relation.PEER_NEWER
+        ):
+            return [
+                Violation(
+                    "S2",
+                    f"{NAMES[k]} started serving generation {mine.generation} while "
+                    f"{NAMES[1 - k]} holds newer {theirs.generation}",
+                )
+            ]
+    return []
+
+
 def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) -> list[Violation]:
     found: list[Violation] = []
     set_aside = frozenset().union(*(h.quarantine for h in post.hosts))
@@ -89,30 +119,8 @@ def check_s2_s3(config: ClusterConfig, pre: World, info: StepInfo, post: World) 
         exempt = blind
         pre_core = pre.hosts[k].core
         mine = pre_core.metadata if pre_core is not None else pre.hosts[k].stored
-        theirs = post.hosts[1 - k].stored
-        rel = relation(mine, theirs)
-        forced_history = theirs.generation in post.forced_lineage
-        # a step may hold several deliveries: the peer may already hold what this
-        # node minted on entering (a resync from it in the same step), which is
-        # no newer data than this node's but its own
-        served = {c for c, parent in post.minted_from if parent == mine.generation}
-        own_history = any(
-            c.origin == NAMES[k] and post.descends(theirs.generation, c) for c in served
-        )
-        if (
-            not exempt
-            and not forced_history
-            and not own_history
-            and theirs.consistent
-            and rel is Relation.PEER_NEWER
-        ):
-            found.append(
-                Violation(
-                    "S2",
-                    f"{NAMES[k]} started serving generation {mine.generation} while "
-                    f"{NAMES[1 - k]} holds newer {theirs.generation}",
-                )
-            )
+        if not exempt:
+            found += _stale_promotion(pre, post, k, mine)
         # writes a split-brain resolution set aside in quarantine are S6's to keep;
         # after a blind takeover the peer's unreplicated writes will be (S6 again)
         missing = post.acked - post.hosts[k].data - set_aside
