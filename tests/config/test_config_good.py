@@ -367,9 +367,9 @@ def test_fingerprint_changes_with_any_cluster_wide_value(
     assert after != before
 
 
-def test_an_application_of_start_and_stop_keeps_its_fingerprint(write_config: WriteConfig) -> None:
-    # The scripts added with issue 9 are left out of the canonical form when
-    # unset: nodes upgraded one at a time still pair.
+def test_unset_scripts_are_left_out_of_the_fingerprint(write_config: WriteConfig) -> None:
+    # Only the scripts a file sets are in the canonical form; the restart
+    # budget always is (fingerprint version 2): both nodes upgrade together.
     config = load_config(write_config())
     assert config.canonical()["application"] == {
         "start": "/bin/true",
@@ -378,6 +378,7 @@ def test_an_application_of_start_and_stop_keeps_its_fingerprint(write_config: Wr
         "max_restarts": 3,
         "restart_window": 86400.0,
     }
+    assert config.canonical()["version"] == 2
 
 
 # --- the API other modules use -----------------------------------------------------------

@@ -45,7 +45,10 @@ from failover.errors import ConfigError, UsageError
 NAME_RE = re.compile(r"[a-z0-9-]+")
 MIN_KEY_BYTES = 32
 DEFAULT_STATE_DIR = Path("/var/lib/failover")
-FINGERPRINT_VERSION = 1
+# 2: the application part gained max_restarts and restart_window (issue 9), which
+# every file now carries; with version 1 such a file could not be told from the
+# same file read by a release without them
+FINGERPRINT_VERSION = 2
 DEFAULT_REPLICATION_TRANSPORT = "tcp-replication"
 MIN_ZONE_SIZE = 4 * 1024
 MAX_ZONE_SIZE = 16 * 1024 * 1024
@@ -580,8 +583,7 @@ class ClusterConfig(Section):
                 }
                 for node in self.nodes
             },
-            # unset scripts left out: a file with only start and stop keeps the
-            # fingerprint it had before the other scripts existed
+            # unset scripts left out: setting one is what changes the fingerprint
             "application": (
                 self.application.model_dump(mode="json", exclude_none=True)
                 if self.application
