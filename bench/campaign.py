@@ -4,7 +4,7 @@
         [--protect-bound 60] [--max-minutes M] [--keep-logs DIR] [--json FILE]
         [--first-round I] [--faults kill,pause,...]
 
-The lab (``failover.testing.netns.Lab``): namespaces alpha and beta (the
+The lab (``failover.lab.Lab``): namespaces alpha and beta (the
 nodes) and client, on a ``lan`` bridge (UDP heartbeats, the replication
 channel, the control API over TCP with a bearer token, the virtual IP) and a
 ``crossover`` bridge (TCP heartbeats). Each daemon runs in a mount namespace
@@ -113,13 +113,13 @@ import yaml
 from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.disks import fill, small_tmpfs
-from failover.testing.netns import (
+from failover.lab import (
     Lab,
     kill_mount_namespace,
     netns_unavailable_reason,
     with_own_disks,
 )
+from failover.testing.disks import fill, small_tmpfs
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
 NODES = ("alpha", "beta")

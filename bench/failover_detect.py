@@ -6,7 +6,7 @@
 
 Run by hand as root (it builds network namespaces); not part of the test suite.
 
-For each timing profile, one lab (``failover.testing.netns.Lab``): namespaces
+For each timing profile, one lab (``failover.lab.Lab``): namespaces
 alpha and beta (the nodes) and client, joined by a bridge ("lan"; with
 ``--links 2`` a second bridge, "crossover", carries a second heartbeat link).
 
@@ -87,7 +87,7 @@ from failover import __version__
 from failover.api.client import ControlClient
 from failover.config import load_config
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, LabError, netns_unavailable_reason
+from failover.lab import Lab, LabError, netns_unavailable_reason
 
 HELPER = Path(__file__).resolve().with_name("_lab.py")
 NODES = ("alpha", "beta")

@@ -5,7 +5,7 @@
 
 Run by hand as root (it builds network namespaces); not part of the test suite.
 
-One lab (``failover.testing.netns.Lab``): namespaces alpha and beta, joined by
+One lab (``failover.lab.Lab``): namespaces alpha and beta, joined by
 "lan" (UDP heartbeats) and "crossover" (TCP heartbeats). Both run ``failover
 run`` with the chosen timing profile and no application.
 
@@ -47,7 +47,7 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 NODES = ("alpha", "beta")
 LINKS = {"lan": "udp", "crossover": "tcp"}

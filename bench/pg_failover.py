@@ -4,7 +4,7 @@
         [--load 2] [--json FILE]
 
 The lab of tests/e2e/test_e2e_postgres.py: network namespaces alpha, beta and
-client (``failover.testing.netns.Lab``), UDP heartbeats on lan, TCP on
+client (``failover.lab.Lab``), UDP heartbeats on lan, TCP on
 crossover, PostgreSQL's data directory in the replicated directory (mirrored
 over lan), started and stopped by the operator's scripts of
 ``examples/postgres/`` on the virtual IP's node. A client in the client
@@ -68,7 +68,7 @@ import yaml
 
 from failover.api.client import ControlClient
 from failover.errors import FailoverError
-from failover.testing.netns import (
+from failover.lab import (
     Lab,
     kill_mount_namespace,
     netns_unavailable_reason,

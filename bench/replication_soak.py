@@ -46,7 +46,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from failover.testing.netns import list_namespaces, netns_unavailable_reason, remove_namespaces
+from failover.lab import list_namespaces, netns_unavailable_reason, remove_namespaces
 
 REPO = Path(__file__).resolve().parent.parent
 TEST = "tests/e2e/test_e2e_replication.py"
