@@ -109,6 +109,7 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from _needs import REPLICATING_LAB, UMOUNT, ensure, fuse_device_reason, require
 
 from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
@@ -120,6 +121,8 @@ from failover.lab import (
     with_own_disks,
 )
 from failover.testing.disks import fill, small_tmpfs
+
+SCRIPT = "campaign.py"
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
 NODES = ("alpha", "beta")
@@ -1132,14 +1135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def unavailable_reason() -> str | None:
-    reason = netns_unavailable_reason()
-    if reason:
-        return reason
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return "no usable /dev/fuse"
-    missing = [t for t in ("unshare", "mount", "umount", "fusermount3") if not shutil.which(t)]
-    return f"missing commands: {', '.join(missing)}" if missing else None
+def check_machine() -> None:
+    """Return when this machine can run the campaign (installing what Debian has, as
+    root); else one line on stderr and exit 2."""
+    ensure(SCRIPT, [*REPLICATING_LAB, UMOUNT], root="network namespaces, mounts")
+    require(SCRIPT, netns_unavailable_reason())
+    require(SCRIPT, fuse_device_reason())
 
 
 @contextlib.contextmanager
@@ -1157,10 +1158,7 @@ def stop_signals() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
+    check_machine()
     print(f"seed {args.seed}, {args.rounds} rounds, profile {args.profile}, "
           f"load average {os.getloadavg()}", flush=True)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="failover-campaign-"))
