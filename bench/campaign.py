@@ -4,7 +4,7 @@
         [--protect-bound 60] [--max-minutes M] [--keep-logs DIR] [--json FILE]
         [--first-round I] [--faults kill,pause,...]
 
-The lab (``failover.testing.netns.Lab``): namespaces alpha and beta (the
+The lab (``failover.lab.Lab``): namespaces alpha and beta (the
 nodes) and client, on a ``lan`` bridge (UDP heartbeats, the replication
 channel, the control API over TCP with a bearer token, the virtual IP) and a
 ``crossover`` bridge (TCP heartbeats). Each daemon runs in a mount namespace
@@ -109,17 +109,20 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from _needs import REPLICATING_LAB, UMOUNT, ensure, fuse_device_reason, require
 
 from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.disks import fill, small_tmpfs
-from failover.testing.netns import (
+from failover.lab import (
     Lab,
     kill_mount_namespace,
     netns_unavailable_reason,
     with_own_disks,
 )
+from failover.testing.disks import fill, small_tmpfs
+
+SCRIPT = "campaign.py"
 
 APP = Path(__file__).resolve().with_name("_campaign_app.py")
 NODES = ("alpha", "beta")
@@ -1132,14 +1135,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def unavailable_reason() -> str | None:
-    reason = netns_unavailable_reason()
-    if reason:
-        return reason
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        return "no usable /dev/fuse"
-    missing = [t for t in ("unshare", "mount", "umount", "fusermount3") if not shutil.which(t)]
-    return f"missing commands: {', '.join(missing)}" if missing else None
+def check_machine() -> None:
+    """Return when this machine can run the campaign (installing what Debian has, as
+    root); else one line on stderr and exit 2."""
+    ensure(SCRIPT, [*REPLICATING_LAB, UMOUNT], root="network namespaces, mounts")
+    require(SCRIPT, netns_unavailable_reason())
+    require(SCRIPT, fuse_device_reason())
 
 
 @contextlib.contextmanager
@@ -1157,10 +1158,7 @@ def stop_signals() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reason = unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
+    check_machine()
     print(f"seed {args.seed}, {args.rounds} rounds, profile {args.profile}, "
           f"load average {os.getloadavg()}", flush=True)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="failover-campaign-"))

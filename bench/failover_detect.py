@@ -6,7 +6,7 @@
 
 Run by hand as root (it builds network namespaces); not part of the test suite.
 
-For each timing profile, one lab (``failover.testing.netns.Lab``): namespaces
+For each timing profile, one lab (``failover.lab.Lab``): namespaces
 alpha and beta (the nodes) and client, joined by a bridge ("lan"; with
 ``--links 2`` a second bridge, "crossover", carries a second heartbeat link).
 
@@ -15,7 +15,7 @@ network, a virtual IP on "lan" and an application whose start script starts a
 tiny TCP listener bound to the virtual IP (``bench/_lab.py listen``: returns
 once it listens, its PID in a pidfile) and whose stop script kills it.
 
-keepalived (Debian package; installed with apt-get if missing): one
+keepalived (Debian package; as root, installed with apt-get if missing): one
 ``keepalived -n -P`` per node namespace, VRRPv3 unicast on "lan", ``advert_int``
 1 s for the default profile and 0.1 s for fast, ``nopreempt`` (as failover's
 ``failback: none``), and a ``notify`` script that starts the same listener on
@@ -82,12 +82,16 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 import yaml
+from _needs import NETNS, Need, ensure, find, require  # the same directory
 
 from failover import __version__
 from failover.api.client import ControlClient
 from failover.config import load_config
 from failover.errors import FailoverError
-from failover.testing.netns import Lab, LabError, netns_unavailable_reason
+from failover.lab import Lab, LabError, netns_unavailable_reason
+
+SCRIPT = "failover_detect.py"
+KEEPALIVED = Need("keepalived", command="keepalived")
 
 HELPER = Path(__file__).resolve().with_name("_lab.py")
 NODES = ("alpha", "beta")
@@ -685,23 +689,10 @@ def bench_cluster(
     cluster.stop()
 
 
-def keepalived_binary(install: bool) -> tuple[str | None, str]:
-    """keepalived's path (installing the Debian package if allowed) and its version."""
-    found = shutil.which("keepalived") or next(
-        (p for p in ("/usr/sbin/keepalived", "/sbin/keepalived") if os.path.exists(p)), None
-    )
-    if found is None and install and shutil.which("apt-get"):
-        print("keepalived not found: apt-get install -y keepalived", flush=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "keepalived"],
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )  # fmt: skip
-        found = shutil.which("keepalived") or (
-            "/usr/sbin/keepalived" if os.path.exists("/usr/sbin/keepalived") else None
-        )
-    if found is None:
-        return None, ""
+def keepalived_binary() -> tuple[str, str]:
+    """keepalived's path (``ensure`` installed it when missing) and its version."""
+    found = find("keepalived")
+    assert found is not None, "ensure() saw keepalived"
     out = subprocess.run([found, "--version"], capture_output=True, text=True, check=False)
     first = (out.stderr or out.stdout).splitlines()
     return found, (first[0].strip() if first else "keepalived")
@@ -870,7 +861,8 @@ def main() -> int:
     parser.add_argument("--profiles", default="default,fast", help="comma-separated")
     parser.add_argument(
         "--keepalived", action=argparse.BooleanOptionalAction, default=True,
-        help="also measure keepalived (default: yes; installs the Debian package if missing)",
+        help="also measure keepalived (default: yes; as root, installs the Debian package "
+        "if missing)",
     )  # fmt: skip
     parser.add_argument(
         "--keepalived-advert", choices=("design", "heartbeat", "both"), default="design",
@@ -889,14 +881,10 @@ def main() -> int:
     unknown = [p for p in profiles if p not in PROFILES]
     if unknown or not profiles or args.runs < 1:
         parser.error(f"profiles must be among {', '.join(PROFILES)}; runs >= 1")
-    reason = netns_unavailable_reason()
-    if reason is not None:
-        print(f"failover_detect: cannot build the lab: {reason}", file=sys.stderr)
-        return 2
-    ka_binary, ka_version = keepalived_binary(args.keepalived) if args.keepalived else (None, "")
+    ensure(SCRIPT, [*NETNS, KEEPALIVED] if args.keepalived else NETNS, root="network namespaces")
+    require(SCRIPT, netns_unavailable_reason())
+    ka_binary, ka_version = keepalived_binary() if args.keepalived else (None, "")
     results = Results()
-    if args.keepalived and ka_binary is None:
-        results.skipped.append("keepalived: not installed and could not be installed")
     series = {
         "design": ["keepalived"], "heartbeat": ["keepalived-hb"],
         "both": ["keepalived", "keepalived-hb"],

@@ -20,8 +20,10 @@ Targets are measured in interleaved rounds (``--rounds``, median kept), so that 
 machine (other work, the disk's cache) hits them all alike.
 
 Ratios are against the local disk of the same run. pyfuse3 is installed into this venv if
-it is missing (as root, Debian's ``libfuse3-dev`` and ``pkg-config`` first: it builds from
-source); mfusepy runs with ``FUSE_LIBRARY_NAME=fuse3``. Needs ``/dev/fuse`` and fusermount3.
+it is missing (it builds from source: as root, what that needs from Debian is installed
+first, ``gcc``, ``pkg-config``, ``libfuse3-dev``, and Debian Python's headers); mfusepy
+runs with ``FUSE_LIBRARY_NAME=fuse3``. Needs ``/dev/fuse`` and fusermount3 (``fuse3``,
+installed as root if missing); without them it says so in one line and exits 2.
 Every mount, child process and temp dir is removed at the end, on errors and on Ctrl-C.
 """
 
@@ -36,6 +38,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Iterator
@@ -44,6 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _needs import FUSE, Need, ensure, fuse_device_reason, require  # the same directory
+
+SCRIPT = "fuse_choice.py"
 MIB = 1 << 20
 SMALL = 4096
 MOUNT_TIMEOUT_S = 20.0
@@ -85,6 +91,8 @@ def main() -> int:
     if args.serve:
         return _serve(*args.serve)
 
+    ensure(SCRIPT, FUSE)
+    require(SCRIPT, fuse_device_reason())
     _ensure_pyfuse3()
     libs = ["pyfuse3", "mfusepy"]
     if importlib.util.find_spec("failover.replication.mirror") is not None:
@@ -266,19 +274,26 @@ class _CountingListener:
 
 
 def _ensure_pyfuse3() -> None:
+    """pyfuse3 in this venv: built from source by pip, with what that needs from Debian."""
     if importlib.util.find_spec("pyfuse3") is not None:
         return
-    missing = [p for p in ("libfuse3-dev", "pkg-config") if not _dpkg_has(p)]
-    if missing:
-        if os.geteuid() != 0:
-            raise SystemExit(f"pyfuse3 builds from source: install {' '.join(missing)} first")
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "pyfuse3"], check=True)
-
-
-def _dpkg_has(package: str) -> bool:
-    done = subprocess.run(["dpkg", "-s", package], capture_output=True, check=False)
-    return done.returncode == 0
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    build = [
+        Need("gcc", command="gcc"),
+        Need("pkg-config", command="pkg-config"),
+        Need("libfuse3-dev", path="/usr/include/fuse3/fuse_lowlevel.h"),
+    ]
+    if sys.base_prefix == "/usr":  # Debian's Python: its headers are a package
+        build.append(Need(f"python{sys.version_info[0]}-dev", path=str(headers)))
+    ensure(SCRIPT, build)
+    require(SCRIPT, None if headers.exists() else f"pyfuse3 builds from source: no {headers}")
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "pyfuse3"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["failed"]
+        require(SCRIPT, f"pip install pyfuse3: {lines[-1]}")
 
 
 # -- the two minimal passthroughs -------------------------------------------------------------

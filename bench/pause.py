@@ -5,7 +5,7 @@
 
 Run by hand as root (it builds network namespaces); not part of the test suite.
 
-One lab (``failover.testing.netns.Lab``): namespaces alpha and beta, joined by
+One lab (``failover.lab.Lab``): namespaces alpha and beta, joined by
 "lan" (UDP heartbeats) and "crossover" (TCP heartbeats). Both run ``failover
 run`` with the chosen timing profile and no application.
 
@@ -42,12 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _needs import NETNS, ensure, require  # the same directory
 
 from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import Lab
+from failover.lab import Lab, netns_unavailable_reason
+
+SCRIPT = "pause.py"
 
 NODES = ("alpha", "beta")
 LINKS = {"lan": "udp", "crossover": "tcp"}
@@ -211,6 +214,8 @@ def main() -> int:
     parser.add_argument("--hog", type=float, default=0.0, help="seconds of hog alone, no pause")
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES))
     args = parser.parse_args()
+    ensure(SCRIPT, NETNS, root="network namespaces")
+    require(SCRIPT, netns_unavailable_reason())
     lines = [
         f"profile {args.profile} (dead {PROFILES[args.profile].dead_timeout:g} s, heartbeat "
         f"{PROFILES[args.profile].heartbeat_interval:g} s), load: {'yes' if args.load else 'no'}"

@@ -4,7 +4,7 @@
         [--load 2] [--json FILE]
 
 The lab of tests/e2e/test_e2e_postgres.py: network namespaces alpha, beta and
-client (``failover.testing.netns.Lab``), UDP heartbeats on lan, TCP on
+client (``failover.lab.Lab``), UDP heartbeats on lan, TCP on
 crossover, PostgreSQL's data directory in the replicated directory (mirrored
 over lan), started and stopped by the operator's scripts of
 ``examples/postgres/`` on the virtual IP's node. A client in the client
@@ -65,10 +65,11 @@ from types import FrameType
 from typing import Any
 
 import yaml
+from _needs import REPLICATING_LAB, Need, ensure, fuse_device_reason, require
 
 from failover.api.client import ControlClient
 from failover.errors import FailoverError
-from failover.testing.netns import (
+from failover.lab import (
     Lab,
     kill_mount_namespace,
     netns_unavailable_reason,
@@ -82,6 +83,14 @@ from failover.testing.postgres import (
     make_cluster,
     unavailable_reason,
 )
+
+SCRIPT = "pg_failover.py"
+POSTGRESQL = (
+    Need("postgresql", path="/usr/lib/postgresql/*/bin/initdb"),
+    Need("util-linux", command="runuser"),
+)
+"""Debian's PostgreSQL (``$PG_BINDIR`` instead when set) and runuser, to run it as its
+own account."""
 
 NODES = ("alpha", "beta")
 LINKS = {"lan": ("udp", 7400), "crossover": ("tcp", 7401)}
@@ -435,10 +444,10 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the rounds and figures there")
     args = parser.parse_args()
-    reason = netns_unavailable_reason() or unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
+    postgresql = () if os.environ.get("PG_BINDIR") else POSTGRESQL
+    ensure(SCRIPT, [*REPLICATING_LAB, *postgresql], root="network namespaces")
+    require(SCRIPT, netns_unavailable_reason() or unavailable_reason())
+    require(SCRIPT, fuse_device_reason())
     signal.signal(signal.SIGTERM, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="pg-failover-"))
     work.chmod(0o711)  # the postgres account reaches its data directories below

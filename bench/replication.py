@@ -11,7 +11,7 @@ under one temporary directory in ``--dir`` (one disk):
 
 (a) local disk: a plain directory;
 (b) FUSE passthrough: a ``Mirror`` with no listener (no replication);
-(c) replicated to a peer in another network namespace (``failover.testing.netns.Lab``:
+(c) replicated to a peer in another network namespace (``failover.lab.Lab``:
     namespaces alpha and beta joined by veths through a bridge), the application
     writing through alpha's mirror:
     - sender: the mirror's listener is a ``ReplicationSender``; the peer is a
@@ -52,7 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from failover.testing.netns import Lab, netns_unavailable_reason
+from failover.lab import Lab, netns_unavailable_reason
 
 MIB = 1 << 20
 LAB = Path(__file__).with_name("_replication_lab.py")

@@ -46,7 +46,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from failover.testing.netns import list_namespaces, netns_unavailable_reason, remove_namespaces
+from _needs import REPLICATING_LAB, Need, ensure, fuse_device_reason, require
+
+from failover.lab import list_namespaces, netns_unavailable_reason, remove_namespaces
+
+SCRIPT = "replication_soak.py"
+SNAPSHOT = (Need("git", command="git"), Need("tar", command="tar"))
+"""What ``snapshot`` runs (not with ``--live``)."""
 
 REPO = Path(__file__).resolve().parent.parent
 TEST = "tests/e2e/test_e2e_replication.py"
@@ -199,10 +205,10 @@ def main() -> int:
         "--live", action="store_true", help="test the working tree, not a snapshot of HEAD"
     )
     args = parser.parse_args()
-    reason = netns_unavailable_reason()
-    if reason:
-        print(f"cannot run: {reason}", file=sys.stderr)
-        return 2
+    needs = [*REPLICATING_LAB, *(() if args.live else SNAPSHOT)]
+    ensure(SCRIPT, needs, root="network and mount namespaces, FUSE mounts")
+    require(SCRIPT, netns_unavailable_reason())
+    require(SCRIPT, fuse_device_reason())
     signal.signal(signal.SIGTERM, _interrupt)
     # Caught (not ignored, as in a shell's background job) so that each pytest run
     # starts with SIGINT at its default and turns it into KeyboardInterrupt.

@@ -42,6 +42,7 @@ import anyio
 from pyroute2.netns import setns
 
 from failover.errors import TransportError
+from failover.lab import Lab, netns_unavailable_reason
 from failover.replication.apply import Applier
 from failover.replication.channel import (
     ChannelSettings,
@@ -52,7 +53,6 @@ from failover.replication.channel import (
 from failover.replication.ops import Create, Mkdir, Write
 from failover.replication.resync import ResyncPlan, ResyncRequest, ResyncSource, ResyncTarget
 from failover.replication.tracking import ChangeSet, Tracker
-from failover.testing.netns import Lab, netns_unavailable_reason
 from failover.testing.transport_contract import free_port
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport

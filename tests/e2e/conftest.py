@@ -17,7 +17,7 @@ import pytest
 from e2e_support import CLUSTERS
 
 from failover.audit import AuditInputError
-from failover.testing.netns import Lab, list_namespaces
+from failover.lab import Lab, list_namespaces
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, Ack, Report, audit
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
-from failover.testing.netns import (
+from failover.lab import (
     Lab,
     kill_mount_namespace,
     netns_unavailable_reason,

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from e2e_support import APP_PORT, NETNS, NODES, Cluster, cli
 
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 pytestmark = NETNS
 

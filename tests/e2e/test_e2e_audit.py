@@ -13,7 +13,7 @@ from pathlib import Path
 from e2e_support import NETNS, NODES, SERVING, WRITER, Cluster, cli, held
 
 from failover.audit import Ack
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 pytestmark = NETNS
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from e2e_support import NETNS
 
-from failover.testing.netns import list_namespaces
+from failover.lab import list_namespaces
 
 pytestmark = [*NETNS, pytest.mark.slow]
 

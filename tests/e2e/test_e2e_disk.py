@@ -13,8 +13,8 @@ from pathlib import Path
 
 from e2e_support import NETNS, NODES, Cluster, cli
 
+from failover.lab import Lab
 from failover.testing.disks import fill, small_tmpfs
-from failover.testing.netns import Lab
 
 pytestmark = NETNS
 

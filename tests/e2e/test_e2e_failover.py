@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from e2e_support import NETNS, NODES, SERVING, Cluster, cli, other
 
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 pytestmark = NETNS
 

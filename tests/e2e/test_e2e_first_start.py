@@ -12,8 +12,8 @@ from typing import Any
 
 from e2e_support import NETNS, NODES, Cluster, cli
 
+from failover.lab import Lab
 from failover.replication.quarantine import list_quarantines
-from failover.testing.netns import Lab
 
 pytestmark = NETNS
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from e2e_support import APP_PORT, NETNS, SERVING, Cluster, cli
 
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 pytestmark = NETNS
 

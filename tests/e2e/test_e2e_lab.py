@@ -1,4 +1,4 @@
-"""The shipped lab builder (failover.testing.netns): topology, link cuts, cleanup."""
+"""The shipped lab builder (failover.lab): topology, link cuts, cleanup."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from e2e_support import NETNS
 
-from failover.testing import netns
-from failover.testing.netns import Lab, LabError, list_namespaces
+from failover import lab as lab_module
+from failover.lab import Lab, LabError, list_namespaces
 
 pytestmark = NETNS
 
@@ -97,7 +97,7 @@ def test_close_kills_processes_and_their_children_and_removes_namespaces() -> No
 
 
 def test_a_failed_build_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_ip = netns._ip
+    real_ip = lab_module._ip
     calls = 0
 
     def failing_ip(*args: str) -> str:
@@ -108,7 +108,7 @@ def test_a_failed_build_removes_what_it_made(monkeypatch: pytest.MonkeyPatch) ->
         return real_ip(*args)
 
     lab = Lab(networks=("lan",))
-    monkeypatch.setattr(netns, "_ip", failing_ip)
+    monkeypatch.setattr(lab_module, "_ip", failing_ip)
     with pytest.raises(LabError, match="simulated"):
         lab.open()
     assert calls > 3, "namespaces were created before the failure"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from e2e_support import NETNS, NODES, SERVING, Cluster
 
-from failover.testing.netns import Lab
+from failover.lab import Lab
 from failover.testing.transport_contract import install_plugin_package, socat_pty_pair
 
 pytestmark = NETNS

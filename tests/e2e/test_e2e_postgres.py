@@ -41,7 +41,7 @@ import yaml
 from e2e_support import NETNS, Cluster, cli
 
 from failover.audit import Ack
-from failover.testing.netns import Lab, mount_namespace_pids
+from failover.lab import Lab, mount_namespace_pids
 from failover.testing.postgres import (
     EXAMPLE_SCRIPTS,
     PG_USER,

@@ -29,7 +29,7 @@ from e2e_support import (
 
 from failover.audit import Ack
 from failover.config.timing import PROFILES
-from failover.testing.netns import Lab
+from failover.lab import Lab
 
 pytestmark = NETNS
 

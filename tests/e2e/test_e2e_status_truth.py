@@ -14,7 +14,7 @@ from pathlib import Path
 
 from e2e_support import NETNS, Cluster, cli
 
-from failover.testing.netns import Lab
+from failover.lab import Lab
 from failover.testing.processes import children_named
 
 pytestmark = NETNS

@@ -23,7 +23,7 @@ from typing import TypeVar
 import pytest
 from mirror_support import needs_fuse, temp_dir
 
-from failover.testing.netns import list_namespaces, netns_unavailable_reason, remove_namespaces
+from failover.lab import list_namespaces, netns_unavailable_reason, remove_namespaces
 
 BOUND = 120  # seconds for one demo command: an upper bound, never an expected duration
 _NETNS = netns_unavailable_reason()

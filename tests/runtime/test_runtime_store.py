@@ -10,7 +10,8 @@ import pytest
 
 from failover.core.state import Generation, Metadata, State
 from failover.errors import UsageError
-from failover.runtime.store import IncarnationStore, MetadataStore, write_atomic
+from failover.fsutil import write_atomic
+from failover.runtime.store import IncarnationStore, MetadataStore
 
 SAMPLE = Metadata(
     generation=Generation(7, "alpha"),

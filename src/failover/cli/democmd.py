@@ -1,7 +1,7 @@
 """``failover demo [--keep] [--fast] [--loopback] [--clean]``: a two-node cluster on this machine.
 
 As root, where network namespaces work, the two nodes run in namespaces of a
-``failover.testing.netns.Lab`` (UDP on a "lan" bridge, TCP on a "crossover"
+``failover.lab.Lab`` (UDP on a "lan" bridge, TCP on a "crossover"
 bridge, a virtual IP on lan served by a tiny web server, a client namespace
 that fetches it). Otherwise both daemons run on loopback (127.0.0.2 and
 127.0.0.3, ports chosen by the kernel) with a placeholder application.
@@ -54,7 +54,14 @@ import yaml
 
 from failover.api.client import ControlClient
 from failover.errors import FailoverError, UsageError
-from failover.testing.netns import Lab, netns_unavailable_reason, remove_namespaces
+from failover.lab import (
+    Lab,
+    mount_namespace_members,
+    netns_unavailable_reason,
+    pid_alive,
+    remove_namespaces,
+    with_own_disks,
+)
 
 NODES = ("alpha", "beta")
 LOOPBACK = {"alpha": "127.0.0.2", "beta": "127.0.0.3"}
@@ -389,9 +396,7 @@ class Demo:
         argv = self.daemon_argv(node)
         if not self.replicates:
             return argv
-        bind = 'mount --bind "$1" "$2" && shift 2 && exec "$@"'
-        wrapper = ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", bind]
-        return [*wrapper, "sh", str(self.disk(node)), str(self.data), *argv]
+        return with_own_disks([(self.disk(node), self.data)], argv)
 
     def start(self, node: str) -> None:
         argv = self.launch_argv(node)
@@ -505,7 +510,7 @@ class Demo:
             self.procs[node].wait(timeout=10)
             self.detail(f"(a dead daemon cleans nothing up: {node}'s application keeps running)")
             return
-        victims = _mount_namespace_pids(self.mount_namespace(node))
+        victims = mount_namespace_members(self.mount_namespace(node))
         app = self.app_pid(node)
         names = Counter(
             "its application" if victim == app else Path(_cmdline(victim).split(" ")[0]).name
@@ -666,7 +671,7 @@ class Demo:
             pid = int(pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def app_text(self, node: str) -> str:
         pid = self.app_pid(node)
@@ -823,9 +828,9 @@ def clean_kept() -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 25.0
-    while any(_pid_alive(pid) for pid in daemons) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in daemons) and time.monotonic() < deadline:
         time.sleep(POLL)
-    for pid in daemons + [p for mount in mounts for p in _mount_namespace_pids(mount)]:
+    for pid in daemons + [p for mount in mounts for p in mount_namespace_members(mount)]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if workdir.name.startswith("failover-demo-"):
@@ -903,17 +908,6 @@ def _replication_unavailable_reason() -> str | None:
     return None
 
 
-def _mount_namespace_pids(namespace: str) -> list[int]:
-    """PIDs of the processes whose mount namespace is ``namespace`` (``mnt:[inode]``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):  # gone meanwhile
-                if os.readlink(entry / "ns" / "mnt") == namespace:
-                    found.append(int(entry.name))
-    return found
-
-
 def _kill_apps(workdir: Path) -> None:
     """Kill the demo application processes recorded in ``workdir``'s pid files."""
     for pidfile in workdir.glob("app.*.pid"):
@@ -939,20 +933,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 __all__: Sequence[str] = ("register", "run_demo")

@@ -52,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
     import anyio  # noqa: PLC0415
 
     from failover.config import load_config  # noqa: PLC0415
+    from failover.fsutil import describe_error  # noqa: PLC0415
     from failover.runtime.daemon import run_node  # noqa: PLC0415
     from failover.runtime.logging import configure_logging  # noqa: PLC0415
-    from failover.runtime.store import describe_error  # noqa: PLC0415
 
     try:
         config = load_config(args.config)

@@ -42,6 +42,7 @@ import anyio
 import structlog
 from anyio.abc import Process, TaskGroup
 
+from failover.fsutil import fsync_directory, write_atomic
 from failover.platform.scripts import (
     KILL_GRACE,
     ScriptLog,
@@ -52,7 +53,6 @@ from failover.platform.scripts import (
     spawn,
 )
 from failover.platform.vip import VipError, VirtualIP
-from failover.runtime.store import fsync_directory, write_atomic
 
 log = structlog.get_logger("failover.application")
 

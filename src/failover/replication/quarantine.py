@@ -60,10 +60,10 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from failover.errors import PeerProtocolError, UsageError
+from failover.fsutil import fsync_directory, write_atomic
 from failover.replication.ops import Unlink, validate_path
 from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeSet, Tracker
 from failover.replication.verify import open_root, parent_of
-from failover.runtime.store import write_atomic
 
 MANIFEST_NAME: Final = "manifest.json"
 FORMAT: Final = 1
@@ -350,14 +350,6 @@ def _fsync_fd(fd: int) -> None:
     os.fsync(fd)
 
 
-def _fsync_path(directory: Path) -> None:
-    fd = os.open(directory, _DIR_FLAGS)
-    try:
-        _fsync_fd(fd)
-    finally:
-        os.close(fd)
-
-
 def _makedirs(top_fd: int, parts: list[bytes]) -> int:
     """An fd of the directory ``parts`` below ``top_fd``, created as needed (durably)."""
     fd = os.dup(top_fd)
@@ -615,7 +607,7 @@ def _load_or_start(set_dir: Path, generation: str, peer: str, now: float, cause:
             raise UsageError(f"{set_dir}: manifest of generation {manifest.generation!r}")
         return manifest
     set_dir.mkdir(exist_ok=True)
-    _fsync_path(set_dir.parent)
+    fsync_directory(set_dir.parent)
     return Manifest(set_dir, generation, peer, now, MappingProxyType({}), cause)
 
 

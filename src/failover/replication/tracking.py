@@ -85,6 +85,7 @@ from types import MappingProxyType
 from typing import Final
 
 from failover.errors import PeerProtocolError, UsageError
+from failover.fsutil import write_atomic
 from failover.replication.ops import (
     FALLOC_FL_COLLAPSE_RANGE,
     FALLOC_FL_INSERT_RANGE,
@@ -112,7 +113,6 @@ from failover.replication.ops import (
     encode,
     validate_path,
 )
-from failover.runtime.store import write_atomic
 
 Key = tuple[str, bytes]
 """(root name, path relative to it)."""

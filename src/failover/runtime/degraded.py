@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from failover.core import events as ev
-from failover.runtime.store import describe_error
+from failover.fsutil import describe_error
 
 RETRY_INITIAL = 0.1
 """Seconds before the first retry of a failed metadata write."""

@@ -14,73 +14,22 @@ data. ``load`` raises ``UsageError`` naming the file instead.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from failover.core.state import Generation, Metadata, State
 from failover.errors import UsageError
+from failover.fsutil import describe_error, write_atomic
 
 METADATA_SCHEMA = 1
 INCARNATION_SCHEMA = 1
-_TEMP_SUFFIX = ".tmp"
-
-
-def describe_error(exc: OSError) -> str:
-    """``No space left on device (ENOSPC)``: the message and the errno's name."""
-    text = exc.strerror or str(exc)
-    name = errno.errorcode.get(exc.errno or 0)
-    return f"{text} ({name})" if name else text
 
 
 def unwritable(directory: Path, exc: OSError) -> UsageError:
     """The one line an operator gets when the state directory cannot be written."""
     return UsageError(f"cannot write the state directory {directory}: {describe_error(exc)}")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new content.
-
-    Blocks for two fsyncs (a few hundred microseconds to a few milliseconds on
-    a local disk). Raises ``OSError`` when the directory is not writable or the
-    disk is full; the old file is then untouched.
-    """
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(path)
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        # Leave nothing half-written behind when the write itself failed.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    fsync_directory(directory)
-
-
-def fsync_directory(directory: Path) -> None:
-    """Make the entries of ``directory`` (a rename, a removal) survive a power cut."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _remove_stale_temps(path: Path) -> None:
-    for stale in path.parent.glob(f".{path.name}.*{_TEMP_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
 
 
 def _read_document(path: Path, schema: int, what: str) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
 """A throw-away network lab in Linux network namespaces (root only).
 
-``Lab`` builds, for one test, benchmark or demo run::
+Not a test helper: ``failover demo`` runs on it, as do the e2e tests and the
+benchmarks. ``Lab`` builds, for one demo, test or benchmark run::
 
     namespace <name>-br          one bridge per network (br1, br2, ...)
     namespace <name>-alpha       one veth per network, named after the network,
@@ -15,7 +16,7 @@ namespaces removes everything. Subnets (10.77.<i>.0/24) are private to the lab.
 The API is synchronous (each call runs a few ``ip`` commands, milliseconds);
 async code may call it directly or through ``anyio.to_thread.run_sync``::
 
-    from failover.testing.netns import Lab, netns_unavailable_reason
+    from failover.lab import Lab, netns_unavailable_reason
 
     with Lab(networks=("lan", "crossover"), client=True) as lab:
         lab.address("alpha", "lan")          # "10.77.1.1"
@@ -128,7 +129,7 @@ def stale_namespaces(prefix: str = DEFAULT_PREFIX) -> list[str]:
         parts = name.split("-")
         if len(parts) < 4 or f"{parts[0]}" != prefix or not parts[1].isdigit():
             continue
-        if not _pid_alive(int(parts[1])):
+        if not pid_alive(int(parts[1])):
             stale.append(name)
     return stale
 
@@ -160,6 +161,12 @@ def mount_namespace_pids(pid: int) -> list[int]:
         return []
     if namespace == os.readlink("/proc/self/ns/mnt"):
         return [pid]
+    return mount_namespace_members(namespace)
+
+
+def mount_namespace_members(namespace: str) -> list[int]:
+    """Every process whose mount namespace is ``namespace`` (``mnt:[inode]``, as
+    ``readlink /proc/PID/ns/mnt`` shows it), this process included if it is one."""
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -534,12 +541,13 @@ def _kill_namespace_pids(namespace: str) -> None:
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 3.0
     while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if _pid_alive(pid)]
+        pids = [pid for pid in pids if pid_alive(pid)]
         if pids:
             time.sleep(0.02)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -550,5 +558,5 @@ def _pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    except (OSError, IndexError):
         return False
