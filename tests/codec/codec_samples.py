@@ -179,6 +179,8 @@ def samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object],
         TREE.without_zones(),
     )
     out["tree-subset"] = (SUBTREE.serialise, TreeDigest.deserialise, SUBTREE)
+    answer = {"s": TREE, "r": SUBTREE}
+    out["verify-answer"] = (lambda: verify.encode_answer(answer), verify.decode_answer, answer)
     out["log-heat"] = (lambda: tracking._heat_record(("r", b"a/f", 5)), _replayed, _heated())
     out["log-op"] = (
         lambda: tracking._op_record(OPS[13]),

@@ -40,7 +40,7 @@ from functools import cache
 from types import MappingProxyType
 from typing import Any, Final
 
-from failover.codec import MAX_U32, U8, U16, Reader, Writer
+from failover.codec import MAX_U32, U8, U16, U64, Reader, Writer
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.ops import MAX_PATH, MAX_PERMISSIONS, validate_path
 from failover.replication.paths import Blocked, close_parent, open_parent
@@ -641,6 +641,34 @@ def _attribute_problem(
     if (kind is Kind.SYMLINK) == (target == NO_DIGEST):
         return f"target: {'missing' if kind is Kind.SYMLINK else 'set'} for a {kind.name.lower()}"
     return None
+
+
+# --- the answer to a verify request --------------------------------------------------------------
+#
+# Per replicated directory, sorted by name: name length u16 | name UTF-8 | digest length u64 |
+# TreeDigest.serialise().
+
+
+def encode_answer(digests: Mapping[str, TreeDigest]) -> bytes:
+    """The secondary's answer to a verify request: the digest of each directory."""
+    writer = Writer("verify answer")
+    for name in sorted(digests):
+        writer.text(U16, "name", name)
+        writer.sized(U64, "digest", digests[name].serialise())
+    return writer.getvalue()
+
+
+def decode_answer(data: bytes | bytearray | memoryview) -> dict[str, TreeDigest]:
+    """``encode_answer``'s bytes, validated like any peer input (``PeerProtocolError``
+    naming the field, a repeated directory included)."""
+    reader = Reader(data, "verify answer")
+    found: dict[str, TreeDigest] = {}
+    while reader.left:
+        name = reader.text(U16, "name")
+        if name in found:
+            raise reader.fail("name", f"{name!r} answered twice")
+        found[name] = TreeDigest.deserialise(reader.sized(U64, f"{name!r} digest"))
+    return found
 
 
 # --- comparing two digests ------------------------------------------------------------------------
