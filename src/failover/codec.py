@@ -197,8 +197,11 @@ class Writer:
 
     def sized(self, length: struct.Struct, field: str, data: Buffer) -> None:
         """A byte string preceded by its length."""
-        self.pack(length, f"{field} length", len(data) if type(data) is bytes else _nbytes(data))
-        self.parts.append(data)
+        size = len(data) if type(data) is bytes else _nbytes(data)
+        try:
+            self.parts += (length.pack(size), data)
+        except struct.error as error:
+            raise EncodeError(self.what, f"{field} length", str(error)) from None
 
     def text(self, length: struct.Struct, field: str, value: str) -> None:
         """A string as UTF-8, preceded by its length in bytes."""

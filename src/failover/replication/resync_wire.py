@@ -56,6 +56,8 @@ REQUEST_MAGIC: Final = b"FORQ"
 REQUEST_VERSION: Final = 1
 MAX_GENERATION: Final = 1024
 
+_REQUEST_HEAD: Final = struct.Struct(">BB")  # version, full
+_BEGIN: Final = struct.Struct(">BBB")  # tag, full, root count
 _DIR: Final = struct.Struct(">II")
 _CHUNK: Final = struct.Struct(">QQQI")
 _EXTENT: Final = struct.Struct(">QI")
@@ -99,9 +101,6 @@ class ResyncRequest:
         full = reader.flag("full")
         generation = reader.text(U16, "generation", MAX_GENERATION)
         return cls(generation, full, ChangeSet.deserialise(reader.rest()))
-
-
-_REQUEST_HEAD: Final = struct.Struct(">BB")  # version, full
 
 
 # --- the items -----------------------------------------------------------------------------------
@@ -219,7 +218,6 @@ def encode_item(item: Item) -> bytes:
     return writer.getvalue()
 
 
-_BEGIN: Final = struct.Struct(">BBB")  # tag, full, root count
 _TAGS: Final[dict[type, int]] = {
     Begin: BEGIN,
     Absent: ABSENT,
