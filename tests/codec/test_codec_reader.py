@@ -26,7 +26,7 @@ from failover.codec import (
     Writer,
 )
 from failover.errors import PeerProtocolError, UsageError
-from failover.replication import ops, resync_wire, tracking
+from failover.replication import ops, resync_wire, tracking, verify
 from failover.replication.tracking import ChangeSet, TrackingStateLost
 from failover.replication.verify import TreeDigest
 from failover.wire import FrameRejected
@@ -174,6 +174,7 @@ PEER_FORMATS = {
     "resync request": resync_wire.ResyncRequest.decode,
     "change set": ChangeSet.deserialise,
     "tree digest": TreeDigest.deserialise,
+    "verify answer": verify.decode_answer,
 }
 
 
@@ -211,6 +212,14 @@ def test_garbage_is_refused_by_every_peer_format_naming_a_field(name: str, blob:
         PEER_FORMATS[name](blob)  # type: ignore[operator]
     except PeerProtocolError as error:
         assert "." in str(error).split(":")[0], f"no field named in {error}"
+
+
+def test_a_verify_answer_naming_a_directory_twice_is_refused() -> None:
+    tree = verify.TreeDigest(4096, {})
+    once = verify.encode_answer({"r": tree})
+    assert verify.decode_answer(once) == {"r": tree}
+    with pytest.raises(DecodeError, match=r"verify answer\.name: 'r' answered twice"):
+        verify.decode_answer(once + once)
 
 
 def test_a_frame_refusal_is_still_a_frame_rejected() -> None:
