@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from failover.codec import CLUSTER_ID_SIZE, FLAG_INSECURE, MAX_NAME, MAX_U64, NONCE_SIZE, TAG_SIZE
 from failover.core.state import Generation, PeerStatus, State, SubStatus, View
 from failover.errors import PeerProtocolError
 
@@ -49,18 +50,12 @@ MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
 MAGIC = b"FOVR"
-FLAG_INSECURE = 0x01
-"""Set when the tag is a plain SHA-256 checksum instead of an HMAC (``insecure: true``)."""
 KNOWN_FLAGS = FLAG_INSECURE
 
 # magic, version, kind, flags, sender length, payload length, cluster id, incarnation, seq,
 # echo
 _HEADER = struct.Struct(">4sBBBBH8sQQQ")
 HEADER_SIZE = _HEADER.size  # 42
-TAG_SIZE = 32
-CLUSTER_ID_SIZE = 8
-MAX_NAME = 64
-MAX_U64 = 2**64 - 1
 
 _NAME_BYTES = re.compile(rb"[a-z0-9-]{1,64}")
 
@@ -725,7 +720,6 @@ class Inbound:
 
 LINK_MAGIC = b"FOVA"
 LINK_VERSION = 1
-NONCE_SIZE = 32
 _LINK_HEAD = struct.Struct(">4sBB")  # magic, version, message type
 _HELLO = struct.Struct(">4sBB8s32s")  # ... cluster id, nonce
 _PROOF = struct.Struct(">4sBB32s")  # ... HMAC

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
+from failover.codec import MAX_I64, MAX_U32, U8, U16, Buffer, Reader, Writer
 from failover.errors import PeerProtocolError, UsageError
 
 MAX_ROOT_NAME = 64
@@ -44,7 +45,7 @@ MAX_XATTR_VALUE = 65536
 """XATTR_SIZE_MAX on Linux."""
 MAX_WRITE = 16 * 1024 * 1024
 """Largest ``Write.data``; the mirror writes at most FUSE's max_write (1 MiB) at a time."""
-MAX_OFFSET = 2**63 - 1
+MAX_OFFSET = MAX_I64
 """Largest file offset or size (off_t)."""
 MAX_PERMISSIONS = 0o7777
 
@@ -66,7 +67,7 @@ _FALLOC_KNOWN = (
     | FALLOC_FL_INSERT_RANGE
     | FALLOC_FL_UNSHARE_RANGE
 )
-_UNCHANGED_ID = 0xFFFFFFFF
+_UNCHANGED_ID = MAX_U32
 
 
 class PathRejected(PeerProtocolError):
@@ -329,7 +330,7 @@ def _root_problem(name: str) -> str | None:
 
 # --- field kinds: how each field travels and what values it may take --------------------------
 
-_Buffer = bytes | bytearray | memoryview
+_Buffer = Buffer
 
 
 class _Bad(Exception):
@@ -526,6 +527,9 @@ class _Codec:
     names: tuple[str, ...]
     kinds: tuple[_Kind, ...]
     fixed: struct.Struct
+    """The op code and the fixed part."""
+    head: struct.Struct
+    """The fixed part alone (read after the op code)."""
 
 
 _CODECS: dict[type, _Codec] = {
@@ -534,6 +538,7 @@ _CODECS: dict[type, _Codec] = {
         tuple(f.name for f in fields(cls)),
         _LAYOUT[cls],
         struct.Struct(">B" + "".join(k.fmt for k in _LAYOUT[cls])),
+        struct.Struct(">" + "".join(k.fmt for k in _LAYOUT[cls])),
     )
     for cls in OP_TYPES
 }
@@ -614,34 +619,54 @@ def decode(data: bytes | bytearray | memoryview) -> Op:
     op code, a truncated record, trailing bytes, or a field value the record
     type does not allow; ``PathRejected`` (a ``PeerProtocolError``) for a path.
     """
-    view = memoryview(data).cast("B")
-    if not view:
-        raise PeerProtocolError("replication op: empty buffer")
-    codec = _BY_CODE.get(view[0])
+    reader = Reader(data, "replication op")
+    if not reader.left:
+        raise reader.fail("code", "empty buffer")
+    code = reader.number(U8, "code")
+    codec = _BY_CODE.get(code)
     if codec is None:
-        raise PeerProtocolError(f"replication op: unknown op code {view[0]}")
-    kind_name = codec.cls.__name__
-    if len(view) < codec.fixed.size:
-        raise PeerProtocolError(
-            f"{kind_name}: truncated, {len(view)} bytes, fixed part is {codec.fixed.size}"
-        )
-    head = codec.fixed.unpack_from(view)
-    expected = codec.fixed.size + sum(
-        n for n, kind in zip(head[1:], codec.kinds, strict=True) if kind.variable
-    )
-    if len(view) != expected:
-        what = "truncated" if len(view) < expected else "trailing bytes"
-        raise PeerProtocolError(f"{kind_name}: {what}, {len(view)} bytes, expected {expected}")
+        raise reader.fail("code", f"unknown op code {code}")
+    kind_name = reader.what = codec.cls.__name__
+    head = reader.unpack(codec.head, "fixed part")
     values: list[object] = []
-    pos = codec.fixed.size
-    for name, kind, slot in zip(codec.names, codec.kinds, head[1:], strict=True):
-        raw: int | bytes = slot
-        if kind.variable:
-            raw, pos = bytes(view[pos : pos + slot]), pos + slot
+    for name, kind, slot in zip(codec.names, codec.kinds, head, strict=True):
+        raw: int | bytes = reader.bytes(slot, name) if kind.variable else slot
         try:
             values.append(kind.from_wire(raw))
         except _Bad as bad:
             raise kind.rejected(f"{kind_name}.{name}: {bad}") from None
+    reader.end()
     op = codec.cls(*values)  # type: ignore[arg-type]
     check(op)
     return op
+
+
+# --- the key of a file in other formats ----------------------------------------------------------
+
+
+def write_key(writer: Writer, field: str, root: str, path: bytes) -> None:
+    """``root length u8 | root UTF-8 | path length u16 | path``: how the resync
+    messages, change sets and the tracking log name a file."""
+    writer.sized(U8, f"{field} root", root.encode("utf-8", "surrogatepass"))
+    writer.sized(U16, f"{field} path", path)
+
+
+def read_root(reader: Reader, field: str) -> str:
+    """A root name preceded by its length (u8), valid as ``Op.root``."""
+    root = reader.text(U8, field)
+    problem = _root_problem(root)
+    if problem is not None:
+        raise reader.fail(field, f"invalid root name {root!r}: {problem}")
+    return root
+
+
+def read_key(reader: Reader, field: str, *, empty_path: bool = False) -> tuple[str, bytes]:
+    """A key written by ``write_key``: a valid root name and a valid path (or, with
+    ``empty_path``, the empty path of the root directory itself)."""
+    root = read_root(reader, f"{field} root")
+    path = reader.bytes(reader.number(U16, f"{field} path length"), f"{field} path")
+    if path or not empty_path:
+        problem = _path_problem(path)
+        if problem is not None:
+            raise reader.fail(f"{field} path", problem)
+    return root, path

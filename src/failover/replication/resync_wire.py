@@ -39,14 +39,16 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from failover.errors import PeerProtocolError, UsageError
+from failover.codec import U8, U16, U32, Reader, Writer
 from failover.replication.ops import (
     MAX_COMPONENT,
     MAX_OFFSET,
-    MAX_ROOT_NAME,
+    MAX_PATH,
     MAX_XATTR_NAME,
     MAX_XATTR_VALUE,
-    validate_path,
+    read_key,
+    read_root,
+    write_key,
 )
 from failover.replication.tracking import ChangeSet
 
@@ -54,10 +56,8 @@ REQUEST_MAGIC: Final = b"FORQ"
 REQUEST_VERSION: Final = 1
 MAX_GENERATION: Final = 1024
 
-_U8: Final = struct.Struct(">B")
-_U16: Final = struct.Struct(">H")
-_U32: Final = struct.Struct(">I")
-_U64: Final = struct.Struct(">Q")
+_REQUEST_HEAD: Final = struct.Struct(">BB")  # version, full
+_BEGIN: Final = struct.Struct(">BBB")  # tag, full, root count
 _DIR: Final = struct.Struct(">II")
 _CHUNK: Final = struct.Struct(">QQQI")
 _EXTENT: Final = struct.Struct(">QI")
@@ -81,30 +81,26 @@ class ResyncRequest:
 
     def encode(self) -> bytes:
         generation = self.generation.encode("utf-8")
+        writer = Writer("ResyncRequest")
         if len(generation) > MAX_GENERATION:
-            raise UsageError(f"ResyncRequest.generation: longer than {MAX_GENERATION} bytes")
-        return b"".join(
-            (
-                REQUEST_MAGIC,
-                _U8.pack(REQUEST_VERSION),
-                _U8.pack(int(self.full)),
-                _U16.pack(len(generation)),
-                generation,
-                self.suspect.serialise(),
-            )
-        )
+            raise writer.fail("generation", f"longer than {MAX_GENERATION} bytes")
+        writer.raw(REQUEST_MAGIC)
+        writer.pack(_REQUEST_HEAD, "version", REQUEST_VERSION, self.full)
+        writer.sized(U16, "generation", generation)
+        writer.raw(self.suspect.serialise())
+        return writer.getvalue()
 
     @classmethod
     def decode(cls, data: bytes) -> ResyncRequest:
-        reader = _Reader(memoryview(data), "ResyncRequest")
-        if bytes(reader.take(4, "magic")) != REQUEST_MAGIC:
+        reader = Reader(data, "ResyncRequest")
+        if reader.bytes(len(REQUEST_MAGIC), "magic") != REQUEST_MAGIC:
             raise reader.fail("magic", "not a resync request")
-        version = reader.number(_U8, "version")
+        version = reader.number(U8, "version")
         if version != REQUEST_VERSION:
             raise reader.fail("version", f"unknown version {version}")
         full = reader.flag("full")
-        generation = reader.text(reader.number(_U16, "generation length"), "generation")
-        return cls(generation, full, reader.changes())
+        generation = reader.text(U16, "generation", MAX_GENERATION)
+        return cls(generation, full, ChangeSet.deserialise(reader.rest()))
 
 
 # --- the items -----------------------------------------------------------------------------------
@@ -177,81 +173,98 @@ Entry = Absent | Dir | Link | File
 Item = Begin | Entry | Chunk | Meta | End
 
 
-def _key(root: str, path: bytes) -> bytes:
-    name = root.encode("utf-8")
-    return b"".join((_U8.pack(len(name)), name, _U16.pack(len(path)), path))
-
-
-def _sized(length: struct.Struct, value: bytes) -> bytes:
-    return length.pack(len(value)) + value
-
-
 def encode_item(item: Item) -> bytes:
     """The payload of one ``RESYNC`` entry."""
+    writer = Writer(f"resync {type(item).__name__}")
     if isinstance(item, Begin):
-        names = b"".join(_sized(_U8, root.encode("utf-8")) for root in item.roots)
-        head = _U8.pack(BEGIN) + _U8.pack(int(item.full)) + _U8.pack(len(item.roots))
-        return head + names + item.changes.serialise()
+        writer.pack(_BEGIN, "roots", BEGIN, item.full, len(item.roots))
+        for root in item.roots:
+            writer.text(U8, "root", root)
+        writer.raw(item.changes.serialise())
+        return writer.getvalue()
     if isinstance(item, End):
-        return _U8.pack(END)
-    key = _key(item.root, item.path)
-    if isinstance(item, Absent):
-        return _U8.pack(ABSENT) + key
+        return bytes((END,))
+    tag = _TAGS[type(item)]
+    writer.number(U8, "tag", tag)
+    write_key(writer, "key", item.root, item.path)
     if isinstance(item, Dir):
-        children = b"".join(_sized(_U16, child) for child in item.children)
-        return _U8.pack(DIR) + key + _DIR.pack(item.mode, len(item.children)) + children
-    if isinstance(item, Link):
-        return _U8.pack(SYMLINK) + key + _sized(_U16, item.target)
-    if isinstance(item, File):
-        return _U8.pack(FILE) + key + _U32.pack(item.mode)
-    if isinstance(item, Chunk):
-        head = _CHUNK.pack(item.first_zone, item.end_zone, item.size, len(item.extents))
-        parts = [_U8.pack(CHUNK), key, head]
+        writer.pack(_DIR, "mode", item.mode, len(item.children))
+        for child in item.children:
+            writer.sized(U16, "child", child)
+    elif isinstance(item, Link):
+        writer.sized(U16, "target", item.target)
+    elif isinstance(item, File):
+        writer.number(U32, "mode", item.mode)
+    elif isinstance(item, Chunk):
+        writer.pack(_CHUNK, "zones", item.first_zone, item.end_zone, item.size, len(item.extents))
         for offset, data in item.extents:
-            parts += (_EXTENT.pack(offset, len(data)), data)
-        return b"".join(parts)
-    head = _META.pack(item.mode, item.uid, item.gid, item.atime_ns, item.mtime_ns, len(item.xattrs))
-    parts = [_U8.pack(META), key, head]
-    for name, value in item.xattrs:
-        parts += (_XATTR.pack(len(name), len(value)), name, value)
-    return b"".join(parts)
+            writer.pack(_EXTENT, "extent", offset, len(data))
+            writer.raw(data)
+    elif isinstance(item, Meta):
+        writer.pack(
+            _META,
+            "meta",
+            item.mode,
+            item.uid,
+            item.gid,
+            item.atime_ns,
+            item.mtime_ns,
+            len(item.xattrs),
+        )
+        for name, value in item.xattrs:
+            writer.pack(_XATTR, "xattr", len(name), len(value))
+            writer.raw(name)
+            writer.raw(value)
+    return writer.getvalue()
+
+
+_TAGS: Final[dict[type, int]] = {
+    Begin: BEGIN,
+    Absent: ABSENT,
+    Dir: DIR,
+    Link: SYMLINK,
+    File: FILE,
+    Chunk: CHUNK,
+    Meta: META,
+    End: END,
+}
 
 
 def decode_item(data: bytes) -> Item:
     """Decode one resync item, validated like any network input."""
-    view = memoryview(data)
-    if not view:
-        raise PeerProtocolError("resync item: empty")
-    tag = view[0]
+    reader = Reader(data, "resync item")
+    if not reader.left:
+        raise reader.fail("tag", "empty")
+    tag = reader.number(U8, "tag")
     if not BEGIN <= tag <= END:
-        raise PeerProtocolError(f"resync item: unknown tag {tag}")
-    reader = _Reader(view[1:], f"resync {_TAG_NAMES[tag]}")
+        raise reader.fail("tag", f"unknown tag {tag}")
+    reader.what = f"resync {_TAG_NAMES[tag]}"
     item = _decode_body(tag, reader)
     reader.end()
     return item
 
 
-def _decode_body(tag: int, reader: _Reader) -> Item:
+def _decode_body(tag: int, reader: Reader) -> Item:
     if tag == BEGIN:
         full = reader.flag("full")
-        roots = tuple(reader.root() for _ in range(reader.number(_U8, "root count")))
-        return Begin(full, roots, reader.changes())
+        roots = tuple(read_root(reader, "root") for _ in range(reader.number(U8, "root count")))
+        return Begin(full, roots, ChangeSet.deserialise(reader.rest()))
     if tag == END:
         return End()
-    root, path = reader.root(), reader.path(empty_ok=tag == DIR)
+    root, path = read_key(reader, "key", empty_path=tag == DIR)
     if tag == ABSENT:
         return Absent(root, path)
     if tag == DIR:
         mode, count = reader.unpack(_DIR, "mode")
-        children = tuple(reader.child() for _ in range(count))
+        children = tuple(_child(reader) for _ in range(count))
         return Dir(root, path, mode, children)
     if tag == SYMLINK:
-        target = bytes(reader.take(reader.number(_U16, "target length"), "target"))
-        if not target or b"\0" in target:
-            raise reader.fail("target", "empty or holds a NUL byte")
+        target = reader.bytes(reader.number(U16, "target length"), "target")
+        if not target or b"\0" in target or len(target) > MAX_PATH:
+            raise reader.fail("target", "empty, holds a NUL byte or too long")
         return Link(root, path, target)
     if tag == FILE:
-        return File(root, path, reader.number(_U32, "mode"))
+        return File(root, path, reader.number(U32, "mode"))
     if tag == CHUNK:
         first, end, size, count = reader.unpack(_CHUNK, "zones")
         if first > end or size > MAX_OFFSET:
@@ -259,90 +272,29 @@ def _decode_body(tag: int, reader: _Reader) -> Item:
         extents = []
         for _ in range(count):
             offset, length = reader.unpack(_EXTENT, "extent")
-            extents.append((offset, bytes(reader.take(length, "extent data"))))
+            extents.append((offset, reader.bytes(length, "extent data")))
         return Chunk(root, path, first, end, size, tuple(extents))
     mode, uid, gid, atime, mtime, count = reader.unpack(_META, "meta")
     xattrs = []
     for _ in range(count):
         name_length, value_length = reader.unpack(_XATTR, "xattr")
-        name = bytes(reader.take(name_length, "xattr name"))
+        name = reader.bytes(name_length, "xattr name")
         if not name or b"\0" in name or len(name) > MAX_XATTR_NAME:
             raise reader.fail("xattr name", f"invalid name {name!r}")
         if value_length > MAX_XATTR_VALUE:
             raise reader.fail("xattr value", f"{value_length} bytes")
-        xattrs.append((name, bytes(reader.take(value_length, "xattr value"))))
+        xattrs.append((name, reader.bytes(value_length, "xattr value")))
     return Meta(root, path, mode, uid, gid, atime, mtime, tuple(xattrs))
 
 
-class _Reader:
-    """Reads fields off a buffer; every problem is a ``PeerProtocolError`` naming the field."""
-
-    def __init__(self, view: memoryview, what: str) -> None:
-        self._view = view
-        self._pos = 0
-        self._what = what
-
-    def fail(self, field: str, problem: str) -> PeerProtocolError:
-        return PeerProtocolError(f"{self._what}.{field}: {problem}")
-
-    def take(self, size: int, field: str) -> memoryview:
-        if self._pos + size > len(self._view):
-            raise self.fail(field, "truncated")
-        out = self._view[self._pos : self._pos + size]
-        self._pos += size
-        return out
-
-    def unpack(self, fmt: struct.Struct, field: str) -> tuple[int, ...]:
-        return fmt.unpack(self.take(fmt.size, field))
-
-    def number(self, fmt: struct.Struct, field: str) -> int:
-        value: int = self.unpack(fmt, field)[0]
-        return value
-
-    def flag(self, field: str) -> bool:
-        value = self.number(_U8, field)
-        if value > 1:
-            raise self.fail(field, f"{value} is not 0 or 1")
-        return value == 1
-
-    def text(self, size: int, field: str) -> str:
-        try:
-            return bytes(self.take(size, field)).decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail(field, "not UTF-8") from None
-
-    def root(self) -> str:
-        name = self.text(self.number(_U8, "root length"), "root")
-        if not name or len(name.encode("utf-8")) > MAX_ROOT_NAME:
-            raise self.fail("root", f"invalid root name {name!r}")
-        return name
-
-    def path(self, *, empty_ok: bool) -> bytes:
-        path = bytes(self.take(self.number(_U16, "path length"), "path"))
-        if path or not empty_ok:
-            try:
-                validate_path(path)
-            except PeerProtocolError as error:
-                raise self.fail("path", str(error)) from None
-        return path
-
-    def child(self) -> bytes:
-        name = bytes(self.take(self.number(_U16, "child length"), "child"))
-        if (
-            not name
-            or len(name) > MAX_COMPONENT
-            or b"/" in name
-            or b"\0" in name
-            or name in (b".", b"..")
-        ):
-            raise self.fail("child", f"invalid name {name!r}")
-        return name
-
-    def changes(self) -> ChangeSet:
-        data = self._view[self._pos :]
-        self._pos = len(self._view)
-        return ChangeSet.deserialise(data)
-
-    def end(self) -> None:
-        if self._pos != len(self._view):
-            raise self.fail("end", f"{len(self._view) - self._pos} bytes after the last field")
+def _child(reader: Reader) -> bytes:
+    name = reader.bytes(reader.number(U16, "child length"), "child")
+    if (
+        not name
+        or len(name) > MAX_COMPONENT
+        or b"/" in name
+        or b"\0" in name
+        or name in (b".", b"..")
+    ):
+        raise reader.fail("child", f"invalid name {name!r}")
+    return name

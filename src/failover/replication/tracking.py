@@ -84,13 +84,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
+from failover.codec import MAX_U16, U8, U16, U32, U64, Reader, Writer
 from failover.errors import PeerProtocolError, UsageError
 from failover.fsutil import write_atomic
 from failover.replication.ops import (
     FALLOC_FL_COLLAPSE_RANGE,
     FALLOC_FL_INSERT_RANGE,
     MAX_OFFSET,
-    MAX_ROOT_NAME,
     RENAME_EXCHANGE,
     Chmod,
     Chown,
@@ -111,7 +111,8 @@ from failover.replication.ops import (
     Write,
     decode,
     encode,
-    validate_path,
+    read_key,
+    write_key,
 )
 
 Key = tuple[str, bytes]
@@ -400,115 +401,71 @@ class ChangeMap:
 _CS_MAGIC: Final = b"FOCS"
 _CS_VERSION: Final = 1
 _CS_HEAD: Final = struct.Struct(">BIIII")
-_U8: Final = struct.Struct(">B")
-_U16: Final = struct.Struct(">H")
-_U32: Final = struct.Struct(">I")
-_U64: Final = struct.Struct(">Q")
 _RUN: Final = struct.Struct(">QQ")
 
 
-def _encode_key(key: Key) -> bytes:
-    root = key[0].encode("utf-8", "surrogatepass")
-    return _U8.pack(len(root)) + root + _U16.pack(len(key[1])) + key[1]
-
-
 def _encode_changes(changes: ChangeSet) -> bytes:
-    parts = [
-        _CS_MAGIC,
-        _CS_HEAD.pack(
-            _CS_VERSION,
-            changes.zone_size,
-            len(changes.files),
-            len(changes.names),
-            len(changes.meta),
-        ),
-    ]
-    for key, zones in sorted(changes.files.items()):
-        parts.append(_encode_key(key))
-        parts.append(_U64.pack(_NO_TAIL if zones.tail is None else zones.tail))
-        parts.append(_U32.pack(len(zones.runs)))
-        parts.extend(_RUN.pack(start, end) for start, end in zones.runs)
-    for keys in (changes.names, changes.meta):
-        parts.extend(_encode_key(key) for key in sorted(keys))
-    return b"".join(parts)
+    writer = Writer("change set")
+    _write_changes(writer, changes)
+    return writer.getvalue()
 
 
-class _Reader:
-    """Reads fields off a buffer; every problem is a ``PeerProtocolError`` naming the field."""
-
-    def __init__(self, view: memoryview, what: str) -> None:
-        self.view = view
-        self.pos = 0
-        self.what = what
-
-    def fail(self, problem: str) -> PeerProtocolError:
-        return PeerProtocolError(f"{self.what}: {problem} (at byte {self.pos})")
-
-    def take(self, size: int, name: str) -> memoryview:
-        if self.pos + size > len(self.view):
-            raise self.fail(f"{name}: truncated")
-        chunk = self.view[self.pos : self.pos + size]
-        self.pos += size
-        return chunk
-
-    def unpack(self, fmt: struct.Struct, name: str) -> tuple[int, ...]:
-        values: tuple[int, ...] = fmt.unpack(self.take(fmt.size, name))
-        return values
-
-    def key(self, name: str) -> Key:
-        (root_len,) = self.unpack(_U8, f"{name} root length")
-        raw_root = bytes(self.take(root_len, f"{name} root"))
-        try:
-            root = raw_root.decode("utf-8")
-        except UnicodeDecodeError:
-            raise self.fail(f"{name} root: not UTF-8") from None
-        if not root or root_len > MAX_ROOT_NAME or "/" in root or "\x00" in root:
-            raise self.fail(f"{name} root: invalid root name {root!r}")
-        (path_len,) = self.unpack(_U16, f"{name} path length")
-        path = bytes(self.take(path_len, f"{name} path"))
-        try:
-            validate_path(path)
-        except PeerProtocolError as error:
-            raise self.fail(f"{name} path: {error}") from None
-        return root, path
-
-    def end(self) -> None:
-        if self.pos != len(self.view):
-            raise self.fail(f"{len(self.view) - self.pos} trailing bytes")
+def _write_changes(writer: Writer, changes: ChangeSet) -> None:
+    writer.raw(_CS_MAGIC)
+    writer.pack(
+        _CS_HEAD,
+        "header",
+        _CS_VERSION,
+        changes.zone_size,
+        len(changes.files),
+        len(changes.names),
+        len(changes.meta),
+    )
+    for (root, path), zones in sorted(changes.files.items()):
+        write_key(writer, "file", root, path)
+        writer.number(U64, "tail", _NO_TAIL if zones.tail is None else zones.tail)
+        writer.number(U32, "runs", len(zones.runs))
+        for start, end in zones.runs:
+            writer.pack(_RUN, "run", start, end)
+    for what, keys in (("name", changes.names), ("meta", changes.meta)):
+        for root, path in sorted(keys):
+            write_key(writer, what, root, path)
 
 
 def _decode_changes(view: memoryview) -> ChangeSet:
-    reader = _Reader(view, "change set")
-    magic = bytes(reader.take(len(_CS_MAGIC), "magic"))
+    reader = Reader(view, "change set")
+    magic = reader.bytes(len(_CS_MAGIC), "magic")
     if magic != _CS_MAGIC:
-        raise reader.fail(f"bad magic {magic!r}")
+        raise reader.fail("magic", f"bad magic {magic!r}")
     version, zone_size, n_files, n_names, n_meta = reader.unpack(_CS_HEAD, "header")
     if version != _CS_VERSION:
-        raise reader.fail(f"header: unknown version {version}")
-    _check_zone_size(zone_size, reader.fail)
+        raise reader.fail("header", f"unknown version {version}")
+    _check_zone_size(zone_size, lambda problem: reader.fail("header", problem))
     max_zone = MAX_OFFSET // zone_size + 1
     files: dict[Key, Zones] = {}
     for i in range(n_files):
-        key = reader.key(f"file {i}")
+        key = read_key(reader, f"file {i}")
         if key in files:
-            raise reader.fail(f"file {i}: {key!r} listed twice")
-        (tail,) = reader.unpack(_U64, f"file {i} tail")
+            raise reader.fail(f"file {i}", f"{key!r} listed twice")
+        tail = reader.number(U64, f"file {i} tail")
         if tail != _NO_TAIL and tail > max_zone:
-            raise reader.fail(f"file {i} tail: zone {tail} beyond the largest file")
-        (n_runs,) = reader.unpack(_U32, f"file {i} runs")
+            raise reader.fail(f"file {i} tail", f"zone {tail} beyond the largest file")
+        n_runs = reader.number(U32, f"file {i} runs")
         runs = []
         previous_end = -1
         for j in range(n_runs):
             start, end = reader.unpack(_RUN, f"file {i} run {j}")
             if not previous_end < start < end <= max_zone:
-                raise reader.fail(f"file {i} run {j}: [{start}, {end}) not sorted/disjoint/valid")
+                raise reader.fail(
+                    f"file {i} run {j}", f"[{start}, {end}) not sorted/disjoint/valid"
+                )
             if tail != _NO_TAIL and end >= tail:
-                raise reader.fail(f"file {i} run {j}: reaches past the tail {tail}")
+                raise reader.fail(f"file {i} run {j}", f"reaches past the tail {tail}")
             runs.append((start, end))
             previous_end = end
         zones = Zones(tuple(runs), None if tail == _NO_TAIL else tail)
         if zones == Zones():
-            raise reader.fail(f"file {i}: no dirty zone")
+            raise reader.fail(f"file {i}", "no dirty zone")
         files[key] = zones
     names = _decode_keys(reader, n_names, "name")
     meta = _decode_keys(reader, n_meta, "meta")
@@ -516,12 +473,12 @@ def _decode_changes(view: memoryview) -> ChangeSet:
     return ChangeSet(zone_size, MappingProxyType(files), names, meta)
 
 
-def _decode_keys(reader: _Reader, count: int, what: str) -> frozenset[Key]:
+def _decode_keys(reader: Reader, count: int, what: str) -> frozenset[Key]:
     keys: set[Key] = set()
     for i in range(count):
-        key = reader.key(f"{what} {i}")
+        key = read_key(reader, f"{what} {i}")
         if key in keys:
-            raise reader.fail(f"{what} {i}: {key!r} listed twice")
+            raise reader.fail(f"{what} {i}", f"{key!r} listed twice")
         keys.add(key)
     return frozenset(keys)
 
@@ -541,6 +498,7 @@ _LOG_CHUNK: Final = 64 * 1024
 """The log is written with zeros ahead of its records, this much at a time."""
 _CK_MAGIC: Final = b"FOTRCKP1"
 _CK_HEAD: Final = struct.Struct(">IQQB")
+_NO_SINCE: Final = MAX_U16
 CHECKPOINT_NAME: Final = "checkpoint"
 
 ExtentKey = tuple[str, bytes, int]
@@ -551,13 +509,17 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _heat_record(extent: ExtentKey) -> bytes:
-    return _frame(_U8.pack(_HEAT) + _encode_key(extent[:2]) + _U64.pack(extent[2]))
+    writer = Writer("log record")
+    writer.number(U8, "kind", _HEAT)
+    write_key(writer, "extent", extent[0], extent[1])
+    writer.number(U64, "extent", extent[2])
+    return _frame(writer.getvalue())
 
 
 def _op_record(op: Op) -> bytes:
     if isinstance(op, SetXattr):
         op = replace(op, value=b"")
-    return _frame(_U8.pack(_OP) + encode(op))
+    return _frame(bytes((_OP,)) + encode(op))
 
 
 def _log_name(generation: int) -> str:
@@ -595,39 +557,45 @@ class _State:
 
 
 def _encode_checkpoint(state: _State) -> bytes:
-    since = b"" if state.since is None else state.since.encode("utf-8")
-    parts = [
-        _CK_HEAD.pack(state.zone_size, state.extent_size, state.generation, state.in_sync),
-        _U16.pack(len(since) if state.since is not None else 0xFFFF),
-        since,
-        _U32.pack(len(state.hot)),
-    ]
-    parts.extend(_encode_key(e[:2]) + _U64.pack(e[2]) for e in state.hot)
-    parts.append(state.changes.serialise())
-    body = b"".join(parts)
-    return _CK_MAGIC + _U32.pack(zlib.crc32(body)) + body
+    writer = Writer("tracking checkpoint")
+    writer.pack(
+        _CK_HEAD, "header", state.zone_size, state.extent_size, state.generation, state.in_sync
+    )
+    if state.since is None:
+        writer.number(U16, "since length", _NO_SINCE)
+    else:
+        since = state.since.encode("utf-8")
+        if len(since) >= _NO_SINCE:
+            raise writer.fail("since", f"{len(since)} bytes, more than {_NO_SINCE - 1}")
+        writer.sized(U16, "since", since)
+    writer.number(U32, "hot count", len(state.hot))
+    for root, path, extent in state.hot:
+        write_key(writer, "hot extent", root, path)
+        writer.number(U64, "hot extent", extent)
+    _write_changes(writer, state.changes)
+    body = writer.getvalue()
+    return _CK_MAGIC + U32.pack(zlib.crc32(body)) + body
 
 
 def _decode_checkpoint(data: bytes, where: Path) -> _State:
-    head = len(_CK_MAGIC) + _U32.size
+    head = len(_CK_MAGIC) + U32.size
     if data[: len(_CK_MAGIC)] != _CK_MAGIC or len(data) < head:
         raise TrackingStateLost(f"{where}: not a tracking checkpoint")
-    (crc,) = _U32.unpack_from(data, len(_CK_MAGIC))
+    (crc,) = U32.unpack_from(data, len(_CK_MAGIC))
     body = memoryview(data)[head:]
     if zlib.crc32(body) != crc:
         raise TrackingStateLost(f"{where}: checksum mismatch, the checkpoint is damaged")
-    reader = _Reader(body, str(where))
+    reader = Reader(body, "tracking checkpoint")
     try:
         zone_size, extent_size, generation, in_sync = reader.unpack(_CK_HEAD, "header")
-        (since_len,) = reader.unpack(_U16, "since length")
-        since = None if since_len == 0xFFFF else bytes(reader.take(since_len, "since")).decode()
-        (n_hot,) = reader.unpack(_U32, "hot count")
+        since_len = reader.number(U16, "since length")
+        since = None if since_len == _NO_SINCE else str(reader.take(since_len, "since"), "utf-8")
+        n_hot = reader.number(U32, "hot count")
         hot = []
         for i in range(n_hot):
-            root, path = reader.key(f"hot extent {i}")
-            (extent,) = reader.unpack(_U64, f"hot extent {i}")
-            hot.append((root, path, extent))
-        changes = _decode_changes(body[reader.pos :])
+            root, path = read_key(reader, f"hot extent {i}")
+            hot.append((root, path, reader.number(U64, f"hot extent {i}")))
+        changes = _decode_changes(reader.rest())
     except (PeerProtocolError, UnicodeDecodeError) as error:
         raise TrackingStateLost(f"{where}: {error}") from None
     return _State(zone_size, extent_size, generation, bool(in_sync), since, hot, changes)
@@ -652,17 +620,17 @@ def _replay(data: bytes, into: ChangeMap, extent_size: int) -> tuple[int, int]:
 
 
 def _replay_record(payload: memoryview, into: ChangeMap, extent_size: int) -> None:
-    reader = _Reader(payload, "log record")
-    (kind,) = reader.unpack(_U8, "kind")
+    reader = Reader(payload, "log record")
+    kind = reader.number(U8, "kind")
     if kind == _HEAT:
-        key = reader.key("extent")
-        (extent,) = reader.unpack(_U64, "extent")
+        key = read_key(reader, "extent")
+        extent = reader.number(U64, "extent")
         reader.end()
         into.add_extent(key, extent, extent_size)
     elif kind == _OP:
-        into.record(decode(payload[1:]))
+        into.record(decode(reader.rest()))
     else:
-        raise reader.fail(f"unknown record kind {kind}")
+        raise reader.fail("kind", f"unknown record kind {kind}")
 
 
 def _load(state_dir: Path) -> tuple[_State, Recovery]:

@@ -40,6 +40,7 @@ from functools import cache
 from types import MappingProxyType
 from typing import Any, Final
 
+from failover.codec import MAX_U32, U8, U16, U64, Reader, Writer
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.ops import MAX_PATH, MAX_PERMISSIONS, validate_path
 from failover.replication.paths import Blocked, close_parent, open_parent
@@ -410,25 +411,34 @@ _VERSION: Final = 1
 _WITH_ZONES: Final = 1
 _HEAD: Final = struct.Struct(">BBIII")
 _ENTRY: Final = struct.Struct(">BHIIIQQ")
-_U8: Final = struct.Struct(">B")
-_U16: Final = struct.Struct(">H")
-_WHOLE_TREE: Final = 0xFFFFFFFF
+_WHOLE_TREE: Final = MAX_U32
 
 
 def _encode_entry(path: bytes, entry: EntryDigest) -> bytes:
-    parts = [
-        _U16.pack(len(path)),
-        path,
-        _ENTRY.pack(
-            entry.kind, entry.mode, entry.uid, entry.gid, entry.nlink, entry.size, entry.rdev
-        ),
-        entry.content,
-        entry.target,
-        _U16.pack(len(entry.xattrs)),
-    ]
+    writer = Writer("tree digest")
+    _write_entry(writer, path, entry)
+    return writer.getvalue()
+
+
+def _write_entry(writer: Writer, path: bytes, entry: EntryDigest) -> None:
+    writer.sized(U16, "entry path", path)
+    writer.pack(
+        _ENTRY,
+        "entry",
+        entry.kind,
+        entry.mode,
+        entry.uid,
+        entry.gid,
+        entry.nlink,
+        entry.size,
+        entry.rdev,
+    )
+    writer.raw(entry.content)
+    writer.raw(entry.target)
+    writer.number(U16, "xattr count", len(entry.xattrs))
     for name, value in entry.xattrs:
-        parts += (_U8.pack(len(name)), name, value)
-    return b"".join(parts)
+        writer.sized(U8, "xattr name", name)
+        writer.raw(value)
 
 
 @dataclass(frozen=True)
@@ -478,25 +488,26 @@ class TreeDigest:
         zone digests if ``zones`` is False or they are unknown)."""
         zones = zones and self.has_zones
         subset = self.subset
-        parts = [
-            _MAGIC,
-            _HEAD.pack(
-                _VERSION,
-                _WITH_ZONES if zones else 0,
-                self.zone_size,
-                _WHOLE_TREE if subset is None else len(subset),
-                len(self.entries),
-            ),
-            self.summary,
-        ]
+        writer = Writer("tree digest")
+        writer.raw(_MAGIC)
+        writer.pack(
+            _HEAD,
+            "header",
+            _VERSION,
+            _WITH_ZONES if zones else 0,
+            self.zone_size,
+            _WHOLE_TREE if subset is None else len(subset),
+            len(self.entries),
+        )
+        writer.raw(self.summary)
         for path in subset or ():
-            parts += (_U16.pack(len(path)), path)
+            writer.sized(U16, "subset path", path)
         for path in sorted(self.entries):
             entry = self.entries[path]
-            parts.append(_encode_entry(path, entry))
+            _write_entry(writer, path, entry)
             if zones and entry.kind is Kind.FILE:
-                parts.append(entry.zones or b"")
-        return b"".join(parts)
+                writer.raw(entry.zones or b"")
+        return writer.getvalue()
 
     @classmethod
     def deserialise(cls, data: bytes | bytearray | memoryview) -> TreeDigest:
@@ -511,79 +522,56 @@ class TreeDigest:
         return _decode_tree(memoryview(data).cast("B"))
 
 
-class _Reader:
-    """Reads fields off a buffer; every problem is a ``PeerProtocolError`` naming the field."""
-
-    def __init__(self, view: memoryview) -> None:
-        self.view = view
-        self.pos = 0
-
-    def fail(self, problem: str) -> PeerProtocolError:
-        return PeerProtocolError(f"tree digest: {problem} (at byte {self.pos})")
-
-    def take(self, size: int, name: str) -> bytes:
-        if self.pos + size > len(self.view):
-            raise self.fail(f"{name}: truncated")
-        chunk = bytes(self.view[self.pos : self.pos + size])
-        self.pos += size
-        return chunk
-
-    def unpack(self, fmt: struct.Struct, name: str) -> tuple[int, ...]:
-        values: tuple[int, ...] = fmt.unpack(self.take(fmt.size, name))
-        return values
-
-    def path(self, name: str) -> bytes:
-        (length,) = self.unpack(_U16, f"{name} path length")
-        path = self.take(length, f"{name} path")
-        try:
-            validate_path(path)
-        except PeerProtocolError as error:
-            raise self.fail(f"{name} path: {error}") from None
-        return path
+def _read_path(reader: Reader, field: str) -> bytes:
+    path = reader.bytes(reader.number(U16, f"{field} path length"), f"{field} path")
+    try:
+        validate_path(path)
+    except PeerProtocolError as error:
+        raise reader.fail(f"{field} path", str(error)) from None
+    return path
 
 
 def _decode_tree(view: memoryview) -> TreeDigest:
-    reader = _Reader(view)
-    magic = reader.take(len(_MAGIC), "magic")
+    reader = Reader(view, "tree digest")
+    magic = reader.bytes(len(_MAGIC), "magic")
     if magic != _MAGIC:
-        raise reader.fail(f"bad magic {magic!r}")
+        raise reader.fail("magic", f"bad magic {magic!r}")
     version, flags, zone_size, n_subset, n_entries = reader.unpack(_HEAD, "header")
     if version != _VERSION:
-        raise reader.fail(f"header: unknown version {version}")
+        raise reader.fail("header", f"unknown version {version}")
     if flags & ~_WITH_ZONES:
-        raise reader.fail(f"header: unknown flags {flags:#x}")
+        raise reader.fail("header", f"unknown flags {flags:#x}")
     try:
         _check_zone_size(zone_size, PeerProtocolError)
     except PeerProtocolError as error:
-        raise reader.fail(f"header: {error}") from None
-    summary = reader.take(DIGEST_SIZE, "summary")
+        raise reader.fail("header", str(error)) from None
+    summary = reader.bytes(DIGEST_SIZE, "summary")
     subset: tuple[bytes, ...] | None = None
     if n_subset != _WHOLE_TREE:
-        listed = tuple(reader.path(f"subset {i}") for i in range(n_subset))
+        listed = tuple(_read_path(reader, f"subset {i}") for i in range(n_subset))
         if _normalise_subset(listed, PeerProtocolError) != listed:
-            raise reader.fail("subset: not sorted, repeated or nested")
+            raise reader.fail("subset", "not sorted, repeated or nested")
         subset = listed
     entries: dict[bytes, EntryDigest] = {}
     previous = b""
     for i in range(n_entries):
         what = f"entry {i}"
-        path = reader.path(what)
+        path = _read_path(reader, what)
         if path <= previous:
-            raise reader.fail(f"{what} path {path[:64]!r}: not sorted after {previous[:64]!r}")
+            raise reader.fail(f"{what} path", f"{path[:64]!r} not sorted after {previous[:64]!r}")
         previous = path
         _check_place(reader, what, path, entries, subset)
         entry = _decode_entry(reader, what, zone_size, flags & _WITH_ZONES != 0)
         entries[path] = entry
-    if reader.pos != len(view):
-        raise reader.fail(f"{len(view) - reader.pos} trailing bytes")
+    reader.end()
     tree = TreeDigest(zone_size, entries, subset)
     if tree.summary != summary:
-        raise reader.fail("summary: does not match the entries")
+        raise reader.fail("summary", "does not match the entries")
     return tree
 
 
 def _check_place(
-    reader: _Reader,
+    reader: Reader,
     what: str,
     path: bytes,
     entries: Mapping[bytes, EntryDigest],
@@ -592,41 +580,42 @@ def _check_place(
     if subset is not None and path in subset:
         return
     if subset is not None and not any(path.startswith(top + b"/") for top in subset):
-        raise reader.fail(f"{what} path {path[:64]!r}: outside the subset")
+        raise reader.fail(f"{what} path", f"{path[:64]!r} outside the subset")
     parent_path = path.rpartition(b"/")[0]
     if parent_path:
         parent = entries.get(parent_path)
         if parent is None or parent.kind is not Kind.DIR:
-            raise reader.fail(f"{what} path {path[:64]!r}: parent is not a directory entry")
+            raise reader.fail(f"{what} path", f"{path[:64]!r}: parent is not a directory entry")
 
 
-def _decode_entry(reader: _Reader, what: str, zone_size: int, with_zones: bool) -> EntryDigest:
+def _decode_entry(reader: Reader, what: str, zone_size: int, with_zones: bool) -> EntryDigest:
     raw_kind, mode, uid, gid, nlink, size, rdev = reader.unpack(_ENTRY, f"{what} attributes")
     if raw_kind not in Kind._value2member_map_:
-        raise reader.fail(f"{what} type: unknown {raw_kind}")
+        raise reader.fail(f"{what} type", f"unknown {raw_kind}")
     kind = Kind(raw_kind)
-    content = reader.take(DIGEST_SIZE, f"{what} content")
-    target = reader.take(DIGEST_SIZE, f"{what} target")
+    content = reader.bytes(DIGEST_SIZE, f"{what} content")
+    target = reader.bytes(DIGEST_SIZE, f"{what} target")
     problem = _attribute_problem(kind, mode, nlink, size, rdev, content, target)
     if problem is not None:
-        raise reader.fail(f"{what} {problem}")
-    (n_xattrs,) = reader.unpack(_U16, f"{what} xattr count")
+        raise reader.fail(what, problem)
+    n_xattrs = reader.number(U16, f"{what} xattr count")
     xattrs: list[tuple[bytes, bytes]] = []
     for j in range(n_xattrs):
-        (length,) = reader.unpack(_U8, f"{what} xattr {j} name length")
-        name = reader.take(length, f"{what} xattr {j} name")
+        name = reader.bytes(
+            reader.number(U8, f"{what} xattr {j} name length"), f"{what} xattr {j} name"
+        )
         if not name or 0 in name:
-            raise reader.fail(f"{what} xattr {j} name: empty or with a NUL byte")
+            raise reader.fail(f"{what} xattr {j} name", "empty or with a NUL byte")
         if xattrs and name <= xattrs[-1][0]:
-            raise reader.fail(f"{what} xattr {j} name: not sorted")
-        xattrs.append((name, reader.take(DIGEST_SIZE, f"{what} xattr {j} value")))
+            raise reader.fail(f"{what} xattr {j} name", "not sorted")
+        xattrs.append((name, reader.bytes(DIGEST_SIZE, f"{what} xattr {j} value")))
     zones: bytes | None = b""
     if kind is Kind.FILE:
         zones = None
         if with_zones:
-            zones = reader.take(_zone_count(size, zone_size) * DIGEST_SIZE, f"{what} zones")
+            zones = reader.bytes(_zone_count(size, zone_size) * DIGEST_SIZE, f"{what} zones")
             if _digest(zones) != content:
-                raise reader.fail(f"{what} zones: do not match the content digest")
+                raise reader.fail(f"{what} zones", "do not match the content digest")
     return EntryDigest(
         kind, mode, uid, gid, nlink, size, rdev, target, tuple(xattrs), content, zones
     )
@@ -652,6 +641,34 @@ def _attribute_problem(
     if (kind is Kind.SYMLINK) == (target == NO_DIGEST):
         return f"target: {'missing' if kind is Kind.SYMLINK else 'set'} for a {kind.name.lower()}"
     return None
+
+
+# --- the answer to a verify request --------------------------------------------------------------
+#
+# Per replicated directory, sorted by name: name length u16 | name UTF-8 | digest length u64 |
+# TreeDigest.serialise().
+
+
+def encode_answer(digests: Mapping[str, TreeDigest]) -> bytes:
+    """The secondary's answer to a verify request: the digest of each directory."""
+    writer = Writer("verify answer")
+    for name in sorted(digests):
+        writer.text(U16, "name", name)
+        writer.sized(U64, "digest", digests[name].serialise())
+    return writer.getvalue()
+
+
+def decode_answer(data: bytes | bytearray | memoryview) -> dict[str, TreeDigest]:
+    """``encode_answer``'s bytes, validated like any peer input (``PeerProtocolError``
+    naming the field, a repeated directory included)."""
+    reader = Reader(data, "verify answer")
+    found: dict[str, TreeDigest] = {}
+    while reader.left:
+        name = reader.text(U16, "name")
+        if name in found:
+            raise reader.fail("name", f"{name!r} answered twice")
+        found[name] = TreeDigest.deserialise(reader.sized(U64, f"{name!r} digest"))
+    return found
 
 
 # --- comparing two digests ------------------------------------------------------------------------

@@ -44,7 +44,6 @@ import json
 import math
 import os
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -78,7 +77,14 @@ from failover.replication.quarantine import (
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
-from failover.replication.verify import Differences, TreeDigest, compare, digest_tree
+from failover.replication.verify import (
+    Differences,
+    TreeDigest,
+    compare,
+    decode_answer,
+    digest_tree,
+    encode_answer,
+)
 from failover.transport import MessageStream, ReplicationTransport
 
 log = structlog.get_logger("failover.dataplane")
@@ -817,7 +823,7 @@ class DataPlane:
             raise UsageError(
                 f"verify: {s.peer} did not answer (session {sender.broken or 'alive'})"
             )
-        theirs = _decode_digests(answer)
+        theirs = decode_answer(answer)
         if set(theirs) != set(mine):
             raise PeerProtocolError(
                 f"verify: {s.peer} digested {sorted(theirs)}, not {sorted(mine)}"
@@ -948,33 +954,11 @@ def _answer_verify(roots: Mapping[str, int], zone_size: int, record: bytes) -> b
         unknown = set(subset) - set(roots)
         if unknown:
             raise PeerProtocolError(f"verify request: unknown directories {sorted(unknown)}")
-    parts = []
+    digests = {}
     for name, fd in sorted(roots.items()):
         try:
             paths = None if subset is None else subset.get(name, ())
-            digest = digest_tree(fd, zone_size, paths=paths)
+            digests[name] = digest_tree(fd, zone_size, paths=paths)
         except UsageError as exc:
             raise PeerProtocolError(f"verify request for {name}: {exc}") from None
-        blob = digest.serialise()
-        encoded = name.encode()
-        parts += [struct.pack(">H", len(encoded)), encoded, struct.pack(">Q", len(blob)), blob]
-    return b"".join(parts)
-
-
-def _decode_digests(answer: bytes) -> dict[str, TreeDigest]:
-    found: dict[str, TreeDigest] = {}
-    view, at = memoryview(answer), 0
-    try:
-        while at < len(view):
-            (size,) = struct.unpack_from(">H", view, at)
-            name = bytes(view[at + 2 : at + 2 + size]).decode()
-            at += 2 + size
-            (length,) = struct.unpack_from(">Q", view, at)
-            at += 8
-            if at + length > len(view):
-                raise PeerProtocolError("verify answer: truncated digest")
-            found[name] = TreeDigest.deserialise(view[at : at + length])
-            at += length
-    except (struct.error, UnicodeDecodeError) as exc:
-        raise PeerProtocolError(f"verify answer: malformed ({exc})") from None
-    return found
+    return encode_answer(digests)

@@ -1,0 +1,195 @@
+"""One fixed sample of every binary format, for the golden-bytes tests.
+
+Each sample is a name and a pair (encode, decode): ``encode()`` gives the
+format's bytes for a fixed value, ``decode(data)`` gives back something equal
+to that value (or raises). ``test_codec_golden.py`` holds the bytes every
+sample encoded to when the formats were first pinned: a change of layout shows
+there as a failing test, never silently on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+from failover.core.state import Generation, PeerStatus, State, SubStatus
+from failover.replication import ops, resync_wire, tracking, verify
+from failover.replication.tracking import ChangeMap, ChangeSet, record_all
+from failover.replication.verify import EntryDigest, Kind, TreeDigest
+from failover.wire import (
+    FrameCodec,
+    FrameKind,
+    LinkAuth,
+    cluster_id,
+    decode_heartbeat,
+    encode_heartbeat,
+)
+
+KEY = bytes(range(32))
+CLUSTER = "dispatch"
+ZONE = 4096
+
+STATUS = PeerStatus(
+    node="alpha",
+    state=State.PRIMARY,
+    substatus=SubStatus.READY,
+    generation=Generation(7, "alpha"),
+    synced_generation=Generation(6, "beta"),
+    consistent=True,
+    fingerprint="sha256:abc=",
+    handover=False,
+    last_state=State.ALONE,
+    reason="peer back é",
+    view=(3, 4),
+    peer_view=(5, 6),
+    has_data=True,
+    can_serve=True,
+)
+
+OPS: tuple[ops.Op, ...] = (
+    ops.Create("r", b"d/f", 0o644),
+    ops.Write("r", b"d/f", 10, b"hello\x00world"),
+    ops.Truncate("r", b"d/f", 2**40),
+    ops.Fallocate("r", b"d/f", ops.FALLOC_FL_PUNCH_HOLE | ops.FALLOC_FL_KEEP_SIZE, 4096, 8192),
+    ops.Unlink("r", b"d/f"),
+    ops.Rename("r", b"a", b"b/c", ops.RENAME_EXCHANGE),
+    ops.Mkdir("r", b"d", 0o755),
+    ops.Rmdir("r", b"d"),
+    ops.Symlink("r", b"l", b"../t"),
+    ops.Link("r", b"a", b"b"),
+    ops.Chmod("r", b"a", 0o4711),
+    ops.Chown("r", b"a", -1, 1000),
+    ops.Utimens("r", b"a", -5, 10**18),
+    ops.SetXattr("r", b"a", b"user.x", b"v\x00", ops.XATTR_REPLACE),
+    ops.RemoveXattr("r", b"a", b"user.x"),
+    ops.Fsync("r", b"a", True),
+)
+
+CHANGES = record_all(
+    [
+        ops.Write("r", b"a/f", 10_000, b"x" * 9000),
+        ops.Truncate("r", b"t", 5000),
+        ops.Create("r", b"n", 0o644),
+        ops.SetXattr("s", b"m", b"user.a", b"1", 0),
+    ],
+    ZONE,
+)
+
+ITEMS: tuple[resync_wire.Item, ...] = (
+    resync_wire.Begin(False, ("r", "s"), CHANGES),
+    resync_wire.Absent("r", b"gone"),
+    resync_wire.Dir("r", b"", 0o755, (b"a", b"b c")),
+    resync_wire.Link("r", b"l", b"../t"),
+    resync_wire.File("r", b"a/f", 0o600),
+    resync_wire.Chunk("r", b"a/f", 2, 5, 30_000, ((8192, b"data"), (16384, b"more"))),
+    resync_wire.Meta("r", b"a", 0o700, 0, 7, -5, 10**18, ((b"user.a", b""), (b"user.b", b"v"))),
+    resync_wire.End(),
+)
+
+
+def _d(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=verify.DIGEST_SIZE).digest()
+
+
+_ZONES = _d(b"zone0") + _d(b"zone1")
+TREE = TreeDigest(
+    ZONE,
+    {
+        b"d": EntryDigest(Kind.DIR, 0o755, 0, 0, 0, 0, xattrs=((b"user.a", _d(b"1")),)),
+        b"d/f": EntryDigest(Kind.FILE, 0o644, 1, 2, 1, 5000, content=_d(_ZONES), zones=_ZONES),
+        b"l": EntryDigest(Kind.SYMLINK, 0o777, 0, 0, 1, 3, target=_d(b"../t")),
+        b"p": EntryDigest(Kind.BLOCK, 0o600, 0, 0, 1, 0, rdev=2049),
+    },
+)
+SUBTREE = TreeDigest(ZONE, {b"d": TREE.entries[b"d"]}, (b"d",))
+
+CHECKPOINT = tracking._State(
+    zone_size=ZONE,
+    extent_size=4 * 1024 * 1024,
+    generation=3,
+    in_sync=False,
+    since="gen-7",
+    hot=[("r", b"a/f", 0), ("r", b"big", 12)],
+    changes=CHANGES,
+)
+
+
+def _link_messages() -> tuple[bytes, bytes]:
+    auth = LinkAuth(KEY, cluster_id(CLUSTER), "alpha", "beta")
+    dialer = auth.handshake(dialer=True, nonce=bytes([1]) * 32)
+    acceptor = LinkAuth(KEY, cluster_id(CLUSTER), "beta", "alpha").handshake(
+        dialer=False, nonce=bytes([2]) * 32
+    )
+    proof = dialer.receive(acceptor.hello)
+    assert proof is not None
+    return dialer.hello, proof
+
+
+def _frame(key: bytes | None) -> tuple[Callable[[], bytes], Callable[[bytes], object]]:
+    codec = FrameCodec(CLUSTER, key)
+
+    def encode() -> bytes:
+        return codec.encode(FrameKind.HEARTBEAT, "alpha", 3, 9, encode_heartbeat(STATUS), echo=11)
+
+    def decode(data: bytes) -> object:
+        frame = codec.decode(data)
+        assert decode_heartbeat(frame.payload) == STATUS
+        return frame
+
+    return encode, decode
+
+
+def _replayed(data: bytes) -> tuple[int, int, ChangeSet]:
+    into = ChangeMap(ZONE)
+    records, torn = tracking._replay(data, into, CHECKPOINT.extent_size)
+    return records, torn, into.frozen()
+
+
+def _heated() -> tuple[int, int, ChangeSet]:
+    into = ChangeMap(ZONE)
+    into.add_extent(("r", b"a/f"), 5, CHECKPOINT.extent_size)
+    return 1, 0, into.frozen()
+
+
+def samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]]:
+    """name -> (encode, decode, the value decode must give back, or None: not compared)."""
+    out: dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]] = {}
+    for name, key in (("frame", KEY), ("frame-insecure", None)):
+        encode, decode = _frame(key)
+        out[name] = (encode, decode, None)
+    hello, proof = _link_messages()
+    out["link-hello"] = (lambda: hello, lambda data: data, hello)
+    out["link-proof"] = (lambda: proof, lambda data: data, proof)
+    for op in OPS:
+        out[f"op-{type(op).__name__}"] = (lambda op=op: ops.encode(op), ops.decode, op)
+    request = resync_wire.ResyncRequest("gen-7", True, CHANGES)
+    out["resync-request"] = (request.encode, resync_wire.ResyncRequest.decode, request)
+    for item in ITEMS:
+        out[f"resync-{type(item).__name__}"] = (
+            lambda item=item: resync_wire.encode_item(item),
+            resync_wire.decode_item,
+            item,
+        )
+    out["change-set"] = (CHANGES.serialise, ChangeSet.deserialise, CHANGES)
+    out["tree"] = (TREE.serialise, TreeDigest.deserialise, TREE)
+    out["tree-no-zones"] = (
+        lambda: TREE.serialise(zones=False),
+        TreeDigest.deserialise,
+        TREE.without_zones(),
+    )
+    out["tree-subset"] = (SUBTREE.serialise, TreeDigest.deserialise, SUBTREE)
+    answer = {"s": TREE, "r": SUBTREE}
+    out["verify-answer"] = (lambda: verify.encode_answer(answer), verify.decode_answer, answer)
+    out["log-heat"] = (lambda: tracking._heat_record(("r", b"a/f", 5)), _replayed, _heated())
+    out["log-op"] = (
+        lambda: tracking._op_record(OPS[13]),
+        _replayed,
+        (1, 0, record_all([OPS[13]], ZONE)),
+    )
+    out["checkpoint"] = (
+        lambda: tracking._encode_checkpoint(CHECKPOINT),
+        lambda data: tracking._decode_checkpoint(data, Path("checkpoint")),
+        CHECKPOINT,
+    )
+    return out
