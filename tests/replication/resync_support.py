@@ -65,10 +65,13 @@ class Pair:
 
 @asynccontextmanager
 async def resync_pair(
-    target_dir: Path, settings: ChannelSettings | None = None, request: bytes = b""
+    target_dir: Path,
+    settings: ChannelSettings | None = None,
+    request: bytes | Callable[[ResyncTarget], bytes] = b"",
 ) -> AsyncIterator[Pair]:
     """A handshaken replication session whose receiver applies with a ``ResyncTarget``;
-    ``request`` (an encoded ``ResyncRequest``) travels in the handshake's WELCOME."""
+    ``request`` (an encoded ``ResyncRequest``, or a callable making it with the
+    session's target, as the runtime does) travels in the handshake's WELCOME."""
     primary, secondary = identities()
     with Applier({ROOT: target_dir}) as applier:
         done = threading.Event()
@@ -81,7 +84,8 @@ async def resync_pair(
             async with stream_pair() as (a, b), anyio.create_task_group() as tg:
                 with anyio.fail_after(WAIT_TIMEOUT):
                     async with anyio.create_task_group() as greeting:  # both ends done
-                        greeting.start_soon(receiver.handshake, b, request)
+                        asked = request if isinstance(request, bytes) else lambda: request(target)
+                        greeting.start_soon(receiver.handshake, b, asked)
                         await sender.handshake(a)
                 pair = Pair(sender, target, b, done=done)
 

@@ -71,6 +71,7 @@ from failover.replication.ops import (
     Utimens,
     Write,
 )
+from failover.replication.resync_check import CHECK_BUDGET, checks_for, narrow
 from failover.replication.resync_pending import Pending
 from failover.replication.resync_tree import Tree, data_extents
 from failover.replication.resync_wire import (
@@ -85,6 +86,7 @@ from failover.replication.resync_wire import (
     Link,
     Meta,
     ResyncRequest,
+    ZoneChecks,
     decode_item,
     encode_item,
 )
@@ -98,6 +100,7 @@ __all__ = [
     "ResyncSource",
     "ResyncStatus",
     "ResyncTarget",
+    "narrow",
     "request_for",
 ]
 
@@ -531,6 +534,7 @@ class ResyncTarget:
         self._on_begin = on_begin
         self._on_done = on_done
         self._pending: dict[str, Pending] | None = None
+        self._checked: tuple[ChangeSet, int, ZoneChecks] | None = None
         self.tolerated = 0
         """Live ops that touched pending state and failed here (repaired by the resync)."""
 
@@ -541,6 +545,16 @@ class ResyncTarget:
 
     def close(self) -> None:
         self._tree.close()
+
+    def request(
+        self, generation: str, suspect: ChangeSet, *, full: bool = False, budget: int = CHECK_BUDGET
+    ) -> bytes:
+        """This node's encoded ``ResyncRequest``: unless ``full``, with the digests of
+        what it holds in ``suspect`` (``resync_check``: the source then sends only the
+        zones that differ). ``BEGIN`` checks that they still hold."""
+        checks = None if full else checks_for(self._tree, suspect, budget)
+        self._checked = None if checks is None else (suspect, budget, checks)
+        return ResyncRequest(generation, full, suspect, checks).encode()
 
     # --- OpSink ----------------------------------------------------------------------------------
 
@@ -589,6 +603,15 @@ class ResyncTarget:
     def _begin(self, item: Begin) -> None:
         for root in item.roots:
             self._tree.root_fd(root)  # a root this node does not replicate: the peer's error
+        checked, self._checked = self._checked, None
+        if checked is not None and not item.full:
+            suspect, budget, checks = checked
+            if checks_for(self._tree, suspect, budget) != checks:
+                # The source skipped what matched these digests: it may not match now.
+                raise PeerProtocolError(
+                    "resync BEGIN: this copy changed since its request was digested "
+                    "(an earlier session was still applying): the source must retry"
+                )
         self._pending = {
             root: Pending.planned(root, item.changes, full=item.full) for root in item.roots
         }

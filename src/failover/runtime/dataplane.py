@@ -75,7 +75,13 @@ from failover.replication.quarantine import (
     quarantine,
     quarantine_before_full_resync,
 )
-from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
+from failover.replication.resync import (
+    ResyncPlan,
+    ResyncSource,
+    ResyncStatus,
+    ResyncTarget,
+    narrow,
+)
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
 from failover.replication.verify import Differences, TreeDigest, compare, digest_tree
@@ -514,7 +520,7 @@ class DataPlane:
                         on_item=on_item,
                         timeout=self.settings.channel.timeout,
                     )
-                    peer = await receiver.handshake(stream, self._resync_request)
+                    peer = await receiver.handshake(stream, lambda: self._resync_request(target))
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self._refused(str(exc))
                     return
@@ -548,22 +554,22 @@ class DataPlane:
         if self._target is not None:
             await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
 
-    def _resync_request(self) -> bytes:
+    def _resync_request(self, session: ResyncTarget) -> bytes:
         """What this node asks of the source when it waits for a resync: its
         generation, full or not, and every change it may hold that the source
-        does not (its tracker's map: unacknowledged or divergent writes)."""
+        does not (its tracker's map: unacknowledged or divergent writes), with
+        the digests of what it holds there (the source sends only what differs)."""
         target = self._target
         if target is None:
             return b""
         assert self.tracker is not None
-        request = ResyncRequest(
+        return session.request(
             # the last point both copies held (after a split brain, before our own
             # changes, which the suspect set lists): where the source's tracking starts
-            generation=self.synced_generation(),
+            self.synced_generation(),
+            self.tracker.changes(),
             full=target.mode == "full",
-            suspect=self.tracker.changes(),
         )
-        return request.encode()
 
     def _target_done(self) -> None:
         """``END`` of a resync applied (in the receiver's apply thread)."""
@@ -702,6 +708,9 @@ class DataPlane:
                 await stream.aclose()
             return [], f"resync of {s.peer} could not start: {exc}"
         self._pump(sender)
+        # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
+        backing = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        request = await anyio.to_thread.run_sync(narrow, request, backing)
         # Under every directory's order lock: the plan holds every change made so
         # far, and every later one streams live (and updates the plan's progress).
         locks = {name: mirror.order_lock for name, mirror in self.mirrors.items()}

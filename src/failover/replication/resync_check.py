@@ -1,0 +1,210 @@
+"""Checked resync: send only the suspect zones that differ (DRBD's ``csums-alg``, per zone).
+
+A crashed ex-primary's suspect set (``Tracker.recover``) is a coarse superset
+of what it may hold without acknowledgement: whole activity extents that were
+hot (4 MiB each, up to the hot set), every zone written since the tracker was
+last cleared, and every name created or renamed (a file there would go whole).
+Almost all of it is, in fact, identical on both nodes: it was acknowledged.
+
+So the target digests what it holds in its suspect set (``checks_for``: per
+file its size and a blake2b-256 digest per suspect zone; for a suspect *name*
+that is a regular file of one link, every zone) and sends the digests in its
+request. The source (``narrow``) reads the same zones of its own files and
+drops from the suspect set every zone whose bytes are provably equal on both
+sides; a suspect name that is a regular file on both becomes its differing
+zones plus its metadata (and its parent's). Everything else stays as it was.
+
+Why it is safe (the plan is ``own | narrowed suspect``, ``own`` taken after
+``narrow`` under the order locks, ``BEGIN`` sent in the same hold):
+
+- A zone the source changed since the epoch began is in ``own``: sent anyway.
+  Any other zone holds on the source what it held at the epoch start, up to
+  ``BEGIN``; if its digest equals the target's, the target holds those bytes.
+- The target holds them still at ``BEGIN``: ``ResyncTarget`` digests the same
+  zones again when it applies ``BEGIN`` (after everything earlier in the
+  stream) and refuses the resync if anything changed (an earlier session
+  still applying, say); the source then retries with a fresh request.
+- Sizes: a zone lying past one side's end of file reads short there, so it
+  differs; the zone holding the shorter end is always kept when the sizes
+  differ, so the ``CHUNK`` that sets the size is sent.
+
+The target digests at most ``budget`` bytes (the request is computed during the
+handshake); zones beyond it are sent blind, as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import closing
+from dataclasses import replace
+from os import PathLike
+from types import MappingProxyType
+from typing import Final
+
+from failover.replication.resync_tree import Tree
+from failover.replication.resync_wire import (
+    CHECK_DIGEST_SIZE,
+    FileCheck,
+    ResyncRequest,
+    ZoneChecks,
+    zone_runs,
+)
+from failover.replication.tracking import WHOLE, ChangeSet, Key, Zones
+
+Roots = Mapping[str, int | PathLike[str] | str]
+
+CHECK_BUDGET: Final = 256 * 1024 * 1024
+"""Default most suspect bytes the target digests for its request."""
+_READ: Final = 1024 * 1024
+
+
+def zone_digests(fd: int, first: int, end: int, size: int, zone_size: int) -> list[bytes]:
+    """The digests of zones [first, end) of a file of ``size`` bytes (a zone past the
+    end of file reads short or empty; holes read as zeros)."""
+    out: list[bytes] = []
+    for zone in range(first, end):
+        start = zone * zone_size
+        stop = min(start + zone_size, size)
+        hasher = hashlib.blake2b(digest_size=CHECK_DIGEST_SIZE)
+        hasher.update(max(0, stop - start).to_bytes(8, "big"))
+        position = start
+        while position < stop:
+            data = os.pread(fd, min(_READ, stop - position), position)
+            if not data:  # shrank meanwhile: reads as what is there
+                break
+            hasher.update(data)
+            position += len(data)
+        out.append(hasher.digest())
+    return out
+
+
+def _zone_list(zones: Zones, limit: int) -> Iterator[int]:
+    """The zones of ``zones`` below ``limit``, ascending."""
+    for start, end in zones.runs:
+        yield from range(start, min(end, limit))
+    if zones.tail is not None:
+        yield from range(zones.tail, limit)
+
+
+def _count(size: int, zone_size: int) -> int:
+    return -(-size // zone_size)
+
+
+def _under_a_name(key: Key, names: frozenset[Key]) -> bool:
+    root, path = key
+    parts = path.split(b"/")
+    return any((root, b"/".join(parts[:i])) in names for i in range(1, len(parts)))
+
+
+# --- the target ---------------------------------------------------------------------------------
+
+
+def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDGET) -> ZoneChecks:
+    """The target's digests of its suspect set (module docstring), at most ``budget``
+    bytes read. Deterministic for a tree at rest (``ResyncTarget`` relies on it)."""
+    zs = suspect.zone_size
+    files: dict[Key, FileCheck] = {}
+    tree = roots if isinstance(roots, Tree) else Tree(roots)
+    try:
+        known = set(tree.root_names)
+        wanted = [(key, True) for key in sorted(suspect.names)]
+        wanted += [(key, False) for key in sorted(suspect.files) if key not in suspect.names]
+        for key, whole in wanted:
+            root, path = key
+            if root not in known or _under_a_name(key, suspect.names):
+                continue
+            try:
+                with tree.regular_file(root, path) as found:
+                    if found is None or (whole and found[1].st_nlink != 1):
+                        continue
+                    fd, info = found
+                    zones = WHOLE if whole else suspect.files[key]
+                    indices = list(_zone_list(zones, _count(info.st_size, zs)))
+                    if len(indices) * zs > budget:
+                        continue
+                    digests: dict[int, bytes] = {}
+                    for first, end in zone_runs(indices):
+                        digests.update(
+                            zip(
+                                range(first, end),
+                                zone_digests(fd, first, end, info.st_size, zs),
+                                strict=True,
+                            )
+                        )
+            except OSError:
+                continue  # unreadable here: sent blind
+            budget -= len(indices) * zs
+            files[key] = FileCheck(info.st_size, whole, MappingProxyType(digests))
+    finally:
+        if tree is not roots:
+            tree.close()
+    return ZoneChecks(zs, MappingProxyType(files))
+
+
+# --- the source ---------------------------------------------------------------------------------
+
+
+def narrow(request: ResyncRequest, roots: Roots) -> ResyncRequest:
+    """``request`` with its suspect set narrowed to what may differ from this node's
+    directories (module docstring); unchanged if it carries no checks or asks for a
+    full sync, or if a file cannot be read here. Reads files: call it outside the
+    order locks, before ``own`` is taken."""
+    checks = request.checks
+    if checks is None or request.full or checks.zone_size != request.suspect.zone_size:
+        return request
+    try:
+        return _narrowed(request, checks, roots)
+    except OSError:
+        return request  # the suspect set as it came: a superset, only larger
+
+
+def _narrowed(request: ResyncRequest, checks: ZoneChecks, roots: Roots) -> ResyncRequest:
+    suspect = request.suspect
+    zs = suspect.zone_size
+    files = dict(suspect.files)
+    names = set(suspect.names)
+    meta = set(suspect.meta)
+    with closing(Tree(roots)) as tree:
+        known = set(tree.root_names)
+        for key, check in checks.files.items():
+            root, path = key
+            if root not in known or key not in (names if check.whole else files):
+                continue  # only what the target suspects can be narrowed
+            with tree.regular_file(root, path) as found:
+                if found is None:
+                    continue  # not a regular file here: reconciled as planned
+                fd, info = found
+                zones = WHOLE if check.whole else files[key]
+                kept = _differing(fd, info.st_size, check, zones, zs)
+            if check.whole:
+                names.discard(key)
+                meta.add(key)
+                parent = path.rpartition(b"/")[0]
+                if parent:
+                    meta.add((root, parent))
+            files.pop(key, None)
+            meta.add(key)  # its times may differ still (a plan lists every file's metadata)
+            if kept.runs:
+                files[key] = kept
+    narrowed = ChangeSet(zs, MappingProxyType(files), frozenset(names), frozenset(meta))
+    return replace(request, suspect=narrowed, checks=None)
+
+
+def _differing(fd: int, size: int, check: FileCheck, zones: Zones, zone_size: int) -> Zones:
+    """The zones of ``zones`` that may differ between this file (``size`` bytes) and
+    the target's (``check``)."""
+    here, there = _count(size, zone_size), _count(check.size, zone_size)
+    both = min(here, there)
+    candidates = list(_zone_list(zones, max(here, there)))
+    compared = [z for z in candidates if z < both and z in check.digests]
+    mine: dict[int, bytes] = {}
+    for first, end in zone_runs(compared):
+        mine.update(
+            zip(range(first, end), zone_digests(fd, first, end, size, zone_size), strict=True)
+        )
+    kept = {z for z in candidates if mine.get(z) is None or mine[z] != check.digests[z]}
+    if size != check.size:
+        kept.add(min(size, check.size) // zone_size)  # the CHUNK that sets the size
+    return Zones(tuple(zone_runs(sorted(kept))))
