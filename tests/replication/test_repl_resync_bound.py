@@ -30,7 +30,7 @@ from failover.replication.resync import (
     ResyncTarget,
     narrow,
 )
-from failover.replication.resync_check import checks_for
+from failover.replication.resync_check import CheckCache, checks_for
 from failover.replication.tracking import ChangeMap, ChangeSet, Tracker
 
 pytestmark = pytest.mark.anyio
@@ -163,29 +163,33 @@ async def test_without_the_checks_the_hot_extents_and_the_renamed_segment_go_bli
     assert exchanged > 4 * written
 
 
-async def test_a_copy_changed_between_its_request_and_begin_refuses_the_resync(
+async def test_a_copy_changed_between_its_digests_and_begin_refuses_the_resync(
     tmp_path: Path,
 ) -> None:
     """The source skips the zones whose digests matched; if the target's copy changes
-    after it digested them (an earlier session still applying), BEGIN must refuse, and
-    the next attempt (a fresh request) ends identical."""
+    after it digested them (an earlier session still applying), BEGIN must refuse and
+    forget the cached digests, and the next attempt (digested again) ends identical.
+    The digests are prepared in a cache before the session, as the runtime does."""
     survivor, crashed, suspect, _ = crash_after_window(tmp_path, seed=3)
+    cache = CheckCache()
+    cache.prepare({ROOT: crashed}, suspect)
+    # A zone that matched the survivor's (an acknowledged WAL record) changes here after
+    # its digest was taken, as under a half-applied CHUNK of an earlier session.
+    with Applier({ROOT: crashed}) as applier:
+        applier.apply(Write(ROOT, b"pg_wal/seg1", MIB, b"half-applied"))
 
-    def changed_after_digests(target: ResyncTarget) -> bytes:
-        made = target.request(GEN, suspect)
-        # A zone that matched the survivor's (an acknowledged WAL record) changes here
-        # after its digest was taken, as under a half-applied CHUNK of an earlier session.
-        with Applier({ROOT: crashed}) as applier:
-            applier.apply(Write(ROOT, b"pg_wal/seg1", MIB, b"half-applied"))
-        return made
+    def from_the_cache(target: ResyncTarget) -> bytes:
+        return target.request(GEN, suspect, cache=cache)
 
     with survivor_tracker(tmp_path) as own:
-        done, _, errors = await resync(survivor, crashed, own, changed_after_digests)
+        done, _, errors = await resync(survivor, crashed, own, from_the_cache)
         assert not done
         assert any("changed since its request" in str(error) for error in errors)
-        done, _, errors = await resync(
-            survivor, crashed, own, lambda target: target.request(GEN, suspect)
-        )
+        assert cache.get(suspect) is None  # forgotten: the next session digests again
+        cache.prepare({ROOT: crashed}, suspect)
+        cache.prepare({ROOT: crashed}, suspect)  # prepared already: no second pass
+        assert cache.passes == 2
+        done, _, errors = await resync(survivor, crashed, own, from_the_cache)
         assert done and not errors
     assert snapshot(survivor) == snapshot(crashed)
 

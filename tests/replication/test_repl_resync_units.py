@@ -14,9 +14,9 @@ from failover.replication.resync_wire import (
     Dir,
     End,
     File,
+    FileCheck,
     Item,
     Link,
-    FileCheck,
     Meta,
     ResyncRequest,
     ZoneChecks,
@@ -98,7 +98,7 @@ def test_a_request_with_checks_round_trips_and_every_bad_field_is_named() -> Non
     assert decoded == request
     assert decoded.checks is not None and decoded.checks.files == checks.files
     wire = request.encode()
-    with pytest.raises(PeerProtocolError, match="ZoneChecks.end|truncated"):
+    with pytest.raises(PeerProtocolError, match="truncated"):
         ResyncRequest.decode(wire[:-1])
     for bad, problem in [
         (FileCheck(30_000, False, {8: digest}), "run"),  # zone 8 is past the end

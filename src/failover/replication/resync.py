@@ -71,7 +71,7 @@ from failover.replication.ops import (
     Utimens,
     Write,
 )
-from failover.replication.resync_check import CHECK_BUDGET, checks_for, narrow
+from failover.replication.resync_check import CHECK_BUDGET, CheckCache, checks_for, narrow
 from failover.replication.resync_pending import Pending
 from failover.replication.resync_tree import Tree, data_extents
 from failover.replication.resync_wire import (
@@ -94,6 +94,7 @@ from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeSet, Recovery
 
 __all__ = [
     "BandwidthLimiter",
+    "CheckCache",
     "ResyncChannel",
     "ResyncPlan",
     "ResyncRequest",
@@ -534,7 +535,7 @@ class ResyncTarget:
         self._on_begin = on_begin
         self._on_done = on_done
         self._pending: dict[str, Pending] | None = None
-        self._checked: tuple[ChangeSet, int, ZoneChecks] | None = None
+        self._checked: tuple[ChangeSet, int, ZoneChecks, CheckCache | None] | None = None
         self.tolerated = 0
         """Live ops that touched pending state and failed here (repaired by the resync)."""
 
@@ -547,13 +548,22 @@ class ResyncTarget:
         self._tree.close()
 
     def request(
-        self, generation: str, suspect: ChangeSet, *, full: bool = False, budget: int = CHECK_BUDGET
+        self,
+        generation: str,
+        suspect: ChangeSet,
+        *,
+        full: bool = False,
+        cache: CheckCache | None = None,
     ) -> bytes:
         """This node's encoded ``ResyncRequest``: unless ``full``, with the digests of
         what it holds in ``suspect`` (``resync_check``: the source then sends only the
-        zones that differ). ``BEGIN`` checks that they still hold."""
-        checks = None if full else checks_for(self._tree, suspect, budget)
-        self._checked = None if checks is None else (suspect, budget, checks)
+        zones that differ), from ``cache`` if given (none prepared: without them), else
+        computed now. ``BEGIN`` checks that they still hold (and clears the cache if not)."""
+        checks: ZoneChecks | None = None
+        budget = cache.budget if cache is not None else CHECK_BUDGET
+        if not full:
+            checks = cache.get(suspect) if cache is not None else checks_for(self._tree, suspect)
+        self._checked = None if checks is None else (suspect, budget, checks, cache)
         return ResyncRequest(generation, full, suspect, checks).encode()
 
     # --- OpSink ----------------------------------------------------------------------------------
@@ -605,9 +615,11 @@ class ResyncTarget:
             self._tree.root_fd(root)  # a root this node does not replicate: the peer's error
         checked, self._checked = self._checked, None
         if checked is not None and not item.full:
-            suspect, budget, checks = checked
+            suspect, budget, checks, cache = checked
             if checks_for(self._tree, suspect, budget) != checks:
                 # The source skipped what matched these digests: it may not match now.
+                if cache is not None:
+                    cache.forget()
                 raise PeerProtocolError(
                     "resync BEGIN: this copy changed since its request was digested "
                     "(an earlier session was still applying): the source must retry"

@@ -7,7 +7,7 @@ last cleared, and every name created or renamed (a file there would go whole).
 Almost all of it is, in fact, identical on both nodes: it was acknowledged.
 
 So the target digests what it holds in its suspect set (``checks_for``: per
-file its size and a blake2b-256 digest per suspect zone; for a suspect *name*
+file its size and a SHA-256 digest per suspect zone; for a suspect *name*
 that is a regular file of one link, every zone) and sends the digests in its
 request. The source (``narrow``) reads the same zones of its own files and
 drops from the suspect set every zone whose bytes are provably equal on both
@@ -28,14 +28,20 @@ Why it is safe (the plan is ``own | narrowed suspect``, ``own`` taken after
   differs; the zone holding the shorter end is always kept when the sizes
   differ, so the ``CHUNK`` that sets the size is sent.
 
-The target digests at most ``budget`` bytes (the request is computed during the
-handshake); zones beyond it are sent blind, as before.
+The target digests at most ``budget`` bytes; zones beyond it are sent blind, as
+before. The request is made in the handshake, in the event loop, where reading
+and hashing hundreds of MiB would stall the heartbeats: the runtime digests in a
+worker thread before the handshake (``CheckCache.prepare``) and the request takes
+the digests from the cache (``get``); a later session reuses them until a
+``BEGIN`` finds them stale (``forget``), so a flood of connections costs one
+digest pass, not one per connection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import closing
 from dataclasses import replace
@@ -45,18 +51,25 @@ from typing import Final
 
 from failover.replication.resync_tree import Tree
 from failover.replication.resync_wire import (
-    CHECK_DIGEST_SIZE,
     FileCheck,
     ResyncRequest,
     ZoneChecks,
     zone_runs,
 )
-from failover.replication.tracking import WHOLE, ChangeSet, Key, Zones
+from failover.replication.tracking import (
+    DEFAULT_EXTENT_SIZE,
+    DEFAULT_HOT_EXTENTS,
+    WHOLE,
+    ChangeSet,
+    Key,
+    Zones,
+)
 
 Roots = Mapping[str, int | PathLike[str] | str]
 
-CHECK_BUDGET: Final = 256 * 1024 * 1024
-"""Default most suspect bytes the target digests for its request."""
+CHECK_BUDGET: Final = DEFAULT_HOT_EXTENTS * DEFAULT_EXTENT_SIZE
+"""Default most suspect bytes the target digests for its request: the largest hot set
+(1 GiB), so that hot extents are never sent blind."""
 _READ: Final = 1024 * 1024
 
 
@@ -67,7 +80,7 @@ def zone_digests(fd: int, first: int, end: int, size: int, zone_size: int) -> li
     for zone in range(first, end):
         start = zone * zone_size
         stop = min(start + zone_size, size)
-        hasher = hashlib.blake2b(digest_size=CHECK_DIGEST_SIZE)
+        hasher = hashlib.sha256()
         hasher.update(max(0, stop - start).to_bytes(8, "big"))
         position = start
         while position < stop:
@@ -141,6 +154,34 @@ def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDG
         if tree is not roots:
             tree.close()
     return ZoneChecks(zs, MappingProxyType(files))
+
+
+class CheckCache:
+    """The target's checks for one suspect set, computed off the event loop and reused
+    by later sessions until ``forget`` (module docstring). Thread-safe."""
+
+    def __init__(self, budget: int = CHECK_BUDGET) -> None:
+        self.budget = budget
+        self._lock = threading.Lock()
+        self._entry: tuple[ChangeSet, ZoneChecks] | None = None
+        self.passes = 0
+        """Digest passes made (each reads up to ``budget`` bytes)."""
+
+    def prepare(self, roots: Roots, suspect: ChangeSet) -> None:
+        """Digest ``suspect`` unless the cache holds its checks already. Blocks."""
+        with self._lock:
+            if self._entry is None or self._entry[0] != suspect:
+                self._entry = (suspect, checks_for(roots, suspect, self.budget))
+                self.passes += 1
+
+    def get(self, suspect: ChangeSet) -> ZoneChecks | None:
+        """The checks of ``suspect`` if prepared (else None: a request without them)."""
+        entry = self._entry
+        return entry[1] if entry is not None and entry[0] == suspect else None
+
+    def forget(self) -> None:
+        with self._lock:
+            self._entry = None
 
 
 # --- the source ---------------------------------------------------------------------------------

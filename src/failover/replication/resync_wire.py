@@ -15,7 +15,7 @@ that differ. Layout (version 1 has no checks; version 2 has them)::
 
 ``ZoneChecks``: b"FOZC" | zone_size u32 | file count u32 | per file: key | size u64 |
 whole u8 | run count u32 | per run: first zone u64 | zone count u32 | one
-``CHECK_DIGEST_SIZE``-byte blake2b digest per zone. ``whole``: a suspect *name*
+``CHECK_DIGEST_SIZE``-byte SHA-256 digest per zone. ``whole``: a suspect *name*
 that is a regular file of one link here, every zone of it digested.
 
 Resync items (source -> target): the payload of ``RESYNC`` entries of the
@@ -66,7 +66,8 @@ REQUEST_VERSION_CHECKS: Final = 2
 MAX_GENERATION: Final = 1024
 CHECKS_MAGIC: Final = b"FOZC"
 CHECK_DIGEST_SIZE: Final = 32
-"""blake2b-256: an equal digest is taken as equal data (the zone is not sent)."""
+"""SHA-256: an equal digest is taken as equal data (the zone is not sent). Chosen over
+blake2b by measurement: 642 against 447 MiB/s on the 2-vCPU VM (SHA-NI)."""
 
 _U8: Final = struct.Struct(">B")
 _U16: Final = struct.Struct(">H")

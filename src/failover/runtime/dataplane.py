@@ -76,6 +76,7 @@ from failover.replication.quarantine import (
     quarantine_before_full_resync,
 )
 from failover.replication.resync import (
+    CheckCache,
     ResyncPlan,
     ResyncSource,
     ResyncStatus,
@@ -217,6 +218,7 @@ class DataPlane:
         self._refusal_logged_at = -math.inf
         self._refusals_logged = 0
         self.resyncs_received = 0
+        self._checks = CheckCache()  # digests of this node's suspect set for its requests
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
@@ -520,6 +522,8 @@ class DataPlane:
                         on_item=on_item,
                         timeout=self.settings.channel.timeout,
                     )
+                    # the digests of the suspect set, off the event loop (cached)
+                    await anyio.to_thread.run_sync(self._prepare_checks, roots)
                     peer = await receiver.handshake(stream, lambda: self._resync_request(target))
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self._refused(str(exc))
@@ -569,7 +573,14 @@ class DataPlane:
             self.synced_generation(),
             self.tracker.changes(),
             full=target.mode == "full",
+            cache=self._checks,
         )
+
+    def _prepare_checks(self, roots: dict[str, int]) -> None:
+        """Digest the suspect set for the request (a worker thread; once per set)."""
+        target, tracker = self._target, self.tracker
+        if target is not None and target.mode != "full" and tracker is not None:
+            self._checks.prepare(roots, tracker.changes())
 
     def _target_done(self) -> None:
         """``END`` of a resync applied (in the receiver's apply thread)."""
