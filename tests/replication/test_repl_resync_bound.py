@@ -31,7 +31,7 @@ from failover.replication.resync import (
     narrow,
 )
 from failover.replication.resync_check import CheckCache, checks_for
-from failover.replication.tracking import ChangeMap, ChangeSet, Tracker
+from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeMap, ChangeSet, Tracker
 
 pytestmark = pytest.mark.anyio
 
@@ -103,14 +103,18 @@ def crash_after_window(tmp: Path, seed: int) -> tuple[Path, Path, ChangeSet, int
 
 
 async def resync(
-    survivor: Path, crashed: Path, own: Tracker, request: Callable[[ResyncTarget], bytes]
+    survivor: Path,
+    crashed: Path,
+    own: Tracker,
+    request: Callable[[ResyncTarget], bytes],
+    checks: CheckCache | None = None,
 ) -> tuple[bool, int, list[Exception]]:
     """One resync session from ``survivor`` to ``crashed``, the request made by
     ``request`` with the session's target, narrowed by the source as the runtime does:
     (done, bytes the source sent, the receiver's errors)."""
     mirror = FakeMirror(survivor, own)
     try:
-        async with resync_pair(crashed, request=request) as pair:
+        async with resync_pair(crashed, request=request, checks=checks) as pair:
             assert pair.sender.peer is not None
             got = narrow(ResyncRequest.decode(pair.sender.peer.request), {ROOT: survivor})
             plan = ResyncPlan.make(own.changes(), got)
@@ -163,34 +167,50 @@ async def test_without_the_checks_the_hot_extents_and_the_renamed_segment_go_bli
     assert exchanged > 4 * written
 
 
-async def test_a_copy_changed_between_its_digests_and_begin_refuses_the_resync(
+async def test_a_session_writing_after_the_digests_makes_begin_refuse(
     tmp_path: Path,
 ) -> None:
-    """The source skips the zones whose digests matched; if the target's copy changes
-    after it digested them (an earlier session still applying), BEGIN must refuse and
-    forget the cached digests, and the next attempt (digested again) ends identical.
-    The digests are prepared in a cache before the session, as the runtime does."""
+    """The source skips the zones whose digests matched; if another session of the
+    target (an earlier one, still applying) writes after the digests were taken, the
+    request goes without them, and BEGIN refuses a request made before the write. The
+    next attempt, digested again, ends identical. The digests are prepared in the
+    node's cache before the session, as the runtime does."""
     survivor, crashed, suspect, _ = crash_after_window(tmp_path, seed=3)
     cache = CheckCache()
-    cache.prepare({ROOT: crashed}, suspect)
-    # A zone that matched the survivor's (an acknowledged WAL record) changes here after
-    # its digest was taken, as under a half-applied CHUNK of an earlier session.
     with Applier({ROOT: crashed}) as applier:
-        applier.apply(Write(ROOT, b"pg_wal/seg1", MIB, b"half-applied"))
+        earlier = ResyncTarget(applier, {ROOT: crashed}, checks=cache)
+        # Zones that match the survivor's (acknowledged WAL records), rewritten by the
+        # earlier session as under a half-applied CHUNK.
+        half_applied = Write(ROOT, b"pg_wal/seg1", MIB, b"half-applied")
+        later = Write(ROOT, b"pg_wal/seg1", MIB + 10 * DEFAULT_ZONE_SIZE, b"half-applied")
 
-    def from_the_cache(target: ResyncTarget) -> bytes:
-        return target.request(GEN, suspect, cache=cache)
-
-    with survivor_tracker(tmp_path) as own:
-        done, _, errors = await resync(survivor, crashed, own, from_the_cache)
-        assert not done
-        assert any("changed since its request" in str(error) for error in errors)
-        assert cache.get(suspect) is None  # forgotten: the next session digests again
         cache.prepare({ROOT: crashed}, suspect)
-        cache.prepare({ROOT: crashed}, suspect)  # prepared already: no second pass
+        earlier.apply(half_applied)  # after the digests, before the request
+        assert cache.get(suspect) is None  # the request would go without digests
+        cache.prepare({ROOT: crashed}, suspect)
+        assert cache.get(suspect) is not None and cache.passes == 2
+        cache.prepare({ROOT: crashed}, suspect)  # fresh: no third pass
         assert cache.passes == 2
-        done, _, errors = await resync(survivor, crashed, own, from_the_cache)
-        assert done and not errors
+
+        def write_after_the_request(target: ResyncTarget) -> bytes:
+            made = target.request(GEN, suspect)
+            assert ResyncRequest.decode(made).checks is not None
+            earlier.apply(later)  # after the request, before BEGIN
+            return made
+
+        with survivor_tracker(tmp_path) as own:
+            done, _, errors = await resync(
+                survivor, crashed, own, write_after_the_request, checks=cache
+            )
+            assert not done
+            assert any("a session wrote here since" in str(error) for error in errors)
+            assert cache.get(suspect) is None  # forgotten: the next session digests again
+            cache.prepare({ROOT: crashed}, suspect)
+            done, _, errors = await resync(
+                survivor, crashed, own, lambda target: target.request(GEN, suspect), checks=cache
+            )
+            assert done and not errors
+        earlier.close()
     assert snapshot(survivor) == snapshot(crashed)
 
 

@@ -71,7 +71,7 @@ from failover.replication.ops import (
     Utimens,
     Write,
 )
-from failover.replication.resync_check import CHECK_BUDGET, CheckCache, checks_for, narrow
+from failover.replication.resync_check import CheckCache, narrow
 from failover.replication.resync_pending import Pending
 from failover.replication.resync_tree import Tree, data_extents
 from failover.replication.resync_wire import (
@@ -86,7 +86,6 @@ from failover.replication.resync_wire import (
     Link,
     Meta,
     ResyncRequest,
-    ZoneChecks,
     decode_item,
     encode_item,
 )
@@ -529,13 +528,16 @@ class ResyncTarget:
         *,
         on_begin: Callable[[bool], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        checks: CheckCache | None = None,
     ) -> None:
         self._applier = applier
         self._tree = Tree(roots)
+        self._own_checks = checks is None
+        self._checks = CheckCache() if checks is None else checks
         self._on_begin = on_begin
         self._on_done = on_done
         self._pending: dict[str, Pending] | None = None
-        self._checked: tuple[ChangeSet, int, ZoneChecks, CheckCache | None] | None = None
+        self._checked: int | None = None  # the write sequence the request's digests hold at
         self.tolerated = 0
         """Live ops that touched pending state and failed here (repaired by the resync)."""
 
@@ -547,36 +549,33 @@ class ResyncTarget:
     def close(self) -> None:
         self._tree.close()
 
-    def request(
-        self,
-        generation: str,
-        suspect: ChangeSet,
-        *,
-        full: bool = False,
-        cache: CheckCache | None = None,
-    ) -> bytes:
+    def request(self, generation: str, suspect: ChangeSet, *, full: bool = False) -> bytes:
         """This node's encoded ``ResyncRequest``: unless ``full``, with the digests of
         what it holds in ``suspect`` (``resync_check``: the source then sends only the
-        zones that differ), from ``cache`` if given (none prepared: without them), else
-        computed now. ``BEGIN`` checks that they still hold (and clears the cache if not)."""
-        checks: ZoneChecks | None = None
-        budget = cache.budget if cache is not None else CHECK_BUDGET
+        zones that differ) if ``checks``, the cache shared by every session of this
+        node, holds them fresh (without them otherwise); a target made without a cache
+        digests now. ``BEGIN`` refuses if any session wrote here since."""
+        found = None
         if not full:
-            checks = cache.get(suspect) if cache is not None else checks_for(self._tree, suspect)
-        self._checked = None if checks is None else (suspect, budget, checks, cache)
+            if self._own_checks:
+                self._checks.prepare(self._tree, suspect)
+            found = self._checks.get(suspect)
+        self._checked = None if found is None else found[1]
+        checks = None if found is None else found[0]
         return ResyncRequest(generation, full, suspect, checks).encode()
 
     # --- OpSink ----------------------------------------------------------------------------------
 
     def apply(self, op: Op) -> None:
-        pending = self._pending.get(op.root) if self._pending is not None else None
-        if pending is None or not pending.live(op):
-            self._applier.apply(op)
-            return
-        try:
-            self._applier.apply(op)
-        except (ApplyError, PathRejected):
-            self.tolerated += 1
+        with self._checks.writing():
+            pending = self._pending.get(op.root) if self._pending is not None else None
+            if pending is None or not pending.live(op):
+                self._applier.apply(op)
+                return
+            try:
+                self._applier.apply(op)
+            except (ApplyError, PathRejected):
+                self.tolerated += 1
 
     def fsync(self, root: str, path: bytes, datasync: bool) -> None:
         self.apply(Fsync(root, path, datasync))
@@ -591,6 +590,10 @@ class ResyncTarget:
         if isinstance(item, Begin):
             self._begin(item)
             return
+        with self._checks.writing():
+            self._item(item)
+
+    def _item(self, item: Entry | Chunk | Meta | End) -> None:
         if self._pending is None:
             raise PeerProtocolError(f"resync {type(item).__name__} item outside a resync")
         if isinstance(item, End):
@@ -614,16 +617,13 @@ class ResyncTarget:
         for root in item.roots:
             self._tree.root_fd(root)  # a root this node does not replicate: the peer's error
         checked, self._checked = self._checked, None
-        if checked is not None and not item.full:
-            suspect, budget, checks, cache = checked
-            if checks_for(self._tree, suspect, budget) != checks:
-                # The source skipped what matched these digests: it may not match now.
-                if cache is not None:
-                    cache.forget()
-                raise PeerProtocolError(
-                    "resync BEGIN: this copy changed since its request was digested "
-                    "(an earlier session was still applying): the source must retry"
-                )
+        if checked is not None and not item.full and not self._checks.unchanged_since(checked):
+            # The source skipped what matched the digests: a session wrote here since.
+            self._checks.forget()
+            raise PeerProtocolError(
+                "resync BEGIN: a session wrote here since the request was digested "
+                "(an earlier session was still applying): the source must retry"
+            )
         self._pending = {
             root: Pending.planned(root, item.changes, full=item.full) for root in item.roots
         }

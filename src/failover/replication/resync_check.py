@@ -43,7 +43,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import replace
 from os import PathLike
 from types import MappingProxyType
@@ -157,27 +157,59 @@ def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDG
 
 
 class CheckCache:
-    """The target's checks for one suspect set, computed off the event loop and reused
-    by later sessions until ``forget`` (module docstring). Thread-safe."""
+    """The target's checks for one suspect set, shared by every session of the node
+    (each session's ``ResyncTarget`` counts its writes here). ``prepare`` digests off
+    the event loop; ``get`` gives the digests only while no write began or ended
+    since their pass began (with the write sequence they hold at), and
+    ``unchanged_since`` tells ``BEGIN`` whether they still hold. Thread-safe."""
 
     def __init__(self, budget: int = CHECK_BUDGET) -> None:
         self.budget = budget
-        self._lock = threading.Lock()
-        self._entry: tuple[ChangeSet, ZoneChecks] | None = None
+        self._lock = threading.Lock()  # one digest pass at a time
+        self._counts = threading.Lock()
+        self._sequence = 0  # every write's start and end
+        self._active = 0  # writes in progress
+        self._entry: tuple[ChangeSet, ZoneChecks, int | None] | None = None
         self.passes = 0
         """Digest passes made (each reads up to ``budget`` bytes)."""
 
-    def prepare(self, roots: Roots, suspect: ChangeSet) -> None:
-        """Digest ``suspect`` unless the cache holds its checks already. Blocks."""
-        with self._lock:
-            if self._entry is None or self._entry[0] != suspect:
-                self._entry = (suspect, checks_for(roots, suspect, self.budget))
-                self.passes += 1
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around every change a session makes to the directories."""
+        with self._counts:
+            self._sequence += 1
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._counts:
+                self._sequence += 1
+                self._active -= 1
 
-    def get(self, suspect: ChangeSet) -> ZoneChecks | None:
-        """The checks of ``suspect`` if prepared (else None: a request without them)."""
+    def _quiet(self) -> int | None:
+        """The write sequence, or None while a write is in progress."""
+        with self._counts:
+            return None if self._active else self._sequence
+
+    def prepare(self, roots: Roots | Tree, suspect: ChangeSet) -> None:
+        """Digest ``suspect`` unless the cache holds fresh checks of it. Blocks."""
+        with self._lock:
+            if self.get(suspect) is not None:
+                return
+            sequence = self._quiet()
+            self._entry = (suspect, checks_for(roots, suspect, self.budget), sequence)
+            self.passes += 1
+
+    def get(self, suspect: ChangeSet) -> tuple[ZoneChecks, int] | None:
+        """(the checks of ``suspect``, the write sequence they hold at) if prepared and
+        no write began or ended since; else None (a request without them)."""
         entry = self._entry
-        return entry[1] if entry is not None and entry[0] == suspect else None
+        if entry is None or entry[0] != suspect or entry[2] is None:
+            return None
+        return (entry[1], entry[2]) if self.unchanged_since(entry[2]) else None
+
+    def unchanged_since(self, sequence: int) -> bool:
+        return self._quiet() == sequence
 
     def forget(self) -> None:
         with self._lock:

@@ -507,7 +507,11 @@ class DataPlane:
                     held.callback(_close_all, roots)
                     applier = held.enter_context(Applier(roots))
                     target = held.enter_context(
-                        contextlib.closing(ResyncTarget(applier, roots, on_done=self._target_done))
+                        contextlib.closing(
+                            ResyncTarget(
+                                applier, roots, on_done=self._target_done, checks=self._checks
+                            )
+                        )
                     )
 
                     def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
@@ -573,7 +577,6 @@ class DataPlane:
             self.synced_generation(),
             self.tracker.changes(),
             full=target.mode == "full",
-            cache=self._checks,
         )
 
     def _prepare_checks(self, roots: dict[str, int]) -> None:
