@@ -242,3 +242,27 @@ def test_narrow_keeps_every_zone_that_differs_and_the_zone_that_sets_the_size(
     suspect = changes.frozen()
     request = ResyncRequest(GEN, False, suspect, checks_for({ROOT: there}, suspect))
     assert narrow(request, {ROOT: here}).suspect.files[(ROOT, b"f")].runs == ((8, 9),)
+
+
+def test_the_cache_gives_digests_only_while_nothing_wrote_since_their_pass(
+    tmp_path: Path,
+) -> None:
+    top = tmp_path / "copy"
+    top.mkdir()
+    (top / "f").write_bytes(b"x" * 10_000)
+    changes = ChangeMap(4096)
+    changes.add_bytes((ROOT, b"f"), 0, 10_000)
+    suspect = changes.frozen()
+    cache = CheckCache()
+    cache.prepare({ROOT: top}, suspect)
+    found = cache.get(suspect)
+    assert found is not None and cache.unchanged_since(found[1])
+    assert cache.get(ChangeSet(4096)) is None  # another suspect set
+    cache.forget()  # the node served, or a new resync target period began
+    assert cache.get(suspect) is None and not cache.unchanged_since(found[1])
+    with cache.writing():
+        cache.prepare({ROOT: top}, suspect)  # a write in progress during the pass
+        assert cache.get(suspect) is None
+    assert cache.get(suspect) is None
+    cache.prepare({ROOT: top}, suspect)
+    assert cache.get(suspect) is not None and cache.passes == 3

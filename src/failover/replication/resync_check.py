@@ -158,10 +158,11 @@ def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDG
 
 class CheckCache:
     """The target's checks for one suspect set, shared by every session of the node
-    (each session's ``ResyncTarget`` counts its writes here). ``prepare`` digests off
-    the event loop; ``get`` gives the digests only while no write began or ended
-    since their pass began (with the write sequence they hold at), and
-    ``unchanged_since`` tells ``BEGIN`` whether they still hold. Thread-safe."""
+    (each session's ``ResyncTarget`` counts its writes here; the runtime counts its
+    quarantine moves and calls ``forget`` when a resync target period begins).
+    ``prepare`` digests off the event loop; ``get`` gives the digests only while no
+    write began or ended since their pass began (with the write sequence they hold
+    at), and ``unchanged_since`` tells ``BEGIN`` whether they still hold. Thread-safe."""
 
     def __init__(self, budget: int = CHECK_BUDGET) -> None:
         self.budget = budget
@@ -212,8 +213,12 @@ class CheckCache:
         return self._quiet() == sequence
 
     def forget(self) -> None:
-        with self._lock:
-            self._entry = None
+        """Drop the checks, and any a pass under way would store: the copy may have
+        changed by other means than a session's writes (the node served, or is about to
+        be quarantined)."""
+        with self._counts:
+            self._sequence += 1
+        self._entry = None
 
 
 # --- the source ---------------------------------------------------------------------------------

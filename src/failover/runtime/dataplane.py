@@ -374,10 +374,15 @@ class DataPlane:
                 roots = _dup_roots(self.mirrors)
             except OSError as exc:
                 return "the replicated directories", exc
+
+        def counted(name: str, fd: int) -> Manifest | None:
+            with self._checks.writing():  # digests of this copy for a resync no longer hold
+                return move(name, fd)
+
         try:
             for name, fd in roots.items():
                 try:
-                    manifest = await anyio.to_thread.run_sync(move, name, fd)
+                    manifest = await anyio.to_thread.run_sync(counted, name, fd)
                 except (OSError, UsageError) as exc:
                     return name, exc
                 if manifest is not None:
@@ -603,6 +608,7 @@ class DataPlane:
         the synchronous replication. The outcome is reported when it ends."""
         assert self._group is not None
         if effect.role == "target":
+            self._checks.forget()  # digested before: the copy may have changed since
             self._stop_receiving()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
