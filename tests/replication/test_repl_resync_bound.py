@@ -266,3 +266,20 @@ def test_the_cache_gives_digests_only_while_nothing_wrote_since_their_pass(
     assert cache.get(suspect) is None
     cache.prepare({ROOT: top}, suspect)
     assert cache.get(suspect) is not None and cache.passes == 3
+
+
+def test_a_file_beyond_the_digest_budget_goes_blind(tmp_path: Path) -> None:
+    zone = 4096
+    top = tmp_path / "copy"
+    top.mkdir()
+    (top / "small").write_bytes(b"s" * zone)
+    (top / "big").write_bytes(b"b" * 8 * zone)
+    changes = ChangeMap(zone)
+    for path in (b"small", b"big"):
+        changes.add_tail((ROOT, path), 0)
+    suspect = changes.frozen()
+    checks = checks_for({ROOT: top}, suspect, budget=4 * zone)
+    assert set(checks.files) == {(ROOT, b"small")}  # the big one would exceed the budget
+    narrowed = narrow(ResyncRequest(GEN, False, suspect, checks), {ROOT: top}).suspect
+    assert (ROOT, b"small") not in narrowed.files  # equal: not sent
+    assert narrowed.files[(ROOT, b"big")] == suspect.files[(ROOT, b"big")]  # as it came

@@ -134,9 +134,9 @@ def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDG
                         continue
                     fd, info = found
                     zones = WHOLE if whole else suspect.files[key]
-                    indices = list(_zone_list(zones, _count(info.st_size, zs)))
-                    if len(indices) * zs > budget:
+                    if zones.count(_count(info.st_size, zs)) * zs > budget:
                         continue
+                    indices = list(_zone_list(zones, _count(info.st_size, zs)))
                     digests: dict[int, bytes] = {}
                     for first, end in zone_runs(indices):
                         digests.update(
