@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from failover.errors import PeerProtocolError
@@ -110,6 +112,24 @@ def test_a_request_with_checks_round_trips_and_every_bad_field_is_named() -> Non
     other_zone = ResyncRequest("g", False, CHANGES, ZoneChecks(8192, {}))
     with pytest.raises(PeerProtocolError, match="zone size"):
         ResyncRequest.decode(other_zone.encode())
+
+
+def test_a_damaged_request_with_checks_is_only_ever_a_peer_error() -> None:
+    """Every truncation and every single-byte change of a request with checks either
+    decodes or raises ``PeerProtocolError`` (never another exception)."""
+    digest = bytes(range(32))
+    checks = ZoneChecks(
+        ZONE, {("r", b"a/f"): FileCheck(9000, True, {0: digest, 1: digest, 2: digest})}
+    )
+    data = ResyncRequest("g", False, CHANGES, checks).encode()
+    for cut in range(len(data)):
+        with pytest.raises(PeerProtocolError):
+            ResyncRequest.decode(data[:cut])
+    for at in range(len(data)):
+        for value in (0, 1, 0x7F, 0xFF):
+            damaged = data[:at] + bytes([value]) + data[at + 1 :]
+            with contextlib.suppress(PeerProtocolError):
+                ResyncRequest.decode(damaged)
 
 
 def planned() -> Pending:
