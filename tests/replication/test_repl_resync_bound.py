@@ -12,6 +12,7 @@ a kill -9 leaves it (never closed). The peer then serves and resynchronises it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections import deque
@@ -21,8 +22,8 @@ from pathlib import Path
 import pytest
 from resync_support import ROOT, FakeMirror, build, resync_pair, snapshot
 
-from failover.replication.apply import Applier
-from failover.replication.ops import Create, Fsync, Mkdir, Op, Rename, Write
+from failover.replication.apply import Applier, ApplyError
+from failover.replication.ops import Create, Fsync, Mkdir, Op, Rename, Truncate, Unlink, Write
 from failover.replication.resync import (
     ResyncPlan,
     ResyncRequest,
@@ -283,3 +284,56 @@ def test_a_file_beyond_the_digest_budget_goes_blind(tmp_path: Path) -> None:
     narrowed = narrow(ResyncRequest(GEN, False, suspect, checks), {ROOT: top}).suspect
     assert (ROOT, b"small") not in narrowed.files  # equal: not sent
     assert narrowed.files[(ROOT, b"big")] == suspect.files[(ROOT, b"big")]  # as it came
+
+
+def random_op(rng: random.Random, n: int) -> Op:
+    """One random change among a few files (some may fail: a missing name)."""
+    name = rng.choice([b"f0", b"f1", b"f2", b"d/g", b"new"])
+    choice = rng.randrange(7)
+    if choice <= 2:
+        offset = rng.randrange(0, 300_000)
+        return Write(ROOT, name, offset, rng.randbytes(rng.randrange(1, 70_000)))
+    if choice == 3:
+        return Truncate(ROOT, name, rng.randrange(0, 300_000))
+    if choice == 4:
+        return Create(ROOT, f"c{n}".encode(), 0o644)
+    if choice == 5:
+        return Rename(ROOT, name, rng.choice([b"f0", b"f1", b"new", b"d/g"]), 0)
+    return Unlink(ROOT, name)
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_checked_resyncs_of_random_divergence_end_identical(
+    tmp_path: Path, seed: int
+) -> None:
+    """Both sides change a few files at random after a common state (the target as an
+    ex-primary, tracked: its suspect set; the source as the survivor, tracked: its own
+    changes); the checked resync ends with identical trees."""
+    rng = random.Random(seed)
+    survivor, crashed = tmp_path / "survivor", tmp_path / "crashed"
+    common: list[Op] = [Mkdir(ROOT, b"d", 0o755)]
+    for name in (b"f0", b"f1", b"f2", b"d/g"):
+        common += [Create(ROOT, name, 0o644), Write(ROOT, name, 0, rng.randbytes(200_000))]
+    build(common, survivor, crashed)
+    for top, state in ((crashed, "ghost-state"), (survivor, "survivor-state")):
+        tracker = Tracker(tmp_path / state, zone_size=4096, extent_size=65536)
+        if top is survivor:
+            tracker.epoch_start(GEN)
+        side = FakeMirror(top, tracker)
+        for n in range(rng.randrange(1, 12)):
+            with contextlib.suppress(ApplyError):
+                side.do(random_op(rng, n))
+        side.close()
+        if top is crashed:
+            suspect = Tracker.recover(tmp_path / state).changes  # as after kill -9
+            os.close(tracker._log_fd)
+        else:
+            own = tracker
+    try:
+        done, _, errors = await resync(
+            survivor, crashed, own, lambda target: target.request(GEN, suspect)
+        )
+        assert done and not errors
+    finally:
+        own.close()
+    assert snapshot(survivor) == snapshot(crashed)
