@@ -11,9 +11,11 @@ appended to the current segment with an fdatasync of the log every 4, an 8 KiB
 page at a random place of a data file every 32 records, and an old segment
 recycled by rename halfway (as PostgreSQL's checkpoints do). Each op reaches the
 peer's copy ``--lag`` (8) ops later (its acknowledgement), so the last ones are on
-the primary only. The child is killed with SIGKILL; the peer serves (its tracker
-starts an epoch; it writes nothing); the crashed node asks for its resync with the
-suspect set its tracker recovers. Three copies of the crashed tree are brought
+the primary only (``--history-mib`` first writes that much of acknowledged pages
+at random places of the data files: the tracker's in-sync map keeps them too,
+until the next resync). The child is killed with SIGKILL; the peer serves (its
+tracker starts an epoch; it writes nothing); the crashed node asks for its resync
+with the suspect set its tracker recovers. Three copies of the crashed tree are brought
 back to the survivor's:
 
 (a) ours, checked: the request carries the digests of the suspect zones; the
@@ -343,14 +345,29 @@ def window_ops(top: Path, window: int, rng: random.Random) -> Iterator[Op]:
             yield Rename(ROOT, b"pg_wal/seg1", b"pg_wal/seg4", 0)
 
 
-def primary(work: Path, window: int, lag: int, seed: int) -> None:
-    """The child: write the window through a tracker, the peer ``lag`` ops behind; print
-    the bytes written, then wait for SIGKILL (the tracker is never closed)."""
+def history_ops(top: Path, history: int, rng: random.Random) -> Iterator[Op]:
+    """Acknowledged activity since the pair was protected, before the window: 8 KiB
+    pages at random places of the data files, ``history`` bytes."""
+    rels = sorted(p.relative_to(top) for p in (top / "base").iterdir())
+    for _ in range(history // PAGE):
+        rel = rng.choice(rels)
+        offset = rng.randrange((top / rel).stat().st_size // PAGE) * PAGE
+        yield Write(ROOT, os.fsencode(rel), offset, rng.randbytes(PAGE))
+
+
+def primary(work: Path, window: int, lag: int, seed: int, history: int) -> None:
+    """The child: write the history (acknowledged), then the window through a tracker,
+    the peer ``lag`` ops behind; print the window's bytes, then wait for SIGKILL (the
+    tracker is never closed)."""
     rng = random.Random(seed)
     tracker = Tracker(work / "state-crashed")  # default settings; a new state is in sync
     written = 0
     behind: list[Op] = []
     with Applier({ROOT: work / "crashed"}) as local, Applier({ROOT: work / "survivor"}) as peer:
+        for op in history_ops(work / "crashed", history, rng):
+            tracker.before(op)
+            local.apply(op)
+            peer.apply(op)
         for n, op in enumerate(window_ops(work / "crashed", window, rng)):
             tracker.before(op)
             local.apply(op)
@@ -369,9 +386,8 @@ def crash(args: argparse.Namespace, work: Path, peer: Peer, binary: str) -> None
     build_database(crashed, args.db_mib, random.Random(args.seed))
     subprocess.run(["cp", "-a", str(crashed), str(survivor)], check=True)
     argv = [sys.executable, __file__, "--primary", str(work), "--window-mib", str(args.window_mib)]
-    child = subprocess.Popen(
-        [*argv, "--lag", str(args.lag), "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True
-    )
+    argv += ["--history-mib", str(args.history_mib), "--lag", str(args.lag)]
+    child = subprocess.Popen([*argv, "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     line = child.stdout.readline().split()
     os.kill(child.pid, signal.SIGKILL)
@@ -391,7 +407,8 @@ def crash(args: argparse.Namespace, work: Path, peer: Peer, binary: str) -> None
     size = sum(p.stat().st_size for p in survivor.rglob("*") if p.is_file())
     print(
         f"tree: {size / 2**20:.0f} MiB; written in the window before the crash: "
-        f"{written / 2**20:.2f} MiB ({args.lag} ops never acknowledged)"
+        f"{written / 2**20:.2f} MiB ({args.lag} ops never acknowledged), after "
+        f"{args.history_mib} MiB of acknowledged pages since the pair was protected"
     )
     print(f"peer: {peer.where}")
     for name in ("checked", "blind"):
@@ -449,6 +466,9 @@ def main() -> None:
     parser.add_argument("--db-mib", type=int, default=160, help="crash: size of the tree")
     parser.add_argument("--window-mib", type=float, default=2, help="crash: WAL in the window")
     parser.add_argument("--lag", type=int, default=8, help="crash: ops not acknowledged")
+    parser.add_argument(
+        "--history-mib", type=float, default=0, help="crash: acknowledged pages before the window"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve-target", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--primary", type=Path, help=argparse.SUPPRESS)
@@ -467,7 +487,8 @@ def main() -> None:
         serve_target(args.serve_target, args.port, args.address, suspect, checked=not args.blind)
         return
     if args.primary is not None:
-        primary(args.primary, int(args.window_mib * 2**20), args.lag, args.seed)
+        window, history = (int(mib * 2**20) for mib in (args.window_mib, args.history_mib))
+        primary(args.primary, window, args.lag, args.seed, history)
         return
     binary = ensure_rsync()  # before anything is built: a missing baseline ends the run
     work = Path(tempfile.mkdtemp(prefix="resync-bench-"))
