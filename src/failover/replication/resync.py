@@ -6,10 +6,13 @@ its ``ReplicationReceiver`` with a ``ResyncTarget`` as both op sink and item
 handler. The pieces:
 
 1. The target sends a ``ResyncRequest`` (``resync_wire``): its generation, a
-   full-sync flag, and its suspect set (``Tracker.recover(...).changes``: what
-   a crashed ex-primary may have written without acknowledgement). The
-   runtime carries it to the source; ``ResyncPlan.make`` joins it with the
-   source's own ``ChangeSet`` since that generation (or asks for a full sync).
+   full-sync flag, its suspect set (``Tracker.recover(...).changes``: what
+   a crashed ex-primary may have written without acknowledgement) and the
+   digests of what it holds there (``ResyncTarget.request``, ``resync_check``).
+   The runtime carries it to the source; ``narrow`` drops the suspect zones
+   that are equal on both sides, then ``ResyncPlan.make`` joins the rest with
+   the source's own ``ChangeSet`` since that generation (or asks for a full
+   sync).
 2. ``ResyncSource.run`` sends ``BEGIN`` (the plan), then one item per step
    (``resync_pending``: names, then file zones, then metadata), then ``END``,
    as ``RESYNC`` entries of the replication channel: one ordered stream with
@@ -29,7 +32,8 @@ handler. The pieces:
 
 Only what may differ crosses: dirty zones of the plan (their data extents only:
 holes stay holes, found with SEEK_DATA/SEEK_HOLE), the entries of changed
-names (a file there is sent whole), and the metadata of changed entries.
+names (a file there is sent whole, unless the checks showed it a regular file
+on both sides: then its differing zones), and the metadata of changed entries.
 Hard links between resynced paths are not recreated (each path gets its own
 file).
 """

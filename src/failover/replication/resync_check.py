@@ -20,21 +20,25 @@ Why it is safe (the plan is ``own | narrowed suspect``, ``own`` taken after
 - A zone the source changed since the epoch began is in ``own``: sent anyway.
   Any other zone holds on the source what it held at the epoch start, up to
   ``BEGIN``; if its digest equals the target's, the target holds those bytes.
-- The target holds them still at ``BEGIN``: ``ResyncTarget`` digests the same
-  zones again when it applies ``BEGIN`` (after everything earlier in the
-  stream) and refuses the resync if anything changed (an earlier session
-  still applying, say); the source then retries with a fresh request.
+- The target holds them still at ``BEGIN``: only its sessions write its copy
+  while it waits for a resync, and each session's ``ResyncTarget`` counts its
+  writes in the node's ``CheckCache`` (the runtime counts its quarantine moves
+  there too, and forgets the cache when a resync target period begins). The
+  request carries digests only if no write began or ended since their pass
+  began, and ``BEGIN`` refuses the resync if one did since the request (an
+  earlier session still applying, say): the source retries, the next pass
+  digests again. Counting, not digesting again at ``BEGIN``: a second pass
+  there would hold the acknowledgements back longer than the channel timeout.
 - Sizes: a zone lying past one side's end of file reads short there, so it
   differs; the zone holding the shorter end is always kept when the sizes
   differ, so the ``CHUNK`` that sets the size is sent.
 
-The target digests at most ``budget`` bytes; zones beyond it are sent blind, as
+The target digests at most ``budget`` bytes; files beyond it are sent blind, as
 before. The request is made in the handshake, in the event loop, where reading
 and hashing hundreds of MiB would stall the heartbeats: the runtime digests in a
 worker thread before the handshake (``CheckCache.prepare``) and the request takes
-the digests from the cache (``get``); a later session reuses them until a
-``BEGIN`` finds them stale (``forget``), so a flood of connections costs one
-digest pass, not one per connection.
+the digests from the cache (``get``); a later session reuses them while nothing
+wrote, so a flood of connections costs one digest pass, not one per connection.
 """
 
 from __future__ import annotations
@@ -116,7 +120,7 @@ def _under_a_name(key: Key, names: frozenset[Key]) -> bool:
 
 def checks_for(roots: Roots | Tree, suspect: ChangeSet, budget: int = CHECK_BUDGET) -> ZoneChecks:
     """The target's digests of its suspect set (module docstring), at most ``budget``
-    bytes read. Deterministic for a tree at rest (``ResyncTarget`` relies on it)."""
+    bytes read. Unreadable files are left out (sent blind)."""
     zs = suspect.zone_size
     files: dict[Key, FileCheck] = {}
     tree = roots if isinstance(roots, Tree) else Tree(roots)
