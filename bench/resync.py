@@ -1,24 +1,48 @@
-"""Resync bench: our incremental resync vs ``rsync -a`` to an rsync daemon, same change, same run.
+"""Resync bench: our resync vs ``rsync -a`` to an rsync daemon, same change, same run.
 
-A tree of ``--files`` files (default 100 000, about 2 GiB: sizes 4..40 KiB) is
-built and copied twice (``cp -a``: one copy per contender, identical to the
-source). Then 1% of the files are changed in place (4 KiB-aligned writes inside
-the file) through a ``Tracker`` (zone 4 KiB) as while the peer was away, and:
+Two scenarios (``--scenario``):
 
-(a) our resync: ``ResyncSource`` to a ``ReplicationReceiver`` + ``ResyncTarget``
-    in a child process over loopback TCP: bytes sent / bytes changed, seconds;
-(b) ``rsync -a source/ rsync://PEER:PORT/t/`` to an rsync daemon (Debian
-    rsync, installed with apt-get if missing): seconds.
+``crash`` (the default; issue 10's "resync after a primary crash"): a database-like
+tree (``--db-mib``, default 160: WAL segments of 16 MiB, the current one half
+written, two old ones; data files of 1..8 MiB) is built and copied (``cp -a``) to
+the peer. A child process, the *primary*, writes the activity window through a
+``Tracker`` (default settings, in sync): ``--window-mib`` (2) of 8 KiB WAL records
+appended to the current segment with an fdatasync of the log every 4, an 8 KiB
+page at a random place of a data file every 32 records, and an old segment
+recycled by rename halfway (as PostgreSQL's checkpoints do). Each op reaches the
+peer's copy ``--lag`` (8) ops later (its acknowledgement), so the last ones are on
+the primary only (``--history-mib`` first writes that much of acknowledged pages
+at random places of the data files: the tracker's in-sync map keeps them too,
+until the next resync). The child is killed with SIGKILL; the peer serves (its
+tracker starts an epoch; it writes nothing); the crashed node asks for its resync
+with the suspect set its tracker recovers. Three copies of the crashed tree are brought
+back to the survivor's:
 
-As root, the receiving side of both (our receiver, the rsync daemon) runs in
-the "beta" network namespace of a ``Lab`` and this process in "alpha"'s, so
-the bytes cross a veth pair and a bridge; ``--loopback`` (or not root) keeps
-both on loopback.
+(a) ours, checked: the request carries the digests of the suspect zones; the
+    source sends only what differs (``resync_check``);
+(b) ours, blind: the same request without digests (the resync before issue 10);
+(c) ``rsync -a --checksum`` from the survivor to an rsync daemon on a copy of the
+    crashed tree.
 
-Prints the figures and the ratio ours/rsync, checks both copies equal the source
-(``diff -r``), removes everything. Loopback for both, in the machine's namespace.
+It prints the bytes written in the window, the bytes each exchanged (ours: the
+resync stream the source sent plus the request; rsync: sent plus received) and
+their ratio to the window, the seconds, and checks that every copy equals the
+survivor's (``diff -r``).
 
-    .venv/bin/python bench/resync.py --files 2000
+``inplace``: a tree of ``--files`` files (default 100 000, about 2 GiB: sizes
+4..40 KiB), copied twice; 1% of the files changed in place (4 KiB-aligned
+writes) through a ``Tracker`` (zone 4 KiB) while the peer was away; ours (bytes
+sent / bytes changed, seconds) against rsync (seconds).
+
+Our receiver (``ReplicationReceiver`` + ``ResyncTarget``) runs in a child process
+over TCP. As root, the receiving side of both (ours, the rsync daemon) runs in
+the "beta" network namespace of a ``Lab`` and this process in "alpha"'s, so the
+bytes cross a veth pair and a bridge; ``--loopback`` (or not root) keeps both on
+loopback. rsync is Debian's: as root it is installed (after ``apt-get update``)
+if missing; otherwise the bench says so in one line and exits with status 2.
+
+    .venv/bin/python bench/resync.py                         # the crash scenario
+    .venv/bin/python bench/resync.py --scenario inplace --files 2000
 """
 
 from __future__ import annotations
@@ -34,6 +58,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -50,8 +75,14 @@ from failover.replication.channel import (
     ReplicationSender,
     SessionIdentity,
 )
-from failover.replication.ops import Create, Mkdir, Write
-from failover.replication.resync import ResyncPlan, ResyncRequest, ResyncSource, ResyncTarget
+from failover.replication.ops import Create, Mkdir, Op, Rename, Write
+from failover.replication.resync import (
+    ResyncPlan,
+    ResyncRequest,
+    ResyncSource,
+    ResyncTarget,
+    narrow,
+)
 from failover.replication.tracking import ChangeSet, Tracker
 from failover.testing.transport_contract import free_port
 from failover_transports.tcp import TcpEndpoint
@@ -135,8 +166,11 @@ class Peer:
             self.lab.close()
 
 
-def serve_target(target: Path, port: int, address: str) -> None:
-    """The child: accept one session, apply until the source closes it after END."""
+def serve_target(
+    target: Path, port: int, address: str, suspect: ChangeSet, *, checked: bool
+) -> None:
+    """The child: accept one session (asking with ``suspect``, with the digests of what it
+    holds there if ``checked``), apply until the source closes it after END."""
 
     async def main() -> None:
         transport = TcpReplicationTransport()
@@ -147,7 +181,10 @@ def serve_target(target: Path, port: int, address: str) -> None:
         with Applier({ROOT: target}) as applier:
             resync = ResyncTarget(applier, {ROOT: target})
             receiver = ReplicationReceiver(SECONDARY, resync, on_item=resync.on_item)
-            request = ResyncRequest("gen-1", False, ChangeSet(ZONE)).encode()
+            if checked:
+                request = resync.request("gen-1", suspect)
+            else:
+                request = ResyncRequest("gen-1", False, suspect).encode()
             await receiver.handshake(stream, request)
             with contextlib.suppress(TransportError):
                 await receiver.run()  # until the source closes the session after END
@@ -157,51 +194,84 @@ def serve_target(target: Path, port: int, address: str) -> None:
     anyio.run(main)
 
 
-def ours(source: Path, target: Path, changes: ChangeSet, peer: Peer) -> tuple[float, int]:
+def ours(
+    source: Path,
+    target: Path,
+    changes: ChangeSet,
+    peer: Peer,
+    suspect: Path | None = None,
+    *,
+    checked: bool = True,
+) -> tuple[float, int, int]:
+    """One resync of ``target`` from ``source`` whose own changes are ``changes``; the
+    target asks with the suspect set in the file ``suspect`` (none if None):
+    (seconds, bytes the source sent, bytes of the target's request)."""
     port = free_port("tcp")
     argv = [sys.executable, __file__, "--serve-target", str(target), "--port", str(port)]
+    if suspect is not None:
+        argv += ["--suspect", str(suspect)] + ([] if checked else ["--blind"])
     child = peer.popen([*argv, "--address", peer.address], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
 
-        async def main() -> tuple[float, int]:
+        async def main() -> tuple[float, int, int]:
             transport = TcpReplicationTransport()
             endpoint = TcpEndpoint(address=IPv4Address(peer.address), port=port)
             stream = await transport.connect(endpoint, timeout=10)
             sender = ReplicationSender(PRIMARY, ChannelSettings(timeout=30))
+            started = time.perf_counter()
             greeted = await sender.handshake(stream)
-            plan = ResyncPlan.make(changes, ResyncRequest.decode(greeted.request))
+            request = ResyncRequest.decode(greeted.request)
+            request = await anyio.to_thread.run_sync(narrow, request, {ROOT: source})
+            plan = ResyncPlan.make(changes, request)
             lock = threading.Lock()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(sender.run)
-                started = time.perf_counter()
                 source_run = ResyncSource(sender, {ROOT: source}, lock, plan)
                 ok = await anyio.to_thread.run_sync(source_run.run)
                 seconds = time.perf_counter() - started
                 assert ok, source_run.status().error
                 sent = sender.status().bytes_sent
                 tg.cancel_scope.cancel()
-            return seconds, sent
+            return seconds, sent, len(greeted.request)
 
         return anyio.run(main)
     finally:
         child.wait(30)
+        if child.returncode:
+            sys.exit(f"our resync target failed (exit status {child.returncode})")
 
 
 # --- (b) rsync ---------------------------------------------------------------------------------
 
 
 def ensure_rsync() -> str:
+    """rsync's path; as root, installed with apt-get (lists refreshed first) if missing.
+    Otherwise one line saying what is missing, and exit status 2."""
     found = shutil.which("rsync")
-    if found is None:
-        subprocess.run(["apt-get", "install", "-y", "rsync"], check=True, capture_output=True)
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "rsync"]):
+            done = subprocess.run(argv, check=False, capture_output=True, text=True)
+            if done.returncode:
+                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+                print(f"resync bench: {' '.join(argv)} failed: {last}", file=sys.stderr)
+                sys.exit(2)
         found = shutil.which("rsync")
-    assert found is not None
+    if found is None:
+        print(
+            "resync bench: rsync (the baseline) is missing: install Debian's rsync "
+            "(apt-get install rsync), or run as root to have it installed",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     return found
 
 
-def rsync(source: Path, target: Path, work: Path, peer: Peer) -> float:
-    binary = ensure_rsync()
+def rsync(
+    binary: str, source: Path, target: Path, work: Path, peer: Peer, *options: str
+) -> tuple[float, int]:
+    """``rsync -a [options] source/`` to a daemon serving ``target``: (seconds, bytes sent
+    + received)."""
     port = free_port("tcp")
     config = work / "rsyncd.conf"
     config.write_text(
@@ -217,18 +287,193 @@ def rsync(source: Path, target: Path, work: Path, peer: Peer) -> float:
             if time.monotonic() > deadline:
                 raise RuntimeError("rsync daemon did not start")
         started = time.perf_counter()
-        subprocess.run([binary, "-a", f"{source}/", f"{url}/t/"], check=True)
-        return time.perf_counter() - started
+        done = subprocess.run(
+            [binary, "-a", "--stats", *options, f"{source}/", f"{url}/t/"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        seconds = time.perf_counter() - started
+        sent = _stat(done.stdout, "Total bytes sent")
+        return seconds, sent + _stat(done.stdout, "Total bytes received")
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(10)
 
 
+def _stat(output: str, name: str) -> int:
+    for line in output.splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split(":", 1)[1].split()[0].replace(",", ""))
+    raise RuntimeError(f"rsync --stats printed no {name!r}")
+
+
+# --- the crash scenario -------------------------------------------------------------------------
+
+SEGMENT = 16 * 2**20
+PAGE = 8192
+
+
+def build_database(top: Path, mib: int, rng: random.Random) -> None:
+    """A database-like tree of about ``mib`` MiB: WAL segments (the current one half
+    written, two old full ones) and data files of 1..8 MiB."""
+    wal, base = top / "pg_wal", top / "base"
+    wal.mkdir(parents=True)
+    base.mkdir()
+    (wal / "seg3").write_bytes(rng.randbytes(SEGMENT // 2) + bytes(SEGMENT // 2))
+    for old in ("seg1", "seg2"):
+        (wal / old).write_bytes(rng.randbytes(SEGMENT))
+    left, i = max(8, mib - 48) * 2**20, 0
+    while left > 0:
+        size = min(left, rng.randrange(1, 9) * 2**20)
+        (base / f"rel{i}").write_bytes(rng.randbytes(size))
+        left -= size
+        i += 1
+
+
+def window_ops(top: Path, window: int, rng: random.Random) -> Iterator[Op]:
+    """The activity window (module docstring): ``window`` bytes of WAL records."""
+    rels = sorted(p.relative_to(top) for p in (top / "base").iterdir())
+    records = window // PAGE
+    for i in range(records):
+        yield Write(ROOT, b"pg_wal/seg3", SEGMENT // 2 + i * PAGE, rng.randbytes(PAGE))
+        if i % 32 == 31:
+            rel = rng.choice(rels)
+            offset = rng.randrange((top / rel).stat().st_size // PAGE) * PAGE
+            yield Write(ROOT, os.fsencode(rel), offset, rng.randbytes(PAGE))
+        if i == records // 2:
+            yield Rename(ROOT, b"pg_wal/seg1", b"pg_wal/seg4", 0)
+
+
+def history_ops(top: Path, history: int, rng: random.Random) -> Iterator[Op]:
+    """Acknowledged activity since the pair was protected, before the window: 8 KiB
+    pages at random places of the data files, ``history`` bytes."""
+    rels = sorted(p.relative_to(top) for p in (top / "base").iterdir())
+    for _ in range(history // PAGE):
+        rel = rng.choice(rels)
+        offset = rng.randrange((top / rel).stat().st_size // PAGE) * PAGE
+        yield Write(ROOT, os.fsencode(rel), offset, rng.randbytes(PAGE))
+
+
+def primary(work: Path, window: int, lag: int, seed: int, history: int) -> None:
+    """The child: write the history (acknowledged), then the window through a tracker,
+    the peer ``lag`` ops behind; print the window's bytes, then wait for SIGKILL (the
+    tracker is never closed)."""
+    rng = random.Random(seed)
+    tracker = Tracker(work / "state-crashed")  # default settings; a new state is in sync
+    written = 0
+    behind: list[Op] = []
+    with Applier({ROOT: work / "crashed"}) as local, Applier({ROOT: work / "survivor"}) as peer:
+        for op in history_ops(work / "crashed", history, rng):
+            tracker.before(op)
+            local.apply(op)
+            peer.apply(op)
+        for n, op in enumerate(window_ops(work / "crashed", window, rng)):
+            tracker.before(op)
+            local.apply(op)
+            written += len(op.data) if isinstance(op, Write) else 0
+            behind.append(op)
+            if len(behind) > lag:
+                peer.apply(behind.pop(0))  # acknowledged
+            if n % 4 == 3:
+                tracker.flush()  # the application's fdatasync
+        print(f"window {written}", flush=True)
+        signal.pause()
+
+
+def crash(args: argparse.Namespace, work: Path, peer: Peer, binary: str) -> None:
+    crashed, survivor = work / "crashed", work / "survivor"
+    build_database(crashed, args.db_mib, random.Random(args.seed))
+    subprocess.run(["cp", "-a", str(crashed), str(survivor)], check=True)
+    argv = [sys.executable, __file__, "--primary", str(work), "--window-mib", str(args.window_mib)]
+    argv += ["--history-mib", str(args.history_mib), "--lag", str(args.lag)]
+    child = subprocess.Popen([*argv, "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline().split()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    if len(line) != 2 or line[0] != "window":
+        sys.exit("the primary did not finish its window")
+    written = int(line[1])
+    suspect = Tracker.recover(work / "state-crashed").changes  # as its daemon finds it
+    (work / "suspect").write_bytes(suspect.serialise())
+    with Tracker(work / "state-survivor") as own:  # the survivor serves from here on
+        own.epoch_start("gen-2")
+        changes = own.changes()
+    copies = {name: work / name for name in ("checked", "blind", "rsync")}
+    for copy in copies.values():
+        subprocess.run(["cp", "-a", str(crashed), str(copy)], check=True)
+    subprocess.run(["sync"], check=True)
+    size = sum(p.stat().st_size for p in survivor.rglob("*") if p.is_file())
+    print(
+        f"tree: {size / 2**20:.0f} MiB; written in the window before the crash: "
+        f"{written / 2**20:.2f} MiB ({args.lag} ops never acknowledged), after "
+        f"{args.history_mib} MiB of acknowledged pages since the pair was protected"
+    )
+    print(f"peer: {peer.where}")
+    for name in ("checked", "blind"):
+        seconds, sent, asked = ours(
+            survivor, copies[name], changes, peer, work / "suspect", checked=name == "checked"
+        )
+        total = sent + asked
+        print(
+            f"ours ({name}): {seconds:.2f} s, {sent / 2**20:.2f} MiB sent + request "
+            f"{asked / 2**10:.1f} KiB = {total / 2**20:.2f} MiB; / window = {total / written:.2f}"
+        )
+    # --checksum: both copies were written within the same second, same sizes; rsync's
+    # quick check (size and mtime in seconds) would skip files that differ.
+    seconds, exchanged = rsync(binary, survivor, copies["rsync"], work, peer, "--checksum")
+    print(
+        f"rsync         : {seconds:.2f} s, {exchanged / 2**20:.2f} MiB sent + received; "
+        f"/ window = {exchanged / written:.2f} (rsync -a --checksum to an rsync daemon)"
+    )
+    for copy in copies.values():
+        subprocess.run(["diff", "-r", "-q", str(survivor), str(copy)], check=True)
+    print("every copy identical to the survivor's (diff -r)")
+
+
+def inplace(args: argparse.Namespace, work: Path, peer: Peer, binary: str) -> None:
+    rng = random.Random(args.seed)
+    source, target_ours, target_rsync = work / "source", work / "ours", work / "rsync"
+    source.mkdir()
+    total = build_tree(source, args.files, rng)
+    for copy in (target_ours, target_rsync):
+        subprocess.run(["cp", "-a", str(source), str(copy)], check=True)
+    changes, written = change_tree(source, work / "state", args.files, rng)
+    subprocess.run(["sync"], check=True)
+    print(
+        f"tree: {args.files} files, {total / 2**20:.0f} MiB; changed in place: "
+        f"{len(changes.files)} files, {written / 2**20:.2f} MiB"
+    )
+    print(f"peer: {peer.where}")
+    seconds, sent, _ = ours(source, target_ours, changes, peer)
+    print(
+        f"ours : {seconds:.2f} s, {sent / 2**20:.2f} MiB sent, "
+        f"bytes sent / bytes changed = {sent / written:.3f}"
+    )
+    rsync_seconds, _ = rsync(binary, source, target_rsync, work, peer)
+    print(f"rsync: {rsync_seconds:.2f} s (rsync -a to an rsync daemon in {peer.where})")
+    print(f"time ours / rsync = {seconds / rsync_seconds:.3f}")
+    for copy in (target_ours, target_rsync):
+        subprocess.run(["diff", "-r", "-q", str(source), str(copy)], check=True)
+    print("both copies identical to the source (diff -r)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", type=int, default=100_000)
+    parser.add_argument("--scenario", choices=("crash", "inplace"), default="crash")
+    parser.add_argument("--files", type=int, default=100_000, help="inplace: files in the tree")
+    parser.add_argument("--db-mib", type=int, default=160, help="crash: size of the tree")
+    parser.add_argument("--window-mib", type=float, default=2, help="crash: WAL in the window")
+    parser.add_argument("--lag", type=int, default=8, help="crash: ops not acknowledged")
+    parser.add_argument(
+        "--history-mib", type=float, default=0, help="crash: acknowledged pages before the window"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--serve-target", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--primary", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--suspect", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--blind", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--address", default="127.0.0.1", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -236,35 +481,20 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.serve_target is not None:
-        serve_target(args.serve_target, args.port, args.address)
+        suspect = (
+            ChangeSet.deserialise(args.suspect.read_bytes()) if args.suspect else ChangeSet(ZONE)
+        )
+        serve_target(args.serve_target, args.port, args.address, suspect, checked=not args.blind)
         return
-    rng = random.Random(args.seed)
+    if args.primary is not None:
+        window, history = (int(mib * 2**20) for mib in (args.window_mib, args.history_mib))
+        primary(args.primary, window, args.lag, args.seed, history)
+        return
+    binary = ensure_rsync()  # before anything is built: a missing baseline ends the run
     work = Path(tempfile.mkdtemp(prefix="resync-bench-"))
     peer = Peer(use_netns=not args.loopback and netns_unavailable_reason() is None)
     try:
-        source, target_ours, target_rsync = work / "source", work / "ours", work / "rsync"
-        source.mkdir()
-        total = build_tree(source, args.files, rng)
-        for copy in (target_ours, target_rsync):
-            subprocess.run(["cp", "-a", str(source), str(copy)], check=True)
-        changes, written = change_tree(source, work / "state", args.files, rng)
-        subprocess.run(["sync"], check=True)
-        print(
-            f"tree: {args.files} files, {total / 2**20:.0f} MiB; changed in place: "
-            f"{len(changes.files)} files, {written / 2**20:.2f} MiB"
-        )
-        print(f"peer: {peer.where}")
-        seconds, sent = ours(source, target_ours, changes, peer)
-        print(
-            f"ours : {seconds:.2f} s, {sent / 2**20:.2f} MiB sent, "
-            f"bytes sent / bytes changed = {sent / written:.3f}"
-        )
-        rsync_seconds = rsync(source, target_rsync, work, peer)
-        print(f"rsync: {rsync_seconds:.2f} s (rsync -a to an rsync daemon in {peer.where})")
-        print(f"time ours / rsync = {seconds / rsync_seconds:.3f}")
-        for copy in (target_ours, target_rsync):
-            subprocess.run(["diff", "-r", "-q", str(source), str(copy)], check=True)
-        print("both copies identical to the source (diff -r)")
+        (crash if args.scenario == "crash" else inplace)(args, work, peer, binary)
     finally:
         peer.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -18,7 +18,7 @@ from channel_support import identities, stream_pair
 from failover.replication.apply import Applier
 from failover.replication.channel import ChannelSettings, ReplicationReceiver, ReplicationSender
 from failover.replication.ops import Create, Mkdir, Op, SetXattr, Symlink, Write
-from failover.replication.resync import ResyncSource, ResyncTarget
+from failover.replication.resync import CheckCache, ResyncSource, ResyncTarget
 from failover.replication.tracking import Tracker
 from failover.testing.transport_contract import WAIT_TIMEOUT
 from failover.transport import MessageStream
@@ -65,14 +65,19 @@ class Pair:
 
 @asynccontextmanager
 async def resync_pair(
-    target_dir: Path, settings: ChannelSettings | None = None, request: bytes = b""
+    target_dir: Path,
+    settings: ChannelSettings | None = None,
+    request: bytes | Callable[[ResyncTarget], bytes] = b"",
+    checks: CheckCache | None = None,
 ) -> AsyncIterator[Pair]:
     """A handshaken replication session whose receiver applies with a ``ResyncTarget``;
-    ``request`` (an encoded ``ResyncRequest``) travels in the handshake's WELCOME."""
+    ``request`` (an encoded ``ResyncRequest``, or a callable making it with the
+    session's target, as the runtime does) travels in the handshake's WELCOME;
+    ``checks``: the node's digest cache the target shares (its own if None)."""
     primary, secondary = identities()
     with Applier({ROOT: target_dir}) as applier:
         done = threading.Event()
-        target = ResyncTarget(applier, {ROOT: target_dir}, on_done=done.set)
+        target = ResyncTarget(applier, {ROOT: target_dir}, on_done=done.set, checks=checks)
         sender = ReplicationSender(primary, settings or ChannelSettings(timeout=WAIT_TIMEOUT))
         receiver = ReplicationReceiver(
             secondary, target, on_item=target.on_item, timeout=WAIT_TIMEOUT
@@ -81,7 +86,8 @@ async def resync_pair(
             async with stream_pair() as (a, b), anyio.create_task_group() as tg:
                 with anyio.fail_after(WAIT_TIMEOUT):
                     async with anyio.create_task_group() as greeting:  # both ends done
-                        greeting.start_soon(receiver.handshake, b, request)
+                        asked = request if isinstance(request, bytes) else lambda: request(target)
+                        greeting.start_soon(receiver.handshake, b, asked)
                         await sender.handshake(a)
                 pair = Pair(sender, target, b, done=done)
 

@@ -36,6 +36,8 @@ from failover.replication.resync import (
     ResyncPlan,
     ResyncRequest,
     ResyncSource,
+    ResyncTarget,
+    narrow,
     request_for,
 )
 from failover.replication.tracking import ChangeSet, Tracker
@@ -131,9 +133,12 @@ async def test_write_in_place_sends_at_most_1_1_times_the_changed_bytes(tmp_path
     assert sent - changed <= 160 * items
 
 
+@pytest.mark.parametrize("checked", [False, True], ids=["blind", "checked"])
 async def test_ex_primary_garbage_and_files_the_source_never_had_are_reverted(
-    tmp_path: Path,
+    tmp_path: Path, checked: bool
 ) -> None:
+    """Blind: the request as before issue 10. Checked: with the target's digests,
+    narrowed by the source (``resync_check``), as the runtime does."""
     source_dir, target_dir, mirror, _ = start(tmp_path)
     mirror.do(Write(ROOT, b"big0", 1000, b"written since the takeover"))
     # The target was primary and crashed: what it may have written unacknowledged.
@@ -141,6 +146,7 @@ async def test_ex_primary_garbage_and_files_the_source_never_had_are_reverted(
     ghost_mirror = FakeMirror(target_dir, ghost)
     for op in [
         Write(ROOT, b"big1", 200_000, b"unacknowledged garbage" * 100),
+        Write(ROOT, b"big2", 1 << 20, b"appended past the source's end"),
         Truncate(ROOT, b"f3", 1),
         Create(ROOT, b"only-on-the-ex-primary", 0o644),
         Write(ROOT, b"only-on-the-ex-primary", 0, b"never acknowledged"),
@@ -153,10 +159,18 @@ async def test_ex_primary_garbage_and_files_the_source_never_had_are_reverted(
     recovery = Tracker.recover(tmp_path / "ghost-state")  # as after kill -9
     ghost_mirror.close()
     assert mirror.tracker is not None
-    async with resync_pair(target_dir, request=request_for(GEN, recovery).encode()) as pair:
+
+    def ask(target: ResyncTarget) -> bytes:
+        if checked:
+            return target.request(GEN, recovery.changes)
+        return request_for(GEN, recovery).encode()
+
+    async with resync_pair(target_dir, request=ask) as pair:
         assert pair.sender.peer is not None
         request = ResyncRequest.decode(pair.sender.peer.request)  # as the source gets it
         assert request.suspect == recovery.changes
+        assert (request.checks is not None) == checked
+        request = narrow(request, {ROOT: source_dir})
         plan = ResyncPlan.make(mirror.tracker.changes(), request)
         ok, _ = await resync(pair, mirror, source_dir, plan)
         assert ok

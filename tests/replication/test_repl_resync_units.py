@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from failover.errors import PeerProtocolError
@@ -14,10 +16,12 @@ from failover.replication.resync_wire import (
     Dir,
     End,
     File,
+    FileCheck,
     Item,
     Link,
     Meta,
     ResyncRequest,
+    ZoneChecks,
     decode_item,
     encode_item,
 )
@@ -80,6 +84,52 @@ def test_the_request_round_trips_and_rejects_garbage() -> None:
         ResyncRequest.decode(b"XXXX" + request.encode()[4:])
     with pytest.raises(PeerProtocolError):
         ResyncRequest.decode(request.encode()[:-3])
+
+
+def test_a_request_with_checks_round_trips_and_every_bad_field_is_named() -> None:
+    digest = bytes(range(32))
+    checks = ZoneChecks(
+        ZONE,
+        {
+            ("r", b"a/f"): FileCheck(30_000, False, {2: digest, 3: digest, 6: digest}),
+            ("r", b"n"): FileCheck(5000, True, {0: digest, 1: digest}),
+        },
+    )
+    request = ResyncRequest("gen-7", False, CHANGES, checks)
+    decoded = ResyncRequest.decode(request.encode())
+    assert decoded == request
+    assert decoded.checks is not None and decoded.checks.files == checks.files
+    wire = request.encode()
+    with pytest.raises(PeerProtocolError, match="truncated"):
+        ResyncRequest.decode(wire[:-1])
+    for bad, problem in [
+        (FileCheck(30_000, False, {8: digest}), "run"),  # zone 8 is past the end
+        (FileCheck(5000, True, {0: digest}), "whole"),  # whole, one zone missing
+    ]:
+        broken = ResyncRequest("g", False, CHANGES, ZoneChecks(ZONE, {("r", b"x"): bad}))
+        with pytest.raises(PeerProtocolError, match=problem):
+            ResyncRequest.decode(broken.encode())
+    other_zone = ResyncRequest("g", False, CHANGES, ZoneChecks(8192, {}))
+    with pytest.raises(PeerProtocolError, match="zone size"):
+        ResyncRequest.decode(other_zone.encode())
+
+
+def test_a_damaged_request_with_checks_is_only_ever_a_peer_error() -> None:
+    """Every truncation and every single-byte change of a request with checks either
+    decodes or raises ``PeerProtocolError`` (never another exception)."""
+    digest = bytes(range(32))
+    checks = ZoneChecks(
+        ZONE, {("r", b"a/f"): FileCheck(9000, True, {0: digest, 1: digest, 2: digest})}
+    )
+    data = ResyncRequest("g", False, CHANGES, checks).encode()
+    for cut in range(len(data)):
+        with pytest.raises(PeerProtocolError):
+            ResyncRequest.decode(data[:cut])
+    for at in range(len(data)):
+        for value in (0, 1, 0x7F, 0xFF):
+            damaged = data[:at] + bytes([value]) + data[at + 1 :]
+            with contextlib.suppress(PeerProtocolError):
+                ResyncRequest.decode(damaged)
 
 
 def planned() -> Pending:

@@ -381,8 +381,8 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
             resync_request = beta.plane._resync_request
 
-            def counted() -> bytes:
-                asked.append(resync_request())
+            def counted(session: Any) -> bytes:  # the session's ResyncTarget
+                asked.append(resync_request(session))
                 return asked[-1]
 
             monkeypatch.setattr(beta.plane, "_resync_request", counted)

@@ -6,10 +6,13 @@ its ``ReplicationReceiver`` with a ``ResyncTarget`` as both op sink and item
 handler. The pieces:
 
 1. The target sends a ``ResyncRequest`` (``resync_wire``): its generation, a
-   full-sync flag, and its suspect set (``Tracker.recover(...).changes``: what
-   a crashed ex-primary may have written without acknowledgement). The
-   runtime carries it to the source; ``ResyncPlan.make`` joins it with the
-   source's own ``ChangeSet`` since that generation (or asks for a full sync).
+   full-sync flag, its suspect set (``Tracker.recover(...).changes``: what
+   a crashed ex-primary may have written without acknowledgement) and the
+   digests of what it holds there (``ResyncTarget.request``, ``resync_check``).
+   The runtime carries it to the source; ``narrow`` drops the suspect zones
+   that are equal on both sides, then ``ResyncPlan.make`` joins the rest with
+   the source's own ``ChangeSet`` since that generation (or asks for a full
+   sync).
 2. ``ResyncSource.run`` sends ``BEGIN`` (the plan), then one item per step
    (``resync_pending``: names, then file zones, then metadata), then ``END``,
    as ``RESYNC`` entries of the replication channel: one ordered stream with
@@ -29,7 +32,8 @@ handler. The pieces:
 
 Only what may differ crosses: dirty zones of the plan (their data extents only:
 holes stay holes, found with SEEK_DATA/SEEK_HOLE), the entries of changed
-names (a file there is sent whole), and the metadata of changed entries.
+names (a file there is sent whole, unless the checks showed it a regular file
+on both sides: then its differing zones), and the metadata of changed entries.
 Hard links between resynced paths are not recreated (each path gets its own
 file).
 """
@@ -71,6 +75,7 @@ from failover.replication.ops import (
     Utimens,
     Write,
 )
+from failover.replication.resync_check import CheckCache, narrow
 from failover.replication.resync_pending import Pending
 from failover.replication.resync_tree import Tree, data_extents
 from failover.replication.resync_wire import (
@@ -92,12 +97,14 @@ from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeSet, Recovery
 
 __all__ = [
     "BandwidthLimiter",
+    "CheckCache",
     "ResyncChannel",
     "ResyncPlan",
     "ResyncRequest",
     "ResyncSource",
     "ResyncStatus",
     "ResyncTarget",
+    "narrow",
     "request_for",
 ]
 
@@ -525,12 +532,16 @@ class ResyncTarget:
         *,
         on_begin: Callable[[bool], None] | None = None,
         on_done: Callable[[], None] | None = None,
+        checks: CheckCache | None = None,
     ) -> None:
         self._applier = applier
         self._tree = Tree(roots)
+        self._own_checks = checks is None
+        self._checks = CheckCache() if checks is None else checks
         self._on_begin = on_begin
         self._on_done = on_done
         self._pending: dict[str, Pending] | None = None
+        self._checked: int | None = None  # the write sequence the request's digests hold at
         self.tolerated = 0
         """Live ops that touched pending state and failed here (repaired by the resync)."""
 
@@ -542,17 +553,33 @@ class ResyncTarget:
     def close(self) -> None:
         self._tree.close()
 
+    def request(self, generation: str, suspect: ChangeSet, *, full: bool = False) -> bytes:
+        """This node's encoded ``ResyncRequest``: unless ``full``, with the digests of
+        what it holds in ``suspect`` (``resync_check``: the source then sends only the
+        zones that differ) if ``checks``, the cache shared by every session of this
+        node, holds them fresh (without them otherwise); a target made without a cache
+        digests now. ``BEGIN`` refuses if any session wrote here since."""
+        found = None
+        if not full:
+            if self._own_checks:
+                self._checks.prepare(self._tree, suspect)
+            found = self._checks.get(suspect)
+        self._checked = None if found is None else found[1]
+        checks = None if found is None else found[0]
+        return ResyncRequest(generation, full, suspect, checks).encode()
+
     # --- OpSink ----------------------------------------------------------------------------------
 
     def apply(self, op: Op) -> None:
-        pending = self._pending.get(op.root) if self._pending is not None else None
-        if pending is None or not pending.live(op):
-            self._applier.apply(op)
-            return
-        try:
-            self._applier.apply(op)
-        except (ApplyError, PathRejected):
-            self.tolerated += 1
+        with self._checks.writing():
+            pending = self._pending.get(op.root) if self._pending is not None else None
+            if pending is None or not pending.live(op):
+                self._applier.apply(op)
+                return
+            try:
+                self._applier.apply(op)
+            except (ApplyError, PathRejected):
+                self.tolerated += 1
 
     def fsync(self, root: str, path: bytes, datasync: bool) -> None:
         self.apply(Fsync(root, path, datasync))
@@ -567,6 +594,10 @@ class ResyncTarget:
         if isinstance(item, Begin):
             self._begin(item)
             return
+        with self._checks.writing():
+            self._item(item)
+
+    def _item(self, item: Entry | Chunk | Meta | End) -> None:
         if self._pending is None:
             raise PeerProtocolError(f"resync {type(item).__name__} item outside a resync")
         if isinstance(item, End):
@@ -589,6 +620,14 @@ class ResyncTarget:
     def _begin(self, item: Begin) -> None:
         for root in item.roots:
             self._tree.root_fd(root)  # a root this node does not replicate: the peer's error
+        checked, self._checked = self._checked, None
+        if checked is not None and not item.full and not self._checks.unchanged_since(checked):
+            # The source skipped what matched the digests: a session wrote here since.
+            self._checks.forget()
+            raise PeerProtocolError(
+                "resync BEGIN: a session wrote here since the request was digested "
+                "(an earlier session was still applying): the source must retry"
+            )
         self._pending = {
             root: Pending.planned(root, item.changes, full=item.full) for root in item.roots
         }

@@ -6,9 +6,17 @@ Two things cross the network for a resync.
 generation, whether it asks for a full copy, and its *suspect set*: what it may
 hold that the source does not (``Tracker.recover(state_dir).changes`` of a
 crashed ex-primary: zones and names it may have written without an
-acknowledgement). Layout::
+acknowledgement), and optionally its *checks* (``ZoneChecks``): digests of
+what it holds in the suspect zones, so that the source sends only the zones
+that differ. Layout (version 1 has no checks; version 2 has them)::
 
-    b"FORQ" | version u8 | full u8 | generation length u16 | generation UTF-8 | ChangeSet
+    b"FORQ" | version u8 | full u8 | generation length u16 | generation UTF-8 |
+    (version 2: ChangeSet length u32) | ChangeSet | (version 2: ZoneChecks)
+
+``ZoneChecks``: b"FOZC" | zone_size u32 | file count u32 | per file: key | size u64 |
+whole u8 | run count u32 | per run: first zone u64 | zone count u32 | one
+``CHECK_DIGEST_SIZE``-byte SHA-256 digest per zone. ``whole``: a suspect *name*
+that is a regular file of one link here, every zone of it digested.
 
 Resync items (source -> target): the payload of ``RESYNC`` entries of the
 replication channel, in one order with the live ops. Each is ``tag u8 | body``;
@@ -36,10 +44,12 @@ the item and field.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
-from failover.codec import U8, U16, U32, Reader, Writer
+from failover.codec import U8, U16, U32, U64, Reader, Writer
 from failover.replication.ops import (
     MAX_COMPONENT,
     MAX_OFFSET,
@@ -54,7 +64,12 @@ from failover.replication.tracking import ChangeSet
 
 REQUEST_MAGIC: Final = b"FORQ"
 REQUEST_VERSION: Final = 1
+REQUEST_VERSION_CHECKS: Final = 2
 MAX_GENERATION: Final = 1024
+CHECKS_MAGIC: Final = b"FOZC"
+CHECK_DIGEST_SIZE: Final = 32
+"""SHA-256: an equal digest is taken as equal data (the zone is not sent). Chosen over
+blake2b by measurement: 642 against 447 MiB/s on the 2-vCPU VM (SHA-NI)."""
 
 _REQUEST_HEAD: Final = struct.Struct(">BB")  # version, full
 _BEGIN: Final = struct.Struct(">BBB")  # tag, full, root count
@@ -72,12 +87,103 @@ _TAG_NAMES: Final = ("", "BEGIN", "ABSENT", "DIR", "SYMLINK", "FILE", "CHUNK", "
 
 
 @dataclass(frozen=True)
+class FileCheck:
+    """What the target holds in one suspect file: its ``size`` and the digest of each
+    listed zone (``digests``: zone index -> digest); ``whole``: every zone, for a
+    suspect name."""
+
+    size: int
+    whole: bool
+    digests: Mapping[int, bytes]
+
+
+@dataclass(frozen=True)
+class ZoneChecks:
+    """The target's ``FileCheck`` per (root, path) of its suspect set."""
+
+    zone_size: int
+    files: Mapping[tuple[str, bytes], FileCheck]
+
+    def encode(self) -> bytes:
+        writer = Writer("ZoneChecks")
+        self.write(writer)
+        return writer.getvalue()
+
+    def write(self, writer: Writer) -> None:
+        writer.raw(CHECKS_MAGIC)
+        writer.number(U32, "zone size", self.zone_size)
+        writer.number(U32, "file count", len(self.files))
+        for (root, path), check in sorted(self.files.items()):
+            write_key(writer, "file", root, path)
+            writer.number(U64, "size", check.size)
+            writer.number(U8, "whole", int(check.whole))
+            runs = zone_runs(sorted(check.digests))
+            writer.number(U32, "run count", len(runs))
+            for first, end in runs:
+                writer.number(U64, "first zone", first)
+                writer.number(U32, "zone count", end - first)
+                for zone in range(first, end):
+                    writer.raw(check.digests[zone])
+
+    @classmethod
+    def decode(cls, data: bytes | memoryview) -> ZoneChecks:
+        reader = Reader(data, "ZoneChecks")
+        checks = _read_checks(reader)
+        reader.end()
+        return checks
+
+
+def zone_runs(zones: list[int]) -> list[tuple[int, int]]:
+    """Sorted distinct zone indices as runs [first, end)."""
+    runs: list[tuple[int, int]] = []
+    for zone in zones:
+        if runs and runs[-1][1] == zone:
+            runs[-1] = (runs[-1][0], zone + 1)
+        else:
+            runs.append((zone, zone + 1))
+    return runs
+
+
+def _read_checks(reader: Reader) -> ZoneChecks:
+    if reader.bytes(len(CHECKS_MAGIC), "magic") != CHECKS_MAGIC:
+        raise reader.fail("magic", "not zone checks")
+    zone_size = reader.number(U32, "zone size")
+    if not 512 <= zone_size <= 1 << 30:
+        raise reader.fail("zone size", f"{zone_size}: must be 512 bytes to 1 GiB")
+    files: dict[tuple[str, bytes], FileCheck] = {}
+    for _ in range(reader.number(U32, "file count")):
+        key = read_key(reader, "file")
+        if key in files:
+            raise reader.fail("path", f"{key!r} listed twice")
+        size = reader.number(U64, "size")
+        if size > MAX_OFFSET:
+            raise reader.fail("size", f"{size} beyond the largest file")
+        whole = reader.flag("whole")
+        zones = -(-size // zone_size)
+        digests: dict[int, bytes] = {}
+        previous = -1
+        for _ in range(reader.number(U32, "run count")):
+            first = reader.number(U64, "first zone")
+            count = reader.number(U32, "zone count")
+            if first <= previous or count == 0 or first + count > zones:
+                raise reader.fail("run", f"zones [{first}, {first + count}) of {zones}: invalid")
+            for zone in range(first, first + count):
+                digests[zone] = reader.bytes(CHECK_DIGEST_SIZE, "digest")
+            previous = first + count
+        if whole and len(digests) != zones:
+            raise reader.fail("whole", f"{len(digests)} digests for {zones} zones")
+        files[key] = FileCheck(size, whole, MappingProxyType(digests))
+    return ZoneChecks(zone_size, MappingProxyType(files))
+
+
+@dataclass(frozen=True)
 class ResyncRequest:
     """What a returning node asks of the serving node (see the module docstring)."""
 
     generation: str
     full: bool
     suspect: ChangeSet
+    checks: ZoneChecks | None = None
 
     def encode(self) -> bytes:
         generation = self.generation.encode("utf-8")
@@ -85,9 +191,14 @@ class ResyncRequest:
         if len(generation) > MAX_GENERATION:
             raise writer.fail("generation", f"longer than {MAX_GENERATION} bytes")
         writer.raw(REQUEST_MAGIC)
-        writer.pack(_REQUEST_HEAD, "version", REQUEST_VERSION, self.full)
+        version = REQUEST_VERSION if self.checks is None else REQUEST_VERSION_CHECKS
+        writer.pack(_REQUEST_HEAD, "version", version, self.full)
         writer.sized(U16, "generation", generation)
-        writer.raw(self.suspect.serialise())
+        if self.checks is None:
+            writer.raw(self.suspect.serialise())
+        else:
+            writer.sized(U32, "suspect", self.suspect.serialise())
+            self.checks.write(writer)
         return writer.getvalue()
 
     @classmethod
@@ -96,11 +207,18 @@ class ResyncRequest:
         if reader.bytes(len(REQUEST_MAGIC), "magic") != REQUEST_MAGIC:
             raise reader.fail("magic", "not a resync request")
         version = reader.number(U8, "version")
-        if version != REQUEST_VERSION:
+        if version not in (REQUEST_VERSION, REQUEST_VERSION_CHECKS):
             raise reader.fail("version", f"unknown version {version}")
         full = reader.flag("full")
         generation = reader.text(U16, "generation", MAX_GENERATION)
-        return cls(generation, full, ChangeSet.deserialise(reader.rest()))
+        if version == REQUEST_VERSION:
+            return cls(generation, full, ChangeSet.deserialise(reader.rest()))
+        suspect = ChangeSet.deserialise(reader.sized(U32, "suspect"))
+        checks = _read_checks(reader)
+        reader.end()
+        if checks.zone_size != suspect.zone_size:
+            raise reader.fail("checks", f"zone size {checks.zone_size} != {suspect.zone_size}")
+        return cls(generation, full, suspect, checks)
 
 
 # --- the items -----------------------------------------------------------------------------------

@@ -74,7 +74,14 @@ from failover.replication.quarantine import (
     quarantine,
     quarantine_before_full_resync,
 )
-from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, ResyncTarget
+from failover.replication.resync import (
+    CheckCache,
+    ResyncPlan,
+    ResyncSource,
+    ResyncStatus,
+    ResyncTarget,
+    narrow,
+)
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
 from failover.replication.verify import (
@@ -217,6 +224,7 @@ class DataPlane:
         self._refusal_logged_at = -math.inf
         self._refusals_logged = 0
         self.resyncs_received = 0
+        self._checks = CheckCache()  # digests of this node's suspect set for its requests
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
@@ -372,10 +380,15 @@ class DataPlane:
                 roots = _dup_roots(self.mirrors)
             except OSError as exc:
                 return "the replicated directories", exc
+
+        def counted(name: str, fd: int) -> Manifest | None:
+            with self._checks.writing():  # digests of this copy for a resync no longer hold
+                return move(name, fd)
+
         try:
             for name, fd in roots.items():
                 try:
-                    manifest = await anyio.to_thread.run_sync(move, name, fd)
+                    manifest = await anyio.to_thread.run_sync(counted, name, fd)
                 except (OSError, UsageError) as exc:
                     return name, exc
                 if manifest is not None:
@@ -505,7 +518,11 @@ class DataPlane:
                     held.callback(_close_all, roots)
                     applier = held.enter_context(Applier(roots))
                     target = held.enter_context(
-                        contextlib.closing(ResyncTarget(applier, roots, on_done=self._target_done))
+                        contextlib.closing(
+                            ResyncTarget(
+                                applier, roots, on_done=self._target_done, checks=self._checks
+                            )
+                        )
                     )
 
                     def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
@@ -520,7 +537,9 @@ class DataPlane:
                         on_item=on_item,
                         timeout=self.settings.channel.timeout,
                     )
-                    peer = await receiver.handshake(stream, self._resync_request)
+                    # the digests of the suspect set, off the event loop (cached)
+                    await anyio.to_thread.run_sync(self._prepare_checks, roots)
+                    peer = await receiver.handshake(stream, lambda: self._resync_request(target))
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self._refused(str(exc))
                     return
@@ -554,22 +573,28 @@ class DataPlane:
         if self._target is not None:
             await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
 
-    def _resync_request(self) -> bytes:
+    def _resync_request(self, session: ResyncTarget) -> bytes:
         """What this node asks of the source when it waits for a resync: its
         generation, full or not, and every change it may hold that the source
-        does not (its tracker's map: unacknowledged or divergent writes)."""
+        does not (its tracker's map: unacknowledged or divergent writes), with
+        the digests of what it holds there (the source sends only what differs)."""
         target = self._target
         if target is None:
             return b""
         assert self.tracker is not None
-        request = ResyncRequest(
+        return session.request(
             # the last point both copies held (after a split brain, before our own
             # changes, which the suspect set lists): where the source's tracking starts
-            generation=self.synced_generation(),
+            self.synced_generation(),
+            self.tracker.changes(),
             full=target.mode == "full",
-            suspect=self.tracker.changes(),
         )
-        return request.encode()
+
+    def _prepare_checks(self, roots: dict[str, int]) -> None:
+        """Digest the suspect set for the request (a worker thread; once per set)."""
+        target, tracker = self._target, self.tracker
+        if target is not None and target.mode != "full" and tracker is not None:
+            self._checks.prepare(roots, tracker.changes())
 
     def _target_done(self) -> None:
         """``END`` of a resync applied (in the receiver's apply thread)."""
@@ -589,6 +614,7 @@ class DataPlane:
         the synchronous replication. The outcome is reported when it ends."""
         assert self._group is not None
         if effect.role == "target":
+            self._checks.forget()  # digested before: the copy may have changed since
             self._stop_receiving()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
@@ -708,6 +734,9 @@ class DataPlane:
                 await stream.aclose()
             return [], f"resync of {s.peer} could not start: {exc}"
         self._pump(sender)
+        # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
+        backing = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        request = await anyio.to_thread.run_sync(narrow, request, backing)
         # Under every directory's order lock: the plan holds every change made so
         # far, and every later one streams live (and updates the plan's progress).
         locks = {name: mirror.order_lock for name, mirror in self.mirrors.items()}
