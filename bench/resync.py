@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from _needs import Need, ensure  # the same directory
 from pyroute2.netns import setns
 
 from failover.errors import TransportError
@@ -246,24 +247,10 @@ def ours(
 
 
 def ensure_rsync() -> str:
-    """rsync's path; as root, installed with apt-get (lists refreshed first) if missing.
-    Otherwise one line saying what is missing, and exit status 2."""
+    """rsync's path: ``_needs.ensure`` installs it as root, or exits 2 saying it is missing."""
+    ensure("resync.py", [Need("rsync", command="rsync")])
     found = shutil.which("rsync")
-    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "rsync"]):
-            done = subprocess.run(argv, check=False, capture_output=True, text=True)
-            if done.returncode:
-                last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-                print(f"resync bench: {' '.join(argv)} failed: {last}", file=sys.stderr)
-                sys.exit(2)
-        found = shutil.which("rsync")
-    if found is None:
-        print(
-            "resync bench: rsync (the baseline) is missing: install Debian's rsync "
-            "(apt-get install rsync), or run as root to have it installed",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    assert found is not None  # ensure returned: it is on PATH
     return found
 
 
