@@ -397,6 +397,11 @@ class Sealer:
 
     def seal(self, kind: Kind, body: Iterable[Buffer]) -> bytes:
         """The whole message for ``body`` (buffers joined once), under the next counter."""
+        return b"".join(self.seal_parts(kind, body))
+
+    def seal_parts(self, kind: Kind, body: Iterable[Buffer]) -> list[Buffer]:
+        """The message for ``body`` as buffers for a vectored send (header, the
+        body's buffers uncopied, tag), under the next counter."""
         parts: list[Buffer] = [
             _HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, self._flags, self.counter)
         ]
@@ -406,7 +411,7 @@ class Sealer:
             digest.update(part)
         parts.append(digest.digest())
         self.counter += 1
-        return b"".join(parts)
+        return parts
 
 
 class Opener:
@@ -419,7 +424,7 @@ class Opener:
         self._mac = None if key is None else hmac.new(key, digestmod="sha256")
         self.counter = counter
 
-    def open(self, message: bytes, *expected: Kind) -> tuple[Kind, memoryview]:
+    def open(self, message: Buffer, *expected: Kind) -> tuple[Kind, memoryview]:
         """(kind, body) of ``message``, which must be one of ``expected`` kinds."""
         view = memoryview(message)
         where = f"replication message {self.counter}"

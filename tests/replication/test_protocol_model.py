@@ -1,0 +1,370 @@
+"""Stateful model test of the sans-IO replication protocol (``replication/protocol.py``).
+
+Hypothesis drives one ``SenderProtocol`` and one ``ReceiverProtocol`` through an
+in-memory network that loses, reorders and duplicates messages, with time
+passing and a crash of either side at any step (a crash ends the session; a new
+one starts with fresh keys, as a reconnection does). The receiver's "disk" is a
+list that survives crashes; an op it holds is applied.
+
+Invariants, checked after every step:
+
+- every entry the sender saw acknowledged at the session's level (written) is
+  on the disk; at ``fsynced``, every ``Fsync`` entry up to it was fsynced;
+- within each session the disk holds entries 1, 2, ... in order, each the one
+  the sender queued under that number: none twice, none skipped, none out of
+  order; sessions never interleave;
+- an answer the sender receives is the answer to the entry it asked with.
+
+The mutants at the end break the protocol on purpose; each must be caught.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from failover.replication.channel_session import ChannelSettings, SessionCipher
+from failover.replication.channel_wire import Ack, AckLevel, ItemKind, Opener, Sealer
+from failover.replication.ops import Fsync, Op, Write
+from failover.replication.protocol import (
+    Acknowledged,
+    Answered,
+    Broken,
+    Deliver,
+    ReceiverProtocol,
+    SenderProtocol,
+)
+
+ROOT = "data"
+SETTINGS = ChannelSettings(
+    timeout=5.0,
+    window_bytes=64 * 1024,
+    max_message_bytes=64 * 1024,
+    queue_bytes=64 * 1024,
+    probe_interval=1.0,
+)
+LEVELS = (AckLevel.WRITTEN, AckLevel.FSYNCED)
+INDEX = st.integers(0, 3) | st.just(0)  # mostly in order
+FAULT = st.sampled_from(["none", "none", "none", "duplicate", "lose"])
+
+
+def ciphers(session: int) -> tuple[SessionCipher, SessionCipher]:
+    """(primary's, secondary's) cipher of session ``session``: keys of its own."""
+    to_secondary = b"to-secondary %d" % session
+    to_primary = b"to-primary %d" % session
+    return (
+        SessionCipher(Sealer(to_secondary, 1), Opener(to_primary, 1)),
+        SessionCipher(Sealer(to_primary, 1), Opener(to_secondary, 1)),
+    )
+
+
+class ProtocolMachine(RuleBasedStateMachine):
+    """A primary and a secondary over a hostile network, crashing at will."""
+
+    sender_class: type[SenderProtocol] = SenderProtocol
+    receiver_class: type[ReceiverProtocol] = ReceiverProtocol
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.session = 0
+        self.disk: list[tuple[int, int, str]] = []  # (session, seq, what) applied, durable
+        self.fsynced: set[tuple[int, int]] = set()  # (session, seq) of Fsync entries done
+        self.queued: dict[int, dict[int, str]] = {}  # session -> seq -> what was queued
+        self.contents: dict[tuple[int, int], Op | bytes] = {}  # (session, seq) -> entry
+        self.acked: dict[int, int] = {}  # session -> highest seq acked at its level
+        self.levels: dict[int, AckLevel] = {}
+        self.ops = 0
+
+    @initialize(level=st.sampled_from(LEVELS))
+    def first_session(self, level: AckLevel) -> None:
+        self._start(level, keep_stale=False)
+
+    # -- sessions -------------------------------------------------------------------
+
+    def _start(self, level: AckLevel, *, keep_stale: bool) -> None:
+        self.session += 1
+        primary, secondary = ciphers(self.session)
+        self.sender = self.sender_class(
+            primary, ChannelSettings(**{**_fields(SETTINGS), "ack_level": level}), self.now
+        )
+        self.receiver = self.receiver_class(secondary, level, takes_records=True)
+        self.levels[self.session] = level
+        self.queued[self.session] = {}
+        self.acked[self.session] = 0
+        self.pending: deque[tuple[int, ItemKind, Op | bytes]] = deque()
+        self.fsync_due: int | None = None
+        if not keep_stale:  # a new connection: nothing of the old one arrives
+            self.to_receiver: list[bytes] = []
+            self.to_sender: list[bytes] = []
+
+    @rule(side=st.sampled_from(["primary", "secondary"]), level=st.sampled_from(LEVELS))
+    def crash(self, side: str, level: AckLevel) -> None:
+        """Either side dies (or the session breaks): a new session starts, on a
+        new connection. The secondary loses what it received and did not apply;
+        the primary forgets the session (change tracking resends, elsewhere)."""
+        self._start(level, keep_stale=False)
+
+    @rule(level=st.sampled_from(LEVELS))
+    def reconnect_with_stale_messages(self, level: AckLevel) -> None:
+        """A new session, while messages of the old one are still on the way."""
+        self._start(level, keep_stale=True)
+
+    # -- the primary's application ---------------------------------------------------
+
+    def _queued(self, seq: int, what: str, content: Op | bytes) -> None:
+        if seq:
+            assert seq not in self.queued[self.session]
+            self.queued[self.session][seq] = what
+            self.contents[self.session, seq] = content
+
+    @rule(size=st.integers(0, 20_000))
+    def write(self, size: int) -> None:
+        self.ops += 1
+        op = Write(ROOT, b"f", self.ops, bytes([size % 251]) * size)
+        self._queued(self.sender.send(op), f"write {self.ops}", op)
+
+    @rule()
+    def fsync(self) -> None:
+        self.ops += 1
+        op = Fsync(ROOT, b"f", self.ops % 2 == 0)
+        seq = self.sender.send(op)
+        self._queued(seq, f"fsync {self.ops}", op)
+        self.sender.expect_ack(seq, self.now)
+
+    @rule(ask=st.booleans())
+    def control(self, ask: bool) -> None:
+        self.ops += 1
+        record = b"record %d" % self.ops
+        seq = self.sender.send_entry(ItemKind.CONTROL, [record], ask=ask)
+        self._queued(seq, f"{'ask' if ask else 'control'} {self.ops}", record)
+
+    # -- the network -------------------------------------------------------------------
+
+    @rule()
+    def sender_sends(self) -> None:
+        for message in self.sender.data_to_send(self.now):
+            self.to_receiver.append(b"".join(message))
+        self._sender_events()
+
+    @rule()
+    def receiver_sends(self) -> None:
+        for message in self.receiver.data_to_send(self.now):
+            self.to_sender.append(b"".join(message))
+
+    @rule()
+    def network_carries_everything(self) -> None:
+        """A healthy network: everything sent so far arrives, in order, both ways."""
+        self.sender_sends()
+        while self.to_receiver:
+            self.to_receiver_arrives(0, "none")
+        self.receiver_sends()
+        while self.to_sender:
+            self.to_sender_arrives(0, "none")
+
+    @rule()
+    def healthy_round_trip(self) -> None:
+        """Everything travels, the secondary applies (and fsyncs) all it has, and
+        its acks travel back."""
+        self.network_carries_everything()
+        while self.pending or self.fsync_due is not None:
+            if self.fsync_due is not None:
+                self.fsync_done()
+            else:
+                self.apply(1)
+        self.network_carries_everything()
+
+    @precondition(lambda self: self.to_receiver)
+    @rule(index=INDEX, fault=FAULT)
+    def to_receiver_arrives(self, index: int, fault: str) -> None:
+        """The message at ``index`` (reordered unless 0) arrives, or stays too
+        (duplicated), or is lost."""
+        index %= len(self.to_receiver)
+        message = self.to_receiver[index] if fault == "duplicate" else self.to_receiver.pop(index)
+        if fault == "lose":
+            return
+        self.receiver.receive(message, self.now)
+        for event in self.receiver.events():
+            if isinstance(event, Deliver):
+                self.pending.extend(event.entries)
+            else:
+                assert isinstance(event, Broken)
+
+    @precondition(lambda self: self.to_sender)
+    @rule(index=INDEX, fault=FAULT)
+    def to_sender_arrives(self, index: int, fault: str) -> None:
+        index %= len(self.to_sender)
+        message = self.to_sender[index] if fault == "duplicate" else self.to_sender.pop(index)
+        if fault == "lose":
+            return
+        self.sender.receive(message, self.now)
+        self._sender_events()
+
+    @rule(seconds=st.sampled_from([0.1, 0.1, 0.6, 2.0, 6.0]))
+    def time_passes(self, seconds: float) -> None:
+        self.now += seconds
+        self.sender.handle_timer(self.now)
+        self._sender_events()
+
+    def _sender_events(self) -> None:
+        for event in self.sender.events():
+            if isinstance(event, Acknowledged):
+                assert event.upto >= self.acked[self.session]
+                self.acked[self.session] = event.upto
+            elif isinstance(event, Answered):
+                asked = (self.session, event.seq, self.queued[self.session][event.seq])
+                assert asked in self.disk and asked[2].startswith("ask")
+                assert event.answer == b"answer %d" % event.seq
+
+    # -- the secondary's adapter -------------------------------------------------------
+
+    @precondition(lambda self: self.pending and self.fsync_due is None)
+    @rule(count=st.integers(1, 4))
+    def apply(self, count: int) -> None:
+        """Apply the next entries in order (an ``Fsync`` waits for its fsync)."""
+        for _ in range(count):
+            if not self.pending or self.fsync_due is not None:
+                return
+            seq, _, item = self.pending.popleft()
+            what = self.queued[self.session].get(seq, "?")
+            assert item == self.contents.get((self.session, seq)), f"entry {seq} altered"
+            self.disk.append((self.session, seq, what))
+            self.disk_holds_each_session_in_order()
+            needs_fsync = self.receiver.needs_fsync(seq)
+            self.receiver.applied(seq)
+            if needs_fsync:
+                self.fsync_due = seq
+            elif what.startswith("ask"):
+                self.receiver.reply(seq, b"answer %d" % seq)
+
+    @precondition(lambda self: self.fsync_due is not None)
+    @rule()
+    def fsync_done(self) -> None:
+        assert self.fsync_due is not None
+        self.fsynced.add((self.session, self.fsync_due))
+        self.receiver.fsynced_upto(self.fsync_due)
+        self.fsync_due = None
+
+    # -- invariants ----------------------------------------------------------------------
+
+    @invariant()
+    def disk_holds_each_session_in_order(self) -> None:
+        applied: dict[int, int] = {}
+        last_session = 0
+        for session, seq, what in self.disk:
+            assert session >= last_session, "sessions interleaved on the disk"
+            last_session = session
+            assert seq == applied.get(session, 0) + 1, f"session {session}: {seq} out of order"
+            applied[session] = seq
+            assert what == self.queued[session][seq], f"{what} applied as entry {seq}"
+
+    @invariant()
+    def every_acknowledged_entry_is_applied(self) -> None:
+        applied: dict[int, int] = {}
+        for session, seq, _ in self.disk:
+            applied[session] = seq
+        for session, upto in self.acked.items():
+            assert upto <= applied.get(session, 0), (
+                f"session {session}: entry {upto} acknowledged, {applied.get(session, 0)} applied"
+            )
+            if self.levels[session] is AckLevel.FSYNCED:
+                for seq, what in self.queued[session].items():
+                    if seq <= upto and what.startswith("fsync"):
+                        assert (session, seq) in self.fsynced, f"fsync {seq} acknowledged, not done"
+
+
+def _fields(value: ChannelSettings) -> dict[str, object]:
+    return {name: getattr(value, name) for name in ChannelSettings.__slots__}
+
+
+TestProtocolModel = ProtocolMachine.TestCase
+TestProtocolModel.settings = settings(
+    max_examples=150,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+# -- mutants: each must be caught --------------------------------------------------------
+
+
+class AckBeforeApply(ReceiverProtocol):
+    """Acknowledges what it received as written (and fsynced) before applying it."""
+
+    def _visible_ack(self) -> Ack:
+        return Ack(self.received, self.received, self.received)
+
+
+class FsyncedAtWritten(ReceiverProtocol):
+    """Counts an ``Fsync`` as fsynced once applied, before the fsync ran."""
+
+    def applied(self, seq: int) -> None:
+        super().applied(seq)
+        self.fsynced = seq
+
+
+class ReceivedIsEnough(SenderProtocol):
+    """Takes the peer's received level for the configured one."""
+
+    def _level_of(self, ack: Ack) -> int:
+        return ack.received
+
+
+class SequenceForgotten(ReceiverProtocol):
+    """Forgets where the stream stands after each message: a duplicated or
+    replayed message is delivered again (the counter check is off as well)."""
+
+    def receive(self, message: bytes | bytearray | memoryview, now: float) -> None:
+        self._cipher.opener.counter = int.from_bytes(bytes(memoryview(message)[8:16]), "big")
+        received = self.received
+        self.received = int.from_bytes(bytes(memoryview(message)[16:24]), "big") - 1
+        super().receive(message, now)
+        self.received = max(self.received, received)
+
+
+def _mutant_machine(
+    sender: type[SenderProtocol] = SenderProtocol,
+    receiver: type[ReceiverProtocol] = ReceiverProtocol,
+) -> type[ProtocolMachine]:
+    return type("Mutant", (ProtocolMachine,), {"sender_class": sender, "receiver_class": receiver})
+
+
+MUTANT_SETTINGS = settings(
+    max_examples=300,
+    stateful_step_count=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.generate],  # caught is enough: no shrinking
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("sender", "receiver"),
+    [
+        (SenderProtocol, AckBeforeApply),
+        (SenderProtocol, FsyncedAtWritten),
+        (ReceivedIsEnough, ReceiverProtocol),
+        (SenderProtocol, SequenceForgotten),
+    ],
+    ids=["ack-before-apply", "fsynced-at-written", "received-is-enough", "sequence-forgotten"],
+)
+def test_the_model_catches_the_mutant(
+    sender: type[SenderProtocol], receiver: type[ReceiverProtocol]
+) -> None:
+    with pytest.raises(AssertionError):
+        run_state_machine_as_test(_mutant_machine(sender, receiver), settings=MUTANT_SETTINGS)
