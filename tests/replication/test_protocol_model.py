@@ -61,11 +61,11 @@ FAULT = st.sampled_from(["none", "none", "none", "duplicate", "lose"])
 
 def ciphers(session: int) -> tuple[SessionCipher, SessionCipher]:
     """(primary's, secondary's) cipher of session ``session``: keys of its own."""
-    to_secondary = b"to-secondary %d" % session
-    to_primary = b"to-primary %d" % session
+    to_secondary = (b"to-secondary %d" % session).ljust(32, b".")
+    to_primary = (b"to-primary %d" % session).ljust(32, b".")
     return (
-        SessionCipher(Sealer(to_secondary, 1), Opener(to_primary, 1)),
-        SessionCipher(Sealer(to_primary, 1), Opener(to_secondary, 1)),
+        SessionCipher(Sealer(to_secondary, 1, session=True), Opener(to_primary, 1, session=True)),
+        SessionCipher(Sealer(to_primary, 1, session=True), Opener(to_secondary, 1, session=True)),
     )
 
 

@@ -176,8 +176,10 @@ def _cipher(
         return SessionCipher(Sealer(None, 1), Opener(None, 1))
     to_secondary, to_primary = session_keys(key, hello, welcome_nonce)
     if primary:
-        return SessionCipher(Sealer(to_secondary, 1), Opener(to_primary, 1))
-    return SessionCipher(Sealer(to_primary, 1), Opener(to_secondary, 1))
+        return SessionCipher(
+            Sealer(to_secondary, 1, session=True), Opener(to_primary, 1, session=True)
+        )
+    return SessionCipher(Sealer(to_primary, 1, session=True), Opener(to_secondary, 1, session=True))
 
 
 def _warn_insecure(identity: SessionIdentity) -> None:

@@ -120,7 +120,7 @@ Event = Acknowledged | Answered | ProbeAnswered | Broken | Deliver
 class _Session:
     """What both ends share: the cipher, the event queue, breaking once."""
 
-    def __init__(self, cipher: SessionCipher) -> None:
+    def __init__(self, cipher: SessionCipher | None) -> None:
         self._cipher = cipher
         self._events: deque[Event] = deque()
         self._out: list[Message] = []
@@ -147,12 +147,15 @@ class _Session:
         """Hook: drop what the side queued."""
 
     def _seal(self, kind: Kind, body: Sequence[Buffer]) -> Message:
+        assert self._cipher is not None, "sealing before the session started"
         return self._cipher.sealer.seal_parts(kind, body)
 
     def _open(self, message: Buffer, *kinds: Kind) -> tuple[Kind, memoryview] | None:
         """(kind, body), or None once broken (a violation breaks the session)."""
         if self.broken is not None:
             return None
+        if self._cipher is None:
+            raise UsageError("a message received before the session started")
         try:
             return self._cipher.opener.open(message, *kinds)
         except PeerProtocolError as exc:
@@ -166,11 +169,16 @@ class _Session:
 class SenderProtocol(_Session):
     """The primary's end of one session (see the module docstring).
 
-    Not thread-safe: the adapter serialises every call (one lock).
+    Not thread-safe: the adapter serialises every call (one lock). Entries may
+    be queued before the handshake (``cipher=None``); they leave after ``start``.
     """
 
     def __init__(
-        self, cipher: SessionCipher, settings: ChannelSettings, now: float, peer: str = "peer"
+        self,
+        cipher: SessionCipher | None,
+        settings: ChannelSettings,
+        now: float,
+        peer: str = "peer",
     ) -> None:
         super().__init__(cipher)
         self._settings = settings
@@ -198,6 +206,16 @@ class SenderProtocol(_Session):
 
     # -- inputs --------------------------------------------------------------------
 
+    def start(self, cipher: SessionCipher, now: float) -> None:
+        """The handshake succeeded: entries queued so far may leave."""
+        self._cipher = cipher
+        self._last_progress = self.last_sent = self.last_heard = now
+
+    @property
+    def started(self) -> bool:
+        """Whether ``start`` ran (or the protocol was made with its cipher)."""
+        return self._cipher is not None
+
     def send(self, op: Op) -> int:
         """Queue ``op``; its sequence number (0 once broken)."""
         return self.send_entry(ItemKind.OP, encode_parts(op))
@@ -205,9 +223,7 @@ class SenderProtocol(_Session):
     def send_entry(self, kind: ItemKind, payload: Sequence[Buffer], *, ask: bool = False) -> int:
         """Queue one entry (its payload as buffers, uncopied); its sequence number
         (0 once broken). ``ask``: an ``Answered`` event is expected for it."""
-        size = ENTRY_OVERHEAD + sum(buffer_size(part) for part in payload)
-        if size > MAX_ENTRY:
-            raise UsageError(f"replication entry of {size} bytes exceeds {MAX_ENTRY}")
+        size = self.entry_size(payload)
         if self.broken is not None:
             return 0
         seq = self.next_seq
@@ -266,7 +282,7 @@ class SenderProtocol(_Session):
         if self._unapplied:
             deadlines.append(self._last_progress + self._timeout)
         interval = self._settings.probe_interval
-        if interval is not None:
+        if interval is not None and self.started:
             deadlines.append(self.last_heard + self._timeout)
             if not self._sendable():
                 deadlines.append(self.last_sent + interval / 2)
@@ -293,7 +309,7 @@ class SenderProtocol(_Session):
             self.close(f"peer acknowledged nothing for {self._timeout} s with data in flight")
             return
         interval = self._settings.probe_interval
-        if interval is None:
+        if interval is None or not self.started:
             return
         if now - self.last_heard >= self._timeout:
             self.close(f"no answer from {self._peer} for {self._timeout} s (probed)")
@@ -306,7 +322,7 @@ class SenderProtocol(_Session):
 
     def data_to_send(self, now: float) -> list[Message]:
         """The messages to send now, in order (queued entries within the window)."""
-        if self.broken is not None:
+        if self.broken is not None or not self.started:
             return []
         out = self._out
         self._out = []
@@ -325,9 +341,18 @@ class SenderProtocol(_Session):
         return out
 
     @property
-    def waiting_for_window(self) -> bool:
-        """Entries are queued but the window has no room for the next one."""
-        return bool(self._queue) and not self._sendable()
+    def wants_to_send(self) -> bool:
+        """Whether ``data_to_send`` would return something now."""
+        return self.broken is None and self.started and (bool(self._out) or self._sendable())
+
+    @staticmethod
+    def entry_size(payload: Sequence[Buffer]) -> int:
+        """The bytes an entry with ``payload`` takes in the queue and the window.
+        Raises UsageError (local misuse) beyond ``MAX_ENTRY``."""
+        size = ENTRY_OVERHEAD + sum(buffer_size(part) for part in payload)
+        if size > MAX_ENTRY:
+            raise UsageError(f"replication entry of {size} bytes exceeds {MAX_ENTRY}")
+        return size
 
     def _sendable(self) -> bool:
         if not self._queue:
@@ -426,6 +451,13 @@ class ReceiverProtocol(_Session):
         self._ack_sent = Ack(0, 0, 0)
         self._replies: list[tuple[int, bytes]] = []
         self.bytes_received = 0
+
+    @property
+    def wants_to_send(self) -> bool:
+        """Whether ``data_to_send`` would return something now."""
+        if self.broken is not None:
+            return False
+        return bool(self._out or self._replies) or self._visible_ack() != self._ack_sent
 
     @property
     def ack(self) -> Ack:
