@@ -290,7 +290,7 @@ def _fields(value: ChannelSettings) -> dict[str, object]:
 
 TestProtocolModel = ProtocolMachine.TestCase
 TestProtocolModel.settings = settings(
-    max_examples=150,
+    max_examples=300,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -368,3 +368,40 @@ def test_the_model_catches_the_mutant(
 ) -> None:
     with pytest.raises(AssertionError):
         run_state_machine_as_test(_mutant_machine(sender, receiver), settings=MUTANT_SETTINGS)
+
+
+# -- timers, one at a time ---------------------------------------------------------------
+
+
+def _sender(**changes: object) -> SenderProtocol:
+    primary, _ = ciphers(1)
+    return SenderProtocol(primary, ChannelSettings(**{**_fields(SETTINGS), **changes}), 0.0)
+
+
+def test_a_wait_for_room_breaks_the_session_only_past_the_timeout() -> None:
+    sender = _sender(probe_interval=None)
+    big = Write(ROOT, b"f", 0, bytes(40_000))
+    sender.send(big)
+    sender.send(big)  # the queue (64 KiB) now refuses a third
+    assert not sender.has_room(SenderProtocol.entry_size([bytes(40_000)]))
+    found = sender.expect_room(0.0)
+    waiting = sender.expect_room(1.0)
+    sender.room_found(found)
+    sender.handle_timer(5.5)  # the first wait ended in time: nothing breaks
+    assert sender.broken is None
+    assert sender.next_deadline() == 6.0
+    sender.handle_timer(6.0)
+    assert sender.broken is not None and "queue stayed full" in sender.broken
+    assert sender.room_found(waiting) is None
+
+
+def test_an_awaited_entry_not_acknowledged_in_time_breaks_the_session() -> None:
+    sender = _sender(probe_interval=None)
+    seq = sender.send(Fsync(ROOT, b"f", False))
+    sender.expect_ack(seq, 1.0)
+    assert sender.next_deadline() == 6.0
+    sender.handle_timer(5.9)
+    assert sender.broken is None
+    sender.handle_timer(6.0)
+    assert sender.broken == f"peer did not acknowledge entry {seq} within 5.0 s (written)"
+    assert [type(event) for event in sender.events()] == [Broken]

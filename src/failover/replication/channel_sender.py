@@ -203,8 +203,9 @@ class ReplicationSender:
         size = protocol.entry_size(payload)
         with self._lock:
             if not protocol.has_room(size):
-                protocol.expect_room(time.monotonic())
+                token = protocol.expect_room(time.monotonic())
                 self._wait_locked(lambda: protocol.has_room(size))
+                protocol.room_found(token)
             seq = protocol.send_entry(kind, payload, ask=ask)
             if seq and ask:
                 self._waiting.add(seq)

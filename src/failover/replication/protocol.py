@@ -196,7 +196,8 @@ class SenderProtocol(_Session):
         """Highest sequence number acknowledged at the session's level."""
         self._asked: set[int] = set()
         self._ack_waits: list[tuple[float, int]] = []  # heap of (deadline, seq)
-        self._room_deadline: float | None = None
+        self._room_waits: dict[int, float] = {}  # token -> deadline of a wait for room
+        self._room_tokens = 0
         self._last_progress = self.last_sent = self.last_heard = now
         self.entries_sent = self.bytes_sent = 0
         self.probes_sent = self._probes_answered = 0
@@ -239,11 +240,16 @@ class SenderProtocol(_Session):
         queue takes any entry)."""
         return not self._queue or self.queued_bytes + size <= self._settings.queue_bytes
 
-    def expect_room(self, now: float) -> None:
-        """Someone waits for room in the queue: if there is none within the
-        timeout, the session breaks."""
-        if self._room_deadline is None:
-            self._room_deadline = now + self._timeout
+    def expect_room(self, now: float) -> int:
+        """Someone waits for room in the queue: if they still wait after the
+        timeout, the session breaks. A token for ``room_found``."""
+        self._room_tokens += 1
+        self._room_waits[self._room_tokens] = now + self._timeout
+        return self._room_tokens
+
+    def room_found(self, token: int) -> None:
+        """The wait of ``token`` (from ``expect_room``) is over."""
+        self._room_waits.pop(token, None)
 
     def expect_ack(self, seq: int, now: float) -> None:
         """Someone waits for entry ``seq`` at the session's level: if it is not
@@ -277,8 +283,8 @@ class SenderProtocol(_Session):
             heapq.heappop(self._ack_waits)
         if self._ack_waits:
             deadlines.append(self._ack_waits[0][0])
-        if self._room_deadline is not None:
-            deadlines.append(self._room_deadline)
+        if self._room_waits:
+            deadlines.append(min(self._room_waits.values()))
         if self._unapplied:
             deadlines.append(self._last_progress + self._timeout)
         interval = self._settings.probe_interval
@@ -300,7 +306,7 @@ class SenderProtocol(_Session):
                     f"peer did not acknowledge entry {seq} within {self._timeout} s ({level})"
                 )
                 return
-        if self._room_deadline is not None and self._room_deadline <= now:
+        if self._room_waits and min(self._room_waits.values()) <= now:
             self.close(
                 f"replication queue stayed full ({self.queued_bytes} bytes) for {self._timeout} s"
             )
@@ -375,8 +381,6 @@ class SenderProtocol(_Session):
             taken.append((kind, payload))
             size += entry_size
         self.queued_bytes -= size
-        if self._room_deadline is not None and self.has_room(0):
-            self._room_deadline = None
         first = self.sent_seq + 1
         self.sent_seq += len(taken)
         self.entries_sent += len(taken)
@@ -386,7 +390,7 @@ class SenderProtocol(_Session):
         self._queue.clear()
         self.queued_bytes = 0
         self._ack_waits.clear()
-        self._room_deadline = None
+        self._room_waits.clear()
 
     def _on_reply(self, seq: int, answer: bytes) -> None:
         if seq not in self._asked:
