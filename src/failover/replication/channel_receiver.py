@@ -147,13 +147,10 @@ class ReplicationReceiver:
         failure: list[Exception] = []
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._receive_loop, stream, batches, failure)
+                tg.start_soon(self._apply_task, batches, failure, tg.cancel_scope)
                 tg.start_soon(self._send_loop, stream)
-                try:
-                    await anyio.to_thread.run_sync(self._apply_thread, batches)
-                except PeerProtocolError as exc:  # ApplyError and PathRejected included
-                    failure.insert(0, exc)
-                tg.cancel_scope.cancel()
+                # here, not in a child task: its ``finally`` always ends the apply thread
+                await self._receive_loop(stream, batches, failure)
         finally:
             ended = self._protocol.broken
             self._close("replication session closed locally")
@@ -162,6 +159,19 @@ class ReplicationReceiver:
         if not failure:  # a send failed first: the connection is gone all the same
             failure.append(TransportError(ended or "replication session ended"))
         raise failure[0]
+
+    async def _apply_task(
+        self,
+        batches: queue.SimpleQueue[_Entries | None],
+        failure: list[Exception],
+        scope: anyio.CancelScope,
+    ) -> None:
+        """Run the apply thread to its end, then end the session's other tasks."""
+        try:
+            await anyio.to_thread.run_sync(self._apply_thread, batches)
+        except PeerProtocolError as exc:  # ApplyError and PathRejected included
+            failure.insert(0, exc)
+        scope.cancel()
 
     def _close(self, reason: str) -> None:
         """Send nothing more on this session."""

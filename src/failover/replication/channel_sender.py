@@ -245,7 +245,7 @@ class ReplicationSender:
     def _events_locked(self) -> None:
         notify = False
         for event in self._protocol.events():
-            notify = True
+            notify = notify or isinstance(event, Acknowledged | Answered | Broken)
             if isinstance(event, Answered) and event.seq in self._waiting:
                 self._answers[event.seq] = event.answer
             elif isinstance(event, Broken):
@@ -253,9 +253,7 @@ class ReplicationSender:
                     self.failure = event.failure
                 self._direct = None
                 self._wake(self._break_wakeup)
-            elif not isinstance(event, Acknowledged):
-                notify = False  # a probe answer: status only
-        if notify:
+        if notify:  # a probe answer changes status only
             self._changed.notify_all()
 
     def _wake(self, wakeup: Wakeup | None = None) -> None:
