@@ -550,10 +550,14 @@ class ReceiverProtocol(_Session):
         return out
 
     def _visible_ack(self) -> Ack:
-        """The ack to send: ``received`` moves an ack on its own only at that level
-        (elsewhere it rides along with written/fsynced progress)."""
-        if self._level is AckLevel.RECEIVED:
+        """The ack to send. ``written`` progress always makes one (it frees the
+        primary's window and shows progress); ``received`` and ``fsynced`` only
+        at their own level (elsewhere they ride along with the next one)."""
+        sent = self._ack_sent
+        if self.written != sent.written:
             return self.ack
-        if (self.written, self.fsynced) == (self._ack_sent.written, self._ack_sent.fsynced):
-            return self._ack_sent
-        return self.ack
+        if self._level is AckLevel.RECEIVED and self.received != sent.received:
+            return self.ack
+        if self._level is AckLevel.FSYNCED and self.fsynced != sent.fsynced:
+            return self.ack
+        return sent
