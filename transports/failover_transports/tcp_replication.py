@@ -93,6 +93,11 @@ class TcpMessageStream:
             self._backlog.extend(parts)
             return self._write_locked()
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether bytes wait for ``flush`` (the socket did not take them all)."""
+        return bool(self._backlog)
+
     def _check_send(self) -> None:
         if self._closed:
             raise closed_error(self._what)

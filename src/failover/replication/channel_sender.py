@@ -225,11 +225,15 @@ class ReplicationSender:
                 continue
             self._changed.wait(None if deadline is None else deadline - now)
 
-    def _output_locked(self) -> None:
+    def _output_locked(self, *, loop: bool = False) -> None:
         """Under the lock: take the protocol's events, and its messages when this
-        context may send them (a ``VectoredStream``); else wake the send task."""
+        context may send them (a ``VectoredStream`` that is not backlogged: else
+        what is queued waits, to leave packed together once the loop flushed,
+        ``loop`` being that moment); else wake the send task."""
         protocol = self._protocol
-        if self._direct is not None:
+        if self._direct is not None and self._direct.backlogged and not loop:
+            self._wake()
+        elif self._direct is not None:
             stream = self._direct
             for message in protocol.data_to_send(time.monotonic()):
                 try:
@@ -381,7 +385,7 @@ class ReplicationSender:
                     protocol.handle_timer(now)
                     direct = self._direct
                     if direct is not None:
-                        self._output_locked()
+                        self._output_locked(loop=True)
                         messages: list[Message] = []
                     else:
                         messages = protocol.data_to_send(now)
