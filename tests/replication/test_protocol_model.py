@@ -55,6 +55,7 @@ SETTINGS = ChannelSettings(
     probe_interval=1.0,
 )
 LEVELS = (AckLevel.WRITTEN, AckLevel.FSYNCED)
+ZONES = 3
 INDEX = st.integers(0, 3) | st.just(0)  # mostly in order
 FAULT = st.sampled_from(["none", "none", "none", "duplicate", "lose"])
 
@@ -86,6 +87,13 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.acked: dict[int, int] = {}  # session -> highest seq acked at its level
         self.levels: dict[int, AckLevel] = {}
         self.ops = 0
+        # resync, modelled: one file of ZONES zones; the primary's copy, the
+        # secondary's (durable), and per session the resync's progress
+        self.primary_zones = [b""] * ZONES
+        self.secondary_zones = [b""] * ZONES
+        self.resync_next: int | None = 0  # next zone to send; None: the resync ended
+        self.resync_end: dict[int, tuple[int, list[bytes]]] = {}  # session -> END seq, snapshot
+        self.zones_at_end: dict[int, list[bytes]] = {}  # session -> secondary's zones at END
 
     @initialize(level=st.sampled_from(LEVELS))
     def first_session(self, level: AckLevel) -> None:
@@ -105,6 +113,7 @@ class ProtocolMachine(RuleBasedStateMachine):
         self.acked[self.session] = 0
         self.pending: deque[tuple[int, ItemKind, Op | bytes]] = deque()
         self.fsync_due: int | None = None
+        self.resync_next = 0  # every session starts with a resync (the peer may lack writes)
         if not keep_stale:  # a new connection: nothing of the old one arrives
             self.to_receiver: list[bytes] = []
             self.to_sender: list[bytes] = []
@@ -129,11 +138,37 @@ class ProtocolMachine(RuleBasedStateMachine):
             self.queued[self.session][seq] = what
             self.contents[self.session, seq] = content
 
-    @rule(size=st.integers(0, 20_000))
-    def write(self, size: int) -> None:
+    @rule(size=st.integers(0, 20_000), zone=st.integers(0, ZONES - 1))
+    def write(self, size: int, zone: int) -> None:
+        """The application writes zone ``zone`` (locally, then to the peer)."""
         self.ops += 1
-        op = Write(ROOT, b"f", self.ops, bytes([size % 251]) * size)
+        data = bytes([self.ops % 251]) * size
+        self.primary_zones[zone] = data
+        op = Write(ROOT, b"f", zone, data)
         self._queued(self.sender.send(op), f"write {self.ops}", op)
+
+    skipped_zone: int | None = None
+    """A zone the resync forgets (the mutant); None in the real model."""
+
+    @precondition(lambda self: self.resync_next is not None)
+    @rule()
+    def resync_step(self) -> None:
+        """The resync sends its next zone as it is now (a RESYNC entry in the same
+        order as live writes), or, after the last, its END."""
+        assert self.resync_next is not None
+        zone = self.resync_next
+        if zone < ZONES:
+            self.resync_next = zone + 1
+            if zone == self.skipped_zone:
+                return
+            record = b"Z" + bytes([zone]) + self.primary_zones[zone]
+            self._queued(self.sender.send_entry(ItemKind.RESYNC, [record]), "zone", record)
+            return
+        self.resync_next = None
+        seq = self.sender.send_entry(ItemKind.RESYNC, [b"END"])
+        self._queued(seq, "end", b"END")
+        if seq:
+            self.resync_end[self.session] = (seq, list(self.primary_zones))
 
     @rule()
     def fsync(self) -> None:
@@ -241,6 +276,12 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert item == self.contents.get((self.session, seq)), f"entry {seq} altered"
             self.disk.append((self.session, seq, what))
             self.disk_holds_each_session_in_order()
+            if isinstance(item, Write):
+                self.secondary_zones[item.offset] = bytes(item.data)
+            elif item == b"END":
+                self.zones_at_end[self.session] = list(self.secondary_zones)
+            elif isinstance(item, bytes) and item.startswith(b"Z"):
+                self.secondary_zones[item[1]] = item[2:]
             needs_fsync = self.receiver.needs_fsync(seq)
             self.receiver.applied(seq)
             if needs_fsync:
@@ -268,6 +309,14 @@ class ProtocolMachine(RuleBasedStateMachine):
             assert seq == applied.get(session, 0) + 1, f"session {session}: {seq} out of order"
             applied[session] = seq
             assert what == self.queued[session][seq], f"{what} applied as entry {seq}"
+
+    @invariant()
+    def an_acknowledged_resync_left_identical_copies(self) -> None:
+        """Once the resync's END is acknowledged, the secondary's copy was, when it
+        applied END, the primary's copy when END was queued."""
+        for session, (seq, snapshot) in self.resync_end.items():
+            if self.acked[session] >= seq:
+                assert self.zones_at_end[session] == snapshot, f"session {session}: copies differ"
 
     @invariant()
     def every_acknowledged_entry_is_applied(self) -> None:
@@ -337,8 +386,13 @@ class SequenceForgotten(ReceiverProtocol):
 def _mutant_machine(
     sender: type[SenderProtocol] = SenderProtocol,
     receiver: type[ReceiverProtocol] = ReceiverProtocol,
+    skipped_zone: int | None = None,
 ) -> type[ProtocolMachine]:
-    return type("Mutant", (ProtocolMachine,), {"sender_class": sender, "receiver_class": receiver})
+    return type(
+        "Mutant",
+        (ProtocolMachine,),
+        {"sender_class": sender, "receiver_class": receiver, "skipped_zone": skipped_zone},
+    )
 
 
 MUTANT_SETTINGS = settings(
@@ -368,6 +422,11 @@ def test_the_model_catches_the_mutant(
 ) -> None:
     with pytest.raises(AssertionError):
         run_state_machine_as_test(_mutant_machine(sender, receiver), settings=MUTANT_SETTINGS)
+
+
+def test_the_model_catches_a_resync_that_skips_a_zone() -> None:
+    with pytest.raises(AssertionError, match="copies differ"):
+        run_state_machine_as_test(_mutant_machine(skipped_zone=1), settings=MUTANT_SETTINGS)
 
 
 # -- timers, one at a time ---------------------------------------------------------------
