@@ -13,7 +13,11 @@ Invariants, checked after every step:
 - within each session the disk holds entries 1, 2, ... in order, each the one
   the sender queued under that number: none twice, none skipped, none out of
   order; sessions never interleave;
-- an answer the sender receives is the answer to the entry it asked with.
+- an answer the sender receives is the answer to the entry it asked with;
+- a resync converges: each session starts with one (a file's zones as ``RESYNC``
+  entries, interleaved with live writes, then ``END``); once ``END`` is
+  acknowledged, the secondary's copy when it applied ``END`` is the primary's
+  when ``END`` was queued.
 
 The mutants at the end break the protocol on purpose; each must be caught.
 """
