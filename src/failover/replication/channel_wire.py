@@ -5,7 +5,10 @@ delivered whole and in order). Every message is::
 
     header (16 bytes)  magic "FORP" | version u8 | kind u8 | flags u8 | 0 u8 | counter u64
     body               depends on the kind
-    tag (32 bytes)     HMAC-SHA256 over header + body
+    tag                over header + body: 32 bytes of HMAC-SHA256 under the cluster
+                       key for HELLO/WELCOME; 16 bytes of AES-256-GCM (GMAC: nothing
+                       encrypted, header + body as associated data, the counter as
+                       nonce) under the session key for every later message
 
 The session opens with a handshake. The primary (the sender of changes) sends
 ``HELLO`` with a fresh random nonce, tagged with the cluster key itself; the
@@ -23,9 +26,11 @@ directions have different keys), and within a session the counter (0 for
 the greetings, then 1, 2, ... per direction) must be exactly the next one,
 so nothing can be dropped, repeated or reordered unnoticed.
 
-Without a cluster key (``insecure: true``) the tag is a plain SHA-256 checksum
-of the header and body and ``FLAG_INSECURE`` is set: it detects corruption, not
-forgery. Both nodes must agree; a mismatch is refused.
+AES-GCM since version 4: 18 times cheaper than HMAC-SHA256 on 1 MiB here (see
+docs/replication.md); a counter never repeats under one session key, so
+neither does a nonce. Without a cluster key (``insecure: true``) the tag is a
+plain SHA-256 checksum of the header and body and ``FLAG_INSECURE`` is set: it
+detects corruption, not forgery. Both nodes must agree; a mismatch is refused.
 
 Kinds after the handshake:
 
