@@ -24,7 +24,9 @@ The mutants at the end break the protocol on purpose; each must be caught.
 
 from __future__ import annotations
 
+import ast
 from collections import deque
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, settings
@@ -38,16 +40,17 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from failover.replication.channel_session import ChannelSettings, SessionCipher
 from failover.replication.channel_wire import Ack, AckLevel, ItemKind, Opener, Sealer
 from failover.replication.ops import Fsync, Op, Write
 from failover.replication.protocol import (
     Acknowledged,
     Answered,
     Broken,
+    ChannelSettings,
     Deliver,
     ReceiverProtocol,
     SenderProtocol,
+    SessionCipher,
 )
 
 ROOT = "data"
@@ -468,3 +471,36 @@ def test_an_awaited_entry_not_acknowledged_in_time_breaks_the_session() -> None:
     sender.handle_timer(6.0)
     assert sender.broken == f"peer did not acknowledge entry {seq} within 5.0 s (written)"
     assert [type(event) for event in sender.events()] == [Broken]
+
+
+# -- sans-IO -------------------------------------------------------------------------------
+
+IMPURE = frozenset(
+    {"anyio", "asyncio", "trio", "socket", "os", "time", "threading", "select", "logging"}
+)
+
+
+def test_the_protocol_and_what_it_imports_do_no_io_and_read_no_clock() -> None:
+    """protocol.py and every failover module it imports, transitively: no I/O, no
+    clock, no threads (the adapters bring those)."""
+    src = Path(__file__).resolve().parents[2] / "src"
+    todo, seen, impure = ["failover.replication.protocol"], set(), []
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = src / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = src / module.replace(".", "/") / "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                if name.split(".")[0] in IMPURE:
+                    impure.append(f"{module}: {name}")
+                elif name.startswith("failover."):
+                    todo.append(name)
+    assert "failover.replication.channel_wire" in seen and "failover.replication.ops" in seen
+    assert impure == []

@@ -47,7 +47,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from failover.errors import PeerProtocolError, UsageError
-from failover.replication.channel_session import ChannelSettings, SessionCipher
 from failover.replication.channel_wire import (
     ENTRY_OVERHEAD,
     MAX_ENTRY,
@@ -56,6 +55,8 @@ from failover.replication.channel_wire import (
     Buffer,
     ItemKind,
     Kind,
+    Opener,
+    Sealer,
     buffer_size,
     decode_ack,
     decode_items,
@@ -67,6 +68,58 @@ from failover.replication.channel_wire import (
     items_parts,
 )
 from failover.replication.ops import Fsync, Op, decode, encode_parts
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """Tuning of the primary's side of a session (the secondary follows its ack level).
+
+    - ``ack_level``: how far the peer must have taken an op before ``sync``
+      returns (received, written, fsynced); default written.
+    - ``timeout``: the replication timeout, in seconds: the longest the
+      application is ever blocked by the channel, and the longest the peer may
+      leave sent data unacknowledged before the session is declared broken.
+    - ``window_bytes``: most bytes sent but not yet applied by the peer.
+    - ``max_message_bytes``: most entry bytes packed into one message (an entry
+      larger than this travels alone).
+    - ``queue_bytes``: most bytes queued but not yet sent; beyond it ``after``
+      waits (at most ``timeout``) for the channel to catch up.
+    - ``probe_interval``: the heartbeat interval, in seconds; None: no probes.
+      A channel that sent nothing for half of it is probed, so that a healthy
+      one carries a message each way at least that often. Heard nothing for
+      ``QUIET_INTERVALS`` of it: status says so (the channel is ``quiet``);
+      heard nothing for ``timeout``: the session breaks.
+    """
+
+    ack_level: AckLevel = AckLevel.WRITTEN
+    timeout: float = 5.0
+    window_bytes: int = 16 * MiB
+    max_message_bytes: int = 2 * MiB
+    queue_bytes: int = 64 * MiB
+    probe_interval: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.timeout > 0:
+            raise UsageError(f"replication timeout must be positive, not {self.timeout}")
+        if self.probe_interval is not None and not 0 < self.probe_interval < self.timeout:
+            raise UsageError(
+                f"replication probe interval must be positive and below the timeout "
+                f"({self.timeout}), not {self.probe_interval}"
+            )
+        for name in ("window_bytes", "max_message_bytes", "queue_bytes"):
+            if getattr(self, name) < 64 * 1024:
+                raise UsageError(f"replication {name} must be at least 65536")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCipher:
+    """The sealer of outgoing and the opener of incoming messages of one session."""
+
+    sealer: Sealer
+    opener: Opener
+
 
 Message = list[Buffer]
 """One sealed message as buffers, in order (the transport frames it)."""
