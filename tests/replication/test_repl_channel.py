@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from channel_support import (
     finished,
     session,
     snapshot,
+    stream_pair,
     waited,
 )
 from hypothesis import HealthCheck, given, settings
@@ -34,6 +37,7 @@ from failover.replication.ops import (
     Write,
 )
 from failover.testing.transport_contract import WAIT_TIMEOUT
+from failover_transports.tcp_replication import TcpMessageStream
 
 pytestmark = pytest.mark.anyio
 
@@ -239,3 +243,48 @@ def test_random_op_sequences_replicate_exactly(ops: list[Op]) -> None:
                 applier.apply(op)
         anyio.run(replicate, ops, Path(top))
         assert snapshot(Path(top, "replica")) == snapshot(reference)
+
+
+async def test_an_op_reaches_the_socket_from_the_calling_thread(tmp_path: Path) -> None:
+    """The hot path: ``after`` puts the op's message on the socket itself, with no
+    hop to the event loop (here the loop cannot run between the call and the look
+    at the secondary's socket: nothing awaits in between)."""
+    async with session(tmp_path) as running:
+        stream = running.secondary_stream
+        assert isinstance(stream, TcpMessageStream)
+        readable, _, _ = select.select([stream._sock], [], [], 0)
+        assert not readable  # nothing since the handshake (no probes configured)
+        running.sender.after(Create(ROOT, b"direct", 0o644))
+        readable, _, _ = select.select([stream._sock], [], [], 0)
+        assert readable, "the op waited for the event loop"
+        await running.in_thread(lambda: running.sender.sync(Fsync(ROOT, b"direct", False)))
+        assert (tmp_path / "direct").exists()
+
+
+async def test_vectored_sends_from_threads_arrive_whole_and_in_order() -> None:
+    """``send_nowait`` from a thread (buffers uncopied, the rest left for ``flush``
+    when the socket is full) and ``receive_view`` (long messages read straight into
+    their own buffer): every message whole, in order, with concurrent flushes."""
+    messages = [os.urandom(size) for size in (1, 300_000, 2_000_000, 5, 4_000_000, 70_000)] * 3
+    async with stream_pair() as (a, b):
+        assert isinstance(a, TcpMessageStream) and isinstance(b, TcpMessageStream)
+
+        filled = anyio.Event()  # nothing is read before the socket was full once
+
+        def send_all() -> None:
+            for message in messages:
+                view = memoryview(message)
+                if not a.send_nowait([view[:7], view[7:]]):
+                    anyio.from_thread.run_sync(filled.set)
+                    anyio.from_thread.run(a.flush)  # the loop sends the rest
+            anyio.from_thread.run_sync(filled.set)
+
+        got: list[bytes] = []
+        with anyio.fail_after(WAIT_TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, send_all)
+                await filled.wait()
+                assert a.backlogged  # the socket is full: a partial send, the rest queued
+                while len(got) < len(messages):
+                    got.append(bytes(await b.receive_view()))
+    assert got == messages

@@ -60,7 +60,20 @@ flood of connections): the pending connection stays queued meanwhile."""
 
 
 async def accept_stream(listener: SocketListener) -> SocketStream:
-    """The next connection on ``listener``, accepted from its raw socket once readable.
+    """The next connection on ``listener`` as an anyio stream (see ``accept_socket``)."""
+    conn = await accept_socket(listener)
+    try:
+        with anyio.CancelScope(shield=True):  # the connection is ours: never lose it
+            stream = await SocketStream.from_socket(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return stream
+
+
+async def accept_socket(listener: SocketListener) -> socket.socket:
+    """The next connection on ``listener``, accepted from its raw socket once readable
+    (non-blocking, ``TCP_NODELAY`` set).
 
     Not ``listener.accept()``: on asyncio (Python 3.11), an accept cancelled just
     as a connection arrives makes the event loop raise ``InvalidStateError`` and
@@ -84,12 +97,12 @@ async def accept_stream(listener: SocketListener) -> SocketStream:
                 continue
             raise
         try:
+            conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with anyio.CancelScope(shield=True):  # the connection is ours: never lose it
-                return await SocketStream.from_socket(conn)
-        except BaseException:
+        except OSError:
             conn.close()
-            raise
+            continue  # it went away meanwhile
+        return conn
 
 
 def check_frame_size(frame: bytes, what: str) -> None:

@@ -2,40 +2,244 @@
 
 Implements ``failover.transport.ReplicationTransport``. Each message travels
 as a 4-byte big-endian length and its bytes (at most ``MAX_MESSAGE_SIZE``).
-Nagle's algorithm is off (anyio sets TCP_NODELAY), so a small message leaves
-at once.
+Nagle's algorithm is off (``TCP_NODELAY``), so a small message leaves at once.
 
-Guarantees of a ``TcpMessageStream``: messages arrive exactly once, whole and
-in order, or the stream breaks and every later call raises
-``TransportError``. A ``receive`` cancelled half-way keeps what it read for the
-next call, so cancellation never loses or splits a message. A ``send``
-cancelled half-way breaks the stream (the peer would see a cut message):
-the stream is closed and later calls raise.
+Guarantees of both stream classes: messages arrive exactly once, whole and in
+order, or the stream breaks and every later call raises ``TransportError``. A
+``receive`` cancelled half-way keeps what it read for the next call, so
+cancellation never loses or splits a message. A ``send`` cancelled half-way
+breaks the stream (the peer would see a cut message): the stream is closed
+and later calls raise.
+
+Without TLS a stream drives its socket itself (``TcpMessageStream``: non-blocking,
+woken by ``anyio.wait_readable``/``wait_writable``), which gives the replication
+channel its hot path:
+
+- ``send_nowait(parts)``: a vectored ``sendmsg`` of the buffers, length prefixes
+  included, with no join and no copy; callable from any thread (a FUSE thread
+  sends its op itself, without a hop to the event loop). What the socket does
+  not take at once stays queued, in order, for ``flush`` (from the loop).
+- ``receive_view()``: the next message as a view of a buffer of its own, which
+  the caller keeps: a large message is read straight into it from the socket;
+  small ones are cut from one read buffer.
+
+With TLS, ``TlsMessageStream`` runs over anyio's ``TLSStream`` (plain ``send``
+and ``receive``).
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 import ssl
-from collections.abc import AsyncIterator
+import struct
+import threading
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, SocketListener
+import anyio.lowlevel
+from anyio.abc import ByteStream, SocketListener, SocketStream
 from anyio.streams.tls import TLSStream
 from pydantic import BaseModel
 
 from failover.errors import TransportError
 from failover.transport import MessageListener, MessageStream
-from failover_transports.edge import accept_stream, closed_error, map_errors
+from failover_transports.edge import accept_socket, closed_error, map_errors
 from failover_transports.framing import FramingError, LengthPrefixedDecoder, encode_length_prefixed
 from failover_transports.tcp import TcpEndpoint
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 _READ_SIZE = 256 * 1024
+_LENGTH = struct.Struct(">I")
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _size(part: Buffer) -> int:
+    return len(part) if type(part) is bytes else memoryview(part).nbytes
 
 
 class TcpMessageStream:
-    """One connected replication stream; see the module docstring."""
+    """One connected replication stream on a socket of its own; see the module docstring."""
+
+    def __init__(self, sock: socket.socket, what: str) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._what = what
+        self._read = bytearray(_READ_SIZE)
+        self._start = self._end = 0  # unread bytes of _read
+        self._partial: tuple[bytearray, int] | None = None  # a long message, bytes in it
+        self._receive_lock = anyio.Lock()
+        self._write_lock = threading.Lock()  # one sendmsg at a time, any thread
+        self._backlog: list[Buffer] = []  # accepted, not yet taken by the socket
+        self._failure: str | None = None  # why sending failed, once it did
+        self._closed = False
+
+    # -- sending -------------------------------------------------------------------
+
+    def send_nowait(self, parts: Sequence[Buffer]) -> bool:
+        """Queue one message (its buffers, uncopied) and send all that the socket
+        takes now, without waiting; True if nothing is left for ``flush``.
+        Callable from any thread. Raises TransportError as ``send`` does."""
+        size = sum(_size(part) for part in parts)
+        if size > MAX_MESSAGE_SIZE:
+            raise TransportError(f"{self._what}: message of {size} bytes is too large")
+        with self._write_lock:
+            self._check_send()
+            self._backlog.append(_LENGTH.pack(size))
+            self._backlog.extend(parts)
+            return self._write_locked()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether bytes wait for ``flush`` (the socket did not take them all)."""
+        return bool(self._backlog)
+
+    def _check_send(self) -> None:
+        if self._closed:
+            raise closed_error(self._what)
+        if self._failure is not None:
+            raise TransportError(self._failure)
+
+    def _write_locked(self) -> bool:
+        """Send from the backlog until it is empty (True) or the socket is full."""
+        backlog = self._backlog
+        while backlog:
+            try:
+                sent = self._sock.sendmsg(backlog[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError as exc:
+                self._failure = f"{self._what}: send: {type(exc).__name__}: {exc}"
+                backlog.clear()
+                raise TransportError(self._failure) from exc
+            taken = 0
+            while taken < len(backlog) and sent >= _size(backlog[taken]):
+                sent -= _size(backlog[taken])
+                taken += 1
+            del backlog[:taken]
+            if sent:
+                backlog[0] = memoryview(backlog[0]).cast("B")[sent:]
+        return True
+
+    async def flush(self) -> None:
+        """Wait until the socket took everything queued (from the event loop)."""
+        while True:
+            with self._write_lock:
+                self._check_send()
+                if self._write_locked():
+                    return
+            try:
+                await anyio.wait_writable(self._sock)
+            except (anyio.ClosedResourceError, OSError):
+                raise closed_error(self._what) from None
+
+    async def send_parts(self, parts: Sequence[Buffer]) -> None:
+        """Send one message given as buffers; see ``send``."""
+        if self.send_nowait(parts):
+            await anyio.lowlevel.checkpoint()  # every send lets other tasks run
+            return
+        done = False
+        try:
+            await self.flush()
+            done = True
+        finally:
+            if not done:
+                await self.aclose()
+
+    async def send(self, message: bytes) -> None:
+        """Send one whole message, waiting for the peer's flow control as needed.
+
+        Raises TransportError when the stream is broken or closed, or the
+        message exceeds MAX_MESSAGE_SIZE.
+        """
+        await self.send_parts((message,))
+
+    # -- receiving -----------------------------------------------------------------
+
+    async def receive(self, *, limit: int | None = None) -> bytes:
+        """Wait for the next whole message.
+
+        Raises TransportError when the peer closed or broke the stream, sent a
+        length above ``limit`` or MAX_MESSAGE_SIZE, whichever is lower (the stream
+        is then closed, before that message is buffered), or the stream is closed.
+        """
+        return bytes(await self.receive_view(limit=limit))
+
+    async def receive_view(self, *, limit: int | None = None) -> memoryview:
+        """The next whole message, as a view of a buffer the caller keeps; raises
+        as ``receive``."""
+        allowed = MAX_MESSAGE_SIZE if limit is None else min(limit, MAX_MESSAGE_SIZE)
+        await anyio.lowlevel.checkpoint()  # every receive lets other tasks run
+        async with self._receive_lock:
+            while True:
+                if self._closed:
+                    raise closed_error(self._what)
+                if self._partial is not None:
+                    message, have = self._partial
+                    if have == len(message):
+                        self._partial = None
+                        return memoryview(message)
+                    got = await self._recv_into(memoryview(message)[have:])
+                    self._partial = (message, have + got)
+                    continue
+                if self._end - self._start >= _LENGTH.size:
+                    (length,) = _LENGTH.unpack_from(self._read, self._start)
+                    if length > allowed:
+                        await self.aclose()
+                        raise TransportError(
+                            f"{self._what}: peer announced a {length}-byte message, "
+                            f"the limit is {allowed}"
+                        )
+                    first = self._start + _LENGTH.size
+                    have = min(length, self._end - first)
+                    self._start = first + have
+                    if have == length:
+                        return memoryview(self._read[first : first + have])
+                    message = bytearray(length)  # read straight into it from here on
+                    message[:have] = memoryview(self._read)[first : first + have]
+                    self._partial = (message, have)
+                    continue
+                if self._start:  # keep the unread bytes at the front
+                    rest = self._end - self._start
+                    self._read[:rest] = self._read[self._start : self._end]
+                    self._start, self._end = 0, rest
+                self._end += await self._recv_into(memoryview(self._read)[self._end :])
+
+    async def _recv_into(self, view: memoryview) -> int:
+        """Read into ``view`` once data is there; the count (never 0)."""
+        while True:
+            try:
+                got = self._sock.recv_into(view)
+            except (BlockingIOError, InterruptedError):
+                try:
+                    await anyio.wait_readable(self._sock)
+                except (anyio.ClosedResourceError, OSError):
+                    raise closed_error(self._what) from None
+                continue
+            except OSError as exc:
+                await self.aclose()
+                raise TransportError(f"{self._what}: receive: {type(exc).__name__}: {exc}") from exc
+            if not got:
+                await self.aclose()
+                raise TransportError(f"{self._what}: receive: closed by the peer")
+            return got
+
+    async def aclose(self) -> None:
+        """Close the stream (idempotent, prompt); the peer's receive then raises."""
+        with self._write_lock:
+            if self._closed:
+                return
+            self._closed = True
+            anyio.notify_closing(self._sock)
+            self._sock.close()
+
+
+class TlsMessageStream:
+    """One connected replication stream under TLS; see the module docstring."""
 
     def __init__(
         self, stream: ByteStream, what: str, *, tls_server: ssl.SSLContext | None = None
@@ -138,9 +342,17 @@ class TcpMessageListener:
         client that fails it breaks that stream only, and never holds up
         ``accept``)."""
         with map_errors(f"{self._what}: accept"):
-            stream = await accept_stream(self._listener)  # not listener.accept(): see there
-        peer = stream.extra(SocketAttribute.remote_address)
-        return TcpMessageStream(stream, f"{self._what} <- {peer}", tls_server=self._tls)
+            sock = await accept_socket(self._listener)  # not listener.accept(): see there
+        try:
+            what = f"{self._what} <- {sock.getpeername()}"
+            if self._tls is None:
+                return TcpMessageStream(sock, what)
+            with anyio.CancelScope(shield=True):  # the connection is ours: never lose it
+                stream = await SocketStream.from_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return TlsMessageStream(stream, what, tls_server=self._tls)
 
 
 class TcpReplicationTransport:
@@ -184,10 +396,30 @@ class TcpReplicationTransport:
             raise TypeError("tcp endpoints must be TcpEndpoint instances")
         what = f"tcp replication -> {remote.address}:{remote.port}"
         with map_errors(f"{what}: connect"), anyio.fail_after(timeout):
+            if tls is None:
+                return TcpMessageStream(await _connect(str(remote.address), remote.port), what)
             stream: ByteStream = await anyio.connect_tcp(str(remote.address), remote.port)
-            if tls is not None:
-                stream = await _tls_wrap(stream, tls, what, server=False)
-        return TcpMessageStream(stream, what)
+            stream = await _tls_wrap(stream, tls, what, server=False)
+        return TlsMessageStream(stream, what)
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket to ``host`` (an IP address), ``TCP_NODELAY`` set."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        code = sock.connect_ex((host, port))
+        if code == errno.EINPROGRESS:
+            await anyio.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 TLS_HANDSHAKE_TIMEOUT = 10.0

@@ -1,51 +1,51 @@
-"""The secondary's end of a replication session: ``ReplicationReceiver``.
+"""The secondary's end of a replication session: ``ReplicationReceiver``, an adapter.
 
-Two tasks: the receive task answers each ``PROBE`` at once, and authenticates
-and decodes each ``ITEMS`` message
-whole (nothing of a message is applied unless all of it is valid) and hands
-it on; the apply task applies the entries in order in a worker thread (file
-I/O never blocks the event loop) and acknowledges cumulatively:
+The session's logic (checking, decoding, what to acknowledge when) is the
+sans-IO ``ReceiverProtocol`` (``replication/protocol.py``); this module moves
+its bytes and applies what it delivers. One lock guards the protocol.
 
-- received: as soon as a message is decoded (sent only at that ack level);
-- written: after the entries are applied; an ``Fsync`` op counts as written
-  once everything before it is applied, so a written ack does not wait for
-  the disk;
-- fsynced: after the fsync of each ``Fsync`` op (the file is made durable
-  before any later entry is applied).
+- The receive task (event loop) feeds each message to the protocol: a
+  ``PROBE`` is answered at once, ahead of any apply; the entries of an
+  ``ITEMS`` message (all of it valid, or none of it delivered) go to the apply
+  thread.
+- The apply thread (one per session, not one hop per op) applies the entries
+  in order (file I/O never blocks the event loop) and tells the protocol;
+  the protocol's acks (received / written / fsynced, see there) are coalesced:
+  one ``ACK`` when the thread has nothing more to apply, and one before each
+  ``Fsync`` op's fsync (a written ack does not wait for the disk). On a stream
+  that takes sends from any thread (``send_nowait``), the apply thread sends
+  the ack itself: no hop to the event loop; elsewhere the loop's send task
+  does.
 """
 
 from __future__ import annotations
 
-import math
-from collections import deque
+import queue
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+import anyio.lowlevel
 
 from failover.errors import FailoverError, PeerProtocolError, TransportError
 from failover.replication.apply import ApplyError
+from failover.replication.channel_io import VectoredStream, Wakeup
 from failover.replication.channel_session import (
     PeerInfo,
-    SessionCipher,
     SessionIdentity,
     greet_as_secondary,
 )
-from failover.replication.channel_wire import (
-    Ack,
-    AckLevel,
-    ItemKind,
-    Kind,
-    decode_items,
-    decode_probe,
-    encode_ack,
-    encode_probe,
-    encode_reply,
-)
-from failover.replication.ops import Fsync, Op, decode
+from failover.replication.channel_wire import Ack, ItemKind
+from failover.replication.ops import Fsync, Op
+from failover.replication.protocol import Broken, Deliver, ReceiverProtocol
 from failover.transport import MessageStream
+
+_Entries = list[tuple[int, ItemKind, Op | bytes]]
+ACK_EVERY = 8
+"""Messages applied at most before an ack goes out although more are waiting."""
 
 
 class OpSink(Protocol):
@@ -60,9 +60,6 @@ ItemHandler = Callable[[ItemKind, bytes], bytes | None]
 """Takes resync chunks and control records, in stream order, in the apply thread.
 What it returns for a ``CONTROL`` record (not None) goes back to the primary as a
 ``REPLY`` to that entry, once it is applied."""
-
-# (seq, kind, op or opaque payload) for each entry of one message
-_Decoded = list[tuple[int, ItemKind, Op | bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,24 +92,21 @@ class ReplicationReceiver:
         self._sink = sink
         self._on_item = on_item
         self._timeout = timeout
-        self._session: tuple[MessageStream, SessionCipher] | None = None
-        self._level = AckLevel.WRITTEN
-        self._received = 0
-        self._written = 0
-        self._fsynced = 0
+        self._lock = threading.Lock()
+        self._stream: MessageStream | None = None
+        self._protocol: ReceiverProtocol | None = None
+        self._direct: VectoredStream | None = None
+        self._wakeup = Wakeup()
+        self._abandon = False  # run() was cancelled: the apply thread stops at once
         self._applied = 0
-        self._bytes = 0
-        self._acking = True
-        self._ack_lock = anyio.Lock()
-        self._replies: deque[tuple[int, bytes]] = deque()
 
     @property
     def status(self) -> ReceiverStatus:
         """A snapshot of the counters."""
-        return ReceiverStatus(self._ack(), self._applied, self._bytes)
-
-    def _ack(self) -> Ack:
-        return Ack(self._received, self._written, self._fsynced)
+        protocol = self._protocol
+        if protocol is None:
+            return ReceiverStatus(Ack(0, 0, 0), self._applied, 0)
+        return ReceiverStatus(protocol.ack, self._applied, protocol.bytes_received)
 
     async def handshake(
         self, stream: MessageStream, request: bytes | Callable[[], bytes] = b""
@@ -128,8 +122,12 @@ class ReplicationReceiver:
         except FailoverError:
             await stream.aclose()
             raise
-        self._level = peer.ack_level
-        self._session = (stream, cipher)
+        self._protocol = ReceiverProtocol(
+            cipher, peer.ack_level, takes_records=self._on_item is not None
+        )
+        self._stream = stream
+        if isinstance(stream, VectoredStream):
+            self._direct = stream
         return peer
 
     async def run(self) -> None:
@@ -142,125 +140,166 @@ class ReplicationReceiver:
         would leave a replicated directory, and ``ApplyError`` when applying
         fails on this node.
         """
-        if self._session is None:
+        if self._stream is None or self._protocol is None:
             raise RuntimeError("ReplicationReceiver.run() before a successful handshake()")
-        stream, cipher = self._session
-        send, receive = anyio.create_memory_object_stream[_Decoded](math.inf)
+        stream = self._stream
+        batches: queue.SimpleQueue[_Entries | None] = queue.SimpleQueue()
         failure: list[Exception] = []
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._receive_loop, stream, cipher, send, failure)
-                try:
-                    await self._apply_loop(stream, cipher, receive)
-                except PeerProtocolError as exc:  # ApplyError and PathRejected included
-                    failure.insert(0, exc)
-                    tg.cancel_scope.cancel()
+                tg.start_soon(self._apply_task, batches, failure, tg.cancel_scope)
+                tg.start_soon(self._send_loop, stream)
+                # here, not in a child task: its ``finally`` always ends the apply thread
+                await self._receive_loop(stream, batches, failure)
         finally:
+            ended = self._protocol.broken
+            self._close("replication session closed locally")
             await stream.aclose()
+            self._wakeup.close()
+        if not failure:  # a send failed first: the connection is gone all the same
+            failure.append(TransportError(ended or "replication session ended"))
         raise failure[0]
+
+    async def _apply_task(
+        self,
+        batches: queue.SimpleQueue[_Entries | None],
+        failure: list[Exception],
+        scope: anyio.CancelScope,
+    ) -> None:
+        """Run the apply thread to its end, then end the session's other tasks."""
+        try:
+            await anyio.to_thread.run_sync(self._apply_thread, batches)
+        except PeerProtocolError as exc:  # ApplyError and PathRejected included
+            failure.insert(0, exc)
+        scope.cancel()
+
+    def _close(self, reason: str) -> None:
+        """Send nothing more on this session."""
+        with self._lock:
+            assert self._protocol is not None
+            self._protocol.close(reason)
+            self._protocol.events()
+            self._direct = None
 
     async def _receive_loop(
         self,
         stream: MessageStream,
-        cipher: SessionCipher,
-        send: MemoryObjectSendStream[_Decoded],
+        batches: queue.SimpleQueue[_Entries | None],
         failure: list[Exception],
     ) -> None:
-        with send:
+        protocol = self._protocol
+        assert protocol is not None
+        receive = stream.receive_view if isinstance(stream, VectoredStream) else stream.receive
+        try:
+            while protocol.broken is None:
+                await anyio.lowlevel.checkpoint_if_cancelled()  # ended meanwhile: read no more
+                message = await receive()
+                with self._lock:
+                    protocol.receive(message, time.monotonic())
+                    for event in protocol.events():
+                        if isinstance(event, Deliver):
+                            batches.put(event.entries)
+                        elif isinstance(event, Broken) and event.failure is not None:
+                            failure.append(event.failure)
+                    self._output_locked()  # a probe answer; a received-level ack
+            await stream.aclose()  # a violation: the primary sees the end at once
+        except TransportError as exc:
+            failure.append(exc)
+            self._close(f"replication connection lost: {exc}")
+        except BaseException:
+            self._abandon = True
+            raise
+        finally:
+            batches.put(None)  # the apply thread ends after what came before
+
+    async def _send_loop(self, stream: MessageStream) -> None:
+        """Send what the apply thread could not: a full socket's rest, or every
+        message on a stream that only the loop may use."""
+        protocol = self._protocol
+        assert protocol is not None
+        try:
+            while True:
+                await self._wakeup.wait()
+                with self._lock:
+                    direct = self._direct
+                    messages = [] if direct is not None else protocol.data_to_send(time.monotonic())
+                if direct is not None:
+                    await direct.flush()
+                for message in messages:
+                    await stream.send(b"".join(message))
+        except TransportError as exc:
+            self._close(f"replication connection lost: {exc}")
+
+    def _output_locked(self) -> None:
+        """Under the lock: send the protocol's messages from this context, or wake
+        the send task."""
+        protocol = self._protocol
+        assert protocol is not None
+        if self._direct is None:
+            if protocol.wants_to_send:
+                self._wakeup.set()
+            return
+        for message in protocol.data_to_send(time.monotonic()):
             try:
-                while True:
-                    message = await stream.receive()
-                    kind, body = cipher.opener.open(message, Kind.ITEMS, Kind.PROBE)
-                    if kind is Kind.PROBE:  # answered at once, ahead of any apply
-                        number = decode_probe(kind, body)
-                        await self._send(stream, cipher, Kind.PROBE_ANSWER, encode_probe(number))
-                        continue
-                    decoded = self._decode(body)
-                    self._received = decoded[-1][0]
-                    self._bytes += len(message)
-                    try:
-                        send.send_nowait(decoded)
-                    except anyio.BrokenResourceError:
-                        # The apply task ended (it failed: ``run`` raises its reason); a
-                        # read that completed as the session was cancelled is dropped.
-                        return
-                    if self._level is AckLevel.RECEIVED:
-                        await self._send_ack(stream, cipher)
-            except (PeerProtocolError, TransportError) as exc:
-                failure.append(exc)
-                self._acking = False
-                await stream.aclose()
+                if not self._direct.send_nowait(message):
+                    self._wakeup.set()
+            except TransportError as exc:  # the receive task reports why the session ended
+                protocol.close(f"replication connection lost: {exc}")
+                self._direct = None
+                return
 
-    def _decode(self, body: memoryview) -> _Decoded:
-        decoded: _Decoded = []
-        for entry in decode_items(body, self._received + 1):
-            if entry.kind is ItemKind.OP:
-                decoded.append((entry.seq, entry.kind, decode(entry.payload)))
-            elif self._on_item is None:
-                raise PeerProtocolError(
-                    f"ITEMS: entry {entry.seq} is a {entry.kind.name} record, "
-                    "which this receiver does not take"
-                )
-            else:
-                decoded.append((entry.seq, entry.kind, bytes(entry.payload)))
-        return decoded
+    def _output(self) -> None:
+        with self._lock:
+            self._output_locked()
 
-    async def _apply_loop(
-        self,
-        stream: MessageStream,
-        cipher: SessionCipher,
-        receive: MemoryObjectReceiveStream[_Decoded],
-    ) -> None:
-        with receive:
-            async for decoded in receive:
-                start = 0
-                for index, (seq, _, item) in enumerate(decoded):
-                    if isinstance(item, Fsync):
-                        await anyio.to_thread.run_sync(self._apply, decoded, start, index)
-                        self._written = seq
-                        await self._send_ack(stream, cipher)
-                        await anyio.to_thread.run_sync(
-                            self._sink.fsync, item.root, item.path, item.datasync
-                        )
-                        self._fsynced = seq
-                        start = index + 1
-                if start < len(decoded):
-                    await anyio.to_thread.run_sync(self._apply, decoded, start, len(decoded))
-                    self._written = self._fsynced = decoded[-1][0]
-                await self._send_ack(stream, cipher)
-                while self._replies:
-                    seq, answer = self._replies.popleft()
-                    await self._send(stream, cipher, Kind.REPLY, encode_reply(seq, answer))
+    def _apply_thread(self, batches: queue.SimpleQueue[_Entries | None]) -> None:
+        """The apply thread: every delivered entry, in order, until the end."""
+        protocol = self._protocol
+        assert protocol is not None
+        unacked = 0
+        while (entries := batches.get()) is not None and not self._abandon:
+            with self._lock:
+                fsyncs = {seq for seq, _, _ in entries if protocol.needs_fsync(seq)}
+            start = 0
+            for index, (seq, _, item) in enumerate(entries):
+                if seq in fsyncs:
+                    assert isinstance(item, Fsync)
+                    self._apply(entries, start, index, seq)  # written: the ack goes now
+                    self._output()
+                    self._sink.fsync(item.root, item.path, item.datasync)
+                    with self._lock:
+                        protocol.fsynced_upto(seq)
+                    start = index + 1
+            if start < len(entries):
+                self._apply(entries, start, len(entries), entries[-1][0])
+            unacked += 1
+            if batches.empty() or unacked >= ACK_EVERY:
+                self._output()
+                unacked = 0
 
-    def _apply(self, decoded: _Decoded, start: int, stop: int) -> None:
-        """In a worker thread: apply entries ``start`` up to (not including) ``stop``.
-        A system error of this node's own directory ends the session as an
-        ``ApplyError`` naming the entry (never an unexpected exception)."""
+    def _apply(self, entries: _Entries, start: int, stop: int, upto: int) -> None:
+        """Apply entries ``start`` up to (not including) ``stop``, then tell the
+        protocol everything up to ``upto`` is applied. A system error of this
+        node's own directory ends the session as an ``ApplyError`` naming the
+        entry (never an unexpected exception)."""
         sink = self._sink
-        for seq, kind, item in decoded[start:stop]:
+        replies: list[tuple[int, bytes]] = []
+        for seq, kind, item in entries[start:stop]:
             try:
                 if isinstance(item, bytes):
                     assert self._on_item is not None
                     answer = self._on_item(kind, item)
                     if answer is not None and kind is ItemKind.CONTROL:
-                        self._replies.append((seq, answer))
+                        replies.append((seq, answer))
                 else:
                     sink.apply(item)
             except OSError as exc:
                 what = kind.name if isinstance(item, bytes) else repr(item)[:200]
                 raise ApplyError(f"entry {seq} ({what}): {exc}", exc.errno or 0) from exc
         self._applied += stop - start
-
-    async def _send_ack(self, stream: MessageStream, cipher: SessionCipher) -> None:
-        await self._send(stream, cipher, Kind.ACK, encode_ack(self._ack()))
-
-    async def _send(
-        self, stream: MessageStream, cipher: SessionCipher, kind: Kind, body: bytes
-    ) -> None:
-        if not self._acking:
-            return
-        async with self._ack_lock:  # seal and send in one order: counters must not cross
-            try:
-                await stream.send(cipher.sealer.seal(kind, [body]))
-            except TransportError:
-                self._acking = False  # the receive task reports why the session ended
+        protocol = self._protocol
+        assert protocol is not None
+        with self._lock:
+            protocol.applied(upto)
+            for seq, answer in replies:
+                protocol.reply(seq, answer)

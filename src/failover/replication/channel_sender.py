@@ -1,73 +1,60 @@
-"""The primary's end of a replication session: ``ReplicationSender``.
+"""The primary's end of a replication session: ``ReplicationSender``, an adapter.
 
-Two worlds meet here. FUSE worker threads call ``after``/``sync`` (the
-``MirrorListener`` contract); the session itself runs on the anyio event loop.
+The session's logic (sequencing, the window, acks, timeouts, probes) is the
+sans-IO ``SenderProtocol`` (``replication/protocol.py``); this module only
+moves its bytes and wakes whoever waits. Two worlds meet here: FUSE worker
+threads call ``after``/``sync`` (the ``MirrorListener`` contract); the session's
+reading runs on the anyio event loop. One lock guards the protocol.
 
-- Hand-off: an op is encoded on the calling thread and appended to a deque
-  under a lock; only when the deque goes from empty to non-empty does the
-  thread write to an eventfd that the loop's send task waits on. While the
-  loop is busy sending, later ops are appended without any wake-up.
-- Sending: the send task takes everything queued at that moment (up to
-  ``max_message_bytes``, and within the in-flight window), seals it into one
-  ``ITEMS`` message and sends it at once. Nothing waits for more ops to come.
-- Acknowledgements: the ack task reads ``ACK`` messages and publishes the
-  cumulative sequence numbers under the same lock; ``sync`` waits on a
-  ``threading.Condition`` for its op's sequence number at the configured level.
-- Probing (with ``probe_interval``): a channel that sent nothing for half the
-  interval sends a ``PROBE``; the peer answers at once. ``status().quiet``
-  says when nothing came back for ``QUIET_INTERVALS`` intervals: a cut shows
-  even when no data flows.
-- Breaking: a ``sync`` not acknowledged within the timeout, a queue that stays
-  full for the timeout, a peer that leaves sent data unacknowledged for the
-  timeout, a probed peer that answers nothing for the timeout, a dropped
-  connection or a protocol violation all break the session,
-  once. From then on ``after``/``sync`` return at once (``sync`` says the
-  peer did not acknowledge; the data plane holds it while the peer may take
-  over, see ``FenceWrites``; change tracking covers what was not
-  acknowledged), and ``run`` calls ``on_broken(reason)`` from the event loop
-  and returns.
+- Hot path: a FUSE thread queues its op in the protocol and, on a stream that
+  takes vectored sends from any thread (``send_nowait``: the TCP transport
+  without TLS), sends the resulting message itself, under the lock that keeps
+  messages in order: no hop to the event loop, no join, no copy of the data.
+  What the socket does not take at once stays queued in the stream, and the
+  loop's send task flushes it. Other streams (TLS, test doubles): the loop's
+  send task takes the messages and sends them, woken through an eventfd.
+- Acknowledgements: the loop's receive task feeds each message to the protocol
+  and wakes the threads waiting in ``sync`` (a ``threading.Condition``).
+- Timers: the send task sleeps until the protocol's ``next_deadline()`` and
+  calls ``handle_timer`` (a probe to send, a session to break); a thread waiting
+  in ``sync`` also runs the timers when its own deadline comes.
+- Breaking: the protocol breaks the session once (see there); a dropped
+  connection breaks it too. From then on ``after``/``sync`` return at once
+  (``sync`` says the peer did not acknowledge; the data plane holds it while
+  the peer may take over, see ``FenceWrites``; change tracking covers what was
+  not acknowledged), and ``run`` calls ``on_broken(reason)`` from the event
+  loop and returns.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 
 from failover.errors import PeerProtocolError, TransportError, UsageError
+from failover.replication.channel_io import VectoredStream, Wakeup
 from failover.replication.channel_session import (
     QUIET_INTERVALS,
     ChannelSettings,
     PeerInfo,
-    SessionCipher,
     SessionIdentity,
     greet_as_primary,
     log,
 )
-from failover.replication.channel_wire import (
-    ENTRY_OVERHEAD,
-    MAX_ENTRY,
-    Ack,
-    Buffer,
-    ItemKind,
-    Kind,
-    buffer_size,
-    decode_ack,
-    decode_probe,
-    decode_reply,
-    encode_probe,
-    items_parts,
-)
+from failover.replication.channel_wire import Ack, Buffer, ItemKind
 from failover.replication.ops import Fsync, Op, encode_parts
+from failover.replication.protocol import (
+    Acknowledged,
+    Answered,
+    Broken,
+    Message,
+    SenderProtocol,
+)
 from failover.transport import MessageStream
-
-_WINDOW_FULL = "window full"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,24 +87,6 @@ class SenderStatus:
     timeout; a cut shows here first."""
 
 
-class _Wakeup:
-    """A cheap cross-thread wake-up for one waiting task: an eventfd."""
-
-    def __init__(self) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def set(self) -> None:
-        os.eventfd_write(self.fd, 1)
-
-    async def wait(self) -> None:
-        await anyio.wait_readable(self.fd)
-        with contextlib.suppress(BlockingIOError):
-            os.eventfd_read(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 class ReplicationSender:
     """Streams a primary's changes to its secondary over one ``MessageStream``.
 
@@ -139,37 +108,19 @@ class ReplicationSender:
         self._identity = identity
         self._settings = settings or ChannelSettings()
         self._on_broken = on_broken
-        self._level = self._settings.ack_level.rank
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        # (kind, payload buffers, entry bytes); guarded by _lock
-        self._queue: deque[tuple[ItemKind, Sequence[Buffer], int]] = deque()
-        self._queued_bytes = 0
-        self._next_seq = 1
-        self._acked = Ack(0, 0, 0)
-        self._acked_at_level = 0
-        self._broken: str | None = None
-        self._asked: set[int] = set()  # control entries waiting for an answer
+        # guarded by _lock
+        self._protocol = SenderProtocol(None, self._settings, time.monotonic(), peer=identity.peer)
+        self._waiting: set[int] = set()  # control entries someone waits to see answered
         self._answers: dict[int, bytes] = {}
-        self._queue_wakeup = _Wakeup()
-        self._break_wakeup = _Wakeup()
+        self._direct: VectoredStream | None = None
+        self._wakeup = Wakeup()
+        self._break_wakeup = Wakeup()
+        self._wakeups_open = True
         # loop side only
-        self._session: tuple[MessageStream, SessionCipher] | None = None
+        self._stream: MessageStream | None = None
         self._peer: PeerInfo | None = None
-        self._sent_seq = 0
-        self._in_flight = 0
-        self._unapplied: deque[tuple[int, int]] = deque()  # (last seq, bytes)
-        self._unacked: deque[tuple[int, float]] = deque()  # (last seq, sent at)
-        self._window_open = anyio.Event()
-        self._last_progress = time.monotonic()
-        self._ops_sent = 0
-        self._bytes_sent = 0
-        self._last_latency: float | None = None
-        self._last_sent = self._last_heard = time.monotonic()
-        self._heard = False  # the handshake succeeded: _last_heard means something
-        self._probes_sent = self._probes_answered = 0
-        self._probe_sent_at = 0.0
-        self._last_probe_rtt: float | None = None
         self.failure: Exception | None = None
         """The PeerProtocolError or TransportError that broke the session, if any."""
 
@@ -221,99 +172,114 @@ class ReplicationSender:
             return None
         deadline = time.monotonic() + timeout
         with self._lock:
-            while seq not in self._answers and self._broken is None:
+            while seq not in self._answers and self._protocol.broken is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._changed.wait(left)
-            self._asked.discard(seq)
+            self._waiting.discard(seq)
             return self._answers.pop(seq, None)
 
     def wait_acked(self, seq: int) -> bool:
         """Wait until entry ``seq`` is acknowledged at the configured level, at
         most the timeout (then the session breaks). True if acknowledged."""
+        protocol = self._protocol
         with self._lock:
-            self._wait_locked(
-                lambda: self._acked_at_level >= seq,
-                lambda: (
-                    f"peer did not acknowledge entry {seq} within "
-                    f"{self._settings.timeout} s ({self._settings.ack_level})"
-                ),
-            )
-            return self._acked_at_level >= seq
+            protocol.expect_ack(seq, time.monotonic())
+            self._wait_locked(lambda: protocol.upto >= seq)
+            return protocol.upto >= seq
 
     def flush(self) -> bool:
         """Wait until every entry queued so far is acknowledged at the configured
         level, at most the timeout (then the session breaks). True if it is."""
         with self._lock:
-            last = self._next_seq - 1
+            last = self._protocol.next_seq - 1
         return self.wait_acked(last)
 
     def _enqueue(self, kind: ItemKind, payload: Sequence[Buffer], *, ask: bool = False) -> int:
-        """Queue one entry; its sequence number (0 if the session is broken).
-        ``ask``: an answer to it is expected (``request``)."""
-        size = ENTRY_OVERHEAD + sum(buffer_size(part) for part in payload)
-        if size > MAX_ENTRY:
-            raise UsageError(f"replication entry of {size} bytes exceeds {MAX_ENTRY}")
+        """Queue one entry and send what can leave now; its sequence number (0 if
+        the session is broken). ``ask``: an answer to it is expected (``request``)."""
+        protocol = self._protocol
+        size = protocol.entry_size(payload)
         with self._lock:
-            if self._broken is not None:
-                return 0
-            if self._queue and self._queued_bytes + size > self._settings.queue_bytes:
-                limit = self._settings.queue_bytes - size
-                self._wait_locked(
-                    lambda: not self._queue or self._queued_bytes <= limit,
-                    lambda: (
-                        f"replication queue stayed full ({self._queued_bytes} bytes) "
-                        f"for {self._settings.timeout} s"
-                    ),
-                )
-                if self._broken is not None:
-                    return 0
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            if ask:
-                self._asked.add(seq)
-            self._queue.append((kind, payload, size))
-            self._queued_bytes += size
-            first = len(self._queue) == 1
-        if first:
-            self._queue_wakeup.set()
+            if not protocol.has_room(size):
+                token = protocol.expect_room(time.monotonic())
+                self._wait_locked(lambda: protocol.has_room(size))
+                protocol.room_found(token)
+            seq = protocol.send_entry(kind, payload, ask=ask)
+            if seq and ask:
+                self._waiting.add(seq)
+            self._output_locked()
         return seq
 
-    def _wait_locked(self, done: Callable[[], bool], failure: Callable[[], str]) -> None:
-        """Under the lock: wait until ``done()`` or a break, at most the timeout;
-        at the timeout, break the session with reason ``failure()``."""
-        deadline = None
-        while self._broken is None and not done():
-            if deadline is None:
-                deadline = time.monotonic() + self._settings.timeout
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self._break_locked(failure())
-                return
-            self._changed.wait(remaining)
+    def _wait_locked(self, done: Callable[[], bool]) -> None:
+        """Under the lock: wait until ``done()`` or a break, running the
+        protocol's timers when they are due (a timeout breaks the session)."""
+        protocol = self._protocol
+        while protocol.broken is None and not done():
+            now = time.monotonic()
+            deadline = protocol.next_deadline()
+            if deadline is not None and deadline <= now:
+                protocol.handle_timer(now)
+                self._output_locked()
+                continue
+            self._changed.wait(None if deadline is None else deadline - now)
 
-    def _break_locked(self, reason: str) -> None:
-        if self._broken is not None:
-            return
-        self._broken = reason
-        self._queue.clear()
-        self._queued_bytes = 0
-        self._changed.notify_all()
-        self._break_wakeup.set()
+    def _output_locked(self, *, loop: bool = False) -> None:
+        """Under the lock: take the protocol's events, and its messages when this
+        context may send them (a ``VectoredStream`` that is not backlogged: else
+        what is queued waits, to leave packed together once the loop flushed,
+        ``loop`` being that moment); else wake the send task."""
+        protocol = self._protocol
+        if self._direct is not None and self._direct.backlogged and not loop:
+            self._wake()
+        elif self._direct is not None:
+            stream = self._direct
+            for message in protocol.data_to_send(time.monotonic()):
+                try:
+                    if not stream.send_nowait(message):
+                        self._wake()  # the rest waits in the stream: the loop flushes it
+                except TransportError as exc:
+                    self._fail_locked(exc)
+                    break
+        elif protocol.wants_to_send:
+            self._wake()
+        self._events_locked()
 
-    def _break(self, reason: str, failure: Exception | None = None) -> None:
+    def _events_locked(self) -> None:
+        notify = False
+        for event in self._protocol.events():
+            notify = notify or isinstance(event, Acknowledged | Answered | Broken)
+            if isinstance(event, Answered) and event.seq in self._waiting:
+                self._answers[event.seq] = event.answer
+            elif isinstance(event, Broken):
+                if self.failure is None:
+                    self.failure = event.failure
+                self._direct = None
+                self._wake(self._break_wakeup)
+        if notify:  # a probe answer changes status only
+            self._changed.notify_all()
+
+    def _wake(self, wakeup: Wakeup | None = None) -> None:
+        if self._wakeups_open:
+            (wakeup or self._wakeup).set()
+
+    def _fail_locked(self, exc: TransportError) -> None:
+        if self._protocol.broken is None:
+            self.failure = exc
+        self._protocol.close(f"replication connection lost: {exc}")
+        self._events_locked()
+
+    def _fail(self, exc: TransportError) -> None:
         with self._lock:
-            if self._broken is None and failure is not None:
-                self.failure = failure
-            self._break_locked(reason)
+            self._fail_locked(exc)
 
     # -- status ----------------------------------------------------------------
 
     @property
     def broken(self) -> str | None:
         """Why the session broke, or None."""
-        return self._broken
+        return self._protocol.broken
 
     @property
     def peer(self) -> PeerInfo | None:
@@ -322,25 +288,26 @@ class ReplicationSender:
 
     def status(self) -> SenderStatus:
         """A snapshot of the counters (from the event loop)."""
-        silent = time.monotonic() - self._last_heard if self._heard else None
         with self._lock:
+            protocol = self._protocol
+            silent = time.monotonic() - protocol.last_heard if protocol.started else None
             return SenderStatus(
-                ops_sent=self._ops_sent,
-                bytes_sent=self._bytes_sent,
-                acked=self._acked,
-                queued_bytes=self._queued_bytes,
-                in_flight_bytes=self._in_flight,
-                last_ack_latency=self._last_latency,
-                broken=self._broken,
-                probes_sent=self._probes_sent,
-                last_probe_rtt=self._last_probe_rtt,
+                ops_sent=protocol.entries_sent,
+                bytes_sent=protocol.bytes_sent,
+                acked=protocol.acked,
+                queued_bytes=protocol.queued_bytes,
+                in_flight_bytes=protocol.in_flight,
+                last_ack_latency=protocol.last_latency,
+                broken=protocol.broken,
+                probes_sent=protocol.probes_sent,
+                last_probe_rtt=protocol.last_probe_rtt,
                 last_heard_ago=None if silent is None else round(silent, 3),
                 quiet=self._quiet(silent),
             )
 
     def _quiet(self, silent: float | None) -> str | None:
         interval = self._settings.probe_interval
-        if interval is None or silent is None or self._broken is not None:
+        if interval is None or silent is None or self._protocol.broken is not None:
             return None
         if silent <= QUIET_INTERVALS * interval:
             return None
@@ -359,13 +326,19 @@ class ReplicationSender:
                 stream, self._identity, self._settings.ack_level, self._settings.timeout
             )
         except (PeerProtocolError, TransportError) as exc:
-            self._break(f"replication handshake failed: {exc}", exc)
+            with self._lock:
+                self.failure = exc
+                self._protocol.close(f"replication handshake failed: {exc}")
+                self._events_locked()
             await stream.aclose()
             raise
         self._peer = peer
-        self._session = (stream, cipher)
-        self._last_sent = self._last_heard = time.monotonic()
-        self._heard = True
+        self._stream = stream
+        with self._lock:
+            self._protocol.start(cipher, time.monotonic())
+            if isinstance(stream, VectoredStream):
+                self._direct = stream
+            self._output_locked()
         return peer
 
     async def run(self) -> None:
@@ -375,169 +348,72 @@ class ReplicationSender:
         Cancelling ``run`` closes the session locally (``after``/``sync``
         return at once afterwards) without calling ``on_broken``.
         """
-        if self._session is None and self._broken is None:
+        if self._stream is None and self._protocol.broken is None:
             raise UsageError("ReplicationSender.run() before a successful handshake()")
         try:
-            if self._session is not None and self._broken is None:
-                stream, cipher = self._session
+            if self._stream is not None and self._protocol.broken is None:
+                stream = self._stream
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._send_loop, stream, cipher)
-                    tg.start_soon(self._ack_loop, stream, cipher)
+                    tg.start_soon(self._send_loop, stream)
+                    tg.start_soon(self._receive_loop, stream)
                     await self._break_wakeup.wait()
                     tg.cancel_scope.cancel()
         finally:
             with self._lock:
-                reason = self._broken
-                self._break_locked("replication session closed locally")
-            if self._session is not None:
+                reason = self._protocol.broken
+                self._protocol.close("replication session closed locally")
+                self._events_locked()
+                self._wakeups_open = False
+            if self._stream is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._session[0].aclose()
-            self._queue_wakeup.close()
+                    await self._stream.aclose()
+            self._wakeup.close()
             self._break_wakeup.close()
         if reason is not None:
             log.warning("replication session to %s broken: %s", self._identity.peer, reason)
             if self._on_broken is not None:
                 self._on_broken(reason)
 
-    def _take(self) -> tuple[int, list[tuple[ItemKind, Sequence[Buffer]]], int] | str | None:
-        """(first seq, entries, bytes) to send now; None if nothing is queued,
-        ``_WINDOW_FULL`` if the window has no room for the next entry."""
-        limit = self._settings.max_message_bytes
-        room = self._settings.window_bytes - self._in_flight
-        with self._lock:
-            if not self._queue:
-                return None
-            if self._in_flight and self._queue[0][2] > room:
-                return _WINDOW_FULL
-            limit = min(limit, max(room, self._queue[0][2]))
-            taken: list[tuple[ItemKind, Sequence[Buffer]]] = []
-            size = 0
-            while self._queue and (not taken or size + self._queue[0][2] <= limit):
-                kind, payload, entry_size = self._queue.popleft()
-                taken.append((kind, payload))
-                size += entry_size
-            self._queued_bytes -= size
-            first = self._sent_seq + 1
-            self._sent_seq += len(taken)
-            self._ops_sent += len(taken)
-            self._changed.notify_all()
-            return first, taken, size
-
-    async def _send_loop(self, stream: MessageStream, cipher: SessionCipher) -> None:
+    async def _send_loop(self, stream: MessageStream) -> None:
+        """Run the timers; send what the threads could not (a full socket, or a
+        stream that only the loop may use)."""
+        protocol = self._protocol
         try:
             while True:
-                batch = self._take()
-                if batch is None:
-                    await self._wait_or_probe(self._queue_wakeup.wait, stream, cipher)
-                    continue
-                if isinstance(batch, str):
-                    self._window_open = anyio.Event()
-                    await self._wait_or_probe(self._window_open.wait, stream, cipher)
-                    continue
-                first, taken, size = batch
-                message = cipher.sealer.seal(Kind.ITEMS, items_parts(first, taken))
-                last = first + len(taken) - 1
-                now = time.monotonic()
-                if not self._unapplied:
-                    self._last_progress = now
-                self._unapplied.append((last, size))
-                self._unacked.append((last, now))
-                self._in_flight += size
-                await stream.send(message)
-                self._last_sent = time.monotonic()
-                self._bytes_sent += len(message)
+                with self._lock:
+                    now = time.monotonic()
+                    protocol.handle_timer(now)
+                    direct = self._direct
+                    if direct is not None:
+                        self._output_locked(loop=True)
+                        messages: list[Message] = []
+                    else:
+                        messages = protocol.data_to_send(now)
+                        self._events_locked()
+                    deadline = protocol.next_deadline()
+                delay = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if direct is not None:
+                    with anyio.move_on_after(delay):  # a full socket does not stop the timers
+                        await direct.flush()
+                for message in messages:
+                    await stream.send(b"".join(message))
+                if messages:
+                    continue  # the window may have room for more
+                if deadline is not None:
+                    delay = max(0.0, deadline - time.monotonic())
+                with anyio.move_on_after(delay):
+                    await self._wakeup.wait()
         except TransportError as exc:
-            self._break(f"replication connection lost: {exc}", exc)
+            self._fail(exc)
 
-    async def _wait_or_probe(
-        self, wait: Callable[[], Awaitable[object]], stream: MessageStream, cipher: SessionCipher
-    ) -> None:
-        """``await wait()``; with probes on, at most until the channel has sent
-        nothing for half the probe interval, and then send a ``PROBE``."""
-        interval = self._settings.probe_interval
-        if interval is None:
-            await wait()
-            return
-        with anyio.move_on_after(self._last_sent + interval / 2 - time.monotonic()) as idle:
-            await wait()
-        if idle.cancelled_caught:
-            self._probes_sent += 1
-            message = cipher.sealer.seal(Kind.PROBE, [encode_probe(self._probes_sent)])
-            self._probe_sent_at = self._last_sent = time.monotonic()
-            await stream.send(message)
-
-    async def _ack_loop(self, stream: MessageStream, cipher: SessionCipher) -> None:
-        timeout = self._settings.timeout
+    async def _receive_loop(self, stream: MessageStream) -> None:
+        protocol = self._protocol
+        receive = stream.receive_view if isinstance(stream, VectoredStream) else stream.receive
         try:
             while True:
-                message = None
-                with anyio.move_on_after(timeout):
-                    message = await stream.receive()
-                if message is None:
-                    self._silent(timeout)
-                    continue
-                kind, body = cipher.opener.open(message, Kind.ACK, Kind.REPLY, Kind.PROBE_ANSWER)
-                self._last_heard = time.monotonic()
-                if kind is Kind.REPLY:
-                    self._answer(*decode_reply(body))
-                elif kind is Kind.PROBE_ANSWER:
-                    self._probe_answered(decode_probe(kind, body))
-                else:
-                    self._acknowledge(decode_ack(body))
-                self._check_stall(timeout)  # it may answer probes and apply nothing
+                message = await receive()
+                with self._lock:
+                    protocol.receive(message, time.monotonic())
+                    self._output_locked()  # the window may have opened
         except TransportError as exc:
-            self._break(f"replication connection lost: {exc}", exc)
-        except PeerProtocolError as exc:
-            self._break(f"replication peer protocol error: {exc}", exc)
-
-    def _silent(self, timeout: float) -> None:
-        """Nothing came from the peer for ``timeout`` seconds."""
-        if self._settings.probe_interval is not None:
-            # probed all along: a healthy peer answers at least every half interval
-            self._break(f"no answer from {self._identity.peer} for {timeout} s (probed)")
-        else:
-            self._check_stall(timeout)
-
-    def _check_stall(self, timeout: float) -> None:
-        if self._unapplied and time.monotonic() - self._last_progress >= timeout:
-            self._break(f"peer acknowledged nothing for {timeout} s with data in flight")
-
-    def _probe_answered(self, number: int) -> None:
-        if not self._probes_answered < number <= self._probes_sent:
-            raise PeerProtocolError(
-                f"PROBE_ANSWER: number {number}, expected {self._probes_answered + 1} "
-                f"to {self._probes_sent}"
-            )
-        self._probes_answered = number
-        if number == self._probes_sent:
-            self._last_probe_rtt = self._last_heard - self._probe_sent_at
-
-    def _answer(self, seq: int, answer: bytes) -> None:
-        with self._lock:
-            if seq not in self._asked:
-                raise PeerProtocolError(f"REPLY: answers entry {seq}, which asked nothing")
-            self._answers[seq] = answer
-            self._changed.notify_all()
-
-    def _acknowledge(self, ack: Ack) -> None:
-        old = self._acked
-        if ack.received > self._sent_seq:
-            raise PeerProtocolError(
-                f"ACK: acknowledges entry {ack.received}, only {self._sent_seq} were sent"
-            )
-        if ack.received < old.received or ack.written < old.written or ack.fsynced < old.fsynced:
-            raise PeerProtocolError(f"ACK: went backwards ({ack} after {old})")
-        now = time.monotonic()
-        if ack.written > old.written:
-            self._last_progress = now
-        while self._unapplied and self._unapplied[0][0] <= ack.written:
-            self._in_flight -= self._unapplied.popleft()[1]
-        at_level = ack.at(self._settings.ack_level)
-        while self._unacked and self._unacked[0][0] <= at_level:
-            self._last_latency = now - self._unacked.popleft()[1]
-        with self._lock:
-            self._acked = ack
-            if at_level > self._acked_at_level:
-                self._acked_at_level = at_level
-                self._changed.notify_all()
-        self._window_open.set()
+            self._fail(exc)

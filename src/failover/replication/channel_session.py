@@ -31,7 +31,20 @@ from failover.replication.channel_wire import (
     encode_greeting,
     session_keys,
 )
+from failover.replication.protocol import ChannelSettings, SessionCipher
 from failover.transport import MessageStream
+
+__all__ = [  # ChannelSettings and SessionCipher live with the protocol, pure
+    "QUIET_INTERVALS",
+    "STRANGER_LIMIT",
+    "ChannelSettings",
+    "PeerInfo",
+    "SessionCipher",
+    "SessionIdentity",
+    "greet_as_primary",
+    "greet_as_secondary",
+    "log",
+]
 
 log = logging.getLogger("failover.replication.channel")
 
@@ -41,7 +54,6 @@ STRANGER_LIMIT = 64 * 1024
 """The longest message an incoming connection may send before it authenticated
 (its ``HELLO``, its ``CONFIRM``: a few hundred bytes): with at most a few
 handshakes at once, strangers can make this node hold little memory."""
-MiB = 1024 * 1024
 QUIET_INTERVALS = 1.5
 """A channel that answered nothing for this many probe intervals is ``quiet``: a cut
 shows in status within two heartbeat intervals (a healthy channel is probed every
@@ -78,47 +90,6 @@ class SessionIdentity:
 
 
 @dataclass(frozen=True, slots=True)
-class ChannelSettings:
-    """Tuning of the primary's side of a session (the secondary follows its ack level).
-
-    - ``ack_level``: how far the peer must have taken an op before ``sync``
-      returns (received, written, fsynced); default written.
-    - ``timeout``: the replication timeout, in seconds: the longest the
-      application is ever blocked by the channel, and the longest the peer may
-      leave sent data unacknowledged before the session is declared broken.
-    - ``window_bytes``: most bytes sent but not yet applied by the peer.
-    - ``max_message_bytes``: most entry bytes packed into one message (an entry
-      larger than this travels alone).
-    - ``queue_bytes``: most bytes queued but not yet sent; beyond it ``after``
-      waits (at most ``timeout``) for the channel to catch up.
-    - ``probe_interval``: the heartbeat interval, in seconds; None: no probes.
-      A channel that sent nothing for half of it is probed, so that a healthy
-      one carries a message each way at least that often. Heard nothing for
-      ``QUIET_INTERVALS`` of it: status says so (the channel is ``quiet``);
-      heard nothing for ``timeout``: the session breaks.
-    """
-
-    ack_level: AckLevel = AckLevel.WRITTEN
-    timeout: float = 5.0
-    window_bytes: int = 16 * MiB
-    max_message_bytes: int = 2 * MiB
-    queue_bytes: int = 64 * MiB
-    probe_interval: float | None = None
-
-    def __post_init__(self) -> None:
-        if not self.timeout > 0:
-            raise UsageError(f"replication timeout must be positive, not {self.timeout}")
-        if self.probe_interval is not None and not 0 < self.probe_interval < self.timeout:
-            raise UsageError(
-                f"replication probe interval must be positive and below the timeout "
-                f"({self.timeout}), not {self.probe_interval}"
-            )
-        for name in ("window_bytes", "max_message_bytes", "queue_bytes"):
-            if getattr(self, name) < 64 * 1024:
-                raise UsageError(f"replication {name} must be at least 65536")
-
-
-@dataclass(frozen=True, slots=True)
 class PeerInfo:
     """What the handshake established about the other end."""
 
@@ -127,14 +98,6 @@ class PeerInfo:
     ack_level: AckLevel
     authenticated: bool
     request: bytes = b""  # what the secondary asked for in its WELCOME
-
-
-@dataclass(frozen=True, slots=True)
-class SessionCipher:
-    """The sealer of outgoing and the opener of incoming messages of one session."""
-
-    sealer: Sealer
-    opener: Opener
 
 
 def _check_greeting(identity: SessionIdentity, kind: Kind, greeting: Greeting) -> None:
@@ -176,8 +139,10 @@ def _cipher(
         return SessionCipher(Sealer(None, 1), Opener(None, 1))
     to_secondary, to_primary = session_keys(key, hello, welcome_nonce)
     if primary:
-        return SessionCipher(Sealer(to_secondary, 1), Opener(to_primary, 1))
-    return SessionCipher(Sealer(to_primary, 1), Opener(to_secondary, 1))
+        return SessionCipher(
+            Sealer(to_secondary, 1, session=True), Opener(to_primary, 1, session=True)
+        )
+    return SessionCipher(Sealer(to_primary, 1, session=True), Opener(to_secondary, 1, session=True))
 
 
 def _warn_insecure(identity: SessionIdentity) -> None:

@@ -5,7 +5,10 @@ delivered whole and in order). Every message is::
 
     header (16 bytes)  magic "FORP" | version u8 | kind u8 | flags u8 | 0 u8 | counter u64
     body               depends on the kind
-    tag (32 bytes)     HMAC-SHA256 over header + body
+    tag                over header + body: 32 bytes of HMAC-SHA256 under the cluster
+                       key for HELLO/WELCOME; 16 bytes of AES-256-GCM (GMAC: nothing
+                       encrypted, header + body as associated data, the counter as
+                       nonce) under the session key for every later message
 
 The session opens with a handshake. The primary (the sender of changes) sends
 ``HELLO`` with a fresh random nonce, tagged with the cluster key itself; the
@@ -23,9 +26,11 @@ directions have different keys), and within a session the counter (0 for
 the greetings, then 1, 2, ... per direction) must be exactly the next one,
 so nothing can be dropped, repeated or reordered unnoticed.
 
-Without a cluster key (``insecure: true``) the tag is a plain SHA-256 checksum
-of the header and body and ``FLAG_INSECURE`` is set: it detects corruption, not
-forgery. Both nodes must agree; a mismatch is refused.
+AES-GCM since version 4: 18 times cheaper than HMAC-SHA256 on 1 MiB here (see
+docs/replication.md); a counter never repeats under one session key, so
+neither does a nonce. Without a cluster key (``insecure: true``) the tag is a
+plain SHA-256 checksum of the header and body and ``FLAG_INSECURE`` is set: it
+detects corruption, not forgery. Both nodes must agree; a mismatch is refused.
 
 Kinds after the handshake:
 
@@ -55,14 +60,21 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from failover.errors import PeerProtocolError
 from failover.wire import cluster_id as wire_cluster_id
 
 MAGIC = b"FORP"
-PROTOCOL_VERSION = 3  # 2: CONFIRM ends the handshake; 3: PROBE/PROBE_ANSWER
+PROTOCOL_VERSION = 4  # 2: CONFIRM ends the handshake; 3: PROBE/PROBE_ANSWER; 4: AES-GCM tags
 FLAG_INSECURE = 0x01
 NONCE_SIZE = 32
 TAG_SIZE = 32
+"""Tag of a greeting (HMAC-SHA256) and of an insecure message (SHA-256)."""
+GCM_TAG_SIZE = 16
+"""Tag of a message under a session key (AES-GCM)."""
 MAX_NAME = 64
 MAX_ENTRY = 32 * 1024 * 1024
 """Largest entry (its header included): an ``ITEMS`` message is at most the
@@ -75,7 +87,8 @@ MAX_REQUEST = 16 * 1024 * 1024
 _HEADER = struct.Struct(">4sBBBxQ")
 HEADER_SIZE = _HEADER.size
 OVERHEAD = HEADER_SIZE + TAG_SIZE
-"""Bytes every message adds around its body."""
+"""Most bytes a message adds around its body."""
+_NONCE = struct.Struct(">IQ")
 _SEQ = struct.Struct(">Q")
 _ENTRY = struct.Struct(">BI")
 ENTRY_OVERHEAD = _ENTRY.size
@@ -384,46 +397,128 @@ def session_keys(key: bytes, hello: Greeting, welcome_nonce: bytes) -> tuple[byt
     return _derive(key, b"to-secondary", transcript), _derive(key, b"to-primary", transcript)
 
 
+class _Tagger:
+    """How one direction's messages are tagged: ``size`` bytes after header + body."""
+
+    size = TAG_SIZE
+
+    def tag(self, parts: Sequence[Buffer], counter: int) -> bytes:
+        raise NotImplementedError
+
+    def check(self, signed: memoryview, tag: memoryview, counter: int) -> bool:
+        return hmac.compare_digest(self.tag((signed,), counter), tag)
+
+
+class _Checksum(_Tagger):
+    """Insecure mode: a plain SHA-256 of header + body (detects corruption only)."""
+
+    def tag(self, parts: Sequence[Buffer], counter: int) -> bytes:
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        return digest.digest()
+
+
+class _Hmac(_Tagger):
+    """HMAC-SHA256 under the cluster key: the greetings (``HELLO``, ``WELCOME``)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._mac = hmac.new(key, digestmod="sha256")
+
+    def tag(self, parts: Sequence[Buffer], counter: int) -> bytes:
+        digest = self._mac.copy()
+        for part in parts:
+            digest.update(part)
+        return digest.digest()
+
+
+class _Gmac(_Tagger):
+    """AES-256-GCM over header + body as associated data, nothing encrypted (GMAC),
+    under a session key; the nonce is the message counter, so it never repeats
+    under one key (each session and direction has its own key). 18x faster than
+    HMAC-SHA256 on 1 MiB here (AES-NI), see docs/replication.md."""
+
+    size = GCM_TAG_SIZE
+    _JOIN_BELOW = 64 * 1024  # shorter messages: one call on the joined bytes is cheaper
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a session key is 32 bytes")
+        self._aead = AESGCM(key)
+        self._aes = algorithms.AES(key)
+
+    def tag(self, parts: Sequence[Buffer], counter: int) -> bytes:
+        nonce = _NONCE.pack(0, counter)
+        if len(parts) == 1 or sum(buffer_size(part) for part in parts) < self._JOIN_BELOW:
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            return self._aead.encrypt(nonce, b"", data)
+        encryptor = Cipher(self._aes, modes.GCM(nonce)).encryptor()
+        for part in parts:  # large payloads stay where they are
+            encryptor.authenticate_additional_data(part)
+        encryptor.finalize()
+        return encryptor.tag
+
+    def check(self, signed: memoryview, tag: memoryview, counter: int) -> bool:
+        try:
+            self._aead.decrypt(_NONCE.pack(0, counter), tag, signed)
+        except InvalidTag:
+            return False
+        return True
+
+
+def _tagger(key: bytes | None, session: bool) -> _Tagger:
+    if key is None:
+        return _Checksum()
+    return _Gmac(key) if session else _Hmac(key)
+
+
 class Sealer:
     """Tags outgoing messages of one direction and numbers them.
 
     ``key=None`` is insecure mode: a plain SHA-256 checksum, ``FLAG_INSECURE`` set.
+    ``session``: ``key`` is a session key (AES-GCM tags); else the cluster key
+    of the greetings (HMAC-SHA256 tags).
     """
 
-    def __init__(self, key: bytes | None, counter: int = 0) -> None:
-        self._mac = None if key is None else hmac.new(key, digestmod="sha256")
+    def __init__(self, key: bytes | None, counter: int = 0, *, session: bool = False) -> None:
+        self._tagger = _tagger(key, session)
         self._flags = FLAG_INSECURE if key is None else 0
         self.counter = counter
 
     def seal(self, kind: Kind, body: Iterable[Buffer]) -> bytes:
         """The whole message for ``body`` (buffers joined once), under the next counter."""
+        return b"".join(self.seal_parts(kind, body))
+
+    def seal_parts(self, kind: Kind, body: Iterable[Buffer]) -> list[Buffer]:
+        """The message for ``body`` as buffers for a vectored send (header, the
+        body's buffers uncopied, tag), under the next counter."""
         parts: list[Buffer] = [
             _HEADER.pack(MAGIC, PROTOCOL_VERSION, kind, self._flags, self.counter)
         ]
         parts.extend(body)
-        digest = hashlib.sha256() if self._mac is None else self._mac.copy()
-        for part in parts:
-            digest.update(part)
-        parts.append(digest.digest())
+        parts.append(self._tagger.tag(parts, self.counter))
         self.counter += 1
-        return b"".join(parts)
+        return parts
 
 
 class Opener:
     """Checks incoming messages of one direction: structure, tag, then counter.
 
     Raises ``PeerProtocolError`` naming the problem; the session must then end.
+    ``key`` and ``session`` as for ``Sealer``.
     """
 
-    def __init__(self, key: bytes | None, counter: int = 0) -> None:
-        self._mac = None if key is None else hmac.new(key, digestmod="sha256")
+    def __init__(self, key: bytes | None, counter: int = 0, *, session: bool = False) -> None:
+        self._tagger = _tagger(key, session)
+        self._insecure = key is None
         self.counter = counter
 
-    def open(self, message: bytes, *expected: Kind) -> tuple[Kind, memoryview]:
+    def open(self, message: Buffer, *expected: Kind) -> tuple[Kind, memoryview]:
         """(kind, body) of ``message``, which must be one of ``expected`` kinds."""
         view = memoryview(message)
         where = f"replication message {self.counter}"
-        if len(view) < OVERHEAD:
+        tag_size = self._tagger.size
+        if len(view) < HEADER_SIZE + tag_size:
             raise PeerProtocolError(f"{where}: truncated ({len(view)} bytes)")
         magic, version, kind, flags, counter = _HEADER.unpack_from(view)
         if magic != MAGIC:
@@ -432,17 +527,14 @@ class Opener:
             raise PeerProtocolError(f"{where}: protocol version {version} is not spoken here")
         if flags & ~FLAG_INSECURE:
             raise PeerProtocolError(f"{where}: unknown flags {flags:#x}")
-        if bool(flags & FLAG_INSECURE) != (self._mac is None):
-            mine = "without" if self._mac is None else "with"
+        if bool(flags & FLAG_INSECURE) != self._insecure:
+            mine = "without" if self._insecure else "with"
             raise PeerProtocolError(
                 f"{where}: the peer {'has no' if flags else 'has a'} cluster key but this node "
                 f"runs {mine} one (both must agree on insecure mode)"
             )
-        signed = view[: len(view) - TAG_SIZE]
-        digest = hashlib.sha256(signed) if self._mac is None else self._mac.copy()
-        if self._mac is not None:
-            digest.update(signed)
-        if not hmac.compare_digest(digest.digest(), view[len(view) - TAG_SIZE :]):
+        signed = view[: len(view) - tag_size]
+        if not self._tagger.check(signed, view[len(view) - tag_size :], counter):
             raise PeerProtocolError(
                 f"{where}: bad tag (forged, corrupted, replayed from another session, "
                 "or another cluster key)"
