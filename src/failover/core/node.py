@@ -34,6 +34,10 @@ from failover.core.table import Row, Table
 
 DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
 
+MAX_FOLLOWUPS = 8
+"""Outcomes the core may derive within one step (a resync of nothing: its end,
+then the pair's next step); more means rows that feed each other forever."""
+
 PAUSE_FACTOR = 2.0
 """A gap between two ``handle`` calls longer than this many heartbeat intervals
 means this node did not run (the core always has a deadline at most one
@@ -95,6 +99,26 @@ def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
     return peer_alive and state is State.SECONDARY
 
 
+def pair_problem(
+    state: State, peer: PeerStatus | None, peer_alive: bool, metadata: Metadata
+) -> str | None:
+    """Why the pair is not in sync as the core sees it (None when it is): this
+    node ``primary``, its peer alive and announcing ``secondary`` at our
+    generation. (The data plane may add what only it sees: a silent channel, a
+    verify that found differences.)"""
+    if peer is None:
+        return "the peer was never heard"
+    if not peer_alive:
+        return f"peer {peer.node} lost (silent on every link)"
+    if peer.state is not State.SECONDARY:
+        return f"peer {peer.node} is {peer.state.value}"
+    if state is not State.PRIMARY:
+        return f"this node is {state.value}"
+    if peer.generation != metadata.generation:
+        return f"peer {peer.node} holds generation {peer.generation}, not ours"
+    return None
+
+
 @dataclass(frozen=True)
 class LinkView:
     up: bool = False
@@ -149,10 +173,17 @@ class NodeSnapshot:
     restarts: tuple[float, ...] = ()
     retry_at: float | None = None
     next_pause: float | None = None
+    data_retry_at: float | None = None
+    data_pause: float | None = None
 
     @property
     def substatus(self) -> SubStatus:
         return derive_substatus(self)
+
+    @property
+    def in_sync_problem(self) -> str | None:
+        """See ``pair_problem``."""
+        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
 
     def key(self, origin: float, horizon: float) -> tuple[Any, ...]:
         """A flat, hashable summary for deduplication: every time relative to
@@ -216,6 +247,8 @@ class NodeSnapshot:
             tuple(shift(t) for t in self.restarts),
             shift(self.retry_at),
             self.next_pause,
+            shift(self.data_retry_at),
+            self.data_pause,
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
@@ -234,6 +267,7 @@ class NodeSnapshot:
             recheck_at=shift(self.recheck_at),
             restarts=tuple(max(t - origin, -horizon) for t in self.restarts),
             retry_at=shift(self.retry_at),
+            data_retry_at=shift(self.data_retry_at),
             lease=evolve(
                 lease,
                 requested_at=shift(lease.requested_at),
@@ -310,6 +344,13 @@ class Node:
         self.restarts: tuple[float, ...] = ()
         self.retry_at: float | None = None
         self.next_pause: float | None = None
+        # the next try of a failed data action (resync source, quarantine,
+        # set-aside before a full resync) and the pause after it
+        self.data_retry_at: float | None = None
+        self.data_pause: float | None = None
+        # outcomes the core knows at once (nothing is replicated), handled
+        # within the same step after the event that caused them
+        self.followups: list[ev.Event] = []
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
 
@@ -350,6 +391,11 @@ class Node:
         the running application act (``checker_acts``), and only then does the
         runtime run such checkers on the serving node."""
         return self.app_active and self.app_pending is None and self.handover is None
+
+    @property
+    def in_sync_problem(self) -> str | None:
+        """See ``pair_problem``."""
+        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
 
     @property
     def relation(self) -> Relation:
@@ -407,6 +453,7 @@ class Node:
             self.lease.fence_at if self.lease.held else None,
             self.lease.renew_at if self.lease.held else None,
             self.retry_at,
+            self.data_retry_at,
         ]
         seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
         times.extend(
@@ -431,8 +478,16 @@ class Node:
         self._discount_pause(now)
         meta_before = self.metadata
         fence_before = (self.writes_fenced, self.state.serving)
+        self.followups = []
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
+        for _ in range(MAX_FOLLOWUPS):
+            if not self.followups:
+                break
+            followup = self.followups.pop(0)
+            self.event = followup
+            self._fire(followup.kind, followup)
+        assert not self.followups, "outcomes known at once keep causing new ones"
         effects = self.outbox
         changed = self._announced() != announced
         if changed:
@@ -505,6 +560,8 @@ class Node:
             restarts=self.restarts,
             retry_at=self.retry_at,
             next_pause=self.next_pause,
+            data_retry_at=self.data_retry_at,
+            data_pause=self.data_pause,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -535,6 +592,8 @@ class Node:
         self.restarts = snap.restarts
         self.retry_at = snap.retry_at
         self.next_pause = snap.next_pause
+        self.data_retry_at = snap.data_retry_at
+        self.data_pause = snap.data_pause
 
     # --- internals --------------------------------------------------------------------
 
@@ -648,6 +707,9 @@ class Node:
             self.discovery_until = None
         if not state.serving:
             self.retry_at = None  # the application is not retried where it does not serve
+        # a data action's retry belongs to the state that scheduled it
+        self.data_retry_at = None
+        self.data_pause = None
 
     def _bookkeep(self, event: ev.Event) -> list[str]:
         """Update the link and peer view; return the table triggers to fire."""
@@ -727,6 +789,9 @@ class Node:
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
             triggers.append("retry")
+        if self.data_retry_at is not None and now >= self.data_retry_at:
+            self.data_retry_at = None
+            triggers.append("data_retry")
         return triggers
 
     def _housekeep(self) -> None:
@@ -781,6 +846,8 @@ class _ReasonContext(Mapping[str, str]):
             return f"restart {used} of {s.max_restarts} within {s.restart_window:g} s"
         if key == "pause":
             return f"{node.next_pause or node.settings.retry_pause:g}"
+        if key == "data_pause":  # the pause a failed data action is about to get
+            return f"{node.data_pause or node.settings.data_retry_pause:g}"
         if key == "policy":
             return str(node._rules.policy_text(node))
         if key == "last_state":

@@ -134,6 +134,14 @@ def resync_source_active(node: Node, row: Row) -> bool:
 
 
 @guard
+def incremental_impossible(node: Node, row: Row) -> bool:
+    """The source reported that it cannot send the incremental resync it was
+    asked for (its tracked changes do not start where the target's copy ends)."""
+    event = node.event
+    return isinstance(event, ev.ResyncFailed) and event.full_needed
+
+
+@guard
 def resync_current(node: Node, row: Row) -> bool:
     """The resync that just finished delivered the generation we serve now."""
     event = node.event
@@ -574,9 +582,16 @@ def schedule_retry(node: Node, row: Row) -> None:
     application where it is after a pause, doubled at every retry up to
     ``retry_pause_max``. A retry mints nothing and changes no state."""
     s = node.settings
-    pause = node.next_pause or s.retry_pause
-    node.retry_at = node.now + pause
-    node.next_pause = min(pause * 2, s.retry_pause_max)
+    node.retry_at, node.next_pause = _backoff(
+        node, node.next_pause, s.retry_pause, s.retry_pause_max
+    )
+
+
+def _backoff(node: Node, pause: float | None, first: float, cap: float) -> tuple[float, float]:
+    """When to retry after ``pause`` (``first`` if none yet), and the pause after
+    that one: doubled, up to ``cap``."""
+    pause = pause or first
+    return node.now + pause, min(pause * 2, cap)
 
 
 @action
@@ -608,14 +623,14 @@ def stop_resources(node: Node, row: Row) -> None:
     restart left the VIP or the read-write mirrors, which only a stop gives back."""
     if node.resync_role is not None:
         node.resync_role = None
-        node.emit(fx.StopResync())
+        _emit_data(node, fx.StopResync())
     if node.app_active or node.app_pending is not None or node.retry_at is not None:
         node.app_active = False
         node.app_pending = "stop"
         node.emit(fx.StopApp())
     if node.replicating:
         node.replicating = False
-        node.emit(fx.StopReplication())
+        _emit_data(node, fx.StopReplication())
     node.handover = None
     node.pending = None
     if node.lease.held:
@@ -640,27 +655,33 @@ def note_checker_up(node: Node, row: Row) -> None:
 # --- actions: replication, tracking, resync, quarantine -------------------------------------
 
 
+def _emit_data(node: Node, effect: fx.Effect) -> None:
+    """A data effect, emitted only where directories are replicated."""
+    if node.settings.replicated:
+        node.emit(effect)
+
+
 @action
 def start_replication(node: Node, row: Row) -> None:
     node.replicating = True
-    node.emit(fx.StartReplication())
+    _emit_data(node, fx.StartReplication())
 
 
 @action
 def stop_replication(node: Node, row: Row) -> None:
     if node.replicating:
         node.replicating = False
-        node.emit(fx.StopReplication())
+        _emit_data(node, fx.StopReplication())
 
 
 @action
 def start_tracking(node: Node, row: Row) -> None:
-    node.emit(fx.StartTracking(since=node.metadata.synced_generation))
+    _emit_data(node, fx.StartTracking(since=node.metadata.synced_generation))
 
 
 @action
 def stop_tracking(node: Node, row: Row) -> None:
-    node.emit(fx.StopTracking())
+    _emit_data(node, fx.StopTracking())
 
 
 def _resync_point(node: Node) -> tuple[str, object]:
@@ -679,6 +700,14 @@ def _start_resync(node: Node, role: str, full: bool) -> None:
     source_generation = (
         node.metadata.generation if role == "source" or peer is None else peer.generation
     )
+    if not node.settings.replicated:
+        # nothing to copy: the resync is complete as it starts, at the generation
+        # the source holds (handled in this same step, by the resync's own rows)
+        if role == "target":
+            node.followups.append(ev.ResyncDone(source_generation))
+        else:
+            node.followups.append(ev.PeerResynced(source_generation))
+        return
     node.emit(
         fx.StartResync(
             role="target" if role == "target" else "source",
@@ -719,10 +748,58 @@ def resync_source(node: Node, row: Row) -> None:
 
 
 @action
+def resync_source_full(node: Node, row: Row) -> None:
+    """Resync the peer with a full copy: an incremental one is impossible."""
+    _start_resync(node, "source", full=True)
+
+
+@action
+def retry_data_later(node: Node, row: Row) -> None:
+    """A data action failed: a resync attempt, or a move of data aside (nothing
+    was lost, nothing copied over it). It is tried again at ``data_retry_at``
+    (``data_retry``), after a pause doubled at every failure up to
+    ``data_retry_pause_max``; the resync role, or the pending quarantine, stays
+    the node's meanwhile."""
+    s = node.settings
+    node.data_retry_at, node.data_pause = _backoff(
+        node, node.data_pause, s.data_retry_pause, s.data_retry_pause_max
+    )
+
+
+@action
+def retry_resync_source(node: Node, row: Row) -> None:
+    _start_resync(node, "source", full=False)
+
+
+@action
+def retry_resync_target(node: Node, row: Row) -> None:
+    """The set-aside before a full resync failed earlier: start it again
+    (only a full resync sets the data aside first)."""
+    _start_resync(node, "target", full=True)
+
+
+@action
+def retry_quarantine(node: Node, row: Row) -> None:
+    node.quarantine_pending = False
+    quarantine(node, row)
+
+
+@action
+def give_up_quarantine(node: Node, row: Row) -> None:
+    """A stopped node is not retried: the data stays in place, still diverged,
+    and the split brain is found again when the module starts."""
+    node.quarantine_pending = False
+    node.data_retry_at = None
+    node.data_pause = None
+
+
+@action
 def stop_resync(node: Node, row: Row) -> None:
+    node.data_retry_at = None
+    node.data_pause = None
     if node.resync_role is not None:
         node.resync_role = None
-        node.emit(fx.StopResync())
+        _emit_data(node, fx.StopResync())
 
 
 @action
@@ -736,6 +813,8 @@ def finish_resync_source(node: Node, row: Row) -> None:
     """The peer now holds our generation and may take over once it confirms:
     from here on a restart must not count this node as the last to serve."""
     node.resync_role = None
+    node.data_retry_at = None
+    node.data_pause = None
     node.metadata = node.metadata.evolve(last_state=State.PRIMARY)
 
 
@@ -745,7 +824,10 @@ def quarantine(node: Node, row: Row) -> None:
         return
     _, since = _resync_point(node)
     node.quarantine_pending = True
-    node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
+    if node.settings.replicated:
+        node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
+    else:  # nothing replicated, nothing to move aside: done in this same step
+        node.followups.append(ev.QuarantineDone())
 
 
 @action
@@ -758,6 +840,8 @@ def mark_quarantined(node: Node, row: Row) -> None:
     """Our divergent data is set aside: the rest is not a valid generation
     until resynchronised."""
     node.quarantine_pending = False
+    node.data_retry_at = None
+    node.data_pause = None
     node.metadata = node.metadata.evolve(consistent=False)
 
 
