@@ -17,7 +17,9 @@ from transitions import EventData, Machine
 
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core import rules
 from failover.core.compare import Relation, relation
+from failover.core.decider import Lease
 from failover.core.state import (
     INITIAL,
     NO_VIEW,
@@ -123,18 +125,6 @@ def pair_problem(
 class LinkView:
     up: bool = False
     last_seen: float | None = None
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The arbitration lease as this node counts it (on its own clock)."""
-
-    held: bool = False
-    generation: Generation | None = None
-    requested_at: float | None = None  # when the pending request or renewal was sent
-    fence_at: float | None = None  # stop serving at this time unless renewed
-    renew_at: float | None = None
-    denied_at: float | None = None  # when the arbitrator last denied a request
 
 
 @dataclass(frozen=True)
@@ -297,11 +287,8 @@ class Node:
         *,
         table: Table | None = None,
     ) -> None:
-        from failover.core import rules  # noqa: PLC0415 - rules imports this module
-
         self.settings = settings
         self.table = table if table is not None else rules.default_table()
-        self._rules = rules
         self.reset(metadata if metadata is not None else Metadata())
         # per-call scratch
         self.now = 0.0
@@ -611,7 +598,7 @@ class Node:
         )
         # One machine trigger per row: the node picks the row (the first whose
         # guards all hold, the table's rule) and the machine executes that edge.
-        guards = self._rules.GUARDS
+        guards = rules.GUARDS
         self._choices: dict[tuple[State, str], tuple[tuple[Row, str, Any], ...]] = {}
         for (state, event), entry in self.table.entries.items():
             if isinstance(entry, str):  # IGNORE: no edge at all
@@ -659,7 +646,7 @@ class Node:
         if state_changed:
             self._leaving(source)
         for name in row.actions:
-            self._rules.ACTIONS[name](self, row)
+            rules.ACTIONS[name](self, row)
         if state_changed:
             self.pending = None  # a grant that arrives later is released
             self._entering(cursor.state, source)
@@ -849,7 +836,7 @@ class _ReasonContext(Mapping[str, str]):
         if key == "data_pause":  # the pause a failed data action is about to get
             return f"{node.data_pause or node.settings.data_retry_pause:g}"
         if key == "policy":
-            return str(node._rules.policy_text(node))
+            return str(rules.policy_text(node))
         if key == "last_state":
             return node.metadata.last_state.value if node.metadata.last_state else "none"
         if key == "pending_reason":
