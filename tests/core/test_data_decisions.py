@@ -193,6 +193,15 @@ def test_without_replicated_directories_a_resync_target_ends_in_the_same_step() 
         ("wait", "resync"),
         ("resync", "secondary"),
     ]
+    # each row's metadata is persisted before that row's effects: what a journal
+    # of the step records never goes back (the audit's S5)
+    persisted = ""
+    for effect in effects:
+        if isinstance(effect, fx.PersistMetadata):
+            persisted = str(effect.metadata.generation)
+        elif isinstance(effect, fx.TransitionRecord):
+            assert effect.generation == persisted
+    assert persisted == str(G1_BETA)
 
 
 def test_without_replicated_directories_a_resync_source_ends_in_the_same_step() -> None:

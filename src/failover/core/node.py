@@ -468,12 +468,16 @@ class Node:
         self.followups = []
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
+        decided = self.metadata  # persisted first, before any effect of the step
         for _ in range(MAX_FOLLOWUPS):
             if not self.followups:
                 break
             followup = self.followups.pop(0)
             self.event = followup
+            before, first = self.metadata, len(self.outbox)
             self._fire(followup.kind, followup)
+            if self.metadata != before:  # the header rule, for the follow-up's row
+                self.outbox.insert(first, fx.PersistMetadata(self.metadata))
         assert not self.followups, "outcomes known at once keep causing new ones"
         effects = self.outbox
         changed = self._announced() != announced
@@ -485,8 +489,8 @@ class Node:
             # then sends no second one)
             self.next_heartbeat_at = now
         self._housekeep()
-        if self.metadata != meta_before:
-            effects.insert(0, fx.PersistMetadata(self.metadata))
+        if decided != meta_before:
+            effects.insert(0, fx.PersistMetadata(decided))
         fence = (self.writes_fenced, self.state.serving)
         if fence != fence_before:  # after PersistMetadata: a lifted fence follows the mint
             effects.append(fx.FenceWrites(*fence))
