@@ -12,6 +12,7 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
 from failover.platform.application import Application, Scripts
+from failover.runtime import executor as executor_module
 from failover.runtime.executor import ActionExecutor
 
 pytestmark = pytest.mark.anyio
@@ -196,3 +197,26 @@ async def test_a_stop_replicates_what_the_script_wrote_before_it_releases_the_vi
         "AppStopped",
         "stop replication",
     ]
+
+
+class _StuckQuarantine:
+    """A data plane whose quarantine never ends (a hung disk; duck-typed DataPlane)."""
+
+    async def quarantine(self, effect: fx.Quarantine) -> ev.Event:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_quarantine_over_its_deadline_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # never swallowed: the core hears it, keeps the quarantine pending and retries
+    monkeypatch.setattr(executor_module, "QUARANTINE_DEADLINE", 0.2)
+    app = Application(None, None, output_dir=tmp_path, env={})
+    executor = ActionExecutor(
+        app,
+        lambda event: anyio.sleep(0),
+        data=_StuckQuarantine(),  # type: ignore[arg-type]
+    )
+    [outcome] = await run_actions(executor, [fx.Quarantine(since=Generation(1, "alpha"))], 1)
+    assert outcome == ev.QuarantineFailed(reason="quarantine did not finish within 0.2 s")
