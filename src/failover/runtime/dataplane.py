@@ -19,18 +19,27 @@ scripts and the virtual IP:
 - ``Quarantine``: after a split brain that this node lost, every entry its
   tracker recorded since the split moves to the quarantine directory with a
   manifest (``replication.quarantine``); the tracker keeps the set, so the
-  resync that follows brings those paths back from the winner;
+  resync that follows brings those paths back from the winner. Outcome:
+  ``QuarantineDone``, or ``QuarantineFailed`` (a disk error: what was not
+  moved stays in place);
 - ``StartResync`` (target, full): before this node accepts the copy, every
   entry of its directories moves to quarantine (a full copy would overwrite
   or delete all of it); only then does it answer the source's session with
-  its request (the source retries meanwhile). A disk error leaves the data
-  in place and the node waiting in ``resync``, saying why in its status;
+  its request. A disk error leaves the data in place, answers no source and
+  is reported as ``QuarantineFailed``;
+- ``StartResync`` (source): one attempt, in the mode the effect says. It
+  ends in ``PeerResynced``, or ``ResyncFailed`` (no connection, the peer does
+  not ask yet, the session broke; ``full_needed`` when the changes tracked
+  here do not start where the peer's copy ends). Whether and when to try
+  again is the core's (``data_retry``);
 - the receiver side listens on this node's replication endpoint all the
   time and applies the peer's sessions (one at a time, the newest
   authenticated one wins) with an ``Applier`` on the directories' real
-  contents. A connection changes nothing before its handshake authenticated
-  (``CONFIRM`` under the session key); at most ``MAX_HANDSHAKES`` may be
-  authenticating at once, each within the replication timeout.
+  contents, except while the core says this node serves (``FenceWrites``)
+  or its directories are read-write. A connection changes nothing before its
+  handshake authenticated (``CONFIRM`` under the session key); at most
+  ``MAX_HANDSHAKES`` may be authenticating at once, each within the
+  replication timeout.
 
 One ``_Relay`` stands between the mirror and the replication layer, so the
 mirror keeps one listener while sessions come and go.
