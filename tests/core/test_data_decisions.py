@@ -235,3 +235,12 @@ def test_the_pair_is_in_sync_as_the_core_sees_it() -> None:
     d.run_until(d.now + 10)  # beta silent: lost
     assert d.state is State.ALONE
     assert d.node.in_sync_problem == "peer beta lost (silent on every link)"
+
+
+def test_whether_anything_is_replicated_is_fixed_for_the_run() -> None:
+    # the data plane exists or not from the daemon's start: a reload that adds or
+    # removes replicated directories must not make the core wait for outcomes
+    # no one will report, or skip effects a data plane waits for
+    d = Driver()
+    d.node.reconfigure(replace(SETTINGS, replicated=False, heartbeat_interval=5))
+    assert d.node.settings.replicated and d.node.settings.heartbeat_interval == 5

@@ -425,9 +425,13 @@ class Node:
             self.settings.links,
         ):
             raise ValueError("node name, peer and links cannot change without a restart")
-        # fixed for the run: the views' epoch and what the directories held at boot
+        # fixed for the run: the views' epoch, what the directories held at boot,
+        # and whether any is replicated (the data plane is built at start)
         self.settings = replace(
-            settings, epoch=self.settings.epoch, local_data=self.settings.local_data
+            settings,
+            epoch=self.settings.epoch,
+            local_data=self.settings.local_data,
+            replicated=self.settings.replicated,
         )
 
     def next_deadline(self) -> float | None:
