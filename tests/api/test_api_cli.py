@@ -470,9 +470,15 @@ def test_status_shows_a_held_full_resync(
     # lab trial: the secondary's replicated disk full; its full resync was held
     # (what it would overwrite could not be quarantined) and stayed held after
     # the disk was mended: the text status said only "waiting for the peer to
-    # resynchronise this node", the reason and the way out were in the log
-    held = "could not quarantine data before a full resync: [Errno 28] No space left on device"
-    with_replication(controller, {"resync_wanted": True, "resync_held": held})
+    # resynchronise this node", the reason and the way out were in the log.
+    # Since issue 10 the core retries it by itself and says why in its reason.
+    controller.reason = (
+        "could not set this node's data aside before a full resync (could not quarantine "
+        "data before a full resync: [Errno 28] No space left on device): nothing copied "
+        "over it; retrying in 5 s"
+    )
+    with_replication(controller, {"resync_wanted": True})
     assert main(["status", "--socket", socket_path]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert f"  RESYNC HELD: {held}; once mended: failover fullsync on this node" in lines
+    assert f"  reason      {controller.reason}" in lines
+    assert "  waiting for the peer to resynchronise this node" in lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from config_support import BASE, KEY, WriteConfig, replace_once
+from config_support import BASE, KEY, REPLICATED, WriteConfig, replace_once
 from pydantic import ValidationError
 
 from failover.config import PROFILES, ClusterConfig, load_config
@@ -404,9 +404,14 @@ def test_core_settings_round_trip(write_config: WriteConfig) -> None:
         preferred="beta",
         split_brain_winner="alpha",
         checkers=(CheckerPolicy("db"),),
+        replicated=False,  # no replication section: the core emits no data effect
     )
     beta = config.core_settings("beta")
     assert (beta.name, beta.peer, beta.fingerprint) == ("beta", "alpha", settings.fingerprint)
+
+
+def test_core_settings_say_whether_anything_is_replicated(write_config: WriteConfig) -> None:
+    assert load_config(write_config(REPLICATED)).core_settings("alpha").replicated
 
 
 def test_core_settings_auto_split_brain_winner_is_none(write_config: WriteConfig) -> None:

@@ -106,3 +106,61 @@ def test_the_checker_names_the_file_line_and_module() -> None:
 )
 def test_the_checker_lets_other_imports_through(source: str) -> None:
     assert forbidden_imports(source) == []
+
+
+def core_imports(source: str) -> set[str]:
+    """The core modules ``source`` imports (by short name), at any place in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "failover.core":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("failover.core."):
+            found.add((node.module or "").split(".")[2])
+        elif isinstance(node, ast.Import):
+            found.update(
+                alias.name.split(".")[2]
+                for alias in node.names
+                if alias.name.startswith("failover.core.")
+            )
+    return found
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A cycle of ``graph`` (module -> modules it imports), or None."""
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module) :], module]
+        if module in done:
+            return None
+        for imported in sorted(graph.get(module, ())):
+            cycle = visit(imported, [*path, module])
+            if cycle is not None:
+                return cycle
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module, [])
+        if cycle is not None:
+            return cycle
+    return None
+
+
+def test_no_core_module_imports_one_that_imports_it_back() -> None:
+    # node runs the table, rules hold what its rows name: they share decider
+    # (the node as the rules see it), and node imports rules, never the reverse
+    graph = {path.stem: core_imports(path.read_text()) for path in core_files()}
+    assert import_cycle(graph) is None, " -> ".join(import_cycle(graph) or [])
+    assert "node" not in graph["rules"]
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    assert import_cycle({"node": {"rules"}, "rules": {"node"}}) == ["node", "rules", "node"]
+    assert core_imports(
+        "from failover.core import rules\nfrom failover.core.node import Node\n"
+    ) == {
+        "rules",
+        "node",
+    }

@@ -46,6 +46,9 @@ SEARCHES: dict[str, Search] = {
     # the loop needs the peer gone: crash it, break the application
     "app-failed-waits": Search(2, "protected"),
     "never-hand-over": Search(1, "protected"),
+    # the first start's resync, then its failure (a resource fault)
+    "resync-failure-ignored": Search(2, "boot"),
+    "set-aside-failure-ignored": Search(2, "boot"),
 }
 
 

@@ -32,7 +32,14 @@ Spec = dict[str, Any]
 # Inputs the node turns into table triggers itself (bookkeeping), and the
 # triggers its timers fire: together with the event kinds they are the events.
 BOOKKEEPING_KINDS = {"link_failed", "timer"}
-TIMER_TRIGGERS = {"peer_lost", "startup_timeout", "lease_expired", "recheck", "retry"}
+TIMER_TRIGGERS = {
+    "peer_lost",
+    "startup_timeout",
+    "lease_expired",
+    "recheck",
+    "retry",
+    "data_retry",
+}
 
 
 def test_every_state_declares_every_event() -> None:

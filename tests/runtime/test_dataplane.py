@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.core.state import Generation, State
+from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
@@ -53,6 +53,7 @@ class Node:
     events: list[ev.Event]
     event_seen: anyio.Event
     proxy: CuttableProxy | None = None  # between this node and its peer's receiver
+    taken: int = 0  # events next_event returned
 
 
 @asynccontextmanager
@@ -76,11 +77,9 @@ async def pair(
             events: list[ev.Event] = []
             seen = anyio.Event()
 
-            async def report(
-                event: ev.Event, events: list[ev.Event] = events, seen: anyio.Event = seen
-            ) -> None:
-                events.append(event)
-                seen.set()
+            async def report(event: ev.Event, name: str = name) -> None:
+                nodes[name].events.append(event)
+                nodes[name].event_seen.set()  # the current one (next_event renews it)
 
             settings = DataPlaneSettings(
                 cluster="c1",
@@ -119,6 +118,17 @@ async def receiving(node: Node, sessions: int = 1) -> None:
     with anyio.fail_after(WAIT_TIMEOUT):
         while node.plane.sessions_received < sessions:
             await anyio.sleep(0.01)  # a bounded poll of the other node's task
+
+
+async def next_event(node: Node) -> ev.Event:
+    """The next event ``node`` reports (the core's input) that this function has
+    not returned yet."""
+    with anyio.fail_after(WAIT_TIMEOUT):
+        while len(node.events) <= node.taken:
+            node.event_seen = anyio.Event()
+            await node.event_seen.wait()
+    node.taken += 1
+    return node.events[node.taken - 1]
 
 
 def write_synced(path: Path, data: bytes) -> None:
@@ -171,15 +181,15 @@ async def test_a_cut_of_the_idle_channel_shows_in_status_then_fails_replication(
         with anyio.fail_after(WAIT_TIMEOUT):  # a bounded poll of status, as an operator would
             while not (alpha.plane.status()["sender"] or {}).get("last_probe_rtt"):
                 await anyio.sleep(interval / 10)
-        peer = {"node": "beta", "state": "secondary", "alive": True}  # heartbeats still flow
-        assert not_in_sync(State.PRIMARY, peer, alpha.plane.status()) is None
+        # the core sees a protected pair: heartbeats still flow
+        assert not_in_sync(None, alpha.plane.status()) is None
         alpha.proxy.cut()  # idle: nothing in flight, nothing to time out but the probe
         with anyio.fail_after(WAIT_TIMEOUT):
             while alpha.plane.status()["channel_problem"] is None:
                 await anyio.sleep(interval / 10)
         status = alpha.plane.status()
         assert status["replicating"] and not alpha.events  # status first, the core later
-        reason = not_in_sync(State.PRIMARY, peer, status)
+        reason = not_in_sync(None, status)
         assert reason is not None
         assert reason.startswith("replication channel: no answer from beta for ")
         with anyio.fail_after(WAIT_TIMEOUT):  # then the replication timeout passes
@@ -214,6 +224,39 @@ async def test_a_lost_split_brain_moves_the_divergent_changes_to_quarantine(
         moved = list((tmp_path / "alpha" / "quarantine").rglob("divergent"))
         assert [p.read_bytes() for p in moved] == [b"after"]
         assert list((tmp_path / "alpha" / "quarantine").rglob("manifest.json"))
+
+
+async def test_a_split_brain_quarantine_that_fails_is_reported_and_keeps_the_data(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path) as (alpha, _beta):
+        await alpha.plane.serve()
+        alpha.plane.stop_tracking()
+        alpha.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "divergent", b"after")
+        await alpha.plane.unserve()
+        (tmp_path / "alpha" / "quarantine").write_bytes(b"a file where the directory goes")
+        outcome = await alpha.plane.quarantine(fx.Quarantine(since=Generation(1, "alpha")))
+        # not swallowed: the core hears it (and retries); nothing was lost
+        assert isinstance(outcome, ev.QuarantineFailed)
+        assert outcome.reason.startswith("could not quarantine data: ")
+        assert (alpha.root / "divergent").read_bytes() == b"after"
+
+
+async def test_the_core_s_serving_decision_refuses_the_peer_s_sessions(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        beta.plane.fence_writes(False, serving=True)  # beta's core decided to serve
+        refused = beta.plane.handshakes_refused
+        await alpha.plane.start_replication()
+        failed = await next_event(alpha)
+        assert isinstance(failed, ev.ReplicationFailed)
+        assert beta.plane.handshakes_refused == refused + 1
+        assert beta.plane.sessions_received == 0
+        beta.plane.fence_writes(False, serving=False)  # and then that it does not
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        assert alpha.plane.status()["replicating"]
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -307,23 +350,46 @@ async def wrote_while_away(alpha: Node) -> tuple[Generation, Generation]:
     return Generation(1, "alpha"), Generation(2, "alpha")
 
 
-async def test_a_resync_that_cannot_start_yet_is_retried_until_it_can(tmp_path: Path) -> None:
+async def test_a_resync_that_cannot_start_yet_is_reported_and_the_core_s_retry_runs(
+    tmp_path: Path,
+) -> None:
     async with pair(tmp_path) as (alpha, beta):
         since, generation = await wrote_while_away(alpha)
         # the source starts first: beta does not ask for a resync yet
-        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
-        with anyio.fail_after(WAIT_TIMEOUT):
-            while alpha.plane.resync_attempts == 0:
-                await anyio.sleep(0.01)
-        assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
-        assert not alpha.events  # nothing reported while it retries
+        effect = fx.StartResync("source", "incremental", since, generation)
+        alpha.plane.start_resync(effect)
+        failed = await next_event(alpha)
+        # one attempt, reported: the core decides when to try again (no retry here)
+        assert isinstance(failed, ev.ResyncFailed) and not failed.full_needed
+        assert "did not ask for a resync" in failed.reason
+        assert alpha.plane.resync_attempts == 1
+        assert alpha.plane.status()["resync_failures"] == 1
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
-        with anyio.fail_after(WAIT_TIMEOUT):
-            await alpha.event_seen.wait()
-            await beta.event_seen.wait()
-        assert alpha.events == [ev.PeerResynced(generation)]
+        alpha.plane.start_resync(effect)  # the core's retry, at its deadline
+        assert await next_event(alpha) == ev.PeerResynced(generation)
+        assert await next_event(beta) == ev.ResyncDone(generation)
         assert (beta.root / "while-away").read_bytes() == b"w"
-        assert alpha.plane.status()["resync_retrying"] is None
+        assert alpha.events == [failed, ev.PeerResynced(generation)]
+
+
+async def test_an_incremental_resync_from_a_wrong_tracking_point_is_the_core_s_to_decide(
+    tmp_path: Path,
+) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        since, generation = await wrote_while_away(alpha)  # tracked since 1:alpha
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "0:lost")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        failed = await next_event(alpha)
+        # not copied in full on the data plane's own decision: reported, nothing sent
+        assert isinstance(failed, ev.ResyncFailed) and failed.full_needed
+        assert "since 0:lost" in failed.reason and "holds 1:alpha" in failed.reason
+        assert not (beta.root / "while-away").exists()
+        # the core answers with a full resync
+        alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
+        assert await next_event(alpha) == ev.PeerResynced(generation)
+        assert (beta.root / "while-away").read_bytes() == b"w"
 
 
 class _Recorder:
@@ -611,7 +677,6 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
             await beta.event_seen.wait()
         assert beta.events == [ev.ResyncDone(generation)]
         assert alpha.events == [ev.PeerResynced(generation)]
-        assert alpha.plane.resync_attempts == 0
         assert (beta.root / "while-away").read_bytes() == b"w and more"
 
 
@@ -626,13 +691,18 @@ def preinstall(node: Node, files: dict[str, bytes]) -> None:
     mirror.mount()
 
 
-async def start_full_resync(alpha: Node, beta: Node) -> Generation:
+async def start_full_resync(alpha: Node, beta: Node, *, ready: bool = True) -> Generation:
     """alpha serves generation 2 with ``app.conf`` and starts copying it to beta
-    in full; returns that generation."""
+    in full, once beta set its data aside and answers (``ready``: as the core's
+    retries end up doing) or at once; returns that generation."""
     await alpha.plane.serve()
     await anyio.to_thread.run_sync(write_synced, alpha.root / "app.conf", b"alpha's")
     since, generation = Generation(), Generation(2, "alpha")
     beta.plane.start_resync(fx.StartResync("target", "full", since, generation))
+    if ready:
+        with anyio.fail_after(WAIT_TIMEOUT):
+            while not beta.plane.resync_ready:
+                await anyio.sleep(0.01)  # a bounded poll of the other node's task
     alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
     return generation
 
@@ -695,31 +765,21 @@ async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Pat
     async with pair(tmp_path) as (alpha, beta):
         preinstall(beta, {"app.conf": b"beta's settings"})
         (tmp_path / "beta" / "quarantine").write_bytes(b"a file where the directory goes")
-        with capture_logs() as logs:
-            await start_full_resync(alpha, beta)
-            with anyio.fail_after(WAIT_TIMEOUT):
-                while alpha.plane.resync_attempts < 4 or not beta.plane.status()["resync_held"]:
-                    await anyio.sleep(0.01)  # a bounded poll of the other node's task
-        # the source retries all along (counted), its log says so once per reason
-        retries = [r for r in logs if r["event"] == "resync attempt failed: retrying"]
-        assert len({r["problem"] for r in retries}) == len(retries) < 4, retries
-        assert "could not quarantine data" in beta.plane.status()["resync_held"]
-        assert "did not ask for a resync" in (alpha.plane.status()["resync_retrying"] or "")
+        await start_full_resync(alpha, beta, ready=False)
+        # the target reports the failed set-aside (the core decides what follows)
+        # and answers no source: the source's attempt fails and is reported too
+        held = await next_event(beta)
+        assert isinstance(held, ev.QuarantineFailed)
+        assert "could not quarantine data before a full resync" in held.reason
+        failed = await next_event(alpha)
+        assert isinstance(failed, ev.ResyncFailed)
+        assert "did not ask for a resync" in failed.reason
         assert tree(beta.root) == {"app.conf": b"beta's settings"}
-        assert not alpha.events and not beta.events
-        alpha.plane.stop_resync()
-        # what is held is that resync: once the core replaced or stopped it, nothing is
-        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
-        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
-        assert beta.plane.status()["resync_wanted"]
-        assert beta.plane.status()["resync_held"] is None
-        beta.plane.start_resync(fx.StartResync("target", "full", Generation(), generation))
-        with anyio.fail_after(WAIT_TIMEOUT):
-            while not beta.plane.status()["resync_held"]:
-                await anyio.sleep(0.01)  # held again: the disk is still wrong
-        beta.plane.stop_resync()
-        assert beta.plane.status()["resync_held"] is None
         assert not beta.plane.status()["resync_wanted"]
+        # the core's retry of the full resync: held again while the disk is still wrong
+        generation = Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "full", Generation(), generation))
+        assert isinstance(await next_event(beta), ev.QuarantineFailed)
         assert tree(beta.root) == {"app.conf": b"beta's settings"}
 
 

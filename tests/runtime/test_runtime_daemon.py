@@ -44,6 +44,8 @@ class FakeNode:
         self.substatus = SubStatus.READY
         self.reason = "module stopped"
         self.peer: PeerStatus | None = None
+        self.peer_alive = False
+        self.in_sync_problem: str | None = "the peer was never heard"
         self.links = {name: View() for name in settings.links}
         self.app_started = False
         self.handled: list[ev.Event] = []

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
 from failover.platform.application import Application, Scripts
+from failover.runtime import executor as executor_module
 from failover.runtime.executor import ActionExecutor
 
 pytestmark = pytest.mark.anyio
@@ -70,14 +72,13 @@ async def test_actions_run_in_order_and_report_each_outcome(tmp_path: Path) -> N
         ),
         fx.StopApp(),
     ]
-    outcomes = await run_actions(executor, effects, 5)
-    assert outcomes == [
-        ev.AppStarted(),
-        ev.PeerResynced(Generation(2, "alpha")),
-        ev.QuarantineDone(),
-        ev.ResyncDone(Generation(2, "beta")),
-        ev.AppStopped(),
-    ]
+    with capture_logs() as logs:
+        outcomes = await run_actions(executor, effects, 2)
+    # without replicated directories the core completes a resync or quarantine of
+    # nothing itself: the executor invents no outcome for a data effect
+    assert outcomes == [ev.AppStarted(), ev.AppStopped()]
+    ignored = [r["effect"] for r in logs if r["event"].startswith("data effect without")]
+    assert ignored == ["start_tracking", "start_resync", "quarantine", "start_resync"]
     assert journal.read_text().split() == ["start", "stop"]
     assert not app.running
 
@@ -196,3 +197,26 @@ async def test_a_stop_replicates_what_the_script_wrote_before_it_releases_the_vi
         "AppStopped",
         "stop replication",
     ]
+
+
+class _StuckQuarantine:
+    """A data plane whose quarantine never ends (a hung disk; duck-typed DataPlane)."""
+
+    async def quarantine(self, effect: fx.Quarantine) -> ev.Event:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+async def test_a_quarantine_over_its_deadline_is_reported_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # never swallowed: the core hears it, keeps the quarantine pending and retries
+    monkeypatch.setattr(executor_module, "QUARANTINE_DEADLINE", 0.2)
+    app = Application(None, None, output_dir=tmp_path, env={})
+    executor = ActionExecutor(
+        app,
+        lambda event: anyio.sleep(0),
+        data=_StuckQuarantine(),  # type: ignore[arg-type]
+    )
+    [outcome] = await run_actions(executor, [fx.Quarantine(since=Generation(1, "alpha"))], 1)
+    assert outcome == ev.QuarantineFailed(reason="quarantine did not finish within 0.2 s")

@@ -427,10 +427,6 @@ def _replication_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"  last verify {_timestamp(verified.get('at'))}: {verdict}")
     if data.get("resync_wanted"):
         lines.append("  waiting for the peer to resynchronise this node")
-    if data.get("resync_held"):
-        lines.append(
-            f"  RESYNC HELD: {data['resync_held']}; once mended: failover fullsync on this node"
-        )
     limit = data.get("bandwidth")
     lines.append(f"  resync bandwidth limit {'none' if not limit else f'{limit} bytes/s'}")
     tracked = data.get("tracked")

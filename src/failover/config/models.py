@@ -637,6 +637,7 @@ class ClusterConfig(Section):
             startup_timeout=timing.startup_timeout,
             arbitrator=cluster.arbitrator.type != "none",
             lease_ttl=cluster.arbitrator.lease_ttl,
+            replicated=self.replication is not None,
             failback=cluster.failback,
             preferred=cluster.preferred,
             split_brain_winner=None if winner == "auto" else winner,

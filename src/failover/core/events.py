@@ -127,8 +127,16 @@ class ResyncDone(Event):
 
 @dataclass(frozen=True)
 class ResyncFailed(Event):
+    """A resync did not complete. On a target: this node could not apply what
+    the source sent. On a source: one attempt failed (no connection, the
+    session broke, the peer did not ask yet); the core decides whether and
+    when to try again (``data_retry``). ``full_needed``: the source cannot
+    run the incremental resync it was asked for (its change tracking does not
+    start where the target's copy ends); only a full copy can be made."""
+
     kind: ClassVar[str] = "resync_failed"
     reason: str = ""
+    full_needed: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +151,17 @@ class PeerResynced(Event):
 @dataclass(frozen=True)
 class QuarantineDone(Event):
     kind: ClassVar[str] = "quarantine_done"
+
+
+@dataclass(frozen=True)
+class QuarantineFailed(Event):
+    """Moving data aside failed (a disk error): the split brain's divergent
+    changes (``Quarantine``), or a resync target's contents before a full copy
+    (``StartResync`` target, full). Nothing was lost: what could not be moved is
+    still in place, and nothing may be copied over it."""
+
+    kind: ClassVar[str] = "quarantine_failed"
+    reason: str = ""
 
 
 # --- local resources ------------------------------------------------------------------
@@ -229,6 +248,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     ResyncFailed,
     PeerResynced,
     QuarantineDone,
+    QuarantineFailed,
     CheckerDown,
     CheckerUp,
     AppStarted,

@@ -17,7 +17,9 @@ from transitions import EventData, Machine
 
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core import rules
 from failover.core.compare import Relation, relation
+from failover.core.decider import Lease
 from failover.core.state import (
     INITIAL,
     NO_VIEW,
@@ -33,6 +35,10 @@ from failover.core.state import (
 from failover.core.table import Row, Table
 
 DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
+
+MAX_FOLLOWUPS = 8
+"""Outcomes the core may derive within one step (a resync of nothing: its end,
+then the pair's next step); more means rows that feed each other forever."""
 
 PAUSE_FACTOR = 2.0
 """A gap between two ``handle`` calls longer than this many heartbeat intervals
@@ -95,22 +101,30 @@ def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
     return peer_alive and state is State.SECONDARY
 
 
+def pair_problem(
+    state: State, peer: PeerStatus | None, peer_alive: bool, metadata: Metadata
+) -> str | None:
+    """Why the pair is not in sync as the core sees it (None when it is): this
+    node ``primary``, its peer alive and announcing ``secondary`` at our
+    generation. (The data plane may add what only it sees: a silent channel, a
+    verify that found differences.)"""
+    if peer is None:
+        return "the peer was never heard"
+    if not peer_alive:
+        return f"peer {peer.node} lost (silent on every link)"
+    if peer.state is not State.SECONDARY:
+        return f"peer {peer.node} is {peer.state.value}"
+    if state is not State.PRIMARY:
+        return f"this node is {state.value}"
+    if peer.generation != metadata.generation:
+        return f"peer {peer.node} holds generation {peer.generation}, not ours"
+    return None
+
+
 @dataclass(frozen=True)
 class LinkView:
     up: bool = False
     last_seen: float | None = None
-
-
-@dataclass(frozen=True)
-class Lease:
-    """The arbitration lease as this node counts it (on its own clock)."""
-
-    held: bool = False
-    generation: Generation | None = None
-    requested_at: float | None = None  # when the pending request or renewal was sent
-    fence_at: float | None = None  # stop serving at this time unless renewed
-    renew_at: float | None = None
-    denied_at: float | None = None  # when the arbitrator last denied a request
 
 
 @dataclass(frozen=True)
@@ -149,10 +163,17 @@ class NodeSnapshot:
     restarts: tuple[float, ...] = ()
     retry_at: float | None = None
     next_pause: float | None = None
+    data_retry_at: float | None = None
+    data_pause: float | None = None
 
     @property
     def substatus(self) -> SubStatus:
         return derive_substatus(self)
+
+    @property
+    def in_sync_problem(self) -> str | None:
+        """See ``pair_problem``."""
+        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
 
     def key(self, origin: float, horizon: float) -> tuple[Any, ...]:
         """A flat, hashable summary for deduplication: every time relative to
@@ -216,6 +237,8 @@ class NodeSnapshot:
             tuple(shift(t) for t in self.restarts),
             shift(self.retry_at),
             self.next_pause,
+            shift(self.data_retry_at),
+            self.data_pause,
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
@@ -234,6 +257,7 @@ class NodeSnapshot:
             recheck_at=shift(self.recheck_at),
             restarts=tuple(max(t - origin, -horizon) for t in self.restarts),
             retry_at=shift(self.retry_at),
+            data_retry_at=shift(self.data_retry_at),
             lease=evolve(
                 lease,
                 requested_at=shift(lease.requested_at),
@@ -263,11 +287,8 @@ class Node:
         *,
         table: Table | None = None,
     ) -> None:
-        from failover.core import rules  # noqa: PLC0415 - rules imports this module
-
         self.settings = settings
         self.table = table if table is not None else rules.default_table()
-        self._rules = rules
         self.reset(metadata if metadata is not None else Metadata())
         # per-call scratch
         self.now = 0.0
@@ -310,6 +331,13 @@ class Node:
         self.restarts: tuple[float, ...] = ()
         self.retry_at: float | None = None
         self.next_pause: float | None = None
+        # the next try of a failed data action (resync source, quarantine,
+        # set-aside before a full resync) and the pause after it
+        self.data_retry_at: float | None = None
+        self.data_pause: float | None = None
+        # outcomes the core knows at once (nothing is replicated), handled
+        # within the same step after the event that caused them
+        self.followups: list[ev.Event] = []
         if hasattr(self, "_machine"):
             self._machine.set_state(State.STOP, model=self._cursor)
 
@@ -352,6 +380,11 @@ class Node:
         return self.app_active and self.app_pending is None and self.handover is None
 
     @property
+    def in_sync_problem(self) -> str | None:
+        """See ``pair_problem``."""
+        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
+
+    @property
     def relation(self) -> Relation:
         if self.peer is None:
             return Relation.UNKNOWN
@@ -392,9 +425,13 @@ class Node:
             self.settings.links,
         ):
             raise ValueError("node name, peer and links cannot change without a restart")
-        # fixed for the run: the views' epoch and what the directories held at boot
+        # fixed for the run: the views' epoch, what the directories held at boot,
+        # and whether any is replicated (the data plane is built at start)
         self.settings = replace(
-            settings, epoch=self.settings.epoch, local_data=self.settings.local_data
+            settings,
+            epoch=self.settings.epoch,
+            local_data=self.settings.local_data,
+            replicated=self.settings.replicated,
         )
 
     def next_deadline(self) -> float | None:
@@ -407,6 +444,7 @@ class Node:
             self.lease.fence_at if self.lease.held else None,
             self.lease.renew_at if self.lease.held else None,
             self.retry_at,
+            self.data_retry_at,
         ]
         seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
         times.extend(
@@ -431,8 +469,20 @@ class Node:
         self._discount_pause(now)
         meta_before = self.metadata
         fence_before = (self.writes_fenced, self.state.serving)
+        self.followups = []
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
+        decided = self.metadata  # persisted first, before any effect of the step
+        for _ in range(MAX_FOLLOWUPS):
+            if not self.followups:
+                break
+            followup = self.followups.pop(0)
+            self.event = followup
+            before, first = self.metadata, len(self.outbox)
+            self._fire(followup.kind, followup)
+            if self.metadata != before:  # the header rule, for the follow-up's row
+                self.outbox.insert(first, fx.PersistMetadata(self.metadata))
+        assert not self.followups, "outcomes known at once keep causing new ones"
         effects = self.outbox
         changed = self._announced() != announced
         if changed:
@@ -443,8 +493,8 @@ class Node:
             # then sends no second one)
             self.next_heartbeat_at = now
         self._housekeep()
-        if self.metadata != meta_before:
-            effects.insert(0, fx.PersistMetadata(self.metadata))
+        if decided != meta_before:
+            effects.insert(0, fx.PersistMetadata(decided))
         fence = (self.writes_fenced, self.state.serving)
         if fence != fence_before:  # after PersistMetadata: a lifted fence follows the mint
             effects.append(fx.FenceWrites(*fence))
@@ -505,6 +555,8 @@ class Node:
             restarts=self.restarts,
             retry_at=self.retry_at,
             next_pause=self.next_pause,
+            data_retry_at=self.data_retry_at,
+            data_pause=self.data_pause,
         )
 
     def restore(self, snap: NodeSnapshot) -> None:
@@ -535,6 +587,8 @@ class Node:
         self.restarts = snap.restarts
         self.retry_at = snap.retry_at
         self.next_pause = snap.next_pause
+        self.data_retry_at = snap.data_retry_at
+        self.data_pause = snap.data_pause
 
     # --- internals --------------------------------------------------------------------
 
@@ -552,7 +606,7 @@ class Node:
         )
         # One machine trigger per row: the node picks the row (the first whose
         # guards all hold, the table's rule) and the machine executes that edge.
-        guards = self._rules.GUARDS
+        guards = rules.GUARDS
         self._choices: dict[tuple[State, str], tuple[tuple[Row, str, Any], ...]] = {}
         for (state, event), entry in self.table.entries.items():
             if isinstance(entry, str):  # IGNORE: no edge at all
@@ -600,7 +654,7 @@ class Node:
         if state_changed:
             self._leaving(source)
         for name in row.actions:
-            self._rules.ACTIONS[name](self, row)
+            rules.ACTIONS[name](self, row)
         if state_changed:
             self.pending = None  # a grant that arrives later is released
             self._entering(cursor.state, source)
@@ -648,6 +702,9 @@ class Node:
             self.discovery_until = None
         if not state.serving:
             self.retry_at = None  # the application is not retried where it does not serve
+        # a data action's retry belongs to the state that scheduled it
+        self.data_retry_at = None
+        self.data_pause = None
 
     def _bookkeep(self, event: ev.Event) -> list[str]:
         """Update the link and peer view; return the table triggers to fire."""
@@ -727,6 +784,9 @@ class Node:
         if self.retry_at is not None and now >= self.retry_at:
             self.retry_at = None
             triggers.append("retry")
+        if self.data_retry_at is not None and now >= self.data_retry_at:
+            self.data_retry_at = None
+            triggers.append("data_retry")
         return triggers
 
     def _housekeep(self) -> None:
@@ -781,8 +841,10 @@ class _ReasonContext(Mapping[str, str]):
             return f"restart {used} of {s.max_restarts} within {s.restart_window:g} s"
         if key == "pause":
             return f"{node.next_pause or node.settings.retry_pause:g}"
+        if key == "data_pause":  # the pause a failed data action is about to get
+            return f"{node.data_pause or node.settings.data_retry_pause:g}"
         if key == "policy":
-            return str(node._rules.policy_text(node))
+            return str(rules.policy_text(node))
         if key == "last_state":
             return node.metadata.last_state.value if node.metadata.last_state else "none"
         if key == "pending_reason":

@@ -14,12 +14,12 @@ from functools import cache
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, common_generation
-from failover.core.node import Lease, Node
+from failover.core.decider import Decider, Lease
 from failover.core.state import CheckerPolicy, State, SubStatus
 from failover.core.table import Row, Table, load_table, raw_spec
 
-Guard = Callable[[Node, Row], bool]
-Action = Callable[[Node, Row], None]
+Guard = Callable[[Decider, Row], bool]
+Action = Callable[[Decider, Row], None]
 
 GUARDS: dict[str, Guard] = {}
 ACTIONS: dict[str, Action] = {}
@@ -39,12 +39,12 @@ def action(fn: Action) -> Action:
 
 
 @guard
-def consistent(node: Node, row: Row) -> bool:
+def consistent(node: Decider, row: Row) -> bool:
     return node.metadata.consistent
 
 
 @guard
-def last_served_alone(node: Node, row: Row) -> bool:
+def last_served_alone(node: Decider, row: Row) -> bool:
     """This node knows it was the last to serve: it was alone (no in-sync peer
     could take over), its data is consistent, and it never saw the peer at a
     later generation."""
@@ -57,7 +57,7 @@ def last_served_alone(node: Node, row: Row) -> bool:
 
 
 @guard
-def checkers_ok(node: Node, row: Row) -> bool:
+def checkers_ok(node: Decider, row: Row) -> bool:
     """No checker that counts for serving here is down: only checkers of class
     ``standby`` or ``both`` are kept (``note_checker_down``). A ``serving``
     checker checks the application where it runs: it never keeps a node from
@@ -65,7 +65,7 @@ def checkers_ok(node: Node, row: Row) -> bool:
     return not node.checkers_down
 
 
-def _checker_policy(node: Node) -> CheckerPolicy | None:
+def _checker_policy(node: Decider) -> CheckerPolicy | None:
     event = node.event
     if isinstance(event, ev.CheckerDown | ev.CheckerUp):
         return node.settings.checker(event.checker)
@@ -73,14 +73,14 @@ def _checker_policy(node: Node) -> CheckerPolicy | None:
 
 
 @guard
-def checker_blocks(node: Node, row: Row) -> bool:
+def checker_blocks(node: Decider, row: Row) -> bool:
     """The checker of this event counts for a takeover (class standby or both)."""
     policy = _checker_policy(node)
     return policy is not None and policy.when in ("standby", "both")
 
 
 @guard
-def checker_acts(node: Node, row: Row) -> bool:
+def checker_acts(node: Decider, row: Row) -> bool:
     """The checker that went down acts by its action: it checks the serving
     node's application (class serving or both), and this node serves with its
     application up (not starting, stopping, restarting or handed over). Any
@@ -95,58 +95,66 @@ def checker_acts(node: Node, row: Row) -> bool:
 
 
 @guard
-def checker_stops(node: Node, row: Row) -> bool:
+def checker_stops(node: Decider, row: Row) -> bool:
     policy = _checker_policy(node)
     return policy is not None and policy.action == "stop"
 
 
 @guard
-def checker_restarts(node: Node, row: Row) -> bool:
+def checker_restarts(node: Decider, row: Row) -> bool:
     policy = _checker_policy(node)
     return policy is not None and policy.action == "restart"
 
 
 @guard
-def app_retrying(node: Node, row: Row) -> bool:
+def app_retrying(node: Decider, row: Row) -> bool:
     """The application failed past its budget and is retried after a pause."""
     return node.retry_at is not None
 
 
 @guard
-def restart_budget_left(node: Node, row: Row) -> bool:
+def restart_budget_left(node: Decider, row: Row) -> bool:
     """Fewer than ``max_restarts`` local restarts within ``restart_window``."""
     return not node.budget_spent
 
 
 @guard
-def second_only(node: Node, row: Row) -> bool:
+def second_only(node: Decider, row: Row) -> bool:
     return node.second_only
 
 
 @guard
-def quarantine_pending(node: Node, row: Row) -> bool:
+def quarantine_pending(node: Decider, row: Row) -> bool:
     return node.quarantine_pending
 
 
 @guard
-def resync_source_active(node: Node, row: Row) -> bool:
+def resync_source_active(node: Decider, row: Row) -> bool:
     return node.resync_role == "source"
 
 
 @guard
-def resync_current(node: Node, row: Row) -> bool:
+def incremental_impossible(node: Decider, row: Row) -> bool:
+    """The source reported that it cannot send the incremental resync it was
+    asked for (its tracked changes do not start where the target's copy ends)."""
+    event = node.event
+    return isinstance(event, ev.ResyncFailed) and event.full_needed
+
+
+@guard
+def resync_current(node: Decider, row: Row) -> bool:
     """The resync that just finished delivered the generation we serve now."""
     event = node.event
     return isinstance(event, ev.PeerResynced) and event.generation == node.metadata.generation
 
 
 @guard
-def replicating(node: Node, row: Row) -> bool:
+def replicating(node: Decider, row: Row) -> bool:
     return node.replicating
 
 
 @guard
-def pair_confirmed(node: Node, row: Row) -> bool:
+def pair_confirmed(node: Decider, row: Row) -> bool:
     """A secondary's serving peer confirmed the pair: since this node entered
     ``secondary`` it heard the peer in ``primary`` at our generation
     (``confirm_pair``), or it entered ``secondary`` by handing its own service
@@ -161,12 +169,12 @@ def pair_confirmed(node: Node, row: Row) -> bool:
 
 
 @guard
-def handing_over(node: Node, row: Row) -> bool:
+def handing_over(node: Decider, row: Row) -> bool:
     return node.handover is not None
 
 
 @guard
-def app_starting(node: Node, row: Row) -> bool:
+def app_starting(node: Decider, row: Row) -> bool:
     """A start is queued or running: an ``app_stopped`` now is the outcome of the
     stop that ran before it (the executor runs one action at a time, in order),
     not news that the application is down."""
@@ -174,46 +182,46 @@ def app_starting(node: Node, row: Row) -> bool:
 
 
 @guard
-def app_ready(node: Node, row: Row) -> bool:
+def app_ready(node: Decider, row: Row) -> bool:
     return node.app_active and node.app_pending is None
 
 
 # --- guards: the peer -------------------------------------------------------------------
 
 
-def _peer_state(node: Node) -> State | None:
+def _peer_state(node: Decider) -> State | None:
     if node.peer is None or not node.peer_alive:
         return None
     return node.peer.state
 
 
 @guard
-def peer_absent(node: Node, row: Row) -> bool:
+def peer_absent(node: Decider, row: Row) -> bool:
     return not node.peer_alive
 
 
 @guard
-def peer_serving(node: Node, row: Row) -> bool:
+def peer_serving(node: Decider, row: Row) -> bool:
     state = _peer_state(node)
     return state is not None and state.serving
 
 
 @guard
-def peer_primary(node: Node, row: Row) -> bool:
+def peer_primary(node: Decider, row: Row) -> bool:
     return _peer_state(node) is State.PRIMARY
 
 
 @guard
-def peer_secondary(node: Node, row: Row) -> bool:
+def peer_secondary(node: Decider, row: Row) -> bool:
     return _peer_state(node) is State.SECONDARY
 
 
 @guard
-def peer_resync(node: Node, row: Row) -> bool:
+def peer_resync(node: Decider, row: Row) -> bool:
     return _peer_state(node) is State.RESYNC
 
 
-def _peer_left(node: Node, settled: bool) -> bool:
+def _peer_left(node: Decider, settled: bool) -> bool:
     """The peer waits or is stopped, and is ``settled`` (ready) or not (transient)."""
     peer = node.peer
     return (
@@ -224,7 +232,7 @@ def _peer_left(node: Node, settled: bool) -> bool:
 
 
 @guard
-def peer_idle(node: Node, row: Row) -> bool:
+def peer_idle(node: Decider, row: Row) -> bool:
     """The peer runs nothing and is not being synced: it waits or is stopped,
     and is done with what it was doing. A node that leaves a serving state
     announces its new state at once but stays transient until its application
@@ -234,7 +242,7 @@ def peer_idle(node: Node, row: Row) -> bool:
 
 
 @guard
-def peer_settling(node: Node, row: Row) -> bool:
+def peer_settling(node: Decider, row: Row) -> bool:
     """The peer waits or is stopped but is still transient: it may still be
     stopping the application it served (or discovering). Nothing may start
     serving against it until it is ready."""
@@ -242,18 +250,18 @@ def peer_settling(node: Node, row: Row) -> bool:
 
 
 @guard
-def peer_handover(node: Node, row: Row) -> bool:
+def peer_handover(node: Decider, row: Row) -> bool:
     return _peer_state(node) is State.SECONDARY and node.peer is not None and node.peer.handover
 
 
 @guard
-def peer_in_sync(node: Node, row: Row) -> bool:
+def peer_in_sync(node: Decider, row: Row) -> bool:
     """The peer follows us: secondary at our generation."""
     return _peer_state(node) is State.SECONDARY and node.relation is Relation.EQUAL
 
 
 @guard
-def peer_in_sync_ready(node: Node, row: Row) -> bool:
+def peer_in_sync_ready(node: Decider, row: Row) -> bool:
     peer = node.peer
     return (
         _peer_state(node) is State.SECONDARY
@@ -264,7 +272,7 @@ def peer_in_sync_ready(node: Node, row: Row) -> bool:
 
 
 @guard
-def can_hand_over(node: Node, row: Row) -> bool:
+def can_hand_over(node: Decider, row: Row) -> bool:
     """A failing primary may hand its service over as a swap does: the peer is
     in sync as secondary, ready, has confirmed the pair (``last_state``
     secondary: it heard this node primary at its generation, so a copy it
@@ -283,7 +291,7 @@ def can_hand_over(node: Node, row: Row) -> bool:
 
 
 @guard
-def peer_echoes_view(node: Node, row: Row) -> bool:
+def peer_echoes_view(node: Decider, row: Row) -> bool:
     """The peer's last heartbeat echoes this node's current view: the peer sent
     it after hearing what this node announces now, so what it announces is not
     a state it left on hearing ours (a frame sent before its last change can
@@ -292,23 +300,23 @@ def peer_echoes_view(node: Node, row: Row) -> bool:
 
 
 @guard
-def fingerprint_mismatch(node: Node, row: Row) -> bool:
+def fingerprint_mismatch(node: Decider, row: Row) -> bool:
     return node.peer is not None and node.peer.fingerprint != node.settings.fingerprint
 
 
 @guard
-def same_generation(node: Node, row: Row) -> bool:
+def same_generation(node: Decider, row: Row) -> bool:
     """The peer announces our generation, whatever either side's consistency."""
     return node.peer is not None and node.peer.generation == node.metadata.generation
 
 
 @guard
-def resync_target_active(node: Node, row: Row) -> bool:
+def resync_target_active(node: Decider, row: Row) -> bool:
     return node.resync_role == "target"
 
 
 @guard
-def delivered_below_ours(node: Node, row: Row) -> bool:
+def delivered_below_ours(node: Decider, row: Row) -> bool:
     """A resync that ended with a generation ordered below ours (only without
     replicated directories, where it ends before the source could outrank us):
     adopting it would make our generation go down."""
@@ -317,29 +325,29 @@ def delivered_below_ours(node: Node, row: Row) -> bool:
 
 
 @guard
-def peer_outranks(node: Node, row: Row) -> bool:
+def peer_outranks(node: Decider, row: Row) -> bool:
     """The peer's generation orders above ours (whatever its data): a peer that
     adopted ours would see its generation decrease."""
     return node.peer is not None and node.peer.generation > node.metadata.generation
 
 
 @guard
-def peer_newer(node: Node, row: Row) -> bool:
+def peer_newer(node: Decider, row: Row) -> bool:
     return node.relation is Relation.PEER_NEWER
 
 
 @guard
-def me_newer(node: Node, row: Row) -> bool:
+def me_newer(node: Decider, row: Row) -> bool:
     return node.relation is Relation.ME_NEWER
 
 
 @guard
-def equal(node: Node, row: Row) -> bool:
+def equal(node: Decider, row: Row) -> bool:
     return node.relation is Relation.EQUAL
 
 
 @guard
-def diverged(node: Node, row: Row) -> bool:
+def diverged(node: Decider, row: Row) -> bool:
     return node.relation is Relation.DIVERGED
 
 
@@ -355,12 +363,12 @@ def diverged(node: Node, row: Row) -> bool:
 
 
 @guard
-def initial_metadata(node: Node, row: Row) -> bool:
+def initial_metadata(node: Decider, row: Row) -> bool:
     """This node never served nor synced: a first start (``Metadata.fresh``)."""
     return node.metadata.fresh
 
 
-def _first_start(node: Node) -> tuple[bool, bool] | None:
+def _first_start(node: Decider) -> tuple[bool, bool] | None:
     """(our data, the peer's) when both nodes' metadata is fresh, else None."""
     peer = node.peer
     if peer is None or not node.peer_alive or not (node.metadata.fresh and peer.fresh):
@@ -369,19 +377,19 @@ def _first_start(node: Node) -> tuple[bool, bool] | None:
 
 
 @guard
-def first_start_data_here(node: Node, row: Row) -> bool:
+def first_start_data_here(node: Decider, row: Row) -> bool:
     """A first start with data on this node only: it serves (whatever the tie policy)."""
     return _first_start(node) == (True, False)
 
 
 @guard
-def first_start_data_there(node: Node, row: Row) -> bool:
+def first_start_data_there(node: Decider, row: Row) -> bool:
     """A first start with data on the peer only: never serve over it."""
     return _first_start(node) == (False, True)
 
 
 @guard
-def first_start_data_both(node: Node, row: Row) -> bool:
+def first_start_data_both(node: Decider, row: Row) -> bool:
     """A first start with data on both nodes: an operator chooses whose to keep."""
     return _first_start(node) == (True, True)
 
@@ -394,7 +402,7 @@ def _was_serving(state: State | None) -> bool:
 
 
 @guard
-def wins_tie(node: Node, row: Row) -> bool:
+def wins_tie(node: Decider, row: Row) -> bool:
     """Both hold the same data: which one serves. A stopped peer never does;
     then the preferred node (failback: preferred); then the one that served
     last, if only one did; then the lower name. Both nodes compute the same."""
@@ -412,7 +420,7 @@ def wins_tie(node: Node, row: Row) -> bool:
 
 
 @guard
-def wins_split(node: Node, row: Row) -> bool:
+def wins_split(node: Decider, row: Row) -> bool:
     """After a split brain: the configured winner, else the higher generation."""
     s, peer = node.settings, node.peer
     if s.split_brain_winner is not None:
@@ -421,12 +429,12 @@ def wins_split(node: Node, row: Row) -> bool:
 
 
 @guard
-def failback_to_peer(node: Node, row: Row) -> bool:
+def failback_to_peer(node: Decider, row: Row) -> bool:
     s = node.settings
     return s.failback == "preferred" and s.preferred == s.peer
 
 
-def policy_text(node: Node) -> str:
+def policy_text(node: Decider) -> str:
     s = node.settings
     winner = s.split_brain_winner or "higher generation"
     if s.failback == "preferred":
@@ -438,12 +446,12 @@ def policy_text(node: Node) -> str:
 
 
 @guard
-def arbitrated(node: Node, row: Row) -> bool:
+def arbitrated(node: Decider, row: Row) -> bool:
     return node.settings.arbitrator
 
 
 @guard
-def needs_grant(node: Node, row: Row) -> bool:
+def needs_grant(node: Decider, row: Row) -> bool:
     """The arbitration gate: serving needs the lease for the generation served."""
     gated = row.gated_row
     if not node.settings.arbitrator or gated is None:
@@ -452,7 +460,7 @@ def needs_grant(node: Node, row: Row) -> bool:
 
 
 @guard
-def denied_lately(node: Node, row: Row) -> bool:
+def denied_lately(node: Decider, row: Row) -> bool:
     """The arbitrator denied this node's last request less than a recheck
     (``startup_timeout``) ago: the gate does not ask again before that."""
     denied = node.lease.denied_at
@@ -460,12 +468,12 @@ def denied_lately(node: Node, row: Row) -> bool:
 
 
 @guard
-def grant_pending(node: Node, row: Row) -> bool:
+def grant_pending(node: Decider, row: Row) -> bool:
     return node.pending is not None
 
 
 @guard
-def grant_expired(node: Node, row: Row) -> bool:
+def grant_expired(node: Decider, row: Row) -> bool:
     """The lease a grant gives has already run out here: it counts from when
     we asked (``hold_grant``), and this node heard the answer only after
     ``lease_ttl - lease_margin`` (it was paused, or the answer was delayed)."""
@@ -474,12 +482,12 @@ def grant_expired(node: Node, row: Row) -> bool:
 
 
 @guard
-def grant_pending_alone(node: Node, row: Row) -> bool:
+def grant_pending_alone(node: Decider, row: Row) -> bool:
     return node.pending is not None and node.pending.target is State.ALONE
 
 
 @guard
-def grant_pending_primary(node: Node, row: Row) -> bool:
+def grant_pending_primary(node: Decider, row: Row) -> bool:
     return node.pending is not None and node.pending.target is State.PRIMARY
 
 
@@ -487,7 +495,7 @@ def grant_pending_primary(node: Node, row: Row) -> bool:
 
 
 @action
-def mint_generation(node: Node, row: Row) -> None:
+def mint_generation(node: Decider, row: Row) -> None:
     """Start a new generation: this node serves without an in-sync partner."""
     meta = node.metadata
     minted = node.granted or meta.generation.successor(node.settings.name, meta.peer_generation)
@@ -496,19 +504,19 @@ def mint_generation(node: Node, row: Row) -> None:
 
 
 @action
-def mark_consistent(node: Node, row: Row) -> None:
+def mark_consistent(node: Decider, row: Row) -> None:
     node.metadata = node.metadata.evolve(consistent=True)
 
 
 @action
-def mark_synced(node: Node, row: Row) -> None:
+def mark_synced(node: Decider, row: Row) -> None:
     """Resync source: the peer now holds our generation."""
     gen = node.metadata.generation
     node.metadata = node.metadata.evolve(synced_generation=gen, peer_generation=gen)
 
 
 @action
-def adopt_peer_generation(node: Node, row: Row) -> None:
+def adopt_peer_generation(node: Decider, row: Row) -> None:
     """Resync target: our data is now the generation the source delivered
     (not the peer's current one: it may have moved on since)."""
     event = node.event
@@ -521,17 +529,17 @@ def adopt_peer_generation(node: Node, row: Row) -> None:
 
 
 @action
-def set_forced(node: Node, row: Row) -> None:
+def set_forced(node: Decider, row: Row) -> None:
     node.forced = True
 
 
 @action
-def set_second_only(node: Node, row: Row) -> None:
+def set_second_only(node: Decider, row: Row) -> None:
     node.second_only = True
 
 
 @action
-def begin_discovery(node: Node, row: Row) -> None:
+def begin_discovery(node: Decider, row: Row) -> None:
     node.discovery_until = node.now + node.settings.startup_timeout
 
 
@@ -539,26 +547,26 @@ def begin_discovery(node: Node, row: Row) -> None:
 
 
 @action
-def start_app(node: Node, row: Row) -> None:
+def start_app(node: Decider, row: Row) -> None:
     node.app_active = True
     node.app_pending = "start"
     node.emit(fx.StartApp())
 
 
 @action
-def stop_app(node: Node, row: Row) -> None:
+def stop_app(node: Decider, row: Row) -> None:
     node.app_pending = "stop"
     node.emit(fx.StopApp())
 
 
 @action
-def app_up(node: Node, row: Row) -> None:
+def app_up(node: Decider, row: Row) -> None:
     node.app_pending = None
     node.retry_at = None
 
 
 @action
-def restart_app(node: Node, row: Row) -> None:
+def restart_app(node: Decider, row: Row) -> None:
     """A local restart within the budget (stop script, start script; the VIP
     and replication stay). It counts in the budget; the pause of later
     automatic retries starts again from ``retry_pause``."""
@@ -569,18 +577,25 @@ def restart_app(node: Node, row: Row) -> None:
 
 
 @action
-def schedule_retry(node: Node, row: Row) -> None:
+def schedule_retry(node: Decider, row: Row) -> None:
     """No restart budget left and no peer to hand over to: restart the
     application where it is after a pause, doubled at every retry up to
     ``retry_pause_max``. A retry mints nothing and changes no state."""
     s = node.settings
-    pause = node.next_pause or s.retry_pause
-    node.retry_at = node.now + pause
-    node.next_pause = min(pause * 2, s.retry_pause_max)
+    node.retry_at, node.next_pause = _backoff(
+        node, node.next_pause, s.retry_pause, s.retry_pause_max
+    )
+
+
+def _backoff(node: Decider, pause: float | None, first: float, cap: float) -> tuple[float, float]:
+    """When to retry after ``pause`` (``first`` if none yet), and the pause after
+    that one: doubled, up to ``cap``."""
+    pause = pause or first
+    return node.now + pause, min(pause * 2, cap)
 
 
 @action
-def retry_app(node: Node, row: Row) -> None:
+def retry_app(node: Decider, row: Row) -> None:
     """The automatic retry (outside the budget): restart the application here."""
     node.retry_at = None
     node.app_active = True
@@ -589,13 +604,13 @@ def retry_app(node: Node, row: Row) -> None:
 
 
 @action
-def app_down(node: Node, row: Row) -> None:
+def app_down(node: Decider, row: Row) -> None:
     node.app_active = False
     node.app_pending = None
 
 
 @action
-def stop_resources(node: Node, row: Row) -> None:
+def stop_resources(node: Decider, row: Row) -> None:
     """Stop everything this node runs for the cluster: resync, the application
     and VIP, replication, the lease. Tracked changes stay on disk.
 
@@ -608,14 +623,14 @@ def stop_resources(node: Node, row: Row) -> None:
     restart left the VIP or the read-write mirrors, which only a stop gives back."""
     if node.resync_role is not None:
         node.resync_role = None
-        node.emit(fx.StopResync())
+        _emit_data(node, fx.StopResync())
     if node.app_active or node.app_pending is not None or node.retry_at is not None:
         node.app_active = False
         node.app_pending = "stop"
         node.emit(fx.StopApp())
     if node.replicating:
         node.replicating = False
-        node.emit(fx.StopReplication())
+        _emit_data(node, fx.StopReplication())
     node.handover = None
     node.pending = None
     if node.lease.held:
@@ -623,7 +638,7 @@ def stop_resources(node: Node, row: Row) -> None:
 
 
 @action
-def note_checker_down(node: Node, row: Row) -> None:
+def note_checker_down(node: Decider, row: Row) -> None:
     """Keep the checker as down if it counts for serving here (standby, both)."""
     event = node.event
     if isinstance(event, ev.CheckerDown) and checker_blocks(node, row):
@@ -631,7 +646,7 @@ def note_checker_down(node: Node, row: Row) -> None:
 
 
 @action
-def note_checker_up(node: Node, row: Row) -> None:
+def note_checker_up(node: Decider, row: Row) -> None:
     event = node.event
     if isinstance(event, ev.CheckerUp):
         node.checkers_down = node.checkers_down - {event.checker}
@@ -640,36 +655,42 @@ def note_checker_up(node: Node, row: Row) -> None:
 # --- actions: replication, tracking, resync, quarantine -------------------------------------
 
 
+def _emit_data(node: Decider, effect: fx.Effect) -> None:
+    """A data effect, emitted only where directories are replicated."""
+    if node.settings.replicated:
+        node.emit(effect)
+
+
 @action
-def start_replication(node: Node, row: Row) -> None:
+def start_replication(node: Decider, row: Row) -> None:
     node.replicating = True
-    node.emit(fx.StartReplication())
+    _emit_data(node, fx.StartReplication())
 
 
 @action
-def stop_replication(node: Node, row: Row) -> None:
+def stop_replication(node: Decider, row: Row) -> None:
     if node.replicating:
         node.replicating = False
-        node.emit(fx.StopReplication())
+        _emit_data(node, fx.StopReplication())
 
 
 @action
-def start_tracking(node: Node, row: Row) -> None:
-    node.emit(fx.StartTracking(since=node.metadata.synced_generation))
+def start_tracking(node: Decider, row: Row) -> None:
+    _emit_data(node, fx.StartTracking(since=node.metadata.synced_generation))
 
 
 @action
-def stop_tracking(node: Node, row: Row) -> None:
-    node.emit(fx.StopTracking())
+def stop_tracking(node: Decider, row: Row) -> None:
+    _emit_data(node, fx.StopTracking())
 
 
-def _resync_point(node: Node) -> tuple[str, object]:
+def _resync_point(node: Decider) -> tuple[str, object]:
     peer = node.peer
     common = common_generation(node.metadata, peer) if peer else node.metadata.synced_generation
     return ("full" if common.initial else "incremental"), common
 
 
-def _start_resync(node: Node, role: str, full: bool) -> None:
+def _start_resync(node: Decider, role: str, full: bool) -> None:
     mode, since = _resync_point(node)
     if role == "target":
         full = full or node.full_resync
@@ -679,6 +700,14 @@ def _start_resync(node: Node, role: str, full: bool) -> None:
     source_generation = (
         node.metadata.generation if role == "source" or peer is None else peer.generation
     )
+    if not node.settings.replicated:
+        # nothing to copy: the resync is complete as it starts, at the generation
+        # the source holds (handled in this same step, by the resync's own rows)
+        if role == "target":
+            node.followups.append(ev.ResyncDone(source_generation))
+        else:
+            node.followups.append(ev.PeerResynced(source_generation))
+        return
     node.emit(
         fx.StartResync(
             role="target" if role == "target" else "source",
@@ -690,7 +719,7 @@ def _start_resync(node: Node, role: str, full: bool) -> None:
 
 
 @action
-def resync_target(node: Node, row: Row) -> None:
+def resync_target(node: Decider, row: Row) -> None:
     # a node that never served nor synced shares no point with any history,
     # whatever the peer recorded: its copy is rebuilt whole (and what it held
     # is quarantined first by the data plane, as before every full resync)
@@ -700,13 +729,13 @@ def resync_target(node: Node, row: Row) -> None:
 
 
 @action
-def resync_full(node: Node, row: Row) -> None:
+def resync_full(node: Decider, row: Row) -> None:
     node.metadata = node.metadata.evolve(consistent=False)
     _start_resync(node, "target", full=True)
 
 
 @action
-def want_full_resync(node: Node, row: Row) -> None:
+def want_full_resync(node: Decider, row: Row) -> None:
     """The next resync into this node copies everything; until then the data
     is not a valid generation."""
     node.full_resync = True
@@ -714,50 +743,105 @@ def want_full_resync(node: Node, row: Row) -> None:
 
 
 @action
-def resync_source(node: Node, row: Row) -> None:
+def resync_source(node: Decider, row: Row) -> None:
     _start_resync(node, "source", full=False)
 
 
 @action
-def stop_resync(node: Node, row: Row) -> None:
-    if node.resync_role is not None:
-        node.resync_role = None
-        node.emit(fx.StopResync())
+def resync_source_full(node: Decider, row: Row) -> None:
+    """Resync the peer with a full copy: an incremental one is impossible."""
+    _start_resync(node, "source", full=True)
 
 
 @action
-def abort_resync_source(node: Node, row: Row) -> None:
+def retry_data_later(node: Decider, row: Row) -> None:
+    """A data action failed: a resync attempt, or a move of data aside (nothing
+    was lost, nothing copied over it). It is tried again at ``data_retry_at``
+    (``data_retry``), after a pause doubled at every failure up to
+    ``data_retry_pause_max``; the resync role, or the pending quarantine, stays
+    the node's meanwhile."""
+    s = node.settings
+    node.data_retry_at, node.data_pause = _backoff(
+        node, node.data_pause, s.data_retry_pause, s.data_retry_pause_max
+    )
+
+
+@action
+def retry_resync_source(node: Decider, row: Row) -> None:
+    _start_resync(node, "source", full=False)
+
+
+@action
+def retry_resync_target(node: Decider, row: Row) -> None:
+    """The set-aside before a full resync failed earlier: start it again
+    (only a full resync sets the data aside first)."""
+    _start_resync(node, "target", full=True)
+
+
+@action
+def retry_quarantine(node: Decider, row: Row) -> None:
+    node.quarantine_pending = False
+    quarantine(node, row)
+
+
+@action
+def give_up_quarantine(node: Decider, row: Row) -> None:
+    """A stopped node is not retried: the data stays in place, still diverged,
+    and the split brain is found again when the module starts."""
+    node.quarantine_pending = False
+    node.data_retry_at = None
+    node.data_pause = None
+
+
+@action
+def stop_resync(node: Decider, row: Row) -> None:
+    node.data_retry_at = None
+    node.data_pause = None
+    if node.resync_role is not None:
+        node.resync_role = None
+        _emit_data(node, fx.StopResync())
+
+
+@action
+def abort_resync_source(node: Decider, row: Row) -> None:
     if node.resync_role == "source":
         stop_resync(node, row)
 
 
 @action
-def finish_resync_source(node: Node, row: Row) -> None:
+def finish_resync_source(node: Decider, row: Row) -> None:
     """The peer now holds our generation and may take over once it confirms:
     from here on a restart must not count this node as the last to serve."""
     node.resync_role = None
+    node.data_retry_at = None
+    node.data_pause = None
     node.metadata = node.metadata.evolve(last_state=State.PRIMARY)
 
 
 @action
-def quarantine(node: Node, row: Row) -> None:
+def quarantine(node: Decider, row: Row) -> None:
     if node.quarantine_pending:
         return
     _, since = _resync_point(node)
     node.quarantine_pending = True
-    node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
+    if node.settings.replicated:
+        node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
+    else:  # nothing replicated, nothing to move aside: done in this same step
+        node.followups.append(ev.QuarantineDone())
 
 
 @action
-def confirm_pair(node: Node, row: Row) -> None:
+def confirm_pair(node: Decider, row: Row) -> None:
     node.metadata = node.metadata.evolve(last_state=State.SECONDARY)
 
 
 @action
-def mark_quarantined(node: Node, row: Row) -> None:
+def mark_quarantined(node: Decider, row: Row) -> None:
     """Our divergent data is set aside: the rest is not a valid generation
     until resynchronised."""
     node.quarantine_pending = False
+    node.data_retry_at = None
+    node.data_pause = None
     node.metadata = node.metadata.evolve(consistent=False)
 
 
@@ -765,7 +849,7 @@ def mark_quarantined(node: Node, row: Row) -> None:
 
 
 @action
-def begin_handover(node: Node, row: Row) -> None:
+def begin_handover(node: Decider, row: Row) -> None:
     node.handover = "stopping"
     node.retry_at = None
     node.app_pending = "stop"
@@ -773,7 +857,7 @@ def begin_handover(node: Node, row: Row) -> None:
 
 
 @action
-def finish_handover(node: Node, row: Row) -> None:
+def finish_handover(node: Decider, row: Row) -> None:
     """The application is stopped and every write replicated: the peer can take
     over. This node becomes a confirmed secondary (last_state secondary): it
     served this generation, and the peer serves on with every write
@@ -785,7 +869,7 @@ def finish_handover(node: Node, row: Row) -> None:
 
 
 @action
-def clear_handover(node: Node, row: Row) -> None:
+def clear_handover(node: Decider, row: Row) -> None:
     node.handover = None
 
 
@@ -793,7 +877,7 @@ def clear_handover(node: Node, row: Row) -> None:
 
 
 @action
-def request_grant(node: Node, row: Row) -> None:
+def request_grant(node: Decider, row: Row) -> None:
     gated = row.gated_row
     if gated is None or node.pending is not None:
         return
@@ -819,7 +903,7 @@ def request_grant(node: Node, row: Row) -> None:
 
 
 @action
-def take_grant(node: Node, row: Row) -> None:
+def take_grant(node: Decider, row: Row) -> None:
     """Apply the row that waited for the arbitrator, serving the granted generation."""
     pending, event = node.pending, node.event
     if pending is None or not isinstance(event, ev.ArbitrationGranted):
@@ -833,7 +917,7 @@ def take_grant(node: Node, row: Row) -> None:
 
 
 @action
-def hold_grant(node: Node, row: Row) -> None:
+def hold_grant(node: Decider, row: Row) -> None:
     """The lease is ours until requested_at + ttl at the arbitrator; we stop
     serving ``lease_margin`` earlier, counted from when we asked."""
     s, event = node.settings, node.event
@@ -849,13 +933,13 @@ def hold_grant(node: Node, row: Row) -> None:
 
 
 @action
-def release_grant(node: Node, row: Row) -> None:
+def release_grant(node: Decider, row: Row) -> None:
     node.lease = Lease()
     node.emit(fx.ReleaseArbitration())
 
 
 @action
-def deny_grant(node: Node, row: Row) -> None:
+def deny_grant(node: Decider, row: Row) -> None:
     node.pending = None
     node.lease = Lease(denied_at=node.now)
 

@@ -259,6 +259,15 @@ class Settings:
     restart_window: float = 86400.0
     retry_pause: float = 5.0
     retry_pause_max: float = 300.0
+    # replicated directories are configured (the same on both nodes: the
+    # fingerprint covers them). Without any, the core emits no data effect: a
+    # resync or a quarantine of nothing completes in the same step
+    replicated: bool = True
+    # a failed data action (a resync attempt as source, a quarantine, the
+    # set-aside before a full resync) is tried again after a pause that doubles
+    # from ``data_retry_pause`` up to ``data_retry_pause_max``
+    data_retry_pause: float = 0.2
+    data_retry_pause_max: float = 5.0
     # the epoch of this run's views (see ``View``): larger than any earlier run's
     epoch: int = 0
     # learned at boot, fixed for the run: this node's replicated directories held

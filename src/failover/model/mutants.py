@@ -170,6 +170,28 @@ def _never_hand_over(spec: Spec) -> None:
                 rows[:] = [r for r in rows if "can_hand_over" not in r.get("when", [])]
 
 
+def _quarantine_failure_as_done(spec: Spec) -> None:
+    """A quarantine that failed is taken as done: the loser of a split brain is
+    resynchronised over divergent data that was never moved aside."""
+    for state in ("wait", "stop"):
+        spec["table"][state]["quarantine_failed"] = [
+            {"do": ["mark_quarantined"], "reason": "mutant: quarantine failure taken as done"}
+        ]
+
+
+def _resync_failure_ignored(spec: Spec) -> None:
+    """A failed resync attempt is ignored, as when the data plane retried on its own
+    and the core never heard of it: with no retry of its own, the source waits forever."""
+    rows = _rows(spec, "alone", "resync_failed")
+    rows[:] = [r for r in rows if "resync_source_active" not in r.get("when", [])]
+
+
+def _set_aside_failure_ignored(spec: Spec) -> None:
+    """A failed set-aside before a full resync is ignored, as when the data plane
+    held the resync on its own: the target waits in resync forever."""
+    spec["table"]["resync"]["quarantine_failed"] = "ignore"
+
+
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -198,12 +220,32 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "app-failed-waits": Mutant(_app_failed_waits.__doc__ or "", ("L4",), False, _app_failed_waits),
     "never-hand-over": Mutant(_never_hand_over.__doc__ or "", ("L3",), False, _never_hand_over),
+    "resync-failure-ignored": Mutant(
+        _resync_failure_ignored.__doc__ or "", ("L1",), False, _resync_failure_ignored
+    ),
+    # data on both nodes: the operator's prim makes the other a full resync target
+    "set-aside-failure-ignored": Mutant(
+        _set_aside_failure_ignored.__doc__ or "",
+        ("L1",),
+        False,
+        _set_aside_failure_ignored,
+        (True, True),
+    ),
 }
+"""Caught by the model checker within the searches of tests/model/test_mutants.py."""
+
+TRACE_MUTANTS: dict[str, Mutant] = {
+    "quarantine-failure-as-done": Mutant(
+        _quarantine_failure_as_done.__doc__ or "", ("S6",), False, _quarantine_failure_as_done
+    ),
+}
+"""Caught on a trace (tests/model/test_data_failures.py): a split brain and a disk
+error take more faults than the checker's bounds give one trace."""
 
 
 def mutant_spec(name: str) -> Spec:
     spec = raw_spec()
-    MUTANTS[name].edit(spec)
+    (MUTANTS | TRACE_MUTANTS)[name].edit(spec)
     return spec
 
 

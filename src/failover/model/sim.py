@@ -111,9 +111,9 @@ class ClusterConfig:
     # the horizon: exact only while none can leave the window)
     max_restarts: int = 1
     restart_window: float = 86400.0
-    # no replicated directories: as the runtime without a data plane, a resync
-    # completes at once on each side (target and source alike), and no write is
-    # replicated (writes are not explored)
+    # no replicated directories: the cores know it (``Settings.replicated``) and
+    # emit no data effect, a resync or quarantine of nothing completing in the
+    # same step; no write is replicated (writes are not explored)
     no_data: bool = False
     # a frame sent before the sender's last change of status can still be delivered
     # (once, as a fault) before the newer one: the network keeps, per link and
@@ -152,6 +152,7 @@ class ClusterConfig:
             restart_window=self.restart_window,
             retry_pause=t.retry_pause,
             retry_pause_max=t.retry_pause_max,
+            replicated=not self.no_data,
         )
 
 
@@ -180,6 +181,15 @@ class Host:
     # since, sent on the session but known applied by the target only with the ack
     end_unheard: Generation | None = None
     streamed: frozenset[int] = frozenset()
+    # the next move of data aside here fails (a disk error, injected as
+    # ``move_fail``): a quarantine, or the set-aside before a full resync
+    move_fails: bool = False
+    # a resync target whose set-aside failed: it answers no source (nothing is
+    # copied over data that was not moved) until the core starts the resync again
+    set_aside_failed: bool = False
+    # a resync source whose attempt failed (``resync_fail``): no attempt runs
+    # until the core starts one again
+    resync_idle: bool = False
     last_heard: float | None = None  # ground truth: last heartbeat this host received
 
 
@@ -274,6 +284,9 @@ class World:
                 h.resync_final,
                 h.end_unheard,
                 h.streamed,
+                h.move_fails,
+                h.set_aside_failed,
+                h.resync_idle,
                 shift(h.last_heard),
             )
             for h in self.hosts
@@ -452,6 +465,11 @@ class Cluster:
                     yield f"app_break {NAMES[i]}"
                 if core.state.serving:  # elsewhere the table ignores it (tests/core)
                     yield f"app_check {NAMES[i]}"
+            if app_faults and not self.config.no_data:
+                if not host.move_fails:
+                    yield f"move_fail {NAMES[i]}"
+                if core.resync_role == "source" and not host.resync_idle:
+                    yield f"resync_fail {NAMES[i]}"
             if self.config.resource_faults:
                 if host.site_down:
                     yield f"checker_up {NAMES[i]}"
@@ -493,6 +511,14 @@ class Cluster:
             i = NAMES.index(arg)
             self._set_host(i, site_down=verb == "checker_down")
             self._report_site_checker(i, info)
+        elif verb == "move_fail":
+            self._set_host(NAMES.index(arg), move_fails=True)
+        elif verb == "resync_fail":
+            i = NAMES.index(arg)
+            # the attempt's session ends: an END the target applied goes unheard,
+            # and what was streamed since may be lost
+            self._set_host(i, resync_idle=True, end_unheard=None, streamed=frozenset())
+            self._handle(i, ev.ResyncFailed("resync session broke"), info)
         elif verb == "app_check":
             self._handle(NAMES.index(arg), ev.CheckerDown(APP_CHECKER, "no answer"), info)
         elif verb in ("app_fail", "app_break"):
@@ -596,7 +622,8 @@ class Cluster:
         if host.end_unheard is None:
             peer = target.core
             if (
-                peer is not None
+                not host.resync_idle
+                and peer is not None
                 and peer.state is State.SECONDARY
                 and peer.metadata.generation == core.metadata.generation
                 and self._link_up(REPLICATION_LINK)
@@ -661,7 +688,15 @@ class Cluster:
         channels = tuple(c for c in w.channels if c[0][1] != i)
         stale = tuple(c for c in w.stale if c[0][1] != i)
         self.world = evolve(w, channels=channels, stale=stale)
-        self._set_host(i, core=None, app_running=False, app_stopping=False, resync_final=None)
+        self._set_host(
+            i,
+            core=None,
+            app_running=False,
+            app_stopping=False,
+            resync_final=None,
+            resync_idle=False,
+            set_aside_failed=False,
+        )
         self._break_resync_session()
         # the lease stays with the dead holder until it expires at the arbitrator
 
@@ -753,6 +788,8 @@ class Cluster:
             src is not None
             and src.state.serving
             and src.resync_role == "source"
+            and not self.world.hosts[source].resync_idle
+            and not self.world.hosts[target].set_aside_failed
             and self.config.links[REPLICATION_LINK] not in self.world.partitioned
         )
 
@@ -878,24 +915,36 @@ class Cluster:
                 return None
             return ev.AppStopped()
         elif isinstance(effect, fx.Quarantine):
+            if host.move_fails:  # nothing moved
+                self._set_host(k, move_fails=False)
+                return ev.QuarantineFailed("disk error")
             self._set_host(k, quarantine=host.quarantine | host.data)
             return ev.QuarantineDone()
-        elif isinstance(effect, fx.StartResync) and self.config.no_data:
-            if effect.role == "target":
-                return ev.ResyncDone(effect.generation)
-            return ev.PeerResynced(effect.generation)
-        elif isinstance(effect, fx.StartResync) and effect.role == "target":
+        elif isinstance(effect, fx.StartResync) and effect.role == "source":
+            self._set_host(k, resync_idle=False)
+        elif isinstance(effect, fx.StartResync):
+            self._set_host(k, set_aside_failed=False)
             if effect.mode == "full" and self.config.quarantine_full_resync:
                 # the data plane moves what the copy would overwrite aside first
                 # (modelled for pre-existing data only: a write id in quarantine
                 # would excuse it from S3)
+                if host.move_fails:  # nothing moved, and nothing is received
+                    self._set_host(k, move_fails=False, set_aside_failed=True)
+                    return ev.QuarantineFailed("disk error")
                 kept = frozenset(d for d in host.data if d in PREEXISTING)
                 self._set_host(k, quarantine=host.quarantine | kept)
         elif isinstance(effect, fx.StopResync):
             # a target that applied END has acknowledged it already (the data
             # plane does, whatever its core decides next); a source that stops
             # its resync never hears it, and may lose what it streamed since
-            self._set_host(k, resync_final=None, end_unheard=None, streamed=frozenset())
+            self._set_host(
+                k,
+                resync_final=None,
+                end_unheard=None,
+                streamed=frozenset(),
+                resync_idle=False,
+                set_aside_failed=False,
+            )
         elif isinstance(effect, fx.RequestArbitration):
             return self._arbitrate_request(k, effect)
         elif isinstance(effect, fx.RenewArbitration):
@@ -986,7 +1035,11 @@ FAULTS = frozenset(
         "app_break",
         "app_check",
         "checker_down",
+        "move_fail",
+        "resync_fail",
     }
 )
-APP_FAULTS = frozenset({"app_fail", "app_break", "app_check", "checker_down"})
+APP_FAULTS = frozenset(
+    {"app_fail", "app_break", "app_check", "checker_down", "move_fail", "resync_fail"}
+)
 COMMANDS = tuple(ev.ADMIN_COMMANDS)

@@ -64,6 +64,16 @@ class CoreNode(Protocol):
     def peer(self) -> PeerStatus | None: ...
 
     @property
+    def peer_alive(self) -> bool:
+        """Heard on some link within the dead timeout, as the core counts it."""
+        ...
+
+    @property
+    def in_sync_problem(self) -> str | None:
+        """Why the pair is not in sync as the core sees it (None: it is)."""
+        ...
+
+    @property
     def links(self) -> Mapping[str, LinkView]: ...
 
     @property
@@ -127,21 +137,14 @@ def _ago(now: float, seen: float | None) -> float | None:
     return None if seen is None else round(max(0.0, now - seen), 3)
 
 
-def not_in_sync(
-    state: State, peer: dict[str, Any] | None, replication: dict[str, Any] | None
-) -> str | None:
+def not_in_sync(core_problem: str | None, replication: dict[str, Any] | None) -> str | None:
     """Why this node's pair is not in sync (status's ``in_sync_reason``), or None when
-    it is: this node ``primary``, its peer an alive ``secondary`` and, with replicated
-    directories, a session to it whose channel answers, and no difference found by a
-    verify since the last resync."""
-    if peer is None:
-        return "the peer was never heard"
-    if not peer["alive"]:
-        return f"peer {peer['node']} lost (silent on every link)"
-    if peer["state"] != "secondary":
-        return f"peer {peer['node']} is {peer['state']}"
-    if state is not State.PRIMARY:
-        return f"this node is {state.value}"
+    it is: the core's view first (``Node.in_sync_problem``: this node ``primary``, its
+    peer an alive ``secondary`` at our generation); then, with replicated
+    directories, what only the data plane sees: a session to the peer whose channel
+    answers, and no difference found by a verify since the last resync."""
+    if core_problem is not None:
+        return core_problem
     if replication is None:
         return None
     if not replication.get("replicating"):
@@ -167,7 +170,6 @@ class NodeController:
         node: CoreNode,
         name: str,
         cluster: str,
-        dead_timeout: float,
         links: Sequence[LinkInfo],
         frames: FrameStats,
         submit: Submit,
@@ -180,7 +182,6 @@ class NodeController:
         self.node = node
         self.name = name
         self.cluster = cluster
-        self.dead_timeout = dead_timeout
         self.links = links
         self.frames = frames
         self._submit = submit
@@ -222,13 +223,13 @@ class NodeController:
                 "state": peer.state.value,
                 "substatus": peer.substatus.value,
                 "generation": str(peer.generation),
-                # Alive as the core counts it: heard on some link within the dead timeout.
-                "alive": last_heard is not None and now - last_heard < self.dead_timeout,
+                # alive as the core counts it: heard on some link within the dead timeout
+                "alive": node.peer_alive,
                 "last_seen_ago": _ago(now, last_heard),
             }
         metadata = node.metadata
         replication = None if self.data is None else self.data.status()
-        sync_problem = not_in_sync(node.state, peer_view, replication)
+        sync_problem = not_in_sync(node.in_sync_problem, replication)
         return {
             "schema": STATUS_SCHEMA_VERSION,
             "node": self.name,

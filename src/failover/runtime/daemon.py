@@ -649,7 +649,6 @@ class Daemon:
         self.app.scripts = _scripts_of(new)
         for link in self.links:
             link.send_timeout = new.timing.heartbeat_interval
-        self.controller.dead_timeout = new.timing.dead_timeout
         self.config = new
         self._start_checkers()
         for warning in new.warnings:
@@ -728,7 +727,6 @@ class Daemon:
             node=self.node,
             name=name,
             cluster=config.cluster.name,
-            dead_timeout=config.timing.dead_timeout,
             links=self.links,
             frames=self.inbound.stats,
             submit=self.submit,

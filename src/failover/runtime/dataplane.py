@@ -19,18 +19,27 @@ scripts and the virtual IP:
 - ``Quarantine``: after a split brain that this node lost, every entry its
   tracker recorded since the split moves to the quarantine directory with a
   manifest (``replication.quarantine``); the tracker keeps the set, so the
-  resync that follows brings those paths back from the winner;
+  resync that follows brings those paths back from the winner. Outcome:
+  ``QuarantineDone``, or ``QuarantineFailed`` (a disk error: what was not
+  moved stays in place);
 - ``StartResync`` (target, full): before this node accepts the copy, every
   entry of its directories moves to quarantine (a full copy would overwrite
   or delete all of it); only then does it answer the source's session with
-  its request (the source retries meanwhile). A disk error leaves the data
-  in place and the node waiting in ``resync``, saying why in its status;
+  its request. A disk error leaves the data in place, answers no source and
+  is reported as ``QuarantineFailed``;
+- ``StartResync`` (source): one attempt, in the mode the effect says. It
+  ends in ``PeerResynced``, or ``ResyncFailed`` (no connection, the peer does
+  not ask yet, the session broke; ``full_needed`` when the changes tracked
+  here do not start where the peer's copy ends). Whether and when to try
+  again is the core's (``data_retry``);
 - the receiver side listens on this node's replication endpoint all the
   time and applies the peer's sessions (one at a time, the newest
   authenticated one wins) with an ``Applier`` on the directories' real
-  contents. A connection changes nothing before its handshake authenticated
-  (``CONFIRM`` under the session key); at most ``MAX_HANDSHAKES`` may be
-  authenticating at once, each within the replication timeout.
+  contents, except while the core says this node serves (``FenceWrites``)
+  or its directories are read-write. A connection changes nothing before its
+  handshake authenticated (``CONFIRM`` under the session key); at most
+  ``MAX_HANDSHAKES`` may be authenticating at once, each within the
+  replication timeout.
 
 One ``_Relay`` stands between the mirror and the replication layer, so the
 mirror keeps one listener while sessions come and go.
@@ -215,9 +224,10 @@ class DataPlane:
         self._setting_aside: fx.StartResync | None = None
         # one set-aside of the directories at a time; serve() waits for one in progress
         self._set_aside_lock = anyio.Lock()
-        # why the full resync being set aside is held (status while it is)
-        self._set_aside_problem: str | None = None
         self._fence_state = (False, True)  # the core's FenceWrites (fenced, serving)
+        # the core's decision (FenceWrites.serving): a node that serves takes no
+        # session from its peer; a daemon starts stopped
+        self.core_serving = False
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
         self.handshakes_refused = 0  # incoming connections that never authenticated
@@ -228,8 +238,7 @@ class DataPlane:
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
-        self.resync_attempts = 0  # failed attempts to resync the peer (retried)
-        self.resync_problem: str | None = None  # why the last attempt failed, while retrying
+        self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
         self.bandwidth = settings.bandwidth
         self._remounting = anyio.Lock()  # held while the mirrors are swapped (serve/unserve)
 
@@ -314,12 +323,23 @@ class DataPlane:
             await self._mount_all(read_only=True)
         self.serving = False
 
+    @property
+    def accepting(self) -> bool:
+        """Whether a session from the peer may be received: never while the core
+        says this node serves, nor while the directories are mounted read-write
+        for the application (they are until its stop ends)."""
+        return not self.core_serving and not self.serving
+
     # -- the write fence --------------------------------------------------------------------
 
     def fence_writes(self, fenced: bool, *, serving: bool = True) -> None:
         """The core's ``FenceWrites``: hold (``fenced``), let go, or fail (not
-        ``serving``) every fsync the peer did not acknowledge."""
+        ``serving``) every fsync the peer did not acknowledge; and while
+        ``serving``, refuse the peer's sessions."""
         self._fence_state = (fenced, serving)
+        self.core_serving = serving
+        if serving:
+            self._stop_receiving()  # the peer's session ends once this node serves
         if self._relay is not None:
             self._relay.set_fenced(fenced, serving)
         log.info("write fence", fenced=fenced, serving=serving)
@@ -336,11 +356,10 @@ class DataPlane:
 
     # -- split brain ------------------------------------------------------------------------
 
-    async def quarantine(self, effect: fx.Quarantine) -> ev.Event | None:
-        """Move this node's divergent changes aside; ``QuarantineDone`` once every
-        root is done. On a disk error nothing is lost and nothing is reported:
-        the node stays in ``wait`` (saying why) rather than resync over data
-        that was not set aside."""
+    async def quarantine(self, effect: fx.Quarantine) -> ev.Event:
+        """Move this node's divergent changes aside: ``QuarantineDone`` once every
+        root is done, ``QuarantineFailed`` on a disk error (nothing is lost; what
+        was not moved stays in place, and the core decides what follows)."""
         tracker = self.tracker
         assert tracker is not None
         changes = tracker.changes()
@@ -363,7 +382,7 @@ class DataPlane:
         if failed is not None:
             name, exc = failed
             log.error("quarantine failed: data left in place", directory=name, error=str(exc))
-            return None
+            return ev.QuarantineFailed(f"could not quarantine {name}: {exc}")
         return ev.QuarantineDone()
 
     async def _move_aside(
@@ -467,8 +486,7 @@ class DataPlane:
             except TransportError as exc:
                 log.error("replication listener failed", error=str(exc))
                 return
-            if self.serving:
-                # a serving node never takes the peer's changes
+            if not self.accepting:
                 self._refused("this node serves")
                 await stream.aclose()
                 continue
@@ -545,7 +563,7 @@ class DataPlane:
                     return
                 finally:
                     self.handshakes -= 1
-                if self.serving:
+                if not self.accepting:
                     log.warning("replication session refused: this node serves")
                     return
                 self._stop_receiving()
@@ -605,6 +623,12 @@ class DataPlane:
             return
         anyio.from_thread.run(self._report_event, ev.ResyncDone(target.generation))
 
+    @property
+    def resync_ready(self) -> bool:
+        """This node waits for a resync and answers the source's session (a full
+        one once its data is set aside)."""
+        return self._target is not None
+
     # -- resync -----------------------------------------------------------------------------
 
     def start_resync(self, effect: fx.StartResync) -> None:
@@ -619,7 +643,6 @@ class DataPlane:
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
                 self._target, self._setting_aside = None, effect
-                self._set_aside_problem = None  # an earlier attempt's: this one may succeed
                 self._group.start_soon(self._set_aside_then_receive, effect)
             else:  # replaces any full one still being, or held from being, set aside
                 self._target, self._setting_aside = effect, None
@@ -647,16 +670,19 @@ class DataPlane:
             )
 
         failed = await self._move_aside(move, "data quarantined before a full resync")
-        current = self._setting_aside is effect  # else the core stopped or replaced it meanwhile
+        if self._setting_aside is not effect:
+            return  # the core stopped or replaced this resync meanwhile
+        self._setting_aside = None
         if failed is not None:
-            # never copy over data that was not set aside: the node stays in
-            # resync (the source retries) until the operator starts it again
+            # never copy over data that was not set aside: this resync is not
+            # answered; the core decides when to start it again
             name, exc = failed
             log.error("full resync held: data left in place", directory=name, error=str(exc))
-            if current:
-                self._set_aside_problem = f"could not quarantine {name} before a full resync: {exc}"
-        elif current:
-            self._setting_aside, self._target = None, effect
+            await self.report(
+                ev.QuarantineFailed(f"could not quarantine {name} before a full resync: {exc}")
+            )
+        else:
+            self._target = effect
 
     def stop_resync(self) -> None:
         self._target = None
@@ -668,36 +694,24 @@ class DataPlane:
             self.resync_source.cancel()
 
     async def _run_source(self, effect: fx.StartResync, scope: anyio.CancelScope) -> None:
-        """Resync the peer until it succeeds: an attempt that cannot connect (the
-        replication link is down) or whose session breaks is retried from scratch
-        (the target applies idempotently), with a growing pause, until the core
-        stops it (``StopResync``, or another effect that replaces the session).
-        Each failed attempt is counted (``resync_attempts``, the last reason in
-        status); the log gets each reason once, not every attempt."""
+        """One attempt to resync the peer; its outcomes are reported unless the
+        core stopped it meanwhile (``StopResync``, or an effect that replaces the
+        session). An attempt that cannot connect, whose peer does not ask yet, or
+        whose session breaks is reported as ``ResyncFailed``: the core decides
+        whether and when to try again (the target applies idempotently)."""
         outcomes: list[ev.Event] = []
-        pause = RETRY_PAUSE
-        logged: str | None = None
         with scope:
-            while True:
-                outcomes, problem = await self._resync_as_source(effect)
-                if problem is None:
-                    break
-                self.resync_attempts += 1
-                self.resync_problem = problem
-                if problem != logged:  # a held target may refuse for hours: once per reason
-                    log.warning("resync attempt failed: retrying", problem=problem, pause=pause)
-                    logged = problem
-                await anyio.sleep(pause)  # the link may be down: nothing to wait on but time
-                pause = min(pause * 2, RETRY_PAUSE_MAX)
+            outcomes = await self._resync_as_source(effect)
         if scope.cancel_called:
             return
-        self.resync_problem = None
         for outcome in outcomes:
+            if isinstance(outcome, ev.ResyncFailed):
+                self.resync_attempts += 1
+                log.warning("resync attempt failed", problem=outcome.reason)
             await self.report(outcome)
 
-    async def _resync_as_source(self, effect: fx.StartResync) -> tuple[list[ev.Event], str | None]:
-        """One resync attempt: (the outcomes to report, in order; None) when it
-        ended, or ([], why) when it must be tried again."""
+    async def _resync_as_source(self, effect: fx.StartResync) -> list[ev.Event]:
+        """One resync attempt: the outcomes to report, in order."""
         assert self._relay is not None and self._group is not None and self.tracker is not None
         relay, group = self._relay, self._group
         await self.stop_replication()
@@ -716,23 +730,35 @@ class DataPlane:
         try:
             stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
         except TransportError as exc:
-            return [], f"resync of {s.peer} could not start: {exc}"
+            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
         try:
             peer = await sender.handshake(stream)
             if not peer.request and peer.generation == str(effect.generation):
                 # It applied the END of an attempt whose end we never heard: what
                 # this node acknowledged since may be missing there. The core decides.
-                with anyio.CancelScope(shield=True):
-                    await stream.aclose()
-                why = f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
-                return [ev.ResyncFailed(why)], None
+                raise _Unstarted(
+                    f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
+                )
             if not peer.request:
                 raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
             request = ResyncRequest.decode(peer.request)
-        except (TransportError, PeerProtocolError, UsageError) as exc:
+            if (
+                effect.mode == "incremental"
+                and not request.full
+                and self.tracker.since != request.generation
+            ):
+                # the changes tracked here do not start where the peer's copy ends
+                raise _Unstarted(
+                    f"changes are tracked here since {self.tracker.since}, "
+                    f"{s.peer} holds {request.generation}",
+                    full_needed=True,
+                )
+        except (TransportError, PeerProtocolError, UsageError, _Unstarted) as exc:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
-            return [], f"resync of {s.peer} could not start: {exc}"
+            if isinstance(exc, _Unstarted):
+                return [ev.ResyncFailed(str(exc), full_needed=exc.full_needed)]
+            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
         self._pump(sender)
         # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
         backing = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
@@ -744,8 +770,7 @@ class DataPlane:
             for lock in locks.values():
                 held.enter_context(lock)
             own = self.tracker.changes()
-            incremental = effect.mode == "incremental" and self.tracker.since == request.generation
-            plan = ResyncPlan.make(own if incremental else None, request)
+            plan = ResyncPlan.make(own if effect.mode == "incremental" else None, request)
             source = ResyncSource(
                 sender,
                 {name: mirror.backing_fd for name, mirror in self.mirrors.items()},
@@ -768,14 +793,14 @@ class DataPlane:
             relay.sender = None
             await self.stop_replication()
             reason = failures[0] if failures else "resync stopped"
-            return [], f"resync of {s.peer} failed: {reason}"
+            return [ev.ResyncFailed(f"resync of {s.peer} failed: {reason}")]
         log.info("resync done", peer=s.peer, status=asdict(source.status()))
         self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
         live = True
         if failures:  # the session broke after the target applied END
             outcomes.append(ev.ReplicationFailed(f"replication to {s.peer}: {failures[0]}"))
-        return outcomes, None
+        return outcomes
 
     def _identity(self) -> SessionIdentity:
         s = self.settings
@@ -892,8 +917,7 @@ class DataPlane:
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None or self._setting_aside is not None,
-            "resync_held": None if self._setting_aside is None else self._set_aside_problem,
-            "resync_retrying": self.resync_problem,
+            "resync_failures": self.resync_attempts,
             "resyncs_received": self.resyncs_received,
             "bandwidth": self.bandwidth,
             "tracked": None
@@ -929,6 +953,15 @@ def directories_hold_data(roots: Mapping[str, Path]) -> bool:
     return False
 
 
+class _Unstarted(Exception):
+    """A resync attempt the source ends before sending anything, for a reason the
+    core decides on (``ResyncFailed``)."""
+
+    def __init__(self, reason: str, *, full_needed: bool = False) -> None:
+        super().__init__(reason)
+        self.full_needed = full_needed
+
+
 def _dup_roots(mirrors: Mapping[str, Mirror]) -> dict[str, int]:
     """Each mirror's backing directory fd, duplicated (the caller closes them); all or none."""
     roots: dict[str, int] = {}
@@ -951,9 +984,6 @@ MAX_HANDSHAKES = 8
 closed at once. Each has the replication timeout to authenticate."""
 REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two log records of refused connections (all are counted)."""
-RETRY_PAUSE = 0.2
-"""Seconds before the first retry of a failed resync attempt; doubled each time."""
-RETRY_PAUSE_MAX = 5.0
 VERIFY_TIMEOUT = 600.0
 """Seconds the peer may take to digest its copy (about 1 GiB/s of hashing)."""
 _VERIFY = b"FOVF1"

@@ -10,10 +10,9 @@ With replicated directories configured, the data effects go to the
 starts and read-only just after it stops; replication and tracking start
 and stop; a resync runs in the background and the data plane reports its
 outcome itself (it may take hours: the queue must not wait for it).
-Without replicated directories the data effects complete at once: a resync
-of nothing is done as soon as it starts (the target reports ``ResyncDone``,
-the source ``PeerResynced``), there is nothing to quarantine
-(``QuarantineDone``), and replication and tracking do nothing.
+Without replicated directories the core emits no data effect (it knows from
+its settings, and completes a resync or quarantine of nothing itself): one
+that arrives anyway is logged as an error and ignored.
 Arbitration effects are never expected (only the ``none`` arbitrator
 exists): one is logged as an error and ignored.
 
@@ -266,11 +265,16 @@ class ActionExecutor:
             return ev.AppStopped()
         if isinstance(effect, fx.StartResync) and effect.role == "target":
             return ev.ResyncFailed(reason=reason)
+        if isinstance(effect, fx.Quarantine):
+            return ev.QuarantineFailed(reason=reason)
         return None
 
     async def _perform(self, effect: fx.Effect) -> ev.Event | None:
-        if self.data is not None and isinstance(effect, DATA_EFFECTS):
-            return await self._perform_data(self.data, effect)
+        if isinstance(effect, DATA_EFFECTS):
+            if self.data is not None:
+                return await self._perform_data(self.data, effect)
+            log.error("data effect without replicated directories: ignored", effect=effect.name)
+            return None
         match effect:
             case fx.StartApp():
                 self._note("start", "begin")
@@ -289,22 +293,6 @@ class ActionExecutor:
                 return None
             case StopBoth():
                 await self.app.stop_both()
-                return None
-            case fx.StartResync(role="target", generation=generation):
-                # No replicated directory: the resync of nothing is complete, at
-                # the generation the source held when it started.
-                return ev.ResyncDone(generation)
-            case fx.StartResync(generation=generation):
-                return ev.PeerResynced(generation)
-            case fx.Quarantine():
-                return ev.QuarantineDone()
-            case (
-                fx.StartReplication()
-                | fx.StopReplication()
-                | fx.StartTracking()
-                | fx.StopTracking()
-                | fx.StopResync()
-            ):
                 return None
             case fx.RequestArbitration() | fx.RenewArbitration() | fx.ReleaseArbitration():
                 log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
