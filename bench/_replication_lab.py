@@ -41,6 +41,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -57,6 +58,7 @@ from failover.replication.channel import (
     SessionIdentity,
 )
 from failover.replication.mirror import Mirror
+from failover.replication.ops import Fsync, Op
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport
@@ -122,6 +124,29 @@ def write(directory: Path, size: int, syncs: int) -> None:
 # -- mirror + sender / receiver ---------------------------------------------------------
 
 
+class _SenderListener:
+    """A ``ReplicationSender`` as the mirror's listener, without a tracker: one session
+    for the role's life (token 1 while it is unbroken), the local fsync run while the
+    peer works, as the data plane's relay does."""
+
+    def __init__(self, sender: ReplicationSender) -> None:
+        self._sender = sender
+
+    def before(self, op: Op) -> None:
+        pass
+
+    def after(self, op: Op) -> None:
+        self._sender.after(op)
+
+    def sync(self, op: Fsync, local: Callable[[], None]) -> int | None:
+        seq = self._sender.queue(op)
+        local()
+        return 1 if seq and self._sender.wait_acked(seq) else None
+
+    def session(self) -> int | None:
+        return 1 if self._sender.broken is None else None
+
+
 async def mirror(root: Path, peer: str | None) -> None:
     if peer is None:
         with Mirror(ROOT, root, None):
@@ -135,7 +160,7 @@ async def mirror(root: Path, peer: str | None) -> None:
     await sender.handshake(stream)
     async with anyio.create_task_group() as tg:
         tg.start_soon(sender.run)
-        listened = Mirror(ROOT, root, sender)
+        listened = Mirror(ROOT, root, _SenderListener(sender))
         await anyio.to_thread.run_sync(listened.mount)
         try:
             _ready()
