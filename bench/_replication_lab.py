@@ -35,13 +35,16 @@ printed on stderr and makes the role exit 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import wraps
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -195,6 +198,64 @@ async def receiver(root: Path, listen: str) -> None:
 
 # -- the runtime's data plane -------------------------------------------------------------
 
+PROFILED = {
+    "failover.replication.mirror:_Operations": (
+        "getattr", "readdir", "open", "create", "read", "write", "fsync", "fsyncdir", "flush",
+        "release", "truncate", "unlink", "rename", "mkdir", "rmdir", "utimens", "chmod",
+        "chown", "statfs", "link", "symlink", "fallocate", "setxattr", "getxattr",
+    ),
+    "failover.runtime.dataplane:_Relay": ("before", "after", "sync"),
+    "failover.replication.channel_sender:ReplicationSender": ("after", "queue", "wait_acked"),
+    "failover.replication.tracking:Tracker": ("before", "sync"),
+}  # fmt: skip
+
+
+def _profile_calls(out: Path) -> None:
+    """Count and time every call of ``PROFILED`` (from any thread: libfuse's threads are
+    not Python's, so cProfile and threading.setprofile miss them). Each SIGUSR1 writes
+    the totals so far to ``out`` with the signal's number as suffix (``calls.1.json``...)
+    as JSON {name: [calls, seconds]} and starts again from zero."""
+    totals: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def timed(name: str, func: Callable[..., object]) -> Callable[..., object]:
+        @wraps(func)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - began
+                with lock:
+                    entry = totals.setdefault(name, [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += spent
+
+        return wrapper
+
+    for where, names in PROFILED.items():
+        module, _, cls_name = where.partition(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        for name in names:
+            if name in vars(cls):
+                setattr(cls, name, timed(f"{cls_name}.{name}", vars(cls)[name]))
+
+    def dumps() -> None:
+        number = 0
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            number += 1
+            with lock:
+                text = json.dumps(totals, indent=1, sort_keys=True)
+                totals.clear()
+            partial = out.with_suffix(f".{number}.part")
+            partial.write_text(text)
+            partial.rename(out.with_suffix(f".{number}.json"))
+
+    # blocked in every thread (libfuse's inherit the mask): only the dumping thread takes it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=dumps, name="calls-dump", daemon=True).start()
+
 
 async def plane(root: Path, state: Path, listen: str, peer: str, serve: bool) -> None:
     node, other = ("alpha", "beta") if serve else ("beta", "alpha")
@@ -296,6 +357,8 @@ def main() -> None:
     elif args.role == "receiver":
         anyio.run(receiver, args.root, args.listen)
     elif args.role == "plane":
+        if os.environ.get("FAILOVER_BENCH_CALLS"):  # bench/app_restart.py --calls
+            _profile_calls(Path(os.environ["FAILOVER_BENCH_CALLS"]))
         anyio.run(plane, args.root, args.state, args.listen, args.peer, args.serve)
     elif args.role == "sink":
         sink(args.listen)
