@@ -1,6 +1,7 @@
 """The programs bench/replication.py runs in its processes (one role each).
 
     python bench/_replication_lab.py write DIR --size BYTES --syncs N
+    python bench/_replication_lab.py clean DIR... --count N
     python bench/_replication_lab.py mirror ROOT [--peer ADDR:PORT]
     python bench/_replication_lab.py receiver ROOT --listen ADDR:PORT
     python bench/_replication_lab.py plane ROOT --state DIR --listen ADDR:PORT --peer ADDR:PORT
@@ -12,6 +13,8 @@
   ``--size`` bytes then one ``fsync`` (file ``seq``), then ``--syncs`` times a
   4 KiB ``pwrite`` at increasing offsets followed by ``fsync`` (file ``log``).
   Prints one JSON line: the sequential seconds and every commit's latency.
+- ``clean``: an fsync of a clean file (nothing written since its last fsync) in
+  each DIR in turn, ``--count`` rounds; prints each fsync's seconds per DIR.
   Both files are removed before it exits.
 - ``mirror``: a FUSE ``Mirror`` over ROOT; without ``--peer`` a passthrough
   (no listener), with it a ``ReplicationSender`` whose session goes to the
@@ -124,6 +127,29 @@ def write(directory: Path, size: int, syncs: int) -> None:
     print(json.dumps({"seq_seconds": seq_seconds, "sync_seconds": latencies}), flush=True)
 
 
+def clean(directories: list[Path], count: int) -> None:
+    """In each directory a 4 KiB file written and fsynced, then ``count`` rounds of one
+    ``fsync`` of each in turn (nothing written since: clean files), so that every
+    directory meets the same disk; prints {directory: [seconds of each fsync]}."""
+    fds = {}
+    try:
+        for directory in directories:
+            fds[str(directory)] = fd = os.open(directory / "clean", os.O_RDWR | os.O_CREAT, 0o644)
+            os.pwrite(fd, os.urandom(4096), 0)
+            os.fsync(fd)
+        seconds: dict[str, list[float]] = {name: [] for name in fds}
+        for _ in range(count):
+            for name, fd in fds.items():
+                start = time.perf_counter()
+                os.fsync(fd)
+                seconds[name].append(time.perf_counter() - start)
+    finally:
+        for name, fd in fds.items():
+            os.close(fd)
+            os.unlink(Path(name) / "clean")
+    print(json.dumps(seconds), flush=True)
+
+
 # -- mirror + sender / receiver ---------------------------------------------------------
 
 
@@ -141,7 +167,9 @@ class _SenderListener:
     def after(self, op: Op) -> None:
         self._sender.after(op)
 
-    def sync(self, op: Fsync, local: Callable[[], None]) -> int | None:
+    def sync(self, op: Fsync, local: Callable[[], None] | None = None) -> int | None:
+        if local is None:  # a mirror older than issue 10 (a "before" run): fsynced already
+            return 1 if self._sender.sync(op) else None
         seq = self._sender.queue(op)
         local()
         return 1 if seq and self._sender.wait_acked(seq) else None
@@ -332,6 +360,9 @@ def main() -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("--size", type=int, required=True)
     p.add_argument("--syncs", type=int, required=True)
+    p = roles.add_parser("clean")
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--count", type=int, required=True)
     p = roles.add_parser("mirror")
     p.add_argument("root", type=Path)
     p.add_argument("--peer")
@@ -352,6 +383,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.role == "write":
         write(args.dir, args.size, args.syncs)
+    elif args.role == "clean":
+        clean(args.dirs, args.count)
     elif args.role == "mirror":
         anyio.run(mirror, args.root, args.peer)
     elif args.role == "receiver":
