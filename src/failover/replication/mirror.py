@@ -90,6 +90,9 @@ log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT_S = 15.0
 """How long ``mount`` waits for the kernel's first request before giving up."""
+ATTR_TIMEOUT_S = 1.0
+"""How long the kernel may cache a read-write mirror's attributes, until the mount meets
+a file with several names (then never again for that mount: see ``_Operations``)."""
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 _ACCESS_MODES = os.O_WRONLY | os.O_RDWR
@@ -233,7 +236,18 @@ def _process_umask() -> int:
 
 class _Operations(mfusepy.Operations):  # type: ignore[misc]
     """The FUSE callbacks. Private attributes start with ``_``: mfusepy registers any
-    attribute named like a FUSE operation as that operation."""
+    attribute named like a FUSE operation as that operation.
+
+    The attribute cache of a read-write mirror (the only writer of its directory while
+    it serves): libfuse's high-level API gives each name of a file its own kernel inode,
+    so attributes cached for one name go stale when the file changes through another.
+    The kernel may cache attributes for ``ATTR_TIMEOUT_S`` only while every file the
+    mount has shown has one name: the first ``getattr`` of a non-directory with several
+    links sets libfuse's timeout to 0 for the rest of the mount, before libfuse reads it
+    for that very reply; a ``link`` does the same, then waits until whatever was cached
+    before has expired, and only then makes the new name. Attributes cached with the
+    timeout therefore only ever belong to files with one name and one kernel inode. A
+    read-only mirror never caches (the applier writes underneath it)."""
 
     use_ns = True
 
@@ -264,6 +278,11 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         self._euid, self._egid = os.geteuid(), os.getegid()
         self.live = False
         self._ready = ready
+        # The attribute cache: libfuse's config once the kernel's INIT came, the timeout
+        # it started with, and when this mount stopped caching (None: it has not).
+        self._config: Any = None
+        self._attr_cache_s = 0.0 if read_only else ATTR_TIMEOUT_S
+        self._attr_cache_stopped: float | None = None
 
     # -- paths and records
 
@@ -434,6 +453,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             st = os.fstat(fh)
         else:
             st = os.stat(self._rel(path), dir_fd=self._fd, follow_symlinks=False)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            self._stop_attr_cache()  # before libfuse reads the timeout for this reply
         attrs: dict[str, Any] = {key: getattr(st, key) for key in _FUSE_STAT_KEYS}
         attrs["st_atime"] = st.st_atime_ns
         attrs["st_mtime"] = st.st_mtime_ns
@@ -755,6 +776,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
     def link(self, target: str, source: str) -> int:
         # mfusepy's names: ``target`` is the new name, ``source`` the existing file.
         new, existing = self._named(target), self._named(source)
+        self._stop_attr_cache()
+        self._wait_attr_cache_expired()  # no name of the file has attributes cached
         with self._lock:
             self._change(
                 Link(self._root_name, existing, new),
@@ -843,8 +866,28 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
     # -- lifecycle
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        self._config = config  # libfuse's own struct: read at each reply
         self.live = True  # the kernel's INIT request: the mount is in place and answered
         self._ready.set()
+
+    # -- the attribute cache (read-write mirrors)
+
+    def _stop_attr_cache(self) -> None:
+        """From now on the kernel caches no attributes of this mount (see the class)."""
+        config = self._config
+        if config is not None and config.attr_timeout > 0:
+            config.attr_timeout = 0.0
+            self._attr_cache_stopped = time.monotonic()
+
+    def _wait_attr_cache_expired(self) -> None:
+        """Return once every attribute the kernel cached before ``_stop_attr_cache`` has
+        expired: a kernel cache's expiry, which no event announces (a bounded wait, at
+        most ``ATTR_TIMEOUT_S``, paid only by links made that soon after the stop)."""
+        stopped = self._attr_cache_stopped
+        if stopped is not None:
+            left = stopped + self._attr_cache_s - time.monotonic()
+            if left > 0:
+                time.sleep(left)
 
 
 def _parent(rel: bytes) -> bytes:
@@ -1056,8 +1099,9 @@ class Mirror:
             "max_idle_threads": 8,
             # The high-level API gives each name of a hard-linked file its own kernel inode:
             # cached attributes of one name would go stale when the file changes through
-            # another (a read there would stop at the old size). Never cache them.
-            "attr_timeout": 0,
+            # another (a read there would stop at the old size). Cached (the read-write
+            # mirror is the only writer) until the mount meets such a file: see _Operations.
+            "attr_timeout": operations._attr_cache_s,
         }
         if self.read_only:
             # The applier changes the directory underneath: no cached attributes or names.
