@@ -1,7 +1,7 @@
 """The programs bench/replication.py runs in its processes (one role each).
 
-    python bench/_replication_lab.py write DIR --size BYTES --syncs N
-    python bench/_replication_lab.py clean DIR... --count N
+    python bench/_replication_lab.py write DIR --size BYTES
+    python bench/_replication_lab.py turns DIR... --count N
     python bench/_replication_lab.py mirror ROOT [--peer ADDR:PORT]
     python bench/_replication_lab.py receiver ROOT --listen ADDR:PORT
     python bench/_replication_lab.py plane ROOT --state DIR --listen ADDR:PORT --peer ADDR:PORT
@@ -9,12 +9,14 @@
     python bench/_replication_lab.py sink --listen ADDR:PORT
     python bench/_replication_lab.py source --peer ADDR:PORT --size BYTES
 
-- ``write``: the application. In DIR: sequential 1 MiB ``write`` calls up to
-  ``--size`` bytes then one ``fsync`` (file ``seq``), then ``--syncs`` times a
-  4 KiB ``pwrite`` at increasing offsets followed by ``fsync`` (file ``log``).
-  Prints one JSON line: the sequential seconds and every commit's latency.
-- ``clean``: an fsync of a clean file (nothing written since its last fsync) in
-  each DIR in turn, ``--count`` rounds; prints each fsync's seconds per DIR.
+- ``write``: the application's sequential writes. In DIR: 1 MiB ``write``
+  calls up to ``--size`` bytes then one ``fsync`` (file ``seq``). Prints one
+  JSON line: the seconds.
+- ``turns``: the application's commits, the DIRs taking turns of ``TURN``
+  calls: ``--count`` times a 4 KiB ``pwrite`` at the next offset + ``fsync`` in
+  each DIR, then ``--count`` times an ``fsync`` of that file with nothing
+  written since (a clean file). Prints every commit's and every clean fsync's
+  seconds per DIR.
   Both files are removed before it exits.
 - ``mirror``: a FUSE ``Mirror`` over ROOT; without ``--peer`` a passthrough
   (no listener), with it a ``ReplicationSender`` whose session goes to the
@@ -100,7 +102,7 @@ def _fail(reason: str) -> None:
 # -- the application ----------------------------------------------------------------------
 
 
-def write(directory: Path, size: int, syncs: int) -> None:
+def write(directory: Path, size: int) -> None:
     block = os.urandom(MIB)
     fd = os.open(directory / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -112,42 +114,46 @@ def write(directory: Path, size: int, syncs: int) -> None:
     finally:
         os.close(fd)
         os.unlink(directory / "seq")
-    small = block[:4096]
-    latencies = []
-    fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        for index in range(syncs):
-            start = time.perf_counter()
-            os.pwrite(fd, small, index * 4096)
-            os.fsync(fd)
-            latencies.append(time.perf_counter() - start)
-    finally:
-        os.close(fd)
-        os.unlink(directory / "log")
-    print(json.dumps({"seq_seconds": seq_seconds, "sync_seconds": latencies}), flush=True)
+    print(json.dumps({"seq_seconds": seq_seconds}), flush=True)
 
 
-def clean(directories: list[Path], count: int) -> None:
-    """In each directory a 4 KiB file written and fsynced, then ``count`` rounds of one
-    ``fsync`` of each in turn (nothing written since: clean files), so that every
-    directory meets the same disk; prints {directory: [seconds of each fsync]}."""
-    fds = {}
+TURN = 50
+"""Commits (or clean fsyncs) in one directory before the next one's turn."""
+
+
+def turns(directories: list[Path], count: int) -> None:
+    """In each directory a file ``log``: ``count`` commits (a 4 KiB ``pwrite`` at the
+    next offset + ``fsync``), then ``count`` fsyncs with nothing written since (a clean
+    file); the directories take turns of ``TURN`` calls, so that each meets the disk in
+    the same mood, yet each turn is one writer's run of fsyncs (ext4's journal makes an
+    fsync wait for more writers when the last one was another thread). Prints
+    {directory: {"commit": [seconds...], "clean": [seconds...]}}."""
+    block = os.urandom(4096)
+    fds: dict[str, int] = {}
+    figures: dict[str, dict[str, list[float]]] = {}
     try:
         for directory in directories:
-            fds[str(directory)] = fd = os.open(directory / "clean", os.O_RDWR | os.O_CREAT, 0o644)
-            os.pwrite(fd, os.urandom(4096), 0)
-            os.fsync(fd)
-        seconds: dict[str, list[float]] = {name: [] for name in fds}
-        for _ in range(count):
+            path = directory / "log"
+            fds[str(directory)] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            figures[str(directory)] = {"commit": [], "clean": []}
+        for first in range(0, count, TURN):
             for name, fd in fds.items():
-                start = time.perf_counter()
-                os.fsync(fd)
-                seconds[name].append(time.perf_counter() - start)
+                for index in range(first, min(first + TURN, count)):
+                    start = time.perf_counter()
+                    os.pwrite(fd, block, index * 4096)
+                    os.fsync(fd)
+                    figures[name]["commit"].append(time.perf_counter() - start)
+        for first in range(0, count, TURN):
+            for name, fd in fds.items():
+                for _ in range(first, min(first + TURN, count)):
+                    start = time.perf_counter()
+                    os.fsync(fd)
+                    figures[name]["clean"].append(time.perf_counter() - start)
     finally:
         for name, fd in fds.items():
             os.close(fd)
-            os.unlink(Path(name) / "clean")
-    print(json.dumps(seconds), flush=True)
+            os.unlink(Path(name) / "log")
+    print(json.dumps(figures), flush=True)
 
 
 # -- mirror + sender / receiver ---------------------------------------------------------
@@ -359,8 +365,7 @@ def main() -> None:
     p = roles.add_parser("write")
     p.add_argument("dir", type=Path)
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--syncs", type=int, required=True)
-    p = roles.add_parser("clean")
+    p = roles.add_parser("turns")
     p.add_argument("dirs", type=Path, nargs="+")
     p.add_argument("--count", type=int, required=True)
     p = roles.add_parser("mirror")
@@ -382,9 +387,9 @@ def main() -> None:
     p.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
     if args.role == "write":
-        write(args.dir, args.size, args.syncs)
-    elif args.role == "clean":
-        clean(args.dirs, args.count)
+        write(args.dir, args.size)
+    elif args.role == "turns":
+        turns(args.dirs, args.count)
     elif args.role == "mirror":
         anyio.run(mirror, args.root, args.peer)
     elif args.role == "receiver":

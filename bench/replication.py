@@ -3,15 +3,18 @@
     sudo .venv/bin/python bench/replication.py [--size-mib 1024] [--syncs 2000] [--rounds 3]
         [--rate-mbit 1000] [--dir /var/tmp] [--unshaped-only]
 
-An application process (``bench/_replication_lab.py write``) runs two workloads
-in each target directory: sequential 1 MiB ``write`` calls of ``--size-mib``
-MiB then one ``fsync`` (MiB/s), and ``--syncs`` times a 4 KiB ``pwrite`` +
-``fsync`` at increasing offsets (p50/p99 latency). Then, in each round, one
-process fsyncs a clean file (nothing written since its last fsync) in every
-target in turn, ``--syncs`` times each (p50; in turn, as a clean fsync's cost on
-ext4 is a disk cache flush that other I/O on the disk slows). The CPU
-time (user + system, /proc) of the mirror's process and of its peer's during
-each run gives CPU seconds per GiB written on each side. Targets, all directories
+In each round, an application process (``bench/_replication_lab.py turns``)
+commits in every target directory, the targets taking turns of 50 calls:
+``--syncs`` times a 4 KiB ``pwrite`` at the next offset + ``fsync`` in each
+target (p50/p99 latency), then ``--syncs`` times an ``fsync`` of that file with
+nothing written since (a clean file: p50). In turns, because an fsync's cost on
+ext4 includes a disk cache flush that any other I/O on the disk slows: every
+target meets the disk in the same mood (turns of one call would meet ext4's
+journal batching, which makes an fsync wait when another thread synced last).
+Then an application process (``write``) writes sequentially in each target:
+1 MiB ``write`` calls of ``--size-mib`` MiB then one ``fsync`` (MiB/s); the CPU
+time (user + system, /proc) of the mirror's process and of its peer's meanwhile
+gives CPU seconds per GiB on each side. Targets, all directories
 under one temporary directory in ``--dir`` (one disk):
 
 (a) local disk: a plain directory;
@@ -90,9 +93,9 @@ class Figures:
     sync_p50_us: float
     sync_p99_us: float
     clean_p50_us: float
-    cpu_s_per_gib: tuple[float | None, float | None]
-    """CPU seconds per GiB the application wrote, of the mirror's process and of its
-    peer's (None: no such process), user + system, every thread."""
+    cpu_s_per_gib: tuple[float | None, ...]
+    """CPU seconds per GiB the application wrote sequentially, of the mirror's process
+    and of its peer's (None: no such process), user + system, every thread."""
 
 
 class Role:
@@ -167,43 +170,47 @@ class Role:
 
 
 def measure(
-    directory: Path, size_mib: int, syncs: int, roles: list[Role], sides: tuple[str | None, ...]
-) -> Figures:
-    """One run of the application in ``directory`` (after sync(1)); ``sides``: the
-    roles serving it (the mirror's, its peer's) whose CPU time is counted."""
+    directory: Path, size_mib: int, roles: list[Role], sides: tuple[str | None, ...]
+) -> tuple[float, tuple[float | None, ...]]:
+    """The application's sequential writes in ``directory`` (after sync(1)): MiB/s,
+    and CPU seconds per GiB of ``sides``, the roles serving it (the mirror's, its
+    peer's)."""
     os.sync()
     serving = [next((r for r in roles if r.name == name), None) for name in sides]
     cpu_before = [r.cpu_seconds() if r is not None else 0.0 for r in serving]
     result = subprocess.run(
-        [sys.executable, str(LAB), "write", str(directory),
-         "--size", str(size_mib * MIB), "--syncs", str(syncs)],
+        [sys.executable, str(LAB), "write", str(directory), "--size", str(size_mib * MIB)],
         capture_output=True, text=True, check=False, timeout=3600,
     )  # fmt: skip
     for role in roles:
         role.check()
     if result.returncode != 0:
         raise RuntimeError(f"the writer failed in {directory}: {result.stderr.strip()}")
-    gib = (size_mib * MIB + syncs * 4096) / (1 << 30)
+    gib = size_mib * MIB / (1 << 30)
     cpu = tuple(
         (r.cpu_seconds() - before) / gib if r is not None else None
         for r, before in zip(serving, cpu_before, strict=True)
     )
-    data = json.loads(result.stdout)
-    cuts = statistics.quantiles(data["sync_seconds"], n=100, method="inclusive")
-    return Figures(size_mib / data["seq_seconds"], cuts[49] * 1e6, cuts[98] * 1e6, 0.0, cpu)
+    return size_mib / json.loads(result.stdout)["seq_seconds"], cpu
 
 
-def measure_clean(targets: dict[str, Path], count: int) -> dict[str, float]:
-    """p50 microseconds of a clean file's fsync in each target, taken in turn (one
-    process, ``count`` rounds): the disk's moods hit every target alike."""
+def measure_turns(targets: dict[str, Path], count: int) -> dict[str, tuple[float, float, float]]:
+    """Commits then clean fsyncs in every target in turn (one process, ``count``
+    rounds): per target, commit p50 and p99 and clean fsync p50, microseconds."""
+    os.sync()
     result = subprocess.run(
-        [sys.executable, str(LAB), "clean", *map(str, targets.values()), "--count", str(count)],
+        [sys.executable, str(LAB), "turns", *map(str, targets.values()), "--count", str(count)],
         capture_output=True, text=True, check=False, timeout=3600,
     )  # fmt: skip
     if result.returncode != 0:
-        raise RuntimeError(f"the clean fsyncs failed: {result.stderr.strip()}")
+        raise RuntimeError(f"the commits failed: {result.stderr.strip()}")
     seconds = json.loads(result.stdout)
-    return {name: statistics.median(seconds[str(path)]) * 1e6 for name, path in targets.items()}
+    figures = {}
+    for name, path in targets.items():
+        taken = seconds[str(path)]
+        cuts = statistics.quantiles(taken["commit"], n=100, method="inclusive")
+        figures[name] = (cuts[49] * 1e6, cuts[98] * 1e6, statistics.median(taken["clean"]) * 1e6)
+    return figures
 
 
 def median(figures: list[Figures]) -> Figures:
@@ -281,10 +288,10 @@ def run_rounds(
 ) -> dict[str, Figures]:
     rounds: dict[str, list[Figures]] = {name: [] for name in targets}
     for number in range(args.rounds):
-        clean = measure_clean(targets, args.syncs)
+        commits = measure_turns(targets, args.syncs)
         for name, directory in targets.items():  # interleaved: drift hits every target
-            figures = measure(directory, args.size_mib, args.syncs, roles, SIDES[name])
-            figures.clean_p50_us = clean[name]
+            seq, cpu = measure(directory, args.size_mib, roles, SIDES[name])
+            figures = Figures(seq, *commits[name], cpu)
             rounds[name].append(figures)
             print(
                 f"  round {number + 1} {name}: {figures.seq_mib_s:.0f} MiB/s, "
@@ -319,7 +326,8 @@ def report(
     print()
     print(
         f"Sequential: {args.size_mib} x 1 MiB write + fsync; commit: {args.syncs} x 4 KiB "
-        f"pwrite + fsync; median of {args.rounds} round(s); ack level written."
+        f"pwrite + fsync, every target in turn; median of {args.rounds} round(s); "
+        "ack level written."
     )
     print()
     print(
@@ -337,8 +345,8 @@ def report(
     print()
     print(
         f"Clean fsync: {args.syncs} x fsync of a file with nothing written since, every "
-        "target in turn (p50); CPU seconds per GiB the application wrote (sequential + "
-        "commits), of the mirror's process and of its peer's (user + system, every thread):"
+        "target in turn (p50); CPU seconds per GiB the application wrote sequentially, "
+        "of the mirror's process and of its peer's (user + system, every thread):"
     )
     print()
     print("| target | clean fsync p50 us | vs local | CPU s/GiB mirror side | peer side |")
