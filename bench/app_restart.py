@@ -35,7 +35,6 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -46,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from pg_failover import BenchError, pg_restarts, run_script, wait_for
 
@@ -59,11 +58,10 @@ from failover.testing.postgres import (
     postmaster_of,
     unavailable_reason,
 )
+from replication import Role
 
 LAB = Path(__file__).with_name("_replication_lab.py")
 LOOPBACK = "127.0.0.1"
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
 RETRY_PAUSE = 0.01  # the client's pause between two connection attempts
 TARGET = 3.0
 MEASURES = ("script", "pg", "pg_sync")
@@ -84,49 +82,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class Plane:
-    """One ``_replication_lab.py plane`` process: ready on start, stopped by closing stdin."""
+class Plane(Role):
+    """One ``_replication_lab.py plane`` process (bench/replication.py's ``Role``, in this
+    network namespace); ``calls``: where it writes its call counts (``calls_mark``)."""
 
-    def __init__(self, name: str, argv: list[str], log: Path, calls: Path | None = None) -> None:
-        self.name = name
-        self.log = log
+    def __init__(self, name: str, argv: list[str], logs: Path, calls: Path | None) -> None:
+        env = None if calls is None else {**os.environ, "FAILOVER_BENCH_CALLS": str(calls)}
+        super().__init__(None, "", name, ["plane", *argv], logs, None, env)
         self.calls = calls
         self._marks = 0
-        self._stderr: IO[bytes] = log.open("wb")
-        env = dict(os.environ)
-        if calls is not None:
-            env["FAILOVER_BENCH_CALLS"] = str(calls)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(LAB), "plane", *argv],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        ready = select.select([self.proc.stdout], [], [], READY_TIMEOUT_S)[0]
-        if not ready or self.proc.stdout.readline().strip() != b"ready":
-            self.stop()
-            raise BenchError(f"{name} did not start: {self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-2000:]
-
-    def check(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            assert self.proc.stdin is not None
-            with contextlib.suppress(OSError):
-                self.proc.stdin.close()
-            try:
-                self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._stderr.close()
 
     def calls_mark(self) -> dict[str, list[float]] | None:
-        """With ``calls``: the plane's call counts and seconds since the last mark."""
+        """With ``calls``: the plane's call counts and seconds since the last mark
+        (written on SIGUSR1, see ``_replication_lab.py``)."""
         if self.calls is None:
             return None
         self._marks += 1
@@ -150,10 +118,8 @@ def start_planes(work: Path, calls: bool = False) -> list[Plane]:
                 "--peer", f"{LOOPBACK}:{ports[other]}"]  # fmt: skip
         if serve:
             argv.append("--serve")
-        log = work / "logs" / f"plane-{node}.log"
-        planes.append(
-            Plane(f"plane-{node}", argv, log, work / "calls" if calls and serve else None)
-        )
+        counted = work / "calls" if calls and serve else None
+        planes.append(Plane(f"plane-{node}", argv, work / "logs", counted))
     return planes
 
 
@@ -277,7 +243,7 @@ def main() -> int:
         entries = count_entries(clusters["mirror"][0])
     except (KeyboardInterrupt, Interrupted) as exc:
         print(f"interrupted ({exc or 'SIGINT'})", file=sys.stderr)
-    except BenchError as exc:
+    except (BenchError, RuntimeError) as exc:  # RuntimeError: a plane failed (Role)
         print(f"bench failed: {exc}", file=sys.stderr)
         for log in sorted(logs.glob("*.log")):
             tail = log.read_text(errors="replace").splitlines()[-15:]

@@ -99,10 +99,19 @@ class Figures:
 
 
 class Role:
-    """One serving process of ``_replication_lab.py``: ready on start, stopped by closing stdin."""
+    """One serving process of ``_replication_lab.py``: ready on start, stopped by closing
+    stdin. In ``node``'s network namespace of ``lab``, or in this one (``lab`` None);
+    ``env``: its environment (default: this process's)."""
 
     def __init__(
-        self, lab: Lab, node: str, name: str, argv: list[str], logs: Path, profile: Path | None
+        self,
+        lab: Lab | None,
+        node: str,
+        name: str,
+        argv: list[str],
+        logs: Path,
+        profile: Path | None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
@@ -124,8 +133,11 @@ class Role:
         self._stderr: IO[bytes] = self.log.open("wb")
         popen: dict[str, Any] = {
             "stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": self._stderr,
+            "env": env, "start_new_session": True,
         }  # fmt: skip
-        self.proc = lab.run(node, command, **popen)
+        self.proc = (
+            subprocess.Popen(command, **popen) if lab is None else lab.run(node, command, **popen)
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
