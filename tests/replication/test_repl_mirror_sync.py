@@ -265,3 +265,27 @@ def test_the_local_fsync_runs_after_the_op_is_queued_and_before_the_wait(
         assert sender.events == ["local"]
     finally:
         os.close(fd)
+
+
+def test_a_change_whose_record_failed_leaves_every_file_pending(mnt: Path, relay: _Relay) -> None:
+    """The local write is made, then the listener's ``after`` fails (EIO to the
+    application): the file changed here, so its next fsync must ask the peer."""
+    sender = sender_of(relay)
+    fd = os.open(mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"a", 0)
+        os.fsync(fd)
+        os.fsync(fd)
+        assert fsync_count(relay) == 1
+
+        def refuse(op: Op) -> None:
+            raise RuntimeError("queue gone")
+
+        sender.after = refuse  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            os.pwrite(fd, b"b", 1)
+        del sender.after
+        os.fsync(fd)
+        assert fsync_count(relay) == 2
+    finally:
+        os.close(fd)

@@ -93,6 +93,11 @@ MOUNT_TIMEOUT_S = 15.0
 ATTR_TIMEOUT_S = 1.0
 """How long the kernel may cache a read-write mirror's attributes, until the mount meets
 a file with several names (then never again for that mount: see ``_Operations``)."""
+ATTR_EXPIRY_MARGIN_S = 0.25
+"""Added to ``ATTR_TIMEOUT_S`` when waiting for cached attributes to expire: the kernel
+counts the timeout in jiffies from when it reads the reply, rounded up (4 ms at 250 Hz),
+and a reply libfuse built just before the stop may reach it a little later (a worker
+thread preempted in between on a loaded machine)."""
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 _ACCESS_MODES = os.O_WRONLY | os.O_RDWR
@@ -311,13 +316,16 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         return result
 
     def _tell(self, what: str, op: Op) -> None:
+        """``before`` or ``after`` of the listener; the caller holds ``_lock``."""
         if self._listener is None:
             return
         try:
             getattr(self._listener, what)(op)
-        except OSError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            if what == "after":  # a local change made, its record refused: nothing is clean
+                self._touch_all()
+            if isinstance(exc, OSError) or not isinstance(exc, Exception):
+                raise
             log.exception("mirror %s: listener.%s(%r) failed", self._root_name, what, op)
             raise OSError(errno.EIO, f"replication listener failed: {exc}") from exc
 
@@ -882,10 +890,11 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
     def _wait_attr_cache_expired(self) -> None:
         """Return once every attribute the kernel cached before ``_stop_attr_cache`` has
         expired: a kernel cache's expiry, which no event announces (a bounded wait, at
-        most ``ATTR_TIMEOUT_S``, paid only by links made that soon after the stop)."""
+        most ``ATTR_TIMEOUT_S`` and a margin, paid only by links made that soon after
+        the stop)."""
         stopped = self._attr_cache_stopped
         if stopped is not None:
-            left = stopped + self._attr_cache_s - time.monotonic()
+            left = stopped + self._attr_cache_s + ATTR_EXPIRY_MARGIN_S - time.monotonic()
             if left > 0:
                 time.sleep(left)
 
