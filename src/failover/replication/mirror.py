@@ -24,7 +24,8 @@ for. Kept by: every recorded change bumps an op counter and *touches* the inodes
 (the file written, the entry named, created, removed or renamed, its parent directory); a
 touch forgets the file's acknowledged sync; a sync that completes records its file as clean
 only if no touch of it came after the counter value read before the sync was queued (so a
-write racing an fsync leaves the file pending). A new session (another token) starts with
+write racing an fsync leaves the file pending). A local change whose ``after`` fails touches
+everything. A new session (another token) starts with
 everything pending; a listener without sessions (``session()`` None) never gets the shortcut.
 Errors of the backing filesystem reach the application with the same errno; an exception
 other than ``OSError`` from the listener becomes ``EIO``.
