@@ -1,6 +1,7 @@
 """The programs bench/replication.py runs in its processes (one role each).
 
-    python bench/_replication_lab.py write DIR --size BYTES --syncs N
+    python bench/_replication_lab.py write DIR --size BYTES
+    python bench/_replication_lab.py turns DIR... --count N
     python bench/_replication_lab.py mirror ROOT [--peer ADDR:PORT]
     python bench/_replication_lab.py receiver ROOT --listen ADDR:PORT
     python bench/_replication_lab.py plane ROOT --state DIR --listen ADDR:PORT --peer ADDR:PORT
@@ -8,10 +9,14 @@
     python bench/_replication_lab.py sink --listen ADDR:PORT
     python bench/_replication_lab.py source --peer ADDR:PORT --size BYTES
 
-- ``write``: the application. In DIR: sequential 1 MiB ``write`` calls up to
-  ``--size`` bytes then one ``fsync`` (file ``seq``), then ``--syncs`` times a
-  4 KiB ``pwrite`` at increasing offsets followed by ``fsync`` (file ``log``).
-  Prints one JSON line: the sequential seconds and every commit's latency.
+- ``write``: the application's sequential writes. In DIR: 1 MiB ``write``
+  calls up to ``--size`` bytes then one ``fsync`` (file ``seq``). Prints one
+  JSON line: the seconds.
+- ``turns``: the application's commits, the DIRs taking turns of ``TURN``
+  calls: ``--count`` times a 4 KiB ``pwrite`` at the next offset + ``fsync`` in
+  each DIR, then ``--count`` times an ``fsync`` of that file with nothing
+  written since (a clean file). Prints every commit's and every clean fsync's
+  seconds per DIR.
   Both files are removed before it exits.
 - ``mirror``: a FUSE ``Mirror`` over ROOT; without ``--peer`` a passthrough
   (no listener), with it a ``ReplicationSender`` whose session goes to the
@@ -35,12 +40,16 @@ printed on stderr and makes the role exit 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
+from functools import wraps
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -57,6 +66,7 @@ from failover.replication.channel import (
     SessionIdentity,
 )
 from failover.replication.mirror import Mirror
+from failover.replication.ops import Fsync, Op
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover_transports.tcp import TcpEndpoint
 from failover_transports.tcp_replication import TcpReplicationTransport
@@ -92,7 +102,7 @@ def _fail(reason: str) -> None:
 # -- the application ----------------------------------------------------------------------
 
 
-def write(directory: Path, size: int, syncs: int) -> None:
+def write(directory: Path, size: int) -> None:
     block = os.urandom(MIB)
     fd = os.open(directory / "seq", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
@@ -104,22 +114,74 @@ def write(directory: Path, size: int, syncs: int) -> None:
     finally:
         os.close(fd)
         os.unlink(directory / "seq")
-    small = block[:4096]
-    latencies = []
-    fd = os.open(directory / "log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    print(json.dumps({"seq_seconds": seq_seconds}), flush=True)
+
+
+TURN = 50
+"""Commits (or clean fsyncs) in one directory before the next one's turn."""
+
+
+def turns(directories: list[Path], count: int) -> None:
+    """In each directory a file ``log``: ``count`` commits (a 4 KiB ``pwrite`` at the
+    next offset + ``fsync``), then ``count`` fsyncs with nothing written since (a clean
+    file); the directories take turns of ``TURN`` calls, so that each meets the disk in
+    the same mood, yet each turn is one writer's run of fsyncs (ext4's journal makes an
+    fsync wait for more writers when the last one was another thread). Prints
+    {directory: {"commit": [seconds...], "clean": [seconds...]}}."""
+    block = os.urandom(4096)
+    fds: dict[str, int] = {}
+    figures: dict[str, dict[str, list[float]]] = {}
     try:
-        for index in range(syncs):
-            start = time.perf_counter()
-            os.pwrite(fd, small, index * 4096)
-            os.fsync(fd)
-            latencies.append(time.perf_counter() - start)
+        for directory in directories:
+            path = directory / "log"
+            fds[str(directory)] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            figures[str(directory)] = {"commit": [], "clean": []}
+        for first in range(0, count, TURN):
+            for name, fd in fds.items():
+                for index in range(first, min(first + TURN, count)):
+                    start = time.perf_counter()
+                    os.pwrite(fd, block, index * 4096)
+                    os.fsync(fd)
+                    figures[name]["commit"].append(time.perf_counter() - start)
+        for first in range(0, count, TURN):
+            for name, fd in fds.items():
+                for _ in range(first, min(first + TURN, count)):
+                    start = time.perf_counter()
+                    os.fsync(fd)
+                    figures[name]["clean"].append(time.perf_counter() - start)
     finally:
-        os.close(fd)
-        os.unlink(directory / "log")
-    print(json.dumps({"seq_seconds": seq_seconds, "sync_seconds": latencies}), flush=True)
+        for name, fd in fds.items():
+            os.close(fd)
+            os.unlink(Path(name) / "log")
+    print(json.dumps(figures), flush=True)
 
 
 # -- mirror + sender / receiver ---------------------------------------------------------
+
+
+class _SenderListener:
+    """A ``ReplicationSender`` as the mirror's listener, without a tracker: one session
+    for the role's life (token 1 while it is unbroken), the local fsync run while the
+    peer works, as the data plane's relay does."""
+
+    def __init__(self, sender: ReplicationSender) -> None:
+        self._sender = sender
+
+    def before(self, op: Op) -> None:
+        pass
+
+    def after(self, op: Op) -> None:
+        self._sender.after(op)
+
+    def sync(self, op: Fsync, local: Callable[[], None] | None = None) -> int | None:
+        if local is None:  # a mirror older than issue 10 (a "before" run): fsynced already
+            return 1 if self._sender.sync(op) else None
+        seq = self._sender.queue(op)
+        local()
+        return 1 if seq and self._sender.wait_acked(seq) else None
+
+    def session(self) -> int | None:
+        return 1 if self._sender.broken is None else None
 
 
 async def mirror(root: Path, peer: str | None) -> None:
@@ -135,7 +197,7 @@ async def mirror(root: Path, peer: str | None) -> None:
     await sender.handshake(stream)
     async with anyio.create_task_group() as tg:
         tg.start_soon(sender.run)
-        listened = Mirror(ROOT, root, sender)
+        listened = Mirror(ROOT, root, _SenderListener(sender))
         await anyio.to_thread.run_sync(listened.mount)
         try:
             _ready()
@@ -169,6 +231,64 @@ async def receiver(root: Path, listen: str) -> None:
 
 
 # -- the runtime's data plane -------------------------------------------------------------
+
+PROFILED = {
+    "failover.replication.mirror:_Operations": (
+        "getattr", "readdir", "open", "create", "read", "write", "fsync", "fsyncdir", "flush",
+        "release", "truncate", "unlink", "rename", "mkdir", "rmdir", "utimens", "chmod",
+        "chown", "statfs", "link", "symlink", "fallocate", "setxattr", "getxattr",
+    ),
+    "failover.runtime.dataplane:_Relay": ("before", "after", "sync"),
+    "failover.replication.channel_sender:ReplicationSender": ("after", "queue", "wait_acked"),
+    "failover.replication.tracking:Tracker": ("before", "sync"),
+}  # fmt: skip
+
+
+def _profile_calls(out: Path) -> None:
+    """Count and time every call of ``PROFILED`` (from any thread: libfuse's threads are
+    not Python's, so cProfile and threading.setprofile miss them). Each SIGUSR1 writes
+    the totals so far to ``out`` with the signal's number as suffix (``calls.1.json``...)
+    as JSON {name: [calls, seconds]} and starts again from zero."""
+    totals: dict[str, list[float]] = {}
+    lock = threading.Lock()
+
+    def timed(name: str, func: Callable[..., object]) -> Callable[..., object]:
+        @wraps(func)
+        def wrapper(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                spent = time.perf_counter() - began
+                with lock:
+                    entry = totals.setdefault(name, [0, 0.0])
+                    entry[0] += 1
+                    entry[1] += spent
+
+        return wrapper
+
+    for where, names in PROFILED.items():
+        module, _, cls_name = where.partition(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        for name in names:
+            if name in vars(cls):
+                setattr(cls, name, timed(f"{cls_name}.{name}", vars(cls)[name]))
+
+    def dumps() -> None:
+        number = 0
+        while True:
+            signal.sigwait({signal.SIGUSR1})
+            number += 1
+            with lock:
+                text = json.dumps(totals, indent=1, sort_keys=True)
+                totals.clear()
+            partial = out.with_suffix(f".{number}.part")
+            partial.write_text(text)
+            partial.rename(out.with_suffix(f".{number}.json"))
+
+    # blocked in every thread (libfuse's inherit the mask): only the dumping thread takes it
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    threading.Thread(target=dumps, name="calls-dump", daemon=True).start()
 
 
 async def plane(root: Path, state: Path, listen: str, peer: str, serve: bool) -> None:
@@ -245,7 +365,9 @@ def main() -> None:
     p = roles.add_parser("write")
     p.add_argument("dir", type=Path)
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--syncs", type=int, required=True)
+    p = roles.add_parser("turns")
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--count", type=int, required=True)
     p = roles.add_parser("mirror")
     p.add_argument("root", type=Path)
     p.add_argument("--peer")
@@ -265,12 +387,16 @@ def main() -> None:
     p.add_argument("--size", type=int, required=True)
     args = parser.parse_args()
     if args.role == "write":
-        write(args.dir, args.size, args.syncs)
+        write(args.dir, args.size)
+    elif args.role == "turns":
+        turns(args.dirs, args.count)
     elif args.role == "mirror":
         anyio.run(mirror, args.root, args.peer)
     elif args.role == "receiver":
         anyio.run(receiver, args.root, args.listen)
     elif args.role == "plane":
+        if os.environ.get("FAILOVER_BENCH_CALLS"):  # bench/app_restart.py --calls
+            _profile_calls(Path(os.environ["FAILOVER_BENCH_CALLS"]))
         anyio.run(plane, args.root, args.state, args.listen, args.peer, args.serve)
     elif args.role == "sink":
         sink(args.listen)

@@ -41,7 +41,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +269,12 @@ class _CountingListener:
     def after(self, op: object) -> None:
         self.calls += 1
 
-    def sync(self, op: object) -> None:
+    def sync(self, op: object, local: Callable[[], None]) -> None:
+        local()
         self.calls += 1
+
+    def session(self) -> None:
+        """No sessions: every fsync asks for a sync."""
 
 
 def _ensure_pyfuse3() -> None:

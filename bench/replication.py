@@ -1,12 +1,20 @@
 """Replicated writes against the local disk and a bare FUSE passthrough, same run, same disk.
 
     sudo .venv/bin/python bench/replication.py [--size-mib 1024] [--syncs 2000] [--rounds 3]
-        [--rate-mbit 1000] [--dir /var/tmp]
+        [--rate-mbit 1000] [--dir /var/tmp] [--unshaped-only]
 
-An application process (``bench/_replication_lab.py write``) runs two workloads
-in each target directory: sequential 1 MiB ``write`` calls of ``--size-mib``
-MiB then one ``fsync`` (MiB/s), and ``--syncs`` times a 4 KiB ``pwrite`` +
-``fsync`` at increasing offsets (p50/p99 latency). Targets, all directories
+In each round, an application process (``bench/_replication_lab.py turns``)
+commits in every target directory, the targets taking turns of 50 calls:
+``--syncs`` times a 4 KiB ``pwrite`` at the next offset + ``fsync`` in each
+target (p50/p99 latency), then ``--syncs`` times an ``fsync`` of that file with
+nothing written since (a clean file: p50). In turns, because an fsync's cost on
+ext4 includes a disk cache flush that any other I/O on the disk slows: every
+target meets the disk in the same mood (turns of one call would meet ext4's
+journal batching, which makes an fsync wait when another thread synced last).
+Then an application process (``write``) writes sequentially in each target:
+1 MiB ``write`` calls of ``--size-mib`` MiB then one ``fsync`` (MiB/s); the CPU
+time (user + system, /proc) of the mirror's process and of its peer's meanwhile
+gives CPU seconds per GiB on each side. Targets, all directories
 under one temporary directory in ``--dir`` (one disk):
 
 (a) local disk: a plain directory;
@@ -52,6 +60,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from _needs import FUSE, NETNS, TC, ensure, fuse_device_reason, require  # the same directory
+
 from failover.lab import Lab, netns_unavailable_reason
 
 MIB = 1 << 20
@@ -62,6 +72,12 @@ STOP_TIMEOUT_S = 30.0
 SENDER_PORT, PLANE_PORT, RAW_PORT = 7601, 7602, 7603
 LOCAL, PASSTHROUGH = "local disk", "FUSE passthrough"
 SENDER, RELAY = "replicated: sender", "replicated: relay (tracker + sender)"
+SIDES: dict[str, tuple[str | None, ...]] = {  # the roles whose CPU time a target costs
+    LOCAL: (None, None),
+    PASSTHROUGH: ("passthrough", None),
+    SENDER: ("sender", "receiver"),
+    RELAY: ("plane-alpha", "plane-beta"),
+}
 TARGETS = {"seq_of_local": 0.50, "seq_of_link": 0.90, "sync_p50_x_local": 2.5, "tracking": 0.10}
 
 
@@ -78,13 +94,26 @@ class Figures:
     seq_mib_s: float
     sync_p50_us: float
     sync_p99_us: float
+    clean_p50_us: float
+    cpu_s_per_gib: tuple[float | None, ...]
+    """CPU seconds per GiB the application wrote sequentially, of the mirror's process
+    and of its peer's (None: no such process), user + system, every thread."""
 
 
 class Role:
-    """One serving process of ``_replication_lab.py``: ready on start, stopped by closing stdin."""
+    """One serving process of ``_replication_lab.py``: ready on start, stopped by closing
+    stdin. In ``node``'s network namespace of ``lab``, or in this one (``lab`` None);
+    ``env``: its environment (default: this process's)."""
 
     def __init__(
-        self, lab: Lab, node: str, name: str, argv: list[str], logs: Path, profile: Path | None
+        self,
+        lab: Lab | None,
+        node: str,
+        name: str,
+        argv: list[str],
+        logs: Path,
+        profile: Path | None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
@@ -106,8 +135,11 @@ class Role:
         self._stderr: IO[bytes] = self.log.open("wb")
         popen: dict[str, Any] = {
             "stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": self._stderr,
+            "env": env, "start_new_session": True,
         }  # fmt: skip
-        self.proc = lab.run(node, command, **popen)
+        self.proc = (
+            subprocess.Popen(command, **popen) if lab is None else lab.run(node, command, **popen)
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -129,6 +161,11 @@ class Role:
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-2000:]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the role's process so far (every thread)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def check(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"{self.name} exited {self.proc.returncode}: {self.tail()}")
@@ -146,28 +183,61 @@ class Role:
         self._stderr.close()
 
 
-def measure(directory: Path, size_mib: int, syncs: int, roles: list[Role]) -> Figures:
-    """One run of the application in ``directory`` (after sync(1))."""
+def measure(
+    directory: Path, size_mib: int, roles: list[Role], sides: tuple[str | None, ...]
+) -> tuple[float, tuple[float | None, ...]]:
+    """The application's sequential writes in ``directory`` (after sync(1)): MiB/s,
+    and CPU seconds per GiB of ``sides``, the roles serving it (the mirror's, its
+    peer's)."""
     os.sync()
+    serving = [next((r for r in roles if r.name == name), None) for name in sides]
+    cpu_before = [r.cpu_seconds() if r is not None else 0.0 for r in serving]
     result = subprocess.run(
-        [sys.executable, str(LAB), "write", str(directory),
-         "--size", str(size_mib * MIB), "--syncs", str(syncs)],
+        [sys.executable, str(LAB), "write", str(directory), "--size", str(size_mib * MIB)],
         capture_output=True, text=True, check=False, timeout=3600,
     )  # fmt: skip
     for role in roles:
         role.check()
     if result.returncode != 0:
         raise RuntimeError(f"the writer failed in {directory}: {result.stderr.strip()}")
-    data = json.loads(result.stdout)
-    cuts = statistics.quantiles(data["sync_seconds"], n=100, method="inclusive")
-    return Figures(size_mib / data["seq_seconds"], cuts[49] * 1e6, cuts[98] * 1e6)
+    gib = size_mib * MIB / (1 << 30)
+    cpu = tuple(
+        (r.cpu_seconds() - before) / gib if r is not None else None
+        for r, before in zip(serving, cpu_before, strict=True)
+    )
+    return size_mib / json.loads(result.stdout)["seq_seconds"], cpu
+
+
+def measure_turns(targets: dict[str, Path], count: int) -> dict[str, tuple[float, float, float]]:
+    """Commits then clean fsyncs in every target in turn (one process, ``count``
+    rounds): per target, commit p50 and p99 and clean fsync p50, microseconds."""
+    os.sync()
+    result = subprocess.run(
+        [sys.executable, str(LAB), "turns", *map(str, targets.values()), "--count", str(count)],
+        capture_output=True, text=True, check=False, timeout=3600,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise RuntimeError(f"the commits failed: {result.stderr.strip()}")
+    seconds = json.loads(result.stdout)
+    figures = {}
+    for name, path in targets.items():
+        taken = seconds[str(path)]
+        cuts = statistics.quantiles(taken["commit"], n=100, method="inclusive")
+        figures[name] = (cuts[49] * 1e6, cuts[98] * 1e6, statistics.median(taken["clean"]) * 1e6)
+    return figures
 
 
 def median(figures: list[Figures]) -> Figures:
+    def cpu(side: int) -> float | None:
+        values = [v for f in figures if (v := f.cpu_s_per_gib[side]) is not None]
+        return statistics.median(values) if values else None
+
     return Figures(
         statistics.median(f.seq_mib_s for f in figures),
         statistics.median(f.sync_p50_us for f in figures),
         statistics.median(f.sync_p99_us for f in figures),
+        statistics.median(f.clean_p50_us for f in figures),
+        (cpu(0), cpu(1)),
     )
 
 
@@ -232,12 +302,15 @@ def run_rounds(
 ) -> dict[str, Figures]:
     rounds: dict[str, list[Figures]] = {name: [] for name in targets}
     for number in range(args.rounds):
+        commits = measure_turns(targets, args.syncs)
         for name, directory in targets.items():  # interleaved: drift hits every target
-            figures = measure(directory, args.size_mib, args.syncs, roles)
+            seq, cpu = measure(directory, args.size_mib, roles, SIDES[name])
+            figures = Figures(seq, *commits[name], cpu)
             rounds[name].append(figures)
             print(
                 f"  round {number + 1} {name}: {figures.seq_mib_s:.0f} MiB/s, "
-                f"sync p50 {figures.sync_p50_us:.0f} us p99 {figures.sync_p99_us:.0f} us",
+                f"sync p50 {figures.sync_p50_us:.0f} us p99 {figures.sync_p99_us:.0f} us, "
+                f"clean fsync p50 {figures.clean_p50_us:.0f} us",
                 flush=True,
             )
     return {name: median(figures) for name, figures in rounds.items()}
@@ -259,7 +332,7 @@ def met(ok: bool) -> str:
 
 def report(
     unshaped: dict[str, Figures],
-    shaped: dict[str, Figures],
+    shaped: dict[str, Figures] | None,
     raw: dict[str, float],
     args: argparse.Namespace,
 ) -> None:
@@ -267,7 +340,8 @@ def report(
     print()
     print(
         f"Sequential: {args.size_mib} x 1 MiB write + fsync; commit: {args.syncs} x 4 KiB "
-        f"pwrite + fsync; median of {args.rounds} round(s); ack level written."
+        f"pwrite + fsync, every target in turn; median of {args.rounds} round(s); "
+        "ack level written."
     )
     print()
     print(
@@ -282,6 +356,24 @@ def report(
             f"| {f.sync_p99_us:.0f} | {f.sync_p50_us / local.sync_p50_us:.2f}x "
             f"| {f.sync_p50_us / passthrough.sync_p50_us:.2f}x |"
         )
+    print()
+    print(
+        f"Clean fsync: {args.syncs} x fsync of a file with nothing written since, every "
+        "target in turn (p50); CPU seconds per GiB the application wrote sequentially, "
+        "of the mirror's process and of its peer's (user + system, every thread):"
+    )
+    print()
+    print("| target | clean fsync p50 us | vs local | CPU s/GiB mirror side | peer side |")
+    print("|---|---|---|---|---|")
+    for name, f in unshaped.items():
+        sides = " | ".join("-" if v is None else f"{v:.2f}" for v in f.cpu_s_per_gib)
+        print(
+            f"| {name} | {f.clean_p50_us:.0f} | {f.clean_p50_us / local.clean_p50_us:.2f}x "
+            f"| {sides} |"
+        )
+    if shaped is None:
+        report_targets(unshaped, None, args)
+        return
     link_mib_s = args.rate_mbit * 1e6 / 8 / MIB
     print()
     print(
@@ -297,20 +389,32 @@ def report(
             f"| {f.sync_p50_us:.0f} | {f.sync_p99_us:.0f} |"
         )
     print(f"\nraw TCP alpha -> beta unshaped: {raw['unshaped']:.0f} MiB/s")
-    relay, sender = unshaped[RELAY], unshaped[SENDER]
+    report_targets(unshaped, shaped[RELAY].seq_mib_s / link_mib_s, args)
+
+
+def report_targets(
+    unshaped: dict[str, Figures], of_link: float | None, args: argparse.Namespace
+) -> None:
+    """The issue's targets on the daemon's path (relay); ``of_link``: its share of the
+    shaped link (None: not measured)."""
+    local, relay, sender = unshaped[LOCAL], unshaped[RELAY], unshaped[SENDER]
     tracking = 1 - relay.seq_mib_s / sender.seq_mib_s
-    shaped_tracking = 1 - shaped[RELAY].seq_mib_s / shaped[SENDER].seq_mib_s
     print()
-    print("Targets (issue 4), the daemon's path (relay):")
+    print("Targets (issues 4 and 10), the daemon's path (relay):")
     of_local = relay.seq_mib_s / local.seq_mib_s
-    of_link = shaped[RELAY].seq_mib_s / link_mib_s
     x_local = relay.sync_p50_us / local.sync_p50_us
+    clean = relay.clean_p50_us / local.clean_p50_us
     print(f"- replicated seq >= 50% of local: {of_local:.0%} ({met(of_local >= 0.5)})")
-    print(f"- replicated seq >= 90% of the shaped link: {of_link:.0%} ({met(of_link >= 0.9)})")
-    print(f"- commit p50 <= 2.5 x local: {x_local:.2f}x ({met(x_local <= 2.5)})")
+    if of_link is not None:
+        print(f"- replicated seq >= 90% of the shaped link: {of_link:.0%} ({met(of_link >= 0.9)})")
     print(
-        f"- tracking <= 10% of replicated throughput: {tracking:.1%} unshaped, "
-        f"{shaped_tracking:.1%} shaped ({met(tracking <= 0.1)}); commit p50 "
+        f"- commit p50 <= 2.5 x local: {x_local:.2f}x ({met(x_local <= 2.5)}); "
+        f"p99 {relay.sync_p99_us / local.sync_p99_us:.2f}x local"
+    )
+    print(f"- clean fsync p50 <= 1.5 x local: {clean:.2f}x ({met(clean <= 1.5)})")
+    print(
+        f"- tracking <= 10% of replicated throughput: {tracking:.1%} unshaped "
+        f"({met(tracking <= 0.1)}); commit p50 "
         f"{relay.sync_p50_us - sender.sync_p50_us:+.0f} us with the tracker"
     )
 
@@ -326,11 +430,12 @@ def main() -> int:
         "--profile", type=Path, help="run every role under py-spy; collapsed stacks here"
     )
     parser.add_argument("--keep-logs", type=Path, help="copy the roles' stderr logs here")
+    parser.add_argument(
+        "--unshaped-only", action="store_true", help="skip the runs over the shaped link"
+    )
     args = parser.parse_args()
-    reason = netns_unavailable_reason()
-    if reason or not os.path.exists("/dev/fuse"):
-        print(f"cannot run: {reason or 'no /dev/fuse'}", file=sys.stderr)
-        return 2
+    ensure("replication.py", [*NETNS, *FUSE, TC], root="network namespaces, FUSE")
+    require("replication.py", netns_unavailable_reason() or fuse_device_reason())
     signal.signal(signal.SIGTERM, _interrupt)
     print(f"load average before: {os.getloadavg()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="replication-bench-", dir=args.dir))
@@ -345,11 +450,13 @@ def main() -> int:
                 print("unshaped link:", flush=True)
                 raw = {"unshaped": raw_tcp(lab, sink, args.size_mib)}
                 unshaped = run_rounds(targets, args, roles)
-                shape(lab, args.rate_mbit)
-                print(f"link shaped to {args.rate_mbit} Mbit/s:", flush=True)
-                raw["shaped"] = raw_tcp(lab, sink, args.size_mib)
-                replicated = {name: targets[name] for name in (SENDER, RELAY)}
-                shaped = run_rounds(replicated, args, roles)
+                shaped = None
+                if not args.unshaped_only:
+                    shape(lab, args.rate_mbit)
+                    print(f"link shaped to {args.rate_mbit} Mbit/s:", flush=True)
+                    raw["shaped"] = raw_tcp(lab, sink, args.size_mib)
+                    replicated = {name: targets[name] for name in (SENDER, RELAY)}
+                    shaped = run_rounds(replicated, args, roles)
             finally:
                 stop_roles(roles, work)
                 if args.keep_logs:

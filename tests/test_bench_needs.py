@@ -194,8 +194,6 @@ NEEDS_NOTHING = {
     "replication_probe_idle.py",
     "codec.py",
 }
-# Owned by other work on issue 10 (they call ensure when they land).
-ELSEWHERE = {"replication.py", "app_restart.py"}
 
 
 @pytest.mark.parametrize(
@@ -203,7 +201,7 @@ ELSEWHERE = {"replication.py", "app_restart.py"}
     sorted(
         p.name
         for p in BENCH.glob("*.py")
-        if not p.name.startswith("_") and p.name not in NEEDS_NOTHING | ELSEWHERE
+        if not p.name.startswith("_") and p.name not in NEEDS_NOTHING
     ),
 )
 def test_every_script_that_needs_something_calls_ensure(script: str) -> None:

@@ -9,7 +9,7 @@ import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,9 +64,13 @@ class RecordingListener:
         with self._lock:
             self.after_ops.append(op)
 
-    def sync(self, op: Fsync) -> None:
+    def sync(self, op: Fsync, local: Callable[[], None]) -> None:
+        local()
         with self._lock:
             self.syncs.append(op)
+
+    def session(self) -> None:
+        """No sessions: every fsync asks for a sync."""
 
     def types(self) -> list[str]:
         return [type(op).__name__ for op in self.after_ops]

@@ -140,8 +140,14 @@ class ReplicationSender:
         True if the peer acknowledged it; False (at once when the session is
         already broken) if not: the caller decides whether the write may be
         acknowledged to the application without the peer."""
-        seq = self._enqueue(ItemKind.OP, encode_parts(op))
+        seq = self.queue(op)
         return bool(seq) and self.wait_acked(seq)
+
+    def queue(self, op: Op) -> int:
+        """Queue ``op`` like ``after``; its sequence number (0 if the session is
+        broken), for ``wait_acked``: ``sync`` in two halves, so that the caller
+        can work (its local fsync) while the peer does."""
+        return self._enqueue(ItemKind.OP, encode_parts(op))
 
     def send_resync(self, chunk: bytes) -> int:
         """Queue an opaque resync chunk in the same order as live ops; its

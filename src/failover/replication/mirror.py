@@ -9,10 +9,24 @@ holds all the data: nothing is ever stored anywhere else.
 Every mutating FUSE operation builds the matching ``ops`` record and tells the listener:
 ``before(op)``, then the local change, then ``after(op)``. One lock covers "local change +
 ``after``" for every mutation, so ``after`` calls come in exactly the order the changes were
-applied locally. ``fsync``/``fdatasync`` and the close (flush) of a handle opened with
-``O_SYNC``/``O_DSYNC`` call ``listener.sync`` after the local change, outside the lock, and
-return to the application only when it returns; a write on such a handle is followed by the
-kernel's own fsync request, so it is synced the same way.
+applied locally. ``fsync``/``fdatasync``/``fsyncdir`` and the close (flush) of a handle
+opened with ``O_SYNC``/``O_DSYNC`` call ``listener.sync(op, local)`` outside the lock: the
+listener queues the op for the peer, runs ``local`` (the local fsync) while the peer works,
+and returns once both are done; the application's call returns only then. A write on an
+``O_SYNC`` handle is followed by the kernel's own fsync request, so it is synced the same way.
+
+Clean files (the invariant the fsync shortcut keeps): a file or directory is *clean* in a
+session when no op touched it since the last ``sync`` of it that the listener reported as
+acknowledged by the peer (at the configured level) under that session's token, and the
+session is still the listener's current one (``listener.session()``). An fsync of a clean
+file runs only the local fsync: the peer already holds everything the application could ask
+for. Kept by: every recorded change bumps an op counter and *touches* the inodes it changes
+(the file written, the entry named, created, removed or renamed, its parent directory); a
+touch forgets the file's acknowledged sync; a sync that completes records its file as clean
+only if no touch of it came after the counter value read before the sync was queued (so a
+write racing an fsync leaves the file pending). A local change whose ``after`` fails touches
+everything. A new session (another token) starts with
+everything pending; a listener without sessions (``session()`` None) never gets the shortcut.
 Errors of the backing filesystem reach the application with the same errno; an exception
 other than ``OSError`` from the listener becomes ``EIO``.
 
@@ -77,6 +91,14 @@ log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT_S = 15.0
 """How long ``mount`` waits for the kernel's first request before giving up."""
+ATTR_TIMEOUT_S = 1.0
+"""How long the kernel may cache a read-write mirror's attributes, until the mount meets
+a file with several names (then never again for that mount: see ``_Operations``)."""
+ATTR_EXPIRY_MARGIN_S = 0.25
+"""Added to ``ATTR_TIMEOUT_S`` when waiting for cached attributes to expire: the kernel
+counts the timeout in jiffies from when it reads the reply, rounded up (4 ms at 250 Hz),
+and a reply libfuse built just before the stop may reach it a little later (a worker
+thread preempted in between on a loaded machine)."""
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 _ACCESS_MODES = os.O_WRONLY | os.O_RDWR
@@ -124,17 +146,45 @@ class MirrorListener(Protocol):
     def after(self, op: Op) -> None:
         """Called after the local change succeeded, in local application order."""
 
-    def sync(self, op: Fsync) -> None:
-        """The application asked for durability: return once the peer has it."""
+    def sync(self, op: Fsync, local: Callable[[], None]) -> object:
+        """The application asked for durability: queue ``op`` for the peer, call ``local``
+        (the local fsync; its ``OSError`` propagates) while the peer works, and return once
+        both are done. Returns the token of the session whose peer acknowledged ``op`` at
+        the configured level (what ``session()`` returned before ``op`` was queued and
+        still returns), or None when the peer did not (or the session changed meanwhile)."""
+
+    def session(self) -> object:
+        """The current session's token: the peer acknowledges in order and every change
+        made before it began is on the peer. None when there is no such session (none,
+        broken, or a resync still running): no fsync may then skip the peer."""
+
+
+_Key = tuple[int, int]
+"""A file's identity for the fsync shortcut: (st_dev, st_ino)."""
 
 
 @dataclass(slots=True)
 class _Handle:
-    """One open file: where it is now (None once its last name is gone) and its O_*SYNC."""
+    """One open file: where it is now (None once its last name is gone), its O_*SYNC,
+    and its identity (``_Key``)."""
 
     path: bytes | None
     synchronous: bool
     datasync: bool
+    key: _Key
+
+
+@dataclass(frozen=True, slots=True)
+class _Synced:
+    """A file's last sync the peer acknowledged: under which session, and whether it was
+    a full fsync (a datasync does not cover the metadata a later fsync asks for)."""
+
+    token: object
+    full: bool
+
+
+def _key(st: os.stat_result) -> _Key:
+    return (st.st_dev, st.st_ino)
 
 
 # -- libc calls Python's os module lacks ------------------------------------------------------
@@ -192,7 +242,18 @@ def _process_umask() -> int:
 
 class _Operations(mfusepy.Operations):  # type: ignore[misc]
     """The FUSE callbacks. Private attributes start with ``_``: mfusepy registers any
-    attribute named like a FUSE operation as that operation."""
+    attribute named like a FUSE operation as that operation.
+
+    The attribute cache of a read-write mirror (the only writer of its directory while
+    it serves): libfuse's high-level API gives each name of a file its own kernel inode,
+    so attributes cached for one name go stale when the file changes through another.
+    The kernel may cache attributes for ``ATTR_TIMEOUT_S`` only while every file the
+    mount has shown has one name: the first ``getattr`` of a non-directory with several
+    links sets libfuse's timeout to 0 for the rest of the mount, before libfuse reads it
+    for that very reply; a ``link`` does the same, then waits until whatever was cached
+    before has expired, and only then makes the new name. Attributes cached with the
+    timeout therefore only ever belong to files with one name and one kernel inode. A
+    read-only mirror never caches (the applier writes underneath it)."""
 
     use_ns = True
 
@@ -211,10 +272,23 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         self._read_only = read_only
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
+        # The fsync shortcut (module docstring), all under ``_lock``: the op counter, the
+        # syncs in flight, and while any is, the count of each file's last touch (and of
+        # the last "touch everything"); every file's last acknowledged sync.
+        self._count = 0
+        self._syncing = 0
+        self._touched: dict[_Key, int] = {}
+        self._all_touched = 0
+        self._synced: dict[_Key, _Synced] = {}
         self._umask = _process_umask()
         self._euid, self._egid = os.geteuid(), os.getegid()
         self.live = False
         self._ready = ready
+        # The attribute cache: libfuse's config once the kernel's INIT came, the timeout
+        # it started with, and when this mount stopped caching (None: it has not).
+        self._config: Any = None
+        self._attr_cache_s = 0.0 if read_only else ATTR_TIMEOUT_S
+        self._attr_cache_stopped: float | None = None
 
     # -- paths and records
 
@@ -242,24 +316,116 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         self._tell("after", op)
         return result
 
-    def _locked_change(self, op: Op, action: Callable[[], T]) -> T:
-        with self._lock:
-            return self._change(op, action)
-
     def _tell(self, what: str, op: Op) -> None:
+        """``before`` or ``after`` of the listener; the caller holds ``_lock``."""
         if self._listener is None:
             return
         try:
             getattr(self._listener, what)(op)
-        except OSError:
-            raise
-        except Exception as exc:
+        except BaseException as exc:
+            if what == "after":  # a local change made, its record refused: nothing is clean
+                self._touch_all()
+            if isinstance(exc, OSError) or not isinstance(exc, Exception):
+                raise
             log.exception("mirror %s: listener.%s(%r) failed", self._root_name, what, op)
             raise OSError(errno.EIO, f"replication listener failed: {exc}") from exc
 
-    def _sync(self, path: bytes | None, datasync: bool) -> None:
-        if path is not None and self._listener is not None:
-            self._tell("sync", Fsync(self._root_name, path, datasync))
+    # -- the fsync shortcut (module docstring)
+
+    def _touch(self, *keys: _Key) -> None:
+        """The caller holds ``_lock`` and changed these files: each is pending again."""
+        self._count += 1
+        for key in keys:
+            self._synced.pop(key, None)
+            if self._syncing:
+                self._touched[key] = self._count
+
+    def _touch_all(self) -> None:
+        """The caller holds ``_lock`` and cannot tell which files it changed: all of them."""
+        self._count += 1
+        self._synced.clear()
+        if self._syncing:
+            self._all_touched = self._count
+
+    def _touch_at(self, *rels: bytes) -> None:
+        """``_touch`` the entries at these paths (relative to the root) as they are now;
+        a path with nothing there has nothing to touch. The caller holds ``_lock``."""
+        if self._listener is None:
+            return
+        keys = []
+        for rel in rels:
+            try:
+                keys.append(_key(os.stat(rel, dir_fd=self._fd, follow_symlinks=False)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:
+                self._touch_all()
+                return
+        self._touch(*keys)
+
+    def _durable(
+        self, path: bytes | None, key: _Key, datasync: bool, local: Callable[[], None]
+    ) -> None:
+        """An fsync (``local`` makes it durable here): skip the peer if the file is clean,
+        else ask the listener, and remember the file clean if the peer acknowledged it and
+        nothing touched it meanwhile. Returns once the local fsync and the peer are done."""
+        listener = self._listener
+        if path is None or listener is None:
+            local()  # the root has no op path: changes in it are ordered before later syncs
+            return
+        token = self._ask(listener.session)
+        with self._lock:
+            synced = self._synced.get(key)
+            clean = (
+                token is not None
+                and synced is not None
+                and synced.token == token
+                and (datasync or synced.full)
+            )
+            if not clean:
+                start = self._count
+                self._syncing += 1
+        if clean:
+            local()
+            return
+        ran = False
+
+        def local_once() -> None:
+            nonlocal ran
+            ran = True
+            local()
+
+        acked: object = None
+        try:
+            acked = self._ask(
+                lambda: listener.sync(Fsync(self._root_name, path, datasync), local_once)
+            )
+            if not ran:
+                local()
+        finally:
+            with self._lock:
+                self._syncing -= 1
+                if (
+                    acked is not None
+                    and self._touched.get(key, 0) <= start
+                    and self._all_touched <= start
+                ):
+                    old = self._synced.get(key)
+                    full = not datasync or (old is not None and old.token == acked and old.full)
+                    self._synced[key] = _Synced(acked, full)
+                if not self._syncing:
+                    self._touched.clear()
+                    self._all_touched = 0
+
+    def _ask(self, call: Callable[[], T]) -> T:
+        """A listener call outside the lock; an exception other than OSError becomes EIO."""
+        try:
+            return call()
+        except OSError:
+            raise
+        except Exception as exc:
+            log.exception("mirror %s: listener call failed", self._root_name)
+            raise OSError(errno.EIO, f"replication listener failed: {exc}") from exc
 
     # -- ownership of new entries
 
@@ -296,6 +462,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             st = os.fstat(fh)
         else:
             st = os.stat(self._rel(path), dir_fd=self._fd, follow_symlinks=False)
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+            self._stop_attr_cache()  # before libfuse reads the timeout for this reply
         attrs: dict[str, Any] = {key: getattr(st, key) for key in _FUSE_STAT_KEYS}
         attrs["st_atime"] = st.st_atime_ns
         attrs["st_mtime"] = st.st_mtime_ns
@@ -355,10 +523,13 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             )
             try:
                 self._settle_mode(rel, mode, self._give_to_caller(rel))
+                handle = self._handle(rel, flags, fd)
             except BaseException:
                 os.close(fd)  # the create fails: libfuse will never release this handle
                 raise
-            self._handles[fd] = self._handle(rel, flags)
+            self._touch(handle.key)
+            self._touch_at(_parent(rel))
+            self._handles[fd] = handle
         return fd
 
     def open(self, path: str, flags: int) -> int:
@@ -375,14 +546,21 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 fd = self._change(Truncate(self._root_name, self._named(path), 0), opened)
             else:
                 fd = opened()
-            self._handles[fd] = self._handle(rel, flags)
+            try:
+                handle = self._handle(rel, flags, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if flags & os.O_TRUNC:
+                self._touch(handle.key)
+            self._handles[fd] = handle
         return fd
 
     @staticmethod
-    def _handle(rel: bytes, flags: int) -> _Handle:
+    def _handle(rel: bytes, flags: int, fd: int) -> _Handle:
         synchronous = bool(flags & os.O_DSYNC)  # O_SYNC includes the O_DSYNC bit
         full = (flags & os.O_SYNC) == os.O_SYNC
-        return _Handle(rel, synchronous, datasync=synchronous and not full)
+        return _Handle(rel, synchronous, synchronous and not full, _key(os.fstat(fd)))
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         handle = self._handles[fh]
@@ -403,30 +581,31 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             self._tell("before", op)
             action()
             self._tell("after", op if written == len(data) else replace(op, data=data[:written]))
+            self._touch(handle.key)
         # An O_SYNC/O_DSYNC write needs no sync here: the kernel follows it with an fsync
         # request (generic_write_sync; datasync for O_DSYNC), which calls listener.sync.
         return written
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
-        (os.fdatasync if datasync else os.fsync)(fh)
-        self._sync(self._handles[fh].path, bool(datasync))
+        handle = self._handles[fh]
+        sync = os.fdatasync if datasync else os.fsync
+        self._durable(handle.path, handle.key, bool(datasync), lambda: sync(fh))
         return 0
 
     def fsyncdir(self, path: str | None, datasync: int, fh: int) -> int:
         rel = self._rel(path)
         fd = os.open(rel, os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)
         try:
-            os.fsync(fd)
+            key = _key(os.fstat(fd))
+            self._durable(None if rel == b"." else rel, key, bool(datasync), lambda: os.fsync(fd))
         finally:
             os.close(fd)
-        # The root has no op path; changes in it are ordered before any later sync anyway.
-        self._sync(None if rel == b"." else rel, bool(datasync))
         return 0
 
     def flush(self, path: str | None, fh: int) -> int:
         handle = self._handles[fh]
-        if handle.synchronous:
-            self._sync(handle.path, handle.datasync)
+        if handle.synchronous:  # its writes were fsynced here by the kernel's requests
+            self._durable(handle.path, handle.key, handle.datasync, _nothing)
         return 0
 
     def release(self, path: str | None, fh: int) -> int:
@@ -436,23 +615,25 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         return 0
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
+        handle = self._handles[fh]
         with self._lock:
             self._change_named(
-                self._handles[fh].path,
+                handle.path,
                 lambda p: Fallocate(self._root_name, p, mode, offset, size),
                 lambda: _checked(_libc.fallocate(fh, mode, offset, size), "fallocate"),
             )
+            self._touch(handle.key)
         return 0
 
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> int:
         with self._lock:
-            if fh is not None:
-                where: bytes | None = self._handles[fh].path
-                action: Callable[[], None] = lambda: os.ftruncate(fh, length)  # noqa: E731
+            where, target = self._target(path, fh)
+            if isinstance(target, int):
+                action: Callable[[], None] = lambda: os.ftruncate(target, length)  # noqa: E731
             else:
-                where = rel = self._named(path)
-                action = lambda: self._truncate_at(rel, length)  # noqa: E731
+                action = lambda: self._truncate_at(target, length)  # noqa: E731
             self._change_named(where, lambda p: Truncate(self._root_name, p, length), action)
+            self._touch_target(target)
         return 0
 
     def _truncate_at(self, rel: bytes, length: int) -> None:
@@ -471,6 +652,13 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         rel = self._named(path)
         return rel, rel
 
+    def _touch_target(self, target: bytes | int) -> None:
+        """``_touch`` what ``_target`` named: an open file's or a path's entry."""
+        if isinstance(target, int):
+            self._touch(self._handles[target].key)
+        else:
+            self._touch_at(target)
+
     def chmod(self, path: str | None, mode: int, fh: int | None = None) -> int:
         bits = mode & 0o7777
         with self._lock:
@@ -483,6 +671,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                     os.chmod(target, bits, dir_fd=self._fd)
 
             self._change_named(where, lambda p: Chmod(self._root_name, p, bits), action)
+            self._touch_target(target)
         return 0
 
     def chown(self, path: str | None, uid: int, gid: int, fh: int | None = None) -> int:
@@ -496,6 +685,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                     os.chown(target, uid, gid, dir_fd=self._fd, follow_symlinks=False)
 
             self._change_named(where, lambda p: Chown(self._root_name, p, uid, gid), action)
+            self._touch_target(target)
         return 0
 
     def utimens(
@@ -520,6 +710,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                     os.utime(target, ns=(atime, mtime), dir_fd=self._fd, follow_symlinks=False)
 
             self._change_named(where, lambda p: Utimens(self._root_name, p, atime, mtime), action)
+            self._touch_target(target)
         return 0
 
     def _change_named(
@@ -536,21 +727,25 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         rel = self._named(path)
         raw = name.encode("utf-8", "surrogateescape")
-        self._locked_change(
-            SetXattr(self._root_name, rel, raw, value, options),
-            lambda: os.setxattr(
-                self._xattr_target(path), raw, value, options, follow_symlinks=False
-            ),
-        )
+        with self._lock:
+            self._change(
+                SetXattr(self._root_name, rel, raw, value, options),
+                lambda: os.setxattr(
+                    self._xattr_target(path), raw, value, options, follow_symlinks=False
+                ),
+            )
+            self._touch_at(rel)
         return 0
 
     def removexattr(self, path: str, name: str) -> int:
         rel = self._named(path)
         raw = name.encode("utf-8", "surrogateescape")
-        self._locked_change(
-            RemoveXattr(self._root_name, rel, raw),
-            lambda: os.removexattr(self._xattr_target(path), raw, follow_symlinks=False),
-        )
+        with self._lock:
+            self._change(
+                RemoveXattr(self._root_name, rel, raw),
+                lambda: os.removexattr(self._xattr_target(path), raw, follow_symlinks=False),
+            )
+            self._touch_at(rel)
         return 0
 
     # -- namespace
@@ -562,12 +757,16 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 Mkdir(self._root_name, rel, mode & 0o7777),
                 lambda: os.mkdir(rel, mode & 0o7777, dir_fd=self._fd),
             )
+            self._touch_at(rel, _parent(rel))
             self._settle_mode(rel, mode, self._give_to_caller(rel))
         return 0
 
     def rmdir(self, path: str) -> int:
         rel = self._named(path)
-        self._locked_change(Rmdir(self._root_name, rel), lambda: os.rmdir(rel, dir_fd=self._fd))
+        with self._lock:
+            self._touch_at(rel)
+            self._change(Rmdir(self._root_name, rel), lambda: os.rmdir(rel, dir_fd=self._fd))
+            self._touch_at(_parent(rel))
         return 0
 
     def symlink(self, target: str, source: str) -> int:
@@ -579,24 +778,31 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 Symlink(self._root_name, rel, content),
                 lambda: os.symlink(content, rel, dir_fd=self._fd),
             )
+            self._touch_at(rel, _parent(rel))
             self._give_to_caller(rel)
         return 0
 
     def link(self, target: str, source: str) -> int:
         # mfusepy's names: ``target`` is the new name, ``source`` the existing file.
         new, existing = self._named(target), self._named(source)
-        self._locked_change(
-            Link(self._root_name, existing, new),
-            lambda: os.link(
-                existing, new, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False
-            ),
-        )
+        self._stop_attr_cache()
+        self._wait_attr_cache_expired()  # no name of the file has attributes cached
+        with self._lock:
+            self._change(
+                Link(self._root_name, existing, new),
+                lambda: os.link(
+                    existing, new, src_dir_fd=self._fd, dst_dir_fd=self._fd, follow_symlinks=False
+                ),
+            )
+            self._touch_at(new, _parent(new))
         return 0
 
     def unlink(self, path: str) -> int:
         rel = self._named(path)
         with self._lock:
+            self._touch_at(rel)  # its other names (hard links) see the change of nlink
             self._change(Unlink(self._root_name, rel), lambda: os.unlink(rel, dir_fd=self._fd))
+            self._touch_at(_parent(rel))
             self._forget_name(rel)
         return 0
 
@@ -609,7 +815,9 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
             _checked(_libc.renameat2(self._fd, src, self._fd, dst, flags), "renameat2")
 
         with self._lock:
+            self._touch_at(dst)  # replaced (or exchanged): its other names see the change
             self._change(Rename(self._root_name, src, dst, flags), action)
+            self._touch_at(dst, _parent(src), _parent(dst))
             if flags & RENAME_EXCHANGE:
                 self._move_names({src: dst, dst: src})
             else:
@@ -667,8 +875,38 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
     # -- lifecycle
 
     def init_with_config(self, conn: Any, config: Any) -> None:
+        self._config = config  # libfuse's own struct: read at each reply
         self.live = True  # the kernel's INIT request: the mount is in place and answered
         self._ready.set()
+
+    # -- the attribute cache (read-write mirrors)
+
+    def _stop_attr_cache(self) -> None:
+        """From now on the kernel caches no attributes of this mount (see the class)."""
+        config = self._config
+        if config is not None and config.attr_timeout > 0:
+            config.attr_timeout = 0.0
+            self._attr_cache_stopped = time.monotonic()
+
+    def _wait_attr_cache_expired(self) -> None:
+        """Return once every attribute the kernel cached before ``_stop_attr_cache`` has
+        expired: a kernel cache's expiry, which no event announces (a bounded wait, at
+        most ``ATTR_TIMEOUT_S`` and a margin, paid only by links made that soon after
+        the stop)."""
+        stopped = self._attr_cache_stopped
+        if stopped is not None:
+            left = stopped + self._attr_cache_s + ATTR_EXPIRY_MARGIN_S - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+
+
+def _parent(rel: bytes) -> bytes:
+    """The directory holding the entry at ``rel`` (relative to the root)."""
+    return rel.rpartition(b"/")[0] or b"."
+
+
+def _nothing() -> None:
+    """No local fsync to run (the kernel already had each write of the handle fsynced)."""
 
 
 def _entry_type(entry: os.DirEntry[str]) -> int:
@@ -871,8 +1109,9 @@ class Mirror:
             "max_idle_threads": 8,
             # The high-level API gives each name of a hard-linked file its own kernel inode:
             # cached attributes of one name would go stale when the file changes through
-            # another (a read there would stop at the old size). Never cache them.
-            "attr_timeout": 0,
+            # another (a read there would stop at the old size). Cached (the read-write
+            # mirror is the only writer) until the mount meets such a file: see _Operations.
+            "attr_timeout": operations._attr_cache_s,
         }
         if self.read_only:
             # The applier changes the directory underneath: no cached attributes or names.
