@@ -61,7 +61,7 @@ class FakeController:
         if self.broken:
             raise RuntimeError("secret internal detail")
         status: dict[str, Any] = {
-            "schema": 1,
+            "schema": 2,
             "node": "alpha",
             "state": self.state,
             "substatus": self.substatus,

@@ -107,7 +107,7 @@ async def test_keep_alive_and_pipelined_requests_are_answered_in_order(
                 answers.append(await read_answer(stream, conn))
                 conn.start_next_cycle()
     assert [a.status for a in answers] == [200, 200, 200]
-    assert answers[0].json()["schema"] == 1
+    assert answers[0].json()["schema"] == 2
     assert len(answers[1].json()["transitions"]) == 1
     assert answers[2].json()["accepted"] is True
 

@@ -91,7 +91,7 @@ async def test_300_strangers_do_not_deny_a_token_holder(
         answer = await request(ends, "GET", "/v1/status", headers=BEARER)
         command = await request(ends, "POST", "/v1/commands/stop", headers=BEARER)
     assert answer.status == 200
-    assert answer.json()["schema"] == 1
+    assert answer.json()["schema"] == 2
     assert command.status == 200
     assert controller.commands == ["stop"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-STATUS_SCHEMA_VERSION = 1
+STATUS_SCHEMA_VERSION = 2
 
 COMMANDS: tuple[str, ...] = ("start", "stop", "prim", "primforce", "second", "swap", "fullsync")
 

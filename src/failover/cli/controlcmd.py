@@ -335,7 +335,7 @@ def _state_failure(quiet: bool, message: str, code: int) -> int:
 
 
 def render_status(status: dict[str, Any], transitions: list[dict[str, Any]]) -> str:
-    """The human view of a status object (schema 1) and a few recent transitions."""
+    """The human view of a status object (schema 2) and a few recent transitions."""
     lines = [
         f"{status.get('node', '?')} (cluster {status.get('cluster', '?')}): {_state_text(status)}"
     ]
