@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from failover.core.state import Generation, PeerStatus, State, SubStatus
-from failover.replication import ops, resync_wire, tracking, verify
+from failover.replication import channel_wire, ops, resync_wire, tracking, verify
+from failover.replication.channel_wire import Ack, AckLevel, Greeting, ItemKind, Opener, Sealer
 from failover.replication.tracking import ChangeMap, ChangeSet, record_all
 from failover.replication.verify import EntryDigest, Kind, TreeDigest
 from failover.wire import (
@@ -152,6 +153,86 @@ def _heated() -> tuple[int, int, ChangeSet]:
     return 1, 0, into.frozen()
 
 
+HELLO = Greeting(
+    cluster_id(CLUSTER), AckLevel.FSYNCED, bytes([3]) * 32, bytes(32), "alpha", "beta", "gen-7é"
+)
+WELCOME = Greeting(
+    cluster_id(CLUSTER), AckLevel.WRITTEN, bytes([4]) * 32, HELLO.nonce, "beta", "alpha", "",
+    b"request\x00\xff",
+)  # fmt: skip
+CHANNEL_ITEMS: tuple[tuple[ItemKind, tuple[bytes, ...]], ...] = (
+    (ItemKind.OP, (ops.encode(OPS[1]),)),
+    (ItemKind.RESYNC, (b"chunk", b" in two")),
+    (ItemKind.CONTROL, (b"",)),
+)
+SESSION_KEY = bytes(range(100, 132))
+
+
+def _entries(data: bytes) -> list[tuple[int, ItemKind, bytes]]:
+    return [
+        (e.seq, e.kind, bytes(e.payload)) for e in channel_wire.decode_items(memoryview(data), 5)
+    ]
+
+
+def _sealed(
+    key: bytes | None, counter: int, session: bool, kind: channel_wire.Kind, body: list[bytes]
+) -> tuple[Callable[[], bytes], Callable[[bytes], object], object]:
+    def encode() -> bytes:
+        return Sealer(key, counter, session=session).seal(kind, body)
+
+    def decode(data: bytes) -> object:
+        opened, view = Opener(key, counter, session=session).open(data, kind)
+        return opened, bytes(view)
+
+    return encode, decode, (kind, b"".join(body))
+
+
+def channel_samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]]:
+    """The replication channel's messages: each body, the sealed message, the session keys."""
+    wire = channel_wire
+    hello = wire.encode_greeting(HELLO)
+    items = b"".join(wire.items_parts(5, CHANNEL_ITEMS))
+    entries = [(5 + i, kind, b"".join(parts)) for i, (kind, parts) in enumerate(CHANNEL_ITEMS)]
+    return {
+        "channel-hello": (
+            lambda: hello,
+            lambda data: wire.decode_greeting(wire.Kind.HELLO, memoryview(data)),
+            HELLO,
+        ),
+        "channel-welcome": (
+            lambda: wire.encode_greeting(WELCOME),
+            lambda data: wire.decode_greeting(wire.Kind.WELCOME, memoryview(data)),
+            WELCOME,
+        ),
+        "channel-items": (lambda: items, _entries, entries),
+        "channel-ack": (
+            lambda: wire.encode_ack(Ack(9, 7, 5)),
+            lambda data: wire.decode_ack(memoryview(data)),
+            Ack(9, 7, 5),
+        ),
+        "channel-probe": (
+            lambda: wire.encode_probe(3),
+            lambda data: wire.decode_probe(wire.Kind.PROBE_ANSWER, memoryview(data)),
+            3,
+        ),
+        "channel-reply": (
+            lambda: wire.encode_reply(4, b"answer"),
+            lambda data: wire.decode_reply(memoryview(data)),
+            (4, b"answer"),
+        ),
+        "channel-sealed-hello": _sealed(KEY, 0, False, wire.Kind.HELLO, [hello]),
+        "channel-sealed-items": _sealed(SESSION_KEY, 1, True, wire.Kind.ITEMS, [items]),
+        "channel-sealed-insecure": _sealed(
+            None, 2, False, wire.Kind.ACK, [wire.encode_ack(Ack(9, 7, 5))]
+        ),
+        "channel-session-keys": (
+            lambda: b"".join(wire.session_keys(KEY, HELLO, WELCOME.nonce)),
+            lambda data: data,
+            None,
+        ),
+    }
+
+
 def samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]]:
     """name -> (encode, decode, the value decode must give back, or None: not compared)."""
     out: dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]] = {}
@@ -192,4 +273,5 @@ def samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object],
         lambda data: tracking._decode_checkpoint(data, Path("checkpoint")),
         CHECKPOINT,
     )
+    out.update(channel_samples())
     return out
