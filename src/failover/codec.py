@@ -197,7 +197,7 @@ class Writer:
 
     def sized(self, length: struct.Struct, field: str, data: Buffer) -> None:
         """A byte string preceded by its length."""
-        size = len(data) if type(data) is bytes else _nbytes(data)
+        size = buffer_size(data)
         try:
             self.parts += (length.pack(size), data)
         except struct.error as error:
@@ -212,5 +212,6 @@ class Writer:
         return b"".join(self.parts)
 
 
-def _nbytes(data: Buffer) -> int:
-    return memoryview(data).nbytes
+def buffer_size(data: Buffer) -> int:
+    """Length of ``data`` in bytes (a ``memoryview`` of wider items counts bytes, not items)."""
+    return len(data) if type(data) is bytes else memoryview(data).nbytes

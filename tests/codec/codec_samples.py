@@ -174,11 +174,28 @@ def _entries(data: bytes) -> list[tuple[int, ItemKind, bytes]]:
     ]
 
 
+CHANNEL_REENCODE: dict[str, Callable[[object], bytes]] = {}
+"""How a channel sample's decoded value encodes again: whatever a channel decoder
+accepts must be exactly the bytes that value encodes to (nothing ignored, nothing
+read past what was declared)."""
+
+
 def _sealed(
-    key: bytes | None, counter: int, session: bool, kind: channel_wire.Kind, body: list[bytes]
+    name: str,
+    key: bytes | None,
+    counter: int,
+    session: bool,
+    kind: channel_wire.Kind,
+    body: list[bytes],
 ) -> tuple[Callable[[], bytes], Callable[[bytes], object], object]:
     def encode() -> bytes:
         return Sealer(key, counter, session=session).seal(kind, body)
+
+    def reencode(opened: object) -> bytes:
+        kind, data = opened  # type: ignore[misc]
+        return Sealer(key, counter, session=session).seal(kind, [data])
+
+    CHANNEL_REENCODE[name] = reencode
 
     def decode(data: bytes) -> object:
         opened, view = Opener(key, counter, session=session).open(data, kind)
@@ -187,9 +204,25 @@ def _sealed(
     return encode, decode, (kind, b"".join(body))
 
 
+def _reencode_items(entries: object) -> bytes:
+    listed: list[tuple[int, ItemKind, bytes]] = entries  # type: ignore[assignment]
+    parts = [(kind, [payload]) for _, kind, payload in listed]
+    return b"".join(channel_wire.items_parts(listed[0][0], parts))
+
+
 def channel_samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]]:
     """The replication channel's messages: each body, the sealed message, the session keys."""
     wire = channel_wire
+    CHANNEL_REENCODE.update(
+        {
+            "channel-hello": wire.encode_greeting,  # type: ignore[dict-item]
+            "channel-welcome": wire.encode_greeting,  # type: ignore[dict-item]
+            "channel-items": _reencode_items,
+            "channel-ack": wire.encode_ack,  # type: ignore[dict-item]
+            "channel-probe": wire.encode_probe,  # type: ignore[dict-item]
+            "channel-reply": lambda reply: wire.encode_reply(*reply),  # type: ignore[misc]
+        }
+    )
     hello = wire.encode_greeting(HELLO)
     items = b"".join(wire.items_parts(5, CHANNEL_ITEMS))
     entries = [(5 + i, kind, b"".join(parts)) for i, (kind, parts) in enumerate(CHANNEL_ITEMS)]
@@ -220,10 +253,19 @@ def channel_samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], 
             lambda data: wire.decode_reply(memoryview(data)),
             (4, b"answer"),
         ),
-        "channel-sealed-hello": _sealed(KEY, 0, False, wire.Kind.HELLO, [hello]),
-        "channel-sealed-items": _sealed(SESSION_KEY, 1, True, wire.Kind.ITEMS, [items]),
+        "channel-sealed-hello": _sealed(
+            "channel-sealed-hello", KEY, 0, False, wire.Kind.HELLO, [hello]
+        ),
+        "channel-sealed-items": _sealed(
+            "channel-sealed-items", SESSION_KEY, 1, True, wire.Kind.ITEMS, [items]
+        ),
         "channel-sealed-insecure": _sealed(
-            None, 2, False, wire.Kind.ACK, [wire.encode_ack(Ack(9, 7, 5))]
+            "channel-sealed-insecure",
+            None,
+            2,
+            False,
+            wire.Kind.ACK,
+            [wire.encode_ack(Ack(9, 7, 5))],
         ),
         "channel-session-keys": (
             lambda: b"".join(wire.session_keys(KEY, HELLO, WELCOME.nonce)),

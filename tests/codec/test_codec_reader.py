@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from codec_samples import samples
+from codec_samples import CHANNEL_REENCODE, samples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +26,7 @@ from failover.codec import (
     Writer,
 )
 from failover.errors import PeerProtocolError, UsageError
-from failover.replication import ops, resync_wire, tracking, verify
+from failover.replication import channel_wire, ops, resync_wire, tracking, verify
 from failover.replication.tracking import ChangeSet, TrackingStateLost
 from failover.replication.verify import TreeDigest
 from failover.wire import FrameRejected
@@ -176,15 +176,34 @@ PEER_FORMATS = {
     "tree digest": TreeDigest.deserialise,
     "verify answer": verify.decode_answer,
 }
+_CHANNEL = channel_wire
+PEER_FORMATS |= {  # the replication channel: every body, and the sealed message
+    "channel HELLO": lambda b: _CHANNEL.decode_greeting(_CHANNEL.Kind.HELLO, memoryview(b)),
+    "channel WELCOME": lambda b: _CHANNEL.decode_greeting(_CHANNEL.Kind.WELCOME, memoryview(b)),
+    "channel ITEMS": lambda b: _CHANNEL.decode_items(memoryview(b), 1),
+    "channel ACK": lambda b: _CHANNEL.decode_ack(memoryview(b)),
+    "channel PROBE": lambda b: _CHANNEL.decode_probe(_CHANNEL.Kind.PROBE, memoryview(b)),
+    "channel REPLY": lambda b: _CHANNEL.decode_reply(memoryview(b)),
+    "channel message": lambda b: _CHANNEL.Opener(None).open(b, *_CHANNEL.Kind),
+}
+
+
+def _names_a_field(error: PeerProtocolError) -> bool:
+    """``<format>.<field>: <problem>``: the part before the first colon has a dot."""
+    return "." in str(error).split(":")[0]
 
 
 def _decode(name: str, data: bytes) -> None:
     try:
-        DECODERS[name](data)  # type: ignore[operator]
-    except _ALLOWED:
-        pass
+        decoded = DECODERS[name](data)  # type: ignore[operator]
+    except _ALLOWED as error:
+        if name.startswith("channel-"):  # only a PeerProtocolError naming a field comes out
+            assert isinstance(error, PeerProtocolError) and _names_a_field(error), error
     except AssertionError:
         assert name.startswith(("frame", "link")), name  # those samples' decode compares values
+    else:
+        if name in CHANNEL_REENCODE:  # accepted: exactly the bytes of what it decoded to
+            assert CHANNEL_REENCODE[name](decoded) == data, f"{name}: {data.hex()}"
 
 
 @pytest.mark.parametrize("name", sorted(ENCODED))
@@ -192,6 +211,12 @@ def test_every_truncation_of_every_format_is_refused_cleanly(name: str) -> None:
     data = ENCODED[name]
     for cut in range(len(data)):
         _decode(name, data[:cut])
+
+
+@pytest.mark.parametrize("name", sorted(ENCODED))
+def test_bytes_after_every_format_are_refused_or_read_as_its_own(name: str) -> None:
+    for extra in (b"\x00", b"\x01\x00\x00\x00\x00", bytes(range(40))):
+        _decode(name, ENCODED[name] + extra)
 
 
 @settings(max_examples=400, deadline=None)
@@ -211,7 +236,7 @@ def test_garbage_is_refused_by_every_peer_format_naming_a_field(name: str, blob:
     try:
         PEER_FORMATS[name](blob)  # type: ignore[operator]
     except PeerProtocolError as error:
-        assert "." in str(error).split(":")[0], f"no field named in {error}"
+        assert _names_a_field(error), f"no field named in {error}"
 
 
 def test_a_verify_answer_naming_a_directory_twice_is_refused() -> None:

@@ -257,7 +257,9 @@ async def test_the_secondary_request_reaches_the_primary_and_a_hello_cannot_carr
         cluster_id("c1"), AckLevel.WRITTEN, b"n" * NONCE_SIZE, b"\0" * NONCE_SIZE,
         "alpha", "beta", "gen", b"sneaky",
     )  # fmt: skip
-    with pytest.raises(PeerProtocolError, match="HELLO: carries a request"):
+    with pytest.raises(
+        PeerProtocolError, match=r"^HELLO\.request: present \(only a WELCOME may carry one\)"
+    ):
         decode_greeting(Kind.HELLO, memoryview(encode_greeting(forged)))
 
 

@@ -48,7 +48,12 @@ Kinds after the handshake:
   shows even when no data flows (``channel_sender``); the receiver answers at
   once, ahead of any apply. Both are sealed and counted like every message.
 
-Every decoding failure raises ``PeerProtocolError`` naming what was wrong.
+Read and written with ``failover.codec`` (its ``Reader``, ``Writer``, integer
+structs and the sizes the authenticated formats share). Every decoding failure
+raises a ``DecodeError`` (a ``PeerProtocolError``) naming the message, the field
+and what was wrong: ``ACK.levels: out of order ...``, ``replication message 7.tag:
+bad tag ...``. ``decode_items`` keeps its own loop, with the same checks and errors
+as the ``Reader``'s: it runs once per entry on the receiver's hot path.
 """
 
 from __future__ import annotations
@@ -59,53 +64,92 @@ import hmac
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from failover.errors import PeerProtocolError
+from failover.codec import (
+    CLUSTER_ID_SIZE,
+    FLAG_INSECURE,
+    MAX_NAME,
+    NONCE_SIZE,
+    TAG_SIZE,
+    U8,
+    U16,
+    U32,
+    U64,
+    Buffer,
+    DecodeError,
+    Reader,
+    Writer,
+    buffer_size,
+)
 from failover.wire import cluster_id as wire_cluster_id
+
+__all__ = [  # Buffer, buffer_size, FLAG_INSECURE, NONCE_SIZE, TAG_SIZE: the codec's
+    "ENTRY_OVERHEAD",
+    "FLAG_INSECURE",
+    "GCM_TAG_SIZE",
+    "HEADER_SIZE",
+    "MAGIC",
+    "MAX_ENTRY",
+    "MAX_GENERATION",
+    "MAX_NAME",
+    "MAX_REQUEST",
+    "NONCE_SIZE",
+    "OVERHEAD",
+    "PROTOCOL_VERSION",
+    "TAG_SIZE",
+    "Ack",
+    "AckLevel",
+    "Buffer",
+    "Entry",
+    "Greeting",
+    "ItemKind",
+    "Kind",
+    "Opener",
+    "Sealer",
+    "buffer_size",
+    "cluster_id",
+    "decode_ack",
+    "decode_greeting",
+    "decode_items",
+    "decode_probe",
+    "decode_reply",
+    "encode_ack",
+    "encode_greeting",
+    "encode_probe",
+    "encode_reply",
+    "items_parts",
+    "session_keys",
+]
 
 MAGIC = b"FORP"
 PROTOCOL_VERSION = 4  # 2: CONFIRM ends the handshake; 3: PROBE/PROBE_ANSWER; 4: AES-GCM tags
-FLAG_INSECURE = 0x01
-NONCE_SIZE = 32
-TAG_SIZE = 32
-"""Tag of a greeting (HMAC-SHA256) and of an insecure message (SHA-256)."""
-GCM_TAG_SIZE = 16
+# TAG_SIZE (codec): the tag of a greeting (HMAC-SHA256) and of an insecure message (SHA-256).
+GCM_TAG_SIZE: Final = 16
 """Tag of a message under a session key (AES-GCM)."""
-MAX_NAME = 64
 MAX_ENTRY = 32 * 1024 * 1024
 """Largest entry (its header included): an ``ITEMS`` message is at most the
 sender's ``max_message_bytes`` or one entry of this size, plus 56 bytes."""
 MAX_GENERATION = 256
+"""Longest data generation string (UTF-8 bytes) carried in a greeting."""
 MAX_REQUEST = 16 * 1024 * 1024
 """Largest ``request`` a ``WELCOME`` may carry (a resync target's suspect set)."""
-"""Longest data generation string (UTF-8 bytes) carried in a greeting."""
 
 _HEADER = struct.Struct(">4sBBBxQ")
 HEADER_SIZE = _HEADER.size
 OVERHEAD = HEADER_SIZE + TAG_SIZE
 """Most bytes a message adds around its body."""
 _NONCE = struct.Struct(">IQ")
-_SEQ = struct.Struct(">Q")
+_SEQ_SIZE = U64.size
 _ENTRY = struct.Struct(">BI")
 ENTRY_OVERHEAD = _ENTRY.size
 _ACK = struct.Struct(">QQQ")
-_GREETING = struct.Struct(">8sB32s32s")  # cluster id, ack level, nonce, echoed nonce
-_U8 = struct.Struct(">B")
-_U32 = struct.Struct(">I")
-_U16 = struct.Struct(">H")
-
-
-Buffer = bytes | bytearray | memoryview
-"""Any contiguous buffer of bytes (``Write.data`` travels uncopied until sealing)."""
-
-
-def buffer_size(part: Buffer) -> int:
-    """Length of ``part`` in bytes."""
-    return len(part) if type(part) is bytes else memoryview(part).nbytes
+_GREETING = struct.Struct(f">{CLUSTER_ID_SIZE}sB{NONCE_SIZE}s{NONCE_SIZE}s")
+"""cluster id, ack level, nonce, echoed nonce"""
 
 
 class Kind(enum.IntEnum):
@@ -200,120 +244,71 @@ class Entry:
     payload: memoryview
 
 
-def _name_bytes(what: str, name: str) -> bytes:
-    raw = name.encode("utf-8")
-    if not 1 <= len(raw) <= MAX_NAME:
-        raise ValueError(f"{what} must be 1-{MAX_NAME} bytes, not {name!r}")
-    return raw
-
-
 def encode_greeting(greeting: Greeting) -> bytes:
     """The body of a ``HELLO``/``WELCOME``. Raises ValueError on local misuse."""
     if len(greeting.nonce) != NONCE_SIZE or len(greeting.echo) != NONCE_SIZE:
         raise ValueError(f"nonces must be {NONCE_SIZE} bytes")
-    local = _name_bytes("node name", greeting.local)
-    peer = _name_bytes("peer name", greeting.peer)
-    generation = greeting.generation.encode("utf-8")
-    if len(generation) > MAX_GENERATION:
+    for what, name in (("node name", greeting.local), ("peer name", greeting.peer)):
+        if not 1 <= len(name.encode("utf-8")) <= MAX_NAME:
+            raise ValueError(f"{what} must be 1-{MAX_NAME} bytes, not {name!r}")
+    if len(greeting.generation.encode("utf-8")) > MAX_GENERATION:
         raise ValueError(f"generation longer than {MAX_GENERATION} bytes")
     if len(greeting.request) > MAX_REQUEST:
         raise ValueError(f"request longer than {MAX_REQUEST} bytes")
-    return b"".join(
-        (
-            _GREETING.pack(
-                greeting.cluster_id, greeting.ack_level.rank, greeting.nonce, greeting.echo
-            ),
-            _U8.pack(len(local)),
-            local,
-            _U8.pack(len(peer)),
-            peer,
-            _U16.pack(len(generation)),
-            generation,
-            _U32.pack(len(greeting.request)),
-            greeting.request,
-        )
-    )
-
-
-class _Reader:
-    """Reads fields of one body in order; every shortfall is a named PeerProtocolError."""
-
-    def __init__(self, what: str, view: memoryview) -> None:
-        self._what = what
-        self._view = view
-        self._pos = 0
-
-    def take(self, size: int, field: str) -> memoryview:
-        end = self._pos + size
-        if end > len(self._view):
-            raise PeerProtocolError(f"{self._what}: truncated in {field}")
-        part = self._view[self._pos : end]
-        self._pos = end
-        return part
-
-    def text(self, length_format: struct.Struct, limit: int, field: str) -> str:
-        (length,) = length_format.unpack(self.take(length_format.size, f"{field} length"))
-        if length > limit:
-            raise PeerProtocolError(f"{self._what}: {field} of {length} bytes (limit {limit})")
-        try:
-            return bytes(self.take(length, field)).decode("utf-8")
-        except UnicodeDecodeError:
-            raise PeerProtocolError(f"{self._what}: {field} is not UTF-8") from None
-
-    def end(self) -> None:
-        if self._pos != len(self._view):
-            raise PeerProtocolError(f"{self._what}: {len(self._view) - self._pos} trailing bytes")
+    writer = Writer("greeting")
+    level = greeting.ack_level.rank
+    writer.pack(_GREETING, "fixed part", greeting.cluster_id, level, greeting.nonce, greeting.echo)
+    writer.text(U8, "node name", greeting.local)
+    writer.text(U8, "peer name", greeting.peer)
+    writer.text(U16, "generation", greeting.generation)
+    writer.sized(U32, "request", greeting.request)
+    return writer.getvalue()
 
 
 def decode_greeting(kind: Kind, body: memoryview) -> Greeting:
     """The ``Greeting`` in a ``HELLO``/``WELCOME`` body (structure only: the
     caller checks cluster, names and nonces against what it expects)."""
-    reader = _Reader(kind.name, body)
-    cid, level, nonce, echo = _GREETING.unpack(reader.take(_GREETING.size, "fixed part"))
+    reader = Reader(body, kind.name)
+    cid, level, nonce, echo = reader.unpack(_GREETING, "fixed part")
     if level >= len(_LEVELS):
-        raise PeerProtocolError(f"{kind.name}: unknown ack level {level}")
-    local = reader.text(_U8, MAX_NAME, "node name")
-    peer = reader.text(_U8, MAX_NAME, "peer name")
-    generation = reader.text(_U16, MAX_GENERATION, "generation")
-    (size,) = _U32.unpack(reader.take(_U32.size, "request length"))
-    if size > MAX_REQUEST:
-        raise PeerProtocolError(f"{kind.name}: request of {size} bytes (limit {MAX_REQUEST})")
-    request = bytes(reader.take(size, "request"))
+        raise DecodeError(kind.name, "ack level", f"unknown level {level}")
+    local = reader.text(U8, "node name", MAX_NAME)
+    peer = reader.text(U8, "peer name", MAX_NAME)
+    generation = reader.text(U16, "generation", MAX_GENERATION)
+    request = bytes(reader.sized(U32, "request", MAX_REQUEST))
     reader.end()
-    if not local or not peer:
-        raise PeerProtocolError(f"{kind.name}: empty node name")
+    for field, name in (("node name", local), ("peer name", peer)):
+        if not name:
+            raise DecodeError(kind.name, field, "empty")
     if request and kind is Kind.HELLO:
-        raise PeerProtocolError("HELLO: carries a request (only a WELCOME may)")
-    return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation, request)
-
-
-_SEQ = struct.Struct(">Q")
+        raise DecodeError(kind.name, "request", "present (only a WELCOME may carry one)")
+    return Greeting(bytes(cid), _LEVELS[level], bytes(nonce), bytes(echo), local, peer,
+                    generation, request)  # fmt: skip
 
 
 def encode_reply(seq: int, payload: bytes) -> bytes:
     """The body of a ``REPLY``: the answered entry's sequence number, then the answer."""
-    return _SEQ.pack(seq) + payload
+    return U64.pack(seq) + payload
 
 
 def decode_reply(body: memoryview) -> tuple[int, bytes]:
     """(seq, answer) of a ``REPLY`` body."""
-    if len(body) < _SEQ.size:
-        raise PeerProtocolError(f"REPLY: {len(body)} bytes, shorter than a sequence number")
-    (seq,) = _SEQ.unpack_from(body)
-    return seq, bytes(body[_SEQ.size :])
+    reader = Reader(body, "REPLY")
+    seq = reader.number(U64, "seq")
+    return seq, bytes(reader.rest())
 
 
 def encode_probe(number: int) -> bytes:
     """The body of a ``PROBE`` or ``PROBE_ANSWER``."""
-    return _SEQ.pack(number)
+    return U64.pack(number)
 
 
 def decode_probe(kind: Kind, body: memoryview) -> int:
     """The number in a ``PROBE`` or ``PROBE_ANSWER`` body."""
-    if len(body) != _SEQ.size:
-        raise PeerProtocolError(f"{kind.name}: {len(body)} bytes, expected {_SEQ.size}")
-    (number,) = _SEQ.unpack(body)
-    return int(number)
+    reader = Reader(body, kind.name)
+    number = reader.number(U64, "number")
+    reader.end()
+    return number
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -323,13 +318,14 @@ def encode_ack(ack: Ack) -> bytes:
 
 def decode_ack(body: memoryview) -> Ack:
     """The ``Ack`` in an ``ACK`` body; the levels must not increase."""
-    if len(body) != _ACK.size:
-        raise PeerProtocolError(f"ACK: {len(body)} bytes, expected {_ACK.size}")
-    ack = Ack(*_ACK.unpack(body))
+    reader = Reader(body, "ACK")
+    ack = Ack(*reader.unpack(_ACK, "levels"))
+    reader.end()
     if not ack.received >= ack.written >= ack.fsynced:
-        raise PeerProtocolError(
-            f"ACK: levels out of order (received {ack.received}, written {ack.written}, "
-            f"fsynced {ack.fsynced})"
+        raise DecodeError(
+            "ACK",
+            "levels",
+            f"out of order (received {ack.received}, written {ack.written}, fsynced {ack.fsynced})",
         )
     return ack
 
@@ -341,7 +337,7 @@ def items_parts(
 
     Each entry is its kind and its payload as one or more buffers.
     """
-    parts: list[Buffer] = [_SEQ.pack(first_seq)]
+    parts: list[Buffer] = [U64.pack(first_seq)]
     for kind, payload in entries:
         parts.append(_ENTRY.pack(kind, sum(buffer_size(p) for p in payload)))
         parts.extend(payload)
@@ -349,29 +345,47 @@ def items_parts(
 
 
 def decode_items(body: memoryview, expected_seq: int) -> list[Entry]:
-    """The entries of an ``ITEMS`` body; the first must carry ``expected_seq``."""
-    if len(body) < _SEQ.size:
-        raise PeerProtocolError("ITEMS: truncated before the first sequence number")
-    (first_seq,) = _SEQ.unpack_from(body)
-    if first_seq != expected_seq:
-        raise PeerProtocolError(f"ITEMS: starts at sequence {first_seq}, expected {expected_seq}")
-    entries: list[Entry] = []
-    pos = _SEQ.size
+    """The entries of an ``ITEMS`` body; the first must carry ``expected_seq``.
+
+    Its own loop, with the ``Reader``'s bounds checks and errors (``ITEMS.entry 2
+    payload: truncated: ...``): it runs on the receiver's hot path, where a
+    ``Reader`` would cost a third more per message (docs/codec.md).
+    """
     end = len(body)
+    if end < _SEQ_SIZE:
+        raise DecodeError(
+            "ITEMS", "first seq", f"truncated: {_SEQ_SIZE} bytes needed, {end} left", 0
+        )
+    (first_seq,) = U64.unpack_from(body)
+    if first_seq != expected_seq:
+        raise DecodeError(
+            "ITEMS", "first seq", f"starts at sequence {first_seq}, expected {expected_seq}", 0
+        )
+    entries: list[Entry] = []
+    pos = _SEQ_SIZE
+    size = _ENTRY.size
+    unpack = _ENTRY.unpack_from
     while pos < end:
-        if pos + _ENTRY.size > end:
-            raise PeerProtocolError(f"ITEMS: entry {len(entries)} truncated in its header")
-        kind, length = _ENTRY.unpack_from(body, pos)
+        if pos + size > end:
+            raise _entry_error(entries, "header", f"truncated: {size} bytes needed", end, pos)
+        kind, length = unpack(body, pos)
         if kind not in _ITEM_KINDS:
-            raise PeerProtocolError(f"ITEMS: entry {len(entries)} has unknown kind {kind}")
-        pos += _ENTRY.size
+            raise _entry_error(entries, "kind", f"unknown kind {kind}", end, pos)
+        pos += size
         if pos + length > end:
-            raise PeerProtocolError(f"ITEMS: entry {len(entries)} truncated in its payload")
+            raise _entry_error(entries, "payload", f"truncated: {length} bytes needed", end, pos)
         entries.append(Entry(first_seq + len(entries), ItemKind(kind), body[pos : pos + length]))
         pos += length
     if not entries:
-        raise PeerProtocolError("ITEMS: no entries")
+        raise DecodeError("ITEMS", "entries", "none", pos)
     return entries
+
+
+def _entry_error(entries: list[Entry], field: str, problem: str, end: int, pos: int) -> DecodeError:
+    """The error in ``field`` of the entry after ``entries``, at byte ``pos`` of ``end``."""
+    if problem.startswith("truncated"):
+        problem += f", {end - pos} left"
+    return DecodeError("ITEMS", f"entry {len(entries)} {field}", problem, pos)
 
 
 def _derive(key: bytes, label: bytes, transcript: bytes) -> bytes:
@@ -516,33 +530,37 @@ class Opener:
     def open(self, message: Buffer, *expected: Kind) -> tuple[Kind, memoryview]:
         """(kind, body) of ``message``, which must be one of ``expected`` kinds."""
         view = memoryview(message)
-        where = f"replication message {self.counter}"
         tag_size = self._tagger.size
         if len(view) < HEADER_SIZE + tag_size:
-            raise PeerProtocolError(f"{where}: truncated ({len(view)} bytes)")
+            raise self._refused("header", f"truncated ({len(view)} bytes)")
         magic, version, kind, flags, counter = _HEADER.unpack_from(view)
         if magic != MAGIC:
-            raise PeerProtocolError(f"{where}: bad magic {bytes(magic)!r}")
+            raise self._refused("magic", f"bad magic {bytes(magic)!r}")
         if version != PROTOCOL_VERSION:
-            raise PeerProtocolError(f"{where}: protocol version {version} is not spoken here")
+            raise self._refused("version", f"protocol version {version} is not spoken here")
         if flags & ~FLAG_INSECURE:
-            raise PeerProtocolError(f"{where}: unknown flags {flags:#x}")
+            raise self._refused("flags", f"unknown flags {flags:#x}")
         if bool(flags & FLAG_INSECURE) != self._insecure:
             mine = "without" if self._insecure else "with"
-            raise PeerProtocolError(
-                f"{where}: the peer {'has no' if flags else 'has a'} cluster key but this node "
-                f"runs {mine} one (both must agree on insecure mode)"
+            raise self._refused(
+                "flags",
+                f"the peer {'has no' if flags else 'has a'} cluster key but this node "
+                f"runs {mine} one (both must agree on insecure mode)",
             )
         signed = view[: len(view) - tag_size]
         if not self._tagger.check(signed, view[len(view) - tag_size :], counter):
-            raise PeerProtocolError(
-                f"{where}: bad tag (forged, corrupted, replayed from another session, "
-                "or another cluster key)"
+            raise self._refused(
+                "tag",
+                "bad tag (forged, corrupted, replayed from another session, "
+                "or another cluster key)",
             )
         if counter != self.counter:
-            raise PeerProtocolError(f"{where}: counter {counter} (replayed or reordered)")
+            raise self._refused("counter", f"counter {counter} (replayed or reordered)")
         if kind not in expected:
             names = "/".join(k.name for k in expected)
-            raise PeerProtocolError(f"{where}: kind {kind}, expected {names}")
+            raise self._refused("kind", f"kind {kind}, expected {names}")
         self.counter += 1
         return Kind(kind), signed[HEADER_SIZE:]
+
+    def _refused(self, field: str, problem: str) -> DecodeError:
+        return DecodeError(f"replication message {self.counter}", field, problem)

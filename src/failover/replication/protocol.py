@@ -46,18 +46,17 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from failover.codec import Buffer, DecodeError, buffer_size
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.channel_wire import (
     ENTRY_OVERHEAD,
     MAX_ENTRY,
     Ack,
     AckLevel,
-    Buffer,
     ItemKind,
     Kind,
     Opener,
     Sealer,
-    buffer_size,
     decode_ack,
     decode_items,
     decode_probe,
@@ -550,9 +549,11 @@ class ReceiverProtocol(_Session):
                     self._fsync_seqs.add(entry.seq)
                 entries.append((entry.seq, entry.kind, op))
             elif not self._takes_records:
-                raise PeerProtocolError(
-                    f"ITEMS: entry {entry.seq} is a {entry.kind.name} record, "
-                    "which this receiver does not take"
+                raise DecodeError(
+                    "ITEMS",
+                    f"entry {entry.seq - self.received - 1} kind",
+                    f"a {entry.kind.name} record (seq {entry.seq}), which this receiver "
+                    "does not take",
                 )
             else:
                 entries.append((entry.seq, entry.kind, bytes(entry.payload)))
