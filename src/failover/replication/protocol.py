@@ -446,14 +446,14 @@ class SenderProtocol(_Session):
 
     def _on_reply(self, seq: int, answer: bytes) -> None:
         if seq not in self._asked:
-            raise PeerProtocolError(f"REPLY: answers entry {seq}, which asked nothing")
+            raise PeerProtocolError(f"REPLY.seq: answers entry {seq}, which asked nothing")
         self._asked.discard(seq)
         self._events.append(Answered(seq, answer))
 
     def _on_probe_answer(self, number: int, now: float) -> None:
         if not self._probes_answered < number <= self.probes_sent:
             raise PeerProtocolError(
-                f"PROBE_ANSWER: number {number}, expected {self._probes_answered + 1} "
+                f"PROBE_ANSWER.number: {number}, expected {self._probes_answered + 1} "
                 f"to {self.probes_sent}"
             )
         self._probes_answered = number
@@ -465,10 +465,10 @@ class SenderProtocol(_Session):
         old = self.acked
         if ack.received > self.sent_seq:
             raise PeerProtocolError(
-                f"ACK: acknowledges entry {ack.received}, only {self.sent_seq} were sent"
+                f"ACK.levels: acknowledges entry {ack.received}, only {self.sent_seq} were sent"
             )
         if ack.received < old.received or ack.written < old.written or ack.fsynced < old.fsynced:
-            raise PeerProtocolError(f"ACK: went backwards ({ack} after {old})")
+            raise PeerProtocolError(f"ACK.levels: went backwards ({ack} after {old})")
         if ack.written > old.written:
             self._last_progress = now
         while self._unapplied and self._unapplied[0][0] <= ack.written:
