@@ -282,8 +282,7 @@ def decode_greeting(kind: Kind, body: memoryview) -> Greeting:
             raise DecodeError(kind.name, field, "empty")
     if request and kind is Kind.HELLO:
         raise DecodeError(kind.name, "request", "present (only a WELCOME may carry one)")
-    return Greeting(bytes(cid), _LEVELS[level], bytes(nonce), bytes(echo), local, peer,
-                    generation, request)  # fmt: skip
+    return Greeting(cid, _LEVELS[level], nonce, echo, local, peer, generation, request)
 
 
 def encode_reply(seq: int, payload: bytes) -> bytes:
