@@ -18,9 +18,11 @@ from channel_support import (
     identities,
     session,
     stream_pair,
+    waited,
 )
 
 from failover.errors import PeerProtocolError, TransportError
+from failover.replication import channel_receiver
 from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import (
     ChannelSettings,
@@ -44,7 +46,7 @@ from failover.replication.channel_wire import (
     encode_greeting,
     items_parts,
 )
-from failover.replication.ops import Create, Fsync, encode
+from failover.replication.ops import Create, Fsync, Op, Write, encode, encode_parts
 from failover.testing.transport_contract import WAIT_TIMEOUT
 from failover.transport import MessageStream
 
@@ -366,3 +368,47 @@ async def test_a_stranger_cannot_make_the_secondary_hold_a_long_hello() -> None:
         with pytest.raises(TransportError, match="announced"), anyio.fail_after(WAIT_TIMEOUT):
             await greet_as_secondary(server, secondary_id, WAIT_TIMEOUT)
         tg.cancel_scope.cancel()
+
+
+async def test_a_primary_beyond_its_window_cannot_fill_the_secondary_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broken primary ignores its window while the secondary's apply is stuck: the
+    # secondary reads no more than its backlog bound (and one message) until the apply
+    # catches up, and then applies everything, in order.
+    backlog, chunk, count = 1024 * 1024, 256 * 1024, 96
+    monkeypatch.setattr(channel_receiver, "BACKLOG_BYTES", backlog)
+    primary, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        sink = RecordingSink(applier)
+        sink.apply_gate.close()
+        receiver = ReplicationReceiver(secondary, sink, timeout=WAIT_TIMEOUT)
+        sent = anyio.Event()
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+            greeted = await started_handshake(tg, receiver, b)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+                await greeted.wait()
+            tg.start_soon(receiver.run)
+
+            async def flood() -> None:
+                ops: list[Op] = [Create(ROOT, b"big", 0o644)]
+                ops += [Write(ROOT, b"big", i * chunk, bytes([i]) * chunk) for i in range(count)]
+                for seq, op in enumerate(ops, 1):
+                    parts = items_parts(seq, [(ItemKind.OP, encode_parts(op))])
+                    await a.send(cipher.sealer.seal(Kind.ITEMS, parts))
+                sent.set()
+
+            tg.start_soon(flood)
+            assert await waited(sink.apply_gate.entered)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await anyio.wait_all_tasks_blocked()  # the flood or the receive task waits
+            assert receiver.status.bytes_received <= backlog + chunk + 1024
+            sink.apply_gate.open()
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await sent.wait()
+                while receiver.status.entries_applied < count + 1:
+                    await anyio.sleep(0.01)  # bounded poll of the apply thread
+            tg.cancel_scope.cancel()
+    data = (tmp_path / "big").read_bytes()
+    assert data == b"".join(bytes([i]) * chunk for i in range(count))
