@@ -412,3 +412,18 @@ async def test_a_primary_beyond_its_window_cannot_fill_the_secondary_memory(
             tg.cancel_scope.cancel()
     data = (tmp_path / "big").read_bytes()
     assert data == b"".join(bytes([i]) * chunk for i in range(count))
+
+
+@pytest.mark.parametrize("hello", [b"garbage after the length prefix", b"FOxx" + bytes(60)])
+async def test_a_stranger_refused_at_the_handshake_is_named(hello: bytes) -> None:
+    """What a refused connection sent and who it was (the node logs the reason):
+    the violation alone does not say where it came from."""
+    _, secondary = identities()
+    with Applier({}) as applier:
+        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        async with stream_pair() as (a, b):
+            await a.send(hello)
+            with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(PeerProtocolError) as caught:
+                await receiver.handshake(b)
+    assert "<- ('127.0.0.1', " in str(caught.value)
+    assert "message 0" in str(caught.value)  # and what was wrong

@@ -128,12 +128,17 @@ class ReplicationReceiver:
         with ``request`` (what this node asks of the primary: a resync request;
         a callable is called once the ``HELLO`` verified).
 
-        Raises ``PeerProtocolError`` or ``TransportError`` (the stream is then closed).
+        Raises ``PeerProtocolError`` (naming the connection when the stream has a
+        ``description``) or ``TransportError`` (the stream is then closed).
         """
         try:
             peer, cipher = await greet_as_secondary(stream, self._identity, self._timeout, request)
-        except FailoverError:
+        except FailoverError as exc:
             await stream.aclose()
+            where = getattr(stream, "description", None)
+            if type(exc) is PeerProtocolError and isinstance(where, str):
+                # who sent it: the violation alone does not say (a TransportError does)
+                raise PeerProtocolError(f"{where}: {exc}") from exc
             raise
         self._protocol = ReceiverProtocol(
             cipher, peer.ack_level, takes_records=self._on_item is not None
