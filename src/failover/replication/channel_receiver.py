@@ -20,7 +20,9 @@ its bytes and applies what it delivers. One lock guards the protocol.
   received but not yet applied, the receive task reads no more until the apply
   thread catches up (TCP backpressure: the primary's sends wait, and its own
   timeout ends the session if the apply stays stuck). A primary that keeps its
-  window (16 MiB by default) never gets near it.
+  window (16 MiB by default) never gets near it. Nor is more read while the
+  socket holds answers the primary has not read (a primary that probes and
+  never reads would otherwise queue them without end).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class ReplicationReceiver:
         self._wakeup = Wakeup()
         self._drained = Wakeup()  # the apply thread made room in the backlog
         self._backlog = 0  # bytes received, not yet applied (under the lock)
+        self._flushed = anyio.Event()  # the send task flushed the stream (event loop only)
         self._abandon = False  # run() was cancelled: the apply thread stops at once
         self._applied = 0
 
@@ -227,6 +230,12 @@ class ReplicationReceiver:
                     await self._drained.wait()
                     with self._lock:
                         full = self._backlog > BACKLOG_BYTES and protocol.broken is None
+                while (direct := self._direct) is not None and direct.backlogged:
+                    # read no more until the primary reads our answers (the send task
+                    # flushes them)
+                    flushed = self._flushed = anyio.Event()
+                    self._wakeup.set()
+                    await flushed.wait()
             await stream.aclose()  # a violation: the primary sees the end at once
         except TransportError as exc:
             failure.append(exc)
@@ -250,10 +259,13 @@ class ReplicationReceiver:
                     messages = [] if direct is not None else protocol.data_to_send(time.monotonic())
                 if direct is not None:
                     await direct.flush()
+                    self._flushed.set()
                 for message in messages:
                     await stream.send(b"".join(message))
         except TransportError as exc:
             self._close(f"replication connection lost: {exc}")
+        finally:
+            self._flushed.set()  # the receive task waits for nothing more from here
 
     def _output_locked(self) -> None:
         """Under the lock: send the protocol's messages from this context, or wake
