@@ -3,6 +3,7 @@ truncated messages, wrong keys and names, dropped and stalled peers."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from channel_support import (
     identities,
     session,
     stream_pair,
+    waited,
 )
 
 from failover.errors import PeerProtocolError, TransportError
+from failover.replication import channel_receiver
 from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import (
     ChannelSettings,
@@ -42,15 +45,19 @@ from failover.replication.channel_wire import (
     decode_greeting,
     encode_ack,
     encode_greeting,
+    encode_probe,
     items_parts,
 )
-from failover.replication.ops import Create, Fsync, encode
+from failover.replication.ops import Create, Fsync, Op, Write, encode, encode_parts
+from failover.replication.protocol import SessionCipher
 from failover.testing.transport_contract import WAIT_TIMEOUT
 from failover.transport import MessageStream
+from failover_transports.tcp_replication import TcpMessageStream
 
 pytestmark = pytest.mark.anyio
 
 TIMEOUT = 0.3
+FLOOD_S = 2.0
 
 
 def items(first: int, *names: bytes) -> list[Buffer]:
@@ -368,3 +375,105 @@ async def test_a_stranger_cannot_make_the_secondary_hold_a_long_hello() -> None:
         with pytest.raises(TransportError, match="announced"), anyio.fail_after(WAIT_TIMEOUT):
             await greet_as_secondary(server, secondary_id, WAIT_TIMEOUT)
         tg.cancel_scope.cancel()
+
+
+async def running_receiver(
+    tg: anyio.abc.TaskGroup, receiver: ReplicationReceiver, a: MessageStream, b: MessageStream
+) -> SessionCipher:
+    """The handshake of ``receiver`` on ``b`` with a primary on ``a`` driven by the
+    test (its cipher returned), then the receiver running."""
+    primary, _ = identities()
+    greeted = await started_handshake(tg, receiver, b)
+    with anyio.fail_after(WAIT_TIMEOUT):
+        _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
+        await greeted.wait()
+    tg.start_soon(receiver.run)
+    return cipher
+
+
+async def test_a_primary_beyond_its_window_cannot_fill_the_secondary_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A broken primary ignores its window while the secondary's apply is stuck: the
+    # secondary reads no more than its backlog bound (and one message) until the apply
+    # catches up, and then applies everything, in order.
+    backlog, chunk, count = 1024 * 1024, 256 * 1024, 96
+    monkeypatch.setattr(channel_receiver, "BACKLOG_BYTES", backlog)
+    _, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        sink = RecordingSink(applier)
+        sink.apply_gate.close()
+        receiver = ReplicationReceiver(secondary, sink, timeout=WAIT_TIMEOUT)
+        sent = anyio.Event()
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+            cipher = await running_receiver(tg, receiver, a, b)
+
+            async def flood() -> None:
+                ops: list[Op] = [Create(ROOT, b"big", 0o644)]
+                ops += [Write(ROOT, b"big", i * chunk, bytes([i]) * chunk) for i in range(count)]
+                for seq, op in enumerate(ops, 1):
+                    parts = items_parts(seq, [(ItemKind.OP, encode_parts(op))])
+                    await a.send(cipher.sealer.seal(Kind.ITEMS, parts))
+                sent.set()
+
+            tg.start_soon(flood)
+            assert await waited(sink.apply_gate.entered)
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await anyio.wait_all_tasks_blocked()  # the flood or the receive task waits
+            assert receiver.status.bytes_received <= backlog + chunk + 1024
+            sink.apply_gate.open()
+            with anyio.fail_after(WAIT_TIMEOUT):
+                await sent.wait()
+                while receiver.status.entries_applied < count + 1:
+                    await anyio.sleep(0.01)  # bounded poll of the apply thread
+            tg.cancel_scope.cancel()
+    data = (tmp_path / "big").read_bytes()
+    assert data == b"".join(bytes([i]) * chunk for i in range(count))
+
+
+@pytest.mark.parametrize("hello", [b"garbage after the length prefix", b"FOxx" + bytes(60)])
+async def test_a_stranger_refused_at_the_handshake_is_named(hello: bytes) -> None:
+    """What a refused connection sent and who it was (the node logs the reason):
+    the violation alone does not say where it came from."""
+    _, secondary = identities()
+    with Applier({}) as applier:
+        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        async with stream_pair() as (a, b):
+            await a.send(hello)
+            with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(PeerProtocolError) as caught:
+                await receiver.handshake(b)
+    assert "<- ('127.0.0.1', " in str(caught.value)
+    assert "message 0" in str(caught.value)  # and what was wrong
+
+
+async def test_a_primary_that_probes_and_never_reads_cannot_fill_the_secondary_memory(
+    tmp_path: Path,
+) -> None:
+    # Each PROBE is answered at once; a primary that never reads the answers must meet
+    # backpressure (the secondary stops reading), not a queue of answers without end.
+    # The queue is sampled after each probe sent, for at most FLOOD_S seconds (a bound
+    # of the test's length, not the property).
+    count = 100_000
+    _, secondary = identities()
+    most: list[int] = [0]
+    with Applier({ROOT: tmp_path}) as applier:
+        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        sent = anyio.Event()
+        async with stream_pair() as (a, b), anyio.create_task_group() as tg:
+            assert isinstance(a, TcpMessageStream) and isinstance(b, TcpMessageStream)
+            a._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            b._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            cipher = await running_receiver(tg, receiver, a, b)
+
+            async def flood() -> None:
+                for number in range(1, count + 1):
+                    await a.send(cipher.sealer.seal(Kind.PROBE, [encode_probe(number)]))
+                    queued = sum(memoryview(part).nbytes for part in b._backlog)
+                    most[0] = max(most[0], queued)
+                sent.set()
+
+            tg.start_soon(flood)
+            with anyio.move_on_after(FLOOD_S):
+                await sent.wait()
+            tg.cancel_scope.cancel()
+    assert most[0] <= 1024, f"{most[0]} bytes of answers queued for a primary not reading"

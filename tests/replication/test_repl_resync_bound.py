@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ from failover.replication.resync import (
     narrow,
 )
 from failover.replication.resync_check import CheckCache, checks_for
+from failover.replication.resync_wire import FileCheck, ZoneChecks
 from failover.replication.tracking import DEFAULT_ZONE_SIZE, ChangeMap, ChangeSet, Tracker
 
 pytestmark = pytest.mark.anyio
@@ -284,6 +287,45 @@ def test_a_file_beyond_the_digest_budget_goes_blind(tmp_path: Path) -> None:
     narrowed = narrow(ResyncRequest(GEN, False, suspect, checks), {ROOT: top}).suspect
     assert (ROOT, b"small") not in narrowed.files  # equal: not sent
     assert narrowed.files[(ROOT, b"big")] == suspect.files[(ROOT, b"big")]  # as it came
+
+
+HOSTILE_NARROW = """
+import resource, sys
+from failover.replication.resync import ResyncRequest, narrow
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+request = ResyncRequest.decode(sys.stdin.buffer.read())
+files = narrow(request, {ROOT: sys.argv[1]}).suspect.files
+print(files[(ROOT, b"f")].runs)
+"""
+
+
+def test_a_target_claiming_a_huge_file_costs_the_source_only_its_request(
+    tmp_path: Path,
+) -> None:
+    # A hostile (or corrupted) target's checks claim an exabyte-sized file with no
+    # digests, for a file it suspects whole: narrowing on the source (the serving node)
+    # must cost what the request and the source's own file hold, not the claimed size
+    # (within 1 GiB of address space here, where a list of its zones would not fit).
+    zone = 4096
+    (tmp_path / "f").write_bytes(b"x" * 3 * zone)
+    changes = ChangeMap(zone)
+    changes.add_tail((ROOT, b"f"), 0)
+    suspect = changes.frozen()
+    claimed = 1 << 60
+    digests = dict(checks_for({ROOT: tmp_path}, suspect).files[(ROOT, b"f")].digests)
+    del digests[1]  # zone 1 not compared: kept
+    checks = ZoneChecks(zone, {(ROOT, b"f"): FileCheck(claimed, False, digests)})
+    wire = ResyncRequest(GEN, False, suspect, checks).encode()
+    done = subprocess.run(
+        [sys.executable, "-c", f"ROOT = {ROOT!r}" + HOSTILE_NARROW, str(tmp_path)],
+        input=wire,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    # zone 0 and 2 equal; 1 not compared; from zone 3 on only the target's claim
+    assert done.stdout.decode().strip() == f"((1, 2), (3, {claimed // zone}))"
 
 
 def random_op(rng: random.Random, n: int) -> Op:

@@ -78,6 +78,11 @@ class TcpMessageStream:
         self._failure: str | None = None  # why sending failed, once it did
         self._closed = False
 
+    @property
+    def description(self) -> str:
+        """Which connection this is, for log lines (local and remote address)."""
+        return self._what
+
     # -- sending -------------------------------------------------------------------
 
     def send_nowait(self, parts: Sequence[Buffer]) -> bool:
@@ -252,6 +257,11 @@ class TlsMessageStream:
         self._tls_lock = anyio.Lock()
         self._tls_pending = tls_server
         self._closed = False
+
+    @property
+    def description(self) -> str:
+        """Which connection this is, for log lines (local and remote address)."""
+        return self._what
 
     async def _ready(self) -> ByteStream:
         """The byte stream, after the server side's TLS handshake (done on first

@@ -16,6 +16,13 @@ its bytes and applies what it delivers. One lock guards the protocol.
   that takes sends from any thread (``send_nowait``), the apply thread sends
   the ack itself: no hop to the event loop; elsewhere the loop's send task
   does.
+- Memory is bounded whatever the primary sends: once ``BACKLOG_BYTES`` are
+  received but not yet applied, the receive task reads no more until the apply
+  thread catches up (TCP backpressure: the primary's sends wait, and its own
+  timeout ends the session if the apply stays stuck). A primary that keeps its
+  window (16 MiB by default) never gets near it. Nor is more read while the
+  socket holds answers the primary has not read (a primary that probes and
+  never reads would otherwise queue them without end).
 """
 
 from __future__ import annotations
@@ -44,8 +51,12 @@ from failover.replication.protocol import Broken, Deliver, ReceiverProtocol
 from failover.transport import MessageStream
 
 _Entries = list[tuple[int, ItemKind, Op | bytes]]
+_Batch = tuple[_Entries, int]  # the entries of one message, its size
 ACK_EVERY = 8
 """Messages applied at most before an ack goes out although more are waiting."""
+BACKLOG_BYTES = 64 * 1024 * 1024
+"""Most bytes received but not yet applied before the receive task stops reading
+(the limit of one message more): four default windows of the primary."""
 
 
 class OpSink(Protocol):
@@ -69,6 +80,8 @@ class ReceiverStatus:
     acked: Ack
     entries_applied: int
     bytes_received: int
+    backlog_bytes: int = 0
+    """Bytes received but not yet applied."""
 
 
 class ReplicationReceiver:
@@ -97,6 +110,9 @@ class ReplicationReceiver:
         self._protocol: ReceiverProtocol | None = None
         self._direct: VectoredStream | None = None
         self._wakeup = Wakeup()
+        self._drained = Wakeup()  # the apply thread made room in the backlog
+        self._backlog = 0  # bytes received, not yet applied (under the lock)
+        self._flushed = anyio.Event()  # the send task flushed the stream (event loop only)
         self._abandon = False  # run() was cancelled: the apply thread stops at once
         self._applied = 0
 
@@ -106,7 +122,7 @@ class ReplicationReceiver:
         protocol = self._protocol
         if protocol is None:
             return ReceiverStatus(Ack(0, 0, 0), self._applied, 0)
-        return ReceiverStatus(protocol.ack, self._applied, protocol.bytes_received)
+        return ReceiverStatus(protocol.ack, self._applied, protocol.bytes_received, self._backlog)
 
     async def handshake(
         self, stream: MessageStream, request: bytes | Callable[[], bytes] = b""
@@ -115,12 +131,17 @@ class ReplicationReceiver:
         with ``request`` (what this node asks of the primary: a resync request;
         a callable is called once the ``HELLO`` verified).
 
-        Raises ``PeerProtocolError`` or ``TransportError`` (the stream is then closed).
+        Raises ``PeerProtocolError`` (naming the connection when the stream has a
+        ``description``) or ``TransportError`` (the stream is then closed).
         """
         try:
             peer, cipher = await greet_as_secondary(stream, self._identity, self._timeout, request)
-        except FailoverError:
+        except FailoverError as exc:
             await stream.aclose()
+            where = getattr(stream, "description", None)
+            if type(exc) is PeerProtocolError and isinstance(where, str):
+                # who sent it: the violation alone does not say (a TransportError does)
+                raise PeerProtocolError(f"{where}: {exc}") from exc
             raise
         self._protocol = ReceiverProtocol(
             cipher, peer.ack_level, takes_records=self._on_item is not None
@@ -143,7 +164,7 @@ class ReplicationReceiver:
         if self._stream is None or self._protocol is None:
             raise RuntimeError("ReplicationReceiver.run() before a successful handshake()")
         stream = self._stream
-        batches: queue.SimpleQueue[_Entries | None] = queue.SimpleQueue()
+        batches: queue.SimpleQueue[_Batch | None] = queue.SimpleQueue()
         failure: list[Exception] = []
         try:
             async with anyio.create_task_group() as tg:
@@ -156,13 +177,14 @@ class ReplicationReceiver:
             self._close("replication session closed locally")
             await stream.aclose()
             self._wakeup.close()
+            self._drained.close()
         if not failure:  # a send failed first: the connection is gone all the same
             failure.append(TransportError(ended or "replication session ended"))
         raise failure[0]
 
     async def _apply_task(
         self,
-        batches: queue.SimpleQueue[_Entries | None],
+        batches: queue.SimpleQueue[_Batch | None],
         failure: list[Exception],
         scope: anyio.CancelScope,
     ) -> None:
@@ -184,7 +206,7 @@ class ReplicationReceiver:
     async def _receive_loop(
         self,
         stream: MessageStream,
-        batches: queue.SimpleQueue[_Entries | None],
+        batches: queue.SimpleQueue[_Batch | None],
         failure: list[Exception],
     ) -> None:
         protocol = self._protocol
@@ -198,10 +220,22 @@ class ReplicationReceiver:
                     protocol.receive(message, time.monotonic())
                     for event in protocol.events():
                         if isinstance(event, Deliver):
-                            batches.put(event.entries)
+                            batches.put((event.entries, len(message)))
+                            self._backlog += len(message)
                         elif isinstance(event, Broken) and event.failure is not None:
                             failure.append(event.failure)
                     self._output_locked()  # a probe answer; a received-level ack
+                    full = self._backlog > BACKLOG_BYTES
+                while full:  # read no more until the apply thread catches up
+                    await self._drained.wait()
+                    with self._lock:
+                        full = self._backlog > BACKLOG_BYTES and protocol.broken is None
+                while (direct := self._direct) is not None and direct.backlogged:
+                    # read no more until the primary reads our answers (the send task
+                    # flushes them)
+                    flushed = self._flushed = anyio.Event()
+                    self._wakeup.set()
+                    await flushed.wait()
             await stream.aclose()  # a violation: the primary sees the end at once
         except TransportError as exc:
             failure.append(exc)
@@ -225,10 +259,13 @@ class ReplicationReceiver:
                     messages = [] if direct is not None else protocol.data_to_send(time.monotonic())
                 if direct is not None:
                     await direct.flush()
+                    self._flushed.set()
                 for message in messages:
                     await stream.send(b"".join(message))
         except TransportError as exc:
             self._close(f"replication connection lost: {exc}")
+        finally:
+            self._flushed.set()  # the receive task waits for nothing more from here
 
     def _output_locked(self) -> None:
         """Under the lock: send the protocol's messages from this context, or wake
@@ -252,12 +289,13 @@ class ReplicationReceiver:
         with self._lock:
             self._output_locked()
 
-    def _apply_thread(self, batches: queue.SimpleQueue[_Entries | None]) -> None:
+    def _apply_thread(self, batches: queue.SimpleQueue[_Batch | None]) -> None:
         """The apply thread: every delivered entry, in order, until the end."""
         protocol = self._protocol
         assert protocol is not None
         unacked = 0
-        while (entries := batches.get()) is not None and not self._abandon:
+        while (batch := batches.get()) is not None and not self._abandon:
+            entries, size = batch
             with self._lock:
                 fsyncs = {seq for seq, _, _ in entries if protocol.needs_fsync(seq)}
             start = 0
@@ -272,6 +310,11 @@ class ReplicationReceiver:
                     start = index + 1
             if start < len(entries):
                 self._apply(entries, start, len(entries), entries[-1][0])
+            with self._lock:
+                was_full = self._backlog > BACKLOG_BYTES
+                self._backlog -= size
+                if was_full and self._backlog <= BACKLOG_BYTES:
+                    self._drained.set()
             unacked += 1
             if batches.empty() or unacked >= ACK_EVERY:
                 self._output()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import replace
@@ -276,17 +277,52 @@ def _narrowed(request: ResyncRequest, checks: ZoneChecks, roots: Roots) -> Resyn
 
 def _differing(fd: int, size: int, check: FileCheck, zones: Zones, zone_size: int) -> Zones:
     """The zones of ``zones`` that may differ between this file (``size`` bytes) and
-    the target's (``check``)."""
+    the target's (``check``). Its work is bounded by the digests the target sent and
+    the zones read here, never by the size it claims (run arithmetic, no zone lists)."""
     here, there = _count(size, zone_size), _count(check.size, zone_size)
-    both = min(here, there)
-    candidates = list(_zone_list(zones, max(here, there)))
-    compared = [z for z in candidates if z < both and z in check.digests]
+    both, top = min(here, there), max(here, there)
+    compared = [z for z in sorted(check.digests) if z < both and z in zones]
     mine: dict[int, bytes] = {}
     for first, end in zone_runs(compared):
         mine.update(
             zip(range(first, end), zone_digests(fd, first, end, size, zone_size), strict=True)
         )
-    kept = {z for z in candidates if mine.get(z) is None or mine[z] != check.digests[z]}
+    equal = [z for z in compared if mine[z] == check.digests[z]]
+    kept = _without(_runs_below(zones, top), equal)
     if size != check.size:
-        kept.add(min(size, check.size) // zone_size)  # the CHUNK that sets the size
-    return Zones(tuple(zone_runs(sorted(kept))))
+        end = min(size, check.size) // zone_size  # the CHUNK that sets the size
+        kept = _merged([*kept, (end, end + 1)])
+    return Zones(tuple(kept))
+
+
+def _runs_below(zones: Zones, limit: int) -> list[tuple[int, int]]:
+    """The zones of ``zones`` below ``limit`` as runs [first, end), ascending."""
+    runs = [(start, min(end, limit)) for start, end in zones.runs if start < limit]
+    if zones.tail is not None and zones.tail < limit:
+        runs.append((zones.tail, limit))
+    return _merged(runs)
+
+
+def _without(runs: list[tuple[int, int]], zones: list[int]) -> list[tuple[int, int]]:
+    """``runs`` (ascending, disjoint) less the sorted zone indices ``zones``."""
+    out: list[tuple[int, int]] = []
+    for start, end in runs:
+        position = start
+        for zone in zones[bisect_left(zones, start) : bisect_left(zones, end)]:
+            if position < zone:
+                out.append((position, zone))
+            position = zone + 1
+        if position < end:
+            out.append((position, end))
+    return out
+
+
+def _merged(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Runs [first, end) sorted, with overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(runs):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out

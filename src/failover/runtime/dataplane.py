@@ -622,7 +622,11 @@ class DataPlane:
                     except ApplyError as exc:
                         await self._apply_failed(peer.node, exc)
                     except FailoverError as exc:
-                        log.warning("replication session from the peer ended", error=str(exc))
+                        log.warning(
+                            "replication session from the peer ended",
+                            peer=peer.node,
+                            error=str(exc),
+                        )
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()
@@ -632,7 +636,11 @@ class DataPlane:
         source sees it break and retries). During a resync this node's copy is not
         what the plan assumed: reported as ``ResyncFailed``, the core decides what
         follows (the table asks for a full resync)."""
-        log.error("replication session from the peer ended: a change failed here", error=str(exc))
+        log.error(
+            "replication session from the peer ended: a change failed here",
+            peer=peer,
+            error=str(exc),
+        )
         if self._target is not None:
             await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
 
