@@ -26,6 +26,7 @@ from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.runtime import dataplane
 from failover.runtime.control import not_in_sync
@@ -754,11 +755,11 @@ def test_a_first_start_looks_for_data_in_the_directories_before_mounting(tmp_pat
     empty.mkdir()
     full.mkdir()
     (full / ".hidden").write_bytes(b"")  # any entry counts
-    assert not dataplane.directories_hold_data({"a": empty, "b": missing})
-    assert dataplane.directories_hold_data({"a": empty, "b": full})
+    assert not directories_hold_data({"a": empty, "b": missing})
+    assert directories_hold_data({"a": empty, "b": full})
     # unreadable: counted as data (never served over nor overwritten on a guess)
     (tmp_path / "file").write_bytes(b"not a directory")
-    assert dataplane.directories_hold_data({"a": tmp_path / "file"})
+    assert directories_hold_data({"a": tmp_path / "file"})
 
 
 async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Path) -> None:

@@ -48,12 +48,10 @@ replication layer, so the mirror keeps one listener while sessions come and go.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +72,7 @@ from failover.replication.channel import (
     ReplicationSender,
     SessionIdentity,
 )
+from failover.replication.directories import Directories, close_all
 from failover.replication.mirror import Mirror
 from failover.replication.quarantine import (
     Manifest,
@@ -91,14 +90,7 @@ from failover.replication.resync import (
 )
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
-from failover.replication.verify import (
-    Differences,
-    TreeDigest,
-    compare,
-    decode_answer,
-    digest_tree,
-    encode_answer,
-)
+from failover.replication.verify_peer import answer_verify, verify_peer
 from failover.transport import MessageStream, ReplicationTransport
 
 log = structlog.get_logger("failover.dataplane")
@@ -148,7 +140,6 @@ class DataPlane:
         self.generation = generation
         self.synced_generation = synced_generation or generation
         self.tracker: Tracker | None = None
-        self.mirrors: dict[str, Mirror] = {}
         self.serving = False
         self._relay: Relay | None = None
         self._group: TaskGroup | None = None
@@ -171,12 +162,16 @@ class DataPlane:
         self._refusals_logged = 0
         self.resyncs_received = 0
         self._checks = CheckCache()  # digests of this node's suspect set for its requests
+        self.directories = Directories(settings.roots, self._checks)
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
         self.bandwidth = settings.bandwidth
-        self._remounting = anyio.Lock()  # held while the mirrors are swapped (serve/unserve)
+
+    @property
+    def mirrors(self) -> dict[str, Mirror]:
+        return self.directories.mirrors
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -188,7 +183,7 @@ class DataPlane:
         self._relay = Relay(self.tracker)
         self._relay.set_fenced(*self._fence_state)
         try:
-            await self._mount_all(read_only=True)
+            await self.directories.mount(None)
             async with (
                 s.transport.listen(s.local, tls=s.tls_server) as listener,
                 anyio.create_task_group() as tg,
@@ -200,25 +195,8 @@ class DataPlane:
         finally:
             with anyio.CancelScope(shield=True):
                 self._relay.sender = None
-                await anyio.to_thread.run_sync(self._unmount_all)
+                await anyio.to_thread.run_sync(self.directories.unmount)
                 self.tracker.close()
-
-    async def _mount_all(self, *, read_only: bool) -> None:
-        assert self._relay is not None
-        for name, path in self.settings.roots.items():
-            mirror = Mirror(name, path, None if read_only else self._relay, read_only=read_only)
-            await anyio.to_thread.run_sync(mirror.mount)
-            self.mirrors[name] = mirror
-
-    def _unmount_all(self) -> None:
-        for name, mirror in list(self.mirrors.items()):
-            try:
-                mirror.unmount()
-            except UsageError:
-                # files are still open in it (a process outlived the stop script)
-                log.warning("replicated directory busy: detached lazily", directory=name)
-                mirror.unmount(lazy=True)
-            del self.mirrors[name]
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -230,9 +208,8 @@ class DataPlane:
         self._stop_receiving()
         # a full resync's set-aside stopped by the core still moves files in its
         # thread: the application never gets the directories before it ends
-        async with self._set_aside_lock, self._remounting:
-            await anyio.to_thread.run_sync(self._unmount_all)
-            await self._mount_all(read_only=False)
+        async with self._set_aside_lock:
+            await self.directories.remount(self._relay)
         self.serving = True
 
     async def flush_replication(self) -> str | None:
@@ -254,9 +231,7 @@ class DataPlane:
         if self._relay is not None:
             self._relay.fail_held()
         await self.stop_replication()
-        async with self._remounting:
-            await anyio.to_thread.run_sync(self._unmount_all)
-            await self._mount_all(read_only=True)
+        await self.directories.remount(None)
         self.serving = False
 
     @property
@@ -314,43 +289,14 @@ class DataPlane:
                 tracker=tracker,
             )
 
-        failed = await self._move_aside(move, "divergent data quarantined", since=str(effect.since))
+        failed = await self.directories.move_aside(
+            move, "divergent data quarantined", since=str(effect.since)
+        )
         if failed is not None:
             name, exc = failed
             log.error("quarantine failed: data left in place", directory=name, error=str(exc))
             return ev.QuarantineFailed(f"could not quarantine {name}: {exc}")
         return ev.QuarantineDone()
-
-    async def _move_aside(
-        self, move: Callable[[str, int], Manifest | None], moved: str, **fields: str
-    ) -> tuple[str, Exception] | None:
-        """``move(name, fd)`` for each replicated directory in turn, in a worker
-        thread, logging ``moved`` for each set made. It works on duplicates of the
-        directories' fds taken while no remount runs (``serve``/``unserve`` close
-        the mirrors' fds, whose numbers may then be reused), as ``_receive`` does.
-        None once every directory is done; else the first directory that failed
-        and why (an ``OSError`` or ``UsageError``; the ones after it untouched)."""
-        async with self._remounting:
-            try:
-                roots = _dup_roots(self.mirrors)
-            except OSError as exc:
-                return "the replicated directories", exc
-
-        def counted(name: str, fd: int) -> Manifest | None:
-            with self._checks.writing():  # digests of this copy for a resync no longer hold
-                return move(name, fd)
-
-        try:
-            for name, fd in roots.items():
-                try:
-                    manifest = await anyio.to_thread.run_sync(counted, name, fd)
-                except (OSError, UsageError) as exc:
-                    return name, exc
-                if manifest is not None:
-                    log.warning(moved, directory=name, manifest=str(manifest.directory), **fields)
-        finally:
-            _close_all(roots)
-        return None
 
     # -- the sending side -------------------------------------------------------------------
 
@@ -467,9 +413,8 @@ class DataPlane:
         try:
             with contextlib.ExitStack() as held:
                 try:
-                    async with self._remounting:
-                        roots = _dup_roots(self.mirrors)
-                    held.callback(_close_all, roots)
+                    roots = await self.directories.dup_roots()
+                    held.callback(close_all, roots)
                     applier = held.enter_context(Applier(roots))
                     target = held.enter_context(
                         contextlib.closing(
@@ -481,7 +426,7 @@ class DataPlane:
 
                     def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
                         if kind is ItemKind.CONTROL:
-                            return _answer_verify(roots, self.settings.zone_size, payload)
+                            return answer_verify(roots, self.settings.zone_size, payload)
                         target.on_item(kind, payload)
                         return None
 
@@ -605,7 +550,7 @@ class DataPlane:
                 name, fd, s.quarantine_dir, generation=generation, peer=s.peer, now=time.time()
             )
 
-        failed = await self._move_aside(move, "data quarantined before a full resync")
+        failed = await self.directories.move_aside(move, "data quarantined before a full resync")
         if self._setting_aside is not effect:
             return  # the core stopped or replaced this resync meanwhile
         self._setting_aside = None
@@ -697,11 +642,11 @@ class DataPlane:
             return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
         self._pump(sender)
         # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
-        backing = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
+        backing = self.directories.backing_fds()
         request = await anyio.to_thread.run_sync(narrow, request, backing)
         # Under every directory's order lock: the plan holds every change made so
         # far, and every later one streams live (and updates the plan's progress).
-        locks = {name: mirror.order_lock for name, mirror in self.mirrors.items()}
+        locks = self.directories.order_locks()
         with contextlib.ExitStack() as held:
             for lock in locks.values():
                 held.enter_context(lock)
@@ -709,7 +654,7 @@ class DataPlane:
             plan = ResyncPlan.make(own if effect.mode == "incremental" else None, request)
             source = ResyncSource(
                 sender,
-                {name: mirror.backing_fd for name, mirror in self.mirrors.items()},
+                self.directories.backing_fds(),
                 locks,
                 plan,
                 bandwidth=self.bandwidth,
@@ -749,14 +694,8 @@ class DataPlane:
     # -- verify -----------------------------------------------------------------------------
 
     async def verify(self) -> dict[str, Any]:
-        """Compare both copies by digest (only digests cross the network).
-
-        Pass 1 digests everything on both sides, the peer at the request's place
-        in the replication stream; a path written meanwhile may differ only
-        because the two digests were taken at different moments, so pass 2
-        digests the differing paths again with every change held back while
-        the request is queued and the local digest taken. What still differs
-        is reported, and kept for ``status`` until a clean verify or a resync.
+        """Compare both copies by digest (``replication/verify_peer.py``); the
+        verdict is kept for ``status`` until a clean verify or a resync.
         Raises ``UsageError`` when this node does not replicate to its peer.
         """
         relay = self._relay
@@ -765,60 +704,14 @@ class DataPlane:
             raise UsageError(
                 "verify needs a replicating primary: this node sends nothing to its peer"
             )
-        first = await self._verify_pass(sender, None)
-        suspects = {name: d.paths() for name, d in first.items() if d}
-        final = await self._verify_pass(sender, suspects) if suspects else first
-        differences = {name: d for name, d in final.items() if d}
-        report = {
-            "at": time.time(),
-            "in_sync": not differences,
-            "directories": {name: d.to_dict() for name, d in final.items()},
-            "text": "\n".join(d.render(name) for name, d in sorted(final.items()) if d)
-            or "both copies are identical",
-        }
+        s = self.settings
+        report, differences = await verify_peer(sender, self.directories, s.zone_size, s.peer)
         self.last_verify = {
             "at": report["at"],
             "in_sync": report["in_sync"],
-            "differences": sum(len(d.paths()) for d in differences.values()),
+            "differences": differences,
         }
         return report
-
-    async def _verify_pass(
-        self, sender: ReplicationSender, subset: Mapping[str, tuple[bytes, ...]] | None
-    ) -> dict[str, Differences]:
-        s = self.settings
-        request = _verify_request(subset)
-        locks = [mirror.order_lock for mirror in self.mirrors.values()]
-        fds = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
-
-        def local() -> tuple[int, dict[str, TreeDigest]]:
-            with contextlib.ExitStack() as held:
-                if subset is not None:  # small: hold every change back meanwhile
-                    for lock in locks:
-                        held.enter_context(lock)
-                seq = sender.ask(request)
-                if subset is None:
-                    held.close()
-                mine = {
-                    name: digest_tree(
-                        fd, s.zone_size, paths=None if subset is None else subset.get(name, ())
-                    )
-                    for name, fd in fds.items()
-                }
-            return seq, mine
-
-        seq, mine = await anyio.to_thread.run_sync(local)
-        answer = await anyio.to_thread.run_sync(sender.answer, seq, VERIFY_TIMEOUT)
-        if answer is None:
-            raise UsageError(
-                f"verify: {s.peer} did not answer (session {sender.broken or 'alive'})"
-            )
-        theirs = decode_answer(answer)
-        if set(theirs) != set(mine):
-            raise PeerProtocolError(
-                f"verify: {s.peer} digested {sorted(theirs)}, not {sorted(mine)}"
-            )
-        return {name: compare(mine[name], theirs[name]) for name in mine}
 
     def set_bandwidth(self, rate: int) -> None:
         """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""
@@ -867,28 +760,6 @@ class DataPlane:
         }
 
 
-def directories_hold_data(roots: Mapping[str, Path]) -> bool:
-    """Whether any replicated directory holds an entry, looked at before the
-    mirrors are mounted over them (a first start decides on it). A directory
-    that cannot be read counts as holding data: it is then never served over
-    nor overwritten on a guess."""
-    for name, path in roots.items():
-        try:
-            with os.scandir(path) as entries:
-                if next(entries, None) is not None:
-                    return True
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning(
-                "replicated directory unreadable: counted as holding data",
-                directory=name,
-                error=str(exc),
-            )
-            return True
-    return False
-
-
 class _Unstarted(Exception):
     """A resync attempt the source ends before sending anything, for a reason the
     core decides on (``ResyncFailed``)."""
@@ -898,62 +769,8 @@ class _Unstarted(Exception):
         self.full_needed = full_needed
 
 
-def _dup_roots(mirrors: Mapping[str, Mirror]) -> dict[str, int]:
-    """Each mirror's backing directory fd, duplicated (the caller closes them); all or none."""
-    roots: dict[str, int] = {}
-    try:
-        for name, mirror in mirrors.items():
-            roots[name] = os.dup(mirror.backing_fd)
-    except BaseException:
-        _close_all(roots)
-        raise
-    return roots
-
-
-def _close_all(fds: Mapping[str, int]) -> None:
-    for fd in fds.values():
-        os.close(fd)
-
-
 MAX_HANDSHAKES = 8
 """Incoming replication connections that may be authenticating at once; more are
 closed at once. Each has the replication timeout to authenticate."""
 REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two log records of refused connections (all are counted)."""
-VERIFY_TIMEOUT = 600.0
-"""Seconds the peer may take to digest its copy (about 1 GiB/s of hashing)."""
-_VERIFY = b"FOVF1"
-
-
-def _verify_request(subset: Mapping[str, tuple[bytes, ...]] | None) -> bytes:
-    """A verify control record: everything, or these paths of these directories."""
-    if subset is None:
-        return _VERIFY + b"*"
-    body = {name: [path.hex() for path in paths] for name, paths in subset.items()}
-    return _VERIFY + json.dumps(body, sort_keys=True).encode()
-
-
-def _answer_verify(roots: Mapping[str, int], zone_size: int, record: bytes) -> bytes:
-    """The secondary's answer to a verify record: the digests of its copy, at the
-    record's place in the stream. Bad records are the peer's protocol error."""
-    if not record.startswith(_VERIFY):
-        raise PeerProtocolError(f"control record {record[:16]!r} is not a verify request")
-    rest = record[len(_VERIFY) :]
-    subset: dict[str, tuple[bytes, ...]] | None = None
-    if rest != b"*":
-        try:
-            parsed = json.loads(rest)
-            subset = {str(n): tuple(bytes.fromhex(p) for p in ps) for n, ps in parsed.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise PeerProtocolError(f"verify request: malformed subset ({exc})") from None
-        unknown = set(subset) - set(roots)
-        if unknown:
-            raise PeerProtocolError(f"verify request: unknown directories {sorted(unknown)}")
-    digests = {}
-    for name, fd in sorted(roots.items()):
-        try:
-            paths = None if subset is None else subset.get(name, ())
-            digests[name] = digest_tree(fd, zone_size, paths=paths)
-        except UsageError as exc:
-            raise PeerProtocolError(f"verify request for {name}: {exc}") from None
-    return encode_answer(digests)
