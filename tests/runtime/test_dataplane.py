@@ -24,13 +24,15 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
+from failover.replication import receiving as receiving_module
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
 from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
+from failover.replication.receiving import MAX_HANDSHAKES
 from failover.runtime import dataplane
 from failover.runtime.control import not_in_sync
-from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.proxy import CuttableProxy
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
@@ -162,7 +164,7 @@ async def test_a_lost_peer_breaks_replication_and_fsync_returns(tmp_path: Path) 
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         await receiving(beta)
-        beta.plane._stop_receiving()  # the peer's receiver goes away
+        beta.plane.receiving.stop()  # the peer's receiver goes away
         with anyio.fail_after(WAIT_TIMEOUT):
             await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"alone")
             await alpha.event_seen.wait()
@@ -446,13 +448,13 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             await alpha.plane.start_replication()
             port = beta.plane.settings.local.port  # type: ignore[attr-defined]
             asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
-            resync_request = beta.plane._resync_request
+            resync_request = beta.plane.receiving.request
 
             def counted(session: Any) -> bytes:  # the session's ResyncTarget
                 asked.append(resync_request(session))
                 return asked[-1]
 
-            monkeypatch.setattr(beta.plane, "_resync_request", counted)
+            monkeypatch.setattr(beta.plane.receiving, "request", counted)
             replay = await recorded_handshake()
             hostile: list[Any] = []
             transport = TcpReplicationTransport()
@@ -512,7 +514,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
         await alpha.plane.start_replication()
         await receiving(beta)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "replicated", b"on both")
-        beta.plane._stop_receiving()  # the session breaks
+        beta.plane.receiving.stop()  # the session breaks
         results: list[str] = []
 
         async def application(name: str) -> None:
@@ -627,7 +629,7 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
     target's duplicates included: a flood exhausted the descriptors) is refused
     on its own: its handshake slot is given back, the data plane goes on, and
     the peer's next session replicates."""
-    real = dataplane.ResyncTarget
+    real = receiving_module.ResyncTarget
     exhausted = [UsageError("replicated directory: Too many open files: None")]
 
     def resync_target(*args: Any, **kwargs: Any) -> Any:
@@ -635,7 +637,7 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
             raise exhausted.pop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dataplane, "ResyncTarget", resync_target)
+    monkeypatch.setattr(receiving_module, "ResyncTarget", resync_target)
     async with pair(tmp_path, timeout=1.0) as (alpha, beta):
         port = beta.plane.settings.local.port  # type: ignore[attr-defined]
         stream = await anyio.connect_tcp("127.0.0.1", port)

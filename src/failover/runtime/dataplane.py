@@ -48,7 +48,6 @@ replication layer, so the mirror keeps one listener while sessions come and go.
 from __future__ import annotations
 
 import contextlib
-import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -63,22 +62,21 @@ from pydantic import BaseModel
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.errors import FailoverError, PeerProtocolError, TransportError, UsageError
-from failover.replication.apply import Applier, ApplyError
+from failover.errors import PeerProtocolError, TransportError, UsageError
+from failover.replication.apply import ApplyError
 from failover.replication.channel import (
     ChannelSettings,
-    ItemKind,
-    ReplicationReceiver,
     ReplicationSender,
     SessionIdentity,
 )
-from failover.replication.directories import Directories, close_all
+from failover.replication.directories import Directories
 from failover.replication.mirror import Mirror
 from failover.replication.quarantine import (
     Manifest,
     quarantine,
     quarantine_before_full_resync,
 )
+from failover.replication.receiving import Receiving
 from failover.replication.relay import Relay
 from failover.replication.resync import (
     CheckCache,
@@ -90,8 +88,8 @@ from failover.replication.resync import (
 )
 from failover.replication.resync_wire import ResyncRequest
 from failover.replication.tracking import Tracker
-from failover.replication.verify_peer import answer_verify, verify_peer
-from failover.transport import MessageStream, ReplicationTransport
+from failover.replication.verify_peer import verify_peer
+from failover.transport import ReplicationTransport
 
 log = structlog.get_logger("failover.dataplane")
 
@@ -144,7 +142,6 @@ class DataPlane:
         self._relay: Relay | None = None
         self._group: TaskGroup | None = None
         self._sending: anyio.CancelScope | None = None
-        self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         # a full resync whose target data is being quarantined before it may start
@@ -155,14 +152,21 @@ class DataPlane:
         # the core's decision (FenceWrites.serving): a node that serves takes no
         # session from its peer; a daemon starts stopped
         self.core_serving = False
-        self.sessions_received = 0
-        self.handshakes = 0  # incoming connections not authenticated yet
-        self.handshakes_refused = 0  # incoming connections that never authenticated
-        self._refusal_logged_at = -math.inf
-        self._refusals_logged = 0
         self.resyncs_received = 0
         self._checks = CheckCache()  # digests of this node's suspect set for its requests
         self.directories = Directories(settings.roots, self._checks)
+        self.receiving = Receiving(
+            self.directories,
+            self._checks,
+            identity=self._identity,
+            zone_size=settings.zone_size,
+            timeout=settings.channel.timeout,
+            accepting=lambda: self.accepting,
+            request=self._resync_request,
+            prepare=self._prepare_checks,
+            on_resync_done=self._target_done,
+            on_apply_failed=self._apply_failed,
+        )
         self.resync_source: ResyncSource | None = None
         self.last_resync: ResyncStatus | None = None
         self.last_verify: dict[str, Any] | None = None
@@ -172,6 +176,20 @@ class DataPlane:
     @property
     def mirrors(self) -> dict[str, Mirror]:
         return self.directories.mirrors
+
+    @property
+    def sessions_received(self) -> int:
+        return self.receiving.sessions_received
+
+    @property
+    def handshakes(self) -> int:
+        """Incoming connections not authenticated yet."""
+        return self.receiving.handshakes
+
+    @property
+    def handshakes_refused(self) -> int:
+        """Incoming connections that never authenticated."""
+        return self.receiving.handshakes_refused
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -189,7 +207,7 @@ class DataPlane:
                 anyio.create_task_group() as tg,
             ):
                 self._group = tg
-                tg.start_soon(self._accept, listener)
+                tg.start_soon(self.receiving.accept, listener, tg)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
@@ -205,7 +223,7 @@ class DataPlane:
         (before the application starts)."""
         if self.serving:
             return
-        self._stop_receiving()
+        self.receiving.stop()
         # a full resync's set-aside stopped by the core still moves files in its
         # thread: the application never gets the directories before it ends
         async with self._set_aside_lock:
@@ -250,7 +268,7 @@ class DataPlane:
         self._fence_state = (fenced, serving)
         self.core_serving = serving
         if serving:
-            self._stop_receiving()  # the peer's session ends once this node serves
+            self.receiving.stop()  # the peer's session ends once this node serves
         if self._relay is not None:
             self._relay.set_fenced(fenced, serving)
         log.info("write fence", fenced=fenced, serving=serving)
@@ -358,111 +376,6 @@ class DataPlane:
 
     # -- the receiving side -----------------------------------------------------------------
 
-    async def _accept(self, listener: Any) -> None:
-        """Take connections; each authenticates in a task of its own (at most
-        ``MAX_HANDSHAKES`` at once, each within the replication timeout), so an
-        unauthenticated connection never holds up another, and changes nothing."""
-        while True:
-            try:
-                stream = await listener.accept()
-            except TransportError as exc:
-                log.error("replication listener failed", error=str(exc))
-                return
-            if not self.accepting:
-                self._refused("this node serves")
-                await stream.aclose()
-                continue
-            if self.handshakes >= MAX_HANDSHAKES:
-                self._refused("too many unauthenticated connections")
-                await stream.aclose()
-                continue
-            self.handshakes += 1
-            assert self._group is not None
-            self._group.start_soon(self._receive, stream)
-
-    def _refused(self, why: str) -> None:
-        """An incoming connection refused before it authenticated: counted always
-        (``handshakes_refused`` in status), logged at most every
-        ``REFUSAL_LOG_INTERVAL``, so that strangers cannot fill the log."""
-        self.handshakes_refused += 1
-        now = anyio.current_time()
-        if now < self._refusal_logged_at + REFUSAL_LOG_INTERVAL:
-            return
-        log.warning(
-            "replication connection refused",
-            why=why,
-            refused_since_last_record=self.handshakes_refused - self._refusals_logged,
-        )
-        self._refusal_logged_at, self._refusals_logged = now, self.handshakes_refused
-
-    def _stop_receiving(self) -> None:
-        if self._receiving is not None:
-            self._receiving.cancel()
-            self._receiving = None
-
-    async def _receive(self, stream: MessageStream) -> None:
-        """One incoming connection: it changes nothing (the live session goes on)
-        until its handshake authenticated; then it replaces the live session (the
-        newest authenticated session wins: the primary reconnected).
-
-        The session works on its own duplicates of the directories' fds, taken
-        while no remount runs (``serve``/``unserve`` close the mirrors' fds in a
-        worker thread): a connection arriving during a takeover never sees a
-        closed or reused descriptor. Failing to take them (a flood exhausted the
-        descriptors) refuses this connection only."""
-        try:
-            with contextlib.ExitStack() as held:
-                try:
-                    roots = await self.directories.dup_roots()
-                    held.callback(close_all, roots)
-                    applier = held.enter_context(Applier(roots))
-                    target = held.enter_context(
-                        contextlib.closing(
-                            ResyncTarget(
-                                applier, roots, on_done=self._target_done, checks=self._checks
-                            )
-                        )
-                    )
-
-                    def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
-                        if kind is ItemKind.CONTROL:
-                            return answer_verify(roots, self.settings.zone_size, payload)
-                        target.on_item(kind, payload)
-                        return None
-
-                    receiver = ReplicationReceiver(
-                        self._identity(),
-                        target,
-                        on_item=on_item,
-                        timeout=self.settings.channel.timeout,
-                    )
-                    # the digests of the suspect set, off the event loop (cached)
-                    await anyio.to_thread.run_sync(self._prepare_checks, roots)
-                    peer = await receiver.handshake(stream, lambda: self._resync_request(target))
-                except (OSError, FailoverError) as exc:  # its fds, or its handshake
-                    self._refused(str(exc))
-                    return
-                finally:
-                    self.handshakes -= 1
-                if not self.accepting:
-                    log.warning("replication session refused: this node serves")
-                    return
-                self._stop_receiving()
-                scope = anyio.CancelScope()
-                self._receiving = scope
-                with scope:
-                    self.sessions_received += 1
-                    log.info("receiving replication", peer=peer.node, generation=peer.generation)
-                    try:
-                        await receiver.run()
-                    except ApplyError as exc:
-                        await self._apply_failed(peer.node, exc)
-                    except FailoverError as exc:
-                        log.warning("replication session from the peer ended", error=str(exc))
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-
     async def _apply_failed(self, peer: str, exc: ApplyError) -> None:
         """A change from ``peer`` could not be made here: the session has ended (the
         source sees it break and retries). During a resync this node's copy is not
@@ -520,7 +433,7 @@ class DataPlane:
         assert self._group is not None
         if effect.role == "target":
             self._checks.forget()  # digested before: the copy may have changed since
-            self._stop_receiving()
+            self.receiving.stop()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
                 self._target, self._setting_aside = None, effect
@@ -767,10 +680,3 @@ class _Unstarted(Exception):
     def __init__(self, reason: str, *, full_needed: bool = False) -> None:
         super().__init__(reason)
         self.full_needed = full_needed
-
-
-MAX_HANDSHAKES = 8
-"""Incoming replication connections that may be authenticating at once; more are
-closed at once. Each has the replication timeout to authenticate."""
-REFUSAL_LOG_INTERVAL = 10.0
-"""Seconds between two log records of refused connections (all are counted)."""
