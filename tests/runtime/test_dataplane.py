@@ -25,12 +25,12 @@ from failover.core import events as ev
 from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication import receiving as receiving_module
+from failover.replication import resync_attempt
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
 from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.replication.receiving import MAX_HANDSHAKES
-from failover.runtime import dataplane
 from failover.runtime.control import not_in_sync
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.proxy import CuttableProxy
@@ -662,7 +662,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
     loser quarantined it): ApplyError, the resync failed and the next was full.
     BEGIN is queued in the same order-lock hold as the plan: the write reaches
     the target inside the resync, which rebuilds the file."""
-    real = dataplane.ResyncSource
+    real = resync_attempt.ResyncSource
 
     class WritesFirst(real):  # type: ignore[misc,valid-type]
         def run(self) -> bool:
@@ -670,7 +670,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
                 application.write(b" and more")  # the application, as the thread starts
             return bool(super().run())
 
-    monkeypatch.setattr(dataplane, "ResyncSource", WritesFirst)
+    monkeypatch.setattr(resync_attempt, "ResyncSource", WritesFirst)
     async with pair(tmp_path) as (alpha, beta):
         since, generation = await wrote_while_away(alpha)
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))

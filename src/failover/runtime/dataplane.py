@@ -47,7 +47,6 @@ replication layer, so the mirror keeps one listener while sessions come and go.
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -80,13 +79,10 @@ from failover.replication.receiving import Receiving
 from failover.replication.relay import Relay
 from failover.replication.resync import (
     CheckCache,
-    ResyncPlan,
     ResyncSource,
-    ResyncStatus,
     ResyncTarget,
-    narrow,
 )
-from failover.replication.resync_wire import ResyncRequest
+from failover.replication.resync_attempt import SourceAttempts
 from failover.replication.tracking import Tracker
 from failover.replication.verify_peer import verify_peer
 from failover.transport import ReplicationTransport
@@ -167,15 +163,34 @@ class DataPlane:
             on_resync_done=self._target_done,
             on_apply_failed=self._apply_failed,
         )
-        self.resync_source: ResyncSource | None = None
-        self.last_resync: ResyncStatus | None = None
+        self.sourcing = SourceAttempts(
+            self.directories,
+            identity=self._identity,
+            channel=settings.channel,
+            connect=lambda: settings.transport.connect(
+                settings.remote, settings.channel.timeout, tls=settings.tls_client
+            ),
+            peer=settings.peer,
+            bandwidth=settings.bandwidth,
+            pump=self._pump,
+            stop_replication=self.stop_replication,
+            on_late_break=self._late_break,
+        )
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
-        self.bandwidth = settings.bandwidth
 
     @property
     def mirrors(self) -> dict[str, Mirror]:
         return self.directories.mirrors
+
+    @property
+    def resync_source(self) -> ResyncSource | None:
+        """The running resync's source (None unless this node resyncs its peer)."""
+        return self.sourcing.source
+
+    @property
+    def bandwidth(self) -> int:
+        return self.sourcing.bandwidth
 
     @property
     def sessions_received(self) -> int:
@@ -364,6 +379,11 @@ class DataPlane:
     async def _report_event(self, event: ev.Event) -> None:
         await self.report(event)
 
+    def _late_break(self, reason: str) -> None:
+        """A resync's session broke after its END (it replicates by then)."""
+        assert self._group is not None
+        self._group.start_soon(self._report_failure, reason)
+
     async def _report_failure(self, reason: str) -> None:
         await self.report(ev.ReplicationFailed(reason))
 
@@ -484,8 +504,7 @@ class DataPlane:
         if self._resyncing is not None:
             self._resyncing.cancel()
             self._resyncing = None
-        if self.resync_source is not None:
-            self.resync_source.cancel()
+        self.sourcing.cancel()
 
     async def _run_source(self, effect: fx.StartResync, scope: anyio.CancelScope) -> None:
         """One attempt to resync the peer; its outcomes are reported unless the
@@ -506,94 +525,16 @@ class DataPlane:
 
     async def _resync_as_source(self, effect: fx.StartResync) -> list[ev.Event]:
         """One resync attempt: the outcomes to report, in order."""
-        assert self._relay is not None and self._group is not None and self.tracker is not None
-        relay, group = self._relay, self._group
-        await self.stop_replication()
-        s = self.settings
-        failures: list[str] = []
-        live = False  # once the resync is done, a break is the replication's failure
-
-        def broken(reason: str) -> None:
-            failures.append(reason)
-            if relay.sender is sender:
-                relay.sender = None
-            if live:
-                group.start_soon(self._report_failure, reason)
-
-        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
-        try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
-        except TransportError as exc:
-            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
-        try:
-            peer = await sender.handshake(stream)
-            if not peer.request and peer.generation == str(effect.generation):
-                # It applied the END of an attempt whose end we never heard: what
-                # this node acknowledged since may be missing there. The core decides.
-                raise _Unstarted(
-                    f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
-                )
-            if not peer.request:
-                raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
-            request = ResyncRequest.decode(peer.request)
-            if (
-                effect.mode == "incremental"
-                and not request.full
-                and self.tracker.since != request.generation
-            ):
-                # the changes tracked here do not start where the peer's copy ends
-                raise _Unstarted(
-                    f"changes are tracked here since {self.tracker.since}, "
-                    f"{s.peer} holds {request.generation}",
-                    full_needed=True,
-                )
-        except (TransportError, PeerProtocolError, UsageError, _Unstarted) as exc:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            if isinstance(exc, _Unstarted):
-                return [ev.ResyncFailed(str(exc), full_needed=exc.full_needed)]
-            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
-        self._pump(sender)
-        # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
-        backing = self.directories.backing_fds()
-        request = await anyio.to_thread.run_sync(narrow, request, backing)
-        # Under every directory's order lock: the plan holds every change made so
-        # far, and every later one streams live (and updates the plan's progress).
-        locks = self.directories.order_locks()
-        with contextlib.ExitStack() as held:
-            for lock in locks.values():
-                held.enter_context(lock)
-            own = self.tracker.changes()
-            plan = ResyncPlan.make(own if effect.mode == "incremental" else None, request)
-            source = ResyncSource(
-                sender,
-                self.directories.backing_fds(),
-                locks,
-                plan,
-                bandwidth=self.bandwidth,
-            )
-            source.begin()  # before any live op reaches the session
-            self.resync_source = source
-            self._relay.sender = sender
-            self._relay.resync = source
-        log.info("resync started", peer=s.peer, full=plan.full, since=request.generation)
-        try:
-            done = await anyio.to_thread.run_sync(source.run, abandon_on_cancel=True)
-        finally:
-            self._relay.resync = None
-            self.resync_source = None
-            self.last_resync = source.status()
-        if not done:
-            relay.sender = None
-            await self.stop_replication()
-            reason = failures[0] if failures else "resync stopped"
-            return [ev.ResyncFailed(f"resync of {s.peer} failed: {reason}")]
-        log.info("resync done", peer=s.peer, status=asdict(source.status()))
+        assert self._relay is not None and self.tracker is not None
+        outcome = await self.sourcing.attempt(
+            effect.mode, str(effect.generation), self.tracker, self._relay
+        )
+        if not outcome.done:
+            return [ev.ResyncFailed(outcome.reason, full_needed=outcome.full_needed)]
         self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
-        live = True
-        if failures:  # the session broke after the target applied END
-            outcomes.append(ev.ReplicationFailed(f"replication to {s.peer}: {failures[0]}"))
+        if outcome.reason:  # the session broke after the target applied END
+            outcomes.append(ev.ReplicationFailed(outcome.reason))
         return outcomes
 
     def _identity(self) -> SessionIdentity:
@@ -628,19 +569,14 @@ class DataPlane:
 
     def set_bandwidth(self, rate: int) -> None:
         """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""
-        if rate < 0:
-            raise UsageError(f"bandwidth {rate}: must be 0 (no limit) or a positive bytes/s")
-        self.bandwidth = rate
-        source = self.resync_source
-        if source is not None:
-            source.set_bandwidth(rate)
+        self.sourcing.set_bandwidth(rate)
 
     def status(self) -> dict[str, Any]:
         relay = self._relay
         sender = relay.sender if relay is not None else None
         sender_status = None if sender is None else sender.status()
         source = self.resync_source
-        resync = source.status() if source is not None else self.last_resync
+        resync = source.status() if source is not None else self.sourcing.last_status
         tracker = self.tracker
         changes = tracker.changes() if tracker is not None else None
         return {
@@ -671,12 +607,3 @@ class DataPlane:
                 "meta": len(changes.meta),
             },
         }
-
-
-class _Unstarted(Exception):
-    """A resync attempt the source ends before sending anything, for a reason the
-    core decides on (``ResyncFailed``)."""
-
-    def __init__(self, reason: str, *, full_needed: bool = False) -> None:
-        super().__init__(reason)
-        self.full_needed = full_needed
