@@ -17,20 +17,19 @@ whether and when to try again, and in which mode, is the core's
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import anyio
 import structlog
 
 from failover.errors import PeerProtocolError, TransportError, UsageError
-from failover.replication.channel import ChannelSettings, ReplicationSender, SessionIdentity
 from failover.replication.directories import Directories
 from failover.replication.relay import Relay
 from failover.replication.resync import ResyncPlan, ResyncSource, ResyncStatus, narrow
 from failover.replication.resync_wire import ResyncRequest
+from failover.replication.sending import Sending
 from failover.replication.tracking import Tracker
-from failover.transport import MessageStream
 
 log = structlog.get_logger("failover.dataplane")
 
@@ -49,32 +48,22 @@ class AttemptOutcome:
 class SourceAttempts:
     """The resync attempts of this node as source, one at a time. ``source`` is
     the running one's ``ResyncSource`` (None between attempts), ``last_status``
-    the status of the last one that ran. The session's task runs in the caller's
-    task group (``pump``); ``stop_replication`` ends the replication session
-    before an attempt; a break of the session after END goes to
-    ``on_late_break``."""
+    the status of the last one that ran. An attempt ends the replication session
+    (``sending``) first, and its own session runs as ``sending``'s; a break of
+    it after END goes to ``on_late_break``."""
 
     def __init__(
         self,
         directories: Directories,
+        sending: Sending,
         *,
-        identity: Callable[[], SessionIdentity],
-        channel: ChannelSettings,
-        connect: Callable[[], Awaitable[MessageStream]],
-        peer: str,
         bandwidth: int,
-        pump: Callable[[ReplicationSender], None],
-        stop_replication: Callable[[], Awaitable[None]],
         on_late_break: Callable[[str], None],
     ) -> None:
         self.directories = directories
-        self.identity = identity
-        self.channel = channel
-        self.connect = connect
-        self.peer = peer
+        self.sending = sending
+        self.peer = sending.peer
         self.bandwidth = bandwidth
-        self.pump = pump
-        self.stop_replication = stop_replication
         self.on_late_break = on_late_break
         self.source: ResyncSource | None = None
         self.last_status: ResyncStatus | None = None
@@ -97,7 +86,7 @@ class SourceAttempts:
     ) -> AttemptOutcome:
         """One resync attempt in ``mode`` (incremental or full) to bring the peer
         to ``generation``; on success its session stays ``relay``'s sender."""
-        await self.stop_replication()
+        await self.sending.stop()
         failures: list[str] = []
         live = False  # once the resync is done, a break is the replication's failure
 
@@ -108,9 +97,9 @@ class SourceAttempts:
             if live:
                 self.on_late_break(reason)
 
-        sender = ReplicationSender(self.identity(), self.channel, on_broken=broken)
+        sender = self.sending.new_sender(broken)
         try:
-            stream = await self.connect()
+            stream = await self.sending.connect()
         except TransportError as exc:
             return AttemptOutcome(False, f"resync of {self.peer} could not start: {exc}")
         try:
@@ -137,7 +126,7 @@ class SourceAttempts:
             if isinstance(exc, _Unstarted):
                 return AttemptOutcome(False, str(exc), full_needed=exc.full_needed)
             return AttemptOutcome(False, f"resync of {self.peer} could not start: {exc}")
-        self.pump(sender)
+        self.sending.pump(sender)
         # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
         backing = self.directories.backing_fds()
         request = await anyio.to_thread.run_sync(narrow, request, backing)
@@ -169,7 +158,7 @@ class SourceAttempts:
             self.last_status = source.status()
         if not done:
             relay.sender = None
-            await self.stop_replication()
+            await self.sending.stop()
             reason = failures[0] if failures else "resync stopped"
             return AttemptOutcome(False, f"resync of {self.peer} failed: {reason}")
         log.info("resync done", peer=self.peer, status=asdict(source.status()))

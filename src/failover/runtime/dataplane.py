@@ -61,11 +61,10 @@ from pydantic import BaseModel
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.errors import PeerProtocolError, TransportError, UsageError
+from failover.errors import UsageError
 from failover.replication.apply import ApplyError
 from failover.replication.channel import (
     ChannelSettings,
-    ReplicationSender,
     SessionIdentity,
 )
 from failover.replication.directories import Directories
@@ -83,6 +82,7 @@ from failover.replication.resync import (
     ResyncTarget,
 )
 from failover.replication.resync_attempt import SourceAttempts
+from failover.replication.sending import Sending
 from failover.replication.tracking import Tracker
 from failover.replication.verify_peer import verify_peer
 from failover.transport import ReplicationTransport
@@ -137,7 +137,6 @@ class DataPlane:
         self.serving = False
         self._relay: Relay | None = None
         self._group: TaskGroup | None = None
-        self._sending: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         # a full resync whose target data is being quarantined before it may start
@@ -163,18 +162,20 @@ class DataPlane:
             on_resync_done=self._target_done,
             on_apply_failed=self._apply_failed,
         )
-        self.sourcing = SourceAttempts(
-            self.directories,
+        self.sending = Sending(
             identity=self._identity,
             channel=settings.channel,
             connect=lambda: settings.transport.connect(
                 settings.remote, settings.channel.timeout, tls=settings.tls_client
             ),
             peer=settings.peer,
+            on_broken=self._replication_broke,
+        )
+        self.sourcing = SourceAttempts(
+            self.directories,
+            self.sending,
             bandwidth=settings.bandwidth,
-            pump=self._pump,
-            stop_replication=self.stop_replication,
-            on_late_break=self._late_break,
+            on_replication_broke=self._replication_broke,
         )
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
@@ -222,6 +223,7 @@ class DataPlane:
                 anyio.create_task_group() as tg,
             ):
                 self._group = tg
+                self.sending.attach(self._relay, tg)
                 tg.start_soon(self.receiving.accept, listener, tg)
                 task_status.started()
                 await anyio.sleep_forever()
@@ -249,12 +251,7 @@ class DataPlane:
         """Wait until the peer acknowledged every write replicated so far (the
         hand-over: what the stop script wrote must be on the peer before it may
         serve). None when done or when nothing replicates; else why not."""
-        sender = self._relay.sender if self._relay is not None else None
-        if sender is None:
-            return None
-        if await anyio.to_thread.run_sync(sender.flush):
-            return None
-        return sender.broken or "the peer did not acknowledge every write"
+        return await self.sending.flush()
 
     async def unserve(self) -> None:
         """Back to the read-only view (after the application stopped). An fsync
@@ -336,51 +333,13 @@ class DataPlane:
     async def start_replication(self) -> None:
         """Open a session to the peer's receiver and replicate every change from
         now on. A failure to connect is reported as ``ReplicationFailed``."""
-        assert self._group is not None and self._relay is not None
-        current = self._relay.sender
-        if current is not None and current.broken is None:
-            return  # the session a resync opened goes on replicating: no gap
-        await self.stop_replication()
-        s = self.settings
-        reported = False
-        group = self._group
-
-        def broken(reason: str) -> None:
-            nonlocal reported
-            if self._relay is not None and self._relay.sender is sender:
-                self._relay.sender = None
-            if not reported:
-                reported = True
-                group.start_soon(self._report_failure, reason)
-
-        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
-        try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
-            await sender.handshake(stream)
-        except (TransportError, PeerProtocolError) as exc:
-            broken(f"replication session to {s.peer} failed: {exc}")
-            return
-        self._relay.sender = sender
-        self._pump(sender)
-        log.info("replicating", peer=s.peer)
-
-    def _pump(self, sender: ReplicationSender) -> None:
-        """Run ``sender``'s session in the background; ``stop_replication`` ends it."""
-        assert self._group is not None
-        scope = anyio.CancelScope()
-        self._sending = scope
-
-        async def pump() -> None:
-            with scope:
-                await sender.run()
-
-        self._group.start_soon(pump)
+        await self.sending.start()
 
     async def _report_event(self, event: ev.Event) -> None:
         await self.report(event)
 
-    def _late_break(self, reason: str) -> None:
-        """A resync's session broke after its END (it replicates by then)."""
+    def _replication_broke(self, reason: str) -> None:
+        """The replication session broke (or a resync's, after its END)."""
         assert self._group is not None
         self._group.start_soon(self._report_failure, reason)
 
@@ -388,11 +347,7 @@ class DataPlane:
         await self.report(ev.ReplicationFailed(reason))
 
     async def stop_replication(self) -> None:
-        if self._relay is not None:
-            self._relay.sender = None
-        if self._sending is not None:
-            self._sending.cancel()
-            self._sending = None
+        await self.sending.stop()
 
     # -- the receiving side -----------------------------------------------------------------
 
