@@ -175,7 +175,7 @@ class DataPlane:
             self.directories,
             self.sending,
             bandwidth=settings.bandwidth,
-            on_replication_broke=self._replication_broke,
+            on_late_break=self._replication_broke,
         )
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
