@@ -9,7 +9,9 @@ Mechanism only (the data plane in ``runtime/dataplane.py`` decides when):
   (a remount closes the mirrors' fds, whose numbers may then be reused), for a
   session or a quarantine that outlives a remount;
 - ``move_aside``: a quarantine move over every directory in turn, in a worker
-  thread, stopping at the first directory that fails.
+  thread, stopping at the first directory that fails: a split brain's tracked
+  changes (``quarantine_changes``), or everything before a full resync
+  (``set_aside``).
 
 ``directories_hold_data`` looks at the directories before any mirror is mounted.
 """
@@ -17,6 +19,7 @@ Mechanism only (the data plane in ``runtime/dataplane.py`` decides when):
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from threading import Lock
@@ -26,8 +29,9 @@ import structlog
 
 from failover.errors import UsageError
 from failover.replication.mirror import Mirror, MirrorListener
-from failover.replication.quarantine import Manifest
+from failover.replication.quarantine import Manifest, quarantine, quarantine_before_full_resync
 from failover.replication.resync_check import CheckCache
+from failover.replication.tracking import Tracker
 
 log = structlog.get_logger("failover.dataplane")
 
@@ -106,6 +110,41 @@ class Directories:
         finally:
             close_all(roots)
         return None
+
+    async def quarantine_changes(
+        self, tracker: Tracker, into: Path, generation: str, peer: str, **fields: str
+    ) -> tuple[str, Exception] | None:
+        """A split brain's losing side: every entry ``tracker`` recorded moves to a
+        quarantine set in ``into`` (``quarantine``); the tracker keeps the set.
+        The first directory that failed and why, or None (``move_aside``)."""
+        changes = tracker.changes()
+
+        def move(name: str, fd: int) -> Manifest:
+            return quarantine(
+                name,
+                fd,
+                changes,
+                into,
+                generation=generation,
+                peer=peer,
+                now=time.time(),
+                tracker=tracker,
+            )
+
+        return await self.move_aside(move, "divergent data quarantined", **fields)
+
+    async def set_aside(
+        self, into: Path, generation: str, peer: str
+    ) -> tuple[str, Exception] | None:
+        """Before a full resync from ``peer``: every entry moves to a quarantine set
+        in ``into`` (``quarantine_before_full_resync``). As ``move_aside``."""
+
+        def move(name: str, fd: int) -> Manifest | None:
+            return quarantine_before_full_resync(
+                name, fd, into, generation=generation, peer=peer, now=time.time()
+            )
+
+        return await self.move_aside(move, "data quarantined before a full resync")
 
 
 def directories_hold_data(roots: Mapping[str, Path]) -> bool:

@@ -48,7 +48,6 @@ replication layer, so the mirror keeps one listener while sessions come and go.
 from __future__ import annotations
 
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,11 +68,6 @@ from failover.replication.channel import (
 )
 from failover.replication.directories import Directories
 from failover.replication.mirror import Mirror
-from failover.replication.quarantine import (
-    Manifest,
-    quarantine,
-    quarantine_before_full_resync,
-)
 from failover.replication.receiving import Receiving
 from failover.replication.relay import Relay
 from failover.replication.resync import (
@@ -301,26 +295,10 @@ class DataPlane:
         """Move this node's divergent changes aside: ``QuarantineDone`` once every
         root is done, ``QuarantineFailed`` on a disk error (nothing is lost; what
         was not moved stays in place, and the core decides what follows)."""
-        tracker = self.tracker
-        assert tracker is not None
-        changes = tracker.changes()
-        generation = self.generation()
+        assert self.tracker is not None
         s = self.settings
-
-        def move(name: str, fd: int) -> Manifest:
-            return quarantine(
-                name,
-                fd,
-                changes,
-                s.quarantine_dir,
-                generation=generation,
-                peer=s.peer,
-                now=time.time(),
-                tracker=tracker,
-            )
-
-        failed = await self.directories.move_aside(
-            move, "divergent data quarantined", since=str(effect.since)
+        failed = await self.directories.quarantine_changes(
+            self.tracker, s.quarantine_dir, self.generation(), s.peer, since=str(effect.since)
         )
         if failed is not None:
             name, exc = failed
@@ -431,14 +409,7 @@ class DataPlane:
 
     async def _set_aside(self, effect: fx.StartResync) -> None:
         s = self.settings
-        generation = self.generation()
-
-        def move(name: str, fd: int) -> Manifest | None:
-            return quarantine_before_full_resync(
-                name, fd, s.quarantine_dir, generation=generation, peer=s.peer, now=time.time()
-            )
-
-        failed = await self.directories.move_aside(move, "data quarantined before a full resync")
+        failed = await self.directories.set_aside(s.quarantine_dir, self.generation(), s.peer)
         if self._setting_aside is not effect:
             return  # the core stopped or replaced this resync meanwhile
         self._setting_aside = None
