@@ -2,47 +2,34 @@
 
 The core decides; this module executes what it decided about data, and
 reports outcomes back as events, exactly like the action executor does for
-scripts and the virtual IP:
+scripts and the virtual IP. It is an adapter: it maps each effect to a call on
+the mechanism in ``replication/`` (plain classes that know nothing of the
+core's events), reports each outcome as the core's event, and owns the anyio
+task group their tasks run in:
 
-- every replicated directory is served through a FUSE ``Mirror`` at its own
-  path for as long as the daemon runs: read-only while the node does not serve
-  (applications cannot write a secondary's copy; the receiver writes under the
-  mount through the directory fd), read-write with the replication listeners
-  while it serves (``serve``/``unserve``, around the application's start and
-  stop);
-- ``StartTracking``/``StopTracking``: the ``Tracker`` (crash-safe change
-  tracking) starts an epoch or forgets what the peer now has;
-- ``StartReplication``/``StopReplication``: a ``ReplicationSender`` session to
-  the peer's receiver; the mirror's changes stream to it and an application's
-  fsync returns once the peer acknowledged it. A session that breaks is
-  reported as ``ReplicationFailed`` (the core goes ``alone``, tracked);
-- ``Quarantine``: after a split brain that this node lost, every entry its
-  tracker recorded since the split moves to the quarantine directory with a
-  manifest (``replication.quarantine``); the tracker keeps the set, so the
-  resync that follows brings those paths back from the winner. Outcome:
-  ``QuarantineDone``, or ``QuarantineFailed`` (a disk error: what was not
-  moved stays in place);
-- ``StartResync`` (target, full): before this node accepts the copy, every
-  entry of its directories moves to quarantine (a full copy would overwrite
-  or delete all of it); only then does it answer the source's session with
-  its request. A disk error leaves the data in place, answers no source and
-  is reported as ``QuarantineFailed``;
-- ``StartResync`` (source): one attempt, in the mode the effect says. It
-  ends in ``PeerResynced``, or ``ResyncFailed`` (no connection, the peer does
-  not ask yet, the session broke; ``full_needed`` when the changes tracked
-  here do not start where the peer's copy ends). Whether and when to try
-  again is the core's (``data_retry``);
-- the receiver side listens on this node's replication endpoint all the
-  time and applies the peer's sessions (one at a time, the newest
-  authenticated one wins) with an ``Applier`` on the directories' real
-  contents, except while the core says this node serves (``FenceWrites``)
-  or its directories are read-write. A connection changes nothing before its
-  handshake authenticated (``CONFIRM`` under the session key); at most
-  ``MAX_HANDSHAKES`` may be authenticating at once, each within the
-  replication timeout.
-
-One ``Relay`` (``replication/relay.py``) stands between the mirror and the
-replication layer, so the mirror keeps one listener while sessions come and go.
+- the directories (``Directories``): served through a FUSE ``Mirror`` each, for
+  as long as the daemon runs: read-only while the node does not serve,
+  read-write with the ``Relay`` as listener while it serves
+  (``serve``/``unserve``, around the application's start and stop);
+- ``FenceWrites``: the relay's write fence, and while the core says this node
+  serves, no session from the peer is taken;
+- ``StartTracking``/``StopTracking``: the ``Tracker`` starts an epoch or forgets
+  what the peer now has;
+- ``StartReplication``/``StopReplication``: the session to the peer
+  (``Sending``); a break is reported as ``ReplicationFailed``;
+- ``Quarantine``: the split brain's tracked changes move aside
+  (``Directories.quarantine_changes``): ``QuarantineDone``, or
+  ``QuarantineFailed`` (a disk error: what was not moved stays in place);
+- ``StartResync`` (target): this node answers the source's session with its
+  request (``Receiving``); a full one first sets everything aside
+  (``Directories.set_aside``; a failure is ``QuarantineFailed`` and no source
+  is answered). END applied is ``ResyncDone``; a change that failed here
+  during it is ``ResyncFailed``;
+- ``StartResync`` (source): one attempt in the effect's mode
+  (``SourceAttempts``), reported as ``PeerResynced`` or ``ResyncFailed``
+  (``full_needed`` when the changes tracked here do not start where the
+  peer's copy ends). Whether and when to try again is the core's
+  (``data_retry``).
 """
 
 from __future__ import annotations
