@@ -8,10 +8,10 @@ applied with an ``Applier`` on the directories' real contents, as the target of
 a resync when one is wanted, answering verify records on the way. Refusals are
 counted and their log records rate-limited.
 
-Mechanism only: whether a session may be taken (``accepting``), what a resync
-request holds (``request``, ``prepare``) and what a resync's end or a failed
-change means (``on_resync_done``, ``on_apply_failed``) are the data plane's
-(``runtime/dataplane.py``), which reports them to the core.
+Mechanism only: whether a session may be taken (``accepting``), whether a
+resync is wanted and in which mode (``wanted``), and what a resync's end or a
+failed change means (``on_resync_done``, ``on_apply_failed``) are the data
+plane's (``runtime/dataplane.py``), which reports them to the core.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from failover.replication.channel import ItemKind, ReplicationReceiver, SessionI
 from failover.replication.directories import Directories, close_all
 from failover.replication.resync import ResyncTarget
 from failover.replication.resync_check import CheckCache
+from failover.replication.tracking import Tracker
 from failover.replication.verify_peer import answer_verify
 from failover.transport import MessageStream
 
@@ -50,8 +51,9 @@ class Receiving:
         zone_size: int,
         timeout: float,
         accepting: Callable[[], bool],
-        request: Callable[[ResyncTarget], bytes],
-        prepare: Callable[[dict[str, int]], None],
+        wanted: Callable[[], bool | None],
+        tracker: Callable[[], Tracker | None],
+        base: Callable[[], str],
         on_resync_done: Callable[[], None],
         on_apply_failed: Callable[[str, ApplyError], Awaitable[None]],
     ) -> None:
@@ -61,8 +63,9 @@ class Receiving:
         self.zone_size = zone_size
         self.timeout = timeout
         self.accepting = accepting
-        self.request = request  # a resync target's request (b"": none wanted)
-        self.prepare = prepare  # digests for that request, in a worker thread
+        self.wanted = wanted  # a resync this node waits for: None, else whether full
+        self.tracker = tracker
+        self.base = base  # the last generation both copies held: a request's base
         self.on_resync_done = on_resync_done  # END applied (in the apply thread)
         self.on_apply_failed = on_apply_failed
         self.sessions_received = 0
@@ -112,6 +115,30 @@ class Receiving:
         if self._receiving is not None:
             self._receiving.cancel()
             self._receiving = None
+
+    def request(self, session: ResyncTarget) -> bytes:
+        """What this node asks of the source when it waits for a resync: its
+        generation, full or not, and every change it may hold that the source
+        does not (its tracker's map: unacknowledged or divergent writes), with
+        the digests of what it holds there (the source sends only what differs)."""
+        full = self.wanted()
+        if full is None:
+            return b""
+        tracker = self.tracker()
+        assert tracker is not None
+        return session.request(
+            # the last point both copies held (after a split brain, before our own
+            # changes, which the suspect set lists): where the source's tracking starts
+            self.base(),
+            tracker.changes(),
+            full=full,
+        )
+
+    def prepare(self, roots: dict[str, int]) -> None:
+        """Digest the suspect set for the request (a worker thread; once per set)."""
+        full, tracker = self.wanted(), self.tracker()
+        if full is False and tracker is not None:
+            self.checks.prepare(roots, tracker.changes())
 
     async def _receive(self, stream: MessageStream) -> None:
         """One incoming connection: it changes nothing (the live session goes on)

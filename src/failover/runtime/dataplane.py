@@ -60,7 +60,6 @@ from failover.replication.relay import Relay
 from failover.replication.resync import (
     CheckCache,
     ResyncSource,
-    ResyncTarget,
 )
 from failover.replication.resync_attempt import SourceAttempts
 from failover.replication.sending import Sending
@@ -138,8 +137,9 @@ class DataPlane:
             zone_size=settings.zone_size,
             timeout=settings.channel.timeout,
             accepting=lambda: self.accepting,
-            request=self._resync_request,
-            prepare=self._prepare_checks,
+            wanted=lambda: None if self._target is None else self._target.mode == "full",
+            tracker=lambda: self.tracker,
+            base=self.synced_generation,
             on_resync_done=self._target_done,
             on_apply_failed=self._apply_failed,
         )
@@ -324,29 +324,6 @@ class DataPlane:
         log.error("replication session from the peer ended: a change failed here", error=str(exc))
         if self._target is not None:
             await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
-
-    def _resync_request(self, session: ResyncTarget) -> bytes:
-        """What this node asks of the source when it waits for a resync: its
-        generation, full or not, and every change it may hold that the source
-        does not (its tracker's map: unacknowledged or divergent writes), with
-        the digests of what it holds there (the source sends only what differs)."""
-        target = self._target
-        if target is None:
-            return b""
-        assert self.tracker is not None
-        return session.request(
-            # the last point both copies held (after a split brain, before our own
-            # changes, which the suspect set lists): where the source's tracking starts
-            self.synced_generation(),
-            self.tracker.changes(),
-            full=target.mode == "full",
-        )
-
-    def _prepare_checks(self, roots: dict[str, int]) -> None:
-        """Digest the suspect set for the request (a worker thread; once per set)."""
-        target, tracker = self._target, self.tracker
-        if target is not None and target.mode != "full" and tracker is not None:
-            self._checks.prepare(roots, tracker.changes())
 
     def _target_done(self) -> None:
         """``END`` of a resync applied (in the receiver's apply thread)."""
