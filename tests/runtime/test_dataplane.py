@@ -119,7 +119,7 @@ async def receiving(node: Node, sessions: int = 1) -> None:
     """Until ``node`` has authenticated ``sessions`` sessions (the primary's
     handshake returns once it sent CONFIRM, before the secondary opened it)."""
     with anyio.fail_after(WAIT_TIMEOUT):
-        while node.plane.sessions_received < sessions:
+        while node.plane.receiving.sessions_received < sessions:
             await anyio.sleep(0.01)  # a bounded poll of the other node's task
 
 
@@ -155,7 +155,7 @@ async def test_a_synced_write_on_the_serving_node_is_on_the_peer(tmp_path: Path)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "record", b"call 1\n")
         # fsync returned: the peer has it (read through its read-only mirror)
         assert (beta.root / "record").read_bytes() == b"call 1\n"
-        assert beta.plane.sessions_received == 1
+        assert beta.plane.receiving.sessions_received == 1
         assert not alpha.events  # nothing broke
 
 
@@ -250,12 +250,12 @@ async def test_the_core_s_serving_decision_refuses_the_peer_s_sessions(tmp_path:
     async with pair(tmp_path) as (alpha, beta):
         await alpha.plane.serve()
         beta.plane.fence_writes(False, serving=True)  # beta's core decided to serve
-        refused = beta.plane.handshakes_refused
+        refused = beta.plane.receiving.handshakes_refused
         await alpha.plane.start_replication()
         failed = await next_event(alpha)
         assert isinstance(failed, ev.ReplicationFailed)
-        assert beta.plane.handshakes_refused == refused + 1
-        assert beta.plane.sessions_received == 0
+        assert beta.plane.receiving.handshakes_refused == refused + 1
+        assert beta.plane.receiving.sessions_received == 0
         beta.plane.fence_writes(False, serving=False)  # and then that it does not
         await alpha.plane.start_replication()
         await receiving(beta)
@@ -272,9 +272,9 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
     async with pair(tmp_path) as (alpha, beta):
         # the common history: both hold "old" (beta's real directory is written directly)
         for node in (alpha, beta):
-            node.plane.mirrors["data"].unmount()
+            node.plane.directories.mirrors["data"].unmount()
             (node.root / "old").write_bytes(b"o" * 300_000)
-            node.plane.mirrors["data"].mount()
+            node.plane.directories.mirrors["data"].mount()
         await alpha.plane.serve()
         await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
         await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
@@ -299,7 +299,7 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
         await alpha.plane.start_replication()
         await anyio.to_thread.run_sync(write_synced, alpha.root / "later", b"replicated")
         assert (beta.root / "later").read_bytes() == b"replicated"
-        assert beta.plane.sessions_received == 1
+        assert beta.plane.receiving.sessions_received == 1
 
 
 async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> None:
@@ -311,7 +311,7 @@ async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> 
         clean = await alpha.plane.verify()
         assert clean["in_sync"] and clean["text"] == "both copies are identical"
         # a bit rots on the peer's disk, under its mirror
-        fd = os.open("b", os.O_WRONLY, dir_fd=beta.plane.mirrors["data"].backing_fd)
+        fd = os.open("b", os.O_WRONLY, dir_fd=beta.plane.directories.mirrors["data"].backing_fd)
         os.pwrite(fd, b"X", 4321)
         os.close(fd)
         found = await alpha.plane.verify()
@@ -490,9 +490,11 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             assert (beta.root / "after").read_bytes() == b"still synced"
             assert not alpha.events, "the live session broke"
             assert alpha.plane.status()["replicating"]
-            assert beta.plane.sessions_received == 1  # never replaced
-            assert beta.plane.handshakes == 0
-            assert beta.plane.handshakes_refused == len(hostile), "every stranger is counted"
+            assert beta.plane.receiving.sessions_received == 1  # never replaced
+            assert beta.plane.receiving.handshakes == 0
+            assert beta.plane.receiving.handshakes_refused == len(hostile), (
+                "every stranger is counted"
+            )
             refusals = [r for r in logs if r["event"] == "replication connection refused"]
             # one record per REFUSAL_LOG_INTERVAL (10 s), however many strangers
             assert 1 <= len(refusals) < len(hostile) // 2, refusals
@@ -619,7 +621,7 @@ async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_pat
         await receiving(beta)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
         assert (beta.root / "after").read_bytes() == b"replicated"
-        assert beta.plane.handshakes == 0
+        assert beta.plane.receiving.handshakes == 0
 
 
 async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
@@ -642,10 +644,10 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
         port = beta.plane.settings.local.port  # type: ignore[attr-defined]
         stream = await anyio.connect_tcp("127.0.0.1", port)
         with anyio.fail_after(WAIT_TIMEOUT):
-            while beta.plane.handshakes_refused < 1:
+            while beta.plane.receiving.handshakes_refused < 1:
                 await anyio.sleep(0.01)  # a bounded poll of the other node's task
         await stream.aclose()
-        assert not exhausted and beta.plane.handshakes == 0
+        assert not exhausted and beta.plane.receiving.handshakes == 0
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         await receiving(beta)
@@ -686,7 +688,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
 def preinstall(node: Node, files: dict[str, bytes]) -> None:
     """``files`` in ``node``'s real directory (under its mirror), as an
     application installed before the cluster left them."""
-    mirror = node.plane.mirrors["data"]
+    mirror = node.plane.directories.mirrors["data"]
     mirror.unmount()
     for name, content in files.items():
         (node.root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -54,12 +54,10 @@ from failover.replication.channel import (
     SessionIdentity,
 )
 from failover.replication.directories import Directories
-from failover.replication.mirror import Mirror
 from failover.replication.receiving import Receiving
 from failover.replication.relay import Relay
 from failover.replication.resync import (
     CheckCache,
-    ResyncSource,
 )
 from failover.replication.resync_attempt import SourceAttempts
 from failover.replication.sending import Sending
@@ -160,33 +158,6 @@ class DataPlane:
         )
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
-
-    @property
-    def mirrors(self) -> dict[str, Mirror]:
-        return self.directories.mirrors
-
-    @property
-    def resync_source(self) -> ResyncSource | None:
-        """The running resync's source (None unless this node resyncs its peer)."""
-        return self.sourcing.source
-
-    @property
-    def bandwidth(self) -> int:
-        return self.sourcing.bandwidth
-
-    @property
-    def sessions_received(self) -> int:
-        return self.receiving.sessions_received
-
-    @property
-    def handshakes(self) -> int:
-        """Incoming connections not authenticated yet."""
-        return self.receiving.handshakes
-
-    @property
-    def handshakes_refused(self) -> int:
-        """Incoming connections that never authenticated."""
-        return self.receiving.handshakes_refused
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -465,7 +436,7 @@ class DataPlane:
         relay = self._relay
         sender = relay.sender if relay is not None else None
         sender_status = None if sender is None else sender.status()
-        source = self.resync_source
+        source = self.sourcing.source
         resync = source.status() if source is not None else self.sourcing.last_status
         tracker = self.tracker
         changes = tracker.changes() if tracker is not None else None
@@ -480,14 +451,14 @@ class DataPlane:
             "writes_held": 0 if relay is None else relay.held,
             "ack": str(self.settings.channel.ack_level),
             "sender": None if sender_status is None else asdict(sender_status),
-            "sessions_received": self.sessions_received,
-            "handshakes_refused": self.handshakes_refused,
+            "sessions_received": self.receiving.sessions_received,
+            "handshakes_refused": self.receiving.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None or self._setting_aside is not None,
             "resync_failures": self.resync_attempts,
             "resyncs_received": self.resyncs_received,
-            "bandwidth": self.bandwidth,
+            "bandwidth": self.sourcing.bandwidth,
             "tracked": None
             if changes is None
             else {
