@@ -238,7 +238,7 @@ PROFILED = {
         "release", "truncate", "unlink", "rename", "mkdir", "rmdir", "utimens", "chmod",
         "chown", "statfs", "link", "symlink", "fallocate", "setxattr", "getxattr",
     ),
-    "failover.runtime.dataplane:_Relay": ("before", "after", "sync"),
+    "failover.replication.relay:Relay": ("before", "after", "sync"),
     "failover.replication.channel_sender:ReplicationSender": ("after", "queue", "wait_acked"),
     "failover.replication.tracking:Tracker": ("before", "sync"),
 }  # fmt: skip

@@ -3,8 +3,9 @@ run while the peer works.
 
 The invariant (mirror.py's docstring): an fsync skips the peer only when no op touched the
 file since the last sync of it the peer acknowledged in the current session. These tests
-mount a real ``Mirror`` whose listener is the data plane's ``_Relay`` with a fake sender
-(it counts the ``Fsync`` ops queued: each one is a wait on the peer) and a fake tracker.
+mount a real ``Mirror`` whose listener is the data plane's ``Relay`` (``replication/relay.py``)
+with a fake sender (it counts the ``Fsync`` ops queued: each one is a wait on the peer) and a
+fake tracker.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from mirror_support import mounted, needs_fuse, temp_dir
 
 from failover.replication.ops import Fsync, Op
-from failover.runtime.dataplane import _Relay
+from failover.replication.relay import Relay
 
 pytestmark = needs_fuse
 WAIT_S = 10.0  # bound of a wait on another thread (an event, not a timing)
@@ -28,7 +29,7 @@ WAIT_S = 10.0  # bound of a wait on another thread (an event, not a timing)
 
 @dataclass
 class FakeSender:
-    """What ``_Relay`` uses of a ``ReplicationSender``; acknowledges every entry at once
+    """What ``Relay`` uses of a ``ReplicationSender``; acknowledges every entry at once
     unless ``hold`` is set: then ``wait_acked`` blocks until ``release`` is set."""
 
     ops: list[Op] = field(default_factory=list)
@@ -70,28 +71,28 @@ class FakeTracker:
 
 
 @pytest.fixture
-def relay() -> _Relay:
-    relay = _Relay(cast(Any, FakeTracker()))
+def relay() -> Relay:
+    relay = Relay(cast(Any, FakeTracker()))
     relay.sender = cast(Any, FakeSender())
     return relay
 
 
 @pytest.fixture
-def mnt(relay: _Relay) -> Iterator[Path]:
+def mnt(relay: Relay) -> Iterator[Path]:
     with temp_dir("fo-mirror-sync-") as directory, mounted(directory, cast(Any, relay)):
         yield directory
 
 
-def sender_of(relay: _Relay) -> FakeSender:
+def sender_of(relay: Relay) -> FakeSender:
     return cast(FakeSender, relay.sender)
 
 
-def fsync_count(relay: _Relay) -> int:
+def fsync_count(relay: Relay) -> int:
     return len(sender_of(relay).syncs())
 
 
 def test_a_clean_file_fsyncs_without_the_peer_and_a_write_makes_it_pending(
-    mnt: Path, relay: _Relay
+    mnt: Path, relay: Relay
 ) -> None:
     fd = os.open(mnt / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -108,7 +109,7 @@ def test_a_clean_file_fsyncs_without_the_peer_and_a_write_makes_it_pending(
         os.close(fd)
 
 
-def test_a_write_racing_an_fsync_leaves_the_file_pending(mnt: Path, relay: _Relay) -> None:
+def test_a_write_racing_an_fsync_leaves_the_file_pending(mnt: Path, relay: Relay) -> None:
     """The write comes after the counter was read for the fsync in flight: the peer's
     acknowledgement of that fsync does not cover it, so the next fsync must wait. (The
     kernel holds a FUSE inode's lock during its fsync: the racing write goes through
@@ -136,7 +137,7 @@ def test_a_write_racing_an_fsync_leaves_the_file_pending(mnt: Path, relay: _Rela
         os.close(fd)
 
 
-def test_other_handles_names_and_metadata_make_a_file_pending(mnt: Path, relay: _Relay) -> None:
+def test_other_handles_names_and_metadata_make_a_file_pending(mnt: Path, relay: Relay) -> None:
     def clean(path: Path) -> Callable[[], int]:
         """fsync ``path`` twice; how many of the two asked the peer."""
 
@@ -174,7 +175,7 @@ def test_other_handles_names_and_metadata_make_a_file_pending(mnt: Path, relay: 
     assert clean(mnt / "c")() == 0
 
 
-def test_a_directory_is_pending_after_a_change_of_its_entries(mnt: Path, relay: _Relay) -> None:
+def test_a_directory_is_pending_after_a_change_of_its_entries(mnt: Path, relay: Relay) -> None:
     (mnt / "d").mkdir()
 
     def fsyncdir() -> int:
@@ -197,7 +198,7 @@ def test_a_directory_is_pending_after_a_change_of_its_entries(mnt: Path, relay: 
     assert fsyncdir() == 1
 
 
-def test_a_new_session_starts_with_everything_pending(mnt: Path, relay: _Relay) -> None:
+def test_a_new_session_starts_with_everything_pending(mnt: Path, relay: Relay) -> None:
     (mnt / "f").write_bytes(b"x")
     fd = os.open(mnt / "f", os.O_RDONLY)
     try:
@@ -223,7 +224,7 @@ def test_a_new_session_starts_with_everything_pending(mnt: Path, relay: _Relay) 
         os.close(fd)
 
 
-def test_a_datasync_does_not_make_a_full_fsync_clean(mnt: Path, relay: _Relay) -> None:
+def test_a_datasync_does_not_make_a_full_fsync_clean(mnt: Path, relay: Relay) -> None:
     (mnt / "f").write_bytes(b"x")
     fd = os.open(mnt / "f", os.O_RDWR)
     try:
@@ -239,7 +240,7 @@ def test_a_datasync_does_not_make_a_full_fsync_clean(mnt: Path, relay: _Relay) -
 
 
 def test_the_local_fsync_runs_after_the_op_is_queued_and_before_the_wait(
-    mnt: Path, relay: _Relay, monkeypatch: pytest.MonkeyPatch
+    mnt: Path, relay: Relay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The peer's round trip and the local fsync overlap: the relay queues the op, runs
     the mirror's local fsync, then waits for the acknowledgement; the application's call
@@ -267,7 +268,7 @@ def test_the_local_fsync_runs_after_the_op_is_queued_and_before_the_wait(
         os.close(fd)
 
 
-def test_a_change_whose_record_failed_leaves_every_file_pending(mnt: Path, relay: _Relay) -> None:
+def test_a_change_whose_record_failed_leaves_every_file_pending(mnt: Path, relay: Relay) -> None:
     """The local write is made, then the listener's ``after`` fails (EIO to the
     application): the file changed here, so its next fsync must ask the peer."""
     sender = sender_of(relay)

@@ -24,12 +24,15 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
+from failover.replication import receiving as receiving_module
+from failover.replication import resync_attempt
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
+from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
-from failover.runtime import dataplane
+from failover.replication.receiving import MAX_HANDSHAKES
 from failover.runtime.control import not_in_sync
-from failover.runtime.dataplane import MAX_HANDSHAKES, DataPlane, DataPlaneSettings
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.proxy import CuttableProxy
 from failover.testing.transport_contract import WAIT_TIMEOUT, free_port
 from failover.tls import tls_context
@@ -116,7 +119,7 @@ async def receiving(node: Node, sessions: int = 1) -> None:
     """Until ``node`` has authenticated ``sessions`` sessions (the primary's
     handshake returns once it sent CONFIRM, before the secondary opened it)."""
     with anyio.fail_after(WAIT_TIMEOUT):
-        while node.plane.sessions_received < sessions:
+        while node.plane.receiving.sessions_received < sessions:
             await anyio.sleep(0.01)  # a bounded poll of the other node's task
 
 
@@ -152,7 +155,7 @@ async def test_a_synced_write_on_the_serving_node_is_on_the_peer(tmp_path: Path)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "record", b"call 1\n")
         # fsync returned: the peer has it (read through its read-only mirror)
         assert (beta.root / "record").read_bytes() == b"call 1\n"
-        assert beta.plane.sessions_received == 1
+        assert beta.plane.receiving.sessions_received == 1
         assert not alpha.events  # nothing broke
 
 
@@ -161,7 +164,7 @@ async def test_a_lost_peer_breaks_replication_and_fsync_returns(tmp_path: Path) 
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         await receiving(beta)
-        beta.plane._stop_receiving()  # the peer's receiver goes away
+        beta.plane.receiving.stop()  # the peer's receiver goes away
         with anyio.fail_after(WAIT_TIMEOUT):
             await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"alone")
             await alpha.event_seen.wait()
@@ -247,12 +250,12 @@ async def test_the_core_s_serving_decision_refuses_the_peer_s_sessions(tmp_path:
     async with pair(tmp_path) as (alpha, beta):
         await alpha.plane.serve()
         beta.plane.fence_writes(False, serving=True)  # beta's core decided to serve
-        refused = beta.plane.handshakes_refused
+        refused = beta.plane.receiving.handshakes_refused
         await alpha.plane.start_replication()
         failed = await next_event(alpha)
         assert isinstance(failed, ev.ReplicationFailed)
-        assert beta.plane.handshakes_refused == refused + 1
-        assert beta.plane.sessions_received == 0
+        assert beta.plane.receiving.handshakes_refused == refused + 1
+        assert beta.plane.receiving.sessions_received == 0
         beta.plane.fence_writes(False, serving=False)  # and then that it does not
         await alpha.plane.start_replication()
         await receiving(beta)
@@ -269,9 +272,9 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
     async with pair(tmp_path) as (alpha, beta):
         # the common history: both hold "old" (beta's real directory is written directly)
         for node in (alpha, beta):
-            node.plane.mirrors["data"].unmount()
+            node.plane.directories.mirrors["data"].unmount()
             (node.root / "old").write_bytes(b"o" * 300_000)
-            node.plane.mirrors["data"].mount()
+            node.plane.directories.mirrors["data"].mount()
         await alpha.plane.serve()
         await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
         await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
@@ -296,7 +299,7 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
         await alpha.plane.start_replication()
         await anyio.to_thread.run_sync(write_synced, alpha.root / "later", b"replicated")
         assert (beta.root / "later").read_bytes() == b"replicated"
-        assert beta.plane.sessions_received == 1
+        assert beta.plane.receiving.sessions_received == 1
 
 
 async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> None:
@@ -308,7 +311,7 @@ async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> 
         clean = await alpha.plane.verify()
         assert clean["in_sync"] and clean["text"] == "both copies are identical"
         # a bit rots on the peer's disk, under its mirror
-        fd = os.open("b", os.O_WRONLY, dir_fd=beta.plane.mirrors["data"].backing_fd)
+        fd = os.open("b", os.O_WRONLY, dir_fd=beta.plane.directories.mirrors["data"].backing_fd)
         os.pwrite(fd, b"X", 4321)
         os.close(fd)
         found = await alpha.plane.verify()
@@ -445,13 +448,13 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             await alpha.plane.start_replication()
             port = beta.plane.settings.local.port  # type: ignore[attr-defined]
             asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
-            resync_request = beta.plane._resync_request
+            resync_request = beta.plane.receiving.request
 
             def counted(session: Any) -> bytes:  # the session's ResyncTarget
                 asked.append(resync_request(session))
                 return asked[-1]
 
-            monkeypatch.setattr(beta.plane, "_resync_request", counted)
+            monkeypatch.setattr(beta.plane.receiving, "request", counted)
             replay = await recorded_handshake()
             hostile: list[Any] = []
             transport = TcpReplicationTransport()
@@ -487,9 +490,11 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             assert (beta.root / "after").read_bytes() == b"still synced"
             assert not alpha.events, "the live session broke"
             assert alpha.plane.status()["replicating"]
-            assert beta.plane.sessions_received == 1  # never replaced
-            assert beta.plane.handshakes == 0
-            assert beta.plane.handshakes_refused == len(hostile), "every stranger is counted"
+            assert beta.plane.receiving.sessions_received == 1  # never replaced
+            assert beta.plane.receiving.handshakes == 0
+            assert beta.plane.receiving.handshakes_refused == len(hostile), (
+                "every stranger is counted"
+            )
             refusals = [r for r in logs if r["event"] == "replication connection refused"]
             # one record per REFUSAL_LOG_INTERVAL (10 s), however many strangers
             assert 1 <= len(refusals) < len(hostile) // 2, refusals
@@ -511,7 +516,7 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
         await alpha.plane.start_replication()
         await receiving(beta)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "replicated", b"on both")
-        beta.plane._stop_receiving()  # the session breaks
+        beta.plane.receiving.stop()  # the session breaks
         results: list[str] = []
 
         async def application(name: str) -> None:
@@ -616,7 +621,7 @@ async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_pat
         await receiving(beta)
         await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"replicated")
         assert (beta.root / "after").read_bytes() == b"replicated"
-        assert beta.plane.handshakes == 0
+        assert beta.plane.receiving.handshakes == 0
 
 
 async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
@@ -626,7 +631,7 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
     target's duplicates included: a flood exhausted the descriptors) is refused
     on its own: its handshake slot is given back, the data plane goes on, and
     the peer's next session replicates."""
-    real = dataplane.ResyncTarget
+    real = receiving_module.ResyncTarget
     exhausted = [UsageError("replicated directory: Too many open files: None")]
 
     def resync_target(*args: Any, **kwargs: Any) -> Any:
@@ -634,15 +639,15 @@ async def test_a_connection_that_cannot_take_its_descriptors_is_refused_alone(
             raise exhausted.pop()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dataplane, "ResyncTarget", resync_target)
+    monkeypatch.setattr(receiving_module, "ResyncTarget", resync_target)
     async with pair(tmp_path, timeout=1.0) as (alpha, beta):
         port = beta.plane.settings.local.port  # type: ignore[attr-defined]
         stream = await anyio.connect_tcp("127.0.0.1", port)
         with anyio.fail_after(WAIT_TIMEOUT):
-            while beta.plane.handshakes_refused < 1:
+            while beta.plane.receiving.handshakes_refused < 1:
                 await anyio.sleep(0.01)  # a bounded poll of the other node's task
         await stream.aclose()
-        assert not exhausted and beta.plane.handshakes == 0
+        assert not exhausted and beta.plane.receiving.handshakes == 0
         await alpha.plane.serve()
         await alpha.plane.start_replication()
         await receiving(beta)
@@ -659,7 +664,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
     loser quarantined it): ApplyError, the resync failed and the next was full.
     BEGIN is queued in the same order-lock hold as the plan: the write reaches
     the target inside the resync, which rebuilds the file."""
-    real = dataplane.ResyncSource
+    real = resync_attempt.ResyncSource
 
     class WritesFirst(real):  # type: ignore[misc,valid-type]
         def run(self) -> bool:
@@ -667,7 +672,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
                 application.write(b" and more")  # the application, as the thread starts
             return bool(super().run())
 
-    monkeypatch.setattr(dataplane, "ResyncSource", WritesFirst)
+    monkeypatch.setattr(resync_attempt, "ResyncSource", WritesFirst)
     async with pair(tmp_path) as (alpha, beta):
         since, generation = await wrote_while_away(alpha)
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
@@ -683,7 +688,7 @@ async def test_a_live_write_as_a_resync_starts_reaches_the_target_after_its_begi
 def preinstall(node: Node, files: dict[str, bytes]) -> None:
     """``files`` in ``node``'s real directory (under its mirror), as an
     application installed before the cluster left them."""
-    mirror = node.plane.mirrors["data"]
+    mirror = node.plane.directories.mirrors["data"]
     mirror.unmount()
     for name, content in files.items():
         (node.root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -754,11 +759,11 @@ def test_a_first_start_looks_for_data_in_the_directories_before_mounting(tmp_pat
     empty.mkdir()
     full.mkdir()
     (full / ".hidden").write_bytes(b"")  # any entry counts
-    assert not dataplane.directories_hold_data({"a": empty, "b": missing})
-    assert dataplane.directories_hold_data({"a": empty, "b": full})
+    assert not directories_hold_data({"a": empty, "b": missing})
+    assert directories_hold_data({"a": empty, "b": full})
     # unreadable: counted as data (never served over nor overwritten on a guess)
     (tmp_path / "file").write_bytes(b"not a directory")
-    assert dataplane.directories_hold_data({"a": tmp_path / "file"})
+    assert directories_hold_data({"a": tmp_path / "file"})
 
 
 async def test_a_full_resync_whose_quarantine_fails_copies_nothing(tmp_path: Path) -> None:

@@ -73,8 +73,9 @@ from failover.platform.priority import raise_priority
 from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
+from failover.replication.directories import directories_hold_data
 from failover.runtime.control import CoreNode, NodeController, transition_record
-from failover.runtime.dataplane import DataPlane, DataPlaneSettings, directories_hold_data
+from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner

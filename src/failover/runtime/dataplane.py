@@ -2,60 +2,40 @@
 
 The core decides; this module executes what it decided about data, and
 reports outcomes back as events, exactly like the action executor does for
-scripts and the virtual IP:
+scripts and the virtual IP. It is an adapter: it maps each effect to a call on
+the mechanism in ``replication/`` (plain classes that know nothing of the
+core's events), reports each outcome as the core's event, and owns the anyio
+task group their tasks run in:
 
-- every replicated directory is served through a FUSE ``Mirror`` at its own
-  path for as long as the daemon runs: read-only while the node does not serve
-  (applications cannot write a secondary's copy; the receiver writes under the
-  mount through the directory fd), read-write with the replication listeners
-  while it serves (``serve``/``unserve``, around the application's start and
-  stop);
-- ``StartTracking``/``StopTracking``: the ``Tracker`` (crash-safe change
-  tracking) starts an epoch or forgets what the peer now has;
-- ``StartReplication``/``StopReplication``: a ``ReplicationSender`` session to
-  the peer's receiver; the mirror's changes stream to it and an application's
-  fsync returns once the peer acknowledged it. A session that breaks is
-  reported as ``ReplicationFailed`` (the core goes ``alone``, tracked);
-- ``Quarantine``: after a split brain that this node lost, every entry its
-  tracker recorded since the split moves to the quarantine directory with a
-  manifest (``replication.quarantine``); the tracker keeps the set, so the
-  resync that follows brings those paths back from the winner. Outcome:
-  ``QuarantineDone``, or ``QuarantineFailed`` (a disk error: what was not
-  moved stays in place);
-- ``StartResync`` (target, full): before this node accepts the copy, every
-  entry of its directories moves to quarantine (a full copy would overwrite
-  or delete all of it); only then does it answer the source's session with
-  its request. A disk error leaves the data in place, answers no source and
-  is reported as ``QuarantineFailed``;
-- ``StartResync`` (source): one attempt, in the mode the effect says. It
-  ends in ``PeerResynced``, or ``ResyncFailed`` (no connection, the peer does
-  not ask yet, the session broke; ``full_needed`` when the changes tracked
-  here do not start where the peer's copy ends). Whether and when to try
-  again is the core's (``data_retry``);
-- the receiver side listens on this node's replication endpoint all the
-  time and applies the peer's sessions (one at a time, the newest
-  authenticated one wins) with an ``Applier`` on the directories' real
-  contents, except while the core says this node serves (``FenceWrites``)
-  or its directories are read-write. A connection changes nothing before its
-  handshake authenticated (``CONFIRM`` under the session key); at most
-  ``MAX_HANDSHAKES`` may be authenticating at once, each within the
-  replication timeout.
-
-One ``_Relay`` stands between the mirror and the replication layer, so the
-mirror keeps one listener while sessions come and go.
+- the directories (``Directories``): served through a FUSE ``Mirror`` each, for
+  as long as the daemon runs: read-only while the node does not serve,
+  read-write with the ``Relay`` as listener while it serves
+  (``serve``/``unserve``, around the application's start and stop);
+- ``FenceWrites``: the relay's write fence, and while the core says this node
+  serves, no session from the peer is taken;
+- ``StartTracking``/``StopTracking``: the ``Tracker`` starts an epoch or forgets
+  what the peer now has;
+- ``StartReplication``/``StopReplication``: the session to the peer
+  (``Sending``); a break is reported as ``ReplicationFailed``;
+- ``Quarantine``: the split brain's tracked changes move aside
+  (``Directories.quarantine_changes``): ``QuarantineDone``, or
+  ``QuarantineFailed`` (a disk error: what was not moved stays in place);
+- ``StartResync`` (target): this node answers the source's session with its
+  request (``Receiving``); a full one first sets everything aside
+  (``Directories.set_aside``; a failure is ``QuarantineFailed`` and no source
+  is answered). END applied is ``ResyncDone``; a change that failed here
+  during it is ``ResyncFailed``;
+- ``StartResync`` (source): one attempt in the effect's mode
+  (``SourceAttempts``), reported as ``PeerResynced`` or ``ResyncFailed``
+  (``full_needed`` when the changes tracked here do not start where the
+  peer's copy ends). Whether and when to try again is the core's
+  (``data_retry``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
-import math
-import os
 import ssl
-import threading
-import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,41 +47,23 @@ from pydantic import BaseModel
 
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.errors import FailoverError, PeerProtocolError, TransportError, UsageError
-from failover.replication.apply import Applier, ApplyError
+from failover.errors import UsageError
+from failover.replication.apply import ApplyError
 from failover.replication.channel import (
     ChannelSettings,
-    ItemKind,
-    ReplicationReceiver,
-    ReplicationSender,
     SessionIdentity,
 )
-from failover.replication.mirror import Mirror
-from failover.replication.ops import Fsync, Op
-from failover.replication.quarantine import (
-    Manifest,
-    quarantine,
-    quarantine_before_full_resync,
-)
+from failover.replication.directories import Directories
+from failover.replication.receiving import Receiving
+from failover.replication.relay import Relay
 from failover.replication.resync import (
     CheckCache,
-    ResyncPlan,
-    ResyncSource,
-    ResyncStatus,
-    ResyncTarget,
-    narrow,
 )
-from failover.replication.resync_wire import ResyncRequest
+from failover.replication.resync_attempt import SourceAttempts
+from failover.replication.sending import Sending
 from failover.replication.tracking import Tracker
-from failover.replication.verify import (
-    Differences,
-    TreeDigest,
-    compare,
-    decode_answer,
-    digest_tree,
-    encode_answer,
-)
-from failover.transport import MessageStream, ReplicationTransport
+from failover.replication.verify_peer import verify_peer
+from failover.transport import ReplicationTransport
 
 log = structlog.get_logger("failover.dataplane")
 
@@ -129,113 +91,6 @@ class DataPlaneSettings:
     tls_client: ssl.SSLContext | None = None
 
 
-class _Relay:
-    """The mirror's one listener: the tracker records, the current sender (if
-    any) replicates, and a running resync hears of every live op. Called from
-    FUSE threads; ``sender`` and ``resync`` are swapped by plain assignment.
-
-    The write fence (the core's ``FenceWrites``): while ``fenced``, an fsync the
-    peer did not acknowledge (no session, or it broke) is held until the fence
-    lifts; while not ``serving`` (the core left alone/primary), such an fsync
-    fails with EIO, held ones too: they were never acknowledged, and the peer
-    serves, or will, without them. ``fail_held`` fails the held ones (unserve).
-
-    Sessions (the mirror's fsync shortcut): every assignment of ``sender`` or
-    ``resync`` (from the event loop only) starts a new epoch. ``session()`` is
-    the epoch while a sender runs unbroken and no resync does (the peer then
-    holds every change made before the epoch, and acknowledges in order), else
-    None. A sync reports the epoch only when it held both before the op was
-    queued and after the peer's acknowledgement. The epoch is odd while an
-    assignment is under way (a sequence lock: a reader that sees it odd, or
-    changed under it, reports no session)."""
-
-    def __init__(self, tracker: Tracker) -> None:
-        self.tracker = tracker
-        self._sender: ReplicationSender | None = None
-        self._resync: ResyncSource | None = None
-        self._epoch = 0
-        self._fence = threading.Condition()
-        self.fenced = False
-        self.serving = True
-        self.held = 0  # fsyncs waiting for the fence to lift
-        self._failures = 0  # fail_held calls so far
-
-    @property
-    def sender(self) -> ReplicationSender | None:
-        return self._sender
-
-    @sender.setter
-    def sender(self, sender: ReplicationSender | None) -> None:
-        self._new_epoch("_sender", sender)
-
-    @property
-    def resync(self) -> ResyncSource | None:
-        return self._resync
-
-    @resync.setter
-    def resync(self, resync: ResyncSource | None) -> None:
-        self._new_epoch("_resync", resync)
-
-    def _new_epoch(self, attribute: str, value: object) -> None:
-        self._epoch += 1  # odd: under way
-        setattr(self, attribute, value)
-        self._epoch += 1
-
-    def session(self) -> int | None:
-        epoch = self._epoch
-        sender = self._sender
-        if epoch % 2 or sender is None or sender.broken is not None or self._resync is not None:
-            return None
-        return epoch if epoch == self._epoch else None
-
-    def set_fenced(self, fenced: bool, serving: bool) -> None:
-        with self._fence:
-            self.fenced, self.serving = fenced, serving
-            self._fence.notify_all()
-
-    def fail_held(self) -> None:
-        with self._fence:
-            self._failures += 1
-            self._fence.notify_all()
-
-    def _wait_unfenced(self) -> None:
-        with self._fence:
-            failures = self._failures
-            self.held += 1
-            try:
-                while self.fenced and self.serving and self._failures == failures:
-                    self._fence.wait()
-            finally:
-                self.held -= 1
-            if self.fenced or not self.serving:
-                raise OSError(errno.EIO, "not on the peer, and this node stopped serving")
-
-    def before(self, op: Op) -> None:
-        self.tracker.before(op)
-
-    def after(self, op: Op) -> None:
-        sender = self._sender
-        if sender is not None:
-            sender.after(op)
-            resync = self._resync
-            if resync is not None:
-                resync.after(op)
-
-    def sync(self, op: Fsync, local: Callable[[], None]) -> int | None:
-        """Queue ``op`` to the peer, then make the tracker's log and the file durable
-        here while the peer works; return once the peer acknowledged (its epoch) or
-        the fence let the fsync go without it (None)."""
-        epoch = self.session()
-        sender = self._sender
-        seq = sender.queue(op) if sender is not None else 0
-        self.tracker.sync(op)
-        local()
-        if sender is not None and seq and sender.wait_acked(seq):
-            return epoch if epoch is not None and self.session() == epoch else None
-        self._wait_unfenced()
-        return None
-
-
 class DataPlane:
     """The replicated directories of one node (see the module docstring).
 
@@ -257,12 +112,9 @@ class DataPlane:
         self.generation = generation
         self.synced_generation = synced_generation or generation
         self.tracker: Tracker | None = None
-        self.mirrors: dict[str, Mirror] = {}
         self.serving = False
-        self._relay: _Relay | None = None
+        self._relay: Relay | None = None
         self._group: TaskGroup | None = None
-        self._sending: anyio.CancelScope | None = None
-        self._receiving: anyio.CancelScope | None = None
         self._resyncing: anyio.CancelScope | None = None
         self._target: fx.StartResync | None = None  # a resync this node waits to receive
         # a full resync whose target data is being quarantined before it may start
@@ -273,19 +125,39 @@ class DataPlane:
         # the core's decision (FenceWrites.serving): a node that serves takes no
         # session from its peer; a daemon starts stopped
         self.core_serving = False
-        self.sessions_received = 0
-        self.handshakes = 0  # incoming connections not authenticated yet
-        self.handshakes_refused = 0  # incoming connections that never authenticated
-        self._refusal_logged_at = -math.inf
-        self._refusals_logged = 0
         self.resyncs_received = 0
         self._checks = CheckCache()  # digests of this node's suspect set for its requests
-        self.resync_source: ResyncSource | None = None
-        self.last_resync: ResyncStatus | None = None
+        self.directories = Directories(settings.roots, self._checks)
+        self.receiving = Receiving(
+            self.directories,
+            self._checks,
+            identity=self._identity,
+            zone_size=settings.zone_size,
+            timeout=settings.channel.timeout,
+            accepting=lambda: self.accepting,
+            wanted=lambda: None if self._target is None else self._target.mode == "full",
+            tracker=lambda: self.tracker,
+            base=self.synced_generation,
+            on_resync_done=self._target_done,
+            on_apply_failed=self._apply_failed,
+        )
+        self.sending = Sending(
+            identity=self._identity,
+            channel=settings.channel,
+            connect=lambda: settings.transport.connect(
+                settings.remote, settings.channel.timeout, tls=settings.tls_client
+            ),
+            peer=settings.peer,
+            on_broken=self._replication_broke,
+        )
+        self.sourcing = SourceAttempts(
+            self.directories,
+            self.sending,
+            bandwidth=settings.bandwidth,
+            on_late_break=self._replication_broke,
+        )
         self.last_verify: dict[str, Any] | None = None
         self.resync_attempts = 0  # failed attempts to resync the peer (each reported)
-        self.bandwidth = settings.bandwidth
-        self._remounting = anyio.Lock()  # held while the mirrors are swapped (serve/unserve)
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -294,40 +166,24 @@ class DataPlane:
         self.tracker = await anyio.to_thread.run_sync(
             lambda: Tracker(s.state_dir, zone_size=s.zone_size)
         )
-        self._relay = _Relay(self.tracker)
+        self._relay = Relay(self.tracker)
         self._relay.set_fenced(*self._fence_state)
         try:
-            await self._mount_all(read_only=True)
+            await self.directories.mount(None)
             async with (
                 s.transport.listen(s.local, tls=s.tls_server) as listener,
                 anyio.create_task_group() as tg,
             ):
                 self._group = tg
-                tg.start_soon(self._accept, listener)
+                self.sending.attach(self._relay, tg)
+                tg.start_soon(self.receiving.accept, listener, tg)
                 task_status.started()
                 await anyio.sleep_forever()
         finally:
             with anyio.CancelScope(shield=True):
                 self._relay.sender = None
-                await anyio.to_thread.run_sync(self._unmount_all)
+                await anyio.to_thread.run_sync(self.directories.unmount)
                 self.tracker.close()
-
-    async def _mount_all(self, *, read_only: bool) -> None:
-        assert self._relay is not None
-        for name, path in self.settings.roots.items():
-            mirror = Mirror(name, path, None if read_only else self._relay, read_only=read_only)
-            await anyio.to_thread.run_sync(mirror.mount)
-            self.mirrors[name] = mirror
-
-    def _unmount_all(self) -> None:
-        for name, mirror in list(self.mirrors.items()):
-            try:
-                mirror.unmount()
-            except UsageError:
-                # files are still open in it (a process outlived the stop script)
-                log.warning("replicated directory busy: detached lazily", directory=name)
-                mirror.unmount(lazy=True)
-            del self.mirrors[name]
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -336,24 +192,18 @@ class DataPlane:
         (before the application starts)."""
         if self.serving:
             return
-        self._stop_receiving()
+        self.receiving.stop()
         # a full resync's set-aside stopped by the core still moves files in its
         # thread: the application never gets the directories before it ends
-        async with self._set_aside_lock, self._remounting:
-            await anyio.to_thread.run_sync(self._unmount_all)
-            await self._mount_all(read_only=False)
+        async with self._set_aside_lock:
+            await self.directories.remount(self._relay)
         self.serving = True
 
     async def flush_replication(self) -> str | None:
         """Wait until the peer acknowledged every write replicated so far (the
         hand-over: what the stop script wrote must be on the peer before it may
         serve). None when done or when nothing replicates; else why not."""
-        sender = self._relay.sender if self._relay is not None else None
-        if sender is None:
-            return None
-        if await anyio.to_thread.run_sync(sender.flush):
-            return None
-        return sender.broken or "the peer did not acknowledge every write"
+        return await self.sending.flush()
 
     async def unserve(self) -> None:
         """Back to the read-only view (after the application stopped). An fsync
@@ -363,9 +213,7 @@ class DataPlane:
         if self._relay is not None:
             self._relay.fail_held()
         await self.stop_replication()
-        async with self._remounting:
-            await anyio.to_thread.run_sync(self._unmount_all)
-            await self._mount_all(read_only=True)
+        await self.directories.remount(None)
         self.serving = False
 
     @property
@@ -384,7 +232,7 @@ class DataPlane:
         self._fence_state = (fenced, serving)
         self.core_serving = serving
         if serving:
-            self._stop_receiving()  # the peer's session ends once this node serves
+            self.receiving.stop()  # the peer's session ends once this node serves
         if self._relay is not None:
             self._relay.set_fenced(fenced, serving)
         log.info("write fence", fenced=fenced, serving=serving)
@@ -405,231 +253,39 @@ class DataPlane:
         """Move this node's divergent changes aside: ``QuarantineDone`` once every
         root is done, ``QuarantineFailed`` on a disk error (nothing is lost; what
         was not moved stays in place, and the core decides what follows)."""
-        tracker = self.tracker
-        assert tracker is not None
-        changes = tracker.changes()
-        generation = self.generation()
+        assert self.tracker is not None
         s = self.settings
-
-        def move(name: str, fd: int) -> Manifest:
-            return quarantine(
-                name,
-                fd,
-                changes,
-                s.quarantine_dir,
-                generation=generation,
-                peer=s.peer,
-                now=time.time(),
-                tracker=tracker,
-            )
-
-        failed = await self._move_aside(move, "divergent data quarantined", since=str(effect.since))
+        failed = await self.directories.quarantine_changes(
+            self.tracker, s.quarantine_dir, self.generation(), s.peer, since=str(effect.since)
+        )
         if failed is not None:
             name, exc = failed
             log.error("quarantine failed: data left in place", directory=name, error=str(exc))
             return ev.QuarantineFailed(f"could not quarantine {name}: {exc}")
         return ev.QuarantineDone()
 
-    async def _move_aside(
-        self, move: Callable[[str, int], Manifest | None], moved: str, **fields: str
-    ) -> tuple[str, Exception] | None:
-        """``move(name, fd)`` for each replicated directory in turn, in a worker
-        thread, logging ``moved`` for each set made. It works on duplicates of the
-        directories' fds taken while no remount runs (``serve``/``unserve`` close
-        the mirrors' fds, whose numbers may then be reused), as ``_receive`` does.
-        None once every directory is done; else the first directory that failed
-        and why (an ``OSError`` or ``UsageError``; the ones after it untouched)."""
-        async with self._remounting:
-            try:
-                roots = _dup_roots(self.mirrors)
-            except OSError as exc:
-                return "the replicated directories", exc
-
-        def counted(name: str, fd: int) -> Manifest | None:
-            with self._checks.writing():  # digests of this copy for a resync no longer hold
-                return move(name, fd)
-
-        try:
-            for name, fd in roots.items():
-                try:
-                    manifest = await anyio.to_thread.run_sync(counted, name, fd)
-                except (OSError, UsageError) as exc:
-                    return name, exc
-                if manifest is not None:
-                    log.warning(moved, directory=name, manifest=str(manifest.directory), **fields)
-        finally:
-            _close_all(roots)
-        return None
-
     # -- the sending side -------------------------------------------------------------------
 
     async def start_replication(self) -> None:
         """Open a session to the peer's receiver and replicate every change from
         now on. A failure to connect is reported as ``ReplicationFailed``."""
-        assert self._group is not None and self._relay is not None
-        current = self._relay.sender
-        if current is not None and current.broken is None:
-            return  # the session a resync opened goes on replicating: no gap
-        await self.stop_replication()
-        s = self.settings
-        reported = False
-        group = self._group
-
-        def broken(reason: str) -> None:
-            nonlocal reported
-            if self._relay is not None and self._relay.sender is sender:
-                self._relay.sender = None
-            if not reported:
-                reported = True
-                group.start_soon(self._report_failure, reason)
-
-        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
-        try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
-            await sender.handshake(stream)
-        except (TransportError, PeerProtocolError) as exc:
-            broken(f"replication session to {s.peer} failed: {exc}")
-            return
-        self._relay.sender = sender
-        self._pump(sender)
-        log.info("replicating", peer=s.peer)
-
-    def _pump(self, sender: ReplicationSender) -> None:
-        """Run ``sender``'s session in the background; ``stop_replication`` ends it."""
-        assert self._group is not None
-        scope = anyio.CancelScope()
-        self._sending = scope
-
-        async def pump() -> None:
-            with scope:
-                await sender.run()
-
-        self._group.start_soon(pump)
+        await self.sending.start()
 
     async def _report_event(self, event: ev.Event) -> None:
         await self.report(event)
+
+    def _replication_broke(self, reason: str) -> None:
+        """The replication session broke (or a resync's, after its END)."""
+        assert self._group is not None
+        self._group.start_soon(self._report_failure, reason)
 
     async def _report_failure(self, reason: str) -> None:
         await self.report(ev.ReplicationFailed(reason))
 
     async def stop_replication(self) -> None:
-        if self._relay is not None:
-            self._relay.sender = None
-        if self._sending is not None:
-            self._sending.cancel()
-            self._sending = None
+        await self.sending.stop()
 
     # -- the receiving side -----------------------------------------------------------------
-
-    async def _accept(self, listener: Any) -> None:
-        """Take connections; each authenticates in a task of its own (at most
-        ``MAX_HANDSHAKES`` at once, each within the replication timeout), so an
-        unauthenticated connection never holds up another, and changes nothing."""
-        while True:
-            try:
-                stream = await listener.accept()
-            except TransportError as exc:
-                log.error("replication listener failed", error=str(exc))
-                return
-            if not self.accepting:
-                self._refused("this node serves")
-                await stream.aclose()
-                continue
-            if self.handshakes >= MAX_HANDSHAKES:
-                self._refused("too many unauthenticated connections")
-                await stream.aclose()
-                continue
-            self.handshakes += 1
-            assert self._group is not None
-            self._group.start_soon(self._receive, stream)
-
-    def _refused(self, why: str) -> None:
-        """An incoming connection refused before it authenticated: counted always
-        (``handshakes_refused`` in status), logged at most every
-        ``REFUSAL_LOG_INTERVAL``, so that strangers cannot fill the log."""
-        self.handshakes_refused += 1
-        now = anyio.current_time()
-        if now < self._refusal_logged_at + REFUSAL_LOG_INTERVAL:
-            return
-        log.warning(
-            "replication connection refused",
-            why=why,
-            refused_since_last_record=self.handshakes_refused - self._refusals_logged,
-        )
-        self._refusal_logged_at, self._refusals_logged = now, self.handshakes_refused
-
-    def _stop_receiving(self) -> None:
-        if self._receiving is not None:
-            self._receiving.cancel()
-            self._receiving = None
-
-    async def _receive(self, stream: MessageStream) -> None:
-        """One incoming connection: it changes nothing (the live session goes on)
-        until its handshake authenticated; then it replaces the live session (the
-        newest authenticated session wins: the primary reconnected).
-
-        The session works on its own duplicates of the directories' fds, taken
-        while no remount runs (``serve``/``unserve`` close the mirrors' fds in a
-        worker thread): a connection arriving during a takeover never sees a
-        closed or reused descriptor. Failing to take them (a flood exhausted the
-        descriptors) refuses this connection only."""
-        try:
-            with contextlib.ExitStack() as held:
-                try:
-                    async with self._remounting:
-                        roots = _dup_roots(self.mirrors)
-                    held.callback(_close_all, roots)
-                    applier = held.enter_context(Applier(roots))
-                    target = held.enter_context(
-                        contextlib.closing(
-                            ResyncTarget(
-                                applier, roots, on_done=self._target_done, checks=self._checks
-                            )
-                        )
-                    )
-
-                    def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
-                        if kind is ItemKind.CONTROL:
-                            return _answer_verify(roots, self.settings.zone_size, payload)
-                        target.on_item(kind, payload)
-                        return None
-
-                    receiver = ReplicationReceiver(
-                        self._identity(),
-                        target,
-                        on_item=on_item,
-                        timeout=self.settings.channel.timeout,
-                    )
-                    # the digests of the suspect set, off the event loop (cached)
-                    await anyio.to_thread.run_sync(self._prepare_checks, roots)
-                    peer = await receiver.handshake(stream, lambda: self._resync_request(target))
-                except (OSError, FailoverError) as exc:  # its fds, or its handshake
-                    self._refused(str(exc))
-                    return
-                finally:
-                    self.handshakes -= 1
-                if not self.accepting:
-                    log.warning("replication session refused: this node serves")
-                    return
-                self._stop_receiving()
-                scope = anyio.CancelScope()
-                self._receiving = scope
-                with scope:
-                    self.sessions_received += 1
-                    log.info("receiving replication", peer=peer.node, generation=peer.generation)
-                    try:
-                        await receiver.run()
-                    except ApplyError as exc:
-                        await self._apply_failed(peer.node, exc)
-                    except FailoverError as exc:
-                        log.warning(
-                            "replication session from the peer ended",
-                            peer=peer.node,
-                            error=str(exc),
-                        )
-        finally:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
 
     async def _apply_failed(self, peer: str, exc: ApplyError) -> None:
         """A change from ``peer`` could not be made here: the session has ended (the
@@ -643,29 +299,6 @@ class DataPlane:
         )
         if self._target is not None:
             await self.report(ev.ResyncFailed(f"a change from {peer} failed here: {exc}"))
-
-    def _resync_request(self, session: ResyncTarget) -> bytes:
-        """What this node asks of the source when it waits for a resync: its
-        generation, full or not, and every change it may hold that the source
-        does not (its tracker's map: unacknowledged or divergent writes), with
-        the digests of what it holds there (the source sends only what differs)."""
-        target = self._target
-        if target is None:
-            return b""
-        assert self.tracker is not None
-        return session.request(
-            # the last point both copies held (after a split brain, before our own
-            # changes, which the suspect set lists): where the source's tracking starts
-            self.synced_generation(),
-            self.tracker.changes(),
-            full=target.mode == "full",
-        )
-
-    def _prepare_checks(self, roots: dict[str, int]) -> None:
-        """Digest the suspect set for the request (a worker thread; once per set)."""
-        target, tracker = self._target, self.tracker
-        if target is not None and target.mode != "full" and tracker is not None:
-            self._checks.prepare(roots, tracker.changes())
 
     def _target_done(self) -> None:
         """``END`` of a resync applied (in the receiver's apply thread)."""
@@ -692,7 +325,7 @@ class DataPlane:
         assert self._group is not None
         if effect.role == "target":
             self._checks.forget()  # digested before: the copy may have changed since
-            self._stop_receiving()
+            self.receiving.stop()
             if effect.mode == "full":
                 # nothing is received before what the copy overwrites is set aside
                 self._target, self._setting_aside = None, effect
@@ -715,14 +348,7 @@ class DataPlane:
 
     async def _set_aside(self, effect: fx.StartResync) -> None:
         s = self.settings
-        generation = self.generation()
-
-        def move(name: str, fd: int) -> Manifest | None:
-            return quarantine_before_full_resync(
-                name, fd, s.quarantine_dir, generation=generation, peer=s.peer, now=time.time()
-            )
-
-        failed = await self._move_aside(move, "data quarantined before a full resync")
+        failed = await self.directories.set_aside(s.quarantine_dir, self.generation(), s.peer)
         if self._setting_aside is not effect:
             return  # the core stopped or replaced this resync meanwhile
         self._setting_aside = None
@@ -743,8 +369,7 @@ class DataPlane:
         if self._resyncing is not None:
             self._resyncing.cancel()
             self._resyncing = None
-        if self.resync_source is not None:
-            self.resync_source.cancel()
+        self.sourcing.cancel()
 
     async def _run_source(self, effect: fx.StartResync, scope: anyio.CancelScope) -> None:
         """One attempt to resync the peer; its outcomes are reported unless the
@@ -765,94 +390,16 @@ class DataPlane:
 
     async def _resync_as_source(self, effect: fx.StartResync) -> list[ev.Event]:
         """One resync attempt: the outcomes to report, in order."""
-        assert self._relay is not None and self._group is not None and self.tracker is not None
-        relay, group = self._relay, self._group
-        await self.stop_replication()
-        s = self.settings
-        failures: list[str] = []
-        live = False  # once the resync is done, a break is the replication's failure
-
-        def broken(reason: str) -> None:
-            failures.append(reason)
-            if relay.sender is sender:
-                relay.sender = None
-            if live:
-                group.start_soon(self._report_failure, reason)
-
-        sender = ReplicationSender(self._identity(), s.channel, on_broken=broken)
-        try:
-            stream = await s.transport.connect(s.remote, s.channel.timeout, tls=s.tls_client)
-        except TransportError as exc:
-            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
-        try:
-            peer = await sender.handshake(stream)
-            if not peer.request and peer.generation == str(effect.generation):
-                # It applied the END of an attempt whose end we never heard: what
-                # this node acknowledged since may be missing there. The core decides.
-                raise _Unstarted(
-                    f"{s.peer} already holds generation {effect.generation} (end unconfirmed)"
-                )
-            if not peer.request:
-                raise PeerProtocolError(f"{s.peer} did not ask for a resync (not yet in resync)")
-            request = ResyncRequest.decode(peer.request)
-            if (
-                effect.mode == "incremental"
-                and not request.full
-                and self.tracker.since != request.generation
-            ):
-                # the changes tracked here do not start where the peer's copy ends
-                raise _Unstarted(
-                    f"changes are tracked here since {self.tracker.since}, "
-                    f"{s.peer} holds {request.generation}",
-                    full_needed=True,
-                )
-        except (TransportError, PeerProtocolError, UsageError, _Unstarted) as exc:
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
-            if isinstance(exc, _Unstarted):
-                return [ev.ResyncFailed(str(exc), full_needed=exc.full_needed)]
-            return [ev.ResyncFailed(f"resync of {s.peer} could not start: {exc}")]
-        self._pump(sender)
-        # Before ``own`` is taken: drop the suspect zones the peer holds as we do.
-        backing = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
-        request = await anyio.to_thread.run_sync(narrow, request, backing)
-        # Under every directory's order lock: the plan holds every change made so
-        # far, and every later one streams live (and updates the plan's progress).
-        locks = {name: mirror.order_lock for name, mirror in self.mirrors.items()}
-        with contextlib.ExitStack() as held:
-            for lock in locks.values():
-                held.enter_context(lock)
-            own = self.tracker.changes()
-            plan = ResyncPlan.make(own if effect.mode == "incremental" else None, request)
-            source = ResyncSource(
-                sender,
-                {name: mirror.backing_fd for name, mirror in self.mirrors.items()},
-                locks,
-                plan,
-                bandwidth=self.bandwidth,
-            )
-            source.begin()  # before any live op reaches the session
-            self.resync_source = source
-            self._relay.sender = sender
-            self._relay.resync = source
-        log.info("resync started", peer=s.peer, full=plan.full, since=request.generation)
-        try:
-            done = await anyio.to_thread.run_sync(source.run, abandon_on_cancel=True)
-        finally:
-            self._relay.resync = None
-            self.resync_source = None
-            self.last_resync = source.status()
-        if not done:
-            relay.sender = None
-            await self.stop_replication()
-            reason = failures[0] if failures else "resync stopped"
-            return [ev.ResyncFailed(f"resync of {s.peer} failed: {reason}")]
-        log.info("resync done", peer=s.peer, status=asdict(source.status()))
+        assert self._relay is not None and self.tracker is not None
+        outcome = await self.sourcing.attempt(
+            effect.mode, str(effect.generation), self.tracker, self._relay
+        )
+        if not outcome.done:
+            return [ev.ResyncFailed(outcome.reason, full_needed=outcome.full_needed)]
         self.last_verify = None  # the peer was just made equal: an older verdict is moot
         outcomes: list[ev.Event] = [ev.PeerResynced(effect.generation)]
-        live = True
-        if failures:  # the session broke after the target applied END
-            outcomes.append(ev.ReplicationFailed(f"replication to {s.peer}: {failures[0]}"))
+        if outcome.reason:  # the session broke after the target applied END
+            outcomes.append(ev.ReplicationFailed(outcome.reason))
         return outcomes
 
     def _identity(self) -> SessionIdentity:
@@ -866,14 +413,8 @@ class DataPlane:
     # -- verify -----------------------------------------------------------------------------
 
     async def verify(self) -> dict[str, Any]:
-        """Compare both copies by digest (only digests cross the network).
-
-        Pass 1 digests everything on both sides, the peer at the request's place
-        in the replication stream; a path written meanwhile may differ only
-        because the two digests were taken at different moments, so pass 2
-        digests the differing paths again with every change held back while
-        the request is queued and the local digest taken. What still differs
-        is reported, and kept for ``status`` until a clean verify or a resync.
+        """Compare both copies by digest (``replication/verify_peer.py``); the
+        verdict is kept for ``status`` until a clean verify or a resync.
         Raises ``UsageError`` when this node does not replicate to its peer.
         """
         relay = self._relay
@@ -882,76 +423,25 @@ class DataPlane:
             raise UsageError(
                 "verify needs a replicating primary: this node sends nothing to its peer"
             )
-        first = await self._verify_pass(sender, None)
-        suspects = {name: d.paths() for name, d in first.items() if d}
-        final = await self._verify_pass(sender, suspects) if suspects else first
-        differences = {name: d for name, d in final.items() if d}
-        report = {
-            "at": time.time(),
-            "in_sync": not differences,
-            "directories": {name: d.to_dict() for name, d in final.items()},
-            "text": "\n".join(d.render(name) for name, d in sorted(final.items()) if d)
-            or "both copies are identical",
-        }
+        s = self.settings
+        report, differences = await verify_peer(sender, self.directories, s.zone_size, s.peer)
         self.last_verify = {
             "at": report["at"],
             "in_sync": report["in_sync"],
-            "differences": sum(len(d.paths()) for d in differences.values()),
+            "differences": differences,
         }
         return report
 
-    async def _verify_pass(
-        self, sender: ReplicationSender, subset: Mapping[str, tuple[bytes, ...]] | None
-    ) -> dict[str, Differences]:
-        s = self.settings
-        request = _verify_request(subset)
-        locks = [mirror.order_lock for mirror in self.mirrors.values()]
-        fds = {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
-
-        def local() -> tuple[int, dict[str, TreeDigest]]:
-            with contextlib.ExitStack() as held:
-                if subset is not None:  # small: hold every change back meanwhile
-                    for lock in locks:
-                        held.enter_context(lock)
-                seq = sender.ask(request)
-                if subset is None:
-                    held.close()
-                mine = {
-                    name: digest_tree(
-                        fd, s.zone_size, paths=None if subset is None else subset.get(name, ())
-                    )
-                    for name, fd in fds.items()
-                }
-            return seq, mine
-
-        seq, mine = await anyio.to_thread.run_sync(local)
-        answer = await anyio.to_thread.run_sync(sender.answer, seq, VERIFY_TIMEOUT)
-        if answer is None:
-            raise UsageError(
-                f"verify: {s.peer} did not answer (session {sender.broken or 'alive'})"
-            )
-        theirs = decode_answer(answer)
-        if set(theirs) != set(mine):
-            raise PeerProtocolError(
-                f"verify: {s.peer} digested {sorted(theirs)}, not {sorted(mine)}"
-            )
-        return {name: compare(mine[name], theirs[name]) for name in mine}
-
     def set_bandwidth(self, rate: int) -> None:
         """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""
-        if rate < 0:
-            raise UsageError(f"bandwidth {rate}: must be 0 (no limit) or a positive bytes/s")
-        self.bandwidth = rate
-        source = self.resync_source
-        if source is not None:
-            source.set_bandwidth(rate)
+        self.sourcing.set_bandwidth(rate)
 
     def status(self) -> dict[str, Any]:
         relay = self._relay
         sender = relay.sender if relay is not None else None
         sender_status = None if sender is None else sender.status()
-        source = self.resync_source
-        resync = source.status() if source is not None else self.last_resync
+        source = self.sourcing.source
+        resync = source.status() if source is not None else self.sourcing.last_status
         tracker = self.tracker
         changes = tracker.changes() if tracker is not None else None
         return {
@@ -965,14 +455,14 @@ class DataPlane:
             "writes_held": 0 if relay is None else relay.held,
             "ack": str(self.settings.channel.ack_level),
             "sender": None if sender_status is None else asdict(sender_status),
-            "sessions_received": self.sessions_received,
-            "handshakes_refused": self.handshakes_refused,
+            "sessions_received": self.receiving.sessions_received,
+            "handshakes_refused": self.receiving.handshakes_refused,
             "resync": None if resync is None else asdict(resync),
             "verified": self.last_verify,
             "resync_wanted": self._target is not None or self._setting_aside is not None,
             "resync_failures": self.resync_attempts,
             "resyncs_received": self.resyncs_received,
-            "bandwidth": self.bandwidth,
+            "bandwidth": self.sourcing.bandwidth,
             "tracked": None
             if changes is None
             else {
@@ -982,95 +472,3 @@ class DataPlane:
                 "meta": len(changes.meta),
             },
         }
-
-
-def directories_hold_data(roots: Mapping[str, Path]) -> bool:
-    """Whether any replicated directory holds an entry, looked at before the
-    mirrors are mounted over them (a first start decides on it). A directory
-    that cannot be read counts as holding data: it is then never served over
-    nor overwritten on a guess."""
-    for name, path in roots.items():
-        try:
-            with os.scandir(path) as entries:
-                if next(entries, None) is not None:
-                    return True
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            log.warning(
-                "replicated directory unreadable: counted as holding data",
-                directory=name,
-                error=str(exc),
-            )
-            return True
-    return False
-
-
-class _Unstarted(Exception):
-    """A resync attempt the source ends before sending anything, for a reason the
-    core decides on (``ResyncFailed``)."""
-
-    def __init__(self, reason: str, *, full_needed: bool = False) -> None:
-        super().__init__(reason)
-        self.full_needed = full_needed
-
-
-def _dup_roots(mirrors: Mapping[str, Mirror]) -> dict[str, int]:
-    """Each mirror's backing directory fd, duplicated (the caller closes them); all or none."""
-    roots: dict[str, int] = {}
-    try:
-        for name, mirror in mirrors.items():
-            roots[name] = os.dup(mirror.backing_fd)
-    except BaseException:
-        _close_all(roots)
-        raise
-    return roots
-
-
-def _close_all(fds: Mapping[str, int]) -> None:
-    for fd in fds.values():
-        os.close(fd)
-
-
-MAX_HANDSHAKES = 8
-"""Incoming replication connections that may be authenticating at once; more are
-closed at once. Each has the replication timeout to authenticate."""
-REFUSAL_LOG_INTERVAL = 10.0
-"""Seconds between two log records of refused connections (all are counted)."""
-VERIFY_TIMEOUT = 600.0
-"""Seconds the peer may take to digest its copy (about 1 GiB/s of hashing)."""
-_VERIFY = b"FOVF1"
-
-
-def _verify_request(subset: Mapping[str, tuple[bytes, ...]] | None) -> bytes:
-    """A verify control record: everything, or these paths of these directories."""
-    if subset is None:
-        return _VERIFY + b"*"
-    body = {name: [path.hex() for path in paths] for name, paths in subset.items()}
-    return _VERIFY + json.dumps(body, sort_keys=True).encode()
-
-
-def _answer_verify(roots: Mapping[str, int], zone_size: int, record: bytes) -> bytes:
-    """The secondary's answer to a verify record: the digests of its copy, at the
-    record's place in the stream. Bad records are the peer's protocol error."""
-    if not record.startswith(_VERIFY):
-        raise PeerProtocolError(f"control record {record[:16]!r} is not a verify request")
-    rest = record[len(_VERIFY) :]
-    subset: dict[str, tuple[bytes, ...]] | None = None
-    if rest != b"*":
-        try:
-            parsed = json.loads(rest)
-            subset = {str(n): tuple(bytes.fromhex(p) for p in ps) for n, ps in parsed.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise PeerProtocolError(f"verify request: malformed subset ({exc})") from None
-        unknown = set(subset) - set(roots)
-        if unknown:
-            raise PeerProtocolError(f"verify request: unknown directories {sorted(unknown)}")
-    digests = {}
-    for name, fd in sorted(roots.items()):
-        try:
-            paths = None if subset is None else subset.get(name, ())
-            digests[name] = digest_tree(fd, zone_size, paths=paths)
-        except UsageError as exc:
-            raise PeerProtocolError(f"verify request for {name}: {exc}") from None
-    return encode_answer(digests)
