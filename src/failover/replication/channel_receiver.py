@@ -139,7 +139,7 @@ class ReplicationReceiver:
         except FailoverError as exc:
             await stream.aclose()
             where = getattr(stream, "description", None)
-            if type(exc) is PeerProtocolError and isinstance(where, str):
+            if isinstance(exc, PeerProtocolError) and isinstance(where, str):
                 # who sent it: the violation alone does not say (a TransportError does)
                 raise PeerProtocolError(f"{where}: {exc}") from exc
             raise
