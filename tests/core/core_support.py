@@ -97,9 +97,9 @@ class Driver:
         if at is not None:
             assert at >= self.now, "the virtual clock never goes back"
             self.now = at
-        before = self.node.metadata
+        before = self.node.facts.metadata
         effects = self.node.handle(event, self.now)
-        self.steps.append(Step(event, self.now, before, self.node.metadata, effects))
+        self.steps.append(Step(event, self.now, before, self.node.facts.metadata, effects))
         return effects
 
     def hear(
@@ -115,7 +115,7 @@ class Driver:
         what alpha announces now); without, it carries ``status.peer_view``."""
         effects: list[fx.Effect] = []
         for link in links:
-            heard = evolve(status, peer_view=self.node.view) if echo else status
+            heard = evolve(status, peer_view=self.node.facts.view) if echo else status
             effects += self.do(ev.HeartbeatReceived(link, heard), at)
         return effects
 
@@ -171,7 +171,7 @@ def to_secondary(d: Driver) -> None:
 def to_primary(d: Driver) -> None:
     """Alpha serves alone, resynchronises beta, which confirms it is in sync."""
     to_alone(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
     d.do(ev.PeerResynced(generation))
     d.hear(beta(State.SECONDARY, generation, synced=generation))

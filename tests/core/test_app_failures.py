@@ -59,7 +59,7 @@ def primary_with(d: Driver, *, can_serve: bool = True) -> PeerStatus:
     """Alpha primary, beta in sync as a confirmed secondary, ready, announcing
     ``can_serve``."""
     to_primary(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     peer = evolve(
         beta(State.SECONDARY, generation, synced=generation),
         can_serve=can_serve,
@@ -78,7 +78,7 @@ def test_a_serving_checker_down_never_keeps_a_waiting_node_from_serving() -> Non
     d = driver()
     to_wait(d)
     d.do(ev.CheckerDown("web", "connection refused"), at=0.5)
-    assert not d.node.checkers_down and d.node.can_serve
+    assert not d.node.facts.checkers_down and d.node.can_serve
     effects = d.hear(beta(State.WAIT), at=1.0)  # same (initial) data, alpha wins by name
     assert d.state is State.ALONE
     assert of_type(effects, fx.StartApp)
@@ -100,7 +100,7 @@ def test_a_standby_or_both_checker_down_blocks_a_takeover_and_is_announced(name:
     d = driver()
     to_wait(d)
     effects = d.do(ev.CheckerDown(name), at=0.5)
-    assert d.node.checkers_down == {name}
+    assert d.node.facts.checkers_down == {name}
     [sent] = of_type(effects, fx.SendHeartbeat)
     assert sent.status.can_serve is False
     d.hear(beta(State.WAIT), at=1.0)
@@ -116,7 +116,7 @@ def test_a_serving_checker_is_ignored_while_its_application_starts(pending: str)
     if pending == "restart":
         d.do(ev.AppStarted())
         d.do(ev.AppFailed("died"), at=1.0)  # a restart is running
-    assert d.node.app_pending == "start"
+    assert d.node.facts.app_pending == "start"
     effects = d.do(ev.CheckerDown("web"), at=1.5)
     assert not of_type(effects, fx.RestartApp | fx.StopApp)
     assert d.state is State.ALONE
@@ -129,7 +129,7 @@ def test_a_standby_checker_down_on_the_serving_node_takes_no_action() -> None:
     effects = d.do(ev.CheckerDown("gateway"), at=1.0)
     assert d.state is State.ALONE
     assert not of_type(effects, fx.RestartApp | fx.StopApp)
-    assert d.node.checkers_down == {"gateway"} and not d.node.can_serve
+    assert d.node.facts.checkers_down == {"gateway"} and not d.node.can_serve
 
 
 def test_the_application_counts_as_started_only_while_nothing_is_done_to_it() -> None:
@@ -151,8 +151,8 @@ def test_the_application_counts_as_started_only_while_nothing_is_done_to_it() ->
     step(ev.AppStarted())
     step(ev.AppFailed("died"))  # past the budget, alone: retried after a pause
     assert started == [False, True, False, True, False, True, False]
-    d.run_until(d.node.retry_at or 0.0)  # the paced retry starts it again
-    assert d.node.app_pending == "start" and not d.node.app_started
+    d.run_until(d.node.facts.retry_at or 0.0)  # the paced retry starts it again
+    assert d.node.facts.app_pending == "start" and not d.node.app_started
     step(ev.AppStarted())
     assert started[-1] is True
     d = driver()
@@ -174,11 +174,11 @@ def test_a_failure_on_the_serving_node_restarts_the_application_where_it_is(
 ) -> None:
     d = driver()
     serving_alone(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     effects = d.do(failure, at=1.0)
     assert of_type(effects, fx.RestartApp)
     assert not of_type(effects, fx.StopApp | fx.StopReplication | fx.PersistMetadata)
-    assert d.state is State.ALONE and d.node.metadata.generation == generation
+    assert d.state is State.ALONE and d.node.facts.metadata.generation == generation
     assert d.node.substatus is SubStatus.TRANSIENT  # until the restart's outcome
     [record] = records(effects)
     assert "restart 1 of 2 within 100 s" in record.reason
@@ -189,15 +189,15 @@ def test_a_failure_on_the_serving_node_restarts_the_application_where_it_is(
 def test_a_failed_start_counts_in_the_same_budget() -> None:
     d = driver()
     d.do(ev.Prim())
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     for n in (1, 2):
         effects = d.do(ev.AppFailed("start script exited 1"), at=float(n))
         assert of_type(effects, fx.RestartApp)
     assert d.node.budget_spent and not d.node.can_serve
     effects = d.do(ev.AppFailed("start script exited 1"), at=3.0)
     assert not of_type(effects, fx.RestartApp)  # alone: retried after a pause
-    assert d.node.retry_at == 3.0 + BUDGET.retry_pause
-    assert d.state is State.ALONE and d.node.metadata.generation == generation
+    assert d.node.facts.retry_at == 3.0 + BUDGET.retry_pause
+    assert d.state is State.ALONE and d.node.facts.metadata.generation == generation
 
 
 def test_restarts_older_than_the_window_leave_the_budget() -> None:
@@ -220,18 +220,18 @@ def test_restarts_older_than_the_window_leave_the_budget() -> None:
 def test_past_the_budget_a_primary_hands_over_to_a_peer_that_can_serve(failure: ev.Event) -> None:
     d = driver()
     primary_with(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     if isinstance(failure, ev.AppFailed):  # spend the budget first
         for at in (d.now + 1, d.now + 2):
             d.do(ev.AppFailed("died"), at=at)
             d.do(ev.AppStarted(), at=at + 0.1)
     effects = d.do(failure, at=d.now + 1)
-    assert of_type(effects, fx.StopApp) and d.node.handover == "stopping"
+    assert of_type(effects, fx.StopApp) and d.node.facts.handover == "stopping"
     effects = d.do(ev.AppStopped(), at=d.now + 0.5)
     assert d.state is State.SECONDARY
     [sent] = of_type(effects, fx.SendHeartbeat)
     assert sent.status.handover  # the peer takes over as after a swap
-    assert d.node.metadata.generation == generation
+    assert d.node.facts.metadata.generation == generation
 
 
 @pytest.mark.parametrize("state", ["alone", "peer cannot serve"])
@@ -244,7 +244,7 @@ def test_with_no_peer_to_take_over_the_application_is_retried_with_a_growing_cap
         serving_alone(d)
     else:
         peer = primary_with(d, can_serve=False)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     start = d.now
     d.do(ev.AppFailed("died"), at=start + 0.1)
     d.do(ev.AppFailed("start script exited 1"), at=start + 0.2)
@@ -268,12 +268,12 @@ def test_with_no_peer_to_take_over_the_application_is_retried_with_a_growing_cap
     assert gaps[:4] == [5.0, 10.0, 20.0, 20.0]  # doubling from retry_pause to the cap
     assert all(gap == 20.0 for gap in gaps[2:])
     assert d.state is (State.ALONE if peer is None else State.PRIMARY)
-    assert d.node.metadata.generation == generation  # a retry never mints
+    assert d.node.facts.metadata.generation == generation  # a retry never mints
     # a retry that works ends the retries
-    assert d.node.retry_at is not None
-    assert of_type(d.run_until(d.node.retry_at), fx.RestartApp)
+    assert d.node.facts.retry_at is not None
+    assert of_type(d.run_until(d.node.facts.retry_at), fx.RestartApp)
     d.do(ev.AppStarted())
-    assert d.node.retry_at is None and d.node.substatus is SubStatus.READY
+    assert d.node.facts.retry_at is None and d.node.substatus is SubStatus.READY
 
 
 def test_no_hand_over_to_a_secondary_that_has_not_confirmed_the_pair() -> None:
@@ -283,7 +283,7 @@ def test_no_hand_over_to_a_secondary_that_has_not_confirmed_the_pair() -> None:
     peer = primary_with(d)
     d.hear(evolve(peer, last_state=State.RESYNC))
     effects = d.do(ev.CheckerDown("health"), at=d.now + 0.1)
-    assert not of_type(effects, fx.StopApp) and d.node.retry_at is not None
+    assert not of_type(effects, fx.StopApp) and d.node.facts.retry_at is not None
 
 
 def test_a_checker_with_action_stop_stops_the_module_on_the_serving_node() -> None:
@@ -300,7 +300,7 @@ def test_a_checker_with_action_failover_hands_over_at_once_without_restarting() 
     primary_with(d)
     effects = d.do(ev.CheckerDown("health"), at=d.now + 1)
     assert of_type(effects, fx.StopApp) and not of_type(effects, fx.RestartApp)
-    assert d.node.restarts == ()
+    assert d.node.facts.restarts == ()
 
 
 def test_a_checker_with_action_failover_and_no_peer_retries_after_a_pause() -> None:
@@ -308,7 +308,7 @@ def test_a_checker_with_action_failover_and_no_peer_retries_after_a_pause() -> N
     serving_alone(d)
     effects = d.do(ev.CheckerDown("health"), at=1.0)
     assert not of_type(effects, fx.RestartApp | fx.StopApp)
-    assert d.node.retry_at == 6.0
+    assert d.node.facts.retry_at == 6.0
     effects = d.run_until(6.0)
     assert of_type(effects, fx.RestartApp)
 
@@ -316,11 +316,11 @@ def test_a_checker_with_action_failover_and_no_peer_retries_after_a_pause() -> N
 def test_the_peer_is_told_when_this_node_cannot_serve() -> None:
     d = driver()
     serving_alone(d)
-    view = d.node.view
+    view = d.node.facts.view
     d.do(ev.AppFailed("died"), at=1.0)
     effects = d.do(ev.AppFailed("died"), at=2.0)
     [sent] = of_type(effects, fx.SendHeartbeat)
-    assert sent.status.can_serve is False and d.node.view > view
+    assert sent.status.can_serve is False and d.node.facts.view > view
 
 
 # --- the tie ---------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_a_waiting_node_that_cannot_serve_loses_the_tie_to_one_that_can() -> Non
     to_wait(d)
     d.do(ev.CheckerDown("site"), at=0.5)  # alpha cannot serve
     d.do(ev.CheckerUp("site"), at=0.6)
-    d.node.restarts = (0.1, 0.2)  # its budget is spent (it failed to start twice)
+    d.node.update(restarts=(0.1, 0.2))  # its budget is spent (it failed to start twice)
     assert not d.node.can_serve
     d.hear(beta(State.WAIT), at=1.0)
     assert d.state is State.WAIT
@@ -356,15 +356,15 @@ def test_more_checkers_down_while_a_retry_waits_do_not_postpone_it() -> None:
         d.do(ev.CheckerUp("web"), at=t)  # stopped while down: reported up
         d.do(ev.AppStarted(), at=t + 0.1)
     d.do(ev.CheckerDown("web"), at=3.0)  # budget spent, nobody to hand over to
-    assert d.node.retry_at == 8.0
+    assert d.node.facts.retry_at == 8.0
     for t, name in ((4.0, "health"), (5.0, "web"), (6.0, "health")):
         effects = d.do(ev.CheckerDown(name), at=t)
         assert not of_type(effects, fx.RestartApp | fx.StopApp)
-        assert d.node.retry_at == 8.0, name
+        assert d.node.facts.retry_at == 8.0, name
         d.do(ev.CheckerUp(name), at=t + 0.5)
     assert of_type(d.run_until(8.0), fx.RestartApp)
     d.do(ev.AppFailed("start script exited 1"), at=8.5)
-    assert d.node.retry_at == 18.5  # the pause doubled once, for the one retry that failed
+    assert d.node.facts.retry_at == 18.5  # the pause doubled once, for the one retry that failed
 
 
 @pytest.mark.parametrize("leave", ["stop", "split brain lost"])
@@ -378,7 +378,7 @@ def test_leaving_the_service_while_a_retry_waits_stops_the_application(leave: st
     peer = primary_with(d, can_serve=False)
     for t in (1.0, 2.0, 3.0):
         d.do(ev.AppFailed("start script exited 1"), at=t)
-    assert d.node.retry_at is not None  # budget spent, nobody to hand over to
+    assert d.node.facts.retry_at is not None  # budget spent, nobody to hand over to
     if leave == "stop":
         effects = d.do(ev.Stop(), at=4.0)
     else:

@@ -51,15 +51,15 @@ def test_a_failed_resync_attempt_is_retried_at_the_core_s_deadline_with_a_growin
         failed_at = d.now
         effects = d.do(ev.ResyncFailed("cannot connect"))
         assert not of_type(effects, fx.StartResync)  # not at once
-        assert d.node.resync_role == "source"
+        assert d.node.facts.resync_role == "source"
         assert d.node.substatus is SubStatus.TRANSIENT
-        assert f"retrying in {d.node.data_retry_at - failed_at:g} s" in d.node.reason
+        assert f"retrying in {d.node.facts.data_retry_at - failed_at:g} s" in d.node.facts.reason
         deadline = d.node.next_deadline()
-        assert d.node.data_retry_at is not None and deadline is not None
-        assert deadline <= d.node.data_retry_at
-        pauses.append(d.node.data_retry_at - failed_at)
+        assert d.node.facts.data_retry_at is not None and deadline is not None
+        assert deadline <= d.node.facts.data_retry_at
+        pauses.append(d.node.facts.data_retry_at - failed_at)
         # before the deadline nothing is tried again; at it, the same resync is
-        retried = d.run_until(d.node.data_retry_at)
+        retried = d.run_until(d.node.facts.data_retry_at)
         (again,) = of_type(retried, fx.StartResync)
         assert again == first
         d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT))
@@ -68,7 +68,7 @@ def test_a_failed_resync_attempt_is_retried_at_the_core_s_deadline_with_a_growin
     assert (s.data_retry_pause, s.data_retry_pause_max) == (0.2, 5.0)
     # success: the next failure starts from the shortest pause again
     d.do(ev.PeerResynced(first.generation))
-    assert d.node.data_retry_at is None and d.node.data_pause is None
+    assert d.node.facts.data_retry_at is None and d.node.facts.data_pause is None
 
 
 def test_the_peer_lost_meanwhile_cancels_the_retry() -> None:
@@ -76,7 +76,7 @@ def test_the_peer_lost_meanwhile_cancels_the_retry() -> None:
     to_resync_source(d)
     d.do(ev.ResyncFailed("cannot connect"))
     effects = d.run_until(d.now + 10)  # beta's silence outlasts the dead timeout
-    assert d.node.resync_role is None and d.node.data_retry_at is None
+    assert d.node.facts.resync_role is None and d.node.facts.data_retry_at is None
     kinds = [type(e) for e in effects if isinstance(e, fx.StartResync | fx.StopResync)]
     assert kinds[-1] is fx.StopResync  # nothing tried once beta is lost
 
@@ -84,7 +84,7 @@ def test_the_peer_lost_meanwhile_cancels_the_retry() -> None:
 def test_an_incremental_resync_the_source_cannot_make_becomes_a_full_one_at_once() -> None:
     d = Driver()
     to_primary(d)  # in sync at G1; beta then leaves and comes back to be resynchronised
-    synced = d.node.metadata.generation
+    synced = d.node.facts.metadata.generation
     d.do(ev.ReplicationFailed("beta restarted"), at=d.now + 0.5)
     assert d.state is State.ALONE
     transient = SubStatus.TRANSIENT
@@ -94,15 +94,19 @@ def test_an_incremental_resync_the_source_cannot_make_becomes_a_full_one_at_once
     effects = d.do(ev.ResyncFailed("tracking starts at 3:beta", full_needed=True))
     (full,) = of_type(effects, fx.StartResync)
     assert (full.role, full.mode) == ("source", "full")
-    assert "impossible" in d.node.reason
+    assert "impossible" in d.node.facts.reason
 
 
 def test_a_stale_resync_failure_changes_nothing() -> None:
     d = Driver()
     to_primary(d)
-    metadata, reason = d.node.metadata, d.node.reason
+    metadata, reason = d.node.facts.metadata, d.node.facts.reason
     assert d.do(ev.ResyncFailed("old attempt")) == []
-    assert (d.node.metadata, d.node.reason, d.state) == (metadata, reason, State.PRIMARY)
+    assert (d.node.facts.metadata, d.node.facts.reason, d.state) == (
+        metadata,
+        reason,
+        State.PRIMARY,
+    )
 
 
 def to_quarantine(d: Driver) -> fx.Quarantine:
@@ -110,7 +114,7 @@ def to_quarantine(d: Driver) -> fx.Quarantine:
     to_wait(d)
     effects = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.5)
     (effect,) = of_type(effects, fx.Quarantine)
-    assert d.state is State.WAIT and d.node.quarantine_pending
+    assert d.state is State.WAIT and d.node.facts.quarantine_pending
     return effect
 
 
@@ -130,19 +134,21 @@ def test_a_quarantine_that_failed_is_retried_and_nothing_is_resynchronised_over_
     first = to_quarantine(d)
     effects = d.do(ev.QuarantineFailed("No space left on device"))
     assert effects and not of_type(effects, fx.Quarantine)
-    assert d.node.quarantine_pending and d.node.metadata.consistent  # still the diverged data
-    assert "No space left on device" in d.node.reason
-    reason = d.node.reason
+    assert (
+        d.node.facts.quarantine_pending and d.node.facts.metadata.consistent
+    )  # still the diverged data
+    assert "No space left on device" in d.node.facts.reason
+    reason = d.node.facts.reason
     # the winner's heartbeats start no resync meanwhile, and keep the reason shown
     for _ in range(3):
         effects = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.1)
         assert not of_type(effects, fx.StartResync) and d.state is State.WAIT
-        assert d.node.reason == reason
-    assert d.node.data_retry_at is not None
-    (again,) = of_type(d.run_until(d.node.data_retry_at), fx.Quarantine)
+        assert d.node.facts.reason == reason
+    assert d.node.facts.data_retry_at is not None
+    (again,) = of_type(d.run_until(d.node.facts.data_retry_at), fx.Quarantine)
     assert again == first
     d.do(ev.QuarantineDone())
-    assert not d.node.quarantine_pending and not d.node.metadata.consistent
+    assert not d.node.facts.quarantine_pending and not d.node.facts.metadata.consistent
     effects = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.5)
     assert d.state is State.RESYNC and of_type(effects, fx.StartResync)
 
@@ -152,8 +158,8 @@ def test_a_stopped_node_gives_up_a_failed_quarantine_and_decides_again_at_start(
     to_quarantine(d)
     d.do(ev.Stop())
     d.do(ev.QuarantineFailed("EIO"))
-    assert d.state is State.STOP and not d.node.quarantine_pending
-    assert d.node.data_retry_at is None and d.node.metadata.consistent
+    assert d.state is State.STOP and not d.node.facts.quarantine_pending
+    assert d.node.facts.data_retry_at is None and d.node.facts.metadata.consistent
     d.do(ev.Start())
     to_quarantine_again = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.5)
     assert of_type(to_quarantine_again, fx.Quarantine)
@@ -168,13 +174,13 @@ def test_a_failed_set_aside_before_a_full_resync_restarts_that_resync_after_a_pa
     (full,) = of_type(effects, fx.StartResync)
     assert (full.role, full.mode) == ("target", "full")
     effects = d.do(ev.QuarantineFailed("Read-only file system"))
-    assert d.state is State.RESYNC and d.node.resync_role == "target"
+    assert d.state is State.RESYNC and d.node.facts.resync_role == "target"
     assert not of_type(effects, fx.StartResync)
-    assert "nothing copied over it" in d.node.reason
+    assert "nothing copied over it" in d.node.facts.reason
     d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.05)
-    assert "Read-only file system" in d.node.reason  # heartbeats keep the reason
-    assert d.node.data_retry_at is not None
-    (again,) = of_type(d.run_until(d.node.data_retry_at), fx.StartResync)
+    assert "Read-only file system" in d.node.facts.reason  # heartbeats keep the reason
+    assert d.node.facts.data_retry_at is not None
+    (again,) = of_type(d.run_until(d.node.facts.data_retry_at), fx.StartResync)
     assert (again.role, again.mode) == ("target", "full")
 
 
@@ -186,7 +192,7 @@ def test_without_replicated_directories_a_resync_target_ends_in_the_same_step() 
     to_wait(d)
     effects = d.hear(beta(State.ALONE, G1_BETA), at=d.now + 0.5, links=["lan"])
     assert d.state is State.SECONDARY
-    assert d.node.metadata.generation == G1_BETA and d.node.metadata.consistent
+    assert d.node.facts.metadata.generation == G1_BETA and d.node.facts.metadata.consistent
     data = (fx.StartResync, fx.StopResync, fx.StartTracking, fx.StopTracking, fx.Quarantine)
     assert not [e for e in effects if isinstance(e, data)]
     assert [(r.source, r.target) for r in of_type(effects, fx.TransitionRecord)] == [
@@ -208,8 +214,8 @@ def test_without_replicated_directories_a_resync_source_ends_in_the_same_step() 
     d = Driver(settings=NOTHING_REPLICATED)
     to_alone(d)
     effects = d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
-    assert d.node.resync_role is None and d.node.replicating
-    assert d.node.metadata.last_state is State.PRIMARY
+    assert d.node.facts.resync_role is None and d.node.facts.replicating
+    assert d.node.facts.metadata.last_state is State.PRIMARY
     assert not of_type(effects, fx.StartResync) and not of_type(effects, fx.StartReplication)
 
 
@@ -220,7 +226,7 @@ def test_without_replicated_directories_a_quarantine_of_nothing_is_done_at_once(
     to_wait(d)
     effects = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.5, links=["lan"])
     assert not of_type(effects, fx.Quarantine) and d.state is State.WAIT
-    assert not d.node.quarantine_pending and not d.node.metadata.consistent
+    assert not d.node.facts.quarantine_pending and not d.node.facts.metadata.consistent
 
 
 def test_the_pair_is_in_sync_as_the_core_sees_it() -> None:

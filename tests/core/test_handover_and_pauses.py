@@ -42,7 +42,7 @@ from failover.core.state import Metadata, State, SubStatus
 def test_a_primary_stops_its_application_before_it_stops_replicating(event: ev.Event) -> None:
     d = Driver()
     to_primary(d)
-    assert d.node.replicating
+    assert d.node.facts.replicating
     effects = d.do(event, at=d.now + 0.1)
     kinds = [type(e) for e in effects if isinstance(e, fx.StopApp | fx.StopReplication)]
     assert kinds == [fx.StopApp, fx.StopReplication]
@@ -101,7 +101,7 @@ def test_a_resumed_node_reads_the_queued_heartbeats_before_judging_its_peer() ->
     resumed = last_heard + SETTINGS.dead_timeout + 1.5
     effects = d.do(ev.Timer(), at=resumed)  # the overdue timer fires first
     assert d.state is State.SECONDARY, records(effects)
-    assert d.node.peer_alive
+    assert d.node.facts.peer_alive
     assert not any(r.event == "peer_lost" for r in records(effects))
     d.hear(beta(State.PRIMARY, G1_BETA, synced=G1_BETA), at=resumed + 0.01)  # then the queue
     d.run_until(resumed + SETTINGS.dead_timeout - 0.1)
@@ -141,7 +141,7 @@ def test_a_node_paused_while_it_listens_for_its_peer_hears_it_before_serving_bli
     last_alone = Metadata(generation=G1, consistent=True, last_state=State.ALONE)
     d = Driver(metadata=last_alone)
     d.do(ev.Start())
-    assert d.state is State.WAIT and d.node.discovery_until == SETTINGS.startup_timeout
+    assert d.state is State.WAIT and d.node.facts.discovery_until == SETTINGS.startup_timeout
     resumed = 10.0
     effects = d.do(ev.Timer(), at=resumed)  # the overdue timer fires first
     assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
@@ -165,9 +165,9 @@ def test_a_stop_that_ends_after_a_new_start_was_asked_is_the_old_stops_outcome()
     assert of_type(d.do(ev.Prim(), at=d.now + 0.1), fx.StartApp)
     effects = d.do(ev.AppStopped(), at=d.now + 0.1)  # the earlier stop ends
     assert d.state is State.ALONE and not of_type(effects, fx.StopApp)
-    assert d.node.app_pending == "start" and d.node.substatus is SubStatus.TRANSIENT
+    assert d.node.facts.app_pending == "start" and d.node.substatus is SubStatus.TRANSIENT
     d.do(ev.AppStarted(), at=d.now + 0.1)
-    assert d.node.app_active and d.node.substatus is SubStatus.READY
+    assert d.node.facts.app_active and d.node.substatus is SubStatus.READY
     assert of_type(d.do(ev.Stop(), at=d.now + 0.1), fx.StopApp)  # the new one is stopped too
 
 
@@ -180,7 +180,7 @@ def test_a_swap_interrupted_by_the_loss_of_the_peer_starts_the_application_again
     effects = d.do(ev.AppStopped())
     assert d.state is State.ALONE and of_type(effects, fx.StartApp)
     d.do(ev.AppStarted())
-    assert d.node.app_active and d.node.handover is None
+    assert d.node.facts.app_active and d.node.facts.handover is None
 
 
 def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
@@ -198,7 +198,7 @@ def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
             assert d.state is State.ALONE and of_type(effects, fx.StartApp)
             continue
         assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
-        assert of_type(effects, fx.ReleaseArbitration) and not d.node.lease.held
+        assert of_type(effects, fx.ReleaseArbitration) and not d.node.facts.lease.held
 
 
 @pytest.mark.parametrize("command", [ev.Prim(), ev.PrimForce()], ids=str)
@@ -213,7 +213,9 @@ def test_after_a_denial_an_operator_command_asks_the_arbitrator_at_once(
     d.do(ev.Start())
     assert of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
     d.do(ev.ArbitrationDenied("held by beta"), at=0.2)
-    assert d.node.reason == "arbitrator denied: held by beta"
+    assert d.node.facts.reason == "arbitrator denied: held by beta"
     effects = d.do(command, at=0.5)  # well within the recheck (startup_timeout 3)
     assert of_type(effects, fx.RequestArbitration), records(effects)
-    assert d.node.reason.startswith("waiting for the arbitrator: forced to serve by the operator")
+    assert d.node.facts.reason.startswith(
+        "waiting for the arbitrator: forced to serve by the operator"
+    )

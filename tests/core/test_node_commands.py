@@ -56,7 +56,7 @@ def test_swap_hands_over_when_the_peer_is_an_in_sync_ready_secondary() -> None:
     effects = d.do(ev.Swap())
     assert not of_type(effects, fx.Refused)
     assert of_type(effects, fx.StopApp)
-    assert d.node.handover == "stopping"
+    assert d.node.facts.handover == "stopping"
     effects = d.do(ev.AppStopped())
     assert d.state is State.SECONDARY
     assert of_type(effects, fx.SendHeartbeat)[-1].status.handover
@@ -65,12 +65,12 @@ def test_swap_hands_over_when_the_peer_is_an_in_sync_ready_secondary() -> None:
 def test_swap_is_refused_while_the_secondary_is_transient() -> None:
     d = Driver()
     to_primary(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     d.hear(beta(State.SECONDARY, generation, synced=generation, substatus=SubStatus.TRANSIENT))
     assert d.state is State.PRIMARY
     [refused] = of_type(d.do(ev.Swap()), fx.Refused)
     assert "in sync as secondary" in refused.reason
-    assert d.node.handover is None
+    assert d.node.facts.handover is None
 
 
 @pytest.mark.parametrize("peer_state", [State.RESYNC, State.WAIT, None], ids=str)

@@ -24,7 +24,7 @@ def test_has_data_is_announced_only_while_the_metadata_is_fresh() -> None:
     assert not Driver().node.status().has_data  # nothing in the directories
     # once the node has served (it minted a generation) its data is a generation's
     d.do(ev.Prim())
-    assert not d.node.metadata.fresh
+    assert not d.node.facts.metadata.fresh
     assert not d.node.status().has_data
     # and a node that was resynchronised once is never fresh again
     d = Driver(settings=WITH_DATA, metadata=Metadata(last_state=State.RESYNC, consistent=False))
@@ -47,7 +47,7 @@ def test_data_there_only_this_node_waits_even_if_it_wins_the_tie() -> None:
     for peer_state in (State.WAIT, State.STOP):  # a stopped peer serves later
         d.hear(fresh_beta(peer_state, has_data=True), at=d.now + 0.5)
         assert d.state is State.WAIT
-        assert d.node.reason == (
+        assert d.node.facts.reason == (
             "first start: beta holds data and this node none: waiting for beta to serve it"
         )
     # beta serves its data: alpha is copied from it in full
@@ -61,13 +61,13 @@ def test_data_on_both_sides_waits_for_the_operator() -> None:
     to_wait(d)
     d.hear(fresh_beta(has_data=True), at=0.5)
     assert d.state is State.WAIT
-    assert d.node.reason.startswith(
+    assert d.node.facts.reason.startswith(
         "data on both nodes: choose with `failover prim` on the node whose data to keep"
     )
     d.run_until(20.0)  # nothing changes by itself
     assert d.state is State.WAIT
     d.do(ev.Prim())
-    assert d.state is State.ALONE and d.node.forced
+    assert d.state is State.ALONE and d.node.facts.forced
 
 
 def test_no_data_on_either_side_the_tie_decides_as_before() -> None:
@@ -83,7 +83,9 @@ def test_a_first_start_never_serves_blind_even_with_an_arbitrator() -> None:
     effects = d.run_until(10.0)  # discovery ends, then every recheck
     assert d.state is State.WAIT
     assert not of_type(effects, fx.RequestArbitration)
-    assert d.node.reason.startswith("first start: waiting for beta to compare the replicated data")
+    assert d.node.facts.reason.startswith(
+        "first start: waiting for beta to compare the replicated data"
+    )
 
 
 def test_a_fresh_node_is_always_copied_in_full() -> None:

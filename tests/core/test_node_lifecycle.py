@@ -16,8 +16,8 @@ def test_a_new_node_is_stopped_and_ready() -> None:
     node = Driver().node
     assert node.state is State.STOP
     assert node.substatus is SubStatus.READY
-    assert node.peer is None
-    assert all(not view.up and view.last_seen is None for view in node.links.values())
+    assert node.facts.peer is None
+    assert all(not view.up and view.last_seen is None for _, view in node.facts.links)
 
 
 @pytest.mark.parametrize("state", list(WALKS), ids=str)
@@ -53,10 +53,10 @@ def test_next_deadline_is_the_earliest_timer() -> None:
     d.hear(beta(State.WAIT, G2_BETA), at=0.5, links=["lan"])
     assert d.node.next_deadline() == 2.5  # lan silent for link_timeout
     d.do(ev.Timer(), at=2.5)
-    assert not d.node.links["lan"].up
+    assert not d.node.facts.link("lan").up
     assert d.node.next_deadline() == 3.5  # every link silent for dead_timeout
     d.do(ev.Timer(), at=3.5)
-    assert not d.node.peer_alive
+    assert not d.node.facts.peer_alive
     assert d.node.next_deadline() == 6.5  # waiting blind: decide again after startup_timeout
     d.do(ev.Timer(), at=6.5)
     assert d.node.next_deadline() == 9.5
@@ -91,7 +91,7 @@ def test_a_node_that_never_sees_its_peer_and_was_not_last_to_serve_waits() -> No
     d.run_until(10.0)
     assert d.state is State.WAIT
     assert d.node.substatus is SubStatus.READY
-    assert "`failover prim`" in d.node.reason
+    assert "`failover prim`" in d.node.facts.reason
     assert not of_type([e for s in d.steps for e in s.effects], fx.StartApp)
 
 
@@ -100,7 +100,7 @@ def test_a_fresh_node_alone_waits_for_the_operator() -> None:
     d.do(ev.Start())
     d.run_until(10.0)
     assert d.state is State.WAIT
-    assert "`failover prim`" in d.node.reason
+    assert "`failover prim`" in d.node.facts.reason
 
 
 def test_a_node_that_was_alone_serves_after_startup_timeout() -> None:
@@ -110,7 +110,7 @@ def test_a_node_that_was_alone_serves_after_startup_timeout() -> None:
     assert d.node.state is State.WAIT
     effects = d.run_until(SETTINGS.startup_timeout)
     assert d.state is State.ALONE
-    assert d.node.metadata.generation > G1  # serving alone mints a new generation
+    assert d.node.facts.metadata.generation > G1  # serving alone mints a new generation
     assert of_type(effects, fx.StartApp)
     [record] = records(effects)
     assert record.event == "startup_timeout"
@@ -123,7 +123,7 @@ def test_a_heartbeat_from_an_unknown_node_is_ignored() -> None:
     before = d.node.snapshot()
     assert d.hear(beta(State.ALONE, G1, node="gamma"), at=0.5) == []
     assert replace(d.node.snapshot(), last_run=before.last_run) == before  # ran, decided nothing
-    assert d.node.peer is None
+    assert d.node.facts.peer is None
 
 
 def test_a_heartbeat_on_an_unknown_link_is_ignored() -> None:
@@ -156,7 +156,7 @@ def test_a_peer_in_sync_whose_resync_was_not_heard_is_confirmed_by_a_resync() ->
     # serving node must not wait for a state it will never hear.
     d = Driver()
     to_alone(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     effects = d.hear(beta(State.SECONDARY, generation, synced=generation), at=d.now + 0.5)
     resyncs = of_type(effects, fx.StartResync)
     assert [(r.role, r.generation) for r in resyncs] == [("source", generation)]

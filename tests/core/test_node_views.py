@@ -121,11 +121,11 @@ def test_an_echo_of_the_previous_run_is_no_answer() -> None:
     peer = Node(settings(1)).status()  # beta's status as a template
     waiting = evolve(peer, state=State.WAIT, view=(1, 3))
     node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=(1, 3))), 0.1)
-    epoch, counter = node.view
+    epoch, counter = node.facts.view
     assert epoch == 2
     node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=(1, counter))), 0.2)
     assert node.state is State.WAIT  # the previous run's view with this run's counter
-    node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=node.view)), 0.3)
+    node.handle(ev.HeartbeatReceived("lan", evolve(waiting, peer_view=node.facts.view)), 0.3)
     assert node.state is State.ALONE  # an answer to this run: alpha wins the tie
 
 
@@ -134,16 +134,16 @@ def test_the_view_grows_with_what_the_node_announces_never_with_its_reason() -> 
     node.handle(ev.Start(), 0.0)
     settling = evolve(Node(settings(1)).status(), state=State.STOP, substatus=SubStatus.TRANSIENT)
     node.handle(ev.HeartbeatReceived("lan", settling), 0.1)
-    view, reason = node.view, node.reason
+    view, reason = node.facts.view, node.facts.reason
     settling = evolve(settling, state=State.WAIT)
     effects = node.handle(ev.HeartbeatReceived("lan", settling), 0.15)
-    assert node.state is State.WAIT and node.reason != reason  # new words only:
-    assert node.view == view  # the same view,
+    assert node.state is State.WAIT and node.facts.reason != reason  # new words only:
+    assert node.facts.view == view  # the same view,
     assert not any(isinstance(e, fx.SendHeartbeat) for e in effects)  # nothing sent at once
     effects = node.handle(ev.Stop(), 0.2)
-    assert node.view == (view[0], view[1] + 1)  # a new state: the next view, sent at once
+    assert node.facts.view == (view[0], view[1] + 1)  # a new state: the next view, sent at once
     [sent] = [e for e in effects if isinstance(e, fx.SendHeartbeat)]
-    assert sent.status.view == node.view
+    assert sent.status.view == node.facts.view
 
 
 ANNOUNCED = ("state", "substatus", "handover", "generation", "synced_generation")

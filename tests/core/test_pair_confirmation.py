@@ -24,7 +24,7 @@ G2_ALPHA = Generation(2, "alpha")
 
 def confirmed(d: Driver) -> bool:
     """Persisted: a resync target keeps last_state resync until confirmed."""
-    return d.node.metadata.last_state is State.SECONDARY
+    return d.node.facts.metadata.last_state is State.SECONDARY
 
 
 def unconfirmed_secondary() -> Driver:
@@ -68,7 +68,7 @@ def test_a_forced_unconfirmed_copy_meets_its_source_as_a_split_brain() -> None:
     source's as an older state of ours (it would be resynchronised over)."""
     d = unconfirmed_secondary()
     d.run_until(d.now + 10)
-    assert d.node.metadata.synced_generation == INITIAL  # the common point is forgotten
+    assert d.node.facts.metadata.synced_generation == INITIAL  # the common point is forgotten
     d.do(ev.PrimForce(), at=d.now + 0.5)
     assert d.state is State.ALONE
     # beta (the source) restarted: it still holds the generation we had adopted
@@ -119,7 +119,7 @@ def test_an_unconfirmed_copy_stays_distrusted_across_a_restart() -> None:
     the copy was never confirmed, so it is not served as that generation
     against the source seen stopped at it (a tie a stopped peer loses)."""
     d = unconfirmed_secondary()
-    restarted = Driver(metadata=d.node.metadata)
+    restarted = Driver(metadata=d.node.facts.metadata)
     effects = restarted.do(ev.Start())
     [persisted] = of_type(effects, fx.PersistMetadata)
     assert not persisted.metadata.consistent
@@ -131,9 +131,9 @@ def test_an_unconfirmed_copy_stays_distrusted_across_a_restart() -> None:
 
 def test_a_confirmed_copy_survives_a_restart() -> None:
     d = confirmed_secondary()
-    restarted = Driver(metadata=d.node.metadata)
+    restarted = Driver(metadata=d.node.facts.metadata)
     restarted.do(ev.Start())
-    assert restarted.node.metadata.consistent
+    assert restarted.node.facts.metadata.consistent
     effects = restarted.hear(beta(State.STOP, G1_BETA, synced=G1_BETA), at=restarted.now + 0.5)
     assert restarted.state is State.ALONE and of_type(effects, fx.StartApp)
 
@@ -147,18 +147,18 @@ def test_an_unconfirmed_secondary_leaving_the_pair_otherwise_distrusts_its_copy(
     d = unconfirmed_secondary()
     d.do(leave, at=d.now + 0.5)
     assert d.state in (State.WAIT, State.STOP)
-    assert not d.node.metadata.consistent
+    assert not d.node.facts.metadata.consistent
 
 
 @pytest.mark.parametrize("outcome", [ev.AppStopped(), ev.AppFailed("stop script failed")])
 def test_the_node_that_hands_its_service_over_is_a_confirmed_secondary(outcome: ev.Event) -> None:
     d = Driver()
     to_primary(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     d.do(ev.Swap(), at=d.now + 0.5)
     d.do(outcome, at=d.now + 0.5)
     assert d.state is State.SECONDARY and confirmed(d)
     # the peer dies before we hear it primary: we served this generation, we take over
     effects = d.run_until(d.now + 10)
     assert d.state is State.ALONE and of_type(effects, fx.StartApp)
-    assert d.node.metadata.generation > generation
+    assert d.node.facts.metadata.generation > generation

@@ -22,10 +22,10 @@ def test_a_resync_that_failed_here_is_retried_as_a_full_one() -> None:
     effects = d.do(ev.ResyncFailed("a change from beta failed here: Write: No such file"))
     assert d.state is State.WAIT
     assert of_type(effects, fx.StopResync)
-    assert not d.node.metadata.consistent
+    assert not d.node.facts.metadata.consistent
     effects = d.hear(beta(State.ALONE, G2_BETA, synced=G1_BETA), at=d.now + 0.5)
     assert d.state is State.RESYNC
     again = of_type(effects, fx.StartResync)
     assert [(e.role, e.mode) for e in again] == [("target", "full")]
     # once: a later resync is incremental again
-    assert not d.node.full_resync
+    assert not d.node.facts.full_resync

@@ -21,10 +21,10 @@ def test_the_fence_rises_with_a_secondary_peer_and_outlives_a_broken_session() -
     to_primary(d)
     assert d.node.writes_fenced
     assert True in [f for s in d.steps for f in fences(s.effects)]  # raised on the way
-    old = d.node.metadata.generation
+    old = d.node.facts.metadata.generation
     effects = d.do(ev.ReplicationFailed("connection lost"))
     assert d.state is State.ALONE
-    minted = d.node.metadata.generation
+    minted = d.node.facts.metadata.generation
     assert minted > old
     assert of_type(effects, fx.PersistMetadata)[0].metadata.generation == minted
     assert fences(effects) == []  # still fenced: the peer has not heard the new generation
@@ -40,7 +40,7 @@ def test_the_fence_rises_with_a_secondary_peer_and_outlives_a_broken_session() -
 def test_a_lost_peer_lifts_the_fence_only_after_the_new_generation_is_persisted() -> None:
     d = Driver()
     to_primary(d)
-    old = d.node.metadata.generation
+    old = d.node.facts.metadata.generation
     effects = d.run_until(d.now + 10)  # every link silent past the dead timeout
     assert d.state is State.ALONE
     kinds = [type(e) for e in effects]
@@ -61,18 +61,18 @@ def test_a_peer_holding_our_generation_after_an_unconfirmed_resync_end_resyncs_a
     d = Driver()
     to_primary(d)
     d.do(ev.ReplicationFailed("connection lost"))
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
-    assert d.node.resync_role == "source"
+    assert d.node.facts.resync_role == "source"
     d.hear(beta(State.SECONDARY, generation, synced=generation), at=d.now + 0.5)
     assert d.node.writes_fenced
     effects = d.do(ev.ResyncFailed("beta already holds it (end unconfirmed)"))
-    assert d.node.metadata.generation > generation
-    assert d.node.resync_role is None and of_type(effects, fx.StopResync)
+    assert d.node.facts.metadata.generation > generation
+    assert d.node.facts.resync_role is None and of_type(effects, fx.StopResync)
     effects = d.hear(beta(State.SECONDARY, generation, synced=generation), at=d.now + 0.5)
     assert d.state is State.ALONE and d.node.writes_fenced
     d.hear(beta(State.RESYNC, generation, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
-    assert d.node.resync_role == "source" and not d.node.writes_fenced
+    assert d.node.facts.resync_role == "source" and not d.node.writes_fenced
 
 
 def test_a_node_that_stops_serving_fails_what_the_fence_holds() -> None:
@@ -94,13 +94,13 @@ def test_a_resync_ended_below_the_peers_generation_outranks_it_instead_of_replic
     (found by the model check once the END's acknowledgement took a round)."""
     d = Driver()
     to_alone(d)
-    generation = d.node.metadata.generation
+    generation = d.node.facts.metadata.generation
     d.hear(beta(State.RESYNC, substatus=SubStatus.TRANSIENT), at=d.now + 0.5)
-    assert d.node.resync_role == "source"
+    assert d.node.facts.resync_role == "source"
     above = Generation(generation.counter + 1, "beta")
     d.hear(beta(State.RESYNC, above, consistent=False, substatus=SubStatus.TRANSIENT))
     effects = d.do(ev.PeerResynced(generation), at=d.now + 0.5)
-    assert not of_type(effects, fx.StartReplication) and not d.node.replicating
-    assert d.node.metadata.generation > above
+    assert not of_type(effects, fx.StartReplication) and not d.node.facts.replicating
+    assert d.node.facts.metadata.generation > above
     d.hear(beta(State.RESYNC, above, consistent=False, substatus=SubStatus.TRANSIENT))
-    assert d.node.resync_role == "source"  # a new attempt, at the generation above
+    assert d.node.facts.resync_role == "source"  # a new attempt, at the generation above

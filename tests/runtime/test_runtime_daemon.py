@@ -46,10 +46,15 @@ class FakeNode:
         self.peer: PeerStatus | None = None
         self.peer_alive = False
         self.in_sync_problem: str | None = "the peer was never heard"
-        self.links = {name: View() for name in settings.links}
+        self.links = tuple((name, View()) for name in settings.links)
         self.app_started = False
         self.handled: list[ev.Event] = []
         FakeNode.instances.append(self)
+
+    @property
+    def facts(self) -> FakeNode:
+        """Its facts are its own attributes (``reason``, ``metadata``, ``peer``...)."""
+        return self
 
     def status(self) -> PeerStatus:
         m = self.metadata

@@ -32,7 +32,7 @@ def _core_node() -> Node:
 
 def _snapshot(node: Node) -> tuple[object, ...]:
     # Node.snapshot() is everything that determines the node's future behaviour.
-    return (node.snapshot(), node.state, node.substatus, node.metadata, node.peer)
+    return (node.snapshot(), node.state, node.substatus, node.facts.metadata, node.facts.peer)
 
 
 def test_fuzz_every_frame_is_dropped_under_its_reason_or_accepted() -> None:
@@ -68,7 +68,8 @@ def test_fuzz_every_frame_is_dropped_under_its_reason_or_accepted() -> None:
     print(f"\nwire fuzz: {fed} frames in {elapsed:.2f} s ({fed / elapsed:,.0f} frames/s)")
     print("  outcome counts:", counts)
     print("  by category:   ", dict(sorted(corpus.by_category.items())))
-    print(f"  core node beta: {node.state}/{node.substatus}, knows peer: {node.peer is not None}")
+    knows = node.facts.peer is not None
+    print(f"  core node beta: {node.state}/{node.substatus}, knows peer: {knows}")
 
     assert fed >= FRAMES
     assert wrong == [], f"frames with an unexpected outcome (index, expected, got, head): {wrong}"
@@ -76,7 +77,9 @@ def test_fuzz_every_frame_is_dropped_under_its_reason_or_accepted() -> None:
     assert inbound.stats.accepted + sum(inbound.stats.dropped.values()) == fed
     assert dict(expected) == {"accepted": inbound.stats.accepted, **inbound.stats.dropped}
     assert inbound.stats.dropped[Reason.INTERNAL_ERROR] == 0
-    assert node.peer is not None and node.links["lan"].last_seen is not None  # it did hear alpha
+    assert (
+        node.facts.peer is not None and node.facts.link("lan").last_seen is not None
+    )  # it did hear alpha
     # Every rejection reason the codec and Inbound can give was exercised.
     exercised = set(inbound.stats.dropped)
     assert exercised == {r.value for r in Reason} - {Reason.INTERNAL_ERROR}

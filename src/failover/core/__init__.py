@@ -6,13 +6,17 @@ a malformed table fails at import, not when an edge fires.
 
 from failover.core import effects, events
 from failover.core.compare import Relation, relation
-from failover.core.node import LinkView, Node, NodeSnapshot
+from failover.core.facts import LinkView, NodeFacts
+from failover.core.node import Node, NodeSnapshot
 from failover.core.rules import default_table
 from failover.core.state import (
     INITIAL,
+    AppPending,
     Generation,
+    Handover,
     Metadata,
     PeerStatus,
+    ResyncRole,
     Settings,
     State,
     SubStatus,
@@ -23,13 +27,17 @@ TABLE = default_table()
 __all__ = [
     "INITIAL",
     "TABLE",
+    "AppPending",
     "Generation",
+    "Handover",
     "LinkView",
     "Metadata",
     "Node",
+    "NodeFacts",
     "NodeSnapshot",
     "PeerStatus",
     "Relation",
+    "ResyncRole",
     "Settings",
     "State",
     "SubStatus",

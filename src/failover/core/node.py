@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 from transitions import EventData, Machine
 
@@ -19,11 +19,17 @@ from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core import rules
 from failover.core.compare import Relation, relation
-from failover.core.decider import Lease
+from failover.core.facts import (
+    Lease,
+    LinkView,
+    NodeFacts,
+    derive_substatus,
+    pair_problem,
+)
 from failover.core.state import (
     INITIAL,
     NO_VIEW,
-    Generation,
+    Handover,
     Metadata,
     PeerStatus,
     Settings,
@@ -33,6 +39,17 @@ from failover.core.state import (
     evolve,
 )
 from failover.core.table import Row, Table
+
+__all__ = [
+    "LinkView",
+    "Node",
+    "NodeFacts",
+    "NodeSnapshot",
+    "derive_substatus",
+    "derive_writes_fenced",
+    "pair_problem",
+    "unconfirmed_copy",
+]
 
 DATA_ROLES = (State.ALONE, State.PRIMARY, State.SECONDARY, State.RESYNC)
 
@@ -44,36 +61,6 @@ PAUSE_FACTOR = 2.0
 """A gap between two ``handle`` calls longer than this many heartbeat intervals
 means this node did not run (the core always has a deadline at most one
 heartbeat interval ahead, so a running node is called at least that often)."""
-
-
-class _Awaiting(Protocol):
-    @property
-    def state(self) -> State: ...
-    @property
-    def app_pending(self) -> str | None: ...
-    @property
-    def resync_role(self) -> str | None: ...
-    @property
-    def quarantine_pending(self) -> bool: ...
-    @property
-    def pending(self) -> Row | None: ...
-    @property
-    def handover(self) -> str | None: ...
-    @property
-    def discovery_until(self) -> float | None: ...
-
-
-def derive_substatus(node: _Awaiting) -> SubStatus:
-    """Transient while an outcome is awaited, ready otherwise (the table's rule)."""
-    awaiting = (
-        node.app_pending is not None
-        or node.resync_role is not None
-        or node.quarantine_pending
-        or node.pending is not None
-        or node.handover == "stopping"
-        or (node.state is State.WAIT and node.discovery_until is not None)
-    )
-    return SubStatus.TRANSIENT if awaiting else SubStatus.READY
 
 
 def unconfirmed_copy(meta: Metadata) -> bool:
@@ -101,171 +88,8 @@ def derive_writes_fenced(state: State | None, peer_alive: bool) -> bool:
     return peer_alive and state is State.SECONDARY
 
 
-def pair_problem(
-    state: State, peer: PeerStatus | None, peer_alive: bool, metadata: Metadata
-) -> str | None:
-    """Why the pair is not in sync as the core sees it (None when it is): this
-    node ``primary``, its peer alive and announcing ``secondary`` at our
-    generation. (The data plane may add what only it sees: a silent channel, a
-    verify that found differences.)"""
-    if peer is None:
-        return "the peer was never heard"
-    if not peer_alive:
-        return f"peer {peer.node} lost (silent on every link)"
-    if peer.state is not State.SECONDARY:
-        return f"peer {peer.node} is {peer.state.value}"
-    if state is not State.PRIMARY:
-        return f"this node is {state.value}"
-    if peer.generation != metadata.generation:
-        return f"peer {peer.node} holds generation {peer.generation}, not ours"
-    return None
-
-
-@dataclass(frozen=True)
-class LinkView:
-    up: bool = False
-    last_seen: float | None = None
-
-
-@dataclass(frozen=True)
-class NodeSnapshot:
-    """Everything that determines the node's future behaviour; hashable.
-
-    The model checker stores snapshots and restores nodes from them.
-    ``rebased`` shifts every time so that ``origin`` becomes 0, clamping times
-    further in the past than ``horizon`` (they all compare alike).
-    """
-
-    state: State
-    reason: str
-    metadata: Metadata
-    peer: PeerStatus | None
-    peer_alive: bool
-    links: tuple[tuple[str, LinkView], ...]
-    next_heartbeat_at: float | None
-    last_run: float | None
-    discovery_until: float | None
-    recheck_at: float | None
-    lease: Lease
-    pending: Row | None
-    granted: Generation | None
-    app_active: bool
-    app_pending: str | None
-    replicating: bool
-    resync_role: str | None
-    quarantine_pending: bool
-    handover: str | None
-    second_only: bool
-    forced: bool
-    full_resync: bool
-    checkers_down: frozenset[str]
-    view: View = NO_VIEW
-    restarts: tuple[float, ...] = ()
-    retry_at: float | None = None
-    next_pause: float | None = None
-    data_retry_at: float | None = None
-    data_pause: float | None = None
-
-    @property
-    def substatus(self) -> SubStatus:
-        return derive_substatus(self)
-
-    @property
-    def in_sync_problem(self) -> str | None:
-        """See ``pair_problem``."""
-        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
-
-    def key(self, origin: float, horizon: float) -> tuple[Any, ...]:
-        """A flat, hashable summary for deduplication: every time relative to
-        ``origin`` (clamped at ``-horizon``), the reason left out."""
-
-        def shift(t: float | None) -> float | None:
-            return None if t is None else max(t - origin, -horizon)
-
-        m, lease = self.metadata, self.lease
-        peer = self.peer
-        return (
-            self.state,
-            m.generation.counter,
-            m.generation.origin,
-            m.synced_generation.counter,
-            m.synced_generation.origin,
-            m.consistent,
-            m.last_state,
-            m.peer_generation.counter,
-            m.peer_generation.origin,
-            None
-            if peer is None
-            else (
-                peer.state,
-                peer.substatus,
-                peer.generation.counter,
-                peer.generation.origin,
-                peer.synced_generation.counter,
-                peer.synced_generation.origin,
-                peer.consistent,
-                peer.handover,
-                peer.last_state,
-                peer.has_data,
-            ),
-            self.peer_alive,
-            tuple((name, v.up, shift(v.last_seen)) for name, v in self.links),
-            shift(self.next_heartbeat_at),
-            shift(self.last_run),
-            shift(self.discovery_until),
-            shift(self.recheck_at),
-            (
-                lease.held,
-                lease.generation,
-                shift(lease.requested_at),
-                shift(lease.fence_at),
-                shift(lease.renew_at),
-                shift(lease.denied_at),
-            ),
-            None if self.pending is None else self.pending.ident,
-            self.granted,
-            self.app_active,
-            self.app_pending,
-            self.replicating,
-            self.resync_role,
-            self.quarantine_pending,
-            self.handover,
-            self.second_only,
-            self.forced,
-            self.full_resync,
-            self.checkers_down,
-            tuple(shift(t) for t in self.restarts),
-            shift(self.retry_at),
-            self.next_pause,
-            shift(self.data_retry_at),
-            self.data_pause,
-        )
-
-    def rebased(self, origin: float, horizon: float) -> NodeSnapshot:
-        def shift(t: float | None) -> float | None:
-            return None if t is None else max(t - origin, -horizon)
-
-        lease = self.lease
-        return evolve(
-            self,
-            links=tuple(
-                (name, evolve(view, last_seen=shift(view.last_seen))) for name, view in self.links
-            ),
-            next_heartbeat_at=shift(self.next_heartbeat_at),
-            last_run=shift(self.last_run),
-            discovery_until=shift(self.discovery_until),
-            recheck_at=shift(self.recheck_at),
-            restarts=tuple(max(t - origin, -horizon) for t in self.restarts),
-            retry_at=shift(self.retry_at),
-            data_retry_at=shift(self.data_retry_at),
-            lease=evolve(
-                lease,
-                requested_at=shift(lease.requested_at),
-                fence_at=shift(lease.fence_at),
-                renew_at=shift(lease.renew_at),
-                denied_at=shift(lease.denied_at),
-            ),
-        )
+NodeSnapshot = NodeFacts
+"""The model checker's name for a node's facts: its snapshot is that value."""
 
 
 @dataclass
@@ -301,40 +125,11 @@ class Node:
         """Forget everything but ``metadata``: the state of a daemon just started.
         Its views start at ``(epoch, 0)`` (default ``settings.epoch``): the epoch
         must be larger than any earlier run of this node used."""
-        self.metadata = metadata
-        self.view: View = (self.settings.epoch if epoch is None else epoch, 0)
-        self.reason = "module stopped"
-        self.peer: PeerStatus | None = None
-        self.peer_alive = False
-        self.links: dict[str, LinkView] = {name: LinkView() for name in self.settings.links}
-        self.next_heartbeat_at: float | None = 0.0
-        self.last_run: float | None = None  # the time of the last handle call
-        self.discovery_until: float | None = None
-        self.recheck_at: float | None = None
-        self.lease = Lease()
-        self.pending: Row | None = None
-        self.granted: Generation | None = None
-        self.app_active = False
-        self.app_pending: str | None = None
-        self.replicating = False
-        self.resync_role: str | None = None
-        self.quarantine_pending = False
-        self.handover: str | None = None  # "stopping" while the app stops, then "done"
-        self.second_only = False
-        self.forced = False
-        self.full_resync = False  # the operator asked for a full copy at the next resync
-        # only checkers that count for a takeover (class standby or both) are kept
-        self.checkers_down: frozenset[str] = frozenset()
-        # the restart budget, in memory: when each local restart of the
-        # application happened (a daemon restart forgets them); the next
-        # automatic retry once it is spent, and the pause after that one
-        self.restarts: tuple[float, ...] = ()
-        self.retry_at: float | None = None
-        self.next_pause: float | None = None
-        # the next try of a failed data action (resync source, quarantine,
-        # set-aside before a full resync) and the pause after it
-        self.data_retry_at: float | None = None
-        self.data_pause: float | None = None
+        self.facts = NodeFacts(
+            metadata=metadata,
+            view=(self.settings.epoch if epoch is None else epoch, 0),
+            links=tuple((name, LinkView()) for name in self.settings.links),
+        )
         # outcomes the core knows at once (nothing is replicated), handled
         # within the same step after the event that caused them
         self.followups: list[ev.Event] = []
@@ -345,21 +140,27 @@ class Node:
 
     @property
     def state(self) -> State:
-        return self._cursor.state
+        return self.facts.state
+
+    def update(self, **changes: Any) -> None:
+        """Replace the facts by a copy with ``changes`` (``NodeFacts`` fields)."""
+        self.facts = evolve(self.facts, **changes)
 
     @property
     def substatus(self) -> SubStatus:
-        return derive_substatus(self)
+        return self.facts.substatus
 
     @property
     def writes_fenced(self) -> bool:
         """See ``derive_writes_fenced``."""
-        return derive_writes_fenced(None if self.peer is None else self.peer.state, self.peer_alive)
+        return derive_writes_fenced(
+            None if self.facts.peer is None else self.facts.peer.state, self.facts.peer_alive
+        )
 
     def restarts_in_window(self) -> int:
         """Local restarts of the application within the last ``restart_window``."""
         since = self.now - self.settings.restart_window
-        return sum(1 for t in self.restarts if t > since)
+        return sum(1 for t in self.facts.restarts if t > since)
 
     @property
     def budget_spent(self) -> bool:
@@ -369,7 +170,7 @@ class Node:
     def can_serve(self) -> bool:
         """What the node announces as ``can_serve``: no checker that counts for
         a takeover is down and its restart budget is not spent."""
-        return not self.checkers_down and not self.budget_spent
+        return not self.facts.checkers_down and not self.budget_spent
 
     @property
     def app_started(self) -> bool:
@@ -377,22 +178,24 @@ class Node:
         start, restart, stop or hand-over under way. Only then does a checker of
         the running application act (``checker_acts``), and only then does the
         runtime run such checkers on the serving node."""
-        return self.app_active and self.app_pending is None and self.handover is None
+        return (
+            self.facts.app_active and self.facts.app_pending is None and self.facts.handover is None
+        )
 
     @property
     def in_sync_problem(self) -> str | None:
         """See ``pair_problem``."""
-        return pair_problem(self.state, self.peer, self.peer_alive, self.metadata)
+        return self.facts.in_sync_problem
 
     @property
     def relation(self) -> Relation:
-        if self.peer is None:
+        if self.facts.peer is None:
             return Relation.UNKNOWN
-        return relation(self.metadata, self.peer)
+        return relation(self.facts.metadata, self.facts.peer)
 
     def status(self) -> PeerStatus:
         """What this node announces in its heartbeats."""
-        meta = self.metadata
+        meta = self.facts.metadata
         return PeerStatus(
             node=self.settings.name,
             state=self.state,
@@ -401,11 +204,11 @@ class Node:
             synced_generation=meta.synced_generation,
             consistent=meta.consistent,
             fingerprint=self.settings.fingerprint,
-            handover=self.handover == "done",
+            handover=self.facts.handover is Handover.DONE,
             last_state=meta.last_state,
-            reason=self.reason[:256],
-            view=self.view,
-            peer_view=NO_VIEW if self.peer is None else self.peer.view,
+            reason=self.facts.reason[:256],
+            view=self.facts.view,
+            peer_view=NO_VIEW if self.facts.peer is None else self.facts.peer.view,
             has_data=self.has_data,
             can_serve=self.can_serve,
         )
@@ -414,7 +217,7 @@ class Node:
     def has_data(self) -> bool:
         """What this node announces as ``has_data``: its metadata is fresh (a
         first start) and its replicated directories held something at boot."""
-        return self.settings.local_data and self.metadata.fresh
+        return self.settings.local_data and self.facts.metadata.fresh
 
     def reconfigure(self, settings: Settings) -> None:
         """Apply new settings (timings, policies). The names of the node, its
@@ -438,21 +241,20 @@ class Node:
         """The earliest time at which ``handle(Timer(), now)`` has something to do."""
         s = self.settings
         times: list[float | None] = [
-            self.next_heartbeat_at,
-            self.discovery_until,
-            self.recheck_at,
-            self.lease.fence_at if self.lease.held else None,
-            self.lease.renew_at if self.lease.held else None,
-            self.retry_at,
-            self.data_retry_at,
+            self.facts.next_heartbeat_at,
+            self.facts.discovery_until,
+            self.facts.recheck_at,
+            self.facts.lease.fence_at if self.facts.lease.held else None,
+            self.facts.lease.renew_at if self.facts.lease.held else None,
+            self.facts.retry_at,
+            self.facts.data_retry_at,
         ]
-        seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
+        links = [v for _, v in self.facts.links]
+        seen = [v.last_seen for v in links if v.last_seen is not None]
         times.extend(
-            v.last_seen + s.link_timeout
-            for v in self.links.values()
-            if v.up and v.last_seen is not None
+            v.last_seen + s.link_timeout for v in links if v.up and v.last_seen is not None
         )
-        if self.peer_alive and seen:
+        if self.facts.peer_alive and seen:
             times.append(max(seen) + s.dead_timeout)
         present = [t for t in times if t is not None]
         return min(present) if present else None
@@ -467,31 +269,31 @@ class Node:
         self.event = event
         self.outbox = []
         self._discount_pause(now)
-        meta_before = self.metadata
+        meta_before = self.facts.metadata
         fence_before = (self.writes_fenced, self.state.serving)
         self.followups = []
         for trigger in self._bookkeep(event):
             self._fire(trigger, event)
-        decided = self.metadata  # persisted first, before any effect of the step
+        decided = self.facts.metadata  # persisted first, before any effect of the step
         for _ in range(MAX_FOLLOWUPS):
             if not self.followups:
                 break
             followup = self.followups.pop(0)
             self.event = followup
-            before, first = self.metadata, len(self.outbox)
+            before, first = self.facts.metadata, len(self.outbox)
             self._fire(followup.kind, followup)
-            if self.metadata != before:  # the header rule, for the follow-up's row
-                self.outbox.insert(first, fx.PersistMetadata(self.metadata))
+            if self.facts.metadata != before:  # the header rule, for the follow-up's row
+                self.outbox.insert(first, fx.PersistMetadata(self.facts.metadata))
         assert not self.followups, "outcomes known at once keep causing new ones"
         effects = self.outbox
         changed = self._announced() != announced
         if changed:
-            self.view = (self.view[0], self.view[1] + 1)
+            self.update(view=(self.facts.view[0], self.facts.view[1] + 1))
         if changed or self._heard_view() != heard:
             # at once: a new view, or the echo of the peer's new one, which the
             # peer waits for before it serves on what we announce (_housekeep
             # then sends no second one)
-            self.next_heartbeat_at = now
+            self.update(next_heartbeat_at=now)
         self._housekeep()
         if decided != meta_before:
             effects.insert(0, fx.PersistMetadata(decided))
@@ -508,11 +310,11 @@ class Node:
         view. A plain tuple, not ``status()`` less those fields: it is built
         twice per ``handle`` and that would slow every call by a third; the
         test of the views checks it still covers every field of ``PeerStatus``."""
-        meta = self.metadata
+        meta = self.facts.metadata
         return (
             self.state,
             self.substatus,
-            self.handover == "done",
+            self.facts.handover is Handover.DONE,
             meta.generation,
             meta.synced_generation,
             meta.consistent,
@@ -522,73 +324,17 @@ class Node:
         )
 
     def _heard_view(self) -> View:
-        return NO_VIEW if self.peer is None else self.peer.view
+        return NO_VIEW if self.facts.peer is None else self.facts.peer.view
 
     # --- snapshots (for the model checker) ---------------------------------------------
 
-    def snapshot(self) -> NodeSnapshot:
-        return NodeSnapshot(
-            state=self.state,
-            reason=self.reason,
-            metadata=self.metadata,
-            peer=self.peer,
-            peer_alive=self.peer_alive,
-            links=tuple(self.links.items()),
-            next_heartbeat_at=self.next_heartbeat_at,
-            last_run=self.last_run,
-            discovery_until=self.discovery_until,
-            recheck_at=self.recheck_at,
-            lease=self.lease,
-            pending=self.pending,
-            granted=self.granted,
-            app_active=self.app_active,
-            app_pending=self.app_pending,
-            replicating=self.replicating,
-            resync_role=self.resync_role,
-            quarantine_pending=self.quarantine_pending,
-            handover=self.handover,
-            second_only=self.second_only,
-            forced=self.forced,
-            full_resync=self.full_resync,
-            checkers_down=self.checkers_down,
-            view=self.view,
-            restarts=self.restarts,
-            retry_at=self.retry_at,
-            next_pause=self.next_pause,
-            data_retry_at=self.data_retry_at,
-            data_pause=self.data_pause,
-        )
+    def snapshot(self) -> NodeFacts:
+        """The node's facts: everything that determines its future behaviour."""
+        return self.facts
 
-    def restore(self, snap: NodeSnapshot) -> None:
-        self._machine.set_state(snap.state, model=self._cursor)
-        self.reason = snap.reason
-        self.metadata = snap.metadata
-        self.peer = snap.peer
-        self.peer_alive = snap.peer_alive
-        self.links = dict(snap.links)
-        self.next_heartbeat_at = snap.next_heartbeat_at
-        self.last_run = snap.last_run
-        self.discovery_until = snap.discovery_until
-        self.recheck_at = snap.recheck_at
-        self.lease = snap.lease
-        self.pending = snap.pending
-        self.granted = snap.granted
-        self.app_active = snap.app_active
-        self.app_pending = snap.app_pending
-        self.replicating = snap.replicating
-        self.resync_role = snap.resync_role
-        self.quarantine_pending = snap.quarantine_pending
-        self.handover = snap.handover
-        self.second_only = snap.second_only
-        self.forced = snap.forced
-        self.full_resync = snap.full_resync
-        self.checkers_down = snap.checkers_down
-        self.view = snap.view
-        self.restarts = snap.restarts
-        self.retry_at = snap.retry_at
-        self.next_pause = snap.next_pause
-        self.data_retry_at = snap.data_retry_at
-        self.data_pause = snap.data_pause
+    def restore(self, facts: NodeFacts) -> None:
+        self.facts = facts
+        self._machine.set_state(facts.state, model=self._cursor)
 
     # --- internals --------------------------------------------------------------------
 
@@ -642,6 +388,7 @@ class Node:
         row, edge = selected
         cursor.fired.clear()
         cursor.trigger(edge)  # type: ignore[attr-defined]
+        self.update(state=cursor.state)
         assert cursor.fired == [row], f"the machine did not take {row.ident}"
         first_effect = len(self.outbox)
         substatus = self.substatus
@@ -650,16 +397,16 @@ class Node:
             return
         state_changed = cursor.state is not source
         # the context that led to the decision; a quiet row keeps the current one
-        reason = self.reason if row.quiet and not state_changed else self._format(row.reason)
+        reason = self.facts.reason if row.quiet and not state_changed else self._format(row.reason)
         if state_changed:
             self._leaving(source)
         for name in row.actions:
             rules.ACTIONS[name](self, row)
         if state_changed:
-            self.pending = None  # a grant that arrives later is released
+            self.update(pending=None)  # a grant that arrives later is released
             self._entering(cursor.state, source)
-        changed = state_changed or reason != self.reason or self.substatus is not substatus
-        self.reason = reason
+        changed = state_changed or reason != self.facts.reason or self.substatus is not substatus
+        self.update(reason=reason)
         if changed:
             self.emit(
                 fx.TransitionRecord(
@@ -674,59 +421,64 @@ class Node:
                         if not isinstance(e, fx.TransitionRecord)
                     ),
                     reason=reason,
-                    generation=str(self.metadata.generation),
-                    forced=self.forced,
+                    generation=str(self.facts.metadata.generation),
+                    forced=self.facts.forced,
                 )
             )
 
     def _leaving(self, state: State) -> None:
         if state is State.WAIT:
-            self.discovery_until = None
-            self.recheck_at = None
+            self.update(discovery_until=None)
+            self.update(recheck_at=None)
         if state.serving:
-            self.forced = False
+            self.update(forced=False)
         if state is State.SECONDARY:
-            self.handover = None if self.handover == "done" else self.handover
+            self.update(
+                handover=None if self.facts.handover is Handover.DONE else self.facts.handover
+            )
 
     def _entering(self, state: State, source: State) -> None:
         if state in DATA_ROLES and not (state is State.SECONDARY and source is State.RESYNC):
             # (a resync target stays last_state resync until its peer confirms the
             # pair: rules.confirm_pair; the end of its resync may have gone unheard)
-            self.metadata = self.metadata.evolve(last_state=state)
+            self.update(metadata=self.facts.metadata.evolve(last_state=state))
         if state in DATA_ROLES:
-            self.second_only = False
-        if state in (State.WAIT, State.STOP) and unconfirmed_copy(self.metadata):
-            self.metadata = self.metadata.evolve(consistent=False, synced_generation=INITIAL)
+            self.update(second_only=False)
+        if state in (State.WAIT, State.STOP) and unconfirmed_copy(self.facts.metadata):
+            self.update(
+                metadata=self.facts.metadata.evolve(consistent=False, synced_generation=INITIAL)
+            )
         if state is State.STOP:
-            self.second_only = False
-            self.discovery_until = None
+            self.update(second_only=False)
+            self.update(discovery_until=None)
         if not state.serving:
-            self.retry_at = None  # the application is not retried where it does not serve
+            self.update(retry_at=None)  # the application is not retried where it does not serve
         # a data action's retry belongs to the state that scheduled it
-        self.data_retry_at = None
-        self.data_pause = None
+        self.update(data_retry_at=None, data_pause=None)
 
     def _bookkeep(self, event: ev.Event) -> list[str]:
         """Update the link and peer view; return the table triggers to fire."""
         now, s = self.now, self.settings
         if isinstance(event, ev.HeartbeatReceived):
-            if event.status.node != s.peer or event.link not in self.links:
+            view = self.facts.link(event.link)
+            if event.status.node != s.peer or view is None:
                 return []
-            view = self.links[event.link]
             if not view.up:
                 self.emit(fx.LinkChanged(event.link, up=True))
-            self.links[event.link] = LinkView(up=True, last_seen=now)
-            self.peer = event.status
-            self.peer_alive = True
-            self.discovery_until = None
-            self.recheck_at = None
-            if self.metadata.peer_generation != event.status.generation:
-                self.metadata = self.metadata.evolve(peer_generation=event.status.generation)
+            self.facts = self.facts.with_link(event.link, LinkView(up=True, last_seen=now))
+            self.update(peer=event.status)
+            self.update(peer_alive=True)
+            self.update(discovery_until=None)
+            self.update(recheck_at=None)
+            if self.facts.metadata.peer_generation != event.status.generation:
+                self.update(
+                    metadata=self.facts.metadata.evolve(peer_generation=event.status.generation)
+                )
             return ["heartbeat"]
         if isinstance(event, ev.LinkFailed):
-            failed = self.links.get(event.link)
+            failed = self.facts.link(event.link)
             if failed is not None and failed.up:
-                self.links[event.link] = evolve(failed, up=False)
+                self.facts = self.facts.with_link(event.link, evolve(failed, up=False))
                 self.emit(fx.LinkChanged(event.link, up=False))
             return []
         if isinstance(event, ev.Timer):
@@ -745,7 +497,8 @@ class Node:
         move forward by the gap beyond one interval: the peer is judged only
         after the node has run long enough to read what arrived. The lease is
         not moved: it runs out in real time at the arbitrator."""
-        last, self.last_run = self.last_run, now
+        last = self.facts.last_run
+        self.update(last_run=now)
         if last is None:
             return
         interval = self.settings.heartbeat_interval
@@ -753,59 +506,74 @@ class Node:
         if gap <= PAUSE_FACTOR * interval:
             return
         credit = gap - interval
-        for name, view in self.links.items():
-            if view.last_seen is not None:
-                self.links[name] = evolve(view, last_seen=min(view.last_seen + credit, now))
-        if self.discovery_until is not None:
-            self.discovery_until += credit
-        if self.recheck_at is not None:
-            self.recheck_at += credit
+        facts = self.facts
+        self.update(
+            links=tuple(
+                (
+                    name,
+                    view
+                    if view.last_seen is None
+                    else evolve(view, last_seen=min(view.last_seen + credit, now)),
+                )
+                for name, view in facts.links
+            ),
+            discovery_until=None
+            if facts.discovery_until is None
+            else facts.discovery_until + credit,
+            recheck_at=None if facts.recheck_at is None else facts.recheck_at + credit,
+        )
 
     def _timers(self) -> list[str]:
         now, s = self.now, self.settings
         triggers: list[str] = []
-        for name, view in self.links.items():
+        for name, view in self.facts.links:
             if view.up and view.last_seen is not None and now >= view.last_seen + s.link_timeout:
-                self.links[name] = evolve(view, up=False)
+                self.facts = self.facts.with_link(name, evolve(view, up=False))
                 self.emit(fx.LinkChanged(name, up=False))
-        seen = [v.last_seen for v in self.links.values() if v.last_seen is not None]
-        if self.peer_alive and seen and now >= max(seen) + s.dead_timeout:
-            self.peer_alive = False
+        seen = [v.last_seen for _, v in self.facts.links if v.last_seen is not None]
+        if self.facts.peer_alive and seen and now >= max(seen) + s.dead_timeout:
+            self.update(peer_alive=False)
             triggers.append("peer_lost")
-        if self.discovery_until is not None and now >= self.discovery_until:
-            self.discovery_until = None
+        if self.facts.discovery_until is not None and now >= self.facts.discovery_until:
+            self.update(discovery_until=None)
             triggers.append("startup_timeout")
-        if self.lease.held and self.lease.fence_at is not None and now >= self.lease.fence_at:
-            self.lease = Lease()
+        if (
+            self.facts.lease.held
+            and self.facts.lease.fence_at is not None
+            and now >= self.facts.lease.fence_at
+        ):
+            self.update(lease=Lease())
             triggers.append("lease_expired")
-        if self.recheck_at is not None and now >= self.recheck_at:
-            self.recheck_at = None
+        if self.facts.recheck_at is not None and now >= self.facts.recheck_at:
+            self.update(recheck_at=None)
             triggers.append("recheck")
-        if self.retry_at is not None and now >= self.retry_at:
-            self.retry_at = None
+        if self.facts.retry_at is not None and now >= self.facts.retry_at:
+            self.update(retry_at=None)
             triggers.append("retry")
-        if self.data_retry_at is not None and now >= self.data_retry_at:
-            self.data_retry_at = None
+        if self.facts.data_retry_at is not None and now >= self.facts.data_retry_at:
+            self.update(data_retry_at=None)
             triggers.append("data_retry")
         return triggers
 
     def _housekeep(self) -> None:
         """Periodic duties that decide nothing: heartbeats, lease renewal, recheck timer."""
         now, s = self.now, self.settings
-        if self.next_heartbeat_at is not None and now >= self.next_heartbeat_at:
+        if self.facts.next_heartbeat_at is not None and now >= self.facts.next_heartbeat_at:
             self.emit(fx.SendHeartbeat(self.status()))
-            self.next_heartbeat_at = now + s.heartbeat_interval
-        lease = self.lease
+            self.update(next_heartbeat_at=now + s.heartbeat_interval)
+        lease = self.facts.lease
         if lease.held and lease.renew_at is not None and now >= lease.renew_at:
-            self.lease = evolve(lease, requested_at=now, renew_at=now + s.lease_renew)
-            self.emit(fx.RenewArbitration(lease.generation or self.metadata.generation))
+            self.update(lease=evolve(lease, requested_at=now, renew_at=now + s.lease_renew))
+            self.emit(fx.RenewArbitration(lease.generation or self.facts.metadata.generation))
         waiting_blind = (
-            self.state is State.WAIT and not self.peer_alive and self.discovery_until is None
+            self.state is State.WAIT
+            and not self.facts.peer_alive
+            and self.facts.discovery_until is None
         )
-        if waiting_blind and self.recheck_at is None:
-            self.recheck_at = now + s.startup_timeout
+        if waiting_blind and self.facts.recheck_at is None:
+            self.update(recheck_at=now + s.startup_timeout)
         elif not waiting_blind:
-            self.recheck_at = None
+            self.update(recheck_at=None)
 
     def _format(self, template: str) -> str:
         if "{" not in template:
@@ -821,12 +589,14 @@ class _ReasonContext(Mapping[str, str]):
 
     def __getitem__(self, key: str) -> str:
         node = self._node
-        peer = node.peer
+        peer = node.facts.peer
         if key == "peer":
             return node.settings.peer
         if key == "peer_state":
             return (
-                "unseen" if peer is None else ("lost" if not node.peer_alive else peer.state.value)
+                "unseen"
+                if peer is None
+                else ("lost" if not node.facts.peer_alive else peer.state.value)
             )
         if key == "relation":
             return node.relation.describe(node.settings.peer)
@@ -834,21 +604,23 @@ class _ReasonContext(Mapping[str, str]):
             return str(getattr(node.event, "reason", "") or "no detail")
         if key == "checker":
             named = getattr(node.event, "checker", None)
-            return str(named) if named else ", ".join(sorted(node.checkers_down)) or "?"
+            return str(named) if named else ", ".join(sorted(node.facts.checkers_down)) or "?"
         if key == "restart":
             s = node.settings
             used = node.restarts_in_window() + 1
             return f"restart {used} of {s.max_restarts} within {s.restart_window:g} s"
         if key == "pause":
-            return f"{node.next_pause or node.settings.retry_pause:g}"
+            return f"{node.facts.next_pause or node.settings.retry_pause:g}"
         if key == "data_pause":  # the pause a failed data action is about to get
-            return f"{node.data_pause or node.settings.data_retry_pause:g}"
+            return f"{node.facts.data_pause or node.settings.data_retry_pause:g}"
         if key == "policy":
             return str(rules.policy_text(node))
         if key == "last_state":
-            return node.metadata.last_state.value if node.metadata.last_state else "none"
+            return (
+                node.facts.metadata.last_state.value if node.facts.metadata.last_state else "none"
+            )
         if key == "pending_reason":
-            return node._format(node.pending.reason) if node.pending else ""
+            return node._format(node.facts.pending.reason) if node.facts.pending else ""
         raise KeyError(key)
 
     def __iter__(self) -> Any:

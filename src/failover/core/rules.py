@@ -14,8 +14,9 @@ from functools import cache
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.compare import Relation, common_generation
-from failover.core.decider import Decider, Lease
-from failover.core.state import CheckerPolicy, State, SubStatus
+from failover.core.decider import Decider
+from failover.core.facts import Lease
+from failover.core.state import AppPending, CheckerPolicy, Handover, ResyncRole, State, SubStatus
 from failover.core.table import Row, Table, load_table, raw_spec
 
 Guard = Callable[[Decider, Row], bool]
@@ -40,7 +41,7 @@ def action(fn: Action) -> Action:
 
 @guard
 def consistent(node: Decider, row: Row) -> bool:
-    return node.metadata.consistent
+    return node.facts.metadata.consistent
 
 
 @guard
@@ -48,7 +49,7 @@ def last_served_alone(node: Decider, row: Row) -> bool:
     """This node knows it was the last to serve: it was alone (no in-sync peer
     could take over), its data is consistent, and it never saw the peer at a
     later generation."""
-    meta = node.metadata
+    meta = node.facts.metadata
     return (
         meta.last_state is State.ALONE
         and meta.consistent
@@ -62,7 +63,7 @@ def checkers_ok(node: Decider, row: Row) -> bool:
     ``standby`` or ``both`` are kept (``note_checker_down``). A ``serving``
     checker checks the application where it runs: it never keeps a node from
     starting it (it would block its own application's start)."""
-    return not node.checkers_down
+    return not node.facts.checkers_down
 
 
 def _checker_policy(node: Decider) -> CheckerPolicy | None:
@@ -109,7 +110,7 @@ def checker_restarts(node: Decider, row: Row) -> bool:
 @guard
 def app_retrying(node: Decider, row: Row) -> bool:
     """The application failed past its budget and is retried after a pause."""
-    return node.retry_at is not None
+    return node.facts.retry_at is not None
 
 
 @guard
@@ -120,17 +121,17 @@ def restart_budget_left(node: Decider, row: Row) -> bool:
 
 @guard
 def second_only(node: Decider, row: Row) -> bool:
-    return node.second_only
+    return node.facts.second_only
 
 
 @guard
 def quarantine_pending(node: Decider, row: Row) -> bool:
-    return node.quarantine_pending
+    return node.facts.quarantine_pending
 
 
 @guard
 def resync_source_active(node: Decider, row: Row) -> bool:
-    return node.resync_role == "source"
+    return node.facts.resync_role is ResyncRole.SOURCE
 
 
 @guard
@@ -145,12 +146,12 @@ def incremental_impossible(node: Decider, row: Row) -> bool:
 def resync_current(node: Decider, row: Row) -> bool:
     """The resync that just finished delivered the generation we serve now."""
     event = node.event
-    return isinstance(event, ev.PeerResynced) and event.generation == node.metadata.generation
+    return isinstance(event, ev.PeerResynced) and event.generation == node.facts.metadata.generation
 
 
 @guard
 def replicating(node: Decider, row: Row) -> bool:
-    return node.replicating
+    return node.facts.replicating
 
 
 @guard
@@ -165,12 +166,12 @@ def pair_confirmed(node: Decider, row: Row) -> bool:
     source may have acknowledged writes after the resync's ``END`` that never
     reached us: our copy of that generation may be short
     (``node.unconfirmed_copy``)."""
-    return node.metadata.last_state is State.SECONDARY
+    return node.facts.metadata.last_state is State.SECONDARY
 
 
 @guard
 def handing_over(node: Decider, row: Row) -> bool:
-    return node.handover is not None
+    return node.facts.handover is not None
 
 
 @guard
@@ -178,26 +179,26 @@ def app_starting(node: Decider, row: Row) -> bool:
     """A start is queued or running: an ``app_stopped`` now is the outcome of the
     stop that ran before it (the executor runs one action at a time, in order),
     not news that the application is down."""
-    return node.app_pending == "start"
+    return node.facts.app_pending is AppPending.START
 
 
 @guard
 def app_ready(node: Decider, row: Row) -> bool:
-    return node.app_active and node.app_pending is None
+    return node.facts.app_active and node.facts.app_pending is None
 
 
 # --- guards: the peer -------------------------------------------------------------------
 
 
 def _peer_state(node: Decider) -> State | None:
-    if node.peer is None or not node.peer_alive:
+    if node.facts.peer is None or not node.facts.peer_alive:
         return None
-    return node.peer.state
+    return node.facts.peer.state
 
 
 @guard
 def peer_absent(node: Decider, row: Row) -> bool:
-    return not node.peer_alive
+    return not node.facts.peer_alive
 
 
 @guard
@@ -223,7 +224,7 @@ def peer_resync(node: Decider, row: Row) -> bool:
 
 def _peer_left(node: Decider, settled: bool) -> bool:
     """The peer waits or is stopped, and is ``settled`` (ready) or not (transient)."""
-    peer = node.peer
+    peer = node.facts.peer
     return (
         _peer_state(node) in (State.WAIT, State.STOP)
         and peer is not None
@@ -251,7 +252,11 @@ def peer_settling(node: Decider, row: Row) -> bool:
 
 @guard
 def peer_handover(node: Decider, row: Row) -> bool:
-    return _peer_state(node) is State.SECONDARY and node.peer is not None and node.peer.handover
+    return (
+        _peer_state(node) is State.SECONDARY
+        and node.facts.peer is not None
+        and node.facts.peer.handover
+    )
 
 
 @guard
@@ -262,7 +267,7 @@ def peer_in_sync(node: Decider, row: Row) -> bool:
 
 @guard
 def peer_in_sync_ready(node: Decider, row: Row) -> bool:
-    peer = node.peer
+    peer = node.facts.peer
     return (
         _peer_state(node) is State.SECONDARY
         and peer is not None
@@ -279,10 +284,10 @@ def can_hand_over(node: Decider, row: Row) -> bool:
     holds stays valid whatever this node does next), and announces it can
     serve (no checker of its blocks a takeover, its own restart budget is
     not spent)."""
-    peer = node.peer
+    peer = node.facts.peer
     return (
         node.state is State.PRIMARY
-        and node.handover is None
+        and node.facts.handover is None
         and peer_in_sync_ready(node, row)
         and peer is not None
         and peer.last_state is State.SECONDARY
@@ -296,23 +301,25 @@ def peer_echoes_view(node: Decider, row: Row) -> bool:
     it after hearing what this node announces now, so what it announces is not
     a state it left on hearing ours (a frame sent before its last change can
     arrive after it; the newer one is then still on its way)."""
-    return node.peer is not None and node.peer.peer_view == node.view
+    return node.facts.peer is not None and node.facts.peer.peer_view == node.facts.view
 
 
 @guard
 def fingerprint_mismatch(node: Decider, row: Row) -> bool:
-    return node.peer is not None and node.peer.fingerprint != node.settings.fingerprint
+    return node.facts.peer is not None and node.facts.peer.fingerprint != node.settings.fingerprint
 
 
 @guard
 def same_generation(node: Decider, row: Row) -> bool:
     """The peer announces our generation, whatever either side's consistency."""
-    return node.peer is not None and node.peer.generation == node.metadata.generation
+    return (
+        node.facts.peer is not None and node.facts.peer.generation == node.facts.metadata.generation
+    )
 
 
 @guard
 def resync_target_active(node: Decider, row: Row) -> bool:
-    return node.resync_role == "target"
+    return node.facts.resync_role is ResyncRole.TARGET
 
 
 @guard
@@ -321,14 +328,16 @@ def delivered_below_ours(node: Decider, row: Row) -> bool:
     replicated directories, where it ends before the source could outrank us):
     adopting it would make our generation go down."""
     event = node.event
-    return isinstance(event, ev.ResyncDone) and event.generation < node.metadata.generation
+    return isinstance(event, ev.ResyncDone) and event.generation < node.facts.metadata.generation
 
 
 @guard
 def peer_outranks(node: Decider, row: Row) -> bool:
     """The peer's generation orders above ours (whatever its data): a peer that
     adopted ours would see its generation decrease."""
-    return node.peer is not None and node.peer.generation > node.metadata.generation
+    return (
+        node.facts.peer is not None and node.facts.peer.generation > node.facts.metadata.generation
+    )
 
 
 @guard
@@ -365,13 +374,13 @@ def diverged(node: Decider, row: Row) -> bool:
 @guard
 def initial_metadata(node: Decider, row: Row) -> bool:
     """This node never served nor synced: a first start (``Metadata.fresh``)."""
-    return node.metadata.fresh
+    return node.facts.metadata.fresh
 
 
 def _first_start(node: Decider) -> tuple[bool, bool] | None:
     """(our data, the peer's) when both nodes' metadata is fresh, else None."""
-    peer = node.peer
-    if peer is None or not node.peer_alive or not (node.metadata.fresh and peer.fresh):
+    peer = node.facts.peer
+    if peer is None or not node.facts.peer_alive or not (node.facts.metadata.fresh and peer.fresh):
         return None
     return node.settings.local_data, peer.has_data
 
@@ -406,14 +415,14 @@ def wins_tie(node: Decider, row: Row) -> bool:
     """Both hold the same data: which one serves. A stopped peer never does;
     then the preferred node (failback: preferred); then the one that served
     last, if only one did; then the lower name. Both nodes compute the same."""
-    s, peer = node.settings, node.peer
+    s, peer = node.settings, node.facts.peer
     if peer is None or peer.state is State.STOP:
         return True
     if node.can_serve != peer.can_serve:  # a node whose application keeps failing yields
         return node.can_serve
     if s.failback == "preferred" and s.preferred is not None:
         return s.preferred == s.name
-    mine, theirs = _was_serving(node.metadata.last_state), _was_serving(peer.last_state)
+    mine, theirs = _was_serving(node.facts.metadata.last_state), _was_serving(peer.last_state)
     if mine != theirs:
         return mine
     return s.name < s.peer
@@ -422,10 +431,10 @@ def wins_tie(node: Decider, row: Row) -> bool:
 @guard
 def wins_split(node: Decider, row: Row) -> bool:
     """After a split brain: the configured winner, else the higher generation."""
-    s, peer = node.settings, node.peer
+    s, peer = node.settings, node.facts.peer
     if s.split_brain_winner is not None:
         return s.split_brain_winner == s.name
-    return peer is None or node.metadata.generation > peer.generation
+    return peer is None or node.facts.metadata.generation > peer.generation
 
 
 @guard
@@ -456,20 +465,20 @@ def needs_grant(node: Decider, row: Row) -> bool:
     gated = row.gated_row
     if not node.settings.arbitrator or gated is None:
         return False
-    return not (node.lease.held and not gated.mints)
+    return not (node.facts.lease.held and not gated.mints)
 
 
 @guard
 def denied_lately(node: Decider, row: Row) -> bool:
     """The arbitrator denied this node's last request less than a recheck
     (``startup_timeout``) ago: the gate does not ask again before that."""
-    denied = node.lease.denied_at
+    denied = node.facts.lease.denied_at
     return denied is not None and node.now < denied + node.settings.startup_timeout
 
 
 @guard
 def grant_pending(node: Decider, row: Row) -> bool:
-    return node.pending is not None
+    return node.facts.pending is not None
 
 
 @guard
@@ -477,18 +486,18 @@ def grant_expired(node: Decider, row: Row) -> bool:
     """The lease a grant gives has already run out here: it counts from when
     we asked (``hold_grant``), and this node heard the answer only after
     ``lease_ttl - lease_margin`` (it was paused, or the answer was delayed)."""
-    asked, s = node.lease.requested_at, node.settings
+    asked, s = node.facts.lease.requested_at, node.settings
     return asked is not None and node.now >= asked + s.lease_ttl - s.lease_margin
 
 
 @guard
 def grant_pending_alone(node: Decider, row: Row) -> bool:
-    return node.pending is not None and node.pending.target is State.ALONE
+    return node.facts.pending is not None and node.facts.pending.target is State.ALONE
 
 
 @guard
 def grant_pending_primary(node: Decider, row: Row) -> bool:
-    return node.pending is not None and node.pending.target is State.PRIMARY
+    return node.facts.pending is not None and node.facts.pending.target is State.PRIMARY
 
 
 # --- actions: generations and metadata ---------------------------------------------------
@@ -497,22 +506,24 @@ def grant_pending_primary(node: Decider, row: Row) -> bool:
 @action
 def mint_generation(node: Decider, row: Row) -> None:
     """Start a new generation: this node serves without an in-sync partner."""
-    meta = node.metadata
-    minted = node.granted or meta.generation.successor(node.settings.name, meta.peer_generation)
-    node.granted = None
-    node.metadata = meta.evolve(generation=minted)
+    meta = node.facts.metadata
+    minted = node.facts.granted or meta.generation.successor(
+        node.settings.name, meta.peer_generation
+    )
+    node.update(granted=None)
+    node.update(metadata=meta.evolve(generation=minted))
 
 
 @action
 def mark_consistent(node: Decider, row: Row) -> None:
-    node.metadata = node.metadata.evolve(consistent=True)
+    node.update(metadata=node.facts.metadata.evolve(consistent=True))
 
 
 @action
 def mark_synced(node: Decider, row: Row) -> None:
     """Resync source: the peer now holds our generation."""
-    gen = node.metadata.generation
-    node.metadata = node.metadata.evolve(synced_generation=gen, peer_generation=gen)
+    gen = node.facts.metadata.generation
+    node.update(metadata=node.facts.metadata.evolve(synced_generation=gen, peer_generation=gen))
 
 
 @action
@@ -522,25 +533,27 @@ def adopt_peer_generation(node: Decider, row: Row) -> None:
     event = node.event
     assert isinstance(event, ev.ResyncDone), "adopt_peer_generation runs on resync_done"
     gen = event.generation
-    node.resync_role = None
-    node.metadata = node.metadata.evolve(
-        generation=gen, synced_generation=gen, peer_generation=gen, consistent=True
+    node.update(resync_role=None)
+    node.update(
+        metadata=node.facts.metadata.evolve(
+            generation=gen, synced_generation=gen, peer_generation=gen, consistent=True
+        )
     )
 
 
 @action
 def set_forced(node: Decider, row: Row) -> None:
-    node.forced = True
+    node.update(forced=True)
 
 
 @action
 def set_second_only(node: Decider, row: Row) -> None:
-    node.second_only = True
+    node.update(second_only=True)
 
 
 @action
 def begin_discovery(node: Decider, row: Row) -> None:
-    node.discovery_until = node.now + node.settings.startup_timeout
+    node.update(discovery_until=node.now + node.settings.startup_timeout)
 
 
 # --- actions: the application -------------------------------------------------------------
@@ -548,21 +561,21 @@ def begin_discovery(node: Decider, row: Row) -> None:
 
 @action
 def start_app(node: Decider, row: Row) -> None:
-    node.app_active = True
-    node.app_pending = "start"
+    node.update(app_active=True)
+    node.update(app_pending=AppPending.START)
     node.emit(fx.StartApp())
 
 
 @action
 def stop_app(node: Decider, row: Row) -> None:
-    node.app_pending = "stop"
+    node.update(app_pending=AppPending.STOP)
     node.emit(fx.StopApp())
 
 
 @action
 def app_up(node: Decider, row: Row) -> None:
-    node.app_pending = None
-    node.retry_at = None
+    node.update(app_pending=None)
+    node.update(retry_at=None)
 
 
 @action
@@ -571,8 +584,8 @@ def restart_app(node: Decider, row: Row) -> None:
     and replication stay). It counts in the budget; the pause of later
     automatic retries starts again from ``retry_pause``."""
     window = node.now - node.settings.restart_window
-    node.restarts = (*(t for t in node.restarts if t > window), node.now)
-    node.next_pause = None
+    node.update(restarts=(*(t for t in node.facts.restarts if t > window), node.now))
+    node.update(next_pause=None)
     retry_app(node, row)
 
 
@@ -582,9 +595,8 @@ def schedule_retry(node: Decider, row: Row) -> None:
     application where it is after a pause, doubled at every retry up to
     ``retry_pause_max``. A retry mints nothing and changes no state."""
     s = node.settings
-    node.retry_at, node.next_pause = _backoff(
-        node, node.next_pause, s.retry_pause, s.retry_pause_max
-    )
+    retry_at, next_pause = _backoff(node, node.facts.next_pause, s.retry_pause, s.retry_pause_max)
+    node.update(retry_at=retry_at, next_pause=next_pause)
 
 
 def _backoff(node: Decider, pause: float | None, first: float, cap: float) -> tuple[float, float]:
@@ -597,16 +609,16 @@ def _backoff(node: Decider, pause: float | None, first: float, cap: float) -> tu
 @action
 def retry_app(node: Decider, row: Row) -> None:
     """The automatic retry (outside the budget): restart the application here."""
-    node.retry_at = None
-    node.app_active = True
-    node.app_pending = "start"
+    node.update(retry_at=None)
+    node.update(app_active=True)
+    node.update(app_pending=AppPending.START)
     node.emit(fx.RestartApp())
 
 
 @action
 def app_down(node: Decider, row: Row) -> None:
-    node.app_active = False
-    node.app_pending = None
+    node.update(app_active=False)
+    node.update(app_pending=None)
 
 
 @action
@@ -621,19 +633,23 @@ def stop_resources(node: Decider, row: Row) -> None:
     takes over only once it is ready (``peer_idle``). An application that
     failed past its budget (a retry waits) is stopped too: its failed start or
     restart left the VIP or the read-write mirrors, which only a stop gives back."""
-    if node.resync_role is not None:
-        node.resync_role = None
+    if node.facts.resync_role is not None:
+        node.update(resync_role=None)
         _emit_data(node, fx.StopResync())
-    if node.app_active or node.app_pending is not None or node.retry_at is not None:
-        node.app_active = False
-        node.app_pending = "stop"
+    if (
+        node.facts.app_active
+        or node.facts.app_pending is not None
+        or node.facts.retry_at is not None
+    ):
+        node.update(app_active=False)
+        node.update(app_pending=AppPending.STOP)
         node.emit(fx.StopApp())
-    if node.replicating:
-        node.replicating = False
+    if node.facts.replicating:
+        node.update(replicating=False)
         _emit_data(node, fx.StopReplication())
-    node.handover = None
-    node.pending = None
-    if node.lease.held:
+    node.update(handover=None)
+    node.update(pending=None)
+    if node.facts.lease.held:
         release_grant(node, row)
 
 
@@ -642,14 +658,14 @@ def note_checker_down(node: Decider, row: Row) -> None:
     """Keep the checker as down if it counts for serving here (standby, both)."""
     event = node.event
     if isinstance(event, ev.CheckerDown) and checker_blocks(node, row):
-        node.checkers_down = node.checkers_down | {event.checker}
+        node.update(checkers_down=node.facts.checkers_down | {event.checker})
 
 
 @action
 def note_checker_up(node: Decider, row: Row) -> None:
     event = node.event
     if isinstance(event, ev.CheckerUp):
-        node.checkers_down = node.checkers_down - {event.checker}
+        node.update(checkers_down=node.facts.checkers_down - {event.checker})
 
 
 # --- actions: replication, tracking, resync, quarantine -------------------------------------
@@ -663,20 +679,20 @@ def _emit_data(node: Decider, effect: fx.Effect) -> None:
 
 @action
 def start_replication(node: Decider, row: Row) -> None:
-    node.replicating = True
+    node.update(replicating=True)
     _emit_data(node, fx.StartReplication())
 
 
 @action
 def stop_replication(node: Decider, row: Row) -> None:
-    if node.replicating:
-        node.replicating = False
+    if node.facts.replicating:
+        node.update(replicating=False)
         _emit_data(node, fx.StopReplication())
 
 
 @action
 def start_tracking(node: Decider, row: Row) -> None:
-    _emit_data(node, fx.StartTracking(since=node.metadata.synced_generation))
+    _emit_data(node, fx.StartTracking(since=node.facts.metadata.synced_generation))
 
 
 @action
@@ -685,32 +701,38 @@ def stop_tracking(node: Decider, row: Row) -> None:
 
 
 def _resync_point(node: Decider) -> tuple[str, object]:
-    peer = node.peer
-    common = common_generation(node.metadata, peer) if peer else node.metadata.synced_generation
+    peer = node.facts.peer
+    common = (
+        common_generation(node.facts.metadata, peer)
+        if peer
+        else node.facts.metadata.synced_generation
+    )
     return ("full" if common.initial else "incremental"), common
 
 
-def _start_resync(node: Decider, role: str, full: bool) -> None:
+def _start_resync(node: Decider, role: ResyncRole, full: bool) -> None:
     mode, since = _resync_point(node)
-    if role == "target":
-        full = full or node.full_resync
-        node.full_resync = False
-    node.resync_role = role
-    peer = node.peer
+    if role is ResyncRole.TARGET:
+        full = full or node.facts.full_resync
+        node.update(full_resync=False)
+    node.update(resync_role=role)
+    peer = node.facts.peer
     source_generation = (
-        node.metadata.generation if role == "source" or peer is None else peer.generation
+        node.facts.metadata.generation
+        if role is ResyncRole.SOURCE or peer is None
+        else peer.generation
     )
     if not node.settings.replicated:
         # nothing to copy: the resync is complete as it starts, at the generation
         # the source holds (handled in this same step, by the resync's own rows)
-        if role == "target":
+        if role is ResyncRole.TARGET:
             node.followups.append(ev.ResyncDone(source_generation))
         else:
             node.followups.append(ev.PeerResynced(source_generation))
         return
     node.emit(
         fx.StartResync(
-            role="target" if role == "target" else "source",
+            role="target" if role is ResyncRole.TARGET else "source",
             mode="full" if full or mode == "full" else "incremental",
             since=since,  # type: ignore[arg-type]
             generation=source_generation,
@@ -723,34 +745,34 @@ def resync_target(node: Decider, row: Row) -> None:
     # a node that never served nor synced shares no point with any history,
     # whatever the peer recorded: its copy is rebuilt whole (and what it held
     # is quarantined first by the data plane, as before every full resync)
-    full = node.metadata.fresh
-    node.metadata = node.metadata.evolve(consistent=False)
-    _start_resync(node, "target", full=full)
+    full = node.facts.metadata.fresh
+    node.update(metadata=node.facts.metadata.evolve(consistent=False))
+    _start_resync(node, ResyncRole.TARGET, full=full)
 
 
 @action
 def resync_full(node: Decider, row: Row) -> None:
-    node.metadata = node.metadata.evolve(consistent=False)
-    _start_resync(node, "target", full=True)
+    node.update(metadata=node.facts.metadata.evolve(consistent=False))
+    _start_resync(node, ResyncRole.TARGET, full=True)
 
 
 @action
 def want_full_resync(node: Decider, row: Row) -> None:
     """The next resync into this node copies everything; until then the data
     is not a valid generation."""
-    node.full_resync = True
-    node.metadata = node.metadata.evolve(consistent=False)
+    node.update(full_resync=True)
+    node.update(metadata=node.facts.metadata.evolve(consistent=False))
 
 
 @action
 def resync_source(node: Decider, row: Row) -> None:
-    _start_resync(node, "source", full=False)
+    _start_resync(node, ResyncRole.SOURCE, full=False)
 
 
 @action
 def resync_source_full(node: Decider, row: Row) -> None:
     """Resync the peer with a full copy: an incremental one is impossible."""
-    _start_resync(node, "source", full=True)
+    _start_resync(node, ResyncRole.SOURCE, full=True)
 
 
 @action
@@ -761,26 +783,27 @@ def retry_data_later(node: Decider, row: Row) -> None:
     ``data_retry_pause_max``; the resync role, or the pending quarantine, stays
     the node's meanwhile."""
     s = node.settings
-    node.data_retry_at, node.data_pause = _backoff(
-        node, node.data_pause, s.data_retry_pause, s.data_retry_pause_max
+    retry_at, pause = _backoff(
+        node, node.facts.data_pause, s.data_retry_pause, s.data_retry_pause_max
     )
+    node.update(data_retry_at=retry_at, data_pause=pause)
 
 
 @action
 def retry_resync_source(node: Decider, row: Row) -> None:
-    _start_resync(node, "source", full=False)
+    _start_resync(node, ResyncRole.SOURCE, full=False)
 
 
 @action
 def retry_resync_target(node: Decider, row: Row) -> None:
     """The set-aside before a full resync failed earlier: start it again
     (only a full resync sets the data aside first)."""
-    _start_resync(node, "target", full=True)
+    _start_resync(node, ResyncRole.TARGET, full=True)
 
 
 @action
 def retry_quarantine(node: Decider, row: Row) -> None:
-    node.quarantine_pending = False
+    node.update(quarantine_pending=False)
     quarantine(node, row)
 
 
@@ -788,23 +811,23 @@ def retry_quarantine(node: Decider, row: Row) -> None:
 def give_up_quarantine(node: Decider, row: Row) -> None:
     """A stopped node is not retried: the data stays in place, still diverged,
     and the split brain is found again when the module starts."""
-    node.quarantine_pending = False
-    node.data_retry_at = None
-    node.data_pause = None
+    node.update(quarantine_pending=False)
+    node.update(data_retry_at=None)
+    node.update(data_pause=None)
 
 
 @action
 def stop_resync(node: Decider, row: Row) -> None:
-    node.data_retry_at = None
-    node.data_pause = None
-    if node.resync_role is not None:
-        node.resync_role = None
+    node.update(data_retry_at=None)
+    node.update(data_pause=None)
+    if node.facts.resync_role is not None:
+        node.update(resync_role=None)
         _emit_data(node, fx.StopResync())
 
 
 @action
 def abort_resync_source(node: Decider, row: Row) -> None:
-    if node.resync_role == "source":
+    if node.facts.resync_role is ResyncRole.SOURCE:
         stop_resync(node, row)
 
 
@@ -812,18 +835,18 @@ def abort_resync_source(node: Decider, row: Row) -> None:
 def finish_resync_source(node: Decider, row: Row) -> None:
     """The peer now holds our generation and may take over once it confirms:
     from here on a restart must not count this node as the last to serve."""
-    node.resync_role = None
-    node.data_retry_at = None
-    node.data_pause = None
-    node.metadata = node.metadata.evolve(last_state=State.PRIMARY)
+    node.update(resync_role=None)
+    node.update(data_retry_at=None)
+    node.update(data_pause=None)
+    node.update(metadata=node.facts.metadata.evolve(last_state=State.PRIMARY))
 
 
 @action
 def quarantine(node: Decider, row: Row) -> None:
-    if node.quarantine_pending:
+    if node.facts.quarantine_pending:
         return
     _, since = _resync_point(node)
-    node.quarantine_pending = True
+    node.update(quarantine_pending=True)
     if node.settings.replicated:
         node.emit(fx.Quarantine(since=since))  # type: ignore[arg-type]
     else:  # nothing replicated, nothing to move aside: done in this same step
@@ -832,17 +855,17 @@ def quarantine(node: Decider, row: Row) -> None:
 
 @action
 def confirm_pair(node: Decider, row: Row) -> None:
-    node.metadata = node.metadata.evolve(last_state=State.SECONDARY)
+    node.update(metadata=node.facts.metadata.evolve(last_state=State.SECONDARY))
 
 
 @action
 def mark_quarantined(node: Decider, row: Row) -> None:
     """Our divergent data is set aside: the rest is not a valid generation
     until resynchronised."""
-    node.quarantine_pending = False
-    node.data_retry_at = None
-    node.data_pause = None
-    node.metadata = node.metadata.evolve(consistent=False)
+    node.update(quarantine_pending=False)
+    node.update(data_retry_at=None)
+    node.update(data_pause=None)
+    node.update(metadata=node.facts.metadata.evolve(consistent=False))
 
 
 # --- actions: swap ----------------------------------------------------------------------
@@ -850,9 +873,9 @@ def mark_quarantined(node: Decider, row: Row) -> None:
 
 @action
 def begin_handover(node: Decider, row: Row) -> None:
-    node.handover = "stopping"
-    node.retry_at = None
-    node.app_pending = "stop"
+    node.update(handover=Handover.STOPPING)
+    node.update(retry_at=None)
+    node.update(app_pending=AppPending.STOP)
     node.emit(fx.StopApp())
 
 
@@ -862,15 +885,15 @@ def finish_handover(node: Decider, row: Row) -> None:
     over. This node becomes a confirmed secondary (last_state secondary): it
     served this generation, and the peer serves on with every write
     replicated to us or fenced."""
-    node.handover = "done"
+    node.update(handover=Handover.DONE)
     stop_replication(node, row)
-    if node.lease.held:
+    if node.facts.lease.held:
         release_grant(node, row)
 
 
 @action
 def clear_handover(node: Decider, row: Row) -> None:
-    node.handover = None
+    node.update(handover=None)
 
 
 # --- actions: arbitration ----------------------------------------------------------------
@@ -879,21 +902,24 @@ def clear_handover(node: Decider, row: Row) -> None:
 @action
 def request_grant(node: Decider, row: Row) -> None:
     gated = row.gated_row
-    if gated is None or node.pending is not None:
+    if gated is None or node.facts.pending is not None:
         return
-    meta = node.metadata
+    meta = node.facts.metadata
     wanted = (
         meta.generation.successor(node.settings.name, meta.peer_generation)
         if gated.mints
         else meta.generation
     )
-    node.pending = gated
-    node.lease = Lease(
-        held=node.lease.held,
-        generation=wanted,
-        requested_at=node.now,
-        fence_at=node.lease.fence_at,
-        renew_at=node.lease.renew_at,
+    node.update(pending=gated)
+    lease = node.facts.lease
+    node.update(
+        lease=Lease(
+            held=lease.held,
+            generation=wanted,
+            requested_at=node.now,
+            fence_at=lease.fence_at,
+            renew_at=lease.renew_at,
+        )
     )
     node.emit(
         fx.RequestArbitration(
@@ -905,15 +931,15 @@ def request_grant(node: Decider, row: Row) -> None:
 @action
 def take_grant(node: Decider, row: Row) -> None:
     """Apply the row that waited for the arbitrator, serving the granted generation."""
-    pending, event = node.pending, node.event
+    pending, event = node.facts.pending, node.event
     if pending is None or not isinstance(event, ev.ArbitrationGranted):
         return
-    node.pending = None
+    node.update(pending=None)
     hold_grant(node, row)
-    node.granted = event.generation
+    node.update(granted=event.generation)
     for name in pending.actions:
         ACTIONS[name](node, pending)
-    node.granted = None
+    node.update(granted=None)
 
 
 @action
@@ -921,27 +947,29 @@ def hold_grant(node: Decider, row: Row) -> None:
     """The lease is ours until requested_at + ttl at the arbitrator; we stop
     serving ``lease_margin`` earlier, counted from when we asked."""
     s, event = node.settings, node.event
-    asked = node.lease.requested_at if node.lease.requested_at is not None else node.now
+    asked = node.facts.lease.requested_at if node.facts.lease.requested_at is not None else node.now
     generation = event.generation if isinstance(event, ev.ArbitrationGranted) else None
-    node.lease = Lease(
-        held=True,
-        generation=generation,
-        requested_at=None,
-        fence_at=asked + s.lease_ttl - s.lease_margin,
-        renew_at=node.now + s.lease_renew,
+    node.update(
+        lease=Lease(
+            held=True,
+            generation=generation,
+            requested_at=None,
+            fence_at=asked + s.lease_ttl - s.lease_margin,
+            renew_at=node.now + s.lease_renew,
+        )
     )
 
 
 @action
 def release_grant(node: Decider, row: Row) -> None:
-    node.lease = Lease()
+    node.update(lease=Lease())
     node.emit(fx.ReleaseArbitration())
 
 
 @action
 def deny_grant(node: Decider, row: Row) -> None:
-    node.pending = None
-    node.lease = Lease(denied_at=node.now)
+    node.update(pending=None)
+    node.update(lease=Lease(denied_at=node.now))
 
 
 @cache

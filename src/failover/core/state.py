@@ -54,6 +54,28 @@ class SubStatus(enum.Enum):
         return self.value
 
 
+class AppPending(enum.StrEnum):
+    """The outcome of the application awaited: a start (or restart) or a stop."""
+
+    START = "start"
+    STOP = "stop"
+
+
+class ResyncRole(enum.StrEnum):
+    """This node's side of the resync under way."""
+
+    SOURCE = "source"
+    TARGET = "target"
+
+
+class Handover(enum.StrEnum):
+    """A hand-over to the peer: the application stopping here, then done (the
+    node announces ``handover`` until it leaves ``secondary``)."""
+
+    STOPPING = "stopping"
+    DONE = "done"
+
+
 @dataclass(frozen=True, order=True)
 class Generation:
     """Identifies the history of a node's data.

@@ -48,6 +48,7 @@ from failover.core.state import (
     Generation,
     Metadata,
     PeerStatus,
+    ResyncRole,
     Settings,
     State,
     View,
@@ -468,7 +469,7 @@ class Cluster:
             if app_faults and not self.config.no_data:
                 if not host.move_fails:
                     yield f"move_fail {NAMES[i]}"
-                if core.resync_role == "source" and not host.resync_idle:
+                if core.resync_role is ResyncRole.SOURCE and not host.resync_idle:
                     yield f"resync_fail {NAMES[i]}"
             if self.config.resource_faults:
                 if host.site_down:
@@ -589,7 +590,11 @@ class Cluster:
         unheard = [i for i in range(2) if self.world.hosts[i].end_unheard is not None]
         for i in range(2):
             host, core = self.world.hosts[i], self.world.hosts[i].core
-            if core is None or core.state is not State.RESYNC or core.resync_role != "target":
+            if (
+                core is None
+                or core.state is not State.RESYNC
+                or core.resync_role is not ResyncRole.TARGET
+            ):
                 continue
             source = self.world.hosts[1 - i].core
             if host.resync_final is not None:
@@ -617,7 +622,7 @@ class Cluster:
         acknowledgement of ``END``, one round after the target applied it."""
         host = self.world.hosts[i]
         core, target = host.core, self.world.hosts[1 - i]
-        if core is None or core.resync_role != "source":
+        if core is None or core.resync_role is not ResyncRole.SOURCE:
             return
         if host.end_unheard is None:
             peer = target.core
@@ -725,7 +730,7 @@ class Cluster:
         if host.end_unheard is not None:  # sent on the resync session, not known applied
             self._set_host(i, streamed=host.streamed | {wid})
         core = self.nodes[i]
-        if core.replicating:
+        if core.facts.replicating:
             j = 1 - i
             if self._peer_receives(i):
                 peer = self.world.hosts[j]
@@ -734,12 +739,16 @@ class Cluster:
                     self.world,
                     acked=self.world.acked | {wid},
                     replicated_acks=self.world.replicated_acks | {wid},
-                    acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
+                    acked_in=self.world.acked_in | {(wid, core.facts.metadata.generation)},
                 )
                 return
             self._handle(i, ev.ReplicationFailed("peer does not acknowledge"), info)
         core = self.nodes[i]
-        if core.state is State.ALONE and core.pending is None and self.world.hosts[i].app_running:
+        if (
+            core.state is State.ALONE
+            and core.facts.pending is None
+            and self.world.hosts[i].app_running
+        ):
             if core.writes_fenced:  # the peer may take over without it: held
                 self.world = evolve(self.world, held=self.world.held | {(i, wid)})
             else:
@@ -751,7 +760,7 @@ class Cluster:
         self.world = evolve(
             self.world,
             acked=self.world.acked | {wid},
-            acked_in=self.world.acked_in | {(wid, core.metadata.generation)},
+            acked_in=self.world.acked_in | {(wid, core.facts.metadata.generation)},
         )
 
     def _settle_held(self) -> None:
@@ -772,7 +781,7 @@ class Cluster:
         peer = self.world.hosts[j]
         if peer.core is None or self.config.links[REPLICATION_LINK] in self.world.partitioned:
             return False
-        if not self.nodes[i].replicating:
+        if not self.nodes[i].facts.replicating:
             return False
         return peer.core.state is State.SECONDARY or (
             peer.core.state is State.RESYNC and peer.resync_final is not None
@@ -787,7 +796,7 @@ class Cluster:
         return (
             src is not None
             and src.state.serving
-            and src.resync_role == "source"
+            and src.resync_role is ResyncRole.SOURCE
             and not self.world.hosts[source].resync_idle
             and not self.world.hosts[target].set_aside_failed
             and self.config.links[REPLICATION_LINK] not in self.world.partitioned
@@ -823,22 +832,22 @@ class Cluster:
             node = self.nodes[k]
             before = node.state
             held = holds_resources(self.world, k)
-            base = node.metadata.generation
+            base = node.facts.metadata.generation
             effects = node.handle(event, self.world.now)
-            minted = node.metadata.generation
+            minted = node.facts.metadata.generation
             if minted != base and minted.origin == NAMES[k] and not self._known(minted):
                 self.world = evolve(
                     self.world, minted_from=self.world.minted_from | {(minted, base)}
                 )
                 # a forced history is what a forced node mints, and what is minted
                 # on it; a generation adopted from the peer (a resync) keeps its own
-                if node.forced or base in self.world.forced_lineage:
+                if node.facts.forced or base in self.world.forced_lineage:
                     self.world = evolve(
                         self.world, forced_lineage=self.world.forced_lineage | {minted}
                     )
             if node.state.serving and not before.serving:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
-                info.entered_serving.append((k, before, node.forced, blind))
+                info.entered_serving.append((k, before, node.facts.forced, blind))
             for effect in effects:
                 starts = isinstance(effect, fx.StartApp | fx.RestartApp)
                 if starts and self.world.hosts[k].app_stopping:
@@ -869,8 +878,8 @@ class Cluster:
             # one, only an operator's forced promotion may make two serve.
             blind = (
                 (not self.config.arbitrator and self._silent(k))
-                or self.nodes[k].forced
-                or self.nodes[1 - k].forced
+                or self.nodes[k].facts.forced
+                or self.nodes[1 - k].facts.forced
             )
             self.world = evolve(self.world, dual_serving_blind=blind)
 

@@ -36,7 +36,7 @@ a metadata write is stuck on a dead disk)."""
 
 
 class LinkView(Protocol):
-    """What the core shows of one link (``Node.links`` values)."""
+    """What the core shows of one link (``NodeFacts.links`` values)."""
 
     @property
     def up(self) -> bool: ...
@@ -45,14 +45,8 @@ class LinkView(Protocol):
     def last_seen(self) -> float | None: ...
 
 
-class CoreNode(Protocol):
-    """The part of ``failover.core.node.Node`` the runtime uses."""
-
-    @property
-    def state(self) -> State: ...
-
-    @property
-    def substatus(self) -> SubStatus: ...
+class CoreFacts(Protocol):
+    """The part of the core's facts (``failover.core.facts.NodeFacts``) the runtime shows."""
 
     @property
     def reason(self) -> str: ...
@@ -69,12 +63,25 @@ class CoreNode(Protocol):
         ...
 
     @property
+    def links(self) -> Sequence[tuple[str, LinkView]]: ...
+
+
+class CoreNode(Protocol):
+    """The part of ``failover.core.node.Node`` the runtime uses."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def substatus(self) -> SubStatus: ...
+
+    @property
+    def facts(self) -> CoreFacts: ...
+
+    @property
     def in_sync_problem(self) -> str | None:
         """Why the pair is not in sync as the core sees it (None: it is)."""
         ...
-
-    @property
-    def links(self) -> Mapping[str, LinkView]: ...
 
     @property
     def app_started(self) -> bool: ...
@@ -199,7 +206,8 @@ class NodeController:
     def status(self) -> dict[str, Any]:
         now = anyio.current_time()
         node = self.node
-        views = node.links
+        facts = node.facts
+        views = dict(facts.links)
         links: list[dict[str, Any]] = []
         last_heard: float | None = None
         for link in self.links:
@@ -215,7 +223,7 @@ class NodeController:
                     "last_seen_ago": _ago(now, seen),
                 }
             )
-        peer = node.peer
+        peer = facts.peer
         peer_view: dict[str, Any] | None = None
         if peer is not None:
             peer_view = {
@@ -224,10 +232,10 @@ class NodeController:
                 "substatus": peer.substatus.value,
                 "generation": str(peer.generation),
                 # alive as the core counts it: heard on some link within the dead timeout
-                "alive": node.peer_alive,
+                "alive": facts.peer_alive,
                 "last_seen_ago": _ago(now, last_heard),
             }
-        metadata = node.metadata
+        metadata = facts.metadata
         replication = None if self.data is None else self.data.status()
         sync_problem = not_in_sync(node.in_sync_problem, replication)
         return {
@@ -235,7 +243,7 @@ class NodeController:
             "node": self.name,
             "state": node.state.value,
             "substatus": node.substatus.value,
-            "reason": node.reason,
+            "reason": facts.reason,
             "generation": str(metadata.generation),
             "consistent": metadata.consistent,
             "cluster": self.cluster,
@@ -272,7 +280,7 @@ class NodeController:
         refusals = [effect for effect in effects if isinstance(effect, fx.Refused)]
         if refusals:
             return CommandResult(False, "; ".join(r.reason for r in refusals), self._state())
-        return CommandResult(True, self.node.reason, self._state())  # what the core did
+        return CommandResult(True, self.node.facts.reason, self._state())  # what the core did
 
     async def verify(self) -> dict[str, Any]:
         if self.data is None:

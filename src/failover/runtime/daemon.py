@@ -527,8 +527,8 @@ class Daemon:
         self._step += 1
         step, journal = self._step, self.journal
         node: CoreNode = self.node
-        metadata = node.metadata
-        peer = node.peer
+        metadata = node.facts.metadata
+        peer = node.facts.peer
         heard = None if peer is None else (peer.state.value, str(peer.generation), peer.handover)
         link_up = any(isinstance(e, fx.LinkChanged) and e.up for e in effects)
         if heard is not None and (heard != self._heard or link_up):
@@ -555,7 +555,7 @@ class Daemon:
             split_brain_winner=settings.split_brain_winner,
             recovered=recovered,
             timing=self.config.timing.model_dump(),
-            **_metadata_fields(self.node.metadata),
+            **_metadata_fields(self.node.facts.metadata),
         )
 
     async def _fire_timer(self) -> None:
