@@ -66,3 +66,15 @@ def test_sub_states_are_enums_that_keep_their_words() -> None:
     WALKS[State.RESYNC](d)
     assert d.node.facts.resync_role is ResyncRole.TARGET
     assert f"{d.node.facts.resync_role}" == "target"
+
+
+def test_a_misspelt_fact_is_refused_not_kept_as_an_extra_attribute() -> None:
+    """``update`` and ``Metadata.evolve`` take only field names: a typo in a rule
+    must fail loudly, not leave the real fact unchanged."""
+    node = Node(SETTINGS, Driver().metadata)
+    before = node.facts
+    with pytest.raises(TypeError, match="NodeFacts has no field relaton"):
+        node.update(relaton=None)
+    assert node.facts is before
+    with pytest.raises(TypeError, match="Metadata has no field generaton"):
+        before.metadata.evolve(generaton=None)
