@@ -25,7 +25,7 @@ from failover.core import events as ev
 from failover.core.state import Generation
 from failover.errors import TransportError, UsageError
 from failover.replication import receiving as receiving_module
-from failover.replication import resync_attempt
+from failover.replication import resync_attempt, resync_check
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
 from failover.replication.directories import directories_hold_data
@@ -365,7 +365,7 @@ async def test_a_resync_that_cannot_start_yet_is_reported_and_the_core_s_retry_r
         # one attempt, reported: the core decides when to try again (no retry here)
         assert isinstance(failed, ev.ResyncFailed) and not failed.full_needed
         assert "did not ask for a resync" in failed.reason
-        assert alpha.plane.resync_attempts == 1
+        assert alpha.plane.sourcing.failures == 1
         assert alpha.plane.status()["resync_failures"] == 1
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
         alpha.plane.start_resync(effect)  # the core's retry, at its deadline
@@ -448,13 +448,13 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             await alpha.plane.start_replication()
             port = beta.plane.settings.local.port  # type: ignore[attr-defined]
             asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
-            resync_request = beta.plane.receiving.request
+            resync_request = beta.plane.target.request
 
             def counted(session: Any) -> bytes:  # the session's ResyncTarget
                 asked.append(resync_request(session))
                 return asked[-1]
 
-            monkeypatch.setattr(beta.plane.receiving, "request", counted)
+            monkeypatch.setattr(beta.plane.target, "request", counted)
             replay = await recorded_handshake()
             hostile: list[Any] = []
             transport = TcpReplicationTransport()
@@ -588,7 +588,7 @@ async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retrie
             await alpha.event_seen.wait()
         assert len(alpha.events) == 1 and isinstance(alpha.events[0], ev.ResyncFailed)
         assert "already holds generation 1:alpha" in alpha.events[0].reason
-        assert beta.plane.resyncs_received == 0
+        assert beta.plane.target.received == 0
 
 
 async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_path: Path) -> None:
@@ -706,7 +706,7 @@ async def start_full_resync(alpha: Node, beta: Node, *, ready: bool = True) -> G
     beta.plane.start_resync(fx.StartResync("target", "full", since, generation))
     if ready:
         with anyio.fail_after(WAIT_TIMEOUT):
-            while not beta.plane.resync_ready:
+            while beta.plane.target.wanted is None:
                 await anyio.sleep(0.01)  # a bounded poll of the other node's task
     alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
     return generation
@@ -793,8 +793,8 @@ async def test_serving_waits_for_a_set_aside_that_is_moving_files(tmp_path: Path
     # middle (stop, then primforce on this node), its moves go on in their thread:
     # the directories must not turn read-write for the application before it ends.
     async with pair(tmp_path) as (_alpha, beta):
-        moving = beta.plane._set_aside_lock
-        await moving.acquire()
+        moving = contextlib.AsyncExitStack()
+        await moving.enter_async_context(beta.plane.target.settled())
         served = anyio.Event()
 
         async def serve() -> None:
@@ -805,5 +805,50 @@ async def test_serving_waits_for_a_set_aside_that_is_moving_files(tmp_path: Path
             tg.start_soon(serve)
             await anyio.wait_all_tasks_blocked()
             assert not served.is_set() and not beta.plane.serving
-            moving.release()
+            await moving.aclose()
         assert beta.plane.serving
+
+
+async def test_a_stranger_makes_a_waiting_target_digest_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 10: while this node waits for an incremental resync, connections that
+    never authenticate (junk, a HELLO whose MAC is wrong) cause no digest of its
+    suspect set, even with every write voiding the cached digests between them:
+    that disk work is the core's (``StartResync``), never a stranger's."""
+    passes: list[object] = []
+    digest = resync_check.checks_for
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        passes.append(args)
+        return digest(*args, **kwargs)
+
+    monkeypatch.setattr(resync_check, "checks_for", counted)
+    hello = (await recorded_handshake())[0]
+    forged = hello[:-1] + bytes([hello[-1] ^ 1])  # its MAC no longer matches
+    async with pair(tmp_path, timeout=1.0) as (_alpha, beta):
+        await beta.plane.serve()
+        beta.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, beta.root / "mine", b"divergent")
+        await beta.plane.unserve()
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        transport = TcpReplicationTransport()
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        for n in range(6):
+            with beta.plane.directories.checks.writing():
+                pass  # a write here: what was digested no longer holds
+            if n % 2:
+                stream: Any = await transport.connect(beta.plane.settings.local, WAIT_TIMEOUT)
+                await stream.send(forged)
+            else:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                await stream.send(os.urandom(700))
+            with (
+                anyio.fail_after(WAIT_TIMEOUT),
+                contextlib.suppress(TransportError, anyio.EndOfStream, anyio.BrokenResourceError),
+            ):
+                while True:  # until beta closes it
+                    await stream.receive()
+        assert beta.plane.receiving.handshakes_refused == 6
+        assert len(passes) <= 1, f"{len(passes)} digest passes for strangers"
