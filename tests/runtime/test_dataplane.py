@@ -31,6 +31,7 @@ from failover.replication.channel_session import greet_as_primary, greet_as_seco
 from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.replication.receiving import MAX_HANDSHAKES
+from failover.replication.resync_wire import ResyncRequest
 from failover.runtime.control import not_in_sync
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.proxy import CuttableProxy
@@ -852,3 +853,69 @@ async def test_a_stranger_makes_a_waiting_target_digest_nothing(
                     await stream.receive()
         assert beta.plane.receiving.handshakes_refused == 6
         assert len(passes) <= 1, f"{len(passes)} digest passes for strangers"
+
+
+async def test_a_waiting_targets_request_carries_the_digests_of_its_suspect_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digests are made when the core starts the wait, not by a connection: the
+    source's session still finds them, and sends only what differs."""
+    async with pair(tmp_path) as (alpha, beta):
+        await beta.plane.serve()
+        beta.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, beta.root / "mine", b"divergent")
+        await beta.plane.unserve()
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "new", b"fresh")
+        requests: list[ResyncRequest] = []
+        asked = beta.plane.target.request
+
+        def recorded(session: Any) -> bytes:
+            requests.append(ResyncRequest.decode(asked(session)))
+            return asked(session)
+
+        monkeypatch.setattr(beta.plane.target, "request", recorded)
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        assert await next_event(beta) == ev.ResyncDone(generation)
+        assert [(r.full, r.checks is not None) for r in requests] == [(False, True)]
+        assert tree(alpha.root) == tree(beta.root) == {"new": b"fresh"}
+
+
+STATUS_KEYS = {  # docs/api.md, "replication": what the control API and the CLI read
+    "directories",
+    "mode",
+    "replicating",
+    "channel_problem",
+    "writes_fenced",
+    "writes_held",
+    "ack",
+    "sender",
+    "sessions_received",
+    "handshakes_refused",
+    "resync",
+    "verified",
+    "resync_wanted",
+    "resync_failures",
+    "resyncs_received",
+    "bandwidth",
+    "tracked",
+}
+
+
+async def test_the_status_keeps_its_documented_fields(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        status = alpha.plane.status()
+        assert set(status) == STATUS_KEYS
+        assert status["mode"] == "read-write" and status["replicating"]
+        assert status["directories"] == {"data": str(alpha.root)}
+        assert set(status["tracked"]) == {"since", "files", "names", "meta"}
+        assert set(status["sender"]) >= {"ops_sent", "bytes_sent", "acked", "quiet"}
+        assert beta.plane.status()["sessions_received"] == 1
+        assert beta.plane.status()["mode"] == "read-only"
