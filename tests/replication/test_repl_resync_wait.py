@@ -16,7 +16,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from failover.errors import UsageError
-from failover.replication import resync_check
 from failover.replication.apply import ApplyError
 from failover.replication.resync_attempt import AttemptOutcome, SourceAttempts
 from failover.replication.resync_check import CheckCache
@@ -170,17 +169,8 @@ async def test_a_change_that_failed_is_a_failed_resync_only_during_one(tmp_path:
 
 
 async def test_the_suspect_set_is_digested_on_expect_once_and_never_for_a_request(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
-    passes: list[object] = []
-    digest = resync_check.checks_for
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        passes.append(args)
-        return digest(*args, **kwargs)
-
-    monkeypatch.setattr(resync_check, "checks_for", counted)
-
     class Session:  # what a request is asked of: the session's ResyncTarget
         def request(self, base: str, suspect: ChangeSet, *, full: bool) -> bytes:
             return f"{base} {full}".encode()
@@ -190,20 +180,20 @@ async def test_the_suspect_set_is_digested_on_expect_once_and_never_for_a_reques
         assert w.wait.request(session) == b""  # no resync wanted: nothing asked
         w.wait.expect("incremental", "2:alpha")
         await w.wait.digested()
-        assert len(passes) == 1
+        assert w.wait.checks.passes == 1
         assert w.wait.request(session) == b"1:alpha False"
         w.wait.digest()  # an authenticated session ended: digested again if voided
         await w.wait.digested()
-        assert len(passes) == 1  # nothing was written: still fresh, no pass
+        assert w.wait.checks.passes == 1  # nothing was written: still fresh, no pass
         with w.wait.checks.writing():
             pass
         w.wait.digest()
         await w.wait.digested()
-        assert len(passes) == 2
+        assert w.wait.checks.passes == 2
         w.wait.stop()
         w.wait.digest()  # nothing wanted: no pass
         await w.wait.digested()
-        assert len(passes) == 2
+        assert w.wait.checks.passes == 2
 
 
 # --- the source's attempts ---------------------------------------------------------------
