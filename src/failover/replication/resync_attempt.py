@@ -93,13 +93,14 @@ class SourceAttempts:
         scope = self._running = anyio.CancelScope()
 
         async def run() -> None:
+            result = None
             with scope:
                 result = await self.attempt(mode, generation, tracker, relay)
-            if scope.cancel_called:
+            if result is not None and result.done:
+                self.on_resynced()  # the peer was made equal, even if stopped at its end
+            if result is None or scope.cancel_called:
                 return
-            if result.done:
-                self.on_resynced()
-            else:
+            if not result.done:
                 self.failures += 1
                 log.warning("resync attempt failed", problem=result.reason)
             await outcome(result)

@@ -29,6 +29,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from failover.errors import FailoverError
 from failover.replication.apply import ApplyError
 from failover.replication.directories import Directories, close_all
 from failover.replication.resync import ResyncTarget
@@ -150,7 +151,7 @@ class ResyncWait(Generic[G]):
                     await anyio.to_thread.run_sync(_prepare, self.checks, roots, tracker)
                 finally:
                     close_all(roots)
-        except OSError as exc:  # the request then goes without digests
+        except (OSError, FailoverError) as exc:  # the request then goes without digests
             log.warning("resync request: suspect set not digested", error=str(exc))
         finally:
             done.set()

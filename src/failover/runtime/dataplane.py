@@ -41,9 +41,8 @@ Report = Callable[[ev.Event], Coroutine[Any, Any, None]]
 
 
 class DataPlane:
-    """``run`` mounts the directories read-only and takes the peer's sessions until
-    cancelled. ``generation`` is this node's data generation, ``synced_generation``
-    the last one both nodes held (a resync request's base)."""
+    """``run`` mounts the directories read-only and takes the peer's sessions until cancelled.
+    ``generation``: this node's data generation; ``synced_generation``: the last both held."""
 
     def __init__(
         self,
@@ -90,7 +89,6 @@ class DataPlane:
             on_late_break=lambda why: self._soon(ev.ReplicationFailed(why)),
             on_resynced=self.verifier.forget,
         )
-        # the effects (and control requests) that are one call on one part: that call
         self.start_replication, self.stop_replication = self.sending.start, self.sending.stop
         self.flush_replication, self.verify = self.sending.flush, self.verifier.verify
         self.set_bandwidth = self.sourcing.set_bandwidth
@@ -162,8 +160,9 @@ class DataPlane:
         )
         if failed is None:
             return ev.QuarantineDone()
-        log.error("quarantine failed: data left in place", directory=failed[0], error=failed[1])
-        return ev.QuarantineFailed(f"could not quarantine {failed[0]}: {failed[1]}")
+        name, why = failed[0], str(failed[1])
+        log.error("quarantine failed: data left in place", directory=name, error=why)
+        return ev.QuarantineFailed(f"could not quarantine {name}: {why}")
 
     def start_resync(self, effect: fx.StartResync) -> None:
         assert self._group is not None and self.tracker is not None
@@ -171,6 +170,7 @@ class DataPlane:
             self.receiving.stop()  # a session open is dropped: the source reconnects
             self.target.expect(effect.mode, effect.generation)
             return
+        self.target.stop()  # this node is the source now: it waits for none
 
         async def outcome(end: AttemptOutcome) -> None:
             failed = ev.ResyncFailed(end.reason, full_needed=end.full_needed)
