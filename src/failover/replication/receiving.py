@@ -128,7 +128,7 @@ class Receiving:
                     roots = await self.directories.dup_roots()
                     held.callback(close_all, roots)
                     applier = held.enter_context(Applier(roots))
-                    target = held.enter_context(
+                    resync = held.enter_context(
                         contextlib.closing(
                             ResyncTarget(
                                 applier,
@@ -142,14 +142,14 @@ class Receiving:
                     def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
                         if kind is ItemKind.CONTROL:
                             return answer_verify(roots, self.zone_size, payload)
-                        target.on_item(kind, payload)
+                        resync.on_item(kind, payload)
                         return None
 
                     receiver = ReplicationReceiver(
-                        self.identity(), target, on_item=on_item, timeout=self.timeout
+                        self.identity(), resync, on_item=on_item, timeout=self.timeout
                     )
                     await self.target.digested()  # a pass under way: its digests are ours
-                    peer = await receiver.handshake(stream, lambda: self.target.request(target))
+                    peer = await receiver.handshake(stream, lambda: self.target.request(resync))
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self.refused(str(exc))
                     return

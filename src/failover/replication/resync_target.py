@@ -168,6 +168,8 @@ class ResyncWait(Generic[G]):
         if full is None:
             return b""
         assert self.tracker is not None
+        # the base: the last point both copies held (after a split brain, before our own
+        # changes, which the suspect set lists), where the source's tracking starts
         return session.request(self.base(), self.tracker.changes(), full=full)
 
     # -- outcomes -----------------------------------------------------------------------
