@@ -1,6 +1,6 @@
 """The data plane's parts below the adapter, without FUSE nor a network: the target's
 wait for a resync (``ResyncWait``), the source's attempts (``SourceAttempts.start``),
-the verifier's verdict and the receiving side's status."""
+the verifier's verdict and the sending side's fence and status."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from structlog.testing import capture_logs
 
 from failover.errors import UsageError
 from failover.replication.apply import ApplyError
+from failover.replication.channel import ChannelSettings, SessionIdentity
 from failover.replication.resync_attempt import AttemptOutcome, SourceAttempts
 from failover.replication.resync_check import CheckCache
 from failover.replication.resync_target import ResyncWait
+from failover.replication.sending import Sending
 from failover.replication.tracking import ChangeSet
 from failover.replication.verify_peer import PeerVerifier
 
@@ -255,3 +257,44 @@ async def test_verify_needs_a_live_session_and_a_resync_voids_its_verdict() -> N
     assert verifier.status() == {"verified": verifier.last}
     verifier.forget()
     assert verifier.status() == {"verified": None}
+
+
+# --- the sending side's part --------------------------------------------------------------
+
+
+class FakeRelay:
+    def __init__(self) -> None:
+        self.sender: Any = None
+        self.fenced, self.serving, self.held = False, True, 0
+
+    def set_fenced(self, fenced: bool, serving: bool) -> None:
+        self.fenced, self.serving = fenced, serving
+
+
+async def test_the_fence_set_before_the_relay_exists_is_applied_when_it_does() -> None:
+    async def connect() -> Any:
+        raise AssertionError("not connected here")
+
+    sending = Sending(
+        identity=lambda: SessionIdentity("c1", None, "alpha", "beta", "1:alpha"),
+        channel=ChannelSettings(),
+        connect=connect,
+        peer="beta",
+        on_broken=print,
+    )
+    assert sending.status() == {
+        "replicating": False,
+        "channel_problem": None,
+        "writes_fenced": False,
+        "writes_held": 0,
+        "ack": str(ChannelSettings().ack_level),
+        "sender": None,
+    }
+    sending.fence(True, False)  # the core's FenceWrites before the data plane runs
+    relay: Any = FakeRelay()
+    async with anyio.create_task_group() as tg:
+        sending.attach(relay, tg)
+    assert (relay.fenced, relay.serving) == (True, False)
+    assert sending.status()["writes_fenced"]
+    sending.fence(False, True)
+    assert (relay.fenced, relay.serving) == (False, True)
