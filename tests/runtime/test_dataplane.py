@@ -31,6 +31,7 @@ from failover.replication.channel_session import greet_as_primary, greet_as_seco
 from failover.replication.directories import directories_hold_data
 from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.replication.receiving import MAX_HANDSHAKES
+from failover.replication.resync_wire import ResyncRequest
 from failover.runtime.control import not_in_sync
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.testing.proxy import CuttableProxy
@@ -365,7 +366,7 @@ async def test_a_resync_that_cannot_start_yet_is_reported_and_the_core_s_retry_r
         # one attempt, reported: the core decides when to try again (no retry here)
         assert isinstance(failed, ev.ResyncFailed) and not failed.full_needed
         assert "did not ask for a resync" in failed.reason
-        assert alpha.plane.resync_attempts == 1
+        assert alpha.plane.sourcing.failures == 1
         assert alpha.plane.status()["resync_failures"] == 1
         beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
         alpha.plane.start_resync(effect)  # the core's retry, at its deadline
@@ -448,13 +449,13 @@ async def test_unauthenticated_connections_change_nothing_of_a_live_session(
             await alpha.plane.start_replication()
             port = beta.plane.settings.local.port  # type: ignore[attr-defined]
             asked: list[bytes] = []  # the resync request: computed only for a verified HELLO
-            resync_request = beta.plane.receiving.request
+            resync_request = beta.plane.target.request
 
             def counted(session: Any) -> bytes:  # the session's ResyncTarget
                 asked.append(resync_request(session))
                 return asked[-1]
 
-            monkeypatch.setattr(beta.plane.receiving, "request", counted)
+            monkeypatch.setattr(beta.plane.target, "request", counted)
             replay = await recorded_handshake()
             hostile: list[Any] = []
             transport = TcpReplicationTransport()
@@ -588,7 +589,7 @@ async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retrie
             await alpha.event_seen.wait()
         assert len(alpha.events) == 1 and isinstance(alpha.events[0], ev.ResyncFailed)
         assert "already holds generation 1:alpha" in alpha.events[0].reason
-        assert beta.plane.resyncs_received == 0
+        assert beta.plane.target.received == 0
 
 
 async def test_a_flood_of_connects_while_the_node_remounts_stops_nothing(tmp_path: Path) -> None:
@@ -706,7 +707,7 @@ async def start_full_resync(alpha: Node, beta: Node, *, ready: bool = True) -> G
     beta.plane.start_resync(fx.StartResync("target", "full", since, generation))
     if ready:
         with anyio.fail_after(WAIT_TIMEOUT):
-            while not beta.plane.resync_ready:
+            while beta.plane.target.wanted is None:
                 await anyio.sleep(0.01)  # a bounded poll of the other node's task
     alpha.plane.start_resync(fx.StartResync("source", "full", since, generation))
     return generation
@@ -793,8 +794,8 @@ async def test_serving_waits_for_a_set_aside_that_is_moving_files(tmp_path: Path
     # middle (stop, then primforce on this node), its moves go on in their thread:
     # the directories must not turn read-write for the application before it ends.
     async with pair(tmp_path) as (_alpha, beta):
-        moving = beta.plane._set_aside_lock
-        await moving.acquire()
+        moving = contextlib.AsyncExitStack()
+        await moving.enter_async_context(beta.plane.target.settled())
         served = anyio.Event()
 
         async def serve() -> None:
@@ -805,5 +806,107 @@ async def test_serving_waits_for_a_set_aside_that_is_moving_files(tmp_path: Path
             tg.start_soon(serve)
             await anyio.wait_all_tasks_blocked()
             assert not served.is_set() and not beta.plane.serving
-            moving.release()
+            await moving.aclose()
         assert beta.plane.serving
+
+
+async def test_a_stranger_makes_a_waiting_target_digest_nothing(tmp_path: Path) -> None:
+    """Issue 10: while this node waits for an incremental resync, connections that
+    never authenticate (junk, a HELLO whose MAC is wrong) cause no digest of its
+    suspect set, even with every write voiding the cached digests between them:
+    that disk work is the core's (``StartResync``), never a stranger's."""
+    hello = (await recorded_handshake())[0]
+    forged = hello[:-1] + bytes([hello[-1] ^ 1])  # its MAC no longer matches
+    async with pair(tmp_path, timeout=1.0) as (_alpha, beta):
+        await beta.plane.serve()
+        beta.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, beta.root / "mine", b"divergent")
+        await beta.plane.unserve()
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        transport = TcpReplicationTransport()
+        port = beta.plane.settings.local.port  # type: ignore[attr-defined]
+        for n in range(6):
+            with beta.plane.directories.checks.writing():
+                pass  # a write here: what was digested no longer holds
+            if n % 2:
+                stream: Any = await transport.connect(beta.plane.settings.local, WAIT_TIMEOUT)
+                await stream.send(forged)
+            else:
+                stream = await anyio.connect_tcp("127.0.0.1", port)
+                await stream.send(os.urandom(700))
+            with (
+                anyio.fail_after(WAIT_TIMEOUT),
+                contextlib.suppress(TransportError, anyio.EndOfStream, anyio.BrokenResourceError),
+            ):
+                while True:  # until beta closes it
+                    await stream.receive()
+        assert beta.plane.receiving.handshakes_refused == 6
+        passes = beta.plane.directories.checks.passes
+        assert passes <= 1, f"{passes} digest passes for strangers"
+
+
+async def test_a_waiting_targets_request_carries_the_digests_of_its_suspect_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The digests are made when the core starts the wait, not by a connection: the
+    source's session still finds them, and sends only what differs."""
+    async with pair(tmp_path) as (alpha, beta):
+        await beta.plane.serve()
+        beta.plane.start_tracking("1:alpha")
+        await anyio.to_thread.run_sync(write_synced, beta.root / "mine", b"divergent")
+        await beta.plane.unserve()
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(alpha.plane.stop_tracking)
+        await anyio.to_thread.run_sync(alpha.plane.start_tracking, "1:alpha")
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "new", b"fresh")
+        requests: list[ResyncRequest] = []
+        asked = beta.plane.target.request
+
+        def recorded(session: Any) -> bytes:
+            requests.append(ResyncRequest.decode(asked(session)))
+            return asked(session)
+
+        monkeypatch.setattr(beta.plane.target, "request", recorded)
+        since, generation = Generation(1, "alpha"), Generation(2, "alpha")
+        beta.plane.start_resync(fx.StartResync("target", "incremental", since, generation))
+        alpha.plane.start_resync(fx.StartResync("source", "incremental", since, generation))
+        assert await next_event(beta) == ev.ResyncDone(generation)
+        assert [(r.full, r.checks is not None) for r in requests] == [(False, True)]
+        assert tree(alpha.root) == tree(beta.root) == {"new": b"fresh"}
+
+
+STATUS_KEYS = {  # docs/api.md, "replication": what the control API and the CLI read
+    "directories",
+    "mode",
+    "replicating",
+    "channel_problem",
+    "writes_fenced",
+    "writes_held",
+    "ack",
+    "sender",
+    "sessions_received",
+    "handshakes_refused",
+    "resync",
+    "verified",
+    "resync_wanted",
+    "resync_failures",
+    "resyncs_received",
+    "bandwidth",
+    "tracked",
+}
+
+
+async def test_the_status_keeps_its_documented_fields(tmp_path: Path) -> None:
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await receiving(beta)
+        status = alpha.plane.status()
+        assert set(status) == STATUS_KEYS
+        assert status["mode"] == "read-write" and status["replicating"]
+        assert status["directories"] == {"data": str(alpha.root)}
+        assert set(status["tracked"]) == {"since", "files", "names", "meta"}
+        assert set(status["sender"]) >= {"ops_sent", "bytes_sent", "acked", "quiet"}
+        assert beta.plane.status()["sessions_received"] == 1
+        assert beta.plane.status()["mode"] == "read-only"

@@ -5,20 +5,21 @@ at once, each within the replication timeout) and changes nothing before its
 handshake authenticated (``CONFIRM`` under the session key); then it replaces
 the live session (one at a time, the newest authenticated one wins) and is
 applied with an ``Applier`` on the directories' real contents, as the target of
-a resync when one is wanted, answering verify records on the way. Refusals are
-counted and their log records rate-limited.
+a resync when ``target`` (``ResyncWait``) answers one, answering verify records on
+the way. A connection causes no digest of the suspect set: its ``WELCOME``
+carries the request ``target`` makes from the cached digests, once its ``HELLO``
+verified. Refusals are counted and their log records rate-limited.
 
-Mechanism only: whether a session may be taken (``accepting``), whether a
-resync is wanted and in which mode (``wanted``), and what a resync's end or a
-failed change means (``on_resync_done``, ``on_apply_failed``) are the data
-plane's (``runtime/dataplane.py``), which reports them to the core.
+Mechanism only: whether a session may be taken (``accepting``) is the data
+plane's (``runtime/dataplane.py``); what a resync's end or a failed change
+means is ``target``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -30,8 +31,7 @@ from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import ItemKind, ReplicationReceiver, SessionIdentity
 from failover.replication.directories import Directories, close_all
 from failover.replication.resync import ResyncTarget
-from failover.replication.resync_check import CheckCache
-from failover.replication.tracking import Tracker
+from failover.replication.resync_target import ResyncWait
 from failover.replication.verify_peer import answer_verify
 from failover.transport import MessageStream
 
@@ -45,29 +45,19 @@ class Receiving:
     def __init__(
         self,
         directories: Directories,
-        checks: CheckCache,
+        target: ResyncWait[Any],
         *,
         identity: Callable[[], SessionIdentity],
         zone_size: int,
         timeout: float,
         accepting: Callable[[], bool],
-        wanted: Callable[[], bool | None],
-        tracker: Callable[[], Tracker | None],
-        base: Callable[[], str],
-        on_resync_done: Callable[[], None],
-        on_apply_failed: Callable[[str, ApplyError], Awaitable[None]],
     ) -> None:
         self.directories = directories
-        self.checks = checks
+        self.target = target
         self.identity = identity
         self.zone_size = zone_size
         self.timeout = timeout
         self.accepting = accepting
-        self.wanted = wanted  # a resync this node waits for: None, else whether full
-        self.tracker = tracker
-        self.base = base  # the last generation both copies held: a request's base
-        self.on_resync_done = on_resync_done  # END applied (in the apply thread)
-        self.on_apply_failed = on_apply_failed
         self.sessions_received = 0
         self.handshakes = 0  # incoming connections not authenticated yet
         self.handshakes_refused = 0  # incoming connections that never authenticated
@@ -116,29 +106,11 @@ class Receiving:
             self._receiving.cancel()
             self._receiving = None
 
-    def request(self, session: ResyncTarget) -> bytes:
-        """What this node asks of the source when it waits for a resync: its
-        generation, full or not, and every change it may hold that the source
-        does not (its tracker's map: unacknowledged or divergent writes), with
-        the digests of what it holds there (the source sends only what differs)."""
-        full = self.wanted()
-        if full is None:
-            return b""
-        tracker = self.tracker()
-        assert tracker is not None
-        return session.request(
-            # the last point both copies held (after a split brain, before our own
-            # changes, which the suspect set lists): where the source's tracking starts
-            self.base(),
-            tracker.changes(),
-            full=full,
-        )
-
-    def prepare(self, roots: dict[str, int]) -> None:
-        """Digest the suspect set for the request (a worker thread; once per set)."""
-        full, tracker = self.wanted(), self.tracker()
-        if full is False and tracker is not None:
-            self.checks.prepare(roots, tracker.changes())
+    def status(self) -> dict[str, int]:
+        return {
+            "sessions_received": self.sessions_received,
+            "handshakes_refused": self.handshakes_refused,
+        }
 
     async def _receive(self, stream: MessageStream) -> None:
         """One incoming connection: it changes nothing (the live session goes on)
@@ -156,10 +128,13 @@ class Receiving:
                     roots = await self.directories.dup_roots()
                     held.callback(close_all, roots)
                     applier = held.enter_context(Applier(roots))
-                    target = held.enter_context(
+                    resync = held.enter_context(
                         contextlib.closing(
                             ResyncTarget(
-                                applier, roots, on_done=self.on_resync_done, checks=self.checks
+                                applier,
+                                roots,
+                                on_done=self.target.done,
+                                checks=self.directories.checks,
                             )
                         )
                     )
@@ -167,15 +142,14 @@ class Receiving:
                     def on_item(kind: ItemKind, payload: bytes) -> bytes | None:
                         if kind is ItemKind.CONTROL:
                             return answer_verify(roots, self.zone_size, payload)
-                        target.on_item(kind, payload)
+                        resync.on_item(kind, payload)
                         return None
 
                     receiver = ReplicationReceiver(
-                        self.identity(), target, on_item=on_item, timeout=self.timeout
+                        self.identity(), resync, on_item=on_item, timeout=self.timeout
                     )
-                    # the digests of the suspect set, off the event loop (cached)
-                    await anyio.to_thread.run_sync(self.prepare, roots)
-                    peer = await receiver.handshake(stream, lambda: self.request(target))
+                    await self.target.digested()  # a pass under way: its digests are ours
+                    peer = await receiver.handshake(stream, lambda: self.target.request(resync))
                 except (OSError, FailoverError) as exc:  # its fds, or its handshake
                     self.refused(str(exc))
                     return
@@ -193,13 +167,14 @@ class Receiving:
                     try:
                         await receiver.run()
                     except ApplyError as exc:
-                        await self.on_apply_failed(peer.node, exc)
+                        await self.target.apply_failed(peer.node, exc)
                     except FailoverError as exc:
                         log.warning(
                             "replication session from the peer ended",
                             peer=peer.node,
                             error=str(exc),
                         )
+                self.target.digest()  # its writes voided the digests of a resync still wanted
         finally:
             with anyio.CancelScope(shield=True):
                 await stream.aclose()

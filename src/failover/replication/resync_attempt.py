@@ -9,19 +9,23 @@ later live op streams inside the resync. ``ResyncSource`` sends the plan in a
 worker thread. Once the peer applied END, the session goes on as the
 synchronous replication.
 
-Mechanism only: the outcome (``AttemptOutcome``) says how the attempt ended;
-whether and when to try again, and in which mode, is the core's
+``start`` runs one attempt in the background and hands its outcome
+(``AttemptOutcome``) to a callback unless ``stop`` ended it first; failed
+attempts are counted, and a done one voids the last verify's verdict. Mechanism
+only: whether and when to try again, and in which mode, is the core's
 (``runtime/dataplane.py`` reports the outcome as the core's events).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import anyio
 import structlog
+from anyio.abc import TaskGroup
 
 from failover.errors import PeerProtocolError, TransportError, UsageError
 from failover.replication.directories import Directories
@@ -50,7 +54,8 @@ class SourceAttempts:
     the running one's ``ResyncSource`` (None between attempts), ``last_status``
     the status of the last one that ran. An attempt ends the replication session
     (``sending``) first, and its own session runs as ``sending``'s; a break of
-    it after END goes to ``on_late_break``."""
+    it after END goes to ``on_late_break``. ``on_resynced`` is called when the
+    peer applied an attempt's END."""
 
     def __init__(
         self,
@@ -59,14 +64,75 @@ class SourceAttempts:
         *,
         bandwidth: int,
         on_late_break: Callable[[str], None],
+        on_resynced: Callable[[], None] = lambda: None,
     ) -> None:
         self.directories = directories
         self.sending = sending
         self.peer = sending.peer
         self.bandwidth = bandwidth
         self.on_late_break = on_late_break
+        self.on_resynced = on_resynced
         self.source: ResyncSource | None = None
         self.last_status: ResyncStatus | None = None
+        self.failures = 0  # attempts that failed (each handed to its callback)
+        self._running: anyio.CancelScope | None = None
+
+    def start(
+        self,
+        group: TaskGroup,
+        mode: str,
+        generation: str,
+        tracker: Tracker,
+        outcome: Callable[[AttemptOutcome], Awaitable[None]],
+    ) -> None:
+        """``attempt`` in ``group`` through ``sending``'s relay, after stopping the one
+        running; its outcome goes to ``outcome`` unless ``stop`` ended it first."""
+        self.stop()
+        relay = self.sending.relay
+        assert relay is not None, "an attempt before the data plane runs"
+        scope = self._running = anyio.CancelScope()
+
+        async def run() -> None:
+            result = None
+            with scope:
+                result = await self.attempt(mode, generation, tracker, relay)
+            if result is not None and result.done:
+                self.on_resynced()  # the peer was made equal, even if stopped at its end
+            if result is None or scope.cancel_called:
+                return
+            if not result.done:
+                self.failures += 1
+                log.warning("resync attempt failed", problem=result.reason)
+            await outcome(result)
+
+        group.start_soon(run)
+
+    def stop(self) -> None:
+        """End the attempt running, if any: its outcome is not reported."""
+        if self._running is not None:
+            self._running.cancel()
+            self._running = None
+        self.cancel()
+
+    def status(self, tracker: Tracker | None) -> dict[str, Any]:
+        """This node's part as a source in ``failover status``: the running or last
+        resync, failed attempts, the bandwidth limit, and the changes the tracker
+        holds for the peer (what an incremental resync would send)."""
+        resync = self.source.status() if self.source is not None else self.last_status
+        changes = tracker.changes() if tracker is not None else None
+        return {
+            "resync": None if resync is None else asdict(resync),
+            "resync_failures": self.failures,
+            "bandwidth": self.bandwidth,
+            "tracked": None
+            if changes is None or tracker is None
+            else {
+                "since": tracker.since,
+                "files": len(changes.files),
+                "names": len(changes.names),
+                "meta": len(changes.meta),
+            },
+        }
 
     def set_bandwidth(self, rate: int) -> None:
         """The resync bandwidth limit, bytes/s (0: none), from now on, also mid-resync."""

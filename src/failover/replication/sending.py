@@ -10,6 +10,8 @@ Mechanism only: a session that breaks, or cannot open, is handed to
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Any
 
 import anyio
 import structlog
@@ -44,9 +46,18 @@ class Sending:
         self.relay: Relay | None = None
         self._group: TaskGroup | None = None
         self._sending: anyio.CancelScope | None = None
+        self._fence = (False, True)  # the last fence (fenced, serving), kept for the relay
 
     def attach(self, relay: Relay, group: TaskGroup) -> None:
         self.relay, self._group = relay, group
+        relay.set_fenced(*self._fence)
+
+    def fence(self, fenced: bool, serving: bool) -> None:
+        """The relay's write fence (``Relay.set_fenced``), also set before ``attach``."""
+        self._fence = (fenced, serving)
+        if self.relay is not None:
+            self.relay.set_fenced(fenced, serving)
+        log.info("write fence", fenced=fenced, serving=serving)
 
     @property
     def sender(self) -> ReplicationSender | None:
@@ -112,3 +123,18 @@ class Sending:
         if await anyio.to_thread.run_sync(sender.flush):
             return None
         return sender.broken or "the peer did not acknowledge every write"
+
+    def status(self) -> dict[str, Any]:
+        """This session's part in ``failover status``, with the relay's write fence."""
+        relay, sender = self.relay, self.sender
+        counters = None if sender is None else sender.status()
+        return {
+            "replicating": sender is not None and sender.broken is None,
+            # the session runs but its idle probes go unanswered: a cut, seen before
+            # the replication timeout breaks the session (docs/replication.md)
+            "channel_problem": None if counters is None else counters.quiet,
+            "writes_fenced": relay is not None and relay.fenced,
+            "writes_held": 0 if relay is None else relay.held,
+            "ack": str(self.channel.ack_level),
+            "sender": None if counters is None else asdict(counters),
+        }

@@ -3,8 +3,9 @@
 The primary asks (``verify_peer``) through its live ``ReplicationSender``: a
 verify control record (``verify_request``) goes down the replication stream,
 and the secondary answers it (``answer_verify``) with the digests of its copy at
-the record's place in the stream. Mechanism only: the data plane
-(``runtime/dataplane.py``) keeps the last verdict for ``status``.
+the record's place in the stream. ``PeerVerifier`` checks that a session to
+the peer runs and keeps the last verdict for ``status`` (until a clean verify
+or a resync).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import anyio
 from failover.errors import PeerProtocolError, UsageError
 from failover.replication.channel import ReplicationSender
 from failover.replication.directories import Directories
+from failover.replication.sending import Sending
 from failover.replication.verify import (
     Differences,
     TreeDigest,
@@ -28,6 +30,35 @@ from failover.replication.verify import (
     digest_tree,
     encode_answer,
 )
+
+
+class PeerVerifier:
+    """Verify through ``sending``'s live session; ``last`` is the last verdict."""
+
+    def __init__(self, sending: Sending, directories: Directories, zone_size: int) -> None:
+        self.sending, self.directories, self.zone_size = sending, directories, zone_size
+        self.last: dict[str, Any] | None = None
+
+    async def verify(self) -> dict[str, Any]:
+        """The report of ``verify_peer``; raises ``UsageError`` when no session
+        to the peer runs."""
+        sender = self.sending.sender
+        if sender is None or sender.broken is not None:
+            raise UsageError(
+                "verify needs a replicating primary: this node sends nothing to its peer"
+            )
+        report, differences = await verify_peer(
+            sender, self.directories, self.zone_size, self.sending.peer
+        )
+        self.last = {"at": report["at"], "in_sync": report["in_sync"], "differences": differences}
+        return report
+
+    def forget(self) -> None:
+        """The peer was just made equal: an older verdict is moot."""
+        self.last = None
+
+    def status(self) -> dict[str, Any]:
+        return {"verified": self.last}
 
 
 async def verify_peer(
