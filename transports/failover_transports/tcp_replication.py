@@ -121,7 +121,8 @@ class TcpMessageStream:
         self._partial: tuple[bytearray, int, int] | None = None  # long message: buffer,
         # its length, bytes in it so far
         self._pool = _Pool(POOL_BYTES)
-        self._receive_lock = anyio.Lock()
+        # fast: receive_view yields once itself (its checkpoint), not again here
+        self._receive_lock = anyio.Lock(fast_acquire=True)
         self._write_lock = threading.Lock()  # one sendmsg at a time, any thread
         self._backlog: list[Buffer] = []  # accepted, not yet taken by the socket
         self._failure: str | None = None  # why sending failed, once it did
