@@ -10,12 +10,11 @@ end here. Two figures, each with its baseline measured alongside:
     and one ``sync`` at the end (the receiver applies them to a file in a temp
     directory on tmpfs, so the disk is out of the figure), in MiB/s, against a
     raw TCP ``sendall`` of the same bytes to a child that reads them and
-    answers one byte at the end;
-    The CPU each side spends per MiB streamed (process CPU time, all threads,
-    from the handshake to the end) is printed beside it, for both. With
-    ``--discard`` the receiver checks and decodes every op but applies none:
-    the channel without the file system (writing new tmpfs pages alone costs
-    about 0.4 ms of CPU per MiB here, the raw baseline writes nothing);
+    answers one byte at the end; beside it, for both, the CPU each side spends
+    per MiB streamed (process CPU time of all its threads, from the handshake
+    on). With ``--discard`` the receiver checks and decodes every op but
+    applies none: the channel without the file system (writing new tmpfs
+    pages alone costs about 0.4 ms of CPU per MiB here; raw TCP writes nothing);
 (b) synchronous commit: ``--round-trips`` times a 4 KiB ``Write`` + ``sync(Fsync)``
     at the default ack level (written; the receiver fsyncs on tmpfs), p50 and p99, against a raw TCP
     ping-pong of 4 KiB each way.
