@@ -67,6 +67,17 @@ async def test_a_received_message_is_never_overwritten_while_a_view_of_it_lives(
         assert part == messages[index][100:], f"message {index} was overwritten"
 
 
+def test_the_pool_keeps_at_most_its_limit_and_hands_out_only_unused_buffers() -> None:
+    pool = tcp_replication._Pool(4 * MiB)
+    held = [memoryview(pool.take(MiB + 1)) for _ in range(10)]  # all in use at once
+    assert len({id(view.obj) for view in held}) == 10  # ten distinct buffers
+    assert pool._bytes <= 4 * MiB and len(pool._buffers) == 3  # 1.25 MiB each
+    del held
+    again = [memoryview(pool.take(MiB)) for _ in range(3)]  # the kept ones, free now
+    assert pool.reused == 3
+    assert {id(view.obj) for view in again} == {id(kept) for kept in pool._buffers}
+
+
 async def test_large_writes_in_flight_reach_the_disk_intact_with_a_small_pool(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
