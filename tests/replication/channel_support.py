@@ -70,18 +70,24 @@ class Gate:
 
 @dataclass
 class RecordingSink:
-    """An ``Applier`` that records what it applied, with gates before apply and fsync."""
+    """An ``Applier`` that records what it applied, with gates before apply and fsync.
+
+    ``record=False``: keeps nothing of an op once applied (a recorded ``Write``
+    keeps a view of its received message, which the transport then never reuses).
+    """
 
     applier: Applier
     applied: list[Op] = field(default_factory=list)
     fsynced: list[bytes] = field(default_factory=list)
     apply_gate: Gate = field(default_factory=Gate)
     fsync_gate: Gate = field(default_factory=Gate)
+    record: bool = True
 
     def apply(self, op: Op) -> None:
         self.apply_gate.pass_through()
         self.applier.apply(op)
-        self.applied.append(op)
+        if self.record:
+            self.applied.append(op)
 
     def fsync(self, root: str, path: bytes, datasync: bool) -> None:
         self.fsync_gate.pass_through()
@@ -139,13 +145,14 @@ async def session(
     key: bytes | None = KEY,
     on_item: ItemHandler | None = None,
     proxy: CuttableProxy | None = None,
+    record: bool = True,
 ) -> AsyncIterator[Session]:
     """A handshaken session over loopback TCP (through ``proxy`` if given), both
-    ends running; stopped on exit."""
+    ends running; stopped on exit. ``record``: as ``RecordingSink``'s."""
     primary, secondary = identities(key)
     backing.mkdir(exist_ok=True)
     with Applier({ROOT: backing}) as applier:
-        sink = RecordingSink(applier)
+        sink = RecordingSink(applier, record=record)
         broken: list[str] = []
         sender = ReplicationSender(primary, settings, on_broken=broken.append)
         receiver = ReplicationReceiver(secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT)

@@ -20,8 +20,12 @@ channel its hot path:
   sends its op itself, without a hop to the event loop). What the socket does
   not take at once stays queued, in order, for ``flush`` (from the loop).
 - ``receive_view()``: the next message as a view of a buffer of its own, which
-  the caller keeps: a large message is read straight into it from the socket;
-  small ones are cut from one read buffer.
+  the caller keeps: a long message is read straight from the socket into a
+  buffer of a pool, small ones are cut (copied) from one read buffer. A pool
+  buffer is reused only once no view of it is left anywhere (Python's buffer
+  protocol counts them: the views a decoded ``Write`` keeps of its data
+  included), so a message is never overwritten while any part of it is still
+  in use; the pool holds at most ``POOL_BYTES``.
 
 With TLS, ``TlsMessageStream`` runs over anyio's ``TLSStream`` (plain ``send``
 and ``receive``).
@@ -52,6 +56,10 @@ from failover_transports.tcp import TcpEndpoint
 
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 _READ_SIZE = 256 * 1024
+POOL_BYTES = 32 * 1024 * 1024
+"""Most bytes of receive buffers a stream keeps for reuse (the sender's window,
+16 MiB by default, in flight, and room for what is being read)."""
+_POOL_ROUND = 256 * 1024  # pool buffers are allocated in multiples of this
 _LENGTH = struct.Struct(">I")
 _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 16
 
@@ -60,6 +68,45 @@ Buffer = bytes | bytearray | memoryview
 
 def _size(part: Buffer) -> int:
     return len(part) if type(part) is bytes else memoryview(part).nbytes
+
+
+def _unshared(buffer: bytearray) -> bool:
+    """Whether no view of ``buffer`` is alive (a bytearray with views cannot
+    change its size: the probe is one append, refused while any view lives)."""
+    try:
+        buffer.append(0)
+    except BufferError:
+        return False
+    del buffer[-1]
+    return True
+
+
+class _Pool:
+    """Receive buffers for long messages, each reused once no view of it is left.
+
+    Invariant: a buffer is handed out again only when ``_unshared``: no view
+    made of it (the message, a slice of it, a ``Write``'s data) is alive, so
+    whatever still uses a message never sees it overwritten. Holds at most
+    ``limit`` bytes; a buffer beyond that is the caller's alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffers: list[bytearray] = []
+        self._bytes = 0
+        self.reused = 0  # buffers handed out again (for tests and status)
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nothing else uses."""
+        for buffer in self._buffers:
+            if len(buffer) >= size and _unshared(buffer):
+                self.reused += 1
+                return buffer
+        buffer = bytearray(-(-size // _POOL_ROUND) * _POOL_ROUND)
+        if self._bytes + len(buffer) <= self._limit:
+            self._buffers.append(buffer)
+            self._bytes += len(buffer)
+        return buffer
 
 
 class TcpMessageStream:
@@ -71,8 +118,11 @@ class TcpMessageStream:
         self._what = what
         self._read = bytearray(_READ_SIZE)
         self._start = self._end = 0  # unread bytes of _read
-        self._partial: tuple[bytearray, int] | None = None  # a long message, bytes in it
-        self._receive_lock = anyio.Lock()
+        self._partial: tuple[bytearray, int, int] | None = None  # long message: buffer,
+        # its length, bytes in it so far
+        self._pool = _Pool(POOL_BYTES)
+        # fast: receive_view yields once itself (its checkpoint), not again here
+        self._receive_lock = anyio.Lock(fast_acquire=True)
         self._write_lock = threading.Lock()  # one sendmsg at a time, any thread
         self._backlog: list[Buffer] = []  # accepted, not yet taken by the socket
         self._failure: str | None = None  # why sending failed, once it did
@@ -184,12 +234,12 @@ class TcpMessageStream:
                 if self._closed:
                     raise closed_error(self._what)
                 if self._partial is not None:
-                    message, have = self._partial
-                    if have == len(message):
+                    message, length, have = self._partial
+                    if have == length:
                         self._partial = None
-                        return memoryview(message)
-                    got = await self._recv_into(memoryview(message)[have:])
-                    self._partial = (message, have + got)
+                        return memoryview(message)[:length]
+                    got = await self._recv_into(memoryview(message)[have:length])
+                    self._partial = (message, length, have + got)
                     continue
                 if self._end - self._start >= _LENGTH.size:
                     (length,) = _LENGTH.unpack_from(self._read, self._start)
@@ -204,9 +254,9 @@ class TcpMessageStream:
                     self._start = first + have
                     if have == length:
                         return memoryview(self._read[first : first + have])
-                    message = bytearray(length)  # read straight into it from here on
+                    message = self._pool.take(length)  # read straight into it from here on
                     message[:have] = memoryview(self._read)[first : first + have]
-                    self._partial = (message, have)
+                    self._partial = (message, length, have)
                     continue
                 if self._start:  # keep the unread bytes at the front
                     rest = self._end - self._start

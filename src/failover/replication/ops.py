@@ -89,13 +89,18 @@ class Create:
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """Write ``data`` at ``offset`` (``encode`` also accepts a memoryview or bytearray)."""
+    """Write ``data`` at ``offset`` (``encode`` also accepts a bytearray).
+
+    A decoded ``Write`` carries its data uncopied: a read-only view of the
+    buffer it was decoded from (``decode``), which stays alive, and is never
+    reused by the replication transport, as long as the view does.
+    """
 
     code: ClassVar[int] = 2
     root: str
     path: bytes
     offset: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,10 +344,12 @@ class _Bad(Exception):
 
 class _Kind:
     """One field's wire form. ``fmt`` is its slot in the fixed part: the value
-    itself, or for a variable field the length of the bytes that follow."""
+    itself, or for a variable field the length of the bytes that follow
+    (copied out of the record, unless ``view``: a read-only view of it)."""
 
     fmt: str = ""
     variable = False
+    view = False
     rejected: type[PeerProtocolError] = PeerProtocolError
 
     def problem(self, value: object) -> str | None:
@@ -352,7 +359,7 @@ class _Kind:
     def to_wire(self, value: object) -> int | _Buffer:
         raise NotImplementedError
 
-    def from_wire(self, raw: int | bytes) -> object:
+    def from_wire(self, raw: int | Buffer) -> object:
         return raw
 
 
@@ -392,7 +399,7 @@ class _Id(_Number):
     def to_wire(self, value: object) -> int:
         return _UNCHANGED_ID if value == -1 else super().to_wire(value)
 
-    def from_wire(self, raw: int | bytes) -> object:
+    def from_wire(self, raw: int | Buffer) -> object:
         return -1 if raw == _UNCHANGED_ID else raw
 
 
@@ -405,7 +412,7 @@ class _Flag(_Kind):
     def to_wire(self, value: object) -> int:
         return int(bool(value))
 
-    def from_wire(self, raw: int | bytes) -> object:
+    def from_wire(self, raw: int | Buffer) -> object:
         if raw not in (0, 1):
             raise _Bad(f"{raw!r} is not 0 or 1")
         return raw == 1
@@ -441,7 +448,9 @@ class _Bytes(_Kind):
 
 
 class _Data(_Bytes):
-    """Write data: any contiguous buffer on encode, carried without a copy."""
+    """Write data: any contiguous buffer on encode, carried without a copy both ways."""
+
+    view = True
 
     def __init__(self) -> None:
         super().__init__("I", "data", MAX_WRITE, nul=True, empty=True)
@@ -476,7 +485,7 @@ class _Root(_Kind):
         assert isinstance(value, str)
         return value.encode("utf-8", "surrogatepass")
 
-    def from_wire(self, raw: int | bytes) -> object:
+    def from_wire(self, raw: int | Buffer) -> object:
         assert isinstance(raw, bytes)
         try:
             return raw.decode("utf-8")
@@ -618,6 +627,8 @@ def decode(data: bytes | bytearray | memoryview) -> Op:
     Raises ``PeerProtocolError`` naming the record type and field on an unknown
     op code, a truncated record, trailing bytes, or a field value the record
     type does not allow; ``PathRejected`` (a ``PeerProtocolError``) for a path.
+    A ``Write``'s data is a read-only view of ``data``, not a copy: ``data``
+    must stay unchanged while the record is in use.
     """
     reader = Reader(data, "replication op")
     if not reader.left:
@@ -630,7 +641,9 @@ def decode(data: bytes | bytearray | memoryview) -> Op:
     head = reader.unpack(codec.head, "fixed part")
     values: list[object] = []
     for name, kind, slot in zip(codec.names, codec.kinds, head, strict=True):
-        raw: int | bytes = reader.bytes(slot, name) if kind.variable else slot
+        raw: int | Buffer = slot
+        if kind.variable:
+            raw = reader.take(slot, name).toreadonly() if kind.view else reader.bytes(slot, name)
         try:
             values.append(kind.from_wire(raw))
         except _Bad as bad:

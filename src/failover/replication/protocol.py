@@ -33,7 +33,10 @@ message means:
   protocol sends nothing and accepts nothing; ``Broken`` is its last event.
 - **Idle probe** (sender, with ``probe_interval``): a channel with nothing to
   send that sent nothing for half the interval sends a ``PROBE``; the
-  receiver answers ``PROBE_ANSWER`` ahead of any apply.
+  receiver answers ``PROBE_ANSWER`` ahead of any apply. Probes that arrive
+  before the receiver's adapter took its output get one answer, to the
+  latest (the sender takes it for all of them): the receiver's output stays
+  bounded however fast the sender probes.
 - **Requests** (control records that expect an answer): the receiver's
   adapter hands the answer to ``reply`` once the record is applied; it
   travels as a ``REPLY`` after the ack that covers the record.
@@ -506,6 +509,7 @@ class ReceiverProtocol(_Session):
         self._fsync_seqs: set[int] = set()  # Fsync entries received, not yet written
         self._ack_sent = Ack(0, 0, 0)
         self._replies: list[tuple[int, bytes]] = []
+        self._probe: int | None = None  # the latest probe, not yet answered
         self.bytes_received = 0
 
     @property
@@ -513,7 +517,9 @@ class ReceiverProtocol(_Session):
         """Whether ``data_to_send`` would return something now."""
         if self.broken is not None:
             return False
-        return bool(self._out or self._replies) or self._visible_ack() != self._ack_sent
+        if self._probe is not None or self._replies:
+            return True
+        return self._visible_ack() != self._ack_sent
 
     @property
     def ack(self) -> Ack:
@@ -529,8 +535,9 @@ class ReceiverProtocol(_Session):
         kind, body = opened
         try:
             if kind is Kind.PROBE:  # answered ahead of any apply
-                number = decode_probe(kind, body)
-                self._out.append(self._seal(Kind.PROBE_ANSWER, [encode_probe(number)]))
+                # Only the latest one: a primary that probes faster than it reads
+                # the answers cannot make this side queue them without end.
+                self._probe = decode_probe(kind, body)
                 return
             entries = self._decode(body)
         except PeerProtocolError as exc:
@@ -588,12 +595,16 @@ class ReceiverProtocol(_Session):
         self._replies.append((seq, answer))
 
     def data_to_send(self, now: float) -> list[Message]:
-        """Probe answers, then one ``ACK`` if the acknowledgement moved at a level
-        the primary listens to, then replies."""
+        """The answer to the latest probe (probes not answered yet are answered
+        together: the primary accepts the latest number for all of them), then one
+        ``ACK`` if the acknowledgement moved at a level the primary listens to,
+        then replies."""
         if self.broken is not None:
             return []
-        out = self._out
-        self._out = []
+        out: list[Message] = []
+        if self._probe is not None:
+            out.append(self._seal(Kind.PROBE_ANSWER, [encode_probe(self._probe)]))
+            self._probe = None
         ack = self._visible_ack()
         if ack != self._ack_sent:
             self._ack_sent = ack
