@@ -131,7 +131,7 @@ def test_an_answer_is_taken_only_by_the_request_it_answers(tmp_path: Path) -> No
     assert alpha.accept(reply + b"x", seq) is None  # damaged
     assert alpha.accept(reply, seq) is not None
     assert alpha.accept(reply, seq) is None  # replayed
-    later, data = alpha.frame(ACQUIRE)
+    _, data = alpha.frame(ACQUIRE)
     reply = witness.handle(data, SOURCE, 0.5)
     assert reply is not None
     assert alpha.accept(reply, seq) is None  # the answer to another request
