@@ -83,10 +83,15 @@ def run_witness(args: argparse.Namespace) -> int:
     async def main() -> None:
         import signal  # noqa: PLC0415
 
+        import structlog  # noqa: PLC0415
+
+        log = structlog.get_logger("failover.witness")
+
         async with anyio.create_task_group() as tg:
             await tg.start(serve, witness, config.host, config.port)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
+                async for signum in signals:
+                    log.info("witness stopping", signal=signal.Signals(signum).name)
                     tg.cancel_scope.cancel()
                     return
 

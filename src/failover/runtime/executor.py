@@ -13,8 +13,16 @@ outcome itself (it may take hours: the queue must not wait for it).
 Without replicated directories the core emits no data effect (it knows from
 its settings, and completes a resync or quarantine of nothing itself): one
 that arrives anyway is logged as an error and ignored.
-Arbitration effects are never expected (only the ``none`` arbitrator
-exists): one is logged as an error and ignored.
+Arbitration effects go to the ``Arbitrator`` (``runtime/arbitrator.py``)
+when one is configured, and its reply is reported as the event
+``arbitration_event`` names. A request and a release keep their place in the
+queue (a release must leave only after the ``StopApp`` before it: the peer
+may take the lease as soon as it is free). A renewal does not wait in the
+queue: it runs beside it (one at a time; a renewal due while one is in
+flight is dropped, the next is due ``lease_renew`` later), so that a long
+start script cannot hold the lease's renewal back until the node fences.
+A request abandoned at its deadline is reported as denied. Without an
+arbitrator an arbitration effect is logged as an error and ignored.
 
 ``submit_step`` takes all the effects of one core step and adds what its state
 changes imply for SafeKit's scripts (a mechanical consequence, not a decision):
@@ -50,6 +58,7 @@ from anyio.abc import Process, TaskGroup
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.platform.application import Application
+from failover.runtime.arbitrator import Arbitrator, arbitration_event
 from failover.runtime.dataplane import DataPlane
 
 log = structlog.get_logger("failover.executor")
@@ -129,8 +138,11 @@ class ActionExecutor:
         on_progress: Callable[[], None] = lambda: None,
         data: DataPlane | None = None,
         journal: Journal | None = None,
+        arbitrator: Arbitrator | None = None,
     ) -> None:
         self.journal = journal
+        self.arbitrator = arbitrator
+        self._renewing = False
         self.app = app
         self.data = data
         self.report = report
@@ -149,7 +161,9 @@ class ActionExecutor:
         return self._outstanding == 0
 
     def submit(self, effect: fx.Effect) -> None:
-        """Queue ``effect`` behind the actions already queued."""
+        """Queue ``effect`` behind the actions already queued (a renewal runs beside them)."""
+        if isinstance(effect, fx.RenewArbitration) and self._renew_beside(effect):
+            return
         self._outstanding += 1
         if isinstance(effect, APP_EFFECTS):
             self._app_actions += 1
@@ -179,6 +193,25 @@ class ActionExecutor:
                         target=change.target,
                         waiting=HOOK_BACKLOG,
                     )
+
+    def _renew_beside(self, effect: fx.RenewArbitration) -> bool:
+        """Start ``effect`` beside the queue; False when it must be queued instead."""
+        if self.arbitrator is None or self._watchers is None:
+            return False
+        if self._renewing:
+            log.info("lease renewal skipped: the previous one is still in flight")
+            return True
+        self._renewing = True
+        self._watchers.start_soon(self._renew, effect)
+        return True
+
+    async def _renew(self, effect: fx.RenewArbitration) -> None:
+        try:
+            outcome = await self._execute(effect)
+        finally:
+            self._renewing = False
+        if outcome is not None:
+            await self.report(outcome)
 
     def deadline_for(self, effect: fx.Effect) -> float:
         """Seconds ``effect`` may take before it is abandoned and reported as failed."""
@@ -267,6 +300,8 @@ class ActionExecutor:
             return ev.ResyncFailed(reason=reason)
         if isinstance(effect, fx.Quarantine):
             return ev.QuarantineFailed(reason=reason)
+        if isinstance(effect, fx.RequestArbitration):
+            return ev.ArbitrationDenied(reason=reason)
         return None
 
     async def _perform(self, effect: fx.Effect) -> ev.Event | None:
@@ -295,11 +330,26 @@ class ActionExecutor:
                 await self.app.stop_both()
                 return None
             case fx.RequestArbitration() | fx.RenewArbitration() | fx.ReleaseArbitration():
-                log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
-                return None
+                return await self._arbitrate(effect)
             case _:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
+
+    async def _arbitrate(
+        self, effect: fx.RequestArbitration | fx.RenewArbitration | fx.ReleaseArbitration
+    ) -> ev.Event | None:
+        if self.arbitrator is None:
+            log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
+            return None
+        match effect:
+            case fx.RequestArbitration(generation=wanted, base=base, forced=forced):
+                reply = await self.arbitrator.request(wanted, base, forced)
+            case fx.RenewArbitration(generation=generation):
+                reply = await self.arbitrator.renew(generation)
+            case fx.ReleaseArbitration():
+                reply = await self.arbitrator.release()
+        log.info("arbitrator replied", effect=effect.name, reply=repr(reply))
+        return arbitration_event(effect, reply)
 
     def _started(self, action: str, failure: str | None) -> ev.Event:
         """The outcome of a start or restart (journaled)."""

@@ -161,8 +161,10 @@ class Witness:
             try:
                 return cluster, cluster.codec.decode(data)
             except FrameRejected as rejected:
-                if rejected.reason is not Reason.WRONG_CLUSTER:
+                if rejected.reason is Reason.BAD_MAC:  # of this cluster, not its key
                     return Refusal(rejected.reason.value, rejected.detail, cluster.name)
+                if rejected.reason is not Reason.WRONG_CLUSTER:  # not a frame at all
+                    return Refusal(rejected.reason.value, rejected.detail)
         if not self.clusters:
             return Refusal("unknown_cluster", "this witness serves no cluster")
         return Refusal("unknown_cluster", f"cluster id {bytes(data[10:18]).hex()} is not served")
