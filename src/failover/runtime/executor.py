@@ -17,12 +17,20 @@ Arbitration effects go to the ``Arbitrator`` (``runtime/arbitrator.py``)
 when one is configured, and its reply is reported as the event
 ``arbitration_event`` names. A request and a release keep their place in the
 queue (a release must leave only after the ``StopApp`` before it: the peer
-may take the lease as soon as it is free). A renewal does not wait in the
-queue: it runs beside it (one at a time; a renewal due while one is in
-flight is dropped, the next is due ``lease_renew`` later), so that a long
-start script cannot hold the lease's renewal back until the node fences.
-A request abandoned at its deadline is reported as denied. Without an
-arbitrator an arbitration effect is logged as an error and ignored.
+may take the lease as soon as it is free). A renewal runs beside the queue,
+so that a long start script cannot hold it back until the node fences,
+unless a request is queued or running: then it waits behind it.
+
+The core counts a grant from when it emitted its *newest* request or
+renewal (``requested_at``), and ``arbitration_granted`` does not say which
+one it answers. So a grant is reported only when it answers the newest
+request or renewal submitted: the grant of an older one is dropped (it may
+have left before the core's newest ask, so its lease may end sooner than the
+core would count), and a renewal still waiting for the one before it is not
+sent once a newer one is due. Refusals are always reported (acting on a
+stale refusal costs a recheck, never safety). A request abandoned at its
+deadline is reported as denied. Without an arbitrator an arbitration effect
+is logged as an error and ignored.
 
 ``submit_step`` takes all the effects of one core step and adds what its state
 changes imply for SafeKit's scripts (a mechanical consequence, not a decision):
@@ -47,6 +55,7 @@ pending action's own outcome follows.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -142,7 +151,10 @@ class ActionExecutor:
     ) -> None:
         self.journal = journal
         self.arbitrator = arbitrator
-        self._renewing = False
+        self._asks = 0  # requests and renewals submitted: the newest one's number
+        self._queued_asks: deque[int] = deque()  # numbers of those in the queue, in order
+        self._requests = 0  # requests queued or running
+        self._renewal_lock = anyio.Lock()
         self.app = app
         self.data = data
         self.report = report
@@ -162,8 +174,12 @@ class ActionExecutor:
 
     def submit(self, effect: fx.Effect) -> None:
         """Queue ``effect`` behind the actions already queued (a renewal runs beside them)."""
-        if isinstance(effect, fx.RenewArbitration) and self._renew_beside(effect):
-            return
+        if isinstance(effect, fx.RequestArbitration | fx.RenewArbitration):
+            self._asks += 1
+            if isinstance(effect, fx.RenewArbitration) and self._renew_beside(effect):
+                return
+            self._queued_asks.append(self._asks)
+            self._requests += isinstance(effect, fx.RequestArbitration)
         self._outstanding += 1
         if isinstance(effect, APP_EFFECTS):
             self._app_actions += 1
@@ -196,22 +212,27 @@ class ActionExecutor:
 
     def _renew_beside(self, effect: fx.RenewArbitration) -> bool:
         """Start ``effect`` beside the queue; False when it must be queued instead."""
-        if self.arbitrator is None or self._watchers is None:
+        if self.arbitrator is None or self._watchers is None or self._requests:
             return False
-        if self._renewing:
-            log.info("lease renewal skipped: the previous one is still in flight")
-            return True
-        self._renewing = True
-        self._watchers.start_soon(self._renew, effect)
+        self._watchers.start_soon(self._renew, effect, self._asks)
         return True
 
-    async def _renew(self, effect: fx.RenewArbitration) -> None:
-        try:
-            outcome = await self._execute(effect)
-        finally:
-            self._renewing = False
+    async def _renew(self, effect: fx.RenewArbitration, number: int) -> None:
+        async with self._renewal_lock:
+            if number != self._asks:
+                log.info("lease renewal not sent: a newer request or renewal is due")
+                return
+            outcome = self._newest(await self._execute(effect), number)
         if outcome is not None:
             await self.report(outcome)
+
+    def _newest(self, outcome: ev.Event | None, number: int) -> ev.Event | None:
+        """``outcome`` of request or renewal ``number``, unless it is a grant that a
+        newer request or renewal supersedes (see the module docstring)."""
+        if isinstance(outcome, ev.ArbitrationGranted) and number != self._asks:
+            log.info("arbitration grant dropped: a newer request or renewal was sent since")
+            return None
+        return outcome
 
     def deadline_for(self, effect: fx.Effect) -> float:
         """Seconds ``effect`` may take before it is abandoned and reported as failed."""
@@ -238,10 +259,13 @@ class ActionExecutor:
                 outcome = None
                 try:
                     outcome = await self._execute(effect)
+                    if isinstance(effect, fx.RequestArbitration | fx.RenewArbitration):
+                        outcome = self._newest(outcome, self._queued_asks.popleft())
                     if outcome is not None:
                         await self.report(outcome)
                 finally:
                     self._outstanding -= 1
+                    self._requests -= isinstance(effect, fx.RequestArbitration)
                     if isinstance(effect, APP_EFFECTS):
                         self._app_actions -= 1
                     self.on_progress()
