@@ -7,10 +7,13 @@ an older ask may come from a lease that ends before the core would count.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -57,7 +60,10 @@ class Gated:
             await self.called.wait()
 
 
-async def test_a_renewal_answered_after_a_newer_request_is_not_reported(tmp_path: Path) -> None:
+@asynccontextmanager
+async def running(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[ActionExecutor, Gated, MemoryObjectReceiveStream[ev.Event]]]:
     send, receive = anyio.create_memory_object_stream[ev.Event](10)
     arbitrator = Gated()
     app = Application(None, None, output_dir=tmp_path, env={})
@@ -66,39 +72,36 @@ async def test_a_renewal_answered_after_a_newer_request_is_not_reported(tmp_path
         tg.start_soon(executor.run)
         with anyio.fail_after(10):
             await anyio.wait_all_tasks_blocked()
-            executor.submit(fx.RenewArbitration(generation=OLD))  # beside the queue
-            await arbitrator.next_call(1)
-            executor.submit(fx.RequestArbitration(generation=NEW, base=OLD))
-            await arbitrator.next_call(2)
-            assert [name for name, _ in arbitrator.calls] == ["renew", "request"]
-            arbitrator.calls[0][1].set()  # the old renewal's grant comes back first
-            arbitrator.calls[1][1].set()
-            assert await receive.receive() == ev.ArbitrationGranted(generation=NEW)
-            await anyio.wait_all_tasks_blocked()
-            assert receive.statistics().current_buffer_used == 0
+            yield executor, arbitrator, receive
         tg.cancel_scope.cancel()
+
+
+async def test_a_renewal_answered_after_a_newer_request_is_not_reported(tmp_path: Path) -> None:
+    async with running(tmp_path) as (executor, arbitrator, receive):
+        executor.submit(fx.RenewArbitration(generation=OLD))  # beside the queue
+        await arbitrator.next_call(1)
+        executor.submit(fx.RequestArbitration(generation=NEW, base=OLD))
+        await arbitrator.next_call(2)
+        assert [name for name, _ in arbitrator.calls] == ["renew", "request"]
+        arbitrator.calls[0][1].set()  # the old renewal's grant comes back first
+        arbitrator.calls[1][1].set()
+        assert await receive.receive() == ev.ArbitrationGranted(generation=NEW)
+        await anyio.wait_all_tasks_blocked()
+        assert receive.statistics().current_buffer_used == 0
 
 
 async def test_a_renewal_due_while_a_request_is_pending_follows_it(tmp_path: Path) -> None:
-    send, receive = anyio.create_memory_object_stream[ev.Event](10)
-    arbitrator = Gated()
-    app = Application(None, None, output_dir=tmp_path, env={})
-    executor = ActionExecutor(app, send.send, arbitrator=arbitrator)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(executor.run)
-        with anyio.fail_after(10):
-            await anyio.wait_all_tasks_blocked()
-            executor.submit(fx.RequestArbitration(generation=NEW, base=OLD))
-            await arbitrator.next_call(1)
-            executor.submit(fx.RenewArbitration(generation=OLD))
-            await anyio.wait_all_tasks_blocked()
-            assert len(arbitrator.calls) == 1  # queued behind the request
-            arbitrator.calls[0][1].set()
-            await arbitrator.next_call(2)
-            assert [name for name, _ in arbitrator.calls] == ["request", "renew"]
-            arbitrator.calls[1][1].set()
-            # only the renewal's answer counts (the core's requested_at is its ask)
-            assert await receive.receive() == ev.ArbitrationGranted(generation=OLD)
-            await anyio.wait_all_tasks_blocked()
-            assert receive.statistics().current_buffer_used == 0
-        tg.cancel_scope.cancel()
+    async with running(tmp_path) as (executor, arbitrator, receive):
+        executor.submit(fx.RequestArbitration(generation=NEW, base=OLD))
+        await arbitrator.next_call(1)
+        executor.submit(fx.RenewArbitration(generation=OLD))
+        await anyio.wait_all_tasks_blocked()
+        assert len(arbitrator.calls) == 1  # queued behind the request
+        arbitrator.calls[0][1].set()
+        await arbitrator.next_call(2)
+        assert [name for name, _ in arbitrator.calls] == ["request", "renew"]
+        arbitrator.calls[1][1].set()
+        # only the renewal's answer counts (the core's requested_at is its ask)
+        assert await receive.receive() == ev.ArbitrationGranted(generation=OLD)
+        await anyio.wait_all_tasks_blocked()
+        assert receive.statistics().current_buffer_used == 0
