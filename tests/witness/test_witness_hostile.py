@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from failover.core.state import Generation
 from failover.wire import FrameCodec, FrameKind
 from failover.witness.messages import MAX_DATAGRAM, Op, Outcome, Request, encode_request
-from failover.witness.service import MAX_NODES, Witness
+from failover.witness.service import LOG_BURST, LOG_WINDOW, MAX_NODES, Witness
 from failover.witness.store import ClusterStore
 
 from .witness_support import (
@@ -143,3 +143,18 @@ def test_too_many_nodes(tmp_path: Path) -> None:
         assert acquire(witness, session(f"node-{n}"), 0.0, wanted=G1) is not None
     _, data = session("one-more").frame(ACQUIRE)
     refused(witness, data, "too_many_nodes")
+
+
+def test_a_flood_is_counted_whole_and_logged_in_part(tmp_path: Path) -> None:
+    witness = make_witness(tmp_path)
+    with capture_logs() as logs:
+        for _ in range(LOG_BURST * 5):
+            assert witness.handle(b"junk", SOURCE, 1.0) is None
+        _, data = session("alpha").frame(ACQUIRE)
+        assert witness.handle(data, SOURCE, 1.0) is not None  # still answers the nodes
+        assert witness.handle(b"junk", SOURCE, 1.0 + LOG_WINDOW) is None
+    assert witness.stats["bad_magic"] == LOG_BURST * 5 + 1
+    refusals = [entry for entry in logs if entry["event"] == "witness request refused"]
+    assert len(refusals) == LOG_BURST + 1
+    [summary] = [entry for entry in logs if entry["event"] == "witness refusals not logged"]
+    assert summary["reason"] == "bad_magic" and summary["count"] == LOG_BURST * 4

@@ -17,9 +17,12 @@ datagram, in order (the invariants are in ``failover.witness``):
    saved durably *before* it is adopted and answered; a save that fails is
    answered as a refusal and changes nothing.
 
-Every refusal of steps 1-5 is logged (what, why, from where) and counted in
-``stats``; nothing is answered to it, so a stranger learns nothing and
-cannot use the witness to amplify traffic.
+Every refusal of steps 1-5 is counted in ``stats`` and logged (what, why,
+from where), at most ``LOG_BURST`` lines per reason in each ``LOG_WINDOW``
+seconds: past that, one line per reason and window says how many were not
+logged, so a flood costs the log little. Nothing is answered to a refused
+datagram, so a stranger learns nothing and cannot use the witness to
+amplify traffic.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ log = structlog.get_logger("failover.witness")
 
 MAX_NODES = 8
 """Distinct node names the witness keeps replay state for, per cluster."""
+LOG_BURST = 20
+"""Refusals logged per reason in one ``LOG_WINDOW``."""
+LOG_WINDOW = 10.0
+"""Seconds of the refusal log's window."""
 
 
 @dataclass
@@ -96,6 +103,8 @@ class Witness:
             raise WitnessStateError(str(exc)) from exc
         self.seq = 0
         self.stats: Counter[str] = Counter()
+        self._window_start = now
+        self._logged: Counter[str] = Counter()  # refusals logged in this window, per reason
         self.clusters: dict[bytes, ClusterState] = {}
         for name, key in keys.items():
             store = ClusterStore(state_dir, name)
@@ -117,16 +126,32 @@ class Witness:
             log.exception("witness request failed", source=source)
         if isinstance(outcome, Refusal):
             self.stats[outcome.reason] += 1
-            log.warning(
-                "witness request refused",
-                reason=outcome.reason,
-                detail=outcome.detail,
-                source=source,
-                cluster=outcome.cluster,
-            )
+            if self._may_log(outcome.reason, now):
+                log.warning(
+                    "witness request refused",
+                    reason=outcome.reason,
+                    detail=outcome.detail,
+                    source=source,
+                    cluster=outcome.cluster,
+                )
             return None
         self.stats["answered"] += 1
         return outcome
+
+    def _may_log(self, reason: str, now: float) -> bool:
+        if now >= self._window_start + LOG_WINDOW:
+            for what, count in sorted(self._logged.items()):
+                if count > LOG_BURST:
+                    log.warning(
+                        "witness refusals not logged",
+                        reason=what,
+                        count=count - LOG_BURST,
+                        seconds=round(now - self._window_start, 1),
+                    )
+            self._logged.clear()
+            self._window_start = now
+        self._logged[reason] += 1
+        return self._logged[reason] <= LOG_BURST
 
     def _handle(self, data: bytes, now: float) -> bytes | Refusal:
         if len(data) > MAX_DATAGRAM:
