@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_support import NETNS, NODES, SERVING, Cluster
+from e2e_support import NETNS, NODES, SERVING, Cluster, cli
 
 from failover.lab import Lab
 
@@ -143,4 +143,23 @@ def test_kill_9_of_the_primary_the_peer_serves_once_the_lease_ran_out(
     took = time.monotonic() - killed_at
     print(f"takeover with a witness after kill -9: {took:.2f} s (lease_ttl {LEASE_TTL:g} s)")
     assert took < LEASE_TTL + 5, took
+    assert cluster.holder() == secondary
+
+
+def test_a_stopped_primary_releases_the_lease_and_the_peer_serves_at_once(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``failover stop`` gives the lease back once the application is stopped: the
+    peer is granted it without waiting for it to run out."""
+    cluster = WitnessedCluster(lab, tmp_path)
+    cluster.start_witness()
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    stopped_at = time.monotonic()
+    done = cli("stop", "--socket", str(cluster.socket(primary)))
+    assert done.returncode == 0, done.stderr
+    cluster.wait(f"{secondary} serves", lambda: cluster.serving() == [secondary], bound=60)
+    took = time.monotonic() - stopped_at
+    print(f"hand-over by stop with a witness: {took:.2f} s (lease_ttl {LEASE_TTL:g} s)")
+    assert took < LEASE_TTL - 1, took  # sooner than the lease could have run out
     assert cluster.holder() == secondary
