@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,18 @@ def test_status_names_a_corrupt_record(tmp_path: Path, capsys: pytest.CaptureFix
     record.write_text("{")
     assert main(["witness", "status", "-c", str(path)]) == 2
     assert "prod.json: not a valid witness record" in capsys.readouterr().err
+
+
+def test_run_names_an_address_it_cannot_listen_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        in_use = f"127.0.0.1:{taken.getsockname()[1]}"
+        for listen in ("192.0.2.1:7420", in_use):  # not this machine's; already bound
+            path = write_config(tmp_path, GOOD.replace("127.0.0.1:7420", listen))
+            argv = ["witness", "run", "-c", str(path), "--log-file", str(tmp_path / "log")]
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"failover witness: cannot listen on {listen}: "), err
+            assert "Traceback" not in err

@@ -56,7 +56,7 @@ def run_witness(args: argparse.Namespace) -> int:
     from failover.fsutil import describe_error  # noqa: PLC0415
     from failover.runtime.logging import configure_logging  # noqa: PLC0415
     from failover.witness.config import read_keys  # noqa: PLC0415
-    from failover.witness.service import Witness, serve  # noqa: PLC0415
+    from failover.witness.service import Witness, answer_on  # noqa: PLC0415
 
     config = _config_or_exit(args.config)
     if config is None:
@@ -80,25 +80,29 @@ def run_witness(args: argparse.Namespace) -> int:
         print(f"failover witness: {exc}", file=sys.stderr)
         return EXIT_INVALID
 
-    async def main() -> None:
+    async def main() -> str | None:
+        """Serve until SIGTERM/SIGINT; the problem when the address cannot be bound."""
         import signal  # noqa: PLC0415
 
         import structlog  # noqa: PLC0415
 
         log = structlog.get_logger("failover.witness")
-
-        async with anyio.create_task_group() as tg:
-            await tg.start(serve, witness, config.host, config.port)
+        try:
+            sock = await anyio.create_udp_socket(local_host=config.host, local_port=config.port)
+        except OSError as exc:  # an address not of this machine, a port in use, no such host
+            return f"cannot listen on {config.listen}: {describe_error(exc)}"
+        async with sock, anyio.create_task_group() as tg:
+            tg.start_soon(answer_on, witness, sock)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     log.info("witness stopping", signal=signal.Signals(signum).name)
                     tg.cancel_scope.cancel()
-                    return
+                    break
+        return None
 
-    try:
-        anyio.run(main)
-    except OSError as exc:
-        print(f"failover witness: {config.listen}: {describe_error(exc)}", file=sys.stderr)
+    failure = anyio.run(main)
+    if failure is not None:
+        print(f"failover witness: {failure}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 

@@ -272,18 +272,24 @@ async def serve(
     """Answer the witness's datagrams on ``host:port`` until cancelled."""
     async with await anyio.create_udp_socket(local_host=host, local_port=port) as sock:
         bound = sock.extra(anyio.abc.SocketAttribute.local_address)
-        log.info(
-            "witness listening",
-            address=f"{host}:{bound[1]}",
-            incarnation=witness.incarnation,
-            clusters=sorted(c.name for c in witness.clusters.values()),
-        )
         task_status.started((str(bound[0]), int(bound[1])))
-        async for data, (addr, sport) in sock:
-            answer = witness.handle(data, f"{addr}:{sport}", time.monotonic())
-            if answer is None:
-                continue
-            try:
-                await sock.sendto(answer, addr, sport)
-            except OSError as exc:
-                log.warning("witness answer not sent", source=f"{addr}:{sport}", error=str(exc))
+        await answer_on(witness, sock)
+
+
+async def answer_on(witness: Witness, sock: anyio.abc.UDPSocket) -> None:
+    """Answer the datagrams ``sock`` (bound) receives until cancelled."""
+    bound = sock.extra(anyio.abc.SocketAttribute.local_address)
+    log.info(
+        "witness listening",
+        address=f"{bound[0]}:{bound[1]}",
+        incarnation=witness.incarnation,
+        clusters=sorted(c.name for c in witness.clusters.values()),
+    )
+    async for data, (addr, sport) in sock:
+        answer = witness.handle(data, f"{addr}:{sport}", time.monotonic())
+        if answer is None:
+            continue
+        try:
+            await sock.sendto(answer, addr, sport)
+        except OSError as exc:
+            log.warning("witness answer not sent", source=f"{addr}:{sport}", error=str(exc))
