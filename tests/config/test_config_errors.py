@@ -360,12 +360,20 @@ CASES: dict[str, Bad] = {
         "split_brain_winner",
         "'auto' or a node name",
     ),
-    "witness arbitrator": bad(
+    "witness arbitrator without its address": bad(
         "  failback: none\n",
-        "  failback: none\n  arbitrator:\n    type: witness\n    address: 10.0.0.9:7499\n",
+        "  failback: none\n  arbitrator:\n    type: witness\n",
+        "cluster.arbitrator.address",
+        "arbitrator:",
+        "required for arbitrator type 'witness'",
+    ),
+    "witness arbitrator without a key": bad(
+        "  failback: none\n",
+        "  failback: none\n  insecure: true\n"
+        "  arbitrator: {type: witness, address: 10.0.0.9:7420}\n",
         "cluster.arbitrator.type",
-        "type: witness",
-        "arbitrator type 'witness' is not available in this version",
+        "arbitrator:",
+        "cannot be used with insecure: true",
     ),
     "arbitrator port in other digits": bad(
         "  failback: none\n",

@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.quarantinecmd",
     "failover.cli.democmd",
     "failover.cli.auditcmd",
+    "failover.cli.witnesscmd",
 )
 
 Handler = Callable[[argparse.Namespace], int]

@@ -369,20 +369,23 @@ def _check_timing(cluster: ClusterSection, found: Findings) -> None:
 
 def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
     arbitrator = cluster.arbitrator
-    if arbitrator.type == "witness":
+    if arbitrator.type != "witness":
+        return
+    if arbitrator.address is None:
+        found.problems.append(
+            Problem(
+                ("cluster", "arbitrator", "address"),
+                "required for arbitrator type 'witness' (the witness's host:port)",
+            )
+        )
+    if cluster.insecure:
         found.problems.append(
             Problem(
                 ("cluster", "arbitrator", "type"),
-                "arbitrator type 'witness' is not available in this version",
+                "a witness grants only requests signed with the cluster key: "
+                "it cannot be used with insecure: true",
             )
         )
-        if arbitrator.address is None:
-            found.problems.append(
-                Problem(
-                    ("cluster", "arbitrator", "address"),
-                    "required for arbitrator type 'witness'",
-                )
-            )
 
 
 def _check_key(cluster: ClusterSection, found: Findings) -> None:

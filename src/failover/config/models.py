@@ -152,7 +152,8 @@ class Section(BaseModel):
 
 
 class ArbitratorConfig(Section):
-    """``cluster.arbitrator``. Only ``none`` is available in this version."""
+    """``cluster.arbitrator``: ``none``, or ``witness`` at ``address`` (host:port,
+    UDP; docs/arbitration.md). A witness lease runs ``lease_ttl`` seconds."""
 
     type: Literal["none", "witness"] = "none"
     address: Annotated[StrictStr, AfterValidator(_check_host_port)] | None = None

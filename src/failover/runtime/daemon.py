@@ -74,6 +74,7 @@ from failover.platform.vip import VipError, VirtualAddress, VirtualIP
 from failover.plugins import load_replication_transport, load_transport
 from failover.replication.channel import AckLevel, ChannelSettings
 from failover.replication.directories import directories_hold_data
+from failover.runtime.arbitrator import build_arbitrator
 from failover.runtime.control import CoreNode, NodeController, transition_record
 from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.runtime.degraded import DiskFault, HeldEvents
@@ -693,6 +694,7 @@ class Daemon:
         self.outbound = Outbound(codec, name, incarnation)
         self.inbound = Inbound(codec, self.outbound, peer=self.peer)  # keeps the echo
         auth = codec.link_auth(name, self.peer)
+        self.arbitrator = build_arbitrator(config, name, incarnation)
         self.links = [
             LinkRunner(
                 link.name,
@@ -813,6 +815,7 @@ class Daemon:
             on_progress=self._notify,
             data=self.data,
             journal=self.journal.write,
+            arbitrator=self.arbitrator,
         )
         tg.start_soon(self._event_loop)
         tg.start_soon(self.executor.run)

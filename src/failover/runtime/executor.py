@@ -13,8 +13,24 @@ outcome itself (it may take hours: the queue must not wait for it).
 Without replicated directories the core emits no data effect (it knows from
 its settings, and completes a resync or quarantine of nothing itself): one
 that arrives anyway is logged as an error and ignored.
-Arbitration effects are never expected (only the ``none`` arbitrator
-exists): one is logged as an error and ignored.
+Arbitration effects go to the ``Arbitrator`` (``runtime/arbitrator.py``)
+when one is configured, and its reply is reported as the event
+``arbitration_event`` names. A request and a release keep their place in the
+queue (a release must leave only after the ``StopApp`` before it: the peer
+may take the lease as soon as it is free). A renewal runs beside the queue,
+so that a long start script cannot hold it back until the node fences,
+unless a request is queued or running: then it waits behind it.
+
+The core counts a grant from when it emitted its *newest* request or
+renewal (``requested_at``), and ``arbitration_granted`` does not say which
+one it answers. So a grant is reported only when it answers the newest
+request or renewal submitted: the grant of an older one is dropped (it may
+have left before the core's newest ask, so its lease may end sooner than the
+core would count), and a renewal still waiting for the one before it is not
+sent once a newer one is due. Refusals are always reported (acting on a
+stale refusal costs a recheck, never safety). A request abandoned at its
+deadline is reported as denied. Without an arbitrator an arbitration effect
+is logged as an error and ignored.
 
 ``submit_step`` takes all the effects of one core step and adds what its state
 changes imply for SafeKit's scripts (a mechanical consequence, not a decision):
@@ -39,6 +55,7 @@ pending action's own outcome follows.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -50,6 +67,7 @@ from anyio.abc import Process, TaskGroup
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.platform.application import Application
+from failover.runtime.arbitrator import Arbitrator, arbitration_event
 from failover.runtime.dataplane import DataPlane
 
 log = structlog.get_logger("failover.executor")
@@ -129,8 +147,14 @@ class ActionExecutor:
         on_progress: Callable[[], None] = lambda: None,
         data: DataPlane | None = None,
         journal: Journal | None = None,
+        arbitrator: Arbitrator | None = None,
     ) -> None:
         self.journal = journal
+        self.arbitrator = arbitrator
+        self._asks = 0  # requests and renewals submitted: the newest one's number
+        self._queued_asks: deque[int] = deque()  # numbers of those in the queue, in order
+        self._requests = 0  # requests queued or running
+        self._renewal_lock = anyio.Lock()
         self.app = app
         self.data = data
         self.report = report
@@ -149,7 +173,13 @@ class ActionExecutor:
         return self._outstanding == 0
 
     def submit(self, effect: fx.Effect) -> None:
-        """Queue ``effect`` behind the actions already queued."""
+        """Queue ``effect`` behind the actions already queued (a renewal runs beside them)."""
+        if isinstance(effect, fx.RequestArbitration | fx.RenewArbitration):
+            self._asks += 1
+            if isinstance(effect, fx.RenewArbitration) and self._renew_beside(effect):
+                return
+            self._queued_asks.append(self._asks)
+            self._requests += isinstance(effect, fx.RequestArbitration)
         self._outstanding += 1
         if isinstance(effect, APP_EFFECTS):
             self._app_actions += 1
@@ -180,6 +210,30 @@ class ActionExecutor:
                         waiting=HOOK_BACKLOG,
                     )
 
+    def _renew_beside(self, effect: fx.RenewArbitration) -> bool:
+        """Start ``effect`` beside the queue; False when it must be queued instead."""
+        if self.arbitrator is None or self._watchers is None or self._requests:
+            return False
+        self._watchers.start_soon(self._renew, effect, self._asks)
+        return True
+
+    async def _renew(self, effect: fx.RenewArbitration, number: int) -> None:
+        async with self._renewal_lock:
+            if number != self._asks:
+                log.info("lease renewal not sent: a newer request or renewal is due")
+                return
+            outcome = self._newest(await self._execute(effect), number)
+        if outcome is not None:
+            await self.report(outcome)
+
+    def _newest(self, outcome: ev.Event | None, number: int) -> ev.Event | None:
+        """``outcome`` of request or renewal ``number``, unless it is a grant that a
+        newer request or renewal supersedes (see the module docstring)."""
+        if isinstance(outcome, ev.ArbitrationGranted) and number != self._asks:
+            log.info("arbitration grant dropped: a newer request or renewal was sent since")
+            return None
+        return outcome
+
     def deadline_for(self, effect: fx.Effect) -> float:
         """Seconds ``effect`` may take before it is abandoned and reported as failed."""
         if isinstance(effect, fx.StartApp | fx.StopApp | fx.RestartApp | StartBoth | StopBoth):
@@ -205,10 +259,13 @@ class ActionExecutor:
                 outcome = None
                 try:
                     outcome = await self._execute(effect)
+                    if isinstance(effect, fx.RequestArbitration | fx.RenewArbitration):
+                        outcome = self._newest(outcome, self._queued_asks.popleft())
                     if outcome is not None:
                         await self.report(outcome)
                 finally:
                     self._outstanding -= 1
+                    self._requests -= isinstance(effect, fx.RequestArbitration)
                     if isinstance(effect, APP_EFFECTS):
                         self._app_actions -= 1
                     self.on_progress()
@@ -267,6 +324,8 @@ class ActionExecutor:
             return ev.ResyncFailed(reason=reason)
         if isinstance(effect, fx.Quarantine):
             return ev.QuarantineFailed(reason=reason)
+        if isinstance(effect, fx.RequestArbitration):
+            return ev.ArbitrationDenied(reason=reason)
         return None
 
     async def _perform(self, effect: fx.Effect) -> ev.Event | None:
@@ -295,11 +354,26 @@ class ActionExecutor:
                 await self.app.stop_both()
                 return None
             case fx.RequestArbitration() | fx.RenewArbitration() | fx.ReleaseArbitration():
-                log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
-                return None
+                return await self._arbitrate(effect)
             case _:
                 log.error("effect not supported by this runtime: ignored", effect=effect.name)
                 return None
+
+    async def _arbitrate(
+        self, effect: fx.RequestArbitration | fx.RenewArbitration | fx.ReleaseArbitration
+    ) -> ev.Event | None:
+        if self.arbitrator is None:
+            log.error("arbitration effect without an arbitrator: ignored", effect=effect.name)
+            return None
+        match effect:
+            case fx.RequestArbitration(generation=wanted, base=base, forced=forced):
+                reply = await self.arbitrator.request(wanted, base, forced)
+            case fx.RenewArbitration(generation=generation):
+                reply = await self.arbitrator.renew(generation)
+            case fx.ReleaseArbitration():
+                reply = await self.arbitrator.release()
+        log.info("arbitrator replied", effect=effect.name, reply=repr(reply))
+        return arbitration_event(effect, reply)
 
     def _started(self, action: str, failure: str | None) -> ev.Event:
         """The outcome of a start or restart (journaled)."""

@@ -1,0 +1,165 @@
+"""A pair with a witness in a third namespace: the witness decides who serves.
+
+Topology (the ``lab`` fixture): the heartbeats run on "crossover" only; the
+witness runs in the ``client`` namespace on "lan", which both nodes reach. So
+cutting "crossover" separates the nodes from each other but not from the
+witness. Every test ends with the audit of the journals (conftest.py): two
+nodes serving at once anywhere in the run fails it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+
+from failover.lab import Lab
+
+pytestmark = NETNS
+
+LINKS = {"crossover": "udp"}
+WITNESS_PORT = 7420
+LEASE_TTL = 6.0
+
+
+class WitnessedCluster(Cluster):
+    """``Cluster`` with ``arbitrator: {type: witness}`` and the witness in ``client``."""
+
+    def __init__(self, lab: Lab, tmp_path: Path) -> None:
+        super().__init__(lab, tmp_path, LINKS)
+        self.witness_address = f"{lab.address('client', 'lan')}:{WITNESS_PORT}"
+        document = yaml.safe_load(self.config_path.read_text())
+        document["cluster"]["arbitrator"] = {
+            "type": "witness",
+            "address": self.witness_address,
+            "lease_ttl": LEASE_TTL,
+        }
+        self.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
+        self.witness_config = tmp_path / "witness.yaml"
+        self.witness_config.write_text(
+            yaml.safe_dump(
+                {
+                    "listen": self.witness_address,
+                    "state_dir": str(tmp_path / "witness-state"),
+                    "clusters": [{"name": "e2e", "key_file": str(tmp_path / "cluster.key")}],
+                }
+            )
+        )
+        self.witness: Any = None
+
+    def start_witness(self) -> None:
+        argv = [sys.executable, "-m", "failover", "witness", "run", "-c", str(self.witness_config)]
+        argv += ["--log-file", str(self.tmp_path / "witness.log")]
+        with open(self.tmp_path / "witness.stderr", "ab") as stderr:
+            self.witness = self.lab.run("client", argv, stderr=stderr, env=self.env)
+
+    def kill_witness(self) -> None:
+        self.witness.kill()
+        self.witness.wait(timeout=10)
+
+    def serving(self) -> list[str]:
+        return [node for node in NODES if (self.status(node) or {}).get("state") in SERVING]
+
+    def holder(self) -> str | None:
+        document = yaml.safe_load(
+            (self.tmp_path / "witness-state" / "clusters" / "e2e.json").read_text()
+        )
+        return document["holder"]  # type: ignore[no-any-return]
+
+
+def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path) -> None:
+    cluster = WitnessedCluster(lab, tmp_path)
+    cluster.start_witness()
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    assert cluster.holder() == primary
+
+    lab.link_down(primary, "crossover")
+    # each loses the other; the primary keeps the lease (it renews), the
+    # secondary is refused by the witness at each recheck
+    cluster.wait(
+        f"{primary} alone, {secondary} waiting",
+        lambda: cluster.state(primary) == "alone" and cluster.state(secondary) == "wait",
+    )
+    started = cluster.uptime(secondary)
+
+    def never_two() -> bool:
+        assert len(cluster.serving()) <= 1, cluster.describe()
+        return cluster.uptime(secondary) - started >= 2 * LEASE_TTL
+
+    cluster.wait("two lease times with one node serving", never_two, bound=60)
+    assert cluster.state(primary) == "alone" and cluster.holder() == primary
+    status = cluster.status(secondary)
+    assert status is not None and "held by" in status["reason"], status["reason"]
+
+    lab.link_up(primary, "crossover")
+    cluster.wait(
+        "paired again",
+        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
+        bound=60,
+    )
+    assert cluster.serving() == [primary]
+
+
+def test_the_witness_killed_under_a_healthy_pair(lab: Lab, tmp_path: Path) -> None:
+    """With the core's lease model the serving node needs a renewed lease at all
+    times: when the witness dies it stops serving before its lease could run out
+    (about lease_ttl - lease_margin), and serves again once the witness is back
+    (the witness's record still names it)."""
+    cluster = WitnessedCluster(lab, tmp_path)
+    cluster.start_witness()
+    cluster.start_both()
+    primary, _ = cluster.paired()
+    killed_at = time.monotonic()
+    cluster.kill_witness()
+    cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
+    stopped_after = time.monotonic() - killed_at
+    print(f"the primary stopped {stopped_after:.2f} s after the witness was killed")
+    assert stopped_after < LEASE_TTL + 5, stopped_after
+    restarted_at = time.monotonic()
+    cluster.start_witness()
+    cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=60)
+    print(f"served again {time.monotonic() - restarted_at:.2f} s after the witness restarted")
+    assert cluster.serving() == [primary]
+
+
+def test_kill_9_of_the_primary_the_peer_serves_once_the_lease_ran_out(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The dead primary's lease must run out at the witness before the peer is
+    granted it: the takeover takes more than the dead timeout, less than the
+    lease time plus a generous allowance."""
+    cluster = WitnessedCluster(lab, tmp_path)
+    cluster.start_witness()
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    killed_at = time.monotonic()
+    cluster.kill9(primary)
+    cluster.wait(f"{secondary} serves", lambda: cluster.state(secondary) == "alone", bound=60)
+    took = time.monotonic() - killed_at
+    print(f"takeover with a witness after kill -9: {took:.2f} s (lease_ttl {LEASE_TTL:g} s)")
+    assert took < LEASE_TTL + 5, took
+    assert cluster.holder() == secondary
+
+
+def test_a_stopped_primary_releases_the_lease_and_the_peer_serves_at_once(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """``failover stop`` gives the lease back once the application is stopped: the
+    peer is granted it without waiting for it to run out."""
+    cluster = WitnessedCluster(lab, tmp_path)
+    cluster.start_witness()
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    stopped_at = time.monotonic()
+    done = cli("stop", "--socket", str(cluster.socket(primary)))
+    assert done.returncode == 0, done.stderr
+    cluster.wait(f"{secondary} serves", lambda: cluster.serving() == [secondary], bound=60)
+    took = time.monotonic() - stopped_at
+    print(f"hand-over by stop with a witness: {took:.2f} s (lease_ttl {LEASE_TTL:g} s)")
+    assert took < LEASE_TTL - 1, took  # sooner than the lease could have run out
+    assert cluster.holder() == secondary
