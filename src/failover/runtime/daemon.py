@@ -554,6 +554,7 @@ class Daemon:
             pid=os.getpid(),
             links=[link.name for link in self.config.links],
             split_brain_winner=settings.split_brain_winner,
+            arbitrator=self.config.cluster.arbitrator.type,
             recovered=recovered,
             timing=self.config.timing.model_dump(),
             **_metadata_fields(self.node.facts.metadata),
