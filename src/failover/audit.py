@@ -12,10 +12,11 @@ shares: the two nodes' records of a lab run fall on one time line.
 ``audit(node_logs, acked=..., found=...)`` replays both time lines and checks:
 
 - S1: a node starts serving while its peer serves (in a serving state, or
-  still holding the application or the address) only when it heard nothing on
-  any link, or by a forced promotion; and a serving node that hears its peer
-  serving keeps serving only if it wins the split brain (the configured
-  winner, else the higher generation).
+  still holding the application or the address) only by a forced promotion,
+  or, without an arbitrator, when it heard nothing on any link; and a serving
+  node that hears its peer serving keeps serving only if it wins the split
+  brain (the configured winner, else the higher generation). Whether the
+  cluster has an arbitrator is read from each boot's ``start`` record.
 - S2: a node enters ``alone``/``primary`` only if the peer's persisted data is
   not newer (``core.compare.relation``), unless forced, a blind takeover, or
   the peer's newer generation is of the forced lineage.
@@ -56,6 +57,9 @@ JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
+NO_ARBITRATOR = "none"
+"""The ``arbitrator`` of a start record without one (also read from a start record
+that has no such field: journals written before the field was)."""
 INCOMPLETE = "journal incomplete"
 """The finding for a node's lost records (a ``gap``, or a boot whose ``start`` record
 is missing): what they would show is not judged."""
@@ -224,6 +228,8 @@ def _check_record(data: Any) -> str | None:
         return "'step' must be an integer"
     if kind == "gap" and data.get("since") is not None and not _number(data["since"]):
         return "'since' must be a number"
+    if kind == "start" and not isinstance(data.get("arbitrator", ""), str):
+        return "'arbitrator' must be a string (the arbitrator's type)"
     links = data.get("links")
     if (
         kind == "start"
@@ -384,6 +390,7 @@ class Snapshot:
     meta: Metadata = field(default_factory=Metadata)
     forced: bool = False  # the current serving interval began by a forced promotion
     winner: str | None = None  # split_brain_winner from the start record
+    arbitrator: str | None = None  # the arbitrator's type from the start record (None: none)
     gap: Record | None = None  # records were lost before this, in this boot: not sure
 
     @property
@@ -453,6 +460,8 @@ class Timeline:
                 winner = record.get("split_brain_winner")
                 now = Snapshot(record.mono, "stop", held, links, _meta(record, now.meta))
                 now.winner = winner if isinstance(winner, str) else None
+                arbitrator = record.get("arbitrator", NO_ARBITRATOR)
+                now.arbitrator = None if arbitrator == NO_ARBITRATOR else str(arbitrator)
             elif kind == "meta":
                 now.meta = _meta(record, now.meta)
             elif kind == "transition":
@@ -531,6 +540,7 @@ class _Audit:
     its later starts do not owe them. Never the writer's own: the node that
     acknowledged a record must still hold it when it serves again."""
     _unjudged: dict[str, list[str]] = field(default_factory=dict)  # per gap record: checks
+    both: list[Overlap] = field(default_factory=list)  # when both nodes served at once
 
     def unjudged(self, mono: float, nodes: Iterable[str], check: str) -> bool:
         """True (and noted under the gap) when a node's journal lost what ``check`` at
@@ -579,6 +589,7 @@ class _Audit:
         )
 
     def run(self) -> None:
+        self.both = _overlap_intervals(self.timelines)
         lineage = self.forced_lineage()
         for line in self.timelines.values():
             self.check_node(line, lineage)
@@ -662,20 +673,26 @@ class _Audit:
     def check_entry(
         self, node: str, record: Record, before: Snapshot, peer: Timeline | None
     ) -> None:
-        """S1: starting to serve while the peer serves needs silence on every link, or force."""
+        """S1: starting to serve while the peer serves needs force, or, without an
+        arbitrator, silence on every link (the model's ``check_s1``)."""
         if peer is None or self.unjudged(record.mono, [node, peer.node], "S1"):
             return
         other = peer.at(record.mono)
         if other is None or not other.serving:
             return
         forced = record.kind == "transition" and bool(record.get("forced"))
-        if forced or other.forced:
+        if forced or other.forced:  # the operator's choice, with an arbitrator too
             self.figures["forced_overlaps"] += 1
             return
-        if before.silent:
+        arbitrator = before.arbitrator or other.arbitrator
+        if before.silent and arbitrator is None:  # a full partition looks like a dead peer
             self.figures["blind_overlaps"] += 1
             return
         up = sorted(name for name, is_up in before.links.items() if is_up)
+        if up:
+            heard = f"link(s) {', '.join(up)} were up on {node}"
+        else:
+            heard = f"{node} heard nothing on any link"
         holds = (
             f"in {other.state}"
             if other.state in SERVING
@@ -687,13 +704,26 @@ class _Audit:
             if record.kind == "transition"
             else f"started the application in {before.state}"
         )
-        self.flag(
-            "S1",
-            record,
-            [node, peer.node],
-            f"{node} {what} while {peer.node} served ({holds}) and link(s) "
-            f"{', '.join(up)} were up on {node}",
-        )
+        why = f"{node} {what} while {peer.node} served ({holds}) and {heard}"
+        if arbitrator is not None:
+            why += f", with an arbitrator ({arbitrator}) configured"
+        self.flag("S1", record, [node, peer.node], f"{why}; {self.both_served(record.mono)}")
+
+    def both_served(self, mono: float) -> str:
+        """The interval, from ``mono``, during which both nodes served, in words."""
+        names = " and ".join(sorted(self.timelines))
+        for overlap in self.both:
+            if overlap.begin <= mono <= overlap.end:
+                if not overlap.closed:
+                    return (
+                        f"{names} both served from t={overlap.begin:.3f} to the end of the "
+                        f"journals (t={overlap.end:.3f})"
+                    )
+                return (
+                    f"{names} both served from t={overlap.begin:.3f} to t={overlap.end:.3f} "
+                    f"({overlap.end - overlap.begin:.3f} s)"
+                )
+        return f"{names} both served at t={mono:.3f}"
 
     def check_stale(
         self,
@@ -839,29 +869,54 @@ def audit(
             for name, line in timelines.items()
         },
         acked=None if acks is None else len(acks),
-        overlaps=_overlaps(timelines),
+        overlaps=_overlaps(run.both),
+        arbitrators={
+            name: sorted(
+                {str(r.get("arbitrator", NO_ARBITRATOR)) for r in line.records if r.kind == "start"}
+            )
+            for name, line in timelines.items()
+        },
     )
     run.violations.sort(key=lambda v: v.mono)
     return Report(run.violations, run.figures, checked)
 
 
-def _overlaps(timelines: Mapping[str, Timeline]) -> dict[str, Any]:
-    """How long both nodes served at once (state or resources), in total and at most."""
+@dataclass(frozen=True)
+class Overlap:
+    """An interval during which both nodes served (state or resources); ``closed``
+    is False when it lasts until the last record read (``end``)."""
+
+    begin: float
+    end: float
+    closed: bool
+
+
+def _overlap_intervals(timelines: Mapping[str, Timeline]) -> list[Overlap]:
+    """Every interval during which both nodes served at once, in order."""
     lines = list(timelines.values())
     if len(lines) != 2:
-        return {"count": 0, "seconds": 0.0, "longest": 0.0}
+        return []
     monos = sorted({*lines[0].monos, *lines[1].monos})
-    count, total, longest, began = 0, 0.0, 0.0, None
+    found: list[Overlap] = []
+    began = None
     for mono in monos:
         snaps = [line.at(math.nextafter(mono, math.inf)) for line in lines]
         both = all(s is not None and s.serving for s in snaps)
         if both and began is None:
-            began, count = mono, count + 1
+            began = mono
         elif not both and began is not None:
-            total += mono - began
-            longest = max(longest, mono - began)
+            found.append(Overlap(began, mono, closed=True))
             began = None
     if began is not None:
-        total += monos[-1] - began
-        longest = max(longest, monos[-1] - began)
-    return {"count": count, "seconds": round(total, 6), "longest": round(longest, 6)}
+        found.append(Overlap(began, monos[-1], closed=False))
+    return found
+
+
+def _overlaps(intervals: Iterable[Overlap]) -> dict[str, Any]:
+    """How long both nodes served at once (state or resources), in total and at most."""
+    spans = [o.end - o.begin for o in intervals]
+    return {
+        "count": len(spans),
+        "seconds": round(sum(spans), 6),
+        "longest": round(max(spans, default=0.0), 6),
+    }

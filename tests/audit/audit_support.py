@@ -46,8 +46,12 @@ class Journal:
         synced: str = "0",
         winner: str | None = None,
         recovered: bool | str = False,
+        arbitrator: str | None = None,
     ) -> Journal:
+        """A daemon's start; ``arbitrator`` (``"none"``, ``"witness"``) as the daemon
+        writes it, left out when None (as in journals written before it was)."""
         self.seq, self.step = 0, 0
+        extra = {} if arbitrator is None else {"arbitrator": arbitrator}
         return self._add(
             "start",
             mono,
@@ -61,6 +65,7 @@ class Journal:
             synced=synced,
             consistent=True,
             last_state=None,
+            **extra,
         )
 
     def restart(self, mono: float, generation: str, **kwargs: Any) -> Journal:
@@ -120,11 +125,13 @@ class Journal:
         return path
 
 
-def paired(alpha: Journal, beta: Journal, at: float = 10.0) -> float:
+def paired(
+    alpha: Journal, beta: Journal, at: float = 10.0, *, arbitrator: str | None = None
+) -> float:
     """Both start, meet, alpha serves, beta follows: alpha primary, beta secondary
     at generation 1:alpha, every link up on both. Returns the time it is done."""
-    alpha.start(at)
-    beta.start(at)
+    alpha.start(at, arbitrator=arbitrator)
+    beta.start(at, arbitrator=arbitrator)
     alpha.next_step().transition(at + 0.01, "stop", "wait", "0", event="start")
     beta.next_step().transition(at + 0.01, "stop", "wait", "0", event="start")
     alpha.next_step().peer(at + 0.1, "wait", "0").meta(at + 0.1, "1:alpha").link(at + 0.1, True)

@@ -113,6 +113,12 @@ GOOD = json.dumps(
             ),
             "'links' must be a list of link names",
         ),
+        (
+            GOOD.replace('"link", "node"', '"start", "node"').replace(
+                '"link": "lan"', '"generation": "0", "arbitrator": true'
+            ),
+            "'arbitrator' must be a string",
+        ),
     ],
 )
 def test_garbage_exits_2_naming_file_and_line(

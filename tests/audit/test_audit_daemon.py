@@ -90,6 +90,9 @@ async def test_a_real_pairing_is_journaled_and_keeps_the_invariants(
     transitions = [r for r in records if r["kind"] == "transition"]
     assert all({"from", "to", "generation", "forced", "synced", "consistent"} <= set(r)
                for r in transitions)  # fmt: skip
+    starts = [r for r in records if r["kind"] == "start"]
+    assert [r["arbitrator"] for r in starts] == ["none", "none"]  # the audit's S1 needs it
     report = audit(journals)
     assert report.ok, report
     assert report.figures["entries"] == 1 and report.figures["overlaps"]["count"] == 0
+    assert report.figures["arbitrators"] == {"alpha": ["none"], "beta": ["none"]}

@@ -78,6 +78,56 @@ def test_s1_both_serve_after_a_takeover_in_silence_and_the_loser_yields(tmp_path
     assert report.figures["overlaps"]["count"] == 1
 
 
+def partitioned(
+    tmp_path: Path, alpha_arbitrator: str | None, beta_arbitrator: str | None, heal: bool = True
+) -> tuple[Report, float]:
+    """The run above (a full partition, beta takes over blind, alpha yields at
+    ``t + 15`` when ``heal``) with each node's start record naming its arbitrator."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta)
+    for journal, arbitrator in ((alpha, alpha_arbitrator), (beta, beta_arbitrator)):
+        if arbitrator is not None:
+            journal.records[0]["arbitrator"] = arbitrator  # its start record
+    partition(alpha, beta, t + 10)
+    if heal:
+        alpha_yields(alpha, beta, t + 15)
+    return run(tmp_path, alpha, beta), t
+
+
+@pytest.mark.parametrize("arbitrator", [None, "none"])
+def test_s1_without_an_arbitrator_a_blind_takeover_may_serve_beside_its_peer(
+    tmp_path: Path, arbitrator: str | None
+) -> None:
+    """No arbitrator in the start records (``none``, or a journal older than the
+    field): a full partition may make both serve until they hear each other."""
+    report, _ = partitioned(tmp_path, arbitrator, arbitrator)
+    assert report.ok, report
+    assert report.figures["blind_overlaps"] == 1
+    assert report.figures["arbitrators"] == {"alpha": ["none"], "beta": ["none"]}
+
+
+@pytest.mark.parametrize(
+    ("alpha_arbitrator", "beta_arbitrator"),
+    [("witness", "witness"), ("witness", None), (None, "witness")],
+)
+@pytest.mark.parametrize("heal", [True, False])
+def test_s1_with_an_arbitrator_a_blind_takeover_beside_a_serving_peer_is_a_violation(
+    tmp_path: Path, alpha_arbitrator: str | None, beta_arbitrator: str | None, heal: bool
+) -> None:
+    """With an arbitrator (named in either node's start record: both should name
+    the same) S1 has no exception for silence: beta's takeover while alpha still
+    serves behind the partition is the violation, with the interval both served."""
+    report, t = partitioned(tmp_path, alpha_arbitrator, beta_arbitrator, heal)
+    assert kinds(report) == ["S1"], report
+    violation = report.violations[0]
+    assert violation.nodes == ("alpha", "beta") and violation.mono == t + 10.2
+    assert "with an arbitrator (witness) configured" in violation.why, violation.why
+    assert "beta heard nothing on any link" in violation.why, violation.why
+    until = f"to t={t + 15.5:.3f} (5.300 s)" if heal else "to the end of the journals"
+    assert f"alpha and beta both served from t={t + 10.2:.3f} {until}" in violation.why
+    assert report.figures["blind_overlaps"] == 0
+
+
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
     tmp_path: Path,
 ) -> None:
@@ -170,8 +220,14 @@ def test_s1_a_restarted_node_whose_recovery_timed_out_still_serves(tmp_path: Pat
     assert "still holding the application" in report.violations[0].why
 
 
-def test_s1_a_forced_promotion_may_serve_beside_its_peer(tmp_path: Path) -> None:
-    alpha, beta, t = pair()
+@pytest.mark.parametrize("arbitrator", [None, "witness"])
+def test_s1_a_forced_promotion_may_serve_beside_its_peer(
+    tmp_path: Path, arbitrator: str | None
+) -> None:
+    """An operator's forced promotion is the one exception S1 keeps with an
+    arbitrator (the model's ``check_s1``: the operator overrode the cluster)."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator=arbitrator)
     beta.next_step().transition(t + 1, "secondary", "wait", "1:alpha", event="second")
     beta.serve(t + 2, "wait", "alone", "2:beta", event="prim", forced=True)
     report = run(tmp_path, alpha, beta)
