@@ -699,6 +699,11 @@ class _Audit:
             else f"in {other.state} but still holding the application/address (its stop "
             "had not finished)"
         )
+        if peer.monos[-1] < record.mono:  # its last record: its daemon was killed or stalls
+            holds += (
+                f"; its journal ends at t={peer.monos[-1]:.3f} without an exit record: a "
+                "daemon killed or stalled counts as still holding what it held"
+            )
         what = (
             f"started serving ({record.get('from')} -> {record.get('to')} on {record.get('event')})"
             if record.kind == "transition"

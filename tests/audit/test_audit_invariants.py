@@ -128,6 +128,27 @@ def test_s1_with_an_arbitrator_a_blind_takeover_beside_a_serving_peer_is_a_viola
     assert report.figures["blind_overlaps"] == 0
 
 
+@pytest.mark.parametrize("arbitrator", ["none", "witness"])
+def test_s1_a_takeover_from_a_killed_daemon_that_held_the_application(
+    tmp_path: Path, arbitrator: str
+) -> None:
+    """alpha's daemon is killed (its journal just ends): its application and address
+    may still run, so beta's takeover makes two servers. Excused as blind without an
+    arbitrator; with one, only a fence that stops them by the lease's deadline (and
+    says so in the journal) could make that takeover safe."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator=arbitrator)
+    beta_takes_over(beta, t + 10)
+    report = run(tmp_path, alpha, beta)
+    if arbitrator == "none":
+        assert report.ok, report
+        return
+    assert kinds(report) == ["S1"], report
+    assert f"its journal ends at t={t - 0.09:.3f} without an exit record" in (
+        report.violations[0].why
+    )
+
+
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
     tmp_path: Path,
 ) -> None:
