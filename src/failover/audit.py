@@ -699,10 +699,10 @@ class _Audit:
             else f"in {other.state} but still holding the application/address (its stop "
             "had not finished)"
         )
-        if peer.monos[-1] < record.mono:  # its last record: its daemon was killed or stalls
+        if peer.monos[-1] < record.mono:  # its last record: killed, stalled, or just quiet
             holds += (
-                f"; its journal ends at t={peer.monos[-1]:.3f} without an exit record: a "
-                "daemon killed or stalled counts as still holding what it held"
+                f"; its journal has no record after t={peer.monos[-1]:.3f}: serving on, "
+                "stalled or killed, it counts as holding what it held"
             )
         what = (
             f"started serving ({record.get('from')} -> {record.get('to')} on {record.get('event')})"
