@@ -18,8 +18,9 @@ shares: the two nodes' records of a lab run fall on one time line.
   brain (the configured winner, else the higher generation). Whether the
   cluster has an arbitrator is read from each boot's ``start`` record.
 - S2: a node enters ``alone``/``primary`` only if the peer's persisted data is
-  not newer (``core.compare.relation``), unless forced, a blind takeover, or
-  the peer's newer generation is of the forced lineage.
+  not newer (``core.compare.relation``), unless forced, a blind takeover (none
+  with an arbitrator, for S2 and S3 alike), or the peer's newer generation is of
+  the forced lineage.
 - S3: every acknowledged record (``acked``) is held (``found``) by every node
   that starts serving after it was acknowledged, except writes made on the
   other side of a split brain (S6 keeps those) and, after a blind takeover,
@@ -730,6 +731,16 @@ class _Audit:
                 )
         return f"{names} both served at t={mono:.3f}"
 
+    @staticmethod
+    def blind(record: Record, before: Snapshot, other: Snapshot | None) -> bool:
+        """A blind takeover, for S2 and S3: a secondary's start of service after hearing
+        nothing on any link, without an arbitrator (with one, the arbitrator grants
+        service only to the newest data: the model's ``entered_serving``)."""
+        arbitrated = before.arbitrator is not None or (
+            other is not None and other.arbitrator is not None
+        )
+        return record.get("from") == "secondary" and before.silent and not arbitrated
+
     def check_stale(
         self,
         node: str,
@@ -745,7 +756,7 @@ class _Audit:
         other = peer.at(record.mono)
         if other is None or self.unjudged(record.mono, [node, peer.node], "S2"):
             return
-        blind = record.get("from") == "secondary" and before.silent
+        blind = self.blind(record, before, other)
         mine, theirs = step_start.meta, other.meta
         if blind or theirs.generation in lineage or not theirs.consistent:
             return
@@ -765,7 +776,8 @@ class _Audit:
             return
         self.figures["s3_entries"] += 1
         t = record.mono
-        blind = record.get("from") == "secondary" and before.silent
+        peer = self.peer_of(node)
+        blind = self.blind(record, before, None if peer is None else peer.at(t))
         absent = self._absent.get(node)
         if absent is None:  # once per node: usually few, whatever the number of acks
             held = self.found[node]

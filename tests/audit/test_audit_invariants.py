@@ -290,11 +290,18 @@ def test_s2_a_forced_promotion_over_newer_data_is_the_operators_choice(tmp_path:
     assert run(tmp_path, alpha, beta).ok
 
 
-def test_s2_a_blind_takeover_cannot_know_the_newer_data(tmp_path: Path) -> None:
-    alpha, beta, t = pair()
+@pytest.mark.parametrize("arbitrator", [None, "none", "witness"])
+def test_s2_a_blind_takeover_cannot_know_the_newer_data(
+    tmp_path: Path, arbitrator: str | None
+) -> None:
+    """Excused without an arbitrator; with one, which grants service only to the
+    newest data, a blind takeover is held to S2 as any other (the model's rule)."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator=arbitrator)
     beta.next_step().link(t + 4, False)  # beta hears nothing any more
     stale_takeover(alpha, beta, t + 5)
-    assert run(tmp_path, alpha, beta).ok
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == (["S2"] if arbitrator == "witness" else []), report
 
 
 def test_s2_and_s3_only_a_takeover_from_secondary_is_blind(tmp_path: Path) -> None:
@@ -385,6 +392,20 @@ def test_s3_writes_made_alone_behind_a_full_partition_are_s6s(tmp_path: Path) ->
     acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
     report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
     assert report.ok, report
+
+
+def test_s3_with_an_arbitrator_writes_made_alone_are_owed_after_a_blind_takeover(
+    tmp_path: Path,
+) -> None:
+    """The same run with a witness: silence excuses no takeover (S1: alpha's daemon
+    died holding the application), nor the newer data (S2), nor its writes (S3)."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    alone_then_crash(alpha, beta, t + 5, cut=True)
+    acked = acks(tmp_path / "acked", (1, t + 1), (2, t + 6), (3, t + 6.5))
+    report = run(tmp_path, alpha, beta, acked=acked, found={"beta": ids(tmp_path / "b", 1)})
+    assert kinds(report) == ["S1", "S2", "S3"], report
+    assert report.violations[2].why.endswith("without 2 acknowledged record(s): 2, 3")
 
 
 def test_s3_writes_behind_a_partition_stay_s6s_at_later_starts(tmp_path: Path) -> None:
