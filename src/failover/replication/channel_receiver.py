@@ -246,8 +246,6 @@ class ReplicationReceiver:
                                 self._queue_locked(batches, (event.entries, len(message), None))
                         elif isinstance(event, Broken) and event.failure is not None:
                             failure.append(event.failure)
-                    if inline is not None and protocol.wants_to_send:
-                        self._output_locked()  # a received-level ack, a probe answer: first
                 rest: _Batch | None = None
                 if inline is not None:
                     try:
