@@ -39,7 +39,7 @@ import anyio.lowlevel
 
 from failover.codec import buffer_size
 from failover.errors import FailoverError, PeerProtocolError, TransportError
-from failover.replication.apply import ApplyError
+from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel_io import VectoredStream, Wakeup
 from failover.replication.channel_session import (
     PeerInfo,
@@ -57,8 +57,8 @@ _Batch = tuple[_Entries, int, int | None]
 entry the receive task applied (written) and left to the apply thread: it
 fsyncs that one, then applies the entries after it."""
 INLINE_BYTES = 64 * 1024
-"""The default ``inline_bytes`` of a sink that takes small writes in the
-receive task (``Applier``): a pwrite of at most this many bytes."""
+"""The default ``inline_bytes`` of an ``Applier`` sink: a pwrite of at most this
+many bytes to a local file system, cheap enough for the receive task."""
 ACK_EVERY = 8
 """Messages applied at most before an ack goes out although more are waiting."""
 BACKLOG_BYTES = 64 * 1024 * 1024
@@ -101,10 +101,11 @@ class ReplicationReceiver:
     ops of at most that many bytes in all (and ``Fsync`` ops) is applied by the
     receive task itself when the apply thread has nothing to do, without a
     thread hop (an ``Fsync``'s fsync still goes to the thread), unless the
-    primary asked for acks at the received level (they wait for no apply); for
-    a sink whose apply of such a write never blocks for long (``INLINE_BYTES``
-    for an ``Applier`` on local disks); 0, the default: every entry goes to the
-    thread.
+    primary asked for acks at the received level (they wait for no apply). It
+    is for a sink whose apply of such a write never blocks for long; by default
+    ``INLINE_BYTES`` for an ``Applier`` (a pwrite to a local file system), else
+    0: every entry goes to the thread (a sink that may wait on something, as the
+    resync target waits for a verify pass, keeps the event loop free).
     """
 
     def __init__(
@@ -114,9 +115,11 @@ class ReplicationReceiver:
         *,
         on_item: ItemHandler | None = None,
         timeout: float = 5.0,
-        inline_bytes: int = 0,
+        inline_bytes: int | None = None,
     ) -> None:
         self._identity = identity
+        if inline_bytes is None:
+            inline_bytes = INLINE_BYTES if isinstance(sink, Applier) else 0
         self._inline_bytes = inline_bytes
         self._sink = sink
         self._on_item = on_item
