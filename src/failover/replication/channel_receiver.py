@@ -5,9 +5,13 @@ sans-IO ``ReceiverProtocol`` (``replication/protocol.py``); this module moves
 its bytes and applies what it delivers. One lock guards the protocol.
 
 - The receive task (event loop) feeds each message to the protocol: a
-  ``PROBE`` is answered at once, ahead of any apply; the entries of an
+  ``PROBE`` is answered at once, ahead of any queued apply; the entries of an
   ``ITEMS`` message (all of it valid, or none of it delivered) go to the apply
-  thread.
+  thread, or, when they are only small writes (and ``Fsync`` ops: their fsync
+  still goes to the thread) and the thread has nothing queued, the receive
+  task applies them itself (``inline_bytes``): no thread hop, and the order
+  kept. It sends the protocol's ack once no further whole message waits in
+  the stream's buffer: one ack for a write and the fsync read with it.
 - The apply thread (one per session, not one hop per op) applies the entries
   in order (file I/O never blocks the event loop) and tells the protocol;
   the protocol's acks (received / written / fsynced, see there) are coalesced:
