@@ -1,7 +1,7 @@
 """The replication channel over loopback TCP, against raw TCP in the same run.
 
     .venv/bin/python bench/replication_channel.py [--mib 512] [--round-trips 2000] [--repeat 3]
-        [--discard]
+        [--discard] [--inline-bytes 65536]
 
 The receiving end runs in a child process (as on the peer node), the sending
 end here. Two figures, each with its baseline measured alongside:
@@ -18,6 +18,10 @@ end here. Two figures, each with its baseline measured alongside:
 (b) synchronous commit: ``--round-trips`` times a 4 KiB ``Write`` + ``sync(Fsync)``
     at the default ack level (written; the receiver fsyncs on tmpfs), p50 and p99, against a raw TCP
     ping-pong of 4 KiB each way.
+
+``--inline-bytes``: the receiver's (writes of at most that many bytes applied
+in its receive task when its apply thread is idle; 0: all in the thread, as
+before issue 10's third wave).
 
 Each figure runs ``--repeat`` times, the baseline and the channel alternating,
 and prints the median and the range: on a shared machine one run says little.

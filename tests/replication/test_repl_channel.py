@@ -12,9 +12,11 @@ import anyio
 import pytest
 from channel_support import (
     ROOT,
+    RecordingSink,
     Session,
     blocking_call,
     finished,
+    identities,
     session,
     snapshot,
     stream_pair,
@@ -24,7 +26,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from failover.replication.apply import Applier
-from failover.replication.channel import INLINE_BYTES, AckLevel, ChannelSettings, ItemKind
+from failover.replication.channel import (
+    INLINE_BYTES,
+    AckLevel,
+    ChannelSettings,
+    ItemKind,
+    ReplicationReceiver,
+)
 from failover.replication.ops import (
     Chmod,
     Create,
@@ -132,6 +140,19 @@ async def test_writes_applied_inline_and_in_the_thread_keep_their_order(tmp_path
         assert (tmp_path / "b" / "f").read_bytes() == expected
         assert len(appliers) == 2, f"writes applied by {appliers}: not both paths"
         assert running.sender.broken is None
+
+
+def test_only_an_applier_sink_has_its_small_writes_applied_in_the_receive_task(
+    tmp_path: Path,
+) -> None:
+    # Any other sink may block (the resync target waits for a verify pass, a test's
+    # gate): it keeps the event loop free unless its owner says otherwise.
+    _, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        assert ReplicationReceiver(secondary, applier)._inline_bytes == INLINE_BYTES
+        assert ReplicationReceiver(secondary, RecordingSink(applier))._inline_bytes == 0
+        explicit = ReplicationReceiver(secondary, RecordingSink(applier), inline_bytes=4096)
+        assert explicit._inline_bytes == 4096
 
 
 @pytest.mark.parametrize("inline", [0, INLINE_BYTES], ids=["thread", "inline"])
