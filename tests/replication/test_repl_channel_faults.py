@@ -194,9 +194,10 @@ async def test_a_forged_ack_breaks_the_sender_once(tmp_path: Path) -> None:
     primary, secondary = identities()
     broken: list[str] = []
     sender = ReplicationSender(primary, ChannelSettings(timeout=WAIT_TIMEOUT), broken.append)
-    async with stream_pair() as (a, b), anyio.create_task_group() as tg:
-        tg.start_soon(sender.handshake, a)
-        _, cipher = await greet_as_secondary(b, secondary, WAIT_TIMEOUT)
+    async with stream_pair() as (a, b):
+        async with anyio.create_task_group() as greeting:  # both ends done before run()
+            greeting.start_soon(sender.handshake, a)
+            _, cipher = await greet_as_secondary(b, secondary, WAIT_TIMEOUT)
         await b.send(cipher.sealer.seal(Kind.ACK, [encode_ack(Ack(9, 9, 9))]))
         with anyio.fail_after(WAIT_TIMEOUT):
             await sender.run()
