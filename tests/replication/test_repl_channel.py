@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import tempfile
@@ -135,8 +136,11 @@ async def test_writes_applied_inline_and_in_the_thread_keep_their_order(tmp_path
             for op in ops:
                 if isinstance(op, Write):
                     expected[op.offset : op.offset + len(op.data)] = op.data
-                running.sender.after(op)
-            await sync_in_thread(running, Fsync(ROOT, b"f", False))
+                last = running.sender.queue(op)
+            # The last write, behind the large one, is the thread's: its ack leaves
+            # once the thread is idle again (an Fsync's ack would leave before its fsync).
+            assert await running.in_thread(functools.partial(running.sender.wait_acked, last))
+        await sync_in_thread(running, Fsync(ROOT, b"f", False))
         assert (tmp_path / "b" / "f").read_bytes() == expected
         assert len(appliers) == 2, f"writes applied by {appliers}: not both paths"
         assert running.sender.broken is None
