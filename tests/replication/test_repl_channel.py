@@ -149,8 +149,8 @@ async def test_writes_applied_inline_and_in_the_thread_keep_their_order(tmp_path
 def test_only_an_applier_sink_has_its_small_writes_applied_in_the_receive_task(
     tmp_path: Path,
 ) -> None:
-    # Any other sink may block (the resync target waits for a verify pass, a test's
-    # gate): it keeps the event loop free unless its owner says otherwise.
+    # Any other sink may block (a test's gate): it keeps the event loop free unless
+    # its owner says otherwise (the data plane does for its resync target).
     _, secondary = identities()
     with Applier({ROOT: tmp_path}) as applier:
         assert ReplicationReceiver(secondary, applier)._inline_bytes == INLINE_BYTES

@@ -108,8 +108,9 @@ class ReplicationReceiver:
     primary asked for acks at the received level (they wait for no apply). It
     is for a sink whose apply of such a write never blocks for long; by default
     ``INLINE_BYTES`` for an ``Applier`` (a pwrite to a local file system), else
-    0: every entry goes to the thread (a sink that may wait on something, as the
-    resync target waits for a verify pass, keeps the event loop free).
+    0: every entry goes to the thread (a sink of unknown cost, a test's sink
+    held at a gate, keeps the event loop free; the resync target passes
+    ``INLINE_BYTES``: its bookkeeping around the ``Applier`` is a few lookups).
     """
 
     def __init__(
