@@ -1,7 +1,7 @@
 """The replication channel over loopback TCP, against raw TCP in the same run.
 
     .venv/bin/python bench/replication_channel.py [--mib 512] [--round-trips 2000] [--repeat 3]
-        [--discard]
+        [--discard] [--inline-bytes 65536]
 
 The receiving end runs in a child process (as on the peer node), the sending
 end here. Two figures, each with its baseline measured alongside:
@@ -18,6 +18,10 @@ end here. Two figures, each with its baseline measured alongside:
 (b) synchronous commit: ``--round-trips`` times a 4 KiB ``Write`` + ``sync(Fsync)``
     at the default ack level (written; the receiver fsyncs on tmpfs), p50 and p99, against a raw TCP
     ping-pong of 4 KiB each way.
+
+``--inline-bytes``: the receiver's (writes of at most that many bytes applied
+in its receive task when its apply thread is idle; 0: all in the thread, as
+before issue 10's third wave).
 
 Each figure runs ``--repeat`` times, the baseline and the channel alternating,
 and prints the median and the range: on a shared machine one run says little.
@@ -40,6 +44,7 @@ import anyio
 from failover.errors import TransportError
 from failover.replication.apply import Applier
 from failover.replication.channel import (
+    INLINE_BYTES,
     ChannelSettings,
     ReplicationReceiver,
     ReplicationSender,
@@ -89,14 +94,16 @@ class Discard:
         pass
 
 
-async def serve_channel(port: int, directory: str, discard: bool) -> None:
-    """The receiving child: applies to ``directory`` (or nothing, ``discard``)."""
+async def serve_channel(port: int, directory: str, discard: bool, inline: int) -> None:
+    """The receiving child: applies to ``directory`` (or nothing, ``discard``),
+    writes of at most ``inline`` bytes in its receive task."""
     endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=port)
     async with TcpReplicationTransport().listen(endpoint) as listener:
         print("ready", flush=True)
         stream = await listener.accept()
     with Applier({"data": directory}) as applier:
-        receiver = ReplicationReceiver(SECONDARY, Discard() if discard else applier)
+        sink = Discard() if discard else applier
+        receiver = ReplicationReceiver(SECONDARY, sink, inline_bytes=inline)
         await receiver.handshake(stream)
         start = time.process_time()
         try:
@@ -171,14 +178,21 @@ def raw_ping_pong(count: int) -> list[float]:
     return times
 
 
-async def with_sender(work: object, discard: bool = False) -> tuple[object, float]:
+async def with_sender(work: object, discard: bool, inline: int) -> tuple[object, float]:
     """Start a receiving child, connect a sender, run ``work(sender)`` in a thread;
-    its result and the child's CPU seconds. ``discard``: the child applies nothing."""
+    its result and the child's CPU seconds. ``discard``: the child applies nothing;
+    ``inline``: its ``inline_bytes``."""
     port = free_port()
     # tmpfs: the figure is the channel's, not this machine's disk (bench/replication.py
     # measures the disk).
     with tempfile.TemporaryDirectory(dir=SCRATCH) as directory:
-        child = spawn("--serve-channel", str(port), directory, *(["--discard"] * discard))
+        child = spawn(
+            "--serve-channel",
+            str(port),
+            directory,
+            f"--inline-bytes={inline}",
+            *(["--discard"] * discard),
+        )
         endpoint = TcpEndpoint(address=IPv4Address("127.0.0.1"), port=port)
         stream = await TcpReplicationTransport().connect(endpoint, timeout=5)
         sender = ReplicationSender(PRIMARY, ChannelSettings(timeout=30))
@@ -244,11 +258,18 @@ def main() -> None:
     parser.add_argument(
         "--discard", action="store_true", help="the receiver applies nothing (see above)"
     )
+    parser.add_argument(
+        "--inline-bytes",
+        type=int,
+        default=INLINE_BYTES,
+        help="the receiver applies writes up to this size in its receive task (0: never)",
+    )
     parser.add_argument("--serve-channel", nargs=2, metavar=("PORT", "DIR"))
     parser.add_argument("--serve-raw", nargs=2, metavar=("PORT", "MODE"))
     args = parser.parse_args()
     if args.serve_channel:
-        anyio.run(serve_channel, int(args.serve_channel[0]), args.serve_channel[1], args.discard)
+        port, directory = args.serve_channel
+        anyio.run(serve_channel, int(port), directory, args.discard, args.inline_bytes)
         return
     if args.serve_raw:
         serve_raw(int(args.serve_raw[0]), args.serve_raw[1])
@@ -258,7 +279,9 @@ def main() -> None:
     channels: list[Stream] = []
     for _ in range(args.repeat):  # alternating: a busy machine weighs on both alike
         raws.append(raw_stream(args.mib))
-        result, child = anyio.run(with_sender, lambda s: channel_stream(s, args.mib), args.discard)
+        result, child = anyio.run(
+            with_sender, lambda s: channel_stream(s, args.mib), args.discard, args.inline_bytes
+        )
         assert isinstance(result, tuple)
         channels.append(Stream(result[0], result[1], child, args.mib))
     ratios = [c.rate / r.rate for c, r in zip(channels, raws, strict=True)]
@@ -284,7 +307,12 @@ def main() -> None:
     p99s: list[float] = []
     for _ in range(args.repeat):
         raw_p50, raw_p99 = percentiles(raw_ping_pong(args.round_trips))
-        times, _ = anyio.run(with_sender, lambda s: channel_round_trips(s, args.round_trips))
+        times, _ = anyio.run(
+            with_sender,
+            lambda s: channel_round_trips(s, args.round_trips),
+            args.discard,
+            args.inline_bytes,
+        )
         assert isinstance(times, list)
         p50, p99 = percentiles(times)
         raw_p50s.append(raw_p50)

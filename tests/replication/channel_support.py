@@ -14,6 +14,7 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import anyio
+import sniffio
 
 from failover.replication.apply import Applier
 from failover.replication.channel import (
@@ -82,9 +83,13 @@ class RecordingSink:
     apply_gate: Gate = field(default_factory=Gate)
     fsync_gate: Gate = field(default_factory=Gate)
     record: bool = True
+    before_apply: Callable[[Op], None] | None = None
+    """Called with each op before it is applied (after the gate)."""
 
     def apply(self, op: Op) -> None:
         self.apply_gate.pass_through()
+        if self.before_apply is not None:
+            self.before_apply(op)
         self.applier.apply(op)
         if self.record:
             self.applied.append(op)
@@ -129,7 +134,6 @@ class Session:
     secondary_stream: MessageStream
     broken: list[str] = field(default_factory=list)
     receiver_error: list[Exception] = field(default_factory=list)
-    receiver_done: anyio.Event = field(default_factory=anyio.Event)
     sender_done: anyio.Event = field(default_factory=anyio.Event)
 
     async def in_thread(self, func: Callable[[], object]) -> object:
@@ -146,43 +150,64 @@ async def session(
     on_item: ItemHandler | None = None,
     proxy: CuttableProxy | None = None,
     record: bool = True,
+    inline_bytes: int = 0,
 ) -> AsyncIterator[Session]:
     """A handshaken session over loopback TCP (through ``proxy`` if given), both
-    ends running; stopped on exit. ``record``: as ``RecordingSink``'s."""
+    ends running; stopped on exit. ``record``: as ``RecordingSink``'s.
+    ``inline_bytes``: the receiver's (writes applied in its receive task); when
+    not 0, the receiver runs in an event loop of its own, in a thread, as on the
+    peer node: a sink held at a gate then stops that loop, not the sender's."""
     primary, secondary = identities(key)
     backing.mkdir(exist_ok=True)
     with Applier({ROOT: backing}) as applier:
         sink = RecordingSink(applier, record=record)
         broken: list[str] = []
         sender = ReplicationSender(primary, settings, on_broken=broken.append)
-        receiver = ReplicationReceiver(secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT)
-        async with stream_pair(proxy) as (a, b), anyio.create_task_group() as tg:
-            with anyio.fail_after(WAIT_TIMEOUT):
-                async with anyio.create_task_group() as greeting:  # both ends done
-                    greeting.start_soon(receiver.handshake, b)
-                    await sender.handshake(a)
+        receiver = ReplicationReceiver(
+            secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT, inline_bytes=inline_bytes
+        )
+        async with stream_pair(proxy) as (a, b):
             running = Session(sender, receiver, sink, backing, b, broken)
+            greeted, ended = threading.Event(), threading.Event()
 
-            async def run_receiver() -> None:
+            async def serve() -> None:
                 try:
+                    await receiver.handshake(b)
+                    greeted.set()
                     await receiver.run()
                 except Exception as exc:
                     running.receiver_error.append(exc)
-                running.receiver_done.set()
+                finally:
+                    ended.set()
 
-            async def run_sender() -> None:
-                await sender.run()
-                running.sender_done.set()
-
-            tg.start_soon(run_receiver)
-            tg.start_soon(run_sender)
+            if inline_bytes:
+                backend = sniffio.current_async_library()  # the stream's, as the test's loop
+                threading.Thread(
+                    target=anyio.run, args=(serve,), kwargs={"backend": backend}
+                ).start()
             try:
-                yield running
+                async with anyio.create_task_group() as tg:
+                    if not inline_bytes:
+                        tg.start_soon(serve)
+                    with anyio.fail_after(WAIT_TIMEOUT):
+                        await sender.handshake(a)
+                    assert await waited(greeted), "the receiver's handshake did not end"
+
+                    async def run_sender() -> None:
+                        await sender.run()
+                        running.sender_done.set()
+
+                    tg.start_soon(run_sender)
+                    try:
+                        yield running
+                    finally:
+                        # Let whatever is still blocked in the sink go, then stop both ends.
+                        sink.apply_gate.open()
+                        sink.fsync_gate.open()
+                        tg.cancel_scope.cancel()
             finally:
-                # Let whatever is still blocked in the sink go, then stop both ends.
-                sink.apply_gate.open()
-                sink.fsync_gate.open()
-                tg.cancel_scope.cancel()
+                await a.aclose()  # the receiver's run ends (in its thread too)
+                await waited(ended)
 
 
 def snapshot(top: Path) -> dict[str, tuple[object, ...]]:

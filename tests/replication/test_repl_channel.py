@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import tempfile
+import threading
 from pathlib import Path
 
 import anyio
 import pytest
 from channel_support import (
     ROOT,
+    RecordingSink,
     Session,
     blocking_call,
     finished,
+    identities,
     session,
     snapshot,
     stream_pair,
@@ -23,7 +27,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from failover.replication.apply import Applier
-from failover.replication.channel import AckLevel, ChannelSettings, ItemKind
+from failover.replication.channel import (
+    INLINE_BYTES,
+    AckLevel,
+    ChannelSettings,
+    ItemKind,
+    ReplicationReceiver,
+)
 from failover.replication.ops import (
     Chmod,
     Create,
@@ -71,8 +81,11 @@ async def test_ops_are_applied_in_order_and_sync_waits_for_them(tmp_path: Path) 
         assert status.broken is None
 
 
-async def test_sync_does_not_return_before_the_receiver_applied(tmp_path: Path) -> None:
-    async with session(tmp_path / "b") as running:
+@pytest.mark.parametrize("inline", [0, INLINE_BYTES], ids=["thread", "inline"])
+async def test_sync_does_not_return_before_the_receiver_applied(
+    tmp_path: Path, inline: int
+) -> None:
+    async with session(tmp_path / "b", inline_bytes=inline) as running:
         running.sender.after(Create(ROOT, b"f", 0o644))
         assert await running.in_thread(lambda: running.sender.wait_acked(1))
         running.sink.apply_gate.close()
@@ -85,6 +98,86 @@ async def test_sync_does_not_return_before_the_receiver_applied(tmp_path: Path) 
         assert (tmp_path / "b" / "f").read_bytes() == b"data"
 
 
+async def test_writes_applied_inline_and_in_the_thread_keep_their_order(tmp_path: Path) -> None:
+    """Invariant: the receiver applies entries in stream order, whether its receive
+    task applies them (small writes, the thread idle) or its apply thread does
+    (large writes, and whatever arrives while the thread has work). Large and
+    small writes overlap the same range, with Fsyncs between them (an Fsync
+    received inline leaves its fsync to the thread); the peer's file must end as
+    the same writes applied in order. Each large write is held until a later
+    write is applied or 0.3 s passed: in order, none can be; a small one applied
+    out of turn meanwhile would be overwritten by the large one."""
+    big = 2 * INLINE_BYTES
+    async with session(tmp_path / "b", inline_bytes=INLINE_BYTES, record=False) as running:
+        later = threading.Event()
+        appliers: set[str] = set()  # the threads that applied a write
+
+        def hold_large(op: Op) -> None:
+            if isinstance(op, Write):
+                appliers.add(threading.current_thread().name)
+            if isinstance(op, Write) and len(op.data) > INLINE_BYTES:
+                later.clear()
+                later.wait(0.3)  # a write applied meanwhile arrived after this one
+            elif isinstance(op, Write):
+                later.set()
+
+        running.sink.before_apply = hold_large
+        expected = bytearray(big)
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        for turn in range(4):  # each turn starts with the apply thread idle
+            # small (inline), Fsync (written inline, fsynced by the thread), small,
+            # large (the thread), small, small (behind the large one)
+            ops: list[Op] = [write(b"f", bytes([10 + turn]) * 4096, turn * 4096)]
+            ops.append(Fsync(ROOT, b"f", True))
+            ops.append(write(b"f", bytes([20 + turn]) * 4096, (turn + 1) * 4096))
+            ops.append(write(b"f", bytes([turn + 1]) * big))
+            for small in range(2):
+                ops.append(write(b"f", bytes([30 + turn + small]) * 4096, (turn + small) * 4096))
+            for op in ops:
+                if isinstance(op, Write):
+                    expected[op.offset : op.offset + len(op.data)] = op.data
+                last = running.sender.queue(op)
+            # The last write, behind the large one, is the thread's: its ack leaves
+            # once the thread is idle again (an Fsync's ack would leave before its fsync).
+            assert await running.in_thread(functools.partial(running.sender.wait_acked, last))
+        await sync_in_thread(running, Fsync(ROOT, b"f", False))
+        assert (tmp_path / "b" / "f").read_bytes() == expected
+        assert len(appliers) == 2, f"writes applied by {appliers}: not both paths"
+        assert running.sender.broken is None
+
+
+def test_only_an_applier_sink_has_its_small_writes_applied_in_the_receive_task(
+    tmp_path: Path,
+) -> None:
+    # Any other sink may block (a test's gate): it keeps the event loop free unless
+    # its owner says otherwise (the data plane does for its resync target).
+    _, secondary = identities()
+    with Applier({ROOT: tmp_path}) as applier:
+        assert ReplicationReceiver(secondary, applier)._inline_bytes == INLINE_BYTES
+        assert ReplicationReceiver(secondary, RecordingSink(applier))._inline_bytes == 0
+        explicit = ReplicationReceiver(secondary, RecordingSink(applier), inline_bytes=4096)
+        assert explicit._inline_bytes == 4096
+
+
+@pytest.mark.parametrize("inline", [0, INLINE_BYTES], ids=["thread", "inline"])
+async def test_no_ack_covers_a_write_still_being_applied(tmp_path: Path, inline: int) -> None:
+    # The write's own ack (not a later Fsync's): applied in the receive task
+    # (inline) or in the apply thread, it is acknowledged only once its pwrite returned.
+    async with session(tmp_path / "b", inline_bytes=inline) as running:
+        running.sender.after(Create(ROOT, b"f", 0o644))
+        assert await running.in_thread(lambda: running.sender.wait_acked(1))
+        running.sink.apply_gate.close()
+        seq = running.sender.queue(write(b"f", b"data"))
+        with blocking_call(lambda: running.sender.wait_acked(seq)) as call:
+            assert await waited(running.sink.apply_gate.entered)
+            assert not await finished(call, 0.2), "the write was acknowledged before its apply"
+            running.sink.apply_gate.open()
+            assert await finished(call)
+        assert running.sender.status().acked.written == seq
+        assert (tmp_path / "b" / "f").read_bytes() == b"data"
+
+
+@pytest.mark.parametrize("inline", [0, INLINE_BYTES], ids=["thread", "inline"])
 @pytest.mark.parametrize(
     ("level", "gate", "waits"),
     [
@@ -95,9 +188,10 @@ async def test_sync_does_not_return_before_the_receiver_applied(tmp_path: Path) 
     ],
 )
 async def test_ack_level_decides_what_sync_waits_for(
-    tmp_path: Path, level: AckLevel, gate: str, waits: bool
+    tmp_path: Path, level: AckLevel, gate: str, waits: bool, inline: int
 ) -> None:
-    async with session(tmp_path / "b", ChannelSettings(ack_level=level)) as running:
+    settings_ = ChannelSettings(ack_level=level)
+    async with session(tmp_path / "b", settings_, inline_bytes=inline) as running:
         running.sender.after(Create(ROOT, b"f", 0o644))
         assert await running.in_thread(lambda: running.sender.wait_acked(1))
         blocker = getattr(running.sink, gate)

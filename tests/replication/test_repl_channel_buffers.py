@@ -146,3 +146,20 @@ def test_probes_not_yet_answered_get_one_answer_the_latest() -> None:
     assert sender.broken is None
     assert sender.events() == [ProbeAnswered(1000, 0.0)]
     assert not receiver.wants_to_send and receiver.data_to_send(now) == []
+
+
+async def test_buffered_says_whether_the_next_message_is_already_whole() -> None:
+    # What the receiver relies on to answer two messages with one ack: True only
+    # when receive_view would return a whole message without reading the socket.
+    async with stream_pair() as (a, b):
+        assert isinstance(a, TcpMessageStream) and isinstance(b, TcpMessageStream)
+        assert not b.buffered
+        long = b"L" * (tcp_replication._READ_SIZE + 10)  # read into a pool buffer
+        for message in (b"one", b"two", long, b"four"):
+            await a.send(message)
+        assert await b.receive_view() == b"one"  # one read took them all (or most)
+        assert b.buffered
+        assert await b.receive_view() == b"two"
+        assert await b.receive_view() == long
+        assert await b.receive_view() == b"four"
+        assert not b.buffered

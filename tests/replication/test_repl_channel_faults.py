@@ -26,6 +26,7 @@ from failover.errors import PeerProtocolError, TransportError
 from failover.replication import channel_receiver
 from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel import (
+    INLINE_BYTES,
     ChannelSettings,
     ReplicationReceiver,
     ReplicationSender,
@@ -193,9 +194,10 @@ async def test_a_forged_ack_breaks_the_sender_once(tmp_path: Path) -> None:
     primary, secondary = identities()
     broken: list[str] = []
     sender = ReplicationSender(primary, ChannelSettings(timeout=WAIT_TIMEOUT), broken.append)
-    async with stream_pair() as (a, b), anyio.create_task_group() as tg:
-        tg.start_soon(sender.handshake, a)
-        _, cipher = await greet_as_secondary(b, secondary, WAIT_TIMEOUT)
+    async with stream_pair() as (a, b):
+        async with anyio.create_task_group() as greeting:  # both ends done before run()
+            greeting.start_soon(sender.handshake, a)
+            _, cipher = await greet_as_secondary(b, secondary, WAIT_TIMEOUT)
         await b.send(cipher.sealer.seal(Kind.ACK, [encode_ack(Ack(9, 9, 9))]))
         with anyio.fail_after(WAIT_TIMEOUT):
             await sender.run()
@@ -316,15 +318,19 @@ class _LateMessage:
         await self.inner.aclose()
 
 
+@pytest.mark.parametrize("inline", [0, INLINE_BYTES], ids=["thread", "inline"])
 async def test_an_apply_error_ends_the_session_with_its_reason_whatever_arrives_meanwhile(
-    tmp_path: Path,
+    tmp_path: Path, inline: int
 ) -> None:
     """Invariant: a change this node cannot apply ends the session with that reason
     (``ApplyError``, a ``FailoverError`` the runtime reports); a message that arrives
-    as the session ends never turns it into another error (it killed the daemon)."""
+    as the session ends never turns it into another error (it killed the daemon).
+    The same whether the apply thread or the receive task (a small write) fails."""
     primary, secondary = identities()
     with Applier({ROOT: tmp_path}) as applier:
-        receiver = ReplicationReceiver(secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT)
+        receiver = ReplicationReceiver(
+            secondary, RecordingSink(applier), timeout=WAIT_TIMEOUT, inline_bytes=inline
+        )
         async with stream_pair() as (a, b):
             late = _LateMessage(b)
             with anyio.fail_after(WAIT_TIMEOUT):
@@ -332,11 +338,14 @@ async def test_an_apply_error_ends_the_session_with_its_reason_whatever_arrives_
                     greeting.start_soon(receiver.handshake, late)
                     _, cipher = await greet_as_primary(a, primary, AckLevel.WRITTEN, WAIT_TIMEOUT)
             late.arm()
-            await a.send(sealed(cipher.sealer, 1, b"missing-dir/file"))  # cannot be applied
+            bad = Write(ROOT, b"missing-dir/file", 0, b"x")  # cannot be applied
+            await a.send(
+                cipher.sealer.seal(Kind.ITEMS, items_parts(1, [(ItemKind.OP, [encode(bad)])]))
+            )
             await a.send(sealed(cipher.sealer, 2, b"next"))
             with anyio.fail_after(WAIT_TIMEOUT), pytest.raises(ApplyError, match="missing-dir"):
                 await receiver.run()
-    assert late.received == 2
+    assert late.received == (1 if inline else 2)  # inline: the receive task failed itself
     assert not (tmp_path / "next").exists()
 
 

@@ -224,6 +224,16 @@ class TcpMessageStream:
         """
         return bytes(await self.receive_view(limit=limit))
 
+    @property
+    def buffered(self) -> bool:
+        """Whether the next message is already whole in this stream's buffers:
+        ``receive_view`` returns it without reading the socket (the caller may
+        take it before answering what came before: one ack for both)."""
+        if self._partial is not None:
+            return self._partial[2] == self._partial[1]
+        unread = self._end - self._start - _LENGTH.size
+        return unread >= 0 and unread >= _LENGTH.unpack_from(self._read, self._start)[0]
+
     async def receive_view(self, *, limit: int | None = None) -> memoryview:
         """The next whole message, as a view of a buffer the caller keeps; raises
         as ``receive``."""

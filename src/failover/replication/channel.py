@@ -16,6 +16,7 @@ TLS, when added, goes under the message framing inside the transport (anyio's
 from __future__ import annotations
 
 from failover.replication.channel_receiver import (
+    INLINE_BYTES,
     ItemHandler,
     OpSink,
     ReceiverStatus,
@@ -26,6 +27,7 @@ from failover.replication.channel_session import ChannelSettings, PeerInfo, Sess
 from failover.replication.channel_wire import Ack, AckLevel, ItemKind
 
 __all__ = [
+    "INLINE_BYTES",
     "Ack",
     "AckLevel",
     "ChannelSettings",

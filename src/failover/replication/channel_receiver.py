@@ -5,9 +5,13 @@ sans-IO ``ReceiverProtocol`` (``replication/protocol.py``); this module moves
 its bytes and applies what it delivers. One lock guards the protocol.
 
 - The receive task (event loop) feeds each message to the protocol: a
-  ``PROBE`` is answered at once, ahead of any apply; the entries of an
+  ``PROBE`` is answered at once, ahead of any queued apply; the entries of an
   ``ITEMS`` message (all of it valid, or none of it delivered) go to the apply
-  thread.
+  thread, or, when they are only small writes (and ``Fsync`` ops: their fsync
+  still goes to the thread) and the thread has nothing queued, the receive
+  task applies them itself (``inline_bytes``): no thread hop, and the order
+  kept. It sends the protocol's ack once no further whole message waits in
+  the stream's buffer: one ack for a write and the fsync read with it.
 - The apply thread (one per session, not one hop per op) applies the entries
   in order (file I/O never blocks the event loop) and tells the protocol;
   the protocol's acks (received / written / fsynced, see there) are coalesced:
@@ -37,21 +41,28 @@ from typing import Protocol
 import anyio
 import anyio.lowlevel
 
+from failover.codec import buffer_size
 from failover.errors import FailoverError, PeerProtocolError, TransportError
-from failover.replication.apply import ApplyError
+from failover.replication.apply import Applier, ApplyError
 from failover.replication.channel_io import VectoredStream, Wakeup
 from failover.replication.channel_session import (
     PeerInfo,
     SessionIdentity,
     greet_as_secondary,
 )
-from failover.replication.channel_wire import Ack, ItemKind
-from failover.replication.ops import Fsync, Op
+from failover.replication.channel_wire import Ack, AckLevel, ItemKind
+from failover.replication.ops import Fsync, Op, Write
 from failover.replication.protocol import Broken, Deliver, ReceiverProtocol
 from failover.transport import MessageStream
 
 _Entries = list[tuple[int, ItemKind, Op | bytes]]
-_Batch = tuple[_Entries, int]  # the entries of one message, its size
+_Batch = tuple[_Entries, int, int | None]
+"""The entries of one message, its size, and None, or the index of an ``Fsync``
+entry the receive task applied (written) and left to the apply thread: it
+fsyncs that one, then applies the entries after it."""
+INLINE_BYTES = 64 * 1024
+"""The default ``inline_bytes`` of an ``Applier`` sink: a pwrite of at most this
+many bytes to a local file system, cheap enough for the receive task."""
 ACK_EVERY = 8
 """Messages applied at most before an ack goes out although more are waiting."""
 BACKLOG_BYTES = 64 * 1024 * 1024
@@ -90,7 +101,16 @@ class ReplicationReceiver:
     Use: ``peer = await receiver.handshake(stream)`` then ``await receiver.run()``.
     ``sink`` applies ops (an ``Applier`` on the backing directories);
     ``on_item`` takes resync chunks and control records (without it, such an
-    entry is a protocol error).
+    entry is a protocol error). ``inline_bytes``: a message of only ``Write``
+    ops of at most that many bytes in all (and ``Fsync`` ops) is applied by the
+    receive task itself when the apply thread has nothing to do, without a
+    thread hop (an ``Fsync``'s fsync still goes to the thread), unless the
+    primary asked for acks at the received level (they wait for no apply). It
+    is for a sink whose apply of such a write never blocks for long; by default
+    ``INLINE_BYTES`` for an ``Applier`` (a pwrite to a local file system), else
+    0: every entry goes to the thread (a sink of unknown cost, a test's sink
+    held at a gate, keeps the event loop free; the resync target passes
+    ``INLINE_BYTES``: its bookkeeping around the ``Applier`` is a few lookups).
     """
 
     def __init__(
@@ -100,8 +120,12 @@ class ReplicationReceiver:
         *,
         on_item: ItemHandler | None = None,
         timeout: float = 5.0,
+        inline_bytes: int | None = None,
     ) -> None:
         self._identity = identity
+        if inline_bytes is None:
+            inline_bytes = INLINE_BYTES if isinstance(sink, Applier) else 0
+        self._inline_bytes = inline_bytes
         self._sink = sink
         self._on_item = on_item
         self._timeout = timeout
@@ -112,6 +136,7 @@ class ReplicationReceiver:
         self._wakeup = Wakeup()
         self._drained = Wakeup()  # the apply thread made room in the backlog
         self._backlog = 0  # bytes received, not yet applied (under the lock)
+        self._queued = 0  # batches given to the apply thread, not yet done (under the lock)
         self._flushed = anyio.Event()  # the send task flushed the stream (event loop only)
         self._abandon = False  # run() was cancelled: the apply thread stops at once
         self._applied = 0
@@ -149,6 +174,8 @@ class ReplicationReceiver:
         self._stream = stream
         if isinstance(stream, VectoredStream):
             self._direct = stream
+        if peer.ack_level is AckLevel.RECEIVED:  # its acks wait for no apply: nothing to gain
+            self._inline_bytes = 0
         return peer
 
     async def run(self) -> None:
@@ -216,15 +243,31 @@ class ReplicationReceiver:
             while protocol.broken is None:
                 await anyio.lowlevel.checkpoint_if_cancelled()  # ended meanwhile: read no more
                 message = await receive()
+                inline: _Entries | None = None
                 with self._lock:
                     protocol.receive(message, time.monotonic())
                     for event in protocol.events():
                         if isinstance(event, Deliver):
-                            batches.put((event.entries, len(message)))
-                            self._backlog += len(message)
+                            if not self._queued and self._cheap(event.entries):
+                                inline = event.entries  # the thread is idle: order kept
+                            else:
+                                self._queue_locked(batches, (event.entries, len(message), None))
                         elif isinstance(event, Broken) and event.failure is not None:
                             failure.append(event.failure)
-                    self._output_locked()  # a probe answer; a received-level ack
+                rest: _Batch | None = None
+                if inline is not None:
+                    try:
+                        rest = self._apply_inline(inline, len(message))
+                    except PeerProtocolError as exc:  # ApplyError and PathRejected included
+                        failure.insert(0, exc)
+                        self._close(f"replication apply failed: {exc}")
+                        break
+                direct = self._direct
+                with self._lock:
+                    if direct is None or not direct.buffered:  # else one ack for both
+                        self._output_locked()  # a probe answer; an ack
+                    if rest is not None:  # after the ack: the thread's wake-up does not delay it
+                        self._queue_locked(batches, rest)
                     full = self._backlog > BACKLOG_BYTES
                 while full:  # read no more until the apply thread catches up
                     await self._drained.wait()
@@ -245,6 +288,41 @@ class ReplicationReceiver:
             raise
         finally:
             batches.put(None)  # the apply thread ends after what came before
+
+    def _queue_locked(self, batches: queue.SimpleQueue[_Batch | None], batch: _Batch) -> None:
+        """Under the lock: give ``batch`` to the apply thread."""
+        batches.put(batch)
+        self._queued += 1
+        self._backlog += batch[1]
+
+    def _cheap(self, entries: _Entries) -> bool:
+        """Whether the receive task may apply ``entries`` itself: ops only, every
+        one a ``Write`` or an ``Fsync``, at most ``inline_bytes`` written in all."""
+        budget = self._inline_bytes
+        for _, kind, item in entries:
+            if kind is not ItemKind.OP:
+                return False
+            if isinstance(item, Write):
+                budget -= buffer_size(item.data)
+            elif not isinstance(item, Fsync):
+                return False
+        return self._inline_bytes > 0 and budget >= 0
+
+    def _apply_inline(self, entries: _Entries, size: int) -> _Batch | None:
+        """In the receive task, the apply thread idle: apply ``entries`` up to the
+        first ``Fsync`` entry (that one included: written); what is left for the
+        thread (that fsync and the entries after it), to queue before anything
+        received later."""
+        protocol = self._protocol
+        assert protocol is not None
+        for index, (seq, _, _) in enumerate(entries):
+            with self._lock:
+                fsync = protocol.needs_fsync(seq)
+            if fsync:
+                self._apply(entries, 0, index, seq)
+                return entries, size, index
+        self._apply(entries, 0, len(entries), entries[-1][0])
+        return None
 
     async def _send_loop(self, stream: MessageStream) -> None:
         """Send what the apply thread could not: a full socket's rest, or every
@@ -295,22 +373,24 @@ class ReplicationReceiver:
         assert protocol is not None
         unacked = 0
         while (batch := batches.get()) is not None and not self._abandon:
-            entries, size = batch
-            with self._lock:
-                fsyncs = {seq for seq, _, _ in entries if protocol.needs_fsync(seq)}
+            entries, size, resume = batch
             start = 0
-            for index, (seq, _, item) in enumerate(entries):
+            if resume is not None:  # the receive task applied everything up to here
+                self._fsync(entries[resume])
+                start = resume + 1
+            with self._lock:
+                fsyncs = {seq for seq, _, _ in entries[start:] if protocol.needs_fsync(seq)}
+            for index in range(start, len(entries)):
+                seq = entries[index][0]
                 if seq in fsyncs:
-                    assert isinstance(item, Fsync)
                     self._apply(entries, start, index, seq)  # written: the ack goes now
                     self._output()
-                    self._sink.fsync(item.root, item.path, item.datasync)
-                    with self._lock:
-                        protocol.fsynced_upto(seq)
+                    self._fsync(entries[index])
                     start = index + 1
             if start < len(entries):
                 self._apply(entries, start, len(entries), entries[-1][0])
             with self._lock:
+                self._queued -= 1
                 was_full = self._backlog > BACKLOG_BYTES
                 self._backlog -= size
                 if was_full and self._backlog <= BACKLOG_BYTES:
@@ -319,6 +399,16 @@ class ReplicationReceiver:
             if batches.empty() or unacked >= ACK_EVERY:
                 self._output()
                 unacked = 0
+
+    def _fsync(self, entry: tuple[int, ItemKind, Op | bytes]) -> None:
+        """Fsync the file of the ``Fsync`` entry (written already), and tell the protocol."""
+        seq, _, item = entry
+        assert isinstance(item, Fsync)
+        self._sink.fsync(item.root, item.path, item.datasync)
+        protocol = self._protocol
+        assert protocol is not None
+        with self._lock:
+            protocol.fsynced_upto(seq)
 
     def _apply(self, entries: _Entries, start: int, stop: int, upto: int) -> None:
         """Apply entries ``start`` up to (not including) ``stop``, then tell the

@@ -28,7 +28,12 @@ from anyio.abc import TaskGroup
 
 from failover.errors import FailoverError, TransportError
 from failover.replication.apply import Applier, ApplyError
-from failover.replication.channel import ItemKind, ReplicationReceiver, SessionIdentity
+from failover.replication.channel import (
+    INLINE_BYTES,
+    ItemKind,
+    ReplicationReceiver,
+    SessionIdentity,
+)
 from failover.replication.directories import Directories, close_all
 from failover.replication.resync import ResyncTarget
 from failover.replication.resync_target import ResyncWait
@@ -145,8 +150,12 @@ class Receiving:
                         resync.on_item(kind, payload)
                         return None
 
-                    receiver = ReplicationReceiver(
-                        self.identity(), resync, on_item=on_item, timeout=self.timeout
+                    receiver = ReplicationReceiver(  # its apply of a small write is cheap
+                        self.identity(),
+                        resync,
+                        on_item=on_item,
+                        timeout=self.timeout,
+                        inline_bytes=INLINE_BYTES,
                     )
                     await self.target.digested()  # a pass under way: its digests are ours
                     peer = await receiver.handshake(stream, lambda: self.target.request(resync))
