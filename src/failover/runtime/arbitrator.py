@@ -3,8 +3,9 @@
 ``Arbitrator`` is the small interface the action executor calls for the
 core's three arbitration effects; each call returns a ``Reply`` and never
 raises for the arbitrator's or the network's faults. A witness service
-(``WitnessArbitrator``) is one implementation; a ping witness or an etcd
-lease are others behind the same interface.
+(``WitnessArbitrator``) is one implementation, a lease in etcd
+(``failover.runtime.etcdlease.EtcdArbitrator``) another; a ping witness
+will be one more behind the same interface.
 
 How a reply becomes an event (``arbitration_event``) is reporting, not
 deciding (the core's table decides what each event means):
