@@ -432,3 +432,49 @@ NETNS = [
         _UNAVAILABLE is not None, reason=f"needs network namespaces: {_UNAVAILABLE}"
     ),
 ]
+
+
+class Arbitrated(Cluster):
+    """A ``Cluster`` with an arbitrator: ``holder()`` reads who holds its lease."""
+
+    def serving(self) -> list[str]:
+        return [node for node in NODES if (self.status(node) or {}).get("state") in SERVING]
+
+    def holder(self) -> str | None:
+        raise NotImplementedError
+
+
+def cut_between_the_nodes_only_one_serves(
+    lab: Lab, cluster: Arbitrated, crossover: str, lease_ttl: float
+) -> None:
+    """Heartbeats on ``crossover`` only, the arbitrator reachable from both: cut
+    ``crossover``. Each node loses the other; the primary keeps the lease (it
+    renews), the secondary is refused at each recheck; two lease times later
+    still one serves, and once the link is back they pair again."""
+    cluster.start_both()
+    primary, secondary = cluster.paired()
+    assert cluster.holder() == primary
+
+    lab.link_down(primary, crossover)
+    cluster.wait(
+        f"{primary} alone, {secondary} waiting",
+        lambda: cluster.state(primary) == "alone" and cluster.state(secondary) == "wait",
+    )
+    started = cluster.uptime(secondary)
+
+    def never_two() -> bool:
+        assert len(cluster.serving()) <= 1, cluster.describe()
+        return cluster.uptime(secondary) - started >= 2 * lease_ttl
+
+    cluster.wait("two lease times with one node serving", never_two, bound=60)
+    assert cluster.state(primary) == "alone" and cluster.holder() == primary
+    status = cluster.status(secondary)
+    assert status is not None and "held by" in status["reason"], status["reason"]
+
+    lab.link_up(primary, crossover)
+    cluster.wait(
+        "paired again",
+        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
+        bound=60,
+    )
+    assert cluster.serving() == [primary]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+from e2e_support import NETNS, NODES, Arbitrated, cli, cut_between_the_nodes_only_one_serves
 
 from failover.lab import Lab
 
@@ -26,7 +26,7 @@ WITNESS_PORT = 7420
 LEASE_TTL = 6.0
 
 
-class WitnessedCluster(Cluster):
+class WitnessedCluster(Arbitrated):
     """``Cluster`` with ``arbitrator: {type: witness}`` and the witness in ``client``."""
 
     def __init__(self, lab: Lab, tmp_path: Path) -> None:
@@ -60,9 +60,6 @@ class WitnessedCluster(Cluster):
     def kill_witness(self) -> None:
         self.witness.kill()
         self.witness.wait(timeout=10)
-
-    def serving(self) -> list[str]:
-        return [node for node in NODES if (self.status(node) or {}).get("state") in SERVING]
 
     def holder(self) -> str | None:
         document = yaml.safe_load(
@@ -99,35 +96,7 @@ def audited_with_the_witness(cluster: WitnessedCluster, killed: str | None = Non
 def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path) -> None:
     cluster = WitnessedCluster(lab, tmp_path)
     cluster.start_witness()
-    cluster.start_both()
-    primary, secondary = cluster.paired()
-    assert cluster.holder() == primary
-
-    lab.link_down(primary, "crossover")
-    # each loses the other; the primary keeps the lease (it renews), the
-    # secondary is refused by the witness at each recheck
-    cluster.wait(
-        f"{primary} alone, {secondary} waiting",
-        lambda: cluster.state(primary) == "alone" and cluster.state(secondary) == "wait",
-    )
-    started = cluster.uptime(secondary)
-
-    def never_two() -> bool:
-        assert len(cluster.serving()) <= 1, cluster.describe()
-        return cluster.uptime(secondary) - started >= 2 * LEASE_TTL
-
-    cluster.wait("two lease times with one node serving", never_two, bound=60)
-    assert cluster.state(primary) == "alone" and cluster.holder() == primary
-    status = cluster.status(secondary)
-    assert status is not None and "held by" in status["reason"], status["reason"]
-
-    lab.link_up(primary, "crossover")
-    cluster.wait(
-        "paired again",
-        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
-        bound=60,
-    )
-    assert cluster.serving() == [primary]
+    cut_between_the_nodes_only_one_serves(lab, cluster, "crossover", LEASE_TTL)
     audited_with_the_witness(cluster)
 
 

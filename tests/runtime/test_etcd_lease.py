@@ -16,7 +16,6 @@ from pathlib import Path
 import anyio
 import pytest
 from etcd3gw.client import Etcd3Client
-from etcd_support import NO_ETCD, EtcdServer
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -31,6 +30,7 @@ from failover.runtime.arbitrator import (
     arbitration_event,
 )
 from failover.runtime.etcdlease import EtcdArbitrator, encode_holder
+from failover.testing.etcd import NO_ETCD, EtcdServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(NO_ETCD is not None, reason=str(NO_ETCD))]
 G1, B1 = Generation(1, "alpha"), Generation(1, "beta")

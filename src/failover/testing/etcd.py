@@ -1,16 +1,17 @@
-"""A throwaway single-member etcd for tests: started on free loopback ports (or
-through a prefix such as ``ip netns exec NS``) with its own data directory,
-stopped by its PID, its data directory removed."""
+"""A throwaway one-member etcd for the tests (tests/runtime/test_etcd_lease.py,
+tests/e2e/test_e2e_etcd.py): Debian's ``etcd`` binary (package
+``etcd-server``, installed by ``scripts/system-deps.sh``) on free ports of
+``host``, with its own data directory, in a namespace when ``prefix`` says so
+(``Lab.command(node, [])``); ready when its log says so; stopped by its PID
+(``kill``), its data directory removed (``remove``)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import socket
 import subprocess
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EtcdServer:
-    """One etcd member on ``host``; ``start`` waits until it answers, ``kill`` by PID."""
+    """One etcd member on ``host``; ``start`` waits until it is ready, ``kill`` by PID.
+    Free ports are found on this namespace's loopback: give both ports with ``prefix``."""
 
     def __init__(
         self,
@@ -34,12 +36,13 @@ class EtcdServer:
         host: str = "127.0.0.1",
         *,
         client_port: int | None = None,
+        peer_port: int | None = None,
         prefix: Sequence[str] = (),
     ) -> None:
         assert ETCD is not None, NO_ETCD
         self.data_dir, self.host, self.prefix = data_dir, host, list(prefix)
         self.client_port = client_port or free_port(host)
-        self.peer_port = free_port(host)
+        self.peer_port = peer_port or free_port(host)
         self.url = f"http://{host}:{self.client_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -56,24 +59,21 @@ class EtcdServer:
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=t={peer}",
         ]
-        self.log = open(self.data_dir.with_suffix(".log"), "ab")  # noqa: SIM115
+        self.log = open(self.data_dir.with_suffix(".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # a bounded poll of an external process
             if self.proc.poll() is not None:
                 raise RuntimeError(f"etcd exited {self.proc.returncode}: see {self.log.name}")
-            if self.healthy():
+            if self.ready():
                 return
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"etcd did not answer within {timeout} s: see {self.log.name}")
 
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.url + "/health", timeout=1) as answer:
-                return bool(json.load(answer).get("health") == "true")
-        except (OSError, ValueError):
-            return False
+    def ready(self) -> bool:
+        """etcd said so in its log (read from here, whatever namespace it runs in)."""
+        return b"ready to serve client requests" in self.data_dir.with_suffix(".log").read_bytes()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
