@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import base64
 import itertools
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -225,3 +227,44 @@ async def test_etcd_killed_is_a_denial_and_a_silent_renewal(tmp_path: Path) -> N
     finally:
         server.remove()
     assert not (tmp_path / "data").exists()
+
+
+async def test_an_endpoint_that_never_answers_is_unreachable_within_its_timeout(
+    prefix: str,
+) -> None:
+    with socket.socket() as silent:  # accepts connections (the backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        alpha = EtcdArbitrator(
+            cluster="prod", node="alpha", endpoints=[url], key_prefix=prefix, ttl=6, timeout=0.3
+        )
+        reply = await alpha.request(G1, INITIAL, False)
+    assert reply == Unreachable(f"etcd unreachable: {url}: no answer in time")
+
+
+async def test_a_lease_granted_shorter_than_asked_is_refused(
+    etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """etcd never shortens a lease; were it to, the node's deadline would come
+    after etcd frees the key: the grant is refused and the lease revoked."""
+    alpha = node(etcd, "alpha", prefix, ttl=6)
+    post = EtcdArbitrator._post
+    revoked: list[object] = []
+
+    def shortened(
+        self: EtcdArbitrator, client: Etcd3Client, path: str, body: dict[str, Any]
+    ) -> Any:
+        answer = post(self, client, path, body)
+        if path == "/lease/grant":
+            answer["TTL"] = "5"
+        if path == "/lease/revoke":
+            revoked.append(body["ID"])
+        return answer
+
+    monkeypatch.setattr(EtcdArbitrator, "_post", shortened)
+    reply = await alpha.request(G1, INITIAL, False)
+    assert reply == Denied("etcd granted a lease shorter than the 6 s asked")
+    assert len(revoked) == 1
+    monkeypatch.undo()
+    assert await node(etcd, "beta", prefix).request(B1, INITIAL, False) == Granted(B1)
