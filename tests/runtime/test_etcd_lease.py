@@ -17,6 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 from etcd3gw.client import Etcd3Client
 
 from failover.core import effects as fx
@@ -31,7 +32,7 @@ from failover.runtime.arbitrator import (
     Unreachable,
     arbitration_event,
 )
-from failover.runtime.etcdlease import EtcdArbitrator, encode_holder
+from failover.runtime.etcdlease import EtcdArbitrator, EtcdTls, encode_holder
 from failover.testing.etcd import NO_ETCD, EtcdServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.skipif(NO_ETCD is not None, reason=str(NO_ETCD))]
@@ -268,3 +269,47 @@ async def test_a_lease_granted_shorter_than_asked_is_refused(
     assert len(revoked) == 1
     monkeypatch.undo()
     assert await node(etcd, "beta", prefix).request(B1, INITIAL, False) == Granted(B1)
+
+
+def test_over_tls_with_a_client_certificate(
+    tmp_path: Path, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the configured CA and client certificate, whatever the environment
+    says (requests would take its CA bundle over ours, and go through a proxy)."""
+    ca = trustme.CA()
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "other-ca.pem"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+    server_cert, client_cert = ca.issue_cert("127.0.0.1"), ca.issue_cert("alpha")
+    paths = {
+        name: tmp_path / f"{name}.pem"
+        for name in ("ca", "server", "server-key", "client", "client-key")
+    }
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    server_cert.cert_chain_pems[0].write_to_path(str(paths["server"]))
+    server_cert.private_key_pem.write_to_path(str(paths["server-key"]))
+    client_cert.cert_chain_pems[0].write_to_path(str(paths["client"]))
+    client_cert.private_key_pem.write_to_path(str(paths["client-key"]))
+    server = EtcdServer(tmp_path / "data", tls=(paths["server"], paths["server-key"], paths["ca"]))
+    server.start()
+    try:
+
+        def client(tls: EtcdTls | None) -> EtcdArbitrator:
+            return EtcdArbitrator(
+                cluster="prod",
+                node="alpha",
+                endpoints=[server.url],
+                key_prefix=prefix,
+                ttl=6,
+                tls=tls,
+            )
+
+        trusted = EtcdTls(str(paths["ca"]), str(paths["client"]), str(paths["client-key"]))
+        assert anyio.run(client(trusted).request, G1, INITIAL, False) == Granted(G1)
+        # no client certificate, or etcd's certificate not trusted: unreachable, said so
+        for tls in (EtcdTls(str(paths["ca"])), None):
+            reply = anyio.run(client(tls).request, G1, INITIAL, False)
+            assert isinstance(reply, Unreachable), reply
+            assert reply.reason.startswith(f"etcd unreachable: {server.url}: cannot connect: TLS: ")
+    finally:
+        server.remove()

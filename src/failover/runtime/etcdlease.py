@@ -208,7 +208,7 @@ def _int(value: object) -> int:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionFailedError):
-        return "cannot connect"
+        return _cannot_connect(exc.detail_text or "")
     if isinstance(exc, ConnectionTimeoutError):
         return "no answer in time"
     if isinstance(exc, Etcd3Exception):
@@ -220,8 +220,31 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def _cannot_connect(detail: str) -> str:
+    # requests' text nests the cause: keep its innermost telling part
+    if "SSL" not in detail and "certificate" not in detail:
+        return "cannot connect"
+    for mark in ("[SSL", "Caused by "):
+        if mark in detail:
+            detail = detail[detail.rfind(mark) :].removeprefix("Caused by ")
+            break
+    return "cannot connect: TLS: " + " ".join(detail.split())[:160].rstrip("')\" ")
+
+
 def _lease_missing(exc: Etcd3Exception) -> bool:
     return "lease not found" in (exc.detail_text or "")
+
+
+def _session(tls: EtcdTls) -> requests.Session:
+    """An HTTP session that takes nothing from the environment: no proxy (the
+    daemon talks to etcd directly) and no ``REQUESTS_CA_BUNDLE``, which requests
+    would otherwise prefer to the configured ``ca_file``."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = tls.ca_file or True
+    if tls.cert_file is not None and tls.key_file is not None:
+        session.cert = (tls.cert_file, tls.key_file)
+    return session
 
 
 class EtcdArbitrator:
@@ -248,17 +271,14 @@ class EtcdArbitrator:
         self.endpoints = list(endpoints)
         base = f"{key_prefix.rstrip('/')}/{cluster}/"
         self.holder_key, self.record_key = (base + "holder").encode(), (base + "record").encode()
-        tls = tls or EtcdTls()
         self.clients = [
             Etcd3Client(
                 host=url.hostname or "",
                 port=url.port or 2379,
                 protocol=url.scheme,
-                ca_cert=tls.ca_file,
-                cert_cert=tls.cert_file,
-                cert_key=tls.key_file,
                 timeout=timeout,
                 api_path="/v3/",
+                session=_session(tls or EtcdTls()),
             )
             for url in map(urlsplit, self.endpoints)
         ]

@@ -2,7 +2,8 @@
 tests/e2e/test_e2e_etcd.py): Debian's ``etcd`` binary (package
 ``etcd-server``, installed by ``scripts/system-deps.sh``) on free ports of
 ``host``, with its own data directory, in a namespace when ``prefix`` says so
-(``Lab.command(node, [])``); ready when its log says so; stopped by its PID
+(``Lab.command(node, [])``), over TLS with client certificates when ``tls``
+says so; ready when its log says so; stopped by its PID
 (``kill``), its data directory removed (``remove``)."""
 
 from __future__ import annotations
@@ -38,12 +39,15 @@ class EtcdServer:
         client_port: int | None = None,
         peer_port: int | None = None,
         prefix: Sequence[str] = (),
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         assert ETCD is not None, NO_ETCD
         self.data_dir, self.host, self.prefix = data_dir, host, list(prefix)
         self.client_port = client_port or free_port(host)
         self.peer_port = peer_port or free_port(host)
-        self.url = f"http://{host}:{self.client_port}"
+        self.tls = tls  # (certificate, its key, the CA clients' certificates must chain to)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://{host}:{self.client_port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> None:
@@ -59,6 +63,10 @@ class EtcdServer:
             f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=t={peer}",
         ]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            argv += [f"--cert-file={cert}", f"--key-file={key}", f"--trusted-ca-file={ca}"]
+            argv.append("--client-cert-auth")
         self.log = open(self.data_dir.with_suffix(".log"), "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
