@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_support import NETNS, NODES, Arbitrated, cli, cut_between_the_nodes_only_one_serves
+from e2e_support import (
+    NETNS,
+    Arbitrated,
+    audited_with_arbitrator,
+    cli,
+    cut_between_the_nodes_only_one_serves,
+)
 
 from failover.lab import Lab
 
@@ -69,28 +75,7 @@ class WitnessedCluster(Arbitrated):
 
 
 def audited_with_the_witness(cluster: WitnessedCluster, killed: str | None = None) -> None:
-    """The audit of the run so far knows of the witness (each daemon's start record
-    names it), so it excuses no two nodes serving at once, blind or not
-    (docs/audit.md, S1); conftest.py fails the test on any violation at its end.
-
-    ``killed``: a node whose daemon was SIGKILLed while serving. Its application and
-    address (had it any) would run on, and the audit counts them as held until its
-    next start: the peer's takeover is then two servers, S1 with a witness. Until a
-    fence outside the daemon stops them by the lease's deadline and journals it
-    (issue 11, point 4), that is the expected finding, and the only one."""
-    report = cluster.audit()
-    assert report is not None
-    figures = report.figures
-    assert figures["arbitrators"] == {node: ["witness"] for node in NODES}, figures
-    assert figures["blind_overlaps"] == 0, figures
-    s1 = [v for v in report.violations if v.invariant == "S1"]
-    if killed is None:
-        assert not s1, str(report)
-        return
-    assert s1 and report.violations == s1, str(report)
-    quiet = "its journal has no record after"  # the killed daemon's, before the takeover
-    assert all(f"while {killed} served" in v.why and quiet in v.why for v in s1), str(report)
-    cluster.expect_violations("S1")
+    audited_with_arbitrator(cluster, "witness", killed)
 
 
 def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path) -> None:
