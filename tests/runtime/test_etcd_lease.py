@@ -180,6 +180,8 @@ HOSTILE = [
     ("holder", b'{"format": 1, "node": 7, "generation": {"counter": 1, "origin": "a"}}', "node:"),
     ("record", b"1e999999", "not a failover value"),
     ("record", b'{"format": 2}', "not a failover value of format 1"),
+    ("record", b'{"format": true}', "not a failover value of format 1"),
+    ("holder", b"[" * 100_000 + b"]" * 100_000, "not JSON (RecursionError)"),
 ]
 for counter in ("true", "-3", "1.5", '"1"'):
     value = f'{{"format": 1, "generation": {{"counter": {counter}, "origin": "a"}}, {NO_BASE}}}'

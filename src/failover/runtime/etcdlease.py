@@ -66,7 +66,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -83,7 +83,6 @@ log = structlog.get_logger("failover.arbitrator.etcd")
 
 FORMAT = 1  # the "format" of the values this version writes and reads
 ATTEMPTS = 3  # reads and txns per request when the keys change under it
-T = TypeVar("T")
 
 
 class EtcdValueError(ValueError):
@@ -134,9 +133,13 @@ def _parse_generation(value: object, what: str) -> Generation:
 def _parse_object(data: bytes, keys: set[str]) -> dict[str, Any]:
     try:
         value = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise EtcdValueError(f"not JSON ({exc})") from None
-    if not isinstance(value, dict) or value.get("format") != FORMAT:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise EtcdValueError(f"not JSON ({type(exc).__name__})") from None
+    if (
+        not isinstance(value, dict)
+        or type(value.get("format")) is not int
+        or value["format"] != FORMAT
+    ):
         raise EtcdValueError(f"not a failover value of format {FORMAT}")
     if set(value) != keys | {"format"}:
         raise EtcdValueError(f"keys {sorted(value)}, expected {sorted(keys | {'format'})}")
