@@ -315,3 +315,14 @@ def test_over_tls_with_a_client_certificate(
             assert reply.reason.startswith(f"etcd unreachable: {server.url}: cannot connect: TLS: ")
     finally:
         server.remove()
+
+
+async def test_an_answer_of_another_shape_is_unreachable_not_a_traceback(
+    etcd: EtcdServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever answers at an endpoint (a proxy, another service) is no etcd."""
+    alpha = node(etcd, "alpha", prefix)
+    for answer in ({"responses": 7}, {"responses": [[], []]}, {"responses": [{"x": 1}]}):
+        monkeypatch.setattr(Etcd3Client, "post", lambda *_, answer=answer, **__: answer)
+        reply = await alpha.request(G1, INITIAL, False)
+        assert isinstance(reply, Unreachable) and "malformed answer" in reply.reason, reply

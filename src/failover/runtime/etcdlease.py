@@ -310,6 +310,8 @@ class EtcdArbitrator:
                 problems.append(f"{endpoint}: {exc}")
             except (Etcd3Exception, requests.RequestException, ValueError) as exc:
                 problems.append(f"{endpoint}: {_describe(exc)}")
+            except (LookupError, TypeError, AttributeError) as exc:  # an answer of another shape
+                problems.append(f"{endpoint}: malformed answer ({type(exc).__name__}: {exc})")
         return Unreachable("etcd unreachable: " + "; ".join(problems))
 
     # -- the operations, in a worker thread --------------------------------
