@@ -86,10 +86,16 @@ def test_etcd_killed_under_a_healthy_pair(lab: Lab, tmp_path: Path, etcd: EtcdSe
     cluster = EtcdCluster(lab, tmp_path, etcd)
     cluster.start_both()
     primary, _ = cluster.paired()
+    killed_at = time.monotonic()
     etcd.kill()
     cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
+    stopped_after = time.monotonic() - killed_at
+    print(f"the primary stopped {stopped_after:.2f} s after etcd was killed")
+    assert stopped_after < LEASE_TTL + 5, stopped_after
+    restarted_at = time.monotonic()
     etcd.start()
     cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)
+    print(f"served again {time.monotonic() - restarted_at:.2f} s after etcd restarted")
     assert cluster.serving() == [primary]
     audited_with_arbitrator(cluster, "etcd")
 
