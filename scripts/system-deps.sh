@@ -4,12 +4,14 @@
 # (libfuse3 and fusermount3 for the replication mirror), iputils-ping (the ping
 # checker runs its ping), postgresql (the real application of
 # tests/e2e/test_e2e_postgres.py and bench/pg_failover.py: Debian 12's is
-# PostgreSQL 15; the tests start their own servers, in namespaces), and
+# PostgreSQL 15; the tests start their own servers, in namespaces),
+# etcd-server (the etcd binary of the arbitrator tests,
+# tests/runtime/test_etcd_lease.py, which start their own on loopback), and
 # python3-venv where the system python lacks venv. Installs only what is
 # missing, only as root on a Debian-like system; otherwise says what to install.
 set -euo pipefail
 need=()
-for pkg in iproute2 socat fuse3 iputils-ping postgresql; do
+for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

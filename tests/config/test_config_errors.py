@@ -384,10 +384,71 @@ CASES: dict[str, Bad] = {
     ),
     "unknown arbitrator type": bad(
         "  failback: none\n",
-        "  failback: none\n  arbitrator: {type: etcd}\n",
+        "  failback: none\n  arbitrator: {type: zookeeper}\n",
         "cluster.arbitrator.type",
         "arbitrator:",
-        "'none' or 'witness'",
+        "'none', 'witness' or 'etcd'",
+    ),
+    "etcd arbitrator without endpoints": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator: {type: etcd}\n",
+        "cluster.arbitrator.endpoints",
+        "arbitrator:",
+        "required for arbitrator type 'etcd' (its client URLs, a list)",
+    ),
+    "etcd endpoint without a scheme": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n    endpoints: [10.0.0.9:2379]\n",
+        "cluster.arbitrator.endpoints[0]",
+        "endpoints:",
+        "must be http://host:port or https://host:port",
+    ),
+    "etcd endpoints not a list": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n    endpoints: http://h:2379\n",
+        "cluster.arbitrator.endpoints",
+        "endpoints:",
+        "list",
+    ),
+    "etcd lease in fractions of a second": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n    lease_ttl: 6.5\n"
+        "    endpoints: [http://10.0.0.9:2379]\n",
+        "cluster.arbitrator.lease_ttl",
+        "lease_ttl:",
+        "6.5: etcd counts leases in whole seconds",
+    ),
+    "etcd tls over http": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n"
+        "    endpoints: [http://10.0.0.9:2379]\n    tls: {ca_file: /etc/ssl/ca.pem}\n",
+        "cluster.arbitrator.endpoints",
+        "endpoints:",
+        "with tls set, every endpoint must be https://",
+    ),
+    "etcd client certificate without its key": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n"
+        "    endpoints: [https://10.0.0.9:2379]\n    tls: {cert_file: /etc/ssl/me.pem}\n",
+        "cluster.arbitrator.tls",
+        "tls:",
+        "cert_file and key_file go together",
+    ),
+    "etcd key prefix relative": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n"
+        "    endpoints: [https://10.0.0.9:2379]\n    key_prefix: failover\n",
+        "cluster.arbitrator.key_prefix",
+        "key_prefix:",
+        "must start with /",
+    ),
+    "etcd endpoints on a witness": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: witness\n    address: 10.0.0.9:7420\n"
+        "    endpoints: [http://10.0.0.9:2379]\n",
+        "cluster.arbitrator.endpoints",
+        "endpoints:",
+        "only for arbitrator type 'etcd'",
     ),
     "bad virtual_ip address": bad(
         "10.0.0.100/24",

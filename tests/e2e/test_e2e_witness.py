@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_support import NETNS, NODES, SERVING, Cluster, cli
+from e2e_support import (
+    NETNS,
+    Arbitrated,
+    audited_with_arbitrator,
+    cli,
+    cut_between_the_nodes_only_one_serves,
+)
 
 from failover.lab import Lab
 
@@ -26,7 +32,7 @@ WITNESS_PORT = 7420
 LEASE_TTL = 6.0
 
 
-class WitnessedCluster(Cluster):
+class WitnessedCluster(Arbitrated):
     """``Cluster`` with ``arbitrator: {type: witness}`` and the witness in ``client``."""
 
     def __init__(self, lab: Lab, tmp_path: Path) -> None:
@@ -61,9 +67,6 @@ class WitnessedCluster(Cluster):
         self.witness.kill()
         self.witness.wait(timeout=10)
 
-    def serving(self) -> list[str]:
-        return [node for node in NODES if (self.status(node) or {}).get("state") in SERVING]
-
     def holder(self) -> str | None:
         document = yaml.safe_load(
             (self.tmp_path / "witness-state" / "clusters" / "e2e.json").read_text()
@@ -72,62 +75,13 @@ class WitnessedCluster(Cluster):
 
 
 def audited_with_the_witness(cluster: WitnessedCluster, killed: str | None = None) -> None:
-    """The audit of the run so far knows of the witness (each daemon's start record
-    names it), so it excuses no two nodes serving at once, blind or not
-    (docs/audit.md, S1); conftest.py fails the test on any violation at its end.
-
-    ``killed``: a node whose daemon was SIGKILLed while serving. Its application and
-    address (had it any) would run on, and the audit counts them as held until its
-    next start: the peer's takeover is then two servers, S1 with a witness. Until a
-    fence outside the daemon stops them by the lease's deadline and journals it
-    (issue 11, point 4), that is the expected finding, and the only one."""
-    report = cluster.audit()
-    assert report is not None
-    figures = report.figures
-    assert figures["arbitrators"] == {node: ["witness"] for node in NODES}, figures
-    assert figures["blind_overlaps"] == 0, figures
-    s1 = [v for v in report.violations if v.invariant == "S1"]
-    if killed is None:
-        assert not s1, str(report)
-        return
-    assert s1 and report.violations == s1, str(report)
-    quiet = "its journal has no record after"  # the killed daemon's, before the takeover
-    assert all(f"while {killed} served" in v.why and quiet in v.why for v in s1), str(report)
-    cluster.expect_violations("S1")
+    audited_with_arbitrator(cluster, "witness", killed)
 
 
 def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path) -> None:
     cluster = WitnessedCluster(lab, tmp_path)
     cluster.start_witness()
-    cluster.start_both()
-    primary, secondary = cluster.paired()
-    assert cluster.holder() == primary
-
-    lab.link_down(primary, "crossover")
-    # each loses the other; the primary keeps the lease (it renews), the
-    # secondary is refused by the witness at each recheck
-    cluster.wait(
-        f"{primary} alone, {secondary} waiting",
-        lambda: cluster.state(primary) == "alone" and cluster.state(secondary) == "wait",
-    )
-    started = cluster.uptime(secondary)
-
-    def never_two() -> bool:
-        assert len(cluster.serving()) <= 1, cluster.describe()
-        return cluster.uptime(secondary) - started >= 2 * LEASE_TTL
-
-    cluster.wait("two lease times with one node serving", never_two, bound=60)
-    assert cluster.state(primary) == "alone" and cluster.holder() == primary
-    status = cluster.status(secondary)
-    assert status is not None and "held by" in status["reason"], status["reason"]
-
-    lab.link_up(primary, "crossover")
-    cluster.wait(
-        "paired again",
-        lambda: sorted(str(cluster.state(n)) for n in NODES) == ["primary", "secondary"],
-        bound=60,
-    )
-    assert cluster.serving() == [primary]
+    cut_between_the_nodes_only_one_serves(lab, cluster, "crossover", LEASE_TTL)
     audited_with_the_witness(cluster)
 
 

@@ -19,9 +19,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from failover.config.models import (
+    ETCD_KEYS,
     MIN_KEY_BYTES,
     NAME_RE,
     ApplicationConfig,
+    ArbitratorConfig,
     CheckerConfig,
     ClusterSection,
     CommandChecker,
@@ -369,6 +371,14 @@ def _check_timing(cluster: ClusterSection, found: Findings) -> None:
 
 def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
     arbitrator = cluster.arbitrator
+    if arbitrator.type == "etcd":
+        _check_etcd(arbitrator, found)
+        return
+    for key in ETCD_KEYS:
+        if getattr(arbitrator, key) is not None:
+            found.problems.append(
+                Problem(("cluster", "arbitrator", key), "only for arbitrator type 'etcd'")
+            )
     if arbitrator.type != "witness":
         return
     if arbitrator.address is None:
@@ -386,6 +396,31 @@ def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
                 "it cannot be used with insecure: true",
             )
         )
+
+
+def _check_etcd(arbitrator: ArbitratorConfig, found: Findings) -> None:
+    def problem(key: str, text: str) -> None:
+        found.problems.append(Problem(("cluster", "arbitrator", key), text))
+
+    if arbitrator.endpoints is None:
+        problem("endpoints", "required for arbitrator type 'etcd' (its client URLs, a list)")
+    if arbitrator.address is not None:
+        problem("address", "a witness's address: arbitrator type 'etcd' takes endpoints")
+    if arbitrator.lease_ttl != int(arbitrator.lease_ttl):
+        problem("lease_ttl", f"{arbitrator.lease_ttl:g}: etcd counts leases in whole seconds")
+    tls = arbitrator.tls
+    if tls is None:
+        return
+    if arbitrator.endpoints and any(not e.startswith("https://") for e in arbitrator.endpoints):
+        problem("endpoints", "with tls set, every endpoint must be https://")
+    if (tls.cert_file is None) != (tls.key_file is None):
+        problem("tls", "cert_file and key_file go together (the client certificate and its key)")
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is not None and not path.is_file():
+            found.warnings.append(
+                Problem(("cluster", "arbitrator", "tls", key), f"{path}: no such file here")
+            )
 
 
 def _check_key(cluster: ClusterSection, found: Findings) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from annotated_types import Ge, Le, MinLen
 from pydantic import (
@@ -151,13 +152,65 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class ArbitratorConfig(Section):
-    """``cluster.arbitrator``: ``none``, or ``witness`` at ``address`` (host:port,
-    UDP; docs/arbitration.md). A witness lease runs ``lease_ttl`` seconds."""
+def _check_etcd_endpoint(value: str) -> str:
+    try:
+        url = urlsplit(value)
+        port = url.port
+    except ValueError:
+        port = None
+    else:
+        if (
+            url.scheme in ("http", "https")
+            and url.hostname
+            and port is not None
+            and url.path in ("", "/")
+            and not (url.query or url.fragment or url.username or url.password)
+        ):
+            return value
+    raise ValueError(
+        f"{value!r} must be http://host:port or https://host:port (an etcd client URL)"
+    )
 
-    type: Literal["none", "witness"] = "none"
+
+def _check_key_prefix(value: str) -> str:
+    if not value.startswith("/") or value == "/" or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} must start with / and hold no spaces (e.g. /failover)")
+    return value
+
+
+class EtcdTlsConfig(Section):
+    """``cluster.arbitrator.tls``: the CA that signs etcd's certificate (else the
+    system's), and this node's client certificate and key when etcd asks for one."""
+
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None
+    key_file: ConfigPath | None = None
+
+
+ETCD_KEYS = ("endpoints", "key_prefix", "tls")
+
+
+class ArbitratorConfig(Section):
+    """``cluster.arbitrator``: ``none``; ``witness`` at ``address`` (host:port,
+    UDP); or ``etcd``: a lease in the etcd cluster at ``endpoints`` (client
+    URLs), under ``key_prefix``, over TLS when ``tls`` is set
+    (docs/arbitration.md). A lease runs ``lease_ttl`` seconds."""
+
+    type: Literal["none", "witness", "etcd"] = "none"
     address: Annotated[StrictStr, AfterValidator(_check_host_port)] | None = None
     lease_ttl: Seconds = 6.0
+    endpoints: (
+        Annotated[list[Annotated[StrictStr, AfterValidator(_check_etcd_endpoint)]], MinLen(1)]
+        | None
+    ) = None
+    key_prefix: Annotated[StrictStr, AfterValidator(_check_key_prefix)] | None = None
+    tls: EtcdTlsConfig | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        """For the fingerprint: the etcd keys only when set, so a witness
+        cluster keeps the fingerprint it had before etcd existed."""
+        unset = {key for key in ETCD_KEYS if getattr(self, key) is None}
+        return self.model_dump(mode="json", exclude=unset)
 
 
 class ClusterSection(Section):
@@ -573,7 +626,7 @@ class ClusterConfig(Section):
                 "failback": cluster.failback,
                 "preferred": cluster.preferred,
                 "split_brain_winner": cluster.split_brain_winner,
-                "arbitrator": cluster.arbitrator.model_dump(mode="json"),
+                "arbitrator": cluster.arbitrator.canonical(),
                 "autostart": cluster.autostart,
             },
             "links": _by_name(link.model_dump(mode="json") for link in self.links),

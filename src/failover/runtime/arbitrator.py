@@ -3,8 +3,9 @@
 ``Arbitrator`` is the small interface the action executor calls for the
 core's three arbitration effects; each call returns a ``Reply`` and never
 raises for the arbitrator's or the network's faults. A witness service
-(``WitnessArbitrator``) is one implementation; a ping witness or an etcd
-lease are others behind the same interface.
+(``WitnessArbitrator``) is one implementation, a lease in etcd
+(``failover.runtime.etcdlease.EtcdArbitrator``) another; a ping witness
+will be one more behind the same interface.
 
 How a reply becomes an event (``arbitration_event``) is reporting, not
 deciding (the core's table decides what each event means):
@@ -254,11 +255,14 @@ def build_arbitrator(config: ClusterConfig, node: str, incarnation: int) -> Arbi
 
     ``incarnation`` is the daemon's (larger at every start): the witness's
     replay guard refuses requests of an earlier run. Raises ``ConfigError``
-    when the cluster key cannot be read (the witness needs it).
+    when the cluster key cannot be read (the witness needs it), or etcd's
+    client library is missing.
     """
     arbitrator = config.cluster.arbitrator
     if arbitrator.type == "none":
         return None
+    if arbitrator.type == "etcd":
+        return _build_etcd(config, node)
     key = config.read_key()
     if key is None or arbitrator.address is None:
         raise ConfigError(["cluster.arbitrator: a witness needs a cluster key and an address"])
@@ -269,4 +273,32 @@ def build_arbitrator(config: ClusterConfig, node: str, incarnation: int) -> Arbi
         incarnation=incarnation,
         address=arbitrator.address,
         ttl=arbitrator.lease_ttl,
+    )
+
+
+def _build_etcd(config: ClusterConfig, node: str) -> Arbitrator:
+    arbitrator = config.cluster.arbitrator
+    try:
+        from failover.runtime.etcdlease import EtcdArbitrator, EtcdTls  # noqa: PLC0415
+    except ImportError as exc:
+        raise ConfigError(
+            [f"cluster.arbitrator: type 'etcd' needs the etcd3gw package ({exc})"]
+        ) from None
+    if not arbitrator.endpoints:
+        raise ConfigError(["cluster.arbitrator: type 'etcd' needs endpoints"])
+    tls = arbitrator.tls
+    return EtcdArbitrator(
+        cluster=config.cluster.name,
+        node=node,
+        endpoints=arbitrator.endpoints,
+        key_prefix=arbitrator.key_prefix or "/failover",
+        ttl=arbitrator.lease_ttl,
+        tls=None
+        if tls is None
+        else EtcdTls(
+            *(
+                None if path is None else str(path)
+                for path in (tls.ca_file, tls.cert_file, tls.key_file)
+            )
+        ),
     )

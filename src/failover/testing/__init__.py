@@ -3,9 +3,9 @@ the daemon, the commands or the demo: tests/test_layering.py checks it).
 
 - ``failover.testing.transport_contract``: the conformance suite every
   heartbeat transport's tests reuse (built-ins and third-party plugins alike).
-- ``disks``, ``processes``, ``proxy``, ``postgres``: small disks to fill, child
-  processes by name, a TCP proxy whose connections can be cut, PostgreSQL
-  clusters for the e2e tests and benchmarks.
+- ``disks``, ``processes``, ``proxy``, ``postgres``, ``etcd``: small disks to
+  fill, child processes by name, a TCP proxy whose connections can be cut,
+  PostgreSQL clusters and a one-member etcd for the tests and benchmarks.
 
 The network lab the demo, the e2e tests and the benchmarks build is not a test
 helper: it is ``failover.lab``.
