@@ -346,8 +346,8 @@ class Application:
         if process is None:
             return self._dead is None
         self._dead = process  # the next stop ends what may be left of its group
-        label = f"application command (fenced by the watchdog: {reason})"
-        self.history.record(COMMAND, ScriptResult(label, -signal.SIGKILL, False, ()))
+        result = ScriptResult("application command", -signal.SIGKILL, False, (reason,))
+        self.history.record(COMMAND, result)  # (status shows the reason as its tail)
         return True
 
     # --- stop ------------------------------------------------------------------------

@@ -12,7 +12,7 @@ One task group holds every task of the node:
 - the checkers, the control API server and the signal watcher;
 - the watchdog's feeder and listener: a separate process (``runtime/watchdog.py``)
   fences the application if this loop stops feeding it a deadline (the lease's
-  ``fence_at``, or the last heartbeat + ``dead_timeout`` - ``heartbeat_interval``)
+  ``fence_at``, or the last heartbeat + ``dead_timeout`` - ``heartbeat_interval`` / 2)
   while the node serves; a fence it reports is handed to the core as ``AppFailed``.
 
 How the effects of one ``handle`` call are applied, in list order:
@@ -806,7 +806,7 @@ class Daemon:
             return fence_at
         timing = self.config.timing
         beat = anyio.current_time() if self._last_beat is None else self._last_beat
-        return beat + timing.dead_timeout - timing.heartbeat_interval
+        return beat + timing.dead_timeout - timing.heartbeat_interval / 2
 
     async def _feed_watchdog(self, watchdog: WatchdogClient) -> None:
         """Feed the deadline after each step of the loop and each action's progress

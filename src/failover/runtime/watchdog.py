@@ -7,16 +7,19 @@ outlive the last deadline the loop gave. That deadline is:
 - with an arbitrator, the lease's ``fence_at`` (``asked + lease_ttl -
   lease_margin`` on this node's clock): past it the arbitrator may grant the
   peer, and the core itself would have stopped serving;
-- without one, ``last heartbeat + dead_timeout - heartbeat_interval``: the
-  peer counts ``dead_timeout`` of silence from the last heartbeat it
+- without one, ``last heartbeat + dead_timeout - heartbeat_interval / 2``:
+  the peer counts ``dead_timeout`` of silence from the last heartbeat it
   received, which left here no earlier than the core emitted it, so it takes
-  over no earlier than ``last heartbeat + dead_timeout``. The margin of one
-  ``heartbeat_interval`` covers what the fence takes before the address is
-  gone (the watchdog waking up, a SIGKILL, a netlink request: milliseconds)
-  and the two clocks' drift over one dead timeout (parts per million). It is
-  counted from the last heartbeat the core *emitted*, not from the last feed:
-  a feed made on the timer between two heartbeats must not push the
-  deadline past what the peer counts.
+  over no earlier than ``last heartbeat + dead_timeout``. The margin of half
+  a heartbeat interval (100 ms by default) covers what the fence takes
+  before the address is gone (the watchdog waking up at the daemon's raised
+  priority, a SIGKILL, a netlink request: a few milliseconds) and the two
+  clocks' drift over one dead timeout (parts per million); it is kept small
+  because a pause shorter than the dead timeout, which the peer tolerates,
+  should not cost a fence either. It is counted from the last heartbeat the
+  core *emitted* (sent or not: a node serving alone, its links down, still
+  emits them), not from the last feed: a feed made on the timer between two
+  heartbeats must not push the deadline past what the peer counts.
 
 Only the loop feeds: it sends the deadline after each of its steps and on a
 timer (``Daemon._feed_watchdog``), or "no deadline" (``None``) while the node
