@@ -790,9 +790,8 @@ class Daemon:
         if not await wait_for_previous(lock, self.app.budget):
             self.log.error("the previous daemon's watchdog still runs", lock=str(lock))
         notice = read_record(record)
-        if notice is not None:
+        if notice is not None:  # (the journal's ``start`` record says what is held)
             self.log.warning("the previous daemon's watchdog fenced the application", **notice)
-            self.journal.write("fenced", previous=True, why=notice.get("why"))
 
     def _watchdog_deadline(self) -> float | None:
         """The time by which the application must be gone if this loop stops now
@@ -820,12 +819,23 @@ class Daemon:
         """The watchdog fenced the application while this loop was stalled: the core
         learns it as the application's failure."""
         why = str(notice.get("why", "unknown"))
+        reason = f"fenced by the watchdog: {why}"
         self.log.error("the watchdog fenced the application", **notice)
-        self.journal.write("fenced", why=why, steps=notice.get("steps"))
+        # the audit's resources: released (at the latest now; ``fenced_at`` says when)
+        steps = notice.get("steps")
+        failed = [step for step, outcome in (steps or {}).items() if "failed" in str(outcome)]
+        self.journal.write(
+            "resource",
+            action="stop",
+            phase="end",
+            ok=not failed,
+            problem=reason if not failed else f"{reason}; failed: {', '.join(failed)}",
+            vip=None if self.vip is None else str(self.vip.address),
+            fenced_at=notice.get("at"),
+        )
         with contextlib.suppress(OSError):
             (self.node_dir / "watchdog.fenced").unlink()
         await self.app.release_vip()  # (again: stops this daemon's announcements too)
-        reason = f"fenced by the watchdog: {why}"
         if not self.app.fenced(reason):
             return  # the command's watcher reported its death
         if self.executor.app_action_pending:
