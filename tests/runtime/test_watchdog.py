@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,7 @@ def test_a_malformed_feed_leaves_the_previous_deadline(rig: Rig) -> None:
     rig.send(b"not json\n")
     notice = rig.notice()
     assert notice is not None and notice["at"] >= deadline
-    assert "feed ignored" in rig.log()
+    assert "line ignored" in rig.log()
 
 
 def test_the_device_is_fed_and_closed_with_the_magic_character(tmp_path: Path) -> None:
@@ -250,3 +251,14 @@ def test_an_invalid_plan_is_refused_with_a_message(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert b"invalid plan" in proc.stderr
+
+
+def test_a_new_plan_changes_the_stop_script_of_the_next_fence(rig: Rig) -> None:
+    other = rig.tmp_path / "other-stop"
+    other.write_text(f"#!/bin/sh\necho reloaded > {rig.tmp_path}/stop-ran\n")
+    other.chmod(0o755)
+    rig.send(replace(rig.plan, stop=str(other), lock="ignored").to_replan_line())
+    rig.feed(time.monotonic())
+    notice = rig.notice()
+    assert notice is not None and notice["steps"]["stop"] == "ok"
+    assert (rig.tmp_path / "stop-ran").read_text() == "reloaded\n"

@@ -221,6 +221,8 @@ def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> 
                 changed.append(f"nodes.{name}.links")
     if old.addresses != new.addresses:
         changed.append("virtual_ip(s)")
+    if old.watchdog != new.watchdog:
+        changed.append("watchdog")
     # every replicated directory is a mount and a tracker: only a restart changes them
     if old.replication != new.replication:
         changed.append("replication")
@@ -657,9 +659,11 @@ class Daemon:
         elif settings != self.config.core_settings(self.name):
             self.log.warning("this core cannot change its settings live: restart to apply them")
         self.app.scripts = _scripts_of(new)
+        self.config = new
+        if self.watchdog is not None:  # its fence runs the stop script as reloaded
+            await self.watchdog.replan(self._watchdog_plan())
         for link in self.links:
             link.send_timeout = new.timing.heartbeat_interval
-        self.config = new
         self._start_checkers()
         for warning in new.warnings:
             self.log.warning("configuration warning", warning=warning)
@@ -764,15 +768,20 @@ class Daemon:
         """The watchdog process's client, when it is enabled and there is something
         to fence (an application or a virtual IP)."""
         config = self.config
-        section = config.watchdog
-        if not section.enabled or (config.application is None and not config.addresses):
+        if not config.watchdog.enabled or (config.application is None and not config.addresses):
             return None
-        scripts = self.app.scripts
-        plan = Plan(
+        return WatchdogClient(self._watchdog_plan(), self._on_fenced)
+
+    def _watchdog_plan(self) -> Plan:
+        section, scripts = self.config.watchdog, self.app.scripts
+        return Plan(
             marker=str(self.app.marker),
             record=str(self.node_dir / "watchdog.fenced"),
             lock=str(self.node_dir / "watchdog.lock"),
-            addresses=tuple((str(vip.address), vip.interface) for vip in config.addresses),
+            # the addresses this daemon holds (a reload does not change them)
+            addresses=()
+            if self.vip is None
+            else tuple((str(a.address), a.interface) for a in self.vip.addresses),
             stop=None if scripts is None else scripts.stop,
             stop_timeout=30.0 if scripts is None else scripts.stop_limit,
             env=self.app.env,
@@ -781,7 +790,6 @@ class Daemon:
             device_interval=section.device_interval,
             log_file=log_file(),
         )
-        return WatchdogClient(plan, self._on_fenced)
 
     async def _after_previous_watchdog(self) -> None:
         """Before ``recover``: wait for the watchdog of an earlier daemon of this node

@@ -85,7 +85,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -130,9 +130,16 @@ class Plan:
     def to_line(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
 
+    def to_replan_line(self) -> bytes:
+        """The line that gives a running watchdog this plan's fence (a reload)."""
+        return json.dumps({"plan": asdict(self)}).encode() + b"\n"
+
     @classmethod
     def from_line(cls, line: bytes) -> Plan:
-        data = json.loads(line)
+        return cls.from_data(json.loads(line))
+
+    @classmethod
+    def from_data(cls, data: object) -> Plan:
         if not isinstance(data, dict):
             raise ValueError("the plan is not a JSON object")
         data["addresses"] = tuple((str(a), str(i)) for a, i in data.get("addresses", ()))
@@ -151,9 +158,8 @@ def feed_line(deadline: float | None) -> bytes:
     return json.dumps({"deadline": deadline}).encode() + b"\n"
 
 
-def parse_feed(line: bytes) -> float | None:
-    """The deadline of a feed line; ``ValueError`` naming what is wrong with it."""
-    data = json.loads(line)
+def parse_feed(data: object) -> float | None:
+    """The deadline of a feed (a line's JSON); ``ValueError`` naming what is wrong."""
     if not isinstance(data, dict) or "deadline" not in data:
         raise ValueError("a feed is a JSON object with a 'deadline'")
     deadline = data["deadline"]
@@ -199,14 +205,30 @@ class Watch:
             log.info("disarmed: the node does not serve")
         self.deadline = deadline
 
+    def replan(self, plan: Plan) -> None:
+        """A reload changed the fence (the scripts, their environment): the device,
+        the lock, the record and the log stay those of the start."""
+        self.plan = replace(
+            plan,
+            lock=self.plan.lock,
+            device=self.plan.device,
+            device_interval=self.plan.device_interval,
+            log_file=self.plan.log_file,
+        )
+        log.info("fence plan replaced (configuration reload)", stop=plan.stop)
+
     def _lines(self, buffer: bytes) -> bytes:
         """Apply every complete line of ``buffer``; returns the incomplete rest."""
         *lines, rest = buffer.split(b"\n")
         for line in lines:
             try:
-                self.feed(parse_feed(line))
-            except ValueError as exc:
-                log.error("feed ignored: the previous deadline stands", error=str(exc))
+                data = json.loads(line)
+                if isinstance(data, dict) and "plan" in data:
+                    self.replan(Plan.from_data(data["plan"]))
+                else:
+                    self.feed(parse_feed(data))
+            except (ValueError, TypeError) as exc:
+                log.error("line ignored: the previous deadline and plan stand", error=str(exc))
         if len(rest) > LINE_MAX:
             log.error("feed longer than the limit ignored", limit=LINE_MAX)
             return b""
@@ -482,6 +504,21 @@ class WatchdogClient:
         log.info("watchdog process started", pid=self.process.pid)
         return None
 
+    async def replan(self, plan: Plan) -> None:
+        """Give the running watchdog a new fence (after a configuration reload)."""
+        self.plan = plan
+        await self._send(plan.to_replan_line())
+
+    async def _send(self, line: bytes) -> None:
+        process = self.process
+        if process is None or process.stdin is None or self._closing:
+            return
+        try:
+            await process.stdin.send(line)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            log.error("the watchdog process is gone: the application is not fenced")
+            self.process = None
+
     async def feed(self, deadline: float | None) -> None:
         process = self.process
         if process is None or process.stdin is None or self._closing:
@@ -491,11 +528,7 @@ class WatchdogClient:
         if self._sent == (deadline,):
             return
         self._sent = (deadline,)
-        try:
-            await process.stdin.send(feed_line(deadline))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            log.error("the watchdog process is gone: the application is not fenced")
-            self.process = None
+        await self._send(feed_line(deadline))
 
     async def listen(self) -> None:
         """Read the watchdog's notices until it exits."""
