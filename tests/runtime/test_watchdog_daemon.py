@@ -20,9 +20,12 @@ from typing import Any
 
 import pytest
 from runtime_support import write_cluster
+from test_runtime_daemon import fake_daemon
 
 from failover.api.client import ControlClient
 from failover.config import load_config
+from failover.core import events as ev
+from failover.core.facts import Lease
 from failover.errors import FailoverError
 
 MAIN = Path(__file__).with_name("runtime_daemon_main.py")
@@ -163,3 +166,21 @@ def test_a_stopped_daemon_is_fenced_and_learns_it_when_it_resumes(alone: Alone) 
     assert status is not None
     runs = status.get("scripts", {}).get("command", [])
     assert any("fenced by the watchdog" in str(run) for run in runs), runs
+
+
+@pytest.mark.anyio
+async def test_the_deadline_fed_follows_the_core(tmp_path: Path) -> None:
+    """None while stopped; serving: the last heartbeat + dead_timeout - half an
+    interval, or the lease's fence_at with an arbitrator."""
+    async with fake_daemon(tmp_path) as (daemon, node):
+        assert daemon._watchdog_deadline() is None
+        await daemon.submit(ev.Start())  # the fake core serves and emits a heartbeat
+        beat = daemon._last_beat
+        assert beat is not None
+        timing = daemon.config.timing
+        expected = beat + timing.dead_timeout - timing.heartbeat_interval / 2
+        assert daemon._watchdog_deadline() == expected
+        node.lease = Lease(held=True, fence_at=beat + 100.0)  # type: ignore[attr-defined]
+        assert daemon._watchdog_deadline() == expected  # no arbitrator: not the lease
+        daemon._arbitrated = True
+        assert daemon._watchdog_deadline() == beat + 100.0

@@ -426,7 +426,10 @@ def main() -> int:
     # the notices keep the pipe; anything printed goes to stderr
     notices = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon ends it (EOF), not a ^C
+    # Only the daemon ends it (EOF): not a ^C, nor the SIGTERM a service manager
+    # sends to every process of the service (the daemon's stop comes first).
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     fd = sys.stdin.fileno()
     first = b""
     while not first.endswith(b"\n"):
@@ -523,11 +526,11 @@ class WatchdogClient:
         process = self.process
         if process is None or process.stdin is None or self._closing:
             return
-        if deadline is not None:
-            deadline = time.monotonic() + (deadline - anyio.current_time())
         if self._sent == (deadline,):
             return
         self._sent = (deadline,)
+        if deadline is not None:  # on CLOCK_MONOTONIC (the same as ours, unless virtual)
+            deadline = time.monotonic() + (deadline - anyio.current_time())
         await self._send(feed_line(deadline))
 
     async def listen(self) -> None:
