@@ -32,7 +32,13 @@ BOUND = 30.0  # seconds: an upper bound on every wait, not an expected duration
 class Rig:
     """A fake application, its marker, a stop script, and one watchdog process."""
 
-    def __init__(self, tmp_path: Path, *, device: Path | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        device: Path | None = None,
+        addresses: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.tmp_path = tmp_path
         # the group: a leader and a member, as a pre-forking server would have
         self.app = subprocess.Popen(
@@ -49,6 +55,7 @@ class Rig:
             marker=str(self.marker),
             record=str(tmp_path / "watchdog.fenced"),
             lock=str(tmp_path / "watchdog.lock"),
+            addresses=addresses,
             stop=str(stop),
             stop_timeout=5.0,
             output_dir=str(tmp_path),
@@ -262,3 +269,23 @@ def test_a_new_plan_changes_the_stop_script_of_the_next_fence(rig: Rig) -> None:
     notice = rig.notice()
     assert notice is not None and notice["steps"]["stop"] == "ok"
     assert (rig.tmp_path / "stop-ran").read_text() == "reloaded\n"
+
+
+def test_a_failed_fence_stops_feeding_the_device(tmp_path: Path) -> None:
+    """The address cannot be released (no such interface: netlink is only asked):
+    the device is no longer written to, and closed without the magic character,
+    so that the machine resets."""
+    device = tmp_path / "fake-watchdog"
+    device.write_bytes(b"")
+    made = Rig(tmp_path, device=device, addresses=(("192.0.2.1/24", "nosuchif0"),))
+    try:
+        made.feed(time.monotonic())
+        notice = made.notice()
+        assert notice is not None and notice["steps"]["vip"].startswith("failed")
+        assert made.group_gone()  # the kill came first
+        assert made.close() == 0
+    finally:
+        made.cleanup()
+    written = device.read_bytes()
+    assert written and not written.endswith(b"V")
+    assert "without the magic close" in (tmp_path / "watchdog.stderr").read_text()
