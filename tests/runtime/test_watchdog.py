@@ -21,10 +21,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from failover.platform.application import _start_time
-from failover.runtime.watchdog import FENCED, Plan, feed_line
+from failover.runtime.watchdog import FENCED, Plan, feed_line, wait_for_previous
 
 BOUND = 30.0  # seconds: an upper bound on every wait, not an expected duration
 
@@ -289,3 +290,15 @@ def test_a_failed_fence_stops_feeding_the_device(tmp_path: Path) -> None:
     written = device.read_bytes()
     assert written and not written.endswith(b"V")
     assert "without the magic close" in (tmp_path / "watchdog.stderr").read_text()
+
+
+@pytest.mark.anyio
+async def test_a_new_daemon_waits_for_the_previous_watchdog_to_end(rig: Rig) -> None:
+    lock = Path(rig.plan.lock)
+    # it logs that it started once it holds its lock (a bounded poll of its log)
+    end = time.monotonic() + BOUND
+    while "watchdog started" not in rig.log() and time.monotonic() < end:
+        await anyio.sleep(0.01)
+    assert await wait_for_previous(lock, 0.2) is False
+    assert rig.close() == 0
+    assert await wait_for_previous(lock, BOUND) is True
