@@ -107,6 +107,8 @@ DEVICE_MAGIC = b"V"
 """Written before closing the device: the driver disarms (the "magic close")."""
 LINE_MAX = 64 * 1024
 """Bytes of one line on either pipe (the plan, a feed, a notice)."""
+RELEASE_LIMIT = 5.0
+"""Seconds the virtual IP's release may take (netlink answers in milliseconds)."""
 LOCK_POLL = 0.05
 """Seconds between two looks at a previous watchdog's lock (a bounded poll)."""
 
@@ -207,7 +209,7 @@ class Watch:
 
     def replan(self, plan: Plan) -> None:
         """A reload changed the fence (the scripts, their environment): the device,
-        the lock, the record and the log stay those of the start."""
+        its interval, the lock and the log stay those of the start."""
         self.plan = replace(
             plan,
             lock=self.plan.lock,
@@ -323,6 +325,7 @@ class Watch:
             return notice
         steps: dict[str, str] = {}
         steps["kill"] = self._kill(content)
+        notice["killed_at"] = self.clock()
         steps["vip"] = anyio.run(self._release)
         self._feed_device()  # (the stop script may take long)
         steps["stop"] = anyio.run(self._stop_script)
@@ -372,10 +375,14 @@ class Watch:
             ]
         )
         try:
-            await vip.release()
+            with anyio.fail_after(RELEASE_LIMIT):
+                await vip.release()
         except VipError as exc:
             log.error("cannot release the virtual IP", error=str(exc))
             return f"failed: {exc}"
+        except TimeoutError:
+            log.error("the virtual IP release did not finish", seconds=RELEASE_LIMIT)
+            return f"failed: not released within {RELEASE_LIMIT:g} s"
         return "released"
 
     async def _stop_script(self) -> str:
