@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from failover.platform.application import _start_time
@@ -71,6 +70,11 @@ class Rig:
             stderr=self.stderr,
         )
         self.send(self.plan.to_line())
+        # ready (its imports done, its lock held) before any deadline is counted
+        end = time.monotonic() + BOUND
+        while "watchdog started" not in self.log():
+            assert time.monotonic() < end and self.proc.poll() is None, self.log()
+            time.sleep(0.01)
 
     def mark(self, pid: int, started: int | None) -> None:
         self.marker.write_text(json.dumps({"pid": pid, "start_time": started}))
@@ -294,11 +298,7 @@ def test_a_failed_fence_stops_feeding_the_device(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_a_new_daemon_waits_for_the_previous_watchdog_to_end(rig: Rig) -> None:
-    lock = Path(rig.plan.lock)
-    # it logs that it started once it holds its lock (a bounded poll of its log)
-    end = time.monotonic() + BOUND
-    while "watchdog started" not in rig.log() and time.monotonic() < end:
-        await anyio.sleep(0.01)
+    lock = Path(rig.plan.lock)  # held: the rig waited for "watchdog started"
     assert await wait_for_previous(lock, 0.2) is False
     assert rig.close() == 0
     assert await wait_for_previous(lock, BOUND) is True
