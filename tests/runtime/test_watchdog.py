@@ -9,6 +9,7 @@ processes, or waiting for a deadline to have passed (the property itself).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import select
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from failover.platform.application import _start_time
-from failover.runtime.watchdog import FENCED, Plan, feed_line, wait_for_previous
+from failover.runtime.watchdog import FENCED, Plan, Watch, feed_line, wait_for_previous
 
 BOUND = 30.0  # seconds: an upper bound on every wait, not an expected duration
 
@@ -302,3 +303,41 @@ async def test_a_new_daemon_waits_for_the_previous_watchdog_to_end(rig: Rig) -> 
     assert await wait_for_previous(lock, 0.2) is False
     assert rig.close() == 0
     assert await wait_for_previous(lock, BOUND) is True
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("made_at", [9.0, 10.0])
+def test_a_feed_made_after_the_standing_deadline_does_not_save_it(
+    tmp_path: Path, made_at: float
+) -> None:
+    """Read late by a slow watchdog, a feed counts by when the loop made it: made
+    before the standing deadline (9) it saves the application, made at or after
+    it (10: the loop was stalled until then) the standing deadline is fenced."""
+    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        marker = tmp_path / "application.started"
+        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+        plan = Plan(marker=str(marker), record=str(tmp_path / "fenced"), lock="unused")
+        notices, clock = io.BytesIO(), FakeClock()
+        watch = Watch(plan, notices, clock=clock)
+        watch.feed(10.0, sent_at=0.0)
+        clock.now = 15.0  # this watchdog reads the next feed only now
+        watch.feed(20.0, sent_at=made_at)
+        if made_at < 10.0:
+            assert notices.getvalue() == b"" and app.poll() is None
+            assert watch.deadline == 20.0
+        else:
+            assert json.loads(notices.getvalue())[FENCED]["deadline"] == 10.0
+            assert app.wait(timeout=BOUND) == -signal.SIGKILL
+            assert watch.deadline == 20.0  # the loop runs again: armed anew
+    finally:
+        if app.poll() is None:
+            app.kill()
+        app.wait()

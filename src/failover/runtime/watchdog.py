@@ -48,7 +48,12 @@ newer feed it fences, each step logged:
    (``watchdog.fenced`` in the node's directory) for a daemon that is gone.
 
 It then stays disarmed until a feed brings a later deadline (a late feed
-carrying the deadline just fenced adds nothing).
+carrying the deadline just fenced adds nothing). Each feed also says when the
+loop made it (``sent_at``): a feed is judged by that, not by when this
+process reads it, so a watchdog that reads late (busy, just started) does not
+fence a loop that fed in time, and a feed made only after the standing
+deadline had passed (the loop was stalled until then) does not save that
+deadline: it is fenced first.
 
 End of the daemon. EOF on its standard input means the daemon is gone: it
 closes it at a clean exit after stopping the application and sending "no
@@ -154,22 +159,27 @@ class Plan:
         return (self.stop_timeout + KILL_GRACE if self.stop else 0.0) + 5.0
 
 
-def feed_line(deadline: float | None) -> bytes:
-    """One feed: the CLOCK_MONOTONIC time by which the application must be gone,
-    or None while the node does not serve."""
-    return json.dumps({"deadline": deadline}).encode() + b"\n"
+def feed_line(deadline: float | None, sent_at: float | None = None) -> bytes:
+    """One feed: the CLOCK_MONOTONIC time by which the application must be gone, or
+    None while the node does not serve; ``sent_at``, when the loop made it."""
+    return json.dumps({"deadline": deadline, "sent_at": sent_at}).encode() + b"\n"
 
 
-def parse_feed(data: object) -> float | None:
-    """The deadline of a feed (a line's JSON); ``ValueError`` naming what is wrong."""
+def _time(data: dict[str, Any], key: str) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise ValueError(f"{key} {value!r} is not a finite number")
+    return float(value)
+
+
+def parse_feed(data: object) -> tuple[float | None, float | None]:
+    """The deadline and the time sent of a feed (a line's JSON); ``ValueError``
+    naming what is wrong."""
     if not isinstance(data, dict) or "deadline" not in data:
         raise ValueError("a feed is a JSON object with a 'deadline'")
-    deadline = data["deadline"]
-    if deadline is None:
-        return None
-    if type(deadline) not in (int, float) or not math.isfinite(deadline):
-        raise ValueError(f"deadline {deadline!r} is not a finite number")
-    return float(deadline)
+    return _time(data, "deadline"), _time(data, "sent_at")
 
 
 # --- the watchdog process --------------------------------------------------------------
@@ -198,7 +208,12 @@ class Watch:
 
     # --- feeds -----------------------------------------------------------------------
 
-    def feed(self, deadline: float | None) -> None:
+    def feed(self, deadline: float | None, sent_at: float | None = None) -> None:
+        """Apply a feed. One the loop made only after the standing deadline had
+        passed does not save it (the loop was stalled until then): that deadline
+        is fenced first, however late this watchdog reads the feed."""
+        if self.deadline is not None and sent_at is not None and sent_at >= self.deadline:
+            self.fence("the daemon's event loop fed only after its deadline", self.deadline)
         if deadline is not None and self.fenced is not None and deadline <= self.fenced:
             return  # the deadline already fenced, sent again before the daemon learned it
         if deadline is not None and self.deadline is None:
@@ -228,7 +243,7 @@ class Watch:
                 if isinstance(data, dict) and "plan" in data:
                     self.replan(Plan.from_data(data["plan"]))
                 else:
-                    self.feed(parse_feed(data))
+                    self.feed(*parse_feed(data))
             except (ValueError, TypeError) as exc:
                 log.error("line ignored: the previous deadline and plan stand", error=str(exc))
         if len(rest) > LINE_MAX:
@@ -242,21 +257,20 @@ class Watch:
         buffer = b""
         try:
             while True:
-                readable = self._wait(fd)
-                if self.deadline is not None and self.clock() >= self.deadline:
-                    # before any feed read meanwhile: a feed that arrives late
-                    # was sent late, and the deadline has passed
-                    self.fence(
-                        "no feed from the daemon's event loop before its deadline", self.deadline
-                    )
-                if readable:
-                    chunk = os.read(fd, 4096)
+                # the feeds waiting first: one made in time saves the deadline even
+                # when this process reads it late (``feed`` judges by when it was made)
+                if self._wait(fd):
+                    chunk = os.read(fd, 65536)
                     if not chunk:
                         if self.deadline is not None:
                             self.fence("the daemon is gone while its node served", self.deadline)
-                        log.info("the daemon is gone: the watchdog exits")
+                        log.info("the daemon is gone: the watchdog exits", pid=os.getpid())
                         return 0
                     buffer = self._lines(buffer + chunk)
+                if self.deadline is not None and self.clock() >= self.deadline:
+                    self.fence(
+                        "no feed from the daemon's event loop before its deadline", self.deadline
+                    )
                 self._feed_device()
         finally:
             self._close_device()
@@ -536,9 +550,10 @@ class WatchdogClient:
         if self._sent == (deadline,):
             return
         self._sent = (deadline,)
+        now = time.monotonic()
         if deadline is not None:  # on CLOCK_MONOTONIC (the same as ours, unless virtual)
-            deadline = time.monotonic() + (deadline - anyio.current_time())
-        await self._send(feed_line(deadline))
+            deadline = now + (deadline - anyio.current_time())
+        await self._send(feed_line(deadline, now))
 
     async def listen(self) -> None:
         """Read the watchdog's notices until it exits."""
