@@ -129,6 +129,7 @@ class Cluster:
         replicate: str | None = None,
         stop_delay: float = 0.0,
         profile: str = "fast",
+        watchdog: bool = True,
     ) -> None:
         CLUSTERS.append(self)
         self.expected_violations: frozenset[str] = frozenset()
@@ -172,6 +173,8 @@ class Cluster:
                 for node in NODES
             },
         }
+        if not watchdog:  # a daemon killed leaves its VIP behind (its watchdog gone too)
+            document["watchdog"] = {"enabled": False}
         if replicate is not None:
             # One path in the file, as on two real servers: each daemon runs in a
             # mount namespace of its own where that path is its node's own "disk".

@@ -111,7 +111,8 @@ def test_both_families_follow_the_service_across_a_kill_9_and_a_swap(
     lab: Lab, tmp_path: Path
 ) -> None:
     lab.exec("client", ["ip", "addr", "add", CLIENT6, "dev", "lan", "nodad"])
-    cluster = Cluster(lab, tmp_path, LINKS)
+    # without the watchdog, which would release the addresses of the killed daemon
+    cluster = Cluster(lab, tmp_path, LINKS, watchdog=False)
     serve_every_address(
         cluster,
         tmp_path,

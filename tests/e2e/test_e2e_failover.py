@@ -53,8 +53,10 @@ def test_pair_then_kill_9_of_the_serving_daemon_moves_service_and_vip(
     assert status is not None and status["peer"]["alive"] is False
     assert ("secondary", "alone") in cluster.state_changes(secondary)
 
-    # The killed daemon left its VIP and application behind (a dead daemon cannot
-    # clean up); gratuitous ARP still sends the client to the node that serves now.
+    # A dead daemon cannot clean up: its watchdog, reading EOF, fenced the
+    # application and released the VIP at once (without it, gratuitous ARP
+    # still sends the client to the node that serves now: test_e2e_addresses).
+    cluster.wait("the killed daemon's VIP released", lambda: cluster.vip_holders() == [secondary])
     cluster.wait("the VIP answers from the survivor", lambda: cluster.fetch_via_vip() == secondary)
 
     # The killed node comes back: it stops what it had left running, then follows.

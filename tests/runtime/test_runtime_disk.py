@@ -203,8 +203,14 @@ async def test_a_serving_node_whose_disk_fails_serves_on_degraded_and_resumes_in
         running = tmp_path / f"running-{name}"
         await wait_until(running.exists)
         # settled: the heartbeat after the pairing records the primary's own reason
-        # (a resync of nothing now ends within its step: the pairing is that much faster)
-        await wait_until(lambda: server.status()["reason"].startswith("protected: "))
+        # (a resync of nothing now ends within its step: the pairing is that much faster),
+        # and the application's start is reported (ready: no outcome awaited)
+        await wait_until(
+            lambda: (
+                server.status()["reason"].startswith("protected: ")
+                and server.status()["substatus"] == "ready"
+            )
+        )
         code = FAULTS[fault]
         disk = FullDisk(server.daemon) if code is None else StoreFault(server.daemon, code)
         durable = server.daemon.store.load()

@@ -152,9 +152,14 @@ def test_kill_9_of_the_serving_daemon_makes_the_peer_serve(
     takeover = next(r for r in reversed(transitions) if r["from"] == "secondary")
     assert takeover["to"] == "alone"
 
-    # Killed with the application running: the next daemon stops it first, then
-    # follows the node that took over.
-    assert (tmp_path / f"serving.{primary}").exists()
+    # Killed with the application running: its watchdog fences it at once (the
+    # stop script runs), and the next daemon stops it again (the marker stays),
+    # then follows the node that took over.
+    procs.wait(
+        "the watchdog stops the killed daemon's application",
+        lambda: not (tmp_path / f"serving.{primary}").exists(),
+    )
+    assert (procs.config.node_dir(primary) / "application.started").exists()
     procs.expected_dead.discard(primary)
     procs.start(primary)
     assert procs.paired() == (secondary, primary)

@@ -318,6 +318,26 @@ class VirtualIpConfig(Section):
     announce_interval: Annotated[Seconds, Le(60)] = DEFAULT_ANNOUNCE_INTERVAL
 
 
+class WatchdogConfig(Section):
+    """``watchdog``: the process that fences the application when the daemon's event
+    loop stalls (``runtime/watchdog.py``). On by default; it acts only where
+    there is something to fence (an application or a virtual IP). ``device``
+    (a hardware or softdog device, e.g. ``/dev/watchdog``) is fed by it when
+    set: off by default, for opening one arms a reset of the machine."""
+
+    enabled: StrictBool = True
+    device: AbsolutePath | None = None
+    device_interval: Annotated[Seconds, Le(60)] = 1.0
+
+    @model_validator(mode="after")
+    def _device_needs_the_watchdog(self) -> WatchdogConfig:
+        if self.device is not None and not self.enabled:
+            raise ValueError(
+                "device is set but enabled is false: only the watchdog process feeds the device"
+            )
+        return self
+
+
 CheckerClass = Literal["serving", "standby", "both"]
 CheckerAction = Literal["restart", "failover", "stop"]
 GraceSeconds = Annotated[float, Strict(), AllowInfNan(False), Ge(0)]
@@ -456,6 +476,7 @@ class ClusterConfig(Section):
     virtual_ips: tuple[VirtualIpConfig, ...] = ()
     checkers: tuple[CheckerConfig, ...] = ()
     replication: ReplicationSection | None = None
+    watchdog: WatchdogConfig = WatchdogConfig()
 
     _source_path: Path | None = PrivateAttr(default=None)
     _warnings: tuple[str, ...] = PrivateAttr(default=())

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -128,6 +129,27 @@ def _start_time(pid: int) -> int | None:
         return None
     # after the command name: state is field 3, starttime field 22
     return int(fields_[19]) if len(fields_) > 19 else None
+
+
+def marked_group(content: bytes) -> int | str:
+    """The process group to signal that a marker's ``content`` names (its leader's
+    PID), or why it names none: empty (written before a start), unreadable, a
+    command that had already exited, or a PID another process has taken since
+    (its start time differs). A leader that is gone leaves its group's id
+    usable: the kernel does not give the id of a group with members to a new
+    process. (For the watchdog, which fences while this daemon cannot.)"""
+    if not content:
+        return "the marker names no command (written before a start)"
+    named = parse_marker(content)
+    if isinstance(named, str):
+        return named
+    pid, started = named
+    if started is None:
+        return "the command had already exited when the marker was written"
+    now = _start_time(pid)
+    if now is not None and now != started:
+        return f"process {pid} is another process now"
+    return pid
 
 
 class Application:
@@ -311,6 +333,22 @@ class Application:
         )
         self.history.record(COMMAND, result)
         return result.reason
+
+    def fenced(self, reason: str) -> bool:
+        """The watchdog stopped the application behind the daemon's back (its event
+        loop had stalled): the command's group killed, the VIP released, the stop
+        script run. The application no longer runs (a restart takes the VIP
+        again; the next stop still runs every script and removes the marker).
+        Returns True when the daemon must report it (``AppFailed``), False when
+        the command's own watcher saw it die first and reports that."""
+        self.running = False
+        process, self._main = self._main, None
+        if process is None:
+            return self._dead is None
+        self._dead = process  # the next stop ends what may be left of its group
+        result = ScriptResult("application command", -signal.SIGKILL, False, (reason,))
+        self.history.record(COMMAND, result)  # (status shows the reason as its tail)
+        return True
 
     # --- stop ------------------------------------------------------------------------
 

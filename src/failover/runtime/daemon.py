@@ -9,7 +9,11 @@ One task group holds every task of the node:
   timer, executor, checkers, control API, signals) sends into one memory
   object stream that this task drains, so the core sees one event at a time;
 - the action executor (scripts, VIP, data effects), one action at a time;
-- the checkers, the control API server and the signal watcher.
+- the checkers, the control API server and the signal watcher;
+- the watchdog's feeder and listener: a separate process (``runtime/watchdog.py``)
+  fences the application if this loop stops feeding it a deadline (the lease's
+  ``fence_at``, or the last heartbeat + ``dead_timeout`` - ``heartbeat_interval`` / 2)
+  while the node serves; a fence it reports is handed to the core as ``AppFailed``.
 
 How the effects of one ``handle`` call are applied, in list order:
 
@@ -80,9 +84,10 @@ from failover.runtime.dataplane import DataPlane, DataPlaneSettings
 from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
-from failover.runtime.logging import AuditJournal
+from failover.runtime.logging import AuditJournal, log_file
 from failover.runtime.store import IncarnationStore, MetadataStore, unwritable
 from failover.runtime.timer import DeadlineSignal, run_timer
+from failover.runtime.watchdog import Plan, WatchdogClient, read_record, wait_for_previous
 from failover.tls import tls_context
 from failover.transport import HeartbeatTransport
 from failover.wire import FrameCodec, Inbound, Outbound
@@ -217,6 +222,8 @@ def _restart_only_changes(old: ClusterConfig, new: ClusterConfig, node: str) -> 
                 changed.append(f"nodes.{name}.links")
     if old.addresses != new.addresses:
         changed.append("virtual_ip(s)")
+    if old.watchdog != new.watchdog:
+        changed.append("watchdog")
     # every replicated directory is a mount and a tracker: only a restart changes them
     if old.replication != new.replication:
         changed.append("replication")
@@ -301,6 +308,7 @@ class Daemon:
         self._held = HeldEvents()
         self.log = log.bind(node=node_name)
         self._heard: tuple[str, str, bool] | None = None
+        self._last_beat: float | None = None  # when the core last emitted a heartbeat
 
     # --- producers -----------------------------------------------------------------------
 
@@ -502,6 +510,9 @@ class Daemon:
         return fault.view(anyio.current_time(), len(self._held))
 
     def _send_heartbeat(self, effect: fx.SendHeartbeat) -> None:
+        # what the peer counts its dead timeout from (sent or not: a node alone
+        # serving sends nothing and must not be fenced for it)
+        self._last_beat = anyio.current_time()
         open_links = [link for link in self.links if link.open]
         if not open_links:
             return
@@ -650,9 +661,11 @@ class Daemon:
         elif settings != self.config.core_settings(self.name):
             self.log.warning("this core cannot change its settings live: restart to apply them")
         self.app.scripts = _scripts_of(new)
+        self.config = new
+        if self.watchdog is not None:  # its fence runs the stop script as reloaded
+            await self.watchdog.replan(self._watchdog_plan())
         for link in self.links:
             link.send_timeout = new.timing.heartbeat_interval
-        self.config = new
         self._start_checkers()
         for warning in new.warnings:
             self.log.warning("configuration warning", warning=warning)
@@ -727,6 +740,8 @@ class Daemon:
             env=_script_env(config, name),
             marker=self.node_dir / "application.started",
         )
+        self._arbitrated = settings.arbitrator
+        self.watchdog = self._watchdog_client()
         self.controller = NodeController(
             node=self.node,
             name=name,
@@ -749,6 +764,95 @@ class Daemon:
             links=[link.name for link in config.links],
             first_start_data=local_data if metadata.fresh else None,
         )
+
+    # --- the watchdog ----------------------------------------------------------------------
+
+    def _watchdog_client(self) -> WatchdogClient | None:
+        """The watchdog process's client, when it is enabled and there is something
+        to fence (an application or a virtual IP)."""
+        config = self.config
+        if not config.watchdog.enabled or (config.application is None and not config.addresses):
+            return None
+        return WatchdogClient(self._watchdog_plan(), self._on_fenced)
+
+    def _watchdog_plan(self) -> Plan:
+        section, scripts = self.config.watchdog, self.app.scripts
+        return Plan(
+            marker=str(self.app.marker),
+            record=str(self.node_dir / "watchdog.fenced"),
+            lock=str(self.node_dir / "watchdog.lock"),
+            # the addresses this daemon holds (a reload does not change them)
+            addresses=()
+            if self.vip is None
+            else tuple((str(a.address), a.interface) for a in self.vip.addresses),
+            stop=None if scripts is None else scripts.stop,
+            stop_timeout=30.0 if scripts is None else scripts.stop_limit,
+            env=self.app.env,
+            output_dir=str(self.app.output_dir),
+            device=None if section.device is None else str(section.device),
+            device_interval=section.device_interval,
+            log_file=log_file(),
+        )
+
+    async def _after_previous_watchdog(self) -> None:
+        """Before ``recover``: wait for the watchdog of an earlier daemon of this node
+        to end (it may be fencing), and learn what it fenced."""
+        lock, record = self.node_dir / "watchdog.lock", self.node_dir / "watchdog.fenced"
+        if not await wait_for_previous(lock, self.app.budget):
+            self.log.error("the previous daemon's watchdog still runs", lock=str(lock))
+        notice = read_record(record)
+        if notice is not None:  # (the journal's ``start`` record says what is held)
+            self.log.warning("the previous daemon's watchdog fenced the application", **notice)
+
+    def _watchdog_deadline(self) -> float | None:
+        """The time by which the application must be gone if this loop stops now
+        (docs/operations.md, "The watchdog"), or None while nothing serves."""
+        app = self.app
+        if not (self.node.state.serving or app.running or app.main is not None):
+            return None
+        lease = getattr(self.node.facts, "lease", None)
+        fence_at: float | None = getattr(lease, "fence_at", None)
+        if self._arbitrated and fence_at is not None:
+            return fence_at
+        timing = self.config.timing
+        beat = anyio.current_time() if self._last_beat is None else self._last_beat
+        return beat + timing.dead_timeout - timing.heartbeat_interval / 2
+
+    async def _feed_watchdog(self, watchdog: WatchdogClient) -> None:
+        """Feed the deadline after each step of the loop and each action's progress
+        (``_notify``), and at least every heartbeat interval."""
+        while True:
+            await watchdog.feed(self._watchdog_deadline())
+            with anyio.move_on_after(self.config.timing.heartbeat_interval):
+                await self._changed.wait()
+
+    async def _on_fenced(self, notice: dict[str, Any]) -> None:
+        """The watchdog fenced the application while this loop was stalled: the core
+        learns it as the application's failure."""
+        why = str(notice.get("why", "unknown"))
+        reason = f"fenced by the watchdog: {why}"
+        self.log.error("the watchdog fenced the application", **notice)
+        # the audit's resources: released (at the latest now; ``fenced_at`` says when)
+        steps = notice.get("steps")
+        failed = [step for step, outcome in (steps or {}).items() if "failed" in str(outcome)]
+        self.journal.write(
+            "resource",
+            action="stop",
+            phase="end",
+            ok=not failed,
+            problem=reason if not failed else f"{reason}; failed: {', '.join(failed)}",
+            vip=None if self.vip is None else str(self.vip.address),
+            fenced_at=notice.get("at"),
+        )
+        with contextlib.suppress(OSError):
+            (self.node_dir / "watchdog.fenced").unlink()
+        await self.app.release_vip()  # (again: stops this daemon's announcements too)
+        if not self.app.fenced(reason):
+            return  # the command's watcher reported its death
+        if self.executor.app_action_pending:
+            self.log.warning("fenced while an action on the application runs: its outcome follows")
+            return
+        await self.report(ev.AppFailed(reason=reason))
 
     def _raise_priority(self) -> None:
         """A busy machine must still run the heartbeat path in time (see
@@ -803,10 +907,20 @@ class Daemon:
             except VipError as exc:
                 # Not fatal: the interface may appear later; StartApp will say why it fails.
                 self.log.error("virtual IP not ready", error=str(exc))
+        await self._after_previous_watchdog()
         recovered: bool | str = "timeout"
         with anyio.move_on_after(self.app.budget):
             recovered = await self.app.recover()
         self._journal_start(recovered)
+        if self.watchdog is not None:
+            problem = await self.watchdog.start()
+            if problem is not None:
+                self.log.error(
+                    "the application will not be fenced if this daemon hangs", why=problem
+                )
+            else:
+                tg.start_soon(self.watchdog.listen)
+                tg.start_soon(self._feed_watchdog, self.watchdog)
         if self.data is not None:
             await tg.start(self.data.run)  # mounts every directory read-only
         self.executor = ActionExecutor(
@@ -852,6 +966,8 @@ class Daemon:
                 await self.app.stop_both()
         if scope.cancelled_caught:
             self.log.error("cleanup did not complete in time")
+        if self.watchdog is not None:  # it fences at once what still runs
+            await self.watchdog.close(serving=self.app.running)
         if self.vip is not None:
             self.vip.close()
         self.journal.write("exit", state=self.node.state.value, app_running=self.app.running)

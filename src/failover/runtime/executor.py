@@ -172,6 +172,12 @@ class ActionExecutor:
     def idle(self) -> bool:
         return self._outstanding == 0
 
+    @property
+    def app_action_pending(self) -> bool:
+        """An action on the application (``APP_EFFECTS``) is queued or running: the
+        core awaits its outcome, and an ``AppFailed`` now would read as that."""
+        return self._app_actions > 0
+
     def submit(self, effect: fx.Effect) -> None:
         """Queue ``effect`` behind the actions already queued (a renewal runs beside them)."""
         if isinstance(effect, fx.RequestArbitration | fx.RenewArbitration):

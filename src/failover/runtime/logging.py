@@ -93,6 +93,13 @@ class _Tolerant:
 _opened: list[BinaryIO] = []
 """The file the last configuration opened (closed when logging is configured again)."""
 
+
+def log_file() -> str | None:
+    """The file the records go to, None when they go to stdout (for a helper
+    process, the watchdog, that logs beside the daemon)."""
+    return str(_opened[-1].name) if _opened else None
+
+
 _LEADING = ("timestamp", "level", "msg", "node", "from", "event", "to")
 
 
