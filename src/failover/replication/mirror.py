@@ -190,6 +190,9 @@ def _key(st: os.stat_result) -> _Key:
 # -- libc calls Python's os module lacks ------------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3"))  # the one mfusepy loaded (above)
+_libfuse.fuse_get_context.restype = ctypes.POINTER(mfusepy.fuse_context)
+_libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _libc.renameat2.argtypes = [
     ctypes.c_int,
     ctypes.c_char_p,
@@ -272,6 +275,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         self._read_only = read_only
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
+        self._names: dict[_Key, dict[int, _Handle]] = {}  # the open handles of each file
+        self._fuse: int | None = None  # libfuse's struct fuse, for fuse_invalidate_path
         # The fsync shortcut (module docstring), all under ``_lock``: the op counter, the
         # syncs in flight, and while any is, the count of each file's last touch (and of
         # the last "touch everything"); every file's last acknowledged sync.
@@ -529,7 +534,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 raise
             self._touch(handle.key)
             self._touch_at(_parent(rel))
-            self._handles[fd] = handle
+            self._opened(fd, handle)
         return fd
 
     def open(self, path: str, flags: int) -> int:
@@ -553,8 +558,13 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 raise
             if flags & os.O_TRUNC:
                 self._touch(handle.key)
-            self._handles[fd] = handle
+            self._opened(fd, handle)
         return fd
+
+    def _opened(self, fd: int, handle: _Handle) -> None:
+        """The caller holds ``_lock``."""
+        self._handles[fd] = handle
+        self._names.setdefault(handle.key, {})[fd] = handle
 
     @staticmethod
     def _handle(rel: bytes, flags: int, fd: int) -> _Handle:
@@ -588,6 +598,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         handle = self._handles[fh]
+        self._flush_other_names(handle)
         sync = os.fdatasync if datasync else os.fsync
         self._durable(handle.path, handle.key, bool(datasync), lambda: sync(fh))
         return 0
@@ -610,9 +621,33 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def release(self, path: str | None, fh: int) -> int:
         with self._lock:
-            del self._handles[fh]
+            handle = self._handles.pop(fh)
+            names = self._names[handle.key]
+            del names[fh]
+            if not names:
+                del self._names[handle.key]
         os.close(fh)
         return 0
+
+    def _flush_other_names(self, handle: _Handle) -> None:
+        """An fsync covers the file's writes through every name: libfuse's high-level API
+        gives each name of a hard-linked file its own kernel inode, and the kernel flushes
+        only the fsynced inode's dirty pages (an mmap's). The other names open now (a
+        mapping keeps its file open) are invalidated: the kernel writes their dirty pages
+        back first (FUSE ``write`` requests, recorded as usual) and returns only then, so
+        their ops reach the listener before this fsync's. Costs nothing unless the file is
+        open under another name."""
+        with self._lock:
+            handles = self._names.get(handle.key, {})
+            others = (
+                {other.path for other in handles.values() if other.path is not None} - {handle.path}
+                if len(handles) > 1
+                else set()
+            )
+        fuse = self._fuse
+        for other in sorted(others):
+            if fuse is not None:  # -ENOENT: libfuse caches no such name, nothing to write
+                _libfuse.fuse_invalidate_path(fuse, b"/" + other)
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
         handle = self._handles[fh]
@@ -876,6 +911,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         self._config = config  # libfuse's own struct: read at each reply
+        self._fuse = _libfuse.fuse_get_context().contents.fuse
         self.live = True  # the kernel's INIT request: the mount is in place and answered
         self._ready.set()
 
