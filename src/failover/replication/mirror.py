@@ -637,13 +637,12 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         back first (FUSE ``write`` requests, recorded as usual) and returns only then, so
         their ops reach the listener before this fsync's. Costs nothing unless the file is
         open under another name."""
+        if len(self._names.get(handle.key, ())) < 2:  # read without the lock: atomic
+            return  # (a name opened after this check wrote nothing this fsync must cover)
         with self._lock:
             handles = self._names.get(handle.key, {})
-            others = (
-                {other.path for other in handles.values() if other.path is not None} - {handle.path}
-                if len(handles) > 1
-                else set()
-            )
+            others = {other.path for other in handles.values() if other.path is not None}
+        others.discard(handle.path)
         fuse = self._fuse
         for other in sorted(others):
             if fuse is not None:  # -ENOENT: libfuse caches no such name, nothing to write
