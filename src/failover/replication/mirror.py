@@ -190,7 +190,11 @@ def _key(st: os.stat_result) -> _Key:
 # -- libc calls Python's os module lacks ------------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-_libfuse = ctypes.CDLL(ctypes.util.find_library("fuse3"))  # the one mfusepy loaded (above)
+# The library mfusepy loaded (its choice on Linux: FUSE_LIBRARY_PATH, else FUSE_LIBRARY_NAME).
+_libfuse = ctypes.CDLL(
+    os.environ.get("FUSE_LIBRARY_PATH")
+    or ctypes.util.find_library(os.environ.get("FUSE_LIBRARY_NAME", "fuse3"))
+)
 _libfuse.fuse_get_context.restype = ctypes.POINTER(mfusepy.fuse_context)
 _libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _libc.renameat2.argtypes = [
