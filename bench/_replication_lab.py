@@ -240,7 +240,9 @@ PROFILED = {
     ),
     "failover.replication.relay:Relay": ("before", "after", "sync"),
     "failover.replication.channel_sender:ReplicationSender": ("after", "queue", "wait_acked"),
-    "failover.replication.tracking:Tracker": ("before", "sync"),
+    "failover.replication.tracking:Tracker": (
+        "before", "sync", "flush", "_append", "_checkpoint", "_before_write",
+    ),
 }  # fmt: skip
 
 

@@ -11,6 +11,8 @@ fake tracker.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from typing import Any, cast
 import pytest
 from mirror_support import mounted, needs_fuse, temp_dir
 
-from failover.replication.ops import Fsync, Op
+from failover.replication.ops import Fsync, Op, Write
 from failover.replication.relay import Relay
 
 pytestmark = needs_fuse
@@ -290,3 +292,78 @@ def test_a_change_whose_record_failed_leaves_every_file_pending(mnt: Path, relay
         assert fsync_count(relay) == 2
     finally:
         os.close(fd)
+
+
+# -- an fsync through one name covers the writes through another ------------------------------
+#
+# POSIX: fsync makes every change of the *file* durable, whichever name or descriptor made
+# it. libfuse's high-level API gives each name of a file its own kernel inode, so what the
+# kernel holds dirty for one name (an mmap's pages) is not flushed by an fsync of another.
+# The mirror's promise: once an fsync returns, the peer holds every byte the application
+# wrote to the file before it, so the ``Write`` ops of those bytes reach the listener
+# before that fsync's ``Fsync`` op.
+
+SIZE = 8192
+# The mmap write runs in a process of its own: a page fault of this process on its own
+# mount would hold the GIL while the mirror's FUSE thread needs it to answer the read.
+MMAP_WRITE_THEN_FSYNC = """
+import mmap, os, sys
+a = os.open(sys.argv[1], os.O_RDWR)
+b = os.open(sys.argv[2], os.O_RDWR)
+with mmap.mmap(a, int(sys.argv[3])) as mapped:
+    mapped[:5] = b"hello"  # dirty in the kernel's inode of the first name; no msync
+    os.fsync(b)
+    print("synced", flush=True)
+    sys.stdin.read()  # the mapping stays until the test has looked
+"""
+
+
+def two_names(mnt: Path) -> tuple[Path, Path]:
+    with open(mnt / "a", "wb") as new:
+        new.truncate(SIZE)
+    os.link(mnt / "a", mnt / "b")
+    return mnt / "a", mnt / "b"
+
+
+def peer_image_at_sync(relay: Relay, path: bytes) -> bytes:
+    """The file's bytes on the peer when the first ``Fsync`` of ``path`` is applied:
+    every ``Write`` queued before it, in order, over zeros."""
+    image = bytearray(SIZE)
+    for op in sender_of(relay).ops:
+        if isinstance(op, Fsync) and op.path == path:
+            return bytes(image)
+        if isinstance(op, Write):
+            image[op.offset : op.offset + len(op.data)] = op.data
+    raise AssertionError(f"no Fsync of {path!r} was queued")
+
+
+def test_an_fsync_through_one_name_sends_an_mmap_write_made_through_another(
+    mnt: Path, relay: Relay
+) -> None:
+    a, b = two_names(mnt)
+    with subprocess.Popen(
+        [sys.executable, "-c", MMAP_WRITE_THEN_FSYNC, str(a), str(b), str(SIZE)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        try:
+            assert child.stdout.readline() == b"synced\n"
+            assert peer_image_at_sync(relay, b"b")[:5] == b"hello"
+        finally:
+            child.stdin.close()
+            child.wait(WAIT_S)
+
+
+def test_an_fsync_through_one_name_sends_a_write_made_through_another(
+    mnt: Path, relay: Relay
+) -> None:
+    """write(2) goes through FUSE at once (no writeback cache): recorded before it returns."""
+    a, b = (os.open(name, os.O_RDWR) for name in two_names(mnt))
+    try:
+        os.pwrite(a, b"hello", 0)
+        os.fsync(b)
+        assert peer_image_at_sync(relay, b"b")[:5] == b"hello"
+    finally:
+        os.close(b)
+        os.close(a)

@@ -190,6 +190,13 @@ def _key(st: os.stat_result) -> _Key:
 # -- libc calls Python's os module lacks ------------------------------------------------------
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The library mfusepy loaded (its choice on Linux: FUSE_LIBRARY_PATH, else FUSE_LIBRARY_NAME).
+_libfuse = ctypes.CDLL(
+    os.environ.get("FUSE_LIBRARY_PATH")
+    or ctypes.util.find_library(os.environ.get("FUSE_LIBRARY_NAME", "fuse3"))
+)
+_libfuse.fuse_get_context.restype = ctypes.POINTER(mfusepy.fuse_context)
+_libfuse.fuse_invalidate_path.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
 _libc.renameat2.argtypes = [
     ctypes.c_int,
     ctypes.c_char_p,
@@ -272,6 +279,8 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
         self._read_only = read_only
         self._lock = threading.Lock()
         self._handles: dict[int, _Handle] = {}
+        self._names: dict[_Key, dict[int, _Handle]] = {}  # the open handles of each file
+        self._fuse: int | None = None  # libfuse's struct fuse, for fuse_invalidate_path
         # The fsync shortcut (module docstring), all under ``_lock``: the op counter, the
         # syncs in flight, and while any is, the count of each file's last touch (and of
         # the last "touch everything"); every file's last acknowledged sync.
@@ -529,7 +538,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 raise
             self._touch(handle.key)
             self._touch_at(_parent(rel))
-            self._handles[fd] = handle
+            self._opened(fd, handle)
         return fd
 
     def open(self, path: str, flags: int) -> int:
@@ -553,8 +562,13 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
                 raise
             if flags & os.O_TRUNC:
                 self._touch(handle.key)
-            self._handles[fd] = handle
+            self._opened(fd, handle)
         return fd
+
+    def _opened(self, fd: int, handle: _Handle) -> None:
+        """The caller holds ``_lock``."""
+        self._handles[fd] = handle
+        self._names.setdefault(handle.key, {})[fd] = handle
 
     @staticmethod
     def _handle(rel: bytes, flags: int, fd: int) -> _Handle:
@@ -588,6 +602,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def fsync(self, path: str | None, datasync: int, fh: int) -> int:
         handle = self._handles[fh]
+        self._flush_other_names(handle)
         sync = os.fdatasync if datasync else os.fsync
         self._durable(handle.path, handle.key, bool(datasync), lambda: sync(fh))
         return 0
@@ -610,9 +625,32 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def release(self, path: str | None, fh: int) -> int:
         with self._lock:
-            del self._handles[fh]
+            handle = self._handles.pop(fh)
+            names = self._names[handle.key]
+            del names[fh]
+            if not names:
+                del self._names[handle.key]
         os.close(fh)
         return 0
+
+    def _flush_other_names(self, handle: _Handle) -> None:
+        """An fsync covers the file's writes through every name: libfuse's high-level API
+        gives each name of a hard-linked file its own kernel inode, and the kernel flushes
+        only the fsynced inode's dirty pages (an mmap's). The other names open now (a
+        mapping keeps its file open) are invalidated: the kernel writes their dirty pages
+        back first (FUSE ``write`` requests, recorded as usual) and returns only then, so
+        their ops reach the listener before this fsync's. Costs nothing unless the file is
+        open under another name."""
+        if len(self._names.get(handle.key, ())) < 2:  # read without the lock: atomic
+            return  # (a name opened after this check wrote nothing this fsync must cover)
+        with self._lock:
+            handles = self._names.get(handle.key, {})
+            others = {other.path for other in handles.values() if other.path is not None}
+        others.discard(handle.path)
+        fuse = self._fuse
+        for other in sorted(others):
+            if fuse is not None:  # -ENOENT: libfuse caches no such name, nothing to write
+                _libfuse.fuse_invalidate_path(fuse, b"/" + other)
 
     def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: int) -> int:
         handle = self._handles[fh]
@@ -876,6 +914,7 @@ class _Operations(mfusepy.Operations):  # type: ignore[misc]
 
     def init_with_config(self, conn: Any, config: Any) -> None:
         self._config = config  # libfuse's own struct: read at each reply
+        self._fuse = _libfuse.fuse_get_context().contents.fuse
         self.live = True  # the kernel's INIT request: the mount is in place and answered
         self._ready.set()
 
@@ -929,9 +968,51 @@ def _resolve_time(value: int, current_ns: int, now_ns: int) -> int:
     return value
 
 
+FUSE_THREADS = 10
+"""libfuse's worker threads at most (its default), and as many kept when idle: a worker
+never ends, so the Python thread states pinned by ``_Session._wrapper`` stay bounded."""
+_pinned = threading.local()
+_gil_ensure = ctypes.pythonapi.PyGILState_Ensure
+_thread_state_get = ctypes.pythonapi.PyThreadState_Get
+_thread_state_get.restype = ctypes.c_void_p
+_thread_state_clear = ctypes.pythonapi.PyThreadState_Clear
+_thread_state_clear.argtypes = [ctypes.c_void_p]
+_thread_state_delete = ctypes.pythonapi.PyThreadState_Delete
+_thread_state_delete.argtypes = [ctypes.c_void_p]
+
+
 class _Session(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy's FUSE with what its libfuse3 glue drops: rename flags (RENAME_NOREPLACE,
-    RENAME_EXCHANGE) and the file handle of ftruncate/fchmod/fchown/futimens."""
+    RENAME_EXCHANGE) and the file handle of ftruncate/fchmod/fchown/futimens; and a
+    Python thread state kept by each libfuse worker thread.
+
+    Every request reaches Python through a ctypes callback on one of libfuse's own
+    threads. ctypes enters with ``PyGILState_Ensure`` and leaves with
+    ``PyGILState_Release``: on a thread Python did not start, that creates and destroys
+    a whole thread state per request (a 4 KiB write through a bare passthrough went from
+    54-60 to 31 µs without it, 2026-12-05: a write is two requests, the write and the
+    kernel's getxattr). The first request on each thread takes one more ``Ensure`` that
+    it never releases, so the thread keeps its state; libfuse is told never to end an
+    idle worker (``FUSE_THREADS``), so at most that many states are kept. The loop runs
+    inside the constructor; when it returns, libfuse has ended and joined its workers,
+    and their states are freed (the loop's own thread, a Python one, is never pinned)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loop_thread = threading.get_ident()
+        self._states: list[int] = []  # pinned, of libfuse's workers
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            for state in self._states:
+                _thread_state_clear(state)
+                _thread_state_delete(state)
+
+    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not getattr(_pinned, "state", False) and threading.get_ident() != self._loop_thread:
+            _gil_ensure()  # the GIL is held here: only counts one more user of this state
+            _pinned.state = True
+            self._states.append(_thread_state_get())
+        return super()._wrapper(func, *args, **kwargs)
 
     def _decoded(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
@@ -1105,8 +1186,10 @@ class Mirror:
             "fsname": f"failover:{self.root_name}",
             "hard_remove": True,
             "use_ino": True,
-            # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value.
-            "max_idle_threads": 8,
+            # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value;
+            # as many as the workers, so that none ends (``_Session``'s thread states).
+            "max_threads": FUSE_THREADS,
+            "max_idle_threads": FUSE_THREADS,
             # The high-level API gives each name of a hard-linked file its own kernel inode:
             # cached attributes of one name would go stale when the file changes through
             # another (a read there would stop at the old size). Cached (the read-write
