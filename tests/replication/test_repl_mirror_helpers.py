@@ -9,18 +9,13 @@ ever signalled by name.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import pytest
 from mirror_support import needs_fuse
 
 from failover.errors import UsageError
-from failover.replication import mirror as mirror_module
 from failover.replication.fusermount import fuse_mount
 from failover.replication.mirror import Mirror
 from failover.testing.processes import children_named
@@ -85,62 +80,3 @@ def test_a_mount_fusermount3_refuses_names_its_reason_and_leaves_no_helper(
         fuse_mount(str(tmp_path), {"no_such_option": True}, 10.0)
     assert helpers() == []
     assert not os.path.ismount(tmp_path)
-
-
-# The threads a burst of concurrent requests makes libfuse start: each keeps a Python
-# thread state for its life (``_Session``), so none may end, and there are at most
-# ``FUSE_THREADS`` of them.
-BURST = """
-import os, sys, threading
-paths = sys.argv[1:]
-def work(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    for i in range(50):
-        os.pwrite(fd, b"x" * 4096, i * 4096)
-        os.fsync(fd)
-    os.close(fd)
-threads = [threading.Thread(target=work, args=(path,)) for path in paths]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-"""
-
-
-def thread_states() -> int:
-    """How many Python thread states this interpreter holds (foreign threads' included)."""
-    api = ctypes.pythonapi
-    api.PyInterpreterState_Get.restype = ctypes.c_void_p
-    api.PyInterpreterState_ThreadHead.restype = ctypes.c_void_p
-    api.PyInterpreterState_ThreadHead.argtypes = [ctypes.c_void_p]
-    api.PyThreadState_Next.restype = ctypes.c_void_p
-    api.PyThreadState_Next.argtypes = [ctypes.c_void_p]
-    count, state = 0, api.PyInterpreterState_ThreadHead(api.PyInterpreterState_Get())
-    while state:
-        count, state = count + 1, api.PyThreadState_Next(state)
-    return count
-
-
-def test_libfuse_workers_keep_bounded_thread_states_freed_at_unmount(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    served: set[int] = set()
-    write = mirror_module._Operations.write
-
-    def counted(self: object, *args: object) -> object:
-        served.add(threading.get_native_id())
-        return write(self, *args)
-
-    monkeypatch.setattr(mirror_module._Operations, "write", counted)
-    before = thread_states()
-    with Mirror("data", tmp_path, None):
-        for _ in range(2):
-            paths = [str(tmp_path / f"f{n}") for n in range(24)]
-            subprocess.run([sys.executable, "-c", BURST, *paths], check=True, timeout=120)
-        alive = {int(task) for task in os.listdir("/proc/self/task")}
-        during = thread_states()
-    assert len(served) > 1  # the burst did run requests side by side
-    assert len(served) <= mirror_module.FUSE_THREADS
-    assert served <= alive  # no worker that held a thread state has ended
-    assert during > before  # the workers kept theirs (the loop's thread has one too)
-    assert thread_states() == before  # and the unmount freed them

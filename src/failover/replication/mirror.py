@@ -968,51 +968,9 @@ def _resolve_time(value: int, current_ns: int, now_ns: int) -> int:
     return value
 
 
-FUSE_THREADS = 10
-"""libfuse's worker threads at most (its default), and as many kept when idle: a worker
-never ends, so the Python thread states pinned by ``_Session._wrapper`` stay bounded."""
-_pinned = threading.local()
-_gil_ensure = ctypes.pythonapi.PyGILState_Ensure
-_thread_state_get = ctypes.pythonapi.PyThreadState_Get
-_thread_state_get.restype = ctypes.c_void_p
-_thread_state_clear = ctypes.pythonapi.PyThreadState_Clear
-_thread_state_clear.argtypes = [ctypes.c_void_p]
-_thread_state_delete = ctypes.pythonapi.PyThreadState_Delete
-_thread_state_delete.argtypes = [ctypes.c_void_p]
-
-
 class _Session(mfusepy.FUSE):  # type: ignore[misc]
     """mfusepy's FUSE with what its libfuse3 glue drops: rename flags (RENAME_NOREPLACE,
-    RENAME_EXCHANGE) and the file handle of ftruncate/fchmod/fchown/futimens; and a
-    Python thread state kept by each libfuse worker thread.
-
-    Every request reaches Python through a ctypes callback on one of libfuse's own
-    threads. ctypes enters with ``PyGILState_Ensure`` and leaves with
-    ``PyGILState_Release``: on a thread Python did not start, that creates and destroys
-    a whole thread state per request (a 4 KiB write through a bare passthrough went from
-    54-60 to 31 µs without it, 2026-12-05: a write is two requests, the write and the
-    kernel's getxattr). The first request on each thread takes one more ``Ensure`` that
-    it never releases, so the thread keeps its state; libfuse is told never to end an
-    idle worker (``FUSE_THREADS``), so at most that many states are kept. The loop runs
-    inside the constructor; when it returns, libfuse has ended and joined its workers,
-    and their states are freed (the loop's own thread, a Python one, is never pinned)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._loop_thread = threading.get_ident()
-        self._states: list[int] = []  # pinned, of libfuse's workers
-        try:
-            super().__init__(*args, **kwargs)
-        finally:
-            for state in self._states:
-                _thread_state_clear(state)
-                _thread_state_delete(state)
-
-    def _wrapper(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if not getattr(_pinned, "state", False) and threading.get_ident() != self._loop_thread:
-            _gil_ensure()  # the GIL is held here: only counts one more user of this state
-            _pinned.state = True
-            self._states.append(_thread_state_get())
-        return super()._wrapper(func, *args, **kwargs)
+    RENAME_EXCHANGE) and the file handle of ftruncate/fchmod/fchown/futimens."""
 
     def _decoded(self, path: bytes | None) -> str | None:
         return None if path is None else path.decode(self.encoding, self.errors)
@@ -1186,10 +1144,8 @@ class Mirror:
             "fsname": f"failover:{self.root_name}",
             "hard_remove": True,
             "use_ino": True,
-            # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value;
-            # as many as the workers, so that none ends (``_Session``'s thread states).
-            "max_threads": FUSE_THREADS,
-            "max_idle_threads": FUSE_THREADS,
+            # libfuse 3.14 defaults this to UINT_MAX and then complains about its own value.
+            "max_idle_threads": 8,
             # The high-level API gives each name of a hard-linked file its own kernel inode:
             # cached attributes of one name would go stale when the file changes through
             # another (a read there would stop at the old size). Cached (the read-write
