@@ -122,3 +122,22 @@ def test_a_stall_fence_is_journalled_at_eof_unless_the_daemon_did(
         )
         assert written[-1]["fenced_at"] == notice["at"]
         assert "before its deadline" in written[-1]["problem"]
+
+
+def test_a_later_daemon_already_journalling_gets_no_older_record(tmp_path: Path) -> None:
+    """The next daemon stopped waiting for this watchdog (its bound passed) and has
+    started its boot: a record of the older boot after it would break the journal's
+    time order, and its start record already says what the node holds."""
+    journal = tmp_path / "audit.jsonl"
+    daemon_journal(journal)
+    AuditJournal(journal, node="alpha", boot=BOOT + 1, reserve=0).write("start", generation="1:1")
+    rig = Rig(tmp_path, journal=str(journal), node="alpha", boot=BOOT)
+    try:
+        before = journal.read_bytes()
+        rig.feed(time.monotonic() + 10 * BOUND)
+        assert rig.close() == 0
+        assert rig.group_gone()  # fenced all the same
+        assert journal.read_bytes() == before
+        assert "a later daemon already writes" in rig.log()
+    finally:
+        rig.cleanup()

@@ -976,9 +976,8 @@ class Daemon:
             await self.watchdog.close(serving=serving)
             if serving:  # its fence is journalled: this daemon's records follow it
                 with contextlib.suppress(OSError):
-                    self.journal.seq = max(
-                        self.journal.seq, last_seq(self.journal.path, self.journal.boot)
-                    )
+                    written = last_seq(self.journal.path, self.journal.boot) or 0
+                    self.journal.seq = max(self.journal.seq, written)
         if self.vip is not None:
             self.vip.close()
         self.journal.write("exit", state=self.node.state.value, app_running=self.app.running)

@@ -651,6 +651,9 @@ def journal_fence(plan: Plan, notice: dict[str, Any]) -> None:
     path = Path(plan.journal)
     try:
         last = last_seq(path, plan.boot)
+        if last is None:
+            log.warning("fence not journalled: a later daemon already writes", file=str(path))
+            return
         journal = AuditJournal(path, node=plan.node, boot=plan.boot, reserve=0)
         journal.seq = last
         vip = ", ".join(address for address, _interface in plan.addresses) or None
@@ -666,9 +669,12 @@ def journal_fence(plan: Plan, notice: dict[str, Any]) -> None:
         log.info("fence journalled for the daemon that is gone", file=str(path), seq=last + 1)
 
 
-def last_seq(path: Path, boot: int) -> int:
-    """The ``seq`` of the boot's last record in the journal (0 if none is found),
-    after cutting off a torn last line."""
+def last_seq(path: Path, boot: int) -> int | None:
+    """The ``seq`` of the journal's newest record, of ``boot`` (0 if the journal has
+    none), after cutting off a torn last line; None when it is of another boot: a
+    later daemon has started, and its ``start`` record already says what the node
+    holds (the audit orders boots by number: an older boot's record after it
+    would break the journal's time order)."""
     with open(path, "r+b") as handle:
         size = handle.seek(0, os.SEEK_END)
         start = max(0, size - 2 * LINE_MAX)
@@ -683,8 +689,8 @@ def last_seq(path: Path, boot: int) -> int:
             data = json.loads(line)
         except ValueError:
             continue
-        if isinstance(data, dict) and data.get("boot") == boot and type(data.get("seq")) is int:
-            return int(data["seq"])
+        if isinstance(data, dict) and type(data.get("seq")) is int:
+            return int(data["seq"]) if data.get("boot") == boot else None
     return 0
 
 
