@@ -174,6 +174,18 @@ def test_s1_a_killed_daemon_fenced_by_its_watchdog(
     assert f"while alpha served ({held}" in report.violations[0].why, report.violations[0].why
 
 
+def test_s1_a_fence_journalled_by_the_daemon_and_again_by_its_watchdog(tmp_path: Path) -> None:
+    """The daemon resumed, journalled the fence, and was killed before it removed the
+    watchdog's record file: the watchdog journals the fence again at EOF. Both
+    records are read as one fence; the second also ends the dead daemon's state."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    alpha.app(t + 1, "stop", "end").records[-1].update(fenced_at=t + 0.9, ok=True)
+    alpha.fenced(t + 1.1)
+    beta_takes_over(beta, t + 10)
+    assert run(tmp_path, alpha, beta).ok
+
+
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
     tmp_path: Path,
 ) -> None:
