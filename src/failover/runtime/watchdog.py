@@ -66,6 +66,18 @@ waits for this watchdog to end, through the lock it holds, before its
 ``recover``; the marker stays, so that ``recover`` runs the whole stop again,
 harmlessly).
 
+The audit journal after the daemon's death. A dead daemon cannot journal the
+fence, and the audit would count its application and address as held (and its
+state as serving) until the next daemon's start: with an arbitrator, the
+peer's takeover would read as two servers. So after EOF (the daemon gone: this
+process is the journal's only writer) the watchdog appends the ``resource``
+stop record the daemon writes after a fence (``fence_fields``), marked
+``watchdog: true``, in the daemon's boot after its last record
+(``journal_fence``): for the fence made at EOF, or for one made at a deadline
+whose record file the daemon did not remove (it does once it journalled it).
+Written within milliseconds of the fence, long before the lease can run out.
+Never before EOF: a stalled daemon may resume and write.
+
 Limits. The watchdog only helps while it runs itself: a hung kernel, or the
 watchdog stalled with the daemon (the whole machine swapping, a SIGSTOP sent
 to both), is what a hardware watchdog is for. With ``device`` configured the
