@@ -229,6 +229,10 @@ def _check_record(data: Any) -> str | None:
         return "'step' must be an integer"
     if kind == "gap" and data.get("since") is not None and not _number(data["since"]):
         return "'since' must be a number"
+    if kind == "resource" and not isinstance(data.get("watchdog", False), bool):
+        return "'watchdog' must be true or false"
+    if kind == "resource" and data.get("fenced_at") is not None and not _number(data["fenced_at"]):
+        return "'fenced_at' must be a number"
     if kind == "start" and not isinstance(data.get("arbitrator", ""), str):
         return "'arbitrator' must be a string (the arbitrator's type)"
     links = data.get("links")
@@ -472,6 +476,13 @@ class Timeline:
                 now.meta = _meta(record, now.meta)
             elif kind == "link":
                 now.links[str(record.get("link"))] = bool(record.get("up"))
+            elif kind == "resource" and record.get("watchdog") is True:
+                # the watchdog's fence of a daemon that is gone (only it writes then):
+                # the state and links went with the daemon; the application and
+                # address are released only if every step of the fence succeeded
+                now.held = now.held and record.get("ok") is not True
+                now.state = "stop"
+                now.links = dict.fromkeys(now.links, False)
             elif kind == "resource":
                 if record.get("action") == "start" and record.get("phase") == "begin":
                     now.held = True

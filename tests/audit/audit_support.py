@@ -109,6 +109,14 @@ class Journal:
     def app(self, mono: float, action: str, phase: str) -> Journal:
         return self._add("resource", mono, step=False, action=action, phase=phase, vip=None)
 
+    def fenced(self, mono: float, *, ok: bool = True) -> Journal:
+        """The watchdog's record of its fence, written after the daemon's death."""
+        return self._add(
+            "resource", mono, step=False, action="stop", phase="end", ok=ok,
+            problem="fenced by the watchdog: the daemon is gone while its node served",
+            vip=None, fenced_at=mono - 0.001, watchdog=True,
+        )  # fmt: skip
+
     def exit(self, mono: float, state: str = "stop") -> Journal:
         """The daemon's clean end."""
         return self._add("exit", mono, step=False, state=state, app_running=False)

@@ -114,6 +114,18 @@ GOOD = json.dumps(
             "'links' must be a list of link names",
         ),
         (
+            GOOD.replace('"link", "node"', '"resource", "node"').replace(
+                '"link": "lan"', '"action": "stop", "phase": "end", "watchdog": "yes"'
+            ),
+            "'watchdog' must be true or false",
+        ),
+        (
+            GOOD.replace('"link", "node"', '"resource", "node"').replace(
+                '"link": "lan"', '"action": "stop", "phase": "end", "fenced_at": "then"'
+            ),
+            "'fenced_at' must be a number",
+        ),
+        (
             GOOD.replace('"link", "node"', '"start", "node"').replace(
                 '"link": "lan"', '"generation": "0", "arbitrator": true'
             ),

@@ -147,6 +147,45 @@ def test_s1_a_takeover_from_a_killed_daemon_that_held_the_application(
     assert f"its journal has no record after t={t - 0.09:.3f}" in (report.violations[0].why)
 
 
+@pytest.mark.parametrize(
+    ("fenced_after", "ok", "violation"),
+    [
+        (1.0, True, False),  # fenced (and journalled) before beta's takeover: one server
+        (12.0, True, True),  # the fence came only after beta served: two servers
+        (1.0, False, True),  # a fence that failed (a VIP not released): still held
+    ],
+)
+def test_s1_a_killed_daemon_fenced_by_its_watchdog(
+    tmp_path: Path, fenced_after: float, ok: bool, violation: bool
+) -> None:
+    """alpha's daemon is killed while it serves; its watchdog fences the application
+    and address and journals it in the daemon's place. With an arbitrator, beta's
+    takeover (at t + 10) is one server only if that fence succeeded and came first."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    alpha.fenced(t + fenced_after, ok=ok)
+    beta_takes_over(beta, t + 10)
+    report = run(tmp_path, alpha, beta)
+    if not violation:
+        assert report.ok, report
+        return
+    assert kinds(report) == ["S1"], report
+    held = "in primary" if ok else "in stop but still holding the application/address"
+    assert f"while alpha served ({held}" in report.violations[0].why, report.violations[0].why
+
+
+def test_s1_a_fence_journalled_by_the_daemon_and_again_by_its_watchdog(tmp_path: Path) -> None:
+    """The daemon resumed, journalled the fence, and was killed before it removed the
+    watchdog's record file: the watchdog journals the fence again at EOF. Both
+    records are read as one fence; the second also ends the dead daemon's state."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    alpha.app(t + 1, "stop", "end").records[-1].update(fenced_at=t + 0.9, ok=True)
+    alpha.fenced(t + 1.1)
+    beta_takes_over(beta, t + 10)
+    assert run(tmp_path, alpha, beta).ok
+
+
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
     tmp_path: Path,
 ) -> None:

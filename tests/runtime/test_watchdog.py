@@ -39,6 +39,7 @@ class Rig:
         *,
         device: Path | None = None,
         addresses: tuple[tuple[str, str], ...] = (),
+        **plan: Any,
     ) -> None:
         self.tmp_path = tmp_path
         # the group: a leader and a member, as a pre-forking server would have
@@ -62,6 +63,7 @@ class Rig:
             output_dir=str(tmp_path),
             device=None if device is None else str(device),
             device_interval=0.05,
+            **plan,
         )
         self.stderr = open(tmp_path / "watchdog.stderr", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

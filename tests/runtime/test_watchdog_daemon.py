@@ -18,15 +18,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from runtime_support import write_cluster
 from test_runtime_daemon import fake_daemon
 
 from failover.api.client import ControlClient
+from failover.audit import JOURNAL_NAME, audit
 from failover.config import load_config
 from failover.core import events as ev
 from failover.core.facts import Lease
 from failover.errors import FailoverError
+from failover.runtime.watchdog import wait_for_previous
 
 MAIN = Path(__file__).with_name("runtime_daemon_main.py")
 BOUND = 30.0  # seconds: an upper bound on every wait, not an expected duration
@@ -166,6 +169,50 @@ def test_a_stopped_daemon_is_fenced_and_learns_it_when_it_resumes(alone: Alone) 
     assert status is not None
     runs = status.get("scripts", {}).get("command", [])
     assert any("fenced by the watchdog" in str(run) for run in runs), runs
+
+
+@pytest.mark.parametrize("stalled_first", [False, True])
+def test_a_killed_daemon_s_fence_is_journalled_by_its_watchdog(
+    alone: Alone, stalled_first: bool
+) -> None:
+    """kill -9 of the serving daemon (after a SIGSTOP long enough to be fenced at the
+    deadline, or not): its watchdog journals the fence in its place, once, in its
+    boot right after its last record, and the audit reads the node as stopped."""
+    wait("alpha waits for its peer", alone.prim)
+    wait("alpha serves with its command", lambda: alone.serving() and bool(alone.command_pid()))
+    journal = alone.config.node_dir("alpha") / JOURNAL_NAME
+    if stalled_first:
+        os.kill(alone.proc.pid, signal.SIGSTOP)
+        wait("the fence's stop script ran", lambda: alone.stops() == ["1"])
+    alone.proc.kill()
+    alone.proc.wait(timeout=BOUND)
+
+    def fence_journalled() -> bool:
+        lines = journal.read_text().splitlines()
+        return bool(lines) and json.loads(lines[-1]).get("watchdog") is True
+
+    wait("the watchdog journals its fence", fence_journalled)
+    wait("the watchdog ends", lambda: wait_for_lock(alone))
+    written = [json.loads(line) for line in journal.read_text().splitlines()]
+    fence, before = written[-1], written[-2]
+    assert (fence["boot"], fence["seq"]) == (before["boot"], before["seq"] + 1)
+    assert (fence["kind"], fence["action"], fence["phase"], fence["ok"]) == (
+        "resource",
+        "stop",
+        "end",
+        True,
+    )
+    assert fence["fenced_at"] <= fence["mono"]
+    assert sum(1 for r in written if r.get("watchdog")) == 1  # journalled once
+    assert alone.stops() == ["1"]  # fenced once too
+    report = audit([journal])
+    assert report.ok, report
+
+
+def wait_for_lock(alone: Alone) -> bool:
+    """True once no watchdog holds the node's lock (it exited)."""
+    lock = alone.config.node_dir("alpha") / "watchdog.lock"
+    return anyio.run(wait_for_previous, lock, 0.0)
 
 
 @pytest.mark.anyio

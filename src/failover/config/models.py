@@ -321,7 +321,8 @@ class VirtualIpConfig(Section):
 class WatchdogConfig(Section):
     """``watchdog``: the process that fences the application when the daemon's event
     loop stalls (``runtime/watchdog.py``). On by default; it acts only where
-    there is something to fence (an application or a virtual IP). ``device``
+    there is something to fence (an application or a virtual IP), or an
+    arbitrator (it journals the end of service of a daemon that died). ``device``
     (a hardware or softdog device, e.g. ``/dev/watchdog``) is fed by it when
     set: off by default, for opening one arms a reset of the machine."""
 

@@ -87,7 +87,14 @@ from failover.runtime.links import LinkRunner
 from failover.runtime.logging import AuditJournal, log_file
 from failover.runtime.store import IncarnationStore, MetadataStore, unwritable
 from failover.runtime.timer import DeadlineSignal, run_timer
-from failover.runtime.watchdog import Plan, WatchdogClient, read_record, wait_for_previous
+from failover.runtime.watchdog import (
+    Plan,
+    WatchdogClient,
+    fence_fields,
+    last_seq,
+    read_record,
+    wait_for_previous,
+)
 from failover.tls import tls_context
 from failover.transport import HeartbeatTransport
 from failover.wire import FrameCodec, Inbound, Outbound
@@ -769,9 +776,13 @@ class Daemon:
 
     def _watchdog_client(self) -> WatchdogClient | None:
         """The watchdog process's client, when it is enabled and there is something
-        to fence (an application or a virtual IP)."""
+        to fence (an application or a virtual IP) or, with an arbitrator, to journal:
+        the end of this node's service at its daemon's death (docs/audit.md)."""
         config = self.config
-        if not config.watchdog.enabled or (config.application is None and not config.addresses):
+        arbitrated = config.cluster.arbitrator.type != "none"
+        if not config.watchdog.enabled or (
+            config.application is None and not config.addresses and not arbitrated
+        ):
             return None
         return WatchdogClient(self._watchdog_plan(), self._on_fenced)
 
@@ -792,6 +803,10 @@ class Daemon:
             device=None if section.device is None else str(section.device),
             device_interval=section.device_interval,
             log_file=log_file(),
+            # a fence made after this daemon's death is journalled by the watchdog
+            journal=str(self.journal.path),
+            node=self.name,
+            boot=self.journal.boot,
         )
 
     async def _after_previous_watchdog(self) -> None:
@@ -829,21 +844,11 @@ class Daemon:
     async def _on_fenced(self, notice: dict[str, Any]) -> None:
         """The watchdog fenced the application while this loop was stalled: the core
         learns it as the application's failure."""
-        why = str(notice.get("why", "unknown"))
-        reason = f"fenced by the watchdog: {why}"
+        reason = f"fenced by the watchdog: {notice.get('why', 'unknown')}"
         self.log.error("the watchdog fenced the application", **notice)
         # the audit's resources: released (at the latest now; ``fenced_at`` says when)
-        steps = notice.get("steps")
-        failed = [step for step, outcome in (steps or {}).items() if "failed" in str(outcome)]
-        self.journal.write(
-            "resource",
-            action="stop",
-            phase="end",
-            ok=not failed,
-            problem=reason if not failed else f"{reason}; failed: {', '.join(failed)}",
-            vip=None if self.vip is None else str(self.vip.address),
-            fenced_at=notice.get("at"),
-        )
+        vip = None if self.vip is None else str(self.vip.address)
+        self.journal.write("resource", **fence_fields(notice, vip))
         with contextlib.suppress(OSError):
             (self.node_dir / "watchdog.fenced").unlink()
         await self.app.release_vip()  # (again: stops this daemon's announcements too)
@@ -967,7 +972,12 @@ class Daemon:
         if scope.cancelled_caught:
             self.log.error("cleanup did not complete in time")
         if self.watchdog is not None:  # it fences at once what still runs
-            await self.watchdog.close(serving=self.app.running)
+            serving = self.app.running
+            await self.watchdog.close(serving=serving)
+            if serving:  # its fence is journalled: this daemon's records follow it
+                with contextlib.suppress(OSError):
+                    written = last_seq(self.journal.path, self.journal.boot) or 0
+                    self.journal.seq = max(self.journal.seq, written)
         if self.vip is not None:
             self.vip.close()
         self.journal.write("exit", state=self.node.state.value, app_running=self.app.running)

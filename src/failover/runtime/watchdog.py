@@ -66,6 +66,18 @@ waits for this watchdog to end, through the lock it holds, before its
 ``recover``; the marker stays, so that ``recover`` runs the whole stop again,
 harmlessly).
 
+The audit journal after the daemon's death. A dead daemon cannot journal the
+fence, and the audit would count its application and address as held (and its
+state as serving) until the next daemon's start: with an arbitrator, the
+peer's takeover would read as two servers. So after EOF (the daemon gone: this
+process is the journal's only writer) the watchdog appends the ``resource``
+stop record the daemon writes after a fence (``fence_fields``), marked
+``watchdog: true``, in the daemon's boot after its last record
+(``journal_fence``): for the fence made at EOF, or for one made at a deadline
+whose record file the daemon did not remove (it does once it journalled it).
+Written within milliseconds of the fence, long before the lease can run out.
+Never before EOF: a stalled daemon may resume and write.
+
 Limits. The watchdog only helps while it runs itself: a hung kernel, or the
 watchdog stalled with the daemon (the whole machine swapping, a SIGSTOP sent
 to both), is what a hardware watchdog is for. With ``device`` configured the
@@ -133,6 +145,11 @@ class Plan:
     device: str | None = None
     device_interval: float = 1.0
     log_file: str | None = None
+    # the node's audit journal, its name and the daemon's boot: where a fence made
+    # after the daemon's death is journalled (None: not journalled)
+    journal: str | None = None
+    node: str = ""
+    boot: int = 0
 
     def to_line(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -202,6 +219,7 @@ class Watch:
         self.clock = clock
         self.deadline: float | None = None
         self.fenced: float | None = None  # the last deadline fenced
+        self.last_notice: dict[str, Any] | None = None  # the last fence's notice
         self.device: int | None = None
         self.device_starved = False  # a fence failed: the device resets the machine
         self._next_device = 0.0
@@ -262,8 +280,7 @@ class Watch:
                 if self._wait(fd):
                     chunk = os.read(fd, 65536)
                     if not chunk:
-                        if self.deadline is not None:
-                            self.fence("the daemon is gone while its node served", self.deadline)
+                        self._fence_orphan()
                         log.info("the daemon is gone: the watchdog exits", pid=os.getpid())
                         return 0
                     buffer = self._lines(buffer + chunk)
@@ -274,6 +291,19 @@ class Watch:
                 self._feed_device()
         finally:
             self._close_device()
+
+    def _fence_orphan(self) -> None:
+        """At EOF: the daemon is gone. Fence what it served, and journal the fence in
+        its place (this process is now the journal's only writer): the one just made,
+        or one made at a deadline that the daemon died before journalling (its record
+        file is still there: the daemon removes it once it journalled it)."""
+        notice = None
+        if self.deadline is not None:
+            notice = self.fence("the daemon is gone while its node served", self.deadline)
+        elif self.fenced is not None and Path(self.plan.record).exists():
+            notice = self.last_notice
+        if notice is not None:
+            journal_fence(self.plan, notice)
 
     def _wait(self, fd: int) -> bool:
         """Wait for a feed, the deadline or the device's next write: True when ``fd``
@@ -335,7 +365,8 @@ class Watch:
         content = self._marker()
         if content is None:
             log.info("no start marker: the application is stopped, nothing to fence")
-            notice["steps"] = {}
+            notice["steps"], notice["at"] = {}, self.clock()
+            self.last_notice = notice
             return notice
         steps: dict[str, str] = {}
         steps["kill"] = self._kill(content)
@@ -345,6 +376,7 @@ class Watch:
         steps["stop"] = anyio.run(self._stop_script)
         notice["steps"] = steps
         notice["at"] = self.clock()
+        self.last_notice = notice
         if self.device is not None and (
             steps["kill"].startswith("failed") or steps["vip"].startswith("failed")
         ):
@@ -598,6 +630,80 @@ class WatchdogClient:
             await process.wait()
         with contextlib.suppress(OSError):
             await process.aclose()
+
+
+def fence_fields(notice: dict[str, Any], vip: str | None) -> dict[str, Any]:
+    """The audit journal's ``resource`` stop record of a fence (docs/audit.md), the
+    same whether the daemon writes it on resuming or the watchdog after its death."""
+    why = str(notice.get("why", "unknown"))
+    reason = f"fenced by the watchdog: {why}"
+    steps = notice.get("steps")
+    failed = [step for step, outcome in (steps or {}).items() if "failed" in str(outcome)]
+    return {
+        "action": "stop",
+        "phase": "end",
+        "ok": not failed,
+        "problem": reason if not failed else f"{reason}; failed: {', '.join(failed)}",
+        "vip": vip,
+        "fenced_at": notice.get("at"),
+    }
+
+
+def journal_fence(plan: Plan, notice: dict[str, Any]) -> None:
+    """Append the fence's ``resource`` stop record to the node's audit journal for a
+    daemon that is gone, in its boot, after its last record there (``seq`` + 1): the
+    audit orders a node's records by boot and seq. Called only after EOF on the
+    daemon's pipe (a dead daemon writes no more). A torn last line (the daemon
+    killed in a write) is cut off first: the audit skips a torn line only at the
+    end. A failure is logged, never raised."""
+    from failover.runtime.logging import AuditJournal  # noqa: PLC0415
+
+    if plan.journal is None or not plan.node:
+        return
+    path = Path(plan.journal)
+    try:
+        last = last_seq(path, plan.boot)
+        if last is None:
+            log.warning("fence not journalled: a later daemon already writes", file=str(path))
+            return
+        journal = AuditJournal(path, node=plan.node, boot=plan.boot, reserve=0)
+        journal.seq = last
+        vip = ", ".join(address for address, _interface in plan.addresses) or None
+        journal.write("resource", watchdog=True, **fence_fields(notice, vip))
+        left = journal.waiting
+        journal.close()
+    except OSError as exc:
+        log.error("cannot journal the fence", file=str(path), error=exc.strerror)
+        return
+    if left:
+        log.error("cannot journal the fence: the journal refused it", file=str(path))
+    else:
+        log.info("fence journalled for the daemon that is gone", file=str(path), seq=last + 1)
+
+
+def last_seq(path: Path, boot: int) -> int | None:
+    """The ``seq`` of the journal's newest record, of ``boot`` (0 if the journal has
+    none), after cutting off a torn last line; None when it is of another boot: a
+    later daemon has started, and its ``start`` record already says what the node
+    holds (the audit orders boots by number: an older boot's record after it
+    would break the journal's time order)."""
+    with open(path, "r+b") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        start = max(0, size - 2 * LINE_MAX)
+        handle.seek(start)
+        tail = handle.read()
+        end = tail.rfind(b"\n") + 1
+        if end < len(tail):  # a torn last line (or a file of one torn line)
+            handle.truncate(start + end)
+            tail = tail[:end]
+    for line in reversed(tail.splitlines()):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and type(data.get("seq")) is int:
+            return int(data["seq"]) if data.get("boot") == boot else None
+    return 0
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
