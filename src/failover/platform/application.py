@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -169,8 +170,13 @@ class Application:
         output_dir: Path,
         env: dict[str, str],
         marker: Path | None = None,
+        fenced_why: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.scripts = scripts
+        # why the watchdog fenced the application, if it did and the daemon has not
+        # learnt it yet: a command killed then is reported as fenced, whichever of its
+        # watcher and the watchdog's notice the resumed loop reads first
+        self.fenced_why = fenced_why
         self.vip = vip
         self.output_dir = output_dir
         self.env = env
@@ -325,6 +331,12 @@ class Application:
         if self._main is not process:
             return None
         self._main, self._dead = None, process
+        why = self.fenced_why() if process.returncode == -signal.SIGKILL else None
+        if why is not None:
+            reason = f"fenced by the watchdog: {why}"
+            self.running = False
+            self.history.record(COMMAND, _fenced_result(reason))
+            return reason
         result = ScriptResult(
             "application command",
             process.returncode,
@@ -346,8 +358,7 @@ class Application:
         if process is None:
             return self._dead is None
         self._dead = process  # the next stop ends what may be left of its group
-        result = ScriptResult("application command", -signal.SIGKILL, False, (reason,))
-        self.history.record(COMMAND, result)  # (status shows the reason as its tail)
+        self.history.record(COMMAND, _fenced_result(reason))
         return True
 
     # --- stop ------------------------------------------------------------------------
@@ -487,3 +498,9 @@ class Application:
         )
         self.history.record(name, result)
         return None if result.ok else result.reason
+
+
+def _fenced_result(reason: str) -> ScriptResult:
+    """The command's run as status shows it once the watchdog killed it (the reason
+    as its output's tail)."""
+    return ScriptResult("application command", -signal.SIGKILL, False, (reason,))

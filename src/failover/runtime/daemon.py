@@ -92,6 +92,7 @@ from failover.runtime.watchdog import (
     WatchdogClient,
     fence_fields,
     last_seq,
+    peek_record,
     read_record,
     wait_for_previous,
 )
@@ -746,6 +747,7 @@ class Daemon:
             output_dir=self.node_dir / "scripts",
             env=_script_env(config, name),
             marker=self.node_dir / "application.started",
+            fenced_why=self._fenced_why,
         )
         self._arbitrated = settings.arbitrator
         self.watchdog = self._watchdog_client()
@@ -840,6 +842,11 @@ class Daemon:
             await watchdog.feed(self._watchdog_deadline())
             with anyio.move_on_after(self.config.timing.heartbeat_interval):
                 await self._changed.wait()
+
+    def _fenced_why(self) -> str | None:
+        """Why the watchdog fenced the application, while its notice waits to be read."""
+        notice = peek_record(self.node_dir / "watchdog.fenced")
+        return None if notice is None else str(notice.get("why", "unknown"))
 
     async def _on_fenced(self, notice: dict[str, Any]) -> None:
         """The watchdog fenced the application while this loop was stalled: the core

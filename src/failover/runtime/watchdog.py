@@ -371,6 +371,7 @@ class Watch:
         steps: dict[str, str] = {}
         steps["kill"] = self._kill(content)
         notice["killed_at"] = self.clock()
+        self._hint(notice)
         steps["vip"] = anyio.run(self._release)
         self._feed_device()  # (the stop script may take long)
         steps["stop"] = anyio.run(self._stop_script)
@@ -443,6 +444,18 @@ class Watch:
             env={**self.plan.env, "FAILOVER_ACTION": "stop", "FAILOVER_FENCED": "1"},
         )
         return "ok" if result.ok else f"failed: {result.reason}"
+
+    def _hint(self, notice: dict[str, Any]) -> None:
+        """The record file at once after the kill, before the VIP and the stop script
+        (not durable, nothing on the pipe): a daemon that resumes meanwhile and sees its
+        command killed reads why here (``Application.fenced_why``)."""
+        path = Path(self.plan.record)
+        temp = path.with_name(f".{path.name}.hint")
+        try:
+            temp.write_bytes(json.dumps({FENCED: notice}).encode() + b"\n")
+            os.replace(temp, path)
+        except OSError as exc:
+            log.error("cannot write the fence record", file=self.plan.record, error=exc.strerror)
 
     def _record(self, notice: dict[str, Any]) -> None:
         line = json.dumps({FENCED: notice}).encode() + b"\n"
@@ -708,14 +721,21 @@ def last_seq(path: Path, boot: int) -> int | None:
 
 def read_record(path: Path) -> dict[str, Any] | None:
     """A fence record left by the watchdog of an earlier daemon (then removed)."""
+    notice = peek_record(path)
+    if notice is not None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+    return notice
+
+
+def peek_record(path: Path) -> dict[str, Any] | None:
+    """The watchdog's fence record at ``path``, if there is one (left in place)."""
     try:
         content = path.read_bytes()[:LINE_MAX]
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             log.error("cannot read the watchdog's record", file=str(path), error=exc.strerror)
         return None
-    with contextlib.suppress(OSError):
-        path.unlink()
     try:
         notice = json.loads(content)[FENCED]
     except (ValueError, KeyError, TypeError):
