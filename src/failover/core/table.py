@@ -28,6 +28,7 @@ ADMIN_EVENTS = frozenset({"start", "stop", "prim", "primforce", "second", "swap"
 GATE_GUARD = "needs_grant"
 GATE_ACTION = "request_grant"
 PACE_GUARD = "denied_lately"
+START_GUARD = "just_started"
 GRANT_ACTION = "take_grant"
 
 
@@ -222,7 +223,31 @@ def _add_gates(rows: tuple[Row, ...]) -> tuple[Row, ...]:
         if not enters_serving or row.ungated or GRANT_ACTION in row.actions:
             gated.append(row)
             continue
-        if row.event not in ADMIN_EVENTS:
+        # a node that started less than ``peer_backed_window`` ago may have
+        # promised, in its previous run, not to ask before then (the peer may
+        # serve on that promise: core/arbitration.py): it does not ask yet. A
+        # command is refused (the operator retries); anything else decides
+        # again at its next occasion
+        admin = row.event in ADMIN_EVENTS
+        gated.append(
+            Row(
+                state=row.state,
+                event=row.event,
+                index=row.index,
+                when=(*row.when, Condition(GATE_GUARD), Condition(START_GUARD)),
+                target=None,
+                actions=(),
+                reason="started moments ago ({peer} may still serve on our earlier word): "
+                "asking the arbitrator in a few seconds: " + row.reason,
+                refusal="this node started moments ago and {peer} may still serve on a lease "
+                "our earlier heartbeats backed: retry in a few seconds"
+                if admin
+                else None,
+                quiet=True,
+                gated_row=row,
+            )
+        )
+        if not admin:
             # a request the arbitrator denied is not repeated before the next
             # recheck: a node that keeps deciding to serve (every heartbeat)
             # would otherwise ask on every one. An operator's command is a new
