@@ -521,7 +521,8 @@ class Node:
             and status.peer_view[0] == self.facts.view[0]
         ):
             s = self.settings
-            until = echo + s.peer_backed_window - s.lease_margin
+            start = echo if self.table.peer_backed_from == "echo" else self.now
+            until = start + s.peer_backed_window - s.lease_margin
             if lease.peer_until is None or until > lease.peer_until:
                 self.update(lease=evolve(lease, peer_until=until))
 

@@ -30,6 +30,7 @@ GATE_ACTION = "request_grant"
 PACE_GUARD = "denied_lately"
 START_GUARD = "just_started"
 GRANT_ACTION = "take_grant"
+PEER_BACKED_FROM = ("echo", "receipt")
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class Table:
     states: tuple[State, ...]
     events: tuple[str, ...]
     entries: Mapping[tuple[State, str], Entry]
+    # what a peer-backed lease counts from (core/arbitration.py): the stamp of
+    # ours the peer echoed ("echo", the rule); "receipt" (when we heard the
+    # peer) exists only for the model checker's mutant, which it must catch
+    peer_backed_from: str = "echo"
 
     def rows(self, state: State, event: str) -> tuple[Row, ...]:
         entry = self.entries[(state, event)]
@@ -138,9 +143,14 @@ def load_table(
             entry = _parse_entry(state, event, by_event[event], where, guards, actions, problems)
             if entry is not None:
                 entries[(state, event)] = entry
+    peer_backed_from = data.get("peer_backed_from", "echo")
+    if peer_backed_from not in PEER_BACKED_FROM:
+        problems.append(f"peer_backed_from: must be one of {list(PEER_BACKED_FROM)}")
     if problems:
         raise SpecError("invalid transition table:\n  " + "\n  ".join(problems))
-    return Table(states=states, events=events, entries=entries)
+    return Table(
+        states=states, events=events, entries=entries, peer_backed_from=str(peer_backed_from)
+    )
 
 
 def _parse_entry(
