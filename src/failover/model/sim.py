@@ -70,7 +70,7 @@ class Timing:
     startup_timeout: float = 3.0
     lease_ttl: float = 4.0
     lease_renew: float = 1.0
-    lease_margin: float = 1.0
+    lease_margin: float = 0.5  # W - margin = 2.5 heartbeats: a peer can back a lease
     retry_pause: float = 2.0
     retry_pause_max: float = 4.0
 
@@ -570,6 +570,7 @@ class Cluster:
         flight (but a delayed one) is delivered, in passes until none is left;
         the data plane makes one step of progress on any resync."""
         now = self.world.now + self.config.timing.heartbeat_interval
+        self._serving_deadlines(now, info)
         self.world = evolve(self.world, now=now)
         for i in range(2):
             if self.up(i):
@@ -624,6 +625,24 @@ class Cluster:
                 self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
         for i in range(2):
             self._resync_end_heard(i, i in unheard, info)
+
+    def _serving_deadlines(self, until: float, info: StepInfo) -> None:
+        """A serving deadline (``serve_until``: the lease's end) that falls between
+        two ticks fires at its time, in time order across the nodes, not at the
+        next tick: a node stops serving when its lease ends, and its peer, whose
+        own timers fire at the tick, must not see it serve a moment longer."""
+        for _ in range(4):
+            due = []
+            for i in range(2):
+                core = self.world.hosts[i].core
+                end = None if core is None else core.serve_until
+                if end is not None and self.world.now < end < until:
+                    due.append((end, i))
+            if not due:
+                return
+            end, i = min(due)
+            self.world = evolve(self.world, now=end)
+            self._handle(i, ev.Timer(), info)
 
     def _break_resync_session(self) -> None:
         """The resync session ends (either side crashed or stopped it): a source
