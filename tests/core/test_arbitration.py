@@ -243,9 +243,27 @@ def test_only_an_echo_of_this_stint_from_this_run_backs_the_lease() -> None:
     for echo, view in ((since, d.node.facts.view), (since + 1, (d.node.facts.view[0] + 1, 0))):
         d.hear(replace(secondary_echoing(d, echo), peer_view=view), at=d.now + 0.1, echo=False)
         assert d.node.facts.lease.peer_until is None  # sent before the stint, or another run
-    serving = replace(secondary_echoing(d, since + 0.5), state=State.ALONE)
-    d.hear(serving, at=d.now + 0.1, links=["lan"])
-    assert d.node.facts.lease.peer_until is None  # a serving peer promises nothing
+    d.hear(secondary_echoing(d, since + 0.5), at=d.now + 0.1, links=["lan"])
+    backed = since + 0.5 + W - ARB.lease_margin
+    assert d.node.facts.lease.peer_until == backed
+    later = since + 0.9
+    # a serving peer promises nothing (alpha yields to it: the split brain rule)
+    serving = replace(secondary_echoing(d, later), state=State.ALONE)
+    other = replace(secondary_echoing(d, later), fingerprint="other-settings")
+    for status in (serving, other):
+        e = Driver(settings=ARB)
+        e.node.restore(d.node.snapshot())
+        e.now = d.now
+        seen: list[float | None] = []
+        original = e.node._note_stamps
+
+        def noting(heard: PeerStatus, note=original, seen=seen, node=e.node) -> None:
+            note(heard)
+            seen.append(node.facts.lease.peer_until)
+
+        e.node._note_stamps = noting  # type: ignore[method-assign]
+        e.hear(status, at=e.now + 0.1, links=["lan"])
+        assert seen == [backed], status  # not extended by that echo
 
 
 def test_a_node_echoes_only_while_it_can_promise_not_to_ask() -> None:

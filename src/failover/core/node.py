@@ -519,6 +519,8 @@ class Node:
             and echo > lease.since
             and not status.serving
             and status.peer_view[0] == self.facts.view[0]
+            # its windows are ours: the same settings (the fingerprint covers the timings)
+            and status.fingerprint == self.settings.fingerprint
         ):
             s = self.settings
             start = echo if self.table.peer_backed_from == "echo" else self.now
