@@ -48,7 +48,6 @@ class FakeNode:
         self.in_sync_problem: str | None = "the peer was never heard"
         self.links = tuple((name, View()) for name in settings.links)
         self.app_started = False
-        self.serve_until: float | None = None  # no lease
         self.handled: list[ev.Event] = []
         FakeNode.instances.append(self)
 

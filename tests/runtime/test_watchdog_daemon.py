@@ -27,7 +27,7 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, audit
 from failover.config import load_config
 from failover.core import events as ev
-from failover.core.facts import Lease, NodeFacts
+from failover.core.facts import Lease
 from failover.errors import FailoverError
 from failover.runtime.watchdog import wait_for_previous
 
@@ -218,8 +218,7 @@ def wait_for_lock(alone: Alone) -> bool:
 @pytest.mark.anyio
 async def test_the_deadline_fed_follows_the_core(tmp_path: Path) -> None:
     """None while stopped; serving: the last heartbeat + dead_timeout - half an
-    interval, or the core's serving deadline (``serve_until``: the later of the
-    arbitrator's lease and the peer-backed one) with an arbitrator."""
+    interval, or the lease's fence_at with an arbitrator."""
     async with fake_daemon(tmp_path) as (daemon, node):
         assert daemon._watchdog_deadline() is None
         await daemon.submit(ev.Start())  # the fake core serves and emits a heartbeat
@@ -228,11 +227,7 @@ async def test_the_deadline_fed_follows_the_core(tmp_path: Path) -> None:
         timing = daemon.config.timing
         expected = beat + timing.dead_timeout - timing.heartbeat_interval / 2
         assert daemon._watchdog_deadline() == expected
-        node.serve_until = beat + 100.0
+        node.lease = Lease(held=True, fence_at=beat + 100.0)  # type: ignore[attr-defined]
         assert daemon._watchdog_deadline() == expected  # no arbitrator: not the lease
         daemon._arbitrated = True
         assert daemon._watchdog_deadline() == beat + 100.0
-        # the witness down, the lease runs on the peer's echoes: their deadline counts
-        lease = Lease(held=True, fence_at=beat + 1.0, peer_until=beat + 7.0)
-        node.serve_until = NodeFacts(lease=lease).serve_until
-        assert daemon._watchdog_deadline() == beat + 7.0

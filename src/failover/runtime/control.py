@@ -65,11 +65,6 @@ class CoreFacts(Protocol):
     @property
     def links(self) -> Sequence[tuple[str, LinkView]]: ...
 
-    @property
-    def serve_until(self) -> float | None:
-        """With an arbitrator, the time serving must end unless the loop renews it."""
-        ...
-
 
 class CoreNode(Protocol):
     """The part of ``failover.core.node.Node`` the runtime uses."""

@@ -827,11 +827,10 @@ class Daemon:
         app = self.app
         if not (self.node.state.serving or app.running or app.main is not None):
             return None
-        # with an arbitrator: the core's one serving deadline, the later of the
-        # arbitrator's lease and the peer-backed one (docs/arbitration.md)
-        serve_until = self.node.facts.serve_until
-        if self._arbitrated and serve_until is not None:
-            return serve_until
+        lease = getattr(self.node.facts, "lease", None)
+        fence_at: float | None = getattr(lease, "fence_at", None)
+        if self._arbitrated and fence_at is not None:
+            return fence_at
         timing = self.config.timing
         beat = anyio.current_time() if self._last_beat is None else self._last_beat
         return beat + timing.dead_timeout - timing.heartbeat_interval / 2
