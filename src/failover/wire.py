@@ -42,10 +42,10 @@ from failover.codec import CLUSTER_ID_SIZE, FLAG_INSECURE, MAX_NAME, MAX_U64, NO
 from failover.core.state import Generation, PeerStatus, State, SubStatus, View
 from failover.errors import PeerProtocolError
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 4
 """Version 2 added the ``echo`` header field, version 3 the heartbeat's ``view`` and
-``peer_view``, version 4 its ``has_data`` and ``can_serve``, version 5 its ``stamp`` and
-``stamp_echo`` (frames of another version are ``bad_version``)."""
+``peer_view``, version 4 its ``has_data`` and ``can_serve`` (frames of another version are
+``bad_version``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -367,8 +367,6 @@ _FIELDS = frozenset(
         "handover",
         "has_data",
         "last_state",
-        "stamp",
-        "stamp_echo",
         "node",
         "peer_view",
         "reason",
@@ -407,14 +405,6 @@ def _view_doc(what: str, view: View) -> list[int]:
     return [view[0], view[1]]
 
 
-def _stamp_doc(what: str, stamp: float | None) -> float | None:
-    if stamp is None:
-        return None
-    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or not 0 <= stamp < 2**53:
-        raise ValueError(f"{what} must be a time in 0..2**53 s or None, not {stamp!r}")
-    return float(stamp)
-
-
 def encode_heartbeat(status: PeerStatus) -> bytes:
     """The heartbeat payload for ``status``: compact JSON, sorted keys, UTF-8.
 
@@ -440,8 +430,6 @@ def encode_heartbeat(status: PeerStatus) -> bytes:
         "node": status.node,
         "peer_view": _view_doc("peer_view", status.peer_view),
         "reason": printable_reason(status.reason),
-        "stamp": _stamp_doc("stamp", status.stamp),
-        "stamp_echo": _stamp_doc("echo", status.echo),
         "state": State(status.state).value,
         "substatus": SubStatus(status.substatus).value,
         "synced_generation": _generation_doc("synced_generation", status.synced_generation),
@@ -503,15 +491,6 @@ def _view_field(doc: dict[str, object], key: str) -> View:
     return (epoch, counter)
 
 
-def _stamp_field(doc: dict[str, object], key: str) -> float | None:
-    value = doc[key]
-    if value is None:
-        return None
-    if not isinstance(value, float) or not 0 <= value < 2**53:
-        raise _bad(f"{key} is not null or a time in 0..2**53 s")
-    return value
-
-
 def _enum_field(doc: dict[str, object], key: str, known: dict[str, _E]) -> _E:
     value = doc[key]
     if not isinstance(value, str) or value not in known:
@@ -562,8 +541,6 @@ def decode_heartbeat(payload: bytes) -> PeerStatus:
         peer_view=_view_field(doc, "peer_view"),
         has_data=_bool_field(doc, "has_data"),
         can_serve=_bool_field(doc, "can_serve"),
-        stamp=_stamp_field(doc, "stamp"),
-        echo=_stamp_field(doc, "stamp_echo"),
     )
     # One encoding per status: whitespace, escapes, key order or duplicate keys
     # that json.loads tolerates would make two different frames mean the same thing.

@@ -46,8 +46,6 @@ STATUS = PeerStatus(
     peer_view=(5, 6),
     has_data=True,
     can_serve=True,
-    stamp=1234.5,
-    echo=1233.25,
 )
 
 OPS: tuple[ops.Op, ...] = (

@@ -191,9 +191,8 @@ def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
     for late in (False, True):
         d = Driver(settings=arbitrated)
         d.do(ev.Start())
-        # (after the start window: a node just started does not ask at once)
-        [asked] = of_type(d.do(ev.Prim(), at=3.1), fx.RequestArbitration)
-        heard = 3.1 + (10.0 if late else 0.5)
+        [asked] = of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
+        heard = 0.1 + (10.0 if late else 0.5)
         effects = d.do(ev.ArbitrationGranted(asked.generation), at=heard)
         if not late:
             assert d.state is State.ALONE and of_type(effects, fx.StartApp)
@@ -212,10 +211,10 @@ def test_after_a_denial_an_operator_command_asks_the_arbitrator_at_once(
     arbitrated = replace(SETTINGS, arbitrator=True, lease_ttl=4, lease_margin=1)
     d = Driver(settings=arbitrated)
     d.do(ev.Start())
-    assert of_type(d.do(ev.Prim(), at=3.1), fx.RequestArbitration)  # after the start window
-    d.do(ev.ArbitrationDenied("held by beta"), at=3.2)
+    assert of_type(d.do(ev.Prim(), at=0.1), fx.RequestArbitration)
+    d.do(ev.ArbitrationDenied("held by beta"), at=0.2)
     assert d.node.facts.reason == "arbitrator denied: held by beta"
-    effects = d.do(command, at=3.5)  # well within the recheck (startup_timeout 3)
+    effects = d.do(command, at=0.5)  # well within the recheck (startup_timeout 3)
     assert of_type(effects, fx.RequestArbitration), records(effects)
     assert d.node.facts.reason.startswith(
         "waiting for the arbitrator: forced to serve by the operator"

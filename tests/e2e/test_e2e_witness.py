@@ -35,8 +35,8 @@ LEASE_TTL = 6.0
 class WitnessedCluster(Arbitrated):
     """``Cluster`` with ``arbitrator: {type: witness}`` and the witness in ``client``."""
 
-    def __init__(self, lab: Lab, tmp_path: Path, profile: str = "fast") -> None:
-        super().__init__(lab, tmp_path, LINKS, profile=profile)
+    def __init__(self, lab: Lab, tmp_path: Path) -> None:
+        super().__init__(lab, tmp_path, LINKS)
         self.witness_address = f"{lab.address('client', 'lan')}:{WITNESS_PORT}"
         document = yaml.safe_load(self.config_path.read_text())
         document["cluster"]["arbitrator"] = {
@@ -86,51 +86,25 @@ def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path) -> None
 
 
 def test_the_witness_killed_under_a_healthy_pair(lab: Lab, tmp_path: Path) -> None:
-    """The witness is consulted when a node loses its peer, not while the pair
-    hears each other: killed under a healthy pair, the primary serves on on the
-    peer-backed lease (its peer echoes the stamps of its heartbeats). Once the
-    peer dies too, the survivor stops within ``W - lease_margin`` of the peer's
-    last echo (it cannot know whether the peer is dead or cut off and about to
-    ask the witness), and does not serve again without a grant: it serves again
-    once the witness is back (the witness's record still names it).
-
-    The ``default`` profile: with the ``fast`` one W = min(dead_timeout,
-    startup_timeout) = 0.2 s is below ``lease_margin`` (1 s), and no peer could
-    back a lease (docs/arbitration.md)."""
-    cluster = WitnessedCluster(lab, tmp_path, profile="default")
+    """With the core's lease model the serving node needs a renewed lease at all
+    times: when the witness dies it stops serving before its lease could run out
+    (about lease_ttl - lease_margin), and serves again once the witness is back
+    (the witness's record still names it)."""
+    cluster = WitnessedCluster(lab, tmp_path)
     cluster.start_witness()
     cluster.start_both()
-    primary, secondary = cluster.paired()
-    cluster.kill_witness()
-    started = cluster.uptime(primary)
-
-    def serving_on() -> bool:
-        assert cluster.serving() == [primary], cluster.describe()
-        return cluster.uptime(primary) - started >= 2 * LEASE_TTL
-
-    # twice the lease time (it ran out at the witness after lease_ttl at most)
-    cluster.wait("the primary serves on without the witness", serving_on, bound=90)
-    assert cluster.state(secondary) == "secondary"
-
+    primary, _ = cluster.paired()
     killed_at = time.monotonic()
-    cluster.kill9(secondary)
+    cluster.kill_witness()
     cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
     stopped_after = time.monotonic() - killed_at
-    print(f"the primary stopped {stopped_after:.2f} s after its peer was killed (no witness)")
-    # W - lease_margin = 1 s after the last echo (plus this process's polling, under load)
-    assert stopped_after < cluster.dead_timeout + 5, stopped_after
-    stopped = cluster.uptime(primary)
-
-    def stays_stopped() -> bool:
-        assert cluster.serving() == [], cluster.describe()
-        return cluster.uptime(primary) - stopped >= LEASE_TTL
-
-    cluster.wait("nobody serves without a grant", stays_stopped, bound=60)
+    print(f"the primary stopped {stopped_after:.2f} s after the witness was killed")
+    assert stopped_after < LEASE_TTL + 5, stopped_after
     restarted_at = time.monotonic()
     cluster.start_witness()
-    cluster.wait(f"{primary} serves again", lambda: cluster.serving() == [primary], bound=60)
+    cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=60)
     print(f"served again {time.monotonic() - restarted_at:.2f} s after the witness restarted")
-    assert cluster.holder() == primary
+    assert cluster.serving() == [primary]
     audited_with_the_witness(cluster)
 
 

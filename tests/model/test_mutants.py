@@ -49,8 +49,6 @@ SEARCHES: dict[str, Search] = {
     # the first start's resync, then its failure (a resource fault)
     "resync-failure-ignored": Search(2, "boot"),
     "set-aside-failure-ignored": Search(2, "boot"),
-    # the witness cut from the primary, then a one-way cut: beta stops hearing it
-    "peer-backed-from-receipt": Search(6, "protected"),
 }
 
 

@@ -203,10 +203,9 @@ def test_each_row_entering_a_serving_state_has_its_gated_twin() -> None:
 
 
 def test_gated_twins_stand_only_before_their_row() -> None:
-    # three twins per gated row: the start window's (just started: no request,
-    # a command refused), the paced one (denied lately: no request, the
+    # two twins per gated row: the paced one (denied lately: no request, the
     # denial's reason kept), then the one that asks; then the row itself. An
-    # operator's command has no paced twin: it asks at once (after the window)
+    # operator's command has no paced twin: it asks at once
     twins = [row for row in TABLE.all_rows() if row.gated_row is not None]
     assert twins, "the gate added no twin"
     assert any(row.event in ADMIN_EVENTS for row in twins), "no command is gated"
@@ -214,23 +213,16 @@ def test_gated_twins_stand_only_before_their_row() -> None:
         if isinstance(entry, str):
             continue
         for position, row in enumerate(entry):
-            if row.gated_row is None or row.actions or row.event in ADMIN_EVENTS:
+            if row.gated_row is None or row.actions:
                 continue
-            if [c.guard for c in row.when][-1] != "just_started":
-                continue
-            window, paced, asking, gated = entry[position : position + 4]
-            assert window.quiet and window.refusal is None and window.target is None
+            paced, asking, gated = entry[position : position + 3]
+            assert row.event not in ADMIN_EVENTS, f"{row.gated_row.ident}: a command is paced"
             assert paced.quiet and [c.guard for c in paced.when][-1] == "denied_lately"
             assert asking.gated_row is gated and asking.actions == ("request_grant",)
-            assert paced.gated_row is gated and window.gated_row is gated
+            assert paced.gated_row is gated
         for position, row in enumerate(entry):
             if row.gated_row is not None and row.actions and row.event in ADMIN_EVENTS:
                 assert entry[position + 1] is row.gated_row
-                window = entry[position - 1]
-                assert [c.guard for c in window.when][-1] == "just_started"
-                assert window.refusal is not None and window.gated_row is row.gated_row
-            if row.gated_row is not None and row.event in ADMIN_EVENTS:
-                assert "denied_lately" not in [c.guard for c in row.when], "a command is paced"
 
 
 def test_a_table_without_a_twin_is_caught() -> None:

@@ -46,7 +46,7 @@ def test_round_trip_in_insecure_mode() -> None:
 def test_layout_matches_the_documented_byte_table() -> None:
     data = codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", echo=11)
     assert data == raw_frame(incarnation=3, seq=9, payload=b"xyz", echo=11)
-    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION == 5 and data[5] == 1
+    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION == 4 and data[5] == 1
     assert HEADER_SIZE == 42 and data[34:42] == (11).to_bytes(8, "big")
     assert data[10:18] == hashlib.sha256(b"failover-cluster\x00" + CLUSTER.encode()).digest()[:8]
     assert len(data) == HEADER_SIZE + 5 + 3 + TAG_SIZE

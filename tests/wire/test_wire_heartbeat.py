@@ -81,8 +81,8 @@ def test_payload_is_compact_json_with_sorted_keys() -> None:
         + b"0f" * 32
         + b'","generation":[3,"alpha"],'
         b'"handover":false,"has_data":false,"last_state":null,"node":"alpha",'
-        b'"peer_view":[1733390000000000001,4],"reason":"","stamp":null,"stamp_echo":null,'
-        b'"state":"primary","substatus":"ready","synced_generation":[2,"beta"],"view":[1733390000000000000,7]}'
+        b'"peer_view":[1733390000000000001,4],"reason":"","state":"primary",'
+        b'"substatus":"ready","synced_generation":[2,"beta"],"view":[1733390000000000000,7]}'
     )
 
 
@@ -109,17 +109,6 @@ def test_the_documented_payload_is_the_decoders() -> None:
     assert set(json.loads(example[1])) == _FIELDS
     words = {12: "twelve", 13: "thirteen", 14: "fourteen", 15: "fifteen", 16: "sixteen"}
     assert f"exactly these {words[len(_FIELDS)]} fields:" in section
-
-
-def test_the_stamps_travel_as_times_or_null() -> None:
-    # the peer-backed lease (core/arbitration.py): the sender's clock and its echo
-    status = replace(BASE, stamp=12.25, echo=7.0)
-    assert decode_heartbeat(encode_heartbeat(status)) == status
-    for bad in (1, "3.5", True, -1.0, 2.0**60):
-        with pytest.raises(FrameRejected, match="stamp is not null or a time"):
-            decode_heartbeat(document(stamp=bad))
-    with pytest.raises(ValueError, match="echo must be a time"):
-        encode_heartbeat(replace(BASE, echo=-1.0))
 
 
 def test_last_state_travels_and_rejects_unknown_states() -> None:

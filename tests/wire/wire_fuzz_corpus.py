@@ -328,7 +328,7 @@ class Corpus:
         yield emit("insecure peer", fresh(key=None), Reason.BAD_MAC)
         yield emit(
             "wrong version",
-            fresh(version=rng.choice((0, 1, 2, 3, 4, 255))),
+            fresh(version=rng.choice((0, 1, 2, 3, 5, 255))),
             Reason.BAD_VERSION,
         )
         yield emit("wrong cluster", fresh(cluster=cluster_id("other")), Reason.WRONG_CLUSTER)

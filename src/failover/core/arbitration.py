@@ -14,55 +14,6 @@ grant carries the generation to serve). Generation order is then grant
 order: after forced promotions on both sides, the split-brain rule "the
 higher generation wins" picks the history the arbitrator allowed last, the
 one it will grant again, so the two never disagree and deadlock.
-
-The peer-backed lease (issue 11: the witness must not be a single point of
-unavailability). A serving node may also serve on its *peer's* word, not
-only on the arbitrator's lease, while the pair hears each other:
-
-- With an arbitrator every heartbeat carries ``stamp``, the sender's clock
-  when it built the status, and ``echo``, the newest stamp the sender heard
-  from the receiver's current run (views of another epoch do not count).
-  A node withholds its echo (sends None) while it serves, holds a lease or
-  awaits the arbitrator's answer: the echo is a promise, below, that such a
-  node cannot make.
-- The promise (the peer B's side): B does not send a request for a grant
-  before ``W = peer_backed_window = min(dead_timeout, startup_timeout)``
-  after it received a frame of the serving node A, counted on B's clock.
-  Each of B's ways to ask keeps it:
-  * silence (``peer_lost``): B asks only after ``dead_timeout`` of silence
-    on every link since the last frame it received, counted in time B ran
-    (a paused B counts less, never more);
-  * a restart forgets what B heard: its discovery (``startup_timeout``,
-    from its ``Start``) runs first, and an operator's command (``prim``,
-    ``primforce``) that would ask sooner waits: the arbitration gate does
-    not ask before ``W`` after the node's start (guard ``just_started``);
-  * a command while B hears A serving is refused (``peer_serving``), until
-    A is lost (``dead_timeout`` of silence, as above);
-  * a heartbeat-driven takeover acts only on a status of A that announces
-    A not serving and echoes B's current view (the view echo rule): A has
-    left the serving stint whose stamps count (below), so that stint's
-    peer-backed lease is gone with it (A's lease is reset on leaving).
-- So when A hears B echo a stamp ``t`` that A sent while serving in its
-  current stint (``t`` after the stint began, A's epoch echoed), B received
-  that frame at some time >= ``t`` and will not ask before ``t + W``; the
-  arbitrator grants B nothing before B asks. A serves on it until
-  ``t + W - lease_margin`` (``Lease.peer_until``): the *peer-backed lease*.
-  The deadline is on A's own clock, from A's own stamp: no clock is shared,
-  no skew enters, only the rates (B must not run faster than A by more than
-  ``lease_margin / W``, the same kind of bound as the arbitrator's lease).
-- A serves while either lease is valid: ``NodeFacts.serve_until`` is the
-  later of ``fence_at`` (the arbitrator's lease, from the last ask it
-  granted) and ``peer_until``; ``lease_expired`` fires there, and the
-  runtime's watchdog uses the same deadline. A paused A is judged in real
-  time (its deadlines are not moved by a pause, unlike silences).
-- One-way cuts: if A hears B but B does not hear A, B's echo stops
-  advancing; A's deadline runs from the last stamp B confirmed, not from
-  B's last frame A received, so A stops ``lease_margin`` before B may ask.
-- Entering a serving state, or minting a generation, still needs the
-  arbitrator's grant: the peer-backed lease only keeps a node serving.
-  Renewals to the arbitrator go on while it serves; a renewal that gets no
-  answer is not a reason to stop while the peer backs the lease, while a
-  refusal (the lease is someone else's) stops the node at once.
 """
 
 from __future__ import annotations

@@ -44,10 +44,6 @@ class Lease:
     fence_at: float | None = None  # stop serving at this time unless renewed
     renew_at: float | None = None
     denied_at: float | None = None  # when the arbitrator last denied a request
-    # the serving stint this lease belongs to began here: only the peer's echo
-    # of a stamp sent after it backs the lease (core/arbitration.py)
-    since: float | None = None
-    peer_until: float | None = None  # the peer-backed lease: serve until then at least
 
 
 def derive_substatus(node: NodeFacts) -> SubStatus:
@@ -130,23 +126,6 @@ class NodeFacts:
     # before a full resync) and the pause after it
     data_retry_at: float | None = None
     data_pause: float | None = None
-    # with an arbitrator: when this run started (its first step; no request for
-    # a grant before ``peer_backed_window`` after it), and the newest stamp heard
-    # from the peer's current run (echoed in our heartbeats: core/arbitration.py)
-    started_at: float | None = None
-    heard_stamp: float | None = None
-
-    @property
-    def serve_until(self) -> float | None:
-        """The one deadline of serving (None without a lease): the later of the
-        arbitrator's lease (``fence_at``) and the peer-backed one
-        (``peer_until``). ``lease_expired`` fires there; the runtime's watchdog
-        stops the application there if the loop does not."""
-        lease = self.lease
-        if not lease.held:
-            return None
-        ends = [t for t in (lease.fence_at, lease.peer_until) if t is not None]
-        return max(ends) if ends else None
 
     @property
     def substatus(self) -> SubStatus:
@@ -214,8 +193,6 @@ class NodeFacts:
                 shift(lease.fence_at),
                 shift(lease.renew_at),
                 shift(lease.denied_at),
-                shift(lease.since),
-                shift(lease.peer_until),
             ),
             None if self.pending is None else self.pending.ident,
             self.granted,
@@ -234,8 +211,6 @@ class NodeFacts:
             self.next_pause,
             shift(self.data_retry_at),
             self.data_pause,
-            shift(self.started_at),
-            shift(self.heard_stamp),
         )
 
     def rebased(self, origin: float, horizon: float) -> NodeFacts:
@@ -255,15 +230,11 @@ class NodeFacts:
             restarts=tuple(max(t - origin, -horizon) for t in self.restarts),
             retry_at=shift(self.retry_at),
             data_retry_at=shift(self.data_retry_at),
-            started_at=shift(self.started_at),
-            heard_stamp=shift(self.heard_stamp),
             lease=evolve(
                 lease,
                 requested_at=shift(lease.requested_at),
                 fence_at=shift(lease.fence_at),
                 renew_at=shift(lease.renew_at),
                 denied_at=shift(lease.denied_at),
-                since=shift(lease.since),
-                peer_until=shift(lease.peer_until),
             ),
         )

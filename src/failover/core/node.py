@@ -211,19 +211,7 @@ class Node:
             peer_view=NO_VIEW if self.facts.peer is None else self.facts.peer.view,
             has_data=self.has_data,
             can_serve=self.can_serve,
-            stamp=self.now if self.settings.arbitrator else None,
-            echo=self._echo(),
         )
-
-    def _echo(self) -> float | None:
-        """The newest stamp heard from the peer's current run, as a promise not to
-        ask the arbitrator before ``peer_backed_window`` after hearing it
-        (core/arbitration.py); withheld (None) while this node serves, holds a
-        lease or awaits the arbitrator's answer, when it cannot promise that."""
-        facts = self.facts
-        if facts.state.serving or facts.lease.held or facts.pending is not None:
-            return None
-        return facts.heard_stamp
 
     @property
     def has_data(self) -> bool:
@@ -256,7 +244,7 @@ class Node:
             self.facts.next_heartbeat_at,
             self.facts.discovery_until,
             self.facts.recheck_at,
-            self.facts.serve_until,
+            self.facts.lease.fence_at if self.facts.lease.held else None,
             self.facts.lease.renew_at if self.facts.lease.held else None,
             self.facts.retry_at,
             self.facts.data_retry_at,
@@ -280,8 +268,6 @@ class Node:
         self.now = now
         self.event = event
         self.outbox = []
-        if self.facts.started_at is None and self.settings.arbitrator:
-            self.update(started_at=now)
         self._discount_pause(now)
         meta_before = self.facts.metadata
         fence_before = (self.writes_fenced, self.state.serving)
@@ -480,7 +466,6 @@ class Node:
             if not view.up:
                 self.emit(fx.LinkChanged(event.link, up=True))
             self.facts = self.facts.with_link(event.link, LinkView(up=True, last_seen=now))
-            self._note_stamps(event.status)
             self.update(peer=event.status)
             self.update(peer_alive=True)
             self.update(discovery_until=None)
@@ -499,34 +484,6 @@ class Node:
         if isinstance(event, ev.Timer):
             return self._timers()
         return [event.kind]
-
-    def _note_stamps(self, status: PeerStatus) -> None:
-        """The peer-backed lease's bookkeeping (core/arbitration.py), before
-        ``status`` replaces the peer's last one: remember the newest stamp of
-        the peer's current run (to echo it), and extend our own peer-backed
-        lease by the peer's echo of a stamp we sent in this serving stint."""
-        stamp, previous = status.stamp, self.facts.peer
-        if stamp is not None:
-            same_run = previous is not None and previous.view[0] == status.view[0]
-            heard = self.facts.heard_stamp
-            if not same_run or heard is None or stamp > heard:
-                self.update(heard_stamp=stamp)
-        lease, echo = self.facts.lease, status.echo
-        if (
-            lease.held
-            and lease.since is not None
-            and echo is not None
-            and echo > lease.since
-            and not status.serving
-            and status.peer_view[0] == self.facts.view[0]
-            # its windows are ours: the same settings (the fingerprint covers the timings)
-            and status.fingerprint == self.settings.fingerprint
-        ):
-            s = self.settings
-            start = echo if self.table.peer_backed_from == "echo" else self.now
-            until = start + s.peer_backed_window - s.lease_margin
-            if lease.peer_until is None or until > lease.peer_until:
-                self.update(lease=evolve(lease, peer_until=until))
 
     def _discount_pause(self, now: float) -> None:
         """Silence is counted in time this node was observed running.
@@ -580,8 +537,11 @@ class Node:
         if self.facts.discovery_until is not None and now >= self.facts.discovery_until:
             self.update(discovery_until=None)
             triggers.append("startup_timeout")
-        serve_until = self.facts.serve_until
-        if serve_until is not None and now >= serve_until:
+        if (
+            self.facts.lease.held
+            and self.facts.lease.fence_at is not None
+            and now >= self.facts.lease.fence_at
+        ):
             self.update(lease=Lease())
             triggers.append("lease_expired")
         if self.facts.recheck_at is not None and now >= self.facts.recheck_at:

@@ -477,15 +477,6 @@ def denied_lately(node: Decider, row: Row) -> bool:
 
 
 @guard
-def just_started(node: Decider, row: Row) -> bool:
-    """This run began less than ``peer_backed_window`` ago: the previous run
-    may have promised the peer not to ask the arbitrator before then (its
-    echoes back the peer's lease, core/arbitration.py), so it does not ask yet."""
-    started = node.facts.started_at
-    return started is not None and node.now < started + node.settings.peer_backed_window
-
-
-@guard
 def grant_pending(node: Decider, row: Row) -> bool:
     return node.facts.pending is not None
 
@@ -928,8 +919,6 @@ def request_grant(node: Decider, row: Row) -> None:
             requested_at=node.now,
             fence_at=lease.fence_at,
             renew_at=lease.renew_at,
-            since=lease.since,
-            peer_until=lease.peer_until,
         )
     )
     node.emit(
@@ -956,11 +945,9 @@ def take_grant(node: Decider, row: Row) -> None:
 @action
 def hold_grant(node: Decider, row: Row) -> None:
     """The lease is ours until requested_at + ttl at the arbitrator; we stop
-    serving ``lease_margin`` earlier, counted from when we asked. A renewal
-    keeps the serving stint (``since``) and the peer-backed lease; a first
-    grant starts a stint now."""
-    s, event, lease = node.settings, node.event, node.facts.lease
-    asked = lease.requested_at if lease.requested_at is not None else node.now
+    serving ``lease_margin`` earlier, counted from when we asked."""
+    s, event = node.settings, node.event
+    asked = node.facts.lease.requested_at if node.facts.lease.requested_at is not None else node.now
     generation = event.generation if isinstance(event, ev.ArbitrationGranted) else None
     node.update(
         lease=Lease(
@@ -969,8 +956,6 @@ def hold_grant(node: Decider, row: Row) -> None:
             requested_at=None,
             fence_at=asked + s.lease_ttl - s.lease_margin,
             renew_at=node.now + s.lease_renew,
-            since=lease.since if lease.held else node.now,
-            peer_until=lease.peer_until if lease.held else None,
         )
     )
 

@@ -211,14 +211,6 @@ class PeerStatus:
     # budget is not spent (a node that handed over after spending it is not
     # handed the service back within its window)
     can_serve: bool = True
-    # the peer-backed lease (core/arbitration.py): ``stamp`` is the sender's
-    # clock when it built this status (with an arbitrator; None otherwise), and
-    # ``echo`` the newest ``stamp`` it heard from the receiver's current run,
-    # a promise not to ask the arbitrator for ``peer_backed_window`` after
-    # hearing it (None: no promise; withheld while the sender serves, holds
-    # a lease or awaits the arbitrator's answer)
-    stamp: float | None = None
-    echo: float | None = None
 
     @property
     def serving(self) -> bool:
@@ -309,13 +301,6 @@ class Settings:
     # something when its daemon started (announced as ``has_data`` while the
     # metadata is fresh; decides who serves at a first start)
     local_data: bool = False
-
-    @property
-    def peer_backed_window(self) -> float:
-        """How long after hearing this node a peer may not ask the arbitrator for
-        a takeover: its silence (``dead_timeout``) or, restarted, its discovery
-        (``startup_timeout``) runs first (core/arbitration.py)."""
-        return min(self.dead_timeout, self.startup_timeout)
 
     def checker(self, name: str) -> CheckerPolicy:
         """The policy of checker ``name``; a name the settings do not list

@@ -28,9 +28,7 @@ ADMIN_EVENTS = frozenset({"start", "stop", "prim", "primforce", "second", "swap"
 GATE_GUARD = "needs_grant"
 GATE_ACTION = "request_grant"
 PACE_GUARD = "denied_lately"
-START_GUARD = "just_started"
 GRANT_ACTION = "take_grant"
-PEER_BACKED_FROM = ("echo", "receipt")
 
 
 @dataclass(frozen=True)
@@ -78,10 +76,6 @@ class Table:
     states: tuple[State, ...]
     events: tuple[str, ...]
     entries: Mapping[tuple[State, str], Entry]
-    # what a peer-backed lease counts from (core/arbitration.py): the stamp of
-    # ours the peer echoed ("echo", the rule); "receipt" (when we heard the
-    # peer) exists only for the model checker's mutant, which it must catch
-    peer_backed_from: str = "echo"
 
     def rows(self, state: State, event: str) -> tuple[Row, ...]:
         entry = self.entries[(state, event)]
@@ -143,14 +137,9 @@ def load_table(
             entry = _parse_entry(state, event, by_event[event], where, guards, actions, problems)
             if entry is not None:
                 entries[(state, event)] = entry
-    peer_backed_from = data.get("peer_backed_from", "echo")
-    if peer_backed_from not in PEER_BACKED_FROM:
-        problems.append(f"peer_backed_from: must be one of {list(PEER_BACKED_FROM)}")
     if problems:
         raise SpecError("invalid transition table:\n  " + "\n  ".join(problems))
-    return Table(
-        states=states, events=events, entries=entries, peer_backed_from=str(peer_backed_from)
-    )
+    return Table(states=states, events=events, entries=entries)
 
 
 def _parse_entry(
@@ -233,31 +222,7 @@ def _add_gates(rows: tuple[Row, ...]) -> tuple[Row, ...]:
         if not enters_serving or row.ungated or GRANT_ACTION in row.actions:
             gated.append(row)
             continue
-        # a node that started less than ``peer_backed_window`` ago may have
-        # promised, in its previous run, not to ask before then (the peer may
-        # serve on that promise: core/arbitration.py): it does not ask yet. A
-        # command is refused (the operator retries); anything else decides
-        # again at its next occasion
-        admin = row.event in ADMIN_EVENTS
-        gated.append(
-            Row(
-                state=row.state,
-                event=row.event,
-                index=row.index,
-                when=(*row.when, Condition(GATE_GUARD), Condition(START_GUARD)),
-                target=None,
-                actions=(),
-                reason="started moments ago ({peer} may still serve on our earlier word): "
-                "asking the arbitrator in a few seconds: " + row.reason,
-                refusal="this node started moments ago and {peer} may still serve on a lease "
-                "our earlier heartbeats backed: retry in a few seconds"
-                if admin
-                else None,
-                quiet=True,
-                gated_row=row,
-            )
-        )
-        if not admin:
+        if row.event not in ADMIN_EVENTS:
             # a request the arbitrator denied is not repeated before the next
             # recheck: a node that keeps deciding to serve (every heartbeat)
             # would otherwise ask on every one. An operator's command is a new

@@ -192,14 +192,6 @@ def _set_aside_failure_ignored(spec: Spec) -> None:
     spec["table"]["resync"]["quarantine_failed"] = "ignore"
 
 
-def _peer_backed_from_receipt(spec: Spec) -> None:
-    """A primary's peer-backed lease counts from the last frame it received from
-    its peer instead of the last stamp of its own the peer echoed: under a
-    one-way cut (the peer no longer hears it) it serves on while the peer,
-    silent, takes over with the witness's grant."""
-    spec["peer_backed_from"] = "receipt"
-
-
 MUTANTS: dict[str, Mutant] = {
     "no-stale-guard": Mutant(_no_stale_guard.__doc__ or "", ("S3", "S2"), False, _no_stale_guard),
     "resync-may-serve": Mutant(
@@ -228,9 +220,6 @@ MUTANTS: dict[str, Mutant] = {
     ),
     "app-failed-waits": Mutant(_app_failed_waits.__doc__ or "", ("L4",), False, _app_failed_waits),
     "never-hand-over": Mutant(_never_hand_over.__doc__ or "", ("L3",), False, _never_hand_over),
-    "peer-backed-from-receipt": Mutant(
-        _peer_backed_from_receipt.__doc__ or "", ("S1",), True, _peer_backed_from_receipt
-    ),
     "resync-failure-ignored": Mutant(
         _resync_failure_ignored.__doc__ or "", ("L1",), False, _resync_failure_ignored
     ),

@@ -70,7 +70,7 @@ class Timing:
     startup_timeout: float = 3.0
     lease_ttl: float = 4.0
     lease_renew: float = 1.0
-    lease_margin: float = 0.5  # W - margin = 2.5 heartbeats: a peer can back a lease
+    lease_margin: float = 1.0
     retry_pause: float = 2.0
     retry_pause_max: float = 4.0
 
@@ -305,8 +305,8 @@ class World:
             )
         )
         rank = self._view_ranks()
-        channels = tuple(_frame_key(key, s, rank, shift) for key, s in self.channels)
-        stale = tuple(_frame_key(key, s, rank, shift) for key, s in self.stale)
+        channels = tuple(_frame_key(key, s, rank) for key, s in self.channels)
+        stale = tuple(_frame_key(key, s, rank) for key, s in self.stale)
         peers = tuple(
             None
             if h.core is None
@@ -352,9 +352,6 @@ class StepInfo:
     entered_serving: list[tuple[int, State, bool, bool]] = field(default_factory=list)
     # a serving node heard its peer serving at this generation and still served after
     kept_serving_against: list[tuple[int, Generation]] = field(default_factory=list)
-    # nodes that started serving while the other node's core still served, at that
-    # moment of the step (a step is one instant: the peer may leave later in it)
-    overlapped: list[int] = field(default_factory=list)
     outcome_overflow: bool = False
 
 
@@ -462,8 +459,6 @@ class Cluster:
                     yield f"arb_heal {NAMES[i]}"
                 elif faults:
                     yield f"arb_cut {NAMES[i]}"
-                if faults and muted(i) not in w.partitioned:
-                    yield f"mute {NAMES[i]}"
             if app_faults:
                 if host.app_running and not host.app_stopping:
                     yield f"app_fail {NAMES[i]}"
@@ -486,11 +481,6 @@ class Cluster:
                 yield f"heal {link}"
             elif faults:
                 yield f"partition {link}"
-        for i in range(2):
-            if muted(i) in w.partitioned:
-                yield f"heal {muted(i)}"
-        if self.config.arbitrator and faults and all(h.arb_reachable for h in w.hosts):
-            yield "arb_down"
 
     def apply(self, label: str) -> StepInfo:
         """Perform one action on the loaded world; ``self.world`` is the result."""
@@ -518,12 +508,6 @@ class Cluster:
             self._write(NAMES.index(arg), info)
         elif verb in ("arb_cut", "arb_heal"):
             self._set_host(NAMES.index(arg), arb_reachable=verb == "arb_heal")
-        elif verb == "arb_down":
-            # the witness itself is down: one fault, healed per node (arb_heal)
-            for i in range(2):
-                self._set_host(i, arb_reachable=False)
-        elif verb == "mute":
-            self._partition(muted(NAMES.index(arg)), True)
         elif verb in ("checker_down", "checker_up"):
             i = NAMES.index(arg)
             self._set_host(i, site_down=verb == "checker_down")
@@ -570,7 +554,6 @@ class Cluster:
         flight (but a delayed one) is delivered, in passes until none is left;
         the data plane makes one step of progress on any resync."""
         now = self.world.now + self.config.timing.heartbeat_interval
-        self._serving_deadlines(now, info)
         self.world = evolve(self.world, now=now)
         for i in range(2):
             if self.up(i):
@@ -625,24 +608,6 @@ class Cluster:
                 self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
         for i in range(2):
             self._resync_end_heard(i, i in unheard, info)
-
-    def _serving_deadlines(self, until: float, info: StepInfo) -> None:
-        """A serving deadline (``serve_until``: the lease's end) that falls between
-        two ticks fires at its time, in time order across the nodes, not at the
-        next tick: a node stops serving when its lease ends, and its peer, whose
-        own timers fire at the tick, must not see it serve a moment longer."""
-        for _ in range(4):
-            due = []
-            for i in range(2):
-                core = self.world.hosts[i].core
-                end = None if core is None else core.serve_until
-                if end is not None and self.world.now < end < until:
-                    due.append((end, i))
-            if not due:
-                return
-            end, i = min(due)
-            self.world = evolve(self.world, now=end)
-            self._handle(i, ev.Timer(), info)
 
     def _break_resync_session(self) -> None:
         """The resync session ends (either side crashed or stopped it): a source
@@ -712,16 +677,10 @@ class Cluster:
             info.kept_serving_against.append((target, status.generation))
 
     def _partition(self, link: str, cut: bool) -> None:
-        """Cut (or heal) ``link`` both ways, or, for ``muted(i)``, every
-        heartbeat node ``i`` sends (a one-way cut: it still hears its peer)."""
         w = self.world
-
-        def lost(channel: tuple[str, int]) -> bool:
-            return channel[0] == link or muted(channel[1]) == link
-
         if cut:
-            channels = tuple(c for c in w.channels if not lost(c[0]))
-            stale = tuple(c for c in w.stale if not lost(c[0]))
+            channels = tuple(c for c in w.channels if c[0][0] != link)
+            stale = tuple(c for c in w.stale if c[0][0] != link)
             self.world = evolve(
                 w, partitioned=w.partitioned | {link}, channels=channels, stale=stale
             )
@@ -889,9 +848,6 @@ class Cluster:
             if node.state.serving and not before.serving:
                 blind = not self.config.arbitrator and before is State.SECONDARY and self._silent(k)
                 info.entered_serving.append((k, before, node.facts.forced, blind))
-                other = self.world.hosts[1 - k].core
-                if other is not None and other.state.serving:
-                    info.overlapped.append(k)
             for effect in effects:
                 starts = isinstance(effect, fx.StartApp | fx.RestartApp)
                 if starts and self.world.hosts[k].app_stopping:
@@ -940,7 +896,7 @@ class Cluster:
             channels = dict(self.world.channels)
             stale = dict(self.world.stale)
             for link in self.config.links:
-                if link not in self.world.partitioned and muted(k) not in self.world.partitioned:
+                if link not in self.world.partitioned:
                     before = channels.get((link, k))
                     channels[(link, k)] = status
                     older = stale.pop((link, k), None)
@@ -1057,18 +1013,12 @@ def _chan_key(item: tuple[tuple[str, int], PeerStatus]) -> tuple[str, int]:
 
 
 def _frame_key(
-    channel: tuple[str, int],
-    s: PeerStatus,
-    rank: tuple[Callable[[View], int], ...],
-    shift: Callable[[float | None], float | None],
+    channel: tuple[str, int], s: PeerStatus, rank: tuple[Callable[[View], int], ...]
 ) -> tuple[object, ...]:
-    """A frame in flight as the deduplication key sees it (the reason left out,
-    its clocks relative to now)."""
+    """A frame in flight as the deduplication key sees it (the reason left out)."""
     sender = channel[1]
     return (
         channel,
-        shift(s.stamp),
-        shift(s.echo),
         rank[sender](s.view),
         rank[1 - sender](s.peer_view),
         s.state,
@@ -1081,18 +1031,9 @@ def _frame_key(
     )
 
 
-def muted(i: int) -> str:
-    """The pseudo-link in ``World.partitioned`` that stands for a one-way cut:
-    every heartbeat node ``i`` sends is lost (the fault ``mute``; ``heal`` ends
-    it). The replication stream is not cut by it."""
-    return f"{NAMES[i]}-out"
-
-
 FAULTS = frozenset(
     {
         "crash",
-        "mute",
-        "arb_down",
         "drop",
         "delay",
         "duplicate",
