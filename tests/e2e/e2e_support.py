@@ -484,6 +484,25 @@ def cut_between_the_nodes_only_one_serves(
     assert cluster.serving() == [primary]
 
 
+def arbitrator_down_stops_the_pair_until_it_is_back(
+    cluster: Arbitrated, kill: Callable[[], None], restart: Callable[[], None], what: str
+) -> None:
+    """A paired cluster whose arbitrator (``what``) dies: the serving node stops
+    before its lease can run out (it cannot renew), nobody serves, and once the
+    arbitrator is back the same node serves again (its record still names it)."""
+    cluster.start_both()
+    primary, _ = cluster.paired()
+    killed_at = time.monotonic()
+    kill()
+    cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
+    print(f"the primary stopped {time.monotonic() - killed_at:.2f} s after {what} was killed")
+    restarted_at = time.monotonic()
+    restart()
+    cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)
+    print(f"served again {time.monotonic() - restarted_at:.2f} s after {what} restarted")
+    assert cluster.serving() == [primary]
+
+
 def audited_with_arbitrator(cluster: Cluster, kind: str, killed: str | None = None) -> None:
     """The audit of the run so far knows of the arbitrator ``kind`` (each daemon's
     start record names it), so it excuses no two nodes serving at once, blind or not

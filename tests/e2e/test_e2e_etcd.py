@@ -19,6 +19,7 @@ import yaml
 from e2e_support import (
     NETNS,
     Arbitrated,
+    arbitrator_down_stops_the_pair_until_it_is_back,
     audited_with_arbitrator,
     cut_between_the_nodes_only_one_serves,
 )
@@ -81,21 +82,8 @@ def test_cut_between_the_nodes_only_one_serves(lab: Lab, tmp_path: Path, etcd: E
 
 
 def test_etcd_killed_under_a_healthy_pair(lab: Lab, tmp_path: Path, etcd: EtcdServer) -> None:
-    """The serving node stops before its lease could run out when etcd is gone,
-    and serves again once etcd is back (the record still names it)."""
     cluster = EtcdCluster(lab, tmp_path, etcd)
-    cluster.start_both()
-    primary, _ = cluster.paired()
-    killed_at = time.monotonic()
-    etcd.kill()
-    cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
-    stopped_after = time.monotonic() - killed_at
-    print(f"the primary stopped {stopped_after:.2f} s after etcd was killed")
-    restarted_at = time.monotonic()
-    etcd.start()
-    cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)
-    print(f"served again {time.monotonic() - restarted_at:.2f} s after etcd restarted")
-    assert cluster.serving() == [primary]
+    arbitrator_down_stops_the_pair_until_it_is_back(cluster, etcd.kill, etcd.start, "etcd")
     audited_with_arbitrator(cluster, "etcd")
 
 
