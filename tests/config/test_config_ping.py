@@ -144,6 +144,14 @@ CASES: dict[str, Bad] = {
         "half of lease_renew (1 s)",
         base=PING,
     ),
+    "too many probes": bad(
+        LEASE,
+        LEASE + "    probe_count: 4\n",
+        "cluster.arbitrator.probe_count",
+        "probe_count:",
+        "4 x 0.25 + 0.2 = 1.2 s",
+        base=PING,
+    ),
     "a lease too short to be renewed": bad(
         "lease_ttl: 6",
         "lease_ttl: 4.5",

@@ -456,8 +456,10 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
         f"= {bound:g} s"
     )
     if bound > renew / 2 + _EPSILON:
+        given = arbitrator.model_fields_set
+        blamed = "probe_count" if "probe_timeout" not in given else "probe_timeout"
         problem(
-            ("cluster", "arbitrator", "probe_timeout"),
+            ("cluster", "arbitrator", blamed),
             f"a ping call takes up to {calls}: it must stay within half of lease_renew "
             f"({renew / 2:g} s); lower probe_count or probe_timeout",
         )
