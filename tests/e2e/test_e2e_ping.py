@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from e2e_support import NETNS, Arbitrated, audited_with_arbitrator
+from e2e_support import (
+    NETNS,
+    Arbitrated,
+    arbitrator_down_stops_the_pair_until_it_is_back,
+    audited_with_arbitrator,
+)
 
 from failover.lab import Lab
 
@@ -132,4 +137,17 @@ def test_the_primary_cut_off_from_everything_stops_before_the_peer_serves(
     ]
     print("the primary's fence:", [(r["event"], r["reason"]) for r in fenced])
     assert fenced and all("lease" in r["reason"] for r in fenced), fenced
+    audited_with_arbitrator(cluster, "ping")
+
+
+def test_the_address_down_under_a_healthy_pair(lab: Lab, tmp_path: Path) -> None:
+    """The address stops answering: the serving node cannot renew and stops at its
+    deadline; nobody serves until it answers again, then the same node serves."""
+    cluster = PingCluster(lab, tmp_path)
+    arbitrator_down_stops_the_pair_until_it_is_back(
+        cluster,
+        lambda: lab.link_down("client", "lan"),
+        lambda: lab.link_up("client", "lan"),
+        "the pinged address",
+    )
     audited_with_arbitrator(cluster, "ping")
