@@ -137,6 +137,16 @@ def test_the_primary_cut_off_from_everything_stops_before_the_peer_serves(
     ]
     print("the primary's fence:", [(r["event"], r["reason"]) for r in fenced])
     assert fenced and all("lease" in r["reason"] for r in fenced), fenced
+    for network in ("crossover", "lan"):
+        lab.link_up(primary, network)
+    cluster.wait(
+        f"{primary} back as the secondary",
+        one_at_most(
+            cluster,
+            lambda: (cluster.state(secondary), cluster.state(primary)) == ("primary", "secondary"),
+        ),
+        bound=60,
+    )
     audited_with_arbitrator(cluster, "ping")
 
 
