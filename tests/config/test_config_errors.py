@@ -387,7 +387,7 @@ CASES: dict[str, Bad] = {
         "  failback: none\n  arbitrator: {type: zookeeper}\n",
         "cluster.arbitrator.type",
         "arbitrator:",
-        "'none', 'witness' or 'etcd'",
+        "'none', 'witness', 'etcd' or 'ping'",
     ),
     "etcd arbitrator without endpoints": bad(
         "  failback: none\n",

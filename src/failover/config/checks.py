@@ -22,6 +22,8 @@ from failover.config.models import (
     ETCD_KEYS,
     MIN_KEY_BYTES,
     NAME_RE,
+    PING_CALL_SLACK,
+    PING_KEYS,
     ApplicationConfig,
     ArbitratorConfig,
     CheckerConfig,
@@ -39,6 +41,7 @@ from failover.config.models import (
 )
 from failover.config.problems import Loc, Problem, describe_value, format_key, problems_from
 from failover.config.timing import resolve_timing
+from failover.core.state import Settings
 from failover.errors import PluginNotFound, UsageError
 from failover.plugins import load_replication_transport, load_transport
 from failover.tls import tls_context
@@ -120,6 +123,8 @@ def check_all(sections: Sections, *, local: bool = False) -> Findings:
             _check_timing(cluster, found)
         if "arbitrator" in ok:
             _check_arbitrator(cluster, found)
+            if {"profile", "timing"} <= ok and cluster.arbitrator.type == "ping":
+                _check_ping_timing(cluster, found)
         if {"insecure", "key_file"} <= ok:
             _check_key(cluster, found)
         if sections.node_names is not None:
@@ -371,6 +376,12 @@ def _check_timing(cluster: ClusterSection, found: Findings) -> None:
 
 def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
     arbitrator = cluster.arbitrator
+    if arbitrator.type != "ping":
+        for key in PING_KEYS:
+            if key in arbitrator.model_fields_set:
+                found.problems.append(
+                    Problem(("cluster", "arbitrator", key), "only for arbitrator type 'ping'")
+                )
     if arbitrator.type == "etcd":
         _check_etcd(arbitrator, found)
         return
@@ -379,6 +390,15 @@ def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
             found.problems.append(
                 Problem(("cluster", "arbitrator", key), "only for arbitrator type 'etcd'")
             )
+    if arbitrator.type == "ping":
+        if arbitrator.address is None:
+            found.problems.append(
+                Problem(
+                    ("cluster", "arbitrator", "address"),
+                    "required for arbitrator type 'ping' (the host to reach; port apart)",
+                )
+            )
+        return
     if arbitrator.type != "witness":
         return
     if arbitrator.address is None:
@@ -395,6 +415,78 @@ def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
                 "a witness grants only requests signed with the cluster key: "
                 "it cannot be used with insecure: true",
             )
+        )
+
+
+def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
+    """The timing a ping witness is safe and live with (docs/arbitration.md, ping).
+
+    No lease runs out anywhere but in the serving node's own count: it stops
+    serving at ``asked + lease_ttl - lease_margin`` (``hold_grant``), where
+    ``asked`` is its last renewal that reached the address, and is stopped
+    ``lease_margin`` later. Its peer asks only after ``dead_timeout`` of
+    silence (or ``startup_timeout`` after its own start, having heard
+    nothing). A node isolated from everything at once (or from the address
+    first) sent a heartbeat less than ``heartbeat_interval`` before its cut,
+    so after its last successful ask, and its peer cannot ask sooner than
+    ``dead_timeout`` after that heartbeat. So an isolated node is stopped
+    before its peer asks as long as
+
+        lease_ttl + heartbeat_interval <= dead_timeout
+        lease_ttl <= startup_timeout
+
+    (and the stop takes less than ``lease_margin``, less the clocks' rate
+    difference over ``dead_timeout``: microseconds for working clocks).
+    Liveness: a renewal is asked ``lease_renew`` after the last one was
+    heard, and each takes up to the call's bound, so the lease is renewed in
+    time only if ``lease_ttl - lease_margin > lease_renew + 2 x bound``; and
+    the bound stays within half of ``lease_renew``.
+    """
+    arbitrator = cluster.arbitrator
+    t = resolve_timing(cluster.profile, cluster.timing)
+    ttl, renew, margin = arbitrator.lease_ttl, Settings.lease_renew, Settings.lease_margin
+    bound = arbitrator.ping_call_bound()
+
+    def problem(loc: Loc, text: str) -> None:
+        found.problems.append(Problem(loc, text))
+
+    calls = (
+        f"probe_count x probe_timeout + {PING_CALL_SLACK:g} = "
+        f"{arbitrator.probe_count} x {arbitrator.probe_timeout:g} + {PING_CALL_SLACK:g} "
+        f"= {bound:g} s"
+    )
+    if bound > renew / 2 + _EPSILON:
+        given = arbitrator.model_fields_set
+        blamed = "probe_count" if "probe_timeout" not in given else "probe_timeout"
+        problem(
+            ("cluster", "arbitrator", blamed),
+            f"a ping call takes up to {calls}: it must stay within half of lease_renew "
+            f"({renew / 2:g} s); lower probe_count or probe_timeout",
+        )
+    elif ttl - margin <= renew + 2 * bound + _EPSILON:
+        problem(
+            ("cluster", "arbitrator", "lease_ttl"),
+            f"lease_ttl ({ttl:g}) must exceed lease_margin + lease_renew + 2 x the ping "
+            f"call ({margin:g} + {renew:g} + 2 x {bound:g} = {margin + renew + 2 * bound:g}, "
+            f"the call being {calls}): else the serving node stops between two renewals",
+        )
+    timing = ("cluster", "timing")
+    if ttl + t.heartbeat_interval > t.dead_timeout + _EPSILON:
+        problem(
+            (*timing, "dead_timeout"),
+            f"with arbitrator type 'ping', dead_timeout ({t.dead_timeout:g}) must be at least "
+            f"cluster.arbitrator.lease_ttl + heartbeat_interval ({ttl:g} + "
+            f"{t.heartbeat_interval:g} = {ttl + t.heartbeat_interval:g}): else the peer of a "
+            "node cut off from everything takes over before that node stopped serving; "
+            "raise dead_timeout or lower lease_ttl",
+        )
+    if ttl > t.startup_timeout + _EPSILON:
+        problem(
+            (*timing, "startup_timeout"),
+            f"with arbitrator type 'ping', startup_timeout ({t.startup_timeout:g}) must be at "
+            f"least cluster.arbitrator.lease_ttl ({ttl:g}): else a node started while its "
+            "peer is cut off from everything may serve before that peer stopped; raise "
+            "startup_timeout or lower lease_ttl",
         )
 
 

@@ -188,16 +188,33 @@ class EtcdTlsConfig(Section):
 
 
 ETCD_KEYS = ("endpoints", "key_prefix", "tls")
+PING_KEYS = ("port", "probe_count", "probe_timeout")
+PING_PROBE_COUNT = 3
+PING_PROBE_TIMEOUT = 0.25
+PING_CALL_SLACK = 0.2
+"""Seconds a ping arbitrator's call may take beyond its probes' timeouts (starting
+the ping processes): the call is cancelled then (``ArbitratorConfig.ping_call_bound``)."""
+
+
+def _check_arbitrator_address(value: str, info: ValidationInfo) -> str:
+    # a witness listens on host:port; a ping target is a host, its port (for a
+    # TCP connect instead of an ICMP echo) apart
+    if info.data.get("type") == "ping":
+        return _check_host(value)
+    return _check_host_port(value)
 
 
 class ArbitratorConfig(Section):
     """``cluster.arbitrator``: ``none``; ``witness`` at ``address`` (host:port,
-    UDP); or ``etcd``: a lease in the etcd cluster at ``endpoints`` (client
-    URLs), under ``key_prefix``, over TLS when ``tls`` is set
-    (docs/arbitration.md). A lease runs ``lease_ttl`` seconds."""
+    UDP); ``etcd``: a lease in the etcd cluster at ``endpoints`` (client
+    URLs), under ``key_prefix``, over TLS when ``tls`` is set; or ``ping``:
+    serve only while ``address`` (a host) answers an ICMP echo, or accepts a
+    TCP connection on ``port`` when one is given, one of ``probe_count``
+    probes of ``probe_timeout`` seconds each (docs/arbitration.md). A lease
+    runs ``lease_ttl`` seconds."""
 
-    type: Literal["none", "witness", "etcd"] = "none"
-    address: Annotated[StrictStr, AfterValidator(_check_host_port)] | None = None
+    type: Literal["none", "witness", "etcd", "ping"] = "none"
+    address: Annotated[StrictStr, AfterValidator(_check_arbitrator_address)] | None = None
     lease_ttl: Seconds = 6.0
     endpoints: (
         Annotated[list[Annotated[StrictStr, AfterValidator(_check_etcd_endpoint)]], MinLen(1)]
@@ -205,11 +222,22 @@ class ArbitratorConfig(Section):
     ) = None
     key_prefix: Annotated[StrictStr, AfterValidator(_check_key_prefix)] | None = None
     tls: EtcdTlsConfig | None = None
+    port: Port | None = None
+    probe_count: Annotated[StrictInt, Ge(1), Le(10)] = PING_PROBE_COUNT
+    probe_timeout: Annotated[Seconds, Le(10)] = PING_PROBE_TIMEOUT
+
+    def ping_call_bound(self) -> float:
+        """The longest a ping arbitrator's call takes: its probes, one after the
+        other, and the slack to start them."""
+        return self.probe_count * self.probe_timeout + PING_CALL_SLACK
 
     def canonical(self) -> dict[str, Any]:
-        """For the fingerprint: the etcd keys only when set, so a witness
-        cluster keeps the fingerprint it had before etcd existed."""
+        """For the fingerprint: the etcd keys only when set and the ping keys
+        only for a ping arbitrator (with their defaults spelt out), so a witness
+        or etcd cluster keeps the fingerprint it had before either existed."""
         unset = {key for key in ETCD_KEYS if getattr(self, key) is None}
+        if self.type != "ping":
+            unset.update(PING_KEYS)
         return self.model_dump(mode="json", exclude=unset)
 
 
@@ -712,6 +740,9 @@ class ClusterConfig(Section):
             dead_timeout=timing.dead_timeout,
             startup_timeout=timing.startup_timeout,
             arbitrator=cluster.arbitrator.type != "none",
+            # a ping witness grants to whoever reaches it: no record of the newest
+            # generation vouches for a node's data when it decides without its peer
+            arbitrator_records=cluster.arbitrator.type != "ping",
             lease_ttl=cluster.arbitrator.lease_ttl,
             replicated=self.replication is not None,
             failback=cluster.failback,

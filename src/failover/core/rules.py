@@ -456,7 +456,9 @@ def policy_text(node: Decider) -> str:
 
 @guard
 def arbitrated(node: Decider, row: Row) -> bool:
-    return node.settings.arbitrator
+    """An arbitrator that vouches for the data: it grants only to a node holding
+    the newest generation it granted (not a ping witness: it records none)."""
+    return node.settings.arbitrator and node.settings.arbitrator_records
 
 
 @guard

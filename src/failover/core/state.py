@@ -258,7 +258,10 @@ class Settings:
     discover its peer before deciding alone. With ``arbitrator`` true a node
     serves only while it holds a grant: it requests one for ``lease_ttl``,
     renews it every ``lease_renew`` and stops serving ``lease_margin`` before
-    the lease can expire at the arbitrator.
+    the lease can expire at the arbitrator. ``arbitrator_records``: the
+    arbitrator records the newest generation it granted and grants only to a
+    node holding it (a witness, etcd), so a node that decides without its peer
+    may serve on its grant; a ping witness records nothing (false).
     """
 
     name: str
@@ -270,6 +273,7 @@ class Settings:
     dead_timeout: float = 2.0
     startup_timeout: float = 2.0
     arbitrator: bool = False
+    arbitrator_records: bool = True
     lease_ttl: float = 6.0
     lease_renew: float = 2.0
     lease_margin: float = 1.0

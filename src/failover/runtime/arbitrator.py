@@ -4,8 +4,8 @@
 core's three arbitration effects; each call returns a ``Reply`` and never
 raises for the arbitrator's or the network's faults. A witness service
 (``WitnessArbitrator``) is one implementation, a lease in etcd
-(``failover.runtime.etcdlease.EtcdArbitrator``) another; a ping witness
-will be one more behind the same interface.
+(``failover.runtime.etcdlease.EtcdArbitrator``) another, a ping witness
+(``failover.runtime.ping.PingArbitrator``) a third.
 
 How a reply becomes an event (``arbitration_event``) is reporting, not
 deciding (the core's table decides what each event means):
@@ -90,7 +90,7 @@ Reply = Granted | Denied | Lost | Released | Unreachable
 
 
 class Arbitrator(Protocol):
-    """What the executor needs of an arbitrator (a witness, later a ping or etcd)."""
+    """What the executor needs of an arbitrator (a witness, etcd, a ping witness)."""
 
     async def request(self, generation: Generation, base: Generation, forced: bool) -> Reply:
         """The lease to serve ``generation``, continuing from ``base``."""
@@ -263,6 +263,8 @@ def build_arbitrator(config: ClusterConfig, node: str, incarnation: int) -> Arbi
         return None
     if arbitrator.type == "etcd":
         return _build_etcd(config, node)
+    if arbitrator.type == "ping":
+        return _build_ping(config, node)
     key = config.read_key()
     if key is None or arbitrator.address is None:
         raise ConfigError(["cluster.arbitrator: a witness needs a cluster key and an address"])
@@ -273,6 +275,22 @@ def build_arbitrator(config: ClusterConfig, node: str, incarnation: int) -> Arbi
         incarnation=incarnation,
         address=arbitrator.address,
         ttl=arbitrator.lease_ttl,
+    )
+
+
+def _build_ping(config: ClusterConfig, node: str) -> Arbitrator:
+    from failover.runtime.ping import PingArbitrator  # noqa: PLC0415 - it imports this module
+
+    arbitrator = config.cluster.arbitrator
+    if arbitrator.address is None:
+        raise ConfigError(["cluster.arbitrator: type 'ping' needs an address"])
+    return PingArbitrator(
+        address=arbitrator.address,
+        port=arbitrator.port,
+        probe_count=arbitrator.probe_count,
+        probe_timeout=arbitrator.probe_timeout,
+        call_bound=arbitrator.ping_call_bound(),
+        output_dir=config.node_dir(node) / "arbitrator",
     )
 
 
