@@ -553,6 +553,7 @@ class LeaseReport:
     states: int = 0
     per_depth: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    takeovers: int = 0  # states in which beta serves: the search reached a takeover
     trace: list[tuple[float, str]] | None = None  # (real time, event) to the violation
     root: str = ""
 
@@ -577,8 +578,8 @@ class LeaseReport:
         if self.trace is None:
             lines.append(
                 f"S1 holds: never two nodes serving, to depth {self.depth} "
-                f"({self.states} states, {self.seconds:.1f} s; per depth "
-                f"{', '.join(map(str, self.per_depth))})"
+                f"({self.states} states, beta serving in {self.takeovers}, {self.seconds:.1f} s; "
+                f"per depth {', '.join(map(str, self.per_depth))})"
             )
         else:
             lines.append(
@@ -619,6 +620,7 @@ def check(
                 queue.append(later)
         report.per_depth.append(len(queue))
         for world in queue:
+            report.takeovers += world.nodes[1].serving
             if model.both_serve(world):
                 report.trace, report.root = _trace(world, parents, config.tick)
                 report.states = len(parents)
