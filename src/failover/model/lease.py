@@ -71,6 +71,7 @@ free; it is enabled while no timer or message is due).
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -332,6 +333,9 @@ class LeaseModel:
 
     def events(self, world: World) -> Iterator[tuple[str, World]]:
         """Every event enabled now, each with the world it leads to."""
+        if self.config.kind != "ping":
+            yield from self._events(world)
+            return
         for label, raw in self._events(world):
             nxt = self._heartbeats(world, raw)
             if self.allowed(nxt):
@@ -373,7 +377,7 @@ class LeaseModel:
                 if c.kind == "ping":
                     may_ask = may_ask and node.lost is True
                 else:
-                    may_ask = may_ask and self._free_for(world, who)
+                    may_ask = may_ask and not self._surely_denied(world, who)
                 if may_ask:
                     yield f"{who} asks for the lease", self._ask(world, i, renewal=False)
             if not faults:
@@ -402,16 +406,16 @@ class LeaseModel:
             else:
                 yield f"cut {arrow}", self._count(world._replace(cuts=world.cuts | {(src, dst)}))
 
-    @staticmethod
-    def _free_for(world: World, who: str) -> bool:
-        """The record would grant ``who`` now. An ask it would deny is left out:
-        a denial changes no record, so it only keeps the node from asking for a
-        while; an ask made earlier and granted later is matched by the same ask
-        made when the record became free (the same grant, the same start of
-        serving, a later fence deadline: S1 is no easier to keep)."""
+    def _surely_denied(self, world: World, who: str) -> bool:
+        """The record is held by the peer and cannot run out before an ask made
+        now must have arrived (nothing else frees it). Such an ask is left out:
+        it would be denied, a denial changes nothing at the arbitrator, and
+        until the denial it only keeps the node from asking again (the answers
+        it makes stale are already ignored: the node has no ask pending)."""
         record = world.record
         assert record is not None
-        return record.holder in (None, who) or record.expires_at == RUN_OUT
+        held = record.holder not in (None, who) and record.expires_at != RUN_OUT
+        return held and world.expiry is not None and world.expiry[0] > self.msg_window[1]
 
     @staticmethod
     def _show(m: Msg) -> str:
@@ -597,7 +601,19 @@ def check(
     config: LeaseConfig, depth: int = 12, *, progress: Callable[[str], None] | None = None
 ) -> LeaseReport:
     """Breadth first to ``depth`` events (time passes for free), checking S1 on
-    every state; the first violation found has a shortest trace in events."""
+    every state; the first violation found has a shortest trace in events.
+    Python's cycle collector is off meanwhile: the states are immutable
+    tuples without cycles, which each collection would walk again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _check(config, depth, progress)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _check(config: LeaseConfig, depth: int, progress: Callable[[str], None] | None) -> LeaseReport:
     model = LeaseModel(config)
     report = LeaseReport(config, depth)
     start = time.perf_counter()
