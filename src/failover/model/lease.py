@@ -558,6 +558,7 @@ class LeaseReport:
     per_depth: list[int] = field(default_factory=list)
     seconds: float = 0.0
     takeovers: int = 0  # states in which beta serves: the search reached a takeover
+    stuck: int = 0  # states where nothing can happen, not even time passing (must be 0)
     trace: list[tuple[float, str]] | None = None  # (real time, event) to the violation
     root: str = ""
 
@@ -579,6 +580,8 @@ class LeaseReport:
         if c.mutant:
             head += f"\nmutant {c.mutant}: {MUTANTS[c.mutant].description}"
         lines = [head]
+        if self.stuck:
+            lines.append(f"model error: {self.stuck} states where nothing, not even time, can pass")
         if self.trace is None:
             lines.append(
                 f"S1 holds: never two nodes serving, to depth {self.depth} "
@@ -648,12 +651,16 @@ def _check(config: LeaseConfig, depth: int, progress: Callable[[str], None] | No
             break
         frontier = []
         for world in queue:
+            moves = False
             for label, nxt in model.events(world):
+                moves = True
                 if limit is not None and nxt.faults > limit:
                     continue
                 if nxt not in parents:
                     parents[nxt] = (world, label)
                     frontier.append(nxt)
+            if not moves and model.tick(world) is None:
+                report.stuck += 1  # a model error: it would hide every run past this state
     report.states = len(parents)
     report.seconds = time.perf_counter() - start
     return report
