@@ -59,14 +59,17 @@ ping witness keeps no record and grants whoever reaches it.
 
 When a node asks: with a record (witness, etcd), whenever it does not serve
 and has no ask pending (an over-approximation of the core's gate: the record
-is what must keep two nodes apart); with ping, only once it has heard no
+is what must keep two nodes apart), save an ask the record surely denies
+(``_surely_denied``); with ping, only once it has heard no
 heartbeat from its peer for ``dead_timeout`` (the core's ``peer_lost``).
 That timer starts when the peer's heartbeats stop reaching the node (a cut,
 the peer paused or crashed): the peer's last heartbeat was sent at most
 ``heartbeat_interval`` earlier on its clock, and arrived within ``d``.
 
 **Depth** counts events: every step but the passage of time (a tick is
-free; it is enabled while no timer or message is due).
+free; it is enabled while no timer or message is due); at most
+``max_faults`` of them (2 by default) are faults: a loss, a cut or a heal, a
+pause or a resume, a crash, an arbitrator restart.
 """
 
 from __future__ import annotations
