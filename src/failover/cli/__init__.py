@@ -28,6 +28,7 @@ from failover.errors import FailoverError
 COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.configcmd",
     "failover.cli.modelcmd",
+    "failover.cli.leasecmd",
     "failover.cli.simulatecmd",
     "failover.cli.controlcmd",
     "failover.cli.runcmd",

@@ -80,6 +80,48 @@ def decide_request(
     return Verdict(True, granted)
 
 
+def fence_deadline(requested_at: float, *, ttl: float, margin: float) -> float:
+    """When a node that asked for a lease (or its renewal) at ``requested_at``
+    on its own clock stops serving, on the same clock, if no later renewal is
+    granted: ``margin`` before the lease can run out at the arbitrator, which
+    counts ``ttl`` from when it *received* the request, no earlier than the ask.
+    The node's count thus starts no later than the arbitrator's and ends
+    ``margin`` earlier (see ``lease_timing_holds`` for the clock rates)."""
+    return requested_at + ttl - margin
+
+
+def grant_run_out(requested_at: float | None, now: float, *, ttl: float, margin: float) -> bool:
+    """A grant heard at ``now`` for the ask made at ``requested_at`` gives
+    nothing: the lease it grants has already reached its fence deadline here
+    (the node was paused, or the answer was slow)."""
+    return requested_at is not None and now >= fence_deadline(requested_at, ttl=ttl, margin=margin)
+
+
+def lease_timing_holds(*, ttl: float, margin: float, rho: float) -> bool:
+    """The clock-rate condition of a lease held at a witness or etcd: with every
+    clock running at a rate within ``[1 - rho, 1 + rho]`` of real time, the
+    node's fence deadline (``ttl - margin`` after its ask, on its clock) comes
+    strictly before the arbitrator can count ``ttl`` from the request's
+    receipt (on its own clock). Message delays do not enter: the node counts
+    from its ask, which precedes the receipt."""
+    return 0 <= rho < 1 and (ttl - margin) / (1 - rho) < ttl / (1 + rho)
+
+
+def ping_timing_holds(
+    *, ttl: float, margin: float, rho: float, dead_timeout: float, heartbeat_interval: float
+) -> bool:
+    """The condition of the ping witness (no record: it grants whoever reaches
+    it), beside its known limit: a node whose heartbeats stop reaching its peer
+    (cut, paused, crashed) made its last successful ask no later than that,
+    and its last heartbeat at most ``heartbeat_interval`` before it; the peer
+    may ask the witness once it has heard nothing for ``dead_timeout``. The
+    holder's fence deadline must come strictly before that, at the worst
+    clock rates."""
+    if not 0 <= rho < 1:
+        return False
+    return (ttl - margin + heartbeat_interval) / (1 - rho) < dead_timeout / (1 + rho)
+
+
 def decide_renewal(record: LeaseRecord, *, requester: str, now: float, ttl: float) -> Verdict:
     """Extend the lease of its current holder; anyone else is refused."""
     if record.holder != requester:

@@ -13,6 +13,7 @@ from functools import cache
 
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.arbitration import fence_deadline, grant_run_out
 from failover.core.compare import Relation, common_generation
 from failover.core.decider import Decider
 from failover.core.facts import Lease
@@ -489,7 +490,7 @@ def grant_expired(node: Decider, row: Row) -> bool:
     we asked (``hold_grant``), and this node heard the answer only after
     ``lease_ttl - lease_margin`` (it was paused, or the answer was delayed)."""
     asked, s = node.facts.lease.requested_at, node.settings
-    return asked is not None and node.now >= asked + s.lease_ttl - s.lease_margin
+    return grant_run_out(asked, node.now, ttl=s.lease_ttl, margin=s.lease_margin)
 
 
 @guard
@@ -956,7 +957,7 @@ def hold_grant(node: Decider, row: Row) -> None:
             held=True,
             generation=generation,
             requested_at=None,
-            fence_at=asked + s.lease_ttl - s.lease_margin,
+            fence_at=fence_deadline(asked, ttl=s.lease_ttl, margin=s.lease_margin),
             renew_at=node.now + s.lease_renew,
         )
     )
