@@ -346,12 +346,23 @@ class FailoverCluster(_Processes):
 
     system = "failover"
 
-    def __init__(self, lab: Lab, workdir: Path, profile: Profile) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        profile: Profile,
+        *,
+        system: str = "failover",
+        vip_host: int = VIP_HOST["failover"],
+    ) -> None:
+        """``system`` names the series (and its directory), ``vip_host`` its virtual IP:
+        several clusters can run one after the other in one lab (arbitrator_takeover.py)."""
         self.lab = lab
         self.profile = profile
-        self.dir = workdir / f"failover-{profile.name}"
+        self.system = system
+        self.dir = workdir / f"{system}-{profile.name}"
         self.dir.mkdir()
-        self.vip = lab.host_address("lan", VIP_HOST["failover"])
+        self.vip = lab.host_address("lan", vip_host)
         self.config_path = self._write_config()
         config = load_config(self.config_path)
         self.sockets = {node: str(config.control_of(node).socket) for node in NODES}
@@ -608,17 +619,23 @@ def stop_listeners(cluster: Cluster) -> None:
         cluster.pidfile(node).unlink(missing_ok=True)
 
 
-def measure_once(lab: Lab, cluster: Cluster, profile: Profile, index: int) -> Run:
-    """One kill -9 of the serving node, measured; leaves the killed node restarted."""
-    serving = wait_until(
+def settled(cluster: Cluster, profile: Profile) -> str:
+    """The serving node of a protected pair, after a random pause of 1 s to 1 s + one
+    interval once it is protected (so that a fault falls at a random phase)."""
+    wait_until(
         f"{cluster.system}: pair protected", cluster.protected, SETTLE_BOUND,
         alive=cluster.check_alive,
     )  # fmt: skip
     time.sleep(1.0 + random.uniform(0.0, profile.advert_int))
-    serving = wait_until(
+    return wait_until(
         f"{cluster.system}: pair protected", cluster.protected, SETTLE_BOUND,
         alive=cluster.check_alive,
     )  # fmt: skip
+
+
+def measure_once(lab: Lab, cluster: Cluster, profile: Profile, index: int) -> Run:
+    """One kill -9 of the serving node, measured; leaves the killed node restarted."""
+    serving = settled(cluster, profile)
     survivor = other(serving)
     listener = cluster.listener_pid(serving)
     if listener is None:
