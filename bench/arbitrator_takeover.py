@@ -74,11 +74,9 @@ import argparse
 import contextlib
 import datetime
 import json
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -92,17 +90,21 @@ from failover_detect import (
     POLL,
     PROFILES,
     RUN_BOUND,
+    SETTLE_BOUND,
     BenchError,
     FailoverCluster,
     Probe,
     Profile,
     Results,
+    _raise_interrupt,
     kill_group,
     loadavg,
     measure_once,
     other,
     percentile,
     settled,
+    wait_until,
+    work_directory,
 )
 
 from failover import __version__
@@ -394,6 +396,26 @@ def measure_isolation(lab: Lab, cluster: ArbitratedCluster, profile: Profile, ru
     run.iso_stopped_first = "stopped" in seen and seen["stopped"] <= start
     if "stopped" not in seen:
         run.notes.append(f"isolated {serving} still served {ended - start:.1f} s after its peer")
+    # Once settled, the client's neighbour entry for the VIP is dropped: after a split
+    # brain, the node that keeps serving never announces the address again (it never
+    # stopped), and the client may still hold the MAC of the node that stopped.
+    holder = wait_until(
+        f"{cluster.system}: pair protected after the isolation", cluster.protected,
+        SETTLE_BOUND, alive=cluster.check_alive,
+    )  # fmt: skip
+    if stale_neighbour(lab, cluster.vip, holder):
+        run.notes.append(f"the client still sent to {other(holder)}'s MAC: flushed")
+    lab.exec("client", ["ip", "neigh", "flush", "dev", lab.interface("client", "lan")])
+
+
+def stale_neighbour(lab: Lab, address: str, holder: str) -> bool:
+    """The client's neighbour entry for ``address`` names a MAC other than ``holder``'s."""
+    entry = lab.exec("client", ["ip", "neigh", "show", address]).stdout.split()
+    link = lab.exec(holder, ["ip", "-o", "link", "show", lab.interface(holder, "lan")]).stdout
+    if "lladdr" not in entry or "link/ether" not in link:
+        return False
+    mac = link.split("link/ether", 1)[1].split()[0]
+    return entry[entry.index("lladdr") + 1] != mac
 
 
 def measure_arbiter_down(cluster: ArbitratedCluster, profile: Profile, run: Run) -> None:
@@ -573,10 +595,6 @@ def render(
 # -- main ---------------------------------------------------------------------------
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="runs of each fault per type")
@@ -613,32 +631,23 @@ def main() -> int:
     print(f"{command}\n{env}", flush=True)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     began = time.monotonic()
-    if args.keep_files:
-        Path(args.keep_files).mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="fotakeover-", dir=args.keep_files))
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="fotakeover-"))
     results = Results()
     rows: list[Run] = []
     settings: dict[tuple[str, str], str] = {}
     audits: dict[tuple[str, str], dict[str, Any]] = {}
     interrupted = False
     try:
-        for name in profiles:
-            with Lab(networks=("lan", "crossover"), client=True, prefix="fotake") as lab:
-                for kind in kinds:
-                    settings[(kind, name)] = bench_type(
-                        lab, workdir, PROFILES[name], kind, args.lease_ttl, args.runs,
-                        results, rows, audits,
-                    )  # fmt: skip
+        with work_directory(args.keep_files, "fotakeover-") as workdir:
+            for name in profiles:
+                with Lab(networks=("lan", "crossover"), client=True, prefix="fotake") as lab:
+                    for kind in kinds:
+                        settings[(kind, name)] = bench_type(
+                            lab, workdir, PROFILES[name], kind, args.lease_ttl, args.runs,
+                            results, rows, audits,
+                        )  # fmt: skip
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: cleaning up; figures so far:", file=sys.stderr)
-    finally:
-        if args.keep_files:
-            print(f"files kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     env["load average after"] = loadavg()
     env["duration"] = f"{time.monotonic() - began:.0f} s"
 
