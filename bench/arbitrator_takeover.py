@@ -77,6 +77,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -134,8 +135,7 @@ class Arbiter:
 
     def __init__(self, lab: Lab, workdir: Path, lease_ttl: float) -> None:
         self.lab = lab
-        self.dir = workdir / f"arbiter-{self.kind}-{id(self):x}"
-        self.dir.mkdir()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"arbiter-{self.kind}-", dir=workdir))
         self.lease_ttl = lease_ttl
 
     def section(self, cluster: FailoverCluster) -> dict[str, Any] | None:
