@@ -76,7 +76,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -346,12 +346,23 @@ class FailoverCluster(_Processes):
 
     system = "failover"
 
-    def __init__(self, lab: Lab, workdir: Path, profile: Profile) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        profile: Profile,
+        *,
+        system: str = "failover",
+        vip_host: int = VIP_HOST["failover"],
+    ) -> None:
+        """``system`` names the series (and its directory), ``vip_host`` its virtual IP:
+        several clusters can run one after the other in one lab (arbitrator_takeover.py)."""
         self.lab = lab
         self.profile = profile
-        self.dir = workdir / f"failover-{profile.name}"
+        self.system = system
+        self.dir = workdir / f"{system}-{profile.name}"
         self.dir.mkdir()
-        self.vip = lab.host_address("lan", VIP_HOST["failover"])
+        self.vip = lab.host_address("lan", vip_host)
         self.config_path = self._write_config()
         config = load_config(self.config_path)
         self.sockets = {node: str(config.control_of(node).socket) for node in NODES}
@@ -608,17 +619,23 @@ def stop_listeners(cluster: Cluster) -> None:
         cluster.pidfile(node).unlink(missing_ok=True)
 
 
-def measure_once(lab: Lab, cluster: Cluster, profile: Profile, index: int) -> Run:
-    """One kill -9 of the serving node, measured; leaves the killed node restarted."""
-    serving = wait_until(
+def settled(cluster: Cluster, profile: Profile) -> str:
+    """The serving node of a protected pair, after a random pause of 1 s to 1 s + one
+    interval once it is protected (so that a fault falls at a random phase)."""
+    wait_until(
         f"{cluster.system}: pair protected", cluster.protected, SETTLE_BOUND,
         alive=cluster.check_alive,
     )  # fmt: skip
     time.sleep(1.0 + random.uniform(0.0, profile.advert_int))
-    serving = wait_until(
+    return wait_until(
         f"{cluster.system}: pair protected", cluster.protected, SETTLE_BOUND,
         alive=cluster.check_alive,
     )  # fmt: skip
+
+
+def measure_once(lab: Lab, cluster: Cluster, profile: Profile, index: int) -> Run:
+    """One kill -9 of the serving node, measured; leaves the killed node restarted."""
+    serving = settled(cluster, profile)
     survivor = other(serving)
     listener = cluster.listener_pid(serving)
     if listener is None:
@@ -838,6 +855,24 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def work_directory(keep: str | None, prefix: str) -> Iterator[Path]:
+    """A fresh temporary directory for configs and logs: removed at the end, or,
+    given ``keep``, made under it and kept (its path printed)."""
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=keep))
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield workdir
+    finally:
+        if keep:
+            print(f"files kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def environment(keepalived_version: str) -> dict[str, str]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -896,39 +931,34 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, _raise_interrupt)
     began = time.monotonic()
-    if args.keep_files:
-        workdir = Path(args.keep_files)
-        workdir.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix="fobench-", dir=workdir))
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="fobench-"))
     intervals: dict[tuple[str, str], str] = {}
     networks = ("lan", "crossover")[: args.links]
     interrupted = False
     try:
-        for name in profiles:
-            profile = PROFILES[name]
-            with Lab(networks=networks, client=True, prefix="fobench") as lab:
-                clusters: list[Cluster] = [FailoverCluster(lab, workdir, profile)]
-                for system in series:
-                    assert ka_binary is not None
-                    advert = profile.interval if system == "keepalived-hb" else None
-                    clusters.append(
-                        KeepalivedCluster(
-                            lab, workdir, profile, ka_binary, system=system, advert_int=advert
+        with work_directory(args.keep_files, "fobench-") as workdir:
+            for name in profiles:
+                profile = PROFILES[name]
+                with Lab(networks=networks, client=True, prefix="fobench") as lab:
+                    clusters: list[Cluster] = [FailoverCluster(lab, workdir, profile)]
+                    for system in series:
+                        assert ka_binary is not None
+                        advert = profile.interval if system == "keepalived-hb" else None
+                        clusters.append(
+                            KeepalivedCluster(
+                                lab,
+                                workdir,
+                                profile,
+                                ka_binary,
+                                system=system,
+                                advert_int=advert,
+                            )
                         )
-                    )
-                for cluster in clusters:
-                    intervals[(cluster.system, name)] = cluster.describe()
-                    bench_cluster(lab, cluster, profile, args.runs, results)
+                    for cluster in clusters:
+                        intervals[(cluster.system, name)] = cluster.describe()
+                        bench_cluster(lab, cluster, profile, args.runs, results)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: cleaning up; figures so far:", file=sys.stderr)
-    finally:
-        if args.keep_files:
-            print(f"files kept in {workdir}", file=sys.stderr)
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
     env["load average after"] = loadavg()
     env["duration"] = f"{time.monotonic() - began:.0f} s"
 
