@@ -10,12 +10,17 @@ real cores, the arbitrator as ``ClusterConfig.arbitrator`` says.
   later), renewals' answers lost or a round late, a leader change extending
   the lease: every invariant holds.
 
-Costs in CI (one link, no replicated data, no application fault, both roots,
-liveness included; measured with ``pytest --durations=0``): see the
-module's constants and docs/model-checking.md.
+Costs in CI (one link, no replicated data, no application fault, liveness
+included), measured with ``pytest --durations=0`` on 2026-12-06 on the shared
+machine (load average about 9): the ping check at PING_DEPTH 25 s, the etcd
+check at ETCD_DEPTH 37 s, the finding at depth 8 3 s, the CLI 6 s, the rest
+under 1 s (about 72 s in all).
 """
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -224,3 +229,20 @@ def test_etcd_a_late_renewal_answer_arrives_at_the_next_round_and_a_lost_one_nev
     lease = cluster.world.lease
     assert lease is not None and lease.expires_at == cluster.world.now + 4  # etcd acted
     assert not cluster.world.lease_io.armed and not cluster.world.lease_io.late
+
+
+def test_the_cli_checks_each_arbitrator_kind() -> None:
+    """`failover model-check --arbitrator ping` exits 1 with ping's counterexample;
+    `--partition-needs-cut` leaves that fault out (a shallow check: exit 0)."""
+    base = [sys.executable, "-m", "failover", "model-check", "--arbitrator", "ping"]
+    base += ["--links", "1", "--no-data", "--app-faults", "0", "--root", "protected"]
+    base += ["--no-liveness", "--depth", "5"]
+    found = subprocess.run(base, capture_output=True, text=True, timeout=120, check=False)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "arbitrator ping" in found.stdout
+    assert "counterexample for S1" in found.stdout and "1. partition lan" in found.stdout
+    held = subprocess.run(
+        [*base, "--partition-needs-cut"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert "every link cut only while a node cannot reach it" in held.stdout
