@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from failover.model.mutants import MUTANTS, mutant_table
+from failover.model.mutants import LEASE_MUTANTS, MUTANTS, mutant_table
 from failover.model.run import LIVENESS, ModelReport, check_model
-from failover.model.sim import ClusterConfig
+from failover.model.sim import Arbitrator, Bounds, ClusterConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ SEARCHES: dict[str, Search] = {
 def run(
     name: str | None,
     *,
-    arbitrator: bool,
+    arbitrator: Arbitrator,
     search: Search,
     liveness: bool,
     initial_data: tuple[bool, bool] = (False, False),
@@ -111,7 +111,7 @@ def _real_table_checks() -> list[object]:
             liveness,
             data,
             depth,
-            id=f"{'witness' if arbitrator else 'none'}-{root}-"
+            id=f"{arbitrator.value}-{root}-"
             f"{'liveness' if liveness else 'safety'}-depth{depth}"
             + ("-data-" + "".join("ab"[i] for i in (0, 1) if data[i]) if any(data) else ""),
         )
@@ -123,7 +123,11 @@ def _real_table_checks() -> list[object]:
     ("arbitrator", "root", "liveness", "initial_data", "depth"), _real_table_checks()
 )
 def test_the_real_table_passes_the_same_checks(
-    arbitrator: bool, root: str, liveness: bool, initial_data: tuple[bool, bool], depth: int
+    arbitrator: Arbitrator,
+    root: str,
+    liveness: bool,
+    initial_data: tuple[bool, bool],
+    depth: int,
 ) -> None:
     search = Search(depth - 2, root)
     report = run(
@@ -131,3 +135,31 @@ def test_the_real_table_passes_the_same_checks(
     )
     assert report.ok, report.render()
     assert report.min_depth == depth
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the full simulator cannot catch a lease-timing mutant (model/mutants.py, "
+    "LEASE_MUTANTS): its nodes lose each other in the same round, and the holder then "
+    "asks to continue alone; checked by the focused lease model instead",
+)
+@pytest.mark.parametrize("name", sorted(LEASE_MUTANTS))
+def test_the_full_simulator_catches_a_lease_timing_mutant(name: str) -> None:
+    mutant = LEASE_MUTANTS[name]
+    config = ClusterConfig(
+        arbitrator=mutant.arbitrator,
+        links=("lan",),
+        no_data=True,
+        late_grants=False,
+        lease_mutation=mutant.lease_mutation,
+    )
+    report = check_model(
+        config,
+        depth=5,
+        bounds=Bounds(app_faults=0),
+        table=mutant_table(name),
+        roots=("protected",),
+        liveness=False,
+        parallel=False,
+    )
+    assert set(mutant.breaks) & report.violated(), report.render()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from failover.model.mutants import MUTANTS, mutant_table
+from failover.model.mutants import LEASE_MUTANTS, MUTANTS, mutant_table
 from failover.model.run import ROOTS, check_model
-from failover.model.sim import Bounds, ClusterConfig
+from failover.model.sim import Arbitrator, Bounds, ClusterConfig
 
 INITIAL_DATA = {
     "none": (False, False),
@@ -28,7 +28,29 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--depth", type=int, default=12, help="actions per trace (default 12)")
     parser.add_argument(
-        "--arbitrator", choices=("none", "witness"), default="none", help="arbitrator configured"
+        "--arbitrator",
+        choices=tuple(a.value for a in Arbitrator),
+        default=None,
+        help="arbitrator configured: none, the witness service, a ping witness (no record: "
+        "whoever reaches its address is granted), or an etcd lease (the witness's record with "
+        "etcd's timing and lost or late answers); default none, or the mutant's",
+    )
+    parser.add_argument(
+        "--partition-needs-cut",
+        action="store_true",
+        help="cut every link between the nodes only while one of them cannot reach the "
+        "arbitrator (the faults a ping witness protects against)",
+    )
+    parser.add_argument(
+        "--no-late-grants",
+        action="store_true",
+        help="etcd: lose or delay only renewals' answers, never a request's (a grant the node "
+        "hears late or never can leave both nodes waiting: a known finding)",
+    )
+    parser.add_argument(
+        "--no-data",
+        action="store_true",
+        help="no replicated directories (a resync ends at once; no writes are explored)",
     )
     parser.add_argument("--links", type=int, choices=(1, 2, 3), default=2, help="heartbeat links")
     parser.add_argument("--faults", type=int, default=2, help="faults per trace (default 2)")
@@ -52,7 +74,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--mutant",
-        choices=sorted(MUTANTS),
+        choices=sorted(MUTANTS | LEASE_MUTANTS),
         default=None,
         help="check a deliberately broken table instead of the real one",
     )
@@ -84,12 +106,23 @@ def run(args: argparse.Namespace) -> int:
     if args.initial_data is not None:
         initial_data = INITIAL_DATA[args.initial_data]
     else:
-        initial_data = MUTANTS[args.mutant].initial_data if args.mutant else (False, False)
+        initial_data = (
+            (MUTANTS | LEASE_MUTANTS)[args.mutant].initial_data if args.mutant else (False, False)
+        )
+    mutant = (MUTANTS | LEASE_MUTANTS)[args.mutant] if args.mutant else None
+    if args.arbitrator is not None:
+        arbitrator = Arbitrator(args.arbitrator)
+    else:
+        arbitrator = mutant.arbitrator if mutant is not None else Arbitrator.NONE
     config = ClusterConfig(
         links=links,
-        arbitrator=args.arbitrator == "witness",
+        arbitrator=arbitrator,
         stale_frames=not args.newest_frames_only,
         initial_data=initial_data,
+        no_data=args.no_data,
+        partition_with_witness=not args.partition_needs_cut,
+        late_grants=not args.no_late_grants,
+        lease_mutation=mutant.lease_mutation if mutant is not None else None,
     )
     bounds = Bounds(
         faults=args.faults, admin=args.commands, writes=args.writes, app_faults=args.app_faults
@@ -97,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     table = mutant_table(args.mutant) if args.mutant else None
     roots = ROOTS if args.root == "all" else (args.root,)
     if args.mutant:
-        print(f"mutant {args.mutant}: {MUTANTS[args.mutant].description}")
+        print(f"mutant {args.mutant}: {(MUTANTS | LEASE_MUTANTS)[args.mutant].description}")
     report = check_model(
         config,
         depth=args.depth,

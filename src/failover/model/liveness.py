@@ -1,7 +1,8 @@
 """Liveness (L1) and stability (L2), checked from every explored world.
 
 From a world, the *fair continuation* adds no fault and no command: it heals
-every partition and arbitrator cut, then lets heartbeat intervals pass (each
+every partition and arbitrator cut (and disarms any etcd answer armed to be
+lost or late), then lets heartbeat intervals pass (each
 tick delivers every message in flight and moves any resync one step on).
 Crashed servers stay down. The continuation is deterministic,
 so its verdicts are memoised per world key: runs from nearby worlds soon
@@ -115,7 +116,7 @@ def _knows_newest(cluster: Cluster, world: World, i: int) -> bool:
         # the source acknowledged in that very generation: an arbitrator's
         # record of the generation does not make it the newest data)
         return False
-    if cluster.config.arbitrator:
+    if cluster.config.kind.keeps_record:  # (a ping witness knows no generation)
         lease = world.lease
         return lease is not None and (
             lease.generation == meta.generation or lease.generation.initial
@@ -178,7 +179,19 @@ def _fair_round_info(cluster: Cluster) -> StepInfo:
     for i in range(2):
         if w.hosts[i].core is not None and not cluster.world.hosts[i].arb_reachable:
             cluster.apply(f"arb_heal {NAMES[i]}")
+    if w.lease_io.armed:
+        cluster.apply("arb_disarm")  # etcd: no answer lost or late from now on
     return cluster.apply("tick")
+
+
+def _healed(world: World) -> bool:
+    """No partition, no arbitrator cut, no etcd answer armed to be lost or late:
+    a tick from it is a round of the fair continuation."""
+    return (
+        not world.partitioned
+        and all(h.arb_reachable for h in world.hosts)
+        and not world.lease_io.armed
+    )
 
 
 def _state_changes(info: object) -> list[str]:
@@ -337,7 +350,7 @@ def _bounded_cost(
         position[key] = len(path)
         start[key] = current
         following = graph.ticks.get(key)
-        healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
+        healed = _healed(current)
         if healed and following in graph.known and key in graph.tick_costs:
             path.append((key, graph.tick_costs[key]))  # an explored tick edge
             current = graph.known[following]
@@ -431,7 +444,7 @@ def _eventually(
             break
         path.append(key)
         following = graph.ticks.get(world_key)
-        healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
+        healed = _healed(current)
         if healed and following is not None and following in graph.known:
             current = graph.known[following]  # this round is an explored tick edge
             loaded = False
@@ -456,6 +469,8 @@ def _stable(cluster: Cluster, world: World) -> bool:
         return False
     if any(not h.arb_reachable for h in hosts if h.core is not None):
         return False
+    if world.lease_io.armed or world.lease_io.late:
+        return False  # an etcd answer to lose or delay, or one still on its way
     both_up = all(h.core is not None for h in hosts)
     timing = cluster.config.timing
     interval = timing.heartbeat_interval

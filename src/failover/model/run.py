@@ -88,7 +88,9 @@ class ModelReport:
 
     def render(self) -> str:
         cfg = self.config
-        arb = "witness" if cfg.arbitrator else "none"
+        arb = cfg.kind.value
+        if not cfg.partition_with_witness:
+            arb += " (every link cut only while a node cannot reach it)"
         lines = [
             f"model check: links {', '.join(cfg.links)}; arbitrator {arb}; "
             f"{'' if cfg.stale_frames else 'newest frames only; '}"

@@ -25,7 +25,11 @@ is the ground truth the invariants are checked against:
   takes time: the stop script runs until the end of the next round, the
   application and the virtual IP held meanwhile (``app_stopping``), as a slow
   stop script does;
-- the arbitrator: one lease record decided by ``failover.core.arbitration``;
+- the arbitrator (``Arbitrator``): the witness, one lease record decided by
+  ``failover.core.arbitration``; ping, no record, a grant to whoever reaches
+  the witness's address; etcd, the witness's record with etcd's timing (a
+  lease runs out ``lease_ttl`` after the last grant or keepalive etcd
+  received, up to ``expiry_delay`` later) and answers lost or late;
 - the runtime: effects are executed in order and their outcomes fed back at
   once (one "macro step"), as the real executor would when nothing fails.
 
@@ -36,8 +40,10 @@ hashable ``World`` so the checker can explore millions of steps reusing two
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -73,6 +79,9 @@ class Timing:
     lease_margin: float = 1.0
     retry_pause: float = 2.0
     retry_pause_max: float = 4.0
+    # etcd frees a lease that ran out at its next expiry check (every 500 ms), or
+    # later after a leader change: modelled as up to one round late
+    expiry_delay: float = 1.0
 
     @property
     def horizon(self) -> float:
@@ -93,10 +102,47 @@ class Bounds:
     app_faults: int = 1
 
 
+class Arbitrator(enum.StrEnum):
+    """The arbitrator the simulated cluster is configured with. False (as a
+    value) only for ``NONE``: ``if config.arbitrator`` asks whether there is one."""
+
+    NONE = "none"
+    # one lease record, decided by failover.core.arbitration (the witness service)
+    WITNESS = "witness"
+    # no record: a request or renewal is granted, with the generation asked, iff
+    # the host reaches the witness's address (SafeKit's split-brain checker)
+    PING = "ping"
+    # the witness's record held in etcd, with etcd's timing: the lease runs out
+    # lease_ttl after the last grant or keepalive etcd *received*, when etcd
+    # next checks (up to Timing.expiry_delay later; a leader change extends
+    # it to a full lease_ttl); answers can be lost (etcd acted on the call)
+    # or arrive a round late; a renewal after expiry is answered lost
+    ETCD = "etcd"
+
+    def __bool__(self) -> bool:
+        return self is not Arbitrator.NONE
+
+    @property
+    def keeps_record(self) -> bool:
+        """It records the lease and the newest generation granted (not ping)."""
+        return self in (Arbitrator.WITNESS, Arbitrator.ETCD)
+
+
+LEASE_MUTATIONS = {
+    "fence-from-heard": "the node counts its lease a whole lease_ttl from when it heard "
+    "the grant or renewal, instead of lease_ttl - lease_margin from when it asked",
+    "short-lease": "etcd frees the lease lease_ttl / 2 after the last grant or keepalive it "
+    "received (the node accepts a lease shorter than it asked)",
+}
+"""Deliberately broken lease handling (model/mutants.py), outside the table:
+on the node's side, or at the arbitrator (etcd only)."""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     links: tuple[str, ...] = ("lan", "serial")
-    arbitrator: bool = False
+    # an Arbitrator, its name, or a bool (True: the witness)
+    arbitrator: Arbitrator | str | bool = Arbitrator.NONE
     timing: Timing = Timing()
     failback: str = "none"
     preferred: str | None = None
@@ -128,6 +174,32 @@ class ClusterConfig:
     # the data plane moves what a full resync would overwrite into quarantine
     # first (False: the data plane before issue 9, which overwrote it)
     quarantine_full_resync: bool = True
+    # every link may be cut while both nodes reach the arbitrator (False: the
+    # last link is cut only while a node cannot reach it, nor is a node's
+    # arbitrator healed while its peer reaches it and the nodes do not hear
+    # each other, every link cut or a silence not yet over: the faults a ping
+    # witness is meant for, one side losing the witness)
+    partition_with_witness: bool = True
+    # etcd: the answer to a request may be lost (etcd committed the grant, the
+    # node heard nothing and gave up) or late, like a renewal's (False: only
+    # renewals' answers; a grant the node never adopts can leave both nodes
+    # waiting, docs/model-checking.md, "What it found")
+    late_grants: bool = True
+    # a deliberately broken lease (LEASE_MUTATIONS), for the mutants
+    lease_mutation: str | None = None
+
+    def __post_init__(self) -> None:
+        kind = self.arbitrator
+        if isinstance(kind, bool):
+            kind = Arbitrator.WITNESS if kind else Arbitrator.NONE
+        object.__setattr__(self, "arbitrator", Arbitrator(kind))
+        if self.lease_mutation is not None and self.lease_mutation not in LEASE_MUTATIONS:
+            raise ValueError(f"unknown lease mutation {self.lease_mutation!r}")
+
+    @property
+    def kind(self) -> Arbitrator:
+        """The arbitrator (``arbitrator``, normalised at construction)."""
+        return cast(Arbitrator, self.arbitrator)
 
     def settings(self, index: int) -> Settings:
         t = self.timing
@@ -140,7 +212,7 @@ class ClusterConfig:
             link_timeout=t.link_timeout,
             dead_timeout=t.dead_timeout,
             startup_timeout=t.startup_timeout,
-            arbitrator=self.arbitrator,
+            arbitrator=bool(self.arbitrator),
             lease_ttl=t.lease_ttl,
             lease_renew=t.lease_renew,
             lease_margin=t.lease_margin,
@@ -194,6 +266,20 @@ class Host:
     last_heard: float | None = None  # ground truth: last heartbeat this host received
 
 
+LOSE, SLOW = "lose", "slow"
+
+
+@dataclass(frozen=True)
+class LeaseIO:
+    """etcd's answers (``Arbitrator.ETCD`` only): per host, a fault armed for
+    its next request or renewal (``LOSE``: etcd acts on it, the node hears
+    nothing; ``SLOW``: the answer arrives at the next round), and the answers
+    to deliver at the next round."""
+
+    armed: frozenset[tuple[int, str]] = frozenset()
+    late: tuple[tuple[int, ev.Event], ...] = ()
+
+
 @dataclass(frozen=True)
 class World:
     """An immutable state of the whole simulated cluster."""
@@ -206,6 +292,7 @@ class World:
     delayed: frozenset[tuple[str, int]] = frozenset()  # held back at the next round
     partitioned: frozenset[str] = frozenset()
     lease: LeaseRecord | None = None
+    lease_io: LeaseIO = LeaseIO()
     acked: frozenset[int] = frozenset()
     replicated_acks: frozenset[int] = frozenset()  # acked while primary (synchronously)
     writes: int = 0
@@ -302,6 +389,7 @@ class World:
                 lease.generation,
                 lease.granted_to,
                 lease.granted_from,
+                self.lease_io,
             )
         )
         rank = self._view_ranks()
@@ -382,7 +470,7 @@ class Cluster:
             )
             for i in range(2)
         )
-        lease = LeaseRecord() if self.config.arbitrator else None
+        lease = LeaseRecord() if self.config.kind.keeps_record else None
         return World(now=0.0, hosts=hosts, lease=lease)  # type: ignore[arg-type]
 
     def booted(self) -> World:
@@ -430,6 +518,8 @@ class Cluster:
         writes = writes and w.writes < b.writes and not self.config.no_data
         app_faults = faults and self.config.resource_faults and w.app_faults < b.app_faults
         yield "tick"
+        if self._expiry_may_wait():
+            yield "tick late"
         if faults:
             for (link, sender), _status in w.channels:
                 name = NAMES[sender]
@@ -455,10 +545,7 @@ class Cluster:
             if writes and host.app_running and core.state.serving:
                 yield f"write {NAMES[i]}"
             if self.config.arbitrator:
-                if not host.arb_reachable:
-                    yield f"arb_heal {NAMES[i]}"
-                elif faults:
-                    yield f"arb_cut {NAMES[i]}"
+                yield from self._arbitrator_actions(i, faults)
             if app_faults:
                 if host.app_running and not host.app_stopping:
                     yield f"app_fail {NAMES[i]}"
@@ -479,8 +566,59 @@ class Cluster:
         for link in self.config.links:
             if link in w.partitioned:
                 yield f"heal {link}"
-            elif faults:
+            elif faults and self._may_partition(link):
                 yield f"partition {link}"
+        if faults and self.config.kind is Arbitrator.ETCD and w.lease and w.lease.holder:
+            yield "etcd_election"
+
+    def _arbitrator_actions(self, i: int, faults: bool) -> Iterator[str]:
+        """Cut from the arbitrator, heal, and with etcd: arm a lost or late answer."""
+        host, name = self.world.hosts[i], NAMES[i]
+        if not host.arb_reachable:
+            if self.config.partition_with_witness or not self._blind_partition(1 - i):
+                yield f"arb_heal {name}"
+        elif faults:
+            yield f"arb_cut {name}"
+        if faults and self.config.kind is Arbitrator.ETCD and host.core is not None:
+            armed = self.world.lease_io.armed
+            if (i, LOSE) not in armed and (i, SLOW) not in armed:
+                yield f"arb_lose {name}"
+                yield f"arb_slow {name}"
+
+    def _blind_partition(self, reaching: int) -> bool:
+        """Host ``reaching`` reaches the arbitrator while the nodes do not hear
+        each other: every link is cut, or a running node has not heard its
+        peer for longer than a round (a silence that outlasts the cut, which
+        still ends in a takeover)."""
+        w = self.world
+        if not w.hosts[reaching].arb_reachable:
+            return False
+        if all(link in w.partitioned for link in self.config.links):
+            return True
+        interval = self.config.timing.heartbeat_interval
+        return any(
+            h.core is not None and (h.last_heard is None or w.now - h.last_heard > interval)
+            for h in w.hosts
+        )
+
+    def _may_partition(self, link: str) -> bool:
+        """Cutting ``link`` leaves a link, or a node without the arbitrator (unless
+        ``partition_with_witness``)."""
+        if self.config.partition_with_witness:
+            return True
+        others = [other for other in self.config.links if other != link]
+        if any(other not in self.world.partitioned for other in others):
+            return True
+        return not all(h.arb_reachable for h in self.world.hosts)
+
+    def _expiry_may_wait(self) -> bool:
+        """etcd: a lease runs out at the next tick, and may be freed a round late."""
+        lease = self.world.lease
+        if self.config.kind is not Arbitrator.ETCD or lease is None or lease.holder is None:
+            return False
+        assert lease.expires_at is not None
+        now = self.world.now + self.config.timing.heartbeat_interval
+        return lease.expires_at <= now < lease.expires_at + self.config.timing.expiry_delay
 
     def apply(self, label: str) -> StepInfo:
         """Perform one action on the loaded world; ``self.world`` is the result."""
@@ -494,7 +632,7 @@ class Cluster:
         elif verb in COMMANDS:
             self.world = evolve(self.world, commands=self.world.commands + 1)
         if verb == "tick":
-            self._tick(info)
+            self._tick(info, late=arg == "late")
         elif verb in ("deliver", "duplicate", "drop", "delay", "stale"):
             link, sender_name = arg.split()
             self._message(verb, link, NAMES.index(sender_name), info)
@@ -508,6 +646,18 @@ class Cluster:
             self._write(NAMES.index(arg), info)
         elif verb in ("arb_cut", "arb_heal"):
             self._set_host(NAMES.index(arg), arb_reachable=verb == "arb_heal")
+        elif verb == "arb_disarm":  # (the fair continuation: no more faults)
+            self.world = evolve(self.world, lease_io=evolve(self.world.lease_io, armed=frozenset()))
+        elif verb in ("arb_lose", "arb_slow"):
+            io = self.world.lease_io
+            armed = io.armed | {(NAMES.index(arg), LOSE if verb == "arb_lose" else SLOW)}
+            self.world = evolve(self.world, lease_io=evolve(io, armed=armed))
+        elif verb == "etcd_election":
+            # a new etcd leader extends every lease to at least a whole ttl
+            lease = self.world.lease
+            assert lease is not None and lease.expires_at is not None
+            later = max(lease.expires_at, self.world.now + self._etcd_ttl())
+            self.world = evolve(self.world, lease=evolve(lease, expires_at=later))
         elif verb in ("checker_down", "checker_up"):
             i = NAMES.index(arg)
             self._set_host(i, site_down=verb == "checker_down")
@@ -549,18 +699,23 @@ class Cluster:
         hosts[i] = evolve(hosts[i], **changes)
         self.world = evolve(self.world, hosts=tuple(hosts))
 
-    def _tick(self, info: StepInfo) -> None:
+    def _tick(self, info: StepInfo, late: bool = False) -> None:
         """One heartbeat interval passes: timers fire, then every message in
         flight (but a delayed one) is delivered, in passes until none is left;
-        the data plane makes one step of progress on any resync."""
+        the data plane makes one step of progress on any resync. With etcd,
+        etcd's round comes first (``_etcd_round``; ``late``: a lease that ran
+        out is freed only at the next round)."""
         now = self.world.now + self.config.timing.heartbeat_interval
         self.world = evolve(self.world, now=now)
+        if self.config.kind is Arbitrator.ETCD:
+            self._etcd_round(late, info)
         for i in range(2):
             if self.up(i):
                 self._handle(i, ev.Timer(), info)
         lease = self.world.lease
         if (
-            lease is not None
+            self.config.kind is Arbitrator.WITNESS
+            and lease is not None
             and lease.holder is not None
             and lease.expires_at is not None
             and (now >= lease.expires_at)
@@ -608,6 +763,25 @@ class Cluster:
                 self._handle(1 - i, ev.ReplicationFailed("peer restarted its resync"), info)
         for i in range(2):
             self._resync_end_heard(i, i in unheard, info)
+
+    def _etcd_round(self, late: bool, info: StepInfo) -> None:
+        """etcd at the start of a round, before the nodes' timers (the peer may
+        ask at the very time the lease runs out): it frees a lease that ran
+        out (``late``: not before the next round, within ``expiry_delay``),
+        then the answers held back a round arrive."""
+        lease = self.world.lease
+        assert lease is not None
+        now = self.world.now
+        expires = lease.expires_at
+        due = lease.holder is not None and expires is not None and now >= expires
+        overdue = expires is not None and now >= expires + self.config.timing.expiry_delay
+        if due and (overdue or not late):
+            self.world = evolve(self.world, lease=evolve(lease, holder=None, expires_at=None))
+        io = self.world.lease_io
+        if io.late:
+            self.world = evolve(self.world, lease_io=evolve(io, late=()))
+            for k, answer in io.late:
+                self._handle(k, answer, info)
 
     def _break_resync_session(self) -> None:
         """The resync session ends (either side crashed or stopped it): a source
@@ -703,7 +877,12 @@ class Cluster:
             set_aside_failed=False,
         )
         self._break_resync_session()
-        # the lease stays with the dead holder until it expires at the arbitrator
+        # the lease stays with the dead holder until it expires at the arbitrator;
+        # answers on their way to the dead daemon are lost
+        io = self.world.lease_io
+        if any(k == i for k, _ in io.late):
+            kept = tuple(item for item in io.late if item[0] != i)
+            self.world = evolve(self.world, lease_io=evolve(io, late=kept))
 
     def _restart(self, i: int, info: StepInfo) -> None:
         # a new run's views are above any the world still holds of the last one
@@ -834,6 +1013,13 @@ class Cluster:
             held = holds_resources(self.world, k)
             base = node.facts.metadata.generation
             effects = node.handle(event, self.world.now)
+            if (
+                self.config.lease_mutation == "fence-from-heard"
+                and isinstance(event, ev.ArbitrationGranted)
+                and node.facts.lease.held
+            ):
+                fence = self.world.now + self.config.timing.lease_ttl
+                node.update(lease=evolve(node.facts.lease, fence_at=fence))
             minted = node.facts.metadata.generation
             if minted != base and minted.origin == NAMES[k] and not self._known(minted):
                 self.world = evolve(
@@ -959,6 +1145,7 @@ class Cluster:
         elif isinstance(effect, fx.RenewArbitration):
             return self._arbitrate_renewal(k, effect)
         elif isinstance(effect, fx.ReleaseArbitration):
+            # (the witness or etcd frees it; ping holds nothing)
             lease = self.world.lease
             if lease is not None and host.arb_reachable and lease.holder == NAMES[k]:
                 self.world = evolve(self.world, lease=evolve(lease, holder=None, expires_at=None))
@@ -969,11 +1156,18 @@ class Cluster:
         return None
 
     def _arbitrate_request(self, k: int, effect: fx.RequestArbitration) -> ev.Event | None:
-        lease = self.world.lease
-        if lease is None:
+        kind = self.config.kind
+        if not kind:
             return ev.ArbitrationDenied("no arbitrator configured")
         if not self.world.hosts[k].arb_reachable:
             return ev.ArbitrationDenied("arbitrator unreachable")
+        if kind is Arbitrator.PING:
+            return ev.ArbitrationGranted(effect.generation)  # it reaches the witness
+        lease = self.world.lease
+        assert lease is not None
+        if kind is Arbitrator.ETCD:
+            # only etcd's expiry frees a lease (the node passes no clock)
+            lease = evolve(lease, expires_at=None)
         verdict = decide_request(
             lease,
             requester=NAMES[k],
@@ -981,24 +1175,68 @@ class Cluster:
             base=effect.base,
             forced=effect.forced,
             now=self.world.now,
-            ttl=self.config.timing.lease_ttl,
+            ttl=self._etcd_ttl() if kind is Arbitrator.ETCD else self.config.timing.lease_ttl,
         )
-        self.world = evolve(self.world, lease=verdict.record)
+        if verdict.granted or kind is Arbitrator.WITNESS:  # (etcd's read record: no clock)
+            self.world = evolve(self.world, lease=verdict.record)
         if verdict.granted:
-            return ev.ArbitrationGranted(verdict.record.generation)
-        return ev.ArbitrationDenied(verdict.reason)
+            answer: ev.Event = ev.ArbitrationGranted(verdict.record.generation)
+        else:
+            answer = ev.ArbitrationDenied(verdict.reason)
+        lost = ev.ArbitrationDenied("no answer from etcd")
+        return self._etcd_answer(k, answer, lost=lost, exposed=self.config.late_grants)
 
     def _arbitrate_renewal(self, k: int, effect: fx.RenewArbitration) -> ev.Event | None:
-        lease = self.world.lease
-        if lease is None or not self.world.hosts[k].arb_reachable:
+        kind = self.config.kind
+        if not kind or not self.world.hosts[k].arb_reachable:
             return None  # no answer: the node's own deadline decides
-        verdict = decide_renewal(
-            lease, requester=NAMES[k], now=self.world.now, ttl=self.config.timing.lease_ttl
-        )
-        self.world = evolve(self.world, lease=verdict.record)
-        if verdict.granted:
+        if kind is Arbitrator.PING:
             return ev.ArbitrationGranted(effect.generation)
-        return ev.ArbitrationDenied(verdict.reason)
+        lease = self.world.lease
+        assert lease is not None
+        ttl = self._etcd_ttl() if kind is Arbitrator.ETCD else self.config.timing.lease_ttl
+        verdict = decide_renewal(lease, requester=NAMES[k], now=self.world.now, ttl=ttl)
+        self.world = evolve(self.world, lease=verdict.record)
+        if kind is Arbitrator.WITNESS:
+            if verdict.granted:
+                return ev.ArbitrationGranted(effect.generation)
+            return ev.ArbitrationDenied(verdict.reason)
+        if verdict.granted:  # the keepalive, then the holder key read back as ours
+            return self._etcd_answer(k, ev.ArbitrationGranted(effect.generation), lost=None)
+        # the lease ran out there (or the key is another's)
+        return self._etcd_answer(k, ev.ArbitrationLost(f"etcd: {verdict.reason}"), lost=None)
+
+    def _etcd_ttl(self) -> float:
+        ttl = self.config.timing.lease_ttl
+        return ttl / 2 if self.config.lease_mutation == "short-lease" else ttl
+
+    def _etcd_answer(
+        self, k: int, answer: ev.Event, lost: ev.Event | None, exposed: bool = True
+    ) -> ev.Event | None:
+        """What node ``k`` hears of etcd's ``answer``: this call supersedes any
+        answer still on its way (the executor reports only the newest call's);
+        an armed fault makes it ``lost`` (etcd acted, the node heard nothing:
+        its request counts as denied; etcd keeps the key until it runs out),
+        or late (delivered at the next round); not ``exposed`` to it, the
+        answer comes at once and the fault stays armed for the next call."""
+        if self.config.kind is not Arbitrator.ETCD:
+            return answer
+        io = self.world.lease_io
+        late = tuple(item for item in io.late if item[0] != k)
+        armed = io.armed
+        answer_now: ev.Event | None
+        if not exposed:
+            answer_now = answer
+        elif (k, LOSE) in armed:
+            armed, answer_now = armed - {(k, LOSE)}, lost
+        elif (k, SLOW) in armed:
+            armed, answer_now = armed - {(k, SLOW)}, None
+            late = (*late, (k, answer))
+        else:
+            answer_now = answer
+        if armed != io.armed or late != io.late:
+            self.world = evolve(self.world, lease_io=LeaseIO(armed=armed, late=late))
+        return answer_now
 
 
 def holds_resources(world: World, i: int) -> bool:
