@@ -105,9 +105,10 @@ def test_ping_both_nodes_serve_when_the_link_is_cut_and_both_reach_the_witness()
 def test_ping_keeps_every_invariant_when_a_partition_leaves_one_side_without_it() -> None:
     """Without the fault it cannot handle (every link cut only while a node
     cannot reach the witness, and no node's reach healed while every link is
-    cut and its peer reaches it), every invariant holds to PING_DEPTH."""
+    cut and its peer reaches it), every safety invariant holds to PING_DEPTH
+    (liveness: the finding below)."""
     report = check_model(
-        _ping(partition_with_witness=False), depth=PING_DEPTH, bounds=SAFETY_BOUNDS
+        _ping(partition_with_witness=False), depth=PING_DEPTH, bounds=SAFETY_BOUNDS, liveness=False
     )
     assert report.ok, report.render()
     assert report.min_depth == PING_DEPTH
@@ -115,15 +116,29 @@ def test_ping_keeps_every_invariant_when_a_partition_leaves_one_side_without_it(
 
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: a ping witness records no generation, yet the core's blind row "
-    "(arbitrated, consistent) lets the arbitrator decide whether a lone node's data is the "
-    "newest; needs a core change (docs/model-checking.md, 'What it found')",
+    reason="finding: a ping witness records nothing, so a node fenced because it could not "
+    "reach the address (last state primary) whose secondary then dies waits for "
+    "`failover prim` (docs/arbitration.md, ping): L1 with the witness's record holds",
 )
+def test_ping_a_fenced_primary_whose_secondary_dies_serves_again() -> None:
+    """alpha primary cannot reach the address; during a swap beta crashes;
+    alpha's lease runs out, it stops, and with its last state primary and no
+    record to ask, it waits for its peer: L1."""
+    cluster = Cluster(_ping(partition_with_witness=False), bounds=SAFETY_BOUNDS)
+    labels = ["tick", "arb_cut alpha", "tick", "tick", "swap alpha", "crash beta"]
+    broken = _replay(cluster, cluster.booted(), labels)
+    assert broken == [[]] * len(labels)
+    report = check_liveness(cluster, [cluster.world])
+    assert report.failures == [], report.failures[0].message
+
+
 def test_ping_never_grants_a_node_whose_data_is_behind() -> None:
-    """One step deeper than PING_DEPTH the checker finds it: beta stopped by
-    the operator, alpha serves alone under a new generation; both crash and
-    beta, restarted with the older data and no peer, asks the witness, which
-    it reaches, and serves (S2)."""
+    """One step deeper than PING_DEPTH the checker found it before the core
+    knew a ping witness records nothing (``Settings.arbitrator_records``):
+    beta stopped by the operator, alpha serves alone under a new generation;
+    both crash and beta, restarted with the older data and no peer, asked the
+    witness, which it reaches, and served (S2). Now a lone node trusts a ping
+    grant only if it last served alone."""
     config = _ping(partition_with_witness=False)
     depth = PING_DEPTH + 1
     report = check_model(

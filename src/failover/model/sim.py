@@ -213,6 +213,7 @@ class ClusterConfig:
             dead_timeout=t.dead_timeout,
             startup_timeout=t.startup_timeout,
             arbitrator=bool(self.arbitrator),
+            arbitrator_records=self.kind is not Arbitrator.PING,
             lease_ttl=t.lease_ttl,
             lease_renew=t.lease_renew,
             lease_margin=t.lease_margin,
