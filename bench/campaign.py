@@ -2,7 +2,8 @@
 
     sudo .venv/bin/python bench/campaign.py [--rounds 20] [--seed N] [--profile fast]
         [--protect-bound 60] [--max-minutes M] [--keep-logs DIR] [--json FILE]
-        [--first-round I] [--faults kill,pause,...]
+        [--first-round I] [--faults kill,pause,...] [--in-order]
+        [--arbitrator none|witness|etcd] [--lease-ttl 6]
 
 The lab (``failover.lab.Lab``): namespaces alpha and beta (the
 nodes) and client, on a ``lan`` bridge (UDP heartbeats, the replication
@@ -12,12 +13,30 @@ of its own where the replicated directory is its node's own disk and its
 quarantine directory its own; its state directory is a small tmpfs (mounted
 by the campaign, so that it can be filled).
 
+With ``--arbitrator witness`` or ``etcd`` the lab has a third network, ``arb``,
+that only the two nodes and an ``arbitrator`` namespace are on
+(``Lab(arbitrator="arb")``): there runs ``failover witness run``
+(``failover.testing.witness.WitnessServer``) or a one-member etcd
+(``failover.testing.etcd.EtcdServer``), and the cluster file names it with
+``lease_ttl`` ``--lease-ttl`` (6 s, the default of the cluster file; whole
+seconds, at least 4). Cutting ``lan`` and ``crossover`` then separates the
+nodes but not from the arbitrator; cutting ``arb`` separates one node from the
+arbitrator only. ``ARBITRATORS`` maps each ``--arbitrator`` to a function that
+builds it in the lab (an ``Arbiter``: its cluster file section, start, kill,
+pause, resume); another kind is one more entry there.
+
 The application is a writer (``bench/_campaign_app.py``) started by the
 serving node's start script and stopped by its stop script: numbered records,
 each ``pwrite`` + ``fsync`` through the node's mirror, each acknowledged one
-logged with its time. The observer is this process, in the client
-namespace: it reads both nodes' status over the control API (TCP) and every
-log.
+logged with its time. The observer is this process: it reads both nodes' status over the control
+API (TCP), each from inside that node's network namespace (the node's own
+address: no cut hides a node from it; attackers and ``under_attack`` still
+ask from the client namespace), every ``POLL`` (50 ms) while a fault acts and
+until the pair is protected again, and reads every log. A cycle where both
+nodes answered serving (state primary or alone), the two answers within
+``OBSERVED_TOGETHER`` (0.2 s) of each other, is the observer's ``S1
+(observer)`` violation with an arbitrator (without one, a full partition makes
+both serve by design: counted, not a violation).
 
 Each round draws its faults from ``random.Random(f"{seed}/{round}")`` (so
 ``--seed S --first-round I --rounds 1`` replays round I's draw on a fresh
@@ -41,6 +60,29 @@ pair), targets chosen by role (primary or secondary), never by name:
 - ``restart``: SIGTERM of the daemon (a clean stop), started again.
 - ``swap``: ``failover swap`` on the primary.
 
+Kinds for a pair with an arbitrator (the default set with ``--arbitrator``:
+these and ``kill``, ``pause``); each cut lasts from 5 dead timeouts to twice
+``--lease-ttl``, so that some end before a lease could run out and some after:
+
+- ``cut``: both links between the nodes (``lan``, ``crossover``) cut on one
+  node; both still reach the arbitrator.
+- ``cut-arbitrator``: one node cut from the arbitrator (its ``arb`` link);
+  the nodes still see each other.
+- ``asymmetric``: one direction only: every frame one node sends to its peer
+  (on both links; or, 30% of the time, to the arbitrator) is lost, what it
+  receives arrives (``Lab.drop_towards``: a neighbour entry that sends them to
+  a MAC nobody has; this kernel has neither netem nor a packet filter).
+- ``flap``: one link of one node (``lan``, ``crossover`` or ``arb``) down and
+  up 3 to 8 times, each time down for 0.3 to 0.9 dead timeouts.
+- ``arbitrator-kill``: SIGKILL of the witness or etcd, started again after
+  0.2 to 2 leases. A healthy pair stops serving once its lease runs out
+  (docs/arbitration.md): unavailability, not a failure.
+- ``arbitrator-pause``: SIGSTOP of the witness or etcd for 0.2 to 2 leases,
+  SIGCONT.
+
+``--in-order``: round I does kind ``I mod n`` of ``--faults`` instead of a
+drawn one (the draws of its durations and targets stay those of its seed).
+
 Lan-side attacks come from the client namespace; attacks on the crossover
 (TCP heartbeats) from a process in the peer's network namespace. During
 every attack the observer keeps asking both daemons for their status: a
@@ -63,7 +105,14 @@ and replicating): that wait is the "time to protected again". Then:
   and its writer's token, ``number << 24 | token``) and what each node holds
   now (``--found``: its copy and its quarantine); a violation it did not
   report in an earlier round counts for this round (``audit_run``);
-- a daemon that exited by itself, or printed a traceback, is a violation.
+- a daemon that exited by itself, or printed a traceback, is a violation (an
+  arbitrator too);
+- the unavailability: the gaps longer than ``GAP`` (0.25 s, 25 write
+  intervals) between consecutive acknowledged records, from the last one
+  before the round to the end of its checks, summed (the writer's view: a
+  record acknowledged is a service that answered; the start of the
+  application, a held write, a lease waited for all count). The observer's
+  time with no node answering serving is given beside it.
 
 A round that does not reach protection within the bound fails; the pair is
 then restarted (both daemons SIGTERM'd and started again); if even that does
@@ -73,9 +122,11 @@ whole run. Every pair's files are in ``pair-N`` of the work directory.
 
 Prints one line per round, then: rounds, faults of each kind, acknowledged
 records, lost (must be 0), S1 violations (must be 0), other violations by
-kind, time to protected again (median, p95, max), failed rounds with their
-seed. Exit 0 when nothing was lost or violated and every round passed, 1
-otherwise, 2 when it cannot run (not root, no namespaces or FUSE).
+kind, time to protected again (median, p95, max), the unavailability per
+fault kind (median, p95, max; the observer's median beside it), the observer's
+cycles with both nodes serving, failed rounds with their seed. Exit 0 when
+nothing was lost or violated and every round passed, 1 otherwise, 2 when it
+cannot run (not root, no namespaces or FUSE, no etcd for ``--arbitrator etcd``).
 
 Cleans up on every exit (end, error, Ctrl-C, SIGTERM, SIGHUP): every process
 of both nodes killed by PID (mount namespace) or process group, namespaces
