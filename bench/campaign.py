@@ -62,7 +62,14 @@ pair), targets chosen by role (primary or secondary), never by name:
 
 Kinds for a pair with an arbitrator (the default set with ``--arbitrator``:
 these and ``kill``, ``pause``); each cut lasts from 5 dead timeouts to twice
-``--lease-ttl``, so that some end before a lease could run out and some after:
+``--lease-ttl``, so that some end before a lease could run out and some after
+(with an arbitrator, ``pause``'s time stopped is drawn so too: a paused
+primary's watchdog must fence it before its lease runs out; and half of the
+``kill`` rounds SIGKILL the daemon alone, down as long as a cut: its watchdog
+fences the application and journals it, then the peer takes over once the
+lease ran out. The other half kill the whole node, as before, back within a
+second: a whole node down past its lease is reported as S1 by the audit,
+which cannot see when a node without power stopped serving, docs/audit.md):
 
 - ``cut``: both links between the nodes (``lan``, ``crossover``) cut on one
   node; both still reach the arbitrator.
@@ -170,6 +177,7 @@ from failover.lab import (
     ARBITRATOR,
     Lab,
     kill_mount_namespace,
+    mount_namespace_members,
     netns_unavailable_reason,
     with_own_disks,
 )
@@ -441,6 +449,7 @@ class Pair:
         self.netns: dict[str, int] = {}  # open network namespaces: each node's, the client's
         self.observed: list[Observation] = []
         self.dropped: set[tuple[str, str, str]] = set()  # drop_towards in force
+        self.orphans: dict[str, str] = {}  # node: the mount namespace its killed daemon left
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
         self.paused: set[str] = set()
@@ -571,7 +580,9 @@ class Pair:
     # -- daemons --
 
     def start(self, node: str) -> None:
-        """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine)."""
+        """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine);
+        first, what its killed daemon left (``kill_daemon``) is killed."""
+        self.kill_orphans(node)
         argv = with_own_disks(
             [(self.disk(node), self.data), (self.quarantine_of(node), self.quarantine)],
             [sys.executable, "-m", "failover", "run", "-c", str(self.config),
@@ -597,6 +608,26 @@ class Pair:
             proc.wait(timeout=10)
         self.paused.discard(node)
         return killed
+
+    def kill_daemon(self, node: str) -> None:
+        """SIGKILL of ``node``'s daemon alone: its watchdog fences the application and
+        the address, and journals it; the rest of its mount namespace (the watchdog,
+        the FUSE helpers) is killed before the node starts again."""
+        self.expected_down.add(node)
+        proc = self.procs[node]
+        with contextlib.suppress(OSError):
+            self.orphans[node] = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+        self.resume(node)
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def kill_orphans(self, node: str) -> None:
+        namespace = self.orphans.pop(node, None)
+        if namespace is not None and namespace != os.readlink("/proc/self/ns/mnt"):
+            for pid in mount_namespace_members(namespace):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def pause(self, node: str) -> None:
         self.paused.add(node)
@@ -766,6 +797,7 @@ class Pair:
         for node in list(self.procs):
             self.resume(node)
             self.kill_node(node)
+            self.kill_orphans(node)
         if self.arbiter is not None:
             self.arbiter.kill()
         with contextlib.suppress(OSError):
@@ -885,6 +917,7 @@ class Campaign:
         self.stderr_offsets: dict[str, int] = {}
         self.ack_offset = 0
         self.last_ack: float | None = None  # the time of the last acknowledged record read
+        self.measured_to: float | None = None  # the end of the last round's measure
 
     @property
     def pair(self) -> Pair:
@@ -918,6 +951,7 @@ class Campaign:
         self.say(f"pair formed: {primary} primary (lab {self.pair.lab.name}, {directory})")
         acks, _ = read_acks(self.pair.acks)
         self.last_ack = acks[-1].time if acks else None
+        self.measured_to = time.monotonic()
 
     def close(self) -> None:
         if self._pair is not None:
@@ -997,13 +1031,17 @@ class Campaign:
     def measure(self, result: RoundResult, acks: list[Ack], began: float) -> None:
         """The round's unavailability from the ack log: the gaps longer than ``GAP``
         between consecutive acknowledged records, from the last one before the round
-        (or its start) to now, summed; and the observer's verdicts (module docstring)."""
+        to now, summed, each counted only from the end of the previous round's
+        measure (a gap across two rounds counts once); and the observer's verdicts
+        (module docstring)."""
         times = sorted(a.time for a in acks)
-        points = [self.last_ack if self.last_ack is not None else began, *times]
-        points.append(time.monotonic())  # a service that did not come back counts to now
-        gaps = [b - a for a, b in itertools.pairwise(points)]
-        result.unavailable = sum(gap for gap in gaps if gap > GAP)
-        result.longest_gap = max(gaps)
+        since = self.measured_to if self.measured_to is not None else began
+        now = time.monotonic()  # a service that did not come back counts to now
+        points = [self.last_ack if self.last_ack is not None else since, *times, now]
+        gaps = [(a, b) for a, b in itertools.pairwise(points) if b - a > GAP]
+        result.unavailable = sum(b - max(a, since) for a, b in gaps)
+        result.longest_gap = max((b - a for a, b in gaps), default=0.0)
+        self.measured_to = now
         if times:
             self.last_ack = times[-1]
         observed = self.pair.observed
@@ -1140,6 +1178,14 @@ class Campaign:
     def fault_kill(self, rng: random.Random, result: RoundResult) -> None:
         node = self.primary if rng.random() < 0.7 else _other(self.primary)
         self.hold(rng.uniform(0, 1.0))
+        if self.pair.arbiter is not None and rng.random() < 0.5:
+            # the daemon alone, down for up to 2 leases: its watchdog fences the
+            # application and journals it before the lease can run out at the arbitrator
+            self.pair.kill_daemon(node)
+            down = self.cut_time(rng)
+            result.detail.append(f"kill -9 of the daemon of {self.who(node)}, {down:.2f} s")
+            self.hold(down)
+            return
         killed = self.pair.kill_node(node)
         down = rng.uniform(0.5, 5) * self.dead
         result.detail.append(f"kill -9 of {self.who(node)}: {killed} processes, {down:.2f} s")
@@ -1147,6 +1193,8 @@ class Campaign:
 
     def fault_pause(self, rng: random.Random, result: RoundResult) -> None:
         node, pause = self.role(rng), rng.uniform(0.1, 0.8) * self.dead
+        if self.pair.arbiter is not None:  # past the lease: the watchdog must fence it
+            pause = self.cut_time(rng)
         result.detail.append(f"SIGSTOP {self.who(node)} {pause:.3f} s")
         self.pair.pause(node)
         self.hold(pause)
