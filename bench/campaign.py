@@ -2,7 +2,8 @@
 
     sudo .venv/bin/python bench/campaign.py [--rounds 20] [--seed N] [--profile fast]
         [--protect-bound 60] [--max-minutes M] [--keep-logs DIR] [--json FILE]
-        [--first-round I] [--faults kill,pause,...]
+        [--first-round I] [--faults kill,pause,...] [--in-order]
+        [--arbitrator none|witness|etcd] [--lease-ttl 6]
 
 The lab (``failover.lab.Lab``): namespaces alpha and beta (the
 nodes) and client, on a ``lan`` bridge (UDP heartbeats, the replication
@@ -12,12 +13,30 @@ of its own where the replicated directory is its node's own disk and its
 quarantine directory its own; its state directory is a small tmpfs (mounted
 by the campaign, so that it can be filled).
 
+With ``--arbitrator witness`` or ``etcd`` the lab has a third network, ``arb``,
+that only the two nodes and an ``arbitrator`` namespace are on
+(``Lab(arbitrator="arb")``): there runs ``failover witness run``
+(``failover.testing.witness.WitnessServer``) or a one-member etcd
+(``failover.testing.etcd.EtcdServer``), and the cluster file names it with
+``lease_ttl`` ``--lease-ttl`` (6 s, the default of the cluster file; whole
+seconds, at least 4). Cutting ``lan`` and ``crossover`` then separates the
+nodes but not from the arbitrator; cutting ``arb`` separates one node from the
+arbitrator only. ``ARBITRATORS`` maps each ``--arbitrator`` to a function that
+builds it in the lab (an ``Arbiter``: its cluster file section, start, kill,
+pause, resume); another kind is one more entry there.
+
 The application is a writer (``bench/_campaign_app.py``) started by the
 serving node's start script and stopped by its stop script: numbered records,
 each ``pwrite`` + ``fsync`` through the node's mirror, each acknowledged one
-logged with its time. The observer is this process, in the client
-namespace: it reads both nodes' status over the control API (TCP) and every
-log.
+logged with its time. The observer is this process: it reads both nodes' status over the control
+API (TCP), each from inside that node's network namespace (the node's own
+address: no cut hides a node from it; attackers and ``under_attack`` still
+ask from the client namespace), every ``POLL`` (50 ms) while a fault acts and
+until the pair is protected again, and reads every log. A cycle where both
+nodes answered serving (state primary or alone), the two answers within
+``OBSERVED_TOGETHER`` (0.2 s) of each other, is the observer's ``S1
+(observer)`` violation with an arbitrator (without one, a full partition makes
+both serve by design: counted, not a violation).
 
 Each round draws its faults from ``random.Random(f"{seed}/{round}")`` (so
 ``--seed S --first-round I --rounds 1`` replays round I's draw on a fresh
@@ -41,6 +60,36 @@ pair), targets chosen by role (primary or secondary), never by name:
 - ``restart``: SIGTERM of the daemon (a clean stop), started again.
 - ``swap``: ``failover swap`` on the primary.
 
+Kinds for a pair with an arbitrator (the default set with ``--arbitrator``:
+these and ``kill``, ``pause``); each cut lasts from 5 dead timeouts to twice
+``--lease-ttl``, so that some end before a lease could run out and some after
+(with an arbitrator, ``pause``'s time stopped is drawn so too: a paused
+primary's watchdog must fence it before its lease runs out; and half of the
+``kill`` rounds SIGKILL the daemon alone, down as long as a cut: its watchdog
+fences the application and journals it, then the peer takes over once the
+lease ran out. The other half kill the whole node, as before, back within a
+second: a whole node down past its lease is reported as S1 by the audit,
+which cannot see when a node without power stopped serving, docs/audit.md):
+
+- ``cut``: both links between the nodes (``lan``, ``crossover``) cut on one
+  node; both still reach the arbitrator.
+- ``cut-arbitrator``: one node cut from the arbitrator (its ``arb`` link);
+  the nodes still see each other.
+- ``asymmetric``: one direction only: every frame one node sends to its peer
+  (on both links; or, 30% of the time, to the arbitrator) is lost, what it
+  receives arrives (``Lab.drop_towards``: a neighbour entry that sends them to
+  a MAC nobody has; this kernel has neither netem nor a packet filter).
+- ``flap``: one link of one node (``lan``, ``crossover`` or ``arb``) down and
+  up 3 to 8 times, each time down for 0.3 to 0.9 dead timeouts.
+- ``arbitrator-kill``: SIGKILL of the witness or etcd, started again after
+  0.2 to 2 leases. A healthy pair stops serving once its lease runs out
+  (docs/arbitration.md): unavailability, not a failure.
+- ``arbitrator-pause``: SIGSTOP of the witness or etcd for 0.2 to 2 leases,
+  SIGCONT.
+
+``--in-order``: round I does kind ``I mod n`` of ``--faults`` instead of a
+drawn one (the draws of its durations and targets stay those of its seed).
+
 Lan-side attacks come from the client namespace; attacks on the crossover
 (TCP heartbeats) from a process in the peer's network namespace. During
 every attack the observer keeps asking both daemons for their status: a
@@ -63,7 +112,14 @@ and replicating): that wait is the "time to protected again". Then:
   and its writer's token, ``number << 24 | token``) and what each node holds
   now (``--found``: its copy and its quarantine); a violation it did not
   report in an earlier round counts for this round (``audit_run``);
-- a daemon that exited by itself, or printed a traceback, is a violation.
+- a daemon that exited by itself, or printed a traceback, is a violation (an
+  arbitrator too);
+- the unavailability: the gaps longer than ``GAP`` (0.25 s, 25 write
+  intervals) between consecutive acknowledged records, from the last one
+  before the round to the end of its checks, summed (the writer's view: a
+  record acknowledged is a service that answered; the start of the
+  application, a held write, a lease waited for all count). The observer's
+  time with no node answering serving is given beside it.
 
 A round that does not reach protection within the bound fails; the pair is
 then restarted (both daemons SIGTERM'd and started again); if even that does
@@ -73,9 +129,11 @@ whole run. Every pair's files are in ``pair-N`` of the work directory.
 
 Prints one line per round, then: rounds, faults of each kind, acknowledged
 records, lost (must be 0), S1 violations (must be 0), other violations by
-kind, time to protected again (median, p95, max), failed rounds with their
-seed. Exit 0 when nothing was lost or violated and every round passed, 1
-otherwise, 2 when it cannot run (not root, no namespaces or FUSE).
+kind, time to protected again (median, p95, max), the unavailability per
+fault kind (median, p95, max; the observer's median beside it), the observer's
+cycles with both nodes serving, failed rounds with their seed. Exit 0 when
+nothing was lost or violated and every round passed, 1 otherwise, 2 when it
+cannot run (not root, no namespaces or FUSE, no etcd for ``--arbitrator etcd``).
 
 Cleans up on every exit (end, error, Ctrl-C, SIGTERM, SIGHUP): every process
 of both nodes killed by PID (mount namespace) or process group, namespaces
@@ -89,6 +147,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import itertools
 import json
 import os
 import random
@@ -106,7 +165,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from _needs import REPLICATING_LAB, UMOUNT, ensure, fuse_device_reason, require
@@ -115,12 +174,16 @@ from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
 from failover.errors import FailoverError
 from failover.lab import (
+    ARBITRATOR,
     Lab,
     kill_mount_namespace,
+    mount_namespace_members,
     netns_unavailable_reason,
     with_own_disks,
 )
 from failover.testing.disks import fill, small_tmpfs
+from failover.testing.etcd import NO_ETCD, EtcdServer
+from failover.testing.witness import WitnessServer
 
 SCRIPT = "campaign.py"
 
@@ -134,6 +197,15 @@ VIP_HOST = 200
 RECORD = 16  # _campaign_app.RECORD
 STATE_TMPFS = "64m"
 FAULTS = ("kill", "pause", "link", "partition", "connect", "flood", "disk-full", "restart", "swap")
+ARBITRATOR_FAULTS = ("arbitrator-kill", "arbitrator-pause")  # need --arbitrator
+CUTS = ("cut", "cut-arbitrator", "asymmetric", "flap")
+ALL_FAULTS = (*FAULTS, *CUTS, *ARBITRATOR_FAULTS)
+ARBITRATED = ("cut", "cut-arbitrator", "asymmetric", "flap", *ARBITRATOR_FAULTS, "kill", "pause")
+"""The default kinds with an arbitrator (issue 11, point 6)."""
+ARB_NETWORK = "arb"  # the arbitrator's network: both nodes and the arbitrator, nothing else
+GAP = 0.25  # seconds between two acknowledged records that count as unavailability
+SERVING = ("primary", "alone")  # the states a node serves in (failover.core.table)
+OBSERVED_TOGETHER = 0.2  # seconds: both answers of an observer's cycle within this
 POLL = 0.05
 FILLER = "filler"  # failover.testing.disks.fill
 CLONE_NEWNET = 0x40000000
@@ -168,6 +240,11 @@ class RoundResult:
     seconds: float = 0.0
     failure: str | None = None
     audited: bool = False
+    kind: str = ""
+    unavailable: float | None = None  # s: the ack log's gaps longer than GAP, summed
+    longest_gap: float | None = None
+    observed_both: int = 0  # observer cycles with both nodes serving
+    observed_none: float = 0.0  # s: observer cycles with no node answering serving
 
     @property
     def passed(self) -> bool:
@@ -178,6 +255,7 @@ class RoundResult:
 class Totals:
     seed: int
     rounds_wanted: int
+    arbitrator: str = "none"
     rounds: list[RoundResult] = field(default_factory=list)
     faults: Counter[str] = field(default_factory=Counter)
     stopped_early: str | None = None
@@ -210,7 +288,31 @@ class Totals:
             ],
             "audited": sum(r.audited for r in self.rounds),
             "stopped_early": self.stopped_early,
+            "arbitrator": self.arbitrator,
+            "observed_both_serving": sum(r.observed_both for r in self.rounds),
+            "unavailability": self.unavailability(),
         }
+
+    def unavailability(self) -> dict[str, dict[str, Any]]:
+        """Per fault kind drawn: rounds, and the unavailability (the ack log's gaps,
+        see the module docstring) and the observer's time with no node serving:
+        median, p95, max."""
+        kinds: dict[str, list[RoundResult]] = {}
+        for result in self.rounds:
+            kinds.setdefault(result.kind, []).append(result)
+        table = {}
+        for kind, results in sorted(kinds.items()):
+            gaps = [r.unavailable for r in results if r.unavailable is not None]
+            dark = [r.observed_none for r in results]
+            table[kind] = {
+                "rounds": len(results),
+                "median": statistics.median(gaps) if gaps else None,
+                "p95": _p95(gaps),
+                "max": max(gaps) if gaps else None,
+                "observer_median": statistics.median(dark) if dark else None,
+                "observer_max": max(dark) if dark else None,
+            }
+        return table
 
 
 def _p95(values: list[float]) -> float | None:
@@ -273,20 +375,49 @@ def _read(path: Path) -> bytes:
 # -- the network namespace of this process ----------------------------------------------------
 
 
-def enter_netns(path: str) -> None:
-    """Move this thread into the network namespace at ``path``."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        setns(fd)
-    finally:
-        os.close(fd)
-
-
 def setns(fd: int) -> None:
     """Move this thread into the network namespace open as ``fd`` (setns(2), CLONE_NEWNET)."""
     if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"setns: {os.strerror(errno)}")
+
+
+# -- the arbitrator -----------------------------------------------------------------------------
+
+
+class Arbiter(Protocol):
+    """What the campaign needs of an arbitrator (``WitnessServer``, ``EtcdServer``):
+    its cluster file section, and a process to start, kill, pause and resume."""
+
+    def arbitrator(self, lease_ttl: int) -> dict[str, Any]: ...
+    def start(self) -> None: ...
+    def running(self) -> bool: ...
+    def kill(self) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
+def witness(lab: Lab, work: Path, key: Path) -> Arbiter:
+    """``failover witness run`` in the arbitrator's namespace."""
+    host = lab.address(ARBITRATOR, ARB_NETWORK)
+    return WitnessServer(work, host, "campaign", key, prefix=lab.command(ARBITRATOR, []))
+
+
+def etcd(lab: Lab, work: Path, key: Path) -> Arbiter:
+    """A one-member etcd in the arbitrator's namespace (the key is not needed)."""
+    host = lab.address(ARBITRATOR, ARB_NETWORK)
+    prefix = lab.command(ARBITRATOR, [])
+    return EtcdServer(work / "etcd", host, client_port=2379, peer_port=2380, prefix=prefix)
+
+
+ARBITRATORS: dict[str, Callable[[Lab, Path, Path], Arbiter] | None] = {
+    "none": None,
+    "witness": witness,
+    "etcd": etcd,
+}
+"""``--arbitrator``: how to build each kind in a lab (see the module docstring)."""
+
+UNAVAILABLE = {"etcd": NO_ETCD}  # why a kind cannot run on this machine (None: it can)
 
 
 # -- the pair ----------------------------------------------------------------------------------
@@ -295,12 +426,30 @@ def setns(fd: int) -> None:
 class Pair:
     """The lab, the cluster file and the two daemons (see the module docstring)."""
 
-    def __init__(self, work: Path, profile: str, interval: float) -> None:
+    def __init__(
+        self,
+        work: Path,
+        profile: str,
+        interval: float,
+        arbitrator: str = "none",
+        lease_ttl: int = 6,
+    ) -> None:
         self.work = work
         self.profile = profile
         self.timing = PROFILES[profile]
         self.interval = interval
-        self.lab = Lab(networks=tuple(LINKS), client=True, prefix="focampaign")
+        self.kind = arbitrator
+        self.lease_ttl = lease_ttl
+        self.arbiter: Arbiter | None = None
+        if arbitrator == "none":
+            self.lab = Lab(networks=tuple(LINKS), client=True, prefix="focampaign")
+        else:
+            networks = (*LINKS, ARB_NETWORK)
+            self.lab = Lab(networks, client=True, prefix="focampaign", arbitrator=ARB_NETWORK)
+        self.netns: dict[str, int] = {}  # open network namespaces: each node's, the client's
+        self.observed: list[Observation] = []
+        self.dropped: set[tuple[str, str, str]] = set()  # drop_towards in force
+        self.orphans: dict[str, str] = {}  # node: the mount namespace its killed daemon left
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
         self.paused: set[str] = set()
@@ -352,14 +501,21 @@ class Pair:
             self.disk(node).mkdir()
             self.quarantine_of(node).mkdir()
             self.mounts.enter_context(small_tmpfs(self.state_dir(node), STATE_TMPFS))
-        self.write_config()
-        enter_netns(self.lab.namespace_path("client"))
-
-    def write_config(self) -> None:
-        key, token = self.work / "cluster.key", self.work / "control.token"
+        key = self.work / "cluster.key"
         key.write_bytes(os.urandom(32))
-        token.write_text(self.token + "\n")
         key.chmod(0o600)
+        build = ARBITRATORS[self.kind]
+        if build is not None:
+            self.arbiter = build(self.lab, self.work, key)
+            self.arbiter.start()
+        self.write_config(key)
+        for member in (*NODES, "client"):
+            self.netns[member] = os.open(self.lab.namespace_path(member), os.O_RDONLY)
+        setns(self.netns["client"])
+
+    def write_config(self, key: Path) -> None:
+        token = self.work / "control.token"
+        token.write_text(self.token + "\n")
         token.chmod(0o600)
         app = [sys.executable, "-S", str(APP)]
         pidfile = f"{self.work}/app.$FAILOVER_NODE.pid"
@@ -394,6 +550,11 @@ class Pair:
                 "state_dir": str(self.work / "state"),
                 "profile": self.profile,
                 "failback": "none",
+                **(
+                    {"arbitrator": self.arbiter.arbitrator(self.lease_ttl)}
+                    if self.arbiter is not None
+                    else {}
+                ),
             },
             "links": [{"name": name, "transport": kind} for name, kind in LINKS.items()],
             "nodes": nodes,
@@ -419,7 +580,9 @@ class Pair:
     # -- daemons --
 
     def start(self, node: str) -> None:
-        """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine)."""
+        """Start ``node``'s daemon in a mount namespace of its own (its disk, its quarantine);
+        first, what its killed daemon left (``kill_daemon``) is killed."""
+        self.kill_orphans(node)
         argv = with_own_disks(
             [(self.disk(node), self.data), (self.quarantine_of(node), self.quarantine)],
             [sys.executable, "-m", "failover", "run", "-c", str(self.config),
@@ -445,6 +608,26 @@ class Pair:
             proc.wait(timeout=10)
         self.paused.discard(node)
         return killed
+
+    def kill_daemon(self, node: str) -> None:
+        """SIGKILL of ``node``'s daemon alone: its watchdog fences the application and
+        the address, and journals it; the rest of its mount namespace (the watchdog,
+        the FUSE helpers) is killed before the node starts again."""
+        self.expected_down.add(node)
+        proc = self.procs[node]
+        with contextlib.suppress(OSError):
+            self.orphans[node] = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+        self.resume(node)
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+    def kill_orphans(self, node: str) -> None:
+        namespace = self.orphans.pop(node, None)
+        if namespace is not None and namespace != os.readlink("/proc/self/ns/mnt"):
+            for pid in mount_namespace_members(namespace):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def pause(self, node: str) -> None:
         self.paused.add(node)
@@ -477,16 +660,33 @@ class Pair:
         return ControlClient(tcp=address, token=self.token, timeout=timeout)
 
     def status(self, node: str) -> dict[str, Any] | None:
+        """``node``'s status over its control API, asked from inside its own network
+        namespace (its own address: no cut of a link hides it); None when it does
+        not answer, is paused or is not running."""
         if not self.running(node) or node in self.paused:
             return None
+        setns(self.netns[node])
         try:
             return self.client(node).get_status()
         except FailoverError:
             return None
+        finally:
+            setns(self.netns["client"])
+
+    def observe(self) -> dict[str, dict[str, Any] | None]:
+        """One cycle of the observer: both nodes' status, recorded (``observed``)."""
+        began = time.monotonic()
+        statuses = {node: self.status(node) for node in NODES}
+        serving = tuple(
+            node for node, status in statuses.items() if status and status.get("state") in SERVING
+        )
+        answered = sum(status is not None for status in statuses.values())
+        self.observed.append(Observation(began, time.monotonic(), serving, answered))
+        return statuses
 
     def protected(self) -> str | None:
         """The primary's name when the pair is protected (see the module docstring)."""
-        statuses = {node: self.status(node) for node in NODES}
+        statuses = self.observe()
         states = {}
         for node, status in statuses.items():
             if status is None or status.get("substatus") != "ready":
@@ -536,6 +736,28 @@ class Pair:
 
     # -- faults on the network and the disk --
 
+    def cut(self, node: str, networks: tuple[str, ...], *, down: bool) -> None:
+        """``node``'s veth on each of ``networks`` down (or up again)."""
+        for network in networks:
+            (self.lab.link_down if down else self.lab.link_up)(node, network)
+
+    def drop_towards(self, node: str, peer: str, networks: tuple[str, ...]) -> None:
+        """Every frame ``node`` sends to ``peer`` (a node or the arbitrator) on
+        ``networks`` lost, what it receives still delivered: a one-way cut."""
+        for network in networks:
+            self.lab.drop_towards(node, network, peer)
+            self.dropped.add((node, network, peer))
+
+    def heal_network(self) -> None:
+        """Every veth up, every one-way cut undone."""
+        for node, network, peer in sorted(self.dropped):
+            self.lab.undrop_towards(node, network, peer)
+        self.dropped.clear()
+        for node in NODES:
+            for network in self.lab.networks:
+                if not self.lab.link_is_up(node, network):
+                    self.lab.link_up(node, network)
+
     def attack(self, origin: str, argv: list[str]) -> None:
         """Start an attacker program of ``_campaign_app.py`` in ``origin``'s namespace."""
         self.attackers.append(
@@ -575,9 +797,15 @@ class Pair:
         for node in list(self.procs):
             self.resume(node)
             self.kill_node(node)
+            self.kill_orphans(node)
+        if self.arbiter is not None:
+            self.arbiter.kill()
         with contextlib.suppress(OSError):
             setns(self.home_netns)
         os.close(self.home_netns)
+        for fd in self.netns.values():
+            os.close(fd)
+        self.netns.clear()
         try:
             self.lab.close()
         finally:
@@ -588,6 +816,17 @@ class Pair:
                         ignore=shutil.ignore_patterns(FILLER), dirs_exist_ok=True,
                     )  # fmt: skip
             self.mounts.close()
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One cycle of the observer: when it began and ended, the nodes that answered
+    serving (state primary or alone), how many answered."""
+
+    began: float
+    ended: float
+    serving: tuple[str, ...]
+    answered: int
 
 
 def _other(node: str) -> str:
@@ -661,7 +900,8 @@ class Campaign:
         self.args = args
         self.work = work
         self.dead = PROFILES[args.profile].dead_timeout
-        self.totals = Totals(seed=args.seed, rounds_wanted=args.rounds)
+        self.lease_ttl: int = args.lease_ttl
+        self.totals = Totals(seed=args.seed, rounds_wanted=args.rounds, arbitrator=args.arbitrator)
         self.kinds = tuple(args.faults)
         self.pairs = 0
         self._pair: Pair | None = None
@@ -676,6 +916,8 @@ class Campaign:
         self.s3_named: set[int] = set()
         self.stderr_offsets: dict[str, int] = {}
         self.ack_offset = 0
+        self.last_ack: float | None = None  # the time of the last acknowledged record read
+        self.measured_to: float | None = None  # the end of the last round's measure
 
     @property
     def pair(self) -> Pair:
@@ -695,7 +937,10 @@ class Campaign:
         directory = self.work / f"pair-{self.pairs}"
         directory.mkdir()
         self.reset()
-        self._pair = Pair(directory, self.args.profile, self.args.write_interval)
+        self._pair = Pair(
+            directory, self.args.profile, self.args.write_interval, self.args.arbitrator,
+            self.lease_ttl,
+        )  # fmt: skip
         self.pair.open()
         for node in NODES:
             self.pair.start(node)
@@ -704,6 +949,9 @@ class Campaign:
             raise RuntimeError(f"the pair never formed: {self.pair.describe()}")
         self.primary = primary
         self.say(f"pair formed: {primary} primary (lab {self.pair.lab.name}, {directory})")
+        acks, _ = read_acks(self.pair.acks)
+        self.last_ack = acks[-1].time if acks else None
+        self.measured_to = time.monotonic()
 
     def close(self) -> None:
         if self._pair is not None:
@@ -729,10 +977,11 @@ class Campaign:
 
     def round_line(self, r: RoundResult) -> str:
         took = "-" if r.protected_after is None else f"{r.protected_after:.2f} s"
+        gone = "-" if r.unavailable is None else f"{r.unavailable:.2f} s"
         verdict = "ok" if r.passed else f"FAILED ({_why(r)})"
         return (
             f"round {r.index} [seed {r.seed}] {'; '.join(r.detail)}: {r.acked} acked, "
-            f"protected after {took}, {r.seconds:.1f} s: {verdict}"
+            f"unavailable {gone}, protected after {took}, {r.seconds:.1f} s: {verdict}"
         )
 
     def one_round(self, index: int) -> RoundResult:
@@ -742,7 +991,10 @@ class Campaign:
         round_dir = self.pair.work / f"round-{index:04d}"
         round_dir.mkdir()
         kind = rng.choice(self.kinds)
-        result = RoundResult(index, seed, [])
+        if self.args.in_order:
+            kind = self.kinds[index % len(self.kinds)]
+        result = RoundResult(index, seed, [], kind=kind)
+        self.pair.observed.clear()
         try:
             self.inject(kind, rng, result)
         finally:
@@ -760,6 +1012,7 @@ class Campaign:
         self.check_daemons(result)
         acks, self.ack_offset = read_acks(self.pair.acks, self.ack_offset)
         result.acked = len(acks)
+        self.measure(result, acks, began)
         with self.pair.acked.open("a") as out:
             out.writelines(
                 json.dumps({"id": a.id, "mono": a.time, "node": a.node}) + "\n" for a in acks
@@ -775,11 +1028,42 @@ class Campaign:
         self.totals.faults.update(result.faults)
         return result
 
+    def measure(self, result: RoundResult, acks: list[Ack], began: float) -> None:
+        """The round's unavailability from the ack log: the gaps longer than ``GAP``
+        between consecutive acknowledged records, from the last one before the round
+        to now, summed, each counted only from the end of the previous round's
+        measure (a gap across two rounds counts once); and the observer's verdicts
+        (module docstring)."""
+        times = sorted(a.time for a in acks)
+        since = self.measured_to if self.measured_to is not None else began
+        now = time.monotonic()  # a service that did not come back counts to now
+        points = [self.last_ack if self.last_ack is not None else since, *times, now]
+        gaps = [(a, b) for a, b in itertools.pairwise(points) if b - a > GAP]
+        result.unavailable = sum(b - max(a, since) for a, b in gaps)
+        result.longest_gap = max((b - a for a, b in gaps), default=0.0)
+        self.measured_to = now
+        if times:
+            self.last_ack = times[-1]
+        observed = self.pair.observed
+        for this, after in itertools.pairwise(observed):
+            if not this.serving:
+                result.observed_none += after.began - this.began
+        both = [
+            o for o in observed if len(o.serving) == 2 and o.ended - o.began <= OBSERVED_TOGETHER
+        ]
+        result.observed_both = len(both)
+        if both and self.args.arbitrator != "none":
+            result.violations["S1 (observer)"] += 1
+            self.say(
+                f"  observer: both nodes serving at t={both[0].began:.3f} ({len(both)} cycles)"
+            )
+
     def wait_for_writes(self, result: RoundResult) -> None:
         """Once protected, the application on the primary writes again."""
         since = time.monotonic()
 
         def wrote_again() -> bool:
+            self.pair.observe()
             acks, _ = read_acks(self.pair.acks, self.ack_offset)
             return any(a.time > since and a.node == self.primary for a in acks)
 
@@ -881,8 +1165,12 @@ class Campaign:
         getattr(self, "fault_" + kind.replace("-", "_"))(rng, result)
 
     def hold(self, seconds: float) -> None:
-        """Let the fault act for ``seconds`` (the fault's duration, not a wait for an event)."""
-        time.sleep(seconds)
+        """Let the fault act for ``seconds`` (the fault's duration, not a wait for an
+        event), the observer polling meanwhile."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.pair.observe()
+            time.sleep(max(0.0, min(POLL, end - time.monotonic())))
 
     def who(self, node: str) -> str:
         return f"{node} ({'primary' if node == self.primary else 'secondary'})"
@@ -890,6 +1178,14 @@ class Campaign:
     def fault_kill(self, rng: random.Random, result: RoundResult) -> None:
         node = self.primary if rng.random() < 0.7 else _other(self.primary)
         self.hold(rng.uniform(0, 1.0))
+        if self.pair.arbiter is not None and rng.random() < 0.5:
+            # the daemon alone, down for up to 2 leases: its watchdog fences the
+            # application and journals it before the lease can run out at the arbitrator
+            self.pair.kill_daemon(node)
+            down = self.cut_time(rng)
+            result.detail.append(f"kill -9 of the daemon of {self.who(node)}, {down:.2f} s")
+            self.hold(down)
+            return
         killed = self.pair.kill_node(node)
         down = rng.uniform(0.5, 5) * self.dead
         result.detail.append(f"kill -9 of {self.who(node)}: {killed} processes, {down:.2f} s")
@@ -897,6 +1193,8 @@ class Campaign:
 
     def fault_pause(self, rng: random.Random, result: RoundResult) -> None:
         node, pause = self.role(rng), rng.uniform(0.1, 0.8) * self.dead
+        if self.pair.arbiter is not None:  # past the lease: the watchdog must fence it
+            pause = self.cut_time(rng)
         result.detail.append(f"SIGSTOP {self.who(node)} {pause:.3f} s")
         self.pair.pause(node)
         self.hold(pause)
@@ -913,11 +1211,84 @@ class Campaign:
     def fault_partition(self, rng: random.Random, result: RoundResult) -> None:
         node, cut = self.role(rng), rng.uniform(0.5, 10) * self.dead
         result.detail.append(f"every link of {self.who(node)} down {cut:.2f} s")
-        for network in LINKS:
-            self.pair.lab.link_down(node, network)
+        networks = self.pair.lab.networks  # the arbitrator's too: the node is alone
+        self.pair.cut(node, networks, down=True)
         self.hold(cut)
-        for network in LINKS:
-            self.pair.lab.link_up(node, network)
+        self.pair.cut(node, networks, down=False)
+
+    def cut_time(self, rng: random.Random) -> float:
+        """How long a cut lasts: from a few dead timeouts to twice the lease, so that
+        some cuts end before a lease could run out and some after."""
+        return rng.uniform(5 * self.dead, 2 * self.lease_ttl)
+
+    def fault_cut(self, rng: random.Random, result: RoundResult) -> None:
+        """Both links between the nodes cut; each still reaches the arbitrator."""
+        node, cut = self.role(rng), self.cut_time(rng)
+        result.detail.append(f"{' and '.join(LINKS)} of {self.who(node)} down {cut:.2f} s")
+        self.pair.cut(node, tuple(LINKS), down=True)
+        self.hold(cut)
+        self.pair.cut(node, tuple(LINKS), down=False)
+
+    def fault_cut_arbitrator(self, rng: random.Random, result: RoundResult) -> None:
+        """One node cut from the arbitrator; the nodes still see each other."""
+        node, cut = self.role(rng), self.cut_time(rng)
+        result.detail.append(f"{self.who(node)} cut from the arbitrator {cut:.2f} s")
+        self.pair.cut(node, (ARB_NETWORK,), down=True)
+        self.hold(cut)
+        self.pair.cut(node, (ARB_NETWORK,), down=False)
+
+    def fault_asymmetric(self, rng: random.Random, result: RoundResult) -> None:
+        """One direction only: every frame one node sends to its peer (on both links)
+        or to the arbitrator is lost; what it receives arrives."""
+        node, cut = self.role(rng), self.cut_time(rng)
+        to_arbitrator = self.pair.arbiter is not None and rng.random() < 0.3
+        networks = (ARB_NETWORK,) if to_arbitrator else tuple(LINKS)
+        towards = "the arbitrator" if to_arbitrator else "its peer"
+        result.detail.append(f"what {self.who(node)} sends to {towards} lost {cut:.2f} s")
+        self.pair.drop_towards(node, ARBITRATOR if to_arbitrator else _other(node), networks)
+        self.hold(cut)
+        self.pair.heal_network()
+
+    def fault_flap(self, rng: random.Random, result: RoundResult) -> None:
+        """A link of one node down and up again 3 to 8 times, each time down for less
+        than the dead timeout."""
+        node = self.role(rng)
+        networks = [*LINKS, ARB_NETWORK] if self.pair.arbiter is not None else list(LINKS)
+        network, flaps = rng.choice(networks), rng.randint(3, 8)
+        result.detail.append(f"{network} of {self.who(node)} flapping {flaps} times")
+        for _ in range(flaps):
+            self.pair.cut(node, (network,), down=True)
+            self.hold(rng.uniform(0.3, 0.9) * self.dead)
+            self.pair.cut(node, (network,), down=False)
+            self.hold(rng.uniform(0.2, 1.0) * self.dead)
+
+    def fault_arbitrator_kill(self, rng: random.Random, result: RoundResult) -> None:
+        arbiter = self.arbiter()
+        detail = "kill -9 of {}, started again after {:.2f} s"
+        self.arbitrator_out(rng, result, detail, arbiter.kill, arbiter.start)
+
+    def fault_arbitrator_pause(self, rng: random.Random, result: RoundResult) -> None:
+        arbiter = self.arbiter()
+        self.arbitrator_out(rng, result, "SIGSTOP of {} {:.2f} s", arbiter.pause, arbiter.resume)
+
+    def arbitrator_out(
+        self,
+        rng: random.Random,
+        result: RoundResult,
+        detail: str,
+        stop: Callable[[], None],
+        back: Callable[[], None],
+    ) -> None:
+        """The arbitrator out of service (``stop``, then ``back``) for 0.2 to 2 leases."""
+        seconds = rng.uniform(0.2, 2) * self.lease_ttl
+        result.detail.append(detail.format(self.args.arbitrator, seconds))
+        stop()
+        self.hold(seconds)
+        back()
+
+    def arbiter(self) -> Arbiter:
+        assert self.pair.arbiter is not None, "an arbitrator's fault without --arbitrator"
+        return self.pair.arbiter
 
     def target(self, rng: random.Random, kinds: tuple[str, ...]) -> tuple[str, str, str, str, str]:
         """An attack target: (what, victim node, origin namespace, address:port, protocol).
@@ -1034,11 +1405,14 @@ class Campaign:
         """Undo every fault: attackers gone, links up, daemons resumed, disk freed,
         every daemon that is not running started (an exit nobody asked for is a violation)."""
         self.pair.stop_attackers()
+        self.pair.heal_network()
         for node in NODES:
-            for network in LINKS:
-                if not self.pair.lab.link_is_up(node, network):
-                    self.pair.lab.link_up(node, network)
             self.pair.resume(node)
+        if self.pair.arbiter is not None:
+            self.pair.arbiter.resume()
+            if not self.pair.arbiter.running():
+                result.violations["arbitrator exited by itself"] += 1
+                self.pair.arbiter.start()
         self.pair.free()
         for node in NODES:
             if self.pair.running(node):
@@ -1077,6 +1451,17 @@ class Campaign:
         if median is not None:
             self.say(f"time to protected again: median {median:.2f} s, p95 {p95:.2f} s, "
                      f"max {top:.2f} s")  # fmt: skip
+        self.say("unavailability per fault kind (ack log gaps > "
+                 f"{GAP:g} s; observer: no node serving), median / p95 / max:")  # fmt: skip
+        for kind, row in summary["unavailability"].items():
+            if row["median"] is None:
+                continue
+            figures = " / ".join(f"{row[k]:.2f}" for k in ("median", "p95", "max"))
+            self.say(f"  {kind}: {row['rounds']} rounds, {figures} s "
+                     f"(observer median {row['observer_median']:.2f} s)")  # fmt: skip
+        both = summary["observed_both_serving"]
+        excused = " (no arbitrator: not a violation)" if self.args.arbitrator == "none" else ""
+        self.say(f"observer cycles with both nodes serving: {both}{excused}")
         if summary["round_seconds_median"] is not None:
             self.say(f"seconds per round: median {summary['round_seconds_median']:.1f} "
                      f"(wall {elapsed:.0f} s)")  # fmt: skip
@@ -1116,18 +1501,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first-round", type=int, default=0, help="index of the first round")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="fast")
     parser.add_argument(
-        "--faults", type=lambda s: s.split(","), default=list(FAULTS),
-        help=f"comma-separated subset of {','.join(FAULTS)}",
+        "--faults", type=lambda s: s.split(","),
+        help=f"comma-separated subset of {','.join(ALL_FAULTS)} (default: "
+        f"{','.join(FAULTS)}; with an arbitrator {','.join(ARBITRATED)})",
     )  # fmt: skip
+    parser.add_argument("--arbitrator", choices=list(ARBITRATORS), default="none")
+    parser.add_argument("--lease-ttl", type=int, default=6, metavar="S",
+                        help="the arbitrator's lease_ttl (whole seconds, at least 4)")  # fmt: skip
+    parser.add_argument("--in-order", action="store_true",
+                        help="round I does kind I of --faults (cycling)")  # fmt: skip
     parser.add_argument("--protect-bound", type=float, default=60.0, metavar="S")
     parser.add_argument("--max-minutes", type=float, default=240.0)
     parser.add_argument("--write-interval", type=float, default=0.01, metavar="S")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR")
     parser.add_argument("--json", type=Path, metavar="FILE", help="the summary as JSON")
     args = parser.parse_args(argv)
-    unknown = [kind for kind in args.faults if kind not in FAULTS]
+    if args.faults is None:
+        args.faults = list(FAULTS if args.arbitrator == "none" else ARBITRATED)
+    unknown = [kind for kind in args.faults if kind not in ALL_FAULTS]
     if unknown:
-        parser.error(f"unknown fault kinds {unknown} (known: {', '.join(FAULTS)})")
+        parser.error(f"unknown fault kinds {unknown} (known: {', '.join(ALL_FAULTS)})")
+    if args.arbitrator == "none" and set(args.faults) & set(ARBITRATOR_FAULTS):
+        parser.error(f"{', '.join(ARBITRATOR_FAULTS)} need --arbitrator")
+    if args.lease_ttl < 4:
+        parser.error("--lease-ttl must be at least 4 (a renewal every 2 s, a margin of 1 s)")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.seed is None:
@@ -1135,12 +1532,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def check_machine() -> None:
+def check_machine(arbitrator: str) -> None:
     """Return when this machine can run the campaign (installing what Debian has, as
     root); else one line on stderr and exit 2."""
     ensure(SCRIPT, [*REPLICATING_LAB, UMOUNT], root="network namespaces, mounts")
     require(SCRIPT, netns_unavailable_reason())
     require(SCRIPT, fuse_device_reason())
+    require(SCRIPT, UNAVAILABLE.get(arbitrator))
 
 
 @contextlib.contextmanager
@@ -1158,9 +1556,10 @@ def stop_signals() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_machine()
-    print(f"seed {args.seed}, {args.rounds} rounds, profile {args.profile}, "
-          f"load average {os.getloadavg()}", flush=True)  # fmt: skip
+    check_machine(args.arbitrator)
+    print(f"seed {args.seed}, {args.rounds} rounds, profile {args.profile}, arbitrator "
+          f"{args.arbitrator} (lease_ttl {args.lease_ttl} s), load average {os.getloadavg()}",
+          flush=True)  # fmt: skip
     work = Path(tempfile.mkdtemp(prefix="failover-campaign-"))
     campaign = Campaign(args, work)
     started = time.monotonic()

@@ -7,6 +7,8 @@ benchmarks. ``Lab`` builds, for one demo, test or benchmark run::
     namespace <name>-alpha       one veth per network, named after the network,
     namespace <name>-beta          with 10.77.<i>.1/24 (alpha) and .2/24 (beta)
     namespace <name>-client      optional: a veth on the first network, .100/24
+    namespace <name>-arbitrator  optional: a veth on the network named by
+                                   ``arbitrator=``, .50/24 (a witness, etcd)
 
 ``<name>`` is ``<prefix>-<pid>-<random>`` so that parallel runs never collide and a
 leftover can be traced to the process that made it. Nothing is created in the
@@ -25,6 +27,8 @@ async code may call it directly or through ``anyio.to_thread.run_sync``::
         proc = lab.run("alpha", ["failover", "run", "-c", cfg, "--node", "alpha"])
         lab.link_down("alpha", "crossover")  # cut one link (the veth, both ends lose carrier)
         lab.link_up("alpha", "crossover")
+        lab.drop_towards("alpha", "lan", "beta")    # one way: alpha's frames to beta lost
+        lab.undrop_towards("alpha", "lan", "beta")
         lab.exec("client", ["python3", "-c", "..."])   # run to completion
     # close(): every process started kill -9'd by process group, namespaces deleted
 
@@ -57,9 +61,11 @@ from failover.errors import FailoverError
 
 NODES = ("alpha", "beta")
 CLIENT = "client"
-HOSTS = {"alpha": 1, "beta": 2, CLIENT: 100}
+ARBITRATOR = "arbitrator"
+HOSTS = {"alpha": 1, "beta": 2, CLIENT: 100, ARBITRATOR: 50}
 DEFAULT_PREFIX = "failover"
 NETNS_DIR = "/run/netns"
+UNREACHED_MAC = "02:00:00:00:00:01"  # locally administered; no veth of a lab has it
 _COMMAND_TIMEOUT = 10.0
 
 
@@ -203,7 +209,10 @@ class Lab:
     ``networks``: names of the networks (each gets a bridge and subnet
     10.77.<i>.0/24, i from 1); used as interface names inside the nodes, so they
     must be valid interface names (at most 15 characters). ``client``: also add
-    a ``client`` namespace on the first network. Building happens in ``open()``
+    a ``client`` namespace on the first network. ``arbitrator``: also add an
+    ``arbitrator`` namespace on that network only (the third machine a witness or
+    etcd runs on: cutting that network cuts a node from the arbitrator alone, and
+    cutting the others leaves it reachable from both). Building happens in ``open()``
     (or ``__enter__``); a failure there cleans up what was made and raises
     ``LabError``.
     """
@@ -214,6 +223,7 @@ class Lab:
         *,
         client: bool = False,
         prefix: str = DEFAULT_PREFIX,
+        arbitrator: str | None = None,
     ) -> None:
         if not networks:
             raise ValueError("a lab needs at least one network")
@@ -226,8 +236,13 @@ class Lab:
                 raise ValueError("network name 'lo' is reserved")
         if "-" in prefix or not prefix:
             raise ValueError("prefix must be non-empty and contain no '-'")
+        if arbitrator is not None and arbitrator not in networks:
+            raise ValueError(f"arbitrator network {arbitrator!r} is not one of {list(networks)}")
         self.networks: tuple[str, ...] = tuple(networks)
         self.members: tuple[str, ...] = (*NODES, CLIENT) if client else NODES
+        self.arbitrator_network = arbitrator
+        if arbitrator is not None:
+            self.members = (*self.members, ARBITRATOR)
         self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         self._created: list[str] = []
         self._processes: list[subprocess.Popen[Any]] = []
@@ -241,7 +256,8 @@ class Lab:
         return f"{self.name}-br"
 
     def namespace(self, node: str) -> str:
-        """The network namespace name of ``node`` ("alpha", "beta" or "client")."""
+        """The network namespace name of ``node`` ("alpha", "beta", "client" or
+        "arbitrator")."""
         self._check_member(node)
         return f"{self.name}-{node}"
 
@@ -255,9 +271,12 @@ class Lab:
         return [self.bridge_namespace, *(self.namespace(m) for m in self.members)]
 
     def attachments(self, node: str) -> list[Attachment]:
-        """The networks ``node`` is on (the client: only the first network)."""
+        """The networks ``node`` is on (the client: only the first network; the
+        arbitrator: only its own)."""
         self._check_member(node)
         networks = self.networks[:1] if node == CLIENT else self.networks
+        if node == ARBITRATOR:
+            networks = (self.arbitrator_network,) if self.arbitrator_network else ()
         return [
             Attachment(node, net, net, self.host_address(net, HOSTS[node]), 24) for net in networks
         ]
@@ -273,7 +292,8 @@ class Lab:
     def host_address(self, network: str, host: int) -> str:
         """Address ``host`` (1..254) of ``network``'s subnet, e.g. for a virtual IP.
 
-        alpha is .1, beta .2, the client .100: pick another number for a VIP.
+        alpha is .1, beta .2, the client .100, the arbitrator .50: pick another
+        number for a VIP.
         """
         if network not in self.networks:
             raise ValueError(f"unknown network {network!r} (lab has {list(self.networks)})")
@@ -437,6 +457,25 @@ class Lab:
                 and ("Cannot delete qdisc with handle of zero" not in result.stderr)
             ):
                 raise LabError(f"tc qdisc del in {node}: {result.stderr.strip()}")
+
+    def drop_towards(self, node: str, network: str, peer: str) -> None:
+        """One way only: every frame ``node`` sends to ``peer`` on ``network`` is lost,
+        what ``peer`` sends to ``node`` still arrives. A permanent neighbour entry in
+        ``node``'s namespace gives ``peer``'s address a MAC no member has
+        (``UNREACHED_MAC``): the frames leave, reach nobody, and no error comes back
+        (no kernel module needed, unlike netem or a firewall)."""
+        self._require_open()
+        address, dev = self.address(peer, network), self.interface(node, network)
+        _ip("-n", self.namespace(node), "neigh", "replace", address, "lladdr", UNREACHED_MAC,
+            "dev", dev, "nud", "permanent")  # fmt: skip
+
+    def undrop_towards(self, node: str, network: str, peer: str) -> None:
+        """Undo ``drop_towards`` (the entry removed: ARP finds the real MAC again)."""
+        self._require_open()
+        address, dev = self.address(peer, network), self.interface(node, network)
+        result = _run(["ip", "-n", self.namespace(node), "neigh", "del", address, "dev", dev])
+        if result.returncode != 0 and "No such file" not in result.stderr:
+            raise LabError(f"ip neigh del in {node}: {result.stderr.strip()}")
 
     @property
     def processes(self) -> list[subprocess.Popen[Any]]:

@@ -49,11 +49,7 @@ class EtcdCluster(Arbitrated):
         super().__init__(lab, tmp_path, LINKS)
         self.etcd = etcd
         document = yaml.safe_load(self.config_path.read_text())
-        document["cluster"]["arbitrator"] = {
-            "type": "etcd",
-            "endpoints": [etcd.url],
-            "lease_ttl": LEASE_TTL,
-        }
+        document["cluster"]["arbitrator"] = etcd.arbitrator(LEASE_TTL)
         self.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
 
     def holder(self) -> str:

@@ -122,3 +122,47 @@ def test_names_are_unique_per_lab_and_validated() -> None:
         Lab(networks=("a-network-name-too-long",))
     with pytest.raises(ValueError):
         Lab(networks=("lan", "lan"))
+
+
+RECEIVE = (
+    "import socket\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', 9001))\n"
+    "s.settimeout(1.0); print('ready', flush=True)\n"
+    "try:\n    print(s.recv(100).decode(), flush=True)\n"
+    "except TimeoutError:\n    print('nothing')\n"
+)
+SEND = (
+    "import socket, sys, time\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(5):\n    s.sendto(b'hello', (sys.argv[1], 9001)); time.sleep(0.05)\n"
+)
+
+
+def delivered(lab: Lab, source: str, target: str, network: str) -> bool:
+    """Whether UDP datagrams ``source`` sends to ``target``'s address on ``network`` arrive."""
+    receiver = lab.run(target, [sys.executable, "-c", RECEIVE], stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
+    lab.exec(source, [sys.executable, "-c", SEND, lab.address(target, network)])
+    got = receiver.stdout.readline().strip()
+    receiver.wait(timeout=10)
+    return got == "hello"
+
+
+def test_an_arbitrator_on_its_own_network_and_a_one_way_cut() -> None:
+    with Lab(networks=("lan", "arb"), arbitrator="arb") as lab:
+        assert lab.address("arbitrator", "arb") == "10.77.2.50"
+        with pytest.raises(ValueError, match="not on network"):
+            lab.address("arbitrator", "lan")
+        assert delivered(lab, "alpha", "arbitrator", "arb")
+        lab.link_down("alpha", "lan")  # the nodes cut from each other, not from it
+        assert delivered(lab, "beta", "arbitrator", "arb")
+        assert not delivered(lab, "beta", "alpha", "lan")
+        lab.link_up("alpha", "lan")
+
+        lab.drop_towards("alpha", "lan", "beta")  # one way: alpha -> beta lost
+        assert not delivered(lab, "alpha", "beta", "lan")
+        assert delivered(lab, "beta", "alpha", "lan")
+        lab.undrop_towards("alpha", "lan", "beta")
+        assert delivered(lab, "alpha", "beta", "lan")
+    with pytest.raises(ValueError, match="arbitrator network"):
+        Lab(networks=("lan",), arbitrator="arb")

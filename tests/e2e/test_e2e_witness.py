@@ -9,10 +9,8 @@ nodes serving at once anywhere in the run fails it.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 from e2e_support import (
@@ -25,6 +23,7 @@ from e2e_support import (
 )
 
 from failover.lab import Lab
+from failover.testing.witness import WitnessServer
 
 pytestmark = NETNS
 
@@ -38,41 +37,22 @@ class WitnessedCluster(Arbitrated):
 
     def __init__(self, lab: Lab, tmp_path: Path) -> None:
         super().__init__(lab, tmp_path, LINKS)
-        self.witness_address = f"{lab.address('client', 'lan')}:{WITNESS_PORT}"
+        self.witness = WitnessServer(
+            tmp_path, lab.address("client", "lan"), "e2e", tmp_path / "cluster.key",
+            port=WITNESS_PORT, prefix=lab.command("client", []), env=self.env,
+        )  # fmt: skip
         document = yaml.safe_load(self.config_path.read_text())
-        document["cluster"]["arbitrator"] = {
-            "type": "witness",
-            "address": self.witness_address,
-            "lease_ttl": LEASE_TTL,
-        }
+        document["cluster"]["arbitrator"] = self.witness.arbitrator(LEASE_TTL)
         self.config_path.write_text(yaml.safe_dump(document, sort_keys=False))
-        self.witness_config = tmp_path / "witness.yaml"
-        self.witness_config.write_text(
-            yaml.safe_dump(
-                {
-                    "listen": self.witness_address,
-                    "state_dir": str(tmp_path / "witness-state"),
-                    "clusters": [{"name": "e2e", "key_file": str(tmp_path / "cluster.key")}],
-                }
-            )
-        )
-        self.witness: Any = None
 
     def start_witness(self) -> None:
-        argv = [sys.executable, "-m", "failover", "witness", "run", "-c", str(self.witness_config)]
-        argv += ["--log-file", str(self.tmp_path / "witness.log")]
-        with open(self.tmp_path / "witness.stderr", "ab") as stderr:
-            self.witness = self.lab.run("client", argv, stderr=stderr, env=self.env)
+        self.witness.start()
 
     def kill_witness(self) -> None:
         self.witness.kill()
-        self.witness.wait(timeout=10)
 
     def holder(self) -> str | None:
-        document = yaml.safe_load(
-            (self.tmp_path / "witness-state" / "clusters" / "e2e.json").read_text()
-        )
-        return document["holder"]  # type: ignore[no-any-return]
+        return self.witness.holder()
 
 
 def audited_with_the_witness(cluster: WitnessedCluster, killed: str | None = None) -> None:

@@ -4,10 +4,12 @@ tests/e2e/test_e2e_etcd.py): Debian's ``etcd`` binary (package
 ``host``, with its own data directory, in a namespace when ``prefix`` says so
 (``Lab.command(node, [])``), over TLS with client certificates when ``tls``
 says so; ready when its log says so; stopped by its PID
-(``kill``), its data directory removed (``remove``)."""
+(``kill``), paused and resumed (SIGSTOP, SIGCONT: ``pause``, ``resume``), its data
+directory removed (``remove``)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -15,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ETCD = shutil.which("etcd")
 NO_ETCD = None if ETCD else "no etcd binary (Debian package etcd-server: scripts/system-deps.sh)"
@@ -82,6 +85,21 @@ class EtcdServer:
     def ready(self) -> bool:
         """etcd said so in its log (read from here, whatever namespace it runs in)."""
         return b"ready to serve client requests" in self.data_dir.with_suffix(".log").read_bytes()
+
+    def arbitrator(self, lease_ttl: int) -> dict[str, Any]:
+        """The cluster file's ``cluster.arbitrator`` section for this etcd (no TLS)."""
+        return {"type": "etcd", "endpoints": [self.url], "lease_ttl": lease_ttl}
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pause(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
