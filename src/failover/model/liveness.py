@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from failover.core.node import unconfirmed_copy
 from failover.core.state import State, SubStatus
-from failover.model.sim import NAMES, Cluster, StepInfo, World
+from failover.model.sim import NAMES, Cluster, StepInfo, World, WorldKey
 
 L4_CHANGES = 12
 """State changes the fair continuation may make from any reached world."""
@@ -191,20 +191,24 @@ def check_liveness(
     worlds: list[World],
     *,
     rounds: int = 30,
-    known: dict[tuple[object, ...], World] | None = None,
-    ticks: dict[tuple[object, ...], tuple[object, ...]] | None = None,
-    tick_costs: dict[tuple[object, ...], RoundCost] | None = None,
+    known: dict[WorldKey, World] | None = None,
+    ticks: dict[WorldKey, WorldKey] | None = None,
+    tick_costs: dict[WorldKey, RoundCost] | None = None,
+    keys: list[WorldKey] | None = None,
 ) -> LivenessReport:
     """L1 and L2 from every world in ``worlds``. ``known`` (worlds by key) and
     ``ticks`` (each world's successor by one tick, as the exploration found
     it) let the fair continuation follow the explored graph where a tick is
-    all it does, instead of simulating it again."""
+    all it does, instead of simulating it again. ``keys``: the key of each
+    world, when known already."""
     report = LivenessReport()
     horizon = cluster.config.timing.horizon
-    verdict: dict[tuple[tuple[object, ...], str], bool] = {}
-    costs: dict[tuple[object, ...], _Cost] = {}
+    verdict: dict[tuple[WorldKey, str], bool] = {}
+    costs: dict[WorldKey, _Cost] = {}
     graph = _Graph(known or {}, ticks or {}, tick_costs or {})
-    for world in worlds:
+    if keys is None:
+        keys = [world.key(horizon) for world in worlds]
+    for world, key in zip(worlds, keys, strict=True):
         target = goal(cluster, world)
         report.checked += 1
         if target is not None:
@@ -212,7 +216,7 @@ def check_liveness(
                 report.protected_goal += 1
             else:
                 report.serving_goal += 1
-            if not _eventually(cluster, world, target, rounds, verdict, horizon, graph):
+            if not _eventually(cluster, world, key, target, rounds, verdict, horizon, graph):
                 report.failures.append(
                     LivenessFailure(
                         "L1", f"{target} is never reached by the fair continuation", world
@@ -220,7 +224,7 @@ def check_liveness(
                 )
         if service_premise(cluster, world):
             report.service_goal += 1
-            if not _eventually(cluster, world, "service", rounds, verdict, horizon, graph):
+            if not _eventually(cluster, world, key, "service", rounds, verdict, horizon, graph):
                 report.failures.append(
                     LivenessFailure(
                         "L3",
@@ -230,7 +234,7 @@ def check_liveness(
                     )
                 )
         report.cost_checked += 1
-        problem = _bounded_cost(cluster, world, costs, horizon, graph)
+        problem = _bounded_cost(cluster, world, key, costs, horizon, graph)
         if problem is not None:
             report.failures.append(LivenessFailure("L4", problem, world))
         if _stable(cluster, world):
@@ -300,7 +304,8 @@ def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
 def _bounded_cost(
     cluster: Cluster,
     world: World,
-    costs: dict[tuple[object, ...], _Cost],
+    world_key: WorldKey,
+    costs: dict[WorldKey, _Cost],
     horizon: float,
     graph: _Graph,
 ) -> str | None:
@@ -308,14 +313,13 @@ def _bounded_cost(
     tick edges where it can, simulating beyond them) until it meets a world
     whose cost is known or closes a cycle of keys; check the cycle; add the
     rounds up backwards (every world passed gets its cost)."""
-    path: list[tuple[tuple[object, ...], RoundCost]] = []
-    position: dict[tuple[object, ...], int] = {}
-    start: dict[tuple[object, ...], World] = {}
-    current = world
+    path: list[tuple[WorldKey, RoundCost]] = []
+    position: dict[WorldKey, int] = {}
+    start: dict[WorldKey, World] = {}
+    current, key = world, world_key
     loaded = False
     tail: _Cost
     while True:
-        key = current.key(horizon)
         if key in costs:
             tail = costs[key]
             break
@@ -340,7 +344,7 @@ def _bounded_cost(
         healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
         if healed and following in graph.known and key in graph.tick_costs:
             path.append((key, graph.tick_costs[key]))  # an explored tick edge
-            current = graph.known[following]
+            current, key = graph.known[following], following
             loaded = False
             continue
         if not loaded:
@@ -349,6 +353,7 @@ def _bounded_cost(
         info = _fair_round_info(cluster)
         path.append((key, round_cost(before, info, cluster.world)))
         current = cluster.world
+        key = current.key(horizon)
         loaded = True
     for key, step in reversed(path):
         tail = tail.plus(step)
@@ -360,7 +365,7 @@ def _bounded_cost(
             elif tail.records > L4_RECORDS:
                 tail = _Cost(problem=f"the fair continuation writes {tail.records} records")
         costs[key] = tail
-    return costs[world.key(horizon)].problem
+    return costs[world_key].problem
 
 
 def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
@@ -402,44 +407,47 @@ def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
 
 @dataclass
 class _Graph:
-    known: dict[tuple[object, ...], World]
-    ticks: dict[tuple[object, ...], tuple[object, ...]]
-    tick_costs: dict[tuple[object, ...], RoundCost] = field(default_factory=dict)
+    known: dict[WorldKey, World]
+    ticks: dict[WorldKey, WorldKey]
+    tick_costs: dict[WorldKey, RoundCost] = field(default_factory=dict)
 
 
 def _eventually(
     cluster: Cluster,
     world: World,
+    world_key: WorldKey | None,
     target: str,
     rounds: int,
-    verdict: dict[tuple[tuple[object, ...], str], bool],
+    verdict: dict[tuple[WorldKey, str], bool],
     horizon: float,
     graph: _Graph,
 ) -> bool:
-    current = world
+    current, current_key = world, world_key  # the key: None until it is needed
     loaded = False
-    path: list[tuple[tuple[object, ...], str]] = []
+    path: list[tuple[WorldKey, str]] = []
     result = False
     for _ in range(rounds):
         if reached(current, target):
             result = True
             break
-        world_key = current.key(horizon)
-        key = (world_key, target)
+        if current_key is None:
+            current_key = current.key(horizon)
+        key = (current_key, target)
         if key in verdict:
             result = verdict[key]
             break
         path.append(key)
-        following = graph.ticks.get(world_key)
+        following = graph.ticks.get(current_key)
         healed = not current.partitioned and all(h.arb_reachable for h in current.hosts)
         if healed and following is not None and following in graph.known:
-            current = graph.known[following]  # this round is an explored tick edge
+            # this round is an explored tick edge
+            current, current_key = graph.known[following], following
             loaded = False
             continue
         if not loaded:
             cluster.load(current)
         fair_round(cluster)
-        current = cluster.world
+        current, current_key = cluster.world, None
         loaded = True
     for key in path:
         verdict[key] = result
