@@ -209,6 +209,7 @@ def check_liveness(
     if keys is None:
         keys = [world.key(horizon) for world in worlds]
     for world, key in zip(worlds, keys, strict=True):
+        graph.rounds.clear()  # the rounds simulated are shared by this world's checks only
         target = goal(cluster, world)
         report.checked += 1
         if target is not None:
@@ -239,9 +240,10 @@ def check_liveness(
             report.failures.append(LivenessFailure("L4", problem, world))
         if _stable(cluster, world):
             report.stable_checked += 1
-            cluster.load(world)
+            current = world
             for _ in range(rounds // 3):
-                changes = fair_round(cluster)
+                current, info = graph.fair_round(cluster, current)
+                changes = _state_changes(info)
                 if changes:
                     report.failures.append(
                         LivenessFailure(
@@ -317,7 +319,6 @@ def _bounded_cost(
     position: dict[WorldKey, int] = {}
     start: dict[WorldKey, World] = {}
     current, key = world, world_key
-    loaded = False
     tail: _Cost
     while True:
         if key in costs:
@@ -345,16 +346,11 @@ def _bounded_cost(
         if healed and following in graph.known and key in graph.tick_costs:
             path.append((key, graph.tick_costs[key]))  # an explored tick edge
             current, key = graph.known[following], following
-            loaded = False
             continue
-        if not loaded:
-            cluster.load(current)
-        before = cluster.world
-        info = _fair_round_info(cluster)
-        path.append((key, round_cost(before, info, cluster.world)))
-        current = cluster.world
+        after, info = graph.fair_round(cluster, current)
+        path.append((key, round_cost(current, info, after)))
+        current = after
         key = current.key(horizon)
-        loaded = True
     for key, step in reversed(path):
         tail = tail.plus(step)
         if tail.problem is None:
@@ -410,6 +406,23 @@ class _Graph:
     known: dict[WorldKey, World]
     ticks: dict[WorldKey, WorldKey]
     tick_costs: dict[WorldKey, RoundCost] = field(default_factory=dict)
+    # the fair rounds simulated, by the identity of the world they start from
+    # (the round is a function of the whole world): id -> (world, after, info)
+    rounds: dict[int, tuple[World, World, StepInfo]] = field(default_factory=dict)
+
+    def fair_round(self, cluster: Cluster, world: World) -> tuple[World, StepInfo]:
+        """One round of the fair continuation from ``world``: the world after it
+        and what its tick did. A round already simulated from this very world
+        object (L1, L3, L4 and L2 from one world follow the same continuation)
+        is not simulated again."""
+        known = self.rounds.get(id(world))
+        if known is not None and known[0] is world:
+            return known[1], known[2]
+        if cluster.world is not world:  # (after a round, the cluster holds its result)
+            cluster.load(world)
+        info = _fair_round_info(cluster)
+        self.rounds[id(world)] = (world, cluster.world, info)
+        return cluster.world, info
 
 
 def _eventually(
@@ -423,7 +436,6 @@ def _eventually(
     graph: _Graph,
 ) -> bool:
     current, current_key = world, world_key  # the key: None until it is needed
-    loaded = False
     path: list[tuple[WorldKey, str]] = []
     result = False
     for _ in range(rounds):
@@ -442,13 +454,9 @@ def _eventually(
         if healed and following is not None and following in graph.known:
             # this round is an explored tick edge
             current, current_key = graph.known[following], following
-            loaded = False
             continue
-        if not loaded:
-            cluster.load(current)
-        fair_round(cluster)
-        current, current_key = cluster.world, None
-        loaded = True
+        current, _ = graph.fair_round(cluster, current)
+        current_key = None
     for key in path:
         verdict[key] = result
     return result
