@@ -353,7 +353,8 @@ class Node:
         # One machine trigger per row: the node picks the row (the first whose
         # guards all hold, the table's rule) and the machine executes that edge.
         guards = rules.GUARDS
-        self._choices: dict[tuple[State, str], tuple[tuple[Row, str, Any], ...]] = {}
+        # per (state, event): each row, its machine event and its guard checks
+        self._choices: dict[tuple[State, str], tuple[tuple[Row, Any, Any], ...]] = {}
         for (state, event), entry in self.table.entries.items():
             if isinstance(entry, str):  # IGNORE: no edge at all
                 continue
@@ -362,15 +363,21 @@ class Node:
                 trigger = f"{event}#{position}"
                 machine.add_transition(trigger, state, row.target, after=[self._applier(row)])
                 checks = tuple((guards[c.guard], c.negated) for c in row.when)
-                choices.append((row, trigger, checks))
+                # the trigger's Event itself: ``event.trigger(model)`` is what the
+                # model's ``trigger(name)`` calls, less the lookup by name
+                choices.append((row, machine.events[trigger], checks))
             self._choices[(state, event)] = tuple(choices)
         return machine
 
-    def _select(self, state: State, event: str) -> tuple[Row, str] | None:
-        """The row that fires for ``event`` in ``state`` (None for an ignore)."""
-        for row, trigger, checks in self._choices.get((state, event), ()):
-            if all(guard(self, row) != negated for guard, negated in checks):
-                return row, trigger
+    def _select(self, state: State, event: str) -> tuple[Row, Any] | None:
+        """The row that fires for ``event`` in ``state`` and its machine event
+        (None for an ignore)."""
+        for row, edge, checks in self._choices.get((state, event), ()):
+            for guard, negated in checks:
+                if guard(self, row) == negated:
+                    break
+            else:
+                return row, edge
         return None  # the table guarantees an unguarded last row, so only ignores
 
     def _applier(self, row: Row) -> Any:
@@ -387,8 +394,9 @@ class Node:
             return  # an explicit ignore
         row, edge = selected
         cursor.fired.clear()
-        cursor.trigger(edge)  # type: ignore[attr-defined]
-        self.update(state=cursor.state)
+        edge.trigger(cursor)
+        if cursor.state is not source:
+            self.update(state=cursor.state)
         assert cursor.fired == [row], f"the machine did not take {row.ident}"
         first_effect = len(self.outbox)
         substatus = self.substatus
@@ -405,8 +413,10 @@ class Node:
         if state_changed:
             self.update(pending=None)  # a grant that arrives later is released
             self._entering(cursor.state, source)
-        changed = state_changed or reason != self.facts.reason or self.substatus is not substatus
-        self.update(reason=reason)
+        reason_changed = reason != self.facts.reason
+        changed = state_changed or reason_changed or self.substatus is not substatus
+        if reason_changed:
+            self.update(reason=reason)
         if changed:
             self.emit(
                 fx.TransitionRecord(
@@ -428,8 +438,7 @@ class Node:
 
     def _leaving(self, state: State) -> None:
         if state is State.WAIT:
-            self.update(discovery_until=None)
-            self.update(recheck_at=None)
+            self.update(discovery_until=None, recheck_at=None)
         if state.serving:
             self.update(forced=False)
         if state is State.SECONDARY:
@@ -449,8 +458,7 @@ class Node:
                 metadata=self.facts.metadata.evolve(consistent=False, synced_generation=INITIAL)
             )
         if state is State.STOP:
-            self.update(second_only=False)
-            self.update(discovery_until=None)
+            self.update(second_only=False, discovery_until=None)
         if not state.serving:
             self.update(retry_at=None)  # the application is not retried where it does not serve
         # a data action's retry belongs to the state that scheduled it
@@ -465,15 +473,18 @@ class Node:
                 return []
             if not view.up:
                 self.emit(fx.LinkChanged(event.link, up=True))
-            self.facts = self.facts.with_link(event.link, LinkView(up=True, last_seen=now))
-            self.update(peer=event.status)
-            self.update(peer_alive=True)
-            self.update(discovery_until=None)
-            self.update(recheck_at=None)
-            if self.facts.metadata.peer_generation != event.status.generation:
-                self.update(
-                    metadata=self.facts.metadata.evolve(peer_generation=event.status.generation)
-                )
+            facts = self.facts.with_link(event.link, LinkView(up=True, last_seen=now))
+            meta = facts.metadata
+            if meta.peer_generation != event.status.generation:
+                meta = meta.evolve(peer_generation=event.status.generation)
+            self.facts = evolve(  # one copy of the facts for the whole bookkeeping
+                facts,
+                peer=event.status,
+                peer_alive=True,
+                discovery_until=None,
+                recheck_at=None,
+                metadata=meta,
+            )
             return ["heartbeat"]
         if isinstance(event, ev.LinkFailed):
             failed = self.facts.link(event.link)
@@ -572,7 +583,7 @@ class Node:
         )
         if waiting_blind and self.facts.recheck_at is None:
             self.update(recheck_at=now + s.startup_timeout)
-        elif not waiting_blind:
+        elif not waiting_blind and self.facts.recheck_at is not None:
             self.update(recheck_at=None)
 
     def _format(self, template: str) -> str:

@@ -18,9 +18,9 @@ from failover.core.table import Table
 from failover.model.forks import fork_map
 from failover.model.invariants import Violation, check_step
 from failover.model.liveness import RoundCost, round_cost
-from failover.model.sim import Cluster, StepInfo, World
+from failover.model.sim import Cluster, StepInfo, World, WorldKey
 
-Key = tuple[object, ...]
+Key = WorldKey
 
 
 @dataclass

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 from failover.core.node import unconfirmed_copy
 from failover.core.state import State, SubStatus
-from failover.model.sim import NAMES, Cluster, StepInfo, World
+from failover.model.sim import NAMES, Cluster, StepInfo, World, WorldKey
 
 L4_CHANGES = 12
 """State changes the fair continuation may make from any reached world."""
@@ -204,20 +204,25 @@ def check_liveness(
     worlds: list[World],
     *,
     rounds: int = 30,
-    known: dict[tuple[object, ...], World] | None = None,
-    ticks: dict[tuple[object, ...], tuple[object, ...]] | None = None,
-    tick_costs: dict[tuple[object, ...], RoundCost] | None = None,
+    known: dict[WorldKey, World] | None = None,
+    ticks: dict[WorldKey, WorldKey] | None = None,
+    tick_costs: dict[WorldKey, RoundCost] | None = None,
+    keys: list[WorldKey] | None = None,
 ) -> LivenessReport:
     """L1 and L2 from every world in ``worlds``. ``known`` (worlds by key) and
     ``ticks`` (each world's successor by one tick, as the exploration found
     it) let the fair continuation follow the explored graph where a tick is
-    all it does, instead of simulating it again."""
+    all it does, instead of simulating it again. ``keys``: the key of each
+    world, when known already."""
     report = LivenessReport()
     horizon = cluster.config.timing.horizon
-    verdict: dict[tuple[tuple[object, ...], str], bool] = {}
-    costs: dict[tuple[object, ...], _Cost] = {}
+    verdict: dict[tuple[WorldKey, str], bool] = {}
+    costs: dict[WorldKey, _Cost] = {}
     graph = _Graph(known or {}, ticks or {}, tick_costs or {})
-    for world in worlds:
+    if keys is None:
+        keys = [world.key(horizon) for world in worlds]
+    for world, key in zip(worlds, keys, strict=True):
+        graph.rounds.clear()  # the rounds simulated are shared by this world's checks only
         target = goal(cluster, world)
         report.checked += 1
         if target is not None:
@@ -225,7 +230,7 @@ def check_liveness(
                 report.protected_goal += 1
             else:
                 report.serving_goal += 1
-            if not _eventually(cluster, world, target, rounds, verdict, horizon, graph):
+            if not _eventually(cluster, world, key, target, rounds, verdict, horizon, graph):
                 report.failures.append(
                     LivenessFailure(
                         "L1", f"{target} is never reached by the fair continuation", world
@@ -233,7 +238,7 @@ def check_liveness(
                 )
         if service_premise(cluster, world):
             report.service_goal += 1
-            if not _eventually(cluster, world, "service", rounds, verdict, horizon, graph):
+            if not _eventually(cluster, world, key, "service", rounds, verdict, horizon, graph):
                 report.failures.append(
                     LivenessFailure(
                         "L3",
@@ -243,14 +248,15 @@ def check_liveness(
                     )
                 )
         report.cost_checked += 1
-        problem = _bounded_cost(cluster, world, costs, horizon, graph)
+        problem = _bounded_cost(cluster, world, key, costs, horizon, graph)
         if problem is not None:
             report.failures.append(LivenessFailure("L4", problem, world))
         if _stable(cluster, world):
             report.stable_checked += 1
-            cluster.load(world)
+            current = world
             for _ in range(rounds // 3):
-                changes = fair_round(cluster)
+                current, info = graph.fair_round(cluster, current)
+                changes = _state_changes(info)
                 if changes:
                     report.failures.append(
                         LivenessFailure(
@@ -313,7 +319,8 @@ def round_cost(before: World, info: StepInfo, after: World) -> RoundCost:
 def _bounded_cost(
     cluster: Cluster,
     world: World,
-    costs: dict[tuple[object, ...], _Cost],
+    world_key: WorldKey,
+    costs: dict[WorldKey, _Cost],
     horizon: float,
     graph: _Graph,
 ) -> str | None:
@@ -321,14 +328,12 @@ def _bounded_cost(
     tick edges where it can, simulating beyond them) until it meets a world
     whose cost is known or closes a cycle of keys; check the cycle; add the
     rounds up backwards (every world passed gets its cost)."""
-    path: list[tuple[tuple[object, ...], RoundCost]] = []
-    position: dict[tuple[object, ...], int] = {}
-    start: dict[tuple[object, ...], World] = {}
-    current = world
-    loaded = False
+    path: list[tuple[WorldKey, RoundCost]] = []
+    position: dict[WorldKey, int] = {}
+    start: dict[WorldKey, World] = {}
+    current, key = world, world_key
     tail: _Cost
     while True:
-        key = current.key(horizon)
         if key in costs:
             tail = costs[key]
             break
@@ -353,16 +358,12 @@ def _bounded_cost(
         healed = _healed(current)
         if healed and following in graph.known and key in graph.tick_costs:
             path.append((key, graph.tick_costs[key]))  # an explored tick edge
-            current = graph.known[following]
-            loaded = False
+            current, key = graph.known[following], following
             continue
-        if not loaded:
-            cluster.load(current)
-        before = cluster.world
-        info = _fair_round_info(cluster)
-        path.append((key, round_cost(before, info, cluster.world)))
-        current = cluster.world
-        loaded = True
+        after, info = graph.fair_round(cluster, current)
+        path.append((key, round_cost(current, info, after)))
+        current = after
+        key = current.key(horizon)
     for key, step in reversed(path):
         tail = tail.plus(step)
         if tail.problem is None:
@@ -373,7 +374,7 @@ def _bounded_cost(
             elif tail.records > L4_RECORDS:
                 tail = _Cost(problem=f"the fair continuation writes {tail.records} records")
         costs[key] = tail
-    return costs[world.key(horizon)].problem
+    return costs[world_key].problem
 
 
 def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
@@ -415,45 +416,60 @@ def _cycle_problem(cluster: Cluster, world: World, laps: int) -> str | None:
 
 @dataclass
 class _Graph:
-    known: dict[tuple[object, ...], World]
-    ticks: dict[tuple[object, ...], tuple[object, ...]]
-    tick_costs: dict[tuple[object, ...], RoundCost] = field(default_factory=dict)
+    known: dict[WorldKey, World]
+    ticks: dict[WorldKey, WorldKey]
+    tick_costs: dict[WorldKey, RoundCost] = field(default_factory=dict)
+    # the fair rounds simulated, by the identity of the world they start from
+    # (the round is a function of the whole world): id -> (world, after, info)
+    rounds: dict[int, tuple[World, World, StepInfo]] = field(default_factory=dict)
+
+    def fair_round(self, cluster: Cluster, world: World) -> tuple[World, StepInfo]:
+        """One round of the fair continuation from ``world``: the world after it
+        and what its tick did. A round already simulated from this very world
+        object (L1, L3, L4 and L2 from one world follow the same continuation)
+        is not simulated again."""
+        known = self.rounds.get(id(world))
+        if known is not None and known[0] is world:
+            return known[1], known[2]
+        if cluster.world is not world:  # (after a round, the cluster holds its result)
+            cluster.load(world)
+        info = _fair_round_info(cluster)
+        self.rounds[id(world)] = (world, cluster.world, info)
+        return cluster.world, info
 
 
 def _eventually(
     cluster: Cluster,
     world: World,
+    world_key: WorldKey | None,
     target: str,
     rounds: int,
-    verdict: dict[tuple[tuple[object, ...], str], bool],
+    verdict: dict[tuple[WorldKey, str], bool],
     horizon: float,
     graph: _Graph,
 ) -> bool:
-    current = world
-    loaded = False
-    path: list[tuple[tuple[object, ...], str]] = []
+    current, current_key = world, world_key  # the key: None until it is needed
+    path: list[tuple[WorldKey, str]] = []
     result = False
     for _ in range(rounds):
         if reached(current, target):
             result = True
             break
-        world_key = current.key(horizon)
-        key = (world_key, target)
+        if current_key is None:
+            current_key = current.key(horizon)
+        key = (current_key, target)
         if key in verdict:
             result = verdict[key]
             break
         path.append(key)
-        following = graph.ticks.get(world_key)
+        following = graph.ticks.get(current_key)
         healed = _healed(current)
         if healed and following is not None and following in graph.known:
-            current = graph.known[following]  # this round is an explored tick edge
-            loaded = False
+            # this round is an explored tick edge
+            current, current_key = graph.known[following], following
             continue
-        if not loaded:
-            cluster.load(current)
-        fair_round(cluster)
-        current = cluster.world
-        loaded = True
+        current, _ = graph.fair_round(cluster, current)
+        current_key = None
     for key in path:
         verdict[key] = result
     return result

@@ -235,11 +235,17 @@ def _liveness(cluster: Cluster, e: Exploration, workers: int) -> LivenessReport:
     child takes every n-th world (the graph is shared by the fork, not copied)
     and the reports are merged, failures in the order of the worlds."""
     worlds = list(e.worlds.values())
+    keys = list(e.worlds)
 
     def part(index: int) -> tuple[LivenessReport, list[int]]:
         chunk = worlds[index::workers]
         report = check_liveness(
-            cluster, chunk, known=e.worlds, ticks=e.ticks, tick_costs=e.tick_costs
+            cluster,
+            chunk,
+            known=e.worlds,
+            ticks=e.ticks,
+            tick_costs=e.tick_costs,
+            keys=keys[index::workers],
         )
         position = {id(w): index + n * workers for n, w in enumerate(chunk)}
         return report, [position[id(f.world)] for f in report.failures]

@@ -281,6 +281,38 @@ class LeaseIO:
     late: tuple[tuple[int, ev.Event], ...] = ()
 
 
+class WorldKey:
+    """A world's deduplication key (``World.key``): a tuple of its summary, whose
+    hash is computed once. The search and the liveness check look each key up
+    in several dicts and sets, and a tuple is hashed again, all the way down
+    (enums and dataclasses by Python code), at every lookup. Equal exactly when
+    the summaries are equal."""
+
+    __slots__ = ("_hash", "fields")
+
+    def __init__(self, *fields: object) -> None:
+        self.fields = fields
+        self._hash = hash(fields)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, WorldKey):
+            return NotImplemented
+        return self._hash == other._hash and self.fields == other.fields
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # sent from forked workers to their parent: the hash is recomputed on
+        # arrival (the same interpreter, but the cost of not assuming it is small)
+        return (WorldKey, self.fields)
+
+    def __repr__(self) -> str:
+        return f"WorldKey{self.fields!r}"
+
+
 @dataclass(frozen=True)
 class World:
     """An immutable state of the whole simulated cluster."""
@@ -351,7 +383,7 @@ class World:
 
         return ranker(0), ranker(1)
 
-    def key(self, horizon: float) -> tuple[object, ...]:
+    def key(self, horizon: float) -> WorldKey:
         """A flat summary of this world with every time relative to now and
         reasons left out: worlds that behave alike have equal keys."""
         now = self.now
@@ -407,7 +439,7 @@ class World:
             )
             for i, h in enumerate(self.hosts)
         )
-        return (
+        return WorldKey(
             hosts,
             peers,
             channels,
