@@ -24,6 +24,7 @@ from failover.model.run import ROOTS, check_model
 from failover.model.sim import ClusterConfig
 
 DEPTH = 10  # without application faults (depth 12: by hand, docs/model-checking.md)
+NO_DATA_DEPTH = 9  # without replicated directories (depth 10: by hand)
 APP_DEPTH = 6  # with application faults (depth 8: by hand, docs/model-checking.md)
 TIMEOUT = 1800  # seconds; a generous bound on one run, not a performance target
 ROOT_LINE = re.compile(
@@ -80,11 +81,15 @@ def test_model_check_explores_its_depth_and_every_invariant_holds(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arbitrator", [False, True], ids=["none", "witness"])
-def test_without_replicated_directories_every_invariant_holds_to_depth_10(
+def test_without_replicated_directories_every_invariant_holds_to_depth_9(
     arbitrator: bool,
 ) -> None:
     # The runtime without a data plane ends every resync at once (no_data): the
-    # same table must keep every invariant there too.
-    report = check_model(ClusterConfig(arbitrator=arbitrator, no_data=True), depth=10)
+    # same table must keep every invariant there too. Depth 9 in CI (its depth 10
+    # took 68 and 127 s there before issue 11's speed-up: run it by hand with
+    # `failover model-check --no-data --depth 10`).
+    report = check_model(ClusterConfig(arbitrator=arbitrator, no_data=True), depth=NO_DATA_DEPTH)
     assert report.ok, report.render()
-    assert report.min_depth == 10 or all(r.exhausted for r in report.results), report.render()
+    assert report.min_depth == NO_DATA_DEPTH or all(r.exhausted for r in report.results), (
+        report.render()
+    )
