@@ -16,7 +16,7 @@ import itertools
 from dataclasses import replace
 
 import pytest
-from core_support import SETTINGS, Driver, of_type, to_secondary
+from core_support import SETTINGS, Driver, beta, of_type, to_secondary
 
 from failover.core import effects as fx
 from failover.core import events as ev
@@ -27,17 +27,20 @@ RECHECK = WITNESS.startup_timeout
 
 
 def asks_while_refused(
-    delay: float, *, tick: float | None = None, span: float = 30.0
+    delay: float, *, heartbeats: float | None = None, span: float = 30.0
 ) -> list[float]:
-    """Alpha, beta's secondary, loses beta and asks to take over; the arbitrator
-    refuses every request ``delay`` seconds after it is made. With ``tick``,
-    a timer event also comes every ``tick`` seconds (other triggers). Returns
-    the times alpha asked at."""
+    """Alpha, beta's secondary, asks to take over and the arbitrator refuses
+    every request ``delay`` seconds after it is made. Without ``heartbeats``
+    alpha lost beta (it asks at its rechecks); with, beta is heard every
+    ``heartbeats`` seconds announcing it stopped (without releasing its
+    lease), and alpha decides to serve at each. Returns when alpha asked."""
     d = Driver(settings=WITNESS)
     to_secondary(d)
     asks: list[float] = []
     answer_at: float | None = None
-    next_tick = None if tick is None else d.now + tick
+    generation = d.node.facts.metadata.generation
+    stopped = beta(State.STOP, generation, synced=generation)
+    next_tick = None if heartbeats is None else d.now + heartbeats
     until = d.now + span
     while True:
         due = [t for t in (d.node.next_deadline(), answer_at, next_tick) if t is not None]
@@ -47,10 +50,11 @@ def asks_while_refused(
         if answer_at is not None and at >= answer_at:
             effects = d.do(ev.ArbitrationDenied(reason="lease held by beta"), at)
             answer_at = None
+        elif next_tick is not None and heartbeats is not None and at >= next_tick:
+            effects = d.hear(stopped, at)
+            next_tick = at + heartbeats
         else:
             effects = d.do(ev.Timer(), at)
-            if next_tick is not None and tick is not None and at >= next_tick:
-                next_tick = at + tick
         for _ in of_type(effects, fx.RequestArbitration):
             assert answer_at is None, f"asked at {d.now} while a request was outstanding"
             asks.append(d.now)
@@ -73,7 +77,9 @@ def test_a_refused_node_asks_again_at_every_recheck(delay: float) -> None:
 
 @pytest.mark.parametrize("delay", [0.001, 0.5, RECHECK + 0.5])
 def test_a_refused_node_asks_at_most_once_per_recheck(delay: float) -> None:
-    # a timer every 0.1 s stands for every other trigger a node gets
-    asks = asks_while_refused(delay, tick=0.1)
+    # no request storm: beta heard every 0.1 s, alpha deciding to serve at each
+    asks = asks_while_refused(delay, heartbeats=0.1)
     assert len(asks) >= 4, asks
     assert min(gaps(asks)) >= RECHECK, asks
+    if delay < RECHECK:  # and none skipped: one at the first heartbeat a recheck on
+        assert max(gaps(asks)) <= RECHECK + 0.1 + 1e-6, asks
