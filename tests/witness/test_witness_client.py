@@ -83,6 +83,42 @@ async def test_a_wrong_key_or_no_witness_is_unreachable(address: str) -> None:
     assert isinstance(reply, Unreachable)
 
 
+async def test_a_release_delayed_past_a_new_grant_leaves_the_node_holding(
+    tmp_path: Path,
+) -> None:
+    # S1: alpha's release datagrams are held in the network past the executor's
+    # wait; alpha is granted again meanwhile (it serves). When they arrive,
+    # they name the grant they end, not this one: alpha keeps the lease and
+    # beta is refused, so the two never serve at once.
+    witness = Witness(tmp_path, {"prod": KEY})
+    async with (
+        anyio.create_task_group() as tg,
+        await anyio.create_udp_socket(local_host="127.0.0.1") as sink,
+    ):
+        host, port = await tg.start(serve, witness, "127.0.0.1", 0)
+        alpha = client(f"{host}:{port}", "alpha", attempt_timeout=0.1, attempts=2)
+        beta = client(f"{host}:{port}", "beta")
+        assert await alpha.request(G1, INITIAL, False) == Granted(G1)
+        alpha.port = sink.extra(anyio.abc.SocketAttribute.local_port)  # the network holds them
+        assert isinstance(await alpha.release(), Unreachable)
+        held = []
+        with anyio.move_on_after(1):
+            while len(held) < 2:
+                held.append((await sink.receive())[0])
+        assert len(held) == 2  # both tries of the release
+        alpha.port = port
+        assert await alpha.request(G1, G1, False) == Granted(G1)  # alpha serves again
+        for datagram in held:  # now they arrive
+            assert witness.handle(datagram, "127.0.0.1:1", time.monotonic()) is not None
+        assert witness.cluster("prod").record.holder == "alpha"
+        refused = await beta.request(Generation(2, "beta"), G1, False)
+        assert isinstance(refused, Denied) and "held by alpha" in refused.reason
+        # alpha's own release, naming the grant it holds, still frees it
+        assert await alpha.release() == Released()
+        assert witness.cluster("prod").record.holder is None
+        tg.cancel_scope.cancel()
+
+
 def test_replies_become_the_cores_events() -> None:
     request = fx.RequestArbitration(generation=G1, base=INITIAL)
     renew = fx.RenewArbitration(generation=G1)
@@ -96,6 +132,7 @@ def test_replies_become_the_cores_events() -> None:
     assert arbitration_event(renew, Unreachable("x")) is None
     assert arbitration_event(release, Released()) is None
     assert arbitration_event(release, Unreachable("x")) is None
+    assert arbitration_event(release, Lost("not yours any more")) is None
 
 
 async def test_the_executor_reports_the_witness_answers(address: str, tmp_path: Path) -> None:

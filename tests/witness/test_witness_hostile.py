@@ -96,8 +96,9 @@ def test_replayed_request(tmp_path: Path) -> None:
     witness = make_witness(tmp_path)
     client = session("alpha")
     client.echo = witness.incarnation
-    _, data = client.frame(ACQUIRE)
-    assert witness.handle(data, SOURCE, 0.0) is not None
+    seq, data = client.frame(ACQUIRE)
+    reply = witness.handle(data, SOURCE, 0.0)
+    assert reply is not None and client.accept(reply, seq) is not None
     release(witness, client, 0.5)
     refused(witness, data, "replayed")  # the recorded grant request does not take it again
     assert witness.cluster("prod").record.holder is None

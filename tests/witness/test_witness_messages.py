@@ -16,6 +16,7 @@ from failover.witness.messages import (
     decode_request,
     encode_answer,
     encode_request,
+    release_of,
     witness_key,
 )
 
@@ -26,6 +27,10 @@ ANSWER = Answer("beta", 12, Outcome.GRANTED, Generation(8, "beta"), 5.5, "ok")
 def test_round_trips() -> None:
     assert decode_request(encode_request(REQUEST)) == REQUEST
     assert decode_request(encode_request(Request(Op.RELEASE))) == Request(Op.RELEASE)
+    named = release_of(Generation(7, "beta"), 2**64 - 1)
+    assert decode_request(encode_request(named)) == named
+    assert encode_request(named)[0] == 3  # its own payload type; acquire/renew keep type 1
+    assert encode_request(Request(Op.RELEASE))[0] == 1  # the layout older nodes send
     assert decode_answer(encode_answer(ANSWER)) == ANSWER
 
 
@@ -50,6 +55,12 @@ def test_the_witness_key_is_not_the_cluster_key() -> None:
         (b"\x01\x01\x00\xff\xff\xff\xff" + encode_request(REQUEST)[7:], "ttl_ms"),
         (encode_request(REQUEST)[:-1], "base.origin"),
         (encode_request(REQUEST) + b"\x00", "end"),
+        (encode_request(release_of(Generation(7, "beta"), 5))[:-1], "grant_seq"),
+        (
+            b"\x03" + encode_request(release_of(Generation(7, "beta"), 5))[1:-8] + bytes(8),
+            "grant_seq",
+        ),
+        (encode_request(release_of(Generation(7, "beta"), 5)) + b"\x00", "end"),
     ],
 )
 def test_bad_requests_name_the_field(payload: bytes, field: str) -> None:

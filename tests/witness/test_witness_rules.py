@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from failover.core.state import INITIAL, Generation
-from failover.witness.messages import Outcome
+from failover.witness.messages import Op, Outcome, Request, release_of
 from failover.witness.store import ClusterStore, WitnessStateError
 
-from .witness_support import TTL, acquire, make_witness, release, renew, session
+from .witness_support import SOURCE, TTL, acquire, make_witness, release, renew, send, session
 
 G1 = Generation(1, "alpha")
 
@@ -71,6 +71,84 @@ def test_release_frees_the_lease_of_its_holder_only(tmp_path: Path) -> None:
     assert done is not None and done.outcome is Outcome.RELEASED
     granted = acquire(witness, beta, 1.5, wanted=Generation(2, "beta"), base=G1)
     assert granted is not None and granted.outcome is Outcome.GRANTED
+
+
+def test_a_release_delayed_past_a_new_grant_frees_nothing(tmp_path: Path) -> None:
+    """S1: a release names the grant it ends. One delayed (past the node's
+    wait) until the same node was granted again leaves that node holding,
+    so the peer is still refused while the node serves."""
+    witness = make_witness(tmp_path)
+    alpha, beta = session("alpha"), session("beta")
+    assert acquire(witness, alpha, 0.0, wanted=G1) is not None
+    ending = alpha.release()
+    assert ending is not None and ending.grant_seq == alpha.seq and ending.wanted == G1
+    _, delayed = alpha.frame(ending)  # the network holds it
+    again = acquire(witness, alpha, 2.5, wanted=G1, base=G1)
+    assert again is not None and again.outcome is Outcome.GRANTED
+    assert witness.handle(delayed, SOURCE, 3.0) is not None  # it arrives now
+    assert witness.cluster("prod").record.holder == "alpha"
+    refused = acquire(witness, beta, 3.5, wanted=Generation(2, "beta"), base=G1)
+    assert refused is not None and refused.outcome is Outcome.DENIED
+    assert "held by alpha" in refused.reason
+    done = release(witness, alpha, 4.0)  # the release of the grant alpha holds
+    assert done is not None and done.outcome is Outcome.RELEASED
+    assert witness.cluster("prod").record.holder is None
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        "nothing",  # an older node's release (type-1 layout)
+        "another generation",  # the right seq, another generation
+        "another run",  # the right grant's numbers, from another run of the node
+    ],
+)
+def test_a_release_that_does_not_name_the_grant_held_changes_nothing(
+    tmp_path: Path, names: str
+) -> None:
+    witness = make_witness(tmp_path)
+    alpha = session("alpha")
+    alpha.echo = witness.incarnation
+    assert acquire(witness, alpha, 0.0, wanted=G1) is not None
+    assert alpha.grant == (1, G1)
+    before = witness.cluster("prod").record
+    sender, request = alpha, release_of(G1, 1)
+    if names == "nothing":
+        request = Request(Op.RELEASE)
+    elif names == "another generation":
+        request = release_of(Generation(2, "alpha"), 1)
+    else:
+        sender = session("alpha", run=2)
+        sender.echo = witness.incarnation
+    answer = send(witness, sender, request, 1.0)
+    assert answer is not None and answer.outcome is Outcome.LOST
+    assert "not yours any more" in answer.reason
+    assert witness.cluster("prod").record == before
+    saved = ClusterStore(tmp_path, "prod").read()
+    assert saved is not None and saved.record.holder == "alpha"
+
+
+def test_a_delayed_retry_of_an_acquire_keeps_the_grant_the_node_heard(tmp_path: Path) -> None:
+    witness = make_witness(tmp_path)
+    alpha = session("alpha")
+    alpha.echo = witness.incarnation
+    assert acquire(witness, alpha, 0.0, wanted=G1) is not None
+    seq, early = alpha.frame(Request(Op.ACQUIRE, TTL, G1, G1))  # its answer is lost
+    assert acquire(witness, alpha, 0.5, wanted=G1, base=G1) is not None  # the retry is heard
+    assert alpha.grant == (seq + 1, G1)
+    assert witness.handle(early, SOURCE, 0.6) is not None  # the first try arrives late
+    done = release(witness, alpha, 1.0)
+    assert done is not None and done.outcome is Outcome.RELEASED
+
+
+def test_a_restarted_witness_frees_the_grant_its_holder_names(tmp_path: Path) -> None:
+    witness = make_witness(tmp_path)
+    alpha = session("alpha")
+    assert acquire(witness, alpha, 0.0, wanted=G1) is not None
+    restarted = make_witness(tmp_path, now=500.0)
+    done = release(restarted, alpha, 501.0)
+    assert done is not None and done.outcome is Outcome.RELEASED
+    assert restarted.cluster("prod").record.holder is None
 
 
 def test_a_restarted_witness_keeps_the_grant(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from failover.core.arbitration import LeaseRecord
 from failover.core.state import INITIAL, Generation
 from failover.witness.service import Witness
-from failover.witness.store import ClusterStore, WitnessStateError
+from failover.witness.store import ClusterStore, Grant, WitnessStateError
 
 HELD = LeaseRecord("alpha", 10.0, Generation(3, "alpha"), "alpha", Generation(2, "beta"))
 
@@ -18,11 +18,12 @@ HELD = LeaseRecord("alpha", 10.0, Generation(3, "alpha"), "alpha", Generation(2,
 def test_a_saved_record_reads_back_and_a_held_lease_runs_a_whole_ttl(tmp_path: Path) -> None:
     store = ClusterStore(tmp_path, "prod")
     assert store.read() is None
-    assert store.load(now=5.0) == (LeaseRecord(), 0.0)
-    store.save(HELD, 6.0, now=8.0)
+    assert store.load(now=5.0) == (LeaseRecord(), 0.0, None)
+    store.save(HELD, 6.0, now=8.0, grant=Grant(7, 42))
     saved = store.read()
     assert saved is not None and saved.ttl == 6.0 and saved.expires_wall is not None
-    record, ttl = store.load(now=1000.0)
+    record, ttl, grant = store.load(now=1000.0)
+    assert grant == Grant(7, 42)  # the grant a release must name survives a restart
     # the previous run's clock means nothing now: the lease runs ttl from the load
     assert record == LeaseRecord(
         "alpha", 1006.0, Generation(3, "alpha"), "alpha", HELD.granted_from
@@ -63,6 +64,9 @@ def test_a_crash_between_write_and_rename_leaves_the_old_record(
         "{half",
         "[]",
         '{"schema": 9}',
+        '{"schema": 2, "cluster": "prod", "holder": "a", "generation": [1, "a"],'
+        ' "granted_to": "a", "granted_from": [0, ""], "ttl": 6, "expires_wall": null,'
+        ' "grant": [1]}',
         '{"schema": 1, "cluster": "other"}',
         '{"schema": 1, "cluster": "prod", "holder": 3, "generation": [1, "a"],'
         ' "granted_to": null, "granted_from": [0, ""], "ttl": 6, "expires_wall": null}',
@@ -81,3 +85,34 @@ def test_a_corrupt_record_stops_the_witness_naming_the_file(tmp_path: Path, text
 def test_a_new_cluster_starts_free(tmp_path: Path) -> None:
     witness = Witness(tmp_path, {"prod": b"k" * 32})
     assert witness.cluster("prod").record == LeaseRecord(generation=INITIAL)
+
+
+SCHEMA_1 = (
+    '{"schema": 1, "cluster": "prod", "holder": "alpha", "generation": [3, "alpha"],'
+    ' "granted_to": "alpha", "granted_from": [2, "beta"], "ttl": 6, "expires_wall": null}'
+)
+
+
+def test_a_schema_1_record_loads_with_no_grant_and_its_lease_is_not_freed_by_a_release(
+    tmp_path: Path,
+) -> None:
+    # a record written before releases named their grant: the lease it holds
+    # still stands; no release can match an unknown grant, so it runs out at ttl
+    store = ClusterStore(tmp_path, "prod")
+    store.path.parent.mkdir(parents=True)
+    store.path.write_text(SCHEMA_1)
+    record, ttl, grant = store.load(now=100.0)
+    assert (record.holder, record.expires_at, ttl, grant) == ("alpha", 106.0, 6.0, None)
+    witness = Witness(tmp_path, {"prod": b"k" * 32}, now=100.0)
+    assert witness.cluster("prod").grant is None
+    assert witness.cluster("prod").record.holder == "alpha"
+
+
+def test_a_record_of_a_newer_schema_stops_the_witness_with_a_clear_message(
+    tmp_path: Path,
+) -> None:
+    store = ClusterStore(tmp_path, "prod")
+    store.path.parent.mkdir(parents=True)
+    store.path.write_text('{"schema": 3, "cluster": "prod"}')
+    with pytest.raises(WitnessStateError, match=r"prod\.json.*schema 3 is not one this witness"):
+        Witness(tmp_path, {"prod": b"k" * 32})

@@ -54,4 +54,6 @@ def renew(witness: Witness, client: WitnessSession, now: float) -> Answer | None
 
 
 def release(witness: Witness, client: WitnessSession, now: float) -> Answer | None:
-    return send(witness, client, Request(Op.RELEASE), now)
+    """The release of the grant ``client`` holds (as the node sends it), or an
+    unnamed one (an older node's) when it holds none."""
+    return send(witness, client, client.release() or Request(Op.RELEASE), now)

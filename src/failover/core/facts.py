@@ -43,7 +43,7 @@ class Lease:
     requested_at: float | None = None  # when the pending request or renewal was sent
     fence_at: float | None = None  # stop serving at this time unless renewed
     renew_at: float | None = None
-    denied_at: float | None = None  # when the arbitrator last denied a request
+    denied_at: float | None = None  # when the request the arbitrator last denied was made
 
 
 def derive_substatus(node: NodeFacts) -> SubStatus:

@@ -473,8 +473,11 @@ def needs_grant(node: Decider, row: Row) -> bool:
 
 @guard
 def denied_lately(node: Decider, row: Row) -> bool:
-    """The arbitrator denied this node's last request less than a recheck
-    (``startup_timeout``) ago: the gate does not ask again before that."""
+    """The arbitrator denied this node's last request, made less than a recheck
+    (``startup_timeout``) ago: the gate does not ask again before that. Counted
+    from the ask (``deny_grant``), not the answer, so the recheck timer, armed
+    when the node asked, is not skipped for the answer's delay; asks stay a
+    recheck apart."""
     denied = node.facts.lease.denied_at
     return denied is not None and node.now < denied + node.settings.startup_timeout
 
@@ -972,7 +975,8 @@ def release_grant(node: Decider, row: Row) -> None:
 @action
 def deny_grant(node: Decider, row: Row) -> None:
     node.update(pending=None)
-    node.update(lease=Lease(denied_at=node.now))
+    asked = node.facts.lease.requested_at
+    node.update(lease=Lease(denied_at=node.now if asked is None else asked))
 
 
 @cache

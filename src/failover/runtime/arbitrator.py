@@ -26,7 +26,10 @@ deciding (the core's table decides what each event means):
 datagram out, the matching answer in (``WitnessSession`` checks MAC, replay,
 echo and the request's seq), a few attempts each under ``attempt_timeout``;
 an answer "ask again" (the witness restarted) is taken at once with the
-incarnation it teaches.
+incarnation it teaches. A release names the grant it ends (the seq of the
+acquire answered ``GRANTED``, and its generation, which the session keeps):
+the witness frees only that grant, so a release that arrives late, after a
+new grant to this node, frees nothing.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from failover.witness.messages import (
     Request,
     decode_answer,
     encode_request,
+    release_of,
     witness_codec,
 )
 
@@ -117,7 +121,7 @@ def arbitration_event(effect: fx.Effect, reply: Reply) -> ev.Event | None:
         case fx.RenewArbitration(), Unreachable(reason):
             log.warning("lease not renewed: the arbitrator did not answer", reason=reason)
             return None
-        case fx.ReleaseArbitration(), (Denied(reason) | Unreachable(reason)):
+        case fx.ReleaseArbitration(), (Denied(reason) | Lost(reason) | Unreachable(reason)):
             log.warning("lease not released: it runs out at the arbitrator", reason=reason)
             return None
     return None
@@ -129,7 +133,9 @@ class WitnessSession:
     ``frame`` builds the next request (a new seq, the witness incarnation
     learned so far as echo); ``accept`` returns the answer to request ``seq``
     carried by ``data``, or None for anything else (forged, replayed, for
-    another request or another run of this node), never raising.
+    another request or another run of this node), never raising. It keeps
+    the grant this node holds (``grant``: the seq of the acquire answered
+    ``GRANTED`` and the generation granted), which ``release`` names.
     """
 
     def __init__(self, codec: FrameCodec, node: str, incarnation: int) -> None:
@@ -139,9 +145,19 @@ class WitnessSession:
         self.echo = 0
         self.seq = 0
         self.guard = ReplayGuard()
+        self.grant: tuple[int, Generation] | None = None
+        self._op: Op | None = None  # of the request ``seq`` carries
+
+    def release(self) -> Request | None:
+        """The release of the grant this node holds (None: it holds none it knows of)."""
+        if self.grant is None:
+            return None
+        seq, generation = self.grant
+        return release_of(generation, seq)
 
     def frame(self, request: Request) -> tuple[int, bytes]:
         self.seq += 1
+        self._op = request.op
         data = self.codec.encode(
             FrameKind.HEARTBEAT,
             self.node,
@@ -167,9 +183,16 @@ class WitnessSession:
             log.debug("witness answer dropped", problem=str(exc))
             return None
         self.echo = frame.incarnation  # authentic and addressed to this run
-        if answer.request_seq != seq:
+        if answer.request_seq != seq or seq != self.seq:
             log.debug("witness answer to an earlier request dropped", seq=answer.request_seq)
             return None
+        match self._op, answer.outcome:
+            case Op.ACQUIRE, Outcome.GRANTED:
+                self.grant = (seq, answer.generation)
+            case ((Op.RENEW | Op.RELEASE), Outcome.LOST):
+                self.grant = None  # the witness says the lease is not ours
+            case Op.RELEASE, Outcome.RELEASED:
+                self.grant = None
         return answer
 
 
@@ -204,10 +227,14 @@ class WitnessArbitrator:
         return await self._call(Request(Op.RENEW, self.ttl, generation, generation))
 
     async def release(self) -> Reply:
-        return await self._call(Request(Op.RELEASE))
+        return await self._call(None)
 
-    async def _call(self, request: Request) -> Reply:
+    async def _call(self, request: Request | None) -> Reply:
         async with self._lock:
+            if request is None:  # a release: of the grant held when its turn comes
+                request = self.session.release()
+                if request is None:
+                    return Released()  # no grant known here: nothing to name, nothing ours
             try:
                 answer = await self._exchange(request)
             except OSError as exc:

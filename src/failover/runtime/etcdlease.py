@@ -42,7 +42,10 @@ again (a few times), else it is denied. A renewal is a keepalive of our
 etcd lease, then a read of the holder key: granted only while the key is
 still ours (our node, our etcd lease), lost otherwise, so renewing never
 writes and never creates. A release revokes our etcd lease (etcd deletes
-the holder key with it); the record stays.
+the holder key with it); the record stays. It names the etcd lease held
+when it was called: a release abandoned at the executor's deadline whose
+worker thread reaches an endpoint only after this node was granted again
+revokes the old lease, never the new one (the holder key stays on it).
 
 Timing (docs/arbitration.md, "etcd"): etcd runs a lease out ``lease_ttl``
 after the last grant or keepalive it *received*, on its own clock, and
@@ -295,11 +298,16 @@ class EtcdArbitrator:
         return await self._call(self._renew)
 
     async def release(self) -> Reply:
-        return await self._call(self._release)
+        async with self._lock:
+            lease = self.lease  # the grant this release ends, named now
+            return await self._run(lambda c: self._release(c, lease))
 
     async def _call(self, operation: Callable[[Etcd3Client], Reply]) -> Reply:
         async with self._lock:
-            return await anyio.to_thread.run_sync(self._on_any, operation, abandon_on_cancel=True)
+            return await self._run(operation)
+
+    async def _run(self, operation: Callable[[Etcd3Client], Reply]) -> Reply:
+        return await anyio.to_thread.run_sync(self._on_any, operation, abandon_on_cancel=True)
 
     def _on_any(self, operation: Callable[[Etcd3Client], Reply]) -> Reply:
         problems = []
@@ -479,12 +487,13 @@ class EtcdArbitrator:
             return Lost(f"etcd: the lease is no longer ours (held by {whose})")
         return Granted(holder.generation)
 
-    def _release(self, client: Etcd3Client) -> Reply:
-        if self.lease is not None:
+    def _release(self, client: Etcd3Client, lease: int | None) -> Reply:
+        if lease is not None:
             try:
-                self._post(client, "/lease/revoke", {"ID": str(self.lease)})
+                self._post(client, "/lease/revoke", {"ID": str(lease)})
             except Etcd3Exception as exc:
                 if not _lease_missing(exc):
                     raise
-            self.lease = None
+            if self.lease == lease:  # not a lease granted since
+                self.lease = None
         return Released()

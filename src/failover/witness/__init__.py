@@ -9,7 +9,10 @@ Invariants (each is checked by a test in tests/witness):
 
 1. The rule. The witness grants only by ``core.arbitration.decide_request``
    (acquire) and ``decide_renewal`` (renew); a release frees the lease of
-   its holder and nothing else. No other rule decides a grant.
+   its holder only when it names the grant the holder holds (the seq of the
+   granted acquire, from the same run of the node, and its generation:
+   ``service.decide_release``), so a release that arrives after the same
+   node was granted again frees nothing. No other rule decides a grant.
 2. Durability. The record a verdict produces is written to disk
    (``failover.fsutil.write_atomic``: fsynced file and directory) before the
    answer that depends on it leaves, and adopted in memory only once it is

@@ -19,9 +19,18 @@ sender's incarnation and a seq (``ReplayGuard``), and an ``echo``:
 - an answer echoes the node's incarnation and names the seq of the request
   it answers: a node takes only the answer to its outstanding request.
 
-Request payload: ``u8 type (1) | u8 op | u8 forced | u32 ttl_ms |
-generation wanted | generation base``; a generation is ``u64 counter |
-u8-prefixed origin``. Answer payload: ``u8 type (2) | u8-prefixed node |
+Request payload (acquire, renew): ``u8 type (1) | u8 op | u8 forced | u32
+ttl_ms | generation wanted | generation base``; a generation is ``u64
+counter | u8-prefixed origin``. Release payload: ``u8 type (3) | generation
+granted | u64 grant seq``: a release names the grant it ends, the seq of the
+acquire request that was granted (by this incarnation of the node, the
+frame's) and the generation granted. The witness frees the lease only when
+that is the grant it holds for the node, so a release delayed past a new
+grant to the same node frees nothing. A release in the type-1 layout (a node
+of before payload type 3) names no grant: the witness answers it ``LOST``
+and the lease runs out at its ttl; a witness of before type 3 drops a type-3
+release as a bad payload (the node hears nothing, the lease runs out). Either
+mix is safe, only slower to hand over. Answer payload: ``u8 type (2) | u8-prefixed node |
 u64 request seq | u8 outcome | generation | u32 expires_in_ms |
 u16-prefixed reason``: the node, its incarnation (the frame's echo) and the
 seq name the one request it answers.
@@ -50,6 +59,7 @@ MAX_DATAGRAM = 2048
 
 _REQUEST = 1
 _ANSWER = 2
+_RELEASE = 3
 
 
 class Op(enum.IntEnum):
@@ -64,9 +74,10 @@ class Outcome(enum.IntEnum):
     DENIED = 2
     """Acquire refused (held by another node, not the newest data, not persisted)."""
     LOST = 3
-    """Renew refused: the lease is not (or no longer) the requester's."""
+    """Renew or release refused: the lease (the grant a release names) is not,
+    or no longer, the requester's. Nothing changed."""
     RELEASED = 4
-    """Release done (or nothing to release)."""
+    """Release done (or nothing held by anyone to release)."""
     RETRY = 5
     """The request echoed another incarnation of the witness: ask again echoing
     this answer's incarnation. Nothing changed."""
@@ -89,6 +100,14 @@ class Request:
     wanted: Generation = INITIAL
     base: Generation = INITIAL
     forced: bool = False
+    grant_seq: int = 0
+    """Release only: the seq of the acquire whose grant it ends (``wanted``: the
+    generation granted); 0 names no grant (the type-1 layout of older nodes)."""
+
+
+def release_of(generation: Generation, grant_seq: int) -> Request:
+    """The release of the grant answered to acquire ``grant_seq``, for ``generation``."""
+    return Request(Op.RELEASE, wanted=generation, grant_seq=grant_seq)
 
 
 @dataclass(frozen=True)
@@ -120,6 +139,12 @@ def _millis(seconds: float, field: str, out: Writer) -> int:
 
 
 def encode_request(request: Request) -> bytes:
+    if request.op is Op.RELEASE and request.grant_seq:
+        out = Writer("witness release")
+        out.number(U8, "type", _RELEASE)
+        _write_generation(out, "granted", request.wanted)
+        out.number(U64, "grant_seq", request.grant_seq)
+        return out.getvalue()
     out = Writer("witness request")
     out.number(U8, "type", _REQUEST)
     out.number(U8, "op", int(request.op))
@@ -133,7 +158,15 @@ def encode_request(request: Request) -> bytes:
 def decode_request(payload: Buffer) -> Request:
     """The request in ``payload``; ``DecodeError`` (a ``PeerProtocolError``) otherwise."""
     data = Reader(payload, "witness request")
-    if data.number(U8, "type") != _REQUEST:
+    kind = data.number(U8, "type")
+    if kind == _RELEASE:
+        granted = _read_generation(data, "granted")
+        grant_seq = data.number(U64, "grant_seq")
+        if grant_seq == 0:
+            raise data.fail("grant_seq", "a release names the seq of a granted request")
+        data.end()
+        return release_of(granted, grant_seq)
+    if kind != _REQUEST:
         raise data.fail("type", "not a request")
     op = data.number(U8, "op")
     if op not in Op._value2member_map_:

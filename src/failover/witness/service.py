@@ -13,7 +13,8 @@ datagram, in order (the invariants are in ``failover.witness``):
 5. the payload (``bad_payload``);
 6. the echo: a request made for another run of the witness is answered
    ``RETRY`` and changes nothing;
-7. the verdict of ``decide_request`` / ``decide_renewal`` (or the release),
+7. the verdict of ``decide_request`` / ``decide_renewal`` (or
+   ``decide_release``: only the grant the release names is freed),
    saved durably *before* it is adopted and answered; a save that fails is
    answered as a refusal and changes nothing.
 
@@ -52,7 +53,7 @@ from failover.witness.messages import (
     encode_answer,
     witness_codec,
 )
-from failover.witness.store import ClusterStore, WitnessStateError
+from failover.witness.store import ClusterStore, Grant, WitnessStateError
 
 log = structlog.get_logger("failover.witness")
 
@@ -73,6 +74,7 @@ class ClusterState:
     store: ClusterStore
     record: LeaseRecord
     ttl: float
+    grant: Grant | None = None  # the grant ``record.holder`` holds (None: unknown or free)
     guard: ReplayGuard = field(default_factory=ReplayGuard)
     senders: set[str] = field(default_factory=set)
 
@@ -108,9 +110,9 @@ class Witness:
         self.clusters: dict[bytes, ClusterState] = {}
         for name, key in keys.items():
             store = ClusterStore(state_dir, name)
-            record, ttl = store.load(now=now)
+            record, ttl, grant = store.load(now=now)
             codec = witness_codec(name, key)
-            self.clusters[codec.cluster_id] = ClusterState(name, codec, store, record, ttl)
+            self.clusters[codec.cluster_id] = ClusterState(name, codec, store, record, ttl, grant)
 
     def cluster(self, name: str) -> ClusterState:
         return next(c for c in self.clusters.values() if c.name == name)
@@ -178,7 +180,7 @@ class Witness:
                 reason="ask again echoing this incarnation",
             )
         else:
-            answer = self._decide(cluster, frame.sender, frame.seq, request, now)
+            answer = self._decide(cluster, frame, request, now)
         return self._frame(cluster, frame.incarnation, answer)
 
     def _decode(self, data: bytes) -> tuple[ClusterState, Frame] | Refusal:
@@ -205,10 +207,10 @@ class Witness:
             echo=node_incarnation,
         )
 
-    def _decide(
-        self, cluster: ClusterState, sender: str, seq: int, request: Request, now: float
-    ) -> Answer:
-        record, ttl = cluster.record, cluster.ttl
+    def _decide(self, cluster: ClusterState, frame: Frame, request: Request, now: float) -> Answer:
+        record, ttl, grant = cluster.record, cluster.ttl, cluster.grant
+        sender, seq = frame.sender, frame.seq
+        new_grant = grant
         match request.op:
             case Op.ACQUIRE:
                 verdict = decide_request(
@@ -220,20 +222,23 @@ class Witness:
                     now=now,
                     ttl=request.ttl,
                 )
+                new_grant = granted_grant(record, grant, sender, Grant(frame.incarnation, seq))
                 yes, no = Outcome.GRANTED, Outcome.DENIED
             case Op.RENEW:
                 verdict = decide_renewal(record, requester=sender, now=now, ttl=request.ttl)
                 yes, no = Outcome.GRANTED, Outcome.LOST
             case Op.RELEASE:
-                freed = replace(record, holder=None, expires_at=None)
-                verdict = Verdict(True, freed if record.holder == sender else record)
-                yes, no = Outcome.RELEASED, Outcome.DENIED
+                verdict = decide_release(record, grant, sender, frame.incarnation, request)
+                new_grant = None
+                yes, no = Outcome.RELEASED, Outcome.LOST
         if not verdict.granted:
             return self._answer(sender, seq, no, record, now, verdict.reason)
         new_ttl = request.ttl if request.op is not Op.RELEASE else ttl
-        if (verdict.record, new_ttl) != (record, ttl):
+        if verdict.record.holder is None:
+            new_grant = None
+        if (verdict.record, new_ttl, new_grant) != (record, ttl, grant):
             try:
-                cluster.store.save(verdict.record, new_ttl, now=now)
+                cluster.store.save(verdict.record, new_ttl, now=now, grant=new_grant)
             except WitnessStateError as exc:
                 log.error(
                     "witness record not saved: refusing", cluster=cluster.name, error=str(exc)
@@ -241,7 +246,7 @@ class Witness:
                 return self._answer(
                     sender, seq, no, record, now, "the witness cannot save its record"
                 )
-            cluster.record, cluster.ttl = verdict.record, new_ttl
+            cluster.record, cluster.ttl, cluster.grant = verdict.record, new_ttl, new_grant
             log.info(
                 "witness record changed",
                 cluster=cluster.name,
@@ -249,6 +254,7 @@ class Witness:
                 node=sender,
                 holder=verdict.record.holder,
                 generation=str(verdict.record.generation),
+                grant=None if new_grant is None else f"{new_grant.incarnation}/{new_grant.seq}",
             )
         return self._answer(sender, seq, yes, verdict.record, now, verdict.reason)
 
@@ -260,6 +266,45 @@ class Witness:
         if record.holder is not None and record.expires_at is not None:
             left = min(max(record.expires_at - now, 0.0), MAX_TTL_MS / 1000)
         return Answer(node, seq, outcome, record.generation, left, reason)
+
+
+def granted_grant(record: LeaseRecord, grant: Grant | None, sender: str, asked: Grant) -> Grant:
+    """The grant an acquire ``asked`` (by ``sender``) holds once granted: its own,
+    unless ``sender`` already holds a later one of the same run (a retry of an
+    earlier acquire, delayed past it, does not take the name from the grant
+    the node heard last)."""
+    if (
+        record.holder == sender
+        and grant is not None
+        and grant.incarnation == asked.incarnation
+        and grant.seq > asked.seq
+    ):
+        return grant
+    return asked
+
+
+def decide_release(
+    record: LeaseRecord, grant: Grant | None, sender: str, incarnation: int, request: Request
+) -> Verdict:
+    """Free the lease only when ``request`` names the grant ``sender`` holds: the
+    seq of the acquire that was granted, by this run of the node
+    (``incarnation``), and its generation. Anything else (a release delayed
+    past a new grant to the same node, one of an older node that names no
+    grant, one for a lease held by the peer) is refused and changes nothing;
+    a release when nobody holds the lease is done (nothing to free)."""
+    if record.holder is None:
+        return Verdict(True, record, "nothing to release")
+    named = Grant(incarnation, request.grant_seq)
+    if record.holder != sender:
+        return Verdict(False, record, f"not yours any more: the lease is {record.holder}'s")
+    if request.grant_seq == 0 or grant != named or request.wanted != record.generation:
+        return Verdict(
+            False,
+            record,
+            f"not yours any more: this release names grant {named.incarnation}/{named.seq} "
+            f"of {request.wanted}, the lease is held under another grant",
+        )
+    return Verdict(True, replace(record, holder=None, expires_at=None))
 
 
 async def serve(

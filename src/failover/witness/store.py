@@ -1,10 +1,12 @@
 """The witness's durable record, one small JSON file per cluster.
 
 ``<state_dir>/clusters/<cluster>.json`` holds the cluster's ``LeaseRecord``
-(holder, generation, who was granted it, from which base) and the lease's
-``ttl``; ``expires_wall`` (wall clock) is written for ``failover witness
-status`` only. Every save is ``write_atomic`` (temporary file, fsync,
-rename, fsync of the directory): a crash leaves the old record or the new
+(holder, generation, who was granted it, from which base), the lease's
+``ttl`` and which grant the holder holds (``grant``: the incarnation and seq
+of the node's acquire request, the identity a release must name);
+``expires_wall`` (wall clock) is written for ``failover witness status``
+only. Every save is ``write_atomic`` (temporary file, fsync, rename, fsync
+of the directory): a crash leaves the old record or the new
 one, never a mix, and a record saved is on disk when ``save`` returns.
 
 The record's ``expires_at`` lives on the witness's monotonic clock, which
@@ -12,6 +14,11 @@ means nothing to the next run: ``load`` gives a held lease ``now + ttl``
 (invariant 4 of ``failover.witness``), never less than it can have had left.
 A record that cannot be read or parsed stops the witness with an error
 naming the file: guessing "free" could grant a lease another node holds.
+
+Schema 2 added ``grant``. A schema-1 file (written before) still loads, with
+no grant: a lease it holds cannot be released by name and runs out at its
+ttl (never freed by a release it cannot match). A witness of schema 1 refuses
+a schema-2 file with an error naming it.
 """
 
 from __future__ import annotations
@@ -27,11 +34,23 @@ from failover.core.state import INITIAL, Generation
 from failover.errors import UsageError
 from failover.fsutil import describe_error, write_atomic
 
-SCHEMA = 1
+SCHEMA = 2
+READABLE = (1, 2)
+"""Schemas ``read`` accepts (1: before ``grant``)."""
 
 
 class WitnessStateError(UsageError):
     """A record on disk cannot be read, parsed or written."""
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """Which grant a holder holds: the ``incarnation`` and ``seq`` of the node's
+    acquire request that was granted (a node's seq grows within a run, its
+    incarnation at every start, so the pair names one grant of that node)."""
+
+    incarnation: int
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +61,7 @@ class Saved:
     record: LeaseRecord
     ttl: float
     expires_wall: float | None
+    grant: Grant | None = None
 
 
 def _generation(value: Any, where: str) -> Generation:
@@ -54,6 +74,18 @@ def _generation(value: Any, where: str) -> Generation:
     ):
         raise ValueError(f"{where} must be [counter, origin], not {value!r}")
     return Generation(value[0], value[1])
+
+
+def _grant(value: Any, where: str) -> Grant | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or any(type(part) is not int or part < 0 for part in value)
+    ):
+        raise ValueError(f"{where} must be [incarnation, seq] or null, not {value!r}")
+    return Grant(value[0], value[1])
 
 
 def _optional_name(value: Any, where: str) -> str | None:
@@ -69,9 +101,12 @@ class ClusterStore:
         self.cluster = cluster
         self.path = state_dir / "clusters" / f"{cluster}.json"
 
-    def save(self, record: LeaseRecord, ttl: float, *, now: float) -> None:
-        """Write ``record`` durably (``now``: the monotonic time ``record.expires_at``
-        counts on). Raises ``WitnessStateError``; the old record then stays."""
+    def save(
+        self, record: LeaseRecord, ttl: float, *, now: float, grant: Grant | None = None
+    ) -> None:
+        """Write ``record`` and the ``grant`` its holder holds durably (``now``: the
+        monotonic time ``record.expires_at`` counts on). Raises
+        ``WitnessStateError``; the old record then stays."""
         expires_wall = (
             None
             if record.expires_at is None or record.holder is None
@@ -86,6 +121,7 @@ class ClusterStore:
             "granted_from": [record.granted_from.counter, record.granted_from.origin],
             "ttl": ttl,
             "expires_wall": expires_wall,
+            "grant": None if grant is None else [grant.incarnation, grant.seq],
         }
         data = (json.dumps(document, sort_keys=True) + "\n").encode()
         try:
@@ -103,8 +139,12 @@ class ClusterStore:
             raise WitnessStateError(f"{self.path}: cannot read: {exc}") from exc
         try:
             document = json.loads(text)
-            if not isinstance(document, dict) or document.get("schema") != SCHEMA:
-                raise ValueError(f"not a schema {SCHEMA} witness record")
+            if not isinstance(document, dict) or document.get("schema") not in READABLE:
+                schema = document.get("schema") if isinstance(document, dict) else None
+                raise ValueError(
+                    f"schema {schema!r} is not one this witness reads "
+                    f"({', '.join(map(str, READABLE))}): a newer witness wrote it?"
+                )
             if document.get("cluster") != self.cluster:
                 raise ValueError(f"record of cluster {document.get('cluster')!r}")
             ttl = document["ttl"]
@@ -119,16 +159,17 @@ class ClusterStore:
                 granted_to=_optional_name(document["granted_to"], "granted_to"),
                 granted_from=_generation(document["granted_from"], "granted_from"),
             )
+            grant = _grant(document.get("grant"), "grant") if document["schema"] >= 2 else None
         except (ValueError, KeyError, TypeError) as exc:
             raise WitnessStateError(f"{self.path}: not a valid witness record: {exc}") from None
-        return Saved(self.cluster, record, float(ttl), expires_wall)
+        return Saved(self.cluster, record, float(ttl), expires_wall, grant)
 
-    def load(self, *, now: float) -> tuple[LeaseRecord, float]:
-        """The record to serve from after a (re)start, and its ttl: a held lease
-        runs ``ttl`` from ``now`` (the monotonic clock of this run)."""
+    def load(self, *, now: float) -> tuple[LeaseRecord, float, Grant | None]:
+        """The record to serve from after a (re)start, its ttl and its holder's
+        grant: a held lease runs ``ttl`` from ``now`` (this run's monotonic clock)."""
         saved = self.read()
         if saved is None:
-            return LeaseRecord(generation=INITIAL), 0.0
+            return LeaseRecord(generation=INITIAL), 0.0, None
         record = saved.record
         if record.holder is not None:
             record = LeaseRecord(
@@ -138,4 +179,4 @@ class ClusterStore:
                 granted_to=record.granted_to,
                 granted_from=record.granted_from,
             )
-        return record, saved.ttl
+        return record, saved.ttl, saved.grant if record.holder is not None else None
