@@ -23,7 +23,11 @@ seconds, at least 4). Cutting ``lan`` and ``crossover`` then separates the
 nodes but not from the arbitrator; cutting ``arb`` separates one node from the
 arbitrator only. ``ARBITRATORS`` maps each ``--arbitrator`` to a function that
 builds it in the lab (an ``Arbiter``: its cluster file section, start, kill,
-pause, resume); another kind is one more entry there.
+pause, resume); another kind is one more entry there. With ``--arbitrator
+ping`` the arbitrator namespace runs nothing: its own address on ``arb`` is
+pinged (ICMP), killing or pausing it sets its link down, and the cluster's
+``dead_timeout`` and ``startup_timeout`` are raised to what ping needs
+(``ping_timing``; the lease must then be at least 5 s).
 
 The application is a writer (``bench/_campaign_app.py``) started by the
 serving node's start script and stopped by its stop script: numbered records,
@@ -410,10 +414,61 @@ def etcd(lab: Lab, work: Path, key: Path) -> Arbiter:
     return EtcdServer(work / "etcd", host, client_port=2379, peer_port=2380, prefix=prefix)
 
 
+class PingTarget:
+    """A ping witness: the arbitrator namespace's address on ``arb``, answered by
+    that namespace's kernel (ICMP). Killing it sets its link down (nothing
+    answers any more); so does pausing it (a kernel does not pause)."""
+
+    def __init__(self, lab: Lab) -> None:
+        self.lab = lab
+        self.up = False
+
+    def arbitrator(self, lease_ttl: int) -> dict[str, Any]:
+        # two probes of 0.3 s per call: renewed in time from a lease of 5 s
+        # (the config checks it, docs/arbitration.md, ping)
+        host = self.lab.address(ARBITRATOR, ARB_NETWORK)
+        return {
+            "type": "ping",
+            "address": host,
+            "lease_ttl": lease_ttl,
+            "probe_count": 2,
+            "probe_timeout": 0.3,
+        }
+
+    def start(self) -> None:
+        self.lab.link_up(ARBITRATOR, ARB_NETWORK)
+        self.up = True
+
+    def running(self) -> bool:
+        return self.up
+
+    def kill(self) -> None:
+        self.lab.link_down(ARBITRATOR, ARB_NETWORK)
+        self.up = False
+
+    pause = kill
+    resume = start
+
+
+def ping(lab: Lab, work: Path, key: Path) -> Arbiter:
+    """The arbitrator namespace's own address, pinged (no process, no key)."""
+    return PingTarget(lab)
+
+
+def ping_timing(profile: str, lease_ttl: int) -> dict[str, float]:
+    """``cluster.timing`` with a ping witness: nobody makes the peer wait for
+    the holder's lease, so the peer may ask only once an isolated holder has
+    stopped: ``dead_timeout >= lease_ttl + heartbeat_interval`` and
+    ``startup_timeout >= lease_ttl`` (the config refuses less)."""
+    beat = PROFILES[profile].heartbeat_interval
+    return {"dead_timeout": round(lease_ttl + beat + 0.1, 3), "startup_timeout": float(lease_ttl)}
+
+
 ARBITRATORS: dict[str, Callable[[Lab, Path, Path], Arbiter] | None] = {
     "none": None,
     "witness": witness,
     "etcd": etcd,
+    "ping": ping,
 }
 """``--arbitrator``: how to build each kind in a lab (see the module docstring)."""
 
@@ -553,6 +608,11 @@ class Pair:
                 **(
                     {"arbitrator": self.arbiter.arbitrator(self.lease_ttl)}
                     if self.arbiter is not None
+                    else {}
+                ),
+                **(
+                    {"timing": ping_timing(self.profile, self.lease_ttl)}
+                    if self.kind == "ping"
                     else {}
                 ),
             },
@@ -899,8 +959,12 @@ class Campaign:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         self.args = args
         self.work = work
-        self.dead = PROFILES[args.profile].dead_timeout
         self.lease_ttl: int = args.lease_ttl
+        self.dead = (
+            ping_timing(args.profile, self.lease_ttl)["dead_timeout"]
+            if args.arbitrator == "ping"
+            else PROFILES[args.profile].dead_timeout
+        )
         self.totals = Totals(seed=args.seed, rounds_wanted=args.rounds, arbitrator=args.arbitrator)
         self.kinds = tuple(args.faults)
         self.pairs = 0
@@ -1525,6 +1589,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"{', '.join(ARBITRATOR_FAULTS)} need --arbitrator")
     if args.lease_ttl < 4:
         parser.error("--lease-ttl must be at least 4 (a renewal every 2 s, a margin of 1 s)")
+    if args.arbitrator == "ping" and args.lease_ttl < 5:
+        parser.error("--lease-ttl must be at least 5 with ping (its calls fit between renewals)")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.seed is None:
