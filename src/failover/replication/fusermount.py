@@ -143,7 +143,8 @@ def _receive_descriptor(sock: socket.socket, timeout: float) -> int | None:
     """The descriptor fusermount3 sends once the mount is made; None if it ended first."""
     sock.settimeout(timeout)
     try:
-        _, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        # close-on-exec from the start: no process started meanwhile inherits it
+        _, fds, _, _ = socket.recv_fds(sock, 1, 1, socket.MSG_CMSG_CLOEXEC)
     except (OSError, TimeoutError):
         return None
     return fds[0] if fds else None
