@@ -1077,6 +1077,19 @@ class Mirror:
     def mounted(self) -> bool:
         return self._mount is not None and not self._mount.ended.is_set()
 
+    def answering(self) -> bool:
+        """Mounted and its connection alive: False once the loop ended or the
+        connection was aborted (a fence), the mount dead (``ENOTCONN``). Asks the
+        kernel (a ``stat`` of the path): call it from a thread other than the
+        mirror's own, never while the process that serves it is stopped."""
+        if not self.mounted:
+            return False
+        try:
+            os.stat(self.path)
+        except OSError as exc:
+            return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED)
+        return True
+
     @property
     def backing_fd(self) -> int:
         """The directory under the mount, opened before mounting: the way to reach the real
