@@ -50,6 +50,7 @@ from typing import Any
 from _needs import FUSE, NETNS, ensure, fuse_device_reason, require
 from pg_failover import POSTGRESQL, BenchError, pg_restarts, run_script, wait_for
 
+from failover.replication.fusermount import mirror_mounts
 from failover.testing.postgres import (
     EXAMPLE_SCRIPTS,
     PG_USER,
@@ -255,7 +256,8 @@ def main() -> int:
             with contextlib.suppress(Exception):
                 plane.stop()
         for path in (work / "mirror", work / "peer"):
-            if os.path.ismount(path):
+            # a killed process's mirror stays, dead: ismount (a stat) does not see it
+            if os.path.ismount(path) or mirror_mounts([str(path)]):
                 subprocess.run(["umount", "-l", str(path)], check=False)
         shutil.rmtree(work, ignore_errors=True)
     figures = report(rounds, entries) if rounds else {}

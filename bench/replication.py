@@ -63,6 +63,7 @@ from typing import IO, Any
 from _needs import FUSE, NETNS, TC, ensure, fuse_device_reason, require  # the same directory
 
 from failover.lab import Lab, netns_unavailable_reason
+from failover.replication.fusermount import mirror_mounts
 
 MIB = 1 << 20
 LAB = Path(__file__).with_name("_replication_lab.py")
@@ -293,7 +294,8 @@ def stop_roles(roles: list[Role], work: Path) -> None:
         with contextlib.suppress(Exception):
             role.stop()
     for path in work.iterdir():
-        if os.path.ismount(path):
+        # a killed process's mirror stays, dead: ismount (a stat) does not see it
+        if os.path.ismount(path) or mirror_mounts([str(path)]):
             subprocess.run(["umount", "-l", str(path)], check=False)
 
 

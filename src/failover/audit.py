@@ -437,6 +437,20 @@ class Timeline:
     """The first record of each boot whose ``start`` record is not in the journals
     read (rotated away, or a file not given): as after a gap, what the node's
     records show from there to its next start may miss what came before."""
+    fences: list[tuple[float, float]] = field(default_factory=list)
+    """(``fenced_at``, the record's ``mono``) of each fence the daemon journalled when
+    it resumed, every step of it done (``ok``): its watchdog had stopped the
+    application and released the address (and aborted the mirrors) at
+    ``fenced_at``, while the stalled daemon wrote nothing (``fenced``)."""
+
+    def fenced(self, mono: float) -> bool:
+        """True when at ``mono`` this node was stalled after a successful fence: its
+        last record before ``mono`` is older than the fence, and the record that
+        journalled the fence comes after ``mono``. What its last record shows
+        (a serving state) is then its stalled daemon's belief, not its service."""
+        index = bisect_left(self.monos, mono) - 1
+        last = self.monos[index] if index >= 0 else -math.inf
+        return any(last <= at <= mono < end for at, end in self.fences)
 
     def build(self) -> None:
         now = Snapshot(-math.inf)
@@ -484,6 +498,9 @@ class Timeline:
                 now.state = "stop"
                 now.links = dict.fromkeys(now.links, False)
             elif kind == "resource":
+                fenced_at = record.get("fenced_at")
+                if _number(fenced_at) and record.get("ok") is True:
+                    self.fences.append((float(fenced_at), record.mono))
                 if record.get("action") == "start" and record.get("phase") == "begin":
                     now.held = True
                 elif record.get("action") == "stop" and record.get("phase") in (
@@ -690,7 +707,7 @@ class _Audit:
         if peer is None or self.unjudged(record.mono, [node, peer.node], "S1"):
             return
         other = peer.at(record.mono)
-        if other is None or not other.serving:
+        if other is None or not other.serving or peer.fenced(record.mono):
             return
         forced = record.kind == "transition" and bool(record.get("forced"))
         if forced or other.forced:  # the operator's choice, with an arbitrator too

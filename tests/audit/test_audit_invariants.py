@@ -186,6 +186,33 @@ def test_s1_a_fence_journalled_by_the_daemon_and_again_by_its_watchdog(tmp_path:
     assert run(tmp_path, alpha, beta).ok
 
 
+@pytest.mark.parametrize(
+    ("fenced_after", "ok", "violation"),
+    [
+        (9.0, True, False),  # fenced before beta's takeover: one server
+        (10.5, True, True),  # the fence ended only after beta served: two servers
+        (9.0, False, True),  # a fence that failed: the application may still run
+    ],
+)
+def test_s1_a_stalled_daemon_fenced_by_its_watchdog_journals_it_when_it_resumes(
+    tmp_path: Path, fenced_after: float, ok: bool, violation: bool
+) -> None:
+    """alpha's daemon stalls while it serves (its journal pauses, its state still
+    primary); its watchdog fences at ``fenced_after``; beta takes over at t + 10;
+    alpha resumes at t + 12 and journals the fence with ``fenced_at``. One server
+    only if the fence succeeded and ended before beta's takeover."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    beta_takes_over(beta, t + 10)
+    alpha.app(t + 12, "stop", "end").records[-1].update(fenced_at=t + fenced_after, ok=ok)
+    report = run(tmp_path, alpha, beta)
+    if not violation:
+        assert report.ok, report
+        return
+    assert kinds(report) == ["S1"], report
+    assert "while alpha served (in primary" in report.violations[0].why
+
+
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
     tmp_path: Path,
 ) -> None:

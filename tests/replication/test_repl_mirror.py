@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,42 +111,103 @@ def test_mount_of_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
         Mirror("data", tmp_path / "missing", None).mount()
 
 
+_SERVE = (
+    "import sys; from pathlib import Path; from failover.replication.mirror import Mirror\n"
+    "m = Mirror('data', Path(sys.argv[1]), None); m.mount()\n"
+    "print('mounted', flush=True); sys.stdin.read()\n"
+)
+
+
+class _Writer(threading.Thread):
+    """The campaign's application: a record then an fsync, again and again; on an error
+    it closes the file and opens it again by name (an application that keeps trying).
+    ``acked`` holds, for each fsync that returned success, when that fsync began."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self.acked: list[float] = []
+        self.errors: list[int] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        fd, number = -1, 0
+        while not self.stop.is_set():
+            began = time.monotonic()
+            try:
+                if fd < 0:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.pwrite(fd, b"%08d\n" % number, number * 9)
+                os.fsync(fd)
+            except OSError as exc:
+                self.errors.append(exc.errno)
+                if fd >= 0:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                    fd = -1
+                self.stop.wait(0.01)
+                continue
+            self.acked.append(began)
+            number += 1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
-def test_a_killed_daemon_dies_of_its_signal_and_leaves_no_dead_mount(
+def test_a_killed_daemon_leaves_its_mirror_dead_and_nothing_acknowledged(
     tmp_path: Path, sig: signal.Signals
 ) -> None:
-    """kill -9: auto_unmount removes the mount. SIGTERM: the process keeps its own handling
-    (default: die); libfuse's loop does not swallow it and unmount behind its back."""
+    """The fence's invariant (replication/fusermount.py): once the process serving the
+    mirror is dead, no fsync begun through the mirror's path returns success (the
+    directory underneath is never uncovered under the writer), and the process died of
+    its signal (libfuse's loop does not swallow SIGTERM). The next mount of the path
+    detaches the dead mirror; the directory holds every byte."""
     directory = tmp_path / "data"
     directory.mkdir()
     (directory / "f").write_bytes(b"survives")
-    program = (
-        "import sys; from pathlib import Path; from failover.replication.mirror import Mirror\n"
-        "m = Mirror('data', Path(sys.argv[1]), None); m.mount()\n"
-        "print('mounted', flush=True); sys.stdin.read()\n"
-    )
     child = subprocess.Popen(
-        [sys.executable, "-c", program, str(directory)],
+        [sys.executable, "-c", _SERVE, str(directory)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
+    writer = _Writer(directory / "records")
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"mounted\n"
         assert os.path.ismount(directory)
+        writer.start()
+        deadline = time.monotonic() + 10
+        while len(writer.acked) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)  # a bounded poll of the writer's progress
+        assert len(writer.acked) >= 5, "the writer made no progress through the mirror"
         child.send_signal(sig)
         assert child.wait(10) == -sig
-        deadline = time.monotonic() + 10
-        while _in_mount_table(directory) and time.monotonic() < deadline:
-            time.sleep(0.02)  # fusermount3 notices the closed device on its own schedule
+        dead = time.monotonic()
+        writer.stop.wait(0.5)  # the writer keeps trying meanwhile
+        writer.stop.set()
+        writer.join(10)
+        after = [began for began in writer.acked if began > dead]
+        assert after == [], f"{len(after)} fsync(s) begun after the death returned success"
+        assert set(writer.errors) <= {errno.ENOTCONN, errno.ECONNABORTED}, writer.errors
+        assert writer.errors, "the writer saw no error after the death"
+        assert _in_mount_table(directory)
+        with pytest.raises(OSError) as raised:
+            (directory / "f").read_bytes()
+        assert raised.value.errno == errno.ENOTCONN
+        with Mirror("data", directory, None):  # detaches the dead mirror first
+            assert (directory / "f").read_bytes() == b"survives"
         assert not _in_mount_table(directory)
         assert (directory / "f").read_bytes() == b"survives"
+        acked = b"".join(b"%08d\n" % n for n in range(len(writer.acked)))
+        assert (directory / "records").read_bytes().startswith(acked)  # every acked record
     finally:
+        writer.stop.set()
         if child.poll() is None:
             child.kill()
             child.wait()
-        if _in_mount_table(directory):
+        while _in_mount_table(directory):
             subprocess.run(["umount", "-l", str(directory)], check=False)
 
 

@@ -29,6 +29,7 @@ from failover.replication import resync_attempt
 from failover.replication.channel import AckLevel, ChannelSettings, SessionIdentity
 from failover.replication.channel_session import greet_as_primary, greet_as_secondary
 from failover.replication.directories import directories_hold_data
+from failover.replication.fusermount import abort_connections
 from failover.replication.quarantine import list_quarantines, load_manifest
 from failover.replication.receiving import MAX_HANDSHAKES
 from failover.replication.resync_wire import ResyncRequest
@@ -910,3 +911,22 @@ async def test_the_status_keeps_its_documented_fields(tmp_path: Path) -> None:
         assert set(status["sender"]) >= {"ops_sent", "bytes_sent", "acked", "quiet"}
         assert beta.plane.status()["sessions_received"] == 1
         assert beta.plane.status()["mode"] == "read-only"
+
+
+async def test_mirrors_aborted_by_a_fence_are_mounted_again_to_serve(tmp_path: Path) -> None:
+    """The watchdog's fence aborts the serving node's mirrors (the daemon stalled);
+    when the core then starts the application again (a restart keeps the node
+    serving), ``serve`` mounts them again: the application writes through live,
+    replicating mirrors, never dead ones."""
+    async with pair(tmp_path) as (alpha, beta):
+        await alpha.plane.serve()
+        await alpha.plane.start_replication()
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "before", b"1\n")
+        assert abort_connections([str(alpha.root)]) == "aborted 1"
+        with pytest.raises(OSError) as dead:
+            await anyio.to_thread.run_sync(write_synced, alpha.root / "during", b"no\n")
+        assert dead.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+        await alpha.plane.serve()
+        await anyio.to_thread.run_sync(write_synced, alpha.root / "after", b"2\n")
+        assert (alpha.root / "before").read_bytes() == b"1\n"
+        assert (beta.root / "after").read_bytes() == b"2\n"  # replicated again

@@ -70,6 +70,11 @@ class Directories:
             await anyio.to_thread.run_sync(self.unmount)
             await self.mount(listener)
 
+    def answering(self) -> bool:
+        """Every mirror mounted and alive (``Mirror.answering``): False after the
+        watchdog's fence aborted them (blocking: run it in a worker thread)."""
+        return all(mirror.answering() for mirror in self.mirrors.values())
+
     def backing_fds(self) -> dict[str, int]:
         return {name: mirror.backing_fd for name, mirror in self.mirrors.items()}
 

@@ -41,6 +41,7 @@ FIFOs and sockets cannot be created (no op record for them; ``ENOSYS``).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -57,7 +58,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from failover.errors import UsageError
-from failover.replication.fusermount import FuseMount, fuse_mount
+from failover.replication.fusermount import FuseMount, detach_dead, fuse_mount
 from failover.replication.ops import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -1033,9 +1034,12 @@ class Mirror:
     """One replicated directory served through FUSE at its own path.
 
     ``mount()`` opens ``path``, mounts over it and returns once the kernel's first request
-    was answered (the mount is live); the FUSE loop runs in a background thread. The mount
-    uses ``auto_unmount``: if the process dies (even by kill -9), fusermount3 removes it,
-    leaving the directory as it was with all the data. ``unmount()`` unmounts and waits for
+    was answered (the mount is live); the FUSE loop runs in a background thread. If the
+    process dies (even by kill -9), or the watchdog aborts the connection, the mount stays
+    over the directory, dead (every request fails): nothing the application writes after
+    that is acknowledged, nor lands unreplicated in the directory underneath (see
+    ``replication/fusermount.py``). The next ``mount()`` of the path detaches such a dead
+    mirror first; the directory holds all the data. ``unmount()`` unmounts and waits for
     the thread; while files are open it refuses with ``UsageError`` (the mount stays), unless
     ``lazy``: then the mount is detached at once and its loop ends when the last file closes.
     ``read_only=True`` is the secondary's view: every change is refused with ``EROFS``.
@@ -1073,6 +1077,19 @@ class Mirror:
     def mounted(self) -> bool:
         return self._mount is not None and not self._mount.ended.is_set()
 
+    def answering(self) -> bool:
+        """Mounted and its connection alive: False once the loop ended or the
+        connection was aborted (a fence), the mount dead (``ENOTCONN``). Asks the
+        kernel (a ``stat`` of the path): call it from a thread other than the
+        mirror's own, never while the process that serves it is stopped."""
+        if not self.mounted:
+            return False
+        try:
+            os.stat(self.path)
+        except OSError as exc:
+            return exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED)
+        return True
+
     @property
     def backing_fd(self) -> int:
         """The directory under the mount, opened before mounting: the way to reach the real
@@ -1097,6 +1114,7 @@ class Mirror:
         if self._mount is not None:
             raise UsageError(f"{self.path}: the mirror {self.root_name!r} is already mounted")
         try:
+            detach_dead(str(self.path))  # left by a daemon killed or fenced: the app is stopped
             fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
             raise UsageError(f"replicated directory {self.path}: {exc.strerror}") from exc
@@ -1127,8 +1145,8 @@ class Mirror:
             raise UsageError(f"cannot mount the FUSE mirror on {self.path}: {reason}")
 
     def _mount_options(self) -> dict[str, bool | str]:
-        """The kernel's mount options (``auto_unmount`` is always added: if the
-        process dies, even by kill -9, fusermount3 removes the mount)."""
+        """The kernel's mount options (never ``auto_unmount``: a dead mirror must stay
+        dead over the directory, see ``replication/fusermount.py``)."""
         return {
             "fsname": f"failover:{self.root_name}",
             "subtype": "failover",
@@ -1178,7 +1196,10 @@ class Mirror:
     def _stop(self, lazy: bool) -> None:
         state = self._mount
         assert state is not None and state.thread is not None
-        if not state.ended.is_set() and self._ours_on_top(state):
+        if state.ended.is_set():  # aborted (a fence) or unmounted from outside
+            with contextlib.suppress(OSError):
+                detach_dead(str(self.path))
+        elif self._ours_on_top(state):
             try:
                 flags = _MNT_DETACH if lazy else 0
                 _checked(_libc.umount2(os.fsencode(self.path), flags), "umount")

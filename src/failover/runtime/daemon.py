@@ -809,6 +809,10 @@ class Daemon:
             journal=str(self.journal.path),
             node=self.name,
             boot=self.journal.boot,
+            # the mirrors the application writes through: aborted first (watchdog.py)
+            mirrors=()
+            if self.config.replication is None
+            else tuple(str(d.path) for d in self.config.replication.directories),
         )
 
     async def _after_previous_watchdog(self) -> None:

@@ -122,8 +122,10 @@ class DataPlane:
         self._group.start_soon(self.report, event)
 
     async def serve(self) -> None:
-        """Read-write for the application, never while a set-aside moves files."""
-        if not self.serving:
+        """Read-write for the application, never while a set-aside moves files; and
+        mounted again when the watchdog's fence aborted the mirrors while this node
+        served (its application is started again on live mirrors, never dead ones)."""
+        if not self.serving or not await anyio.to_thread.run_sync(self.directories.answering):
             self.receiving.stop()
             async with self.target.settled():
                 await self.directories.remount(self.sending.relay)

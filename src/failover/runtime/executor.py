@@ -348,8 +348,11 @@ class ActionExecutor:
                 failure = await self.app.start(self.repeat_in)
                 return self._started("start", failure)
             case fx.RestartApp():
-                # the VIP, the mirrors (read-write) and the replication stay as they are
+                # the VIP, the mirrors (read-write) and the replication stay as they are,
+                # unless the watchdog's fence aborted the mirrors: then mounted again
                 self._note("restart", "begin")
+                if self.data is not None:
+                    await self.data.serve()
                 return self._started("restart", await self.app.restart(self.repeat_in))
             case fx.StopApp():
                 return await self.stop_app()

@@ -34,6 +34,14 @@ JSON line: what to fence and how), then feeds (one JSON line each:
 ``{"deadline": <CLOCK_MONOTONIC seconds> | null}``). At the deadline without a
 newer feed it fences, each step logged:
 
+0. the FUSE connections of the replicated directories' mirrors aborted
+   (``replication/fusermount.py``, through ``/sys/fs/fuse/connections``): an
+   application blocked in the mirror of a stopped daemon (a request it will
+   not answer while stopped) gets its error at once and can be ended, and
+   nothing written through the mirror is acknowledged after the fence. The
+   mounts stay, dead, over the directories (never the directory itself
+   uncovered under the application), until the next mount detaches them.
+   Done even without a start marker: the node serves, its mirrors too.
 1. SIGKILL to the foreground command's process group, as the application's
    start marker names it (PID and start time: a PID reused since is left
    alone; a leader gone with its group still there is killed by group, whose
@@ -115,6 +123,7 @@ from failover.fsutil import write_atomic
 from failover.platform.application import MARKER_MAX, marked_group
 from failover.platform.scripts import KILL_GRACE, run_script
 from failover.platform.vip import VipError, VirtualAddress, VirtualIP
+from failover.replication.fusermount import abort_connections
 
 log = structlog.get_logger("failover.watchdog")
 
@@ -150,6 +159,8 @@ class Plan:
     journal: str | None = None
     node: str = ""
     boot: int = 0
+    # the replicated directories: their mirrors' FUSE connections are aborted first
+    mirrors: tuple[str, ...] = ()
 
     def to_line(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -167,6 +178,7 @@ class Plan:
         if not isinstance(data, dict):
             raise ValueError("the plan is not a JSON object")
         data["addresses"] = tuple((str(a), str(i)) for a, i in data.get("addresses", ()))
+        data["mirrors"] = tuple(str(path) for path in data.get("mirrors", ()))
         return cls(**data)
 
     @property
@@ -362,13 +374,16 @@ class Watch:
         late = round(self.clock() - deadline, 3)
         log.error("fencing the application", why=why, late=late)
         notice: dict[str, Any] = {"why": why, "deadline": deadline, "late": late}
+        steps: dict[str, str] = {}
+        if self.plan.mirrors:
+            steps["abort"] = self._abort()
+            notice["aborted_at"] = self.clock()
         content = self._marker()
         if content is None:
             log.info("no start marker: the application is stopped, nothing to fence")
-            notice["steps"], notice["at"] = {}, self.clock()
+            notice["steps"], notice["at"] = steps, self.clock()
             self.last_notice = notice
             return notice
-        steps: dict[str, str] = {}
         steps["kill"] = self._kill(content)
         notice["killed_at"] = self.clock()
         self._hint(notice)
@@ -385,6 +400,17 @@ class Watch:
             log.critical("the fence failed: the watchdog device is no longer fed", steps=steps)
         self._record(notice)
         return notice
+
+    def _abort(self) -> str:
+        """Abort the mirrors' FUSE connections: every request of the application pending
+        in them fails, and every later one, even while the daemon serving them is stopped
+        (its loop stalled); nothing written through them is acknowledged any more."""
+        result = abort_connections(self.plan.mirrors)
+        if result.startswith("failed"):
+            log.error("cannot abort the replicated directories' mirrors", result=result)
+        else:
+            log.warning("mirrors' connections aborted", result=result)
+        return result
 
     def _marker(self) -> bytes | None:
         try:
