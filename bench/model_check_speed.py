@@ -42,6 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _needs import Need, ensure  # the same directory
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Each check is a Python expression building a ModelReport, run in a fresh
@@ -140,6 +142,8 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     args = parser.parse_args()
+    if args.baseline:  # a worktree of REV
+        ensure("model_check_speed.py", [Need("git", command="git")])
     names = args.only or list(CHECKS)
     parallel = not args.serial
     print(f"load average before: {loadavg()}; {os.cpu_count()} CPUs; parallel={parallel}")
