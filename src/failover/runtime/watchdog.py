@@ -19,7 +19,11 @@ outlive the last deadline the loop gave. That deadline is:
   should not cost a fence either. It is counted from the last heartbeat the
   core *emitted* (sent or not: a node serving alone, its links down, still
   emits them), not from the last feed: a feed made on the timer between two
-  heartbeats must not push the deadline past what the peer counts.
+  heartbeats must not push the deadline past what the peer counts. None
+  while the peer's last word is its announced stop (it takes nothing over).
+
+The core derives it (``core.facts.watchdog_deadline``) from its facts and the
+runtime's last heartbeat.
 
 Only the loop feeds: it sends the deadline after each of its steps and on a
 timer (``Daemon._feed_watchdog``), or "no deadline" (``None``) while the node
