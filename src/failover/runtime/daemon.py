@@ -833,7 +833,12 @@ class Daemon:
             return None
         beat = anyio.current_time() if self._last_beat is None else self._last_beat
         facts = self.node.facts
-        return watchdog_deadline(self.node.settings, facts.lease, facts.peer, beat)
+        # Degraded, the core is frozen and what the peer announced since waits with
+        # the held events: an observation the deadline must not miss (a peer that
+        # announced its stop takes nothing over; one heard again after it does).
+        held = self._held.newest_peer() if self._fault is not None else None
+        peer = facts.peer if held is None else held
+        return watchdog_deadline(self.node.settings, facts.lease, peer, beat)
 
     async def _feed_watchdog(self, watchdog: WatchdogClient) -> None:
         """Feed the deadline after each step of the loop and each action's progress
