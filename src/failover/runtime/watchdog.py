@@ -409,7 +409,10 @@ class Watch:
         """Abort the mirrors' FUSE connections: every request of the application pending
         in them fails, and every later one, even while the daemon serving them is stopped
         (its loop stalled); nothing written through them is acknowledged any more."""
-        result = abort_connections(self.plan.mirrors)
+        try:
+            result = abort_connections(self.plan.mirrors)
+        except Exception as exc:  # step 0 never keeps the kill and the release from running
+            result = f"failed: {type(exc).__name__}: {exc}"
         if result.startswith("failed"):
             log.error("cannot abort the replicated directories' mirrors", result=result)
         else:
