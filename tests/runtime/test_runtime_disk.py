@@ -189,6 +189,18 @@ async def pair(
             tg.cancel_scope.cancel()
 
 
+async def paired(
+    tg: anyio.abc.TaskGroup, config: ClusterConfig, tmp_path: Path
+) -> tuple[Watched, Watched]:
+    """Both daemons launched and paired: the primary (its application started) and
+    the secondary."""
+    nodes = [await launch(tg, config, node) for node in NODES]
+    await wait_until(lambda: sorted(w.status()["state"] for w in nodes) == ["primary", "secondary"])
+    server = next(w for w in nodes if w.status()["state"] == "primary")
+    await wait_until((tmp_path / f"running-{server.daemon.name}").exists)
+    return server, next(w for w in nodes if w is not server)
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_serving_node_whose_disk_fails_serves_on_degraded_and_resumes_in_order(
     tmp_path: Path, fault: str
@@ -288,14 +300,8 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
     tmp_path: Path,
 ) -> None:
     async with pair(tmp_path, timeout=1) as (config, tg):
-        nodes = {node: await launch(tg, config, node) for node in NODES}
-        await wait_until(
-            lambda: sorted(w.status()["state"] for w in nodes.values()) == ["primary", "secondary"]
-        )
-        server = next(w for w in nodes.values() if w.status()["state"] == "primary")
-        peer = next(w for w in nodes.values() if w is not server)
+        server, peer = await paired(tg, config, tmp_path)
         name = server.daemon.name
-        await wait_until((tmp_path / f"running-{name}").exists)
         durable = server.daemon.store.load()
         filler = FullDisk(server.daemon)
         filler.fail()
@@ -333,15 +339,9 @@ async def test_a_degraded_node_whose_peer_announced_its_stop_is_not_fenced_for_a
     is frozen, still counting the peer as its secondary), yet nobody takes over from
     it: a stall of its event loop longer than the dead timeout costs no fence."""
     async with pair(tmp_path) as (config, tg):
-        nodes = {node: await launch(tg, config, node) for node in NODES}
-        await wait_until(
-            lambda: sorted(w.status()["state"] for w in nodes.values()) == ["primary", "secondary"]
-        )
-        server = next(w for w in nodes.values() if w.status()["state"] == "primary")
-        peer = next(w for w in nodes.values() if w is not server)
+        server, peer = await paired(tg, config, tmp_path)
         name = server.daemon.name
         running, stopped = tmp_path / f"running-{name}", tmp_path / f"stopped-{name}"
-        await wait_until(running.exists)
         await wait_until(lambda: server.status()["substatus"] == "ready")
         StoreFault(server.daemon, errno.EROFS).fail()
         await peer.daemon.shutdown("test")

@@ -9,6 +9,7 @@ processes, or waiting for a deadline to have passed (the property itself).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import json
@@ -309,6 +310,20 @@ async def test_a_new_daemon_waits_for_the_previous_watchdog_to_end(rig: Rig) -> 
     assert await wait_for_previous(lock, BOUND) is True
 
 
+@contextlib.contextmanager
+def marked_app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """An application (``sleep``, in a group of its own) and its start marker."""
+    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        marker = tmp_path / "application.started"
+        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+        yield app, marker
+    finally:
+        if app.poll() is None:
+            app.kill()
+        app.wait()
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -324,10 +339,7 @@ def test_a_feed_made_after_the_standing_deadline_does_not_save_it(
     """Read late by a slow watchdog, a feed counts by when the loop made it: made
     before the standing deadline (9) it saves the application, made at or after
     it (10: the loop was stalled until then) the standing deadline is fenced."""
-    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    try:
-        marker = tmp_path / "application.started"
-        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+    with marked_app(tmp_path) as (app, marker):
         plan = Plan(marker=str(marker), record=str(tmp_path / "fenced"), lock="unused")
         notices, clock = io.BytesIO(), FakeClock()
         watch = Watch(plan, notices, clock=clock)
@@ -341,10 +353,6 @@ def test_a_feed_made_after_the_standing_deadline_does_not_save_it(
             assert json.loads(notices.getvalue())[FENCED]["deadline"] == 10.0
             assert app.wait(timeout=BOUND) == -signal.SIGKILL
             assert watch.deadline == 20.0  # the loop runs again: armed anew
-    finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait()
 
 
 def test_a_failing_abort_of_the_mirrors_does_not_keep_the_kill_from_running(
@@ -358,10 +366,7 @@ def test_a_failing_abort_of_the_mirrors_does_not_keep_the_kill_from_running(
         raise RuntimeError("the mount table changed under us")
 
     monkeypatch.setattr("failover.runtime.watchdog.abort_connections", broken)
-    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    try:
-        marker = tmp_path / "application.started"
-        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+    with marked_app(tmp_path) as (app, marker):
         plan = Plan(
             marker=str(marker), record=str(tmp_path / "fenced"), lock="unused", mirrors=("/m",)
         )
@@ -369,10 +374,6 @@ def test_a_failing_abort_of_the_mirrors_does_not_keep_the_kill_from_running(
         assert notice["steps"]["abort"].startswith("failed: RuntimeError")
         assert notice["steps"]["kill"] == f"killed group {app.pid}"
         assert app.wait(timeout=BOUND) == -signal.SIGKILL
-    finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait()
 
 
 def test_no_directory_for_fusectl_is_a_failed_abort_not_an_error(
