@@ -27,8 +27,8 @@ runtime's last heartbeat.
 
 Only the loop feeds: it sends the deadline after each of its steps and on a
 timer (``Daemon._feed_watchdog``), or "no deadline" (``None``) while the node
-neither serves nor runs the application. A loop that stops feeding therefore
-leaves the last deadline standing.
+neither serves nor runs the application, or no peer can take over. A loop
+that stops feeding therefore leaves the last deadline standing.
 
 The watchdog is a process of its own (``python -m failover.runtime.watchdog``,
 in a session of its own so that a signal to the daemon's process group does
@@ -251,9 +251,9 @@ class Watch:
         if deadline is not None and self.fenced is not None and deadline <= self.fenced:
             return  # the deadline already fenced, sent again before the daemon learned it
         if deadline is not None and self.deadline is None:
-            log.info("armed: the node serves", seconds_left=round(deadline - self.clock(), 3))
+            log.info("armed", seconds_left=round(deadline - self.clock(), 3))
         elif deadline is None and self.deadline is not None:
-            log.info("disarmed: the node does not serve")
+            log.info("disarmed: the node does not serve, or no peer can take over")
         self.deadline = deadline
 
     def replan(self, plan: Plan) -> None:
