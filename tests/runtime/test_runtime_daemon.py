@@ -19,6 +19,7 @@ from runtime_support import MemoryNetwork, write_cluster
 from failover.config import load_config
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.facts import Lease
 from failover.core.state import Generation, Metadata, PeerStatus, Settings, State, SubStatus
 from failover.errors import UsageError
 from failover.runtime.daemon import Daemon, run_node
@@ -48,6 +49,7 @@ class FakeNode:
         self.in_sync_problem: str | None = "the peer was never heard"
         self.links = tuple((name, View()) for name in settings.links)
         self.app_started = False
+        self.lease = Lease()
         self.handled: list[ev.Event] = []
         FakeNode.instances.append(self)
 

@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from runtime_support import wait_until, write_cluster
 from failover.cli.controlcmd import render_status
 from failover.config import ClusterConfig, load_config
 from failover.core import events as ev
-from failover.core.state import Metadata, PeerStatus, State
+from failover.core.state import Generation, Metadata, PeerStatus, State, SubStatus
 from failover.platform.application import Application, Scripts
 from failover.platform.scripts import run_script
 from failover.replication.ops import Create
@@ -188,6 +189,18 @@ async def pair(
             tg.cancel_scope.cancel()
 
 
+async def paired(
+    tg: anyio.abc.TaskGroup, config: ClusterConfig, tmp_path: Path
+) -> tuple[Watched, Watched]:
+    """Both daemons launched and paired: the primary (its application started) and
+    the secondary."""
+    nodes = [await launch(tg, config, node) for node in NODES]
+    await wait_until(lambda: sorted(w.status()["state"] for w in nodes) == ["primary", "secondary"])
+    server = next(w for w in nodes if w.status()["state"] == "primary")
+    await wait_until((tmp_path / f"running-{server.daemon.name}").exists)
+    return server, next(w for w in nodes if w is not server)
+
+
 @pytest.mark.parametrize("fault", list(FAULTS))
 async def test_a_serving_node_whose_disk_fails_serves_on_degraded_and_resumes_in_order(
     tmp_path: Path, fault: str
@@ -287,14 +300,8 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
     tmp_path: Path,
 ) -> None:
     async with pair(tmp_path, timeout=1) as (config, tg):
-        nodes = {node: await launch(tg, config, node) for node in NODES}
-        await wait_until(
-            lambda: sorted(w.status()["state"] for w in nodes.values()) == ["primary", "secondary"]
-        )
-        server = next(w for w in nodes.values() if w.status()["state"] == "primary")
-        peer = next(w for w in nodes.values() if w is not server)
+        server, peer = await paired(tg, config, tmp_path)
         name = server.daemon.name
-        await wait_until((tmp_path / f"running-{name}").exists)
         durable = server.daemon.store.load()
         filler = FullDisk(server.daemon)
         filler.fail()
@@ -324,6 +331,32 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
         assert server.announced_unrecorded() == []
 
 
+async def test_a_degraded_node_whose_peer_announced_its_stop_is_not_fenced_for_a_stall(
+    tmp_path: Path,
+) -> None:
+    """The watchdog's deadline is the peer's takeover on our silence (runtime/watchdog.py).
+    A degraded node holds the peer's announced stop with every other event (its core
+    is frozen, still counting the peer as its secondary), yet nobody takes over from
+    it: a stall of its event loop longer than the dead timeout costs no fence."""
+    async with pair(tmp_path) as (config, tg):
+        server, peer = await paired(tg, config, tmp_path)
+        name = server.daemon.name
+        running, stopped = tmp_path / f"running-{name}", tmp_path / f"stopped-{name}"
+        await wait_until(lambda: server.status()["substatus"] == "ready")
+        StoreFault(server.daemon, errno.EROFS).fail()
+        await peer.daemon.shutdown("test")
+        await peer.done.wait()
+        await wait_until(lambda: server.status()["degraded"] is not None)
+        assert server.daemon.node.facts.peer.state is State.SECONDARY  # type: ignore[union-attr]
+        # the loop stalls (a blocking call; what CI's load did once): twice the
+        # dead timeout, well past the deadline a peer able to take over would set
+        time.sleep(2 * config.timing.dead_timeout)
+        await anyio.sleep(config.timing.dead_timeout)  # the watchdog acts at once
+        assert running.exists() and not stopped.exists()
+        assert not (config.node_dir(name) / "watchdog.fenced").exists()
+        assert server.daemon.app.running
+
+
 def test_held_events_keep_the_first_and_order_and_only_the_newest_per_link() -> None:
     held = HeldEvents()
     first = ev.Timer()
@@ -340,6 +373,31 @@ def test_held_events_keep_the_first_and_order_and_only_the_newest_per_link() -> 
     assert held.first() == ev.AppStarted()
     assert held.done_first() == ev.AppStarted()
     assert held.first() == ev.LinkFailed("lan", "b")
+
+
+def test_held_events_tell_what_the_peer_announced_last() -> None:
+    """The watchdog's deadline of a degraded node reads it: a peer heard again after
+    its stop (on any link) counts again."""
+    generation = Generation(1, "alpha")
+
+    def heard(link: str, state: State) -> ev.HeartbeatReceived:
+        status = PeerStatus("beta", state, SubStatus.READY, generation, generation, True, "")
+        return ev.HeartbeatReceived(link, status)
+
+    held = HeldEvents()
+    assert held.newest_peer() is None
+    held.hold(heard("lan", State.STOP))
+    held.hold(ev.AppStarted())
+    assert held.newest_peer() == heard("lan", State.STOP).status
+    held.hold(heard("backup", State.WAIT))
+    held.hold(ev.LinkFailed("backup", "down"))  # replaces that heartbeat in the queue
+    assert held.newest_peer() == heard("backup", State.WAIT).status
+    held.hold(heard("lan", State.STOP))
+    assert held.newest_peer() == heard("lan", State.STOP).status
+    while held:
+        held.done_first()
+    held.hold(ev.AppStarted())  # a new episode: nothing of the last one
+    assert held.newest_peer() is None
 
 
 def test_held_events_keep_one_resync_failure_however_often_the_peer_retries() -> None:

@@ -9,6 +9,8 @@ processes, or waiting for a deadline to have passed (the property itself).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -25,6 +27,7 @@ from typing import Any
 import pytest
 
 from failover.platform.application import _start_time
+from failover.replication import fusermount
 from failover.runtime.watchdog import FENCED, Plan, Watch, feed_line, wait_for_previous
 
 BOUND = 30.0  # seconds: an upper bound on every wait, not an expected duration
@@ -307,6 +310,20 @@ async def test_a_new_daemon_waits_for_the_previous_watchdog_to_end(rig: Rig) -> 
     assert await wait_for_previous(lock, BOUND) is True
 
 
+@contextlib.contextmanager
+def marked_app(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """An application (``sleep``, in a group of its own) and its start marker."""
+    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
+    try:
+        marker = tmp_path / "application.started"
+        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+        yield app, marker
+    finally:
+        if app.poll() is None:
+            app.kill()
+        app.wait()
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -322,10 +339,7 @@ def test_a_feed_made_after_the_standing_deadline_does_not_save_it(
     """Read late by a slow watchdog, a feed counts by when the loop made it: made
     before the standing deadline (9) it saves the application, made at or after
     it (10: the loop was stalled until then) the standing deadline is fenced."""
-    app = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    try:
-        marker = tmp_path / "application.started"
-        marker.write_text(json.dumps({"pid": app.pid, "start_time": _start_time(app.pid)}))
+    with marked_app(tmp_path) as (app, marker):
         plan = Plan(marker=str(marker), record=str(tmp_path / "fenced"), lock="unused")
         notices, clock = io.BytesIO(), FakeClock()
         watch = Watch(plan, notices, clock=clock)
@@ -339,7 +353,40 @@ def test_a_feed_made_after_the_standing_deadline_does_not_save_it(
             assert json.loads(notices.getvalue())[FENCED]["deadline"] == 10.0
             assert app.wait(timeout=BOUND) == -signal.SIGKILL
             assert watch.deadline == 20.0  # the loop runs again: armed anew
-    finally:
-        if app.poll() is None:
-            app.kill()
-        app.wait()
+
+
+def test_a_failing_abort_of_the_mirrors_does_not_keep_the_kill_from_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 0 of the fence (the mirrors' abort) failing in any way, even by raising,
+    costs that step only: the application's group is still killed, and the notice
+    says what failed."""
+
+    def broken(paths: object) -> str:
+        raise RuntimeError("the mount table changed under us")
+
+    monkeypatch.setattr("failover.runtime.watchdog.abort_connections", broken)
+    with marked_app(tmp_path) as (app, marker):
+        plan = Plan(
+            marker=str(marker), record=str(tmp_path / "fenced"), lock="unused", mirrors=("/m",)
+        )
+        notice = Watch(plan, io.BytesIO(), clock=FakeClock()).fence("test", 1.0)
+        assert notice["steps"]["abort"].startswith("failed: RuntimeError")
+        assert notice["steps"]["kill"] == f"killed group {app.pid}"
+        assert app.wait(timeout=BOUND) == -signal.SIGKILL
+
+
+def test_no_directory_for_fusectl_is_a_failed_abort_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fusectl not mounted and /tmp full: the abort says so (the fence goes on)."""
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    entry = fusermount.MountEntry("/m", fusermount.FSTYPE, 0, 4242)
+    monkeypatch.setattr(fusermount, "mirror_mounts", lambda paths: [entry])
+    monkeypatch.setattr(fusermount, "CONNECTIONS", str(tmp_path / "no-fusectl"))
+    monkeypatch.setattr(fusermount.tempfile, "TemporaryDirectory", full)
+    result = fusermount.abort_connections(["/m"])
+    assert result.startswith("failed: fusectl not mounted") and "No space left" in result

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from failover.api.client import ControlClient
 from failover.audit import JOURNAL_NAME, audit
 from failover.config import load_config
 from failover.core import events as ev
-from failover.core.facts import Lease
+from failover.core.facts import Lease, watchdog_deadline
+from failover.core.state import Generation, PeerStatus, Settings, State, SubStatus
 from failover.errors import FailoverError
 from failover.runtime.watchdog import wait_for_previous
 
@@ -227,7 +229,36 @@ async def test_the_deadline_fed_follows_the_core(tmp_path: Path) -> None:
         timing = daemon.config.timing
         expected = beat + timing.dead_timeout - timing.heartbeat_interval / 2
         assert daemon._watchdog_deadline() == expected
-        node.lease = Lease(held=True, fence_at=beat + 100.0)  # type: ignore[attr-defined]
+        node.lease = Lease(held=True, fence_at=beat + 100.0)
         assert daemon._watchdog_deadline() == expected  # no arbitrator: not the lease
-        daemon._arbitrated = True
+        node.settings = replace(node.settings, arbitrator=True)
         assert daemon._watchdog_deadline() == beat + 100.0
+
+
+def test_no_deadline_while_the_peer_that_could_take_over_announced_its_stop() -> None:
+    """Without an arbitrator the deadline is the peer's takeover on our silence: a
+    peer that announced its stop, and did not serve last, takes nothing over (started
+    again, it waits: blind rows serve only the last server), so a stalled loop costs
+    no fence; a peer heard in any other state, or one that served last, does."""
+    settings = Settings(
+        name="alpha", peer="beta", links=("lan",), heartbeat_interval=0.2, dead_timeout=2.0
+    )
+    zero = Generation(1, "alpha")
+
+    def peer(state: State, last: State | None = State.SECONDARY) -> PeerStatus:
+        return PeerStatus("beta", state, SubStatus.READY, zero, zero, True, "", last_state=last)
+
+    counted = 10.0 + 2.0 - 0.1
+    assert watchdog_deadline(settings, Lease(), None, 10.0) == counted
+    assert watchdog_deadline(settings, Lease(), peer(State.SECONDARY), 10.0) == counted
+    assert watchdog_deadline(settings, Lease(), peer(State.WAIT), 10.0) == counted
+    assert watchdog_deadline(settings, Lease(), peer(State.STOP), 10.0) is None
+    assert watchdog_deadline(settings, Lease(), peer(State.STOP, None), 10.0) is None
+    # a peer that served last may serve alone when started again: the deadline stands
+    last_server = peer(State.STOP, State.ALONE)
+    assert watchdog_deadline(settings, Lease(), last_server, 10.0) == counted
+    # with an arbitrator, its lease: a peer started again may be granted once it ends
+    arbitrated = replace(settings, arbitrator=True)
+    lease = Lease(held=True, fence_at=15.0)
+    assert watchdog_deadline(arbitrated, lease, peer(State.STOP), 10.0) == 15.0
+    assert watchdog_deadline(arbitrated, Lease(), peer(State.STOP), 10.0) == counted

@@ -68,6 +68,16 @@ def test_a_crash_between_write_and_rename_leaves_the_old_record(
         ' "granted_to": "a", "granted_from": [0, ""], "ttl": 6, "expires_wall": null,'
         ' "grant": [1]}',
         '{"schema": 1, "cluster": "other"}',
+        # a ttl past what a node may ask (or Infinity): the lease would never run out
+        '{"schema": 2, "cluster": "prod", "holder": "a", "generation": [1, "a"],'
+        ' "granted_to": "a", "granted_from": [0, ""], "ttl": Infinity, "expires_wall": null,'
+        ' "grant": [1, 2]}',
+        '{"schema": 2, "cluster": "prod", "holder": "a", "generation": [1, "a"],'
+        ' "granted_to": "a", "granted_from": [0, ""], "ttl": 3601, "expires_wall": null,'
+        ' "grant": [1, 2]}',
+        '{"schema": 2, "cluster": "prod", "holder": "a", "generation": [1, "a"],'
+        ' "granted_to": "a", "granted_from": [0, ""], "ttl": 6, "expires_wall": null,'
+        ' "grant": [1, 18446744073709551616]}',
         '{"schema": 1, "cluster": "prod", "holder": 3, "generation": [1, "a"],'
         ' "granted_to": null, "granted_from": [0, ""], "ttl": 6, "expires_wall": null}',
         '{"schema": 1, "cluster": "prod", "holder": null, "generation": [-1, "a"],'

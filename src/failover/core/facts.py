@@ -20,6 +20,7 @@ from failover.core.state import (
     Metadata,
     PeerStatus,
     ResyncRole,
+    Settings,
     State,
     SubStatus,
     View,
@@ -77,6 +78,38 @@ def pair_problem(
     if peer.generation != metadata.generation:
         return f"peer {peer.node} holds generation {peer.generation}, not ours"
     return None
+
+
+def watchdog_deadline(
+    settings: Settings, lease: Lease, peer: PeerStatus | None, last_beat: float
+) -> float | None:
+    """The time by which this node's application and address must be gone if its
+    daemon's event loop stops now (the watchdog's deadline, runtime/watchdog.py),
+    or None when no peer can take over on its silence. ``last_beat``: when the
+    runtime last emitted a heartbeat (sent or not), which the peer counts its dead
+    timeout from; ``lease`` and ``peer``: the core's facts of those names.
+
+    - With an arbitrator and a lease: its ``fence_at`` (past it the arbitrator may
+      grant the peer).
+    - Without one, a peer that announced its stop and did not serve last takes
+      over on nobody's silence: a daemon started again waits (``blind`` rows
+      serve only a node that was the last to serve, or with the arbitrator), and
+      once it is heard again, ``facts.peer`` is its new state and the deadline
+      stands again.
+    - Otherwise ``last_beat + dead_timeout - heartbeat_interval / 2``: the peer
+      takes over no earlier than ``dead_timeout`` after the last heartbeat; half
+      an interval covers the fence itself and the clocks' drift.
+    """
+    if settings.arbitrator and lease.fence_at is not None:
+        return lease.fence_at
+    if (
+        not settings.arbitrator
+        and peer is not None
+        and peer.state is State.STOP
+        and not (peer.last_state is not None and peer.last_state.serving)
+    ):
+        return None
+    return last_beat + settings.dead_timeout - settings.heartbeat_interval / 2
 
 
 @dataclass(frozen=True)

@@ -227,7 +227,13 @@ def abort_connections(paths: Iterable[str]) -> str:
     ids = sorted({entry.minor for entry in mounts})
     if all(os.path.exists(f"{CONNECTIONS}/{i}") for i in ids):
         return _abort_in(CONNECTIONS, ids)
-    with tempfile.TemporaryDirectory(prefix="failover-fusectl-") as private:
+    try:  # (a full /tmp must cost this step only, never the fence's next ones)
+        directory = tempfile.TemporaryDirectory(
+            prefix="failover-fusectl-", ignore_cleanup_errors=True
+        )
+    except OSError as exc:
+        return f"failed: fusectl not mounted, no directory to mount it on: {exc.strerror}"
+    with directory as private:
         if _libc.mount(b"fusectl", private.encode(), b"fusectl", 0, None) != 0:
             code = ctypes.get_errno()
             return f"failed: fusectl not mounted and cannot be: {os.strerror(code)}"

@@ -19,7 +19,8 @@ import anyio
 from failover.api.protocol import COMMANDS, STATUS_SCHEMA_VERSION, CommandResult
 from failover.core import effects as fx
 from failover.core import events as ev
-from failover.core.state import Metadata, PeerStatus, State, SubStatus
+from failover.core.facts import Lease
+from failover.core.state import Metadata, PeerStatus, Settings, State, SubStatus
 from failover.errors import UsageError
 from failover.runtime.logging import monotonic
 
@@ -65,6 +66,9 @@ class CoreFacts(Protocol):
     @property
     def links(self) -> Sequence[tuple[str, LinkView]]: ...
 
+    @property
+    def lease(self) -> Lease: ...
+
 
 class CoreNode(Protocol):
     """The part of ``failover.core.node.Node`` the runtime uses."""
@@ -77,6 +81,9 @@ class CoreNode(Protocol):
 
     @property
     def facts(self) -> CoreFacts: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
     @property
     def in_sync_problem(self) -> str | None:

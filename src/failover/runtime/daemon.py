@@ -69,6 +69,7 @@ from failover.config import ClusterConfig, load_config
 from failover.config.models import ReplicationSection
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.facts import watchdog_deadline
 from failover.core.state import Metadata, Settings, State, SubStatus
 from failover.errors import ConfigError, FailoverError, UsageError
 from failover.platform.application import Application, Scripts
@@ -749,7 +750,6 @@ class Daemon:
             marker=self.node_dir / "application.started",
             fenced_why=self._fenced_why,
         )
-        self._arbitrated = settings.arbitrator
         self.watchdog = self._watchdog_client()
         self.controller = NodeController(
             node=self.node,
@@ -831,13 +831,14 @@ class Daemon:
         app = self.app
         if not (self.node.state.serving or app.running or app.main is not None):
             return None
-        lease = getattr(self.node.facts, "lease", None)
-        fence_at: float | None = getattr(lease, "fence_at", None)
-        if self._arbitrated and fence_at is not None:
-            return fence_at
-        timing = self.config.timing
         beat = anyio.current_time() if self._last_beat is None else self._last_beat
-        return beat + timing.dead_timeout - timing.heartbeat_interval / 2
+        facts = self.node.facts
+        # Degraded, the core is frozen and what the peer announced since waits with
+        # the held events: an observation the deadline must not miss (a peer that
+        # announced its stop takes nothing over; one heard again after it does).
+        held = self._held.newest_peer() if self._fault is not None else None
+        peer = facts.peer if held is None else held
+        return watchdog_deadline(self.node.settings, facts.lease, peer, beat)
 
     async def _feed_watchdog(self, watchdog: WatchdogClient) -> None:
         """Feed the deadline after each step of the loop and each action's progress

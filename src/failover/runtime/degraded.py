@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from failover.core import events as ev
+from failover.core.state import PeerStatus
 from failover.fsutil import describe_error
 
 RETRY_INITIAL = 0.1
@@ -53,6 +54,7 @@ class HeldEvents:
 
     def __init__(self) -> None:
         self._events: deque[ev.Event] = deque()
+        self._peer: PeerStatus | None = None
 
     def __len__(self) -> int:
         return len(self._events)
@@ -61,6 +63,10 @@ class HeldEvents:
         return bool(self._events)
 
     def hold(self, event: ev.Event) -> None:
+        if not self._events:
+            self._peer = None
+        if isinstance(event, ev.HeartbeatReceived):
+            self._peer = event.status
         if self._events and isinstance(event, ev.Timer):
             return
         if isinstance(event, ev.ResyncFailed) and any(
@@ -83,6 +89,11 @@ class HeldEvents:
 
     def kinds(self) -> list[str]:
         return [event.kind for event in self._events]
+
+    def newest_peer(self) -> PeerStatus | None:
+        """What the peer announced last in a heartbeat held since the queue was last
+        empty (even if a later event of its link replaced that heartbeat), or None."""
+        return self._peer
 
 
 @dataclass

@@ -19,12 +19,16 @@ outlive the last deadline the loop gave. That deadline is:
   should not cost a fence either. It is counted from the last heartbeat the
   core *emitted* (sent or not: a node serving alone, its links down, still
   emits them), not from the last feed: a feed made on the timer between two
-  heartbeats must not push the deadline past what the peer counts.
+  heartbeats must not push the deadline past what the peer counts. None
+  while the peer's last word is its announced stop (it takes nothing over).
+
+The core derives it (``core.facts.watchdog_deadline``) from its facts and the
+runtime's last heartbeat.
 
 Only the loop feeds: it sends the deadline after each of its steps and on a
 timer (``Daemon._feed_watchdog``), or "no deadline" (``None``) while the node
-neither serves nor runs the application. A loop that stops feeding therefore
-leaves the last deadline standing.
+neither serves nor runs the application, or no peer can take over. A loop
+that stops feeding therefore leaves the last deadline standing.
 
 The watchdog is a process of its own (``python -m failover.runtime.watchdog``,
 in a session of its own so that a signal to the daemon's process group does
@@ -247,9 +251,9 @@ class Watch:
         if deadline is not None and self.fenced is not None and deadline <= self.fenced:
             return  # the deadline already fenced, sent again before the daemon learned it
         if deadline is not None and self.deadline is None:
-            log.info("armed: the node serves", seconds_left=round(deadline - self.clock(), 3))
+            log.info("armed", seconds_left=round(deadline - self.clock(), 3))
         elif deadline is None and self.deadline is not None:
-            log.info("disarmed: the node does not serve")
+            log.info("disarmed: the node does not serve, or no peer can take over")
         self.deadline = deadline
 
     def replan(self, plan: Plan) -> None:
@@ -405,7 +409,10 @@ class Watch:
         """Abort the mirrors' FUSE connections: every request of the application pending
         in them fails, and every later one, even while the daemon serving them is stopped
         (its loop stalled); nothing written through them is acknowledged any more."""
-        result = abort_connections(self.plan.mirrors)
+        try:
+            result = abort_connections(self.plan.mirrors)
+        except Exception as exc:  # step 0 never keeps the kill and the release from running
+            result = f"failed: {type(exc).__name__}: {exc}"
         if result.startswith("failed"):
             log.error("cannot abort the replicated directories' mirrors", result=result)
         else:

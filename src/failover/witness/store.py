@@ -33,8 +33,12 @@ from failover.core.arbitration import LeaseRecord
 from failover.core.state import INITIAL, Generation
 from failover.errors import UsageError
 from failover.fsutil import describe_error, write_atomic
+from failover.witness.messages import MAX_TTL_MS
 
 SCHEMA = 2
+MAX_TTL = MAX_TTL_MS / 1000
+"""The longest ttl a record may hold: what a node may ask for (a larger one, or
+Infinity, which JSON also reads, would keep a lease past every restart)."""
 READABLE = (1, 2)
 """Schemas ``read`` accepts (1: before ``grant``)."""
 
@@ -82,7 +86,7 @@ def _grant(value: Any, where: str) -> Grant | None:
     if (
         not isinstance(value, list)
         or len(value) != 2
-        or any(type(part) is not int or part < 0 for part in value)
+        or any(type(part) is not int or not 0 <= part < 2**64 for part in value)
     ):
         raise ValueError(f"{where} must be [incarnation, seq] or null, not {value!r}")
     return Grant(value[0], value[1])
@@ -148,8 +152,8 @@ class ClusterStore:
             if document.get("cluster") != self.cluster:
                 raise ValueError(f"record of cluster {document.get('cluster')!r}")
             ttl = document["ttl"]
-            if type(ttl) not in (int, float) or not ttl >= 0:
-                raise ValueError(f"ttl must be a number of seconds, not {ttl!r}")
+            if type(ttl) not in (int, float) or not 0 <= ttl <= MAX_TTL:
+                raise ValueError(f"ttl must be a number of seconds in 0..{MAX_TTL:g}, not {ttl!r}")
             expires_wall = document["expires_wall"]
             if expires_wall is not None and type(expires_wall) not in (int, float):
                 raise ValueError(f"expires_wall must be a number or null, not {expires_wall!r}")
