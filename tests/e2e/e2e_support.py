@@ -304,6 +304,14 @@ class Cluster:
     def transitions(self, node: str) -> list[dict[str, Any]]:
         return ControlClient(unix_path=str(self.socket(node)), timeout=2).get_transitions(1000)
 
+    def entered(self, node: str, *states: str) -> float:
+        """When ``node`` last moved into one of ``states``: its transition record's
+        ``mono`` (``CLOCK_MONOTONIC``, this process's ``time.monotonic()``), the moment
+        its core decided, however late this process's polling saw it."""
+        into = [r for r in self.transitions(node) if r["to"] in states and r["from"] != r["to"]]
+        assert into, f"{node} never moved into {' or '.join(states)}"
+        return float(into[-1]["mono"])
+
     def wait(self, what: str, predicate: Callable[[], bool], bound: float = BOUND) -> None:
         """Poll ``predicate`` until true; fail the test after ``bound`` s or if a daemon died."""
         deadline = time.monotonic() + bound
