@@ -500,10 +500,18 @@ def arbitrator_down_stops_the_pair_until_it_is_back(
     arbitrator is back the same node serves again (its record still names it)."""
     cluster.start_both()
     primary, _ = cluster.paired()
+    seen = len(cluster.transitions(primary))
     killed_at = time.monotonic()
     kill()
     cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
     print(f"the primary stopped {time.monotonic() - killed_at:.2f} s after {what} was killed")
+    # it stopped on its own lease (its renewals failed), not for another reason
+    stops = [
+        r
+        for r in cluster.transitions(primary)[seen:]
+        if r["from"] in SERVING and r["to"] not in SERVING
+    ]
+    assert stops and all("lease" in r["reason"] for r in stops), stops
     restarted_at = time.monotonic()
     restart()
     cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)
