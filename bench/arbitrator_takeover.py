@@ -73,7 +73,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import signal
 import subprocess
 import sys
@@ -98,12 +97,13 @@ from failover_detect import (
     Profile,
     Results,
     _raise_interrupt,
+    conclude,
     kill_group,
     loadavg,
     measure_once,
     other,
-    percentile,
     settled,
+    summary,
     wait_until,
     work_directory,
 )
@@ -516,16 +516,6 @@ def line(run: Run) -> str:
     return "  ".join(parts + run.notes)
 
 
-def stats(values: Sequence[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {
-        "median": percentile(values, 0.5),
-        "p95": percentile(values, 0.95),
-        "max": max(values),
-    }
-
-
 def figures(
     rows: Sequence[Run], profiles: Sequence[str], kinds: Sequence[str]
 ) -> list[dict[str, Any]]:
@@ -538,7 +528,7 @@ def figures(
                 continue
             for measure in MEASURES:
                 values = [v for r in runs if (v := getattr(r, measure)) is not None]
-                s = stats(values)
+                s = summary(values)
                 if kind == "none" and s is not None:
                     medians[measure] = s["median"]
                 base = medians.get(measure) if measure in RATIOS else None
@@ -648,26 +638,17 @@ def main() -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: cleaning up; figures so far:", file=sys.stderr)
-    env["load average after"] = loadavg()
-    env["duration"] = f"{time.monotonic() - began:.0f} s"
-
-    print(f"\n{render(rows, profiles, kinds, settings, audits)}")
-    print(f"\nload average before: {env['load average before']}; after: "
-          f"{env['load average after']}; duration {env['duration']}")  # fmt: skip
-    for message in results.errors:
-        print(f"note: {message}")
-    if args.json:
-        document = {
-            "command": command,
-            "environment": env,
-            "runs": [asdict(r) for r in rows],
-            "figures": figures(rows, profiles, kinds),
-            "audits": {f"{k}/{p}": a for (k, p), a in audits.items()},
-            "errors": results.errors,
-            "interrupted": interrupted,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-    return 130 if interrupted else 0
+    document = {
+        "command": command,
+        "environment": env,
+        "runs": [asdict(r) for r in rows],
+        "figures": figures(rows, profiles, kinds),
+        "audits": {f"{k}/{p}": a for (k, p), a in audits.items()},
+        "errors": results.errors,
+        "interrupted": interrupted,
+    }
+    table = render(rows, profiles, kinds, settings, audits)
+    return conclude(env, began, table, results.errors, args.json, document)
 
 
 if __name__ == "__main__":

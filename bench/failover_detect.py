@@ -890,6 +890,29 @@ def loadavg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def conclude(
+    env: dict[str, str],
+    began: float,
+    table: str,
+    notes: Sequence[str],
+    json_path: str | None,
+    document: dict[str, Any],
+) -> int:
+    """A bench's end: the load average after and the duration into ``env`` (which
+    ``document`` names), the table and the notes printed, ``document`` written as JSON
+    to ``json_path`` if given; the exit status (130 if ``document`` says interrupted)."""
+    env["load average after"] = loadavg()
+    env["duration"] = f"{time.monotonic() - began:.0f} s"
+    print(f"\n{table}")
+    print(f"\nload average before: {env['load average before']}; after: {env['load average after']}"
+          f"; duration {env['duration']}")  # fmt: skip
+    for line in notes:
+        print(f"note: {line}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(document, indent=2) + "\n")
+    return 130 if document["interrupted"] else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10, help="kills per profile and system")
@@ -959,27 +982,17 @@ def main() -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: cleaning up; figures so far:", file=sys.stderr)
-    env["load average after"] = loadavg()
-    env["duration"] = f"{time.monotonic() - began:.0f} s"
-
     table = render(results, profiles, systems, intervals)
-    print(f"\n{table}")
-    print(f"\nload average before: {env['load average before']}; after: {env['load average after']}"
-          f"; duration {env['duration']}")  # fmt: skip
-    for line in results.errors + results.skipped:
-        print(f"note: {line}")
-    if args.json:
-        document = {
-            "command": command,
-            "environment": env,
-            "runs": [asdict(r) for r in results.runs],
-            "figures": figures(results, profiles, systems),
-            "errors": results.errors,
-            "skipped": results.skipped,
-            "interrupted": interrupted,
-        }
-        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
-    return 130 if interrupted else 0
+    document = {
+        "command": command,
+        "environment": env,
+        "runs": [asdict(r) for r in results.runs],
+        "figures": figures(results, profiles, systems),
+        "errors": results.errors,
+        "skipped": results.skipped,
+        "interrupted": interrupted,
+    }
+    return conclude(env, began, table, results.errors + results.skipped, args.json, document)
 
 
 if __name__ == "__main__":

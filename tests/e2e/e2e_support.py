@@ -304,6 +304,14 @@ class Cluster:
     def transitions(self, node: str) -> list[dict[str, Any]]:
         return ControlClient(unix_path=str(self.socket(node)), timeout=2).get_transitions(1000)
 
+    def entered(self, node: str, *states: str) -> float:
+        """When ``node`` last moved into one of ``states``: its transition record's
+        ``mono`` (``CLOCK_MONOTONIC``, this process's ``time.monotonic()``), the moment
+        its core decided, however late this process's polling saw it."""
+        into = [r for r in self.transitions(node) if r["to"] in states and r["from"] != r["to"]]
+        assert into, f"{node} never moved into {' or '.join(states)}"
+        return float(into[-1]["mono"])
+
     def wait(self, what: str, predicate: Callable[[], bool], bound: float = BOUND) -> None:
         """Poll ``predicate`` until true; fail the test after ``bound`` s or if a daemon died."""
         deadline = time.monotonic() + bound
@@ -492,10 +500,18 @@ def arbitrator_down_stops_the_pair_until_it_is_back(
     arbitrator is back the same node serves again (its record still names it)."""
     cluster.start_both()
     primary, _ = cluster.paired()
+    seen = len(cluster.transitions(primary))
     killed_at = time.monotonic()
     kill()
     cluster.wait("nobody serves", lambda: cluster.serving() == [], bound=60)
     print(f"the primary stopped {time.monotonic() - killed_at:.2f} s after {what} was killed")
+    # it stopped on its own lease (its renewals failed), not for another reason
+    stops = [
+        r
+        for r in cluster.transitions(primary)[seen:]
+        if r["from"] in SERVING and r["to"] not in SERVING
+    ]
+    assert stops and all("lease" in r["reason"] for r in stops), stops
     restarted_at = time.monotonic()
     restart()
     cluster.wait("someone serves again", lambda: len(cluster.serving()) == 1, bound=90)

@@ -95,10 +95,11 @@ def test_kill_9_of_the_primary_the_peer_serves_once_the_lease_ran_out(
     killed_at = time.monotonic()
     cluster.kill9(primary)
     cluster.wait(f"{secondary} serves", lambda: cluster.state(secondary) == "alone", bound=60)
-    took = time.monotonic() - killed_at
+    took = cluster.entered(secondary, "alone") - killed_at
     print(f"takeover with etcd after kill -9: {took:.2f} s (lease_ttl {LEASE_TTL} s)")
     # safety, not speed: the last keepalive came at most lease_renew (2 s) before
-    # the kill, so no grant can come sooner (a loaded machine only makes it later)
+    # the kill, so no grant can come sooner (a loaded machine only makes it later);
+    # timed by the secondary's own record, not by when this process polled it
     assert took >= LEASE_TTL - 2, took
     assert cluster.holder() == secondary
     audited_with_arbitrator(cluster, "etcd", killed=primary)

@@ -14,15 +14,14 @@ disk alone and lost when the peer took over.
 from __future__ import annotations
 
 import functools
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from e2e_support import NETNS, RECORD, Cluster, records
+from e2e_support import BOUND, NETNS, RECORD, Cluster, records
 
 from failover.lab import Lab
+from failover.testing.processes import AckedWriter
 
 pytestmark = NETNS
 
@@ -55,30 +54,6 @@ while True:
 """
 
 
-class RetryingWriter:
-    def __init__(self, cluster: Cluster, node: str) -> None:
-        argv = [sys.executable, "-c", RETRYING_WRITER, str(cluster.data / "records")]
-        self.proc = subprocess.Popen(
-            cluster.node_command(node, argv),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        self.acked: list[tuple[int, float]] = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            number, began = line.split()
-            self.acked.append((int(number), float(began)))
-
-    def finish(self) -> tuple[list[tuple[int, float]], str]:
-        self.proc.kill()
-        _, errors = self.proc.communicate(timeout=10)
-        self.reader.join(timeout=10)
-        return self.acked, errors
-
-
 def serves(cluster: Cluster, node: str) -> bool:
     return cluster.state(node) == "alone"
 
@@ -87,19 +62,18 @@ def test_no_fsync_is_acknowledged_after_the_daemon_s_death(lab: Lab, tmp_path: P
     cluster = Cluster(lab, tmp_path, LINKS, replicate="lan")
     cluster.start_both()
     primary, secondary = cluster.paired()
-    writer = RetryingWriter(cluster, primary)
+    argv = [sys.executable, "-c", RETRYING_WRITER, str(cluster.data / "records")]
+    writer = AckedWriter(cluster.node_command(primary, argv))
     try:
-        cluster.wait("the writer writes", lambda: len(writer.acked) >= 20)
+        assert writer.wait_for(20, BOUND), "the writer does not write"
         cluster.kill9(primary)  # the daemon alone: the writer and the watchdog live on
         dead = time.monotonic()
         cluster.wait(f"{secondary} serves", functools.partial(serves, cluster, secondary))
-    except BaseException:
-        writer.finish()
-        raise
-    acked, errors = writer.finish()
+    finally:
+        acked = writer.stop()
     after = [number for number, began in acked if began > dead]
     assert after == [], f"fsyncs begun after the daemon's death returned success: {after}"
-    assert "error" in errors, "the writer never failed after the daemon's death"
+    assert "error" in writer.errors, "the writer never failed after the daemon's death"
     on_survivor = records(cluster.disk(secondary) / "records")
     lost = [n for n, _ in acked if on_survivor.get(n) != b"%08d\n" % n]
     assert lost == [], f"acknowledged on {primary}, missing on {secondary}: {lost}"

@@ -88,6 +88,7 @@ def test_the_secondary_cut_off_from_everything_never_serves(lab: Lab, tmp_path: 
     cluster = PingCluster(lab, tmp_path)
     cluster.start_both()
     primary, secondary = cluster.paired()
+    changes = len(cluster.state_changes(primary))
     cluster.isolate(secondary)
     cut_at = cluster.uptime(primary)
     refused = f"{cluster.target} not reached"
@@ -103,6 +104,8 @@ def test_the_secondary_cut_off_from_everything_never_serves(lab: Lab, tmp_path: 
 
     cluster.wait(f"{secondary} refused, {primary} serving on", one_at_most(cluster, settled), 60)
     assert cluster.serving() == [primary], cluster.describe()
+    # serving on, not fenced at its deadline and granted again between two polls
+    assert cluster.state_changes(primary)[changes:] == [("primary", "alone")], cluster.describe()
     audited_with_arbitrator(cluster, "ping")
 
 

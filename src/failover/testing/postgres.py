@@ -32,12 +32,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from failover.testing.processes import children_named
+from failover.testing.processes import AckedWriter, children_named
 
 PG_USER = "postgres"
 TABLE = "acks"
@@ -190,7 +189,7 @@ def committed(
     return {int(line) for line in done.stdout.split()}
 
 
-class Committer:
+class Committer(AckedWriter):
     """The client (module docstring) started with ``prefix`` (e.g. the lab's command to
     run in the client namespace); ``acked`` holds ``(id, mono)`` of every acknowledged
     commit, in order, read by a thread as the client prints them."""
@@ -205,56 +204,7 @@ class Committer:
     ) -> None:
         argv = [*prefix, sys.executable, "-m", "failover.testing.postgres", "commit",
                 host, str(port), str(first), "--retry-pause", str(retry_pause)]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.acked: list[tuple[int, float]] = []
-        self._grown = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            number, mono = line.split()
-            with self._grown:
-                self.acked.append((int(number), float(mono)))
-                self._grown.notify_all()
-        with self._grown:
-            self._grown.notify_all()
-
-    def ids(self) -> list[int]:
-        """The acknowledged ids so far (a snapshot)."""
-        with self._grown:
-            return [number for number, _ in self.acked]
-
-    def wait_for(self, count: int, bound: float) -> bool:
-        """Wait until ``count`` commits are acknowledged in all; False after ``bound`` s
-        or if the client ended."""
-        deadline = time.monotonic() + bound
-        with self._grown:
-            while len(self.acked) < count:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    return False
-                self._grown.wait(min(left, 1.0))
-        return True
-
-    def stop(self) -> list[tuple[int, float]]:
-        """Terminate the client; every acknowledgement it printed. Raises AssertionError
-        with its standard error if it had ended by itself (it runs until terminated)."""
-        ended = self.proc.poll()
-        if ended is None:
-            self.proc.terminate()
-        self.proc.wait(timeout=10)
-        self._reader.join(timeout=10)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        errors = self.proc.stderr.read()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        if ended is not None:
-            raise AssertionError(f"the client ended with {ended}: {errors.strip()}")
-        return list(self.acked)
+        super().__init__(argv)
 
 
 def _commit(host: str, port: int, first: int, retry_pause: float) -> int:
