@@ -377,7 +377,7 @@ CASES: dict[str, Bad] = {
     ),
     "arbitrator port in other digits": bad(
         "  failback: none\n",
-        "  failback: none\n  arbitrator:\n    address: 10.0.0.9:\u0661\u0662\n",
+        "  failback: none\n  arbitrator:\n    type: witness\n    address: 10.0.0.9:\u0661\u0662\n",
         "cluster.arbitrator.address",
         "address:",
         "must be host:port",
@@ -417,6 +417,37 @@ CASES: dict[str, Bad] = {
         "cluster.arbitrator.lease_ttl",
         "lease_ttl:",
         "6.5: etcd counts leases in whole seconds",
+    ),
+    "etcd given a witness's address": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n    address: 10.0.0.9\n"
+        "    endpoints: [http://10.0.0.9:2379]\n",
+        "cluster.arbitrator.address",
+        "address:",
+        "a witness's address: arbitrator type 'etcd' takes endpoints",
+    ),
+    "a witness lease too short to renew": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: witness\n    address: 10.0.0.9:7420\n"
+        "    lease_ttl: 3\n",
+        "cluster.arbitrator.lease_ttl",
+        "lease_ttl:",
+        "lease_ttl (3) must exceed lease_margin + lease_renew (1 + 2 = 3)",
+    ),
+    "an etcd lease too short to renew": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    type: etcd\n    lease_ttl: 2\n"
+        "    endpoints: [http://10.0.0.9:2379]\n",
+        "cluster.arbitrator.lease_ttl",
+        "lease_ttl:",
+        "lease_ttl (2) must exceed lease_margin + lease_renew",
+    ),
+    "an address with no arbitrator type": bad(
+        "  failback: none\n",
+        "  failback: none\n  arbitrator:\n    address: 10.0.0.9:7420\n",
+        "cluster.arbitrator.address",
+        "address:",
+        "only with an arbitrator (type witness, etcd or ping); type is none",
     ),
     "etcd tls over http": bad(
         "  failback: none\n",

@@ -30,6 +30,11 @@ def test_status_shows_the_holder_and_generation(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_config(tmp_path, GOOD)
+    # no state directory (a mistyped path, a witness never run): not "held by nobody"
+    assert main(["witness", "status", "-c", str(path)]) == 2
+    out = capsys.readouterr()
+    assert not out.out and f"state_dir {tmp_path / 'state'} is not a directory" in out.err
+    (tmp_path / "state").mkdir()
     assert main(["witness", "status", "-c", str(path)]) == 0
     assert capsys.readouterr().out == "prod: held by nobody; generation 0\n"
     witness = make_witness(tmp_path / "state")

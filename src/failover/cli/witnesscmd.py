@@ -113,6 +113,14 @@ def witness_status(args: argparse.Namespace) -> int:
     config = _config_or_exit(args.config)
     if config is None:
         return EXIT_INVALID
+    if not config.state_dir.is_dir():
+        # "held by nobody" would be a guess: a mistyped path, or a witness not run yet
+        print(
+            f"failover witness status: {args.config}: state_dir {config.state_dir} is not a "
+            "directory: no witness has saved a record there",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     rows: list[dict[str, Any]] = []
     now = time.time()
     for cluster in config.clusters:

@@ -382,6 +382,19 @@ def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
                 found.problems.append(
                     Problem(("cluster", "arbitrator", key), "only for arbitrator type 'ping'")
                 )
+    if arbitrator.type == "none":
+        # an address or a lease with no arbitrator is a forgotten or misspelt type:
+        # the pair would run unarbitrated while the file looks arbitrated
+        for key in ("address", "lease_ttl"):
+            if key in arbitrator.model_fields_set:
+                found.problems.append(
+                    Problem(
+                        ("cluster", "arbitrator", key),
+                        "only with an arbitrator (type witness, etcd or ping); type is none",
+                    )
+                )
+    elif arbitrator.type != "ping":
+        _check_renewable(arbitrator, found)
     if arbitrator.type == "etcd":
         _check_etcd(arbitrator, found)
         return
@@ -487,6 +500,23 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
             f"least cluster.arbitrator.lease_ttl ({ttl:g}): else a node started while its "
             "peer is cut off from everything may serve before that peer stopped; raise "
             "startup_timeout or lower lease_ttl",
+        )
+
+
+def _check_renewable(arbitrator: ArbitratorConfig, found: Findings) -> None:
+    """A witness or etcd lease the holder can renew: it stops serving ``lease_ttl -
+    lease_margin`` after it asked, and asks again ``lease_renew`` after a renewal was
+    heard; at or below their sum it is fenced before its first renewal is even asked
+    (ping's own, stricter, rule is ``_check_ping_timing``)."""
+    ttl, renew, margin = arbitrator.lease_ttl, Settings.lease_renew, Settings.lease_margin
+    if ttl - margin <= renew:
+        found.problems.append(
+            Problem(
+                ("cluster", "arbitrator", "lease_ttl"),
+                f"lease_ttl ({ttl:g}) must exceed lease_margin + lease_renew ({margin:g} + "
+                f"{renew:g} = {margin + renew:g}): else the serving node stops at its lease's "
+                "deadline before it asks to renew it",
+            )
         )
 
 

@@ -201,6 +201,8 @@ def _check_arbitrator_address(value: str, info: ValidationInfo) -> str:
     # TCP connect instead of an ICMP echo) apart
     if info.data.get("type") == "ping":
         return _check_host(value)
+    if info.data.get("type") in ("etcd", "none"):
+        return value  # not theirs: _check_arbitrator says so, naming the type
     return _check_host_port(value)
 
 
