@@ -437,20 +437,33 @@ class Timeline:
     """The first record of each boot whose ``start`` record is not in the journals
     read (rotated away, or a file not given): as after a gap, what the node's
     records show from there to its next start may miss what came before."""
-    fences: list[tuple[float, float]] = field(default_factory=list)
-    """(``fenced_at``, the record's ``mono``) of each fence the daemon journalled when
-    it resumed, every step of it done (``ok``): its watchdog had stopped the
-    application and released the address (and aborted the mirrors) at
-    ``fenced_at``, while the stalled daemon wrote nothing (``fenced``)."""
+    fences: list[list[float]] = field(default_factory=list)
+    """[``fenced_at``, the record's ``mono``, ``until``] of each fence the daemon
+    journalled when it resumed, every step of it done (``ok``): its watchdog had
+    stopped the application and released the address (and aborted the mirrors)
+    at ``fenced_at``, while the stalled daemon wrote nothing (``fenced``);
+    ``until``: its next transition or start of the application, when it acts
+    again (inf if none)."""
 
     def fenced(self, mono: float) -> bool:
-        """True when at ``mono`` this node was stalled after a successful fence: its
-        last record before ``mono`` is older than the fence, and the record that
-        journalled the fence comes after ``mono``. What its last record shows
-        (a serving state) is then its stalled daemon's belief, not its service."""
+        """True when at ``mono`` this node was stalled after a successful fence, or
+        had resumed and journalled it but had not acted since (no transition, no
+        start of the application): its last record before ``mono`` is older than
+        the fence or not older than the record that journalled it, and it acts
+        again only after ``mono``. What its records show (a serving state) is then its
+        daemon's stale belief, not its service."""
         index = bisect_left(self.monos, mono) - 1
         last = self.monos[index] if index >= 0 else -math.inf
-        return any(last <= at <= mono < end for at, end in self.fences)
+        return any(
+            at <= mono < until and (last <= at or journalled <= last)
+            for at, journalled, until in self.fences
+        )
+
+    def fence_caught_up(self, record: Record) -> None:
+        """A transition, or a start of the application: the daemon acts again after
+        the fences it journalled; from here its records tell its service."""
+        for fence in self.fences:
+            fence[2] = min(fence[2], record.mono)
 
     def build(self) -> None:
         now = Snapshot(-math.inf)
@@ -484,6 +497,7 @@ class Timeline:
             elif kind == "meta":
                 now.meta = _meta(record, now.meta)
             elif kind == "transition":
+                self.fence_caught_up(record)
                 if now.state not in SERVING and record.get("to") in SERVING:
                     now.forced = bool(record.get("forced"))
                 now.state = str(record.get("to"))
@@ -500,8 +514,9 @@ class Timeline:
             elif kind == "resource":
                 fenced_at = record.get("fenced_at")
                 if _number(fenced_at) and record.get("ok") is True:
-                    self.fences.append((float(fenced_at), record.mono))
+                    self.fences.append([float(fenced_at), record.mono, math.inf])
                 if record.get("action") == "start" and record.get("phase") == "begin":
+                    self.fence_caught_up(record)
                     now.held = True
                 elif record.get("action") == "stop" and record.get("phase") in (
                     "end",
@@ -523,6 +538,13 @@ class Timeline:
         """The node as its records show it just before ``mono`` (None before its first)."""
         index = bisect_left(self.monos, mono) - 1
         return self.snapshots[index] if index >= 0 else None
+
+    def serving_at(self, mono: float) -> bool:
+        """Whether the node served just after ``mono``: what its records show, unless
+        it was then stalled after a successful fence (``fenced``), the one judgement
+        of "serving" that S1 and the overlap figures share."""
+        snap = self.at(math.nextafter(mono, math.inf))
+        return snap is not None and snap.serving and not self.fenced(mono)
 
     def before(self, index: int) -> Snapshot:
         return self.snapshots[index - 1] if index > 0 else Snapshot(-math.inf)
@@ -673,7 +695,10 @@ class _Audit:
             ):
                 if before.state == "resync":
                     self.flag("S4", record, [node], f"{node} started the application in resync")
-                if before.state not in SERVING:
+                if before.state not in SERVING or line.fenced(
+                    math.nextafter(record.mono, -math.inf)
+                ):
+                    # (a start after a fence, in the state it served in, serves again)
                     self.check_entry(node, record, before, peer)
             if kind == "peer" and record.get("state") in SERVING and peer is not None:
                 # judged on the step's outcome: the last record of the same step
@@ -707,7 +732,7 @@ class _Audit:
         if peer is None or self.unjudged(record.mono, [node, peer.node], "S1"):
             return
         other = peer.at(record.mono)
-        if other is None or not other.serving or peer.fenced(record.mono):
+        if other is None or not peer.serving_at(record.mono):
             return
         forced = record.kind == "transition" and bool(record.get("forced"))
         if forced or other.forced:  # the operator's choice, with an arbitrator too
@@ -937,16 +962,17 @@ class Overlap:
 
 
 def _overlap_intervals(timelines: Mapping[str, Timeline]) -> list[Overlap]:
-    """Every interval during which both nodes served at once, in order."""
+    """Every interval during which both nodes served at once, in order: a node
+    stalled after a successful fence stops serving at the fence (``serving_at``)."""
     lines = list(timelines.values())
     if len(lines) != 2:
         return []
-    monos = sorted({*lines[0].monos, *lines[1].monos})
+    fences = {fence[0] for line in lines for fence in line.fences}
+    monos = sorted({*lines[0].monos, *lines[1].monos, *fences})
     found: list[Overlap] = []
     began = None
     for mono in monos:
-        snaps = [line.at(math.nextafter(mono, math.inf)) for line in lines]
-        both = all(s is not None and s.serving for s in snaps)
+        both = all(line.serving_at(mono) for line in lines)
         if both and began is None:
             began = mono
         elif not both and began is not None:

@@ -208,9 +208,12 @@ def test_s1_a_stalled_daemon_fenced_by_its_watchdog_journals_it_when_it_resumes(
     report = run(tmp_path, alpha, beta)
     if not violation:
         assert report.ok, report
+        # the overlap figures judge "serving" as S1 does: none either
+        assert report.figures["overlaps"]["count"] == 0, report.figures
         return
     assert kinds(report) == ["S1"], report
     assert "while alpha served (in primary" in report.violations[0].why
+    assert report.figures["overlaps"]["count"] == 1, report.figures
 
 
 def test_s1_a_node_that_hears_its_peer_serve_and_keeps_serving_without_winning(
@@ -573,3 +576,19 @@ def test_s5_a_generation_that_goes_back_after_a_restart(tmp_path: Path) -> None:
     assert kinds(report) == ["S5"], report
     assert report.violations[0].why == "generation went from 1:alpha to 0"
     assert report.violations[0].where.endswith("beta/audit.jsonl:10")
+
+
+def test_s1_a_fenced_daemon_that_starts_the_application_again_serves_again(
+    tmp_path: Path,
+) -> None:
+    """alpha's fence ends its service only until it acts again: resumed, it
+    journals the fence and then starts the application while still primary
+    (beta serves since t + 10): two servers from that start."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    beta_takes_over(beta, t + 10)
+    alpha.app(t + 12, "stop", "end").records[-1].update(fenced_at=t + 9, ok=True)
+    alpha.app(t + 13, "start", "begin").app(t + 13.01, "start", "end")
+    report = run(tmp_path, alpha, beta)
+    assert kinds(report) == ["S1"], report
+    assert report.figures["overlaps"]["count"] == 1, report.figures
