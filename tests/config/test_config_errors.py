@@ -447,7 +447,7 @@ CASES: dict[str, Bad] = {
         "  failback: none\n  arbitrator:\n    address: 10.0.0.9:7420\n",
         "cluster.arbitrator.address",
         "address:",
-        "only with an arbitrator (type witness, etcd or ping); type is none",
+        "only with an arbitrator, and no type is given (witness, etcd or ping; none to run",
     ),
     "etcd tls over http": bad(
         "  failback: none\n",

@@ -382,15 +382,17 @@ def _check_arbitrator(cluster: ClusterSection, found: Findings) -> None:
                 found.problems.append(
                     Problem(("cluster", "arbitrator", key), "only for arbitrator type 'ping'")
                 )
-    if arbitrator.type == "none":
-        # an address or a lease with no arbitrator is a forgotten or misspelt type:
-        # the pair would run unarbitrated while the file looks arbitrated
+    if "type" not in arbitrator.model_fields_set:
+        # an address or a lease with no type is a forgotten type: the pair would
+        # run unarbitrated while the file looks arbitrated (an explicit
+        # ``type: none`` is the operator's choice, whatever else is kept)
         for key in ("address", "lease_ttl"):
             if key in arbitrator.model_fields_set:
                 found.problems.append(
                     Problem(
                         ("cluster", "arbitrator", key),
-                        "only with an arbitrator (type witness, etcd or ping); type is none",
+                        "only with an arbitrator, and no type is given "
+                        "(witness, etcd or ping; none to run without one)",
                     )
                 )
     elif arbitrator.type != "ping":
