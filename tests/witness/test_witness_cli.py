@@ -51,6 +51,8 @@ def test_status_shows_the_holder_and_generation(
     ("body", "message"),
     [
         ("listen: nowhere\nstate_dir: s\nclusters: []\n", "listen: 'nowhere' must be host:port"),
+        ("listen: 7421\nstate_dir: s\nclusters: []\n", "listen: 7421 must be host:port as text"),
+        ("listen: h:70000\nstate_dir: s\nclusters: []\n", "port 1-65535"),
         ("state_dir: s\nclusters: []\n", "clusters: "),
         (GOOD.replace("state_dir: state\n", ""), "state_dir: required"),
         (GOOD + "  - name: prod\n    key_file: prod.key\n", "'prod' twice"),

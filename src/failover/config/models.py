@@ -109,6 +109,16 @@ def _check_host_port(value: str) -> str:
     return value
 
 
+def _host_port_text(value: object) -> object:
+    if not isinstance(value, str):  # YAML reads a bare 7420 as a number
+        raise ValueError(f"{value!r} must be host:port as text, e.g. 0.0.0.0:7420")
+    return value
+
+
+HostPort = Annotated[str, BeforeValidator(_host_port_text), AfterValidator(_check_host_port)]
+"""An address to listen on or to reach: ``host:port`` (``[v6]:port``), port 1-65535."""
+
+
 def _check_interface(value: str) -> str:
     if not value or len(value) > 15 or "/" in value or any(c.isspace() for c in value):
         raise ValueError(f"{value!r} is not a network interface name")

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 from annotated_types import Len
-from pydantic import AfterValidator, StrictStr, ValidationError
+from pydantic import ValidationError
 
-from failover.config.models import MIN_KEY_BYTES, ConfigPath, Name, Section
+from failover.config.models import MIN_KEY_BYTES, ConfigPath, HostPort, Name, Section
 from failover.config.problems import Problem, problems_from
 from failover.config.yamlsource import ConfigSyntaxError, read_document
 from failover.errors import ConfigError
@@ -27,22 +27,13 @@ MAX_WITNESS_CONFIG_BYTES = 256 * 1024
 DEFAULT_PORT = 7420
 
 
-def _check_listen(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()):
-        raise ValueError(f"{value!r} must be host:port")
-    if not 1 <= int(port) <= 65535:
-        raise ValueError(f"{value!r}: the port must be 1-65535")
-    return value
-
-
 class WitnessCluster(Section):
     name: Name
     key_file: ConfigPath
 
 
 class WitnessConfig(Section):
-    listen: Annotated[StrictStr, AfterValidator(_check_listen)] = f"0.0.0.0:{DEFAULT_PORT}"
+    listen: HostPort = f"0.0.0.0:{DEFAULT_PORT}"
     state_dir: ConfigPath
     clusters: Annotated[list[WitnessCluster], Len(1, 64)]
 
