@@ -107,6 +107,9 @@ def lease_timing_holds(*, ttl: float, margin: float, rho: float) -> bool:
     return 0 <= rho < 1 and (ttl - margin) / (1 - rho) < ttl / (1 + rho)
 
 
+_SLACK = 1e-9  # seconds: below any configured figure's precision
+
+
 def ping_timing_holds(
     *, ttl: float, rho: float, dead_timeout: float, heartbeat_interval: float
 ) -> bool:
@@ -126,14 +129,11 @@ def ping_timing_holds(
     ``startup_timeout`` after its start, the cut node asked at most then.
 
     Configured figures are decimal: a sum equal in decimal (6 + 0.5 = 6.5) is
-    not refused for its binary rounding (``_SLACK``)."""
+    not refused for its binary rounding (2.2 + 0.1 > 2.3 in floats: ``_SLACK``)."""
     if not 0 <= rho < 1:
         return False
     stopped = (ttl + heartbeat_interval) / (1 - rho)
     return stopped <= dead_timeout / (1 + rho) + _SLACK
-
-
-_SLACK = 1e-9
 
 
 def decide_renewal(record: LeaseRecord, *, requester: str, now: float, ttl: float) -> Verdict:
