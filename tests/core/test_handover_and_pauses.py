@@ -33,6 +33,7 @@ from core_support import (
 
 from failover.core import effects as fx
 from failover.core import events as ev
+from failover.core.facts import Lease
 from failover.core.state import Metadata, State, SubStatus
 
 # --- hand-over order --------------------------------------------------------------------
@@ -199,6 +200,9 @@ def test_a_grant_heard_after_its_lease_ran_out_is_no_grant() -> None:
             continue
         assert d.state is State.WAIT and not of_type(effects, fx.StartApp), records(effects)
         assert of_type(effects, fx.ReleaseArbitration) and not d.node.facts.lease.held
+        # nothing stands: no request (the late grant answered it), and no denial,
+        # which would keep the node from asking again for a recheck
+        assert d.node.facts.pending is None and d.node.facts.lease == Lease()
 
 
 @pytest.mark.parametrize("command", [ev.Prim(), ev.PrimForce()], ids=str)

@@ -27,7 +27,6 @@ def holds(config: LeaseConfig) -> bool:
     if config.kind == "ping":
         return ping_timing_holds(
             ttl=config.ttl,
-            margin=config.margin,
             rho=config.rho,
             dead_timeout=config.dead_timeout,
             heartbeat_interval=config.heartbeat_interval,
@@ -100,10 +99,15 @@ def test_the_inequalities() -> None:
     assert lease_timing_holds(ttl=6, margin=1, rho=0.09)
     assert not lease_timing_holds(ttl=6, margin=1, rho=0.1)
     assert not lease_timing_holds(ttl=6, margin=0, rho=0)
-    assert ping_timing_holds(ttl=3, margin=1, rho=0.01, dead_timeout=3.5, heartbeat_interval=0.5)
+    assert ping_timing_holds(ttl=3, rho=0.01, dead_timeout=3.75, heartbeat_interval=0.5)
+    # the holder must be stopped, not only fenced: margin to stop after its deadline
+    assert not ping_timing_holds(ttl=3, rho=0.01, dead_timeout=3.5, heartbeat_interval=0.5)
+    assert ping_timing_holds(ttl=6, rho=0.0, dead_timeout=6.5, heartbeat_interval=0.5)
+    assert ping_timing_holds(ttl=2.2, rho=0.0, dead_timeout=2.3, heartbeat_interval=0.1)
+    assert not ping_timing_holds(ttl=6, rho=0.0, dead_timeout=6.4, heartbeat_interval=0.5)
     # the shipped defaults (dead_timeout 2, lease_ttl 6) do not hold for ping
-    assert not ping_timing_holds(ttl=6, margin=1, rho=0.0, dead_timeout=2, heartbeat_interval=0.5)
-    assert not ping_timing_holds(ttl=3, margin=1, rho=0.0, dead_timeout=2.5, heartbeat_interval=0.5)
+    assert not ping_timing_holds(ttl=6, rho=0.0, dead_timeout=2, heartbeat_interval=0.5)
+    assert not ping_timing_holds(ttl=3, rho=0.0, dead_timeout=2.5, heartbeat_interval=0.5)
 
 
 def test_fence_arithmetic() -> None:

@@ -41,7 +41,8 @@ from failover.config.models import (
 )
 from failover.config.problems import Loc, Problem, describe_value, format_key, problems_from
 from failover.config.timing import resolve_timing
-from failover.core.state import Settings
+from failover.core.arbitration import ping_timing_holds
+from failover.core.state import LEASE_MARGIN, LEASE_RENEW
 from failover.errors import PluginNotFound, UsageError
 from failover.plugins import load_replication_transport, load_transport
 from failover.tls import tls_context
@@ -445,7 +446,8 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
     first) sent a heartbeat less than ``heartbeat_interval`` before its cut,
     so after its last successful ask, and its peer cannot ask sooner than
     ``dead_timeout`` after that heartbeat. So an isolated node is stopped
-    before its peer asks as long as
+    before its peer asks as long as (``ping_timing_holds``, the core's rule,
+    which the timing model checks)
 
         lease_ttl + heartbeat_interval <= dead_timeout
         lease_ttl <= startup_timeout
@@ -459,7 +461,7 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
     """
     arbitrator = cluster.arbitrator
     t = resolve_timing(cluster.profile, cluster.timing)
-    ttl, renew, margin = arbitrator.lease_ttl, Settings.lease_renew, Settings.lease_margin
+    ttl, renew, margin = arbitrator.lease_ttl, LEASE_RENEW, LEASE_MARGIN
     bound = arbitrator.ping_call_bound()
 
     def problem(loc: Loc, text: str) -> None:
@@ -486,7 +488,11 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
             f"the call being {calls}): else the serving node stops between two renewals",
         )
     timing = ("cluster", "timing")
-    if ttl + t.heartbeat_interval > t.dead_timeout + _EPSILON:
+    # the core's rule (ping_timing_holds), with the clocks' drift charged to the
+    # margin (rho 0: working clocks drift by microseconds over dead_timeout)
+    if not ping_timing_holds(
+        ttl=ttl, rho=0.0, dead_timeout=t.dead_timeout, heartbeat_interval=t.heartbeat_interval
+    ):
         problem(
             (*timing, "dead_timeout"),
             f"with arbitrator type 'ping', dead_timeout ({t.dead_timeout:g}) must be at least "
@@ -495,7 +501,9 @@ def _check_ping_timing(cluster: ClusterSection, found: Findings) -> None:
             "node cut off from everything takes over before that node stopped serving; "
             "raise dead_timeout or lower lease_ttl",
         )
-    if ttl > t.startup_timeout + _EPSILON:
+    if not ping_timing_holds(
+        ttl=ttl, rho=0.0, dead_timeout=t.startup_timeout, heartbeat_interval=0.0
+    ):
         problem(
             (*timing, "startup_timeout"),
             f"with arbitrator type 'ping', startup_timeout ({t.startup_timeout:g}) must be at "

@@ -107,19 +107,33 @@ def lease_timing_holds(*, ttl: float, margin: float, rho: float) -> bool:
     return 0 <= rho < 1 and (ttl - margin) / (1 - rho) < ttl / (1 + rho)
 
 
+_SLACK = 1e-9  # seconds: below any configured figure's precision
+
+
 def ping_timing_holds(
-    *, ttl: float, margin: float, rho: float, dead_timeout: float, heartbeat_interval: float
+    *, ttl: float, rho: float, dead_timeout: float, heartbeat_interval: float
 ) -> bool:
     """The condition of the ping witness (no record: it grants whoever reaches
-    it), beside its known limit: a node whose heartbeats stop reaching its peer
-    (cut, paused, crashed) made its last successful ask no later than that,
-    and its last heartbeat at most ``heartbeat_interval`` before it; the peer
-    may ask the witness once it has heard nothing for ``dead_timeout``. The
-    holder's fence deadline must come strictly before that, at the worst
-    clock rates."""
+    it), beside its known limit: a node isolated from its peer (cut, paused,
+    crashed) is *stopped* before its peer may ask the witness.
+
+    The isolated node's last successful ask came at most ``heartbeat_interval``
+    after the last heartbeat its peer heard (on its clock); it starts stopping
+    at its fence deadline, ``ttl - margin`` after that ask, and has ``margin``
+    to finish (the stop budget a witness or etcd leaves too, less the clocks'
+    drift there): it is stopped ``ttl + heartbeat_interval`` after that
+    heartbeat on its clock, at the slowest rate. Its peer asks once it has heard
+    nothing for ``dead_timeout`` on its own clock, at the fastest. The margin
+    cancels out. With ``heartbeat_interval`` 0 and ``startup_timeout`` for
+    ``dead_timeout`` this is the restart case: a peer started after the cut asks
+    ``startup_timeout`` after its start, the cut node asked at most then.
+
+    Configured figures are decimal: a sum equal in decimal (6 + 0.5 = 6.5) is
+    not refused for its binary rounding (2.2 + 0.1 > 2.3 in floats: ``_SLACK``)."""
     if not 0 <= rho < 1:
         return False
-    return (ttl - margin + heartbeat_interval) / (1 - rho) < dead_timeout / (1 + rho)
+    stopped = (ttl + heartbeat_interval) / (1 - rho)
+    return stopped <= dead_timeout / (1 + rho) + _SLACK
 
 
 def decide_renewal(record: LeaseRecord, *, requester: str, now: float, ttl: float) -> Verdict:

@@ -968,7 +968,10 @@ def hold_grant(node: Decider, row: Row) -> None:
 
 @action
 def release_grant(node: Decider, row: Row) -> None:
-    node.update(lease=Lease())
+    """Give the lease back: nothing of ours stands at the arbitrator after it,
+    neither a lease nor a request (a grant heard too late answers the pending
+    one). No denial is recorded: the node may ask again at its next decision."""
+    node.update(lease=Lease(), pending=None)
     node.emit(fx.ReleaseArbitration())
 
 

@@ -252,6 +252,12 @@ class CheckerPolicy:
             raise ValueError(f"checker {self.name}: action must be one of {CHECKER_ACTIONS}")
 
 
+LEASE_RENEW = 2.0
+"""Seconds between a lease's renewals (fixed: the configuration has no key for it)."""
+LEASE_MARGIN = 1.0
+"""Seconds a node stops serving before its lease can run out (fixed likewise)."""
+
+
 @dataclass(frozen=True)
 class Settings:
     """The part of the configuration the core decides with (times in seconds).
@@ -279,8 +285,8 @@ class Settings:
     arbitrator: bool = False
     arbitrator_records: bool = True
     lease_ttl: float = 6.0
-    lease_renew: float = 2.0
-    lease_margin: float = 1.0
+    lease_renew: float = LEASE_RENEW
+    lease_margin: float = LEASE_MARGIN
     failback: str = "none"
     preferred: str | None = None
     split_brain_winner: str | None = None

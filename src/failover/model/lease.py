@@ -181,8 +181,9 @@ def for_kind(kind: str, mutant: str | None = None, **overrides: object) -> Lease
     mutant's changes."""
     base: dict[str, object] = {"kind": kind}
     if kind == "ping":
-        # ping_timing_holds: (ttl - margin + heartbeat) / (1 - rho) < dead / (1 + rho)
-        base.update(ttl=3.0, renew=1.0, margin=1.0, dead_timeout=3.5, ping_limit=False)
+        # ping_timing_holds: (ttl + heartbeat) / (1 - rho) <= dead / (1 + rho), the
+        # holder stopped (its fence deadline and the margin to stop) before the peer asks
+        base.update(ttl=3.0, renew=1.0, margin=1.0, dead_timeout=3.75, ping_limit=False)
     if mutant == "early-takeover":
         base.update(dead_timeout=2.0)
     if mutant == "clock-rate-ignored":
