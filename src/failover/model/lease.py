@@ -86,7 +86,10 @@ from failover.core.arbitration import (
     decide_renewal,
     decide_request,
     fence_deadline,
+    lease_timing_holds,
+    ping_timing_holds,
 )
+from failover.core.state import Settings
 
 KINDS = ("witness", "etcd", "ping")
 NODES = ("a", "b")
@@ -141,17 +144,18 @@ MUTANTS: dict[str, Mutant] = {
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    """The timing of one arbitrator kind (seconds; ``rho`` a fraction)."""
+    """The timing of one arbitrator kind (seconds; ``rho`` a fraction); the
+    lease's and the heartbeats' defaults are the core's (``Settings``)."""
 
     kind: str = "witness"
-    ttl: float = 6.0
-    renew: float = 2.0
-    margin: float = 1.0
+    ttl: float = Settings.lease_ttl
+    renew: float = Settings.lease_renew
+    margin: float = Settings.lease_margin
     rho: float = 0.01  # every clock's rate within [1 - rho, 1 + rho] of real time
     d: float = 0.5  # a message arrives within d, or is lost
     expiry_delay: float = 0.5  # etcd: a lease runs out up to this late (its 500 ms check)
-    dead_timeout: float = 2.0  # ping: the peer is lost after this much silence
-    heartbeat_interval: float = 0.5
+    dead_timeout: float = Settings.dead_timeout  # ping: the peer is lost after this silence
+    heartbeat_interval: float = Settings.heartbeat_interval
     tick: float = 0.25
     ping_limit: bool = True  # ping: allow a cut between the nodes while both reach the witness
     max_faults: int | None = 2  # at most this many faults per trace (None: the depth)
@@ -167,6 +171,19 @@ class LeaseConfig:
         if self.mutant is not None and self.mutant not in MUTANTS:
             raise ValueError(f"unknown mutant {self.mutant!r}")
 
+    def timing_holds(self) -> bool:
+        """The core's inequality for this kind (``lease_timing_holds``, or
+        ``ping_timing_holds``): what the model is to confirm, or refute."""
+        if self.kind == "ping":
+            return ping_timing_holds(
+                ttl=self.ttl,
+                margin=self.margin,
+                rho=self.rho,
+                dead_timeout=self.dead_timeout,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+        return lease_timing_holds(ttl=self.ttl, margin=self.margin, rho=self.rho)
+
     def window(self, seconds: float, *, late: float = 0.0) -> Window:
         """The ticks in which a duration of ``seconds`` on a clock with the rate
         bound ends (``late``: it may also end up to that much later, on that clock)."""
@@ -180,8 +197,7 @@ def for_kind(kind: str, mutant: str | None = None, **overrides: object) -> Lease
     the witness and etcd; a ping setting that meets its inequality), with a
     mutant's changes."""
     base: dict[str, object] = {"kind": kind}
-    if kind == "ping":
-        # ping_timing_holds: (ttl - margin + heartbeat) / (1 - rho) < dead / (1 + rho)
+    if kind == "ping":  # (timing_holds: ping_timing_holds)
         base.update(ttl=3.0, renew=1.0, margin=1.0, dead_timeout=3.5, ping_limit=False)
     if mutant == "early-takeover":
         base.update(dead_timeout=2.0)
@@ -580,6 +596,8 @@ class LeaseReport:
         if c.kind == "ping":
             head += f", dead_timeout {c.dead_timeout:g} s, heartbeat {c.heartbeat_interval:g} s"
             head += ", the ping limit " + ("allowed" if c.ping_limit else "excluded")
+        inequality = "ping_timing_holds" if c.kind == "ping" else "lease_timing_holds"
+        head += f"; the core's {inequality}: {'yes' if c.timing_holds() else 'no'}"
         if c.mutant:
             head += f"\nmutant {c.mutant}: {MUTANTS[c.mutant].description}"
         lines = [head]
