@@ -8,6 +8,8 @@ etcd)."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from failover.cli import main
@@ -115,3 +117,11 @@ def test_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert "applies to witness, etcd only" in capsys.readouterr().out
     assert main(["model-check-lease", "--kind", "witness", "--rho", "1.5"]) == 2
     assert "rho must be in [0, 1)" in capsys.readouterr().out
+
+
+def test_the_search_runs_without_the_cycle_collector_and_restores_it() -> None:
+    seen: list[bool] = []
+    assert gc.isenabled()
+    check(for_kind("ping"), 2, progress=lambda _: seen.append(gc.isenabled()))
+    assert seen == [False] * 3  # (a line per depth, 0 to 2)
+    assert gc.isenabled()

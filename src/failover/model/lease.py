@@ -74,7 +74,6 @@ pause or a resume, a crash, an arbitrator restart.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -90,6 +89,7 @@ from failover.core.arbitration import (
     ping_timing_holds,
 )
 from failover.core.state import Settings
+from failover.model.run import no_garbage_collection
 
 KINDS = ("witness", "etcd", "ping")
 NODES = ("a", "b")
@@ -621,23 +621,12 @@ class LeaseReport:
 Parent = tuple["World | None", str]
 
 
+@no_garbage_collection()
 def check(
     config: LeaseConfig, depth: int = 12, *, progress: Callable[[str], None] | None = None
 ) -> LeaseReport:
     """Breadth first to ``depth`` events (time passes for free), checking S1 on
-    every state; the first violation found has a shortest trace in events.
-    Python's cycle collector is off meanwhile: the states are immutable
-    tuples without cycles, which each collection would walk again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _check(config, depth, progress)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _check(config: LeaseConfig, depth: int, progress: Callable[[str], None] | None) -> LeaseReport:
+    every state; the first violation found has a shortest trace in events."""
     model = LeaseModel(config)
     report = LeaseReport(config, depth)
     start = time.perf_counter()
