@@ -164,6 +164,7 @@ def test_ping_never_grants_a_node_whose_data_is_behind() -> None:
         config, depth=depth, bounds=SAFETY_BOUNDS, roots=("protected",), liveness=False
     )
     assert report.ok, report.render()
+    assert report.min_depth == depth  # explored to the depth where it was found
 
 
 def test_etcd_keeps_every_invariant() -> None:
