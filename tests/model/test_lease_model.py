@@ -125,3 +125,23 @@ def test_the_search_runs_without_the_cycle_collector_and_restores_it() -> None:
     check(for_kind("ping"), 2, progress=lambda _: seen.append(gc.isenabled()))
     assert seen == [False] * 3  # (a line per depth, 0 to 2)
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["--ttl", "nan"], "ttl must be a number of seconds above 0, not nan"),
+        (["--renew", "inf"], "renew must be a number of seconds above 0, not inf"),
+        (["--delay", "nan"], "d (the delay bound) must be a number of seconds at least 0"),
+        (["--margin", "-1"], "margin must be a number of seconds at least 0"),
+        (["--ttl", "1e300"], "ttl (1e+300 s) must span at most 1000 ticks of 0.25 s"),
+        (["--ttl", "1", "--margin", "1"], "ttl (1) must be above margin (1)"),
+    ],
+)
+def test_cli_refuses_a_timing_it_cannot_check(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A NaN or an infinity passed every comparison and ended in a traceback
+    (or a search that never ends): each is refused, named, with exit 2."""
+    assert main(["model-check-lease", "--kind", "witness", "--depth", "1", *argv]) == 2
+    assert f"failover model-check-lease: {error}" in capsys.readouterr().out

@@ -96,6 +96,10 @@ NODES = ("a", "b")
 ARB = "w"
 NAMES = {"a": "alpha", "b": "beta", "w": "arbitrator"}
 
+MAX_TICKS = 1000
+"""The longest duration, in ticks, a configuration may give (a state holds
+timers in ticks from now, so the state space grows with them)."""
+
 Window = tuple[int, int]  # ticks from now: may fire from the first, must by the second
 
 
@@ -166,8 +170,28 @@ class LeaseConfig:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if not 0 <= self.rho < 1:
             raise ValueError(f"rho must be in [0, 1), not {self.rho}")
-        if self.tick <= 0 or self.d < 0 or self.renew <= 0 or self.ttl <= self.margin:
-            raise ValueError("tick and renew must be positive, d at least 0, ttl above margin")
+        durations = {
+            "tick": (self.tick, True),
+            "ttl": (self.ttl, True),
+            "renew": (self.renew, True),
+            "heartbeat_interval": (self.heartbeat_interval, True),
+            "dead_timeout": (self.dead_timeout, True),
+            "margin": (self.margin, False),
+            "d (the delay bound)": (self.d, False),
+            "expiry_delay": (self.expiry_delay, False),
+        }
+        for name, (value, positive) in durations.items():
+            # (a NaN fails every comparison: it is caught here, not in a window)
+            if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+                bound = "above 0" if positive else "at least 0"
+                raise ValueError(f"{name} must be a number of seconds {bound}, not {value}")
+            if value / self.tick > MAX_TICKS:
+                raise ValueError(
+                    f"{name} ({value:g} s) must span at most {MAX_TICKS} ticks of "
+                    f"{self.tick:g} s: every timer is a window of ticks in each state"
+                )
+        if self.ttl <= self.margin:
+            raise ValueError(f"ttl ({self.ttl:g}) must be above margin ({self.margin:g})")
         if self.mutant is not None and self.mutant not in MUTANTS:
             raise ValueError(f"unknown mutant {self.mutant!r}")
 
