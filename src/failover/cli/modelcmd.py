@@ -76,7 +76,8 @@ def register(subparsers: Any) -> None:
         "--mutant",
         choices=sorted(MUTANTS | LEASE_MUTANTS),
         default=None,
-        help="check a deliberately broken table instead of the real one",
+        help="check a deliberately broken table instead of the real one (or, for a "
+        "lease-timing mutant, broken lease handling: not caught here, see model-check-lease)",
     )
     parser.add_argument(
         "--newest-frames-only",
