@@ -218,11 +218,13 @@ class LeaseConfig:
 
 def for_kind(kind: str, mutant: str | None = None, **overrides: object) -> LeaseConfig:
     """The configuration checked for ``kind`` (the defaults of the daemon for
-    the witness and etcd; a ping setting that meets its inequality), with a
-    mutant's changes."""
+    the witness and etcd; for ping, the daemon's renew and margin with a ttl
+    and a dead_timeout the configuration accepts), with a mutant's changes."""
     base: dict[str, object] = {"kind": kind}
-    if kind == "ping":  # (timing_holds: ping_timing_holds)
-        base.update(ttl=3.0, renew=1.0, margin=1.0, dead_timeout=3.5, ping_limit=False)
+    if kind == "ping":
+        # a setting the configuration accepts (its checks on ping: the renewal and
+        # its probes fit in ttl - margin; dead_timeout >= ttl + heartbeat_interval)
+        base.update(ttl=5.0, dead_timeout=5.5, ping_limit=False)
     if mutant == "early-takeover":
         base.update(dead_timeout=2.0)
     if mutant == "clock-rate-ignored":
