@@ -657,12 +657,10 @@ def check(
     report = LeaseReport(config, depth)
     start = time.perf_counter()
     parents: dict[World, Parent] = {}
-    root_of: dict[World, str] = {}
     frontier: list[World] = []
     for name, root in model.roots().items():
         if root not in parents:
             parents[root] = (None, name)
-            root_of[root] = name
             frontier.append(root)
     limit = config.max_faults
     for level in range(depth + 1):
