@@ -9,8 +9,17 @@ import pytest
 from failover.core.rules import ACTIONS, GUARDS
 from failover.core.state import State
 from failover.core.table import Table, load_table, raw_spec
+from failover.model.checker import explore
 from failover.model.invariants import check_step
-from failover.model.liveness import _fair_round_info, fair_round, goal, reached, settle
+from failover.model.liveness import (
+    _fair_round_info,
+    _healed,
+    _to_heal,
+    fair_round,
+    goal,
+    reached,
+    settle,
+)
 from failover.model.mutants import mutant_table
 from failover.model.sim import Bounds, Cluster, ClusterConfig
 
@@ -295,3 +304,33 @@ def test_a_denied_node_asks_the_arbitrator_again_only_at_the_recheck_pace() -> N
     allowed = rounds * config.timing.heartbeat_interval / config.timing.startup_timeout + 1
     assert 0 < asks <= allowed, f"{asks} requests in {rounds} rounds"
     assert records <= 2 * asks + 1, f"{records} records for {asks} requests"
+
+
+@pytest.mark.parametrize("kind", ["witness", "etcd"])
+def test_an_explored_tick_stands_for_a_fair_round_exactly_when_nothing_is_to_heal(
+    kind: str,
+) -> None:
+    """The liveness check follows the explored graph's tick edges instead of
+    simulating the fair continuation where ``_healed`` says a tick is all its
+    round does: from every world of a small exploration with arbitrator cuts,
+    crashes and (etcd) armed answers, a healed world's fair round is its tick."""
+    config = ClusterConfig(arbitrator=kind, links=("lan",), no_data=True)
+    cluster = Cluster(config, bounds=Bounds(faults=2, app_faults=0))
+    horizon = config.timing.horizon
+    found = explore(cluster, "protected", settle(cluster, cluster.booted()), depth=4)
+    healed = 0
+    for world in found.worlds.values():
+        cluster.load(world)
+        _fair_round_info(cluster)
+        fair = cluster.world.key(horizon)
+        cluster.load(world)
+        cluster.apply("tick")
+        if _healed(world):
+            healed += 1
+            assert cluster.world.key(horizon) == fair, _to_heal(world)
+    assert 0 < healed < len(found.worlds)
+    # a crashed node cut from the arbitrator stays cut: nothing for the round to heal
+    cluster.load(found.worlds[next(iter(found.worlds))])
+    for label in ("arb_cut alpha", "crash alpha"):
+        cluster.apply(label)
+    assert _healed(cluster.world) and not cluster.world.hosts[0].arb_reachable

@@ -209,12 +209,14 @@ def test_gated_twins_stand_only_before_their_row() -> None:
     twins = [row for row in TABLE.all_rows() if row.gated_row is not None]
     assert twins, "the gate added no twin"
     assert any(row.event in ADMIN_EVENTS for row in twins), "no command is gated"
+    paced_rows = 0
     for entry in TABLE.entries.values():
         if isinstance(entry, str):
             continue
         for position, row in enumerate(entry):
             if row.gated_row is None or row.actions:
                 continue
+            paced_rows += 1
             paced, asking, gated = entry[position : position + 3]
             assert row.event not in ADMIN_EVENTS, f"{row.gated_row.ident}: a command is paced"
             assert paced.quiet and [c.guard for c in paced.when][-1] == "denied_lately"
@@ -223,6 +225,9 @@ def test_gated_twins_stand_only_before_their_row() -> None:
         for position, row in enumerate(entry):
             if row.gated_row is not None and row.actions and row.event in ADMIN_EVENTS:
                 assert entry[position + 1] is row.gated_row
+    # not vacuous: every gated row that is no command has its paced twin
+    assert paced_rows == sum(1 for row in twins if row.actions and row.event not in ADMIN_EVENTS)
+    assert paced_rows > 0
 
 
 def test_a_table_without_a_twin_is_caught() -> None:

@@ -74,7 +74,6 @@ pause or a resume, a crash, an arbitrator restart.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -86,12 +85,20 @@ from failover.core.arbitration import (
     decide_renewal,
     decide_request,
     fence_deadline,
+    lease_timing_holds,
+    ping_timing_holds,
 )
+from failover.core.state import Settings
+from failover.model.run import no_garbage_collection
 
 KINDS = ("witness", "etcd", "ping")
 NODES = ("a", "b")
 ARB = "w"
 NAMES = {"a": "alpha", "b": "beta", "w": "arbitrator"}
+
+MAX_TICKS = 1000
+"""The longest duration, in ticks, a configuration may give (a state holds
+timers in ticks from now, so the state space grows with them)."""
 
 Window = tuple[int, int]  # ticks from now: may fire from the first, must by the second
 
@@ -141,17 +148,18 @@ MUTANTS: dict[str, Mutant] = {
 
 @dataclass(frozen=True)
 class LeaseConfig:
-    """The timing of one arbitrator kind (seconds; ``rho`` a fraction)."""
+    """The timing of one arbitrator kind (seconds; ``rho`` a fraction); the
+    lease's and the heartbeats' defaults are the core's (``Settings``)."""
 
     kind: str = "witness"
-    ttl: float = 6.0
-    renew: float = 2.0
-    margin: float = 1.0
+    ttl: float = Settings.lease_ttl
+    renew: float = Settings.lease_renew
+    margin: float = Settings.lease_margin
     rho: float = 0.01  # every clock's rate within [1 - rho, 1 + rho] of real time
     d: float = 0.5  # a message arrives within d, or is lost
     expiry_delay: float = 0.5  # etcd: a lease runs out up to this late (its 500 ms check)
-    dead_timeout: float = 2.0  # ping: the peer is lost after this much silence
-    heartbeat_interval: float = 0.5
+    dead_timeout: float = Settings.dead_timeout  # ping: the peer is lost after this silence
+    heartbeat_interval: float = Settings.heartbeat_interval
     tick: float = 0.25
     ping_limit: bool = True  # ping: allow a cut between the nodes while both reach the witness
     max_faults: int | None = 2  # at most this many faults per trace (None: the depth)
@@ -162,10 +170,42 @@ class LeaseConfig:
             raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
         if not 0 <= self.rho < 1:
             raise ValueError(f"rho must be in [0, 1), not {self.rho}")
-        if self.tick <= 0 or self.d < 0 or self.renew <= 0 or self.ttl <= self.margin:
-            raise ValueError("tick and renew must be positive, d at least 0, ttl above margin")
+        durations = {
+            "tick": (self.tick, True),
+            "ttl": (self.ttl, True),
+            "renew": (self.renew, True),
+            "heartbeat_interval": (self.heartbeat_interval, True),
+            "dead_timeout": (self.dead_timeout, True),
+            "margin": (self.margin, False),
+            "d (the delay bound)": (self.d, False),
+            "expiry_delay": (self.expiry_delay, False),
+        }
+        for name, (value, positive) in durations.items():
+            # (a NaN fails every comparison: it is caught here, not in a window)
+            if not (value > 0 if positive else value >= 0) or not math.isfinite(value):
+                bound = "above 0" if positive else "at least 0"
+                raise ValueError(f"{name} must be a number of seconds {bound}, not {value}")
+            if value / self.tick > MAX_TICKS:
+                raise ValueError(
+                    f"{name} ({value:g} s) must span at most {MAX_TICKS} ticks of "
+                    f"{self.tick:g} s: every timer is a window of ticks in each state"
+                )
+        if self.ttl <= self.margin:
+            raise ValueError(f"ttl ({self.ttl:g}) must be above margin ({self.margin:g})")
         if self.mutant is not None and self.mutant not in MUTANTS:
             raise ValueError(f"unknown mutant {self.mutant!r}")
+
+    def timing_holds(self) -> bool:
+        """The core's inequality for this kind (``lease_timing_holds``, or
+        ``ping_timing_holds``): what the model is to confirm, or refute."""
+        if self.kind == "ping":
+            return ping_timing_holds(
+                ttl=self.ttl,
+                rho=self.rho,
+                dead_timeout=self.dead_timeout,
+                heartbeat_interval=self.heartbeat_interval,
+            )
+        return lease_timing_holds(ttl=self.ttl, margin=self.margin, rho=self.rho)
 
     def window(self, seconds: float, *, late: float = 0.0) -> Window:
         """The ticks in which a duration of ``seconds`` on a clock with the rate
@@ -177,13 +217,14 @@ class LeaseConfig:
 
 def for_kind(kind: str, mutant: str | None = None, **overrides: object) -> LeaseConfig:
     """The configuration checked for ``kind`` (the defaults of the daemon for
-    the witness and etcd; a ping setting that meets its inequality), with a
-    mutant's changes."""
+    the witness and etcd; for ping, the daemon's renew and margin with a ttl
+    and a dead_timeout the configuration accepts), with a mutant's changes."""
     base: dict[str, object] = {"kind": kind}
     if kind == "ping":
-        # ping_timing_holds: (ttl + heartbeat) / (1 - rho) <= dead / (1 + rho), the
-        # holder stopped (its fence deadline and the margin to stop) before the peer asks
-        base.update(ttl=3.0, renew=1.0, margin=1.0, dead_timeout=3.75, ping_limit=False)
+        # a setting the configuration accepts (its checks on ping: the renewal and
+        # its probes fit in ttl - margin; ping_timing_holds, here at the clock-rate
+        # bound: (ttl + heartbeat) / (1 - rho) <= dead_timeout / (1 + rho))
+        base.update(ttl=5.0, dead_timeout=5.75, ping_limit=False)
     if mutant == "early-takeover":
         base.update(dead_timeout=2.0)
     if mutant == "clock-rate-ignored":
@@ -581,6 +622,8 @@ class LeaseReport:
         if c.kind == "ping":
             head += f", dead_timeout {c.dead_timeout:g} s, heartbeat {c.heartbeat_interval:g} s"
             head += ", the ping limit " + ("allowed" if c.ping_limit else "excluded")
+        inequality = "ping_timing_holds" if c.kind == "ping" else "lease_timing_holds"
+        head += f"; the core's {inequality}: {'yes' if c.timing_holds() else 'no'}"
         if c.mutant:
             head += f"\nmutant {c.mutant}: {MUTANTS[c.mutant].description}"
         lines = [head]
@@ -604,33 +647,20 @@ class LeaseReport:
 Parent = tuple["World | None", str]
 
 
+@no_garbage_collection()
 def check(
     config: LeaseConfig, depth: int = 12, *, progress: Callable[[str], None] | None = None
 ) -> LeaseReport:
     """Breadth first to ``depth`` events (time passes for free), checking S1 on
-    every state; the first violation found has a shortest trace in events.
-    Python's cycle collector is off meanwhile: the states are immutable
-    tuples without cycles, which each collection would walk again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _check(config, depth, progress)
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _check(config: LeaseConfig, depth: int, progress: Callable[[str], None] | None) -> LeaseReport:
+    every state; the first violation found has a shortest trace in events."""
     model = LeaseModel(config)
     report = LeaseReport(config, depth)
     start = time.perf_counter()
     parents: dict[World, Parent] = {}
-    root_of: dict[World, str] = {}
     frontier: list[World] = []
     for name, root in model.roots().items():
         if root not in parents:
             parents[root] = (None, name)
-            root_of[root] = name
             frontier.append(root)
     limit = config.max_faults
     for level in range(depth + 1):

@@ -161,12 +161,13 @@ def _describe_failure(failure: object) -> str:
 
 
 @contextlib.contextmanager
-def _no_garbage_collection() -> Iterator[None]:
-    """Python's cycle collector off for the search: the explored graph is
-    millions of immutable objects without cycles, which every full collection
-    would walk again (a quarter of the search's time), and walking them writes
-    to every page a forked worker shares with its parent, so each worker would
-    copy the whole heap. The collector is restored afterwards."""
+def no_garbage_collection() -> Iterator[None]:
+    """Python's cycle collector off for a search (this one, and the lease
+    model's): the explored graph is millions of immutable objects without
+    cycles, which every full collection would walk again (a quarter of the
+    search's time), and walking them writes to every page a forked worker
+    shares with its parent, so each worker would copy the whole heap. The
+    collector is restored afterwards."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -176,7 +177,7 @@ def _no_garbage_collection() -> Iterator[None]:
             gc.enable()
 
 
-@_no_garbage_collection()
+@no_garbage_collection()
 def explore_root(
     config: ClusterConfig,
     name: str,

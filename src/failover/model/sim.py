@@ -689,7 +689,7 @@ class Cluster:
             # a new etcd leader extends every lease to at least a whole ttl
             lease = self.world.lease
             assert lease is not None and lease.expires_at is not None
-            later = max(lease.expires_at, self.world.now + self._etcd_ttl())
+            later = max(lease.expires_at, self.world.now + self._lease_ttl())
             self.world = evolve(self.world, lease=evolve(lease, expires_at=later))
         elif verb in ("checker_down", "checker_up"):
             i = NAMES.index(arg)
@@ -1208,7 +1208,7 @@ class Cluster:
             base=effect.base,
             forced=effect.forced,
             now=self.world.now,
-            ttl=self._etcd_ttl() if kind is Arbitrator.ETCD else self.config.timing.lease_ttl,
+            ttl=self._lease_ttl(),
         )
         if verdict.granted or kind is Arbitrator.WITNESS:  # (etcd's read record: no clock)
             self.world = evolve(self.world, lease=verdict.record)
@@ -1227,21 +1227,24 @@ class Cluster:
             return ev.ArbitrationGranted(effect.generation)
         lease = self.world.lease
         assert lease is not None
-        ttl = self._etcd_ttl() if kind is Arbitrator.ETCD else self.config.timing.lease_ttl
-        verdict = decide_renewal(lease, requester=NAMES[k], now=self.world.now, ttl=ttl)
+        verdict = decide_renewal(
+            lease, requester=NAMES[k], now=self.world.now, ttl=self._lease_ttl()
+        )
         self.world = evolve(self.world, lease=verdict.record)
-        if kind is Arbitrator.WITNESS:
-            if verdict.granted:
-                return ev.ArbitrationGranted(effect.generation)
-            return ev.ArbitrationDenied(verdict.reason)
-        if verdict.granted:  # the keepalive, then the holder key read back as ours
-            return self._etcd_answer(k, ev.ArbitrationGranted(effect.generation), lost=None)
-        # the lease ran out there (or the key is another's)
-        return self._etcd_answer(k, ev.ArbitrationLost(f"etcd: {verdict.reason}"), lost=None)
+        answer: ev.Event
+        if verdict.granted:  # (etcd: the keepalive, then the holder key read back as ours)
+            answer = ev.ArbitrationGranted(effect.generation)
+        elif kind is Arbitrator.WITNESS:
+            answer = ev.ArbitrationDenied(verdict.reason)
+        else:  # the lease ran out at etcd (or the key is another's)
+            answer = ev.ArbitrationLost(f"etcd: {verdict.reason}")
+        return self._etcd_answer(k, answer, lost=None)
 
-    def _etcd_ttl(self) -> float:
+    def _lease_ttl(self) -> float:
+        """The lease the arbitrator grants (etcd's shortened by ``short-lease``)."""
         ttl = self.config.timing.lease_ttl
-        return ttl / 2 if self.config.lease_mutation == "short-lease" else ttl
+        short = self.config.kind is Arbitrator.ETCD and self.config.lease_mutation == "short-lease"
+        return ttl / 2 if short else ttl
 
     def _etcd_answer(
         self, k: int, answer: ev.Event, lost: ev.Event | None, exposed: bool = True
