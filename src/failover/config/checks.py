@@ -518,7 +518,7 @@ def _check_renewable(arbitrator: ArbitratorConfig, found: Findings) -> None:
     lease_margin`` after it asked, and asks again ``lease_renew`` after a renewal was
     heard; at or below their sum it is fenced before its first renewal is even asked
     (ping's own, stricter, rule is ``_check_ping_timing``)."""
-    ttl, renew, margin = arbitrator.lease_ttl, Settings.lease_renew, Settings.lease_margin
+    ttl, renew, margin = arbitrator.lease_ttl, LEASE_RENEW, LEASE_MARGIN
     if ttl - margin <= renew:
         found.problems.append(
             Problem(
