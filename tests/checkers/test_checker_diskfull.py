@@ -17,8 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
+from failover.core.state import Generation
 from failover.platform.checkers.probes import CommandProbe, PingProbe
+from failover.runtime.arbitrator import Granted
+from failover.runtime.ping import PingArbitrator
 
 pytestmark = [
     pytest.mark.anyio,
@@ -43,6 +47,7 @@ def full_dir(tmp_path: Path) -> Iterator[Path]:
             os.close(fd)
         assert full.value.errno == errno.ENOSPC
         yield mount / "node"
+        (mount / "filler").unlink(missing_ok=True)
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
@@ -63,3 +68,31 @@ async def test_a_command_probe_on_a_full_disk_keeps_its_verdict_and_tail(full_di
     assert outcome.reason.endswith(
         "exited with status 3: 19997 | 19998 | 19999 | 20000 | why it failed"
     )
+
+
+@pytest.mark.skipif(not shutil.which("ping"), reason="needs iputils-ping")
+async def test_the_ping_arbitrator_on_a_full_disk_grants(full_dir: Path) -> None:
+    # The operator's run: renewals of the serving node read "not reached".
+    arbitrator = PingArbitrator(
+        address="127.0.0.1",
+        port=None,
+        probe_count=2,
+        probe_timeout=1.0,
+        call_bound=2.2,
+        output_dir=full_dir / "arbitrator",
+    )
+    for _ in range(3):
+        assert await arbitrator.renew(Generation(2, "beta")) == Granted(Generation(2, "beta"))
+
+
+async def test_a_full_disk_is_warned_of_once_and_its_end_noted(full_dir: Path) -> None:
+    probe = CommandProbe("many", "seq 1 3000", full_dir).open()
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert (await probe.check(5.0)).ok
+        lost = [entry for entry in logs if entry["event"].startswith("script output")]
+        assert len(lost) == 1 and lost[0]["log_level"] == "warning", logs
+        (full_dir.parent / "filler").unlink()
+        assert (await probe.check(5.0)).ok
+    assert logs[-1]["event"] == "script output written again", logs
+    assert (full_dir / "checker-many.log").read_text().endswith("2999\n3000\n")

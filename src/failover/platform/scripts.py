@@ -171,6 +171,23 @@ def _argv(command: str | Sequence[str]) -> list[str] | str:
     return argv or "empty command"
 
 
+_losing: set[Path] = set()
+"""Output files the last run could not (fully) write: a full disk is warned of
+once, not at every probe, and its end noted."""
+
+
+def _output_lost(output: Path, label: str, what: str, exc: OSError) -> None:
+    if output not in _losing:
+        _losing.add(output)
+        log.warning(what, script=label, file=str(output), error=exc.strerror)
+
+
+def _output_kept(output: Path, label: str) -> None:
+    if output in _losing:
+        _losing.discard(output)
+        log.info("script output written again", script=label, file=str(output))
+
+
 def _open_output(output: Path, label: str) -> int | None:
     """A new ``output`` file opened for appending, or None (logged) if it cannot be."""
     try:
@@ -183,7 +200,7 @@ def _open_output(output: Path, label: str) -> int | None:
     except OSError as exc:
         # A full or read-only state disk must not fail the script (a checker that
         # fails for its log would hand the service over): its output is lost.
-        log.warning("script output discarded", script=label, file=str(output), error=exc.strerror)
+        _output_lost(output, label, "script output discarded", exc)
         return None
 
 
@@ -225,6 +242,8 @@ async def spawn(
     out_fd = _open_output(output, label)
     if out_fd is None:
         out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    else:
+        _output_kept(output, label)  # (as far as the daemon can know)
     try:
         return await _start(argv, out_fd, env)
     finally:
@@ -256,12 +275,7 @@ class _Capture:
                 view = view[os.write(self._file, view) :]
         except OSError as exc:
             # A full disk loses the rest of the log, never the command's verdict.
-            log.warning(
-                "script output lost from here on",
-                script=self._label,
-                file=str(self._output),
-                error=exc.strerror,
-            )
+            _output_lost(self._output, self._label, "script output lost from here on", exc)
             os.close(self._file)
             self._file = None
 
@@ -295,6 +309,8 @@ class _Capture:
         return tail_lines(bytes(self._kept))
 
     def close(self) -> None:
+        if self._file is not None:
+            _output_kept(self._output, self._label)
         for fd in (self._fd, self._file):
             if fd is not None:
                 os.close(fd)
