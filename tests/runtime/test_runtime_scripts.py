@@ -127,6 +127,30 @@ async def test_a_piped_command_that_leaves_a_process_holding_the_pipe_does_not_w
         os.kill(int(pidfile.read_text()), 9)
 
 
+async def test_a_piped_run_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    # Ended, timed out, left a holder of the pipe, could not start: the daemon
+    # holds no pipe or output file afterwards.
+    def descriptors() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    pidfile = tmp_path / "daemon.pid"
+    bodies = ["echo ok\n", "sleep 60\n", f"sleep 3600 &\necho $! > {pidfile}\n"]
+    await run_script(
+        script(tmp_path, "warm", "true\n"), timeout=5, label="c", output=tmp_path / "o", piped=True
+    )
+    before = descriptors()
+    try:
+        for index, body in enumerate(bodies):
+            command = script(tmp_path, f"s{index}", body)
+            await run_script(command, timeout=0.5, label="c", output=tmp_path / "o", piped=True)
+        await run_script(
+            str(tmp_path / "nope"), timeout=1, label="c", output=tmp_path / "o", piped=True
+        )
+    finally:
+        os.kill(int(pidfile.read_text()), 9)
+    assert descriptors() == before
+
+
 def test_read_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert read_tail(tmp_path / "none") == ()
 
