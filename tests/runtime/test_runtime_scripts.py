@@ -53,11 +53,16 @@ async def test_a_failing_script_gives_its_status_and_last_lines(tmp_path: Path) 
     assert result.reason.startswith("start script exited with status 3: line6")
 
 
-async def test_a_hung_script_and_its_children_are_killed_at_the_timeout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("piped", [False, True])
+async def test_a_hung_script_and_its_children_are_killed_at_the_timeout(
+    tmp_path: Path, piped: bool
+) -> None:
     pidfile = tmp_path / "child.pid"
     command = script(tmp_path, "hang", f"sleep 60 &\necho $! > {pidfile}\necho started\nwait\n")
     started = anyio.current_time()
-    result = await run_script(command, timeout=0.5, label="start script", output=tmp_path / "o.log")
+    result = await run_script(
+        command, timeout=0.5, label="start script", output=tmp_path / "o.log", piped=piped
+    )
     assert anyio.current_time() - started < 5  # generous bound: killed, not waited for
     assert result.timed_out and not result.ok
     assert "timed out" in result.reason and "started" in result.reason
@@ -80,6 +85,70 @@ async def test_a_command_with_arguments_is_split_like_a_shell(tmp_path: Path) ->
         f"{command} one 'two words'", timeout=5, label="s", output=tmp_path / "o.log"
     )
     assert result.tail == ("one|two words",)
+
+
+@pytest.mark.parametrize("piped", [False, True])
+async def test_the_output_file_and_the_tail_are_the_same_piped_or_not(
+    tmp_path: Path, piped: bool
+) -> None:
+    # Piped, the daemon copies the output to the file: with room on the disk, the
+    # file holds all of it and the tail is the file's, as when the command writes it.
+    body = "seq 1 30000\necho to stderr >&2\nprintf 'no newline'\nexit 4\n"
+    output = tmp_path / "out" / "o.log"
+    result = await run_script(
+        script(tmp_path, "many", body), timeout=10, label="c", output=output, piped=piped
+    )
+    assert result.returncode == 4
+    numbers = "".join(f"{i}\n" for i in range(1, 30001))
+    assert output.read_text() == numbers + "to stderr\nno newline"
+    assert result.tail == ("29998", "29999", "30000", "to stderr", "no newline")
+
+
+async def test_a_piped_command_that_leaves_a_process_holding_the_pipe_does_not_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    # The command starts a daemon that keeps the pipe open and exits: the run
+    # ends DRAIN seconds later with the output read so far, not when the daemon
+    # ends (an hour).
+    pidfile = tmp_path / "daemon.pid"
+    body = f"sleep 3600 &\necho $! > {pidfile}\necho started\n"
+    try:
+        with anyio.fail_after(scripts.DRAIN + 10):  # a bound on a hang, not the property
+            result = await run_script(
+                script(tmp_path, "d", body),
+                timeout=30,
+                label="c",
+                output=tmp_path / "o",
+                piped=True,
+            )
+        assert result.ok and result.tail == ("started",)
+        assert (tmp_path / "o").read_text() == "started\n"
+    finally:
+        os.kill(int(pidfile.read_text()), 9)
+
+
+async def test_a_piped_run_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    # Ended, timed out, left a holder of the pipe, could not start: the daemon
+    # holds no pipe or output file afterwards.
+    def descriptors() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    pidfile = tmp_path / "daemon.pid"
+    bodies = ["echo ok\n", "sleep 60\n", f"sleep 3600 &\necho $! > {pidfile}\n"]
+    await run_script(
+        script(tmp_path, "warm", "true\n"), timeout=5, label="c", output=tmp_path / "o", piped=True
+    )
+    before = descriptors()
+    try:
+        for index, body in enumerate(bodies):
+            command = script(tmp_path, f"s{index}", body)
+            await run_script(command, timeout=0.5, label="c", output=tmp_path / "o", piped=True)
+        await run_script(
+            str(tmp_path / "nope"), timeout=1, label="c", output=tmp_path / "o", piped=True
+        )
+    finally:
+        os.kill(int(pidfile.read_text()), 9)
+    assert descriptors() == before
 
 
 def test_read_tail_of_a_missing_file_is_empty(tmp_path: Path) -> None:

@@ -4,10 +4,22 @@ Each command runs in its own session, hence its own process group, so that on
 timeout the whole group (the script and everything it spawned in the
 foreground) is stopped at once: SIGTERM to the group, then, after a short
 grace (``KILL_GRACE``), SIGKILL to whatever of the group is left
-(``end_group``). Its standard output and error go to a log file rather than a
-pipe: a start script that launches the application in the background would
-otherwise leave the application writing into a pipe nobody reads any more
-(and dying of SIGPIPE). The last lines of that file explain a failure.
+(``end_group``). Its standard output and error go to a log file, in one of
+two ways, and the last lines of that output explain a failure:
+
+- straight into the file (the default): for the application's scripts, for a
+  start script that launches the application in the background would
+  otherwise leave the application writing into a pipe nobody reads any more
+  (and dying of SIGPIPE). The tail is read back from the file.
+- through a pipe the daemon reads (``piped=True``): for checkers and probes,
+  whose verdict must never depend on whether their log could be written (on
+  a full disk iputils ``ping`` fails to write its output and exits 1 although
+  its address answers). The daemon copies what it reads to the file
+  best-effort (a write error drops the rest of that run's output, logged
+  once) and keeps the last ``TAIL_BYTES`` in memory for the tail. Reading is
+  bounded: it stops at end of file, or ``DRAIN`` seconds after the command
+  exits (or is killed) when something it left behind still holds the pipe;
+  that process then loses its output.
 
 ``ScriptLog`` keeps the last runs of each script for the daemon's status.
 """
@@ -31,7 +43,15 @@ from anyio.abc import Process
 from failover.platform.priority import spawning_as_inherited
 
 TAIL_LINES = 5
-_TAIL_BYTES = 8192
+TAIL_BYTES = 8192
+"""Bytes of a command's output its tail is taken from."""
+DRAIN = 0.5
+"""Seconds a piped command's output is still read once the command has ended,
+when a process it left behind keeps the pipe open."""
+_DRAIN_READS = 16
+"""Reads of what is left in the pipe after ``DRAIN``, at most (a holder writing
+without end does not hold the run)."""
+_READ_SIZE = 65536
 KILL_GRACE = 3.0
 """Seconds a process group has to end after SIGTERM before it gets SIGKILL."""
 RUNS_KEPT = 5
@@ -75,20 +95,25 @@ class ScriptResult:
         return what
 
 
-def read_tail(path: Path, lines: int = TAIL_LINES) -> tuple[str, ...]:
-    """The last ``lines`` non-empty lines of ``path`` (reads at most 8 KiB)."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, size - _TAIL_BYTES))
-            data = handle.read()
-    except OSError:
-        return ()
+def tail_lines(data: bytes, lines: int = TAIL_LINES) -> tuple[str, ...]:
+    """The last ``lines`` non-empty lines of ``data``, right-stripped."""
     kept: deque[str] = deque(maxlen=lines)
     for line in data.decode("utf-8", "replace").splitlines():
         if line.strip():
             kept.append(line.rstrip())
     return tuple(kept)
+
+
+def read_tail(path: Path, lines: int = TAIL_LINES) -> tuple[str, ...]:
+    """The last ``lines`` non-empty lines of ``path`` (reads at most ``TAIL_BYTES``)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - TAIL_BYTES))
+            data = handle.read()
+    except OSError:
+        return ()
+    return tail_lines(data, lines)
 
 
 def signal_group(pgid: int, signum: int) -> bool:
@@ -137,6 +162,67 @@ async def _reap(process: Process) -> None:
         log.error("a killed process is still not reaped: going on", pid=process.pid)
 
 
+def _argv(command: str | Sequence[str]) -> list[str] | str:
+    """The argv of ``command`` (a string is split like a shell would), or why not."""
+    try:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+    except ValueError as exc:
+        return f"cannot split the command line: {exc}"
+    return argv or "empty command"
+
+
+_losing: set[Path] = set()
+"""Output files the last run could not (fully) write: a full disk is warned of
+once, not at every probe, and its end noted."""
+
+
+def _output_lost(output: Path, label: str, what: str, exc: OSError) -> None:
+    if output not in _losing:
+        _losing.add(output)
+        log.warning(what, script=label, file=str(output), error=exc.strerror)
+
+
+def _output_kept(output: Path, label: str) -> None:
+    if output in _losing:
+        _losing.discard(output)
+        log.info("script output written again", script=label, file=str(output))
+
+
+def _open_output(output: Path, label: str) -> int | None:
+    """A new ``output`` file opened for appending, or None (logged) if it cannot be."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        # A new inode each run: a background process started by the previous
+        # run may still hold the old file open; truncating it under its feet
+        # would leave a sparse file.
+        output.unlink(missing_ok=True)
+        return os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        # A full or read-only state disk must not fail the script (a checker that
+        # fails for its log would hand the service over): its output is lost.
+        _output_lost(output, label, "script output discarded", exc)
+        return None
+
+
+async def _start(argv: list[str], out_fd: int, env: Mapping[str, str] | None) -> Process | str:
+    """Start ``argv`` in a new session, its output on ``out_fd``: the process, or why not."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    try:
+        with spawning_as_inherited():  # the daemon's raised priority is not the script's
+            return await anyio.open_process(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_fd,
+                stderr=out_fd,
+                env=full_env,
+                start_new_session=True,
+            )
+    except OSError as exc:
+        return f"{argv[0]}: {exc.strerror or exc}"
+
+
 async def spawn(
     command: str | Sequence[str],
     *,
@@ -150,41 +236,85 @@ async def spawn(
     A string is split like a shell would (``shlex.split``) but run without a
     shell; a sequence is the argv itself.
     """
-    try:
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
-    except ValueError as exc:
-        return f"cannot split the command line: {exc}"
-    if not argv:
-        return "empty command"
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        # A new inode each run: a background process started by the previous
-        # run may still hold the old file open; truncating it under its feet
-        # would leave a sparse file.
-        output.unlink(missing_ok=True)
-        out_fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
-    except OSError as exc:
-        # A full or read-only state disk must not fail the script (a checker that
-        # fails for its log would hand the service over): its output is lost.
-        log.warning("script output discarded", script=label, file=str(output), error=exc.strerror)
+    argv = _argv(command)
+    if isinstance(argv, str):
+        return argv
+    out_fd = _open_output(output, label)
+    if out_fd is None:
         out_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+    else:
+        _output_kept(output, label)  # (as far as the daemon can know)
     try:
-        with spawning_as_inherited():  # the daemon's raised priority is not the script's
-            return await anyio.open_process(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_fd,
-                stderr=out_fd,
-                env=full_env,
-                start_new_session=True,
-            )
-    except OSError as exc:
-        return f"{argv[0]}: {exc.strerror or exc}"
+        return await _start(argv, out_fd, env)
     finally:
         os.close(out_fd)
+
+
+class _Capture:
+    """The daemon's end of a piped command's output: what it reads is copied to
+    the output file best-effort and its last ``TAIL_BYTES`` kept for the tail."""
+
+    def __init__(self, read_fd: int, output: Path, label: str) -> None:
+        os.set_blocking(read_fd, False)
+        self._fd: int | None = read_fd
+        self._output = output
+        self._label = label
+        self._file = _open_output(output, label)
+        self._kept = bytearray()
+        self.ended = anyio.Event()
+        """Set at end of file: no process holds the pipe any more."""
+
+    def _keep(self, data: bytes) -> None:
+        self._kept += data
+        del self._kept[:-TAIL_BYTES]
+        if self._file is None:
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._file, view) :]
+        except OSError as exc:
+            # A full disk loses the rest of the log, never the command's verdict.
+            _output_lost(self._output, self._label, "script output lost from here on", exc)
+            os.close(self._file)
+            self._file = None
+
+    def _read(self) -> bool:
+        """One read of what the pipe holds; False when there is nothing to read now."""
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, _READ_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.ended.set()
+            return False
+        self._keep(data)
+        return True
+
+    async def pump(self) -> None:
+        """Read until end of file (or until cancelled)."""
+        while not self.ended.is_set():
+            assert self._fd is not None
+            await anyio.wait_readable(self._fd)
+            self._read()
+
+    def tail(self) -> tuple[str, ...]:
+        """What is left in the pipe (a bounded number of reads), then the tail."""
+        for _ in range(_DRAIN_READS):
+            if self._fd is None or self.ended.is_set() or not self._read():
+                break
+        return tail_lines(bytes(self._kept))
+
+    def close(self) -> None:
+        if self._file is not None:
+            _output_kept(self._output, self._label)
+        for fd in (self._fd, self._file):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._file = None
 
 
 async def run_script(
@@ -195,37 +325,77 @@ async def run_script(
     output: Path,
     env: Mapping[str, str] | None = None,
     grace: float = KILL_GRACE,
+    piped: bool = False,
 ) -> ScriptResult:
     """Run ``command`` and wait for it for at most ``timeout`` seconds.
 
     A string is split like a shell would (``shlex.split``) but run without a
     shell; a sequence is the argv itself.
-    The output file is truncated first. On timeout the process group is ended
-    (``end_group``: SIGTERM, SIGKILL after ``grace``) before this returns, so
-    the call takes at most ``timeout`` plus ``grace`` plus ``REAP_LIMIT``.
+    The output file is made anew. With ``piped`` the output goes through a pipe
+    the daemon reads (module docstring): a log that cannot be written never
+    changes the result; the call may take ``DRAIN`` seconds more when the
+    command leaves a process holding the pipe. On timeout the process group is
+    ended (``end_group``: SIGTERM, SIGKILL after ``grace``) before this
+    returns, so the call takes at most ``timeout`` plus ``grace`` plus
+    ``REAP_LIMIT`` (plus ``DRAIN``).
     Never raises for a failing command: the outcome (including "could not
     start") is in the result. When cancelled, the process group is killed
     at once.
     """
     started = anyio.current_time()
-    process = await spawn(command, label=label, output=output, env=env)
-    if isinstance(process, str):
-        return ScriptResult(label, None, False, (), process)
+    argv = _argv(command)
+    if isinstance(argv, str):
+        return ScriptResult(label, None, False, (), argv)
+    capture: _Capture | None = None
+    if piped:
+        try:
+            read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        except OSError as exc:  # out of descriptors
+            return ScriptResult(label, None, False, (), f"cannot make a pipe: {exc.strerror}")
+        capture = _Capture(read_fd, output, label)
+        try:
+            process = await _start(argv, write_fd, env)
+        finally:
+            os.close(write_fd)  # the command's copy is the only writer left
+    else:
+        process = await spawn(argv, label=label, output=output, env=env)
+    try:
+        if isinstance(process, str):
+            return ScriptResult(label, None, False, (), process)
+        timed_out = await _wait(process, timeout, grace, capture)
+        tail = read_tail(output) if capture is None else capture.tail()
+    finally:
+        if capture is not None:
+            capture.close()
+    returncode = None if timed_out else process.returncode
+    duration = anyio.current_time() - started
+    return ScriptResult(label, returncode, timed_out, tail, duration=duration)
+
+
+async def _wait(process: Process, timeout: float, grace: float, capture: _Capture | None) -> bool:
+    """Wait for ``process`` (ending its group at ``timeout``) while ``capture``, if
+    any, reads its output, for ``DRAIN`` seconds at most after it ended: whether
+    it timed out."""
     timed_out = False
     try:
-        with anyio.move_on_after(timeout) as scope:
-            await process.wait()
-        if scope.cancelled_caught:
-            timed_out = True
-            await end_group(process.pid, grace, process)
+        async with anyio.create_task_group() as tasks:
+            if capture is not None:
+                tasks.start_soon(capture.pump)
+            with anyio.move_on_after(timeout) as scope:
+                await process.wait()
+            if scope.cancelled_caught:
+                timed_out = True
+                await end_group(process.pid, grace, process)
+            if capture is not None:
+                with anyio.move_on_after(DRAIN):
+                    await capture.ended.wait()
+                tasks.cancel_scope.cancel()
     except BaseException:
         # Cancelled from outside (daemon shutting down): leave no orphan group.
         signal_group(process.pid, signal.SIGKILL)
         await _reap(process)
         raise
-    returncode = None if timed_out else process.returncode
-    duration = anyio.current_time() - started
-    return ScriptResult(label, returncode, timed_out, read_tail(output), duration=duration)
+    return timed_out
 
 
 @dataclass(frozen=True)

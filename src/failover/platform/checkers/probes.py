@@ -102,7 +102,9 @@ def _output_file(output_dir: Path, name: str) -> Path:
 @dataclass(frozen=True)
 class CommandProbe(_Stateless):
     """Healthy while ``command`` exits 0 within the timeout. Its output goes to
-    ``<output_dir>/checker-<name>.log``; ``env`` is added to the daemon's."""
+    ``<output_dir>/checker-<name>.log`` through a pipe (``run_script(piped=True)``:
+    a log that cannot be written never changes the verdict); ``env`` is added
+    to the daemon's."""
 
     name: str
     command: str
@@ -116,6 +118,7 @@ class CommandProbe(_Stateless):
             label=f"checker {self.name}",
             output=_output_file(self.output_dir, self.name),
             env=dict(self.env),
+            piped=True,
         )
         return Outcome(result.ok, result.reason)
 
@@ -154,7 +157,8 @@ class TcpProbe(_Stateless):
 
 @dataclass(frozen=True)
 class PingProbe(_Stateless):
-    """Healthy while ``address`` answers one ICMP echo within the timeout."""
+    """Healthy while ``address`` answers one ICMP echo within the timeout (the exit
+    status of ``ping``, whose output is piped like a ``CommandProbe``'s)."""
 
     name: str
     address: str
@@ -167,6 +171,7 @@ class PingProbe(_Stateless):
             timeout=timeout + PING_MARGIN,
             label=f"checker {self.name} (ping {self.address})",
             output=_output_file(self.output_dir, self.name),
+            piped=True,
         )
         return Outcome(result.ok, result.reason)
 
