@@ -76,6 +76,10 @@ OWN_DISKS = (UNSHARE, MOUNT, NSENTER)
 """``failover.lab.with_own_disks``: a node's daemon in a mount namespace of its own."""
 FUSE = (FUSERMOUNT,)
 """A replicated directory's mirror (libfuse3 and fusermount3)."""
+ETCD = Need("etcd-server", command="etcd")
+"""An etcd server, for ``type: etcd`` arbitrators."""
+PING = Need("iputils-ping", command="ping")
+"""iputils ``ping``, for ``type: ping`` arbitrators."""
 REPLICATING_LAB = (*NETNS, *OWN_DISKS, *FUSE)
 """Two replicating nodes in a lab, each on its own disk (with a usable ``/dev/fuse``)."""
 

@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _needs import NETNS, Need, ensure, require  # the same directory
+from _needs import ETCD, NETNS, PING, ensure, require  # the same directory
 from failover_detect import (
     NODES,
     POLL,
@@ -114,8 +114,6 @@ from failover.config.timing import PROFILES as TIMINGS
 from failover.lab import Lab, LabError, netns_unavailable_reason
 
 SCRIPT = "arbitrator_takeover.py"
-ETCD = Need("etcd-server", command="etcd")
-PING = Need("iputils-ping", command="ping")
 TYPES = ("none", "witness", "etcd", "ping")
 VIP_HOST = {"none": 210, "witness": 211, "etcd": 212, "ping": 213}
 PING_HOST = 250  # the pinged address, a second address of the client on "lan"

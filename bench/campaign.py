@@ -172,7 +172,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 import yaml
-from _needs import REPLICATING_LAB, UMOUNT, ensure, fuse_device_reason, require
+from _needs import ETCD, PING, REPLICATING_LAB, UMOUNT, ensure, fuse_device_reason, require
 
 from failover.api.client import ControlClient
 from failover.config.timing import PROFILES
@@ -1601,7 +1601,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_machine(arbitrator: str) -> None:
     """Return when this machine can run the campaign (installing what Debian has, as
     root); else one line on stderr and exit 2."""
-    ensure(SCRIPT, [*REPLICATING_LAB, UMOUNT], root="network namespaces, mounts")
+    extra = {"etcd": [ETCD], "ping": [PING]}.get(arbitrator, [])
+    ensure(SCRIPT, [*REPLICATING_LAB, UMOUNT, *extra], root="network namespaces, mounts")
     require(SCRIPT, netns_unavailable_reason())
     require(SCRIPT, fuse_device_reason())
     require(SCRIPT, UNAVAILABLE.get(arbitrator))

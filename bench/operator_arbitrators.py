@@ -40,12 +40,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from failover.lab import Lab
+from _needs import ETCD, MOUNT, NETNS, PING, UMOUNT, ensure, require  # the same directory
+
+from failover.lab import Lab, netns_unavailable_reason
 from failover.testing.etcd import EtcdServer
 
 PYTHON = sys.executable
 FAILOVER = [PYTHON, "-m", "failover"]
 FAILED: list[str] = []
+SCRIPT = "operator_arbitrators.py"
 
 
 def check(ok: bool, what: str) -> None:
@@ -134,6 +137,9 @@ def main() -> int:
     parser.add_argument("--keep-dir", type=Path, help="keep configs and logs here")
     parser.add_argument("--arbitrator", choices=("witness", "ping", "etcd"), default="witness")
     args = parser.parse_args()
+    extra = {"etcd": [ETCD], "ping": [PING]}.get(args.arbitrator, [])
+    ensure(SCRIPT, [*NETNS, MOUNT, UMOUNT, *extra], root="network namespaces, mounts")
+    require(SCRIPT, netns_unavailable_reason())
     base = Path(tempfile.mkdtemp(prefix="operator-arbitrators-"))
     mounts: list[Path] = []
     lab = Lab(("lan", "crossover"), arbitrator="lan")
