@@ -504,7 +504,10 @@ class Pair:
         self.netns: dict[str, int] = {}  # open network namespaces: each node's, the client's
         self.observed: list[Observation] = []
         self.dropped: set[tuple[str, str, str]] = set()  # drop_towards in force
-        self.orphans: dict[str, str] = {}  # node: the mount namespace its killed daemon left
+        # node: an open descriptor of the mount namespace its killed daemon left; held
+        # open so that the namespace, and with it its inode number, cannot be freed and
+        # handed to another node's (or another campaign's) new namespace meanwhile
+        self.orphans: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
         self.paused: set[str] = set()
@@ -676,18 +679,24 @@ class Pair:
         self.expected_down.add(node)
         proc = self.procs[node]
         with contextlib.suppress(OSError):
-            self.orphans[node] = os.readlink(f"/proc/{proc.pid}/ns/mnt")
+            self.orphans[node] = os.open(f"/proc/{proc.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self.resume(node)
         proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
 
     def kill_orphans(self, node: str) -> None:
-        namespace = self.orphans.pop(node, None)
-        if namespace is not None and namespace != os.readlink("/proc/self/ns/mnt"):
-            for pid in mount_namespace_members(namespace):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        held = self.orphans.pop(node, None)
+        if held is None:
+            return
+        try:
+            namespace = f"mnt:[{os.fstat(held).st_ino}]"
+            if namespace != os.readlink("/proc/self/ns/mnt"):
+                for pid in mount_namespace_members(namespace):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        finally:
+            os.close(held)
 
     def pause(self, node: str) -> None:
         self.paused.add(node)
