@@ -68,7 +68,6 @@ def run(
         table=None if name is None else mutant_table(name),
         roots=(search.root,),
         liveness=liveness,
-        parallel=False,
     )
 
 
