@@ -13,9 +13,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from email import policy
-from functools import partial
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
