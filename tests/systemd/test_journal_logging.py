@@ -16,7 +16,7 @@ from failover.runtime.logging import PRIORITIES
 PROGRAM = """
 import structlog
 from failover.runtime.logging import configure_logging
-configure_logging(level="debug")
+configure_logging(level="debug", console=CONSOLE)
 log = structlog.get_logger("t").bind(node="alpha")
 log.debug("probe", link="lan")
 log.info("transition", core_event="PeerDead", **{"from": "secondary", "to": "alone"})
@@ -29,7 +29,7 @@ except ZeroDivisionError:
 """
 
 
-def _run(journal: str | None) -> list[str]:
+def _run(journal: str | None, console: bool | None = None) -> list[str]:
     """Run PROGRAM with stdout on a pipe whose device and inode are known, and
     ``JOURNAL_STREAM`` set to ``journal`` (``"pipe"``: that pipe's)."""
     read, write = os.pipe()
@@ -39,7 +39,7 @@ def _run(journal: str | None) -> list[str]:
         env["JOURNAL_STREAM"] = f"{info.st_dev}:{info.st_ino}" if journal == "pipe" else journal
     with os.fdopen(read, "rb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", PROGRAM],
+            [sys.executable, "-c", PROGRAM.replace("CONSOLE", repr(console))],
             stdout=write,
             stderr=subprocess.PIPE,
             env=env,
@@ -51,8 +51,9 @@ def _run(journal: str | None) -> list[str]:
     return text.decode().splitlines()
 
 
-def test_each_line_carries_its_priority_and_no_timestamp() -> None:
-    lines = _run("pipe")
+@pytest.mark.parametrize("console", [None, False])  # (False: the watchdog process's call)
+def test_each_line_carries_its_priority_and_no_timestamp(console: bool | None) -> None:
+    lines = _run("pipe", console)
     assert all(line[:3] in {"<7>", "<6>", "<4>", "<3>"} for line in lines), lines
     debug, transition, warning, error, exception = lines[:5]
     assert debug.startswith(f"<{PRIORITIES['debug']}>") and "probe" in debug

@@ -14,6 +14,7 @@ One task group holds every task of the node:
   fences the application if this loop stops feeding it a deadline (the lease's
   ``fence_at``, or the last heartbeat + ``dead_timeout`` - ``heartbeat_interval`` / 2)
   while the node serves; a fence it reports is handed to the core as ``AppFailed``.
+  Under systemd the same feeder task pings systemd's watchdog (``runtime/notify.py``).
 
 How the effects of one ``handle`` call are applied, in list order:
 
@@ -543,11 +544,13 @@ class Daemon:
         fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
         self.log.info("transition", core_event=record.event, **fields)
         if self.notifier is not None:
-            self.notifier.status(self._status_line())
+            self.notifier.status(self._status_line(record))
 
-    def _status_line(self) -> str:
+    def _status_line(self, record: fx.TransitionRecord | None = None) -> str:
         node, peer = self.node, self.node.facts.peer
         heard = None if peer is None or not node.facts.peer_alive else peer.state.value
+        if record is not None:
+            return status_line(record.target, record.substatus, record.reason, heard)
         return status_line(node.state.value, node.substatus.value, node.facts.reason, heard)
 
     async def _notify_ready(self) -> None:

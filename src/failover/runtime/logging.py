@@ -156,8 +156,10 @@ def configure_logging(
     """Configure structlog for the whole process (idempotent: the last call wins).
 
     ``console`` forces the renderer; by default it is the console renderer
-    exactly when the output is stdout and stdout is a terminal, and the journal's
-    (``JournalRenderer``, no timestamp) when stdout is the journal's stream.
+    exactly when the output is stdout and stdout is a terminal. Whenever the output
+    is stdout and stdout is the journal's stream, it is the journal's
+    (``JournalRenderer``, no timestamp) unless ``console`` is True: a helper that
+    asks for JSON (the watchdog, ``console=False``) logs there as the daemon does.
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -167,7 +169,7 @@ def configure_logging(
     if binary is not None:
         _opened.append(binary)
     stream = _Tolerant(binary=binary) if binary is not None else _Tolerant(text=sys.stdout)
-    journal = console is None and log_file is None and journal_stream()
+    journal = console is not True and log_file is None and journal_stream()
     if console is None:
         console = log_file is None and sys.stdout.isatty()
     renderer: Any
