@@ -21,9 +21,10 @@ Invariants.
 
 The protocol is a datagram of ``KEY=VALUE`` lines on an ``AF_UNIX`` socket
 (sd_notify(3)); a name starting with ``@`` is in the abstract namespace. It is
-forty lines here, so no library: ``sdnotify`` (PyPI, unmaintained since 2017)
-adds a blocking socket and nothing for ``WATCHDOG_USEC``/``WATCHDOG_PID``, and
-``systemd-python`` needs libsystemd's headers to build.
+forty lines here, so no library: ``sdnotify`` (PyPI 0.3.2, its upstream idle, a
+fork keeps it alive) sends on a blocking socket, hides every error, and knows
+nothing of ``WATCHDOG_USEC``/``WATCHDOG_PID`` (the rate and the PID check would
+still be ours); ``systemd-python`` is a C extension built against libsystemd.
 
 The three variables are removed from the environment once read, so that the
 scripts and the application (children of the daemon) do not talk to systemd in
