@@ -14,6 +14,7 @@ One task group holds every task of the node:
   fences the application if this loop stops feeding it a deadline (the lease's
   ``fence_at``, or the last heartbeat + ``dead_timeout`` - ``heartbeat_interval`` / 2)
   while the node serves; a fence it reports is handed to the core as ``AppFailed``.
+  Under systemd the same feeder task pings systemd's watchdog (``runtime/notify.py``).
 
 How the effects of one ``handle`` call are applied, in list order:
 
@@ -86,6 +87,7 @@ from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
 from failover.runtime.logging import AuditJournal, log_file
+from failover.runtime.notify import Notifier, status_line
 from failover.runtime.store import IncarnationStore, MetadataStore, unwritable
 from failover.runtime.timer import DeadlineSignal, run_timer
 from failover.runtime.watchdog import (
@@ -318,6 +320,7 @@ class Daemon:
         self.log = log.bind(node=node_name)
         self._heard: tuple[str, str, bool] | None = None
         self._last_beat: float | None = None  # when the core last emitted a heartbeat
+        self.notifier = Notifier.from_environ()  # systemd's (runtime/notify.py), or None
 
     # --- producers -----------------------------------------------------------------------
 
@@ -540,6 +543,22 @@ class Daemon:
         self.controller.record(entry)
         fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
         self.log.info("transition", core_event=record.event, **fields)
+        if self.notifier is not None:
+            self.notifier.status(self._status_line(record))
+
+    def _status_line(self, record: fx.TransitionRecord | None = None) -> str:
+        node, peer = self.node, self.node.facts.peer
+        heard = None if peer is None or not node.facts.peer_alive else peer.state.value
+        if record is not None:
+            return status_line(record.target, record.substatus, record.reason, heard)
+        return status_line(node.state.value, node.substatus.value, node.facts.reason, heard)
+
+    async def _notify_ready(self) -> None:
+        """READY=1 once the listeners are bound (``run`` starts this after them) and
+        the core has taken its first decision."""
+        await self._wait_until(lambda: self._step > 0)
+        if self.notifier is not None:
+            self.notifier.ready(self._status_line())
 
     def _journal_step(self, effects: list[fx.Effect]) -> None:
         """The audit journal's records of one ``handle`` call (docs/audit.md): what the
@@ -606,6 +625,8 @@ class Daemon:
             return
         self._stopping = True
         self.log.info("stopping", why=why)
+        if self.notifier is not None:
+            self.notifier.stopping(why)
         await self.report(ev.Stop())
         bound = self.app.budget + CLEANUP_TIMEOUT
         with anyio.move_on_after(bound) as scope:
@@ -840,12 +861,18 @@ class Daemon:
         peer = facts.peer if held is None else held
         return watchdog_deadline(self.node.settings, facts.lease, peer, beat)
 
-    async def _feed_watchdog(self, watchdog: WatchdogClient) -> None:
+    async def _feed_watchdog(self, watchdog: WatchdogClient | None) -> None:
         """Feed the deadline after each step of the loop and each action's progress
-        (``_notify``), and at least every heartbeat interval."""
+        (``_notify``), and at least every heartbeat interval; and systemd's watchdog
+        from here alone, at least every half of its period (runtime/notify.py)."""
+        notifier = self.notifier
         while True:
-            await watchdog.feed(self._watchdog_deadline())
-            with anyio.move_on_after(self.config.timing.heartbeat_interval):
+            if watchdog is not None:
+                await watchdog.feed(self._watchdog_deadline())
+            wait = self.config.timing.heartbeat_interval
+            if notifier is not None:
+                wait = min(wait, notifier.alive(anyio.current_time()) or wait)
+            with anyio.move_on_after(wait):
                 await self._changed.wait()
 
     def _fenced_why(self) -> str | None:
@@ -910,6 +937,8 @@ class Daemon:
                     task_status.started(self.controller)
                     if self.config.cluster.autostart:
                         await self.report(ev.Start())
+                    if self.notifier is not None:
+                        tg.start_soon(self._notify_ready)
                     await self._exit.wait()
                     await self._stop_held_app()
                     tg.cancel_scope.cancel()
@@ -929,6 +958,7 @@ class Daemon:
         with anyio.move_on_after(self.app.budget):
             recovered = await self.app.recover()
         self._journal_start(recovered)
+        fed: WatchdogClient | None = None
         if self.watchdog is not None:
             problem = await self.watchdog.start()
             if problem is not None:
@@ -937,7 +967,9 @@ class Daemon:
                 )
             else:
                 tg.start_soon(self.watchdog.listen)
-                tg.start_soon(self._feed_watchdog, self.watchdog)
+                fed = self.watchdog
+        if fed is not None or self.notifier is not None:  # systemd's watchdog is fed there too
+            tg.start_soon(self._feed_watchdog, fed)
         if self.data is not None:
             await tg.start(self.data.run)  # mounts every directory read-only
         self.executor = ActionExecutor(
@@ -995,6 +1027,8 @@ class Daemon:
         self.journal.write("exit", state=self.node.state.value, app_running=self.app.running)
         self.journal.close()
         self.log.info("node stopped", state=self.node.state.value)
+        if self.notifier is not None:
+            self.notifier.close()
 
 
 def _metadata_fields(metadata: Metadata) -> dict[str, Any]:

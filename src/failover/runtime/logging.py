@@ -2,10 +2,15 @@
 
 JSON lines (one object per record, with ``timestamp``, ``level`` and ``msg``)
 go to stdout when it is not a terminal, or to ``--log-file``; a terminal gets
-structlog's readable console renderer. Records carry an ``event`` field for
-the core event of a transition, so structlog's own message key is renamed to
-``msg``: call sites pass the message positionally and the core event as
-``core_event=...``.
+structlog's readable console renderer. Under systemd (stdout is the journal's
+stream, as ``JOURNAL_STREAM`` says) records get the console renderer without
+colours or timestamp (the journal stamps each line) and each line is prefixed
+with its syslog priority (``<3>`` error ... ``<7>`` debug), which journald
+strips and stores, so that ``journalctl -p warning`` selects them.
+
+Records carry an ``event`` field for the core event of a transition, so
+structlog's own message key is renamed to ``msg``: call sites pass the message
+positionally and the core event as ``core_event=...``.
 
 Only the runtime configures logging; ``core/`` never installs a handler.
 
@@ -100,6 +105,38 @@ def log_file() -> str | None:
     return str(_opened[-1].name) if _opened else None
 
 
+PRIORITIES = {"critical": 2, "error": 3, "warning": 4, "info": 6, "debug": 7}
+"""syslog priorities (sd-daemon(3)) of the log levels; unknown levels are ``info``."""
+
+
+def journal_stream(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (stdout) is connected to the journal: systemd sets
+    ``JOURNAL_STREAM`` to its device and inode (a redirected stdout is not)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    if not (device.isdigit() and inode.isdigit()):
+        return False
+    try:
+        info = os.fstat((stream or sys.stdout).fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or not a file (a test's capture)
+        return False
+    return (info.st_dev, info.st_ino) == (int(device), int(inode))
+
+
+class JournalRenderer:
+    """The console renderer for the journal: no colours, each line of a record (a
+    traceback has several) prefixed with the record's syslog priority."""
+
+    def __init__(self) -> None:
+        self.console = structlog.dev.ConsoleRenderer(
+            colors=False, event_key="msg", sort_keys=False, pad_event_to=0
+        )
+
+    def __call__(self, logger: Any, name: str, record: MutableMapping[str, Any]) -> str:
+        prefix = f"<{PRIORITIES.get(str(record.get('level')), 6)}>"
+        text = self.console(logger, name, record)
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
+
+
 _LEADING = ("timestamp", "level", "msg", "node", "from", "event", "to")
 
 
@@ -119,7 +156,10 @@ def configure_logging(
     """Configure structlog for the whole process (idempotent: the last call wins).
 
     ``console`` forces the renderer; by default it is the console renderer
-    exactly when the output is stdout and stdout is a terminal.
+    exactly when the output is stdout and stdout is a terminal. Whenever the output
+    is stdout and stdout is the journal's stream, it is the journal's
+    (``JournalRenderer``, no timestamp) unless ``console`` is True: a helper that
+    asks for JSON (the watchdog, ``console=False``) logs there as the daemon does.
     """
     if level not in LEVELS:
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
@@ -129,10 +169,14 @@ def configure_logging(
     if binary is not None:
         _opened.append(binary)
     stream = _Tolerant(binary=binary) if binary is not None else _Tolerant(text=sys.stdout)
+    journal = console is not True and log_file is None and journal_stream()
     if console is None:
         console = log_file is None and sys.stdout.isatty()
     renderer: Any
-    if console:
+    stamp: list[Any] = [structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    if journal:
+        renderer, stamp = JournalRenderer(), []
+    elif console:
         renderer = structlog.dev.ConsoleRenderer(event_key="msg", sort_keys=False)
     else:
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
@@ -140,7 +184,7 @@ def configure_logging(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamp,
             structlog.processors.format_exc_info,
             structlog.processors.EventRenamer("msg", replace_by="core_event"),
             _lead_with_essentials,
