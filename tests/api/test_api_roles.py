@@ -21,6 +21,8 @@ from api_fakes import (
     serving,
     serving_in_thread,
     status_line,
+    write_cluster_file,
+    write_token,
 )
 
 from failover.api.schema import read_control_tokens
@@ -175,48 +177,27 @@ async def test_the_same_token_for_both_roles_is_refused(controller: FakeControll
         await serve_control(controller, tcp=("127.0.0.1", 0), token=ADMIN, read_token=ADMIN)
 
 
-def _token(path: Path, token: str) -> Path:
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return path
-
-
 def test_two_token_files_with_the_same_token_are_refused_naming_both(tmp_path: Path) -> None:
-    admin = _token(tmp_path / "admin", ADMIN)
-    read = _token(tmp_path / "read", ADMIN)
+    admin = write_token(tmp_path / "admin", ADMIN)
+    read = write_token(tmp_path / "read", ADMIN)
     with pytest.raises(UsageError) as caught:
         read_control_tokens(admin, read)
     assert str(admin) in str(caught.value)
     assert str(read) in str(caught.value)
-    assert read_control_tokens(admin, _token(tmp_path / "other", READ)) == (ADMIN, READ)
+    assert read_control_tokens(admin, write_token(tmp_path / "other", READ)) == (ADMIN, READ)
 
 
-CONFIG = """\
-cluster:
-  name: dispatch
-  insecure: true
-links:
-  - name: lan
-    transport: udp
-nodes:
-  alpha:
-    control:
-      tcp: {{address: 127.0.0.1, port: {port}, token_file: {admin}, read_token_file: {read}}}
-    links:
-      lan: {{address: 127.0.0.1, port: 7401}}
-  beta:
-    links:
-      lan: {{address: 127.0.0.1, port: 7402}}
-"""
+def _config(path: Path, port: int, admin: Path, read: Path) -> Path:
+    tcp = f"address: 127.0.0.1, port: {port}, token_file: {admin}, read_token_file: {read}"
+    return write_cluster_file(path, f"tcp: {{{tcp}}}")
 
 
-def test_check_config_names_both_token_files_when_they_hold_the_same_token(
+def test_check_config_names_both_token_files_when_they_hold_the_samewrite_token(
     tmp_path: Path,
 ) -> None:
-    admin = _token(tmp_path / "admin", ADMIN)
-    read = _token(tmp_path / "read", ADMIN)
-    config = tmp_path / "cluster.yaml"
-    config.write_text(CONFIG.format(port=7480, admin=admin, read=read))
+    admin = write_token(tmp_path / "admin", ADMIN)
+    read = write_token(tmp_path / "read", ADMIN)
+    config = _config(tmp_path / "cluster.yaml", 7480, admin, read)
     with pytest.raises(ConfigError) as caught:
         load_config(config, local_node="alpha")
     (problem,) = caught.value.problems
@@ -229,8 +210,8 @@ def test_check_config_names_both_token_files_when_they_hold_the_same_token(
 def test_the_cli_works_with_either_token_and_says_so_in_one_line(
     controller: FakeController, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    admin = _token(tmp_path / "admin", ADMIN)
-    read = _token(tmp_path / "read", READ)
+    admin = write_token(tmp_path / "admin", ADMIN)
+    read = write_token(tmp_path / "read", READ)
     with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=ADMIN, read_token=READ) as ends:
         assert ends.tcp is not None
         where = ["--tcp", f"127.0.0.1:{ends.tcp[1]}"]
@@ -239,8 +220,7 @@ def test_the_cli_works_with_either_token_and_says_so_in_one_line(
         assert main(["stop", *where, "--token-file", str(read)]) == 2
         err = capsys.readouterr().err
         assert main(["stop", *where, "--token-file", str(admin)]) == 0
-        config = tmp_path / "cluster.yaml"
-        config.write_text(CONFIG.format(port=ends.tcp[1], admin=admin, read=read))
+        config = _config(tmp_path / "cluster.yaml", ends.tcp[1], admin, read)
         from_file = ["-c", str(config), "--node", "alpha"]
         assert main(["state", "-q", *from_file, "--token-file", str(read)]) == 1  # serial down
         assert main(["swap", *from_file, "--token-file", str(read)]) == 2
