@@ -1,7 +1,9 @@
 """``/v1/openapi.json``: the document is valid OpenAPI 3.1, lists every route the
 server dispatches with the role it needs, and its models describe what a real
 daemon answers (every object forbids keys it does not list: the code and the
-document cannot drift apart unseen)."""
+document cannot drift apart unseen). The real daemon also shows its TCP
+listener wired from the config: both roles, TLS, and one token for both
+roles refused at start."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 import yaml
-from api_fakes import WAIT, FakeController, request, serving
+from api_fakes import WAIT, FakeController, request, serving, write_token
 from openapi_spec_validator import validate
 from pydantic import ValidationError
 
+from failover.api.client import ControlAPIError, ControlClient
 from failover.api.openapi import (
     CommandAnswer,
     Degraded,
@@ -30,6 +34,7 @@ from failover.api.openapi import (
 from failover.api.schema import OPENAPI_PATH, required_role
 from failover.api.server import ROUTES, ControlEndpoints, Route
 from failover.config import load_config
+from failover.errors import UsageError
 from failover.platform.scripts import ScriptResult
 from failover.platform.scripts import ScriptRun as LoggedRun
 from failover.runtime.daemon import run_node
@@ -112,16 +117,14 @@ def _free_udp_port() -> int:
         return port
 
 
-@asynccontextmanager
-async def real_daemon(tmp_path: Path, sock_dir: Path) -> AsyncIterator[ControlEndpoints]:
-    """Node alpha of a real pair (the real core, UDP on loopback), its peer absent."""
+def real_config(tmp_path: Path, control: dict[str, Any]) -> Path:
+    """A real pair's file (fast timings, UDP on loopback); node alpha's ``control``."""
     script = tmp_path / "start.sh"
     script.write_text("#!/bin/sh\necho started\n")
     script.chmod(0o755)
     key = tmp_path / "cluster.key"
     key.write_bytes(os.urandom(32))
     key.chmod(0o600)
-    socket_path = str(sock_dir / "alpha.sock")
     document = {
         "cluster": {
             "name": "dispatch",
@@ -133,7 +136,7 @@ async def real_daemon(tmp_path: Path, sock_dir: Path) -> AsyncIterator[ControlEn
         "application": {"start": str(script)},
         "nodes": {
             "alpha": {
-                "control": {"socket": socket_path},
+                "control": control,
                 "links": {"lan": {"address": "127.0.0.1", "port": _free_udp_port()}},
             },
             "beta": {"links": {"lan": {"address": "127.0.0.1", "port": _free_udp_port()}}},
@@ -141,7 +144,14 @@ async def real_daemon(tmp_path: Path, sock_dir: Path) -> AsyncIterator[ControlEn
     }
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(document))
-    config = load_config(path)
+    return path
+
+
+@asynccontextmanager
+async def real_daemon(tmp_path: Path, sock_dir: Path) -> AsyncIterator[ControlEndpoints]:
+    """Node alpha of a real pair (the real core), its peer absent, on a Unix socket."""
+    socket_path = str(sock_dir / "alpha.sock")
+    config = load_config(real_config(tmp_path, {"socket": socket_path}))
     async with anyio.create_task_group() as group:
         await group.start(
             lambda task_status: run_node(
@@ -179,3 +189,62 @@ async def _status_once(ends: ControlEndpoints, done: Callable[[Status], bool]) -
             if done(status):
                 return status
             await anyio.sleep(0.05)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def test_a_real_daemon_serves_both_roles_over_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "api.pem", tmp_path / "api.key", tmp_path / "ca.pem"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(ca_file))
+    admin = write_token(tmp_path / "admin", ADMIN)
+    read = write_token(tmp_path / "read", READ)
+    port = _free_tcp_port()
+    tcp = {
+        "address": "127.0.0.1",
+        "port": port,
+        "token_file": str(admin),
+        "read_token_file": str(read),
+        "tls": {"cert_file": str(cert), "key_file": str(key)},
+    }
+    config = load_config(real_config(tmp_path, {"tcp": tcp}), local_node="alpha")
+    reader = ControlClient(tcp=("127.0.0.1", port), token=READ, ca_file=str(ca_file))
+    operator = ControlClient(tcp=("127.0.0.1", port), token=ADMIN, ca_file=str(ca_file))
+    async with anyio.create_task_group() as group:
+        await group.start(
+            lambda task_status: run_node(
+                config, "alpha", handle_signals=False, task_status=task_status
+            )
+        )
+        status = await anyio.to_thread.run_sync(reader.get_status)
+        with pytest.raises(ControlAPIError, match="needs the admin role"):
+            await anyio.to_thread.run_sync(reader.command, "stop")
+        stopped = await anyio.to_thread.run_sync(operator.command, "stop")
+        group.cancel_scope.cancel()
+    Status.model_validate(status)
+    assert stopped.accepted
+
+
+async def test_a_real_daemon_refuses_one_token_for_both_roles(tmp_path: Path) -> None:
+    admin = write_token(tmp_path / "admin", ADMIN)
+    read = write_token(tmp_path / "read", ADMIN)
+    tcp = {
+        "address": "127.0.0.1",
+        "port": _free_tcp_port(),
+        "token_file": str(admin),
+        "read_token_file": str(read),
+    }
+    config = load_config(real_config(tmp_path, {"tcp": tcp}))
+    with pytest.raises(UsageError) as caught:
+        with anyio.fail_after(WAIT):
+            await run_node(config, "alpha", handle_signals=False)
+    assert str(admin) in str(caught.value)
+    assert str(read) in str(caught.value)
