@@ -85,11 +85,19 @@ async def tls_connect(ends: ControlEndpoints, ca: Path) -> anyio.abc.ByteStream:
     )
 
 
-async def tls_get(ends: ControlEndpoints, ca: Path, target: str = "/v1/status") -> Answer:
+async def tls_get(
+    ends: ControlEndpoints,
+    ca: Path,
+    target: str = "/v1/status",
+    *,
+    method: str = "GET",
+    bearer: tuple[tuple[str, str], ...] = BEARER,
+) -> Answer:
     stream = await tls_connect(ends, ca)
     async with stream:
         conn = h11.Connection(h11.CLIENT)
-        head = h11.Request(method="GET", target=target, headers=[("host", "x"), *BEARER])
+        headers = [("host", "x"), ("content-length", "0"), *bearer]
+        head = h11.Request(method=method, target=target, headers=headers)
         await stream.send((conn.send(head) or b"") + (conn.send(h11.EndOfMessage()) or b""))
         return await read_answer(stream, conn)  # type: ignore[arg-type]
 
@@ -257,3 +265,18 @@ async def test_a_certificate_the_client_rejects_ends_the_handshake_quietly(
                 await tls_connect(ends, pki.other_ca)
             assert (await tls_get(ends, pki.ca)).status == 200
     _no_traceback(logs)
+
+
+async def test_refusals_over_tls_reach_the_client_whole(
+    controller: FakeController, pki: Pki
+) -> None:
+    read = (("authorization", "Bearer read-only-token-for-tests"),)
+    async with tls_serving(controller, pki, read_token="read-only-token-for-tests") as ends:
+        wrong = await tls_get(ends, pki.ca, bearer=(("authorization", "Bearer nope"),))
+        forbidden = await tls_get(ends, pki.ca, "/v1/commands/stop", method="POST", bearer=read)
+        allowed = await tls_get(ends, pki.ca, bearer=read)
+    assert wrong.status == 401
+    assert forbidden.status == 403
+    assert forbidden.json()["required_role"] == "admin"
+    assert allowed.status == 200
+    assert controller.commands == []
