@@ -36,7 +36,7 @@ from api_fakes import (
 
 from failover.api.client import ControlAPIError, ControlClient
 from failover.api.control_tls import client_context, server_context
-from failover.api.server import ControlEndpoints, ControlLimits
+from failover.api.server import ControlEndpoints, ControlLimits, serve_control
 from failover.cli import main
 from failover.config import load_config
 from failover.errors import ConfigError, UsageError
@@ -282,3 +282,12 @@ async def test_refusals_over_tls_reach_the_client_whole(
     assert forbidden.json()["required_role"] == "admin"
     assert allowed.status == 200
     assert controller.commands == []
+
+
+async def test_tls_without_tcp_is_refused(
+    controller: FakeController, pki: Pki, sock_dir: Path
+) -> None:
+    with pytest.raises(UsageError, match="TLS is for the control API over TCP"):
+        await serve_control(
+            controller, unix_path=str(sock_dir / "c.sock"), tls=server_context(pki.cert, pki.key)
+        )

@@ -670,6 +670,8 @@ async def serve_control(
             "the control API over TCP needs a bearer token (control.tcp.token_file); "
             "refusing to listen without one"
         )
+    if tls is not None and tcp is None:
+        raise UsageError("TLS is for the control API over TCP (the Unix socket takes none)")
     if read_token is not None and hmac.compare_digest(
         read_token.encode("utf-8"), (token or "").encode("utf-8")
     ):
