@@ -228,3 +228,22 @@ def test_the_cli_works_with_either_token_and_says_so_in_one_line(
     assert err.count("\n") == 1
     assert "needs the admin role" in err
     assert "Traceback" not in err
+
+
+def test_with_the_config_a_user_who_cannot_read_the_admin_token_uses_the_read_token(
+    controller: FakeController, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    read = write_token(tmp_path / "read", READ)
+    with serving_in_thread(controller, tcp=("127.0.0.1", 0), token=ADMIN, read_token=READ) as ends:
+        assert ends.tcp is not None
+        config = _config(tmp_path / "cluster.yaml", ends.tcp[1], tmp_path / "not-mine", read)
+        from_file = ["-c", str(config), "--node", "alpha"]
+        assert main(["status", "--json", *from_file]) == 0
+        capsys.readouterr()
+        assert main(["stop", *from_file]) == 2
+        named = ["--token-file", str(tmp_path / "not-mine")]
+        assert main(["status", *from_file, *named]) == 2  # a file named is the one used
+    err = capsys.readouterr().err
+    assert "needs the admin role" in err
+    assert "cannot read the control token file" in err
+    assert controller.commands == []

@@ -160,6 +160,7 @@ ROUTES: tuple[Route, ...] = (
 """Every endpoint, the one table the dispatch and the OpenAPI document are built from."""
 
 _ROUTE_OF_PATH = {route.path: route for route in ROUTES}
+assert len(_ROUTE_OF_PATH) == len(ROUTES), "one method per path: the dispatch is by path"
 
 Action = Callable[[Mapping[str, str], Route], Awaitable[Reply]]
 
