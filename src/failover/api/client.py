@@ -4,8 +4,8 @@ One HTTP request per call, over the daemon's Unix socket or over TCP with a
 bearer token (the admin one, or the read-only one for queries), over TLS when
 a CA file is given (``failover.api.control_tls``). Every call is bounded by
 ``timeout`` seconds for connecting and again for the answer. Failures are
-reported as project errors with a message
-an operator can act on, never as a socket traceback.
+reported as project errors with a message an operator can act on, never as
+a socket traceback.
 """
 
 from __future__ import annotations

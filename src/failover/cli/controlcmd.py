@@ -203,8 +203,8 @@ def client_from_args(args: argparse.Namespace, timeout: float = QUERY_TIMEOUT) -
 
 def _client_from_config(args: argparse.Namespace, timeout: float) -> ControlClient:
     """The node's control listener from the file. Over TCP the token is
-    ``--token-file``, else its ``token_file``, else (that one cannot be read
-    here: a monitoring user) its ``read_token_file``; with ``tls`` the CA is
+    ``--token-file``, else its ``token_file``, else (this user may not read
+    that one: a monitoring user) its ``read_token_file``; with ``tls`` the CA is
     ``--ca-file``, else ``tls.ca_file``, else the node's own certificate
     (pinned: this runs on the node itself)."""
     from failover.config import load_config  # noqa: PLC0415 - only this path needs pydantic
@@ -217,13 +217,11 @@ def _client_from_config(args: argparse.Namespace, timeout: float) -> ControlClie
             raise UsageError("--token-file and --ca-file are for a control listener on TCP")
         assert control.socket is not None  # the config guarantees one of the two
         return ControlClient(unix_path=str(control.socket), timeout=timeout)
-    try:
-        token = read_token_file(args.token_file or tcp.token_file)
-    except UsageError:
-        if args.token_file is not None or tcp.read_token_file is None:
-            raise
+    token_file = args.token_file or tcp.token_file
+    if args.token_file is None and tcp.read_token_file and not os.access(token_file, os.R_OK):
         # a monitoring user, who may read only the read-only token: queries work
-        token = read_token_file(tcp.read_token_file)
+        token_file = tcp.read_token_file
+    token = read_token_file(token_file)
     ca_file, pinned = args.ca_file, False
     if ca_file is None and tcp.tls is not None:
         ca_file = str(tcp.tls.ca_file or tcp.tls.cert_file)
