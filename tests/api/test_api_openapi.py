@@ -20,12 +20,14 @@ import trustme
 import yaml
 from api_fakes import WAIT, FakeController, request, serving, write_token
 from openapi_spec_validator import validate
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from failover.api.client import ControlAPIError, ControlClient
 from failover.api.openapi import (
+    OPERATIONS,
     CommandAnswer,
     Degraded,
+    Operation,
     ScriptRun,
     Status,
     Transitions,
@@ -248,3 +250,19 @@ async def test_a_real_daemon_refuses_one_token_for_both_roles(tmp_path: Path) ->
             await run_node(config, "alpha", handle_signals=False)
     assert str(admin) in str(caught.value)
     assert str(read) in str(caught.value)
+
+
+def test_a_route_described_with_a_new_model_or_a_media_type_makes_a_valid_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # what another part adding a route does: a Route row and its Operation
+    class Event(BaseModel):
+        kind: str
+
+    monkeypatch.setitem(OPERATIONS, "metrics", Operation("metrics", {200: "text/plain"}))
+    monkeypatch.setitem(OPERATIONS, "event", Operation("one event", {200: Event}))
+    routes = (*ROUTES, Route("GET", "/metrics", "metrics"), Route("GET", "/v1/event", "event"))
+    document = openapi_document(routes)
+    validate(document)
+    assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert "Event" in document["components"]["schemas"]

@@ -247,3 +247,12 @@ def test_with_the_config_a_user_who_cannot_read_the_admin_token_uses_the_read_to
     assert "needs the admin role" in err
     assert "cannot read the control token file" in err
     assert controller.commands == []
+
+
+async def test_a_second_authorization_header_cannot_raise_the_read_token(
+    controller: FakeController,
+) -> None:
+    async with _tcp(controller) as ends:
+        smuggled = await request(ends, "POST", "/v1/commands/stop", headers=AS_READER + AS_ADMIN)
+    assert smuggled.status == 403  # the first header is the one read
+    assert controller.commands == []

@@ -259,10 +259,12 @@ class RouteLike(Protocol):
 
 @dataclass(frozen=True)
 class Operation:
-    """How one operation of the server is described."""
+    """How one operation of the server is described: ``answers`` maps a status to
+    the model of its JSON body, or to a media type (``text/plain``...) for an
+    answer that is not JSON; ``errors`` adds statuses answered with ``Error``."""
 
     summary: str
-    answers: dict[int, type[BaseModel]]
+    answers: dict[int, type[BaseModel] | str]
     query: type[BaseModel] = NoQuery
     errors: tuple[int, ...] = field(default=())
 
@@ -300,8 +302,6 @@ _ERROR_TEXT = {
     500: "the daemon failed to answer (see its log)",
     503: "too many connections, or the daemon did not handle the request in time",
 }
-_MODELS = (Status, Transitions, CommandAnswer, VerifyReport, Error, OpenAPIDocument)
-_QUERIES = (TransitionsQuery, BandwidthQuery)
 
 
 @dataclass(frozen=True)
@@ -312,10 +312,14 @@ class _Route:
 
 
 def _schemas() -> dict[str, Any]:
-    """JSON Schema of every model, as ``components.schemas`` (refs point there)."""
+    """JSON Schema of every model the operations name, as ``components.schemas``
+    (refs point there)."""
+    models: dict[type[BaseModel], None] = {Error: None}
+    for spec in OPERATIONS.values():
+        models.update((m, None) for m in spec.answers.values() if not isinstance(m, str))
+        models[spec.query] = None
     _, top = models_json_schema(
-        [(model, "validation") for model in (*_MODELS, *_QUERIES)],
-        ref_template="#/components/schemas/{model}",
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
     )
     defs: dict[str, Any] = top.get("$defs", {})
     return defs
@@ -335,7 +339,9 @@ def _parameters(query: type[BaseModel], schemas: dict[str, Any]) -> list[dict[st
     ]
 
 
-def _answer(description: str, model: type[BaseModel]) -> dict[str, Any]:
+def _answer(description: str, model: type[BaseModel] | str) -> dict[str, Any]:
+    if isinstance(model, str):  # a media type: a body that is not JSON
+        return {"description": description, "content": {model: {"schema": {"type": "string"}}}}
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
