@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -220,3 +221,36 @@ async def read_until_closed(stream: anyio.abc.SocketStream) -> bytes:
 def status_line(data: bytes) -> int:
     """The status code of the first response in ``data``."""
     return int(data.split(b"\r\n", 1)[0].split(b" ")[1])
+
+
+CLUSTER = """\
+cluster:
+  name: dispatch
+  insecure: true
+links:
+  - name: lan
+    transport: udp
+nodes:
+  alpha:
+    control:
+      {control}
+    links:
+      lan: {{address: 127.0.0.1, port: 7401}}
+  beta:
+    links:
+      lan: {{address: 127.0.0.1, port: 7402}}
+"""
+
+
+def write_cluster_file(path: Path, control: str) -> Path:
+    """A two-node cluster file at ``path`` whose node alpha has ``control`` (YAML
+    flow text, e.g. ``tcp: {...}``) as its control section."""
+    path.write_text(CLUSTER.format(control=control))
+    return path
+
+
+def write_token(path: Path, token: str) -> Path:
+    """A token file as the daemon accepts it (mode 0600)."""
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return path

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from api_fakes import FakeController, serving_in_thread
+from api_fakes import CLUSTER, FakeController, serving_in_thread
 
 from failover.api.protocol import COMMANDS
 from failover.cli import main
@@ -283,23 +283,7 @@ def test_tcp_with_a_token_file(
     assert "--tcp needs --token-file" in capsys.readouterr().err
 
 
-CONFIG = """\
-cluster:
-  name: dispatch
-  insecure: true
-links:
-  - name: lan
-    transport: udp
-nodes:
-  alpha:
-    control:
-      socket: {socket}
-    links:
-      lan: {{address: 127.0.0.1, port: 7401}}
-  beta:
-    links:
-      lan: {{address: 127.0.0.1, port: 7402}}
-"""
+CONFIG = CLUSTER.replace("{control}", "socket: {socket}")
 
 
 def test_the_socket_can_come_from_the_config(

@@ -20,6 +20,7 @@ import pytest
 import trustme
 from structlog.testing import capture_logs
 
+from failover.api.openapi import Replication, VerifyReport
 from failover.core import effects as fx
 from failover.core import events as ev
 from failover.core.state import Generation
@@ -297,6 +298,9 @@ async def test_a_returning_peer_is_resynced_with_what_changed_then_replicated(
         assert alpha.events == [ev.PeerResynced(Generation(2, "alpha"))]
         assert beta.events == [ev.ResyncDone(Generation(2, "alpha"))]
         assert tree(alpha.root) == tree(beta.root)
+        # status as the API documents it (/v1/openapi.json), with a resync done
+        for node in (alpha, beta):
+            Replication.model_validate(node.plane.status())
         # the resync's session goes on as the synchronous replication
         await alpha.plane.start_replication()
         await anyio.to_thread.run_sync(write_synced, alpha.root / "later", b"replicated")
@@ -320,6 +324,8 @@ async def test_verify_finds_a_difference_and_status_keeps_it(tmp_path: Path) -> 
         assert not found["in_sync"]
         assert [d["path"] for d in found["directories"]["data"]["differing"]] == ["b"]
         assert alpha.plane.status()["verified"]["differences"] == 1
+        VerifyReport.model_validate(found)  # as the API documents them (/v1/openapi.json)
+        Replication.model_validate(alpha.plane.status())
         with pytest.raises(UsageError, match="replicating primary"):
             await beta.plane.verify()
 

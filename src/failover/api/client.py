@@ -1,9 +1,11 @@
 """A small synchronous client for the control API (what the CLI uses).
 
 One HTTP request per call, over the daemon's Unix socket or over TCP with a
-bearer token. Every call is bounded by ``timeout`` seconds for connecting and
-again for the answer. Failures are reported as project errors with a message
-an operator can act on, never as a socket traceback.
+bearer token (the admin one, or the read-only one for queries), over TLS when
+a CA file is given (``failover.api.control_tls``). Every call is bounded by
+``timeout`` seconds for connecting and again for the answer. Failures are
+reported as project errors with a message an operator can act on, never as
+a socket traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 from typing import Any
 from urllib.parse import quote
 
+from failover.api.control_tls import client_context
 from failover.api.protocol import COMMANDS, CommandResult
 from failover.api.schema import (
     BANDWIDTH_PATH,
@@ -68,13 +72,21 @@ class ControlClient:
         tcp: tuple[str, int] | None = None,
         token: str | None = None,
         timeout: float = 5.0,
+        ca_file: str | None = None,
+        pinned: bool = False,
     ) -> None:
+        """``ca_file``: speak TLS and accept only a server certificate it signed
+        (``pinned``: it is the server's own certificate)."""
         if (unix_path is None) == (tcp is None):
             raise UsageError("give exactly one control address: a unix socket path or host:port")
+        if ca_file is not None and tcp is None:
+            raise UsageError("TLS (a CA file) is for the control API over TCP only")
         self._unix_path = unix_path
         self._tcp = tcp
         self._token = token
         self._timeout = timeout
+        self._ca_file = ca_file
+        self._tls = None if ca_file is None else client_context(ca_file, pinned=pinned)
 
     @property
     def address(self) -> str:
@@ -141,6 +153,17 @@ class ControlClient:
                 conn.connect()
             except (FileNotFoundError, ConnectionRefusedError):
                 raise self._unreachable() from None
+            except ssl.SSLCertVerificationError as exc:
+                raise ControlAPIError(
+                    f"the daemon on {self.address} presented a certificate that "
+                    f"{self._ca_file} does not vouch for ({exc.verify_message}): "
+                    "wrong CA file, or not the daemon you meant"
+                ) from None
+            except ssl.SSLError as exc:
+                raise ControlAPIError(
+                    f"no TLS handshake with the daemon on {self.address} ({exc.reason}): "
+                    "does it listen with TLS (control.tcp.tls)?"
+                ) from None
             except PermissionError:
                 raise DaemonUnreachable(
                     f"cannot connect to {self.address}: permission denied "
@@ -167,8 +190,10 @@ class ControlClient:
                     f"the daemon on {self.address} did not answer within {self._timeout:g} s"
                 ) from None
             except (OSError, http.client.HTTPException):
+                plain_tcp = self._tcp is not None and self._tls is None
+                hint = " (if it listens with TLS, give its CA file: --ca-file)" if plain_tcp else ""
                 raise ControlAPIError(
-                    f"the daemon on {self.address} closed the connection without answering"
+                    f"the daemon on {self.address} closed the connection without answering{hint}"
                 ) from None
         finally:
             conn.close()
@@ -189,13 +214,18 @@ class ControlClient:
         message = payload.get("error") if isinstance(payload, dict) else None
         if not isinstance(message, str):
             message = body[:200].decode("utf-8", errors="replace")
+        if response.status == 403:
+            raise ControlAPIError(f"the daemon on {self.address} refused: {message}")
         raise ControlAPIError(f"the daemon answered HTTP {response.status}: {message}")
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._unix_path is not None:
             return _UnixHTTPConnection(self._unix_path, self._timeout)
         assert self._tcp is not None
-        return http.client.HTTPConnection(self._tcp[0], self._tcp[1], timeout=self._timeout)
+        host, port = self._tcp
+        if self._tls is not None:
+            return http.client.HTTPSConnection(host, port, timeout=self._timeout, context=self._tls)
+        return http.client.HTTPConnection(host, port, timeout=self._timeout)
 
     def _unreachable(self) -> DaemonUnreachable:
         return DaemonUnreachable(

@@ -29,17 +29,11 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]:
         """A JSON-ready snapshot. Never blocks: it reads what the daemon already holds.
 
-        Shape (schema 1): {"schema": 1, "node", "state", "substatus", "reason",
-        "generation", "consistent", "cluster", "peer": {"node", "state", "substatus",
-        "generation", "alive", "last_seen_ago"} | null, "links": [{"name", "transport",
-        "up", "last_seen_ago"}], "frames": {"received": int, "dropped": {reason: int}},
-        "uptime": float, "replication": {...} | null}: ``replication`` is null
-        without replicated directories, else the data plane's view: "directories",
-        "mode" (read-write while serving), "replicating", "ack", "sender" (session
-        counters), "resync" (state, items/bytes done and total, rate, eta,
-        bandwidth_limit, error) or null, "resync_wanted", "bandwidth", "tracked";
-        "degraded": null, or while the metadata cannot be written {"reason", "file",
-        "error", "since_ago", "attempts", "held_events"}.
+        Its exact shape is the pydantic model ``failover.api.openapi.Status``
+        (schema 2: the top-level keys, ``peer``, ``links``, ``frames``,
+        ``degraded``, ``scripts``, ``replication``, ``in_sync``...); every object
+        there forbids keys it does not list, and the tests validate a real
+        daemon's answer against it, so a key added here goes there too.
         """
         ...
 

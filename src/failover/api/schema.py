@@ -7,6 +7,7 @@ that a change to one is a change to the other.
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 from pathlib import Path
@@ -19,11 +20,23 @@ TRANSITIONS_PATH = f"/{API_VERSION}/transitions"
 COMMANDS_PREFIX = f"/{API_VERSION}/commands/"
 BANDWIDTH_PATH = f"/{API_VERSION}/replication/bandwidth"
 VERIFY_PATH = f"/{API_VERSION}/replication/verify"
+OPENAPI_PATH = f"/{API_VERSION}/openapi.json"
 VERIFY_TIMEOUT = 900.0
 """Seconds a client waits for a verify (both copies are read in full)."""
 
 DEFAULT_TRANSITIONS_LIMIT = 50
 MAX_TRANSITIONS_LIMIT = 1000
+
+
+READ_ROLE = "read"
+ADMIN_ROLE = "admin"
+READ_METHODS = frozenset({"GET", "HEAD"})
+"""The methods a read-only token may use; every other one is an admin action."""
+
+
+def required_role(method: str) -> str:
+    """The role a request needs: ``read`` to look (GET), ``admin`` to act (POST)."""
+    return READ_ROLE if method in READ_METHODS else ADMIN_ROLE
 
 
 MIN_TOKEN_CHARS = 16
@@ -74,3 +87,23 @@ def read_token_file(path: str | Path) -> str:
             f"{MIN_TOKEN_CHARS} are needed (e.g. openssl rand -hex 32 > {path})"
         )
     return token
+
+
+def read_control_tokens(
+    admin_file: str | Path, read_file: str | Path | None
+) -> tuple[str, str | None]:
+    """The admin token and the read-only one (None without ``read_token_file``).
+
+    Raises ``UsageError`` as ``read_token_file`` does, and when both files hold
+    the same token: a monitoring host given the read token would hold the admin's.
+    """
+    admin = read_token_file(admin_file)
+    if read_file is None:
+        return admin, None
+    read = read_token_file(read_file)
+    if hmac.compare_digest(admin.encode("utf-8"), read.encode("utf-8")):
+        raise UsageError(
+            f"the control token files {admin_file} (admin) and {read_file} (read-only) "
+            "hold the same token: give the read-only role its own (openssl rand -hex 32)"
+        )
+    return admin, read

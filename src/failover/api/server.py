@@ -12,6 +12,12 @@ own small cap (the oldest is dropped to make room for a new one) and a short
 deadline, and never count toward the cap of authenticated connections. So
 idle or dripping strangers can only push each other out, never a token holder.
 The token is checked as soon as the head is parsed, before any body is read.
+
+There are two tokens on TCP: the admin token may do everything, the optional
+read-only token only GET (``schema.required_role``); a read token on a POST
+gets 403 from the head, like a wrong token gets 401. With TLS the handshake
+runs while the connection is pending, under the same deadline and cap, so a
+client that never finishes it holds no more than a stranger.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -35,17 +42,22 @@ import anyio
 import anyio.abc
 import h11
 import structlog
+from anyio.streams.tls import TLSStream
 
 from failover import __version__
 from failover.api.protocol import COMMANDS, Controller
 from failover.api.schema import (
+    ADMIN_ROLE,
     BANDWIDTH_PATH,
     COMMANDS_PREFIX,
     DEFAULT_TRANSITIONS_LIMIT,
     MAX_TRANSITIONS_LIMIT,
+    OPENAPI_PATH,
+    READ_ROLE,
     STATUS_PATH,
     TRANSITIONS_PATH,
     VERIFY_PATH,
+    required_role,
 )
 from failover.errors import UsageError
 
@@ -127,6 +139,32 @@ class _BadQuery(Exception):
     """The query string is malformed or names a parameter the endpoint does not take."""
 
 
+@dataclass(frozen=True)
+class Route:
+    """One endpoint the server dispatches: ``operation`` names its handler
+    (``ControlRoutes``) and its entry in the OpenAPI document (``failover.api.openapi``)."""
+
+    method: str
+    path: str
+    operation: str
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", STATUS_PATH, "status"),
+    Route("GET", TRANSITIONS_PATH, "transitions"),
+    Route("GET", OPENAPI_PATH, "openapi"),
+    Route("POST", BANDWIDTH_PATH, "bandwidth"),
+    Route("POST", VERIFY_PATH, "verify"),
+    *(Route("POST", COMMANDS_PREFIX + name, "command") for name in COMMANDS),
+)
+"""Every endpoint, the one table the dispatch and the OpenAPI document are built from."""
+
+_ROUTE_OF_PATH = {route.path: route for route in ROUTES}
+assert len(_ROUTE_OF_PATH) == len(ROUTES), "one method per path: the dispatch is by path"
+
+Action = Callable[[Mapping[str, str], Route], Awaitable[Reply]]
+
+
 class ControlRoutes:
     """Maps a method and a request target to one ``Controller`` call and its reply.
 
@@ -137,32 +175,31 @@ class ControlRoutes:
 
     def __init__(self, controller: Controller) -> None:
         self._controller = controller
+        self._actions: dict[str, Action] = {
+            "status": self._status,
+            "transitions": self._transitions,
+            "openapi": self._openapi,
+            "bandwidth": self._bandwidth,
+            "verify": self._verify,
+            "command": self._command,
+        }
 
     async def reply(self, method: str, target: str) -> Reply:
         split = urlsplit(target)
         path = split.path
-        action: Callable[[Mapping[str, str]], Awaitable[Reply]]
-        if path == STATUS_PATH:
-            allowed, action = "GET", self._status
-        elif path == TRANSITIONS_PATH:
-            allowed, action = "GET", self._transitions
-        elif path == BANDWIDTH_PATH:
-            allowed, action = "POST", self._bandwidth
-        elif path == VERIFY_PATH:
-            allowed, action = "POST", self._verify
-        elif path.startswith(COMMANDS_PREFIX):
-            name = path.removeprefix(COMMANDS_PREFIX)
-            if name not in COMMANDS:
+        route = _ROUTE_OF_PATH.get(path)
+        if route is None:
+            if path.startswith(COMMANDS_PREFIX):
+                name = path.removeprefix(COMMANDS_PREFIX)
                 known = ", ".join(COMMANDS)
                 return error_reply(404, f"unknown command {name!r} (known: {known})")
-            allowed, action = "POST", self._command_action(name)
-        else:
             return error_reply(404, f"no such endpoint: {path}")
+        allowed, action = route.method, self._actions[route.operation]
         if method != allowed:
             return error_reply(405, f"{path} accepts {allowed} only", headers=(("allow", allowed),))
         try:
             query = _parse_query(split.query)
-            return await action(query)
+            return await action(query, route)
         except _BadQuery as exc:
             return error_reply(400, str(exc))
         except TimeoutError:
@@ -173,18 +210,24 @@ class ControlRoutes:
             log.exception("control request failed", method=method, path=path)
             return error_reply(500, "internal error (see the daemon log)")
 
-    async def _status(self, query: Mapping[str, str]) -> Reply:
+    async def _status(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query)
         return json_reply(200, self._controller.status())
 
-    async def _transitions(self, query: Mapping[str, str]) -> Reply:
+    async def _transitions(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query, "limit")
         limit = _parse_limit(query.get("limit"))
         records = self._controller.transitions(limit)
         # The controller promises at most ``limit``; the API promises it to clients.
         return json_reply(200, {"transitions": records[max(len(records) - limit, 0) :]})
 
-    async def _bandwidth(self, query: Mapping[str, str]) -> Reply:
+    async def _openapi(self, query: Mapping[str, str], _: Route) -> Reply:
+        from failover.api.openapi import openapi_document  # noqa: PLC0415 - built on first ask
+
+        _allow_params(query)
+        return json_reply(200, openapi_document(ROUTES))
+
+    async def _bandwidth(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query, "rate")
         raw = query.get("rate")
         rate = _whole_number(raw, MAX_RATE) if raw is not None else None
@@ -194,7 +237,7 @@ class ControlRoutes:
         payload = {"accepted": result.accepted, "message": result.message, "state": result.state}
         return json_reply(200 if result.accepted else 409, payload)
 
-    async def _verify(self, query: Mapping[str, str]) -> Reply:
+    async def _verify(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query)
         try:
             report = await self._controller.verify()
@@ -202,18 +245,11 @@ class ControlRoutes:
             return error_reply(409, str(exc))
         return json_reply(200, report)
 
-    def _command_action(self, name: str) -> Callable[[Mapping[str, str]], Awaitable[Reply]]:
-        async def action(query: Mapping[str, str]) -> Reply:
-            _allow_params(query)
-            result = await self._controller.command(name)
-            payload = {
-                "accepted": result.accepted,
-                "message": result.message,
-                "state": result.state,
-            }
-            return json_reply(200 if result.accepted else 409, payload)
-
-        return action
+    async def _command(self, query: Mapping[str, str], route: Route) -> Reply:
+        _allow_params(query)
+        result = await self._controller.command(route.path.removeprefix(COMMANDS_PREFIX))
+        payload = {"accepted": result.accepted, "message": result.message, "state": result.state}
+        return json_reply(200 if result.accepted else 409, payload)
 
 
 def _parse_query(query: str) -> dict[str, str]:
@@ -272,17 +308,34 @@ class _Refused(Exception):
         self.reply = reply
 
 
+@dataclass(frozen=True)
+class _Tokens:
+    """What a TCP listener accepts: the admin token, and the read-only one if any."""
+
+    admin: bytes
+    read: bytes | None
+
+
+@dataclass(frozen=True)
+class _Listener:
+    """A listening socket's rules: ``tokens`` None for the Unix socket (file
+    permissions admit, as admin); ``tls`` the context its streams are wrapped in."""
+
+    tokens: _Tokens | None
+    tls: ssl.SSLContext | None = None
+
+
 @dataclass
 class _Admission:
     """One connection's place in the server: pending until it authenticates.
 
-    ``token`` is what its listener requires (None: the Unix socket, nothing);
+    ``tokens`` is what its listener requires (None: the Unix socket, nothing);
     ``scope`` ends the connection (when it is pushed out while pending);
     ``deadline`` is when a pending connection must have authenticated, and
     ``head_scope`` the cancel scope that enforces it on the read in progress.
     """
 
-    token: bytes | None
+    tokens: _Tokens | None
     scope: anyio.CancelScope
     deadline: float
     authenticated: bool = False
@@ -300,7 +353,7 @@ class _ConnectionServer:
         self._pending: dict[int, _Admission] = {}
 
     async def accept_loop(
-        self, sock: socket.socket, token: bytes | None, task_group: anyio.abc.TaskGroup
+        self, sock: socket.socket, listener: _Listener, task_group: anyio.abc.TaskGroup
     ) -> None:
         """Accept connections on listening ``sock`` until cancelled, each served in its own task."""
         while True:
@@ -315,10 +368,11 @@ class _ConnectionServer:
                 log.warning("control accept failed", error=str(exc))
                 await anyio.sleep(0.1)
                 continue
-            task_group.start_soon(self.serve, conn, token)
+            task_group.start_soon(self.serve, conn, listener)
 
-    async def serve(self, conn: socket.socket, token: bytes | None) -> None:
+    async def serve(self, conn: socket.socket, listener: _Listener) -> None:
         """Serve one accepted connection to its end. Never raises: its failure is its own."""
+        stream: anyio.abc.ByteStream
         try:
             # A transport-backed stream: anyio's raw UNIX streams report a spurious
             # InvalidStateError when a read is cancelled as data arrives.
@@ -327,15 +381,20 @@ class _ConnectionServer:
             conn.close()  # the client left before we could wrap its socket
             return
         deadline = anyio.current_time() + self._limits.auth_timeout
-        admission = _Admission(token, anyio.CancelScope(), deadline)
+        admission = _Admission(listener.tokens, anyio.CancelScope(), deadline)
         try:
             with admission.scope:
                 try:
-                    if token is None and not self._authenticate(admission):
+                    if listener.tokens is None and not self._authenticate(admission):
                         await self._send(h11.Connection(h11.SERVER), stream, _BUSY, head=False)
                         await self._linger(stream)
                         return
                     self._hold_pending(admission)
+                    if listener.tls is not None:
+                        wrapped = await _handshake(stream, listener.tls, admission.deadline)
+                        if wrapped is None:
+                            return
+                        stream = wrapped
                     await self._converse(stream, admission)
                 finally:
                     self._served.discard(id(admission))
@@ -369,13 +428,19 @@ class _ConnectionServer:
 
     def _admit_head(self, request: h11.Request, admission: _Admission) -> None:
         """Check a request head's token (each request carries it) and count the
-        connection as served; raises ``_Refused`` with the answer otherwise."""
-        if admission.token is not None and not _authorized(request, admission.token):
+        connection as served, then check that the token's role may use the
+        request's method; raises ``_Refused`` with the answer otherwise."""
+        role = ADMIN_ROLE if admission.tokens is None else _role_of(request, admission.tokens)
+        if role is None:
             raise _Refused(_UNAUTHORIZED)
         if not self._authenticate(admission):
             raise _Refused(_BUSY)
+        method = request.method.decode("ascii")
+        if required_role(method) == ADMIN_ROLE and role != ADMIN_ROLE:
+            path = urlsplit(request.target.decode("ascii")).path
+            raise _Refused(_forbidden(method, path))
 
-    async def _converse(self, stream: anyio.abc.SocketStream, admission: _Admission) -> None:
+    async def _converse(self, stream: anyio.abc.ByteStream, admission: _Admission) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._limits.max_header_bytes)
         while True:
             request = await self._next_request(conn, stream, admission)
@@ -393,7 +458,7 @@ class _ConnectionServer:
             conn.start_next_cycle()
 
     async def _next_request(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, admission: _Admission
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, admission: _Admission
     ) -> h11.Request | Reply | None:
         """The next complete, authenticated request, an error reply to send before
         closing, or None when the client closed or stayed idle past its time:
@@ -423,7 +488,7 @@ class _ConnectionServer:
         return error_reply(408, f"request not received within {timeout:g} s", close=True)
 
     async def _read_request(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, admission: _Admission
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, admission: _Admission
     ) -> h11.Request | None:
         request: h11.Request | None = None
         body_size = 0
@@ -460,7 +525,7 @@ class _ConnectionServer:
                 return None
 
     async def _send(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, reply: Reply, *, head: bool
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, reply: Reply, *, head: bool
     ) -> bool:
         """Send ``reply``; False when the client is gone or too slow to take it."""
         headers = [
@@ -489,13 +554,15 @@ class _ConnectionServer:
             return True
         return False
 
-    async def _linger(self, stream: anyio.abc.SocketStream) -> None:
+    async def _linger(self, stream: anyio.abc.ByteStream) -> None:
         """Before closing after an error, read and drop what the client still
         sends for a moment: closing a TCP socket with unread input resets it,
         and the reset can destroy the error reply before the client reads it."""
         with anyio.move_on_after(min(1.0, self._limits.request_timeout)):
             with contextlib.suppress(*_GONE):
-                await stream.send_eof()
+                # a TLS stream cannot half-close (NotImplementedError): drain all the same
+                with contextlib.suppress(NotImplementedError):
+                    await stream.send_eof()
                 drained = 0
                 while drained < 65536:
                     drained += len(await stream.receive(65536))
@@ -522,15 +589,50 @@ def _declared_length(request: h11.Request) -> int:
     return 0
 
 
-def _authorized(request: h11.Request, token: bytes) -> bool:
-    """True if the request carries ``Authorization: Bearer <token>`` (scheme in any case)."""
+def _forbidden(method: str, path: str) -> Reply:
+    message = (
+        f"{method} {path} needs the {ADMIN_ROLE} role; this token has the {READ_ROLE} role "
+        "(the admin token is control.tcp.token_file)"
+    )
+    return json_reply(403, {"error": message, "required_role": ADMIN_ROLE}, close=True)
+
+
+def _role_of(request: h11.Request, tokens: _Tokens) -> str | None:
+    """The role of the token in ``Authorization: Bearer <token>`` (scheme in any
+    case): ``admin``, ``read``, or None for a missing or wrong one. Only the
+    header counts (never the query string); the first such header is the one read."""
     for name, value in request.headers:
         if name == b"authorization":
             scheme, _, credentials = value.partition(b" ")
-            # Compare in constant time whatever the scheme, so timing reveals nothing.
-            matches = hmac.compare_digest(credentials.strip(), token)
-            return scheme.lower() == b"bearer" and matches
-    return False
+            presented = credentials.strip()
+            # Both compared in constant time whatever the scheme, so timing reveals nothing.
+            admin = hmac.compare_digest(presented, tokens.admin)
+            read = hmac.compare_digest(presented, tokens.read or tokens.admin)
+            if scheme.lower() != b"bearer":
+                return None
+            if admin:
+                return ADMIN_ROLE
+            return READ_ROLE if read and tokens.read is not None else None
+    return None
+
+
+async def _handshake(
+    stream: anyio.abc.ByteStream, context: ssl.SSLContext, deadline: float
+) -> TLSStream | None:
+    """``stream`` wrapped in TLS, or None when the handshake failed or did not end
+    by ``deadline`` (the connection's auth deadline): plain HTTP, garbage, a client
+    that distrusts our certificate, or one that stays silent. Logged without a
+    traceback, at debug level: strangers must not be able to fill the log."""
+    with anyio.CancelScope(deadline=deadline):
+        try:
+            return await TLSStream.wrap(
+                stream, server_side=True, ssl_context=context, standard_compatible=False
+            )
+        except (ssl.SSLError, *_GONE) as exc:
+            log.debug("control TLS handshake failed", error=str(exc) or type(exc).__name__)
+            return None
+    log.debug("control TLS handshake not done by the auth deadline")
+    return None
 
 
 async def serve_control(
@@ -539,6 +641,8 @@ async def serve_control(
     unix_path: str | None = None,
     tcp: tuple[str, int] | None = None,
     token: str | None = None,
+    read_token: str | None = None,
+    tls: ssl.SSLContext | None = None,
     limits: ControlLimits = DEFAULT_LIMITS,
     task_status: anyio.abc.TaskStatus[ControlEndpoints] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -547,15 +651,18 @@ async def serve_control(
     Listens on ``unix_path`` (its parent directory is created; the socket gets
     mode 0660; a socket file left by a dead daemon is replaced, one a live
     process listens on is refused) and/or on ``tcp`` = (host, port), where
-    every request must carry ``Authorization: Bearer <token>``. The Unix
-    socket relies on file permissions and takes no token.
+    every request must carry ``Authorization: Bearer <token>`` (the admin
+    token) or, for GET only, ``read_token``; with ``tls`` (a server context,
+    ``failover.api.control_tls``) the TCP listener speaks only TLS. The Unix
+    socket relies on file permissions, takes no token and acts as admin.
 
     ``task_status.started(ControlEndpoints)`` is called once every listener is
     bound: clients may connect from then on. On cancellation the listeners
     close, open connections are dropped and the socket file is removed.
 
     Raises ``UsageError`` before listening when there is nothing to listen on,
-    when TCP is asked for without a token, or when an address cannot be bound.
+    when TCP is asked for without a token, when the read token is the admin
+    token, or when an address cannot be bound.
     """
     if unix_path is None and tcp is None:
         raise UsageError("the control API needs a unix socket path or a TCP address")
@@ -564,24 +671,33 @@ async def serve_control(
             "the control API over TCP needs a bearer token (control.tcp.token_file); "
             "refusing to listen without one"
         )
+    if tls is not None and tcp is None:
+        raise UsageError("TLS is for the control API over TCP (the Unix socket takes none)")
+    if read_token is not None and hmac.compare_digest(
+        read_token.encode("utf-8"), (token or "").encode("utf-8")
+    ):
+        raise UsageError("the control API's read-only token must differ from its admin token")
     server = _ConnectionServer(ControlRoutes(controller), limits)
-    listening: list[tuple[socket.socket, bytes | None]] = []
+    listening: list[tuple[socket.socket, _Listener]] = []
     socket_file: tuple[Path, int] | None = None
     try:
         if unix_path is not None:
             path = Path(unix_path)
             sock = await anyio.to_thread.run_sync(_listen_unix, path)
-            listening.append((sock, None))
+            listening.append((sock, _Listener(None)))
             socket_file = (path, path.stat().st_ino)
         bound_tcp: tuple[str, int] | None = None
         if tcp is not None:
             assert token is not None
             tcp_socks = await anyio.to_thread.run_sync(_listen_tcp, *tcp)
-            listening.extend((each, token.encode("utf-8")) for each in tcp_socks)
+            tokens = _Tokens(
+                token.encode("utf-8"), None if read_token is None else read_token.encode("utf-8")
+            )
+            listening.extend((each, _Listener(tokens, tls)) for each in tcp_socks)
             bound_tcp = (tcp[0], tcp_socks[0].getsockname()[1])
         async with anyio.create_task_group() as task_group:
-            for sock, listener_token in listening:
-                task_group.start_soon(server.accept_loop, sock, listener_token, task_group)
+            for sock, listener in listening:
+                task_group.start_soon(server.accept_loop, sock, listener, task_group)
             task_status.started(ControlEndpoints(unix_path, bound_tcp))
     finally:
         for sock, _ in listening:

@@ -1,8 +1,10 @@
 """``failover status|log|state`` and the admin commands, through the control API.
 
 Every subcommand finds the daemon the same way: ``--socket PATH``, ``--tcp
-HOST:PORT --token-file FILE``, ``-c CONFIG [--node NAME]`` (the node's
-``control`` settings), or the ``FAILOVER_SOCKET`` environment variable.
+HOST:PORT --token-file FILE [--ca-file CA]``, ``-c CONFIG [--node NAME]`` (the
+node's ``control`` settings; ``--token-file`` and ``--ca-file`` override its
+files), or the ``FAILOVER_SOCKET`` environment variable. Either token works:
+the admin one for everything, the read-only one for status, log and state.
 
 Exit codes: admin commands exit 0 when the core accepted the command, 1 when
 it refused, 2 when the daemon cannot be reached. ``failover state`` exits 0
@@ -134,7 +136,16 @@ def _connection_options() -> argparse.ArgumentParser:
     where.add_argument(
         "-c", "--config", metavar="FILE", help="the cluster config: use this node's control setting"
     )
-    parent.add_argument("--token-file", metavar="FILE", help="bearer token for --tcp")
+    parent.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="bearer token for --tcp or -c (admin, or read-only for queries)",
+    )
+    parent.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="speak TLS to --tcp (or -c) and trust only a daemon certificate this CA signed",
+    )
     parent.add_argument("--node", metavar="NAME", help="which node of --config (default: hostname)")
     parent.add_argument(
         "--timeout",
@@ -167,17 +178,20 @@ def client_from_args(args: argparse.Namespace, timeout: float = QUERY_TIMEOUT) -
         raise UsageError("--timeout must be positive")
     if args.node is not None and args.config is None:
         raise UsageError("--node needs -c CONFIG")
-    if args.token_file is not None and args.tcp is None:
-        raise UsageError("--token-file goes with --tcp")
+    for option, given in (("--token-file", args.token_file), ("--ca-file", args.ca_file)):
+        if given is not None and args.tcp is None and args.config is None:
+            raise UsageError(f"{option} goes with --tcp or -c")
     if args.socket is not None:
         return ControlClient(unix_path=args.socket, timeout=timeout)
     if args.tcp is not None:
         if args.token_file is None:
             raise UsageError("--tcp needs --token-file (the daemon requires a bearer token)")
         token = read_token_file(args.token_file)
-        return ControlClient(tcp=_host_port(args.tcp), token=token, timeout=timeout)
+        return ControlClient(
+            tcp=_host_port(args.tcp), token=token, timeout=timeout, ca_file=args.ca_file
+        )
     if args.config is not None:
-        return _client_from_config(args.config, args.node, timeout)
+        return _client_from_config(args, timeout)
     env_socket = os.environ.get(SOCKET_ENV)
     if env_socket:
         return ControlClient(unix_path=env_socket, timeout=timeout)
@@ -187,17 +201,33 @@ def client_from_args(args: argparse.Namespace, timeout: float = QUERY_TIMEOUT) -
     )
 
 
-def _client_from_config(path: str, node: str | None, timeout: float) -> ControlClient:
+def _client_from_config(args: argparse.Namespace, timeout: float) -> ControlClient:
+    """The node's control listener from the file. Over TCP the token is
+    ``--token-file``, else its ``token_file``, else (this user may not read
+    that one: a monitoring user) its ``read_token_file``; with ``tls`` the CA is
+    ``--ca-file``, else ``tls.ca_file``, else the node's own certificate
+    (pinned: this runs on the node itself)."""
     from failover.config import load_config  # noqa: PLC0415 - only this path needs pydantic
 
-    config = load_config(path)
-    control = config.control_of(config.resolve_local_node(node))
-    if control.tcp is not None:
-        token = read_token_file(control.tcp.token_file)
-        address = (control.tcp.address, control.tcp.port)
-        return ControlClient(tcp=address, token=token, timeout=timeout)
-    assert control.socket is not None  # the config guarantees one of the two
-    return ControlClient(unix_path=str(control.socket), timeout=timeout)
+    config = load_config(args.config)
+    control = config.control_of(config.resolve_local_node(args.node))
+    tcp = control.tcp
+    if tcp is None:
+        if args.token_file is not None or args.ca_file is not None:
+            raise UsageError("--token-file and --ca-file are for a control listener on TCP")
+        assert control.socket is not None  # the config guarantees one of the two
+        return ControlClient(unix_path=str(control.socket), timeout=timeout)
+    token_file = args.token_file or tcp.token_file
+    if args.token_file is None and tcp.read_token_file and not os.access(token_file, os.R_OK):
+        # a monitoring user, who may read only the read-only token: queries work
+        token_file = tcp.read_token_file
+    token = read_token_file(token_file)
+    ca_file, pinned = args.ca_file, False
+    if ca_file is None and tcp.tls is not None:
+        ca_file = str(tcp.tls.ca_file or tcp.tls.cert_file)
+        pinned = tcp.tls.ca_file is None
+    address = (tcp.address, tcp.port)
+    return ControlClient(tcp=address, token=token, timeout=timeout, ca_file=ca_file, pinned=pinned)
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -276,12 +276,27 @@ class LinkConfig(Section):
     transport: Annotated[StrictStr, MinLen(1)]
 
 
+class ControlTls(Section):
+    """``nodes.<node>.control.tcp.tls``: the control listener speaks TLS only,
+    presenting ``cert_file`` (and its ``key_file``). ``ca_file``: what the CLI,
+    reading this file (``-c``), verifies the daemon with; without it, the CLI
+    trusts ``cert_file`` itself (docs/api.md)."""
+
+    cert_file: ConfigPath
+    key_file: ConfigPath
+    ca_file: ConfigPath | None = None
+
+
 class ControlTcp(Section):
-    """``nodes.<node>.control.tcp``: the control API on TCP, with a bearer token."""
+    """``nodes.<node>.control.tcp``: the control API on TCP, with a bearer token
+    (``token_file``, the admin role), optionally a read-only one
+    (``read_token_file``: GET only) and TLS."""
 
     address: Annotated[StrictStr, MinLen(1)]
     port: Port
     token_file: ConfigPath
+    read_token_file: ConfigPath | None = None
+    tls: ControlTls | None = None
 
 
 class ControlConfig(Section):

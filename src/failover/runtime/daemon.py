@@ -63,7 +63,8 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from failover.api.schema import read_token_file
+from failover.api.control_tls import server_context
+from failover.api.schema import read_control_tokens
 from failover.api.server import ControlEndpoints, serve_control
 from failover.audit import JOURNAL_NAME
 from failover.config import ClusterConfig, load_config
@@ -909,8 +910,19 @@ class Daemon:
         control = self.config.control_of(self.name)
         if control.tcp is not None:
             tcp = (control.tcp.address, control.tcp.port)
-            token = read_token_file(control.tcp.token_file)
-            await serve_control(self.controller, tcp=tcp, token=token, task_status=task_status)
+            token, read_token = read_control_tokens(
+                control.tcp.token_file, control.tcp.read_token_file
+            )
+            tls = control.tcp.tls
+            context = None if tls is None else server_context(tls.cert_file, tls.key_file)
+            await serve_control(
+                self.controller,
+                tcp=tcp,
+                token=token,
+                read_token=read_token,
+                tls=context,
+                task_status=task_status,
+            )
         else:
             unix_path = str(control.socket)
             await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
