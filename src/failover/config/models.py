@@ -282,6 +282,8 @@ class ControlTcp(Section):
     address: Annotated[StrictStr, MinLen(1)]
     port: Port
     token_file: ConfigPath
+    # the web console on this listener (docs/console.md); off: /console/ answers 404
+    console: StrictBool = False
 
 
 class ControlConfig(Section):

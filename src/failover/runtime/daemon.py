@@ -62,6 +62,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from failover.api.console import console_settings
 from failover.api.schema import read_token_file
 from failover.api.server import ControlEndpoints, serve_control
 from failover.audit import JOURNAL_NAME
@@ -883,7 +884,13 @@ class Daemon:
         if control.tcp is not None:
             tcp = (control.tcp.address, control.tcp.port)
             token = read_token_file(control.tcp.token_file)
-            await serve_control(self.controller, tcp=tcp, token=token, task_status=task_status)
+            # the console's page, /v1/nodes, /v1/events (live on each change), CORS;
+            # a lambda: ``_changed`` is a new event after each change
+            changes = lambda: self._changed.wait()  # noqa: E731, PLW0108
+            console = console_settings(self.config, self.name, changes)
+            await serve_control(
+                self.controller, tcp=tcp, token=token, console=console, task_status=task_status
+            )
         else:
             unix_path = str(control.socket)
             await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
