@@ -89,6 +89,15 @@ async def test_cors_answers_the_peer_origin_only() -> None:
             token=False,
         )
         assert preflight.status == 204
+        async with await anyio.connect_tcp(*address) as raw:
+            await raw.send(
+                f"OPTIONS /v1/events HTTP/1.1\r\nhost: a\r\norigin: {PEER_ORIGIN}\r\n\r\n".encode()
+            )
+            head = b""
+            with anyio.fail_after(10):
+                while b"\r\n\r\n" not in head:
+                    head += await raw.receive()
+        assert head.lower().count(b"access-control-allow-origin:") == 1, head  # one value only
         assert preflight.headers["access-control-allow-origin"] == PEER_ORIGIN
         assert "authorization" in preflight.headers["access-control-allow-headers"]
         read = await ask(address, "GET", "/v1/status", ("origin", PEER_ORIGIN))

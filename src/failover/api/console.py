@@ -226,12 +226,12 @@ class ConsoleRoutes:
         allowed = self.cors(origin)
         if not allowed:
             return _text(403, "cross-origin requests are allowed from the peer's console only")
+        # (the server adds ``allowed`` to every answer, this one included)
         return ConsoleReply(
             204,
             b"",
             "text/plain",
             (
-                *allowed,
                 ("access-control-allow-methods", "GET, POST"),
                 ("access-control-allow-headers", "authorization"),
                 ("access-control-max-age", "600"),
