@@ -75,6 +75,17 @@ class Api:
         return None
 
 
+def chromium() -> webdriver.Chrome:
+    """Debian's headless Chromium through Debian's chromedriver (nothing is downloaded)."""
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=1300,1100", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(flag)
+    profile = tempfile.mkdtemp(prefix="console-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
 class Page:
     def __init__(self, driver: webdriver.Chrome) -> None:
         self.driver = driver
@@ -83,7 +94,9 @@ class Page:
         return self.driver.find_element(By.ID, f"node-{node}")
 
     def state(self, node: str) -> str:
-        return str(self.card(node).get_attribute("data-state"))
+        """What ``node``'s card shows ("" while there is no card yet)."""
+        cards = self.driver.find_elements(By.ID, f"node-{node}")
+        return str(cards[0].get_attribute("data-state")) if cards else ""
 
     def serving(self) -> str:
         return str(self.driver.find_element(By.ID, "serving").get_attribute("data-node"))
@@ -117,13 +130,7 @@ def main() -> None:
     seen: dict[str, Any] = {}
     roles = until("primary + secondary", api.roles)
     seen["roles_before"] = roles
-    options = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                 "--window-size=1300,1100", "--no-first-run", "--disable-extensions"):  # fmt: skip
-        options.add_argument(flag)
-    profile = tempfile.mkdtemp(prefix="console-chromium-")
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    driver = chromium()
     try:
         page = Page(driver)
         # The page comes from the secondary: the node that will serve after the swap,

@@ -24,6 +24,7 @@ from failover.api.protocol import CommandResult
 from failover.api.server import ControlEndpoints, ControlLimits, serve_control
 
 TOKEN = "console-test-token-0123456789"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 PEER_ORIGIN = "http://10.9.9.2:7480"
 WAIT = 10.0  # an upper bound on every wait, never an expected duration
 
@@ -182,3 +183,17 @@ class Events:
                 data = block.split(b"\ndata: ", 1)[1]
                 result: dict[str, Any] = json.loads(data)
                 return result
+
+
+def browser_unavailable() -> str | None:
+    """Why the browser tests cannot run here, or None."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not path.exists():
+            return (
+                f"{path} is missing: scripts/system-deps.sh installs chromium and chromium-driver"
+            )
+    try:
+        import selenium  # noqa: F401, PLC0415 (only to know whether it is there)
+    except ImportError:
+        return "selenium is missing: pip install -e '.[dev]'"
+    return None

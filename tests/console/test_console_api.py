@@ -118,6 +118,9 @@ async def test_cors_answers_the_peer_origin_only() -> None:
 async def test_nodes_names_both_control_urls() -> None:
     async with serving(Controller(), settings()) as address:
         answer = await ask(address, "GET", "/v1/nodes")
+        for method in ("HEAD", "POST"):
+            assert (await ask(address, method, "/v1/events")).status == 405
+        assert (await ask(address, "GET", "/v1/nodes?x=1")).status == 400
     assert answer.json() == {
         "self": "alpha",
         "nodes": [

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from console_support import browser_unavailable
 
 from failover.audit import JOURNAL_NAME, audit
 from failover.lab import Lab, list_namespaces, netns_unavailable_reason
@@ -30,23 +31,10 @@ PORT = 7480
 TAKEOVER_SHOWN_WITHIN = 2.0  # seconds: the bound, from recorded timestamps
 SCRIPT = Path(__file__).with_name("console_browser.py")
 DOCS_SCREENSHOT = Path(__file__).parents[2] / "docs" / "console.png"
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
 def _unavailable() -> str | None:
-    reason = netns_unavailable_reason()
-    if reason is not None:
-        return reason
-    for path in (CHROMIUM, CHROMEDRIVER):
-        if not path.exists():
-            return (
-                f"{path} is missing: scripts/system-deps.sh installs chromium and chromium-driver"
-            )
-    try:
-        import selenium  # noqa: F401, PLC0415 (only to know whether it is there)
-    except ImportError:
-        return "selenium is missing: pip install -e '.[dev]'"
-    return None
+    return netns_unavailable_reason() or browser_unavailable()
 
 
 pytestmark = [

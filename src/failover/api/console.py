@@ -213,7 +213,7 @@ class ConsoleRoutes:
                 return _text(404, f"no such console file: {path}")
             return ConsoleReply(200, found.body, found.content_type, self._page_headers)
         if path in (NODES_PATH, EVENTS_PATH):
-            if method not in ("GET", "HEAD"):
+            if method != "GET":
                 return _text(405, f"{path} accepts GET only", (("allow", "GET"),))
             if urlsplit(target).query:
                 return _json(400, {"error": f"{path} takes no query parameters"})
