@@ -21,9 +21,10 @@ from console_support import (
     settings,
 )
 
-from failover.api.console import console_settings, node_url
+from failover.api.console import console_settings, load_static, node_url
 from failover.api.server import ControlLimits
 from failover.config import load_config
+from failover.errors import ConfigError, UsageError
 
 pytestmark = pytest.mark.anyio
 
@@ -221,3 +222,15 @@ def test_settings_from_the_cluster_file(tmp_path: Path) -> None:
     assert alpha.origins == {"http://[fd00::2]:7480"}
     assert beta.origins == {"http://10.0.9.1:7480"}
     assert node_url("example.net", 443, tls=True) == "https://example.net:443"
+    bad = path.read_text().replace("console: true", "console: 'yes'")
+    path.write_text(bad)
+    with pytest.raises(ConfigError, match=r"nodes\.alpha\.control\.tcp\.console"):
+        load_config(path)
+
+
+def test_a_console_without_its_files_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot be read from"):
+        load_static(tmp_path / "nowhere")
+    (tmp_path / "app.js").write_text("")
+    with pytest.raises(UsageError, match=r"index\.html is missing"):
+        load_static(tmp_path)

@@ -43,6 +43,7 @@ import anyio
 
 from failover.api.protocol import Controller
 from failover.config.models import ClusterConfig
+from failover.errors import UsageError
 
 CONSOLE_PREFIX = "/console/"
 NODES_PATH = "/v1/nodes"
@@ -74,14 +75,23 @@ class StaticFile:
 def load_static(directory: Path = STATIC_DIR) -> dict[str, StaticFile]:
     """The console's files by request path (``/console/app.js``); ``/console/`` is index.html.
 
-    Only plain names with a known suffix are taken; nothing else is ever served."""
+    Only plain names with a known suffix are taken; nothing else is ever served.
+    Raises ``UsageError`` when the directory or its index.html cannot be read."""
     files: dict[str, StaticFile] = {}
-    for path in sorted(directory.iterdir()):
-        if path.is_file() and _NAME.fullmatch(path.name):
-            files[CONSOLE_PREFIX + path.name] = StaticFile(path.read_bytes(), _TYPES[path.suffix])
+    try:
+        for path in sorted(directory.iterdir()):
+            if path.is_file() and _NAME.fullmatch(path.name):
+                body = path.read_bytes()
+                files[CONSOLE_PREFIX + path.name] = StaticFile(body, _TYPES[path.suffix])
+    except OSError as exc:
+        raise UsageError(
+            f"the console's files cannot be read from {directory}: {exc.strerror or exc} "
+            "(a broken installation? or set control.tcp.console: false)"
+        ) from None
     index = files.get(CONSOLE_PREFIX + "index.html")
-    if index is not None:
-        files[CONSOLE_PREFIX] = index
+    if index is None:
+        raise UsageError(f"the console's page {directory}/index.html is missing")
+    files[CONSOLE_PREFIX] = index
     return files
 
 

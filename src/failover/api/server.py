@@ -12,6 +12,11 @@ own small cap (the oldest is dropped to make room for a new one) and a short
 deadline, and never count toward the cap of authenticated connections. So
 idle or dripping strangers can only push each other out, never a token holder.
 The token is checked as soon as the head is parsed, before any body is read.
+
+On TCP the server also carries the web console (``failover.api.console``):
+its page files and CORS preflights are answered without a token, and leave
+the connection pending; ``/v1/events`` is an endless answer sent one event at
+a time, and a client too slow to take one is dropped.
 """
 
 from __future__ import annotations
