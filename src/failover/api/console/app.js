@@ -266,7 +266,9 @@ $("#login").addEventListener("submit", (event) => {
   event.preventDefault();
   setToken($("#token").value.trim());
   $("#token").value = "";
-  connect();
+  // Connected already: start afresh (the streams of the old token end with the page).
+  if (cards.size) location.reload();
+  else connect();
 });
 $("#logout").addEventListener("click", () => {
   forgetTokens();
