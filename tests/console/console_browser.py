@@ -168,6 +168,15 @@ def main() -> None:
                 in driver.find_element(By.CSS_SELECTOR, f"#node-{after['primary']} .in-sync").text
             ),
         )
+        listed = f"#node-{after['primary']} .transitions"
+        seen["transitions_shown"] = until(
+            "the swap among the recent transitions",
+            lambda: (
+                (text := driver.find_element(By.CSS_SELECTOR, listed).text)
+                and "swap" in text
+                and text
+            ),
+        )
         driver.save_screenshot(args["screenshot"])
 
         # kill -9 the primary (the node that served the page): the other must show serving.

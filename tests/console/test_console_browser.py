@@ -131,6 +131,8 @@ def test_the_console_follows_the_pair_in_a_real_browser(tmp_path: Path) -> None:
     before, after = seen["roles_before"], seen["roles_after"]
     assert after == {"primary": before["secondary"], "secondary": before["primary"]}
     assert seen["swap_result"].startswith("swap accepted"), seen["swap_result"]
+    shown = seen["transitions_shown"]
+    assert "secondary → primary" in shown and "swap" in shown, shown  # the records, newest first
 
     takeover = seen["takeover"]
     assert takeover["survivor"] == before["primary"]
