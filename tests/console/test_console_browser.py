@@ -103,17 +103,21 @@ def test_the_console_follows_the_pair_in_a_real_browser(tmp_path: Path) -> None:
             "token": token,
             "screenshot": str(shot),
         }
-        browser = lab.exec(
+        # lab.run: its own process group (Chromium's too), killed when the lab closes
+        script = lab.run(
             "client",
             [sys.executable, str(SCRIPT), json.dumps(arguments)],
-            timeout=120,  # a bound on a hung browser, never an expected duration
-            check=False,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        # a bound on a hung browser, never an expected duration
+        out, err = script.communicate(timeout=120)
         logs = "\n".join(
             f"{node}: {(tmp_path / f'{node}.stderr').read_text()[-2000:]}" for node in NODES
         )
-        assert browser.returncode == 0, f"{browser.stderr[-4000:]}\n{logs}"
-        seen = json.loads(browser.stdout.strip().splitlines()[-1])
+        assert script.returncode == 0, f"{err[-4000:]}\n{logs}"
+        seen = json.loads(out.strip().splitlines()[-1])
         for node, proc in procs.items():
             if node != seen["takeover"]["victim"]:
                 assert proc.poll() is None, f"{node}'s daemon died: {logs}"
