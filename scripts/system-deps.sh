@@ -8,12 +8,15 @@
 # etcd-server (the etcd binary of the arbitrator tests,
 # tests/runtime/test_etcd_lease.py, which start their own on loopback),
 # systemd (systemd-analyze verify checks the shipped unit file,
-# tests/systemd/test_unit_file.py; nothing is started), and python3-venv
-# where the system python lacks venv. Installs only what is missing, only as
-# root on a Debian-like system; otherwise says what to install.
+# tests/systemd/test_unit_file.py; nothing is started), chromium and
+# chromium-driver (the console's browser test,
+# tests/console/test_console_browser.py, drives a headless Chromium through
+# Selenium with Debian's chromedriver: nothing is downloaded), and
+# python3-venv where the system python lacks venv. Installs only what is
+# missing, only as root on a Debian-like system; otherwise says what to install.
 set -euo pipefail
 need=()
-for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server systemd; do
+for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server systemd chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

@@ -18,6 +18,11 @@ read-only token only GET (``schema.required_role``); a read token on a POST
 gets 403 from the head, like a wrong token gets 401. With TLS the handshake
 runs while the connection is pending, under the same deadline and cap, so a
 client that never finishes it holds no more than a stranger.
+
+On TCP the server also carries the web console (``failover.api.console``):
+its page files and CORS preflights are answered without a token, and leave
+the connection pending; ``/v1/events`` is an endless answer sent one event at
+a time, and a client too slow to take one is dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import structlog
 from anyio.streams.tls import TLSStream
 
 from failover import __version__
+from failover.api.console import ConsoleReply, ConsoleRoutes, ConsoleSettings, EventStream
 from failover.api.protocol import COMMANDS, Controller
 from failover.api.schema import (
     ADMIN_ROLE,
@@ -120,6 +126,7 @@ class Reply:
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    content_type: str = "application/json"
 
 
 def json_reply(status: int, payload: object, **kwargs: Any) -> Reply:
@@ -345,9 +352,12 @@ class _Admission:
 class _ConnectionServer:
     """Runs the HTTP/1.1 conversation on each accepted stream, within ``ControlLimits``."""
 
-    def __init__(self, routes: ControlRoutes, limits: ControlLimits) -> None:
+    def __init__(
+        self, routes: ControlRoutes, limits: ControlLimits, console: ConsoleRoutes | None = None
+    ) -> None:
         self._routes = routes
         self._limits = limits
+        self._console = console
         self._served: set[int] = set()
         # Pending (unauthenticated) connections, oldest first.
         self._pending: dict[int, _Admission] = {}
@@ -429,10 +439,16 @@ class _ConnectionServer:
     def _admit_head(self, request: h11.Request, admission: _Admission) -> None:
         """Check a request head's token (each request carries it) and count the
         connection as served, then check that the token's role may use the
-        request's method; raises ``_Refused`` with the answer otherwise."""
+        request's method; raises ``_Refused`` with the answer otherwise. A
+        console page file or a CORS preflight is answered without a token and
+        leaves the connection as it was (pending until a token arrives)."""
+        console = self._console
+        if console is not None and console.anonymous(_method(request), _target(request)):
+            return
         role = ADMIN_ROLE if admission.tokens is None else _role_of(request, admission.tokens)
         if role is None:
-            raise _Refused(_UNAUTHORIZED)
+            cors = () if console is None else console.cors(_origin(request))
+            raise _Refused(_UNAUTHORIZED if not cors else _with_headers(_UNAUTHORIZED, cors))
         if not self._authenticate(admission):
             raise _Refused(_BUSY)
         method = request.method.decode("ascii")
@@ -450,12 +466,72 @@ class _ConnectionServer:
                 await self._send(conn, stream, request, head=False)
                 await self._linger(stream)
                 return
-            method = request.method.decode("ascii")
-            reply = await self._routes.reply(method, request.target.decode("ascii"))
+            reply = await self._reply(request)
+            if isinstance(reply, EventStream):
+                await self._stream(conn, stream, reply)
+                return
             sent = await self._send(conn, stream, reply, head=request.method == b"HEAD")
             if not sent or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                 return
             conn.start_next_cycle()
+
+    async def _reply(self, request: h11.Request) -> Reply | EventStream:
+        """The answer to an admitted request: a console route's, else the API's;
+        with the CORS headers its origin is allowed."""
+        method, target = _method(request), _target(request)
+        console = self._console
+        if console is None:
+            return await self._routes.reply(method, target)
+        cors = console.cors(_origin(request))
+        special = console.reply(method, target, _origin(request))
+        if isinstance(special, EventStream):
+            return EventStream(special.chunks, (*special.headers, *cors))
+        if isinstance(special, ConsoleReply):
+            return Reply(
+                special.status,
+                special.body,
+                (*special.headers, *cors),
+                content_type=special.content_type,
+            )
+        return _with_headers(await self._routes.reply(method, target), cors)
+
+    async def _stream(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, reply: EventStream
+    ) -> None:
+        """Send an endless answer chunk by chunk until the client leaves or is too
+        slow: each chunk must fit into its socket within the send timeout, and the
+        next one is made only then, so a client costs one chunk at most."""
+        headers = [
+            ("content-type", "text/event-stream"),
+            ("cache-control", "no-store"),
+            ("server", f"failover/{__version__}"),
+            *reply.headers,
+        ]
+        try:
+            head = conn.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+        except h11.LocalProtocolError:
+            return
+        pending = head or b""
+        # A small kernel buffer too: what a client that does not read costs stays small.
+        raw = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _STREAM_SNDBUF)
+        chunks = reply.chunks()
+        try:
+            async for chunk in chunks:
+                data = conn.send(h11.Data(data=chunk))
+                with anyio.move_on_after(self._limits.send_timeout):
+                    try:
+                        await stream.send(pending + (data or b""))
+                    except _GONE:
+                        return
+                    pending = b""
+                    continue
+                log.info("event stream dropped: the client does not read it")
+                return
+        finally:
+            await chunks.aclose()
 
     async def _next_request(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, admission: _Admission
@@ -529,7 +605,7 @@ class _ConnectionServer:
     ) -> bool:
         """Send ``reply``; False when the client is gone or too slow to take it."""
         headers = [
-            ("content-type", "application/json"),
+            ("content-type", reply.content_type),
             ("content-length", str(len(reply.body))),
             ("cache-control", "no-store"),
             ("server", f"failover/{__version__}"),
@@ -568,6 +644,9 @@ class _ConnectionServer:
                     drained += len(await stream.receive(65536))
 
 
+_STREAM_SNDBUF = 65536
+"""Bytes of kernel send buffer an event stream may hold (the kernel doubles it)."""
+
 _BUSY = error_reply(503, "too many control connections", close=True)
 _UNAUTHORIZED = error_reply(
     401,
@@ -575,6 +654,29 @@ _UNAUTHORIZED = error_reply(
     headers=(("www-authenticate", 'Bearer realm="failover"'),),
     close=True,
 )
+
+
+def _method(request: h11.Request) -> str:
+    return request.method.decode("ascii")
+
+
+def _target(request: h11.Request) -> str:
+    return request.target.decode("ascii")
+
+
+def _origin(request: h11.Request) -> str | None:
+    for name, value in request.headers:
+        if name == b"origin":
+            return value.decode("latin-1")
+    return None
+
+
+def _with_headers(reply: Reply, headers: tuple[tuple[str, str], ...]) -> Reply:
+    if not headers:
+        return reply
+    return Reply(
+        reply.status, reply.body, (*reply.headers, *headers), reply.close, reply.content_type
+    )
 
 
 def _head_size(request: h11.Request) -> int:
@@ -644,6 +746,7 @@ async def serve_control(
     read_token: str | None = None,
     tls: ssl.SSLContext | None = None,
     limits: ControlLimits = DEFAULT_LIMITS,
+    console: ConsoleSettings | None = None,
     task_status: anyio.abc.TaskStatus[ControlEndpoints] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API for ``controller`` until cancelled.
@@ -659,6 +762,9 @@ async def serve_control(
     ``task_status.started(ControlEndpoints)`` is called once every listener is
     bound: clients may connect from then on. On cancellation the listeners
     close, open connections are dropped and the socket file is removed.
+
+    ``console``: the console's page, ``/v1/nodes``, ``/v1/events`` and CORS
+    for the peer's origin (``failover.api.console``); None: none of them.
 
     Raises ``UsageError`` before listening when there is nothing to listen on,
     when TCP is asked for without a token, when the read token is the admin
@@ -677,7 +783,8 @@ async def serve_control(
         read_token.encode("utf-8"), (token or "").encode("utf-8")
     ):
         raise UsageError("the control API's read-only token must differ from its admin token")
-    server = _ConnectionServer(ControlRoutes(controller), limits)
+    routes = None if console is None else ConsoleRoutes(console, controller)
+    server = _ConnectionServer(ControlRoutes(controller), limits, routes)
     listening: list[tuple[socket.socket, _Listener]] = []
     socket_file: tuple[Path, int] | None = None
     try:

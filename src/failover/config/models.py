@@ -297,6 +297,8 @@ class ControlTcp(Section):
     token_file: ConfigPath
     read_token_file: ConfigPath | None = None
     tls: ControlTls | None = None
+    # the web console on this listener (docs/console.md); off: /console/ answers 404
+    console: StrictBool = False
 
 
 class ControlConfig(Section):

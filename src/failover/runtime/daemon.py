@@ -63,6 +63,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from failover.api.console import console_settings
 from failover.api.control_tls import server_context
 from failover.api.schema import read_control_tokens
 from failover.api.server import ControlEndpoints, serve_control
@@ -915,12 +916,17 @@ class Daemon:
             )
             tls = control.tcp.tls
             context = None if tls is None else server_context(tls.cert_file, tls.key_file)
+            # the console's page, /v1/nodes, /v1/events (live on each change), CORS;
+            # a lambda: ``_changed`` is a new event after each change
+            changes = lambda: self._changed.wait()  # noqa: E731, PLW0108
+            console = console_settings(self.config, self.name, changes)
             await serve_control(
                 self.controller,
                 tcp=tcp,
                 token=token,
                 read_token=read_token,
                 tls=context,
+                console=console,
                 task_status=task_status,
             )
         else:
