@@ -6,12 +6,15 @@
 # tests/e2e/test_e2e_postgres.py and bench/pg_failover.py: Debian 12's is
 # PostgreSQL 15; the tests start their own servers, in namespaces),
 # etcd-server (the etcd binary of the arbitrator tests,
-# tests/runtime/test_etcd_lease.py, which start their own on loopback), and
+# tests/runtime/test_etcd_lease.py, which start their own on loopback),
+# prometheus (for its promtool: tests/metrics checks docs/alerts/*.yml; the
+# package also brings the server, about 100 MB, which Debian starts as a
+# service where systemd runs: the tests never use it), and
 # python3-venv where the system python lacks venv. Installs only what is
 # missing, only as root on a Debian-like system; otherwise says what to install.
 set -euo pipefail
 need=()
-for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server; do
+for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

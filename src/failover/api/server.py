@@ -43,6 +43,7 @@ from failover.api.schema import (
     COMMANDS_PREFIX,
     DEFAULT_TRANSITIONS_LIMIT,
     MAX_TRANSITIONS_LIMIT,
+    METRICS_PATH,
     STATUS_PATH,
     TRANSITIONS_PATH,
     VERIFY_PATH,
@@ -50,6 +51,9 @@ from failover.api.schema import (
 from failover.errors import UsageError
 
 log = structlog.get_logger("failover.api")
+
+Metrics = Callable[[], tuple[bytes, str]]
+"""The ``/metrics`` page: its body and content type (``failover.runtime.metrics``)."""
 
 # Errors that a peer going away mid-conversation raises on anyio streams.
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
@@ -102,12 +106,13 @@ class ControlEndpoints:
 
 @dataclass(frozen=True)
 class Reply:
-    """One HTTP answer: status, JSON body already encoded, extra headers."""
+    """One HTTP answer: status, body already encoded (JSON unless said), extra headers."""
 
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
     close: bool = False
+    content_type: str = "application/json"
 
 
 def json_reply(status: int, payload: object, **kwargs: Any) -> Reply:
@@ -135,8 +140,9 @@ class ControlRoutes:
     goes to the daemon log, never to the client).
     """
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, metrics: Metrics | None = None) -> None:
         self._controller = controller
+        self._metrics = metrics
 
     async def reply(self, method: str, target: str) -> Reply:
         split = urlsplit(target)
@@ -146,6 +152,8 @@ class ControlRoutes:
             allowed, action = "GET", self._status
         elif path == TRANSITIONS_PATH:
             allowed, action = "GET", self._transitions
+        elif path == METRICS_PATH and self._metrics is not None:
+            allowed, action = "GET", self._metrics_page
         elif path == BANDWIDTH_PATH:
             allowed, action = "POST", self._bandwidth
         elif path == VERIFY_PATH:
@@ -176,6 +184,12 @@ class ControlRoutes:
     async def _status(self, query: Mapping[str, str]) -> Reply:
         _allow_params(query)
         return json_reply(200, self._controller.status())
+
+    async def _metrics_page(self, query: Mapping[str, str]) -> Reply:
+        _allow_params(query)
+        assert self._metrics is not None
+        body, content_type = self._metrics()
+        return Reply(200, body, content_type=content_type)
 
     async def _transitions(self, query: Mapping[str, str]) -> Reply:
         _allow_params(query, "limit")
@@ -464,7 +478,7 @@ class _ConnectionServer:
     ) -> bool:
         """Send ``reply``; False when the client is gone or too slow to take it."""
         headers = [
-            ("content-type", "application/json"),
+            ("content-type", reply.content_type),
             ("content-length", str(len(reply.body))),
             ("cache-control", "no-store"),
             ("server", f"failover/{__version__}"),
@@ -540,6 +554,7 @@ async def serve_control(
     tcp: tuple[str, int] | None = None,
     token: str | None = None,
     limits: ControlLimits = DEFAULT_LIMITS,
+    metrics: Metrics | None = None,
     task_status: anyio.abc.TaskStatus[ControlEndpoints] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API for ``controller`` until cancelled.
@@ -548,7 +563,8 @@ async def serve_control(
     mode 0660; a socket file left by a dead daemon is replaced, one a live
     process listens on is refused) and/or on ``tcp`` = (host, port), where
     every request must carry ``Authorization: Bearer <token>``. The Unix
-    socket relies on file permissions and takes no token.
+    socket relies on file permissions and takes no token. With ``metrics``,
+    ``GET /metrics`` answers its page (on either listener, as any GET).
 
     ``task_status.started(ControlEndpoints)`` is called once every listener is
     bound: clients may connect from then on. On cancellation the listeners
@@ -564,7 +580,7 @@ async def serve_control(
             "the control API over TCP needs a bearer token (control.tcp.token_file); "
             "refusing to listen without one"
         )
-    server = _ConnectionServer(ControlRoutes(controller), limits)
+    server = _ConnectionServer(ControlRoutes(controller, metrics), limits)
     listening: list[tuple[socket.socket, bytes | None]] = []
     socket_file: tuple[Path, int] | None = None
     try:
