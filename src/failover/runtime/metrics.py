@@ -79,7 +79,8 @@ class DaemonMetrics:
         # counter and histogram, which says only when the daemon started. (The
         # switch is prometheus-client's, process-wide: the daemon is the process.)
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.registry = CollectorRegistry(auto_describe=True)
+        # auto_describe off: registering the status collector must not read the status
+        self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
         self.transitions = Counter(
             "failover_transitions",
@@ -96,7 +97,7 @@ class DaemonMetrics:
         )
         self.ack_latency = Histogram(
             "failover_replication_ack_latency_seconds",
-            "Seconds from sending a replicated entry to its acknowledgement at the ack level.",
+            "Seconds from sending a message of replicated entries to its acknowledgement.",
             buckets=ACK_BUCKETS,
             registry=registry,
         )
