@@ -62,11 +62,11 @@ def _scripts(tmp_path: Path) -> dict[str, Any]:
     return {
         "application": {**scripts, "timeout": 5},
         "watchdog": {"enabled": False},
-        # fails on the standby: probe failures counted, then reported down
+        # a standby checker, healthy until the test creates the file ``fail``
         "checkers": [
             {
                 "name": "standby-disk",
-                "command": "false",
+                "command": f"test ! -e {tmp_path / 'fail'}",
                 "when": "standby",
                 "interval": 0.05,
                 "failures": 2,
@@ -125,6 +125,7 @@ async def test_the_values_follow_the_daemon(tmp_path: Path) -> None:
         primary = running.serving()
         standby = next(n for n in ADDRESSES if n != primary)
         await until(lambda: running.status(primary)["in_sync"])
+        await until(lambda: "start" in running.status(primary)["scripts"])
 
         scrape = await running.scrape(primary)
         status = running.status(primary)
@@ -142,6 +143,10 @@ async def test_the_values_follow_the_daemon(tmp_path: Path) -> None:
         await counts_every_transition(running, primary)
 
         # the standby's checker fails: each probe counted, then reported down
+        healthy = await running.scrape(standby)
+        assert healthy.value("failover_checker_healthy", checker="standby-disk") == 1
+        assert healthy.total("failover_checker_probe_failures_total") == 0
+        (tmp_path / "fail").touch()
         await until_scraped(
             running, standby, "failover_checker_healthy", 0.0, checker="standby-disk"
         )
