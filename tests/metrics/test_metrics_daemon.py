@@ -200,6 +200,7 @@ async def test_a_cut_link_reads_down_and_its_heartbeats_stop(tmp_path: Path) -> 
         assert scrape.value("failover_link_up", link="backup") == 1
         lan_seen = scrape.value("failover_link_last_seen_seconds", link="lan")
         assert lan_seen > scrape.value("failover_link_last_seen_seconds", link="backup")
+        heard_once_per_accepted_frame(scrape)
         # heartbeats go on over the backup link only
         gaps = "failover_link_heartbeat_gap_seconds_count"
         lan, backup = scrape.value(gaps, link="lan"), scrape.value(gaps, link="backup")
@@ -208,3 +209,17 @@ async def test_a_cut_link_reads_down_and_its_heartbeats_stop(tmp_path: Path) -> 
                 await anyio.sleep(0.05)
         assert later.value(gaps, link="lan") == lan
         assert later.value("failover_link_last_seen_seconds", link="lan") > lan_seen
+        heard_once_per_accepted_frame(later)
+
+
+def heard_once_per_accepted_frame(scrape: Scrape) -> None:
+    """Every heartbeat accepted is one heard on its link: a link's first gives no
+    gap, each later one gives one (a scrape reads both in one turn of the loop)."""
+    accepted = scrape.value("failover_frames_received_total") - scrape.total(
+        "failover_frames_dropped_total"
+    )
+    counts = [
+        s.value for s in scrape.samples if s.name == "failover_link_heartbeat_gap_seconds_count"
+    ]
+    assert len(counts) == 2
+    assert sum(count + 1 for count in counts) == accepted
