@@ -7,6 +7,8 @@ counter, a cut link reads ``up`` 0 and stops its heartbeat gaps.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from failover.runtime.daemon import run_node
 pytestmark = pytest.mark.anyio
 
 WAIT = 20.0
+PROMTOOL = shutil.which("promtool")
 
 
 @dataclass
@@ -118,6 +121,15 @@ async def test_the_scrape_lists_exactly_what_the_docs_list(tmp_path: Path) -> No
             assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
             scrape = parse(answer.body)
             assert scrape.types == documented(), "docs/metrics.md and the scrape differ"
+            if PROMTOOL is not None:  # its linter: names, units, suffixes, help texts
+                done = subprocess.run(
+                    [PROMTOOL, "check", "metrics"],
+                    input=answer.body,
+                    capture_output=True,
+                    check=False,
+                    timeout=60,
+                )
+                assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
 
 
 async def test_the_values_follow_the_daemon(tmp_path: Path) -> None:
