@@ -11,12 +11,15 @@
 # tests/systemd/test_unit_file.py; nothing is started), chromium and
 # chromium-driver (the console's browser test,
 # tests/console/test_console_browser.py, drives a headless Chromium through
-# Selenium with Debian's chromedriver: nothing is downloaded), and
+# Selenium with Debian's chromedriver: nothing is downloaded),
+# prometheus (for its promtool: tests/metrics checks docs/alerts/*.yml; the
+# package also brings the server, about 100 MB, which Debian starts as a
+# service where systemd runs: the tests never use it), and
 # python3-venv where the system python lacks venv. Installs only what is
 # missing, only as root on a Debian-like system; otherwise says what to install.
 set -euo pipefail
 need=()
-for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server systemd chromium chromium-driver; do
+for pkg in iproute2 socat fuse3 iputils-ping postgresql etcd-server systemd chromium chromium-driver prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

@@ -151,6 +151,7 @@ async def session(
     proxy: CuttableProxy | None = None,
     record: bool = True,
     inline_bytes: int = 0,
+    on_ack_latency: Callable[[float], None] | None = None,
 ) -> AsyncIterator[Session]:
     """A handshaken session over loopback TCP (through ``proxy`` if given), both
     ends running; stopped on exit. ``record``: as ``RecordingSink``'s.
@@ -162,7 +163,9 @@ async def session(
     with Applier({ROOT: backing}) as applier:
         sink = RecordingSink(applier, record=record)
         broken: list[str] = []
-        sender = ReplicationSender(primary, settings, on_broken=broken.append)
+        sender = ReplicationSender(
+            primary, settings, on_broken=broken.append, on_ack_latency=on_ack_latency
+        )
         receiver = ReplicationReceiver(
             secondary, sink, on_item=on_item, timeout=WAIT_TIMEOUT, inline_bytes=inline_bytes
         )

@@ -275,6 +275,9 @@ OPERATIONS: dict[str, Operation] = {
         "the most recent transitions, oldest first", {200: Transitions}, TransitionsQuery, (400,)
     ),
     "openapi": Operation("this document", {200: OpenAPIDocument}),
+    "metrics": Operation(
+        "the Prometheus metrics (docs/metrics.md)", {200: "text/plain; version=0.0.4"}
+    ),
     "command": Operation(
         "hand the command to the core", {200: CommandAnswer, 409: CommandAnswer}, errors=(503,)
     ),

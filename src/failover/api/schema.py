@@ -21,6 +21,8 @@ COMMANDS_PREFIX = f"/{API_VERSION}/commands/"
 BANDWIDTH_PATH = f"/{API_VERSION}/replication/bandwidth"
 VERIFY_PATH = f"/{API_VERSION}/replication/verify"
 OPENAPI_PATH = f"/{API_VERSION}/openapi.json"
+METRICS_PATH = "/metrics"
+"""Prometheus metrics (docs/metrics.md): outside the versioned API, where scrapers look."""
 VERIFY_TIMEOUT = 900.0
 """Seconds a client waits for a verify (both copies are read in full)."""
 

@@ -58,6 +58,7 @@ from failover.api.schema import (
     COMMANDS_PREFIX,
     DEFAULT_TRANSITIONS_LIMIT,
     MAX_TRANSITIONS_LIMIT,
+    METRICS_PATH,
     OPENAPI_PATH,
     READ_ROLE,
     STATUS_PATH,
@@ -68,6 +69,9 @@ from failover.api.schema import (
 from failover.errors import UsageError
 
 log = structlog.get_logger("failover.api")
+
+Metrics = Callable[[], tuple[bytes, str]]
+"""The ``/metrics`` page: its body and content type (``failover.runtime.metrics``)."""
 
 # Errors that a peer going away mid-conversation raises on anyio streams.
 _GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
@@ -120,7 +124,7 @@ class ControlEndpoints:
 
 @dataclass(frozen=True)
 class Reply:
-    """One HTTP answer: status, JSON body already encoded, extra headers."""
+    """One HTTP answer: status, body already encoded (JSON unless said), extra headers."""
 
     status: int
     body: bytes
@@ -160,6 +164,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", STATUS_PATH, "status"),
     Route("GET", TRANSITIONS_PATH, "transitions"),
     Route("GET", OPENAPI_PATH, "openapi"),
+    Route("GET", METRICS_PATH, "metrics"),
     Route("POST", BANDWIDTH_PATH, "bandwidth"),
     Route("POST", VERIFY_PATH, "verify"),
     *(Route("POST", COMMANDS_PREFIX + name, "command") for name in COMMANDS),
@@ -180,16 +185,18 @@ class ControlRoutes:
     goes to the daemon log, never to the client).
     """
 
-    def __init__(self, controller: Controller) -> None:
+    def __init__(self, controller: Controller, metrics: Metrics | None = None) -> None:
         self._controller = controller
         self._actions: dict[str, Action] = {
             "status": self._status,
             "transitions": self._transitions,
             "openapi": self._openapi,
+            "metrics": self._metrics_page,
             "bandwidth": self._bandwidth,
             "verify": self._verify,
             "command": self._command,
         }
+        self._metrics = metrics
 
     async def reply(self, method: str, target: str) -> Reply:
         split = urlsplit(target)
@@ -220,6 +227,13 @@ class ControlRoutes:
     async def _status(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query)
         return json_reply(200, self._controller.status())
+
+    async def _metrics_page(self, query: Mapping[str, str], _: Route) -> Reply:
+        _allow_params(query)
+        if self._metrics is None:
+            return error_reply(404, f"no such endpoint: {METRICS_PATH} (no metrics here)")
+        body, content_type = self._metrics()
+        return Reply(200, body, content_type=content_type)
 
     async def _transitions(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query, "limit")
@@ -747,6 +761,7 @@ async def serve_control(
     tls: ssl.SSLContext | None = None,
     limits: ControlLimits = DEFAULT_LIMITS,
     console: ConsoleSettings | None = None,
+    metrics: Metrics | None = None,
     task_status: anyio.abc.TaskStatus[ControlEndpoints] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the control API for ``controller`` until cancelled.
@@ -758,6 +773,7 @@ async def serve_control(
     token) or, for GET only, ``read_token``; with ``tls`` (a server context,
     ``failover.api.control_tls``) the TCP listener speaks only TLS. The Unix
     socket relies on file permissions, takes no token and acts as admin.
+    With ``metrics``, ``GET /metrics`` answers its page (on either listener, as any GET).
 
     ``task_status.started(ControlEndpoints)`` is called once every listener is
     bound: clients may connect from then on. On cancellation the listeners
@@ -784,7 +800,7 @@ async def serve_control(
     ):
         raise UsageError("the control API's read-only token must differ from its admin token")
     routes = None if console is None else ConsoleRoutes(console, controller)
-    server = _ConnectionServer(ControlRoutes(controller), limits, routes)
+    server = _ConnectionServer(ControlRoutes(controller, metrics), limits, routes)
     listening: list[tuple[socket.socket, _Listener]] = []
     socket_file: tuple[Path, int] | None = None
     try:

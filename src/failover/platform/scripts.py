@@ -31,7 +31,7 @@ import shlex
 import signal
 import subprocess
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -429,10 +429,14 @@ class ScriptLog:
     def __init__(self, keep: int = RUNS_KEPT) -> None:
         self.keep = keep
         self._runs: dict[str, deque[ScriptRun]] = {}
+        self.on_run: Callable[[str, float, bool], None] | None = None
+        """Called with each run's name, duration and success (the metrics)."""
 
     def record(self, name: str, result: ScriptResult) -> None:
         runs = self._runs.setdefault(name, deque(maxlen=self.keep))
         runs.append(ScriptRun(result, anyio.current_time()))
+        if self.on_run is not None:
+            self.on_run(name, result.duration, result.ok)
         fields: dict[str, Any] = {
             "script": name,
             "rc": result.returncode,

@@ -104,6 +104,7 @@ class ReplicationSender:
         identity: SessionIdentity,
         settings: ChannelSettings | None = None,
         on_broken: Callable[[str], None] | None = None,
+        on_ack_latency: Callable[[float], None] | None = None,
     ) -> None:
         self._identity = identity
         self._settings = settings or ChannelSettings()
@@ -112,6 +113,7 @@ class ReplicationSender:
         self._changed = threading.Condition(self._lock)
         # guarded by _lock
         self._protocol = SenderProtocol(None, self._settings, time.monotonic(), peer=identity.peer)
+        self._protocol.on_latency = on_ack_latency
         self._waiting: set[int] = set()  # control entries someone waits to see answered
         self._answers: dict[int, bytes] = {}
         self._direct: VectoredStream | None = None

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from failover.codec import Buffer, DecodeError, buffer_size
@@ -259,6 +259,8 @@ class SenderProtocol(_Session):
         self._probe_sent_at = now
         self.last_probe_rtt: float | None = None
         self.last_latency: float | None = None
+        self.on_latency: Callable[[float], None] | None = None
+        """Called with each acknowledgement latency (the metrics' histogram)."""
 
     # -- inputs --------------------------------------------------------------------
 
@@ -479,6 +481,8 @@ class SenderProtocol(_Session):
         upto = self._level_of(ack)
         while self._unacked and self._unacked[0][0] <= upto:
             self.last_latency = now - self._unacked.popleft()[1]
+            if self.on_latency is not None:
+                self.on_latency(self.last_latency)
         self.acked = ack
         if upto > self.upto:
             self.upto = upto

@@ -47,6 +47,8 @@ class Sending:
         self._group: TaskGroup | None = None
         self._sending: anyio.CancelScope | None = None
         self._fence = (False, True)  # the last fence (fenced, serving), kept for the relay
+        self.on_ack_latency: Callable[[float], None] | None = None
+        """Called with each acknowledgement latency of every session (metrics)."""
 
     def attach(self, relay: Relay, group: TaskGroup) -> None:
         self.relay, self._group = relay, group
@@ -64,7 +66,9 @@ class Sending:
         return None if self.relay is None else self.relay.sender
 
     def new_sender(self, on_broken: Callable[[str], None]) -> ReplicationSender:
-        return ReplicationSender(self.identity(), self.channel, on_broken=on_broken)
+        return ReplicationSender(
+            self.identity(), self.channel, on_broken=on_broken, on_ack_latency=self.on_ack_latency
+        )
 
     async def start(self) -> None:
         """Open a session to the peer's receiver and replicate every change from

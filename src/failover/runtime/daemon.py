@@ -89,6 +89,7 @@ from failover.runtime.degraded import DiskFault, HeldEvents
 from failover.runtime.executor import ACTION_EFFECTS, ActionExecutor
 from failover.runtime.links import LinkRunner
 from failover.runtime.logging import AuditJournal, log_file
+from failover.runtime.metrics import DaemonMetrics
 from failover.runtime.notify import Notifier, status_line
 from failover.runtime.store import IncarnationStore, MetadataStore, unwritable
 from failover.runtime.timer import DeadlineSignal, run_timer
@@ -543,6 +544,7 @@ class Daemon:
     def _record(self, record: fx.TransitionRecord) -> None:
         entry = transition_record(record)
         self.controller.record(entry)
+        self.metrics.transition(record.event, record.source, record.target)
         fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
         self.log.info("transition", core_event=record.event, **fields)
         if self.notifier is not None:
@@ -786,6 +788,11 @@ class Daemon:
             degraded=self._degraded_view,
             scripts=self.app.history.view,
         )
+        self.metrics = DaemonMetrics(self.controller.status, lambda: self.checkers.checkers)
+        sending = None if self.data is None else self.data.sending
+        self.metrics.attach(
+            links=self.links, scripts=self.app.history, checkers=self.checkers, sending=sending
+        )
         self.log.info(
             "node starting",
             cluster=config.cluster.name,
@@ -909,6 +916,7 @@ class Daemon:
 
     async def _serve_control(self, *, task_status: anyio.abc.TaskStatus[ControlEndpoints]) -> None:
         control = self.config.control_of(self.name)
+        page = self.metrics.page
         if control.tcp is not None:
             tcp = (control.tcp.address, control.tcp.port)
             token, read_token = read_control_tokens(
@@ -927,11 +935,14 @@ class Daemon:
                 read_token=read_token,
                 tls=context,
                 console=console,
+                metrics=page,
                 task_status=task_status,
             )
         else:
             unix_path = str(control.socket)
-            await serve_control(self.controller, unix_path=unix_path, task_status=task_status)
+            await serve_control(
+                self.controller, unix_path=unix_path, metrics=page, task_status=task_status
+            )
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[NodeController]) -> None:
         try:

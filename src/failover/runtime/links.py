@@ -71,6 +71,8 @@ class LinkRunner:
         self._pending: bytes | None = None
         self._wake = anyio.Event()
         self._sent = anyio.Event()
+        self.on_heard: Callable[[], None] | None = None
+        """Called for each heartbeat accepted on this link (the metrics)."""
 
     @property
     def transport_name(self) -> str:
@@ -157,6 +159,8 @@ class LinkRunner:
                 log.debug("frame dropped", link=self.name, reason=str(rejection))
                 continue
             _, status = accepted
+            if self.on_heard is not None:
+                self.on_heard()
             await self.report(ev.HeartbeatReceived(link=self.name, status=status))
 
     async def _send_loop(self, channel: HeartbeatChannel) -> None:

@@ -56,6 +56,7 @@ from failover.platform.checkers.probes import (
 log = structlog.get_logger("failover.checkers")
 
 Report = Callable[[ev.Event], Awaitable[None]]
+ProbeHook = Callable[[str, float, bool], None]
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,16 @@ class Checker:
     from ``run``, so a checker's events reach the core in the order they happen.
     """
 
-    def __init__(self, spec: CheckerSpec, report: Report, after: Checker | None = None) -> None:
+    def __init__(
+        self,
+        spec: CheckerSpec,
+        report: Report,
+        after: Checker | None = None,
+        on_probe: ProbeHook | None = None,
+    ) -> None:
         self.spec = spec
         self.report = report
+        self.on_probe = on_probe
         self.healthy = True
         # True from the moment a CheckerDown may have reached the core until a
         # CheckerUp surely did (a report cut short by a stop counts as sent)
@@ -167,6 +175,8 @@ class Checker:
                     raised = True
                     outcome = Outcome(False, f"the probe raised {exc!r}")
                 failed = 0 if outcome.ok else failed + 1
+                if self.on_probe is not None:
+                    self.on_probe(spec.name, anyio.current_time() - started, outcome.ok)
                 await self._judge(outcome, failed)
                 with anyio.move_on_after(started + spec.interval - anyio.current_time()):
                     await session.changed()
@@ -200,6 +210,8 @@ class CheckerSet:
     def __init__(self, report: Report) -> None:
         self.report = report
         self.checkers: dict[str, Checker] = {}
+        self.on_probe: ProbeHook | None = None
+        """Called with each probe's checker, duration and success (the metrics)."""
         self._serving = False
         self._app_started = False
         self._tg: TaskGroup | None = None
@@ -224,7 +236,7 @@ class CheckerSet:
                 retired[name] = self.checkers.pop(name)
         for name, spec in wanted.items():
             if name not in self.checkers:
-                checker = Checker(spec, self.report, after=retired.get(name))
+                checker = Checker(spec, self.report, retired.get(name), self.on_probe)
                 self.checkers[name] = checker
                 self._tg.start_soon(checker.run, name=f"checker {name}")
         self._apply()
