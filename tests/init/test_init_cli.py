@@ -218,14 +218,20 @@ def test_an_existing_file_or_key_is_replaced_only_with_force(
 
 
 def test_missing_answers_are_asked_for_and_a_wrong_one_asked_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    machine: Here,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    del machine[2]  # one address left besides loopback: the first node's, guessed
     db = tmp_path / "db"
     db.mkdir()
     typed = [
         "shop",  # cluster
-        "alpha", "10.20.0.1", "",  # first node, its second address: the first
-        "beta", "10.20.0.300", "10.20.0.2", "192.168.9.2",  # a typo, asked again
+        "alpha", "", "",  # first node; its addresses: this machine's, then the same
+        "alpha", "beta",  # the first node's name again: asked again
+        "10.20.0.1", "10.20.0.300", "10.20.0.2",  # alpha's address, a typo: asked again
+        "192.168.9.2",  # beta's second address
         "10.20.0.100", "",  # virtual IP, its guessed interface
         "srv/db", str(db), "",  # a relative directory, asked again; then no more
         "/bin/true", "/bin/false",  # start, stop
@@ -235,6 +241,9 @@ def test_missing_answers_are_asked_for_and_a_wrong_one_asked_again(
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "'10.20.0.300' is not an IP address" in out.err
+    assert "'alpha' is the other node's name: give another" in out.err
+    assert "10.20.0.1 is the other node's address" in out.err
+    assert "alpha's address on the first network (link lan) [10.20.0.1]:" in out.err
     assert "'srv/db' is not an absolute path" in out.err
     config = load_config(tmp_path / "cluster.yaml", local_node="alpha")
     assert str(config.endpoint("beta", "backup").address) == "192.168.9.2"  # type: ignore[attr-defined]

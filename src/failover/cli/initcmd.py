@@ -375,12 +375,30 @@ def _ask_node(asker: Asker, i: int, spec: str | None, before: list[Node]) -> Nod
     if spec is not None:
         name, lan, backup = _parsed(f"--node {spec}", spec, _node)
     else:
-        default = _hostname_name() if i == 0 else None
-        got = asker.get("--node", None, _name, f"{ordinal} node's name", default=default)
+        others = {node.name for node in before}
+        taken = {address for node in before for address in (node.lan, node.backup)}
+
+        def new_name(text: str) -> str:
+            if _name(text) in others:
+                raise ValueError(f"{text!r} is the other node's name: give another")
+            return text
+
+        def new_address(text: str) -> IpAddress:
+            if _address(text) in taken:
+                raise ValueError(f"{text} is the other node's address: give this node's own")
+            return _address(text)
+
+        got = asker.get(
+            "--node", None, new_name, f"{ordinal} node's name", default=_hostname_name(i)
+        )
         assert got is not None
         name = got
         lan_got = asker.get(
-            "--node", None, _address, f"{name}'s address on the first network (link {LAN_LINK})"
+            "--node",
+            None,
+            new_address,
+            f"{name}'s address on the first network (link {LAN_LINK})",
+            default=_only_address(i),
         )
         assert lan_got is not None
         lan = lan_got
@@ -388,7 +406,7 @@ def _ask_node(asker: Asker, i: int, spec: str | None, before: list[Node]) -> Nod
             asker.get(
                 "--node",
                 None,
-                _address,
+                new_address,
                 f"{name}'s address on a second network (link {BACKUP_LINK})",
                 default=str(lan),
             )
@@ -411,12 +429,28 @@ def _ask_node(asker: Asker, i: int, spec: str | None, before: list[Node]) -> Nod
     return Node(name, lan, backup)
 
 
-def _hostname_name() -> str | None:
+def _hostname_name(i: int) -> str | None:
+    """The first node's default name: this machine's, if it is a valid name."""
+    if i != 0:
+        return None
     short = socket.gethostname().lower().split(".", 1)[0]
     try:
         return _name(short)
     except ValueError:
         return None
+
+
+def _only_address(i: int) -> str | None:
+    """The first node's default address: this machine's only global one, if it has one."""
+    if i != 0:
+        return None
+    found = {
+        address.ip
+        for _, address in local_addresses()
+        if address.ip.is_global or address.ip.is_private
+        if not (address.ip.is_loopback or address.ip.is_link_local)
+    }
+    return str(found.pop()) if len(found) == 1 else None
 
 
 def _ask_vip_interface(
