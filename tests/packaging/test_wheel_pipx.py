@@ -11,7 +11,7 @@ package index, as an operator's would), into a PIPX_HOME and PIPX_BIN_DIR of the
 test's own, without this tree on PYTHONPATH. pip is told not to byte-compile
 what it installs (``--no-compile``: Python compiles each module at its first
 import instead), which takes pip's install step from about 12 s to 3 s on a loaded
-machine (a loaded machine here); nothing else differs from an operator's install.
+machine (2 cores, load 10); nothing else differs from an operator's install.
 The installed command answers ``--version`` and ``init --help``, and writes a
 cluster file that its own ``check-config`` loads (the transports are found
 through the installed entry points).
