@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from failover.cli import build_parser
+from failover.cli import build_parser, main
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -122,3 +122,14 @@ def test_the_quickstart_goes_through_init_check_status_and_swap() -> None:
 @pytest.mark.parametrize("args", COMMANDS, ids=[" ".join(a)[:60] for a in COMMANDS])
 def test_each_quickstart_command_exists(args: list[str]) -> None:
     assert problem_with(args) is None, f"docs/quickstart.md: failover {' '.join(args)}"
+
+
+def test_the_quickstarts_init_writes_a_file_that_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Its ``failover init --non-interactive ...`` line, run here as it is but for
+    where it writes and the interface (this machine is not on its network)."""
+    (init,) = (args for args in COMMANDS if args[:2] == ["init", "--non-interactive"])
+    path = tmp_path / "cluster.yaml"
+    assert main([*init, "-o", str(path), "--vip-interface", "eth0"]) == 0, capsys.readouterr().err
+    assert main(["check-config", str(path)]) == 0
