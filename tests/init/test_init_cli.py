@@ -161,6 +161,9 @@ BAD_ANSWERS = {
     "a bad cluster name": (["--cluster", "Shop", "--node", "alpha=10.20.0.1",
                             "--node", "beta=10.20.0.2"], "--cluster: 'Shop' is not a valid name"),
     "one node": (["--node", "alpha=10.20.0.1"], "--node: given 1 times"),
+    "an interface without a virtual IP": (
+        ["--node", "alpha=10.20.0.1", "--node", "beta=10.20.0.2", "--vip-interface", "eth0"],
+        "--vip-interface: given without a virtual IP"),
     "a start script that cannot be split": (
         ["--node", "alpha=10.20.0.1", "--node", "beta=10.20.0.2", "--start", "/bin/a 'b"],
         "--start: cannot split this command line"),

@@ -336,6 +336,8 @@ def gather(args: argparse.Namespace, asker: Asker) -> tuple[Answers, list[str]]:
         required=False,
     )
     vip = interface = None
+    if vip_given is None and args.vip_interface is not None:
+        raise UsageError("--vip-interface: given without a virtual IP (--vip)")
     if vip_given is not None:
         vip, interface = _ask_vip_interface(asker, args, *vip_given, (first, second), notes)
     directories = _ask_directories(asker, args.dir)
