@@ -277,3 +277,19 @@ def test_what_this_machine_lacks_is_listed_to_do_not_refused(
     assert "to do on this machine before alpha starts:" in out
     assert f"{missing} does not exist on this machine (node alpha)" in out
     assert "On beta," in out and "root@10.20.0.2" in out
+
+
+def test_a_file_that_cannot_be_written_leaves_no_key_behind(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = tmp_path / "keys"
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the configuration's directory should be\n")
+    code = main(["init", "--non-interactive", "-o", str(blocked / "cluster.yaml"),
+                 "--key-file", str(keys / "cluster.key"),
+                 *ANSWER_SETS["one network, nothing optional"]])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"failover init: cannot write {blocked}"), err
+    assert err.count("\n") == 1
+    assert list(keys.iterdir()) == []

@@ -732,10 +732,16 @@ def init(args: argparse.Namespace) -> int:
     answers, notes = gather(args, Asker(interactive=not args.non_interactive))
     check_answers(answers)
     text = render(answers, _key_reference(config_path, key_path))
+    new_key = not key_path.exists()
     try:
         _write_private(key_path, secrets.token_bytes(KEY_BYTES))
-        write_atomic(config_path, text.encode("utf-8"))
-        config_path.chmod(0o644)  # no secret in it: the key is apart
+        try:
+            write_atomic(config_path, text.encode("utf-8"))
+            config_path.chmod(0o644)  # no secret in it: the key is apart
+        except OSError:
+            if new_key:  # no key left behind without the file that names it
+                key_path.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {describe_error(exc)}") from None
     print(f"wrote {config_path} and its key {key_path} (mode 600)")
