@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from failover.cli import build_parser, main
+from failover.config import load_config
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -128,8 +129,12 @@ def test_the_quickstarts_init_writes_a_file_that_checks(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Its ``failover init --non-interactive ...`` line, run here as it is but for
-    where it writes and the interface (this machine is not on its network)."""
+    where it writes and the interface (this machine is not on its network, and the
+    quickstart's output shows eth0)."""
     (init,) = (args for args in COMMANDS if args[:2] == ["init", "--non-interactive"])
     path = tmp_path / "cluster.yaml"
     assert main([*init, "-o", str(path), "--vip-interface", "eth0"]) == 0, capsys.readouterr().err
     assert main(["check-config", str(path)]) == 0
+    # the output the quickstart shows is this line's: its fingerprint is the file's
+    fingerprint = load_config(path).fingerprint()[:8]
+    assert f"fingerprint {fingerprint})" in QUICKSTART.read_text(encoding="utf-8")
