@@ -27,6 +27,7 @@ from failover.errors import FailoverError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "failover.cli.configcmd",
+    "failover.cli.initcmd",
     "failover.cli.modelcmd",
     "failover.cli.leasecmd",
     "failover.cli.simulatecmd",
