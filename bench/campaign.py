@@ -71,9 +71,10 @@ these and ``kill``, ``pause``); each cut lasts from 5 dead timeouts to twice
 primary's watchdog must fence it before its lease runs out; and half of the
 ``kill`` rounds SIGKILL the daemon alone, down as long as a cut: its watchdog
 fences the application and journals it, then the peer takes over once the
-lease ran out. The other half kill the whole node, as before, back within a
-second: a whole node down past its lease is reported as S1 by the audit,
-which cannot see when a node without power stopped serving, docs/audit.md):
+lease ran out. The other half kill the whole node, as before, down 0.5 to 5
+dead timeouts: the audit, which cannot see when a node without power stopped
+serving, is told when each whole-node kill was done, ``--power-off``,
+docs/audit.md):
 
 - ``cut``: both links between the nodes (``lan``, ``crossover``) cut on one
   node; both still reach the arbitrator.
@@ -165,7 +166,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -510,6 +511,9 @@ class Pair:
         self.orphans: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.expected_down: set[str] = set()
+        # (node, CLOCK_MONOTONIC) of each whole-node kill, once every process of it
+        # is dead: what the audit is told (--power-off), as it cannot see it
+        self.power_offs: list[tuple[str, float]] = []
         self.paused: set[str] = set()
         self.mounts = contextlib.ExitStack()  # the state directories' tmpfs
         self.attackers: list[subprocess.Popen[bytes]] = []
@@ -669,6 +673,7 @@ class Pair:
         killed = kill_mount_namespace(proc.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=10)
+        self.power_offs.append((node, time.monotonic()))
         self.paused.discard(node)
         return killed
 
@@ -935,7 +940,11 @@ def _records(data: bytes, *, in_place: bool) -> Iterator[int]:
 
 
 def audit_run(
-    journals: list[Path], acked: Path, found: dict[str, Path], out: Path
+    journals: list[Path],
+    acked: Path,
+    found: dict[str, Path],
+    out: Path,
+    power_offs: Sequence[tuple[str, float]] = (),
 ) -> list[dict[str, Any]]:
     """``failover audit --json`` on both nodes' journals (docs/audit.md): the violations.
 
@@ -945,6 +954,8 @@ def audit_run(
     argv = [sys.executable, "-m", "failover", "audit", "--json", "--acked", str(acked)]
     for node, path in found.items():
         argv += ["--found", f"{node}={path}"]
+    for node, t in power_offs:
+        argv += ["--power-off", f"{node}={t!r}"]
     done = subprocess.run(
         [*argv, *map(str, journals)], capture_output=True, text=True, timeout=300, check=False
     )
@@ -1185,7 +1196,9 @@ class Campaign:
             found[node] = round_dir / f"found-{node}.jsonl"
             found[node].write_text("".join(f'{{"id": {i}}}\n' for i in sorted(on_copy | kept)))
         journals = [self.pair.journal(node) for node in NODES if self.pair.journal(node).is_dir()]
-        violations = audit_run(journals, self.pair.acked, found, round_dir / "audit.json")
+        violations = audit_run(
+            journals, self.pair.acked, found, round_dir / "audit.json", self.pair.power_offs
+        )
         result.audited = True
         for violation in violations:
             key = json.dumps(violation, sort_keys=True)

@@ -9,7 +9,8 @@ daemon's own start and exit. Every record carries ``mono``, the machine's
 ``CLOCK_MONOTONIC`` reading, which every network namespace of one machine
 shares: the two nodes' records of a lab run fall on one time line.
 
-``audit(node_logs, acked=..., found=...)`` replays both time lines and checks:
+``audit(node_logs, acked=..., found=..., power_off=...)`` replays both time
+lines and checks:
 
 - S1: a node starts serving while its peer serves (in a serving state, or
   still holding the application or the address) only by a forced promotion,
@@ -34,6 +35,13 @@ reported as "journal incomplete", with the S1/S2 checks that needed the lost
 records listed there instead of judged on what remains; so is a boot whose
 ``start`` record is not among the journals read, when a check needed it.
 
+A node that lost power writes nothing more: its journal just ends, and without
+more the audit must take its application and address as held until its next
+start (an S1 beside a takeover with an arbitrator). ``power_off`` gives what
+the harness or the operator knows instead, per node the times its machine
+stopped (everything on it: daemon, watchdog, application, address): from each,
+that node serves nothing until its next start.
+
 The checks are the runtime's versions of ``failover.model.invariants``; what
 differs, and why, is in docs/audit.md.
 """
@@ -42,7 +50,7 @@ from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -58,6 +66,9 @@ JOURNAL_NAME = "audit.jsonl"
 SERVING = frozenset({"alone", "primary"})
 RESYNC_EXITS = frozenset({"resync", "secondary", "wait", "stop"})
 INVARIANTS = ("S1", "S2", "S3", "S4", "S5")
+POWER_OFF = "power_off"
+"""The kind of the record ``power_off`` adds to a node's time line (never written by
+a daemon)."""
 NO_ARBITRATOR = "none"
 """The ``arbitrator`` of a start record without one (also read from a start record
 that has no such field: journals written before the field was)."""
@@ -523,7 +534,7 @@ class Timeline:
                     "abandoned",
                 ):
                     now.held = False
-            elif kind == "exit":
+            elif kind in ("exit", POWER_OFF):
                 now.held = False
                 now.state = "stop"
                 now.links = dict.fromkeys(now.links, False)
@@ -895,18 +906,22 @@ def audit(
     node_logs: Iterable[str | Path],
     acked: str | Path | Iterable[Ack] | None = None,
     found: Mapping[str, str | Path | Iterable[int]] | None = None,
+    power_off: Mapping[str, Iterable[float]] | None = None,
 ) -> Report:
     """Check both nodes' journals (files, or directories holding them) against S1-S5.
 
     ``acked``: the client's acknowledged records (a file, see ``load_acked``, or
     ``Ack`` values); ``found``: per node, the record ids it holds at the end (a
     file, see ``load_found``, or ids). S3 is checked only when both are given,
-    for the nodes in ``found``. Raises ``AuditInputError`` (file:line) on
-    unreadable input.
+    for the nodes in ``found``. ``power_off``: per node, the ``CLOCK_MONOTONIC``
+    times its machine lost power (``_add_power_offs``). Raises
+    ``AuditInputError`` (file:line) on unreadable input.
     """
     nodes, torn = load_records(node_logs)
     if not nodes:
         raise AuditInputError("no records in the given logs")
+    for name, times in (power_off or {}).items():
+        _add_power_offs(nodes, name, times)
     acks: list[Ack] | None
     if acked is None:
         acks = None
@@ -931,7 +946,12 @@ def audit(
     checked = tuple(i for i in INVARIANTS if i != "S3" or (acks is not None and held))
     run.figures.update(
         nodes=sorted(timelines),
-        records={name: len(line.records) for name, line in timelines.items()},
+        records={
+            name: sum(r.kind != POWER_OFF for r in line.records) for name, line in timelines.items()
+        },
+        power_offs={
+            name: sum(r.kind == POWER_OFF for r in line.records) for name, line in timelines.items()
+        },
         boots={name: len({r.order[0] for r in line.records}) for name, line in timelines.items()},
         torn_tails=torn,
         skipped={
@@ -949,6 +969,36 @@ def audit(
     )
     run.violations.sort(key=lambda v: v.mono)
     return Report(run.violations, run.figures, checked)
+
+
+def _add_power_offs(nodes: dict[str, list[Record]], name: str, times: Iterable[float]) -> None:
+    """Put a ``power_off`` record into ``name``'s time line at each of ``times``:
+    after every record not later than it, in the boot those records belong to.
+    Refused (``AuditInputError``): a node without records, a time that is not a
+    finite number, one before the node's first record, and one followed by a
+    record of the same boot (a daemon cannot write after its machine stopped)."""
+    where = f"power-off of {name}"
+    records = nodes.get(name)
+    if records is None:
+        raise AuditInputError(
+            f"{where}: no records of such a node in the given logs "
+            f"(nodes: {', '.join(sorted(nodes))})"
+        )
+    for t in sorted(times):
+        if not _number(t):
+            raise AuditInputError(f"{where}: {t!r} is not a finite CLOCK_MONOTONIC time")
+        index = bisect_right([r.mono for r in records], t)
+        if index == 0:
+            raise AuditInputError(f"{where} at t={t:.6f}: before its first record")
+        last = records[index - 1]
+        if index < len(records) and records[index].order[0] == last.order[0]:
+            raise AuditInputError(
+                f"{where} at t={t:.6f}: {records[index].where} was written after it by the "
+                "same run of the daemon"
+            )
+        boot, seq = last.order
+        data = {"kind": POWER_OFF, "node": name, "mono": float(t), "boot": boot, "seq": seq}
+        records.insert(index, Record(data, f"{where} at t={t:.6f}"))
 
 
 @dataclass(frozen=True)

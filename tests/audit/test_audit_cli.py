@@ -198,3 +198,22 @@ def test_time_going_backwards_is_an_input_error(tmp_path: Path) -> None:
     path = write_lines(tmp_path / "audit.jsonl", GOOD, later)
     with pytest.raises(AuditInputError, match=r"audit.jsonl:2: time goes backwards"):
         audit([path])
+
+
+def test_power_off_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    beta.next_step().link(t + 10.1, False).next_step().meta(t + 10.2, "2:beta", "1:alpha")
+    beta.transition(t + 10.2, "secondary", "alone", "2:beta", event="peer_lost", synced="1:alpha")
+    paths = [str(alpha.write(tmp_path)), str(beta.write(tmp_path))]
+    assert main(["audit", *paths]) == 1  # alpha's journal just ends: it may still serve
+    capsys.readouterr()
+    assert main(["audit", *paths, "--power-off", f"alpha={t}"]) == 0
+    assert "audit: ok" in capsys.readouterr().out
+    for bad in ("alpha", "alpha=", "=1", "alpha=soon", "alpha=inf"):
+        assert main(["audit", *paths, "--power-off", bad]) == 2
+        err = capsys.readouterr().err
+        assert f"--power-off {bad!r}: expected NODE=T" in err, err
+        assert "Traceback" not in err

@@ -3,12 +3,13 @@ that breaks it, so that every check is shown able to fail."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from audit_support import Journal, acks, ids, paired
 
-from failover.audit import INCOMPLETE, Report, audit
+from failover.audit import INCOMPLETE, AuditInputError, Report, audit
 
 
 def run(tmp_path: Path, *journals: Journal, **kwargs: object) -> Report:
@@ -145,6 +146,51 @@ def test_s1_a_takeover_from_a_killed_daemon_that_held_the_application(
         return
     assert kinds(report) == ["S1"], report
     assert f"its journal has no record after t={t - 0.09:.3f}" in (report.violations[0].why)
+
+
+@pytest.mark.parametrize(
+    ("off_after", "violation"),
+    [
+        (-0.05, False),  # the machine stopped just after its last record: one server
+        (12.0, True),  # it stopped only after beta served: two servers meanwhile
+    ],
+)
+def test_s1_a_node_that_lost_power_serves_nothing_from_then(
+    tmp_path: Path, off_after: float, violation: bool
+) -> None:
+    """The killed daemon of the test above, with what the harness knows: alpha's
+    whole machine stopped at ``t + off_after`` (``power_off``). Before beta's
+    takeover, nothing of alpha's runs any more: one server; after it, S1 stands,
+    with the overlap ending at the power-off."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    beta_takes_over(beta, t + 10)
+    report = run(tmp_path, alpha, beta, power_off={"alpha": [t + off_after]})
+    assert report.figures["power_offs"] == {"alpha": 1, "beta": 0}
+    if not violation:
+        assert report.ok, report
+        assert report.figures["overlaps"]["count"] == 0
+        return
+    assert kinds(report) == ["S1"], report
+    assert f"to t={t + 12:.3f} (1.800 s)" in report.violations[0].why, report
+
+
+def test_a_power_off_the_journals_contradict_is_refused(tmp_path: Path) -> None:
+    """A power-off is a fact the audit trusts: one its own journals contradict (a
+    record of the same run written after it), one before any record, and one of a
+    node it has no records of are input errors, not a verdict."""
+    alpha, beta = Journal("alpha"), Journal("beta")
+    t = paired(alpha, beta, arbitrator="witness")
+    with pytest.raises(AuditInputError, match="was written after it by the same run"):
+        run(tmp_path, alpha, beta, power_off={"alpha": [t - 0.2]})
+    with pytest.raises(AuditInputError, match="before its first record"):
+        run(tmp_path, alpha, beta, power_off={"beta": [1.0]})
+    with pytest.raises(AuditInputError, match="no records of such a node"):
+        run(tmp_path, alpha, beta, power_off={"gamma": [t]})
+    with pytest.raises(AuditInputError, match="not a finite"):
+        run(tmp_path, alpha, beta, power_off={"alpha": [math.nan]})
+    alpha.restart(t + 5, "1:alpha", arbitrator="witness")  # a new run may follow it
+    assert run(tmp_path, alpha, beta, power_off={"alpha": [t + 1]}).ok
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""``failover audit LOG... [--acked FILE] [--found NODE=FILE]... [--json]``.
+"""``failover audit LOG... [--acked FILE] [--found NODE=FILE]... [--power-off NODE=T]... [--json]``.
 
 Checks both nodes' journals (``<state_dir>/<node>/audit.jsonl``, or the
 directories holding them) against S1-S5 (docs/audit.md). Exit 0 when every
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=[],
         help='record ids NODE holds at the end, {"id": N} per line (repeat per node)',
     )
+    parser.add_argument(
+        "--power-off",
+        metavar="NODE=T",
+        action="append",
+        default=[],
+        help="NODE's machine stopped at T (CLOCK_MONOTONIC seconds, as the journals): from "
+        "then on it serves nothing until its next start (repeat per node or time)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=run_audit)
 
@@ -56,10 +65,29 @@ def _found(items: list[str]) -> dict[str, Path]:
     return found
 
 
+def _power_offs(items: list[str]) -> dict[str, list[float]]:
+    power_off: dict[str, list[float]] = {}
+    for item in items:
+        node, sep, text = item.partition("=")
+        try:
+            t = float(text)
+        except ValueError:
+            t = math.nan
+        if not sep or not node or not math.isfinite(t):
+            raise UsageError(f"--power-off {item!r}: expected NODE=T, T in seconds")
+        power_off.setdefault(node, []).append(t)
+    return power_off
+
+
 def run_audit(args: argparse.Namespace) -> int:
     from failover.audit import audit  # noqa: PLC0415 - the core's modules only when needed
 
-    report = audit(args.logs, acked=args.acked, found=_found(args.found))
+    report = audit(
+        args.logs,
+        acked=args.acked,
+        found=_found(args.found),
+        power_off=_power_offs(args.power_off),
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
