@@ -12,12 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import ssl
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 import trustme
 from console_support import (
@@ -251,3 +253,53 @@ async def test_the_console_page_and_its_data_load_over_tls(
         assert answer.status == 200 and answer.json()["self"] == "alpha"
         assert await _status_line(address, "GET", "/v1/events", READ, context) == 200
         tg.cancel_scope.cancel()
+
+
+async def test_over_tls_an_event_stream_gets_its_small_send_buffer(
+    pki: tuple[Path, Path, Path],
+) -> None:
+    """``_stream`` finds the socket under the TLS stream (``SocketAttribute.raw_socket``
+    is passed through): the server's end of a TLS event stream has the small buffer."""
+    ca, cert, key = pki
+    context = client_context(ca)
+    async with anyio.create_task_group() as tg:
+        address = await _serve_all(tg, tls=server_context(cert, key))
+        with anyio.fail_after(WAIT):
+            stream = await anyio.connect_tcp(
+                *address, ssl_context=context, tls_standard_compatible=False
+            )
+            async with stream:
+                conn = Connection(CLIENT)
+                headers = [("host", "a"), ("authorization", f"Bearer {READ}")]
+                await stream.send(
+                    (conn.send(Request(method="GET", target="/v1/events", headers=headers)) or b"")
+                    + (conn.send(EndOfMessage()) or b"")
+                )
+                assert (await stream.receive()).startswith(b"HTTP/1.1 200 ")
+                ours = stream.extra(anyio.abc.SocketAttribute.local_address)
+                server_end = _socket_connected_to(ours)
+                # the kernel doubles what it is given (socket(7))
+                assert server_end.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+                server_end.close()
+        tg.cancel_scope.cancel()
+
+
+def _socket_connected_to(address: tuple[str, int]) -> socket.socket:
+    """A duplicate of this process's TCP socket whose peer is ``address``."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fd = os.dup(int(name))
+        except OSError:
+            continue  # closed since the listing
+        try:
+            candidate = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)  # not a socket
+            continue
+        try:
+            if candidate.type == socket.SOCK_STREAM and candidate.getpeername() == address:
+                return candidate
+        except OSError:
+            pass  # not connected
+        candidate.close()
+    raise AssertionError(f"no socket of this process is connected to {address}")
