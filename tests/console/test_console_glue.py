@@ -16,6 +16,8 @@ import os
 import re
 import socket
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -57,15 +59,15 @@ def _targets(path: str) -> list[str]:
     return found
 
 
-async def _status_line(
+@asynccontextmanager
+async def _asked(
     address: tuple[str, int],
     method: str,
     target: str,
     bearer: str | None,
     tls: ssl.SSLContext | None = None,
-) -> int:
-    """The status code of one request on a fresh connection (the head only: an event
-    stream never ends)."""
+) -> AsyncIterator[tuple[anyio.abc.ByteStream, Connection]]:
+    """A fresh connection (TLS with ``tls``) that has sent one request; all within WAIT."""
     headers = [("host", "alpha"), ("content-length", "0")]
     if bearer is not None:
         headers.append(("authorization", f"Bearer {bearer}"))
@@ -77,9 +79,22 @@ async def _status_line(
         stream = await anyio.connect_tcp(*address, ssl_context=tls, tls_standard_compatible=False)
         async with stream:
             await stream.send(data)
-            head = b""
-            while b"\r\n" not in head:
-                head += await stream.receive()
+            yield stream, conn
+
+
+async def _status_line(
+    address: tuple[str, int],
+    method: str,
+    target: str,
+    bearer: str | None,
+    tls: ssl.SSLContext | None = None,
+) -> int:
+    """The status code of one request on a fresh connection (the head only: an event
+    stream never ends)."""
+    async with _asked(address, method, target, bearer, tls) as (stream, _):
+        head = b""
+        while b"\r\n" not in head:
+            head += await stream.receive()
     match = re.match(rb"HTTP/1\.1 (\d{3}) ", head)
     assert match, head
     return int(match.group(1))
@@ -238,18 +253,8 @@ async def test_the_console_page_and_its_data_load_over_tls(
         address = await _serve_all(tg, tls=server_context(cert, key))
         for target in ("/console/", "/console/app.js"):
             assert await _status_line(address, "GET", target, None, context) == 200
-        with anyio.fail_after(WAIT):
-            stream = await anyio.connect_tcp(
-                *address, ssl_context=context, tls_standard_compatible=False
-            )
-            async with stream:
-                conn = Connection(CLIENT)
-                headers = [("host", "a"), ("authorization", f"Bearer {READ}")]
-                await stream.send(
-                    (conn.send(Request(method="GET", target="/v1/nodes", headers=headers)) or b"")
-                    + (conn.send(EndOfMessage()) or b"")
-                )
-                answer = await read_answer(stream, conn)  # type: ignore[arg-type]
+        async with _asked(address, "GET", "/v1/nodes", READ, context) as (stream, conn):
+            answer = await read_answer(stream, conn)  # type: ignore[arg-type]
         assert answer.status == 200 and answer.json()["self"] == "alpha"
         assert await _status_line(address, "GET", "/v1/events", READ, context) == 200
         tg.cancel_scope.cancel()
@@ -264,23 +269,13 @@ async def test_over_tls_an_event_stream_gets_its_small_send_buffer(
     context = client_context(ca)
     async with anyio.create_task_group() as tg:
         address = await _serve_all(tg, tls=server_context(cert, key))
-        with anyio.fail_after(WAIT):
-            stream = await anyio.connect_tcp(
-                *address, ssl_context=context, tls_standard_compatible=False
-            )
-            async with stream:
-                conn = Connection(CLIENT)
-                headers = [("host", "a"), ("authorization", f"Bearer {READ}")]
-                await stream.send(
-                    (conn.send(Request(method="GET", target="/v1/events", headers=headers)) or b"")
-                    + (conn.send(EndOfMessage()) or b"")
-                )
-                assert (await stream.receive()).startswith(b"HTTP/1.1 200 ")
-                ours = stream.extra(anyio.abc.SocketAttribute.local_address)
-                server_end = _socket_connected_to(ours)
-                # the kernel doubles what it is given (socket(7))
-                assert server_end.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
-                server_end.close()
+        async with _asked(address, "GET", "/v1/events", READ, context) as (stream, _):
+            assert (await stream.receive()).startswith(b"HTTP/1.1 200 ")
+            ours = stream.extra(anyio.abc.SocketAttribute.local_address)
+            server_end = _socket_connected_to(ours)
+            # the kernel doubles what it is given (socket(7))
+            assert server_end.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 65536
+            server_end.close()
         tg.cancel_scope.cancel()
 
 
