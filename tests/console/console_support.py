@@ -17,13 +17,15 @@ import h11
 
 # The API tests' raw HTTP reader (tests/api/api_fakes.py), whichever directory runs.
 sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
-from api_fakes import Answer, FakeController, read_answer
+from api_fakes import Answer, FakeController, read_answer, request
+from api_fakes import serving as serving_api
 
 from failover.api.console import ConsoleNode, ConsoleSettings, load_static
 from failover.api.protocol import CommandResult
 from failover.api.server import ControlEndpoints, ControlLimits, serve_control
 
-__all__ = ["Answer", "FakeController", "read_answer"]  # tests/api's, for tests/console
+# tests/api's, for tests/console too
+__all__ = ["Answer", "FakeController", "read_answer", "request", "serving_api"]
 
 TOKEN = "console-test-token-0123456789"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import ssl
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +32,8 @@ from console_support import (
     Controller,
     FakeController,
     read_answer,
+    request,
+    serving_api,
     settings,
     until_the_slot_is_freed,
 )
@@ -161,6 +165,20 @@ async def test_every_route_is_answered_with_the_role_the_document_gives() -> Non
 )
 async def test_what_is_not_in_the_table_is_not_answered(target: str) -> None:
     assert await _once("GET", target, TOKEN) == 404
+
+
+@pytest.mark.parametrize("target", ["/v1/nodes", "/v1/events", "/console/"])
+async def test_without_a_console_its_rows_answer_404_saying_why(target: str) -> None:
+    """A server with no console (a Unix socket alone) reaches the console's rows in
+    ``ControlRoutes``: a 404 that names what they need, never a 500 or a stream."""
+    directory = Path(tempfile.mkdtemp(prefix="fo-glue-", dir="/tmp"))
+    try:
+        async with serving_api(FakeController(), unix_path=str(directory / "s")) as ends:
+            answer = await request(ends, "GET", target)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert answer.status == 404
+    assert "need control.tcp" in answer.json()["error"]
 
 
 def test_every_console_file_is_covered_by_a_route() -> None:

@@ -314,7 +314,8 @@ OPERATIONS: dict[str, Operation] = {
         errors=(400,),
     ),
     "console": Operation(
-        "the console's page (control.tcp.console; 404 when off)",
+        "the console's page (control.tcp.console; off: 401 without a token, 404 with one; "
+        "`/console` redirects here with 308)",
         {200: "text/html; charset=utf-8"},
         anonymous=True,
     ),
