@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -17,11 +17,15 @@ import h11
 
 # The API tests' raw HTTP reader (tests/api/api_fakes.py), whichever directory runs.
 sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
-from api_fakes import Answer, read_answer
+from api_fakes import Answer, FakeController, read_answer, request
+from api_fakes import serving as serving_api
 
 from failover.api.console import ConsoleNode, ConsoleSettings, load_static
 from failover.api.protocol import CommandResult
 from failover.api.server import ControlEndpoints, ControlLimits, serve_control
+
+# tests/api's, for tests/console too
+__all__ = ["Answer", "FakeController", "read_answer", "request", "serving_api"]
 
 TOKEN = "console-test-token-0123456789"
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -183,6 +187,24 @@ class Events:
                 data = block.split(b"\ndata: ", 1)[1]
                 result: dict[str, Any] = json.loads(data)
                 return result
+
+
+async def until_the_slot_is_freed(
+    controller: Controller, changes: Changes, status_of_a_request: Callable[[], Awaitable[int]]
+) -> None:
+    """Push large changes at a stream that does not read while asking for another request
+    (503 while the non-reader holds the one slot) until one is served."""
+    with anyio.fail_after(30):  # a bound, never an expected duration
+        n = 0
+        while True:
+            n += 1
+            controller.reason = f"change {n} " + "x" * 16384
+            changes.notify()
+            status = await status_of_a_request()
+            if status == 200:
+                return
+            assert status == 503
+            await anyio.sleep(0.05)
 
 
 def browser_unavailable() -> str | None:

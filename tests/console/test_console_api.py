@@ -19,6 +19,7 @@ from console_support import (
     ask,
     serving,
     settings,
+    until_the_slot_is_freed,
 )
 
 from failover.api.console import console_settings, load_static, node_url
@@ -179,29 +180,28 @@ async def test_a_client_that_does_not_read_its_events_is_dropped() -> None:
         sleeper.sendall(
             f"GET /v1/events HTTP/1.1\r\nhost: a\r\nauthorization: Bearer {TOKEN}\r\n\r\n".encode()
         )
+
+        async def nodes() -> int:
+            return (await ask(address, "GET", "/v1/nodes")).status
+
         try:
-            with anyio.fail_after(30):  # a bound, never an expected duration
-                n = 0
-                while True:
-                    n += 1
-                    controller.reason = f"change {n} " + "x" * 16384
-                    changes.notify()
-                    answer = await ask(address, "GET", "/v1/nodes")
-                    if answer.status == 200:
-                        break
-                    assert answer.status == 503
-                    await anyio.sleep(0.05)
+            await until_the_slot_is_freed(controller, changes, nodes)
         finally:
             sleeper.close()
 
 
-def test_settings_from_the_cluster_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_settings_from_the_cluster_file(tmp_path: Path, tls: bool) -> None:
+    """With ``control.tcp.tls`` the console's URLs and CORS origins are https ones."""
     key = tmp_path / "cluster.key"
     key.write_bytes(b"k" * 40)
     key.chmod(0o600)
     token = tmp_path / "token"
     token.write_text("t" * 32)
     token.chmod(0o600)
+    (tmp_path / "cert.pem").write_text("x")  # read only when a daemon listens
+    tls_key = ", tls: {cert_file: cert.pem, key_file: cert.pem}" if tls else ""
+    scheme = "https" if tls else "http"
     path = tmp_path / "cluster.yaml"
     path.write_text(
         "cluster: {name: c, key_file: cluster.key}\n"
@@ -209,18 +209,23 @@ def test_settings_from_the_cluster_file(tmp_path: Path) -> None:
         "nodes:\n"
         "  alpha:\n"
         "    links: {lan: {address: 127.0.0.1, port: 7401}}\n"
-        "    control: {tcp: {address: 10.0.9.1, port: 7480, token_file: token, console: true}}\n"
+        "    control: {tcp: {address: 10.0.9.1, port: 7480, token_file: token, console: true"
+        f"{tls_key}}}}}\n"
         "  beta:\n"
         "    links: {lan: {address: 127.0.0.1, port: 7402}}\n"
-        "    control: {tcp: {address: 'fd00::2', port: 7480, token_file: token}}\n"
+        f"    control: {{tcp: {{address: 'fd00::2', port: 7480, token_file: token{tls_key}}}}}\n"
     )
     config = load_config(path)
     alpha = console_settings(config, "alpha")
     beta = console_settings(config, "beta")
     assert alpha is not None and beta is not None
     assert alpha.static and not beta.static and "/console/" in alpha.files and not beta.files
-    assert alpha.origins == {"http://[fd00::2]:7480"}
-    assert beta.origins == {"http://10.0.9.1:7480"}
+    assert [each.url for each in alpha.nodes] == [
+        f"{scheme}://10.0.9.1:7480",
+        f"{scheme}://[fd00::2]:7480",
+    ]
+    assert alpha.origins == {f"{scheme}://[fd00::2]:7480"}
+    assert beta.origins == {f"{scheme}://10.0.9.1:7480"}
     assert node_url("example.net", 443, tls=True) == "https://example.net:443"
     bad = path.read_text().replace("console: true", "console: 'yes'")
     path.write_text(bad)

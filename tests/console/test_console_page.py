@@ -1,6 +1,7 @@
 """The console page in a real headless Chromium against a fake controller on loopback:
 the parts the pair test cannot show cheaply (replication with a resync under way, a
-link down, a peer that cannot be reached, a wrong token, verify), and a live update."""
+link down, a peer that cannot be reached, a wrong token, verify), a live update, and
+a read-only token's command refused (403) with a clear line."""
 
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ class Replicating(Controller):
         return {"in_sync": True, "text": "data: 12 files, copies match"}
 
 
+READ_TOKEN = "console-test-read-token-0123456789"
+
+
 @pytest.fixture
 def served() -> Iterator[tuple[str, Replicating, Changes, anyio.from_thread.BlockingPortal]]:
     controller = Replicating()
@@ -70,7 +74,12 @@ def served() -> Iterator[tuple[str, Replicating, Changes, anyio.from_thread.Bloc
             ),
         )
         serve = partial(
-            serve_control, controller, tcp=("127.0.0.1", 0), token=TOKEN, console=console
+            serve_control,
+            controller,
+            tcp=("127.0.0.1", 0),
+            token=TOKEN,
+            read_token=READ_TOKEN,
+            console=console,
         )
         future, ends = portal.start_task(serve)
         assert ends.tcp is not None
@@ -133,5 +142,16 @@ def test_the_page_shows_replication_links_refusals_and_live_changes(
         assert driver.execute_script("return sessionStorage.getItem('failover.token')") == TOKEN
         assert driver.execute_script("return localStorage.length") == 0
         assert driver.get_cookies() == []
+
+        # alpha's own token, a read-only one: a button's command gets 403 and says why
+        alpha = page.card("alpha")
+        alpha.find_element(By.CSS_SELECTOR, ".own-token summary").click()
+        alpha.find_element(By.CSS_SELECTOR, ".node-token").send_keys(READ_TOKEN)
+        alpha.find_element(By.CSS_SELECTOR, ".node-token-use").click()
+        page.click("alpha", "stop")
+        until("the 403 said", lambda: not page.result("alpha").endswith("sent…"))
+        assert page.result("alpha") == (
+            "stop not sent: this token may only read (commands need the admin token)"
+        )
     finally:
         driver.quit()

@@ -46,6 +46,9 @@ from failover.config.models import ClusterConfig
 from failover.errors import UsageError
 
 CONSOLE_PREFIX = "/console/"
+CONSOLE_FILE_PATH = CONSOLE_PREFIX + "{file}"
+"""The console's files as a route (``failover.api.server.ROUTES``): ``file`` names one
+of ``load_static``'s."""
 NODES_PATH = "/v1/nodes"
 EVENTS_PATH = "/v1/events"
 STATIC_DIR = Path(__file__).with_name("console")
@@ -143,8 +146,7 @@ def console_settings(
     for name in config.nodes:
         other = config.control_of(name).tcp
         if other is not None:
-            # ``tls`` is the TLS option of the listener (docs/api.md) where it exists.
-            secure = getattr(other, "tls", None) is not None
+            secure = other.tls is not None
             nodes.append(ConsoleNode(name, node_url(other.address, other.port, tls=secure)))
     origins = frozenset(each.url for each in nodes if each.name != node)
     static = bool(tcp.console)

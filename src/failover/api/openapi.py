@@ -12,6 +12,7 @@ error, not a silent gap.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -220,6 +221,20 @@ class Error(_Closed):
     required_role: Literal["admin"] | None = None
 
 
+class ConsoleNodeView(_Closed):
+    """One node's control listener as a browser reaches it."""
+
+    name: str
+    url: str = Field(description="http://address:port, https:// with control.tcp.tls")
+
+
+class Nodes(_Closed):
+    """``GET /v1/nodes``: where the console finds both nodes (docs/console.md)."""
+
+    self_: str = Field(alias="self", description="the node that answers")
+    nodes: list[ConsoleNodeView]
+
+
 class OpenAPIDocument(BaseModel):
     """``GET /v1/openapi.json``: this document (OpenAPI 3.1)."""
 
@@ -267,6 +282,8 @@ class Operation:
     answers: dict[int, type[BaseModel] | str]
     query: type[BaseModel] = NoQuery
     errors: tuple[int, ...] = field(default=())
+    anonymous: bool = False
+    """Answered without a token (the console's page: it holds no secret)."""
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -288,6 +305,25 @@ OPERATIONS: dict[str, Operation] = {
         (400,),
     ),
     "verify": Operation("compare both copies by digest", {200: VerifyReport, 409: Error}),
+    "nodes": Operation("both nodes' control URLs, for the console", {200: Nodes}, errors=(400,)),
+    "events": Operation(
+        "server-sent events: a `status` event (its data: a Status) on each change and "
+        "at least every 5 s, a keep-alive comment otherwise; a client that does not "
+        "read is dropped",
+        {200: "text/event-stream"},
+        errors=(400,),
+    ),
+    "console": Operation(
+        "the console's page (control.tcp.console; off: 401 without a token, 404 with one; "
+        "`/console` redirects here with 308)",
+        {200: "text/html; charset=utf-8"},
+        anonymous=True,
+    ),
+    "console_file": Operation(
+        "one of the console's files (its scripts and style; 404 for any other name)",
+        {200: "*/*"},
+        anonymous=True,
+    ),
 }
 """Every operation the server's routes name (``Route.operation``)."""
 
@@ -349,16 +385,34 @@ def _answer(description: str, model: type[BaseModel] | str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 
-def _operation(route: _Route, schemas: dict[str, Any]) -> dict[str, Any]:
+ANONYMOUS = "anonymous"
+"""The role of the operations answered without a token (``Operation.anonymous``)."""
+
+
+def role_of(route: RouteLike) -> str:
+    """The role ``route`` needs: ``anonymous``, ``read`` or ``admin``."""
     spec = OPERATIONS.get(route.operation)
     if spec is None:
         raise LookupError(f"route {route.method} {route.path}: no operation {route.operation!r}")
-    role = required_role(route.method)
+    return ANONYMOUS if spec.anonymous else required_role(route.method)
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"\{(\w+)\}", path)
+    ]
+
+
+def _operation(route: _Route, schemas: dict[str, Any]) -> dict[str, Any]:
+    role = role_of(route)
+    spec = OPERATIONS[route.operation]
     responses: dict[str, Any] = {}
     for status, model in spec.answers.items():
         text = "done" if status == 200 else _ERROR_TEXT[status]
         responses[str(status)] = _answer(text, model)
-    errors = sorted({*spec.errors, *_COMMON_ERRORS, *((403,) if role == ADMIN_ROLE else ())})
+    common = [e for e in _COMMON_ERRORS if not (spec.anonymous and e == 401)]
+    errors = sorted({*spec.errors, *common, *((403,) if role == ADMIN_ROLE else ())})
     for status in errors:
         responses.setdefault(str(status), _answer(_ERROR_TEXT[status], Error))
     summary = spec.summary
@@ -367,16 +421,23 @@ def _operation(route: _Route, schemas: dict[str, Any]) -> dict[str, Any]:
     operation_id = route.operation
     if route.operation == "command":
         operation_id = f"command_{route.path.removeprefix(COMMANDS_PREFIX)}"
+    query = _parameters(spec.query, schemas) if spec.query is not NoQuery else []
     return {
         "operationId": operation_id,
         "summary": summary,
-        "description": f"Needs the {role} role: "
-        + ("the read-only or the admin token." if role == READ_ROLE else "the admin token."),
+        "description": _ROLE_TEXT[role],
         "x-failover-role": role,
-        "security": [{"bearer": [role]}],
-        "parameters": _parameters(spec.query, schemas) if spec.query is not NoQuery else [],
+        "security": [] if role == ANONYMOUS else [{"bearer": [role]}],
+        "parameters": [*_path_parameters(route.path), *query],
         "responses": responses,
     }
+
+
+_ROLE_TEXT = {
+    ANONYMOUS: "Needs no token (the page holds no secret; what it reads needs one).",
+    READ_ROLE: "Needs the read role: the read-only or the admin token.",
+    ADMIN_ROLE: "Needs the admin role: the admin token.",
+}
 
 
 def openapi_document(routes: Iterable[RouteLike]) -> dict[str, Any]:
@@ -399,6 +460,8 @@ def _document(routes: tuple[_Route, ...]) -> dict[str, Any]:
             "description": "One node's control API (docs/api.md). Over TCP every request "
             "carries a bearer token: the admin token may do everything, the read-only token "
             "only GET (role `read`). The Unix socket takes no token and acts as admin. "
+            "The console's page and its files (role `anonymous`) and CORS preflights "
+            "(OPTIONS, any path, answered to the peer's origin only) need no token. "
             f"Commands: {', '.join(COMMANDS)}.",
         },
         "servers": [{"url": "/"}],

@@ -50,7 +50,16 @@ import structlog
 from anyio.streams.tls import TLSStream
 
 from failover import __version__
-from failover.api.console import ConsoleReply, ConsoleRoutes, ConsoleSettings, EventStream
+from failover.api.console import (
+    CONSOLE_FILE_PATH,
+    CONSOLE_PREFIX,
+    EVENTS_PATH,
+    NODES_PATH,
+    ConsoleReply,
+    ConsoleRoutes,
+    ConsoleSettings,
+    EventStream,
+)
 from failover.api.protocol import COMMANDS, Controller
 from failover.api.schema import (
     ADMIN_ROLE,
@@ -165,11 +174,20 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", TRANSITIONS_PATH, "transitions"),
     Route("GET", OPENAPI_PATH, "openapi"),
     Route("GET", METRICS_PATH, "metrics"),
+    Route("GET", NODES_PATH, "nodes"),
+    Route("GET", EVENTS_PATH, "events"),
+    Route("GET", CONSOLE_PREFIX, "console"),
+    Route("GET", CONSOLE_FILE_PATH, "console_file"),
     Route("POST", BANDWIDTH_PATH, "bandwidth"),
     Route("POST", VERIFY_PATH, "verify"),
     *(Route("POST", COMMANDS_PREFIX + name, "command") for name in COMMANDS),
 )
-"""Every endpoint, the one table the dispatch and the OpenAPI document are built from."""
+"""Every endpoint, the one table the dispatch and the OpenAPI document are built from.
+
+The console's rows (``/v1/nodes``, ``/v1/events``, ``/console/`` and its files) are
+answered by ``ConsoleRoutes`` first, under its own rules (the page's files and
+CORS preflights without a token, leaving the connection pending); they reach
+``ControlRoutes`` only where the server has no console (a Unix socket alone): 404."""
 
 _ROUTE_OF_PATH = {route.path: route for route in ROUTES}
 assert len(_ROUTE_OF_PATH) == len(ROUTES), "one method per path: the dispatch is by path"
@@ -195,6 +213,10 @@ class ControlRoutes:
             "bandwidth": self._bandwidth,
             "verify": self._verify,
             "command": self._command,
+            "nodes": self._no_console,
+            "events": self._no_console,
+            "console": self._no_console,
+            "console_file": self._no_console,
         }
         self._metrics = metrics
 
@@ -234,6 +256,11 @@ class ControlRoutes:
             return error_reply(404, f"no such endpoint: {METRICS_PATH} (no metrics here)")
         body, content_type = self._metrics()
         return Reply(200, body, content_type=content_type)
+
+    async def _no_console(self, _: Mapping[str, str], route: Route) -> Reply:
+        return error_reply(
+            404, f"no such endpoint: {route.path} (the console's routes need control.tcp)"
+        )
 
     async def _transitions(self, query: Mapping[str, str], _: Route) -> Reply:
         _allow_params(query, "limit")

@@ -217,9 +217,16 @@ async function runAction(card, name) {
     }
   } catch (error) {
     result.className = "result error";
-    result.textContent =
-      error instanceof HttpError ? `${name} failed: ${error.message}` : `${name}: ${card.node.name} cannot be reached`;
+    result.textContent = failureText(name, card.node.name, error);
   }
+}
+
+// What a failed command says: the token's role (403), a wrong token (401), else the daemon's line.
+function failureText(name, node, error) {
+  if (!(error instanceof HttpError)) return `${name}: ${node} cannot be reached`;
+  if (error.status === 403) return `${name} not sent: this token may only read (commands need the admin token)`;
+  if (error.status === 401) return `${name} not sent: wrong token for ${node}`;
+  return `${name} failed: ${error.message}`;
 }
 
 function addCard(node) {
