@@ -44,6 +44,15 @@ def test_a_sample_is_the_time_since_the_send_minus_the_peer_s_hold() -> None:
     assert rtt.latest == pytest.approx(0.1) and rtt.samples == 2 and not rtt.dropped
 
 
+def test_a_hold_rounded_up_to_the_microsecond_is_a_round_trip_of_zero() -> None:
+    rtt = RoundTrip()
+    rtt.sent(1, 0.0)
+    rtt.sent(2, 1.0)
+    assert rtt.answer(1, 1_000, 0.0009996) == 0.0  # held 999.6 µs, sent as 1000
+    assert rtt.answer(2, 1_000, 1.000998) is None  # 2 µs short: more than rounding
+    assert dict(rtt.dropped) == {"negative": 1}
+
+
 def test_nothing_echoed_is_no_sample_and_no_drop() -> None:
     rtt = RoundTrip()
     rtt.sent(1, 0.0)

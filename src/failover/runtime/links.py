@@ -49,6 +49,8 @@ RTT_RING = 16
 """Send times kept per link: the last this many frames can be answered (16 intervals)."""
 MAX_RTT = 10.0
 """A round trip longer than this (seconds) is ``absurd``: past any link's dead timeout."""
+RESOLUTION = 1e-6
+"""The hold travels in whole microseconds: a round trip this little below 0 is 0."""
 
 
 class RoundTrip:
@@ -61,8 +63,9 @@ class RoundTrip:
     under its reason: ``unknown_seq`` (never sent on this link, or older than
     the last ``ring`` sends), ``repeated`` (at or below a seq already
     answered: the peer sent again before hearing a newer frame, which is
-    normal), ``negative`` (the held time exceeds the time since the send, a
-    lie or a bug) and ``absurd`` (over ``max_rtt``). Never raises.
+    normal), ``negative`` (the held time exceeds the time since the send by
+    more than the field's microsecond: a lie or a bug) and ``absurd`` (over
+    ``max_rtt``). Never raises.
 
     Feed it only frames ``Inbound`` accepted (authentic, not replayed, bound
     to this run by the echo): ``heard`` for the echo this link sends back,
@@ -104,6 +107,8 @@ class RoundTrip:
             return None  # nothing echoed (a first frame, or a version 4 peer)
         sent_at = next((at for sent, at in self._sent if sent == seq), None)
         rtt = math.nan if sent_at is None else now - sent_at - held_us / 1e6
+        if -RESOLUTION <= rtt < 0:
+            rtt = 0.0  # the hold was rounded to a microsecond: a round trip of nothing
         if seq <= self._answered:
             self.dropped["repeated"] += 1
         elif sent_at is None:
