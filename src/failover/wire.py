@@ -175,9 +175,15 @@ class FrameCodec:
     ``FLAG_INSECURE`` is set: it detects corruption, not forgery. A node with a
     key refuses insecure frames and a node without one refuses authenticated
     frames, both as ``bad_mac``: the two nodes must agree.
+
+    ``version`` is what ``encode`` writes unless told otherwise (``Outbound``
+    chooses per frame); ``decode`` reads every version this node speaks.
     """
 
-    def __init__(self, cluster: str, key: bytes | None) -> None:
+    def __init__(self, cluster: str, key: bytes | None, *, version: int = PROTOCOL_VERSION) -> None:
+        if version not in _HEADERS:
+            raise ValueError(f"protocol version {version} is not one of {sorted(_HEADERS)}")
+        self.version = version
         if not cluster:
             raise ValueError("the cluster name must not be empty")
         if key is not None and len(key) == 0:
@@ -210,7 +216,7 @@ class FrameCodec:
         payload: bytes,
         *,
         echo: int = 0,
-        version: int = PROTOCOL_VERSION,
+        version: int | None = None,
         rtt_seq: int = 0,
         rtt_held_us: int = 0,
     ) -> bytes:
@@ -218,6 +224,7 @@ class FrameCodec:
         accept (an invalid sender name, out-of-range numbers, a frame over
         ``MAX_FRAME``, a round-trip echo in a version 4 frame): that is a local
         bug, never a peer's fault."""
+        version = self.version if version is None else version
         if version not in _HEADERS:
             raise ValueError(f"protocol version {version} is not one of {sorted(_HEADERS)}")
         if kind not in _KNOWN_KINDS:

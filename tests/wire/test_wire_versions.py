@@ -17,9 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from test_wire_echo import status
-from wire_fuzz_corpus import codec
+from wire_fuzz_corpus import KEY, codec
 
-from failover.wire import PROBE_EVERY, PROTOCOL_VERSION, FrameRejected, Inbound, Outbound, Reason
+from failover.wire import (
+    PROBE_EVERY,
+    PROTOCOL_VERSION,
+    FrameKind,
+    FrameRejected,
+    Inbound,
+    Outbound,
+    Reason,
+)
+from failover.witness.messages import witness_codec
 
 ROUNDS = 32
 CONVERGED = 16
@@ -114,3 +123,9 @@ def test_after_the_upgrade_both_speak_version_5_whichever_frame_came_first() -> 
         assert set(upgraded.sent_versions) == {PROTOCOL_VERSION}, upgraded_first
         assert dict(upgraded.inbound.stats.dropped) == dropped_before
         assert new.outbound.peer_version == upgraded.outbound.peer_version == PROTOCOL_VERSION
+
+
+def test_witness_frames_stay_in_version_4_which_a_witness_not_yet_upgraded_reads() -> None:
+    data = witness_codec("dispatch", KEY).encode(FrameKind.HEARTBEAT, "alpha", 1, 1, b"req")
+    assert data[4] == 4 and len(data) == 42 + len("alpha") + 3 + 32
+    assert witness_codec("dispatch", KEY).decode(data).payload == b"req"
