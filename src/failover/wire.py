@@ -51,9 +51,12 @@ it accepts both (frames of any other version are ``bad_version``)."""
 OLDEST_VERSION = 4
 """The oldest version this node still reads and, to such a peer, sends."""
 PROBE_EVERY = 8
-"""While the peer has been heard only in ``OLDEST_VERSION``, every frame whose seq is a
-multiple of this still goes out in ``PROTOCOL_VERSION``: a peer that speaks it is found
-even if all its first frames were lost (an older peer drops these as ``bad_version``)."""
+"""While the peer's current run has been heard only in ``OLDEST_VERSION``, a frame whose
+seq is a multiple of this still goes out in ``PROTOCOL_VERSION`` (a probe), ``PROBES``
+times per run of the peer: two nodes that speak it find each other even when each first
+heard the other in ``OLDEST_VERSION`` (an older peer drops the probes as ``bad_version``)."""
+PROBES = 4
+"""Probes sent to each run of the peer heard only in ``OLDEST_VERSION`` (see ``PROBE_EVERY``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -235,7 +238,11 @@ class FrameCodec:
         _check_u64("seq", seq)
         _check_u64("echo", echo)
         _check_u64("rtt_seq", rtt_seq)
-        if isinstance(rtt_held_us, bool) or not 0 <= rtt_held_us <= MAX_HELD_US:
+        if (
+            isinstance(rtt_held_us, bool)
+            or not isinstance(rtt_held_us, int)
+            or not 0 <= rtt_held_us <= MAX_HELD_US
+        ):
             raise ValueError(f"rtt_held_us must be an integer in 0..2**32-1, not {rtt_held_us!r}")
         header = _HEADERS[version]
         rtt: tuple[int, ...] = (rtt_seq, rtt_held_us)
@@ -619,8 +626,8 @@ class Outbound:
     Version: frames go out in ``PROTOCOL_VERSION`` unless every frame admitted
     from the peer's current incarnation was of ``OLDEST_VERSION`` (a node not
     yet upgraded, which would drop ours as ``bad_version``): to it, frames go
-    out in that version, but for one probe in ``PROBE_EVERY`` (``heard``,
-    which ``Inbound`` calls, keeps track). Each frame of ``heartbeats`` may
+    out in that version, but for ``PROBES`` probes, one every ``PROBE_EVERY``
+    seqs (``heard``, which ``Inbound`` calls, keeps track). Each frame of ``heartbeats`` may
     carry its link's round-trip echo (``rtt_seq``, ``rtt_held_us``; version 5
     only); ``link_seqs`` tells the seq each link's last frame got.
     """
@@ -640,6 +647,7 @@ class Outbound:
         self.link_seqs: dict[str, int] = {}
         """Per link, the seq of the last frame ``heartbeats`` built for it."""
         self._peer = (0, PROTOCOL_VERSION)  # (incarnation, highest version heard in it)
+        self._probes = PROBES  # probes left for the peer's current run
 
     @property
     def peer_version(self) -> int:
@@ -654,12 +662,16 @@ class Outbound:
         incarnation, version = self._peer
         if frame.incarnation != incarnation:
             self._peer = (frame.incarnation, frame.version)
+            self._probes = PROBES
         elif frame.version > version:
             self._peer = (incarnation, frame.version)
 
     def _version(self, seq: int) -> int:
         heard = self._peer[1]
-        if heard >= PROTOCOL_VERSION or seq % PROBE_EVERY == 0:
+        if heard >= PROTOCOL_VERSION:
+            return PROTOCOL_VERSION
+        if seq % PROBE_EVERY == 0 and self._probes > 0:
+            self._probes -= 1
             return PROTOCOL_VERSION
         return heard
 

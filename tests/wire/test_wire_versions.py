@@ -2,8 +2,8 @@
 
 Invariants: a version 5 node reads frames of versions 4 and 5; it sends version
 5 except to a peer run that has sent it only version 4 frames, to which it
-sends version 4 frames (which that peer reads) with a version 5 probe every
-``PROBE_EVERY`` seqs; so two version 5 nodes end up on version 5 whatever
+sends version 4 frames (which that peer reads) but for ``PROBES`` version 5
+probes, one every ``PROBE_EVERY`` seqs; so two version 5 nodes end up on version 5 whatever
 the order their first frames arrived in, and a version 4 node hears every
 frame but the probes.
 
@@ -21,6 +21,7 @@ from wire_fuzz_corpus import KEY, codec
 
 from failover.wire import (
     PROBE_EVERY,
+    PROBES,
     PROTOCOL_VERSION,
     FrameKind,
     FrameRejected,
@@ -30,7 +31,7 @@ from failover.wire import (
 )
 from failover.witness.messages import witness_codec
 
-ROUNDS = 32
+ROUNDS = 64
 CONVERGED = 16
 """Frames each way within which two version 5 nodes are back on version 5."""
 
@@ -95,7 +96,7 @@ def test_a_version_5_node_and_a_version_4_node_hear_each_other() -> None:
     rounds(new, old)
     # alpha's first frame (before it heard beta) and then its probes are version 5
     probes = [i for i, v in enumerate(new.sent_versions, start=1) if v == PROTOCOL_VERSION]
-    assert probes == [1, *range(PROBE_EVERY, ROUNDS + 1, PROBE_EVERY)]
+    assert probes == [1, *range(PROBE_EVERY, (PROBES + 1) * PROBE_EVERY, PROBE_EVERY)]
     assert set(new.sent_versions) == {4, PROTOCOL_VERSION}
     # beta drops only those; every other frame of alpha's reaches its core
     assert old.inbound.stats.as_dict() == {
