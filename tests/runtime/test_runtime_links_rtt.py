@@ -10,17 +10,31 @@ loop and ``Inbound`` on trio's virtual clock, so every time is exact.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import pytest
+from test_runtime_links import HB, POLL, cluster, paired
 from trio.testing import MockClock
 
 from failover.core import events as ev
 from failover.core.state import Generation, PeerStatus, State, SubStatus
 from failover.errors import TransportError
+from failover.runtime import daemon
 from failover.runtime.links import MAX_RTT, LinkRunner, RoundTrip
-from failover.wire import MAX_HELD_US, Frame, FrameCodec, FrameKind, Inbound, Outbound
+from failover.wire import (
+    MAX_HELD_US,
+    OLDEST_VERSION,
+    PROBES,
+    Frame,
+    FrameCodec,
+    FrameKind,
+    FrameRejected,
+    Inbound,
+    Outbound,
+    Reason,
+)
 
 CLUSTER = "rtt"
 KEY = bytes(range(32))
@@ -218,3 +232,64 @@ async def test_the_echo_beta_sends_is_alpha_s_frame_held_until_the_send() -> Non
     pair.beta_sends()
     decoded = pair.inbound.codec.decode(cast(bytes, pair.runner._pending))
     assert (decoded.rtt_seq, decoded.rtt_held_us) == (heard, 37_500)
+
+
+# --- a rolling upgrade: two real daemons, one of them speaking version 4 only ----------------
+
+
+class _Version4Outbound(Outbound):
+    def _version(self, seq: int) -> int:
+        return OLDEST_VERSION
+
+
+class _Version4Inbound(Inbound):
+    def accept(self, data: bytes) -> tuple[Frame, PeerStatus] | None:
+        if data[4:5] != bytes((OLDEST_VERSION,)):  # what a version 4 decoder does
+            self._drop(FrameRejected(Reason.BAD_VERSION, f"version {data[4]}"))
+            return None
+        return super().accept(data)
+
+
+def _beta_speaks_version_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    def outbound(codec: FrameCodec, name: str, incarnation: int) -> Outbound:
+        kind = _Version4Outbound if name == "beta" else Outbound
+        return kind(codec, name, incarnation)
+
+    def inbound(codec: FrameCodec, local: Outbound, *, peer: str) -> Inbound:
+        kind = _Version4Inbound if local.sender == "beta" else Inbound
+        return kind(codec, local, peer=peer)
+
+    monkeypatch.setattr(daemon, "Outbound", outbound)
+    monkeypatch.setattr(daemon, "Inbound", inbound)
+
+
+@pytest.mark.anyio
+async def test_a_daemon_of_version_5_and_one_of_version_4_pair_and_keep_their_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _beta_speaks_version_4(monkeypatch)
+    async with cluster(tmp_path) as c:
+        alpha = await c.start("alpha")
+        beta = await c.start("beta")
+        await paired(c)
+        # beta drops alpha's frames made before alpha heard it, then PROBES probes at most
+        at_pairing = beta.status()["frames"]["dropped"]["bad_version"]
+        down: set[tuple[str, str]] = set()
+        end = anyio.current_time() + 60 * HB  # past alpha's probes (8 seqs apart, 2 links)
+        while anyio.current_time() < end:
+            for node in (alpha, beta):
+                for link in node.status()["links"]:
+                    if not link["up"]:
+                        down.add((node.name, link["name"]))
+            await anyio.sleep(POLL)
+        assert down == set(), "a link went down during the mixed-version run"
+        probes = beta.status()["frames"]["dropped"]["bad_version"] - at_pairing
+        print(f"\nbeta dropped {at_pairing} frames until paired, then {probes} probes")
+        assert 0 <= probes <= PROBES
+        received = beta.status()["frames"]["received"]
+        await anyio.sleep(20 * HB)
+        assert beta.status()["frames"]["received"] > received + 20
+        assert beta.status()["frames"]["dropped"] == {"bad_version": at_pairing + probes}
+        assert set(alpha.status()["frames"]["dropped"]) <= {"wrong_echo"}
+        for link in alpha.status()["links"]:  # a version 4 peer echoes nothing
+            assert link["rtt"] is None and link["rtt_dropped"] == {}, link

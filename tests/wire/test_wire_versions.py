@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from test_wire_echo import status
 from wire_fuzz_corpus import KEY, codec
 
+from failover.core.state import PeerStatus
 from failover.wire import (
     PROBE_EVERY,
     PROBES,
     PROTOCOL_VERSION,
+    Frame,
     FrameKind,
     FrameRejected,
     Inbound,
@@ -42,7 +44,7 @@ class _Version4Outbound(Outbound):
 
 
 class _Version4Inbound(Inbound):
-    def accept(self, data: bytes) -> object:  # type: ignore[override]
+    def accept(self, data: bytes) -> tuple[Frame, PeerStatus] | None:
         if data[4] != 4:  # what a version 4 decoder does with any other version
             self._drop(FrameRejected(Reason.BAD_VERSION, f"version {data[4]}"))
             return None
