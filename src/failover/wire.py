@@ -34,7 +34,7 @@ import re
 import secrets
 import struct
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -42,10 +42,21 @@ from failover.codec import CLUSTER_ID_SIZE, FLAG_INSECURE, MAX_NAME, MAX_U64, NO
 from failover.core.state import Generation, PeerStatus, State, SubStatus, View
 from failover.errors import PeerProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Version 2 added the ``echo`` header field, version 3 the heartbeat's ``view`` and
-``peer_view``, version 4 its ``has_data`` and ``can_serve`` (frames of another version are
-``bad_version``)."""
+``peer_view``, version 4 its ``has_data`` and ``can_serve``, version 5 the round-trip
+echo (``rtt_seq``, ``rtt_held_us``) to the header. This node sends version 5, and
+version 4 to a peer that has sent it only version 4 (a rolling upgrade: ``Outbound``);
+it accepts both (frames of any other version are ``bad_version``)."""
+OLDEST_VERSION = 4
+"""The oldest version this node still reads and, to such a peer, sends."""
+PROBE_EVERY = 8
+"""While the peer's current run has been heard only in ``OLDEST_VERSION``, a frame whose
+seq is a multiple of this still goes out in ``PROTOCOL_VERSION`` (a probe), ``PROBES``
+times per run of the peer: two nodes that speak it find each other even when each first
+heard the other in ``OLDEST_VERSION`` (an older peer drops the probes as ``bad_version``)."""
+PROBES = 4
+"""Probes sent to each run of the peer heard only in ``OLDEST_VERSION`` (see ``PROBE_EVERY``)."""
 MAX_FRAME = 65536
 """Largest frame, in bytes, tag included. Anything longer is ``too_large``."""
 
@@ -53,9 +64,12 @@ MAGIC = b"FOVR"
 KNOWN_FLAGS = FLAG_INSECURE
 
 # magic, version, kind, flags, sender length, payload length, cluster id, incarnation, seq,
-# echo
-_HEADER = struct.Struct(">4sBBBBH8sQQQ")
-HEADER_SIZE = _HEADER.size  # 42
+# echo; version 5 then the round-trip echo: rtt_seq, rtt_held_us
+_HEADERS = {4: struct.Struct(">4sBBBBH8sQQQ"), 5: struct.Struct(">4sBBBBH8sQQQQI")}
+HEADER_SIZE = _HEADERS[PROTOCOL_VERSION].size  # 54
+HEADER_SIZE_V4 = _HEADERS[OLDEST_VERSION].size  # 42: the shortest header of any version read
+MAX_HELD_US = 2**32 - 1
+"""Largest ``rtt_held_us`` (about 71 minutes)."""
 
 _NAME_BYTES = re.compile(rb"[a-z0-9-]{1,64}")
 
@@ -131,6 +145,12 @@ class Frame:
     payload: bytes
     echo: int = 0
     """The newest incarnation of the receiver that the sender had heard (0: none)."""
+    version: int = PROTOCOL_VERSION
+    rtt_seq: int = 0
+    """Version 5: the seq of the newest frame of the receiver's that the sender had
+    accepted on this frame's link (0: none, and always 0 in version 4)."""
+    rtt_held_us: int = 0
+    """Version 5: microseconds from accepting ``rtt_seq`` to building this frame."""
 
 
 def cluster_id(cluster: str) -> bytes:
@@ -158,9 +178,15 @@ class FrameCodec:
     ``FLAG_INSECURE`` is set: it detects corruption, not forgery. A node with a
     key refuses insecure frames and a node without one refuses authenticated
     frames, both as ``bad_mac``: the two nodes must agree.
+
+    ``version`` is what ``encode`` writes unless told otherwise (``Outbound``
+    chooses per frame); ``decode`` reads every version this node speaks.
     """
 
-    def __init__(self, cluster: str, key: bytes | None) -> None:
+    def __init__(self, cluster: str, key: bytes | None, *, version: int = PROTOCOL_VERSION) -> None:
+        if version not in _HEADERS:
+            raise ValueError(f"protocol version {version} is not one of {sorted(_HEADERS)}")
+        self.version = version
         if not cluster:
             raise ValueError("the cluster name must not be empty")
         if key is not None and len(key) == 0:
@@ -193,10 +219,17 @@ class FrameCodec:
         payload: bytes,
         *,
         echo: int = 0,
+        version: int | None = None,
+        rtt_seq: int = 0,
+        rtt_held_us: int = 0,
     ) -> bytes:
         """The frame's bytes. Raises ValueError for arguments that no peer would
         accept (an invalid sender name, out-of-range numbers, a frame over
-        ``MAX_FRAME``): that is a local bug, never a peer's fault."""
+        ``MAX_FRAME``, a round-trip echo in a version 4 frame): that is a local
+        bug, never a peer's fault."""
+        version = self.version if version is None else version
+        if version not in _HEADERS:
+            raise ValueError(f"protocol version {version} is not one of {sorted(_HEADERS)}")
         if kind not in _KNOWN_KINDS:
             raise ValueError(f"unknown frame kind {kind!r}")
         if not _valid_name(sender):
@@ -204,16 +237,29 @@ class FrameCodec:
         _check_u64("incarnation", incarnation)
         _check_u64("seq", seq)
         _check_u64("echo", echo)
+        _check_u64("rtt_seq", rtt_seq)
+        if (
+            isinstance(rtt_held_us, bool)
+            or not isinstance(rtt_held_us, int)
+            or not 0 <= rtt_held_us <= MAX_HELD_US
+        ):
+            raise ValueError(f"rtt_held_us must be an integer in 0..2**32-1, not {rtt_held_us!r}")
+        header = _HEADERS[version]
+        rtt: tuple[int, ...] = (rtt_seq, rtt_held_us)
+        if version == OLDEST_VERSION:
+            if rtt_seq or rtt_held_us:
+                raise ValueError(f"a version {version} frame carries no round-trip echo")
+            rtt = ()
         name = sender.encode("ascii")
-        size = HEADER_SIZE + len(name) + len(payload) + TAG_SIZE
+        size = header.size + len(name) + len(payload) + TAG_SIZE
         if size > MAX_FRAME:
             raise ValueError(f"frame of {size} bytes exceeds MAX_FRAME ({MAX_FRAME})")
         flags = 0 if self._key is not None else FLAG_INSECURE
         signed = b"".join(
             (
-                _HEADER.pack(
+                header.pack(
                     MAGIC,
-                    PROTOCOL_VERSION,
+                    version,
                     int(kind),
                     flags,
                     len(name),
@@ -222,6 +268,7 @@ class FrameCodec:
                     incarnation,
                     seq,
                     echo,
+                    *rtt,
                 ),
                 name,
                 payload,
@@ -243,20 +290,25 @@ class FrameCodec:
             raise FrameRejected(Reason.TOO_LARGE, f"{size} bytes")
         if data[:4] != MAGIC[: min(size, 4)]:
             raise FrameRejected(Reason.BAD_MAGIC)
-        if size < HEADER_SIZE:
-            raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header is {HEADER_SIZE}")
-        (_, version, kind, flags, name_len, payload_len, cid, incarnation, seq, echo) = (
-            _HEADER.unpack_from(data)
-        )
-        if version != PROTOCOL_VERSION:
+        if size < HEADER_SIZE_V4:
+            raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header is {HEADER_SIZE_V4}")
+        version = data[4]
+        header = _HEADERS.get(version)
+        if header is None:
             raise FrameRejected(Reason.BAD_VERSION, f"version {version}")
+        if size < header.size:
+            raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header is {header.size}")
+        (_, _, kind, flags, name_len, payload_len, cid, incarnation, seq, echo, *rtt) = (
+            header.unpack_from(data)
+        )
+        rtt_seq, rtt_held_us = rtt if rtt else (0, 0)
         if kind not in _KNOWN_KINDS:
             raise FrameRejected(Reason.UNKNOWN_KIND, f"kind {kind}")
         if flags & ~KNOWN_FLAGS:
             raise FrameRejected(Reason.MALFORMED, f"reserved flag bits set ({flags:#04x})")
         if not 1 <= name_len <= MAX_NAME:
             raise FrameRejected(Reason.MALFORMED, f"sender name length {name_len}")
-        expected = HEADER_SIZE + name_len + payload_len + TAG_SIZE
+        expected = header.size + name_len + payload_len + TAG_SIZE
         if size < expected:
             raise FrameRejected(Reason.TRUNCATED, f"{size} bytes, header declares {expected}")
         if size > expected:
@@ -272,8 +324,8 @@ class FrameCodec:
         signed_end = size - TAG_SIZE
         if not hmac.compare_digest(self._tag(view[:signed_end]), view[signed_end:]):
             raise FrameRejected(Reason.BAD_MAC)
-        name_end = HEADER_SIZE + name_len
-        name = bytes(view[HEADER_SIZE:name_end])
+        name_end = header.size + name_len
+        name = bytes(view[header.size : name_end])
         if _NAME_BYTES.fullmatch(name) is None:
             raise FrameRejected(Reason.MALFORMED, f"sender name {name!r}")
         return Frame(
@@ -283,6 +335,9 @@ class FrameCodec:
             seq,
             bytes(view[name_end:signed_end]),
             echo,
+            version,
+            rtt_seq,
+            rtt_held_us,
         )
 
 
@@ -567,6 +622,14 @@ class Outbound:
     far (0 before any). The ``Inbound`` paired with this ``Outbound`` keeps it
     up to date; the peer accepts a frame only when its echo is the peer's
     current incarnation.
+
+    Version: frames go out in ``PROTOCOL_VERSION`` unless every frame admitted
+    from the peer's current incarnation was of ``OLDEST_VERSION`` (a node not
+    yet upgraded, which would drop ours as ``bad_version``): to it, frames go
+    out in that version, but for ``PROBES`` probes, one every ``PROBE_EVERY``
+    seqs (``heard``, which ``Inbound`` calls, keeps track). Each frame of ``heartbeats`` may
+    carry its link's round-trip echo (``rtt_seq``, ``rtt_held_us``; version 5
+    only); ``link_seqs`` tells the seq each link's last frame got.
     """
 
     def __init__(self, codec: FrameCodec, sender: str, incarnation: int, *, echo: int = 0) -> None:
@@ -581,30 +644,79 @@ class Outbound:
         """The peer's newest incarnation heard (0: none yet), echoed in every frame."""
         self.seq = 0
         """The seq of the last frame built (0: none yet; the first frame has seq 1)."""
+        self.link_seqs: dict[str, int] = {}
+        """Per link, the seq of the last frame ``heartbeats`` built for it."""
+        self._peer = (0, PROTOCOL_VERSION)  # (incarnation, highest version heard in it)
+        self._probes = PROBES  # probes left for the peer's current run
+
+    @property
+    def peer_version(self) -> int:
+        """The highest version heard from the peer's current incarnation (this
+        node's own before any frame was heard)."""
+        return self._peer[1]
+
+    def heard(self, frame: Frame) -> None:
+        """Note an admitted (authentic, not replayed) frame of the peer: its
+        incarnation is echoed from now on, its version tells what the peer reads."""
+        self.echo = frame.incarnation
+        incarnation, version = self._peer
+        if frame.incarnation != incarnation:
+            self._peer = (frame.incarnation, frame.version)
+            self._probes = PROBES
+        elif frame.version > version:
+            self._peer = (incarnation, frame.version)
+
+    def _version(self, seq: int) -> int:
+        heard = self._peer[1]
+        if heard >= PROTOCOL_VERSION:
+            return PROTOCOL_VERSION
+        if seq % PROBE_EVERY == 0 and self._probes > 0:
+            self._probes -= 1
+            return PROTOCOL_VERSION
+        return heard
 
     def heartbeat(self, status: PeerStatus) -> bytes:
         """A heartbeat frame for ``status`` with the next seq. Raises ValueError if
         ``status`` is not this node's or cannot be encoded (see ``encode_heartbeat``)."""
         return self._next_frame(self._payload(status))
 
-    def heartbeats(self, status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
-        """One heartbeat frame per link, each with its own seq (same errors as ``heartbeat``)."""
+    def heartbeats(
+        self,
+        status: PeerStatus,
+        links: Iterable[str],
+        echoes: Mapping[str, tuple[int, int]] | None = None,
+    ) -> dict[str, bytes]:
+        """One heartbeat frame per link, each with its own seq (same errors as
+        ``heartbeat``), carrying ``echoes[link]`` (rtt_seq, rtt_held_us) when
+        given and the frame is of version 5. ``link_seqs`` is updated."""
         payload = self._payload(status)
-        return {link: self._next_frame(payload) for link in links}
+        frames = {}
+        for link in links:
+            rtt = (0, 0) if echoes is None else echoes.get(link, (0, 0))
+            frames[link] = self._next_frame(payload, rtt)
+            self.link_seqs[link] = self.seq
+        return frames
 
     def _payload(self, status: PeerStatus) -> bytes:
         if status.node != self.sender:
             raise ValueError(f"status of {status.node!r} sent by {self.sender!r}")
         return encode_heartbeat(status)
 
-    def _next_frame(self, payload: bytes) -> bytes:
+    def _next_frame(self, payload: bytes, rtt: tuple[int, int] = (0, 0)) -> bytes:
+        seq = self.seq + 1
+        version = self._version(seq)
+        if version == OLDEST_VERSION:
+            rtt = (0, 0)
         frame = self.codec.encode(
             FrameKind.HEARTBEAT,
             self.sender,
             self.incarnation,
-            self.seq + 1,
+            seq,
             payload,
             echo=self.echo,
+            version=version,
+            rtt_seq=rtt[0],
+            rtt_held_us=rtt[1],
         )
         self.seq += 1  # only once the frame exists: a refused encode leaves no gap
         return frame
@@ -684,7 +796,7 @@ class Inbound:
                 raise FrameRejected(Reason.UNKNOWN_SENDER, f"sender {frame.sender}")
             self.guard.admit(frame)
             # Admitted: authentic, and its incarnation is the newest seen from the peer.
-            self.local.echo = frame.incarnation
+            self.local.heard(frame)
             if frame.echo != self.local.incarnation:
                 raise FrameRejected(
                     Reason.WRONG_ECHO,

@@ -127,11 +127,17 @@ def _link_messages() -> tuple[bytes, bytes]:
     return dialer.hello, proof
 
 
-def _frame(key: bytes | None) -> tuple[Callable[[], bytes], Callable[[bytes], object]]:
+def _frame(
+    key: bytes | None, version: int
+) -> tuple[Callable[[], bytes], Callable[[bytes], object]]:
     codec = FrameCodec(CLUSTER, key)
+    rtt = {} if version == 4 else {"rtt_seq": 7, "rtt_held_us": 1234}
 
     def encode() -> bytes:
-        return codec.encode(FrameKind.HEARTBEAT, "alpha", 3, 9, encode_heartbeat(STATUS), echo=11)
+        payload = encode_heartbeat(STATUS)
+        return codec.encode(
+            FrameKind.HEARTBEAT, "alpha", 3, 9, payload, echo=11, version=version, **rtt
+        )
 
     def decode(data: bytes) -> object:
         frame = codec.decode(data)
@@ -278,8 +284,14 @@ def channel_samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], 
 def samples() -> dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]]:
     """name -> (encode, decode, the value decode must give back, or None: not compared)."""
     out: dict[str, tuple[Callable[[], bytes], Callable[[bytes], object], object]] = {}
-    for name, key in (("frame", KEY), ("frame-insecure", None)):
-        encode, decode = _frame(key)
+    frames = (
+        ("frame", KEY, 4),
+        ("frame-insecure", None, 4),
+        ("frame-v5", KEY, 5),
+        ("frame-v5-insecure", None, 5),
+    )
+    for name, key, version in frames:
+        encode, decode = _frame(key, version)
         out[name] = (encode, decode, None)
     hello, proof = _link_messages()
     out["link-hello"] = (lambda: hello, lambda data: data, hello)

@@ -25,7 +25,9 @@ def _status(replication: dict[str, Any] | None) -> dict[str, Any]:
         "degraded": None,
         "in_sync": False,
         "uptime": 12.5,
-        "links": [{"name": "lan", "up": True, "last_seen_ago": None}],
+        "links": [
+            {"name": "lan", "up": True, "last_seen_ago": None, "rtt": None, "rtt_dropped": {}}
+        ],
         "frames": {"received": 7, "dropped": {"replayed": 2}},
         "replication": replication,
     }

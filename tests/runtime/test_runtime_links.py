@@ -173,6 +173,10 @@ async def test_two_daemons_pair_as_primary_and_secondary(tmp_path: Path) -> None
             frames = node.status()["frames"]
             assert frames["received"] > startup[node.name]["received"] + 20
             assert frames["dropped"] == startup[node.name]["dropped"]
+            # every link measured its round trip, and no echo was bogus (docs/wire.md)
+            for link in node.status()["links"]:
+                assert link["rtt"] is not None and 0 <= link["rtt"] < HB, link
+                assert set(link["rtt_dropped"]) <= {"repeated"}, link
 
 
 async def test_cutting_one_of_two_links_shows_it_down_without_takeover(tmp_path: Path) -> None:

@@ -44,13 +44,31 @@ def test_round_trip_in_insecure_mode() -> None:
 
 
 def test_layout_matches_the_documented_byte_table() -> None:
-    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", echo=11)
-    assert data == raw_frame(incarnation=3, seq=9, payload=b"xyz", echo=11)
-    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION == 4 and data[5] == 1
-    assert HEADER_SIZE == 42 and data[34:42] == (11).to_bytes(8, "big")
+    data = codec().encode(
+        FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", echo=11, rtt_seq=7, rtt_held_us=1234
+    )
+    assert data == raw_frame(
+        incarnation=3, seq=9, payload=b"xyz", echo=11, rtt_seq=7, rtt_held_us=1234
+    )
+    assert data[:4] == b"FOVR" and data[4] == PROTOCOL_VERSION == 5 and data[5] == 1
+    assert HEADER_SIZE == 54 and data[34:42] == (11).to_bytes(8, "big")
+    assert data[42:50] == (7).to_bytes(8, "big") and data[50:54] == (1234).to_bytes(4, "big")
     assert data[10:18] == hashlib.sha256(b"failover-cluster\x00" + CLUSTER.encode()).digest()[:8]
     assert len(data) == HEADER_SIZE + 5 + 3 + TAG_SIZE
     assert data[-TAG_SIZE:] == hmac.new(KEY, data[:-TAG_SIZE], "sha256").digest()
+
+
+def test_the_previous_version_is_read_and_written_without_the_round_trip_echo() -> None:
+    data = codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", echo=11, version=4)
+    assert data == raw_frame(version=4, incarnation=3, seq=9, payload=b"xyz", echo=11)
+    assert data[4] == 4 and len(data) == 42 + 5 + 3 + TAG_SIZE
+    assert codec().decode(data) == Frame(FrameKind.HEARTBEAT, "alpha", 3, 9, b"xyz", 11, 4)
+    with pytest.raises(ValueError, match="no round-trip echo"):
+        codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"", version=4, rtt_seq=1)
+    with pytest.raises(ValueError, match="rtt_held_us"):
+        codec().encode(FrameKind.HEARTBEAT, "alpha", 3, 9, b"", rtt_held_us=2**32)
+    # a version 5 header cut after the version 4 one is truncated, not misread
+    assert reason_of(codec(), raw_frame(payload=b"")[:50]) == Reason.TRUNCATED
 
 
 def test_insecure_frames_carry_the_flag_and_a_plain_checksum() -> None:
@@ -81,6 +99,7 @@ def test_largest_frame_is_accepted_and_one_byte_more_is_too_large() -> None:
         (raw_frame(version=0), Reason.BAD_VERSION),
         (raw_frame(version=1), Reason.BAD_VERSION),  # before the echo field
         (raw_frame(version=2), Reason.BAD_VERSION),  # before the view and peer_view fields
+        (raw_frame(version=3), Reason.BAD_VERSION),  # before has_data and can_serve
         (raw_frame(version=PROTOCOL_VERSION + 1), Reason.BAD_VERSION),
         (raw_frame(kind=0), Reason.UNKNOWN_KIND),
         (raw_frame(kind=2), Reason.UNKNOWN_KIND),

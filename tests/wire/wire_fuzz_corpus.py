@@ -40,10 +40,13 @@ ACCEPTED = "accepted"
 RECEIVER_INCARNATION = 5_000
 """beta's incarnation during the run: what alpha's frames must echo."""
 
-# The byte table of docs/wire.md: offset and size of each header field.
-HEADER = struct.Struct(">4sBBBBH8sQQQ")
+# The byte table of docs/wire.md: offset and size of each header field (version 5;
+# version 4 ends after the echo, its sender starts at 42).
+HEADER = struct.Struct(">4sBBBBH8sQQQQI")
+HEADER_V4 = struct.Struct(">4sBBBBH8sQQQ")
 OFF_MAGIC, OFF_VERSION, OFF_KIND, OFF_FLAGS, OFF_NAME_LEN, OFF_PAYLOAD_LEN = 0, 4, 5, 6, 7, 8
-OFF_CLUSTER, OFF_INCARNATION, OFF_SEQ, OFF_ECHO, OFF_SENDER = 10, 18, 26, 34, 42
+OFF_CLUSTER, OFF_INCARNATION, OFF_SEQ, OFF_ECHO, OFF_RTT_SEQ, OFF_HELD = 10, 18, 26, 34, 42, 50
+OFF_SENDER = 54
 TAG = 32
 
 
@@ -85,10 +88,15 @@ def raw_frame(
     incarnation: int = 1,
     seq: int = 1,
     echo: int = RECEIVER_INCARNATION,
+    rtt_seq: int = 0,
+    rtt_held_us: int = 0,
 ) -> bytes:
     """A frame laid out per docs/wire.md and sealed with ``key`` (HMAC-SHA256) or,
-    with ``key=None``, the SHA-256 checksum; any field may be set to a wrong value."""
-    header = HEADER.pack(
+    with ``key=None``, the SHA-256 checksum; any field may be set to a wrong value.
+    ``version=4`` lays out the previous version's header (no round-trip echo); any
+    other version, the current layout."""
+    rtt = () if version == 4 else (rtt_seq, rtt_held_us)
+    header = (HEADER_V4 if version == 4 else HEADER).pack(
         magic,
         version,
         kind,
@@ -99,6 +107,7 @@ def raw_frame(
         incarnation,
         seq,
         echo,
+        *rtt,
     )
     signed = header + sender + payload
     if key is None:
@@ -143,7 +152,8 @@ def flip_expectation(frame: bytes, bit: int) -> str:
     if index < OFF_VERSION:
         return Reason.BAD_MAGIC
     if index == OFF_VERSION:
-        return Reason.BAD_VERSION
+        # 5 -> 4 is the previous version, whose shorter header leaves 12 bytes over
+        return Reason.MALFORMED if frame[OFF_VERSION] ^ mask == 4 else Reason.BAD_VERSION
     if index == OFF_KIND:  # only kind 1 exists; no single flip of 1 lands on it
         return Reason.UNKNOWN_KIND
     if index == OFF_FLAGS:  # bit 0 claims "insecure", which a keyed receiver refuses
@@ -158,7 +168,7 @@ def flip_expectation(frame: bytes, bit: int) -> str:
         return Reason.TRUNCATED if new > payload_len else Reason.MALFORMED
     if OFF_CLUSTER <= index < OFF_INCARNATION:
         return Reason.WRONG_CLUSTER
-    return Reason.BAD_MAC  # incarnation, seq, echo, sender, payload or tag: the MAC catches it
+    return Reason.BAD_MAC  # incarnation, seq, echoes, sender, payload or tag: the MAC catches it
 
 
 def flip(frame: bytes, bit: int) -> bytes:
@@ -251,7 +261,9 @@ class Corpus:
         return data, expected
 
     def _valid(self) -> bytes:
-        return self.alpha.heartbeat(random_status(self.rng))
+        # The round-trip echo is any pair: judging it is the runtime's business, not the wire's.
+        rtt = (self.rng.choice((0, self.rng.randint(0, 2**64 - 1))), self.rng.randint(0, 2**32 - 1))
+        return self.alpha.heartbeats(random_status(self.rng), ["lan"], {"lan": rtt})["lan"]
 
     def _next_seq(self) -> int:
         self.alpha.seq += 1  # an authentic frame built by hand still uses up a seq
@@ -303,6 +315,15 @@ class Corpus:
             yield emit("valid", newer, ACCEPTED)
         self.accepted.append(held)
         yield emit("out of order", held, ACCEPTED)
+        # A peer not yet upgraded: the previous version is accepted too.
+        older = raw_frame(
+            version=4,
+            incarnation=self.incarnation,
+            seq=self._next_seq(),
+            payload=encode_heartbeat(random_status(rng)),
+        )
+        self.accepted.append(older)
+        yield emit("previous version", older, ACCEPTED)
         yield emit("replay", held, Reason.REPLAYED)
 
         for old in rng.sample(self.accepted, min(5, len(self.accepted))):
@@ -328,7 +349,7 @@ class Corpus:
         yield emit("insecure peer", fresh(key=None), Reason.BAD_MAC)
         yield emit(
             "wrong version",
-            fresh(version=rng.choice((0, 1, 2, 3, 5, 255))),
+            fresh(version=rng.choice((0, 1, 2, 3, 6, 255))),
             Reason.BAD_VERSION,
         )
         yield emit("wrong cluster", fresh(cluster=cluster_id("other")), Reason.WRONG_CLUSTER)

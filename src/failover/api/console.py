@@ -63,7 +63,9 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9_-]*\.(html|css|js|svg)")
 
 # Fields of a status that change without anything happening: they alone never
 # make a new event (a snapshot is resent every ``refresh`` seconds for them).
-_VOLATILE = frozenset({"uptime", "last_seen_ago", "since_ago", "last_heard_ago", "frames"})
+_VOLATILE = frozenset(
+    {"uptime", "last_seen_ago", "since_ago", "last_heard_ago", "frames", "rtt", "rtt_dropped"}
+)
 
 Headers = tuple[tuple[str, str], ...]
 Changes = Callable[[], Awaitable[None]]

@@ -63,6 +63,12 @@ class LinkView(_Closed):
     transport: str
     up: bool
     last_seen_ago: Seconds | None
+    rtt: Seconds | None = Field(
+        description="the latest heartbeat round trip measured on the link (null: none yet)"
+    )
+    rtt_dropped: dict[str, int] = Field(
+        description="round-trip echoes not used, by reason (docs/wire.md, Round trip)"
+    )
 
 
 class Frames(_Closed):

@@ -115,6 +115,19 @@ class LinkInfo(Protocol):
     @property
     def transport_name(self) -> str: ...
 
+    @property
+    def rtt(self) -> RoundTripInfo: ...
+
+
+class RoundTripInfo(Protocol):
+    """A link's round-trip estimate (``failover.runtime.links.RoundTrip``)."""
+
+    @property
+    def latest(self) -> float | None: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
 
 class FrameStats(Protocol):
     @property
@@ -228,6 +241,8 @@ class NodeController:
                     "transport": link.transport_name,
                     "up": bool(view is not None and view.up),
                     "last_seen_ago": _ago(now, seen),
+                    "rtt": link.rtt.latest,
+                    "rtt_dropped": dict(link.rtt.dropped),
                 }
             )
         peer = facts.peer

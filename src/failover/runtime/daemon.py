@@ -532,14 +532,17 @@ class Daemon:
         if not open_links:
             return
         try:
-            frames = self.outbound.heartbeats(effect.status, [link.name for link in open_links])
+            echoes = {link.name: link.rtt_echo(self.outbound.echo) for link in open_links}
+            frames = self.outbound.heartbeats(
+                effect.status, [link.name for link in open_links], echoes
+            )
         except ValueError as exc:
             if not self._encode_failed:  # a config or core bug: say it once, not 20 times a second
                 self.log.error("heartbeat cannot be encoded", error=str(exc))
                 self._encode_failed = True
             return
         for link in open_links:
-            link.offer(frames[link.name])
+            link.offer(frames[link.name], self.outbound.link_seqs[link.name])
 
     def _record(self, record: fx.TransitionRecord) -> None:
         entry = transition_record(record)

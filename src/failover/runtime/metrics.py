@@ -47,6 +47,11 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 # Seconds between two heartbeats heard on a link: around the heartbeat interval
 # (0.05 s fast profile to 1 s), up to the dead timeout and past it.
 GAP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+# A heartbeat's round trip: a LAN's fraction of a millisecond (plus two task wake-ups)
+# to a 9600-baud serial link's second (a 400-byte frame takes 0.4 s each way).
+RTT_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
+)  # fmt: skip
 # Acknowledgement of a replicated write: from a LAN round trip to a stall.
 ACK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 # Scripts and probes: from an instant check to a slow application start.
@@ -93,6 +98,13 @@ class DaemonMetrics:
             "Seconds between two heartbeats of the peer accepted on a link.",
             ["link"],
             buckets=GAP_BUCKETS,
+            registry=registry,
+        )
+        self.heartbeat_rtt = Histogram(
+            "failover_link_heartbeat_rtt_seconds",
+            "Round trip of a heartbeat on a link: sent, echoed by the peer, minus its hold.",
+            ["link"],
+            buckets=RTT_BUCKETS,
             registry=registry,
         )
         self.ack_latency = Histogram(
@@ -144,6 +156,7 @@ class DaemonMetrics:
         """Hook the event metrics into what produces the events."""
         for link in links:
             link.on_heard = self.link_heard(link.name)
+            link.on_rtt = self.heartbeat_rtt.labels(link.name).observe
         scripts.on_run = self.script_ran
         checkers.on_probe = self.probed
         if sending is not None:
@@ -260,12 +273,20 @@ class _StatusCollector(Collector):
             "Seconds since the peer was last heard on the link (+Inf: never).",
             ("link",),
         )
+        rtt_dropped = _counter(
+            "failover_link_heartbeat_rtt_dropped",
+            "Round-trip echoes of the peer not used as a sample, by link and reason.",
+            ("link", "reason"),
+        )
         for link in status["links"]:
             up.add_metric([link["name"]], 1.0 if link["up"] else 0.0)
             ago = link["last_seen_ago"]
             seen.add_metric([link["name"]], math.inf if ago is None else ago)
+            for reason, count in link["rtt_dropped"].items():
+                rtt_dropped.add_metric([link["name"], reason], count)
         yield up
         yield seen
+        yield rtt_dropped
         frames = status["frames"]
         received = _counter("failover_frames_received", "Heartbeat frames received, on any link.")
         received.add_metric([], frames["received"])

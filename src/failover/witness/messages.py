@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 from failover.codec import MAX_NAME, U8, U16, U32, U64, Buffer, Reader, Writer
 from failover.core.state import INITIAL, Generation
-from failover.wire import FrameCodec
+from failover.wire import OLDEST_VERSION, FrameCodec
 
 WITNESS_KEY_LABEL = b"failover witness key\x00"
 """What the cluster key signs to make the witness key (domain separation)."""
@@ -89,8 +89,12 @@ def witness_key(cluster_key: bytes) -> bytes:
 
 
 def witness_codec(cluster: str, cluster_key: bytes) -> FrameCodec:
-    """The frame codec of ``cluster``'s witness traffic (always authenticated)."""
-    return FrameCodec(cluster, witness_key(cluster_key))
+    """The frame codec of ``cluster``'s witness traffic (always authenticated).
+
+    Its frames stay in version 4 of the heartbeat format (``OLDEST_VERSION``):
+    version 5 only adds the heartbeat round trip, of no use to the witness,
+    and a witness or a node not yet upgraded reads version 4 only."""
+    return FrameCodec(cluster, witness_key(cluster_key), version=OLDEST_VERSION)
 
 
 @dataclass(frozen=True)
