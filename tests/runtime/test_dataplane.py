@@ -8,6 +8,7 @@ import errno
 import functools
 import os
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -578,6 +579,70 @@ async def test_the_write_fence_holds_an_unreplicated_fsync_until_the_core_lifts_
             await held(1)
             await alpha.plane.unserve()  # the application stopped: the mirror goes read-only
         assert results[3:] == ["EIO"]
+
+
+async def test_an_fsync_begun_before_the_resync_s_session_and_fenced_after_it_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Campaign finding 3 (i13, seed 77 round 2): the application's fsync began
+    while alpha served alone with no session (the resync attempt had ended the
+    old one and not yet handed its own to the relay), and reached the write
+    fence after beta had become secondary. It was held for a session it never
+    had, while the resync's session ran unbroken as the synchronous replication:
+    nothing lifts the fence of a protected pair, and the write hung until the
+    next fault. A held fsync is asked again of every later session, as a new
+    fsync would be: acknowledged once beta made it durable."""
+    async with pair(tmp_path) as (alpha, beta):
+        since, generation = await wrote_while_away(alpha)  # alone: no fence, no session
+        relay = alpha.plane.sending.relay
+        assert relay is not None
+        tracker = relay.tracker
+        tracker_sync = tracker.sync
+        in_window, fenced = threading.Event(), threading.Event()
+
+        def sync_in_the_window(op: Any) -> None:
+            # the application's fsync, queued for no session: it waits here, in its
+            # FUSE thread, until the resync's session replicates and the fence is up
+            if op.path == b"record":
+                in_window.set()
+                fenced.wait(WAIT_TIMEOUT)
+            tracker_sync(op)
+
+        monkeypatch.setattr(tracker, "sync", sync_in_the_window)
+        results: list[str] = []
+
+        async def application() -> None:
+            try:
+                await anyio.to_thread.run_sync(
+                    write_synced, alpha.root / "record", b"431", abandon_on_cancel=True
+                )
+                results.append("acknowledged")
+            except OSError as exc:
+                results.append(errno.errorcode[exc.errno or 0])
+
+        try:
+            with anyio.fail_after(WAIT_TIMEOUT):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(application)
+                    await anyio.to_thread.run_sync(in_window.wait, WAIT_TIMEOUT)
+                    beta.plane.start_resync(
+                        fx.StartResync("target", "incremental", since, generation)
+                    )
+                    alpha.plane.start_resync(
+                        fx.StartResync("source", "incremental", since, generation)
+                    )
+                    assert await next_event(alpha) == ev.PeerResynced(generation)
+                    assert await next_event(beta) == ev.ResyncDone(generation)
+                    await alpha.plane.start_replication()  # the resync's session goes on
+                    alpha.plane.fence_writes(True)  # the core: beta is secondary
+                    fenced.set()
+        except BaseException:
+            fenced.set()
+            alpha.plane.fence_writes(False, serving=False)  # lets a held write go (EIO)
+            raise
+        assert results == ["acknowledged"]
+        assert (beta.root / "record").read_bytes() == b"431"
+        assert alpha.plane.status()["replicating"] and not alpha.events[1:]
 
 
 async def test_a_peer_already_at_the_delivered_generation_is_reported_not_retried(

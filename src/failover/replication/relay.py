@@ -27,9 +27,16 @@ class Relay:
 
     The write fence (the core's ``FenceWrites``): while ``fenced``, an fsync the
     peer did not acknowledge (no session, or it broke) is held until the fence
-    lifts; while not ``serving`` (the core left alone/primary), such an fsync
-    fails with EIO, held ones too: they were never acknowledged, and the peer
-    serves, or will, without them. ``fail_held`` fails the held ones (unserve).
+    lifts, or is asked again of a later session (a sender assigned since, that
+    runs unbroken), as a new fsync would be: it returns once that peer
+    acknowledged it. A held fsync waits for no session it has already tried,
+    and for no fence change alone: a protected pair's fence never lifts, and its
+    current session is the only way out (campaign finding 3: an fsync begun with
+    no session, fenced after the resync's session took over, hung). While not
+    ``serving`` (the core left alone/primary), such an fsync fails with EIO,
+    held ones too: they were never acknowledged, and the peer serves, or will,
+    without them. ``fail_held`` fails the held ones, and any fsync begun before
+    it that ends up held (unserve).
 
     Sessions (the mirror's fsync shortcut): every assignment of ``sender`` or
     ``resync`` (from the event loop only) starts a new epoch. ``session()`` is
@@ -71,6 +78,8 @@ class Relay:
         self._epoch += 1  # odd: under way
         setattr(self, attribute, value)
         self._epoch += 1
+        with self._fence:  # a held fsync may be asked of the new session
+            self._fence.notify_all()
 
     def session(self) -> int | None:
         epoch = self._epoch
@@ -89,17 +98,24 @@ class Relay:
             self._failures += 1
             self._fence.notify_all()
 
-    def _wait_unfenced(self) -> None:
+    def _held(self, tried: ReplicationSender | None, failures: int) -> bool:
+        """An fsync that ``tried`` (None: no session) did not acknowledge: wait
+        while the fence holds it. False once the fence lets it go without the
+        peer; True once a later session runs unbroken (ask it there); EIO when
+        this node stopped serving, or ``fail_held`` ran since ``failures``."""
         with self._fence:
-            failures = self._failures
             self.held += 1
             try:
                 while self.fenced and self.serving and self._failures == failures:
+                    sender = self._sender
+                    if sender is not None and sender is not tried and sender.broken is None:
+                        return True
                     self._fence.wait()
             finally:
                 self.held -= 1
             if self.fenced or not self.serving:
                 raise OSError(errno.EIO, "not on the peer, and this node stopped serving")
+            return False
 
     def before(self, op: Op) -> None:
         self.tracker.before(op)
@@ -115,13 +131,21 @@ class Relay:
     def sync(self, op: Fsync, local: Callable[[], None]) -> int | None:
         """Queue ``op`` to the peer, then make the tracker's log and the file durable
         here while the peer works; return once the peer acknowledged (its epoch) or
-        the fence let the fsync go without it (None)."""
-        epoch = self.session()
-        sender = self._sender
-        seq = sender.queue(op) if sender is not None else 0
+        the fence let the fsync go without it (None). Held while fenced, it is
+        queued again to each later session until one acknowledges it."""
+        failures = self._failures
+        epoch, sender, seq = self._queue(op)
         self.tracker.sync(op)
         local()
-        if sender is not None and seq and sender.wait_acked(seq):
-            return epoch if epoch is not None and self.session() == epoch else None
-        self._wait_unfenced()
-        return None
+        while sender is None or not seq or not sender.wait_acked(seq):
+            if not self._held(sender, failures):
+                return None
+            epoch, sender, seq = self._queue(op)
+        return epoch if epoch is not None and self.session() == epoch else None
+
+    def _queue(self, op: Fsync) -> tuple[int | None, ReplicationSender | None, int]:
+        """``op`` queued to the current sender: the session before it was queued,
+        the sender, and the sequence number (0: not queued, no session or broken)."""
+        epoch = self.session()
+        sender = self._sender
+        return epoch, sender, sender.queue(op) if sender is not None else 0
