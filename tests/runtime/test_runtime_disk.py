@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,14 +118,24 @@ async def launch(tg: anyio.abc.TaskGroup, config: ClusterConfig, node: str) -> W
     await tg.start(run)
     watched = Watched(daemon, scope, done)
     store = MetadataStore(daemon.store.path)
+    note_heartbeats(daemon, lambda status: watched.sent.append((status, store.load())))
+    return watched
+
+
+def note_heartbeats(daemon: Daemon, note: Callable[[PeerStatus], None]) -> None:
+    """Call ``note`` with the status of each heartbeat ``daemon`` builds, before it
+    is built."""
     heartbeats = daemon.outbound.heartbeats
 
-    def checked(status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
-        watched.sent.append((status, store.load()))
-        return heartbeats(status, links)
+    def noted(
+        status: PeerStatus,
+        links: Iterable[str],
+        echoes: Mapping[str, tuple[int, int]] | None = None,
+    ) -> dict[str, bytes]:
+        note(status)
+        return heartbeats(status, links, echoes)
 
-    daemon.outbound.heartbeats = checked  # type: ignore[method-assign]
-    return watched
+    daemon.outbound.heartbeats = noted  # type: ignore[method-assign]
 
 
 class StoreFault:
@@ -312,13 +322,10 @@ async def test_sigterm_of_a_degraded_node_stops_the_application_on_the_way_out(
         stop = Path(config.application.stop)  # type: ignore[union-attr]
         stop.write_text(f"#!/bin/sh\nrm -f {running}\nsleep 0.5\necho stopped >> {stopped}\n")
         during_stop: list[bool] = []
-        heartbeats = server.daemon.outbound.heartbeats
-
-        def noted(status: PeerStatus, links: Iterable[str]) -> dict[str, bytes]:
-            during_stop.append(not running.exists() and not stopped.exists())
-            return heartbeats(status, links)
-
-        server.daemon.outbound.heartbeats = noted  # type: ignore[method-assign]
+        note_heartbeats(
+            server.daemon,
+            lambda _: during_stop.append(not running.exists() and not stopped.exists()),
+        )
         with anyio.fail_after(30):  # the stop bound: application timeout + 10 s
             await server.daemon.shutdown("SIGTERM")
             await server.done.wait()
