@@ -177,6 +177,18 @@ async def test_the_values_follow_the_daemon(tmp_path: Path) -> None:
         assert after.value("failover_state", state="secondary") == 0
         stopped = after.total("failover_transitions_total", event="stop", from_state="secondary")
         assert stopped == stops + 1
+        # by the kind of reason: the table row's template, not the filled-in sentence
+        record = running.controllers[standby].transitions(1)[-1]
+        assert record["event"] == "stop", record
+        kind = "stopped by the operator"
+        assert record["reason"] == kind, record  # this row's reason has no value to fill in
+        by_kind = after.total("failover_transitions_total", event="stop", reason=kind)
+        assert by_kind == before.total("failover_transitions_total", event="stop", reason=kind) + 1
+        reasons = {
+            s.labels["reason"] for s in after.samples if s.name == "failover_transitions_total"
+        }
+        assert any("{" in r for r in reasons), f"no reason is a template: {reasons}"
+        assert not any("alpha" in r or "beta" in r for r in reasons), reasons
         await counts_every_transition(running, standby)
 
 

@@ -7,7 +7,7 @@ behaviour.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from failover.core.state import Generation, Metadata, PeerStatus
@@ -183,3 +183,7 @@ class TransitionRecord(Effect):
     reason: str
     generation: str
     forced: bool = False
+    reason_kind: str = field(default="", compare=False)
+    """The reason's template in the table, before its values are filled in
+    (``Row.reason``): a bounded name for why the row fired, where ``reason``
+    is one sentence per situation. Not part of the record's identity."""

@@ -433,6 +433,7 @@ class Node:
                     reason=reason,
                     generation=str(self.facts.metadata.generation),
                     forced=self.facts.forced,
+                    reason_kind=row.reason,
                 )
             )
 

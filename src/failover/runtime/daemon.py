@@ -547,7 +547,7 @@ class Daemon:
     def _record(self, record: fx.TransitionRecord) -> None:
         entry = transition_record(record)
         self.controller.record(entry)
-        self.metrics.transition(record.event, record.source, record.target)
+        self.metrics.transition(record.event, record.source, record.target, record.reason_kind)
         fields: dict[str, Any] = {k: v for k, v in entry.items() if k not in ("time", "event")}
         self.log.info("transition", core_event=record.event, **fields)
         if self.notifier is not None:

@@ -89,8 +89,9 @@ class DaemonMetrics:
         registry = self.registry
         self.transitions = Counter(
             "failover_transitions",
-            "Transitions of the core (state, substatus or reason changed), by event and states.",
-            ["event", "from_state", "to_state"],
+            "Transitions of the core (state, substatus or reason changed), by event, states "
+            "and reason (the table row's reason template, before its values are filled in).",
+            ["event", "from_state", "to_state", "reason"],
             registry=registry,
         )
         self.heartbeat_gap = Histogram(
@@ -164,8 +165,10 @@ class DaemonMetrics:
 
     # --- hooks --------------------------------------------------------------------------------
 
-    def transition(self, event: str, source: str, target: str) -> None:
-        self.transitions.labels(event, source, target).inc()
+    def transition(self, event: str, source: str, target: str, reason: str) -> None:
+        """Count one transition; ``reason`` is the reason's template (``reason_kind``),
+        one per table row, so the label stays bounded."""
+        self.transitions.labels(event, source, target, reason).inc()
 
     def link_heard(self, link: str) -> Callable[[], None]:
         """The hook a link calls for each heartbeat accepted on it (per frame: cheap)."""
